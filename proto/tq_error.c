@@ -1,0 +1,46 @@
+/* tq_error.c - error and state names. */
+#include "tq/tq_error.h"
+
+static const char *const s_errors[TQ_ERROR_COUNT_] = {
+    [TQ_OK] = "success",
+    [TQ_EINVAL] = "invalid argument",
+    [TQ_ENOMEM] = "out of memory",
+    [TQ_EPROTO] = "protocol error",
+    [TQ_EVERSION] = "unsupported protocol version",
+    [TQ_ETIMEDOUT] = "timed out",
+    [TQ_ETASK] = "task failed",
+    [TQ_EUNKNOWN] = "unknown task id",
+    [TQ_EUNREACHABLE] = "broker unreachable",
+    [TQ_ECANCELLED] = "task cancelled",
+    [TQ_EFULL] = "queue full",
+    [TQ_EEMPTY] = "queue empty",
+    [TQ_ELOST] = "worker lost",
+    [TQ_ETIMELIMIT] = "time limit exceeded",
+    [TQ_ENOTASK] = "no such task",
+    [TQ_ECLOSED] = "closed",
+    [TQ_ESTATE] = "not valid in this state",
+    [TQ_ESYS] = "system error",
+    [TQ_EBUSY] = "busy",
+};
+
+static const char *const s_states[TQ_STATE_COUNT_] = {
+    [TQ_STATE_PENDING] = "PENDING",     [TQ_STATE_RUNNING] = "RUNNING",
+    [TQ_STATE_SUCCESS] = "SUCCESS",     [TQ_STATE_FAILURE] = "FAILURE",
+    [TQ_STATE_CANCELLED] = "CANCELLED", [TQ_STATE_RETRY] = "RETRY",
+};
+
+const char *
+tq_strerror(int err)
+{
+    if (err < 0 || err >= TQ_ERROR_COUNT_)
+        return "unknown error";
+    return s_errors[err];
+}
+
+const char *
+tq_state_name(int state)
+{
+    if (state < 0 || state >= TQ_STATE_COUNT_)
+        return "?";
+    return s_states[state];
+}

@@ -1,0 +1,710 @@
+/* tq_proto.c - the TQP/1 header codec and the payload checker.
+
+   A header is one msgpack array: [version, command, field...], the fields in
+   the order that s_layouts gives for the command. Decoding is a bounded
+   cursor over the bytes: every length is checked against what is left
+   before it is used, nothing is allocated, and strings point into the
+   input. Encoding packs the same layout with msgpack-c. */
+#include "tq_proto.h"
+
+#include <string.h>
+
+/* Field codes of a layout. */
+enum {
+    F_ID = 'I',       /* id, required */
+    F_OPT_ID = 'i',   /* id or nil */
+    F_TASK = 'T',     /* task name */
+    F_QUEUE = 'Q',    /* queue name */
+    F_HOST = 'H',     /* host name */
+    F_ERROR = 'E',    /* error text or nil */
+    F_PRIORITY = 'P', /* 0..9 */
+    F_LIMIT = 'L',    /* time limit, ms */
+    F_ATTEMPT = 'A',  /* 1.. */
+    F_STATE = 'S',    /* tq_state_t */
+    F_CODE = 'C',     /* tq_err_t */
+    F_CREDIT = 'c',   /* 1..65535 */
+    F_PID = 'p',      /* process id */
+    F_PPID = 'q',     /* parent process id */
+    F_WAIT = 'W',     /* bool */
+    F_QUEUES = 'N',   /* array of queue names */
+    F_TASKS = 'M',    /* array of task names */
+};
+
+typedef struct {
+    uint8_t command;
+    const char *name;
+    const char *fields; /* field codes, in wire order */
+    bool payload;       /* a payload frame follows the header */
+} s_layout_t;
+
+static const s_layout_t s_layouts[] = {
+    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL", true},
+    {TQ_CMD_SUBMITTED, "SUBMITTED", "I", false},
+    {TQ_CMD_GET, "GET", "IW", false},
+    {TQ_CMD_RESULT, "RESULT", "ISCE", true},
+    {TQ_CMD_STATE, "STATE", "IS", false},
+    {TQ_CMD_UNKNOWN, "UNKNOWN", "I", false},
+    {TQ_CMD_STATUS, "STATUS", "", false},
+    {TQ_CMD_STATUS_REPLY, "STATUS_REPLY", "", true},
+    {TQ_CMD_PING, "PING", "", false},
+    {TQ_CMD_PONG, "PONG", "", false},
+    {TQ_CMD_ERROR, "ERROR", "CEi", false},
+    {TQ_CMD_READY, "READY", "HpqcNM", false},
+    {TQ_CMD_TASK, "TASK", "ITAL", true},
+    {TQ_CMD_DONE, "DONE", "IASCE", true},
+    {TQ_CMD_DISCONNECT, "DISCONNECT", "", false},
+    {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp", false},
+    {TQ_CMD_LOST, "LOST", "pCE", false},
+};
+
+#define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
+
+static const s_layout_t *
+s_layout(uint8_t command)
+{
+    for (size_t i = 0; i < S_LAYOUT_COUNT; i++)
+        if (s_layouts[i].command == command)
+            return &s_layouts[i];
+    return NULL;
+}
+
+bool
+tq_proto_has_payload(uint8_t command)
+{
+    const s_layout_t *layout = s_layout(command);
+    return layout && layout->payload;
+}
+
+const char *
+tq_proto_command_name(uint8_t command)
+{
+    const s_layout_t *layout = s_layout(command);
+    return layout ? layout->name : "?";
+}
+
+/* ---- names ------------------------------------------------------------ */
+
+static bool
+s_charset_ok(const char *ptr, size_t len, size_t max, const char *extra)
+{
+    if (!ptr || len == 0 || len > max)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)ptr[i];
+        bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                     (c >= 'A' && c <= 'Z');
+        if (!alnum && (c == 0 || !strchr(extra, c)))
+            return false;
+    }
+    return true;
+}
+
+bool
+tq_proto_valid_id(const char *ptr, size_t len)
+{
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, "_.-");
+}
+
+bool
+tq_proto_valid_name(const char *ptr, size_t len)
+{
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, "_.:@/-");
+}
+
+tq_str_t
+tq_str(const char *s)
+{
+    tq_str_t str = {s, s ? (uint32_t)strlen(s) : 0};
+    return str;
+}
+
+void
+tq_str_copy(char *dst, size_t size, tq_str_t s)
+{
+    if (size == 0)
+        return;
+    size_t n = s.ptr ? s.len : 0;
+    if (n >= size)
+        n = size - 1;
+    if (n)
+        memcpy(dst, s.ptr, n);
+    dst[n] = '\0';
+}
+
+bool
+tq_str_eq(tq_str_t s, const char *c)
+{
+    size_t n = strlen(c);
+    return s.ptr && s.len == n && memcmp(s.ptr, c, n) == 0;
+}
+
+/* ---- the bounded reader ----------------------------------------------- */
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+    const char *error; /* first failure, static text */
+} s_reader_t;
+
+static bool
+s_fail(s_reader_t *r, const char *why)
+{
+    if (!r->error)
+        r->error = why;
+    return false;
+}
+
+static bool
+s_need(s_reader_t *r, size_t n)
+{
+    if ((size_t)(r->end - r->p) < n)
+        return s_fail(r, "truncated");
+    return true;
+}
+
+static uint64_t
+s_be(const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Reads a big-endian integer of n bytes after a one-byte tag. */
+static bool
+s_take_be(s_reader_t *r, int n, uint64_t *v)
+{
+    if (!s_need(r, 1 + (size_t)n))
+        return false;
+    *v = s_be(r->p + 1, n);
+    r->p += 1 + n;
+    return true;
+}
+
+static bool
+s_read_uint(s_reader_t *r, uint64_t *v)
+{
+    if (!s_need(r, 1))
+        return false;
+    uint8_t tag = *r->p;
+    if (tag <= 0x7f) {
+        *v = tag;
+        r->p++;
+        return true;
+    }
+    switch (tag) {
+    case 0xcc:
+        return s_take_be(r, 1, v);
+    case 0xcd:
+        return s_take_be(r, 2, v);
+    case 0xce:
+        return s_take_be(r, 4, v);
+    case 0xcf:
+        return s_take_be(r, 8, v);
+    default:
+        return s_fail(r, "expected an unsigned integer");
+    }
+}
+
+static bool
+s_read_u32(s_reader_t *r, uint32_t *v, uint32_t min, uint32_t max,
+           const char *what)
+{
+    uint64_t u;
+    if (!s_read_uint(r, &u))
+        return false;
+    if (u < min || u > max)
+        return s_fail(r, what);
+    *v = (uint32_t)u;
+    return true;
+}
+
+static bool
+s_read_bool(s_reader_t *r, bool *v)
+{
+    if (!s_need(r, 1))
+        return false;
+    if (*r->p != 0xc2 && *r->p != 0xc3)
+        return s_fail(r, "expected a boolean");
+    *v = *r->p == 0xc3;
+    r->p++;
+    return true;
+}
+
+static bool
+s_is_nil(s_reader_t *r)
+{
+    if (r->p < r->end && *r->p == 0xc0) {
+        r->p++;
+        return true;
+    }
+    return false;
+}
+
+static bool
+s_read_str(s_reader_t *r, tq_str_t *s)
+{
+    if (!s_need(r, 1))
+        return false;
+    uint8_t tag = *r->p;
+    uint64_t len;
+    if ((tag & 0xe0) == 0xa0) {
+        len = tag & 0x1f;
+        r->p++;
+    } else if (tag == 0xd9) {
+        if (!s_take_be(r, 1, &len))
+            return false;
+    } else if (tag == 0xda) {
+        if (!s_take_be(r, 2, &len))
+            return false;
+    } else if (tag == 0xdb) {
+        if (!s_take_be(r, 4, &len))
+            return false;
+    } else
+        return s_fail(r, "expected a string");
+    if (!s_need(r, len))
+        return false;
+    s->ptr = (const char *)r->p;
+    s->len = (uint32_t)len;
+    r->p += len;
+    return true;
+}
+
+static bool
+s_read_array(s_reader_t *r, uint32_t *count)
+{
+    if (!s_need(r, 1))
+        return false;
+    uint8_t tag = *r->p;
+    uint64_t n;
+    if ((tag & 0xf0) == 0x90) {
+        n = tag & 0x0f;
+        r->p++;
+    } else if (tag == 0xdc) {
+        if (!s_take_be(r, 2, &n))
+            return false;
+    } else if (tag == 0xdd) {
+        if (!s_take_be(r, 4, &n))
+            return false;
+    } else
+        return s_fail(r, "expected an array");
+    /* every element takes at least one byte: a count beyond the bytes left
+       is a lie, refused before anyone sizes anything by it */
+    if (n > (uint64_t)(r->end - r->p))
+        return s_fail(r, "array longer than its frame");
+    *count = (uint32_t)n;
+    return true;
+}
+
+/* Skips one object of any type, nested at most `depth` deep. */
+static bool
+s_skip(s_reader_t *r, int depth)
+{
+    if (depth <= 0)
+        return s_fail(r, "nested too deep");
+    if (!s_need(r, 1))
+        return false;
+    uint8_t tag = *r->p;
+    uint64_t n = 0;     /* bytes (raw types) or elements (containers) */
+    int elements = 0;   /* 1: array, 2: map */
+    int header = 0;     /* length bytes after the tag */
+    if (tag <= 0x7f || tag >= 0xe0 || tag == 0xc0 || tag == 0xc2 ||
+        tag == 0xc3) {
+        r->p++;
+        return true;
+    }
+    if ((tag & 0xe0) == 0xa0) {
+        r->p++;
+        n = tag & 0x1f;
+    } else if ((tag & 0xf0) == 0x90 || (tag & 0xf0) == 0x80) {
+        r->p++;
+        n = tag & 0x0f;
+        elements = (tag & 0xf0) == 0x90 ? 1 : 2;
+    } else {
+        switch (tag) {
+        case 0xcc: case 0xd0: n = 1; break;
+        case 0xcd: case 0xd1: n = 2; break;
+        case 0xca: case 0xce: case 0xd2: n = 4; break;
+        case 0xcb: case 0xcf: case 0xd3: n = 8; break;
+        case 0xd4: n = 2; break; /* fixext: type byte + data */
+        case 0xd5: n = 3; break;
+        case 0xd6: n = 5; break;
+        case 0xd7: n = 9; break;
+        case 0xd8: n = 17; break;
+        case 0xc4: case 0xd9: header = 1; break;
+        case 0xc5: case 0xda: header = 2; break;
+        case 0xc6: case 0xdb: header = 4; break;
+        case 0xc7: header = 1; n = 1; break; /* ext: + type byte */
+        case 0xc8: header = 2; n = 1; break;
+        case 0xc9: header = 4; n = 1; break;
+        case 0xdc: header = 2; elements = 1; break;
+        case 0xdd: header = 4; elements = 1; break;
+        case 0xde: header = 2; elements = 2; break;
+        case 0xdf: header = 4; elements = 2; break;
+        default:
+            return s_fail(r, "invalid msgpack type byte");
+        }
+        r->p++;
+        if (header) {
+            if (!s_need(r, (size_t)header))
+                return false;
+            n += s_be(r->p, header);
+            r->p += header;
+        }
+    }
+    if (!elements) {
+        if (!s_need(r, n))
+            return false;
+        r->p += n;
+        return true;
+    }
+    uint64_t items = n * (uint64_t)elements;
+    if (items > (uint64_t)(r->end - r->p))
+        return s_fail(r, "container longer than its frame");
+    for (uint64_t i = 0; i < items; i++)
+        if (!s_skip(r, depth - 1))
+            return false;
+    return true;
+}
+
+static bool
+s_read_names(s_reader_t *r, tq_str_t *names, uint32_t *count)
+{
+    uint32_t n;
+    if (!s_read_array(r, &n))
+        return false;
+    if (n > TQ_PROTO_MAX_NAMES)
+        return s_fail(r, "too many names");
+    for (uint32_t i = 0; i < n; i++) {
+        if (!s_read_str(r, &names[i]))
+            return false;
+        if (!tq_proto_valid_name(names[i].ptr, names[i].len))
+            return s_fail(r, "invalid name in list");
+    }
+    *count = n;
+    return true;
+}
+
+static bool
+s_read_name(s_reader_t *r, tq_str_t *s, const char *what)
+{
+    if (!s_read_str(r, s))
+        return false;
+    if (!tq_proto_valid_name(s->ptr, s->len))
+        return s_fail(r, what);
+    return true;
+}
+
+static bool
+s_read_id(s_reader_t *r, tq_str_t *s)
+{
+    if (!s_read_str(r, s))
+        return false;
+    if (!tq_proto_valid_id(s->ptr, s->len))
+        return s_fail(r, "invalid task id");
+    return true;
+}
+
+static bool
+s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
+{
+    switch (code) {
+    case F_ID:
+        return s_read_id(r, &msg->id);
+    case F_OPT_ID:
+        return s_is_nil(r) || s_read_id(r, &msg->id);
+    case F_TASK:
+        return s_read_name(r, &msg->task, "invalid task name");
+    case F_QUEUE:
+        return s_read_name(r, &msg->queue, "invalid queue name");
+    case F_HOST:
+        return s_read_name(r, &msg->host, "invalid host name");
+    case F_ERROR:
+        if (s_is_nil(r))
+            return true;
+        if (!s_read_str(r, &msg->error))
+            return false;
+        if (msg->error.len > TQ_PROTO_MAX_ERROR)
+            return s_fail(r, "error text too long");
+        return true;
+    case F_PRIORITY:
+        return s_read_u32(r, &msg->priority, 0, 9, "priority out of range");
+    case F_LIMIT:
+        return s_read_u32(r, &msg->time_limit_ms, 0, UINT32_MAX,
+                          "time limit out of range");
+    case F_ATTEMPT:
+        return s_read_u32(r, &msg->attempt, 1, UINT32_MAX,
+                          "attempt must be 1 or more");
+    case F_STATE:
+        return s_read_u32(r, &msg->state, 0, TQ_STATE_COUNT_ - 1,
+                          "unknown state");
+    case F_CODE:
+        return s_read_u32(r, &msg->code, 0, TQ_ERROR_COUNT_ - 1,
+                          "unknown error code");
+    case F_CREDIT:
+        return s_read_u32(r, &msg->credit, 1, 65535,
+                          "credit out of range (1..65535)");
+    case F_PID:
+    case F_PPID: {
+        uint64_t v;
+        if (!s_read_uint(r, &v))
+            return false;
+        if (v == 0 || v > INT32_MAX)
+            return s_fail(r, "process id out of range");
+        *(code == F_PID ? &msg->pid : &msg->ppid) = v;
+        return true;
+    }
+    case F_WAIT:
+        return s_read_bool(r, &msg->wait);
+    case F_QUEUES:
+        return s_read_names(r, msg->queues, &msg->queue_count);
+    case F_TASKS:
+        return s_read_names(r, msg->tasks, &msg->task_count);
+    default:
+        return s_fail(r, "internal: unknown field code");
+    }
+}
+
+static void
+s_clear(tq_msg_t *msg)
+{
+    /* the name arrays are large and only READY fills them: clear the
+       scalar part, and the counts say how much of the arrays is valid */
+    memset(msg, 0, offsetof(tq_msg_t, queues));
+}
+
+int
+tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
+                const char **reason)
+{
+    s_reader_t r = {data, (const uint8_t *)data + size, NULL};
+    const char *dummy;
+    if (!reason)
+        reason = &dummy;
+    s_clear(msg);
+    if (!data || size == 0) {
+        *reason = "empty header";
+        return TQ_EPROTO;
+    }
+    if (size > TQ_PROTO_MAX_HEADER) {
+        *reason = "header too large";
+        return TQ_EPROTO;
+    }
+    uint32_t count;
+    uint64_t version, command;
+    if (!s_read_array(&r, &count) || count < 2 ||
+        !s_read_uint(&r, &version)) {
+        *reason = r.error ? r.error : "header is not [version, command, ...]";
+        return TQ_EPROTO;
+    }
+    if (version != TQ_PROTO_VERSION) {
+        *reason = "unsupported protocol version";
+        return TQ_EVERSION;
+    }
+    if (!s_read_uint(&r, &command)) {
+        *reason = r.error;
+        return TQ_EPROTO;
+    }
+    const s_layout_t *layout = command <= 0xff ? s_layout((uint8_t)command)
+                                               : NULL;
+    if (!layout) {
+        *reason = "unknown command";
+        return TQ_EPROTO;
+    }
+    msg->command = (uint8_t)command;
+    size_t fields = strlen(layout->fields);
+    if (count - 2 < fields) {
+        *reason = "missing fields";
+        return TQ_EPROTO;
+    }
+    for (size_t i = 0; i < fields; i++)
+        if (!s_read_field(&r, layout->fields[i], msg)) {
+            *reason = r.error;
+            return TQ_EPROTO;
+        }
+    /* trailing fields come from a newer minor revision: skip them, but they
+       must still be well-formed */
+    for (uint32_t i = 2 + (uint32_t)fields; i < count; i++)
+        if (!s_skip(&r, TQ_PROTO_MAX_DEPTH)) {
+            *reason = r.error;
+            return TQ_EPROTO;
+        }
+    if (r.p != r.end) {
+        *reason = "trailing bytes after the header";
+        return TQ_EPROTO;
+    }
+    return TQ_OK;
+}
+
+int
+tq_proto_check_payload(const void *data, size_t size, bool array_only,
+                       const char **reason)
+{
+    s_reader_t r = {data, (const uint8_t *)data + size, NULL};
+    const char *dummy;
+    if (!reason)
+        reason = &dummy;
+    if (!data || size == 0) {
+        *reason = "empty payload";
+        return TQ_EPROTO;
+    }
+    if (array_only && (*r.p & 0xf0) != 0x90 && *r.p != 0xdc && *r.p != 0xdd) {
+        *reason = "arguments must be a msgpack array";
+        return TQ_EPROTO;
+    }
+    if (!s_skip(&r, TQ_PROTO_MAX_DEPTH)) {
+        *reason = r.error;
+        return TQ_EPROTO;
+    }
+    if (r.p != r.end) {
+        *reason = "trailing bytes after the payload object";
+        return TQ_EPROTO;
+    }
+    return TQ_OK;
+}
+
+/* ---- encoding --------------------------------------------------------- */
+
+static void
+s_pack_str(msgpack_packer *pk, tq_str_t s)
+{
+    msgpack_pack_str(pk, s.len);
+    msgpack_pack_str_body(pk, s.ptr, s.len);
+}
+
+static bool
+s_pack_names(msgpack_packer *pk, const tq_str_t *names, uint32_t count)
+{
+    if (count > TQ_PROTO_MAX_NAMES)
+        return false;
+    for (uint32_t i = 0; i < count; i++)
+        if (!tq_proto_valid_name(names[i].ptr, names[i].len))
+            return false;
+    msgpack_pack_array(pk, count);
+    for (uint32_t i = 0; i < count; i++)
+        s_pack_str(pk, names[i]);
+    return true;
+}
+
+/* Packs one field; returns a reason when the value breaks the rules. */
+static const char *
+s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
+{
+    switch (code) {
+    case F_ID:
+    case F_OPT_ID:
+        if (code == F_OPT_ID && !msg->id.ptr) {
+            msgpack_pack_nil(pk);
+            return NULL;
+        }
+        if (!tq_proto_valid_id(msg->id.ptr, msg->id.len))
+            return "invalid task id";
+        s_pack_str(pk, msg->id);
+        return NULL;
+    case F_TASK:
+    case F_QUEUE:
+    case F_HOST: {
+        tq_str_t s = code == F_TASK    ? msg->task
+                     : code == F_QUEUE ? msg->queue
+                                       : msg->host;
+        if (!tq_proto_valid_name(s.ptr, s.len))
+            return code == F_TASK    ? "invalid task name"
+                   : code == F_QUEUE ? "invalid queue name"
+                                     : "invalid host name";
+        s_pack_str(pk, s);
+        return NULL;
+    }
+    case F_ERROR:
+        if (!msg->error.ptr) {
+            msgpack_pack_nil(pk);
+            return NULL;
+        }
+        if (msg->error.len > TQ_PROTO_MAX_ERROR)
+            return "error text too long";
+        s_pack_str(pk, msg->error);
+        return NULL;
+    case F_PRIORITY:
+        if (msg->priority > 9)
+            return "priority out of range";
+        msgpack_pack_uint32(pk, msg->priority);
+        return NULL;
+    case F_LIMIT:
+        msgpack_pack_uint32(pk, msg->time_limit_ms);
+        return NULL;
+    case F_ATTEMPT:
+        if (msg->attempt < 1)
+            return "attempt must be 1 or more";
+        msgpack_pack_uint32(pk, msg->attempt);
+        return NULL;
+    case F_STATE:
+        if (msg->state >= TQ_STATE_COUNT_)
+            return "unknown state";
+        msgpack_pack_uint32(pk, msg->state);
+        return NULL;
+    case F_CODE:
+        if (msg->code >= TQ_ERROR_COUNT_)
+            return "unknown error code";
+        msgpack_pack_uint32(pk, msg->code);
+        return NULL;
+    case F_CREDIT:
+        if (msg->credit < 1 || msg->credit > 65535)
+            return "credit out of range (1..65535)";
+        msgpack_pack_uint32(pk, msg->credit);
+        return NULL;
+    case F_PID:
+    case F_PPID: {
+        uint64_t v = code == F_PID ? msg->pid : msg->ppid;
+        if (v == 0 || v > INT32_MAX)
+            return "process id out of range";
+        msgpack_pack_uint64(pk, v);
+        return NULL;
+    }
+    case F_WAIT:
+        if (msg->wait)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        return NULL;
+    case F_QUEUES:
+        return s_pack_names(pk, msg->queues, msg->queue_count)
+                   ? NULL
+                   : "invalid queue list";
+    case F_TASKS:
+        return s_pack_names(pk, msg->tasks, msg->task_count)
+                   ? NULL
+                   : "invalid task list";
+    default:
+        return "internal: unknown field code";
+    }
+}
+
+int
+tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
+                const char **reason)
+{
+    const char *dummy;
+    if (!reason)
+        reason = &dummy;
+    const s_layout_t *layout = s_layout(msg->command);
+    if (!layout) {
+        *reason = "unknown command";
+        return TQ_EINVAL;
+    }
+    msgpack_sbuffer_clear(buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    size_t fields = strlen(layout->fields);
+    msgpack_pack_array(&pk, 2 + fields);
+    msgpack_pack_uint8(&pk, TQ_PROTO_VERSION);
+    msgpack_pack_uint8(&pk, msg->command);
+    for (size_t i = 0; i < fields; i++) {
+        const char *why = s_pack_field(&pk, layout->fields[i], msg);
+        if (why) {
+            msgpack_sbuffer_clear(buf);
+            *reason = why;
+            return TQ_EINVAL;
+        }
+    }
+    return TQ_OK;
+}

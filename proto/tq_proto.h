@@ -1,0 +1,120 @@
+/* tq_proto.h - the TQP/1 codec: message structs in, bytes out, and back.
+   Pure: no sockets, no allocation when decoding. See PROTOCOL.md. */
+#ifndef TQ_PROTO_H
+#define TQ_PROTO_H
+
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tq/tq_error.h"
+
+/* Protocol version carried in every header. To change the protocol: add
+   optional trailing fields (old peers ignore them) without a version bump;
+   any other change bumps TQ_PROTO_VERSION, and peers refuse other versions
+   with ERROR/TQ_EVERSION. */
+#define TQ_PROTO_VERSION 1
+
+/* Limits, checked before use. */
+#define TQ_PROTO_MAX_ID 64          /* task id bytes */
+#define TQ_PROTO_MAX_NAME 255       /* task, queue and host name bytes */
+#define TQ_PROTO_MAX_ERROR 4096     /* error text bytes */
+#define TQ_PROTO_MAX_NAMES 256      /* tasks or queues in one READY */
+#define TQ_PROTO_MAX_HEADER 131072  /* header frame bytes */
+#define TQ_PROTO_MAX_DEPTH 32       /* nesting of a payload object */
+
+/* Commands. Client <-> broker on the client endpoint: */
+#define TQ_CMD_SUBMIT 0x01     /* c->b id task queue priority time_limit_ms + args */
+#define TQ_CMD_SUBMITTED 0x02  /* b->c id */
+#define TQ_CMD_GET 0x03        /* c->b id wait */
+#define TQ_CMD_RESULT 0x04     /* b->c id state code error + value */
+#define TQ_CMD_STATE 0x05      /* b->c id state */
+#define TQ_CMD_UNKNOWN 0x06    /* b->c id */
+#define TQ_CMD_STATUS 0x07     /* c->b */
+#define TQ_CMD_STATUS_REPLY 0x08 /* b->c + body (msgpack map) */
+/* Both endpoints, both directions: */
+#define TQ_CMD_PING 0x09       /* liveness probe, answered by PONG */
+#define TQ_CMD_PONG 0x0A
+#define TQ_CMD_ERROR 0x0B      /* b->any code reason id */
+/* Worker <-> broker on the worker endpoint: */
+#define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
+#define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
+#define TQ_CMD_DONE 0x22       /* w->b id attempt state code error + value */
+#define TQ_CMD_DISCONNECT 0x23 /* w->b, b->w */
+#define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid (the sender's) */
+#define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error: a child
+                                  died; its tasks are queued again */
+
+/* A string inside a decoded frame: not NUL-terminated, borrowed from the
+   decoded buffer. */
+typedef struct {
+    const char *ptr; /* NULL when absent */
+    uint32_t len;    /* bytes */
+} tq_str_t;
+
+/* One decoded or to-be-encoded header. Only the fields of `command` are
+   meaningful (see the table in PROTOCOL.md); decode zeroes the rest. */
+typedef struct {
+    uint8_t command;        /* TQ_CMD_* */
+    tq_str_t id;            /* task id */
+    tq_str_t task;          /* task name */
+    tq_str_t queue;         /* queue name */
+    tq_str_t error;         /* error text (RESULT, DONE, ERROR) */
+    tq_str_t host;          /* READY, HEARTBEAT: host name */
+    uint32_t priority;      /* SUBMIT: 0..9 */
+    uint32_t time_limit_ms; /* SUBMIT, TASK: 0 = worker default */
+    uint32_t attempt;       /* TASK, DONE: 1.. */
+    uint32_t state;         /* RESULT, STATE, DONE: tq_state_t */
+    uint32_t code;          /* RESULT, DONE, ERROR, LOST: tq_err_t */
+    uint32_t credit;        /* READY: tasks the worker may hold */
+    uint64_t pid;           /* READY, HEARTBEAT, LOST: process id */
+    uint64_t ppid;          /* READY: its supervisor's process id */
+    bool wait;              /* GET: answer only when final */
+    uint32_t queue_count;   /* READY */
+    uint32_t task_count;    /* READY */
+    tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */
+    tq_str_t tasks[TQ_PROTO_MAX_NAMES];  /* READY, task_count used */
+} tq_msg_t;
+
+/* Does the command carry a payload frame after its header? (SUBMIT, TASK:
+   args; RESULT, DONE: value; STATUS_REPLY: body.) */
+bool tq_proto_has_payload(uint8_t command);
+
+/* The command's name ("SUBMIT", ...), "?" when unknown. */
+const char *tq_proto_command_name(uint8_t command);
+
+/* Decodes a header frame into msg, whose strings then point into data.
+   Returns TQ_OK, TQ_EVERSION (well-formed but another version) or
+   TQ_EPROTO; on error *reason (if non-NULL) gets a static description. */
+int tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
+                    const char **reason);
+
+/* Encodes msg's header into buf, which is cleared first (its memory is
+   reused). Returns TQ_OK, or TQ_EINVAL (with *reason) if a field breaks
+   the protocol's rules. */
+int tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
+                    const char **reason);
+
+/* Checks that data holds exactly one msgpack object within the limits
+   (depth TQ_PROTO_MAX_DEPTH, lengths within size) without allocating.
+   array_only: the object must be an array (task arguments). TQ_OK or
+   TQ_EPROTO with *reason. */
+int tq_proto_check_payload(const void *data, size_t size, bool array_only,
+                           const char **reason);
+
+/* Name rules: ids 1..64 of [0-9A-Za-z_.-]; task, queue and host names
+   1..255 of [0-9A-Za-z_.:@/-]. */
+bool tq_proto_valid_id(const char *ptr, size_t len);
+bool tq_proto_valid_name(const char *ptr, size_t len);
+
+/* Makes a tq_str_t of a C string (NULL stays absent). */
+tq_str_t tq_str(const char *s);
+
+/* Copies s into dst (size bytes, NUL-terminated, truncated if needed). */
+void tq_str_copy(char *dst, size_t size, tq_str_t s);
+
+/* True if s equals the C string c. */
+bool tq_str_eq(tq_str_t s, const char *c);
+
+#endif

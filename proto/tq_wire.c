@@ -1,0 +1,131 @@
+/* tq_wire.c - whole TQP/1 messages on raw libzmq sockets. */
+#include "tq_wire.h"
+
+#include <errno.h>
+
+void
+tq_frames_init(tq_frames_t *f)
+{
+    zmq_msg_init(&f->identity);
+    zmq_msg_init(&f->header);
+    zmq_msg_init(&f->payload);
+    f->has_payload = false;
+    f->frames = 0;
+}
+
+void
+tq_frames_close(tq_frames_t *f)
+{
+    zmq_msg_close(&f->identity);
+    zmq_msg_close(&f->header);
+    zmq_msg_close(&f->payload);
+    tq_frames_init(f);
+}
+
+static bool
+s_more(void *socket)
+{
+    int more = 0;
+    size_t size = sizeof more;
+    return zmq_getsockopt(socket, ZMQ_RCVMORE, &more, &size) == 0 && more;
+}
+
+int
+tq_wire_recv(void *socket, tq_frames_t *f, bool router, int flags)
+{
+    zmq_msg_t *slots[3];
+    int nslots = 0;
+    if (router)
+        slots[nslots++] = &f->identity;
+    slots[nslots++] = &f->header;
+    slots[nslots++] = &f->payload;
+
+    f->frames = 0;
+    f->has_payload = false;
+    /* zmq_msg_recv releases what a slot held before; the payload slot may
+       have been moved out by the caller, which leaves it empty but valid */
+    if (zmq_msg_recv(slots[0], socket, flags) < 0)
+        return -1;
+    f->frames = 1;
+    bool too_many = false;
+    while (s_more(socket)) {
+        if (f->frames < nslots) {
+            /* the rest of a multipart message is already here */
+            while (zmq_msg_recv(slots[f->frames], socket, 0) < 0)
+                if (errno != EINTR)
+                    return -1;
+        } else {
+            zmq_msg_t extra;
+            zmq_msg_init(&extra);
+            while (zmq_msg_recv(&extra, socket, 0) < 0)
+                if (errno != EINTR) {
+                    zmq_msg_close(&extra);
+                    return -1;
+                }
+            zmq_msg_close(&extra);
+            too_many = true;
+        }
+        f->frames++;
+    }
+    if (f->frames < nslots - 1)
+        zmq_msg_close(&f->header), zmq_msg_init(&f->header);
+    if (f->frames < nslots)
+        zmq_msg_close(&f->payload), zmq_msg_init(&f->payload);
+    else
+        f->has_payload = true;
+    if (too_many || f->frames < nslots - 1)
+        return TQ_EPROTO;
+    return TQ_OK;
+}
+
+int
+tq_wire_send(void *socket, zmq_msg_t *identity, const void *header,
+             size_t header_size, zmq_msg_t *payload, int flags)
+{
+    if (identity) {
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, identity);
+        if (zmq_msg_send(&copy, socket, flags | ZMQ_SNDMORE) < 0) {
+            zmq_msg_close(&copy);
+            return -1;
+        }
+    }
+    /* once the first part is accepted the rest of the message is too:
+       ZeroMQ delivers multipart messages whole or not at all */
+    if (zmq_send(socket, header, header_size,
+                 flags | (payload ? ZMQ_SNDMORE : 0)) < 0)
+        return -1;
+    if (payload && zmq_msg_send(payload, socket, flags) < 0)
+        return -1;
+    return TQ_OK;
+}
+
+int
+tq_wire_send_msg(void *socket, zmq_msg_t *identity, const tq_msg_t *msg,
+                 msgpack_sbuffer *buf, zmq_msg_t *payload, int flags)
+{
+    int rc = tq_proto_encode(msg, buf, NULL);
+    if (rc != TQ_OK)
+        return rc;
+    return tq_wire_send(socket, identity, buf->data, buf->size, payload,
+                        flags);
+}
+
+int
+tq_wire_decode(const tq_frames_t *f, tq_msg_t *msg, const char **reason)
+{
+    const char *dummy;
+    if (!reason)
+        reason = &dummy;
+    int rc = tq_proto_decode(msg, zmq_msg_data((zmq_msg_t *)&f->header),
+                             zmq_msg_size((zmq_msg_t *)&f->header), reason);
+    if (rc != TQ_OK)
+        return rc;
+    if (tq_proto_has_payload(msg->command) != f->has_payload) {
+        *reason = f->has_payload ? "unexpected payload frame"
+                                 : "missing payload frame";
+        return TQ_EPROTO;
+    }
+    return TQ_OK;
+}

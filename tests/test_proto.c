@@ -1,0 +1,438 @@
+/* test_proto.c - unit tests of the TQP/1 codec: every message round trips,
+   and truncated, garbled, oversized and wrong-version input is refused. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "tq_proto.h"
+
+static const uint8_t s_commands[] = {
+    TQ_CMD_SUBMIT, TQ_CMD_SUBMITTED,    TQ_CMD_GET,   TQ_CMD_RESULT,
+    TQ_CMD_STATE,  TQ_CMD_UNKNOWN,      TQ_CMD_STATUS, TQ_CMD_STATUS_REPLY,
+    TQ_CMD_PING,   TQ_CMD_PONG,         TQ_CMD_ERROR, TQ_CMD_READY,
+    TQ_CMD_TASK,   TQ_CMD_DONE,         TQ_CMD_DISCONNECT,
+    TQ_CMD_HEARTBEAT, TQ_CMD_LOST,
+};
+#define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
+
+/* A message with every field set; the codec keeps those its command has. */
+static void
+s_fill(tq_msg_t *msg, uint8_t command)
+{
+    memset(msg, 0, sizeof *msg);
+    msg->command = command;
+    msg->id = tq_str("0123456789abcdef0123456789abcdef");
+    msg->task = tq_str("math.add");
+    msg->queue = tq_str("default");
+    msg->error = tq_str("boom: a message with spaces");
+    msg->host = tq_str("host-1.example");
+    msg->priority = 7;
+    msg->time_limit_ms = 2500;
+    msg->attempt = 2;
+    msg->state = TQ_STATE_FAILURE;
+    msg->code = TQ_ETASK;
+    msg->credit = 16;
+    msg->pid = 4242;
+    msg->ppid = 4200;
+    msg->wait = true;
+    msg->queue_count = 2;
+    msg->queues[0] = tq_str("default");
+    msg->queues[1] = tq_str("high");
+    msg->task_count = 3;
+    msg->tasks[0] = tq_str("tq.echo");
+    msg->tasks[1] = tq_str("tq.sleep");
+    msg->tasks[2] = tq_str("tq.fail");
+}
+
+static bool
+s_same(tq_str_t a, tq_str_t b)
+{
+    if (!a.ptr || !b.ptr)
+        return !a.ptr && !b.ptr;
+    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
+}
+
+static void
+test_round_trip_every_command(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    for (size_t i = 0; i < S_NCOMMANDS; i++) {
+        s_fill(&in, s_commands[i]);
+        const char *why = NULL;
+        assert_int_equal(tq_proto_encode(&in, &buf, &why), TQ_OK);
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, &why),
+                         TQ_OK);
+        assert_int_equal(out.command, in.command);
+        const char *name = tq_proto_command_name(out.command);
+        assert_string_not_equal(name, "?");
+        switch (in.command) {
+        case TQ_CMD_SUBMIT:
+            assert_true(s_same(out.id, in.id));
+            assert_true(s_same(out.task, in.task));
+            assert_true(s_same(out.queue, in.queue));
+            assert_int_equal(out.priority, 7);
+            assert_int_equal(out.time_limit_ms, 2500);
+            assert_true(tq_proto_has_payload(in.command));
+            break;
+        case TQ_CMD_GET:
+            assert_true(s_same(out.id, in.id));
+            assert_true(out.wait);
+            break;
+        case TQ_CMD_RESULT:
+            assert_true(s_same(out.id, in.id));
+            assert_int_equal(out.state, TQ_STATE_FAILURE);
+            assert_int_equal(out.code, TQ_ETASK);
+            assert_true(s_same(out.error, in.error));
+            break;
+        case TQ_CMD_READY:
+            assert_true(s_same(out.host, in.host));
+            assert_int_equal(out.pid, 4242);
+            assert_int_equal(out.ppid, 4200);
+            assert_int_equal(out.credit, 16);
+            assert_int_equal(out.queue_count, 2);
+            assert_int_equal(out.task_count, 3);
+            assert_true(s_same(out.queues[1], in.queues[1]));
+            assert_true(s_same(out.tasks[2], in.tasks[2]));
+            break;
+        case TQ_CMD_TASK:
+            assert_true(s_same(out.id, in.id));
+            assert_true(s_same(out.task, in.task));
+            assert_int_equal(out.attempt, 2);
+            assert_int_equal(out.time_limit_ms, 2500);
+            break;
+        case TQ_CMD_DONE:
+            assert_true(s_same(out.id, in.id));
+            assert_int_equal(out.attempt, 2);
+            assert_int_equal(out.state, TQ_STATE_FAILURE);
+            assert_int_equal(out.code, TQ_ETASK);
+            assert_true(s_same(out.error, in.error));
+            break;
+        case TQ_CMD_ERROR:
+            assert_int_equal(out.code, TQ_ETASK);
+            assert_true(s_same(out.error, in.error));
+            assert_true(s_same(out.id, in.id));
+            break;
+        case TQ_CMD_HEARTBEAT:
+            assert_true(s_same(out.host, in.host));
+            assert_int_equal(out.pid, 4242);
+            break;
+        case TQ_CMD_LOST:
+            assert_int_equal(out.pid, 4242);
+            assert_int_equal(out.code, TQ_ETASK);
+            assert_true(s_same(out.error, in.error));
+            break;
+        case TQ_CMD_STATUS:
+        case TQ_CMD_PING:
+            /* no fields: nothing may leak through from the input */
+            assert_null(out.id.ptr);
+            assert_int_equal(out.priority, 0);
+            break;
+        default:
+            break;
+        }
+    }
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static void
+test_optional_fields(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    memset(&in, 0, sizeof in);
+    in.command = TQ_CMD_ERROR;
+    in.code = TQ_EPROTO;
+    assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL), TQ_OK);
+    assert_null(out.id.ptr);
+    assert_null(out.error.ptr);
+    assert_int_equal(out.code, TQ_EPROTO);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static void
+test_encode_refuses_bad_fields(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t msg;
+    const char *why = NULL;
+
+    s_fill(&msg, TQ_CMD_SUBMIT);
+    msg.id = tq_str("has space");
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+    assert_string_equal(why, "invalid task id");
+    assert_int_equal(buf.size, 0);
+
+    s_fill(&msg, TQ_CMD_SUBMIT);
+    msg.priority = 10;
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+
+    s_fill(&msg, TQ_CMD_SUBMIT);
+    msg.task = tq_str(NULL);
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+
+    s_fill(&msg, TQ_CMD_READY);
+    msg.credit = 0;
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+
+    s_fill(&msg, TQ_CMD_READY);
+    msg.task_count = TQ_PROTO_MAX_NAMES + 1;
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+
+    memset(&msg, 0, sizeof msg);
+    msg.command = 0x7f;
+    assert_int_equal(tq_proto_encode(&msg, &buf, &why), TQ_EINVAL);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* Every strict prefix of every message is refused. */
+static void
+test_truncated(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    for (size_t i = 0; i < S_NCOMMANDS; i++) {
+        s_fill(&in, s_commands[i]);
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        for (size_t n = 0; n < buf.size; n++) {
+            const char *why = NULL;
+            /* copy so ASan sees reads past the prefix */
+            char *prefix = malloc(n ? n : 1);
+            memcpy(prefix, buf.data, n);
+            assert_int_equal(tq_proto_decode(&out, prefix, n, &why),
+                             TQ_EPROTO);
+            assert_non_null(why);
+            free(prefix);
+        }
+    }
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static void
+test_wrong_version_and_command(void **state)
+{
+    (void)state;
+    static tq_msg_t out;
+    const char *why = NULL;
+    /* [2, 9]: PING of version 2 */
+    const uint8_t v2[] = {0x92, 0x02, 0x09};
+    assert_int_equal(tq_proto_decode(&out, v2, sizeof v2, &why), TQ_EVERSION);
+    /* [1, 0x55]: no such command */
+    const uint8_t cmd[] = {0x92, 0x01, 0x55};
+    assert_int_equal(tq_proto_decode(&out, cmd, sizeof cmd, &why), TQ_EPROTO);
+    assert_string_equal(why, "unknown command");
+    /* not an array at all */
+    const uint8_t str[] = {0xa3, 'a', 'b', 'c'};
+    assert_int_equal(tq_proto_decode(&out, str, sizeof str, &why), TQ_EPROTO);
+    /* [1, 9, extra...] a newer revision's trailing field is skipped */
+    const uint8_t newer[] = {0x93, 0x01, 0x09, 0xa1, 'x'};
+    assert_int_equal(tq_proto_decode(&out, newer, sizeof newer, &why), TQ_OK);
+    assert_int_equal(out.command, TQ_CMD_PING);
+    /* trailing garbage after the array */
+    const uint8_t tail[] = {0x92, 0x01, 0x09, 0x00};
+    assert_int_equal(tq_proto_decode(&out, tail, sizeof tail, &why),
+                     TQ_EPROTO);
+    /* SUBMIT with a field of the wrong type (priority as a string) */
+    const uint8_t bad[] = {0x97, 0x01, 0x01, 0xa1, 'a', 0xa1, 't', 0xa1, 'q',
+                           0xa1, '1', 0x00};
+    assert_int_equal(tq_proto_decode(&out, bad, sizeof bad, &why), TQ_EPROTO);
+    assert_string_equal(why, "expected an unsigned integer");
+    /* an array header claiming 4 billion elements in a 5-byte frame */
+    const uint8_t lie[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(tq_proto_decode(&out, lie, sizeof lie, &why), TQ_EPROTO);
+    assert_int_equal(tq_proto_decode(&out, NULL, 0, &why), TQ_EPROTO);
+}
+
+static void
+test_oversized(void **state)
+{
+    (void)state;
+    static tq_msg_t out;
+    size_t size = TQ_PROTO_MAX_HEADER + 1;
+    uint8_t *big = calloc(1, size);
+    big[0] = 0x92;
+    big[1] = 0x01;
+    big[2] = 0x09;
+    const char *why = NULL;
+    assert_int_equal(tq_proto_decode(&out, big, size, &why), TQ_EPROTO);
+    assert_string_equal(why, "header too large");
+    free(big);
+
+    /* an error text over the limit */
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 5);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, TQ_CMD_LOST);
+    msgpack_pack_uint32(&pk, 10);
+    msgpack_pack_uint32(&pk, TQ_ELOST);
+    char *text = calloc(1, TQ_PROTO_MAX_ERROR + 1);
+    memset(text, 'x', TQ_PROTO_MAX_ERROR + 1);
+    msgpack_pack_str(&pk, TQ_PROTO_MAX_ERROR + 1);
+    msgpack_pack_str_body(&pk, text, TQ_PROTO_MAX_ERROR + 1);
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, &why),
+                     TQ_EPROTO);
+    assert_string_equal(why, "error text too long");
+    free(text);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static uint32_t s_seed = 12345;
+static uint32_t
+s_rand(void)
+{
+    s_seed = s_seed * 1103515245u + 12345u;
+    return s_seed >> 8;
+}
+
+/* Random bytes and random mutations of valid messages: no crash, and a
+   message that decodes can be encoded again. */
+static void
+test_garbled(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf, again;
+    msgpack_sbuffer_init(&buf);
+    msgpack_sbuffer_init(&again);
+    static tq_msg_t in, out;
+    int accepted = 0, refused = 0;
+    for (int round = 0; round < 20000; round++) {
+        s_fill(&in, s_commands[s_rand() % S_NCOMMANDS]);
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        uint8_t *bytes = malloc(buf.size);
+        memcpy(bytes, buf.data, buf.size);
+        int flips = 1 + (int)(s_rand() % 4);
+        for (int k = 0; k < flips; k++)
+            bytes[s_rand() % buf.size] = (uint8_t)s_rand();
+        int rc = tq_proto_decode(&out, bytes, buf.size, NULL);
+        if (rc == TQ_OK) {
+            accepted++;
+            assert_int_equal(tq_proto_encode(&out, &again, NULL), TQ_OK);
+        } else {
+            assert_true(rc == TQ_EPROTO || rc == TQ_EVERSION);
+            refused++;
+        }
+        free(bytes);
+    }
+    for (int round = 0; round < 20000; round++) {
+        size_t size = 1 + s_rand() % 64;
+        uint8_t *bytes = malloc(size);
+        for (size_t k = 0; k < size; k++)
+            bytes[k] = (uint8_t)s_rand();
+        (void)tq_proto_decode(&out, bytes, size, NULL);
+        (void)tq_proto_check_payload(bytes, size, false, NULL);
+        free(bytes);
+    }
+    assert_true(refused > 0);
+    print_message("garbled: %d accepted, %d refused\n", accepted, refused);
+    msgpack_sbuffer_destroy(&buf);
+    msgpack_sbuffer_destroy(&again);
+}
+
+static void
+test_payload_check(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 4);
+    msgpack_pack_int64(&pk, -5);
+    msgpack_pack_str_with_body(&pk, "hi", 2);
+    msgpack_pack_double(&pk, 1.5);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "k", 1);
+    msgpack_pack_bin_with_body(&pk, "\x01\x02", 2);
+    const char *why = NULL;
+    assert_int_equal(tq_proto_check_payload(buf.data, buf.size, true, &why),
+                     TQ_OK);
+    /* a prefix is refused */
+    assert_int_equal(
+        tq_proto_check_payload(buf.data, buf.size - 1, true, &why), TQ_EPROTO);
+    /* a scalar is fine as a value, not as arguments */
+    const uint8_t one[] = {0x01};
+    assert_int_equal(tq_proto_check_payload(one, 1, false, &why), TQ_OK);
+    assert_int_equal(tq_proto_check_payload(one, 1, true, &why), TQ_EPROTO);
+    /* two objects where one is expected */
+    const uint8_t two[] = {0x90, 0x90};
+    assert_int_equal(tq_proto_check_payload(two, 2, true, &why), TQ_EPROTO);
+    /* nesting beyond the limit */
+    uint8_t deep[TQ_PROTO_MAX_DEPTH + 1];
+    memset(deep, 0x91, sizeof deep);
+    deep[sizeof deep - 1] = 0x90;
+    assert_int_equal(tq_proto_check_payload(deep, sizeof deep, true, &why),
+                     TQ_EPROTO);
+    assert_string_equal(why, "nested too deep");
+    /* a map that claims more entries than bytes */
+    const uint8_t lie[] = {0x91, 0xdf, 0x7f, 0xff, 0xff, 0xff};
+    assert_int_equal(tq_proto_check_payload(lie, sizeof lie, true, &why),
+                     TQ_EPROTO);
+    /* 0xc1 is never valid */
+    const uint8_t never[] = {0x91, 0xc1};
+    assert_int_equal(tq_proto_check_payload(never, sizeof never, true, &why),
+                     TQ_EPROTO);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static void
+test_names(void **state)
+{
+    (void)state;
+    assert_true(tq_proto_valid_id("abc-1_2.3", 9));
+    assert_false(tq_proto_valid_id("", 0));
+    assert_false(tq_proto_valid_id("a b", 3));
+    assert_false(tq_proto_valid_id("a\0b", 3));
+    char long_id[TQ_PROTO_MAX_ID + 1];
+    memset(long_id, 'a', sizeof long_id);
+    assert_true(tq_proto_valid_id(long_id, TQ_PROTO_MAX_ID));
+    assert_false(tq_proto_valid_id(long_id, TQ_PROTO_MAX_ID + 1));
+    assert_true(tq_proto_valid_name("tq.echo", 7));
+    assert_true(tq_proto_valid_name("a:b@c/d-e_f", 11));
+    assert_false(tq_proto_valid_name("a;b", 3));
+    assert_false(tq_proto_valid_name(NULL, 0));
+
+    char dst[4];
+    tq_str_copy(dst, sizeof dst, tq_str("abcdef"));
+    assert_string_equal(dst, "abc");
+    assert_true(tq_str_eq(tq_str("x"), "x"));
+    assert_false(tq_str_eq(tq_str("x"), "xy"));
+
+    assert_string_equal(tq_strerror(TQ_ETASK), "task failed");
+    assert_string_equal(tq_strerror(-1), "unknown error");
+    assert_string_equal(tq_state_name(TQ_STATE_CANCELLED), "CANCELLED");
+    assert_string_equal(tq_state_name(99), "?");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip_every_command),
+        cmocka_unit_test(test_optional_fields),
+        cmocka_unit_test(test_encode_refuses_bad_fields),
+        cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_wrong_version_and_command),
+        cmocka_unit_test(test_oversized),
+        cmocka_unit_test(test_garbled),
+        cmocka_unit_test(test_payload_check),
+        cmocka_unit_test(test_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
