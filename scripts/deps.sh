@@ -8,7 +8,7 @@ packages=(
   libzmq3-dev libczmq-dev               # transport, sockets/actors/auth
   libmsgpack-dev                        # every payload
   libjansson-dev                        # JSON in the tq CLI
-  libcmocka-dev                         # unit and end-to-end tests
+  libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   procps                                # ps/pgrep used by scripts
 )
 
