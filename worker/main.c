@@ -1,0 +1,204 @@
+/* main.c - tq-worker: parse the command line, load the task registry, run
+   the supervisor. */
+#include "tq_worker_host.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tq-worker [--broker EP] [-c N] [--queue NAME]... "
+            "[--module PATH]...\n"
+            "                 [--prefetch N] [--time-limit SEC] [--host NAME]\n"
+            "                 [--shutdown-timeout SEC] [-v] [--help]\n"
+            "\n"
+            "  --broker EP            broker's worker endpoint "
+            "($TQ_WORKER_ENDPOINT, else %s)\n"
+            "  -c, --concurrency N    child processes (default: online CPUs)\n"
+            "  --queue NAME           queue to serve, repeatable (default: "
+            "default)\n"
+            "  --module PATH          task module to load, repeatable\n"
+            "  --prefetch N           tasks each child may hold (default 1)\n"
+            "  --time-limit SEC       hard limit for tasks that set none "
+            "(default 0: none)\n"
+            "  --host NAME            host name reported (default: "
+            "gethostname)\n"
+            "  --shutdown-timeout SEC drain time on SIGTERM (default 30)\n"
+            "  -v, --verbose          log protocol chatter\n",
+            TQ_DEFAULT_WORKER_ENDPOINT);
+}
+
+/* Parses a whole decimal number in [min, max]. */
+static bool
+s_parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Parses seconds (may be fractional) into milliseconds. */
+static bool
+s_parse_secs(const char *s, double max, uint32_t *ms)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0 && v <= max))
+        return false;
+    *ms = (uint32_t)(v * 1000.0 + 0.5);
+    return true;
+}
+
+/* Makes a valid TQP host name of whatever gethostname returned. */
+static void
+s_default_host(char *host, size_t size)
+{
+    if (gethostname(host, size - 1) != 0 || !host[0])
+        snprintf(host, size, "localhost");
+    host[size - 1] = '\0';
+    for (char *p = host; *p; p++)
+        if (!tq_proto_valid_name(p, 1))
+            *p = '_';
+}
+
+int
+main(int argc, char **argv)
+{
+    static tq_worker_config_t config;
+    const char *modules[256];
+    int module_count = 0;
+    const char *host = NULL;
+    config.endpoint = getenv("TQ_WORKER_ENDPOINT");
+    if (!config.endpoint || !*config.endpoint)
+        config.endpoint = TQ_DEFAULT_WORKER_ENDPOINT;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    config.concurrency = cpus > 0 ? (int)cpus : 1;
+    config.prefetch = 1;
+    config.shutdown_timeout_ms = 30000;
+
+    enum {
+        O_BROKER = 256,
+        O_QUEUE,
+        O_MODULE,
+        O_PREFETCH,
+        O_LIMIT,
+        O_HOST,
+        O_SHUTDOWN
+    };
+    static const struct option options[] = {
+        {"broker", required_argument, NULL, O_BROKER},
+        {"concurrency", required_argument, NULL, 'c'},
+        {"queue", required_argument, NULL, O_QUEUE},
+        {"module", required_argument, NULL, O_MODULE},
+        {"prefetch", required_argument, NULL, O_PREFETCH},
+        {"time-limit", required_argument, NULL, O_LIMIT},
+        {"host", required_argument, NULL, O_HOST},
+        {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    long n;
+    const char *bad = NULL;
+    while (!bad &&
+           (opt = getopt_long(argc, argv, "c:vh", options, NULL)) != -1) {
+        switch (opt) {
+        case O_BROKER:
+            config.endpoint = optarg;
+            break;
+        case 'c':
+            if (!s_parse_long(optarg, 1, 4096, &n))
+                bad = "-c wants a number of children, 1..4096";
+            config.concurrency = (int)n;
+            break;
+        case O_QUEUE:
+            if (!tq_proto_valid_name(optarg, strlen(optarg)))
+                bad = "--queue wants 1-255 of [A-Za-z0-9_.:@/-]";
+            else if (config.queue_count == TQ_PROTO_MAX_NAMES)
+                bad = "at most 256 queues";
+            else
+                config.queues[config.queue_count++] = optarg;
+            break;
+        case O_MODULE:
+            if (module_count == (int)(sizeof modules / sizeof modules[0]))
+                bad = "too many modules";
+            else
+                modules[module_count++] = optarg;
+            break;
+        case O_PREFETCH:
+            if (!s_parse_long(optarg, 1, 65535, &n))
+                bad = "--prefetch wants 1..65535";
+            config.prefetch = (uint32_t)n;
+            break;
+        case O_LIMIT:
+            if (!s_parse_secs(optarg, 4294967.0, &config.time_limit_ms))
+                bad = "--time-limit wants seconds (0: none)";
+            break;
+        case O_HOST:
+            if (!tq_proto_valid_name(optarg, strlen(optarg)))
+                bad = "--host wants 1-255 of [A-Za-z0-9_.:@/-]";
+            host = optarg;
+            break;
+        case O_SHUTDOWN:
+            if (!s_parse_secs(optarg, 86400.0, &config.shutdown_timeout_ms))
+                bad = "--shutdown-timeout wants seconds";
+            break;
+        case 'v':
+            config.verbose = true;
+            break;
+        case 'h':
+            s_usage(stdout);
+            return 0;
+        default:
+            bad = "";
+            break;
+        }
+    }
+    if (!bad && optind < argc)
+        bad = "unexpected argument";
+    if (bad) {
+        if (*bad)
+            fprintf(stderr, "tq-worker: %s\n", bad);
+        s_usage(stderr);
+        return 2;
+    }
+    if (config.queue_count == 0)
+        config.queues[config.queue_count++] = "default";
+    if (host)
+        snprintf(config.host, sizeof config.host, "%s", host);
+    else
+        s_default_host(config.host, sizeof config.host);
+
+    /* the registry is complete before any fork: children share it */
+    tq_registry_t *registry = tq_registry_new();
+    if (!registry || tq_registry_add_builtins(registry) != TQ_OK) {
+        fprintf(stderr, "tq-worker: cannot set up the task registry\n");
+        return 1;
+    }
+    for (int i = 0; i < module_count; i++)
+        if (tq_registry_load(registry, modules[i]) != TQ_OK) {
+            fprintf(stderr, "tq-worker: %s\n", tq_registry_error(registry));
+            tq_registry_destroy(&registry);
+            return 1;
+        }
+    if (tq_registry_size(registry) > TQ_PROTO_MAX_NAMES) {
+        fprintf(stderr,
+                "tq-worker: %zu tasks registered, READY carries at most %d\n",
+                tq_registry_size(registry), TQ_PROTO_MAX_NAMES);
+        tq_registry_destroy(&registry);
+        return 1;
+    }
+    int rc = tq_supervisor_run(&config, registry);
+    tq_registry_destroy(&registry);
+    return rc;
+}

@@ -1,0 +1,408 @@
+/* tq_child.c - the task loop of one worker child: READY, then TASK in,
+   run one at a time from a local FIFO, DONE out; DISCONNECT on SIGTERM. */
+#include "tq_worker_host.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_wire.h"
+
+/* A task received and not yet run. */
+typedef struct {
+    char id[TQ_PROTO_MAX_ID + 1]; /* task id */
+    char name[TQ_PROTO_MAX_NAME + 1]; /* task name */
+    uint32_t attempt; /* 1.. */
+    uint32_t time_limit_ms; /* the task's own limit, 0: default */
+    zmq_msg_t args; /* payload frame, moved in unread */
+} s_job_t;
+
+typedef struct {
+    const tq_worker_config_t *config; /* borrowed */
+    const tq_registry_t *registry; /* borrowed */
+    int report_fd; /* write end of the pipe to the
+                      supervisor */
+    void *ctx; /* this child's own zmq context */
+    void *sock; /* DEALER to the broker */
+    tq_frames_t frames; /* reused for every recv */
+    tq_msg_t in; /* decoded header, points into frames */
+    tq_msg_t out; /* header being sent */
+    msgpack_sbuffer header; /* encoded header, reused */
+    msgpack_sbuffer value; /* a task's result, reused */
+    msgpack_packer packer; /* writes into value */
+    msgpack_zone zone; /* unpacked arguments, reused */
+    s_job_t *jobs; /* FIFO ring */
+    size_t head; /* index of the oldest job */
+    size_t count; /* jobs queued */
+    size_t capacity; /* ring slots */
+    bool busy; /* supervisor thinks a task runs */
+    tq_task_t task; /* the running task */
+} s_child_t;
+
+/* Set by SIGTERM/SIGINT: finish the running task, then leave. */
+static volatile sig_atomic_t s_stop;
+
+static void
+s_on_stop(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void
+s_die(const char *what)
+{
+    tq_worker_log("child: %s: %s", what, zmq_strerror(errno));
+    fflush(stderr);
+    _exit(1);
+}
+
+/* Tells the supervisor what runs now. A supervisor that is gone means this
+   child must go too (PR_SET_PDEATHSIG normally got there first). */
+static void
+s_report(s_child_t *self, uint32_t kind, const s_job_t *job)
+{
+    tq_report_t rec;
+    memset(&rec, 0, sizeof rec);
+    rec.kind = kind;
+    if (job) {
+        rec.attempt = job->attempt;
+        rec.time_limit_ms = job->time_limit_ms;
+        snprintf(rec.id, sizeof rec.id, "%s", job->id);
+    }
+    ssize_t n;
+    while ((n = write(self->report_fd, &rec, sizeof rec)) < 0 && errno == EINTR)
+        ;
+    if (n != (ssize_t)sizeof rec) {
+        tq_worker_log("child: supervisor pipe closed, exiting");
+        _exit(1);
+    }
+}
+
+/* Sends self->out with payload (moved, may be NULL). EINTR before the
+   message is accepted is retried unless we are stopping anyway. */
+static int
+s_send(s_child_t *self, zmq_msg_t *payload)
+{
+    for (;;) {
+        int rc = tq_wire_send_msg(self->sock, NULL, &self->out, &self->header,
+                                  payload, 0);
+        if (rc == TQ_OK)
+            return TQ_OK;
+        if (rc == -1 && errno == EINTR)
+            continue;
+        const char *why = rc == -1 ? zmq_strerror(errno) : "encode failed";
+        tq_worker_log("child: cannot send %s: %s",
+                      tq_proto_command_name(self->out.command), why);
+        return rc;
+    }
+}
+
+static void
+s_send_ready(s_child_t *self)
+{
+    const tq_worker_config_t *cfg = self->config;
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_READY;
+    self->out.host = tq_str(cfg->host);
+    self->out.pid = (uint64_t)getpid();
+    self->out.ppid = (uint64_t)getppid();
+    self->out.credit = cfg->prefetch;
+    self->out.queue_count = cfg->queue_count;
+    for (uint32_t i = 0; i < cfg->queue_count; i++)
+        self->out.queues[i] = tq_str(cfg->queues[i]);
+    size_t n = tq_registry_size(self->registry);
+    if (n > TQ_PROTO_MAX_NAMES)
+        n = TQ_PROTO_MAX_NAMES; /* main refuses more; belt and braces */
+    self->out.task_count = (uint32_t)n;
+    for (size_t i = 0; i < n; i++)
+        self->out.tasks[i] = tq_str(tq_registry_name(self->registry, i));
+    if (s_send(self, NULL) != TQ_OK)
+        _exit(1);
+}
+
+/* Sends DONE for job; value (the result bytes) only with SUCCESS. */
+static void
+s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
+            const char *error)
+{
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_DONE;
+    self->out.id = tq_str(job->id);
+    self->out.attempt = job->attempt;
+    self->out.state = state;
+    self->out.code = code;
+    self->out.error = tq_str(error); /* NULL packs nil */
+    zmq_msg_t payload;
+    if (state == TQ_STATE_SUCCESS) {
+        zmq_msg_init_size(&payload, self->value.size);
+        memcpy(zmq_msg_data(&payload), self->value.data, self->value.size);
+    } else
+        zmq_msg_init(&payload);
+    s_send(self, &payload);
+    zmq_msg_close(&payload);
+}
+
+/* Runs job to completion and sends its DONE. */
+static void
+s_run(s_child_t *self, s_job_t *job)
+{
+    char error[TQ_PROTO_MAX_ERROR + 1];
+    const char *reason = NULL;
+    const void *data = zmq_msg_data(&job->args);
+    size_t size = zmq_msg_size(&job->args);
+
+    if (tq_proto_check_payload(data, size, true, &reason) != TQ_OK) {
+        snprintf(error, sizeof error, "invalid arguments: %s", reason);
+        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK, error);
+        return;
+    }
+    void *arg = NULL;
+    tq_task_fn *fn = tq_registry_lookup(self->registry, job->name, &arg);
+    if (!fn) {
+        snprintf(error, sizeof error, "no task named %s on this worker",
+                 job->name);
+        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ENOTASK, error);
+        return;
+    }
+    /* one zone for every task's arguments: cleared, never freed */
+    msgpack_zone_clear(&self->zone);
+    msgpack_object args;
+    size_t off = 0;
+    msgpack_unpack_return ur =
+        msgpack_unpack(data, size, &off, &self->zone, &args);
+    if (ur != MSGPACK_UNPACK_SUCCESS || args.type != MSGPACK_OBJECT_ARRAY) {
+        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,
+                    "invalid arguments: cannot unpack");
+        return;
+    }
+    tq_task_t *task = &self->task;
+    memcpy(task->id, job->id, sizeof task->id);
+    task->attempt = job->attempt;
+    task->arg = arg;
+    task->failed = false;
+    task->error[0] = '\0';
+    msgpack_sbuffer_clear(&self->value);
+
+    int rc = fn(task, &args, &self->packer);
+
+    if (rc != 0) {
+        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,
+                    task->failed && task->error[0] ? task->error
+                                                   : "task failed");
+        return;
+    }
+    if (self->value.size == 0)
+        msgpack_pack_nil(&self->packer);
+    if (tq_proto_check_payload(self->value.data, self->value.size, false,
+                               &reason) != TQ_OK) {
+        /* more than one object, or too deep: the task's bug, reported */
+        snprintf(error, sizeof error,
+                 "task %s returned an invalid value: %s (pack exactly one "
+                 "object)",
+                 job->name, reason);
+        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK, error);
+        return;
+    }
+    s_send_done(self, job, TQ_STATE_SUCCESS, TQ_OK, NULL);
+}
+
+static void
+s_push(s_child_t *self, const tq_msg_t *msg)
+{
+    if (self->count == self->capacity) {
+        /* the broker holds us to our credit; growing only covers a broker
+           that does not, instead of dropping its task */
+        size_t cap = self->capacity ? self->capacity * 2 : 4;
+        s_job_t *jobs = malloc(cap * sizeof *jobs);
+        if (!jobs) {
+            tq_worker_log("child: out of memory");
+            abort();
+        }
+        for (size_t i = 0; i < self->count; i++) {
+            s_job_t *from = &self->jobs[(self->head + i) % self->capacity];
+            jobs[i] = *from;
+            zmq_msg_init(&jobs[i].args);
+            zmq_msg_move(&jobs[i].args, &from->args);
+            zmq_msg_close(&from->args);
+        }
+        free(self->jobs);
+        self->jobs = jobs;
+        self->head = 0;
+        self->capacity = cap;
+    }
+    if (self->count >= self->config->prefetch && self->config->verbose)
+        tq_worker_log("child: broker sent more tasks than our credit (%u)",
+                      self->config->prefetch);
+    s_job_t *job = &self->jobs[(self->head + self->count) % self->capacity];
+    tq_str_copy(job->id, sizeof job->id, msg->id);
+    tq_str_copy(job->name, sizeof job->name, msg->task);
+    job->attempt = msg->attempt;
+    job->time_limit_ms = msg->time_limit_ms;
+    zmq_msg_init(&job->args);
+    zmq_msg_move(&job->args, &self->frames.payload);
+    self->count++;
+}
+
+/* Handles one received message. Bad wire input is logged, never fatal. */
+static void
+s_on_message(s_child_t *self, int rc)
+{
+    const char *reason = "wrong number of frames";
+    if (rc == TQ_OK)
+        rc = tq_wire_decode(&self->frames, &self->in, &reason);
+    if (rc != TQ_OK) {
+        tq_worker_log("child: dropped a malformed message from the broker: "
+                      "%s",
+                      reason);
+        return;
+    }
+    const tq_msg_t *msg = &self->in;
+    switch (msg->command) {
+    case TQ_CMD_TASK:
+        s_push(self, msg);
+        break;
+    case TQ_CMD_PING:
+        memset(&self->out, 0, sizeof self->out);
+        self->out.command = TQ_CMD_PONG;
+        s_send(self, NULL);
+        break;
+    case TQ_CMD_PONG:
+    case TQ_CMD_HEARTBEAT:
+        break;
+    case TQ_CMD_ERROR:
+        if (self->config->verbose)
+            tq_worker_log("child: broker says %s: %.*s%s%.*s",
+                          tq_strerror((int)msg->code), (int)msg->error.len,
+                          msg->error.ptr ? msg->error.ptr : "",
+                          msg->id.ptr ? " task " : "", (int)msg->id.len,
+                          msg->id.ptr ? msg->id.ptr : "");
+        break;
+    default:
+        if (self->config->verbose)
+            tq_worker_log("child: ignored %s from the broker",
+                          tq_proto_command_name(msg->command));
+        break;
+    }
+}
+
+/* Receives everything waiting on the socket without blocking. */
+static void
+s_drain(s_child_t *self)
+{
+    for (;;) {
+        int rc = tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT);
+        if (rc == -1) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            s_die("recv");
+        }
+        s_on_message(self, rc);
+    }
+}
+
+static void
+s_setup_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    /* no SA_RESTART: a blocking zmq call returns EINTR and the loop looks
+       at s_stop */
+    sa.sa_handler = s_on_stop;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGCHLD, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+void
+tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
+             int report_fd)
+{
+    static s_child_t child; /* tq_msg_t is large: keep it off the stack */
+    s_child_t *self = &child;
+    memset(self, 0, sizeof *self);
+    self->config = config;
+    self->registry = registry;
+    self->report_fd = report_fd;
+    s_stop = 0;
+    s_setup_signals();
+
+    /* a fresh context: the supervisor's (if any) belongs to the parent's
+       threads, which do not exist here, so it is never touched */
+    self->ctx = zmq_ctx_new();
+    if (!self->ctx)
+        s_die("zmq_ctx_new");
+    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    if (!self->sock)
+        s_die("zmq_socket");
+    int linger = 1000, immediate = 0;
+    zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(self->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    if (zmq_connect(self->sock, config->endpoint) != 0)
+        s_die(config->endpoint);
+
+    tq_frames_init(&self->frames);
+    msgpack_sbuffer_init(&self->header);
+    msgpack_sbuffer_init(&self->value);
+    msgpack_packer_init(&self->packer, &self->value, msgpack_sbuffer_write);
+    msgpack_zone_init(&self->zone, 8192);
+
+    s_send_ready(self);
+    while (!s_stop) {
+        s_drain(self);
+        if (s_stop)
+            break;
+        if (!self->count) {
+            /* tell the supervisor at once, so a crash while idle is not
+               blamed on the last task */
+            if (self->busy) {
+                s_report(self, TQ_REPORT_IDLE, NULL);
+                self->busy = false;
+            }
+            zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
+            /* bounded: a signal landing just before the poll is seen
+               within a second even if its EINTR was missed */
+            if (zmq_poll(&item, 1, 1000) < 0 && errno != EINTR)
+                s_die("zmq_poll");
+            continue;
+        }
+        s_job_t *job = &self->jobs[self->head];
+        s_report(self, TQ_REPORT_START, job);
+        self->busy = true;
+        s_run(self, job);
+        zmq_msg_close(&job->args);
+        self->head = (self->head + 1) % self->capacity;
+        self->count--;
+    }
+
+    /* the broker queues again what we still hold when it sees this */
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_DISCONNECT;
+    s_send(self, NULL);
+    if (config->verbose)
+        tq_worker_log("child: stopping, %zu queued task(s) handed back",
+                      self->count);
+    for (size_t i = 0; i < self->count; i++)
+        zmq_msg_close(&self->jobs[(self->head + i) % self->capacity].args);
+    free(self->jobs);
+    tq_frames_close(&self->frames);
+    msgpack_sbuffer_destroy(&self->header);
+    msgpack_sbuffer_destroy(&self->value);
+    msgpack_zone_destroy(&self->zone);
+    zmq_close(self->sock);
+    /* bounded by the 1000 ms linger */
+    while (zmq_ctx_term(self->ctx) < 0 && errno == EINTR)
+        ;
+    fflush(stdout);
+    fflush(stderr);
+    _exit(0);
+}

@@ -1,0 +1,638 @@
+/* tq_supervisor.c - the worker host's parent process: forks the children,
+   reaps and respawns them, enforces hard time limits, heartbeats the broker,
+   reports dead children with LOST and drains on SIGTERM. */
+#include "tq_worker_host.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "tq_wire.h"
+
+#define S_HEARTBEAT_MS 1000 /* HEARTBEAT interval (PROTOCOL.md 10) */
+#define S_LIVENESS_MS 3000 /* broker silent this long: reconnect */
+#define S_BACKOFF_MAX_MS 1000 /* longest wait before a respawn */
+#define S_FAST_DEATH_MS 1000 /* a child dying younger than this backs off */
+#define S_REAP_KILLED_MS 5000 /* wait for SIGKILLed children, at most */
+
+/* One child slot: pid 0 means empty (waiting for its respawn). */
+typedef struct {
+    pid_t pid; /* child pid, 0: none */
+    int fd; /* read end of its report pipe, -1: none */
+    int64_t born; /* ms, monotonic */
+    int64_t respawn_at; /* ms, when pid == 0 */
+    int backoff_ms; /* next respawn delay, -1: none yet */
+    bool busy; /* running a task (per its reports) */
+    char id[TQ_PROTO_MAX_ID + 1]; /* the task it runs */
+    uint32_t attempt; /* its attempt */
+    uint32_t limit_ms; /* effective limit, 0: none */
+    int64_t deadline; /* ms, 0: none */
+    bool timed_out; /* we killed it for its time limit */
+    bool killed; /* we SIGKILLed it at shutdown */
+} s_slot_t;
+
+typedef struct {
+    const tq_worker_config_t *config; /* borrowed */
+    tq_registry_t *registry; /* borrowed */
+    pid_t pid; /* the supervisor's own */
+    s_slot_t *slots; /* config->concurrency of them */
+    int sig_pipe[2]; /* self-pipe: signal numbers */
+    void *ctx; /* created after the first forks */
+    void *sock; /* DEALER to the broker */
+    msgpack_sbuffer header; /* encode buffer, reused */
+    tq_frames_t frames; /* recv buffer, reused */
+    tq_msg_t in; /* decoded header */
+    tq_msg_t out; /* header being sent */
+    int64_t next_heartbeat; /* ms */
+    int64_t last_heard; /* ms, from the broker */
+    bool broker_silent; /* logged the silence already */
+    int stopping; /* signals of the stop kind seen */
+    int64_t stop_deadline; /* ms: SIGKILL children after */
+} s_super_t;
+
+static int s_sig_write_fd = -1;
+
+static int64_t
+s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Async-signal-safe: hands the signal to the loop through the self-pipe. */
+static void
+s_on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(s_sig_write_fd, &b, 1) < 0) {
+        /* pipe full: the loop has plenty to read already */
+    }
+    errno = saved;
+}
+
+static const struct {
+    int sig;
+    const char *name;
+} s_signames[] = {
+    {SIGHUP, "SIGHUP"},       {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"},
+    {SIGILL, "SIGILL"},       {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"},
+    {SIGBUS, "SIGBUS"},       {SIGFPE, "SIGFPE"},   {SIGKILL, "SIGKILL"},
+    {SIGUSR1, "SIGUSR1"},     {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+    {SIGPIPE, "SIGPIPE"},     {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"},
+    {SIGSTKFLT, "SIGSTKFLT"}, {SIGXCPU, "SIGXCPU"}, {SIGXFSZ, "SIGXFSZ"},
+    {SIGVTALRM, "SIGVTALRM"}, {SIGPROF, "SIGPROF"}, {SIGSYS, "SIGSYS"},
+};
+
+static const char *
+s_signame(int sig, char *buf, size_t size)
+{
+    for (size_t i = 0; i < sizeof s_signames / sizeof s_signames[0]; i++)
+        if (s_signames[i].sig == sig)
+            return s_signames[i].name;
+    snprintf(buf, size, "signal %d", sig);
+    return buf;
+}
+
+/* ---- talking to the broker ------------------------------------------- */
+
+static void
+s_send(s_super_t *self)
+{
+    if (!self->sock)
+        return;
+    /* never block the supervisor on a missing broker: ZeroMQ queues up to
+       the high-water mark, beyond that a heartbeat may be lost */
+    int rc;
+    do
+        rc = tq_wire_send_msg(self->sock, NULL, &self->out, &self->header, NULL,
+                              ZMQ_DONTWAIT);
+    while (rc == -1 && errno == EINTR);
+    if (rc != TQ_OK && self->config->verbose)
+        tq_worker_log("cannot send %s: %s",
+                      tq_proto_command_name(self->out.command),
+                      rc == -1 ? zmq_strerror(errno) : "encode failed");
+}
+
+static void
+s_send_heartbeat(s_super_t *self)
+{
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_HEARTBEAT;
+    self->out.host = tq_str(self->config->host);
+    self->out.pid = (uint64_t)self->pid;
+    s_send(self);
+}
+
+static void
+s_send_lost(s_super_t *self, pid_t pid, uint32_t code, const char *error)
+{
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_LOST;
+    self->out.pid = (uint64_t)pid;
+    self->out.code = code;
+    self->out.error = tq_str(error);
+    s_send(self);
+}
+
+static void
+s_connect(s_super_t *self)
+{
+    if (self->sock)
+        zmq_close(self->sock);
+    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    if (!self->sock) {
+        tq_worker_log("cannot create a socket: %s", zmq_strerror(errno));
+        return;
+    }
+    int linger = 1000;
+    zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (zmq_connect(self->sock, self->config->endpoint) != 0) {
+        tq_worker_log("cannot connect to %s: %s", self->config->endpoint,
+                      zmq_strerror(errno));
+        zmq_close(self->sock);
+        self->sock = NULL;
+    }
+}
+
+static void
+s_on_broker(s_super_t *self, int rc)
+{
+    const char *reason = "wrong number of frames";
+    if (rc == TQ_OK)
+        rc = tq_wire_decode(&self->frames, &self->in, &reason);
+    if (rc != TQ_OK) {
+        tq_worker_log("dropped a malformed message from the broker: %s",
+                      reason);
+        return;
+    }
+    self->last_heard = s_now();
+    if (self->broker_silent) {
+        tq_worker_log("broker %s answers again", self->config->endpoint);
+        self->broker_silent = false;
+    }
+    switch (self->in.command) {
+    case TQ_CMD_HEARTBEAT:
+    case TQ_CMD_PONG:
+        break;
+    case TQ_CMD_PING:
+        memset(&self->out, 0, sizeof self->out);
+        self->out.command = TQ_CMD_PONG;
+        s_send(self);
+        break;
+    case TQ_CMD_ERROR:
+        if (self->config->verbose)
+            tq_worker_log("broker says %s: %.*s",
+                          tq_strerror((int)self->in.code),
+                          (int)self->in.error.len,
+                          self->in.error.ptr ? self->in.error.ptr : "");
+        break;
+    default:
+        if (self->config->verbose)
+            tq_worker_log("ignored %s from the broker",
+                          tq_proto_command_name(self->in.command));
+        break;
+    }
+}
+
+static void
+s_drain_broker(s_super_t *self)
+{
+    while (self->sock) {
+        int rc = tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT);
+        if (rc == -1)
+            return; /* EAGAIN, EINTR: done for this pass */
+        s_on_broker(self, rc);
+    }
+}
+
+/* ---- children --------------------------------------------------------- */
+
+/* Forks the child of slot. Returns false if fork failed (retried later). */
+static bool
+s_spawn(s_super_t *self, s_slot_t *slot)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        tq_worker_log("pipe: %s", strerror(errno));
+        return false;
+    }
+    fflush(stdout);
+    fflush(stderr);
+    /* hold signals across fork: the child must not run the supervisor's
+       handlers; it installs its own and unblocks */
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    pid_t pid = fork();
+    if (pid != 0)
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        tq_worker_log("fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return false;
+    }
+    if (pid == 0) {
+        /* die with the supervisor, even if it is SIGKILLed */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != self->pid)
+            _exit(1); /* it died before prctl took effect */
+        /* own process group: a time-limit kill takes the task's own
+           subprocesses too */
+        setpgid(0, 0);
+        close(fds[0]);
+        close(self->sig_pipe[0]);
+        close(self->sig_pipe[1]);
+        for (int i = 0; i < self->config->concurrency; i++)
+            if (self->slots[i].fd >= 0)
+                close(self->slots[i].fd);
+        /* self->ctx and self->sock are the parent's: left alone */
+        tq_child_run(self->config, self->registry, fds[1]);
+    }
+    setpgid(pid, pid); /* both sides, so neither races the other */
+    close(fds[1]);
+    fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    slot->pid = pid;
+    slot->fd = fds[0];
+    slot->born = s_now();
+    slot->busy = false;
+    slot->deadline = 0;
+    slot->timed_out = false;
+    slot->killed = false;
+    if (self->config->verbose)
+        tq_worker_log("started child %ld", (long)pid);
+    return true;
+}
+
+/* Reads the reports a child wrote; EOF closes its pipe. */
+static void
+s_read_reports(s_super_t *self, s_slot_t *slot)
+{
+    tq_report_t rec;
+    while (slot->fd >= 0) {
+        ssize_t n = read(slot->fd, &rec, sizeof rec);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n != (ssize_t)sizeof rec) {
+            /* EOF (the child is exiting) or a torn record, which atomic
+               writes below PIPE_BUF rule out */
+            close(slot->fd);
+            slot->fd = -1;
+            return;
+        }
+        if (rec.kind == TQ_REPORT_START) {
+            rec.id[TQ_PROTO_MAX_ID] = '\0';
+            slot->busy = true;
+            memcpy(slot->id, rec.id, sizeof slot->id);
+            slot->attempt = rec.attempt;
+            slot->limit_ms = rec.time_limit_ms ? rec.time_limit_ms
+                                               : self->config->time_limit_ms;
+            slot->deadline = slot->limit_ms ? s_now() + slot->limit_ms : 0;
+        } else {
+            slot->busy = false;
+            slot->deadline = 0;
+        }
+    }
+}
+
+static s_slot_t *
+s_slot_of(s_super_t *self, pid_t pid)
+{
+    for (int i = 0; i < self->config->concurrency; i++)
+        if (self->slots[i].pid == pid)
+            return &self->slots[i];
+    return NULL;
+}
+
+/* A child ended: tell the broker if it was not a clean stop, and plan its
+   respawn unless we are stopping. */
+static void
+s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
+{
+    s_read_reports(self, slot); /* its last START may still be unread */
+    if (slot->fd >= 0) {
+        close(slot->fd);
+        slot->fd = -1;
+    }
+    pid_t pid = slot->pid;
+    long rss_mb = (ru->ru_maxrss + 1023) / 1024; /* ru_maxrss is in KiB */
+    char error[256], buf[32];
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+        self->stopping && !slot->killed;
+    uint32_t code = TQ_ELOST;
+    if (slot->timed_out) {
+        code = TQ_ETIMELIMIT;
+        snprintf(error, sizeof error, "time limit exceeded (%.1f s)",
+                 slot->limit_ms / 1000.0);
+    } else if (WIFSIGNALED(status))
+        snprintf(error, sizeof error, "killed by %s (peak RSS %ld MB)",
+                 s_signame(WTERMSIG(status), buf, sizeof buf), rss_mb);
+    else
+        snprintf(error, sizeof error, "exited with status %d (peak RSS %ld MB)",
+                 WEXITSTATUS(status), rss_mb);
+    if (!clean) {
+        if (slot->busy)
+            tq_worker_log("child %ld %s while running task %s (attempt %u)",
+                          (long)pid, error, slot->id, slot->attempt);
+        else
+            tq_worker_log("child %ld %s", (long)pid, error);
+        s_send_lost(self, pid, code, error);
+    } else if (self->config->verbose)
+        tq_worker_log("child %ld stopped", (long)pid);
+
+    int64_t now = s_now();
+    if (!clean && now - slot->born < S_FAST_DEATH_MS)
+        slot->backoff_ms = slot->backoff_ms < 0 ? 0
+            : slot->backoff_ms == 0             ? 50
+                                                : slot->backoff_ms * 2;
+    else
+        slot->backoff_ms = -1; /* it lived long enough: no backoff */
+    if (slot->backoff_ms > S_BACKOFF_MAX_MS)
+        slot->backoff_ms = S_BACKOFF_MAX_MS;
+    slot->respawn_at = now + (slot->backoff_ms > 0 ? slot->backoff_ms : 0);
+    slot->pid = 0;
+    slot->busy = false;
+    slot->deadline = 0;
+}
+
+/* Reaps every child that has ended. */
+static void
+s_reap(s_super_t *self)
+{
+    for (;;) {
+        int status;
+        struct rusage ru;
+        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
+        if (pid < 0 && errno == EINTR)
+            continue;
+        if (pid <= 0)
+            return;
+        s_slot_t *slot = s_slot_of(self, pid);
+        if (slot)
+            s_on_exit(self, slot, status, &ru);
+    }
+}
+
+static int
+s_live_children(const s_super_t *self)
+{
+    int n = 0;
+    for (int i = 0; i < self->config->concurrency; i++)
+        n += self->slots[i].pid != 0;
+    return n;
+}
+
+/* SIGKILLs every live child's process group and reaps them, bounded. */
+static void
+s_kill_all(s_super_t *self)
+{
+    for (int i = 0; i < self->config->concurrency; i++) {
+        s_slot_t *slot = &self->slots[i];
+        if (slot->pid) {
+            slot->killed = true;
+            kill(-slot->pid, SIGKILL);
+            kill(slot->pid, SIGKILL); /* if setpgid lost a race */
+        }
+    }
+    int64_t until = s_now() + S_REAP_KILLED_MS;
+    while (s_live_children(self) && s_now() < until) {
+        s_reap(self);
+        if (s_live_children(self)) {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* ---- the loop --------------------------------------------------------- */
+
+static void
+s_on_signals(s_super_t *self)
+{
+    unsigned char sigs[64];
+    ssize_t n;
+    while ((n = read(self->sig_pipe[0], sigs, sizeof sigs)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            if (sigs[i] == SIGCHLD)
+                continue; /* reaped below in every case */
+            self->stopping++;
+            if (self->stopping == 1) {
+                tq_worker_log("stopping: letting %d child(ren) finish their "
+                              "task (up to %u s)",
+                              s_live_children(self),
+                              self->config->shutdown_timeout_ms / 1000);
+                self->stop_deadline =
+                    s_now() + self->config->shutdown_timeout_ms;
+                for (int k = 0; k < self->config->concurrency; k++)
+                    if (self->slots[k].pid)
+                        kill(self->slots[k].pid, SIGTERM);
+            }
+        }
+    }
+    s_reap(self);
+}
+
+static void
+s_on_timers(s_super_t *self)
+{
+    int64_t now = s_now();
+    if (now >= self->next_heartbeat) {
+        s_send_heartbeat(self);
+        self->next_heartbeat = now + S_HEARTBEAT_MS;
+    }
+    if (now - self->last_heard >= S_LIVENESS_MS && self->sock &&
+        !self->stopping) {
+        if (!self->broker_silent)
+            tq_worker_log("broker %s silent for %d ms, reconnecting",
+                          self->config->endpoint, S_LIVENESS_MS);
+        self->broker_silent = true;
+        s_connect(self);
+        self->last_heard = now;
+    }
+    for (int i = 0; i < self->config->concurrency; i++) {
+        s_slot_t *slot = &self->slots[i];
+        if (slot->pid && slot->busy && slot->deadline &&
+            now >= slot->deadline && !slot->timed_out) {
+            tq_worker_log("child %ld: task %s exceeded its time limit "
+                          "(%u ms), killing it",
+                          (long)slot->pid, slot->id, slot->limit_ms);
+            slot->timed_out = true;
+            kill(-slot->pid, SIGKILL);
+            kill(slot->pid, SIGKILL);
+        }
+        if (!slot->pid && !self->stopping && now >= slot->respawn_at)
+            if (!s_spawn(self, slot))
+                slot->respawn_at = now + S_BACKOFF_MAX_MS;
+    }
+    if (self->stopping == 1 && now >= self->stop_deadline &&
+        s_live_children(self)) {
+        tq_worker_log("shutdown timeout: killing %d child(ren)",
+                      s_live_children(self));
+        s_kill_all(self);
+    }
+}
+
+/* Milliseconds until the next thing the loop must do by itself. */
+static long
+s_timeout(const s_super_t *self)
+{
+    int64_t now = s_now();
+    int64_t next = self->next_heartbeat;
+    for (int i = 0; i < self->config->concurrency; i++) {
+        const s_slot_t *slot = &self->slots[i];
+        if (slot->pid && slot->busy && slot->deadline && !slot->timed_out &&
+            slot->deadline < next)
+            next = slot->deadline;
+        if (!slot->pid && !self->stopping && slot->respawn_at < next)
+            next = slot->respawn_at;
+    }
+    if (self->stopping == 1 && self->stop_deadline < next)
+        next = self->stop_deadline;
+    return next <= now ? 0 : (long)(next - now);
+}
+
+static void
+s_install_signals(s_super_t *self)
+{
+    if (pipe2(self->sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        tq_worker_log("pipe: %s", strerror(errno));
+        exit(1);
+    }
+    s_sig_write_fd = self->sig_pipe[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = s_on_signal;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sa.sa_flags = 0;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+int
+tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
+{
+    assert(config && registry && config->concurrency > 0);
+    s_super_t super;
+    s_super_t *self = &super;
+    memset(self, 0, sizeof *self);
+    self->config = config;
+    self->registry = registry;
+    self->pid = getpid();
+    self->slots = calloc((size_t)config->concurrency, sizeof *self->slots);
+    if (!self->slots) {
+        tq_worker_log("out of memory");
+        return 1;
+    }
+    for (int i = 0; i < config->concurrency; i++) {
+        self->slots[i].fd = -1;
+        self->slots[i].backoff_ms = -1;
+    }
+    s_install_signals(self);
+
+    /* fork before any ZeroMQ context exists in this process */
+    for (int i = 0; i < config->concurrency; i++)
+        if (!s_spawn(self, &self->slots[i]))
+            self->slots[i].respawn_at = s_now() + S_BACKOFF_MAX_MS;
+
+    self->ctx = zmq_ctx_new();
+    if (!self->ctx) {
+        tq_worker_log("zmq_ctx_new: %s", zmq_strerror(errno));
+        s_kill_all(self);
+        return 1;
+    }
+    msgpack_sbuffer_init(&self->header);
+    tq_frames_init(&self->frames);
+    s_connect(self);
+    tq_worker_log("%d child(ren) on %s, host %s, %zu task(s)",
+                  config->concurrency, config->endpoint, config->host,
+                  tq_registry_size(registry));
+    self->last_heard = s_now();
+    self->next_heartbeat = 0; /* announce ourselves at once */
+
+    int exit_code = 0;
+    zmq_pollitem_t *items =
+        calloc((size_t)config->concurrency + 2, sizeof *items);
+    s_slot_t **owners = calloc((size_t)config->concurrency + 2, sizeof *owners);
+    if (!items || !owners) {
+        tq_worker_log("out of memory");
+        abort();
+    }
+    for (;;) {
+        s_on_timers(self);
+        if (self->stopping >= 2) {
+            tq_worker_log("second signal: killing every child now");
+            s_kill_all(self);
+            exit_code = 1;
+            break;
+        }
+        if (self->stopping && !s_live_children(self))
+            break;
+        int n = 0;
+        items[n++] = (zmq_pollitem_t){NULL, self->sig_pipe[0], ZMQ_POLLIN, 0};
+        if (self->sock)
+            items[n++] = (zmq_pollitem_t){self->sock, 0, ZMQ_POLLIN, 0};
+        for (int i = 0; i < config->concurrency; i++)
+            if (self->slots[i].fd >= 0) {
+                owners[n] = &self->slots[i];
+                items[n++] =
+                    (zmq_pollitem_t){NULL, self->slots[i].fd, ZMQ_POLLIN, 0};
+            }
+        int rc = zmq_poll(items, n, s_timeout(self));
+        if (rc < 0 && errno != EINTR) {
+            tq_worker_log("zmq_poll: %s", zmq_strerror(errno));
+            break;
+        }
+        /* children's reports before reaping, so a START is never missed */
+        for (int i = 0; i < n; i++)
+            if (owners[i] && (items[i].revents & (ZMQ_POLLIN | ZMQ_POLLERR)))
+                s_read_reports(self, owners[i]);
+        for (int i = 0; i < n; i++)
+            owners[i] = NULL;
+        s_on_signals(self);
+        s_drain_broker(self);
+    }
+
+    /* tell the broker now for every child we had to kill */
+    s_reap(self);
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_DISCONNECT;
+    s_send(self);
+    if (self->sock) {
+        int linger = exit_code ? 200 : 1000;
+        zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(self->sock);
+    }
+    while (zmq_ctx_term(self->ctx) < 0 && errno == EINTR)
+        ;
+    tq_frames_close(&self->frames);
+    msgpack_sbuffer_destroy(&self->header);
+    for (int i = 0; i < config->concurrency; i++)
+        if (self->slots[i].fd >= 0)
+            close(self->slots[i].fd);
+    close(self->sig_pipe[0]);
+    close(self->sig_pipe[1]);
+    free(items);
+    free(owners);
+    free(self->slots);
+    if (!exit_code)
+        tq_worker_log("stopped");
+    return exit_code;
+}

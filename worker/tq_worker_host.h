@@ -1,0 +1,79 @@
+/* tq_worker_host.h - private to tq-worker: configuration, the running task,
+   the supervisor and child entry points, the child-to-supervisor record. */
+#ifndef TQ_WORKER_HOST_H
+#define TQ_WORKER_HOST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "tq/tq_worker.h"
+#include "tq_proto.h"
+
+/* Everything tq-worker's command line decides. Strings are borrowed from
+   argv or the environment, which outlive the process's work. */
+typedef struct {
+    const char *endpoint; /* broker's worker endpoint */
+    int concurrency; /* children to fork, >= 1 */
+    const char *queues[TQ_PROTO_MAX_NAMES]; /* queues served */
+    uint32_t queue_count; /* >= 1 */
+    uint32_t prefetch; /* credit per child, 1..65535 */
+    uint32_t time_limit_ms; /* default hard limit, 0: none */
+    uint32_t shutdown_timeout_ms; /* drain time on SIGTERM */
+    char host[TQ_PROTO_MAX_NAME + 1]; /* valid TQP host name */
+    bool verbose; /* -v: log protocol chatter */
+} tq_worker_config_t;
+
+/* The task being run, handed to task functions as tq_task_t. */
+struct tq_task_t {
+    char id[TQ_PROTO_MAX_ID + 1]; /* task id */
+    uint32_t attempt; /* 1.. */
+    void *arg; /* user pointer of the registry */
+    bool failed; /* tq_task_fail was called */
+    char error[TQ_PROTO_MAX_ERROR + 1]; /* its message, NUL-terminated */
+};
+
+/* What a child tells its supervisor through its pipe before each task
+   (kind START) and when it has nothing left to run (kind IDLE). Fixed size,
+   well under PIPE_BUF, so each write is atomic and reads never split one. */
+typedef struct {
+    uint32_t kind; /* TQ_REPORT_START or TQ_REPORT_IDLE */
+    uint32_t attempt; /* START: the task's attempt */
+    uint32_t time_limit_ms; /* START: the task's own limit, 0: none */
+    char id[TQ_PROTO_MAX_ID + 1]; /* START: the task id */
+} tq_report_t;
+
+#define TQ_REPORT_IDLE 0
+#define TQ_REPORT_START 1
+
+/* Runs the supervisor: forks config->concurrency children that serve the
+   tasks of registry (borrowed), supervises them until SIGTERM/SIGINT.
+   Returns the process exit status (0 after a clean drain). */
+int tq_supervisor_run(const tq_worker_config_t *config,
+                      tq_registry_t *registry);
+
+/* The task loop of one child, called right after fork with the write end
+   of its report pipe. Never returns: exits the process (0 after a clean
+   stop on SIGTERM, 1 on a fatal error). */
+void tq_child_run(const tq_worker_config_t *config,
+                  const tq_registry_t *registry, int report_fd)
+    __attribute__((noreturn));
+
+/* Logs one line on stderr prefixed with "tq-worker[pid]: ". */
+static inline void tq_worker_log(const char *format, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static inline void
+tq_worker_log(const char *format, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(line, sizeof line, format, ap);
+    va_end(ap);
+    fprintf(stderr, "tq-worker[%ld]: %s\n", (long)getpid(), line);
+}
+
+#endif
