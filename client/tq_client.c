@@ -1,0 +1,1206 @@
+/* tq_client.c - the client library: an I/O thread (czmq actor) owning one
+   DEALER to the broker, and AsyncResult handles that it completes.
+
+   Threads: callers make tq_result_t requests and push them on a
+   mutex-protected queue, waking the I/O thread through an eventfd. The I/O
+   thread alone touches the socket and the id -> pending map; it sends
+   SUBMIT / GET / STATUS / PING, and completes handles from SUBMITTED, STATE,
+   RESULT, UNKNOWN, STATUS_REPLY and ERROR. A handle is refcounted: one
+   reference for the caller, one for the I/O thread while it is pending, so
+   either side may let go first. */
+#include "tq/tq_client.h"
+
+#include <assert.h>
+#include <czmq.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tq_client_internal.h"
+#include "tq_proto.h"
+#include "tq_wire.h"
+
+#define S_DEFAULT_LIVENESS_MS 3000
+#define S_RECV_BATCH 1024 /* messages drained per poll pass */
+#define S_SEND_HWM 10000  /* messages queued in libzmq before we hold them */
+
+/* What a handle asked the broker. */
+typedef enum {
+    S_KIND_SUBMIT, /* SUBMIT; acknowledged by SUBMITTED */
+    S_KIND_GET,    /* GET; acknowledged by STATE, RESULT or UNKNOWN */
+    S_KIND_STATUS, /* STATUS; answered by STATUS_REPLY */
+} s_kind_t;
+
+struct tq_result_t {
+    atomic_int refs;   /* caller + I/O thread (+ outbound list) */
+    s_kind_t kind;
+    char id[TQ_PROTO_MAX_ID + 1];
+    /* request, read by the I/O thread only, freed once sent */
+    char *task;
+    char *queue;
+    uint32_t priority;
+    uint32_t time_limit_ms;
+    bool wait;       /* GET */
+    zmq_msg_t args;  /* SUBMIT payload; moved out when sent */
+    tq_callback_fn *callback;
+    tq_callback_fn *error_callback;
+    void *callback_arg;
+    /* I/O thread only */
+    tq_result_t *next;      /* submission queue, then outbound list */
+    tq_result_t *next_same; /* chain of handles waiting on the same id */
+    bool acked;             /* the broker answered the request */
+    bool in_map;            /* linked in the pending map or status list */
+    /* shared with callers, under mutex */
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    bool answered; /* as acked, for callers (tq_result_wait_answer) */
+    bool final;    /* state, code, error and value are set */
+    bool ready;    /* final and its callback has returned */
+    int state;     /* tq_state_t, last reported */
+    int code;      /* tq_err_t once ready */
+    char *error;   /* malloc'd, NULL for none */
+    zmq_msg_t value; /* value bytes (RESULT or STATUS_REPLY payload) */
+    bool unpacked_done;
+    bool unpacked_ok;
+    msgpack_unpacked unpacked; /* lazily made by tq_result_value */
+};
+
+struct tq_client_t {
+    char *endpoint;
+    zactor_t *actor;
+    void *socket;  /* raw DEALER; the I/O thread's once started */
+    int wake_fd;   /* eventfd: the submission queue became non-empty */
+    pthread_mutex_t lock; /* guards queue_* and closed */
+    tq_result_t *queue_head;
+    tq_result_t *queue_tail;
+    bool closed;
+    atomic_int liveness_ms;
+    uint64_t id_prefix;        /* 64 random bits */
+    atomic_uint_fast64_t id_counter;
+};
+
+/* The I/O thread's state. */
+typedef struct {
+    tq_client_t *client;
+    zhashx_t *pending;         /* id -> chain of tq_result_t (next_same) */
+    tq_result_t *status_head;  /* STATUS requests in send order */
+    tq_result_t *status_tail;
+    tq_result_t *out_head;     /* made, not yet accepted by libzmq */
+    tq_result_t *out_tail;
+    size_t unacked;            /* requests without an answer */
+    size_t waiting;            /* handles in pending + status list */
+    int64_t unacked_since;     /* when unacked last went 0 -> 1, ms */
+    int64_t last_heard;        /* last message from the broker, ms */
+    int64_t last_ping;         /* last PING sent, ms */
+    tq_frames_t frames;
+    tq_msg_t msg;              /* decode target; large, kept off the stack */
+    tq_msg_t out;              /* encode source */
+    msgpack_sbuffer buf;       /* header encode buffer, reused */
+    uint64_t malformed;        /* messages dropped as malformed */
+} s_io_t;
+
+/* ---- results ------------------------------------------------------------ */
+
+/* The handle whose callback this thread is running: a callback that waits
+   on its own handle must not wait for the end of itself. */
+static _Thread_local tq_result_t *s_in_callback;
+
+static tq_result_t *
+s_result_new(s_kind_t kind)
+{
+    tq_result_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    atomic_init(&self->refs, 2); /* the caller's and the I/O thread's */
+    self->kind = kind;
+    zmq_msg_init(&self->args);
+    zmq_msg_init(&self->value);
+    pthread_mutex_init(&self->mutex, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    self->state = TQ_STATE_PENDING;
+    return self;
+}
+
+static void
+s_result_unref(tq_result_t *self)
+{
+    if (!self || atomic_fetch_sub(&self->refs, 1) != 1)
+        return;
+    free(self->task);
+    free(self->queue);
+    zmq_msg_close(&self->args);
+    zmq_msg_close(&self->value);
+    free(self->error);
+    if (self->unpacked_done)
+        msgpack_unpacked_destroy(&self->unpacked);
+    pthread_mutex_destroy(&self->mutex);
+    pthread_cond_destroy(&self->cond);
+    free(self);
+}
+
+/* Makes the handle final and runs its callback; the I/O thread's reference
+   is released by the caller of s_finish. value (may be NULL) is moved. */
+static void
+s_finish(tq_result_t *r, int state, int code, const char *error,
+         size_t error_len, zmq_msg_t *value)
+{
+    char *text = error && error_len ? strndup(error, error_len) : NULL;
+    pthread_mutex_lock(&r->mutex);
+    if (r->final) {
+        pthread_mutex_unlock(&r->mutex);
+        free(text);
+        if (value)
+            zmq_msg_close(value), zmq_msg_init(value);
+        return;
+    }
+    r->state = state;
+    r->code = code;
+    free(r->error);
+    r->error = text;
+    if (value)
+        zmq_msg_move(&r->value, value);
+    r->final = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mutex);
+    /* callbacks run without the lock so they may call tq_result_*, and
+       before ready turns true, as in Python's Pool: once get() returns, the
+       callback's side effects are visible */
+    s_in_callback = r;
+    if (code == TQ_OK && r->callback)
+        r->callback(r, r->callback_arg);
+    else if (code != TQ_OK && r->error_callback)
+        r->error_callback(r, r->callback_arg);
+    s_in_callback = NULL;
+    pthread_mutex_lock(&r->mutex);
+    r->ready = true;
+    r->answered = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mutex);
+}
+
+static void
+s_finish_text(tq_result_t *r, int code, const char *text)
+{
+    s_finish(r, TQ_STATE_FAILURE, code, text, text ? strlen(text) : 0, NULL);
+}
+
+static int64_t
+s_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : zclock_mono() + timeout_ms;
+}
+
+/* Waits on r->cond until *flag or the deadline (-1: none); r->mutex held. */
+static bool
+s_wait_flag(tq_result_t *r, const bool *flag, int64_t deadline)
+{
+    while (!*flag) {
+        if (deadline < 0) {
+            pthread_cond_wait(&r->cond, &r->mutex);
+            continue;
+        }
+        int64_t left = deadline - zclock_mono();
+        if (left <= 0)
+            return false;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&r->cond, &r->mutex, &ts);
+    }
+    return true;
+}
+
+static int
+s_result_wait_until(tq_result_t *self, int64_t deadline)
+{
+    pthread_mutex_lock(&self->mutex);
+    const bool *flag = s_in_callback == self ? &self->final : &self->ready;
+    bool ok = s_wait_flag(self, flag, deadline);
+    pthread_mutex_unlock(&self->mutex);
+    return ok ? TQ_OK : TQ_ETIMEDOUT;
+}
+
+int
+tq_result_wait(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    return s_result_wait_until(self, s_deadline(timeout_ms));
+}
+
+int
+tq_result_get(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    if (tq_result_wait(self, timeout_ms) != TQ_OK)
+        return TQ_ETIMEDOUT;
+    return tq_result_code(self);
+}
+
+int
+tq_result_wait_answer(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool ok = s_wait_flag(self, &self->answered, s_deadline(timeout_ms));
+    pthread_mutex_unlock(&self->mutex);
+    return ok ? TQ_OK : TQ_ETIMEDOUT;
+}
+
+bool
+tq_result_answered(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool answered = self->answered;
+    pthread_mutex_unlock(&self->mutex);
+    return answered;
+}
+
+bool
+tq_result_ready(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool ready = self->ready || (s_in_callback == self && self->final);
+    pthread_mutex_unlock(&self->mutex);
+    return ready;
+}
+
+bool
+tq_result_successful(tq_result_t *self)
+{
+    return tq_result_code(self) == TQ_OK;
+}
+
+int
+tq_result_code(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    int code = self->final ? self->code : TQ_ETIMEDOUT;
+    pthread_mutex_unlock(&self->mutex);
+    return code;
+}
+
+int
+tq_result_state(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    int state = self->state;
+    pthread_mutex_unlock(&self->mutex);
+    return state;
+}
+
+const msgpack_object *
+tq_result_value(tq_result_t *self)
+{
+    assert(self);
+    const msgpack_object *obj = NULL;
+    pthread_mutex_lock(&self->mutex);
+    if (self->final && self->code == TQ_OK) {
+        if (!self->unpacked_done) {
+            /* unpacked once, on first use: a caller that only forwards the
+               raw bytes never pays for it */
+            msgpack_unpacked_init(&self->unpacked);
+            size_t off = 0;
+            self->unpacked_ok =
+                msgpack_unpack_next(&self->unpacked,
+                                    zmq_msg_data(&self->value),
+                                    zmq_msg_size(&self->value), &off) ==
+                MSGPACK_UNPACK_SUCCESS;
+            self->unpacked_done = true;
+        }
+        if (self->unpacked_ok)
+            obj = &self->unpacked.data;
+    }
+    pthread_mutex_unlock(&self->mutex);
+    return obj;
+}
+
+const void *
+tq_result_data(tq_result_t *self, size_t *size)
+{
+    assert(self);
+    const void *data = NULL;
+    pthread_mutex_lock(&self->mutex);
+    if (self->final && self->code == TQ_OK) {
+        data = zmq_msg_data(&self->value);
+        if (size)
+            *size = zmq_msg_size(&self->value);
+    } else if (size)
+        *size = 0;
+    pthread_mutex_unlock(&self->mutex);
+    return data;
+}
+
+const char *
+tq_result_error(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    const char *error = self->final && self->error ? self->error : "";
+    pthread_mutex_unlock(&self->mutex);
+    return error;
+}
+
+const char *
+tq_result_id(tq_result_t *self)
+{
+    assert(self);
+    return self->id;
+}
+
+void
+tq_result_destroy(tq_result_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    s_result_unref(*self_p);
+    *self_p = NULL;
+}
+
+/* ---- the I/O thread ----------------------------------------------------- */
+
+static void
+s_io_wait_add(s_io_t *io, tq_result_t *r)
+{
+    r->in_map = true;
+    io->waiting++;
+    if (io->unacked++ == 0)
+        io->unacked_since = zclock_mono();
+}
+
+static void
+s_io_ack(s_io_t *io, tq_result_t *r)
+{
+    if (r->acked)
+        return;
+    r->acked = true;
+    io->unacked--;
+    pthread_mutex_lock(&r->mutex);
+    r->answered = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mutex);
+}
+
+/* Forgets a handle the I/O thread no longer waits on: drops its ref. */
+static void
+s_io_release(s_io_t *io, tq_result_t *r)
+{
+    if (!r->acked)
+        r->acked = true, io->unacked--;
+    r->in_map = false;
+    io->waiting--;
+    s_result_unref(r);
+}
+
+static void
+s_io_enqueue_out(s_io_t *io, tq_result_t *r)
+{
+    atomic_fetch_add(&r->refs, 1); /* the outbound list's own reference */
+    r->next = NULL;
+    if (io->out_tail)
+        io->out_tail->next = r;
+    else
+        io->out_head = r;
+    io->out_tail = r;
+}
+
+/* Registers a request taken from the submission queue. */
+static void
+s_io_accept(s_io_t *io, tq_result_t *r)
+{
+    if (r->kind == S_KIND_STATUS) {
+        r->next_same = NULL;
+        if (io->status_tail)
+            io->status_tail->next_same = r;
+        else
+            io->status_head = r;
+        io->status_tail = r;
+    } else {
+        tq_result_t *head = zhashx_lookup(io->pending, r->id);
+        if (head) {
+            while (head->next_same)
+                head = head->next_same;
+            head->next_same = r;
+        } else
+            zhashx_insert(io->pending, r->id, r);
+        r->next_same = NULL;
+    }
+    s_io_wait_add(io, r);
+    s_io_enqueue_out(io, r);
+}
+
+/* Sends one request; TQ_OK, or -1 with errno EAGAIN to retry later. Any other
+   failure completes the request with an error. */
+static int
+s_io_send(s_io_t *io, tq_result_t *r)
+{
+    tq_msg_t *m = &io->out;
+    zmq_msg_t *payload = NULL;
+    m->id = tq_str(r->id);
+    switch (r->kind) {
+    case S_KIND_SUBMIT:
+        m->command = TQ_CMD_SUBMIT;
+        m->task = tq_str(r->task);
+        m->queue = tq_str(r->queue);
+        m->priority = r->priority;
+        m->time_limit_ms = r->time_limit_ms;
+        payload = &r->args;
+        break;
+    case S_KIND_GET:
+        m->command = TQ_CMD_GET;
+        m->wait = r->wait;
+        break;
+    case S_KIND_STATUS:
+        m->command = TQ_CMD_STATUS;
+        break;
+    }
+    int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
+                              ZMQ_DONTWAIT);
+    if (rc == -1 && (errno == EAGAIN || errno == EINTR)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (rc != TQ_OK) {
+        /* invalid fields were refused before queueing; this is a socket
+           failure (ETERM): the request cannot go out */
+        s_finish_text(r, rc == TQ_EINVAL ? TQ_EINVAL : TQ_ECLOSED,
+                      "cannot send the request to the broker");
+        return TQ_OK;
+    }
+    free(r->task), r->task = NULL;
+    free(r->queue), r->queue = NULL;
+    return TQ_OK;
+}
+
+/* Sends what libzmq will take now; the rest waits for POLLOUT. */
+static void
+s_io_flush(s_io_t *io)
+{
+    while (io->out_head) {
+        tq_result_t *r = io->out_head;
+        pthread_mutex_lock(&r->mutex);
+        bool final = r->final; /* failed while it waited */
+        pthread_mutex_unlock(&r->mutex);
+        if (!final && s_io_send(io, r) != TQ_OK)
+            return;
+        io->out_head = r->next;
+        if (!io->out_head)
+            io->out_tail = NULL;
+        r->next = NULL;
+        s_result_unref(r);
+    }
+}
+
+/* Unlinks the chain of handles waiting on id; NULL if none. */
+static tq_result_t *
+s_io_take_chain(s_io_t *io, tq_str_t id)
+{
+    char key[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(key, sizeof key, id);
+    tq_result_t *head = zhashx_lookup(io->pending, key);
+    if (head)
+        zhashx_delete(io->pending, key);
+    return head;
+}
+
+static tq_result_t *
+s_io_chain(s_io_t *io, tq_str_t id)
+{
+    char key[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(key, sizeof key, id);
+    return zhashx_lookup(io->pending, key);
+}
+
+/* Completes every handle of a taken chain. value is moved to the first and
+   copied (refcounted by libzmq) to the others. */
+static void
+s_io_finish_chain(s_io_t *io, tq_result_t *head, int state, int code,
+                  tq_str_t error, zmq_msg_t *value)
+{
+    zmq_msg_t copy;
+    while (head) {
+        tq_result_t *next = head->next_same;
+        head->next_same = NULL;
+        zmq_msg_t *v = NULL;
+        if (value) {
+            zmq_msg_init(&copy);
+            if (next)
+                zmq_msg_copy(&copy, value);
+            else
+                zmq_msg_move(&copy, value);
+            v = &copy;
+        }
+        s_finish(head, state, code, error.ptr, error.len, v);
+        if (v)
+            zmq_msg_close(v);
+        s_io_release(io, head);
+        head = next;
+    }
+}
+
+static void
+s_io_log_bad(s_io_t *io, const char *what, const char *reason)
+{
+    io->malformed++;
+    zsys_warning("tq client: dropped %s from broker at %s: %s", what,
+                 io->client->endpoint, reason ? reason : "?");
+}
+
+static void
+s_on_result(s_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
+{
+    tq_result_t *head = s_io_take_chain(io, m->id);
+    if (!head)
+        return; /* nobody waits any more (failed as unreachable, say) */
+    int code = m->code;
+    if (m->state == TQ_STATE_SUCCESS)
+        code = TQ_OK;
+    else if (code == TQ_OK)
+        /* a non-success without a reason still must not read as success */
+        code = m->state == TQ_STATE_CANCELLED ? TQ_ECANCELLED : TQ_ETASK;
+    if (m->state == TQ_STATE_SUCCESS &&
+        tq_proto_check_payload(zmq_msg_data(payload), zmq_msg_size(payload),
+                               false, NULL) != TQ_OK) {
+        s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
+        s_io_finish_chain(io, head, TQ_STATE_FAILURE, TQ_EPROTO,
+                          tq_str("broker sent a malformed result value"),
+                          NULL);
+        return;
+    }
+    int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state
+                                            : TQ_STATE_FAILURE;
+    s_io_finish_chain(io, head, state, code, m->error,
+                      code == TQ_OK ? payload : NULL);
+}
+
+static void
+s_on_submitted(s_io_t *io, const tq_msg_t *m)
+{
+    for (tq_result_t *r = s_io_chain(io, m->id); r; r = r->next_same)
+        if (r->kind == S_KIND_SUBMIT)
+            s_io_ack(io, r);
+}
+
+static void
+s_on_state(s_io_t *io, const tq_msg_t *m)
+{
+    tq_result_t *head = s_io_take_chain(io, m->id);
+    tq_result_t *keep = NULL, *keep_tail = NULL;
+    while (head) {
+        tq_result_t *next = head->next_same;
+        head->next_same = NULL;
+        pthread_mutex_lock(&head->mutex);
+        if (!head->final)
+            head->state = m->state;
+        pthread_mutex_unlock(&head->mutex);
+        if (head->kind == S_KIND_GET && !head->wait) {
+            /* a GET without wait is answered: nothing more will come */
+            s_io_ack(io, head);
+            s_io_release(io, head);
+        } else {
+            if (keep_tail)
+                keep_tail->next_same = head;
+            else
+                keep = head;
+            keep_tail = head;
+        }
+        head = next;
+    }
+    if (keep) {
+        char key[TQ_PROTO_MAX_ID + 1];
+        tq_str_copy(key, sizeof key, m->id);
+        zhashx_insert(io->pending, key, keep);
+    }
+}
+
+static void
+s_on_status_reply(s_io_t *io, zmq_msg_t *payload)
+{
+    tq_result_t *r = io->status_head;
+    if (!r)
+        return;
+    io->status_head = r->next_same;
+    if (!io->status_head)
+        io->status_tail = NULL;
+    r->next_same = NULL;
+    s_finish(r, TQ_STATE_SUCCESS, TQ_OK, NULL, 0, payload);
+    s_io_release(io, r);
+}
+
+static void
+s_on_error(s_io_t *io, const tq_msg_t *m)
+{
+    int code = m->code == TQ_OK ? TQ_EPROTO : (int)m->code;
+    if (m->id.ptr) {
+        tq_result_t *head = s_io_take_chain(io, m->id);
+        if (head) {
+            s_io_finish_chain(io, head, TQ_STATE_FAILURE, code, m->error,
+                              NULL);
+            return;
+        }
+    } else if (io->status_head) {
+        /* STATUS is the only request without an id that expects an answer,
+           so an ERROR without an id answers the oldest one */
+        tq_result_t *r = io->status_head;
+        io->status_head = r->next_same;
+        if (!io->status_head)
+            io->status_tail = NULL;
+        r->next_same = NULL;
+        s_finish(r, TQ_STATE_FAILURE, code, m->error.ptr, m->error.len,
+                 NULL);
+        s_io_release(io, r);
+        return;
+    }
+    char text[TQ_PROTO_MAX_ERROR + 1];
+    tq_str_copy(text, sizeof text, m->error);
+    zsys_warning("tq client: broker at %s: error %d (%s): %s",
+                 io->client->endpoint, code, tq_strerror(code), text);
+}
+
+static void
+s_io_send_simple(s_io_t *io, uint8_t command)
+{
+    io->out.command = command;
+    /* best effort: a PING or PONG that cannot go out now is not queued, the
+       liveness check covers it */
+    tq_wire_send_msg(io->client->socket, NULL, &io->out, &io->buf, NULL,
+                     ZMQ_DONTWAIT);
+}
+
+static void
+s_io_dispatch(s_io_t *io)
+{
+    const char *reason = NULL;
+    int rc = tq_wire_decode(&io->frames, &io->msg, &reason);
+    if (rc != TQ_OK) {
+        s_io_log_bad(io, "message", reason);
+        return;
+    }
+    tq_msg_t *m = &io->msg;
+    switch (m->command) {
+    case TQ_CMD_SUBMITTED:
+        s_on_submitted(io, m);
+        break;
+    case TQ_CMD_RESULT:
+        s_on_result(io, m, &io->frames.payload);
+        break;
+    case TQ_CMD_STATE:
+        s_on_state(io, m);
+        break;
+    case TQ_CMD_UNKNOWN: {
+        tq_result_t *head = s_io_take_chain(io, m->id);
+        if (head)
+            s_io_finish_chain(io, head, TQ_STATE_FAILURE, TQ_EUNKNOWN,
+                              tq_str("the broker does not know this task id"),
+                              NULL);
+        break;
+    }
+    case TQ_CMD_STATUS_REPLY:
+        s_on_status_reply(io, &io->frames.payload);
+        break;
+    case TQ_CMD_PING:
+        s_io_send_simple(io, TQ_CMD_PONG);
+        break;
+    case TQ_CMD_PONG:
+        break;
+    case TQ_CMD_ERROR:
+        s_on_error(io, m);
+        break;
+    default:
+        s_io_log_bad(io, tq_proto_command_name(m->command),
+                     "not a broker-to-client command");
+        break;
+    }
+}
+
+static void
+s_io_recv(s_io_t *io)
+{
+    for (int i = 0; i < S_RECV_BATCH; i++) {
+        int rc = tq_wire_recv(io->client->socket, &io->frames, false,
+                              ZMQ_DONTWAIT);
+        if (rc == -1)
+            return;
+        /* any message, even a bad one, shows the broker is alive */
+        io->last_heard = zclock_mono();
+        if (rc == TQ_OK)
+            s_io_dispatch(io);
+        else
+            s_io_log_bad(io, "message", "wrong number of frames");
+    }
+}
+
+/* Takes every request that callers queued. */
+static void
+s_io_take_queue(s_io_t *io)
+{
+    uint64_t n;
+    if (read(io->client->wake_fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        zsys_warning("tq client: eventfd read: %s", strerror(errno));
+    tq_client_t *c = io->client;
+    pthread_mutex_lock(&c->lock);
+    tq_result_t *r = c->queue_head;
+    c->queue_head = c->queue_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    while (r) {
+        tq_result_t *next = r->next;
+        r->next = NULL;
+        s_io_accept(io, r);
+        r = next;
+    }
+}
+
+/* Fails every handle for which pred holds, with code and text. */
+static void
+s_io_fail(s_io_t *io, bool only_unacked, int code, const char *text)
+{
+    zlistx_t *empty = zlistx_new();
+    for (tq_result_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending)) {
+        tq_result_t *keep = NULL, **tail = &keep;
+        tq_result_t *r = head;
+        while (r) {
+            tq_result_t *next = r->next_same;
+            r->next_same = NULL;
+            if (!only_unacked || !r->acked) {
+                s_finish_text(r, code, text);
+                s_io_release(io, r);
+            } else {
+                *tail = r;
+                tail = &r->next_same;
+            }
+            r = next;
+        }
+        if (keep)
+            zhashx_update(io->pending, zhashx_cursor(io->pending), keep);
+        else
+            zlistx_add_end(empty, (void *)zhashx_cursor(io->pending));
+    }
+    /* the keys belong to the hash: delete them only after the walk, and
+       each delete frees the key we hold a pointer to, so copy first */
+    char key[TQ_PROTO_MAX_ID + 1];
+    for (const char *k = zlistx_first(empty); k; k = zlistx_next(empty)) {
+        snprintf(key, sizeof key, "%s", k);
+        zhashx_delete(io->pending, key);
+    }
+    zlistx_destroy(&empty);
+    while (io->status_head) {
+        tq_result_t *r = io->status_head;
+        io->status_head = r->next_same;
+        r->next_same = NULL;
+        s_finish_text(r, code, text);
+        s_io_release(io, r);
+    }
+    io->status_tail = NULL;
+}
+
+static bool
+s_io_input_waiting(s_io_t *io)
+{
+    int events = 0;
+    size_t size = sizeof events;
+    return zmq_getsockopt(io->client->socket, ZMQ_EVENTS, &events, &size) ==
+               0 &&
+           (events & ZMQ_POLLIN);
+}
+
+/* Returns the poll timeout, after sending a PING or failing unacknowledged
+   requests when their time has come (PROTOCOL.md section 10). */
+static long
+s_io_liveness(s_io_t *io)
+{
+    if (io->waiting == 0)
+        return -1;
+    int64_t live = atomic_load(&io->client->liveness_ms);
+    int64_t now = zclock_mono();
+    int64_t silent_from = io->last_heard;
+    if (io->unacked && io->unacked_since > silent_from)
+        silent_from = io->unacked_since;
+    if (io->unacked && now - silent_from >= live && s_io_input_waiting(io)) {
+        /* answers are queued but this thread was too busy to read them:
+           the broker is not silent */
+        io->last_heard = silent_from = now;
+    }
+    if (io->unacked && now - silent_from >= live) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "broker unreachable at %s (no answer in %.1f s)",
+                 io->client->endpoint, (double)live / 1000.0);
+        s_io_fail(io, true, TQ_EUNREACHABLE, text);
+        if (io->waiting == 0)
+            return -1;
+    }
+    int64_t quiet_from =
+        io->last_heard > io->last_ping ? io->last_heard : io->last_ping;
+    if (io->unacked_since > quiet_from && io->unacked)
+        quiet_from = io->unacked_since;
+    if (now - quiet_from >= live / 3) {
+        s_io_send_simple(io, TQ_CMD_PING);
+        io->last_ping = now;
+        quiet_from = now;
+    }
+    int64_t next = quiet_from + live / 3;
+    if (io->unacked && silent_from + live < next)
+        next = silent_from + live;
+    return next > now ? (long)(next - now) : 0;
+}
+
+static void
+s_actor(zsock_t *pipe, void *args)
+{
+    s_io_t *io = calloc(1, sizeof *io);
+    assert(io);
+    io->client = args;
+    io->pending = zhashx_new();
+    assert(io->pending);
+    tq_frames_init(&io->frames);
+    msgpack_sbuffer_init(&io->buf);
+    io->last_heard = io->last_ping = zclock_mono();
+    zsock_signal(pipe, 0);
+
+    zmq_pollitem_t items[3] = {
+        {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+        {io->client->socket, 0, ZMQ_POLLIN, 0},
+        {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
+    };
+    bool running = true;
+    while (running) {
+        long timeout = s_io_liveness(io);
+        items[1].events = ZMQ_POLLIN | (io->out_head ? ZMQ_POLLOUT : 0);
+        if (zmq_poll(items, 3, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* ETERM: the context is going away */
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            char *command = zstr_recv(pipe);
+            if (!command || streq(command, "$TERM"))
+                running = false;
+            zstr_free(&command);
+        }
+        if (items[2].revents & ZMQ_POLLIN)
+            s_io_take_queue(io);
+        if (items[1].revents & ZMQ_POLLIN)
+            s_io_recv(io);
+        s_io_flush(io);
+    }
+
+    /* pending handles end now; requests queued after this are failed by
+       tq_client_destroy */
+    s_io_take_queue(io);
+    s_io_fail(io, false, TQ_ECLOSED, "the client was closed");
+    while (io->out_head) {
+        tq_result_t *r = io->out_head;
+        io->out_head = r->next;
+        s_result_unref(r);
+    }
+    zhashx_destroy(&io->pending);
+    tq_frames_close(&io->frames);
+    msgpack_sbuffer_destroy(&io->buf);
+    free(io);
+}
+
+/* ---- the client --------------------------------------------------------- */
+
+tq_client_t *
+tq_client_new(const char *endpoint)
+{
+    if (!endpoint)
+        endpoint = getenv("TQ_BROKER");
+    if (!endpoint || !*endpoint)
+        endpoint = TQ_DEFAULT_CLIENT_ENDPOINT;
+    tq_client_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->wake_fd = -1;
+    pthread_mutex_init(&self->lock, NULL);
+    atomic_init(&self->liveness_ms, S_DEFAULT_LIVENESS_MS);
+    atomic_init(&self->id_counter, 0);
+    self->endpoint = strdup(endpoint);
+    if (getrandom(&self->id_prefix, sizeof self->id_prefix, 0) !=
+        sizeof self->id_prefix) {
+        /* no entropy source: still unique enough per process and moment */
+        self->id_prefix = (uint64_t)getpid() << 32 ^ (uint64_t)zclock_time();
+    }
+    self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    void *ctx = zsys_init();
+    if (!self->endpoint || self->wake_fd < 0 || !ctx)
+        goto fail;
+    self->socket = zmq_socket(ctx, ZMQ_DEALER);
+    if (!self->socket)
+        goto fail;
+    int zero = 0, one = 1, hwm = S_SEND_HWM;
+    /* linger 0: destroy never blocks on a dead broker; immediate: nothing
+       is queued inside libzmq for a broker we are not connected to, so a
+       request we failed as unreachable is never sent later behind our back;
+       unlimited receive queue: results are never dropped on our side */
+    zmq_setsockopt(self->socket, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(self->socket, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(self->socket, ZMQ_RCVHWM, &zero, sizeof zero);
+    if (zmq_connect(self->socket, self->endpoint) != 0) {
+        zsys_error("tq client: cannot connect to %s: %s", self->endpoint,
+                   zmq_strerror(errno));
+        goto fail;
+    }
+    self->actor = zactor_new(s_actor, self);
+    if (!self->actor)
+        goto fail;
+    return self;
+fail:
+    if (self->socket)
+        zmq_close(self->socket);
+    if (self->wake_fd >= 0)
+        close(self->wake_fd);
+    pthread_mutex_destroy(&self->lock);
+    free(self->endpoint);
+    free(self);
+    return NULL;
+}
+
+void
+tq_client_destroy(tq_client_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_client_t *self = *self_p;
+    pthread_mutex_lock(&self->lock);
+    self->closed = true;
+    pthread_mutex_unlock(&self->lock);
+    /* returns once the actor function has returned */
+    zactor_destroy(&self->actor);
+    zmq_close(self->socket);
+    close(self->wake_fd);
+    pthread_mutex_destroy(&self->lock);
+    free(self->endpoint);
+    free(self);
+    *self_p = NULL;
+}
+
+void
+tq_client_set_liveness(tq_client_t *self, int timeout_ms)
+{
+    assert(self);
+    if (timeout_ms < 3)
+        timeout_ms = 3;
+    atomic_store(&self->liveness_ms, timeout_ms);
+    /* wake the I/O thread so the new deadline counts at once */
+    uint64_t one = 1;
+    if (write(self->wake_fd, &one, sizeof one) < 0)
+        zsys_warning("tq client: eventfd write: %s", strerror(errno));
+}
+
+const char *
+tq_client_endpoint(tq_client_t *self)
+{
+    assert(self);
+    return self->endpoint;
+}
+
+/* Hands a request to the I/O thread, or fails it if the client is closed.
+   Consumes the I/O thread's reference in both cases. */
+static void
+s_client_push(tq_client_t *self, tq_result_t *r)
+{
+    pthread_mutex_lock(&self->lock);
+    if (self->closed) {
+        pthread_mutex_unlock(&self->lock);
+        s_finish_text(r, TQ_ECLOSED, "the client was closed");
+        s_result_unref(r);
+        return;
+    }
+    bool was_empty = self->queue_head == NULL;
+    r->next = NULL;
+    if (self->queue_tail)
+        self->queue_tail->next = r;
+    else
+        self->queue_head = r;
+    self->queue_tail = r;
+    pthread_mutex_unlock(&self->lock);
+    /* one wakeup per batch: the I/O thread takes the whole queue at once */
+    if (was_empty) {
+        uint64_t one = 1;
+        if (write(self->wake_fd, &one, sizeof one) < 0)
+            zsys_warning("tq client: eventfd write: %s", strerror(errno));
+    }
+}
+
+static void
+s_free_buffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* Makes a submission; args_owned (malloc'd, size bytes) is taken over when
+   non-NULL, else args is copied. NULL on invalid input. */
+static tq_result_t *
+s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
+         void *args_owned, const void *args, size_t size)
+{
+    assert(self);
+    tq_options_t none = TQ_OPTIONS_INIT;
+    if (!options)
+        options = &none;
+    const char *queue = options->queue ? options->queue : TQ_DEFAULT_QUEUE;
+    if (!task || !tq_proto_valid_name(task, strlen(task)) ||
+        !tq_proto_valid_name(queue, strlen(queue)) || options->priority < 0 ||
+        options->priority > TQ_PRIORITY_MAX || options->time_limit_ms < 0 ||
+        tq_proto_check_payload(args_owned ? args_owned : args, size, true,
+                               NULL) != TQ_OK) {
+        free(args_owned);
+        return NULL;
+    }
+    tq_result_t *r = s_result_new(S_KIND_SUBMIT);
+    if (!r) {
+        free(args_owned);
+        return NULL;
+    }
+    uint64_t n = atomic_fetch_add(&self->id_counter, 1);
+    snprintf(r->id, sizeof r->id, "%016" PRIx64 "%016" PRIx64,
+             self->id_prefix, n);
+    r->task = strdup(task);
+    r->queue = strdup(queue);
+    r->priority = (uint32_t)options->priority;
+    r->time_limit_ms = (uint32_t)options->time_limit_ms;
+    r->callback = options->callback;
+    r->error_callback = options->error_callback;
+    r->callback_arg = options->callback_arg;
+    int rc;
+    if (args_owned)
+        rc = zmq_msg_init_data(&r->args, args_owned, size, s_free_buffer,
+                               NULL);
+    else if ((rc = zmq_msg_init_size(&r->args, size)) == 0)
+        memcpy(zmq_msg_data(&r->args), args, size);
+    if (rc != 0 || !r->task || !r->queue) {
+        if (rc != 0 && args_owned)
+            free(args_owned);
+        atomic_store(&r->refs, 1);
+        s_result_unref(r);
+        return NULL;
+    }
+    s_client_push(self, r);
+    return r;
+}
+
+tq_result_t *
+tq_apply_async(tq_client_t *self, const char *task,
+               const tq_options_t *options, const char *picture, ...)
+{
+    tq_buf_t buf;
+    va_list ap;
+    va_start(ap, picture);
+    int rc = tq_vpack(&buf, picture, ap);
+    va_end(ap);
+    if (rc != TQ_OK)
+        return NULL;
+    return s_submit(self, task, options, buf.data, NULL, buf.size);
+}
+
+tq_result_t *
+tq_apply_async_raw(tq_client_t *self, const char *task,
+                   const tq_options_t *options, const void *args, size_t size)
+{
+    if (!args)
+        return NULL;
+    return s_submit(self, task, options, NULL, args, size);
+}
+
+tq_result_t *
+tq_apply(tq_client_t *self, const char *task, const tq_options_t *options,
+         int timeout_ms, const char *picture, ...)
+{
+    tq_buf_t buf;
+    va_list ap;
+    va_start(ap, picture);
+    int rc = tq_vpack(&buf, picture, ap);
+    va_end(ap);
+    if (rc != TQ_OK)
+        return NULL;
+    tq_result_t *r = s_submit(self, task, options, buf.data, NULL, buf.size);
+    if (r)
+        tq_result_get(r, timeout_ms);
+    return r;
+}
+
+int
+tq_map(tq_client_t *self, const char *task, const tq_options_t *options,
+       const tq_buf_t *args, size_t count, tq_result_t **results,
+       int timeout_ms)
+{
+    assert(self);
+    assert(results);
+    assert(args || count == 0);
+    int64_t deadline = s_deadline(timeout_ms);
+    int first = TQ_OK;
+    for (size_t i = 0; i < count; i++) {
+        results[i] = tq_apply_async_raw(self, task, options, args[i].data,
+                                        args[i].size);
+        if (!results[i] && first == TQ_OK)
+            first = TQ_EINVAL;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (!results[i])
+            continue;
+        int rc = timeout_ms == 0 ? tq_result_code(results[i])
+                                 : (s_result_wait_until(results[i], deadline),
+                                    tq_result_code(results[i]));
+        if (rc != TQ_OK && first == TQ_OK)
+            first = rc;
+    }
+    return first;
+}
+
+tq_result_t *
+tq_client_fetch(tq_client_t *self, const char *id, bool wait)
+{
+    assert(self);
+    if (!id || !tq_proto_valid_id(id, strlen(id)))
+        return NULL;
+    tq_result_t *r = s_result_new(S_KIND_GET);
+    if (!r)
+        return NULL;
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->wait = wait;
+    s_client_push(self, r);
+    return r;
+}
+
+int
+tq_client_status(tq_client_t *self, tq_buf_t *body, int timeout_ms)
+{
+    assert(self);
+    assert(body);
+    body->data = NULL;
+    body->size = 0;
+    tq_result_t *r = s_result_new(S_KIND_STATUS);
+    if (!r)
+        return TQ_ENOMEM;
+    s_client_push(self, r);
+    int rc = tq_result_get(r, timeout_ms);
+    if (rc == TQ_OK) {
+        size_t size = zmq_msg_size(&r->value);
+        body->data = malloc(size ? size : 1);
+        if (body->data) {
+            memcpy(body->data, zmq_msg_data(&r->value), size);
+            body->size = size;
+        } else
+            rc = TQ_ENOMEM;
+    }
+    tq_result_destroy(&r);
+    return rc;
+}
