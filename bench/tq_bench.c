@@ -1,0 +1,285 @@
+/* tq_bench.c - tq-bench: W1 throughput (apply_async of no-op tasks, all
+   awaited, prefetch 1 and 16) and W2 round-trip latency (sequential
+   tq_apply), each run several times against its own broker and a 2-child
+   worker host; prints the machine and a table of medians. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "tq_harness.h"
+
+#define S_MAX_RUNS 15
+#define S_BUDGET_MS 110000 /* the whole bench stays under 2 minutes */
+
+typedef struct {
+    int tasks; /* W1 tasks per run */
+    int rounds; /* W2 round trips per run */
+    int runs; /* runs per workload */
+    int children; /* worker children */
+} s_config_t;
+
+static int64_t s_deadline;
+
+static int
+s_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of n values (n >= 1); sorts a copy. */
+static double
+s_median(const double *values, int n)
+{
+    double sorted[S_MAX_RUNS];
+    memcpy(sorted, values, (size_t)n * sizeof *values);
+    qsort(sorted, (size_t)n, sizeof *sorted, s_cmp_double);
+    return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
+static void
+s_print_machine(void)
+{
+    char model[256] = "unknown";
+    FILE *file = fopen("/proc/cpuinfo", "re");
+    if (file) {
+        char line[512];
+        while (fgets(line, sizeof line, file)) {
+            if (strncmp(line, "model name", 10) == 0) {
+                char *colon = strchr(line, ':');
+                if (colon) {
+                    snprintf(model, sizeof model, "%s", colon + 2);
+                    model[strcspn(model, "\n")] = '\0';
+                }
+                break;
+            }
+        }
+        fclose(file);
+    }
+    struct utsname uts;
+    memset(&uts, 0, sizeof uts);
+    uname(&uts);
+    int major = 0, minor = 0, patch = 0;
+    zmq_version(&major, &minor, &patch);
+    printf("machine: %s\n", model);
+    printf("cpus:    %ld online\n", sysconf(_SC_NPROCESSORS_ONLN));
+    printf("kernel:  %s %s %s\n", uts.sysname, uts.release, uts.machine);
+    printf("libzmq:  %d.%d.%d, libtq %d.%d.%d\n", major, minor, patch,
+           TQ_VERSION_MAJOR, TQ_VERSION_MINOR, TQ_VERSION_PATCH);
+}
+
+/* Milliseconds left of the budget, at least 1000 so a last get can end. */
+static int
+s_left_ms(void)
+{
+    int64_t left = s_deadline - tq_harness_now_ms();
+    return left < 1000 ? 1000 : (int)left;
+}
+
+/* W1: submits `tasks` tq.echo with no arguments, then awaits them all.
+   Returns tasks per second, or -1 if any failed. */
+static double
+s_throughput(tq_client_t *client, int tasks)
+{
+    tq_result_t **results = calloc((size_t)tasks, sizeof *results);
+    if (!results)
+        return -1;
+    int failed = 0;
+    int64_t t0 = tq_harness_now_ms();
+    for (int i = 0; i < tasks; i++) {
+        results[i] = tq_apply_async(client, "tq.echo", NULL, "");
+        if (!results[i])
+            failed++;
+    }
+    for (int i = 0; i < tasks; i++) {
+        if (!results[i])
+            continue;
+        int rc = tq_result_get(results[i], s_left_ms());
+        if (rc != TQ_OK) {
+            if (failed++ == 0)
+                fprintf(stderr, "tq-bench: task %d: %s (%s)\n", i,
+                        tq_strerror(rc), tq_result_error(results[i]));
+        }
+    }
+    int64_t elapsed = tq_harness_now_ms() - t0;
+    for (int i = 0; i < tasks; i++)
+        tq_result_destroy(&results[i]);
+    free(results);
+    if (failed) {
+        fprintf(stderr, "tq-bench: %d of %d tasks failed\n", failed, tasks);
+        return -1;
+    }
+    return elapsed > 0 ? tasks * 1000.0 / (double)elapsed : 0;
+}
+
+/* W2: `rounds` sequential tq_apply round trips; p50 and p99 in µs.
+   Returns 0 or -1 if any failed. */
+static int
+s_latency(tq_client_t *client, int rounds, double *p50, double *p99)
+{
+    double *us = calloc((size_t)rounds, sizeof *us);
+    if (!us)
+        return -1;
+    int rc = 0;
+    for (int i = 0; i < rounds && rc == 0; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        tq_result_t *r = tq_apply(client, "tq.echo", NULL, 5000, "");
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (!r || tq_result_code(r) != TQ_OK) {
+            fprintf(stderr, "tq-bench: round trip %d: %s\n", i,
+                    r ? tq_strerror(tq_result_code(r)) : "invalid call");
+            rc = -1;
+        }
+        tq_result_destroy(&r);
+        us[i] = (double)(b.tv_sec - a.tv_sec) * 1e6 +
+            (double)(b.tv_nsec - a.tv_nsec) / 1e3;
+    }
+    if (rc == 0) {
+        qsort(us, (size_t)rounds, sizeof *us, s_cmp_double);
+        *p50 = us[rounds / 2];
+        *p99 = us[(size_t)rounds * 99 / 100 < (size_t)rounds
+                      ? (size_t)rounds * 99 / 100
+                      : (size_t)rounds - 1];
+    }
+    free(us);
+    return rc;
+}
+
+static void
+s_row(const char *name, const char *unit, const double *values, int runs)
+{
+    printf("%-28s %12.0f %-8s", name, s_median(values, runs), unit);
+    for (int i = 0; i < runs; i++)
+        printf(" %10.0f", values[i]);
+    printf("\n");
+}
+
+/* Starts a worker host with the given prefetch and waits for its children. */
+static pid_t
+s_worker(tq_harness_env_t *env, const s_config_t *config, int prefetch)
+{
+    char value[16];
+    snprintf(value, sizeof value, "%d", prefetch);
+    const char *extra[] = {"--prefetch", value, NULL};
+    pid_t pid = tq_harness_env_add_worker(env, config->children, extra, true);
+    if (pid < 0)
+        fprintf(stderr,
+                "tq-bench: worker host (prefetch %d) did not come "
+                "up\n",
+                prefetch);
+    return pid;
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tq-bench [--tasks N] [--rounds N] [--runs R]\n"
+            "  --tasks N   W1 tasks per run (default 20000)\n"
+            "  --rounds N  W2 round trips per run (default 2000)\n"
+            "  --runs R    runs per workload, 1..%d (default 3)\n",
+            S_MAX_RUNS);
+}
+
+static int
+s_parse(int argc, char **argv, s_config_t *config)
+{
+    for (int i = 1; i < argc; i++) {
+        int *target = NULL;
+        if (strcmp(argv[i], "--tasks") == 0)
+            target = &config->tasks;
+        else if (strcmp(argv[i], "--rounds") == 0)
+            target = &config->rounds;
+        else if (strcmp(argv[i], "--runs") == 0)
+            target = &config->runs;
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            s_usage(stdout);
+            exit(0);
+        }
+        if (!target || i + 1 >= argc)
+            return -1;
+        char *end = NULL;
+        errno = 0;
+        long value = strtol(argv[++i], &end, 10);
+        if (errno || *end || value < 1 || value > 10000000)
+            return -1;
+        *target = (int)value;
+    }
+    return config->runs <= S_MAX_RUNS ? 0 : -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    s_config_t config = {20000, 2000, 3, 2};
+    if (s_parse(argc, argv, &config) != 0) {
+        s_usage(stderr);
+        return 2;
+    }
+    s_deadline = tq_harness_now_ms() + S_BUDGET_MS;
+    tq_harness_init();
+    s_print_machine();
+    printf("setup:   tq-broker + tq-worker -c %d on 127.0.0.1, %d runs; "
+           "W1 %d tq.echo (no args) apply_async, all awaited; W2 %d "
+           "sequential tq_apply tq.echo\n\n",
+           config.children, config.runs, config.tasks, config.rounds);
+    fflush(stdout);
+
+    tq_harness_env_t env;
+    if (tq_harness_env_start(&env, NULL) != 0) {
+        fprintf(stderr, "tq-bench: the broker did not start\n");
+        return 1;
+    }
+    double w1[2][S_MAX_RUNS], p50[S_MAX_RUNS], p99[S_MAX_RUNS];
+    static const int prefetches[2] = {1, 16};
+    int rc = 0;
+    for (int p = 0; p < 2 && rc == 0; p++) {
+        pid_t worker = s_worker(&env, &config, prefetches[p]);
+        if (worker < 0) {
+            rc = 1;
+            break;
+        }
+        /* warm up: connections, page faults, the first allocations */
+        if (s_throughput(env.client, config.tasks / 10 + 1) < 0)
+            rc = 1;
+        for (int run = 0; run < config.runs && rc == 0; run++) {
+            w1[p][run] = s_throughput(env.client, config.tasks);
+            if (w1[p][run] < 0)
+                rc = 1;
+        }
+        if (rc == 0 && prefetches[p] == 1) {
+            for (int run = 0; run < config.runs && rc == 0; run++)
+                rc = s_latency(env.client, config.rounds, &p50[run], &p99[run])
+                    ? 1
+                    : 0;
+        }
+        tq_harness_env_stop_worker(&env, worker);
+        /* the next host's children must be the only ones listed */
+        if (rc == 0 && tq_harness_wait_workers(env.client, 0, 0, 10000) != 0) {
+            fprintf(stderr,
+                    "tq-bench: the broker still lists children of "
+                    "a stopped host\n");
+            rc = 1;
+        }
+    }
+    tq_harness_env_stop(&env);
+    if (rc != 0) {
+        fprintf(stderr, "tq-bench: failed\n");
+        return 1;
+    }
+    printf("%-28s %12s %-8s", "workload", "median", "unit");
+    for (int i = 0; i < config.runs; i++)
+        printf("      run %d", i + 1);
+    printf("\n");
+    s_row("W1 throughput, prefetch 1", "tasks/s", w1[0], config.runs);
+    s_row("W1 throughput, prefetch 16", "tasks/s", w1[1], config.runs);
+    s_row("W2 round trip p50", "us", p50, config.runs);
+    s_row("W2 round trip p99", "us", p99, config.runs);
+    return 0;
+}
