@@ -28,6 +28,12 @@ enum {
     F_WAIT = 'W',     /* bool */
     F_QUEUES = 'N',   /* array of queue names */
     F_TASKS = 'M',    /* array of task names */
+    F_RETRIES = 'r',  /* retries on task failure, 0..TQ_PROTO_MAX_RETRIES */
+    F_BACKOFF = 'b',  /* first retry delay, ms */
+    F_DELAY = 'd',    /* countdown before the first run, ms */
+    F_ATTEMPTS = 'a', /* attempts made so far, 0.. */
+    F_RSS = 'K',      /* peak resident set, KiB */
+    F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
 typedef struct {
@@ -38,10 +44,10 @@ typedef struct {
 } s_layout_t;
 
 static const s_layout_t s_layouts[] = {
-    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL", true},
+    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL|rbd", true},
     {TQ_CMD_SUBMITTED, "SUBMITTED", "I", false},
     {TQ_CMD_GET, "GET", "IW", false},
-    {TQ_CMD_RESULT, "RESULT", "ISCE", true},
+    {TQ_CMD_RESULT, "RESULT", "ISCE|a", true},
     {TQ_CMD_STATE, "STATE", "IS", false},
     {TQ_CMD_UNKNOWN, "UNKNOWN", "I", false},
     {TQ_CMD_STATUS, "STATUS", "", false},
@@ -51,10 +57,16 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_ERROR, "ERROR", "CEi", false},
     {TQ_CMD_READY, "READY", "HpqcNM", false},
     {TQ_CMD_TASK, "TASK", "ITAL", true},
-    {TQ_CMD_DONE, "DONE", "IASCE", true},
+    {TQ_CMD_DONE, "DONE", "IASCE|K", true},
     {TQ_CMD_DISCONNECT, "DISCONNECT", "", false},
     {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp", false},
     {TQ_CMD_LOST, "LOST", "pCE", false},
+    {TQ_CMD_CANCEL, "CANCEL", "I", false},
+    {TQ_CMD_RETRY, "RETRY", "I", false},
+    {TQ_CMD_PURGE, "PURGE", "Q", false},
+    {TQ_CMD_FAILED, "FAILED", "", false},
+    {TQ_CMD_REPLY, "REPLY", "", true},
+    {TQ_CMD_KILL, "KILL", "pI", false},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
@@ -461,6 +473,20 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
         return s_read_names(r, msg->queues, &msg->queue_count);
     case F_TASKS:
         return s_read_names(r, msg->tasks, &msg->task_count);
+    case F_RETRIES:
+        return s_read_u32(r, &msg->retries, 0, TQ_PROTO_MAX_RETRIES,
+                          "retries out of range");
+    case F_BACKOFF:
+        return s_read_u32(r, &msg->backoff_ms, 0, UINT32_MAX,
+                          "backoff out of range");
+    case F_DELAY:
+        return s_read_u32(r, &msg->delay_ms, 0, UINT32_MAX,
+                          "delay out of range");
+    case F_ATTEMPTS:
+        return s_read_u32(r, &msg->attempt, 0, UINT32_MAX,
+                          "attempts out of range");
+    case F_RSS:
+        return s_read_uint(r, &msg->rss_kb);
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -513,16 +539,23 @@ tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
         return TQ_EPROTO;
     }
     msg->command = (uint8_t)command;
-    size_t fields = strlen(layout->fields);
-    if (count - 2 < fields) {
+    const char *bar = strchr(layout->fields, F_OPTIONAL);
+    size_t required = bar ? (size_t)(bar - layout->fields)
+                          : strlen(layout->fields);
+    if (count - 2 < required) {
         *reason = "missing fields";
         return TQ_EPROTO;
     }
-    for (size_t i = 0; i < fields; i++)
-        if (!s_read_field(&r, layout->fields[i], msg)) {
+    size_t fields = 0;
+    for (const char *f = layout->fields; *f && fields < count - 2; f++) {
+        if (*f == F_OPTIONAL)
+            continue;
+        if (!s_read_field(&r, *f, msg)) {
             *reason = r.error;
             return TQ_EPROTO;
         }
+        fields++;
+    }
     /* trailing fields come from a newer minor revision: skip them, but they
        must still be well-formed */
     for (uint32_t i = 2 + (uint32_t)fields; i < count; i++)
@@ -674,6 +707,23 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return s_pack_names(pk, msg->tasks, msg->task_count)
                    ? NULL
                    : "invalid task list";
+    case F_RETRIES:
+        if (msg->retries > TQ_PROTO_MAX_RETRIES)
+            return "retries out of range";
+        msgpack_pack_uint32(pk, msg->retries);
+        return NULL;
+    case F_BACKOFF:
+        msgpack_pack_uint32(pk, msg->backoff_ms);
+        return NULL;
+    case F_DELAY:
+        msgpack_pack_uint32(pk, msg->delay_ms);
+        return NULL;
+    case F_ATTEMPTS:
+        msgpack_pack_uint32(pk, msg->attempt);
+        return NULL;
+    case F_RSS:
+        msgpack_pack_uint64(pk, msg->rss_kb);
+        return NULL;
     default:
         return "internal: unknown field code";
     }
@@ -695,11 +745,15 @@ tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
     msgpack_packer pk;
     msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
     size_t fields = strlen(layout->fields);
+    if (strchr(layout->fields, F_OPTIONAL))
+        fields--;
     msgpack_pack_array(&pk, 2 + fields);
     msgpack_pack_uint8(&pk, TQ_PROTO_VERSION);
     msgpack_pack_uint8(&pk, msg->command);
-    for (size_t i = 0; i < fields; i++) {
-        const char *why = s_pack_field(&pk, layout->fields[i], msg);
+    for (const char *f = layout->fields; *f; f++) {
+        if (*f == F_OPTIONAL)
+            continue;
+        const char *why = s_pack_field(&pk, *f, msg);
         if (why) {
             msgpack_sbuffer_clear(buf);
             *reason = why;

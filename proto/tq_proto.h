@@ -23,6 +23,7 @@
 #define TQ_PROTO_MAX_NAMES 256      /* tasks or queues in one READY */
 #define TQ_PROTO_MAX_HEADER 131072  /* header frame bytes */
 #define TQ_PROTO_MAX_DEPTH 32       /* nesting of a payload object */
+#define TQ_PROTO_MAX_RETRIES 1000   /* SUBMIT retries */
 
 /* Commands. Client <-> broker on the client endpoint: */
 #define TQ_CMD_SUBMIT 0x01     /* c->b id task queue priority time_limit_ms + args */
@@ -37,6 +38,14 @@
 #define TQ_CMD_PING 0x09       /* liveness probe, answered by PONG */
 #define TQ_CMD_PONG 0x0A
 #define TQ_CMD_ERROR 0x0B      /* b->any code reason id */
+/* Client -> broker, operator requests: */
+#define TQ_CMD_CANCEL 0x0C     /* c->b id: answered RESULT or UNKNOWN */
+#define TQ_CMD_RETRY 0x0D      /* c->b id: a dead letter runs again;
+                                  answered SUBMITTED, UNKNOWN or ERROR */
+#define TQ_CMD_PURGE 0x0E      /* c->b queue: drop its waiting tasks;
+                                  answered REPLY {queue, purged} */
+#define TQ_CMD_FAILED 0x0F     /* c->b: answered REPLY {failed: [...]} */
+#define TQ_CMD_REPLY 0x10      /* b->c + body (msgpack map) */
 /* Worker <-> broker on the worker endpoint: */
 #define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
@@ -45,6 +54,8 @@
 #define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid (the sender's) */
 #define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error: a child
                                   died; its tasks are queued again */
+#define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
+                                  pid running task id (cancelled) */
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */
@@ -64,13 +75,17 @@ typedef struct {
     tq_str_t host;          /* READY, HEARTBEAT: host name */
     uint32_t priority;      /* SUBMIT: 0..9 */
     uint32_t time_limit_ms; /* SUBMIT, TASK: 0 = worker default */
-    uint32_t attempt;       /* TASK, DONE: 1.. */
+    uint32_t attempt;       /* TASK, DONE: 1..; RESULT: attempts made */
     uint32_t state;         /* RESULT, STATE, DONE: tq_state_t */
     uint32_t code;          /* RESULT, DONE, ERROR, LOST: tq_err_t */
     uint32_t credit;        /* READY: tasks the worker may hold */
     uint64_t pid;           /* READY, HEARTBEAT, LOST: process id */
     uint64_t ppid;          /* READY: its supervisor's process id */
     bool wait;              /* GET: answer only when final */
+    uint32_t retries;       /* SUBMIT: reruns after a task failure */
+    uint32_t backoff_ms;    /* SUBMIT: first retry delay, doubling */
+    uint32_t delay_ms;      /* SUBMIT: countdown before the first run */
+    uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */
@@ -78,7 +93,7 @@ typedef struct {
 } tq_msg_t;
 
 /* Does the command carry a payload frame after its header? (SUBMIT, TASK:
-   args; RESULT, DONE: value; STATUS_REPLY: body.) */
+   args; RESULT, DONE: value; STATUS_REPLY, REPLY: body.) */
 bool tq_proto_has_payload(uint8_t command);
 
 /* The command's name ("SUBMIT", ...), "?" when unknown. */

@@ -16,7 +16,8 @@ static const uint8_t s_commands[] = {
     TQ_CMD_STATE,  TQ_CMD_UNKNOWN,      TQ_CMD_STATUS, TQ_CMD_STATUS_REPLY,
     TQ_CMD_PING,   TQ_CMD_PONG,         TQ_CMD_ERROR, TQ_CMD_READY,
     TQ_CMD_TASK,   TQ_CMD_DONE,         TQ_CMD_DISCONNECT,
-    TQ_CMD_HEARTBEAT, TQ_CMD_LOST,
+    TQ_CMD_HEARTBEAT, TQ_CMD_LOST, TQ_CMD_CANCEL, TQ_CMD_RETRY,
+    TQ_CMD_PURGE, TQ_CMD_FAILED, TQ_CMD_REPLY, TQ_CMD_KILL,
 };
 #define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
 
@@ -40,6 +41,10 @@ s_fill(tq_msg_t *msg, uint8_t command)
     msg->pid = 4242;
     msg->ppid = 4200;
     msg->wait = true;
+    msg->retries = 4;
+    msg->backoff_ms = 250;
+    msg->delay_ms = 1500;
+    msg->rss_kb = 12345;
     msg->queue_count = 2;
     msg->queues[0] = tq_str("default");
     msg->queues[1] = tq_str("high");
@@ -80,7 +85,17 @@ test_round_trip_every_command(void **state)
             assert_true(s_same(out.queue, in.queue));
             assert_int_equal(out.priority, 7);
             assert_int_equal(out.time_limit_ms, 2500);
+            assert_int_equal(out.retries, 4);
+            assert_int_equal(out.backoff_ms, 250);
+            assert_int_equal(out.delay_ms, 1500);
             assert_true(tq_proto_has_payload(in.command));
+            break;
+        case TQ_CMD_KILL:
+            assert_int_equal(out.pid, 4242);
+            assert_true(s_same(out.id, in.id));
+            break;
+        case TQ_CMD_PURGE:
+            assert_true(s_same(out.queue, in.queue));
             break;
         case TQ_CMD_GET:
             assert_true(s_same(out.id, in.id));
@@ -91,6 +106,7 @@ test_round_trip_every_command(void **state)
             assert_int_equal(out.state, TQ_STATE_FAILURE);
             assert_int_equal(out.code, TQ_ETASK);
             assert_true(s_same(out.error, in.error));
+            assert_int_equal(out.attempt, 2);
             break;
         case TQ_CMD_READY:
             assert_true(s_same(out.host, in.host));
@@ -157,6 +173,48 @@ test_optional_fields(void **state)
     assert_null(out.id.ptr);
     assert_null(out.error.ptr);
     assert_int_equal(out.code, TQ_EPROTO);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* A SUBMIT from a peer that predates the optional fields (retries,
+   backoff, delay) decodes with them zero; a RESULT with them too. */
+static void
+test_older_peer(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 7);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, TQ_CMD_SUBMIT);
+    const char *fields[] = {"abc", "tq.echo", "default"};
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_str(&pk, strlen(fields[i]));
+        msgpack_pack_str_body(&pk, fields[i], strlen(fields[i]));
+    }
+    msgpack_pack_uint8(&pk, 3);
+    msgpack_pack_uint8(&pk, 0);
+    static tq_msg_t out;
+    out.retries = 9;
+    const char *why = NULL;
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, &why), TQ_OK);
+    assert_int_equal(out.priority, 3);
+    assert_int_equal(out.retries, 0);
+    assert_int_equal(out.delay_ms, 0);
+    /* one field short of the required ones is still refused */
+    msgpack_sbuffer_clear(&buf);
+    msgpack_pack_array(&pk, 6);
+    msgpack_pack_uint8(&pk, 1);
+    msgpack_pack_uint8(&pk, TQ_CMD_SUBMIT);
+    for (int i = 0; i < 3; i++) {
+        msgpack_pack_str(&pk, strlen(fields[i]));
+        msgpack_pack_str_body(&pk, fields[i], strlen(fields[i]));
+    }
+    msgpack_pack_uint8(&pk, 3);
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, &why),
+                     TQ_EPROTO);
     msgpack_sbuffer_destroy(&buf);
 }
 
@@ -426,6 +484,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_every_command),
         cmocka_unit_test(test_optional_fields),
+        cmocka_unit_test(test_older_peer),
         cmocka_unit_test(test_encode_refuses_bad_fields),
         cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_wrong_version_and_command),

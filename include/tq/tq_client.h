@@ -36,6 +36,17 @@ typedef struct {
     tq_callback_fn *callback;       /* on SUCCESS, may be NULL */
     tq_callback_fn *error_callback; /* on FAILURE or CANCELLED, may be NULL */
     void *callback_arg;             /* passed to both callbacks */
+    const char *id;                 /* NULL: a fresh id; else the caller's
+                                       id (1-64 of [0-9A-Za-z_.-]): a
+                                       resubmission with the same id is
+                                       the same task, never a second one */
+    int retries;                    /* reruns after the task fails, 0..1000 */
+    int retry_backoff_ms;           /* first retry delay (default 1000),
+                                       doubled each time, with jitter */
+    int countdown_ms;               /* run no sooner than this from now */
+    bool block_when_full;           /* queue full: keep trying (until the
+                                       handle is destroyed) instead of
+                                       ending with TQ_EFULL */
 } tq_options_t;
 
 #define TQ_OPTIONS_INIT {0}
@@ -142,6 +153,34 @@ const char *tq_result_error(tq_result_t *self);
 
 /* The task id (borrowed), 32 hex characters for submitted tasks. */
 const char *tq_result_id(tq_result_t *self);
+
+/* Attempts the broker made (1 for a task that ran once), from its RESULT;
+   0 before then. */
+uint32_t tq_result_attempts(tq_result_t *self);
+
+/* Asks the broker to cancel the task: a waiting one ends CANCELLED at
+   once, a running one's child gets SIGTERM then SIGKILL, and it ends
+   CANCELLED. The handle becomes final when the broker answers (a task that
+   was already final keeps its outcome). Returns TQ_OK when the request was
+   queued. */
+int tq_result_cancel(tq_result_t *self);
+
+/* Cancels every task this client still waits on (as Pool.terminate):
+   returns how many cancel requests were sent. */
+int tq_client_terminate(tq_client_t *self);
+
+/* Operator requests, synchronous, each waiting up to timeout_ms:
+   cancel any task by id (TQ_OK, TQ_EUNKNOWN, or the code of a task that was
+   already final); requeue a dead letter (TQ_OK, TQ_EUNKNOWN, TQ_ESTATE if
+   the task is not in the dead-letter list); drop the waiting tasks of a
+   queue (*purged gets how many); list the dead letters (*body gets the
+   REPLY map {"failed": [...]}, the caller's, free with tq_buf_free).
+   TQ_ETIMEDOUT or TQ_EUNREACHABLE when the broker does not answer. */
+int tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms);
+int tq_client_retry(tq_client_t *self, const char *id, int timeout_ms);
+int tq_client_purge(tq_client_t *self, const char *queue, uint64_t *purged,
+                    int timeout_ms);
+int tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms);
 
 /* Releases the caller's handle; NULL-safe, nulls *self_p. A pending task
    goes on running; its callbacks still fire. */
