@@ -1,13 +1,16 @@
 /* main.c - tq-broker: parses options, binds, prints the endpoints, runs the
    loop until SIGTERM or SIGINT. */
 #include <getopt.h>
+#include <stdint.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tq/tq_error.h"
+#include "tq_auth.h"
 #include "tq_broker.h"
+#include "tq_store.h"
 
 static tq_broker_t *s_broker;
 
@@ -17,6 +20,15 @@ s_on_signal(int sig)
     (void) sig;
     if (s_broker)
         tq_broker_stop(s_broker);
+}
+
+/* SIGHUP: read the CURVE allow-lists again (they are also reread when
+   their directories change). */
+static void
+s_on_hangup(int sig)
+{
+    (void) sig;
+    tq_auth_reload();
 }
 
 static void
@@ -30,11 +42,36 @@ s_usage(FILE *out)
             "  --result-ttl SEC  keep final results this long (default %d)\n"
             "  --max-lost N      worker deaths a task may cause before it "
             "fails (default %d)\n"
+            "  --data DIR        the store's directory (default %s)\n"
+            "  --no-persist      keep everything in memory only\n"
+            "  --sync MODE       batch: each batch synced to disk before it "
+            "is acknowledged\n"
+            "                    (default); os: written to the OS, which "
+            "flushes when it likes\n"
+            "  --max-disk MB     store size at which submissions are refused\n"
+            "  --max-queue N     waiting tasks per queue; more are refused "
+            "with TQ_EFULL (default: no limit)\n"
+            "  --max-memory MB   arguments and results the broker may hold; "
+            "more are refused (default: no limit)\n"
+            "  --max-client-tasks N  unfinished tasks one client may have "
+            "(default: no limit)\n"
+            "  --curve-secret FILE  the broker's certificate (tq keygen): "
+            "CURVE on both\n"
+            "                    endpoints; needs --client-keys and "
+            "--worker-keys\n"
+            "  --client-keys DIR public certificates of the clients "
+            "allowed in\n"
+            "  --worker-keys DIR public certificates of the workers "
+            "allowed in\n"
+            "                    (SIGHUP or a change in the directory "
+            "reloads both)\n"
+            "  --max-message BYTES  largest message a peer may send "
+            "(default 67108864)\n"
             "  -v, --verbose     log every exchange to stderr\n"
             "Prints 'tq-broker: clients EP workers EP' once bound; "
             "SIGTERM or SIGINT stops it.\n",
             TQ_BROKER_CLIENTS, TQ_BROKER_WORKERS, TQ_BROKER_RESULT_TTL_S,
-            TQ_BROKER_MAX_LOST);
+            TQ_BROKER_MAX_LOST, TQ_BROKER_DATA_DIR);
 }
 
 /* Parses a non-negative integer option; -1 if it is not one. */
@@ -51,12 +88,24 @@ s_number(const char *text, long max)
 int
 main(int argc, char **argv)
 {
-    tq_broker_config_t config = {.result_ttl_s = -1};
+    tq_broker_config_t config = {.result_ttl_s = -1,
+                                 .data_dir = TQ_BROKER_DATA_DIR};
     static const struct option options[] = {
         {"clients", required_argument, NULL, 'c'},
         {"workers", required_argument, NULL, 'w'},
         {"result-ttl", required_argument, NULL, 't'},
         {"max-lost", required_argument, NULL, 'l'},
+        {"max-queue", required_argument, NULL, 'q'},
+        {"data", required_argument, NULL, 'd'},
+        {"no-persist", no_argument, NULL, 'n'},
+        {"sync", required_argument, NULL, 's'},
+        {"max-disk", required_argument, NULL, 'D'},
+        {"max-memory", required_argument, NULL, 'm'},
+        {"max-client-tasks", required_argument, NULL, 'T'},
+        {"curve-secret", required_argument, NULL, 'S'},
+        {"client-keys", required_argument, NULL, 'C'},
+        {"worker-keys", required_argument, NULL, 'W'},
+        {"max-message", required_argument, NULL, 'M'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -87,6 +136,73 @@ main(int argc, char **argv)
             }
             config.max_lost = (int) value;
             break;
+        case 'd':
+            config.data_dir = optarg;
+            break;
+        case 'n':
+            config.data_dir = NULL;
+            break;
+        case 's':
+            if (strcmp(optarg, "batch") == 0)
+                config.sync = TQ_SYNC_BATCH;
+            else if (strcmp(optarg, "os") == 0)
+                config.sync = TQ_SYNC_OS;
+            else {
+                fprintf(stderr, "tq-broker: --sync: batch or os: %s\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'D':
+            if ((value = s_number(optarg, 1L << 30)) < 1) {
+                fprintf(stderr, "tq-broker: --max-disk: a number of MB "
+                                "(1 or more): %s\n", optarg);
+                return 2;
+            }
+            config.max_disk = (uint64_t) value << 20;
+            break;
+        case 'q':
+            if ((value = s_number(optarg, UINT32_MAX)) < 1) {
+                fprintf(stderr, "tq-broker: --max-queue: a number of tasks "
+                                "(1 or more): %s\n", optarg);
+                return 2;
+            }
+            config.max_queue = (uint32_t) value;
+            break;
+        case 'm':
+            if ((value = s_number(optarg, 1L << 30)) < 1) {
+                fprintf(stderr, "tq-broker: --max-memory: a number of MB "
+                                "(1 or more): %s\n", optarg);
+                return 2;
+            }
+            config.max_memory = (uint64_t) value << 20;
+            break;
+        case 'S':
+            config.curve_secret = optarg;
+            break;
+        case 'C':
+            config.client_keys = optarg;
+            break;
+        case 'W':
+            config.worker_keys = optarg;
+            break;
+        case 'M':
+            /* below a few KiB not even a STATUS body or a READY fits */
+            if ((value = s_number(optarg, INT64_MAX)) < 4096) {
+                fprintf(stderr, "tq-broker: --max-message: bytes, 4096 or "
+                                "more: %s\n", optarg);
+                return 2;
+            }
+            config.max_message = (int64_t) value;
+            break;
+        case 'T':
+            if ((value = s_number(optarg, UINT32_MAX)) < 1) {
+                fprintf(stderr, "tq-broker: --max-client-tasks: a number of "
+                                "tasks (1 or more): %s\n", optarg);
+                return 2;
+            }
+            config.max_client_tasks = (uint32_t) value;
+            break;
         case 'v':
             config.verbose = true;
             break;
@@ -114,6 +230,10 @@ main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    struct sigaction hup = {.sa_handler = s_on_hangup,
+                            .sa_flags = SA_RESTART};
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     printf("tq-broker: clients %s workers %s\n",

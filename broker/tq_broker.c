@@ -11,12 +11,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #include "tq/tq_error.h"
+#include "tq_auth.h"
+#include "tq_curve.h"
 #include "tq_proto.h"
+#include "tq_store.h"
 #include "tq_wire.h"
 
 #define PRIORITIES 10        /* 0..9, TQ_PRIORITY_MAX + 1 */
@@ -54,6 +58,13 @@ struct task_s {
     uint64_t seq;          /* submission order */
     zmq_msg_t payload;     /* args until final, then the value */
     char *error;           /* final: error text, or NULL */
+    uint32_t retries;      /* reruns left after a task failure */
+    uint32_t backoff_ms;   /* first retry delay */
+    uint32_t failures;     /* task failures so far (for the backoff) */
+    uint32_t heap_index;   /* position in the deadline heap, 0: not in */
+    int64_t due_ms;        /* in the heap: when it may run (monotonic) */
+    int64_t submitted_ms;  /* monotonic ms when accepted */
+    bool dead;             /* in the dead-letter list */
     ident_t client;        /* submitter; size 0 once answered */
     ident_t *waiters;      /* clients blocked in GET wait=true */
     uint32_t waiter_count;
@@ -76,6 +87,8 @@ struct queue_s {
     const char *name;      /* interned */
     lane_t *lanes;
     uint32_t waiting, running;
+    uint32_t delayed;      /* in the deadline heap (countdown, retry) */
+    uint64_t done, failed;
     queue_t *next;
 };
 
@@ -88,7 +101,9 @@ struct worker_s {
     char host[TQ_PROTO_MAX_NAME + 1];
     uint64_t pid, ppid;
     uint32_t credit, held;
+    uint32_t cancelled;       /* cancelled tasks it may still be running */
     uint64_t done;
+    uint64_t rss_kb;          /* peak RSS from its last DONE */
     queue_t **queues;
     uint32_t queue_count;
     const char **tasks;       /* interned */
@@ -98,9 +113,34 @@ struct worker_s {
     worker_t *prev, *next;    /* the children list, or the supervisors */
 };
 
+/* ---- data queues: multiprocessing.Queue kept by the broker. Items are
+   opaque msgpack objects, FIFO; a QGET that finds nothing waits until an
+   item comes or its wait runs out. ---- */
+
+typedef struct item_s {
+    zmq_msg_t msg;
+    struct item_s *next;
+} item_t;
+
+typedef struct getter_s {
+    ident_t ident;
+    char id[TQ_PROTO_MAX_ID + 1]; /* the QGET's request id */
+    int64_t deadline_ms;
+    struct getter_s *next;
+} getter_t;
+
+typedef struct dq_s {
+    const char *name;     /* interned */
+    uint32_t maxsize;     /* 0: no bound */
+    uint32_t size;
+    item_t *head, *tail;
+    getter_t *getters, *getters_tail;
+    struct dq_s *next;
+} dq_t;
+
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
-        malformed, errors, dropped;
+        malformed, errors, dropped, retried, cancelled, refused;
 } counters_t;
 
 struct tq_broker_t {
@@ -108,6 +148,7 @@ struct tq_broker_t {
     void *ctx;
     void *clients;           /* ROUTER */
     void *workers;           /* ROUTER */
+    tq_auth_t *auth;         /* ZAP handler with CURVE, else NULL */
     int wakeup;              /* eventfd written by tq_broker_stop */
     char client_endpoint[256];
     char worker_endpoint[256];
@@ -120,6 +161,21 @@ struct tq_broker_t {
     worker_t *children, *children_tail;
     worker_t *supervisors;
     task_t *expiry_head, *expiry_tail;
+    task_t **heap;           /* deadline heap of delayed tasks, 1-based */
+    uint32_t heap_size, heap_cap;
+    task_t **dead;           /* dead letters, oldest first */
+    uint32_t dead_count, dead_cap;
+    uint64_t memory;         /* payload bytes held */
+    tq_store_t *store;       /* NULL: memory only */
+    zhashx_t *dq_index;      /* name -> dq_t */
+    zhashx_t *in_flight;     /* client ident hex -> unfinished tasks
+                                (uintptr_t), with max_client_tasks only */
+    dq_t *dqs;
+    ident_t *acks;           /* SUBMITTED waiting for the commit */
+    char (*ack_ids)[TQ_PROTO_MAX_ID + 1];
+    uint32_t ack_count, ack_cap;
+    bool disk_full;          /* the store passed max_disk */
+    uint64_t recovered;      /* tasks loaded at start */
     uint64_t seq;
     uint64_t results_kept;
     int64_t started_ms;
@@ -138,11 +194,21 @@ struct tq_broker_t {
 
 typedef void(s_handler_fn)(tq_broker_t *self, const tq_msg_t *msg);
 
+
 static int64_t
 s_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wall-clock ms, for result expiry times kept in the store. */
+static int64_t
+s_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -416,6 +482,133 @@ s_lane_remove(lane_t *lane, task_t *task)
     lane->queue->waiting--;
 }
 
+/* Counts a client's unfinished tasks up (+1) or down (-1); returns the
+   count before the change. Only kept when max_client_tasks is set. */
+static uintptr_t
+s_in_flight(tq_broker_t *self, const ident_t *client, int delta)
+{
+    char key[2 * 255 + 1];
+    s_hex(key, s_ident_data(client), client->size);
+    uintptr_t count = (uintptr_t) zhashx_lookup(self->in_flight, key);
+    uintptr_t next = delta > 0 ? count + 1 : count ? count - 1 : 0;
+    if (delta == 0)
+        return count;
+    if (next)
+        zhashx_update(self->in_flight, key, (void *) next);
+    else
+        zhashx_delete(self->in_flight, key);
+    return count;
+}
+
+/* ---- the store: every change of a task is written into the open batch,
+   committed once per pass, before the pass's acknowledgements go out ---- */
+
+static void
+s_store_fill(const task_t *task, tq_store_task_t *row)
+{
+    *row = (tq_store_task_t){
+        .id = task->id,
+        .task = task->lane->task,
+        .queue = task->lane->queue->name,
+        .priority = task->priority,
+        .time_limit_ms = task->time_limit_ms,
+        .attempt = task->attempt,
+        .state = task->state,
+        .seq = task->seq,
+        .code = task->code,
+        .error = task->error,
+    };
+}
+
+static void
+s_store_add(tq_broker_t *self, const task_t *task)
+{
+    if (!self->store)
+        return;
+    tq_store_task_t row;
+    s_store_fill(task, &row);
+    row.args = zmq_msg_data((zmq_msg_t *) &task->payload);
+    row.args_size = zmq_msg_size((zmq_msg_t *) &task->payload);
+    tq_store_add(self->store, &row);
+}
+
+static void
+s_store_state(tq_broker_t *self, const task_t *task)
+{
+    if (self->store)
+        tq_store_set_state(self->store, task->id, task->state, task->attempt);
+}
+
+static void
+s_store_final(tq_broker_t *self, const task_t *task)
+{
+    if (!self->store)
+        return;
+    tq_store_task_t row;
+    s_store_fill(task, &row);
+    if (task->state == TQ_STATE_SUCCESS) {
+        row.result = zmq_msg_data((zmq_msg_t *) &task->payload);
+        row.result_size = zmq_msg_size((zmq_msg_t *) &task->payload);
+    }
+    /* dead letters never expire; other results after the TTL (at least
+       1 ms, 0 means "never" in the store) */
+    row.expires_ms = task->dead ? 0
+                                : s_wall_ms() +
+                                      (int64_t) self->config.result_ttl_s *
+                                          1000 +
+                                      1;
+    tq_store_finish(self->store, &row);
+}
+
+/* Acknowledges a submission now, or after the commit that stores it. */
+static void
+s_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
+{
+    if (!self->store || !tq_store_dirty(self->store)) {
+        tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
+        out->id = id;
+        s_send_to(self, self->clients, to, NULL);
+        return;
+    }
+    if (self->ack_count == self->ack_cap) {
+        self->ack_cap = self->ack_cap ? 2 * self->ack_cap : 256;
+        self->acks = realloc(self->acks, self->ack_cap * sizeof *self->acks);
+        self->ack_ids =
+            realloc(self->ack_ids, self->ack_cap * sizeof *self->ack_ids);
+        if (!self->acks || !self->ack_ids)
+            abort();
+    }
+    ident_t *ack = &self->acks[self->ack_count];
+    *ack = (ident_t){0};
+    s_ident_set(ack, s_ident_data(to), to->size);
+    tq_str_copy(self->ack_ids[self->ack_count], TQ_PROTO_MAX_ID + 1, id);
+    self->ack_count++;
+}
+
+/* Commits the pass's batch, then sends the acknowledgements it held.
+   Returns false if the store failed: nothing more may be acknowledged. */
+static bool
+s_commit(tq_broker_t *self)
+{
+    if (self->store && tq_store_dirty(self->store) &&
+        tq_store_commit(self->store) != TQ_OK) {
+        fprintf(stderr,
+                "tq-broker: FATAL: cannot write the store in %s: %s; "
+                "stopping without acknowledging %u submissions\n",
+                self->config.data_dir, tq_store_error(self->store),
+                self->ack_count);
+        return false;
+    }
+    for (uint32_t i = 0; i < self->ack_count; i++) {
+        tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
+        out->id = tq_str(self->ack_ids[i]);
+        s_send_to(self, self->clients, &self->acks[i], NULL);
+        s_ident_clear(&self->acks[i]);
+    }
+    self->ack_count = 0;
+    return true;
+}
+
 /* ---- workers ---- */
 
 static void
@@ -512,6 +705,10 @@ s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
                  const char *why)
 {
     task_t *running = worker->held_head;
+    /* a child killed because its task was cancelled, or that was running a
+       cancelled task when it died, is not the fault of its other tasks */
+    if (code == TQ_ECANCELLED || worker->cancelled)
+        lost = false;
     /* requeue from the back so that the tasks keep their order at the
        front of their lanes */
     while (worker->held_tail) {
@@ -535,6 +732,7 @@ s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
             }
         }
         task->state = TQ_STATE_PENDING;
+        s_store_state(self, task);
         s_lane_push(task->lane, task, true);
         self->counters.requeued++;
     }
@@ -597,6 +795,7 @@ s_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = s_out(self, TQ_CMD_RESULT);
     out->id = tq_str(task->id);
+    out->attempt = task->attempt;
     out->state = task->state;
     out->code = task->code;
     out->error = tq_str(task->error);
@@ -617,21 +816,35 @@ s_task_final(tq_broker_t *self, task_t *task, int state, int code,
     assert(!task->worker);
     task->state = (uint8_t) state;
     task->code = (uint32_t) code;
+    assert(!task->heap_index);
     free(task->error);
     task->error = error && *error ? s_strdup(error) : NULL;
-    zmq_msg_close(&task->payload);
-    zmq_msg_init(&task->payload);
-    if (value && state == TQ_STATE_SUCCESS)
-        zmq_msg_move(&task->payload, value);
-    if (state == TQ_STATE_SUCCESS)
+    /* the arguments give way to the value, except for a dead letter,
+       which keeps them to run again when an operator retries it */
+    if (code != TQ_ELOST) {
+        self->memory -= zmq_msg_size(&task->payload);
+        zmq_msg_close(&task->payload);
+        zmq_msg_init(&task->payload);
+        if (value && state == TQ_STATE_SUCCESS)
+            zmq_msg_move(&task->payload, value);
+        self->memory += zmq_msg_size(&task->payload);
+    }
+    if (state == TQ_STATE_SUCCESS) {
         self->counters.completed++;
-    else
+        task->lane->queue->done++;
+    } else if (state == TQ_STATE_CANCELLED) {
+        self->counters.cancelled++;
+    } else {
         self->counters.failed++;
+        task->lane->queue->failed++;
+    }
     s_debug(self, "task %s %s%s%s", task->id, tq_state_name(state),
             task->error ? ": " : "", task->error ? task->error : "");
 
     if (task->client.size) {
         s_send_result(self, task, &task->client);
+        if (self->config.max_client_tasks)
+            s_in_flight(self, &task->client, -1);
         s_ident_clear(&task->client);
     }
     for (uint32_t i = 0; i < task->waiter_count; i++) {
@@ -642,6 +855,22 @@ s_task_final(tq_broker_t *self, task_t *task, int state, int code,
     task->waiters = NULL;
     task->waiter_count = 0;
 
+    task->dead = code == TQ_ELOST;
+    s_store_final(self, task);
+    if (code == TQ_ELOST) {
+        /* a poison task: kept, outside the TTL, until an operator retries
+           it (tq failed, tq retry) */
+        task->dead = true;
+        if (self->dead_count == self->dead_cap) {
+            self->dead_cap = self->dead_cap ? 2 * self->dead_cap : 64;
+            self->dead = realloc(self->dead, self->dead_cap * sizeof *self->dead);
+            if (!self->dead)
+                abort();
+        }
+        self->dead[self->dead_count++] = task;
+        task->prev = task->next = NULL;
+        return;
+    }
     task->expires_ms = self->now_ms + (int64_t) self->config.result_ttl_s * 1000;
     task->prev = self->expiry_tail;
     task->next = NULL;
@@ -651,6 +880,90 @@ s_task_final(tq_broker_t *self, task_t *task, int state, int code,
         self->expiry_head = task;
     self->expiry_tail = task;
     self->results_kept++;
+}
+
+/* ---- the deadline heap: tasks that may not run yet (countdown, retry
+   backoff), ordered by due time; one heap instead of a timer per task ---- */
+
+static void
+s_heap_set(tq_broker_t *self, uint32_t i, task_t *task)
+{
+    self->heap[i] = task;
+    task->heap_index = i;
+}
+
+static void
+s_heap_up(tq_broker_t *self, uint32_t i)
+{
+    task_t *task = self->heap[i];
+    while (i > 1 && self->heap[i / 2]->due_ms > task->due_ms) {
+        s_heap_set(self, i, self->heap[i / 2]);
+        i /= 2;
+    }
+    s_heap_set(self, i, task);
+}
+
+static void
+s_heap_down(tq_broker_t *self, uint32_t i)
+{
+    task_t *task = self->heap[i];
+    for (;;) {
+        uint32_t child = 2 * i;
+        if (child > self->heap_size)
+            break;
+        if (child < self->heap_size &&
+            self->heap[child + 1]->due_ms < self->heap[child]->due_ms)
+            child++;
+        if (self->heap[child]->due_ms >= task->due_ms)
+            break;
+        s_heap_set(self, i, self->heap[child]);
+        i = child;
+    }
+    s_heap_set(self, i, task);
+}
+
+static void
+s_heap_push(tq_broker_t *self, task_t *task, int64_t due_ms)
+{
+    if (self->heap_size + 1 >= self->heap_cap) {
+        self->heap_cap = self->heap_cap ? 2 * self->heap_cap : 256;
+        self->heap = realloc(self->heap, self->heap_cap * sizeof *self->heap);
+        if (!self->heap)
+            abort();
+    }
+    task->due_ms = due_ms;
+    task->prev = task->next = NULL;
+    s_heap_set(self, ++self->heap_size, task);
+    s_heap_up(self, self->heap_size);
+    task->lane->queue->delayed++;
+}
+
+static void
+s_heap_remove(tq_broker_t *self, task_t *task)
+{
+    uint32_t i = task->heap_index;
+    assert(i >= 1 && i <= self->heap_size && self->heap[i] == task);
+    task_t *last = self->heap[self->heap_size--];
+    if (last != task) {
+        s_heap_set(self, i, last);
+        s_heap_up(self, i);
+        s_heap_down(self, last->heap_index);
+    }
+    task->heap_index = 0;
+    task->lane->queue->delayed--;
+}
+
+/* Moves tasks whose countdown or backoff ran out into their lanes. */
+static void
+s_release_due(tq_broker_t *self)
+{
+    while (self->heap_size && self->heap[1]->due_ms <= self->now_ms) {
+        task_t *task = self->heap[1];
+        s_heap_remove(self, task);
+        task->state = TQ_STATE_PENDING;
+        s_lane_push(task->lane, task, false);
+        self->dispatch_due = true;
+    }
 }
 
 /* Forgets results whose TTL ran out; the expiry list is in expiry order
@@ -666,7 +979,10 @@ s_expire_results(tq_broker_t *self)
         else
             self->expiry_tail = NULL;
         zhashx_delete(self->tasks, task->id);
+        if (self->store)
+            tq_store_remove(self->store, task->id);
         self->results_kept--;
+        self->memory -= zmq_msg_size(&task->payload);
         s_task_free(task);
     }
 }
@@ -706,6 +1022,7 @@ s_dispatch_one(tq_broker_t *self, worker_t *worker, task_t *task)
     s_held_push(worker, task);
     task->state = TQ_STATE_RUNNING;
     task->attempt++;
+    s_store_state(self, task);
     tq_msg_t *out = s_out(self, TQ_CMD_TASK);
     out->id = tq_str(task->id);
     out->task = tq_str(task->lane->task);
@@ -735,7 +1052,7 @@ s_dispatch(tq_broker_t *self)
         worker_t *next;
         for (worker_t *worker = self->children; worker; worker = next) {
             next = worker->next;
-            if (worker->held >= worker->credit)
+            if (worker->held + worker->cancelled >= worker->credit)
                 continue;
             task_t *task = s_next_task(self, worker);
             if (!task)
@@ -749,6 +1066,48 @@ s_dispatch(tq_broker_t *self)
 }
 
 /* ---- client handlers ---- */
+
+static bool
+s_ident_eq(const ident_t *a, const ident_t *b)
+{
+    return a->size == b->size &&
+           memcmp(s_ident_data(a), s_ident_data(b), a->size) == 0;
+}
+
+/* Refuses a submission that would pass a limit: the queue's length or the
+   memory the broker may hold. Returns true (and answers ERROR) if so. */
+static bool
+s_over_limit(tq_broker_t *self, const tq_msg_t *msg, queue_t *queue,
+             size_t size)
+{
+    char text[TQ_PROTO_MAX_NAME + 128];
+    ident_t from = s_sender(self);
+    uint32_t max = self->config.max_queue;
+    if (max && queue->waiting + queue->delayed >= max)
+        snprintf(text, sizeof text, "queue %s is full (max-queue %u)",
+                 queue->name, max);
+    else if (self->config.max_client_tasks &&
+             s_in_flight(self, &from, 0) >= self->config.max_client_tasks)
+        snprintf(text, sizeof text,
+                 "this client has %u tasks unfinished (max-client-tasks %u)",
+                 self->config.max_client_tasks,
+                 self->config.max_client_tasks);
+    else if (self->disk_full)
+        snprintf(text, sizeof text,
+                 "broker disk limit reached (max-disk %llu MB)",
+                 (unsigned long long) (self->config.max_disk >> 20));
+    else if (self->config.max_memory &&
+             self->memory + size > self->config.max_memory)
+        snprintf(text, sizeof text,
+                 "broker memory limit reached (max-memory %llu MB)",
+                 (unsigned long long) (self->config.max_memory >> 20));
+    else
+        return false;
+    self->counters.refused++;
+    s_debug(self, "SUBMIT refused: %s", text);
+    s_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
+    return true;
+}
 
 static void
 s_on_submit(tq_broker_t *self, const tq_msg_t *msg)
@@ -768,25 +1127,65 @@ s_on_submit(tq_broker_t *self, const tq_msg_t *msg)
     }
     /* a known id is a resubmission after a lost acknowledgement */
     if (!zhashx_lookup(self->tasks, id)) {
+        queue_t *queue = s_queue(self, msg->queue);
+        size_t size = zmq_msg_size(&self->frames.payload);
+        if (s_over_limit(self, msg, queue, size))
+            return;
         task_t *task = s_alloc(sizeof *task);
         memcpy(task->id, id, sizeof id);
-        queue_t *queue = s_queue(self, msg->queue);
         task->lane = s_lane(queue, s_intern(self, msg->task));
         task->priority = (uint8_t) msg->priority;
         task->time_limit_ms = msg->time_limit_ms;
+        task->retries = msg->retries;
+        task->backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->seq = ++self->seq;
+        task->submitted_ms = self->now_ms;
         task->state = TQ_STATE_PENDING;
         zmq_msg_init(&task->payload);
         zmq_msg_move(&task->payload, &self->frames.payload);
+        self->memory += size;
         ident_t from = s_sender(self);
         s_ident_set(&task->client, s_ident_data(&from), from.size);
+        if (self->config.max_client_tasks)
+            s_in_flight(self, &from, +1);
         zhashx_insert(self->tasks, task->id, task);
-        s_lane_push(task->lane, task, false);
+        s_store_add(self, task);
+        if (msg->delay_ms)
+            s_heap_push(self, task, self->now_ms + msg->delay_ms);
+        else {
+            s_lane_push(task->lane, task, false);
+            self->dispatch_due = true;
+        }
         self->counters.submitted++;
-        self->dispatch_due = true;
     }
-    tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
-    out->id = msg->id;
+    ident_t from = s_sender(self);
+    s_ack(self, msg->id, &from);
+}
+
+/* Adds a client to those told when the task ends, once: a client that
+   re-attaches after a broker restart asks again. */
+static void
+s_add_waiter(task_t *task, const ident_t *from)
+{
+    if (task->client.size && s_ident_eq(&task->client, from))
+        return;
+    for (uint32_t i = 0; i < task->waiter_count; i++)
+        if (s_ident_eq(&task->waiters[i], from))
+            return;
+    task->waiters = realloc(task->waiters,
+                            (task->waiter_count + 1) * sizeof *task->waiters);
+    if (!task->waiters)
+        abort();
+    ident_t *waiter = &task->waiters[task->waiter_count++];
+    *waiter = (ident_t){0};
+    s_ident_set(waiter, s_ident_data(from), from->size);
+}
+
+static void
+s_reply_unknown(tq_broker_t *self, tq_str_t id)
+{
+    tq_msg_t *out = s_out(self, TQ_CMD_UNKNOWN);
+    out->id = id;
     s_reply(self, self->clients);
 }
 
@@ -797,26 +1196,174 @@ s_on_get(tq_broker_t *self, const tq_msg_t *msg)
     tq_str_copy(id, sizeof id, msg->id);
     task_t *task = zhashx_lookup(self->tasks, id);
     ident_t from = s_sender(self);
-    if (!task) {
-        tq_msg_t *out = s_out(self, TQ_CMD_UNKNOWN);
-        out->id = msg->id;
-        s_reply(self, self->clients);
-    } else if (TQ_STATE_IS_FINAL(task->state)) {
+    if (!task)
+        s_reply_unknown(self, msg->id);
+    else if (TQ_STATE_IS_FINAL(task->state))
         s_send_result(self, task, &from);
-    } else if (msg->wait) {
-        task->waiters = realloc(task->waiters, (task->waiter_count + 1) *
-                                                   sizeof *task->waiters);
-        if (!task->waiters)
-            abort();
-        ident_t *waiter = &task->waiters[task->waiter_count++];
-        *waiter = (ident_t){0};
-        s_ident_set(waiter, s_ident_data(&from), from.size);
-    } else {
+    else if (msg->wait)
+        s_add_waiter(task, &from);
+    else {
         tq_msg_t *out = s_out(self, TQ_CMD_STATE);
         out->id = msg->id;
         out->state = task->state;
         s_reply(self, self->clients);
     }
+}
+
+/* The supervisor of a worker child, if it heartbeats. */
+static worker_t *
+s_supervisor_of(tq_broker_t *self, const worker_t *child)
+{
+    for (worker_t *sup = self->supervisors; sup; sup = sup->next)
+        if (sup->pid == child->ppid && strcmp(sup->host, child->host) == 0)
+            return sup;
+    return NULL;
+}
+
+/* Cancels a task that is not final. A running one is taken from its
+   worker at once (its credit stays taken until the child is gone or
+   answers) and its supervisor is told to kill the child. */
+static void
+s_cancel(tq_broker_t *self, task_t *task, const char *why)
+{
+    if (task->heap_index)
+        s_heap_remove(self, task);
+    else if (task->worker) {
+        worker_t *worker = task->worker;
+        s_held_remove(worker, task);
+        worker->cancelled++;
+        worker_t *sup = s_supervisor_of(self, worker);
+        if (sup) {
+            tq_msg_t *out = s_out(self, TQ_CMD_KILL);
+            out->pid = worker->pid;
+            out->id = tq_str(task->id);
+            s_send_to(self, self->workers, &sup->ident, NULL);
+        } else
+            s_warn(self, "task %s cancelled, but worker %s pid %llu has no "
+                         "supervisor to stop it", task->id, worker->host,
+                   (unsigned long long) worker->pid);
+    } else
+        s_lane_remove(task->lane, task);
+    s_task_final(self, task, TQ_STATE_CANCELLED, TQ_ECANCELLED, why, NULL);
+}
+
+static void
+s_on_cancel(tq_broker_t *self, const tq_msg_t *msg)
+{
+    char id[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(id, sizeof id, msg->id);
+    task_t *task = zhashx_lookup(self->tasks, id);
+    if (!task) {
+        s_reply_unknown(self, msg->id);
+        return;
+    }
+    if (!TQ_STATE_IS_FINAL(task->state)) {
+        ident_t from = s_sender(self);
+        /* the canceller hears the outcome through the RESULT that ending
+           the task sends to every waiter */
+        s_add_waiter(task, &from);
+        s_cancel(self, task, "cancelled");
+        self->dispatch_due = true;
+    } else {
+        ident_t from = s_sender(self);
+        s_send_result(self, task, &from);
+    }
+}
+
+static void
+s_dead_remove(tq_broker_t *self, task_t *task)
+{
+    for (uint32_t i = 0; i < self->dead_count; i++)
+        if (self->dead[i] == task) {
+            memmove(&self->dead[i], &self->dead[i + 1],
+                    (self->dead_count - i - 1) * sizeof *self->dead);
+            self->dead_count--;
+            break;
+        }
+    task->dead = false;
+}
+
+static void
+s_on_retry(tq_broker_t *self, const tq_msg_t *msg)
+{
+    char id[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(id, sizeof id, msg->id);
+    task_t *task = zhashx_lookup(self->tasks, id);
+    if (!task) {
+        s_reply_unknown(self, msg->id);
+        return;
+    }
+    if (!task->dead) {
+        char text[128];
+        snprintf(text, sizeof text, "task %s is %s, not a dead letter", id,
+                 tq_state_name(task->state));
+        s_reply_error(self, self->clients, TQ_ESTATE, text, msg->id);
+        return;
+    }
+    /* the arguments were dropped when it failed: a dead letter keeps them
+       (see s_task_final), so it can run again as it was submitted */
+    s_dead_remove(self, task);
+    task->lost = 0;
+    task->failures = 0;
+    free(task->error);
+    task->error = NULL;
+    task->code = 0;
+    task->state = TQ_STATE_PENDING;
+    s_store_state(self, task);
+    task->lane->queue->failed--;
+    self->counters.failed--;
+    s_lane_push(task->lane, task, false);
+    self->counters.requeued++;
+    self->dispatch_due = true;
+    tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
+    out->id = msg->id;
+    s_reply(self, self->clients);
+}
+
+static void
+s_send_reply(tq_broker_t *self, msgpack_sbuffer *body);
+
+static void
+s_on_purge(tq_broker_t *self, const tq_msg_t *msg)
+{
+    char name[TQ_PROTO_MAX_NAME + 1];
+    tq_str_copy(name, sizeof name, msg->queue);
+    queue_t *queue = zhashx_lookup(self->queue_index, name);
+    uint64_t purged = 0;
+    if (queue) {
+        for (lane_t *lane = queue->lanes; lane; lane = lane->next)
+            for (int p = 0; p < PRIORITIES; p++)
+                while (lane->head[p]) {
+                    s_cancel(self, lane->head[p], "purged");
+                    purged++;
+                }
+        /* delayed tasks of the queue: collected first, because each
+           removal reorders the heap */
+        task_t **found = s_alloc((self->heap_size + 1) * sizeof *found);
+        uint32_t count = 0;
+        for (uint32_t i = 1; i <= self->heap_size; i++)
+            if (self->heap[i]->lane->queue == queue)
+                found[count++] = self->heap[i];
+        for (uint32_t i = 0; i < count; i++)
+            s_cancel(self, found[i], "purged");
+        purged += count;
+        free(found);
+    }
+    msgpack_sbuffer body;
+    msgpack_sbuffer_init(&body);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    msgpack_pack_str(&pk, 5);
+    msgpack_pack_str_body(&pk, "queue", 5);
+    msgpack_pack_str(&pk, strlen(name));
+    msgpack_pack_str_body(&pk, name, strlen(name));
+    msgpack_pack_str(&pk, 6);
+    msgpack_pack_str_body(&pk, "purged", 6);
+    msgpack_pack_uint64(&pk, purged);
+    s_send_reply(self, &body);
+    s_warn(self, "queue %s purged: %llu tasks", name,
+           (unsigned long long) purged);
 }
 
 static void
@@ -847,11 +1394,12 @@ s_lane_served(tq_broker_t *self, const lane_t *lane)
 static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 9);
     s_pack_str(pk, "version");
     s_pack_str(pk, "TQP/1");
     s_pack_uint_kv(pk, "pid", (uint64_t) getpid());
     s_pack_uint_kv(pk, "uptime_ms", (uint64_t) (self->now_ms - self->started_ms));
+    s_pack_uint_kv(pk, "memory", self->memory);
 
     size_t count = 0;
     for (queue_t *q = self->queues; q; q = q->next)
@@ -859,11 +1407,20 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     s_pack_str(pk, "queues");
     msgpack_pack_array(pk, count);
     for (queue_t *q = self->queues; q; q = q->next) {
-        msgpack_pack_map(pk, 3);
+        int64_t oldest = self->now_ms;
+        for (lane_t *lane = q->lanes; lane; lane = lane->next)
+            for (int p = 0; p < PRIORITIES; p++)
+                if (lane->head[p] && lane->head[p]->submitted_ms < oldest)
+                    oldest = lane->head[p]->submitted_ms;
+        msgpack_pack_map(pk, 7);
         s_pack_str(pk, "name");
         s_pack_str(pk, q->name);
         s_pack_uint_kv(pk, "waiting", q->waiting);
         s_pack_uint_kv(pk, "running", q->running);
+        s_pack_uint_kv(pk, "delayed", q->delayed);
+        s_pack_uint_kv(pk, "done", q->done);
+        s_pack_uint_kv(pk, "failed", q->failed);
+        s_pack_uint_kv(pk, "oldest_ms", (uint64_t) (self->now_ms - oldest));
     }
 
     count = 0;
@@ -872,7 +1429,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     s_pack_str(pk, "workers");
     msgpack_pack_array(pk, count);
     for (worker_t *w = self->children; w; w = w->next) {
-        msgpack_pack_map(pk, 8);
+        msgpack_pack_map(pk, 10);
         s_pack_str(pk, "host");
         s_pack_str(pk, w->host);
         s_pack_uint_kv(pk, "ppid", w->ppid);
@@ -880,6 +1437,12 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
         s_pack_uint_kv(pk, "credit", w->credit);
         s_pack_uint_kv(pk, "running", w->held);
         s_pack_uint_kv(pk, "done", w->done);
+        s_pack_uint_kv(pk, "rss_kb", w->rss_kb);
+        s_pack_str(pk, "busy");
+        if (w->held + w->cancelled)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
         s_pack_str(pk, "queues");
         msgpack_pack_array(pk, w->queue_count);
         for (uint32_t i = 0; i < w->queue_count; i++)
@@ -913,9 +1476,26 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
             }
     }
 
+    count = 0;
+    for (dq_t *dq = self->dqs; dq; dq = dq->next)
+        count++;
+    s_pack_str(pk, "data_queues");
+    msgpack_pack_array(pk, count);
+    for (dq_t *dq = self->dqs; dq; dq = dq->next) {
+        uint64_t getters = 0;
+        for (getter_t *g = dq->getters; g; g = g->next)
+            getters++;
+        msgpack_pack_map(pk, 4);
+        s_pack_str(pk, "name");
+        s_pack_str(pk, dq->name);
+        s_pack_uint_kv(pk, "size", dq->size);
+        s_pack_uint_kv(pk, "maxsize", dq->maxsize);
+        s_pack_uint_kv(pk, "getters", getters);
+    }
+
     const counters_t *c = &self->counters;
     s_pack_str(pk, "counters");
-    msgpack_pack_map(pk, 10);
+    msgpack_pack_map(pk, 14);
     s_pack_uint_kv(pk, "submitted", c->submitted);
     s_pack_uint_kv(pk, "completed", c->completed);
     s_pack_uint_kv(pk, "failed", c->failed);
@@ -926,6 +1506,10 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     s_pack_uint_kv(pk, "errors", c->errors);
     s_pack_uint_kv(pk, "dropped", c->dropped);
     s_pack_uint_kv(pk, "results_kept", self->results_kept);
+    s_pack_uint_kv(pk, "retried", c->retried);
+    s_pack_uint_kv(pk, "cancelled", c->cancelled);
+    s_pack_uint_kv(pk, "refused", c->refused);
+    s_pack_uint_kv(pk, "dead_letters", self->dead_count);
 }
 
 static void
@@ -933,6 +1517,28 @@ s_free_sbuffer(void *data, void *hint)
 {
     (void) hint;
     free(data);
+}
+
+/* Sends a msgpack map (its buffer is consumed) to the current sender, as
+   the payload of the command already set in self->out. */
+static void
+s_send_body(tq_broker_t *self, msgpack_sbuffer *body)
+{
+    zmq_msg_t payload;
+    size_t size = body->size;
+    zmq_msg_init_data(&payload, msgpack_sbuffer_release(body), size,
+                      s_free_sbuffer, NULL);
+    ident_t to = s_sender(self);
+    s_send_to(self, self->clients, &to, &payload);
+    zmq_msg_close(&payload);
+}
+
+static void
+s_send_reply(tq_broker_t *self, msgpack_sbuffer *body)
+{
+    /* echo the request's id, when it gave one */
+    s_out(self, TQ_CMD_REPLY)->id = self->in.id;
+    s_send_body(self, body);
 }
 
 static void
@@ -944,14 +1550,38 @@ s_on_status(tq_broker_t *self, const tq_msg_t *msg)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
     s_pack_status(self, &pk);
-    zmq_msg_t payload;
-    size_t size = body.size;
-    zmq_msg_init_data(&payload, msgpack_sbuffer_release(&body), size,
-                      s_free_sbuffer, NULL);
     s_out(self, TQ_CMD_STATUS_REPLY);
-    ident_t to = s_sender(self);
-    s_send_to(self, self->clients, &to, &payload);
-    zmq_msg_close(&payload);
+    s_send_body(self, &body);
+}
+
+/* The dead letters, oldest first: {"failed": [{id, task, queue, attempts,
+   code, error}]}. */
+static void
+s_on_failed(tq_broker_t *self, const tq_msg_t *msg)
+{
+    (void) msg;
+    msgpack_sbuffer body;
+    msgpack_sbuffer_init(&body);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    s_pack_str(&pk, "failed");
+    msgpack_pack_array(&pk, self->dead_count);
+    for (uint32_t i = 0; i < self->dead_count; i++) {
+        const task_t *task = self->dead[i];
+        msgpack_pack_map(&pk, 6);
+        s_pack_str(&pk, "id");
+        s_pack_str(&pk, task->id);
+        s_pack_str(&pk, "task");
+        s_pack_str(&pk, task->lane->task);
+        s_pack_str(&pk, "queue");
+        s_pack_str(&pk, task->lane->queue->name);
+        s_pack_uint_kv(&pk, "attempts", task->attempt);
+        s_pack_uint_kv(&pk, "code", task->code);
+        s_pack_str(&pk, "error");
+        s_pack_str(&pk, task->error ? task->error : "");
+    }
+    s_send_reply(self, &body);
 }
 
 static void
@@ -967,6 +1597,213 @@ s_on_ignore(tq_broker_t *self, const tq_msg_t *msg)
 {
     (void) self;
     (void) msg;
+}
+
+/* ---- data queue handlers ---- */
+
+static dq_t *
+s_dq(tq_broker_t *self, tq_str_t name, bool create)
+{
+    char key[TQ_PROTO_MAX_NAME + 1];
+    tq_str_copy(key, sizeof key, name);
+    dq_t *dq = zhashx_lookup(self->dq_index, key);
+    if (!dq && create) {
+        dq = s_alloc(sizeof *dq);
+        dq->name = s_intern(self, name);
+        dq->next = self->dqs;
+        self->dqs = dq;
+        zhashx_insert(self->dq_index, dq->name, dq);
+    }
+    return dq;
+}
+
+/* Answers the current sender REPLY {key: value, ...} for up to two uint
+   pairs, echoing the request id. */
+static void
+s_reply_counts(tq_broker_t *self, tq_str_t id, const char *k1, uint64_t v1,
+               const char *k2, uint64_t v2)
+{
+    msgpack_sbuffer body;
+    msgpack_sbuffer_init(&body);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, k2 ? 2 : 1);
+    s_pack_uint_kv(&pk, k1, v1);
+    if (k2)
+        s_pack_uint_kv(&pk, k2, v2);
+    s_out(self, TQ_CMD_REPLY)->id = id;
+    s_send_body(self, &body);
+}
+
+/* Hands an item (moved) to the first waiting getter that is still there.
+   Returns false if none took it. */
+static bool
+s_dq_hand(tq_broker_t *self, dq_t *dq, zmq_msg_t *item)
+{
+    while (dq->getters) {
+        getter_t *g = dq->getters;
+        dq->getters = g->next;
+        if (!dq->getters)
+            dq->getters_tail = NULL;
+        tq_msg_t *out = s_out(self, TQ_CMD_QITEM);
+        out->id = tq_str(g->id);
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, item);
+        int rc = s_send_to(self, self->clients, &g->ident, &copy);
+        zmq_msg_close(&copy);
+        s_ident_clear(&g->ident);
+        free(g);
+        if (rc == 0) {
+            zmq_msg_close(item);
+            zmq_msg_init(item);
+            return true;
+        }
+    }
+    return false;
+}
+
+static void
+s_on_qput(tq_broker_t *self, const tq_msg_t *msg)
+{
+    const char *reason = NULL;
+    zmq_msg_t *item = &self->frames.payload;
+    if (tq_proto_check_payload(zmq_msg_data(item), zmq_msg_size(item), false,
+                               &reason) != TQ_OK) {
+        char text[256];
+        snprintf(text, sizeof text, "item: %s", reason);
+        self->counters.malformed++;
+        s_reply_error(self, self->clients, TQ_EPROTO, text, msg->id);
+        return;
+    }
+    dq_t *dq = s_dq(self, msg->queue, true);
+    if (msg->maxsize)
+        dq->maxsize = msg->maxsize;
+    if (s_dq_hand(self, dq, item)) {
+        s_reply_counts(self, msg->id, "size", dq->size, NULL, 0);
+        return;
+    }
+    char text[TQ_PROTO_MAX_NAME + 64];
+    if (dq->maxsize && dq->size >= dq->maxsize) {
+        snprintf(text, sizeof text, "queue %s is full (maxsize %u)", dq->name,
+                 dq->maxsize);
+        s_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
+        return;
+    }
+    if (self->config.max_memory &&
+        self->memory + zmq_msg_size(item) > self->config.max_memory) {
+        snprintf(text, sizeof text,
+                 "broker memory limit reached (max-memory %llu MB)",
+                 (unsigned long long) (self->config.max_memory >> 20));
+        s_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
+        return;
+    }
+    item_t *node = s_alloc(sizeof *node);
+    zmq_msg_init(&node->msg);
+    zmq_msg_move(&node->msg, item);
+    self->memory += zmq_msg_size(&node->msg);
+    if (dq->tail)
+        dq->tail->next = node;
+    else
+        dq->head = node;
+    dq->tail = node;
+    dq->size++;
+    s_reply_counts(self, msg->id, "size", dq->size, NULL, 0);
+}
+
+static void
+s_reply_empty(tq_broker_t *self, const ident_t *to, const char *id,
+              const dq_t *dq, const char *name)
+{
+    char text[TQ_PROTO_MAX_NAME + 32];
+    snprintf(text, sizeof text, "queue %s is empty", dq ? dq->name : name);
+    tq_msg_t *out = s_out(self, TQ_CMD_ERROR);
+    out->code = TQ_EEMPTY;
+    out->error = tq_str(text);
+    out->id = tq_str(id);
+    s_send_to(self, self->clients, to, NULL);
+}
+
+static void
+s_on_qget(tq_broker_t *self, const tq_msg_t *msg)
+{
+    dq_t *dq = s_dq(self, msg->queue, msg->time_limit_ms > 0);
+    ident_t from = s_sender(self);
+    char id[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(id, sizeof id, msg->id);
+    if (dq && dq->head) {
+        item_t *node = dq->head;
+        dq->head = node->next;
+        if (!dq->head)
+            dq->tail = NULL;
+        dq->size--;
+        self->memory -= zmq_msg_size(&node->msg);
+        tq_msg_t *out = s_out(self, TQ_CMD_QITEM);
+        out->id = msg->id;
+        if (s_send_to(self, self->clients, &from, &node->msg) != 0) {
+            /* the getter is gone: the item stays first in line */
+            node->next = dq->head;
+            dq->head = node;
+            if (!dq->tail)
+                dq->tail = node;
+            dq->size++;
+            self->memory += zmq_msg_size(&node->msg);
+            return;
+        }
+        zmq_msg_close(&node->msg);
+        free(node);
+        return;
+    }
+    if (msg->time_limit_ms == 0) {
+        char name[TQ_PROTO_MAX_NAME + 1];
+        tq_str_copy(name, sizeof name, msg->queue);
+        s_reply_empty(self, &from, id, dq, name);
+        return;
+    }
+    getter_t *g = s_alloc(sizeof *g);
+    s_ident_set(&g->ident, s_ident_data(&from), from.size);
+    memcpy(g->id, id, sizeof id);
+    g->deadline_ms = self->now_ms + msg->time_limit_ms;
+    if (dq->getters_tail)
+        dq->getters_tail->next = g;
+    else
+        dq->getters = g;
+    dq->getters_tail = g;
+}
+
+static void
+s_on_qsize(tq_broker_t *self, const tq_msg_t *msg)
+{
+    dq_t *dq = s_dq(self, msg->queue, false);
+    s_reply_counts(self, msg->id, "size", dq ? dq->size : 0, "maxsize",
+                   dq ? dq->maxsize : 0);
+}
+
+/* Ends the waits that ran out; returns the earliest deadline left, or
+   INT64_MAX. */
+static int64_t
+s_expire_getters(tq_broker_t *self)
+{
+    int64_t next = INT64_MAX;
+    for (dq_t *dq = self->dqs; dq; dq = dq->next) {
+        getter_t **link = &dq->getters;
+        dq->getters_tail = NULL;
+        while (*link) {
+            getter_t *g = *link;
+            if (g->deadline_ms <= self->now_ms) {
+                s_reply_empty(self, &g->ident, g->id, dq, NULL);
+                *link = g->next;
+                s_ident_clear(&g->ident);
+                free(g);
+                continue;
+            }
+            if (g->deadline_ms < next)
+                next = g->deadline_ms;
+            dq->getters_tail = g;
+            link = &g->next;
+        }
+    }
+    return next;
 }
 
 /* ---- worker handlers ---- */
@@ -985,8 +1822,19 @@ s_on_ready(tq_broker_t *self, const tq_msg_t *msg)
         /* announcing again: keep the tasks it holds, take the new lists */
         free(worker->queues);
         free(worker->tasks);
-    } else
+    } else {
+        /* the same process on a new socket (it reconnected): the old peer
+           is gone, and the tasks it held were dropped by the child, except
+           the one it was running, whose DONE still holds the lease */
+        char host[TQ_PROTO_MAX_NAME + 1];
+        tq_str_copy(host, sizeof host, msg->host);
+        for (worker_t *old = self->children; old; old = old->next)
+            if (old->pid == msg->pid && strcmp(old->host, host) == 0) {
+                s_peer_remove(self, old, false, 0, "announced again");
+                break;
+            }
         worker = s_peer_new(self, false);
+    }
     tq_str_copy(worker->host, sizeof worker->host, msg->host);
     worker->pid = msg->pid;
     worker->ppid = msg->ppid;
@@ -1020,9 +1868,19 @@ s_on_done(tq_broker_t *self, const tq_msg_t *msg)
        DONE that raced a LOST (the task is back in its lane, not yet sent
        again) still holds the lease and is taken. */
     bool current = task && !TQ_STATE_IS_FINAL(task->state) &&
-                   task->attempt == msg->attempt &&
+                   !task->heap_index && task->attempt == msg->attempt &&
                    (task->worker == NULL || task->worker == worker);
+    if (worker && !worker->supervisor)
+        worker->rss_kb = msg->rss_kb;
     if (!current) {
+        if (worker && worker->cancelled && task &&
+            task->state == TQ_STATE_CANCELLED &&
+            task->attempt == msg->attempt) {
+            /* it finished the task we cancelled before it was stopped:
+               its credit comes back */
+            worker->cancelled--;
+            self->dispatch_due = true;
+        }
         if (!worker && !task) {
             self->counters.errors++;
             s_warn(self, "DONE %s from a peer that never sent READY", id);
@@ -1067,8 +1925,29 @@ s_on_done(tq_broker_t *self, const tq_msg_t *msg)
                  reason);
     if (state == TQ_STATE_SUCCESS)
         code = TQ_OK;
-    s_task_final(self, task, state, code, text, &self->frames.payload);
     self->dispatch_due = true;
+    if (state == TQ_STATE_FAILURE && code == TQ_ETASK && task->retries) {
+        /* retry after backoff_ms * 2^failures, with +-50% jitter so that
+           tasks failing together do not come back together */
+        task->retries--;
+        double delay = (double) task->backoff_ms *
+                       (double) (1ULL << (task->failures < 20 ? task->failures
+                                                              : 20));
+        delay *= 0.5 + (double) (random() % 1000) / 1000.0;
+        if (delay > 3600e3)
+            delay = 3600e3;
+        task->failures++;
+        task->state = TQ_STATE_RETRY;
+        s_store_state(self, task);
+        free(task->error);
+        task->error = text[0] ? s_strdup(text) : NULL;
+        s_heap_push(self, task, self->now_ms + (int64_t) delay);
+        self->counters.retried++;
+        s_debug(self, "task %s failed (%s), retry in %.0f ms", id, text,
+                delay);
+        return;
+    }
+    s_task_final(self, task, state, code, text, &self->frames.payload);
 }
 
 static void
@@ -1119,7 +1998,8 @@ s_on_lost(tq_broker_t *self, const tq_msg_t *msg)
         if (w->pid == msg->pid && strcmp(w->host, sup->host) == 0) {
             s_warn(self, "worker %s pid %llu lost: %s", w->host,
                    (unsigned long long) w->pid, why);
-            s_peer_remove(self, w, true, (int) msg->code, why);
+            s_peer_remove(self, w, msg->code != TQ_ECANCELLED,
+                          (int) msg->code, why);
             return;
         }
     s_debug(self, "LOST of pid %llu, which held nothing",
@@ -1159,12 +2039,150 @@ s_check_hosts(tq_broker_t *self)
     }
 }
 
+/* ---- recovery ---- */
+
+/* Rebuilds one stored task: waiting and delayed ones wait again, running
+   ones are queued again (their next dispatch is a new attempt), final ones
+   keep their result until its TTL, dead letters stay dead. */
+static void
+s_recover(const tq_store_task_t *row, void *arg)
+{
+    tq_broker_t *self = arg;
+    if (!tq_proto_valid_id(row->id, strlen(row->id)) ||
+        !tq_proto_valid_name(row->task, strlen(row->task)) ||
+        !tq_proto_valid_name(row->queue, strlen(row->queue)) ||
+        row->priority >= PRIORITIES || row->state >= TQ_STATE_COUNT_) {
+        s_warn(self, "store: skipping a damaged row (id %.64s)", row->id);
+        return;
+    }
+    if (zhashx_lookup(self->tasks, row->id))
+        return;
+    int64_t wall = s_wall_ms();
+    if (TQ_STATE_IS_FINAL(row->state) && row->expires_ms &&
+        row->expires_ms <= wall)
+        return; /* expired while the broker was down; purged later */
+    task_t *task = s_alloc(sizeof *task);
+    snprintf(task->id, sizeof task->id, "%s", row->id);
+    queue_t *queue = s_queue(self, tq_str(row->queue));
+    task->lane = s_lane(queue, s_intern(self, tq_str(row->task)));
+    task->priority = (uint8_t) row->priority;
+    task->time_limit_ms = row->time_limit_ms;
+    task->attempt = row->attempt;
+    task->seq = row->seq;
+    if (row->seq > self->seq)
+        self->seq = row->seq;
+    task->submitted_ms = self->now_ms;
+    task->backoff_ms = 1000;
+    zmq_msg_init(&task->payload);
+    zhashx_insert(self->tasks, task->id, task);
+    self->recovered++;
+    if (TQ_STATE_IS_FINAL(row->state)) {
+        task->state = (uint8_t) row->state;
+        task->code = row->code;
+        task->error = row->error && *row->error ? s_strdup(row->error) : NULL;
+        const void *keep = row->state == TQ_STATE_SUCCESS ? row->result : NULL;
+        size_t size = row->state == TQ_STATE_SUCCESS ? row->result_size : 0;
+        if (row->code == TQ_ELOST) {
+            keep = row->args; /* a dead letter runs again on retry */
+            size = row->args_size;
+        }
+        if (keep && size) {
+            zmq_msg_init_size(&task->payload, size);
+            memcpy(zmq_msg_data(&task->payload), keep, size);
+            self->memory += size;
+        }
+        if (row->code == TQ_ELOST) {
+            task->dead = true;
+            if (self->dead_count == self->dead_cap) {
+                self->dead_cap = self->dead_cap ? 2 * self->dead_cap : 64;
+                self->dead =
+                    realloc(self->dead, self->dead_cap * sizeof *self->dead);
+                if (!self->dead)
+                    abort();
+            }
+            self->dead[self->dead_count++] = task;
+            return;
+        }
+        task->expires_ms = self->now_ms + (row->expires_ms - wall);
+        /* rows come in submission order, not expiry order: insert sorted
+           from the back, where a recent result usually belongs */
+        task_t *after = self->expiry_tail;
+        while (after && after->expires_ms > task->expires_ms)
+            after = after->prev;
+        task->prev = after;
+        task->next = after ? after->next : self->expiry_head;
+        if (task->next)
+            task->next->prev = task;
+        else
+            self->expiry_tail = task;
+        if (after)
+            after->next = task;
+        else
+            self->expiry_head = task;
+        self->results_kept++;
+        return;
+    }
+    zmq_msg_init_size(&task->payload, row->args_size);
+    memcpy(zmq_msg_data(&task->payload), row->args, row->args_size);
+    self->memory += row->args_size;
+    task->state = TQ_STATE_PENDING;
+    s_lane_push(task->lane, task, false);
+}
+
+/* Opens the store and loads what it holds. */
+static int
+s_open_store(tq_broker_t *self, char *error, size_t errlen)
+{
+    const char *dir = self->config.data_dir;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(error, errlen, "cannot create the data directory %s: %s",
+                 dir, strerror(errno));
+        return -1;
+    }
+    self->store = tq_store_open(dir, (tq_sync_t) self->config.sync, error,
+                                errlen);
+    if (!self->store)
+        return -1;
+    int64_t started = s_now();
+    if (tq_store_load(self->store, s_recover, self) != TQ_OK) {
+        snprintf(error, errlen, "cannot read the store in %s: %s", dir,
+                 tq_store_error(self->store));
+        return -1;
+    }
+    if (self->recovered)
+        fprintf(stderr, "tq-broker: recovered %llu tasks from %s in %lld ms\n",
+                (unsigned long long) self->recovered, dir,
+                (long long) (s_now() - started));
+    self->dispatch_due = true;
+    return 0;
+}
+
+/* Purges a little of the expired results from disk and checks the disk
+   limit; called twice a second. */
+static void
+s_store_housekeeping(tq_broker_t *self)
+{
+    if (!self->store)
+        return;
+    tq_store_purge(self->store, s_wall_ms(), 2000);
+    if (self->config.max_disk) {
+        bool full = tq_store_disk_size(self->store) >= self->config.max_disk;
+        if (full && !self->disk_full)
+            s_warn(self, "store in %s reached max-disk: refusing submissions",
+                   self->config.data_dir);
+        self->disk_full = full;
+    }
+}
+
 /* ---- the loop ---- */
 
 static s_handler_fn *const s_client_handlers[256] = {
     [TQ_CMD_SUBMIT] = s_on_submit, [TQ_CMD_GET] = s_on_get,
     [TQ_CMD_STATUS] = s_on_status, [TQ_CMD_PING] = s_on_ping,
-    [TQ_CMD_PONG] = s_on_ignore,
+    [TQ_CMD_PONG] = s_on_ignore,   [TQ_CMD_CANCEL] = s_on_cancel,
+    [TQ_CMD_RETRY] = s_on_retry,   [TQ_CMD_PURGE] = s_on_purge,
+    [TQ_CMD_FAILED] = s_on_failed, [TQ_CMD_QPUT] = s_on_qput,
+    [TQ_CMD_QGET] = s_on_qget,     [TQ_CMD_QSIZE] = s_on_qsize,
 };
 
 static s_handler_fn *const s_worker_handlers[256] = {
@@ -1218,17 +2236,40 @@ s_drain(tq_broker_t *self, void *socket, s_handler_fn *const *handlers,
     return count;
 }
 
+/* True if a tcp:// endpoint's host is a loopback address or interface;
+   other transports (ipc, inproc) never leave the machine. */
+static bool
+s_is_local(const char *endpoint)
+{
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return strncmp(endpoint, "ipc://", 6) == 0 ||
+               strncmp(endpoint, "inproc://", 9) == 0;
+    const char *host = endpoint + 6;
+    const char *colon = strrchr(host, ':');
+    size_t len = colon ? (size_t)(colon - host) : strlen(host);
+    return strncmp(host, "127.", 4) == 0 ||
+           (len == 9 && strncmp(host, "localhost", 9) == 0) ||
+           (len == 2 && strncmp(host, "lo", 2) == 0) ||
+           (len == 5 && strncmp(host, "[::1]", 5) == 0);
+}
+
+/* Sets the socket options of one endpoint and binds it. cert: CURVE
+   server with ZAP domain `domain`, NULL for plain TCP (loud when the
+   endpoint is reachable from other hosts). */
 static int
-s_bind(void *socket, const char *endpoint, char *resolved, size_t size,
+s_bind(tq_broker_t *self, void *socket, const char *endpoint,
+       const char *domain, zcert_t *cert, char *resolved, size_t size,
        char *error, size_t errlen)
 {
     int one = 1, zero = 0, linger = 0;
-    int64_t max = MAX_MESSAGE;
+    int64_t max = self->config.max_message;
     zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(socket, ZMQ_SNDHWM, &zero, sizeof zero);
     zmq_setsockopt(socket, ZMQ_RCVHWM, &zero, sizeof zero);
     zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof max);
+    if (cert && tq_curve_server_setup(socket, cert, domain, error, errlen))
+        return -1;
     if (zmq_bind(socket, endpoint) != 0) {
         snprintf(error, errlen, "cannot bind %s: %s", endpoint,
                  zmq_strerror(errno));
@@ -1236,6 +2277,16 @@ s_bind(void *socket, const char *endpoint, char *resolved, size_t size,
     }
     size_t len = size;
     zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, resolved, &len);
+    if (!cert && !s_is_local(endpoint))
+        fprintf(stderr,
+                "tq-broker: WARNING: %s (%s) is reachable from other hosts "
+                "WITHOUT CURVE: anyone who can connect can %s. Use "
+                "--curve-secret with --client-keys and --worker-keys, or "
+                "bind 127.0.0.1.\n",
+                resolved, domain,
+                streq(domain, TQ_CURVE_DOMAIN_WORKERS)
+                    ? "take tasks and forge their results"
+                    : "submit tasks that workers will run");
     return 0;
 }
 
@@ -1254,6 +2305,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         self->config.result_ttl_s = TQ_BROKER_RESULT_TTL_S;
     if (self->config.max_lost <= 0)
         self->config.max_lost = TQ_BROKER_MAX_LOST;
+    if (self->config.max_message <= 0)
+        self->config.max_message = MAX_MESSAGE;
     self->wakeup = -1;
     self->ctx = zmq_ctx_new();
     self->clients = self->ctx ? zmq_socket(self->ctx, ZMQ_ROUTER) : NULL;
@@ -1264,12 +2317,39 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         tq_broker_destroy(&self);
         return NULL;
     }
-    if (s_bind(self->clients, self->config.client_endpoint,
-               self->client_endpoint, sizeof self->client_endpoint, error,
-               errlen) ||
-        s_bind(self->workers, self->config.worker_endpoint,
-               self->worker_endpoint, sizeof self->worker_endpoint, error,
-               errlen)) {
+    /* CURVE is all or nothing: a half-configured broker refuses to start
+       rather than run with an endpoint open */
+    zcert_t *cert = NULL;
+    if (self->config.curve_secret || self->config.client_keys ||
+        self->config.worker_keys) {
+        if (!self->config.curve_secret || !self->config.client_keys ||
+            !self->config.worker_keys) {
+            snprintf(error, errlen, "CURVE needs --curve-secret, "
+                                    "--client-keys and --worker-keys");
+            tq_broker_destroy(&self);
+            return NULL;
+        }
+        cert = tq_curve_load_secret(self->config.curve_secret, error, errlen);
+        /* the handler is bound before the sockets: no handshake can
+           happen without it */
+        if (cert)
+            self->auth = tq_auth_new(self->ctx, self->config.client_keys,
+                                     self->config.worker_keys, error, errlen);
+        if (!self->auth) {
+            zcert_destroy(&cert);
+            tq_broker_destroy(&self);
+            return NULL;
+        }
+    }
+    int rc = s_bind(self, self->clients, self->config.client_endpoint,
+                    TQ_CURVE_DOMAIN_CLIENTS, cert, self->client_endpoint,
+                    sizeof self->client_endpoint, error, errlen);
+    if (rc == 0)
+        rc = s_bind(self, self->workers, self->config.worker_endpoint,
+                    TQ_CURVE_DOMAIN_WORKERS, cert, self->worker_endpoint,
+                    sizeof self->worker_endpoint, error, errlen);
+    zcert_destroy(&cert);
+    if (rc != 0) {
         tq_broker_destroy(&self);
         return NULL;
     }
@@ -1295,10 +2375,20 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     self->peers = zhashx_new();
     zhashx_set_key_duplicator(self->peers, NULL);
     zhashx_set_key_destructor(self->peers, NULL);
-    if (!self->tasks || !self->names || !self->queue_index || !self->peers)
+    self->in_flight = zhashx_new();
+    zhashx_set_destructor(self->in_flight, NULL);
+    self->dq_index = zhashx_new();
+    zhashx_set_key_duplicator(self->dq_index, NULL);
+    zhashx_set_key_destructor(self->dq_index, NULL);
+    if (!self->tasks || !self->names || !self->queue_index || !self->peers ||
+        !self->dq_index || !self->in_flight)
         abort();
     self->started_ms = self->now_ms = s_now();
     self->log_window_ms = self->now_ms;
+    if (self->config.data_dir && s_open_store(self, error, errlen) != 0) {
+        tq_broker_destroy(&self);
+        return NULL;
+    }
     return self;
 }
 
@@ -1338,6 +2428,11 @@ tq_broker_run(tq_broker_t *self)
         int64_t deadline = self->next_check_ms;
         if (self->expiry_head && self->expiry_head->expires_ms < deadline)
             deadline = self->expiry_head->expires_ms;
+        if (self->heap_size && self->heap[1]->due_ms < deadline)
+            deadline = self->heap[1]->due_ms;
+        int64_t getters = s_expire_getters(self);
+        if (getters < deadline)
+            deadline = getters;
         long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
         if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
@@ -1346,6 +2441,7 @@ tq_broker_run(tq_broker_t *self)
             return TQ_ESYS;
         }
         self->now_ms = s_now();
+        s_release_due(self);
         /* drain both sockets in bursts until both are quiet */
         for (;;) {
             int got = s_drain(self, self->workers, s_worker_handlers,
@@ -1353,16 +2449,21 @@ tq_broker_run(tq_broker_t *self)
             got += s_drain(self, self->clients, s_client_handlers, "clients");
             if (self->dispatch_due)
                 s_dispatch(self);
+            if (!s_commit(self))
+                return TQ_ESYS;
             if (got == 0 || self->stopping)
                 break;
         }
         if (self->now_ms >= self->next_check_ms) {
             s_check_hosts(self);
+            s_store_housekeeping(self);
             self->next_check_ms = self->now_ms + HEARTBEAT_MS / 2;
             if (self->dispatch_due)
                 s_dispatch(self);
         }
         s_expire_results(self);
+        if (!s_commit(self))
+            return TQ_ESYS;
     }
     return TQ_OK;
 }
@@ -1398,18 +2499,49 @@ tq_broker_destroy(tq_broker_t **self_p)
         free(q);
     }
     zhashx_destroy(&self->queue_index);
+    for (dq_t *dq = self->dqs, *dn; dq; dq = dn) {
+        dn = dq->next;
+        for (item_t *it = dq->head, *in; it; it = in) {
+            in = it->next;
+            zmq_msg_close(&it->msg);
+            free(it);
+        }
+        for (getter_t *g = dq->getters, *gn; g; g = gn) {
+            gn = g->next;
+            s_ident_clear(&g->ident);
+            free(g);
+        }
+        free(dq);
+    }
+    zhashx_destroy(&self->dq_index);
+    zhashx_destroy(&self->in_flight);
     if (self->names) {
         for (char *n = zhashx_first(self->names); n;
              n = zhashx_next(self->names))
             free(n);
         zhashx_destroy(&self->names);
     }
+    if (self->store) {
+        /* what was acknowledged is committed; a pending batch holds only
+           unacknowledged work, committed now as a courtesy */
+        tq_store_commit(self->store);
+        tq_store_destroy(&self->store);
+    }
+    for (uint32_t i = 0; i < self->ack_count; i++)
+        s_ident_clear(&self->acks[i]);
+    free(self->acks);
+    free(self->ack_ids);
+    free(self->heap);
+    free(self->dead);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->sbuf);
     if (self->clients)
         zmq_close(self->clients);
     if (self->workers)
         zmq_close(self->workers);
+    /* after the CURVE sockets: its socket must close before the context
+       terminates */
+    tq_auth_destroy(&self->auth);
     if (self->ctx)
         zmq_ctx_term(self->ctx);
     if (self->wakeup >= 0)

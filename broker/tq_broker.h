@@ -6,19 +6,36 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Defaults. */
 #define TQ_BROKER_CLIENTS "tcp://*:5555"
 #define TQ_BROKER_WORKERS "tcp://*:5556"
 #define TQ_BROKER_RESULT_TTL_S 3600
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
+#define TQ_BROKER_DATA_DIR "./tq-data"
 
 typedef struct {
     const char *client_endpoint; /* NULL: TQ_BROKER_CLIENTS */
     const char *worker_endpoint; /* NULL: TQ_BROKER_WORKERS */
     int result_ttl_s;            /* < 0: default; 0: forget once sent */
     int max_lost;                /* 0: TQ_BROKER_MAX_LOST */
+    uint32_t max_queue;          /* waiting tasks per queue, 0: no limit */
+    uint64_t max_memory;         /* bytes of arguments and results held,
+                                    0: no limit */
+    uint32_t max_client_tasks;   /* tasks one client may have unfinished,
+                                    0: no limit */
+    const char *data_dir;        /* the store's directory; NULL: memory
+                                    only (--no-persist) */
+    int sync;                    /* tq_sync_t: TQ_SYNC_BATCH or TQ_SYNC_OS */
+    uint64_t max_disk;           /* store bytes on disk before submissions
+                                    are refused, 0: no limit */
     bool verbose;                /* log every exchange to stderr */
+    const char *curve_secret;    /* broker certificate file: CURVE on both
+                                    endpoints; NULL: plain TCP */
+    const char *client_keys;     /* dir of client public certs (CURVE) */
+    const char *worker_keys;     /* dir of worker public certs (CURVE) */
+    int64_t max_message;         /* ZMQ_MAXMSGSIZE bytes, 0: 64 MiB */
 } tq_broker_config_t;
 
 typedef struct tq_broker_t tq_broker_t;

@@ -33,6 +33,7 @@ enum {
     F_DELAY = 'd',    /* countdown before the first run, ms */
     F_ATTEMPTS = 'a', /* attempts made so far, 0.. */
     F_RSS = 'K',      /* peak resident set, KiB */
+    F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -63,9 +64,13 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_LOST, "LOST", "pCE", false},
     {TQ_CMD_CANCEL, "CANCEL", "I", false},
     {TQ_CMD_RETRY, "RETRY", "I", false},
-    {TQ_CMD_PURGE, "PURGE", "Q", false},
-    {TQ_CMD_FAILED, "FAILED", "", false},
-    {TQ_CMD_REPLY, "REPLY", "", true},
+    {TQ_CMD_PURGE, "PURGE", "Q|i", false},
+    {TQ_CMD_FAILED, "FAILED", "|i", false},
+    {TQ_CMD_REPLY, "REPLY", "|i", true},
+    {TQ_CMD_QPUT, "QPUT", "IQn", true},
+    {TQ_CMD_QGET, "QGET", "IQL", false},
+    {TQ_CMD_QITEM, "QITEM", "I", true},
+    {TQ_CMD_QSIZE, "QSIZE", "IQ", false},
     {TQ_CMD_KILL, "KILL", "pI", false},
 };
 
@@ -487,6 +492,9 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
                           "attempts out of range");
     case F_RSS:
         return s_read_uint(r, &msg->rss_kb);
+    case F_MAXSIZE:
+        return s_read_u32(r, &msg->maxsize, 0, UINT32_MAX,
+                          "maxsize out of range");
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -723,6 +731,9 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_RSS:
         msgpack_pack_uint64(pk, msg->rss_kb);
+        return NULL;
+    case F_MAXSIZE:
+        msgpack_pack_uint32(pk, msg->maxsize);
         return NULL;
     default:
         return "internal: unknown field code";

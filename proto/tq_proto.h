@@ -42,10 +42,17 @@
 #define TQ_CMD_CANCEL 0x0C     /* c->b id: answered RESULT or UNKNOWN */
 #define TQ_CMD_RETRY 0x0D      /* c->b id: a dead letter runs again;
                                   answered SUBMITTED, UNKNOWN or ERROR */
-#define TQ_CMD_PURGE 0x0E      /* c->b queue: drop its waiting tasks;
+#define TQ_CMD_PURGE 0x0E      /* c->b queue | id?: drop its waiting tasks;
                                   answered REPLY {queue, purged} */
-#define TQ_CMD_FAILED 0x0F     /* c->b: answered REPLY {failed: [...]} */
-#define TQ_CMD_REPLY 0x10      /* b->c + body (msgpack map) */
+#define TQ_CMD_FAILED 0x0F     /* c->b | id?: answered REPLY {failed: [...]} */
+#define TQ_CMD_REPLY 0x10      /* b->c | id? (the request's) + body (map) */
+/* Client <-> broker, data queues (multiprocessing.Queue on the broker): */
+#define TQ_CMD_QPUT 0x11       /* c->b id queue maxsize + item: answered
+                                  REPLY {size} or ERROR TQ_EFULL */
+#define TQ_CMD_QGET 0x12       /* c->b id queue time_limit_ms (the wait):
+                                  answered QITEM or ERROR TQ_EEMPTY */
+#define TQ_CMD_QITEM 0x13      /* b->c id + item */
+#define TQ_CMD_QSIZE 0x14      /* c->b id queue: REPLY {size, maxsize} */
 /* Worker <-> broker on the worker endpoint: */
 #define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
@@ -86,6 +93,7 @@ typedef struct {
     uint32_t backoff_ms;    /* SUBMIT: first retry delay, doubling */
     uint32_t delay_ms;      /* SUBMIT: countdown before the first run */
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
+    uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */
@@ -93,7 +101,8 @@ typedef struct {
 } tq_msg_t;
 
 /* Does the command carry a payload frame after its header? (SUBMIT, TASK:
-   args; RESULT, DONE: value; STATUS_REPLY, REPLY: body.) */
+   args; RESULT, DONE: value; STATUS_REPLY, REPLY: body; QPUT, QITEM:
+   item.) */
 bool tq_proto_has_payload(uint8_t command);
 
 /* The command's name ("SUBMIT", ...), "?" when unknown. */

@@ -30,6 +30,7 @@ extern char **environ;
 #define S_MAX_TRACKED 128
 #define S_STOP_GRACE_MS 5000
 #define S_START_WAIT_MS 5000
+#define S_WRAPPED_WAIT_MS 60000 /* start and stop under a wrapper */
 
 /* Every process we spawned and have not reaped: the atexit handler kills
    these so no process outlives a test, even one that failed half-way. */
@@ -212,28 +213,115 @@ s_drain(void *arg)
     return NULL;
 }
 
-int
-tq_harness_broker_start(tq_harness_broker_t *self, const char *const extra[])
+/* The broker's stderr, copied to ours and appended to a log file. */
+typedef struct {
+    pthread_t thread;
+    int fd; /* read end of the broker's stderr pipe */
+    int file; /* the log file, appended */
+} s_tee_t;
+
+/* Copies the broker's stderr to ours and to the log file until EOF, so a
+   test can read the broker's log lines (recovery, FATAL) from the file. */
+static void *
+s_tee(void *arg)
+{
+    s_tee_t *tee = arg;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(tee->fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        /* each copy is best effort: a failed one must not stop the other */
+        ssize_t to_file = write(tee->file, buf, (size_t)n);
+        ssize_t to_err = write(2, buf, (size_t)n);
+        (void)to_file;
+        (void)to_err;
+    }
+    return NULL;
+}
+
+/* The words of $TQ_TEST_BROKER_WRAPPER (the first one a path), which
+   every broker is started under, e.g. "/usr/bin/valgrind
+   --error-exitcode=9 --leak-check=full": stored into argv (at most max),
+   pointing into a static copy. Returns how many. */
+static size_t
+s_broker_wrapper(const char **argv, size_t max)
+{
+    static char copy[1024];
+    const char *env = getenv("TQ_TEST_BROKER_WRAPPER");
+    if (!env || !*env)
+        return 0;
+    snprintf(copy, sizeof copy, "%s", env);
+    size_t count = 0;
+    char *save = NULL;
+    for (char *word = strtok_r(copy, " \t", &save); word && count < max;
+         word = strtok_r(NULL, " \t", &save))
+        argv[count++] = word;
+    return count;
+}
+
+/* Starts the broker on the given endpoints; see tq_harness_broker_start_on. */
+static int
+s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
+               const char *workers_ep, const char *const extra[],
+               const char *err_log)
 {
     memset(self, 0, sizeof *self);
     self->out_fd = -1;
-    const char *argv[64] = {TQ_BROKER_BIN, "--clients", "tcp://127.0.0.1:*",
-                            "--workers", "tcp://127.0.0.1:*"};
-    size_t argc = 5;
-    for (size_t i = 0; extra && extra[i] && argc < 62; i++)
+    const char *argv[64];
+    size_t argc = s_broker_wrapper(argv, 16);
+    /* a wrapped broker (valgrind) is slow to start and to exit */
+    int wait_ms = argc ? S_WRAPPED_WAIT_MS : S_START_WAIT_MS;
+    argv[argc++] = TQ_BROKER_BIN;
+    argv[argc++] = "--clients";
+    argv[argc++] = clients_ep;
+    argv[argc++] = "--workers";
+    argv[argc++] = workers_ep;
+    bool store_chosen = false;
+    for (size_t i = 0; extra && extra[i] && argc < 61; i++) {
         argv[argc++] = extra[i];
+        if (strcmp(extra[i], "--data") == 0 ||
+            strcmp(extra[i], "--no-persist") == 0)
+            store_chosen = true;
+    }
+    /* a test that does not choose a store runs in memory, so that no test
+       sees another's tasks in a shared ./tq-data */
+    if (!store_chosen)
+        argv[argc++] = "--no-persist";
     argv[argc] = NULL;
-    pid_t pid =
-        tq_harness_spawn((char *const *)argv, NULL, &self->out_fd, NULL);
+    int err_fd = -1;
+    pid_t pid = tq_harness_spawn((char *const *)argv, NULL, &self->out_fd,
+                                 err_log ? &err_fd : NULL);
     if (pid < 0)
         return -1;
     self->pid = pid;
+    if (err_log) {
+        /* started before the first line is read: a broker that refuses to
+           start says why on stderr, and the test reads it from the file */
+        s_tee_t *tee = calloc(1, sizeof *tee);
+        if (tee) {
+            tee->fd = err_fd;
+            tee->file =
+                open(err_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        }
+        if (tee && tee->file >= 0 &&
+            pthread_create(&tee->thread, NULL, s_tee, tee) == 0) {
+            self->err_drain = tee;
+        } else {
+            if (tee && tee->file >= 0)
+                close(tee->file);
+            free(tee);
+            close(err_fd);
+        }
+    }
 
     /* The first line names the bound endpoints; read it byte-wise-bounded
        so nothing after it is lost. */
     char line[2 * TQ_HARNESS_EP_MAX + 64];
     size_t len = 0;
-    int64_t deadline = tq_harness_now_ms() + S_START_WAIT_MS;
+    int64_t deadline = tq_harness_now_ms() + wait_ms;
     bool got_line = false;
     while (!got_line && len < sizeof line - 1) {
         int64_t left = deadline - tq_harness_now_ms();
@@ -264,7 +352,7 @@ tq_harness_broker_start(tq_harness_broker_t *self, const char *const extra[])
         fprintf(stderr,
                 "harness: broker pid %d did not announce its "
                 "endpoints in %d ms (first line: \"%s\")\n",
-                (int)pid, S_START_WAIT_MS, line);
+                (int)pid, wait_ms, line);
         tq_harness_broker_stop(self);
         return -1;
     }
@@ -281,9 +369,29 @@ tq_harness_broker_start(tq_harness_broker_t *self, const char *const extra[])
 }
 
 int
+tq_harness_broker_start(tq_harness_broker_t *self, const char *const extra[])
+{
+    return s_broker_start(self, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", extra,
+                          NULL);
+}
+
+int
+tq_harness_broker_start_on(tq_harness_broker_t *self, const char *clients,
+                           const char *workers, const char *const extra[],
+                           const char *err_log)
+{
+    return s_broker_start(self, clients, workers, extra, err_log);
+}
+
+int
 tq_harness_broker_stop(tq_harness_broker_t *self)
 {
     int status = -1;
+    /* under a wrapper (valgrind's leak check) exiting takes a while */
+    if (self->pid > 0 && getenv("TQ_TEST_BROKER_WRAPPER") &&
+        kill(self->pid, SIGTERM) == 0 &&
+        tq_harness_wait_exit(self->pid, S_WRAPPED_WAIT_MS, &status) == 0)
+        self->pid = 0;
     if (self->pid > 0)
         status = tq_harness_stop(self->pid);
     self->pid = 0;
@@ -294,6 +402,14 @@ tq_harness_broker_stop(tq_harness_broker_t *self)
         pthread_join(*(pthread_t *)self->drain, NULL);
         free(self->drain);
         self->drain = NULL;
+    }
+    if (self->err_drain) {
+        s_tee_t *tee = self->err_drain;
+        pthread_join(tee->thread, NULL);
+        close(tee->fd);
+        close(tee->file);
+        free(tee);
+        self->err_drain = NULL;
     }
     /* > 0: a zeroed struct has 0 here, and stdin is never our pipe. */
     if (self->out_fd > 0)

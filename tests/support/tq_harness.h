@@ -26,6 +26,7 @@ typedef struct {
     char workers[TQ_HARNESS_EP_MAX]; /* worker endpoint */
     int out_fd; /* read end of its stdout pipe, -1 */
     void *drain; /* thread copying later stdout */
+    void *err_drain; /* thread copying stderr to a log file, or NULL */
 } tq_harness_broker_t;
 
 /* Makes the harness ready: ignores SIGPIPE, makes this process a child
@@ -51,9 +52,21 @@ pid_t tq_harness_spawn(char *const argv[], char *const env[], int *out_fd,
 
 /* Starts tq-broker on 127.0.0.1:* with extra arguments (NULL-terminated,
    may be NULL) and reads its first line (5 s at most) to learn the
-   endpoints. Returns 0, or -1 (the process is stopped again). */
+   endpoints. Returns 0, or -1 (the process is stopped again). With
+   TQ_TEST_BROKER_WRAPPER set (e.g. "/usr/bin/valgrind --error-exitcode=9
+   --leak-check=full", first word a path) every broker runs under it and
+   gets 60 s to start and to stop. */
 int tq_harness_broker_start(tq_harness_broker_t *self,
                             const char *const extra[]);
+
+/* Starts tq-broker on fixed endpoints (e.g. those a first start printed, to
+   restart it on the same ports after a kill) with extra arguments, as
+   tq_harness_broker_start. err_log: if non-NULL, the broker's stderr is
+   also appended to that file, so a test can read its log lines (even when
+   it refuses to start). Returns 0, or -1 (the process is stopped again). */
+int tq_harness_broker_start_on(tq_harness_broker_t *self, const char *clients,
+                               const char *workers, const char *const extra[],
+                               const char *err_log);
 
 /* Stops the broker (SIGTERM, 5 s, SIGKILL) and returns its wait status, or
    -1 if it was not running. */

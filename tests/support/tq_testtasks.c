@@ -1,0 +1,46 @@
+/* tq_testtasks.c - a task module for the durability tests: test.record
+   appends the task's index to a file on each execution, so a test can
+   count executions beyond one per task across broker kills. Loaded with
+   `tq-worker --module libtesttasks.so`. */
+#include <tq/tq.h>
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Signature the worker looks up with dlsym. */
+int tq_module_init(tq_registry_t *registry);
+
+/* test.record INDEX PATH -> INDEX, after appending "INDEX\n" to PATH. One
+   write(2) with O_APPEND, so lines of concurrent children never mix. */
+static int
+s_record(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    if (args->via.array.size != 2 ||
+        args->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+        args->via.array.ptr[1].type != MSGPACK_OBJECT_STR ||
+        args->via.array.ptr[1].via.str.size >= 4096)
+        return tq_task_fail(task, "test.record wants INDEX PATH");
+    uint64_t index = args->via.array.ptr[0].via.u64;
+    char path[4096];
+    memcpy(path, args->via.array.ptr[1].via.str.ptr,
+           args->via.array.ptr[1].via.str.size);
+    path[args->via.array.ptr[1].via.str.size] = '\0';
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return tq_task_fail(task, "test.record: cannot open %s", path);
+    char line[32];
+    int len = snprintf(line, sizeof line, "%llu\n", (unsigned long long)index);
+    ssize_t written = write(fd, line, (size_t)len);
+    close(fd);
+    if (written != len)
+        return tq_task_fail(task, "test.record: cannot write %s", path);
+    return msgpack_pack_uint64(out, index);
+}
+
+int
+tq_module_init(tq_registry_t *registry)
+{
+    return tq_registry_add(registry, "test.record", s_record, NULL);
+}

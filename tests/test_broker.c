@@ -1,0 +1,1375 @@
+/* test_broker.c - the broker at the protocol level, without the client
+   library: raw DEALERs speak TQP/1 (tq_proto, tq_wire) to a real tq-broker
+   as clients, worker children and supervisors, to check data queues,
+   limits, cancel and KILL, leases and LOST, retries, countdowns, purge,
+   host liveness and the STATUS body (PROTOCOL.md sections 5 and 8). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <zmq.h>
+
+#include "tq_harness.h"
+#include "tq_proto.h"
+#include "tq_wire.h"
+
+#define S_MAX_SOCKETS 24
+#define S_MAX_SUPS 4
+#define S_MAX_PAYLOAD 65536 /* largest payload a test receives, bytes */
+
+/* Arguments of every submitted task: [1, "x"]. */
+static const uint8_t s_args[] = {0x92, 0x01, 0xa1, 'x'};
+/* A task's value: "ok". */
+static const uint8_t s_value[] = {0xa2, 'o', 'k'};
+/* A data-queue item: {"a": [1, 2, "x"], "b": true}. */
+static const uint8_t s_item[] = {0x82, 0xa1, 'a',  0x93, 0x01, 0x02,
+                                 0xa1, 'x',  0xa1, 'b',  0xc3};
+
+/* One received message, copied out of its frames. */
+typedef struct {
+    uint8_t command;
+    char id[TQ_PROTO_MAX_ID + 1];
+    char task[TQ_PROTO_MAX_NAME + 1];
+    char host[TQ_PROTO_MAX_NAME + 1];
+    char error[TQ_PROTO_MAX_ERROR + 1];
+    uint32_t state, code, attempt, time_limit_ms;
+    uint64_t pid;
+    uint8_t payload[S_MAX_PAYLOAD];
+    size_t payload_size;
+    int64_t at_ms; /* monotonic ms when it was received */
+} s_in_t;
+
+/* A supervisor socket that the receive loop keeps alive with HEARTBEAT. */
+typedef struct {
+    void *socket;
+    char host[64];
+    uint64_t pid;
+    int64_t last_ms; /* when it last sent HEARTBEAT */
+} s_sup_t;
+
+/* One test's world: its broker, its sockets. */
+typedef struct {
+    tq_harness_broker_t broker;
+    void *ctx;
+    void *sockets[S_MAX_SOCKETS];
+    size_t socket_count;
+    s_sup_t sups[S_MAX_SUPS];
+    size_t sup_count;
+    msgpack_sbuffer buf; /* header encoding, reused */
+    int wait_ms; /* bound on an answer that must come */
+    bool wrapped; /* the broker runs under TQ_TEST_BROKER_WRAPPER */
+} s_world_t;
+
+/* A decoded msgpack map (STATUS body, REPLY body); owns a copy of the
+   bytes because unpacked strings point into them. */
+typedef struct {
+    msgpack_unpacked unpacked;
+    const msgpack_object *root;
+    uint8_t *data;
+} s_map_t;
+
+/* ---- the world ---- */
+
+static int
+s_setup(void **state)
+{
+    tq_harness_init();
+    s_world_t *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    w->ctx = zmq_ctx_new();
+    if (!w->ctx) {
+        free(w);
+        return -1;
+    }
+    msgpack_sbuffer_init(&w->buf);
+    const char *wrapper = getenv("TQ_TEST_BROKER_WRAPPER");
+    w->wrapped = wrapper && *wrapper;
+    w->wait_ms = w->wrapped ? 20000 : 5000;
+    *state = w;
+    return 0;
+}
+
+static int
+s_teardown(void **state)
+{
+    s_world_t *w = *state;
+    for (size_t i = 0; i < w->socket_count; i++)
+        zmq_close(w->sockets[i]);
+    zmq_ctx_term(w->ctx);
+    msgpack_sbuffer_destroy(&w->buf);
+    int rc = 0;
+    if (w->broker.pid > 0) {
+        /* a clean exit on SIGTERM; under valgrind --error-exitcode=9 a
+           leak or a bad access shows here */
+        int status = tq_harness_broker_stop(&w->broker);
+        if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(
+                stderr, "broker did not exit cleanly: status %d%s\n", status,
+                status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 9
+                    ? " (valgrind found errors)"
+                    : "");
+            rc = -1;
+        }
+    }
+    tq_harness_kill_all();
+    free(w);
+    return rc;
+}
+
+/* Starts the test's broker in memory with extra options (may be NULL). */
+static void
+s_start(s_world_t *w, const char *const extra[])
+{
+    const char *argv[32] = {"--no-persist"};
+    size_t argc = 1;
+    for (size_t i = 0; extra && extra[i] && argc < 31; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    assert_int_equal(tq_harness_broker_start(&w->broker, argv), 0);
+}
+
+/* A DEALER connected to endpoint, closed by the teardown. */
+static void *
+s_dealer(s_world_t *w, const char *endpoint)
+{
+    assert_true(w->socket_count < S_MAX_SOCKETS);
+    void *socket = zmq_socket(w->ctx, ZMQ_DEALER);
+    assert_non_null(socket);
+    int linger = 0, timeout = 3000;
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(socket, ZMQ_SNDTIMEO, &timeout, sizeof timeout);
+    assert_int_equal(zmq_connect(socket, endpoint), 0);
+    w->sockets[w->socket_count++] = socket;
+    return socket;
+}
+
+/* ---- sending ---- */
+
+static tq_msg_t
+s_msg(uint8_t command)
+{
+    tq_msg_t msg;
+    memset(&msg, 0, sizeof msg);
+    msg.command = command;
+    return msg;
+}
+
+/* Sends msg with payload bytes (only for a command that has a payload
+   frame; it is sent even when empty). */
+static void
+s_send(s_world_t *w, void *socket, const tq_msg_t *msg, const void *payload,
+       size_t size)
+{
+    bool has = tq_proto_has_payload(msg->command);
+    zmq_msg_t frame;
+    if (has) {
+        assert_int_equal(zmq_msg_init_size(&frame, size), 0);
+        if (size)
+            memcpy(zmq_msg_data(&frame), payload, size);
+    }
+    int rc =
+        tq_wire_send_msg(socket, NULL, msg, &w->buf, has ? &frame : NULL, 0);
+    if (has)
+        zmq_msg_close(&frame);
+    if (rc != TQ_OK)
+        fail_msg("send %s: rc %d (%s)", tq_proto_command_name(msg->command), rc,
+                 zmq_strerror(zmq_errno()));
+}
+
+static void
+s_submit(s_world_t *w, void *socket, const char *id, const char *queue,
+         uint32_t retries, uint32_t backoff_ms, uint32_t delay_ms)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_SUBMIT);
+    msg.id = tq_str(id);
+    msg.task = tq_str("t");
+    msg.queue = tq_str(queue);
+    msg.retries = retries;
+    msg.backoff_ms = backoff_ms;
+    msg.delay_ms = delay_ms;
+    s_send(w, socket, &msg, s_args, sizeof s_args);
+}
+
+/* A command whose only field is an id (CANCEL, RETRY, UNKNOWN...). */
+static void
+s_send_id(s_world_t *w, void *socket, uint8_t command, const char *id)
+{
+    tq_msg_t msg = s_msg(command);
+    msg.id = tq_str(id);
+    s_send(w, socket, &msg, NULL, 0);
+}
+
+static void
+s_get(s_world_t *w, void *socket, const char *id, bool wait)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_GET);
+    msg.id = tq_str(id);
+    msg.wait = wait;
+    s_send(w, socket, &msg, NULL, 0);
+}
+
+/* READY from a raw worker child serving one queue and the task "t", with
+   credit (prefetch). */
+static void
+s_ready_credit(s_world_t *w, void *socket, const char *host, uint64_t pid,
+               uint64_t ppid, const char *queue, uint32_t credit)
+{
+    tq_msg_t *msg = calloc(1, sizeof *msg);
+    assert_non_null(msg);
+    msg->command = TQ_CMD_READY;
+    msg->host = tq_str(host);
+    msg->pid = pid;
+    msg->ppid = ppid;
+    msg->credit = credit;
+    msg->queue_count = 1;
+    msg->queues[0] = tq_str(queue);
+    msg->task_count = 1;
+    msg->tasks[0] = tq_str("t");
+    s_send(w, socket, msg, NULL, 0);
+    free(msg);
+}
+
+/* READY with credit 1. */
+static void
+s_ready(s_world_t *w, void *socket, const char *host, uint64_t pid,
+        uint64_t ppid, const char *queue)
+{
+    s_ready_credit(w, socket, host, pid, ppid, queue, 1);
+}
+
+static void
+s_heartbeat(s_world_t *w, void *socket, const char *host, uint64_t pid)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_HEARTBEAT);
+    msg.host = tq_str(host);
+    msg.pid = pid;
+    s_send(w, socket, &msg, NULL, 0);
+}
+
+static void
+s_done(s_world_t *w, void *socket, const char *id, uint32_t attempt,
+       uint32_t state, uint32_t code, const char *error, uint64_t rss_kb)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_DONE);
+    msg.id = tq_str(id);
+    msg.attempt = attempt;
+    msg.state = state;
+    msg.code = code;
+    msg.error = tq_str(error);
+    msg.rss_kb = rss_kb;
+    bool ok = state == TQ_STATE_SUCCESS;
+    s_send(w, socket, &msg, ok ? s_value : NULL, ok ? sizeof s_value : 0);
+}
+
+static void
+s_lost(s_world_t *w, void *socket, uint64_t pid, uint32_t code,
+       const char *error)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_LOST);
+    msg.pid = pid;
+    msg.code = code;
+    msg.error = tq_str(error);
+    s_send(w, socket, &msg, NULL, 0);
+}
+
+static void
+s_qput(s_world_t *w, void *socket, const char *id, const char *queue,
+       uint32_t maxsize, const void *item, size_t size)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_QPUT);
+    msg.id = tq_str(id);
+    msg.queue = tq_str(queue);
+    msg.maxsize = maxsize;
+    s_send(w, socket, &msg, item, size);
+}
+
+static void
+s_qget(s_world_t *w, void *socket, const char *id, const char *queue,
+       uint32_t wait_ms)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_QGET);
+    msg.id = tq_str(id);
+    msg.queue = tq_str(queue);
+    msg.time_limit_ms = wait_ms;
+    s_send(w, socket, &msg, NULL, 0);
+}
+
+/* ---- receiving ---- */
+
+/* Sends HEARTBEAT for every registered supervisor whose second is up, as
+   a real supervisor does, so that no test outlives its hosts' liveness. */
+static void
+s_pump(s_world_t *w)
+{
+    int64_t now = tq_harness_now_ms();
+    for (size_t i = 0; i < w->sup_count; i++)
+        if (now - w->sups[i].last_ms >= 1000) {
+            s_heartbeat(w, w->sups[i].socket, w->sups[i].host, w->sups[i].pid);
+            w->sups[i].last_ms = now;
+        }
+}
+
+static bool
+s_is_sup(s_world_t *w, void *socket)
+{
+    for (size_t i = 0; i < w->sup_count; i++)
+        if (w->sups[i].socket == socket)
+            return true;
+    return false;
+}
+
+/* Keeps socket's supervisor alive from now on (see s_pump). */
+static void
+s_sup_add(s_world_t *w, void *socket, const char *host, uint64_t pid)
+{
+    assert_true(w->sup_count < S_MAX_SUPS);
+    s_sup_t *sup = &w->sups[w->sup_count++];
+    sup->socket = socket;
+    snprintf(sup->host, sizeof sup->host, "%s", host);
+    sup->pid = pid;
+    sup->last_ms = tq_harness_now_ms();
+}
+
+/* Receives one message on socket within timeout_ms (HEARTBEAT answers to
+   a registered supervisor are skipped). Returns false if none came. */
+static bool
+s_recv(s_world_t *w, void *socket, int timeout_ms, s_in_t *in)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    for (;;) {
+        s_pump(w);
+        int64_t left = deadline - tq_harness_now_ms();
+        if (left < 0)
+            left = 0;
+        zmq_pollitem_t item = {socket, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&item, 1, left < 100 ? (long)left : 100);
+        if (rc > 0) {
+            tq_frames_t frames;
+            tq_frames_init(&frames);
+            rc = tq_wire_recv(socket, &frames, false, ZMQ_DONTWAIT);
+            if (rc == -1) {
+                tq_frames_close(&frames);
+                continue;
+            }
+            tq_msg_t *msg = calloc(1, sizeof *msg);
+            assert_non_null(msg);
+            const char *reason = NULL;
+            if (rc == TQ_OK)
+                rc = tq_wire_decode(&frames, msg, &reason);
+            if (rc != TQ_OK)
+                fail_msg("the broker sent an undecodable message: %s",
+                         reason ? reason : "wrong frames");
+            memset(in, 0, offsetof(s_in_t, payload));
+            in->command = msg->command;
+            tq_str_copy(in->id, sizeof in->id, msg->id);
+            tq_str_copy(in->task, sizeof in->task, msg->task);
+            tq_str_copy(in->host, sizeof in->host, msg->host);
+            tq_str_copy(in->error, sizeof in->error, msg->error);
+            in->state = msg->state;
+            in->code = msg->code;
+            in->attempt = msg->attempt;
+            in->time_limit_ms = msg->time_limit_ms;
+            in->pid = msg->pid;
+            in->payload_size = zmq_msg_size(&frames.payload);
+            assert_true(in->payload_size <= S_MAX_PAYLOAD);
+            memcpy(in->payload, zmq_msg_data(&frames.payload),
+                   in->payload_size);
+            in->at_ms = tq_harness_now_ms();
+            free(msg);
+            tq_frames_close(&frames);
+            if (in->command == TQ_CMD_HEARTBEAT && s_is_sup(w, socket))
+                continue;
+            return true;
+        }
+        if (tq_harness_now_ms() >= deadline)
+            return false;
+    }
+}
+
+/* Receives the next message on socket; it must be `command` (and carry id
+   when id is not NULL). */
+static void
+s_expect(s_world_t *w, void *socket, uint8_t command, const char *id,
+         s_in_t *in)
+{
+    if (!s_recv(w, socket, w->wait_ms, in))
+        fail_msg("expected %s %s: nothing in %d ms",
+                 tq_proto_command_name(command), id ? id : "", w->wait_ms);
+    if (in->command != command)
+        fail_msg("expected %s %s, got %s %s (code %u: %s)",
+                 tq_proto_command_name(command), id ? id : "",
+                 tq_proto_command_name(in->command), in->id, in->code,
+                 in->error);
+    if (id && strcmp(in->id, id) != 0)
+        fail_msg("expected %s %s, got it for id \"%s\"",
+                 tq_proto_command_name(command), id, in->id);
+}
+
+/* Expects ERROR with code for id; returns nothing, the text is in in. */
+static void
+s_expect_error(s_world_t *w, void *socket, int code, const char *id, s_in_t *in)
+{
+    s_expect(w, socket, TQ_CMD_ERROR, id, in);
+    printf("  ERROR %s: %s \"%s\"\n", id ? id : "-", tq_strerror((int)in->code),
+           in->error);
+    if ((int)in->code != code)
+        fail_msg("expected ERROR %s for %s, got %s (\"%s\")", tq_strerror(code),
+                 id ? id : "-", tq_strerror((int)in->code), in->error);
+}
+
+/* Expects RESULT id with state and code. */
+static void
+s_expect_result(s_world_t *w, void *socket, const char *id, int state, int code,
+                s_in_t *in)
+{
+    s_expect(w, socket, TQ_CMD_RESULT, id, in);
+    if ((int)in->state != state || (int)in->code != code)
+        fail_msg("RESULT %s: expected %s/%s, got %s/%s (\"%s\")", id,
+                 tq_state_name(state), tq_strerror(code),
+                 tq_state_name((int)in->state), tq_strerror((int)in->code),
+                 in->error);
+}
+
+/* Expects TASK id with the given attempt. */
+static void
+s_expect_task(s_world_t *w, void *socket, const char *id, uint32_t attempt,
+              s_in_t *in)
+{
+    s_expect(w, socket, TQ_CMD_TASK, id, in);
+    assert_string_equal(in->task, "t");
+    if (in->attempt != attempt)
+        fail_msg("TASK %s: attempt %u, expected %u", id, in->attempt, attempt);
+    assert_int_equal(in->payload_size, sizeof s_args);
+    assert_memory_equal(in->payload, s_args, sizeof s_args);
+}
+
+/* Submits and expects SUBMITTED. */
+static void
+s_submit_ok(s_world_t *w, void *socket, const char *id, const char *queue,
+            s_in_t *in)
+{
+    s_submit(w, socket, id, queue, 0, 0, 0);
+    s_expect(w, socket, TQ_CMD_SUBMITTED, id, in);
+}
+
+/* ---- maps ---- */
+
+/* Decodes in's payload as one msgpack map into map. */
+static void
+s_map(const s_in_t *in, s_map_t *map)
+{
+    memset(map, 0, sizeof *map);
+    map->data = malloc(in->payload_size + 1);
+    assert_non_null(map->data);
+    memcpy(map->data, in->payload, in->payload_size);
+    msgpack_unpacked_init(&map->unpacked);
+    size_t off = 0;
+    int rc = msgpack_unpack_next(&map->unpacked, (const char *)map->data,
+                                 in->payload_size, &off);
+    assert_int_equal(rc, MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, in->payload_size);
+    assert_int_equal(map->unpacked.data.type, MSGPACK_OBJECT_MAP);
+    map->root = &map->unpacked.data;
+}
+
+static void
+s_map_free(s_map_t *map)
+{
+    if (map->root)
+        msgpack_unpacked_destroy(&map->unpacked);
+    free(map->data);
+    memset(map, 0, sizeof *map);
+}
+
+/* STATUS over socket, decoded into map. */
+static void
+s_status(s_world_t *w, void *socket, s_map_t *map)
+{
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    tq_msg_t msg = s_msg(TQ_CMD_STATUS);
+    s_send(w, socket, &msg, NULL, 0);
+    s_expect(w, socket, TQ_CMD_STATUS_REPLY, NULL, in);
+    s_map(in, map);
+    free(in);
+}
+
+/* map[key], which must be an unsigned integer. */
+static uint64_t
+s_uint(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *val = tq_harness_map_get(map, key);
+    if (!val)
+        fail_msg("key \"%s\" missing", key);
+    if (val->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        fail_msg("key \"%s\" is not an unsigned integer (type %d)", key,
+                 (int)val->type);
+    return val->via.u64;
+}
+
+/* map[key], which must be an array. */
+static const msgpack_object *
+s_array(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *val = tq_harness_map_get(map, key);
+    if (!val || val->type != MSGPACK_OBJECT_ARRAY)
+        fail_msg("key \"%s\" missing or not an array", key);
+    return val;
+}
+
+/* The map in array `list` whose key is the string value, or NULL. */
+static const msgpack_object *
+s_find(const msgpack_object *list, const char *key, const char *value)
+{
+    for (uint32_t i = 0; i < list->via.array.size; i++)
+        if (tq_harness_str_eq(tq_harness_map_get(&list->via.array.ptr[i], key),
+                              value))
+            return &list->via.array.ptr[i];
+    return NULL;
+}
+
+/* The map in array `list` whose key is the uint value, or NULL. */
+static const msgpack_object *
+s_find_uint(const msgpack_object *list, const char *key, uint64_t value)
+{
+    for (uint32_t i = 0; i < list->via.array.size; i++)
+        if (tq_harness_map_uint(&list->via.array.ptr[i], key, UINT64_MAX) ==
+            value)
+            return &list->via.array.ptr[i];
+    return NULL;
+}
+
+/* STATUS counters[name]. */
+static uint64_t
+s_counter(s_world_t *w, void *socket, const char *name)
+{
+    s_map_t map;
+    s_status(w, socket, &map);
+    const msgpack_object *counters = tq_harness_map_get(map.root, "counters");
+    assert_non_null(counters);
+    uint64_t value = s_uint(counters, name);
+    s_map_free(&map);
+    return value;
+}
+
+/* Polls STATUS until counters[name] is value; fails after the wait. */
+static void
+s_wait_counter(s_world_t *w, void *socket, const char *name, uint64_t value)
+{
+    int64_t deadline = tq_harness_now_ms() + w->wait_ms;
+    uint64_t last = 0;
+    while (tq_harness_now_ms() < deadline) {
+        last = s_counter(w, socket, name);
+        if (last == value)
+            return;
+        tq_harness_sleep_ms(10);
+    }
+    fail_msg("counter %s stayed %llu, expected %llu", name,
+             (unsigned long long)last, (unsigned long long)value);
+}
+
+/* status.queues[name][key]. */
+static uint64_t
+s_queue_uint(s_world_t *w, void *socket, const char *name, const char *key)
+{
+    s_map_t map;
+    s_status(w, socket, &map);
+    const msgpack_object *queue =
+        s_find(s_array(map.root, "queues"), "name", name);
+    if (!queue)
+        fail_msg("STATUS lists no queue %s", name);
+    uint64_t value = s_uint(queue, key);
+    s_map_free(&map);
+    return value;
+}
+
+/* Polls STATUS until data queue name has `getters` waiting getters, so
+   that requests from different sockets reach the broker in a known
+   order. */
+static void
+s_wait_getters(s_world_t *w, void *socket, const char *name, uint64_t getters)
+{
+    int64_t deadline = tq_harness_now_ms() + w->wait_ms;
+    uint64_t last = 0;
+    while (tq_harness_now_ms() < deadline) {
+        s_map_t map;
+        s_status(w, socket, &map);
+        const msgpack_object *dq =
+            s_find(s_array(map.root, "data_queues"), "name", name);
+        last = dq ? s_uint(dq, "getters") : 0;
+        s_map_free(&map);
+        if (last == getters)
+            return;
+        tq_harness_sleep_ms(5);
+    }
+    fail_msg("data queue %s: %llu getters, expected %llu", name,
+             (unsigned long long)last, (unsigned long long)getters);
+}
+
+/* A new supervisor DEALER: HEARTBEAT once, the broker's HEARTBEAT back
+   (its own pid), then kept alive by s_pump when keep. */
+static void *
+s_supervisor(s_world_t *w, const char *host, uint64_t pid, bool keep,
+             s_in_t *in)
+{
+    void *sup = s_dealer(w, w->broker.workers);
+    s_heartbeat(w, sup, host, pid);
+    s_expect(w, sup, TQ_CMD_HEARTBEAT, NULL, in);
+    assert_int_equal(in->pid, (uint64_t)w->broker.pid);
+    assert_true(in->host[0] != '\0');
+    if (keep)
+        s_sup_add(w, sup, host, pid);
+    return sup;
+}
+
+/* ---- 1. data queues (5.5) ---- */
+
+static void
+test_data_queues(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+
+    /* the item comes back byte for byte */
+    s_qput(w, a, "p1", "dq", 0, s_item, sizeof s_item);
+    s_expect(w, a, TQ_CMD_REPLY, "p1", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "size"), 1);
+    s_map_free(&map);
+    s_qget(w, a, "g1", "dq", 0);
+    s_expect(w, a, TQ_CMD_QITEM, "g1", in);
+    assert_int_equal(in->payload_size, sizeof s_item);
+    assert_memory_equal(in->payload, s_item, sizeof s_item);
+
+    /* FIFO over 100 items [i, "item"], pipelined */
+    char id[32];
+    for (int i = 0; i < 100; i++) {
+        uint8_t item[] = {0x92, (uint8_t)i, 0xa4, 'i', 't', 'e', 'm'};
+        snprintf(id, sizeof id, "p-%d", i);
+        s_qput(w, a, id, "dq", 0, item, sizeof item);
+    }
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "p-%d", i);
+        s_expect(w, a, TQ_CMD_REPLY, id, in);
+        s_map(in, &map);
+        assert_int_equal(s_uint(map.root, "size"), i + 1);
+        s_map_free(&map);
+    }
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "g-%d", i);
+        s_qget(w, a, id, "dq", 0);
+    }
+    for (int i = 0; i < 100; i++) {
+        uint8_t item[] = {0x92, (uint8_t)i, 0xa4, 'i', 't', 'e', 'm'};
+        snprintf(id, sizeof id, "g-%d", i);
+        s_expect(w, a, TQ_CMD_QITEM, id, in);
+        assert_int_equal(in->payload_size, sizeof item);
+        assert_memory_equal(in->payload, item, sizeof item);
+    }
+
+    /* empty, no wait: TQ_EEMPTY at once, with the request's id */
+    s_qget(w, a, "e1", "dq", 0);
+    s_expect_error(w, a, TQ_EEMPTY, "e1", in);
+
+    /* a waiting getter is served by another client's put */
+    s_qget(w, a, "w1", "dq", 2000);
+    s_wait_getters(w, b, "dq", 1);
+    int64_t put_ms = tq_harness_now_ms();
+    s_qput(w, b, "p-w", "dq", 0, s_item, sizeof s_item);
+    s_expect(w, b, TQ_CMD_REPLY, "p-w", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "size"), 0); /* handed over */
+    s_map_free(&map);
+    s_expect(w, a, TQ_CMD_QITEM, "w1", in);
+    assert_memory_equal(in->payload, s_item, sizeof s_item);
+    printf("  waiting QGET served %lld ms after the QPUT\n",
+           (long long)(in->at_ms - put_ms));
+    assert_true(in->at_ms - put_ms < 1000);
+
+    /* waiting getters are served first come, first served */
+    void *c = s_dealer(w, w->broker.clients);
+    s_qget(w, a, "wa", "fifo", 5000);
+    s_wait_getters(w, c, "fifo", 1);
+    s_qget(w, b, "wb", "fifo", 5000);
+    s_wait_getters(w, c, "fifo", 2);
+    static const uint8_t one[] = {0x01}, two[] = {0x02};
+    s_qput(w, c, "pf1", "fifo", 0, one, 1);
+    s_expect(w, c, TQ_CMD_REPLY, "pf1", in);
+    s_qput(w, c, "pf2", "fifo", 0, two, 1);
+    s_expect(w, c, TQ_CMD_REPLY, "pf2", in);
+    s_expect(w, a, TQ_CMD_QITEM, "wa", in);
+    assert_int_equal(in->payload_size, 1);
+    assert_int_equal(in->payload[0], 0x01);
+    s_expect(w, b, TQ_CMD_QITEM, "wb", in);
+    assert_int_equal(in->payload_size, 1);
+    assert_int_equal(in->payload[0], 0x02);
+
+    /* a wait that runs out: TQ_EEMPTY after about 300 ms */
+    int64_t t0 = tq_harness_now_ms();
+    s_qget(w, a, "w2", "dq", 300);
+    s_expect_error(w, a, TQ_EEMPTY, "w2", in);
+    int64_t waited = in->at_ms - t0;
+    printf("  QGET 300 ms answered after %lld ms\n", (long long)waited);
+    assert_true(waited >= 250 && waited <= 1500);
+
+    /* a bounded queue refuses the third item and keeps nothing */
+    s_qput(w, a, "s1", "small", 2, s_item, sizeof s_item);
+    s_expect(w, a, TQ_CMD_REPLY, "s1", in);
+    s_qput(w, a, "s2", "small", 2, s_item, sizeof s_item);
+    s_expect(w, a, TQ_CMD_REPLY, "s2", in);
+    s_qput(w, a, "s3", "small", 2, s_item, sizeof s_item);
+    s_expect_error(w, a, TQ_EFULL, "s3", in);
+    assert_non_null(strstr(in->error, "small"));
+    assert_non_null(strstr(in->error, "2"));
+    tq_msg_t msg = s_msg(TQ_CMD_QSIZE);
+    msg.id = tq_str("z1");
+    msg.queue = tq_str("small");
+    s_send(w, a, &msg, NULL, 0);
+    s_expect(w, a, TQ_CMD_REPLY, "z1", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "size"), 2);
+    assert_int_equal(s_uint(map.root, "maxsize"), 2);
+    s_map_free(&map);
+
+    /* malformed items: refused with TQ_EPROTO and the id, nothing kept */
+    static const struct {
+        const char *id;
+        const char *bytes;
+        size_t size;
+    } bad[] = {
+        {"bad1", "\xc1", 1}, /* never valid msgpack */
+        {"bad2", "\x92\x01", 2}, /* array of 2 with 1 element */
+        {"bad3", "\x01\x02", 2}, /* two objects */
+        {"bad4", "", 0}, /* no object */
+        {"bad5",
+         "\xa5"
+         "ab",
+         3}, /* string shorter than its length */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s_qput(w, a, bad[i].id, "dq", 0, bad[i].bytes, bad[i].size);
+        s_expect_error(w, a, TQ_EPROTO, bad[i].id, in);
+    }
+    msg.id = tq_str("z2");
+    msg.queue = tq_str("dq");
+    s_send(w, a, &msg, NULL, 0);
+    s_expect(w, a, TQ_CMD_REPLY, "z2", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "size"), 0);
+    s_map_free(&map);
+    free(in);
+}
+
+/* ---- 2. --max-queue (5.3.4) ---- */
+
+static void
+test_max_queue(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, (const char *[]){"--max-queue", "3", NULL});
+    void *a = s_dealer(w, w->broker.clients);
+    s_submit_ok(w, a, "mq-1", "qa", in);
+    s_submit_ok(w, a, "mq-2", "qa", in);
+    s_submit_ok(w, a, "mq-3", "qa", in);
+    int64_t t0 = tq_harness_now_ms();
+    s_submit(w, a, "mq-4", "qa", 0, 0, 0);
+    s_expect_error(w, a, TQ_EFULL, "mq-4", in);
+    int64_t took = in->at_ms - t0;
+    printf("  refused in %lld ms\n", (long long)took);
+    assert_true(took <= (w->wrapped ? 2000 : 100));
+    assert_non_null(strstr(in->error, "qa"));
+    assert_non_null(strstr(in->error, "max-queue 3"));
+    /* nothing was kept, and another queue still accepts */
+    s_submit_ok(w, a, "mq-5", "qb", in);
+    assert_int_equal(s_queue_uint(w, a, "qa", "waiting"), 3);
+    assert_int_equal(s_queue_uint(w, a, "qb", "waiting"), 1);
+    assert_int_equal(s_counter(w, a, "refused"), 1);
+    assert_int_equal(s_counter(w, a, "submitted"), 4);
+    /* GET of the refused id: the broker never kept it */
+    s_get(w, a, "mq-4", false);
+    s_expect(w, a, TQ_CMD_UNKNOWN, "mq-4", in);
+    free(in);
+}
+
+/* ---- 3. --max-client-tasks (5.3.4) ---- */
+
+static void
+test_max_client_tasks(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, (const char *[]){"--max-client-tasks", "2", NULL});
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+    s_submit_ok(w, a, "ct-1", "qct", in);
+    s_submit_ok(w, a, "ct-2", "qct", in);
+    s_submit(w, a, "ct-3", "qct", 0, 0, 0);
+    s_expect_error(w, a, TQ_EFULL, "ct-3", in);
+    assert_non_null(strstr(in->error, "max-client-tasks"));
+    s_submit_ok(w, b, "ct-4", "qct", in);
+    /* once one of a's tasks ends, a may submit again */
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostC", 301, 300, "qct");
+    s_expect_task(w, child, "ct-1", 1, in);
+    s_done(w, child, "ct-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ct-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_submit_ok(w, a, "ct-5", "qct", in);
+    free(in);
+}
+
+/* ---- 4. CANCEL (5.4) ---- */
+
+static void
+test_cancel(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+
+    /* a waiting task: RESULT CANCELLED to the canceller and the submitter */
+    s_submit_ok(w, a, "cw-1", "qc", in);
+    s_send_id(w, b, TQ_CMD_CANCEL, "cw-1");
+    s_expect_result(w, b, "cw-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    s_expect_result(w, a, "cw-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    /* an unknown id */
+    s_send_id(w, b, TQ_CMD_CANCEL, "nope-1");
+    s_expect(w, b, TQ_CMD_UNKNOWN, "nope-1", in);
+    /* a final task: answered with its RESULT */
+    s_send_id(w, b, TQ_CMD_CANCEL, "cw-1");
+    s_expect_result(w, b, "cw-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+
+    /* a running task: KILL to the child's supervisor */
+    void *sup = s_supervisor(w, "hostA", 900, true, in);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostA", 901, 900, "qc");
+    s_submit_ok(w, a, "cr-1", "qc", in);
+    s_expect_task(w, child, "cr-1", 1, in);
+    uint64_t duplicates = s_counter(w, b, "duplicates");
+    s_send_id(w, b, TQ_CMD_CANCEL, "cr-1");
+    s_expect_result(w, b, "cr-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    s_expect_result(w, a, "cr-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    s_expect(w, sup, TQ_CMD_KILL, "cr-1", in);
+    assert_int_equal(in->pid, 901);
+    /* the child finished before it was stopped: its DONE is a duplicate */
+    s_done(w, child, "cr-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_wait_counter(w, b, "duplicates", duplicates + 1);
+    assert_int_equal(s_counter(w, b, "cancelled"), 2);
+    /* the task stays cancelled */
+    s_get(w, b, "cr-1", false);
+    s_expect_result(w, b, "cr-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    /* and that DONE gave the child its credit back */
+    s_submit_ok(w, a, "cr-2", "qc", in);
+    s_expect_task(w, child, "cr-2", 1, in);
+    free(in);
+}
+
+/* ---- 5. leases, LOST, dead letters (5.2.6, 5.3.1-2, 5.4) ---- */
+
+static void
+test_leases(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+    void *sup = s_supervisor(w, "hostH", 800, true, in);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready(w, w1, "hostH", 801, 800, "ql");
+    s_submit_ok(w, a, "ls-1", "ql", in);
+    s_expect_task(w, w1, "ls-1", 1, in);
+
+    /* a DONE with another attempt does not hold the lease */
+    uint64_t duplicates = s_counter(w, b, "duplicates");
+    s_done(w, w1, "ls-1", 7, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_wait_counter(w, b, "duplicates", duplicates + 1);
+    s_get(w, b, "ls-1", false);
+    s_expect(w, b, TQ_CMD_STATE, "ls-1", in);
+    assert_int_equal(in->state, TQ_STATE_RUNNING);
+
+    /* LOST: dispatched again to another child with attempt 2 */
+    static const char why[] = "killed by SIGKILL (peak RSS 1 MB)";
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready(w, w2, "hostH", 802, 800, "ql");
+    s_lost(w, sup, 801, TQ_ELOST, why);
+    s_expect_task(w, w2, "ls-1", 2, in);
+    /* the old holder's late DONE is a duplicate */
+    s_done(w, w1, "ls-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_wait_counter(w, b, "duplicates", duplicates + 2);
+
+    void *w3 = s_dealer(w, w->broker.workers);
+    s_ready(w, w3, "hostH", 803, 800, "ql");
+    s_lost(w, sup, 802, TQ_ELOST, why);
+    s_expect_task(w, w3, "ls-1", 3, in);
+    /* the third loss ends it */
+    s_lost(w, sup, 803, TQ_ELOST, why);
+    s_expect_result(w, a, "ls-1", TQ_STATE_FAILURE, TQ_ELOST, in);
+    printf("  ls-1: \"%s\"\n", in->error);
+    assert_string_equal(in->error,
+                        "worker lost: killed by SIGKILL (peak RSS 1 MB) on "
+                        "host hostH");
+    assert_int_equal(s_counter(w, b, "lost"), 3);
+
+    /* FAILED lists the dead letter */
+    s_send_id(w, b, TQ_CMD_FAILED, "fl-1");
+    s_expect(w, b, TQ_CMD_REPLY, "fl-1", in);
+    s_map(in, &map);
+    const msgpack_object *failed = s_array(map.root, "failed");
+    assert_int_equal(failed->via.array.size, 1);
+    const msgpack_object *dead = s_find(failed, "id", "ls-1");
+    assert_non_null(dead);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(dead, "task"), "t"));
+    assert_true(tq_harness_str_eq(tq_harness_map_get(dead, "queue"), "ql"));
+    assert_int_equal(s_uint(dead, "code"), TQ_ELOST);
+    assert_int_equal(s_uint(dead, "attempts"), 3);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(dead, "error"),
+                                  "worker lost: killed by SIGKILL (peak RSS "
+                                  "1 MB) on host hostH"));
+    s_map_free(&map);
+    assert_int_equal(s_counter(w, b, "dead_letters"), 1);
+
+    /* RETRY: SUBMITTED, dispatched again (a new lease), ends normally */
+    void *w4 = s_dealer(w, w->broker.workers);
+    s_ready(w, w4, "hostH", 804, 800, "ql");
+    s_send_id(w, b, TQ_CMD_RETRY, "ls-1");
+    s_expect(w, b, TQ_CMD_SUBMITTED, "ls-1", in);
+    s_expect(w, w4, TQ_CMD_TASK, "ls-1", in);
+    printf("  ls-1 after RETRY: attempt %u\n", in->attempt);
+    assert_int_equal(in->attempt, 4);
+    assert_memory_equal(in->payload, s_args, sizeof s_args);
+    assert_int_equal(s_counter(w, b, "dead_letters"), 0);
+    s_get(w, b, "ls-1", true);
+    s_done(w, w4, "ls-1", 4, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, b, "ls-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(in->payload_size, sizeof s_value);
+    assert_memory_equal(in->payload, s_value, sizeof s_value);
+
+    /* RETRY of a task that is not a dead letter */
+    s_send_id(w, b, TQ_CMD_RETRY, "ls-1");
+    s_expect_error(w, b, TQ_ESTATE, "ls-1", in);
+    s_send_id(w, b, TQ_CMD_RETRY, "ls-unknown");
+    s_expect(w, b, TQ_CMD_UNKNOWN, "ls-unknown", in);
+
+    /* LOST with TQ_ETIMELIMIT: FAILURE with the LOST's own text */
+    static const char limit[] = "time limit of 500 ms exceeded: killed";
+    s_submit_ok(w, a, "lt-1", "ql", in);
+    s_expect_task(w, w4, "lt-1", 1, in);
+    s_lost(w, sup, 804, TQ_ETIMELIMIT, limit);
+    s_expect_result(w, a, "lt-1", TQ_STATE_FAILURE, TQ_ETIMELIMIT, in);
+    assert_string_equal(in->error, limit);
+    assert_int_equal(s_counter(w, b, "dead_letters"), 0);
+    free(in);
+}
+
+/* ---- 5b. which task a LOST charges (5.3.2), with --max-lost 1 so that
+   any charge fails a task at once ---- */
+
+static void
+test_lost_charges(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, (const char *[]){"--max-lost", "1", NULL});
+    void *a = s_dealer(w, w->broker.clients);
+    void *sup = s_supervisor(w, "hostL", 1000, true, in);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostL", 1001, 1000, "qlc", 2);
+    s_submit_ok(w, a, "lc-1", "qlc", in);
+    s_expect_task(w, w1, "lc-1", 1, in);
+    s_submit_ok(w, a, "lc-2", "qlc", in);
+    s_expect_task(w, w1, "lc-2", 1, in);
+    /* the child died: the first task it held pays, the second goes back */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready(w, w2, "hostL", 1002, 1000, "qlc");
+    s_lost(w, sup, 1001, TQ_ELOST, "killed by SIGSEGV");
+    s_expect_result(w, a, "lc-1", TQ_STATE_FAILURE, TQ_ELOST, in);
+    assert_string_equal(in->error,
+                        "worker lost: killed by SIGSEGV on host hostL");
+    s_expect_task(w, w2, "lc-2", 2, in);
+
+    /* a child stopped because its task was cancelled charges nobody */
+    void *w3 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w3, "hostL", 1003, 1000, "qlc", 2);
+    s_submit_ok(w, a, "lc-3", "qlc", in);
+    s_expect_task(w, w3, "lc-3", 1, in);
+    s_submit_ok(w, a, "lc-4", "qlc", in);
+    s_expect_task(w, w3, "lc-4", 1, in);
+    s_send_id(w, a, TQ_CMD_CANCEL, "lc-3");
+    s_expect_result(w, a, "lc-3", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    s_expect(w, sup, TQ_CMD_KILL, "lc-3", in);
+    assert_int_equal(in->pid, 1003);
+    s_lost(w, sup, 1003, TQ_ECANCELLED, "stopped: task cancelled");
+    /* lc-4 is queued again, not failed: w2 takes it once lc-2 is done */
+    s_done(w, w2, "lc-2", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "lc-2", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_expect_task(w, w2, "lc-4", 2, in);
+    s_done(w, w2, "lc-4", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "lc-4", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "dead_letters"), 1);
+    free(in);
+}
+
+/* ---- 6. retries with backoff (5.3.3) ---- */
+
+static void
+test_retries(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostR", 601, 600, "qr");
+
+    s_submit(w, a, "rt-1", "qr", 2, 100, 0);
+    s_expect(w, a, TQ_CMD_SUBMITTED, "rt-1", in);
+    s_expect_task(w, child, "rt-1", 1, in);
+    int64_t fail1 = tq_harness_now_ms();
+    s_done(w, child, "rt-1", 1, TQ_STATE_FAILURE, TQ_ETASK, "boom 1", 0);
+    s_expect_task(w, child, "rt-1", 2, in);
+    int64_t gap1 = in->at_ms - fail1;
+    s_get(w, a, "rt-1", false);
+    s_expect(w, a, TQ_CMD_STATE, "rt-1", in);
+    assert_int_equal(in->state, TQ_STATE_RUNNING);
+    int64_t fail2 = tq_harness_now_ms();
+    s_done(w, child, "rt-1", 2, TQ_STATE_FAILURE, TQ_ETASK, "boom 2", 0);
+    /* in its backoff the task is in state RETRY */
+    s_get(w, a, "rt-1", false);
+    s_expect(w, a, TQ_CMD_STATE, "rt-1", in);
+    assert_int_equal(in->state, TQ_STATE_RETRY);
+    s_expect_task(w, child, "rt-1", 3, in);
+    int64_t gap2 = in->at_ms - fail2;
+    printf("  backoff 100 ms: retried after %lld ms, then %lld ms\n",
+           (long long)gap1, (long long)gap2);
+    /* 100 ms x 0.5..1.5, then 200 ms x 0.5..1.5 (+ scheduling) */
+    assert_true(gap1 >= 50 && gap1 < 1000);
+    assert_true(gap2 >= 100 && gap2 < 1500);
+    s_done(w, child, "rt-1", 3, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "rt-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_memory_equal(in->payload, s_value, sizeof s_value);
+    /* checked last, so that a wrong count does not hide what follows */
+    uint32_t attempts1 = in->attempt;
+    assert_int_equal(s_counter(w, a, "retried"), 2);
+
+    /* retries used up: FAILURE with the last error */
+    s_submit(w, a, "rt-2", "qr", 1, 50, 0);
+    s_expect(w, a, TQ_CMD_SUBMITTED, "rt-2", in);
+    s_expect_task(w, child, "rt-2", 1, in);
+    s_done(w, child, "rt-2", 1, TQ_STATE_FAILURE, TQ_ETASK, "first", 0);
+    s_expect_task(w, child, "rt-2", 2, in);
+    s_done(w, child, "rt-2", 2, TQ_STATE_FAILURE, TQ_ETASK, "last", 0);
+    s_expect_result(w, a, "rt-2", TQ_STATE_FAILURE, TQ_ETASK, in);
+    assert_string_equal(in->error, "last");
+    assert_int_equal(in->payload_size, 0);
+    uint32_t attempts2 = in->attempt;
+    free(in);
+    printf("  RESULT attempts: rt-1 %u (3 made), rt-2 %u (2 made)\n", attempts1,
+           attempts2);
+    assert_int_equal(attempts1, 3);
+    assert_int_equal(attempts2, 2);
+}
+
+/* ---- 7. countdown (5.3.3) ---- */
+
+static void
+test_countdown(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostD", 401, 400, "qd");
+    int64_t t0 = tq_harness_now_ms();
+    s_submit(w, a, "cd-1", "qd", 0, 0, 500);
+    s_expect(w, a, TQ_CMD_SUBMITTED, "cd-1", in);
+    assert_int_equal(s_queue_uint(w, a, "qd", "delayed"), 1);
+    assert_int_equal(s_queue_uint(w, a, "qd", "waiting"), 0);
+    if (!s_recv(w, child, (int)(t0 + 1500 - tq_harness_now_ms()), in))
+        fail_msg("cd-1 not dispatched 1500 ms after its SUBMIT");
+    assert_int_equal(in->command, TQ_CMD_TASK);
+    assert_string_equal(in->id, "cd-1");
+    printf("  delay 500 ms: dispatched after %lld ms\n",
+           (long long)(in->at_ms - t0));
+    assert_true(in->at_ms - t0 >= 450);
+    assert_int_equal(s_queue_uint(w, a, "qd", "delayed"), 0);
+    assert_int_equal(s_queue_uint(w, a, "qd", "running"), 1);
+    free(in);
+}
+
+/* ---- 8. PURGE (5.4) ---- */
+
+static void
+test_purge(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+    char id[32];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(id, sizeof id, "pg-%d", i);
+        s_submit_ok(w, a, id, "qp", in);
+    }
+    s_submit_ok(w, a, "po-1", "qother", in);
+
+    tq_msg_t msg = s_msg(TQ_CMD_PURGE);
+    msg.queue = tq_str("qp");
+    msg.id = tq_str("pr-1");
+    s_send(w, b, &msg, NULL, 0);
+    s_expect(w, b, TQ_CMD_REPLY, "pr-1", in);
+    s_map(in, &map);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(map.root, "queue"), "qp"));
+    assert_int_equal(s_uint(map.root, "purged"), 5);
+    s_map_free(&map);
+    unsigned seen = 0;
+    for (int i = 0; i < 5; i++) {
+        s_expect(w, a, TQ_CMD_RESULT, NULL, in);
+        assert_int_equal(in->state, TQ_STATE_CANCELLED);
+        assert_int_equal(in->code, TQ_ECANCELLED);
+        assert_string_equal(in->error, "purged");
+        int n = 0;
+        assert_int_equal(sscanf(in->id, "pg-%d", &n), 1);
+        assert_true(n >= 1 && n <= 5 && !(seen & (1u << n)));
+        seen |= 1u << n;
+    }
+    assert_int_equal(s_queue_uint(w, b, "qp", "waiting"), 0);
+    assert_int_equal(s_queue_uint(w, b, "qother", "waiting"), 1);
+    assert_int_equal(s_counter(w, b, "cancelled"), 5);
+
+    /* delayed tasks are purged too; an unknown queue purges nothing */
+    s_submit(w, a, "pd-1", "qdelay", 0, 0, 60000);
+    s_expect(w, a, TQ_CMD_SUBMITTED, "pd-1", in);
+    msg.queue = tq_str("qdelay");
+    msg.id = tq_str("pr-2");
+    s_send(w, b, &msg, NULL, 0);
+    s_expect(w, b, TQ_CMD_REPLY, "pr-2", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "purged"), 1);
+    s_map_free(&map);
+    s_expect_result(w, a, "pd-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    assert_int_equal(s_queue_uint(w, b, "qdelay", "delayed"), 0);
+    msg.queue = tq_str("nosuchqueue");
+    msg.id = tq_str("pr-3");
+    s_send(w, b, &msg, NULL, 0);
+    s_expect(w, b, TQ_CMD_REPLY, "pr-3", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "purged"), 0);
+    s_map_free(&map);
+    free(in);
+}
+
+/* ---- 9. host liveness (10) ---- */
+
+static void
+test_host_liveness(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    /* one HEARTBEAT, then silence */
+    int64_t last_heartbeat = tq_harness_now_ms();
+    s_supervisor(w, "hostS", 700, false, in);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready(w, w1, "hostS", 701, 700, "qh");
+    s_submit_ok(w, a, "hl-1", "qh", in);
+    s_expect_task(w, w1, "hl-1", 1, in);
+    /* a child without a supervisor is never taken for dead */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready(w, w2, "hostT", 711, 710, "qh");
+    if (!s_recv(w, w2, w->wrapped ? 15000 : 6000, in))
+        fail_msg("hl-1 not queued again after its host went silent");
+    assert_int_equal(in->command, TQ_CMD_TASK);
+    assert_string_equal(in->id, "hl-1");
+    assert_int_equal(in->attempt, 2);
+    int64_t after = in->at_ms - last_heartbeat;
+    printf("  silent host's task dispatched again %lld ms after its last "
+           "HEARTBEAT\n",
+           (long long)after);
+    assert_true(after >= 2900);
+    assert_true(after <= (w->wrapped ? 8000 : 4000));
+    assert_int_equal(s_counter(w, a, "lost"), 1);
+    s_map_t map;
+    s_status(w, a, &map);
+    const msgpack_object *workers = s_array(map.root, "workers");
+    assert_null(s_find_uint(workers, "pid", 701));
+    assert_non_null(s_find_uint(workers, "pid", 711));
+    s_map_free(&map);
+    free(in);
+}
+
+/* ---- 10. the STATUS body (8) ---- */
+
+static void
+s_check_keys(const msgpack_object *map, const char *const keys[])
+{
+    for (size_t i = 0; keys[i]; i++)
+        s_uint(map, keys[i]);
+}
+
+static void
+test_status_body(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostK", 501, 500, "qk");
+    s_submit_ok(w, a, "sk-1", "qk", in);
+    s_expect_task(w, child, "sk-1", 1, in);
+    s_done(w, child, "sk-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 12345);
+    s_expect_result(w, a, "sk-1", TQ_STATE_SUCCESS, TQ_OK, in);
+
+    /* an idle child */
+    s_status(w, a, &map);
+    const msgpack_object *me =
+        s_find_uint(s_array(map.root, "workers"), "pid", 501);
+    assert_non_null(me);
+    const msgpack_object *busy = tq_harness_map_get(me, "busy");
+    assert_non_null(busy);
+    assert_int_equal(busy->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_false(busy->via.boolean);
+    s_map_free(&map);
+
+    s_submit_ok(w, a, "sk-2", "qk", in);
+    s_expect_task(w, child, "sk-2", 1, in);
+    s_submit_ok(w, a, "sk-3", "qk2", in); /* nobody serves qk2 */
+    s_qput(w, a, "dq-1", "dk", 7, s_item, sizeof s_item);
+    s_expect(w, a, TQ_CMD_REPLY, "dq-1", in);
+    tq_harness_sleep_ms(200); /* so that sk-3 has an age */
+
+    s_status(w, a, &map);
+    const msgpack_object *root = map.root;
+    assert_true(
+        tq_harness_str_eq(tq_harness_map_get(root, "version"), "TQP/1"));
+    assert_int_equal(s_uint(root, "pid"), (uint64_t)w->broker.pid);
+    s_uint(root, "uptime_ms");
+    /* args of sk-2 and sk-3, sk-1's value, the item */
+    uint64_t memory = s_uint(root, "memory");
+    printf("  memory %llu bytes\n", (unsigned long long)memory);
+    assert_true(memory >= 2 * sizeof s_args + sizeof s_value + sizeof s_item);
+
+    static const char *const queue_keys[] = {
+        "waiting", "running", "delayed", "done", "failed", "oldest_ms", NULL};
+    const msgpack_object *queues = s_array(root, "queues");
+    const msgpack_object *qk = s_find(queues, "name", "qk");
+    const msgpack_object *qk2 = s_find(queues, "name", "qk2");
+    assert_non_null(qk);
+    assert_non_null(qk2);
+    s_check_keys(qk, queue_keys);
+    s_check_keys(qk2, queue_keys);
+    assert_int_equal(s_uint(qk, "waiting"), 0);
+    assert_int_equal(s_uint(qk, "running"), 1);
+    assert_int_equal(s_uint(qk, "done"), 1);
+    assert_int_equal(s_uint(qk, "failed"), 0);
+    assert_int_equal(s_uint(qk, "delayed"), 0);
+    assert_int_equal(s_uint(qk2, "waiting"), 1);
+    printf("  qk2 oldest_ms %llu\n",
+           (unsigned long long)s_uint(qk2, "oldest_ms"));
+    assert_true(s_uint(qk2, "oldest_ms") >= 150);
+
+    static const char *const worker_keys[] = {
+        "ppid", "pid", "credit", "running", "done", "rss_kb", NULL};
+    me = s_find_uint(s_array(root, "workers"), "pid", 501);
+    assert_non_null(me);
+    s_check_keys(me, worker_keys);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(me, "host"), "hostK"));
+    assert_int_equal(s_uint(me, "ppid"), 500);
+    assert_int_equal(s_uint(me, "credit"), 1);
+    assert_int_equal(s_uint(me, "running"), 1);
+    assert_int_equal(s_uint(me, "done"), 1);
+    assert_int_equal(s_uint(me, "rss_kb"), 12345);
+    busy = tq_harness_map_get(me, "busy");
+    assert_non_null(busy);
+    assert_int_equal(busy->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_true(busy->via.boolean);
+    const msgpack_object *names = s_array(me, "queues");
+    assert_int_equal(names->via.array.size, 1);
+    assert_true(tq_harness_str_eq(&names->via.array.ptr[0], "qk"));
+    names = s_array(me, "tasks");
+    assert_int_equal(names->via.array.size, 1);
+    assert_true(tq_harness_str_eq(&names->via.array.ptr[0], "t"));
+
+    const msgpack_object *unserved =
+        s_find(s_array(root, "unserved"), "queue", "qk2");
+    assert_non_null(unserved);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(unserved, "task"), "t"));
+    assert_int_equal(s_uint(unserved, "waiting"), 1);
+
+    const msgpack_object *dk =
+        s_find(s_array(root, "data_queues"), "name", "dk");
+    assert_non_null(dk);
+    assert_int_equal(s_uint(dk, "size"), 1);
+    assert_int_equal(s_uint(dk, "maxsize"), 7);
+    assert_int_equal(s_uint(dk, "getters"), 0);
+
+    static const char *const counter_keys[] = {
+        "submitted",  "completed", "failed",  "requeued",     "lost",
+        "duplicates", "malformed", "errors",  "dropped",      "results_kept",
+        "retried",    "cancelled", "refused", "dead_letters", NULL};
+    const msgpack_object *counters = tq_harness_map_get(root, "counters");
+    assert_non_null(counters);
+    assert_int_equal(counters->type, MSGPACK_OBJECT_MAP);
+    s_check_keys(counters, counter_keys);
+    assert_int_equal(s_uint(counters, "submitted"), 3);
+    assert_int_equal(s_uint(counters, "completed"), 1);
+    assert_int_equal(s_uint(counters, "results_kept"), 1);
+    s_map_free(&map);
+    free(in);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_data_queues, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_max_queue, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_max_client_tasks, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_leases, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_lost_charges, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_retries, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_countdown, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_purge, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_host_liveness, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_status_body, s_setup, s_teardown),
+    };
+    tq_harness_init();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
