@@ -26,6 +26,7 @@
 
 #include "tq_client_internal.h"
 #include "tq_proto.h"
+#include "tq_curve.h"
 #include "tq_wire.h"
 
 #define S_DEFAULT_LIVENESS_MS 3000
@@ -37,7 +38,25 @@ typedef enum {
     S_KIND_SUBMIT, /* SUBMIT; acknowledged by SUBMITTED */
     S_KIND_GET,    /* GET; acknowledged by STATE, RESULT or UNKNOWN */
     S_KIND_STATUS, /* STATUS; answered by STATUS_REPLY */
+    S_KIND_CANCEL, /* CANCEL id; answered by RESULT or UNKNOWN */
+    S_KIND_RETRY,  /* RETRY id; answered SUBMITTED, UNKNOWN or ERROR */
+    S_KIND_PURGE,  /* PURGE queue; answered by REPLY */
+    S_KIND_FAILED, /* FAILED; answered by REPLY */
+    S_KIND_TERMINATE, /* not sent: the I/O thread cancels all it waits on */
+    S_KIND_QPUT,   /* QPUT request-id; answered REPLY(id) or ERROR(id) */
+    S_KIND_QGET,   /* QGET request-id; answered QITEM(id) or ERROR(id) */
+    S_KIND_QSIZE,  /* QSIZE request-id; answered REPLY(id) */
 } s_kind_t;
+
+/* Requests without a task id: answered in order (STATUS_REPLY, REPLY or an
+   ERROR without id), so they share one FIFO. */
+#define S_KIND_IS_FIFO(k)                                                     \
+    ((k) == S_KIND_STATUS || (k) == S_KIND_PURGE || (k) == S_KIND_FAILED)
+
+/* block_when_full: first and longest wait before a refused SUBMIT is sent
+   again (ms). */
+#define S_FULL_RETRY_MIN_MS 50
+#define S_FULL_RETRY_MAX_MS 1000
 
 struct tq_result_t {
     atomic_int refs;   /* caller + I/O thread (+ outbound list) */
@@ -48,14 +67,26 @@ struct tq_result_t {
     char *queue;
     uint32_t priority;
     uint32_t time_limit_ms;
+    uint32_t retries;       /* SUBMIT: reruns after a failure */
+    uint32_t backoff_ms;    /* SUBMIT: first retry delay */
+    uint32_t delay_ms;      /* SUBMIT: countdown */
+    uint32_t maxsize;       /* QPUT: the data queue's bound */
+    bool block_when_full;   /* SUBMIT: resend on TQ_EFULL */
     bool wait;       /* GET */
-    zmq_msg_t args;  /* SUBMIT payload; moved out when sent */
+    zmq_msg_t args;  /* SUBMIT payload; moved out when sent (a copy is
+                        kept for block_when_full) */
+    zmq_msg_t kept;  /* block_when_full: the payload for a resend */
+    int full_delay_ms;      /* next resend delay after TQ_EFULL */
+    int64_t resend_at;      /* ms, when deferred after TQ_EFULL */
     tq_callback_fn *callback;
     tq_callback_fn *error_callback;
     void *callback_arg;
+    tq_client_t *client;    /* borrowed: where tq_result_cancel goes */
     /* I/O thread only */
     tq_result_t *next;      /* submission queue, then outbound list */
     tq_result_t *next_same; /* chain of handles waiting on the same id */
+    tq_result_t *next_deferred; /* refused as full, waiting to resend */
+    bool deferred;          /* on the deferred list */
     bool acked;             /* the broker answered the request */
     bool in_map;            /* linked in the pending map or status list */
     /* shared with callers, under mutex */
@@ -66,6 +97,8 @@ struct tq_result_t {
     bool ready;    /* final and its callback has returned */
     int state;     /* tq_state_t, last reported */
     int code;      /* tq_err_t once ready */
+    uint32_t attempts; /* attempts the broker made, from RESULT */
+    int count;     /* TERMINATE: cancel requests sent */
     char *error;   /* malloc'd, NULL for none */
     zmq_msg_t value; /* value bytes (RESULT or STATUS_REPLY payload) */
     bool unpacked_done;
@@ -83,6 +116,7 @@ struct tq_client_t {
     tq_result_t *queue_tail;
     bool closed;
     atomic_int liveness_ms;
+    char monitor[64];          /* inproc endpoint of the socket monitor */
     uint64_t id_prefix;        /* 64 random bits */
     atomic_uint_fast64_t id_counter;
 };
@@ -91,15 +125,23 @@ struct tq_client_t {
 typedef struct {
     tq_client_t *client;
     zhashx_t *pending;         /* id -> chain of tq_result_t (next_same) */
-    tq_result_t *status_head;  /* STATUS requests in send order */
+    tq_result_t *status_head;  /* id-less requests (STATUS, PURGE, FAILED)
+                                  in send order */
     tq_result_t *status_tail;
     tq_result_t *out_head;     /* made, not yet accepted by libzmq */
     tq_result_t *out_tail;
     size_t unacked;            /* requests without an answer */
     size_t waiting;            /* handles in pending + status list */
     int64_t unacked_since;     /* when unacked last went 0 -> 1, ms */
+    int64_t waiting_since;     /* when waiting last went 0 -> 1, ms */
     int64_t last_heard;        /* last message from the broker, ms */
     int64_t last_ping;         /* last PING sent, ms */
+    bool broker_lost;          /* silent past the liveness while handles
+                                  waited: ask again once it answers */
+    tq_result_t *deferred;     /* SUBMITs refused as full, to resend */
+    zlistx_t *regets;          /* ids to send GET wait=true for (owned) */
+    void *monitor;             /* PAIR: the DEALER's connect events */
+    bool connected_once;       /* a later connect is a reconnect */
     tq_frames_t frames;
     tq_msg_t msg;              /* decode target; large, kept off the stack */
     tq_msg_t out;              /* encode source */
@@ -122,6 +164,7 @@ s_result_new(s_kind_t kind)
     atomic_init(&self->refs, 2); /* the caller's and the I/O thread's */
     self->kind = kind;
     zmq_msg_init(&self->args);
+    zmq_msg_init(&self->kept);
     zmq_msg_init(&self->value);
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->cond, NULL);
@@ -137,6 +180,7 @@ s_result_unref(tq_result_t *self)
     free(self->task);
     free(self->queue);
     zmq_msg_close(&self->args);
+    zmq_msg_close(&self->kept);
     zmq_msg_close(&self->value);
     free(self->error);
     if (self->unpacked_done)
@@ -362,6 +406,16 @@ tq_result_id(tq_result_t *self)
     return self->id;
 }
 
+uint32_t
+tq_result_attempts(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    uint32_t attempts = self->attempts;
+    pthread_mutex_unlock(&self->mutex);
+    return attempts;
+}
+
 void
 tq_result_destroy(tq_result_t **self_p)
 {
@@ -377,7 +431,8 @@ static void
 s_io_wait_add(s_io_t *io, tq_result_t *r)
 {
     r->in_map = true;
-    io->waiting++;
+    if (io->waiting++ == 0)
+        io->waiting_since = zclock_mono();
     if (io->unacked++ == 0)
         io->unacked_since = zclock_mono();
 }
@@ -419,10 +474,16 @@ s_io_enqueue_out(s_io_t *io, tq_result_t *r)
 }
 
 /* Registers a request taken from the submission queue. */
+static void s_io_terminate(s_io_t *io, tq_result_t *r);
+
 static void
 s_io_accept(s_io_t *io, tq_result_t *r)
 {
-    if (r->kind == S_KIND_STATUS) {
+    if (r->kind == S_KIND_TERMINATE) {
+        s_io_terminate(io, r);
+        return;
+    }
+    if (S_KIND_IS_FIFO(r->kind)) {
         r->next_same = NULL;
         if (io->status_tail)
             io->status_tail->next_same = r;
@@ -458,6 +519,11 @@ s_io_send(s_io_t *io, tq_result_t *r)
         m->queue = tq_str(r->queue);
         m->priority = r->priority;
         m->time_limit_ms = r->time_limit_ms;
+        m->retries = r->retries;
+        m->backoff_ms = r->backoff_ms;
+        m->delay_ms = r->delay_ms;
+        if (r->block_when_full && zmq_msg_size(&r->args) == 0)
+            zmq_msg_copy(&r->args, &r->kept); /* a resend after TQ_EFULL */
         payload = &r->args;
         break;
     case S_KIND_GET:
@@ -466,6 +532,39 @@ s_io_send(s_io_t *io, tq_result_t *r)
         break;
     case S_KIND_STATUS:
         m->command = TQ_CMD_STATUS;
+        break;
+    case S_KIND_CANCEL:
+        m->command = TQ_CMD_CANCEL;
+        break;
+    case S_KIND_RETRY:
+        m->command = TQ_CMD_RETRY;
+        break;
+    case S_KIND_PURGE:
+        m->command = TQ_CMD_PURGE;
+        m->queue = tq_str(r->queue);
+        m->id = tq_str(NULL); /* id? is nil: answered in order (REPLY) */
+        break;
+    case S_KIND_FAILED:
+        m->command = TQ_CMD_FAILED;
+        m->id = tq_str(NULL);
+        break;
+    case S_KIND_QPUT:
+        m->command = TQ_CMD_QPUT;
+        m->queue = tq_str(r->queue);
+        m->maxsize = r->maxsize;
+        payload = &r->args;
+        break;
+    case S_KIND_QGET:
+        m->command = TQ_CMD_QGET;
+        m->queue = tq_str(r->queue);
+        m->time_limit_ms = r->time_limit_ms;
+        break;
+    case S_KIND_QSIZE:
+        m->command = TQ_CMD_QSIZE;
+        m->queue = tq_str(r->queue);
+        break;
+    case S_KIND_TERMINATE:
+        assert(false); /* handled when accepted, never sent */
         break;
     }
     int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
@@ -481,8 +580,11 @@ s_io_send(s_io_t *io, tq_result_t *r)
                       "cannot send the request to the broker");
         return TQ_OK;
     }
-    free(r->task), r->task = NULL;
-    free(r->queue), r->queue = NULL;
+    if (!r->block_when_full) {
+        /* a resend needs them again; others never do */
+        free(r->task), r->task = NULL;
+        free(r->queue), r->queue = NULL;
+    }
     return TQ_OK;
 }
 
@@ -503,6 +605,161 @@ s_io_flush(s_io_t *io)
         r->next = NULL;
         s_result_unref(r);
     }
+    /* after a broker came back: GET wait=true for results still awaited */
+    while (zlistx_size(io->regets)) {
+        const char *id = zlistx_first(io->regets);
+        memset(&io->out, 0, sizeof io->out);
+        io->out.command = TQ_CMD_GET;
+        io->out.id = tq_str(id);
+        io->out.wait = true;
+        int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out,
+                                  &io->buf, NULL, ZMQ_DONTWAIT);
+        if (rc == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        zlistx_delete(io->regets, zlistx_cursor(io->regets));
+    }
+}
+
+/* Removes r from the chain of its id (the map entry goes with the last). */
+static void
+s_io_unlink(s_io_t *io, tq_result_t *r)
+{
+    tq_result_t *head = zhashx_lookup(io->pending, r->id);
+    tq_result_t **pp = &head;
+    while (*pp && *pp != r)
+        pp = &(*pp)->next_same;
+    if (!*pp)
+        return;
+    *pp = r->next_same;
+    r->next_same = NULL;
+    if (head)
+        zhashx_update(io->pending, r->id, head);
+    else
+        zhashx_delete(io->pending, r->id);
+}
+
+/* Puts a chain (possibly NULL) back under key. */
+static void
+s_io_rechain(s_io_t *io, const char *key, tq_result_t *keep)
+{
+    if (keep)
+        zhashx_insert(io->pending, key, keep);
+}
+
+/* A SUBMIT refused with TQ_EFULL that the caller wants to block: sent again
+   after 50 ms, doubling up to 1 s. The list holds its own reference. */
+static void
+s_io_defer(s_io_t *io, tq_result_t *r)
+{
+    if (r->deferred)
+        return;
+    r->full_delay_ms = r->full_delay_ms == 0 ? S_FULL_RETRY_MIN_MS
+                                             : r->full_delay_ms * 2;
+    if (r->full_delay_ms > S_FULL_RETRY_MAX_MS)
+        r->full_delay_ms = S_FULL_RETRY_MAX_MS;
+    r->resend_at = zclock_mono() + r->full_delay_ms;
+    atomic_fetch_add(&r->refs, 1);
+    r->deferred = true;
+    r->next_deferred = io->deferred;
+    io->deferred = r;
+}
+
+/* Resends the deferred SUBMITs whose time has come; drops those the caller
+   let go. Returns the next resend time, or -1 for none. */
+static int64_t
+s_io_deferred(s_io_t *io, int64_t now)
+{
+    int64_t next = -1;
+    tq_result_t **pp = &io->deferred;
+    while (*pp) {
+        tq_result_t *r = *pp;
+        pthread_mutex_lock(&r->mutex);
+        bool final = r->final;
+        pthread_mutex_unlock(&r->mutex);
+        /* caller gone: only the I/O thread's and the list's references */
+        bool orphan = !final && atomic_load(&r->refs) <= 2;
+        if (final || orphan || now >= r->resend_at) {
+            *pp = r->next_deferred;
+            r->next_deferred = NULL;
+            r->deferred = false;
+            if (orphan) {
+                s_io_unlink(io, r);
+                s_finish_text(r, TQ_ECLOSED, "the handle was destroyed");
+                s_io_release(io, r);
+            } else if (!final)
+                s_io_enqueue_out(io, r);
+            s_result_unref(r);
+            continue;
+        }
+        if (next < 0 || r->resend_at < next)
+            next = r->resend_at;
+        pp = &r->next_deferred;
+    }
+    return next;
+}
+
+/* Cancels every task the client still waits on; r (TERMINATE) ends with
+   count = the CANCEL requests made. */
+static void
+s_io_terminate(s_io_t *io, tq_result_t *r)
+{
+    zlistx_t *ids = zlistx_new();
+    assert(ids);
+    zlistx_set_destructor(ids, (zlistx_destructor_fn *)zstr_free);
+    for (tq_result_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending))
+        for (tq_result_t *h = head; h; h = h->next_same) {
+            if (h->kind != S_KIND_SUBMIT &&
+                !(h->kind == S_KIND_GET && h->wait))
+                continue;
+            pthread_mutex_lock(&h->mutex);
+            bool final = h->final;
+            pthread_mutex_unlock(&h->mutex);
+            if (!final) {
+                zlistx_add_end(ids, strdup(h->id));
+                break;
+            }
+        }
+    int count = 0;
+    for (char *id = zlistx_first(ids); id; id = zlistx_next(ids)) {
+        tq_result_t *c = s_result_new(S_KIND_CANCEL);
+        if (!c)
+            break;
+        atomic_store(&c->refs, 1); /* nobody but the I/O thread holds it */
+        snprintf(c->id, sizeof c->id, "%s", id);
+        s_io_accept(io, c);
+        count++;
+    }
+    zlistx_destroy(&ids);
+    r->count = count;
+    s_finish(r, TQ_STATE_SUCCESS, TQ_OK, NULL, 0, NULL);
+    s_result_unref(r);
+}
+
+/* The broker answers again after a silence: ask again for every result we
+   still wait on that it had acknowledged (it may be a restarted broker that
+   never heard of our GETs). */
+static void
+s_io_reattach(s_io_t *io)
+{
+    size_t n = 0;
+    for (tq_result_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending))
+        for (tq_result_t *h = head; h; h = h->next_same) {
+            pthread_mutex_lock(&h->mutex);
+            bool final = h->final;
+            pthread_mutex_unlock(&h->mutex);
+            if (!final && h->acked &&
+                (h->kind == S_KIND_SUBMIT ||
+                 (h->kind == S_KIND_GET && h->wait))) {
+                zlistx_add_end(io->regets, strdup(h->id));
+                n++;
+                break;
+            }
+        }
+    zsys_info("tq client: broker at %s answers again, asking again for %zu "
+              "result(s)",
+              io->client->endpoint, n);
 }
 
 /* Unlinks the chain of handles waiting on id; NULL if none. */
@@ -566,6 +823,12 @@ s_on_result(s_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     tq_result_t *head = s_io_take_chain(io, m->id);
     if (!head)
         return; /* nobody waits any more (failed as unreachable, say) */
+    for (tq_result_t *h = head; h; h = h->next_same) {
+        pthread_mutex_lock(&h->mutex);
+        if (!h->final)
+            h->attempts = m->attempt;
+        pthread_mutex_unlock(&h->mutex);
+    }
     int code = m->code;
     if (m->state == TQ_STATE_SUCCESS)
         code = TQ_OK;
@@ -590,9 +853,34 @@ s_on_result(s_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
 static void
 s_on_submitted(s_io_t *io, const tq_msg_t *m)
 {
-    for (tq_result_t *r = s_io_chain(io, m->id); r; r = r->next_same)
-        if (r->kind == S_KIND_SUBMIT)
+    bool retry = false;
+    for (tq_result_t *r = s_io_chain(io, m->id); r; r = r->next_same) {
+        if (r->kind == S_KIND_SUBMIT) {
             s_io_ack(io, r);
+            r->full_delay_ms = 0;
+        }
+        retry |= r->kind == S_KIND_RETRY;
+    }
+    if (!retry)
+        return;
+    /* RETRY is answered by SUBMITTED: the dead letter runs again */
+    char key[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(key, sizeof key, m->id);
+    tq_result_t *head = s_io_take_chain(io, m->id), *keep = NULL;
+    tq_result_t **tail = &keep;
+    while (head) {
+        tq_result_t *next = head->next_same;
+        head->next_same = NULL;
+        if (head->kind == S_KIND_RETRY) {
+            s_finish(head, TQ_STATE_PENDING, TQ_OK, NULL, 0, NULL);
+            s_io_release(io, head);
+        } else {
+            *tail = head;
+            tail = &head->next_same;
+        }
+        head = next;
+    }
+    s_io_rechain(io, key, keep);
 }
 
 static void
@@ -648,8 +936,36 @@ s_on_error(s_io_t *io, const tq_msg_t *m)
     if (m->id.ptr) {
         tq_result_t *head = s_io_take_chain(io, m->id);
         if (head) {
-            s_io_finish_chain(io, head, TQ_STATE_FAILURE, code, m->error,
-                              NULL);
+            /* one id may have a SUBMIT, GETs and operator requests waiting:
+               TQ_ESTATE answers a RETRY, TQ_EFULL a SUBMIT that may block */
+            bool retry = false;
+            for (tq_result_t *h = head; h; h = h->next_same)
+                retry |= h->kind == S_KIND_RETRY;
+            char key[TQ_PROTO_MAX_ID + 1];
+            tq_str_copy(key, sizeof key, m->id);
+            tq_result_t *keep = NULL, **tail = &keep;
+            while (head) {
+                tq_result_t *next = head->next_same;
+                head->next_same = NULL;
+                bool hold = false;
+                if (code == TQ_EFULL && head->kind == S_KIND_SUBMIT &&
+                    head->block_when_full && !head->acked) {
+                    s_io_defer(io, head);
+                    hold = true;
+                } else if (retry && code == TQ_ESTATE &&
+                           head->kind != S_KIND_RETRY)
+                    hold = true;
+                if (hold) {
+                    *tail = head;
+                    tail = &head->next_same;
+                } else {
+                    s_finish(head, TQ_STATE_FAILURE, code, m->error.ptr,
+                             m->error.len, NULL);
+                    s_io_release(io, head);
+                }
+                head = next;
+            }
+            s_io_rechain(io, key, keep);
             return;
         }
     } else if (io->status_head) {
@@ -709,7 +1025,24 @@ s_io_dispatch(s_io_t *io)
                               NULL);
         break;
     }
+    case TQ_CMD_REPLY:
+    case TQ_CMD_QITEM:
+        if (m->id.ptr) {
+            /* the answer to a data-queue request, by its request id */
+            tq_result_t *head = s_io_take_chain(io, m->id);
+            if (head)
+                s_io_finish_chain(io, head, TQ_STATE_SUCCESS, TQ_OK,
+                                  tq_str(NULL), &io->frames.payload);
+            break;
+        }
+        if (m->command == TQ_CMD_QITEM) {
+            s_io_log_bad(io, "QITEM", "no request id");
+            break;
+        }
+        s_on_status_reply(io, &io->frames.payload);
+        break;
     case TQ_CMD_STATUS_REPLY:
+        /* answers the oldest id-less request */
         s_on_status_reply(io, &io->frames.payload);
         break;
     case TQ_CMD_PING:
@@ -737,6 +1070,10 @@ s_io_recv(s_io_t *io)
             return;
         /* any message, even a bad one, shows the broker is alive */
         io->last_heard = zclock_mono();
+        if (io->broker_lost) {
+            io->broker_lost = false;
+            s_io_reattach(io);
+        }
         if (rc == TQ_OK)
             s_io_dispatch(io);
         else
@@ -827,6 +1164,14 @@ s_io_liveness(s_io_t *io)
         return -1;
     int64_t live = atomic_load(&io->client->liveness_ms);
     int64_t now = zclock_mono();
+    int64_t resend = s_io_deferred(io, now);
+    int64_t heard_from =
+        io->last_heard > io->waiting_since ? io->last_heard : io->waiting_since;
+    if (!io->broker_lost && now - heard_from >= live) {
+        io->broker_lost = true;
+        zsys_warning("tq client: broker at %s silent for %.1f s",
+                     io->client->endpoint, (double)live / 1000.0);
+    }
     int64_t silent_from = io->last_heard;
     if (io->unacked && io->unacked_since > silent_from)
         silent_from = io->unacked_since;
@@ -856,7 +1201,43 @@ s_io_liveness(s_io_t *io)
     int64_t next = quiet_from + live / 3;
     if (io->unacked && silent_from + live < next)
         next = silent_from + live;
+    if (resend >= 0 && resend < next)
+        next = resend;
     return next > now ? (long)(next - now) : 0;
+}
+
+/* Reads one socket-monitor event: a connection made after the first one
+   may lead to a new broker, which must hear our GETs again. */
+static void
+s_io_monitor(s_io_t *io)
+{
+    zmq_msg_t frame;
+    zmq_msg_init(&frame);
+    if (zmq_msg_recv(&frame, io->monitor, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&frame);
+        return;
+    }
+    uint16_t event = 0;
+    if (zmq_msg_size(&frame) >= 2)
+        memcpy(&event, zmq_msg_data(&frame), 2);
+    while (zmq_msg_more(&frame) &&
+           zmq_msg_recv(&frame, io->monitor, ZMQ_DONTWAIT) >= 0)
+        ; /* the endpoint frame */
+    zmq_msg_close(&frame);
+    if (event == ZMQ_EVENT_DISCONNECTED) {
+        /* the first CONNECTED may predate our monitor: a disconnect proves
+           there was a connection */
+        io->connected_once = true;
+        return;
+    }
+    if (event != ZMQ_EVENT_CONNECTED)
+        return;
+    if (io->connected_once) {
+        io->broker_lost = false;
+        io->last_heard = zclock_mono();
+        s_io_reattach(io);
+    }
+    io->connected_once = true;
 }
 
 static void
@@ -867,21 +1248,34 @@ s_actor(zsock_t *pipe, void *args)
     io->client = args;
     io->pending = zhashx_new();
     assert(io->pending);
+    io->regets = zlistx_new();
+    assert(io->regets);
+    zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
     io->last_heard = io->last_ping = zclock_mono();
     zsock_signal(pipe, 0);
 
-    zmq_pollitem_t items[3] = {
+    /* a broker restarted faster than our liveness is only seen as a new
+       connection: the socket monitor tells us */
+    io->monitor = zmq_socket(zsys_init(), ZMQ_PAIR);
+    if (io->monitor && zmq_connect(io->monitor, io->client->monitor) != 0) {
+        zmq_close(io->monitor);
+        io->monitor = NULL;
+    }
+    zmq_pollitem_t items[4] = {
         {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
         {io->client->socket, 0, ZMQ_POLLIN, 0},
         {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
+        {io->monitor, 0, ZMQ_POLLIN, 0},
     };
     bool running = true;
     while (running) {
         long timeout = s_io_liveness(io);
-        items[1].events = ZMQ_POLLIN | (io->out_head ? ZMQ_POLLOUT : 0);
-        if (zmq_poll(items, 3, timeout) < 0) {
+        items[1].events =
+            ZMQ_POLLIN |
+            (io->out_head || zlistx_size(io->regets) ? ZMQ_POLLOUT : 0);
+        if (zmq_poll(items, io->monitor ? 4 : 3, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             break; /* ETERM: the context is going away */
@@ -894,6 +1288,8 @@ s_actor(zsock_t *pipe, void *args)
         }
         if (items[2].revents & ZMQ_POLLIN)
             s_io_take_queue(io);
+        if (io->monitor && (items[3].revents & ZMQ_POLLIN))
+            s_io_monitor(io);
         if (items[1].revents & ZMQ_POLLIN)
             s_io_recv(io);
         s_io_flush(io);
@@ -908,6 +1304,14 @@ s_actor(zsock_t *pipe, void *args)
         io->out_head = r->next;
         s_result_unref(r);
     }
+    while (io->deferred) {
+        tq_result_t *r = io->deferred;
+        io->deferred = r->next_deferred;
+        s_result_unref(r);
+    }
+    zlistx_destroy(&io->regets);
+    if (io->monitor)
+        zmq_close(io->monitor);
     zhashx_destroy(&io->pending);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
@@ -952,6 +1356,20 @@ tq_client_new(const char *endpoint)
     zmq_setsockopt(self->socket, ZMQ_IMMEDIATE, &one, sizeof one);
     zmq_setsockopt(self->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(self->socket, ZMQ_RCVHWM, &zero, sizeof zero);
+    char why[512];
+    if (tq_curve_client_setup(self->socket, NULL, NULL, why, sizeof why)) {
+        zsys_error("tq client: %s", why);
+        goto fail;
+    }
+    /* unique per client ever made: a destroyed client's monitor endpoint
+       may still be bound for a moment */
+    static atomic_uint s_monitors;
+    snprintf(self->monitor, sizeof self->monitor,
+             "inproc://tq-client-monitor-%ld-%u", (long)getpid(),
+             atomic_fetch_add(&s_monitors, 1));
+    if (zmq_socket_monitor(self->socket, self->monitor,
+                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+        zsys_warning("tq client: no socket monitor: %s", zmq_strerror(errno));
     if (zmq_connect(self->socket, self->endpoint) != 0) {
         zsys_error("tq client: cannot connect to %s: %s", self->endpoint,
                    zmq_strerror(errno));
@@ -983,6 +1401,7 @@ tq_client_destroy(tq_client_t **self_p)
     pthread_mutex_unlock(&self->lock);
     /* returns once the actor function has returned */
     zactor_destroy(&self->actor);
+    zmq_socket_monitor(self->socket, NULL, 0); /* stop the monitor */
     zmq_close(self->socket);
     close(self->wake_fd);
     pthread_mutex_destroy(&self->lock);
@@ -1060,6 +1479,10 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     if (!task || !tq_proto_valid_name(task, strlen(task)) ||
         !tq_proto_valid_name(queue, strlen(queue)) || options->priority < 0 ||
         options->priority > TQ_PRIORITY_MAX || options->time_limit_ms < 0 ||
+        options->retries < 0 || options->retries > TQ_PROTO_MAX_RETRIES ||
+        options->retry_backoff_ms < 0 || options->countdown_ms < 0 ||
+        (options->id &&
+         !tq_proto_valid_id(options->id, strlen(options->id))) ||
         tq_proto_check_payload(args_owned ? args_owned : args, size, true,
                                NULL) != TQ_OK) {
         free(args_owned);
@@ -1070,9 +1493,20 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         free(args_owned);
         return NULL;
     }
-    uint64_t n = atomic_fetch_add(&self->id_counter, 1);
-    snprintf(r->id, sizeof r->id, "%016" PRIx64 "%016" PRIx64,
-             self->id_prefix, n);
+    if (options->id)
+        snprintf(r->id, sizeof r->id, "%s", options->id);
+    else {
+        uint64_t n = atomic_fetch_add(&self->id_counter, 1);
+        snprintf(r->id, sizeof r->id, "%016" PRIx64 "%016" PRIx64,
+                 self->id_prefix, n);
+    }
+    r->retries = (uint32_t)options->retries;
+    /* the documented default; the broker doubles it and adds jitter */
+    r->backoff_ms = options->retry_backoff_ms ? (uint32_t)options->retry_backoff_ms
+                                              : 1000;
+    r->delay_ms = (uint32_t)options->countdown_ms;
+    r->block_when_full = options->block_when_full;
+    r->client = self;
     r->task = strdup(task);
     r->queue = strdup(queue);
     r->priority = (uint32_t)options->priority;
@@ -1086,7 +1520,10 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
                                NULL);
     else if ((rc = zmq_msg_init_size(&r->args, size)) == 0)
         memcpy(zmq_msg_data(&r->args), args, size);
-    if (rc != 0 || !r->task || !r->queue) {
+    int kept_rc = rc == 0 && r->block_when_full
+                      ? zmq_msg_copy(&r->kept, &r->args)
+                      : 0;
+    if (rc != 0 || kept_rc != 0 || !r->task || !r->queue) {
         if (rc != 0 && args_owned)
             free(args_owned);
         atomic_store(&r->refs, 1);
@@ -1176,6 +1613,7 @@ tq_client_fetch(tq_client_t *self, const char *id, bool wait)
         return NULL;
     snprintf(r->id, sizeof r->id, "%s", id);
     r->wait = wait;
+    r->client = self;
     s_client_push(self, r);
     return r;
 }
@@ -1201,6 +1639,196 @@ tq_client_status(tq_client_t *self, tq_buf_t *body, int timeout_ms)
         } else
             rc = TQ_ENOMEM;
     }
+    tq_result_destroy(&r);
+    return rc;
+}
+
+/* ---- cancellation and operator requests --------------------------------- */
+
+/* Sends a CANCEL for id without a caller waiting on it; TQ_OK. */
+static int
+s_cancel_async(tq_client_t *self, const char *id)
+{
+    tq_result_t *r = s_result_new(S_KIND_CANCEL);
+    if (!r)
+        return TQ_ENOMEM;
+    atomic_store(&r->refs, 1); /* the I/O thread's only */
+    snprintf(r->id, sizeof r->id, "%s", id);
+    r->client = self;
+    s_client_push(self, r);
+    return TQ_OK;
+}
+
+int
+tq_result_cancel(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool final = self->final;
+    pthread_mutex_unlock(&self->mutex);
+    if (final || !self->client || self->kind == S_KIND_STATUS)
+        return final ? TQ_OK : TQ_EINVAL; /* final: keeps its outcome */
+    /* the handle is in the chain of its id, so the broker's RESULT for the
+       cancel makes it final */
+    return s_cancel_async(self->client, self->id);
+}
+
+int
+tq_client_terminate(tq_client_t *self)
+{
+    assert(self);
+    tq_result_t *r = s_result_new(S_KIND_TERMINATE);
+    if (!r)
+        return 0;
+    s_client_push(self, r);
+    /* the I/O thread answers at once; bounded all the same */
+    int count = tq_result_wait(r, 10000) == TQ_OK ? r->count : 0;
+    tq_result_destroy(&r);
+    return count;
+}
+
+/* Runs one synchronous request: pushes r and waits up to timeout_ms.
+   Returns the handle's code; TQ_ETIMEDOUT if it did not end. */
+static int
+s_sync(tq_client_t *self, tq_result_t *r, int timeout_ms)
+{
+    r->client = self;
+    s_client_push(self, r);
+    return tq_result_get(r, timeout_ms);
+}
+
+tq_result_t *
+tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
+                        const char *queue, uint32_t maxsize, uint32_t wait_ms,
+                        const void *item, size_t size)
+{
+    assert(self);
+    if (!queue || !tq_proto_valid_name(queue, strlen(queue)))
+        return NULL;
+    if (op == TQ_QUEUE_PUT &&
+        tq_proto_check_payload(item, size, false, NULL) != TQ_OK)
+        return NULL;
+    tq_result_t *r = s_result_new(op == TQ_QUEUE_PUT   ? S_KIND_QPUT
+                                  : op == TQ_QUEUE_GET ? S_KIND_QGET
+                                                       : S_KIND_QSIZE);
+    if (!r)
+        return NULL;
+    uint64_t n = atomic_fetch_add(&self->id_counter, 1);
+    snprintf(r->id, sizeof r->id, "q%016" PRIx64 "%016" PRIx64,
+             self->id_prefix, n);
+    r->client = self;
+    r->queue = strdup(queue);
+    r->maxsize = maxsize;
+    r->time_limit_ms = wait_ms;
+    int rc = 0;
+    if (op == TQ_QUEUE_PUT && (rc = zmq_msg_init_size(&r->args, size)) == 0)
+        memcpy(zmq_msg_data(&r->args), item, size);
+    if (rc != 0 || !r->queue) {
+        atomic_store(&r->refs, 1);
+        s_result_unref(r);
+        return NULL;
+    }
+    s_client_push(self, r);
+    return r;
+}
+
+int
+tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms)
+{
+    assert(self);
+    if (!id || !tq_proto_valid_id(id, strlen(id)))
+        return TQ_EINVAL;
+    tq_result_t *r = s_result_new(S_KIND_CANCEL);
+    if (!r)
+        return TQ_ENOMEM;
+    snprintf(r->id, sizeof r->id, "%s", id);
+    int rc = s_sync(self, r, timeout_ms);
+    if (rc != TQ_ETIMEDOUT && tq_result_state(r) == TQ_STATE_CANCELLED)
+        rc = TQ_OK;
+    tq_result_destroy(&r);
+    return rc;
+}
+
+int
+tq_client_retry(tq_client_t *self, const char *id, int timeout_ms)
+{
+    assert(self);
+    if (!id || !tq_proto_valid_id(id, strlen(id)))
+        return TQ_EINVAL;
+    tq_result_t *r = s_result_new(S_KIND_RETRY);
+    if (!r)
+        return TQ_ENOMEM;
+    snprintf(r->id, sizeof r->id, "%s", id);
+    int rc = s_sync(self, r, timeout_ms);
+    tq_result_destroy(&r);
+    return rc;
+}
+
+/* Copies a REPLY body out of r into body (may be NULL). */
+static int
+s_copy_body(tq_result_t *r, tq_buf_t *body)
+{
+    size_t size = zmq_msg_size(&r->value);
+    body->data = malloc(size ? size : 1);
+    if (!body->data)
+        return TQ_ENOMEM;
+    memcpy(body->data, zmq_msg_data(&r->value), size);
+    body->size = size;
+    return TQ_OK;
+}
+
+int
+tq_client_purge(tq_client_t *self, const char *queue, uint64_t *purged,
+                int timeout_ms)
+{
+    assert(self);
+    if (purged)
+        *purged = 0;
+    if (!queue || !tq_proto_valid_name(queue, strlen(queue)))
+        return TQ_EINVAL;
+    tq_result_t *r = s_result_new(S_KIND_PURGE);
+    if (!r)
+        return TQ_ENOMEM;
+    r->queue = strdup(queue);
+    if (!r->queue) {
+        atomic_store(&r->refs, 1);
+        s_result_unref(r);
+        return TQ_ENOMEM;
+    }
+    int rc = s_sync(self, r, timeout_ms);
+    if (rc == TQ_OK && purged) {
+        /* REPLY {"queue": str, "purged": uint} */
+        const msgpack_object *map = tq_result_value(r);
+        rc = TQ_EPROTO;
+        if (map && map->type == MSGPACK_OBJECT_MAP)
+            for (uint32_t i = 0; i < map->via.map.size; i++) {
+                const msgpack_object_kv *kv = &map->via.map.ptr[i];
+                if (kv->key.type == MSGPACK_OBJECT_STR &&
+                    kv->key.via.str.size == 6 &&
+                    !memcmp(kv->key.via.str.ptr, "purged", 6) &&
+                    kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+                    *purged = kv->val.via.u64;
+                    rc = TQ_OK;
+                }
+            }
+    }
+    tq_result_destroy(&r);
+    return rc;
+}
+
+int
+tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms)
+{
+    assert(self);
+    assert(body);
+    body->data = NULL;
+    body->size = 0;
+    tq_result_t *r = s_result_new(S_KIND_FAILED);
+    if (!r)
+        return TQ_ENOMEM;
+    int rc = s_sync(self, r, timeout_ms);
+    if (rc == TQ_OK)
+        rc = s_copy_body(r, body);
     tq_result_destroy(&r);
     return rc;
 }

@@ -13,6 +13,20 @@ int tq_result_wait_answer(tq_result_t *self, int timeout_ms);
 /* True once the broker answered (see tq_result_wait_answer). */
 bool tq_result_answered(tq_result_t *self);
 
+/* A data-queue request (see tq_queue.h and PROTOCOL.md 5.5). */
+typedef enum { TQ_QUEUE_PUT, TQ_QUEUE_GET, TQ_QUEUE_SIZE } tq_queue_op_t;
+
+/* Sends a data-queue request: PUT item (size bytes of one msgpack object,
+   copied) with the queue's bound; GET waiting up to wait_ms on the broker
+   (0: answer at once); SIZE. Returns a handle (the caller's) that ends
+   SUCCESS with the item (GET) or the REPLY map {size[, maxsize]} as its
+   value, or with the broker's error (TQ_EFULL, TQ_EEMPTY...). NULL for an
+   invalid name or item. */
+tq_result_t *tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
+                                     const char *queue, uint32_t maxsize,
+                                     uint32_t wait_ms, const void *item,
+                                     size_t size);
+
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 

@@ -9,5 +9,7 @@
 #include "tq_error.h"
 #include "tq_client.h"
 #include "tq_worker.h"
+#include "tq_pool.h"
+#include "tq_queue.h"
 
 #endif
