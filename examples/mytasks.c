@@ -1,11 +1,14 @@
 /* mytasks.c - an example task module: math.add, math.primes and
-   text.wordcount. Build it as a shared object and load it with
+   text.wordcount, and test.* tasks that misbehave on purpose for the
+   reliability tests. Build it as a shared object and load it with
    `tq-worker --module ./libmytasks.so`. */
 #include <tq/tq.h>
 
 #include <ctype.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -181,6 +184,83 @@ s_wordcount(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return 0;
 }
 
+/* ---- test tasks: misbehaviour on purpose, for tests/test_reliability ---- */
+
+/* Reads args[0] as an unsigned integer, def when absent. */
+static bool
+s_arg_uint(const msgpack_object *args, uint64_t def, uint64_t *out)
+{
+    if (args->via.array.size == 0) {
+        *out = def;
+        return true;
+    }
+    const msgpack_object *a = &args->via.array.ptr[0];
+    if (a->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return false;
+    *out = a->via.u64;
+    return true;
+}
+
+/* test.alloc MB -> MB: allocates MB MiB and touches every page, so the
+   child's peak RSS grows by that much (for --max-memory-per-child). */
+static int
+s_test_alloc(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    uint64_t mb;
+    if (!s_arg_uint(args, 1, &mb) || mb > 4096)
+        return tq_task_fail(task, "test.alloc wants MB, 0..4096");
+    size_t size = (size_t)mb << 20;
+    char *p = malloc(size ? size : 1);
+    if (!p)
+        return tq_task_fail(task, "test.alloc: out of memory");
+    for (size_t i = 0; i < size; i += 4096)
+        p[i] = (char)i;
+    free(p);
+    return msgpack_pack_uint64(out, mb);
+}
+
+/* test.soft [SECONDS] -> "warned": waits (at most SECONDS, default 30)
+   until the worker's soft time limit is signalled; fails if it never is. */
+static int
+s_test_soft(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    uint64_t secs;
+    if (!s_arg_uint(args, 30, &secs) || secs > 3600)
+        return tq_task_fail(task, "test.soft wants seconds, 0..3600");
+    for (uint64_t ms = 0; ms < secs * 1000; ms += 10) {
+        if (tq_task_soft_limit(task))
+            return msgpack_pack_str_with_body(out, "warned", 6);
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return tq_task_fail(task, "test.soft: no soft limit in %llu s",
+                        (unsigned long long)secs);
+}
+
+/* test.flaky N -> the attempt number: fails while the attempt is <= N. */
+static int
+s_test_flaky(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    uint64_t n;
+    if (!s_arg_uint(args, 1, &n))
+        return tq_task_fail(task, "test.flaky wants N");
+    uint32_t attempt = tq_task_attempt(task);
+    if (attempt <= n)
+        return tq_task_fail(task, "test.flaky: attempt %u fails", attempt);
+    return msgpack_pack_uint32(out, attempt);
+}
+
+/* test.crash: kills its own process with SIGSEGV, every time. */
+static int
+s_test_crash(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    (void)task;
+    (void)args;
+    (void)out;
+    raise(SIGSEGV);
+    return tq_task_fail(task, "test.crash survived SIGSEGV");
+}
+
 /* The module's entry point, found by tq-worker with dlsym. */
 int tq_module_init(tq_registry_t *registry);
 
@@ -192,5 +272,13 @@ tq_module_init(tq_registry_t *registry)
         rc = tq_registry_add(registry, "math.primes", s_primes, NULL);
     if (rc == TQ_OK)
         rc = tq_registry_add(registry, "text.wordcount", s_wordcount, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.alloc", s_test_alloc, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.soft", s_test_soft, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.flaky", s_test_flaky, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.crash", s_test_crash, NULL);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* main.c - tq-worker: parse the command line, load the task registry, run
    the supervisor. */
 #include "tq_worker_host.h"
+#include "tq_curve.h"
+#include "tq_exec.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -14,7 +16,8 @@ s_usage(FILE *out)
             "usage: tq-worker [--broker EP] [-c N] [--queue NAME]... "
             "[--module PATH]...\n"
             "                 [--prefetch N] [--time-limit SEC] [--host NAME]\n"
-            "                 [--shutdown-timeout SEC] [-v] [--help]\n"
+            "                 [--shutdown-timeout SEC] [--allow-exec] [-v] "
+            "[--help]\n"
             "\n"
             "  --broker EP            broker's worker endpoint "
             "($TQ_WORKER_ENDPOINT, else %s)\n"
@@ -28,6 +31,19 @@ s_usage(FILE *out)
             "  --host NAME            host name reported (default: "
             "gethostname)\n"
             "  --shutdown-timeout SEC drain time on SIGTERM (default 30)\n"
+            "  --soft-time-limit SEC  SIGUSR1 to a task's child after SEC: "
+            "tq_task_soft_limit\n"
+            "  --max-tasks-per-child N   replace a child after N tasks\n"
+            "  --max-memory-per-child MB replace a child whose peak RSS "
+            "reached MB\n"
+            "  --allow-exec           provide tq.exec: run shell commands "
+            "sent by clients\n"
+            "  --curve-server-key KEY the broker's public key, Z85 or its "
+            "certificate file\n"
+            "                         ($TQ_CURVE_SERVER_KEY): CURVE to the "
+            "broker\n"
+            "  --curve-cert FILE      this worker's certificate, from tq "
+            "keygen ($TQ_CURVE_CERT)\n"
             "  -v, --verbose          log protocol chatter\n",
             TQ_DEFAULT_WORKER_ENDPOINT);
 }
@@ -92,7 +108,11 @@ main(int argc, char **argv)
         O_PREFETCH,
         O_LIMIT,
         O_HOST,
-        O_SHUTDOWN
+        O_SHUTDOWN,
+        O_ALLOW_EXEC,
+        O_SOFT_LIMIT,
+        O_MAX_TASKS,
+        O_MAX_MEMORY
     };
     static const struct option options[] = {
         {"broker", required_argument, NULL, O_BROKER},
@@ -103,6 +123,12 @@ main(int argc, char **argv)
         {"time-limit", required_argument, NULL, O_LIMIT},
         {"host", required_argument, NULL, O_HOST},
         {"shutdown-timeout", required_argument, NULL, O_SHUTDOWN},
+        {"allow-exec", no_argument, NULL, O_ALLOW_EXEC},
+        {"soft-time-limit", required_argument, NULL, O_SOFT_LIMIT},
+        {"max-tasks-per-child", required_argument, NULL, O_MAX_TASKS},
+        {"max-memory-per-child", required_argument, NULL, O_MAX_MEMORY},
+        {"curve-server-key", required_argument, NULL, 'K'},
+        {"curve-cert", required_argument, NULL, 'C'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -153,6 +179,31 @@ main(int argc, char **argv)
             if (!s_parse_secs(optarg, 86400.0, &config.shutdown_timeout_ms))
                 bad = "--shutdown-timeout wants seconds";
             break;
+        case O_ALLOW_EXEC:
+            config.allow_exec = true;
+            break;
+        case O_SOFT_LIMIT:
+            if (!s_parse_secs(optarg, 4294967.0, &config.soft_time_limit_ms))
+                bad = "--soft-time-limit wants seconds (0: none)";
+            break;
+        case O_MAX_TASKS:
+            if (!s_parse_long(optarg, 0, UINT32_MAX, &n))
+                bad = "--max-tasks-per-child wants a number (0: no limit)";
+            config.max_tasks_per_child = (uint32_t)n;
+            break;
+        case O_MAX_MEMORY:
+            if (!s_parse_long(optarg, 0, 4194304, &n))
+                bad = "--max-memory-per-child wants MB (0: no limit)";
+            config.max_memory_per_child_mb = (uint32_t)n;
+            break;
+        case 'K':
+            /* children and the supervisor read it from the environment
+               (tq_curve_client_setup), like a library client would */
+            setenv(TQ_CURVE_ENV_SERVER_KEY, optarg, 1);
+            break;
+        case 'C':
+            setenv(TQ_CURVE_ENV_CERT, optarg, 1);
+            break;
         case 'v':
             config.verbose = true;
             break;
@@ -179,9 +230,31 @@ main(int argc, char **argv)
     else
         s_default_host(config.host, sizeof config.host);
 
+    /* a bad key must stop us here, not make every forked child die and
+       respawn; no ZeroMQ context may exist before the fork, so the keys
+       are only loaded */
+    const char *server_key = getenv(TQ_CURVE_ENV_SERVER_KEY);
+    const char *cert_file = getenv(TQ_CURVE_ENV_CERT);
+    if ((server_key && *server_key) || (cert_file && *cert_file)) {
+        char why[512], key[TQ_CURVE_KEY_TEXT];
+        zcert_t *cert = NULL;
+        if (!server_key || !*server_key || !cert_file || !*cert_file)
+            snprintf(why, sizeof why, "CURVE needs both --curve-server-key "
+                                      "and --curve-cert");
+        else if (tq_curve_public_key(server_key, key, why, sizeof why) ==
+                 0)
+            cert = tq_curve_load_secret(cert_file, why, sizeof why);
+        if (!cert) {
+            fprintf(stderr, "tq-worker: %s\n", why);
+            return 2;
+        }
+        zcert_destroy(&cert);
+    }
+
     /* the registry is complete before any fork: children share it */
     tq_registry_t *registry = tq_registry_new();
-    if (!registry || tq_registry_add_builtins(registry) != TQ_OK) {
+    if (!registry || tq_registry_add_builtins(registry) != TQ_OK ||
+        (config.allow_exec && tq_exec_register(registry) != TQ_OK)) {
         fprintf(stderr, "tq-worker: cannot set up the task registry\n");
         return 1;
     }

@@ -6,7 +6,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
+#include "tq_curve.h"
 #include "tq_wire.h"
 
 /* A task received and not yet run. */
@@ -37,6 +39,9 @@ typedef struct {
     size_t count; /* jobs queued */
     size_t capacity; /* ring slots */
     bool busy; /* supervisor thinks a task runs */
+    uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
+    bool drop_queued; /* re-announced during a task: drop the jobs the
+                         old broker sent after it */
     tq_task_t task; /* the running task */
 } s_child_t;
 
@@ -48,6 +53,38 @@ s_on_stop(int sig)
 {
     (void)sig;
     s_stop = 1;
+}
+
+/* Set by TQ_SIGNAL_REANNOUNCE: the broker restarted; reconnect and send
+   READY again once no task runs. */
+static volatile sig_atomic_t s_reannounce;
+
+/* The running task's soft-limit flag, set by TQ_SIGNAL_SOFT_LIMIT. */
+static volatile sig_atomic_t *s_soft_flag;
+
+static void
+s_on_reannounce(int sig)
+{
+    (void)sig;
+    s_reannounce = 1;
+}
+
+static void
+s_on_soft_limit(int sig)
+{
+    (void)sig;
+    if (s_soft_flag)
+        *s_soft_flag = 1;
+}
+
+/* Peak resident set of this process, KiB. */
+static uint64_t
+s_peak_rss_kb(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return ru.ru_maxrss > 0 ? (uint64_t)ru.ru_maxrss : 0;
 }
 
 static void
@@ -123,10 +160,16 @@ s_send_ready(s_child_t *self)
 }
 
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
+static void s_reconnect(s_child_t *self, bool keep_head);
+
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
             const char *error)
 {
+    /* the broker restarted while the task ran: its DONE goes to the new
+       one, after a READY so that it knows us */
+    if (s_reannounce)
+        s_reconnect(self, true);
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DONE;
     self->out.id = tq_str(job->id);
@@ -134,6 +177,7 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     self->out.state = state;
     self->out.code = code;
     self->out.error = tq_str(error); /* NULL packs nil */
+    self->out.rss_kb = s_peak_rss_kb();
     zmq_msg_t payload;
     if (state == TQ_STATE_SUCCESS) {
         zmq_msg_init_size(&payload, self->value.size);
@@ -183,6 +227,7 @@ s_run(s_child_t *self, s_job_t *job)
     task->arg = arg;
     task->failed = false;
     task->error[0] = '\0';
+    task->soft_limit = 0;
     msgpack_sbuffer_clear(&self->value);
 
     int rc = fn(task, &args, &self->packer);
@@ -313,6 +358,13 @@ s_setup_signals(void)
     sa.sa_handler = s_on_stop;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* restarting: a task's own system calls are not disturbed by them */
+    sa.sa_flags = SA_RESTART;
+    sa.sa_handler = s_on_soft_limit;
+    sigaction(TQ_SIGNAL_SOFT_LIMIT, &sa, NULL);
+    sa.sa_handler = s_on_reannounce;
+    sigaction(TQ_SIGNAL_REANNOUNCE, &sa, NULL);
+    sa.sa_flags = 0;
     sa.sa_handler = SIG_DFL;
     sigaction(SIGCHLD, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
@@ -321,6 +373,69 @@ s_setup_signals(void)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* Opens self->sock, a DEALER connected to the broker. */
+static void
+s_open(s_child_t *self)
+{
+    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
+    if (!self->sock)
+        s_die("zmq_socket");
+    int linger = 1000, immediate = 0;
+    zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(self->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    char why[512];
+    if (tq_curve_client_setup(self->sock, NULL, NULL, why, sizeof why))
+        s_die(why);
+    if (zmq_connect(self->sock, self->config->endpoint) != 0)
+        s_die(self->config->endpoint);
+}
+
+/* Drops the queued jobs (all, or all but the running one at the head):
+   they came from a broker that is gone or that forgot us, and it (or its
+   successor) queues them again. */
+static void
+s_drop_queued(s_child_t *self, bool keep_head)
+{
+    size_t keep = keep_head && self->count ? 1 : 0;
+    for (size_t i = keep; i < self->count; i++)
+        zmq_msg_close(&self->jobs[(self->head + i) % self->capacity].args);
+    if (self->count > keep && self->config->verbose)
+        tq_worker_log("child: dropped %zu queued task(s) of the old broker",
+                      self->count - keep);
+    self->count = keep;
+}
+
+/* Closes the DEALER, opens a new one and sends READY again: the broker
+   restarted and does not know this child. keep_head: a task is running. */
+static void
+s_reconnect(s_child_t *self, bool keep_head)
+{
+    s_reannounce = 0;
+    if (keep_head)
+        self->drop_queued = true; /* after the running task */
+    else
+        s_drop_queued(self, false);
+    int zero = 0;
+    /* what is queued for the old connection goes nowhere: drop it now */
+    zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(self->sock);
+    s_open(self);
+    s_send_ready(self);
+    if (self->config->verbose)
+        tq_worker_log("child: reconnected and sent READY again");
+}
+
+/* True when this child should exit to be replaced by a fresh one. */
+static bool
+s_should_recycle(const s_child_t *self)
+{
+    const tq_worker_config_t *cfg = self->config;
+    if (cfg->max_tasks_per_child && self->tasks_done >= cfg->max_tasks_per_child)
+        return true;
+    return cfg->max_memory_per_child_mb &&
+        s_peak_rss_kb() >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
 }
 
 void
@@ -341,14 +456,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->ctx = zmq_ctx_new();
     if (!self->ctx)
         s_die("zmq_ctx_new");
-    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
-    if (!self->sock)
-        s_die("zmq_socket");
-    int linger = 1000, immediate = 0;
-    zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(self->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
-    if (zmq_connect(self->sock, config->endpoint) != 0)
-        s_die(config->endpoint);
+    s_soft_flag = &self->task.soft_limit;
+    s_open(self);
 
     tq_frames_init(&self->frames);
     msgpack_sbuffer_init(&self->header);
@@ -358,6 +467,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     s_send_ready(self);
     while (!s_stop) {
+        if (s_reannounce)
+            s_reconnect(self, false);
         s_drain(self);
         if (s_stop)
             break;
@@ -382,6 +493,21 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         zmq_msg_close(&job->args);
         self->head = (self->head + 1) % self->capacity;
         self->count--;
+        if (self->drop_queued) {
+            self->drop_queued = false;
+            s_drop_queued(self, false);
+        }
+        self->tasks_done++;
+        if (s_should_recycle(self)) {
+            /* told first, so the supervisor respawns without a LOST */
+            if (config->verbose)
+                tq_worker_log("child: recycling after %u task(s), peak RSS "
+                              "%llu KiB",
+                              self->tasks_done,
+                              (unsigned long long)s_peak_rss_kb());
+            s_report(self, TQ_REPORT_RECYCLE, NULL);
+            break;
+        }
     }
 
     /* the broker queues again what we still hold when it sees this */

@@ -241,6 +241,13 @@ tq_task_attempt(const tq_task_t *task)
     return task->attempt;
 }
 
+bool
+tq_task_soft_limit(const tq_task_t *task)
+{
+    assert(task);
+    return task->soft_limit != 0;
+}
+
 void *
 tq_task_arg(const tq_task_t *task)
 {

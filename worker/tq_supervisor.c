@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include "tq_curve.h"
 #include "tq_wire.h"
 
 #define S_HEARTBEAT_MS 1000 /* HEARTBEAT interval (PROTOCOL.md 10) */
@@ -21,6 +22,7 @@
 #define S_BACKOFF_MAX_MS 1000 /* longest wait before a respawn */
 #define S_FAST_DEATH_MS 1000 /* a child dying younger than this backs off */
 #define S_REAP_KILLED_MS 5000 /* wait for SIGKILLed children, at most */
+#define S_CANCEL_GRACE_MS 1000 /* SIGTERM to SIGKILL for a cancelled task */
 
 /* One child slot: pid 0 means empty (waiting for its respawn). */
 typedef struct {
@@ -36,6 +38,11 @@ typedef struct {
     int64_t deadline; /* ms, 0: none */
     bool timed_out; /* we killed it for its time limit */
     bool killed; /* we SIGKILLed it at shutdown */
+    int64_t soft_deadline; /* ms: SIGUSR1 then, 0: none */
+    bool cancelled; /* the broker sent KILL for its task */
+    int64_t kill_at; /* ms: SIGKILL a cancelled child then, 0: none */
+    bool recycling; /* it said it exits to be replaced */
+    bool ran_task; /* it reported a START: its setup worked */
 } s_slot_t;
 
 typedef struct {
@@ -53,6 +60,7 @@ typedef struct {
     int64_t next_heartbeat; /* ms */
     int64_t last_heard; /* ms, from the broker */
     bool broker_silent; /* logged the silence already */
+    uint64_t broker_pid; /* from the broker's HEARTBEAT, 0: not yet */
     int stopping; /* signals of the stop kind seen */
     int64_t stop_deadline; /* ms: SIGKILL children after */
 } s_super_t;
@@ -103,6 +111,8 @@ s_signame(int sig, char *buf, size_t size)
 }
 
 /* ---- talking to the broker ------------------------------------------- */
+
+static void s_read_reports(s_super_t *self, s_slot_t *slot);
 
 static void
 s_send(s_super_t *self)
@@ -155,12 +165,60 @@ s_connect(s_super_t *self)
     }
     int linger = 1000;
     zmq_setsockopt(self->sock, ZMQ_LINGER, &linger, sizeof linger);
+    char why[512];
+    if (tq_curve_client_setup(self->sock, NULL, NULL, why, sizeof why)) {
+        tq_worker_log("%s", why);
+        zmq_close(self->sock);
+        self->sock = NULL;
+        return;
+    }
     if (zmq_connect(self->sock, self->config->endpoint) != 0) {
         tq_worker_log("cannot connect to %s: %s", self->config->endpoint,
                       zmq_strerror(errno));
         zmq_close(self->sock);
         self->sock = NULL;
     }
+}
+
+/* Asks every live child to reconnect and send READY again. */
+static void
+s_reannounce_children(s_super_t *self)
+{
+    for (int i = 0; i < self->config->concurrency; i++)
+        if (self->slots[i].pid)
+            kill(self->slots[i].pid, TQ_SIGNAL_REANNOUNCE);
+}
+
+/* KILL pid id: the broker cancelled the task id that child pid runs.
+   SIGTERM to its process group now, SIGKILL after the grace; anything that
+   does not match what we know is stale and ignored. */
+static void
+s_on_kill(s_super_t *self)
+{
+    s_slot_t *slot = NULL;
+    for (int i = 0; i < self->config->concurrency; i++)
+        if (self->slots[i].pid &&
+            (uint64_t)self->slots[i].pid == self->in.pid)
+            slot = &self->slots[i];
+    if (slot)
+        s_read_reports(self, slot); /* its START may be unread */
+    if (!slot || !slot->busy || !tq_str_eq(self->in.id, slot->id)) {
+        if (self->config->verbose)
+            tq_worker_log("ignored KILL for pid %llu task %.*s: not running "
+                          "here",
+                          (unsigned long long)self->in.pid,
+                          (int)self->in.id.len,
+                          self->in.id.ptr ? self->in.id.ptr : "");
+        return;
+    }
+    if (slot->cancelled)
+        return;
+    tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
+                  slot->id);
+    slot->cancelled = true;
+    slot->kill_at = s_now() + S_CANCEL_GRACE_MS;
+    kill(-slot->pid, SIGTERM);
+    kill(slot->pid, SIGTERM);
 }
 
 static void
@@ -181,6 +239,20 @@ s_on_broker(s_super_t *self, int rc)
     }
     switch (self->in.command) {
     case TQ_CMD_HEARTBEAT:
+        /* another pid answers on the same endpoint: a restarted broker
+           that knows none of our children */
+        if (self->broker_pid && self->in.pid != self->broker_pid) {
+            tq_worker_log("broker restarted (pid %llu, was %llu): children "
+                          "announce themselves again",
+                          (unsigned long long)self->in.pid,
+                          (unsigned long long)self->broker_pid);
+            s_reannounce_children(self);
+        }
+        self->broker_pid = self->in.pid;
+        break;
+    case TQ_CMD_KILL:
+        s_on_kill(self);
+        break;
     case TQ_CMD_PONG:
         break;
     case TQ_CMD_PING:
@@ -271,6 +343,11 @@ s_spawn(s_super_t *self, s_slot_t *slot)
     slot->deadline = 0;
     slot->timed_out = false;
     slot->killed = false;
+    slot->soft_deadline = 0;
+    slot->cancelled = false;
+    slot->kill_at = 0;
+    slot->recycling = false;
+    slot->ran_task = false;
     if (self->config->verbose)
         tq_worker_log("started child %ld", (long)pid);
     return true;
@@ -297,14 +374,25 @@ s_read_reports(s_super_t *self, s_slot_t *slot)
         if (rec.kind == TQ_REPORT_START) {
             rec.id[TQ_PROTO_MAX_ID] = '\0';
             slot->busy = true;
+            slot->ran_task = true;
             memcpy(slot->id, rec.id, sizeof slot->id);
             slot->attempt = rec.attempt;
             slot->limit_ms = rec.time_limit_ms ? rec.time_limit_ms
                                                : self->config->time_limit_ms;
             slot->deadline = slot->limit_ms ? s_now() + slot->limit_ms : 0;
+            uint32_t soft = self->config->soft_time_limit_ms;
+            /* a soft limit past the hard one would never be seen */
+            slot->soft_deadline =
+                soft && (!slot->limit_ms || soft < slot->limit_ms)
+                    ? s_now() + soft
+                    : 0;
+        } else if (rec.kind == TQ_REPORT_RECYCLE) {
+            slot->recycling = true;
+            slot->busy = false;
+            slot->deadline = slot->soft_deadline = 0;
         } else {
             slot->busy = false;
-            slot->deadline = 0;
+            slot->deadline = slot->soft_deadline = 0;
         }
     }
 }
@@ -329,12 +417,17 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
         slot->fd = -1;
     }
     pid_t pid = slot->pid;
+    bool was_busy = slot->busy || slot->ran_task;
     long rss_mb = (ru->ru_maxrss + 1023) / 1024; /* ru_maxrss is in KiB */
     char error[256], buf[32];
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
-        self->stopping && !slot->killed;
+        (self->stopping || slot->recycling) && !slot->killed &&
+        !slot->cancelled;
     uint32_t code = TQ_ELOST;
-    if (slot->timed_out) {
+    if (slot->cancelled) {
+        code = TQ_ECANCELLED;
+        snprintf(error, sizeof error, "cancelled");
+    } else if (slot->timed_out) {
         code = TQ_ETIMELIMIT;
         snprintf(error, sizeof error, "time limit exceeded (%.1f s)",
                  slot->limit_ms / 1000.0);
@@ -352,10 +445,16 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
             tq_worker_log("child %ld %s", (long)pid, error);
         s_send_lost(self, pid, code, error);
     } else if (self->config->verbose)
-        tq_worker_log("child %ld stopped", (long)pid);
+        tq_worker_log("child %ld %s", (long)pid,
+                      slot->recycling ? "recycled" : "stopped");
 
     int64_t now = s_now();
-    if (!clean && now - slot->born < S_FAST_DEATH_MS)
+    /* a child we stopped on purpose is replaced at once */
+    /* backoff is for children dying before any task (a broken setup);
+       one killed by its task (a poison task) is replaced at once, so the
+       rest of the queue keeps its throughput */
+    if (!clean && !slot->cancelled && !was_busy &&
+        now - slot->born < S_FAST_DEATH_MS)
         slot->backoff_ms = slot->backoff_ms < 0 ? 0
             : slot->backoff_ms == 0             ? 50
                                                 : slot->backoff_ms * 2;
@@ -367,6 +466,8 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     slot->pid = 0;
     slot->busy = false;
     slot->deadline = 0;
+    slot->soft_deadline = 0;
+    slot->kill_at = 0;
 }
 
 /* Reaps every child that has ended. */
@@ -462,6 +563,11 @@ s_on_timers(s_super_t *self)
         self->broker_silent = true;
         s_connect(self);
         self->last_heard = now;
+        /* whoever answers now may be a new broker: children must
+           announce themselves again (once, not again at its first
+           HEARTBEAT) */
+        s_reannounce_children(self);
+        self->broker_pid = 0;
     }
     for (int i = 0; i < self->config->concurrency; i++) {
         s_slot_t *slot = &self->slots[i];
@@ -471,6 +577,19 @@ s_on_timers(s_super_t *self)
                           "(%u ms), killing it",
                           (long)slot->pid, slot->id, slot->limit_ms);
             slot->timed_out = true;
+            kill(-slot->pid, SIGKILL);
+            kill(slot->pid, SIGKILL);
+        }
+        if (slot->pid && slot->busy && slot->soft_deadline &&
+            now >= slot->soft_deadline) {
+            if (self->config->verbose)
+                tq_worker_log("child %ld: task %s passed its soft time limit",
+                              (long)slot->pid, slot->id);
+            slot->soft_deadline = 0;
+            kill(slot->pid, TQ_SIGNAL_SOFT_LIMIT);
+        }
+        if (slot->pid && slot->kill_at && now >= slot->kill_at) {
+            slot->kill_at = 0;
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
@@ -497,6 +616,11 @@ s_timeout(const s_super_t *self)
         if (slot->pid && slot->busy && slot->deadline && !slot->timed_out &&
             slot->deadline < next)
             next = slot->deadline;
+        if (slot->pid && slot->busy && slot->soft_deadline &&
+            slot->soft_deadline < next)
+            next = slot->soft_deadline;
+        if (slot->pid && slot->kill_at && slot->kill_at < next)
+            next = slot->kill_at;
         if (!slot->pid && !self->stopping && slot->respawn_at < next)
             next = slot->respawn_at;
     }

@@ -3,6 +3,7 @@
 #ifndef TQ_WORKER_HOST_H
 #define TQ_WORKER_HOST_H
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -22,8 +23,12 @@ typedef struct {
     uint32_t prefetch; /* credit per child, 1..65535 */
     uint32_t time_limit_ms; /* default hard limit, 0: none */
     uint32_t shutdown_timeout_ms; /* drain time on SIGTERM */
+    uint32_t max_tasks_per_child; /* recycle a child after N tasks, 0: never */
+    uint32_t max_memory_per_child_mb; /* recycle when peak RSS >= MB, 0: never */
+    uint32_t soft_time_limit_ms; /* SIGUSR1 to the child after, 0: none */
     char host[TQ_PROTO_MAX_NAME + 1]; /* valid TQP host name */
     bool verbose; /* -v: log protocol chatter */
+    bool allow_exec; /* --allow-exec: register the tq.exec task */
 } tq_worker_config_t;
 
 /* The task being run, handed to task functions as tq_task_t. */
@@ -32,11 +37,13 @@ struct tq_task_t {
     uint32_t attempt; /* 1.. */
     void *arg; /* user pointer of the registry */
     bool failed; /* tq_task_fail was called */
+    volatile sig_atomic_t soft_limit; /* set by SIGUSR1: soft limit reached */
     char error[TQ_PROTO_MAX_ERROR + 1]; /* its message, NUL-terminated */
 };
 
 /* What a child tells its supervisor through its pipe before each task
-   (kind START) and when it has nothing left to run (kind IDLE). Fixed size,
+   (kind START), when it has nothing left to run (kind IDLE) and before it
+   exits on purpose to be replaced (kind RECYCLE: max tasks or memory). Fixed size,
    well under PIPE_BUF, so each write is atomic and reads never split one. */
 typedef struct {
     uint32_t kind; /* TQ_REPORT_START or TQ_REPORT_IDLE */
@@ -47,6 +54,13 @@ typedef struct {
 
 #define TQ_REPORT_IDLE 0
 #define TQ_REPORT_START 1
+#define TQ_REPORT_RECYCLE 2
+
+/* Signals from the supervisor to a child: the soft time limit of the
+   running task passed (the task may check tq_task_soft_limit), and "the
+   broker restarted: reconnect and send READY again". */
+#define TQ_SIGNAL_SOFT_LIMIT SIGUSR1
+#define TQ_SIGNAL_REANNOUNCE SIGUSR2
 
 /* Runs the supervisor: forks config->concurrency children that serve the
    tasks of registry (borrowed), supervises them until SIGTERM/SIGINT.

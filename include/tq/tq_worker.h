@@ -35,6 +35,11 @@ const char *tq_task_id(const tq_task_t *task);
 /* The attempt number of this run, starting at 1. */
 uint32_t tq_task_attempt(const tq_task_t *task);
 
+/* True once the running task has passed its soft time limit (the worker's
+   --soft-time-limit): it should wrap up and return before the hard limit
+   kills its process. */
+bool tq_task_soft_limit(const tq_task_t *task);
+
 /* The user pointer given to tq_registry_add. */
 void *tq_task_arg(const tq_task_t *task);
 

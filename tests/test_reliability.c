@@ -1,0 +1,474 @@
+/* test_reliability.c - end to end, issue 3 on the worker and client sides:
+   recycling children (max tasks, max memory), the soft time limit,
+   cancellation (queued, running, terminate), retries, block_when_full, a
+   broker killed and restarted on the same endpoints, chaos (children
+   killed every 200 ms) and a poison task beside a busy queue. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tq_client_internal.h"
+#include "tq_harness.h"
+
+#define S_GET_MS 20000 /* bound on any get() expected to end */
+
+static int
+s_setup(void **state)
+{
+    tq_harness_init();
+    tq_harness_env_t *env = calloc(1, sizeof *env);
+    if (!env)
+        return -1;
+    *state = env;
+    return 0;
+}
+
+static int
+s_teardown(void **state)
+{
+    tq_harness_env_t *env = *state;
+    tq_harness_env_stop(env);
+    free(env);
+    return 0;
+}
+
+/* The one child of worker host ppid, waiting up to timeout_ms for one
+   that is not `not` (0: any). 0 if none. */
+static pid_t
+s_child_of(pid_t ppid, pid_t not, int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    do {
+        pid_t pids[8];
+        size_t n = tq_harness_children(ppid, pids, 8);
+        for (size_t i = 0; i < n && i < 8; i++)
+            if (pids[i] != not)
+                return pids[i];
+        tq_harness_sleep_ms(20);
+    } while (tq_harness_now_ms() < deadline);
+    return 0;
+}
+
+static uint64_t
+s_counter(tq_client_t *client, const char *name)
+{
+    tq_harness_status_t status;
+    uint64_t v = UINT64_MAX;
+    if (tq_harness_status(client, &status, 5000) == TQ_OK)
+        v = tq_harness_counter(&status, name);
+    tq_harness_status_free(&status);
+    return v;
+}
+
+/* Runs tq.echo i and checks the value is [i]. */
+static void
+s_echo_ok(tq_client_t *client, int64_t i)
+{
+    tq_result_t *r = tq_apply(client, "tq.echo", NULL, S_GET_MS, "i", i);
+    assert_non_null(r);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    const msgpack_object *v = tq_result_value(r);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(v->via.array.ptr[0].via.i64, i);
+    tq_result_destroy(&r);
+}
+
+/* --max-tasks-per-child 2: after 6 tasks the child was replaced (no LOST,
+   nothing requeued). */
+static void
+test_max_tasks(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--max-tasks-per-child", "2", NULL};
+    pid_t worker = tq_harness_env_add_worker(env, 1, extra, true);
+    assert_true(worker > 0);
+    pid_t first = s_child_of(worker, 0, 5000);
+    assert_true(first > 0);
+    pid_t seen[4] = {first};
+    size_t distinct = 1;
+    for (int64_t i = 0; i < 6; i++) {
+        s_echo_ok(env->client, i);
+        pid_t now = s_child_of(worker, 0, 5000);
+        bool known = false;
+        for (size_t k = 0; k < distinct; k++)
+            known |= seen[k] == now;
+        if (!known && distinct < 4)
+            seen[distinct++] = now;
+    }
+    pid_t last = s_child_of(worker, first, 5000);
+    printf("max-tasks-per-child 2: %zu distinct child pids over 6 tasks\n",
+           distinct);
+    assert_true(last > 0 && last != first);
+    assert_true(distinct >= 2);
+    assert_int_equal(s_counter(env->client, "lost"), 0);
+}
+
+/* --max-memory-per-child 50: a task touching 100 MB recycles its child. */
+static void
+test_max_memory(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--max-memory-per-child", "50", "--module",
+                           TQ_MYTASKS_SO, NULL};
+    pid_t worker = tq_harness_env_add_worker(env, 1, extra, true);
+    assert_true(worker > 0);
+    pid_t first = s_child_of(worker, 0, 5000);
+    s_echo_ok(env->client, 1);
+    assert_int_equal(s_child_of(worker, 0, 100), first); /* small: kept */
+    tq_result_t *r =
+        tq_apply(env->client, "test.alloc", NULL, S_GET_MS, "i", (int64_t)100);
+    assert_non_null(r);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    tq_result_destroy(&r);
+    pid_t next = s_child_of(worker, first, 5000);
+    printf("max-memory-per-child 50: child %d replaced by %d\n", (int)first,
+           (int)next);
+    assert_true(next > 0 && next != first);
+    assert_int_equal(s_counter(env->client, "lost"), 0);
+    s_echo_ok(env->client, 2);
+}
+
+/* --soft-time-limit 0.5: the task sees tq_task_soft_limit and returns. */
+static void
+test_soft_limit(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--soft-time-limit", "0.5", "--time-limit", "10",
+                           "--module", TQ_MYTASKS_SO, NULL};
+    assert_true(tq_harness_env_add_worker(env, 1, extra, true) > 0);
+    int64_t t0 = tq_harness_now_ms();
+    tq_result_t *r =
+        tq_apply(env->client, "test.soft", NULL, S_GET_MS, "i", (int64_t)8);
+    assert_non_null(r);
+    int64_t took = tq_harness_now_ms() - t0;
+    printf("soft limit: %s after %lld ms\n", tq_result_error(r),
+           (long long)took);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    const msgpack_object *v = tq_result_value(r);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_STR);
+    assert_memory_equal(v->via.str.ptr, "warned", 6);
+    assert_true(took >= 400 && took < 5000);
+    tq_result_destroy(&r);
+}
+
+/* A queued task is cancelled at once; a running tq.sleep 30 within 3 s, and
+   its child is replaced. */
+static void
+test_cancel(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 1, NULL, true);
+    assert_true(worker > 0);
+
+    tq_options_t nobody = TQ_OPTIONS_INIT;
+    nobody.queue = "nobody";
+    tq_result_t *q =
+        tq_apply_async(env->client, "tq.echo", &nobody, "i", (int64_t)1);
+    assert_int_equal(tq_result_wait_answer(q, 5000), TQ_OK);
+    int64_t t0 = tq_harness_now_ms();
+    assert_int_equal(tq_result_cancel(q), TQ_OK);
+    assert_int_equal(tq_result_get(q, 5000), TQ_ECANCELLED);
+    printf("queued task cancelled in %lld ms\n",
+           (long long)(tq_harness_now_ms() - t0));
+    assert_int_equal(tq_result_state(q), TQ_STATE_CANCELLED);
+    tq_result_destroy(&q);
+
+    pid_t child = s_child_of(worker, 0, 5000);
+    tq_result_t *r =
+        tq_apply_async(env->client, "tq.sleep", NULL, "i", (int64_t)30);
+    assert_non_null(r);
+    /* running: the broker shows it on our child */
+    int64_t deadline = tq_harness_now_ms() + 5000;
+    while (tq_result_state(r) != TQ_STATE_RUNNING &&
+           tq_harness_now_ms() < deadline) {
+        tq_result_t *f = tq_client_fetch(env->client, tq_result_id(r), false);
+        tq_result_wait_answer(f, 2000);
+        int st = tq_result_state(f);
+        tq_result_destroy(&f);
+        if (st == TQ_STATE_RUNNING)
+            break;
+        tq_harness_sleep_ms(20);
+    }
+    t0 = tq_harness_now_ms();
+    assert_int_equal(tq_client_cancel(env->client, tq_result_id(r), 5000),
+                     TQ_OK);
+    assert_int_equal(tq_result_get(r, 5000), TQ_ECANCELLED);
+    int64_t took = tq_harness_now_ms() - t0;
+    pid_t next = s_child_of(worker, child, 5000);
+    printf("running task cancelled in %lld ms; child %d -> %d\n",
+           (long long)took, (int)child, (int)next);
+    assert_true(took < 3000);
+    tq_result_destroy(&r);
+    assert_true(next > 0 && next != child);
+    assert_int_equal(tq_harness_wait_workers(env->client, 1, worker, 10000), 0);
+    s_echo_ok(env->client, 7);
+    /* an unknown id */
+    assert_int_equal(tq_client_cancel(env->client, "no-such-id", 5000),
+                     TQ_EUNKNOWN);
+}
+
+/* terminate cancels everything still pending. */
+static void
+test_terminate(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    tq_options_t nobody = TQ_OPTIONS_INIT;
+    nobody.queue = "nobody";
+    tq_result_t *r[3];
+    for (int i = 0; i < 3; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", &nobody, "i",
+                              (int64_t)i);
+        assert_int_equal(tq_result_wait_answer(r[i], 5000), TQ_OK);
+    }
+    assert_int_equal(tq_client_terminate(env->client), 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tq_result_get(r[i], 5000), TQ_ECANCELLED);
+        tq_result_destroy(&r[i]);
+    }
+}
+
+/* test.flaky 2 with retries 3 succeeds on its third attempt. */
+static void
+test_retries(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--module", TQ_MYTASKS_SO, NULL};
+    assert_true(tq_harness_env_add_worker(env, 1, extra, true) > 0);
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.retries = 3;
+    opts.retry_backoff_ms = 50;
+    tq_result_t *r =
+        tq_apply(env->client, "test.flaky", &opts, S_GET_MS, "i", (int64_t)2);
+    assert_non_null(r);
+    printf("flaky: code %d attempts %u %s\n", tq_result_code(r),
+           tq_result_attempts(r), tq_result_error(r));
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    assert_int_equal(tq_result_attempts(r), 3);
+    assert_int_equal(tq_result_value(r)->via.u64, 3);
+    tq_result_destroy(&r);
+    /* without retries it fails at once */
+    r = tq_apply(env->client, "test.flaky", NULL, S_GET_MS, "i", (int64_t)1);
+    assert_int_equal(tq_result_code(r), TQ_ETASK);
+    assert_int_equal(tq_result_attempts(r), 1);
+    tq_result_destroy(&r);
+}
+
+/* --max-queue 2: a third submit is refused quickly, naming the queue, or
+   blocks until there is room (made here by a purge). */
+static void
+test_block_when_full(void **state)
+{
+    tq_harness_env_t *env = *state;
+    const char *bextra[] = {"--max-queue", "2", NULL};
+    assert_int_equal(tq_harness_env_start(env, bextra), 0);
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.queue = "q";
+    tq_result_t *r[2];
+    for (int i = 0; i < 2; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", &opts, "i", (int64_t)i);
+        assert_int_equal(tq_result_wait_answer(r[i], 5000), TQ_OK);
+    }
+    int64_t t0 = tq_harness_now_ms();
+    tq_result_t *full =
+        tq_apply_async(env->client, "tq.echo", &opts, "i", (int64_t)9);
+    assert_int_equal(tq_result_get(full, 5000), TQ_EFULL);
+    printf("refused in %lld ms: %s\n", (long long)(tq_harness_now_ms() - t0),
+           tq_result_error(full));
+    assert_non_null(strstr(tq_result_error(full), "q"));
+    tq_result_destroy(&full);
+
+    opts.block_when_full = true;
+    tq_result_t *blocked =
+        tq_apply_async(env->client, "tq.echo", &opts, "i", (int64_t)3);
+    assert_int_equal(tq_result_wait(blocked, 600), TQ_ETIMEDOUT);
+    assert_false(tq_result_answered(blocked));
+    uint64_t purged = 0;
+    assert_int_equal(tq_client_purge(env->client, "q", &purged, 5000), TQ_OK);
+    assert_int_equal(purged, 2);
+    assert_int_equal(tq_result_wait_answer(blocked, 5000), TQ_OK);
+    for (int i = 0; i < 2; i++)
+        tq_result_destroy(&r[i]);
+    const char *wextra[] = {"--queue", "q", NULL};
+    assert_true(tq_harness_env_add_worker(env, 1, wextra, true) > 0);
+    assert_int_equal(tq_result_get(blocked, S_GET_MS), TQ_OK);
+    tq_result_destroy(&blocked);
+}
+
+/* Starts tq-broker on the given endpoints (a restart on the same ports).
+   Returns its pid. */
+static pid_t
+s_broker_on(const char *clients, const char *workers)
+{
+    const char *argv[] = {TQ_BROKER_BIN, "--clients", clients, "--workers",
+                          workers, "--no-persist", NULL};
+    return tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+}
+
+/* kill -9 of the broker and a restart on the same endpoints: the worker
+   children announce themselves again and run new tasks; a handle
+   acknowledged before ends TQ_EUNKNOWN (the memory broker forgot it). */
+static void
+test_broker_restart(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(worker > 0);
+    s_echo_ok(env->client, 1);
+    tq_options_t nobody = TQ_OPTIONS_INIT;
+    nobody.queue = "nobody";
+    tq_result_t *old =
+        tq_apply_async(env->client, "tq.echo", &nobody, "i", (int64_t)1);
+    assert_int_equal(tq_result_wait_answer(old, 5000), TQ_OK);
+
+    pid_t b1 = env->broker.pid;
+    assert_int_equal(kill(b1, SIGKILL), 0);
+    assert_int_equal(tq_harness_wait_exit(b1, 5000, NULL), 0);
+    int64_t t0 = tq_harness_now_ms();
+    pid_t b2 = s_broker_on(env->broker.clients, env->broker.workers);
+    assert_true(b2 > 0);
+    env->broker.pid = b2; /* stopped by the teardown */
+
+    tq_client_t *fresh = tq_client_new(env->broker.clients);
+    assert_non_null(fresh);
+    int rc = tq_harness_wait_workers(fresh, 2, worker, 15000);
+    printf("children re-announced %lld ms after the restart\n",
+           (long long)(tq_harness_now_ms() - t0));
+    assert_int_equal(rc, 0);
+    s_echo_ok(fresh, 2);
+    s_echo_ok(env->client, 3);
+    assert_int_equal(tq_result_get(old, S_GET_MS), TQ_EUNKNOWN);
+    printf("handle from before the restart: %s\n", tq_result_error(old));
+    tq_result_destroy(&old);
+    tq_client_destroy(&fresh);
+}
+
+/* Submits n tq.echo and waits for all; returns elapsed ms, checks every
+   value. */
+static int64_t
+s_echo_batch(tq_client_t *client, int n, int timeout_ms)
+{
+    tq_result_t **r = calloc((size_t)n, sizeof *r);
+    assert_non_null(r);
+    int64_t t0 = tq_harness_now_ms();
+    for (int i = 0; i < n; i++) {
+        r[i] = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < n; i++) {
+        int rc = tq_result_get(r[i], timeout_ms);
+        const msgpack_object *v = tq_result_value(r[i]);
+        if (rc != TQ_OK || !v || v->type != MSGPACK_OBJECT_ARRAY ||
+            v->via.array.size != 1 || v->via.array.ptr[0].via.i64 != i) {
+            if (bad++ < 5)
+                printf("task %d: %s (%s)\n", i, tq_strerror(rc),
+                       tq_result_error(r[i]));
+        }
+        tq_result_destroy(&r[i]);
+    }
+    int64_t took = tq_harness_now_ms() - t0;
+    free(r);
+    assert_int_equal(bad, 0);
+    return took;
+}
+
+/* 10,000 tq.echo while a random child is SIGKILLed every 200 ms: all end
+   SUCCESS with their value. */
+static void
+test_chaos(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(worker > 0);
+    pid_t killer = fork();
+    assert_true(killer >= 0);
+    if (killer == 0) {
+        srand((unsigned)getpid());
+        for (int k = 0; k < 300; k++) { /* 60 s at most */
+            usleep(200 * 1000);
+            pid_t pids[8];
+            size_t n = tq_harness_children(worker, pids, 8);
+            if (n)
+                kill(pids[(size_t)rand() % (n < 8 ? n : 8)], SIGKILL);
+        }
+        _exit(0);
+    }
+    int64_t took = s_echo_batch(env->client, 10000, 60000);
+    kill(killer, SIGKILL);
+    waitpid(killer, NULL, 0);
+    uint64_t requeued = s_counter(env->client, "requeued");
+    uint64_t dups = s_counter(env->client, "duplicates");
+    uint64_t lost = s_counter(env->client, "lost");
+    printf("chaos: 10000 tasks in %lld ms, all SUCCESS; lost %llu, requeued "
+           "%llu (executions beyond one per task <= %llu), duplicates %llu\n",
+           (long long)took, (unsigned long long)lost,
+           (unsigned long long)requeued, (unsigned long long)requeued,
+           (unsigned long long)dups);
+}
+
+/* test.crash ends TQ_ELOST after 3 attempts while 2,000 tq.echo on the
+   same host keep at least 90% of their throughput. */
+static void
+test_poison(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--module", TQ_MYTASKS_SO, NULL};
+    assert_true(tq_harness_env_add_worker(env, 2, extra, true) > 0);
+    s_echo_batch(env->client, 500, 30000); /* warm up */
+    int64_t base = s_echo_batch(env->client, 2000, 30000);
+    tq_result_t *crash =
+        tq_apply_async(env->client, "test.crash", NULL, "");
+    assert_non_null(crash);
+    int64_t with = s_echo_batch(env->client, 2000, 30000);
+    assert_int_equal(tq_result_get(crash, S_GET_MS), TQ_ELOST);
+    double ratio = (double)base / (double)(with ? with : 1);
+    printf("poison: %s, attempts %u; 2000 echo %lld ms alone, %lld ms beside "
+           "it: %.0f%% of the throughput\n",
+           tq_result_error(crash), tq_result_attempts(crash), (long long)base,
+           (long long)with, ratio * 100);
+    assert_int_equal(tq_result_attempts(crash), 3);
+    tq_result_destroy(&crash);
+    assert_true(ratio >= 0.9);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_max_tasks, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_max_memory, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_soft_limit, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_terminate, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_retries, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_block_when_full, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_broker_restart, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_chaos, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_poison, s_setup, s_teardown),
+    };
+    tq_harness_init();
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
