@@ -1,11 +1,12 @@
 # Makefile - the front door over CMake: `make demo` and `make test` do
 # everything on a fresh Debian 12 machine, dependencies included.
+SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 
-.PHONY: all deps configure build test demo install bench sanitize memcheck \
-        format clean
+.PHONY: all deps configure build test demo demo-network install bench sanitize memcheck \
+        format clean fuzz fuzz-build
 
 all: build
 
@@ -24,11 +25,20 @@ test: build
 demo: build
 	scripts/demo.sh $(BUILD)
 
+# the networked demo: tq-broker, tq-worker, the CLI
+demo-network: build
+	scripts/demo-network.sh $(BUILD)
+
 install: build
 	cmake --install $(BUILD)
 
 bench: build
 	$(BUILD)/bench/tq-bench
+
+# tq map lines/s with tq.echo; tq exec gzip vs xargs -P 2 (issue 6)
+.PHONY: bench-cli
+bench-cli: build
+	bench/tq_bench_cli.sh $(BUILD)
 
 # ASan/UBSan build of everything, whole suite
 sanitize:
@@ -39,8 +49,44 @@ sanitize:
 memcheck: build
 	cd $(BUILD) && ctest -T memcheck --output-on-failure
 
+# libFuzzer targets under ASan/UBSan (clang), each run FUZZ_SECONDS on a
+# working copy of its seed corpus (fuzz/corpus/NAME stays as committed).
+# The CLI's sources are compiled with main renamed: libFuzzer has its own.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD ?= build-fuzz
+FUZZ_CC ?= clang
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined \
+  -fno-sanitize-recover=all -D_GNU_SOURCE -Iproto -Iinclude -Iinclude/tq \
+  -Iclient
+FUZZ_LIBS = $$(pkg-config --cflags --libs libczmq libzmq msgpack jansson) \
+  -lm -lpthread
+FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_wire.c proto/tq_error.c \
+  proto/tq_curve.c
+FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
+  client/tq_client.c client/tq_pack.c
+
+fuzz-build:
+	mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) fuzz/fuzz_proto.c $(FUZZ_PROTO_SRC) \
+	  $(FUZZ_LIBS) -o $(FUZZ_BUILD)/fuzz_proto
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Dmain=tq_cli_main fuzz/fuzz_json.c \
+	  $(FUZZ_CLI_SRC) $(FUZZ_PROTO_SRC) $(FUZZ_LIBS) \
+	  -o $(FUZZ_BUILD)/fuzz_json
+
+fuzz: fuzz-build
+	set -e; for t in proto json; do \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t $(FUZZ_BUILD)/artifacts/$$t; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/artifacts/$$t/ \
+	    $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t \
+	    2>&1 | tail -n 25; \
+	  test $${PIPESTATUS[0]} -eq 0; \
+	done
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)

@@ -1,8 +1,11 @@
 /* tq_bench.c - tq-bench: W1 throughput (apply_async of no-op tasks, all
    awaited, prefetch 1 and 16) and W2 round-trip latency (sequential
    tq_apply), each run several times against its own broker and a 2-child
-   worker host; prints the machine and a table of medians. */
+   worker host; then W1 (prefetch 16) against the store: --no-persist,
+   --sync os and --sync batch, with the ratio to memory; prints the machine
+   and tables of medians. */
 #include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +17,8 @@
 #include "tq_harness.h"
 
 #define S_MAX_RUNS 15
-#define S_BUDGET_MS 110000 /* the whole bench stays under 2 minutes */
+#define S_BUDGET_MS 170000 /* the whole bench stays under 3 minutes */
+#define S_STORE_MODES 3
 
 typedef struct {
     int tasks; /* W1 tasks per run */
@@ -176,6 +180,66 @@ s_worker(tq_harness_env_t *env, const s_config_t *config, int prefetch)
     return pid;
 }
 
+static int
+s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* W1 (prefetch 16) against a broker in memory, and with the store synced
+   by the OS and synced per batch: one broker and worker host per mode, all
+   up at once, runs interleaved so that noise from other load on the
+   machine falls on every mode alike. Fills w1[mode][run]; 0 or -1. */
+static int
+s_store_modes(const s_config_t *config, double w1[][S_MAX_RUNS])
+{
+    char dirs[S_STORE_MODES][512];
+    const char *base = getenv("TMPDIR");
+    tq_harness_env_t env[S_STORE_MODES];
+    memset(env, 0, sizeof env);
+    int rc = 0, started = 0;
+    for (int m = 0; m < S_STORE_MODES && rc == 0; m++) {
+        snprintf(dirs[m], sizeof dirs[m], "%s/tq-bench-XXXXXX",
+                 base && *base ? base : "/tmp");
+        if (!mkdtemp(dirs[m])) {
+            fprintf(stderr, "tq-bench: mkdtemp %s: %s\n", dirs[m],
+                    strerror(errno));
+            rc = -1;
+            break;
+        }
+        char data[sizeof dirs + 8]; /* gcc sizes dirs[m] as all of dirs */
+        snprintf(data, sizeof data, "%s/data", dirs[m]);
+        const char *memory[] = {"--no-persist", NULL};
+        const char *os[] = {"--data", data, "--sync", "os", NULL};
+        const char *batch[] = {"--data", data, "--sync", "batch", NULL};
+        const char *const *extra = m == 0 ? memory : m == 1 ? os : batch;
+        started = m + 1;
+        if (tq_harness_env_start(&env[m], extra) != 0 ||
+            s_worker(&env[m], config, 16) < 0) {
+            fprintf(stderr, "tq-bench: store mode %d did not start\n", m);
+            rc = -1;
+        }
+    }
+    for (int m = 0; m < started && rc == 0; m++)
+        if (s_throughput(env[m].client, config->tasks / 10 + 1) < 0)
+            rc = -1; /* warm up */
+    for (int run = 0; run < config->runs && rc == 0; run++)
+        for (int m = 0; m < S_STORE_MODES && rc == 0; m++) {
+            w1[m][run] = s_throughput(env[m].client, config->tasks);
+            if (w1[m][run] < 0)
+                rc = -1;
+        }
+    for (int m = 0; m < started; m++) {
+        tq_harness_env_stop(&env[m]);
+        nftw(dirs[m], s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    }
+    return rc;
+}
+
 static void
 s_usage(FILE *out)
 {
@@ -269,6 +333,9 @@ main(int argc, char **argv)
         }
     }
     tq_harness_env_stop(&env);
+    double store[S_STORE_MODES][S_MAX_RUNS];
+    if (rc == 0 && s_store_modes(&config, store) != 0)
+        rc = 1;
     if (rc != 0) {
         fprintf(stderr, "tq-bench: failed\n");
         return 1;
@@ -281,5 +348,24 @@ main(int argc, char **argv)
     s_row("W1 throughput, prefetch 16", "tasks/s", w1[1], config.runs);
     s_row("W2 round trip p50", "us", p50, config.runs);
     s_row("W2 round trip p99", "us", p99, config.runs);
+
+    /* the store's cost: ratio of the medians, the memory broker's run
+       interleaved with the others' (see s_store_modes) */
+    printf("\n%-28s %12s %-8s %8s", "W1 prefetch 16, store", "median", "unit",
+           "ratio");
+    for (int i = 0; i < config.runs; i++)
+        printf("      run %d", i + 1);
+    printf("\n");
+    static const char *const names[S_STORE_MODES] = {
+        "  --no-persist (memory)", "  --sync os", "  --sync batch"};
+    double memory = s_median(store[0], config.runs);
+    for (int m = 0; m < S_STORE_MODES; m++) {
+        double median = s_median(store[m], config.runs);
+        printf("%-28s %12.0f %-8s %8.2f", names[m], median, "tasks/s",
+               memory > 0 ? median / memory : 0);
+        for (int i = 0; i < config.runs; i++)
+            printf(" %10.0f", store[m][i]);
+        printf("\n");
+    }
     return 0;
 }

@@ -1,55 +1,64 @@
-/* tq_cli.c - the tq command: submit tasks, fetch results and show broker
-   status from a shell; arguments and results as JSON (jansson). */
+/* tq_cli.c - the tq command: main() with its verb table, the shared JSON
+   helpers (jansson), and the submit and get verbs. */
 #include <errno.h>
 #include <float.h>
 #include <jansson.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tq/tq_client.h"
+#include "tq_cli.h"
 #include "tq_client_internal.h"
-
-#define streq(a, b) (strcmp((a), (b)) == 0)
-
-/* Exit codes, as documented in the usage text and README. */
-enum {
-    S_EXIT_OK = 0,
-    S_EXIT_TASK = 1,
-    S_EXIT_USAGE = 2,
-    S_EXIT_TIMEOUT = 3,
-    S_EXIT_UNREACHABLE = 4,
-    S_EXIT_UNKNOWN = 5,
-};
-
-#define S_STATUS_TIMEOUT_MS 5000
+#include "tq_keygen.h"
 
 static const char *s_usage_main =
     "usage: tq [--broker EP] COMMAND [OPTIONS]\n"
     "\n"
-    "commands:\n"
+    "tasks:\n"
     "  submit TASK [ARG...]   submit a task; prints its id, or its result "
     "with --wait\n"
     "  get ID                 fetch a task's result by id\n"
-    "  status                 show the broker's queues, workers and "
-    "counters\n"
+    "  wait ID...             wait for tasks and print their results\n"
+    "  cancel ID              cancel a waiting or running task\n"
+    "  map TASK               one task per stdin line of JSON arguments,\n"
+    "                         results as JSON lines in input order\n"
+    "  exec -- CMD ARG... {}  run a command on worker hosts per stdin line\n"
+    "                         (workers started with --allow-exec)\n"
+    "operators:\n"
+    "  status                 queues, worker hosts, unserved tasks "
+    "(--watch)\n"
+    "  workers                every worker process\n"
+    "  failed                 dead letters: tasks that failed for good\n"
+    "  retry ID               run a dead letter again\n"
+    "  purge QUEUE            drop a queue's waiting tasks\n"
+    "  keygen NAME [DIR]      make a CURVE certificate pair\n"
     "\n"
     "  --broker EP   the broker's client endpoint (default: $TQ_BROKER, "
     "else\n"
     "                " TQ_DEFAULT_CLIENT_ENDPOINT ")\n"
-    "  --help        this text; tq COMMAND --help for a command's options\n"
+    "  --help        this text; tq COMMAND --help for a command's options "
+    "and\n"
+    "                an example; every command takes --json for scripts\n"
     "\n"
-    "exit codes: 0 ok, 1 the task failed (error on stderr), 2 usage,\n"
+    "examples:\n"
+    "  tq submit tq.echo 1 '\"two\"' --wait\n"
+    "  seq 100 | tq map tq.echo\n"
+    "  ls *.log | tq exec -j 8 -- gzip -k {}\n"
+    "  tq status --watch\n"
+    "\n"
+    "exit codes: 0 ok, 1 a task failed (error on stderr), 2 usage,\n"
     "            3 timeout or not ready, 4 broker unreachable, 5 unknown "
     "task id\n";
 
-static const char *s_usage_submit =
+const char *const tq_cli_usage_submit =
     "usage: tq [--broker EP] submit TASK [ARG...] [--queue Q] [--priority "
     "P]\n"
-    "          [--time-limit SEC] [--wait] [--timeout SEC]\n"
+    "          [--time-limit SEC] [--retries N] [--wait] [--timeout SEC] "
+    "[--json]\n"
     "\n"
     "Each ARG that parses as JSON (numbers, \"quoted strings\", objects, "
     "arrays,\n"
@@ -61,6 +70,7 @@ static const char *s_usage_submit =
     "  --queue Q         queue (default \"" TQ_DEFAULT_QUEUE "\")\n"
     "  --priority P      0..9, higher runs first (default 0)\n"
     "  --time-limit SEC  hard time limit (default: the worker's)\n"
+    "  --retries N       reruns after a failure (default 0)\n"
     "  --wait            wait for the result and print it as JSON; msgpack\n"
     "                    binary prints as {\"$bin\": \"<hex>\"}, extension "
     "types as\n"
@@ -69,25 +79,30 @@ static const char *s_usage_submit =
     "                    strings as their JSON text\n"
     "  --timeout SEC     give up waiting after SEC (exit 3); default: wait\n"
     "                    as long as the broker is alive\n"
+    "  --json            print {\"id\": ...} (with --wait: {\"id\", "
+    "\"state\", \"code\",\n"
+    "                    \"value\" or \"error\"}) instead\n"
     "\n"
     "Without --wait prints the task id once the broker has accepted it.\n"
-    "A failed task prints \"error: <code>: <text>\" on stderr, exit 1.\n";
+    "A failed task prints \"error: <code>: <text>\" on stderr, exit 1.\n"
+    "\n"
+    "example:\n"
+    "  tq submit tq.echo 1 '\"two\"' '[3]' --wait      # [1,\"two\",[3]]\n"
+    "  id=$(tq submit tq.sleep 5 --priority 9)\n";
 
-static const char *s_usage_get =
-    "usage: tq [--broker EP] get ID [--wait] [--timeout SEC]\n"
+const char *const tq_cli_usage_get =
+    "usage: tq [--broker EP] get ID [--wait] [--timeout SEC] [--json]\n"
     "\n"
     "Prints the task's result as JSON (as tq submit --wait) if it is final.\n"
     "Without --wait, a task not final yet prints its state (PENDING, "
     "RUNNING,\n"
     "RETRY) and exits 3. With --wait, waits for the result (up to "
     "--timeout).\n"
-    "An id the broker does not know (or whose result expired) exits 5.\n";
-
-static const char *s_usage_status =
-    "usage: tq [--broker EP] status [--json] [--timeout SEC]\n"
+    "An id the broker does not know (or whose result expired) exits 5.\n"
+    "--json prints {\"id\", \"state\", \"code\", \"value\" or \"error\"}.\n"
     "\n"
-    "Shows the broker's queues, workers, unserved tasks and counters; with\n"
-    "--json prints the whole status body as JSON. Waits 5 s by default.\n";
+    "example:\n"
+    "  tq get 3f2a...e1 --wait --timeout 10\n";
 
 static const char *const s_code_names[TQ_ERROR_COUNT_] = {
     "TQ_OK",          "TQ_EINVAL",     "TQ_ENOMEM",      "TQ_EPROTO",
@@ -97,8 +112,8 @@ static const char *const s_code_names[TQ_ERROR_COUNT_] = {
     "TQ_ESTATE",      "TQ_ESYS",       "TQ_EBUSY",
 };
 
-static const char *
-s_code_name(int code)
+const char *
+tq_cli_code_name(int code)
 {
     return code >= 0 && code < TQ_ERROR_COUNT_ ? s_code_names[code] : "?";
 }
@@ -112,29 +127,25 @@ s_ran(int code)
            code == TQ_ENOTASK;
 }
 
-static int
-s_exit_code(int code)
+int
+tq_cli_exit_code(int code)
 {
     switch (code) {
     case TQ_OK:
-        return S_EXIT_OK;
+        return TQ_CLI_EXIT_OK;
     case TQ_ETIMEDOUT:
-        return S_EXIT_TIMEOUT;
+        return TQ_CLI_EXIT_TIMEOUT;
     case TQ_EUNREACHABLE:
-        return S_EXIT_UNREACHABLE;
+        return TQ_CLI_EXIT_UNREACHABLE;
     case TQ_EUNKNOWN:
-        return S_EXIT_UNKNOWN;
+        return TQ_CLI_EXIT_UNKNOWN;
     default:
-        return S_EXIT_TASK;
+        return TQ_CLI_EXIT_TASK;
     }
 }
 
-/* Prints "tq: <message>" and the usage text on stderr; returns 2. */
-static int s_usage_error(const char *usage, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int
-s_usage_error(const char *usage, const char *format, ...)
+int
+tq_cli_usage_error(const char *usage, const char *format, ...)
 {
     va_list ap;
     va_start(ap, format);
@@ -142,12 +153,26 @@ s_usage_error(const char *usage, const char *format, ...)
     vfprintf(stderr, format, ap);
     va_end(ap);
     fprintf(stderr, "\n%s", usage);
-    return S_EXIT_USAGE;
+    return TQ_CLI_EXIT_USAGE;
 }
 
-/* Parses SEC (a non-negative decimal) into milliseconds; -1 if invalid. */
-static int
-s_parse_seconds(const char *text)
+int
+tq_cli_error(int code, const char *format, ...)
+{
+    fprintf(stderr, "error: %s: ", tq_cli_code_name(code));
+    if (format) {
+        va_list ap;
+        va_start(ap, format);
+        vfprintf(stderr, format, ap);
+        va_end(ap);
+    } else
+        fputs(tq_strerror(code), stderr);
+    fputc('\n', stderr);
+    return tq_cli_exit_code(code);
+}
+
+int
+tq_cli_parse_seconds(const char *text)
 {
     char *end;
     errno = 0;
@@ -157,10 +182,22 @@ s_parse_seconds(const char *text)
     return (int)llround(sec * 1000.0);
 }
 
+bool
+tq_cli_parse_long(const char *text, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
 /* ---- JSON -> msgpack ---------------------------------------------------- */
 
-static void
-s_pack_json(msgpack_packer *pk, const json_t *v)
+void
+tq_cli_pack_json(msgpack_packer *pk, const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
@@ -171,7 +208,7 @@ s_pack_json(msgpack_packer *pk, const json_t *v)
         {
             size_t len = strlen(key);
             msgpack_pack_str_with_body(pk, key, len);
-            s_pack_json(pk, item);
+            tq_cli_pack_json(pk, item);
         }
         break;
     }
@@ -179,7 +216,7 @@ s_pack_json(msgpack_packer *pk, const json_t *v)
         msgpack_pack_array(pk, json_array_size(v));
         size_t i;
         json_t *item;
-        json_array_foreach(v, i, item) s_pack_json(pk, item);
+        json_array_foreach(v, i, item) tq_cli_pack_json(pk, item);
         break;
     }
     case JSON_STRING:
@@ -204,16 +241,15 @@ s_pack_json(msgpack_packer *pk, const json_t *v)
     }
 }
 
-/* Packs one command-line argument: its JSON value, else the plain string. */
-static void
-s_pack_arg(msgpack_packer *pk, const char *arg)
+void
+tq_cli_pack_arg(msgpack_packer *pk, const char *text, size_t len)
 {
-    json_t *v = json_loads(arg, JSON_DECODE_ANY, NULL);
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY, NULL);
     if (v) {
-        s_pack_json(pk, v);
+        tq_cli_pack_json(pk, v);
         json_decref(v);
     } else
-        msgpack_pack_str_with_body(pk, arg, strlen(arg));
+        msgpack_pack_str_with_body(pk, text, len);
 }
 
 /* ---- msgpack -> JSON ---------------------------------------------------- */
@@ -235,21 +271,89 @@ s_hex(const char *data, size_t size)
     return s;
 }
 
-static json_t *s_to_json(const msgpack_object *o);
+/* Length of the valid UTF-8 sequence at p (at most n bytes), 0 if none. */
+static size_t
+s_utf8_seq(const unsigned char *p, size_t n)
+{
+    if (p[0] < 0x80)
+        return 1; /* NUL included: jansson writes it as \u0000 */
+    size_t len;
+    uint32_t cp;
+    if ((p[0] & 0xE0) == 0xC0)
+        len = 2, cp = p[0] & 0x1F;
+    else if ((p[0] & 0xF0) == 0xE0)
+        len = 3, cp = p[0] & 0x0F;
+    else if ((p[0] & 0xF8) == 0xF0)
+        len = 4, cp = p[0] & 0x07;
+    else
+        return 0;
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+/* A JSON string of msgpack str bytes: the common valid case as is; a
+   command's binary output gets U+FFFD for each bad byte, since jansson
+   refuses to encode invalid UTF-8 and the whole line would be lost. */
+static json_t *
+s_string(const char *ptr, size_t size)
+{
+    const unsigned char *p = (const unsigned char *)ptr;
+    size_t i = 0;
+    while (i < size) {
+        size_t n = s_utf8_seq(p + i, size - i);
+        if (!n)
+            break;
+        i += n;
+    }
+    if (i == size)
+        return json_stringn_nocheck(ptr, size);
+    char *fixed = malloc(size * 3 + 1);
+    if (!fixed)
+        return json_null();
+    size_t used = 0;
+    for (i = 0; i < size;) {
+        size_t n = s_utf8_seq(p + i, size - i);
+        if (n) {
+            memcpy(fixed + used, p + i, n);
+            used += n;
+            i += n;
+        } else {
+            memcpy(fixed + used, "\xEF\xBF\xBD", 3);
+            used += 3;
+            i++;
+        }
+    }
+    json_t *s = json_stringn_nocheck(fixed, used);
+    free(fixed);
+    return s;
+}
 
 static char *
 s_key_text(const msgpack_object *key)
 {
-    if (key->type == MSGPACK_OBJECT_STR)
-        return strndup(key->via.str.ptr, key->via.str.size);
-    json_t *j = s_to_json(key);
+    if (key->type == MSGPACK_OBJECT_STR) {
+        json_t *j = s_string(key->via.str.ptr, key->via.str.size);
+        char *text = json_is_string(j) ? strdup(json_string_value(j)) : NULL;
+        json_decref(j);
+        return text;
+    }
+    json_t *j = tq_cli_to_json(key);
     char *text = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
     json_decref(j);
     return text;
 }
 
-static json_t *
-s_to_json(const msgpack_object *o)
+json_t *
+tq_cli_to_json(const msgpack_object *o)
 {
     switch (o->type) {
     case MSGPACK_OBJECT_NIL:
@@ -267,11 +371,11 @@ s_to_json(const msgpack_object *o)
         /* JSON has no NaN or infinity */
         return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
     case MSGPACK_OBJECT_STR:
-        return json_stringn_nocheck(o->via.str.ptr, o->via.str.size);
+        return s_string(o->via.str.ptr, o->via.str.size);
     case MSGPACK_OBJECT_BIN: {
         json_t *obj = json_object();
-        json_object_set_new(obj, "$bin", s_hex(o->via.bin.ptr,
-                                               o->via.bin.size));
+        json_object_set_new(obj, "$bin",
+                            s_hex(o->via.bin.ptr, o->via.bin.size));
         return obj;
     }
     case MSGPACK_OBJECT_EXT: {
@@ -284,7 +388,7 @@ s_to_json(const msgpack_object *o)
     case MSGPACK_OBJECT_ARRAY: {
         json_t *arr = json_array();
         for (uint32_t i = 0; i < o->via.array.size; i++)
-            json_array_append_new(arr, s_to_json(&o->via.array.ptr[i]));
+            json_array_append_new(arr, tq_cli_to_json(&o->via.array.ptr[i]));
         return arr;
     }
     case MSGPACK_OBJECT_MAP: {
@@ -293,7 +397,7 @@ s_to_json(const msgpack_object *o)
             char *key = s_key_text(&o->via.map.ptr[i].key);
             if (key)
                 json_object_set_new(obj, key,
-                                    s_to_json(&o->via.map.ptr[i].val));
+                                    tq_cli_to_json(&o->via.map.ptr[i].val));
             free(key);
         }
         return obj;
@@ -336,60 +440,148 @@ s_real_precision(const json_t *v)
     return best;
 }
 
-static void
-s_print_json(const json_t *v, bool indent)
+char *
+tq_cli_dump_json(const json_t *v, bool indent)
 {
     size_t flags = JSON_ENCODE_ANY | JSON_PRESERVE_ORDER |
                    JSON_REAL_PRECISION(s_real_precision(v));
     flags |= indent ? JSON_INDENT(2) : JSON_COMPACT;
-    char *text = json_dumps(v, flags);
+    return json_dumps(v, flags);
+}
+
+void
+tq_cli_print_json(const json_t *v, bool indent)
+{
+    char *text = tq_cli_dump_json(v, indent);
     if (text)
         puts(text);
     free(text);
 }
 
-/* Prints a final result: its value on stdout, or its error on stderr.
-   Returns the exit code. */
-static int
-s_print_result(tq_result_t *r, int code)
+json_t *
+tq_cli_result_json(tq_result_t *r, int code)
 {
+    json_t *obj = json_object();
+    json_object_set_new(obj, "id", json_string(tq_result_id(r)));
+    json_object_set_new(obj, "state",
+                        json_string(tq_state_name(tq_result_state(r))));
+    json_object_set_new(obj, "code", json_string(tq_cli_code_name(code)));
+    const msgpack_object *value = code == TQ_OK ? tq_result_value(r) : NULL;
+    if (value)
+        json_object_set_new(obj, "value", tq_cli_to_json(value));
+    else {
+        const char *text = code == TQ_ETIMEDOUT ? "the wait timed out"
+                           : code == TQ_OK ? "the result value is not valid "
+                                             "msgpack"
+                                           : tq_result_error(r);
+        json_object_set_new(obj, "error",
+                            json_string(*text ? text : tq_strerror(code)));
+    }
+    return obj;
+}
+
+int
+tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
+{
+    *status = NULL;
+    tq_buf_t body;
+    int code = tq_client_status(client, &body, timeout_ms);
+    if (code != TQ_OK) {
+        if (code == TQ_EUNREACHABLE || code == TQ_ETIMEDOUT)
+            return tq_cli_error(code, "no status from the broker at %s",
+                                tq_client_endpoint(client));
+        return tq_cli_error(code, NULL);
+    }
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    size_t off = 0;
+    int rc = TQ_CLI_EXIT_OK;
+    if (msgpack_unpack_next(&up, body.data, body.size, &off) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        up.data.type != MSGPACK_OBJECT_MAP)
+        rc = tq_cli_error(TQ_EPROTO, "the status body is not a msgpack map");
+    else
+        *status = tq_cli_to_json(&up.data);
+    msgpack_unpacked_destroy(&up);
+    tq_buf_free(&body);
+    return rc;
+}
+
+long
+tq_cli_task_capacity(const json_t *status, const char *task, long *children)
+{
+    long credit = 0, count = 0;
+    size_t i, k;
+    json_t *worker, *name;
+    json_array_foreach(json_object_get(status, "workers"), i, worker)
+    {
+        bool provides = !task;
+        json_array_foreach(json_object_get(worker, "tasks"), k, name)
+            if (task && json_is_string(name) &&
+                streq(json_string_value(name), task))
+                provides = true;
+        if (!provides)
+            continue;
+        json_t *c = json_object_get(worker, "credit");
+        credit += json_is_integer(c) ? (long)json_integer_value(c) : 1;
+        count++;
+    }
+    if (children)
+        *children = count;
+    return credit;
+}
+
+/* Prints a final result: its value on stdout (or its JSON envelope), or
+   its error on stderr. Returns the exit code. */
+static int
+s_print_result(tq_result_t *r, int code, bool as_json)
+{
+    if (as_json) {
+        json_t *j = tq_cli_result_json(r, code);
+        tq_cli_print_json(j, false);
+        json_decref(j);
+        if (code != TQ_OK)
+            return tq_cli_exit_code(code);
+    }
     if (code == TQ_OK) {
         const msgpack_object *value = tq_result_value(r);
-        if (!value) {
-            fprintf(stderr, "error: TQ_EPROTO: the result value is not "
-                            "valid msgpack\n");
-            return S_EXIT_TASK;
+        if (!value)
+            return tq_cli_error(TQ_EPROTO,
+                                "the result value is not valid msgpack");
+        if (!as_json) {
+            json_t *j = tq_cli_to_json(value);
+            tq_cli_print_json(j, false);
+            json_decref(j);
         }
-        json_t *j = s_to_json(value);
-        s_print_json(j, false);
-        json_decref(j);
-        return S_EXIT_OK;
+        return TQ_CLI_EXIT_OK;
     }
     const char *text = code == TQ_ETIMEDOUT ? "the wait timed out"
                                             : tq_result_error(r);
-    fprintf(stderr, "error: %s: %s\n", s_code_name(code),
-            *text ? text : tq_strerror(code));
-    return s_exit_code(code);
+    if (as_json)
+        return tq_cli_exit_code(code);
+    return tq_cli_error(code, "%s", *text ? text : tq_strerror(code));
 }
 
-/* ---- commands ----------------------------------------------------------- */
+/* ---- submit, get -------------------------------------------------------- */
 
-static int
-s_cmd_submit(tq_client_t *client, int argc, char **argv)
+int
+tq_cli_submit(tq_client_t *client, int argc, char **argv)
 {
     tq_options_t options = TQ_OPTIONS_INIT;
     const char *task = NULL;
-    bool wait = false;
+    bool wait = false, as_json = false;
     int timeout_ms = -1;
-    msgpack_sbuffer args_buf;
-    msgpack_sbuffer_init(&args_buf);
     const char **args = calloc((size_t)argc + 1, sizeof *args);
+    if (!args)
+        return tq_cli_error(TQ_ENOMEM, NULL);
     size_t nargs = 0;
     bool only_args = false;
-    int rc = S_EXIT_OK;
-    for (int i = 0; i < argc && rc == S_EXIT_OK; i++) {
+    int rc = TQ_CLI_EXIT_OK;
+    const char *usage = tq_cli_usage_submit;
+    for (int i = 0; i < argc && rc == TQ_CLI_EXIT_OK; i++) {
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
         if (only_args || strncmp(a, "--", 2) != 0) {
             if (!task)
                 task = a;
@@ -399,43 +591,49 @@ s_cmd_submit(tq_client_t *client, int argc, char **argv)
             only_args = true;
         else if (streq(a, "--wait"))
             wait = true;
+        else if (streq(a, "--json"))
+            as_json = true;
         else if (!next)
-            rc = s_usage_error(s_usage_submit, "%s: unknown option or "
-                                               "missing value", a);
+            rc = tq_cli_usage_error(usage, "%s: unknown option or missing "
+                                           "value", a);
         else if (streq(a, "--queue"))
             options.queue = next, i++;
         else if (streq(a, "--priority")) {
-            char *end;
-            long p = strtol(next, &end, 10);
-            if (*end || end == next || p < 0 || p > TQ_PRIORITY_MAX)
-                rc = s_usage_error(s_usage_submit,
-                                   "--priority %s: not in 0..9", next);
-            options.priority = (int)p, i++;
+            if (!tq_cli_parse_long(next, 0, TQ_PRIORITY_MAX, &n))
+                rc = tq_cli_usage_error(usage, "--priority %s: not in 0..9",
+                                        next);
+            options.priority = (int)n, i++;
+        } else if (streq(a, "--retries")) {
+            if (!tq_cli_parse_long(next, 0, 1000, &n))
+                rc = tq_cli_usage_error(usage, "--retries %s: not in "
+                                               "0..1000", next);
+            options.retries = (int)n, i++;
         } else if (streq(a, "--time-limit")) {
-            options.time_limit_ms = s_parse_seconds(next), i++;
+            options.time_limit_ms = tq_cli_parse_seconds(next), i++;
             if (options.time_limit_ms < 0)
-                rc = s_usage_error(s_usage_submit,
-                                   "--time-limit %s: not a duration", next);
+                rc = tq_cli_usage_error(usage, "--time-limit %s: not a "
+                                               "duration", next);
         } else if (streq(a, "--timeout")) {
-            timeout_ms = s_parse_seconds(next), i++;
+            timeout_ms = tq_cli_parse_seconds(next), i++;
             if (timeout_ms < 0)
-                rc = s_usage_error(s_usage_submit,
-                                   "--timeout %s: not a duration", next);
+                rc = tq_cli_usage_error(usage, "--timeout %s: not a "
+                                               "duration", next);
         } else
-            rc = s_usage_error(s_usage_submit, "%s: unknown option", a);
+            rc = tq_cli_usage_error(usage, "%s: unknown option", a);
     }
-    if (rc == S_EXIT_OK && !task)
-        rc = s_usage_error(s_usage_submit, "%s", "missing TASK");
-    if (rc != S_EXIT_OK) {
+    if (rc == TQ_CLI_EXIT_OK && !task)
+        rc = tq_cli_usage_error(usage, "%s", "missing TASK");
+    if (rc != TQ_CLI_EXIT_OK) {
         free(args);
-        msgpack_sbuffer_destroy(&args_buf);
         return rc;
     }
+    msgpack_sbuffer args_buf;
+    msgpack_sbuffer_init(&args_buf);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &args_buf, msgpack_sbuffer_write);
     msgpack_pack_array(&pk, nargs);
     for (size_t i = 0; i < nargs; i++)
-        s_pack_arg(&pk, args[i]);
+        tq_cli_pack_arg(&pk, args[i], strlen(args[i]));
     free(args);
 
     tq_result_t *r = tq_apply_async_raw(client, task, &options, args_buf.data,
@@ -444,10 +642,10 @@ s_cmd_submit(tq_client_t *client, int argc, char **argv)
     if (!r) {
         fprintf(stderr, "tq: invalid task name or queue name: %s / %s\n",
                 task, options.queue ? options.queue : TQ_DEFAULT_QUEUE);
-        return S_EXIT_USAGE;
+        return TQ_CLI_EXIT_USAGE;
     }
     if (wait)
-        rc = s_print_result(r, tq_result_get(r, timeout_ms));
+        rc = s_print_result(r, tq_result_get(r, timeout_ms), as_json);
     else {
         /* the id is only worth printing once the broker holds the task;
            an unreachable broker ends this wait within the liveness */
@@ -457,190 +655,91 @@ s_cmd_submit(tq_client_t *client, int argc, char **argv)
                said SUBMITTED; a task that already ran still prints its id */
             code = tq_result_code(r);
         if (code == TQ_OK) {
-            puts(tq_result_id(r));
-            rc = S_EXIT_OK;
+            if (as_json) {
+                json_t *j = json_pack("{s:s}", "id", tq_result_id(r));
+                tq_cli_print_json(j, false);
+                json_decref(j);
+            } else
+                puts(tq_result_id(r));
+            rc = TQ_CLI_EXIT_OK;
         } else
-            rc = s_print_result(r, code);
+            rc = s_print_result(r, code, as_json);
     }
     tq_result_destroy(&r);
     return rc;
 }
 
-static int
-s_cmd_get(tq_client_t *client, int argc, char **argv)
+int
+tq_cli_get(tq_client_t *client, int argc, char **argv)
 {
     const char *id = NULL;
-    bool wait = false;
+    bool wait = false, as_json = false;
     int timeout_ms = -1;
+    const char *usage = tq_cli_usage_get;
     for (int i = 0; i < argc; i++) {
         if (streq(argv[i], "--wait"))
             wait = true;
+        else if (streq(argv[i], "--json"))
+            as_json = true;
         else if (streq(argv[i], "--timeout") && i + 1 < argc) {
-            timeout_ms = s_parse_seconds(argv[++i]);
+            timeout_ms = tq_cli_parse_seconds(argv[++i]);
             if (timeout_ms < 0)
-                return s_usage_error(s_usage_get,
-                                     "--timeout %s: not a duration", argv[i]);
+                return tq_cli_usage_error(usage, "--timeout %s: not a "
+                                                 "duration", argv[i]);
         } else if (strncmp(argv[i], "--", 2) == 0 || id)
-            return s_usage_error(s_usage_get, "%s: unexpected argument",
-                                 argv[i]);
+            return tq_cli_usage_error(usage, "%s: unexpected argument",
+                                      argv[i]);
         else
             id = argv[i];
     }
     if (!id)
-        return s_usage_error(s_usage_get, "%s", "missing ID");
+        return tq_cli_usage_error(usage, "%s", "missing ID");
     tq_result_t *r = tq_client_fetch(client, id, wait);
     if (!r)
-        return s_usage_error(s_usage_get, "%s: not a valid task id", id);
+        return tq_cli_usage_error(usage, "%s: not a valid task id", id);
     int rc;
     if (wait)
-        rc = s_print_result(r, tq_result_get(r, timeout_ms));
+        rc = s_print_result(r, tq_result_get(r, timeout_ms), as_json);
     else if (tq_result_wait_answer(r, timeout_ms) != TQ_OK)
-        rc = s_print_result(r, TQ_ETIMEDOUT);
+        rc = s_print_result(r, TQ_ETIMEDOUT, as_json);
     else if (tq_result_ready(r))
-        rc = s_print_result(r, tq_result_code(r));
+        rc = s_print_result(r, tq_result_code(r), as_json);
     else {
-        puts(tq_state_name(tq_result_state(r)));
-        rc = S_EXIT_TIMEOUT;
+        if (as_json) {
+            json_t *j = json_pack("{s:s,s:s}", "id", id, "state",
+                                  tq_state_name(tq_result_state(r)));
+            tq_cli_print_json(j, false);
+            json_decref(j);
+        } else
+            puts(tq_state_name(tq_result_state(r)));
+        rc = TQ_CLI_EXIT_TIMEOUT;
     }
     tq_result_destroy(&r);
     return rc;
 }
 
-static json_int_t
-s_int(const json_t *obj, const char *key)
-{
-    json_t *v = json_object_get(obj, key);
-    return json_is_integer(v) ? json_integer_value(v) : 0;
-}
+/* ---- main --------------------------------------------------------------- */
 
-static const char *
-s_text(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "-";
-}
+/* One verb of the command line. */
+typedef struct {
+    const char *name;
+    tq_cli_verb_fn *fn;
+    const char *const *usage; /* its --help text */
+} s_verb_t;
 
-/* Joins an array of strings with commas into buf. */
-static const char *
-s_join(const json_t *arr, char *buf, size_t size)
-{
-    size_t used = 0;
-    buf[0] = 0;
-    size_t i;
-    json_t *item;
-    json_array_foreach(arr, i, item)
-    {
-        int n = snprintf(buf + used, size - used, "%s%s", i ? "," : "",
-                         json_is_string(item) ? json_string_value(item)
-                                              : "?");
-        if (n < 0 || (size_t)n >= size - used)
-            break;
-        used += (size_t)n;
-    }
-    return buf[0] ? buf : "-";
-}
-
-static void
-s_print_status(const json_t *st)
-{
-    printf("broker %s, pid %lld, up %.1f s\n", s_text(st, "version"),
-           (long long)s_int(st, "pid"), s_int(st, "uptime_ms") / 1000.0);
-    size_t i;
-    json_t *item;
-    char queues[512], tasks[1024];
-
-    json_t *arr = json_object_get(st, "queues");
-    printf("\nqueues (%zu)\n", json_array_size(arr));
-    if (json_array_size(arr))
-        printf("  %-24s %10s %10s\n", "QUEUE", "WAITING", "RUNNING");
-    json_array_foreach(arr, i, item)
-        printf("  %-24s %10lld %10lld\n", s_text(item, "name"),
-               (long long)s_int(item, "waiting"),
-               (long long)s_int(item, "running"));
-
-    arr = json_object_get(st, "workers");
-    printf("\nworkers (%zu)\n", json_array_size(arr));
-    if (json_array_size(arr))
-        printf("  %-16s %8s %8s %6s %7s %8s  %-16s %s\n", "HOST", "PPID",
-               "PID", "CREDIT", "RUNNING", "DONE", "QUEUES", "TASKS");
-    json_array_foreach(arr, i, item)
-        printf("  %-16s %8lld %8lld %6lld %7lld %8lld  %-16s %s\n",
-               s_text(item, "host"), (long long)s_int(item, "ppid"),
-               (long long)s_int(item, "pid"),
-               (long long)s_int(item, "credit"),
-               (long long)s_int(item, "running"),
-               (long long)s_int(item, "done"),
-               s_join(json_object_get(item, "queues"), queues, sizeof queues),
-               s_join(json_object_get(item, "tasks"), tasks, sizeof tasks));
-
-    arr = json_object_get(st, "unserved");
-    printf("\nunserved: tasks no connected worker provides (%zu)\n",
-           json_array_size(arr));
-    if (json_array_size(arr))
-        printf("  %-24s %-16s %10s\n", "TASK", "QUEUE", "WAITING");
-    json_array_foreach(arr, i, item)
-        printf("  %-24s %-16s %10lld\n", s_text(item, "task"),
-               s_text(item, "queue"), (long long)s_int(item, "waiting"));
-
-    json_t *counters = json_object_get(st, "counters");
-    printf("\ncounters\n");
-    const char *key;
-    json_object_foreach(counters, key, item)
-        printf("  %-14s %lld\n", key,
-               (long long)(json_is_integer(item) ? json_integer_value(item)
-                                                 : 0));
-}
-
-static int
-s_cmd_status(tq_client_t *client, int argc, char **argv)
-{
-    bool as_json = false;
-    int timeout_ms = S_STATUS_TIMEOUT_MS;
-    for (int i = 0; i < argc; i++) {
-        if (streq(argv[i], "--json"))
-            as_json = true;
-        else if (streq(argv[i], "--timeout") && i + 1 < argc) {
-            timeout_ms = s_parse_seconds(argv[++i]);
-            if (timeout_ms < 0)
-                return s_usage_error(s_usage_status,
-                                     "--timeout %s: not a duration", argv[i]);
-        } else
-            return s_usage_error(s_usage_status, "%s: unexpected argument",
-                                 argv[i]);
-    }
-    tq_buf_t body;
-    int code = tq_client_status(client, &body, timeout_ms);
-    if (code != TQ_OK) {
-        if (code == TQ_EUNREACHABLE || code == TQ_ETIMEDOUT)
-            fprintf(stderr, "error: %s: no status from the broker at %s\n",
-                    s_code_name(code), tq_client_endpoint(client));
-        else
-            fprintf(stderr, "error: %s: %s\n", s_code_name(code),
-                    tq_strerror(code));
-        return s_exit_code(code);
-    }
-    msgpack_unpacked up;
-    msgpack_unpacked_init(&up);
-    size_t off = 0;
-    int rc = S_EXIT_OK;
-    if (msgpack_unpack_next(&up, body.data, body.size, &off) !=
-            MSGPACK_UNPACK_SUCCESS ||
-        up.data.type != MSGPACK_OBJECT_MAP) {
-        fprintf(stderr, "error: TQ_EPROTO: the status body is not a "
-                        "msgpack map\n");
-        rc = S_EXIT_TASK;
-    } else {
-        json_t *j = s_to_json(&up.data);
-        if (as_json)
-            s_print_json(j, true);
-        else
-            s_print_status(j);
-        json_decref(j);
-    }
-    msgpack_unpacked_destroy(&up);
-    tq_buf_free(&body);
-    return rc;
-}
+static const s_verb_t s_verbs[] = {
+    {"submit", tq_cli_submit, &tq_cli_usage_submit},
+    {"get", tq_cli_get, &tq_cli_usage_get},
+    {"wait", tq_cli_wait, &tq_cli_usage_wait},
+    {"cancel", tq_cli_cancel, &tq_cli_usage_cancel},
+    {"status", tq_cli_status, &tq_cli_usage_status},
+    {"workers", tq_cli_workers, &tq_cli_usage_workers},
+    {"failed", tq_cli_failed, &tq_cli_usage_failed},
+    {"retry", tq_cli_retry, &tq_cli_usage_retry},
+    {"purge", tq_cli_purge, &tq_cli_usage_purge},
+    {"map", tq_cli_map, &tq_cli_usage_map},
+    {"exec", tq_cli_exec, &tq_cli_usage_exec},
+};
 
 static bool
 s_wants_help(int argc, char **argv)
@@ -667,53 +766,65 @@ main(int argc, char **argv)
             endpoint = argv[++i];
         else if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
             fputs(s_usage_main, stdout);
-            return S_EXIT_OK;
+            return TQ_CLI_EXIT_OK;
         } else if (strncmp(argv[i], "--", 2) == 0)
-            return s_usage_error(s_usage_main, "%s: unknown option",
-                                 argv[i]);
+            return tq_cli_usage_error(s_usage_main, "%s: unknown option",
+                                      argv[i]);
         else
             break;
     }
     if (i >= argc)
-        return s_usage_error(s_usage_main, "%s", "missing COMMAND");
+        return tq_cli_usage_error(s_usage_main, "%s", "missing COMMAND");
     const char *command = argv[i];
     int cargc = argc - i - 1;
     char **cargv = argv + i + 1;
-    const char *usage = streq(command, "submit")   ? s_usage_submit
-                        : streq(command, "get")    ? s_usage_get
-                        : streq(command, "status") ? s_usage_status
-                                                   : NULL;
-    if (!usage)
-        return s_usage_error(s_usage_main, "%s: unknown command", command);
+    const s_verb_t *verb = NULL;
+    for (size_t k = 0; k < sizeof s_verbs / sizeof s_verbs[0]; k++)
+        if (streq(command, s_verbs[k].name))
+            verb = &s_verbs[k];
+    if (streq(command, "keygen")) /* local: needs no broker */
+        return tq_keygen_main(cargc, cargv);
+    if (streq(command, "help")) {
+        for (size_t k = 0; cargc > 0 && k < sizeof s_verbs / sizeof s_verbs[0];
+             k++)
+            if (streq(cargv[0], s_verbs[k].name)) {
+                fputs(*s_verbs[k].usage, stdout);
+                return TQ_CLI_EXIT_OK;
+            }
+        fputs(s_usage_main, stdout);
+        return TQ_CLI_EXIT_OK;
+    }
+    if (!verb)
+        return tq_cli_usage_error(s_usage_main, "%s: unknown command",
+                                  command);
     if (s_wants_help(cargc, cargv)) {
-        fputs(usage, stdout);
-        return S_EXIT_OK;
+        fputs(*verb->usage, stdout);
+        return TQ_CLI_EXIT_OK;
     }
     /* --broker is also accepted after the command */
-    for (int j = 0; j + 1 < cargc; j++)
+    for (int j = 0; j + 1 < cargc; j++) {
+        if (streq(cargv[j], "--"))
+            break;
         if (streq(cargv[j], "--broker")) {
-            if (j > 0 && streq(cargv[j - 1], "--"))
-                break;
             endpoint = cargv[j + 1];
             memmove(cargv + j, cargv + j + 2,
                     (size_t)(cargc - j - 2) * sizeof *cargv);
             cargc -= 2;
             break;
         }
+    }
 
     tq_client_t *client = tq_client_new(endpoint);
     if (!client) {
         fprintf(stderr, "error: TQ_EINVAL: cannot use broker endpoint %s\n",
                 endpoint ? endpoint : "(default)");
-        return S_EXIT_USAGE;
+        return TQ_CLI_EXIT_USAGE;
     }
-    int rc;
-    if (streq(command, "submit"))
-        rc = s_cmd_submit(client, cargc, cargv);
-    else if (streq(command, "get"))
-        rc = s_cmd_get(client, cargc, cargv);
-    else
-        rc = s_cmd_status(client, cargc, cargv);
+    int rc = verb->fn(client, cargc, cargv);
+    /* stdout may be a closed pipe (tq map ... | head): the exit code must
+       still tell what happened to the tasks, so only report it */
+    if (fflush(stdout) != 0 && rc == TQ_CLI_EXIT_OK)
+        rc = TQ_CLI_EXIT_TASK;
     tq_client_destroy(&client);
     return rc;
 }

@@ -1,0 +1,757 @@
+/* tq_cli_map.c - tq map and tq exec: one task per stdin line with at most
+   -j in flight, results in input order (or completion order), a progress
+   bar on a terminal's stderr. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tq_cli.h"
+#include "tq_client_internal.h"
+#include "tq_proto.h"
+
+const char *const tq_cli_usage_map =
+    "usage: tq [--broker EP] map TASK [-j N] [--unordered] [--json] "
+    "[--queue Q]\n"
+    "          [--priority P] [--time-limit SEC] [--retries N] "
+    "[--progress|--no-progress]\n"
+    "          [--no-check]\n"
+    "\n"
+    "Runs TASK once per line of stdin. A line that is a JSON array is the\n"
+    "argument list; any other line is one argument (its JSON value if it\n"
+    "parses as JSON, else the line as a string). Results go to stdout as "
+    "JSON\n"
+    "lines in input order; a failed task prints \"error: line N: <code>: "
+    "<text>\"\n"
+    "on stderr instead, and tq exits 1 (4 if the broker became "
+    "unreachable).\n"
+    "\n"
+    "  -j, --jobs N    tasks in flight (default: twice the credit of the "
+    "workers\n"
+    "                  that provide TASK, at least 64)\n"
+    "  --unordered     print results as they complete\n"
+    "  --json          print {\"line\", \"id\", \"state\", \"code\", "
+    "\"value\" or \"error\"}\n"
+    "                  per line, failures included (stdout only)\n"
+    "  --progress      draw the progress bar even when stderr is not a "
+    "terminal;\n"
+    "                  --no-progress: never (default: on a terminal only)\n"
+    "  --no-check      do not fail fast when no connected worker provides "
+    "TASK\n"
+    "  --queue, --priority, --time-limit, --retries  as for tq submit\n"
+    "\n"
+    "The progress bar shows done/total, tasks per second, ETA and failures;\n"
+    "to know the total, tq reads all of stdin first when it draws one.\n"
+    "\n"
+    "example:\n"
+    "  seq 1000 | tq map tq.echo > out.jsonl\n"
+    "  printf '[1,2]\\n[3,4]\\n' | tq map mytasks.add --json\n";
+
+const char *const tq_cli_usage_exec =
+    "usage: tq [--broker EP] exec [-j N] [--json] [--time-limit SEC] "
+    "[--queue Q]\n"
+    "          [--progress|--no-progress] -- CMD [ARG...]\n"
+    "\n"
+    "GNU-parallel style: runs CMD ARG... on worker hosts once per stdin "
+    "line,\n"
+    "with every {} in the words replaced by the line (without one, the line "
+    "is\n"
+    "appended as the last argument). One word holding a space is a shell\n"
+    "command (/bin/sh -c), the line shell-quoted in it. Each command's "
+    "stdout\n"
+    "and stderr are printed in input order; the exit status is 1 if any\n"
+    "command exited non-zero or could not run. Only workers started with\n"
+    "--allow-exec provide tq.exec; with none connected tq fails at once.\n"
+    "Output is capped at 1 MiB per stream per command.\n"
+    "\n"
+    "  -j, --jobs N    commands in flight (default as for tq map)\n"
+    "  --json          print {\"line\", \"input\", \"exit\", \"stdout\", "
+    "\"stderr\"}\n"
+    "                  (or \"code\" and \"error\" if the task failed) per "
+    "line\n"
+    "  --unordered, --progress, --no-progress, --queue, --time-limit as for "
+    "tq map\n"
+    "\n"
+    "example:\n"
+    "  ls *.log | tq exec -j 8 -- gzip -k {}\n"
+    "  seq 3 | tq exec -- 'echo host $(hostname) got {}'\n";
+
+/* The name of the exec built-in on workers. */
+#define S_EXEC_TASK "tq.exec"
+
+/* Results kept waiting for their turn, as a multiple of -j (ordered
+   output buffers what completed behind a slow line). */
+#define S_WINDOW_FACTOR 16
+#define S_WINDOW_MIN 4096
+
+/* One line in flight or waiting to be printed. */
+typedef struct {
+    struct s_run_t *run;
+    tq_result_t *result; /* NULL when the slot is free */
+    uint64_t line; /* 1-based input line number */
+    char *input; /* the line (exec --json shows it) */
+    bool done; /* final: its line came through run->finished (main
+                  thread only) */
+} s_slot_t;
+
+/* One tq map or tq exec run. */
+typedef struct s_run_t {
+    tq_client_t *client;
+    const char *task;
+    tq_options_t options;
+    long jobs;
+    bool ordered, as_json, progress, exec;
+    char **words; /* exec: the command template */
+    int nwords;
+    bool shell; /* exec: one word with a space: /bin/sh -c */
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    uint64_t *finished; /* ring of completed line numbers, under lock */
+    size_t fin_head, fin_count;
+
+    s_slot_t *slots; /* ring indexed by line % cap */
+    size_t cap;
+    uint64_t next_line; /* next line to read, 1-based */
+    uint64_t head_line; /* oldest line not yet printed */
+    long in_flight;
+
+    /* input */
+    FILE *in;
+    char **lines; /* all of stdin when read ahead for the progress bar */
+    size_t nlines, line_pos;
+    bool eof;
+    char *buf;
+    size_t buf_cap;
+    msgpack_sbuffer args;
+
+    /* counts and progress */
+    uint64_t total, done, failed;
+    int worst; /* exit code so far */
+    int64_t start_ms, last_draw_ms;
+} s_run_t;
+
+static int64_t
+s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* Runs on the client's I/O thread when a task is final. */
+static void
+s_on_final(tq_result_t *result, void *arg)
+{
+    (void)result;
+    s_slot_t *slot = arg;
+    s_run_t *run = slot->run;
+    pthread_mutex_lock(&run->lock);
+    /* the ring holds at most cap entries: every line in flight has a slot */
+    run->finished[(run->fin_head + run->fin_count) % run->cap] = slot->line;
+    run->fin_count++;
+    pthread_cond_signal(&run->cond);
+    pthread_mutex_unlock(&run->lock);
+}
+
+/* ---- input -------------------------------------------------------------- */
+
+/* Reads one line without its newline (and CR) into run->buf; false at
+   EOF. */
+static bool
+s_read_line(s_run_t *run, char **line, size_t *len)
+{
+    ssize_t n = getline(&run->buf, &run->buf_cap, run->in);
+    if (n < 0)
+        return false;
+    if (n > 0 && run->buf[n - 1] == '\n')
+        run->buf[--n] = 0;
+    if (n > 0 && run->buf[n - 1] == '\r')
+        run->buf[--n] = 0;
+    *line = run->buf;
+    *len = (size_t)n;
+    return true;
+}
+
+/* Reads all of stdin so the progress bar knows the total. */
+static int
+s_read_all(s_run_t *run)
+{
+    size_t cap = 0;
+    char *line;
+    size_t len;
+    while (s_read_line(run, &line, &len)) {
+        if (run->nlines == cap) {
+            cap = cap ? cap * 2 : 1024;
+            char **grown = realloc(run->lines, cap * sizeof *grown);
+            if (!grown)
+                return -1;
+            run->lines = grown;
+        }
+        run->lines[run->nlines] = strndup(line, len);
+        if (!run->lines[run->nlines])
+            return -1;
+        run->nlines++;
+    }
+    run->total = run->nlines;
+    return 0;
+}
+
+/* The next input line (borrowed until the next call); false at the end. */
+static bool
+s_next_input(s_run_t *run, char **line, size_t *len)
+{
+    if (run->lines) {
+        if (run->line_pos >= run->nlines)
+            return false;
+        *line = run->lines[run->line_pos++];
+        *len = strlen(*line);
+        return true;
+    }
+    if (run->eof || !s_read_line(run, line, len)) {
+        run->eof = true;
+        return false;
+    }
+    return true;
+}
+
+/* ---- building arguments ------------------------------------------------- */
+
+/* Appends text to a malloc'd string *dst of *len bytes. */
+static int
+s_append(char **dst, size_t *len, size_t *cap, const char *text, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t want = (*len + n + 1) * 2;
+        char *grown = realloc(*dst, want);
+        if (!grown)
+            return -1;
+        *dst = grown;
+        *cap = want;
+    }
+    memcpy(*dst + *len, text, n);
+    *len += n;
+    (*dst)[*len] = 0;
+    return 0;
+}
+
+/* Appends line in single quotes, as sh reads it back verbatim. */
+static int
+s_append_quoted(char **dst, size_t *len, size_t *cap, const char *line,
+                size_t n)
+{
+    int rc = s_append(dst, len, cap, "'", 1);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = line[i] == '\''
+                 ? s_append(dst, len, cap, "'\\''", 4)
+                 : s_append(dst, len, cap, line + i, 1);
+    return rc ? rc : s_append(dst, len, cap, "'", 1);
+}
+
+/* Packs word with each {} replaced by line (quoted for the shell). */
+static bool
+s_pack_word(msgpack_packer *pk, const char *word, const char *line,
+            size_t n, bool quote)
+{
+    char *out = NULL;
+    size_t len = 0, cap = 0;
+    bool replaced = false;
+    int rc = s_append(&out, &len, &cap, "", 0);
+    for (const char *p = word; *p && rc == 0;) {
+        const char *hit = strstr(p, "{}");
+        if (!hit) {
+            rc = s_append(&out, &len, &cap, p, strlen(p));
+            break;
+        }
+        rc = s_append(&out, &len, &cap, p, (size_t)(hit - p));
+        if (rc == 0)
+            rc = quote ? s_append_quoted(&out, &len, &cap, line, n)
+                       : s_append(&out, &len, &cap, line, n);
+        replaced = true;
+        p = hit + 2;
+    }
+    if (rc == 0 && quote && !replaced) {
+        /* as GNU parallel: no {} means the line goes at the end */
+        rc = s_append(&out, &len, &cap, " ", 1);
+        if (rc == 0)
+            rc = s_append_quoted(&out, &len, &cap, line, n);
+    }
+    if (rc == 0)
+        msgpack_pack_str_with_body(pk, out, len);
+    free(out);
+    return replaced;
+}
+
+/* Packs the argument array of one line into run->args. */
+static void
+s_pack_line(s_run_t *run, const char *line, size_t len)
+{
+    run->args.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &run->args, msgpack_sbuffer_write);
+    if (!run->exec) {
+        json_t *v = json_loadb(line, len, JSON_DECODE_ANY, NULL);
+        if (json_is_array(v))
+            tq_cli_pack_json(&pk, v);
+        else {
+            msgpack_pack_array(&pk, 1);
+            if (v)
+                tq_cli_pack_json(&pk, v);
+            else
+                msgpack_pack_str_with_body(&pk, line, len);
+        }
+        json_decref(v);
+        return;
+    }
+    if (run->shell) { /* ["sh command"] */
+        msgpack_pack_array(&pk, 1);
+        s_pack_word(&pk, run->words[0], line, len, true);
+        return;
+    }
+    /* [[CMD, ARG...]]: the nested form, so a lone word never meets a
+       shell */
+    bool any = false;
+    for (int i = 0; i < run->nwords; i++)
+        any |= strstr(run->words[i], "{}") != NULL;
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_array(&pk, (size_t)run->nwords + (any ? 0 : 1));
+    for (int i = 0; i < run->nwords; i++)
+        s_pack_word(&pk, run->words[i], line, len, false);
+    if (!any)
+        msgpack_pack_str_with_body(&pk, line, len);
+}
+
+/* ---- output ------------------------------------------------------------- */
+
+static void
+s_note(s_run_t *run, int code)
+{
+    if (code == TQ_OK)
+        return;
+    run->failed++;
+    int rc = code == TQ_EUNREACHABLE ? TQ_CLI_EXIT_UNREACHABLE
+                                     : TQ_CLI_EXIT_TASK;
+    if (rc > run->worst)
+        run->worst = rc;
+}
+
+static json_t *
+s_get(const msgpack_object *map, const char *key)
+{
+    if (!map || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR &&
+            k->via.str.size == strlen(key) &&
+            memcmp(k->via.str.ptr, key, k->via.str.size) == 0)
+            return tq_cli_to_json(&map->via.map.ptr[i].val);
+    }
+    return NULL;
+}
+
+/* Writes a string field of an exec result raw to out. */
+static void
+s_write_field(const msgpack_object *map, const char *key, FILE *out)
+{
+    for (uint32_t i = 0; map && i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        const msgpack_object *v = &map->via.map.ptr[i].val;
+        if (k->type == MSGPACK_OBJECT_STR &&
+            k->via.str.size == strlen(key) &&
+            memcmp(k->via.str.ptr, key, k->via.str.size) == 0 &&
+            v->type == MSGPACK_OBJECT_STR)
+            fwrite(v->via.str.ptr, 1, v->via.str.size, out);
+    }
+}
+
+/* Prints the result of one finished slot and frees the slot. */
+static void
+s_emit(s_run_t *run, s_slot_t *slot)
+{
+    tq_result_t *r = slot->result;
+    int code = tq_result_code(r);
+    const msgpack_object *value = code == TQ_OK ? tq_result_value(r) : NULL;
+    if (code == TQ_OK && !value)
+        code = TQ_EPROTO;
+    if (run->exec && value) {
+        json_t *exit_j = s_get(value, "exit");
+        int exit_code = json_is_integer(exit_j)
+                            ? (int)json_integer_value(exit_j)
+                            : 1;
+        json_decref(exit_j);
+        if (exit_code != 0) {
+            run->failed++;
+            if (run->worst < TQ_CLI_EXIT_TASK)
+                run->worst = TQ_CLI_EXIT_TASK;
+        }
+        if (run->as_json) {
+            json_t *j = tq_cli_to_json(value);
+            json_object_set_new(j, "line", json_integer((json_int_t)slot->line));
+            json_object_set_new(j, "input", json_string(slot->input));
+            json_object_set_new(j, "id", json_string(tq_result_id(r)));
+            tq_cli_print_json(j, false);
+            json_decref(j);
+        } else {
+            s_write_field(value, "stdout", stdout);
+            fflush(stdout);
+            s_write_field(value, "stderr", stderr);
+        }
+    } else if (run->as_json) {
+        json_t *j = tq_cli_result_json(r, code);
+        json_object_set_new(j, "line", json_integer((json_int_t)slot->line));
+        if (run->exec)
+            json_object_set_new(j, "input", json_string(slot->input));
+        tq_cli_print_json(j, false);
+        json_decref(j);
+        s_note(run, code);
+    } else if (value) {
+        json_t *j = tq_cli_to_json(value);
+        tq_cli_print_json(j, false);
+        json_decref(j);
+    } else {
+        const char *text = tq_result_error(r);
+        if (run->progress)
+            fputs("\r\033[K", stderr);
+        fprintf(stderr, "error: line %llu: %s: %s\n",
+                (unsigned long long)slot->line, tq_cli_code_name(code),
+                *text ? text : tq_strerror(code));
+        s_note(run, code);
+    }
+    run->done++;
+    tq_result_destroy(&slot->result);
+    free(slot->input);
+    slot->input = NULL;
+    slot->done = false;
+}
+
+/* Redraws the progress line on stderr (at most every 100 ms unless
+   final). */
+static void
+s_draw(s_run_t *run, bool final)
+{
+    if (!run->progress)
+        return;
+    int64_t now = s_now_ms();
+    if (!final && now - run->last_draw_ms < 100)
+        return;
+    run->last_draw_ms = now;
+    double secs = (now - run->start_ms) / 1000.0;
+    double rate = secs > 0 ? run->done / secs : 0;
+    char eta[32] = "-";
+    if (rate > 0 && run->total >= run->done) {
+        double left = (run->total - run->done) / rate;
+        if (left < 3600)
+            snprintf(eta, sizeof eta, "%dm%02ds", (int)left / 60,
+                     (int)left % 60);
+        else
+            snprintf(eta, sizeof eta, "%dh%02dm", (int)left / 3600,
+                     (int)left / 60 % 60);
+    }
+    char bar[31];
+    int width = 30;
+    int fill = run->total ? (int)(run->done * (uint64_t)width / run->total)
+                          : 0;
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fprintf(stderr, "\r[%s] %llu/%llu  %.0f/s  ETA %s  failed %llu\033[K",
+            bar, (unsigned long long)run->done,
+            (unsigned long long)run->total, rate, eta,
+            (unsigned long long)run->failed);
+    if (final)
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+/* Submits the next line; false when the input is used up. */
+static bool
+s_submit_next(s_run_t *run)
+{
+    char *line;
+    size_t len;
+    if (!s_next_input(run, &line, &len))
+        return false;
+    s_pack_line(run, line, len);
+    uint64_t n = run->next_line++;
+    if (!run->lines)
+        run->total = n;
+    s_slot_t *slot = &run->slots[n % run->cap];
+    slot->run = run;
+    slot->line = n;
+    slot->done = false;
+    slot->input = run->exec ? strndup(line, len) : NULL;
+    tq_options_t options = run->options;
+    options.callback = s_on_final;
+    options.error_callback = s_on_final;
+    options.callback_arg = slot;
+    /* the callback only touches the slot's flag and the ring, never
+       slot->result: it may run before this call returns */
+    slot->result = tq_apply_async_raw(run->client, run->task, &options,
+                                      run->args.data, run->args.size);
+    if (!slot->result) {
+        /* invalid names are checked before the run starts */
+        fprintf(stderr, "error: TQ_EINVAL: line %llu could not be "
+                        "submitted\n",
+                (unsigned long long)n);
+        s_note(run, TQ_EINVAL);
+        free(slot->input);
+        slot->input = NULL;
+        run->done++;
+        return true;
+    }
+    run->in_flight++;
+    return true;
+}
+
+/* Prints what can be printed: in order from head_line, or as finished. */
+static void
+s_collect(s_run_t *run, uint64_t *finished, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        s_slot_t *slot = &run->slots[finished[i] % run->cap];
+        slot->done = true;
+        run->in_flight--;
+        if (!run->ordered)
+            s_emit(run, slot);
+    }
+    /* the window slides past printed (or never-submitted) lines */
+    while (run->head_line < run->next_line) {
+        s_slot_t *slot = &run->slots[run->head_line % run->cap];
+        if (slot->result && !(run->ordered && slot->done))
+            break;
+        if (slot->result)
+            s_emit(run, slot);
+        run->head_line++;
+    }
+}
+
+static int
+s_run(s_run_t *run)
+{
+    run->cap = (size_t)run->jobs * S_WINDOW_FACTOR;
+    if (run->cap < S_WINDOW_MIN)
+        run->cap = S_WINDOW_MIN;
+    run->slots = calloc(run->cap, sizeof *run->slots);
+    run->finished = calloc(run->cap, sizeof *run->finished);
+    uint64_t *batch = calloc(run->cap, sizeof *batch);
+    if (!run->slots || !run->finished || !batch) {
+        free(batch);
+        return tq_cli_error(TQ_ENOMEM, NULL);
+    }
+    pthread_mutex_init(&run->lock, NULL);
+    pthread_cond_init(&run->cond, NULL);
+    msgpack_sbuffer_init(&run->args);
+    run->next_line = run->head_line = 1;
+    run->start_ms = s_now_ms();
+    bool more = true;
+    for (;;) {
+        while (more && run->in_flight < run->jobs &&
+               run->next_line - run->head_line < run->cap)
+            more = s_submit_next(run);
+        if (!more && run->in_flight == 0) {
+            s_collect(run, batch, 0);
+            break;
+        }
+        size_t count = 0;
+        pthread_mutex_lock(&run->lock);
+        if (!run->fin_count) {
+            /* wake at least every 100 ms to redraw the bar */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&run->cond, &run->lock, &ts);
+        }
+        while (run->fin_count) {
+            batch[count++] = run->finished[run->fin_head];
+            run->fin_head = (run->fin_head + 1) % run->cap;
+            run->fin_count--;
+        }
+        pthread_mutex_unlock(&run->lock);
+        s_collect(run, batch, count);
+        s_draw(run, false);
+    }
+    s_draw(run, true);
+    free(batch);
+    msgpack_sbuffer_destroy(&run->args);
+    pthread_cond_destroy(&run->cond);
+    pthread_mutex_destroy(&run->lock);
+    return run->worst;
+}
+
+/* Parses the options map and exec share; fills run and returns the index
+   of the first word after them (TASK for map, CMD for exec), or -1 after a
+   usage error. */
+static int
+s_parse(s_run_t *run, int argc, char **argv, const char *usage,
+        bool *no_check, int *force_progress)
+{
+    long n;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (streq(a, "--"))
+            return i + 1;
+        if (a[0] != '-' || streq(a, "-"))
+            return i;
+        if (streq(a, "--unordered"))
+            run->ordered = false;
+        else if (streq(a, "--json"))
+            run->as_json = true;
+        else if (streq(a, "--no-check"))
+            *no_check = true;
+        else if (streq(a, "--progress"))
+            *force_progress = 1;
+        else if (streq(a, "--no-progress"))
+            *force_progress = 0;
+        else if (!next) {
+            tq_cli_usage_error(usage, "%s: unknown option or missing value",
+                               a);
+            return -1;
+        } else if (streq(a, "-j") || streq(a, "--jobs")) {
+            if (!tq_cli_parse_long(next, 1, 1000000, &n)) {
+                tq_cli_usage_error(usage, "%s %s: not in 1..1000000", a,
+                                   next);
+                return -1;
+            }
+            run->jobs = n, i++;
+        } else if (streq(a, "--queue"))
+            run->options.queue = next, i++;
+        else if (streq(a, "--priority")) {
+            if (!tq_cli_parse_long(next, 0, TQ_PRIORITY_MAX, &n)) {
+                tq_cli_usage_error(usage, "--priority %s: not in 0..9", next);
+                return -1;
+            }
+            run->options.priority = (int)n, i++;
+        } else if (streq(a, "--retries")) {
+            if (!tq_cli_parse_long(next, 0, 1000, &n)) {
+                tq_cli_usage_error(usage, "--retries %s: not in 0..1000",
+                                   next);
+                return -1;
+            }
+            run->options.retries = (int)n, i++;
+        } else if (streq(a, "--time-limit")) {
+            run->options.time_limit_ms = tq_cli_parse_seconds(next), i++;
+            if (run->options.time_limit_ms < 0) {
+                tq_cli_usage_error(usage, "--time-limit %s: not a duration",
+                                   next);
+                return -1;
+            }
+        } else {
+            tq_cli_usage_error(usage, "%s: unknown option", a);
+            return -1;
+        }
+    }
+    return argc;
+}
+
+/* Shared by map and exec once run->task (and the exec words) are set. */
+static int
+s_start(tq_client_t *client, s_run_t *run, bool no_check, int force_progress)
+{
+    run->client = client;
+    /* a bad task or queue name would fail every line: say it once */
+    const char *queue = run->options.queue;
+    if (!tq_proto_valid_name(run->task, strlen(run->task)) ||
+        (queue && !tq_proto_valid_name(queue, strlen(queue)))) {
+        fprintf(stderr, "tq: invalid task name or queue name: %s / %s\n",
+                run->task, queue ? queue : TQ_DEFAULT_QUEUE);
+        return TQ_CLI_EXIT_USAGE;
+    }
+    json_t *status = NULL;
+    int rc = tq_cli_fetch_status(client, TQ_CLI_REQUEST_MS, &status);
+    if (rc != TQ_CLI_EXIT_OK)
+        return rc;
+    long children = 0;
+    long credit = tq_cli_task_capacity(status, run->task, &children);
+    json_decref(status);
+    if (children == 0 && !no_check) {
+        if (run->exec)
+            return tq_cli_error(TQ_ENOTASK,
+                                "no connected worker provides " S_EXEC_TASK
+                                ": start tq-worker with --allow-exec on "
+                                "the hosts that may run commands");
+        return tq_cli_error(TQ_ENOTASK,
+                            "no connected worker provides %s (--no-check "
+                            "submits anyway; the tasks wait for one)",
+                            run->task);
+    }
+    if (run->jobs <= 0) {
+        run->jobs = 2 * credit;
+        if (run->jobs < 64)
+            run->jobs = 64;
+    }
+    run->progress = force_progress >= 0 ? force_progress == 1
+                                        : isatty(STDERR_FILENO) == 1;
+    run->in = stdin;
+    if (run->progress && s_read_all(run) != 0)
+        return tq_cli_error(TQ_ENOMEM, "reading stdin");
+    rc = s_run(run);
+    for (size_t i = 0; i < run->nlines; i++)
+        free(run->lines[i]);
+    free(run->lines);
+    free(run->buf);
+    free(run->slots);
+    free(run->finished);
+    return rc;
+}
+
+int
+tq_cli_map(tq_client_t *client, int argc, char **argv)
+{
+    s_run_t run;
+    memset(&run, 0, sizeof run);
+    run.ordered = true;
+    bool no_check = false;
+    int force_progress = -1;
+    int first = s_parse(&run, argc, argv, tq_cli_usage_map, &no_check,
+                        &force_progress);
+    if (first < 0)
+        return TQ_CLI_EXIT_USAGE;
+    if (first >= argc)
+        return tq_cli_usage_error(tq_cli_usage_map, "%s", "missing TASK");
+    run.task = argv[first];
+    /* options may follow TASK too */
+    if (first + 1 < argc) {
+        int rest = s_parse(&run, argc - first - 1, argv + first + 1,
+                           tq_cli_usage_map, &no_check, &force_progress);
+        if (rest < 0)
+            return TQ_CLI_EXIT_USAGE;
+        if (rest < argc - first - 1)
+            return tq_cli_usage_error(tq_cli_usage_map,
+                                      "%s: unexpected argument",
+                                      argv[first + 1 + rest]);
+    }
+    return s_start(client, &run, no_check, force_progress);
+}
+
+int
+tq_cli_exec(tq_client_t *client, int argc, char **argv)
+{
+    s_run_t run;
+    memset(&run, 0, sizeof run);
+    run.ordered = true;
+    run.exec = true;
+    run.task = S_EXEC_TASK;
+    bool no_check = false;
+    int force_progress = -1;
+    int first = s_parse(&run, argc, argv, tq_cli_usage_exec, &no_check,
+                        &force_progress);
+    if (first < 0)
+        return TQ_CLI_EXIT_USAGE;
+    if (first >= argc)
+        return tq_cli_usage_error(tq_cli_usage_exec, "%s", "missing CMD");
+    run.words = argv + first;
+    run.nwords = argc - first;
+    run.shell = run.nwords == 1 && strpbrk(run.words[0], " \t\n;|&$<>");
+    return s_start(client, &run, no_check, force_progress);
+}
