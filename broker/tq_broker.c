@@ -30,6 +30,7 @@
 #define LIVENESS_MS 3000
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20         /* log lines about bad input per second */
+#define LOST_PAUSE_MS 500    /* first pause of a task whose worker died */
 
 /* A ZeroMQ routing id, inline when short (the default ids are 5 bytes). */
 typedef struct {
@@ -65,6 +66,7 @@ struct task_s {
     int64_t due_ms;        /* in the heap: when it may run (monotonic) */
     int64_t submitted_ms;  /* monotonic ms when accepted */
     bool dead;             /* in the dead-letter list */
+    task_t *dead_prev, *dead_next;
     ident_t client;        /* submitter; size 0 once answered */
     ident_t *waiters;      /* clients blocked in GET wait=true */
     uint32_t waiter_count;
@@ -163,8 +165,9 @@ struct tq_broker_t {
     task_t *expiry_head, *expiry_tail;
     task_t **heap;           /* deadline heap of delayed tasks, 1-based */
     uint32_t heap_size, heap_cap;
-    task_t **dead;           /* dead letters, oldest first */
-    uint32_t dead_count, dead_cap;
+    task_t *dead_head;       /* dead letters (failed tasks), oldest first */
+    task_t *dead_tail;
+    uint32_t dead_count;
     uint64_t memory;         /* payload bytes held */
     tq_store_t *store;       /* NULL: memory only */
     zhashx_t *dq_index;      /* name -> dq_t */
@@ -552,7 +555,7 @@ s_store_final(tq_broker_t *self, const task_t *task)
     }
     /* dead letters never expire; other results after the TTL (at least
        1 ms, 0 means "never" in the store) */
-    row.expires_ms = task->dead ? 0
+    row.expires_ms = task->code == TQ_ELOST ? 0
                                 : s_wall_ms() +
                                       (int64_t) self->config.result_ttl_s *
                                           1000 +
@@ -696,6 +699,7 @@ s_peer_new(tq_broker_t *self, bool supervisor)
 static void
 s_task_final(tq_broker_t *self, task_t *task, int state, int code,
              const char *error, zmq_msg_t *value);
+static void s_heap_push(tq_broker_t *self, task_t *task, int64_t due_ms);
 
 /* Puts a worker's tasks back in their lanes: the first one (the one the
    child was running, children run in dispatch order) is charged with the
@@ -730,6 +734,17 @@ s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
                              NULL);
                 continue;
             }
+            /* a task that may have killed its worker waits before it runs
+               again (LOST_PAUSE_MS, doubling, with jitter), so a poison
+               task cannot crash-loop the workers while others wait */
+            uint32_t doublings = task->lost - 1 < 10 ? task->lost - 1 : 10;
+            double pause = LOST_PAUSE_MS * (double) (1u << doublings);
+            pause *= 0.5 + (double) (random() % 1000) / 1000.0;
+            task->state = TQ_STATE_RETRY;
+            s_store_state(self, task);
+            s_heap_push(self, task, self->now_ms + (int64_t) pause);
+            self->counters.requeued++;
+            continue;
         }
         task->state = TQ_STATE_PENDING;
         s_store_state(self, task);
@@ -807,6 +822,78 @@ s_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
     zmq_msg_close(&value);
 }
 
+/* Dead letters: every task that ended FAILURE, with its arguments, so that
+   an operator can list it (tq failed) and run it again (tq retry). Those
+   that killed their workers (TQ_ELOST) stay until retried; the others for
+   the result TTL. */
+static void
+s_dead_add(tq_broker_t *self, task_t *task)
+{
+    task->dead = true;
+    task->dead_next = NULL;
+    task->dead_prev = self->dead_tail;
+    if (self->dead_tail)
+        self->dead_tail->dead_next = task;
+    else
+        self->dead_head = task;
+    self->dead_tail = task;
+    self->dead_count++;
+}
+
+static void
+s_dead_remove(tq_broker_t *self, task_t *task)
+{
+    if (!task->dead)
+        return;
+    if (task->dead_prev)
+        task->dead_prev->dead_next = task->dead_next;
+    else
+        self->dead_head = task->dead_next;
+    if (task->dead_next)
+        task->dead_next->dead_prev = task->dead_prev;
+    else
+        self->dead_tail = task->dead_prev;
+    task->dead_prev = task->dead_next = NULL;
+    task->dead = false;
+    self->dead_count--;
+}
+
+/* Puts a final task on the expiry list, kept in expiry order (inserted
+   from the back, where it nearly always belongs). */
+static void
+s_expiry_insert(tq_broker_t *self, task_t *task)
+{
+    task_t *after = self->expiry_tail;
+    while (after && after->expires_ms > task->expires_ms)
+        after = after->prev;
+    task->prev = after;
+    task->next = after ? after->next : self->expiry_head;
+    if (task->next)
+        task->next->prev = task;
+    else
+        self->expiry_tail = task;
+    if (after)
+        after->next = task;
+    else
+        self->expiry_head = task;
+    self->results_kept++;
+}
+
+static void
+s_expiry_remove(tq_broker_t *self, task_t *task)
+{
+    if (task->prev)
+        task->prev->next = task->next;
+    else
+        self->expiry_head = task->next;
+    if (task->next)
+        task->next->prev = task->prev;
+    else
+        self->expiry_tail = task->prev;
+    task->prev = task->next = NULL;
+    self->results_kept--;
+}
+
 /* Ends a task: keeps the value, answers the submitter and every waiter,
    and schedules its expiry. value (moved) may be NULL. */
 static void
@@ -819,9 +906,10 @@ s_task_final(tq_broker_t *self, task_t *task, int state, int code,
     assert(!task->heap_index);
     free(task->error);
     task->error = error && *error ? s_strdup(error) : NULL;
-    /* the arguments give way to the value, except for a dead letter,
-       which keeps them to run again when an operator retries it */
-    if (code != TQ_ELOST) {
+    /* the arguments give way to the value, except for a failed task (a
+       dead letter), which keeps them to run again if an operator retries
+       it */
+    if (state != TQ_STATE_FAILURE) {
         self->memory -= zmq_msg_size(&task->payload);
         zmq_msg_close(&task->payload);
         zmq_msg_init(&task->payload);
@@ -855,31 +943,14 @@ s_task_final(tq_broker_t *self, task_t *task, int state, int code,
     task->waiters = NULL;
     task->waiter_count = 0;
 
-    task->dead = code == TQ_ELOST;
     s_store_final(self, task);
-    if (code == TQ_ELOST) {
-        /* a poison task: kept, outside the TTL, until an operator retries
-           it (tq failed, tq retry) */
-        task->dead = true;
-        if (self->dead_count == self->dead_cap) {
-            self->dead_cap = self->dead_cap ? 2 * self->dead_cap : 64;
-            self->dead = realloc(self->dead, self->dead_cap * sizeof *self->dead);
-            if (!self->dead)
-                abort();
-        }
-        self->dead[self->dead_count++] = task;
-        task->prev = task->next = NULL;
-        return;
-    }
+    if (state == TQ_STATE_FAILURE)
+        s_dead_add(self, task);
+    task->prev = task->next = NULL;
+    if (code == TQ_ELOST)
+        return; /* a poison task: kept, outside the TTL, until retried */
     task->expires_ms = self->now_ms + (int64_t) self->config.result_ttl_s * 1000;
-    task->prev = self->expiry_tail;
-    task->next = NULL;
-    if (self->expiry_tail)
-        self->expiry_tail->next = task;
-    else
-        self->expiry_head = task;
-    self->expiry_tail = task;
-    self->results_kept++;
+    s_expiry_insert(self, task);
 }
 
 /* ---- the deadline heap: tasks that may not run yet (countdown, retry
@@ -979,6 +1050,7 @@ s_expire_results(tq_broker_t *self)
         else
             self->expiry_tail = NULL;
         zhashx_delete(self->tasks, task->id);
+        s_dead_remove(self, task);
         if (self->store)
             tq_store_remove(self->store, task->id);
         self->results_kept--;
@@ -1270,18 +1342,6 @@ s_on_cancel(tq_broker_t *self, const tq_msg_t *msg)
     }
 }
 
-static void
-s_dead_remove(tq_broker_t *self, task_t *task)
-{
-    for (uint32_t i = 0; i < self->dead_count; i++)
-        if (self->dead[i] == task) {
-            memmove(&self->dead[i], &self->dead[i + 1],
-                    (self->dead_count - i - 1) * sizeof *self->dead);
-            self->dead_count--;
-            break;
-        }
-    task->dead = false;
-}
 
 static void
 s_on_retry(tq_broker_t *self, const tq_msg_t *msg)
@@ -1303,6 +1363,8 @@ s_on_retry(tq_broker_t *self, const tq_msg_t *msg)
     /* the arguments were dropped when it failed: a dead letter keeps them
        (see s_task_final), so it can run again as it was submitted */
     s_dead_remove(self, task);
+    if (task->code != TQ_ELOST)
+        s_expiry_remove(self, task);
     task->lost = 0;
     task->failures = 0;
     free(task->error);
@@ -1567,8 +1629,7 @@ s_on_failed(tq_broker_t *self, const tq_msg_t *msg)
     msgpack_pack_map(&pk, 1);
     s_pack_str(&pk, "failed");
     msgpack_pack_array(&pk, self->dead_count);
-    for (uint32_t i = 0; i < self->dead_count; i++) {
-        const task_t *task = self->dead[i];
+    for (const task_t *task = self->dead_head; task; task = task->dead_next) {
         msgpack_pack_map(&pk, 6);
         s_pack_str(&pk, "id");
         s_pack_str(&pk, task->id);
@@ -2082,7 +2143,7 @@ s_recover(const tq_store_task_t *row, void *arg)
         task->error = row->error && *row->error ? s_strdup(row->error) : NULL;
         const void *keep = row->state == TQ_STATE_SUCCESS ? row->result : NULL;
         size_t size = row->state == TQ_STATE_SUCCESS ? row->result_size : 0;
-        if (row->code == TQ_ELOST) {
+        if (row->state == TQ_STATE_FAILURE) {
             keep = row->args; /* a dead letter runs again on retry */
             size = row->args_size;
         }
@@ -2091,35 +2152,13 @@ s_recover(const tq_store_task_t *row, void *arg)
             memcpy(zmq_msg_data(&task->payload), keep, size);
             self->memory += size;
         }
-        if (row->code == TQ_ELOST) {
-            task->dead = true;
-            if (self->dead_count == self->dead_cap) {
-                self->dead_cap = self->dead_cap ? 2 * self->dead_cap : 64;
-                self->dead =
-                    realloc(self->dead, self->dead_cap * sizeof *self->dead);
-                if (!self->dead)
-                    abort();
-            }
-            self->dead[self->dead_count++] = task;
+        if (row->state == TQ_STATE_FAILURE)
+            s_dead_add(self, task);
+        if (row->code == TQ_ELOST)
             return;
-        }
+        /* rows come in submission order, not expiry order */
         task->expires_ms = self->now_ms + (row->expires_ms - wall);
-        /* rows come in submission order, not expiry order: insert sorted
-           from the back, where a recent result usually belongs */
-        task_t *after = self->expiry_tail;
-        while (after && after->expires_ms > task->expires_ms)
-            after = after->prev;
-        task->prev = after;
-        task->next = after ? after->next : self->expiry_head;
-        if (task->next)
-            task->next->prev = task;
-        else
-            self->expiry_tail = task;
-        if (after)
-            after->next = task;
-        else
-            self->expiry_head = task;
-        self->results_kept++;
+        s_expiry_insert(self, task);
         return;
     }
     zmq_msg_init_size(&task->payload, row->args_size);
@@ -2532,7 +2571,6 @@ tq_broker_destroy(tq_broker_t **self_p)
     free(self->acks);
     free(self->ack_ids);
     free(self->heap);
-    free(self->dead);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->sbuf);
     if (self->clients)

@@ -426,6 +426,13 @@ test_chaos(void **state)
            (unsigned long long)dups);
 }
 
+static int
+s_cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* test.crash ends TQ_ELOST after 3 attempts while 2,000 tq.echo on the
    same host keep at least 90% of their throughput. */
 static void
@@ -436,18 +443,29 @@ test_poison(void **state)
     const char *extra[] = {"--module", TQ_MYTASKS_SO, NULL};
     assert_true(tq_harness_env_add_worker(env, 2, extra, true) > 0);
     s_echo_batch(env->client, 500, 30000); /* warm up */
-    int64_t base = s_echo_batch(env->client, 2000, 30000);
-    tq_result_t *crash =
-        tq_apply_async(env->client, "test.crash", NULL, "");
-    assert_non_null(crash);
-    int64_t with = s_echo_batch(env->client, 2000, 30000);
-    assert_int_equal(tq_result_get(crash, S_GET_MS), TQ_ELOST);
-    double ratio = (double)base / (double)(with ? with : 1);
-    printf("poison: %s, attempts %u; 2000 echo %lld ms alone, %lld ms beside "
-           "it: %.0f%% of the throughput\n",
-           tq_result_error(crash), tq_result_attempts(crash), (long long)base,
-           (long long)with, ratio * 100);
-    assert_int_equal(tq_result_attempts(crash), 3);
+    /* alternate runs without and with a poison task, and compare medians:
+       one pair of 0.3 s runs is at the mercy of a noisy machine */
+    enum { ROUNDS = 3 };
+    int64_t base[ROUNDS], with[ROUNDS];
+    tq_result_t *crash = NULL;
+    for (int r = 0; r < ROUNDS; r++) {
+        base[r] = s_echo_batch(env->client, 2000, 30000);
+        tq_result_destroy(&crash);
+        crash = tq_apply_async(env->client, "test.crash", NULL, "");
+        assert_non_null(crash);
+        with[r] = s_echo_batch(env->client, 2000, 30000);
+        assert_int_equal(tq_result_get(crash, S_GET_MS), TQ_ELOST);
+        assert_int_equal(tq_result_attempts(crash), 3);
+    }
+    qsort(base, ROUNDS, sizeof base[0], s_cmp_i64);
+    qsort(with, ROUNDS, sizeof with[0], s_cmp_i64);
+    double ratio = (double)base[ROUNDS / 2] /
+                   (double)(with[ROUNDS / 2] ? with[ROUNDS / 2] : 1);
+    printf("poison: %s, attempts %u; 2000 echo: median %lld ms alone, %lld "
+           "ms beside it (3 rounds): %.0f%% of the throughput\n",
+           tq_result_error(crash), tq_result_attempts(crash),
+           (long long)base[ROUNDS / 2], (long long)with[ROUNDS / 2],
+           ratio * 100);
     tq_result_destroy(&crash);
     assert_true(ratio >= 0.9);
 }
