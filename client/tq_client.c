@@ -117,6 +117,10 @@ struct tq_client_t {
     bool closed;
     atomic_int liveness_ms;
     char monitor[64];          /* inproc endpoint of the socket monitor */
+    void *monitor_reader;      /* PAIR connected to it before the DEALER
+                                  connects, so no event is ever sent to a
+                                  PAIR without a peer (libzmq would block);
+                                  the I/O thread's once started */
     uint64_t id_prefix;        /* 64 random bits */
     atomic_uint_fast64_t id_counter;
 };
@@ -1258,11 +1262,7 @@ s_actor(zsock_t *pipe, void *args)
 
     /* a broker restarted faster than our liveness is only seen as a new
        connection: the socket monitor tells us */
-    io->monitor = zmq_socket(zsys_init(), ZMQ_PAIR);
-    if (io->monitor && zmq_connect(io->monitor, io->client->monitor) != 0) {
-        zmq_close(io->monitor);
-        io->monitor = NULL;
-    }
+    io->monitor = io->client->monitor_reader;
     zmq_pollitem_t items[4] = {
         {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
         {io->client->socket, 0, ZMQ_POLLIN, 0},
@@ -1310,6 +1310,11 @@ s_actor(zsock_t *pipe, void *args)
         s_result_unref(r);
     }
     zlistx_destroy(&io->regets);
+    /* Stop the monitor before its reader goes: libzmq sends monitor events
+       with a blocking send, so an event (a disconnect, say) for a PAIR
+       nobody reads would block libzmq's I/O thread, and with it the close
+       of the DEALER, for ever. */
+    zmq_socket_monitor(io->client->socket, NULL, 0);
     if (io->monitor)
         zmq_close(io->monitor);
     zhashx_destroy(&io->pending);
@@ -1319,6 +1324,17 @@ s_actor(zsock_t *pipe, void *args)
 }
 
 /* ---- the client --------------------------------------------------------- */
+
+static pthread_once_t s_signals_once = PTHREAD_ONCE_INIT;
+
+static void
+s_leave_signals_alone(void)
+{
+    /* ZSYS_SIGHANDLER=true in the environment restores czmq's default */
+    const char *env = getenv("ZSYS_SIGHANDLER");
+    if (!env || strcmp(env, "true") != 0)
+        zsys_handler_set(NULL);
+}
 
 tq_client_t *
 tq_client_new(const char *endpoint)
@@ -1341,6 +1357,10 @@ tq_client_new(const char *endpoint)
         self->id_prefix = (uint64_t)getpid() << 32 ^ (uint64_t)zclock_time();
     }
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    /* a library must not take the program's SIGINT and SIGTERM: czmq would
+       install its own handlers at its first use (a pool child could then
+       no longer be stopped, Ctrl-C would not end a blocked get) */
+    pthread_once(&s_signals_once, s_leave_signals_alone);
     void *ctx = zsys_init();
     if (!self->endpoint || self->wake_fd < 0 || !ctx)
         goto fail;
@@ -1370,6 +1390,16 @@ tq_client_new(const char *endpoint)
     if (zmq_socket_monitor(self->socket, self->monitor,
                            ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
         zsys_warning("tq client: no socket monitor: %s", zmq_strerror(errno));
+    else {
+        self->monitor_reader = zmq_socket(ctx, ZMQ_PAIR);
+        if (self->monitor_reader &&
+            zmq_connect(self->monitor_reader, self->monitor) != 0) {
+            zmq_close(self->monitor_reader);
+            self->monitor_reader = NULL;
+        }
+        if (!self->monitor_reader)
+            zmq_socket_monitor(self->socket, NULL, 0);
+    }
     if (zmq_connect(self->socket, self->endpoint) != 0) {
         zsys_error("tq client: cannot connect to %s: %s", self->endpoint,
                    zmq_strerror(errno));
@@ -1380,6 +1410,10 @@ tq_client_new(const char *endpoint)
         goto fail;
     return self;
 fail:
+    if (self->socket)
+        zmq_socket_monitor(self->socket, NULL, 0);
+    if (self->monitor_reader)
+        zmq_close(self->monitor_reader);
     if (self->socket)
         zmq_close(self->socket);
     if (self->wake_fd >= 0)
@@ -1400,8 +1434,7 @@ tq_client_destroy(tq_client_t **self_p)
     self->closed = true;
     pthread_mutex_unlock(&self->lock);
     /* returns once the actor function has returned */
-    zactor_destroy(&self->actor);
-    zmq_socket_monitor(self->socket, NULL, 0); /* stop the monitor */
+    zactor_destroy(&self->actor); /* it stopped the socket monitor */
     zmq_close(self->socket);
     close(self->wake_fd);
     pthread_mutex_destroy(&self->lock);
@@ -1743,8 +1776,12 @@ tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms)
         return TQ_ENOMEM;
     snprintf(r->id, sizeof r->id, "%s", id);
     int rc = s_sync(self, r, timeout_ms);
-    if (rc != TQ_ETIMEDOUT && tq_result_state(r) == TQ_STATE_CANCELLED)
-        rc = TQ_OK;
+    int state = tq_result_state(r);
+    if (rc != TQ_ETIMEDOUT && rc != TQ_EUNKNOWN && rc != TQ_EUNREACHABLE &&
+        rc != TQ_ECLOSED)
+        /* cancelled (now or before) is done; a task that had already
+           succeeded or failed cannot be cancelled any more */
+        rc = state == TQ_STATE_CANCELLED ? TQ_OK : TQ_ESTATE;
     tq_result_destroy(&r);
     return rc;
 }

@@ -69,7 +69,9 @@ void tq_buf_free(tq_buf_t *buf);
 
 /* Connects to a broker's client endpoint (NULL: $TQ_BROKER, else the
    default). Connection is asynchronous; an unreachable broker shows as
-   TQ_EUNREACHABLE on results after a bounded time. NULL on failure. */
+   TQ_EUNREACHABLE on results after a bounded time. NULL on failure. It
+   leaves SIGINT and SIGTERM to the program (czmq's own handlers are not
+   installed unless ZSYS_SIGHANDLER=true). */
 tq_client_t *tq_client_new(const char *endpoint);
 
 /* Stops the I/O thread and frees the client; NULL-safe, nulls *self_p.
@@ -170,8 +172,8 @@ int tq_result_cancel(tq_result_t *self);
 int tq_client_terminate(tq_client_t *self);
 
 /* Operator requests, synchronous, each waiting up to timeout_ms:
-   cancel any task by id (TQ_OK, TQ_EUNKNOWN, or the code of a task that was
-   already final); requeue a dead letter (TQ_OK, TQ_EUNKNOWN, TQ_ESTATE if
+   cancel any task by id (TQ_OK once it is cancelled, TQ_EUNKNOWN, or
+   TQ_ESTATE if it had already succeeded or failed); requeue a dead letter (TQ_OK, TQ_EUNKNOWN, TQ_ESTATE if
    the task is not in the dead-letter list); drop the waiting tasks of a
    queue (*purged gets how many); list the dead letters (*body gets the
    REPLY map {"failed": [...]}, the caller's, free with tq_buf_free).
