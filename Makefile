@@ -66,6 +66,7 @@ FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
   client/tq_client.c client/tq_pack.c
 
 fuzz-build:
+	@scripts/deps.sh --fuzz
 	mkdir -p $(FUZZ_BUILD)
 	$(FUZZ_CC) $(FUZZ_FLAGS) fuzz/fuzz_proto.c $(FUZZ_PROTO_SRC) \
 	  $(FUZZ_LIBS) -o $(FUZZ_BUILD)/fuzz_proto

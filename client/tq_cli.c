@@ -337,6 +337,9 @@ s_string(const char *ptr, size_t size)
     return s;
 }
 
+/* Longest text of a non-string map key, bytes. */
+#define S_MAX_KEY_TEXT 256
+
 static char *
 s_key_text(const msgpack_object *key)
 {
@@ -346,9 +349,15 @@ s_key_text(const msgpack_object *key)
         json_decref(j);
         return text;
     }
+    /* A key that is not a string is shown as its JSON text, capped: keys
+       nested in keys are escaped again at every level, and without a cap a
+       hostile value of a few dozen bytes would print as gigabytes (found
+       by fuzz/fuzz_json.c). */
     json_t *j = tq_cli_to_json(key);
     char *text = json_dumps(j, JSON_ENCODE_ANY | JSON_COMPACT);
     json_decref(j);
+    if (text && strlen(text) > S_MAX_KEY_TEXT)
+        memcpy(text + S_MAX_KEY_TEXT - 3, "...", 4);
     return text;
 }
 

@@ -12,6 +12,11 @@ packages=(
   procps                                # ps/pgrep used by scripts
 )
 
+# `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang libclang-rt-dev)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
