@@ -285,101 +285,31 @@ s_vsubmit(tq_pool_t *self, const char *task, const tq_options_t *options,
     return r;
 }
 
-/* Ends every pending tracked task CANCELLED. The broker has no CANCEL yet,
-   so the pool, which owns the client endpoint, stands in for its stopped
-   broker: it binds the endpoint again and answers the client (whose PING
-   arrives within a third of its liveness) with a RESULT CANCELLED per task,
-   exactly as a broker would. Bounded by S_CANCEL_WAIT_MS. */
+/* Ends every pending task CANCELLED: the client asks the broker to cancel
+   each (queued ones end at once, running ones too while their children are
+   killed), and we wait, bounded, for the answers. */
 static void
 s_cancel_pending(tq_pool_t *self)
 {
-    pthread_mutex_lock(&self->lock);
-    size_t pending = self->pending;
-    pthread_mutex_unlock(&self->lock);
-    if (!pending || !self->client)
+    if (!self->client)
         return;
-    void *ctx = zmq_ctx_new();
-    void *router = ctx ? zmq_socket(ctx, ZMQ_ROUTER) : NULL;
-    if (!router || zmq_bind(router, self->client_ep) != 0) {
-        fprintf(stderr, "tq pool: cannot cancel pending tasks on %s: %s\n",
-                self->client_ep, zmq_strerror(errno));
-        if (router)
-            zmq_close(router);
-        if (ctx)
-            zmq_ctx_term(ctx);
-        return;
-    }
-    int zero = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof zero);
-    /* a PING every 300 ms; our PONGs keep the client from giving up */
-    tq_client_set_liveness(self->client, 900);
-
-    tq_frames_t frames;
-    tq_frames_init(&frames);
-    msgpack_sbuffer buf;
-    msgpack_sbuffer_init(&buf);
-    static tq_msg_t in, out; /* large; only ever used under this call */
-    size_t cap = 0, n = 0;
-    char(*ids)[TQ_PROTO_MAX_ID + 1] = NULL;
+    tq_client_terminate(self->client);
     int64_t until = s_now() + S_CANCEL_WAIT_MS;
     for (;;) {
         pthread_mutex_lock(&self->lock);
-        pending = self->pending;
-        if (pending > cap) {
-            free(ids);
-            cap = pending;
-            ids = malloc(cap * sizeof *ids);
-        }
-        n = 0;
-        for (s_track_t *t = self->tracked; t && ids; t = t->next)
-            if (t->id[0])
-                memcpy(ids[n++], t->id, sizeof ids[0]);
+        size_t pending = self->pending;
         pthread_mutex_unlock(&self->lock);
-        if (!pending || s_now() >= until)
-            break;
-        zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 50) <= 0)
-            continue;
-        int rc = tq_wire_recv(router, &frames, true, ZMQ_DONTWAIT);
-        if (rc != TQ_OK)
-            continue;
-        const char *reason;
-        char asked[TQ_PROTO_MAX_ID + 1] = "";
-        if (tq_wire_decode(&frames, &in, &reason) == TQ_OK) {
-            if (in.command == TQ_CMD_PING) {
-                memset(&out, 0, sizeof out);
-                out.command = TQ_CMD_PONG;
-                tq_wire_send_msg(router, &frames.identity, &out, &buf, NULL,
-                                 ZMQ_DONTWAIT);
-            } else if (in.command == TQ_CMD_GET)
-                /* a client re-attaching asks for every result it waits
-                   for, untracked ones too: all of them are cancelled */
-                tq_str_copy(asked, sizeof asked, in.id);
+        if (!pending)
+            return;
+        if (s_now() >= until) {
+            fprintf(stderr,
+                    "tq pool: %zu task(s) still pending after terminate\n",
+                    pending);
+            return;
         }
-        for (size_t i = 0; i <= n; i++) {
-            if (i == n && !asked[0])
-                break;
-            memset(&out, 0, sizeof out);
-            out.command = TQ_CMD_RESULT;
-            out.id = tq_str(i == n ? asked : ids[i]);
-            out.state = TQ_STATE_CANCELLED;
-            out.code = TQ_ECANCELLED;
-            out.error = tq_str("cancelled: the pool was terminated");
-            zmq_msg_t empty;
-            zmq_msg_init(&empty);
-            tq_wire_send_msg(router, &frames.identity, &out, &buf, &empty,
-                             ZMQ_DONTWAIT);
-            zmq_msg_close(&empty);
-        }
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL);
     }
-    if (pending)
-        fprintf(stderr, "tq pool: %zu task(s) still pending after terminate\n",
-                pending);
-    free(ids);
-    tq_frames_close(&frames);
-    msgpack_sbuffer_destroy(&buf);
-    zmq_close(router);
-    zmq_ctx_term(ctx);
 }
 
 /* ---- the pool ------------------------------------------------------------ */
@@ -491,6 +421,12 @@ tq_pool_destroy(tq_pool_t **self_p)
     pthread_mutex_destroy(&self->lock);
     free(self);
     *self_p = NULL;
+}
+
+const char *
+tq_pool_endpoint(const tq_pool_t *self)
+{
+    return self->client_ep;
 }
 
 tq_client_t *
@@ -834,8 +770,8 @@ tq_pool_terminate(tq_pool_t *self)
     pthread_mutex_unlock(&self->lock);
     if (was == S_TERMINATED)
         return TQ_OK;
+    s_cancel_pending(self);
     s_kill_server(self);
     s_stop_broker(self);
-    s_cancel_pending(self);
     return TQ_OK;
 }

@@ -1,48 +1,111 @@
-/* producer_consumer.c - seed "多进程实现生产者消费者": 5 producers x 1,000
-   items, 5 consumers, every item consumed exactly once. The distributed
-   Queue is not there yet, so the queue is the pool's own: each producer
-   (a thread of this program) submits its items as tasks, the 5 children
-   consume them, and the results come back to be counted. */
-#include <pthread.h>
+/* producer_consumer.c - seed "多进程实现生产者消费者": 5 producer and 5
+   consumer processes on one multiprocessing.Queue; each producer puts
+   1,000 (i, num) tuples, the main process puts one None per consumer once
+   the producers are joined, every item is consumed exactly once.
+   tq: the Queue is a data queue on the pool's broker (tq_queue.h); the 10
+   Process objects are 10 pool tasks running at once in a pool of 10, each
+   opening its own client on the pool's endpoint (passed as an argument:
+   the children were forked before the endpoint existed). Each consumer
+   returns the count of every item it took, so the main process can print
+   produced/consumed/missing/doubled. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
-#include "seed_common.h"
-#include "tq/tq.h"
+#include "seed_tq.h"
 
 #define PRODUCERS 5
 #define CONSUMERS 5
 #define ITEMS 1000
+#define QUEUE "seed.pc"
 
-static tq_pool_t *s_pool;
-static tq_result_t *s_results[PRODUCERS][ITEMS];
-
-/* consume((i, num)): returns [i, num, pid of the consumer] */
+/* producer(num, endpoint): MultiProcessProducer.run; returns the number of
+   items it put. */
 static int
-s_consume(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+s_producer(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    (void)task;
-    msgpack_pack_array(out, 3);
-    msgpack_pack_object(out, args->via.array.ptr[0]);
-    msgpack_pack_object(out, args->via.array.ptr[1]);
-    msgpack_pack_int64(out, (int64_t)getpid());
-    return 0;
-}
-
-static void *
-s_producer(void *arg)
-{
-    int num = (int)(intptr_t)arg;
+    char endpoint[512];
+    int num = (int)seed_arg_int(args, 0, -1);
+    seed_arg_str(args, 1, endpoint, sizeof endpoint);
+    tq_client_t *client = seed_task_client(endpoint);
+    tq_queue_t *queue = client ? tq_queue_new(client, QUEUE, 0) : NULL;
+    if (!queue) {
+        tq_client_destroy(&client);
+        return tq_task_fail(task, "producer %d: no queue", num);
+    }
     double t1 = seed_now();
     printf("producer start %d\n", num);
-    for (int i = 0; i < ITEMS; i++)
-        s_results[num][i] = tq_pool_apply_async(s_pool, "consume", NULL, "ii",
-                                                (int64_t)i, (int64_t)num);
+    int put = 0, rc = TQ_OK;
+    for (int i = 0; i < ITEMS && rc == TQ_OK; i++)
+        if ((rc = seed_put(queue, SEED_WAIT_MS, "aii", (int64_t)i,
+                           (int64_t)num)) == TQ_OK)
+            put++;
     double t2 = seed_now();
     printf("producer exit %d\n", num);
     printf("producer %d, use_time: %f\n", num, t2 - t1);
-    return NULL;
+    tq_queue_destroy(&queue);
+    tq_client_destroy(&client);
+    if (rc != TQ_OK)
+        return tq_task_fail(task, "producer %d: put: %s", num, tq_strerror(rc));
+    msgpack_pack_int64(out, put);
+    return 0;
+}
+
+/* consumer(num, endpoint): MultiProcessConsumer.run, takes items until a
+   None; returns [consumed, bad items, bin of PRODUCERS*ITEMS counts]. */
+static int
+s_consumer(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    char endpoint[512];
+    int num = (int)seed_arg_int(args, 0, -1);
+    seed_arg_str(args, 1, endpoint, sizeof endpoint);
+    tq_client_t *client = seed_task_client(endpoint);
+    tq_queue_t *queue = client ? tq_queue_new(client, QUEUE, 0) : NULL;
+    if (!queue) {
+        tq_client_destroy(&client);
+        return tq_task_fail(task, "consumer %d: no queue", num);
+    }
+    static unsigned char seen[PRODUCERS * ITEMS]; /* one per child */
+    memset(seen, 0, sizeof seen);
+    int64_t consumed = 0, bad = 0;
+    int rc;
+    double t1 = seed_now();
+    printf("consumer start %d\n", num);
+    for (;;) {
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        tq_buf_t item;
+        rc = seed_get(queue, &u, &item, SEED_WAIT_MS);
+        bool stop = rc != TQ_OK || u.data.type == MSGPACK_OBJECT_NIL;
+        if (!stop) {
+            int64_t i = seed_arg_int(&u.data, 0, -1);
+            int64_t p = seed_arg_int(&u.data, 1, -1);
+            if (i >= 0 && i < ITEMS && p >= 0 && p < PRODUCERS) {
+                if (seen[p * ITEMS + i] < 255)
+                    seen[p * ITEMS + i]++;
+                consumed++;
+            } else
+                bad++;
+        }
+        msgpack_unpacked_destroy(&u);
+        tq_buf_free(&item);
+        if (stop)
+            break;
+    }
+    double t2 = seed_now();
+    printf("consumer exit %d\n", num);
+    printf("consumer %d, use time:%f\n", num, t2 - t1);
+    tq_queue_destroy(&queue);
+    tq_client_destroy(&client);
+    if (rc != TQ_OK)
+        return tq_task_fail(task, "consumer %d: get: %s", num, tq_strerror(rc));
+    msgpack_pack_array(out, 3);
+    msgpack_pack_int64(out, consumed);
+    msgpack_pack_int64(out, bad);
+    msgpack_pack_bin(out, sizeof seen);
+    msgpack_pack_bin_body(out, seen, sizeof seen);
+    return 0;
 }
 
 int
@@ -50,67 +113,75 @@ main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     tq_registry_t *reg = tq_registry_new();
-    tq_registry_add(reg, "consume", s_consume, NULL);
-    tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
-    po.registry = reg;
-    po.quiet = true;
-    s_pool = tq_pool_new(CONSUMERS, &po); /* before the producer threads */
-    if (!s_pool)
+    tq_registry_add(reg, "producer", s_producer, NULL);
+    tq_registry_add(reg, "consumer", s_consumer, NULL);
+    /* every Process runs at once, as in the original: one child each */
+    tq_pool_t *pool = seed_pool_new(PRODUCERS + CONSUMERS, reg);
+    if (!pool)
         return 1;
+    tq_queue_t *queue = tq_queue_new(tq_pool_client(pool), QUEUE, 0);
+    const char *ep = tq_pool_endpoint(pool);
     double t0 = seed_now();
-    pthread_t producers[PRODUCERS];
+    tq_result_t *producer[PRODUCERS], *consumer[CONSUMERS];
     for (int i = 0; i < PRODUCERS; i++)
-        pthread_create(&producers[i], NULL, s_producer, (void *)(intptr_t)i);
-    for (int i = 0; i < PRODUCERS; i++)
-        pthread_join(producers[i], NULL);
-    /* the None sentinels of the original: no more items */
-    tq_pool_close(s_pool);
-    tq_pool_join(s_pool, 60000);
-
-    static int seen[PRODUCERS][ITEMS];
-    pid_t consumers[64];
-    int per_consumer[64] = {0}, nconsumers = 0;
-    long consumed = 0, errors = 0;
-    for (int p = 0; p < PRODUCERS; p++)
-        for (int i = 0; i < ITEMS; i++) {
-            tq_result_t *r = s_results[p][i];
-            if (!r || tq_result_get(r, 0) != TQ_OK) {
-                errors++;
-                tq_result_destroy(&r);
-                continue;
-            }
-            const msgpack_object *v = tq_result_value(r);
-            int64_t item = v->via.array.ptr[0].via.i64;
-            int64_t num = v->via.array.ptr[1].via.i64;
-            pid_t pid = (pid_t)v->via.array.ptr[2].via.i64;
-            if (num >= 0 && num < PRODUCERS && item >= 0 && item < ITEMS)
-                seen[num][item]++;
-            int k = 0;
-            while (k < nconsumers && consumers[k] != pid)
-                k++;
-            if (k == nconsumers && nconsumers < 64)
-                consumers[nconsumers++] = pid;
-            if (k < 64)
-                per_consumer[k]++;
-            consumed++;
-            tq_result_destroy(&r);
+        producer[i] =
+            tq_pool_apply_async(pool, "producer", NULL, "is", (int64_t)i, ep);
+    for (int i = 0; i < CONSUMERS; i++)
+        consumer[i] =
+            tq_pool_apply_async(pool, "consumer", NULL, "is", (int64_t)i, ep);
+    long produced = 0, errors = 0;
+    for (int i = 0; i < PRODUCERS; i++) /* producer[i].join() */
+        if (producer[i] && tq_result_get(producer[i], 60000) == TQ_OK)
+            produced += (long)tq_result_value(producer[i])->via.i64;
+        else {
+            errors++;
+            fprintf(stderr, "producer %d: %s\n", i,
+                    producer[i] ? tq_result_error(producer[i]) : "refused");
         }
-    long once = 0, twice = 0, never = 0;
-    for (int p = 0; p < PRODUCERS; p++)
-        for (int i = 0; i < ITEMS; i++) {
-            once += seen[p][i] == 1;
-            twice += seen[p][i] > 1;
-            never += seen[p][i] == 0;
+    for (int i = 0; i < CONSUMERS; i++) /* queue.put(None) */
+        if (!queue || seed_put(queue, SEED_WAIT_MS, "n") != TQ_OK)
+            errors++;
+    static int seen[PRODUCERS * ITEMS];
+    long consumed = 0, bad = 0;
+    for (int i = 0; i < CONSUMERS; i++) { /* consumer[i].join() */
+        const msgpack_object *v = NULL;
+        if (consumer[i] && tq_result_get(consumer[i], 60000) == TQ_OK)
+            v = tq_result_value(consumer[i]);
+        if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 3 ||
+            v->via.array.ptr[2].type != MSGPACK_OBJECT_BIN ||
+            v->via.array.ptr[2].via.bin.size != sizeof seen / sizeof *seen) {
+            errors++;
+            fprintf(stderr, "consumer %d: %s\n", i,
+                    consumer[i] ? tq_result_error(consumer[i]) : "refused");
+            continue;
         }
-    for (int k = 0; k < nconsumers; k++)
-        printf("consumer %d (pid %ld) consumed %d\n", k, (long)consumers[k],
-               per_consumer[k]);
+        consumed += (long)v->via.array.ptr[0].via.i64;
+        bad += (long)v->via.array.ptr[1].via.i64;
+        const unsigned char *counts =
+            (const unsigned char *)v->via.array.ptr[2].via.bin.ptr;
+        for (size_t k = 0; k < sizeof seen / sizeof *seen; k++)
+            seen[k] += counts[k];
+    }
     printf("all done finish\n");
-    printf("produced %d consumed %ld exactly-once %ld duplicated %ld "
-           "missing %ld errors %ld in %.2f s\n",
-           PRODUCERS * ITEMS, consumed, once, twice, never, errors,
-           seed_now() - t0);
-    tq_pool_destroy(&s_pool);
+    long missing = 0, doubled = 0;
+    for (size_t k = 0; k < sizeof seen / sizeof *seen; k++) {
+        missing += seen[k] == 0;
+        doubled += seen[k] > 1;
+    }
+    printf("produced %ld consumed %ld missing %ld doubled %ld errors %ld "
+           "in %.2f s\n",
+           produced, consumed, missing, doubled, errors + bad, seed_now() - t0);
+    for (int i = 0; i < PRODUCERS; i++)
+        tq_result_destroy(&producer[i]);
+    for (int i = 0; i < CONSUMERS; i++)
+        tq_result_destroy(&consumer[i]);
+    tq_queue_destroy(&queue);
+    tq_pool_close(pool);
+    tq_pool_join(pool, 10000);
+    tq_pool_destroy(&pool);
     tq_registry_destroy(&reg);
-    return once == PRODUCERS * ITEMS && !twice && !errors ? 0 : 1;
+    return produced == PRODUCERS * ITEMS && consumed == produced && !missing &&
+            !doubled && !errors && !bad
+        ? 0
+        : 1;
 }

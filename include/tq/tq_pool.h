@@ -71,6 +71,11 @@ void tq_pool_destroy(tq_pool_t **self_p);
    submitted through tq_pool_* calls are tracked by join and terminate. */
 tq_client_t *tq_pool_client(tq_pool_t *self);
 
+/* The pool's broker client endpoint (an ipc:// path, borrowed): a process
+   the pool forked (a task in a child) may open its own tq_client_t on it,
+   to use data queues (tq_queue.h) for instance. */
+const char *tq_pool_endpoint(const tq_pool_t *self);
+
 /* Number of children. */
 int tq_pool_processes(const tq_pool_t *self);
 
