@@ -44,6 +44,12 @@ typedef struct lane_s lane_t;
 typedef struct task_s task_t;
 typedef struct worker_s worker_t;
 
+/* A list of tasks linked through their prev/next: a lane's priority, a
+   worker's held tasks, the expiry list. A task is on one at a time. */
+typedef struct {
+    task_t *head, *tail;
+} task_list_t;
+
 /* A task. It sits on exactly one list through prev/next: its lane while
    waiting, its worker's held list while running, the expiry list once
    final. */
@@ -80,7 +86,7 @@ struct task_s {
 struct lane_s {
     queue_t *queue;
     const char *task;      /* interned */
-    task_t *head[PRIORITIES], *tail[PRIORITIES];
+    task_list_t fifo[PRIORITIES];
     uint32_t waiting;
     lane_t *next;
 };
@@ -110,7 +116,7 @@ struct worker_s {
     uint32_t queue_count;
     const char **tasks;       /* interned */
     uint32_t task_count;
-    task_t *held_head, *held_tail;
+    task_list_t held_tasks;    /* in dispatch order */
     int64_t last_seen_ms;
     worker_t *prev, *next;    /* the children list, or the supervisors */
 };
@@ -162,7 +168,7 @@ struct tq_broker_t {
     zhashx_t *peers;         /* ident hex -> worker_t */
     worker_t *children, *children_tail;
     worker_t *supervisors;
-    task_t *expiry_head, *expiry_tail;
+    task_list_t expiry;      /* final tasks, in expiry order */
     task_t **heap;           /* deadline heap of delayed tasks, 1-based */
     uint32_t heap_size, heap_cap;
     task_t *dead_head;       /* dead letters (failed tasks), oldest first */
@@ -402,6 +408,44 @@ s_reply(tq_broker_t *self, void *socket)
     s_send_to(self, socket, &to, NULL);
 }
 
+/* ---- task lists ---- */
+
+/* Links task into list after `after` (NULL: at the front). */
+static void
+s_list_insert(task_list_t *list, task_t *after, task_t *task)
+{
+    task->prev = after;
+    task->next = after ? after->next : list->head;
+    if (task->next)
+        task->next->prev = task;
+    else
+        list->tail = task;
+    if (after)
+        after->next = task;
+    else
+        list->head = task;
+}
+
+static void
+s_list_push(task_list_t *list, task_t *task, bool front)
+{
+    s_list_insert(list, front ? NULL : list->tail, task);
+}
+
+static void
+s_list_remove(task_list_t *list, task_t *task)
+{
+    if (task->prev)
+        task->prev->next = task->next;
+    else
+        list->head = task->next;
+    if (task->next)
+        task->next->prev = task->prev;
+    else
+        list->tail = task->prev;
+    task->prev = task->next = NULL;
+}
+
 /* ---- names, queues, lanes ---- */
 
 static const char *
@@ -451,19 +495,7 @@ s_lane(queue_t *queue, const char *task)
 static void
 s_lane_push(lane_t *lane, task_t *task, bool front)
 {
-    int p = task->priority;
-    task->prev = task->next = NULL;
-    if (!lane->head[p])
-        lane->head[p] = lane->tail[p] = task;
-    else if (front) {
-        task->next = lane->head[p];
-        lane->head[p]->prev = task;
-        lane->head[p] = task;
-    } else {
-        task->prev = lane->tail[p];
-        lane->tail[p]->next = task;
-        lane->tail[p] = task;
-    }
+    s_list_push(&lane->fifo[task->priority], task, front);
     lane->waiting++;
     lane->queue->waiting++;
 }
@@ -471,16 +503,7 @@ s_lane_push(lane_t *lane, task_t *task, bool front)
 static void
 s_lane_remove(lane_t *lane, task_t *task)
 {
-    int p = task->priority;
-    if (task->prev)
-        task->prev->next = task->next;
-    else
-        lane->head[p] = task->next;
-    if (task->next)
-        task->next->prev = task->prev;
-    else
-        lane->tail[p] = task->prev;
-    task->prev = task->next = NULL;
+    s_list_remove(&lane->fifo[task->priority], task);
     lane->waiting--;
     lane->queue->waiting--;
 }
@@ -617,13 +640,7 @@ s_commit(tq_broker_t *self)
 static void
 s_held_push(worker_t *worker, task_t *task)
 {
-    task->prev = worker->held_tail;
-    task->next = NULL;
-    if (worker->held_tail)
-        worker->held_tail->next = task;
-    else
-        worker->held_head = task;
-    worker->held_tail = task;
+    s_list_push(&worker->held_tasks, task, false);
     worker->held++;
     task->worker = worker;
     task->lane->queue->running++;
@@ -632,15 +649,7 @@ s_held_push(worker_t *worker, task_t *task)
 static void
 s_held_remove(worker_t *worker, task_t *task)
 {
-    if (task->prev)
-        task->prev->next = task->next;
-    else
-        worker->held_head = task->next;
-    if (task->next)
-        task->next->prev = task->prev;
-    else
-        worker->held_tail = task->prev;
-    task->prev = task->next = NULL;
+    s_list_remove(&worker->held_tasks, task);
     worker->held--;
     task->worker = NULL;
     task->lane->queue->running--;
@@ -708,15 +717,15 @@ static void
 s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
                  const char *why)
 {
-    task_t *running = worker->held_head;
+    task_t *running = worker->held_tasks.head;
     /* a child killed because its task was cancelled, or that was running a
        cancelled task when it died, is not the fault of its other tasks */
     if (code == TQ_ECANCELLED || worker->cancelled)
         lost = false;
     /* requeue from the back so that the tasks keep their order at the
        front of their lanes */
-    while (worker->held_tail) {
-        task_t *task = worker->held_tail;
+    while (worker->held_tasks.tail) {
+        task_t *task = worker->held_tasks.tail;
         s_held_remove(worker, task);
         if (lost && task == running) {
             char text[TQ_PROTO_MAX_ERROR];
@@ -863,34 +872,17 @@ s_dead_remove(tq_broker_t *self, task_t *task)
 static void
 s_expiry_insert(tq_broker_t *self, task_t *task)
 {
-    task_t *after = self->expiry_tail;
+    task_t *after = self->expiry.tail;
     while (after && after->expires_ms > task->expires_ms)
         after = after->prev;
-    task->prev = after;
-    task->next = after ? after->next : self->expiry_head;
-    if (task->next)
-        task->next->prev = task;
-    else
-        self->expiry_tail = task;
-    if (after)
-        after->next = task;
-    else
-        self->expiry_head = task;
+    s_list_insert(&self->expiry, after, task);
     self->results_kept++;
 }
 
 static void
 s_expiry_remove(tq_broker_t *self, task_t *task)
 {
-    if (task->prev)
-        task->prev->next = task->next;
-    else
-        self->expiry_head = task->next;
-    if (task->next)
-        task->next->prev = task->prev;
-    else
-        self->expiry_tail = task->prev;
-    task->prev = task->next = NULL;
+    s_list_remove(&self->expiry, task);
     self->results_kept--;
 }
 
@@ -1042,18 +1034,13 @@ s_release_due(tq_broker_t *self)
 static void
 s_expire_results(tq_broker_t *self)
 {
-    while (self->expiry_head && self->expiry_head->expires_ms <= self->now_ms) {
-        task_t *task = self->expiry_head;
-        self->expiry_head = task->next;
-        if (self->expiry_head)
-            self->expiry_head->prev = NULL;
-        else
-            self->expiry_tail = NULL;
+    while (self->expiry.head && self->expiry.head->expires_ms <= self->now_ms) {
+        task_t *task = self->expiry.head;
+        s_expiry_remove(self, task);
         zhashx_delete(self->tasks, task->id);
         s_dead_remove(self, task);
         if (self->store)
             tq_store_remove(self->store, task->id);
-        self->results_kept--;
         self->memory -= zmq_msg_size(&task->payload);
         s_task_free(task);
     }
@@ -1072,7 +1059,7 @@ s_next_task(tq_broker_t *self, worker_t *worker)
             if (!lane->waiting || !s_worker_serves(worker, lane))
                 continue;
             for (int p = PRIORITIES - 1; p >= 0; p--) {
-                task_t *head = lane->head[p];
+                task_t *head = lane->fifo[p].head;
                 if (!head)
                     continue;
                 if (!best || p > best->priority ||
@@ -1395,8 +1382,8 @@ s_on_purge(tq_broker_t *self, const tq_msg_t *msg)
     if (queue) {
         for (lane_t *lane = queue->lanes; lane; lane = lane->next)
             for (int p = 0; p < PRIORITIES; p++)
-                while (lane->head[p]) {
-                    s_cancel(self, lane->head[p], "purged");
+                while (lane->fifo[p].head) {
+                    s_cancel(self, lane->fifo[p].head, "purged");
                     purged++;
                 }
         /* delayed tasks of the queue: collected first, because each
@@ -1472,8 +1459,9 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
         int64_t oldest = self->now_ms;
         for (lane_t *lane = q->lanes; lane; lane = lane->next)
             for (int p = 0; p < PRIORITIES; p++)
-                if (lane->head[p] && lane->head[p]->submitted_ms < oldest)
-                    oldest = lane->head[p]->submitted_ms;
+                if (lane->fifo[p].head &&
+                    lane->fifo[p].head->submitted_ms < oldest)
+                    oldest = lane->fifo[p].head->submitted_ms;
         msgpack_pack_map(pk, 7);
         s_pack_str(pk, "name");
         s_pack_str(pk, q->name);
@@ -2465,8 +2453,8 @@ tq_broker_run(tq_broker_t *self)
         self->now_ms = s_now();
         /* sleep until the next deadline: a host check or a result expiry */
         int64_t deadline = self->next_check_ms;
-        if (self->expiry_head && self->expiry_head->expires_ms < deadline)
-            deadline = self->expiry_head->expires_ms;
+        if (self->expiry.head && self->expiry.head->expires_ms < deadline)
+            deadline = self->expiry.head->expires_ms;
         if (self->heap_size && self->heap[1]->due_ms < deadline)
             deadline = self->heap[1]->due_ms;
         int64_t getters = s_expire_getters(self);
