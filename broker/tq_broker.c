@@ -28,6 +28,8 @@
 #define IDENT_INLINE 24      /* routing ids up to this size stay inline */
 #define HEARTBEAT_MS 1000    /* PROTOCOL.md section 10 */
 #define LIVENESS_MS 3000
+#define CHECK_MS 100         /* host liveness checks */
+#define HOUSEKEEPING_MS 1000 /* store purge and disk limit checks */
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20         /* log lines about bad input per second */
 #define LOST_PAUSE_MS 500    /* first pause of a task whose worker died */
@@ -190,6 +192,7 @@ struct tq_broker_t {
     int64_t started_ms;
     int64_t now_ms;
     int64_t next_check_ms;
+    int64_t next_housekeeping_ms;
     int64_t log_window_ms;
     int log_count;
     bool dispatch_due;
@@ -745,7 +748,11 @@ s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
             }
             /* a task that may have killed its worker waits before it runs
                again (LOST_PAUSE_MS, doubling, with jitter), so a poison
-               task cannot crash-loop the workers while others wait */
+               task cannot crash-loop the workers while others wait; one
+               whose whole host went silent (TQ_EUNREACHABLE) did not kill
+               anything and goes back at once */
+            if (code == TQ_EUNREACHABLE)
+                goto requeue;
             uint32_t doublings = task->lost - 1 < 10 ? task->lost - 1 : 10;
             double pause = LOST_PAUSE_MS * (double) (1u << doublings);
             pause *= 0.5 + (double) (random() % 1000) / 1000.0;
@@ -755,6 +762,7 @@ s_worker_release(tq_broker_t *self, worker_t *worker, bool lost, int code,
             self->counters.requeued++;
             continue;
         }
+    requeue:
         task->state = TQ_STATE_PENDING;
         s_store_state(self, task);
         s_lane_push(task->lane, task, true);
@@ -2082,7 +2090,7 @@ s_check_hosts(tq_broker_t *self)
         for (worker_t *w = self->children; w; w = wnext) {
             wnext = w->next;
             if (w->ppid == sup->pid && strcmp(w->host, sup->host) == 0)
-                s_peer_remove(self, w, true, TQ_ELOST, why);
+                s_peer_remove(self, w, true, TQ_EUNREACHABLE, why);
         }
         s_peer_remove(self, sup, false, 0, why);
     }
@@ -2185,7 +2193,7 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
 }
 
 /* Purges a little of the expired results from disk and checks the disk
-   limit; called twice a second. */
+   limit; called once a second. */
 static void
 s_store_housekeeping(tq_broker_t *self)
 {
@@ -2448,7 +2456,7 @@ tq_broker_run(tq_broker_t *self)
         {self->workers, 0, ZMQ_POLLIN, 0},
         {NULL, self->wakeup, ZMQ_POLLIN, 0},
     };
-    self->next_check_ms = s_now() + HEARTBEAT_MS / 2;
+    self->next_check_ms = s_now() + CHECK_MS;
     while (!self->stopping) {
         self->now_ms = s_now();
         /* sleep until the next deadline: a host check or a result expiry */
@@ -2483,8 +2491,11 @@ tq_broker_run(tq_broker_t *self)
         }
         if (self->now_ms >= self->next_check_ms) {
             s_check_hosts(self);
-            s_store_housekeeping(self);
-            self->next_check_ms = self->now_ms + HEARTBEAT_MS / 2;
+            if (self->now_ms >= self->next_housekeeping_ms) {
+                s_store_housekeeping(self);
+                self->next_housekeeping_ms = self->now_ms + HOUSEKEEPING_MS;
+            }
+            self->next_check_ms = self->now_ms + CHECK_MS;
             if (self->dispatch_due)
                 s_dispatch(self);
         }
