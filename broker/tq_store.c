@@ -174,13 +174,23 @@ tq_store_open(const char *dir, tq_sync_t sync, char *error, size_t errlen)
         goto failed;
     }
     int rc = sqlite3_step(check);
-    bool ok = rc == SQLITE_ROW &&
-              strcmp((const char *)sqlite3_column_text(check, 0), "ok") == 0;
-    sqlite3_finalize(check);
+    const char *first = rc == SQLITE_ROW
+                            ? (const char *)sqlite3_column_text(check, 0)
+                            : NULL;
+    bool ok = first && strcmp(first, "ok") == 0;
     if (!ok) {
-        s_fail(self, "damaged database (quick_check failed)");
+        /* quick_check's first line says what is wrong; sqlite3_errmsg
+           would only say "not an error" */
+        snprintf(self->error, sizeof self->error,
+                 "%s: damaged database (quick_check: %s); move it away to "
+                 "start empty, or repair it with the sqlite3 shell",
+                 self->path,
+                 first ? first : sqlite3_errmsg(self->db));
+        self->failed = true;
+        sqlite3_finalize(check);
         goto failed;
     }
+    sqlite3_finalize(check);
     if (s_user_version(self, &version) != TQ_OK ||
         s_migrate(self, version) != TQ_OK)
         goto failed;
