@@ -22,7 +22,6 @@
 #include "tq_broker.h"
 #include "tq_pool_server.h"
 #include "tq_proto.h"
-#include "tq_wire.h"
 
 #define S_KILL_WAIT_MS 3000 /* server to kill its children and exit */
 #define S_DRAIN_MS 10000 /* server's drain time at join */
