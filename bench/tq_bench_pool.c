@@ -66,7 +66,7 @@ main(int argc, char **argv)
 {
     int n = argc > 1 ? atoi(argv[1]) : 20000;
     int seq = argc > 2 ? atoi(argv[2]) : 2000;
-    int prefetch = argc > 3 ? atoi(argv[3]) : 1;
+    int prefetch = argc > 3 ? atoi(argv[3]) : TQ_POOL_PREFETCH;
     tq_registry_t *reg = tq_registry_new();
     tq_registry_add(reg, "noop", s_noop, NULL);
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;

@@ -150,7 +150,7 @@ typedef struct dq_s {
 
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
-        malformed, errors, dropped, retried, cancelled, refused;
+        malformed, errors, dropped, retried, cancelled, refused, stolen;
 } counters_t;
 
 struct tq_broker_t {
@@ -1107,27 +1107,97 @@ s_dispatch_one(tq_broker_t *self, worker_t *worker, task_t *task)
     return true;
 }
 
-/* Gives waiting tasks to workers with free credit, one task per worker per
-   sweep so that a burst spreads over every idle child. */
+/* Work stealing. With prefetch above 1 a child may hold tasks it has not
+   started while another child has nothing to do (the lanes ran dry). The
+   holder cannot answer while it runs a task, so the broker does not ask: it
+   takes the held task that should run next back into its lane at once
+   (the idle child gets it, with a new attempt: the lease moves) and sends
+   the holder REVOKE, so that it drops the task unstarted when it next reads
+   its socket, which it does before starting each task. A holder that
+   started it in the instant before REVOKE arrived runs it a second time;
+   its late DONE is a duplicate. Returns true if it took a task. */
+static bool
+s_steal(tq_broker_t *self)
+{
+    bool stole = false;
+    for (worker_t *idle = self->children; idle; idle = idle->next) {
+        if (idle->held + idle->cancelled > 0 || idle->credit == 0)
+            continue;
+        /* the unstarted task that should run next, by the order dispatch
+           uses (priority, then submission), so that tasks still start in
+           the order a single queue would start them */
+        task_t *victim = NULL;
+        worker_t *holder = NULL;
+        for (worker_t *w = self->children; w; w = w->next) {
+            if (w == idle || w->held < 2)
+                continue;
+            /* the first held task is (or soon is) running: never it */
+            for (task_t *t = w->held_tasks.head->next; t; t = t->next)
+                if (s_worker_serves(idle, t->lane) &&
+                    (!victim || t->priority > victim->priority ||
+                     (t->priority == victim->priority &&
+                      t->seq < victim->seq))) {
+                    victim = t;
+                    holder = w;
+                }
+        }
+        if (!victim)
+            break; /* nothing any idle child could take */
+        tq_msg_t *out = s_out(self, TQ_CMD_REVOKE);
+        out->id = tq_str(victim->id);
+        out->attempt = victim->attempt;
+        s_send_to(self, self->workers, &holder->ident, NULL);
+        s_held_remove(holder, victim);
+        victim->state = TQ_STATE_PENDING;
+        s_store_state(self, victim);
+        s_lane_push(victim->lane, victim, true);
+        self->counters.stolen++;
+        stole = true;
+    }
+    return stole;
+}
+
+/* Gives waiting tasks to workers with free credit, least loaded first:
+   each round offers one task to every worker at the lowest load, so every
+   idle child is served before any child gets a second task (a burst
+   spreads over all of them, and a task given back after REVOKE goes to the
+   idle child that wanted it, not back to its holder). */
 static void
 s_dispatch(tq_broker_t *self)
 {
     self->dispatch_due = false;
-    bool progress = true;
-    while (progress) {
-        progress = false;
+    uint32_t level = 0;
+    for (;;) {
+        bool progress = false;
+        uint32_t next_level = UINT32_MAX;
         worker_t *next;
         for (worker_t *worker = self->children; worker; worker = next) {
             next = worker->next;
-            if (worker->held + worker->cancelled >= worker->credit)
+            uint32_t load = worker->held + worker->cancelled;
+            if (load >= worker->credit)
                 continue;
+            if (load > level) {
+                if (load < next_level)
+                    next_level = load;
+                continue;
+            }
             task_t *task = s_next_task(self, worker);
             if (!task)
                 continue;
-            if (s_dispatch_one(self, worker, task))
-                progress = true;
+            if (!s_dispatch_one(self, worker, task))
+                next = self->children; /* it was removed: start over */
+            progress = true;
+        }
+        /* a round without a dispatch: every worker at this load has
+           nothing it can take; try the next load up, and at the top, give
+           idle children what others hold unstarted */
+        if (!progress) {
+            if (next_level != UINT32_MAX)
+                level = next_level;
+            else if (s_steal(self))
+                level = 0;
             else
-                progress = true, next = self->children; /* list changed */
+                break;
         }
     }
 }
@@ -1553,7 +1623,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 
     const counters_t *c = &self->counters;
     s_pack_str(pk, "counters");
-    msgpack_pack_map(pk, 14);
+    msgpack_pack_map(pk, 15);
     s_pack_uint_kv(pk, "submitted", c->submitted);
     s_pack_uint_kv(pk, "completed", c->completed);
     s_pack_uint_kv(pk, "failed", c->failed);
@@ -1567,6 +1637,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     s_pack_uint_kv(pk, "retried", c->retried);
     s_pack_uint_kv(pk, "cancelled", c->cancelled);
     s_pack_uint_kv(pk, "refused", c->refused);
+    s_pack_uint_kv(pk, "stolen", c->stolen);
     s_pack_uint_kv(pk, "dead_letters", self->dead_count);
 }
 

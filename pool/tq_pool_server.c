@@ -109,7 +109,8 @@ tq_pool_server_run(pid_t parent, const char *worker_endpoint, int processes,
     config.concurrency = processes;
     config.queues[0] = TQ_DEFAULT_QUEUE;
     config.queue_count = 1;
-    config.prefetch = options->prefetch > 0 ? (uint32_t)options->prefetch : 1;
+    config.prefetch = options->prefetch > 0 ? (uint32_t)options->prefetch
+                                            : TQ_POOL_PREFETCH;
     config.shutdown_timeout_ms = 10000;
     /* the supervisor recycles the child after its DONE */
     config.max_tasks_per_child = (uint32_t)options->maxtasksperchild;

@@ -63,6 +63,8 @@
                                   died; its tasks are queued again */
 #define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
                                   pid running task id (cancelled) */
+#define TQ_CMD_REVOKE 0x27     /* b->w (child) id attempt: the task went to
+                                  another child; drop it if not started */
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */

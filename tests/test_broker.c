@@ -1230,6 +1230,55 @@ test_host_liveness(void **state)
     free(in);
 }
 
+/* ---- 11. work stealing: REVOKE / RETURNED (5.3.5) ---- */
+
+static void
+test_work_stealing(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    /* one child with credit 4 takes all four tasks */
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostW", 901, 900, "qs", 4);
+    const char *ids[] = {"ws-1", "ws-2", "ws-3", "ws-4"};
+    for (int i = 0; i < 4; i++)
+        s_submit_ok(w, a, ids[i], "qs", in);
+    for (int i = 0; i < 4; i++)
+        s_expect_task(w, w1, ids[i], 1, in);
+    /* an idle child arrives: the held task that should run next (ws-2:
+       never ws-1, which the holder runs) moves to it with a new lease, and
+       the holder is told to drop it */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostW", 902, 900, "qs", 4);
+    s_expect_task(w, w2, "ws-2", 2, in);
+    s_expect(w, w1, TQ_CMD_REVOKE, "ws-2", in);
+    assert_int_equal(in->attempt, 1);
+    assert_int_equal(s_counter(w, a, "stolen"), 1);
+    s_done(w, w2, "ws-2", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ws-2", TQ_STATE_SUCCESS, TQ_OK, in);
+    /* idle again: it takes ws-3 the same way */
+    s_expect_task(w, w2, "ws-3", 2, in);
+    s_expect(w, w1, TQ_CMD_REVOKE, "ws-3", in);
+    /* a holder that had started ws-3 before the REVOKE came: its DONE is
+       a duplicate, the new holder's ends the task */
+    s_done(w, w1, "ws-3", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_wait_counter(w, a, "duplicates", 1);
+    s_done(w, w2, "ws-3", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ws-3", TQ_STATE_SUCCESS, TQ_OK, in);
+    /* and ws-4; nothing is taken from a holder of one (ws-1 runs) */
+    s_expect_task(w, w2, "ws-4", 2, in);
+    s_expect(w, w1, TQ_CMD_REVOKE, "ws-4", in);
+    s_done(w, w2, "ws-4", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ws-4", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_done(w, w1, "ws-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ws-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "stolen"), 3);
+    free(in);
+}
+
 /* ---- 10. the STATUS body (8) ---- */
 
 static void
@@ -1370,6 +1419,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_host_liveness, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_status_body, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing, s_setup,
+                                        s_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -483,6 +483,50 @@ test_poison(void **state)
 #endif
 }
 
+/* Prefetch hides no work: a child holding a long task and three short
+   ones it has not started gives the short ones back (REVOKE/RETURNED) when
+   another child connects with nothing to do. */
+static void
+test_work_stealing(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *prefetch[] = {"--prefetch", "4", NULL};
+    assert_true(tq_harness_env_add_worker(env, 1, prefetch, true) > 0);
+    tq_result_t *r[4];
+    r[0] = tq_apply_async(env->client, "tq.sleep", NULL, "d", 3.0);
+    for (int i = 1; i < 4; i++)
+        r[i] = tq_apply_async(env->client, "tq.sleep", NULL, "d", 0.2);
+    /* all four on the one child */
+    int64_t deadline = tq_harness_now_ms() + 5000;
+    uint64_t running = 0;
+    while (running != 4 && tq_harness_now_ms() < deadline) {
+        tq_harness_status_t st = {0};
+        if (tq_harness_status(env->client, &st, 2000) == TQ_OK) {
+            const msgpack_object *q = tq_harness_queue(&st, "default");
+            running = q ? tq_harness_map_uint(q, "running", 0) : 0;
+        }
+        tq_harness_status_free(&st);
+        if (running != 4)
+            tq_harness_sleep_ms(20);
+    }
+    assert_int_equal(running, 4);
+    int64_t t0 = tq_harness_now_ms();
+    assert_true(tq_harness_env_add_worker(env, 1, prefetch, false) > 0);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(tq_result_get(r[i], 10000), TQ_OK);
+    int64_t shorts = tq_harness_now_ms() - t0;
+    assert_int_equal(tq_result_get(r[0], 10000), TQ_OK);
+    uint64_t stolen = s_counter(env->client, "stolen");
+    printf("work stealing: 3 short tasks queued behind a 3 s one done %lld ms "
+           "after an idle child connected; %llu stolen\n",
+           (long long)shorts, (unsigned long long)stolen);
+    assert_true(stolen >= 1);
+    assert_true(shorts < 2500); /* not behind the 3 s task */
+    for (int i = 0; i < 4; i++)
+        tq_result_destroy(&r[i]);
+}
+
 int
 main(void)
 {
@@ -499,6 +543,7 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_chaos, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_poison, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing, s_setup, s_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

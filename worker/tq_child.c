@@ -290,6 +290,39 @@ s_push(s_child_t *self, const tq_msg_t *msg)
     self->count++;
 }
 
+/* REVOKE: the broker gave a queued task to an idle child. Every job in
+   the ring is unstarted when messages are read (they are read before each
+   task starts), so a match is dropped; no match means it already ran. */
+static void
+s_on_revoke(s_child_t *self, const tq_msg_t *msg)
+{
+    size_t i = 0;
+    for (; i < self->count; i++) {
+        s_job_t *job = &self->jobs[(self->head + i) % self->capacity];
+        if (job->attempt == msg->attempt && tq_str_eq(msg->id, job->id))
+            break;
+    }
+    if (i == self->count)
+        return;
+    s_job_t *gone = &self->jobs[(self->head + i) % self->capacity];
+    if (self->config->verbose)
+        tq_worker_log("child: task %s went to an idle child, dropped",
+                      gone->id);
+    zmq_msg_close(&gone->args);
+    zmq_msg_init(&gone->args);
+    /* close the gap, keeping the order of the others */
+    for (; i + 1 < self->count; i++) {
+        s_job_t *to = &self->jobs[(self->head + i) % self->capacity];
+        s_job_t *from = &self->jobs[(self->head + i + 1) % self->capacity];
+        memcpy(to->id, from->id, sizeof to->id);
+        memcpy(to->name, from->name, sizeof to->name);
+        to->attempt = from->attempt;
+        to->time_limit_ms = from->time_limit_ms;
+        zmq_msg_move(&to->args, &from->args);
+    }
+    self->count--;
+}
+
 /* Handles one received message. Bad wire input is logged, never fatal. */
 static void
 s_on_message(s_child_t *self, int rc)
@@ -312,6 +345,9 @@ s_on_message(s_child_t *self, int rc)
         memset(&self->out, 0, sizeof self->out);
         self->out.command = TQ_CMD_PONG;
         s_send(self, NULL);
+        break;
+    case TQ_CMD_REVOKE:
+        s_on_revoke(self, msg);
         break;
     case TQ_CMD_PONG:
     case TQ_CMD_HEARTBEAT:
