@@ -25,8 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# the store lives in the demo's temporary directory, removed at the end
 "$broker_bin" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
-  >"$tmp/broker.out" 2>"$tmp/broker.err" &
+  --data "$tmp/data" >"$tmp/broker.out" 2>"$tmp/broker.err" &
 pids+=($!)
 line=
 for _ in $(seq 100); do
