@@ -1521,7 +1521,7 @@ s_lane_served(tq_broker_t *self, const lane_t *lane)
 static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 9);
+    msgpack_pack_map(pk, self->auth ? 10 : 9);
     s_pack_str(pk, "version");
     s_pack_str(pk, "TQP/1");
     s_pack_uint_kv(pk, "pid", (uint64_t) getpid());
@@ -1619,6 +1619,19 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
         s_pack_uint_kv(pk, "size", dq->size);
         s_pack_uint_kv(pk, "maxsize", dq->maxsize);
         s_pack_uint_kv(pk, "getters", getters);
+    }
+
+    if (self->auth) {
+        /* CURVE handshakes, from the ZAP handler */
+        tq_auth_stats_t auth;
+        tq_auth_stats(&auth);
+        s_pack_str(pk, "auth");
+        msgpack_pack_map(pk, 5);
+        s_pack_uint_kv(pk, "allowed", auth.allowed);
+        s_pack_uint_kv(pk, "denied_clients", auth.denied_clients);
+        s_pack_uint_kv(pk, "denied_workers", auth.denied_workers);
+        s_pack_uint_kv(pk, "denied_other", auth.denied_other);
+        s_pack_uint_kv(pk, "reloads", auth.reloads);
     }
 
     const counters_t *c = &self->counters;

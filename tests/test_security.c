@@ -378,6 +378,18 @@ test_allowed_and_removed(void **state)
     tq_client_t *client = tq_client_new(cep);
     assert_non_null(client);
     assert_int_equal(tq_harness_wait_workers(client, 1, worker, 10000), 0);
+    /* STATUS shows the ZAP handler's counters when CURVE is on */
+    tq_harness_status_t st = {0};
+    assert_int_equal(tq_harness_status(client, &st, 5000), TQ_OK);
+    const msgpack_object *auth = tq_harness_map_get(st.root, "auth");
+    assert_non_null(auth);
+    uint64_t allowed = tq_harness_map_uint(auth, "allowed", 0);
+    printf("STATUS auth: allowed %llu, denied clients %llu, workers %llu\n",
+           (unsigned long long)allowed,
+           (unsigned long long)tq_harness_map_uint(auth, "denied_clients", 0),
+           (unsigned long long)tq_harness_map_uint(auth, "denied_workers", 0));
+    assert_true(allowed >= 2); /* this client, the worker's sockets */
+    tq_harness_status_free(&st);
     tq_result_t *r = tq_apply(client, "tq.echo", NULL, S_GET_MS, "s",
                               "over curve");
     assert_non_null(r);
