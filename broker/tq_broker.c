@@ -129,6 +129,7 @@ struct worker_s {
 
 typedef struct item_s {
     zmq_msg_t msg;
+    uint64_t seq;         /* its order in the queue, its key in the store */
     struct item_s *next;
 } item_t;
 
@@ -143,10 +144,20 @@ typedef struct dq_s {
     const char *name;     /* interned */
     uint32_t maxsize;     /* 0: no bound */
     uint32_t size;
+    uint64_t next_seq;    /* for the next item put */
     item_t *head, *tail;
     getter_t *getters, *getters_tail;
     struct dq_s *next;
 } dq_t;
+
+/* An answer that must wait for the commit of what it acknowledges:
+   SUBMITTED for a task, REPLY {size} for a data-queue item. */
+typedef struct {
+    ident_t to;
+    char id[TQ_PROTO_MAX_ID + 1];
+    uint8_t command;
+    uint64_t size; /* REPLY: the queue's size */
+} ack_t;
 
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
@@ -182,11 +193,11 @@ struct tq_broker_t {
     zhashx_t *in_flight;     /* client ident hex -> unfinished tasks
                                 (uintptr_t), with max_client_tasks only */
     dq_t *dqs;
-    ident_t *acks;           /* SUBMITTED waiting for the commit */
-    char (*ack_ids)[TQ_PROTO_MAX_ID + 1];
+    ack_t *acks;             /* answers waiting for the commit */
     uint32_t ack_count, ack_cap;
     bool disk_full;          /* the store passed max_disk */
     uint64_t recovered;      /* tasks loaded at start */
+    uint64_t recovered_items; /* data-queue items loaded at start */
     uint64_t seq;
     uint64_t results_kept;
     int64_t started_ms;
@@ -589,29 +600,58 @@ s_store_final(tq_broker_t *self, const task_t *task)
     tq_store_finish(self->store, &row);
 }
 
-/* Acknowledges a submission now, or after the commit that stores it. */
 static void
-s_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
+s_pack_str(msgpack_packer *pk, const char *s);
+static void
+s_pack_uint_kv(msgpack_packer *pk, const char *key, uint64_t value);
+static void
+s_free_sbuffer(void *data, void *hint);
+
+/* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */
+static void
+s_send_ack(tq_broker_t *self, const ident_t *to, tq_str_t id,
+           uint8_t command, uint64_t size)
+{
+    if (command == TQ_CMD_SUBMITTED) {
+        s_out(self, TQ_CMD_SUBMITTED)->id = id;
+        s_send_to(self, self->clients, to, NULL);
+        return;
+    }
+    msgpack_sbuffer body;
+    msgpack_sbuffer_init(&body);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &body, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    s_pack_uint_kv(&pk, "size", size);
+    zmq_msg_t payload;
+    size_t bytes = body.size;
+    zmq_msg_init_data(&payload, msgpack_sbuffer_release(&body), bytes,
+                      s_free_sbuffer, NULL);
+    s_out(self, TQ_CMD_REPLY)->id = id;
+    s_send_to(self, self->clients, to, &payload);
+    zmq_msg_close(&payload);
+}
+
+/* Acknowledges now, or after the commit that stores what is
+   acknowledged. */
+static void
+s_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
+      uint64_t size)
 {
     if (!self->store || !tq_store_dirty(self->store)) {
-        tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
-        out->id = id;
-        s_send_to(self, self->clients, to, NULL);
+        s_send_ack(self, to, id, command, size);
         return;
     }
     if (self->ack_count == self->ack_cap) {
         self->ack_cap = self->ack_cap ? 2 * self->ack_cap : 256;
         self->acks = realloc(self->acks, self->ack_cap * sizeof *self->acks);
-        self->ack_ids =
-            realloc(self->ack_ids, self->ack_cap * sizeof *self->ack_ids);
-        if (!self->acks || !self->ack_ids)
+        if (!self->acks)
             abort();
     }
-    ident_t *ack = &self->acks[self->ack_count];
-    *ack = (ident_t){0};
-    s_ident_set(ack, s_ident_data(to), to->size);
-    tq_str_copy(self->ack_ids[self->ack_count], TQ_PROTO_MAX_ID + 1, id);
-    self->ack_count++;
+    ack_t *ack = &self->acks[self->ack_count++];
+    *ack = (ack_t){.command = command, .size = size};
+    s_ident_set(&ack->to, s_ident_data(to), to->size);
+    tq_str_copy(ack->id, sizeof ack->id, id);
 }
 
 /* Commits the pass's batch, then sends the acknowledgements it held.
@@ -623,16 +663,15 @@ s_commit(tq_broker_t *self)
         tq_store_commit(self->store) != TQ_OK) {
         fprintf(stderr,
                 "tq-broker: FATAL: cannot write the store in %s: %s; "
-                "stopping without acknowledging %u submissions\n",
+                "stopping without acknowledging %u requests\n",
                 self->config.data_dir, tq_store_error(self->store),
                 self->ack_count);
         return false;
     }
     for (uint32_t i = 0; i < self->ack_count; i++) {
-        tq_msg_t *out = s_out(self, TQ_CMD_SUBMITTED);
-        out->id = tq_str(self->ack_ids[i]);
-        s_send_to(self, self->clients, &self->acks[i], NULL);
-        s_ident_clear(&self->acks[i]);
+        ack_t *ack = &self->acks[i];
+        s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
+        s_ident_clear(&ack->to);
     }
     self->ack_count = 0;
     return true;
@@ -1296,7 +1335,7 @@ s_on_submit(tq_broker_t *self, const tq_msg_t *msg)
         self->counters.submitted++;
     }
     ident_t from = s_sender(self);
-    s_ack(self, msg->id, &from);
+    s_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
 
 /* Adds a client to those told when the task ends, once: a client that
@@ -1804,6 +1843,24 @@ s_dq_hand(tq_broker_t *self, dq_t *dq, zmq_msg_t *item)
     return false;
 }
 
+/* Appends an item (moved) to a data queue. */
+static item_t *
+s_dq_append(tq_broker_t *self, dq_t *dq, zmq_msg_t *item)
+{
+    item_t *node = s_alloc(sizeof *node);
+    zmq_msg_init(&node->msg);
+    zmq_msg_move(&node->msg, item);
+    node->seq = dq->next_seq++;
+    self->memory += zmq_msg_size(&node->msg);
+    if (dq->tail)
+        dq->tail->next = node;
+    else
+        dq->head = node;
+    dq->tail = node;
+    dq->size++;
+    return node;
+}
+
 static void
 s_on_qput(tq_broker_t *self, const tq_msg_t *msg)
 {
@@ -1820,8 +1877,9 @@ s_on_qput(tq_broker_t *self, const tq_msg_t *msg)
     dq_t *dq = s_dq(self, msg->queue, true);
     if (msg->maxsize)
         dq->maxsize = msg->maxsize;
+    ident_t from = s_sender(self);
     if (s_dq_hand(self, dq, item)) {
-        s_reply_counts(self, msg->id, "size", dq->size, NULL, 0);
+        s_ack(self, msg->id, &from, TQ_CMD_REPLY, dq->size);
         return;
     }
     char text[TQ_PROTO_MAX_NAME + 64];
@@ -1839,17 +1897,12 @@ s_on_qput(tq_broker_t *self, const tq_msg_t *msg)
         s_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
         return;
     }
-    item_t *node = s_alloc(sizeof *node);
-    zmq_msg_init(&node->msg);
-    zmq_msg_move(&node->msg, item);
-    self->memory += zmq_msg_size(&node->msg);
-    if (dq->tail)
-        dq->tail->next = node;
-    else
-        dq->head = node;
-    dq->tail = node;
-    dq->size++;
-    s_reply_counts(self, msg->id, "size", dq->size, NULL, 0);
+    item_t *node = s_dq_append(self, dq, item);
+    /* accepted means stored, as for tasks: the REPLY waits for the commit */
+    if (self->store)
+        tq_store_item_add(self->store, dq->name, node->seq, dq->maxsize,
+                          zmq_msg_data(&node->msg), zmq_msg_size(&node->msg));
+    s_ack(self, msg->id, &from, TQ_CMD_REPLY, dq->size);
 }
 
 static void
@@ -1891,6 +1944,8 @@ s_on_qget(tq_broker_t *self, const tq_msg_t *msg)
             self->memory += zmq_msg_size(&node->msg);
             return;
         }
+        if (self->store)
+            tq_store_item_remove(self->store, dq->name, node->seq);
         zmq_msg_close(&node->msg);
         free(node);
         return;
@@ -2248,6 +2303,28 @@ s_recover(const tq_store_task_t *row, void *arg)
     s_lane_push(task->lane, task, false);
 }
 
+/* Rebuilds one stored data-queue item (rows come by queue, in order). */
+static void
+s_recover_item(const char *queue, uint64_t seq, uint32_t maxsize,
+               const void *data, size_t size, void *arg)
+{
+    tq_broker_t *self = arg;
+    if (!tq_proto_valid_name(queue, strlen(queue)) ||
+        tq_proto_check_payload(data, size, false, NULL) != TQ_OK) {
+        s_warn(self, "store: skipping a damaged queue item (%.255s)", queue);
+        return;
+    }
+    dq_t *dq = s_dq(self, tq_str(queue), true);
+    dq->maxsize = maxsize;
+    zmq_msg_t item;
+    zmq_msg_init_size(&item, size);
+    memcpy(zmq_msg_data(&item), data, size);
+    dq->next_seq = seq;
+    s_dq_append(self, dq, &item);
+    zmq_msg_close(&item);
+    self->recovered_items++;
+}
+
 /* Opens the store and loads what it holds. */
 static int
 s_open_store(tq_broker_t *self, char *error, size_t errlen)
@@ -2263,14 +2340,18 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
     if (!self->store)
         return -1;
     int64_t started = s_now();
-    if (tq_store_load(self->store, s_recover, self) != TQ_OK) {
+    if (tq_store_load(self->store, s_recover, self) != TQ_OK ||
+        tq_store_load_items(self->store, s_recover_item, self) != TQ_OK) {
         snprintf(error, errlen, "cannot read the store in %s: %s", dir,
                  tq_store_error(self->store));
         return -1;
     }
-    if (self->recovered)
-        fprintf(stderr, "tq-broker: recovered %llu tasks from %s in %lld ms\n",
-                (unsigned long long) self->recovered, dir,
+    if (self->recovered || self->recovered_items)
+        fprintf(stderr,
+                "tq-broker: recovered %llu tasks and %llu queue items from "
+                "%s in %lld ms\n",
+                (unsigned long long) self->recovered,
+                (unsigned long long) self->recovered_items, dir,
                 (long long) (s_now() - started));
     self->dispatch_due = true;
     return 0;
@@ -2650,9 +2731,8 @@ tq_broker_destroy(tq_broker_t **self_p)
         tq_store_destroy(&self->store);
     }
     for (uint32_t i = 0; i < self->ack_count; i++)
-        s_ident_clear(&self->acks[i]);
+        s_ident_clear(&self->acks[i].to);
     free(self->acks);
-    free(self->ack_ids);
     free(self->heap);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->sbuf);

@@ -19,7 +19,7 @@
    transaction (ALTER TABLE ... ADD COLUMN with a default, or a new table
    filled from the old one); never edit an existing step. A database newer
    than this build is refused. */
-#define S_SCHEMA_VERSION 1
+#define S_SCHEMA_VERSION 2
 
 static const char *const s_schema_v1 =
     "CREATE TABLE IF NOT EXISTS tasks ("
@@ -40,12 +40,24 @@ static const char *const s_schema_v1 =
     "CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks(expires_ms)"
     " WHERE expires_ms > 0;";
 
+/* v1 -> v2: data-queue items (multiprocessing.Queue on the broker). */
+static const char *const s_schema_v2 =
+    "CREATE TABLE IF NOT EXISTS items ("
+    " queue TEXT NOT NULL,"
+    " seq INTEGER NOT NULL,"
+    " maxsize INTEGER NOT NULL DEFAULT 0,"
+    " data BLOB NOT NULL,"
+    " PRIMARY KEY (queue, seq)"
+    ") WITHOUT ROWID;";
+
 enum {
     S_ADD,
     S_SET_STATE,
     S_FINISH,
     S_REMOVE,
     S_PURGE,
+    S_ITEM_ADD,
+    S_ITEM_REMOVE,
     S_BEGIN,
     S_COMMIT,
     S_COUNT
@@ -61,6 +73,9 @@ static const char *const s_sql[S_COUNT] = {
     [S_REMOVE] = "DELETE FROM tasks WHERE id = ?1",
     [S_PURGE] = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks"
                 " WHERE expires_ms > 0 AND expires_ms < ?1 LIMIT ?2)",
+    [S_ITEM_ADD] = "INSERT OR REPLACE INTO items (queue, seq, maxsize, data)"
+                   " VALUES (?1, ?2, ?3, ?4)",
+    [S_ITEM_REMOVE] = "DELETE FROM items WHERE queue = ?1 AND seq = ?2",
     [S_BEGIN] = "BEGIN",
     [S_COMMIT] = "COMMIT",
 };
@@ -124,7 +139,9 @@ s_migrate(tq_store_t *self, int version)
         return TQ_OK;
     if (s_exec(self, "BEGIN") != TQ_OK)
         return TQ_ESYS;
-    if (version < 1 && s_exec(self, s_schema_v1) != TQ_OK) {
+    /* one step per version, each from the one before; never edit a step */
+    if ((version < 1 && s_exec(self, s_schema_v1) != TQ_OK) ||
+        (version < 2 && s_exec(self, s_schema_v2) != TQ_OK)) {
         s_exec(self, "ROLLBACK");
         return TQ_ESYS;
     }
@@ -380,6 +397,60 @@ tq_store_load(tq_store_t *self,
     sqlite3_finalize(s);
     if (rc != SQLITE_DONE)
         return s_fail(self, "cannot read tasks");
+    return TQ_OK;
+}
+
+int
+tq_store_item_add(tq_store_t *self, const char *queue, uint64_t seq,
+                  uint32_t maxsize, const void *data, size_t size)
+{
+    if (s_batch(self) != TQ_OK)
+        return TQ_ESYS;
+    sqlite3_stmt *s = self->stmt[S_ITEM_ADD];
+    sqlite3_bind_text(s, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)seq);
+    sqlite3_bind_int64(s, 3, maxsize);
+    sqlite3_bind_blob(s, 4, data, (int)size, SQLITE_STATIC);
+    return s_run(self, S_ITEM_ADD, "cannot store a queue item");
+}
+
+int
+tq_store_item_remove(tq_store_t *self, const char *queue, uint64_t seq)
+{
+    if (s_batch(self) != TQ_OK)
+        return TQ_ESYS;
+    sqlite3_stmt *s = self->stmt[S_ITEM_REMOVE];
+    sqlite3_bind_text(s, 1, queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)seq);
+    return s_run(self, S_ITEM_REMOVE, "cannot remove a queue item");
+}
+
+int
+tq_store_load_items(tq_store_t *self,
+                    void (*fn)(const char *queue, uint64_t seq,
+                               uint32_t maxsize, const void *data,
+                               size_t size, void *arg),
+                    void *arg)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(self->db,
+                           "SELECT queue, seq, maxsize, data FROM items"
+                           " ORDER BY queue, seq",
+                           -1, &s, NULL) != SQLITE_OK)
+        return s_fail(self, "cannot read queue items");
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *queue = (const char *)sqlite3_column_text(s, 0);
+        const void *data = sqlite3_column_blob(s, 3);
+        if (!queue || !data)
+            continue;
+        fn(queue, (uint64_t)sqlite3_column_int64(s, 1),
+           (uint32_t)sqlite3_column_int64(s, 2), data,
+           (size_t)sqlite3_column_bytes(s, 3), arg);
+    }
+    sqlite3_finalize(s);
+    if (rc != SQLITE_DONE)
+        return s_fail(self, "cannot read queue items");
     return TQ_OK;
 }
 

@@ -1,4 +1,5 @@
-/* tq_store.h - the broker's durable store: tasks, results and dead letters
+/* tq_store.h - the broker's durable store: tasks, results, dead letters
+   and data-queue items
    in SQLite (WAL), written in one transaction per pass of the broker loop
    (group commit). */
 #ifndef TQ_STORE_H
@@ -74,6 +75,20 @@ int tq_store_purge(tq_store_t *self, int64_t now_ms, int limit);
 int tq_store_load(tq_store_t *self,
                   void (*fn)(const tq_store_task_t *task, void *arg),
                   void *arg);
+
+/* Data-queue items, in the open batch: an item put (data borrowed, seq
+   its order in the queue) and an item taken. */
+int tq_store_item_add(tq_store_t *self, const char *queue, uint64_t seq,
+                      uint32_t maxsize, const void *data, size_t size);
+int tq_store_item_remove(tq_store_t *self, const char *queue, uint64_t seq);
+
+/* Calls fn for every stored item, by queue and then in put order (data
+   borrowed until fn returns). TQ_OK or TQ_ESYS. */
+int tq_store_load_items(tq_store_t *self,
+                        void (*fn)(const char *queue, uint64_t seq,
+                                   uint32_t maxsize, const void *data,
+                                   size_t size, void *arg),
+                        void *arg);
 
 /* Bytes the database files take on disk (main file and WAL). */
 uint64_t tq_store_disk_size(const tq_store_t *self);

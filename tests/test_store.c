@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "tq/tq_error.h"
 #include "tq_store.h"
@@ -190,6 +191,65 @@ test_damaged_file_refused(void **state)
     print_message("damaged: %s\n", error);
 }
 
+/* A version-1 database (tasks only) is brought to version 2 (queue items)
+   when opened, keeping its tasks; a database newer than this build is
+   refused. */
+static void
+test_migration(void **state)
+{
+    (void)state;
+    char path[512], error[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "CREATE TABLE tasks (id TEXT PRIMARY KEY, task TEXT NOT"
+                     " NULL, queue TEXT NOT NULL, priority INTEGER NOT NULL,"
+                     " time_limit_ms INTEGER NOT NULL, attempt INTEGER NOT"
+                     " NULL, state INTEGER NOT NULL, seq INTEGER NOT NULL,"
+                     " args BLOB NOT NULL, code INTEGER NOT NULL DEFAULT 0,"
+                     " error TEXT, result BLOB, expires_ms INTEGER NOT NULL"
+                     " DEFAULT 0) WITHOUT ROWID;"
+                     "INSERT INTO tasks (id, task, queue, priority,"
+                     " time_limit_ms, attempt, state, seq, args) VALUES"
+                     " ('old', 'tq.echo', 'default', 0, 0, 0, 0, 1, x'90');"
+                     "PRAGMA user_version = 1;",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_BATCH, error,
+                                      sizeof error);
+    assert_non_null(store);
+    s_seen_t seen = {0};
+    assert_int_equal(tq_store_load(store, s_collect, &seen), TQ_OK);
+    assert_int_equal(seen.count, 1);
+    assert_string_equal(seen.ids[0], "old");
+    static const uint8_t item[] = {0xa2, 'h', 'i'};
+    assert_int_equal(
+        tq_store_item_add(store, "q", 7, 10, item, sizeof item), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st,
+                                        NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    sqlite3_finalize(st);
+    assert_int_equal(
+        sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_null(store);
+    assert_non_null(strstr(error, "newer"));
+    print_message("newer schema: %s\n", error);
+}
+
 static void
 test_unwritable_dir_refused(void **state)
 {
@@ -211,6 +271,7 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_damaged_file_refused, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_migration, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir_refused, s_setup,
                                         s_teardown),
     };
