@@ -907,10 +907,16 @@ test_queue_items_survive(void **state)
             item[1 + b] = (unsigned char)((uint64_t)i >> (56 - 8 * b));
         assert_int_equal(tq_queue_put(q, item, sizeof item, 5000), TQ_OK);
     }
-    /* taken before the crash: gone after it */
+    /* taken before the crash: gone after it. The take is committed in
+       the pass that answers it, so a request answered after it (qsize)
+       proves the commit; a crash before that commit would deliver the item
+       again (at least once, PROTOCOL 5.5) */
     tq_buf_t first;
     assert_int_equal(tq_queue_get(q, &first, 5000), TQ_OK);
     tq_buf_free(&first);
+    uint64_t before = 0;
+    assert_int_equal(tq_queue_qsize(q, &before), TQ_OK);
+    assert_int_equal(before, N - 1);
     tq_queue_destroy(&q);
     tq_client_destroy(&client);
 
