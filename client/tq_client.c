@@ -1765,23 +1765,39 @@ tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
     return r;
 }
 
-int
-tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms)
+/* Sends a request of `kind` about task id and waits for its answer.
+   Returns its code and, when r_p is not NULL, the handle (the caller's). */
+static int
+s_sync_id(tq_client_t *self, s_kind_t kind, const char *id, int timeout_ms,
+          tq_result_t **r_p)
 {
     assert(self);
     if (!id || !tq_proto_valid_id(id, strlen(id)))
         return TQ_EINVAL;
-    tq_result_t *r = s_result_new(S_KIND_CANCEL);
+    tq_result_t *r = s_result_new(kind);
     if (!r)
         return TQ_ENOMEM;
     snprintf(r->id, sizeof r->id, "%s", id);
     int rc = s_sync(self, r, timeout_ms);
-    int state = tq_result_state(r);
+    if (r_p)
+        *r_p = r;
+    else
+        tq_result_destroy(&r);
+    return rc;
+}
+
+int
+tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms)
+{
+    tq_result_t *r = NULL;
+    int rc = s_sync_id(self, S_KIND_CANCEL, id, timeout_ms, &r);
+    if (!r)
+        return rc;
     if (rc != TQ_ETIMEDOUT && rc != TQ_EUNKNOWN && rc != TQ_EUNREACHABLE &&
         rc != TQ_ECLOSED)
         /* cancelled (now or before) is done; a task that had already
            succeeded or failed cannot be cancelled any more */
-        rc = state == TQ_STATE_CANCELLED ? TQ_OK : TQ_ESTATE;
+        rc = tq_result_state(r) == TQ_STATE_CANCELLED ? TQ_OK : TQ_ESTATE;
     tq_result_destroy(&r);
     return rc;
 }
@@ -1789,16 +1805,7 @@ tq_client_cancel(tq_client_t *self, const char *id, int timeout_ms)
 int
 tq_client_retry(tq_client_t *self, const char *id, int timeout_ms)
 {
-    assert(self);
-    if (!id || !tq_proto_valid_id(id, strlen(id)))
-        return TQ_EINVAL;
-    tq_result_t *r = s_result_new(S_KIND_RETRY);
-    if (!r)
-        return TQ_ENOMEM;
-    snprintf(r->id, sizeof r->id, "%s", id);
-    int rc = s_sync(self, r, timeout_ms);
-    tq_result_destroy(&r);
-    return rc;
+    return s_sync_id(self, S_KIND_RETRY, id, timeout_ms, NULL);
 }
 
 /* Copies a REPLY body out of r into body (may be NULL). */
