@@ -32,7 +32,7 @@
 #define HOUSEKEEPING_MS 1000 /* store purge and disk limit checks */
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20         /* log lines about bad input per second */
-#define LOST_PAUSE_MS 500    /* first pause of a task whose worker died */
+#define LOST_PAUSE_MS 1000   /* first pause of a task whose worker died */
 
 /* A ZeroMQ routing id, inline when short (the default ids are 5 bytes). */
 typedef struct {
@@ -557,6 +557,9 @@ s_store_fill(const task_t *task, tq_store_task_t *row)
         .seq = task->seq,
         .code = task->code,
         .error = task->error,
+        .retries = task->retries,
+        .backoff_ms = task->backoff_ms,
+        .failures = task->failures,
     };
 }
 
@@ -1476,6 +1479,8 @@ s_on_retry(tq_broker_t *self, const tq_msg_t *msg)
     task->code = 0;
     task->state = TQ_STATE_PENDING;
     s_store_state(self, task);
+    if (self->store)
+        tq_store_set_retries(self->store, task->id, task->retries, 0);
     task->lane->queue->failed--;
     self->counters.failed--;
     s_lane_push(task->lane, task, false);
@@ -2021,15 +2026,23 @@ s_on_ready(tq_broker_t *self, const tq_msg_t *msg)
     } else {
         /* the same process on a new socket (it reconnected): the old peer
            is gone, and the tasks it held were dropped by the child, except
-           the one it was running, whose DONE still holds the lease */
+           the one it was running, which it finishes and answers on the new
+           socket; that one moves to the new peer (queued again it could
+           run twice), the others are queued again */
         char host[TQ_PROTO_MAX_NAME + 1];
         tq_str_copy(host, sizeof host, msg->host);
+        task_t *running = NULL;
         for (worker_t *old = self->children; old; old = old->next)
             if (old->pid == msg->pid && strcmp(old->host, host) == 0) {
+                running = old->held_tasks.head;
+                if (running)
+                    s_held_remove(old, running);
                 s_peer_remove(self, old, false, 0, "announced again");
                 break;
             }
         worker = s_peer_new(self, false);
+        if (running)
+            s_held_push(worker, running);
     }
     tq_str_copy(worker->host, sizeof worker->host, msg->host);
     worker->pid = msg->pid;
@@ -2135,6 +2148,9 @@ s_on_done(tq_broker_t *self, const tq_msg_t *msg)
         task->failures++;
         task->state = TQ_STATE_RETRY;
         s_store_state(self, task);
+        if (self->store)
+            tq_store_set_retries(self->store, task->id, task->retries,
+                                 task->failures);
         free(task->error);
         task->error = text[0] ? s_strdup(text) : NULL;
         s_heap_push(self, task, self->now_ms + (int64_t) delay);
@@ -2268,7 +2284,9 @@ s_recover(const tq_store_task_t *row, void *arg)
     if (row->seq > self->seq)
         self->seq = row->seq;
     task->submitted_ms = self->now_ms;
-    task->backoff_ms = 1000;
+    task->retries = row->retries;
+    task->backoff_ms = row->backoff_ms ? row->backoff_ms : 1000;
+    task->failures = row->failures;
     zmq_msg_init(&task->payload);
     zhashx_insert(self->tasks, task->id, task);
     self->recovered++;

@@ -19,7 +19,7 @@
    transaction (ALTER TABLE ... ADD COLUMN with a default, or a new table
    filled from the old one); never edit an existing step. A database newer
    than this build is refused. */
-#define S_SCHEMA_VERSION 2
+#define S_SCHEMA_VERSION 3
 
 static const char *const s_schema_v1 =
     "CREATE TABLE IF NOT EXISTS tasks ("
@@ -50,6 +50,12 @@ static const char *const s_schema_v2 =
     " PRIMARY KEY (queue, seq)"
     ") WITHOUT ROWID;";
 
+/* v2 -> v3: a task's retry budget survives a restart. */
+static const char *const s_schema_v3 =
+    "ALTER TABLE tasks ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN backoff_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tasks ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;";
+
 enum {
     S_ADD,
     S_SET_STATE,
@@ -58,6 +64,7 @@ enum {
     S_PURGE,
     S_ITEM_ADD,
     S_ITEM_REMOVE,
+    S_SET_RETRIES,
     S_BEGIN,
     S_COMMIT,
     S_COUNT
@@ -65,8 +72,11 @@ enum {
 
 static const char *const s_sql[S_COUNT] = {
     [S_ADD] = "INSERT OR IGNORE INTO tasks (id, task, queue, priority,"
-              " time_limit_ms, attempt, state, seq, args)"
-              " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+              " time_limit_ms, attempt, state, seq, args, retries,"
+              " backoff_ms, failures)"
+              " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [S_SET_RETRIES] = "UPDATE tasks SET retries = ?2, failures = ?3"
+                      " WHERE id = ?1",
     [S_SET_STATE] = "UPDATE tasks SET state = ?2, attempt = ?3 WHERE id = ?1",
     [S_FINISH] = "UPDATE tasks SET state = ?2, attempt = ?3, code = ?4,"
                  " error = ?5, result = ?6, expires_ms = ?7 WHERE id = ?1",
@@ -141,7 +151,8 @@ s_migrate(tq_store_t *self, int version)
         return TQ_ESYS;
     /* one step per version, each from the one before; never edit a step */
     if ((version < 1 && s_exec(self, s_schema_v1) != TQ_OK) ||
-        (version < 2 && s_exec(self, s_schema_v2) != TQ_OK)) {
+        (version < 2 && s_exec(self, s_schema_v2) != TQ_OK) ||
+        (version < 3 && s_exec(self, s_schema_v3) != TQ_OK)) {
         s_exec(self, "ROLLBACK");
         return TQ_ESYS;
     }
@@ -282,7 +293,23 @@ tq_store_add(tq_store_t *self, const tq_store_task_t *t)
     sqlite3_bind_int(s, 7, (int)t->state);
     sqlite3_bind_int64(s, 8, (sqlite3_int64)t->seq);
     sqlite3_bind_blob(s, 9, t->args, (int)t->args_size, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 10, t->retries);
+    sqlite3_bind_int64(s, 11, t->backoff_ms);
+    sqlite3_bind_int64(s, 12, t->failures);
     return s_run(self, S_ADD, "cannot store a task");
+}
+
+int
+tq_store_set_retries(tq_store_t *self, const char *id, uint32_t retries,
+                     uint32_t failures)
+{
+    if (s_batch(self) != TQ_OK)
+        return TQ_ESYS;
+    sqlite3_stmt *s = self->stmt[S_SET_RETRIES];
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, retries);
+    sqlite3_bind_int64(s, 3, failures);
+    return s_run(self, S_SET_RETRIES, "cannot update a task");
 }
 
 int
@@ -368,7 +395,8 @@ tq_store_load(tq_store_t *self,
     if (sqlite3_prepare_v2(self->db,
                            "SELECT id, task, queue, priority, time_limit_ms,"
                            " attempt, state, seq, args, code, error, result,"
-                           " expires_ms FROM tasks ORDER BY seq",
+                           " expires_ms, retries, backoff_ms, failures"
+                           " FROM tasks ORDER BY seq",
                            -1, &s, NULL) != SQLITE_OK)
         return s_fail(self, "cannot read tasks");
     int rc;
@@ -389,6 +417,9 @@ tq_store_load(tq_store_t *self,
             .result = sqlite3_column_blob(s, 11),
             .result_size = (size_t)sqlite3_column_bytes(s, 11),
             .expires_ms = sqlite3_column_int64(s, 12),
+            .retries = (uint32_t)sqlite3_column_int64(s, 13),
+            .backoff_ms = (uint32_t)sqlite3_column_int64(s, 14),
+            .failures = (uint32_t)sqlite3_column_int64(s, 15),
         };
         if (!t.id || !t.task || !t.queue)
             continue;

@@ -34,6 +34,9 @@ typedef struct {
     const void *result;     /* SUCCESS: the value */
     size_t result_size;
     int64_t expires_ms;     /* final tasks: wall-clock ms when purged, 0 none */
+    uint32_t retries;       /* reruns left after a task failure */
+    uint32_t backoff_ms;    /* first retry delay */
+    uint32_t failures;      /* task failures so far */
 } tq_store_task_t;
 
 typedef struct tq_store_t tq_store_t;
@@ -52,6 +55,10 @@ int tq_store_add(tq_store_t *self, const tq_store_task_t *task);
 /* Records a new state and attempt count for a stored task. */
 int tq_store_set_state(tq_store_t *self, const char *id, uint32_t state,
                        uint32_t attempt);
+
+/* Records what is left of a task's retry budget. */
+int tq_store_set_retries(tq_store_t *self, const char *id, uint32_t retries,
+                         uint32_t failures);
 
 /* Records a task's final outcome and when its result expires. */
 int tq_store_finish(tq_store_t *self, const tq_store_task_t *task);

@@ -22,6 +22,8 @@ typedef struct {
     char ids[16][64];
     uint32_t states[16];
     uint32_t attempts[16];
+    uint32_t retries[16];
+    uint32_t failures[16];
     char errors[16][64];
     size_t result_sizes[16];
 } s_seen_t;
@@ -36,6 +38,8 @@ s_collect(const tq_store_task_t *t, void *arg)
     snprintf(seen->ids[i], sizeof seen->ids[i], "%s", t->id);
     seen->states[i] = t->state;
     seen->attempts[i] = t->attempt;
+    seen->retries[i] = t->retries;
+    seen->failures[i] = t->failures;
     snprintf(seen->errors[i], sizeof seen->errors[i], "%s",
              t->error ? t->error : "");
     seen->result_sizes[i] = t->result_size;
@@ -88,6 +92,8 @@ test_commit_and_reload(void **state)
                                       sizeof error);
     assert_non_null(store);
     tq_store_task_t a = s_task("a", 1), b = s_task("b", 2), c = s_task("c", 3);
+    b.retries = 3;
+    b.backoff_ms = 250;
     assert_false(tq_store_dirty(store));
     assert_int_equal(tq_store_add(store, &b), TQ_OK);
     assert_int_equal(tq_store_add(store, &a), TQ_OK);
@@ -99,6 +105,8 @@ test_commit_and_reload(void **state)
     assert_false(tq_store_dirty(store));
 
     assert_int_equal(tq_store_set_state(store, "b", 1, 2), TQ_OK);
+    /* one failure spent one retry: the budget survives a restart */
+    assert_int_equal(tq_store_set_retries(store, "b", 2, 1), TQ_OK);
     tq_store_task_t done = s_task("c", 3);
     done.state = 3;
     done.attempt = 1;
@@ -120,6 +128,8 @@ test_commit_and_reload(void **state)
     assert_string_equal(seen.ids[2], "c");
     assert_int_equal(seen.states[1], 1);
     assert_int_equal(seen.attempts[1], 2);
+    assert_int_equal(seen.retries[1], 2);
+    assert_int_equal(seen.failures[1], 1);
     assert_int_equal(seen.states[2], 3);
     assert_string_equal(seen.errors[2], "boom");
     assert_true(tq_store_disk_size(store) > 0);
@@ -191,9 +201,9 @@ test_damaged_file_refused(void **state)
     print_message("damaged: %s\n", error);
 }
 
-/* A version-1 database (tasks only) is brought to version 2 (queue items)
-   when opened, keeping its tasks; a database newer than this build is
-   refused. */
+/* A version-1 database (tasks only) is brought to the current version
+   (queue items, retry budgets) when opened, keeping its tasks; a database
+   newer than this build is refused. */
 static void
 test_migration(void **state)
 {
@@ -238,7 +248,7 @@ test_migration(void **state)
                                         NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    assert_int_equal(sqlite3_column_int(st, 0), 3);
     sqlite3_finalize(st);
     assert_int_equal(
         sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL),
