@@ -32,9 +32,12 @@ typedef struct tq_pool_imap_t tq_pool_imap_t;
    initializer/initargs). */
 typedef void(tq_pool_init_fn)(void *arg);
 
-/* Tasks a pool child holds by default: hides the broker round trip
-   between short tasks (about 2x their throughput). */
-#define TQ_POOL_PREFETCH 4
+/* Tasks a pool child holds by default. More (4) hides the broker round
+   trip between short tasks, about twice their throughput; an idle child
+   then takes unstarted tasks from busy ones (work stealing), but a task its
+   holder starts while the broker is taking it runs twice, so the default
+   stays 1: every task runs once unless a child dies. */
+#define TQ_POOL_PREFETCH 1
 
 /* Pool options; zero-initialise (TQ_POOL_OPTIONS_INIT). */
 typedef struct {
@@ -46,10 +49,7 @@ typedef struct {
     int maxtasksperchild; /* tasks before a child is replaced, 0:
                              never */
     int prefetch; /* tasks each child may hold, 0: the
-                     default, TQ_POOL_PREFETCH. Queued work
-                     never hides behind a long task: a child
-                     with nothing to do takes what another
-                     holds unstarted (work stealing) */
+                     default, TQ_POOL_PREFETCH (see there) */
     bool quiet; /* silence the fork server's log lines
                    (and the children's stderr) */
 } tq_pool_options_t;
