@@ -18,25 +18,6 @@
 
 #define S_RUN_MS 20000 /* bound on one CLI run */
 
-static int
-s_setup(void **state)
-{
-    tq_harness_init();
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    if (!env)
-        return -1;
-    *state = env;
-    return 0;
-}
-
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 /* Broker, client, and a worker host of two children (extra: its args). */
 static void
@@ -224,13 +205,13 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_submit_wait, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_submit_fail, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_get, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_status_json, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_usage, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_unreachable, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_client_demo, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_wait, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_fail, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_get, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_status_json, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_usage, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_client_demo, tq_harness_env_setup, tq_harness_env_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,25 +29,6 @@
 
 extern char **environ;
 
-static int
-s_setup(void **state)
-{
-    tq_harness_init();
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    if (!env)
-        return -1;
-    *state = env;
-    return 0;
-}
-
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 /* Broker, client, and one worker host of two children (extra: its
    args). */
@@ -654,20 +635,20 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_map_10000_in_order, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_map_failures_and_json, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_progress_bar, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_exec_two_hosts, s_setup,
-                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_map_10000_in_order, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_failures_and_json, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_progress_bar, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_exec_two_hosts, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_exec_refused_without_allow_exec,
-                                        s_setup, s_teardown),
+                                        tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_verbs_json_and_exit_codes,
-                                        s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_failed_and_retry, s_setup,
-                                        s_teardown),
+                                        tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_and_retry, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
     };
     tq_harness_init();
     /* TQ_TEST_FILTER=test_exec* runs some of them */

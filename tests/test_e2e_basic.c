@@ -147,25 +147,6 @@ s_recorder_wait(s_recorder_t *self, int calls, size_t order, int timeout_ms)
     }
 }
 
-static int
-s_setup(void **state)
-{
-    tq_harness_init();
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    if (!env)
-        return -1;
-    *state = env;
-    return 0;
-}
-
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 /* Broker, client and one worker host with `children` children. */
 static void
@@ -591,16 +572,16 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_zmq_version),
-        cmocka_unit_test_setup_teardown(test_echo_thousand, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_task_error, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_get_timeout, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_unserved, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_fetch, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_callbacks, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_map_order, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_priorities, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_unreachable, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_echo_thousand, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_task_error, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_get_timeout, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_unserved, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_fetch, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_callbacks, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_order, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_priorities, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_unreachable, tq_harness_env_setup, tq_harness_env_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

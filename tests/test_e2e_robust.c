@@ -22,25 +22,6 @@
 
 #define S_GET_MS 20000 /* bound on any get() expected to end */
 
-static int
-s_setup(void **state)
-{
-    tq_harness_init();
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    if (!env)
-        return -1;
-    *state = env;
-    return 0;
-}
-
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 /* A raw DEALER on endpoint; receives time out after 3 s. */
 static void *
@@ -429,13 +410,13 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_garbage, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_sigterm, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_child_segv_rerun, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_poison_task, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_time_limit, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_garbage, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_sigterm, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_child_segv_rerun, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_poison_task, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_time_limit, tq_harness_env_setup, tq_harness_env_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

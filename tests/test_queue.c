@@ -24,21 +24,11 @@
 static int
 s_setup(void **state)
 {
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    assert_non_null(env);
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    *state = env;
+    assert_int_equal(tq_harness_env_setup(state), 0);
+    assert_int_equal(tq_harness_env_start(*state, NULL), 0);
     return 0;
 }
 
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 static int
 s_put_int(tq_queue_t *q, int64_t value, int timeout_ms)
@@ -254,11 +244,11 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_put_get_nowait, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_get_waits, s_setup, s_teardown),
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_get_waits, s_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_producer_consumer, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_bad_input, s_setup, s_teardown),
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, s_setup, tq_harness_env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,25 +22,6 @@
 
 #define S_GET_MS 20000 /* bound on any get() expected to end */
 
-static int
-s_setup(void **state)
-{
-    tq_harness_init();
-    tq_harness_env_t *env = calloc(1, sizeof *env);
-    if (!env)
-        return -1;
-    *state = env;
-    return 0;
-}
-
-static int
-s_teardown(void **state)
-{
-    tq_harness_env_t *env = *state;
-    tq_harness_env_stop(env);
-    free(env);
-    return 0;
-}
 
 /* The one child of worker host ppid, waiting up to timeout_ms for one
    that is not `not` (0: any). 0 if none. */
@@ -531,19 +512,19 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_max_tasks, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_max_memory, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_soft_limit, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_cancel, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_terminate, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_retries, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_block_when_full, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_broker_restart, s_setup,
-                                        s_teardown),
-        cmocka_unit_test_setup_teardown(test_chaos, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_poison, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_work_stealing, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_max_tasks, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_max_memory, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_soft_limit, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_terminate, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_retries, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_block_when_full, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_broker_restart, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_chaos, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_poison, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing, tq_harness_env_setup, tq_harness_env_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -895,3 +895,24 @@ tq_harness_env_stop(tq_harness_env_t *self)
     tq_harness_broker_stop(&self->broker);
     tq_harness_kill_all();
 }
+
+int
+tq_harness_env_setup(void **state)
+{
+    tq_harness_init();
+    tq_harness_env_t *env = calloc(1, sizeof *env);
+    if (!env)
+        return -1;
+    *state = env;
+    return 0;
+}
+
+int
+tq_harness_env_teardown(void **state)
+{
+    tq_harness_env_t *env = *state;
+    tq_harness_env_stop(env);
+    free(env);
+    *state = NULL;
+    return 0;
+}

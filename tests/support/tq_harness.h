@@ -177,6 +177,11 @@ int tq_harness_env_stop_worker(tq_harness_env_t *self, pid_t pid);
    left (orphans included). Safe on a zeroed or half-started env. */
 void tq_harness_env_stop(tq_harness_env_t *self);
 
+/* cmocka setup and teardown of one env per test: *state gets a zeroed env
+   (started by the test); teardown stops it and frees it. */
+int tq_harness_env_setup(void **state);
+int tq_harness_env_teardown(void **state);
+
 /* Output of a finished command. */
 typedef struct {
     char *out; /* its stdout, NUL-terminated, malloc'd */
