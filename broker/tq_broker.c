@@ -79,6 +79,7 @@ struct task_s {
     ident_t *waiters;      /* clients blocked in GET wait=true */
     uint32_t waiter_count;
     worker_t *worker;      /* holder while RUNNING */
+    bool revoking;         /* its holder was sent REVOKE, no answer yet */
     int64_t expires_ms;    /* final: monotonic ms when forgotten */
     task_t *prev, *next;
 };
@@ -112,6 +113,7 @@ struct worker_s {
     uint64_t pid, ppid;
     uint32_t credit, held;
     uint32_t cancelled;       /* cancelled tasks it may still be running */
+    uint32_t revoking;        /* held tasks it was sent REVOKE for */
     uint64_t done;
     uint64_t rss_kb;          /* peak RSS from its last DONE */
     queue_t **queues;
@@ -696,6 +698,11 @@ s_held_remove(worker_t *worker, task_t *task)
 {
     s_list_remove(&worker->held_tasks, task);
     worker->held--;
+    if (task->revoking) {
+        /* answered by RETURNED, or by DONE, or the child is gone */
+        task->revoking = false;
+        worker->revoking--;
+    }
     task->worker = NULL;
     task->lane->queue->running--;
 }
@@ -1151,19 +1158,25 @@ s_dispatch_one(tq_broker_t *self, worker_t *worker, task_t *task)
 
 /* Work stealing. With prefetch above 1 a child may hold tasks it has not
    started while another child has nothing to do (the lanes ran dry). The
-   holder cannot answer while it runs a task, so the broker does not ask: it
-   takes the held task that should run next back into its lane at once
-   (the idle child gets it, with a new attempt: the lease moves) and sends
-   the holder REVOKE, so that it drops the task unstarted when it next reads
-   its socket, which it does before starting each task. A holder that
-   started it in the instant before REVOKE arrived runs it a second time;
-   its late DONE is a duplicate. Returns true if it took a task. */
+   broker asks the holder for the held task that should run next (REVOKE);
+   the holder answers at once, even while it runs a task: RETURNED if it had
+   not started it, nothing if it had (its DONE comes). Only a RETURNED
+   task is queued again (s_on_returned), so a steal never runs a task
+   twice. At most one REVOKE is outstanding per idle child. Returns true
+   if it asked for a task. */
 static bool
 s_steal(tq_broker_t *self)
 {
+    uint32_t idle = 0, asked = 0;
+    for (worker_t *w = self->children; w; w = w->next) {
+        if (w->held + w->cancelled == 0 && w->credit > 0)
+            idle++;
+        asked += w->revoking;
+    }
     bool stole = false;
-    for (worker_t *idle = self->children; idle; idle = idle->next) {
-        if (idle->held + idle->cancelled > 0 || idle->credit == 0)
+    for (worker_t *taker = self->children; taker && asked < idle;
+         taker = taker->next) {
+        if (taker->held + taker->cancelled > 0 || taker->credit == 0)
             continue;
         /* the unstarted task that should run next, by the order dispatch
            uses (priority, then submission), so that tasks still start in
@@ -1171,11 +1184,11 @@ s_steal(tq_broker_t *self)
         task_t *victim = NULL;
         worker_t *holder = NULL;
         for (worker_t *w = self->children; w; w = w->next) {
-            if (w == idle || w->held < 2)
+            if (w == taker || w->held < 2)
                 continue;
             /* the first held task is (or soon is) running: never it */
             for (task_t *t = w->held_tasks.head->next; t; t = t->next)
-                if (s_worker_serves(idle, t->lane) &&
+                if (!t->revoking && s_worker_serves(taker, t->lane) &&
                     (!victim || t->priority > victim->priority ||
                      (t->priority == victim->priority &&
                       t->seq < victim->seq))) {
@@ -1184,16 +1197,15 @@ s_steal(tq_broker_t *self)
                 }
         }
         if (!victim)
-            break; /* nothing any idle child could take */
+            continue; /* nothing this child could take */
         tq_msg_t *out = s_out(self, TQ_CMD_REVOKE);
         out->id = tq_str(victim->id);
         out->attempt = victim->attempt;
-        s_send_to(self, self->workers, &holder->ident, NULL);
-        s_held_remove(holder, victim);
-        victim->state = TQ_STATE_PENDING;
-        s_store_state(self, victim);
-        s_lane_push(victim->lane, victim, true);
-        self->counters.stolen++;
+        if (s_send_to(self, self->workers, &holder->ident, NULL) != 0)
+            continue;
+        victim->revoking = true;
+        holder->revoking++;
+        asked++;
         stole = true;
     }
     return stole;
@@ -1236,10 +1248,10 @@ s_dispatch(tq_broker_t *self)
         if (!progress) {
             if (next_level != UINT32_MAX)
                 level = next_level;
-            else if (s_steal(self))
-                level = 0;
-            else
+            else {
+                s_steal(self); /* the tasks come back on RETURNED */
                 break;
+            }
         }
     }
 }
@@ -2162,6 +2174,30 @@ s_on_done(tq_broker_t *self, const tq_msg_t *msg)
     s_task_final(self, task, state, code, text, &self->frames.payload);
 }
 
+/* RETURNED: a holder gave back, unstarted, a task it was asked for. It
+   goes to the front of its lane, where the idle child that wanted it finds
+   it (dispatch serves the least loaded first). Anything else (an old
+   attempt, a task that is no longer this peer's) is stale: ignored. */
+static void
+s_on_returned(tq_broker_t *self, const tq_msg_t *msg)
+{
+    char id[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(id, sizeof id, msg->id);
+    worker_t *worker = s_peer(self);
+    task_t *task = zhashx_lookup(self->tasks, id);
+    if (!worker || worker->supervisor || !task || task->worker != worker ||
+        task->attempt != msg->attempt || !task->revoking) {
+        s_debug(self, "stale RETURNED %s attempt %u", id, msg->attempt);
+        return;
+    }
+    s_held_remove(worker, task);
+    task->state = TQ_STATE_PENDING;
+    s_store_state(self, task);
+    s_lane_push(task->lane, task, true);
+    self->counters.stolen++;
+    self->dispatch_due = true;
+}
+
 static void
 s_on_disconnect(tq_broker_t *self, const tq_msg_t *msg)
 {
@@ -2407,7 +2443,7 @@ static s_handler_fn *const s_worker_handlers[256] = {
     [TQ_CMD_READY] = s_on_ready,         [TQ_CMD_DONE] = s_on_done,
     [TQ_CMD_DISCONNECT] = s_on_disconnect, [TQ_CMD_HEARTBEAT] = s_on_heartbeat,
     [TQ_CMD_LOST] = s_on_lost,           [TQ_CMD_PING] = s_on_worker_ping,
-    [TQ_CMD_PONG] = s_on_ignore,
+    [TQ_CMD_PONG] = s_on_ignore,         [TQ_CMD_RETURNED] = s_on_returned,
 };
 
 /* Receives and handles up to BATCH messages from one socket. Returns how

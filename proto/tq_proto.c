@@ -73,6 +73,7 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_QSIZE, "QSIZE", "IQ", false},
     {TQ_CMD_KILL, "KILL", "pI", false},
     {TQ_CMD_REVOKE, "REVOKE", "IA", false},
+    {TQ_CMD_RETURNED, "RETURNED", "IA", false},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])

@@ -63,8 +63,10 @@
                                   died; its tasks are queued again */
 #define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
                                   pid running task id (cancelled) */
-#define TQ_CMD_REVOKE 0x27     /* b->w (child) id attempt: the task went to
-                                  another child; drop it if not started */
+#define TQ_CMD_REVOKE 0x27     /* b->w (child) id attempt: give the task
+                                  back if it has not started */
+#define TQ_CMD_RETURNED 0x28   /* w->b (child) id attempt: given back
+                                  unstarted after REVOKE */
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */

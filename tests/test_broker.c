@@ -1248,34 +1248,54 @@ test_work_stealing(void **state)
         s_submit_ok(w, a, ids[i], "qs", in);
     for (int i = 0; i < 4; i++)
         s_expect_task(w, w1, ids[i], 1, in);
-    /* an idle child arrives: the held task that should run next (ws-2:
-       never ws-1, which the holder runs) moves to it with a new lease, and
-       the holder is told to drop it */
+    /* an idle child arrives: the holder is asked for the held task that
+       should run next (ws-2: never ws-1, which it runs), one at a time;
+       nothing moves before the holder answers */
     void *w2 = s_dealer(w, w->broker.workers);
     s_ready_credit(w, w2, "hostW", 902, 900, "qs", 4);
-    s_expect_task(w, w2, "ws-2", 2, in);
     s_expect(w, w1, TQ_CMD_REVOKE, "ws-2", in);
     assert_int_equal(in->attempt, 1);
+    assert_false(s_recv(w, w1, 300, in)); /* one REVOKE per idle child */
+    assert_false(s_recv(w, w2, 0, in));
+    assert_int_equal(s_counter(w, a, "stolen"), 0);
+    /* a RETURNED for another attempt, or from a peer that does not hold
+       the task, is stale: ignored */
+    tq_msg_t back = s_msg(TQ_CMD_RETURNED);
+    back.id = tq_str("ws-2");
+    back.attempt = 7;
+    s_send(w, w1, &back, NULL, 0);
+    back.attempt = 1;
+    s_send(w, w2, &back, NULL, 0);
+    assert_false(s_recv(w, w2, 300, in));
+    /* given back unstarted: the idle child gets it with a new lease */
+    s_send(w, w1, &back, NULL, 0);
+    s_expect_task(w, w2, "ws-2", 2, in);
     assert_int_equal(s_counter(w, a, "stolen"), 1);
     s_done(w, w2, "ws-2", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
     s_expect_result(w, a, "ws-2", TQ_STATE_SUCCESS, TQ_OK, in);
-    /* idle again: it takes ws-3 the same way */
-    s_expect_task(w, w2, "ws-3", 2, in);
+    /* idle again: ws-3 is asked for; this holder had started it, so it
+       does not answer RETURNED and its DONE ends the task: no second run
+       anywhere, no duplicate */
     s_expect(w, w1, TQ_CMD_REVOKE, "ws-3", in);
-    /* a holder that had started ws-3 before the REVOKE came: its DONE is
-       a duplicate, the new holder's ends the task */
+    assert_false(s_recv(w, w2, 300, in));
     s_done(w, w1, "ws-3", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
-    s_wait_counter(w, a, "duplicates", 1);
-    s_done(w, w2, "ws-3", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
     s_expect_result(w, a, "ws-3", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    /* a RETURNED after the task ended is stale too */
+    back.id = tq_str("ws-3");
+    s_send(w, w1, &back, NULL, 0);
     /* and ws-4; nothing is taken from a holder of one (ws-1 runs) */
-    s_expect_task(w, w2, "ws-4", 2, in);
     s_expect(w, w1, TQ_CMD_REVOKE, "ws-4", in);
+    back.id = tq_str("ws-4");
+    s_send(w, w1, &back, NULL, 0);
+    s_expect_task(w, w2, "ws-4", 2, in);
     s_done(w, w2, "ws-4", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
     s_expect_result(w, a, "ws-4", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_false(s_recv(w, w1, 300, in));
     s_done(w, w1, "ws-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
     s_expect_result(w, a, "ws-1", TQ_STATE_SUCCESS, TQ_OK, in);
-    assert_int_equal(s_counter(w, a, "stolen"), 3);
+    assert_int_equal(s_counter(w, a, "stolen"), 2);
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
     free(in);
 }
 

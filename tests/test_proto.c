@@ -19,6 +19,7 @@ static const uint8_t s_commands[] = {
     TQ_CMD_HEARTBEAT, TQ_CMD_LOST, TQ_CMD_CANCEL, TQ_CMD_RETRY,
     TQ_CMD_PURGE, TQ_CMD_FAILED, TQ_CMD_REPLY, TQ_CMD_KILL,
     TQ_CMD_REVOKE,
+    TQ_CMD_RETURNED,
 };
 #define S_NCOMMANDS (sizeof s_commands / sizeof s_commands[0])
 

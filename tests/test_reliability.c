@@ -508,6 +508,73 @@ test_work_stealing(void **state)
         tq_result_destroy(&r[i]);
 }
 
+/* A steal never runs a task twice: three children at prefetch 4 take
+   waves of tasks of mixed lengths (0 to 40 ms, around the time after which
+   a child's keeper answers for it), so children go idle at all moments and
+   ask for each other's queued tasks. Every task must run exactly once
+   (test.record appends its index on each execution), with steals seen and
+   no duplicate DONE. */
+static void
+test_steal_runs_once(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--prefetch", "4", "--module", TQ_TESTTASKS_SO,
+                           NULL};
+    assert_true(tq_harness_env_add_worker(env, 3, extra, true) > 0);
+    char path[] = "/tmp/tq-steal-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    enum { WAVES = 25, WAVE = 16, N = WAVES * WAVE };
+    static const uint64_t lengths[] = {0, 1, 4, 9, 12, 20, 40};
+    tq_result_t *r[WAVE];
+    uint32_t seed = 12345;
+    for (int wave = 0; wave < WAVES; wave++) {
+        for (int i = 0; i < WAVE; i++) {
+            seed = seed * 1103515245u + 12345u;
+            uint64_t ms = lengths[(seed >> 16) % 7];
+            r[i] = tq_apply_async(env->client, "test.record", NULL, "usu",
+                                  (uint64_t)(wave * WAVE + i), path, ms);
+            assert_non_null(r[i]);
+        }
+        for (int i = 0; i < WAVE; i++) {
+            assert_int_equal(tq_result_get(r[i], 20000), TQ_OK);
+            tq_result_destroy(&r[i]);
+        }
+    }
+    /* every index exactly once */
+    static uint32_t runs[N];
+    memset(runs, 0, sizeof runs);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    unsigned long index;
+    int lines = 0;
+    while (fscanf(f, "%lu", &index) == 1) {
+        assert_true(index < N);
+        runs[index]++;
+        lines++;
+    }
+    fclose(f);
+    unlink(path);
+    int twice = 0, never = 0;
+    for (int i = 0; i < N; i++) {
+        twice += runs[i] > 1;
+        never += runs[i] == 0;
+    }
+    uint64_t stolen = s_counter(env->client, "stolen");
+    uint64_t duplicates = s_counter(env->client, "duplicates");
+    printf("steal: %d tasks, %d executions, %d twice, %d never; %llu "
+           "stolen, %llu duplicate DONE\n",
+           N, lines, twice, never, (unsigned long long)stolen,
+           (unsigned long long)duplicates);
+    assert_int_equal(twice, 0);
+    assert_int_equal(never, 0);
+    assert_int_equal(lines, N);
+    assert_int_equal(duplicates, 0);
+    assert_true(stolen > 0);
+}
+
 int
 main(void)
 {
@@ -525,6 +592,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_chaos, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_poison, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_steal_runs_once,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,12 +1,23 @@
 /* tq_child.c - the task loop of one worker child: READY, then TASK in,
-   run one at a time from a local FIFO, DONE out; DISCONNECT on SIGTERM. */
+   run one at a time from a local FIFO, DONE out; DISCONNECT on SIGTERM.
+
+   With credit above 1 a second thread, the keeper, answers the broker
+   while a long task runs: the socket belongs to whichever thread holds
+   it, and the main thread lends it to the keeper once a task has run for
+   KEEPER_AFTER_MS, and takes it back before it sends the task's DONE. So
+   a REVOKE is answered at once (RETURNED, or nothing if the task has
+   started: PROTOCOL 5.3.5), and short tasks cost one uncontended lock. */
 #include "tq_worker_host.h"
 
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "tq_curve.h"
 #include "tq_wire.h"
@@ -34,16 +45,31 @@ typedef struct {
     msgpack_sbuffer value; /* a task's result, reused */
     msgpack_packer packer; /* writes into value */
     msgpack_zone zone; /* unpacked arguments, reused */
-    s_job_t *jobs; /* FIFO ring */
+    s_job_t *jobs; /* FIFO ring of unstarted jobs */
     size_t head; /* index of the oldest job */
     size_t count; /* jobs queued */
     size_t capacity; /* ring slots */
+    s_job_t current; /* the job being run, out of the ring */
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
-    bool drop_queued; /* re-announced during a task: drop the jobs the
-                         old broker sent after it */
     tq_task_t task; /* the running task */
+    /* the keeper (credit above 1 only); lock guards the fields below it,
+       and whoever holds the socket owns sock, frames, in, out, header
+       and the ring */
+    bool keeper_on; /* the thread was started */
+    pthread_t keeper;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int wake_fd; /* eventfd: the keeper must give the socket back */
+    bool running; /* the main thread runs a task */
+    uint64_t started; /* tasks started, to tell one task from the next */
+    bool lent; /* the keeper holds the socket */
+    bool keeper_waits; /* the keeper sleeps until a task starts */
+    bool quit; /* the keeper must end */
 } s_child_t;
+
+/* A task that runs this long gets the keeper to answer for the child. */
+#define KEEPER_AFTER_MS 10
 
 /* Set by SIGTERM/SIGINT: finish the running task, then leave. */
 static volatile sig_atomic_t s_stop;
@@ -160,16 +186,19 @@ s_send_ready(s_child_t *self)
 }
 
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
-static void s_reconnect(s_child_t *self, bool keep_head);
+static void s_reconnect(s_child_t *self);
+
+static void s_task_end(s_child_t *self);
 
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
             const char *error)
 {
+    s_task_end(self); /* the socket is this thread's again */
     /* the broker restarted while the task ran: its DONE goes to the new
        one, after a READY so that it knows us */
     if (s_reannounce)
-        s_reconnect(self, true);
+        s_reconnect(self);
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DONE;
     self->out.id = tq_str(job->id);
@@ -290,9 +319,9 @@ s_push(s_child_t *self, const tq_msg_t *msg)
     self->count++;
 }
 
-/* REVOKE: the broker gave a queued task to an idle child. Every job in
-   the ring is unstarted when messages are read (they are read before each
-   task starts), so a match is dropped; no match means it already ran. */
+/* REVOKE: the broker asks for a queued task back for an idle child. Every
+   job in the ring is unstarted, so a match is dropped and RETURNED; no
+   match means it runs or ran, and its DONE answers. */
 static void
 s_on_revoke(s_child_t *self, const tq_msg_t *msg)
 {
@@ -305,8 +334,14 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     if (i == self->count)
         return;
     s_job_t *gone = &self->jobs[(self->head + i) % self->capacity];
+    memset(&self->out, 0, sizeof self->out);
+    self->out.command = TQ_CMD_RETURNED;
+    self->out.id = tq_str(gone->id);
+    self->out.attempt = gone->attempt;
+    if (s_send(self, NULL) != TQ_OK)
+        return; /* kept: it runs here, as the broker still thinks */
     if (self->config->verbose)
-        tq_worker_log("child: task %s went to an idle child, dropped",
+        tq_worker_log("child: task %s given back for an idle child",
                       gone->id);
     zmq_msg_close(&gone->args);
     zmq_msg_init(&gone->args);
@@ -428,31 +463,27 @@ s_open(s_child_t *self)
         s_die(self->config->endpoint);
 }
 
-/* Drops the queued jobs (all, or all but the running one at the head):
-   they came from a broker that is gone or that forgot us, and it (or its
-   successor) queues them again. */
+/* Drops the queued jobs: they came from a broker that is gone or that
+   forgot us, and it (or its successor) queues them again. The running
+   job is not in the ring: it finishes and is answered on the new socket. */
 static void
-s_drop_queued(s_child_t *self, bool keep_head)
+s_drop_queued(s_child_t *self)
 {
-    size_t keep = keep_head && self->count ? 1 : 0;
-    for (size_t i = keep; i < self->count; i++)
+    for (size_t i = 0; i < self->count; i++)
         zmq_msg_close(&self->jobs[(self->head + i) % self->capacity].args);
-    if (self->count > keep && self->config->verbose)
+    if (self->count && self->config->verbose)
         tq_worker_log("child: dropped %zu queued task(s) of the old broker",
-                      self->count - keep);
-    self->count = keep;
+                      self->count);
+    self->count = 0;
 }
 
 /* Closes the DEALER, opens a new one and sends READY again: the broker
-   restarted and does not know this child. keep_head: a task is running. */
+   restarted and does not know this child. */
 static void
-s_reconnect(s_child_t *self, bool keep_head)
+s_reconnect(s_child_t *self)
 {
     s_reannounce = 0;
-    if (keep_head)
-        self->drop_queued = true; /* after the running task */
-    else
-        s_drop_queued(self, false);
+    s_drop_queued(self);
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -461,6 +492,152 @@ s_reconnect(s_child_t *self, bool keep_head)
     s_send_ready(self);
     if (self->config->verbose)
         tq_worker_log("child: reconnected and sent READY again");
+}
+
+/* ---- the keeper ---- */
+
+/* The keeper's turn with the socket: answer the broker until the main
+   thread wants the socket back (wake_fd). */
+static void
+s_keeper_serve(s_child_t *self)
+{
+    for (;;) {
+        zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
+                                  {NULL, self->wake_fd, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            s_die("zmq_poll");
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            return;
+        s_drain(self);
+    }
+}
+
+static void *
+s_keeper_main(void *arg)
+{
+    s_child_t *self = arg;
+    pthread_mutex_lock(&self->lock);
+    while (!self->quit) {
+        if (!self->running) {
+            self->keeper_waits = true;
+            pthread_cond_wait(&self->cond, &self->lock);
+            self->keeper_waits = false;
+            continue;
+        }
+        /* a task runs: is it the same one KEEPER_AFTER_MS later? */
+        uint64_t task = self->started;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += KEEPER_AFTER_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!self->quit && self->running && self->started == task &&
+               pthread_cond_timedwait(&self->cond, &self->lock, &until) == 0)
+            ;
+        if (self->quit || !self->running || self->started != task)
+            continue;
+        self->lent = true;
+        pthread_mutex_unlock(&self->lock);
+        s_keeper_serve(self);
+        pthread_mutex_lock(&self->lock);
+        /* the main thread cleared running before it woke us */
+        self->lent = false;
+        pthread_cond_broadcast(&self->cond);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return NULL;
+}
+
+/* Starts the keeper, with every signal blocked in it (they are the main
+   thread's). Without one (no eventfd, no thread) the child still works:
+   REVOKE is then answered between tasks. */
+static void
+s_keeper_start(s_child_t *self)
+{
+    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->wake_fd < 0) {
+        tq_worker_log("child: eventfd: %s; no keeper", strerror(errno));
+        return;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&self->lock, NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&self->keeper, NULL, s_keeper_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        tq_worker_log("child: pthread_create: %s; no keeper", strerror(rc));
+        pthread_cond_destroy(&self->cond);
+        pthread_mutex_destroy(&self->lock);
+        close(self->wake_fd);
+        return;
+    }
+    self->keeper_on = true;
+}
+
+static void
+s_keeper_stop(s_child_t *self)
+{
+    if (!self->keeper_on)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->quit = true;
+    pthread_cond_broadcast(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    pthread_join(self->keeper, NULL);
+    pthread_cond_destroy(&self->cond);
+    pthread_mutex_destroy(&self->lock);
+    close(self->wake_fd);
+    self->keeper_on = false;
+}
+
+/* A task starts: the keeper may take the socket if it runs long. */
+static void
+s_task_begin(s_child_t *self)
+{
+    if (!self->keeper_on)
+        return;
+    pthread_mutex_lock(&self->lock);
+    self->running = true;
+    self->started++;
+    if (self->keeper_waits)
+        pthread_cond_signal(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* The task is over: the socket comes back to this thread. */
+static void
+s_task_end(s_child_t *self)
+{
+    if (!self->keeper_on)
+        return;
+    pthread_mutex_lock(&self->lock);
+    if (self->running) {
+        self->running = false;
+        if (self->lent) {
+            uint64_t one = 1;
+            while (write(self->wake_fd, &one, sizeof one) < 0 &&
+                   errno == EINTR)
+                ;
+            while (self->lent)
+                pthread_cond_wait(&self->cond, &self->lock);
+            uint64_t count;
+            while (read(self->wake_fd, &count, sizeof count) < 0 &&
+                   errno == EINTR)
+                ;
+        }
+    }
+    pthread_mutex_unlock(&self->lock);
 }
 
 /* True when this child should exit to be replaced by a fresh one. */
@@ -502,9 +679,11 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self);
+    if (config->prefetch > 1)
+        s_keeper_start(self);
     while (!s_stop) {
         if (s_reannounce)
-            s_reconnect(self, false);
+            s_reconnect(self);
         s_drain(self);
         if (s_stop)
             break;
@@ -522,17 +701,19 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                 s_die("zmq_poll");
             continue;
         }
-        s_job_t *job = &self->jobs[self->head];
-        s_report(self, TQ_REPORT_START, job);
-        self->busy = true;
-        s_run(self, job);
-        zmq_msg_close(&job->args);
+        /* out of the ring: the keeper may grow it while the task runs */
+        s_job_t *job = &self->current;
+        *job = self->jobs[self->head];
+        zmq_msg_init(&job->args);
+        zmq_msg_move(&job->args, &self->jobs[self->head].args);
+        zmq_msg_close(&self->jobs[self->head].args);
         self->head = (self->head + 1) % self->capacity;
         self->count--;
-        if (self->drop_queued) {
-            self->drop_queued = false;
-            s_drop_queued(self, false);
-        }
+        s_report(self, TQ_REPORT_START, job);
+        self->busy = true;
+        s_task_begin(self);
+        s_run(self, job);
+        zmq_msg_close(&job->args);
         self->tasks_done++;
         if (s_should_recycle(self)) {
             /* told first, so the supervisor respawns without a LOST */
@@ -546,6 +727,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
     }
 
+    s_keeper_stop(self);
     /* the broker queues again what we still hold when it sees this */
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DISCONNECT;

@@ -7,21 +7,27 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Signature the worker looks up with dlsym. */
 int tq_module_init(tq_registry_t *registry);
 
-/* test.record INDEX PATH -> INDEX, after appending "INDEX\n" to PATH. One
-   write(2) with O_APPEND, so lines of concurrent children never mix. */
+/* test.record INDEX PATH [MS] -> INDEX, after appending "INDEX\n" to PATH
+   and sleeping MS milliseconds. One write(2) with O_APPEND, so lines of
+   concurrent children never mix. */
 static int
 s_record(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    if (args->via.array.size != 2 ||
+    uint32_t n = args->via.array.size;
+    if (n < 2 || n > 3 ||
         args->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
         args->via.array.ptr[1].type != MSGPACK_OBJECT_STR ||
-        args->via.array.ptr[1].via.str.size >= 4096)
-        return tq_task_fail(task, "test.record wants INDEX PATH");
+        args->via.array.ptr[1].via.str.size >= 4096 ||
+        (n == 3 &&
+         (args->via.array.ptr[2].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+          args->via.array.ptr[2].via.u64 > 60000)))
+        return tq_task_fail(task, "test.record wants INDEX PATH [MS]");
     uint64_t index = args->via.array.ptr[0].via.u64;
     char path[4096];
     memcpy(path, args->via.array.ptr[1].via.str.ptr,
@@ -36,6 +42,12 @@ s_record(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     close(fd);
     if (written != len)
         return tq_task_fail(task, "test.record: cannot write %s", path);
+    if (n == 3) {
+        uint64_t ms = args->via.array.ptr[2].via.u64;
+        struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    }
     return msgpack_pack_uint64(out, index);
 }
 
