@@ -35,6 +35,11 @@ install: build
 bench: build
 	$(BUILD)/bench/tq-bench
 
+# the embedded pool of 2 against Python's multiprocessing.Pool(2) (issue 5)
+.PHONY: bench-pool
+bench-pool: build
+	$(BUILD)/bench/tq-bench-pool --runs 5
+
 # tq map lines/s with tq.echo; tq exec gzip vs xargs -P 2 (issue 6)
 .PHONY: bench-cli
 bench-cli: build

@@ -9,14 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
-#include <zmq.h>
 
+#include "tq_bench_common.h"
 #include "tq_harness.h"
 
-#define S_MAX_RUNS 15
 #define S_BUDGET_MS 170000 /* the whole bench stays under 3 minutes */
 #define S_STORE_MODES 3
 
@@ -28,54 +26,6 @@ typedef struct {
 } s_config_t;
 
 static int64_t s_deadline;
-
-static int
-s_cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of n values (n >= 1); sorts a copy. */
-static double
-s_median(const double *values, int n)
-{
-    double sorted[S_MAX_RUNS];
-    memcpy(sorted, values, (size_t)n * sizeof *values);
-    qsort(sorted, (size_t)n, sizeof *sorted, s_cmp_double);
-    return n % 2 ? sorted[n / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
-}
-
-static void
-s_print_machine(void)
-{
-    char model[256] = "unknown";
-    FILE *file = fopen("/proc/cpuinfo", "re");
-    if (file) {
-        char line[512];
-        while (fgets(line, sizeof line, file)) {
-            if (strncmp(line, "model name", 10) == 0) {
-                char *colon = strchr(line, ':');
-                if (colon) {
-                    snprintf(model, sizeof model, "%s", colon + 2);
-                    model[strcspn(model, "\n")] = '\0';
-                }
-                break;
-            }
-        }
-        fclose(file);
-    }
-    struct utsname uts;
-    memset(&uts, 0, sizeof uts);
-    uname(&uts);
-    int major = 0, minor = 0, patch = 0;
-    zmq_version(&major, &minor, &patch);
-    printf("machine: %s\n", model);
-    printf("cpus:    %ld online\n", sysconf(_SC_NPROCESSORS_ONLN));
-    printf("kernel:  %s %s %s\n", uts.sysname, uts.release, uts.machine);
-    printf("libzmq:  %d.%d.%d, libtq %d.%d.%d\n", major, minor, patch,
-           TQ_VERSION_MAJOR, TQ_VERSION_MINOR, TQ_VERSION_PATCH);
-}
 
 /* Milliseconds left of the budget, at least 1000 so a last get can end. */
 static int
@@ -145,7 +95,7 @@ s_latency(tq_client_t *client, int rounds, double *p50, double *p99)
             (double)(b.tv_nsec - a.tv_nsec) / 1e3;
     }
     if (rc == 0) {
-        qsort(us, (size_t)rounds, sizeof *us, s_cmp_double);
+        qsort(us, (size_t)rounds, sizeof *us, tq_bench_cmp_double);
         *p50 = us[rounds / 2];
         *p99 = us[(size_t)rounds * 99 / 100 < (size_t)rounds
                       ? (size_t)rounds * 99 / 100
@@ -158,7 +108,7 @@ s_latency(tq_client_t *client, int rounds, double *p50, double *p99)
 static void
 s_row(const char *name, const char *unit, const double *values, int runs)
 {
-    printf("%-28s %12.0f %-8s", name, s_median(values, runs), unit);
+    printf("%-28s %12.0f %-8s", name, tq_bench_median(values, runs), unit);
     for (int i = 0; i < runs; i++)
         printf(" %10.0f", values[i]);
     printf("\n");
@@ -195,7 +145,7 @@ s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
    up at once, runs interleaved so that noise from other load on the
    machine falls on every mode alike. Fills w1[mode][run]; 0 or -1. */
 static int
-s_store_modes(const s_config_t *config, double w1[][S_MAX_RUNS])
+s_store_modes(const s_config_t *config, double w1[][TQ_BENCH_MAX_RUNS])
 {
     char dirs[S_STORE_MODES][512];
     const char *base = getenv("TMPDIR");
@@ -248,7 +198,7 @@ s_usage(FILE *out)
             "  --tasks N   W1 tasks per run (default 20000)\n"
             "  --rounds N  W2 round trips per run (default 2000)\n"
             "  --runs R    runs per workload, 1..%d (default 3)\n",
-            S_MAX_RUNS);
+            TQ_BENCH_MAX_RUNS);
 }
 
 static int
@@ -275,7 +225,7 @@ s_parse(int argc, char **argv, s_config_t *config)
             return -1;
         *target = (int)value;
     }
-    return config->runs <= S_MAX_RUNS ? 0 : -1;
+    return config->runs <= TQ_BENCH_MAX_RUNS ? 0 : -1;
 }
 
 int
@@ -288,7 +238,7 @@ main(int argc, char **argv)
     }
     s_deadline = tq_harness_now_ms() + S_BUDGET_MS;
     tq_harness_init();
-    s_print_machine();
+    tq_bench_print_machine();
     printf("setup:   tq-broker + tq-worker -c %d on 127.0.0.1, %d runs; "
            "W1 %d tq.echo (no args) apply_async, all awaited; W2 %d "
            "sequential tq_apply tq.echo\n\n",
@@ -300,7 +250,8 @@ main(int argc, char **argv)
         fprintf(stderr, "tq-bench: the broker did not start\n");
         return 1;
     }
-    double w1[2][S_MAX_RUNS], p50[S_MAX_RUNS], p99[S_MAX_RUNS];
+    double w1[2][TQ_BENCH_MAX_RUNS], p50[TQ_BENCH_MAX_RUNS],
+        p99[TQ_BENCH_MAX_RUNS];
     static const int prefetches[2] = {1, 16};
     int rc = 0;
     for (int p = 0; p < 2 && rc == 0; p++) {
@@ -333,7 +284,7 @@ main(int argc, char **argv)
         }
     }
     tq_harness_env_stop(&env);
-    double store[S_STORE_MODES][S_MAX_RUNS];
+    double store[S_STORE_MODES][TQ_BENCH_MAX_RUNS];
     if (rc == 0 && s_store_modes(&config, store) != 0)
         rc = 1;
     if (rc != 0) {
@@ -358,9 +309,9 @@ main(int argc, char **argv)
     printf("\n");
     static const char *const names[S_STORE_MODES] = {
         "  --no-persist (memory)", "  --sync os", "  --sync batch"};
-    double memory = s_median(store[0], config.runs);
+    double memory = tq_bench_median(store[0], config.runs);
     for (int m = 0; m < S_STORE_MODES; m++) {
-        double median = s_median(store[m], config.runs);
+        double median = tq_bench_median(store[m], config.runs);
         printf("%-28s %12.0f %-8s %8.2f", names[m], median, "tasks/s",
                memory > 0 ? median / memory : 0);
         for (int i = 0; i < config.runs; i++)

@@ -1,20 +1,48 @@
-/* tq_bench_pool.c - W1 (20,000 no-op apply_async) and W2 (sequential apply,
-   p50/p99; usage: tq-bench-pool [N [SEQ [PREFETCH]]]) on an embedded tq_pool of
-   2, next to Python's multiprocessing.Pool(2) apply_async measured on the same
-   machine. */
+/* tq_bench_pool.c - tq-bench-pool: the embedded tq_pool of 2 against
+   Python's multiprocessing.Pool(2) on the same machine. Each run measures,
+   on a fresh pool per prefetch value (default 1 and TQ_POOL_PREFETCH), W1
+   (N no-op apply_async, all awaited: tasks/s) and W2 (SEQ sequential apply:
+   p50/p99 us), then Python's apply_async of N no-ops; the runs interleave
+   them so that noise falls on all alike. Prints the machine and a table of
+   medians, with each tq W1 median's ratio to Python's. Exit status 1 if any
+   task failed. */
+#include <assert.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "tq/tq.h"
+#include "tq_bench_common.h"
+
+#define S_PROCESSES 2
+#define S_MAX_PREFETCHES 8
+
+typedef struct {
+    int tasks; /* W1 tasks per run */
+    int seq; /* W2 sequential applies per run */
+    int runs; /* runs, 1..TQ_BENCH_MAX_RUNS */
+    int prefetch[S_MAX_PREFETCHES]; /* effective values, distinct */
+    int prefetches; /* entries in prefetch */
+} s_config_t;
+
+/* One configuration's measures, one entry per run. */
+typedef struct {
+    double w1[TQ_BENCH_MAX_RUNS]; /* tasks/s */
+    double p50[TQ_BENCH_MAX_RUNS]; /* us */
+    double p99[TQ_BENCH_MAX_RUNS]; /* us */
+    int failed; /* tasks, all runs together */
+} s_sample_t;
 
 static double
 s_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static int
@@ -26,98 +54,333 @@ s_noop(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return 0;
 }
 
-static int
-s_cmp(const void *a, const void *b)
+/* Counts a task that did not succeed; tells the first of each pool. */
+static void
+s_failed(int *failed, const char *workload, tq_result_t *result)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
+    if ((*failed)++ == 0)
+        fprintf(stderr, "tq-bench-pool: %s: %s (%s)\n", workload,
+                result ? tq_strerror(tq_result_code(result)) : "invalid call",
+                result ? tq_result_error(result) : "");
 }
 
-/* Python's multiprocessing.Pool(2): n no-op apply_async, tasks/s (0 when
-   python3 is missing). */
-static double
-s_python(int n)
+/* W1 then W2 on a fresh pool with the given prefetch; stores this run's
+   measures at index run of sample. Returns -1 if the pool did not start. */
+static int
+s_measure_tq(const s_config_t *config, tq_registry_t *registry, int prefetch,
+             s_sample_t *sample, int run)
 {
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd,
+    tq_pool_options_t options = TQ_POOL_OPTIONS_INIT;
+    options.registry = registry;
+    options.quiet = true;
+    options.prefetch = prefetch;
+    tq_pool_t *pool = tq_pool_new(S_PROCESSES, &options);
+    if (!pool) {
+        fprintf(stderr, "tq-bench-pool: pool (prefetch %d) did not start\n",
+                prefetch);
+        return -1;
+    }
+    int failed = 0;
+    /* one round trip first, as Python's side does: the pool is up */
+    tq_result_t *warm = tq_pool_apply(pool, "noop", NULL, 10000, "");
+    if (!warm || tq_result_code(warm) != TQ_OK)
+        s_failed(&failed, "warm-up", warm);
+    tq_result_destroy(&warm);
+
+    tq_result_t **results = calloc((size_t)config->tasks, sizeof *results);
+    double *us = calloc((size_t)config->seq, sizeof *us);
+    assert(results && us);
+    double t0 = s_now();
+    for (int i = 0; i < config->tasks; i++)
+        results[i] = tq_pool_apply_async(pool, "noop", NULL, "");
+    for (int i = 0; i < config->tasks; i++) {
+        if (!results[i] || tq_result_get(results[i], 60000) != TQ_OK)
+            s_failed(&failed, "W1", results[i]);
+    }
+    sample->w1[run] = config->tasks / (s_now() - t0);
+    for (int i = 0; i < config->tasks; i++)
+        tq_result_destroy(&results[i]);
+    free(results);
+
+    for (int i = 0; i < config->seq; i++) {
+        double t = s_now();
+        tq_result_t *result = tq_pool_apply(pool, "noop", NULL, 10000, "");
+        us[i] = (s_now() - t) * 1e6;
+        if (!result || tq_result_code(result) != TQ_OK)
+            s_failed(&failed, "W2", result);
+        tq_result_destroy(&result);
+    }
+    qsort(us, (size_t)config->seq, sizeof *us, tq_bench_cmp_double);
+    sample->p50[run] = us[config->seq / 2];
+    sample->p99[run] = us[config->seq * 99 / 100];
+    free(us);
+
+    tq_pool_close(pool);
+    if (tq_pool_join(pool, 10000) != TQ_OK)
+        fprintf(stderr, "tq-bench-pool: pool (prefetch %d) did not join\n",
+                prefetch);
+    tq_pool_destroy(&pool);
+    sample->failed += failed;
+    return 0;
+}
+
+/* The python3 version (version, size bytes), or -1 if python3 or its
+   multiprocessing is missing. */
+static int
+s_python_version(char *version, size_t size)
+{
+    FILE *p = popen("python3 -c 'import multiprocessing, platform; "
+                    "print(platform.python_version())' 2>/dev/null",
+                    "r");
+    if (!p)
+        return -1;
+    int found = fgets(version, (int)size, p) != NULL;
+    if (pclose(p) != 0 || !found)
+        return -1;
+    version[strcspn(version, "\n")] = '\0';
+    return 0;
+}
+
+/* Python's multiprocessing.Pool(2): one apply, then tasks no-op
+   apply_async, all awaited. Returns tasks/s, or -1 if it did not run. */
+static double
+s_measure_python(int tasks)
+{
+    char command[1024];
+    snprintf(command, sizeof command,
              "python3 -c '\n"
              "import multiprocessing as mp, time\n"
              "def noop(): return None\n"
              "if __name__ == \"__main__\":\n"
-             "    with mp.Pool(2) as p:\n"
+             "    with mp.Pool(%d) as p:\n"
              "        p.apply(noop)\n"
              "        t = time.monotonic()\n"
              "        rs = [p.apply_async(noop) for _ in range(%d)]\n"
              "        for r in rs: r.get()\n"
              "        print(%d / (time.monotonic() - t))\n' 2>/dev/null",
-             n, n);
-    FILE *p = popen(cmd, "r");
-    double rate = 0;
-    if (p) {
-        if (fscanf(p, "%lf", &rate) != 1)
-            rate = 0;
-        pclose(p);
-    }
+             S_PROCESSES, tasks, tasks);
+    FILE *p = popen(command, "r");
+    if (!p)
+        return -1;
+    double rate = -1;
+    if (fscanf(p, "%lf", &rate) != 1)
+        rate = -1;
+    if (pclose(p) != 0)
+        rate = -1;
     return rate;
+}
+
+static void
+s_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: tq-bench-pool [--runs R] [-n N] [--seq SEQ] "
+            "[--prefetch P[,P...]]...\n"
+            "  --runs R      runs, 1..%d (default 3)\n"
+            "  -n N          W1 apply_async tasks per run (default 20000)\n"
+            "  --seq SEQ     W2 sequential applies per run (default 2000)\n"
+            "  --prefetch P  pool prefetch to measure, repeatable or a comma "
+            "list;\n"
+            "                0 is the default, %d (default: 1 and %d)\n",
+            TQ_BENCH_MAX_RUNS, TQ_POOL_PREFETCH, TQ_POOL_PREFETCH);
+}
+
+static int
+s_parse_int(const char *text, long min, long max, int *value)
+{
+    char *end = NULL;
+    errno = 0;
+    long parsed = strtol(text, &end, 10);
+    if (errno || end == text || *end || parsed < min || parsed > max)
+        return -1;
+    *value = (int)parsed;
+    return 0;
+}
+
+/* Adds a comma list of prefetch values, 0 read as TQ_POOL_PREFETCH;
+   duplicates are measured once. */
+static int
+s_add_prefetches(s_config_t *config, const char *list)
+{
+    char copy[256];
+    if (snprintf(copy, sizeof copy, "%s", list) >= (int)sizeof copy)
+        return -1;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        int prefetch;
+        if (s_parse_int(item, 0, 65535, &prefetch) != 0)
+            return -1;
+        if (prefetch == 0)
+            prefetch = TQ_POOL_PREFETCH;
+        bool known = false;
+        for (int i = 0; i < config->prefetches; i++)
+            known |= config->prefetch[i] == prefetch;
+        if (known)
+            continue;
+        if (config->prefetches == S_MAX_PREFETCHES)
+            return -1;
+        config->prefetch[config->prefetches++] = prefetch;
+    }
+    return 0;
+}
+
+static int
+s_parse(int argc, char **argv, s_config_t *config)
+{
+    static const struct option longopts[] = {
+        {"runs", required_argument, NULL, 'r'},
+        {"seq", required_argument, NULL, 's'},
+        {"prefetch", required_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
+        int rc = 0;
+        switch (opt) {
+        case 'r':
+            rc = s_parse_int(optarg, 1, TQ_BENCH_MAX_RUNS, &config->runs);
+            break;
+        case 'n':
+            rc = s_parse_int(optarg, 1, 10000000, &config->tasks);
+            break;
+        case 's':
+            rc = s_parse_int(optarg, 1, 10000000, &config->seq);
+            break;
+        case 'p':
+            rc = s_add_prefetches(config, optarg);
+            break;
+        case 'h':
+            s_usage(stdout);
+            exit(0);
+        default:
+            return -1;
+        }
+        if (rc != 0) {
+            fprintf(stderr, "tq-bench-pool: bad value: %s\n", optarg);
+            return -1;
+        }
+    }
+    if (optind < argc)
+        return -1;
+    if (config->prefetches == 0)
+        s_add_prefetches(config, "1,0");
+    return 0;
+}
+
+/* Minimum and maximum of the runs, as "(min-max)". */
+static void
+s_range(const double *values, int runs, char *text, size_t size)
+{
+    double min = values[0], max = values[0];
+    for (int i = 1; i < runs; i++) {
+        min = values[i] < min ? values[i] : min;
+        max = values[i] > max ? values[i] : max;
+    }
+    snprintf(text, size, "(%.0f-%.0f)", min, max);
+}
+
+/* One table row; every cell is text so that "-" fits any column. */
+static void
+s_row(const char *name, const char *w1, const char *range, const char *p50,
+      const char *p99, const char *ratio, const char *failed)
+{
+    printf("%-32s %10s  %-15s %9s %9s %6s %6s\n", name, w1, range, p50, p99,
+           ratio, failed);
+}
+
+static void
+s_print_table(const s_config_t *config, const s_sample_t *samples,
+              const double *python, bool python_ok)
+{
+    s_row("configuration", "W1 tasks/s", "(min-max)", "W2 p50 us", "W2 p99 us",
+          "vs py", "failed");
+    double py = python_ok ? tq_bench_median(python, config->runs) : 0;
+    char name[64], w1[32], range[48], p50[32], p99[32], ratio[16], failed[16];
+    for (int i = 0; i < config->prefetches; i++) {
+        const s_sample_t *sample = &samples[i];
+        double median = tq_bench_median(sample->w1, config->runs);
+        snprintf(name, sizeof name, "tq_pool(%d) prefetch %d%s", S_PROCESSES,
+                 config->prefetch[i],
+                 config->prefetch[i] == TQ_POOL_PREFETCH ? " (default)" : "");
+        snprintf(w1, sizeof w1, "%.0f", median);
+        s_range(sample->w1, config->runs, range, sizeof range);
+        snprintf(p50, sizeof p50, "%.0f",
+                 tq_bench_median(sample->p50, config->runs));
+        snprintf(p99, sizeof p99, "%.0f",
+                 tq_bench_median(sample->p99, config->runs));
+        if (python_ok)
+            snprintf(ratio, sizeof ratio, "%.2f", median / py);
+        else
+            snprintf(ratio, sizeof ratio, "-");
+        snprintf(failed, sizeof failed, "%d", sample->failed);
+        s_row(name, w1, range, p50, p99, ratio, failed);
+    }
+    snprintf(name, sizeof name, "python3 mp.Pool(%d)", S_PROCESSES);
+    if (python_ok) {
+        snprintf(w1, sizeof w1, "%.0f", py);
+        s_range(python, config->runs, range, sizeof range);
+        s_row(name, w1, range, "-", "-", "1.00", "-");
+    } else {
+        s_row(name, "-", "not measured", "-", "-", "-", "-");
+    }
+    printf("\nmedians of %d runs, (min-max) over the runs; vs py: tq W1 "
+           "median / python W1 median\n",
+           config->runs);
 }
 
 int
 main(int argc, char **argv)
 {
-    int n = argc > 1 ? atoi(argv[1]) : 20000;
-    int seq = argc > 2 ? atoi(argv[2]) : 2000;
-    int prefetch = argc > 3 ? atoi(argv[3]) : TQ_POOL_PREFETCH;
-    tq_registry_t *reg = tq_registry_new();
-    tq_registry_add(reg, "noop", s_noop, NULL);
-    tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
-    po.registry = reg;
-    po.quiet = true;
-    po.prefetch = prefetch;
-    tq_pool_t *pool = tq_pool_new(2, &po);
-    if (!pool)
-        return 1;
-    /* warm: both children connected */
-    tq_result_t *w = tq_pool_apply(pool, "noop", NULL, 10000, "");
-    tq_result_destroy(&w);
-
-    tq_result_t **rs = calloc((size_t)n, sizeof *rs);
-    double t0 = s_now();
-    for (int i = 0; i < n; i++)
-        rs[i] = tq_pool_apply_async(pool, "noop", NULL, "");
-    int failed = 0;
-    for (int i = 0; i < n; i++) {
-        failed += tq_result_get(rs[i], 60000) != TQ_OK;
-        tq_result_destroy(&rs[i]);
+    s_config_t config = {.tasks = 20000, .seq = 2000, .runs = 3};
+    if (s_parse(argc, argv, &config) != 0) {
+        s_usage(stderr);
+        return 2;
     }
-    double w1 = n / (s_now() - t0);
-    free(rs);
-
-    double *lat = calloc((size_t)seq, sizeof *lat);
-    for (int i = 0; i < seq; i++) {
-        double t = s_now();
-        tq_result_t *r = tq_pool_apply(pool, "noop", NULL, 10000, "");
-        failed += tq_result_code(r) != TQ_OK;
-        tq_result_destroy(&r);
-        lat[i] = (s_now() - t) * 1e6;
-    }
-    qsort(lat, (size_t)seq, sizeof *lat, s_cmp);
-    tq_pool_close(pool);
-    tq_pool_join(pool, 10000);
-    tq_pool_destroy(&pool);
-    tq_registry_destroy(&reg);
-
-    double py = s_python(n);
-    printf("tq_pool(2)  W1: %d no-op apply_async, prefetch %d: %.0f tasks/s "
-           "(%d failed)\n",
-           n, prefetch, w1, failed);
-    printf("tq_pool(2)  W2: %d sequential apply: p50 %.0f us, p99 %.0f us\n",
-           seq, lat[seq / 2], lat[seq * 99 / 100]);
-    if (py > 0)
-        printf("python3 multiprocessing.Pool(2) apply_async: %.0f tasks/s "
-               "(tq_pool is %.2fx)\n",
-               py, w1 / py);
+    char version[64] = "";
+    bool python_ok = s_python_version(version, sizeof version) == 0;
+    tq_bench_print_machine();
+    printf("setup:   tq_pool(%d) embedded, a fresh pool per run and prefetch\n"
+           "         W1 %d no-op tq_pool_apply_async, all awaited; W2 %d "
+           "sequential tq_pool_apply\n",
+           S_PROCESSES, config.tasks, config.seq);
+    if (python_ok)
+        printf("python:  %s multiprocessing.Pool(%d), %d no-op apply_async, "
+               "all awaited\n",
+               version, S_PROCESSES, config.tasks);
     else
-        printf("python3 multiprocessing.Pool(2): not measured (no python3)\n");
-    free(lat);
+        printf("python:  python3 not found (or without multiprocessing): not "
+               "measured\n");
+    printf("runs:    %d, each measures every configuration in turn\n\n",
+           config.runs);
+    fflush(stdout);
+
+    tq_registry_t *registry = tq_registry_new();
+    assert(registry);
+    tq_registry_add(registry, "noop", s_noop, NULL);
+    s_sample_t samples[S_MAX_PREFETCHES];
+    memset(samples, 0, sizeof samples);
+    double python[TQ_BENCH_MAX_RUNS];
+    int rc = 0;
+    for (int run = 0; run < config.runs && rc == 0; run++) {
+        for (int i = 0; i < config.prefetches && rc == 0; i++)
+            rc = s_measure_tq(&config, registry, config.prefetch[i],
+                              &samples[i], run);
+        if (rc == 0 && python_ok) {
+            python[run] = s_measure_python(config.tasks);
+            if (python[run] < 0) {
+                fprintf(stderr, "tq-bench-pool: python3 run %d failed\n",
+                        run + 1);
+                python_ok = false;
+            }
+        }
+    }
+    tq_registry_destroy(&registry);
+    if (rc != 0)
+        return 1;
+    s_print_table(&config, samples, python, python_ok);
+    int failed = 0;
+    for (int i = 0; i < config.prefetches; i++)
+        failed += samples[i].failed;
     return failed ? 1 : 0;
 }

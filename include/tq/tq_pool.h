@@ -32,12 +32,13 @@ typedef struct tq_pool_imap_t tq_pool_imap_t;
    initializer/initargs). */
 typedef void(tq_pool_init_fn)(void *arg);
 
-/* Tasks a pool child holds by default. More (4) hides the broker round
-   trip between short tasks, about twice their throughput; an idle child
-   then takes unstarted tasks from busy ones (work stealing), but a task its
-   holder starts while the broker is taking it runs twice, so the default
-   stays 1: every task runs once unless a child dies. */
-#define TQ_POOL_PREFETCH 1
+/* Tasks a pool child holds by default. More than 1 hides the broker round
+   trip between short tasks (about twice their throughput). It hides no
+   work: a child with nothing to do asks a busy one for its unstarted tasks,
+   and the holder gives back only what it has not started (work stealing,
+   PROTOCOL 5.3.5), so every task still runs once, in the order one queue
+   would start them. Set 1 for strict one-at-a-time dispatch. */
+#define TQ_POOL_PREFETCH 8
 
 /* Pool options; zero-initialise (TQ_POOL_OPTIONS_INIT). */
 typedef struct {
