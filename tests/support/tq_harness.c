@@ -242,18 +242,19 @@ s_tee(void *arg)
     return NULL;
 }
 
-/* The words of $TQ_TEST_BROKER_WRAPPER (the first one a path), which
-   every broker is started under, e.g. "/usr/bin/valgrind
+/* The words of the environment variable var (the first one a path):
+   $TQ_TEST_BROKER_WRAPPER, which every broker is started under, or
+   $TQ_TEST_WORKER_WRAPPER for worker hosts, e.g. "/usr/bin/valgrind
    --error-exitcode=9 --leak-check=full": stored into argv (at most max),
-   pointing into a static copy. Returns how many. */
+   pointing into copy (size bytes, the caller's). Returns how many. */
 static size_t
-s_broker_wrapper(const char **argv, size_t max)
+s_wrapper(const char *var, const char **argv, size_t max, char *copy,
+          size_t size)
 {
-    static char copy[1024];
-    const char *env = getenv("TQ_TEST_BROKER_WRAPPER");
+    const char *env = getenv(var);
     if (!env || !*env)
         return 0;
-    snprintf(copy, sizeof copy, "%s", env);
+    snprintf(copy, size, "%s", env);
     size_t count = 0;
     char *save = NULL;
     for (char *word = strtok_r(copy, " \t", &save); word && count < max;
@@ -271,7 +272,9 @@ s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
     memset(self, 0, sizeof *self);
     self->out_fd = -1;
     const char *argv[64];
-    size_t argc = s_broker_wrapper(argv, 16);
+    static char words[1024];
+    size_t argc =
+        s_wrapper("TQ_TEST_BROKER_WRAPPER", argv, 16, words, sizeof words);
     /* a wrapped broker (valgrind) is slow to start and to exit */
     int wait_ms = argc ? S_WRAPPED_WAIT_MS : S_START_WAIT_MS;
     argv[argc++] = TQ_BROKER_BIN;
@@ -424,8 +427,15 @@ tq_harness_worker_start(const char *endpoint, int children,
 {
     char count[16];
     snprintf(count, sizeof count, "%d", children);
-    const char *argv[64] = {TQ_WORKER_BIN, "--broker", endpoint, "-c", count};
-    size_t argc = 5;
+    const char *argv[64];
+    static char words[1024];
+    size_t argc =
+        s_wrapper("TQ_TEST_WORKER_WRAPPER", argv, 16, words, sizeof words);
+    argv[argc++] = TQ_WORKER_BIN;
+    argv[argc++] = "--broker";
+    argv[argc++] = endpoint;
+    argv[argc++] = "-c";
+    argv[argc++] = count;
     for (size_t i = 0; extra && extra[i] && argc < 62; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
