@@ -95,8 +95,11 @@ tq_pool_server_run(pid_t parent, const char *worker_endpoint, int processes,
     s_initializer = options->initializer;
     s_initargs = options->initargs;
 
-    tq_registry_t *registry = tq_registry_new();
-    tq_registry_t *builtins = tq_registry_new();
+    /* static, as config below: they (and the wrapped entries) live until
+       this process and its children _exit */
+    static tq_registry_t *registry, *builtins;
+    registry = tq_registry_new();
+    builtins = tq_registry_new();
     if (!registry || !builtins || tq_registry_add_builtins(builtins) != TQ_OK ||
         s_wrap(registry, options->registry) != TQ_OK ||
         s_wrap(registry, builtins) != TQ_OK ||
