@@ -5,7 +5,6 @@
    processes on 127.0.0.1:* ports; every wait has a deadline. */
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -45,31 +44,13 @@ s_env_int(const char *name, int def)
     return (*end || n < 1 || n > 10000000) ? def : (int)n;
 }
 
-static int
-s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
-/* Removes a test's temporary directory and everything in it. */
-static void
-s_rmtree(const char *dir)
-{
-    nftw(dir, s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Makes a fresh temporary directory in dir (PATH_MAX bytes). */
+/* Makes a fresh temporary directory for a test (PATH_MAX bytes). */
 static void
 s_tempdir(char *dir, size_t size, const char *tag)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, size, "%s/tq-dur-%s-XXXXXX", base && *base ? base : "/tmp",
-             tag);
-    assert_non_null(mkdtemp(dir));
+    char full[64];
+    snprintf(full, sizeof full, "dur-%s", tag);
+    assert_int_equal(tq_harness_tempdir(dir, size, full), 0);
 }
 
 /* The whole content of a file (malloc'd, NUL-terminated) or NULL. */
@@ -717,7 +698,7 @@ test_kill_loop(void **state)
     tq_harness_kill_all();
     s_subs_free(&subs);
     free(rec.runs);
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
 }
 
 /* Reads "recovered N tasks and K queue items from DIR in M ms" from a
@@ -815,7 +796,7 @@ test_restart_100k(void **state)
     tq_harness_broker_stop(&broker);
     tq_harness_kill_all();
     s_subs_free(&subs);
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
 }
 
 /* A client waiting on handles across kill -9 and a restart of the broker
@@ -877,7 +858,7 @@ test_handles_across_restart(void **state)
     tq_harness_stop(worker);
     tq_harness_broker_stop(&broker);
     tq_harness_kill_all();
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
     assert_int_equal(ok, N);
 }
 
@@ -944,7 +925,7 @@ test_queue_items_survive(void **state)
     tq_client_destroy(&client);
     tq_harness_broker_stop(&broker);
     tq_harness_kill_all();
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
     assert_int_equal(size, N - 1);
     assert_int_equal(in_order, N - 1);
 }
@@ -988,7 +969,7 @@ test_max_disk(void **state)
     for (int k = 0; k < count; k++)
         tq_result_destroy(&results[k]);
     tq_harness_env_stop(&env);
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
 }
 
 /* A write that fails (the file-size limit of the broker's process makes
@@ -1090,7 +1071,7 @@ test_write_failure(void **state)
     s_raw_destroy(&raw);
     tq_harness_broker_stop(&broker);
     s_subs_free(&subs);
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
 }
 
 /* A damaged tq.db (garbage over its middle) makes the broker refuse to
@@ -1151,7 +1132,7 @@ test_damaged_database(void **state)
     assert_non_null(strstr(run.err, db));
     assert_null(strstr(run.out, "tq-broker: clients"));
     tq_harness_run_free(&run);
-    s_rmtree(dir);
+    tq_harness_rmtree(dir);
 }
 
 int

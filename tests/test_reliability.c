@@ -342,6 +342,54 @@ test_broker_restart(void **state)
     tq_client_destroy(&fresh);
 }
 
+/* The same with a stored broker while a child's keeper holds its socket
+   (prefetch 4, a 1.5 s task running, two short ones held behind it): the
+   child finishes its task, announces itself to the new broker and answers
+   there; every handle gets its result. */
+static void
+test_broker_restart_keeper(void **state)
+{
+    tq_harness_env_t *env = *state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "keeper"), 0);
+    const char *data[] = {"--data", dir, NULL};
+    assert_int_equal(tq_harness_env_start(env, data), 0);
+    const char *extra[] = {"--prefetch", "4", NULL};
+    pid_t worker = tq_harness_env_add_worker(env, 1, extra, true);
+    assert_true(worker > 0);
+    tq_result_t *r[3];
+    r[0] = tq_apply_async(env->client, "tq.sleep", NULL, "d", 1.5);
+    r[1] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)1);
+    r[2] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)2);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(tq_result_wait_answer(r[i], 5000), TQ_OK);
+    tq_harness_sleep_ms(300); /* the long task runs, the keeper answers */
+
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+    snprintf(clients, sizeof clients, "%s", env->broker.clients);
+    snprintf(workers, sizeof workers, "%s", env->broker.workers);
+    pid_t b1 = env->broker.pid;
+    assert_int_equal(kill(b1, SIGKILL), 0);
+    assert_int_equal(tq_harness_wait_exit(b1, 5000, NULL), 0);
+    env->broker.pid = 0;
+    int64_t t0 = tq_harness_now_ms();
+    assert_int_equal(tq_harness_broker_start_on(&env->broker, clients,
+                                                workers, data, NULL),
+                     0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tq_result_get(r[i], 15000), TQ_OK);
+        tq_result_destroy(&r[i]);
+    }
+    printf("keeper: 3 results %lld ms after the restart; %llu duplicate "
+           "DONE\n",
+           (long long)(tq_harness_now_ms() - t0),
+           (unsigned long long)s_counter(env->client, "duplicates"));
+    /* the child serves the new broker */
+    s_echo_ok(env->client, 3);
+    tq_harness_env_stop(env);
+    tq_harness_rmtree(dir);
+}
+
 /* Submits n tq.echo and waits for all; returns elapsed ms, checks every
    value. */
 static int64_t
@@ -592,6 +640,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_chaos, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_poison, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_broker_restart_keeper,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_steal_runs_once,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -925,4 +926,29 @@ tq_harness_env_teardown(void **state)
     free(env);
     *state = NULL;
     return 0;
+}
+
+int
+tq_harness_tempdir(char *dir, size_t size, const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, size, "%s/tq-%s-XXXXXX", base && *base ? base : "/tmp",
+             tag);
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int
+s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+void
+tq_harness_rmtree(const char *dir)
+{
+    nftw(dir, s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }

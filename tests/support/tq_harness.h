@@ -41,6 +41,13 @@ int64_t tq_harness_now_ms(void);
 /* Sleeps ms milliseconds (for polling loops only, never to "settle"). */
 void tq_harness_sleep_ms(int ms);
 
+/* Makes a fresh temporary directory $TMPDIR/tq-TAG-XXXXXX (or under /tmp)
+   in dir (size bytes). Returns 0 or -1. */
+int tq_harness_tempdir(char *dir, size_t size, const char *tag);
+
+/* Removes a directory and everything in it. */
+void tq_harness_rmtree(const char *dir);
+
 /* Starts argv[0] (a path) with argv, env the full environment (NULL: ours).
    out_fd/err_fd: if non-NULL, that stream goes to a pipe whose read end
    (close-on-exec) is stored there; else it is inherited. The process gets
