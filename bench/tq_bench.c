@@ -5,7 +5,6 @@
    --sync os and --sync batch, with the ratio to memory; prints the machine
    and tables of medians. */
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,16 +129,6 @@ s_worker(tq_harness_env_t *env, const s_config_t *config, int prefetch)
     return pid;
 }
 
-static int
-s_rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
-}
-
 /* W1 (prefetch 16) against a broker in memory, and with the store synced
    by the OS and synced per batch: one broker and worker host per mode, all
    up at once, runs interleaved so that noise from other load on the
@@ -148,14 +137,11 @@ static int
 s_store_modes(const s_config_t *config, double w1[][TQ_BENCH_MAX_RUNS])
 {
     char dirs[S_STORE_MODES][512];
-    const char *base = getenv("TMPDIR");
     tq_harness_env_t env[S_STORE_MODES];
     memset(env, 0, sizeof env);
     int rc = 0, started = 0;
     for (int m = 0; m < S_STORE_MODES && rc == 0; m++) {
-        snprintf(dirs[m], sizeof dirs[m], "%s/tq-bench-XXXXXX",
-                 base && *base ? base : "/tmp");
-        if (!mkdtemp(dirs[m])) {
+        if (tq_harness_tempdir(dirs[m], sizeof dirs[m], "bench") != 0) {
             fprintf(stderr, "tq-bench: mkdtemp %s: %s\n", dirs[m],
                     strerror(errno));
             rc = -1;
@@ -185,7 +171,7 @@ s_store_modes(const s_config_t *config, double w1[][TQ_BENCH_MAX_RUNS])
         }
     for (int m = 0; m < started; m++) {
         tq_harness_env_stop(&env[m]);
-        nftw(dirs[m], s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        tq_harness_rmtree(dirs[m]);
     }
     return rc;
 }
