@@ -1167,11 +1167,18 @@ s_dispatch_one(tq_broker_t *self, worker_t *worker, task_t *task)
 static bool
 s_steal(tq_broker_t *self)
 {
+    /* asked: REVOKEs that may still come back. One for the task at the
+       head of its holder's list does not count: the holder has ended the
+       tasks before it, so it has probably started that one and keeps it
+       silently; an idle child must not wait for that task's end before
+       another holder is asked. */
     uint32_t idle = 0, asked = 0;
     for (worker_t *w = self->children; w; w = w->next) {
         if (w->held + w->cancelled == 0 && w->credit > 0)
             idle++;
         asked += w->revoking;
+        if (w->held_tasks.head && w->held_tasks.head->revoking)
+            asked--;
     }
     bool stole = false;
     for (worker_t *taker = self->children; taker && asked < idle;

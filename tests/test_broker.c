@@ -1299,6 +1299,46 @@ test_work_stealing(void **state)
     free(in);
 }
 
+/* A holder that had started the task asked for stays silent; once that
+   task is the first it holds (it ended the ones before), the idle child
+   does not wait for it: the next unstarted task is asked for. */
+static void
+test_work_stealing_started(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostW", 911, 910, "qt", 3);
+    const char *ids[] = {"wt-1", "wt-2", "wt-3"};
+    for (int i = 0; i < 3; i++)
+        s_submit_ok(w, a, ids[i], "qt", in);
+    for (int i = 0; i < 3; i++)
+        s_expect_task(w, w1, ids[i], 1, in);
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostW", 912, 910, "qt", 3);
+    s_expect(w, w1, TQ_CMD_REVOKE, "wt-2", in);
+    /* wt-1 ends and the holder starts wt-2 before the REVOKE comes: it
+       keeps wt-2; the broker asks for wt-3 instead */
+    s_done(w, w1, "wt-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "wt-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_expect(w, w1, TQ_CMD_REVOKE, "wt-3", in);
+    tq_msg_t back = s_msg(TQ_CMD_RETURNED);
+    back.id = tq_str("wt-3");
+    back.attempt = 1;
+    s_send(w, w1, &back, NULL, 0);
+    s_expect_task(w, w2, "wt-3", 2, in);
+    s_done(w, w2, "wt-3", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "wt-3", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_done(w, w1, "wt-2", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "wt-2", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "stolen"), 1);
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    free(in);
+}
+
 /* ---- 10. the STATUS body (8) ---- */
 
 static void
@@ -1440,6 +1480,8 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_status_body, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing_started, s_setup,
                                         s_teardown),
     };
     tq_harness_init();
