@@ -266,6 +266,8 @@ s_warn(tq_broker_t *self, const char *format, ...)
 static void
 s_warn(tq_broker_t *self, const char *format, ...)
 {
+    if (self->config.quiet)
+        return;
     if (self->now_ms - self->log_window_ms >= 1000) {
         if (self->log_count > LOG_BURST)
             fprintf(stderr, "tq-broker: (%d more lines suppressed)\n",
@@ -2569,7 +2571,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     if (self->config.max_message <= 0)
         self->config.max_message = MAX_MESSAGE;
     self->wakeup = -1;
-    self->ctx = zmq_ctx_new();
+    self->ctx = config->context ? config->context : zmq_ctx_new();
     self->clients = self->ctx ? zmq_socket(self->ctx, ZMQ_ROUTER) : NULL;
     self->workers = self->ctx ? zmq_socket(self->ctx, ZMQ_ROUTER) : NULL;
     if (!self->clients || !self->workers) {
@@ -2605,6 +2607,12 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     int rc = s_bind(self, self->clients, self->config.client_endpoint,
                     TQ_CURVE_DOMAIN_CLIENTS, cert, self->client_endpoint,
                     sizeof self->client_endpoint, error, errlen);
+    if (rc == 0 && self->config.client_inproc &&
+        zmq_bind(self->clients, self->config.client_inproc) != 0) {
+        snprintf(error, errlen, "cannot bind %s: %s",
+                 self->config.client_inproc, zmq_strerror(errno));
+        rc = -1;
+    }
     if (rc == 0)
         rc = s_bind(self, self->workers, self->config.worker_endpoint,
                     TQ_CURVE_DOMAIN_WORKERS, cert, self->worker_endpoint,
@@ -2804,7 +2812,7 @@ tq_broker_destroy(tq_broker_t **self_p)
     /* after the CURVE sockets: its socket must close before the context
        terminates */
     tq_auth_destroy(&self->auth);
-    if (self->ctx)
+    if (self->ctx && !self->config.context)
         zmq_ctx_term(self->ctx);
     if (self->wakeup >= 0)
         close(self->wakeup);

@@ -31,11 +31,19 @@ typedef struct {
     uint64_t max_disk;           /* store bytes on disk before submissions
                                     are refused, 0: no limit */
     bool verbose;                /* log every exchange to stderr */
+    bool quiet;                  /* no warnings either (an embedded pool
+                                    whose program asked for silence) */
     const char *curve_secret;    /* broker certificate file: CURVE on both
                                     endpoints; NULL: plain TCP */
     const char *client_keys;     /* dir of client public certs (CURVE) */
     const char *worker_keys;     /* dir of worker public certs (CURVE) */
     int64_t max_message;         /* ZMQ_MAXMSGSIZE bytes, 0: 64 MiB */
+    void *context;               /* ZeroMQ context (borrowed, outlives the
+                                    broker); NULL: the broker's own */
+    const char *client_inproc;   /* inproc:// endpoint the clients socket
+                                    also binds, for a client of the same
+                                    context (no I/O thread on that path);
+                                    NULL: none */
 } tq_broker_config_t;
 
 typedef struct tq_broker_t tq_broker_t;

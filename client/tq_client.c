@@ -123,6 +123,8 @@ struct tq_client_t {
                                   the I/O thread's once started */
     uint64_t id_prefix;        /* 64 random bits */
     atomic_uint_fast64_t id_counter;
+    pid_t pid;                 /* the process that made it */
+    tq_client_t *live_prev, *live_next; /* s_live */
 };
 
 /* The I/O thread's state. */
@@ -1336,6 +1338,50 @@ s_leave_signals_alone(void)
         zsys_handler_set(NULL);
 }
 
+/* Every client not yet destroyed, so that exit() can stop them first. */
+static pthread_mutex_t s_live_lock = PTHREAD_MUTEX_INITIALIZER;
+static tq_client_t *s_live;
+static pthread_once_t s_exit_once = PTHREAD_ONCE_INIT;
+
+/* At exit, before czmq's own handler closes the context under them (it
+   would abort in the I/O thread, or wait for ever): destroy the clients
+   this process made and left. Those of a parent (we are a forked child
+   calling exit) have no I/O thread here and are left alone. */
+static void
+s_at_exit(void)
+{
+    for (;;) {
+        pthread_mutex_lock(&s_live_lock);
+        tq_client_t *client = s_live;
+        while (client && client->pid != getpid())
+            client = client->live_next;
+        pthread_mutex_unlock(&s_live_lock);
+        if (!client)
+            return;
+        tq_client_destroy(&client);
+    }
+}
+
+static void
+s_register_at_exit(void)
+{
+    atexit(s_at_exit);
+}
+
+void *
+tq_client_context(void)
+{
+    /* a library must not take the program's SIGINT and SIGTERM: czmq would
+       install its own handlers at its first use (a pool child could then
+       no longer be stopped, Ctrl-C would not end a blocked get) */
+    pthread_once(&s_signals_once, s_leave_signals_alone);
+    void *ctx = zsys_init();
+    /* after zsys_init, which registers czmq's handler: ours runs first */
+    if (ctx)
+        pthread_once(&s_exit_once, s_register_at_exit);
+    return ctx;
+}
+
 tq_client_t *
 tq_client_new(const char *endpoint)
 {
@@ -1357,11 +1403,7 @@ tq_client_new(const char *endpoint)
         self->id_prefix = (uint64_t)getpid() << 32 ^ (uint64_t)zclock_time();
     }
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    /* a library must not take the program's SIGINT and SIGTERM: czmq would
-       install its own handlers at its first use (a pool child could then
-       no longer be stopped, Ctrl-C would not end a blocked get) */
-    pthread_once(&s_signals_once, s_leave_signals_alone);
-    void *ctx = zsys_init();
+    void *ctx = tq_client_context();
     if (!self->endpoint || self->wake_fd < 0 || !ctx)
         goto fail;
     self->socket = zmq_socket(ctx, ZMQ_DEALER);
@@ -1408,6 +1450,13 @@ tq_client_new(const char *endpoint)
     self->actor = zactor_new(s_actor, self);
     if (!self->actor)
         goto fail;
+    self->pid = getpid();
+    pthread_mutex_lock(&s_live_lock);
+    self->live_next = s_live;
+    if (s_live)
+        s_live->live_prev = self;
+    s_live = self;
+    pthread_mutex_unlock(&s_live_lock);
     return self;
 fail:
     if (self->socket)
@@ -1430,6 +1479,14 @@ tq_client_destroy(tq_client_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_client_t *self = *self_p;
+    pthread_mutex_lock(&s_live_lock);
+    if (self->live_prev)
+        self->live_prev->live_next = self->live_next;
+    else if (s_live == self)
+        s_live = self->live_next;
+    if (self->live_next)
+        self->live_next->live_prev = self->live_prev;
+    pthread_mutex_unlock(&s_live_lock);
     pthread_mutex_lock(&self->lock);
     self->closed = true;
     pthread_mutex_unlock(&self->lock);

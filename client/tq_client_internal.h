@@ -27,6 +27,12 @@ tq_result_t *tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
                                      uint32_t wait_ms, const void *item,
                                      size_t size);
 
+/* The ZeroMQ context every client of this process uses (czmq's), made on
+   first use without czmq's signal handlers. A broker in the same process
+   (the embedded pool) shares it to serve a client over inproc://. NULL on
+   failure. */
+void *tq_client_context(void);
+
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "tq_broker.h"
+#include "tq_client_internal.h"
 #include "tq_pool_server.h"
 #include "tq_proto.h"
 
@@ -55,6 +56,7 @@ struct tq_pool_t {
     char dir[PATH_MAX]; /* private temporary directory */
     char client_ep[S_EP_MAX]; /* ipc://dir/clients */
     char worker_ep[S_EP_MAX]; /* ipc://dir/workers */
+    char inproc_ep[S_EP_MAX]; /* the pool's own client: inproc:// */
     pid_t server; /* fork server, 0 once reaped */
     tq_broker_t *broker; /* NULL once stopped */
     pthread_t broker_thread;
@@ -64,7 +66,38 @@ struct tq_pool_t {
     pthread_cond_t cond; /* pending went down */
     s_track_t *tracked; /* pending tracked submissions */
     size_t pending;
+    pid_t pid; /* the process that made it */
+    tq_pool_t *live_next; /* s_live_pools */
 };
+
+/* Pools not yet destroyed: exit() terminates them, as Python's finalizers
+   do, before the client library and czmq tear down the context their
+   broker threads and clients use. */
+static pthread_mutex_t s_live_lock = PTHREAD_MUTEX_INITIALIZER;
+static tq_pool_t *s_live_pools;
+static pthread_once_t s_exit_once = PTHREAD_ONCE_INIT;
+
+static void
+s_at_exit(void)
+{
+    for (;;) {
+        pthread_mutex_lock(&s_live_lock);
+        tq_pool_t *pool = s_live_pools;
+        while (pool && pool->pid != getpid())
+            pool = pool->live_next; /* a parent's, in a forked child */
+        pthread_mutex_unlock(&s_live_lock);
+        if (!pool)
+            return;
+        tq_pool_destroy(&pool);
+    }
+}
+
+static void
+s_register_at_exit(void)
+{
+    /* registered after the client library's handler: runs before it */
+    atexit(s_at_exit);
+}
 
 struct tq_result_set_t {
     size_t count;
@@ -365,6 +398,19 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     config.client_endpoint = self->client_ep;
     config.worker_endpoint = self->worker_ep;
     config.result_ttl_s = 60; /* nobody fetches by id in a pool */
+    config.quiet = opts.quiet;
+    /* the pool's client reaches the broker over inproc: one context for
+       both, and no I/O thread on the way (tasks in the children, which
+       open their own clients, come over ipc) */
+    config.context = tq_client_context();
+    if (!config.context) {
+        fprintf(stderr, "tq pool: no ZeroMQ context: %s\n",
+                strerror(errno));
+        goto fail;
+    }
+    snprintf(self->inproc_ep, sizeof self->inproc_ep, "inproc://tq-pool-%p",
+             (void *)self);
+    config.client_inproc = self->inproc_ep;
     char error[512];
     self->broker = tq_broker_new(&config, error, sizeof error);
     if (!self->broker) {
@@ -383,9 +429,15 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
         goto fail;
     }
     self->broker_running = true;
-    self->client = tq_client_new(self->client_ep);
+    self->client = tq_client_new(self->inproc_ep);
     if (!self->client)
         goto fail;
+    self->pid = getpid();
+    pthread_once(&s_exit_once, s_register_at_exit);
+    pthread_mutex_lock(&s_live_lock);
+    self->live_next = s_live_pools;
+    s_live_pools = self;
+    pthread_mutex_unlock(&s_live_lock);
     return self;
 fail:
     s_kill_server(self);
@@ -403,6 +455,13 @@ tq_pool_destroy(tq_pool_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_pool_t *self = *self_p;
+    pthread_mutex_lock(&s_live_lock);
+    tq_pool_t **link = &s_live_pools;
+    while (*link && *link != self)
+        link = &(*link)->live_next;
+    if (*link)
+        *link = self->live_next;
+    pthread_mutex_unlock(&s_live_lock);
     if (self->state != S_JOINED)
         tq_pool_terminate(self);
     s_kill_server(self); /* after a join: already reaped */

@@ -246,6 +246,33 @@ test_maxtasksperchild(void **state)
     tq_pool_destroy(&pool);
 }
 
+/* A program that returns from main leaving its pool, a client and their
+   handles: exit terminates the pool (as Python's finalizers do) and
+   destroys the client before czmq closes the context under them. Before,
+   czmq's exit handler aborted the program (status 134). */
+static void
+test_exit_without_destroy(void **state)
+{
+    (void)state;
+    int64_t t0 = s_now_ms();
+    FILE *p = popen("timeout -s KILL 20 " TQ_EXIT_CHILD " 2>/dev/null", "r");
+    assert_non_null(p);
+    pid_t pids[2];
+    size_t n = 0;
+    long pid;
+    while (n < 2 && fscanf(p, "%ld", &pid) == 1)
+        pids[n++] = (pid_t)pid;
+    int status = pclose(p);
+    int64_t took = s_now_ms() - t0;
+    printf("# exit without destroy: status %d in %lld ms\n",
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1, (long long)took);
+    assert_int_equal(n, 2);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_true(took < 10000);
+    assert_true(s_all_gone(pids, n, 1000));
+}
+
 static void
 test_map_family(void **state)
 {
@@ -326,6 +353,7 @@ main(void)
         cmocka_unit_test(test_no_child_after_parent_sigkill),
         cmocka_unit_test(test_maxtasksperchild),
         cmocka_unit_test(test_map_family),
+        cmocka_unit_test(test_exit_without_destroy),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tq_registry_destroy(&s_reg);
