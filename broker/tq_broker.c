@@ -114,6 +114,7 @@ struct worker_s {
     uint32_t credit, held;
     uint32_t cancelled;       /* cancelled tasks it may still be running */
     uint32_t revoking;        /* held tasks it was sent REVOKE for */
+    uint32_t features;        /* TQ_FEATURE_* from its READY */
     uint64_t done;
     uint64_t rss_kb;          /* peak RSS from its last DONE */
     queue_t **queues;
@@ -1193,7 +1194,9 @@ s_steal(tq_broker_t *self)
         task_t *victim = NULL;
         worker_t *holder = NULL;
         for (worker_t *w = self->children; w; w = w->next) {
-            if (w == taker || w->held < 2)
+            /* a child that cannot give a task back is never asked */
+            if (w == taker || w->held < 2 ||
+                !(w->features & TQ_FEATURE_RETURNS))
                 continue;
             /* the first held task is (or soon is) running: never it */
             for (task_t *t = w->held_tasks.head->next; t; t = t->next)
@@ -1210,8 +1213,12 @@ s_steal(tq_broker_t *self)
         tq_msg_t *out = s_out(self, TQ_CMD_REVOKE);
         out->id = tq_str(victim->id);
         out->attempt = victim->attempt;
-        if (s_send_to(self, self->workers, &holder->ident, NULL) != 0)
-            continue;
+        if (s_send_to(self, self->workers, &holder->ident, NULL) != 0) {
+            /* gone: its tasks go back to their lanes; look again */
+            s_peer_remove(self, holder, false, 0, "unreachable");
+            self->dispatch_due = true;
+            return true;
+        }
         victim->revoking = true;
         holder->revoking++;
         asked++;
@@ -2069,6 +2076,7 @@ s_on_ready(tq_broker_t *self, const tq_msg_t *msg)
     worker->pid = msg->pid;
     worker->ppid = msg->ppid;
     worker->credit = msg->credit;
+    worker->features = msg->features;
     uint32_t queues = msg->queue_count ? msg->queue_count : 1;
     worker->queues = s_alloc(queues * sizeof *worker->queues);
     if (msg->queue_count == 0)

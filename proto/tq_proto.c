@@ -34,6 +34,7 @@ enum {
     F_ATTEMPTS = 'a', /* attempts made so far, 0.. */
     F_RSS = 'K',      /* peak resident set, KiB */
     F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
+    F_FEATURES = 'f', /* TQ_FEATURE_* bits */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -56,7 +57,7 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_PING, "PING", "", false},
     {TQ_CMD_PONG, "PONG", "", false},
     {TQ_CMD_ERROR, "ERROR", "CEi", false},
-    {TQ_CMD_READY, "READY", "HpqcNM", false},
+    {TQ_CMD_READY, "READY", "HpqcNM|f", false},
     {TQ_CMD_TASK, "TASK", "ITAL", true},
     {TQ_CMD_DONE, "DONE", "IASCE|K", true},
     {TQ_CMD_DISCONNECT, "DISCONNECT", "", false},
@@ -497,6 +498,9 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
     case F_MAXSIZE:
         return s_read_u32(r, &msg->maxsize, 0, UINT32_MAX,
                           "maxsize out of range");
+    case F_FEATURES:
+        return s_read_u32(r, &msg->features, 0, UINT32_MAX,
+                          "features out of range");
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -736,6 +740,9 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_MAXSIZE:
         msgpack_pack_uint32(pk, msg->maxsize);
+        return NULL;
+    case F_FEATURES:
+        msgpack_pack_uint32(pk, msg->features);
         return NULL;
     default:
         return "internal: unknown field code";

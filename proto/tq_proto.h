@@ -68,6 +68,10 @@
 #define TQ_CMD_RETURNED 0x28   /* w->b (child) id attempt: given back
                                   unstarted after REVOKE */
 
+/* READY features: what a child does beyond TQP/1 as first written. A child
+   that does not announce one is never sent the messages it needs. */
+#define TQ_FEATURE_RETURNS 0x1 /* answers REVOKE with RETURNED */
+
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */
 typedef struct {
@@ -98,6 +102,7 @@ typedef struct {
     uint32_t delay_ms;      /* SUBMIT: countdown before the first run */
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
+    uint32_t features;      /* READY: TQ_FEATURE_* the child supports */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */

@@ -221,8 +221,9 @@ s_get(s_world_t *w, void *socket, const char *id, bool wait)
 /* READY from a raw worker child serving one queue and the task "t", with
    credit (prefetch). */
 static void
-s_ready_credit(s_world_t *w, void *socket, const char *host, uint64_t pid,
-               uint64_t ppid, const char *queue, uint32_t credit)
+s_ready_features(s_world_t *w, void *socket, const char *host, uint64_t pid,
+                 uint64_t ppid, const char *queue, uint32_t credit,
+                 uint32_t features)
 {
     tq_msg_t *msg = calloc(1, sizeof *msg);
     assert_non_null(msg);
@@ -235,8 +236,18 @@ s_ready_credit(s_world_t *w, void *socket, const char *host, uint64_t pid,
     msg->queues[0] = tq_str(queue);
     msg->task_count = 1;
     msg->tasks[0] = tq_str("t");
+    msg->features = features;
     s_send(w, socket, msg, NULL, 0);
     free(msg);
+}
+
+/* READY of a child of this version (it answers REVOKE). */
+static void
+s_ready_credit(s_world_t *w, void *socket, const char *host, uint64_t pid,
+               uint64_t ppid, const char *queue, uint32_t credit)
+{
+    s_ready_features(w, socket, host, pid, ppid, queue, credit,
+                     TQ_FEATURE_RETURNS);
 }
 
 /* READY with credit 1. */
@@ -1255,7 +1266,10 @@ test_work_stealing(void **state)
     s_ready_credit(w, w2, "hostW", 902, 900, "qs", 4);
     s_expect(w, w1, TQ_CMD_REVOKE, "ws-2", in);
     assert_int_equal(in->attempt, 1);
-    assert_false(s_recv(w, w1, 300, in)); /* one REVOKE per idle child */
+    /* one REVOKE per idle child, and not again for ws-2, even when
+       something makes the broker dispatch meanwhile */
+    s_submit_ok(w, a, "ws-other", "nobody", in);
+    assert_false(s_recv(w, w1, 300, in));
     assert_false(s_recv(w, w2, 0, in));
     assert_int_equal(s_counter(w, a, "stolen"), 0);
     /* a RETURNED for another attempt, or from a peer that does not hold
@@ -1336,6 +1350,34 @@ test_work_stealing_started(void **state)
     s_expect_result(w, a, "wt-2", TQ_STATE_SUCCESS, TQ_OK, in);
     assert_int_equal(s_counter(w, a, "stolen"), 1);
     assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    free(in);
+}
+
+/* A child that does not announce TQ_FEATURE_RETURNS (an older version,
+   which would drop a revoked task without a word) is never asked. */
+static void
+test_work_stealing_old_child(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_features(w, w1, "hostW", 921, 920, "qo", 3, 0);
+    const char *ids[] = {"wo-1", "wo-2", "wo-3"};
+    for (int i = 0; i < 3; i++)
+        s_submit_ok(w, a, ids[i], "qo", in);
+    for (int i = 0; i < 3; i++)
+        s_expect_task(w, w1, ids[i], 1, in);
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostW", 922, 920, "qo", 3);
+    assert_false(s_recv(w, w1, 500, in));
+    for (int i = 0; i < 3; i++) {
+        s_done(w, w1, ids[i], 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+        s_expect_result(w, a, ids[i], TQ_STATE_SUCCESS, TQ_OK, in);
+    }
+    assert_int_equal(s_counter(w, a, "stolen"), 0);
     free(in);
 }
 
@@ -1482,6 +1524,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_started, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing_old_child, s_setup,
                                         s_teardown),
     };
     tq_harness_init();

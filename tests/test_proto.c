@@ -47,6 +47,7 @@ s_fill(tq_msg_t *msg, uint8_t command)
     msg->backoff_ms = 250;
     msg->delay_ms = 1500;
     msg->rss_kb = 12345;
+    msg->features = TQ_FEATURE_RETURNS;
     msg->queue_count = 2;
     msg->queues[0] = tq_str("default");
     msg->queues[1] = tq_str("high");
@@ -119,6 +120,7 @@ test_round_trip_every_command(void **state)
             assert_int_equal(out.task_count, 3);
             assert_true(s_same(out.queues[1], in.queues[1]));
             assert_true(s_same(out.tasks[2], in.tasks[2]));
+            assert_int_equal(out.features, TQ_FEATURE_RETURNS);
             break;
         case TQ_CMD_TASK:
             assert_true(s_same(out.id, in.id));

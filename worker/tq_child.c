@@ -172,6 +172,7 @@ s_send_ready(s_child_t *self)
     self->out.pid = (uint64_t)getpid();
     self->out.ppid = (uint64_t)getppid();
     self->out.credit = cfg->prefetch;
+    self->out.features = TQ_FEATURE_RETURNS;
     self->out.queue_count = cfg->queue_count;
     for (uint32_t i = 0; i < cfg->queue_count; i++)
         self->out.queues[i] = tq_str(cfg->queues[i]);
