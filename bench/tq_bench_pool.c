@@ -2,7 +2,7 @@
    Python's multiprocessing.Pool(2) on the same machine. Each run measures,
    on a fresh pool per prefetch value (default 1 and TQ_POOL_PREFETCH), W1
    (N no-op apply_async, all awaited: tasks/s) and W2 (SEQ sequential apply:
-   p50/p99 us), then Python's apply_async of N no-ops; the runs interleave
+   p50/p99 us), then the same on Python's Pool(2); the runs interleave
    them so that noise falls on all alike. Prints the machine and a table of
    medians, with each tq W1 median's ratio to Python's. Exit status 1 if any
    task failed. */
@@ -141,12 +141,13 @@ s_python_version(char *version, size_t size)
     return 0;
 }
 
-/* Python's multiprocessing.Pool(2): one apply, then tasks no-op
-   apply_async, all awaited. Returns tasks/s, or -1 if it did not run. */
-static double
-s_measure_python(int tasks)
+/* Python's multiprocessing.Pool(2), like s_measure_tq: one apply, then W1
+   (tasks no-op apply_async, all awaited) and W2 (seq sequential apply).
+   Fills run `run` of sample; -1 if it did not run. */
+static int
+s_measure_python(const s_config_t *config, s_sample_t *sample, int run)
 {
-    char command[1024];
+    char command[1536];
     snprintf(command, sizeof command,
              "python3 -c '\n"
              "import multiprocessing as mp, time\n"
@@ -157,17 +158,24 @@ s_measure_python(int tasks)
              "        t = time.monotonic()\n"
              "        rs = [p.apply_async(noop) for _ in range(%d)]\n"
              "        for r in rs: r.get()\n"
-             "        print(%d / (time.monotonic() - t))\n' 2>/dev/null",
-             S_PROCESSES, tasks, tasks);
+             "        w1 = %d / (time.monotonic() - t)\n"
+             "        lat = []\n"
+             "        for _ in range(%d):\n"
+             "            t = time.monotonic()\n"
+             "            p.apply(noop)\n"
+             "            lat.append((time.monotonic() - t) * 1e6)\n"
+             "        lat.sort()\n"
+             "        print(w1, lat[len(lat) // 2], lat[len(lat) * 99 // 100])\n"
+             "' 2>/dev/null",
+             S_PROCESSES, config->tasks, config->tasks, config->seq);
     FILE *p = popen(command, "r");
     if (!p)
         return -1;
-    double rate = -1;
-    if (fscanf(p, "%lf", &rate) != 1)
-        rate = -1;
-    if (pclose(p) != 0)
-        rate = -1;
-    return rate;
+    int got = fscanf(p, "%lf %lf %lf", &sample->w1[run], &sample->p50[run],
+                     &sample->p99[run]);
+    if (pclose(p) != 0 || got != 3)
+        return -1;
+    return 0;
 }
 
 static void
@@ -291,11 +299,11 @@ s_row(const char *name, const char *w1, const char *range, const char *p50,
 
 static void
 s_print_table(const s_config_t *config, const s_sample_t *samples,
-              const double *python, bool python_ok)
+              const s_sample_t *python, bool python_ok)
 {
     s_row("configuration", "W1 tasks/s", "(min-max)", "W2 p50 us", "W2 p99 us",
           "vs py", "failed");
-    double py = python_ok ? tq_bench_median(python, config->runs) : 0;
+    double py = python_ok ? tq_bench_median(python->w1, config->runs) : 0;
     char name[64], w1[32], range[48], p50[32], p99[32], ratio[16], failed[16];
     for (int i = 0; i < config->prefetches; i++) {
         const s_sample_t *sample = &samples[i];
@@ -319,8 +327,12 @@ s_print_table(const s_config_t *config, const s_sample_t *samples,
     snprintf(name, sizeof name, "python3 mp.Pool(%d)", S_PROCESSES);
     if (python_ok) {
         snprintf(w1, sizeof w1, "%.0f", py);
-        s_range(python, config->runs, range, sizeof range);
-        s_row(name, w1, range, "-", "-", "1.00", "-");
+        s_range(python->w1, config->runs, range, sizeof range);
+        snprintf(p50, sizeof p50, "%.0f",
+                 tq_bench_median(python->p50, config->runs));
+        snprintf(p99, sizeof p99, "%.0f",
+                 tq_bench_median(python->p99, config->runs));
+        s_row(name, w1, range, p50, p99, "1.00", "-");
     } else {
         s_row(name, "-", "not measured", "-", "-", "-", "-");
     }
@@ -345,9 +357,9 @@ main(int argc, char **argv)
            "sequential tq_pool_apply\n",
            S_PROCESSES, config.tasks, config.seq);
     if (python_ok)
-        printf("python:  %s multiprocessing.Pool(%d), %d no-op apply_async, "
-               "all awaited\n",
-               version, S_PROCESSES, config.tasks);
+        printf("python:  %s multiprocessing.Pool(%d), the same W1 "
+               "(apply_async) and W2 (apply)\n",
+               version, S_PROCESSES);
     else
         printf("python:  python3 not found (or without multiprocessing): not "
                "measured\n");
@@ -360,15 +372,15 @@ main(int argc, char **argv)
     tq_registry_add(registry, "noop", s_noop, NULL);
     s_sample_t samples[S_MAX_PREFETCHES];
     memset(samples, 0, sizeof samples);
-    double python[TQ_BENCH_MAX_RUNS];
+    s_sample_t python;
+    memset(&python, 0, sizeof python);
     int rc = 0;
     for (int run = 0; run < config.runs && rc == 0; run++) {
         for (int i = 0; i < config.prefetches && rc == 0; i++)
             rc = s_measure_tq(&config, registry, config.prefetch[i],
                               &samples[i], run);
         if (rc == 0 && python_ok) {
-            python[run] = s_measure_python(config.tasks);
-            if (python[run] < 0) {
+            if (s_measure_python(&config, &python, run) != 0) {
                 fprintf(stderr, "tq-bench-pool: python3 run %d failed\n",
                         run + 1);
                 python_ok = false;
@@ -378,7 +390,7 @@ main(int argc, char **argv)
     tq_registry_destroy(&registry);
     if (rc != 0)
         return 1;
-    s_print_table(&config, samples, python, python_ok);
+    s_print_table(&config, samples, &python, python_ok);
     int failed = 0;
     for (int i = 0; i < config.prefetches; i++)
         failed += samples[i].failed;
