@@ -70,7 +70,9 @@ tq_pool_t *tq_pool_new(int processes, const tq_pool_options_t *options);
 /* Ends the pool and frees it; NULL-safe, nulls *self_p. Without a
    successful join first it acts as tq_pool_terminate (as Python's `with`
    block does): children killed, pending tasks CANCELLED. The temporary
-   directory is removed. */
+   directory is removed. A pool still alive when the program calls exit()
+   (or returns from main) is destroyed then, as Python's finalizers
+   terminate a pool; not from a forked child of the program. */
 void tq_pool_destroy(tq_pool_t **self_p);
 
 /* The pool's client (borrowed, valid until destroy): every client call
