@@ -80,6 +80,8 @@ struct task_s {
     uint32_t waiter_count;
     worker_t *worker;      /* holder while RUNNING */
     bool revoking;         /* its holder was sent REVOKE, no answer yet */
+    const worker_t *revoke_for; /* the idle child it was asked for (only
+                                   compared, never followed) */
     int64_t expires_ms;    /* final: monotonic ms when forgotten */
     task_t *prev, *next;
 };
@@ -1167,26 +1169,30 @@ s_dispatch_one(tq_broker_t *self, worker_t *worker, task_t *task)
    task is queued again (s_on_returned), so a steal never runs a task
    twice. At most one REVOKE is outstanding per idle child. Returns true
    if it asked for a task. */
+/* True if a REVOKE asked for taker may still be answered RETURNED. One
+   for a task that has become the first its holder holds does not count:
+   the holder ended the tasks before it, so it has most likely started it
+   and stays silent; the idle child must not wait for that task's end. */
+static bool
+s_asked_for(const tq_broker_t *self, const worker_t *taker)
+{
+    for (const worker_t *w = self->children; w; w = w->next) {
+        if (!w->revoking || !w->held_tasks.head)
+            continue;
+        for (const task_t *t = w->held_tasks.head->next; t; t = t->next)
+            if (t->revoking && t->revoke_for == taker)
+                return true;
+    }
+    return false;
+}
+
 static bool
 s_steal(tq_broker_t *self)
 {
-    /* asked: REVOKEs that may still come back. One for the task at the
-       head of its holder's list does not count: the holder has ended the
-       tasks before it, so it has probably started that one and keeps it
-       silently; an idle child must not wait for that task's end before
-       another holder is asked. */
-    uint32_t idle = 0, asked = 0;
-    for (worker_t *w = self->children; w; w = w->next) {
-        if (w->held + w->cancelled == 0 && w->credit > 0)
-            idle++;
-        asked += w->revoking;
-        if (w->held_tasks.head && w->held_tasks.head->revoking)
-            asked--;
-    }
     bool stole = false;
-    for (worker_t *taker = self->children; taker && asked < idle;
-         taker = taker->next) {
-        if (taker->held + taker->cancelled > 0 || taker->credit == 0)
+    for (worker_t *taker = self->children; taker; taker = taker->next) {
+        if (taker->held + taker->cancelled > 0 || taker->credit == 0 ||
+            s_asked_for(self, taker))
             continue;
         /* the unstarted task that should run next, by the order dispatch
            uses (priority, then submission), so that tasks still start in
@@ -1220,8 +1226,8 @@ s_steal(tq_broker_t *self)
             return true;
         }
         victim->revoking = true;
+        victim->revoke_for = taker;
         holder->revoking++;
-        asked++;
         stole = true;
     }
     return stole;

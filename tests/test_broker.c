@@ -232,8 +232,15 @@ s_ready_features(s_world_t *w, void *socket, const char *host, uint64_t pid,
     msg->pid = pid;
     msg->ppid = ppid;
     msg->credit = credit;
-    msg->queue_count = 1;
-    msg->queues[0] = tq_str(queue);
+    /* "q1+q2" serves both */
+    const char *plus = strchr(queue, '+');
+    char first[64];
+    snprintf(first, sizeof first, "%.*s",
+             plus ? (int)(plus - queue) : (int)strlen(queue), queue);
+    msg->queue_count = plus ? 2 : 1;
+    msg->queues[0] = tq_str(first);
+    if (plus)
+        msg->queues[1] = tq_str(plus + 1);
     msg->task_count = 1;
     msg->tasks[0] = tq_str("t");
     msg->features = features;
@@ -1381,6 +1388,46 @@ test_work_stealing_old_child(void **state)
     free(in);
 }
 
+/* One REVOKE outstanding per idle child, not one in all: two idle children
+   serving different queues are both served while the first one's answer
+   is pending. */
+static void
+test_work_stealing_two_takers(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *h = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, h, "hostW", 931, 930, "qa+qb", 4);
+    s_submit_ok(w, a, "tt-1", "qa", in);
+    s_submit_ok(w, a, "tt-2", "qa", in);
+    s_submit_ok(w, a, "tt-3", "qb", in);
+    s_submit_ok(w, a, "tt-4", "qa", in);
+    for (int i = 0; i < 4; i++)
+        s_expect(w, h, TQ_CMD_TASK, NULL, in);
+    void *t1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, t1, "hostW", 932, 930, "qa", 4);
+    s_expect(w, h, TQ_CMD_REVOKE, "tt-2", in);
+    /* t1's REVOKE is unanswered; t2 arrives and gets its own (t1 is not
+       asked for a second task, tt-4, in its place) */
+    void *t2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, t2, "hostW", 933, 930, "qb", 4);
+    s_expect(w, h, TQ_CMD_REVOKE, "tt-3", in);
+    tq_msg_t back = s_msg(TQ_CMD_RETURNED);
+    back.attempt = 1;
+    back.id = tq_str("tt-2");
+    s_send(w, h, &back, NULL, 0);
+    back.id = tq_str("tt-3");
+    s_send(w, h, &back, NULL, 0);
+    s_expect_task(w, t1, "tt-2", 2, in);
+    s_expect_task(w, t2, "tt-3", 2, in);
+    assert_false(s_recv(w, h, 300, in));
+    assert_int_equal(s_counter(w, a, "stolen"), 2);
+    free(in);
+}
+
 /* ---- 10. the STATUS body (8) ---- */
 
 static void
@@ -1526,6 +1573,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing_started, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_old_child, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing_two_takers, s_setup,
                                         s_teardown),
     };
     tq_harness_init();
