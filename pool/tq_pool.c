@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -408,8 +409,10 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
                 strerror(errno));
         goto fail;
     }
-    snprintf(self->inproc_ep, sizeof self->inproc_ep, "inproc://tq-pool-%p",
-             (void *)self);
+    /* never reused: a closed socket's inproc name may linger a moment */
+    static atomic_uint pools;
+    snprintf(self->inproc_ep, sizeof self->inproc_ep, "inproc://tq-pool-%ld-%u",
+             (long)getpid(), atomic_fetch_add(&pools, 1));
     config.client_inproc = self->inproc_ep;
     char error[512];
     self->broker = tq_broker_new(&config, error, sizeof error);

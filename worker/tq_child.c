@@ -10,7 +10,6 @@
 #include "tq_worker_host.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
