@@ -80,8 +80,7 @@ struct task_s {
     uint32_t waiter_count;
     worker_t *worker;      /* holder while RUNNING */
     bool revoking;         /* its holder was sent REVOKE, no answer yet */
-    const worker_t *revoke_for; /* the idle child it was asked for (only
-                                   compared, never followed) */
+    uint64_t revoke_for;   /* serial of the idle child it was asked for */
     int64_t expires_ms;    /* final: monotonic ms when forgotten */
     task_t *prev, *next;
 };
@@ -108,6 +107,7 @@ struct queue_s {
 /* A peer on the workers endpoint: a worker child (after READY) or a
    supervisor (after its first HEARTBEAT). */
 struct worker_s {
+    uint64_t serial;          /* unique per broker, never reused */
     bool supervisor;
     ident_t ident;
     char key[2 * 255 + 1];    /* hex of ident, the peers table key */
@@ -212,6 +212,7 @@ struct tq_broker_t {
     int64_t log_window_ms;
     int log_count;
     bool dispatch_due;
+    uint64_t worker_serial;   /* the last worker_t serial given */
     volatile bool stopping;
     counters_t counters;
     tq_frames_t frames;
@@ -739,6 +740,7 @@ static worker_t *
 s_peer_new(tq_broker_t *self, bool supervisor)
 {
     worker_t *peer = s_alloc(sizeof *peer);
+    peer->serial = ++self->worker_serial;
     peer->supervisor = supervisor;
     size_t size = zmq_msg_size(&self->frames.identity);
     if (size > 255)
@@ -1180,7 +1182,7 @@ s_asked_for(const tq_broker_t *self, const worker_t *taker)
         if (!w->revoking || !w->held_tasks.head)
             continue;
         for (const task_t *t = w->held_tasks.head->next; t; t = t->next)
-            if (t->revoking && t->revoke_for == taker)
+            if (t->revoking && t->revoke_for == taker->serial)
                 return true;
     }
     return false;
@@ -1226,7 +1228,7 @@ s_steal(tq_broker_t *self)
             return true;
         }
         victim->revoking = true;
-        victim->revoke_for = taker;
+        victim->revoke_for = taker->serial;
         holder->revoking++;
         stole = true;
     }
@@ -2496,6 +2498,20 @@ s_drain(tq_broker_t *self, void *socket, s_handler_fn *const *handlers,
                                                           : TQ_EPROTO,
                           reason ? reason : "malformed message",
                           (tq_str_t){0});
+            continue;
+        }
+        size_t payload = zmq_msg_size(&self->frames.payload);
+        if (payload > (size_t) self->config.max_message) {
+            /* only over inproc, where libzmq does not apply
+               ZMQ_MAXMSGSIZE: a child could never receive it */
+            char text[160];
+            snprintf(text, sizeof text,
+                     "%s payload of %zu bytes is over max-message (%lld)",
+                     tq_proto_command_name(self->in.command), payload,
+                     (long long) self->config.max_message);
+            self->counters.malformed++;
+            s_warn(self, "%s", text);
+            s_reply_error(self, socket, TQ_EINVAL, text, self->in.id);
             continue;
         }
         s_handler_fn *handler = handlers[self->in.command];

@@ -39,7 +39,9 @@ typedef struct {
     const char *worker_keys;     /* dir of worker public certs (CURVE) */
     int64_t max_message;         /* ZMQ_MAXMSGSIZE bytes, 0: 64 MiB */
     void *context;               /* ZeroMQ context (borrowed, outlives the
-                                    broker); NULL: the broker's own */
+                                    broker); NULL: the broker's own. Not
+                                    with CURVE: its ZAP handler binds
+                                    inproc://zeromq.zap.01 in it */
     const char *client_inproc;   /* inproc:// endpoint the clients socket
                                     also binds, for a client of the same
                                     context (no I/O thread on that path);

@@ -1479,14 +1479,25 @@ tq_client_destroy(tq_client_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_client_t *self = *self_p;
+    *self_p = NULL;
+    /* taking it off the list claims it: a second destroy (the exit
+       handler's, racing the program's) finds nothing and returns without
+       touching it */
     pthread_mutex_lock(&s_live_lock);
-    if (self->live_prev)
-        self->live_prev->live_next = self->live_next;
-    else if (s_live == self)
-        s_live = self->live_next;
-    if (self->live_next)
-        self->live_next->live_prev = self->live_prev;
+    tq_client_t *live = s_live;
+    while (live && live != self)
+        live = live->live_next;
+    if (live) {
+        if (self->live_prev)
+            self->live_prev->live_next = self->live_next;
+        else
+            s_live = self->live_next;
+        if (self->live_next)
+            self->live_next->live_prev = self->live_prev;
+    }
     pthread_mutex_unlock(&s_live_lock);
+    if (!live)
+        return;
     pthread_mutex_lock(&self->lock);
     self->closed = true;
     pthread_mutex_unlock(&self->lock);
@@ -1497,7 +1508,6 @@ tq_client_destroy(tq_client_t **self_p)
     pthread_mutex_destroy(&self->lock);
     free(self->endpoint);
     free(self);
-    *self_p = NULL;
 }
 
 void

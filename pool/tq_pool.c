@@ -458,13 +458,20 @@ tq_pool_destroy(tq_pool_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_pool_t *self = *self_p;
+    *self_p = NULL;
+    /* taking it off the list claims it: a second destroy (the exit
+       handler's, racing the program's) finds nothing and returns without
+       touching it */
     pthread_mutex_lock(&s_live_lock);
     tq_pool_t **link = &s_live_pools;
     while (*link && *link != self)
         link = &(*link)->live_next;
-    if (*link)
+    bool mine = *link != NULL;
+    if (mine)
         *link = self->live_next;
     pthread_mutex_unlock(&s_live_lock);
+    if (!mine)
+        return;
     if (self->state != S_JOINED)
         tq_pool_terminate(self);
     s_kill_server(self); /* after a join: already reaped */
@@ -481,7 +488,6 @@ tq_pool_destroy(tq_pool_t **self_p)
     pthread_cond_destroy(&self->cond);
     pthread_mutex_destroy(&self->lock);
     free(self);
-    *self_p = NULL;
 }
 
 const char *

@@ -276,6 +276,37 @@ test_exit_without_destroy(void **state)
     assert_true(s_all_gone(pids, n, 1000));
 }
 
+/* An argument over the broker's max-message is refused with a clear error
+   (the pool's client reaches its broker over inproc, where libzmq does
+   not apply the limit: accepted, it would wedge the child it went to),
+   and the pool goes on serving. */
+static void
+test_oversized_argument(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(2, 0);
+    size_t size = (64u << 20) + 1;
+    char *big = calloc(1, size);
+    assert_non_null(big);
+    int64_t t0 = s_now_ms();
+    tq_result_t *r = tq_pool_apply(pool, "square", NULL, 10000, "p", big, size);
+    free(big);
+    assert_int_equal(tq_result_code(r), TQ_EINVAL);
+    printf("# oversized argument: %s in %lld ms\n", tq_result_error(r),
+           (long long)(s_now_ms() - t0));
+    assert_non_null(strstr(tq_result_error(r), "max-message"));
+    tq_result_destroy(&r);
+    for (int i = 0; i < 10; i++) {
+        r = tq_pool_apply(pool, "square", NULL, 10000, "i", (int64_t)i);
+        assert_int_equal(tq_result_code(r), TQ_OK);
+        assert_int_equal(tq_result_value(r)->via.i64, i * i);
+        tq_result_destroy(&r);
+    }
+    tq_pool_close(pool);
+    assert_int_equal(tq_pool_join(pool, 10000), TQ_OK);
+    tq_pool_destroy(&pool);
+}
+
 static void
 test_map_family(void **state)
 {
@@ -357,6 +388,7 @@ main(void)
         cmocka_unit_test(test_maxtasksperchild),
         cmocka_unit_test(test_map_family),
         cmocka_unit_test(test_exit_without_destroy),
+        cmocka_unit_test(test_oversized_argument),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tq_registry_destroy(&s_reg);

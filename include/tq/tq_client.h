@@ -77,7 +77,8 @@ tq_client_t *tq_client_new(const char *endpoint);
 /* Stops the I/O thread and frees the client; NULL-safe, nulls *self_p.
    Results still held by the caller stay valid; pending ones end with
    TQ_ECLOSED. A client still alive at exit() is destroyed then (not from
-   a forked child, nor from a callback: do not call exit() in one). */
+   a forked child, nor from a callback: do not call exit() in one). Call
+   exit() only when no other thread is inside a call on the client. */
 void tq_client_destroy(tq_client_t **self_p);
 
 /* Sets how long the broker may stay silent before pending submissions fail

@@ -72,7 +72,8 @@ tq_pool_t *tq_pool_new(int processes, const tq_pool_options_t *options);
    block does): children killed, pending tasks CANCELLED. The temporary
    directory is removed. A pool still alive when the program calls exit()
    (or returns from main) is destroyed then, as Python's finalizers
-   terminate a pool; not from a forked child of the program. */
+   terminate a pool; not from a forked child of the program. Call exit()
+   only when no other thread is inside a call on the pool. */
 void tq_pool_destroy(tq_pool_t **self_p);
 
 /* The pool's client (borrowed, valid until destroy): every client call
