@@ -307,6 +307,45 @@ test_oversized_argument(void **state)
     tq_pool_destroy(&pool);
 }
 
+/* At the default prefetch (several tasks per child) a long task hides no
+   short one: the short tasks dispatched behind it on its child are given
+   back to the other child (work stealing), so they all finish long before
+   the long task does. */
+static void
+test_default_prefetch_hides_no_work(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(2, 0);
+    /* both children connected */
+    for (int i = 0; i < 4; i++) {
+        tq_result_t *w = tq_pool_apply(pool, "square", NULL, 10000, "i",
+                                       (int64_t)i);
+        assert_int_equal(tq_result_code(w), TQ_OK);
+        tq_result_destroy(&w);
+    }
+    enum { SHORT = 6 };
+    int64_t t0 = s_now_ms();
+    tq_result_t *slow = tq_pool_apply_async(pool, "tq.sleep", NULL, "d", 2.0);
+    tq_result_t *quick[SHORT];
+    for (int i = 0; i < SHORT; i++)
+        quick[i] = tq_pool_apply_async(pool, "tq.sleep", NULL, "d", 0.05);
+    for (int i = 0; i < SHORT; i++) {
+        assert_int_equal(tq_result_get(quick[i], 10000), TQ_OK);
+        tq_result_destroy(&quick[i]);
+    }
+    int64_t shorts = s_now_ms() - t0;
+    assert_int_equal(tq_result_get(slow, 10000), TQ_OK);
+    tq_result_destroy(&slow);
+    printf("# prefetch %d: %d tasks of 50 ms beside one of 2 s done in "
+           "%lld ms\n",
+           TQ_POOL_PREFETCH, SHORT, (long long)shorts);
+    /* 6 x 50 ms on one child is 300 ms; behind the long task, 2 s */
+    assert_true(shorts < 1500);
+    tq_pool_close(pool);
+    assert_int_equal(tq_pool_join(pool, 10000), TQ_OK);
+    tq_pool_destroy(&pool);
+}
+
 static void
 test_map_family(void **state)
 {
@@ -389,6 +428,7 @@ main(void)
         cmocka_unit_test(test_map_family),
         cmocka_unit_test(test_exit_without_destroy),
         cmocka_unit_test(test_oversized_argument),
+        cmocka_unit_test(test_default_prefetch_hides_no_work),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tq_registry_destroy(&s_reg);
