@@ -297,6 +297,25 @@ s_row(const char *name, const char *w1, const char *range, const char *p50,
            ratio, failed);
 }
 
+/* One configuration's row, from the medians of its runs. py: Python's W1
+   median for the ratio, 0 for none; failed: NULL prints "-". */
+static void
+s_sample_row(const char *name, const s_sample_t *sample, int runs, double py,
+             const int *failed)
+{
+    char w1[32], range[48], p50[32], p99[32], ratio[16] = "-", fails[16] = "-";
+    double median = tq_bench_median(sample->w1, runs);
+    snprintf(w1, sizeof w1, "%.0f", median);
+    s_range(sample->w1, runs, range, sizeof range);
+    snprintf(p50, sizeof p50, "%.0f", tq_bench_median(sample->p50, runs));
+    snprintf(p99, sizeof p99, "%.0f", tq_bench_median(sample->p99, runs));
+    if (py > 0)
+        snprintf(ratio, sizeof ratio, "%.2f", median / py);
+    if (failed)
+        snprintf(fails, sizeof fails, "%d", *failed);
+    s_row(name, w1, range, p50, p99, ratio, fails);
+}
+
 static void
 s_print_table(const s_config_t *config, const s_sample_t *samples,
               const s_sample_t *python, bool python_ok)
@@ -304,38 +323,18 @@ s_print_table(const s_config_t *config, const s_sample_t *samples,
     s_row("configuration", "W1 tasks/s", "(min-max)", "W2 p50 us", "W2 p99 us",
           "vs py", "failed");
     double py = python_ok ? tq_bench_median(python->w1, config->runs) : 0;
-    char name[64], w1[32], range[48], p50[32], p99[32], ratio[16], failed[16];
+    char name[64];
     for (int i = 0; i < config->prefetches; i++) {
-        const s_sample_t *sample = &samples[i];
-        double median = tq_bench_median(sample->w1, config->runs);
         snprintf(name, sizeof name, "tq_pool(%d) prefetch %d%s", S_PROCESSES,
                  config->prefetch[i],
                  config->prefetch[i] == TQ_POOL_PREFETCH ? " (default)" : "");
-        snprintf(w1, sizeof w1, "%.0f", median);
-        s_range(sample->w1, config->runs, range, sizeof range);
-        snprintf(p50, sizeof p50, "%.0f",
-                 tq_bench_median(sample->p50, config->runs));
-        snprintf(p99, sizeof p99, "%.0f",
-                 tq_bench_median(sample->p99, config->runs));
-        if (python_ok)
-            snprintf(ratio, sizeof ratio, "%.2f", median / py);
-        else
-            snprintf(ratio, sizeof ratio, "-");
-        snprintf(failed, sizeof failed, "%d", sample->failed);
-        s_row(name, w1, range, p50, p99, ratio, failed);
+        s_sample_row(name, &samples[i], config->runs, py, &samples[i].failed);
     }
     snprintf(name, sizeof name, "python3 mp.Pool(%d)", S_PROCESSES);
-    if (python_ok) {
-        snprintf(w1, sizeof w1, "%.0f", py);
-        s_range(python->w1, config->runs, range, sizeof range);
-        snprintf(p50, sizeof p50, "%.0f",
-                 tq_bench_median(python->p50, config->runs));
-        snprintf(p99, sizeof p99, "%.0f",
-                 tq_bench_median(python->p99, config->runs));
-        s_row(name, w1, range, p50, p99, "1.00", "-");
-    } else {
+    if (python_ok)
+        s_sample_row(name, python, config->runs, py, NULL);
+    else
         s_row(name, "-", "not measured", "-", "-", "-", "-");
-    }
     printf("\nmedians of %d runs, (min-max) over the runs; vs py: tq W1 "
            "median / python W1 median\n",
            config->runs);
