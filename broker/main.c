@@ -1,8 +1,8 @@
 /* main.c - tq-broker: parses options, binds, prints the endpoints, runs the
    loop until SIGTERM or SIGINT. */
 #include <getopt.h>
-#include <stdint.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +17,7 @@ static tq_broker_t *s_broker;
 static void
 s_on_signal(int sig)
 {
-    (void) sig;
+    (void)sig;
     if (s_broker)
         tq_broker_stop(s_broker);
 }
@@ -27,7 +27,7 @@ s_on_signal(int sig)
 static void
 s_on_hangup(int sig)
 {
-    (void) sig;
+    (void)sig;
     tq_auth_reload();
 }
 
@@ -122,19 +122,20 @@ main(int argc, char **argv)
             break;
         case 't':
             if ((value = s_number(optarg, 10L * 365 * 86400)) < 0) {
-                fprintf(stderr, "tq-broker: --result-ttl: not a number of "
-                                "seconds: %s\n", optarg);
-                return 2;
-            }
-            config.result_ttl_s = (int) value;
-            break;
-        case 'l':
-            if ((value = s_number(optarg, 1000)) < 1) {
-                fprintf(stderr, "tq-broker: --max-lost: 1..1000: %s\n",
+                fprintf(stderr,
+                        "tq-broker: --result-ttl: not a number of "
+                        "seconds: %s\n",
                         optarg);
                 return 2;
             }
-            config.max_lost = (int) value;
+            config.result_ttl_s = (int)value;
+            break;
+        case 'l':
+            if ((value = s_number(optarg, 1000)) < 1) {
+                fprintf(stderr, "tq-broker: --max-lost: 1..1000: %s\n", optarg);
+                return 2;
+            }
+            config.max_lost = (int)value;
             break;
         case 'd':
             config.data_dir = optarg;
@@ -148,34 +149,39 @@ main(int argc, char **argv)
             else if (strcmp(optarg, "os") == 0)
                 config.sync = TQ_SYNC_OS;
             else {
-                fprintf(stderr, "tq-broker: --sync: batch or os: %s\n",
-                        optarg);
+                fprintf(stderr, "tq-broker: --sync: batch or os: %s\n", optarg);
                 return 2;
             }
             break;
         case 'D':
             if ((value = s_number(optarg, 1L << 30)) < 1) {
-                fprintf(stderr, "tq-broker: --max-disk: a number of MB "
-                                "(1 or more): %s\n", optarg);
+                fprintf(stderr,
+                        "tq-broker: --max-disk: a number of MB "
+                        "(1 or more): %s\n",
+                        optarg);
                 return 2;
             }
-            config.max_disk = (uint64_t) value << 20;
+            config.max_disk = (uint64_t)value << 20;
             break;
         case 'q':
             if ((value = s_number(optarg, UINT32_MAX)) < 1) {
-                fprintf(stderr, "tq-broker: --max-queue: a number of tasks "
-                                "(1 or more): %s\n", optarg);
+                fprintf(stderr,
+                        "tq-broker: --max-queue: a number of tasks "
+                        "(1 or more): %s\n",
+                        optarg);
                 return 2;
             }
-            config.max_queue = (uint32_t) value;
+            config.max_queue = (uint32_t)value;
             break;
         case 'm':
             if ((value = s_number(optarg, 1L << 30)) < 1) {
-                fprintf(stderr, "tq-broker: --max-memory: a number of MB "
-                                "(1 or more): %s\n", optarg);
+                fprintf(stderr,
+                        "tq-broker: --max-memory: a number of MB "
+                        "(1 or more): %s\n",
+                        optarg);
                 return 2;
             }
-            config.max_memory = (uint64_t) value << 20;
+            config.max_memory = (uint64_t)value << 20;
             break;
         case 'S':
             config.curve_secret = optarg;
@@ -189,19 +195,23 @@ main(int argc, char **argv)
         case 'M':
             /* below a few KiB not even a STATUS body or a READY fits */
             if ((value = s_number(optarg, INT64_MAX)) < 4096) {
-                fprintf(stderr, "tq-broker: --max-message: bytes, 4096 or "
-                                "more: %s\n", optarg);
+                fprintf(stderr,
+                        "tq-broker: --max-message: bytes, 4096 or "
+                        "more: %s\n",
+                        optarg);
                 return 2;
             }
-            config.max_message = (int64_t) value;
+            config.max_message = (int64_t)value;
             break;
         case 'T':
             if ((value = s_number(optarg, UINT32_MAX)) < 1) {
-                fprintf(stderr, "tq-broker: --max-client-tasks: a number of "
-                                "tasks (1 or more): %s\n", optarg);
+                fprintf(stderr,
+                        "tq-broker: --max-client-tasks: a number of "
+                        "tasks (1 or more): %s\n",
+                        optarg);
                 return 2;
             }
-            config.max_client_tasks = (uint32_t) value;
+            config.max_client_tasks = (uint32_t)value;
             break;
         case 'v':
             config.verbose = true;
@@ -230,8 +240,7 @@ main(int argc, char **argv)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    struct sigaction hup = {.sa_handler = s_on_hangup,
-                            .sa_flags = SA_RESTART};
+    struct sigaction hup = {.sa_handler = s_on_hangup, .sa_flags = SA_RESTART};
     sigemptyset(&hup.sa_mask);
     sigaction(SIGHUP, &hup, NULL);
     signal(SIGPIPE, SIG_IGN);

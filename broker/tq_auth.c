@@ -22,8 +22,8 @@
 #include "tq_curve.h"
 
 #define S_ZAP_ENDPOINT "inproc://zeromq.zap.01"
-#define S_ZAP_FRAMES 7       /* a request: version ... credentials */
-#define S_LOG_BURST 20       /* log lines per second about refusals */
+#define S_ZAP_FRAMES 7 /* a request: version ... credentials */
+#define S_LOG_BURST 20 /* log lines per second about refusals */
 
 /* One allow-list: the certificates of a directory, in a memory zcertstore
    swapped whole on reload. */
@@ -32,14 +32,14 @@ typedef struct {
     char *dir;
     zcertstore_t *store;
     size_t count;
-    struct timespec mtime;   /* the directory's, at the last load */
+    struct timespec mtime; /* the directory's, at the last load */
     int64_t loaded_ms;
-    unsigned generation;     /* s_generation at the last load */
+    unsigned generation; /* s_generation at the last load */
 } s_list_t;
 
 struct tq_auth_t {
-    void *zap;               /* REP on inproc://zeromq.zap.01 */
-    int stop_fd;             /* eventfd: tq_auth_destroy wakes the thread */
+    void *zap; /* REP on inproc://zeromq.zap.01 */
+    int stop_fd; /* eventfd: tq_auth_destroy wakes the thread */
     pthread_t thread;
     bool started;
     s_list_t clients, workers;
@@ -98,8 +98,9 @@ s_list_load(s_list_t *list)
     DIR *dir = opendir(list->dir);
     if (!dir || fstat(dirfd(dir), &st) != 0) {
         /* an unreadable list is an empty list: fail closed */
-        fprintf(stderr, "tq-broker: auth: cannot read %s keys in %s: %s; "
-                        "refusing every key there\n",
+        fprintf(stderr,
+                "tq-broker: auth: cannot read %s keys in %s: %s; "
+                "refusing every key there\n",
                 list->domain, list->dir, strerror(errno));
     } else {
         list->mtime = st.st_mtim;
@@ -151,8 +152,8 @@ s_list_refresh(s_list_t *list)
 {
     struct stat st;
     bool changed = stat(list->dir, &st) != 0 ||
-                   st.st_mtim.tv_sec != list->mtime.tv_sec ||
-                   st.st_mtim.tv_nsec != list->mtime.tv_nsec;
+        st.st_mtim.tv_sec != list->mtime.tv_sec ||
+        st.st_mtim.tv_nsec != list->mtime.tv_nsec;
     if (changed || list->generation != atomic_load(&s_generation) ||
         s_now_ms() - list->loaded_ms >= TQ_AUTH_RESCAN_MS)
         s_list_load(list);
@@ -163,7 +164,7 @@ s_frame_is(zmq_msg_t *frame, const char *text)
 {
     size_t len = strlen(text);
     return zmq_msg_size(frame) == len &&
-           memcmp(zmq_msg_data(frame), text, len) == 0;
+        memcmp(zmq_msg_data(frame), text, len) == 0;
 }
 
 static void
@@ -199,8 +200,7 @@ s_on_request(tq_auth_t *self)
     const char *user = "";
     s_list_t *list = NULL;
     if (count == S_ZAP_FRAMES && s_frame_is(&frames[0], "1.0") &&
-        s_frame_is(&frames[5], "CURVE") &&
-        zmq_msg_size(&frames[6]) == 32) {
+        s_frame_is(&frames[5], "CURVE") && zmq_msg_size(&frames[6]) == 32) {
         zmq_z85_encode(key, zmq_msg_data(&frames[6]), 32);
         if (s_frame_is(&frames[2], TQ_CURVE_DOMAIN_CLIENTS))
             list = &self->clients;
@@ -221,8 +221,8 @@ s_on_request(tq_auth_t *self)
             atomic_fetch_add(list == &self->clients ? &s_denied_clients
                                                     : &s_denied_workers,
                              1);
-            s_log(self, "refused key %s on %s: not in %s", key,
-                  list->domain, list->dir);
+            s_log(self, "refused key %s on %s: not in %s", key, list->domain,
+                  list->dir);
         }
     } else {
         atomic_fetch_add(&s_denied_other, 1);
@@ -266,8 +266,8 @@ s_run(void *arg)
 }
 
 static int
-s_list_init(s_list_t *list, const char *domain, const char *dir,
-            char *error, size_t errlen)
+s_list_init(s_list_t *list, const char *domain, const char *dir, char *error,
+            size_t errlen)
 {
     list->domain = domain;
     struct stat st;
@@ -291,10 +291,10 @@ tq_auth_new(void *ctx, const char *client_keys, const char *worker_keys,
     if (!self)
         abort();
     self->stop_fd = -1;
-    if (s_list_init(&self->clients, TQ_CURVE_DOMAIN_CLIENTS, client_keys,
-                    error, errlen) ||
-        s_list_init(&self->workers, TQ_CURVE_DOMAIN_WORKERS, worker_keys,
-                    error, errlen)) {
+    if (s_list_init(&self->clients, TQ_CURVE_DOMAIN_CLIENTS, client_keys, error,
+                    errlen) ||
+        s_list_init(&self->workers, TQ_CURVE_DOMAIN_WORKERS, worker_keys, error,
+                    errlen)) {
         tq_auth_destroy(&self);
         return NULL;
     }

@@ -16,11 +16,11 @@ typedef struct tq_auth_t tq_auth_t;
 
 /* Counters, process-wide (every handler of this process adds to them). */
 typedef struct {
-    uint64_t allowed;        /* handshakes let in */
+    uint64_t allowed; /* handshakes let in */
     uint64_t denied_clients; /* keys refused on the clients endpoint */
     uint64_t denied_workers; /* keys refused on the workers endpoint */
-    uint64_t denied_other;   /* unknown domain or mechanism */
-    uint64_t reloads;        /* allow-list (re)loads */
+    uint64_t denied_other; /* unknown domain or mechanism */
+    uint64_t reloads; /* allow-list (re)loads */
 } tq_auth_stats_t;
 
 /* Starts a ZAP handler thread on ctx (a raw libzmq context; the handler

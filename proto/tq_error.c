@@ -27,6 +27,7 @@ static const char *const s_states[TQ_STATE_COUNT_] = {
     [TQ_STATE_PENDING] = "PENDING",     [TQ_STATE_RUNNING] = "RUNNING",
     [TQ_STATE_SUCCESS] = "SUCCESS",     [TQ_STATE_FAILURE] = "FAILURE",
     [TQ_STATE_CANCELLED] = "CANCELLED", [TQ_STATE_RETRY] = "RETRY",
+    [TQ_STATE_SCHEDULED] = "SCHEDULED",
 };
 
 const char *
@@ -35,6 +36,36 @@ tq_strerror(int err)
     if (err < 0 || err >= TQ_ERROR_COUNT_)
         return "unknown error";
     return s_errors[err];
+}
+
+static const char *const s_names[TQ_ERROR_COUNT_] = {
+    [TQ_OK] = "TQ_OK",
+    [TQ_EINVAL] = "TQ_EINVAL",
+    [TQ_ENOMEM] = "TQ_ENOMEM",
+    [TQ_EPROTO] = "TQ_EPROTO",
+    [TQ_EVERSION] = "TQ_EVERSION",
+    [TQ_ETIMEDOUT] = "TQ_ETIMEDOUT",
+    [TQ_ETASK] = "TQ_ETASK",
+    [TQ_EUNKNOWN] = "TQ_EUNKNOWN",
+    [TQ_EUNREACHABLE] = "TQ_EUNREACHABLE",
+    [TQ_ECANCELLED] = "TQ_ECANCELLED",
+    [TQ_EFULL] = "TQ_EFULL",
+    [TQ_EEMPTY] = "TQ_EEMPTY",
+    [TQ_ELOST] = "TQ_ELOST",
+    [TQ_ETIMELIMIT] = "TQ_ETIMELIMIT",
+    [TQ_ENOTASK] = "TQ_ENOTASK",
+    [TQ_ECLOSED] = "TQ_ECLOSED",
+    [TQ_ESTATE] = "TQ_ESTATE",
+    [TQ_ESYS] = "TQ_ESYS",
+    [TQ_EBUSY] = "TQ_EBUSY",
+};
+
+const char *
+tq_error_name(int err)
+{
+    if (err < 0 || err >= TQ_ERROR_COUNT_ || !s_names[err])
+        return "?";
+    return s_names[err];
 }
 
 const char *

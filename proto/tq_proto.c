@@ -35,49 +35,53 @@ enum {
     F_RSS = 'K',      /* peak resident set, KiB */
     F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
     F_FEATURES = 'f', /* TQ_FEATURE_* bits */
+    F_SESSION = 's',  /* a host's session number */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
-typedef struct {
-    uint8_t command;
-    const char *name;
-    const char *fields; /* field codes, in wire order */
-    bool payload;       /* a payload frame follows the header */
-} s_layout_t;
+#define C_ TQ_FROM_CLIENT
+#define B_ TQ_FROM_BROKER
+#define W_ TQ_FROM_CHILD
+#define S_ TQ_FROM_SUPERVISOR
+#define EC TQ_ENDPOINT_CLIENTS
+#define EW TQ_ENDPOINT_WORKERS
 
-static const s_layout_t s_layouts[] = {
-    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL|rbd", true},
-    {TQ_CMD_SUBMITTED, "SUBMITTED", "I", false},
-    {TQ_CMD_GET, "GET", "IW", false},
-    {TQ_CMD_RESULT, "RESULT", "ISCE|a", true},
-    {TQ_CMD_STATE, "STATE", "IS", false},
-    {TQ_CMD_UNKNOWN, "UNKNOWN", "I", false},
-    {TQ_CMD_STATUS, "STATUS", "", false},
-    {TQ_CMD_STATUS_REPLY, "STATUS_REPLY", "", true},
-    {TQ_CMD_PING, "PING", "", false},
-    {TQ_CMD_PONG, "PONG", "", false},
-    {TQ_CMD_ERROR, "ERROR", "CEi", false},
-    {TQ_CMD_READY, "READY", "HpqcNM|f", false},
-    {TQ_CMD_TASK, "TASK", "ITAL", true},
-    {TQ_CMD_DONE, "DONE", "IASCE|K", true},
-    {TQ_CMD_DISCONNECT, "DISCONNECT", "", false},
-    {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp", false},
-    {TQ_CMD_LOST, "LOST", "pCE", false},
-    {TQ_CMD_CANCEL, "CANCEL", "I", false},
-    {TQ_CMD_RETRY, "RETRY", "I", false},
-    {TQ_CMD_PURGE, "PURGE", "Q|i", false},
-    {TQ_CMD_FAILED, "FAILED", "|i", false},
-    {TQ_CMD_REPLY, "REPLY", "|i", true},
-    {TQ_CMD_QPUT, "QPUT", "IQn", true},
-    {TQ_CMD_QGET, "QGET", "IQL", false},
-    {TQ_CMD_QITEM, "QITEM", "I", true},
-    {TQ_CMD_QSIZE, "QSIZE", "IQ", false},
-    {TQ_CMD_KILL, "KILL", "pI", false},
-    {TQ_CMD_REVOKE, "REVOKE", "IA", false},
-    {TQ_CMD_RETURNED, "RETURNED", "IA", false},
+/* The protocol model (PROTOCOL.md section 4, which test_proto checks
+   against this table). */
+static const tq_proto_command_t s_layouts[] = {
+    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL|rbd", true, C_, EC},
+    {TQ_CMD_SUBMITTED, "SUBMITTED", "I", false, B_, EC},
+    {TQ_CMD_GET, "GET", "IW", false, C_, EC},
+    {TQ_CMD_RESULT, "RESULT", "ISCE|a", true, B_, EC},
+    {TQ_CMD_STATE, "STATE", "IS", false, B_, EC},
+    {TQ_CMD_UNKNOWN, "UNKNOWN", "I", false, B_, EC},
+    {TQ_CMD_STATUS, "STATUS", "", false, C_, EC},
+    {TQ_CMD_STATUS_REPLY, "STATUS_REPLY", "", true, B_, EC},
+    {TQ_CMD_PING, "PING", "", false, TQ_FROM_ANY, EC | EW},
+    {TQ_CMD_PONG, "PONG", "", false, TQ_FROM_ANY, EC | EW},
+    {TQ_CMD_ERROR, "ERROR", "CEi", false, B_, EC | EW},
+    {TQ_CMD_CANCEL, "CANCEL", "I", false, C_, EC},
+    {TQ_CMD_RETRY, "RETRY", "I", false, C_, EC},
+    {TQ_CMD_PURGE, "PURGE", "Q|i", false, C_, EC},
+    {TQ_CMD_FAILED, "FAILED", "|i", false, C_, EC},
+    {TQ_CMD_REPLY, "REPLY", "|i", true, B_, EC},
+    {TQ_CMD_QPUT, "QPUT", "IQn", true, C_, EC},
+    {TQ_CMD_QGET, "QGET", "IQL", false, C_, EC},
+    {TQ_CMD_QITEM, "QITEM", "I", true, B_, EC},
+    {TQ_CMD_QSIZE, "QSIZE", "IQ", false, C_, EC},
+    {TQ_CMD_READY, "READY", "HpqcNM|f", false, W_, EW},
+    {TQ_CMD_TASK, "TASK", "ITAL", true, B_, EW},
+    {TQ_CMD_DONE, "DONE", "IASCE|K", true, W_, EW},
+    {TQ_CMD_DISCONNECT, "DISCONNECT", "", false, W_ | S_, EW},
+    {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp|s", false, S_ | B_, EW},
+    {TQ_CMD_LOST, "LOST", "pCE", false, S_, EW},
+    {TQ_CMD_KILL, "KILL", "pI", false, B_, EW},
+    {TQ_CMD_REVOKE, "REVOKE", "IA", false, B_, EW},
+    {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
+typedef tq_proto_command_t s_layout_t;
 
 static const s_layout_t *
 s_layout(uint8_t command)
@@ -86,6 +90,78 @@ s_layout(uint8_t command)
         if (s_layouts[i].command == command)
             return &s_layouts[i];
     return NULL;
+}
+
+const tq_proto_command_t *
+tq_proto_command(uint8_t command)
+{
+    return s_layout(command);
+}
+
+const tq_proto_command_t *
+tq_proto_commands(size_t *count)
+{
+    *count = S_LAYOUT_COUNT;
+    return s_layouts;
+}
+
+const char *
+tq_proto_field_name(char code)
+{
+    switch (code) {
+    case F_ID:
+        return "id";
+    case F_OPT_ID:
+        return "id?";
+    case F_TASK:
+        return "task";
+    case F_QUEUE:
+        return "queue";
+    case F_HOST:
+        return "host";
+    case F_ERROR:
+        return "error";
+    case F_PRIORITY:
+        return "priority";
+    case F_LIMIT:
+        return "time_limit_ms";
+    case F_ATTEMPT:
+        return "attempt";
+    case F_STATE:
+        return "state";
+    case F_CODE:
+        return "code";
+    case F_CREDIT:
+        return "credit";
+    case F_PID:
+        return "pid";
+    case F_PPID:
+        return "ppid";
+    case F_WAIT:
+        return "wait";
+    case F_QUEUES:
+        return "queues";
+    case F_TASKS:
+        return "tasks";
+    case F_RETRIES:
+        return "retries";
+    case F_BACKOFF:
+        return "backoff_ms";
+    case F_DELAY:
+        return "delay_ms";
+    case F_ATTEMPTS:
+        return "attempts";
+    case F_RSS:
+        return "rss_kb";
+    case F_MAXSIZE:
+        return "maxsize";
+    case F_FEATURES:
+        return "features";
+    case F_SESSION:
+        return "session";
+    default:
+        return NULL;
+    }
 }
 
 bool
@@ -457,7 +533,8 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
         return s_read_u32(r, &msg->attempt, 1, UINT32_MAX,
                           "attempt must be 1 or more");
     case F_STATE:
-        return s_read_u32(r, &msg->state, 0, TQ_STATE_COUNT_ - 1,
+        /* up to 15: a state a newer revision added reads as not final */
+        return s_read_u32(r, &msg->state, 0, TQ_PROTO_MAX_STATE,
                           "unknown state");
     case F_CODE:
         return s_read_u32(r, &msg->code, 0, TQ_ERROR_COUNT_ - 1,
@@ -501,6 +578,8 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
     case F_FEATURES:
         return s_read_u32(r, &msg->features, 0, UINT32_MAX,
                           "features out of range");
+    case F_SESSION:
+        return s_read_uint(r, &msg->session);
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -685,7 +764,7 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         msgpack_pack_uint32(pk, msg->attempt);
         return NULL;
     case F_STATE:
-        if (msg->state >= TQ_STATE_COUNT_)
+        if (msg->state > TQ_PROTO_MAX_STATE)
             return "unknown state";
         msgpack_pack_uint32(pk, msg->state);
         return NULL;
@@ -743,6 +822,9 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_FEATURES:
         msgpack_pack_uint32(pk, msg->features);
+        return NULL;
+    case F_SESSION:
+        msgpack_pack_uint64(pk, msg->session);
         return NULL;
     default:
         return "internal: unknown field code";

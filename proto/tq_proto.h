@@ -24,6 +24,7 @@
 #define TQ_PROTO_MAX_HEADER 131072  /* header frame bytes */
 #define TQ_PROTO_MAX_DEPTH 32       /* nesting of a payload object */
 #define TQ_PROTO_MAX_RETRIES 1000   /* SUBMIT retries */
+#define TQ_PROTO_MAX_STATE 15       /* states a receiver accepts */
 
 /* Commands. Client <-> broker on the client endpoint: */
 #define TQ_CMD_SUBMIT 0x01     /* c->b id task queue priority time_limit_ms + args */
@@ -58,7 +59,7 @@
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
 #define TQ_CMD_DONE 0x22       /* w->b id attempt state code error + value */
 #define TQ_CMD_DISCONNECT 0x23 /* w->b, b->w */
-#define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid (the sender's) */
+#define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid | session */
 #define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error: a child
                                   died; its tasks are queued again */
 #define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
@@ -67,6 +68,38 @@
                                   back if it has not started */
 #define TQ_CMD_RETURNED 0x28   /* w->b (child) id attempt: given back
                                   unstarted after REVOKE */
+
+/* Who sends a command (tq_proto_command_t.from). */
+#define TQ_FROM_CLIENT 0x01     /* a client (library, CLI) */
+#define TQ_FROM_BROKER 0x02
+#define TQ_FROM_CHILD 0x04      /* a worker child */
+#define TQ_FROM_SUPERVISOR 0x08 /* a worker host's supervisor */
+#define TQ_FROM_ANY 0x0F
+/* Where a command travels (tq_proto_command_t.endpoint). */
+#define TQ_ENDPOINT_CLIENTS 0x1
+#define TQ_ENDPOINT_WORKERS 0x2
+
+/* The protocol model: one entry per command, the table that the codec,
+   the broker's admission of commands and the PROTOCOL.md test all read. */
+typedef struct {
+    uint8_t command;    /* TQ_CMD_* */
+    const char *name;   /* "SUBMIT" */
+    const char *fields; /* field codes in wire order; after '|' optional
+                           (tq_proto_field_name gives each one's name) */
+    bool payload;       /* a payload frame follows the header */
+    uint8_t from;       /* TQ_FROM_*: who may send it */
+    uint8_t endpoint;   /* TQ_ENDPOINT_*: where it travels */
+} tq_proto_command_t;
+
+/* The model of a command; NULL when unknown. */
+const tq_proto_command_t *tq_proto_command(uint8_t command);
+
+/* Every command of the model, *count of them. */
+const tq_proto_command_t *tq_proto_commands(size_t *count);
+
+/* The name PROTOCOL.md gives a field code ("id", "task", ...), NULL for
+   an unknown code. */
+const char *tq_proto_field_name(char code);
 
 /* READY features: what a child does beyond TQP/1 as first written. A child
    that does not announce one is never sent the messages it needs. */
@@ -103,6 +136,8 @@ typedef struct {
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
     uint32_t features;      /* READY: TQ_FEATURE_* the child supports */
+    uint64_t session;       /* HEARTBEAT: the broker's number for the
+                               host's session (section 10) */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */

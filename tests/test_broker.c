@@ -934,8 +934,20 @@ test_leases(void **state)
     s_ready(w, w2, "hostH", 802, 800, "ql");
     s_lost(w, sup, 801, TQ_ELOST, why);
     s_expect_task(w, w2, "ls-1", 2, in);
-    /* the old holder's late DONE is a duplicate */
+    /* the old holder's late DONE: a peer the broker forgot at the LOST,
+       refused with TQ_ESTATE and counted; the task goes on under its new
+       lease */
+    uint64_t errors = s_counter(w, b, "errors");
     s_done(w, w1, "ls-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_error(w, w1, TQ_ESTATE, "ls-1", in);
+    assert_int_equal(s_counter(w, b, "errors"), errors + 1);
+    s_get(w, b, "ls-1", false);
+    s_expect(w, b, TQ_CMD_STATE, "ls-1", in);
+    assert_int_equal(in->state, TQ_STATE_RUNNING);
+    /* and from a child that does not hold it: a duplicate */
+    void *other = s_dealer(w, w->broker.workers);
+    s_ready(w, other, "hostH", 809, 800, "qother");
+    s_done(w, other, "ls-1", 2, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
     s_wait_counter(w, b, "duplicates", duplicates + 2);
 
     void *w3 = s_dealer(w, w->broker.workers);

@@ -33,7 +33,11 @@ typedef enum {
 /* Returns a static English description of err; never NULL. */
 const char *tq_strerror(int err);
 
-/* Task life cycle: PENDING -> RUNNING -> SUCCESS | FAILURE | CANCELLED. */
+/* Returns the code's name ("TQ_EFULL"), "?" if out of range. */
+const char *tq_error_name(int err);
+
+/* Task life cycle: (SCHEDULED ->) PENDING -> RUNNING -> SUCCESS | FAILURE |
+   CANCELLED, with RETRY back to PENDING. */
 typedef enum {
     TQ_STATE_PENDING = 0,
     TQ_STATE_RUNNING = 1,
@@ -41,7 +45,8 @@ typedef enum {
     TQ_STATE_FAILURE = 3,
     TQ_STATE_CANCELLED = 4,
     TQ_STATE_RETRY = 5,
-    TQ_STATE_COUNT_ = 6
+    TQ_STATE_SCHEDULED = 6, /* waiting for its countdown or ETA */
+    TQ_STATE_COUNT_ = 7
 } tq_state_t;
 
 /* Returns "PENDING", "RUNNING", ... for state; "?" if out of range. */

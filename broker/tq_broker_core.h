@@ -1,0 +1,408 @@
+/* tq_broker_core.h - what the broker's files share: the task record and
+   its state machine, lanes and queues, peers, data queues, the broker
+   object, and the functions each file offers the others. Private to
+   broker/: nothing outside this folder includes it.
+
+   Where each fact lives:
+   - a task's state is task->state alone (task_state_t); the state says
+     which one container holds it (see the table in tq_task.c), and only
+     tqb_task_move changes it, writing the stored record as it does;
+   - what the store keeps of a task is task->rec (beanstalkd's Jobrec);
+     the rest of task_t is bookkeeping that a restart rebuilds. */
+#ifndef TQ_BROKER_CORE_H
+#define TQ_BROKER_CORE_H
+
+#include <czmq.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#include "tq/tq_error.h"
+#include "tq_auth.h"
+#include "tq_broker.h"
+#include "tq_heap.h"
+#include "tq_proto.h"
+#include "tq_store.h"
+#include "tq_wire.h"
+
+#define TQB_PRIORITIES 10 /* 0..9, TQ_PRIORITY_MAX + 1 */
+#define TQB_IDENT_INLINE 24 /* routing ids up to this size stay inline */
+#define TQB_HEARTBEAT_MS 1000 /* PROTOCOL.md section 10 */
+#define TQB_LIVENESS_MS 3000
+#define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
+#define TQ_DEFAULT_QUEUE_NAME "default"
+
+/* A ZeroMQ routing id, inline when short (the default ids are 5 bytes). */
+typedef struct {
+    uint8_t size;
+    uint8_t bytes[TQB_IDENT_INLINE];
+    uint8_t *heap; /* when size > TQB_IDENT_INLINE */
+} ident_t;
+
+typedef struct queue_s queue_t;
+typedef struct lane_s lane_t;
+typedef struct task_s task_t;
+typedef struct peer_s peer_t;
+
+/* A list of tasks linked through their prev/next. */
+typedef struct {
+    task_t *head, *tail;
+} task_list_t;
+
+/* ---- the task ---- */
+
+/* Where a task is. Each state has exactly one container; the wire state
+   (PROTOCOL.md section 6) is a function of it (tqb_task_wire_state). */
+typedef enum {
+    TASK_NEW = 0, /* made, in no container yet */
+    TASK_WAITING, /* PENDING: in its lane, FIFO per priority */
+    TASK_SCHEDULED, /* SCHEDULED: the deadline heap (countdown) */
+    TASK_RETRY, /* RETRY: the deadline heap (backoff, loss pause) */
+    TASK_HELD, /* RUNNING: its holder's held list */
+    TASK_REVOKING, /* RUNNING: held, a REVOKE outstanding */
+    TASK_SUCCESS, /* final: the expiry list */
+    TASK_FAILURE, /* final: the dead letters; also the expiry list
+                     unless TQ_ELOST (kept until retried) */
+    TASK_CANCELLED, /* final: the expiry list */
+    TASK_STATES_
+} task_state_t;
+
+/* What the store keeps of a task: tq_store_task_t is made from it. */
+typedef struct {
+    char id[TQ_PROTO_MAX_ID + 1];
+    uint8_t priority;
+    uint32_t time_limit_ms;
+    uint32_t attempt; /* lease: incremented at every dispatch */
+    uint32_t code; /* final: tq_err_t */
+    uint64_t seq; /* submission order */
+    uint32_t retries; /* reruns left after a task failure */
+    uint32_t backoff_ms; /* first retry delay */
+    uint32_t failures; /* task failures so far (for the backoff) */
+    int64_t due_ms; /* SCHEDULED, RETRY: monotonic ms it may run */
+    char *error; /* final or retrying: error text, or NULL */
+} task_rec_t;
+
+struct task_s {
+    task_rec_t rec;
+    task_state_t state; /* the one fact: which container holds it */
+    lane_t *lane; /* its queue and task name */
+    zmq_msg_t payload; /* args until final, then the value (a dead
+                          letter keeps its args) */
+    uint32_t lost; /* worker deaths charged to it */
+    tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
+    int64_t submitted_ms; /* monotonic ms when accepted */
+    int64_t expires_ms; /* final: monotonic ms when forgotten */
+    ident_t client; /* submitter; size 0 once answered */
+    ident_t *waiters; /* clients blocked in GET wait=true */
+    uint32_t waiter_count;
+    peer_t *holder; /* HELD, REVOKING */
+    uint64_t revoke_for; /* REVOKING: serial of the idle child asking */
+    task_t *prev, *next; /* lane, held list or expiry list */
+    task_t *dead_prev, *dead_next; /* FAILURE: the dead letters */
+};
+
+/* How tqb_task_move places a task. */
+typedef struct {
+    peer_t *holder; /* HELD: who gets it */
+    int64_t due_ms; /* SCHEDULED, RETRY: monotonic ms */
+    bool front; /* WAITING: at the front of its priority */
+    int64_t expires_ms; /* final: monotonic ms it is forgotten, 0: after
+                           the result TTL from now */
+    bool restore; /* recovery: the store has it already, write nothing */
+} task_move_t;
+
+/* The tasks of one queue and one task name, a FIFO per priority: dispatch
+   only has to look at lanes whose task name the worker provides. */
+struct lane_s {
+    queue_t *queue;
+    const char *task; /* interned */
+    task_list_t fifo[TQB_PRIORITIES];
+    uint32_t waiting;
+    lane_t *next;
+};
+
+struct queue_s {
+    const char *name; /* interned */
+    lane_t *lanes;
+    uint32_t waiting, running;
+    uint32_t delayed; /* SCHEDULED and RETRY */
+    uint64_t done, failed;
+    queue_t *next;
+};
+
+/* ---- peers on the workers endpoint ---- */
+
+typedef enum {
+    PEER_CHILD = 1, /* announced itself with READY */
+    PEER_SUPERVISOR = 2 /* announced itself with HEARTBEAT */
+} peer_role_t;
+
+struct peer_s {
+    uint64_t serial; /* unique per broker, never reused */
+    peer_role_t role;
+    ident_t ident;
+    char key[2 * 255 + 1]; /* hex of ident, the peers table key */
+    char host[TQ_PROTO_MAX_NAME + 1];
+    uint64_t pid, ppid;
+    uint64_t session; /* supervisor: its session's number; child:
+                         the session it is bound to, 0: none */
+    uint32_t credit, held;
+    uint32_t cancelled; /* cancelled tasks it may still be running */
+    uint32_t revoking; /* held tasks in TASK_REVOKING */
+    uint32_t features; /* TQ_FEATURE_* from its READY */
+    uint64_t done;
+    uint64_t rss_kb; /* peak RSS from its last DONE */
+    queue_t **queues;
+    uint32_t queue_count;
+    const char **tasks; /* interned */
+    uint32_t task_count;
+    task_list_t held_tasks; /* in dispatch order */
+    int64_t last_seen_ms;
+    peer_t *prev, *next; /* the children list, or the supervisors */
+};
+
+/* ---- data queues: multiprocessing.Queue kept by the broker ---- */
+
+typedef struct item_s {
+    zmq_msg_t msg;
+    uint64_t seq; /* its order in the queue, its key in the store */
+    struct item_s *next;
+} item_t;
+
+typedef struct getter_s {
+    ident_t ident;
+    char id[TQ_PROTO_MAX_ID + 1]; /* the QGET's request id */
+    int64_t deadline_ms;
+    struct getter_s *next;
+} getter_t;
+
+typedef struct dq_s {
+    const char *name; /* interned */
+    uint32_t maxsize; /* 0: no bound */
+    uint32_t size;
+    uint64_t next_seq; /* for the next item put */
+    item_t *head, *tail;
+    getter_t *getters, *getters_tail;
+    struct dq_s *next;
+} dq_t;
+
+/* An answer that must wait for the commit of what it acknowledges:
+   SUBMITTED for a task, REPLY {size} for a data-queue item. */
+typedef struct {
+    ident_t to;
+    char id[TQ_PROTO_MAX_ID + 1];
+    uint8_t command;
+    uint64_t size; /* REPLY: the queue's size */
+} ack_t;
+
+typedef struct {
+    uint64_t submitted, completed, failed, requeued, lost, duplicates,
+        malformed, errors, dropped, retried, cancelled, refused, stolen;
+} counters_t;
+
+struct tq_broker_t {
+    tq_broker_config_t config;
+    void *ctx;
+    void *clients; /* ROUTER */
+    void *workers; /* ROUTER */
+    tq_auth_t *auth; /* ZAP handler with CURVE, else NULL */
+    int wakeup; /* eventfd written by tq_broker_stop */
+    char client_endpoint[256];
+    char worker_endpoint[256];
+    char hostname[TQ_PROTO_MAX_NAME + 1];
+    zhashx_t *tasks; /* id -> task_t */
+    zhashx_t *names; /* interned task and queue names */
+    zhashx_t *queue_index; /* name -> queue_t */
+    queue_t *queues;
+    zhashx_t *peers; /* ident hex -> peer_t */
+    peer_t *children, *children_tail;
+    peer_t *supervisors;
+    task_list_t expiry; /* final tasks, in expiry order */
+    tq_heap_t delayed; /* SCHEDULED and RETRY tasks by due time */
+    task_t *dead_head; /* dead letters (failed tasks), oldest first */
+    task_t *dead_tail;
+    uint32_t dead_count;
+    uint64_t memory; /* payload bytes held */
+    tq_store_t *store; /* NULL: memory only */
+    zhashx_t *dq_index; /* name -> dq_t */
+    zhashx_t *in_flight; /* client ident hex -> unfinished tasks
+                            (uintptr_t), with max_client_tasks only */
+    dq_t *dqs;
+    ack_t *acks; /* answers waiting for the commit */
+    uint32_t ack_count, ack_cap;
+    bool disk_full; /* the store passed max_disk */
+    uint64_t recovered; /* tasks loaded at start */
+    uint64_t recovered_items; /* data-queue items loaded at start */
+    uint64_t seq;
+    uint64_t results_kept;
+    int64_t started_ms;
+    int64_t now_ms;
+    int64_t next_check_ms;
+    int64_t next_housekeeping_ms;
+    int64_t log_window_ms;
+    int log_count;
+    bool dispatch_due;
+    uint64_t peer_serial; /* the last peer_t serial given */
+    uint64_t session_serial; /* the last supervisor session given */
+    volatile bool stopping;
+    counters_t counters;
+    tq_frames_t frames;
+    tq_msg_t in; /* decoded input, reused */
+    void *in_socket; /* the socket `in` came from */
+    tq_msg_t out; /* reply being built, reused */
+    msgpack_sbuffer sbuf; /* header encoding buffer, reused */
+};
+
+/* ---- tq_broker.c: clocks, allocation, logging ---- */
+
+int64_t tqb_now(void); /* monotonic ms */
+int64_t tqb_wall_ms(void); /* wall-clock ms, for what the store keeps */
+void *tqb_alloc(size_t size); /* zeroed; out of memory aborts */
+char *tqb_strdup(const char *s);
+/* Logs a problem caused by a peer, rate-limited. */
+void tqb_warn(tq_broker_t *self, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+#define tqb_debug(self, ...)                                                   \
+    do {                                                                       \
+        if ((self)->config.verbose) {                                          \
+            fputs("tq-broker: ", stderr);                                      \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+
+/* ---- tq_reply.c: routing ids and everything the broker sends ---- */
+
+void tqb_ident_set(ident_t *ident, const void *data, size_t size);
+const uint8_t *tqb_ident_data(const ident_t *ident);
+void tqb_ident_clear(ident_t *ident);
+bool tqb_ident_eq(const ident_t *a, const ident_t *b);
+void tqb_hex(char *dst, const uint8_t *data, size_t size);
+/* The identity of the message being handled (borrowed: never clear it). */
+ident_t tqb_sender(tq_broker_t *self);
+/* Starts building a message in self->out. */
+tq_msg_t *tqb_out(tq_broker_t *self, uint8_t command);
+/* Sends self->out to ident with an optional payload (moved). 0, or -1
+   with errno when the peer is gone (counted as dropped). */
+int tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+                zmq_msg_t *payload);
+/* Sends self->out to the current sender. */
+void tqb_reply(tq_broker_t *self, void *socket);
+/* Answers the current sender ERROR code text, naming id when valid. */
+void tqb_reply_error(tq_broker_t *self, void *socket, int code,
+                     const char *text, tq_str_t id);
+void tqb_reply_unknown(tq_broker_t *self, tq_str_t id);
+/* Sends a final task's RESULT to one client (the value shared). */
+void tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to);
+/* Sends self->out with a msgpack body (consumed) to the current sender on
+   the clients endpoint; tqb_reply_body makes it a REPLY echoing the
+   request's id. */
+void tqb_send_body(tq_broker_t *self, msgpack_sbuffer *body);
+void tqb_reply_body(tq_broker_t *self, msgpack_sbuffer *body);
+/* REPLY {k1: v1[, k2: v2]} to the current sender, echoing id. */
+void tqb_reply_counts(tq_broker_t *self, tq_str_t id, const char *k1,
+                      uint64_t v1, const char *k2, uint64_t v2);
+void tqb_pack_str(msgpack_packer *pk, const char *s);
+void tqb_pack_uint_kv(msgpack_packer *pk, const char *key, uint64_t value);
+/* A fresh msgpack buffer and packer. */
+void tqb_body_init(msgpack_sbuffer *body, msgpack_packer *pk);
+
+/* ---- tq_journal.c: the store journal and the acknowledgements that
+   wait for its commit ---- */
+
+/* Writes what the store keeps of task after a move (from -> task->state).
+   Called by tqb_task_move only. */
+void tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from);
+/* Forgets a task in the store. */
+void tqb_journal_forget(tq_broker_t *self, const task_t *task);
+/* Acknowledges now, or after the commit that stores what is
+   acknowledged. */
+void tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
+             uint64_t size);
+/* Commits the pass's batch, then sends the acknowledgements it held.
+   False if the store failed: nothing more may be acknowledged. */
+bool tqb_commit(tq_broker_t *self);
+void tqb_acks_clear(tq_broker_t *self);
+
+/* ---- tq_task.c: the task table, lanes and the state machine ---- */
+
+const char *tqb_intern(tq_broker_t *self, tq_str_t s);
+queue_t *tqb_queue(tq_broker_t *self, tq_str_t name);
+lane_t *tqb_lane(queue_t *queue, const char *task);
+void tqb_list_push(task_list_t *list, task_t *task, bool front);
+void tqb_list_remove(task_list_t *list, task_t *task);
+/* A new task in TASK_NEW, in the table; payload moved in. */
+task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
+                     zmq_msg_t *payload);
+task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* The only way a task changes state: checks the move against the table
+   of legal moves (a programmer error aborts), takes it out of its
+   container, puts it into the new one, keeps the counts and journals what
+   the store keeps. */
+void tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
+                   const task_move_t *how);
+bool tqb_task_legal(task_state_t from, task_state_t to);
+const char *tqb_task_state_name(task_state_t state);
+/* The state a task has on the wire (tq_state_t). */
+int tqb_task_wire_state(const task_t *task);
+bool tqb_task_is_final(const task_t *task);
+/* Ends a task: records the outcome, keeps the value (moved, may be NULL),
+   moves it to its final state and answers the submitter and waiters. */
+void tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state,
+                    int code, const char *error, zmq_msg_t *value);
+/* Forgets a final task: its container, the table, the store. */
+void tqb_task_forget(tq_broker_t *self, task_t *task);
+void tqb_task_free(task_t *task);
+/* Adds a client to those told when the task ends, once. */
+void tqb_task_add_waiter(task_t *task, const ident_t *from);
+/* Moves SCHEDULED and RETRY tasks whose time came into their lanes. */
+void tqb_release_due(tq_broker_t *self);
+/* Forgets results whose TTL ran out. */
+void tqb_expire_results(tq_broker_t *self);
+/* Cancels a task that is not final (a running one's child is killed). */
+void tqb_cancel(tq_broker_t *self, task_t *task, const char *why);
+/* Cancels the SCHEDULED and RETRY tasks of a queue; returns how many. */
+uint32_t tqb_cancel_delayed(tq_broker_t *self, queue_t *queue, const char *why);
+/* The earliest deadline of the delayed tasks, or INT64_MAX. */
+int64_t tqb_next_due(const tq_broker_t *self);
+
+/* ---- tq_dispatch.c: peers, dispatch, credit, stealing, host liveness ---- */
+
+peer_t *tqb_peer(tq_broker_t *self); /* the current sender */
+peer_t *tqb_peer_new(tq_broker_t *self, peer_role_t role);
+/* Forgets a peer; a child's tasks are queued again first (the first one
+   charged with the death when lost). */
+void tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
+                     const char *why);
+void tqb_peer_free(peer_t *peer);
+bool tqb_peer_serves(const peer_t *peer, const lane_t *lane);
+bool tqb_lane_served(tq_broker_t *self, const lane_t *lane);
+peer_t *tqb_supervisor_of(tq_broker_t *self, const peer_t *child);
+/* Gives waiting tasks to children with free credit, then asks holders to
+   give back unstarted tasks for idle children. */
+void tqb_dispatch(tq_broker_t *self);
+/* Drops hosts whose supervisor was silent for the liveness. */
+void tqb_check_hosts(tq_broker_t *self);
+
+/* ---- handlers: tq_on_client.c, tq_on_worker.c, tq_dataq.c,
+   tq_status.c. One signature; peer is the sender on the workers
+   endpoint once it announced itself, else NULL. ---- */
+
+typedef void(tqb_handler_fn)(tq_broker_t *self, const tq_msg_t *msg,
+                             peer_t *peer);
+
+tqb_handler_fn tqb_on_submit, tqb_on_get, tqb_on_cancel, tqb_on_retry,
+    tqb_on_purge, tqb_on_ping, tqb_on_ignore;
+tqb_handler_fn tqb_on_status, tqb_on_failed;
+tqb_handler_fn tqb_on_qput, tqb_on_qget, tqb_on_qsize;
+tqb_handler_fn tqb_on_ready, tqb_on_done, tqb_on_returned, tqb_on_disconnect,
+    tqb_on_heartbeat, tqb_on_lost;
+
+/* Data queues. */
+dq_t *tqb_dq(tq_broker_t *self, tq_str_t name, bool create);
+item_t *tqb_dq_append(tq_broker_t *self, dq_t *dq, zmq_msg_t *item);
+/* Ends the QGET waits that ran out; the earliest deadline left. */
+int64_t tqb_expire_getters(tq_broker_t *self);
+void tqb_dq_free_all(tq_broker_t *self);
+
+#endif

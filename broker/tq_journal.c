@@ -1,0 +1,150 @@
+/* tq_journal.c - the store journal: what the store keeps of each task,
+   written into the open batch as the task moves (tqb_task_move calls
+   tqb_journal_task, nothing else writes task rows), committed once per
+   pass of the loop; and the acknowledgements that wait for that commit
+   (SUBMITTED, REPLY to a QPUT): accepted means stored. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_broker_core.h"
+
+/* The stored row of a task: its record, its names, and what it holds. */
+static void
+s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
+{
+    (void)self;
+    *row = (tq_store_task_t){
+        .id = task->rec.id,
+        .task = task->lane->task,
+        .queue = task->lane->queue->name,
+        .priority = task->rec.priority,
+        .time_limit_ms = task->rec.time_limit_ms,
+        .attempt = task->rec.attempt,
+        .state = (uint32_t)tqb_task_wire_state(task),
+        .seq = task->rec.seq,
+        .code = task->rec.code,
+        .error = task->rec.error,
+        .retries = task->rec.retries,
+        .backoff_ms = task->rec.backoff_ms,
+        .failures = task->rec.failures,
+    };
+}
+
+void
+tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
+{
+    if (!self->store)
+        return;
+    tq_store_task_t row;
+    s_row(self, task, &row);
+    zmq_msg_t *payload = &task->payload;
+    if (from == TASK_NEW) {
+        row.args = zmq_msg_data(payload);
+        row.args_size = zmq_msg_size(payload);
+        tq_store_add(self->store, &row);
+        return;
+    }
+    if (tqb_task_is_final(task)) {
+        if (task->state == TASK_SUCCESS) {
+            row.result = zmq_msg_data(payload);
+            row.result_size = zmq_msg_size(payload);
+        }
+        /* dead letters of TQ_ELOST never expire; other results after the
+           TTL (at least 1 ms: 0 means "never" in the store) */
+        row.expires_ms = task->rec.code == TQ_ELOST
+            ? 0
+            : tqb_wall_ms() + (int64_t)self->config.result_ttl_s * 1000 + 1;
+        tq_store_finish(self->store, &row);
+        return;
+    }
+    tq_store_set_state(self->store, task->rec.id, row.state, task->rec.attempt);
+    /* the retry budget changes on the way into RETRY and when an
+       operator retries a dead letter */
+    if (task->state == TASK_RETRY || from == TASK_FAILURE)
+        tq_store_set_retries(self->store, task->rec.id, task->rec.retries,
+                             task->rec.failures);
+}
+
+void
+tqb_journal_forget(tq_broker_t *self, const task_t *task)
+{
+    if (self->store)
+        tq_store_remove(self->store, task->rec.id);
+}
+
+/* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */
+static void
+s_send_ack(tq_broker_t *self, const ident_t *to, tq_str_t id, uint8_t command,
+           uint64_t size)
+{
+    if (command == TQ_CMD_SUBMITTED) {
+        tqb_out(self, TQ_CMD_SUBMITTED)->id = id;
+        tqb_send_to(self, self->clients, to, NULL);
+        return;
+    }
+    /* REPLY {size} */
+    msgpack_sbuffer body;
+    msgpack_packer pk;
+    tqb_body_init(&body, &pk);
+    msgpack_pack_map(&pk, 1);
+    tqb_pack_uint_kv(&pk, "size", size);
+    zmq_msg_t payload;
+    zmq_msg_init_size(&payload, body.size);
+    memcpy(zmq_msg_data(&payload), body.data, body.size);
+    msgpack_sbuffer_destroy(&body);
+    tqb_out(self, TQ_CMD_REPLY)->id = id;
+    tqb_send_to(self, self->clients, to, &payload);
+    zmq_msg_close(&payload);
+}
+
+void
+tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
+        uint64_t size)
+{
+    if (!self->store || !tq_store_dirty(self->store)) {
+        s_send_ack(self, to, id, command, size);
+        return;
+    }
+    if (self->ack_count == self->ack_cap) {
+        self->ack_cap = self->ack_cap ? 2 * self->ack_cap : 256;
+        self->acks = realloc(self->acks, self->ack_cap * sizeof *self->acks);
+        if (!self->acks)
+            abort();
+    }
+    ack_t *ack = &self->acks[self->ack_count++];
+    *ack = (ack_t){.command = command, .size = size};
+    tqb_ident_set(&ack->to, tqb_ident_data(to), to->size);
+    tq_str_copy(ack->id, sizeof ack->id, id);
+}
+
+bool
+tqb_commit(tq_broker_t *self)
+{
+    if (self->store && tq_store_dirty(self->store) &&
+        tq_store_commit(self->store) != TQ_OK) {
+        fprintf(stderr,
+                "tq-broker: FATAL: cannot write the store in %s: %s; "
+                "stopping without acknowledging %u requests\n",
+                self->config.data_dir, tq_store_error(self->store),
+                self->ack_count);
+        return false;
+    }
+    for (uint32_t i = 0; i < self->ack_count; i++) {
+        ack_t *ack = &self->acks[i];
+        s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
+        tqb_ident_clear(&ack->to);
+    }
+    self->ack_count = 0;
+    return true;
+}
+
+void
+tqb_acks_clear(tq_broker_t *self)
+{
+    for (uint32_t i = 0; i < self->ack_count; i++)
+        tqb_ident_clear(&self->acks[i].to);
+    free(self->acks);
+    self->acks = NULL;
+    self->ack_count = self->ack_cap = 0;
+}

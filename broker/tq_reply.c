@@ -1,0 +1,231 @@
+/* tq_reply.c - routing ids and everything the broker sends: the one send
+   path (tqb_send_to), replies to the current sender, RESULTs, and msgpack
+   bodies for REPLY and STATUS_REPLY. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_broker_core.h"
+
+/* ---- routing ids ---- */
+
+void
+tqb_ident_set(ident_t *ident, const void *data, size_t size)
+{
+    assert(size <= 255);
+    free(ident->heap);
+    ident->heap = NULL;
+    ident->size = (uint8_t)size;
+    if (size > TQB_IDENT_INLINE) {
+        ident->heap = tqb_alloc(size);
+        memcpy(ident->heap, data, size);
+    } else
+        memcpy(ident->bytes, data, size);
+}
+
+const uint8_t *
+tqb_ident_data(const ident_t *ident)
+{
+    return ident->heap ? ident->heap : ident->bytes;
+}
+
+void
+tqb_ident_clear(ident_t *ident)
+{
+    free(ident->heap);
+    ident->heap = NULL;
+    ident->size = 0;
+}
+
+bool
+tqb_ident_eq(const ident_t *a, const ident_t *b)
+{
+    return a->size == b->size &&
+        memcmp(tqb_ident_data(a), tqb_ident_data(b), a->size) == 0;
+}
+
+void
+tqb_hex(char *dst, const uint8_t *data, size_t size)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < size; i++) {
+        dst[2 * i] = digits[data[i] >> 4];
+        dst[2 * i + 1] = digits[data[i] & 15];
+    }
+    dst[2 * size] = 0;
+}
+
+ident_t
+tqb_sender(tq_broker_t *self)
+{
+    ident_t ident = {0};
+    size_t size = zmq_msg_size(&self->frames.identity);
+    if (size > 255)
+        size = 255;
+    ident.size = (uint8_t)size;
+    if (size > TQB_IDENT_INLINE)
+        ident.heap = (uint8_t *)zmq_msg_data(&self->frames.identity);
+    else
+        memcpy(ident.bytes, zmq_msg_data(&self->frames.identity), size);
+    return ident; /* borrowed: never tqb_ident_clear it */
+}
+
+/* ---- sending ---- */
+
+int
+tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+            zmq_msg_t *payload)
+{
+    zmq_msg_t id;
+    zmq_msg_init_size(&id, ident->size);
+    memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
+    const char *reason = NULL;
+    int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
+                              ZMQ_DONTWAIT);
+    zmq_msg_close(&id);
+    if (rc == TQ_EINVAL) {
+        /* our own message broke the protocol's rules: a bug */
+        tq_proto_encode(&self->out, &self->sbuf, &reason);
+        fprintf(stderr, "tq-broker: cannot encode %s: %s\n",
+                tq_proto_command_name(self->out.command),
+                reason ? reason : "?");
+        abort();
+    }
+    if (rc != 0) {
+        int err = errno;
+        self->counters.dropped++;
+        tqb_debug(self, "send %s failed: %s",
+                  tq_proto_command_name(self->out.command), zmq_strerror(err));
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+tq_msg_t *
+tqb_out(tq_broker_t *self, uint8_t command)
+{
+    tq_msg_t *out = &self->out;
+    out->command = command;
+    out->id = (tq_str_t){0};
+    out->task = (tq_str_t){0};
+    out->queue = (tq_str_t){0};
+    out->error = (tq_str_t){0};
+    out->host = (tq_str_t){0};
+    out->priority = out->time_limit_ms = out->attempt = 0;
+    out->state = out->code = out->credit = 0;
+    out->pid = out->ppid = 0;
+    out->session = 0;
+    out->wait = false;
+    out->queue_count = out->task_count = 0;
+    return out;
+}
+
+void
+tqb_reply(tq_broker_t *self, void *socket)
+{
+    ident_t to = tqb_sender(self);
+    tqb_send_to(self, socket, &to, NULL);
+}
+
+void
+tqb_reply_error(tq_broker_t *self, void *socket, int code, const char *text,
+                tq_str_t id)
+{
+    tq_msg_t *out = tqb_out(self, TQ_CMD_ERROR);
+    out->code = (uint32_t)code;
+    out->error = tq_str(text);
+    if (id.ptr && tq_proto_valid_id(id.ptr, id.len))
+        out->id = id;
+    tqb_reply(self, socket);
+}
+
+void
+tqb_reply_unknown(tq_broker_t *self, tq_str_t id)
+{
+    tqb_out(self, TQ_CMD_UNKNOWN)->id = id;
+    tqb_reply(self, self->clients);
+}
+
+void
+tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
+{
+    tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
+    out->id = tq_str(task->rec.id);
+    out->attempt = task->rec.attempt;
+    out->state = (uint32_t)tqb_task_wire_state(task);
+    out->code = task->rec.code;
+    out->error = tq_str(task->rec.error);
+    zmq_msg_t value;
+    zmq_msg_init(&value);
+    if (task->state == TASK_SUCCESS)
+        zmq_msg_copy(&value, &task->payload); /* shared, not copied */
+    tqb_send_to(self, self->clients, to, &value);
+    zmq_msg_close(&value);
+}
+
+/* ---- msgpack bodies ---- */
+
+static void
+s_free_sbuffer(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+void
+tqb_body_init(msgpack_sbuffer *body, msgpack_packer *pk)
+{
+    msgpack_sbuffer_init(body);
+    msgpack_packer_init(pk, body, msgpack_sbuffer_write);
+}
+
+void
+tqb_pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+void
+tqb_pack_uint_kv(msgpack_packer *pk, const char *key, uint64_t value)
+{
+    tqb_pack_str(pk, key);
+    msgpack_pack_uint64(pk, value);
+}
+
+void
+tqb_send_body(tq_broker_t *self, msgpack_sbuffer *body)
+{
+    zmq_msg_t payload;
+    size_t size = body->size;
+    zmq_msg_init_data(&payload, msgpack_sbuffer_release(body), size,
+                      s_free_sbuffer, NULL);
+    ident_t to = tqb_sender(self);
+    tqb_send_to(self, self->clients, &to, &payload);
+    zmq_msg_close(&payload);
+}
+
+void
+tqb_reply_body(tq_broker_t *self, msgpack_sbuffer *body)
+{
+    /* echo the request's id, when it gave one */
+    tqb_out(self, TQ_CMD_REPLY)->id = self->in.id;
+    tqb_send_body(self, body);
+}
+
+void
+tqb_reply_counts(tq_broker_t *self, tq_str_t id, const char *k1, uint64_t v1,
+                 const char *k2, uint64_t v2)
+{
+    msgpack_sbuffer body;
+    msgpack_packer pk;
+    tqb_body_init(&body, &pk);
+    msgpack_pack_map(&pk, k2 ? 2 : 1);
+    tqb_pack_uint_kv(&pk, k1, v1);
+    if (k2)
+        tqb_pack_uint_kv(&pk, k2, v2);
+    tqb_out(self, TQ_CMD_REPLY)->id = id;
+    tqb_send_body(self, &body);
+}

@@ -1,0 +1,552 @@
+/* tq_task.c - the task table and the task state machine: names, queues
+   and lanes, the one transition function with its table of legal moves,
+   final outcomes, expiry, dead letters and cancellation. */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tq_broker_core.h"
+
+/* ---- task lists ---- */
+
+/* Links task into list after `after` (NULL: at the front). */
+static void
+s_list_insert(task_list_t *list, task_t *after, task_t *task)
+{
+    task->prev = after;
+    task->next = after ? after->next : list->head;
+    if (task->next)
+        task->next->prev = task;
+    else
+        list->tail = task;
+    if (after)
+        after->next = task;
+    else
+        list->head = task;
+}
+
+void
+tqb_list_push(task_list_t *list, task_t *task, bool front)
+{
+    s_list_insert(list, front ? NULL : list->tail, task);
+}
+
+void
+tqb_list_remove(task_list_t *list, task_t *task)
+{
+    if (task->prev)
+        task->prev->next = task->next;
+    else
+        list->head = task->next;
+    if (task->next)
+        task->next->prev = task->prev;
+    else
+        list->tail = task->prev;
+    task->prev = task->next = NULL;
+}
+
+/* ---- names, queues, lanes ---- */
+
+const char *
+tqb_intern(tq_broker_t *self, tq_str_t s)
+{
+    char name[TQ_PROTO_MAX_NAME + 1];
+    tq_str_copy(name, sizeof name, s);
+    char *found = zhashx_lookup(self->names, name);
+    if (!found) {
+        found = tqb_strdup(name);
+        zhashx_insert(self->names, found, found);
+    }
+    return found;
+}
+
+queue_t *
+tqb_queue(tq_broker_t *self, tq_str_t name)
+{
+    const char *interned = tqb_intern(self, name);
+    queue_t *queue = zhashx_lookup(self->queue_index, interned);
+    if (!queue) {
+        queue = tqb_alloc(sizeof *queue);
+        queue->name = interned;
+        queue->next = self->queues;
+        self->queues = queue;
+        zhashx_insert(self->queue_index, interned, queue);
+    }
+    return queue;
+}
+
+lane_t *
+tqb_lane(queue_t *queue, const char *task)
+{
+    for (lane_t *lane = queue->lanes; lane; lane = lane->next)
+        if (lane->task == task)
+            return lane;
+    lane_t *lane = tqb_alloc(sizeof *lane);
+    lane->queue = queue;
+    lane->task = task;
+    lane->next = queue->lanes;
+    queue->lanes = lane;
+    return lane;
+}
+
+/* ---- the table ---- */
+
+task_t *
+tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
+             zmq_msg_t *payload)
+{
+    task_t *task = tqb_alloc(sizeof *task);
+    snprintf(task->rec.id, sizeof task->rec.id, "%s", id);
+    task->state = TASK_NEW;
+    task->lane = lane;
+    task->submitted_ms = self->now_ms;
+    zmq_msg_init(&task->payload);
+    if (payload)
+        zmq_msg_move(&task->payload, payload);
+    self->memory += zmq_msg_size(&task->payload);
+    zhashx_insert(self->tasks, task->rec.id, task);
+    return task;
+}
+
+task_t *
+tqb_task_find(tq_broker_t *self, tq_str_t id)
+{
+    char key[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(key, sizeof key, id);
+    return zhashx_lookup(self->tasks, key);
+}
+
+void
+tqb_task_free(task_t *task)
+{
+    zmq_msg_close(&task->payload);
+    free(task->rec.error);
+    tqb_ident_clear(&task->client);
+    for (uint32_t i = 0; i < task->waiter_count; i++)
+        tqb_ident_clear(&task->waiters[i]);
+    free(task->waiters);
+    free(task);
+}
+
+/* ---- the state machine ---- */
+
+#define B(state) (1u << (state))
+
+/* s_legal[from]: the states a task may move to from `from`. Recovery
+   restores a stored task into any state but the held ones (a task that
+   ran when the broker died waits again). */
+static const uint32_t s_legal[TASK_STATES_] = {
+    [TASK_NEW] = B(TASK_WAITING) | B(TASK_SCHEDULED) | B(TASK_RETRY) |
+        B(TASK_SUCCESS) | B(TASK_FAILURE) | B(TASK_CANCELLED),
+    [TASK_WAITING] = B(TASK_HELD) | B(TASK_CANCELLED),
+    [TASK_SCHEDULED] = B(TASK_WAITING) | B(TASK_CANCELLED),
+    [TASK_RETRY] = B(TASK_WAITING) | B(TASK_CANCELLED),
+    /* HELD -> HELD: the holder announced itself again on a new socket */
+    [TASK_HELD] = B(TASK_HELD) | B(TASK_REVOKING) | B(TASK_WAITING) |
+        B(TASK_RETRY) | B(TASK_SUCCESS) | B(TASK_FAILURE) | B(TASK_CANCELLED),
+    [TASK_REVOKING] = B(TASK_HELD) | B(TASK_WAITING) | B(TASK_RETRY) |
+        B(TASK_SUCCESS) | B(TASK_FAILURE) | B(TASK_CANCELLED),
+    [TASK_SUCCESS] = 0,
+    /* a dead letter runs again when an operator retries it */
+    [TASK_FAILURE] = B(TASK_WAITING),
+    [TASK_CANCELLED] = 0,
+};
+
+static const char *const s_names[TASK_STATES_] = {
+    [TASK_NEW] = "NEW",
+    [TASK_WAITING] = "WAITING",
+    [TASK_SCHEDULED] = "SCHEDULED",
+    [TASK_RETRY] = "RETRY",
+    [TASK_HELD] = "HELD",
+    [TASK_REVOKING] = "REVOKING",
+    [TASK_SUCCESS] = "SUCCESS",
+    [TASK_FAILURE] = "FAILURE",
+    [TASK_CANCELLED] = "CANCELLED",
+};
+
+static const int s_wire[TASK_STATES_] = {
+    [TASK_NEW] = TQ_STATE_PENDING,         [TASK_WAITING] = TQ_STATE_PENDING,
+    [TASK_SCHEDULED] = TQ_STATE_SCHEDULED, [TASK_RETRY] = TQ_STATE_RETRY,
+    [TASK_HELD] = TQ_STATE_RUNNING,        [TASK_REVOKING] = TQ_STATE_RUNNING,
+    [TASK_SUCCESS] = TQ_STATE_SUCCESS,     [TASK_FAILURE] = TQ_STATE_FAILURE,
+    [TASK_CANCELLED] = TQ_STATE_CANCELLED,
+};
+
+bool
+tqb_task_legal(task_state_t from, task_state_t to)
+{
+    return from < TASK_STATES_ && to < TASK_STATES_ &&
+        (s_legal[from] & B(to)) != 0;
+}
+
+const char *
+tqb_task_state_name(task_state_t state)
+{
+    return state < TASK_STATES_ ? s_names[state] : "?";
+}
+
+int
+tqb_task_wire_state(const task_t *task)
+{
+    return s_wire[task->state];
+}
+
+bool
+tqb_task_is_final(const task_t *task)
+{
+    return task->state == TASK_SUCCESS || task->state == TASK_FAILURE ||
+        task->state == TASK_CANCELLED;
+}
+
+static bool
+s_held(task_state_t state)
+{
+    return state == TASK_HELD || state == TASK_REVOKING;
+}
+
+/* Final tasks wait for their expiry in expiry order (inserted from the
+   back, where they nearly always belong). */
+static void
+s_expiry_insert(tq_broker_t *self, task_t *task)
+{
+    task_t *after = self->expiry.tail;
+    while (after && after->expires_ms > task->expires_ms)
+        after = after->prev;
+    s_list_insert(&self->expiry, after, task);
+    self->results_kept++;
+}
+
+/* A dead letter of TQ_ELOST is kept outside the TTL until retried. */
+static bool
+s_expires(const task_t *task)
+{
+    return !(task->state == TASK_FAILURE && task->rec.code == TQ_ELOST);
+}
+
+static void
+s_dead_add(tq_broker_t *self, task_t *task)
+{
+    task->dead_next = NULL;
+    task->dead_prev = self->dead_tail;
+    if (self->dead_tail)
+        self->dead_tail->dead_next = task;
+    else
+        self->dead_head = task;
+    self->dead_tail = task;
+    self->dead_count++;
+}
+
+static void
+s_dead_remove(tq_broker_t *self, task_t *task)
+{
+    if (task->dead_prev)
+        task->dead_prev->dead_next = task->dead_next;
+    else
+        self->dead_head = task->dead_next;
+    if (task->dead_next)
+        task->dead_next->dead_prev = task->dead_prev;
+    else
+        self->dead_tail = task->dead_prev;
+    task->dead_prev = task->dead_next = NULL;
+    self->dead_count--;
+}
+
+/* Takes a task out of the container of its state. */
+static void
+s_leave(tq_broker_t *self, task_t *task)
+{
+    queue_t *queue = task->lane->queue;
+    switch (task->state) {
+    case TASK_NEW:
+        break;
+    case TASK_WAITING:
+        tqb_list_remove(&task->lane->fifo[task->rec.priority], task);
+        task->lane->waiting--;
+        queue->waiting--;
+        break;
+    case TASK_SCHEDULED:
+    case TASK_RETRY:
+        tq_heap_remove(&self->delayed, &task->node);
+        queue->delayed--;
+        break;
+    case TASK_HELD:
+    case TASK_REVOKING: {
+        peer_t *holder = task->holder;
+        tqb_list_remove(&holder->held_tasks, task);
+        holder->held--;
+        if (task->state == TASK_REVOKING)
+            holder->revoking--;
+        task->holder = NULL;
+        queue->running--;
+        break;
+    }
+    case TASK_FAILURE:
+        s_dead_remove(self, task);
+        /* it may also wait for its expiry */
+        __attribute__((fallthrough));
+    case TASK_SUCCESS:
+    case TASK_CANCELLED:
+        if (s_expires(task)) {
+            tqb_list_remove(&self->expiry, task);
+            self->results_kept--;
+        }
+        break;
+    default:
+        assert(!"unknown task state");
+    }
+}
+
+/* Puts a task (in no container) into the container of `to`. */
+static void
+s_enter(tq_broker_t *self, task_t *task, task_state_t to,
+        const task_move_t *how)
+{
+    queue_t *queue = task->lane->queue;
+    task->state = to;
+    task->rec.due_ms = 0;
+    switch (to) {
+    case TASK_WAITING:
+        tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
+        task->lane->waiting++;
+        queue->waiting++;
+        self->dispatch_due = true;
+        break;
+    case TASK_SCHEDULED:
+    case TASK_RETRY:
+        task->rec.due_ms = how->due_ms;
+        task->prev = task->next = NULL;
+        tq_heap_push(&self->delayed, &task->node, how->due_ms);
+        queue->delayed++;
+        break;
+    case TASK_HELD:
+    case TASK_REVOKING:
+        assert(how->holder);
+        tqb_list_push(&how->holder->held_tasks, task, false);
+        how->holder->held++;
+        if (to == TASK_REVOKING)
+            how->holder->revoking++;
+        task->holder = how->holder;
+        queue->running++;
+        break;
+    case TASK_FAILURE:
+        s_dead_add(self, task);
+        __attribute__((fallthrough));
+    case TASK_SUCCESS:
+    case TASK_CANCELLED:
+        task->prev = task->next = NULL;
+        if (s_expires(task)) {
+            task->expires_ms = how->expires_ms
+                ? how->expires_ms
+                : self->now_ms + (int64_t)self->config.result_ttl_s * 1000;
+            s_expiry_insert(self, task);
+        }
+        break;
+    default:
+        assert(!"a task cannot move to NEW");
+    }
+}
+
+void
+tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
+              const task_move_t *how)
+{
+    static const task_move_t none = {0};
+    if (!how)
+        how = &none;
+    task_state_t from = task->state;
+    if (!tqb_task_legal(from, to)) {
+        fprintf(stderr, "tq-broker: BUG: task %s cannot move %s -> %s\n",
+                task->rec.id, s_names[from], tqb_task_state_name(to));
+        abort();
+    }
+    /* a REVOKE asked or answered changes nothing but a count */
+    if (s_held(from) && s_held(to) &&
+        (!how->holder || how->holder == task->holder)) {
+        if (from != to) {
+            task->holder->revoking += to == TASK_REVOKING ? 1 : -1;
+            task->state = to;
+        }
+        return;
+    }
+    if (s_held(to) && !how->holder) {
+        fprintf(stderr, "tq-broker: BUG: task %s held by nobody\n",
+                task->rec.id);
+        abort();
+    }
+    s_leave(self, task);
+    s_enter(self, task, to, how);
+    /* the store keeps the wire state: moves within one (a new holder)
+       write nothing */
+    if (!how->restore && (from == TASK_NEW || s_wire[from] != s_wire[to]))
+        tqb_journal_task(self, task, from);
+}
+
+/* ---- outcomes ---- */
+
+void
+tqb_task_add_waiter(task_t *task, const ident_t *from)
+{
+    if (task->client.size && tqb_ident_eq(&task->client, from))
+        return;
+    for (uint32_t i = 0; i < task->waiter_count; i++)
+        if (tqb_ident_eq(&task->waiters[i], from))
+            return;
+    task->waiters = realloc(task->waiters,
+                            (task->waiter_count + 1) * sizeof *task->waiters);
+    if (!task->waiters)
+        abort();
+    ident_t *waiter = &task->waiters[task->waiter_count++];
+    *waiter = (ident_t){0};
+    tqb_ident_set(waiter, tqb_ident_data(from), from->size);
+}
+
+/* Counts a client's unfinished tasks down (with max_client_tasks). */
+static void
+s_client_done(tq_broker_t *self, const ident_t *client)
+{
+    char key[2 * 255 + 1];
+    tqb_hex(key, tqb_ident_data(client), client->size);
+    uintptr_t count = (uintptr_t)zhashx_lookup(self->in_flight, key);
+    if (count > 1)
+        zhashx_update(self->in_flight, key, (void *)(count - 1));
+    else
+        zhashx_delete(self->in_flight, key);
+}
+
+void
+tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
+               const char *error, zmq_msg_t *value)
+{
+    assert(state == TASK_SUCCESS || state == TASK_FAILURE ||
+           state == TASK_CANCELLED);
+    task->rec.code = (uint32_t)code;
+    free(task->rec.error);
+    task->rec.error = error && *error ? tqb_strdup(error) : NULL;
+    /* the arguments give way to the value, except for a failed task (a
+       dead letter), which keeps them to run again if an operator retries
+       it */
+    if (state != TASK_FAILURE) {
+        self->memory -= zmq_msg_size(&task->payload);
+        zmq_msg_close(&task->payload);
+        zmq_msg_init(&task->payload);
+        if (value && state == TASK_SUCCESS)
+            zmq_msg_move(&task->payload, value);
+        self->memory += zmq_msg_size(&task->payload);
+    }
+    if (state == TASK_SUCCESS) {
+        self->counters.completed++;
+        task->lane->queue->done++;
+    } else if (state == TASK_CANCELLED) {
+        self->counters.cancelled++;
+    } else {
+        self->counters.failed++;
+        task->lane->queue->failed++;
+    }
+    tqb_task_move(self, task, state, NULL);
+    tqb_debug(self, "task %s %s%s%s", task->rec.id, s_names[state],
+              task->rec.error ? ": " : "",
+              task->rec.error ? task->rec.error : "");
+
+    if (task->client.size) {
+        tqb_send_result(self, task, &task->client);
+        if (self->config.max_client_tasks)
+            s_client_done(self, &task->client);
+        tqb_ident_clear(&task->client);
+    }
+    for (uint32_t i = 0; i < task->waiter_count; i++) {
+        tqb_send_result(self, task, &task->waiters[i]);
+        tqb_ident_clear(&task->waiters[i]);
+    }
+    free(task->waiters);
+    task->waiters = NULL;
+    task->waiter_count = 0;
+}
+
+void
+tqb_task_forget(tq_broker_t *self, task_t *task)
+{
+    s_leave(self, task);
+    zhashx_delete(self->tasks, task->rec.id);
+    tqb_journal_forget(self, task);
+    self->memory -= zmq_msg_size(&task->payload);
+    tqb_task_free(task);
+}
+
+void
+tqb_cancel(tq_broker_t *self, task_t *task, const char *why)
+{
+    if (s_held(task->state)) {
+        /* its credit stays taken until the child is gone or answers; the
+           supervisor stops the child */
+        peer_t *holder = task->holder;
+        holder->cancelled++;
+        peer_t *sup = tqb_supervisor_of(self, holder);
+        if (sup) {
+            tq_msg_t *out = tqb_out(self, TQ_CMD_KILL);
+            out->pid = holder->pid;
+            out->id = tq_str(task->rec.id);
+            tqb_send_to(self, self->workers, &sup->ident, NULL);
+        } else
+            tqb_warn(self,
+                     "task %s cancelled, but worker %s pid %llu has no "
+                     "supervisor to stop it",
+                     task->rec.id, holder->host,
+                     (unsigned long long)holder->pid);
+    }
+    tqb_task_final(self, task, TASK_CANCELLED, TQ_ECANCELLED, why, NULL);
+}
+
+/* ---- time ---- */
+
+static task_t *
+s_task_of(tq_heap_node_t *node)
+{
+    return (task_t *)((char *)node - offsetof(task_t, node));
+}
+
+int64_t
+tqb_next_due(const tq_broker_t *self)
+{
+    tq_heap_node_t *first = tq_heap_peek(&self->delayed);
+    return first ? first->key : INT64_MAX;
+}
+
+void
+tqb_release_due(tq_broker_t *self)
+{
+    tq_heap_node_t *first;
+    while ((first = tq_heap_peek(&self->delayed)) &&
+           first->key <= self->now_ms) {
+        task_t *task = s_task_of(first);
+        /* a retried task was submitted before those waiting behind it:
+           it goes back at the front of its priority; a countdown ends at
+           the back, as a new submission */
+        task_move_t how = {.front = task->state == TASK_RETRY};
+        tqb_task_move(self, task, TASK_WAITING, &how);
+    }
+}
+
+void
+tqb_expire_results(tq_broker_t *self)
+{
+    while (self->expiry.head && self->expiry.head->expires_ms <= self->now_ms)
+        tqb_task_forget(self, self->expiry.head);
+}
+
+uint32_t
+tqb_cancel_delayed(tq_broker_t *self, queue_t *queue, const char *why)
+{
+    /* collected first: each removal reorders the heap */
+    task_t **found = tqb_alloc((self->delayed.size + 1) * sizeof *found);
+    uint32_t count = 0;
+    for (uint32_t i = 1; i <= self->delayed.size; i++) {
+        task_t *task = s_task_of(self->delayed.items[i]);
+        if (task->lane->queue == queue)
+            found[count++] = task;
+    }
+    for (uint32_t i = 0; i < count; i++)
+        tqb_cancel(self, found[i], why);
+    free(found);
+    return count;
+}

@@ -1,0 +1,229 @@
+/* test_task.c - the task state machine of the broker (broker/tq_task.c):
+   the table of legal moves, the one container each state puts a task in,
+   the counts that follow it, and what reaches the store. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "tq_broker_core.h"
+#include "tq_harness.h"
+
+static tq_broker_t *
+s_broker(const char *data_dir)
+{
+    tq_broker_config_t config = {
+        .client_endpoint = "tcp://127.0.0.1:*",
+        .worker_endpoint = "tcp://127.0.0.1:*",
+        .result_ttl_s = 60,
+        .data_dir = data_dir,
+        .quiet = true,
+    };
+    char error[256];
+    tq_broker_t *broker = tq_broker_new(&config, error, sizeof error);
+    if (!broker)
+        fail_msg("tq_broker_new: %s", error);
+    return broker;
+}
+
+/* A child peer, as if it had sent READY. */
+static peer_t *
+s_child(tq_broker_t *self, const char *ident)
+{
+    zmq_msg_close(&self->frames.identity);
+    zmq_msg_init_size(&self->frames.identity, strlen(ident));
+    memcpy(zmq_msg_data(&self->frames.identity), ident, strlen(ident));
+    peer_t *child = tqb_peer_new(self, PEER_CHILD);
+    child->credit = 4;
+    return child;
+}
+
+static task_t *
+s_task(tq_broker_t *self, const char *id)
+{
+    lane_t *lane =
+        tqb_lane(tqb_queue(self, tq_str("q")), tqb_intern(self, tq_str("t")));
+    zmq_msg_t args;
+    zmq_msg_init_size(&args, 1);
+    *(uint8_t *)zmq_msg_data(&args) = 0x90; /* [] */
+    task_t *task = tqb_task_new(self, id, lane, &args);
+    zmq_msg_close(&args);
+    task->rec.seq = ++self->seq;
+    task->rec.backoff_ms = 1000;
+    return task;
+}
+
+static void
+test_table(void **state)
+{
+    (void)state;
+    /* what a task may do */
+    assert_true(tqb_task_legal(TASK_NEW, TASK_WAITING));
+    assert_true(tqb_task_legal(TASK_NEW, TASK_SCHEDULED));
+    assert_true(tqb_task_legal(TASK_WAITING, TASK_HELD));
+    assert_true(tqb_task_legal(TASK_HELD, TASK_REVOKING));
+    assert_true(tqb_task_legal(TASK_REVOKING, TASK_WAITING));
+    assert_true(tqb_task_legal(TASK_HELD, TASK_RETRY));
+    assert_true(tqb_task_legal(TASK_RETRY, TASK_WAITING));
+    assert_true(tqb_task_legal(TASK_SCHEDULED, TASK_WAITING));
+    assert_true(tqb_task_legal(TASK_HELD, TASK_SUCCESS));
+    assert_true(tqb_task_legal(TASK_FAILURE, TASK_WAITING));
+    /* and what it never does */
+    assert_false(tqb_task_legal(TASK_WAITING, TASK_SUCCESS)); /* no DONE
+                                                                 unheld */
+    assert_false(tqb_task_legal(TASK_SCHEDULED, TASK_HELD));
+    assert_false(tqb_task_legal(TASK_RETRY, TASK_HELD));
+    assert_false(tqb_task_legal(TASK_NEW, TASK_HELD));
+    assert_false(tqb_task_legal(TASK_SUCCESS, TASK_WAITING));
+    assert_false(tqb_task_legal(TASK_CANCELLED, TASK_WAITING));
+    assert_false(tqb_task_legal(TASK_FAILURE, TASK_HELD));
+    for (int s = 0; s < TASK_STATES_; s++)
+        assert_false(tqb_task_legal((task_state_t)s, TASK_NEW));
+    /* the wire sees fewer states */
+    tq_broker_t *b = s_broker(NULL);
+    task_t *t = s_task(b, "w1");
+    assert_int_equal(tqb_task_wire_state(t), TQ_STATE_PENDING);
+    tqb_task_move(b, t, TASK_SCHEDULED, &(task_move_t){.due_ms = 1});
+    assert_int_equal(tqb_task_wire_state(t), TQ_STATE_SCHEDULED);
+    tq_broker_destroy(&b);
+}
+
+/* Each state, one container, and the counts follow. */
+static void
+test_containers(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    b->now_ms = 1000;
+    peer_t *child = s_child(b, "c1");
+    task_t *a = s_task(b, "a"), *c = s_task(b, "c");
+    queue_t *q = a->lane->queue;
+
+    tqb_task_move(b, a, TASK_WAITING, NULL);
+    tqb_task_move(b, c, TASK_WAITING, NULL);
+    assert_int_equal(q->waiting, 2);
+    assert_ptr_equal(a->lane->fifo[0].head, a);
+
+    tqb_task_move(b, a, TASK_HELD, &(task_move_t){.holder = child});
+    assert_int_equal(q->waiting, 1);
+    assert_int_equal(q->running, 1);
+    assert_int_equal(child->held, 1);
+    assert_ptr_equal(child->held_tasks.head, a);
+    assert_ptr_equal(a->holder, child);
+
+    /* a REVOKE asked: only a count changes */
+    tqb_task_move(b, a, TASK_REVOKING, NULL);
+    assert_int_equal(child->revoking, 1);
+    assert_int_equal(child->held, 1);
+    /* given back: at the front of its priority */
+    tqb_task_move(b, a, TASK_WAITING, &(task_move_t){.front = true});
+    assert_int_equal(child->revoking, 0);
+    assert_int_equal(child->held, 0);
+    assert_null(a->holder);
+    assert_ptr_equal(a->lane->fifo[0].head, a);
+    assert_int_equal(q->waiting, 2);
+
+    /* RETRY waits in the heap, then comes back at the front */
+    tqb_task_move(b, c, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_move(b, c, TASK_RETRY, &(task_move_t){.due_ms = 1500});
+    assert_int_equal(q->delayed, 1);
+    assert_int_equal(q->running, 0);
+    assert_int_equal(tqb_next_due(b), 1500);
+    b->now_ms = 1499;
+    tqb_release_due(b);
+    assert_int_equal(c->state, TASK_RETRY);
+    b->now_ms = 1500;
+    tqb_release_due(b);
+    assert_int_equal(c->state, TASK_WAITING);
+    assert_ptr_equal(c->lane->fifo[0].head, c);
+    assert_int_equal(q->delayed, 0);
+    assert_int_equal(tqb_next_due(b), INT64_MAX);
+
+    /* a countdown ends at the back */
+    task_t *d = s_task(b, "d");
+    tqb_task_move(b, d, TASK_SCHEDULED, &(task_move_t){.due_ms = 1600});
+    b->now_ms = 1600;
+    tqb_release_due(b);
+    assert_ptr_equal(d->lane->fifo[0].tail, d);
+
+    /* final: the expiry list; a dead letter of TQ_ELOST is kept */
+    tqb_task_move(b, a, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, a, TASK_SUCCESS, TQ_OK, NULL, NULL);
+    assert_int_equal(b->results_kept, 1);
+    assert_ptr_equal(b->expiry.head, a);
+    assert_int_equal(child->held, 0);
+    tqb_task_move(b, c, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, c, TASK_FAILURE, TQ_ELOST, "lost", NULL);
+    assert_int_equal(b->results_kept, 1);
+    assert_int_equal(b->dead_count, 1);
+    assert_ptr_equal(b->dead_head, c);
+    /* the operator's retry takes it out of the dead letters */
+    tqb_task_move(b, c, TASK_WAITING, NULL);
+    assert_int_equal(b->dead_count, 0);
+    assert_null(b->dead_head);
+
+    /* expiry forgets */
+    b->now_ms = a->expires_ms;
+    tqb_expire_results(b);
+    assert_null(tqb_task_find(b, tq_str("a")));
+    assert_int_equal(b->results_kept, 0);
+    tq_broker_destroy(&b);
+}
+
+static int s_rows;
+static uint32_t s_state_of_x;
+
+static void
+s_count_row(const tq_store_task_t *row, void *arg)
+{
+    (void)arg;
+    s_rows++;
+    if (strcmp(row->id, "x") == 0)
+        s_state_of_x = row->state;
+}
+
+/* The store keeps what the moves wrote: a retrying task is stored as
+   RETRY, not left PENDING by one call site that forgot. */
+static void
+test_journal(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    peer_t *child = s_child(b, "c1");
+    task_t *x = s_task(b, "x");
+    tqb_task_move(b, x, TASK_WAITING, NULL);
+    x->rec.attempt++;
+    tqb_task_move(b, x, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_move(b, x, TASK_RETRY,
+                  &(task_move_t){.due_ms = b->now_ms + 100000});
+    assert_true(tqb_commit(b));
+    tq_broker_destroy(&b);
+
+    char error[256];
+    tq_store_t *store = tq_store_open(dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    s_rows = 0;
+    assert_int_equal(tq_store_load(store, s_count_row, NULL), TQ_OK);
+    assert_int_equal(s_rows, 1);
+    assert_int_equal(s_state_of_x, TQ_STATE_RETRY);
+    tq_store_destroy(&store);
+    tq_harness_rmtree(dir);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_containers),
+        cmocka_unit_test(test_journal),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
