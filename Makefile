@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc)
-CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQ_WERROR=ON
 
 .PHONY: all deps configure build test demo demo-network install bench sanitize memcheck \
         format clean fuzz fuzz-build
@@ -21,6 +21,11 @@ build: configure
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 600
+
+# the suite beside 4 CPU hogs: no test may depend on the machine's speed
+.PHONY: test-loaded
+test-loaded: build
+	scripts/test-loaded.sh $(BUILD)
 
 demo: build
 	scripts/demo.sh $(BUILD)
@@ -48,7 +53,7 @@ bench-cli: build
 # ASan/UBSan build of everything, whole suite
 sanitize:
 	$(MAKE) test BUILD=build-asan \
-	  CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DTQ_SANITIZE=address,undefined"
+	  CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Debug -DTQ_WERROR=ON -DTQ_SANITIZE=address,undefined"
 
 # valgrind over the suite
 memcheck: build
@@ -62,7 +67,7 @@ FUZZ_BUILD ?= build-fuzz
 FUZZ_CC ?= clang
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined \
   -fno-sanitize-recover=all -D_GNU_SOURCE -Iproto -Iinclude -Iinclude/tq \
-  -Iclient
+  -Iclient -Iinternal
 FUZZ_LIBS = $$(pkg-config --cflags --libs libczmq libzmq msgpack jansson) \
   -lm -lpthread
 FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_wire.c proto/tq_error.c \
