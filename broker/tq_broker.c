@@ -668,6 +668,7 @@ tq_broker_destroy(tq_broker_t **self_p)
             ln = l->next;
             free(l);
         }
+        free(q->servers);
         free(q);
     }
     zhashx_destroy(&self->queue_index);
@@ -687,6 +688,7 @@ tq_broker_destroy(tq_broker_t **self_p)
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);
+    free(self->candidates);
     tq_heap_destroy(&self->delayed);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->sbuf);

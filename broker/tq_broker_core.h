@@ -124,6 +124,9 @@ struct lane_s {
 struct queue_s {
     const char *name; /* interned */
     lane_t *lanes;
+    peer_t **servers; /* children that serve it: dispatch looks only at
+                         the servers of queues with waiting tasks */
+    uint32_t server_count, server_cap;
     uint32_t waiting, running;
     uint32_t delayed; /* SCHEDULED and RETRY */
     uint64_t done, failed;
@@ -149,6 +152,7 @@ struct peer_s {
     uint32_t credit, held;
     uint32_t cancelled; /* cancelled tasks it may still be running */
     uint32_t revoking; /* held tasks in TASK_REVOKING */
+    uint64_t stamp;    /* dispatch: the last pass that listed it */
     uint32_t features; /* TQ_FEATURE_* from its READY */
     uint64_t done;
     uint64_t rss_kb; /* peak RSS from its last DONE */
@@ -244,6 +248,11 @@ struct tq_broker_t {
     bool dispatch_due;
     uint64_t peer_serial; /* the last peer_t serial given */
     uint64_t session_serial; /* the last supervisor session given */
+    uint64_t stamp;          /* dispatch passes, for peer_t.stamp */
+    uint32_t multi_holders;  /* children that hold 2+ tasks and answer
+                                REVOKE: only then can stealing help */
+    peer_t **candidates;     /* dispatch scratch: children to serve */
+    uint32_t candidate_cap;
     volatile bool stopping;
     counters_t counters;
     tq_frames_t frames;
@@ -376,6 +385,13 @@ void tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
                      const char *why);
 void tqb_peer_free(peer_t *peer);
 bool tqb_peer_serves(const peer_t *peer, const lane_t *lane);
+/* Lists a child among its queues' servers (after READY), or takes it
+   off (before its lists change or it goes). */
+void tqb_peer_serve(tq_broker_t *self, peer_t *child);
+void tqb_peer_unserve(tq_broker_t *self, peer_t *child);
+/* Keeps multi_holders right as a child's held count changes. */
+void tqb_peer_held_changed(tq_broker_t *self, peer_t *child,
+                           uint32_t before);
 bool tqb_lane_served(tq_broker_t *self, const lane_t *lane);
 peer_t *tqb_supervisor_of(tq_broker_t *self, const peer_t *child);
 /* Gives waiting tasks to children with free credit, then asks holders to

@@ -116,6 +116,7 @@ tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
 {
     if (peer->role == PEER_CHILD) {
         s_release(self, peer, lost, code, why);
+        tqb_peer_unserve(self, peer);
         if (lost)
             self->counters.lost++;
         if (peer->prev)
@@ -163,6 +164,50 @@ tqb_lane_served(tq_broker_t *self, const lane_t *lane)
         if (tqb_peer_serves(w, lane))
             return true;
     return false;
+}
+
+void
+tqb_peer_serve(tq_broker_t *self, peer_t *child)
+{
+    (void) self;
+    for (uint32_t i = 0; i < child->queue_count; i++) {
+        queue_t *q = child->queues[i];
+        if (q->server_count == q->server_cap) {
+            q->server_cap = q->server_cap ? 2 * q->server_cap : 8;
+            q->servers = realloc(q->servers, q->server_cap * sizeof *q->servers);
+            if (!q->servers)
+                abort();
+        }
+        q->servers[q->server_count++] = child;
+    }
+}
+
+void
+tqb_peer_unserve(tq_broker_t *self, peer_t *child)
+{
+    (void) self;
+    for (uint32_t i = 0; i < child->queue_count; i++) {
+        queue_t *q = child->queues[i];
+        for (uint32_t j = 0; j < q->server_count; j++)
+            if (q->servers[j] == child) {
+                q->servers[j] = q->servers[--q->server_count];
+                break;
+            }
+    }
+}
+
+void
+tqb_peer_held_changed(tq_broker_t *self, peer_t *child, uint32_t before)
+{
+    if (!(child->features & TQ_FEATURE_RETURNS))
+        return;
+    bool was = before >= 2, is = child->held >= 2;
+    if (was != is) {
+        if (is)
+            self->multi_holders++;
+        else
+            self->multi_holders--;
+    }
 }
 
 /* The supervisor session a child is bound to (the one that was current
@@ -232,73 +277,139 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     return true;
 }
 
-/* True if a REVOKE asked for taker may still be answered RETURNED. One
-   for a task that has become the first its holder holds does not count:
-   the holder ended the tasks before it, so it has most likely started it
-   and stays silent; the idle child must not wait for that task's end. */
-static bool
-s_asked_for(const tq_broker_t *self, const peer_t *taker)
-{
-    for (const peer_t *w = self->children; w; w = w->next) {
-        if (!w->revoking || !w->held_tasks.head)
-            continue;
-        for (const task_t *t = w->held_tasks.head->next; t; t = t->next)
-            if (t->state == TASK_REVOKING && t->revoke_for == taker->serial)
-                return true;
-    }
-    return false;
-}
-
 /* Work stealing. With prefetch above 1 a child may hold tasks it has not
    started while another child has nothing to do (the lanes ran dry). The
    broker asks the holder for the held task that should run next (REVOKE);
    the holder answers at once, even while it runs a task: RETURNED if it
    had not started it, nothing if it had (its DONE comes). Only a RETURNED
    task is queued again (tqb_on_returned), so a steal never runs a task
-   twice. At most one REVOKE is outstanding per idle child. */
+   twice. At most one REVOKE is outstanding per idle child; one for a task
+   that has become the first its holder holds does not count: the holder
+   ended the tasks before it, so it has most likely started it and stays
+   silent, and the idle child must not wait for that task's end.
+
+   Cost: nothing unless some child holds two tasks or more and answers
+   REVOKE (multi_holders); then one walk over the children collects the
+   tasks that may be asked for, and only idle children of their queues
+   are considered. */
 static void
 s_steal(tq_broker_t *self)
 {
-    for (peer_t *taker = self->children; taker; taker = taker->next) {
-        if (taker->held + taker->cancelled > 0 || s_asked_for(self, taker))
+    if (!self->multi_holders)
+        return;
+    /* what may be asked for (held, not first, holder answers REVOKE), and
+       the idle children already waiting on a REVOKE */
+    uint32_t nvictims = 0, nasked = 0, cap = 64;
+    task_t **victims = tqb_alloc(cap * sizeof *victims);
+    uint64_t *asked = tqb_alloc(cap * sizeof *asked);
+    for (peer_t *w = self->children; w; w = w->next) {
+        if (w->held < 2)
             continue;
-        /* the unstarted task that should run next, by the order dispatch
-           uses (priority, then submission), so that tasks still start in
-           the order a single queue would start them */
-        task_t *victim = NULL;
-        peer_t *holder = NULL;
-        for (peer_t *w = self->children; w; w = w->next) {
-            /* a child that cannot give a task back is never asked */
-            if (w == taker || w->held < 2 ||
-                !(w->features & TQ_FEATURE_RETURNS))
+        for (task_t *t = w->held_tasks.head->next; t; t = t->next) {
+            if (nvictims == cap || nasked == cap) {
+                cap *= 2;
+                victims = realloc(victims, cap * sizeof *victims);
+                asked = realloc(asked, cap * sizeof *asked);
+                if (!victims || !asked)
+                    abort();
+            }
+            if (t->state == TASK_REVOKING)
+                asked[nasked++] = t->revoke_for;
+            else if (w->features & TQ_FEATURE_RETURNS)
+                victims[nvictims++] = t;
+        }
+    }
+    uint64_t stamp = ++self->stamp;
+    for (uint32_t v = 0; v < nvictims; v++) {
+        queue_t *queue = victims[v]->lane->queue;
+        for (uint32_t s = 0; s < queue->server_count; s++) {
+            peer_t *taker = queue->servers[s];
+            if (taker->stamp == stamp)
                 continue;
-            /* the first held task is (or soon is) running: never it */
-            for (task_t *t = w->held_tasks.head->next; t; t = t->next)
-                if (t->state == TASK_HELD && tqb_peer_serves(taker, t->lane) &&
+            taker->stamp = stamp;
+            if (taker->held + taker->cancelled > 0)
+                continue;
+            bool waiting = false;
+            for (uint32_t a = 0; a < nasked && !waiting; a++)
+                waiting = asked[a] == taker->serial;
+            if (waiting)
+                continue;
+            /* the unstarted task that should run next, by the order
+               dispatch uses (priority, then submission), so that tasks
+               still start in the order a single queue would start them */
+            task_t *victim = NULL;
+            for (uint32_t k = 0; k < nvictims; k++) {
+                task_t *t = victims[k];
+                if (t && t->state == TASK_HELD && t->holder != taker &&
+                    tqb_peer_serves(taker, t->lane) &&
                     (!victim || t->rec.priority > victim->rec.priority ||
                      (t->rec.priority == victim->rec.priority &&
-                      t->rec.seq < victim->rec.seq))) {
+                      t->rec.seq < victim->rec.seq)))
                     victim = t;
-                    holder = w;
-                }
+            }
+            if (!victim)
+                continue; /* nothing this child could take */
+            peer_t *holder = victim->holder;
+            tq_msg_t *out = tqb_out(self, TQ_CMD_REVOKE);
+            out->id = tq_str(victim->rec.id);
+            out->attempt = victim->rec.attempt;
+            if (tqb_send_to(self, self->workers, &holder->ident, NULL) != 0) {
+                /* gone: its tasks go back to their lanes; look again at
+                   the next pass */
+                tqb_peer_remove(self, holder, false, 0, "unreachable");
+                self->dispatch_due = true;
+                goto done;
+            }
+            tqb_task_move(self, victim, TASK_REVOKING, NULL);
+            victim->revoke_for = taker->serial;
         }
-        if (!victim)
-            continue; /* nothing this child could take */
-        tq_msg_t *out = tqb_out(self, TQ_CMD_REVOKE);
-        out->id = tq_str(victim->rec.id);
-        out->attempt = victim->rec.attempt;
-        if (tqb_send_to(self, self->workers, &holder->ident, NULL) != 0) {
-            /* gone: its tasks go back to their lanes; look again */
-            tqb_peer_remove(self, holder, false, 0, "unreachable");
-            self->dispatch_due = true;
-            return;
-        }
-        tqb_task_move(self, victim, TASK_REVOKING, NULL);
-        victim->revoke_for = taker->serial;
     }
+done:
+    free(victims);
+    free(asked);
 }
 
-/* Offers one task to every child at the lowest load in each round, so
+static int
+s_by_serial(const void *a, const void *b)
+{
+    const peer_t *x = *(peer_t *const *) a, *y = *(peer_t *const *) b;
+    return x->serial < y->serial ? -1 : x->serial > y->serial;
+}
+
+/* The children that could take a waiting task now: servers of queues
+   with waiting tasks, with credit left, in the order they announced
+   themselves. Idle children of other queues cost nothing. */
+static uint32_t
+s_candidates(tq_broker_t *self)
+{
+    uint64_t stamp = ++self->stamp;
+    uint32_t count = 0;
+    for (queue_t *q = self->queues; q; q = q->next) {
+        if (!q->waiting)
+            continue;
+        for (uint32_t i = 0; i < q->server_count; i++) {
+            peer_t *child = q->servers[i];
+            if (child->stamp == stamp ||
+                child->held + child->cancelled >= child->credit)
+                continue;
+            child->stamp = stamp;
+            if (count == self->candidate_cap) {
+                self->candidate_cap =
+                    self->candidate_cap ? 2 * self->candidate_cap : 64;
+                self->candidates =
+                    realloc(self->candidates,
+                            self->candidate_cap * sizeof *self->candidates);
+                if (!self->candidates)
+                    abort();
+            }
+            self->candidates[count++] = child;
+        }
+    }
+    qsort(self->candidates, count, sizeof *self->candidates, s_by_serial);
+    return count;
+}
+
+/* Offers one task to every candidate at the lowest load in each round, so
    every idle child is served before any child gets a second task (a burst
    spreads over all of them, and a task given back after REVOKE goes to
    the idle child that wanted it, not back to its holder). */
@@ -306,13 +417,16 @@ void
 tqb_dispatch(tq_broker_t *self)
 {
     self->dispatch_due = false;
+    uint32_t count = s_candidates(self);
+    peer_t **cand = self->candidates;
     uint32_t level = 0;
     for (;;) {
         bool progress = false;
         uint32_t next_level = UINT32_MAX;
-        peer_t *next;
-        for (peer_t *child = self->children; child; child = next) {
-            next = child->next;
+        for (uint32_t i = 0; i < count; i++) {
+            peer_t *child = cand[i];
+            if (!child)
+                continue;
             uint32_t load = child->held + child->cancelled;
             if (load >= child->credit)
                 continue;
@@ -325,10 +439,10 @@ tqb_dispatch(tq_broker_t *self)
             if (!task)
                 continue;
             if (!s_dispatch_one(self, child, task))
-                next = self->children; /* it was removed: start over */
+                cand[i] = NULL; /* removed; its tasks went back */
             progress = true;
         }
-        /* a round without a dispatch: every child at this load has
+        /* a round without a dispatch: every candidate at this load has
            nothing it can take; try the next load up, and at the top, give
            idle children what others hold unstarted */
         if (!progress) {

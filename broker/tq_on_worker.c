@@ -24,6 +24,9 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
 {
     if (child) {
         /* announcing again: keep the tasks it holds, take the new lists */
+        tqb_peer_unserve(self, child);
+        if (child->held >= 2 && (child->features & TQ_FEATURE_RETURNS))
+            self->multi_holders--;
         free(child->queues);
         free(child->tasks);
     } else {
@@ -51,6 +54,8 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
     child->ppid = msg->ppid;
     child->credit = msg->credit;
     child->features = msg->features;
+    if (child->held >= 2 && (child->features & TQ_FEATURE_RETURNS))
+        self->multi_holders++;
     uint32_t queues = msg->queue_count ? msg->queue_count : 1;
     child->queues = tqb_alloc(queues * sizeof *child->queues);
     if (msg->queue_count == 0)
@@ -62,6 +67,7 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
     for (uint32_t i = 0; i < msg->task_count; i++)
         child->tasks[i] = tqb_intern(self, msg->tasks[i]);
     child->task_count = msg->task_count;
+    tqb_peer_serve(self, child);
     child->last_seen_ms = self->now_ms;
     s_bind(self, child);
     self->dispatch_due = true;
