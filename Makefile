@@ -32,8 +32,18 @@ demo-network: build
 install: build
 	cmake --install $(BUILD)
 
-bench: build
-	$(BUILD)/bench/tq-bench
+# tq against the bare ZeroMQ broker, Gearman and multiprocessing.Pool(2),
+# interleaved over 5 rounds (issue 13); `make bench-quick`: 1 small round
+bench:
+	@scripts/deps.sh --bench
+	$(MAKE) build
+	$(BUILD)/bench/tq-bench --runs 5
+
+.PHONY: bench-quick
+bench-quick:
+	@scripts/deps.sh --bench
+	$(MAKE) build
+	$(BUILD)/bench/tq-bench --quick
 
 # the embedded pool of 2 against Python's multiprocessing.Pool(2) (issue 5)
 .PHONY: bench-pool
