@@ -33,11 +33,12 @@ install: build
 	cmake --install $(BUILD)
 
 # tq against the bare ZeroMQ broker, Gearman and multiprocessing.Pool(2),
-# interleaved over 5 rounds (issue 13); `make bench-quick`: 1 small round
+# interleaved over 7 rounds (issue 13, about 2 minutes on 2 vCPUs);
+# `make bench-quick`: 1 small round
 bench:
 	@scripts/deps.sh --bench
 	$(MAKE) build
-	$(BUILD)/bench/tq-bench --runs 5
+	$(BUILD)/bench/tq-bench --runs 7
 
 .PHONY: bench-quick
 bench-quick:

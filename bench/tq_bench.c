@@ -623,6 +623,18 @@ static const s_row_t s_rows[] = {
     {NULL, "multiprocessing.Pool(2)", PY_P99, C_PYTHON, "us"},
 };
 
+/* A task count as "1M", "100k" or "1500" (buf of size bytes). */
+static void
+s_count(char *buf, size_t size, int count)
+{
+    if (count % 1000000 == 0)
+        snprintf(buf, size, "%dM", count / 1000000);
+    else if (count % 1000 == 0)
+        snprintf(buf, size, "%dk", count / 1000);
+    else
+        snprintf(buf, size, "%d", count);
+}
+
 /* A value with the precision its size deserves. */
 static void
 s_format(char *buf, size_t size, double value)
@@ -664,8 +676,9 @@ s_print_results(const s_config_t *config, const double rss[2],
     }
     if (!rss_ok)
         return;
-    char held[32], value[32];
-    snprintf(held, sizeof held, "hold %dk", config->rss_tasks / 1000);
+    char held[32], count[16], value[32];
+    s_count(count, sizeof count, config->rss_tasks);
+    snprintf(held, sizeof held, "hold %s", count);
     for (int s = 0; s < 2; s++) {
         const char *mode = s ? "store" : "no store";
         char name[64];
@@ -755,12 +768,13 @@ s_print_targets(const s_config_t *config, const double rss[2],
         s_target_row(t->name, value, range, must, goal, mark);
     }
     static const double must_mib[2] = {300, 150}, goal_mib[2] = {200, 64};
-    char name[64], value[32], must[16], goal[16];
+    char name[64], value[32], must[16], goal[16], count[16];
+    s_count(count, sizeof count, config->rss_tasks);
     /* the targets are for a million: another count is shown, not marked */
     bool million = config->rss_tasks == 1000000;
     for (int s = 0; s < 2; s++) {
-        snprintf(name, sizeof name, "broker RSS, %dk waiting, %s",
-                 config->rss_tasks / 1000, s ? "store" : "no store");
+        snprintf(name, sizeof name, "broker RSS, %s waiting, %s", count,
+                 s ? "store" : "no store");
         snprintf(value, sizeof value, "%.0f MiB", rss[s]);
         snprintf(must, sizeof must, "<=%.0f MiB", must_mib[s]);
         snprintf(goal, sizeof goal, "<=%.0f MiB", goal_mib[s]);
@@ -772,9 +786,8 @@ s_print_targets(const s_config_t *config, const double rss[2],
     }
     snprintf(value, sizeof value, "%.0f/s", rate[0]);
     char range[48];
-    snprintf(range, sizeof range, "(store %.0f)", rate[1]);
-    snprintf(name, sizeof name, "submit of %dk, one C client, no store",
-             config->rss_tasks / 1000);
+    snprintf(range, sizeof range, "(store: %.0f)", rate[1]);
+    snprintf(name, sizeof name, "submit rate of %s, one C client", count);
     s_target_row(name, rss_ok ? value : "-", rss_ok ? range : "not run",
                  ">=300000/s", ">=1000000/s",
                  rss_ok && million ? s_mark(rate[0], true, 300000, 1000000)
@@ -787,7 +800,7 @@ s_usage(FILE *out)
     fprintf(out,
             "usage: tq-bench [--runs R] [--tasks N] [--seq N] [--echo N] "
             "[--rss-tasks N] [--quick]\n"
-            "  --runs R       interleaved rounds, 1..%d (default 5)\n"
+            "  --runs R       interleaved rounds, 1..%d (default 7)\n"
             "  --tasks N      W1 tasks (default 20000)\n"
             "  --seq N        W2 sequential round trips (default 2000)\n"
             "  --echo N       W3 64 KiB tasks (default 2000)\n"
@@ -883,7 +896,7 @@ s_print_setup(const s_config_t *config)
 int
 main(int argc, char **argv)
 {
-    s_config_t config = {20000, 2000, 2000, 65536, 5, 1000000, 2};
+    s_config_t config = {20000, 2000, 2000, 65536, 7, 1000000, 2};
     if (s_parse(argc, argv, &config) != 0) {
         s_usage(stderr);
         return 2;
