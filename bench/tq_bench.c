@@ -6,7 +6,8 @@
    - tq: tq-broker (no store) and `tq-worker -c 2` at its defaults: W1
      (apply_async of no-op tq.echo, all awaited) and W2 (sequential
      tq_apply); then a worker host at --prefetch 16: W1 and W3 (64 KiB echo);
-   - tq durable: tq-broker --data DIR --sync batch, prefetch 16: W1;
+   - tq durable: tq-broker --data DIR --sync batch, prefetch 16: W1 (and,
+     for the record, the same with --sync os);
    - the bare ZeroMQ load-balancing broker (ref-lbbroker) at credit 1 and
      16: W1, W2, W3;
    - Gearman: gearmand (Debian's) with two ref-gearman-worker processes and
@@ -55,6 +56,7 @@ enum {
     TQ_W1_P16,
     TQ_W3,
     TQ_DURABLE_W1,
+    TQ_OS_W1,
     B1_W1,
     B1_P50,
     B1_P99,
@@ -80,6 +82,7 @@ enum {
 enum {
     C_TQ,
     C_TQ_DURABLE,
+    C_TQ_OS,
     C_BARE1,
     C_BARE16,
     C_GEARMAN,
@@ -237,9 +240,9 @@ s_run_tq(const s_config_t *config, int run)
     return rc;
 }
 
-/* tq with the store synced per batch: W1 at prefetch 16. */
+/* tq with the store (--sync sync): W1 at prefetch 16 into series. */
 static int
-s_run_tq_durable(const s_config_t *config, int run)
+s_run_tq_store(const s_config_t *config, int run, const char *sync, int series)
 {
     char dir[512], data[600];
     if (tq_harness_tempdir(dir, sizeof dir, "bench") != 0) {
@@ -247,25 +250,39 @@ s_run_tq_durable(const s_config_t *config, int run)
         return -1;
     }
     snprintf(data, sizeof data, "%s/data", dir);
-    const char *extra[] = {"--data", data, "--sync", "batch", NULL};
+    const char *extra[] = {"--data", data, "--sync", sync, NULL};
     tq_harness_env_t env;
     int rc = 0;
     if (tq_harness_env_start(&env, extra) != 0) {
-        fprintf(stderr, "tq-bench: the durable broker did not start\n");
+        fprintf(stderr, "tq-bench: the broker with --sync %s did not start\n",
+                sync);
         rc = -1;
     } else {
         if (s_worker(&env, config, 16) < 0 ||
             s_throughput(env.client, config->tasks / 10 + 1) < 0)
             rc = -1;
         if (rc == 0) {
-            s_samples[TQ_DURABLE_W1][run] =
-                s_throughput(env.client, config->tasks);
-            rc = s_samples[TQ_DURABLE_W1][run] < 0 ? -1 : 0;
+            s_samples[series][run] = s_throughput(env.client, config->tasks);
+            rc = s_samples[series][run] < 0 ? -1 : 0;
         }
         tq_harness_env_stop(&env);
     }
     tq_harness_rmtree(dir);
     return rc;
+}
+
+/* The durable broker of the targets: synced per batch. */
+static int
+s_run_tq_durable(const s_config_t *config, int run)
+{
+    return s_run_tq_store(config, run, "batch", TQ_DURABLE_W1);
+}
+
+/* For the record: the store written to the OS, which flushes when it likes. */
+static int
+s_run_tq_os(const s_config_t *config, int run)
+{
+    return s_run_tq_store(config, run, "os", TQ_OS_W1);
 }
 
 /* Runs argv (a path first) for at most S_WAIT_MS and reads n numbers from
@@ -476,18 +493,25 @@ s_run_python(const s_config_t *config, int run)
 typedef int(s_contender_fn)(const s_config_t *config, int run);
 
 static s_contender_fn *const s_contenders[S_CONTENDERS] = {
-    s_run_tq,      s_run_tq_durable, s_run_bare1, s_run_bare16,
+    [C_TQ] = s_run_tq,           [C_TQ_DURABLE] = s_run_tq_durable,
+    [C_TQ_OS] = s_run_tq_os,     [C_BARE1] = s_run_bare1,
+    [C_BARE16] = s_run_bare16,
 #ifdef TQ_BENCH_GEARMAND
-    s_run_gearman,
-#else
-    NULL,
+    [C_GEARMAN] = s_run_gearman,
 #endif
-    s_run_pool,    s_run_python,
+    [C_POOL] = s_run_pool,       [C_PYTHON] = s_run_python,
 };
 
 static const char *const s_contender_names[S_CONTENDERS] = {
-    "tq",      "tq durable", "bare broker credit 1",   "bare broker credit 16",
-    "Gearman", "tq_pool(2)", "multiprocessing.Pool(2)"};
+    [C_TQ] = "tq",
+    [C_TQ_DURABLE] = "tq durable",
+    [C_TQ_OS] = "tq --sync os",
+    [C_BARE1] = "bare broker credit 1",
+    [C_BARE16] = "bare broker credit 16",
+    [C_GEARMAN] = "Gearman",
+    [C_POOL] = "tq_pool(2)",
+    [C_PYTHON] = "multiprocessing.Pool(2)",
+};
 
 /* The broker's resident set from /proc, in MiB, or -1. */
 static double
@@ -599,6 +623,7 @@ static const s_row_t s_rows[] = {
     {NULL, "tq, prefetch 16", TQ_W1_P16, C_TQ, "tasks/s"},
     {NULL, "tq durable (--sync batch), prefetch 16", TQ_DURABLE_W1,
      C_TQ_DURABLE, "tasks/s"},
+    {NULL, "tq store --sync os, prefetch 16", TQ_OS_W1, C_TQ_OS, "tasks/s"},
     {NULL, "bare ZeroMQ broker, credit 1", B1_W1, C_BARE1, "tasks/s"},
     {NULL, "bare ZeroMQ broker, credit 16", B16_W1, C_BARE16, "tasks/s"},
     {NULL, "Gearman", GM_W1, C_GEARMAN, "tasks/s"},
