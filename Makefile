@@ -37,8 +37,19 @@ demo-network: build
 install: build
 	cmake --install $(BUILD)
 
-bench: build
-	$(BUILD)/bench/tq-bench
+# tq against the bare ZeroMQ broker, Gearman and multiprocessing.Pool(2),
+# interleaved over 7 rounds (issue 13, about 2 minutes on 2 vCPUs);
+# `make bench-quick`: 1 small round
+bench:
+	@scripts/deps.sh --bench
+	$(MAKE) build
+	$(BUILD)/bench/tq-bench --runs 7
+
+.PHONY: bench-quick
+bench-quick:
+	@scripts/deps.sh --bench
+	$(MAKE) build
+	$(BUILD)/bench/tq-bench --quick
 
 # the embedded pool of 2 against Python's multiprocessing.Pool(2) (issue 5)
 .PHONY: bench-pool

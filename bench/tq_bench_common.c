@@ -43,6 +43,28 @@ tq_bench_print_machine(void)
            TQ_VERSION_MAJOR, TQ_VERSION_MINOR, TQ_VERSION_PATCH);
 }
 
+void
+tq_bench_print_load(const char *when)
+{
+    double load[3] = {-1, -1, -1};
+    FILE *file = fopen("/proc/loadavg", "re");
+    if (file) {
+        if (fscanf(file, "%lf %lf %lf", &load[0], &load[1], &load[2]) != 3)
+            load[0] = load[1] = load[2] = -1;
+        fclose(file);
+    }
+    printf("load:    %.2f %.2f %.2f (1, 5, 15 min; %s)\n", load[0], load[1],
+           load[2], when);
+    fflush(stdout);
+}
+
+const char *
+tq_bench_python(void)
+{
+    return access("/usr/bin/python3", X_OK) == 0 ? "/usr/bin/python3"
+                                                 : "python3";
+}
+
 int
 tq_bench_cmp_double(const void *a, const void *b)
 {

@@ -10,6 +10,14 @@
    the libzmq and libtq versions, one "name: value" line each. */
 void tq_bench_print_machine(void);
 
+/* Prints "load:    A B C (when)", the 1, 5 and 15 minute load averages
+   from /proc/loadavg. */
+void tq_bench_print_load(const char *when);
+
+/* The python3 the benchmarks run: Debian's /usr/bin/python3 when it is
+   there, else "python3" from PATH. */
+const char *tq_bench_python(void);
+
 /* qsort comparison of two doubles, ascending. */
 int tq_bench_cmp_double(const void *a, const void *b);
 

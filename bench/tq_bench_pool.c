@@ -27,6 +27,7 @@ typedef struct {
     int runs; /* runs, 1..TQ_BENCH_MAX_RUNS */
     int prefetch[S_MAX_PREFETCHES]; /* effective values, distinct */
     int prefetches; /* entries in prefetch */
+    bool raw; /* --raw: tq only, one "w1 p50 p99" line per prefetch */
 } s_config_t;
 
 /* One configuration's measures, one entry per run. */
@@ -129,9 +130,12 @@ s_measure_tq(const s_config_t *config, tq_registry_t *registry, int prefetch,
 static int
 s_python_version(char *version, size_t size)
 {
-    FILE *p = popen("python3 -c 'import multiprocessing, platform; "
-                    "print(platform.python_version())' 2>/dev/null",
-                    "r");
+    char command[256];
+    snprintf(command, sizeof command,
+             "%s -c 'import multiprocessing, platform; "
+             "print(platform.python_version())' 2>/dev/null",
+             tq_bench_python());
+    FILE *p = popen(command, "r");
     if (!p)
         return -1;
     int found = fgets(version, (int)size, p) != NULL;
@@ -142,32 +146,15 @@ s_python_version(char *version, size_t size)
 }
 
 /* Python's multiprocessing.Pool(2), like s_measure_tq: one apply, then W1
-   (tasks no-op apply_async, all awaited) and W2 (seq sequential apply).
+   (tasks no-op apply_async, all awaited) and W2 (seq sequential apply), run
+   by ref_mp_pool.py (TQ_BENCH_MP_POOL, the script tq-bench runs too).
    Fills run `run` of sample; -1 if it did not run. */
 static int
 s_measure_python(const s_config_t *config, s_sample_t *sample, int run)
 {
-    char command[1536];
-    snprintf(command, sizeof command,
-             "python3 -c '\n"
-             "import multiprocessing as mp, time\n"
-             "def noop(): return None\n"
-             "if __name__ == \"__main__\":\n"
-             "    with mp.Pool(%d) as p:\n"
-             "        p.apply(noop)\n"
-             "        t = time.monotonic()\n"
-             "        rs = [p.apply_async(noop) for _ in range(%d)]\n"
-             "        for r in rs: r.get()\n"
-             "        w1 = %d / (time.monotonic() - t)\n"
-             "        lat = []\n"
-             "        for _ in range(%d):\n"
-             "            t = time.monotonic()\n"
-             "            p.apply(noop)\n"
-             "            lat.append((time.monotonic() - t) * 1e6)\n"
-             "        lat.sort()\n"
-             "        print(w1, lat[len(lat) // 2], lat[len(lat) * 99 // 100])\n"
-             "' 2>/dev/null",
-             S_PROCESSES, config->tasks, config->tasks, config->seq);
+    char command[1024];
+    snprintf(command, sizeof command, "%s '%s' %d %d 2>/dev/null",
+             tq_bench_python(), TQ_BENCH_MP_POOL, config->tasks, config->seq);
     FILE *p = popen(command, "r");
     if (!p)
         return -1;
@@ -189,7 +176,10 @@ s_usage(FILE *out)
             "  --seq SEQ     W2 sequential applies per run (default 2000)\n"
             "  --prefetch P  pool prefetch to measure, repeatable or a comma "
             "list;\n"
-            "                0 is the default, %d (default: 1 and %d)\n",
+            "                0 is the default, %d (default: 1 and %d)\n"
+            "  --raw         tq only, no table: \"W1 P50 P99\" per prefetch "
+            "and run\n"
+            "                (how tq-bench reads it)\n",
             TQ_BENCH_MAX_RUNS, TQ_POOL_PREFETCH, TQ_POOL_PREFETCH);
 }
 
@@ -240,6 +230,7 @@ s_parse(int argc, char **argv, s_config_t *config)
         {"runs", required_argument, NULL, 'r'},
         {"seq", required_argument, NULL, 's'},
         {"prefetch", required_argument, NULL, 'p'},
+        {"raw", no_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     int opt;
@@ -257,6 +248,9 @@ s_parse(int argc, char **argv, s_config_t *config)
             break;
         case 'p':
             rc = s_add_prefetches(config, optarg);
+            break;
+        case 'R':
+            config->raw = true;
             break;
         case 'h':
             s_usage(stdout);
@@ -340,6 +334,26 @@ s_print_table(const s_config_t *config, const s_sample_t *samples,
            config->runs);
 }
 
+static void
+s_print_header(const s_config_t *config, bool python_ok, const char *version)
+{
+    tq_bench_print_machine();
+    printf("setup:   tq_pool(%d) embedded, a fresh pool per run and prefetch\n"
+           "         W1 %d no-op tq_pool_apply_async, all awaited; W2 %d "
+           "sequential tq_pool_apply\n",
+           S_PROCESSES, config->tasks, config->seq);
+    if (python_ok)
+        printf("python:  %s multiprocessing.Pool(%d), the same W1 "
+               "(apply_async) and W2 (apply)\n",
+               version, S_PROCESSES);
+    else
+        printf("python:  python3 not found (or without multiprocessing): not "
+               "measured\n");
+    printf("runs:    %d, each measures every configuration in turn\n\n",
+           config->runs);
+    fflush(stdout);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -349,22 +363,10 @@ main(int argc, char **argv)
         return 2;
     }
     char version[64] = "";
-    bool python_ok = s_python_version(version, sizeof version) == 0;
-    tq_bench_print_machine();
-    printf("setup:   tq_pool(%d) embedded, a fresh pool per run and prefetch\n"
-           "         W1 %d no-op tq_pool_apply_async, all awaited; W2 %d "
-           "sequential tq_pool_apply\n",
-           S_PROCESSES, config.tasks, config.seq);
-    if (python_ok)
-        printf("python:  %s multiprocessing.Pool(%d), the same W1 "
-               "(apply_async) and W2 (apply)\n",
-               version, S_PROCESSES);
-    else
-        printf("python:  python3 not found (or without multiprocessing): not "
-               "measured\n");
-    printf("runs:    %d, each measures every configuration in turn\n\n",
-           config.runs);
-    fflush(stdout);
+    bool python_ok =
+        !config.raw && s_python_version(version, sizeof version) == 0;
+    if (!config.raw)
+        s_print_header(&config, python_ok, version);
 
     tq_registry_t *registry = tq_registry_new();
     assert(registry);
@@ -389,7 +391,14 @@ main(int argc, char **argv)
     tq_registry_destroy(&registry);
     if (rc != 0)
         return 1;
-    s_print_table(&config, samples, &python, python_ok);
+    if (config.raw) {
+        for (int i = 0; i < config.prefetches; i++)
+            for (int run = 0; run < config.runs; run++)
+                printf("%.0f %.1f %.1f\n", samples[i].w1[run],
+                       samples[i].p50[run], samples[i].p99[run]);
+    } else {
+        s_print_table(&config, samples, &python, python_ok);
+    }
     int failed = 0;
     for (int i = 0; i < config.prefetches; i++)
         failed += samples[i].failed;

@@ -13,9 +13,15 @@ packages=(
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`
-if [ "${1:-}" = "--fuzz" ]; then
-  packages+=(clang libclang-rt-dev)
-fi
+# `deps.sh --bench`: also the references `make bench` compares tq with
+# (Gearman's server and C library, Python for multiprocessing.Pool)
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) packages+=(clang libclang-rt-dev) ;;
+    --bench) packages+=(gearman-job-server libgearman-dev python3) ;;
+    *) echo "usage: deps.sh [--fuzz] [--bench]" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${packages[@]}"; do
