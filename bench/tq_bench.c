@@ -30,6 +30,9 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zmq.h>
+
+#include "tq_proto.h"
 
 #include "tq_bench_common.h"
 #include "tq_harness.h"
@@ -57,6 +60,7 @@ enum {
     TQ_W3,
     TQ_DURABLE_W1,
     TQ_OS_W1,
+    TQ_IDLE_W1,
     B1_W1,
     B1_P50,
     B1_P99,
@@ -83,6 +87,7 @@ enum {
     C_TQ,
     C_TQ_DURABLE,
     C_TQ_OS,
+    C_TQ_IDLE,
     C_BARE1,
     C_BARE16,
     C_GEARMAN,
@@ -93,6 +98,12 @@ enum {
 
 static double s_samples[S_SERIES][TQ_BENCH_MAX_RUNS];
 static const char *s_missing[S_CONTENDERS]; /* why a contender did not run */
+static const char *s_only; /* --only: the contenders to run, by key */
+
+/* Short keys for --only, in contender order. */
+static const char *const s_keys[S_CONTENDERS] = {
+    "tq", "durable", "os", "idle", "bare1", "bare16", "gearman", "pool",
+    "python"};
 
 /* W1 (size 0: tq.echo with no arguments) or W3 (one binary argument of
    size bytes, echoed): submits `tasks`, then awaits them all. Returns the
@@ -237,6 +248,67 @@ s_run_tq(const s_config_t *config, int run)
         rc = seconds > 0 ? 0 : -1;
     }
     tq_harness_env_stop(&env);
+    return rc;
+}
+
+/* Children that announce themselves on queue "other" and never take
+   anything: raw DEALERs of this process, so 1,000 of them cost the machine
+   nothing but sockets; what they cost the broker is what is measured. */
+#define S_IDLE_CHILDREN 1000
+
+static void *
+s_idle_children(const char *endpoint, void **sockets, int count)
+{
+    void *ctx = zmq_ctx_new();
+    zmq_ctx_set(ctx, ZMQ_MAX_SOCKETS, count + 16);
+    tq_msg_t ready = {.command = TQ_CMD_READY};
+    ready.host = tq_str("idle-host");
+    ready.ppid = 1;
+    ready.credit = 1;
+    ready.queue_count = 1;
+    ready.queues[0] = tq_str("other");
+    ready.task_count = 1;
+    ready.tasks[0] = tq_str("tq.echo");
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    for (int i = 0; i < count; i++) {
+        sockets[i] = zmq_socket(ctx, ZMQ_DEALER);
+        int linger = 0;
+        zmq_setsockopt(sockets[i], ZMQ_LINGER, &linger, sizeof linger);
+        zmq_connect(sockets[i], endpoint);
+        ready.pid = (uint64_t)(100000 + i);
+        tq_proto_encode(&ready, &buf, NULL);
+        zmq_send(sockets[i], buf.data, buf.size, 0);
+    }
+    msgpack_sbuffer_destroy(&buf);
+    return ctx;
+}
+
+/* tq at the defaults, as s_run_tq's W1, with 1,000 idle children on
+   another queue beside the two that work: dispatch must cost what it
+   dispatches, not what is connected. */
+static int
+s_run_tq_idle(const s_config_t *config, int run)
+{
+    tq_harness_env_t env;
+    if (tq_harness_env_start(&env, NULL) != 0)
+        return -1;
+    void **sockets = calloc(S_IDLE_CHILDREN, sizeof *sockets);
+    void *ctx = s_idle_children(env.broker.workers, sockets, S_IDLE_CHILDREN);
+    int rc = tq_harness_wait_workers(env.client, S_IDLE_CHILDREN, 0, 60000);
+    pid_t worker = rc == 0 ? s_worker(&env, config, 0) : -1;
+    if (worker < 0 || s_throughput(env.client, config->tasks / 10 + 1) < 0)
+        rc = -1;
+    if (rc == 0) {
+        s_samples[TQ_IDLE_W1][run] = s_throughput(env.client, config->tasks);
+        rc = s_samples[TQ_IDLE_W1][run] < 0 ? -1 : 0;
+    }
+    tq_harness_env_stop(&env);
+    for (int i = 0; i < S_IDLE_CHILDREN; i++)
+        if (sockets[i])
+            zmq_close(sockets[i]);
+    zmq_ctx_term(ctx);
+    free(sockets);
     return rc;
 }
 
@@ -494,7 +566,8 @@ typedef int(s_contender_fn)(const s_config_t *config, int run);
 
 static s_contender_fn *const s_contenders[S_CONTENDERS] = {
     [C_TQ] = s_run_tq,           [C_TQ_DURABLE] = s_run_tq_durable,
-    [C_TQ_OS] = s_run_tq_os,     [C_BARE1] = s_run_bare1,
+    [C_TQ_OS] = s_run_tq_os,     [C_TQ_IDLE] = s_run_tq_idle,
+    [C_BARE1] = s_run_bare1,
     [C_BARE16] = s_run_bare16,
 #ifdef TQ_BENCH_GEARMAND
     [C_GEARMAN] = s_run_gearman,
@@ -506,6 +579,7 @@ static const char *const s_contender_names[S_CONTENDERS] = {
     [C_TQ] = "tq",
     [C_TQ_DURABLE] = "tq durable",
     [C_TQ_OS] = "tq --sync os",
+    [C_TQ_IDLE] = "tq + 1,000 idle children",
     [C_BARE1] = "bare broker credit 1",
     [C_BARE16] = "bare broker credit 16",
     [C_GEARMAN] = "Gearman",
@@ -624,6 +698,8 @@ static const s_row_t s_rows[] = {
     {NULL, "tq durable (--sync batch), prefetch 16", TQ_DURABLE_W1,
      C_TQ_DURABLE, "tasks/s"},
     {NULL, "tq store --sync os, prefetch 16", TQ_OS_W1, C_TQ_OS, "tasks/s"},
+    {NULL, "tq, defaults, 1,000 idle children on another queue", TQ_IDLE_W1,
+     C_TQ_IDLE, "tasks/s"},
     {NULL, "bare ZeroMQ broker, credit 1", B1_W1, C_BARE1, "tasks/s"},
     {NULL, "bare ZeroMQ broker, credit 16", B16_W1, C_BARE16, "tasks/s"},
     {NULL, "Gearman", GM_W1, C_GEARMAN, "tasks/s"},
@@ -739,6 +815,8 @@ static const s_target_t s_targets[] = {
      0},
     {"W3 64 KiB / bare credit 16", TQ_W3, B16_W3, C_TQ, C_BARE16, true, 0.9,
      1.0},
+    {"W1 with 1,000 idle children / without", TQ_IDLE_W1, TQ_W1, C_TQ_IDLE,
+     C_TQ, true, 0.9, 0},
     {"durable W1 / memory W1, prefetch 16", TQ_DURABLE_W1, TQ_W1_P16,
      C_TQ_DURABLE, C_TQ, true, 0.6, 0.8},
     {"pool W1 / multiprocessing.Pool(2)", POOL_W1, PY_W1, C_POOL, C_PYTHON,
@@ -832,7 +910,10 @@ s_usage(FILE *out)
             "  --rss-tasks N  waiting tasks for the RSS rows, 0: skip them "
             "(default 1000000)\n"
             "  --quick        1 round, 2000 tasks, 200 round trips, 200 "
-            "echoes, 100000 held\n",
+            "echoes, 100000 held\n"
+            "  --only LIST    run only these contenders, comma-separated: "
+            "tq durable os idle\n"
+            "                 bare1 bare16 gearman pool python\n",
             TQ_BENCH_MAX_RUNS);
 }
 
@@ -844,6 +925,10 @@ s_parse(int argc, char **argv, s_config_t *config)
         if (strcmp(argv[i], "--quick") == 0) {
             *config = (s_config_t){
                 2000, 200, 200, config->size, 1, 100000, config->children};
+            continue;
+        }
+        if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+            s_only = argv[++i];
             continue;
         }
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
@@ -935,6 +1020,19 @@ main(int argc, char **argv)
     for (int run = 0; run < config.runs && rc == 0; run++) {
         for (int k = 0; k < S_CONTENDERS && rc == 0; k++) {
             int c = (run + k) % S_CONTENDERS;
+            if (s_only && !s_missing[c]) {
+                /* a key matches whole, between commas */
+                size_t n = strlen(s_keys[c]);
+                const char *p = s_only;
+                bool listed = false;
+                while ((p = strstr(p, s_keys[c])) && !listed) {
+                    listed = (p == s_only || p[-1] == ',') &&
+                             (p[n] == 0 || p[n] == ',');
+                    p += n;
+                }
+                if (!listed)
+                    s_missing[c] = "not in --only";
+            }
             if (s_missing[c] || !s_contenders[c])
                 continue;
             if (s_contenders[c](&config, run) != 0) {
