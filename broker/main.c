@@ -65,6 +65,10 @@ s_usage(FILE *out)
             "allowed in\n"
             "                    (SIGHUP or a change in the directory "
             "reloads both)\n"
+            "  --admin-keys DIR  public certificates of operators: PURGE, "
+            "STATUS details\n"
+            "                    and every client's tasks (CURVE only; "
+            "optional)\n"
             "  --max-message BYTES  largest message a peer may send "
             "(default 67108864)\n"
             "  -v, --verbose     log every exchange to stderr\n"
@@ -105,6 +109,7 @@ main(int argc, char **argv)
         {"curve-secret", required_argument, NULL, 'S'},
         {"client-keys", required_argument, NULL, 'C'},
         {"worker-keys", required_argument, NULL, 'W'},
+        {"admin-keys", required_argument, NULL, 'A'},
         {"max-message", required_argument, NULL, 'M'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
@@ -139,6 +144,9 @@ main(int argc, char **argv)
             break;
         case 'd':
             config.data_dir = optarg;
+            break;
+        case 'A':
+            config.admin_keys = optarg;
             break;
         case 'n':
             config.data_dir = NULL;

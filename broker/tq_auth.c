@@ -43,6 +43,8 @@ struct tq_auth_t {
     pthread_t thread;
     bool started;
     s_list_t clients, workers;
+    s_list_t admins; /* optional: operator keys, also let in as clients */
+    bool has_admins;
     int64_t log_window_ms;
     int log_count;
     uint64_t log_suppressed;
@@ -207,15 +209,23 @@ s_on_request(tq_auth_t *self)
         else if (s_frame_is(&frames[2], TQ_CURVE_DOMAIN_WORKERS))
             list = &self->workers;
     }
+    /* the user id the broker reads from every message of the connection:
+       the key's role and the key itself, so that tasks belong to a key */
+    char user_id[16 + TQ_CURVE_KEY_TEXT];
     if (list) {
         s_list_refresh(list);
         zcert_t *cert = zcertstore_lookup(list->store, key);
+        const char *role = list == &self->clients ? "client" : "worker";
+        if (!cert && list == &self->clients && self->has_admins) {
+            s_list_refresh(&self->admins);
+            cert = zcertstore_lookup(self->admins.store, key);
+            role = "admin";
+        }
         if (cert) {
             status = "200";
             text = "OK";
-            user = zcert_meta(cert, "name");
-            if (!user)
-                user = key;
+            snprintf(user_id, sizeof user_id, "%s:%s", role, key);
+            user = user_id;
             atomic_fetch_add(&s_allowed, 1);
         } else {
             atomic_fetch_add(list == &self->clients ? &s_denied_clients
@@ -285,7 +295,7 @@ s_list_init(s_list_t *list, const char *domain, const char *dir, char *error,
 
 tq_auth_t *
 tq_auth_new(void *ctx, const char *client_keys, const char *worker_keys,
-            char *error, size_t errlen)
+            const char *admin_keys, char *error, size_t errlen)
 {
     tq_auth_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -294,10 +304,13 @@ tq_auth_new(void *ctx, const char *client_keys, const char *worker_keys,
     if (s_list_init(&self->clients, TQ_CURVE_DOMAIN_CLIENTS, client_keys, error,
                     errlen) ||
         s_list_init(&self->workers, TQ_CURVE_DOMAIN_WORKERS, worker_keys, error,
-                    errlen)) {
+                    errlen) ||
+        (admin_keys && s_list_init(&self->admins, TQ_CURVE_DOMAIN_CLIENTS,
+                                   admin_keys, error, errlen))) {
         tq_auth_destroy(&self);
         return NULL;
     }
+    self->has_admins = admin_keys != NULL;
     self->log_window_ms = s_now_ms();
     self->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     self->zap = zmq_socket(ctx, ZMQ_REP);
@@ -353,8 +366,10 @@ tq_auth_destroy(tq_auth_t **self_p)
         close(self->stop_fd);
     zcertstore_destroy(&self->clients.store);
     zcertstore_destroy(&self->workers.store);
+    zcertstore_destroy(&self->admins.store);
     free(self->clients.dir);
     free(self->workers.dir);
+    free(self->admins.dir);
     free(self);
     *self_p = NULL;
 }

@@ -27,10 +27,15 @@ typedef struct {
    binds inproc://zeromq.zap.01 in it, once per context) that lets a CURVE
    key in on domain TQ_CURVE_DOMAIN_CLIENTS only if client_keys holds its
    certificate, and on TQ_CURVE_DOMAIN_WORKERS only if worker_keys does;
-   everything else is refused. Call before binding the CURVE sockets.
-   Returns NULL with a message in error on failure. */
+   everything else is refused. admin_keys (NULL: none) holds operator
+   keys, let in on the clients endpoint too. Every connection let in gets
+   the user id "client:KEY", "admin:KEY" or "worker:KEY" (KEY: the Z85
+   public key), which the broker reads from each message (tenants). Call
+   before binding the CURVE sockets. Returns NULL with a message in error
+   on failure. */
 tq_auth_t *tq_auth_new(void *ctx, const char *client_keys,
-                       const char *worker_keys, char *error, size_t errlen);
+                       const char *worker_keys, const char *admin_keys,
+                       char *error, size_t errlen);
 
 /* Makes every handler of the process read its lists again at the next
    handshake. Async-signal-safe: tq-broker calls it on SIGHUP. */

@@ -179,6 +179,58 @@ s_admit(tq_broker_t *self, void *socket, peer_t **peer_p)
     return NULL;
 }
 
+/* Under CURVE, who sent the message: the ZAP handler's user id
+   ("client:KEY", "admin:KEY", "worker:KEY") on every message of the
+   connection (tq_auth.c). */
+static void
+s_identify(tq_broker_t *self)
+{
+    self->in_key = NULL;
+    self->in_admin = false;
+    if (!self->auth)
+        return;
+    const char *user = zmq_msg_gets(&self->frames.header, "User-Id");
+    const char *colon = user ? strchr(user, ':') : NULL;
+    if (!colon)
+        return;
+    self->in_admin = strncmp(user, "admin:", 6) == 0;
+    self->in_key = tqb_intern(self, tq_str(colon + 1));
+}
+
+/* Under CURVE a worker key acts for one host, and a host has one key: the
+   name a key announced first (READY or HEARTBEAT) is bound to it both
+   ways. Another name from that key, or that name from another key, is
+   refused (TQ_EDENIED, counted). */
+static bool
+s_host_bound(tq_broker_t *self, void *socket)
+{
+    const tq_msg_t *msg = &self->in;
+    if (socket != self->workers ||
+        (msg->command != TQ_CMD_READY && msg->command != TQ_CMD_HEARTBEAT))
+        return true;
+    const char *host = tqb_intern(self, msg->host);
+    const char *bound = zhashx_lookup(self->key_hosts, self->in_key);
+    const char *owner = zhashx_lookup(self->host_keys, host);
+    if (!bound && !owner) {
+        zhashx_insert(self->key_hosts, self->in_key, (void *) host);
+        zhashx_insert(self->host_keys, host, (void *) self->in_key);
+        return true;
+    }
+    if (bound == host)
+        return true;
+    char text[TQ_PROTO_MAX_NAME * 2 + 64];
+    if (bound)
+        snprintf(text, sizeof text,
+                 "this worker key acts for host %s, not %s", bound, host);
+    else
+        snprintf(text, sizeof text,
+                 "host %s belongs to another worker key", host);
+    self->counters.errors++;
+    tqb_warn(self, "%s %s", tq_proto_command_name(msg->command), text);
+    tqb_reply_error(self, socket, TQ_EDENIED, text, msg->id);
+    return false;
+}
+
 /* Receives and handles up to BATCH messages from one socket. Returns how
    many were read. */
 static int
@@ -230,6 +282,9 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
         if (!command)
             continue;
         self->in_socket = socket;
+        s_identify(self);
+        if (self->in_key && !s_host_bound(self, socket))
+            continue;
         command->fn(self, &self->in, peer);
     }
     return count;
@@ -492,7 +547,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
            happen without it */
         if (cert)
             self->auth = tq_auth_new(self->ctx, self->config.client_keys,
-                                     self->config.worker_keys, error, errlen);
+                                     self->config.worker_keys,
+                                     self->config.admin_keys, error, errlen);
         if (!self->auth) {
             zcert_destroy(&cert);
             tq_broker_destroy(&self);
@@ -541,6 +597,12 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     zhashx_set_key_destructor(self->peers, NULL);
     self->in_flight = zhashx_new();
     zhashx_set_destructor(self->in_flight, NULL);
+    self->key_hosts = zhashx_new();
+    zhashx_set_key_duplicator(self->key_hosts, NULL); /* interned */
+    zhashx_set_key_destructor(self->key_hosts, NULL);
+    self->host_keys = zhashx_new();
+    zhashx_set_key_duplicator(self->host_keys, NULL);
+    zhashx_set_key_destructor(self->host_keys, NULL);
     self->dq_index = zhashx_new();
     zhashx_set_key_duplicator(self->dq_index, NULL);
     zhashx_set_key_destructor(self->dq_index, NULL);
@@ -675,6 +737,8 @@ tq_broker_destroy(tq_broker_t **self_p)
     tqb_dq_free_all(self);
     zhashx_destroy(&self->dq_index);
     zhashx_destroy(&self->in_flight);
+    zhashx_destroy(&self->key_hosts);
+    zhashx_destroy(&self->host_keys);
     if (self->names) {
         for (char *n = zhashx_first(self->names); n;
              n = zhashx_next(self->names))

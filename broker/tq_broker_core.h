@@ -91,8 +91,9 @@ struct task_s {
     uint32_t lost; /* worker deaths charged to it */
     tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
     int64_t submitted_ms; /* monotonic ms when accepted */
-    int64_t expires_ms; /* final: monotonic ms when forgotten */
-    ident_t client; /* submitter; size 0 once answered */
+    int64_t expires_ms; /* final: monotonic ms when forgotten */    ident_t client; /* submitter; size 0 once answered */
+    const char *owner; /* CURVE: the submitter's key (interned); NULL
+                          without CURVE */
     ident_t *waiters; /* clients blocked in GET wait=true */
     uint32_t waiter_count;
     peer_t *holder; /* HELD, REVOKING */
@@ -256,8 +257,12 @@ struct tq_broker_t {
     volatile bool stopping;
     counters_t counters;
     tq_frames_t frames;
-    tq_msg_t in; /* decoded input, reused */
-    void *in_socket; /* the socket `in` came from */
+    tq_msg_t in; /* decoded input, reused */    void *in_socket; /* the socket `in` came from */
+    const char *in_key; /* CURVE: its sender's key (interned), else NULL */
+    bool in_admin;      /* CURVE: its sender holds an operator key */
+    zhashx_t *key_hosts; /* CURVE: worker key -> the host name it bound at
+                            its first READY or HEARTBEAT (interned) */
+    zhashx_t *host_keys; /* CURVE: host name -> the worker key bound to it */
     tq_msg_t out; /* reply being built, reused */
     msgpack_sbuffer sbuf; /* header encoding buffer, reused */
 };
@@ -301,6 +306,9 @@ void tqb_reply(tq_broker_t *self, void *socket);
 void tqb_reply_error(tq_broker_t *self, void *socket, int code,
                      const char *text, tq_str_t id);
 void tqb_reply_unknown(tq_broker_t *self, tq_str_t id);
+/* Tenants: true if the current sender may see and act on task (always
+   without CURVE; under CURVE, its submitter's key or an operator key). */
+bool tqb_may_see(const tq_broker_t *self, const task_t *task);
 /* Sends a final task's RESULT to one client (the value shared). */
 void tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to);
 /* Sends self->out with a msgpack body (consumed) to the current sender on

@@ -76,8 +76,15 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         return;
     }
     ident_t from = tqb_sender(self);
-    /* a known id is a resubmission after a lost acknowledgement */
-    if (!tqb_task_find(self, msg->id)) {
+    /* a known id is a resubmission after a lost acknowledgement; under
+       CURVE another tenant's id is refused, not acknowledged */
+    task_t *known = tqb_task_find(self, msg->id);
+    if (known && !tqb_may_see(self, known)) {
+        tqb_reply_error(self, self->clients, TQ_EDENIED,
+                        "this id belongs to another client key", msg->id);
+        return;
+    }
+    if (!known) {
         queue_t *queue = tqb_queue(self, msg->queue);
         size_t size = zmq_msg_size(&self->frames.payload);
         if (s_over_limit(self, msg, queue, size))
@@ -93,6 +100,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
         tqb_ident_set(&task->client, tqb_ident_data(&from), from.size);
+        task->owner = self->in_key;
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);
         if (msg->delay_ms)
@@ -112,7 +120,7 @@ tqb_on_get(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     (void)peer;
     task_t *task = tqb_task_find(self, msg->id);
     ident_t from = tqb_sender(self);
-    if (!task)
+    if (!task || !tqb_may_see(self, task))
         tqb_reply_unknown(self, msg->id);
     else if (tqb_task_is_final(task))
         tqb_send_result(self, task, &from);
@@ -132,7 +140,7 @@ tqb_on_cancel(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     (void)peer;
     task_t *task = tqb_task_find(self, msg->id);
     ident_t from = tqb_sender(self);
-    if (!task)
+    if (!task || !tqb_may_see(self, task))
         tqb_reply_unknown(self, msg->id);
     else if (tqb_task_is_final(task))
         tqb_send_result(self, task, &from);
@@ -150,7 +158,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
     (void)peer;
     task_t *task = tqb_task_find(self, msg->id);
-    if (!task) {
+    if (!task || !tqb_may_see(self, task)) {
         tqb_reply_unknown(self, msg->id);
         return;
     }
@@ -182,6 +190,13 @@ tqb_on_purge(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     (void)peer;
     char name[TQ_PROTO_MAX_NAME + 1];
     tq_str_copy(name, sizeof name, msg->queue);
+    if (self->auth && !self->in_admin) {
+        self->counters.errors++;
+        tqb_reply_error(self, self->clients, TQ_EDENIED,
+                        "PURGE needs an operator key (--admin-keys)",
+                        msg->id);
+        return;
+    }
     queue_t *queue = zhashx_lookup(self->queue_index, name);
     uint64_t purged = 0;
     if (queue) {

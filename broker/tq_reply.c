@@ -140,6 +140,12 @@ tqb_reply_error(tq_broker_t *self, void *socket, int code, const char *text,
     tqb_reply(self, socket);
 }
 
+bool
+tqb_may_see(const tq_broker_t *self, const task_t *task)
+{
+    return !self->auth || self->in_admin || task->owner == self->in_key;
+}
+
 void
 tqb_reply_unknown(tq_broker_t *self, tq_str_t id)
 {

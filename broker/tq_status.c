@@ -152,7 +152,19 @@ tqb_on_status(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     msgpack_sbuffer body;
     msgpack_packer pk;
     tqb_body_init(&body, &pk);
-    s_pack_status(self, &pk);
+    if (self->auth && !self->in_admin) {
+        /* under CURVE a client key is one tenant: the queues, hosts and
+           counters of all of them are for operator keys */
+        msgpack_pack_map(&pk, 4);
+        tqb_pack_str(&pk, "version");
+        tqb_pack_str(&pk, "TQP/1");
+        tqb_pack_uint_kv(&pk, "pid", (uint64_t) getpid());
+        tqb_pack_uint_kv(&pk, "uptime_ms",
+                         (uint64_t) (self->now_ms - self->started_ms));
+        tqb_pack_str(&pk, "details");
+        tqb_pack_str(&pk, "for operator keys (--admin-keys)");
+    } else
+        s_pack_status(self, &pk);
     tqb_out(self, TQ_CMD_STATUS_REPLY);
     tqb_send_body(self, &body);
 }
@@ -169,8 +181,13 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     tqb_body_init(&body, &pk);
     msgpack_pack_map(&pk, 1);
     tqb_pack_str(&pk, "failed");
-    msgpack_pack_array(&pk, self->dead_count);
+    uint32_t count = 0;
+    for (const task_t *task = self->dead_head; task; task = task->dead_next)
+        count += tqb_may_see(self, task);
+    msgpack_pack_array(&pk, count);
     for (const task_t *task = self->dead_head; task; task = task->dead_next) {
+        if (!tqb_may_see(self, task))
+            continue; /* another tenant's */
         msgpack_pack_map(&pk, 6);
         tqb_pack_str(&pk, "id");
         tqb_pack_str(&pk, task->rec.id);

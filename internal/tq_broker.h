@@ -37,6 +37,9 @@ typedef struct {
                                     endpoints; NULL: plain TCP */
     const char *client_keys;     /* dir of client public certs (CURVE) */
     const char *worker_keys;     /* dir of worker public certs (CURVE) */
+    const char *admin_keys;      /* dir of operator public certs (CURVE,
+                                    optional): PURGE and STATUS details,
+                                    every tenant's tasks */
     int64_t max_message;         /* ZMQ_MAXMSGSIZE bytes, 0: 64 MiB */
     void *context;               /* ZeroMQ context (borrowed, outlives the
                                     broker); NULL: the broker's own. Not

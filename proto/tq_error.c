@@ -21,6 +21,8 @@ static const char *const s_errors[TQ_ERROR_COUNT_] = {
     [TQ_ESTATE] = "not valid in this state",
     [TQ_ESYS] = "system error",
     [TQ_EBUSY] = "busy",
+    [TQ_ECORRUPT] = "stored data is damaged",
+    [TQ_EDENIED] = "not allowed for this key",
 };
 
 static const char *const s_states[TQ_STATE_COUNT_] = {
@@ -58,6 +60,8 @@ static const char *const s_names[TQ_ERROR_COUNT_] = {
     [TQ_ESTATE] = "TQ_ESTATE",
     [TQ_ESYS] = "TQ_ESYS",
     [TQ_EBUSY] = "TQ_EBUSY",
+    [TQ_ECORRUPT] = "TQ_ECORRUPT",
+    [TQ_EDENIED] = "TQ_EDENIED",
 };
 
 const char *

@@ -125,7 +125,7 @@ test_domains(void **state)
     s_make_keys(&k);
     void *ctx = zmq_ctx_new();
     char error[256];
-    tq_auth_t *auth = tq_auth_new(ctx, k.clients, k.workers, error,
+    tq_auth_t *auth = tq_auth_new(ctx, k.clients, k.workers, NULL, error,
                                   sizeof error);
     assert_non_null(auth);
     char clients_ep[256], workers_ep[256];

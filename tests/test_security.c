@@ -36,8 +36,8 @@
 
 typedef struct {
     char dir[64];
-    char clients[128], workers[128];
-    char broker[128], alice[128], w1[128]; /* certificate paths */
+    char clients[128], workers[128], admins[128];
+    char broker[128], alice[128], w1[128], olga[128]; /* certificate paths */
     char broker_key[TQ_CURVE_KEY_TEXT];
 } s_keys_t;
 
@@ -86,11 +86,15 @@ s_setup(void **state)
         return -1;
     snprintf(k->clients, sizeof k->clients, "%.60s/clients", k->dir);
     snprintf(k->workers, sizeof k->workers, "%.60s/workers", k->dir);
+    snprintf(k->admins, sizeof k->admins, "%.60s/admins", k->dir);
     mkdir(k->clients, 0700);
     mkdir(k->workers, 0700);
+    mkdir(k->admins, 0700);
     snprintf(k->broker, sizeof k->broker, "%.60s/broker.cert", k->dir);
     snprintf(k->alice, sizeof k->alice, "%.60s/alice.cert", k->dir);
     snprintf(k->w1, sizeof k->w1, "%.60s/w1.cert", k->dir);
+    snprintf(k->olga, sizeof k->olga, "%.60s/olga.cert", k->dir);
+    s_keygen(k->olga, "olga", NULL);
     s_keygen(k->broker, "broker", k->broker_key);
     s_keygen(k->alice, "alice", NULL);
     s_keygen(k->w1, "w1", NULL);
@@ -99,6 +103,8 @@ s_setup(void **state)
     s_copy(k->alice, path);
     snprintf(path, sizeof path, "%.100s/w1.cert", k->workers);
     s_copy(k->w1, path);
+    snprintf(path, sizeof path, "%.100s/olga.cert", k->admins);
+    s_copy(k->olga, path);
     return 0;
 }
 
@@ -139,6 +145,7 @@ s_broker_start(s_broker_t *self, bool curve)
         config.curve_secret = s_keys.broker;
         config.client_keys = s_keys.clients;
         config.worker_keys = s_keys.workers;
+        config.admin_keys = s_keys.admins;
     }
     char error[512] = "";
     self->broker = tq_broker_new(&config, error, sizeof error);
@@ -360,13 +367,17 @@ test_allowed_and_removed(void **state)
     assert_true(worker > 0);
 
     setenv(TQ_CURVE_ENV_SERVER_KEY, s_keys.broker_key, 1);
+    /* the hosts and the counters are for an operator key (5.7) */
+    setenv(TQ_CURVE_ENV_CERT, s_keys.olga, 1);
+    tq_client_t *operator = tq_client_new(cep);
+    assert_non_null(operator);
     setenv(TQ_CURVE_ENV_CERT, s_keys.alice, 1);
     tq_client_t *client = tq_client_new(cep);
     assert_non_null(client);
-    assert_int_equal(tq_harness_wait_workers(client, 1, worker, 10000), 0);
+    assert_int_equal(tq_harness_wait_workers(operator, 1, worker, 10000), 0);
     /* STATUS shows the ZAP handler's counters when CURVE is on */
     tq_harness_status_t st = {0};
-    assert_int_equal(tq_harness_status(client, &st, 5000), TQ_OK);
+    assert_int_equal(tq_harness_status(operator, &st, 5000), TQ_OK);
     const msgpack_object *auth = tq_harness_map_get(st.root, "auth");
     assert_non_null(auth);
     uint64_t allowed = tq_harness_map_uint(auth, "allowed", 0);
@@ -401,6 +412,7 @@ test_allowed_and_removed(void **state)
     zmq_ctx_term(ctx);
     printf("removal and re-adding of a key took effect without restart\n");
 
+    tq_client_destroy(&operator);
     tq_client_destroy(&client);
     unsetenv(TQ_CURVE_ENV_SERVER_KEY);
     unsetenv(TQ_CURVE_ENV_CERT);
@@ -415,7 +427,7 @@ test_fail_closed(void **state)
     (void)state;
     void *ctx = zmq_ctx_new();
     char error[256];
-    tq_auth_t *auth = tq_auth_new(ctx, s_keys.clients, s_keys.workers,
+    tq_auth_t *auth = tq_auth_new(ctx, s_keys.clients, s_keys.workers, NULL,
                                   error, sizeof error);
     assert_non_null(auth);
     zcert_t *cert = tq_curve_load_secret(s_keys.broker, error, sizeof error);

@@ -1,0 +1,295 @@
+/* test_tenants.c - under CURVE a task belongs to the key that submitted
+   it (PROTOCOL.md 5.7): another client key can neither read, cancel,
+   retry nor list it, nor reuse its id; PURGE and the STATUS details need
+   an operator key; a worker key acts for the one host it announced first.
+   A real tq-broker with three allow-lists, the client library with one
+   key per client, and raw worker sockets. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <cmocka.h>
+#include <czmq.h>
+
+#include "tq/tq_client.h"
+#include "tq_client_internal.h"
+#include "tq_curve.h"
+#include "tq_harness.h"
+#include "tq_proto.h"
+
+#define S_MS 20000 /* bound on every wait */
+
+typedef struct {
+    char dir[256], clients[300], workers[300], admins[300];
+    char broker[300], alice[300], bob[300], olga[300], w1[300], w2[300];
+    char broker_key[TQ_CURVE_KEY_TEXT];
+    tq_harness_broker_t b;
+} s_world_t;
+
+static void
+s_keygen(const char *path, const char *name, char *key)
+{
+    char error[256], tmp[TQ_CURVE_KEY_TEXT];
+    assert_int_equal(
+        tq_curve_keygen(path, name, key ? key : tmp, error, sizeof error), 0);
+}
+
+/* A certificate pair in dir, its public half also in list (may be NULL). */
+static void
+s_member(s_world_t *w, char *path, const char *name, const char *list)
+{
+    snprintf(path, 300, "%s/%s.cert", w->dir, name);
+    s_keygen(path, name, NULL);
+    if (list) {
+        char copy[400];
+        snprintf(copy, sizeof copy, "%s/%s.cert", list, name);
+        zcert_t *cert = zcert_load(path);
+        assert_non_null(cert);
+        assert_int_equal(zcert_save_public(cert, copy), 0);
+        zcert_destroy(&cert);
+    }
+}
+
+static int
+s_setup(void **state)
+{
+    tq_harness_init();
+    s_world_t *w = calloc(1, sizeof *w);
+    assert_int_equal(tq_harness_tempdir(w->dir, sizeof w->dir, "tenants"),
+                     0);
+    snprintf(w->clients, sizeof w->clients, "%s/clients", w->dir);
+    snprintf(w->workers, sizeof w->workers, "%s/workers", w->dir);
+    snprintf(w->admins, sizeof w->admins, "%s/admins", w->dir);
+    mkdir(w->clients, 0700);
+    mkdir(w->workers, 0700);
+    mkdir(w->admins, 0700);
+    snprintf(w->broker, sizeof w->broker, "%s/broker.cert", w->dir);
+    s_keygen(w->broker, "broker", w->broker_key);
+    s_member(w, w->alice, "alice", w->clients);
+    s_member(w, w->bob, "bob", w->clients);
+    s_member(w, w->olga, "olga", w->admins);
+    s_member(w, w->w1, "w1", w->workers);
+    s_member(w, w->w2, "w2", w->workers);
+    char secret[320];
+    snprintf(secret, sizeof secret, "%s_secret", w->broker);
+    const char *extra[] = {"--curve-secret", secret,     "--client-keys",
+                           w->clients,       "--worker-keys", w->workers,
+                           "--admin-keys",   w->admins,   NULL};
+    assert_int_equal(tq_harness_broker_start(&w->b, extra), 0);
+    *state = w;
+    return 0;
+}
+
+static int
+s_teardown(void **state)
+{
+    s_world_t *w = *state;
+    tq_harness_broker_stop(&w->b);
+    unsetenv(TQ_CURVE_ENV_SERVER_KEY);
+    unsetenv(TQ_CURVE_ENV_CERT);
+    tq_harness_rmtree(w->dir);
+    free(w);
+    return 0;
+}
+
+/* A client of the broker holding the certificate at cert. */
+static tq_client_t *
+s_client(s_world_t *w, const char *cert)
+{
+    char secret[320];
+    snprintf(secret, sizeof secret, "%s_secret", cert);
+    setenv(TQ_CURVE_ENV_SERVER_KEY, w->broker_key, 1);
+    setenv(TQ_CURVE_ENV_CERT, secret, 1);
+    tq_client_t *client = tq_client_new(w->b.clients);
+    assert_non_null(client);
+    return client;
+}
+
+/* The ids in a FAILED body. */
+static bool
+s_failed_has(tq_client_t *client, const char *id)
+{
+    tq_buf_t body = {0};
+    assert_int_equal(tq_client_failed(client, &body, S_MS), TQ_OK);
+    /* the ids are msgpack strings inside the body */
+    bool found = body.size && memmem(body.data, body.size, id, strlen(id));
+    tq_buf_free(&body);
+    return found;
+}
+
+static void
+test_clients(void **state)
+{
+    s_world_t *w = *state;
+    tq_client_t *alice = s_client(w, w->alice);
+    tq_client_t *bob = s_client(w, w->bob);
+    tq_client_t *olga = s_client(w, w->olga);
+
+    /* alice's task waits on a queue nobody serves */
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.queue = "nobody";
+    opts.id = "alice-task-1";
+    tq_result_t *mine = tq_apply_async(alice, "tq.echo", &opts, "i",
+                                       (int64_t)1);
+    assert_int_equal(tq_result_wait_answer(mine, S_MS), TQ_OK);
+
+    /* alice sees it; bob does not: GET, CANCEL, RETRY say UNKNOWN */
+    tq_result_t *f = tq_client_fetch(alice, "alice-task-1", false);
+    assert_int_equal(tq_result_wait_answer(f, S_MS), TQ_OK);
+    assert_int_equal(tq_result_state(f), TQ_STATE_PENDING);
+    tq_result_destroy(&f);
+    f = tq_client_fetch(bob, "alice-task-1", false);
+    assert_int_equal(tq_result_get(f, S_MS), TQ_EUNKNOWN);
+    tq_result_destroy(&f);
+    assert_int_equal(tq_client_cancel(bob, "alice-task-1", S_MS),
+                     TQ_EUNKNOWN);
+    assert_int_equal(tq_client_retry(bob, "alice-task-1", S_MS),
+                     TQ_EUNKNOWN);
+    assert_false(tq_result_ready(mine)); /* bob's cancel did nothing */
+
+    /* bob cannot take alice's id either */
+    tq_options_t same = TQ_OPTIONS_INIT;
+    same.queue = "nobody";
+    same.id = "alice-task-1";
+    tq_result_t *theirs = tq_apply_async(bob, "tq.echo", &same, "i",
+                                         (int64_t)2);
+    assert_int_equal(tq_result_get(theirs, S_MS), TQ_EDENIED);
+    printf("  bob reusing alice's id: %s\n", tq_result_error(theirs));
+    tq_result_destroy(&theirs);
+
+    /* a dead letter of alice's is listed for alice and the operator */
+    tq_options_t fail = TQ_OPTIONS_INIT;
+    fail.id = "alice-dead-1";
+    tq_result_t *dead = tq_apply_async(alice, "tq.fail", &fail, "s", "no");
+    const char *extra[] = {"--curve-server-key", w->broker, "--curve-cert",
+                           w->w1, NULL};
+    char secret[320];
+    snprintf(secret, sizeof secret, "%s_secret", w->w1);
+    extra[3] = secret;
+    pid_t host = tq_harness_worker_start(w->b.workers, 1, extra);
+    assert_true(host > 0);
+    assert_int_equal(tq_result_get(dead, S_MS), TQ_ETASK);
+    tq_result_destroy(&dead);
+    assert_true(s_failed_has(alice, "alice-dead-1"));
+    assert_false(s_failed_has(bob, "alice-dead-1"));
+    assert_true(s_failed_has(olga, "alice-dead-1"));
+
+    /* PURGE and STATUS details: the operator only */
+    uint64_t purged = 0;
+    assert_int_equal(tq_client_purge(bob, "nobody", &purged, S_MS),
+                     TQ_EDENIED);
+    tq_harness_status_t st = {0};
+    assert_int_equal(tq_harness_status(bob, &st, S_MS), TQ_OK);
+    assert_null(tq_harness_map_get(st.root, "workers"));
+    assert_null(tq_harness_map_get(st.root, "counters"));
+    tq_harness_status_free(&st);
+    assert_int_equal(tq_harness_wait_workers(olga, 1, host, S_MS), 0);
+    assert_int_equal(tq_client_purge(olga, "nobody", &purged, S_MS), TQ_OK);
+    assert_int_equal(purged, 1);
+    assert_int_equal(tq_result_get(mine, S_MS), TQ_ECANCELLED);
+
+    tq_result_destroy(&mine);
+    tq_harness_stop(host);
+    tq_client_destroy(&alice);
+    tq_client_destroy(&bob);
+    tq_client_destroy(&olga);
+}
+
+/* A raw worker socket with the certificate at cert. */
+static void *
+s_worker_socket(s_world_t *w, void *ctx, const char *cert)
+{
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    char secret[320], error[256];
+    snprintf(secret, sizeof secret, "%s_secret", cert);
+    assert_int_equal(tq_curve_client_setup(s, w->broker_key, secret, error,
+                                           sizeof error),
+                     0);
+    assert_int_equal(zmq_connect(s, w->b.workers), 0);
+    return s;
+}
+
+static void
+s_send_header(void *socket, const tq_msg_t *msg)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    assert_int_equal(tq_proto_encode(msg, &buf, NULL), TQ_OK);
+    zmq_send(socket, buf.data, buf.size, 0);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* Receives one header (bounded) and decodes its command and code. */
+static int
+s_recv_command(void *socket, uint32_t *code)
+{
+    zmq_pollitem_t item = {socket, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, S_MS) != 1)
+        return -1;
+    zmq_msg_t header;
+    zmq_msg_init(&header);
+    zmq_msg_recv(&header, socket, 0);
+    static tq_msg_t msg;
+    int command = -1;
+    if (tq_proto_decode(&msg, zmq_msg_data(&header), zmq_msg_size(&header),
+                        NULL) == TQ_OK) {
+        command = msg.command;
+        *code = msg.code;
+    }
+    zmq_msg_close(&header);
+    return command;
+}
+
+static void
+test_worker_keys(void **state)
+{
+    s_world_t *w = *state;
+    void *ctx = zmq_ctx_new();
+    void *one = s_worker_socket(w, ctx, w->w1);
+    void *two = s_worker_socket(w, ctx, w->w2);
+    tq_msg_t hb = {.command = TQ_CMD_HEARTBEAT};
+    hb.host = tq_str("host1");
+    hb.pid = 4242;
+    uint32_t code = 0;
+    /* w1 binds host1 with its first HEARTBEAT */
+    s_send_header(one, &hb);
+    assert_int_equal(s_recv_command(one, &code), TQ_CMD_HEARTBEAT);
+    /* w2 cannot speak for host1: neither HEARTBEAT nor READY */
+    s_send_header(two, &hb);
+    assert_int_equal(s_recv_command(two, &code), TQ_CMD_ERROR);
+    assert_int_equal(code, TQ_EDENIED);
+    tq_msg_t ready = {.command = TQ_CMD_READY};
+    ready.host = tq_str("host1");
+    ready.pid = 4243;
+    ready.ppid = 4242;
+    ready.credit = 1;
+    ready.task_count = 1;
+    ready.tasks[0] = tq_str("tq.echo");
+    s_send_header(two, &ready);
+    assert_int_equal(s_recv_command(two, &code), TQ_CMD_ERROR);
+    assert_int_equal(code, TQ_EDENIED);
+    /* but for its own host it may */
+    hb.host = tq_str("host2");
+    s_send_header(two, &hb);
+    assert_int_equal(s_recv_command(two, &code), TQ_CMD_HEARTBEAT);
+    zmq_close(one);
+    zmq_close(two);
+    zmq_ctx_term(ctx);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_clients, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_keys, s_setup,
+                                        s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
