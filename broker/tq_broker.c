@@ -424,6 +424,7 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
                 (unsigned long long)self->recovered,
                 (unsigned long long)self->recovered_items, dir,
                 (long long)(tqb_now() - started));
+    self->disk_bytes = tq_store_disk_size(self->store);
     self->dispatch_due = true;
     return 0;
 }
@@ -437,7 +438,8 @@ s_store_housekeeping(tq_broker_t *self)
         return;
     tq_store_purge(self->store, tqb_wall_ms(), 2000);
     if (self->config.max_disk) {
-        bool full = tq_store_disk_size(self->store) >= self->config.max_disk;
+        self->disk_bytes = tq_store_disk_size(self->store);
+        bool full = self->disk_bytes >= self->config.max_disk;
         if (full && !self->disk_full)
             tqb_warn(self, "store in %s reached max-disk: refusing submissions",
                      self->config.data_dir);

@@ -31,6 +31,7 @@
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
 #define TQ_DEFAULT_QUEUE_NAME "default"
+#define TQB_ROW_BYTES 256 /* a stored row's own cost on disk, estimated */
 
 /* A ZeroMQ routing id, inline when short (the default ids are 5 bytes). */
 typedef struct {
@@ -235,7 +236,10 @@ struct tq_broker_t {
     dq_t *dqs;
     ack_t *acks; /* answers waiting for the commit */
     uint32_t ack_count, ack_cap;
-    bool disk_full; /* the store passed max_disk */
+    bool disk_full;      /* the store passed max_disk */
+    uint64_t disk_bytes; /* the store's size: measured once a second, plus
+                            what each write since adds (an estimate), so
+                            max-disk refuses before the disk fills */
     uint64_t recovered; /* tasks loaded at start */
     uint64_t recovered_items; /* data-queue items loaded at start */
     uint64_t seq;

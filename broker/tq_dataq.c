@@ -98,6 +98,15 @@ tqb_on_qput(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
         return;
     }
+    if (self->store && self->config.max_disk &&
+        self->disk_bytes + zmq_msg_size(item) + TQB_ROW_BYTES >
+            self->config.max_disk) {
+        snprintf(text, sizeof text,
+                 "broker disk limit reached (max-disk %llu MB)",
+                 (unsigned long long) (self->config.max_disk >> 20));
+        tqb_reply_error(self, self->clients, TQ_EFULL, text, msg->id);
+        return;
+    }
     if (self->config.max_memory &&
         self->memory + zmq_msg_size(item) > self->config.max_memory) {
         snprintf(text, sizeof text,
@@ -111,6 +120,7 @@ tqb_on_qput(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (self->store)
         tq_store_item_add(self->store, dq->name, node->seq, dq->maxsize,
                           zmq_msg_data(&node->msg), zmq_msg_size(&node->msg));
+    self->disk_bytes += zmq_msg_size(&node->msg) + TQB_ROW_BYTES;
     tqb_ack(self, msg->id, &from, TQ_CMD_REPLY, dq->size);
 }
 

@@ -43,6 +43,7 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         row.args = zmq_msg_data(payload);
         row.args_size = zmq_msg_size(payload);
         tq_store_add(self->store, &row);
+        self->disk_bytes += row.args_size + TQB_ROW_BYTES;
         return;
     }
     if (tqb_task_is_final(task)) {
@@ -56,6 +57,7 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
             ? 0
             : tqb_wall_ms() + (int64_t)self->config.result_ttl_s * 1000 + 1;
         tq_store_finish(self->store, &row);
+        self->disk_bytes += row.result_size + TQB_ROW_BYTES;
         return;
     }
     tq_store_set_state(self->store, task->rec.id, row.state, task->rec.attempt);

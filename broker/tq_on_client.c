@@ -42,7 +42,8 @@ s_over_limit(tq_broker_t *self, const tq_msg_t *msg, queue_t *queue,
         snprintf(text, sizeof text,
                  "this client has %u tasks unfinished (max-client-tasks %u)",
                  self->config.max_client_tasks, self->config.max_client_tasks);
-    else if (self->disk_full)
+    else if (self->store && self->config.max_disk &&
+             self->disk_bytes + size + TQB_ROW_BYTES > self->config.max_disk)
         snprintf(text, sizeof text,
                  "broker disk limit reached (max-disk %llu MB)",
                  (unsigned long long)(self->config.max_disk >> 20));

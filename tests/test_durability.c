@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "tq_harness.h"
+#include "tq_client_internal.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
 
@@ -972,6 +973,71 @@ test_max_disk(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* Bytes of the store's files in data (the database and its WAL). */
+static long long
+s_store_bytes(const char *data)
+{
+    long long total = 0;
+    const char *files[] = {"tq.db", "tq.db-wal", "tq.db-shm"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char path[700];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", data, files[i]);
+        if (stat(path, &st) == 0)
+            total += (long long)st.st_size;
+    }
+    return total;
+}
+
+/* --max-disk at any rate: a burst of 400 submissions of 32 KiB (12.5 MiB)
+   sent at once, faster than any once-a-second check, against a 2 MB
+   limit. The broker must refuse before the store passes the limit, not
+   after: what it accepted fits in the limit, and the files on disk stay
+   near it. */
+static void
+test_max_disk_burst(void **state)
+{
+    (void)state;
+    char dir[512], data[600];
+    s_tempdir(dir, sizeof dir, "burst");
+    snprintf(data, sizeof data, "%s/data", dir);
+    const char *extra[] = {"--data", data, "--max-disk", "2", NULL};
+    tq_harness_env_t env;
+    assert_int_equal(tq_harness_env_start(&env, extra), 0);
+    enum { N = 400, SIZE = 32768 };
+    static char pad[SIZE];
+    tq_result_t *results[N];
+    for (int i = 0; i < N; i++)
+        results[i] = tq_apply_async(env.client, "tq.echo", NULL, "ip",
+                                    (int64_t)i, pad, sizeof pad);
+    int accepted = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tq_result_wait_answer(results[i], 60000), TQ_OK);
+        if (tq_result_ready(results[i])) {
+            assert_int_equal(tq_result_code(results[i]), TQ_EFULL);
+            refused++;
+        } else
+            accepted++;
+    }
+    long long bytes = s_store_bytes(data);
+    printf("max-disk 2 MB, burst of %d x 32 KiB: %d accepted, %d refused; "
+           "store files %lld bytes\n",
+           N, accepted, refused, bytes);
+    assert_true(refused > 0);
+    assert_true((long long)accepted * SIZE <= 2LL << 20);
+    /* the files: the limit plus SQLite's own pages and WAL framing */
+    assert_true(bytes <= 4LL << 20);
+    /* the broker is alive and serving */
+    tq_result_t *r = tq_apply_async(env.client, "tq.echo", NULL, "i",
+                                    (int64_t)1);
+    assert_int_equal(tq_result_wait_answer(r, 60000), TQ_OK);
+    tq_result_destroy(&r);
+    for (int i = 0; i < N; i++)
+        tq_result_destroy(&results[i]);
+    tq_harness_env_stop(&env);
+    tq_harness_rmtree(dir);
+}
+
 /* A write that fails (the file-size limit of the broker's process makes
    the store's files unable to grow: EFBIG, as on a full disk, for root
    too) stops the broker with a FATAL line and exit 1, and everything it
@@ -1148,6 +1214,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_damaged_database),
         cmocka_unit_test(test_max_disk),
+        cmocka_unit_test(test_max_disk_burst),
         cmocka_unit_test(test_write_failure),
         cmocka_unit_test(test_handles_across_restart),
         cmocka_unit_test(test_queue_items_survive),
