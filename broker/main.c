@@ -69,6 +69,10 @@ s_usage(FILE *out)
             "STATUS details\n"
             "                    and every client's tasks (CURVE only; "
             "optional)\n"
+            "  --max-client-backlog N  replies queued for a client that "
+            "does not read\n"
+            "                    before more are dropped (default 100000; "
+            "it asks again)\n"
             "  --max-message BYTES  largest message a peer may send "
             "(default 67108864)\n"
             "  -v, --verbose     log every exchange to stderr\n"
@@ -110,6 +114,7 @@ main(int argc, char **argv)
         {"client-keys", required_argument, NULL, 'C'},
         {"worker-keys", required_argument, NULL, 'W'},
         {"admin-keys", required_argument, NULL, 'A'},
+        {"max-client-backlog", required_argument, NULL, 'B'},
         {"max-message", required_argument, NULL, 'M'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
@@ -147,6 +152,16 @@ main(int argc, char **argv)
             break;
         case 'A':
             config.admin_keys = optarg;
+            break;
+        case 'B':
+            if ((value = s_number(optarg, INT32_MAX)) < 1) {
+                fprintf(stderr,
+                        "tq-broker: --max-client-backlog: a number of "
+                        "replies (1 or more): %s\n",
+                        optarg);
+                return 2;
+            }
+            config.max_client_backlog = (uint32_t)value;
             break;
         case 'n':
             config.data_dir = NULL;

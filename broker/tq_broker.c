@@ -482,7 +482,11 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
     int one = 1, zero = 0, linger = 0;
     int64_t max = self->config.max_message;
     zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
-    zmq_setsockopt(socket, ZMQ_SNDHWM, &zero, sizeof zero);
+    /* a client that does not read has a bounded backlog (PROTOCOL.md
+       section 10); tasks to children are bounded by their credit */
+    int hwm = socket == self->clients ? (int) self->config.max_client_backlog
+                                       : 0;
+    zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(socket, ZMQ_RCVHWM, &zero, sizeof zero);
     zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof max);
@@ -524,6 +528,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         self->config.result_ttl_s = TQ_BROKER_RESULT_TTL_S;
     if (self->config.max_lost <= 0)
         self->config.max_lost = TQ_BROKER_MAX_LOST;
+    if (self->config.max_client_backlog == 0)
+        self->config.max_client_backlog = TQ_BROKER_CLIENT_BACKLOG;
     if (self->config.max_message <= 0)
         self->config.max_message = MAX_MESSAGE;
     self->wakeup = -1;
@@ -604,6 +610,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     zhashx_set_key_destructor(self->peers, NULL);
     self->in_flight = zhashx_new();
     zhashx_set_destructor(self->in_flight, NULL);
+    self->client_drops = zhashx_new();
+    zhashx_set_destructor(self->client_drops, NULL);
     self->key_hosts = zhashx_new();
     zhashx_set_key_duplicator(self->key_hosts, NULL); /* interned */
     zhashx_set_key_destructor(self->key_hosts, NULL);
@@ -614,7 +622,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     zhashx_set_key_duplicator(self->dq_index, NULL);
     zhashx_set_key_destructor(self->dq_index, NULL);
     if (!self->tasks || !self->names || !self->queue_index || !self->peers ||
-        !self->dq_index || !self->in_flight)
+        !self->dq_index || !self->in_flight || !self->client_drops)
         abort();
     self->started_ms = self->now_ms = tqb_now();
     self->log_window_ms = self->now_ms;
@@ -745,6 +753,7 @@ tq_broker_destroy(tq_broker_t **self_p)
     zhashx_destroy(&self->dq_index);
     zhashx_destroy(&self->in_flight);
     zhashx_destroy(&self->key_hosts);
+    zhashx_destroy(&self->client_drops);
     zhashx_destroy(&self->host_keys);
     if (self->names) {
         for (char *n = zhashx_first(self->names); n;

@@ -231,8 +231,10 @@ struct tq_broker_t {
     uint64_t memory; /* payload bytes held */
     tq_store_t *store; /* NULL: memory only */
     zhashx_t *dq_index; /* name -> dq_t */
-    zhashx_t *in_flight; /* client ident hex -> unfinished tasks
+        zhashx_t *in_flight; /* client ident hex -> unfinished tasks
                             (uintptr_t), with max_client_tasks only */
+    zhashx_t *client_drops; /* client ident hex -> replies dropped for it
+                               (uintptr_t), made at its first drop */
     dq_t *dqs;
     ack_t *acks; /* answers waiting for the commit */
     uint32_t ack_count, ack_cap;
@@ -310,6 +312,8 @@ void tqb_reply(tq_broker_t *self, void *socket);
 void tqb_reply_error(tq_broker_t *self, void *socket, int code,
                      const char *text, tq_str_t id);
 void tqb_reply_unknown(tq_broker_t *self, tq_str_t id);
+/* Replies dropped for a client at its backlog, so far. */
+uint64_t tqb_client_dropped(tq_broker_t *self, const ident_t *ident);
 /* Tenants: true if the current sender may see and act on task (always
    without CURVE; under CURVE, its submitter's key or an operator key). */
 bool tqb_may_see(const tq_broker_t *self, const task_t *task);

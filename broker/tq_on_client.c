@@ -226,7 +226,11 @@ tqb_on_ping(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
     (void)msg;
     (void)peer;
-    tqb_out(self, TQ_CMD_PONG);
+    tq_msg_t *out = tqb_out(self, TQ_CMD_PONG);
+    if (self->in_socket == self->clients) {
+        ident_t from = tqb_sender(self);
+        out->dropped = tqb_client_dropped(self, &from);
+    }
     /* on the endpoint it came from */
     tqb_reply(self, self->in_socket);
 }

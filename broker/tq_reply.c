@@ -72,6 +72,35 @@ tqb_sender(tq_broker_t *self)
 
 /* ---- sending ---- */
 
+#define S_DROP_TABLE_MAX 10000 /* clients whose drops are remembered */
+
+/* A reply to a client that does not read was dropped at its backlog
+   (ZMQ_SNDHWM): counted for it, so its next PONG tells it. */
+static void
+s_client_dropped(tq_broker_t *self, const ident_t *ident)
+{
+    char key[2 * 255 + 1];
+    tqb_hex(key, tqb_ident_data(ident), ident->size);
+    uintptr_t count = (uintptr_t) zhashx_lookup(self->client_drops, key);
+    if (!count && zhashx_size(self->client_drops) >= S_DROP_TABLE_MAX)
+        zhashx_purge(self->client_drops); /* a bound, not a history */
+    zhashx_update(self->client_drops, key, (void *) (count + 1));
+    if (count == 0 || (count + 1) % 10000 == 0)
+        tqb_warn(self,
+                 "client %s does not read its replies: %llu dropped "
+                 "(max-client-backlog %u); it asks again when it reads",
+                 key, (unsigned long long) count + 1,
+                 self->config.max_client_backlog);
+}
+
+uint64_t
+tqb_client_dropped(tq_broker_t *self, const ident_t *ident)
+{
+    char key[2 * 255 + 1];
+    tqb_hex(key, tqb_ident_data(ident), ident->size);
+    return (uintptr_t) zhashx_lookup(self->client_drops, key);
+}
+
 int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
@@ -94,6 +123,8 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     if (rc != 0) {
         int err = errno;
         self->counters.dropped++;
+        if (socket == self->clients && err == EAGAIN)
+            s_client_dropped(self, ident);
         tqb_debug(self, "send %s failed: %s",
                   tq_proto_command_name(self->out.command), zmq_strerror(err));
         errno = err;
@@ -116,6 +147,7 @@ tqb_out(tq_broker_t *self, uint8_t command)
     out->state = out->code = out->credit = 0;
     out->pid = out->ppid = 0;
     out->session = 0;
+    out->dropped = 0;
     out->wait = false;
     out->queue_count = out->task_count = 0;
     return out;

@@ -13,6 +13,7 @@
 #define TQ_BROKER_WORKERS "tcp://*:5556"
 #define TQ_BROKER_RESULT_TTL_S 3600
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
+#define TQ_BROKER_CLIENT_BACKLOG 100000 /* replies queued per client */
 #define TQ_BROKER_DATA_DIR "./tq-data"
 
 typedef struct {
@@ -23,8 +24,10 @@ typedef struct {
     uint32_t max_queue;          /* waiting tasks per queue, 0: no limit */
     uint64_t max_memory;         /* bytes of arguments and results held,
                                     0: no limit */
-    uint32_t max_client_tasks;   /* tasks one client may have unfinished,
+        uint32_t max_client_tasks;   /* tasks one client may have unfinished,
                                     0: no limit */
+    uint32_t max_client_backlog; /* replies queued for one client before
+                                    more are dropped, 0: the default */
     const char *data_dir;        /* the store's directory; NULL: memory
                                     only (--no-persist) */
     int sync;                    /* tq_sync_t: TQ_SYNC_BATCH or TQ_SYNC_OS */

@@ -36,6 +36,7 @@ enum {
     F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
     F_FEATURES = 'f', /* TQ_FEATURE_* bits */
     F_SESSION = 's',  /* a host's session number */
+    F_DROPPED = 'x',  /* replies dropped for this client */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -58,7 +59,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_STATUS, "STATUS", "", false, C_, EC},
     {TQ_CMD_STATUS_REPLY, "STATUS_REPLY", "", true, B_, EC},
     {TQ_CMD_PING, "PING", "", false, TQ_FROM_ANY, EC | EW},
-    {TQ_CMD_PONG, "PONG", "", false, TQ_FROM_ANY, EC | EW},
+    {TQ_CMD_PONG, "PONG", "|x", false, TQ_FROM_ANY, EC | EW},
     {TQ_CMD_ERROR, "ERROR", "CEi", false, B_, EC | EW},
     {TQ_CMD_CANCEL, "CANCEL", "I", false, C_, EC},
     {TQ_CMD_RETRY, "RETRY", "I", false, C_, EC},
@@ -159,6 +160,8 @@ tq_proto_field_name(char code)
         return "features";
     case F_SESSION:
         return "session";
+    case F_DROPPED:
+        return "dropped";
     default:
         return NULL;
     }
@@ -580,6 +583,8 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
                           "features out of range");
     case F_SESSION:
         return s_read_uint(r, &msg->session);
+    case F_DROPPED:
+        return s_read_uint(r, &msg->dropped);
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -825,6 +830,9 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_SESSION:
         msgpack_pack_uint64(pk, msg->session);
+        return NULL;
+    case F_DROPPED:
+        msgpack_pack_uint64(pk, msg->dropped);
         return NULL;
     default:
         return "internal: unknown field code";

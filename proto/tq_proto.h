@@ -138,6 +138,8 @@ typedef struct {
     uint32_t features;      /* READY: TQ_FEATURE_* the child supports */
     uint64_t session;       /* HEARTBEAT: the broker's number for the
                                host's session (section 10) */
+    uint64_t dropped;       /* PONG: replies the broker dropped for this
+                               client (it did not read them in time) */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */

@@ -43,6 +43,7 @@ typedef struct {
     char error[TQ_PROTO_MAX_ERROR + 1];
     uint32_t state, code, attempt, time_limit_ms;
     uint64_t pid;
+    uint64_t dropped; /* PONG */
     uint8_t payload[S_MAX_PAYLOAD];
     size_t payload_size;
     int64_t at_ms; /* monotonic ms when it was received */
@@ -398,6 +399,7 @@ s_recv(s_world_t *w, void *socket, int timeout_ms, s_in_t *in)
             in->attempt = msg->attempt;
             in->time_limit_ms = msg->time_limit_ms;
             in->pid = msg->pid;
+            in->dropped = msg->dropped;
             in->payload_size = zmq_msg_size(&frames.payload);
             assert_true(in->payload_size <= S_MAX_PAYLOAD);
             memcpy(in->payload, zmq_msg_data(&frames.payload),
@@ -1563,6 +1565,95 @@ test_status_body(void **state)
     free(in);
 }
 
+/* ---- 9. a client that does not read (PROTOCOL.md section 10) ---- */
+
+/* A client that submits and never reads its replies: the broker keeps at
+   most --max-client-backlog replies for it and drops the rest, counting
+   them; its PONG says how many, and asking again (GET wait=true) gets
+   every result. So its memory in the broker is bounded and nothing is
+   lost. */
+static void
+test_client_backlog(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    const char *extra[] = {"--max-client-backlog", "20", NULL};
+    s_start(w, extra);
+    /* the client reads nothing and holds at most one message itself */
+    void *a = zmq_socket(w->ctx, ZMQ_DEALER);
+    int one = 1, linger = 0, small = 4096;
+    zmq_setsockopt(a, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(a, ZMQ_RCVBUF, &small, sizeof small);
+    zmq_setsockopt(a, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(a, w->broker.clients), 0);
+    w->sockets[w->socket_count++] = a;
+    void *b = s_dealer(w, w->broker.clients);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostB", 901, 900, "qb");
+    /* each result is 60 kB: the client's TCP buffers fill fast */
+    enum { N = 300, VALUE = 60000 };
+    static uint8_t value[VALUE];
+    value[0] = 0xc6; /* bin 32 */
+    uint32_t body = VALUE - 5;
+    value[1] = (uint8_t)(body >> 24), value[2] = (uint8_t)(body >> 16);
+    value[3] = (uint8_t)(body >> 8), value[4] = (uint8_t)body;
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "bl-%d", i);
+        s_submit(w, a, id, "qb", 0, 0, 0);
+    }
+    for (int i = 0; i < N; i++) {
+        s_expect(w, child, TQ_CMD_TASK, NULL, in);
+        tq_msg_t done = s_msg(TQ_CMD_DONE);
+        done.id = tq_str(in->id);
+        done.attempt = in->attempt;
+        done.state = TQ_STATE_SUCCESS;
+        s_send(w, child, &done, value, sizeof value);
+    }
+    /* every task ended; replies to the client were dropped, counted */
+    s_wait_counter(w, b, "completed", N);
+    uint64_t dropped = s_counter(w, b, "dropped");
+    printf("  a client that does not read: %llu of its replies dropped\n",
+           (unsigned long long)dropped);
+    assert_true(dropped > 0);
+    /* now it reads: what reached it, then its PONG says how many were
+       dropped for it */
+    bool got[N] = {false};
+    int results = 0;
+    /* a PONG may itself meet the full backlog and be dropped while the
+       client catches up: it pings again, as a client does while it waits */
+    tq_msg_t ping = s_msg(TQ_CMD_PING);
+    bool pong = false;
+    for (int tries = 0; !pong && tries < 30; tries++) {
+        s_send(w, a, &ping, NULL, 0);
+        while (!pong && s_recv(w, a, 1000, in)) {
+            pong = in->command == TQ_CMD_PONG;
+            if (in->command == TQ_CMD_RESULT) {
+                int k = atoi(in->id + 3);
+                assert_false(got[k]);
+                got[k] = true;
+                results++;
+            }
+        }
+    }
+    assert_true(pong);
+    printf("  %d results reached it, PONG says %llu dropped for it\n",
+           results, (unsigned long long)in->dropped);
+    assert_true(in->dropped > 0);
+    assert_true(results < N);
+    /* asking again gets every missing result */
+    for (int i = 0; i < N; i++)
+        if (!got[i]) {
+            snprintf(id, sizeof id, "bl-%d", i);
+            s_get(w, a, id, true);
+            s_expect_result(w, a, id, TQ_STATE_SUCCESS, TQ_OK, in);
+            assert_int_equal(in->payload_size, VALUE);
+            got[i] = true;
+        }
+    free(in);
+}
+
 int
 main(void)
 {
@@ -1585,6 +1676,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing_started, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_old_child, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_backlog, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_two_takers, s_setup,
                                         s_teardown),
