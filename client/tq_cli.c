@@ -109,7 +109,7 @@ static const char *const s_code_names[TQ_ERROR_COUNT_] = {
     "TQ_EVERSION",    "TQ_ETIMEDOUT",  "TQ_ETASK",       "TQ_EUNKNOWN",
     "TQ_EUNREACHABLE", "TQ_ECANCELLED", "TQ_EFULL",      "TQ_EEMPTY",
     "TQ_ELOST",       "TQ_ETIMELIMIT", "TQ_ENOTASK",     "TQ_ECLOSED",
-    "TQ_ESTATE",      "TQ_ESYS",       "TQ_EBUSY",
+    "TQ_ESTATE",      "TQ_ESYS",       "TQ_EBUSY",      "TQ_ECORRUPT",
 };
 
 const char *

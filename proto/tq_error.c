@@ -21,6 +21,7 @@ static const char *const s_errors[TQ_ERROR_COUNT_] = {
     [TQ_ESTATE] = "not valid in this state",
     [TQ_ESYS] = "system error",
     [TQ_EBUSY] = "busy",
+    [TQ_ECORRUPT] = "stored data corrupt (checksum mismatch)",
 };
 
 static const char *const s_states[TQ_STATE_COUNT_] = {

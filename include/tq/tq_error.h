@@ -27,7 +27,8 @@ typedef enum {
     TQ_ESTATE = 16,      /* the call is not valid in this state */
     TQ_ESYS = 17,        /* a system call failed; see errno */
     TQ_EBUSY = 18,       /* a resource is in use */
-    TQ_ERROR_COUNT_ = 19
+    TQ_ECORRUPT = 19,    /* stored data failed its checksum */
+    TQ_ERROR_COUNT_ = 20
 } tq_err_t;
 
 /* Returns a static English description of err; never NULL. */
