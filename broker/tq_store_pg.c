@@ -195,7 +195,7 @@ s_pq_message(PGconn *conn, const PGresult *res)
         msg = conn ? PQerrorMessage(conn) : "no connection";
     snprintf(text, sizeof text, "%s", msg && *msg ? msg : "unknown error");
     for (char *p = text; *p; p++)
-        if (*p == '\n')
+        if (*p == '\n' || *p == '\t')
             *p = p[1] ? ' ' : '\0';
     return text;
 }
@@ -214,8 +214,10 @@ static PGresult *
 s_exec(s_pg_t *self, const char *sql, int nparams, const char *const *values,
        ExecStatusType want)
 {
-    PGresult *res =
-        PQexecParams(self->conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    /* without parameters, the simple protocol: several statements */
+    PGresult *res = nparams
+        ? PQexecParams(self->conn, sql, nparams, NULL, values, NULL, NULL, 0)
+        : PQexec(self->conn, sql);
     if (PQresultStatus(res) != want) {
         snprintf(self->base.error, sizeof self->base.error, "%s: %s",
                  self->where, s_pq_message(self->conn, res));
