@@ -3,13 +3,15 @@
 
    The writes of a loop pass are kept client-side (copied) and sent at
    commit in one transaction: consecutive writes of one kind become one
-   multi-row statement (INSERT ... VALUES (...),(...) ON CONFLICT, UPDATE
-   ... FROM (VALUES ...), DELETE ... IN (...)), and all statements of the
+   execution of that kind's prepared statement, whose parameters are one
+   array per column (INSERT ... SELECT FROM unnest(...) ON CONFLICT, UPDATE
+   ... FROM unnest(...), DELETE ... = ANY(...)), and all statements of the
    transaction go in one libpq pipeline, so a commit costs one round trip
    however many rows it carries. The commit reports success only once the
    server said COMMIT; any failure (lost connection, the lease taken by
    another broker) leaves the store refusing every later write. */
 #include <arpa/inet.h>
+#include <assert.h>
 #include <czmq.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -51,8 +53,9 @@ static const char *const s_pg_schema_v1 =
     " retries bigint NOT NULL DEFAULT 0,"
     " backoff_ms bigint NOT NULL DEFAULT 0,"
     " failures bigint NOT NULL DEFAULT 0,"
-    " due_ms bigint NOT NULL DEFAULT 0);"
-    "CREATE INDEX tq_tasks_seq ON tq_tasks (seq);"
+    " due_ms bigint NOT NULL DEFAULT 0)"
+    /* room in each page: a state change is a HOT update, no index write */
+    " WITH (fillfactor = 70);"
     "CREATE INDEX tq_tasks_expiry ON tq_tasks (expires_ms)"
     " WHERE expires_ms > 0;"
     "CREATE TABLE tq_items ("
@@ -96,7 +99,7 @@ enum {
     S_ITEM_REMOVE
 };
 
-/* rows per multi-row statement (parameters stay far below 65,535) */
+/* rows per statement (bounds the arrays of one execution) */
 #define S_ROWS_MAX 1000
 /* statements sent before the pipeline is synced and its results read, so
    neither side's socket buffer fills while the other waits */
@@ -122,14 +125,16 @@ typedef struct {
     int nn;
 } s_op_t;
 
+/* the most columns of a statement (S_ADD's) */
+#define S_COLUMNS_MAX 14
+
+/* one column of a run: an array in PostgreSQL's binary format */
 typedef struct {
-    int count, cap;
-    const char **values;
-    int *lengths, *formats;
-    Oid *types;
-    uint64_t *ints; /* int8 parameters, big-endian */
-    int nints;
-} s_params_t;
+    char *buf;
+    size_t len, cap;
+    uint32_t count; /* elements */
+    bool has_null;
+} s_col_t;
 
 typedef struct {
     tq_store_t base;
@@ -140,9 +145,9 @@ typedef struct {
     size_t op_count, op_cap;
     char *arena; /* the batch's copied strings and payloads */
     size_t arena_used, arena_cap;
-    s_params_t params;
-    char *sql; /* the statement being built */
-    size_t sql_len, sql_cap;
+    s_col_t cols[S_COLUMNS_MAX]; /* the run being sent */
+    const char *values[S_COLUMNS_MAX];
+    int lengths[S_COLUMNS_MAX], formats[S_COLUMNS_MAX];
     zhashx_t *run_keys; /* keys in the run being built (no duplicates) */
     char owner[256]; /* lease owner, "" none held */
     uint64_t epoch; /* lease epoch every commit checks, 0 none */
@@ -333,6 +338,8 @@ failed:
     return TQ_ESYS;
 }
 
+static int s_prepare(s_pg_t *self);
+
 tq_store_t *
 tq_store_pg_new(const char *url, const tq_store_options_t *options, char *error,
                 size_t errlen)
@@ -378,7 +385,7 @@ tq_store_pg_new(const char *url, const tq_store_options_t *options, char *error,
                    self->synchronous ? "SET synchronous_commit = on"
                                      : "SET synchronous_commit = off"))
         goto failed;
-    if (s_migrate(self) != TQ_OK)
+    if (s_migrate(self) != TQ_OK || s_prepare(self) != TQ_OK)
         goto failed;
     return base;
 failed:
@@ -401,12 +408,8 @@ s_destroy(tq_store_t *base)
         PQfinish(self->conn);
     free(self->ops);
     free(self->arena);
-    free(self->params.values);
-    free(self->params.lengths);
-    free(self->params.formats);
-    free(self->params.types);
-    free(self->params.ints);
-    free(self->sql);
+    for (int c = 0; c < S_COLUMNS_MAX; c++)
+        free(self->cols[c].buf);
     zhashx_destroy(&self->run_keys);
     free(self);
 }
@@ -568,147 +571,200 @@ s_dirty(const tq_store_t *base)
 
 /* ---- building statements ---- */
 
-static void
-s_sql_add(s_pg_t *self, const char *fmt, ...)
+/* One prepared statement per kind of write, each taking one array per
+   column (unnest), so a run of any length is one execution of a statement
+   planned once. */
+static const char *const s_prepared[] = {
+    [S_ADD] = "INSERT INTO tq_tasks (id, task, queue, priority,"
+              " time_limit_ms, attempt, state, seq, retries, backoff_ms,"
+              " failures, due_ms, args_crc, args) SELECT * FROM"
+              " unnest($1::text[], $2::text[], $3::text[], $4::int8[],"
+              " $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[],"
+              " $10::int8[], $11::int8[], $12::int8[], $13::int8[],"
+              " $14::bytea[]) ON CONFLICT (id) DO NOTHING",
+    [S_SET_DUE] = "UPDATE tq_tasks t SET state = v.state, attempt ="
+                  " v.attempt, due_ms = v.due_ms FROM unnest($1::text[],"
+                  " $2::int8[], $3::int8[], $4::int8[]) AS v(id, state,"
+                  " attempt, due_ms) WHERE t.id = v.id",
+    [S_SET_RETRIES] = "UPDATE tq_tasks t SET retries = v.retries, failures"
+                      " = v.failures FROM unnest($1::text[], $2::int8[],"
+                      " $3::int8[]) AS v(id, retries, failures)"
+                      " WHERE t.id = v.id",
+    [S_FINISH] = "UPDATE tq_tasks t SET state = v.state, attempt ="
+                 " v.attempt, code = v.code, expires_ms = v.expires_ms,"
+                 " result_crc = v.result_crc, error = v.error, result ="
+                 " v.result FROM unnest($1::text[], $2::int8[], $3::int8[],"
+                 " $4::int8[], $5::int8[], $6::int8[], $7::text[],"
+                 " $8::bytea[]) AS v(id, state, attempt, code, expires_ms,"
+                 " result_crc, error, result) WHERE t.id = v.id",
+    [S_REMOVE] = "DELETE FROM tq_tasks WHERE id = ANY($1::text[])",
+    [S_PURGE] = "DELETE FROM tq_tasks WHERE id IN (SELECT id FROM tq_tasks"
+                " WHERE expires_ms > 0 AND expires_ms < ($1::int8[])[1]"
+                " LIMIT ($2::int8[])[1])",
+    [S_ITEM_ADD] = "INSERT INTO tq_items (queue, seq, maxsize, crc, data)"
+                   " SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[],"
+                   " $4::int8[], $5::bytea[]) ON CONFLICT (queue, seq) DO"
+                   " UPDATE SET maxsize = excluded.maxsize, data ="
+                   " excluded.data, crc = excluded.crc",
+    [S_ITEM_REMOVE] = "DELETE FROM tq_items i USING unnest($1::text[],"
+                      " $2::int8[]) AS v(queue, seq)"
+                      " WHERE i.queue = v.queue AND i.seq = v.seq",
+};
+#define S_KINDS (S_ITEM_REMOVE + 1)
+
+/* The element type of each column of each kind's statement. */
+static const Oid s_columns[S_KINDS][S_COLUMNS_MAX + 1] = {
+    [S_ADD] = {S_OID_TEXT, S_OID_TEXT, S_OID_TEXT, S_OID_INT8, S_OID_INT8,
+               S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8,
+               S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_BYTEA},
+    [S_SET_DUE] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8},
+    [S_SET_RETRIES] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8},
+    [S_FINISH] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8,
+                  S_OID_INT8, S_OID_TEXT, S_OID_BYTEA},
+    [S_REMOVE] = {S_OID_TEXT},
+    [S_PURGE] = {S_OID_INT8, S_OID_INT8},
+    [S_ITEM_ADD] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8,
+                    S_OID_BYTEA},
+    [S_ITEM_REMOVE] = {S_OID_TEXT, S_OID_INT8},
+};
+
+static int
+s_column_count(int kind)
 {
-    va_list ap;
-    for (;;) {
-        size_t room = self->sql_cap - self->sql_len;
-        va_start(ap, fmt);
-        int n = vsnprintf(self->sql + self->sql_len, room, fmt, ap);
-        va_end(ap);
-        if (n >= 0 && (size_t)n < room) {
-            self->sql_len += (size_t)n;
-            return;
-        }
-        self->sql_cap = self->sql_cap ? 2 * self->sql_cap : 65536;
-        self->sql = s_realloc(self->sql, self->sql_cap);
+    int n = 0;
+    while (n < S_COLUMNS_MAX && s_columns[kind][n])
+        n++;
+    return n;
+}
+
+static void
+s_col_put(s_col_t *col, const void *data, size_t len)
+{
+    if (col->len + len > col->cap) {
+        size_t cap = col->cap ? col->cap : 4096;
+        while (cap < col->len + len)
+            cap *= 2;
+        col->buf = s_realloc(col->buf, cap);
+        col->cap = cap;
     }
+    memcpy(col->buf + col->len, data, len);
+    col->len += len;
 }
 
-/* Room for count more parameters; pointers into ints stay valid for the
-   statement (reserved before it is filled). */
 static void
-s_params_reserve(s_params_t *p, int count)
+s_col_u32(s_col_t *col, uint32_t value)
 {
-    if (count > p->cap) {
-        p->cap = count;
-        p->values = s_realloc(p->values, (size_t)count * sizeof *p->values);
-        p->lengths = s_realloc(p->lengths, (size_t)count * sizeof *p->lengths);
-        p->formats = s_realloc(p->formats, (size_t)count * sizeof *p->formats);
-        p->types = s_realloc(p->types, (size_t)count * sizeof *p->types);
-        p->ints = s_realloc(p->ints, (size_t)count * sizeof *p->ints);
+    uint32_t be = htonl(value);
+    s_col_put(col, &be, 4);
+}
+
+/* Starts a one-dimensional array in PostgreSQL's binary format (the
+   header is completed by s_col_end). */
+static void
+s_col_begin(s_col_t *col, Oid type)
+{
+    col->len = 0;
+    col->count = 0;
+    col->has_null = false;
+    s_col_u32(col, 1); /* dimensions */
+    s_col_u32(col, 0); /* has nulls: set at the end */
+    s_col_u32(col, type); /* element type */
+    s_col_u32(col, 0); /* length: set at the end */
+    s_col_u32(col, 1); /* lower bound */
+}
+
+static void
+s_col_end(s_col_t *col)
+{
+    uint32_t flag = htonl(col->has_null ? 1 : 0), count = htonl(col->count);
+    memcpy(col->buf + 4, &flag, 4);
+    memcpy(col->buf + 12, &count, 4);
+}
+
+static void
+s_col_bytes(s_col_t *col, const void *data, size_t len, bool set)
+{
+    col->count++;
+    if (!set) {
+        col->has_null = true;
+        s_col_u32(col, UINT32_MAX); /* -1: NULL */
+        return;
     }
-    p->count = 0;
-    p->nints = 0;
-}
-
-/* Adds a parameter and writes its placeholder ($N) into the statement. */
-static void
-s_param(s_pg_t *self, Oid type, const void *data, size_t len)
-{
-    s_params_t *p = &self->params;
-    int i = p->count++;
-    p->values[i] = data;
-    p->lengths[i] = (int)len;
-    p->formats[i] = 1; /* binary: no escaping, bytea as it is */
-    p->types[i] = type;
-    char before = self->sql[self->sql_len - 1];
-    s_sql_add(self, "%s$%d", before == '(' || before == ' ' ? "" : ",", i + 1);
+    s_col_u32(col, (uint32_t)len);
+    s_col_put(col, data, len);
 }
 
 static void
-s_param_int(s_pg_t *self, int64_t value)
+s_col_int(s_col_t *col, int64_t value)
 {
-    s_params_t *p = &self->params;
     uint64_t v = (uint64_t)value;
-    uint64_t be = ((uint64_t)htonl((uint32_t)v) << 32) | htonl(v >> 32);
-    p->ints[p->nints] = be;
-    s_param(self, S_OID_INT8, &p->ints[p->nints++], 8);
+    s_col_u32(col, 8);
+    s_col_u32(col, (uint32_t)(v >> 32));
+    s_col_u32(col, (uint32_t)v);
+    col->count++;
 }
 
 static void
-s_param_ref(s_pg_t *self, Oid type, s_ref_t ref)
+s_col_ref(s_pg_t *self, s_col_t *col, s_ref_t ref)
 {
-    s_param(self, type, ref.set ? self->arena + ref.off : NULL, ref.len);
+    s_col_bytes(col, ref.set ? self->arena + ref.off : NULL, ref.len, ref.set);
 }
 
-/* The statement of ops[first..last) (all of one kind). */
+/* Fills the columns with ops[first..last) (all of one kind). */
 static void
 s_build(s_pg_t *self, size_t first, size_t last)
 {
     int kind = self->ops[first].kind;
-    static const int columns[] = {
-        [S_ADD] = 14,     [S_SET_DUE] = 4,    [S_SET_RETRIES] = 3,
-        [S_FINISH] = 8,   [S_REMOVE] = 1,     [S_PURGE] = 3,
-        [S_ITEM_ADD] = 5, [S_ITEM_REMOVE] = 2};
-    s_params_reserve(&self->params, columns[kind] * (int)(last - first));
-    self->sql_len = 0;
-    s_sql_add(self, "%s",
-              kind == S_ADD
-                  ? "INSERT INTO tq_tasks (id, task, queue, priority,"
-                    " time_limit_ms, attempt, state, seq, retries,"
-                    " backoff_ms, failures, due_ms, args_crc, args) VALUES "
-                  : kind == S_SET_DUE
-                  ? "UPDATE tq_tasks t SET state = v.state, attempt ="
-                    " v.attempt, due_ms = v.due_ms FROM (VALUES "
-                  : kind == S_SET_RETRIES
-                  ? "UPDATE tq_tasks t SET retries = v.retries, failures ="
-                    " v.failures FROM (VALUES "
-                  : kind == S_FINISH
-                  ? "UPDATE tq_tasks t SET state = v.state, attempt ="
-                    " v.attempt, code = v.code, expires_ms = v.expires_ms,"
-                    " result_crc = v.result_crc, error = v.error, result ="
-                    " v.result FROM (VALUES "
-                  : kind == S_REMOVE ? "DELETE FROM tq_tasks WHERE id IN ("
-                  : kind == S_PURGE
-                  ? "DELETE FROM tq_tasks WHERE id IN (SELECT id FROM"
-                    " tq_tasks WHERE expires_ms > 0 AND expires_ms < "
-                  : kind == S_ITEM_ADD
-                  ? "INSERT INTO tq_items (queue, seq, maxsize, crc, data)"
-                    " VALUES "
-                  : "DELETE FROM tq_items WHERE (queue, seq) IN (");
+    int columns = s_column_count(kind);
+    for (int c = 0; c < columns; c++)
+        s_col_begin(&self->cols[c], s_columns[kind][c]);
     for (size_t i = first; i < last; i++) {
         s_op_t *op = &self->ops[i];
-        if (kind == S_REMOVE) {
-            s_param_ref(self, S_OID_TEXT, op->id);
-            continue;
-        }
-        if (kind == S_PURGE) {
-            s_param_int(self, op->n[0]);
-            s_sql_add(self, " LIMIT ");
-            s_param_int(self, op->n[1]);
-            break;
-        }
-        s_sql_add(self, "%s(", i == first ? "" : ",");
-        s_param_ref(self, S_OID_TEXT, op->id);
+        int c = 0;
+        if (kind != S_PURGE)
+            s_col_ref(self, &self->cols[c++], op->id);
         if (kind == S_ADD) {
-            s_param_ref(self, S_OID_TEXT, op->task);
-            s_param_ref(self, S_OID_TEXT, op->queue);
+            s_col_ref(self, &self->cols[c++], op->task);
+            s_col_ref(self, &self->cols[c++], op->queue);
         }
         for (int k = 0; k < op->nn; k++)
-            s_param_int(self, op->n[k]);
+            s_col_int(&self->cols[c++], op->n[k]);
         if (kind == S_FINISH)
-            s_param_ref(self, S_OID_TEXT, op->error);
+            s_col_ref(self, &self->cols[c++], op->error);
         if (kind == S_ADD || kind == S_FINISH || kind == S_ITEM_ADD)
-            s_param_ref(self, S_OID_BYTEA, op->blob);
-        s_sql_add(self, ")");
+            s_col_ref(self, &self->cols[c++], op->blob);
+        assert(c == columns);
     }
-    s_sql_add(self, "%s",
-              kind == S_ADD ? " ON CONFLICT (id) DO NOTHING"
-                  : kind == S_SET_DUE
-                  ? ") AS v(id, state, attempt, due_ms) WHERE t.id = v.id"
-                  : kind == S_SET_RETRIES
-                  ? ") AS v(id, retries, failures) WHERE t.id = v.id"
-                  : kind == S_FINISH
-                  ? ") AS v(id, state, attempt, code, expires_ms, result_crc,"
-                    " error, result) WHERE t.id = v.id"
-                  : kind == S_REMOVE || kind == S_PURGE ? ")"
-                  : kind == S_ITEM_ADD
-                  ? " ON CONFLICT (queue, seq) DO UPDATE SET maxsize ="
-                    " excluded.maxsize, data = excluded.data, crc ="
-                    " excluded.crc"
-                  : ")");
+    for (int c = 0; c < columns; c++) {
+        s_col_end(&self->cols[c]);
+        self->values[c] = self->cols[c].buf;
+        self->lengths[c] = (int)self->cols[c].len;
+        self->formats[c] = 1;
+    }
+}
+
+/* Prepares every kind's statement on the connection. */
+static int
+s_prepare(s_pg_t *self)
+{
+    for (int kind = 0; kind < S_KINDS; kind++) {
+        char name[16];
+        snprintf(name, sizeof name, "tq_%d", kind);
+        PGresult *res = PQprepare(self->conn, name, s_prepared[kind], 0, NULL);
+        bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+        if (!ok)
+            snprintf(self->base.error, sizeof self->base.error,
+                     "%s: cannot prepare statements: %s", self->where,
+                     s_pq_message(self->conn, res));
+        PQclear(res);
+        if (!ok)
+            return TQ_ESYS;
+    }
+    PGresult *res =
+        PQprepare(self->conn, "tq_fence", "SELECT tq_fence($1::int8)", 0, NULL);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok ? TQ_OK : TQ_ESYS;
 }
 
 /* The end of the run of ops that starts at first: same kind, at most
@@ -738,15 +794,16 @@ s_run_end(s_pg_t *self, size_t first)
     return last;
 }
 
-/* Sends one statement into the pipeline. */
+/* Sends a run's prepared statement, or a plain one (name NULL), into the
+   pipeline. */
 static bool
-s_send(s_pg_t *self, const char *sql, int nparams)
+s_send(s_pg_t *self, const char *name, const char *sql, int nparams)
 {
-    s_params_t *p = &self->params;
-    return PQsendQueryParams(
-               self->conn, sql, nparams, nparams ? p->types : NULL,
-               nparams ? p->values : NULL, nparams ? p->lengths : NULL,
-               nparams ? p->formats : NULL, 0) == 1;
+    if (!name)
+        return PQsendQueryParams(self->conn, sql, 0, NULL, NULL, NULL, NULL,
+                                 0) == 1;
+    return PQsendQueryPrepared(self->conn, name, nparams, self->values,
+                               self->lengths, self->formats, 0) == 1;
 }
 
 /* Syncs the pipeline and reads the results of its `sent` statements. The
@@ -793,21 +850,25 @@ s_commit(tq_store_t *base)
     PGresult *bad = NULL;
     char tag[64] = "";
     bool sent =
-        PQenterPipelineMode(self->conn) == 1 && s_send(self, "BEGIN", 0);
+        PQenterPipelineMode(self->conn) == 1 && s_send(self, NULL, "BEGIN", 0);
     int pending = sent ? 1 : 0;
     if (sent && self->epoch) {
-        s_params_reserve(&self->params, 1);
-        self->sql_len = 0;
-        s_sql_add(self, "SELECT tq_fence(");
-        s_param_int(self, (int64_t)self->epoch);
-        s_sql_add(self, ")");
-        sent = s_send(self, self->sql, self->params.count);
+        char epoch[8];
+        uint64_t v = self->epoch;
+        for (int i = 0; i < 8; i++)
+            epoch[i] = (char)(v >> (56 - 8 * i));
+        self->values[0] = epoch;
+        self->lengths[0] = 8;
+        self->formats[0] = 1;
+        sent = s_send(self, "tq_fence", NULL, 1);
         pending++;
     }
     for (size_t first = 0; sent && first < self->op_count;) {
         size_t last = s_run_end(self, first);
         s_build(self, first, last);
-        sent = s_send(self, self->sql, self->params.count);
+        char name[16];
+        snprintf(name, sizeof name, "tq_%d", self->ops[first].kind);
+        sent = s_send(self, name, NULL, s_column_count(self->ops[first].kind));
         pending++;
         first = last;
         if (sent && pending >= S_PIPELINE_MAX) {
@@ -815,7 +876,7 @@ s_commit(tq_store_t *base)
             pending = 0;
         }
     }
-    sent = sent && s_send(self, "COMMIT", 0);
+    sent = sent && s_send(self, NULL, "COMMIT", 0);
     pending++;
     sent = sent && s_drain(self, pending, &bad, tag, sizeof tag);
     s_batch_clear(self);
