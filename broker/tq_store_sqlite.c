@@ -339,6 +339,11 @@ tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
         return NULL;
     }
     self->base.ops = &s_ops;
+    if (strlen(dir) + sizeof "/tq.store.tmp" > sizeof self->dir) {
+        snprintf(error, errlen, "%.200s...: directory name too long", dir);
+        free(self);
+        return NULL;
+    }
     snprintf(self->dir, sizeof self->dir, "%s", dir);
     snprintf(self->path, sizeof self->path, "%s/tq.db", dir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
