@@ -43,6 +43,12 @@ s_usage(FILE *out)
             "  --max-lost N      worker deaths a task may cause before it "
             "fails (default %d)\n"
             "  --data DIR        the store's directory (default %s)\n"
+            "  --store URL       a PostgreSQL store instead of --data "
+            "(postgresql://user@host/db)\n"
+            "  --new-store       start an empty store even though DIR held "
+            "one whose tq.db\n"
+            "                    is missing or empty (the old files are kept "
+            "aside)\n"
             "  --no-persist      keep everything in memory only\n"
             "  --sync MODE       batch: each batch synced to disk before it "
             "is acknowledged\n"
@@ -106,6 +112,8 @@ main(int argc, char **argv)
         {"max-queue", required_argument, NULL, 'q'},
         {"data", required_argument, NULL, 'd'},
         {"no-persist", no_argument, NULL, 'n'},
+        {"store", required_argument, NULL, 'U'},
+        {"new-store", no_argument, NULL, 'N'},
         {"sync", required_argument, NULL, 's'},
         {"max-disk", required_argument, NULL, 'D'},
         {"max-memory", required_argument, NULL, 'm'},
@@ -165,6 +173,19 @@ main(int argc, char **argv)
             break;
         case 'n':
             config.data_dir = NULL;
+            config.store_url = NULL;
+            break;
+        case 'U':
+            if (!tq_store_is_url(optarg)) {
+                fprintf(stderr, "tq-broker: --store: a postgresql:// URL "
+                                "(a directory is --data): %s\n", optarg);
+                return 2;
+            }
+            /* data_dir too: the broker opens whichever it is handed */
+            config.store_url = config.data_dir = optarg;
+            break;
+        case 'N':
+            config.new_store = true;
             break;
         case 's':
             if (strcmp(optarg, "batch") == 0)

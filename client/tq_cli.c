@@ -104,18 +104,11 @@ const char *const tq_cli_usage_get =
     "example:\n"
     "  tq get 3f2a...e1 --wait --timeout 10\n";
 
-static const char *const s_code_names[TQ_ERROR_COUNT_] = {
-    "TQ_OK",          "TQ_EINVAL",     "TQ_ENOMEM",      "TQ_EPROTO",
-    "TQ_EVERSION",    "TQ_ETIMEDOUT",  "TQ_ETASK",       "TQ_EUNKNOWN",
-    "TQ_EUNREACHABLE", "TQ_ECANCELLED", "TQ_EFULL",      "TQ_EEMPTY",
-    "TQ_ELOST",       "TQ_ETIMELIMIT", "TQ_ENOTASK",     "TQ_ECLOSED",
-    "TQ_ESTATE",      "TQ_ESYS",       "TQ_EBUSY",
-};
 
 const char *
 tq_cli_code_name(int code)
 {
-    return code >= 0 && code < TQ_ERROR_COUNT_ ? s_code_names[code] : "?";
+    return tq_error_name(code); /* one table: proto/tq_error.c */
 }
 
 /* True for the final codes of a task that the broker accepted and ran. */

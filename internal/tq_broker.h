@@ -30,6 +30,10 @@ typedef struct {
                                     more are dropped, 0: the default */
     const char *data_dir;        /* the store's directory; NULL: memory
                                     only (--no-persist) */
+    const char *store_url;       /* postgresql:// URL of a shared store,
+                                    used instead of data_dir; NULL: none */
+    bool new_store;              /* --new-store: start an empty store
+                                    where tq.db was lost or emptied */
     int sync;                    /* tq_sync_t: TQ_SYNC_BATCH or TQ_SYNC_OS */
     uint64_t max_disk;           /* store bytes on disk before submissions
                                     are refused, 0: no limit */

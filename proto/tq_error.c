@@ -21,7 +21,7 @@ static const char *const s_errors[TQ_ERROR_COUNT_] = {
     [TQ_ESTATE] = "not valid in this state",
     [TQ_ESYS] = "system error",
     [TQ_EBUSY] = "busy",
-    [TQ_ECORRUPT] = "stored data is damaged",
+    [TQ_ECORRUPT] = "stored data corrupt (checksum mismatch)",
     [TQ_EDENIED] = "not allowed for this key",
 };
 

@@ -9,6 +9,8 @@ packages=(
   libmsgpack-dev                        # every payload
   libjansson-dev                        # JSON in the tq CLI
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
+  libpq-dev                             # the PostgreSQL store (--store URL)
+  postgresql                            # its tests start private clusters
   procps                                # ps/pgrep used by scripts
 )
 

@@ -1,6 +1,8 @@
 /* test_store.c - unit tests of the broker's SQLite store: what is committed
-   is reloaded in order, purge forgets expired results, and a damaged file
-   is refused with a message naming it. */
+   is reloaded in order, purge forgets expired results, a damaged file is
+   refused with a message naming it, a payload whose bytes changed on disk
+   comes back marked corrupt, an emptied store is refused, files are 0600,
+   and older schemas migrate. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +18,7 @@
 #include <sqlite3.h>
 
 #include "tq/tq_error.h"
+#include "tq_crc32c.h"
 #include "tq_store.h"
 
 typedef struct {
@@ -88,8 +92,8 @@ test_commit_and_reload(void **state)
 {
     (void)state;
     char error[256];
-    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_BATCH, error,
-                                      sizeof error);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
     assert_non_null(store);
     tq_store_task_t a = s_task("a", 1), b = s_task("b", 2), c = s_task("c", 3);
     b.retries = 3;
@@ -152,8 +156,8 @@ test_uncommitted_is_lost(void **state)
 {
     (void)state;
     char error[256];
-    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_BATCH, error,
-                                      sizeof error);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
     assert_non_null(store);
     tq_store_task_t a = s_task("a", 1);
     assert_int_equal(tq_store_add(store, &a), TQ_OK);
@@ -194,8 +198,8 @@ test_damaged_file_refused(void **state)
     for (int i = 0; i < 4096; i++)
         fputc("garbage!"[i % 8], f);
     fclose(f);
-    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_BATCH, error,
-                                      sizeof error);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
     assert_null(store);
     assert_non_null(strstr(error, path));
     print_message("damaged: %s\n", error);
@@ -229,26 +233,26 @@ test_migration(void **state)
         SQLITE_OK);
     sqlite3_close(db);
 
-    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_BATCH, error,
-                                      sizeof error);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
     assert_non_null(store);
     s_seen_t seen = {0};
     assert_int_equal(tq_store_load(store, s_collect, &seen), TQ_OK);
     assert_int_equal(seen.count, 1);
     assert_string_equal(seen.ids[0], "old");
     static const uint8_t item[] = {0xa2, 'h', 'i'};
-    assert_int_equal(
-        tq_store_item_add(store, "q", 7, 10, item, sizeof item), TQ_OK);
+    assert_int_equal(tq_store_item_add(store, "q", 7, 10, item, sizeof item),
+                     TQ_OK);
     assert_int_equal(tq_store_commit(store), TQ_OK);
     tq_store_destroy(&store);
 
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st,
-                                        NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL),
+        SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 3);
+    assert_int_equal(sqlite3_column_int(st, 0), 4);
     sqlite3_finalize(st);
     assert_int_equal(
         sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL),
@@ -271,6 +275,327 @@ test_unwritable_dir_refused(void **state)
     assert_non_null(strstr(error, "/proc/tq-no-such-dir"));
 }
 
+/* Every row and item as loaded, for the v4 tests. */
+typedef struct {
+    int count;
+    char ids[8][64];
+    int64_t due[8];
+    bool corrupt[8];
+    char reasons[8][64];
+    uint32_t states[8];
+    int items;
+    bool item_corrupt[8];
+    char item_reasons[8][64];
+} s_rows_t;
+
+static void
+s_rows(const tq_store_task_t *t, void *arg)
+{
+    s_rows_t *rows = arg;
+    if (rows->count >= 8)
+        return;
+    int i = rows->count++;
+    snprintf(rows->ids[i], sizeof rows->ids[i], "%s", t->id);
+    rows->due[i] = t->due_ms;
+    rows->corrupt[i] = t->corrupt;
+    rows->states[i] = t->state;
+    snprintf(rows->reasons[i], sizeof rows->reasons[i], "%s",
+             t->corrupt_reason ? t->corrupt_reason : "");
+}
+
+static void
+s_item_rows(const tq_store_item_t *item, void *arg)
+{
+    s_rows_t *rows = arg;
+    if (rows->items >= 8)
+        return;
+    int i = rows->items++;
+    rows->item_corrupt[i] = item->corrupt;
+    snprintf(rows->item_reasons[i], sizeof rows->item_reasons[i], "%s",
+             item->corrupt_reason ? item->corrupt_reason : "");
+}
+
+/* A task's due time is stored on add and on a state change, and comes
+   back on load; set_state makes it runnable now. */
+static void
+test_due_round_trip(void **state)
+{
+    (void)state;
+    char error[512];
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    tq_store_task_t a = s_task("a", 1), b = s_task("b", 2), c = s_task("c", 3);
+    a.due_ms = 1700000000123; /* a countdown */
+    assert_int_equal(tq_store_add(store, &a), TQ_OK);
+    assert_int_equal(tq_store_add(store, &b), TQ_OK);
+    assert_int_equal(tq_store_add(store, &c), TQ_OK);
+    /* b failed and waits out its backoff; c's backoff ended */
+    assert_int_equal(tq_store_set_due(store, "b", 5, 1, 1700000009999), TQ_OK);
+    assert_int_equal(tq_store_set_due(store, "c", 5, 1, 1700000000001), TQ_OK);
+    assert_int_equal(tq_store_set_state(store, "c", 0, 1), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    s_rows_t rows = {0};
+    assert_int_equal(tq_store_load(store, s_rows, &rows), TQ_OK);
+    assert_int_equal(rows.count, 3);
+    assert_int_equal(rows.due[0], 1700000000123);
+    assert_int_equal(rows.due[1], 1700000009999);
+    assert_int_equal(rows.states[1], 5);
+    assert_int_equal(rows.due[2], 0);
+    for (int i = 0; i < 3; i++)
+        assert_false(rows.corrupt[i]);
+    tq_store_destroy(&store);
+}
+
+/* Flips one byte of the file where a unique pattern sits; returns how
+   many copies of it there were. */
+static int
+s_flip_in_file(const char *path, const uint8_t *pattern, size_t size)
+{
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long length = ftell(f);
+    uint8_t *bytes = malloc((size_t)length);
+    fseek(f, 0, SEEK_SET);
+    assert_int_equal(fread(bytes, 1, (size_t)length, f), (size_t)length);
+    int found = 0;
+    for (long i = 0; i + (long)size <= length; i++)
+        if (memcmp(bytes + i, pattern, size) == 0) {
+            found++;
+            uint8_t flipped = bytes[i + size / 2] ^ 0x20;
+            fseek(f, i + (long)size / 2, SEEK_SET);
+            fputc(flipped, f);
+        }
+    fclose(f);
+    free(bytes);
+    return found;
+}
+
+/* A byte flipped on disk inside a stored payload (arguments, a result, a
+   queue item) is caught by its checksum: the row comes back marked
+   corrupt with the reason, the others are untouched, and the broker's
+   item callback gets no data for the damaged item. */
+static void
+test_flipped_byte_is_corrupt(void **state)
+{
+    (void)state;
+    char error[512], path[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    uint8_t args[40] = {0x91, 0xd9, 37}, result[40] = {0xd9, 38},
+            item[40] = {0xd9, 38};
+    memcpy(args + 3, "ARGS-unique-pattern-0123456789-abcdef", 37);
+    memcpy(result + 2, "RESULT-unique-pattern-0123456789-abcd", 38);
+    memcpy(item + 2, "ITEM-unique-pattern-0123456789-abcdef", 38);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    tq_store_task_t a = s_task("a", 1), b = s_task("b", 2), c = s_task("c", 3);
+    a.args = args;
+    a.args_size = sizeof args;
+    assert_int_equal(tq_store_add(store, &a), TQ_OK);
+    assert_int_equal(tq_store_add(store, &b), TQ_OK);
+    assert_int_equal(tq_store_add(store, &c), TQ_OK);
+    c.state = 2;
+    c.attempt = 1;
+    c.result = result;
+    c.result_size = sizeof result;
+    assert_int_equal(tq_store_finish(store, &c), TQ_OK);
+    assert_int_equal(tq_store_item_add(store, "q", 1, 0, item, sizeof item),
+                     TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store); /* the last close checkpoints into tq.db */
+
+    assert_int_equal(s_flip_in_file(path, args + 3, 37), 1);
+    assert_int_equal(s_flip_in_file(path, result + 2, 38), 1);
+    assert_int_equal(s_flip_in_file(path, item + 2, 38), 1);
+
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    s_rows_t rows = {0};
+    assert_int_equal(tq_store_load(store, s_rows, &rows), TQ_OK);
+    assert_int_equal(tq_store_load_item_rows(store, s_item_rows, &rows), TQ_OK);
+    assert_int_equal(rows.count, 3);
+    assert_true(rows.corrupt[0]);
+    assert_string_equal(rows.reasons[0], "args checksum mismatch");
+    assert_false(rows.corrupt[1]);
+    assert_true(rows.corrupt[2]);
+    assert_string_equal(rows.reasons[2], "result checksum mismatch");
+    assert_int_equal(rows.items, 1);
+    assert_true(rows.item_corrupt[0]);
+    assert_string_equal(rows.item_reasons[0], "queue item checksum mismatch");
+    tq_store_destroy(&store);
+}
+
+static void
+s_expect_refused(const char *why)
+{
+    char error[1024], path[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_null(store);
+    print_message("%s: %s\n", why, error);
+    assert_non_null(strstr(error, path));
+    assert_non_null(strstr(error, "--new-store"));
+}
+
+/* A store whose tq.db was emptied or lost is refused, never silently
+   started empty: the marker (or the WAL) shows a store was there. Only
+   allow_new (--new-store) starts afresh, keeping the old files aside. */
+static void
+test_emptied_store_refused(void **state)
+{
+    (void)state;
+    char error[1024], path[512], marker[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    snprintf(marker, sizeof marker, "%s/tq.store", s_dir);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    tq_store_task_t a = s_task("a", 1);
+    assert_int_equal(tq_store_add(store, &a), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+    FILE *f = fopen(marker, "r");
+    assert_non_null(f);
+    char text[64] = "";
+    assert_non_null(fgets(text, sizeof text, f));
+    assert_non_null(fgets(text, sizeof text, f));
+    fclose(f);
+    assert_string_equal(text, "schema 4\n");
+
+    assert_int_equal(truncate(path, 0), 0);
+    s_expect_refused("0-byte tq.db");
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_size, 0); /* refused, and left as it was */
+    assert_int_equal(unlink(path), 0);
+    s_expect_refused("missing tq.db");
+
+    tq_store_options_t options = {.sync = TQ_SYNC_BATCH, .allow_new = true};
+    store = tq_store_new(s_dir, &options, error, sizeof error);
+    assert_non_null(store);
+    s_rows_t rows = {0};
+    assert_int_equal(tq_store_load(store, s_rows, &rows), TQ_OK);
+    assert_int_equal(rows.count, 0);
+    tq_store_destroy(&store);
+    /* and the new store is a store like any other */
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    tq_store_destroy(&store);
+}
+
+/* tq.db, its -wal and -shm and the marker are the owner's only, whatever
+   the umask; an older store's wider modes are narrowed when opened. */
+static void
+test_files_0600(void **state)
+{
+    (void)state;
+    char error[512], path[600];
+    mode_t old = umask(022);
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    tq_store_task_t a = s_task("a", 1);
+    assert_int_equal(tq_store_add(store, &a), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    const char *names[] = {"tq.db", "tq.db-wal", "tq.db-shm", "tq.store"};
+    for (size_t i = 0; i < 4; i++) {
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", s_dir, names[i]);
+        assert_int_equal(stat(path, &st), 0);
+        print_message("%s %o\n", names[i], st.st_mode & 0777);
+        assert_int_equal(st.st_mode & 0777, 0600);
+    }
+    tq_store_destroy(&store);
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    assert_int_equal(chmod(path, 0644), 0);
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    tq_store_destroy(&store);
+    umask(old);
+}
+
+/* A version-3 database gains due times (0) and checksums of the payloads
+   it already holds; its rows load intact and uncorrupted. */
+static void
+test_migration_v3(void **state)
+{
+    (void)state;
+    char path[512], error[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(
+            db,
+            "CREATE TABLE tasks (id TEXT PRIMARY KEY, task TEXT NOT NULL,"
+            " queue TEXT NOT NULL, priority INTEGER NOT NULL, time_limit_ms"
+            " INTEGER NOT NULL, attempt INTEGER NOT NULL, state INTEGER NOT"
+            " NULL, seq INTEGER NOT NULL, args BLOB NOT NULL, code INTEGER"
+            " NOT NULL DEFAULT 0, error TEXT, result BLOB, expires_ms"
+            " INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT"
+            " 0, backoff_ms INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT"
+            " NULL DEFAULT 0) WITHOUT ROWID;"
+            "CREATE TABLE items (queue TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " maxsize INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL,"
+            " PRIMARY KEY (queue, seq)) WITHOUT ROWID;"
+            "INSERT INTO tasks (id, task, queue, priority, time_limit_ms,"
+            " attempt, state, seq, args, retries) VALUES"
+            " ('w', 'tq.echo', 'default', 0, 0, 0, 0, 1, x'90', 2),"
+            " ('d', 'tq.echo', 'default', 0, 0, 1, 2, 2, x'90', 0);"
+            "UPDATE tasks SET result = x'a26f6b', expires_ms = 99 WHERE"
+            " id = 'd';"
+            "INSERT INTO items VALUES ('q', 1, 5, x'a26869');"
+            "PRAGMA user_version = 3;",
+            NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    s_rows_t rows = {0};
+    assert_int_equal(tq_store_load(store, s_rows, &rows), TQ_OK);
+    assert_int_equal(tq_store_load_item_rows(store, s_item_rows, &rows), TQ_OK);
+    assert_int_equal(rows.count, 2);
+    assert_string_equal(rows.ids[0], "w");
+    assert_string_equal(rows.ids[1], "d");
+    assert_int_equal(rows.states[1], 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(rows.due[i], 0);
+        assert_false(rows.corrupt[i]);
+    }
+    assert_int_equal(rows.items, 1);
+    assert_false(rows.item_corrupt[0]);
+    tq_store_destroy(&store);
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT args_crc, result_crc, (SELECT crc FROM"
+                           " items), (SELECT user_version FROM"
+                           " pragma_user_version) FROM tasks WHERE id = 'd'",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int64(st, 0), tq_crc32c(0, "\x90", 1));
+    assert_int_equal(sqlite3_column_int64(st, 1), tq_crc32c(0, "\xa2ok", 3));
+    assert_int_equal(sqlite3_column_int64(st, 2), tq_crc32c(0, "\xa2hi", 3));
+    assert_int_equal(sqlite3_column_int(st, 3), 4);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 int
 main(void)
 {
@@ -284,6 +609,14 @@ main(void)
         cmocka_unit_test_setup_teardown(test_migration, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_dir_refused, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_due_round_trip, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_flipped_byte_is_corrupt, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_emptied_store_refused, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_files_0600, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v3, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

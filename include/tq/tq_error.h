@@ -27,7 +27,7 @@ typedef enum {
     TQ_ESTATE = 16,      /* the call is not valid in this state */
     TQ_ESYS = 17,        /* a system call failed; see errno */
     TQ_EBUSY = 18,       /* a resource is in use */
-    TQ_ECORRUPT = 19,    /* stored data failed its check */
+    TQ_ECORRUPT = 19,    /* stored data failed its checksum */
     TQ_EDENIED = 20,     /* not allowed for this key (CURVE tenants) */
     TQ_ERROR_COUNT_ = 21
 } tq_err_t;
