@@ -363,6 +363,18 @@ s_recover(const tq_store_task_t *row, void *arg)
     task->rec.failures = row->failures;
     self->recovered++;
     task_move_t how = {.restore = true};
+    if (row->corrupt && !final) {
+        /* its arguments failed their checksum: it must not run on them;
+           it fails with the reason, a dead letter an operator sees */
+        char text[TQ_PROTO_MAX_ERROR];
+        snprintf(text, sizeof text, "stored task damaged: %s",
+                 row->corrupt_reason ? row->corrupt_reason
+                                     : "checksum mismatch");
+        self->corrupt++;
+        tqb_warn(self, "store: task %s not run: %s", row->id, text);
+        tqb_task_final(self, task, TASK_FAILURE, TQ_ECORRUPT, text, NULL);
+        return;
+    }
     if (final) {
         task->rec.code = row->code;
         task->rec.error =
@@ -376,49 +388,74 @@ s_recover(const tq_store_task_t *row, void *arg)
                       &how);
         return;
     }
+    /* a countdown, a retry backoff or a loss pause waits out what is
+       left of it (wall-clock time: the monotonic clock starts again) */
+    if (row->due_ms > wall) {
+        how.due_ms = self->now_ms + (row->due_ms - wall);
+        tqb_task_move(self, task,
+                      row->state == TQ_STATE_RETRY ? TASK_RETRY
+                                                   : TASK_SCHEDULED,
+                      &how);
+        return;
+    }
     tqb_task_move(self, task, TASK_WAITING, &how);
 }
 
-/* Rebuilds one stored data-queue item (rows come by queue, in order). */
+/* Rebuilds one stored data-queue item (rows come by queue, in order); a
+   damaged one is left out, loudly. */
 static void
-s_recover_item(const char *queue, uint64_t seq, uint32_t maxsize,
-               const void *data, size_t size, void *arg)
+s_recover_item(const tq_store_item_t *row, void *arg)
 {
     tq_broker_t *self = arg;
-    if (!tq_proto_valid_name(queue, strlen(queue)) ||
-        tq_proto_check_payload(data, size, false, NULL) != TQ_OK) {
-        tqb_warn(self, "store: skipping a damaged queue item (%.255s)", queue);
+    if (row->corrupt || !tq_proto_valid_name(row->queue, strlen(row->queue)) ||
+        tq_proto_check_payload(row->data, row->size, false, NULL) != TQ_OK) {
+        self->corrupt++;
+        tqb_warn(self, "store: a damaged item of queue %.255s left out: %s",
+                 row->queue,
+                 row->corrupt_reason ? row->corrupt_reason : "malformed");
         return;
     }
-    dq_t *dq = tqb_dq(self, tq_str(queue), true);
-    dq->maxsize = maxsize;
+    dq_t *dq = tqb_dq(self, tq_str(row->queue), true);
+    dq->maxsize = row->maxsize;
     zmq_msg_t item;
-    zmq_msg_init_size(&item, size);
-    memcpy(zmq_msg_data(&item), data, size);
-    dq->next_seq = seq;
+    zmq_msg_init_size(&item, row->size);
+    memcpy(zmq_msg_data(&item), row->data, row->size);
+    dq->next_seq = row->seq;
     tqb_dq_append(self, dq, &item);
     zmq_msg_close(&item);
     self->recovered_items++;
 }
 
-/* Opens the store and loads what it holds. */
+/* Opens the store (a directory, or a PostgreSQL URL) and loads what it
+   holds. */
 static int
 s_open_store(tq_broker_t *self, char *error, size_t errlen)
 {
-    const char *dir = self->config.data_dir;
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        snprintf(error, errlen, "cannot create the data directory %s: %s", dir,
-                 strerror(errno));
+    const char *where = self->config.store_url ? self->config.store_url
+                                               : self->config.data_dir;
+    bool url = tq_store_is_url(where);
+    if (!url && mkdir(where, 0700) != 0 && errno != EEXIST) {
+        snprintf(error, errlen, "cannot create the data directory %s: %s",
+                 where, strerror(errno));
         return -1;
     }
-    self->store =
-        tq_store_open(dir, (tq_sync_t)self->config.sync, error, errlen);
+    tq_store_options_t options = {.sync = (tq_sync_t) self->config.sync,
+                                  .allow_new = self->config.new_store};
+    self->store = tq_store_new(where, &options, error, errlen);
     if (!self->store)
         return -1;
+    /* the store in messages, without a password */
+    if (url)
+        snprintf(self->store_name, sizeof self->store_name,
+                 "the PostgreSQL store");
+    else
+        snprintf(self->store_name, sizeof self->store_name,
+                 "the store in %.250s", where);
     int64_t started = tqb_now();
     if (tq_store_load(self->store, s_recover, self) != TQ_OK ||
-        tq_store_load_items(self->store, s_recover_item, self) != TQ_OK) {
-        snprintf(error, errlen, "cannot read the store in %s: %s", dir,
+        tq_store_load_item_rows(self->store, s_recover_item, self) !=
+            TQ_OK) {
+        snprintf(error, errlen, "cannot read %s: %s", self->store_name,
                  tq_store_error(self->store));
         return -1;
     }
@@ -426,9 +463,15 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
         fprintf(stderr,
                 "tq-broker: recovered %llu tasks and %llu queue items from "
                 "%s in %lld ms\n",
-                (unsigned long long)self->recovered,
-                (unsigned long long)self->recovered_items, dir,
-                (long long)(tqb_now() - started));
+                (unsigned long long) self->recovered,
+                (unsigned long long) self->recovered_items,
+                url ? "the PostgreSQL store" : where,
+                (long long) (tqb_now() - started));
+    if (self->corrupt)
+        fprintf(stderr,
+                "tq-broker: %llu stored tasks or items failed their "
+                "checksum: failed TQ_ECORRUPT or left out (see above)\n",
+                (unsigned long long) self->corrupt);
     self->disk_bytes = tq_store_disk_size(self->store);
     self->dispatch_due = true;
     return 0;
@@ -446,8 +489,8 @@ s_store_housekeeping(tq_broker_t *self)
         self->disk_bytes = tq_store_disk_size(self->store);
         bool full = self->disk_bytes >= self->config.max_disk;
         if (full && !self->disk_full)
-            tqb_warn(self, "store in %s reached max-disk: refusing submissions",
-                     self->config.data_dir);
+            tqb_warn(self, "%s reached max-disk: refusing submissions",
+                     self->store_name);
         self->disk_full = full;
     }
 }
@@ -626,7 +669,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         abort();
     self->started_ms = self->now_ms = tqb_now();
     self->log_window_ms = self->now_ms;
-    if (self->config.data_dir && s_open_store(self, error, errlen) != 0) {
+    if ((self->config.data_dir || self->config.store_url) &&
+        s_open_store(self, error, errlen) != 0) {
         tq_broker_destroy(&self);
         return NULL;
     }

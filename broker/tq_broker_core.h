@@ -243,7 +243,10 @@ struct tq_broker_t {
                             what each write since adds (an estimate), so
                             max-disk refuses before the disk fills */
     uint64_t recovered; /* tasks loaded at start */
-    uint64_t recovered_items; /* data-queue items loaded at start */
+        uint64_t recovered_items; /* data-queue items loaded at start */
+    uint64_t corrupt;        /* stored tasks and items that failed their
+                                checksum at start */
+    char store_name[300];    /* the store, for messages (no password) */
     uint64_t seq;
     uint64_t results_kept;
     int64_t started_ms;

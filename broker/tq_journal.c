@@ -9,6 +9,18 @@
 
 #include "tq_broker_core.h"
 
+/* The wall-clock ms a SCHEDULED or RETRY task may run (the store keeps
+   wall-clock time: the monotonic clock starts again with the broker), 0
+   for the other states. */
+static int64_t
+s_due_wall(const task_t *task)
+{
+    if (task->state != TASK_SCHEDULED && task->state != TASK_RETRY)
+        return 0;
+    int64_t due = tqb_wall_ms() + (task->rec.due_ms - tqb_now());
+    return due > 0 ? due : 1;
+}
+
 /* The stored row of a task: its record, its names, and what it holds. */
 static void
 s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
@@ -28,6 +40,7 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
         .retries = task->rec.retries,
         .backoff_ms = task->rec.backoff_ms,
         .failures = task->rec.failures,
+        .due_ms = s_due_wall(task),
     };
 }
 
@@ -39,13 +52,6 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
     tq_store_task_t row;
     s_row(self, task, &row);
     zmq_msg_t *payload = &task->payload;
-    if (from == TASK_NEW) {
-        row.args = zmq_msg_data(payload);
-        row.args_size = zmq_msg_size(payload);
-        tq_store_add(self->store, &row);
-        self->disk_bytes += row.args_size + TQB_ROW_BYTES;
-        return;
-    }
     if (tqb_task_is_final(task)) {
         if (task->state == TASK_SUCCESS) {
             row.result = zmq_msg_data(payload);
@@ -60,7 +66,15 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         self->disk_bytes += row.result_size + TQB_ROW_BYTES;
         return;
     }
-    tq_store_set_state(self->store, task->rec.id, row.state, task->rec.attempt);
+    if (from == TASK_NEW) {
+        row.args = zmq_msg_data(payload);
+        row.args_size = zmq_msg_size(payload);
+        tq_store_add(self->store, &row);
+        self->disk_bytes += row.args_size + TQB_ROW_BYTES;
+        return;
+    }
+    tq_store_set_due(self->store, task->rec.id, row.state, task->rec.attempt,
+                     row.due_ms);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)
@@ -126,9 +140,9 @@ tqb_commit(tq_broker_t *self)
     if (self->store && tq_store_dirty(self->store) &&
         tq_store_commit(self->store) != TQ_OK) {
         fprintf(stderr,
-                "tq-broker: FATAL: cannot write the store in %s: %s; "
+                "tq-broker: FATAL: cannot write %s: %s; "
                 "stopping without acknowledging %u requests\n",
-                self->config.data_dir, tq_store_error(self->store),
+                self->store_name, tq_store_error(self->store),
                 self->ack_count);
         return false;
     }

@@ -170,6 +170,12 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_reply_error(self, self->clients, TQ_ESTATE, text, msg->id);
         return;
     }
+    if (task->rec.code == TQ_ECORRUPT) {
+        tqb_reply_error(self, self->clients, TQ_ESTATE,
+                        "its stored arguments were damaged: it cannot run "
+                        "again", msg->id);
+        return;
+    }
     /* a dead letter kept its arguments (tqb_task_final), so it runs again
        as it was submitted, with its losses and failures cleared */
     task->lost = 0;

@@ -863,6 +863,144 @@ test_handles_across_restart(void **state)
     assert_int_equal(ok, N);
 }
 
+/* The state of a task as the broker reports it (GET wait=false), or -1. */
+static int
+s_state_of(tq_client_t *client, const char *id)
+{
+    tq_result_t *f = tq_client_fetch(client, id, false);
+    int state = -1;
+    if (tq_result_wait_answer(f, 20000) == TQ_OK)
+        state = tq_result_state(f);
+    tq_result_destroy(&f);
+    return state;
+}
+
+/* A countdown survives kill -9: a task submitted with countdown_ms is
+   acknowledged (so stored), the broker is killed and restarted, and the
+   task still waits out its countdown (state SCHEDULED, run no sooner than
+   its due time), instead of running at once. */
+static void
+test_countdown_survives_restart(void **state)
+{
+    (void)state;
+    char dir[512], data[600];
+    s_tempdir(dir, sizeof dir, "countdown");
+    snprintf(data, sizeof data, "%s/data", dir);
+    const char *extra[] = {"--data", data, NULL};
+    tq_harness_broker_t broker;
+    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+    snprintf(clients, sizeof clients, "%s", broker.clients);
+    snprintf(workers, sizeof workers, "%s", broker.workers);
+    tq_client_t *client = tq_client_new(clients);
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.countdown_ms = 4000;
+    opts.id = "countdown-1";
+    int64_t submitted = tq_harness_now_ms();
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &opts, "i", (int64_t)7);
+    assert_int_equal(tq_result_wait_answer(r, 20000), TQ_OK); /* stored */
+    assert_int_equal(s_state_of(client, "countdown-1"), TQ_STATE_SCHEDULED);
+
+    s_kill9(&broker);
+    s_restart(&broker, clients, workers, extra, NULL);
+    pid_t worker = tq_harness_worker_start(workers, 1, NULL);
+    assert_true(worker > 0);
+    /* still counting down after the restart, with a worker ready */
+    assert_int_equal(tq_harness_wait_workers(client, 1, worker, 20000), 0);
+    int after = s_state_of(client, "countdown-1");
+    int64_t seen = tq_harness_now_ms();
+    assert_int_equal(tq_result_get(r, 60000), TQ_OK);
+    int64_t ran = tq_harness_now_ms();
+    printf("countdown across kill -9: state %s after the restart (%lld ms "
+           "in), result %lld ms after the submit\n",
+           tq_state_name(after), (long long)(seen - submitted),
+           (long long)(ran - submitted));
+    if (seen - submitted < 4000)
+        assert_int_equal(after, TQ_STATE_SCHEDULED);
+    /* it never ran before its due time */
+    assert_true(ran - submitted >= 4000);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+    tq_harness_stop(worker);
+    tq_harness_broker_stop(&broker);
+    tq_harness_rmtree(dir);
+}
+
+/* Flips one byte of every copy of marker in the store's files (the
+   database and its WAL). Returns how many copies. */
+static int
+s_damage(const char *data, const char *marker)
+{
+    int found = 0;
+    const char *files[] = {"tq.db", "tq.db-wal"};
+    for (size_t f = 0; f < 2; f++) {
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s", data, files[f]);
+        FILE *fp = fopen(path, "r+b");
+        if (!fp)
+            continue;
+        fseek(fp, 0, SEEK_END);
+        long size = ftell(fp);
+        char *bytes = malloc((size_t)size);
+        fseek(fp, 0, SEEK_SET);
+        if (fread(bytes, 1, (size_t)size, fp) == (size_t)size)
+            for (long at = 0; at + (long)strlen(marker) <= size; at++)
+                if (memcmp(bytes + at, marker, strlen(marker)) == 0) {
+                    fseek(fp, at + 2, SEEK_SET);
+                    fputc(bytes[at + 2] ^ 0x20, fp);
+                    found++;
+                }
+        free(bytes);
+        fclose(fp);
+    }
+    return found;
+}
+
+/* A task whose stored arguments were damaged on disk is not run on them:
+   after the restart it ends FAILURE TQ_ECORRUPT, naming the damage, and
+   an undamaged neighbour runs as usual. */
+static void
+test_damaged_task_not_run(void **state)
+{
+    (void)state;
+    char dir[512], data[600];
+    s_tempdir(dir, sizeof dir, "crc");
+    snprintf(data, sizeof data, "%s/data", dir);
+    const char *extra[] = {"--data", data, NULL};
+    tq_harness_broker_t broker;
+    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+    snprintf(clients, sizeof clients, "%s", broker.clients);
+    snprintf(workers, sizeof workers, "%s", broker.workers);
+    tq_client_t *client = tq_client_new(clients);
+    tq_options_t bad = TQ_OPTIONS_INIT, good = TQ_OPTIONS_INIT;
+    bad.id = "damaged-1";
+    good.id = "intact-1";
+    tq_result_t *rb = tq_apply_async(client, "tq.echo", &bad, "s",
+                                     "MARKER-damage-me-MARKER");
+    tq_result_t *rg = tq_apply_async(client, "tq.echo", &good, "s",
+                                     "left-alone");
+    assert_int_equal(tq_result_wait_answer(rb, 20000), TQ_OK);
+    assert_int_equal(tq_result_wait_answer(rg, 20000), TQ_OK);
+    /* stopped cleanly: the WAL is folded into tq.db */
+    tq_harness_broker_stop(&broker);
+    assert_true(s_damage(data, "MARKER-damage-me-MARKER") >= 1);
+    s_restart(&broker, clients, workers, extra, NULL);
+    pid_t worker = tq_harness_worker_start(workers, 1, NULL);
+    assert_true(worker > 0);
+    assert_int_equal(tq_result_get(rb, 60000), TQ_ECORRUPT);
+    printf("damaged task: %s: %s\n", tq_strerror(TQ_ECORRUPT),
+           tq_result_error(rb));
+    assert_non_null(strstr(tq_result_error(rb), "damaged"));
+    assert_int_equal(tq_result_get(rg, 60000), TQ_OK);
+    tq_result_destroy(&rb);
+    tq_result_destroy(&rg);
+    tq_client_destroy(&client);
+    tq_harness_stop(worker);
+    tq_harness_broker_stop(&broker);
+    tq_harness_rmtree(dir);
+}
+
 /* Data-queue items are stored like tasks: every put that was answered
    survives kill -9 of the broker, in order, and a get takes it out. */
 static void
@@ -1215,6 +1353,8 @@ main(void)
         cmocka_unit_test(test_damaged_database),
         cmocka_unit_test(test_max_disk),
         cmocka_unit_test(test_max_disk_burst),
+        cmocka_unit_test(test_countdown_survives_restart),
+        cmocka_unit_test(test_damaged_task_not_run),
         cmocka_unit_test(test_write_failure),
         cmocka_unit_test(test_handles_across_restart),
         cmocka_unit_test(test_queue_items_survive),

@@ -287,6 +287,7 @@ s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
     for (size_t i = 0; extra && extra[i] && argc < 61; i++) {
         argv[argc++] = extra[i];
         if (strcmp(extra[i], "--data") == 0 ||
+            strcmp(extra[i], "--store") == 0 ||
             strcmp(extra[i], "--no-persist") == 0)
             store_chosen = true;
     }
