@@ -35,6 +35,9 @@ enum {
     F_RSS = 'K',      /* peak resident set, KiB */
     F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
     F_FEATURES = 'f', /* TQ_FEATURE_* bits */
+    F_OPT_QUEUE = 'u', /* queue name or nil */
+    F_STATES = 's',   /* TQ_STATE_BIT() set, within TQ_STATES_ALL */
+    F_COUNT = 'x',    /* TASKS limit, 1..TQ_PROTO_MAX_LIMIT */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -72,6 +75,8 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_QGET, "QGET", "IQL", false},
     {TQ_CMD_QITEM, "QITEM", "I", true},
     {TQ_CMD_QSIZE, "QSIZE", "IQ", false},
+    {TQ_CMD_TASKS, "TASKS", "Iusx", false},
+    {TQ_CMD_INSPECT, "INSPECT", "I", false},
     {TQ_CMD_KILL, "KILL", "pI", false},
     {TQ_CMD_REVOKE, "REVOKE", "IA", false},
     {TQ_CMD_RETURNED, "RETURNED", "IA", false},
@@ -438,6 +443,15 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
         return s_read_name(r, &msg->task, "invalid task name");
     case F_QUEUE:
         return s_read_name(r, &msg->queue, "invalid queue name");
+    case F_OPT_QUEUE:
+        return s_is_nil(r) ||
+               s_read_name(r, &msg->queue, "invalid queue name");
+    case F_STATES:
+        return s_read_u32(r, &msg->states, 0, TQ_STATES_ALL,
+                          "unknown state in the state set");
+    case F_COUNT:
+        return s_read_u32(r, &msg->limit, 1, TQ_PROTO_MAX_LIMIT,
+                          "limit out of range");
     case F_HOST:
         return s_read_name(r, &msg->host, "invalid host name");
     case F_ERROR:
@@ -649,16 +663,22 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
             return "invalid task id";
         s_pack_str(pk, msg->id);
         return NULL;
+    case F_OPT_QUEUE:
+        if (!msg->queue.ptr) {
+            msgpack_pack_nil(pk);
+            return NULL;
+        }
+        /* fall through */
     case F_TASK:
     case F_QUEUE:
     case F_HOST: {
-        tq_str_t s = code == F_TASK    ? msg->task
-                     : code == F_QUEUE ? msg->queue
-                                       : msg->host;
+        tq_str_t s = code == F_TASK   ? msg->task
+                     : code == F_HOST ? msg->host
+                                      : msg->queue;
         if (!tq_proto_valid_name(s.ptr, s.len))
-            return code == F_TASK    ? "invalid task name"
-                   : code == F_QUEUE ? "invalid queue name"
-                                     : "invalid host name";
+            return code == F_TASK   ? "invalid task name"
+                   : code == F_HOST ? "invalid host name"
+                                    : "invalid queue name";
         s_pack_str(pk, s);
         return NULL;
     }
@@ -743,6 +763,16 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_FEATURES:
         msgpack_pack_uint32(pk, msg->features);
+        return NULL;
+    case F_STATES:
+        if (msg->states & ~(uint32_t)TQ_STATES_ALL)
+            return "unknown state in the state set";
+        msgpack_pack_uint32(pk, msg->states);
+        return NULL;
+    case F_COUNT:
+        if (msg->limit < 1 || msg->limit > TQ_PROTO_MAX_LIMIT)
+            return "limit out of range";
+        msgpack_pack_uint32(pk, msg->limit);
         return NULL;
     default:
         return "internal: unknown field code";
