@@ -67,9 +67,10 @@ tq_http_t *
 tq_http_new(const tq_http_config_t *config, char *error, size_t errlen)
 {
     (void)config;
-    snprintf(error, errlen, "--http: this tq-broker was built without "
-                            "libmicrohttpd (install libmicrohttpd-dev and "
-                            "build again)");
+    snprintf(error, errlen,
+             "--http: this tq-broker was built without "
+             "libmicrohttpd (install libmicrohttpd-dev and "
+             "build again)");
     return NULL;
 }
 
@@ -92,12 +93,12 @@ tq_http_destroy(tq_http_t **self_p)
 struct tq_http_t {
     struct MHD_Daemon *daemon;
     tq_client_t *client;
-    char *broker;             /* endpoint for TASKS and INSPECT */
-    char token[S_TOKEN_MAX];  /* "" : writes refused */
+    char *broker; /* endpoint for TASKS and INSPECT */
+    char token[S_TOKEN_MAX]; /* "" : writes refused */
     char url[96];
     pthread_t sampler;
     bool sampler_running;
-    pthread_mutex_t lock;     /* guards what follows */
+    pthread_mutex_t lock; /* guards what follows */
     pthread_cond_t wake;
     bool stopping;
     tq_http_sample_t samples[TQ_HTTP_SAMPLES]; /* ring, oldest at first */
@@ -164,8 +165,7 @@ s_rate(tq_http_t *self)
     if (self->count >= 2)
         rate = tq_http_sample_rate(
             &self->samples[(self->first + self->count - 2) % TQ_HTTP_SAMPLES],
-            &self->samples[(self->first + self->count - 1) %
-                           TQ_HTTP_SAMPLES]);
+            &self->samples[(self->first + self->count - 1) % TQ_HTTP_SAMPLES]);
     pthread_mutex_unlock(&self->lock);
     return rate;
 }
@@ -275,9 +275,10 @@ s_get_metrics(tq_http_t *self, struct MHD_Connection *conn)
         msgpack_unpacked_destroy(&up);
         /* still a scrape Prometheus can read: the broker is down */
         tq_http_text_t out = {0};
-        tq_http_text_printf(&out, "# HELP tq_broker_up 1 while the broker "
-                                  "answers.\n# TYPE tq_broker_up gauge\n"
-                                  "tq_broker_up 0\n");
+        tq_http_text_printf(&out,
+                            "# HELP tq_broker_up 1 while the broker "
+                            "answers.\n# TYPE tq_broker_up gauge\n"
+                            "tq_broker_up 0\n");
         return s_send(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", &out);
     }
     tq_http_text_t out = {0};
@@ -438,8 +439,8 @@ s_get_tasks(tq_http_t *self, struct MHD_Connection *conn)
     }
     tq_buf_t body;
     char detail[TQ_PROTO_MAX_ERROR + 1];
-    int rc = tq_inspect_tasks(self->broker, &filter, &body, S_BROKER_MS,
-                              detail, sizeof detail);
+    int rc = tq_inspect_tasks(self->broker, &filter, &body, S_BROKER_MS, detail,
+                              sizeof detail);
     if (tq_inspect_unsupported(rc))
         return s_error(conn, MHD_HTTP_NOT_IMPLEMENTED, rc,
                        "this broker cannot list tasks (no TASKS)");
@@ -495,8 +496,9 @@ s_post(tq_http_t *self, struct MHD_Connection *conn, const char *url)
     if (!self->token[0])
         return s_error(conn, MHD_HTTP_FORBIDDEN, TQ_ESTATE,
                        "writes are off: start tq-broker with --http-token");
-    if (!s_token_ok(self, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                      "Authorization")))
+    if (!s_token_ok(self,
+                    MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                "Authorization")))
         return s_error(conn, MHD_HTTP_UNAUTHORIZED, TQ_EINVAL,
                        "a write needs 'Authorization: Bearer TOKEN'");
     int rc;
@@ -586,10 +588,11 @@ s_parse_address(const char *text, struct sockaddr_in *addr, char *error,
     char host[64];
     char *end = NULL;
     long port = colon ? strtol(colon + 1, &end, 10) : -1;
-    if (!colon || (size_t)(colon - text) >= sizeof host || !colon[1] ||
-        *end || port < 0 || port > 65535) {
-        snprintf(error, errlen, "--http %s: expected HOST:PORT, e.g. "
-                                "127.0.0.1:8080",
+    if (!colon || (size_t)(colon - text) >= sizeof host || !colon[1] || *end ||
+        port < 0 || port > 65535) {
+        snprintf(error, errlen,
+                 "--http %s: expected HOST:PORT, e.g. "
+                 "127.0.0.1:8080",
                  text ? text : "(none)");
         return -1;
     }
@@ -601,8 +604,8 @@ s_parse_address(const char *text, struct sockaddr_in *addr, char *error,
     if (strcmp(host, "localhost") == 0)
         snprintf(host, sizeof host, "127.0.0.1");
     if (inet_pton(AF_INET, host, &addr->sin_addr) != 1) {
-        snprintf(error, errlen, "--http %s: %s is not an IPv4 address",
-                 text, host);
+        snprintf(error, errlen, "--http %s: %s is not an IPv4 address", text,
+                 host);
         return -1;
     }
     return 0;
@@ -643,8 +646,8 @@ tq_http_new(const tq_http_config_t *config, char *error, size_t errlen)
     if (config->token)
         snprintf(self->token, sizeof self->token, "%s", config->token);
     else if (config->token_file &&
-             s_read_token(config->token_file, self->token,
-                          sizeof self->token, error, errlen) != 0) {
+             s_read_token(config->token_file, self->token, sizeof self->token,
+                          error, errlen) != 0) {
         tq_http_destroy(&self);
         return NULL;
     }
@@ -653,8 +656,8 @@ tq_http_new(const tq_http_config_t *config, char *error, size_t errlen)
         tq_http_destroy(&self);
         return NULL;
     }
-    self->broker = strdup(config->broker ? config->broker
-                                         : TQ_DEFAULT_CLIENT_ENDPOINT);
+    self->broker =
+        strdup(config->broker ? config->broker : TQ_DEFAULT_CLIENT_ENDPOINT);
     self->client = tq_client_new(self->broker);
     if (!self->broker || !self->client) {
         snprintf(error, errlen, "--http: no client for %s", config->broker);
@@ -676,8 +679,7 @@ tq_http_new(const tq_http_config_t *config, char *error, size_t errlen)
         self->sampler_running = true;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!self->daemon || !self->sampler_running) {
-        snprintf(error, errlen, "--http %s: cannot listen: %s",
-                 config->address,
+        snprintf(error, errlen, "--http %s: cannot listen: %s", config->address,
                  self->daemon ? "no sampler thread" : strerror(err));
         tq_http_destroy(&self);
         return NULL;

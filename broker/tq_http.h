@@ -17,13 +17,13 @@
 #define TQ_HTTP_SAMPLES 300
 
 typedef struct {
-    const char *address;    /* "127.0.0.1:8080"; port 0: any free one */
-    const char *token;      /* bearer token for retry, cancel and purge;
-                               NULL: from token_file, else writes are
-                               refused (403) */
+    const char *address; /* "127.0.0.1:8080"; port 0: any free one */
+    const char *token; /* bearer token for retry, cancel and purge;
+                          NULL: from token_file, else writes are
+                          refused (403) */
     const char *token_file; /* a file whose first line is the token */
-    const char *broker;     /* the client endpoint to talk to, normally
-                               the inproc one tq_http_prepare named */
+    const char *broker; /* the client endpoint to talk to, normally
+                           the inproc one tq_http_prepare named */
 } tq_http_config_t;
 
 typedef struct tq_http_t tq_http_t;

@@ -147,8 +147,7 @@ tq_http_json_write(tq_http_text_t *out, const msgpack_object *o)
     case MSGPACK_OBJECT_BIN:
         tq_http_text_append(out, "\"", 1);
         for (uint32_t i = 0; i < o->via.bin.size; i++)
-            tq_http_text_printf(out, "%02x",
-                                (unsigned char)o->via.bin.ptr[i]);
+            tq_http_text_printf(out, "%02x", (unsigned char)o->via.bin.ptr[i]);
         tq_http_text_append(out, "\"", 1);
         break;
     case MSGPACK_OBJECT_ARRAY:

@@ -25,8 +25,8 @@ tq_http_sample_rate(const tq_http_sample_t *older,
     if (newer->t_ms <= older->t_ms || newer->completed < older->completed ||
         newer->failed < older->failed)
         return 0;
-    uint64_t done = newer->completed - older->completed + newer->failed -
-                    older->failed;
+    uint64_t done =
+        newer->completed - older->completed + newer->failed - older->failed;
     return (double)done * 1000.0 / (double)(newer->t_ms - older->t_ms);
 }
 
@@ -72,15 +72,15 @@ s_queues(const msgpack_object *status, tq_http_text_t *out)
         const char *key, *name, *type, *help;
         double scale;
     } fields[] = {
-        {"waiting", "tq_queue_waiting", "gauge",
-         "Tasks waiting for a worker.", 1},
+        {"waiting", "tq_queue_waiting", "gauge", "Tasks waiting for a worker.",
+         1},
         {"running", "tq_queue_running", "gauge",
          "Tasks running on a worker child.", 1},
         {"delayed", "tq_queue_delayed", "gauge",
          "Tasks waiting for a countdown or a retry backoff.", 1},
         {"done", "tq_queue_done", "counter", "Tasks that succeeded.", 1},
-        {"failed", "tq_queue_failed", "counter",
-         "Tasks that failed for good.", 1},
+        {"failed", "tq_queue_failed", "counter", "Tasks that failed for good.",
+         1},
         {"oldest_ms", "tq_queue_oldest_waiting_seconds", "gauge",
          "Age of the oldest waiting task.", 0.001},
     };
@@ -156,7 +156,7 @@ s_hosts(const msgpack_object *status, tq_http_text_t *out)
                     break;
                 case 1:
                     sum += busy && busy->type == MSGPACK_OBJECT_BOOLEAN &&
-                           busy->via.boolean;
+                        busy->via.boolean;
                     break;
                 case 2:
                     sum += tq_http_map_uint(c, "done", 0);
@@ -191,7 +191,7 @@ s_counters(const msgpack_object *status, tq_http_text_t *out)
         for (uint32_t j = 0; j < k->via.str.size && ok; j++) {
             char ch = k->via.str.ptr[j];
             ok = (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-                 ch == '_';
+                ch == '_';
         }
         if (!ok)
             continue;
@@ -211,8 +211,7 @@ static void
 s_store(const msgpack_object *status, tq_http_text_t *out)
 {
     const msgpack_object *store = tq_http_map_get(status, "store");
-    const msgpack_object *buckets =
-        tq_http_map_get(store, "commit_us_buckets");
+    const msgpack_object *buckets = tq_http_map_get(store, "commit_us_buckets");
     if (!store || !buckets || buckets->type != MSGPACK_OBJECT_ARRAY)
         return;
     const char *name = "tq_store_commit_seconds";
@@ -250,9 +249,9 @@ tq_http_metrics_render(const msgpack_object *status, double tasks_per_s,
     tq_http_text_printf(out, "tq_broker_up 1\n");
     s_family(out, "tq_broker_uptime_seconds", "gauge",
              "Time since the broker started.");
-    tq_http_text_printf(
-        out, "tq_broker_uptime_seconds %.3f\n",
-        (double)tq_http_map_uint(status, "uptime_ms", 0) / 1000.0);
+    tq_http_text_printf(out, "tq_broker_uptime_seconds %.3f\n",
+                        (double)tq_http_map_uint(status, "uptime_ms", 0) /
+                            1000.0);
     s_family(out, "tq_broker_memory_bytes", "gauge",
              "Bytes of arguments and results the broker holds.");
     tq_http_text_printf(

@@ -12,9 +12,9 @@
 
 /* One reading of the broker's final-task counters. */
 typedef struct {
-    int64_t t_ms;       /* wall clock, ms since 1970 */
+    int64_t t_ms; /* wall clock, ms since 1970 */
     uint64_t completed; /* counters.completed: tasks that succeeded */
-    uint64_t failed;    /* counters.failed: tasks that failed for good */
+    uint64_t failed; /* counters.failed: tasks that failed for good */
 } tq_http_sample_t;
 
 /* Reads the counters of status (a STATUS map) into sample, stamped t_ms.

@@ -6,10 +6,10 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *path;          /* URL path, e.g. "/app.js" */
-    const char *type;          /* Content-Type */
+    const char *path; /* URL path, e.g. "/app.js" */
+    const char *type; /* Content-Type */
     const unsigned char *data; /* the file's bytes */
-    size_t size;               /* bytes */
+    size_t size; /* bytes */
 } tq_http_asset_t;
 
 extern const tq_http_asset_t tq_http_assets[];
