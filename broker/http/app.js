@@ -176,12 +176,15 @@ function drawChart() {
     g.fillText(String(+(max * i / 4).toFixed(1)), left - 6, y + 4);
   }
   g.textAlign = "center";
-  const minutes = Math.round(span / 60000);
-  for (let m = 0; m <= minutes; m++) {
-    const x = left + pw - (pw * m * 60000) / span;
-    g.fillText(m ? "-" + m + " min" : "now", x, h - 6);
+  // a label every 30 s over short spans, every minute over longer ones
+  const tick = span <= 150000 ? 30000 : 60000;
+  for (let t = 0; t <= span; t += tick) {
+    const x = left + pw - (pw * t) / span;
+    if (x < left + 15) break;
+    g.fillText(t ? "-" + (t >= 60000 ? +(t / 60000).toFixed(1) + " min" : t / 1000 + " s") : "now", x, h - 6);
   }
-  $("chart-span").textContent = "tasks/s, last " + minutes + " min";
+  const seconds = Math.round(span / 1000);
+  $("chart-span").textContent = "tasks/s, last " + (seconds < 120 ? seconds + " s" : Math.round(seconds / 60) + " min");
   if (history.length < 2) return;
   const xy = ([t, r]) => [left + pw - (pw * (now - t)) / span, top + ph - (ph * r) / max];
   g.beginPath();
