@@ -12,6 +12,7 @@ const CODES = ["TQ_OK", "TQ_EINVAL", "TQ_ENOMEM", "TQ_EPROTO", "TQ_EVERSION",
 
 let writes = false;
 let history = [];
+let tasksUnsupported = false;
 
 const $ = (id) => document.getElementById(id);
 
@@ -138,7 +139,7 @@ function renderHosts(st) {
     box.append(el("details", {class: "host", "data-host": host, open: !closed.has(host)},
       el("summary", {}, el("b", {}, host),
         el("span", {class: "stats", id: "h-" + host},
-          children.length + " children · " + busy + " busy · " + done + " done · " + fmtBytes(rss))),
+          children.length + (children.length === 1 ? " child · " : " children · ") + busy + " busy · " + done + " done · " + fmtBytes(rss))),
       el("table", {}, el("thead", {}, el("tr", {}, ...["pid", "supervisor", "", "tasks", "done", "rss", "queues"]
         .map((h, i) => el("th", {class: i >= 3 && i <= 5 ? "n" : ""}, h)))),
         el("tbody", {}, ...rows))));
@@ -324,10 +325,13 @@ async function refresh() {
   } catch (e) {
     message("failed tasks: " + e.message, true);
   }
+  if (tasksUnsupported) return;
   try {
     renderTasks(await api("/api/tasks?limit=50"));
   } catch (e) {
-    renderTasks(null, e.status === 501 ? "this broker cannot list its tasks (it predates TASKS)" : e.message);
+    // an older broker refuses TASKS every time (and logs it): ask once
+    tasksUnsupported = e.status === 501;
+    renderTasks(null, tasksUnsupported ? "this broker cannot list its tasks (it predates TASKS)" : e.message);
   }
 }
 
