@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "tq_curve.h"
 #include "tq_harness.h"
 #include "tq_http_json.h"
 #include "tq_http_metrics.h"
@@ -521,6 +522,43 @@ test_retry_needs_token(void **state)
     free(body);
 }
 
+/* With CURVE on both endpoints the server still reaches the broker: its
+   client is inside the broker's process, over inproc, needing no key. */
+static void
+test_http_with_curve(void **state)
+{
+    (void)state;
+    char dir[256], cert[300], clients[300], workers[300], error[256];
+    char key[TQ_CURVE_KEY_TEXT], secret[320];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "http-curve"), 0);
+    snprintf(cert, sizeof cert, "%s/broker.cert", dir);
+    snprintf(secret, sizeof secret, "%s_secret", cert);
+    snprintf(clients, sizeof clients, "%s/clients", dir);
+    snprintf(workers, sizeof workers, "%s/workers", dir);
+    assert_int_equal(mkdir(clients, 0700), 0);
+    assert_int_equal(mkdir(workers, 0700), 0);
+    assert_int_equal(tq_curve_keygen(cert, "broker", key, error, sizeof error),
+                     0);
+    char ep[TQ_HARNESS_EP_MAX], address[64];
+    assert_int_equal(tq_harness_free_endpoint(ep, sizeof ep), 0);
+    int port = atoi(strrchr(ep, ':') + 1);
+    snprintf(address, sizeof address, "127.0.0.1:%d", port);
+    const char *extra[] = {
+        "--no-persist",  "--curve-secret", secret,   "--client-keys", clients,
+        "--worker-keys", workers,          "--http", address,         NULL};
+    tq_harness_broker_t broker;
+    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
+    char *body = NULL;
+    assert_int_equal(s_http(port, "GET", "/api/status", NULL, &body), 200);
+    assert_non_null(strstr(body, "\"auth\":{"));
+    free(body);
+    assert_int_equal(s_http(port, "GET", "/metrics", NULL, &body), 200);
+    assert_true(s_has_line(body, "tq_broker_up 1"));
+    free(body);
+    assert_int_equal(tq_harness_broker_stop(&broker), 0);
+    tq_harness_rmtree(dir);
+}
+
 /* Runs headless Chromium on url with extra flags (NULL-terminated) and
    returns what it printed (the DOM with --dump-dom), malloc'd. */
 static char *
@@ -929,6 +967,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_retry_needs_token,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
+        cmocka_unit_test(test_http_with_curve),
         cmocka_unit_test_setup_teardown(test_dashboard_in_chromium,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
