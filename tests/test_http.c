@@ -522,6 +522,36 @@ test_retry_needs_token(void **state)
     free(body);
 }
 
+/* Bad --http input: a clear error, and no broker left running. */
+static void
+test_http_bad_options(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flag, *value, *expect;
+    } cases[] = {
+        {"--http", "8080", "expected HOST:PORT"},
+        {"--http", "example.org:80", "not an IPv4 address"},
+        {"--http-token-file", "/nonexistent/token", "No such file"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *argv[] = {TQ_BROKER_BIN, "--no-persist",
+                              "--clients",   "tcp://127.0.0.1:*",
+                              "--workers",   "tcp://127.0.0.1:*",
+                              "--http",      "127.0.0.1:0",
+                              cases[i].flag, cases[i].value,
+                              NULL};
+        tq_harness_run_t run;
+        assert_int_equal(
+            tq_harness_run((char *const *)argv, NULL, S_RUN_MS, &run), 0);
+        printf("%s %s: exit %d: %s", cases[i].flag, cases[i].value,
+               run.exit_code, run.err);
+        assert_int_equal(run.exit_code, 1);
+        assert_non_null(strstr(run.err, cases[i].expect));
+        tq_harness_run_free(&run);
+    }
+}
+
 /* With CURVE on both endpoints the server still reaches the broker: its
    client is inside the broker's process, over inproc, needing no key. */
 static void
@@ -968,6 +998,7 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_http_with_curve),
+        cmocka_unit_test(test_http_bad_options),
         cmocka_unit_test_setup_teardown(test_dashboard_in_chromium,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
