@@ -84,7 +84,7 @@ FUZZ_LIBS = $$(pkg-config --cflags --libs libczmq libzmq msgpack jansson) \
 FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_wire.c proto/tq_error.c \
   proto/tq_curve.c
 FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
-  client/tq_client.c client/tq_pack.c
+  client/tq_client.c client/tq_pack.c client/tq_inspect.c
 
 fuzz-build:
 	@scripts/deps.sh --fuzz

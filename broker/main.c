@@ -10,6 +10,7 @@
 #include "tq/tq_error.h"
 #include "tq_auth.h"
 #include "tq_broker.h"
+#include "tq_http.h"
 #include "tq_store.h"
 
 static tq_broker_t *s_broker;
@@ -81,6 +82,10 @@ s_usage(FILE *out)
             "it asks again)\n"
             "  --max-message BYTES  largest message a peer may send "
             "(default 67108864)\n"
+            "  --http ADDR:PORT  serve /metrics and the dashboard there "
+            "(e.g. 127.0.0.1:8080)\n"
+            "  --http-token TOKEN, --http-token-file FILE  allow retry, "
+            "cancel, purge\n"
             "  -v, --verbose     log every exchange to stderr\n"
             "Prints 'tq-broker: clients EP workers EP' once bound; "
             "SIGTERM or SIGINT stops it.\n",
@@ -104,6 +109,7 @@ main(int argc, char **argv)
 {
     tq_broker_config_t config = {.result_ttl_s = -1,
                                  .data_dir = TQ_BROKER_DATA_DIR};
+    tq_http_config_t http = {0};
     static const struct option options[] = {
         {"clients", required_argument, NULL, 'c'},
         {"workers", required_argument, NULL, 'w'},
@@ -124,6 +130,9 @@ main(int argc, char **argv)
         {"admin-keys", required_argument, NULL, 'A'},
         {"max-client-backlog", required_argument, NULL, 'B'},
         {"max-message", required_argument, NULL, 'M'},
+        {"http", required_argument, NULL, 'H'},
+        {"http-token", required_argument, NULL, 'K'},
+        {"http-token-file", required_argument, NULL, 'F'},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -257,6 +266,15 @@ main(int argc, char **argv)
             }
             config.max_client_tasks = (uint32_t)value;
             break;
+        case 'H':
+            http.address = optarg;
+            break;
+        case 'K':
+            http.token = optarg;
+            break;
+        case 'F':
+            http.token_file = optarg;
+            break;
         case 'v':
             config.verbose = true;
             break;
@@ -275,7 +293,17 @@ main(int argc, char **argv)
     }
 
     char error[512];
+    if (http.address && tq_http_prepare(&config) != 0) {
+        fprintf(stderr, "tq-broker: --http: no ZeroMQ context\n");
+        return 1;
+    }
     s_broker = tq_broker_new(&config, error, sizeof error);
+    tq_http_t *web = NULL;
+    if (s_broker && http.address) {
+        http.broker = config.client_inproc;
+        if (!(web = tq_http_new(&http, error, sizeof error)))
+            tq_broker_destroy(&s_broker);
+    }
     if (!s_broker) {
         fprintf(stderr, "tq-broker: %s\n", error);
         return 1;
@@ -292,8 +320,11 @@ main(int argc, char **argv)
     printf("tq-broker: clients %s workers %s\n",
            tq_broker_client_endpoint(s_broker),
            tq_broker_worker_endpoint(s_broker));
+    if (web)
+        printf("tq-broker: dashboard %s\n", tq_http_url(web));
     fflush(stdout);
     int rc = tq_broker_run(s_broker);
+    tq_http_destroy(&web);
     tq_broker_t *broker = s_broker;
     s_broker = NULL;
     tq_broker_destroy(&broker);

@@ -117,6 +117,8 @@ static const s_command_t s_commands[256] = {
     [TQ_CMD_QPUT] = {tqb_on_qput, 0},
     [TQ_CMD_QGET] = {tqb_on_qget, 0},
     [TQ_CMD_QSIZE] = {tqb_on_qsize, 0},
+    [TQ_CMD_TASKS] = {tqb_on_tasks, 0},
+    [TQ_CMD_INSPECT] = {tqb_on_inspect, 0},
     [TQ_CMD_PING] = {tqb_on_ping, ANYONE},
     [TQ_CMD_PONG] = {tqb_on_ignore, ANYONE},
     [TQ_CMD_READY] = {tqb_on_ready, ANNOUNCES},
@@ -381,6 +383,7 @@ s_recover(const tq_store_task_t *row, void *arg)
             row->error && *row->error ? tqb_strdup(row->error) : NULL;
         if (row->expires_ms)
             how.expires_ms = self->now_ms + (row->expires_ms - wall);
+        task->finished_ms = self->now_ms; /* not stored: since the start */
         tqb_task_move(self, task,
                       row->state == TQ_STATE_SUCCESS       ? TASK_SUCCESS
                           : row->state == TQ_STATE_FAILURE ? TASK_FAILURE

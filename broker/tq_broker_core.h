@@ -31,6 +31,7 @@
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
 #define TQ_DEFAULT_QUEUE_NAME "default"
+#define TQB_COMMIT_BUCKETS 12 /* the store commit latency histogram */
 #define TQB_ROW_BYTES 256 /* a stored row's own cost on disk, estimated */
 
 /* A ZeroMQ routing id, inline when short (the default ids are 5 bytes). */
@@ -91,7 +92,9 @@ struct task_s {
                           letter keeps its args) */
     uint32_t lost; /* worker deaths charged to it */
     tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
-    int64_t submitted_ms; /* monotonic ms when accepted */
+        int64_t submitted_ms; /* monotonic ms when accepted */
+    int64_t started_ms;   /* monotonic ms of its last dispatch, 0: never */
+    int64_t finished_ms;  /* final: monotonic ms it became final */
     int64_t expires_ms; /* final: monotonic ms when forgotten */    ident_t client; /* submitter; size 0 once answered */
     const char *owner; /* CURVE: the submitter's key (interned); NULL
                           without CURVE */
@@ -243,7 +246,10 @@ struct tq_broker_t {
                             what each write since adds (an estimate), so
                             max-disk refuses before the disk fills */
     uint64_t recovered; /* tasks loaded at start */
-        uint64_t recovered_items; /* data-queue items loaded at start */
+            uint64_t recovered_items; /* data-queue items loaded at start */
+    uint64_t commits;         /* store commits, and their time: */
+    uint64_t commit_us_sum;
+    uint64_t commit_buckets[TQB_COMMIT_BUCKETS]; /* by tqb_commit_bounds */
     uint64_t corrupt;        /* stored tasks and items that failed their
                                 checksum at start */
     char store_name[300];    /* the store, for messages (no password) */
@@ -347,6 +353,8 @@ void tqb_journal_forget(tq_broker_t *self, const task_t *task);
    acknowledged. */
 void tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
              uint64_t size);
+/* Upper bounds (µs) of the commit latency buckets, TQB_COMMIT_BUCKETS. */
+extern const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS];
 /* Commits the pass's batch, then sends the acknowledgements it held.
    False if the store failed: nothing more may be acknowledged. */
 bool tqb_commit(tq_broker_t *self);
@@ -429,6 +437,7 @@ typedef void(tqb_handler_fn)(tq_broker_t *self, const tq_msg_t *msg,
 tqb_handler_fn tqb_on_submit, tqb_on_get, tqb_on_cancel, tqb_on_retry,
     tqb_on_purge, tqb_on_ping, tqb_on_ignore;
 tqb_handler_fn tqb_on_status, tqb_on_failed;
+tqb_handler_fn tqb_on_tasks, tqb_on_inspect;
 tqb_handler_fn tqb_on_qput, tqb_on_qget, tqb_on_qsize;
 tqb_handler_fn tqb_on_ready, tqb_on_done, tqb_on_returned, tqb_on_disconnect,
     tqb_on_heartbeat, tqb_on_lost;

@@ -259,6 +259,7 @@ static bool
 s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
 {
     task->rec.attempt++;
+    task->started_ms = self->now_ms;
     tqb_task_move(self, task, TASK_HELD, &(task_move_t){.holder = child});
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
     out->id = tq_str(task->rec.id);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tq_broker_core.h"
 
@@ -134,11 +135,39 @@ tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
     tq_str_copy(ack->id, sizeof ack->id, id);
 }
 
+const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+    1000000};
+
+/* Counts a commit's time into the histogram STATUS shows (section 8). */
+static void
+s_count_commit(tq_broker_t *self, int64_t us)
+{
+    self->commits++;
+    self->commit_us_sum += (uint64_t) us;
+    for (int i = 0; i < TQB_COMMIT_BUCKETS; i++)
+        if (us <= (int64_t) tqb_commit_bounds[i]) {
+            self->commit_buckets[i]++;
+            break;
+        }
+}
+
+static int64_t
+s_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 bool
 tqb_commit(tq_broker_t *self)
 {
-    if (self->store && tq_store_dirty(self->store) &&
-        tq_store_commit(self->store) != TQ_OK) {
+    int64_t began = 0;
+    bool dirty = self->store && tq_store_dirty(self->store);
+    if (dirty)
+        began = s_now_us();
+    if (dirty && tq_store_commit(self->store) != TQ_OK) {
         fprintf(stderr,
                 "tq-broker: FATAL: cannot write %s: %s; "
                 "stopping without acknowledging %u requests\n",
@@ -146,6 +175,8 @@ tqb_commit(tq_broker_t *self)
                 self->ack_count);
         return false;
     }
+    if (dirty)
+        s_count_commit(self, s_now_us() - began);
     for (uint32_t i = 0; i < self->ack_count; i++) {
         ack_t *ack = &self->acks[i];
         s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);

@@ -10,7 +10,7 @@
 static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, self->auth ? 10 : 9);
+    msgpack_pack_map(pk, 9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0));
     tqb_pack_str(pk, "version");
     tqb_pack_str(pk, "TQP/1");
     tqb_pack_uint_kv(pk, "pid", (uint64_t)getpid());
@@ -122,6 +122,22 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
         tqb_pack_uint_kv(pk, "denied_workers", auth.denied_workers);
         tqb_pack_uint_kv(pk, "denied_other", auth.denied_other);
         tqb_pack_uint_kv(pk, "reloads", auth.reloads);
+    }
+
+    if (self->store) {
+        /* the store's commits and their latency: a histogram whose
+           buckets count the commits at most `le_us` long, each once */
+        tqb_pack_str(pk, "store");
+        msgpack_pack_map(pk, 3);
+        tqb_pack_uint_kv(pk, "commits", self->commits);
+        tqb_pack_uint_kv(pk, "commit_us_sum", self->commit_us_sum);
+        tqb_pack_str(pk, "commit_us_buckets");
+        msgpack_pack_array(pk, TQB_COMMIT_BUCKETS);
+        for (int i = 0; i < TQB_COMMIT_BUCKETS; i++) {
+            msgpack_pack_array(pk, 2);
+            msgpack_pack_uint32(pk, tqb_commit_bounds[i]);
+            msgpack_pack_uint64(pk, self->commit_buckets[i]);
+        }
     }
 
     const counters_t *c = &self->counters;

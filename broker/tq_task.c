@@ -445,6 +445,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
         self->counters.failed++;
         task->lane->queue->failed++;
     }
+    task->finished_ms = self->now_ms;
     tqb_task_move(self, task, state, NULL);
     tqb_debug(self, "task %s %s%s%s", task->rec.id, s_names[state],
               task->rec.error ? ": " : "",

@@ -32,6 +32,9 @@ static const char *s_usage_main =
     "  status                 queues, worker hosts, unserved tasks "
     "(--watch)\n"
     "  workers                every worker process\n"
+    "  tasks                  waiting and running tasks with their "
+    "arguments\n"
+    "  inspect ID             one task in full: attempts, worker, timings\n"
     "  failed                 dead letters: tasks that failed for good\n"
     "  retry ID               run a dead letter again\n"
     "  purge QUEUE            drop a queue's waiting tasks\n"
@@ -741,6 +744,8 @@ static const s_verb_t s_verbs[] = {
     {"purge", tq_cli_purge, &tq_cli_usage_purge},
     {"map", tq_cli_map, &tq_cli_usage_map},
     {"exec", tq_cli_exec, &tq_cli_usage_exec},
+    {"tasks", tq_cli_tasks, &tq_cli_usage_tasks},
+    {"inspect", tq_cli_inspect, &tq_cli_usage_inspect},
 };
 
 static bool

@@ -95,6 +95,9 @@ int tq_cli_retry(tq_client_t *client, int argc, char **argv);
 int tq_cli_purge(tq_client_t *client, int argc, char **argv);
 int tq_cli_map(tq_client_t *client, int argc, char **argv);
 int tq_cli_exec(tq_client_t *client, int argc, char **argv);
+/* tq_cli_inspect.c: tasks, inspect. */
+int tq_cli_tasks(tq_client_t *client, int argc, char **argv);
+int tq_cli_inspect(tq_client_t *client, int argc, char **argv);
 
 /* Usage texts, each with an example, printed by `tq VERB --help`. */
 extern const char *const tq_cli_usage_submit;
@@ -108,5 +111,7 @@ extern const char *const tq_cli_usage_retry;
 extern const char *const tq_cli_usage_purge;
 extern const char *const tq_cli_usage_map;
 extern const char *const tq_cli_usage_exec;
+extern const char *const tq_cli_usage_tasks;
+extern const char *const tq_cli_usage_inspect;
 
 #endif

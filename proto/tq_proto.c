@@ -37,6 +37,9 @@ enum {
     F_FEATURES = 'f', /* TQ_FEATURE_* bits */
     F_SESSION = 's',  /* a host's session number */
     F_DROPPED = 'x',  /* replies dropped for this client */
+    F_OPT_QUEUE = 'u', /* queue name or nil */
+    F_STATES = 'v',   /* TQ_STATE_BIT() set, within TQ_STATES_ALL */
+    F_COUNT = 'y',    /* TASKS limit, 1..TQ_PROTO_MAX_LIMIT */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -79,6 +82,8 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_KILL, "KILL", "pI", false, B_, EW},
     {TQ_CMD_REVOKE, "REVOKE", "IA", false, B_, EW},
     {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},
+    {TQ_CMD_TASKS, "TASKS", "Iuvy", false, C_, EC},
+    {TQ_CMD_INSPECT, "INSPECT", "I", false, C_, EC},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
@@ -162,6 +167,12 @@ tq_proto_field_name(char code)
         return "session";
     case F_DROPPED:
         return "dropped";
+    case F_OPT_QUEUE:
+        return "queue?";
+    case F_STATES:
+        return "states";
+    case F_COUNT:
+        return "limit";
     default:
         return NULL;
     }
@@ -517,6 +528,15 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
         return s_read_name(r, &msg->task, "invalid task name");
     case F_QUEUE:
         return s_read_name(r, &msg->queue, "invalid queue name");
+    case F_OPT_QUEUE:
+        return s_is_nil(r) ||
+               s_read_name(r, &msg->queue, "invalid queue name");
+    case F_STATES:
+        return s_read_u32(r, &msg->states, 0, TQ_STATES_ALL,
+                          "unknown state in the state set");
+    case F_COUNT:
+        return s_read_u32(r, &msg->limit, 1, TQ_PROTO_MAX_LIMIT,
+                          "limit out of range");
     case F_HOST:
         return s_read_name(r, &msg->host, "invalid host name");
     case F_ERROR:
@@ -733,16 +753,22 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
             return "invalid task id";
         s_pack_str(pk, msg->id);
         return NULL;
+    case F_OPT_QUEUE:
+        if (!msg->queue.ptr) {
+            msgpack_pack_nil(pk);
+            return NULL;
+        }
+        /* fall through */
     case F_TASK:
     case F_QUEUE:
     case F_HOST: {
-        tq_str_t s = code == F_TASK    ? msg->task
-                     : code == F_QUEUE ? msg->queue
-                                       : msg->host;
+        tq_str_t s = code == F_TASK   ? msg->task
+                     : code == F_HOST ? msg->host
+                                      : msg->queue;
         if (!tq_proto_valid_name(s.ptr, s.len))
-            return code == F_TASK    ? "invalid task name"
-                   : code == F_QUEUE ? "invalid queue name"
-                                     : "invalid host name";
+            return code == F_TASK   ? "invalid task name"
+                   : code == F_HOST ? "invalid host name"
+                                    : "invalid queue name";
         s_pack_str(pk, s);
         return NULL;
     }
@@ -833,6 +859,16 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_DROPPED:
         msgpack_pack_uint64(pk, msg->dropped);
+        return NULL;
+    case F_STATES:
+        if (msg->states & ~(uint32_t)TQ_STATES_ALL)
+            return "unknown state in the state set";
+        msgpack_pack_uint32(pk, msg->states);
+        return NULL;
+    case F_COUNT:
+        if (msg->limit < 1 || msg->limit > TQ_PROTO_MAX_LIMIT)
+            return "limit out of range";
+        msgpack_pack_uint32(pk, msg->limit);
         return NULL;
     default:
         return "internal: unknown field code";

@@ -25,6 +25,10 @@
 #define TQ_PROTO_MAX_DEPTH 32       /* nesting of a payload object */
 #define TQ_PROTO_MAX_RETRIES 1000   /* SUBMIT retries */
 #define TQ_PROTO_MAX_STATE 15       /* states a receiver accepts */
+#define TQ_PROTO_MAX_LIMIT 10000    /* TASKS: entries in one reply */
+/* TASKS states: one bit per tq_state_t; 0 asks for the unfinished ones. */
+#define TQ_STATE_BIT(state) (1u << (state))
+#define TQ_STATES_ALL ((1u << TQ_STATE_COUNT_) - 1)
 
 /* Commands. Client <-> broker on the client endpoint: */
 #define TQ_CMD_SUBMIT 0x01     /* c->b id task queue priority time_limit_ms + args */
@@ -54,6 +58,11 @@
                                   answered QITEM or ERROR TQ_EEMPTY */
 #define TQ_CMD_QITEM 0x13      /* b->c id + item */
 #define TQ_CMD_QSIZE 0x14      /* c->b id queue: REPLY {size, maxsize} */
+/* Client -> broker, looking inside the queue (PROTOCOL.md 5.7): */
+#define TQ_CMD_TASKS 0x15      /* c->b id queue? states limit: answered
+                                  REPLY id {tasks: [...], total} */
+#define TQ_CMD_INSPECT 0x16    /* c->b id (the task's): answered REPLY id
+                                  {the task in full} or UNKNOWN id */
 /* Worker <-> broker on the worker endpoint: */
 #define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
@@ -140,6 +149,8 @@ typedef struct {
                                host's session (section 10) */
     uint64_t dropped;       /* PONG: replies the broker dropped for this
                                client (it did not read them in time) */
+    uint32_t states;        /* TASKS: TQ_STATE_BIT()s, 0: unfinished */
+    uint32_t limit;         /* TASKS: most entries, 1..TQ_PROTO_MAX_LIMIT */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */

@@ -8,6 +8,8 @@ packages=(
   libzmq3-dev libczmq-dev               # transport, sockets/actors/auth
   libmsgpack-dev                        # every payload
   libjansson-dev                        # JSON in the tq CLI
+  libmicrohttpd-dev                     # tq-broker --http: /metrics, dashboard
+  chromium                              # test_http loads the dashboard headless
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   libpq-dev                             # the PostgreSQL store (--store URL)
   postgresql                            # its tests start private clusters

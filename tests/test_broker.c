@@ -1565,6 +1565,82 @@ test_status_body(void **state)
     free(in);
 }
 
+/* ---- 8b. looking inside the queue (PROTOCOL.md 5.7) ---- */
+
+/* TASKS lists what the broker holds, waiting ones in dispatch order and
+   then the delayed ones; INSPECT shows one task in full, its arguments
+   as submitted; an unknown id is UNKNOWN. */
+static void
+test_tasks_and_inspect(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    s_submit_ok(w, a, "in-1", "qi", in);
+    s_submit_ok(w, a, "in-2", "qi", in);
+    s_submit(w, a, "in-3", "qi", 0, 0, 600000); /* a countdown */
+    s_expect(w, a, TQ_CMD_SUBMITTED, "in-3", in);
+    s_submit_ok(w, a, "other-1", "qother", in);
+
+    tq_msg_t tasks = s_msg(TQ_CMD_TASKS);
+    tasks.id = tq_str("req-1");
+    tasks.queue = tq_str("qi");
+    tasks.limit = 10;
+    s_send(w, a, &tasks, NULL, 0);
+    s_expect(w, a, TQ_CMD_REPLY, "req-1", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "total"), 3);
+    const msgpack_object *list = tq_harness_map_get(map.root, "tasks");
+    assert_non_null(list);
+    assert_int_equal(list->via.array.size, 3);
+    static const char *const order[] = {"in-1", "in-2", "in-3"};
+    static const int states[] = {TQ_STATE_PENDING, TQ_STATE_PENDING,
+                                 TQ_STATE_SCHEDULED};
+    for (int i = 0; i < 3; i++) {
+        const msgpack_object *e = &list->via.array.ptr[i];
+        assert_true(tq_harness_str_eq(tq_harness_map_get(e, "id"), order[i]));
+        assert_int_equal(s_uint(e, "state"), states[i]);
+        assert_int_equal(s_uint(e, "args_bytes"), sizeof s_args);
+        const msgpack_object *args = tq_harness_map_get(e, "args");
+        assert_non_null(args);
+        assert_int_equal(args->type, MSGPACK_OBJECT_ARRAY);
+        assert_int_equal(args->via.array.size, 2);
+    }
+    assert_true(tq_harness_map_get(&list->via.array.ptr[2], "due_ms") != NULL);
+    s_map_free(&map);
+
+    /* a limit shows fewer but counts all */
+    tasks.id = tq_str("req-2");
+    tasks.queue = (tq_str_t){0}; /* every queue */
+    tasks.limit = 1;
+    s_send(w, a, &tasks, NULL, 0);
+    s_expect(w, a, TQ_CMD_REPLY, "req-2", in);
+    s_map(in, &map);
+    assert_int_equal(s_uint(map.root, "total"), 4);
+    assert_int_equal(tq_harness_map_get(map.root, "tasks")->via.array.size, 1);
+    s_map_free(&map);
+
+    tq_msg_t inspect = s_msg(TQ_CMD_INSPECT);
+    inspect.id = tq_str("in-2");
+    s_send(w, a, &inspect, NULL, 0);
+    s_expect(w, a, TQ_CMD_REPLY, "in-2", in);
+    s_map(in, &map);
+    assert_true(tq_harness_str_eq(tq_harness_map_get(map.root, "task"), "t"));
+    assert_true(tq_harness_str_eq(tq_harness_map_get(map.root, "queue"), "qi"));
+    assert_int_equal(s_uint(map.root, "state"), TQ_STATE_PENDING);
+    assert_int_equal(s_uint(map.root, "attempt"), 0);
+    assert_int_equal(s_uint(map.root, "args_bytes"), sizeof s_args);
+    assert_true(s_uint(map.root, "submitted_ms") > 0);
+    s_map_free(&map);
+    inspect.id = tq_str("in-none");
+    s_send(w, a, &inspect, NULL, 0);
+    s_expect(w, a, TQ_CMD_UNKNOWN, "in-none", in);
+    free(in);
+}
+
 /* ---- 9. a client that does not read (PROTOCOL.md section 10) ---- */
 
 /* A client that submits and never reads its replies: the broker keeps at
@@ -1678,6 +1754,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing_old_child, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_client_backlog, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_tasks_and_inspect, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_two_takers, s_setup,
                                         s_teardown),

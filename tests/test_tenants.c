@@ -1,5 +1,5 @@
 /* test_tenants.c - under CURVE a task belongs to the key that submitted
-   it (PROTOCOL.md 5.7): another client key can neither read, cancel,
+   it (PROTOCOL.md 5.8): another client key can neither read, cancel,
    retry nor list it, nor reuse its id; PURGE and the STATUS details need
    an operator key; a worker key acts for the one host it announced first.
    A real tq-broker with three allow-lists, the client library with one
