@@ -10,6 +10,7 @@ packages=(
   libjansson-dev                        # JSON in the tq CLI
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   procps                                # ps/pgrep used by scripts
+  python3 python3-zmq python3-msgpack   # the Python client and its tests
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`

@@ -6,6 +6,7 @@ import os
 import re
 
 import zmq
+import zmq.utils.z85
 
 _Z85_KEY = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}\Z")
 _ZERO_KEY = "0" * 40  # what zcert writes for a missing key

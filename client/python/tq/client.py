@@ -288,17 +288,14 @@ class Client:
 
     def imap_unordered(self, task, iterable, **options):
         """An iterator of task(item) in the order they finish; all
-        submitted now. A failure is raised when its turn comes."""
+        submitted now. A failure is raised when its turn comes. Its
+        `results` are the AsyncResults in submission order."""
         done = _queue.SimpleQueue()
         results = [self._submission(task, (a,), **options) for a in iterable]
         for r in results:
             r._notify = done
         self._push_many(results)
-
-        def finished(count):
-            for _ in range(count):
-                yield done.get().get()
-        return finished(len(results))
+        return _Unordered(results, done)
 
     def fetch(self, id, callback=None, error_callback=None):
         """An AsyncResult for a task submitted by anyone (tq submit, another
@@ -429,6 +426,24 @@ class Client:
                 daemon=True)
             self._callback_thread.start()
         self._callbacks.put(r)
+
+
+class _Unordered:
+    """imap_unordered's iterator: values as their results turn ready."""
+
+    def __init__(self, results, done):
+        self.results = results
+        self._done = done
+        self._left = len(results)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._left == 0:
+            raise StopIteration
+        self._left -= 1
+        return self._done.get().get()
 
 
 class _IO:
