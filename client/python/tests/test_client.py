@@ -151,15 +151,19 @@ class TestTasks(unittest.TestCase):
         # a callback may wait on its own result; one that raises is logged
         # and the result still turns ready
         own = []
+        handle = []
+        assigned = threading.Event()
 
         def waits_on_itself(value):
-            own.append(rr.get(0))
+            assigned.wait(GET_WAIT)
+            own.append(handle[0].get(0))
             raise RuntimeError("callback bug")
 
         with self.assertLogs("tq", "ERROR"):
-            rr = self.client.apply_async("tq.echo", 7,
-                                         callback=waits_on_itself)
-            self.assertEqual(rr.get(GET_WAIT), [7])
+            handle.append(self.client.apply_async(
+                "tq.echo", 7, callback=waits_on_itself))
+            assigned.set()
+            self.assertEqual(handle[0].get(GET_WAIT), [7])
         self.assertEqual(own, [[7]])
         # map's results each call back
         got = []
@@ -298,9 +302,9 @@ class TestLifecycle(unittest.TestCase):
             try:
                 with tq.Client(broker.clients) as client:
                     r = client.apply_async("tq.echo", "survives")
-                    harness.wait_for(lambda: harness.queue_counts(
-                        client.status(GET_WAIT), "default").get(
-                            "waiting") == 1, what="the task stored")
+                    # acknowledged: stored (SUBMITTED follows the commit)
+                    harness.wait_for(lambda: r._acked,
+                                     what="the task acknowledged")
                     clients, workers = broker.clients, broker.workers
                     broker.kill()
                     broker = harness.Broker(["--data", data],

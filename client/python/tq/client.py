@@ -650,7 +650,8 @@ class _IO:
         we wait on. After a reconnection the unanswered requests may be
         lost too: send them again (a SUBMIT of a known id is answered
         SUBMITTED and changes nothing, PROTOCOL.md 5.1), except a QPUT,
-        which may have been kept: it fails."""
+        which may have been kept: it fails. The GETs go out after the
+        SUBMITs (_flush sends the outbound list first)."""
         count = 0
         for id, chain in list(self.pending.items()):
             reget = False
@@ -665,6 +666,10 @@ class _IO:
                     continue
                 elif reconnected and not r._acked:
                     self._enqueue(r)
+                    # a SUBMIT the new broker knows (recovered from its
+                    # store) is only acknowledged: the GET that follows
+                    # makes us a waiter for its result
+                    reget = reget or r._kind == _SUBMIT
             if reget:
                 self.regets.append(id)
                 count += 1
