@@ -73,7 +73,8 @@ def decode(frames):
     try:
         fields = unpack(head)
     except Exception as exc:  # msgpack raises several types
-        raise ValueError("header is not msgpack: %s" % exc) from None
+        raise ValueError("header is not msgpack (%s: %s)"
+                         % (type(exc).__name__, exc)) from None
     if (not isinstance(fields, list) or len(fields) < 2 or
             not isinstance(fields[0], int) or
             not isinstance(fields[1], int)):

@@ -755,7 +755,7 @@ class _IO:
             try:
                 command, fields, payload = P.decode(frames)
                 self._dispatch(command, fields, payload)
-            except (ValueError, TypeError, IndexError) as exc:
+            except Exception as exc:  # a bad message, never a dead thread
                 self.malformed += 1
                 log.warning("tq client: dropped a message from the broker "
                             "at %s: %s", self.client.endpoint, exc)
