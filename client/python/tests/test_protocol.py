@@ -132,11 +132,13 @@ class TestWire(unittest.TestCase):
         """A GET wait=true is unanswered until the task ends: the client
         PINGs, and a broker that answers PONG is alive however long the
         task runs (here 3 liveness periods)."""
+        self.client.close()
+        self.client = tq.Client(self.broker.endpoint, liveness_ms=2000)
         r = self.client.fetch("some-task")
         ident, head, _ = self.broker.recv_command(0x03)
         self.assertEqual(head, [1, 0x03, "some-task", True])
         pings = 0
-        while pings < 9:  # 1000 ms liveness: a PING every 333 ms or so
+        while pings < 9:  # a PING every third of the liveness
             _, head, _ = self.broker.recv()
             self.assertEqual(head, [1, 0x09])
             self.broker.send(ident, [1, 0x0A])
