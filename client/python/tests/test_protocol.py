@@ -8,7 +8,6 @@ import unittest
 import msgpack
 import zmq
 
-import harness
 import tq
 from harness import GET_WAIT
 

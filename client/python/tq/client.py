@@ -30,6 +30,7 @@ DEFAULT_QUEUE = "default"
 DEFAULT_LIVENESS_MS = 3000  # PROTOCOL.md section 10
 DEFAULT_BACKOFF_MS = 1000   # what a zero retry_backoff_ms means
 _RECV_BATCH = 1024          # messages drained per poll pass
+_SEND_BATCH = 1024          # messages sent per poll pass
 _SEND_HWM = 10000
 _MAX_MESSAGE = 64 << 20     # ZMQ_MAXMSGSIZE, as the C client
 
@@ -254,11 +255,6 @@ class Client:
                                     **options) for a in iterable]
         self._push_many(results)
         return results
-
-    def map_async(self, task, iterable, **options):
-        """Submits task(item) for every item; returns the AsyncResults in
-        the iterable's order."""
-        return self._submit_all(task, iterable, False, options)
 
     def map(self, task, iterable, timeout=None, **options):
         """[task(item) for item in iterable], run in parallel, in order.
@@ -695,10 +691,15 @@ class _IO:
     # ---- sending -------------------------------------------------------
 
     def _send(self, frames):
-        self.sock.send_multipart(frames, zmq.DONTWAIT, copy=False)
+        # copied: zero-copy costs more than it saves on small frames
+        self.sock.send_multipart(frames, zmq.DONTWAIT)
 
     def _flush(self):
-        while self.out:
+        """Sends a batch of what libzmq takes now; the rest waits for the
+        next pass (POLLOUT), so that answers are read in between."""
+        budget = _SEND_BATCH
+        while self.out and budget > 0:
+            budget -= 1
             r = self.out[0]
             if not r._final:
                 try:
@@ -713,7 +714,8 @@ class _IO:
                     self._release(r)
             self.out.popleft()
             r._queued = False
-        while self.regets:
+        while self.regets and not self.out and budget > 0:
+            budget -= 1
             try:
                 self._send([P.header(P.GET, self.regets[0], True)])
             except zmq.Again:
@@ -913,6 +915,9 @@ class _IO:
 
     # ---- liveness (PROTOCOL.md section 10) -----------------------------
 
+    def _input_waiting(self):
+        return bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
     def _liveness(self):
         """The poll timeout (ms, None: none), after sending a PING or
         failing unanswered requests when their time has come."""
@@ -921,7 +926,8 @@ class _IO:
         live = self.client._liveness_ms
         now = _now_ms()
         if (not self.broker_lost and
-                now - max(self.last_heard, self.waiting_since) >= live):
+                now - max(self.last_heard, self.waiting_since) >= live and
+                not self._input_waiting()):
             self.broker_lost = True
             log.warning("tq client: broker at %s silent for %.1f s",
                         self.client.endpoint, live / 1000.0)
@@ -929,7 +935,7 @@ class _IO:
         if self.unacked and self.unacked_since > silent_from:
             silent_from = self.unacked_since
         if (self.unacked and now - silent_from >= live and
-                self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN):
+                self._input_waiting()):
             # answers are queued, this thread was only too busy to read
             self.last_heard = silent_from = now
         if self.unacked and now - silent_from >= live:
