@@ -8,6 +8,7 @@ import unittest
 import msgpack
 import zmq
 
+import harness
 import tq
 from harness import GET_WAIT
 
@@ -170,6 +171,57 @@ class TestWire(unittest.TestCase):
         self.broker.send(ident, [1, 0x06, r.id])
         with self.assertRaises(tq.UnknownTaskId):
             r.get(GET_WAIT)
+
+    def test_reconnect(self):
+        """The broker restarts (a new ROUTER on the same port): the client
+        asks again for the result of an acknowledged SUBMIT, sends an
+        unanswered SUBMIT again followed by a GET, and fails an unanswered
+        QPUT, which the old broker may have kept."""
+        acked = self.client.apply_async("t.acked")
+        ident, head, _ = self.broker.recv_command(0x01)
+        self.broker.send(ident, [1, 0x02, acked.id])
+        harness.wait_for(lambda: acked._acked, what="the acknowledgement")
+        unacked = self.client.apply_async("t.unacked")
+        self.broker.recv_command(0x01)
+        put = []
+        t = threading.Thread(target=lambda: put.append(
+            self._catch(self.client.queue("dq").put, 1)))
+        t.start()
+        self.broker.recv_command(0x11)
+
+        endpoint = self.broker.endpoint
+        self.broker.sock.close()
+        self.broker.sock = self.broker.ctx.socket(zmq.ROUTER)
+        self.broker.sock.linger = 0
+        harness.wait_for(lambda: self._bind(endpoint), what="the port")
+
+        seen = []
+        while len(seen) < 3:
+            ident, head, _ = self.broker.recv()
+            if head[1] == 0x09:
+                self.broker.send(ident, [1, 0x0A])
+            else:
+                seen.append(head)
+        self.assertIn([1, 0x03, acked.id, True], seen)
+        self.assertIn([1, 0x03, unacked.id, True], seen)
+        submits = [h for h in seen if h[1] == 0x01]
+        self.assertEqual([h[2] for h in submits], [unacked.id])
+        self.assertLess(seen.index(submits[0]),
+                        seen.index([1, 0x03, unacked.id, True]))
+        t.join(GET_WAIT)
+        self.assertIsInstance(put[0], tq.BrokerUnreachable)
+        self.assertIn("may or may not", put[0].text)
+        for r in (acked, unacked):
+            self.broker.send(ident, [1, 0x04, r.id, 2, 0, None, 1],
+                             msgpack.packb(r.id))
+            self.assertEqual(r.get(GET_WAIT), r.id)
+
+    def _bind(self, endpoint):
+        try:
+            self.broker.sock.bind(endpoint)
+            return True
+        except zmq.ZMQError:
+            return False
 
     def test_queue_frames(self):
         q = self.client.queue("dq", maxsize=3)
