@@ -14,6 +14,7 @@ packages=(
   libpq-dev                             # the PostgreSQL store (--store URL)
   postgresql                            # its tests start private clusters
   procps                                # ps/pgrep used by scripts
+  python3 python3-zmq python3-msgpack   # the Python client and its tests
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`
