@@ -22,19 +22,22 @@ class TestCurve(unittest.TestCase):
         cls.dir = tempfile.mkdtemp(prefix="tq-py-curve-")
         cls.broker = cls.worker = None
         try:
-            for sub in ("clients", "workers"):
+            for sub in ("clients", "workers", "admins"):
                 os.mkdir(os.path.join(cls.dir, sub), 0o700)
-            for name in ("broker", "alice", "w1"):
+            for name in ("broker", "alice", "w1", "olga"):
                 code, out, err = harness.cli("keygen", name, cls.dir)
                 assert code == 0, err
             cls.cert = {n: os.path.join(cls.dir, n + ".cert")
-                        for n in ("broker", "alice", "w1")}
+                        for n in ("broker", "alice", "w1", "olga")}
             shutil.copy(cls.cert["alice"], os.path.join(cls.dir, "clients"))
+            # an operator key: the STATUS details (PROTOCOL.md 5.8)
+            shutil.copy(cls.cert["olga"], os.path.join(cls.dir, "admins"))
             shutil.copy(cls.cert["w1"], os.path.join(cls.dir, "workers"))
             cls.broker = harness.Broker([
                 "--curve-secret", cls.cert["broker"],
                 "--client-keys", os.path.join(cls.dir, "clients"),
-                "--worker-keys", os.path.join(cls.dir, "workers")])
+                "--worker-keys", os.path.join(cls.dir, "workers"),
+                "--admin-keys", os.path.join(cls.dir, "admins")])
             cls.worker = harness.worker(cls.broker.workers, 2, [
                 "--curve-server-key", cls.cert["broker"],
                 "--curve-cert", cls.cert["w1"]])
@@ -55,7 +58,12 @@ class TestCurve(unittest.TestCase):
                        curve_cert=self.cert["alice"]) as client:
             self.assertEqual(client.apply("tq.echo", "over curve"),
                              ["over curve"])
-            auth = client.status(GET_WAIT)["auth"]
+            # a client key is one tenant: no details of the others
+            self.assertNotIn("auth", client.status(GET_WAIT))
+        with tq.Client(self.broker.clients,
+                       curve_server_key=self.cert["broker"],
+                       curve_cert=self.cert["olga"]) as operator:
+            auth = operator.status(GET_WAIT)["auth"]
             self.assertGreaterEqual(auth["allowed"], 1)
 
     def test_round_trip_with_z85_keys(self):
@@ -86,7 +94,7 @@ class TestCurve(unittest.TestCase):
     def test_key_not_allowed(self):
         with tq.Client(self.broker.clients,
                        curve_server_key=self.cert["broker"],
-                       curve_cert=self.cert["alice"]) as alice:
+                       curve_cert=self.cert["olga"]) as alice:
             before = alice.status(GET_WAIT)["auth"]["denied_clients"]
             public, secret = (k.decode() for k in zmq.curve_keypair())
             with tq.Client(self.broker.clients,
