@@ -35,6 +35,7 @@ enum {
     F_RSS = 'K',      /* peak resident set, KiB */
     F_MAXSIZE = 'n',  /* a data queue's bound, 0: none */
     F_FEATURES = 'f', /* TQ_FEATURE_* bits */
+    F_SESSION = 's',  /* the broker's number for a supervisor session */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -61,7 +62,7 @@ static const s_layout_t s_layouts[] = {
     {TQ_CMD_TASK, "TASK", "ITAL", true},
     {TQ_CMD_DONE, "DONE", "IASCE|K", true},
     {TQ_CMD_DISCONNECT, "DISCONNECT", "", false},
-    {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp", false},
+    {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp|s", false},
     {TQ_CMD_LOST, "LOST", "pCE", false},
     {TQ_CMD_CANCEL, "CANCEL", "I", false},
     {TQ_CMD_RETRY, "RETRY", "I", false},
@@ -501,6 +502,8 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
     case F_FEATURES:
         return s_read_u32(r, &msg->features, 0, UINT32_MAX,
                           "features out of range");
+    case F_SESSION:
+        return s_read_uint(r, &msg->session);
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -743,6 +746,9 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         return NULL;
     case F_FEATURES:
         msgpack_pack_uint32(pk, msg->features);
+        return NULL;
+    case F_SESSION:
+        msgpack_pack_uint64(pk, msg->session);
         return NULL;
     default:
         return "internal: unknown field code";

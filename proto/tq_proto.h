@@ -58,7 +58,7 @@
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
 #define TQ_CMD_DONE 0x22       /* w->b id attempt state code error + value */
 #define TQ_CMD_DISCONNECT 0x23 /* w->b, b->w */
-#define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid (the sender's) */
+#define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid (the sender's) session */
 #define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error: a child
                                   died; its tasks are queued again */
 #define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
@@ -103,6 +103,8 @@ typedef struct {
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
     uint32_t features;      /* READY: TQ_FEATURE_* the child supports */
+    uint64_t session;       /* HEARTBEAT: the broker's number for the
+                               supervisor's session, 0: none yet */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */
