@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -100,6 +101,35 @@ s_on_soft_limit(int sig)
     (void)sig;
     if (s_soft_flag)
         *s_soft_flag = 1;
+}
+
+/* TQ_SIGNAL_ORPHANED: the supervisor died. Whatever runs in this child's
+   process group (tq.exec's shell, its subshells, a `sleep` that ignores
+   SIGTERM) dies with the child. Only kill() and getpgrp(): both are
+   async-signal-safe. */
+static void
+s_on_orphaned(int sig)
+{
+    (void)sig;
+    if (getpgrp() == getpid())
+        kill(0, SIGKILL);
+    kill(getpid(), SIGKILL);
+}
+
+bool
+tq_child_bind(pid_t parent)
+{
+    /* the group first: the handler kills "our" group, which must never
+       be the supervisor's (it may hold the shell or a test runner) */
+    setpgid(0, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigfillset(&sa.sa_mask);
+    sa.sa_handler = s_on_orphaned;
+    sigaction(TQ_SIGNAL_ORPHANED, &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, TQ_SIGNAL_ORPHANED);
+    /* it died before prctl took effect: no signal will come */
+    return getppid() == parent;
 }
 
 /* Peak resident set of this process, KiB. */
@@ -341,8 +371,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     if (s_send(self, NULL) != TQ_OK)
         return; /* kept: it runs here, as the broker still thinks */
     if (self->config->verbose)
-        tq_worker_log("child: task %s given back for an idle child",
-                      gone->id);
+        tq_worker_log("child: task %s given back for an idle child", gone->id);
     zmq_msg_close(&gone->args);
     zmq_msg_init(&gone->args);
     /* close the gap, keeping the order of the others */
@@ -626,8 +655,7 @@ s_task_end(s_child_t *self)
         self->running = false;
         if (self->lent) {
             uint64_t one = 1;
-            while (write(self->wake_fd, &one, sizeof one) < 0 &&
-                   errno == EINTR)
+            while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
                 ;
             while (self->lent)
                 pthread_cond_wait(&self->cond, &self->lock);
@@ -645,7 +673,8 @@ static bool
 s_should_recycle(const s_child_t *self)
 {
     const tq_worker_config_t *cfg = self->config;
-    if (cfg->max_tasks_per_child && self->tasks_done >= cfg->max_tasks_per_child)
+    if (cfg->max_tasks_per_child &&
+        self->tasks_done >= cfg->max_tasks_per_child)
         return true;
     return cfg->max_memory_per_child_mb &&
         s_peak_rss_kb() >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
@@ -679,6 +708,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self);
+    /* start-up done: a child that dies from now on is not a broken setup */
+    s_report(self, TQ_REPORT_UP, NULL);
     if (config->prefetch > 1)
         s_keeper_start(self);
     while (!s_stop) {

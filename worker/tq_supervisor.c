@@ -4,6 +4,7 @@
 #include "tq_worker_host.h"
 
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +24,8 @@
 #define S_FAST_DEATH_MS 1000 /* a child dying younger than this backs off */
 #define S_REAP_KILLED_MS 5000 /* wait for SIGKILLed children, at most */
 #define S_CANCEL_GRACE_MS 1000 /* SIGTERM to SIGKILL for a cancelled task */
+#define S_STARTUP_TRIES 5 /* children failing at start-up in a row: stop */
+#define S_SWEEP_AGAIN_MS 100 /* look for orphans again after killing some */
 
 /* One child slot: pid 0 means empty (waiting for its respawn). */
 typedef struct {
@@ -43,6 +46,7 @@ typedef struct {
     int64_t kill_at; /* ms: SIGKILL a cancelled child then, 0: none */
     bool recycling; /* it said it exits to be replaced */
     bool ran_task; /* it reported a START: its setup worked */
+    bool up; /* it reported UP: its first READY is sent */
 } s_slot_t;
 
 typedef struct {
@@ -61,8 +65,12 @@ typedef struct {
     int64_t last_heard; /* ms, from the broker */
     bool broker_silent; /* logged the silence already */
     uint64_t broker_pid; /* from the broker's HEARTBEAT, 0: not yet */
+    uint64_t session; /* from the broker's last HEARTBEAT, 0: none */
     int stopping; /* signals of the stop kind seen */
     int64_t stop_deadline; /* ms: SIGKILL children after */
+    int startup_failures; /* children dead before UP, in a row */
+    bool broken; /* they keep failing at start-up: stop, exit 1 */
+    int64_t sweep_at; /* ms: look for orphans again, 0: no need */
 } s_super_t;
 
 static int s_sig_write_fd = -1;
@@ -139,6 +147,7 @@ s_send_heartbeat(s_super_t *self)
     self->out.command = TQ_CMD_HEARTBEAT;
     self->out.host = tq_str(self->config->host);
     self->out.pid = (uint64_t)self->pid;
+    self->out.session = self->session;
     s_send(self);
 }
 
@@ -197,8 +206,7 @@ s_on_kill(s_super_t *self)
 {
     s_slot_t *slot = NULL;
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid &&
-            (uint64_t)self->slots[i].pid == self->in.pid)
+        if (self->slots[i].pid && (uint64_t)self->slots[i].pid == self->in.pid)
             slot = &self->slots[i];
     if (slot)
         s_read_reports(self, slot); /* its START may be unread */
@@ -240,15 +248,23 @@ s_on_broker(s_super_t *self, int rc)
     switch (self->in.command) {
     case TQ_CMD_HEARTBEAT:
         /* another pid answers on the same endpoint: a restarted broker
-           that knows none of our children */
+           that knows none of our children; another session: the broker
+           dropped this host (judged it silent) and forgot its children */
         if (self->broker_pid && self->in.pid != self->broker_pid) {
             tq_worker_log("broker restarted (pid %llu, was %llu): children "
                           "announce themselves again",
                           (unsigned long long)self->in.pid,
                           (unsigned long long)self->broker_pid);
             s_reannounce_children(self);
+        } else if (self->broker_pid && self->in.session != self->session) {
+            tq_worker_log("broker started session %llu for this host (was "
+                          "%llu): children announce themselves again",
+                          (unsigned long long)self->in.session,
+                          (unsigned long long)self->session);
+            s_reannounce_children(self);
         }
         self->broker_pid = self->in.pid;
+        self->session = self->in.session;
         break;
     case TQ_CMD_KILL:
         s_on_kill(self);
@@ -317,13 +333,11 @@ s_spawn(s_super_t *self, s_slot_t *slot)
         return false;
     }
     if (pid == 0) {
-        /* die with the supervisor, even if it is SIGKILLed */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != self->pid)
-            _exit(1); /* it died before prctl took effect */
         /* own process group: a time-limit kill takes the task's own
-           subprocesses too */
-        setpgid(0, 0);
+           subprocesses too; and the group dies with the supervisor, even
+           if it is SIGKILLed */
+        if (!tq_child_bind(self->pid))
+            _exit(1);
         close(fds[0]);
         close(self->sig_pipe[0]);
         close(self->sig_pipe[1]);
@@ -348,6 +362,7 @@ s_spawn(s_super_t *self, s_slot_t *slot)
     slot->kill_at = 0;
     slot->recycling = false;
     slot->ran_task = false;
+    slot->up = false;
     if (self->config->verbose)
         tq_worker_log("started child %ld", (long)pid);
     return true;
@@ -384,8 +399,11 @@ s_read_reports(s_super_t *self, s_slot_t *slot)
             /* a soft limit past the hard one would never be seen */
             slot->soft_deadline =
                 soft && (!slot->limit_ms || soft < slot->limit_ms)
-                    ? s_now() + soft
-                    : 0;
+                ? s_now() + soft
+                : 0;
+        } else if (rec.kind == TQ_REPORT_UP) {
+            slot->up = true;
+            self->startup_failures = 0;
         } else if (rec.kind == TQ_REPORT_RECYCLE) {
             slot->recycling = true;
             slot->busy = false;
@@ -447,6 +465,21 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     } else if (self->config->verbose)
         tq_worker_log("child %ld %s", (long)pid,
                       slot->recycling ? "recycled" : "stopped");
+    /* a child that ends by itself before its first READY has a setup that
+       does not work (an endpoint it cannot use, a module that fails in
+       it); a SIGKILL or SIGTERM is someone else's doing */
+    bool by_itself = WIFEXITED(status) ||
+        (WIFSIGNALED(status) && WTERMSIG(status) != SIGKILL &&
+         WTERMSIG(status) != SIGTERM);
+    if (!clean && !slot->up && by_itself && !self->stopping) {
+        self->startup_failures++;
+        if (self->startup_failures >= S_STARTUP_TRIES && !self->broken) {
+            tq_worker_log("children fail at start-up (%d in a row, the "
+                          "last %s): stopping; see the lines above for why",
+                          self->startup_failures, error);
+            self->broken = true;
+        }
+    }
 
     int64_t now = s_now();
     /* a child we stopped on purpose is replaced at once */
@@ -470,21 +503,117 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     slot->kill_at = 0;
 }
 
-/* Reaps every child that has ended. */
+/* Kills pid if it is a live orphan that came to us (not a child of a
+   slot, not a zombie), and the process group it leads. Returns 1 if it
+   did. */
+static int
+s_kill_orphan(s_super_t *self, long pid, bool check_parent)
+{
+    if (pid <= 0 || s_slot_of(self, (pid_t)pid))
+        return 0;
+    char path[64], stat[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, stat, sizeof stat - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    stat[n] = '\0';
+    /* "pid (comm) state ppid pgrp ...": comm may hold anything */
+    char *paren = strrchr(stat, ')');
+    char state;
+    long ppid, pgrp;
+    if (!paren || sscanf(paren + 1, " %c %ld %ld", &state, &ppid, &pgrp) != 3)
+        return 0;
+    if ((check_parent && ppid != self->pid) || state == 'Z')
+        return 0;
+    if (pgrp == pid)
+        kill((pid_t)-pid, SIGKILL); /* a group it leads goes too */
+    kill((pid_t)pid, SIGKILL);
+    return 1;
+}
+
+/* Kills every live process whose parent is this supervisor and that is
+   not one of its children: the orphans of a child's tasks, which
+   PR_SET_CHILD_SUBREAPER makes ours (a command that left its child's
+   process group, or whose parent died). Their own children become ours
+   in turn, so a later sweep (sweep_at) takes them. Reads the children
+   lists of our threads (an orphan goes to any of them), or all of /proc
+   where the kernel has no such list. Returns how many it killed. */
+static int
+s_sweep_orphans(s_super_t *self)
+{
+    int killed = 0;
+    DIR *tasks = opendir("/proc/self/task");
+    struct dirent *entry;
+    bool listed = false;
+    while (tasks && (entry = readdir(tasks))) {
+        if (entry->d_name[0] == '.')
+            continue;
+        char path[300];
+        snprintf(path, sizeof path, "/proc/self/task/%s/children",
+                 entry->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        listed = true;
+        long pid;
+        while (fscanf(f, "%ld", &pid) == 1)
+            killed += s_kill_orphan(self, pid, false);
+        fclose(f);
+    }
+    if (tasks)
+        closedir(tasks);
+    if (listed)
+        return killed;
+    DIR *proc = opendir("/proc");
+    while (proc && (entry = readdir(proc))) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (!*end)
+            killed += s_kill_orphan(self, pid, true);
+    }
+    if (proc)
+        closedir(proc);
+    return killed;
+}
+
+/* Reaps every process that has ended: children, and the orphans that
+   came to us. A child's process group is killed before the child is
+   reaped (its zombie keeps its pid from reuse meanwhile): what its tasks
+   started does not outlive it. */
 static void
 s_reap(s_super_t *self)
 {
     for (;;) {
-        int status;
-        struct rusage ru;
-        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
-        if (pid < 0 && errno == EINTR)
-            continue;
-        if (pid <= 0)
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        pid_t pid = info.si_pid;
+        if (pid == 0)
             return;
         s_slot_t *slot = s_slot_of(self, pid);
         if (slot)
+            kill(-pid, SIGKILL);
+        int status;
+        struct rusage ru;
+        pid_t got;
+        while ((got = wait4(pid, &status, WNOHANG, &ru)) < 0 && errno == EINTR)
+            ;
+        if (got != pid)
+            return;
+        if (slot) {
             s_on_exit(self, slot, status, &ru);
+            /* its tasks' orphans left its group, or are not reaped yet */
+            if (s_sweep_orphans(self))
+                self->sweep_at = s_now() + S_SWEEP_AGAIN_MS;
+        }
     }
 }
 
@@ -519,6 +648,20 @@ s_kill_all(s_super_t *self)
     }
 }
 
+/* On the way out: kills and reaps whatever descendants came to us, until
+   none is left (bounded). */
+static void
+s_kill_orphans(s_super_t *self)
+{
+    int64_t until = s_now() + S_REAP_KILLED_MS;
+    while (s_sweep_orphans(self) && s_now() < until) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+        s_reap(self);
+    }
+    s_reap(self);
+}
+
 /* ---- the loop --------------------------------------------------------- */
 
 static void
@@ -530,6 +673,11 @@ s_on_signals(s_super_t *self)
         for (ssize_t i = 0; i < n; i++) {
             if (sigs[i] == SIGCHLD)
                 continue; /* reaped below in every case */
+            if (sigs[i] == SIGHUP) {
+                /* not a stop: a supervisor outlives its terminal */
+                tq_worker_log("SIGHUP: ignored (SIGTERM stops tq-worker)");
+                continue;
+            }
             self->stopping++;
             if (self->stopping == 1) {
                 tq_worker_log("stopping: letting %d child(ren) finish their "
@@ -593,9 +741,15 @@ s_on_timers(s_super_t *self)
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
-        if (!slot->pid && !self->stopping && now >= slot->respawn_at)
+        if (!slot->pid && !self->stopping && !self->broken &&
+            now >= slot->respawn_at)
             if (!s_spawn(self, slot))
                 slot->respawn_at = now + S_BACKOFF_MAX_MS;
+    }
+    if (self->sweep_at && now >= self->sweep_at) {
+        self->sweep_at = 0;
+        if (s_sweep_orphans(self))
+            self->sweep_at = now + S_SWEEP_AGAIN_MS;
     }
     if (self->stopping == 1 && now >= self->stop_deadline &&
         s_live_children(self)) {
@@ -626,6 +780,8 @@ s_timeout(const s_super_t *self)
     }
     if (self->stopping == 1 && self->stop_deadline < next)
         next = self->stop_deadline;
+    if (self->sweep_at && self->sweep_at < next)
+        next = self->sweep_at;
     return next <= now ? 0 : (long)(next - now);
 }
 
@@ -645,6 +801,11 @@ s_install_signals(s_super_t *self)
     sigaction(SIGCHLD, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* SIGHUP must not kill the supervisor: a handler main() installed
+       (reopening its log) is kept, else the loop logs and ignores it */
+    struct sigaction hup;
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler == SIG_DFL)
+        sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
     sigaction(SIGPIPE, &sa, NULL);
@@ -670,6 +831,10 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         self->slots[i].backoff_ms = -1;
     }
     s_install_signals(self);
+    /* what a child's tasks leave behind when the child dies comes to us,
+       to be killed and reaped, instead of to init */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+        tq_worker_log("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
 
     /* fork before any ZeroMQ context exists in this process */
     for (int i = 0; i < config->concurrency; i++)
@@ -707,6 +872,11 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
             exit_code = 1;
             break;
         }
+        if (self->broken) {
+            s_kill_all(self);
+            exit_code = 1;
+            break;
+        }
         if (self->stopping && !s_live_children(self))
             break;
         int n = 0;
@@ -736,6 +906,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
 
     /* tell the broker now for every child we had to kill */
     s_reap(self);
+    s_kill_orphans(self);
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DISCONNECT;
     s_send(self);

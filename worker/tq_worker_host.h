@@ -24,7 +24,8 @@ typedef struct {
     uint32_t time_limit_ms; /* default hard limit, 0: none */
     uint32_t shutdown_timeout_ms; /* drain time on SIGTERM */
     uint32_t max_tasks_per_child; /* recycle a child after N tasks, 0: never */
-    uint32_t max_memory_per_child_mb; /* recycle when peak RSS >= MB, 0: never */
+    uint32_t
+        max_memory_per_child_mb; /* recycle when peak RSS >= MB, 0: never */
     uint32_t soft_time_limit_ms; /* SIGUSR1 to the child after, 0: none */
     char host[TQ_PROTO_MAX_NAME + 1]; /* valid TQP host name */
     bool verbose; /* -v: log protocol chatter */
@@ -43,8 +44,9 @@ struct tq_task_t {
 
 /* What a child tells its supervisor through its pipe before each task
    (kind START), when it has nothing left to run (kind IDLE) and before it
-   exits on purpose to be replaced (kind RECYCLE: max tasks or memory). Fixed size,
-   well under PIPE_BUF, so each write is atomic and reads never split one. */
+   exits on purpose to be replaced (kind RECYCLE: max tasks or memory). Fixed
+   size, well under PIPE_BUF, so each write is atomic and reads never split one.
+ */
 typedef struct {
     uint32_t kind; /* TQ_REPORT_START or TQ_REPORT_IDLE */
     uint32_t attempt; /* START: the task's attempt */
@@ -55,6 +57,7 @@ typedef struct {
 #define TQ_REPORT_IDLE 0
 #define TQ_REPORT_START 1
 #define TQ_REPORT_RECYCLE 2
+#define TQ_REPORT_UP 3 /* its first READY is sent: its start-up worked */
 
 /* Signals from the supervisor to a child: the soft time limit of the
    running task passed (the task may check tq_task_soft_limit), and "the
@@ -62,11 +65,22 @@ typedef struct {
 #define TQ_SIGNAL_SOFT_LIMIT SIGUSR1
 #define TQ_SIGNAL_REANNOUNCE SIGUSR2
 
+/* The parent-death signal of a child: its handler SIGKILLs the child's
+   whole process group (the child and what its tasks started), so a
+   supervisor killed with SIGKILL leaves nothing behind. */
+#define TQ_SIGNAL_ORPHANED SIGRTMIN
+
 /* Runs the supervisor: forks config->concurrency children that serve the
    tasks of registry (borrowed), supervises them until SIGTERM/SIGINT.
    Returns the process exit status (0 after a clean drain). */
 int tq_supervisor_run(const tq_worker_config_t *config,
                       tq_registry_t *registry);
+
+/* Called first thing in a new child, forked by the supervisor parent:
+   makes the child the leader of its own process group and has it kill
+   that group (itself included) when parent dies. Returns false if parent
+   is already gone (the child must then exit). */
+bool tq_child_bind(pid_t parent);
 
 /* The task loop of one child, called right after fork with the write end
    of its report pipe. Never returns: exits the process (0 after a clean
