@@ -10,16 +10,15 @@
 #include "tq_worker_host.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_keeper.h"
 #include "tq_wire.h"
 
 /* A task received and not yet run. */
@@ -53,19 +52,10 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
-    /* the keeper (credit above 1 only); lock guards the fields below it,
-       and whoever holds the socket owns sock, frames, in, out, header
-       and the ring */
-    bool keeper_on; /* the thread was started */
-    pthread_t keeper;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int wake_fd; /* eventfd: the keeper must give the socket back */
-    bool running; /* the main thread runs a task */
-    uint64_t started; /* tasks started, to tell one task from the next */
-    bool lent; /* the keeper holds the socket */
-    bool keeper_waits; /* the keeper sleeps until a task starts */
-    bool quit; /* the keeper must end */
+    /* the keeper (credit above 1 only, NULL without): whoever holds the
+       socket (tq_keeper.h) owns sock, frames, in, out, header and the
+       ring */
+    tq_keeper_t *keeper;
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -218,13 +208,12 @@ s_send_ready(s_child_t *self)
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
 static void s_reconnect(s_child_t *self);
 
-static void s_task_end(s_child_t *self);
-
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
             const char *error)
 {
-    s_task_end(self); /* the socket is this thread's again */
+    /* the socket is this thread's again */
+    tq_keeper_task_end(self->keeper);
     /* the broker restarted while the task ran: its DONE goes to the new
        one, after a READY so that it knows us */
     if (s_reannounce)
@@ -525,14 +514,15 @@ s_reconnect(s_child_t *self)
 
 /* ---- the keeper ---- */
 
-/* The keeper's turn with the socket: answer the broker until the main
-   thread wants the socket back (wake_fd). */
+/* The keeper's turn with the socket (on its thread): answer the broker
+   until the main thread wants the socket back (wake_fd). */
 static void
-s_keeper_serve(s_child_t *self)
+s_keeper_serve(void *arg, int wake_fd)
 {
+    s_child_t *self = arg;
     for (;;) {
         zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
-                                  {NULL, self->wake_fd, ZMQ_POLLIN, 0}};
+                                  {NULL, wake_fd, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -542,130 +532,6 @@ s_keeper_serve(s_child_t *self)
             return;
         s_drain(self);
     }
-}
-
-static void *
-s_keeper_main(void *arg)
-{
-    s_child_t *self = arg;
-    pthread_mutex_lock(&self->lock);
-    while (!self->quit) {
-        if (!self->running) {
-            self->keeper_waits = true;
-            pthread_cond_wait(&self->cond, &self->lock);
-            self->keeper_waits = false;
-            continue;
-        }
-        /* a task runs: is it the same one KEEPER_AFTER_MS later? */
-        uint64_t task = self->started;
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += KEEPER_AFTER_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        while (!self->quit && self->running && self->started == task &&
-               pthread_cond_timedwait(&self->cond, &self->lock, &until) == 0)
-            ;
-        if (self->quit || !self->running || self->started != task)
-            continue;
-        self->lent = true;
-        pthread_mutex_unlock(&self->lock);
-        s_keeper_serve(self);
-        pthread_mutex_lock(&self->lock);
-        /* the main thread cleared running before it woke us */
-        self->lent = false;
-        pthread_cond_broadcast(&self->cond);
-    }
-    pthread_mutex_unlock(&self->lock);
-    return NULL;
-}
-
-/* Starts the keeper, with every signal blocked in it (they are the main
-   thread's). Without one (no eventfd, no thread) the child still works:
-   REVOKE is then answered between tasks. */
-static void
-s_keeper_start(s_child_t *self)
-{
-    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (self->wake_fd < 0) {
-        tq_worker_log("child: eventfd: %s; no keeper", strerror(errno));
-        return;
-    }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&self->lock, NULL);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&self->keeper, NULL, s_keeper_main, self);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        tq_worker_log("child: pthread_create: %s; no keeper", strerror(rc));
-        pthread_cond_destroy(&self->cond);
-        pthread_mutex_destroy(&self->lock);
-        close(self->wake_fd);
-        return;
-    }
-    self->keeper_on = true;
-}
-
-static void
-s_keeper_stop(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    self->quit = true;
-    pthread_cond_broadcast(&self->cond);
-    pthread_mutex_unlock(&self->lock);
-    pthread_join(self->keeper, NULL);
-    pthread_cond_destroy(&self->cond);
-    pthread_mutex_destroy(&self->lock);
-    close(self->wake_fd);
-    self->keeper_on = false;
-}
-
-/* A task starts: the keeper may take the socket if it runs long. */
-static void
-s_task_begin(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    self->running = true;
-    self->started++;
-    if (self->keeper_waits)
-        pthread_cond_signal(&self->cond);
-    pthread_mutex_unlock(&self->lock);
-}
-
-/* The task is over: the socket comes back to this thread. */
-static void
-s_task_end(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    if (self->running) {
-        self->running = false;
-        if (self->lent) {
-            uint64_t one = 1;
-            while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
-                ;
-            while (self->lent)
-                pthread_cond_wait(&self->cond, &self->lock);
-            uint64_t count;
-            while (read(self->wake_fd, &count, sizeof count) < 0 &&
-                   errno == EINTR)
-                ;
-        }
-    }
-    pthread_mutex_unlock(&self->lock);
 }
 
 /* True when this child should exit to be replaced by a fresh one. */
@@ -710,8 +576,11 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     s_send_ready(self);
     /* start-up done: a child that dies from now on is not a broken setup */
     s_report(self, TQ_REPORT_UP, NULL);
-    if (config->prefetch > 1)
-        s_keeper_start(self);
+    /* without a keeper (no thread, no eventfd) the child still works:
+       REVOKE is then answered between tasks */
+    if (config->prefetch > 1 &&
+        !(self->keeper = tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self)))
+        tq_worker_log("child: no keeper: %s", strerror(errno));
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self);
@@ -742,7 +611,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         self->count--;
         s_report(self, TQ_REPORT_START, job);
         self->busy = true;
-        s_task_begin(self);
+        tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         zmq_msg_close(&job->args);
         self->tasks_done++;
@@ -758,7 +627,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
     }
 
-    s_keeper_stop(self);
+    tq_keeper_destroy(&self->keeper);
     /* the broker queues again what we still hold when it sees this */
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DISCONNECT;

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_slot.h"
 #include "tq_wire.h"
 
 #define S_HEARTBEAT_MS 1000 /* HEARTBEAT interval (PROTOCOL.md 10) */
@@ -27,33 +28,11 @@
 #define S_STARTUP_TRIES 5 /* children failing at start-up in a row: stop */
 #define S_SWEEP_AGAIN_MS 100 /* look for orphans again after killing some */
 
-/* One child slot: pid 0 means empty (waiting for its respawn). */
-typedef struct {
-    pid_t pid; /* child pid, 0: none */
-    int fd; /* read end of its report pipe, -1: none */
-    int64_t born; /* ms, monotonic */
-    int64_t respawn_at; /* ms, when pid == 0 */
-    int backoff_ms; /* next respawn delay, -1: none yet */
-    bool busy; /* running a task (per its reports) */
-    char id[TQ_PROTO_MAX_ID + 1]; /* the task it runs */
-    uint32_t attempt; /* its attempt */
-    uint32_t limit_ms; /* effective limit, 0: none */
-    int64_t deadline; /* ms, 0: none */
-    bool timed_out; /* we killed it for its time limit */
-    bool killed; /* we SIGKILLed it at shutdown */
-    int64_t soft_deadline; /* ms: SIGUSR1 then, 0: none */
-    bool cancelled; /* the broker sent KILL for its task */
-    int64_t kill_at; /* ms: SIGKILL a cancelled child then, 0: none */
-    bool recycling; /* it said it exits to be replaced */
-    bool ran_task; /* it reported a START: its setup worked */
-    bool up; /* it reported UP: its first READY is sent */
-} s_slot_t;
-
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
     tq_registry_t *registry; /* borrowed */
     pid_t pid; /* the supervisor's own */
-    s_slot_t *slots; /* config->concurrency of them */
+    tq_slot_t *slots; /* config->concurrency of them (tq_slot.h) */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
     void *sock; /* DEALER to the broker */
@@ -120,7 +99,7 @@ s_signame(int sig, char *buf, size_t size)
 
 /* ---- talking to the broker ------------------------------------------- */
 
-static void s_read_reports(s_super_t *self, s_slot_t *slot);
+static void s_read_reports(s_super_t *self, tq_slot_t *slot);
 
 static void
 s_send(s_super_t *self)
@@ -194,7 +173,7 @@ static void
 s_reannounce_children(s_super_t *self)
 {
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid)
+        if (tq_slot_live(&self->slots[i]))
             kill(self->slots[i].pid, TQ_SIGNAL_REANNOUNCE);
 }
 
@@ -204,13 +183,17 @@ s_reannounce_children(s_super_t *self)
 static void
 s_on_kill(s_super_t *self)
 {
-    s_slot_t *slot = NULL;
+    tq_slot_t *slot = NULL;
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid && (uint64_t)self->slots[i].pid == self->in.pid)
+        if (tq_slot_live(&self->slots[i]) &&
+            (uint64_t)self->slots[i].pid == self->in.pid)
             slot = &self->slots[i];
     if (slot)
         s_read_reports(self, slot); /* its START may be unread */
-    if (!slot || !slot->busy || !tq_str_eq(self->in.id, slot->id)) {
+    if (slot && tq_str_eq(self->in.id, slot->id) &&
+        (slot->state == TQ_SLOT_CANCELLING || slot->state == TQ_SLOT_KILLING))
+        return; /* being stopped already */
+    if (!slot || !tq_slot_busy(slot) || !tq_str_eq(self->in.id, slot->id)) {
         if (self->config->verbose)
             tq_worker_log("ignored KILL for pid %llu task %.*s: not running "
                           "here",
@@ -219,12 +202,9 @@ s_on_kill(s_super_t *self)
                           self->in.id.ptr ? self->in.id.ptr : "");
         return;
     }
-    if (slot->cancelled)
-        return;
     tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
                   slot->id);
-    slot->cancelled = true;
-    slot->kill_at = s_now() + S_CANCEL_GRACE_MS;
+    tq_slot_cancel(slot, s_now() + S_CANCEL_GRACE_MS);
     kill(-slot->pid, SIGTERM);
     kill(slot->pid, SIGTERM);
 }
@@ -306,7 +286,7 @@ s_drain_broker(s_super_t *self)
 
 /* Forks the child of slot. Returns false if fork failed (retried later). */
 static bool
-s_spawn(s_super_t *self, s_slot_t *slot)
+s_spawn(s_super_t *self, tq_slot_t *slot)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
@@ -350,19 +330,10 @@ s_spawn(s_super_t *self, s_slot_t *slot)
     setpgid(pid, pid); /* both sides, so neither races the other */
     close(fds[1]);
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    tq_slot_move(slot, TQ_SLOT_STARTING);
     slot->pid = pid;
     slot->fd = fds[0];
     slot->born = s_now();
-    slot->busy = false;
-    slot->deadline = 0;
-    slot->timed_out = false;
-    slot->killed = false;
-    slot->soft_deadline = 0;
-    slot->cancelled = false;
-    slot->kill_at = 0;
-    slot->recycling = false;
-    slot->ran_task = false;
-    slot->up = false;
     if (self->config->verbose)
         tq_worker_log("started child %ld", (long)pid);
     return true;
@@ -370,7 +341,7 @@ s_spawn(s_super_t *self, s_slot_t *slot)
 
 /* Reads the reports a child wrote; EOF closes its pipe. */
 static void
-s_read_reports(s_super_t *self, s_slot_t *slot)
+s_read_reports(s_super_t *self, tq_slot_t *slot)
 {
     tq_report_t rec;
     while (slot->fd >= 0) {
@@ -386,40 +357,20 @@ s_read_reports(s_super_t *self, s_slot_t *slot)
             slot->fd = -1;
             return;
         }
-        if (rec.kind == TQ_REPORT_START) {
-            rec.id[TQ_PROTO_MAX_ID] = '\0';
-            slot->busy = true;
-            slot->ran_task = true;
-            memcpy(slot->id, rec.id, sizeof slot->id);
-            slot->attempt = rec.attempt;
-            slot->limit_ms = rec.time_limit_ms ? rec.time_limit_ms
-                                               : self->config->time_limit_ms;
-            slot->deadline = slot->limit_ms ? s_now() + slot->limit_ms : 0;
-            uint32_t soft = self->config->soft_time_limit_ms;
-            /* a soft limit past the hard one would never be seen */
-            slot->soft_deadline =
-                soft && (!slot->limit_ms || soft < slot->limit_ms)
-                ? s_now() + soft
-                : 0;
-        } else if (rec.kind == TQ_REPORT_UP) {
-            slot->up = true;
+        rec.id[TQ_PROTO_MAX_ID] = '\0';
+        if (rec.kind == TQ_REPORT_UP)
             self->startup_failures = 0;
-        } else if (rec.kind == TQ_REPORT_RECYCLE) {
-            slot->recycling = true;
-            slot->busy = false;
-            slot->deadline = slot->soft_deadline = 0;
-        } else {
-            slot->busy = false;
-            slot->deadline = slot->soft_deadline = 0;
-        }
+        tq_slot_on_report(slot, rec.kind, rec.id, rec.attempt,
+                          rec.time_limit_ms, self->config->time_limit_ms,
+                          self->config->soft_time_limit_ms, s_now());
     }
 }
 
-static s_slot_t *
+static tq_slot_t *
 s_slot_of(s_super_t *self, pid_t pid)
 {
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid == pid)
+        if (tq_slot_live(&self->slots[i]) && self->slots[i].pid == pid)
             return &self->slots[i];
     return NULL;
 }
@@ -427,7 +378,7 @@ s_slot_of(s_super_t *self, pid_t pid)
 /* A child ended: tell the broker if it was not a clean stop, and plan its
    respawn unless we are stopping. */
 static void
-s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
+s_on_exit(s_super_t *self, tq_slot_t *slot, int status, const struct rusage *ru)
 {
     s_read_reports(self, slot); /* its last START may still be unread */
     if (slot->fd >= 0) {
@@ -435,28 +386,23 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
         slot->fd = -1;
     }
     pid_t pid = slot->pid;
-    bool was_busy = slot->busy || slot->ran_task;
     long rss_mb = (ru->ru_maxrss + 1023) / 1024; /* ru_maxrss is in KiB */
     char error[256], buf[32];
-    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
-        (self->stopping || slot->recycling) && !slot->killed &&
-        !slot->cancelled;
-    uint32_t code = TQ_ELOST;
-    if (slot->cancelled) {
-        code = TQ_ECANCELLED;
+    bool clean = tq_slot_exit_clean(slot, status, self->stopping);
+    uint32_t code = tq_slot_lost_code(slot);
+    if (code == TQ_ECANCELLED)
         snprintf(error, sizeof error, "cancelled");
-    } else if (slot->timed_out) {
-        code = TQ_ETIMELIMIT;
+    else if (code == TQ_ETIMELIMIT)
         snprintf(error, sizeof error, "time limit exceeded (%.1f s)",
                  slot->limit_ms / 1000.0);
-    } else if (WIFSIGNALED(status))
+    else if (WIFSIGNALED(status))
         snprintf(error, sizeof error, "killed by %s (peak RSS %ld MB)",
                  s_signame(WTERMSIG(status), buf, sizeof buf), rss_mb);
     else
         snprintf(error, sizeof error, "exited with status %d (peak RSS %ld MB)",
                  WEXITSTATUS(status), rss_mb);
     if (!clean) {
-        if (slot->busy)
+        if (slot->id[0])
             tq_worker_log("child %ld %s while running task %s (attempt %u)",
                           (long)pid, error, slot->id, slot->attempt);
         else
@@ -464,14 +410,16 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
         s_send_lost(self, pid, code, error);
     } else if (self->config->verbose)
         tq_worker_log("child %ld %s", (long)pid,
-                      slot->recycling ? "recycled" : "stopped");
+                      slot->state == TQ_SLOT_RECYCLING ? "recycled"
+                                                       : "stopped");
     /* a child that ends by itself before its first READY has a setup that
        does not work (an endpoint it cannot use, a module that fails in
        it); a SIGKILL or SIGTERM is someone else's doing */
     bool by_itself = WIFEXITED(status) ||
         (WIFSIGNALED(status) && WTERMSIG(status) != SIGKILL &&
          WTERMSIG(status) != SIGTERM);
-    if (!clean && !slot->up && by_itself && !self->stopping) {
+    if (!clean && slot->state == TQ_SLOT_STARTING && by_itself &&
+        !self->stopping) {
         self->startup_failures++;
         if (self->startup_failures >= S_STARTUP_TRIES && !self->broken) {
             tq_worker_log("children fail at start-up (%d in a row, the "
@@ -486,7 +434,7 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     /* backoff is for children dying before any task (a broken setup);
        one killed by its task (a poison task) is replaced at once, so the
        rest of the queue keeps its throughput */
-    if (!clean && !slot->cancelled && !was_busy &&
+    if (!clean && code != TQ_ECANCELLED && slot->tasks == 0 &&
         now - slot->born < S_FAST_DEATH_MS)
         slot->backoff_ms = slot->backoff_ms < 0 ? 0
             : slot->backoff_ms == 0             ? 50
@@ -496,11 +444,7 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     if (slot->backoff_ms > S_BACKOFF_MAX_MS)
         slot->backoff_ms = S_BACKOFF_MAX_MS;
     slot->respawn_at = now + (slot->backoff_ms > 0 ? slot->backoff_ms : 0);
-    slot->pid = 0;
-    slot->busy = false;
-    slot->deadline = 0;
-    slot->soft_deadline = 0;
-    slot->kill_at = 0;
+    tq_slot_move(slot, TQ_SLOT_EMPTY);
 }
 
 /* Kills pid if it is a live orphan that came to us (not a child of a
@@ -598,7 +542,7 @@ s_reap(s_super_t *self)
         pid_t pid = info.si_pid;
         if (pid == 0)
             return;
-        s_slot_t *slot = s_slot_of(self, pid);
+        tq_slot_t *slot = s_slot_of(self, pid);
         if (slot)
             kill(-pid, SIGKILL);
         int status;
@@ -622,7 +566,7 @@ s_live_children(const s_super_t *self)
 {
     int n = 0;
     for (int i = 0; i < self->config->concurrency; i++)
-        n += self->slots[i].pid != 0;
+        n += tq_slot_live(&self->slots[i]);
     return n;
 }
 
@@ -631,9 +575,9 @@ static void
 s_kill_all(s_super_t *self)
 {
     for (int i = 0; i < self->config->concurrency; i++) {
-        s_slot_t *slot = &self->slots[i];
-        if (slot->pid) {
-            slot->killed = true;
+        tq_slot_t *slot = &self->slots[i];
+        if (tq_slot_live(slot)) {
+            tq_slot_kill(slot, TQ_SLOT_KILL_SHUTDOWN);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL); /* if setpgid lost a race */
         }
@@ -687,7 +631,7 @@ s_on_signals(s_super_t *self)
                 self->stop_deadline =
                     s_now() + self->config->shutdown_timeout_ms;
                 for (int k = 0; k < self->config->concurrency; k++)
-                    if (self->slots[k].pid)
+                    if (tq_slot_live(&self->slots[k]))
                         kill(self->slots[k].pid, SIGTERM);
             }
         }
@@ -718,17 +662,16 @@ s_on_timers(s_super_t *self)
         self->broker_pid = 0;
     }
     for (int i = 0; i < self->config->concurrency; i++) {
-        s_slot_t *slot = &self->slots[i];
-        if (slot->pid && slot->busy && slot->deadline &&
-            now >= slot->deadline && !slot->timed_out) {
+        tq_slot_t *slot = &self->slots[i];
+        if (tq_slot_busy(slot) && slot->deadline && now >= slot->deadline) {
             tq_worker_log("child %ld: task %s exceeded its time limit "
                           "(%u ms), killing it",
                           (long)slot->pid, slot->id, slot->limit_ms);
-            slot->timed_out = true;
+            tq_slot_kill(slot, TQ_SLOT_KILL_TIME_LIMIT);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
-        if (slot->pid && slot->busy && slot->soft_deadline &&
+        if (tq_slot_busy(slot) && slot->soft_deadline &&
             now >= slot->soft_deadline) {
             if (self->config->verbose)
                 tq_worker_log("child %ld: task %s passed its soft time limit",
@@ -736,12 +679,12 @@ s_on_timers(s_super_t *self)
             slot->soft_deadline = 0;
             kill(slot->pid, TQ_SIGNAL_SOFT_LIMIT);
         }
-        if (slot->pid && slot->kill_at && now >= slot->kill_at) {
-            slot->kill_at = 0;
+        if (slot->state == TQ_SLOT_CANCELLING && now >= slot->kill_at) {
+            tq_slot_kill(slot, TQ_SLOT_KILL_CANCEL);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
-        if (!slot->pid && !self->stopping && !self->broken &&
+        if (slot->state == TQ_SLOT_EMPTY && !self->stopping && !self->broken &&
             now >= slot->respawn_at)
             if (!s_spawn(self, slot))
                 slot->respawn_at = now + S_BACKOFF_MAX_MS;
@@ -766,16 +709,16 @@ s_timeout(const s_super_t *self)
     int64_t now = s_now();
     int64_t next = self->next_heartbeat;
     for (int i = 0; i < self->config->concurrency; i++) {
-        const s_slot_t *slot = &self->slots[i];
-        if (slot->pid && slot->busy && slot->deadline && !slot->timed_out &&
-            slot->deadline < next)
+        const tq_slot_t *slot = &self->slots[i];
+        if (tq_slot_busy(slot) && slot->deadline && slot->deadline < next)
             next = slot->deadline;
-        if (slot->pid && slot->busy && slot->soft_deadline &&
+        if (tq_slot_busy(slot) && slot->soft_deadline &&
             slot->soft_deadline < next)
             next = slot->soft_deadline;
-        if (slot->pid && slot->kill_at && slot->kill_at < next)
+        if (slot->state == TQ_SLOT_CANCELLING && slot->kill_at < next)
             next = slot->kill_at;
-        if (!slot->pid && !self->stopping && slot->respawn_at < next)
+        if (slot->state == TQ_SLOT_EMPTY && !self->stopping &&
+            slot->respawn_at < next)
             next = slot->respawn_at;
     }
     if (self->stopping == 1 && self->stop_deadline < next)
@@ -827,8 +770,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         return 1;
     }
     for (int i = 0; i < config->concurrency; i++) {
-        self->slots[i].fd = -1;
-        self->slots[i].backoff_ms = -1;
+        tq_slot_init(&self->slots[i]);
     }
     s_install_signals(self);
     /* what a child's tasks leave behind when the child dies comes to us,
@@ -859,7 +801,8 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     int exit_code = 0;
     zmq_pollitem_t *items =
         calloc((size_t)config->concurrency + 2, sizeof *items);
-    s_slot_t **owners = calloc((size_t)config->concurrency + 2, sizeof *owners);
+    tq_slot_t **owners =
+        calloc((size_t)config->concurrency + 2, sizeof *owners);
     if (!items || !owners) {
         tq_worker_log("out of memory");
         abort();
