@@ -2,8 +2,9 @@
    sessions: kill -9 of a supervisor leaves no process of its host behind,
    a cancelled tq.exec task takes every process it started, a broker that
    stopped answering for a while gets every child announced again, a
-   child setup that keeps failing stops the host with a clear message, and
-   SIGHUP does not kill the supervisor. */
+   child setup that keeps failing stops the host with a clear message,
+   tasks do not wake the supervisor one by one, and SIGHUP does not kill
+   the supervisor. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -492,6 +493,56 @@ test_startup_failures_stop_host(void **state)
     free(err);
 }
 
+/* The supervisor's main thread's voluntary context switches (its
+   wakeups), from /proc; -1 if unknown. */
+static long
+s_wakeups(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* Children tell their supervisor nothing per task (they publish on
+   shared memory; only a task with a time limit wakes it): 2,000 tasks
+   wake the supervisor far fewer than 2,000 times. */
+static void
+test_no_wakeup_per_task(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(worker > 0);
+    s_echo_ok(env->client, 0);
+    enum { N = 2000 };
+    long before = s_wakeups(worker);
+    assert_true(before >= 0);
+    tq_result_t **r = calloc(N, sizeof *r);
+    assert_non_null(r);
+    for (int i = 0; i < N; i++)
+        assert_non_null(r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i",
+                                              (int64_t)i));
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        done += tq_result_get(r[i], S_GET_MS) == TQ_OK;
+        tq_result_destroy(&r[i]);
+    }
+    free(r);
+    long wakeups = s_wakeups(worker) - before;
+    printf("supervisor woke %ld times for %d tasks\n", wakeups, N);
+    assert_int_equal(done, N);
+    /* heartbeats and their answers wake it: a few per second */
+    assert_true(wakeups < N / 10);
+}
+
 /* SIGHUP does not stop the supervisor: its children go on serving, and a
    later SIGTERM still drains it to exit status 0. */
 static void
@@ -529,6 +580,9 @@ main(void)
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_session_change_reannounces),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_no_wakeup_per_task,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_sighup_survived,

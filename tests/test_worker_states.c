@@ -1,7 +1,8 @@
 /* test_worker_states.c - unit tests of the worker host's two state
    machines, driven through their transition functions without any child
    process: a supervisor's slot (tq_slot.h) and a child's keeper
-   (tq_keeper.h, with a real thread and a fake serve function). */
+   (tq_keeper.h, with a real thread and a fake serve function); and a
+   child's board (tq_board.h), the shared record its supervisor reads. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,12 +13,16 @@
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "tq/tq.h"
+#include "tq_board.h"
 #include "tq_keeper.h"
 #include "tq_slot.h"
 #include "tq_worker_host.h"
@@ -350,6 +355,97 @@ test_keeper_idle_and_null(void **state)
     tq_keeper_destroy(NULL);
 }
 
+/* ---- the board ---- */
+
+/* A board reads back what was published; phases other than BUSY keep
+   the last task; a writer stuck in mid-write gives no snapshot. */
+static void
+test_board_publish_read(void **state)
+{
+    (void)state;
+    tq_board_t board, snap;
+    tq_board_reset(&board);
+    assert_true(tq_board_read(&board, &snap));
+    assert_int_equal(snap.phase, TQ_BOARD_STARTING);
+    assert_int_equal(snap.tasks, 0);
+    tq_board_publish(&board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, "task-1", 3, 250, 12345);
+    assert_true(tq_board_read(&board, &snap));
+    assert_int_equal(snap.phase, TQ_BOARD_BUSY);
+    assert_int_equal(snap.tasks, 1);
+    assert_string_equal(snap.id, "task-1");
+    assert_int_equal(snap.attempt, 3);
+    assert_int_equal(snap.time_limit_ms, 250);
+    assert_int_equal(snap.started_ms, 12345);
+    tq_board_publish(&board, TQ_BOARD_RECYCLING, NULL, 0, 0, 0);
+    assert_true(tq_board_read(&board, &snap));
+    assert_int_equal(snap.phase, TQ_BOARD_RECYCLING);
+    assert_string_equal(snap.id, "task-1");
+    /* an id at the limit is kept whole and terminated */
+    char id[TQ_PROTO_MAX_ID + 1];
+    memset(id, 'x', TQ_PROTO_MAX_ID);
+    id[TQ_PROTO_MAX_ID] = '\0';
+    tq_board_publish(&board, TQ_BOARD_BUSY, id, 1, 0, 0);
+    assert_true(tq_board_read(&board, &snap));
+    assert_string_equal(snap.id, id);
+    /* a writer killed in mid-write: no snapshot, the last one stays */
+    board.seq |= 1;
+    snap.tasks = 99;
+    assert_false(tq_board_read(&board, &snap));
+    assert_int_equal(snap.tasks, 99);
+}
+
+/* A child process publishes 200,000 tasks on a shared board while this
+   one reads it: every snapshot is whole (its id names its task count)
+   and the count never goes back. */
+static void
+test_board_across_processes(void **state)
+{
+    (void)state;
+    enum { N = 200000 };
+    tq_board_t *board = mmap(NULL, sizeof *board, PROT_READ | PROT_WRITE,
+                             MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(board != MAP_FAILED);
+    tq_board_reset(board);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char id[32];
+        for (int i = 1; i <= N; i++) {
+            snprintf(id, sizeof id, "t%d", i);
+            tq_board_publish(board, TQ_BOARD_BUSY, id, (uint32_t)i, 0, i);
+            if (i % 7 == 0)
+                tq_board_publish(board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
+        }
+        _exit(0);
+    }
+    uint64_t last = 0;
+    long reads = 0;
+    for (;;) {
+        tq_board_t snap;
+        if (!tq_board_read(board, &snap))
+            continue; /* the writer is busy: read again */
+        reads++;
+        assert_true(snap.tasks >= last);
+        last = snap.tasks;
+        if (snap.tasks) {
+            char want[32];
+            snprintf(want, sizeof want, "t%llu",
+                     (unsigned long long)snap.tasks);
+            assert_string_equal(snap.id, want);
+            assert_int_equal(snap.attempt, snap.tasks);
+            assert_int_equal(snap.started_ms, (int64_t)snap.tasks);
+        }
+        if (snap.tasks == N)
+            break;
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    printf("board: %ld consistent snapshots\n", reads);
+    munmap(board, sizeof *board);
+}
+
 int
 main(void)
 {
@@ -362,6 +458,8 @@ main(void)
         cmocka_unit_test(test_keeper_lends_long_task),
         cmocka_unit_test(test_keeper_short_tasks),
         cmocka_unit_test(test_keeper_idle_and_null),
+        cmocka_unit_test(test_board_publish_read),
+        cmocka_unit_test(test_board_across_processes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #include "tq_worker_host.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "tq_board.h"
 #include "tq_curve.h"
 #include "tq_keeper.h"
 #include "tq_wire.h"
@@ -33,8 +35,11 @@ typedef struct {
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
     const tq_registry_t *registry; /* borrowed */
-    int report_fd; /* write end of the pipe to the
-                      supervisor */
+    int report_fd; /* write end of the pipe to the supervisor: nudges */
+    tq_board_t *board; /* what we publish for the supervisor (shared) */
+    uint64_t rss_kb; /* peak RSS, last sample, KiB */
+    int64_t rss_at_us; /* when it was sampled, monotonic us */
+    int64_t task_at_us; /* when the running task started, monotonic us */
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
     tq_frames_t frames; /* reused for every recv */
@@ -140,23 +145,59 @@ s_die(const char *what)
     _exit(1);
 }
 
-/* Tells the supervisor what runs now. A supervisor that is gone means this
-   child must go too (PR_SET_PDEATHSIG normally got there first). */
-static void
-s_report(s_child_t *self, uint32_t kind, const s_job_t *job)
+static int64_t
+s_now_us(void)
 {
-    tq_report_t rec;
-    memset(&rec, 0, sizeof rec);
-    rec.kind = kind;
-    if (job) {
-        rec.attempt = job->attempt;
-        rec.time_limit_ms = job->time_limit_ms;
-        snprintf(rec.id, sizeof rec.id, "%s", job->id);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Short tasks share an RSS sample this old at most. */
+#define S_RSS_EVERY_US 100000
+/* A task that ran this long gets a sample of its own (getrusage is then
+   small beside it). */
+#define S_RSS_TASK_US 1000
+
+/* Peak RSS in KiB, sampled: not a system call per task. */
+static uint64_t
+s_rss_kb(s_child_t *self)
+{
+    int64_t now = s_now_us();
+    bool long_task = self->rss_at_us < self->task_at_us &&
+        now - self->task_at_us >= S_RSS_TASK_US;
+    if (!self->rss_at_us || now - self->rss_at_us >= S_RSS_EVERY_US ||
+        long_task) {
+        self->rss_kb = s_peak_rss_kb();
+        self->rss_at_us = now;
     }
+    return self->rss_kb;
+}
+
+/* Tells the supervisor where this child is, on its board: no system call,
+   nobody woken. Only a task with a time limit to watch wakes the
+   supervisor (a byte on the pipe), so that it sets its deadline now. */
+static void
+s_publish(s_child_t *self, tq_board_phase_t phase, const s_job_t *job)
+{
+    if (!job) {
+        tq_board_publish(self->board, phase, NULL, 0, 0, 0);
+        return;
+    }
+    self->task_at_us = s_now_us();
+    tq_board_publish(self->board, phase, job->id, job->attempt,
+                     job->time_limit_ms, self->task_at_us / 1000);
+    const tq_worker_config_t *cfg = self->config;
+    if (!job->time_limit_ms && !cfg->time_limit_ms && !cfg->soft_time_limit_ms)
+        return;
+    char nudge = 1;
     ssize_t n;
-    while ((n = write(self->report_fd, &rec, sizeof rec)) < 0 && errno == EINTR)
+    while ((n = write(self->report_fd, &nudge, 1)) < 0 && errno == EINTR)
         ;
-    if (n != (ssize_t)sizeof rec) {
+    /* EAGAIN: nudges are pending, the supervisor reads the board anyway;
+       EPIPE: it is gone, and so must we (PR_SET_PDEATHSIG normally got
+       there first) */
+    if (n < 0 && errno == EPIPE) {
         tq_worker_log("child: supervisor pipe closed, exiting");
         _exit(1);
     }
@@ -225,7 +266,7 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     self->out.state = state;
     self->out.code = code;
     self->out.error = tq_str(error); /* NULL packs nil */
-    self->out.rss_kb = s_peak_rss_kb();
+    self->out.rss_kb = s_rss_kb(self);
     zmq_msg_t payload;
     if (state == TQ_STATE_SUCCESS) {
         zmq_msg_init_size(&payload, self->value.size);
@@ -536,19 +577,19 @@ s_keeper_serve(void *arg, int wake_fd)
 
 /* True when this child should exit to be replaced by a fresh one. */
 static bool
-s_should_recycle(const s_child_t *self)
+s_should_recycle(s_child_t *self)
 {
     const tq_worker_config_t *cfg = self->config;
     if (cfg->max_tasks_per_child &&
         self->tasks_done >= cfg->max_tasks_per_child)
         return true;
     return cfg->max_memory_per_child_mb &&
-        s_peak_rss_kb() >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
+        s_rss_kb(self) >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
 }
 
 void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
-             int report_fd)
+             int report_fd, tq_board_t *board)
 {
     static s_child_t child; /* tq_msg_t is large: keep it off the stack */
     s_child_t *self = &child;
@@ -556,6 +597,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->config = config;
     self->registry = registry;
     self->report_fd = report_fd;
+    self->board = board;
+    fcntl(report_fd, F_SETFL, O_NONBLOCK); /* a nudge never blocks us */
     s_stop = 0;
     s_setup_signals();
 
@@ -575,7 +618,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     s_send_ready(self);
     /* start-up done: a child that dies from now on is not a broken setup */
-    s_report(self, TQ_REPORT_UP, NULL);
+    s_publish(self, TQ_BOARD_IDLE, NULL);
     /* without a keeper (no thread, no eventfd) the child still works:
        REVOKE is then answered between tasks */
     if (config->prefetch > 1 &&
@@ -591,7 +634,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             /* tell the supervisor at once, so a crash while idle is not
                blamed on the last task */
             if (self->busy) {
-                s_report(self, TQ_REPORT_IDLE, NULL);
+                s_publish(self, TQ_BOARD_IDLE, NULL);
                 self->busy = false;
             }
             zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
@@ -609,7 +652,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         zmq_msg_close(&self->jobs[self->head].args);
         self->head = (self->head + 1) % self->capacity;
         self->count--;
-        s_report(self, TQ_REPORT_START, job);
+        s_publish(self, TQ_BOARD_BUSY, job);
         self->busy = true;
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
@@ -622,7 +665,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                               "%llu KiB",
                               self->tasks_done,
                               (unsigned long long)s_peak_rss_kb());
-            s_report(self, TQ_REPORT_RECYCLE, NULL);
+            s_publish(self, TQ_BOARD_RECYCLING, NULL);
             break;
         }
     }

@@ -9,7 +9,6 @@
 #include <sys/wait.h>
 
 #include "tq/tq.h"
-#include "tq_worker_host.h"
 
 #define S_BIT(state) (1u << (state))
 

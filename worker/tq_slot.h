@@ -58,6 +58,13 @@ typedef struct {
     int64_t kill_at; /* CANCELLING: ms, SIGKILL then */
 } tq_slot_t;
 
+/* What the supervisor learns from a child's board (tq_board.h), as
+   events for tq_slot_on_report. */
+#define TQ_REPORT_IDLE 0 /* it runs no task any more */
+#define TQ_REPORT_START 1 /* a task started */
+#define TQ_REPORT_RECYCLE 2 /* it exits on purpose, to be replaced */
+#define TQ_REPORT_UP 3 /* its first READY is sent: its start-up worked */
+
 /* Sets up an EMPTY slot that may be spawned at once. */
 void tq_slot_init(tq_slot_t *self);
 

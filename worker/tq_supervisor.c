@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -33,6 +34,7 @@ typedef struct {
     tq_registry_t *registry; /* borrowed */
     pid_t pid; /* the supervisor's own */
     tq_slot_t *slots; /* config->concurrency of them (tq_slot.h) */
+    tq_board_t *boards; /* one per slot, shared with its child */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
     void *sock; /* DEALER to the broker */
@@ -99,7 +101,7 @@ s_signame(int sig, char *buf, size_t size)
 
 /* ---- talking to the broker ------------------------------------------- */
 
-static void s_read_reports(s_super_t *self, tq_slot_t *slot);
+static void s_sync(s_super_t *self, tq_slot_t *slot);
 
 static void
 s_send(s_super_t *self)
@@ -189,7 +191,7 @@ s_on_kill(s_super_t *self)
             (uint64_t)self->slots[i].pid == self->in.pid)
             slot = &self->slots[i];
     if (slot)
-        s_read_reports(self, slot); /* its START may be unread */
+        s_sync(self, slot); /* it may run another task by now */
     if (slot && tq_str_eq(self->in.id, slot->id) &&
         (slot->state == TQ_SLOT_CANCELLING || slot->state == TQ_SLOT_KILLING))
         return; /* being stopped already */
@@ -293,6 +295,8 @@ s_spawn(s_super_t *self, tq_slot_t *slot)
         tq_worker_log("pipe: %s", strerror(errno));
         return false;
     }
+    tq_board_t *board = &self->boards[slot - self->slots];
+    tq_board_reset(board); /* no child writes it now */
     fflush(stdout);
     fflush(stderr);
     /* hold signals across fork: the child must not run the supervisor's
@@ -325,7 +329,7 @@ s_spawn(s_super_t *self, tq_slot_t *slot)
             if (self->slots[i].fd >= 0)
                 close(self->slots[i].fd);
         /* self->ctx and self->sock are the parent's: left alone */
-        tq_child_run(self->config, self->registry, fds[1]);
+        tq_child_run(self->config, self->registry, fds[1], board);
     }
     setpgid(pid, pid); /* both sides, so neither races the other */
     close(fds[1]);
@@ -339,31 +343,50 @@ s_spawn(s_super_t *self, tq_slot_t *slot)
     return true;
 }
 
-/* Reads the reports a child wrote; EOF closes its pipe. */
+/* Brings slot up to date with what its child published on its board. */
 static void
-s_read_reports(s_super_t *self, tq_slot_t *slot)
+s_sync(s_super_t *self, tq_slot_t *slot)
 {
-    tq_report_t rec;
+    tq_board_t board;
+    if (!tq_slot_live(slot) ||
+        !tq_board_read(&self->boards[slot - self->slots], &board))
+        return;
+    const tq_worker_config_t *cfg = self->config;
+    if (board.phase != TQ_BOARD_STARTING && slot->state == TQ_SLOT_STARTING) {
+        self->startup_failures = 0;
+        tq_slot_on_report(slot, TQ_REPORT_UP, NULL, 0, 0, 0, 0, 0);
+    }
+    if (board.tasks > slot->tasks) {
+        /* the last task started; those before it ended unseen */
+        tq_slot_on_report(slot, TQ_REPORT_START, board.id, board.attempt,
+                          board.time_limit_ms, cfg->time_limit_ms,
+                          cfg->soft_time_limit_ms, board.started_ms);
+        slot->tasks = (uint32_t)board.tasks;
+    }
+    if (board.phase == TQ_BOARD_IDLE)
+        tq_slot_on_report(slot, TQ_REPORT_IDLE, NULL, 0, 0, 0, 0, 0);
+    else if (board.phase == TQ_BOARD_RECYCLING)
+        tq_slot_on_report(slot, TQ_REPORT_RECYCLE, NULL, 0, 0, 0, 0, 0);
+}
+
+/* The child nudged us (a task with a time limit started) or closed its
+   pipe (EOF: it is exiting): drain the pipe, then read its board. */
+static void
+s_on_nudge(s_super_t *self, tq_slot_t *slot)
+{
+    char bytes[256];
     while (slot->fd >= 0) {
-        ssize_t n = read(slot->fd, &rec, sizeof rec);
+        ssize_t n = read(slot->fd, bytes, sizeof bytes);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
-            return;
-        if (n != (ssize_t)sizeof rec) {
-            /* EOF (the child is exiting) or a torn record, which atomic
-               writes below PIPE_BUF rule out */
+            break;
+        if (n <= 0) {
             close(slot->fd);
             slot->fd = -1;
-            return;
         }
-        rec.id[TQ_PROTO_MAX_ID] = '\0';
-        if (rec.kind == TQ_REPORT_UP)
-            self->startup_failures = 0;
-        tq_slot_on_report(slot, rec.kind, rec.id, rec.attempt,
-                          rec.time_limit_ms, self->config->time_limit_ms,
-                          self->config->soft_time_limit_ms, s_now());
     }
+    s_sync(self, slot);
 }
 
 static tq_slot_t *
@@ -380,7 +403,7 @@ s_slot_of(s_super_t *self, pid_t pid)
 static void
 s_on_exit(s_super_t *self, tq_slot_t *slot, int status, const struct rusage *ru)
 {
-    s_read_reports(self, slot); /* its last START may still be unread */
+    s_sync(self, slot); /* its last task, or that it recycles */
     if (slot->fd >= 0) {
         close(slot->fd);
         slot->fd = -1;
@@ -663,6 +686,8 @@ s_on_timers(s_super_t *self)
     }
     for (int i = 0; i < self->config->concurrency; i++) {
         tq_slot_t *slot = &self->slots[i];
+        /* a memory read: the deadlines below are those of what runs now */
+        s_sync(self, slot);
         if (tq_slot_busy(slot) && slot->deadline && now >= slot->deadline) {
             tq_worker_log("child %ld: task %s exceeded its time limit "
                           "(%u ms), killing it",
@@ -769,6 +794,14 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         tq_worker_log("out of memory");
         return 1;
     }
+    self->boards =
+        mmap(NULL, (size_t)config->concurrency * sizeof(tq_board_t),
+             PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (self->boards == MAP_FAILED) {
+        tq_worker_log("mmap: %s", strerror(errno));
+        free(self->slots);
+        return 1;
+    }
     for (int i = 0; i < config->concurrency; i++) {
         tq_slot_init(&self->slots[i]);
     }
@@ -840,7 +873,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         /* children's reports before reaping, so a START is never missed */
         for (int i = 0; i < n; i++)
             if (owners[i] && (items[i].revents & (ZMQ_POLLIN | ZMQ_POLLERR)))
-                s_read_reports(self, owners[i]);
+                s_on_nudge(self, owners[i]);
         for (int i = 0; i < n; i++)
             owners[i] = NULL;
         s_on_signals(self);
@@ -870,6 +903,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     free(items);
     free(owners);
     free(self->slots);
+    munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
     if (!exit_code)
         tq_worker_log("stopped");
     return exit_code;
