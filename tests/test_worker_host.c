@@ -214,7 +214,8 @@ test_kill9_leaves_nothing(void **state)
    fresh worker host and checks that every process of the child's group
    is gone after the grace period, and that a new child serves. */
 static void
-s_cancel_exec(tq_harness_env_t *env, const char *command, size_t members)
+s_cancel_exec(tq_harness_env_t *env, const char *command, size_t members,
+              size_t descendants)
 {
     const char *extra[] = {"--allow-exec", NULL};
     pid_t worker = tq_harness_env_add_worker(env, 1, extra, true);
@@ -225,8 +226,13 @@ s_cancel_exec(tq_harness_env_t *env, const char *command, size_t members)
     assert_non_null(r);
     assert_true(s_wait_group(child, members, S_GET_MS) >= members);
     pid_t pids[64];
-    size_t n = s_group(child, pids, 64);
-    n = s_descendants(child, pids, n, 64); /* those that left the group */
+    size_t n = 0;
+    int64_t deadline = tq_harness_now_ms() + S_GET_MS;
+    while ((n = s_descendants(child, pids, 0, 64)) < descendants &&
+           tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(20);
+    assert_true(n >= descendants);
+    n = s_group(child, pids + n, 64 - n) + n; /* and the group's */
 
     assert_int_equal(tq_client_cancel(env->client, tq_result_id(r), 5000),
                      TQ_OK);
@@ -249,7 +255,7 @@ test_cancel_stubborn_command(void **state)
 {
     tq_harness_env_t *env = *state;
     assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    s_cancel_exec(env, "trap '' TERM; sleep 300 & wait", 3);
+    s_cancel_exec(env, "trap '' TERM; sleep 300 & wait", 3, 2);
 }
 
 /* A cancelled command that exits on SIGTERM, leaving a subprocess that
@@ -263,7 +269,23 @@ test_cancel_leaves_no_subprocess(void **state)
     s_cancel_exec(env,
                   "(trap '' TERM; sleep 300) </dev/null >/dev/null 2>&1 & "
                   "wait",
-                  3);
+                  3, 2);
+}
+
+/* A cancelled command that started a process in a session of its own
+   (out of the child's process group, so no group kill reaches it): its
+   parent dies, it comes to the supervisor (a subreaper), which kills it
+   and its group when the child ends. */
+static void
+test_cancel_kills_escaped_process(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    /* tq.exec's sh, the setsid'd sh, its sleep */
+    s_cancel_exec(env,
+                  "setsid sh -c \"trap '' TERM; sleep 300\" </dev/null "
+                  ">/dev/null 2>&1 & wait",
+                  2, 3);
 }
 
 /* The broker stops answering for 5 s (SIGSTOP), long enough to judge the
@@ -573,6 +595,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_cancel_leaves_no_subprocess,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_kills_escaped_process,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_broker_pause_reannounce,
