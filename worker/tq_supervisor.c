@@ -1,10 +1,10 @@
 /* tq_supervisor.c - the worker host's parent process: forks the children,
-   reaps and respawns them, enforces hard time limits, heartbeats the broker,
-   reports dead children with LOST and drains on SIGTERM. */
+   reaps and respawns them, kills what their tasks leave behind, enforces
+   hard time limits, heartbeats the broker, reports dead children with LOST
+   and drains on SIGTERM. */
 #include "tq_worker_host.h"
 
 #include <assert.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_orphans.h"
 #include "tq_slot.h"
 #include "tq_wire.h"
 
@@ -35,6 +36,7 @@ typedef struct {
     pid_t pid; /* the supervisor's own */
     tq_slot_t *slots; /* config->concurrency of them (tq_slot.h) */
     tq_board_t *boards; /* one per slot, shared with its child */
+    pid_t *keep; /* one per slot: the children an orphan sweep spares */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
     void *sock; /* DEALER to the broker */
@@ -470,81 +472,17 @@ s_on_exit(s_super_t *self, tq_slot_t *slot, int status, const struct rusage *ru)
     tq_slot_move(slot, TQ_SLOT_EMPTY);
 }
 
-/* Kills pid if it is a live orphan that came to us (not a child of a
-   slot, not a zombie), and the process group it leads. Returns 1 if it
-   did. */
-static int
-s_kill_orphan(s_super_t *self, long pid, bool check_parent)
-{
-    if (pid <= 0 || s_slot_of(self, (pid_t)pid))
-        return 0;
-    char path[64], stat[512];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, stat, sizeof stat - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    stat[n] = '\0';
-    /* "pid (comm) state ppid pgrp ...": comm may hold anything */
-    char *paren = strrchr(stat, ')');
-    char state;
-    long ppid, pgrp;
-    if (!paren || sscanf(paren + 1, " %c %ld %ld", &state, &ppid, &pgrp) != 3)
-        return 0;
-    if ((check_parent && ppid != self->pid) || state == 'Z')
-        return 0;
-    if (pgrp == pid)
-        kill((pid_t)-pid, SIGKILL); /* a group it leads goes too */
-    kill((pid_t)pid, SIGKILL);
-    return 1;
-}
-
-/* Kills every live process whose parent is this supervisor and that is
-   not one of its children: the orphans of a child's tasks, which
-   PR_SET_CHILD_SUBREAPER makes ours (a command that left its child's
-   process group, or whose parent died). Their own children become ours
-   in turn, so a later sweep (sweep_at) takes them. Reads the children
-   lists of our threads (an orphan goes to any of them), or all of /proc
-   where the kernel has no such list. Returns how many it killed. */
+/* Kills the orphans that came to us (tq_orphans.h), our children kept.
+   Their own children become ours in turn, so a later sweep (sweep_at)
+   takes them. Returns how many it killed. */
 static int
 s_sweep_orphans(s_super_t *self)
 {
-    int killed = 0;
-    DIR *tasks = opendir("/proc/self/task");
-    struct dirent *entry;
-    bool listed = false;
-    while (tasks && (entry = readdir(tasks))) {
-        if (entry->d_name[0] == '.')
-            continue;
-        char path[300];
-        snprintf(path, sizeof path, "/proc/self/task/%s/children",
-                 entry->d_name);
-        FILE *f = fopen(path, "re");
-        if (!f)
-            continue;
-        listed = true;
-        long pid;
-        while (fscanf(f, "%ld", &pid) == 1)
-            killed += s_kill_orphan(self, pid, false);
-        fclose(f);
-    }
-    if (tasks)
-        closedir(tasks);
-    if (listed)
-        return killed;
-    DIR *proc = opendir("/proc");
-    while (proc && (entry = readdir(proc))) {
-        char *end;
-        long pid = strtol(entry->d_name, &end, 10);
-        if (!*end)
-            killed += s_kill_orphan(self, pid, true);
-    }
-    if (proc)
-        closedir(proc);
-    return killed;
+    size_t n = 0;
+    for (int i = 0; i < self->config->concurrency; i++)
+        if (tq_slot_live(&self->slots[i]))
+            self->keep[n++] = self->slots[i].pid;
+    return tq_orphans_kill(self->pid, self->keep, n);
 }
 
 /* Reaps every process that has ended: children, and the orphans that
@@ -790,8 +728,11 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     self->registry = registry;
     self->pid = getpid();
     self->slots = calloc((size_t)config->concurrency, sizeof *self->slots);
-    if (!self->slots) {
+    self->keep = calloc((size_t)config->concurrency, sizeof *self->keep);
+    if (!self->slots || !self->keep) {
         tq_worker_log("out of memory");
+        free(self->slots);
+        free(self->keep);
         return 1;
     }
     self->boards =
@@ -800,6 +741,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     if (self->boards == MAP_FAILED) {
         tq_worker_log("mmap: %s", strerror(errno));
         free(self->slots);
+        free(self->keep);
         return 1;
     }
     for (int i = 0; i < config->concurrency; i++) {
@@ -903,6 +845,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     free(items);
     free(owners);
     free(self->slots);
+    free(self->keep);
     munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
     if (!exit_code)
         tq_worker_log("stopped");
