@@ -159,11 +159,14 @@ s_echo_ok(tq_client_t *client, int64_t i)
     tq_result_destroy(&r);
 }
 
-/* Two subshells that ignore SIGTERM, each a `sleep 300`, under a shell
-   that waits for them: per child, its own process, the shell and two
-   more at least. */
+/* Two subshells that ignore SIGTERM, each a `sleep 300`, and a shell in a
+   session of its own (out of the child's process group) with its `sleep`,
+   under a shell that waits for them: per child, its own process, the
+   shell and two more in its group, two more out of it. */
 #define S_STUBBORN                                                             \
-    "(trap '' TERM; sleep 300) & (trap '' TERM; sleep 300) & wait"
+    "(trap '' TERM; sleep 300) & (trap '' TERM; sleep 300) & "                 \
+    "setsid sh -c \"trap '' TERM; sleep 300\" </dev/null >/dev/null 2>&1 & "   \
+    "wait"
 
 /* kill -9 of the supervisor while every child runs tq.exec S_STUBBORN:
    the supervisor, its children, their shells and every `sleep` are gone
@@ -184,16 +187,19 @@ test_kill9_leaves_nothing(void **state)
         r[i] = tq_apply_async(env->client, "tq.exec", NULL, "s", S_STUBBORN);
         assert_non_null(r[i]);
     }
-    /* both run: each child's group holds the child, sh and two more */
+    /* both run: each child's group holds the child, sh and two more, and
+       two more left it */
     for (int i = 0; i < 2; i++)
         assert_true(s_wait_group(children[i], 4, S_GET_MS) >= 4);
-
     pid_t pids[S_MAX_PROCS];
     size_t n = 0;
-    pids[n++] = worker;
-    n = s_descendants(worker, pids, n, S_MAX_PROCS);
+    int64_t deadline = tq_harness_now_ms() + S_GET_MS;
+    while ((n = s_descendants(worker, pids, 1, S_MAX_PROCS)) < 1 + 2 * 6 &&
+           tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(20);
+    pids[0] = worker;
     printf("host: supervisor %d and %zu descendant(s)\n", (int)worker, n - 1);
-    assert_true(n >= 1 + 2 * 4);
+    assert_true(n >= 1 + 2 * 6);
 
     assert_int_equal(kill(worker, SIGKILL), 0);
     int status = 0;

@@ -21,6 +21,7 @@
 #include "tq_board.h"
 #include "tq_curve.h"
 #include "tq_keeper.h"
+#include "tq_orphans.h"
 #include "tq_wire.h"
 
 /* A task received and not yet run. */
@@ -98,14 +99,16 @@ s_on_soft_limit(int sig)
         *s_soft_flag = 1;
 }
 
-/* TQ_SIGNAL_ORPHANED: the supervisor died. Whatever runs in this child's
-   process group (tq.exec's shell, its subshells, a `sleep` that ignores
-   SIGTERM) dies with the child. Only kill() and getpgrp(): both are
-   async-signal-safe. */
+/* TQ_SIGNAL_ORPHANED: the supervisor died. Whatever this child's tasks
+   started dies with it: every descendant (tq.exec's shell, its subshells,
+   a `sleep` that ignores SIGTERM, a process that left our group with
+   setsid), then our whole process group. System calls only: this is a
+   signal handler. */
 static void
 s_on_orphaned(int sig)
 {
     (void)sig;
+    tq_orphans_kill_descendants();
     if (getpgrp() == getpid())
         kill(0, SIGKILL);
     kill(getpid(), SIGKILL);
