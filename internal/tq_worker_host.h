@@ -1,5 +1,5 @@
 /* tq_worker_host.h - private to tq-worker: configuration, the running task,
-   the supervisor and child entry points, the child-to-supervisor record. */
+   the supervisor and child entry points. */
 #ifndef TQ_WORKER_HOST_H
 #define TQ_WORKER_HOST_H
 
@@ -13,6 +13,9 @@
 #include "tq/tq_worker.h"
 #include "tq_proto.h"
 
+/* A child's board (worker/tq_board.h: private to the worker host). */
+typedef struct tq_board_s tq_board_t;
+
 /* Everything tq-worker's command line decides. Strings are borrowed from
    argv or the environment, which outlive the process's work. */
 typedef struct {
@@ -24,7 +27,8 @@ typedef struct {
     uint32_t time_limit_ms; /* default hard limit, 0: none */
     uint32_t shutdown_timeout_ms; /* drain time on SIGTERM */
     uint32_t max_tasks_per_child; /* recycle a child after N tasks, 0: never */
-    uint32_t max_memory_per_child_mb; /* recycle when peak RSS >= MB, 0: never */
+    uint32_t
+        max_memory_per_child_mb; /* recycle when peak RSS >= MB, 0: never */
     uint32_t soft_time_limit_ms; /* SIGUSR1 to the child after, 0: none */
     char host[TQ_PROTO_MAX_NAME + 1]; /* valid TQP host name */
     bool verbose; /* -v: log protocol chatter */
@@ -41,26 +45,16 @@ struct tq_task_t {
     char error[TQ_PROTO_MAX_ERROR + 1]; /* its message, NUL-terminated */
 };
 
-/* What a child tells its supervisor through its pipe before each task
-   (kind START), when it has nothing left to run (kind IDLE) and before it
-   exits on purpose to be replaced (kind RECYCLE: max tasks or memory). Fixed size,
-   well under PIPE_BUF, so each write is atomic and reads never split one. */
-typedef struct {
-    uint32_t kind; /* TQ_REPORT_START or TQ_REPORT_IDLE */
-    uint32_t attempt; /* START: the task's attempt */
-    uint32_t time_limit_ms; /* START: the task's own limit, 0: none */
-    char id[TQ_PROTO_MAX_ID + 1]; /* START: the task id */
-} tq_report_t;
-
-#define TQ_REPORT_IDLE 0
-#define TQ_REPORT_START 1
-#define TQ_REPORT_RECYCLE 2
-
 /* Signals from the supervisor to a child: the soft time limit of the
    running task passed (the task may check tq_task_soft_limit), and "the
    broker restarted: reconnect and send READY again". */
 #define TQ_SIGNAL_SOFT_LIMIT SIGUSR1
 #define TQ_SIGNAL_REANNOUNCE SIGUSR2
+
+/* The parent-death signal of a child: its handler SIGKILLs the child's
+   whole process group (the child and what its tasks started), so a
+   supervisor killed with SIGKILL leaves nothing behind. */
+#define TQ_SIGNAL_ORPHANED SIGRTMIN
 
 /* Runs the supervisor: forks config->concurrency children that serve the
    tasks of registry (borrowed), supervises them until SIGTERM/SIGINT.
@@ -68,12 +62,20 @@ typedef struct {
 int tq_supervisor_run(const tq_worker_config_t *config,
                       tq_registry_t *registry);
 
+/* Called first thing in a new child, forked by the supervisor parent:
+   makes the child the leader of its own process group and has it kill
+   that group (itself included) when parent dies. Returns false if parent
+   is already gone (the child must then exit). */
+bool tq_child_bind(pid_t parent);
+
 /* The task loop of one child, called right after fork with the write end
-   of its report pipe. Never returns: exits the process (0 after a clean
-   stop on SIGTERM, 1 on a fatal error). */
+   of its pipe to the supervisor (a byte wakes it when a task with a time
+   limit starts) and its board (shared memory, where it publishes where it
+   is). Never returns: exits the process (0 after a clean stop on SIGTERM,
+   1 on a fatal error). */
 void tq_child_run(const tq_worker_config_t *config,
-                  const tq_registry_t *registry, int report_fd)
-    __attribute__((noreturn));
+                  const tq_registry_t *registry, int report_fd,
+                  tq_board_t *board) __attribute__((noreturn));
 
 /* Logs one line on stderr prefixed with "tq-worker[pid]: ". */
 static inline void tq_worker_log(const char *format, ...)

@@ -10,15 +10,18 @@
 #include "tq_worker_host.h"
 
 #include <errno.h>
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
 
+#include "tq_board.h"
 #include "tq_curve.h"
+#include "tq_keeper.h"
+#include "tq_orphans.h"
 #include "tq_wire.h"
 
 /* A task received and not yet run. */
@@ -33,8 +36,11 @@ typedef struct {
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
     const tq_registry_t *registry; /* borrowed */
-    int report_fd; /* write end of the pipe to the
-                      supervisor */
+    int report_fd; /* write end of the pipe to the supervisor: nudges */
+    tq_board_t *board; /* what we publish for the supervisor (shared) */
+    uint64_t rss_kb; /* peak RSS, last sample, KiB */
+    int64_t rss_at_us; /* when it was sampled, monotonic us */
+    int64_t task_at_us; /* when the running task started, monotonic us */
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
     tq_frames_t frames; /* reused for every recv */
@@ -52,19 +58,10 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
-    /* the keeper (credit above 1 only); lock guards the fields below it,
-       and whoever holds the socket owns sock, frames, in, out, header
-       and the ring */
-    bool keeper_on; /* the thread was started */
-    pthread_t keeper;
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int wake_fd; /* eventfd: the keeper must give the socket back */
-    bool running; /* the main thread runs a task */
-    uint64_t started; /* tasks started, to tell one task from the next */
-    bool lent; /* the keeper holds the socket */
-    bool keeper_waits; /* the keeper sleeps until a task starts */
-    bool quit; /* the keeper must end */
+    /* the keeper (credit above 1 only, NULL without): whoever holds the
+       socket (tq_keeper.h) owns sock, frames, in, out, header and the
+       ring */
+    tq_keeper_t *keeper;
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -102,6 +99,37 @@ s_on_soft_limit(int sig)
         *s_soft_flag = 1;
 }
 
+/* TQ_SIGNAL_ORPHANED: the supervisor died. Whatever this child's tasks
+   started dies with it: every descendant (tq.exec's shell, its subshells,
+   a `sleep` that ignores SIGTERM, a process that left our group with
+   setsid), then our whole process group. System calls only: this is a
+   signal handler. */
+static void
+s_on_orphaned(int sig)
+{
+    (void)sig;
+    tq_orphans_kill_descendants();
+    if (getpgrp() == getpid())
+        kill(0, SIGKILL);
+    kill(getpid(), SIGKILL);
+}
+
+bool
+tq_child_bind(pid_t parent)
+{
+    /* the group first: the handler kills "our" group, which must never
+       be the supervisor's (it may hold the shell or a test runner) */
+    setpgid(0, 0);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigfillset(&sa.sa_mask);
+    sa.sa_handler = s_on_orphaned;
+    sigaction(TQ_SIGNAL_ORPHANED, &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, TQ_SIGNAL_ORPHANED);
+    /* it died before prctl took effect: no signal will come */
+    return getppid() == parent;
+}
+
 /* Peak resident set of this process, KiB. */
 static uint64_t
 s_peak_rss_kb(void)
@@ -120,23 +148,59 @@ s_die(const char *what)
     _exit(1);
 }
 
-/* Tells the supervisor what runs now. A supervisor that is gone means this
-   child must go too (PR_SET_PDEATHSIG normally got there first). */
-static void
-s_report(s_child_t *self, uint32_t kind, const s_job_t *job)
+static int64_t
+s_now_us(void)
 {
-    tq_report_t rec;
-    memset(&rec, 0, sizeof rec);
-    rec.kind = kind;
-    if (job) {
-        rec.attempt = job->attempt;
-        rec.time_limit_ms = job->time_limit_ms;
-        snprintf(rec.id, sizeof rec.id, "%s", job->id);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Short tasks share an RSS sample this old at most. */
+#define S_RSS_EVERY_US 100000
+/* A task that ran this long gets a sample of its own (getrusage is then
+   small beside it). */
+#define S_RSS_TASK_US 1000
+
+/* Peak RSS in KiB, sampled: not a system call per task. */
+static uint64_t
+s_rss_kb(s_child_t *self)
+{
+    int64_t now = s_now_us();
+    bool long_task = self->rss_at_us < self->task_at_us &&
+        now - self->task_at_us >= S_RSS_TASK_US;
+    if (!self->rss_at_us || now - self->rss_at_us >= S_RSS_EVERY_US ||
+        long_task) {
+        self->rss_kb = s_peak_rss_kb();
+        self->rss_at_us = now;
     }
+    return self->rss_kb;
+}
+
+/* Tells the supervisor where this child is, on its board: no system call,
+   nobody woken. Only a task with a time limit to watch wakes the
+   supervisor (a byte on the pipe), so that it sets its deadline now. */
+static void
+s_publish(s_child_t *self, tq_board_phase_t phase, const s_job_t *job)
+{
+    if (!job) {
+        tq_board_publish(self->board, phase, NULL, 0, 0, 0);
+        return;
+    }
+    self->task_at_us = s_now_us();
+    tq_board_publish(self->board, phase, job->id, job->attempt,
+                     job->time_limit_ms, self->task_at_us / 1000);
+    const tq_worker_config_t *cfg = self->config;
+    if (!job->time_limit_ms && !cfg->time_limit_ms && !cfg->soft_time_limit_ms)
+        return;
+    char nudge = 1;
     ssize_t n;
-    while ((n = write(self->report_fd, &rec, sizeof rec)) < 0 && errno == EINTR)
+    while ((n = write(self->report_fd, &nudge, 1)) < 0 && errno == EINTR)
         ;
-    if (n != (ssize_t)sizeof rec) {
+    /* EAGAIN: nudges are pending, the supervisor reads the board anyway;
+       EPIPE: it is gone, and so must we (PR_SET_PDEATHSIG normally got
+       there first) */
+    if (n < 0 && errno == EPIPE) {
         tq_worker_log("child: supervisor pipe closed, exiting");
         _exit(1);
     }
@@ -188,13 +252,12 @@ s_send_ready(s_child_t *self)
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
 static void s_reconnect(s_child_t *self);
 
-static void s_task_end(s_child_t *self);
-
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
             const char *error)
 {
-    s_task_end(self); /* the socket is this thread's again */
+    /* the socket is this thread's again */
+    tq_keeper_task_end(self->keeper);
     /* the broker restarted while the task ran: its DONE goes to the new
        one, after a READY so that it knows us */
     if (s_reannounce)
@@ -206,7 +269,7 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     self->out.state = state;
     self->out.code = code;
     self->out.error = tq_str(error); /* NULL packs nil */
-    self->out.rss_kb = s_peak_rss_kb();
+    self->out.rss_kb = s_rss_kb(self);
     zmq_msg_t payload;
     if (state == TQ_STATE_SUCCESS) {
         zmq_msg_init_size(&payload, self->value.size);
@@ -341,8 +404,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     if (s_send(self, NULL) != TQ_OK)
         return; /* kept: it runs here, as the broker still thinks */
     if (self->config->verbose)
-        tq_worker_log("child: task %s given back for an idle child",
-                      gone->id);
+        tq_worker_log("child: task %s given back for an idle child", gone->id);
     zmq_msg_close(&gone->args);
     zmq_msg_init(&gone->args);
     /* close the gap, keeping the order of the others */
@@ -496,14 +558,15 @@ s_reconnect(s_child_t *self)
 
 /* ---- the keeper ---- */
 
-/* The keeper's turn with the socket: answer the broker until the main
-   thread wants the socket back (wake_fd). */
+/* The keeper's turn with the socket (on its thread): answer the broker
+   until the main thread wants the socket back (wake_fd). */
 static void
-s_keeper_serve(s_child_t *self)
+s_keeper_serve(void *arg, int wake_fd)
 {
+    s_child_t *self = arg;
     for (;;) {
         zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
-                                  {NULL, self->wake_fd, ZMQ_POLLIN, 0}};
+                                  {NULL, wake_fd, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -515,145 +578,21 @@ s_keeper_serve(s_child_t *self)
     }
 }
 
-static void *
-s_keeper_main(void *arg)
-{
-    s_child_t *self = arg;
-    pthread_mutex_lock(&self->lock);
-    while (!self->quit) {
-        if (!self->running) {
-            self->keeper_waits = true;
-            pthread_cond_wait(&self->cond, &self->lock);
-            self->keeper_waits = false;
-            continue;
-        }
-        /* a task runs: is it the same one KEEPER_AFTER_MS later? */
-        uint64_t task = self->started;
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += KEEPER_AFTER_MS * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        while (!self->quit && self->running && self->started == task &&
-               pthread_cond_timedwait(&self->cond, &self->lock, &until) == 0)
-            ;
-        if (self->quit || !self->running || self->started != task)
-            continue;
-        self->lent = true;
-        pthread_mutex_unlock(&self->lock);
-        s_keeper_serve(self);
-        pthread_mutex_lock(&self->lock);
-        /* the main thread cleared running before it woke us */
-        self->lent = false;
-        pthread_cond_broadcast(&self->cond);
-    }
-    pthread_mutex_unlock(&self->lock);
-    return NULL;
-}
-
-/* Starts the keeper, with every signal blocked in it (they are the main
-   thread's). Without one (no eventfd, no thread) the child still works:
-   REVOKE is then answered between tasks. */
-static void
-s_keeper_start(s_child_t *self)
-{
-    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (self->wake_fd < 0) {
-        tq_worker_log("child: eventfd: %s; no keeper", strerror(errno));
-        return;
-    }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&self->lock, NULL);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&self->keeper, NULL, s_keeper_main, self);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        tq_worker_log("child: pthread_create: %s; no keeper", strerror(rc));
-        pthread_cond_destroy(&self->cond);
-        pthread_mutex_destroy(&self->lock);
-        close(self->wake_fd);
-        return;
-    }
-    self->keeper_on = true;
-}
-
-static void
-s_keeper_stop(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    self->quit = true;
-    pthread_cond_broadcast(&self->cond);
-    pthread_mutex_unlock(&self->lock);
-    pthread_join(self->keeper, NULL);
-    pthread_cond_destroy(&self->cond);
-    pthread_mutex_destroy(&self->lock);
-    close(self->wake_fd);
-    self->keeper_on = false;
-}
-
-/* A task starts: the keeper may take the socket if it runs long. */
-static void
-s_task_begin(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    self->running = true;
-    self->started++;
-    if (self->keeper_waits)
-        pthread_cond_signal(&self->cond);
-    pthread_mutex_unlock(&self->lock);
-}
-
-/* The task is over: the socket comes back to this thread. */
-static void
-s_task_end(s_child_t *self)
-{
-    if (!self->keeper_on)
-        return;
-    pthread_mutex_lock(&self->lock);
-    if (self->running) {
-        self->running = false;
-        if (self->lent) {
-            uint64_t one = 1;
-            while (write(self->wake_fd, &one, sizeof one) < 0 &&
-                   errno == EINTR)
-                ;
-            while (self->lent)
-                pthread_cond_wait(&self->cond, &self->lock);
-            uint64_t count;
-            while (read(self->wake_fd, &count, sizeof count) < 0 &&
-                   errno == EINTR)
-                ;
-        }
-    }
-    pthread_mutex_unlock(&self->lock);
-}
-
 /* True when this child should exit to be replaced by a fresh one. */
 static bool
-s_should_recycle(const s_child_t *self)
+s_should_recycle(s_child_t *self)
 {
     const tq_worker_config_t *cfg = self->config;
-    if (cfg->max_tasks_per_child && self->tasks_done >= cfg->max_tasks_per_child)
+    if (cfg->max_tasks_per_child &&
+        self->tasks_done >= cfg->max_tasks_per_child)
         return true;
     return cfg->max_memory_per_child_mb &&
-        s_peak_rss_kb() >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
+        s_rss_kb(self) >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
 }
 
 void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
-             int report_fd)
+             int report_fd, tq_board_t *board)
 {
     static s_child_t child; /* tq_msg_t is large: keep it off the stack */
     s_child_t *self = &child;
@@ -661,6 +600,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->config = config;
     self->registry = registry;
     self->report_fd = report_fd;
+    self->board = board;
+    fcntl(report_fd, F_SETFL, O_NONBLOCK); /* a nudge never blocks us */
     s_stop = 0;
     s_setup_signals();
 
@@ -679,8 +620,13 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self);
-    if (config->prefetch > 1)
-        s_keeper_start(self);
+    /* start-up done: a child that dies from now on is not a broken setup */
+    s_publish(self, TQ_BOARD_IDLE, NULL);
+    /* without a keeper (no thread, no eventfd) the child still works:
+       REVOKE is then answered between tasks */
+    if (config->prefetch > 1 &&
+        !(self->keeper = tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self)))
+        tq_worker_log("child: no keeper: %s", strerror(errno));
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self);
@@ -691,7 +637,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             /* tell the supervisor at once, so a crash while idle is not
                blamed on the last task */
             if (self->busy) {
-                s_report(self, TQ_REPORT_IDLE, NULL);
+                s_publish(self, TQ_BOARD_IDLE, NULL);
                 self->busy = false;
             }
             zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
@@ -709,9 +655,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         zmq_msg_close(&self->jobs[self->head].args);
         self->head = (self->head + 1) % self->capacity;
         self->count--;
-        s_report(self, TQ_REPORT_START, job);
+        s_publish(self, TQ_BOARD_BUSY, job);
         self->busy = true;
-        s_task_begin(self);
+        tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         zmq_msg_close(&job->args);
         self->tasks_done++;
@@ -722,12 +668,12 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                               "%llu KiB",
                               self->tasks_done,
                               (unsigned long long)s_peak_rss_kb());
-            s_report(self, TQ_REPORT_RECYCLE, NULL);
+            s_publish(self, TQ_BOARD_RECYCLING, NULL);
             break;
         }
     }
 
-    s_keeper_stop(self);
+    tq_keeper_destroy(&self->keeper);
     /* the broker queues again what we still hold when it sees this */
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DISCONNECT;

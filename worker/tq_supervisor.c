@@ -1,6 +1,8 @@
 /* tq_supervisor.c - the worker host's parent process: forks the children,
-   reaps and respawns them, enforces hard time limits, heartbeats the broker,
-   reports dead children with LOST and drains on SIGTERM. */
+   reaps and respawns them, kills what their tasks leave behind, enforces
+   hard time limits, heartbeats the broker, reports dead children with LOST
+   and drains on SIGTERM. */
+#include "tq_board.h"
 #include "tq_worker_host.h"
 
 #include <assert.h>
@@ -9,12 +11,15 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_orphans.h"
+#include "tq_slot.h"
 #include "tq_wire.h"
 
 #define S_HEARTBEAT_MS 1000 /* HEARTBEAT interval (PROTOCOL.md 10) */
@@ -23,33 +28,16 @@
 #define S_FAST_DEATH_MS 1000 /* a child dying younger than this backs off */
 #define S_REAP_KILLED_MS 5000 /* wait for SIGKILLed children, at most */
 #define S_CANCEL_GRACE_MS 1000 /* SIGTERM to SIGKILL for a cancelled task */
-
-/* One child slot: pid 0 means empty (waiting for its respawn). */
-typedef struct {
-    pid_t pid; /* child pid, 0: none */
-    int fd; /* read end of its report pipe, -1: none */
-    int64_t born; /* ms, monotonic */
-    int64_t respawn_at; /* ms, when pid == 0 */
-    int backoff_ms; /* next respawn delay, -1: none yet */
-    bool busy; /* running a task (per its reports) */
-    char id[TQ_PROTO_MAX_ID + 1]; /* the task it runs */
-    uint32_t attempt; /* its attempt */
-    uint32_t limit_ms; /* effective limit, 0: none */
-    int64_t deadline; /* ms, 0: none */
-    bool timed_out; /* we killed it for its time limit */
-    bool killed; /* we SIGKILLed it at shutdown */
-    int64_t soft_deadline; /* ms: SIGUSR1 then, 0: none */
-    bool cancelled; /* the broker sent KILL for its task */
-    int64_t kill_at; /* ms: SIGKILL a cancelled child then, 0: none */
-    bool recycling; /* it said it exits to be replaced */
-    bool ran_task; /* it reported a START: its setup worked */
-} s_slot_t;
+#define S_STARTUP_TRIES 5 /* children failing at start-up in a row: stop */
+#define S_SWEEP_AGAIN_MS 100 /* look for orphans again after killing some */
 
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
     tq_registry_t *registry; /* borrowed */
     pid_t pid; /* the supervisor's own */
-    s_slot_t *slots; /* config->concurrency of them */
+    tq_slot_t *slots; /* config->concurrency of them (tq_slot.h) */
+    tq_board_t *boards; /* one per slot, shared with its child */
+    pid_t *keep; /* one per slot: the children an orphan sweep spares */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
     void *sock; /* DEALER to the broker */
@@ -61,8 +49,12 @@ typedef struct {
     int64_t last_heard; /* ms, from the broker */
     bool broker_silent; /* logged the silence already */
     uint64_t broker_pid; /* from the broker's HEARTBEAT, 0: not yet */
+    uint64_t session; /* from the broker's last HEARTBEAT, 0: none */
     int stopping; /* signals of the stop kind seen */
     int64_t stop_deadline; /* ms: SIGKILL children after */
+    int startup_failures; /* children dead before UP, in a row */
+    bool broken; /* they keep failing at start-up: stop, exit 1 */
+    int64_t sweep_at; /* ms: look for orphans again, 0: no need */
 } s_super_t;
 
 static int s_sig_write_fd = -1;
@@ -112,7 +104,7 @@ s_signame(int sig, char *buf, size_t size)
 
 /* ---- talking to the broker ------------------------------------------- */
 
-static void s_read_reports(s_super_t *self, s_slot_t *slot);
+static void s_sync(s_super_t *self, tq_slot_t *slot);
 
 static void
 s_send(s_super_t *self)
@@ -139,6 +131,7 @@ s_send_heartbeat(s_super_t *self)
     self->out.command = TQ_CMD_HEARTBEAT;
     self->out.host = tq_str(self->config->host);
     self->out.pid = (uint64_t)self->pid;
+    self->out.session = self->session;
     s_send(self);
 }
 
@@ -185,7 +178,7 @@ static void
 s_reannounce_children(s_super_t *self)
 {
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid)
+        if (tq_slot_live(&self->slots[i]))
             kill(self->slots[i].pid, TQ_SIGNAL_REANNOUNCE);
 }
 
@@ -195,14 +188,17 @@ s_reannounce_children(s_super_t *self)
 static void
 s_on_kill(s_super_t *self)
 {
-    s_slot_t *slot = NULL;
+    tq_slot_t *slot = NULL;
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid &&
+        if (tq_slot_live(&self->slots[i]) &&
             (uint64_t)self->slots[i].pid == self->in.pid)
             slot = &self->slots[i];
     if (slot)
-        s_read_reports(self, slot); /* its START may be unread */
-    if (!slot || !slot->busy || !tq_str_eq(self->in.id, slot->id)) {
+        s_sync(self, slot); /* it may run another task by now */
+    if (slot && tq_str_eq(self->in.id, slot->id) &&
+        (slot->state == TQ_SLOT_CANCELLING || slot->state == TQ_SLOT_KILLING))
+        return; /* being stopped already */
+    if (!slot || !tq_slot_busy(slot) || !tq_str_eq(self->in.id, slot->id)) {
         if (self->config->verbose)
             tq_worker_log("ignored KILL for pid %llu task %.*s: not running "
                           "here",
@@ -211,12 +207,9 @@ s_on_kill(s_super_t *self)
                           self->in.id.ptr ? self->in.id.ptr : "");
         return;
     }
-    if (slot->cancelled)
-        return;
     tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
                   slot->id);
-    slot->cancelled = true;
-    slot->kill_at = s_now() + S_CANCEL_GRACE_MS;
+    tq_slot_cancel(slot, s_now() + S_CANCEL_GRACE_MS);
     kill(-slot->pid, SIGTERM);
     kill(slot->pid, SIGTERM);
 }
@@ -240,15 +233,23 @@ s_on_broker(s_super_t *self, int rc)
     switch (self->in.command) {
     case TQ_CMD_HEARTBEAT:
         /* another pid answers on the same endpoint: a restarted broker
-           that knows none of our children */
+           that knows none of our children; another session: the broker
+           dropped this host (judged it silent) and forgot its children */
         if (self->broker_pid && self->in.pid != self->broker_pid) {
             tq_worker_log("broker restarted (pid %llu, was %llu): children "
                           "announce themselves again",
                           (unsigned long long)self->in.pid,
                           (unsigned long long)self->broker_pid);
             s_reannounce_children(self);
+        } else if (self->broker_pid && self->in.session != self->session) {
+            tq_worker_log("broker started session %llu for this host (was "
+                          "%llu): children announce themselves again",
+                          (unsigned long long)self->in.session,
+                          (unsigned long long)self->session);
+            s_reannounce_children(self);
         }
         self->broker_pid = self->in.pid;
+        self->session = self->in.session;
         break;
     case TQ_CMD_KILL:
         s_on_kill(self);
@@ -290,13 +291,15 @@ s_drain_broker(s_super_t *self)
 
 /* Forks the child of slot. Returns false if fork failed (retried later). */
 static bool
-s_spawn(s_super_t *self, s_slot_t *slot)
+s_spawn(s_super_t *self, tq_slot_t *slot)
 {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) {
         tq_worker_log("pipe: %s", strerror(errno));
         return false;
     }
+    tq_board_t *board = &self->boards[slot - self->slots];
+    tq_board_reset(board); /* no child writes it now */
     fflush(stdout);
     fflush(stderr);
     /* hold signals across fork: the child must not run the supervisor's
@@ -317,13 +320,11 @@ s_spawn(s_super_t *self, s_slot_t *slot)
         return false;
     }
     if (pid == 0) {
-        /* die with the supervisor, even if it is SIGKILLed */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != self->pid)
-            _exit(1); /* it died before prctl took effect */
         /* own process group: a time-limit kill takes the task's own
-           subprocesses too */
-        setpgid(0, 0);
+           subprocesses too; and the group dies with the supervisor, even
+           if it is SIGKILLed */
+        if (!tq_child_bind(self->pid))
+            _exit(1);
         close(fds[0]);
         close(self->sig_pipe[0]);
         close(self->sig_pipe[1]);
@@ -331,77 +332,71 @@ s_spawn(s_super_t *self, s_slot_t *slot)
             if (self->slots[i].fd >= 0)
                 close(self->slots[i].fd);
         /* self->ctx and self->sock are the parent's: left alone */
-        tq_child_run(self->config, self->registry, fds[1]);
+        tq_child_run(self->config, self->registry, fds[1], board);
     }
     setpgid(pid, pid); /* both sides, so neither races the other */
     close(fds[1]);
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
+    tq_slot_move(slot, TQ_SLOT_STARTING);
     slot->pid = pid;
     slot->fd = fds[0];
     slot->born = s_now();
-    slot->busy = false;
-    slot->deadline = 0;
-    slot->timed_out = false;
-    slot->killed = false;
-    slot->soft_deadline = 0;
-    slot->cancelled = false;
-    slot->kill_at = 0;
-    slot->recycling = false;
-    slot->ran_task = false;
     if (self->config->verbose)
         tq_worker_log("started child %ld", (long)pid);
     return true;
 }
 
-/* Reads the reports a child wrote; EOF closes its pipe. */
+/* Brings slot up to date with what its child published on its board. */
 static void
-s_read_reports(s_super_t *self, s_slot_t *slot)
+s_sync(s_super_t *self, tq_slot_t *slot)
 {
-    tq_report_t rec;
+    tq_board_t board;
+    if (!tq_slot_live(slot) ||
+        !tq_board_read(&self->boards[slot - self->slots], &board))
+        return;
+    const tq_worker_config_t *cfg = self->config;
+    if (board.phase != TQ_BOARD_STARTING && slot->state == TQ_SLOT_STARTING) {
+        self->startup_failures = 0;
+        tq_slot_on_report(slot, TQ_REPORT_UP, NULL, 0, 0, 0, 0, 0);
+    }
+    if (board.tasks > slot->tasks) {
+        /* the last task started; those before it ended unseen */
+        tq_slot_on_report(slot, TQ_REPORT_START, board.id, board.attempt,
+                          board.time_limit_ms, cfg->time_limit_ms,
+                          cfg->soft_time_limit_ms, board.started_ms);
+        slot->tasks = (uint32_t)board.tasks;
+    }
+    if (board.phase == TQ_BOARD_IDLE)
+        tq_slot_on_report(slot, TQ_REPORT_IDLE, NULL, 0, 0, 0, 0, 0);
+    else if (board.phase == TQ_BOARD_RECYCLING)
+        tq_slot_on_report(slot, TQ_REPORT_RECYCLE, NULL, 0, 0, 0, 0, 0);
+}
+
+/* The child nudged us (a task with a time limit started) or closed its
+   pipe (EOF: it is exiting): drain the pipe, then read its board. */
+static void
+s_on_nudge(s_super_t *self, tq_slot_t *slot)
+{
+    char bytes[256];
     while (slot->fd >= 0) {
-        ssize_t n = read(slot->fd, &rec, sizeof rec);
+        ssize_t n = read(slot->fd, bytes, sizeof bytes);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && errno == EAGAIN)
-            return;
-        if (n != (ssize_t)sizeof rec) {
-            /* EOF (the child is exiting) or a torn record, which atomic
-               writes below PIPE_BUF rule out */
+            break;
+        if (n <= 0) {
             close(slot->fd);
             slot->fd = -1;
-            return;
-        }
-        if (rec.kind == TQ_REPORT_START) {
-            rec.id[TQ_PROTO_MAX_ID] = '\0';
-            slot->busy = true;
-            slot->ran_task = true;
-            memcpy(slot->id, rec.id, sizeof slot->id);
-            slot->attempt = rec.attempt;
-            slot->limit_ms = rec.time_limit_ms ? rec.time_limit_ms
-                                               : self->config->time_limit_ms;
-            slot->deadline = slot->limit_ms ? s_now() + slot->limit_ms : 0;
-            uint32_t soft = self->config->soft_time_limit_ms;
-            /* a soft limit past the hard one would never be seen */
-            slot->soft_deadline =
-                soft && (!slot->limit_ms || soft < slot->limit_ms)
-                    ? s_now() + soft
-                    : 0;
-        } else if (rec.kind == TQ_REPORT_RECYCLE) {
-            slot->recycling = true;
-            slot->busy = false;
-            slot->deadline = slot->soft_deadline = 0;
-        } else {
-            slot->busy = false;
-            slot->deadline = slot->soft_deadline = 0;
         }
     }
+    s_sync(self, slot);
 }
 
-static s_slot_t *
+static tq_slot_t *
 s_slot_of(s_super_t *self, pid_t pid)
 {
     for (int i = 0; i < self->config->concurrency; i++)
-        if (self->slots[i].pid == pid)
+        if (tq_slot_live(&self->slots[i]) && self->slots[i].pid == pid)
             return &self->slots[i];
     return NULL;
 }
@@ -409,36 +404,31 @@ s_slot_of(s_super_t *self, pid_t pid)
 /* A child ended: tell the broker if it was not a clean stop, and plan its
    respawn unless we are stopping. */
 static void
-s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
+s_on_exit(s_super_t *self, tq_slot_t *slot, int status, const struct rusage *ru)
 {
-    s_read_reports(self, slot); /* its last START may still be unread */
+    s_sync(self, slot); /* its last task, or that it recycles */
     if (slot->fd >= 0) {
         close(slot->fd);
         slot->fd = -1;
     }
     pid_t pid = slot->pid;
-    bool was_busy = slot->busy || slot->ran_task;
     long rss_mb = (ru->ru_maxrss + 1023) / 1024; /* ru_maxrss is in KiB */
     char error[256], buf[32];
-    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
-        (self->stopping || slot->recycling) && !slot->killed &&
-        !slot->cancelled;
-    uint32_t code = TQ_ELOST;
-    if (slot->cancelled) {
-        code = TQ_ECANCELLED;
+    bool clean = tq_slot_exit_clean(slot, status, self->stopping);
+    uint32_t code = tq_slot_lost_code(slot);
+    if (code == TQ_ECANCELLED)
         snprintf(error, sizeof error, "cancelled");
-    } else if (slot->timed_out) {
-        code = TQ_ETIMELIMIT;
+    else if (code == TQ_ETIMELIMIT)
         snprintf(error, sizeof error, "time limit exceeded (%.1f s)",
                  slot->limit_ms / 1000.0);
-    } else if (WIFSIGNALED(status))
+    else if (WIFSIGNALED(status))
         snprintf(error, sizeof error, "killed by %s (peak RSS %ld MB)",
                  s_signame(WTERMSIG(status), buf, sizeof buf), rss_mb);
     else
         snprintf(error, sizeof error, "exited with status %d (peak RSS %ld MB)",
                  WEXITSTATUS(status), rss_mb);
     if (!clean) {
-        if (slot->busy)
+        if (slot->id[0])
             tq_worker_log("child %ld %s while running task %s (attempt %u)",
                           (long)pid, error, slot->id, slot->attempt);
         else
@@ -446,14 +436,31 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
         s_send_lost(self, pid, code, error);
     } else if (self->config->verbose)
         tq_worker_log("child %ld %s", (long)pid,
-                      slot->recycling ? "recycled" : "stopped");
+                      slot->state == TQ_SLOT_RECYCLING ? "recycled"
+                                                       : "stopped");
+    /* a child that ends by itself before its first READY has a setup that
+       does not work (an endpoint it cannot use, a module that fails in
+       it); a SIGKILL or SIGTERM is someone else's doing */
+    bool by_itself = WIFEXITED(status) ||
+        (WIFSIGNALED(status) && WTERMSIG(status) != SIGKILL &&
+         WTERMSIG(status) != SIGTERM);
+    if (!clean && slot->state == TQ_SLOT_STARTING && by_itself &&
+        !self->stopping) {
+        self->startup_failures++;
+        if (self->startup_failures >= S_STARTUP_TRIES && !self->broken) {
+            tq_worker_log("children fail at start-up (%d in a row, the "
+                          "last %s): stopping; see the lines above for why",
+                          self->startup_failures, error);
+            self->broken = true;
+        }
+    }
 
     int64_t now = s_now();
     /* a child we stopped on purpose is replaced at once */
     /* backoff is for children dying before any task (a broken setup);
        one killed by its task (a poison task) is replaced at once, so the
        rest of the queue keeps its throughput */
-    if (!clean && !slot->cancelled && !was_busy &&
+    if (!clean && code != TQ_ECANCELLED && slot->tasks == 0 &&
         now - slot->born < S_FAST_DEATH_MS)
         slot->backoff_ms = slot->backoff_ms < 0 ? 0
             : slot->backoff_ms == 0             ? 50
@@ -463,28 +470,56 @@ s_on_exit(s_super_t *self, s_slot_t *slot, int status, const struct rusage *ru)
     if (slot->backoff_ms > S_BACKOFF_MAX_MS)
         slot->backoff_ms = S_BACKOFF_MAX_MS;
     slot->respawn_at = now + (slot->backoff_ms > 0 ? slot->backoff_ms : 0);
-    slot->pid = 0;
-    slot->busy = false;
-    slot->deadline = 0;
-    slot->soft_deadline = 0;
-    slot->kill_at = 0;
+    tq_slot_move(slot, TQ_SLOT_EMPTY);
 }
 
-/* Reaps every child that has ended. */
+/* Kills the orphans that came to us (tq_orphans.h), our children kept.
+   Their own children become ours in turn, so a later sweep (sweep_at)
+   takes them. Returns how many it killed. */
+static int
+s_sweep_orphans(s_super_t *self)
+{
+    size_t n = 0;
+    for (int i = 0; i < self->config->concurrency; i++)
+        if (tq_slot_live(&self->slots[i]))
+            self->keep[n++] = self->slots[i].pid;
+    return tq_orphans_kill(self->pid, self->keep, n);
+}
+
+/* Reaps every process that has ended: children, and the orphans that
+   came to us. A child's process group is killed before the child is
+   reaped (its zombie keeps its pid from reuse meanwhile): what its tasks
+   started does not outlive it. */
 static void
 s_reap(s_super_t *self)
 {
     for (;;) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        pid_t pid = info.si_pid;
+        if (pid == 0)
+            return;
+        tq_slot_t *slot = s_slot_of(self, pid);
+        if (slot)
+            kill(-pid, SIGKILL);
         int status;
         struct rusage ru;
-        pid_t pid = wait4(-1, &status, WNOHANG, &ru);
-        if (pid < 0 && errno == EINTR)
-            continue;
-        if (pid <= 0)
+        pid_t got;
+        while ((got = wait4(pid, &status, WNOHANG, &ru)) < 0 && errno == EINTR)
+            ;
+        if (got != pid)
             return;
-        s_slot_t *slot = s_slot_of(self, pid);
-        if (slot)
+        if (slot) {
             s_on_exit(self, slot, status, &ru);
+            /* its tasks' orphans left its group, or are not reaped yet */
+            if (s_sweep_orphans(self))
+                self->sweep_at = s_now() + S_SWEEP_AGAIN_MS;
+        }
     }
 }
 
@@ -493,7 +528,7 @@ s_live_children(const s_super_t *self)
 {
     int n = 0;
     for (int i = 0; i < self->config->concurrency; i++)
-        n += self->slots[i].pid != 0;
+        n += tq_slot_live(&self->slots[i]);
     return n;
 }
 
@@ -502,9 +537,9 @@ static void
 s_kill_all(s_super_t *self)
 {
     for (int i = 0; i < self->config->concurrency; i++) {
-        s_slot_t *slot = &self->slots[i];
-        if (slot->pid) {
-            slot->killed = true;
+        tq_slot_t *slot = &self->slots[i];
+        if (tq_slot_live(slot)) {
+            tq_slot_kill(slot, TQ_SLOT_KILL_SHUTDOWN);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL); /* if setpgid lost a race */
         }
@@ -519,6 +554,20 @@ s_kill_all(s_super_t *self)
     }
 }
 
+/* On the way out: kills and reaps whatever descendants came to us, until
+   none is left (bounded). */
+static void
+s_kill_orphans(s_super_t *self)
+{
+    int64_t until = s_now() + S_REAP_KILLED_MS;
+    while (s_sweep_orphans(self) && s_now() < until) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+        s_reap(self);
+    }
+    s_reap(self);
+}
+
 /* ---- the loop --------------------------------------------------------- */
 
 static void
@@ -530,6 +579,11 @@ s_on_signals(s_super_t *self)
         for (ssize_t i = 0; i < n; i++) {
             if (sigs[i] == SIGCHLD)
                 continue; /* reaped below in every case */
+            if (sigs[i] == SIGHUP) {
+                /* not a stop: a supervisor outlives its terminal */
+                tq_worker_log("SIGHUP: ignored (SIGTERM stops tq-worker)");
+                continue;
+            }
             self->stopping++;
             if (self->stopping == 1) {
                 tq_worker_log("stopping: letting %d child(ren) finish their "
@@ -539,7 +593,7 @@ s_on_signals(s_super_t *self)
                 self->stop_deadline =
                     s_now() + self->config->shutdown_timeout_ms;
                 for (int k = 0; k < self->config->concurrency; k++)
-                    if (self->slots[k].pid)
+                    if (tq_slot_live(&self->slots[k]))
                         kill(self->slots[k].pid, SIGTERM);
             }
         }
@@ -570,17 +624,18 @@ s_on_timers(s_super_t *self)
         self->broker_pid = 0;
     }
     for (int i = 0; i < self->config->concurrency; i++) {
-        s_slot_t *slot = &self->slots[i];
-        if (slot->pid && slot->busy && slot->deadline &&
-            now >= slot->deadline && !slot->timed_out) {
+        tq_slot_t *slot = &self->slots[i];
+        /* a memory read: the deadlines below are those of what runs now */
+        s_sync(self, slot);
+        if (tq_slot_busy(slot) && slot->deadline && now >= slot->deadline) {
             tq_worker_log("child %ld: task %s exceeded its time limit "
                           "(%u ms), killing it",
                           (long)slot->pid, slot->id, slot->limit_ms);
-            slot->timed_out = true;
+            tq_slot_kill(slot, TQ_SLOT_KILL_TIME_LIMIT);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
-        if (slot->pid && slot->busy && slot->soft_deadline &&
+        if (tq_slot_busy(slot) && slot->soft_deadline &&
             now >= slot->soft_deadline) {
             if (self->config->verbose)
                 tq_worker_log("child %ld: task %s passed its soft time limit",
@@ -588,14 +643,20 @@ s_on_timers(s_super_t *self)
             slot->soft_deadline = 0;
             kill(slot->pid, TQ_SIGNAL_SOFT_LIMIT);
         }
-        if (slot->pid && slot->kill_at && now >= slot->kill_at) {
-            slot->kill_at = 0;
+        if (slot->state == TQ_SLOT_CANCELLING && now >= slot->kill_at) {
+            tq_slot_kill(slot, TQ_SLOT_KILL_CANCEL);
             kill(-slot->pid, SIGKILL);
             kill(slot->pid, SIGKILL);
         }
-        if (!slot->pid && !self->stopping && now >= slot->respawn_at)
+        if (slot->state == TQ_SLOT_EMPTY && !self->stopping && !self->broken &&
+            now >= slot->respawn_at)
             if (!s_spawn(self, slot))
                 slot->respawn_at = now + S_BACKOFF_MAX_MS;
+    }
+    if (self->sweep_at && now >= self->sweep_at) {
+        self->sweep_at = 0;
+        if (s_sweep_orphans(self))
+            self->sweep_at = now + S_SWEEP_AGAIN_MS;
     }
     if (self->stopping == 1 && now >= self->stop_deadline &&
         s_live_children(self)) {
@@ -612,20 +673,22 @@ s_timeout(const s_super_t *self)
     int64_t now = s_now();
     int64_t next = self->next_heartbeat;
     for (int i = 0; i < self->config->concurrency; i++) {
-        const s_slot_t *slot = &self->slots[i];
-        if (slot->pid && slot->busy && slot->deadline && !slot->timed_out &&
-            slot->deadline < next)
+        const tq_slot_t *slot = &self->slots[i];
+        if (tq_slot_busy(slot) && slot->deadline && slot->deadline < next)
             next = slot->deadline;
-        if (slot->pid && slot->busy && slot->soft_deadline &&
+        if (tq_slot_busy(slot) && slot->soft_deadline &&
             slot->soft_deadline < next)
             next = slot->soft_deadline;
-        if (slot->pid && slot->kill_at && slot->kill_at < next)
+        if (slot->state == TQ_SLOT_CANCELLING && slot->kill_at < next)
             next = slot->kill_at;
-        if (!slot->pid && !self->stopping && slot->respawn_at < next)
+        if (slot->state == TQ_SLOT_EMPTY && !self->stopping &&
+            slot->respawn_at < next)
             next = slot->respawn_at;
     }
     if (self->stopping == 1 && self->stop_deadline < next)
         next = self->stop_deadline;
+    if (self->sweep_at && self->sweep_at < next)
+        next = self->sweep_at;
     return next <= now ? 0 : (long)(next - now);
 }
 
@@ -645,6 +708,11 @@ s_install_signals(s_super_t *self)
     sigaction(SIGCHLD, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    /* SIGHUP must not kill the supervisor: a handler main() installed
+       (reopening its log) is kept, else the loop logs and ignores it */
+    struct sigaction hup;
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler == SIG_DFL)
+        sigaction(SIGHUP, &sa, NULL);
     sa.sa_handler = SIG_IGN;
     sa.sa_flags = 0;
     sigaction(SIGPIPE, &sa, NULL);
@@ -661,15 +729,30 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     self->registry = registry;
     self->pid = getpid();
     self->slots = calloc((size_t)config->concurrency, sizeof *self->slots);
-    if (!self->slots) {
+    self->keep = calloc((size_t)config->concurrency, sizeof *self->keep);
+    if (!self->slots || !self->keep) {
         tq_worker_log("out of memory");
+        free(self->slots);
+        free(self->keep);
+        return 1;
+    }
+    self->boards =
+        mmap(NULL, (size_t)config->concurrency * sizeof(tq_board_t),
+             PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (self->boards == MAP_FAILED) {
+        tq_worker_log("mmap: %s", strerror(errno));
+        free(self->slots);
+        free(self->keep);
         return 1;
     }
     for (int i = 0; i < config->concurrency; i++) {
-        self->slots[i].fd = -1;
-        self->slots[i].backoff_ms = -1;
+        tq_slot_init(&self->slots[i]);
     }
     s_install_signals(self);
+    /* what a child's tasks leave behind when the child dies comes to us,
+       to be killed and reaped, instead of to init */
+    if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0)
+        tq_worker_log("PR_SET_CHILD_SUBREAPER: %s", strerror(errno));
 
     /* fork before any ZeroMQ context exists in this process */
     for (int i = 0; i < config->concurrency; i++)
@@ -694,7 +777,8 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     int exit_code = 0;
     zmq_pollitem_t *items =
         calloc((size_t)config->concurrency + 2, sizeof *items);
-    s_slot_t **owners = calloc((size_t)config->concurrency + 2, sizeof *owners);
+    tq_slot_t **owners =
+        calloc((size_t)config->concurrency + 2, sizeof *owners);
     if (!items || !owners) {
         tq_worker_log("out of memory");
         abort();
@@ -703,6 +787,11 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         s_on_timers(self);
         if (self->stopping >= 2) {
             tq_worker_log("second signal: killing every child now");
+            s_kill_all(self);
+            exit_code = 1;
+            break;
+        }
+        if (self->broken) {
             s_kill_all(self);
             exit_code = 1;
             break;
@@ -727,7 +816,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         /* children's reports before reaping, so a START is never missed */
         for (int i = 0; i < n; i++)
             if (owners[i] && (items[i].revents & (ZMQ_POLLIN | ZMQ_POLLERR)))
-                s_read_reports(self, owners[i]);
+                s_on_nudge(self, owners[i]);
         for (int i = 0; i < n; i++)
             owners[i] = NULL;
         s_on_signals(self);
@@ -736,6 +825,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
 
     /* tell the broker now for every child we had to kill */
     s_reap(self);
+    s_kill_orphans(self);
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DISCONNECT;
     s_send(self);
@@ -756,6 +846,8 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     free(items);
     free(owners);
     free(self->slots);
+    free(self->keep);
+    munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
     if (!exit_code)
         tq_worker_log("stopped");
     return exit_code;

@@ -1,0 +1,624 @@
+/* test_worker_host.c - end to end, the worker host's process hygiene and
+   sessions: kill -9 of a supervisor leaves no process of its host behind,
+   a cancelled tq.exec task takes every process it started, a broker that
+   stopped answering for a while gets every child announced again, a
+   child setup that keeps failing stops the host with a clear message,
+   tasks do not wake the supervisor one by one, and SIGHUP does not kill
+   the supervisor. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tq_harness.h"
+#include "tq_proto.h"
+#include "tq_wire.h"
+
+#define S_GET_MS 20000 /* bound on any get() expected to end */
+#define S_GONE_MS 10000 /* bound on processes expected to die */
+#define S_MAX_PROCS 512
+
+/* One line of /proc/N/stat, the fields we use. */
+typedef struct {
+    pid_t pid;
+    char state; /* R, S, Z ... */
+    pid_t ppid;
+    pid_t pgrp;
+} s_proc_t;
+
+/* Reads every process of the machine into procs (max); returns how many. */
+static size_t
+s_procs(s_proc_t *procs, size_t max)
+{
+    size_t n = 0;
+    DIR *dir = opendir("/proc");
+    assert_non_null(dir);
+    struct dirent *e;
+    while ((e = readdir(dir)) && n < max) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        if (*end || pid <= 0)
+            continue;
+        char path[300], buf[512];
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        char *paren = strrchr(buf, ')');
+        long ppid, pgrp;
+        char state;
+        if (!paren ||
+            sscanf(paren + 1, " %c %ld %ld", &state, &ppid, &pgrp) != 3)
+            continue;
+        procs[n++] = (s_proc_t){(pid_t)pid, state, (pid_t)ppid, (pid_t)pgrp};
+    }
+    closedir(dir);
+    return n;
+}
+
+/* Live (not zombie) processes of process group pgrp, into pids (max). */
+static size_t
+s_group(pid_t pgrp, pid_t *pids, size_t max)
+{
+    static s_proc_t procs[4096];
+    size_t n = s_procs(procs, 4096), k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (procs[i].pgrp == pgrp && procs[i].state != 'Z' && k < max)
+            pids[k++] = procs[i].pid;
+    return k;
+}
+
+/* Adds the live descendants of root (not root) to pids; returns the new
+   count. */
+static size_t
+s_descendants(pid_t root, pid_t *pids, size_t count, size_t max)
+{
+    static s_proc_t procs[4096];
+    size_t n = s_procs(procs, 4096);
+    size_t first = count;
+    /* breadth first: parents are in pids[first..] as they are found */
+    pid_t queue[S_MAX_PROCS];
+    size_t head = 0, tail = 0;
+    queue[tail++] = root;
+    while (head < tail) {
+        pid_t parent = queue[head++];
+        for (size_t i = 0; i < n; i++)
+            if (procs[i].ppid == parent && procs[i].state != 'Z' &&
+                count < max && tail < S_MAX_PROCS) {
+                pids[count++] = procs[i].pid;
+                queue[tail++] = procs[i].pid;
+            }
+    }
+    (void)first;
+    return count;
+}
+
+/* Waits until none of pids is alive and no live process is in any of the
+   groups; returns how many remain (0: all gone). */
+static size_t
+s_wait_gone(const pid_t *pids, size_t n, const pid_t *groups, size_t ngroups,
+            int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    size_t left;
+    for (;;) {
+        left = 0;
+        for (size_t i = 0; i < n; i++)
+            left += tq_harness_alive(pids[i]);
+        for (size_t g = 0; g < ngroups; g++) {
+            pid_t member[8];
+            left += s_group(groups[g], member, 8);
+        }
+        if (left == 0 || tq_harness_now_ms() >= deadline)
+            return left;
+        tq_harness_sleep_ms(20);
+    }
+}
+
+/* Waits until process group pgrp has at least want live members. */
+static size_t
+s_wait_group(pid_t pgrp, size_t want, int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    size_t n;
+    pid_t pids[64];
+    while ((n = s_group(pgrp, pids, 64)) < want &&
+           tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(20);
+    return n;
+}
+
+/* Runs tq.echo i and checks the value is [i]. */
+static void
+s_echo_ok(tq_client_t *client, int64_t i)
+{
+    tq_result_t *r = tq_apply(client, "tq.echo", NULL, S_GET_MS, "i", i);
+    assert_non_null(r);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    const msgpack_object *v = tq_result_value(r);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(v->via.array.ptr[0].via.i64, i);
+    tq_result_destroy(&r);
+}
+
+/* Two subshells that ignore SIGTERM, each a `sleep 300`, and a shell in a
+   session of its own (out of the child's process group) with its `sleep`,
+   under a shell that waits for them: per child, its own process, the
+   shell and two more in its group, two more out of it. */
+#define S_STUBBORN                                                             \
+    "(trap '' TERM; sleep 300) & (trap '' TERM; sleep 300) & "                 \
+    "setsid sh -c \"trap '' TERM; sleep 300\" </dev/null >/dev/null 2>&1 & "   \
+    "wait"
+
+/* kill -9 of the supervisor while every child runs tq.exec S_STUBBORN:
+   the supervisor, its children, their shells and every `sleep` are gone
+   within a bounded wait, found by pid, process group and parentage. */
+static void
+test_kill9_leaves_nothing(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--allow-exec", NULL};
+    pid_t worker = tq_harness_env_add_worker(env, 2, extra, true);
+    assert_true(worker > 0);
+    pid_t children[2];
+    assert_int_equal(tq_harness_children(worker, children, 2), 2);
+
+    tq_result_t *r[2];
+    for (int i = 0; i < 2; i++) {
+        r[i] = tq_apply_async(env->client, "tq.exec", NULL, "s", S_STUBBORN);
+        assert_non_null(r[i]);
+    }
+    /* both run: each child's group holds the child, sh and two more, and
+       two more left it */
+    for (int i = 0; i < 2; i++)
+        assert_true(s_wait_group(children[i], 4, S_GET_MS) >= 4);
+    pid_t pids[S_MAX_PROCS];
+    size_t n = 0;
+    int64_t deadline = tq_harness_now_ms() + S_GET_MS;
+    while ((n = s_descendants(worker, pids, 1, S_MAX_PROCS)) < 1 + 2 * 6 &&
+           tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(20);
+    pids[0] = worker;
+    printf("host: supervisor %d and %zu descendant(s)\n", (int)worker, n - 1);
+    assert_true(n >= 1 + 2 * 6);
+
+    assert_int_equal(kill(worker, SIGKILL), 0);
+    int status = 0;
+    assert_int_equal(tq_harness_wait_exit(worker, S_GONE_MS, &status), 0);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    for (size_t i = 0; i < env->worker_count; i++)
+        if (env->workers[i] == worker)
+            env->workers[i--] = env->workers[--env->worker_count];
+    size_t left = s_wait_gone(pids, n, children, 2, S_GONE_MS);
+    if (left)
+        printf("%zu process(es) of the host still alive\n", left);
+    assert_int_equal(left, 0);
+    for (int i = 0; i < 2; i++)
+        tq_result_destroy(&r[i]);
+}
+
+/* Cancels the tq.exec task `command` running on the only child of a
+   fresh worker host and checks that every process of the child's group
+   is gone after the grace period, and that a new child serves. */
+static void
+s_cancel_exec(tq_harness_env_t *env, const char *command, size_t members,
+              size_t descendants)
+{
+    const char *extra[] = {"--allow-exec", NULL};
+    pid_t worker = tq_harness_env_add_worker(env, 1, extra, true);
+    assert_true(worker > 0);
+    pid_t child;
+    assert_int_equal(tq_harness_children(worker, &child, 1), 1);
+    tq_result_t *r = tq_apply_async(env->client, "tq.exec", NULL, "s", command);
+    assert_non_null(r);
+    assert_true(s_wait_group(child, members, S_GET_MS) >= members);
+    pid_t pids[64];
+    size_t n = 0;
+    int64_t deadline = tq_harness_now_ms() + S_GET_MS;
+    while ((n = s_descendants(child, pids, 0, 64)) < descendants &&
+           tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(20);
+    assert_true(n >= descendants);
+    n = s_group(child, pids + n, 64 - n) + n; /* and the group's */
+
+    assert_int_equal(tq_client_cancel(env->client, tq_result_id(r), 5000),
+                     TQ_OK);
+    assert_int_equal(tq_result_get(r, S_GET_MS), TQ_ECANCELLED);
+    tq_result_destroy(&r);
+    size_t left = s_wait_gone(pids, n, &child, 1, S_GONE_MS);
+    if (left)
+        printf("%zu process(es) of the cancelled task still alive\n", left);
+    assert_int_equal(left, 0);
+    /* the host goes on with a new child */
+    assert_int_equal(tq_harness_wait_workers(env->client, 1, worker, 10000), 0);
+    s_echo_ok(env->client, 5);
+    assert_int_equal(tq_harness_env_stop_worker(env, worker), 0);
+}
+
+/* A cancelled command that ignores SIGTERM, with a subprocess that
+   ignores it too: the SIGKILL after the grace takes them all. */
+static void
+test_cancel_stubborn_command(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    s_cancel_exec(env, "trap '' TERM; sleep 300 & wait", 3, 2);
+}
+
+/* A cancelled command that exits on SIGTERM, leaving a subprocess that
+   ignores it and holds none of the output pipes: the task ends at once,
+   and the subprocess must not outlive it. */
+static void
+test_cancel_leaves_no_subprocess(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    s_cancel_exec(env,
+                  "(trap '' TERM; sleep 300) </dev/null >/dev/null 2>&1 & "
+                  "wait",
+                  3, 2);
+}
+
+/* A cancelled command that started a process in a session of its own
+   (out of the child's process group, so no group kill reaches it): its
+   parent dies, it comes to the supervisor (a subreaper), which kills it
+   and its group when the child ends. */
+static void
+test_cancel_kills_escaped_process(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    /* tq.exec's sh, the setsid'd sh, its sleep */
+    s_cancel_exec(env,
+                  "setsid sh -c \"trap '' TERM; sleep 300\" </dev/null "
+                  ">/dev/null 2>&1 & wait",
+                  2, 3);
+}
+
+/* The broker stops answering for 5 s (SIGSTOP), long enough to judge the
+   host silent and drop it, then goes on (SIGCONT): every child is listed
+   again and tasks submitted afterwards all complete. */
+static void
+test_broker_pause_reannounce(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(worker > 0);
+    s_echo_ok(env->client, 1);
+
+    assert_int_equal(kill(env->broker.pid, SIGSTOP), 0);
+    tq_harness_sleep_ms(5000); /* the stimulus: 5 s of silence */
+    assert_int_equal(kill(env->broker.pid, SIGCONT), 0);
+
+    assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, 20000), 0);
+    enum { N = 50 };
+    tq_result_t *r[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+    }
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        done += tq_result_get(r[i], S_GET_MS) == TQ_OK;
+        tq_result_destroy(&r[i]);
+    }
+    assert_int_equal(done, N);
+    /* still listed, both */
+    assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, 5000), 0);
+}
+
+/* What a fake broker saw. */
+typedef struct {
+    void *router; /* bound ROUTER the worker host connects to */
+    uint64_t session; /* what its HEARTBEAT replies carry */
+    int readies; /* READY received */
+    pid_t ready_pids[16]; /* their pids, readies of them (16 at most) */
+    int heartbeats; /* HEARTBEAT received from the supervisor */
+    uint64_t last_session; /* the session the last one carried */
+} s_fake_t;
+
+/* Serves the fake broker for one message (waits up to 1 s): answers a
+   HEARTBEAT with its own (host "fake", pid 4242, self->session), counts
+   READY. */
+static void
+s_fake_step(s_fake_t *self)
+{
+    zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, 1000) <= 0)
+        return;
+    tq_frames_t f;
+    tq_frames_init(&f);
+    static tq_msg_t in, out;
+    const char *why;
+    if (tq_wire_recv(self->router, &f, true, 0) == TQ_OK &&
+        tq_wire_decode(&f, &in, &why) == TQ_OK) {
+        if (in.command == TQ_CMD_READY) {
+            if (self->readies < 16)
+                self->ready_pids[self->readies] = (pid_t)in.pid;
+            self->readies++;
+        } else if (in.command == TQ_CMD_HEARTBEAT) {
+            self->heartbeats++;
+            self->last_session = in.session;
+            memset(&out, 0, sizeof out);
+            out.command = TQ_CMD_HEARTBEAT;
+            out.host = tq_str("fake");
+            out.pid = 4242;
+            out.session = self->session;
+            msgpack_sbuffer buf;
+            msgpack_sbuffer_init(&buf);
+            assert_int_equal(tq_wire_send_msg(self->router, &f.identity, &out,
+                                              &buf, NULL, 0),
+                             TQ_OK);
+            msgpack_sbuffer_destroy(&buf);
+        }
+    }
+    tq_frames_close(&f);
+}
+
+/* Serves until `readies` READY came and a HEARTBEAT carried `session`
+   back, for timeout_ms at most. */
+static void
+s_fake_until(s_fake_t *self, int readies, uint64_t session, int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    self->last_session = UINT64_MAX;
+    while ((self->readies < readies || self->last_session != session) &&
+           tq_harness_now_ms() < deadline)
+        s_fake_step(self);
+    assert_int_equal(self->readies, readies);
+    assert_int_equal(self->last_session, session);
+}
+
+/* Serves until n more HEARTBEATs came, for timeout_ms at most. */
+static void
+s_fake_heartbeats(s_fake_t *self, int n, int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    int until = self->heartbeats + n;
+    while (self->heartbeats < until && tq_harness_now_ms() < deadline)
+        s_fake_step(self);
+    assert_true(self->heartbeats >= until);
+}
+
+/* A broker (here a fake one, a ROUTER of this test) that answers with a
+   new session number has forgotten the host: each child sends READY
+   again, once; answers in the same session make none. The supervisor
+   sends back the last session it got, 0 before any. */
+static void
+test_session_change_reannounces(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    s_fake_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker", ep, "-c", "2", NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+
+    /* session 1: the first answer the host gets; no READY again for it */
+    fake.session = 1;
+    s_fake_until(&fake, 2, 1, S_GET_MS);
+    s_fake_heartbeats(&fake, 2, S_GET_MS);
+    assert_int_equal(fake.readies, 2);
+    assert_int_equal(fake.last_session, 1);
+    pid_t first[2] = {fake.ready_pids[0], fake.ready_pids[1]};
+    assert_true(first[0] != first[1]);
+
+    /* session 2: every child once more, the same children */
+    fake.session = 2;
+    s_fake_until(&fake, 4, 2, S_GET_MS);
+    s_fake_heartbeats(&fake, 2, S_GET_MS);
+    assert_int_equal(fake.readies, 4);
+    for (int i = 2; i < 4; i++)
+        assert_true(fake.ready_pids[i] == first[0] ||
+                    fake.ready_pids[i] == first[1]);
+    assert_true(fake.ready_pids[2] != fake.ready_pids[3]);
+
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    int linger = 0;
+    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(fake.router);
+    zmq_ctx_term(ctx);
+}
+
+/* Counts the lines of text that hold needle and not unless. */
+static int
+s_count_lines(const char *text, const char *needle, const char *unless)
+{
+    int n = 0;
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char *copy = strndup(line, len);
+        assert_non_null(copy);
+        n += strstr(copy, needle) && !strstr(copy, unless);
+        free(copy);
+        line += len + (end != NULL);
+    }
+    return n;
+}
+
+/* Reads fd to EOF, or for timeout_ms at most, into a malloc'd
+   NUL-terminated string. */
+static char *
+s_slurp(int fd, int timeout_ms)
+{
+    size_t size = 0, cap = 4096;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    ssize_t n = 1;
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    while (n > 0) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int64_t left = deadline - tq_harness_now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            break;
+        if ((n = read(fd, buf + size, cap - size - 1)) <= 0)
+            break;
+        size += (size_t)n;
+        if (cap - size < 2) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    buf[size] = '\0';
+    return buf;
+}
+
+/* A child that exits at start-up, again and again (a module whose fork
+   handler exits 3): after 5 tries with backoff the supervisor stops with
+   a message saying so and exit status 1, instead of respawning forever. */
+static void
+test_startup_failures_stop_host(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker", env->broker.workers, "-c",
+                          "1",           "--module", TQ_FORKFAIL_SO,      NULL};
+    int err_fd = -1;
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
+    assert_true(worker > 0);
+    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    close(err_fd);
+    int status = 0;
+    fputs(err, stdout);
+    assert_int_equal(tq_harness_wait_exit(worker, S_GONE_MS, &status), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+    assert_non_null(strstr(err, "children fail at start-up (5 in a row"));
+    /* five children tried, no sixth */
+    assert_int_equal(
+        s_count_lines(err, "exited with status 3", "fail at start-up"), 5);
+    free(err);
+}
+
+/* The supervisor's main thread's voluntary context switches (its
+   wakeups), from /proc; -1 if unknown. */
+static long
+s_wakeups(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long n = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "voluntary_ctxt_switches: %ld", &n) == 1)
+            break;
+    fclose(f);
+    return n;
+}
+
+/* Children tell their supervisor nothing per task (they publish on
+   shared memory; only a task with a time limit wakes it): 2,000 tasks
+   wake the supervisor far fewer than 2,000 times. */
+static void
+test_no_wakeup_per_task(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(worker > 0);
+    s_echo_ok(env->client, 0);
+    enum { N = 2000 };
+    long before = s_wakeups(worker);
+    assert_true(before >= 0);
+    tq_result_t **r = calloc(N, sizeof *r);
+    assert_non_null(r);
+    for (int i = 0; i < N; i++)
+        assert_non_null(r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i",
+                                              (int64_t)i));
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        done += tq_result_get(r[i], S_GET_MS) == TQ_OK;
+        tq_result_destroy(&r[i]);
+    }
+    free(r);
+    long wakeups = s_wakeups(worker) - before;
+    printf("supervisor woke %ld times for %d tasks\n", wakeups, N);
+    assert_int_equal(done, N);
+    /* heartbeats and their answers wake it: a few per second */
+    assert_true(wakeups < N / 10);
+}
+
+/* SIGHUP does not stop the supervisor: its children go on serving, and a
+   later SIGTERM still drains it to exit status 0. */
+static void
+test_sighup_survived(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t worker = tq_harness_env_add_worker(env, 1, NULL, true);
+    assert_true(worker > 0);
+    assert_int_equal(kill(worker, SIGHUP), 0);
+    s_echo_ok(env->client, 1);
+    assert_int_equal(kill(worker, SIGHUP), 0);
+    s_echo_ok(env->client, 2);
+    int status = tq_harness_env_stop_worker(env, worker);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+int
+main(void)
+{
+    tq_harness_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_kill9_leaves_nothing,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_stubborn_command,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_leaves_no_subprocess,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_kills_escaped_process,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_broker_pause_reannounce,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test(test_session_change_reannounces),
+        cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_no_wakeup_per_task,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_sighup_survived,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

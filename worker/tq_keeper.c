@@ -1,0 +1,217 @@
+/* tq_keeper.c - a child's keeper thread and its socket-lending protocol:
+   one state under one lock, moved by s_move, which asserts legality. */
+#include "tq_keeper.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+struct tq_keeper_t {
+    pthread_t thread;
+    pthread_mutex_t lock; /* guards the fields below it */
+    pthread_cond_t cond; /* on the monotonic clock */
+    int wake_fd; /* eventfd: give the socket back */
+    int after_ms; /* a task this old gets the keeper */
+    tq_keeper_serve_fn *serve; /* called while LENT */
+    void *arg; /* serve's */
+    tq_keeper_state_t state; /* the one state */
+    uint64_t task; /* tasks begun: tells one task from the next */
+    unsigned long lends; /* LENT entered */
+    bool asleep; /* the keeper waits untimed in IDLE: begin signals it
+                    (a wakeup saved per short task, not a state) */
+};
+
+#define S_BIT(state) (1u << (state))
+
+/* s_legal[from]: the states the keeper may move to from `from`. */
+static const unsigned s_legal[TQ_KEEPER_STATE_COUNT_] = {
+    [TQ_KEEPER_IDLE] = S_BIT(TQ_KEEPER_TIMING) | S_BIT(TQ_KEEPER_QUIT),
+    [TQ_KEEPER_TIMING] =
+        S_BIT(TQ_KEEPER_IDLE) | S_BIT(TQ_KEEPER_LENT) | S_BIT(TQ_KEEPER_QUIT),
+    [TQ_KEEPER_LENT] = S_BIT(TQ_KEEPER_RECLAIM),
+    [TQ_KEEPER_RECLAIM] = S_BIT(TQ_KEEPER_IDLE),
+    [TQ_KEEPER_QUIT] = 0,
+};
+
+static const char *const s_names[TQ_KEEPER_STATE_COUNT_] = {
+    [TQ_KEEPER_IDLE] = "IDLE", [TQ_KEEPER_TIMING] = "TIMING",
+    [TQ_KEEPER_LENT] = "LENT", [TQ_KEEPER_RECLAIM] = "RECLAIM",
+    [TQ_KEEPER_QUIT] = "QUIT",
+};
+
+bool
+tq_keeper_legal(tq_keeper_state_t from, tq_keeper_state_t to)
+{
+    if ((unsigned)from >= TQ_KEEPER_STATE_COUNT_ ||
+        (unsigned)to >= TQ_KEEPER_STATE_COUNT_)
+        return false;
+    return (s_legal[from] & S_BIT(to)) != 0;
+}
+
+const char *
+tq_keeper_state_name(tq_keeper_state_t state)
+{
+    return (unsigned)state < TQ_KEEPER_STATE_COUNT_ ? s_names[state] : "?";
+}
+
+/* The one place the state changes; the caller holds the lock. */
+static void
+s_move(tq_keeper_t *self, tq_keeper_state_t to)
+{
+    assert(tq_keeper_legal(self->state, to));
+    self->state = to;
+}
+
+static void *
+s_main(void *arg)
+{
+    tq_keeper_t *self = arg;
+    pthread_mutex_lock(&self->lock);
+    while (self->state != TQ_KEEPER_QUIT) {
+        if (self->state != TQ_KEEPER_TIMING) {
+            self->asleep = true;
+            pthread_cond_wait(&self->cond, &self->lock);
+            self->asleep = false;
+            continue;
+        }
+        /* a task runs: is it the same one after_ms later? */
+        uint64_t task = self->task;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += (long)self->after_ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        while (self->state == TQ_KEEPER_TIMING && self->task == task &&
+               pthread_cond_timedwait(&self->cond, &self->lock, &until) == 0)
+            ;
+        if (self->state != TQ_KEEPER_TIMING || self->task != task)
+            continue;
+        s_move(self, TQ_KEEPER_LENT);
+        self->lends++;
+        pthread_mutex_unlock(&self->lock);
+        self->serve(self->arg, self->wake_fd);
+        pthread_mutex_lock(&self->lock);
+        /* serve returns only when woken, and the main thread moved to
+           RECLAIM before it woke us */
+        s_move(self, TQ_KEEPER_IDLE);
+        pthread_cond_broadcast(&self->cond);
+    }
+    pthread_mutex_unlock(&self->lock);
+    return NULL;
+}
+
+tq_keeper_t *
+tq_keeper_new(int after_ms, tq_keeper_serve_fn *serve, void *arg)
+{
+    tq_keeper_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->after_ms = after_ms;
+    self->serve = serve;
+    self->arg = arg;
+    self->state = TQ_KEEPER_IDLE;
+    self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->wake_fd < 0) {
+        free(self);
+        return NULL;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&self->lock, NULL);
+    /* every signal blocked in the keeper: they are the main thread's */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&self->thread, NULL, s_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        pthread_cond_destroy(&self->cond);
+        pthread_mutex_destroy(&self->lock);
+        close(self->wake_fd);
+        free(self);
+        errno = rc;
+        return NULL;
+    }
+    return self;
+}
+
+void
+tq_keeper_destroy(tq_keeper_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_keeper_t *self = *self_p;
+    pthread_mutex_lock(&self->lock);
+    s_move(self, TQ_KEEPER_QUIT);
+    pthread_cond_broadcast(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    pthread_join(self->thread, NULL);
+    pthread_cond_destroy(&self->cond);
+    pthread_mutex_destroy(&self->lock);
+    close(self->wake_fd);
+    free(self);
+    *self_p = NULL;
+}
+
+void
+tq_keeper_task_begin(tq_keeper_t *self)
+{
+    if (!self)
+        return;
+    pthread_mutex_lock(&self->lock);
+    s_move(self, TQ_KEEPER_TIMING);
+    self->task++;
+    if (self->asleep)
+        pthread_cond_signal(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+}
+
+void
+tq_keeper_task_end(tq_keeper_t *self)
+{
+    if (!self)
+        return;
+    pthread_mutex_lock(&self->lock);
+    if (self->state == TQ_KEEPER_TIMING)
+        /* not lent: the keeper notices at its timeout, unwoken */
+        s_move(self, TQ_KEEPER_IDLE);
+    else if (self->state == TQ_KEEPER_LENT) {
+        s_move(self, TQ_KEEPER_RECLAIM);
+        uint64_t one = 1;
+        while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+        while (self->state != TQ_KEEPER_IDLE)
+            pthread_cond_wait(&self->cond, &self->lock);
+        uint64_t count;
+        while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_mutex_unlock(&self->lock);
+}
+
+tq_keeper_state_t
+tq_keeper_state(tq_keeper_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    tq_keeper_state_t state = self->state;
+    pthread_mutex_unlock(&self->lock);
+    return state;
+}
+
+unsigned long
+tq_keeper_lends(tq_keeper_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    unsigned long n = self->lends;
+    pthread_mutex_unlock(&self->lock);
+    return n;
+}
