@@ -4,17 +4,33 @@ SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# where `make install` puts tq (configured into tq.pc too); DESTDIR stages
+PREFIX ?= /usr/local
+ALL_CMAKE_FLAGS = $(CMAKE_FLAGS) -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps configure build test demo demo-network install bench sanitize memcheck \
-        format clean fuzz fuzz-build
+.PHONY: all deps configure build test demo demo-network install uninstall \
+        bench sanitize memcheck format clean fuzz fuzz-build FORCE
 
 all: build
 
-deps:
+# deps.sh and cmake run again only when something they depend on changed:
+# the package list, or the flags (a stamp holds the last ones), so `make
+# demo` then `make test` builds once.
+$(BUILD)/.tq-deps: scripts/deps.sh
 	@scripts/deps.sh
+	@mkdir -p $(BUILD) && touch $@
 
-configure: deps
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+$(BUILD)/.tq-flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(ALL_CMAKE_FLAGS)' | cmp -s - $@ || echo '$(ALL_CMAKE_FLAGS)' > $@
+
+$(BUILD)/CMakeCache.txt: $(BUILD)/.tq-deps $(BUILD)/.tq-flags
+	cmake -S . -B $(BUILD) $(ALL_CMAKE_FLAGS)
+	@touch $@
+
+deps: $(BUILD)/.tq-deps
+
+configure: $(BUILD)/CMakeCache.txt
 
 build: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -31,6 +47,12 @@ demo-network: build
 
 install: build
 	cmake --install $(BUILD)
+
+# removes what `make install` wrote (its install_manifest.txt)
+uninstall:
+	@test -f $(BUILD)/install_manifest.txt || \
+	  { echo "uninstall: nothing installed from $(BUILD)" >&2; exit 1; }
+	cmake -P cmake/uninstall.cmake $(BUILD)/install_manifest.txt
 
 bench: build
 	$(BUILD)/bench/tq-bench

@@ -10,6 +10,8 @@ packages=(
   libjansson-dev                        # JSON in the tq CLI
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   procps                                # ps/pgrep used by scripts
+  libsystemd-dev                        # sd_notify: tq-broker Type=notify
+  systemd                               # systemd-analyze verify in tests
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`
