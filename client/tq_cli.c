@@ -15,6 +15,7 @@
 #include "tq/tq_client.h"
 #include "tq_cli.h"
 #include "tq_client_internal.h"
+#include "tq_client_unserved.h"
 #include "tq_endpoint.h"
 #include "tq_env.h"
 #include "tq_keygen.h"
@@ -761,30 +762,6 @@ s_print_result(tq_result_t *r, int code, bool as_json)
 
 /* ---- submit, get -------------------------------------------------------- */
 
-/* Asks STATUS once whether some connected worker provides task on queue:
-   1 yes, 0 no, -1 the broker did not say (no answer within a second). */
-static int
-s_served(tq_client_t *client, const char *task, const char *queue)
-{
-    tq_buf_t body;
-    if (tq_client_status(client, &body, 1000) != TQ_OK)
-        return -1;
-    msgpack_unpacked up;
-    msgpack_unpacked_init(&up);
-    size_t off = 0;
-    int served = -1;
-    if (msgpack_unpack_next(&up, body.data, body.size, &off) ==
-            MSGPACK_UNPACK_SUCCESS &&
-        up.data.type == MSGPACK_OBJECT_MAP) {
-        json_t *status = tq_cli_to_json(&up.data);
-        served = tq_cli_provided(status, task, queue) ? 1 : 0;
-        json_decref(status);
-    }
-    msgpack_unpacked_destroy(&up);
-    tq_buf_free(&body);
-    return served;
-}
-
 /* The argv for getopt_long: argv[-1] (the verb) then argv, except that
    each value getopt would read as a short option (-5, -0.5, -[1]) is
    replaced by its placeholder masked[i], "\x01" and its index, which is
@@ -965,7 +942,7 @@ tq_cli_submit(tq_client_t *client, int argc, char **argv)
         int code = tq_result_wait_answer(r, timeout_ms);
         bool unserved = false;
         if (code == TQ_OK && !tq_result_ready(r) &&
-            s_served(client, task, queue) == 0) {
+            tq_client_provided(client, task, queue, 1000) == 0) {
             /* the task waits, as designed; the user is told once */
             unserved = true;
             fprintf(stderr,
