@@ -6,6 +6,8 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo
 # where `make install` puts tq (configured into tq.pc too); DESTDIR stages
 PREFIX ?= /usr/local
+# `make install DESTDIR=/tmp/stage`: cmake --install reads it from the environment
+export DESTDIR
 ALL_CMAKE_FLAGS = $(CMAKE_FLAGS) -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
 .PHONY: all deps configure build test demo demo-network install uninstall \
