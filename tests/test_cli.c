@@ -555,6 +555,19 @@ test_countdown_eta(void **state)
     s_tq(&run, env->broker.clients, bad);
     assert_int_equal(run.exit_code, 2);
     tq_harness_run_free(&run);
+    /* ISO-8601 with a zone: a time past runs at once, one too far (past
+       what a countdown holds, 24 days) is refused */
+    const char *past[] = {"submit", "tq.echo", "p", "--eta",
+                          "2000-01-01T00:00:00Z", "--wait", NULL};
+    s_tq(&run, env->broker.clients, past);
+    assert_int_equal(run.exit_code, 0);
+    assert_string_equal(s_trim(run.out), "[\"p\"]");
+    tq_harness_run_free(&run);
+    const char *far[] = {"submit", "tq.echo", "f",
+                         "--eta=2999-01-01T00:00:00+02:00", NULL};
+    s_tq(&run, env->broker.clients, far);
+    assert_int_equal(run.exit_code, 2);
+    tq_harness_run_free(&run);
     /* a short countdown still ends in the result */
     const char *soon[] = {"submit", "tq.echo", "s", "--countdown", "0.2",
                           "--wait", NULL};
