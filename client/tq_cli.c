@@ -46,7 +46,7 @@ static const char *s_usage_main =
     "  --broker EP      the broker's client endpoint (default: $TQ_BROKER, "
     "else\n"
     "                   " TQ_DEFAULT_CLIENT_ENDPOINT ")\n"
-    "  --log-level L    error, warning (default), info or debug: the "
+    "  --log-level L    error (default), warning, info or debug: the "
     "library's\n"
     "                   log lines on stderr ($TQ_LOG_LEVEL)\n"
     "  --log-json       log lines as JSON objects ($TQ_LOG_JSON)\n"
@@ -1118,8 +1118,9 @@ main(int argc, char **argv)
     /* czmq would otherwise catch SIGINT/SIGTERM and a shell user could not
        interrupt a waiting `tq get --wait` */
     setenv("ZSYS_SIGHANDLER", "false", 0);
-    /* the CLI prints its own errors; the library's notes only when asked */
-    tq_log_set_level(TQ_LOG_WARNING);
+    /* the CLI says what went wrong itself; the library's warnings and
+       notes only when asked (--log-level) */
+    tq_log_set_level(TQ_LOG_ERROR);
     tq_log_init("tq");
     enum { O_BROKER = 256, O_LOG_LEVEL, O_LOG_JSON, O_VERSION, O_HELP };
     static const struct option options[] = {

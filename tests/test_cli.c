@@ -506,6 +506,17 @@ test_logs_on_stderr(void **state)
     assert_true(stamp - run.err >= 23 && stamp[-13] == 'T');
     tq_harness_run_free(&run);
 
+    /* by default only tq's own error line: no library log mixed in */
+    const char *plain[] = {"submit", "tq.echo", "1", "--wait", NULL};
+    s_tq(&run, endpoint, plain);
+    assert_int_equal(run.exit_code, 4);
+    assert_string_equal(run.out, "");
+    assert_null(strstr(run.err, "WARNING"));
+    assert_int_equal(strncmp(run.err, "error: TQ_EUNREACHABLE: ", 24), 0);
+    assert_int_equal(strchr(run.err, '\n') - run.err + 1,
+                     (long)strlen(run.err));
+    tq_harness_run_free(&run);
+
     const char *json_args[] = {"--log-json", "--log-level", "info", "submit",
                                "tq.echo", "1", "--wait", NULL};
     s_tq(&run, endpoint, json_args);
