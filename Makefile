@@ -4,17 +4,35 @@ SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQ_WERROR=ON
+# where `make install` puts tq (configured into tq.pc too); DESTDIR stages
+PREFIX ?= /usr/local
+# `make install DESTDIR=/tmp/stage`: cmake --install reads it from the environment
+export DESTDIR
+ALL_CMAKE_FLAGS = $(CMAKE_FLAGS) -DCMAKE_INSTALL_PREFIX=$(PREFIX)
 
-.PHONY: all deps configure build test demo demo-network install bench sanitize memcheck \
-        format clean fuzz fuzz-build
+.PHONY: all deps configure build test demo demo-network install uninstall \
+        bench sanitize memcheck format clean fuzz fuzz-build FORCE
 
 all: build
 
-deps:
+# deps.sh and cmake run again only when something they depend on changed:
+# the package list, or the flags (a stamp holds the last ones), so `make
+# demo` then `make test` builds once.
+$(BUILD)/.tq-deps: scripts/deps.sh
 	@scripts/deps.sh
+	@mkdir -p $(BUILD) && touch $@
 
-configure: deps
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+$(BUILD)/.tq-flags: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(ALL_CMAKE_FLAGS)' | cmp -s - $@ || echo '$(ALL_CMAKE_FLAGS)' > $@
+
+$(BUILD)/CMakeCache.txt: $(BUILD)/.tq-deps $(BUILD)/.tq-flags
+	cmake -S . -B $(BUILD) $(ALL_CMAKE_FLAGS)
+	@touch $@
+
+deps: $(BUILD)/.tq-deps
+
+configure: $(BUILD)/CMakeCache.txt
 
 build: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -36,6 +54,12 @@ demo-network: build
 
 install: build
 	cmake --install $(BUILD)
+
+# removes what `make install` wrote (its install_manifest.txt)
+uninstall:
+	@test -f $(BUILD)/install_manifest.txt || \
+	  { echo "uninstall: nothing installed from $(BUILD)" >&2; exit 1; }
+	cmake -P cmake/uninstall.cmake $(BUILD)/install_manifest.txt
 
 # tq against the bare ZeroMQ broker, Gearman and multiprocessing.Pool(2),
 # interleaved over 7 rounds (issue 13, about 2 minutes on 2 vCPUs);
@@ -82,8 +106,10 @@ FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined \
 FUZZ_LIBS = $$(pkg-config --cflags --libs libczmq libzmq msgpack jansson) \
   -lm -lpthread
 FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_wire.c proto/tq_error.c \
+  proto/tq_log.c proto/tq_endpoint.c proto/tq_env.c \
   proto/tq_curve.c
 FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
+  client/tq_client_unserved.c \
   client/tq_client.c client/tq_pack.c client/tq_inspect.c
 
 fuzz-build:

@@ -1,17 +1,31 @@
-/* main.c - tq-broker: parses options, binds, prints the endpoints, runs the
-   loop until SIGTERM or SIGINT. */
+/* main.c - tq-broker: parses options (and their TQ_BROKER_* variables),
+   checks the endpoints, binds (loopback by default), prints the endpoints,
+   tells systemd it is ready, runs the loop until SIGTERM or SIGINT. */
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#ifdef TQ_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "tq/tq_error.h"
 #include "tq_auth.h"
 #include "tq_broker.h"
 #include "tq_http.h"
+#include "tq_endpoint.h"
+#include "tq_env.h"
+#include "tq_log.h"
 #include "tq_store.h"
+
+/* Loopback unless told otherwise: opening the broker to the network is a
+   decision (--clients with host *, and CURVE keys). */
+#define S_CLIENTS "tcp://127.0.0.1:5555"
+#define S_WORKERS "tcp://127.0.0.1:5556"
 
 static tq_broker_t *s_broker;
 
@@ -30,6 +44,7 @@ s_on_hangup(int sig)
 {
     (void)sig;
     tq_auth_reload();
+    tq_log_reopen();
 }
 
 static void
@@ -38,12 +53,16 @@ s_usage(FILE *out)
     fprintf(out,
             "usage: tq-broker [--clients EP] [--workers EP] "
             "[--result-ttl SEC] [-v]\n"
-            "  --clients EP      client endpoint (default %s)\n"
+            "  --clients EP      client endpoint (default %s; "
+            "tcp://*:5555 opens it\n"
+            "                    to the network: use CURVE then)\n"
             "  --workers EP      worker endpoint (default %s)\n"
             "  --result-ttl SEC  keep final results this long (default %d)\n"
             "  --max-lost N      worker deaths a task may cause before it "
             "fails (default %d)\n"
-            "  --data DIR        the store's directory (default %s)\n"
+            "  --data DIR        the store's directory (default "
+            "$STATE_DIRECTORY under\n"
+            "                    systemd, else %s; printed at start)\n"
             "  --store URL       a PostgreSQL store instead of --data "
             "(postgresql://user@host/db)\n"
             "  --new-store       start an empty store even though DIR held "
@@ -86,10 +105,20 @@ s_usage(FILE *out)
             "(e.g. 127.0.0.1:8080)\n"
             "  --http-token TOKEN, --http-token-file FILE  allow retry, "
             "cancel, purge\n"
-            "  -v, --verbose     log every exchange to stderr\n"
+            "  -v, --verbose     log every exchange to stderr (= "
+            "--log-level debug)\n"
+            "  --log-level L     error, warning, info (default) or debug\n"
+            "  --log-json        log lines as JSON objects, for log "
+            "shippers\n"
+            "  --log-file FILE   log to FILE (appended; SIGHUP reopens "
+            "it)\n"
+            "  --version         print the version and exit\n"
+            "Every flag also comes from the environment: --data DIR is "
+            "TQ_BROKER_DATA=DIR,\n"
+            "--log-level is TQ_LOG_LEVEL (a flag given wins).\n"
             "Prints 'tq-broker: clients EP workers EP' once bound; "
             "SIGTERM or SIGINT stops it.\n",
-            TQ_BROKER_CLIENTS, TQ_BROKER_WORKERS, TQ_BROKER_RESULT_TTL_S,
+            S_CLIENTS, S_WORKERS, TQ_BROKER_RESULT_TTL_S,
             TQ_BROKER_MAX_LOST, TQ_BROKER_DATA_DIR);
 }
 
@@ -104,11 +133,38 @@ s_number(const char *text, long max)
     return value;
 }
 
+/* The default data directory: $STATE_DIRECTORY (systemd's
+   StateDirectory=, the first if several), else ./tq-data. */
+static const char *
+s_default_data_dir(void)
+{
+    static char dir[PATH_MAX];
+    const char *state = getenv("STATE_DIRECTORY");
+    if (state && *state) {
+        snprintf(dir, sizeof dir, "%.*s", (int)strcspn(state, ":"), state);
+        return dir;
+    }
+    return TQ_BROKER_DATA_DIR;
+}
+
+/* Tells systemd (Type=notify) how the start went; nothing without it. */
+static void
+s_notify(const char *state)
+{
+#ifdef TQ_HAVE_SYSTEMD
+    sd_notify(0, state);
+#else
+    (void) state;
+#endif
+}
+
 int
 main(int argc, char **argv)
 {
+    tq_log_init("tq-broker");
     tq_broker_config_t config = {.result_ttl_s = -1,
-                                 .data_dir = TQ_BROKER_DATA_DIR};
+                                 .data_dir = s_default_data_dir()};
+    enum { O_LOG_LEVEL = 256, O_LOG_JSON, O_LOG_FILE, O_VERSION };
     tq_http_config_t http = {0};
     static const struct option options[] = {
         {"clients", required_argument, NULL, 'c'},
@@ -134,11 +190,22 @@ main(int argc, char **argv)
         {"http-token", required_argument, NULL, 'K'},
         {"http-token-file", required_argument, NULL, 'F'},
         {"verbose", no_argument, NULL, 'v'},
+        {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {"log-json", no_argument, NULL, O_LOG_JSON},
+        {"log-file", required_argument, NULL, O_LOG_FILE},
+        {"version", no_argument, NULL, O_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    char **env_argv = tq_env_argv("TQ_BROKER_", options, argc, argv, &argc);
+    if (!env_argv) {
+        fprintf(stderr, "tq-broker: out of memory\n");
+        return 1;
+    }
+    argv = env_argv;
     int opt;
     long value;
+    char why[512];
     while ((opt = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
         switch (opt) {
         case 'c':
@@ -277,7 +344,28 @@ main(int argc, char **argv)
             break;
         case 'v':
             config.verbose = true;
+            tq_log_set_level(TQ_LOG_DEBUG);
             break;
+        case O_LOG_LEVEL:
+            if ((value = tq_log_parse_level(optarg)) < 0) {
+                fprintf(stderr, "tq-broker: --log-level: error, warning, "
+                                "info or debug: %s\n", optarg);
+                return 2;
+            }
+            tq_log_set_level((int) value);
+            break;
+        case O_LOG_JSON:
+            tq_log_set_json(true);
+            break;
+        case O_LOG_FILE:
+            if (tq_log_set_file(optarg, why, sizeof why) != 0) {
+                fprintf(stderr, "tq-broker: %s\n", why);
+                return 2;
+            }
+            break;
+        case O_VERSION:
+            tq_env_print_version("tq-broker");
+            return 0;
         case 'h':
             s_usage(stdout);
             return 0;
@@ -292,6 +380,32 @@ main(int argc, char **argv)
         return 2;
     }
 
+    if (!config.client_endpoint)
+        config.client_endpoint = S_CLIENTS;
+    if (!config.worker_endpoint)
+        config.worker_endpoint = S_WORKERS;
+    /* libzmq reads tcp://127.0.0.1:5555x as port 5555: refuse, never
+       half-bind */
+    if (!tq_endpoint_check(config.client_endpoint, true, why, sizeof why) ||
+        !tq_endpoint_check(config.worker_endpoint, true, why, sizeof why)) {
+        fprintf(stderr, "tq-broker: %s\n", why);
+        return 2;
+    }
+    if (config.data_dir) {
+        char *abs = realpath(config.data_dir, NULL);
+        char cwd[PATH_MAX];
+        if (abs)
+            tq_log_info("data in %s", abs);
+        else if (config.data_dir[0] != '/' && getcwd(cwd, sizeof cwd))
+            tq_log_info("data in %s/%s", cwd,
+                        config.data_dir +
+                            2 * (strncmp(config.data_dir, "./", 2) == 0));
+        else
+            tq_log_info("data in %s", config.data_dir);
+        free(abs);
+    } else
+        tq_log_info("no persistence: tasks live in memory only");
+
     char error[512];
     if (http.address && tq_http_prepare(&config) != 0) {
         fprintf(stderr, "tq-broker: --http: no ZeroMQ context\n");
@@ -305,7 +419,8 @@ main(int argc, char **argv)
             tq_broker_destroy(&s_broker);
     }
     if (!s_broker) {
-        fprintf(stderr, "tq-broker: %s\n", error);
+        tq_log_error("%s", error);
+        s_notify("STATUS=failed to start");
         return 1;
     }
     struct sigaction sa = {.sa_handler = s_on_signal};
@@ -323,10 +438,13 @@ main(int argc, char **argv)
     if (web)
         printf("tq-broker: dashboard %s\n", tq_http_url(web));
     fflush(stdout);
+    s_notify("READY=1\nSTATUS=serving");
     int rc = tq_broker_run(s_broker);
     tq_http_destroy(&web);
+    s_notify("STOPPING=1");
     tq_broker_t *broker = s_broker;
     s_broker = NULL;
     tq_broker_destroy(&broker);
+    tq_env_free(env_argv);
     return rc == TQ_OK ? 0 : 1;
 }

@@ -2,6 +2,7 @@
    helpers (jansson), and the submit and get verbs. */
 #include <errno.h>
 #include <float.h>
+#include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
@@ -9,11 +10,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tq/tq_client.h"
 #include "tq_cli.h"
 #include "tq_client_internal.h"
+#include "tq_client_unserved.h"
+#include "tq_endpoint.h"
+#include "tq_env.h"
 #include "tq_keygen.h"
+#include "tq_log.h"
 
 static const char *s_usage_main =
     "usage: tq [--broker EP] COMMAND [OPTIONS]\n"
@@ -40,12 +46,21 @@ static const char *s_usage_main =
     "  purge QUEUE            drop a queue's waiting tasks\n"
     "  keygen NAME [DIR]      make a CURVE certificate pair\n"
     "\n"
-    "  --broker EP   the broker's client endpoint (default: $TQ_BROKER, "
+    "  --broker EP      the broker's client endpoint (default: $TQ_BROKER, "
     "else\n"
-    "                " TQ_DEFAULT_CLIENT_ENDPOINT ")\n"
-    "  --help        this text; tq COMMAND --help for a command's options "
-    "and\n"
-    "                an example; every command takes --json for scripts\n"
+    "                   " TQ_DEFAULT_CLIENT_ENDPOINT ")\n"
+    "  --log-level L    error (default), warning, info or debug: the "
+    "library's\n"
+    "                   log lines on stderr ($TQ_LOG_LEVEL)\n"
+    "  --log-json       log lines as JSON objects ($TQ_LOG_JSON)\n"
+    "  --version        print the version\n"
+    "  --help           this text; tq COMMAND --help for a command's "
+    "options and\n"
+    "                   an example; every command takes --json for "
+    "scripts\n"
+    "Options take their value as --opt VALUE or --opt=VALUE. stdout "
+    "carries\n"
+    "results only; errors and logs go to stderr.\n"
     "\n"
     "examples:\n"
     "  tq submit tq.echo 1 '\"two\"' --wait\n"
@@ -60,20 +75,27 @@ static const char *s_usage_main =
 const char *const tq_cli_usage_submit =
     "usage: tq [--broker EP] submit TASK [ARG...] [--queue Q] [--priority "
     "P]\n"
-    "          [--time-limit SEC] [--retries N] [--wait] [--timeout SEC] "
-    "[--json]\n"
+    "          [--time-limit SEC] [--retries N] [--countdown SEC | --eta "
+    "TIME]\n"
+    "          [--wait] [--timeout SEC] [--json]\n"
     "\n"
     "Each ARG that parses as JSON (numbers, \"quoted strings\", objects, "
     "arrays,\n"
     "true, false, null) is that JSON value, anything else is a plain "
     "string;\n"
     "put ARGs starting with -- after a lone --. JSON integers become int64,\n"
-    "reals double, objects msgpack maps.\n"
+    "reals double, objects msgpack maps. An ARG that starts with {, [ or \"\n"
+    "but is not valid JSON is an error (exit 2), never sent as a string.\n"
     "\n"
     "  --queue Q         queue (default \"" TQ_DEFAULT_QUEUE "\")\n"
     "  --priority P      0..9, higher runs first (default 0)\n"
     "  --time-limit SEC  hard time limit (default: the worker's)\n"
     "  --retries N       reruns after a failure (default 0)\n"
+    "  --countdown SEC   run no sooner than SEC from now\n"
+    "  --eta TIME        run no sooner than TIME: 2026-12-01T15:30:00 "
+    "(local;\n"
+    "                    Z or +HH:MM for a zone), 15:30[:00] (the next), "
+    "@EPOCH\n"
     "  --wait            wait for the result and print it as JSON; msgpack\n"
     "                    binary prints as {\"$bin\": \"<hex>\"}, extension "
     "types as\n"
@@ -87,6 +109,8 @@ const char *const tq_cli_usage_submit =
     "                    \"value\" or \"error\"}) instead\n"
     "\n"
     "Without --wait prints the task id once the broker has accepted it.\n"
+    "With --wait, a task that no connected worker provides is said once on\n"
+    "stderr (it waits for one; --timeout bounds the wait).\n"
     "A failed task prints \"error: <code>: <text>\" on stderr, exit 1.\n"
     "\n"
     "example:\n"
@@ -148,8 +172,36 @@ tq_cli_usage_error(const char *usage, const char *format, ...)
     fprintf(stderr, "tq: ");
     vfprintf(stderr, format, ap);
     va_end(ap);
-    fprintf(stderr, "\n%s", usage);
+    /* the synopsis, not 30 lines: the whole text is one --help away */
+    const char *end = strstr(usage, "\n\n");
+    int len = end ? (int)(end - usage) : (int)strlen(usage);
+    fprintf(stderr, "\n%.*s\n", len, usage);
+    const char *verb = strstr(usage, "] ");
+    if (verb && verb < usage + len && strncmp(usage, "usage: tq ", 10) == 0)
+        fprintf(stderr, "(tq %.*s --help for every option and an example)\n",
+                (int)strcspn(verb + 2, " \n"), verb + 2);
+    else
+        fprintf(stderr, "(tq --help for more)\n");
     return TQ_CLI_EXIT_USAGE;
+}
+
+int
+tq_cli_option_error(const char *usage, int opt, char **gargv)
+{
+    const char *word = optind > 0 ? gargv[optind - 1] : "?";
+    if (opt == ':')
+        return tq_cli_usage_error(usage, "%s: missing its value", word);
+    if (optopt > 0 && optopt < 128 && strncmp(word, "--", 2) != 0)
+        return tq_cli_usage_error(usage, "-%c: unknown option", optopt);
+    return tq_cli_usage_error(usage, "%s: unknown option", word);
+}
+
+int
+tq_cli_unknown_id(const char *id)
+{
+    return tq_cli_error(TQ_EUNKNOWN, "%s: unknown task id (never submitted, "
+                                     "or its result expired)",
+                        id);
 }
 
 int
@@ -246,6 +298,124 @@ tq_cli_pack_arg(msgpack_packer *pk, const char *text, size_t len)
         json_decref(v);
     } else
         msgpack_pack_str_with_body(pk, text, len);
+}
+
+bool
+tq_cli_check_arg(const char *text, size_t len, char *why, size_t size)
+{
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' ||
+                       text[i] == '\n' || text[i] == '\r'))
+        i++;
+    if (i == len || (text[i] != '{' && text[i] != '[' && text[i] != '"'))
+        return true;
+    json_error_t error;
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY, &error);
+    if (v) {
+        json_decref(v);
+        return true;
+    }
+    snprintf(why, size, "malformed JSON at column %d: %s", error.column,
+             error.text);
+    return false;
+}
+
+long long
+tq_cli_parse_eta(const char *text)
+{
+    time_t now = time(NULL);
+    time_t when;
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    const char *end;
+    if (text[0] == '@') {
+        char *stop;
+        errno = 0;
+        double epoch = strtod(text + 1, &stop);
+        if (errno || stop == text + 1 || *stop || !(epoch >= 0))
+            return -1;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double left = epoch - (ts.tv_sec + ts.tv_nsec / 1e9);
+        return left <= 0 ? 0 : (long long)(left * 1000.0);
+    }
+    if ((end = strptime(text, "%Y-%m-%dT%H:%M", &tm)) ||
+        (end = strptime(text, "%Y-%m-%d %H:%M", &tm))) {
+        if (*end == ':') {
+            const char *sec = strptime(end, ":%S", &tm);
+            if (!sec)
+                return -1;
+            end = sec;
+        }
+        long offset = 0; /* seconds east of UTC, when given */
+        bool zoned = false;
+        if (*end == 'Z') {
+            zoned = true;
+            end++;
+        } else if (*end == '+' || *end == '-') {
+            int hh, mm;
+            if (sscanf(end + 1, "%2d:%2d", &hh, &mm) != 2 || hh > 23 ||
+                mm > 59)
+                return -1;
+            offset = (hh * 3600L + mm * 60L) * (*end == '-' ? -1 : 1);
+            zoned = true;
+            end += 6;
+        }
+        if (*end)
+            return -1;
+        if (zoned)
+            when = timegm(&tm) - offset;
+        else {
+            tm.tm_isdst = -1;
+            when = mktime(&tm);
+        }
+    } else if ((end = strptime(text, "%H:%M", &tm))) {
+        int hour = tm.tm_hour, min = tm.tm_min, sec = 0;
+        if (*end == ':') {
+            const char *rest = strptime(end, ":%S", &tm);
+            if (!rest)
+                return -1;
+            end = rest;
+            sec = tm.tm_sec;
+        }
+        if (*end)
+            return -1;
+        localtime_r(&now, &tm);
+        tm.tm_hour = hour, tm.tm_min = min, tm.tm_sec = sec;
+        tm.tm_isdst = -1;
+        when = mktime(&tm);
+        if (when < now) { /* the next such time: tomorrow */
+            tm.tm_mday++;
+            tm.tm_isdst = -1;
+            when = mktime(&tm);
+        }
+    } else
+        return -1;
+    if (when == (time_t)-1)
+        return -1;
+    return when <= now ? 0 : (long long)(when - now) * 1000;
+}
+
+bool
+tq_cli_provided(const json_t *status, const char *task, const char *queue)
+{
+    size_t i, k;
+    json_t *worker, *name;
+    json_array_foreach(json_object_get(status, "workers"), i, worker)
+    {
+        bool has_task = false, has_queue = false;
+        json_array_foreach(json_object_get(worker, "tasks"), k, name)
+            has_task |= json_is_string(name) &&
+                        streq(json_string_value(name), task);
+        json_t *queues = json_object_get(worker, "queues");
+        has_queue = !json_array_size(queues);
+        json_array_foreach(queues, k, name)
+            has_queue |= json_is_string(name) &&
+                         streq(json_string_value(name), queue);
+        if (has_task && has_queue)
+            return true;
+    }
+    return false;
 }
 
 /* ---- msgpack -> JSON ---------------------------------------------------- */
@@ -468,17 +638,22 @@ tq_cli_result_json(tq_result_t *r, int code)
 {
     json_t *obj = json_object();
     json_object_set_new(obj, "id", json_string(tq_result_id(r)));
+    /* an id the broker does not know has no state: not a FAILURE */
     json_object_set_new(obj, "state",
-                        json_string(tq_state_name(tq_result_state(r))));
+                        json_string(code == TQ_EUNKNOWN
+                                        ? "UNKNOWN"
+                                        : tq_state_name(tq_result_state(r))));
     json_object_set_new(obj, "code", json_string(tq_cli_code_name(code)));
     const msgpack_object *value = code == TQ_OK ? tq_result_value(r) : NULL;
     if (value)
         json_object_set_new(obj, "value", tq_cli_to_json(value));
     else {
-        const char *text = code == TQ_ETIMEDOUT ? "the wait timed out"
-                           : code == TQ_OK ? "the result value is not valid "
-                                             "msgpack"
-                                           : tq_result_error(r);
+        const char *text =
+            code == TQ_ETIMEDOUT   ? "the wait timed out"
+            : code == TQ_EUNKNOWN  ? "unknown task id (never submitted, or "
+                                     "its result expired)"
+            : code == TQ_OK        ? "the result value is not valid msgpack"
+                                   : tq_result_error(r);
         json_object_set_new(obj, "error",
                             json_string(*text ? text : tq_strerror(code)));
     }
@@ -493,7 +668,19 @@ tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
     int code = tq_client_status(client, &body, timeout_ms);
     if (code != TQ_OK) {
         if (code == TQ_EUNREACHABLE || code == TQ_ETIMEDOUT)
-            return tq_cli_error(code, "no status from the broker at %s",
+            return tq_cli_error(code,
+                                "no status from the broker at %s (is it "
+                                "running there? a broker with CURVE stays "
+                                "silent to a client without "
+                                "TQ_CURVE_SERVER_KEY and TQ_CURVE_CERT)",
+                                tq_client_endpoint(client));
+        if (code == TQ_ESTATE)
+            /* the workers endpoint refuses client requests */
+            return tq_cli_error(code,
+                                "%s refused a client request: is it the "
+                                "broker's workers endpoint? tq wants the "
+                                "clients endpoint (tq-broker prints both; "
+                                "default port 5555)",
                                 tq_client_endpoint(client));
         return tq_cli_error(code, NULL);
     }
@@ -560,76 +747,174 @@ s_print_result(tq_result_t *r, int code, bool as_json)
         }
         return TQ_CLI_EXIT_OK;
     }
-    const char *text = code == TQ_ETIMEDOUT ? "the wait timed out"
-                                            : tq_result_error(r);
     if (as_json)
         return tq_cli_exit_code(code);
+    if (code == TQ_EUNKNOWN)
+        return tq_cli_unknown_id(tq_result_id(r));
+    const char *text = code == TQ_ETIMEDOUT ? "the wait timed out"
+                                            : tq_result_error(r);
     return tq_cli_error(code, "%s", *text ? text : tq_strerror(code));
 }
 
 /* ---- submit, get -------------------------------------------------------- */
 
+/* The argv for getopt_long: argv[-1] (the verb) then argv, except that
+   each value getopt would read as a short option (-5, -0.5, -[1]) is
+   replaced by its placeholder masked[i], "\x01" and its index, which is
+   not an option; the caller maps placeholders back. malloc'd. */
+static char **
+s_mask_values(int argc, char **argv, char **masked)
+{
+    char **copy = calloc((size_t)argc + 2, sizeof *copy);
+    if (!copy)
+        return NULL;
+    copy[0] = argv[-1];
+    bool rest = false; /* after a lone --: nothing is an option */
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        bool value = !rest && a[0] == '-' && a[1] && a[1] != '-' &&
+                     !((a[1] >= 'a' && a[1] <= 'z') ||
+                       (a[1] >= 'A' && a[1] <= 'Z'));
+        rest |= strcmp(a, "--") == 0;
+        copy[i + 1] = value ? masked[i] : argv[i];
+    }
+    return copy;
+}
+
 int
 tq_cli_submit(tq_client_t *client, int argc, char **argv)
 {
-    tq_options_t options = TQ_OPTIONS_INIT;
-    const char *task = NULL;
-    bool wait = false, as_json = false;
+    enum { O_QUEUE = 256, O_PRIORITY, O_LIMIT, O_RETRIES, O_WAIT, O_TIMEOUT,
+           O_JSON, O_COUNTDOWN, O_ETA };
+    static const struct option options[] = {
+        {"queue", required_argument, NULL, O_QUEUE},
+        {"priority", required_argument, NULL, O_PRIORITY},
+        {"time-limit", required_argument, NULL, O_LIMIT},
+        {"retries", required_argument, NULL, O_RETRIES},
+        {"countdown", required_argument, NULL, O_COUNTDOWN},
+        {"eta", required_argument, NULL, O_ETA},
+        {"wait", no_argument, NULL, O_WAIT},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    bool wait = false, as_json = false, timed = false;
     int timeout_ms = -1;
-    const char **args = calloc((size_t)argc + 1, sizeof *args);
-    if (!args)
-        return tq_cli_error(TQ_ENOMEM, NULL);
-    size_t nargs = 0;
-    bool only_args = false;
-    int rc = TQ_CLI_EXIT_OK;
+    long long eta_ms = -1;
     const char *usage = tq_cli_usage_submit;
-    for (int i = 0; i < argc && rc == TQ_CLI_EXIT_OK; i++) {
-        const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        long n;
-        if (only_args || strncmp(a, "--", 2) != 0) {
-            if (!task)
-                task = a;
-            else
-                args[nargs++] = a;
-        } else if (streq(a, "--"))
-            only_args = true;
-        else if (streq(a, "--wait"))
-            wait = true;
-        else if (streq(a, "--json"))
-            as_json = true;
-        else if (!next)
-            rc = tq_cli_usage_error(usage, "%s: unknown option or missing "
-                                           "value", a);
-        else if (streq(a, "--queue"))
-            options.queue = next, i++;
-        else if (streq(a, "--priority")) {
-            if (!tq_cli_parse_long(next, 0, TQ_PRIORITY_MAX, &n))
+    /* placeholders for negative numbers: "\x01" + index */
+    char **masked = calloc((size_t)argc + 1, sizeof *masked);
+    char **gargv = NULL;
+    for (int i = 0; masked && i < argc; i++) {
+        masked[i] = malloc(16);
+        if (masked[i])
+            snprintf(masked[i], 16, "\x01%d", i);
+        else
+            break;
+    }
+    if (masked && (argc == 0 || masked[argc - 1]))
+        gargv = s_mask_values(argc, argv, masked);
+    int rc = gargv ? TQ_CLI_EXIT_OK : tq_cli_error(TQ_ENOMEM, NULL);
+    long n;
+    int opt;
+    optind = 0;
+    opterr = 0;
+    while (rc == TQ_CLI_EXIT_OK &&
+           (opt = getopt_long(argc + 1, gargv, ":", options, NULL)) != -1) {
+        switch (opt) {
+        case O_QUEUE:
+            opts.queue = optarg;
+            break;
+        case O_PRIORITY:
+            if (!tq_cli_parse_long(optarg, 0, TQ_PRIORITY_MAX, &n))
                 rc = tq_cli_usage_error(usage, "--priority %s: not in 0..9",
-                                        next);
-            options.priority = (int)n, i++;
-        } else if (streq(a, "--retries")) {
-            if (!tq_cli_parse_long(next, 0, 1000, &n))
-                rc = tq_cli_usage_error(usage, "--retries %s: not in "
-                                               "0..1000", next);
-            options.retries = (int)n, i++;
-        } else if (streq(a, "--time-limit")) {
-            options.time_limit_ms = tq_cli_parse_seconds(next), i++;
-            if (options.time_limit_ms < 0)
-                rc = tq_cli_usage_error(usage, "--time-limit %s: not a "
-                                               "duration", next);
-        } else if (streq(a, "--timeout")) {
-            timeout_ms = tq_cli_parse_seconds(next), i++;
+                                        optarg);
+            opts.priority = (int)n;
+            break;
+        case O_RETRIES:
+            if (!tq_cli_parse_long(optarg, 0, 1000, &n))
+                rc = tq_cli_usage_error(usage,
+                                        "--retries %s: not in 0..1000",
+                                        optarg);
+            opts.retries = (int)n;
+            break;
+        case O_LIMIT:
+            opts.time_limit_ms = tq_cli_parse_seconds(optarg);
+            if (opts.time_limit_ms < 0)
+                rc = tq_cli_usage_error(usage,
+                                        "--time-limit %s: not a duration",
+                                        optarg);
+            break;
+        case O_COUNTDOWN:
+            opts.countdown_ms = tq_cli_parse_seconds(optarg);
+            if (opts.countdown_ms < 0)
+                rc = tq_cli_usage_error(usage,
+                                        "--countdown %s: not a duration",
+                                        optarg);
+            break;
+        case O_ETA:
+            eta_ms = tq_cli_parse_eta(optarg);
+            if (eta_ms < 0 || eta_ms > INT32_MAX)
+                rc = tq_cli_usage_error(usage,
+                                        "--eta %s: not a time (2026-12-01T"
+                                        "15:30:00[Z], 15:30 or @EPOCH, "
+                                        "within 24 days)",
+                                        optarg);
+            break;
+        case O_WAIT:
+            wait = true;
+            break;
+        case O_TIMEOUT:
+            timed = true;
+            timeout_ms = tq_cli_parse_seconds(optarg);
             if (timeout_ms < 0)
-                rc = tq_cli_usage_error(usage, "--timeout %s: not a "
-                                               "duration", next);
-        } else
-            rc = tq_cli_usage_error(usage, "%s: unknown option", a);
+                rc = tq_cli_usage_error(usage, "--timeout %s: not a duration",
+                                        optarg);
+            break;
+        case O_JSON:
+            as_json = true;
+            break;
+        default:
+            rc = tq_cli_option_error(usage, opt, gargv);
+        }
+    }
+    if (rc == TQ_CLI_EXIT_OK && eta_ms >= 0 && opts.countdown_ms)
+        rc = tq_cli_usage_error(usage, "%s",
+                                "--countdown and --eta: one or the other");
+    if (eta_ms >= 0)
+        opts.countdown_ms = (int)eta_ms;
+    /* the positionals, masked values restored */
+    const char *task = NULL;
+    int first = optind;
+    size_t nargs = 0;
+    const char **args = calloc((size_t)argc + 1, sizeof *args);
+    if (rc == TQ_CLI_EXIT_OK && !args)
+        rc = tq_cli_error(TQ_ENOMEM, NULL);
+    for (int i = first; rc == TQ_CLI_EXIT_OK && i < argc + 1; i++) {
+        const char *a = gargv[i];
+        if (a[0] == '\x01')
+            a = argv[atoi(a + 1)];
+        if (!task)
+            task = a;
+        else
+            args[nargs++] = a;
     }
     if (rc == TQ_CLI_EXIT_OK && !task)
         rc = tq_cli_usage_error(usage, "%s", "missing TASK");
+    char why[256];
+    for (size_t i = 0; rc == TQ_CLI_EXIT_OK && i < nargs; i++)
+        if (!tq_cli_check_arg(args[i], strlen(args[i]), why, sizeof why))
+            rc = tq_cli_usage_error(usage,
+                                    "argument %zu, %s: %s (quote it as "
+                                    "JSON, '\"...\"', to send a string)",
+                                    i + 1, args[i], why);
     if (rc != TQ_CLI_EXIT_OK) {
         free(args);
+        for (int i = 0; masked && i < argc; i++)
+            free(masked[i]);
+        free(masked);
+        free(gargv);
         return rc;
     }
     msgpack_sbuffer args_buf;
@@ -641,17 +926,36 @@ tq_cli_submit(tq_client_t *client, int argc, char **argv)
         tq_cli_pack_arg(&pk, args[i], strlen(args[i]));
     free(args);
 
-    tq_result_t *r = tq_apply_async_raw(client, task, &options, args_buf.data,
+    tq_result_t *r = tq_apply_async_raw(client, task, &opts, args_buf.data,
                                         args_buf.size);
     msgpack_sbuffer_destroy(&args_buf);
+    const char *queue = opts.queue ? opts.queue : TQ_DEFAULT_QUEUE;
     if (!r) {
         fprintf(stderr, "tq: invalid task name or queue name: %s / %s\n",
-                task, options.queue ? options.queue : TQ_DEFAULT_QUEUE);
-        return TQ_CLI_EXIT_USAGE;
-    }
-    if (wait)
-        rc = s_print_result(r, tq_result_get(r, timeout_ms), as_json);
-    else {
+                task, queue);
+        rc = TQ_CLI_EXIT_USAGE;
+    } else if (wait) {
+        int code = tq_result_wait_answer(r, timeout_ms);
+        bool unserved = false;
+        if (code == TQ_OK && !tq_result_ready(r) &&
+            tq_client_provided(client, task, queue, 1000) == 0) {
+            /* the task waits, as designed; the user is told once */
+            unserved = true;
+            fprintf(stderr,
+                    "tq: no connected worker provides %s on queue %s: the "
+                    "task waits for one%s\n",
+                    task, queue,
+                    timed ? "" : " (Ctrl-C stops waiting; the task stays)");
+        }
+        code = tq_result_get(r, timeout_ms);
+        if (code == TQ_ETIMEDOUT && unserved && !as_json)
+            rc = tq_cli_error(code,
+                              "the wait timed out: no connected worker "
+                              "provides %s (task %s waits on queue %s)",
+                              task, tq_result_id(r), queue);
+        else
+            rc = s_print_result(r, code, as_json);
+    } else {
         /* the id is only worth printing once the broker holds the task;
            an unreachable broker ends this wait within the liveness */
         int code = tq_result_wait_answer(r, timeout_ms);
@@ -671,34 +975,55 @@ tq_cli_submit(tq_client_t *client, int argc, char **argv)
             rc = s_print_result(r, code, as_json);
     }
     tq_result_destroy(&r);
+    for (int i = 0; i < argc; i++)
+        free(masked[i]);
+    free(masked);
+    free(gargv);
     return rc;
 }
 
 int
 tq_cli_get(tq_client_t *client, int argc, char **argv)
 {
-    const char *id = NULL;
+    enum { O_WAIT = 256, O_TIMEOUT, O_JSON };
+    static const struct option options[] = {
+        {"wait", no_argument, NULL, O_WAIT},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"json", no_argument, NULL, O_JSON},
+        {NULL, 0, NULL, 0},
+    };
     bool wait = false, as_json = false;
     int timeout_ms = -1;
     const char *usage = tq_cli_usage_get;
-    for (int i = 0; i < argc; i++) {
-        if (streq(argv[i], "--wait"))
+    char **gargv = argv - 1;
+    int opt;
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc + 1, gargv, ":", options, NULL)) != -1) {
+        switch (opt) {
+        case O_WAIT:
             wait = true;
-        else if (streq(argv[i], "--json"))
+            break;
+        case O_JSON:
             as_json = true;
-        else if (streq(argv[i], "--timeout") && i + 1 < argc) {
-            timeout_ms = tq_cli_parse_seconds(argv[++i]);
+            break;
+        case O_TIMEOUT:
+            timeout_ms = tq_cli_parse_seconds(optarg);
             if (timeout_ms < 0)
                 return tq_cli_usage_error(usage, "--timeout %s: not a "
-                                                 "duration", argv[i]);
-        } else if (strncmp(argv[i], "--", 2) == 0 || id)
-            return tq_cli_usage_error(usage, "%s: unexpected argument",
-                                      argv[i]);
-        else
-            id = argv[i];
+                                                 "duration",
+                                          optarg);
+            break;
+        default:
+            return tq_cli_option_error(usage, opt, gargv);
+        }
     }
-    if (!id)
+    if (optind >= argc + 1)
         return tq_cli_usage_error(usage, "%s", "missing ID");
+    if (optind + 1 < argc + 1)
+        return tq_cli_usage_error(usage, "%s: unexpected argument",
+                                  gargv[optind + 1]);
+    const char *id = gargv[optind];
     tq_result_t *r = tq_client_fetch(client, id, wait);
     if (!r)
         return tq_cli_usage_error(usage, "%s: not a valid task id", id);
@@ -760,26 +1085,82 @@ s_wants_help(int argc, char **argv)
     return false;
 }
 
+/* Removes "--broker EP" or "--broker=EP" from a verb's arguments (up to a
+   lone --) into *endpoint. */
+static void
+s_take_broker(int *argc, char **argv, const char **endpoint)
+{
+    for (int j = 0; j < *argc; j++) {
+        if (streq(argv[j], "--"))
+            break;
+        int words = 0;
+        if (streq(argv[j], "--broker") && j + 1 < *argc) {
+            *endpoint = argv[j + 1];
+            words = 2;
+        } else if (strncmp(argv[j], "--broker=", 9) == 0) {
+            *endpoint = argv[j] + 9;
+            words = 1;
+        }
+        if (words) {
+            memmove(argv + j, argv + j + words,
+                    (size_t)(*argc - j - words + 1) * sizeof *argv);
+            *argc -= words;
+            j--;
+        }
+    }
+}
+
 int
 main(int argc, char **argv)
 {
     /* czmq would otherwise catch SIGINT/SIGTERM and a shell user could not
        interrupt a waiting `tq get --wait` */
     setenv("ZSYS_SIGHANDLER", "false", 0);
+    /* the CLI says what went wrong itself; the library's warnings and
+       notes only when asked (--log-level) */
+    tq_log_set_level(TQ_LOG_ERROR);
+    tq_log_init("tq");
+    enum { O_BROKER = 256, O_LOG_LEVEL, O_LOG_JSON, O_VERSION, O_HELP };
+    static const struct option options[] = {
+        {"broker", required_argument, NULL, O_BROKER},
+        {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {"log-json", no_argument, NULL, O_LOG_JSON},
+        {"version", no_argument, NULL, O_VERSION},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
     const char *endpoint = NULL;
-    int i = 1;
-    for (; i < argc; i++) {
-        if (streq(argv[i], "--broker") && i + 1 < argc)
-            endpoint = argv[++i];
-        else if (streq(argv[i], "--help") || streq(argv[i], "-h")) {
+    int opt, level;
+    opterr = 0;
+    /* "+": options of tq itself stop at the command word */
+    while ((opt = getopt_long(argc, argv, "+:h", options, NULL)) != -1) {
+        switch (opt) {
+        case O_BROKER:
+            endpoint = optarg;
+            break;
+        case O_LOG_LEVEL:
+            if ((level = tq_log_parse_level(optarg)) < 0)
+                return tq_cli_usage_error(s_usage_main,
+                                          "--log-level %s: error, warning, "
+                                          "info or debug",
+                                          optarg);
+            tq_log_set_level(level);
+            break;
+        case O_LOG_JSON:
+            tq_log_set_json(true);
+            break;
+        case O_VERSION:
+            tq_env_print_version("tq");
+            return TQ_CLI_EXIT_OK;
+        case O_HELP:
+        case 'h':
             fputs(s_usage_main, stdout);
             return TQ_CLI_EXIT_OK;
-        } else if (strncmp(argv[i], "--", 2) == 0)
-            return tq_cli_usage_error(s_usage_main, "%s: unknown option",
-                                      argv[i]);
-        else
-            break;
+        default:
+            return tq_cli_option_error(s_usage_main, opt, argv);
+        }
     }
+    int i = optind;
     if (i >= argc)
         return tq_cli_usage_error(s_usage_main, "%s", "missing COMMAND");
     const char *command = argv[i];
@@ -809,16 +1190,16 @@ main(int argc, char **argv)
         return TQ_CLI_EXIT_OK;
     }
     /* --broker is also accepted after the command */
-    for (int j = 0; j + 1 < cargc; j++) {
-        if (streq(cargv[j], "--"))
-            break;
-        if (streq(cargv[j], "--broker")) {
-            endpoint = cargv[j + 1];
-            memmove(cargv + j, cargv + j + 2,
-                    (size_t)(cargc - j - 2) * sizeof *cargv);
-            cargc -= 2;
-            break;
-        }
+    s_take_broker(&cargc, cargv, &endpoint);
+    const char *source = "--broker";
+    if (!endpoint && getenv("TQ_BROKER") && *getenv("TQ_BROKER")) {
+        endpoint = getenv("TQ_BROKER");
+        source = "TQ_BROKER";
+    }
+    char why[512];
+    if (endpoint && !tq_endpoint_check(endpoint, false, why, sizeof why)) {
+        fprintf(stderr, "tq: %s %s\n", source, why);
+        return TQ_CLI_EXIT_USAGE;
     }
 
     tq_client_t *client = tq_client_new(endpoint);

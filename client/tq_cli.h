@@ -24,7 +24,8 @@ enum {
 /* How long operator requests and STATUS wait by default, ms. */
 #define TQ_CLI_REQUEST_MS 5000
 
-/* A verb: argv holds its arguments (after the verb, --broker removed). */
+/* A verb: argv holds its arguments (after the verb, --broker removed);
+   argv[-1] is the verb itself, so getopt_long runs on (argc + 1, argv - 1). */
 typedef int(tq_cli_verb_fn)(tq_client_t *client, int argc, char **argv);
 
 /* "TQ_ETASK" for TQ_ETASK ...; "?" when out of range. */
@@ -33,9 +34,20 @@ const char *tq_cli_code_name(int code);
 /* The exit code for a tq_err_t: 0, 3, 4, 5, else 1. */
 int tq_cli_exit_code(int code);
 
-/* Prints "tq: <message>" and usage on stderr; returns 2. */
+/* Prints "tq: <message>", the synopsis of usage (its lines up to the
+   first blank one) and where the whole text is on stderr; returns 2. */
 int tq_cli_usage_error(const char *usage, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* After getopt_long returned '?' or ':' (opterr 0, optstring starting
+   with ':'): prints which option was unknown or lacks its value, as
+   tq_cli_usage_error; returns 2. gargv: the argv given to getopt_long. */
+int tq_cli_option_error(const char *usage, int opt, char **gargv);
+
+/* Prints the one format of an unknown id on stderr, "error: TQ_EUNKNOWN:
+   ID: unknown task id (never submitted, or its result expired)", and
+   returns 5. */
+int tq_cli_unknown_id(const char *id);
 
 /* Prints "error: <CODE>: <text>" on stderr (text: printf format, or NULL
    for tq_strerror(code)); returns tq_cli_exit_code(code). */
@@ -54,6 +66,22 @@ void tq_cli_pack_json(msgpack_packer *pk, const json_t *v);
 /* Packs one argument: its JSON value if text parses as JSON, else the
    plain string. */
 void tq_cli_pack_arg(msgpack_packer *pk, const char *text, size_t len);
+
+/* False if text looks like JSON (its first non-blank character is {, [
+   or ") but is not valid JSON: a typo must not travel as a string. why
+   gets jansson's reason. */
+bool tq_cli_check_arg(const char *text, size_t len, char *why, size_t size);
+
+/* Parses --eta TIME into milliseconds from now (0 if TIME has passed):
+   an ISO-8601 date and time (2026-12-01T15:30:00, local time unless it
+   ends in Z or +HH:MM), HH:MM[:SS] today (tomorrow if passed), or @EPOCH
+   seconds. -1 if invalid. */
+long long tq_cli_parse_eta(const char *text);
+
+/* True if some worker in status provides task and serves queue (workers
+   that list no queues serve every queue). */
+bool tq_cli_provided(const json_t *status, const char *task,
+                     const char *queue);
 
 /* Converts msgpack to JSON (new reference): binary as {"$bin": hex},
    extensions as {"$ext": type, "data": hex}, invalid UTF-8 replaced by

@@ -2,7 +2,9 @@
    -j in flight, results in input order (or completion order), a progress
    bar on a terminal's stderr. */
 #include <errno.h>
+#include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +47,12 @@ const char *const tq_cli_usage_map =
     "\n"
     "The progress bar shows done/total, tasks per second, ETA and failures;\n"
     "to know the total, tq reads all of stdin first when it draws one.\n"
+    "A line that starts with {, [ or \" but is not valid JSON is not "
+    "submitted:\n"
+    "\"error: line N: TQ_EINVAL: malformed JSON ...\", exit 1.\n"
+    "Ctrl-C (SIGINT, or SIGTERM) stops reading, cancels the tasks in "
+    "flight and\n"
+    "says how many on stderr (exit 130).\n"
     "\n"
     "example:\n"
     "  seq 1000 | tq map tq.echo > out.jsonl\n"
@@ -65,7 +73,8 @@ const char *const tq_cli_usage_exec =
     "and stderr are printed in input order; the exit status is 1 if any\n"
     "command exited non-zero or could not run. Only workers started with\n"
     "--allow-exec provide tq.exec; with none connected tq fails at once.\n"
-    "Output is capped at 1 MiB per stream per command.\n"
+    "Output is capped at 1 MiB per stream per command. Ctrl-C cancels the\n"
+    "commands in flight and says how many (exit 130).\n"
     "\n"
     "  -j, --jobs N    commands in flight (default as for tq map)\n"
     "  --json          print {\"line\", \"input\", \"exit\", \"stdout\", "
@@ -133,6 +142,15 @@ typedef struct s_run_t {
     int worst; /* exit code so far */
     int64_t start_ms, last_draw_ms;
 } s_run_t;
+
+/* Set by SIGINT/SIGTERM during a run: stop, cancel what is in flight. */
+static volatile sig_atomic_t s_interrupted;
+
+static void
+s_on_interrupt(int sig)
+{
+    s_interrupted = sig;
+}
 
 static int64_t
 s_now_ms(void)
@@ -285,11 +303,15 @@ s_pack_word(msgpack_packer *pk, const char *word, const char *line,
     return replaced;
 }
 
-/* Packs the argument array of one line into run->args. */
-static void
-s_pack_line(s_run_t *run, const char *line, size_t len)
+/* Packs the argument array of one line into run->args; false (why set)
+   for a line that looks like JSON but is not. */
+static bool
+s_pack_line(s_run_t *run, const char *line, size_t len, char *why,
+            size_t size)
 {
     run->args.size = 0;
+    if (!run->exec && !tq_cli_check_arg(line, len, why, size))
+        return false;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &run->args, msgpack_sbuffer_write);
     if (!run->exec) {
@@ -304,12 +326,12 @@ s_pack_line(s_run_t *run, const char *line, size_t len)
                 msgpack_pack_str_with_body(&pk, line, len);
         }
         json_decref(v);
-        return;
+        return true;
     }
     if (run->shell) { /* ["sh command"] */
         msgpack_pack_array(&pk, 1);
         s_pack_word(&pk, run->words[0], line, len, true);
-        return;
+        return true;
     }
     /* [[CMD, ARG...]]: the nested form, so a lone word never meets a
        shell */
@@ -322,6 +344,7 @@ s_pack_line(s_run_t *run, const char *line, size_t len)
         s_pack_word(&pk, run->words[i], line, len, false);
     if (!any)
         msgpack_pack_str_with_body(&pk, line, len);
+    return true;
 }
 
 /* ---- output ------------------------------------------------------------- */
@@ -477,10 +500,21 @@ s_submit_next(s_run_t *run)
     size_t len;
     if (!s_next_input(run, &line, &len))
         return false;
-    s_pack_line(run, line, len);
+    char why[256];
+    bool packed = s_pack_line(run, line, len, why, sizeof why);
     uint64_t n = run->next_line++;
     if (!run->lines)
         run->total = n;
+    if (!packed) {
+        /* never sent as a string: the user meant JSON */
+        if (run->progress)
+            fputs("\r\033[K", stderr);
+        fprintf(stderr, "error: line %llu: TQ_EINVAL: %s\n",
+                (unsigned long long)n, why);
+        s_note(run, TQ_EINVAL);
+        run->done++;
+        return true;
+    }
     s_slot_t *slot = &run->slots[n % run->cap];
     slot->run = run;
     slot->line = n;
@@ -531,6 +565,50 @@ s_collect(s_run_t *run, uint64_t *finished, size_t count)
     }
 }
 
+/* After Ctrl-C: cancels every task still in flight, waits (bounded) for
+   the broker to confirm, prints what finished and says how many were
+   cancelled. */
+static void
+s_cancel_in_flight(s_run_t *run, uint64_t *batch)
+{
+    if (run->progress)
+        fputs("\r\033[K", stderr);
+    long requested = 0;
+    for (uint64_t line = run->head_line; line < run->next_line; line++) {
+        s_slot_t *slot = &run->slots[line % run->cap];
+        if (slot->result && !slot->done && !tq_result_ready(slot->result) &&
+            tq_result_cancel(slot->result) == TQ_OK)
+            requested++;
+    }
+    /* the broker answers each cancel; 5 s at most for all of them */
+    long cancelled = 0, finished = 0;
+    for (uint64_t line = run->head_line; line < run->next_line; line++) {
+        s_slot_t *slot = &run->slots[line % run->cap];
+        if (!slot->result || slot->done)
+            continue;
+        int code = tq_result_get(slot->result, 5000);
+        if (code == TQ_ECANCELLED)
+            cancelled++;
+        else if (code != TQ_ETIMEDOUT)
+            finished++;
+    }
+    /* drain the completion ring so what did finish is printed */
+    size_t count = 0;
+    pthread_mutex_lock(&run->lock);
+    while (run->fin_count) {
+        batch[count++] = run->finished[run->fin_head];
+        run->fin_head = (run->fin_head + 1) % run->cap;
+        run->fin_count--;
+    }
+    pthread_mutex_unlock(&run->lock);
+    s_collect(run, batch, count);
+    fprintf(stderr,
+            "tq: interrupted: cancelled %ld task(s) in flight (%ld asked, "
+            "%ld finished first); no further lines submitted\n",
+            cancelled, requested, finished);
+    run->worst = 128 + SIGINT;
+}
+
 static int
 s_run(s_run_t *run)
 {
@@ -550,9 +628,20 @@ s_run(s_run_t *run)
     run->next_line = run->head_line = 1;
     run->start_ms = s_now_ms();
     bool more = true;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = s_on_interrupt;
+    s_interrupted = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     for (;;) {
+        if (s_interrupted) {
+            s_cancel_in_flight(run, batch);
+            break;
+        }
         while (more && run->in_flight < run->jobs &&
-               run->next_line - run->head_line < run->cap)
+               run->next_line - run->head_line < run->cap && !s_interrupted)
             more = s_submit_next(run);
         if (!more && run->in_flight == 0) {
             s_collect(run, batch, 0);
@@ -580,6 +669,8 @@ s_run(s_run_t *run)
         s_collect(run, batch, count);
         s_draw(run, false);
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     s_draw(run, true);
     free(batch);
     msgpack_sbuffer_destroy(&run->args);
@@ -588,70 +679,94 @@ s_run(s_run_t *run)
     return run->worst;
 }
 
-/* Parses the options map and exec share; fills run and returns the index
-   of the first word after them (TASK for map, CMD for exec), or -1 after a
-   usage error. */
+/* Parses the options map and exec share with getopt_long (argv[-1] is
+   the verb); fills run and returns the index in argv of the first word
+   after them (TASK for map, CMD for exec), or -1 after a usage error.
+   exec stops at its first non-option word (the command's own options
+   follow); map takes options after TASK too. */
 static int
 s_parse(s_run_t *run, int argc, char **argv, const char *usage,
         bool *no_check, int *force_progress)
 {
+    enum { O_UNORDERED = 256, O_JSON, O_NO_CHECK, O_PROGRESS, O_NO_PROGRESS,
+           O_QUEUE, O_PRIORITY, O_RETRIES, O_LIMIT };
+    static const struct option options[] = {
+        {"jobs", required_argument, NULL, 'j'},
+        {"unordered", no_argument, NULL, O_UNORDERED},
+        {"json", no_argument, NULL, O_JSON},
+        {"no-check", no_argument, NULL, O_NO_CHECK},
+        {"progress", no_argument, NULL, O_PROGRESS},
+        {"no-progress", no_argument, NULL, O_NO_PROGRESS},
+        {"queue", required_argument, NULL, O_QUEUE},
+        {"priority", required_argument, NULL, O_PRIORITY},
+        {"retries", required_argument, NULL, O_RETRIES},
+        {"time-limit", required_argument, NULL, O_LIMIT},
+        {NULL, 0, NULL, 0},
+    };
+    char **gargv = argv - 1;
     long n;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
-        if (streq(a, "--"))
-            return i + 1;
-        if (a[0] != '-' || streq(a, "-"))
-            return i;
-        if (streq(a, "--unordered"))
+    int opt;
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc + 1, gargv, run->exec ? "+:j:" : ":j:",
+                              options, NULL)) != -1) {
+        switch (opt) {
+        case 'j':
+            if (!tq_cli_parse_long(optarg, 1, 1000000, &n)) {
+                tq_cli_usage_error(usage, "--jobs %s: not in 1..1000000",
+                                   optarg);
+                return -1;
+            }
+            run->jobs = n;
+            break;
+        case O_UNORDERED:
             run->ordered = false;
-        else if (streq(a, "--json"))
+            break;
+        case O_JSON:
             run->as_json = true;
-        else if (streq(a, "--no-check"))
+            break;
+        case O_NO_CHECK:
             *no_check = true;
-        else if (streq(a, "--progress"))
+            break;
+        case O_PROGRESS:
             *force_progress = 1;
-        else if (streq(a, "--no-progress"))
+            break;
+        case O_NO_PROGRESS:
             *force_progress = 0;
-        else if (!next) {
-            tq_cli_usage_error(usage, "%s: unknown option or missing value",
-                               a);
-            return -1;
-        } else if (streq(a, "-j") || streq(a, "--jobs")) {
-            if (!tq_cli_parse_long(next, 1, 1000000, &n)) {
-                tq_cli_usage_error(usage, "%s %s: not in 1..1000000", a,
-                                   next);
+            break;
+        case O_QUEUE:
+            run->options.queue = optarg;
+            break;
+        case O_PRIORITY:
+            if (!tq_cli_parse_long(optarg, 0, TQ_PRIORITY_MAX, &n)) {
+                tq_cli_usage_error(usage, "--priority %s: not in 0..9",
+                                   optarg);
                 return -1;
             }
-            run->jobs = n, i++;
-        } else if (streq(a, "--queue"))
-            run->options.queue = next, i++;
-        else if (streq(a, "--priority")) {
-            if (!tq_cli_parse_long(next, 0, TQ_PRIORITY_MAX, &n)) {
-                tq_cli_usage_error(usage, "--priority %s: not in 0..9", next);
-                return -1;
-            }
-            run->options.priority = (int)n, i++;
-        } else if (streq(a, "--retries")) {
-            if (!tq_cli_parse_long(next, 0, 1000, &n)) {
+            run->options.priority = (int)n;
+            break;
+        case O_RETRIES:
+            if (!tq_cli_parse_long(optarg, 0, 1000, &n)) {
                 tq_cli_usage_error(usage, "--retries %s: not in 0..1000",
-                                   next);
+                                   optarg);
                 return -1;
             }
-            run->options.retries = (int)n, i++;
-        } else if (streq(a, "--time-limit")) {
-            run->options.time_limit_ms = tq_cli_parse_seconds(next), i++;
+            run->options.retries = (int)n;
+            break;
+        case O_LIMIT:
+            run->options.time_limit_ms = tq_cli_parse_seconds(optarg);
             if (run->options.time_limit_ms < 0) {
                 tq_cli_usage_error(usage, "--time-limit %s: not a duration",
-                                   next);
+                                   optarg);
                 return -1;
             }
-        } else {
-            tq_cli_usage_error(usage, "%s: unknown option", a);
+            break;
+        default:
+            tq_cli_option_error(usage, opt, gargv);
             return -1;
         }
     }
-    return argc;
+    return optind - 1;
 }
 
 /* Shared by map and exec once run->task (and the exec words) are set. */
@@ -719,18 +834,10 @@ tq_cli_map(tq_client_t *client, int argc, char **argv)
         return TQ_CLI_EXIT_USAGE;
     if (first >= argc)
         return tq_cli_usage_error(tq_cli_usage_map, "%s", "missing TASK");
+    if (first + 1 < argc)
+        return tq_cli_usage_error(tq_cli_usage_map, "%s: unexpected argument",
+                                  argv[first + 1]);
     run.task = argv[first];
-    /* options may follow TASK too */
-    if (first + 1 < argc) {
-        int rest = s_parse(&run, argc - first - 1, argv + first + 1,
-                           tq_cli_usage_map, &no_check, &force_progress);
-        if (rest < 0)
-            return TQ_CLI_EXIT_USAGE;
-        if (rest < argc - first - 1)
-            return tq_cli_usage_error(tq_cli_usage_map,
-                                      "%s: unexpected argument",
-                                      argv[first + 1 + rest]);
-    }
     return s_start(client, &run, no_check, force_progress);
 }
 

@@ -1,6 +1,7 @@
 /* tq_cli_ops.c - the operator verbs of the tq command: wait, cancel,
    status (--watch), workers, failed, retry, purge. */
 #include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,42 +106,75 @@ const char *const tq_cli_usage_purge =
 /* Options most operator verbs share. */
 typedef struct {
     bool as_json;
+    bool timed; /* --timeout given */
     int timeout_ms;
-    const char *args[64]; /* positional arguments */
+    char **args; /* positional arguments (borrowed from argv) */
     int nargs;
 } s_opts_t;
 
-/* Parses --json, --timeout SEC and positionals (at most max); extra
-   handles the verb's own flags (may be NULL): returns how many argv words
-   it took (0: not its option, -1: usage error already printed). */
+/* A verb's own option: its getopt entry and its handler, which returns
+   0 or a usage error's exit code. */
+typedef struct {
+    struct option opt;
+    int (*handle)(const char *value, void *arg);
+} s_extra_t;
+
+/* Parses --json, --timeout SEC, the verb's extra options (may be NULL,
+   count entries) and up to max positionals (-1: any number). */
 static int
 s_parse(int argc, char **argv, const char *usage, int max, s_opts_t *o,
-        int (*extra)(int argc, char **argv, int i, void *arg), void *arg)
+        const s_extra_t *extra, int count, void *arg)
 {
+    enum { O_JSON = 256, O_TIMEOUT, O_EXTRA };
+    struct option options[16] = {
+        {"json", no_argument, NULL, O_JSON},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+    };
+    char shorts[16] = ":";
+    for (int i = 0; i < count && i < 12; i++) {
+        options[2 + i] = extra[i].opt;
+        int val = extra[i].opt.val;
+        if ((val >= 'a' && val <= 'z') || (val >= 'A' && val <= 'Z')) {
+            size_t n = strlen(shorts);
+            shorts[n] = (char)extra[i].opt.val;
+            shorts[n + 1] = 0;
+        } else
+            options[2 + i].val = O_EXTRA + i;
+    }
     memset(o, 0, sizeof *o);
     o->timeout_ms = TQ_CLI_REQUEST_MS;
-    for (int i = 0; i < argc; i++) {
-        int took = extra ? extra(argc, argv, i, arg) : 0;
-        if (took < 0)
-            return TQ_CLI_EXIT_USAGE;
-        if (took > 0) {
-            i += took - 1;
-            continue;
-        }
-        if (streq(argv[i], "--json"))
+    char **gargv = argv - 1;
+    int opt;
+    optind = 0;
+    opterr = 0;
+    while ((opt = getopt_long(argc + 1, gargv, shorts, options, NULL)) !=
+           -1) {
+        if (opt == O_JSON)
             o->as_json = true;
-        else if (streq(argv[i], "--timeout") && i + 1 < argc) {
-            o->timeout_ms = tq_cli_parse_seconds(argv[++i]);
+        else if (opt == O_TIMEOUT) {
+            o->timed = true;
+            o->timeout_ms = tq_cli_parse_seconds(optarg);
             if (o->timeout_ms < 0)
                 return tq_cli_usage_error(usage, "--timeout %s: not a "
-                                                 "duration", argv[i]);
-        } else if (strncmp(argv[i], "--", 2) == 0 || o->nargs >= max ||
-                   o->nargs >= 64)
-            return tq_cli_usage_error(usage, "%s: unexpected argument",
-                                      argv[i]);
-        else
-            o->args[o->nargs++] = argv[i];
+                                                 "duration",
+                                          optarg);
+        } else if (opt == '?' || opt == ':')
+            return tq_cli_option_error(usage, opt, gargv);
+        else {
+            int k = opt >= O_EXTRA ? opt - O_EXTRA : -1;
+            for (int i = 0; k < 0 && i < count; i++)
+                if (extra[i].opt.val == opt)
+                    k = i;
+            int rc = k >= 0 ? extra[k].handle(optarg, arg) : 0;
+            if (rc)
+                return rc;
+        }
     }
+    o->args = gargv + optind;
+    o->nargs = argc + 1 - optind;
+    if (max >= 0 && o->nargs > max)
+        return tq_cli_usage_error(usage, "%s: unexpected argument",
+                                  o->args[max]);
     return TQ_CLI_EXIT_OK;
 }
 
@@ -162,25 +196,22 @@ int
 tq_cli_wait(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
-    int rc = s_parse(argc, argv, tq_cli_usage_wait, 64, &o, NULL, NULL);
+    int rc = s_parse(argc, argv, tq_cli_usage_wait, -1, &o, NULL, 0, NULL);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
-    if (argc > 0 && !o.nargs)
-        return tq_cli_usage_error(tq_cli_usage_wait, "%s", "missing ID");
     if (!o.nargs)
         return tq_cli_usage_error(tq_cli_usage_wait, "%s", "missing ID");
     /* the default 5 s suits requests; waiting for tasks is unbounded
        unless asked */
-    bool timed = false;
-    for (int i = 0; i < argc; i++)
-        if (streq(argv[i], "--timeout"))
-            timed = true;
-    tq_result_t *results[64] = {0};
+    tq_result_t **results = calloc((size_t)o.nargs, sizeof *results);
+    if (!results)
+        return tq_cli_error(TQ_ENOMEM, NULL);
     for (int i = 0; i < o.nargs; i++) {
         results[i] = tq_client_fetch(client, o.args[i], true);
         if (!results[i]) {
             for (int k = 0; k < i; k++)
                 tq_result_destroy(&results[k]);
+            free(results);
             return tq_cli_usage_error(tq_cli_usage_wait,
                                       "%s: not a valid task id", o.args[i]);
         }
@@ -192,7 +223,7 @@ tq_cli_wait(tq_client_t *client, int argc, char **argv)
     rc = TQ_CLI_EXIT_OK;
     for (int i = 0; i < o.nargs; i++) {
         int left = -1;
-        if (timed) {
+        if (o.timed) {
             clock_gettime(CLOCK_MONOTONIC, &ts);
             int64_t now = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
             left = now >= deadline ? 0 : (int)(deadline - now);
@@ -207,17 +238,20 @@ tq_cli_wait(tq_client_t *client, int argc, char **argv)
             json_t *j = v ? tq_cli_to_json(v) : json_null();
             tq_cli_print_json(j, false);
             json_decref(j);
-        } else {
+        } else if (code == TQ_EUNKNOWN)
+            tq_cli_unknown_id(o.args[i]);
+        else {
             const char *text = code == TQ_ETIMEDOUT
                                    ? "the wait timed out"
                                    : tq_result_error(results[i]);
-            fprintf(stderr, "error: %s: %s: %s\n", o.args[i],
-                    tq_cli_code_name(code), *text ? text : tq_strerror(code));
+            tq_cli_error(code, "%s: %s", o.args[i],
+                         *text ? text : tq_strerror(code));
         }
         if (code != TQ_OK && rc == TQ_CLI_EXIT_OK)
             rc = tq_cli_exit_code(code);
         tq_result_destroy(&results[i]);
     }
+    free(results);
     return rc;
 }
 
@@ -227,7 +261,7 @@ int
 tq_cli_cancel(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
-    int rc = s_parse(argc, argv, tq_cli_usage_cancel, 1, &o, NULL, NULL);
+    int rc = s_parse(argc, argv, tq_cli_usage_cancel, 1, &o, NULL, 0, NULL);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     if (o.nargs != 1)
@@ -244,6 +278,8 @@ tq_cli_cancel(tq_client_t *client, int argc, char **argv)
             printf("%s cancelled\n", id);
         return TQ_CLI_EXIT_OK;
     }
+    if (code == TQ_EUNKNOWN && !o.as_json)
+        return tq_cli_unknown_id(id);
     if (code == TQ_EUNKNOWN || code == TQ_ETIMEDOUT ||
         code == TQ_EUNREACHABLE)
         return o.as_json ? tq_cli_exit_code(code)
@@ -260,7 +296,7 @@ int
 tq_cli_retry(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
-    int rc = s_parse(argc, argv, tq_cli_usage_retry, 1, &o, NULL, NULL);
+    int rc = s_parse(argc, argv, tq_cli_usage_retry, 1, &o, NULL, 0, NULL);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     if (o.nargs != 1)
@@ -281,6 +317,8 @@ tq_cli_retry(tq_client_t *client, int argc, char **argv)
     if (code == TQ_ESTATE)
         return tq_cli_error(code, "%s: not in the dead-letter list (see tq "
                                   "failed)", id);
+    if (code == TQ_EUNKNOWN)
+        return tq_cli_unknown_id(id);
     return tq_cli_error(code, "%s: %s", id, tq_strerror(code));
 }
 
@@ -505,42 +543,48 @@ typedef struct {
 } s_status_opts_t;
 
 static int
-s_status_extra(int argc, char **argv, int i, void *arg)
+s_status_watch(const char *value, void *arg)
 {
-    s_status_opts_t *so = arg;
-    if (streq(argv[i], "--watch")) {
-        so->watch = true;
-        return 1;
-    }
-    if (streq(argv[i], "--interval") && i + 1 < argc) {
-        so->interval_ms = tq_cli_parse_seconds(argv[i + 1]);
-        if (so->interval_ms < 100) {
-            tq_cli_usage_error(tq_cli_usage_status, "--interval %s: not a "
-                                                    "duration >= 0.1",
-                               argv[i + 1]);
-            return -1;
-        }
-        return 2;
-    }
-    if (streq(argv[i], "--count") && i + 1 < argc) {
-        if (!tq_cli_parse_long(argv[i + 1], 1, 1L << 30, &so->count)) {
-            tq_cli_usage_error(tq_cli_usage_status, "--count %s: not a "
-                                                    "positive number",
-                               argv[i + 1]);
-            return -1;
-        }
-        return 2;
-    }
+    (void)value;
+    ((s_status_opts_t *)arg)->watch = true;
     return 0;
 }
+
+static int
+s_status_interval(const char *value, void *arg)
+{
+    s_status_opts_t *so = arg;
+    so->interval_ms = tq_cli_parse_seconds(value);
+    if (so->interval_ms < 100)
+        return tq_cli_usage_error(tq_cli_usage_status,
+                                  "--interval %s: not a duration >= 0.1",
+                                  value);
+    return 0;
+}
+
+static int
+s_status_count(const char *value, void *arg)
+{
+    s_status_opts_t *so = arg;
+    if (!tq_cli_parse_long(value, 1, 1L << 30, &so->count))
+        return tq_cli_usage_error(tq_cli_usage_status,
+                                  "--count %s: not a positive number", value);
+    return 0;
+}
+
+static const s_extra_t s_status_options[] = {
+    {{"watch", no_argument, NULL, 0}, s_status_watch},
+    {{"interval", required_argument, NULL, 0}, s_status_interval},
+    {{"count", required_argument, NULL, 0}, s_status_count},
+};
 
 int
 tq_cli_status(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
     s_status_opts_t so = {false, 1000, 0};
-    int rc = s_parse(argc, argv, tq_cli_usage_status, 0, &o, s_status_extra,
-                     &so);
+    int rc = s_parse(argc, argv, tq_cli_usage_status, 0, &o, s_status_options,
+                     3, &so);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     json_t *st = NULL, *prev = NULL;
@@ -586,7 +630,7 @@ int
 tq_cli_workers(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
-    int rc = s_parse(argc, argv, tq_cli_usage_workers, 0, &o, NULL, NULL);
+    int rc = s_parse(argc, argv, tq_cli_usage_workers, 0, &o, NULL, 0, NULL);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     json_t *st;
@@ -632,7 +676,7 @@ int
 tq_cli_failed(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
-    int rc = s_parse(argc, argv, tq_cli_usage_failed, 0, &o, NULL, NULL);
+    int rc = s_parse(argc, argv, tq_cli_usage_failed, 0, &o, NULL, 0, NULL);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     tq_buf_t body;
@@ -678,23 +722,24 @@ tq_cli_failed(tq_client_t *client, int argc, char **argv)
 }
 
 static int
-s_purge_extra(int argc, char **argv, int i, void *arg)
+s_purge_yes(const char *value, void *arg)
 {
-    (void)argc;
-    if (streq(argv[i], "--yes") || streq(argv[i], "-y")) {
-        *(bool *)arg = true;
-        return 1;
-    }
+    (void)value;
+    *(bool *)arg = true;
     return 0;
 }
+
+static const s_extra_t s_purge_options[] = {
+    {{"yes", no_argument, NULL, 'y'}, s_purge_yes},
+};
 
 int
 tq_cli_purge(tq_client_t *client, int argc, char **argv)
 {
     s_opts_t o;
     bool yes = false;
-    int rc = s_parse(argc, argv, tq_cli_usage_purge, 1, &o, s_purge_extra,
-                     &yes);
+    int rc = s_parse(argc, argv, tq_cli_usage_purge, 1, &o, s_purge_options,
+                     1, &yes);
     if (rc != TQ_CLI_EXIT_OK)
         return rc;
     if (o.nargs != 1)

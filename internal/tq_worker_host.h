@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "tq/tq_worker.h"
+#include "tq_log.h"
 #include "tq_proto.h"
 
 /* A child's board (worker/tq_board.h: private to the worker host). */
@@ -77,19 +78,18 @@ void tq_child_run(const tq_worker_config_t *config,
                   const tq_registry_t *registry, int report_fd,
                   tq_board_t *board) __attribute__((noreturn));
 
-/* Logs one line on stderr prefixed with "tq-worker[pid]: ". */
+/* Logs one line on stderr through tq_log (ISO-8601 time, program, pid,
+   level; --log-level, --log-json, --log-file apply). */
 static inline void tq_worker_log(const char *format, ...)
     __attribute__((format(printf, 1, 2)));
 
 static inline void
 tq_worker_log(const char *format, ...)
 {
-    char line[1024];
     va_list ap;
     va_start(ap, format);
-    vsnprintf(line, sizeof line, format, ap);
+    tq_log_v(TQ_LOG_INFO, format, ap);
     va_end(ap);
-    fprintf(stderr, "tq-worker[%ld]: %s\n", (long)getpid(), line);
 }
 
 #endif

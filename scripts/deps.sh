@@ -15,6 +15,8 @@ packages=(
   postgresql                            # its tests start private clusters
   procps                                # ps/pgrep used by scripts
   python3 python3-zmq python3-msgpack   # the Python client and its tests
+  libsystemd-dev                        # sd_notify: tq-broker Type=notify
+  systemd                               # systemd-analyze verify in tests
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`

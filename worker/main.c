@@ -1,13 +1,26 @@
-/* main.c - tq-worker: parse the command line, load the task registry, run
-   the supervisor. */
-#include "tq_worker_host.h"
+/* main.c - tq-worker: parse the command line (and the TQ_WORKER_*
+   variables), check the endpoint, load the task registry, run the
+   supervisor. */
 #include "tq_curve.h"
+#include "tq_endpoint.h"
+#include "tq_env.h"
 #include "tq_exec.h"
+#include "tq_log.h"
+#include "tq_worker_host.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* SIGHUP: open the --log-file again (logrotate), and do not die of it. */
+static void
+s_on_hangup(int sig)
+{
+    (void)sig;
+    tq_log_reopen();
+}
 
 static void
 s_usage(FILE *out)
@@ -20,7 +33,7 @@ s_usage(FILE *out)
             "[--help]\n"
             "\n"
             "  --broker EP            broker's worker endpoint "
-            "($TQ_WORKER_ENDPOINT, else %s)\n"
+            "(default %s)\n"
             "  -c, --concurrency N    child processes (default: online CPUs)\n"
             "  --queue NAME           queue to serve, repeatable (default: "
             "default)\n"
@@ -44,7 +57,19 @@ s_usage(FILE *out)
             "broker\n"
             "  --curve-cert FILE      this worker's certificate, from tq "
             "keygen ($TQ_CURVE_CERT)\n"
-            "  -v, --verbose          log protocol chatter\n",
+            "  -v, --verbose          log protocol chatter (= --log-level "
+            "debug)\n"
+            "  --log-level L          error, warning, info (default) or "
+            "debug\n"
+            "  --log-json             log lines as JSON objects\n"
+            "  --log-file FILE        log to FILE (appended; SIGHUP reopens "
+            "it)\n"
+            "  --version              print the version and exit\n"
+            "\n"
+            "Every flag also comes from the environment: --broker EP is\n"
+            "TQ_WORKER_BROKER=EP, --concurrency N TQ_WORKER_CONCURRENCY=N, "
+            "--log-level\n"
+            "TQ_LOG_LEVEL (a flag given wins).\n",
             TQ_DEFAULT_WORKER_ENDPOINT);
 }
 
@@ -93,6 +118,8 @@ main(int argc, char **argv)
     const char *modules[256];
     int module_count = 0;
     const char *host = NULL;
+    tq_log_init("tq-worker");
+    /* the name before TQ_WORKER_BROKER, still read */
     config.endpoint = getenv("TQ_WORKER_ENDPOINT");
     if (!config.endpoint || !*config.endpoint)
         config.endpoint = TQ_DEFAULT_WORKER_ENDPOINT;
@@ -112,7 +139,11 @@ main(int argc, char **argv)
         O_ALLOW_EXEC,
         O_SOFT_LIMIT,
         O_MAX_TASKS,
-        O_MAX_MEMORY
+        O_MAX_MEMORY,
+        O_LOG_LEVEL,
+        O_LOG_JSON,
+        O_LOG_FILE,
+        O_VERSION
     };
     static const struct option options[] = {
         {"broker", required_argument, NULL, O_BROKER},
@@ -130,12 +161,23 @@ main(int argc, char **argv)
         {"curve-server-key", required_argument, NULL, 'K'},
         {"curve-cert", required_argument, NULL, 'C'},
         {"verbose", no_argument, NULL, 'v'},
+        {"log-level", required_argument, NULL, O_LOG_LEVEL},
+        {"log-json", no_argument, NULL, O_LOG_JSON},
+        {"log-file", required_argument, NULL, O_LOG_FILE},
+        {"version", no_argument, NULL, O_VERSION},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    char **env_argv = tq_env_argv("TQ_WORKER_", options, argc, argv, &argc);
+    if (!env_argv) {
+        fprintf(stderr, "tq-worker: out of memory\n");
+        return 1;
+    }
+    argv = env_argv;
     int opt;
     long n;
     const char *bad = NULL;
+    char why[512];
     while (!bad &&
            (opt = getopt_long(argc, argv, "c:vh", options, NULL)) != -1) {
         switch (opt) {
@@ -206,7 +248,24 @@ main(int argc, char **argv)
             break;
         case 'v':
             config.verbose = true;
+            tq_log_set_level(TQ_LOG_DEBUG);
             break;
+        case O_LOG_LEVEL:
+            if ((n = tq_log_parse_level(optarg)) < 0)
+                bad = "--log-level wants error, warning, info or debug";
+            else
+                tq_log_set_level((int)n);
+            break;
+        case O_LOG_JSON:
+            tq_log_set_json(true);
+            break;
+        case O_LOG_FILE:
+            if (tq_log_set_file(optarg, why, sizeof why) != 0)
+                bad = why;
+            break;
+        case O_VERSION:
+            tq_env_print_version("tq-worker");
+            return 0;
         case 'h':
             s_usage(stdout);
             return 0;
@@ -223,6 +282,12 @@ main(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
+    /* a typo here would make every child fail to connect and respawn
+       forever: refuse it now, with a hint */
+    if (!tq_endpoint_check(config.endpoint, false, why, sizeof why)) {
+        fprintf(stderr, "tq-worker: --broker %s\n", why);
+        return 2;
+    }
     if (config.queue_count == 0)
         config.queues[config.queue_count++] = "default";
     if (host)
@@ -236,13 +301,13 @@ main(int argc, char **argv)
     const char *server_key = getenv(TQ_CURVE_ENV_SERVER_KEY);
     const char *cert_file = getenv(TQ_CURVE_ENV_CERT);
     if ((server_key && *server_key) || (cert_file && *cert_file)) {
-        char why[512], key[TQ_CURVE_KEY_TEXT];
+        char key[TQ_CURVE_KEY_TEXT];
         zcert_t *cert = NULL;
         if (!server_key || !*server_key || !cert_file || !*cert_file)
-            snprintf(why, sizeof why, "CURVE needs both --curve-server-key "
-                                      "and --curve-cert");
-        else if (tq_curve_public_key(server_key, key, why, sizeof why) ==
-                 0)
+            snprintf(why, sizeof why,
+                     "CURVE needs both --curve-server-key "
+                     "and --curve-cert");
+        else if (tq_curve_public_key(server_key, key, why, sizeof why) == 0)
             cert = tq_curve_load_secret(cert_file, why, sizeof why);
         if (!cert) {
             fprintf(stderr, "tq-worker: %s\n", why);
@@ -271,7 +336,14 @@ main(int argc, char **argv)
         tq_registry_destroy(&registry);
         return 1;
     }
+    struct sigaction hup;
+    memset(&hup, 0, sizeof hup);
+    sigemptyset(&hup.sa_mask);
+    hup.sa_handler = s_on_hangup;
+    hup.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &hup, NULL);
     int rc = tq_supervisor_run(&config, registry);
     tq_registry_destroy(&registry);
+    tq_env_free(env_argv);
     return rc;
 }
