@@ -3,6 +3,7 @@
    because it serves czmq's global context (the broker has its own) and
    cannot tell the two endpoints apart. */
 #include "tq_auth.h"
+#include "tq_log.h"
 
 #include <czmq.h>
 #include <dirent.h>
@@ -70,8 +71,8 @@ s_log(tq_auth_t *self, const char *format, ...)
     int64_t now = s_now_ms();
     if (now - self->log_window_ms >= 1000) {
         if (self->log_suppressed)
-            fprintf(stderr, "tq-broker: auth: %llu refusal(s) not logged\n",
-                    (unsigned long long)self->log_suppressed);
+            tq_log_warning("auth: %llu refusal(s) not logged",
+                           (unsigned long long)self->log_suppressed);
         self->log_window_ms = now;
         self->log_count = 0;
         self->log_suppressed = 0;
@@ -80,12 +81,12 @@ s_log(tq_auth_t *self, const char *format, ...)
         self->log_suppressed++;
         return;
     }
+    char line[1024];
     va_list args;
     va_start(args, format);
-    fprintf(stderr, "tq-broker: auth: ");
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
+    vsnprintf(line, sizeof line, format, args);
     va_end(args);
+    tq_log_warning("auth: %s", line);
 }
 
 static void
@@ -100,9 +101,8 @@ s_list_load(s_list_t *list)
     DIR *dir = opendir(list->dir);
     if (!dir || fstat(dirfd(dir), &st) != 0) {
         /* an unreadable list is an empty list: fail closed */
-        fprintf(stderr,
-                "tq-broker: auth: cannot read %s keys in %s: %s; "
-                "refusing every key there\n",
+        tq_log_error("auth: cannot read %s keys in %s: %s; "
+                     "refusing every key there",
                 list->domain, list->dir, strerror(errno));
     } else {
         list->mtime = st.st_mtim;
@@ -119,7 +119,7 @@ s_list_load(s_list_t *list)
                 continue;
             char key[TQ_CURVE_KEY_TEXT], why[256];
             if (tq_curve_public_key(path, key, why, sizeof why) != 0) {
-                fprintf(stderr, "tq-broker: auth: skipping %s: %s\n", path,
+                tq_log_info("auth: skipping %s: %s", path,
                         why);
                 continue;
             }
@@ -139,7 +139,7 @@ s_list_load(s_list_t *list)
     zcertstore_destroy(&list->store);
     list->store = store;
     if (count != list->count || !list->loaded_ms)
-        fprintf(stderr, "tq-broker: auth: %zu %s key(s) from %s\n", count,
+        tq_log_info("auth: %zu %s key(s) from %s", count,
                 list->domain, list->dir);
     list->count = count;
     list->loaded_ms = s_now_ms();

@@ -19,6 +19,7 @@
 
 #include "tq_broker_core.h"
 #include "tq_curve.h"
+#include "tq_log.h"
 
 #define BATCH 512 /* messages drained per socket per pass */
 #define CHECK_MS 100 /* host liveness checks */
@@ -51,7 +52,7 @@ tqb_alloc(size_t size)
 {
     void *p = calloc(1, size);
     if (!p) {
-        fprintf(stderr, "tq-broker: out of memory\n");
+        tq_log_error("out of memory");
         abort();
     }
     return p;
@@ -75,8 +76,8 @@ tqb_warn(tq_broker_t *self, const char *format, ...)
         return;
     if (self->now_ms - self->log_window_ms >= 1000) {
         if (self->log_count > LOG_BURST)
-            fprintf(stderr, "tq-broker: (%d more lines suppressed)\n",
-                    self->log_count - LOG_BURST);
+            tq_log_warning("(%d more lines suppressed)",
+                           self->log_count - LOG_BURST);
         self->log_window_ms = self->now_ms;
         self->log_count = 0;
     }
@@ -84,9 +85,7 @@ tqb_warn(tq_broker_t *self, const char *format, ...)
         return;
     va_list ap;
     va_start(ap, format);
-    fputs("tq-broker: ", stderr);
-    vfprintf(stderr, format, ap);
-    fputc('\n', stderr);
+    tq_log_v(TQ_LOG_WARNING, format, ap);
     va_end(ap);
 }
 
@@ -463,17 +462,15 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
         return -1;
     }
     if (self->recovered || self->recovered_items)
-        fprintf(stderr,
-                "tq-broker: recovered %llu tasks and %llu queue items from "
-                "%s in %lld ms\n",
+        tq_log_info("recovered %llu tasks and %llu queue items from "
+                    "%s in %lld ms",
                 (unsigned long long) self->recovered,
                 (unsigned long long) self->recovered_items,
                 url ? "the PostgreSQL store" : where,
                 (long long) (tqb_now() - started));
     if (self->corrupt)
-        fprintf(stderr,
-                "tq-broker: %llu stored tasks or items failed their "
-                "checksum: failed TQ_ECORRUPT or left out (see above)\n",
+        tq_log_error("%llu stored tasks or items failed their "
+                     "checksum: failed TQ_ECORRUPT or left out (see above)",
                 (unsigned long long) self->corrupt);
     self->disk_bytes = tq_store_disk_size(self->store);
     self->dispatch_due = true;
@@ -546,11 +543,10 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
     size_t len = size;
     zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, resolved, &len);
     if (!cert && !s_is_local(endpoint))
-        fprintf(stderr,
-                "tq-broker: WARNING: %s (%s) is reachable from other hosts "
-                "WITHOUT CURVE: anyone who can connect can %s. Use "
-                "--curve-secret with --client-keys and --worker-keys, or "
-                "bind 127.0.0.1.\n",
+        tq_log_warning("%s (%s) is reachable from other hosts "
+                       "WITHOUT CURVE: anyone who can connect can %s. Use "
+                       "--curve-secret with --client-keys and --worker-keys, "
+                       "or bind 127.0.0.1.",
                 resolved, domain,
                 streq(domain, TQ_CURVE_DOMAIN_WORKERS)
                     ? "take tasks and forge their results"
@@ -728,7 +724,7 @@ tq_broker_run(tq_broker_t *self)
         if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
                 continue;
-            fprintf(stderr, "tq-broker: poll: %s\n", zmq_strerror(errno));
+            tq_log_error("poll: %s", zmq_strerror(errno));
             return TQ_ESYS;
         }
         self->now_ms = tqb_now();

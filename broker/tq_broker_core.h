@@ -21,6 +21,7 @@
 #include "tq_auth.h"
 #include "tq_broker.h"
 #include "tq_heap.h"
+#include "tq_log.h"
 #include "tq_proto.h"
 #include "tq_store.h"
 #include "tq_wire.h"
@@ -293,11 +294,8 @@ void tqb_warn(tq_broker_t *self, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 #define tqb_debug(self, ...)                                                   \
     do {                                                                       \
-        if ((self)->config.verbose) {                                          \
-            fputs("tq-broker: ", stderr);                                      \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fputc('\n', stderr);                                               \
-        }                                                                      \
+        if ((self)->config.verbose || tq_log_enabled(TQ_LOG_DEBUG))            \
+            tq_log(TQ_LOG_DEBUG, __VA_ARGS__);                                 \
     } while (0)
 
 /* ---- tq_reply.c: routing ids and everything the broker sends ---- */

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "tq_broker_core.h"
+#include "tq_log.h"
 
 /* The wall-clock ms a SCHEDULED or RETRY task may run (the store keeps
    wall-clock time: the monotonic clock starts again with the broker), 0
@@ -168,9 +169,8 @@ tqb_commit(tq_broker_t *self)
     if (dirty)
         began = s_now_us();
     if (dirty && tq_store_commit(self->store) != TQ_OK) {
-        fprintf(stderr,
-                "tq-broker: FATAL: cannot write %s: %s; "
-                "stopping without acknowledging %u requests\n",
+        tq_log_error("FATAL: cannot write %s: %s; "
+                     "stopping without acknowledging %u requests",
                 self->store_name, tq_store_error(self->store),
                 self->ack_count);
         return false;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tq_broker_core.h"
+#include "tq_log.h"
 
 /* ---- routing ids ---- */
 
@@ -115,7 +116,7 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     if (rc == TQ_EINVAL) {
         /* our own message broke the protocol's rules: a bug */
         tq_proto_encode(&self->out, &self->sbuf, &reason);
-        fprintf(stderr, "tq-broker: cannot encode %s: %s\n",
+        tq_log_error("BUG: cannot encode %s: %s",
                 tq_proto_command_name(self->out.command),
                 reason ? reason : "?");
         abort();

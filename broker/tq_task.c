@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "tq_broker_core.h"
+#include "tq_log.h"
 
 /* ---- task lists ---- */
 
@@ -358,7 +359,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         how = &none;
     task_state_t from = task->state;
     if (!tqb_task_legal(from, to)) {
-        fprintf(stderr, "tq-broker: BUG: task %s cannot move %s -> %s\n",
+        tq_log_error("BUG: task %s cannot move %s -> %s",
                 task->rec.id, s_names[from], tqb_task_state_name(to));
         abort();
     }
@@ -372,7 +373,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         return;
     }
     if (s_held(to) && !how->holder) {
-        fprintf(stderr, "tq-broker: BUG: task %s held by nobody\n",
+        tq_log_error("BUG: task %s held by nobody",
                 task->rec.id);
         abort();
     }

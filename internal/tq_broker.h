@@ -9,8 +9,9 @@
 #include <stdint.h>
 
 /* Defaults. */
-#define TQ_BROKER_CLIENTS "tcp://*:5555"
-#define TQ_BROKER_WORKERS "tcp://*:5556"
+#define TQ_BROKER_CLIENTS "tcp://127.0.0.1:5555" /* loopback: opening
+                                                    it is a decision */
+#define TQ_BROKER_WORKERS "tcp://127.0.0.1:5556"
 #define TQ_BROKER_RESULT_TTL_S 3600
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
 #define TQ_BROKER_CLIENT_BACKLOG 100000 /* replies queued per client */
