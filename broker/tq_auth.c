@@ -65,6 +65,8 @@ s_now_ms(void)
 
 /* Logs about refusals at most S_LOG_BURST lines a second, so a flood of
    bad keys cannot fill the disk; the suppressed count is told later. */
+static void s_log(tq_auth_t *self, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
 static void
 s_log(tq_auth_t *self, const char *format, ...)
 {

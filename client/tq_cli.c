@@ -816,7 +816,7 @@ tq_cli_submit(tq_client_t *client, int argc, char **argv)
     if (masked && (argc == 0 || masked[argc - 1]))
         gargv = s_mask_values(argc, argv, masked);
     int rc = gargv ? TQ_CLI_EXIT_OK : tq_cli_error(TQ_ENOMEM, NULL);
-    long n;
+    long n = 0;
     int opt;
     optind = 0;
     opterr = 0;

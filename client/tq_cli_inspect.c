@@ -92,7 +92,7 @@ s_parse(int argc, char **argv, const char *usage, bool want_id, s_opts_t *o)
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         bool has_value = i + 1 < argc;
-        long n;
+        long n = 0;
         if (streq(a, "--json"))
             o->as_json = true;
         else if (streq(a, "--timeout") && has_value) {

@@ -704,7 +704,7 @@ s_parse(s_run_t *run, int argc, char **argv, const char *usage,
         {NULL, 0, NULL, 0},
     };
     char **gargv = argv - 1;
-    long n;
+    long n = 0;
     int opt;
     optind = 0;
     opterr = 0;
