@@ -85,6 +85,20 @@ bench-pool: build
 bench-cli: build
 	bench/tq_bench_cli.sh $(BUILD)
 
+# the build in the other configurations a user may pick, warnings as
+# errors: Release and Debug with gcc, and clang (CI runs it)
+.PHONY: build-matrix
+build-matrix: deps
+	@scripts/deps.sh --fuzz
+	set -e; for cfg in Release:gcc Debug:gcc RelWithDebInfo:clang; do \
+	  dir=build-$${cfg%%:*}-$${cfg##*:}; \
+	  CC=$${cfg##*:} cmake -S . -B $$dir -DCMAKE_BUILD_TYPE=$${cfg%%:*} \
+	    -DTQ_WERROR=ON -DBUILD_TESTING=OFF >/dev/null; \
+	  cmake --build $$dir -j$(JOBS) >/dev/null || \
+	    { echo "build-matrix: $$cfg failed" >&2; exit 1; }; \
+	  echo "build-matrix: $$cfg clean"; \
+	done
+
 # ASan/UBSan build of everything, whole suite
 sanitize:
 	$(MAKE) test BUILD=build-asan \
@@ -137,4 +151,5 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-asan $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-asan build-Release-gcc build-Debug-gcc \
+	  build-RelWithDebInfo-clang $(FUZZ_BUILD)
