@@ -521,6 +521,32 @@ test_startup_failures_stop_host(void **state)
     free(err);
 }
 
+/* A worker host pointed at the broker's clients endpoint: the broker
+   answers its HEARTBEAT with ERROR ("not valid on the clients endpoint"),
+   and the host stops with that reason and a hint, exit 1, instead of
+   staying silent forever. */
+static void
+test_clients_endpoint_refused(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker", env->broker.clients,
+                          "-c", "1", NULL};
+    int err_fd = -1;
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
+    assert_true(worker > 0);
+    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    close(err_fd);
+    fputs(err, stdout);
+    int status = 0;
+    assert_int_equal(tq_harness_wait_exit(worker, S_GONE_MS, &status), 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+    assert_non_null(strstr(err, "not valid on the clients endpoint"));
+    assert_non_null(strstr(err, "workers endpoint"));
+    free(err);
+}
+
 /* The supervisor's main thread's voluntary context switches (its
    wakeups), from /proc; -1 if unknown. */
 static long
@@ -611,6 +637,9 @@ main(void)
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_session_change_reannounces),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_clients_endpoint_refused,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_no_wakeup_per_task,

@@ -214,6 +214,17 @@ s_on_kill(s_super_t *self)
     kill(slot->pid, SIGTERM);
 }
 
+/* True if s contains the C string text. */
+static bool
+s_str_has(tq_str_t s, const char *text)
+{
+    size_t n = strlen(text);
+    for (uint32_t i = 0; s.ptr && i + n <= s.len; i++)
+        if (memcmp(s.ptr + i, text, n) == 0)
+            return true;
+    return false;
+}
+
 static void
 s_on_broker(s_super_t *self, int rc)
 {
@@ -262,6 +273,24 @@ s_on_broker(s_super_t *self, int rc)
         s_send(self);
         break;
     case TQ_CMD_ERROR:
+        /* an endpoint that is not the broker's workers endpoint (its
+           clients endpoint answers HEARTBEAT "not valid on the clients
+           endpoint"), or a key the broker binds to another host: no
+           child could ever work, so the host stops with the reason */
+        if ((self->in.code == TQ_EPROTO &&
+             s_str_has(self->in.error, "clients endpoint")) ||
+            self->in.code == TQ_EDENIED) {
+            tq_worker_log("%s is not usable by this host: the broker says "
+                          "%.*s%s; stopping",
+                          self->config->endpoint, (int)self->in.error.len,
+                          self->in.error.ptr ? self->in.error.ptr : "",
+                          self->in.code == TQ_EPROTO
+                              ? " (workers connect to the broker's workers "
+                                "endpoint, port 5556 by default)"
+                              : "");
+            self->broken = true;
+            break;
+        }
         if (self->config->verbose)
             tq_worker_log("broker says %s: %.*s",
                           tq_strerror((int)self->in.code),
