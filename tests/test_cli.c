@@ -674,6 +674,35 @@ test_state_directory(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* tq-broker with no endpoint flags listens on loopback only (opening it to
+   the network is a decision). Its defaults are fixed ports, so it runs in a
+   network namespace of its own (unshare -n), where they are free. */
+static void
+test_loopback_default(void **state)
+{
+    (void)state;
+    if (geteuid() != 0) {
+        print_message("skipped: needs root for a network namespace\n");
+        skip();
+    }
+    const char *argv[] = {"/usr/bin/unshare", "-n",  "/bin/sh", "-c",
+                          "ip link set lo up && exec \"$0\" --no-persist",
+                          TQ_BROKER_BIN,      NULL};
+    int out_fd = -1, err_fd = -1;
+    pid_t pid = tq_harness_spawn((char *const *)argv, NULL, &out_fd, &err_fd);
+    assert_true(pid > 0);
+    char out[1024] = "";
+    bool printed = s_read_until(out_fd, out, sizeof out, "workers", S_RUN_MS);
+    printf("tq-broker with no flags: %s\n", out);
+    assert_true(printed);
+    assert_non_null(strstr(out, "tcp://127.0.0.1:5555"));
+    assert_non_null(strstr(out, "tcp://127.0.0.1:5556"));
+    assert_null(strstr(out, "0.0.0.0"));
+    assert_int_equal(tq_harness_stop(pid), 0);
+    close(out_fd);
+    close(err_fd);
+}
+
 /* SIGHUP on tq-worker reopens --log-file and does not kill it. */
 static void
 test_worker_sighup(void **state)
@@ -802,6 +831,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_countdown_eta, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_interrupt, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test(test_state_directory),
+        cmocka_unit_test(test_loopback_default),
         cmocka_unit_test_setup_teardown(test_worker_sighup, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test(test_systemd_units),
 #ifdef TQ_HAVE_SYSTEMD
