@@ -288,7 +288,9 @@ s_leave(tq_broker_t *self, task_t *task)
         __attribute__((fallthrough));
     case TASK_SUCCESS:
     case TASK_CANCELLED:
-        if (s_expires(task)) {
+        /* by where it is, not by s_expires: an operator's retry clears
+           the code of a TQ_ELOST dead letter before it moves */
+        if (task->prev || self->expiry.head == task) {
             tqb_list_remove(&self->expiry, task);
             self->results_kept--;
         }

@@ -217,6 +217,42 @@ test_journal(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* The operator's RETRY (tqb_on_retry) of a dead letter of TQ_ELOST, which
+   never waited for an expiry, leaves the results that do wait for theirs
+   where they were. */
+static void
+test_retry_lost(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    b->now_ms = 1000;
+    peer_t *child = s_child(b, "c1");
+    task_t *a = s_task(b, "a"), *c = s_task(b, "c");
+    tqb_task_move(b, a, TASK_WAITING, NULL);
+    tqb_task_move(b, c, TASK_WAITING, NULL);
+    tqb_task_move(b, a, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_move(b, c, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, a, TASK_SUCCESS, TQ_OK, NULL, NULL);
+    tqb_task_final(b, c, TASK_FAILURE, TQ_ELOST, "lost", NULL);
+    assert_int_equal(b->results_kept, 1);
+    assert_int_equal(b->dead_count, 1);
+
+    tq_msg_t msg = {.command = TQ_CMD_RETRY, .id = tq_str("c")};
+    tqb_on_retry(b, &msg, NULL);
+    assert_int_equal(c->state, TASK_WAITING);
+    assert_int_equal(b->dead_count, 0);
+    assert_int_equal(b->results_kept, 1);
+    assert_ptr_equal(b->expiry.head, a);
+    assert_ptr_equal(b->expiry.tail, a);
+
+    /* and a's result still expires */
+    b->now_ms = a->expires_ms;
+    tqb_expire_results(b);
+    assert_null(tqb_task_find(b, tq_str("a")));
+    assert_int_equal(b->results_kept, 0);
+    tq_broker_destroy(&b);
+}
+
 int
 main(void)
 {
@@ -224,6 +260,7 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_containers),
         cmocka_unit_test(test_journal),
+        cmocka_unit_test(test_retry_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
