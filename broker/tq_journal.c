@@ -58,7 +58,16 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         tq_store_finish(self->store, &row);
         return;
     }
-    tq_store_set_state(self->store, task->rec.id, row.state, task->rec.attempt);
+    if (from == TASK_FAILURE) {
+        /* an operator's retry: work again, no longer a result, so the
+           purge of expired results must not take its row */
+        row.code = 0;
+        row.error = NULL;
+        row.expires_ms = 0;
+        tq_store_finish(self->store, &row);
+    } else
+        tq_store_set_state(self->store, task->rec.id, row.state,
+                           task->rec.attempt);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)

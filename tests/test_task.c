@@ -253,14 +253,65 @@ test_retry_lost(void **state)
     tq_broker_destroy(&b);
 }
 
+static int64_t s_expires_of_x;
+
+static void
+s_row_of_x(const tq_store_task_t *row, void *arg)
+{
+    (void)arg;
+    s_rows++;
+    if (strcmp(row->id, "x") == 0) {
+        s_state_of_x = row->state;
+        s_expires_of_x = row->expires_ms;
+    }
+}
+
+/* A dead letter that an operator retries is work again: the store forgets
+   the expiry its result had, or its row would be purged (lost on the next
+   restart) once that result's TTL ran out, while it waits or runs. */
+static void
+test_retry_journal(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    peer_t *child = s_child(b, "c1");
+    task_t *x = s_task(b, "x");
+    tqb_task_move(b, x, TASK_WAITING, NULL);
+    x->rec.attempt++;
+    tqb_task_move(b, x, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, x, TASK_FAILURE, TQ_ETASK, "boom", NULL);
+    assert_true(tqb_commit(b));
+    tq_msg_t msg = {.command = TQ_CMD_RETRY, .id = tq_str("x")};
+    tqb_on_retry(b, &msg, NULL);
+    assert_int_equal(x->state, TASK_WAITING);
+    assert_true(tqb_commit(b));
+    tq_broker_destroy(&b);
+
+    char error[256];
+    tq_store_t *store = tq_store_open(dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    /* long after the TTL of the failure's result */
+    tq_store_purge(store, tqb_wall_ms() + 3600 * 1000, 100);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    s_rows = 0;
+    s_expires_of_x = -1;
+    assert_int_equal(tq_store_load(store, s_row_of_x, NULL), TQ_OK);
+    assert_int_equal(s_rows, 1);
+    assert_int_equal(s_state_of_x, TQ_STATE_PENDING);
+    assert_int_equal(s_expires_of_x, 0);
+    tq_store_destroy(&store);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_containers),
-        cmocka_unit_test(test_journal),
-        cmocka_unit_test(test_retry_lost),
+        cmocka_unit_test(test_table),         cmocka_unit_test(test_containers),
+        cmocka_unit_test(test_journal),       cmocka_unit_test(test_retry_lost),
+        cmocka_unit_test(test_retry_journal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
