@@ -1440,6 +1440,51 @@ test_work_stealing_two_takers(void **state)
     free(in);
 }
 
+/* A task cancelled while its REVOKE is outstanding: the holder gives it
+   back unstarted (RETURNED crosses the cancel) and will never send its
+   DONE, so the credit the cancel kept taken comes back with the RETURNED;
+   nothing is queued again. */
+static void
+test_work_stealing_cancelled(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostW", 941, 940, "qx", 2);
+    s_submit_ok(w, a, "wx-1", "qx", in);
+    s_submit_ok(w, a, "wx-2", "qx", in);
+    s_expect_task(w, w1, "wx-1", 1, in);
+    s_expect_task(w, w1, "wx-2", 1, in);
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostW", 942, 940, "qx", 2);
+    s_expect(w, w1, TQ_CMD_REVOKE, "wx-2", in);
+    s_send_id(w, a, TQ_CMD_CANCEL, "wx-2");
+    s_expect_result(w, a, "wx-2", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    tq_msg_t back = s_msg(TQ_CMD_RETURNED);
+    back.id = tq_str("wx-2");
+    back.attempt = 1;
+    s_send(w, w1, &back, NULL, 0);
+    s_done(w, w1, "wx-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "wx-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    /* after the RESULT, so after the RETURNED sent before the DONE */
+    s_status(w, a, &map);
+    const msgpack_object *me =
+        s_find_uint(s_array(map.root, "workers"), "pid", 941);
+    assert_non_null(me);
+    const msgpack_object *busy = tq_harness_map_get(me, "busy");
+    assert_non_null(busy);
+    assert_int_equal(busy->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_false(busy->via.boolean);
+    s_map_free(&map);
+    assert_int_equal(s_counter(w, a, "stolen"), 0);
+    assert_false(s_recv(w, w2, 300, in));
+    free(in);
+}
+
 /* ---- 10. the STATUS body (8) ---- */
 
 static void
@@ -1587,6 +1632,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing_old_child, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_two_takers, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing_cancelled, s_setup,
                                         s_teardown),
     };
     tq_harness_init();
