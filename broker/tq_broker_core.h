@@ -89,6 +89,8 @@ struct task_s {
     zmq_msg_t payload; /* args until final, then the value (a dead
                           letter keeps its args) */
     uint32_t lost; /* worker deaths charged to it */
+    bool failure_counted; /* FAILURE: in this run's failed counts (not
+                             when recovered from the store) */
     tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
     int64_t submitted_ms; /* monotonic ms when accepted */
     int64_t expires_ms; /* final: monotonic ms when forgotten */    ident_t client; /* submitter; size 0 once answered */

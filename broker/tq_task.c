@@ -446,6 +446,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     } else {
         self->counters.failed++;
         task->lane->queue->failed++;
+        task->failure_counted = true;
     }
     tqb_task_move(self, task, state, NULL);
     tqb_debug(self, "task %s %s%s%s", task->rec.id, s_names[state],
