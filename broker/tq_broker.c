@@ -743,9 +743,9 @@ tq_broker_run(tq_broker_t *self)
         }
         /* liveness is judged on what was received: after the drain, with
            the time it took credited to every host (s_credit_stall) */
-        int64_t drained = tqb_now();
-        s_credit_stall(self, self->now_ms, 0);
-        self->now_ms = drained;
+        int64_t drain_started = self->now_ms;
+        self->now_ms = tqb_now();
+        s_credit_stall(self, drain_started, 0);
         if (self->now_ms >= self->next_check_ms) {
             tqb_check_hosts(self);
             if (self->now_ms >= self->next_housekeeping_ms) {

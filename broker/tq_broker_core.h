@@ -92,6 +92,8 @@ struct task_s {
     zmq_msg_t payload; /* args until final, then the value (a dead
                           letter keeps its args) */
     uint32_t lost; /* worker deaths charged to it */
+    bool failure_counted; /* FAILURE: in this run's failed counts (not
+                             when recovered from the store) */
     tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
         int64_t submitted_ms; /* monotonic ms when accepted */
     int64_t started_ms;   /* monotonic ms of its last dispatch, 0: never */

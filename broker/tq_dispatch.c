@@ -406,7 +406,9 @@ s_candidates(tq_broker_t *self)
             self->candidates[count++] = child;
         }
     }
-    qsort(self->candidates, count, sizeof *self->candidates, s_by_serial);
+    /* candidates is NULL until the first one: qsort must not see it */
+    if (count > 1)
+        qsort(self->candidates, count, sizeof *self->candidates, s_by_serial);
     return count;
 }
 

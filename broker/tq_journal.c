@@ -75,8 +75,16 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         self->disk_bytes += row.args_size + TQB_ROW_BYTES;
         return;
     }
-    tq_store_set_due(self->store, task->rec.id, row.state, task->rec.attempt,
-                     row.due_ms);
+    if (from == TASK_FAILURE) {
+        /* an operator's retry: work again, no longer a result, so the
+           purge of expired results must not take its row */
+        row.code = 0;
+        row.error = NULL;
+        row.expires_ms = 0;
+        tq_store_finish(self->store, &row);
+    } else
+        tq_store_set_due(self->store, task->rec.id, row.state,
+                         task->rec.attempt, row.due_ms);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)

@@ -183,8 +183,12 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     free(task->rec.error);
     task->rec.error = NULL;
     task->rec.code = 0;
-    task->lane->queue->failed--;
-    self->counters.failed--;
+    /* its failure leaves the counts, if this run counted it */
+    if (task->failure_counted) {
+        task->lane->queue->failed--;
+        self->counters.failed--;
+        task->failure_counted = false;
+    }
     tqb_task_move(self, task, TASK_WAITING, NULL);
     self->counters.requeued++;
     tqb_out(self, TQ_CMD_SUBMITTED)->id = msg->id;

@@ -155,13 +155,21 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
 /* RETURNED: a holder gave back, unstarted, a task it was asked for. It
    goes to the front of its lane, where the idle child that wanted it finds
    it (dispatch serves the least loaded first). Anything else (an old
-   attempt, a task that is no longer this child's) is stale: ignored. */
+   attempt, a task that is no longer this child's) is stale: ignored, but
+   for the credit a cancel kept taken. */
 void
 tqb_on_returned(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
 {
     task_t *task = tqb_task_find(self, msg->id);
     if (!task || task->state != TASK_REVOKING || task->holder != child ||
         task->rec.attempt != msg->attempt) {
+        if (child->cancelled && task && task->state == TASK_CANCELLED &&
+            task->rec.attempt == msg->attempt) {
+            /* it gave back unstarted a task cancelled meanwhile: no DONE
+               will come for it, so its credit comes back now */
+            child->cancelled--;
+            self->dispatch_due = true;
+        }
         tqb_debug(self, "stale RETURNED %.*s attempt %u", (int)msg->id.len,
                   msg->id.ptr, msg->attempt);
         return;

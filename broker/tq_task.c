@@ -289,7 +289,9 @@ s_leave(tq_broker_t *self, task_t *task)
         __attribute__((fallthrough));
     case TASK_SUCCESS:
     case TASK_CANCELLED:
-        if (s_expires(task)) {
+        /* by where it is, not by s_expires: an operator's retry clears
+           the code of a TQ_ELOST dead letter before it moves */
+        if (task->prev || self->expiry.head == task) {
             tqb_list_remove(&self->expiry, task);
             self->results_kept--;
         }
@@ -445,6 +447,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     } else {
         self->counters.failed++;
         task->lane->queue->failed++;
+        task->failure_counted = true;
     }
     task->finished_ms = self->now_ms;
     tqb_task_move(self, task, state, NULL);

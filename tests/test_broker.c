@@ -1262,6 +1262,63 @@ test_host_liveness(void **state)
     free(in);
 }
 
+/* A pass of the loop that takes long (here the broker is stopped while it
+   drains a backlog) is the broker's own stall: the HEARTBEATs it reads
+   late, in that pass, must not make their host look silent, so nothing is
+   charged and the child keeps its task. */
+static void
+test_stall_in_pass(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    s_supervisor(w, "hostP", 980, true, in);
+    void *c = s_dealer(w, w->broker.workers);
+    s_ready(w, c, "hostP", 981, 980, "qp");
+    s_submit_ok(w, a, "sp-1", "qp", in);
+    s_expect_task(w, c, "sp-1", 1, in);
+
+    /* a backlog of PINGs, queued while the broker is stopped */
+    assert_true(w->socket_count < S_MAX_SOCKETS);
+    void *f = zmq_socket(w->ctx, ZMQ_DEALER);
+    assert_non_null(f);
+    int zero = 0;
+    zmq_setsockopt(f, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(f, ZMQ_SNDHWM, &zero, sizeof zero);
+    zmq_setsockopt(f, ZMQ_RCVHWM, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(f, w->broker.clients), 0);
+    w->sockets[w->socket_count++] = f;
+    tq_msg_t ping = s_msg(TQ_CMD_PING);
+    s_send(w, f, &ping, NULL, 0);
+    s_expect(w, f, TQ_CMD_PONG, NULL, in);
+    int pings = w->wrapped ? 20000 : 100000;
+    assert_int_equal(kill(w->broker.pid, SIGSTOP), 0);
+    for (int i = 0; i < pings; i++)
+        s_send(w, f, &ping, NULL, 0);
+    /* let it start on the backlog, then stop it in the middle of that
+       pass for longer than the liveness, its host heartbeating */
+    assert_int_equal(kill(w->broker.pid, SIGCONT), 0);
+    tq_harness_sleep_ms(10);
+    assert_int_equal(kill(w->broker.pid, SIGSTOP), 0);
+    bool got = s_recv(w, c, 4000, in);
+    assert_int_equal(kill(w->broker.pid, SIGCONT), 0);
+    assert_false(got);
+    for (int i = 0; i < pings; i++)
+        s_expect(w, f, TQ_CMD_PONG, NULL, in);
+    /* the pass that drained the backlog ended, and its host check ran */
+    assert_false(s_recv(w, c, 500, in));
+    assert_int_equal(s_counter(w, a, "lost"), 0);
+    s_map_t map;
+    s_status(w, a, &map);
+    assert_non_null(s_find_uint(s_array(map.root, "workers"), "pid", 981));
+    s_map_free(&map);
+    s_done(w, c, "sp-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "sp-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    free(in);
+}
+
 /* ---- 11. work stealing: REVOKE / RETURNED (5.3.5) ---- */
 
 static void
@@ -1439,6 +1496,51 @@ test_work_stealing_two_takers(void **state)
     s_expect_task(w, t2, "tt-3", 2, in);
     assert_false(s_recv(w, h, 300, in));
     assert_int_equal(s_counter(w, a, "stolen"), 2);
+    free(in);
+}
+
+/* A task cancelled while its REVOKE is outstanding: the holder gives it
+   back unstarted (RETURNED crosses the cancel) and will never send its
+   DONE, so the credit the cancel kept taken comes back with the RETURNED;
+   nothing is queued again. */
+static void
+test_work_stealing_cancelled(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostW", 941, 940, "qx", 2);
+    s_submit_ok(w, a, "wx-1", "qx", in);
+    s_submit_ok(w, a, "wx-2", "qx", in);
+    s_expect_task(w, w1, "wx-1", 1, in);
+    s_expect_task(w, w1, "wx-2", 1, in);
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostW", 942, 940, "qx", 2);
+    s_expect(w, w1, TQ_CMD_REVOKE, "wx-2", in);
+    s_send_id(w, a, TQ_CMD_CANCEL, "wx-2");
+    s_expect_result(w, a, "wx-2", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    tq_msg_t back = s_msg(TQ_CMD_RETURNED);
+    back.id = tq_str("wx-2");
+    back.attempt = 1;
+    s_send(w, w1, &back, NULL, 0);
+    s_done(w, w1, "wx-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "wx-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    /* after the RESULT, so after the RETURNED sent before the DONE */
+    s_status(w, a, &map);
+    const msgpack_object *me =
+        s_find_uint(s_array(map.root, "workers"), "pid", 941);
+    assert_non_null(me);
+    const msgpack_object *busy = tq_harness_map_get(me, "busy");
+    assert_non_null(busy);
+    assert_int_equal(busy->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_false(busy->via.boolean);
+    s_map_free(&map);
+    assert_int_equal(s_counter(w, a, "stolen"), 0);
+    assert_false(s_recv(w, w2, 300, in));
     free(in);
 }
 
@@ -1746,6 +1848,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_purge, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_host_liveness, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_stall_in_pass, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_status_body, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing, s_setup,
                                         s_teardown),
@@ -1758,6 +1862,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_tasks_and_inspect, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_two_takers, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_work_stealing_cancelled, s_setup,
                                         s_teardown),
     };
     tq_harness_init();

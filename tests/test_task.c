@@ -217,6 +217,128 @@ test_journal(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* The operator's RETRY (tqb_on_retry) of a dead letter of TQ_ELOST, which
+   never waited for an expiry, leaves the results that do wait for theirs
+   where they were. */
+static void
+test_retry_lost(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    b->now_ms = 1000;
+    peer_t *child = s_child(b, "c1");
+    task_t *a = s_task(b, "a"), *c = s_task(b, "c");
+    tqb_task_move(b, a, TASK_WAITING, NULL);
+    tqb_task_move(b, c, TASK_WAITING, NULL);
+    tqb_task_move(b, a, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_move(b, c, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, a, TASK_SUCCESS, TQ_OK, NULL, NULL);
+    tqb_task_final(b, c, TASK_FAILURE, TQ_ELOST, "lost", NULL);
+    assert_int_equal(b->results_kept, 1);
+    assert_int_equal(b->dead_count, 1);
+
+    tq_msg_t msg = {.command = TQ_CMD_RETRY, .id = tq_str("c")};
+    tqb_on_retry(b, &msg, NULL);
+    assert_int_equal(c->state, TASK_WAITING);
+    assert_int_equal(b->dead_count, 0);
+    assert_int_equal(b->results_kept, 1);
+    assert_ptr_equal(b->expiry.head, a);
+    assert_ptr_equal(b->expiry.tail, a);
+
+    /* and a's result still expires */
+    b->now_ms = a->expires_ms;
+    tqb_expire_results(b);
+    assert_null(tqb_task_find(b, tq_str("a")));
+    assert_int_equal(b->results_kept, 0);
+    tq_broker_destroy(&b);
+}
+
+static int64_t s_expires_of_x;
+
+static void
+s_row_of_x(const tq_store_task_t *row, void *arg)
+{
+    (void)arg;
+    s_rows++;
+    if (strcmp(row->id, "x") == 0) {
+        s_state_of_x = row->state;
+        s_expires_of_x = row->expires_ms;
+    }
+}
+
+/* A dead letter that an operator retries is work again: the store forgets
+   the expiry its result had, or its row would be purged (lost on the next
+   restart) once that result's TTL ran out, while it waits or runs. */
+static void
+test_retry_journal(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    peer_t *child = s_child(b, "c1");
+    task_t *x = s_task(b, "x");
+    tqb_task_move(b, x, TASK_WAITING, NULL);
+    x->rec.attempt++;
+    tqb_task_move(b, x, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, x, TASK_FAILURE, TQ_ETASK, "boom", NULL);
+    assert_true(tqb_commit(b));
+    tq_msg_t msg = {.command = TQ_CMD_RETRY, .id = tq_str("x")};
+    tqb_on_retry(b, &msg, NULL);
+    assert_int_equal(x->state, TASK_WAITING);
+    assert_true(tqb_commit(b));
+    tq_broker_destroy(&b);
+
+    char error[256];
+    tq_store_t *store = tq_store_open(dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    /* long after the TTL of the failure's result */
+    tq_store_purge(store, tqb_wall_ms() + 3600 * 1000, 100);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    s_rows = 0;
+    s_expires_of_x = -1;
+    assert_int_equal(tq_store_load(store, s_row_of_x, NULL), TQ_OK);
+    assert_int_equal(s_rows, 1);
+    assert_int_equal(s_state_of_x, TQ_STATE_PENDING);
+    assert_int_equal(s_expires_of_x, 0);
+    tq_store_destroy(&store);
+    tq_harness_rmtree(dir);
+}
+
+/* A dead letter recovered from the store was not counted in this run's
+   failures: retrying it takes nothing off them (they never wrap). */
+static void
+test_retry_recovered(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    peer_t *child = s_child(b, "c1");
+    task_t *x = s_task(b, "x");
+    tqb_task_move(b, x, TASK_WAITING, NULL);
+    x->rec.attempt++;
+    tqb_task_move(b, x, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, x, TASK_FAILURE, TQ_ETASK, "boom", NULL);
+    assert_true(tqb_commit(b));
+    tq_broker_destroy(&b);
+
+    b = s_broker(dir);
+    s_child(b, "c2"); /* a sender for the answer */
+    x = tqb_task_find(b, tq_str("x"));
+    assert_non_null(x);
+    assert_int_equal(x->state, TASK_FAILURE);
+    queue_t *q = x->lane->queue;
+    assert_int_equal(q->failed, 0);
+    tq_msg_t msg = {.command = TQ_CMD_RETRY, .id = tq_str("x")};
+    tqb_on_retry(b, &msg, NULL);
+    assert_int_equal(x->state, TASK_WAITING);
+    assert_int_equal(q->failed, 0);
+    assert_int_equal(b->counters.failed, 0);
+    tq_broker_destroy(&b);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -224,6 +346,9 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_containers),
         cmocka_unit_test(test_journal),
+        cmocka_unit_test(test_retry_lost),
+        cmocka_unit_test(test_retry_journal),
+        cmocka_unit_test(test_retry_recovered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
