@@ -71,7 +71,7 @@ main(void)
 
     printf("== apply (blocking)\n");
     tq_result_t *r =
-        tq_pool_apply(pool, "square", NULL, 10000, "i", (int64_t)12);
+        tq_pool_apply(pool, "square", NULL, "i", (int64_t)12);
     printf("  square(12) = %lld\n",
            (long long)tq_result_value(r)->via.array.ptr[0].via.i64);
     tq_result_destroy(&r);
@@ -109,7 +109,7 @@ main(void)
         tq_buf_free(&items[i]);
 
     printf("\n== a failing task\n");
-    r = tq_pool_apply(pool, "tq.fail", NULL, 10000, "s", "something broke");
+    r = tq_pool_apply(pool, "tq.fail", NULL, "s", "something broke");
     printf("  %s: %s\n", tq_strerror(tq_result_code(r)), tq_result_error(r));
     tq_result_destroy(&r);
 

@@ -136,7 +136,7 @@ test_join_before_close(void **state)
     (void)state;
     tq_pool_t *pool = s_pool(1, 0);
     assert_int_equal(tq_pool_join(pool, 1000), TQ_ESTATE);
-    tq_result_t *r = tq_pool_apply(pool, "pid", NULL, 10000, "");
+    tq_result_t *r = tq_pool_apply_timeout(pool, "pid", NULL, 10000, "");
     assert_int_equal(tq_result_code(r), TQ_OK);
     /* the initializer ran in the child before its first task */
     assert_int_equal(tq_result_value(r)->via.array.ptr[1].via.i64, 42);
@@ -230,7 +230,7 @@ test_maxtasksperchild(void **state)
     tq_pool_t *pool = s_pool(1, 2);
     pid_t seen[6];
     for (int i = 0; i < 6; i++) {
-        tq_result_t *r = tq_pool_apply(pool, "pid", NULL, 10000, "");
+        tq_result_t *r = tq_pool_apply_timeout(pool, "pid", NULL, 10000, "");
         assert_int_equal(tq_result_code(r), TQ_OK);
         seen[i] = (pid_t)tq_result_value(r)->via.array.ptr[0].via.i64;
         /* a fresh child runs the initializer too */
@@ -289,7 +289,7 @@ test_oversized_argument(void **state)
     char *big = calloc(1, size);
     assert_non_null(big);
     int64_t t0 = s_now_ms();
-    tq_result_t *r = tq_pool_apply(pool, "square", NULL, 10000, "p", big, size);
+    tq_result_t *r = tq_pool_apply_timeout(pool, "square", NULL, 10000, "p", big, size);
     free(big);
     assert_int_equal(tq_result_code(r), TQ_EINVAL);
     printf("# oversized argument: %s in %lld ms\n", tq_result_error(r),
@@ -297,7 +297,7 @@ test_oversized_argument(void **state)
     assert_non_null(strstr(tq_result_error(r), "max-message"));
     tq_result_destroy(&r);
     for (int i = 0; i < 10; i++) {
-        r = tq_pool_apply(pool, "square", NULL, 10000, "i", (int64_t)i);
+        r = tq_pool_apply_timeout(pool, "square", NULL, 10000, "i", (int64_t)i);
         assert_int_equal(tq_result_code(r), TQ_OK);
         assert_int_equal(tq_result_value(r)->via.i64, i * i);
         tq_result_destroy(&r);
@@ -318,7 +318,7 @@ test_default_prefetch_hides_no_work(void **state)
     tq_pool_t *pool = s_pool(2, 0);
     /* both children connected */
     for (int i = 0; i < 4; i++) {
-        tq_result_t *w = tq_pool_apply(pool, "square", NULL, 10000, "i",
+        tq_result_t *w = tq_pool_apply_timeout(pool, "square", NULL, 10000, "i",
                                        (int64_t)i);
         assert_int_equal(tq_result_code(w), TQ_OK);
         tq_result_destroy(&w);

@@ -34,7 +34,7 @@ main(void)
     int failed = 0;
     for (int i = 2; i < 5; i++) { /* p.start(); p.join() */
         tq_result_t *p =
-            tq_pool_apply(pool, "MyProcess.run", NULL, 60000, "i", (int64_t)i);
+            tq_pool_apply(pool, "MyProcess.run", NULL, "i", (int64_t)i);
         failed += !p || tq_result_code(p) != TQ_OK;
         tq_result_destroy(&p);
     }

@@ -39,7 +39,7 @@ main(void)
         char msg[32];
         snprintf(msg, sizeof msg, "hello %d", i);
         /* blocks until the task is done */
-        r[i] = tq_pool_apply(pool, "func", NULL, -1, "s", msg);
+        r[i] = tq_pool_apply(pool, "func", NULL, "s", msg);
     }
     printf("Mark~ Mark~ Mark~~~~~~~~~~~~~~~~~~~~~~\n");
     tq_pool_close(pool);

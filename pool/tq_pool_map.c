@@ -1,0 +1,431 @@
+/* tq_pool_map.c - the pool's map family (map, starmap, map_async, imap):
+   items travel in chunks, one task (tq.pool.chunk) per chunk as Python's
+   Pool sends them, and each chunk's answer is split into one final handle
+   per item. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tq_client_internal.h"
+#include "tq_pool_internal.h"
+#include "tq_pool_server.h"
+#include "tq_proto.h"
+
+/* One submitted task: a chunk of count items from first, or one item. */
+typedef struct {
+    tq_result_t *handle; /* the task's, NULL once split */
+    size_t first; /* index of its first item */
+    size_t count; /* items */
+} s_chunk_t;
+
+struct tq_result_set_t {
+    size_t count; /* items */
+    tq_result_t **results; /* per item; NULL until its chunk is split */
+    s_chunk_t *chunks; /* in submission order */
+    size_t chunk_count;
+    bool chunked; /* chunks of items; else results[] are the tasks */
+};
+
+struct tq_pool_imap_t {
+    tq_result_set_t *set;
+    size_t next; /* index of the next handle to hand out */
+};
+
+/* Python's default: chunksize, extra = divmod(n, processes * 4), plus one
+   if extra. */
+static size_t
+s_chunksize(tq_pool_t *pool, size_t count, bool imap)
+{
+    size_t option = tq_pool_chunksize(pool);
+    if (option)
+        return option;
+    if (imap)
+        return 1;
+    size_t per = (size_t)tq_pool_processes(pool) * 4;
+    size_t size = count / per + (count % per ? 1 : 0);
+    return size ? size : 1;
+}
+
+/* Appends raw bytes to buf (grown by doubling). */
+static int
+s_append(tq_buf_t *buf, size_t *alloc, const void *data, size_t size)
+{
+    if (buf->size + size > *alloc) {
+        size_t want = *alloc ? *alloc : 256;
+        while (want < buf->size + size)
+            want *= 2;
+        void *p = realloc(buf->data, want);
+        if (!p)
+            return TQ_ENOMEM;
+        buf->data = p;
+        *alloc = want;
+    }
+    memcpy((char *)buf->data + buf->size, data, size);
+    buf->size += size;
+    return TQ_OK;
+}
+
+/* The arguments of a chunk task: [task, [items[first], ...]]. */
+static int
+s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
+             size_t count)
+{
+    *out = (tq_buf_t){0};
+    size_t alloc = 0;
+    unsigned char head[16];
+    size_t len = strlen(task), n = 0;
+    head[n++] = 0x92;
+    head[n++] = 0xd9; /* str 8: task names are at most 255 bytes */
+    head[n++] = (unsigned char)len;
+    int rc = s_append(out, &alloc, head, n);
+    if (rc == TQ_OK)
+        rc = s_append(out, &alloc, task, len);
+    n = 0;
+    head[n++] = 0xdd; /* array 32 */
+    head[n++] = (unsigned char)(count >> 24);
+    head[n++] = (unsigned char)(count >> 16);
+    head[n++] = (unsigned char)(count >> 8);
+    head[n++] = (unsigned char)count;
+    if (rc == TQ_OK)
+        rc = s_append(out, &alloc, head, n);
+    for (size_t i = 0; i < count && rc == TQ_OK; i++)
+        rc = s_append(out, &alloc, items[i].data, items[i].size);
+    if (rc != TQ_OK)
+        tq_buf_free(out);
+    return rc;
+}
+
+/* Makes the item handles of a chunk whose task is final. */
+static void
+s_split(tq_result_set_t *set, s_chunk_t *c)
+{
+    if (!c->handle || !tq_result_ready(c->handle))
+        return;
+    if (!set->chunked) {
+        set->results[c->first] = c->handle;
+        c->handle = NULL;
+        return;
+    }
+    int code = tq_result_code(c->handle);
+    const msgpack_object *v = code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    if (code == TQ_OK &&
+        (!v || v->type != MSGPACK_OBJECT_ARRAY ||
+         v->via.array.size != c->count))
+        code = TQ_EPROTO;
+    for (size_t i = 0; i < c->count; i++) {
+        tq_result_t *r = NULL;
+        if (code != TQ_OK)
+            r = tq_result_new_final(code, code == TQ_EPROTO
+                                              ? "malformed chunk answer"
+                                              : tq_result_error(c->handle),
+                                    NULL, 0);
+        else {
+            const msgpack_object *e = &v->via.array.ptr[i];
+            const msgpack_object *k = e->via.array.ptr;
+            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
+                k[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                r = tq_result_new_final(TQ_EPROTO, "malformed chunk item",
+                                        NULL, 0);
+            else if (k[0].via.u64 == TQ_OK && k[1].type == MSGPACK_OBJECT_BIN)
+                r = tq_result_new_final(TQ_OK, NULL, k[1].via.bin.ptr,
+                                        k[1].via.bin.size);
+            else {
+                char text[TQ_PROTO_MAX_ERROR + 1] = "task failed";
+                if (k[1].type == MSGPACK_OBJECT_STR)
+                    snprintf(text, sizeof text, "%.*s",
+                             (int)k[1].via.str.size, k[1].via.str.ptr);
+                r = tq_result_new_final(k[0].via.u64 ? (int)k[0].via.u64
+                                                     : TQ_ETASK,
+                                        text, NULL, 0);
+            }
+        }
+        set->results[c->first + i] = r;
+    }
+    tq_result_destroy(&c->handle);
+}
+
+static tq_result_set_t *
+s_set_new(size_t count, size_t chunks)
+{
+    tq_result_set_t *set = calloc(1, sizeof *set);
+    if (!set)
+        return NULL;
+    set->count = count;
+    set->results = calloc(count ? count : 1, sizeof *set->results);
+    set->chunks = calloc(chunks ? chunks : 1, sizeof *set->chunks);
+    if (!set->results || !set->chunks) {
+        free(set->results);
+        free(set->chunks);
+        free(set);
+        return NULL;
+    }
+    return set;
+}
+
+/* Submits count items into a new set; star: any argument arrays, else each
+   must be an array of one argument (Python's map calls f(item)). An
+   unknown task gives a set of final TQ_ENOTASK handles. NULL when the
+   pool refused (closed) or on invalid input. */
+static tq_result_set_t *
+s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
+             const tq_buf_t *items, size_t count, bool star, bool imap)
+{
+    if (!task || (count && !items) || count > UINT32_MAX)
+        return NULL;
+    for (size_t i = 0; i < count; i++)
+        if (!items[i].data || items[i].size < 1 ||
+            (!star && (items[i].size < 2 ||
+                       ((const unsigned char *)items[i].data)[0] != 0x91)))
+            return NULL;
+    char error[TQ_PROTO_MAX_NAME + 128];
+    if (tq_pool_check_task(self, task, error, sizeof error) != TQ_OK) {
+        tq_result_set_t *set = s_set_new(count, 0);
+        for (size_t i = 0; set && i < count; i++)
+            set->results[i] = tq_result_new_final(TQ_ENOTASK, error, NULL, 0);
+        return set;
+    }
+    size_t size = s_chunksize(self, count, imap);
+    size_t chunks = (count + size - 1) / size;
+    tq_result_set_t *set = s_set_new(count, chunks);
+    if (!set)
+        return NULL;
+    set->chunked = size > 1;
+    /* a callback would see a chunk, not an item: chunks take none */
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    if (options)
+        opts = *options;
+    if (set->chunked)
+        opts.callback = opts.error_callback = NULL;
+    for (size_t first = 0; first < count; first += size) {
+        size_t n = count - first < size ? count - first : size;
+        s_chunk_t *c = &set->chunks[set->chunk_count];
+        c->first = first;
+        c->count = n;
+        if (set->chunked) {
+            tq_buf_t args;
+            if (s_chunk_args(&args, task, items + first, n) == TQ_OK) {
+                c->handle = tq_pool_submit_raw(self, TQ_POOL_CHUNK_TASK, &opts,
+                                               args.data, args.size);
+                tq_buf_free(&args);
+            }
+        } else
+            c->handle = tq_pool_submit_raw(self, task, &opts,
+                                           items[first].data,
+                                           items[first].size);
+        if (!c->handle)
+            break;
+        set->chunk_count++;
+    }
+    if (set->chunk_count < chunks) {
+        tq_result_set_destroy(&set);
+        return NULL;
+    }
+    return set;
+}
+
+/* Moves the set's handles into results[] and frees the set. */
+static int
+s_set_finish(tq_result_set_t *set, tq_result_t **results, int timeout_ms)
+{
+    if (!set)
+        return TQ_ECLOSED;
+    int rc = tq_result_set_get(set, timeout_ms);
+    /* single tasks not done yet go out as they are, still pending */
+    for (size_t i = 0; !set->chunked && i < set->chunk_count; i++)
+        if (set->chunks[i].handle) {
+            set->results[set->chunks[i].first] = set->chunks[i].handle;
+            set->chunks[i].handle = NULL;
+        }
+    for (size_t i = 0; i < set->count; i++) {
+        results[i] = set->results[i];
+        set->results[i] = NULL;
+    }
+    tq_result_set_destroy(&set);
+    return rc;
+}
+
+int
+tq_pool_map(tq_pool_t *self, const char *task, const tq_options_t *options,
+            const tq_buf_t *items, size_t count, tq_result_t **results,
+            int timeout_ms)
+{
+    assert(self && results);
+    for (size_t i = 0; i < count; i++)
+        if (!items || items[i].size < 2 ||
+            ((const unsigned char *)items[i].data)[0] != 0x91)
+            return TQ_EINVAL;
+    char error[TQ_PROTO_MAX_NAME + 128];
+    int known = tq_pool_check_task(self, task, error, sizeof error);
+    int rc = s_set_finish(
+        s_submit_set(self, task, options, items, count, false, false),
+        results, timeout_ms);
+    return known != TQ_OK && rc != TQ_ECLOSED ? known : rc;
+}
+
+int
+tq_pool_starmap(tq_pool_t *self, const char *task, const tq_options_t *options,
+                const tq_buf_t *args, size_t count, tq_result_t **results,
+                int timeout_ms)
+{
+    assert(self && results);
+    return s_set_finish(
+        s_submit_set(self, task, options, args, count, true, false), results,
+        timeout_ms);
+}
+
+tq_result_set_t *
+tq_pool_map_async(tq_pool_t *self, const char *task,
+                  const tq_options_t *options, const tq_buf_t *items,
+                  size_t count)
+{
+    assert(self);
+    return s_submit_set(self, task, options, items, count, false, false);
+}
+
+size_t
+tq_result_set_size(const tq_result_set_t *self)
+{
+    assert(self);
+    return self->count;
+}
+
+tq_result_t *
+tq_result_set_at(const tq_result_set_t *self, size_t index)
+{
+    assert(self);
+    if (index >= self->count)
+        return NULL;
+    if (!self->results[index]) {
+        /* its chunk may be done: split it now */
+        tq_result_set_t *set = (tq_result_set_t *)self;
+        for (size_t i = 0; i < set->chunk_count; i++) {
+            s_chunk_t *c = &set->chunks[i];
+            if (index >= c->first && index < c->first + c->count)
+                s_split(set, c);
+        }
+        if (!self->chunked)
+            for (size_t i = 0; i < set->chunk_count; i++)
+                if (set->chunks[i].first == index && set->chunks[i].handle)
+                    return set->chunks[i].handle;
+    }
+    return self->results[index];
+}
+
+bool
+tq_result_set_ready(const tq_result_set_t *self)
+{
+    assert(self);
+    for (size_t i = 0; i < self->chunk_count; i++)
+        if (self->chunks[i].handle && !tq_result_ready(self->chunks[i].handle))
+            return false;
+    return true;
+}
+
+static int64_t
+s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+s_left(int64_t until)
+{
+    if (until < 0)
+        return -1;
+    int64_t d = until - s_now();
+    return d > 0 ? (int)d : 0;
+}
+
+int
+tq_result_set_get(tq_result_set_t *self, int timeout_ms)
+{
+    assert(self);
+    int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
+    bool timed_out = false;
+    for (size_t i = 0; i < self->chunk_count; i++) {
+        s_chunk_t *c = &self->chunks[i];
+        if (c->handle && tq_result_wait(c->handle, s_left(until)) != TQ_OK) {
+            timed_out = true;
+            break;
+        }
+        s_split(self, c);
+    }
+    if (timed_out)
+        return TQ_ETIMEDOUT;
+    int first = TQ_OK;
+    for (size_t i = 0; i < self->count && first == TQ_OK; i++)
+        first = self->results[i] ? tq_result_code(self->results[i])
+                                 : TQ_ETIMEDOUT;
+    return first;
+}
+
+void
+tq_result_set_destroy(tq_result_set_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_result_set_t *self = *self_p;
+    for (size_t i = 0; i < self->count; i++)
+        tq_result_destroy(&self->results[i]);
+    for (size_t i = 0; i < self->chunk_count; i++)
+        tq_result_destroy(&self->chunks[i].handle);
+    free(self->results);
+    free(self->chunks);
+    free(self);
+    *self_p = NULL;
+}
+
+tq_pool_imap_t *
+tq_pool_imap(tq_pool_t *self, const char *task, const tq_options_t *options,
+             const tq_buf_t *items, size_t count)
+{
+    assert(self);
+    tq_pool_imap_t *it = calloc(1, sizeof *it);
+    if (!it)
+        return NULL;
+    it->set = s_submit_set(self, task, options, items, count, false, true);
+    if (!it->set) {
+        free(it);
+        return NULL;
+    }
+    return it;
+}
+
+int
+tq_pool_imap_next(tq_pool_imap_t *self, int timeout_ms, tq_result_t **result_p)
+{
+    assert(self && result_p);
+    tq_result_set_t *set = self->set;
+    if (self->next >= set->count)
+        return TQ_EEMPTY;
+    if (!set->results[self->next]) {
+        s_chunk_t *c = NULL;
+        for (size_t i = 0; i < set->chunk_count && !c; i++)
+            if (self->next >= set->chunks[i].first &&
+                self->next < set->chunks[i].first + set->chunks[i].count)
+                c = &set->chunks[i];
+        if (!c || !c->handle ||
+            tq_result_wait(c->handle, timeout_ms) != TQ_OK)
+            return TQ_ETIMEDOUT;
+        s_split(set, c);
+    }
+    tq_result_t *r = set->results[self->next];
+    if (!r || tq_result_wait(r, timeout_ms) != TQ_OK)
+        return TQ_ETIMEDOUT;
+    set->results[self->next++] = NULL;
+    *result_p = r;
+    return tq_result_code(r);
+}
+
+void
+tq_pool_imap_destroy(tq_pool_imap_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_result_set_destroy(&(*self_p)->set);
+    free(*self_p);
+    *self_p = NULL;
+}
