@@ -546,6 +546,10 @@ s_names(tq_pool_t *self, const tq_registry_t *registry)
                 rc = tq_registry_add(self->names, name, fn, NULL);
         }
     tq_registry_destroy(&builtins);
+    if (rc == TQ_OK) /* any function: only the name is looked up */
+        rc = tq_registry_add(self->names, TQ_POOL_CHUNK_TASK,
+                             tq_registry_lookup(self->names, "tq.echo", NULL),
+                             NULL);
     return rc;
 }
 
