@@ -85,10 +85,11 @@ tq_queue_put(tq_queue_t *self, const void *item, size_t size, int timeout_ms)
             return TQ_EFULL;
         /* full: a getter will make room; try again soon */
         int64_t left = deadline - now;
-        struct timespec ts = {0, (long)(left < delay ? left : delay) * 1000000L};
+        struct timespec ts = {0,
+                              (long)(left < delay ? left : delay) * 1000000L};
         nanosleep(&ts, NULL);
-        delay = delay * 2 > S_FULL_RETRY_MAX_MS ? S_FULL_RETRY_MAX_MS
-                                                : delay * 2;
+        delay =
+            delay * 2 > S_FULL_RETRY_MAX_MS ? S_FULL_RETRY_MAX_MS : delay * 2;
     }
 }
 
@@ -110,8 +111,8 @@ tq_queue_get(tq_queue_t *self, tq_buf_t *item, int timeout_ms)
         if (left < 0)
             left = 0;
         uint32_t wait = left > S_MAX_WAIT_MS ? S_MAX_WAIT_MS : (uint32_t)left;
-        tq_result_t *r = tq_client_queue_request(
-            self->client, TQ_QUEUE_GET, self->name, 0, wait, NULL, 0);
+        tq_result_t *r = tq_client_queue_request(self->client, TQ_QUEUE_GET,
+                                                 self->name, 0, wait, NULL, 0);
         if (!r)
             return TQ_EINVAL;
         int rc = s_wait(r);
@@ -190,7 +191,7 @@ tq_queue_full(tq_queue_t *self)
 {
     uint64_t size = 0, maxsize = 0;
     return s_sizes(self, &size, &maxsize) == TQ_OK && maxsize &&
-           size >= maxsize;
+        size >= maxsize;
 }
 
 /* ---- items as values ---------------------------------------------------- */

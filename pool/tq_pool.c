@@ -222,7 +222,7 @@ s_monitor(void *arg)
                             it */
         pthread_mutex_lock(&self->lock);
         bool restart = !self->server_stopping && self->state != S_JOINED &&
-                       self->state != S_TERMINATED;
+            self->state != S_TERMINATED;
         char why[128];
         s_describe_status(status, why, sizeof why);
         if (restart && self->respawns < TQ_POOL_MAX_RESPAWNS) {
@@ -512,9 +512,10 @@ s_wait_ready(tq_pool_t *self)
         bool gone = self->server == 0 || self->respawns > 0;
         pthread_mutex_unlock(&self->lock);
         if (gone) {
-            fprintf(stderr, "tq pool: the fork server ended before its "
-                            "children were ready (run with "
-                            "tq_pool_options_t.verbose for its log)\n");
+            fprintf(stderr,
+                    "tq pool: the fork server ended before its "
+                    "children were ready (run with "
+                    "tq_pool_options_t.verbose for its log)\n");
             return TQ_ELOST;
         }
         if (s_now() >= until) {
@@ -610,8 +611,8 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
         .initargs = opts.initargs,
         .initargs_size = opts.initargs_size,
     };
-    if (tq_pool_server_encode(&sc, &self->server_config, error,
-                              sizeof error) != TQ_OK) {
+    if (tq_pool_server_encode(&sc, &self->server_config, error, sizeof error) !=
+        TQ_OK) {
         fprintf(stderr, "tq pool: %s\n", error);
         goto fail;
     }
@@ -630,8 +631,7 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
        open their own clients, come over ipc) */
     config.context = tq_client_context();
     if (!config.context) {
-        fprintf(stderr, "tq pool: no ZeroMQ context: %s\n",
-                strerror(errno));
+        fprintf(stderr, "tq pool: no ZeroMQ context: %s\n", strerror(errno));
         goto fail;
     }
     /* never reused: a closed socket's inproc name may linger a moment */
@@ -662,8 +662,8 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
 
     /* the server: a fresh exec, so threads of the program (ours above
        included) leave it nothing locked */
-    self->server = tq_pool_server_spawn(&self->server_config,
-                                        &self->server_fd, error, sizeof error);
+    self->server = tq_pool_server_spawn(&self->server_config, &self->server_fd,
+                                        error, sizeof error);
     if (self->server < 0) {
         self->server = 0;
         fprintf(stderr, "tq pool: %s\n", error);

@@ -116,28 +116,28 @@ s_split(tq_result_set_t *set, s_chunk_t *c)
     for (size_t i = 0; i < c->count; i++) {
         tq_result_t *r = NULL;
         if (code != TQ_OK)
-            r = tq_result_new_final(code, code == TQ_EPROTO
-                                              ? "malformed chunk answer"
-                                              : tq_result_error(c->handle),
+            r = tq_result_new_final(code,
+                                    code == TQ_EPROTO
+                                        ? "malformed chunk answer"
+                                        : tq_result_error(c->handle),
                                     NULL, 0);
         else {
             const msgpack_object *e = &v->via.array.ptr[i];
             const msgpack_object *k = e->via.array.ptr;
             if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
                 k[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                r = tq_result_new_final(TQ_EPROTO, "malformed chunk item",
-                                        NULL, 0);
+                r = tq_result_new_final(TQ_EPROTO, "malformed chunk item", NULL,
+                                        0);
             else if (k[0].via.u64 == TQ_OK && k[1].type == MSGPACK_OBJECT_BIN)
                 r = tq_result_new_final(TQ_OK, NULL, k[1].via.bin.ptr,
                                         k[1].via.bin.size);
             else {
                 char text[TQ_PROTO_MAX_ERROR + 1] = "task failed";
                 if (k[1].type == MSGPACK_OBJECT_STR)
-                    snprintf(text, sizeof text, "%.*s",
-                             (int)k[1].via.str.size, k[1].via.str.ptr);
-                r = tq_result_new_final(k[0].via.u64 ? (int)k[0].via.u64
-                                                     : TQ_ETASK,
-                                        text, NULL, 0);
+                    snprintf(text, sizeof text, "%.*s", (int)k[1].via.str.size,
+                             k[1].via.str.ptr);
+                r = tq_result_new_final(
+                    k[0].via.u64 ? (int)k[0].via.u64 : TQ_ETASK, text, NULL, 0);
             }
         }
         set->results[c->first + i] = r;
@@ -175,8 +175,9 @@ s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
         return NULL;
     for (size_t i = 0; i < count; i++)
         if (!items[i].data || items[i].size < 1 ||
-            (!star && (items[i].size < 2 ||
-                       ((const unsigned char *)items[i].data)[0] != 0x91)))
+            (!star &&
+             (items[i].size < 2 ||
+              ((const unsigned char *)items[i].data)[0] != 0x91)))
             return NULL;
     char error[TQ_PROTO_MAX_NAME + 128];
     if (tq_pool_check_task(self, task, error, sizeof error) != TQ_OK) {
@@ -210,8 +211,7 @@ s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
                 tq_buf_free(&args);
             }
         } else
-            c->handle = tq_pool_submit_raw(self, task, &opts,
-                                           items[first].data,
+            c->handle = tq_pool_submit_raw(self, task, &opts, items[first].data,
                                            items[first].size);
         if (!c->handle)
             break;
@@ -258,8 +258,8 @@ tq_pool_map(tq_pool_t *self, const char *task, const tq_options_t *options,
     char error[TQ_PROTO_MAX_NAME + 128];
     int known = tq_pool_check_task(self, task, error, sizeof error);
     int rc = s_set_finish(
-        s_submit_set(self, task, options, items, count, false, false),
-        results, timeout_ms);
+        s_submit_set(self, task, options, items, count, false, false), results,
+        timeout_ms);
     return known != TQ_OK && rc != TQ_ECLOSED ? known : rc;
 }
 
@@ -357,8 +357,8 @@ tq_result_set_get(tq_result_set_t *self, int timeout_ms)
         return TQ_ETIMEDOUT;
     int first = TQ_OK;
     for (size_t i = 0; i < self->count && first == TQ_OK; i++)
-        first = self->results[i] ? tq_result_code(self->results[i])
-                                 : TQ_ETIMEDOUT;
+        first =
+            self->results[i] ? tq_result_code(self->results[i]) : TQ_ETIMEDOUT;
     return first;
 }
 
@@ -407,8 +407,7 @@ tq_pool_imap_next(tq_pool_imap_t *self, int timeout_ms, tq_result_t **result_p)
             if (self->next >= set->chunks[i].first &&
                 self->next < set->chunks[i].first + set->chunks[i].count)
                 c = &set->chunks[i];
-        if (!c || !c->handle ||
-            tq_result_wait(c->handle, timeout_ms) != TQ_OK)
+        if (!c || !c->handle || tq_result_wait(c->handle, timeout_ms) != TQ_OK)
             return TQ_ETIMEDOUT;
         s_split(set, c);
     }

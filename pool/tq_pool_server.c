@@ -103,13 +103,14 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
         task->error[0] = '\0';
         tq_task_running_name = name;
         int rc = items->ptr[i].type == MSGPACK_OBJECT_ARRAY
-                     ? fn(task, &items->ptr[i], &pk)
-                     : tq_task_fail(task, "arguments are not an array");
+            ? fn(task, &items->ptr[i], &pk)
+            : tq_task_fail(task, "arguments are not an array");
         if (rc == 0 && value.size == 0)
             msgpack_pack_nil(&pk);
         const char *reason = NULL;
-        if (rc == 0 && tq_proto_check_payload(value.data, value.size, false,
-                                              &reason) != TQ_OK) {
+        if (rc == 0 &&
+            tq_proto_check_payload(value.data, value.size, false, &reason) !=
+                TQ_OK) {
             snprintf(task->error, sizeof task->error,
                      "task %s returned an invalid value: %s (pack exactly "
                      "one object)",
@@ -122,8 +123,8 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
             msgpack_pack_bin(out, value.size);
             msgpack_pack_bin_body(out, value.data, value.size);
         } else {
-            const char *text = task->failed && task->error[0] ? task->error
-                                                              : "task failed";
+            const char *text =
+                task->failed && task->error[0] ? task->error : "task failed";
             size_t len = strlen(text);
             msgpack_pack_int(out, TQ_ETASK);
             msgpack_pack_str(out, len);
@@ -257,8 +258,7 @@ s_watch(void *arg)
     return NULL;
 }
 
-static void __attribute__((noreturn))
-s_fail(const char *what)
+static void __attribute__((noreturn)) s_fail(const char *what)
 {
     fprintf(stderr, "tq pool server: %s\n", what);
     _exit(1);
@@ -338,9 +338,8 @@ tq_pool_server_main(void)
         tq_registry_size(s_registry) > TQ_PROTO_MAX_NAMES)
         s_fail("cannot set up the task registry");
 
-    s_worker_count = mmap(NULL, sizeof *s_worker_count,
-                          PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                          -1, 0);
+    s_worker_count = mmap(NULL, sizeof *s_worker_count, PROT_READ | PROT_WRITE,
+                          MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (s_worker_count == MAP_FAILED)
         s_worker_count = NULL;
     else

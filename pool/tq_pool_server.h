@@ -36,8 +36,8 @@ typedef struct {
    Every function and user pointer is written as (loaded object, offset):
    a pointer outside the program's files (heap, stack) is refused, with a
    message in error naming the task. TQ_OK or TQ_EINVAL. */
-int tq_pool_server_encode(const tq_pool_server_config_t *config,
-                          tq_buf_t *buf, char *error, size_t errlen);
+int tq_pool_server_encode(const tq_pool_server_config_t *config, tq_buf_t *buf,
+                          char *error, size_t errlen);
 
 /* Starts a fork server with an encoded configuration (borrowed). Returns
    its pid (the caller's child) and in *keep_fd the write end of the pipe

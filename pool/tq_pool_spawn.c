@@ -122,8 +122,10 @@ s_encode(const tq_pool_server_config_t *c, msgpack_sbuffer *sbuf, char *error,
         msgpack_pack_array(&pk, 3);
         s_pack_str(&pk, name);
         if (!s_pack_loc(&pk, fn)) {
-            snprintf(error, errlen, "task %s: its function is in no loaded "
-                     "object", name);
+            snprintf(error, errlen,
+                     "task %s: its function is in no loaded "
+                     "object",
+                     name);
             return -1;
         }
         if (!s_pack_loc(&pk, arg)) {
@@ -225,8 +227,10 @@ tq_pool_server_spawn(const tq_buf_t *config, int *keep_fd, char *error,
     posix_spawnattr_destroy(&attr);
     close(fds[0]);
     if (rc != 0) {
-        snprintf(error, errlen, "cannot start the fork server: posix_spawn "
-                 "/proc/self/exe: %s", strerror(rc));
+        snprintf(error, errlen,
+                 "cannot start the fork server: posix_spawn "
+                 "/proc/self/exe: %s",
+                 strerror(rc));
         close(fds[1]);
         return -1;
     }
@@ -237,15 +241,17 @@ tq_pool_server_spawn(const tq_buf_t *config, int *keep_fd, char *error,
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
     uint32_t len = (uint32_t)config->size;
     bool ok = s_write_all(fds[1], &len, sizeof len) &&
-              s_write_all(fds[1], config->data, config->size);
+        s_write_all(fds[1], config->data, config->size);
     if (!ok && errno == EPIPE) {
         struct timespec zero = {0, 0};
         sigtimedwait(&pipe_set, NULL, &zero);
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!ok) {
-        snprintf(error, errlen, "the fork server (pid %ld) exited before it "
-                 "read its configuration", (long)pid);
+        snprintf(error, errlen,
+                 "the fork server (pid %ld) exited before it "
+                 "read its configuration",
+                 (long)pid);
         close(fds[1]);
         kill(pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
@@ -258,8 +264,7 @@ tq_pool_server_spawn(const tq_buf_t *config, int *keep_fd, char *error,
 
 /* Runs before main in every program linking the pool: a process started as
    a pool's fork server never reaches the program's main. */
-static void __attribute__((constructor))
-s_server_mode(void)
+static void __attribute__((constructor)) s_server_mode(void)
 {
     const char *fd = getenv("TQ_POOL_SERVER_FD");
     if (fd && *fd)

@@ -6,14 +6,14 @@
 #include <stddef.h>
 
 #include <cmocka.h>
-#include <signal.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <pthread.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -149,7 +149,6 @@ s_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
 
 /* True if pid is in /proc at all (a zombie counts). */
 static bool
@@ -329,9 +328,10 @@ test_exit_without_destroy(void **state)
     (void)state;
     int64_t t0 = s_now_ms();
     /* it leaks its handles on purpose: no leak report under ASan */
-    FILE *p = popen("ASAN_OPTIONS=detect_leaks=0 timeout -s KILL 20 "
-                    TQ_EXIT_CHILD " 2>/dev/null",
-                    "r");
+    FILE *p =
+        popen("ASAN_OPTIONS=detect_leaks=0 timeout -s KILL 20 " TQ_EXIT_CHILD
+              " 2>/dev/null",
+              "r");
     assert_non_null(p);
     pid_t pids[2];
     size_t n = 0;
@@ -362,7 +362,8 @@ test_oversized_argument(void **state)
     char *big = calloc(1, size);
     assert_non_null(big);
     int64_t t0 = s_now_ms();
-    tq_result_t *r = tq_pool_apply_timeout(pool, "square", NULL, 10000, "p", big, size);
+    tq_result_t *r =
+        tq_pool_apply_timeout(pool, "square", NULL, 10000, "p", big, size);
     free(big);
     assert_int_equal(tq_result_code(r), TQ_EINVAL);
     printf("# oversized argument: %s in %lld ms\n", tq_result_error(r),
@@ -391,8 +392,8 @@ test_default_prefetch_hides_no_work(void **state)
     tq_pool_t *pool = s_pool(2, 0);
     /* both children connected */
     for (int i = 0; i < 4; i++) {
-        tq_result_t *w = tq_pool_apply_timeout(pool, "square", NULL, 10000, "i",
-                                       (int64_t)i);
+        tq_result_t *w =
+            tq_pool_apply_timeout(pool, "square", NULL, 10000, "i", (int64_t)i);
         assert_int_equal(tq_result_code(w), TQ_OK);
         tq_result_destroy(&w);
     }
@@ -523,7 +524,7 @@ test_pools_beside_threads(void **state)
         tq_result_t *r =
             tq_pool_apply_timeout(pool, "square", NULL, 20000, "i", (int64_t)i);
         ok += tq_result_code(r) == TQ_OK &&
-              tq_result_value(r)->via.i64 == (int64_t)i * i;
+            tq_result_value(r)->via.i64 == (int64_t)i * i;
         tq_result_destroy(&r);
         tq_pool_destroy(&pool);
     }
@@ -647,8 +648,8 @@ test_fifo_fresh_pool(void **state)
     enum { N = 50 };
     tq_result_t *r[N];
     for (int i = 0; i < N; i++)
-        r[i] = tq_pool_apply_async(pool, "record", NULL, "si", path,
-                                   (int64_t)i);
+        r[i] =
+            tq_pool_apply_async(pool, "record", NULL, "si", path, (int64_t)i);
     for (int i = 0; i < N; i++) {
         assert_int_equal(tq_result_get(r[i], 30000), TQ_OK);
         tq_result_destroy(&r[i]);
@@ -765,8 +766,7 @@ test_results_released_and_chunks(void **state)
     }
     int64_t submitted = s_status_value(pool, "submitted");
     int64_t memory = -1;
-    for (int64_t until = s_now_ms() + 10000; s_now_ms() < until;
-         s_sleep_ms(20))
+    for (int64_t until = s_now_ms() + 10000; s_now_ms() < until; s_sleep_ms(20))
         if ((memory = s_status_value(pool, "memory")) == 0)
             break;
     printf("# map of %d: %lld tasks; broker memory after: %lld bytes\n", N,

@@ -517,7 +517,7 @@ test_pool_work(void **state)
         snprintf(want, sizeof want, "-process %d\n", i);
         assert_int_equal(s_count(out, want), 1);
     }
-    assert_int_equal(s_count(out, "process: PoolWorker-"), 10);
+    assert_int_equal(s_count(out, "process: ForkServerPoolWorker-"), 10);
     assert_int_equal(s_line(out, "Sub-process all done."), 10);
     /* Pool(5) x 10 tasks of 2 s: two rounds */
     double round = 2 * S_SCALE;

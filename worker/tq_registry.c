@@ -387,8 +387,7 @@ tq_arg_bool(const msgpack_object *args, uint32_t index, bool *value)
 }
 
 int
-tq_arg_str(const msgpack_object *args, uint32_t index, char *buf,
-           size_t size)
+tq_arg_str(const msgpack_object *args, uint32_t index, char *buf, size_t size)
 {
     const msgpack_object *o = s_arg(args, index, "a string");
     if (!o)
