@@ -1,7 +1,10 @@
 /* tq_bench_pool_map.c - tq-bench-pool-map: map over N small ints (square)
    on an embedded tq_pool of 2 against Python's multiprocessing.Pool(2).map
    with its default chunking, and the start time of each pool (new pool to
-   the first apply's result). Runs interleave; prints medians. */
+   the first apply's result). tq's map is measured twice: tq_pool_map (a
+   handle per item) and tq_pool_map_values (the values, as Python's map
+   returns them); each reads every value. Runs interleave; prints medians.
+   TQ_BENCH_NO_PYTHON=1 skips Python. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,9 +46,11 @@ s_median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* One tq run: start (s) and map (s) of count items; -1 on failure. */
+/* One tq run: start, map (handles) and map_values (s) of count items; -1
+   on failure. */
 static int
-s_run_tq(tq_registry_t *reg, int count, double *start, double *map)
+s_run_tq(tq_registry_t *reg, int count, double *start, double *map,
+         double *values_s)
 {
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
@@ -76,10 +81,22 @@ s_run_tq(tq_registry_t *reg, int count, double *start, double *map)
     if (getenv("TQ_BENCH_VERBOSE"))
         fprintf(stderr, "map call %.1f ms, reading the values %.1f ms\n",
                 (t2 - t1) * 1e3, (s_now() - t2) * 1e3);
-    for (int i = 0; i < count; i++) {
+    for (int i = 0; i < count; i++)
         tq_result_destroy(&results[i]);
+    double t3 = s_now();
+    tq_values_t *values = NULL;
+    if (rc == TQ_OK)
+        rc = tq_pool_map_values(pool, "square", NULL, items, (size_t)count,
+                                &values, 120000);
+    int64_t sum2 = 0;
+    for (int i = 0; rc == TQ_OK && i < count; i++)
+        sum2 += tq_values_at(values, (size_t)i)->via.i64;
+    *values_s = s_now() - t3;
+    tq_values_destroy(&values);
+    if (sum2 != sum)
+        rc = TQ_EPROTO;
+    for (int i = 0; i < count; i++)
         tq_buf_free(&items[i]);
-    }
     free(items);
     free(results);
     tq_pool_close(pool);
@@ -128,18 +145,19 @@ main(int argc, char **argv)
     }
     tq_registry_t *reg = tq_registry_new();
     tq_registry_add(reg, "square", s_square, NULL);
-    double ts[S_MAX_RUNS], tm[S_MAX_RUNS], ps[S_MAX_RUNS], pm[S_MAX_RUNS];
+    double ts[S_MAX_RUNS], tm[S_MAX_RUNS], tv[S_MAX_RUNS], ps[S_MAX_RUNS],
+        pm[S_MAX_RUNS];
     int py = 0;
     for (int i = 0; i < runs; i++) {
-        if (s_run_tq(reg, count, &ts[i], &tm[i]) != 0) {
+        if (s_run_tq(reg, count, &ts[i], &tm[i], &tv[i]) != 0) {
             fprintf(stderr, "tq-bench-pool-map: tq run failed\n");
             return 1;
         }
         if (!getenv("TQ_BENCH_NO_PYTHON") &&
             s_run_python(count, &ps[py], &pm[py]) == 0)
             py++;
-        printf("run %d: tq start %.1f ms map %.1f ms", i + 1, ts[i] * 1e3,
-               tm[i] * 1e3);
+        printf("run %d: tq start %.1f ms map %.1f ms map_values %.1f ms", i + 1,
+               ts[i] * 1e3, tm[i] * 1e3, tv[i] * 1e3);
         if (py == i + 1)
             printf(" | python start %.1f ms map %.1f ms", ps[i] * 1e3,
                    pm[i] * 1e3);
@@ -148,13 +166,17 @@ main(int argc, char **argv)
     printf("medians of %d runs, pool of %d, map over %d ints:\n", runs,
            S_PROCESSES, count);
     double mts = s_median(ts, runs), mtm = s_median(tm, runs);
-    printf("  tq:     start %.1f ms, map %.1f ms\n", mts * 1e3, mtm * 1e3);
+    double mtv = s_median(tv, runs);
+    printf("  tq:     start %.1f ms, map %.1f ms, map_values %.1f ms\n",
+           mts * 1e3, mtm * 1e3, mtv * 1e3);
     if (py) {
         double mps = s_median(ps, py), mpm = s_median(pm, py);
         printf("  python: start %.1f ms, map %.1f ms (Pool(%d).map, default "
                "chunksize)\n",
                mps * 1e3, mpm * 1e3, S_PROCESSES);
-        printf("  map: tq is %.2fx Python's speed\n", mpm / mtm);
+        printf("  map: tq_pool_map %.2fx, tq_pool_map_values %.2fx Python's "
+               "speed\n",
+               mpm / mtm, mpm / mtv);
     }
     tq_registry_destroy(&reg);
     return 0;

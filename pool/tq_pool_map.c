@@ -25,6 +25,8 @@ struct tq_result_set_t {
     s_chunk_t *chunks; /* in submission order */
     size_t chunk_count;
     bool chunked; /* chunks of items; else results[] are the tasks */
+    size_t chunk_size; /* items per chunk (the last may have fewer) */
+    char error[TQ_PROTO_MAX_ERROR + 32]; /* tq_values_t: first failure */
 };
 
 struct tq_pool_imap_t {
@@ -96,6 +98,68 @@ s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
     return rc;
 }
 
+/* A growing buffer for msgpack_pack_object. */
+typedef struct {
+    char *data;
+    size_t size;
+    size_t alloc;
+} s_grow_t;
+
+static int
+s_grow_write(void *data, const char *bytes, size_t len)
+{
+    s_grow_t *b = data;
+    if (b->size + len > b->alloc) {
+        size_t alloc = b->alloc ? b->alloc * 2 : 256;
+        while (alloc < b->size + len)
+            alloc *= 2;
+        char *p = realloc(b->data, alloc);
+        if (!p)
+            return -1;
+        b->data = p;
+        b->alloc = alloc;
+    }
+    memcpy(b->data + b->size, bytes, len);
+    b->size += len;
+    return 0;
+}
+
+/* Item k of a chunk's value v ([[value...], [[index, code, error]...]],
+   count items): TQ_OK with its value in *value, or its failure's code
+   with its text in *error (NULL if none); TQ_EPROTO if v is malformed. */
+static int
+s_chunk_item(const msgpack_object *v, size_t count, size_t k,
+             const msgpack_object **value, const msgpack_object_str **error)
+{
+    *value = NULL;
+    *error = NULL;
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 2 ||
+        v->via.array.ptr[0].type != MSGPACK_OBJECT_ARRAY ||
+        v->via.array.ptr[0].via.array.size != count ||
+        v->via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY || k >= count)
+        return TQ_EPROTO;
+    const msgpack_object *val = &v->via.array.ptr[0].via.array.ptr[k];
+    if (val->type == MSGPACK_OBJECT_NIL) {
+        /* nil: a value, unless the item is among the failures */
+        const msgpack_object_array *f = &v->via.array.ptr[1].via.array;
+        for (uint32_t i = 0; i < f->size; i++) {
+            const msgpack_object *e = f->ptr[i].via.array.ptr;
+            if (f->ptr[i].type != MSGPACK_OBJECT_ARRAY ||
+                f->ptr[i].via.array.size != 3 ||
+                e[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                e[1].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+                return TQ_EPROTO;
+            if (e[0].via.u64 != k)
+                continue;
+            if (e[2].type == MSGPACK_OBJECT_STR)
+                *error = &e[2].via.str;
+            return e[1].via.u64 ? (int)e[1].via.u64 : TQ_ETASK;
+        }
+    }
+    *value = val;
+    return TQ_OK;
+}
+
 /* Makes the item handles of a chunk whose task is final. */
 static void
 s_split(tq_result_set_t *set, s_chunk_t *c)
@@ -107,41 +171,39 @@ s_split(tq_result_set_t *set, s_chunk_t *c)
         c->handle = NULL;
         return;
     }
-    int code = tq_result_code(c->handle);
-    const msgpack_object *v = code == TQ_OK ? tq_result_value(c->handle) : NULL;
-    if (code == TQ_OK &&
-        (!v || v->type != MSGPACK_OBJECT_ARRAY ||
-         v->via.array.size != c->count))
-        code = TQ_EPROTO;
+    int chunk_code = tq_result_code(c->handle);
+    const msgpack_object *v =
+        chunk_code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    s_grow_t value = {0};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &value, s_grow_write);
     for (size_t i = 0; i < c->count; i++) {
         tq_result_t *r = NULL;
-        if (code != TQ_OK)
-            r = tq_result_new_final(code,
-                                    code == TQ_EPROTO
-                                        ? "malformed chunk answer"
-                                        : tq_result_error(c->handle),
+        if (chunk_code != TQ_OK) {
+            r = tq_result_new_final(chunk_code, tq_result_error(c->handle),
                                     NULL, 0);
-        else {
-            const msgpack_object *e = &v->via.array.ptr[i];
-            const msgpack_object *k = e->via.array.ptr;
-            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2 ||
-                k[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                r = tq_result_new_final(TQ_EPROTO, "malformed chunk item", NULL,
-                                        0);
-            else if (k[0].via.u64 == TQ_OK && k[1].type == MSGPACK_OBJECT_BIN)
-                r = tq_result_new_final(TQ_OK, NULL, k[1].via.bin.ptr,
-                                        k[1].via.bin.size);
-            else {
-                char text[TQ_PROTO_MAX_ERROR + 1] = "task failed";
-                if (k[1].type == MSGPACK_OBJECT_STR)
-                    snprintf(text, sizeof text, "%.*s", (int)k[1].via.str.size,
-                             k[1].via.str.ptr);
-                r = tq_result_new_final(
-                    k[0].via.u64 ? (int)k[0].via.u64 : TQ_ETASK, text, NULL, 0);
-            }
+            set->results[c->first + i] = r;
+            continue;
+        }
+        const msgpack_object *val;
+        const msgpack_object_str *error;
+        int code = s_chunk_item(v, c->count, i, &val, &error);
+        if (code == TQ_OK) {
+            value.size = 0;
+            if (msgpack_pack_object(&pk, *val) == 0)
+                r = tq_result_new_final(TQ_OK, NULL, value.data, value.size);
+        } else {
+            char text[TQ_PROTO_MAX_ERROR + 1] = "malformed chunk answer";
+            if (error)
+                snprintf(text, sizeof text, "%.*s", (int)error->size,
+                         error->ptr);
+            else if (code != TQ_EPROTO)
+                snprintf(text, sizeof text, "task failed");
+            r = tq_result_new_final(code, text, NULL, 0);
         }
         set->results[c->first + i] = r;
     }
+    free(value.data);
     tq_result_destroy(&c->handle);
 }
 
@@ -192,6 +254,7 @@ s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
     if (!set)
         return NULL;
     set->chunked = size > 1;
+    set->chunk_size = size;
     /* a callback would see a chunk, not an item: chunks take none */
     tq_options_t opts = TQ_OPTIONS_INIT;
     if (options)
@@ -421,6 +484,130 @@ tq_pool_imap_next(tq_pool_imap_t *self, int timeout_ms, tq_result_t **result_p)
 
 void
 tq_pool_imap_destroy(tq_pool_imap_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_result_set_destroy(&(*self_p)->set);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+/* ---- map returning values ------------------------------------------------ */
+
+struct tq_values_t {
+    tq_result_set_t *set; /* its chunks stay: the values point into them */
+};
+
+/* Item index: its value (NULL if it failed or is not done), its code in
+ *code and its failure's text in *error (NULL if none). */
+static const msgpack_object *
+s_entry(const tq_values_t *self, size_t index, int *code,
+        const msgpack_object_str **error)
+{
+    const tq_result_set_t *set = self->set;
+    *code = TQ_ETIMEDOUT;
+    *error = NULL;
+    if (index >= set->count)
+        return NULL;
+    if (!set->chunk_count) { /* refused at submit: final handles */
+        *code = tq_result_code(set->results[index]);
+        return NULL;
+    }
+    const s_chunk_t *c = &set->chunks[index / set->chunk_size];
+    if (!c->handle || !tq_result_ready(c->handle))
+        return NULL;
+    *code = tq_result_code(c->handle);
+    const msgpack_object *v =
+        *code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    if (!set->chunked || !v)
+        return v;
+    const msgpack_object *value;
+    *code = s_chunk_item(v, c->count, index - c->first, &value, error);
+    return value;
+}
+
+int
+tq_pool_map_values(tq_pool_t *self, const char *task,
+                   const tq_options_t *options, const tq_buf_t *items,
+                   size_t count, tq_values_t **values_p, int timeout_ms)
+{
+    assert(self && values_p);
+    *values_p = NULL;
+    for (size_t i = 0; i < count; i++)
+        if (!items || items[i].size < 2 ||
+            ((const unsigned char *)items[i].data)[0] != 0x91)
+            return TQ_EINVAL;
+    tq_values_t *values = calloc(1, sizeof *values);
+    if (!values)
+        return TQ_ENOMEM;
+    values->set = s_submit_set(self, task, options, items, count, false, false);
+    if (!values->set) {
+        free(values);
+        return TQ_ECLOSED;
+    }
+    *values_p = values;
+    tq_result_set_t *set = values->set;
+    int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
+    for (size_t i = 0; i < set->chunk_count; i++)
+        if (tq_result_wait(set->chunks[i].handle, s_left(until)) != TQ_OK)
+            return TQ_ETIMEDOUT;
+    /* Python's map raises the first failure, in order */
+    for (size_t i = 0; i < count; i++) {
+        int code;
+        const msgpack_object_str *error;
+        s_entry(values, i, &code, &error);
+        if (code == TQ_OK)
+            continue;
+        if (error)
+            snprintf(set->error, sizeof set->error, "item %zu: %.*s", i,
+                     (int)error->size, error->ptr);
+        else {
+            const char *text = !set->chunk_count
+                ? tq_result_error(set->results[i])
+                : tq_result_error(set->chunks[i / set->chunk_size].handle);
+            snprintf(set->error, sizeof set->error, "item %zu: %s", i,
+                     text[0] ? text : tq_strerror(code));
+        }
+        return code;
+    }
+    return TQ_OK;
+}
+
+size_t
+tq_values_size(const tq_values_t *self)
+{
+    assert(self);
+    return self->set->count;
+}
+
+const msgpack_object *
+tq_values_at(const tq_values_t *self, size_t index)
+{
+    assert(self);
+    int code;
+    const msgpack_object_str *error;
+    return s_entry(self, index, &code, &error);
+}
+
+int
+tq_values_code(const tq_values_t *self, size_t index)
+{
+    assert(self);
+    int code;
+    const msgpack_object_str *error;
+    s_entry(self, index, &code, &error);
+    return code;
+}
+
+const char *
+tq_values_error(const tq_values_t *self)
+{
+    assert(self);
+    return self->set->error;
+}
+
+void
+tq_values_destroy(tq_values_t **self_p)
 {
     if (!self_p || !*self_p)
         return;

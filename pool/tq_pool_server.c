@@ -89,12 +89,21 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     const msgpack_object_array *items = &args->via.array.ptr[1].via.array;
     static msgpack_sbuffer value; /* reused by every item of the child */
     static bool value_init;
-    if (!value_init) {
+    if (!value_init)
         msgpack_sbuffer_init(&value);
+    static msgpack_sbuffer fails; /* [index, code, error] of failures */
+    if (!value_init) {
+        msgpack_sbuffer_init(&fails);
         value_init = true;
     }
-    msgpack_packer pk;
+    msgpack_sbuffer_clear(&fails);
+    uint32_t failed = 0;
+    msgpack_packer pk, fk;
     msgpack_packer_init(&pk, &value, msgpack_sbuffer_write);
+    msgpack_packer_init(&fk, &fails, msgpack_sbuffer_write);
+    /* [[value or nil, ...], [[index, code, error], ...]]: one object per
+       item, so the program's one unpack of the chunk stays small */
+    msgpack_pack_array(out, 2);
     msgpack_pack_array(out, items->size);
     for (uint32_t i = 0; i < items->size; i++) {
         msgpack_sbuffer_clear(&value);
@@ -115,22 +124,27 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
                      "task %s returned an invalid value: %s (pack exactly "
                      "one object)",
                      name, reason);
+            task->failed = true;
             rc = TQ_ETASK;
         }
-        msgpack_pack_array(out, 2);
         if (rc == 0) {
-            msgpack_pack_int(out, TQ_OK);
-            msgpack_pack_bin(out, value.size);
-            msgpack_pack_bin_body(out, value.data, value.size);
-        } else {
-            const char *text =
-                task->failed && task->error[0] ? task->error : "task failed";
-            size_t len = strlen(text);
-            msgpack_pack_int(out, TQ_ETASK);
-            msgpack_pack_str(out, len);
-            msgpack_pack_str_body(out, text, len);
+            out->callback(out->data, value.data, value.size);
+            continue;
         }
+        msgpack_pack_nil(out);
+        const char *text =
+            task->failed && task->error[0] ? task->error : "task failed";
+        size_t len = strlen(text);
+        msgpack_pack_array(&fk, 3);
+        msgpack_pack_uint32(&fk, i);
+        msgpack_pack_int(&fk, TQ_ETASK);
+        msgpack_pack_str(&fk, len);
+        msgpack_pack_str_body(&fk, text, len);
+        failed++;
     }
+    msgpack_pack_array(out, failed);
+    if (fails.size)
+        out->callback(out->data, fails.data, fails.size);
     return 0;
 }
 

@@ -12,8 +12,9 @@
 #include "tq/tq_pool.h"
 
 /* The task that runs a chunk of a map in a child: arguments [task name,
-   [argument array, ...]], value [[code, value (bin) or error (str)], ...]
-   in the same order. */
+   [argument array, ...]], value [[value, ...], [[index, code, error],
+   ...]]: the items' values in order (nil for a failed one) and the
+   failures. */
 #define TQ_POOL_CHUNK_TASK "tq.pool.chunk"
 
 /* What the server needs; every pointer borrowed for the call. */

@@ -92,6 +92,26 @@ s_record(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return tq_pack_nil(out);
 }
 
+/* checked(x) -> x * x, with a typed argument; x == 13 crashes the child */
+static int
+s_checked(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    (void)task;
+    int64_t x;
+    int rc = tq_arg_int(args, 0, &x);
+    if (rc)
+        return rc;
+    if (x == 13) {
+        /* after a pause: the DONE of this child's previous task must reach
+           the broker before the LOST (they travel on different sockets,
+           and the broker charges a death to the first task it thinks the
+           child holds) */
+        s_sleep_ms(100);
+        raise(SIGSEGV);
+    }
+    return tq_pack_int(out, x * x);
+}
+
 /* crash(): the child dies by SIGSEGV */
 static int
 s_crash(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
@@ -762,8 +782,34 @@ test_results_released_and_chunks(void **state)
     for (int i = 0; i < N; i++) {
         assert_int_equal(tq_result_value(out[i])->via.i64, (int64_t)i * i);
         tq_result_destroy(&out[i]);
-        tq_buf_free(&items[i]);
     }
+    /* map_values: the same values, without a handle per item */
+    tq_values_t *values = NULL;
+    assert_int_equal(
+        tq_pool_map_values(pool, "square", NULL, items, N, &values, 30000),
+        TQ_OK);
+    assert_int_equal(tq_values_size(values), N);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(tq_values_at(values, (size_t)i)->via.i64,
+                         (int64_t)i * i);
+    assert_string_equal(tq_values_error(values), "");
+    tq_values_destroy(&values);
+    /* the first failure in order, with its text, as Python raises it */
+    tq_buf_t msgs[3];
+    tq_pack(&msgs[0], "s", "fine?");
+    tq_pack(&msgs[1], "s", "broke");
+    tq_pack(&msgs[2], "s", "too");
+    assert_int_equal(
+        tq_pool_map_values(pool, "tq.fail", NULL, msgs, 3, &values, 30000),
+        TQ_ETASK);
+    assert_string_equal(tq_values_error(values), "item 0: fine?");
+    assert_null(tq_values_at(values, 1));
+    assert_int_equal(tq_values_code(values, 2), TQ_ETASK);
+    tq_values_destroy(&values);
+    for (int i = 0; i < 3; i++)
+        tq_buf_free(&msgs[i]);
+    for (int i = 0; i < N; i++)
+        tq_buf_free(&items[i]);
     int64_t submitted = s_status_value(pool, "submitted");
     int64_t memory = -1;
     for (int64_t until = s_now_ms() + 10000; s_now_ms() < until; s_sleep_ms(20))
@@ -771,7 +817,8 @@ test_results_released_and_chunks(void **state)
             break;
     printf("# map of %d: %lld tasks; broker memory after: %lld bytes\n", N,
            (long long)submitted, (long long)memory);
-    assert_int_equal(submitted, 8);
+    /* map and map_values: 8 chunks each; 3 items: chunks of 1 */
+    assert_int_equal(submitted, 8 + 8 + 3);
     assert_int_equal(memory, 0);
     free(items);
     free(out);
@@ -820,6 +867,58 @@ test_task_helpers(void **state)
     tq_pool_destroy(&pool);
 }
 
+/* Chunks of 3: a failing item fails alone, with its own error; a crash
+   fails every item of its chunk (TQ_ELOST) and no other. */
+static void
+test_chunk_failures(void **state)
+{
+    (void)state;
+    tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
+    po.registry = s_reg;
+    po.chunksize = 3;
+    tq_pool_t *pool = tq_pool_new(2, &po);
+    assert_non_null(pool);
+    enum { N = 7 };
+    tq_buf_t items[N];
+    tq_pack(&items[0], "i", (int64_t)1);
+    tq_pack(&items[1], "s", "x");
+    tq_pack(&items[2], "i", (int64_t)3);
+    tq_pack(&items[3], "i", (int64_t)4);
+    tq_pack(&items[4], "i", (int64_t)13); /* chunk 3..5 crashes */
+    tq_pack(&items[5], "i", (int64_t)6);
+    tq_pack(&items[6], "i", (int64_t)7);
+    tq_result_t *out[N];
+    assert_int_equal(tq_pool_map(pool, "checked", NULL, items, N, out, 30000),
+                     TQ_ETASK);
+    assert_int_equal(tq_result_value(out[0])->via.i64, 1);
+    assert_int_equal(tq_result_code(out[1]), TQ_ETASK);
+    assert_string_equal(tq_result_error(out[1]),
+                        "task checked: argument 0 must be an int, not a "
+                        "string");
+    assert_int_equal(tq_result_value(out[2])->via.i64, 9);
+    for (int i = 3; i < 6; i++) {
+        assert_int_equal(tq_result_code(out[i]), TQ_ELOST);
+        assert_non_null(strstr(tq_result_error(out[i]), "SIGSEGV"));
+    }
+    assert_int_equal(tq_result_value(out[6])->via.i64, 49);
+    for (int i = 0; i < N; i++)
+        tq_result_destroy(&out[i]);
+    tq_values_t *values = NULL;
+    assert_int_equal(
+        tq_pool_map_values(pool, "checked", NULL, items, N, &values, 30000),
+        TQ_ETASK);
+    assert_string_equal(tq_values_error(values),
+                        "item 1: task checked: argument 0 must be an int, "
+                        "not a string");
+    assert_int_equal(tq_values_at(values, 2)->via.i64, 9);
+    assert_int_equal(tq_values_code(values, 4), TQ_ELOST);
+    assert_int_equal(tq_values_at(values, 6)->via.i64, 49);
+    tq_values_destroy(&values);
+    for (int i = 0; i < N; i++)
+        tq_buf_free(&items[i]);
+    tq_pool_destroy(&pool);
+}
+
 int
 main(void)
 {
@@ -832,6 +931,7 @@ main(void)
     tq_registry_add(s_reg, "add", s_add, NULL);
     tq_registry_add(s_reg, "record", s_record, NULL);
     tq_registry_add(s_reg, "crash", s_crash, NULL);
+    tq_registry_add(s_reg, "checked", s_checked, NULL);
     tq_registry_add(s_reg, "helpers", s_helpers, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_join_before_close),
@@ -851,6 +951,7 @@ main(void)
         cmocka_unit_test(test_crash_quiet_once),
         cmocka_unit_test(test_results_released_and_chunks),
         cmocka_unit_test(test_task_helpers),
+        cmocka_unit_test(test_chunk_failures),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tq_registry_destroy(&s_reg);
