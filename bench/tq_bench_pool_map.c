@@ -88,10 +88,14 @@ s_run_tq(tq_registry_t *reg, int count, double *start, double *map,
     if (rc == TQ_OK)
         rc = tq_pool_map_values(pool, "square", NULL, items, (size_t)count,
                                 &values, 120000);
+    double t4 = s_now();
     int64_t sum2 = 0;
     for (int i = 0; rc == TQ_OK && i < count; i++)
         sum2 += tq_values_at(values, (size_t)i)->via.i64;
     *values_s = s_now() - t3;
+    if (getenv("TQ_BENCH_VERBOSE"))
+        fprintf(stderr, "map_values call %.1f ms, reading %.1f ms\n",
+                (t4 - t3) * 1e3, (s_now() - t4) * 1e3);
     tq_values_destroy(&values);
     if (sum2 != sum)
         rc = TQ_EPROTO;

@@ -49,53 +49,35 @@ s_chunksize(tq_pool_t *pool, size_t count, bool imap)
     return size ? size : 1;
 }
 
-/* Appends raw bytes to buf (grown by doubling). */
-static int
-s_append(tq_buf_t *buf, size_t *alloc, const void *data, size_t size)
-{
-    if (buf->size + size > *alloc) {
-        size_t want = *alloc ? *alloc : 256;
-        while (want < buf->size + size)
-            want *= 2;
-        void *p = realloc(buf->data, want);
-        if (!p)
-            return TQ_ENOMEM;
-        buf->data = p;
-        *alloc = want;
-    }
-    memcpy((char *)buf->data + buf->size, data, size);
-    buf->size += size;
-    return TQ_OK;
-}
-
-/* The arguments of a chunk task: [task, [items[first], ...]]. */
+/* The arguments of a chunk task: [task, [items[first], ...]], in one
+   buffer of the exact size. */
 static int
 s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
              size_t count)
 {
-    *out = (tq_buf_t){0};
-    size_t alloc = 0;
-    unsigned char head[16];
-    size_t len = strlen(task), n = 0;
-    head[n++] = 0x92;
-    head[n++] = 0xd9; /* str 8: task names are at most 255 bytes */
-    head[n++] = (unsigned char)len;
-    int rc = s_append(out, &alloc, head, n);
-    if (rc == TQ_OK)
-        rc = s_append(out, &alloc, task, len);
-    n = 0;
-    head[n++] = 0xdd; /* array 32 */
-    head[n++] = (unsigned char)(count >> 24);
-    head[n++] = (unsigned char)(count >> 16);
-    head[n++] = (unsigned char)(count >> 8);
-    head[n++] = (unsigned char)count;
-    if (rc == TQ_OK)
-        rc = s_append(out, &alloc, head, n);
-    for (size_t i = 0; i < count && rc == TQ_OK; i++)
-        rc = s_append(out, &alloc, items[i].data, items[i].size);
-    if (rc != TQ_OK)
-        tq_buf_free(out);
-    return rc;
+    size_t len = strlen(task), size = 3 + len + 5;
+    for (size_t i = 0; i < count; i++)
+        size += items[i].size;
+    unsigned char *p = malloc(size);
+    if (!p)
+        return TQ_ENOMEM;
+    out->data = p;
+    out->size = size;
+    *p++ = 0x92;
+    *p++ = 0xd9; /* str 8: task names are at most 255 bytes */
+    *p++ = (unsigned char)len;
+    memcpy(p, task, len);
+    p += len;
+    *p++ = 0xdd; /* array 32 */
+    *p++ = (unsigned char)(count >> 24);
+    *p++ = (unsigned char)(count >> 16);
+    *p++ = (unsigned char)(count >> 8);
+    *p++ = (unsigned char)count;
+    for (size_t i = 0; i < count; i++) {
+        memcpy(p, items[i].data, items[i].size);
+        p += items[i].size;
+    }
+    return TQ_OK;
 }
 
 /* A growing buffer for msgpack_pack_object. */
@@ -496,6 +478,9 @@ tq_pool_imap_destroy(tq_pool_imap_t **self_p)
 
 struct tq_values_t {
     tq_result_set_t *set; /* its chunks stay: the values point into them */
+    const msgpack_object **chunk_values; /* per chunk once all are done:
+                                            its [[values], [failures]],
+                                            NULL for a failed chunk */
 };
 
 /* Item index: its value (NULL if it failed or is not done), its code in
@@ -513,12 +498,19 @@ s_entry(const tq_values_t *self, size_t index, int *code,
         *code = tq_result_code(set->results[index]);
         return NULL;
     }
-    const s_chunk_t *c = &set->chunks[index / set->chunk_size];
-    if (!c->handle || !tq_result_ready(c->handle))
-        return NULL;
-    *code = tq_result_code(c->handle);
-    const msgpack_object *v =
-        *code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    size_t chunk = index / set->chunk_size;
+    const s_chunk_t *c = &set->chunks[chunk];
+    const msgpack_object *v;
+    if (self->chunk_values && self->chunk_values[chunk]) {
+        /* the fast path: no lock per item */
+        v = self->chunk_values[chunk];
+        *code = TQ_OK;
+    } else {
+        if (!c->handle || !tq_result_ready(c->handle))
+            return NULL;
+        *code = tq_result_code(c->handle);
+        v = *code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    }
     if (!set->chunked || !v)
         return v;
     const msgpack_object *value;
@@ -548,9 +540,18 @@ tq_pool_map_values(tq_pool_t *self, const char *task,
     *values_p = values;
     tq_result_set_t *set = values->set;
     int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
-    for (size_t i = 0; i < set->chunk_count; i++)
-        if (tq_result_wait(set->chunks[i].handle, s_left(until)) != TQ_OK)
+    const msgpack_object **cv =
+        calloc(set->chunk_count ? set->chunk_count : 1, sizeof *cv);
+    for (size_t i = 0; i < set->chunk_count; i++) {
+        if (tq_result_wait(set->chunks[i].handle, s_left(until)) != TQ_OK) {
+            free(cv);
             return TQ_ETIMEDOUT;
+        }
+        /* unpacked now, while the later chunks still run */
+        if (cv)
+            cv[i] = tq_result_value(set->chunks[i].handle);
+    }
+    values->chunk_values = cv;
     /* Python's map raises the first failure, in order */
     for (size_t i = 0; i < count; i++) {
         int code;
@@ -612,6 +613,7 @@ tq_values_destroy(tq_values_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_result_set_destroy(&(*self_p)->set);
+    free((*self_p)->chunk_values);
     free(*self_p);
     *self_p = NULL;
 }
