@@ -48,7 +48,7 @@ main(void)
     tq_registry_add(reg, "square", s_square, NULL);
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
-    po.quiet = getenv("TQ_POOL_VERBOSE") == NULL;
+    po.verbose = getenv("TQ_POOL_VERBOSE") != NULL;
     double t0 = s_secs();
     tq_pool_t *pool = tq_pool_new(3, &po); /* before any thread */
     if (!pool) {
@@ -70,8 +70,7 @@ main(void)
     }
 
     printf("== apply (blocking)\n");
-    tq_result_t *r =
-        tq_pool_apply(pool, "square", NULL, "i", (int64_t)12);
+    tq_result_t *r = tq_pool_apply(pool, "square", NULL, "i", (int64_t)12);
     printf("  square(12) = %lld\n",
            (long long)tq_result_value(r)->via.array.ptr[0].via.i64);
     tq_result_destroy(&r);

@@ -156,7 +156,6 @@ s_pool(int n, int maxtasks)
     po.initializer = s_init;
     po.initargs = &initarg;
     po.maxtasksperchild = maxtasks;
-    po.quiet = true;
     tq_pool_t *pool = tq_pool_new(n, &po);
     assert_non_null(pool);
     return pool;
