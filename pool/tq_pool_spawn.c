@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <link.h>
 #include <msgpack.h>
 #include <pthread.h>
@@ -142,6 +143,105 @@ s_encode(const tq_pool_server_config_t *c, msgpack_sbuffer *sbuf, char *error,
     return 0;
 }
 
+/* ---- is libtq loaded before main in a fresh exec of the program? ------- */
+
+#define S_MAX_OBJECTS 256
+
+typedef struct {
+    const char *name[S_MAX_OBJECTS]; /* dlpi_name, "" for the program */
+    const char *soname[S_MAX_OBJECTS]; /* DT_SONAME or NULL */
+    const ElfW(Dyn) * dyn[S_MAX_OBJECTS]; /* its dynamic section */
+    uintptr_t base[S_MAX_OBJECTS];
+    size_t count;
+    int ours; /* index of the object holding this code, -1: none */
+} s_objects_t;
+
+/* The string table of an object's dynamic section: glibc stores it
+   relocated, except in a few objects (the vdso), so both are handled. */
+static const char *
+s_strtab(const ElfW(Dyn) * dyn, uintptr_t base)
+{
+    for (; dyn && dyn->d_tag != DT_NULL; dyn++)
+        if (dyn->d_tag == DT_STRTAB)
+            return (const char *)(dyn->d_un.d_ptr < base
+                                      ? base + dyn->d_un.d_ptr
+                                      : dyn->d_un.d_ptr);
+    return NULL;
+}
+
+static int
+s_objects_cb(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    s_objects_t *o = data;
+    if (o->count == S_MAX_OBJECTS)
+        return 1;
+    size_t i = o->count++;
+    o->name[i] = info->dlpi_name ? info->dlpi_name : "";
+    o->base[i] = info->dlpi_addr;
+    o->dyn[i] = NULL;
+    o->soname[i] = NULL;
+    uintptr_t self = (uintptr_t)&tq_pool_server_spawn;
+    for (int k = 0; k < info->dlpi_phnum; k++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[k];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_DYNAMIC)
+            o->dyn[i] = (const ElfW(Dyn) *)start;
+        if (ph->p_type == PT_LOAD && self >= start &&
+            self < start + ph->p_memsz)
+            o->ours = (int)i;
+    }
+    const char *strtab = s_strtab(o->dyn[i], o->base[i]);
+    for (const ElfW(Dyn) *d = o->dyn[i]; strtab && d->d_tag != DT_NULL; d++)
+        if (d->d_tag == DT_SONAME)
+            o->soname[i] = strtab + d->d_un.d_val;
+    return 0;
+}
+
+static bool
+s_same_object(const s_objects_t *o, size_t i, const char *needed)
+{
+    if (o->soname[i] && strcmp(o->soname[i], needed) == 0)
+        return true;
+    const char *slash = strrchr(o->name[i], '/');
+    return strcmp(slash ? slash + 1 : o->name[i], needed) == 0;
+}
+
+/* True if the object holding this code is the program or among the
+   libraries it needs (DT_NEEDED, transitively): then a fresh exec runs
+   libtq's constructor before main. A libtq that the program dlopened is
+   not, and the exec would run the program's main instead. */
+static bool
+s_loaded_at_start(void)
+{
+    static s_objects_t o;
+    memset(&o, 0, sizeof o);
+    o.ours = -1;
+    dl_iterate_phdr(s_objects_cb, &o);
+    if (o.ours <= 0)
+        return o.ours == 0;
+    bool reached[S_MAX_OBJECTS] = {true}; /* the program */
+    for (bool grew = true; grew;) {
+        grew = false;
+        for (size_t i = 0; i < o.count; i++) {
+            if (!reached[i])
+                continue;
+            const char *strtab = s_strtab(o.dyn[i], o.base[i]);
+            for (const ElfW(Dyn) *d = o.dyn[i]; strtab && d->d_tag != DT_NULL;
+                 d++) {
+                if (d->d_tag != DT_NEEDED)
+                    continue;
+                for (size_t k = 0; k < o.count; k++)
+                    if (!reached[k] &&
+                        s_same_object(&o, k, strtab + d->d_un.d_val)) {
+                        reached[k] = grew = true;
+                    }
+            }
+        }
+    }
+    return reached[o.ours];
+}
+
 /* environ plus TQ_POOL_SERVER_FD=3, in a malloc'd array (the strings are
    borrowed but the last). */
 static char **
@@ -159,6 +259,23 @@ s_env(void)
             env[k++] = environ[i];
     env[k] = S_ENV "3";
     return env;
+}
+
+/* The program's file: its path as /proc/self/exe names it, which a tool
+   running the program (valgrind) reports as the program's, or the link
+   itself when the file was removed or replaced since it started. */
+static const char *
+s_program(char *path, size_t size)
+{
+    ssize_t n = readlink("/proc/self/exe", path, size - 1);
+    if (n <= 0)
+        return "/proc/self/exe";
+    path[n] = '\0';
+    static const char deleted[] = " (deleted)";
+    size_t len = (size_t)n, dl = sizeof deleted - 1;
+    if (len > dl && strcmp(path + len - dl, deleted) == 0)
+        return "/proc/self/exe";
+    return path;
 }
 
 static bool
@@ -201,6 +318,21 @@ tq_pool_server_spawn(const tq_buf_t *config, int *keep_fd, char *error,
         snprintf(error, errlen, "pipe: %s", strerror(errno));
         return -1;
     }
+    if (!s_loaded_at_start()) {
+        snprintf(error, errlen,
+                 "cannot start the fork server: libtq was loaded after the "
+                 "program started (dlopen), so a fresh exec of the program "
+                 "would not stop before main; link the program with libtq");
+        return -1;
+    }
+    /* a copy of the program that reached main as a server (libtq not
+       run before main) must not start servers of its own */
+    if (getenv("TQ_POOL_SERVER_FD")) {
+        snprintf(error, errlen,
+                 "this process was started as a pool's fork "
+                 "server but ran the program's main");
+        return -1;
+    }
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t attr;
     posix_spawn_file_actions_init(&fa);
@@ -220,16 +352,16 @@ tq_pool_server_spawn(const tq_buf_t *config, int *keep_fd, char *error,
     char *argv[] = {"tq-pool-server", NULL};
     char **env = s_env();
     pid_t pid = -1;
-    int rc = env ? posix_spawn(&pid, "/proc/self/exe", &fa, &attr, argv, env)
-                 : ENOMEM;
+    char path[PATH_MAX];
+    const char *program = s_program(path, sizeof path);
+    int rc = env ? posix_spawn(&pid, program, &fa, &attr, argv, env) : ENOMEM;
     free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     close(fds[0]);
     if (rc != 0) {
         snprintf(error, errlen,
-                 "cannot start the fork server: posix_spawn "
-                 "/proc/self/exe: %s",
+                 "cannot start the fork server: posix_spawn %s: %s", program,
                  strerror(rc));
         close(fds[1]);
         return -1;

@@ -35,7 +35,9 @@ extern "C" {
    that names the task.
 
    Life. The server ends when the program does, even on SIGKILL (a pipe
-   tells it), killing the children and removing the pool's ipc directory.
+   tells it), killing the children and removing the pool's ipc directory
+   (a process the program fork()ed without exec holds that pipe too: the
+   server waits for it as well).
    If the server dies while the pool runs, the pool starts a new one (up to
    TQ_POOL_MAX_RESPAWNS times; then the pending tasks end TQ_ECANCELLED and
    submissions fail TQ_ELOST "the pool's fork server died"); tasks that were
