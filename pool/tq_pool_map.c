@@ -49,12 +49,26 @@ s_chunksize(tq_pool_t *pool, size_t count, bool imap)
     return size ? size : 1;
 }
 
+/* True if item is a packed argument array; of one argument unless star
+   (Python's map calls f(item)). */
+static bool
+s_valid_item(const tq_buf_t *item, bool star)
+{
+    if (!item->data || item->size < 1)
+        return false;
+    unsigned char head = ((const unsigned char *)item->data)[0];
+    return star ? (head & 0xf0) == 0x90 || head == 0xdc || head == 0xdd
+                : item->size >= 2 && head == 0x91;
+}
+
 /* The arguments of a chunk task: [task, [items[first], ...]], in one
-   buffer of the exact size. */
+   buffer of the exact size; each item checked as it is copied (one pass
+   over the items' memory). TQ_EINVAL for a bad item. */
 static int
 s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
-             size_t count)
+             size_t count, bool star)
 {
+    *out = (tq_buf_t){0};
     size_t len = strlen(task), size = 3 + len + 5;
     for (size_t i = 0; i < count; i++)
         size += items[i].size;
@@ -74,6 +88,10 @@ s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
     *p++ = (unsigned char)(count >> 8);
     *p++ = (unsigned char)count;
     for (size_t i = 0; i < count; i++) {
+        if (!s_valid_item(&items[i], star)) {
+            tq_buf_free(out);
+            return TQ_EINVAL;
+        }
         memcpy(p, items[i].data, items[i].size);
         p += items[i].size;
     }
@@ -207,34 +225,55 @@ s_set_new(size_t count, size_t chunks)
     return set;
 }
 
-/* Submits count items into a new set; star: any argument arrays, else each
-   must be an array of one argument (Python's map calls f(item)). An
-   unknown task gives a set of final TQ_ENOTASK handles. NULL when the
-   pool refused (closed) or on invalid input. */
-static tq_result_set_t *
+/* Submits count items into a new set (*set_p, the caller's). An unknown
+   task gives a set of final TQ_ENOTASK handles. Nothing is submitted
+   unless every item is valid (s_valid_item): the chunks are all built
+   first. TQ_OK, TQ_EINVAL, TQ_ECLOSED (the pool refused) or TQ_ENOMEM. */
+static int
 s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
-             const tq_buf_t *items, size_t count, bool star, bool imap)
+             const tq_buf_t *items, size_t count, bool star, bool imap,
+             tq_result_set_t **set_p)
 {
+    *set_p = NULL;
     if (!task || (count && !items) || count > UINT32_MAX)
-        return NULL;
-    for (size_t i = 0; i < count; i++)
-        if (!items[i].data || items[i].size < 1 ||
-            (!star &&
-             (items[i].size < 2 ||
-              ((const unsigned char *)items[i].data)[0] != 0x91)))
-            return NULL;
-    char error[TQ_PROTO_MAX_NAME + 128];
-    if (tq_pool_check_task(self, task, error, sizeof error) != TQ_OK) {
-        tq_result_set_t *set = s_set_new(count, 0);
-        for (size_t i = 0; set && i < count; i++)
-            set->results[i] = tq_result_new_final(TQ_ENOTASK, error, NULL, 0);
-        return set;
-    }
+        return TQ_EINVAL;
     size_t size = s_chunksize(self, count, imap);
     size_t chunks = (count + size - 1) / size;
-    tq_result_set_t *set = s_set_new(count, chunks);
-    if (!set)
-        return NULL;
+    tq_buf_t *args = NULL;
+    if (size > 1) {
+        args = calloc(chunks ? chunks : 1, sizeof *args);
+        if (!args)
+            return TQ_ENOMEM;
+        for (size_t k = 0; k < chunks; k++) {
+            size_t first = k * size;
+            size_t n = count - first < size ? count - first : size;
+            int rc = s_chunk_args(&args[k], task, items + first, n, star);
+            if (rc != TQ_OK) {
+                for (size_t j = 0; j < k; j++)
+                    tq_buf_free(&args[j]);
+                free(args);
+                return rc;
+            }
+        }
+    } else
+        for (size_t i = 0; i < count; i++)
+            if (!s_valid_item(&items[i], star))
+                return TQ_EINVAL;
+    int rc = TQ_OK;
+    char error[TQ_PROTO_MAX_NAME + 128];
+    tq_result_set_t *set = NULL;
+    if (tq_pool_check_task(self, task, error, sizeof error) != TQ_OK) {
+        set = s_set_new(count, 0);
+        for (size_t i = 0; set && i < count; i++)
+            set->results[i] = tq_result_new_final(TQ_ENOTASK, error, NULL, 0);
+        rc = set ? TQ_OK : TQ_ENOMEM;
+        goto done;
+    }
+    set = s_set_new(count, chunks);
+    if (!set) {
+        rc = TQ_ENOMEM;
+        goto done;
+    }
     set->chunked = size > 1;
     set->chunk_size = size;
     /* a callback would see a chunk, not an item: chunks take none */
@@ -243,30 +282,30 @@ s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
         opts = *options;
     if (set->chunked)
         opts.callback = opts.error_callback = NULL;
-    for (size_t first = 0; first < count; first += size) {
-        size_t n = count - first < size ? count - first : size;
-        s_chunk_t *c = &set->chunks[set->chunk_count];
+    for (size_t k = 0; k < chunks; k++) {
+        size_t first = k * size;
+        s_chunk_t *c = &set->chunks[k];
         c->first = first;
-        c->count = n;
-        if (set->chunked) {
-            tq_buf_t args;
-            if (s_chunk_args(&args, task, items + first, n) == TQ_OK) {
-                c->handle = tq_pool_submit_raw(self, TQ_POOL_CHUNK_TASK, &opts,
-                                               args.data, args.size);
-                tq_buf_free(&args);
-            }
-        } else
-            c->handle = tq_pool_submit_raw(self, task, &opts, items[first].data,
-                                           items[first].size);
+        c->count = count - first < size ? count - first : size;
+        c->handle = set->chunked
+            ? tq_pool_submit_raw(self, TQ_POOL_CHUNK_TASK, &opts, args[k].data,
+                                 args[k].size)
+            : tq_pool_submit_raw(self, task, &opts, items[first].data,
+                                 items[first].size);
         if (!c->handle)
             break;
         set->chunk_count++;
     }
     if (set->chunk_count < chunks) {
         tq_result_set_destroy(&set);
-        return NULL;
+        rc = TQ_ECLOSED;
     }
-    return set;
+done:
+    for (size_t k = 0; args && k < chunks; k++)
+        tq_buf_free(&args[k]);
+    free(args);
+    *set_p = set;
+    return rc;
 }
 
 /* Moves the set's handles into results[] and frees the set. */
@@ -296,16 +335,17 @@ tq_pool_map(tq_pool_t *self, const char *task, const tq_options_t *options,
             int timeout_ms)
 {
     assert(self && results);
-    for (size_t i = 0; i < count; i++)
-        if (!items || items[i].size < 2 ||
-            ((const unsigned char *)items[i].data)[0] != 0x91)
-            return TQ_EINVAL;
+    tq_result_set_t *set;
+    int rc =
+        s_submit_set(self, task, options, items, count, false, false, &set);
+    if (rc != TQ_OK)
+        return rc;
+    rc = s_set_finish(set, results, timeout_ms);
+    /* an unknown task: every handle says so */
     char error[TQ_PROTO_MAX_NAME + 128];
-    int known = tq_pool_check_task(self, task, error, sizeof error);
-    int rc = s_set_finish(
-        s_submit_set(self, task, options, items, count, false, false), results,
-        timeout_ms);
-    return known != TQ_OK && rc != TQ_ECLOSED ? known : rc;
+    return tq_pool_check_task(self, task, error, sizeof error) != TQ_OK
+        ? TQ_ENOTASK
+        : rc;
 }
 
 int
@@ -314,9 +354,11 @@ tq_pool_starmap(tq_pool_t *self, const char *task, const tq_options_t *options,
                 int timeout_ms)
 {
     assert(self && results);
-    return s_set_finish(
-        s_submit_set(self, task, options, args, count, true, false), results,
-        timeout_ms);
+    tq_result_set_t *set;
+    int rc = s_submit_set(self, task, options, args, count, true, false, &set);
+    if (rc != TQ_OK)
+        return rc;
+    return s_set_finish(set, results, timeout_ms);
 }
 
 tq_result_set_t *
@@ -325,7 +367,9 @@ tq_pool_map_async(tq_pool_t *self, const char *task,
                   size_t count)
 {
     assert(self);
-    return s_submit_set(self, task, options, items, count, false, false);
+    tq_result_set_t *set;
+    s_submit_set(self, task, options, items, count, false, false, &set);
+    return set;
 }
 
 size_t
@@ -431,7 +475,7 @@ tq_pool_imap(tq_pool_t *self, const char *task, const tq_options_t *options,
     tq_pool_imap_t *it = calloc(1, sizeof *it);
     if (!it)
         return NULL;
-    it->set = s_submit_set(self, task, options, items, count, false, true);
+    s_submit_set(self, task, options, items, count, false, true, &it->set);
     if (!it->set) {
         free(it);
         return NULL;
@@ -525,17 +569,14 @@ tq_pool_map_values(tq_pool_t *self, const char *task,
 {
     assert(self && values_p);
     *values_p = NULL;
-    for (size_t i = 0; i < count; i++)
-        if (!items || items[i].size < 2 ||
-            ((const unsigned char *)items[i].data)[0] != 0x91)
-            return TQ_EINVAL;
     tq_values_t *values = calloc(1, sizeof *values);
     if (!values)
         return TQ_ENOMEM;
-    values->set = s_submit_set(self, task, options, items, count, false, false);
-    if (!values->set) {
+    int rc = s_submit_set(self, task, options, items, count, false, false,
+                          &values->set);
+    if (rc != TQ_OK) {
         free(values);
-        return TQ_ECLOSED;
+        return rc;
     }
     *values_p = values;
     tq_result_set_t *set = values->set;
