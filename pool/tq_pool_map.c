@@ -525,7 +525,23 @@ struct tq_values_t {
     const msgpack_object **chunk_values; /* per chunk once all are done:
                                             its [[values], [failures]],
                                             NULL for a failed chunk */
+    const msgpack_object **clean; /* per chunk: its values array when
+                                     every item succeeded, else NULL */
 };
+
+/* The values array of a chunk's answer v when it is well formed and
+   holds no failure; NULL otherwise. */
+static const msgpack_object *
+s_clean_values(const msgpack_object *v, size_t count)
+{
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 2 ||
+        v->via.array.ptr[0].type != MSGPACK_OBJECT_ARRAY ||
+        v->via.array.ptr[0].via.array.size != count ||
+        v->via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY ||
+        v->via.array.ptr[1].via.array.size != 0)
+        return NULL;
+    return v->via.array.ptr[0].via.array.ptr;
+}
 
 /* Item index: its value (NULL if it failed or is not done), its code in
  *code and its failure's text in *error (NULL if none). */
@@ -544,6 +560,11 @@ s_entry(const tq_values_t *self, size_t index, int *code,
     }
     size_t chunk = index / set->chunk_size;
     const s_chunk_t *c = &set->chunks[chunk];
+    if (self->clean && self->clean[chunk]) {
+        /* the fast path: a chunk without failures, no lock, no search */
+        *code = TQ_OK;
+        return &self->clean[chunk][index - c->first];
+    }
     const msgpack_object *v;
     if (self->chunk_values && self->chunk_values[chunk]) {
         /* the fast path: no lock per item */
@@ -581,20 +602,31 @@ tq_pool_map_values(tq_pool_t *self, const char *task,
     *values_p = values;
     tq_result_set_t *set = values->set;
     int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
-    const msgpack_object **cv =
-        calloc(set->chunk_count ? set->chunk_count : 1, sizeof *cv);
+    size_t n = set->chunk_count ? set->chunk_count : 1;
+    const msgpack_object **cv = calloc(n, sizeof *cv);
+    const msgpack_object **clean = calloc(n, sizeof *clean);
     for (size_t i = 0; i < set->chunk_count; i++) {
         if (tq_result_wait(set->chunks[i].handle, s_left(until)) != TQ_OK) {
             free(cv);
+            free(clean);
             return TQ_ETIMEDOUT;
         }
         /* unpacked now, while the later chunks still run */
         if (cv)
             cv[i] = tq_result_value(set->chunks[i].handle);
+        if (cv && clean && set->chunked)
+            clean[i] = s_clean_values(cv[i], set->chunks[i].count);
     }
     values->chunk_values = cv;
-    /* Python's map raises the first failure, in order */
+    values->clean = clean;
+    /* Python's map raises the first failure, in order (clean chunks have
+       none) */
     for (size_t i = 0; i < count; i++) {
+        if (clean && set->chunk_count && clean[i / set->chunk_size]) {
+            i = set->chunks[i / set->chunk_size].first +
+                set->chunks[i / set->chunk_size].count - 1;
+            continue;
+        }
         int code;
         const msgpack_object_str *error;
         s_entry(values, i, &code, &error);
@@ -655,6 +687,7 @@ tq_values_destroy(tq_values_t **self_p)
         return;
     tq_result_set_destroy(&(*self_p)->set);
     free((*self_p)->chunk_values);
+    free((*self_p)->clean);
     free(*self_p);
     *self_p = NULL;
 }
