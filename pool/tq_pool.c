@@ -560,6 +560,9 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     tq_pool_options_t opts = TQ_POOL_OPTIONS_INIT;
     if (options)
         opts = *options;
+    const char *verbose = getenv("TQ_POOL_VERBOSE");
+    if (verbose && *verbose && strcmp(verbose, "0") != 0)
+        opts.verbose = true; /* the server's log, to see why */
     if (opts.maxtasksperchild < 0 || opts.prefetch < 0 ||
         opts.prefetch > 65535 || opts.max_lost < 0) {
         fprintf(stderr, "tq pool: invalid options\n");

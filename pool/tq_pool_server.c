@@ -2,7 +2,7 @@
    (tq_pool_spawn.c), stopped in libtq's constructor before main. It reads
    its configuration, finds the program's task functions at the same place
    in the same files, and runs the worker supervisor, which forks the
-   children from this single-threaded image. A watcher thread ends it all
+   children from this single-threaded image. A SIGIO on its pipe ends it all
    (and removes the pool's directory) when the program is gone. */
 #include "tq_pool_server.h"
 
@@ -10,7 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
-#include <pthread.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -256,20 +256,44 @@ s_remove_dir(void)
     rmdir(s_dir);
 }
 
-/* Waits for the end of the program: the pipe's write end closes only when
-   every process holding it is gone. Then the directory goes, and two stop
-   signals make the supervisor kill its children and exit. */
-static void *
-s_watch(void *arg)
+/* The end of the program: the pipe's write end closes only when every
+   process holding it is gone, and the kernel then sends SIGIO (O_ASYNC).
+   The directory goes, and two stop signals make the supervisor kill its
+   children and exit. Async-signal-safe. No thread waits for it: the
+   server forks its children, and a thread starting up at a fork could
+   leave a lock held in them. */
+static void
+s_on_program_end(int sig)
 {
-    (void)arg;
+    (void)sig;
+    struct pollfd p = {.fd = S_CONFIG_FD, .events = POLLIN};
     char byte;
-    while (read(S_CONFIG_FD, &byte, 1) != 0 && errno == EINTR)
-        ;
+    /* SIGIO also comes for a byte, which the program never sends: only an
+       EOF ends us */
+    if (poll(&p, 1, 0) != 1 || read(S_CONFIG_FD, &byte, 1) != 0)
+        return;
+    static volatile sig_atomic_t done;
+    if (done)
+        return;
+    done = 1;
     s_remove_dir();
     kill(getpid(), SIGINT);
     kill(getpid(), SIGTERM);
-    return NULL;
+}
+
+/* Arms s_on_program_end, and runs it now if the program ended already. */
+static void
+s_watch_program(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = s_on_program_end;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGIO, &sa, NULL);
+    fcntl(S_CONFIG_FD, F_SETOWN, getpid());
+    fcntl(S_CONFIG_FD, F_SETFL, fcntl(S_CONFIG_FD, F_GETFL) | O_ASYNC);
+    s_on_program_end(SIGIO);
 }
 
 static void __attribute__((noreturn)) s_fail(const char *what)
@@ -368,14 +392,7 @@ tq_pool_server_main(void)
             close(fd);
         }
     }
-    /* the watcher takes no signal: they are the supervisor's */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pthread_t watcher;
-    if (pthread_create(&watcher, NULL, s_watch, NULL) != 0)
-        s_fail("cannot start the watcher thread");
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    s_watch_program();
 
     static tq_worker_config_t config; /* outlives the supervisor's loop */
     config.endpoint = endpoint;

@@ -81,9 +81,9 @@ typedef struct {
     size_t chunksize; /* items per task of map, starmap, map_async and
                          imap; 0: as Python (imap: 1; the others:
                          ceil(n / (4 * processes))) */
-    bool verbose; /* the fork server's log lines on stderr; by
-                     default it is quiet: a crash shows in the
-                     handle's error only */
+    bool verbose; /* the fork server's log lines on stderr (also
+                     with $TQ_POOL_VERBOSE=1); by default it is
+                     quiet: a crash shows in the handle's error only */
     bool quiet; /* older programs' flag: quiet is the default */
 } tq_pool_options_t;
 
