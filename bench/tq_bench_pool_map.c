@@ -46,11 +46,13 @@ s_median(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-/* One tq run: start, map (handles) and map_values (s) of count items; -1
-   on failure. */
+/* One tq run: start, map (handles), map_values and map_items (s) of count
+   items; -1 on failure. map_items includes building its items (as
+   Python's map includes iterating its range); the others get theirs
+   prebuilt. */
 static int
 s_run_tq(tq_registry_t *reg, int count, double *start, double *map,
-         double *values_s)
+         double *values_s, double *items_s)
 {
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
@@ -66,8 +68,21 @@ s_run_tq(tq_registry_t *reg, int count, double *start, double *map,
     tq_result_t **results = calloc((size_t)count, sizeof *results);
     for (int i = 0; i < count; i++)
         tq_pack(&items[i], "i", (int64_t)i);
-    /* map_values first: the 100,000 handles of tq_pool_map, freed
-       afterwards, would leave it page faults to pay */
+    /* map_items and map_values first: the 100,000 handles of
+       tq_pool_map, freed afterwards, would leave them page faults to pay */
+    double t5 = s_now();
+    tq_items_t *list = tq_items_new();
+    for (int i = 0; i < count; i++)
+        tq_items_add(list, "i", (int64_t)i);
+    tq_values_t *ivalues = NULL;
+    if (rc == TQ_OK)
+        rc = tq_pool_map_items(pool, "square", NULL, list, &ivalues, 120000);
+    int64_t sum3 = 0;
+    for (int i = 0; rc == TQ_OK && i < count; i++)
+        sum3 += tq_values_at(ivalues, (size_t)i)->via.i64;
+    *items_s = s_now() - t5;
+    tq_values_destroy(&ivalues);
+    tq_items_destroy(&list);
     double t3 = s_now();
     tq_values_t *values = NULL;
     if (rc == TQ_OK)
@@ -99,7 +114,7 @@ s_run_tq(tq_registry_t *reg, int count, double *start, double *map,
                 (t2 - t1) * 1e3, (s_now() - t2) * 1e3);
     for (int i = 0; i < count; i++)
         tq_result_destroy(&results[i]);
-    if (sum2 != sum)
+    if (sum2 != sum || sum3 != sum)
         rc = TQ_EPROTO;
     for (int i = 0; i < count; i++)
         tq_buf_free(&items[i]);
@@ -151,19 +166,20 @@ main(int argc, char **argv)
     }
     tq_registry_t *reg = tq_registry_new();
     tq_registry_add(reg, "square", s_square, NULL);
-    double ts[S_MAX_RUNS], tm[S_MAX_RUNS], tv[S_MAX_RUNS], ps[S_MAX_RUNS],
-        pm[S_MAX_RUNS];
+    double ts[S_MAX_RUNS], tm[S_MAX_RUNS], tv[S_MAX_RUNS], ti[S_MAX_RUNS],
+        ps[S_MAX_RUNS], pm[S_MAX_RUNS];
     int py = 0;
     for (int i = 0; i < runs; i++) {
-        if (s_run_tq(reg, count, &ts[i], &tm[i], &tv[i]) != 0) {
+        if (s_run_tq(reg, count, &ts[i], &tm[i], &tv[i], &ti[i]) != 0) {
             fprintf(stderr, "tq-bench-pool-map: tq run failed\n");
             return 1;
         }
         if (!getenv("TQ_BENCH_NO_PYTHON") &&
             s_run_python(count, &ps[py], &pm[py]) == 0)
             py++;
-        printf("run %d: tq start %.1f ms map %.1f ms map_values %.1f ms", i + 1,
-               ts[i] * 1e3, tm[i] * 1e3, tv[i] * 1e3);
+        printf("run %d: tq start %.1f ms map %.1f ms map_values %.1f ms "
+               "map_items %.1f ms",
+               i + 1, ts[i] * 1e3, tm[i] * 1e3, tv[i] * 1e3, ti[i] * 1e3);
         if (py == i + 1)
             printf(" | python start %.1f ms map %.1f ms", ps[i] * 1e3,
                    pm[i] * 1e3);
@@ -172,17 +188,18 @@ main(int argc, char **argv)
     printf("medians of %d runs, pool of %d, map over %d ints:\n", runs,
            S_PROCESSES, count);
     double mts = s_median(ts, runs), mtm = s_median(tm, runs);
-    double mtv = s_median(tv, runs);
-    printf("  tq:     start %.1f ms, map %.1f ms, map_values %.1f ms\n",
-           mts * 1e3, mtm * 1e3, mtv * 1e3);
+    double mtv = s_median(tv, runs), mti = s_median(ti, runs);
+    printf("  tq:     start %.1f ms, map %.1f ms, map_values %.1f ms, "
+           "map_items (building the items included) %.1f ms\n",
+           mts * 1e3, mtm * 1e3, mtv * 1e3, mti * 1e3);
     if (py) {
         double mps = s_median(ps, py), mpm = s_median(pm, py);
         printf("  python: start %.1f ms, map %.1f ms (Pool(%d).map, default "
                "chunksize)\n",
                mps * 1e3, mpm * 1e3, S_PROCESSES);
-        printf("  map: tq_pool_map %.2fx, tq_pool_map_values %.2fx Python's "
-               "speed\n",
-               mpm / mtm, mpm / mtv);
+        printf("  map: tq_pool_map %.2fx, tq_pool_map_values %.2fx, "
+               "tq_pool_map_items %.2fx Python's speed\n",
+               mpm / mtm, mpm / mtv, mpm / mti);
     }
     tq_registry_destroy(&reg);
     return 0;

@@ -43,4 +43,9 @@ const char *tq_client_endpoint(tq_client_t *self);
 tq_result_t *tq_result_new_final(int code, const char *error,
                                  const void *value, size_t size);
 
+/* Packs the arguments named by picture (tq_pack's characters) as one
+   msgpack array with pk. TQ_OK, or TQ_EINVAL for a bad picture (nothing
+   consumed from ap) or argument (the packer may hold part of it). */
+int tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap);
+
 #endif

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tq_client_internal.h"
 #include "tq_proto.h"
 
 /* Small first buffer: an argument array is often a few bytes, and
@@ -87,6 +88,22 @@ s_pack_one(msgpack_packer *pk, char c, va_list *ap)
 }
 
 int
+tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap)
+{
+    if (!picture)
+        picture = "";
+    if (!s_valid_picture(picture))
+        return TQ_EINVAL;
+    va_list aq;
+    va_copy(aq, ap);
+    int rc = msgpack_pack_array(pk, strlen(picture)) ? TQ_ENOMEM : TQ_OK;
+    for (const char *c = picture; *c && rc == TQ_OK; c++)
+        rc = s_pack_one(pk, *c, &aq) ? TQ_EINVAL : TQ_OK;
+    va_end(aq);
+    return rc;
+}
+
+int
 tq_pack(tq_buf_t *buf, const char *picture, ...)
 {
     va_list ap;
@@ -111,12 +128,7 @@ tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
     s_buf_t b = {0};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, s_buf_write);
-    va_list aq;
-    va_copy(aq, ap);
-    int rc = msgpack_pack_array(&pk, strlen(picture)) ? TQ_ENOMEM : TQ_OK;
-    for (const char *c = picture; *c && rc == TQ_OK; c++)
-        rc = s_pack_one(&pk, *c, &aq) ? TQ_EINVAL : TQ_OK;
-    va_end(aq);
+    int rc = tq_vpack_into(&pk, picture, ap);
     if (rc != TQ_OK) {
         free(b.data);
         return rc;

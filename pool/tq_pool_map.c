@@ -225,6 +225,11 @@ s_set_new(size_t count, size_t chunks)
     return set;
 }
 
+static int s_submit_built(tq_pool_t *self, const char *task,
+                          const tq_options_t *options, size_t count,
+                          size_t size, tq_buf_t *args, const tq_buf_t *items,
+                          tq_result_set_t **set_p);
+
 /* Submits count items into a new set (*set_p, the caller's). An unknown
    task gives a set of final TQ_ENOTASK handles. Nothing is submitted
    unless every item is valid (s_valid_item): the chunks are all built
@@ -259,6 +264,18 @@ s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
         for (size_t i = 0; i < count; i++)
             if (!s_valid_item(&items[i], star))
                 return TQ_EINVAL;
+    return s_submit_built(self, task, options, count, size, args, items, set_p);
+}
+
+/* Submits count items in chunks of size: args[k] (consumed, with args)
+   when size > 1, else items[i] one by one (borrowed). As s_submit_set. */
+static int
+s_submit_built(tq_pool_t *self, const char *task, const tq_options_t *options,
+               size_t count, size_t size, tq_buf_t *args, const tq_buf_t *items,
+               tq_result_set_t **set_p)
+{
+    *set_p = NULL;
+    size_t chunks = (count + size - 1) / size;
     int rc = TQ_OK;
     char error[TQ_PROTO_MAX_NAME + 128];
     tq_result_set_t *set = NULL;
@@ -583,6 +600,8 @@ s_entry(const tq_values_t *self, size_t index, int *code,
     return value;
 }
 
+static int s_values_wait(tq_values_t *values, int timeout_ms);
+
 int
 tq_pool_map_values(tq_pool_t *self, const char *task,
                    const tq_options_t *options, const tq_buf_t *items,
@@ -600,7 +619,16 @@ tq_pool_map_values(tq_pool_t *self, const char *task,
         return rc;
     }
     *values_p = values;
+    return s_values_wait(values, timeout_ms);
+}
+
+/* Waits for every chunk of values, unpacking each as it comes, and finds
+   the first failure in order. As tq_pool_map_values returns. */
+static int
+s_values_wait(tq_values_t *values, int timeout_ms)
+{
     tq_result_set_t *set = values->set;
+    size_t count = set->count;
     int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
     size_t n = set->chunk_count ? set->chunk_count : 1;
     const msgpack_object **cv = calloc(n, sizeof *cv);
@@ -690,4 +718,165 @@ tq_values_destroy(tq_values_t **self_p)
     free((*self_p)->clean);
     free(*self_p);
     *self_p = NULL;
+}
+
+/* ---- items built in one buffer ------------------------------------------- */
+
+struct tq_items_t {
+    char *data; /* the items' argument arrays, one after another */
+    size_t size; /* bytes used */
+    size_t alloc; /* bytes allocated */
+    size_t *ends; /* end offset of each item */
+    size_t count; /* items */
+    size_t ends_alloc; /* entries allocated in ends */
+};
+
+tq_items_t *
+tq_items_new(void)
+{
+    return calloc(1, sizeof(tq_items_t));
+}
+
+static int
+s_items_write(void *data, const char *bytes, size_t len)
+{
+    tq_items_t *self = data;
+    if (self->size + len > self->alloc) {
+        size_t alloc = self->alloc ? self->alloc * 2 : 4096;
+        while (alloc < self->size + len)
+            alloc *= 2;
+        char *p = realloc(self->data, alloc);
+        if (!p)
+            return -1;
+        self->data = p;
+        self->alloc = alloc;
+    }
+    memcpy(self->data + self->size, bytes, len);
+    self->size += len;
+    return 0;
+}
+
+int
+tq_items_add(tq_items_t *self, const char *picture, ...)
+{
+    assert(self);
+    if (self->count == self->ends_alloc) {
+        size_t n = self->ends_alloc ? self->ends_alloc * 2 : 1024;
+        size_t *p = realloc(self->ends, n * sizeof *p);
+        if (!p)
+            return TQ_ENOMEM;
+        self->ends = p;
+        self->ends_alloc = n;
+    }
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, self, s_items_write);
+    size_t before = self->size;
+    va_list ap;
+    va_start(ap, picture);
+    int rc = tq_vpack_into(&pk, picture, ap);
+    va_end(ap);
+    if (rc != TQ_OK) {
+        self->size = before; /* nothing of a bad item stays */
+        return rc;
+    }
+    self->ends[self->count++] = self->size;
+    return TQ_OK;
+}
+
+size_t
+tq_items_size(const tq_items_t *self)
+{
+    assert(self);
+    return self->count;
+}
+
+void
+tq_items_destroy(tq_items_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    free((*self_p)->data);
+    free((*self_p)->ends);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+/* Item i's bytes. */
+static tq_buf_t
+s_item(const tq_items_t *items, size_t i)
+{
+    size_t start = i ? items->ends[i - 1] : 0;
+    return (tq_buf_t){items->data + start, items->ends[i] - start};
+}
+
+int
+tq_pool_map_items(tq_pool_t *self, const char *task,
+                  const tq_options_t *options, const tq_items_t *items,
+                  tq_values_t **values_p, int timeout_ms)
+{
+    assert(self && items && values_p);
+    *values_p = NULL;
+    size_t count = items->count;
+    if (!task || count > UINT32_MAX)
+        return TQ_EINVAL;
+    size_t size = s_chunksize(self, count, false);
+    size_t chunks = (count + size - 1) / size;
+    tq_buf_t *args = calloc(chunks ? chunks : 1, sizeof *args);
+    tq_buf_t *one = NULL; /* chunks of one: each item as it is */
+    if (!args)
+        return TQ_ENOMEM;
+    if (size > 1) {
+        /* a chunk's items lie one after another: one copy per chunk */
+        size_t len = strlen(task);
+        for (size_t k = 0; k < chunks; k++) {
+            size_t first = k * size;
+            size_t n = count - first < size ? count - first : size;
+            size_t from = first ? items->ends[first - 1] : 0;
+            size_t bytes = items->ends[first + n - 1] - from;
+            unsigned char *p = malloc(3 + len + 5 + bytes);
+            if (!p) {
+                for (size_t j = 0; j < k; j++)
+                    tq_buf_free(&args[j]);
+                free(args);
+                return TQ_ENOMEM;
+            }
+            args[k] = (tq_buf_t){p, 3 + len + 5 + bytes};
+            *p++ = 0x92;
+            *p++ = 0xd9;
+            *p++ = (unsigned char)len;
+            memcpy(p, task, len);
+            p += len;
+            *p++ = 0xdd;
+            *p++ = (unsigned char)(n >> 24);
+            *p++ = (unsigned char)(n >> 16);
+            *p++ = (unsigned char)(n >> 8);
+            *p++ = (unsigned char)n;
+            memcpy(p, items->data + from, bytes);
+        }
+    } else {
+        free(args);
+        args = NULL;
+        one = calloc(count ? count : 1, sizeof *one);
+        if (!one)
+            return TQ_ENOMEM;
+        for (size_t i = 0; i < count; i++)
+            one[i] = s_item(items, i);
+    }
+    tq_values_t *values = calloc(1, sizeof *values);
+    if (!values) {
+        for (size_t k = 0; args && k < chunks; k++)
+            tq_buf_free(&args[k]);
+        free(args);
+        free(one);
+        return TQ_ENOMEM;
+    }
+    int rc = s_submit_built(self, task, options, count, size, args, one,
+                            &values->set);
+    free(one);
+    if (rc != TQ_OK) {
+        free(values);
+        return rc;
+    }
+    *values_p = values;
+    return s_values_wait(values, timeout_ms);
 }

@@ -803,6 +803,28 @@ test_results_released_and_chunks(void **state)
                          (int64_t)i * i);
     assert_string_equal(tq_values_error(values), "");
     tq_values_destroy(&values);
+    /* map_items: the items built in one buffer; "ii" is starmap's */
+    tq_items_t *list = tq_items_new();
+    tq_items_t *pairs = tq_items_new();
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tq_items_add(list, "i", (int64_t)i), TQ_OK);
+        assert_int_equal(tq_items_add(pairs, "ii", (int64_t)i, (int64_t)7),
+                         TQ_OK);
+    }
+    assert_int_equal(tq_items_add(list, "x", 1), TQ_EINVAL); /* not added */
+    assert_int_equal(tq_items_size(list), N);
+    assert_int_equal(
+        tq_pool_map_items(pool, "square", NULL, list, &values, 30000), TQ_OK);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(tq_values_at(values, (size_t)i)->via.i64,
+                         (int64_t)i * i);
+    tq_values_destroy(&values);
+    assert_int_equal(
+        tq_pool_map_items(pool, "add", NULL, pairs, &values, 30000), TQ_OK);
+    assert_int_equal(tq_values_at(values, 10)->via.i64, 17);
+    tq_values_destroy(&values);
+    tq_items_destroy(&list);
+    tq_items_destroy(&pairs);
     /* the first failure in order, with its text, as Python raises it */
     tq_buf_t msgs[3];
     tq_pack(&msgs[0], "s", "fine?");
@@ -826,8 +848,9 @@ test_results_released_and_chunks(void **state)
             break;
     printf("# map of %d: %lld tasks; broker memory after: %lld bytes\n", N,
            (long long)submitted, (long long)memory);
-    /* map and map_values: 8 chunks each; 3 items: chunks of 1 */
-    assert_int_equal(submitted, 8 + 8 + 3);
+    /* map, map_values, map_items twice: 8 chunks each; 3 items: chunks
+       of 1 */
+    assert_int_equal(submitted, 8 + 8 + 8 + 8 + 3);
     assert_int_equal(memory, 0);
     free(items);
     free(out);

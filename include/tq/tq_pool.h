@@ -199,6 +199,31 @@ const char *tq_values_error(const tq_values_t *self);
 /* Frees the values; NULL-safe, nulls *self_p. */
 void tq_values_destroy(tq_values_t **self_p);
 
+/* Items for tq_pool_map_items, packed one after another in one buffer
+   (no allocation per item): the fastest way to map over many small
+   items. */
+typedef struct tq_items_t tq_items_t;
+
+/* An empty list; NULL on failure. */
+tq_items_t *tq_items_new(void);
+
+/* Appends one item: its arguments packed from picture (tq_pack's
+   characters): "i" for map's f(x), "ii" for starmap's f(x, y). TQ_OK,
+   TQ_EINVAL for a bad picture or argument (nothing appended), TQ_ENOMEM. */
+int tq_items_add(tq_items_t *self, const char *picture, ...);
+
+/* Number of items. */
+size_t tq_items_size(const tq_items_t *self);
+
+/* Frees the list; NULL-safe, nulls *self_p. */
+void tq_items_destroy(tq_items_t **self_p);
+
+/* Python's map (and starmap) over a tq_items_t (borrowed): as
+   tq_pool_map_values. */
+int tq_pool_map_items(tq_pool_t *self, const char *task,
+                      const tq_options_t *options, const tq_items_t *items,
+                      tq_values_t **values_p, int timeout_ms);
+
 /* Python's starmap: args[i] is a packed argument ARRAY (as tq_map takes),
    the task is called with its elements. Otherwise as tq_pool_map. */
 int tq_pool_starmap(tq_pool_t *self, const char *task,
