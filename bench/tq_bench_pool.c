@@ -104,7 +104,8 @@ s_measure_tq(const s_config_t *config, tq_registry_t *registry, int prefetch,
 
     for (int i = 0; i < config->seq; i++) {
         double t = s_now();
-        tq_result_t *result = tq_pool_apply_timeout(pool, "noop", NULL, 10000, "");
+        tq_result_t *result =
+            tq_pool_apply_timeout(pool, "noop", NULL, 10000, "");
         us[i] = (s_now() - t) * 1e6;
         if (!result || tq_result_code(result) != TQ_OK)
             s_failed(&failed, "W2", result);

@@ -1945,8 +1945,7 @@ tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms)
 }
 
 tq_result_t *
-tq_result_new_final(int code, const char *error, const void *value,
-                    size_t size)
+tq_result_new_final(int code, const char *error, const void *value, size_t size)
 {
     tq_result_t *self = s_result_new(S_KIND_SUBMIT);
     if (!self)

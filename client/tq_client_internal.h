@@ -40,8 +40,8 @@ const char *tq_client_endpoint(tq_client_t *self);
    chunked map splits a chunk's answer into one per item, and refuses an
    unknown task this way): code TQ_OK with value (size bytes of one msgpack
    object, copied), or a failure with error (copied). The caller's. */
-tq_result_t *tq_result_new_final(int code, const char *error,
-                                 const void *value, size_t size);
+tq_result_t *tq_result_new_final(int code, const char *error, const void *value,
+                                 size_t size);
 
 /* Packs the arguments named by picture (tq_pack's characters) as one
    msgpack array with pk. TQ_OK, or TQ_EINVAL for a bad picture (nothing
