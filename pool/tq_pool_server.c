@@ -243,16 +243,16 @@ s_copy_str(const msgpack_object *o, char *out, size_t size)
     snprintf(out, size, "%.*s", (int)o->via.str.size, o->via.str.ptr);
 }
 
-/* Removes the pool's directory and the sockets in it. */
+/* The pool's sockets, made once: a signal handler removes them. */
+static char s_sockets[2][sizeof s_dir + 16];
+
+/* Removes the pool's directory and the sockets in it (async-signal-safe:
+   unlink and rmdir only). */
 static void
 s_remove_dir(void)
 {
-    static const char *names[] = {"clients", "workers"};
-    char path[sizeof s_dir + 16];
-    for (size_t i = 0; i < 2; i++) {
-        snprintf(path, sizeof path, "%s/%s", s_dir, names[i]);
-        unlink(path);
-    }
+    unlink(s_sockets[0]);
+    unlink(s_sockets[1]);
     rmdir(s_dir);
 }
 
@@ -326,6 +326,8 @@ tq_pool_server_main(void)
     static char endpoint[4096];
     s_copy_str(&c[1], endpoint, sizeof endpoint);
     s_copy_str(&c[2], s_dir, sizeof s_dir);
+    snprintf(s_sockets[0], sizeof s_sockets[0], "%s/clients", s_dir);
+    snprintf(s_sockets[1], sizeof s_sockets[1], "%s/workers", s_dir);
     static char client_ep[4096];
     s_copy_str(&c[11], client_ep, sizeof client_ep);
     setenv("TQ_POOL_ENDPOINT", client_ep, 1); /* tq_pool_endpoint(NULL) */
