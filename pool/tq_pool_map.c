@@ -61,6 +61,38 @@ s_valid_item(const tq_buf_t *item, bool star)
                 : item->size >= 2 && head == 0x91;
 }
 
+/* Bytes of a chunk task's arguments before its items. */
+static size_t
+s_head_size(const char *task)
+{
+    return 3 + strlen(task) + 5 + 5;
+}
+
+/* Writes the head of a chunk task's arguments at p: [task, bin of [count
+   items taking bytes...]]; returns where the items go. */
+static unsigned char *
+s_chunk_head(unsigned char *p, const char *task, size_t count, size_t bytes)
+{
+    size_t len = strlen(task);
+    uint32_t bin = (uint32_t)(5 + bytes);
+    *p++ = 0x92;
+    *p++ = 0xd9; /* str 8: task names are at most 255 bytes */
+    *p++ = (unsigned char)len;
+    memcpy(p, task, len);
+    p += len;
+    *p++ = 0xc6; /* bin 32 */
+    *p++ = (unsigned char)(bin >> 24);
+    *p++ = (unsigned char)(bin >> 16);
+    *p++ = (unsigned char)(bin >> 8);
+    *p++ = (unsigned char)bin;
+    *p++ = 0xdd; /* array 32 */
+    *p++ = (unsigned char)(count >> 24);
+    *p++ = (unsigned char)(count >> 16);
+    *p++ = (unsigned char)(count >> 8);
+    *p++ = (unsigned char)count;
+    return p;
+}
+
 /* The arguments of a chunk task: [task, [items[first], ...]], in one
    buffer of the exact size; each item checked as it is copied (one pass
    over the items' memory). TQ_EINVAL for a bad item. */
@@ -69,24 +101,17 @@ s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
              size_t count, bool star)
 {
     *out = (tq_buf_t){0};
-    size_t len = strlen(task), size = 3 + len + 5;
+    size_t bytes = 0;
     for (size_t i = 0; i < count; i++)
-        size += items[i].size;
-    unsigned char *p = malloc(size);
+        bytes += items[i].size;
+    if (bytes > UINT32_MAX - 5)
+        return TQ_EINVAL;
+    unsigned char *p = malloc(s_head_size(task) + bytes);
     if (!p)
         return TQ_ENOMEM;
     out->data = p;
-    out->size = size;
-    *p++ = 0x92;
-    *p++ = 0xd9; /* str 8: task names are at most 255 bytes */
-    *p++ = (unsigned char)len;
-    memcpy(p, task, len);
-    p += len;
-    *p++ = 0xdd; /* array 32 */
-    *p++ = (unsigned char)(count >> 24);
-    *p++ = (unsigned char)(count >> 16);
-    *p++ = (unsigned char)(count >> 8);
-    *p++ = (unsigned char)count;
+    out->size = s_head_size(task) + bytes;
+    p = s_chunk_head(p, task, count, bytes);
     for (size_t i = 0; i < count; i++) {
         if (!s_valid_item(&items[i], star)) {
             tq_buf_free(out);
@@ -122,6 +147,30 @@ s_grow_write(void *data, const char *bytes, size_t len)
     memcpy(b->data + b->size, bytes, len);
     b->size += len;
     return 0;
+}
+
+/* A chunk's answer v ([bin of [value...], [failure...]]) opened into
+   zone as [[value...], [failure...]], or NULL if it is malformed. */
+static const msgpack_object *
+s_chunk_open(const msgpack_object *v, msgpack_zone *zone)
+{
+    if (!v || v->type != MSGPACK_OBJECT_ARRAY || v->via.array.size != 2 ||
+        v->via.array.ptr[0].type != MSGPACK_OBJECT_BIN)
+        return NULL;
+    msgpack_object *opened = msgpack_zone_malloc(zone, 3 * sizeof *opened);
+    if (!opened)
+        return NULL;
+    size_t off = 0;
+    const msgpack_object_bin *bin = &v->via.array.ptr[0].via.bin;
+    if (msgpack_unpack(bin->ptr, bin->size, &off, zone, &opened[1]) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        off != bin->size)
+        return NULL;
+    opened[2] = v->via.array.ptr[1];
+    opened[0].type = MSGPACK_OBJECT_ARRAY;
+    opened[0].via.array.size = 2;
+    opened[0].via.array.ptr = &opened[1];
+    return &opened[0];
 }
 
 /* Item k of a chunk's value v ([[value...], [[index, code, error]...]],
@@ -172,8 +221,10 @@ s_split(tq_result_set_t *set, s_chunk_t *c)
         return;
     }
     int chunk_code = tq_result_code(c->handle);
-    const msgpack_object *v =
-        chunk_code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    msgpack_zone *zone = msgpack_zone_new(64 * 1024);
+    const msgpack_object *v = chunk_code == TQ_OK && zone
+        ? s_chunk_open(tq_result_value(c->handle), zone)
+        : NULL;
     s_grow_t value = {0};
     msgpack_packer pk;
     msgpack_packer_init(&pk, &value, s_grow_write);
@@ -204,6 +255,8 @@ s_split(tq_result_set_t *set, s_chunk_t *c)
         set->results[c->first + i] = r;
     }
     free(value.data);
+    if (zone)
+        msgpack_zone_free(zone);
     tq_result_destroy(&c->handle);
 }
 
@@ -544,6 +597,7 @@ struct tq_values_t {
                                             NULL for a failed chunk */
     const msgpack_object **clean; /* per chunk: its values array when
                                      every item succeeded, else NULL */
+    msgpack_zone *zone; /* the opened chunks' objects */
 };
 
 /* The values array of a chunk's answer v when it is well formed and
@@ -582,19 +636,18 @@ s_entry(const tq_values_t *self, size_t index, int *code,
         *code = TQ_OK;
         return &self->clean[chunk][index - c->first];
     }
-    const msgpack_object *v;
-    if (self->chunk_values && self->chunk_values[chunk]) {
-        /* the fast path: no lock per item */
-        v = self->chunk_values[chunk];
-        *code = TQ_OK;
-    } else {
-        if (!c->handle || !tq_result_ready(c->handle))
-            return NULL;
-        *code = tq_result_code(c->handle);
-        v = *code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    if (!self->chunk_values || !c->handle)
+        return NULL; /* not waited for */
+    *code = tq_result_code(c->handle);
+    if (!set->chunked)
+        return *code == TQ_OK ? tq_result_value(c->handle) : NULL;
+    const msgpack_object *v = self->chunk_values[chunk];
+    if (*code != TQ_OK)
+        return NULL;
+    if (!v) {
+        *code = TQ_EPROTO;
+        return NULL;
     }
-    if (!set->chunked || !v)
-        return v;
     const msgpack_object *value;
     *code = s_chunk_item(v, c->count, index - c->first, &value, error);
     return value;
@@ -633,17 +686,24 @@ s_values_wait(tq_values_t *values, int timeout_ms)
     size_t n = set->chunk_count ? set->chunk_count : 1;
     const msgpack_object **cv = calloc(n, sizeof *cv);
     const msgpack_object **clean = calloc(n, sizeof *clean);
+    values->zone = msgpack_zone_new(64 * 1024);
+    if (!cv || !clean || !values->zone) {
+        free(cv);
+        free(clean);
+        return TQ_ENOMEM;
+    }
     for (size_t i = 0; i < set->chunk_count; i++) {
         if (tq_result_wait(set->chunks[i].handle, s_left(until)) != TQ_OK) {
             free(cv);
             free(clean);
             return TQ_ETIMEDOUT;
         }
-        /* unpacked now, while the later chunks still run */
-        if (cv)
-            cv[i] = tq_result_value(set->chunks[i].handle);
-        if (cv && clean && set->chunked)
+        /* opened now, while the later chunks still run */
+        if (set->chunked && tq_result_code(set->chunks[i].handle) == TQ_OK) {
+            cv[i] = s_chunk_open(tq_result_value(set->chunks[i].handle),
+                                 values->zone);
             clean[i] = s_clean_values(cv[i], set->chunks[i].count);
+        }
     }
     values->chunk_values = cv;
     values->clean = clean;
@@ -716,6 +776,8 @@ tq_values_destroy(tq_values_t **self_p)
     tq_result_set_destroy(&(*self_p)->set);
     free((*self_p)->chunk_values);
     free((*self_p)->clean);
+    if ((*self_p)->zone)
+        msgpack_zone_free((*self_p)->zone);
     free(*self_p);
     *self_p = NULL;
 }
@@ -827,30 +889,22 @@ tq_pool_map_items(tq_pool_t *self, const char *task,
         return TQ_ENOMEM;
     if (size > 1) {
         /* a chunk's items lie one after another: one copy per chunk */
-        size_t len = strlen(task);
         for (size_t k = 0; k < chunks; k++) {
             size_t first = k * size;
             size_t n = count - first < size ? count - first : size;
             size_t from = first ? items->ends[first - 1] : 0;
             size_t bytes = items->ends[first + n - 1] - from;
-            unsigned char *p = malloc(3 + len + 5 + bytes);
+            unsigned char *p = bytes <= UINT32_MAX - 5
+                ? malloc(s_head_size(task) + bytes)
+                : NULL;
             if (!p) {
                 for (size_t j = 0; j < k; j++)
                     tq_buf_free(&args[j]);
                 free(args);
                 return TQ_ENOMEM;
             }
-            args[k] = (tq_buf_t){p, 3 + len + 5 + bytes};
-            *p++ = 0x92;
-            *p++ = 0xd9;
-            *p++ = (unsigned char)len;
-            memcpy(p, task, len);
-            p += len;
-            *p++ = 0xdd;
-            *p++ = (unsigned char)(n >> 24);
-            *p++ = (unsigned char)(n >> 16);
-            *p++ = (unsigned char)(n >> 8);
-            *p++ = (unsigned char)n;
+            args[k] = (tq_buf_t){p, s_head_size(task) + bytes};
+            p = s_chunk_head(p, task, n, bytes);
             memcpy(p, items->data + from, bytes);
         }
     } else {

@@ -77,7 +77,7 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     if (args->via.array.size != 2 ||
         args->via.array.ptr[0].type != MSGPACK_OBJECT_STR ||
-        args->via.array.ptr[1].type != MSGPACK_OBJECT_ARRAY)
+        args->via.array.ptr[1].type != MSGPACK_OBJECT_BIN)
         return tq_task_fail(task, "tq.pool.chunk: bad arguments");
     char name[TQ_PROTO_MAX_NAME + 1];
     const msgpack_object_str *s = &args->via.array.ptr[0].via.str;
@@ -86,25 +86,38 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     tq_task_fn *fn = tq_registry_lookup(s_registry, name, &arg);
     if (!fn)
         return tq_task_fail(task, "no task named %s in this pool", name);
-    const msgpack_object_array *items = &args->via.array.ptr[1].via.array;
-    static msgpack_sbuffer value; /* reused by every item of the child */
-    static bool value_init;
-    if (!value_init)
+    /* reused by every chunk of the child: the items' zone, one item's
+       value, the values, the failures */
+    static msgpack_zone zone;
+    static msgpack_sbuffer value, values, fails;
+    static bool ready;
+    if (!ready) {
+        msgpack_zone_init(&zone, 64 * 1024);
         msgpack_sbuffer_init(&value);
-    static msgpack_sbuffer fails; /* [index, code, error] of failures */
-    if (!value_init) {
+        msgpack_sbuffer_init(&values);
         msgpack_sbuffer_init(&fails);
-        value_init = true;
+        ready = true;
     }
+    /* the items travel as one bin (an array inside): nobody on the way
+       walks them; unpacking them here checks them (depth included) */
+    msgpack_zone_clear(&zone);
+    msgpack_object list;
+    size_t off = 0;
+    const msgpack_object_bin *bin = &args->via.array.ptr[1].via.bin;
+    if (msgpack_unpack(bin->ptr, bin->size, &off, &zone, &list) !=
+            MSGPACK_UNPACK_SUCCESS ||
+        off != bin->size || list.type != MSGPACK_OBJECT_ARRAY)
+        return tq_task_fail(task, "tq.pool.chunk: bad items");
+    const msgpack_object_array *items = &list.via.array;
+    msgpack_sbuffer_clear(&values);
     msgpack_sbuffer_clear(&fails);
     uint32_t failed = 0;
-    msgpack_packer pk, fk;
+    msgpack_packer pk, vk, fk;
     msgpack_packer_init(&pk, &value, msgpack_sbuffer_write);
+    msgpack_packer_init(&vk, &values, msgpack_sbuffer_write);
     msgpack_packer_init(&fk, &fails, msgpack_sbuffer_write);
-    /* [[value or nil, ...], [[index, code, error], ...]]: one object per
-       item, so the program's one unpack of the chunk stays small */
-    msgpack_pack_array(out, 2);
-    msgpack_pack_array(out, items->size);
+    /* [bin of [value or nil, ...], [[index, code, error], ...]] */
+    msgpack_pack_array(&vk, items->size);
     for (uint32_t i = 0; i < items->size; i++) {
         msgpack_sbuffer_clear(&value);
         task->arg = arg;
@@ -128,10 +141,10 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
             rc = TQ_ETASK;
         }
         if (rc == 0) {
-            out->callback(out->data, value.data, value.size);
+            msgpack_sbuffer_write(&values, value.data, value.size);
             continue;
         }
-        msgpack_pack_nil(out);
+        msgpack_pack_nil(&vk);
         const char *text =
             task->failed && task->error[0] ? task->error : "task failed";
         size_t len = strlen(text);
@@ -142,6 +155,9 @@ s_chunk(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
         msgpack_pack_str_body(&fk, text, len);
         failed++;
     }
+    msgpack_pack_array(out, 2);
+    msgpack_pack_bin(out, values.size);
+    msgpack_pack_bin_body(out, values.data, values.size);
     msgpack_pack_array(out, failed);
     if (fails.size)
         out->callback(out->data, fails.data, fails.size);

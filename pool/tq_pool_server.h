@@ -12,9 +12,11 @@
 #include "tq/tq_pool.h"
 
 /* The task that runs a chunk of a map in a child: arguments [task name,
-   [argument array, ...]], value [[value, ...], [[index, code, error],
-   ...]]: the items' values in order (nil for a failed one) and the
-   failures. */
+   bin holding [argument array, ...]], value [bin holding [value, ...],
+   [[index, code, error], ...]]: the items' values in order (nil for a
+   failed one) and the failures. The items and the values travel as bins
+   so that neither the client, the broker nor the child's loop walks each
+   of them; the child and the program unpack them, which checks them. */
 #define TQ_POOL_CHUNK_TASK "tq.pool.chunk"
 
 /* What the server needs; every pointer borrowed for the call. */
