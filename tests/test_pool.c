@@ -632,6 +632,33 @@ test_server_killed(void **state)
     tq_pool_destroy(&pool);
 }
 
+/* A fork server that keeps dying: after TQ_POOL_MAX_RESPAWNS restarts the
+   pool gives up, and a submission fails at once with the reason instead
+   of waiting forever. */
+static void
+test_server_dies_too_often(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(1, 0);
+    for (int i = 0; i <= TQ_POOL_MAX_RESPAWNS; i++) {
+        pid_t server = tq_pool_server_pid(pool);
+        assert_true(server > 0);
+        assert_int_equal(kill(server, SIGKILL), 0);
+        for (int64_t until = s_now_ms() + 10000;
+             tq_pool_server_pid(pool) == server && s_now_ms() < until;)
+            s_sleep_ms(5);
+        assert_int_not_equal(tq_pool_server_pid(pool), server);
+    }
+    assert_int_equal(tq_pool_server_pid(pool), 0);
+    tq_result_t *r = tq_pool_apply_async(pool, "square", NULL, "i", 2);
+    assert_non_null(r);
+    assert_true(tq_result_ready(r));
+    assert_int_equal(tq_result_code(r), TQ_ELOST);
+    assert_non_null(strstr(tq_result_error(r), "fork server died"));
+    tq_result_destroy(&r);
+    tq_pool_destroy(&pool);
+}
+
 /* A name nobody registered fails at once, naming it (before it waited
    forever). */
 static void
@@ -978,6 +1005,7 @@ main(void)
         cmocka_unit_test(test_pools_beside_threads),
         cmocka_unit_test(test_pool_from_exited_thread),
         cmocka_unit_test(test_server_killed),
+        cmocka_unit_test(test_server_dies_too_often),
         cmocka_unit_test(test_unknown_task),
         cmocka_unit_test(test_fifo_fresh_pool),
         cmocka_unit_test(test_crash_quiet_once),
