@@ -83,7 +83,7 @@ s_measure_tq(const s_config_t *config, tq_registry_t *registry, int prefetch,
     }
     int failed = 0;
     /* one round trip first, as Python's side does: the pool is up */
-    tq_result_t *warm = tq_pool_apply(pool, "noop", NULL, 10000, "");
+    tq_result_t *warm = tq_pool_apply_timeout(pool, "noop", NULL, 10000, "");
     if (!warm || tq_result_code(warm) != TQ_OK)
         s_failed(&failed, "warm-up", warm);
     tq_result_destroy(&warm);
@@ -105,7 +105,8 @@ s_measure_tq(const s_config_t *config, tq_registry_t *registry, int prefetch,
 
     for (int i = 0; i < config->seq; i++) {
         double t = s_now();
-        tq_result_t *result = tq_pool_apply(pool, "noop", NULL, 10000, "");
+        tq_result_t *result =
+            tq_pool_apply_timeout(pool, "noop", NULL, 10000, "");
         us[i] = (s_now() - t) * 1e6;
         if (!result || tq_result_code(result) != TQ_OK)
             s_failed(&failed, "W2", result);

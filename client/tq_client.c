@@ -1943,3 +1943,26 @@ tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms)
     tq_result_destroy(&r);
     return rc;
 }
+
+tq_result_t *
+tq_result_new_final(int code, const char *error, const void *value, size_t size)
+{
+    tq_result_t *self = s_result_new(S_KIND_SUBMIT);
+    if (!self)
+        return NULL;
+    atomic_store(&self->refs, 1); /* no I/O thread holds it */
+    self->state = code == TQ_OK ? TQ_STATE_SUCCESS : TQ_STATE_FAILURE;
+    self->code = code;
+    if (code != TQ_OK && error && *error)
+        self->error = strdup(error);
+    if (code == TQ_OK && value && size) {
+        if (zmq_msg_init_size(&self->value, size) != 0) {
+            s_result_unref(self);
+            return NULL;
+        }
+        memcpy(zmq_msg_data(&self->value), value, size);
+    }
+    self->answered = self->final = self->ready = true;
+    self->attempts = 1;
+    return self;
+}

@@ -1,11 +1,107 @@
-/* tq_pack.c - packing task arguments from a picture into a msgpack array. */
+/* tq_pack.c - packing task arguments from a picture into a msgpack array,
+   and the one-call packers task functions use for their results. */
 #include "tq/tq_client.h"
+#include "tq/tq_worker.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "tq_client_internal.h"
 #include "tq_proto.h"
+
+/* Small first buffer: an argument array is often a few bytes, and
+   msgpack's sbuffer would start at 8 KiB. */
+#define S_FIRST_SIZE 64
+
+typedef struct {
+    char *data;
+    size_t size;
+    size_t alloc;
+} s_buf_t;
+
+static int
+s_buf_write(void *data, const char *bytes, size_t len)
+{
+    s_buf_t *b = data;
+    if (b->size + len > b->alloc) {
+        size_t alloc = b->alloc ? b->alloc : S_FIRST_SIZE;
+        while (alloc < b->size + len)
+            alloc *= 2;
+        char *p = realloc(b->data, alloc);
+        if (!p)
+            return -1;
+        b->data = p;
+        b->alloc = alloc;
+    }
+    memcpy(b->data + b->size, bytes, len);
+    b->size += len;
+    return 0;
+}
+
+static bool
+s_valid_picture(const char *picture)
+{
+    for (const char *c = picture; *c; c++)
+        if (!strchr("iudsbnpm", *c))
+            return false;
+    return true;
+}
+
+/* Packs one element of picture character c from *ap. */
+static int
+s_pack_one(msgpack_packer *pk, char c, va_list *ap)
+{
+    switch (c) {
+    case 'i':
+        return msgpack_pack_int64(pk, va_arg(*ap, int64_t));
+    case 'u':
+        return msgpack_pack_uint64(pk, va_arg(*ap, uint64_t));
+    case 'd':
+        return msgpack_pack_double(pk, va_arg(*ap, double));
+    case 's':
+        return tq_pack_str(pk, va_arg(*ap, const char *));
+    case 'b':
+        return va_arg(*ap, int) ? msgpack_pack_true(pk)
+                                : msgpack_pack_false(pk);
+    case 'n':
+        return msgpack_pack_nil(pk);
+    case 'p': {
+        const void *p = va_arg(*ap, const void *);
+        size_t size = va_arg(*ap, size_t);
+        if (size > UINT32_MAX || (!p && size))
+            return TQ_EINVAL;
+        msgpack_pack_bin(pk, size);
+        return msgpack_pack_bin_body(pk, p, size);
+    }
+    case 'm': {
+        const void *p = va_arg(*ap, const void *);
+        size_t size = va_arg(*ap, size_t);
+        /* raw bytes become one element: they must be exactly one
+           well-formed object or the whole array would be corrupt */
+        if (!p || tq_proto_check_payload(p, size, false, NULL) != TQ_OK)
+            return TQ_EINVAL;
+        return pk->callback(pk->data, p, size) ? TQ_ENOMEM : TQ_OK;
+    }
+    }
+    return TQ_EINVAL;
+}
+
+int
+tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap)
+{
+    if (!picture)
+        picture = "";
+    if (!s_valid_picture(picture))
+        return TQ_EINVAL;
+    va_list aq;
+    va_copy(aq, ap);
+    int rc = msgpack_pack_array(pk, strlen(picture)) ? TQ_ENOMEM : TQ_OK;
+    for (const char *c = picture; *c && rc == TQ_OK; c++)
+        rc = s_pack_one(pk, *c, &aq) ? TQ_EINVAL : TQ_OK;
+    va_end(aq);
+    return rc;
+}
 
 int
 tq_pack(tq_buf_t *buf, const char *picture, ...)
@@ -27,77 +123,18 @@ tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
         picture = "";
     /* check the picture before consuming any argument, so a bad character
        never makes va_arg read arguments of the wrong type */
-    for (const char *c = picture; *c; c++)
-        if (!strchr("iudsbnpm", *c))
-            return TQ_EINVAL;
-
-    msgpack_sbuffer sbuf;
-    msgpack_sbuffer_init(&sbuf);
+    if (!s_valid_picture(picture))
+        return TQ_EINVAL;
+    s_buf_t b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
-    msgpack_pack_array(&pk, strlen(picture));
-    int rc = TQ_OK;
-    for (const char *c = picture; *c && rc == TQ_OK; c++) {
-        switch (*c) {
-        case 'i':
-            msgpack_pack_int64(&pk, va_arg(ap, int64_t));
-            break;
-        case 'u':
-            msgpack_pack_uint64(&pk, va_arg(ap, uint64_t));
-            break;
-        case 'd':
-            msgpack_pack_double(&pk, va_arg(ap, double));
-            break;
-        case 's': {
-            const char *s = va_arg(ap, const char *);
-            if (s) {
-                size_t len = strlen(s);
-                msgpack_pack_str(&pk, len);
-                msgpack_pack_str_body(&pk, s, len);
-            } else
-                msgpack_pack_nil(&pk);
-            break;
-        }
-        case 'b':
-            if (va_arg(ap, int))
-                msgpack_pack_true(&pk);
-            else
-                msgpack_pack_false(&pk);
-            break;
-        case 'n':
-            msgpack_pack_nil(&pk);
-            break;
-        case 'p': {
-            const void *p = va_arg(ap, const void *);
-            size_t size = va_arg(ap, size_t);
-            if (size > UINT32_MAX || (!p && size)) {
-                rc = TQ_EINVAL;
-                break;
-            }
-            msgpack_pack_bin(&pk, size);
-            msgpack_pack_bin_body(&pk, p, size);
-            break;
-        }
-        case 'm': {
-            const void *p = va_arg(ap, const void *);
-            size_t size = va_arg(ap, size_t);
-            /* raw bytes become one element: they must be exactly one
-               well-formed object or the whole array would be corrupt */
-            if (!p || tq_proto_check_payload(p, size, false, NULL) != TQ_OK) {
-                rc = TQ_EINVAL;
-                break;
-            }
-            msgpack_sbuffer_write(&sbuf, p, size);
-            break;
-        }
-        }
-    }
+    msgpack_packer_init(&pk, &b, s_buf_write);
+    int rc = tq_vpack_into(&pk, picture, ap);
     if (rc != TQ_OK) {
-        msgpack_sbuffer_destroy(&sbuf);
+        free(b.data);
         return rc;
     }
-    buf->data = sbuf.data;
-    buf->size = sbuf.size;
+    buf->data = b.data;
+    buf->size = b.size;
     return TQ_OK;
 }
 
@@ -109,4 +146,55 @@ tq_buf_free(tq_buf_t *buf)
     free(buf->data);
     buf->data = NULL;
     buf->size = 0;
+}
+
+/* ---- result packers ---------------------------------------------------- */
+
+int
+tq_pack_str(msgpack_packer *out, const char *s)
+{
+    if (!s)
+        return msgpack_pack_nil(out);
+    size_t len = strlen(s);
+    msgpack_pack_str(out, len);
+    return msgpack_pack_str_body(out, s, len);
+}
+
+int
+tq_pack_int(msgpack_packer *out, int64_t v)
+{
+    return msgpack_pack_int64(out, v);
+}
+
+int
+tq_pack_double(msgpack_packer *out, double v)
+{
+    return msgpack_pack_double(out, v);
+}
+
+int
+tq_pack_bool(msgpack_packer *out, bool v)
+{
+    return v ? msgpack_pack_true(out) : msgpack_pack_false(out);
+}
+
+int
+tq_pack_nil(msgpack_packer *out)
+{
+    return msgpack_pack_nil(out);
+}
+
+int
+tq_pack_value(msgpack_packer *out, const char *picture, ...)
+{
+    if (!picture || !*picture || !s_valid_picture(picture))
+        return TQ_EINVAL;
+    va_list ap;
+    va_start(ap, picture);
+    size_t n = strlen(picture);
+    int rc = n > 1 ? msgpack_pack_array(out, n) : 0;
+    for (const char *c = picture; *c && rc == 0; c++)
+        rc = s_pack_one(out, *c, &ap);
+    va_end(ap);
+    return rc ? TQ_EINVAL : TQ_OK;
 }

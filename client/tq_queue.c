@@ -85,10 +85,11 @@ tq_queue_put(tq_queue_t *self, const void *item, size_t size, int timeout_ms)
             return TQ_EFULL;
         /* full: a getter will make room; try again soon */
         int64_t left = deadline - now;
-        struct timespec ts = {0, (long)(left < delay ? left : delay) * 1000000L};
+        struct timespec ts = {0,
+                              (long)(left < delay ? left : delay) * 1000000L};
         nanosleep(&ts, NULL);
-        delay = delay * 2 > S_FULL_RETRY_MAX_MS ? S_FULL_RETRY_MAX_MS
-                                                : delay * 2;
+        delay =
+            delay * 2 > S_FULL_RETRY_MAX_MS ? S_FULL_RETRY_MAX_MS : delay * 2;
     }
 }
 
@@ -110,8 +111,8 @@ tq_queue_get(tq_queue_t *self, tq_buf_t *item, int timeout_ms)
         if (left < 0)
             left = 0;
         uint32_t wait = left > S_MAX_WAIT_MS ? S_MAX_WAIT_MS : (uint32_t)left;
-        tq_result_t *r = tq_client_queue_request(
-            self->client, TQ_QUEUE_GET, self->name, 0, wait, NULL, 0);
+        tq_result_t *r = tq_client_queue_request(self->client, TQ_QUEUE_GET,
+                                                 self->name, 0, wait, NULL, 0);
         if (!r)
             return TQ_EINVAL;
         int rc = s_wait(r);
@@ -190,5 +191,136 @@ tq_queue_full(tq_queue_t *self)
 {
     uint64_t size = 0, maxsize = 0;
     return s_sizes(self, &size, &maxsize) == TQ_OK && maxsize &&
-           size >= maxsize;
+        size >= maxsize;
+}
+
+/* ---- items as values ---------------------------------------------------- */
+
+struct tq_item_t {
+    tq_buf_t buf; /* the bytes taken */
+    msgpack_unpacked unpacked; /* their value; strings point into buf */
+    char *str; /* tq_item_str's copy, made on first use */
+};
+
+int
+tq_queue_putf(tq_queue_t *self, int timeout_ms, const char *picture, ...)
+{
+    assert(self);
+    if (!picture || !*picture)
+        return TQ_EINVAL;
+    tq_buf_t buf = {0};
+    va_list ap;
+    va_start(ap, picture);
+    int rc = tq_vpack(&buf, picture, ap);
+    va_end(ap);
+    if (rc != TQ_OK)
+        return rc;
+    /* tq_vpack makes an argument array: a tuple is that array, one object
+       is its only element, after the array's 1-byte header */
+    bool tuple = strlen(picture) > 1;
+    rc = tuple ? tq_queue_put(self, buf.data, buf.size, timeout_ms)
+               : tq_queue_put(self, (const char *)buf.data + 1, buf.size - 1,
+                              timeout_ms);
+    tq_buf_free(&buf);
+    return rc;
+}
+
+int
+tq_queue_get_item(tq_queue_t *self, tq_item_t **item_p, int timeout_ms)
+{
+    assert(self && item_p);
+    *item_p = NULL;
+    tq_item_t *item = calloc(1, sizeof *item);
+    if (!item)
+        return TQ_ENOMEM;
+    int rc = tq_queue_get(self, &item->buf, timeout_ms);
+    msgpack_unpacked_init(&item->unpacked);
+    if (rc == TQ_OK &&
+        msgpack_unpack_next(&item->unpacked, item->buf.data, item->buf.size,
+                            NULL) != MSGPACK_UNPACK_SUCCESS)
+        rc = TQ_EPROTO;
+    if (rc != TQ_OK)
+        tq_item_destroy(&item);
+    *item_p = item;
+    return rc;
+}
+
+const msgpack_object *
+tq_item_value(const tq_item_t *self)
+{
+    assert(self);
+    return &self->unpacked.data;
+}
+
+int
+tq_item_int(const tq_item_t *self, int64_t *value)
+{
+    assert(self && value);
+    const msgpack_object *o = &self->unpacked.data;
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *value = o->via.i64;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+             o->via.u64 <= INT64_MAX)
+        *value = (int64_t)o->via.u64;
+    else
+        return TQ_EINVAL;
+    return TQ_OK;
+}
+
+int
+tq_item_double(const tq_item_t *self, double *value)
+{
+    assert(self && value);
+    const msgpack_object *o = &self->unpacked.data;
+    if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32)
+        *value = o->via.f64;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        *value = (double)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *value = (double)o->via.i64;
+    else
+        return TQ_EINVAL;
+    return TQ_OK;
+}
+
+int
+tq_item_bool(const tq_item_t *self, bool *value)
+{
+    assert(self && value);
+    if (self->unpacked.data.type != MSGPACK_OBJECT_BOOLEAN)
+        return TQ_EINVAL;
+    *value = self->unpacked.data.via.boolean;
+    return TQ_OK;
+}
+
+const char *
+tq_item_str(tq_item_t *self)
+{
+    assert(self);
+    const msgpack_object *o = &self->unpacked.data;
+    if (o->type != MSGPACK_OBJECT_STR)
+        return NULL;
+    if (!self->str)
+        self->str = strndup(o->via.str.ptr, o->via.str.size);
+    return self->str;
+}
+
+bool
+tq_item_is_nil(const tq_item_t *self)
+{
+    assert(self);
+    return self->unpacked.data.type == MSGPACK_OBJECT_NIL;
+}
+
+void
+tq_item_destroy(tq_item_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_item_t *self = *self_p;
+    msgpack_unpacked_destroy(&self->unpacked);
+    tq_buf_free(&self->buf);
+    free(self->str);
+    free(self);
+    *self_p = NULL;
 }

@@ -1,5 +1,6 @@
 /* pool_demo.c - the embedded pool with no broker to start: a Pool of 3
-   running apply_async with callbacks, apply, map, imap and terminate. */
+   running apply_async with callbacks, apply, map (values and handles),
+   imap, an unknown task and terminate. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -7,19 +8,16 @@
 
 #include "tq/tq.h"
 
-/* square(x) -> x * x, and the pid of the child that ran it */
+/* square(x) -> [x * x, the name of the child that ran it] */
 static int
 s_square(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    if (args->via.array.size != 1 ||
-        (args->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
-         args->via.array.ptr[0].type != MSGPACK_OBJECT_NEGATIVE_INTEGER))
-        return tq_task_fail(task, "square wants one integer");
-    int64_t x = args->via.array.ptr[0].via.i64;
-    msgpack_pack_array(out, 2);
-    msgpack_pack_int64(out, x * x);
-    msgpack_pack_int64(out, (int64_t)getpid());
-    return 0;
+    (void)task;
+    int64_t x;
+    int rc = tq_arg_int(args, 0, &x); /* "task square: argument 0 ..." */
+    if (rc)
+        return rc;
+    return tq_pack_value(out, "is", x * x, tq_worker_name());
 }
 
 static void
@@ -27,9 +25,10 @@ s_on_result(tq_result_t *r, void *arg)
 {
     (void)arg;
     const msgpack_object *v = tq_result_value(r);
-    printf("  callback: square = %lld (child %lld)\n",
+    printf("  callback: square = %lld (%.*s)\n",
            (long long)v->via.array.ptr[0].via.i64,
-           (long long)v->via.array.ptr[1].via.i64);
+           (int)v->via.array.ptr[1].via.str.size,
+           v->via.array.ptr[1].via.str.ptr);
 }
 
 static double
@@ -48,9 +47,9 @@ main(void)
     tq_registry_add(reg, "square", s_square, NULL);
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
-    po.quiet = getenv("TQ_POOL_VERBOSE") == NULL;
+    po.verbose = getenv("TQ_POOL_VERBOSE") != NULL;
     double t0 = s_secs();
-    tq_pool_t *pool = tq_pool_new(3, &po); /* before any thread */
+    tq_pool_t *pool = tq_pool_new(3, &po); /* any time, any thread */
     if (!pool) {
         fprintf(stderr, "pool_demo: cannot start the pool\n");
         return 1;
@@ -70,18 +69,26 @@ main(void)
     }
 
     printf("== apply (blocking)\n");
-    tq_result_t *r =
-        tq_pool_apply(pool, "square", NULL, 10000, "i", (int64_t)12);
+    tq_result_t *r = tq_pool_apply(pool, "square", NULL, "i", (int64_t)12);
     printf("  square(12) = %lld\n",
            (long long)tq_result_value(r)->via.array.ptr[0].via.i64);
     tq_result_destroy(&r);
 
-    printf("== map over 0..9, results in order\n");
+    printf("== map over 0..9, the values in order\n");
     tq_buf_t items[10];
     tq_result_t *out[10];
     for (int i = 0; i < 10; i++)
         tq_pack(&items[i], "i", (int64_t)i);
-    int rc = tq_pool_map(pool, "square", NULL, items, 10, out, 10000);
+    tq_values_t *values = NULL;
+    int rc =
+        tq_pool_map_values(pool, "square", NULL, items, 10, &values, 10000);
+    printf("  %s:", tq_strerror(rc));
+    for (size_t i = 0; rc == TQ_OK && i < 10; i++)
+        printf(" %lld",
+               (long long)tq_values_at(values, i)->via.array.ptr[0].via.i64);
+    tq_values_destroy(&values);
+    printf("\n== map over 0..9, a handle per item\n");
+    rc = tq_pool_map(pool, "square", NULL, items, 10, out, 10000);
     printf("  %s:", tq_strerror(rc));
     for (int i = 0; i < 10; i++) {
         if (tq_result_successful(out[i]))
@@ -108,8 +115,12 @@ main(void)
     for (int i = 0; i < 10; i++)
         tq_buf_free(&items[i]);
 
-    printf("\n== a failing task\n");
-    r = tq_pool_apply(pool, "tq.fail", NULL, 10000, "s", "something broke");
+    printf("\n== an unregistered name fails at once\n");
+    r = tq_pool_apply_async(pool, "no.such.task", NULL, "");
+    printf("  %s: %s\n", tq_strerror(tq_result_code(r)), tq_result_error(r));
+    tq_result_destroy(&r);
+    printf("== a failing task\n");
+    r = tq_pool_apply(pool, "tq.fail", NULL, "s", "something broke");
     printf("  %s: %s\n", tq_strerror(tq_result_code(r)), tq_result_error(r));
     tq_result_destroy(&r);
 

@@ -36,4 +36,16 @@ void *tq_client_context(void);
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 
+/* A handle that is final at once, made without a broker (the pool's
+   chunked map splits a chunk's answer into one per item, and refuses an
+   unknown task this way): code TQ_OK with value (size bytes of one msgpack
+   object, copied), or a failure with error (copied). The caller's. */
+tq_result_t *tq_result_new_final(int code, const char *error, const void *value,
+                                 size_t size);
+
+/* Packs the arguments named by picture (tq_pack's characters) as one
+   msgpack array with pk. TQ_OK, or TQ_EINVAL for a bad picture (nothing
+   consumed from ap) or argument (the packer may hold part of it). */
+int tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap);
+
 #endif

@@ -46,6 +46,14 @@ struct tq_task_t {
     char error[TQ_PROTO_MAX_ERROR + 1]; /* its message, NUL-terminated */
 };
 
+/* The task this process runs now (NULL between tasks) and its name, set
+   by the child loop (and by the pool's chunk runner for each item): the
+   tq_arg_* accessors record their errors in it, tq_task_name reads it. */
+extern tq_task_t *tq_task_running;
+extern const char *tq_task_running_name;
+/* This process's name for tq_worker_name; "" until a pool names it. */
+extern char tq_worker_running_name[64];
+
 /* Signals from the supervisor to a child: the soft time limit of the
    running task passed (the task may check tq_task_soft_limit), and "the
    broker restarted: reconnect and send READY again". */

@@ -1,6 +1,7 @@
-/* tq_pool.c - the embedded pool: a fork server (the worker supervisor)
-   forked first, then a broker thread on private ipc:// endpoints and a
-   client; tracked submissions for join, terminate and the AsyncResult. */
+/* tq_pool.c - the embedded pool: a broker thread on private ipc://
+   endpoints, the fork server (spawned, tq_pool_spawn.c) watched by a
+   monitor thread that restarts it if it dies, and a client; tracked
+   submissions for join, terminate and the AsyncResult. */
 #include "tq/tq_pool.h"
 
 #include <assert.h>
@@ -22,6 +23,7 @@
 
 #include "tq_broker.h"
 #include "tq_client_internal.h"
+#include "tq_pool_internal.h"
 #include "tq_pool_server.h"
 #include "tq_proto.h"
 
@@ -29,6 +31,7 @@
 #define S_DRAIN_MS 10000 /* server's drain time at join */
 #define S_CANCEL_WAIT_MS 3000 /* client to take the CANCELLED results */
 #define S_EP_MAX (PATH_MAX + 16)
+#define S_READY_WAIT_MS 30000 /* children to announce themselves */
 
 typedef enum {
     S_RUNNING, /* accepting work */
@@ -58,13 +61,23 @@ struct tq_pool_t {
     char client_ep[S_EP_MAX]; /* ipc://dir/clients */
     char worker_ep[S_EP_MAX]; /* ipc://dir/workers */
     char inproc_ep[S_EP_MAX]; /* the pool's own client: inproc:// */
-    pid_t server; /* fork server, 0 once reaped */
+    pid_t server; /* fork server, 0 once reaped (by the monitor) */
+    int server_fd; /* its liveness pipe's write end, -1: none */
+    tq_buf_t server_config; /* encoded, for a restart */
+    pthread_t monitor; /* reaps the server, restarts it */
+    bool monitor_running;
+    bool server_stopping; /* we stop it: no restart */
+    int respawns; /* restarts so far */
+    bool broken; /* the server died too often */
+    char broken_text[1024]; /* why */
+    tq_registry_t *names; /* task names the children provide */
+    size_t chunksize; /* option */
     tq_broker_t *broker; /* NULL once stopped */
     pthread_t broker_thread;
     bool broker_running;
     tq_client_t *client;
-    pthread_mutex_t lock; /* guards tracked, pending, state */
-    pthread_cond_t cond; /* pending went down */
+    pthread_mutex_t lock; /* guards tracked, pending, state, server */
+    pthread_cond_t cond; /* pending went down, or the server ended */
     s_track_t *tracked; /* pending tracked submissions */
     size_t pending;
     pid_t pid; /* the process that made it */
@@ -100,16 +113,6 @@ s_register_at_exit(void)
     atexit(s_at_exit);
 }
 
-struct tq_result_set_t {
-    size_t count;
-    tq_result_t **results; /* count handles, the set's */
-};
-
-struct tq_pool_imap_t {
-    tq_result_set_t *set;
-    size_t next; /* index of the next handle to hand out */
-};
-
 static int64_t
 s_now(void)
 {
@@ -125,42 +128,131 @@ s_sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Waits up to timeout_ms for the fork server to end and reaps it. True once
-   it is gone. */
+/* Waits up to timeout_ms for the fork server to end (the monitor reaps
+   it). True once it is gone. */
 static bool
 s_reap_server(tq_pool_t *self, int timeout_ms)
 {
     int64_t until = s_now() + timeout_ms;
+    pthread_mutex_lock(&self->lock);
     while (self->server) {
-        int status;
-        pid_t pid = waitpid(self->server, &status, WNOHANG);
-        if (pid == self->server || (pid < 0 && errno == ECHILD))
-            self->server = 0; /* ECHILD: SIGCHLD ignored, reaped for us */
-        else if (pid < 0 && errno != EINTR)
-            return false;
-        else if (s_now() >= until)
-            return false;
-        else
-            s_sleep_ms(2);
+        int64_t left = until - s_now();
+        if (left <= 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&self->cond, &self->lock, &ts);
     }
-    return true;
+    bool gone = self->server == 0;
+    pthread_mutex_unlock(&self->lock);
+    return gone;
+}
+
+/* Sends sig to the server if it runs; marks it as stopped on purpose. */
+static void
+s_signal_server(tq_pool_t *self, int sig)
+{
+    pthread_mutex_lock(&self->lock);
+    self->server_stopping = true;
+    if (self->server)
+        kill(self->server, sig);
+    pthread_mutex_unlock(&self->lock);
 }
 
 /* Kills the fork server and its children now, bounded, and reaps it. */
 static void
 s_kill_server(tq_pool_t *self)
 {
-    if (!self->server)
-        return;
     /* two stop signals: the supervisor SIGKILLs every child, reaps them,
        tells the broker and exits; two different signals so they cannot
        merge into one pending signal */
-    kill(self->server, SIGINT);
-    kill(self->server, SIGTERM);
+    s_signal_server(self, SIGINT);
+    s_signal_server(self, SIGTERM);
     if (!s_reap_server(self, S_KILL_WAIT_MS)) {
         /* its children follow it through PR_SET_PDEATHSIG */
-        kill(self->server, SIGKILL);
+        s_signal_server(self, SIGKILL);
         s_reap_server(self, S_KILL_WAIT_MS);
+    }
+    if (self->monitor_running) {
+        pthread_join(self->monitor, NULL);
+        self->monitor_running = false;
+    }
+    if (self->server_fd >= 0) {
+        close(self->server_fd);
+        self->server_fd = -1;
+    }
+}
+
+static void
+s_describe_status(int status, char *buf, size_t size)
+{
+    if (status < 0)
+        snprintf(buf, size, "reaped by someone else");
+    else if (WIFSIGNALED(status))
+        snprintf(buf, size, "killed by signal %d (%s)", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)));
+    else
+        snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
+}
+
+/* The monitor thread: waits for the server's end. One the pool did not
+   ask for is answered with a new server (its children take the waiting
+   tasks), up to TQ_POOL_MAX_RESPAWNS times; then the pool is broken and
+   its pending tasks are cancelled, so nobody waits forever. */
+static void *
+s_monitor(void *arg)
+{
+    tq_pool_t *self = arg;
+    for (;;) {
+        pthread_mutex_lock(&self->lock);
+        pid_t pid = self->server;
+        pthread_mutex_unlock(&self->lock);
+        int status = 0;
+        pid_t got;
+        while ((got = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+            ;
+        if (got < 0)
+            status = -1; /* ECHILD: SIGCHLD ignored, or the program reaped
+                            it */
+        pthread_mutex_lock(&self->lock);
+        bool restart = !self->server_stopping && self->state != S_JOINED &&
+            self->state != S_TERMINATED;
+        char why[128];
+        s_describe_status(status, why, sizeof why);
+        if (restart && self->respawns < TQ_POOL_MAX_RESPAWNS) {
+            self->respawns++;
+            if (self->server_fd >= 0)
+                close(self->server_fd);
+            self->server_fd = -1;
+            char error[512];
+            pid_t fresh = tq_pool_server_spawn(
+                &self->server_config, &self->server_fd, error, sizeof error);
+            if (fresh > 0) {
+                self->server = fresh;
+                pthread_mutex_unlock(&self->lock);
+                continue;
+            }
+            snprintf(self->broken_text, sizeof self->broken_text,
+                     "the pool's fork server died (%s) and did not restart: "
+                     "%s",
+                     why, error);
+        } else if (restart)
+            snprintf(self->broken_text, sizeof self->broken_text,
+                     "the pool's fork server died (%s), %d restarts already",
+                     why, self->respawns);
+        self->server = 0;
+        self->broken = restart;
+        pthread_cond_broadcast(&self->cond);
+        pthread_mutex_unlock(&self->lock);
+        if (restart && self->client)
+            tq_client_terminate(self->client); /* nobody waits forever */
+        return NULL;
     }
 }
 
@@ -257,10 +349,39 @@ s_on_error(tq_result_t *result, void *arg)
 
 /* Submits one task with packed args (borrowed) and tracks it. NULL when the
    pool no longer accepts work or the client refused the call. */
-static tq_result_t *
-s_submit(tq_pool_t *self, const char *task, const tq_options_t *options,
-         const void *args, size_t size)
+int
+tq_pool_check_task(const tq_pool_t *self, const char *task, char *error,
+                   size_t errlen)
 {
+    if (task && tq_registry_lookup(self->names, task, NULL))
+        return TQ_OK;
+    snprintf(error, errlen,
+             "no task named '%s' in this pool (register it with "
+             "tq_registry_add before tq_pool_new)",
+             task ? task : "(null)");
+    return TQ_ENOTASK;
+}
+
+size_t
+tq_pool_chunksize(const tq_pool_t *self)
+{
+    return self->chunksize;
+}
+
+tq_result_t *
+tq_pool_submit_raw(tq_pool_t *self, const char *task,
+                   const tq_options_t *options, const void *args, size_t size)
+{
+    char error[TQ_PROTO_MAX_NAME + 128];
+    if (!task)
+        return NULL;
+    if (tq_pool_check_task(self, task, error, sizeof error) != TQ_OK)
+        return tq_result_new_final(TQ_ENOTASK, error, NULL, 0);
+    pthread_mutex_lock(&self->lock);
+    bool broken = self->broken;
+    pthread_mutex_unlock(&self->lock);
+    if (broken)
+        return tq_result_new_final(TQ_ELOST, self->broken_text, NULL, 0);
     s_track_t *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
@@ -313,7 +434,8 @@ s_vsubmit(tq_pool_t *self, const char *task, const tq_options_t *options,
         tq_buf_free(&buf);
         return NULL;
     }
-    tq_result_t *r = s_submit(self, task, options, buf.data, buf.size);
+    tq_result_t *r =
+        tq_pool_submit_raw(self, task, options, buf.data, buf.size);
     tq_buf_free(&buf);
     return r;
 }
@@ -347,14 +469,105 @@ s_cancel_pending(tq_pool_t *self)
 
 /* ---- the pool ------------------------------------------------------------ */
 
+/* Counts the children the broker knows (its STATUS "workers"), -1 when
+   it did not answer. */
+static int
+s_ready_children(tq_pool_t *self)
+{
+    tq_buf_t body = {0};
+    if (tq_client_status(self->client, &body, 2000) != TQ_OK)
+        return -1;
+    int n = -1;
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    if (msgpack_unpack_next(&u, body.data, body.size, NULL) ==
+            MSGPACK_UNPACK_SUCCESS &&
+        u.data.type == MSGPACK_OBJECT_MAP)
+        for (uint32_t i = 0; i < u.data.via.map.size; i++) {
+            const msgpack_object_kv *kv = &u.data.via.map.ptr[i];
+            if (kv->key.type == MSGPACK_OBJECT_STR &&
+                kv->key.via.str.size == 7 &&
+                !memcmp(kv->key.via.str.ptr, "workers", 7) &&
+                kv->val.type == MSGPACK_OBJECT_ARRAY)
+                n = (int)kv->val.via.array.size;
+        }
+    msgpack_unpacked_destroy(&u);
+    tq_buf_free(&body);
+    return n;
+}
+
+/* Waits, bounded, until every child announced itself: a task submitted
+   next then starts in order on the first idle child, instead of piling up
+   on whichever child connected first. TQ_OK, or an error on stderr. */
+static int
+s_wait_ready(tq_pool_t *self)
+{
+    int64_t until = s_now() + S_READY_WAIT_MS;
+    int delay = 1;
+    for (;;) {
+        int n = s_ready_children(self);
+        if (n >= self->processes)
+            return TQ_OK;
+        pthread_mutex_lock(&self->lock);
+        bool gone = self->server == 0 || self->respawns > 0;
+        pthread_mutex_unlock(&self->lock);
+        if (gone) {
+            fprintf(stderr,
+                    "tq pool: the fork server ended before its "
+                    "children were ready (run with "
+                    "tq_pool_options_t.verbose for its log)\n");
+            return TQ_ELOST;
+        }
+        if (s_now() >= until) {
+            fprintf(stderr, "tq pool: %d of %d children ready after %d ms\n",
+                    n < 0 ? 0 : n, self->processes, S_READY_WAIT_MS);
+            return TQ_ETIMEDOUT;
+        }
+        s_sleep_ms(delay);
+        delay = delay < 8 ? delay * 2 : 8;
+    }
+}
+
+/* The names the children provide: the program's, the built-ins, the chunk
+   task. Only names matter here. */
+static int
+s_names(tq_pool_t *self, const tq_registry_t *registry)
+{
+    self->names = tq_registry_new();
+    tq_registry_t *builtins = tq_registry_new();
+    int rc = self->names && builtins ? tq_registry_add_builtins(builtins)
+                                     : TQ_ENOMEM;
+    const tq_registry_t *from[] = {registry, builtins};
+    for (size_t k = 0; k < 2 && rc == TQ_OK; k++)
+        for (size_t i = 0; from[k] && i < tq_registry_size(from[k]); i++) {
+            const char *name = tq_registry_name(from[k], i);
+            void *arg;
+            tq_task_fn *fn = tq_registry_lookup(from[k], name, &arg);
+            if (!tq_registry_lookup(self->names, name, NULL))
+                rc = tq_registry_add(self->names, name, fn, NULL);
+        }
+    tq_registry_destroy(&builtins);
+    if (rc == TQ_OK) /* any function: only the name is looked up */
+        rc = tq_registry_add(self->names, TQ_POOL_CHUNK_TASK,
+                             tq_registry_lookup(self->names, "tq.echo", NULL),
+                             NULL);
+    return rc;
+}
+
 tq_pool_t *
 tq_pool_new(int processes, const tq_pool_options_t *options)
 {
     tq_pool_options_t opts = TQ_POOL_OPTIONS_INIT;
     if (options)
         opts = *options;
-    if (opts.maxtasksperchild < 0 || opts.prefetch < 0 || opts.prefetch > 65535)
+    const char *verbose = getenv("TQ_POOL_VERBOSE");
+    if (verbose && *verbose && strcmp(verbose, "0") != 0)
+        opts.verbose = true; /* the server's log, to see why */
+    if (opts.maxtasksperchild < 0 || opts.prefetch < 0 ||
+        opts.prefetch > 65535 || opts.max_lost < 0) {
+        fprintf(stderr, "tq pool: invalid options\n");
         return NULL;
+    }
     if (processes <= 0) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         processes = cpus > 0 ? (int)cpus : 1;
@@ -363,8 +576,14 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     if (!self)
         return NULL;
     self->processes = processes;
+    self->server_fd = -1;
+    self->chunksize = opts.chunksize;
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->cond, NULL);
+    if (s_names(self, opts.registry) != TQ_OK) {
+        fprintf(stderr, "tq pool: cannot copy the task names\n");
+        goto fail;
+    }
 
     const char *tmp = getenv("TMPDIR");
     if (!tmp || !*tmp || strlen(tmp) > 64)
@@ -381,32 +600,41 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     snprintf(self->worker_ep, sizeof self->worker_ep, "ipc://%s/workers",
              self->dir);
 
-    /* the fork server first, before this call starts any thread */
-    pid_t parent = getpid();
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "tq pool: fork: %s\n", strerror(errno));
+    char error[1024];
+    tq_pool_server_config_t sc = {
+        .worker_endpoint = self->worker_ep,
+        .client_endpoint = self->client_ep,
+        .dir = self->dir,
+        .processes = processes,
+        .prefetch = opts.prefetch,
+        .maxtasksperchild = opts.maxtasksperchild,
+        .verbose = opts.verbose,
+        .registry = opts.registry,
+        .initializer = opts.initializer,
+        .initargs = opts.initargs,
+        .initargs_size = opts.initargs_size,
+    };
+    if (tq_pool_server_encode(&sc, &self->server_config, error, sizeof error) !=
+        TQ_OK) {
+        fprintf(stderr, "tq pool: %s\n", error);
         goto fail;
     }
-    if (pid == 0)
-        tq_pool_server_run(parent, self->worker_ep, processes, &opts);
-    self->server = pid;
 
     tq_broker_config_t config;
     memset(&config, 0, sizeof config);
     config.client_endpoint = self->client_ep;
     config.worker_endpoint = self->worker_ep;
-    config.result_ttl_s = 60; /* nobody fetches by id in a pool */
-    config.quiet = opts.quiet;
+    /* nobody fetches by id in a pool: a result leaves the broker once it
+       reached its handle, and the handle's destroy frees it */
+    config.result_ttl_s = 0;
+    config.max_lost = opts.max_lost > 0 ? opts.max_lost : 1;
+    config.quiet = !opts.verbose;
     /* the pool's client reaches the broker over inproc: one context for
        both, and no I/O thread on the way (tasks in the children, which
        open their own clients, come over ipc) */
     config.context = tq_client_context();
     if (!config.context) {
-        fprintf(stderr, "tq pool: no ZeroMQ context: %s\n",
-                strerror(errno));
+        fprintf(stderr, "tq pool: no ZeroMQ context: %s\n", strerror(errno));
         goto fail;
     }
     /* never reused: a closed socket's inproc name may linger a moment */
@@ -414,13 +642,12 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     snprintf(self->inproc_ep, sizeof self->inproc_ep, "inproc://tq-pool-%ld-%u",
              (long)getpid(), atomic_fetch_add(&pools, 1));
     config.client_inproc = self->inproc_ep;
-    char error[512];
     self->broker = tq_broker_new(&config, error, sizeof error);
     if (!self->broker) {
         fprintf(stderr, "tq pool: %s\n", error);
         goto fail;
     }
-    /* the broker thread takes no signals: they stay the program's */
+    /* the pool's threads take no signals: they stay the program's */
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -435,6 +662,29 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     self->client = tq_client_new(self->inproc_ep);
     if (!self->client)
         goto fail;
+
+    /* the server: a fresh exec, so threads of the program (ours above
+       included) leave it nothing locked */
+    self->server = tq_pool_server_spawn(&self->server_config, &self->server_fd,
+                                        error, sizeof error);
+    if (self->server < 0) {
+        self->server = 0;
+        fprintf(stderr, "tq pool: %s\n", error);
+        goto fail;
+    }
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&self->monitor, NULL, s_monitor, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        fprintf(stderr, "tq pool: pthread_create: %s\n", strerror(rc));
+        kill(self->server, SIGKILL);
+        waitpid(self->server, NULL, 0);
+        self->server = 0;
+        goto fail;
+    }
+    self->monitor_running = true;
+    if (s_wait_ready(self) != TQ_OK)
+        goto fail;
     self->pid = getpid();
     pthread_once(&s_exit_once, s_register_at_exit);
     pthread_mutex_lock(&s_live_lock);
@@ -444,8 +694,11 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     return self;
 fail:
     s_kill_server(self);
+    tq_client_destroy(&self->client);
     s_stop_broker(self);
     s_remove_dir(self);
+    tq_buf_free(&self->server_config);
+    tq_registry_destroy(&self->names);
     pthread_cond_destroy(&self->cond);
     pthread_mutex_destroy(&self->lock);
     free(self);
@@ -485,6 +738,8 @@ tq_pool_destroy(tq_pool_t **self_p)
         self->tracked = t->next;
         free(t);
     }
+    tq_buf_free(&self->server_config);
+    tq_registry_destroy(&self->names);
     pthread_cond_destroy(&self->cond);
     pthread_mutex_destroy(&self->lock);
     free(self);
@@ -493,7 +748,31 @@ tq_pool_destroy(tq_pool_t **self_p)
 const char *
 tq_pool_endpoint(const tq_pool_t *self)
 {
-    return self->client_ep;
+    /* in a child, the server's environment names its pool */
+    return self ? self->client_ep : getenv("TQ_POOL_ENDPOINT");
+}
+
+tq_client_t *
+tq_pool_task_client(void)
+{
+    static tq_client_t *client; /* the child's, for its life */
+    static pid_t owner;
+    const char *endpoint = tq_pool_endpoint(NULL);
+    if (!endpoint)
+        return NULL;
+    if (client && owner == getpid())
+        return client;
+    /* the first client of a process initialises czmq, which may install
+       SIGINT/SIGTERM handlers: the child's own stay (the pool's join stops
+       children with SIGTERM) */
+    struct sigaction intr, term;
+    sigaction(SIGINT, NULL, &intr);
+    sigaction(SIGTERM, NULL, &term);
+    client = tq_client_new(endpoint);
+    sigaction(SIGINT, &intr, NULL);
+    sigaction(SIGTERM, &term, NULL);
+    owner = getpid();
+    return client;
 }
 
 tq_client_t *
@@ -514,14 +793,18 @@ pid_t
 tq_pool_server_pid(const tq_pool_t *self)
 {
     assert(self);
-    return self->server;
+    pthread_mutex_lock((pthread_mutex_t *)&self->lock);
+    pid_t pid = self->server;
+    pthread_mutex_unlock((pthread_mutex_t *)&self->lock);
+    return pid;
 }
 
 size_t
 tq_pool_pids(const tq_pool_t *self, pid_t *pids, size_t max)
 {
     assert(self);
-    if (!self->server)
+    pid_t server = tq_pool_server_pid(self);
+    if (!server)
         return 0;
     DIR *d = opendir("/proc");
     if (!d)
@@ -547,7 +830,7 @@ tq_pool_pids(const tq_pool_t *self, pid_t *pids, size_t max)
         long ppid;
         if (!p || sscanf(p + 1, " %c %ld", &state, &ppid) != 2)
             continue;
-        if (ppid == self->server && state != 'Z') {
+        if (ppid == server && state != 'Z') {
             if (n < max)
                 pids[n] = (pid_t)pid;
             n++;
@@ -571,7 +854,22 @@ tq_pool_apply_async(tq_pool_t *self, const char *task,
 
 tq_result_t *
 tq_pool_apply(tq_pool_t *self, const char *task, const tq_options_t *options,
-              int timeout_ms, const char *picture, ...)
+              const char *picture, ...)
+{
+    assert(self);
+    va_list ap;
+    va_start(ap, picture);
+    tq_result_t *r = s_vsubmit(self, task, options, picture, ap);
+    va_end(ap);
+    if (r)
+        tq_result_wait(r, -1);
+    return r;
+}
+
+tq_result_t *
+tq_pool_apply_timeout(tq_pool_t *self, const char *task,
+                      const tq_options_t *options, int timeout_ms,
+                      const char *picture, ...)
 {
     assert(self);
     va_list ap;
@@ -581,186 +879,6 @@ tq_pool_apply(tq_pool_t *self, const char *task, const tq_options_t *options,
     if (r)
         tq_result_wait(r, timeout_ms);
     return r;
-}
-
-/* Submits count tasks into a new set; star: any argument arrays, else each
-   must be an array of one argument (Python's map calls f(item)). */
-static tq_result_set_t *
-s_submit_set(tq_pool_t *self, const char *task, const tq_options_t *options,
-             const tq_buf_t *items, size_t count, bool star)
-{
-    if (!task || (count && !items))
-        return NULL;
-    tq_result_set_t *set = calloc(1, sizeof *set);
-    if (!set)
-        return NULL;
-    set->results = calloc(count ? count : 1, sizeof *set->results);
-    if (!set->results) {
-        free(set);
-        return NULL;
-    }
-    for (size_t i = 0; i < count; i++) {
-        /* map: exactly one argument per item, a one-element array */
-        if (!star &&
-            (items[i].size < 2 ||
-             ((const unsigned char *)items[i].data)[0] != 0x91))
-            break;
-        tq_result_t *r =
-            s_submit(self, task, options, items[i].data, items[i].size);
-        if (!r)
-            break;
-        set->results[set->count++] = r;
-    }
-    if (set->count < count) {
-        tq_result_set_destroy(&set);
-        return NULL;
-    }
-    return set;
-}
-
-/* Moves the set's handles into results[] and frees the set. */
-static int
-s_set_finish(tq_result_set_t *set, tq_result_t **results, int timeout_ms)
-{
-    if (!set)
-        return TQ_ECLOSED;
-    int rc = tq_result_set_get(set, timeout_ms);
-    for (size_t i = 0; i < set->count; i++)
-        results[i] = set->results[i];
-    set->count = 0;
-    tq_result_set_destroy(&set);
-    return rc;
-}
-
-int
-tq_pool_map(tq_pool_t *self, const char *task, const tq_options_t *options,
-            const tq_buf_t *items, size_t count, tq_result_t **results,
-            int timeout_ms)
-{
-    assert(self && results);
-    for (size_t i = 0; i < count; i++)
-        if (!items || items[i].size < 2 ||
-            ((const unsigned char *)items[i].data)[0] != 0x91)
-            return TQ_EINVAL;
-    return s_set_finish(s_submit_set(self, task, options, items, count, false),
-                        results, timeout_ms);
-}
-
-int
-tq_pool_starmap(tq_pool_t *self, const char *task, const tq_options_t *options,
-                const tq_buf_t *args, size_t count, tq_result_t **results,
-                int timeout_ms)
-{
-    assert(self && results);
-    return s_set_finish(s_submit_set(self, task, options, args, count, true),
-                        results, timeout_ms);
-}
-
-tq_result_set_t *
-tq_pool_map_async(tq_pool_t *self, const char *task,
-                  const tq_options_t *options, const tq_buf_t *items,
-                  size_t count)
-{
-    assert(self);
-    return s_submit_set(self, task, options, items, count, false);
-}
-
-size_t
-tq_result_set_size(const tq_result_set_t *self)
-{
-    assert(self);
-    return self->count;
-}
-
-tq_result_t *
-tq_result_set_at(const tq_result_set_t *self, size_t index)
-{
-    assert(self);
-    return index < self->count ? self->results[index] : NULL;
-}
-
-bool
-tq_result_set_ready(const tq_result_set_t *self)
-{
-    assert(self);
-    for (size_t i = 0; i < self->count; i++)
-        if (!tq_result_ready(self->results[i]))
-            return false;
-    return true;
-}
-
-int
-tq_result_set_get(tq_result_set_t *self, int timeout_ms)
-{
-    assert(self);
-    int64_t until = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
-    int first = TQ_OK;
-    for (size_t i = 0; i < self->count; i++) {
-        int left = -1;
-        if (until >= 0) {
-            int64_t d = until - s_now();
-            left = d > 0 ? (int)d : 0;
-        }
-        if (tq_result_wait(self->results[i], left) != TQ_OK)
-            return TQ_ETIMEDOUT;
-        int rc = tq_result_code(self->results[i]);
-        if (rc != TQ_OK && first == TQ_OK)
-            first = rc;
-    }
-    return first;
-}
-
-void
-tq_result_set_destroy(tq_result_set_t **self_p)
-{
-    if (!self_p || !*self_p)
-        return;
-    tq_result_set_t *self = *self_p;
-    for (size_t i = 0; i < self->count; i++)
-        tq_result_destroy(&self->results[i]);
-    free(self->results);
-    free(self);
-    *self_p = NULL;
-}
-
-tq_pool_imap_t *
-tq_pool_imap(tq_pool_t *self, const char *task, const tq_options_t *options,
-             const tq_buf_t *items, size_t count)
-{
-    assert(self);
-    tq_pool_imap_t *it = calloc(1, sizeof *it);
-    if (!it)
-        return NULL;
-    it->set = s_submit_set(self, task, options, items, count, false);
-    if (!it->set) {
-        free(it);
-        return NULL;
-    }
-    return it;
-}
-
-int
-tq_pool_imap_next(tq_pool_imap_t *self, int timeout_ms, tq_result_t **result_p)
-{
-    assert(self && result_p);
-    if (self->next >= self->set->count)
-        return TQ_EEMPTY;
-    tq_result_t *r = self->set->results[self->next];
-    if (tq_result_wait(r, timeout_ms) != TQ_OK)
-        return TQ_ETIMEDOUT;
-    self->set->results[self->next++] = NULL;
-    *result_p = r;
-    return tq_result_code(r);
-}
-
-void
-tq_pool_imap_destroy(tq_pool_imap_t **self_p)
-{
-    if (!self_p || !*self_p)
-        return;
-    tq_result_set_destroy(&(*self_p)->set); /* destroy is NULL-safe per slot */
-    free(*self_p);
-    *self_p = NULL;
 }
 
 int
@@ -809,9 +927,9 @@ tq_pool_join(tq_pool_t *self, int timeout_ms)
     pthread_mutex_unlock(&self->lock);
     if (!done)
         return TQ_ETIMEDOUT;
-    if (self->server) {
+    if (tq_pool_server_pid(self)) {
         /* every task is done: the children leave on SIGTERM at once */
-        kill(self->server, SIGTERM);
+        s_signal_server(self, SIGTERM);
         int left = S_DRAIN_MS + S_KILL_WAIT_MS;
         if (until >= 0) {
             int64_t d = until - s_now();

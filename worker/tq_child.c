@@ -322,7 +322,11 @@ s_run(s_child_t *self, s_job_t *job)
     task->soft_limit = 0;
     msgpack_sbuffer_clear(&self->value);
 
+    tq_task_running = task;
+    tq_task_running_name = job->name;
     int rc = fn(task, &args, &self->packer);
+    tq_task_running = NULL;
+    tq_task_running_name = NULL;
 
     if (rc != 0) {
         s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,

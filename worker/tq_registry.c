@@ -254,3 +254,154 @@ tq_task_arg(const tq_task_t *task)
     assert(task);
     return task->arg;
 }
+
+/* ---- helpers for task authors ---------------------------------------- */
+
+tq_task_t *tq_task_running;
+const char *tq_task_running_name;
+char tq_worker_running_name[64];
+
+const char *
+tq_task_name(void)
+{
+    return tq_task_running_name ? tq_task_running_name : "";
+}
+
+const char *
+tq_worker_name(void)
+{
+    static char name[64];
+    if (tq_worker_running_name[0])
+        return tq_worker_running_name;
+    if (!tq_task_running)
+        return "MainProcess";
+    snprintf(name, sizeof name, "Worker-%ld", (long)getpid());
+    return name;
+}
+
+static const char *
+s_type_name(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        return "nil";
+    case MSGPACK_OBJECT_BOOLEAN:
+        return "a bool";
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return "an int";
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        return "a double";
+    case MSGPACK_OBJECT_STR:
+        return "a string";
+    case MSGPACK_OBJECT_BIN:
+        return "binary";
+    case MSGPACK_OBJECT_ARRAY:
+        return "an array";
+    case MSGPACK_OBJECT_MAP:
+        return "a map";
+    default:
+        return "an extension";
+    }
+}
+
+/* Records "task T: argument I ..." in the running task (when there is one)
+   and returns TQ_ETASK, so the task can return the code as it is. */
+static int
+s_arg_error(uint32_t index, const char *want, const msgpack_object *got,
+            const char *detail)
+{
+    char text[256];
+    if (got)
+        snprintf(text, sizeof text, "task %s: argument %u must be %s, not %s",
+                 tq_task_name(), index, want, s_type_name(got));
+    else
+        snprintf(text, sizeof text, "task %s: argument %u (%s) %s",
+                 tq_task_name(), index, want, detail);
+    if (tq_task_running)
+        return tq_task_fail(tq_task_running, "%s", text);
+    return TQ_ETASK;
+}
+
+/* The index-th element of args, or NULL after recording the error. */
+static const msgpack_object *
+s_arg(const msgpack_object *args, uint32_t index, const char *want)
+{
+    if (!args || args->type != MSGPACK_OBJECT_ARRAY ||
+        index >= args->via.array.size) {
+        char detail[64];
+        snprintf(detail, sizeof detail, "is missing: the task got %u",
+                 args && args->type == MSGPACK_OBJECT_ARRAY
+                     ? args->via.array.size
+                     : 0);
+        s_arg_error(index, want, NULL, detail);
+        return NULL;
+    }
+    return &args->via.array.ptr[index];
+}
+
+int
+tq_arg_int(const msgpack_object *args, uint32_t index, int64_t *value)
+{
+    const msgpack_object *o = s_arg(args, index, "an int");
+    if (!o)
+        return TQ_ETASK;
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *value = o->via.i64;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+             o->via.u64 <= INT64_MAX)
+        *value = (int64_t)o->via.u64;
+    else
+        return s_arg_error(index, "an int", o, NULL);
+    return TQ_OK;
+}
+
+int
+tq_arg_double(const msgpack_object *args, uint32_t index, double *value)
+{
+    const msgpack_object *o = s_arg(args, index, "a number");
+    if (!o)
+        return TQ_ETASK;
+    if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32)
+        *value = o->via.f64;
+    else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        *value = (double)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        *value = (double)o->via.i64;
+    else
+        return s_arg_error(index, "a number", o, NULL);
+    return TQ_OK;
+}
+
+int
+tq_arg_bool(const msgpack_object *args, uint32_t index, bool *value)
+{
+    const msgpack_object *o = s_arg(args, index, "a bool");
+    if (!o)
+        return TQ_ETASK;
+    if (o->type != MSGPACK_OBJECT_BOOLEAN)
+        return s_arg_error(index, "a bool", o, NULL);
+    *value = o->via.boolean;
+    return TQ_OK;
+}
+
+int
+tq_arg_str(const msgpack_object *args, uint32_t index, char *buf, size_t size)
+{
+    const msgpack_object *o = s_arg(args, index, "a string");
+    if (!o)
+        return TQ_ETASK;
+    if (o->type != MSGPACK_OBJECT_STR)
+        return s_arg_error(index, "a string", o, NULL);
+    if (!buf || o->via.str.size >= size) {
+        char detail[96];
+        snprintf(detail, sizeof detail,
+                 "is %u bytes, longer than the task's buffer of %zu",
+                 o->via.str.size, size);
+        return s_arg_error(index, "a string", NULL, detail);
+    }
+    memcpy(buf, o->via.str.ptr, o->via.str.size);
+    buf[o->via.str.size] = '\0';
+    return TQ_OK;
+}

@@ -16,7 +16,10 @@ static int
 s_run(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
-    int64_t loop = seed_arg_int(args, 0, 0);
+    int64_t loop;
+    int rc = tq_arg_int(args, 0, &loop);
+    if (rc)
+        return rc;
     for (int64_t count = 0; count < loop; count++) {
         seed_sleep(seed_secs(1));
         printf("Pid: %ld LoopCount: %lld\n", (long)getpid(), (long long)count);

@@ -13,7 +13,10 @@ static int
 s_run(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
-    int64_t loop = seed_arg_int(args, 0, 0);
+    int64_t loop;
+    int rc = tq_arg_int(args, 0, &loop);
+    if (rc)
+        return rc;
     for (int64_t count = 0; count < loop; count++) {
         seed_sleep(seed_secs(1));
         printf("Pid: %ld LoopCount: %lld\n", (long)getpid(), (long long)count);
@@ -34,7 +37,7 @@ main(void)
     int failed = 0;
     for (int i = 2; i < 5; i++) { /* p.start(); p.join() */
         tq_result_t *p =
-            tq_pool_apply(pool, "MyProcess.run", NULL, 60000, "i", (int64_t)i);
+            tq_pool_apply(pool, "MyProcess.run", NULL, "i", (int64_t)i);
         failed += !p || tq_result_code(p) != TQ_OK;
         tq_result_destroy(&p);
     }

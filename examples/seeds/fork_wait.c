@@ -63,7 +63,6 @@ main(void)
            s_children_of(getpid()));
 
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
-    po.quiet = true;
     tq_pool_t *pool = tq_pool_new(3, &po);
     if (!pool)
         return 1;

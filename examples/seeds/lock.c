@@ -14,21 +14,20 @@
 
 #define LOCK "seed.lock"
 
-/* MyProcess.run(loop, endpoint, use_lock) */
+/* MyProcess.run(loop, use_lock) */
 static int
 s_run(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    int64_t loop = seed_arg_int(args, 0, 0);
-    char endpoint[512];
-    seed_arg_str(args, 1, endpoint, sizeof endpoint);
-    bool use_lock = seed_arg_bool(args, 2, true);
-    tq_client_t *client = seed_task_client(endpoint);
+    int64_t loop;
+    bool use_lock;
+    int rc;
+    if ((rc = tq_arg_int(args, 0, &loop)) ||
+        (rc = tq_arg_bool(args, 1, &use_lock)))
+        return rc;
+    tq_client_t *client = tq_pool_task_client();
     tq_queue_t *lock = client ? tq_queue_new(client, LOCK, 0) : NULL;
-    if (!lock) {
-        tq_client_destroy(&client);
+    if (!lock)
         return tq_task_fail(task, "no lock queue");
-    }
-    int rc = TQ_OK;
     for (int64_t count = 0; count < loop && rc == TQ_OK; count++) {
         seed_sleep(seed_secs(0.1));
         if (use_lock && (rc = seed_acquire(lock)) != TQ_OK)
@@ -41,11 +40,9 @@ s_run(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
             rc = seed_release(lock);
     }
     tq_queue_destroy(&lock);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
         return tq_task_fail(task, "lock: %s", tq_strerror(rc));
-    msgpack_pack_nil(out);
-    return 0;
+    return tq_pack_nil(out);
 }
 
 int
@@ -65,9 +62,8 @@ main(int argc, char **argv)
     }
     tq_result_t *p[5];
     for (int i = 10; i < 15; i++) /* MyProcess(i, lock).start() */
-        p[i - 10] =
-            tq_pool_apply_async(pool, "MyProcess.run", NULL, "isb", (int64_t)i,
-                                tq_pool_endpoint(pool), (int)use_lock);
+        p[i - 10] = tq_pool_apply_async(pool, "MyProcess.run", NULL, "ib",
+                                        (int64_t)i, (int)use_lock);
     tq_pool_close(pool); /* the interpreter's exit joins the children */
     int rc = tq_pool_join(pool, 60000);
     int failed = 0;

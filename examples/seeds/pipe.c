@@ -36,21 +36,20 @@ s_conn_close(s_conn_t *conn)
 static int
 s_conn_send(s_conn_t *conn, const char *text)
 {
-    return seed_put(conn->send, SEED_WAIT_MS, "s", text);
+    return tq_queue_putf(conn->send, SEED_WAIT_MS, "s", text);
 }
 
 /* print(conn.recv()), bounded */
 static int
 s_conn_print_recv(s_conn_t *conn)
 {
-    msgpack_unpacked u;
-    msgpack_unpacked_init(&u);
-    tq_buf_t item;
-    int rc = seed_get(conn->recv, &u, &item, SEED_WAIT_MS);
-    if (rc == TQ_OK)
-        seed_print_str("", &u.data, "\n");
-    msgpack_unpacked_destroy(&u);
-    tq_buf_free(&item);
+    tq_item_t *item = NULL;
+    int rc = tq_queue_get_item(conn->recv, &item, SEED_WAIT_MS);
+    if (rc == TQ_OK) {
+        const char *text = tq_item_str(item);
+        printf("%s\n", text ? text : "?");
+    }
+    tq_item_destroy(&item);
     return rc;
 }
 
@@ -58,9 +57,8 @@ s_conn_print_recv(s_conn_t *conn)
 static int
 s_foo(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    char endpoint[512];
-    seed_arg_str(args, 0, endpoint, sizeof endpoint);
-    tq_client_t *client = seed_task_client(endpoint);
+    (void)args;
+    tq_client_t *client = tq_pool_task_client();
     s_conn_t sk = {0};
     int rc = client && s_conn_open(&sk, client, 1) ? TQ_OK : TQ_EINVAL;
     if (rc == TQ_OK)
@@ -68,11 +66,9 @@ s_foo(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     if (rc == TQ_OK)
         rc = s_conn_print_recv(&sk);
     s_conn_close(&sk);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
         return tq_task_fail(task, "foo: %s", tq_strerror(rc));
-    msgpack_pack_nil(out);
-    return 0;
+    return tq_pack_nil(out);
 }
 
 int
@@ -86,8 +82,7 @@ main(void)
         return 1;
     s_conn_t conn2 = {0};
     int rc = s_conn_open(&conn2, tq_pool_client(pool), 2) ? TQ_OK : TQ_EINVAL;
-    tq_result_t *p =
-        tq_pool_apply_async(pool, "foo", NULL, "s", tq_pool_endpoint(pool));
+    tq_result_t *p = tq_pool_apply_async(pool, "foo", NULL, "");
     if (rc == TQ_OK)
         rc = s_conn_print_recv(&conn2);
     if (rc == TQ_OK)

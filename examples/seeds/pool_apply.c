@@ -11,14 +11,16 @@ static int
 s_func(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
-    const msgpack_object *m = &args->via.array.ptr[0];
-    printf("msg: %.*s\n", (int)m->via.str.size, m->via.str.ptr);
+    char msg[64];
+    int rc = tq_arg_str(args, 0, msg, sizeof msg);
+    if (rc)
+        return rc;
+    printf("msg: %s\n", msg);
     fflush(stdout);
     seed_sleep(seed_secs(3));
     printf("end\n");
     fflush(stdout);
-    msgpack_pack_nil(out);
-    return 0;
+    return tq_pack_nil(out);
 }
 
 int
@@ -29,7 +31,6 @@ main(void)
     tq_registry_add(reg, "func", s_func, NULL);
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
-    po.quiet = true;
     tq_pool_t *pool = tq_pool_new(3, &po);
     if (!pool)
         return 1;
@@ -39,7 +40,7 @@ main(void)
         char msg[32];
         snprintf(msg, sizeof msg, "hello %d", i);
         /* blocks until the task is done */
-        r[i] = tq_pool_apply(pool, "func", NULL, -1, "s", msg);
+        r[i] = tq_pool_apply(pool, "func", NULL, "s", msg);
     }
     printf("Mark~ Mark~ Mark~~~~~~~~~~~~~~~~~~~~~~\n");
     tq_pool_close(pool);

@@ -11,14 +11,13 @@ static int
 s_func(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
-    const msgpack_object *m = &args->via.array.ptr[0];
+    char msg[64], text[160];
+    int rc = tq_arg_str(args, 0, msg, sizeof msg);
+    if (rc)
+        return rc;
     seed_sleep(seed_secs(2));
-    char text[128];
-    int n = snprintf(text, sizeof text, "PoolWorker-%ld-%.*s", (long)getpid(),
-                     (int)m->via.str.size, m->via.str.ptr);
-    msgpack_pack_str(out, (size_t)n);
-    msgpack_pack_str_body(out, text, (size_t)n);
-    return 0;
+    snprintf(text, sizeof text, "%s-%s", tq_worker_name(), msg);
+    return tq_pack_str(out, text);
 }
 
 int
@@ -29,7 +28,6 @@ main(void)
     tq_registry_add(reg, "func", s_func, NULL);
     tq_pool_options_t po = TQ_POOL_OPTIONS_INIT;
     po.registry = reg;
-    po.quiet = true;
     tq_pool_t *pool = tq_pool_new(4, &po);
     if (!pool)
         return 1;

@@ -1,8 +1,9 @@
 /* pool_work.c - seed "进程池POOL (多个进程)": Pool(5), 10 x work(msg) with
    apply_async; work sleeps 2 s and prints "process: <name>-<msg>" (not in
    submission order); close, join, "Sub-process all done.".
-   tq: current_process().name has no tq equivalent; a child is named
-   PoolWorker-<pid> here. */
+   tq: current_process().name is tq_worker_name() ("ForkServerPoolWorker-N",
+   as Python's forkserver pool names its workers); arguments are read with
+   tq_arg_str. */
 #include <stdio.h>
 #include <unistd.h>
 
@@ -14,11 +15,12 @@ s_work(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
     char msg[128];
-    seed_arg_str(args, 0, msg, sizeof msg);
+    int rc = tq_arg_str(args, 0, msg, sizeof msg);
+    if (rc)
+        return rc;
     seed_sleep(seed_secs(2));
-    printf("process: PoolWorker-%ld-%s\n", (long)getpid(), msg);
-    msgpack_pack_nil(out);
-    return 0;
+    printf("process: %s-%s\n", tq_worker_name(), msg);
+    return tq_pack_nil(out);
 }
 
 int

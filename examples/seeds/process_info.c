@@ -19,7 +19,9 @@ s_fun(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
     char name[128];
-    seed_arg_str(args, 0, name, sizeof name);
+    int rc = tq_arg_str(args, 0, name, sizeof name);
+    if (rc)
+        return rc;
     printf("2 子进程信息: pid=%ld, ppid=%ld\n", (long)getpid(),
            (long)getppid());
     printf("hello %s\n", name);

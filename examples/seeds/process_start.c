@@ -17,7 +17,10 @@ static int
 s_process(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
     (void)task;
-    int64_t num = seed_arg_int(args, 0, 0);
+    int64_t num;
+    int rc = tq_arg_int(args, 0, &num);
+    if (rc)
+        return rc;
     seed_sleep(seed_secs((double)num));
     printf("Process: %lld\n", (long long)num);
     msgpack_pack_nil(out);
@@ -47,8 +50,14 @@ main(void)
     tq_pool_close(pool);
     int rc = tq_pool_join(pool, 60000);
     int failed = 0;
+    if (rc != TQ_OK)
+        fprintf(stderr, "join: %s\n", tq_strerror(rc));
     for (int i = 0; i < 5; i++) {
-        failed += !p[i] || tq_result_get(p[i], 0) != TQ_OK;
+        if (!p[i] || tq_result_get(p[i], 0) != TQ_OK) {
+            failed++;
+            fprintf(stderr, "process %d: %s\n", i,
+                    p[i] ? tq_result_error(p[i]) : "refused");
+        }
         tq_result_destroy(&p[i]);
     }
     tq_pool_destroy(&pool);

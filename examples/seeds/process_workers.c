@@ -10,13 +10,18 @@
 #include "seed_tq.h"
 
 /* worker_N(interval): prints its name, sleeps, prints "end <name>". The
-   task's name comes as its registry argument. */
+   task's name is tq_task_name(). */
 static int
 s_worker(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    const char *name = tq_task_arg(task);
+    (void)task;
+    const char *name = tq_task_name(); /* current_process().name */
+    int64_t secs;
+    int rc = tq_arg_int(args, 0, &secs);
+    if (rc)
+        return rc;
     printf("%s\n", name);
-    seed_sleep(seed_secs((double)seed_arg_int(args, 0, 0)));
+    seed_sleep(seed_secs((double)secs));
     printf("end %s\n", name);
     msgpack_pack_nil(out);
     return 0;
@@ -29,7 +34,7 @@ main(void)
     static const char *names[3] = {"worker_1", "worker_2", "worker_3"};
     tq_registry_t *reg = tq_registry_new();
     for (int i = 0; i < 3; i++)
-        tq_registry_add(reg, names[i], s_worker, (void *)names[i]);
+        tq_registry_add(reg, names[i], s_worker, NULL);
     tq_pool_t *pool = seed_pool_new(3, reg);
     if (!pool)
         return 1;

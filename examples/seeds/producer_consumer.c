@@ -4,8 +4,9 @@
    the producers are joined, every item is consumed exactly once.
    tq: the Queue is a data queue on the pool's broker (tq_queue.h); the 10
    Process objects are 10 pool tasks running at once in a pool of 10, each
-   opening its own client on the pool's endpoint (passed as an argument:
-   the children were forked before the endpoint existed). Each consumer
+   reaching the queue through its child's client on the pool
+   (tq_pool_task_client). Items are put with tq_queue_putf and taken as
+   values with tq_queue_get_item. Each consumer
    returns the count of every item it took, so the main process can print
    produced/consumed/missing/doubled. */
 #include <stdio.h>
@@ -20,86 +21,81 @@
 #define ITEMS 1000
 #define QUEUE "seed.pc"
 
-/* producer(num, endpoint): MultiProcessProducer.run; returns the number of
-   items it put. */
+/* producer(num): MultiProcessProducer.run; returns the number of items it
+   put. */
 static int
 s_producer(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    char endpoint[512];
-    int num = (int)seed_arg_int(args, 0, -1);
-    seed_arg_str(args, 1, endpoint, sizeof endpoint);
-    tq_client_t *client = seed_task_client(endpoint);
+    int64_t num;
+    int rc = tq_arg_int(args, 0, &num);
+    if (rc)
+        return rc;
+    tq_client_t *client = tq_pool_task_client();
     tq_queue_t *queue = client ? tq_queue_new(client, QUEUE, 0) : NULL;
-    if (!queue) {
-        tq_client_destroy(&client);
-        return tq_task_fail(task, "producer %d: no queue", num);
-    }
+    if (!queue)
+        return tq_task_fail(task, "producer %lld: no queue", (long long)num);
     double t1 = seed_now();
-    printf("producer start %d\n", num);
-    int put = 0, rc = TQ_OK;
-    for (int i = 0; i < ITEMS && rc == TQ_OK; i++)
-        if ((rc = seed_put(queue, SEED_WAIT_MS, "aii", (int64_t)i,
-                           (int64_t)num)) == TQ_OK)
+    printf("producer start %lld\n", (long long)num);
+    int put = 0;
+    for (int i = 0; i < ITEMS && rc == TQ_OK; i++) /* queue.put((i, num)) */
+        if ((rc = tq_queue_putf(queue, SEED_WAIT_MS, "ii", (int64_t)i, num)) ==
+            TQ_OK)
             put++;
     double t2 = seed_now();
-    printf("producer exit %d\n", num);
-    printf("producer %d, use_time: %f\n", num, t2 - t1);
+    printf("producer exit %lld\n", (long long)num);
+    printf("producer %lld, use_time: %f\n", (long long)num, t2 - t1);
     tq_queue_destroy(&queue);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
-        return tq_task_fail(task, "producer %d: put: %s", num, tq_strerror(rc));
-    msgpack_pack_int64(out, put);
-    return 0;
+        return tq_task_fail(task, "producer %lld: put: %s", (long long)num,
+                            tq_strerror(rc));
+    return tq_pack_int(out, put);
 }
 
-/* consumer(num, endpoint): MultiProcessConsumer.run, takes items until a
-   None; returns [consumed, bad items, bin of PRODUCERS*ITEMS counts]. */
+/* consumer(num): MultiProcessConsumer.run, takes items until a None;
+   returns [consumed, bad items, bin of PRODUCERS*ITEMS counts]. */
 static int
 s_consumer(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    char endpoint[512];
-    int num = (int)seed_arg_int(args, 0, -1);
-    seed_arg_str(args, 1, endpoint, sizeof endpoint);
-    tq_client_t *client = seed_task_client(endpoint);
+    int64_t num;
+    int rc = tq_arg_int(args, 0, &num);
+    if (rc)
+        return rc;
+    tq_client_t *client = tq_pool_task_client();
     tq_queue_t *queue = client ? tq_queue_new(client, QUEUE, 0) : NULL;
-    if (!queue) {
-        tq_client_destroy(&client);
-        return tq_task_fail(task, "consumer %d: no queue", num);
-    }
+    if (!queue)
+        return tq_task_fail(task, "consumer %lld: no queue", (long long)num);
     static unsigned char seen[PRODUCERS * ITEMS]; /* one per child */
     memset(seen, 0, sizeof seen);
     int64_t consumed = 0, bad = 0;
-    int rc;
     double t1 = seed_now();
-    printf("consumer start %d\n", num);
+    printf("consumer start %lld\n", (long long)num);
     for (;;) {
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        tq_buf_t item;
-        rc = seed_get(queue, &u, &item, SEED_WAIT_MS);
-        bool stop = rc != TQ_OK || u.data.type == MSGPACK_OBJECT_NIL;
+        tq_item_t *item = NULL; /* queue.get() */
+        rc = tq_queue_get_item(queue, &item, SEED_WAIT_MS);
+        bool stop = rc != TQ_OK || tq_item_is_nil(item);
         if (!stop) {
-            int64_t i = seed_arg_int(&u.data, 0, -1);
-            int64_t p = seed_arg_int(&u.data, 1, -1);
-            if (i >= 0 && i < ITEMS && p >= 0 && p < PRODUCERS) {
+            /* the tuple (i, num): tq_arg_int reads an array's elements */
+            int64_t i = -1, p = -1;
+            if (tq_arg_int(tq_item_value(item), 0, &i) == TQ_OK &&
+                tq_arg_int(tq_item_value(item), 1, &p) == TQ_OK && i >= 0 &&
+                i < ITEMS && p >= 0 && p < PRODUCERS) {
                 if (seen[p * ITEMS + i] < 255)
                     seen[p * ITEMS + i]++;
                 consumed++;
             } else
                 bad++;
         }
-        msgpack_unpacked_destroy(&u);
-        tq_buf_free(&item);
+        tq_item_destroy(&item);
         if (stop)
             break;
     }
     double t2 = seed_now();
-    printf("consumer exit %d\n", num);
-    printf("consumer %d, use time:%f\n", num, t2 - t1);
+    printf("consumer exit %lld\n", (long long)num);
+    printf("consumer %lld, use time:%f\n", (long long)num, t2 - t1);
     tq_queue_destroy(&queue);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
-        return tq_task_fail(task, "consumer %d: get: %s", num, tq_strerror(rc));
+        return tq_task_fail(task, "consumer %lld: get: %s", (long long)num,
+                            tq_strerror(rc));
     msgpack_pack_array(out, 3);
     msgpack_pack_int64(out, consumed);
     msgpack_pack_int64(out, bad);
@@ -120,15 +116,14 @@ main(void)
     if (!pool)
         return 1;
     tq_queue_t *queue = tq_queue_new(tq_pool_client(pool), QUEUE, 0);
-    const char *ep = tq_pool_endpoint(pool);
     double t0 = seed_now();
     tq_result_t *producer[PRODUCERS], *consumer[CONSUMERS];
     for (int i = 0; i < PRODUCERS; i++)
         producer[i] =
-            tq_pool_apply_async(pool, "producer", NULL, "is", (int64_t)i, ep);
+            tq_pool_apply_async(pool, "producer", NULL, "i", (int64_t)i);
     for (int i = 0; i < CONSUMERS; i++)
         consumer[i] =
-            tq_pool_apply_async(pool, "consumer", NULL, "is", (int64_t)i, ep);
+            tq_pool_apply_async(pool, "consumer", NULL, "i", (int64_t)i);
     long produced = 0, errors = 0;
     for (int i = 0; i < PRODUCERS; i++) /* producer[i].join() */
         if (producer[i] && tq_result_get(producer[i], 60000) == TQ_OK)
@@ -139,7 +134,7 @@ main(void)
                     producer[i] ? tq_result_error(producer[i]) : "refused");
         }
     for (int i = 0; i < CONSUMERS; i++) /* queue.put(None) */
-        if (!queue || seed_put(queue, SEED_WAIT_MS, "n") != TQ_OK)
+        if (!queue || tq_queue_putf(queue, SEED_WAIT_MS, "n") != TQ_OK)
             errors++;
     static int seen[PRODUCERS * ITEMS];
     long consumed = 0, bad = 0;

@@ -17,59 +17,51 @@
 
 #define QUEUE "seed.q"
 
-/* write(endpoint) */
+/* write(q): q is the pool's data queue QUEUE, through the child's client */
 static int
 s_write(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    char endpoint[512];
-    seed_arg_str(args, 0, endpoint, sizeof endpoint);
-    tq_client_t *client = seed_task_client(endpoint);
+    (void)args;
+    tq_client_t *client = tq_pool_task_client();
     tq_queue_t *q = client ? tq_queue_new(client, QUEUE, 0) : NULL;
     int rc = q ? TQ_OK : TQ_EINVAL;
     static const char *items[] = {"A", "B", "C", "D", "E"};
     for (int i = 0; i < 5 && rc == TQ_OK; i++) {
         printf("Put %s to queue\n", items[i]);
-        rc = seed_put(q, SEED_WAIT_MS, "s", items[i]);
+        rc = tq_queue_putf(q, SEED_WAIT_MS, "s", items[i]);
         seed_sleep(seed_secs(0.5));
     }
     tq_queue_destroy(&q);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
         return tq_task_fail(task, "write: %s", tq_strerror(rc));
-    msgpack_pack_nil(out);
-    return 0;
+    return tq_pack_nil(out);
 }
 
-/* read(endpoint): runs until terminated (or a minute without items) */
+/* read(q): runs until terminated (or a minute without items) */
 static int
 s_read(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
 {
-    char endpoint[512];
-    seed_arg_str(args, 0, endpoint, sizeof endpoint);
-    tq_client_t *client = seed_task_client(endpoint);
+    (void)args;
+    tq_client_t *client = tq_pool_task_client();
     tq_queue_t *q = client ? tq_queue_new(client, QUEUE, 0) : NULL;
     int rc = q ? TQ_OK : TQ_EINVAL;
     for (int idle = 0; rc == TQ_OK && idle < 60;) {
-        msgpack_unpacked u;
-        msgpack_unpacked_init(&u);
-        tq_buf_t item;
-        int got = seed_get(q, &u, &item, 1000);
+        tq_item_t *item = NULL;
+        int got = tq_queue_get_item(q, &item, 1000);
         if (got == TQ_OK) {
-            seed_print_str("get ", &u.data, " from queue\n");
+            const char *value = tq_item_str(item);
+            printf("get %s from queue\n", value ? value : "?");
             idle = 0;
         } else if (got == TQ_EEMPTY)
             idle++;
         else
             rc = got;
-        msgpack_unpacked_destroy(&u);
-        tq_buf_free(&item);
+        tq_item_destroy(&item);
     }
     tq_queue_destroy(&q);
-    tq_client_destroy(&client);
     if (rc != TQ_OK)
         return tq_task_fail(task, "read: %s", tq_strerror(rc));
-    msgpack_pack_nil(out);
-    return 0;
+    return tq_pack_nil(out);
 }
 
 int
@@ -85,9 +77,8 @@ main(void)
     tq_queue_t *q = tq_queue_new(tq_pool_client(pool), QUEUE, 0);
     printf("write process =  <task write, initial>\n");
     printf("read process =  <task read, initial>\n");
-    const char *ep = tq_pool_endpoint(pool);
-    tq_result_t *pw = tq_pool_apply_async(pool, "write", NULL, "s", ep);
-    tq_result_t *pr = tq_pool_apply_async(pool, "read", NULL, "s", ep);
+    tq_result_t *pw = tq_pool_apply_async(pool, "write", NULL, "");
+    tq_result_t *pr = tq_pool_apply_async(pool, "read", NULL, "");
     int rc = pw ? tq_result_get(pw, 60000) : TQ_EINVAL; /* pw.join() */
     if (rc != TQ_OK)
         fprintf(stderr, "write: %s\n", pw ? tq_result_error(pw) : "refused");

@@ -52,6 +52,35 @@ int tq_queue_qsize(tq_queue_t *self, uint64_t *size);
 bool tq_queue_empty(tq_queue_t *self);
 bool tq_queue_full(tq_queue_t *self);
 
+/* Puts one item packed from picture (tq_pack's characters): one character
+   is that object (tq_queue_putf(q, -1, "s", "A") puts "A"), several a tuple
+   ("si": ["A", 1]). timeout_ms and the codes as tq_queue_put; TQ_EINVAL for
+   a bad picture. */
+int tq_queue_putf(tq_queue_t *self, int timeout_ms, const char *picture, ...);
+
+/* An item taken from a queue, already unpacked. */
+typedef struct tq_item_t tq_item_t;
+
+/* Takes the oldest item as tq_queue_get does and returns it unpacked in
+   *item_p (the caller's, free with tq_item_destroy). Returns TQ_OK,
+   TQ_EEMPTY, TQ_EUNREACHABLE, or TQ_EPROTO for bytes that do not unpack. */
+int tq_queue_get_item(tq_queue_t *self, tq_item_t **item_p, int timeout_ms);
+
+/* The item's value (borrowed, valid until destroy). */
+const msgpack_object *tq_item_value(const tq_item_t *self);
+
+/* Typed reads: TQ_OK, or TQ_EINVAL when the item is of another type.
+   tq_item_double takes ints too. tq_item_str returns the string with a
+   NUL (borrowed, valid until destroy), NULL if the item is not one. */
+int tq_item_int(const tq_item_t *self, int64_t *value);
+int tq_item_double(const tq_item_t *self, double *value);
+int tq_item_bool(const tq_item_t *self, bool *value);
+const char *tq_item_str(tq_item_t *self);
+bool tq_item_is_nil(const tq_item_t *self);
+
+/* Frees the item; NULL-safe, nulls *self_p. */
+void tq_item_destroy(tq_item_t **self_p);
+
 #ifdef __cplusplus
 }
 #endif

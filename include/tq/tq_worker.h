@@ -4,6 +4,7 @@
 
 #include <msgpack.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "tq_error.h"
@@ -42,6 +43,40 @@ bool tq_task_soft_limit(const tq_task_t *task);
 
 /* The user pointer given to tq_registry_add. */
 void *tq_task_arg(const tq_task_t *task);
+
+/* Typed arguments. Each stores the index-th argument of args (a task's
+   argument array) in *value and returns TQ_OK; if it is missing or of
+   another type it records, in the running task, an error that names the
+   task and the argument ("task f: argument 1 must be an int, not a
+   string") and returns TQ_ETASK, so a task may write
+   `if ((rc = tq_arg_int(args, 0, &n))) return rc;`. tq_arg_double takes
+   ints too; tq_arg_str copies the string with its NUL into buf (size
+   bytes; a longer string is an error). */
+int tq_arg_int(const msgpack_object *args, uint32_t index, int64_t *value);
+int tq_arg_double(const msgpack_object *args, uint32_t index, double *value);
+int tq_arg_bool(const msgpack_object *args, uint32_t index, bool *value);
+int tq_arg_str(const msgpack_object *args, uint32_t index, char *buf,
+               size_t size);
+
+/* One-call result packers: pack exactly one object with out (a task's
+   result packer) and return 0, so a task may `return tq_pack_str(out, s);`.
+   tq_pack_str packs NULL as nil. tq_pack_value packs one object from a
+   tq_pack picture: one character is that object, several an array of
+   them (tq_pack_value(out, "si", "a", 1) is ["a", 1]). */
+int tq_pack_str(msgpack_packer *out, const char *s);
+int tq_pack_int(msgpack_packer *out, int64_t v);
+int tq_pack_double(msgpack_packer *out, double v);
+int tq_pack_bool(msgpack_packer *out, bool v);
+int tq_pack_nil(msgpack_packer *out);
+int tq_pack_value(msgpack_packer *out, const char *picture, ...);
+
+/* Python's current_process().name and the running task's name, for
+   printing (borrowed, valid until the next task). tq_task_name: "" outside
+   a task. tq_worker_name: in a pool child "ForkServerPoolWorker-N" (N from
+   1, in the order the children first ran a task), in a tq-worker child
+   "Worker-PID", elsewhere "MainProcess". */
+const char *tq_task_name(void);
+const char *tq_worker_name(void);
 
 /* Signature of the function a module exports as "tq_module_init": registers
    its tasks and returns 0, or non-zero to refuse loading. */

@@ -16,7 +16,7 @@ main(void)
     if (!pool)
         return 2;
     tq_result_t *r =
-        tq_pool_apply(pool, "tq.echo", NULL, 10000, "i", (int64_t)1);
+        tq_pool_apply_timeout(pool, "tq.echo", NULL, 10000, "i", (int64_t)1);
     if (tq_result_code(r) != TQ_OK)
         return 3;
     pid_t pids[2];
