@@ -45,6 +45,11 @@ bench-pool: build
 bench-cli: build
 	bench/tq_bench_cli.sh $(BUILD)
 
+# tasks/s on 1, 2, 3 worker hosts in network namespaces (issue 14; root)
+.PHONY: bench-hosts
+bench-hosts: build
+	$(BUILD)/tests/test_hosts --bench
+
 # ASan/UBSan build of everything, whole suite
 sanitize:
 	$(MAKE) test BUILD=build-asan \

@@ -10,6 +10,7 @@ packages=(
   libjansson-dev                        # JSON in the tq CLI
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   procps                                # ps/pgrep used by scripts
+  iproute2                              # ip, tc: test hosts in network namespaces
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`
