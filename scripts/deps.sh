@@ -10,7 +10,8 @@ packages=(
   libjansson-dev                        # JSON in the tq CLI
   libcmocka-dev libsqlite3-dev                         # unit and end-to-end tests
   procps                                # ps/pgrep used by scripts
-  iproute2                              # ip, tc: test hosts in network namespaces
+  iproute2 iptables libnetfilter-queue-dev  # test hosts in network namespaces:
+                                        # ip, tc (netem), NFQUEUE where no netem
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`

@@ -364,6 +364,38 @@ test_client_cut_off(void **state)
     s_batch_free(&c);
 }
 
+/* 20 ms delay and 1 % loss each way on every worker host's link: every
+   one of 1,000 tasks ends with its own result. */
+static void
+test_lossy_links(void **state)
+{
+    s_env_t *env = *state;
+    for (int h = 1; h <= 3; h++)
+        assert_int_equal(tq_netns_netem(s_net, h, 20, 1.0), 0);
+    s_start(env, 3, 2);
+    enum { N = 1000 };
+    s_batch_t b;
+    int64_t t0 = tq_harness_now_ms();
+    s_submit(env, &b, 0, N, 0);
+    s_tally_t t = s_wait_batch(&b, 0, 4 * S_WAIT_MS);
+    printf("1,000 tasks over 20 ms + 1 %% loss links: %d ok in %lld ms\n", t.ok,
+           (long long)(tq_harness_now_ms() - t0));
+    assert_int_equal(t.ok, N);
+    /* the links really were slow and lossy (where the stand-in counts) */
+    uint64_t delayed = 0, dropped = 0;
+    for (int h = 1; h <= 3; h++) {
+        uint64_t d = 0, x = 0;
+        if (tq_netns_netem_counts(s_net, h, &d, &x) == 0)
+            delayed += d, dropped += x;
+    }
+    printf("packets delayed %llu, dropped %llu%s\n",
+           (unsigned long long)delayed, (unsigned long long)dropped,
+           delayed ? "" : " (tc netem: not counted here)");
+    if (delayed)
+        assert_true(dropped > 0);
+    s_batch_free(&b);
+}
+
 /* Runs n tasks that sleep 20 ms on `hosts` hosts of 2 children; returns
    tasks per second. */
 static double
@@ -457,8 +489,13 @@ main(int argc, char **argv)
                                             s_teardown),
             cmocka_unit_test_setup_teardown(test_client_cut_off, s_setup,
                                             s_teardown),
+            cmocka_unit_test_setup_teardown(test_lossy_links, s_setup,
+                                            s_teardown),
             cmocka_unit_test(test_more_hosts_more_done),
         };
+        /* e.g. TQ_TEST_FILTER='*lossy*' runs one test */
+        if (getenv("TQ_TEST_FILTER"))
+            cmocka_set_test_filter(getenv("TQ_TEST_FILTER"));
         rc = cmocka_run_group_tests(tests, NULL, NULL);
     }
     tq_netns_destroy(&s_net);

@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,9 +18,41 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <linux/netfilter.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <time.h>
+
 #define S_CMD_MS 10000 /* bound on one ip or tc command */
 #define S_MAX_PIDS 32 /* processes one set starts */
 #define S_PREFIX "tqt" /* every namespace made here: tqt<pid>... */
+
+/* Delay and loss without tc netem (a kernel without sch_netem): every
+   packet in or out of a host's eth0 goes to an NFQUEUE (iptables-legacy,
+   --queue-bypass), and a thread of this process, in that namespace, gives
+   it back (NF_ACCEPT) delay_ms later, or drops it with the loss
+   probability. Packets keep their order. */
+#define S_DELAY_RING 65536 /* packets held at once */
+
+typedef struct {
+    pthread_t thread;
+    int wake_fd; /* eventfd: stop */
+    int ns_fd; /* the host's namespace */
+    int delay_ms;
+    double loss; /* 0..1 */
+    unsigned seed;
+    struct nfq_handle *h;
+    struct nfq_q_handle *qh;
+    uint32_t ids[S_DELAY_RING];
+    int64_t due[S_DELAY_RING]; /* monotonic ms */
+    size_t head, count;
+    _Atomic uint64_t held, dropped; /* packets delayed, dropped */
+    int ready; /* 1 bound, -1 failed (under lock) */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+} s_delay_t;
 
 struct tq_netns_t {
     int hosts;
@@ -33,6 +66,8 @@ struct tq_netns_t {
     bool made[TQ_NETNS_MAX_HOSTS + 1]; /* namespaces added */
     pid_t pids[S_MAX_PIDS]; /* started, not yet stopped */
     int home_fd; /* the namespace the entering thread came from, or -1 */
+    s_delay_t *delays[TQ_NETNS_MAX_HOSTS]; /* netem stand-ins, by host */
+    bool no_netem; /* tc netem failed once: the stand-in from then on */
     tq_netns_t *next; /* s_live */
 };
 
@@ -258,6 +293,8 @@ tq_netns_new(int hosts)
     return self;
 }
 
+static void s_delay_stop(tq_netns_t *self, int host);
+
 void
 tq_netns_destroy(tq_netns_t **self_p)
 {
@@ -277,6 +314,8 @@ tq_netns_destroy(tq_netns_t **self_p)
             tq_harness_stop(self->pids[i]);
             self->pids[i] = 0;
         }
+    for (int i = 0; i < self->hosts; i++)
+        s_delay_stop(self, i);
     if (self->home_fd >= 0) {
         if (setns(self->home_fd, CLONE_NEWNET) != 0)
             fprintf(stderr, "netns: cannot return home: %s\n", strerror(errno));
@@ -336,6 +375,188 @@ tq_netns_link(tq_netns_t *self, int host, bool up)
         : -1;
 }
 
+static int64_t
+s_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+s_on_packet(struct nfq_q_handle *qh, struct nfgenmsg *msg, struct nfq_data *nfa,
+            void *arg)
+{
+    (void)msg;
+    s_delay_t *d = arg;
+    struct nfqnl_msg_packet_hdr *ph = nfq_get_msg_packet_hdr(nfa);
+    if (!ph)
+        return 0;
+    uint32_t id = ntohl(ph->packet_id);
+    if (d->loss > 0 && rand_r(&d->seed) < d->loss * ((double)RAND_MAX + 1)) {
+        d->dropped++;
+        return nfq_set_verdict(qh, id, NF_DROP, 0, NULL);
+    }
+    if (d->count == S_DELAY_RING) /* full: no delay rather than a stall */
+        return nfq_set_verdict(qh, id, NF_ACCEPT, 0, NULL);
+    size_t at = (d->head + d->count++) % S_DELAY_RING;
+    d->ids[at] = id;
+    d->due[at] = s_mono_ms() + d->delay_ms;
+    d->held++;
+    return 0;
+}
+
+static void
+s_delay_ready(s_delay_t *d, int ready)
+{
+    pthread_mutex_lock(&d->lock);
+    d->ready = ready;
+    pthread_cond_broadcast(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+}
+
+static void *
+s_delay_thread(void *arg)
+{
+    s_delay_t *d = arg;
+    /* this thread's netlink socket must live in the host's namespace */
+    if (setns(d->ns_fd, CLONE_NEWNET) != 0 || !(d->h = nfq_open()) ||
+        nfq_bind_pf(d->h, AF_INET) < 0 ||
+        !(d->qh = nfq_create_queue(d->h, 0, s_on_packet, d)) ||
+        nfq_set_mode(d->qh, NFQNL_COPY_META, 0) < 0) {
+        fprintf(stderr, "netns: NFQUEUE delay: %s\n", strerror(errno));
+        if (d->qh)
+            nfq_destroy_queue(d->qh);
+        if (d->h)
+            nfq_close(d->h);
+        d->qh = NULL;
+        d->h = NULL;
+        s_delay_ready(d, -1);
+        return NULL;
+    }
+    nfq_set_queue_maxlen(d->qh, S_DELAY_RING);
+    nfnl_rcvbufsiz(nfq_nfnlh(d->h), 8 << 20);
+    s_delay_ready(d, 1);
+    int fd = nfq_fd(d->h);
+    char *buf = malloc(65536);
+    for (bool running = buf != NULL; running;) {
+        int64_t now = s_mono_ms();
+        while (d->count && d->due[d->head] <= now) {
+            nfq_set_verdict(d->qh, d->ids[d->head], NF_ACCEPT, 0, NULL);
+            d->head = (d->head + 1) % S_DELAY_RING;
+            d->count--;
+        }
+        int timeout = d->count ? (int)(d->due[d->head] - now) : -1;
+        struct pollfd pfd[2] = {{fd, POLLIN, 0}, {d->wake_fd, POLLIN, 0}};
+        if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+            break;
+        if (pfd[1].revents)
+            running = false;
+        else if (pfd[0].revents) {
+            ssize_t n = recv(fd, buf, 65536, MSG_DONTWAIT);
+            if (n > 0)
+                nfq_handle_packet(d->h, buf, (int)n);
+        }
+    }
+    free(buf);
+    /* what is still held goes out now */
+    while (d->count) {
+        nfq_set_verdict(d->qh, d->ids[d->head], NF_ACCEPT, 0, NULL);
+        d->head = (d->head + 1) % S_DELAY_RING;
+        d->count--;
+    }
+    nfq_destroy_queue(d->qh);
+    nfq_close(d->h);
+    return NULL;
+}
+
+static const char *
+s_iptables(void)
+{
+    const char *paths[] = {"/usr/sbin/iptables-legacy",
+                           "/sbin/iptables-legacy"};
+    for (size_t i = 0; i < 2; i++)
+        if (access(paths[i], X_OK) == 0)
+            return paths[i];
+    return NULL;
+}
+
+/* Removes host's NFQUEUE rules and stops its delay thread. */
+static void
+s_delay_stop(tq_netns_t *self, int host)
+{
+    s_delay_t *d = self->delays[host];
+    if (!d)
+        return;
+    const char *h = self->names[host];
+    const char *ipt = s_iptables();
+    if (ipt) {
+        s_run(true, "ip", "netns", "exec", h, ipt, "-F", "INPUT", NULL);
+        s_run(true, "ip", "netns", "exec", h, ipt, "-F", "OUTPUT", NULL);
+    }
+    uint64_t one = 1;
+    if (write(d->wake_fd, &one, sizeof one) < 0)
+        fprintf(stderr, "netns: eventfd: %s\n", strerror(errno));
+    pthread_join(d->thread, NULL);
+    printf("netns: %s: %llu packets delayed, %llu dropped\n", h,
+           (unsigned long long)d->held, (unsigned long long)d->dropped);
+    close(d->wake_fd);
+    close(d->ns_fd);
+    pthread_mutex_destroy(&d->lock);
+    pthread_cond_destroy(&d->cond);
+    free(d);
+    self->delays[host] = NULL;
+}
+
+/* netem's stand-in on host's side (both directions of its eth0). */
+static int
+s_delay_start(tq_netns_t *self, int host, int delay_ms, double loss_pct)
+{
+    const char *ipt = s_iptables();
+    if (!ipt) {
+        fprintf(stderr, "netns: no tc netem and no iptables-legacy\n");
+        return -1;
+    }
+    char path[128];
+    snprintf(path, sizeof path, "/run/netns/%s", self->names[host]);
+    s_delay_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return -1;
+    d->delay_ms = delay_ms;
+    d->loss = loss_pct / 100.0;
+    d->seed = (unsigned)getpid() * 31u + (unsigned)host;
+    d->wake_fd = eventfd(0, EFD_CLOEXEC);
+    d->ns_fd = open(path, O_RDONLY | O_CLOEXEC);
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
+    if (d->wake_fd < 0 || d->ns_fd < 0 ||
+        pthread_create(&d->thread, NULL, s_delay_thread, d) != 0) {
+        if (d->wake_fd >= 0)
+            close(d->wake_fd);
+        if (d->ns_fd >= 0)
+            close(d->ns_fd);
+        free(d);
+        return -1;
+    }
+    self->delays[host] = d;
+    pthread_mutex_lock(&d->lock);
+    while (d->ready == 0)
+        pthread_cond_wait(&d->cond, &d->lock);
+    int ready = d->ready;
+    pthread_mutex_unlock(&d->lock);
+    const char *h = self->names[host];
+    if (ready < 0 ||
+        s_run(false, "ip", "netns", "exec", h, ipt, "-A", "INPUT", "-i", "eth0",
+              "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass", NULL) ||
+        s_run(false, "ip", "netns", "exec", h, ipt, "-A", "OUTPUT", "-o",
+              "eth0", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass",
+              NULL)) {
+        s_delay_stop(self, host);
+        return -1;
+    }
+    return 0;
+}
+
 int
 tq_netns_netem(tq_netns_t *self, int host, int delay_ms, double loss_pct)
 {
@@ -345,6 +566,11 @@ tq_netns_netem(tq_netns_t *self, int host, int delay_ms, double loss_pct)
     snprintf(port, sizeof port, "p%d", host);
     snprintf(delay, sizeof delay, "%dms", delay_ms);
     snprintf(loss, sizeof loss, "%.3f%%", loss_pct);
+    s_delay_stop(self, host);
+    if (self->no_netem)
+        return delay_ms == 0 && loss_pct == 0
+            ? 0
+            : s_delay_start(self, host, delay_ms, loss_pct);
     const char *ends[2][2] = {{self->names[host], "eth0"}, {self->sw, port}};
     for (int e = 0; e < 2; e++) {
         if (delay_ms == 0 && loss_pct == 0) {
@@ -353,12 +579,32 @@ tq_netns_netem(tq_netns_t *self, int host, int delay_ms, double loss_pct)
             continue;
         }
         const char *tc = s_find_tool("tc");
-        if (!tc ||
-            s_run(false, "ip", "netns", "exec", ends[e][0], tc, "qdisc",
-                  "replace", "dev", ends[e][1], "root", "netem", "delay", delay,
-                  "loss", loss, NULL) != 0)
+        if (!tc)
             return -1;
+        if (s_run(e == 0, "ip", "netns", "exec", ends[e][0], tc, "qdisc",
+                  "replace", "dev", ends[e][1], "root", "netem", "delay", delay,
+                  "loss", loss, NULL) != 0) {
+            if (e == 1)
+                return -1;
+            /* this kernel has no sch_netem: the NFQUEUE stand-in */
+            fprintf(stderr,
+                    "netns: no tc netem here: delaying and dropping "
+                    "packets through NFQUEUE instead\n");
+            self->no_netem = true;
+            return s_delay_start(self, host, delay_ms, loss_pct);
+        }
     }
+    return 0;
+}
+
+int
+tq_netns_netem_counts(tq_netns_t *self, int host, uint64_t *delayed,
+                      uint64_t *dropped)
+{
+    if (host < 0 || host >= self->hosts || !self->delays[host])
+        return -1;
+    *delayed = self->delays[host]->held;
+    *dropped = self->delays[host]->dropped;
     return 0;
 }
 

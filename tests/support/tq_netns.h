@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "tq_harness.h"
@@ -65,6 +66,12 @@ int tq_netns_link(tq_netns_t *self, int host, bool up);
    direction (tc netem on both ends); 0 and 0 remove it. Returns 0 or
    -1. */
 int tq_netns_netem(tq_netns_t *self, int host, int delay_ms, double loss_pct);
+
+/* Packets host i's netem stand-in (NFQUEUE, used where the kernel has no
+   sch_netem) has delayed and dropped so far. Returns 0, or -1 when tc
+   netem does the work (or nothing does). */
+int tq_netns_netem_counts(tq_netns_t *self, int host, uint64_t *delayed,
+                          uint64_t *dropped);
 
 /* Starts a tq-broker in host i listening on its address, ports chosen by
    the broker, with extra arguments (may be NULL). Returns 0 or -1. */
