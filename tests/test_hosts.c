@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tq_client_internal.h"
@@ -428,6 +429,50 @@ test_more_hosts_more_done(void **state)
     assert_true(three > one);
 }
 
+static bool
+s_ns_exists(const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/run/netns/%s", name);
+    return access(path, F_OK) == 0;
+}
+
+/* A namespace left by a run that died (named tqt<its pid>h0) is deleted
+   when a set is made; a destroyed set leaves none of its own behind, and
+   its processes are gone. */
+static void
+test_namespaces_cleaned(void **state)
+{
+    (void)state;
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0)
+        _exit(0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    char stale[64];
+    snprintf(stale, sizeof stale, "tqt%dh0", (int)dead);
+    const char *ip =
+        access("/usr/sbin/ip", X_OK) == 0 ? "/usr/sbin/ip" : "/sbin/ip";
+    char *argv[] = {(char *)ip, "netns", "add", stale, NULL};
+    tq_harness_run_t run;
+    assert_int_equal(tq_harness_run(argv, NULL, 10000, &run), 0);
+    tq_harness_run_free(&run);
+    assert_int_equal(run.exit_code, 0);
+    assert_true(s_ns_exists(stale));
+
+    tq_netns_t *set = tq_netns_new(1);
+    assert_non_null(set);
+    assert_false(s_ns_exists(stale));
+    char name[64];
+    snprintf(name, sizeof name, "%s", tq_netns_name(set, 0));
+    assert_true(s_ns_exists(name));
+    pid_t worker = tq_netns_worker_start(set, 0, "tcp://127.0.0.1:1", 1, NULL);
+    assert_true(worker > 0);
+    tq_netns_destroy(&set);
+    assert_false(s_ns_exists(name));
+    assert_false(tq_harness_alive(worker));
+}
+
 static int
 s_bench(void)
 {
@@ -492,6 +537,7 @@ main(int argc, char **argv)
             cmocka_unit_test_setup_teardown(test_lossy_links, s_setup,
                                             s_teardown),
             cmocka_unit_test(test_more_hosts_more_done),
+            cmocka_unit_test(test_namespaces_cleaned),
         };
         /* e.g. TQ_TEST_FILTER='*lossy*' runs one test */
         if (getenv("TQ_TEST_FILTER"))
