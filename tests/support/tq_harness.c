@@ -294,8 +294,8 @@ s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
     const char *argv[80];
     static char words[1024];
     size_t argc = s_add_prefix(argv, 16);
-    size_t wrapped = s_wrapper("TQ_TEST_BROKER_WRAPPER", argv + argc, 16,
-                               words, sizeof words);
+    size_t wrapped = s_wrapper("TQ_TEST_BROKER_WRAPPER", argv + argc, 16, words,
+                               sizeof words);
     argc += wrapped;
     /* a wrapped broker (valgrind) is slow to start and to exit */
     int wait_ms = wrapped ? S_WRAPPED_WAIT_MS : S_START_WAIT_MS;
