@@ -94,6 +94,7 @@ struct tq_result_t {
                                the broker may know it from before: ask
                                for the result by GET once acknowledged */
     uint64_t epoch;         /* io->epoch when last handed to libzmq */
+    int64_t sent_ms;        /* when last handed to libzmq */
     bool acked;             /* the broker answered the request */
     bool in_map;            /* linked in the pending map or status list */
     /* shared with callers, under mutex */
@@ -155,7 +156,8 @@ typedef struct {
     zlistx_t *regets;          /* ids to send GET wait=true for (owned) */
     void *monitor;             /* PAIR: the DEALER's connect events */
     bool connected_once;       /* a later connect is a reconnect */
-    bool saw_disconnect;       /* a break seen since the last connect */
+    int64_t last_stale_check;  /* ms, last look for stale SUBMITs */
+    int64_t pong_for;          /* ms, when the PING last answered went */
     uint64_t epoch;            /* connections lost or made so far: a
                                   request sent in an earlier epoch went
                                   over a connection that is gone */
@@ -618,6 +620,7 @@ s_io_send(s_io_t *io, tq_result_t *r)
         free(r->queue), r->queue = NULL;
     }
     r->epoch = io->epoch;
+    r->sent_ms = zclock_mono();
     return TQ_OK;
 }
 
@@ -773,15 +776,25 @@ s_io_terminate(s_io_t *io, tq_result_t *r)
     s_result_unref(r);
 }
 
-/* The connection to the broker broke (lost = true) or a new one was made
-   (lost = false): a request sent over an earlier connection may never have
-   arrived, and its answer would go to a peer that is gone. SUBMIT (ids
-   make it idempotent, PROTOCOL.md 5.1 item 3) and GET are sent again;
-   when the connection broke, the other requests (not idempotent, or
-   answered in order) end TQ_EUNREACHABLE, as the broker may or may not
-   have carried them out. Returns how many were sent again. */
+/* Why requests are looked at again (s_io_resend). */
+typedef enum {
+    S_BROKE,     /* the connection broke: fail what cannot be sent again */
+    S_CONNECTED, /* a new connection: send SUBMIT and GET again */
+    S_STALE,     /* the broker talks but a SUBMIT went unanswered for the
+                    liveness: send it again */
+} s_resend_t;
+
+/* A request sent over a connection that broke may never have arrived, and
+   its answer would go to a peer that is gone; one written while the old
+   connection was being torn down is lost too. So: at the break, requests
+   that are not idempotent or are answered in order (CANCEL, RETRY, PURGE,
+   FAILED, STATUS, data queues) end TQ_EUNREACHABLE, as the broker may or
+   may not have carried them out; once a new connection is up, SUBMIT (ids
+   make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
+   sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
+   is still unanswered. Returns how many were sent again. */
 static size_t
-s_io_resend(s_io_t *io, bool lost)
+s_io_resend(s_io_t *io, s_resend_t why, int64_t before)
 {
     size_t resent = 0;
     zlistx_t *failed = zlistx_new();
@@ -789,17 +802,23 @@ s_io_resend(s_io_t *io, bool lost)
     for (tq_result_t *head = zhashx_first(io->pending); head;
          head = zhashx_next(io->pending))
         for (tq_result_t *h = head; h; h = h->next_same) {
+            if (h->acked || h->queued || h->deferred)
+                continue;
+            if (why == S_STALE ? h->kind != S_KIND_SUBMIT || h->sent_ms > before
+                               : h->epoch >= io->epoch)
+                continue;
             pthread_mutex_lock(&h->mutex);
             bool final = h->final;
             pthread_mutex_unlock(&h->mutex);
-            if (final || h->acked || h->queued || h->deferred ||
-                h->epoch >= io->epoch)
+            if (final)
                 continue;
-            if (h->kind == S_KIND_SUBMIT || h->kind == S_KIND_GET) {
+            bool idempotent =
+                h->kind == S_KIND_SUBMIT || h->kind == S_KIND_GET;
+            if (idempotent && why != S_BROKE) {
                 h->resent = h->kind == S_KIND_SUBMIT;
                 s_io_enqueue_out(io, h);
                 resent++;
-            } else if (lost)
+            } else if (!idempotent && why == S_BROKE)
                 zlistx_add_end(failed, h);
         }
     const char *text = "the connection to the broker broke before it "
@@ -813,7 +832,7 @@ s_io_resend(s_io_t *io, bool lost)
     /* id-less requests are answered in order: one whose answer the broken
        connection lost would take the answer of the next */
     tq_result_t **pp = &io->status_head;
-    while (lost && *pp) {
+    while (why == S_BROKE && *pp) {
         tq_result_t *r = *pp;
         if (r->queued || r->epoch >= io->epoch) {
             pp = &r->next_same;
@@ -1144,6 +1163,7 @@ s_io_dispatch(s_io_t *io)
         s_io_send_simple(io, TQ_CMD_PONG);
         break;
     case TQ_CMD_PONG:
+        io->pong_for = io->last_ping;
         break;
     case TQ_CMD_ERROR:
         s_on_error(io, m);
@@ -1287,6 +1307,22 @@ s_io_liveness(s_io_t *io)
         if (io->waiting == 0)
             return -1;
     }
+    if (io->unacked && io->pong_for && now - io->unacked_since >= live &&
+        now - io->last_stale_check >= live / 3) {
+        /* the broker answered a PING sent after a SUBMIT (so it read the
+           SUBMIT: one connection keeps order), yet the SUBMIT has had no
+           answer for the liveness: it was lost on the way, or its answer
+           was. A busy broker is not asked twice: PINGs go out only when
+           nothing is heard for a third of the liveness. */
+        io->last_stale_check = now;
+        int64_t before = now - live < io->pong_for - 1 ? now - live
+                                                        : io->pong_for - 1;
+        size_t n = s_io_resend(io, S_STALE, before);
+        if (n)
+            zsys_info("tq client: broker at %s answers but not %zu "
+                      "submission(s) for %.1f s: sending them again",
+                      io->client->endpoint, n, (double)live / 1000.0);
+    }
     int64_t quiet_from =
         io->last_heard > io->last_ping ? io->last_heard : io->last_ping;
     if (io->unacked_since > quiet_from && io->unacked)
@@ -1326,16 +1362,11 @@ s_io_monitor(s_io_t *io)
         /* the first CONNECTED may predate our monitor: a disconnect proves
            there was a connection */
         io->connected_once = true;
-        io->saw_disconnect = true;
         /* answers that came before the break count: read them first */
         while (s_io_recv(io) == S_RECV_BATCH)
             ;
         io->epoch++;
-        size_t n = s_io_resend(io, true);
-        if (n)
-            zsys_info("tq client: connection to %s lost, sending %zu "
-                      "unanswered request(s) again",
-                      io->client->endpoint, n);
+        s_io_resend(io, S_BROKE, 0);
         return;
     }
     if (event != ZMQ_EVENT_CONNECTED)
@@ -1343,14 +1374,18 @@ s_io_monitor(s_io_t *io)
     if (io->connected_once) {
         io->broker_lost = false;
         io->last_heard = zclock_mono();
-        if (!io->saw_disconnect) {
-            /* the break went unseen: idempotent requests only */
-            io->epoch++;
-            s_io_resend(io, false);
-        }
+        /* everything sent before now may have gone to the old connection
+           (some of it possibly after the break, into a pipe being torn
+           down); what went to the new one is sent twice, which idempotent
+           requests allow */
+        io->epoch++;
+        size_t n = s_io_resend(io, S_CONNECTED, 0);
+        if (n)
+            zsys_info("tq client: connected to %s again, sending %zu "
+                      "unanswered request(s) again",
+                      io->client->endpoint, n);
         s_io_reattach(io);
     }
-    io->saw_disconnect = false;
     io->connected_once = true;
 }
 
