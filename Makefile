@@ -98,6 +98,10 @@ build-matrix: deps
 	    { echo "build-matrix: $$cfg failed" >&2; exit 1; }; \
 	  echo "build-matrix: $$cfg clean"; \
 	done
+# tasks/s on 1, 2, 3 worker hosts in network namespaces (issue 14; root)
+.PHONY: bench-hosts
+bench-hosts: build
+	$(BUILD)/tests/test_hosts --bench
 
 # ASan/UBSan build of everything, whole suite
 sanitize:

@@ -96,6 +96,11 @@ const char *const tq_cli_usage_exec =
 #define S_WINDOW_FACTOR 16
 #define S_WINDOW_MIN 4096
 
+/* A line whose submission the broker did not acknowledge within the
+   client's liveness (a broker stalled or restarting) is submitted again
+   under its id this many times (a liveness each) before it fails. */
+#define S_RESUBMITS 4
+
 /* One line in flight or waiting to be printed. */
 typedef struct {
     struct s_run_t *run;
@@ -104,6 +109,7 @@ typedef struct {
     char *input; /* the line (exec --json shows it) */
     bool done; /* final: its line came through run->finished (main
                   thread only) */
+    int resubmits; /* times sent again after TQ_EUNREACHABLE */
 } s_slot_t;
 
 /* One tq map or tq exec run. */
@@ -139,6 +145,8 @@ typedef struct s_run_t {
 
     /* counts and progress */
     uint64_t total, done, failed;
+    uint64_t resubmitted; /* lines sent again after TQ_EUNREACHABLE */
+    bool gave_up; /* a line failed every resubmission: no more */
     int worst; /* exit code so far */
     int64_t start_ms, last_draw_ms;
 } s_run_t;
@@ -519,6 +527,7 @@ s_submit_next(s_run_t *run)
     slot->run = run;
     slot->line = n;
     slot->done = false;
+    slot->resubmits = 0;
     slot->input = run->exec ? strndup(line, len) : NULL;
     tq_options_t options = run->options;
     options.callback = s_on_final;
@@ -544,11 +553,41 @@ s_submit_next(s_run_t *run)
 }
 
 /* Prints what can be printed: in order from head_line, or as finished. */
+/* A line that ended TQ_EUNREACHABLE unacknowledged goes again under its
+   id (PROTOCOL.md 5.1 item 3: the task never runs twice for it); true if
+   it did. */
+static bool
+s_resubmit(s_run_t *run, s_slot_t *slot)
+{
+    if (run->gave_up || tq_result_code(slot->result) != TQ_EUNREACHABLE)
+        return false;
+    if (slot->resubmits >= S_RESUBMITS) {
+        run->gave_up = true;
+        return false;
+    }
+    tq_result_t *again = tq_result_resubmit(slot->result, s_on_final,
+                                            s_on_final, slot);
+    if (!again)
+        return false;
+    if (run->resubmitted++ == 0) {
+        if (run->progress)
+            fputs("\r\033[K", stderr);
+        fprintf(stderr, "tq: broker unreachable, submitting unanswered "
+                        "lines again\n");
+    }
+    tq_result_destroy(&slot->result);
+    slot->result = again;
+    slot->resubmits++;
+    return true;
+}
+
 static void
 s_collect(s_run_t *run, uint64_t *finished, size_t count)
 {
     for (size_t i = 0; i < count; i++) {
         s_slot_t *slot = &run->slots[finished[i] % run->cap];
+        if (s_resubmit(run, slot))
+            continue;
         slot->done = true;
         run->in_flight--;
         if (!run->ordered)

@@ -73,9 +73,11 @@ struct tq_result_t {
     uint32_t maxsize;       /* QPUT: the data queue's bound */
     bool block_when_full;   /* SUBMIT: resend on TQ_EFULL */
     bool wait;       /* GET */
-    zmq_msg_t args;  /* SUBMIT payload; moved out when sent (a copy is
-                        kept for block_when_full) */
-    zmq_msg_t kept;  /* block_when_full: the payload for a resend */
+    zmq_msg_t args;  /* QPUT item, or the SUBMIT payload being sent:
+                        moved out when sent */
+    zmq_msg_t kept;  /* SUBMIT payload until acknowledged: each send
+                        (first, after TQ_EFULL, after a reconnect) sends
+                        a copy (refcounted by libzmq) */
     int full_delay_ms;      /* next resend delay after TQ_EFULL */
     int64_t resend_at;      /* ms, when deferred after TQ_EFULL */
     tq_callback_fn *callback;
@@ -87,6 +89,12 @@ struct tq_result_t {
     tq_result_t *next_same; /* chain of handles waiting on the same id */
     tq_result_t *next_deferred; /* refused as full, waiting to resend */
     bool deferred;          /* on the deferred list */
+    bool queued;            /* on the outbound list */
+    bool resent;            /* SUBMIT: sent again under the same id, so
+                               the broker may know it from before: ask
+                               for the result by GET once acknowledged */
+    uint64_t epoch;         /* io->epoch when last handed to libzmq */
+    int64_t sent_ms;        /* when last handed to libzmq */
     bool acked;             /* the broker answered the request */
     bool in_map;            /* linked in the pending map or status list */
     /* shared with callers, under mutex */
@@ -148,6 +156,12 @@ typedef struct {
     zlistx_t *regets;          /* ids to send GET wait=true for (owned) */
     void *monitor;             /* PAIR: the DEALER's connect events */
     bool connected_once;       /* a later connect is a reconnect */
+    int64_t last_stale_check;  /* ms, last look for stale SUBMITs */
+    int64_t pong_for;          /* ms, when the PING last answered went */
+    uint64_t epoch;            /* connections lost or made so far: a
+                                  request sent in an earlier epoch went
+                                  over a connection that is gone */
+    uint64_t resent;           /* requests sent again after a reconnect */
     tq_frames_t frames;
     tq_msg_t msg;              /* decode target; large, kept off the stack */
     tq_msg_t out;              /* encode source */
@@ -450,6 +464,18 @@ s_io_ack(s_io_t *io, tq_result_t *r)
         return;
     r->acked = true;
     io->unacked--;
+    if (r->kind == S_KIND_SUBMIT) {
+        if (r->resent)
+            /* the broker may have known the id before: its result then
+               went to a connection that is gone, or went already */
+            zlistx_add_end(io->regets, strdup(r->id));
+        if (!r->queued) {
+            /* never sent again: the broker has it */
+            free(r->task), r->task = NULL;
+            free(r->queue), r->queue = NULL;
+            zmq_msg_close(&r->kept), zmq_msg_init(&r->kept);
+        }
+    }
     pthread_mutex_lock(&r->mutex);
     r->answered = true;
     pthread_cond_broadcast(&r->cond);
@@ -471,6 +497,7 @@ static void
 s_io_enqueue_out(s_io_t *io, tq_result_t *r)
 {
     atomic_fetch_add(&r->refs, 1); /* the outbound list's own reference */
+    r->queued = true;
     r->next = NULL;
     if (io->out_tail)
         io->out_tail->next = r;
@@ -528,8 +555,9 @@ s_io_send(s_io_t *io, tq_result_t *r)
         m->retries = r->retries;
         m->backoff_ms = r->backoff_ms;
         m->delay_ms = r->delay_ms;
-        if (r->block_when_full && zmq_msg_size(&r->args) == 0)
-            zmq_msg_copy(&r->args, &r->kept); /* a resend after TQ_EFULL */
+        /* kept stays until SUBMITTED: a resend (TQ_EFULL, reconnect)
+           sends it again */
+        zmq_msg_copy(&r->args, &r->kept);
         payload = &r->args;
         break;
     case S_KIND_GET:
@@ -586,11 +614,13 @@ s_io_send(s_io_t *io, tq_result_t *r)
                       "cannot send the request to the broker");
         return TQ_OK;
     }
-    if (!r->block_when_full) {
-        /* a resend needs them again; others never do */
+    if (r->kind != S_KIND_SUBMIT) {
+        /* a SUBMIT may be sent again until acknowledged; others never */
         free(r->task), r->task = NULL;
         free(r->queue), r->queue = NULL;
     }
+    r->epoch = io->epoch;
+    r->sent_ms = zclock_mono();
     return TQ_OK;
 }
 
@@ -603,12 +633,16 @@ s_io_flush(s_io_t *io)
         pthread_mutex_lock(&r->mutex);
         bool final = r->final; /* failed while it waited */
         pthread_mutex_unlock(&r->mutex);
-        if (!final && s_io_send(io, r) != TQ_OK)
+        /* a SUBMIT queued to be sent again may have been acknowledged by
+           the first send meanwhile */
+        bool skip = final || (r->kind == S_KIND_SUBMIT && r->acked);
+        if (!skip && s_io_send(io, r) != TQ_OK)
             return;
         io->out_head = r->next;
         if (!io->out_head)
             io->out_tail = NULL;
         r->next = NULL;
+        r->queued = false;
         s_result_unref(r);
     }
     /* after a broker came back: GET wait=true for results still awaited */
@@ -740,6 +774,80 @@ s_io_terminate(s_io_t *io, tq_result_t *r)
     r->count = count;
     s_finish(r, TQ_STATE_SUCCESS, TQ_OK, NULL, 0, NULL);
     s_result_unref(r);
+}
+
+/* Why requests are looked at again (s_io_resend). */
+typedef enum {
+    S_BROKE,     /* the connection broke: fail what cannot be sent again */
+    S_CONNECTED, /* a new connection: send SUBMIT and GET again */
+    S_STALE,     /* the broker talks but a SUBMIT went unanswered for the
+                    liveness: send it again */
+} s_resend_t;
+
+/* A request sent over a connection that broke may never have arrived, and
+   its answer would go to a peer that is gone; one written while the old
+   connection was being torn down is lost too. So: at the break, requests
+   that are not idempotent or are answered in order (CANCEL, RETRY, PURGE,
+   FAILED, STATUS, data queues) end TQ_EUNREACHABLE, as the broker may or
+   may not have carried them out; once a new connection is up, SUBMIT (ids
+   make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
+   sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
+   is still unanswered. Returns how many were sent again. */
+static size_t
+s_io_resend(s_io_t *io, s_resend_t why, int64_t before)
+{
+    size_t resent = 0;
+    zlistx_t *failed = zlistx_new();
+    assert(failed);
+    for (tq_result_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending))
+        for (tq_result_t *h = head; h; h = h->next_same) {
+            if (h->acked || h->queued || h->deferred)
+                continue;
+            if (why == S_STALE ? h->kind != S_KIND_SUBMIT || h->sent_ms > before
+                               : h->epoch >= io->epoch)
+                continue;
+            pthread_mutex_lock(&h->mutex);
+            bool final = h->final;
+            pthread_mutex_unlock(&h->mutex);
+            if (final)
+                continue;
+            bool idempotent =
+                h->kind == S_KIND_SUBMIT || h->kind == S_KIND_GET;
+            if (idempotent && why != S_BROKE) {
+                h->resent = h->kind == S_KIND_SUBMIT;
+                s_io_enqueue_out(io, h);
+                resent++;
+            } else if (!idempotent && why == S_BROKE)
+                zlistx_add_end(failed, h);
+        }
+    const char *text = "the connection to the broker broke before it "
+                       "answered (the request may have been carried out)";
+    for (tq_result_t *h = zlistx_first(failed); h; h = zlistx_next(failed)) {
+        s_io_unlink(io, h);
+        s_finish_text(h, TQ_EUNREACHABLE, text);
+        s_io_release(io, h);
+    }
+    zlistx_destroy(&failed);
+    /* id-less requests are answered in order: one whose answer the broken
+       connection lost would take the answer of the next */
+    tq_result_t **pp = &io->status_head;
+    while (why == S_BROKE && *pp) {
+        tq_result_t *r = *pp;
+        if (r->queued || r->epoch >= io->epoch) {
+            pp = &r->next_same;
+            continue;
+        }
+        *pp = r->next_same;
+        r->next_same = NULL;
+        s_finish_text(r, TQ_EUNREACHABLE, text);
+        s_io_release(io, r);
+    }
+    io->status_tail = NULL;
+    for (tq_result_t *r = io->status_head; r; r = r->next_same)
+        io->status_tail = r;
+    io->resent += resent;
+    return resent;
 }
 
 /* The broker answers again after a silence: ask again for every result we
@@ -1055,6 +1163,7 @@ s_io_dispatch(s_io_t *io)
         s_io_send_simple(io, TQ_CMD_PONG);
         break;
     case TQ_CMD_PONG:
+        io->pong_for = io->last_ping;
         break;
     case TQ_CMD_ERROR:
         s_on_error(io, m);
@@ -1066,14 +1175,16 @@ s_io_dispatch(s_io_t *io)
     }
 }
 
-static void
+/* Reads and handles up to a batch of messages; returns how many. */
+static int
 s_io_recv(s_io_t *io)
 {
-    for (int i = 0; i < S_RECV_BATCH; i++) {
+    int i;
+    for (i = 0; i < S_RECV_BATCH; i++) {
         int rc = tq_wire_recv(io->client->socket, &io->frames, false,
                               ZMQ_DONTWAIT);
         if (rc == -1)
-            return;
+            break;
         /* any message, even a bad one, shows the broker is alive */
         io->last_heard = zclock_mono();
         if (io->broker_lost) {
@@ -1085,6 +1196,7 @@ s_io_recv(s_io_t *io)
         else
             s_io_log_bad(io, "message", "wrong number of frames");
     }
+    return i;
 }
 
 /* Takes every request that callers queued. */
@@ -1195,6 +1307,22 @@ s_io_liveness(s_io_t *io)
         if (io->waiting == 0)
             return -1;
     }
+    if (io->unacked && io->pong_for && now - io->unacked_since >= live &&
+        now - io->last_stale_check >= live / 3) {
+        /* the broker answered a PING sent after a SUBMIT (so it read the
+           SUBMIT: one connection keeps order), yet the SUBMIT has had no
+           answer for the liveness: it was lost on the way, or its answer
+           was. A busy broker is not asked twice: PINGs go out only when
+           nothing is heard for a third of the liveness. */
+        io->last_stale_check = now;
+        int64_t before = now - live < io->pong_for - 1 ? now - live
+                                                        : io->pong_for - 1;
+        size_t n = s_io_resend(io, S_STALE, before);
+        if (n)
+            zsys_info("tq client: broker at %s answers but not %zu "
+                      "submission(s) for %.1f s: sending them again",
+                      io->client->endpoint, n, (double)live / 1000.0);
+    }
     int64_t quiet_from =
         io->last_heard > io->last_ping ? io->last_heard : io->last_ping;
     if (io->unacked_since > quiet_from && io->unacked)
@@ -1234,6 +1362,11 @@ s_io_monitor(s_io_t *io)
         /* the first CONNECTED may predate our monitor: a disconnect proves
            there was a connection */
         io->connected_once = true;
+        /* answers that came before the break count: read them first */
+        while (s_io_recv(io) == S_RECV_BATCH)
+            ;
+        io->epoch++;
+        s_io_resend(io, S_BROKE, 0);
         return;
     }
     if (event != ZMQ_EVENT_CONNECTED)
@@ -1241,6 +1374,16 @@ s_io_monitor(s_io_t *io)
     if (io->connected_once) {
         io->broker_lost = false;
         io->last_heard = zclock_mono();
+        /* everything sent before now may have gone to the old connection
+           (some of it possibly after the break, into a pipe being torn
+           down); what went to the new one is sent twice, which idempotent
+           requests allow */
+        io->epoch++;
+        size_t n = s_io_resend(io, S_CONNECTED, 0);
+        if (n)
+            zsys_info("tq client: connected to %s again, sending %zu "
+                      "unanswered request(s) again",
+                      io->client->endpoint, n);
         s_io_reattach(io);
     }
     io->connected_once = true;
@@ -1293,7 +1436,7 @@ s_actor(zsock_t *pipe, void *args)
         if (io->monitor && (items[3].revents & ZMQ_POLLIN))
             s_io_monitor(io);
         if (items[1].revents & ZMQ_POLLIN)
-            s_io_recv(io);
+            (void)s_io_recv(io);
         s_io_flush(io);
     }
 
@@ -1366,6 +1509,9 @@ static void
 s_register_at_exit(void)
 {
     atexit(s_at_exit);
+    /* czmq logs to stdout by default: the library's warnings must not mix
+       with a program's output (tq map prints results there) */
+    zsys_set_logstream(stderr);
 }
 
 void *
@@ -1593,9 +1739,11 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         free(args_owned);
         return NULL;
     }
-    if (options->id)
+    if (options->id) {
         snprintf(r->id, sizeof r->id, "%s", options->id);
-    else {
+        /* the caller's id may be a resubmission the broker knows */
+        r->resent = true;
+    } else {
         uint64_t n = atomic_fetch_add(&self->id_counter, 1);
         snprintf(r->id, sizeof r->id, "%016" PRIx64 "%016" PRIx64,
                  self->id_prefix, n);
@@ -1616,14 +1764,11 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     r->callback_arg = options->callback_arg;
     int rc;
     if (args_owned)
-        rc = zmq_msg_init_data(&r->args, args_owned, size, s_free_buffer,
+        rc = zmq_msg_init_data(&r->kept, args_owned, size, s_free_buffer,
                                NULL);
-    else if ((rc = zmq_msg_init_size(&r->args, size)) == 0)
-        memcpy(zmq_msg_data(&r->args), args, size);
-    int kept_rc = rc == 0 && r->block_when_full
-                      ? zmq_msg_copy(&r->kept, &r->args)
-                      : 0;
-    if (rc != 0 || kept_rc != 0 || !r->task || !r->queue) {
+    else if ((rc = zmq_msg_init_size(&r->kept, size)) == 0)
+        memcpy(zmq_msg_data(&r->kept), args, size);
+    if (rc != 0 || !r->task || !r->queue) {
         if (rc != 0 && args_owned)
             free(args_owned);
         atomic_store(&r->refs, 1);
@@ -1700,6 +1845,46 @@ tq_map(tq_client_t *self, const char *task, const tq_options_t *options,
             first = rc;
     }
     return first;
+}
+
+tq_result_t *
+tq_result_resubmit(tq_result_t *old, tq_callback_fn *callback,
+                   tq_callback_fn *error_callback, void *callback_arg)
+{
+    assert(old);
+    pthread_mutex_lock(&old->mutex);
+    bool final = old->final;
+    int code = old->code;
+    pthread_mutex_unlock(&old->mutex);
+    /* a final handle is no longer touched by the I/O thread; one that
+       ended unreachable was never acknowledged, so it kept its request */
+    if (old->kind != S_KIND_SUBMIT || !final || code != TQ_EUNREACHABLE ||
+        !old->client || !old->task || !old->queue)
+        return NULL;
+    tq_result_t *r = s_result_new(S_KIND_SUBMIT);
+    if (!r)
+        return NULL;
+    memcpy(r->id, old->id, sizeof r->id);
+    r->resent = true;
+    r->client = old->client;
+    r->task = strdup(old->task);
+    r->queue = strdup(old->queue);
+    r->priority = old->priority;
+    r->time_limit_ms = old->time_limit_ms;
+    r->retries = old->retries;
+    r->backoff_ms = old->backoff_ms;
+    r->delay_ms = old->delay_ms;
+    r->block_when_full = old->block_when_full;
+    r->callback = callback;
+    r->error_callback = error_callback;
+    r->callback_arg = callback_arg;
+    if (!r->task || !r->queue || zmq_msg_copy(&r->kept, &old->kept) != 0) {
+        atomic_store(&r->refs, 1);
+        s_result_unref(r);
+        return NULL;
+    }
+    s_client_push(r->client, r);
+    return r;
 }
 
 tq_result_t *

@@ -13,6 +13,16 @@ int tq_result_wait_answer(tq_result_t *self, int timeout_ms);
 /* True once the broker answered (see tq_result_wait_answer). */
 bool tq_result_answered(tq_result_t *self);
 
+/* Submits again, under the same id, a task whose handle old (borrowed)
+   ended TQ_EUNREACHABLE before the broker acknowledged it: same task,
+   options and arguments, these callbacks (may be NULL). The broker knows
+   an id it accepted before, so the task never runs twice for this; the
+   new handle gets its result all the same. Returns the new handle (the
+   caller's), or NULL if old is not such a handle. */
+tq_result_t *tq_result_resubmit(tq_result_t *old, tq_callback_fn *callback,
+                                tq_callback_fn *error_callback,
+                                void *callback_arg);
+
 /* A data-queue request (see tq_queue.h and PROTOCOL.md 5.5). */
 typedef enum { TQ_QUEUE_PUT, TQ_QUEUE_GET, TQ_QUEUE_SIZE } tq_queue_op_t;
 

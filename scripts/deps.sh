@@ -17,6 +17,8 @@ packages=(
   python3 python3-zmq python3-msgpack   # the Python client and its tests
   libsystemd-dev                        # sd_notify: tq-broker Type=notify
   systemd                               # systemd-analyze verify in tests
+  iproute2 iptables libnetfilter-queue-dev  # test hosts in network namespaces:
+                                        # ip, tc (netem), NFQUEUE where no netem
 )
 
 # `deps.sh --fuzz`: also clang with libFuzzer, for `make fuzz`

@@ -264,6 +264,25 @@ s_wrapper(const char *var, const char **argv, size_t max, char *copy,
     return count;
 }
 
+/* Words put before every broker and worker host (tq_harness_set_prefix). */
+static const char *const *s_prefix;
+
+void
+tq_harness_set_prefix(const char *const prefix[])
+{
+    s_prefix = prefix;
+}
+
+/* Stores the prefix words into argv (at most max); returns how many. */
+static size_t
+s_add_prefix(const char **argv, size_t max)
+{
+    size_t count = 0;
+    for (size_t i = 0; s_prefix && s_prefix[i] && count < max; i++)
+        argv[count++] = s_prefix[i];
+    return count;
+}
+
 /* Starts the broker on the given endpoints; see tq_harness_broker_start_on. */
 static int
 s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
@@ -272,19 +291,21 @@ s_broker_start(tq_harness_broker_t *self, const char *clients_ep,
 {
     memset(self, 0, sizeof *self);
     self->out_fd = -1;
-    const char *argv[64];
+    const char *argv[80];
     static char words[1024];
-    size_t argc =
-        s_wrapper("TQ_TEST_BROKER_WRAPPER", argv, 16, words, sizeof words);
+    size_t argc = s_add_prefix(argv, 16);
+    size_t wrapped = s_wrapper("TQ_TEST_BROKER_WRAPPER", argv + argc, 16, words,
+                               sizeof words);
+    argc += wrapped;
     /* a wrapped broker (valgrind) is slow to start and to exit */
-    int wait_ms = argc ? S_WRAPPED_WAIT_MS : S_START_WAIT_MS;
+    int wait_ms = wrapped ? S_WRAPPED_WAIT_MS : S_START_WAIT_MS;
     argv[argc++] = TQ_BROKER_BIN;
     argv[argc++] = "--clients";
     argv[argc++] = clients_ep;
     argv[argc++] = "--workers";
     argv[argc++] = workers_ep;
     bool store_chosen = false;
-    for (size_t i = 0; extra && extra[i] && argc < 61; i++) {
+    for (size_t i = 0; extra && extra[i] && argc < 77; i++) {
         argv[argc++] = extra[i];
         if (strcmp(extra[i], "--data") == 0 ||
             strcmp(extra[i], "--store") == 0 ||
@@ -429,16 +450,17 @@ tq_harness_worker_start(const char *endpoint, int children,
 {
     char count[16];
     snprintf(count, sizeof count, "%d", children);
-    const char *argv[64];
+    const char *argv[80];
     static char words[1024];
-    size_t argc =
-        s_wrapper("TQ_TEST_WORKER_WRAPPER", argv, 16, words, sizeof words);
+    size_t argc = s_add_prefix(argv, 16);
+    argc += s_wrapper("TQ_TEST_WORKER_WRAPPER", argv + argc, 16, words,
+                      sizeof words);
     argv[argc++] = TQ_WORKER_BIN;
     argv[argc++] = "--broker";
     argv[argc++] = endpoint;
     argv[argc++] = "-c";
     argv[argc++] = count;
-    for (size_t i = 0; extra && extra[i] && argc < 62; i++)
+    for (size_t i = 0; extra && extra[i] && argc < 78; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
     return tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);

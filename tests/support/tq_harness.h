@@ -57,6 +57,12 @@ void tq_harness_rmtree(const char *dir);
 pid_t tq_harness_spawn(char *const argv[], char *const env[], int *out_fd,
                        int *err_fd);
 
+/* Words put before the program of every tq-broker and tq-worker started
+   from now on (NULL-terminated; NULL: none), e.g. {"/usr/sbin/ip", "netns",
+   "exec", "tqt123h0", NULL} to start it in a network namespace. The array
+   is borrowed until the next call. */
+void tq_harness_set_prefix(const char *const prefix[]);
+
 /* Starts tq-broker on 127.0.0.1:* with extra arguments (NULL-terminated,
    may be NULL) and reads its first line (5 s at most) to learn the
    endpoints. Returns 0, or -1 (the process is stopped again). With

@@ -1,0 +1,502 @@
+/* test_client_liveness.c - no caller of the client library waits for ever
+   (issue 12 item 2, PROTOCOL.md section 10): a SUBMIT the broker never
+   acknowledged is sent again with its id after a reconnect, a request that
+   cannot be sent again ends TQ_EUNREACHABLE when its connection breaks,
+   and an unacknowledged SUBMIT with no broker at all ends TQ_EUNREACHABLE
+   after the liveness. A fake broker (a raw ROUTER in this process) makes
+   the broken connection deterministic; a real tq-broker is stopped,
+   killed and restarted around a submission. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <zmq.h>
+
+#include "tq_client_internal.h"
+#include "tq_harness.h"
+#include "tq_proto.h"
+#include "tq_wire.h"
+
+#define S_WAIT_MS 15000 /* bound on anything that must happen */
+
+/* A fake broker: one ROUTER on a loopback endpoint that it may close and
+   bind again (a broker that died and came back on the same port). */
+typedef struct {
+    void *ctx;
+    void *router;
+    char endpoint[TQ_HARNESS_EP_MAX];
+    tq_frames_t frames;
+    tq_msg_t msg; /* the last message received */
+    char id[TQ_PROTO_MAX_ID + 1]; /* its id, copied */
+    msgpack_sbuffer buf;
+    uint64_t pings; /* PINGs answered */
+} s_fake_t;
+
+static int
+s_fake_bind(s_fake_t *self)
+{
+    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
+    if (!self->router)
+        return -1;
+    int zero = 0;
+    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
+    const char *ep = self->endpoint[0] ? self->endpoint : "tcp://127.0.0.1:*";
+    /* the port of a socket just closed may take a moment to come free */
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (zmq_bind(self->router, ep) != 0) {
+        if (tq_harness_now_ms() > deadline)
+            return -1;
+        tq_harness_sleep_ms(20);
+    }
+    size_t len = sizeof self->endpoint;
+    return zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint,
+                          &len);
+}
+
+static int
+s_fake_setup(void **state)
+{
+    tq_harness_init();
+    s_fake_t *self = calloc(1, sizeof *self);
+    assert_non_null(self);
+    self->ctx = zmq_ctx_new();
+    assert_non_null(self->ctx);
+    tq_frames_init(&self->frames);
+    msgpack_sbuffer_init(&self->buf);
+    assert_int_equal(s_fake_bind(self), 0);
+    *state = self;
+    return 0;
+}
+
+static int
+s_fake_teardown(void **state)
+{
+    s_fake_t *self = *state;
+    if (self->router)
+        zmq_close(self->router);
+    tq_frames_close(&self->frames);
+    zmq_ctx_term(self->ctx);
+    msgpack_sbuffer_destroy(&self->buf);
+    free(self);
+    return 0;
+}
+
+/* The broker dies: its socket closes, every connection to it breaks. */
+static void
+s_fake_close(s_fake_t *self)
+{
+    zmq_close(self->router);
+    self->router = NULL;
+}
+
+/* Sends msg (and payload bytes, may be NULL) to the last sender. */
+static void
+s_fake_send(s_fake_t *self, tq_msg_t *msg, const void *payload, size_t size)
+{
+    zmq_msg_t body;
+    if (payload) {
+        zmq_msg_init_size(&body, size);
+        memcpy(zmq_msg_data(&body), payload, size);
+    }
+    assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity, msg,
+                                      &self->buf, payload ? &body : NULL, 0),
+                     TQ_OK);
+    if (payload)
+        zmq_msg_close(&body);
+}
+
+/* Waits up to timeout_ms for a message of command, answering PINGs with
+   PONG. True if it came. */
+static bool
+s_fake_expect(s_fake_t *self, uint8_t command, int timeout_ms)
+{
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    for (;;) {
+        int64_t left = deadline - tq_harness_now_ms();
+        if (left <= 0)
+            return false;
+        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)left) <= 0)
+            continue;
+        if (tq_wire_recv(self->router, &self->frames, true, 0) != TQ_OK)
+            continue;
+        const char *reason = NULL;
+        if (tq_wire_decode(&self->frames, &self->msg, &reason) != TQ_OK)
+            continue;
+        tq_str_copy(self->id, sizeof self->id, self->msg.id);
+        if (self->msg.command == TQ_CMD_PING) {
+            tq_msg_t pong = {.command = TQ_CMD_PONG};
+            s_fake_send(self, &pong, NULL, 0);
+            self->pings++;
+        }
+        if (self->msg.command == command)
+            return true;
+    }
+}
+
+/* The fake broker received a SUBMIT and died before it acknowledged it; a
+   new one comes up on the same endpoint and answers PINGs. The client
+   sends the SUBMIT again with the same id (the old one answered nothing
+   and PONGs would keep the handle alive for ever), asks for the result
+   once acknowledged (the id may have been known), and gets it. The
+   liveness is a minute, so TQ_EUNREACHABLE cannot end the handle. */
+static void
+test_submit_resent_after_restart(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)7);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    char id[TQ_PROTO_MAX_ID + 1];
+    snprintf(id, sizeof id, "%s", fake->id);
+    assert_string_equal(id, tq_result_id(r));
+
+    s_fake_close(fake);
+    assert_int_equal(s_fake_bind(fake), 0);
+    int64_t t0 = tq_harness_now_ms();
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    printf("SUBMIT %s sent again %lld ms after the restart (%llu PINGs "
+           "answered)\n",
+           fake->id, (long long)(tq_harness_now_ms() - t0),
+           (unsigned long long)fake->pings);
+    assert_string_equal(fake->id, id);
+    assert_false(tq_result_ready(r));
+
+    tq_msg_t ack = {.command = TQ_CMD_SUBMITTED, .id = tq_str(id)};
+    s_fake_send(fake, &ack, NULL, 0);
+    assert_true(s_fake_expect(fake, TQ_CMD_GET, S_WAIT_MS));
+    assert_string_equal(fake->id, id);
+    assert_true(fake->msg.wait);
+    const uint8_t value[] = {0x2a}; /* 42 */
+    tq_msg_t result = {.command = TQ_CMD_RESULT,
+                       .id = tq_str(id),
+                       .state = TQ_STATE_SUCCESS,
+                       .code = TQ_OK,
+                       .attempt = 1};
+    s_fake_send(fake, &result, value, sizeof value);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    const msgpack_object *v = tq_result_value(r);
+    assert_non_null(v);
+    assert_int_equal(v->via.u64, 42);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* The fake broker reads a SUBMIT and never answers it, but answers every
+   PING on the same connection: the client sends the SUBMIT again after its
+   liveness (1 s here) rather than wait for ever, and the handle ends with
+   the result of the second. */
+static void
+test_submit_resent_when_unanswered(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 1000);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)5);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    char id[TQ_PROTO_MAX_ID + 1];
+    snprintf(id, sizeof id, "%s", fake->id);
+    uint64_t pings = fake->pings;
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    printf("SUBMIT sent again after %llu PINGs answered\n",
+           (unsigned long long)(fake->pings - pings));
+    assert_string_equal(fake->id, id);
+    assert_true(fake->pings > pings);
+    tq_msg_t ack = {.command = TQ_CMD_SUBMITTED, .id = tq_str(id)};
+    s_fake_send(fake, &ack, NULL, 0);
+    assert_true(s_fake_expect(fake, TQ_CMD_GET, S_WAIT_MS));
+    const uint8_t value[] = {0x05};
+    tq_msg_t result = {.command = TQ_CMD_RESULT,
+                       .id = tq_str(id),
+                       .state = TQ_STATE_SUCCESS,
+                       .code = TQ_OK,
+                       .attempt = 1};
+    s_fake_send(fake, &result, value, sizeof value);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* A STATUS request made on a thread of its own. */
+typedef struct {
+    tq_client_t *client;
+    int rc;
+} s_status_call_t;
+
+static void *
+s_status_thread(void *arg)
+{
+    s_status_call_t *call = arg;
+    tq_buf_t body = {0};
+    /* bounded, well past the time the connection takes to break */
+    call->rc = tq_client_status(call->client, &body, 2 * S_WAIT_MS);
+    free(body.data);
+    return NULL;
+}
+
+/* A request that is not sent again (STATUS: answered in order) ends
+   TQ_EUNREACHABLE when its connection breaks, long before the liveness
+   (a minute): its answer can no longer come. */
+static void
+test_status_fails_on_broken_connection(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    tq_msg_t ack = {.command = TQ_CMD_SUBMITTED, .id = tq_str(fake->id)};
+    s_fake_send(fake, &ack, NULL, 0);
+    assert_int_equal(tq_result_wait_answer(r, S_WAIT_MS), TQ_OK);
+
+    /* the STATUS call blocks: it runs on a thread of its own while the
+       fake receives it and dies without answering */
+    s_status_call_t call = {.client = client};
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_status_thread, &call), 0);
+    bool seen = s_fake_expect(fake, TQ_CMD_STATUS, S_WAIT_MS);
+    int64_t t0 = tq_harness_now_ms();
+    s_fake_close(fake);
+    pthread_join(thread, NULL);
+    assert_true(seen);
+    int rc = call.rc;
+    printf("STATUS over a broken connection: %s after %lld ms\n",
+           tq_strerror(rc), (long long)(tq_harness_now_ms() - t0));
+    assert_int_equal(rc, TQ_EUNREACHABLE);
+    /* the acknowledged task still waits for its result (no broker yet) */
+    assert_false(tq_result_ready(r));
+    assert_int_equal(s_fake_bind(fake), 0);
+    /* the new broker is asked for it again */
+    assert_true(s_fake_expect(fake, TQ_CMD_GET, S_WAIT_MS));
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* No broker comes back: the SUBMIT it never acknowledged ends
+   TQ_EUNREACHABLE after the liveness (1 s here), never hangs. */
+static void
+test_submit_unreachable_without_broker(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 1000);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)7);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    s_fake_close(fake);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_EUNREACHABLE);
+    printf("%s\n", tq_result_error(r));
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+    assert_int_equal(s_fake_bind(fake), 0); /* for the teardown */
+}
+
+/* A real stored broker is stopped (SIGSTOP), 20 tasks submitted to it (it
+   cannot acknowledge), then it is killed (SIGKILL) and started again on
+   the same endpoints and store. Every submission ends with its result: the
+   client sent them again to the new broker. Its liveness is a minute, so
+   without the resend it would wait (PONGs from the new broker keep it
+   alive). */
+static void
+test_submit_survives_broker_kill(void **state)
+{
+    tq_harness_env_t *env = *state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "liveness"), 0);
+    const char *data[] = {"--data", dir, NULL};
+    assert_int_equal(tq_harness_env_start(env, data), 0);
+    assert_true(tq_harness_env_add_worker(env, 1, NULL, true) > 0);
+    tq_client_set_liveness(env->client, 60000);
+    tq_result_t *ok =
+        tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)1);
+    assert_int_equal(tq_result_get(ok, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&ok);
+
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+    snprintf(clients, sizeof clients, "%s", env->broker.clients);
+    snprintf(workers, sizeof workers, "%s", env->broker.workers);
+    assert_int_equal(kill(env->broker.pid, SIGSTOP), 0);
+    enum { N = 20 };
+    tq_result_t *r[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i",
+                              (int64_t)(100 + i));
+        assert_non_null(r[i]);
+    }
+    /* they cannot be answered by a stopped broker */
+    assert_int_equal(tq_result_wait_answer(r[N - 1], 300), TQ_ETIMEDOUT);
+    assert_int_equal(kill(env->broker.pid, SIGKILL), 0);
+    tq_harness_broker_stop(&env->broker); /* reaps it */
+    int64_t t0 = tq_harness_now_ms();
+    assert_int_equal(
+        tq_harness_broker_start_on(&env->broker, clients, workers, data, NULL),
+        0);
+    int good = 0;
+    int64_t deadline = tq_harness_now_ms() + 3 * S_WAIT_MS;
+    for (int i = 0; i < N; i++) {
+        int64_t left = deadline - tq_harness_now_ms();
+        int rc = tq_result_get(r[i], left > 0 ? (int)left : 0);
+        const msgpack_object *v = tq_result_value(r[i]);
+        if (rc == TQ_OK && v && v->type == MSGPACK_OBJECT_ARRAY &&
+            v->via.array.ptr[0].via.u64 == (uint64_t)(100 + i))
+            good++;
+        else if (good == i)
+            printf("task %d: %s\n", i, tq_strerror(rc));
+        tq_result_destroy(&r[i]);
+    }
+    printf("submissions across the kill: %d of %d ended with their "
+           "results, %lld ms after the restart\n",
+           good, N, (long long)(tq_harness_now_ms() - t0));
+    assert_int_equal(good, N);
+    tq_harness_env_stop(env);
+    tq_harness_rmtree(dir);
+}
+
+/* tq map over 3,000 lines (test.record INDEX PATH 2: 2 ms each on 2
+   children) while its stored broker is killed (SIGKILL) and started again
+   on the same endpoints: tq map finishes with every line, in order, each
+   the task's own index. */
+static void
+s_map_disrupted(void **state, bool stall)
+{
+    tq_harness_env_t *env = *state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "mapkill"), 0);
+    char data_dir[300], in[300], out[300], err[300], rec[300];
+    snprintf(data_dir, sizeof data_dir, "%s/data", dir);
+    snprintf(in, sizeof in, "%s/in", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(err, sizeof err, "%s/err", dir);
+    snprintf(rec, sizeof rec, "%s/record", dir);
+    assert_int_equal(mkdir(data_dir, 0700), 0);
+    const char *data[] = {"--data", data_dir, NULL};
+    assert_int_equal(tq_harness_env_start(env, data), 0);
+    const char *module[] = {"--module", TQ_TESTTASKS_SO, NULL};
+    assert_true(tq_harness_env_add_worker(env, 2, module, true) > 0);
+    enum { LINES = 3000 };
+    FILE *f = fopen(in, "w");
+    assert_non_null(f);
+    for (int i = 1; i <= LINES; i++)
+        fprintf(f, "[%d, \"%s\", 2]\n", i, rec);
+    fclose(f);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "exec %s --broker %s map test.record -j 16 --no-progress "
+             "< %s > %s 2> %s",
+             TQ_CLI_BIN, env->broker.clients, in, out, err);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    pid_t map = tq_harness_spawn(argv, NULL, NULL, NULL);
+    assert_true(map > 0);
+
+    /* kill the broker once the run is well under way */
+    uint64_t done = 0;
+    int64_t deadline = tq_harness_now_ms() + 4 * S_WAIT_MS;
+    while (done < 300 && tq_harness_now_ms() < deadline) {
+        tq_harness_status_t st;
+        if (tq_harness_status(env->client, &st, 5000) == TQ_OK)
+            done = tq_harness_counter(&st, "completed");
+        tq_harness_status_free(&st);
+        tq_harness_sleep_ms(20);
+    }
+    assert_true(done >= 300);
+    if (stall) {
+        /* the stall is the scenario: 4 s, past every liveness (3 s) */
+        assert_int_equal(kill(env->broker.pid, SIGSTOP), 0);
+        tq_harness_sleep_ms(4000);
+        assert_int_equal(kill(env->broker.pid, SIGCONT), 0);
+    } else {
+        char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+        snprintf(clients, sizeof clients, "%s", env->broker.clients);
+        snprintf(workers, sizeof workers, "%s", env->broker.workers);
+        assert_int_equal(kill(env->broker.pid, SIGKILL), 0);
+        tq_harness_broker_stop(&env->broker);
+        assert_int_equal(tq_harness_broker_start_on(&env->broker, clients,
+                                                    workers, data, NULL),
+                         0);
+    }
+    int status = -1;
+    int rc = tq_harness_wait_exit(map, 8 * S_WAIT_MS, &status);
+    if (rc != 0) {
+        kill(map, SIGKILL);
+        tq_harness_wait_exit(map, S_WAIT_MS, NULL);
+    }
+    f = fopen(out, "r");
+    assert_non_null(f);
+    char line[64];
+    int n = 0, wrong = 0;
+    while (fgets(line, sizeof line, f)) {
+        n++;
+        if (atoi(line) != n && wrong++ < 5)
+            printf("line %d: %s", n, line);
+    }
+    fclose(f);
+    printf("tq map across a broker %s: %d of %d lines, %d wrong, exit "
+           "status %d\n",
+           stall ? "stall" : "kill", n, LINES, wrong, status);
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, LINES);
+    assert_int_equal(wrong, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    tq_harness_env_stop(env);
+    tq_harness_rmtree(dir);
+}
+
+static void
+test_map_survives_broker_kill(void **state)
+{
+    s_map_disrupted(state, false);
+}
+
+/* The same with the broker stopped (SIGSTOP) for 4 s instead: lines whose
+   submission went unanswered for the liveness end TQ_EUNREACHABLE and tq
+   map submits them again; every line comes out. The broker's own stall
+   does not make it drop the worker host (its time is credited to every
+   host session), and a host that reconnected during the stall starts a
+   new session whose children announce themselves again. */
+static void
+test_map_survives_broker_stall(void **state)
+{
+    s_map_disrupted(state, true);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_submit_resent_after_restart,
+                                        s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_resent_when_unanswered,
+                                        s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(test_status_fails_on_broken_connection,
+                                        s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_unreachable_without_broker,
+                                        s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(test_submit_survives_broker_kill,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_survives_broker_kill,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_survives_broker_stall,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
