@@ -32,9 +32,12 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
     } else {
         /* the same process on a new socket (it reconnected): the old peer
            is gone, and the tasks it held were dropped by the child, except
-           the one it was running, which it finishes and answers on the new
-           socket; that one moves to the new peer (queued again it could
-           run twice), the others are queued again */
+           the one it names as still running, which it finishes and answers
+           on the new socket: that one moves to the new peer (queued again
+           it could run twice). The others go back to their queues, its
+           first too when the READY names none: a DONE the child wrote to
+           the old socket may be lost with it, and a task left held would
+           wait for it forever (PROTOCOL.md section 10). */
         char host[TQ_PROTO_MAX_NAME + 1];
         tq_str_copy(host, sizeof host, msg->host);
         child = tqb_peer_new(self, PEER_CHILD);
@@ -42,7 +45,8 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
             if (old != child && old->pid == msg->pid &&
                 strcmp(old->host, host) == 0) {
                 task_t *running = old->held_tasks.head;
-                if (running)
+                if (running && msg->id.ptr &&
+                    tq_str_eq(msg->id, running->rec.id))
                     tqb_task_move(self, running, TASK_HELD,
                                   &(task_move_t){.holder = child});
                 tqb_peer_remove(self, old, false, 0, "announced again");
@@ -196,9 +200,12 @@ tqb_on_heartbeat(tq_broker_t *self, const tq_msg_t *msg, peer_t *sup)
         tq_str_copy(sup->host, sizeof sup->host, msg->host);
         sup->pid = msg->pid;
         sup->session = ++self->session_serial;
+        /* the same supervisor process on a new connection (it reconnected
+           after a silence: its old connection's session will expire) takes
+           over its children, also those that announced themselves again
+           before this first HEARTBEAT came through */
         for (peer_t *w = self->children; w; w = w->next)
-            if (!w->session && w->ppid == sup->pid &&
-                strcmp(w->host, sup->host) == 0)
+            if (w->ppid == sup->pid && strcmp(w->host, sup->host) == 0)
                 w->session = sup->session;
         tqb_debug(self, "supervisor %s pid %llu: session %llu", sup->host,
                   (unsigned long long)sup->pid,

@@ -73,7 +73,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_QGET, "QGET", "IQL", false, C_, EC},
     {TQ_CMD_QITEM, "QITEM", "I", true, B_, EC},
     {TQ_CMD_QSIZE, "QSIZE", "IQ", false, C_, EC},
-    {TQ_CMD_READY, "READY", "HpqcNM|f", false, W_, EW},
+    {TQ_CMD_READY, "READY", "HpqcNM|fi", false, W_, EW},
     {TQ_CMD_TASK, "TASK", "ITAL", true, B_, EW},
     {TQ_CMD_DONE, "DONE", "IASCE|K", true, W_, EW},
     {TQ_CMD_DISCONNECT, "DISCONNECT", "", false, W_ | S_, EW},

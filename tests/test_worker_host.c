@@ -294,9 +294,10 @@ test_cancel_kills_escaped_process(void **state)
                   2, 3);
 }
 
-/* The broker stops answering for 5 s (SIGSTOP), long enough to judge the
-   host silent and drop it, then goes on (SIGCONT): every child is listed
-   again and tasks submitted afterwards all complete. */
+/* The broker is stopped for 10 s (SIGSTOP) while 400 short tasks run,
+   three times the liveness, then goes on (SIGCONT): the host is listed
+   again with both children, and every task ends with its result (issue
+   12: before, 320 of 400 were stranded with no child listed for 75 s). */
 static void
 test_broker_pause_reannounce(void **state)
 {
@@ -305,10 +306,30 @@ test_broker_pause_reannounce(void **state)
     pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
     assert_true(worker > 0);
     s_echo_ok(env->client, 1);
+    enum { RUNNING = 400 };
+    tq_result_t *running[RUNNING];
+    for (int i = 0; i < RUNNING; i++)
+        running[i] = tq_apply_async(env->client, "tq.sleep", NULL, "d", 0.02);
+    /* some are done: the stop lands mid-run */
+    assert_int_equal(tq_result_get(running[10], S_GET_MS), TQ_OK);
 
     assert_int_equal(kill(env->broker.pid, SIGSTOP), 0);
-    tq_harness_sleep_ms(5000); /* the stimulus: 5 s of silence */
+    tq_harness_sleep_ms(10000); /* the stimulus: 10 s of silence */
     assert_int_equal(kill(env->broker.pid, SIGCONT), 0);
+
+    int finished = 0;
+    for (int i = 0; i < RUNNING; i++) {
+        int rc = tq_result_get(running[i], 120000);
+        if (rc == TQ_OK)
+            finished++;
+        else
+            printf("task %d: %s: %s\n", i, tq_strerror(rc),
+                   tq_result_error(running[i]));
+        tq_result_destroy(&running[i]);
+    }
+    printf("broker stopped 10 s mid-run: %d of %d tasks done\n", finished,
+           RUNNING);
+    assert_int_equal(finished, RUNNING);
 
     assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, 20000), 0);
     enum { N = 50 };

@@ -225,12 +225,16 @@ s_send(s_child_t *self, zmq_msg_t *payload)
     }
 }
 
+/* READY; running: the id of the task this child still runs and will
+   answer on this connection (it announces itself again mid-task), or
+   NULL. */
 static void
-s_send_ready(s_child_t *self)
+s_send_ready(s_child_t *self, const char *running)
 {
     const tq_worker_config_t *cfg = self->config;
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_READY;
+    self->out.id = tq_str(running);
     self->out.host = tq_str(cfg->host);
     self->out.pid = (uint64_t)getpid();
     self->out.ppid = (uint64_t)getppid();
@@ -250,7 +254,7 @@ s_send_ready(s_child_t *self)
 }
 
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
-static void s_reconnect(s_child_t *self);
+static void s_reconnect(s_child_t *self, const char *running);
 
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
@@ -261,7 +265,7 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     /* the broker restarted while the task ran: its DONE goes to the new
        one, after a READY so that it knows us */
     if (s_reannounce)
-        s_reconnect(self);
+        s_reconnect(self, job->id);
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_DONE;
     self->out.id = tq_str(job->id);
@@ -546,7 +550,7 @@ s_drop_queued(s_child_t *self)
 /* Closes the DEALER, opens a new one and sends READY again: the broker
    restarted and does not know this child. */
 static void
-s_reconnect(s_child_t *self)
+s_reconnect(s_child_t *self, const char *running)
 {
     s_reannounce = 0;
     s_drop_queued(self);
@@ -555,7 +559,7 @@ s_reconnect(s_child_t *self)
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
     zmq_close(self->sock);
     s_open(self);
-    s_send_ready(self);
+    s_send_ready(self, running);
     if (self->config->verbose)
         tq_worker_log("child: reconnected and sent READY again");
 }
@@ -623,7 +627,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_packer_init(&self->packer, &self->value, msgpack_sbuffer_write);
     msgpack_zone_init(&self->zone, 8192);
 
-    s_send_ready(self);
+    s_send_ready(self, NULL);
     /* start-up done: a child that dies from now on is not a broken setup */
     s_publish(self, TQ_BOARD_IDLE, NULL);
     /* without a keeper (no thread, no eventfd) the child still works:
@@ -633,7 +637,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         tq_worker_log("child: no keeper: %s", strerror(errno));
     while (!s_stop) {
         if (s_reannounce)
-            s_reconnect(self);
+            s_reconnect(self, NULL);
         s_drain(self);
         if (s_stop)
             break;
