@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include "tq_client_internal.h"
+#include "tq_client_unserved.h"
+#include "tq_log.h"
 #include "tq_proto.h"
 #include "tq_curve.h"
 #include "tq_wire.h"
@@ -108,6 +110,10 @@ struct tq_result_t {
     uint32_t attempts; /* attempts the broker made, from RESULT */
     int count;     /* TERMINATE: cancel requests sent */
     char *error;   /* malloc'd, NULL for none */
+    char *names;   /* SUBMIT: "task\0queue", kept for the caller's side
+                      (the request's own copies go once sent) */
+    bool unserved_checked; /* a timed-out get asked STATUS once */
+    char *unserved; /* "no connected worker provides ...", or NULL */
     zmq_msg_t value; /* value bytes (RESULT or STATUS_REPLY payload) */
     bool unpacked_done;
     bool unpacked_ok;
@@ -203,6 +209,8 @@ s_result_unref(tq_result_t *self)
     zmq_msg_close(&self->kept);
     zmq_msg_close(&self->value);
     free(self->error);
+    free(self->names);
+    free(self->unserved);
     if (self->unpacked_done)
         msgpack_unpacked_destroy(&self->unpacked);
     pthread_mutex_destroy(&self->mutex);
@@ -302,12 +310,43 @@ tq_result_wait(tq_result_t *self, int timeout_ms)
     return s_result_wait_until(self, s_deadline(timeout_ms));
 }
 
+/* A submission that a get waited on in vain: if no connected worker
+   provides its task on its queue, the handle's error text says so (once:
+   one STATUS per handle). Not from a callback: those run on the I/O
+   thread, which the STATUS needs. */
+static void
+s_check_unserved(tq_result_t *self)
+{
+    if (self->kind != S_KIND_SUBMIT || !self->names || !self->client ||
+        s_in_callback)
+        return;
+    pthread_mutex_lock(&self->mutex);
+    bool check = !self->unserved_checked && self->state == TQ_STATE_PENDING;
+    self->unserved_checked = true;
+    pthread_mutex_unlock(&self->mutex);
+    if (!check)
+        return;
+    const char *task = self->names;
+    const char *queue = task + strlen(task) + 1;
+    if (tq_client_provided(self->client, task, queue, 1000) != 0)
+        return;
+    char text[2 * TQ_PROTO_MAX_NAME + 64];
+    snprintf(text, sizeof text, "no connected worker provides %s (queue %s)",
+             task, queue);
+    pthread_mutex_lock(&self->mutex);
+    if (!self->unserved)
+        self->unserved = strdup(text);
+    pthread_mutex_unlock(&self->mutex);
+}
+
 int
 tq_result_get(tq_result_t *self, int timeout_ms)
 {
     assert(self);
-    if (tq_result_wait(self, timeout_ms) != TQ_OK)
+    if (tq_result_wait(self, timeout_ms) != TQ_OK) {
+        s_check_unserved(self);
         return TQ_ETIMEDOUT;
+    }
     return tq_result_code(self);
 }
 
@@ -414,7 +453,9 @@ tq_result_error(tq_result_t *self)
 {
     assert(self);
     pthread_mutex_lock(&self->mutex);
-    const char *error = self->final && self->error ? self->error : "";
+    const char *error = self->final && self->error ? self->error
+                        : !self->final && self->unserved ? self->unserved
+                                                         : "";
     pthread_mutex_unlock(&self->mutex);
     return error;
 }
@@ -1521,6 +1562,8 @@ tq_client_context(void)
        install its own handlers at its first use (a pool child could then
        no longer be stopped, Ctrl-C would not end a blocked get) */
     pthread_once(&s_signals_once, s_leave_signals_alone);
+    /* czmq logs to stdout by default: stdout carries results alone */
+    tq_log_take_czmq();
     void *ctx = zsys_init();
     /* after zsys_init, which registers czmq's handler: ours runs first */
     if (ctx)
@@ -1757,6 +1800,12 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     r->client = self;
     r->task = strdup(task);
     r->queue = strdup(queue);
+    size_t tlen = strlen(task), qlen = strlen(queue);
+    r->names = malloc(tlen + qlen + 2);
+    if (r->names) {
+        memcpy(r->names, task, tlen + 1);
+        memcpy(r->names + tlen + 1, queue, qlen + 1);
+    }
     r->priority = (uint32_t)options->priority;
     r->time_limit_ms = (uint32_t)options->time_limit_ms;
     r->callback = options->callback;

@@ -285,6 +285,31 @@ test_get_timeout(void **state)
     tq_result_destroy(&r);
 }
 
+/* A get that times out on a task no connected worker provides says so in
+   the handle's error text (issue 15); on a task that is provided but slow
+   it says nothing. */
+static void
+test_get_timeout_unserved(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_start(env, 1, NULL);
+    tq_result_t *none =
+        tq_apply_async(env->client, "no.such.task", NULL, "i", (int64_t)1);
+    assert_int_equal(tq_result_get(none, 200), TQ_ETIMEDOUT);
+    printf("get timed out: %s\n", tq_result_error(none));
+    assert_string_equal(tq_result_error(none),
+                        "no connected worker provides no.such.task (queue "
+                        "default)");
+    assert_false(tq_result_ready(none));
+    tq_result_destroy(&none);
+    tq_result_t *slow =
+        tq_apply_async(env->client, "tq.sleep", NULL, "d", 1.0);
+    assert_int_equal(tq_result_get(slow, 100), TQ_ETIMEDOUT);
+    assert_string_equal(tq_result_error(slow), "");
+    assert_int_equal(tq_result_get(slow, S_GET_MS), TQ_OK);
+    tq_result_destroy(&slow);
+}
+
 /* A task nobody provides waits, is listed as unserved, and runs once a
    worker providing it connects. */
 static void
@@ -565,6 +590,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_echo_thousand, tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_task_error, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_get_timeout_unserved,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_get_timeout, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_unserved, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_fetch, tq_harness_env_setup, tq_harness_env_teardown),

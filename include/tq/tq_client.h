@@ -152,7 +152,9 @@ const msgpack_object *tq_result_value(tq_result_t *self);
 /* The raw msgpack bytes of the value (borrowed); NULL unless successful. */
 const void *tq_result_data(tq_result_t *self, size_t *size);
 
-/* The error text of a failed result (borrowed), "" when there is none. */
+/* The error text of a failed result (borrowed), "" when there is none.
+   A submission that is not final after a tq_result_get timed out says
+   here "no connected worker provides TASK (queue Q)" when none does. */
 const char *tq_result_error(tq_result_t *self);
 
 /* The task id (borrowed), 32 hex characters for submitted tasks. */
