@@ -176,7 +176,11 @@ tqb_reply_error(tq_broker_t *self, void *socket, int code, const char *text,
 bool
 tqb_may_see(const tq_broker_t *self, const task_t *task)
 {
-    return !self->auth || self->in_admin || task->owner == self->in_key;
+    /* a task recovered from the store has no owner (the store does not
+       keep it yet): every key may see it, so that its submitter, asking
+       again after the restart, still finds it */
+    return !self->auth || self->in_admin || !task->owner ||
+           task->owner == self->in_key;
 }
 
 void
