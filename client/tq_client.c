@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,6 +197,31 @@ s_result_new(s_kind_t kind)
     pthread_cond_init(&self->cond, NULL);
     self->state = TQ_STATE_PENDING;
     return self;
+}
+
+/* Why the last call of this thread that returned NULL failed before it
+   reached the broker (tq_client_last_error). */
+static _Thread_local int s_last_code;
+static _Thread_local char s_last_text[256];
+
+static void s_set_last_error(int code, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+static void
+s_set_last_error(int code, const char *format, ...)
+{
+    s_last_code = code;
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(s_last_text, sizeof s_last_text, format, ap);
+    va_end(ap);
+}
+
+int
+tq_client_last_error(const char **text)
+{
+    if (text)
+        *text = s_last_text;
+    return s_last_code;
 }
 
 static void
@@ -1765,15 +1791,28 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     if (!options)
         options = &none;
     const char *queue = options->queue ? options->queue : TQ_DEFAULT_QUEUE;
-    if (!task || !tq_proto_valid_name(task, strlen(task)) ||
-        !tq_proto_valid_name(queue, strlen(queue)) || options->priority < 0 ||
-        options->priority > TQ_PRIORITY_MAX || options->time_limit_ms < 0 ||
-        options->retries < 0 || options->retries > TQ_PROTO_MAX_RETRIES ||
-        options->retry_backoff_ms < 0 || options->countdown_ms < 0 ||
-        (options->id &&
-         !tq_proto_valid_id(options->id, strlen(options->id))) ||
-        tq_proto_check_payload(args_owned ? args_owned : args, size, true,
-                               NULL) != TQ_OK) {
+    const char *reason = NULL;
+    const char *why =
+        !task || !tq_proto_valid_name(task, strlen(task))
+            ? "invalid task name (1-255 of [0-9A-Za-z_.:@/-])"
+        : !tq_proto_valid_name(queue, strlen(queue))
+            ? "invalid queue name (1-255 of [0-9A-Za-z_.:@/-])"
+        : options->priority < 0 || options->priority > TQ_PRIORITY_MAX
+            ? "priority out of range (0..9)"
+        : options->time_limit_ms < 0 ? "negative time_limit_ms"
+        : options->retries < 0 || options->retries > TQ_PROTO_MAX_RETRIES
+            ? "retries out of range (0..1000)"
+        : options->retry_backoff_ms < 0 ? "negative retry_backoff_ms"
+        : options->countdown_ms < 0     ? "negative countdown_ms"
+        : options->id && !tq_proto_valid_id(options->id, strlen(options->id))
+            ? "invalid id (1-64 of [0-9A-Za-z_.-])"
+        : tq_proto_check_payload(args_owned ? args_owned : args, size, true,
+                                 &reason) != TQ_OK
+            ? "invalid arguments"
+            : NULL;
+    if (why) {
+        s_set_last_error(TQ_EINVAL, "%s%s%s", why, reason ? ": " : "",
+                         reason ? reason : "");
         free(args_owned);
         return NULL;
     }
@@ -1837,8 +1876,11 @@ tq_apply_async(tq_client_t *self, const char *task,
     va_start(ap, picture);
     int rc = tq_vpack(&buf, picture, ap);
     va_end(ap);
-    if (rc != TQ_OK)
+    if (rc != TQ_OK) {
+        s_set_last_error(rc, "picture \"%s\": an unknown character",
+                         picture ? picture : "(null)");
         return NULL;
+    }
     return s_submit(self, task, options, buf.data, NULL, buf.size);
 }
 
@@ -1846,8 +1888,10 @@ tq_result_t *
 tq_apply_async_raw(tq_client_t *self, const char *task,
                    const tq_options_t *options, const void *args, size_t size)
 {
-    if (!args)
+    if (!args) {
+        s_set_last_error(TQ_EINVAL, "no arguments (NULL)");
         return NULL;
+    }
     return s_submit(self, task, options, NULL, args, size);
 }
 

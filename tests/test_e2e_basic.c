@@ -285,6 +285,30 @@ test_get_timeout(void **state)
     tq_result_destroy(&r);
 }
 
+/* A submission refused before it reaches the broker says why (issue 11):
+   the code and a text that names what is wrong. */
+static void
+test_apply_async_says_why(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_start(env, 1, NULL);
+    const char *text = NULL;
+    assert_null(tq_apply_async(env->client, "bad name!", NULL, "i",
+                               (int64_t)1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "invalid task name"));
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.priority = 12;
+    assert_null(tq_apply_async(env->client, "tq.echo", &opts, "i",
+                               (int64_t)1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_string_equal(text, "priority out of range (0..9)");
+    assert_null(tq_apply_async(env->client, "tq.echo", NULL, "z", 1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "picture"));
+    printf("refused: %s\n", text);
+}
+
 /* A get that times out on a task no connected worker provides says so in
    the handle's error text (issue 15); on a task that is provided but slow
    it says nothing. */
@@ -590,6 +614,9 @@ main(void)
         cmocka_unit_test_setup_teardown(test_echo_thousand, tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_task_error, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_apply_async_says_why,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_get_timeout_unserved,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

@@ -87,10 +87,17 @@ void tq_client_set_liveness(tq_client_t *self, int timeout_ms);
 
 /* Submits task with arguments packed from picture (see tq_pack). Returns a
    new handle (the caller's, free with tq_result_destroy), or NULL with an
-   invalid task name, options or picture. options may be NULL. */
+   invalid task name, options or picture: tq_client_last_error says which.
+   options may be NULL. */
 tq_result_t *tq_apply_async(tq_client_t *self, const char *task,
                             const tq_options_t *options, const char *picture,
                             ...);
+
+/* Why the last call of this thread that returned NULL (tq_apply_async,
+   tq_apply_async_raw) failed before reaching the broker: TQ_EINVAL and a
+   text such as "priority out of range (0..9)" in *text (borrowed, valid
+   until this thread's next failing call); TQ_OK and "" before any. */
+int tq_client_last_error(const char **text);
 
 /* As tq_apply_async, with args already packed as a msgpack array (borrowed,
    copied before return). */
