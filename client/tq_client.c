@@ -1576,9 +1576,8 @@ static void
 s_register_at_exit(void)
 {
     atexit(s_at_exit);
-    /* czmq logs to stdout by default: the library's warnings must not mix
-       with a program's output (tq map prints results there) */
-    zsys_set_logstream(stderr);
+    /* czmq's log already goes through tq_log to stderr (tq_log_take_czmq
+       in tq_client_context): stdout carries a program's results alone */
 }
 
 void *
