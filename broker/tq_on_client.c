@@ -115,43 +115,56 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
 
+/* The unfinished task a request names, for GET and CANCEL; or NULL once
+   answered: UNKNOWN (never seen, expired, another tenant's) or its final
+   RESULT. */
+static task_t *
+s_unfinished(tq_broker_t *self, const tq_msg_t *msg)
+{
+    task_t *task = tqb_task_find(self, msg->id);
+    if (!task || !tqb_may_see(self, task)) {
+        tqb_reply_unknown(self, msg->id);
+        return NULL;
+    }
+    if (tqb_task_is_final(task)) {
+        ident_t from = tqb_sender(self);
+        tqb_send_result(self, task, &from);
+        return NULL;
+    }
+    return task;
+}
+
 void
 tqb_on_get(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
     (void)peer;
-    task_t *task = tqb_task_find(self, msg->id);
-    ident_t from = tqb_sender(self);
-    if (!task || !tqb_may_see(self, task))
-        tqb_reply_unknown(self, msg->id);
-    else if (tqb_task_is_final(task))
-        tqb_send_result(self, task, &from);
-    else if (msg->wait)
+    task_t *task = s_unfinished(self, msg);
+    if (!task)
+        return;
+    if (msg->wait) {
+        ident_t from = tqb_sender(self);
         tqb_task_add_waiter(task, &from);
-    else {
-        tq_msg_t *out = tqb_out(self, TQ_CMD_STATE);
-        out->id = msg->id;
-        out->state = (uint32_t)tqb_task_wire_state(task);
-        tqb_reply(self, self->clients);
+        return;
     }
+    tq_msg_t *out = tqb_out(self, TQ_CMD_STATE);
+    out->id = msg->id;
+    out->state = (uint32_t)tqb_task_wire_state(task);
+    tqb_reply(self, self->clients);
 }
 
 void
 tqb_on_cancel(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
     (void)peer;
-    task_t *task = tqb_task_find(self, msg->id);
+    task_t *task = s_unfinished(self, msg);
+    if (!task)
+        return;
+    /* the canceller hears the outcome through the RESULT that ending the
+       task sends to every waiter */
     ident_t from = tqb_sender(self);
-    if (!task || !tqb_may_see(self, task))
-        tqb_reply_unknown(self, msg->id);
-    else if (tqb_task_is_final(task))
-        tqb_send_result(self, task, &from);
-    else {
-        /* the canceller hears the outcome through the RESULT that ending
-           the task sends to every waiter */
-        tqb_task_add_waiter(task, &from);
-        tqb_cancel(self, task, "cancelled");
-        self->dispatch_due = true;
-    }
+    tqb_task_add_waiter(task, &from);
+    tqb_cancel(self, task, "cancelled");
+    self->dispatch_due = true;
 }
 
 void
@@ -173,7 +186,8 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (task->rec.code == TQ_ECORRUPT) {
         tqb_reply_error(self, self->clients, TQ_ESTATE,
                         "its stored arguments were damaged: it cannot run "
-                        "again", msg->id);
+                        "again",
+                        msg->id);
         return;
     }
     /* a dead letter kept its arguments (tqb_task_final), so it runs again
@@ -204,8 +218,7 @@ tqb_on_purge(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (self->auth && !self->in_admin) {
         self->counters.errors++;
         tqb_reply_error(self, self->clients, TQ_EDENIED,
-                        "PURGE needs an operator key (--admin-keys)",
-                        msg->id);
+                        "PURGE needs an operator key (--admin-keys)", msg->id);
         return;
     }
     queue_t *queue = zhashx_lookup(self->queue_index, name);

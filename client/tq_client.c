@@ -1367,9 +1367,19 @@ s_io_liveness(s_io_t *io)
     }
     if (io->unacked && now - silent_from >= live) {
         char text[512];
+        /* a CURVE broker drops a handshake it cannot or will not take
+           without a word: say what to check */
+        int mechanism = ZMQ_NULL;
+        size_t size = sizeof mechanism;
+        zmq_getsockopt(io->client->socket, ZMQ_MECHANISM, &mechanism, &size);
         snprintf(text, sizeof text,
-                 "broker unreachable at %s (no answer in %.1f s)",
-                 io->client->endpoint, (double)live / 1000.0);
+                 "broker unreachable at %s (no answer in %.1f s)%s",
+                 io->client->endpoint, (double)live / 1000.0,
+                 mechanism == ZMQ_CURVE
+                     ? "; with CURVE, check that the broker allows this "
+                       "client's key and that TQ_CURVE_SERVER_KEY is its key"
+                     : "; if the broker uses CURVE, set TQ_CURVE_SERVER_KEY "
+                       "and TQ_CURVE_CERT");
         s_io_fail(io, true, TQ_EUNREACHABLE, text);
         if (io->waiting == 0)
             return -1;

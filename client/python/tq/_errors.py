@@ -11,6 +11,7 @@ CODE_NAMES = (
     "TQ_ETIMEDOUT", "TQ_ETASK", "TQ_EUNKNOWN", "TQ_EUNREACHABLE",
     "TQ_ECANCELLED", "TQ_EFULL", "TQ_EEMPTY", "TQ_ELOST", "TQ_ETIMELIMIT",
     "TQ_ENOTASK", "TQ_ECLOSED", "TQ_ESTATE", "TQ_ESYS", "TQ_EBUSY",
+    "TQ_ECORRUPT", "TQ_EDENIED",
 )
 # tq_strerror(), proto/tq_error.c
 DESCRIPTIONS = (
@@ -20,6 +21,7 @@ DESCRIPTIONS = (
     "limit reached (queue, memory or disk)", "queue empty", "worker lost",
     "time limit exceeded", "no such task", "closed",
     "not valid in this state", "system error", "busy",
+    "stored data corrupt (checksum mismatch)", "not allowed for this key",
 )
 TQ_OK = 0
 TQ_EINVAL = 1
@@ -40,11 +42,13 @@ TQ_ECLOSED = 15
 TQ_ESTATE = 16
 TQ_ESYS = 17
 TQ_EBUSY = 18
+TQ_ECORRUPT = 19
+TQ_EDENIED = 20
 
 # task states (PROTOCOL.md section 6)
 STATE_NAMES = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED",
-               "RETRY")
-PENDING, RUNNING, SUCCESS, FAILURE, CANCELLED, RETRY = range(6)
+               "RETRY", "SCHEDULED")
+PENDING, RUNNING, SUCCESS, FAILURE, CANCELLED, RETRY, SCHEDULED = range(7)
 FINAL_STATES = (SUCCESS, FAILURE, CANCELLED)
 
 
