@@ -197,7 +197,10 @@ main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char **env_argv = tq_env_argv("TQ_BROKER_", options, argc, argv, &argc);
+    /* kept in a static: the early exits (usage, --version) leave it
+       reachable, not leaked */
+    static char **env_argv;
+    env_argv = tq_env_argv("TQ_BROKER_", options, argc, argv, &argc);
     if (!env_argv) {
         fprintf(stderr, "tq-broker: out of memory\n");
         return 1;

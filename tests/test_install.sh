@@ -7,6 +7,9 @@
 # as it was (a developer's real install stays uninstallable).
 set -uo pipefail
 build=$(cd "$1" && pwd); src=$(cd "$2" && pwd)
+# $3: the build's sanitizers (TQ_SANITIZE), which a program linking its
+# library needs too
+sanitize=${3:-}
 stage=$(mktemp -d /tmp/tq-install-XXXXXX)
 manifest=$build/install_manifest.txt
 saved=""
@@ -44,7 +47,8 @@ C
 pcdir=$(dirname "$pc")
 flags=$(PKG_CONFIG_PATH=$pcdir pkg-config --define-prefix --cflags --libs tq) ||
     fail "pkg-config --cflags --libs tq"
-cc "$stage/prog.c" $flags -o "$stage/prog" || fail "cannot build against tq.pc"
+cc "$stage/prog.c" ${sanitize:+-fsanitize=$sanitize} $flags -o "$stage/prog" ||
+    fail "cannot build against tq.pc"
 libdir=$(dirname "$(ls "$root"/lib*/libtq.so "$root"/lib/*/libtq.so 2>/dev/null | head -1)")
 out=$(LD_LIBRARY_PATH=$libdir "$stage/prog") || fail "the program did not run"
 [ -n "$out" ] || fail "the program printed nothing"
