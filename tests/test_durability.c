@@ -19,8 +19,8 @@
 
 #include <cmocka.h>
 
-#include "tq_harness.h"
 #include "tq_client_internal.h"
+#include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
 
@@ -713,8 +713,9 @@ s_recovered_line(const char *log, unsigned long long *tasks, long long *ms)
     char dirbuf[600];
     unsigned long long items;
     if (at &&
-        sscanf(at, "recovered %llu tasks and %llu queue items from %599s in "
-                   "%lld ms",
+        sscanf(at,
+               "recovered %llu tasks and %llu queue items from %599s in "
+               "%lld ms",
                tasks, &items, dirbuf, ms) == 4)
         found = true;
     free(text);
@@ -800,6 +801,28 @@ test_restart_100k(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* A broker with a store in a fresh temporary directory; its endpoints
+   are kept to restart it on the same ports (s_restart). */
+typedef struct {
+    char dir[512], data[600];
+    const char *extra[3]; /* --data DATA */
+    tq_harness_broker_t broker;
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+} s_stored_t;
+
+static void
+s_stored_start(s_stored_t *self, const char *tag)
+{
+    s_tempdir(self->dir, sizeof self->dir, tag);
+    snprintf(self->data, sizeof self->data, "%s/data", self->dir);
+    self->extra[0] = "--data";
+    self->extra[1] = self->data;
+    self->extra[2] = NULL;
+    assert_int_equal(tq_harness_broker_start(&self->broker, self->extra), 0);
+    snprintf(self->clients, sizeof self->clients, "%s", self->broker.clients);
+    snprintf(self->workers, sizeof self->workers, "%s", self->broker.workers);
+}
+
 /* A client waiting on handles across kill -9 and a restart of the broker
    gets its results: the handles re-attach with GET wait=true. */
 static void
@@ -807,17 +830,10 @@ test_handles_across_restart(void **state)
 {
     (void)state;
     enum { N = 50 };
-    char dir[512], data[600];
-    s_tempdir(dir, sizeof dir, "handles");
-    snprintf(data, sizeof data, "%s/data", dir);
-    const char *extra[] = {"--data", data, NULL};
-    tq_harness_broker_t broker;
-    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
-    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
-    snprintf(clients, sizeof clients, "%s", broker.clients);
-    snprintf(workers, sizeof workers, "%s", broker.workers);
+    s_stored_t st;
+    s_stored_start(&st, "handles");
 
-    tq_client_t *client = tq_client_new(clients);
+    tq_client_t *client = tq_client_new(st.clients);
     assert_non_null(client);
     tq_result_t *results[N];
     for (int i = 0; i < N; i++) {
@@ -831,9 +847,9 @@ test_handles_across_restart(void **state)
         tq_harness_sleep_ms(10);
     assert_int_equal(s_waiting(client), N);
 
-    s_kill9(&broker);
-    s_restart(&broker, clients, workers, extra, NULL);
-    pid_t worker = tq_harness_worker_start(workers, 2, NULL);
+    s_kill9(&st.broker);
+    s_restart(&st.broker, st.clients, st.workers, st.extra, NULL);
+    pid_t worker = tq_harness_worker_start(st.workers, 2, NULL);
     assert_true(worker > 0);
     int ok = 0;
     int64_t get_deadline = tq_harness_now_ms() + 60000;
@@ -857,9 +873,9 @@ test_handles_across_restart(void **state)
         tq_result_destroy(&results[i]);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&broker);
+    tq_harness_broker_stop(&st.broker);
     tq_harness_kill_all();
-    tq_harness_rmtree(dir);
+    tq_harness_rmtree(st.dir);
     assert_int_equal(ok, N);
 }
 
@@ -883,16 +899,9 @@ static void
 test_countdown_survives_restart(void **state)
 {
     (void)state;
-    char dir[512], data[600];
-    s_tempdir(dir, sizeof dir, "countdown");
-    snprintf(data, sizeof data, "%s/data", dir);
-    const char *extra[] = {"--data", data, NULL};
-    tq_harness_broker_t broker;
-    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
-    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
-    snprintf(clients, sizeof clients, "%s", broker.clients);
-    snprintf(workers, sizeof workers, "%s", broker.workers);
-    tq_client_t *client = tq_client_new(clients);
+    s_stored_t st;
+    s_stored_start(&st, "countdown");
+    tq_client_t *client = tq_client_new(st.clients);
     tq_options_t opts = TQ_OPTIONS_INIT;
     opts.countdown_ms = 4000;
     opts.id = "countdown-1";
@@ -901,9 +910,9 @@ test_countdown_survives_restart(void **state)
     assert_int_equal(tq_result_wait_answer(r, 20000), TQ_OK); /* stored */
     assert_int_equal(s_state_of(client, "countdown-1"), TQ_STATE_SCHEDULED);
 
-    s_kill9(&broker);
-    s_restart(&broker, clients, workers, extra, NULL);
-    pid_t worker = tq_harness_worker_start(workers, 1, NULL);
+    s_kill9(&st.broker);
+    s_restart(&st.broker, st.clients, st.workers, st.extra, NULL);
+    pid_t worker = tq_harness_worker_start(st.workers, 1, NULL);
     assert_true(worker > 0);
     /* still counting down after the restart, with a worker ready */
     assert_int_equal(tq_harness_wait_workers(client, 1, worker, 20000), 0);
@@ -922,8 +931,8 @@ test_countdown_survives_restart(void **state)
     tq_result_destroy(&r);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&broker);
-    tq_harness_rmtree(dir);
+    tq_harness_broker_stop(&st.broker);
+    tq_harness_rmtree(st.dir);
 }
 
 /* Flips one byte of every copy of marker in the store's files (the
@@ -963,30 +972,23 @@ static void
 test_damaged_task_not_run(void **state)
 {
     (void)state;
-    char dir[512], data[600];
-    s_tempdir(dir, sizeof dir, "crc");
-    snprintf(data, sizeof data, "%s/data", dir);
-    const char *extra[] = {"--data", data, NULL};
-    tq_harness_broker_t broker;
-    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
-    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
-    snprintf(clients, sizeof clients, "%s", broker.clients);
-    snprintf(workers, sizeof workers, "%s", broker.workers);
-    tq_client_t *client = tq_client_new(clients);
+    s_stored_t st;
+    s_stored_start(&st, "crc");
+    tq_client_t *client = tq_client_new(st.clients);
     tq_options_t bad = TQ_OPTIONS_INIT, good = TQ_OPTIONS_INIT;
     bad.id = "damaged-1";
     good.id = "intact-1";
-    tq_result_t *rb = tq_apply_async(client, "tq.echo", &bad, "s",
-                                     "MARKER-damage-me-MARKER");
-    tq_result_t *rg = tq_apply_async(client, "tq.echo", &good, "s",
-                                     "left-alone");
+    tq_result_t *rb =
+        tq_apply_async(client, "tq.echo", &bad, "s", "MARKER-damage-me-MARKER");
+    tq_result_t *rg =
+        tq_apply_async(client, "tq.echo", &good, "s", "left-alone");
     assert_int_equal(tq_result_wait_answer(rb, 20000), TQ_OK);
     assert_int_equal(tq_result_wait_answer(rg, 20000), TQ_OK);
     /* stopped cleanly: the WAL is folded into tq.db */
-    tq_harness_broker_stop(&broker);
-    assert_true(s_damage(data, "MARKER-damage-me-MARKER") >= 1);
-    s_restart(&broker, clients, workers, extra, NULL);
-    pid_t worker = tq_harness_worker_start(workers, 1, NULL);
+    tq_harness_broker_stop(&st.broker);
+    assert_true(s_damage(st.data, "MARKER-damage-me-MARKER") >= 1);
+    s_restart(&st.broker, st.clients, st.workers, st.extra, NULL);
+    pid_t worker = tq_harness_worker_start(st.workers, 1, NULL);
     assert_true(worker > 0);
     assert_int_equal(tq_result_get(rb, 60000), TQ_ECORRUPT);
     printf("damaged task: %s: %s\n", tq_strerror(TQ_ECORRUPT),
@@ -997,8 +999,8 @@ test_damaged_task_not_run(void **state)
     tq_result_destroy(&rg);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&broker);
-    tq_harness_rmtree(dir);
+    tq_harness_broker_stop(&st.broker);
+    tq_harness_rmtree(st.dir);
 }
 
 /* Data-queue items are stored like tasks: every put that was answered
@@ -1008,17 +1010,10 @@ test_queue_items_survive(void **state)
 {
     (void)state;
     enum { N = 200 };
-    char dir[512], data[600];
-    s_tempdir(dir, sizeof dir, "items");
-    snprintf(data, sizeof data, "%s/data", dir);
-    const char *extra[] = {"--data", data, NULL};
-    tq_harness_broker_t broker;
-    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
-    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
-    snprintf(clients, sizeof clients, "%s", broker.clients);
-    snprintf(workers, sizeof workers, "%s", broker.workers);
+    s_stored_t st;
+    s_stored_start(&st, "items");
 
-    tq_client_t *client = tq_client_new(clients);
+    tq_client_t *client = tq_client_new(st.clients);
     assert_non_null(client);
     tq_queue_t *q = tq_queue_new(client, "durable.q", 1000);
     for (int i = 0; i < N; i++) {
@@ -1040,9 +1035,10 @@ test_queue_items_survive(void **state)
     tq_queue_destroy(&q);
     tq_client_destroy(&client);
 
-    s_kill9(&broker);
-    int64_t took = s_restart(&broker, clients, workers, extra, NULL);
-    client = tq_client_new(clients);
+    s_kill9(&st.broker);
+    int64_t took =
+        s_restart(&st.broker, st.clients, st.workers, st.extra, NULL);
+    client = tq_client_new(st.clients);
     q = tq_queue_new(client, "durable.q", 0);
     uint64_t size = 0;
     assert_int_equal(tq_queue_qsize(q, &size), TQ_OK);
@@ -1062,9 +1058,9 @@ test_queue_items_survive(void **state)
            (unsigned long long)size, N, in_order, (long long)took);
     tq_queue_destroy(&q);
     tq_client_destroy(&client);
-    tq_harness_broker_stop(&broker);
+    tq_harness_broker_stop(&st.broker);
     tq_harness_kill_all();
-    tq_harness_rmtree(dir);
+    tq_harness_rmtree(st.dir);
     assert_int_equal(size, N - 1);
     assert_int_equal(in_order, N - 1);
 }
@@ -1166,8 +1162,8 @@ test_max_disk_burst(void **state)
     /* the files: the limit plus SQLite's own pages and WAL framing */
     assert_true(bytes <= 4LL << 20);
     /* the broker is alive and serving */
-    tq_result_t *r = tq_apply_async(env.client, "tq.echo", NULL, "i",
-                                    (int64_t)1);
+    tq_result_t *r =
+        tq_apply_async(env.client, "tq.echo", NULL, "i", (int64_t)1);
     assert_int_equal(tq_result_wait_answer(r, 60000), TQ_OK);
     tq_result_destroy(&r);
     for (int i = 0; i < N; i++)
