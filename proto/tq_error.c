@@ -23,6 +23,7 @@ static const char *const s_errors[TQ_ERROR_COUNT_] = {
     [TQ_EBUSY] = "busy",
     [TQ_ECORRUPT] = "stored data corrupt (checksum mismatch)",
     [TQ_EDENIED] = "not allowed for this key",
+    [TQ_ESTANDBY] = "broker is a standby (another broker is active)",
 };
 
 static const char *const s_states[TQ_STATE_COUNT_] = {
@@ -62,6 +63,7 @@ static const char *const s_names[TQ_ERROR_COUNT_] = {
     [TQ_EBUSY] = "TQ_EBUSY",
     [TQ_ECORRUPT] = "TQ_ECORRUPT",
     [TQ_EDENIED] = "TQ_EDENIED",
+    [TQ_ESTANDBY] = "TQ_ESTANDBY",
 };
 
 const char *

@@ -29,7 +29,8 @@ typedef enum {
     TQ_EBUSY = 18,       /* a resource is in use */
     TQ_ECORRUPT = 19,    /* stored data failed its checksum */
     TQ_EDENIED = 20,     /* not allowed for this key (CURVE tenants) */
-    TQ_ERROR_COUNT_ = 21
+    TQ_ESTANDBY = 21,    /* this broker is a standby: ask the next one */
+    TQ_ERROR_COUNT_ = 22
 } tq_err_t;
 
 /* Returns a static English description of err; never NULL. */

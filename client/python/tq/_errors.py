@@ -11,7 +11,7 @@ CODE_NAMES = (
     "TQ_ETIMEDOUT", "TQ_ETASK", "TQ_EUNKNOWN", "TQ_EUNREACHABLE",
     "TQ_ECANCELLED", "TQ_EFULL", "TQ_EEMPTY", "TQ_ELOST", "TQ_ETIMELIMIT",
     "TQ_ENOTASK", "TQ_ECLOSED", "TQ_ESTATE", "TQ_ESYS", "TQ_EBUSY",
-    "TQ_ECORRUPT", "TQ_EDENIED",
+    "TQ_ECORRUPT", "TQ_EDENIED", "TQ_ESTANDBY",
 )
 # tq_strerror(), proto/tq_error.c
 DESCRIPTIONS = (
@@ -22,6 +22,7 @@ DESCRIPTIONS = (
     "time limit exceeded", "no such task", "closed",
     "not valid in this state", "system error", "busy",
     "stored data corrupt (checksum mismatch)", "not allowed for this key",
+    "broker is a standby (another broker is active)",
 )
 TQ_OK = 0
 TQ_EINVAL = 1
@@ -44,6 +45,7 @@ TQ_ESYS = 17
 TQ_EBUSY = 18
 TQ_ECORRUPT = 19
 TQ_EDENIED = 20
+TQ_ESTANDBY = 21
 
 # task states (PROTOCOL.md section 6)
 STATE_NAMES = ("PENDING", "RUNNING", "SUCCESS", "FAILURE", "CANCELLED",
