@@ -466,6 +466,7 @@ typedef struct {
     zmq_msg_t child; /* the identity of the last READY's sender */
     char ready_id[TQ_PROTO_MAX_ID + 1]; /* the task the last READY named */
     int readies;
+    int standby_errors; /* ERROR TQ_ESTANDBY sent */
     int dones; /* DONE received */
     char done_id[TQ_PROTO_MAX_ID + 1]; /* the last DONE's */
     uint32_t done_attempt;
@@ -532,6 +533,7 @@ s_step(s_step_t *self)
             out.code = TQ_ESTANDBY;
             out.error = tq_str("standby");
             s_step_send(self, &f.identity, &out, NULL);
+            self->standby_errors++;
         } else if (in.command == TQ_CMD_HEARTBEAT) {
             self->last_session = in.session;
             out.command = TQ_CMD_HEARTBEAT;
@@ -673,6 +675,60 @@ test_done_goes_to_new_broker(void **state)
     tq_harness_rmtree(dir);
 }
 
+static bool
+s_has_standby_error(void *arg)
+{
+    return ((s_step_t *)arg)->standby_errors > 0;
+}
+
+static bool
+s_two_readies(void *arg)
+{
+    return ((s_step_t *)arg)->readies >= 2;
+}
+
+/* A host with one broker whose broker turns standby (it lost the lease
+   and forgot every child) and then serves again, with the same pid and
+   the same session number as before (a broker that demoted itself and
+   took the lease back in the same process): the child announces itself
+   again, as after a restart; the host never leaves its only broker. */
+static void
+test_single_broker_standby_then_active(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    s_step_t a, none;
+    s_step_bind(ctx, &a, 4242, 1);
+    s_step_bind(ctx, &none, 1, 1); /* served, never connected to */
+    int err_fd = -1;
+    pid_t worker = s_worker(a.endpoint, "1", NULL, &err_fd);
+    assert_true(s_steps_until(&a, &none, s_has_ready, &a, S_MOVE_MS));
+    assert_true(s_steps_until(&a, &none, s_back_session, &a, S_MOVE_MS));
+    assert_int_equal(a.readies, 1);
+
+    a.standby = true;
+    assert_true(s_steps_until(&a, &none, s_has_standby_error, &a, S_MOVE_MS));
+    assert_int_equal(a.readies, 1);
+    a.standby = false;
+    a.last_session = UINT64_MAX;
+    assert_true(s_steps_until(&a, &none, s_two_readies, &a, S_MOVE_MS));
+    assert_true(s_steps_until(&a, &none, s_back_session, &a, S_MOVE_MS));
+    printf("one broker, standby then serving again: %d READY, %d ERROR "
+           "TQ_ESTANDBY sent\n",
+           a.readies, a.standby_errors);
+    assert_int_equal(a.readies, 2);
+    assert_int_equal(none.readies, 0);
+
+    char *err = s_worker_stop(worker, err_fd);
+    assert_non_null(strstr(err, "is a standby: waiting for it to serve"));
+    assert_null(strstr(err, "moving to"));
+    free(err);
+    s_step_close(&a);
+    s_step_close(&none);
+    zmq_ctx_term(ctx);
+}
+
 /* A list with an empty or a bad endpoint is refused at start, naming
    it, exit status 2; the same from TQ_WORKER_BROKER. */
 static void
@@ -719,6 +775,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_silent_first, tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_done_goes_to_new_broker),
+        cmocka_unit_test(test_single_broker_standby_then_active),
         cmocka_unit_test(test_killed_broker_store_takeover),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -41,7 +41,9 @@ typedef struct {
     tq_board_t *boards; /* one per slot, shared with its child */
     tq_board_host_t *host; /* shared with every child: the broker */
     uint32_t broker; /* index of the endpoint the host talks to */
-    bool moved; /* moved to it, no HEARTBEAT answer from it yet */
+    bool reannounce_due; /* children announce themselves at the broker's
+                            next HEARTBEAT answer: we moved to it, or it
+                            was a standby */
     uint32_t unanswered_moves; /* moves since the last HEARTBEAT answer */
     pid_t *keep; /* one per slot: the children an orphan sweep spares */
     int sig_pipe[2]; /* self-pipe: signal numbers */
@@ -197,9 +199,9 @@ s_reannounce_children(s_super_t *self)
 
 /* Moves the host to its next broker endpoint (wrapping around): the
    supervisor connects there at once and heartbeats it; the children
-   follow once it answers a HEARTBEAT (s_on_broker), so that they do not
-   reconnect to each standby in turn. A child (re)started meanwhile reads
-   the new endpoint from the host's board. */
+   follow once it answers a HEARTBEAT (s_on_broker: reannounce_due), so
+   that they do not reconnect to each standby in turn. A child (re)started
+   meanwhile reads the new endpoint from the host's board. */
 static void
 s_move_on(s_super_t *self, const char *why)
 {
@@ -212,7 +214,7 @@ s_move_on(s_super_t *self, const char *why)
     if (self->sock)
         zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
     s_connect(self);
-    self->moved = true;
+    self->reannounce_due = true;
     self->broker_pid = 0;
     self->session = 0; /* a session of the other broker means nothing */
     int64_t now = s_now();
@@ -281,10 +283,21 @@ s_on_broker(s_super_t *self, int rc)
         return;
     }
     if (self->in.command == TQ_CMD_ERROR && self->in.code == TQ_ESTANDBY &&
-        tq_worker_endpoints(self->config) > 1 && !self->stopping) {
+        !self->stopping) {
         /* another broker holds the lease: this one will not serve us */
-        s_move_on(self, "is a standby");
-        return;
+        if (tq_worker_endpoints(self->config) > 1) {
+            s_move_on(self, "is a standby");
+            return;
+        }
+        /* our only broker: it knows none of our children now (a broker
+           that lost the lease forgot them), so they announce themselves
+           when it serves again, even if its pid and session number look
+           the same then */
+        if (!self->reannounce_due)
+            tq_worker_log("broker %s is a standby: waiting for it to "
+                          "serve",
+                          s_endpoint(self));
+        self->reannounce_due = true;
     }
     self->last_heard = s_now();
     if (self->broker_silent) {
@@ -294,13 +307,13 @@ s_on_broker(s_super_t *self, int rc)
     switch (self->in.command) {
     case TQ_CMD_HEARTBEAT:
         self->unanswered_moves = 0;
-        if (self->moved) {
+        if (self->reannounce_due) {
             /* the broker we moved to serves: every child moves too, with
                the task it still runs (PROTOCOL.md 10 and 12) */
             tq_worker_log("broker %s answers (pid %llu): children announce "
                           "themselves there",
                           s_endpoint(self), (unsigned long long)self->in.pid);
-            self->moved = false;
+            self->reannounce_due = false;
             s_reannounce_children(self);
             self->broker_pid = self->in.pid;
             self->session = self->in.session;
