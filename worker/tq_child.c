@@ -38,7 +38,7 @@ typedef struct {
     const tq_registry_t *registry; /* borrowed */
     int report_fd; /* write end of the pipe to the supervisor: nudges */
     tq_board_t *board; /* what we publish for the supervisor (shared) */
-    const tq_board_host_t *host; /* the broker it chose for us (shared) */
+    const tq_board_host_t *host; /* the broker our supervisor chose (shared) */
     uint64_t rss_kb; /* peak RSS, last sample, KiB */
     int64_t rss_at_us; /* when it was sampled, monotonic us */
     int64_t task_at_us; /* when the running task started, monotonic us */
