@@ -1,16 +1,19 @@
 /* test_tenants.c - under CURVE a task belongs to the key that submitted
    it (PROTOCOL.md 5.8): another client key can neither read, cancel,
    retry nor list it, nor reuse its id; PURGE and the STATUS details need
-   an operator key; a worker key acts for the one host it announced first.
+   an operator key; a worker key acts for the one host it announced first;
+   a task stays its owner's across kill -9 and a restart on the same store.
    A real tq-broker with three allow-lists, the client library with one
    key per client, and raw worker sockets. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 #include <czmq.h>
@@ -19,6 +22,7 @@
 #include "tq_client_internal.h"
 #include "tq_curve.h"
 #include "tq_harness.h"
+#include "tq_inspect.h"
 #include "tq_proto.h"
 
 #define S_MS 20000 /* bound on every wait */
@@ -27,6 +31,8 @@ typedef struct {
     char dir[256], clients[300], workers[300], admins[300];
     char broker[300], alice[300], bob[300], olga[300], w1[300], w2[300];
     char broker_key[TQ_CURVE_KEY_TEXT];
+    char secret[320], data[300];
+    const char *extra[12]; /* the broker's arguments, for a restart */
     tq_harness_broker_t b;
 } s_world_t;
 
@@ -54,8 +60,10 @@ s_member(s_world_t *w, char *path, const char *name, const char *list)
     }
 }
 
+/* A world of keys and a CURVE broker, in memory or (store) on a store in
+   the world's directory. */
 static int
-s_setup(void **state)
+s_world_start(void **state, bool store)
 {
     tq_harness_init();
     s_world_t *w = calloc(1, sizeof *w);
@@ -74,14 +82,37 @@ s_setup(void **state)
     s_member(w, w->olga, "olga", w->admins);
     s_member(w, w->w1, "w1", w->workers);
     s_member(w, w->w2, "w2", w->workers);
-    char secret[320];
-    snprintf(secret, sizeof secret, "%s_secret", w->broker);
-    const char *extra[] = {"--curve-secret", secret,     "--client-keys",
-                           w->clients,       "--worker-keys", w->workers,
-                           "--admin-keys",   w->admins,   NULL};
-    assert_int_equal(tq_harness_broker_start(&w->b, extra), 0);
+    snprintf(w->secret, sizeof w->secret, "%s_secret", w->broker);
+    snprintf(w->data, sizeof w->data, "%s/data", w->dir);
+    const char *extra[] = {"--curve-secret",
+                           w->secret,
+                           "--client-keys",
+                           w->clients,
+                           "--worker-keys",
+                           w->workers,
+                           "--admin-keys",
+                           w->admins,
+                           "--data",
+                           w->data,
+                           NULL};
+    if (!store)
+        extra[8] = NULL;
+    memcpy(w->extra, extra, sizeof extra);
+    assert_int_equal(tq_harness_broker_start(&w->b, w->extra), 0);
     *state = w;
     return 0;
+}
+
+static int
+s_setup(void **state)
+{
+    return s_world_start(state, false);
+}
+
+static int
+s_setup_store(void **state)
+{
+    return s_world_start(state, true);
 }
 
 static int
@@ -283,13 +314,153 @@ test_worker_keys(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Makes the CURVE environment that of the certificate at cert, for the
+   requests that read it at each call (tq_inspect_*). */
+static void
+s_use_key(s_world_t *w, const char *cert)
+{
+    char secret[320];
+    snprintf(secret, sizeof secret, "%s_secret", cert);
+    setenv(TQ_CURVE_ENV_SERVER_KEY, w->broker_key, 1);
+    setenv(TQ_CURVE_ENV_CERT, secret, 1);
+}
+
+/* True if the body of a TASKS or INSPECT reply names id. */
+static bool
+s_body_has(const tq_buf_t *body, const char *id)
+{
+    return body->size && memmem(body->data, body->size, id, strlen(id));
+}
+
+/* TASKS as the key at cert: true if it lists id (every state). */
+static bool
+s_tasks_has(s_world_t *w, const char *cert, const char *id)
+{
+    s_use_key(w, cert);
+    tq_inspect_filter_t filter = {.states = TQ_STATES_ALL};
+    tq_buf_t body = {0};
+    char detail[256];
+    int rc = tq_inspect_tasks(w->b.clients, &filter, &body, S_MS, detail,
+                              sizeof detail);
+    if (rc != TQ_OK)
+        print_message("TASKS: %s (%s)\n", tq_strerror(rc), detail);
+    assert_int_equal(rc, TQ_OK);
+    bool found = s_body_has(&body, id);
+    tq_buf_free(&body);
+    return found;
+}
+
+/* INSPECT id as the key at cert: TQ_OK or the broker's answer. */
+static int
+s_inspect(s_world_t *w, const char *cert, const char *id)
+{
+    s_use_key(w, cert);
+    tq_buf_t body = {0};
+    char detail[256];
+    int rc =
+        tq_inspect_task(w->b.clients, id, &body, S_MS, detail, sizeof detail);
+    if (rc == TQ_OK)
+        assert_true(s_body_has(&body, id));
+    tq_buf_free(&body);
+    return rc;
+}
+
+/* The owner is stored with the task (PROTOCOL.md 5.8): after kill -9 and
+   a restart on the same store, another client key still gets UNKNOWN for
+   the task (GET, CANCEL, RETRY, INSPECT) and does not see it in TASKS;
+   the operator key sees it; its owner's handle, asking again after the
+   restart, gets its result once a worker runs it. */
+static void
+test_owner_survives_restart(void **state)
+{
+    s_world_t *w = *state;
+    tq_client_t *alice = s_client(w, w->alice);
+    tq_client_t *bob = s_client(w, w->bob);
+    /* acknowledged means stored: no worker yet, so it waits */
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.id = "alice-kept-1";
+    tq_result_t *mine =
+        tq_apply_async(alice, "tq.echo", &opts, "i", (int64_t)7);
+    assert_int_equal(tq_result_wait_answer(mine, S_MS), TQ_OK);
+    assert_false(s_tasks_has(w, w->bob, "alice-kept-1"));
+
+    /* kill -9, and a new broker on the same endpoints and store */
+    char clients[TQ_HARNESS_EP_MAX], workers[TQ_HARNESS_EP_MAX];
+    snprintf(clients, sizeof clients, "%s", w->b.clients);
+    snprintf(workers, sizeof workers, "%s", w->b.workers);
+    assert_int_equal(kill(w->b.pid, SIGKILL), 0);
+    int status = tq_harness_broker_stop(&w->b);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    int started = -1;
+    for (int attempt = 0; attempt < 5 && started != 0; attempt++) {
+        started =
+            tq_harness_broker_start_on(&w->b, clients, workers, w->extra, NULL);
+        if (started != 0)
+            tq_harness_sleep_ms(200); /* the port may be held a moment */
+    }
+    assert_int_equal(started, 0);
+
+    /* bob: as if it had never been */
+    tq_result_t *f = tq_client_fetch(bob, "alice-kept-1", false);
+    assert_int_equal(tq_result_get(f, S_MS), TQ_EUNKNOWN);
+    tq_result_destroy(&f);
+    assert_int_equal(tq_client_cancel(bob, "alice-kept-1", S_MS), TQ_EUNKNOWN);
+    assert_int_equal(tq_client_retry(bob, "alice-kept-1", S_MS), TQ_EUNKNOWN);
+    assert_int_equal(s_inspect(w, w->bob, "alice-kept-1"), TQ_EUNKNOWN);
+    assert_false(s_tasks_has(w, w->bob, "alice-kept-1"));
+    tq_options_t same = TQ_OPTIONS_INIT;
+    same.id = "alice-kept-1";
+    tq_result_t *theirs =
+        tq_apply_async(bob, "tq.echo", &same, "i", (int64_t)8);
+    assert_int_equal(tq_result_get(theirs, S_MS), TQ_EDENIED);
+    tq_result_destroy(&theirs);
+
+    /* the operator sees it, still waiting: bob's cancel did nothing */
+    assert_true(s_tasks_has(w, w->olga, "alice-kept-1"));
+    assert_int_equal(s_inspect(w, w->olga, "alice-kept-1"), TQ_OK);
+    /* and so does alice */
+    assert_true(s_tasks_has(w, w->alice, "alice-kept-1"));
+    f = tq_client_fetch(alice, "alice-kept-1", false);
+    assert_int_equal(tq_result_wait_answer(f, S_MS), TQ_OK);
+    assert_int_equal(tq_result_state(f), TQ_STATE_PENDING);
+    tq_result_destroy(&f);
+    assert_false(tq_result_ready(mine));
+
+    /* a worker runs it: alice's handle from before the kill gets 7 */
+    char secret[320];
+    snprintf(secret, sizeof secret, "%s_secret", w->w1);
+    const char *extra[] = {"--curve-server-key", w->broker, "--curve-cert",
+                           secret, NULL};
+    pid_t host = tq_harness_worker_start(w->b.workers, 1, extra);
+    assert_true(host > 0);
+    int rc = tq_result_get(mine, S_MS);
+    if (rc != TQ_OK)
+        print_message("get: %s (%s)\n", tq_strerror(rc), tq_result_error(mine));
+    assert_int_equal(rc, TQ_OK);
+    const msgpack_object *v = tq_result_value(mine);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(v->via.array.size, 1);
+    assert_int_equal(v->via.array.ptr[0].via.u64, 7);
+    /* its result is alice's too */
+    f = tq_client_fetch(bob, "alice-kept-1", false);
+    assert_int_equal(tq_result_get(f, S_MS), TQ_EUNKNOWN);
+    tq_result_destroy(&f);
+
+    tq_result_destroy(&mine);
+    tq_harness_stop(host);
+    tq_client_destroy(&alice);
+    tq_client_destroy(&bob);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_clients, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_worker_keys, s_setup,
-                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_keys, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_owner_survives_restart,
+                                        s_setup_store, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
