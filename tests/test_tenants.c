@@ -23,6 +23,7 @@
 #include "tq_curve.h"
 #include "tq_harness.h"
 #include "tq_inspect.h"
+#include "tq_pg.h"
 #include "tq_proto.h"
 
 #define S_MS 20000 /* bound on every wait */
@@ -33,8 +34,12 @@ typedef struct {
     char broker_key[TQ_CURVE_KEY_TEXT];
     char secret[320], data[300];
     const char *extra[12]; /* the broker's arguments, for a restart */
+    tq_pg_t *pg; /* the PostgreSQL store's cluster, or NULL */
     tq_harness_broker_t b;
 } s_world_t;
+
+/* Where the broker of a world keeps its tasks. */
+typedef enum { S_MEMORY, S_SQLITE, S_POSTGRESQL } s_store_t;
 
 static void
 s_keygen(const char *path, const char *name, char *key)
@@ -60,10 +65,10 @@ s_member(s_world_t *w, char *path, const char *name, const char *list)
     }
 }
 
-/* A world of keys and a CURVE broker, in memory or (store) on a store in
-   the world's directory. */
+/* A world of keys and a CURVE broker, in memory, on a SQLite store in the
+   world's directory, or on a private PostgreSQL cluster. */
 static int
-s_world_start(void **state, bool store)
+s_world_start(void **state, s_store_t store)
 {
     tq_harness_init();
     s_world_t *w = calloc(1, sizeof *w);
@@ -95,8 +100,14 @@ s_world_start(void **state, bool store)
                            "--data",
                            w->data,
                            NULL};
-    if (!store)
+    if (store == S_MEMORY)
         extra[8] = NULL;
+    if (store == S_POSTGRESQL) {
+        w->pg = tq_pg_new();
+        assert_non_null(w->pg);
+        extra[8] = "--store";
+        extra[9] = tq_pg_url(w->pg);
+    }
     memcpy(w->extra, extra, sizeof extra);
     assert_int_equal(tq_harness_broker_start(&w->b, w->extra), 0);
     *state = w;
@@ -106,13 +117,19 @@ s_world_start(void **state, bool store)
 static int
 s_setup(void **state)
 {
-    return s_world_start(state, false);
+    return s_world_start(state, S_MEMORY);
 }
 
 static int
-s_setup_store(void **state)
+s_setup_sqlite(void **state)
 {
-    return s_world_start(state, true);
+    return s_world_start(state, S_SQLITE);
+}
+
+static int
+s_setup_pg(void **state)
+{
+    return s_world_start(state, S_POSTGRESQL);
 }
 
 static int
@@ -120,6 +137,7 @@ s_teardown(void **state)
 {
     s_world_t *w = *state;
     tq_harness_broker_stop(&w->b);
+    tq_pg_destroy(&w->pg);
     unsetenv(TQ_CURVE_ENV_SERVER_KEY);
     unsetenv(TQ_CURVE_ENV_CERT);
     tq_harness_rmtree(w->dir);
@@ -366,12 +384,13 @@ s_inspect(s_world_t *w, const char *cert, const char *id)
 }
 
 /* The owner is stored with the task (PROTOCOL.md 5.8): after kill -9 and
-   a restart on the same store, another client key still gets UNKNOWN for
-   the task (GET, CANCEL, RETRY, INSPECT) and does not see it in TASKS;
-   the operator key sees it; its owner's handle, asking again after the
-   restart, gets its result once a worker runs it. */
+   a restart on the same store (SQLite, PostgreSQL), another client key
+   still gets UNKNOWN for the task (GET, CANCEL, RETRY, INSPECT), does not
+   see it in TASKS nor its dead letter in FAILED, cannot take its id; the
+   operator key sees it; its owner's handles, asking again after the
+   restart, get their results once a worker runs them. */
 static void
-test_owner_survives_restart(void **state)
+s_owner_survives_restart(void **state)
 {
     s_world_t *w = *state;
     tq_client_t *alice = s_client(w, w->alice);
@@ -382,6 +401,10 @@ test_owner_survives_restart(void **state)
     tq_result_t *mine =
         tq_apply_async(alice, "tq.echo", &opts, "i", (int64_t)7);
     assert_int_equal(tq_result_wait_answer(mine, S_MS), TQ_OK);
+    tq_options_t fail = TQ_OPTIONS_INIT;
+    fail.id = "alice-dead-2";
+    tq_result_t *dead = tq_apply_async(alice, "tq.fail", &fail, "s", "no");
+    assert_int_equal(tq_result_wait_answer(dead, S_MS), TQ_OK);
     assert_false(s_tasks_has(w, w->bob, "alice-kept-1"));
 
     /* kill -9, and a new broker on the same endpoints and store */
@@ -442,15 +465,35 @@ test_owner_survives_restart(void **state)
     assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
     assert_int_equal(v->via.array.size, 1);
     assert_int_equal(v->via.array.ptr[0].via.u64, 7);
-    /* its result is alice's too */
+    /* its result is alice's too, and so is the dead letter of her
+       failing task: FAILED lists it for her and the operator only */
     f = tq_client_fetch(bob, "alice-kept-1", false);
     assert_int_equal(tq_result_get(f, S_MS), TQ_EUNKNOWN);
     tq_result_destroy(&f);
+    assert_int_equal(tq_result_get(dead, S_MS), TQ_ETASK);
+    tq_result_destroy(&dead);
+    assert_true(s_failed_has(alice, "alice-dead-2"));
+    assert_false(s_failed_has(bob, "alice-dead-2"));
+    tq_client_t *olga = s_client(w, w->olga);
+    assert_true(s_failed_has(olga, "alice-dead-2"));
+    tq_client_destroy(&olga);
 
     tq_result_destroy(&mine);
     tq_harness_stop(host);
     tq_client_destroy(&alice);
     tq_client_destroy(&bob);
+}
+
+static void
+test_owner_survives_restart_sqlite(void **state)
+{
+    s_owner_survives_restart(state);
+}
+
+static void
+test_owner_survives_restart_pg(void **state)
+{
+    s_owner_survives_restart(state);
 }
 
 int
@@ -459,8 +502,10 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_clients, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_keys, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_owner_survives_restart,
-                                        s_setup_store, s_teardown),
+        cmocka_unit_test_setup_teardown(test_owner_survives_restart_sqlite,
+                                        s_setup_sqlite, s_teardown),
+        cmocka_unit_test_setup_teardown(test_owner_survives_restart_pg,
+                                        s_setup_pg, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
