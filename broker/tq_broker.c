@@ -27,6 +27,7 @@
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20 /* log lines about bad input per second */
 #define STALL_MS 500 /* a pass longer than this is a stall */
+#define S_CLIENT_RCVHWM 2048 /* messages of one client waiting for a pass */
 
 /* ---- clocks, memory, logging ---- */
 
@@ -329,7 +330,7 @@ s_recover(const tq_store_task_t *row, void *arg)
         tqb_warn(self, "store: skipping a damaged row (id %.64s)", row->id);
         return;
     }
-    if (zhashx_lookup(self->tasks, row->id))
+    if (tqb_task_find(self, tq_str(row->id)))
         return;
     int64_t wall = tqb_wall_ms();
     if (TQ_STATE_IS_FINAL(row->state) && row->expires_ms &&
@@ -522,7 +523,7 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
        const char *domain, zcert_t *cert, char *resolved, size_t size,
        char *error, size_t errlen)
 {
-    int one = 1, zero = 0, linger = 0;
+    int one = 1, linger = 0;
     int64_t max = self->config.max_message;
     zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     /* a client that does not read has a bounded backlog (PROTOCOL.md
@@ -530,7 +531,13 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
     int hwm = socket == self->clients ? (int) self->config.max_client_backlog
                                        : 0;
     zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(socket, ZMQ_RCVHWM, &zero, sizeof zero);
+    /* what clients send waits in their own process, not here: a client
+       submitting faster than the loop accepts would otherwise have the
+       I/O thread take all of it in (ZeroMQ's receive buffers, memory the
+       broker keeps after); a bounded pipe pushes back over TCP, loses
+       nothing, and still lets the loop take a batch per pass */
+    int rcvhwm = socket == self->clients ? S_CLIENT_RCVHWM : 0;
+    zmq_setsockopt(socket, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof max);
     if (cert && tq_curve_server_setup(socket, cert, domain, error, errlen))
@@ -638,9 +645,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         !tq_proto_valid_name(self->hostname, strlen(self->hostname)))
         snprintf(self->hostname, sizeof self->hostname, "broker");
 
-    self->tasks = zhashx_new();
-    zhashx_set_key_duplicator(self->tasks, NULL); /* keys live in tasks */
-    zhashx_set_key_destructor(self->tasks, NULL);
+    tqb_tasks_init(self);
     self->names = zhashx_new();
     zhashx_set_key_duplicator(self->names, NULL);
     zhashx_set_key_destructor(self->names, NULL);
@@ -663,7 +668,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     self->dq_index = zhashx_new();
     zhashx_set_key_duplicator(self->dq_index, NULL);
     zhashx_set_key_destructor(self->dq_index, NULL);
-    if (!self->tasks || !self->names || !self->queue_index || !self->peers ||
+    if (!self->id_table || !self->names || !self->queue_index || !self->peers ||
         !self->dq_index || !self->in_flight || !self->client_drops)
         abort();
     self->started_ms = self->now_ms = tqb_now();
@@ -770,12 +775,7 @@ tq_broker_destroy(tq_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_broker_t *self = *self_p;
-    if (self->tasks) {
-        for (task_t *t = zhashx_first(self->tasks); t;
-             t = zhashx_next(self->tasks))
-            tqb_task_free(t);
-        zhashx_destroy(&self->tasks);
-    }
+    tqb_tasks_free(self);
     if (self->peers) {
         for (peer_t *w = zhashx_first(self->peers); w;
              w = zhashx_next(self->peers))

@@ -100,7 +100,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.retries = msg->retries;
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
-        tqb_ident_set(&task->client, tqb_ident_data(&from), from.size);
+        tqb_task_set_client(task, &from);
         task->owner = self->in_key;
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);

@@ -200,9 +200,10 @@ tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
     out->code = task->rec.code;
     out->error = tq_str(task->rec.error);
     zmq_msg_t value;
-    zmq_msg_init(&value);
     if (task->state == TASK_SUCCESS)
-        zmq_msg_copy(&value, &task->payload); /* shared, not copied */
+        tqb_task_payload(self, task, &value, NULL); /* shared or copied */
+    else
+        zmq_msg_init(&value);
     tqb_send_to(self, self->clients, to, &value);
     zmq_msg_close(&value);
 }
