@@ -35,8 +35,8 @@ static uint64_t
 s_due_in(const tq_broker_t *self, const task_t *task)
 {
     return task->node.key > self->now_ms
-               ? (uint64_t) (task->node.key - self->now_ms)
-               : 0;
+        ? (uint64_t)(task->node.key - self->now_ms)
+        : 0;
 }
 
 static bool
@@ -112,10 +112,10 @@ static int
 s_by_due(const void *a, const void *b)
 {
     const task_t *x = *(task_t *const *) a, *y = *(task_t *const *) b;
-    return x->node.key < y->node.key   ? -1
-           : x->node.key > y->node.key ? 1
-           : x->rec.seq < y->rec.seq       ? -1
-                                           : x->rec.seq > y->rec.seq;
+    return x->node.key < y->node.key ? -1
+        : x->node.key > y->node.key  ? 1
+        : x->rec.seq < y->rec.seq    ? -1
+                                     : x->rec.seq > y->rec.seq;
 }
 
 /* The tasks to list, in the order of PROTOCOL.md 5.7, in a new array

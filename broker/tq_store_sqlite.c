@@ -730,10 +730,9 @@ s_read_args(tq_store_t *base, const char *id,
 {
     s_store_t *self = (s_store_t *)base;
     if (!self->read_args &&
-        sqlite3_prepare_v3(self->db,
-                           "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
-                           SQLITE_PREPARE_PERSISTENT, &self->read_args,
-                           NULL) != SQLITE_OK) {
+        sqlite3_prepare_v3(
+            self->db, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
+            SQLITE_PREPARE_PERSISTENT, &self->read_args, NULL) != SQLITE_OK) {
         snprintf(self->base.error, sizeof self->base.error,
                  "%s: cannot read a task's arguments: %s", self->path,
                  sqlite3_errmsg(self->db));

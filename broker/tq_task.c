@@ -231,8 +231,7 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
-    task_t *task =
-        tqb_alloc(sizeof *task + id_len + 1 + (inline_ ? size : 0));
+    task_t *task = tqb_alloc(sizeof *task + id_len + 1 + (inline_ ? size : 0));
     char *task_id = (char *)(task + 1);
     memcpy(task_id, id, id_len);
     task_id[id_len] = '\0';
@@ -251,8 +250,9 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
             if (self->page_out_count == self->page_out_cap) {
                 self->page_out_cap =
                     self->page_out_cap ? 2 * self->page_out_cap : 256;
-                self->page_out = realloc(
-                    self->page_out, self->page_out_cap * sizeof *self->page_out);
+                self->page_out =
+                    realloc(self->page_out,
+                            self->page_out_cap * sizeof *self->page_out);
                 if (!self->page_out)
                     abort();
             }
@@ -275,8 +275,9 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     if (id.len > TQ_PROTO_MAX_ID)
         return NULL;
     task_t *t = self->id_table[s_hash(id.ptr, id.len) & self->id_mask];
-    while (t && !(strncmp(t->rec.id, id.ptr, id.len) == 0 &&
-                  t->rec.id[id.len] == '\0'))
+    while (
+        t &&
+        !(strncmp(t->rec.id, id.ptr, id.len) == 0 && t->rec.id[id.len] == '\0'))
         t = t->id_next;
     return t;
 }
@@ -710,8 +711,8 @@ tqb_task_add_waiter(task_t *task, const ident_t *from)
     for (uint32_t i = 0; i < count; i++)
         if (tqb_ident_eq(&task->waiters->items[i], from))
             return;
-    task->waiters = realloc(task->waiters, sizeof *task->waiters +
-                                               (count + 1) * sizeof(ident_t));
+    task->waiters = realloc(
+        task->waiters, sizeof *task->waiters + (count + 1) * sizeof(ident_t));
     if (!task->waiters)
         abort();
     task->waiters->count = count + 1;
