@@ -383,7 +383,6 @@ s_recover(const tq_store_task_t *row, void *arg)
             row->error && *row->error ? tqb_strdup(row->error) : NULL;
         if (row->expires_ms)
             how.expires_ms = self->now_ms + (row->expires_ms - wall);
-        task->finished_ms = self->now_ms; /* not stored: since the start */
         tqb_task_move(self, task,
                       row->state == TQ_STATE_SUCCESS       ? TASK_SUCCESS
                           : row->state == TQ_STATE_FAILURE ? TASK_FAILURE
@@ -577,6 +576,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         self->config.result_ttl_s = TQ_BROKER_RESULT_TTL_S;
     if (self->config.max_lost <= 0)
         self->config.max_lost = TQ_BROKER_MAX_LOST;
+    if (self->config.max_lost > UINT16_MAX) /* task_t.lost counts to it */
+        self->config.max_lost = UINT16_MAX;
     if (self->config.max_client_backlog == 0)
         self->config.max_client_backlog = TQ_BROKER_CLIENT_BACKLOG;
     if (self->config.max_message <= 0)

@@ -70,9 +70,9 @@ typedef enum {
     TASK_STATES_
 } task_state_t;
 
-/* What the store keeps of a task: tq_store_task_t is made from it. */
+/* What the store keeps of a task: tq_store_task_t is made from it. The
+   last member of task_t: its id runs on into the task's allocation. */
 typedef struct {
-    const char *id; /* in the task's own allocation, NUL-terminated */
     char *error; /* final or retrying: error text, or NULL */
     uint64_t seq; /* submission order */
     uint32_t time_limit_ms;
@@ -82,6 +82,7 @@ typedef struct {
     uint32_t backoff_ms; /* first retry delay */
     uint32_t failures; /* task failures so far (for the backoff) */
     uint8_t priority;
+    char id[]; /* NUL-terminated; a small payload follows it */
 } task_rec_t;
 
 /* Where a task's payload is (task->payload_at). */
@@ -95,25 +96,19 @@ typedef enum {
                       read back when needed (tqb_task_payload) */
 } payload_at_t;
 
-/* A submitter's routing id, inline when short (ZeroMQ's own are 5 bytes);
-   the size is task->client_size. */
-typedef union {
-    uint8_t bytes[8];
-    uint8_t *heap; /* when client_size > 8 */
-} task_client_t;
+/* Who submitted a task (task->client_at). */
+typedef enum {
+    CLIENT_NONE = 0, /* answered already, or recovered from the store */
+    CLIENT_ZMQ, /* a routing id ZeroMQ made: a zero byte, then the 4 bytes
+                   in task->client */
+    CLIENT_OTHER /* any other: in tq_broker_t.clients under the task id */
+} client_at_t;
 
-/* The clients blocked in GET wait=true on a task (rare: made on demand). */
-typedef struct {
-    uint32_t count;
-    ident_t items[];
-} task_waiters_t;
-
-/* One allocation per task: this, then its id, then its payload when
-   PAYLOAD_INLINE. Fields only one group of states needs share a union:
-   the state says which member is live (memory: a waiting task costs this
-   record, its id and its payload; see README Performance). */
+/* One allocation per task: this, ending with its id, then its payload
+   when PAYLOAD_INLINE. Fields only one group of states needs share a
+   union: the state says which member is live. A waiting task costs this
+   record (~140 bytes), its id, its payload and a slot of the id table. */
 struct task_s {
-    task_rec_t rec;
     task_t *prev, *next; /* lane, held list or expiry list */
     task_t *id_next; /* the id table's chain */
     lane_t *lane; /* its queue and task name */
@@ -122,9 +117,7 @@ struct task_s {
     void *payload; /* PAYLOAD_HEAP: the bytes; PAYLOAD_MSG: a zmq_msg_t;
                       else NULL. Args until final, then the value (a dead
                       letter keeps its args). Read with tqb_task_payload */
-    task_waiters_t *waiters; /* clients blocked in GET wait=true, or NULL */
     int64_t submitted_ms; /* monotonic ms when accepted */
-    int64_t started_ms; /* monotonic ms of its last dispatch, 0: never */
     union {
         struct { /* HELD, REVOKING */
             peer_t *holder;
@@ -135,21 +128,31 @@ struct task_s {
                                 node.key is the monotonic ms it may run */
         struct { /* final */
             task_t *dead_prev, *dead_next; /* FAILURE: the dead letters */
-            int64_t finished_ms; /* monotonic ms it became final */
-            int64_t expires_ms; /* monotonic ms when forgotten */
+            int64_t expires_ms; /* monotonic ms when forgotten (a TQ_ELOST
+                                   dead letter is not); it became final
+                                   the result TTL before */
         };
     };
-    task_client_t client; /* submitter; client_size 0 once answered */
+    uint32_t client; /* CLIENT_ZMQ: the submitter's routing id */
     uint32_t payload_size; /* bytes */
-    uint32_t lost; /* worker deaths charged to it */
-    uint8_t state; /* task_state_t, the one fact: which container holds
-                      it */
-    uint8_t payload_at; /* payload_at_t */
-    uint8_t client_size;
-    bool failure_counted; /* FAILURE: in this run's failed counts (not
-                             when recovered from the store) */
-    bool page_out; /* listed in tq_broker_t.page_out */
+    uint32_t started; /* its last dispatch: tqb_task_started_ms */
+    uint16_t lost; /* worker deaths charged to it (max-lost fits) */
+    /* one byte of state, one of flags: the record stays at ~136 bytes */
+    uint8_t state : 4; /* task_state_t, the one fact: which container
+                          holds it */
+    uint8_t payload_at : 3; /* payload_at_t */
+    uint8_t client_at : 2; /* client_at_t */
+    bool failure_counted : 1; /* FAILURE: in this run's failed counts (not
+                                 when recovered from the store) */
+    bool page_out : 1; /* listed in tq_broker_t.page_out */
+    bool waited : 1; /* has clients in tq_broker_t.waiters */
+    task_rec_t rec; /* last: its id runs on */
 };
+
+/* When a final task became final (monotonic ms): its expiry less the
+   result TTL (kept so, not in a field of its own). */
+#define TQB_FINISHED_MS(self, task)                                            \
+    ((task)->expires_ms - (int64_t)(self)->config.result_ttl_s * 1000)
 
 /* How tqb_task_move places a task. */
 typedef struct {
@@ -265,6 +268,10 @@ struct tq_broker_t {
     char worker_endpoint[256];
     char hostname[TQ_PROTO_MAX_NAME + 1];
     task_t **id_table; /* id -> task_t, chained through id_next */
+    zhashx_t *waiters; /* task id -> clients blocked in GET wait=true
+                          (ident_t array, count first), made on demand */
+    zhashx_t *submitters; /* task id -> its submitter's ident_t when not one
+                          ZeroMQ made (CLIENT_OTHER) */
     uint32_t id_mask; /* buckets - 1, a power of two minus one */
     uint32_t task_count;
     task_t **page_out; /* tasks whose payload leaves memory once the
@@ -432,8 +439,11 @@ int tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
 /* The payload's bytes when in memory, else NULL; its size either way. */
 const void *tqb_task_payload_data(const task_t *task);
 size_t tqb_task_payload_size(const task_t *task);
-/* The submitter (client_size 0: answered already, or none). */
-void tqb_task_set_client(task_t *task, const ident_t *from);
+/* Records the submitter, answered when the task ends. */
+void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
+/* Its last dispatch (monotonic ms), 0: never; and recording it. */
+int64_t tqb_task_started_ms(const task_t *task);
+void tqb_task_set_started(task_t *task, int64_t now_ms);
 /* The batch that stored the listed tasks committed: their arguments may
    leave memory (the store keeps them). */
 void tqb_task_committed(tq_broker_t *self);
@@ -456,7 +466,7 @@ void tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state,
 void tqb_task_forget(tq_broker_t *self, task_t *task);
 void tqb_task_free(task_t *task);
 /* Adds a client to those told when the task ends, once. */
-void tqb_task_add_waiter(task_t *task, const ident_t *from);
+void tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Moves SCHEDULED and RETRY tasks whose time came into their lanes. */
 void tqb_release_due(tq_broker_t *self);
 /* Forgets results whose TTL ran out. */

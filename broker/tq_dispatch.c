@@ -259,7 +259,7 @@ static bool
 s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
 {
     task->rec.attempt++;
-    task->started_ms = self->now_ms;
+    tqb_task_set_started(task, self->now_ms);
     tqb_task_move(self, task, TASK_HELD, &(task_move_t){.holder = child});
     zmq_msg_t args;
     const char *why = NULL;

@@ -212,7 +212,8 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
        kept: only a running task names one */
     const peer_t *holder = s_running(task) ? task->holder : NULL;
     bool delayed = s_delayed(task);
-    bool started = task->started_ms != 0;
+    int64_t started_ms = tqb_task_started_ms(task);
+    bool started = started_ms != 0;
     size_t bytes = tqb_task_payload_size(task);
     msgpack_sbuffer body;
     msgpack_packer pk;
@@ -254,10 +255,10 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_uint_kv(&pk, "pid", holder->pid);
     }
     if (started)
-        tqb_pack_uint_kv(&pk, "started_ms", s_wall_of(self, task->started_ms));
+        tqb_pack_uint_kv(&pk, "started_ms", s_wall_of(self, started_ms));
     if (final)
         tqb_pack_uint_kv(&pk, "finished_ms",
-                         s_wall_of(self, task->finished_ms));
+                         s_wall_of(self, TQB_FINISHED_MS(self, task)));
     if (delayed)
         tqb_pack_uint_kv(&pk, "due_ms", s_due_in(self, task));
     tqb_out(self, TQ_CMD_REPLY)->id = msg->id;

@@ -111,12 +111,42 @@ s_hash(const char *id, size_t len)
     return h;
 }
 
+/* The clients blocked in GET wait=true on a task, in self->waiters under
+   its id (rare: made on demand, so a task has no field for them). */
+typedef struct {
+    uint32_t count;
+    ident_t items[];
+} s_waiters_t;
+
+static void s_client_clear(tq_broker_t *self, task_t *task);
+
+static void
+s_waiters_free(tq_broker_t *self, task_t *task)
+{
+    if (!task->waited)
+        return;
+    s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
+    zhashx_delete(self->waiters, task->rec.id);
+    for (uint32_t i = 0; w && i < w->count; i++)
+        tqb_ident_clear(&w->items[i]);
+    free(w);
+    task->waited = false;
+}
+
 void
 tqb_tasks_init(tq_broker_t *self)
 {
     self->id_table = tqb_alloc(S_ID_BUCKETS_MIN * sizeof *self->id_table);
     self->id_mask = S_ID_BUCKETS_MIN - 1;
     self->task_count = 0;
+    self->waiters = zhashx_new();
+    zhashx_set_key_duplicator(self->waiters, NULL); /* keys live in tasks */
+    zhashx_set_key_destructor(self->waiters, NULL);
+    zhashx_set_destructor(self->waiters, NULL); /* s_waiters_free */
+    self->submitters = zhashx_new();
+    zhashx_set_key_duplicator(self->submitters, NULL);
+    zhashx_set_key_destructor(self->submitters, NULL);
+    zhashx_set_destructor(self->submitters, NULL); /* s_client_clear */
 }
 
 void
@@ -124,6 +154,13 @@ tqb_tasks_free(tq_broker_t *self)
 {
     if (!self->id_table)
         return;
+    for (uint32_t b = 0; b <= self->id_mask; b++)
+        for (task_t *t = self->id_table[b]; t; t = t->id_next) {
+            s_waiters_free(self, t);
+            s_client_clear(self, t);
+        }
+    zhashx_destroy(&self->waiters);
+    zhashx_destroy(&self->submitters);
     for (uint32_t b = 0; b <= self->id_mask; b++)
         for (task_t *t = self->id_table[b], *next; t; t = next) {
             next = t->id_next;
@@ -231,11 +268,10 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
-    task_t *task = tqb_alloc(sizeof *task + id_len + 1 + (inline_ ? size : 0));
-    char *task_id = (char *)(task + 1);
-    memcpy(task_id, id, id_len);
-    task_id[id_len] = '\0';
-    task->rec.id = task_id;
+    task_t *task = tqb_alloc(offsetof(task_t, rec.id) + id_len + 1 +
+                             (inline_ ? size : 0));
+    memcpy(task->rec.id, id, id_len);
+    task->rec.id[id_len] = '\0';
     task->state = TASK_NEW;
     task->lane = lane;
     task->submitted_ms = self->now_ms;
@@ -260,7 +296,9 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
             task->page_out = true;
         }
     }
-    if (self->task_count > self->id_mask)
+    /* chains of two on average: half the buckets' memory, lookups as
+       fast (the ids differ in their first bytes) */
+    if (self->task_count > 2 * (self->id_mask + 1))
         s_table_grow(self);
     uint32_t b = s_hash(task->rec.id, id_len) & self->id_mask;
     task->id_next = self->id_table[b];
@@ -379,50 +417,82 @@ tqb_task_payload_size(const task_t *task)
     return task->payload_size;
 }
 
-void
-tqb_task_set_client(task_t *task, const ident_t *from)
+/* Started: 0 never; else 1 + ms after its submission, or beyond 2^31 ms
+   (24 days), the top bit and the seconds. */
+#define S_STARTED_SECONDS 0x80000000u
+
+int64_t
+tqb_task_started_ms(const task_t *task)
 {
-    if (task->client_size > sizeof task->client.bytes)
-        free(task->client.heap);
-    task->client_size = from->size;
-    if (from->size > sizeof task->client.bytes) {
-        task->client.heap = tqb_alloc(from->size);
-        memcpy(task->client.heap, tqb_ident_data(from), from->size);
-    } else
-        memcpy(task->client.bytes, tqb_ident_data(from), from->size);
+    if (!task->started)
+        return 0;
+    if (task->started & S_STARTED_SECONDS)
+        return task->submitted_ms +
+            (int64_t)(task->started & ~S_STARTED_SECONDS) * 1000;
+    return task->submitted_ms + (int64_t)task->started - 1;
+}
+
+void
+tqb_task_set_started(task_t *task, int64_t now_ms)
+{
+    int64_t after = now_ms > task->submitted_ms ? now_ms - task->submitted_ms
+                                                : 0;
+    if (after < (int64_t)S_STARTED_SECONDS - 1)
+        task->started = (uint32_t)after + 1;
+    else if (after / 1000 < (int64_t)S_STARTED_SECONDS)
+        task->started = S_STARTED_SECONDS | (uint32_t)(after / 1000);
+    else
+        task->started = UINT32_MAX;
+}
+
+static void
+s_client_clear(tq_broker_t *self, task_t *task)
+{
+    if (task->client_at == CLIENT_OTHER) {
+        ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
+        zhashx_delete(self->submitters, task->rec.id);
+        if (other)
+            tqb_ident_clear(other);
+        free(other);
+    }
+    task->client_at = CLIENT_NONE;
+}
+
+void
+tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from)
+{
+    s_client_clear(self, task);
+    const uint8_t *data = tqb_ident_data(from);
+    if (from->size == 5 && data[0] == 0) {
+        memcpy(&task->client, data + 1, 4);
+        task->client_at = CLIENT_ZMQ;
+    } else if (from->size) {
+        ident_t *other = tqb_alloc(sizeof *other);
+        tqb_ident_set(other, data, from->size);
+        zhashx_update(self->submitters, task->rec.id, other);
+        task->client_at = CLIENT_OTHER;
+    }
 }
 
 /* The submitter as an ident_t (borrowing the task's bytes: never clear
-   it). */
+   it); size 0: none. */
 static ident_t
-s_client(const task_t *task)
+s_client(tq_broker_t *self, const task_t *task)
 {
-    ident_t ident = {.size = task->client_size};
-    if (task->client_size > sizeof task->client.bytes)
-        ident.heap = task->client.heap;
-    else
-        memcpy(ident.bytes, task->client.bytes, task->client_size);
+    ident_t ident = {0};
+    if (task->client_at == CLIENT_ZMQ) {
+        ident.size = 5;
+        ident.bytes[0] = 0;
+        memcpy(ident.bytes + 1, &task->client, 4);
+    } else if (task->client_at == CLIENT_OTHER) {
+        const ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
+        if (other)
+            ident = (ident_t){.size = other->size,
+                              .heap = (uint8_t *)tqb_ident_data(other)};
+    }
     return ident;
 }
 
-static void
-s_client_clear(task_t *task)
-{
-    if (task->client_size > sizeof task->client.bytes)
-        free(task->client.heap);
-    task->client_size = 0;
-}
-
-static void
-s_waiters_free(task_t *task)
-{
-    if (!task->waiters)
-        return;
-    for (uint32_t i = 0; i < task->waiters->count; i++)
-        tqb_ident_clear(&task->waiters->items[i]);
-    free(task->waiters);
-    task->waiters = NULL;
-}
 
 void
 tqb_task_free(task_t *task)
@@ -434,8 +504,6 @@ tqb_task_free(task_t *task)
         free(task->payload);
     }
     free(task->rec.error);
-    s_client_clear(task);
-    s_waiters_free(task);
     free(task);
 }
 
@@ -648,16 +716,13 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     case TASK_CANCELLED:
         task->prev = task->next = NULL;
         task->dead_prev = task->dead_next = NULL;
-        task->finished_ms = self->now_ms;
-        task->expires_ms = 0;
+        task->expires_ms = how->expires_ms
+            ? how->expires_ms
+            : self->now_ms + (int64_t)self->config.result_ttl_s * 1000;
         if (to == TASK_FAILURE)
             s_dead_add(self, task);
-        if (s_expires(task)) {
-            task->expires_ms = how->expires_ms
-                ? how->expires_ms
-                : self->now_ms + (int64_t)self->config.result_ttl_s * 1000;
+        if (s_expires(task))
             s_expiry_insert(self, task);
-        }
         break;
     default:
         assert(!"a task cannot move to NEW");
@@ -702,21 +767,24 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
 /* ---- outcomes ---- */
 
 void
-tqb_task_add_waiter(task_t *task, const ident_t *from)
+tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from)
 {
-    ident_t client = s_client(task);
-    if (task->client_size && tqb_ident_eq(&client, from))
+    ident_t client = s_client(self, task);
+    if (client.size && tqb_ident_eq(&client, from))
         return;
-    uint32_t count = task->waiters ? task->waiters->count : 0;
+    s_waiters_t *w =
+        task->waited ? zhashx_lookup(self->waiters, task->rec.id) : NULL;
+    uint32_t count = w ? w->count : 0;
     for (uint32_t i = 0; i < count; i++)
-        if (tqb_ident_eq(&task->waiters->items[i], from))
+        if (tqb_ident_eq(&w->items[i], from))
             return;
-    task->waiters = realloc(
-        task->waiters, sizeof *task->waiters + (count + 1) * sizeof(ident_t));
-    if (!task->waiters)
+    w = realloc(w, sizeof *w + (count + 1) * sizeof(ident_t));
+    if (!w)
         abort();
-    task->waiters->count = count + 1;
-    ident_t *waiter = &task->waiters->items[count];
+    w->count = count + 1;
+    zhashx_update(self->waiters, task->rec.id, w);
+    task->waited = true;
+    ident_t *waiter = &w->items[count];
     *waiter = (ident_t){0};
     tqb_ident_set(waiter, tqb_ident_data(from), from->size);
 }
@@ -765,16 +833,19 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
               task->rec.error ? ": " : "",
               task->rec.error ? task->rec.error : "");
 
-    if (task->client_size) {
-        ident_t client = s_client(task);
+    ident_t client = s_client(self, task);
+    if (client.size) {
         tqb_send_result(self, task, &client);
         if (self->config.max_client_tasks)
             s_client_done(self, &client);
-        s_client_clear(task);
+        s_client_clear(self, task);
     }
-    for (uint32_t i = 0; task->waiters && i < task->waiters->count; i++)
-        tqb_send_result(self, task, &task->waiters->items[i]);
-    s_waiters_free(task);
+    if (task->waited) {
+        s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
+        for (uint32_t i = 0; w && i < w->count; i++)
+            tqb_send_result(self, task, &w->items[i]);
+        s_waiters_free(self, task);
+    }
 }
 
 void
