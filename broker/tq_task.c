@@ -268,8 +268,8 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
-    task_t *task = tqb_alloc(offsetof(task_t, rec.id) + id_len + 1 +
-                             (inline_ ? size : 0));
+    task_t *task =
+        tqb_alloc(offsetof(task_t, rec.id) + id_len + 1 + (inline_ ? size : 0));
     memcpy(task->rec.id, id, id_len);
     task->rec.id[id_len] = '\0';
     task->state = TASK_NEW;
@@ -435,8 +435,8 @@ tqb_task_started_ms(const task_t *task)
 void
 tqb_task_set_started(task_t *task, int64_t now_ms)
 {
-    int64_t after = now_ms > task->submitted_ms ? now_ms - task->submitted_ms
-                                                : 0;
+    int64_t after =
+        now_ms > task->submitted_ms ? now_ms - task->submitted_ms : 0;
     if (after < (int64_t)S_STARTED_SECONDS - 1)
         task->started = (uint32_t)after + 1;
     else if (after / 1000 < (int64_t)S_STARTED_SECONDS)
@@ -492,7 +492,6 @@ s_client(tq_broker_t *self, const task_t *task)
     }
     return ident;
 }
-
 
 void
 tqb_task_free(task_t *task)
