@@ -329,7 +329,8 @@ tqb_task_committed(tq_broker_t *self)
             continue;
         task->page_out = false;
         /* its arguments, when it still has them (not a result) */
-        if (task->payload_at == PAYLOAD_HEAP &&
+        if ((task->payload_at == PAYLOAD_HEAP ||
+             task->payload_at == PAYLOAD_MSG) &&
             (task->state == TASK_WAITING || task->state == TASK_SCHEDULED ||
              task->state == TASK_RETRY)) {
             uint32_t size = task->payload_size;
