@@ -909,8 +909,8 @@ test_paged_args_run(void **state)
     for (int i = 0; i < N; i++) {
         memset(args, 'a' + i % 26, SIZE);
         memcpy(args, &i, sizeof i);
-        results[i] = tq_apply_async(client, "tq.echo", NULL, "p", args,
-                                    (size_t)SIZE);
+        results[i] =
+            tq_apply_async(client, "tq.echo", NULL, "p", args, (size_t)SIZE);
         assert_non_null(results[i]);
     }
     int64_t deadline = tq_harness_now_ms() + 20000;
