@@ -107,7 +107,8 @@ typedef enum {
 /* One allocation per task: this, ending with its id, then its payload
    when PAYLOAD_INLINE. Fields only one group of states needs share a
    union: the state says which member is live. A waiting task costs this
-   record (~140 bytes), its id, its payload and a slot of the id table. */
+   record (137 bytes up to its id), its id, its payload and a share of the
+   id table's buckets. */
 struct task_s {
     task_t *prev, *next; /* lane, held list or expiry list */
     task_t *id_next; /* the id table's chain */
@@ -137,7 +138,7 @@ struct task_s {
     uint32_t payload_size; /* bytes */
     uint32_t started; /* its last dispatch: tqb_task_started_ms */
     uint16_t lost; /* worker deaths charged to it (max-lost fits) */
-    /* one byte of state, one of flags: the record stays at ~136 bytes */
+    /* two bytes of state and flags: the record stays at 137 bytes */
     uint8_t state : 4; /* task_state_t, the one fact: which container
                           holds it */
     uint8_t payload_at : 3; /* payload_at_t */
