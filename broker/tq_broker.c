@@ -1,6 +1,7 @@
 /* tq_broker.c - the broker loop: clients submit and fetch, worker children
    pull with credit, supervisors heartbeat and report dead children. One
-   thread, no locks; payloads are kept as zmq_msg_t and never decoded. This
+   thread, no locks; payloads are never decoded (small ones are copied
+   into their task, large ones kept as the zmq_msg_t they came in). This
    file holds the loop, the table of commands and who may send them, the
    endpoints, and recovery from the store; the rest lives by name in
    tq_task.c (tasks and their states), tq_dispatch.c (peers, dispatch,
