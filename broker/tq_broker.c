@@ -398,7 +398,8 @@ s_recover(const tq_store_task_t *row, void *arg)
     /* a countdown, a retry backoff or a loss pause waits out what is
        left of it (wall-clock time: the monotonic clock starts again) */
     if (row->due_ms > wall) {
-        how.due_ms = self->now_ms + (row->due_ms - wall);
+        /* the clock of now, not the pass's: recovery takes time */
+        how.due_ms = tqb_now() + (row->due_ms - wall);
         tqb_task_move(self, task,
                       row->state == TQ_STATE_RETRY ? TASK_RETRY
                                                    : TASK_SCHEDULED,
@@ -743,6 +744,7 @@ tq_broker_run(tq_broker_t *self)
         tqb_release_due(self);
         /* drain both sockets in bursts until both are quiet */
         for (;;) {
+            self->now_ms = tqb_now(); /* a commit may have taken a while */
             int got = s_drain(self, self->workers, "workers");
             got += s_drain(self, self->clients, "clients");
             if (self->dispatch_due)

@@ -19,7 +19,9 @@ s_due_wall(const task_t *task)
 {
     if (task->state != TASK_SCHEDULED && task->state != TASK_RETRY)
         return 0;
-    int64_t due = tqb_wall_ms() + (task->node.key - tqb_now());
+    /* +1: both clocks are read in whole ms, and a countdown must never
+       end early after a restart */
+    int64_t due = tqb_wall_ms() + (task->node.key - tqb_now()) + 1;
     return due > 0 ? due : 1;
 }
 

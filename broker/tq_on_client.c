@@ -107,7 +107,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         if (msg->delay_ms)
             tqb_task_move(
                 self, task, TASK_SCHEDULED,
-                &(task_move_t){.due_ms = self->now_ms + msg->delay_ms});
+                &(task_move_t){.due_ms = tqb_now() + msg->delay_ms});
         else
             tqb_task_move(self, task, TASK_WAITING, NULL);
         self->counters.submitted++;
