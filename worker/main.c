@@ -14,6 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Tasks a child may hold by default: chosen by measurement (`tq-bench
+   --prefetch 1,2,4,8,16,32`, README Performance): W1 grows up to 16 and
+   no further, and W4 (4 sleeps of 0.5 s on 3 children) stays at 1.00 s
+   at every value, since an idle child takes what others hold unstarted
+   (work stealing, PROTOCOL.md 5.3.5). */
+#define S_DEFAULT_PREFETCH 16
+
 /* SIGHUP: open the --log-file again (logrotate), and do not die of it. */
 static void
 s_on_hangup(int sig)
@@ -38,7 +45,7 @@ s_usage(FILE *out)
             "  --queue NAME           queue to serve, repeatable (default: "
             "default)\n"
             "  --module PATH          task module to load, repeatable\n"
-            "  --prefetch N           tasks each child may hold (default 1)\n"
+            "  --prefetch N           tasks each child may hold (default %d)\n"
             "  --time-limit SEC       hard limit for tasks that set none "
             "(default 0: none)\n"
             "  --host NAME            host name reported (default: "
@@ -70,7 +77,7 @@ s_usage(FILE *out)
             "TQ_WORKER_BROKER=EP, --concurrency N TQ_WORKER_CONCURRENCY=N, "
             "--log-level\n"
             "TQ_LOG_LEVEL (a flag given wins).\n",
-            TQ_DEFAULT_WORKER_ENDPOINT);
+            TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -125,7 +132,7 @@ main(int argc, char **argv)
         config.endpoint = TQ_DEFAULT_WORKER_ENDPOINT;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     config.concurrency = cpus > 0 ? (int)cpus : 1;
-    config.prefetch = 1;
+    config.prefetch = S_DEFAULT_PREFETCH;
     config.shutdown_timeout_ms = 30000;
 
     enum {
