@@ -577,6 +577,42 @@ static int s_nsweep;
 static double s_sweep_w1[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
 static double s_sweep_w4[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
 static double s_sweep_cold[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+/* CPU per W1 task, us: the broker's during the measured pass, the worker
+   host's (supervisor and children, start-up and warm-up included) */
+static double s_sweep_bcpu[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+static double s_sweep_wcpu[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+
+/* CPU time (user + system) of a live process from /proc, us, or -1. */
+static double
+s_proc_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *file = fopen(path, "re");
+    if (!file)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, file);
+    fclose(file);
+    buf[n] = '\0';
+    /* the fields after the command name, which may hold spaces */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    if (!p ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time of this process's waited-for descendants, us. */
+static double
+s_children_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+        (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
 
 /* Submits S_W4_TASKS tq.sleep at once into results. 0 or -1. */
 static int
@@ -638,16 +674,24 @@ s_run_sweep_one(const s_config_t *config, int k, int run)
         return -1;
     }
     int rc = 0;
+    double reaped = s_children_cpu_us();
     pid_t worker =
         tq_harness_env_add_worker(&env, config->children, extra, true);
-    if (worker < 0 || s_throughput(env.client, config->tasks / 10 + 1) < 0)
+    int warm = config->tasks / 10 + 1;
+    if (worker < 0 || s_throughput(env.client, warm) < 0)
         rc = -1;
     if (rc == 0) {
+        double broker = s_proc_cpu_us(env.broker.pid);
         s_sweep_w1[k][run] = s_throughput(env.client, config->tasks);
         rc = s_sweep_w1[k][run] < 0 ? -1 : 0;
+        s_sweep_bcpu[k][run] =
+            (s_proc_cpu_us(env.broker.pid) - broker) / config->tasks;
     }
     if (worker > 0 && rc == 0)
         rc = s_sweep_stop(&env, worker);
+    /* the host and its children were reaped: their time is ours now */
+    s_sweep_wcpu[k][run] =
+        (s_children_cpu_us() - reaped) / (config->tasks + warm);
     tq_result_t *results[S_W4_TASKS] = {NULL};
     struct timespec a, b;
     if (rc == 0) {
@@ -700,18 +744,23 @@ s_run_sweep(const s_config_t *config)
                 config->runs);
     }
     printf("| prefetch | W1 tasks/s (min-max)        | W4 s (min-max)     "
-           "| W4 cold s (min-max)  |\n");
-    printf("|%.10s|%.29s|%.20s|%.22s|\n", S_DASHES, S_DASHES, S_DASHES,
-           S_DASHES);
+           "| W4 cold s (min-max)  | CPU us/task: broker | worker host |\n");
+    printf("|%.10s|%.29s|%.20s|%.22s|%.21s|%.13s|\n", S_DASHES, S_DASHES,
+           S_DASHES, S_DASHES, S_DASHES, S_DASHES);
     for (int k = 0; k < s_nsweep; k++) {
-        double w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi;
+        double w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi, b, w, lo, hi;
         s_stats(s_sweep_w1[k], config->runs, &w1, &w1lo, &w1hi);
         s_stats(s_sweep_w4[k], config->runs, &w4, &w4lo, &w4hi);
         s_stats(s_sweep_cold[k], config->runs, &c, &clo, &chi);
+        s_stats(s_sweep_bcpu[k], config->runs, &b, &lo, &hi);
+        s_stats(s_sweep_wcpu[k], config->runs, &w, &lo, &hi);
         printf("| %8d | %7.0f (%7.0f-%7.0f)   | %4.2f (%4.2f-%4.2f)   "
-               "| %4.2f (%4.2f-%4.2f)     |\n",
-               s_sweep[k], w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi);
+               "| %4.2f (%4.2f-%4.2f)     | %19.2f | %11.2f |\n",
+               s_sweep[k], w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi, b, w);
     }
+    printf("\nCPU: medians; the broker's during the measured W1 pass, the "
+           "worker host's\n(its children included) over its whole life "
+           "divided by the W1 and warm-up tasks.\n");
     printf("\n");
     tq_bench_print_load("after");
     return 0;
