@@ -156,6 +156,9 @@ s_now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* With jobs queued, the socket is read this often at most. */
+#define S_DRAIN_EVERY_US 1000
+
 /* Short tasks share an RSS sample this old at most. */
 #define S_RSS_EVERY_US 100000
 /* A task that ran this long gets a sample of its own (getrusage is then
@@ -635,10 +638,19 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     if (config->prefetch > 1 &&
         !(self->keeper = tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self)))
         tq_worker_log("child: no keeper: %s", strerror(errno));
+    int64_t drained_us = 0;
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self, NULL);
-        s_drain(self);
+        /* a drain ends with a receive that finds nothing, and that costs
+           libzmq a system call (it looks at its command mailbox): with
+           jobs queued, look only every S_DRAIN_EVERY_US, so a run of
+           short tasks does not pay one per task. A REVOKE still waits at
+           most that long, or a task's KEEPER_AFTER_MS. */
+        if (!self->count || s_now_us() - drained_us >= S_DRAIN_EVERY_US) {
+            s_drain(self);
+            drained_us = s_now_us();
+        }
         if (s_stop)
             break;
         if (!self->count) {
