@@ -298,21 +298,37 @@ s_steal(tq_broker_t *self)
 {
     if (!self->multi_holders)
         return;
+    /* nobody idle, nothing to do: the common case under load, where this
+       runs at the end of every dispatch pass */
+    peer_t *idle = self->children;
+    while (idle && idle->held + idle->cancelled > 0)
+        idle = idle->next;
+    if (!idle)
+        return;
     /* what may be asked for (held, not first, holder answers REVOKE), and
-       the idle children already waiting on a REVOKE */
+       the idle children already waiting on a REVOKE; on the stack unless
+       there are many */
+    task_t *victims_here[64];
+    uint64_t asked_here[64];
     uint32_t nvictims = 0, nasked = 0, cap = 64;
-    task_t **victims = tqb_alloc(cap * sizeof *victims);
-    uint64_t *asked = tqb_alloc(cap * sizeof *asked);
+    task_t **victims = victims_here;
+    uint64_t *asked = asked_here;
     for (peer_t *w = self->children; w; w = w->next) {
         if (w->held < 2)
             continue;
         for (task_t *t = w->held_tasks.head->next; t; t = t->next) {
             if (nvictims == cap || nasked == cap) {
+                task_t **v = tqb_alloc(2 * cap * sizeof *v);
+                uint64_t *a = tqb_alloc(2 * cap * sizeof *a);
+                memcpy(v, victims, nvictims * sizeof *v);
+                memcpy(a, asked, nasked * sizeof *a);
+                if (victims != victims_here) {
+                    free(victims);
+                    free(asked);
+                }
+                victims = v;
+                asked = a;
                 cap *= 2;
-                victims = realloc(victims, cap * sizeof *victims);
-                asked = realloc(asked, cap * sizeof *asked);
-                if (!victims || !asked)
-                    abort();
             }
             if (t->state == TASK_REVOKING)
                 asked[nasked++] = t->revoke_for;
@@ -366,8 +382,10 @@ s_steal(tq_broker_t *self)
         }
     }
 done:
-    free(victims);
-    free(asked);
+    if (victims != victims_here) {
+        free(victims);
+        free(asked);
+    }
 }
 
 static int
