@@ -1087,17 +1087,20 @@ test_lost_after_unreachable(void **state)
     int linger = 0;
     zmq_setsockopt(child, ZMQ_LINGER, &linger, sizeof linger);
     assert_int_equal(zmq_connect(child, w->broker.workers), 0);
-    s_ready_credit(w, child, "hostU", 1101, 1100, "qu", 4);
+    /* credit for every task below: each one is sent to it */
+    s_ready_credit(w, child, "hostU", 1101, 1100, "qu", 1000);
     s_submit_ok(w, a, "un-1", "qu", in);
     s_expect_task(w, child, "un-1", 1, in);
     zmq_close(child); /* it died running un-1 */
     /* more tasks for it, until a send finds its connection gone */
     uint64_t dropped = s_counter(w, a, "dropped");
+    enum { MAX = 500 };
     int n = 1;
-    while (s_counter(w, a, "dropped") == dropped && n < 200) {
+    while (s_counter(w, a, "dropped") == dropped && n < MAX) {
         char id[32];
         snprintf(id, sizeof id, "un-%d", ++n);
         s_submit_ok(w, a, id, "qu", in);
+        tq_harness_sleep_ms(10); /* bounded: 5 s in all */
     }
     assert_true(s_counter(w, a, "dropped") > dropped);
     /* its supervisor reports its death: the task it was running pays */
@@ -1107,8 +1110,8 @@ test_lost_after_unreachable(void **state)
                         "worker lost: killed by SIGSEGV on host hostU");
     /* and the others, charged nothing, all run on the next child */
     void *w2 = s_dealer(w, w->broker.workers);
-    s_ready_credit(w, w2, "hostU", 1102, 1100, "qu", 256);
-    bool seen[200] = {false};
+    s_ready_credit(w, w2, "hostU", 1102, 1100, "qu", MAX);
+    bool seen[MAX + 1] = {false};
     for (int i = 2; i <= n; i++) {
         s_expect(w, w2, TQ_CMD_TASK, NULL, in);
         int k = 0;
