@@ -118,6 +118,7 @@ s_move_aborts(tq_req_state_t from, tq_req_state_t to)
         tq_request_t *r = tq_request_new(TQ_KIND_GET, NULL);
         r->state = from;
         tq_request_move(r, to);
+        tq_request_free(r);
         _exit(0);
     }
     int status = 0;
@@ -602,6 +603,28 @@ test_apply_async_says_why(void **state)
     tq_client_destroy(&client);
 }
 
+/* A list of brokers: split on commas (spaces around them ignored), the
+   first one used first; an empty or invalid member refuses the list. */
+static void
+test_endpoint_list(void **state)
+{
+    (void)state;
+    tq_client_t *client =
+        tq_client_new("tcp://127.0.0.1:1 , tcp://127.0.0.1:2,ipc:///tmp/x");
+    assert_non_null(client);
+    assert_int_equal(client->endpoint_count, 3);
+    assert_string_equal(client->endpoints[0], "tcp://127.0.0.1:1");
+    assert_string_equal(client->endpoints[1], "tcp://127.0.0.1:2");
+    assert_string_equal(client->endpoints[2], "ipc:///tmp/x");
+    assert_string_equal(tq_client_current_endpoint(client),
+                        "tcp://127.0.0.1:1");
+    assert_int_equal(tq_client_broker_moves(client), 0);
+    tq_client_destroy(&client);
+    assert_null(tq_client_new("tcp://127.0.0.1:1,,tcp://127.0.0.1:2"));
+    assert_null(tq_client_new("tcp://127.0.0.1:1,"));
+    assert_null(tq_client_new("tcp://127.0.0.1:1,127.0.0.1:2"));
+}
+
 int
 main(void)
 {
@@ -610,6 +633,7 @@ main(void)
         cmocka_unit_test(test_request_walk),
         cmocka_unit_test(test_request_illegal_aborts),
         cmocka_unit_test(test_handle_phases),
+        cmocka_unit_test(test_endpoint_list),
         cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
