@@ -8,6 +8,7 @@
 #include <assert.h>
 #include <czmq.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,6 +249,14 @@ s_io_ack(tq_io_t *io, tq_request_t *r)
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* Clears the fields of a message a client sends: all but the name arrays
+   of READY (kilobytes, on the path of every request). */
+static void
+s_msg_clear(tq_msg_t *m)
+{
+    memset(m, 0, offsetof(tq_msg_t, queues));
+}
+
 /* Sends one QUEUED request: SENT, or FAILED when the socket refuses it
    for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
    later (r stays QUEUED). */
@@ -255,7 +264,7 @@ static int
 s_io_send(tq_io_t *io, tq_request_t *r)
 {
     tq_msg_t *m = &io->out_msg;
-    memset(m, 0, sizeof *m);
+    s_msg_clear(m);
     zmq_msg_t copy, *payload = NULL;
     m->id = tq_str(r->id);
     switch (r->kind) {
@@ -352,7 +361,7 @@ s_io_flush(tq_io_t *io)
     /* after a broker came back: GET wait=true for results still awaited */
     while (zlistx_size(io->regets)) {
         const char *id = zlistx_first(io->regets);
-        memset(&io->out_msg, 0, sizeof io->out_msg);
+        s_msg_clear(&io->out_msg);
         io->out_msg.command = TQ_CMD_GET;
         io->out_msg.id = tq_str(id);
         io->out_msg.wait = true;
@@ -367,7 +376,7 @@ s_io_flush(tq_io_t *io)
 void
 tq_io_send_simple(tq_io_t *io, uint8_t command)
 {
-    memset(&io->out_msg, 0, sizeof io->out_msg);
+    s_msg_clear(&io->out_msg);
     io->out_msg.command = command;
     /* best effort: a PING or PONG that cannot go out now is not queued, the
        liveness check covers it */
