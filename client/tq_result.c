@@ -54,7 +54,12 @@ s_move(tq_result_t *self, tq_result_phase_t to)
         abort();
     }
     self->phase = to;
-    pthread_cond_broadcast(&self->cond);
+    /* wake only who can go on: a FINAL handle is nobody's but its
+       callback's, and ANSWERED matters to tq_result_wait_answer alone (a
+       get waiting on every round trip is not woken twice for nothing) */
+    if (to == TQ_RESULT_READY ||
+        (to == TQ_RESULT_ANSWERED && self->answer_waiters))
+        pthread_cond_broadcast(&self->cond);
 }
 
 /* The handle whose callback this thread is running: a callback that waits
@@ -297,8 +302,10 @@ tq_result_wait_answer(tq_result_t *self, int timeout_ms)
 {
     assert(self);
     pthread_mutex_lock(&self->mutex);
+    self->answer_waiters++;
     bool ok =
         s_wait_phase(self, TQ_RESULT_ANSWERED, tq_result_deadline(timeout_ms));
+    self->answer_waiters--;
     pthread_mutex_unlock(&self->mutex);
     return ok ? TQ_OK : TQ_ETIMEDOUT;
 }

@@ -35,6 +35,7 @@ struct tq_result_t {
     pthread_cond_t cond;
     /* under mutex */
     tq_result_phase_t phase; /* the one fact of its lifecycle */
+    int answer_waiters; /* callers in tq_result_wait_answer */
     int state; /* tq_state_t, last reported */
     int code; /* tq_err_t once final */
     uint32_t attempts; /* attempts the broker made, from RESULT */
