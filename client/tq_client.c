@@ -662,11 +662,15 @@ tq_result_t *
 tq_client_fetch(tq_client_t *self, const char *id, bool wait)
 {
     assert(self);
-    if (!id || !tq_proto_valid_id(id, strlen(id)))
+    if (!id || !tq_proto_valid_id(id, strlen(id))) {
+        s_set_last_error(TQ_EINVAL, "invalid id (1-64 of [0-9A-Za-z_.-])");
         return NULL;
+    }
     tq_request_t *r = s_request_make(self, TQ_KIND_GET);
-    if (!r)
+    if (!r) {
+        s_set_last_error(TQ_ENOMEM, "out of memory making the request");
         return NULL;
+    }
     s_request_id(r, id);
     r->wait = wait;
     return s_client_push(self, r);

@@ -598,6 +598,9 @@ test_apply_async_says_why(void **state)
     assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
     assert_null(tq_apply(client, "tq.echo", NULL, 0, "?", 1));
     assert_non_null(strstr(text, "picture"));
+    assert_null(tq_client_fetch(client, "bad id", true));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "invalid id"));
     for (int s = 0; s < N; s++)
         assert_int_equal(tq_client_moves(client, NEW, s), 0);
     tq_client_destroy(&client);

@@ -99,9 +99,10 @@ tq_result_t *tq_apply_async(tq_client_t *self, const char *task,
                             ...);
 
 /* Why the last call of this thread that returned NULL (tq_apply_async,
-   tq_apply_async_raw) failed before reaching the broker: TQ_EINVAL and a
-   text such as "priority out of range (0..9)" in *text (borrowed, valid
-   until this thread's next failing call); TQ_OK and "" before any. */
+   tq_apply_async_raw, tq_apply, tq_client_fetch) failed before reaching
+   the broker: TQ_EINVAL (or TQ_ENOMEM) and a text such as "priority out
+   of range (0..9)" in *text (borrowed, valid until this thread's next
+   failing call); TQ_OK and "" before any. */
 int tq_client_last_error(const char **text);
 
 /* As tq_apply_async, with args already packed as a msgpack array (borrowed,
