@@ -353,8 +353,8 @@ s_io_send(tq_io_t *io, tq_request_t *r)
 static void
 s_io_flush(tq_io_t *io)
 {
-    if (io->standby)
-        return; /* it would answer TQ_ESTANDBY: wait for the move */
+    if (io->standby || !io->client->socket)
+        return; /* a standby would answer TQ_ESTANDBY: wait for the move */
     while (io->out.head)
         if (s_io_send(io, io->out.head) != TQ_OK)
             return;
@@ -380,8 +380,9 @@ tq_io_send_simple(tq_io_t *io, uint8_t command)
     io->out_msg.command = command;
     /* best effort: a PING or PONG that cannot go out now is not queued, the
        liveness check covers it */
-    tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf, NULL,
-                     ZMQ_DONTWAIT);
+    if (io->client->socket)
+        tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf, NULL,
+                         ZMQ_DONTWAIT);
 }
 
 /* ---- requests taken from callers ---------------------------------------- */
@@ -719,7 +720,7 @@ int
 tq_io_recv(tq_io_t *io)
 {
     int i;
-    for (i = 0; i < TQ_IO_RECV_BATCH; i++) {
+    for (i = 0; io->client->socket && i < TQ_IO_RECV_BATCH; i++) {
         int rc =
             tq_wire_recv(io->client->socket, &io->frames, false, ZMQ_DONTWAIT);
         if (rc == -1)
@@ -761,21 +762,31 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     bool running = true;
     while (running) {
         long timeout = tq_io_liveness(io);
-        long standby = tq_io_leave_standby(io, zclock_mono());
-        if (standby >= 0 && (timeout < 0 || standby < timeout))
-            timeout = standby;
+        int64_t now = zclock_mono();
+        long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
+        for (int i = 0; i < 2; i++)
+            if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
+                timeout = waits[i];
         /* a broker restarted faster than our liveness is only seen as a
            new connection: the socket monitor tells us */
+        void *socket = io->client->socket;
         void *monitor = io->client->monitor_reader;
         zmq_pollitem_t items[4] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
-            {io->client->socket, 0, ZMQ_POLLIN, 0},
             {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
-            {monitor, 0, ZMQ_POLLIN, 0},
         };
-        if (io->out.head || zlistx_size(io->regets))
-            items[1].events |= ZMQ_POLLOUT;
-        if (zmq_poll(items, monitor ? 4 : 3, timeout) < 0) {
+        int count = 2, on_socket = -1, on_monitor = -1;
+        if (socket) {
+            on_socket = count;
+            items[count++] = (zmq_pollitem_t){socket, 0, ZMQ_POLLIN, 0};
+            if (io->out.head || zlistx_size(io->regets))
+                items[on_socket].events |= ZMQ_POLLOUT;
+        }
+        if (monitor) {
+            on_monitor = count;
+            items[count++] = (zmq_pollitem_t){monitor, 0, ZMQ_POLLIN, 0};
+        }
+        if (zmq_poll(items, count, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             break; /* ETERM: the context is going away */
@@ -786,11 +797,11 @@ tq_client_io_actor(zsock_t *pipe, void *args)
                 running = false;
             zstr_free(&command);
         }
-        if (items[2].revents & ZMQ_POLLIN)
-            s_io_take_queue(io);
-        if (monitor && (items[3].revents & ZMQ_POLLIN))
-            tq_io_monitor(io);
         if (items[1].revents & ZMQ_POLLIN)
+            s_io_take_queue(io);
+        if (on_monitor >= 0 && (items[on_monitor].revents & ZMQ_POLLIN))
+            tq_io_monitor(io);
+        if (on_socket >= 0 && (items[on_socket].revents & ZMQ_POLLIN))
             (void)tq_io_recv(io);
         s_io_flush(io);
     }

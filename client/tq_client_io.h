@@ -51,6 +51,8 @@ typedef struct {
     size_t standby_moves; /* moves on TQ_ESTANDBY since one answered */
     int64_t round_at; /* ms, when the last round of moves on
                          TQ_ESTANDBY through the list began */
+    int64_t reopen_at; /* ms, next try to open a socket that could not
+                          be opened at a move */
     tq_frames_t frames;
     tq_msg_t msg; /* decode target; large, kept off the stack */
     tq_msg_t out_msg; /* encode source */
@@ -99,6 +101,11 @@ long tq_io_liveness(tq_io_t *io);
 /* Moves on from a standby when its time has come; the ms until then, or
    -1. */
 long tq_io_leave_standby(tq_io_t *io, int64_t now);
+
+/* Opens the socket again after it could not be (tq_client_socket_open
+   failed at a move) once its time has come; the ms until the next try,
+   or -1 (a socket is open). */
+long tq_io_reopen(tq_io_t *io, int64_t now);
 
 /* Reads one event of the socket's monitor (connects, disconnects). */
 void tq_io_monitor(tq_io_t *io);

@@ -97,16 +97,12 @@ s_io_switch(tq_io_t *io, const char *why)
     size_t from = atomic_load(&c->current);
     size_t to = (from + 1) % c->endpoint_count;
     tq_client_socket_close(c);
-    if (tq_client_socket_open(c, c->endpoints[to]) != 0) {
-        /* the list was checked when the client was made: this is a
-           socket failure, as with the old endpoint */
-        to = from;
-        if (tq_client_socket_open(c, c->endpoints[to]) != 0) {
-            tq_log_error("tq client: cannot open a socket to any broker");
-            abort();
-        }
-    }
     atomic_store(&c->current, to);
+    if (tq_client_socket_open(c, c->endpoints[to]) != 0)
+        /* the list was checked when the client was made: a socket failure
+           (no file descriptor left, say); requests wait, and end
+           unreachable if it lasts */
+        io->reopen_at = zclock_mono() + atomic_load(&c->liveness_ms) / 3;
     atomic_fetch_add(&c->broker_moves, 1);
     zsys_info("tq client: broker at %s %s: moving to %s", c->endpoints[from],
               why, c->endpoints[to]);
@@ -120,6 +116,20 @@ s_io_switch(tq_io_t *io, const char *why)
     /* GETs not yet sent are asked again below, with all the others */
     zlistx_purge(io->regets);
     tq_io_reattach(io);
+}
+
+long
+tq_io_reopen(tq_io_t *io, int64_t now)
+{
+    tq_client_t *c = io->client;
+    if (c->socket)
+        return -1;
+    if (now < io->reopen_at)
+        return (long)(io->reopen_at - now);
+    if (tq_client_socket_open(c, tq_client_current_endpoint(c)) == 0)
+        return -1;
+    io->reopen_at = now + atomic_load(&c->liveness_ms) / 3;
+    return (long)(io->reopen_at - now);
 }
 
 /* The broker is a standby (PROTOCOL.md section 12): what it answered
@@ -167,8 +177,8 @@ s_io_input_waiting(tq_io_t *io)
 {
     int events = 0;
     size_t size = sizeof events;
-    return zmq_getsockopt(io->client->socket, ZMQ_EVENTS, &events, &size) ==
-        0 &&
+    return io->client->socket &&
+        zmq_getsockopt(io->client->socket, ZMQ_EVENTS, &events, &size) == 0 &&
         (events & ZMQ_POLLIN);
 }
 
@@ -218,7 +228,9 @@ tq_io_liveness(tq_io_t *io)
            without a word: say what to check */
         int mechanism = ZMQ_NULL;
         size_t size = sizeof mechanism;
-        zmq_getsockopt(io->client->socket, ZMQ_MECHANISM, &mechanism, &size);
+        if (io->client->socket)
+            zmq_getsockopt(io->client->socket, ZMQ_MECHANISM, &mechanism,
+                           &size);
         snprintf(text, sizeof text,
                  "broker unreachable at %s (no answer in %.1f s%s)%s",
                  io->client->endpoint, (double)bound / 1000.0,
