@@ -657,7 +657,8 @@ test_list_silent_first(void **state)
 /* No broker of the list is active (two standbys): the client goes round
    the list, but a submission never hangs: it ends TQ_EUNREACHABLE after
    the liveness bound, saying the standbys answered TQ_ESTANDBY. Then a
-   real broker at the end of a list of the tq CLI answers `tq status`. */
+   real broker at the end of a list of the tq CLI answers `tq status` and
+   `tq tasks`. */
 static void
 test_list_no_active(void **state)
 {
@@ -691,6 +692,15 @@ test_list_no_active(void **state)
         printf("tq status: %s\n", run.err);
     assert_int_equal(run.exit_code, 0);
     assert_non_null(strstr(run.out, "\"queues\""));
+    tq_harness_run_free(&run);
+    /* tq tasks (its own socket, one request) passes the standby by too */
+    unsigned before = atomic_load(&a.requests);
+    char *tasks[] = {TQ_CLI_BIN, "tasks", "--json", NULL};
+    assert_int_equal(tq_harness_run(tasks, list, 2 * S_WAIT_MS, &run), 0);
+    if (run.exit_code != 0)
+        printf("tq tasks: %s\n", run.err);
+    assert_int_equal(run.exit_code, 0);
+    assert_true(atomic_load(&a.requests) > before);
     tq_harness_run_free(&run);
     /* an invalid list is refused with its reason */
     snprintf(list, sizeof list, "%s,,%s", a.endpoint, env->broker.clients);
