@@ -147,8 +147,8 @@ s_request(const char *endpoint, tq_msg_t *msg, tq_buf_t *body, int timeout_ms,
         char one[512];
         snprintf(one, sizeof one, "%.*s", (int)len, p);
         p += len + (p[len] == ',');
-        for (size_t n = strlen(one); n && (one[n - 1] == ' ' ||
-                                           one[n - 1] == '\t');)
+        for (size_t n = strlen(one);
+             n && (one[n - 1] == ' ' || one[n - 1] == '\t');)
             one[--n] = '\0';
         int64_t left = deadline - zclock_mono();
         int share = left > 0 ? (int)(left / (int64_t)(count - i)) : 0;

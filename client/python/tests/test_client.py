@@ -332,8 +332,14 @@ class TestLifecycle(unittest.TestCase):
                 self.assertEqual([r.get(GET_WAIT) for r in results],
                                  [[i] for i in range(10)])
                 self.assertIn("queues", client.status(GET_WAIT))
-                self.assertEqual(client._io.moves, 1)
-                self.assertEqual(client._io.endpoint, broker.clients)
+                # the standby: once; a silent first broker: at least once
+                # (a loaded machine may stall the real one past the
+                # liveness too)
+                if first.standby:
+                    self.assertEqual(client._io.moves, 1)
+                    self.assertEqual(client._io.endpoint, broker.clients)
+                else:
+                    self.assertGreaterEqual(client._io.moves, 1)
             self.assertGreaterEqual(first.submits, 1)
         finally:
             first.stop()
@@ -349,7 +355,7 @@ class TestLifecycle(unittest.TestCase):
     def test_broker_list_silent_first(self):
         """The first broker reads everything and answers nothing: after
         the liveness the client moves to the next."""
-        self._list_through(_FakeBroker(standby=False), 3000)
+        self._list_through(_FakeBroker(standby=False), 5000)
 
     def test_broker_list_no_active(self):
         """Two standbys: a task never hangs, it ends BrokerUnreachable."""
