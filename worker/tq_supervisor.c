@@ -240,9 +240,8 @@ s_move_on(s_super_t *self, const char *why)
 /* The slot's child runs a task the broker cancelled: SIGTERM to its
    process group now, SIGKILL after the grace. */
 static void
-s_stop_cancelled(s_super_t *self, tq_slot_t *slot)
+s_stop_cancelled(tq_slot_t *slot)
 {
-    (void)self;
     tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
                   slot->id);
     tq_slot_cancel(slot, s_now() + S_CANCEL_GRACE_MS);
@@ -287,7 +286,7 @@ s_on_kill(s_super_t *self)
                           self->in.id.ptr ? self->in.id.ptr : "");
         return;
     }
-    s_stop_cancelled(self, slot);
+    s_stop_cancelled(slot);
 }
 
 /* After s_sync: a slot's child that started a task cancelled before it
@@ -307,7 +306,7 @@ s_kill_pending(s_super_t *self, tq_slot_t *slot)
         return; /* not started yet */
     k->pid = 0;
     if (tq_slot_busy(slot))
-        s_stop_cancelled(self, slot);
+        s_stop_cancelled(slot);
 }
 
 /* True if s contains the C string text. */
