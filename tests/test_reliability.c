@@ -244,9 +244,11 @@ test_cancel_before_start(void **state)
     /* the host's log goes to a file: it says when the KILL came */
     char redirect[4300];
     snprintf(redirect, sizeof redirect, "exec \"$0\" \"$@\" 2>>'%s'", log);
-    char *argv[] = {"/bin/sh", "-c", redirect, TQ_WORKER_BIN, "--broker",
-                    env->broker.workers, "-c", "1", "--prefetch", "2",
-                    "--module", TQ_TESTTASKS_SO, "--verbose", NULL};
+    char *argv[] = {"/bin/sh",     "-c",       redirect,
+                    TQ_WORKER_BIN, "--broker", env->broker.workers,
+                    "-c",          "1",        "--prefetch",
+                    "2",           "--module", TQ_TESTTASKS_SO,
+                    "--verbose",   NULL};
     pid_t worker = tq_harness_spawn(argv, NULL, NULL, NULL);
     assert_true(worker > 0);
     assert_int_equal(tq_harness_wait_workers(env->client, 1, worker, S_GET_MS),
