@@ -516,12 +516,17 @@ s_echo_batch(tq_client_t *client, int n, int timeout_ms)
 }
 
 /* 10,000 tq.echo while a random child is SIGKILLed every 200 ms: all end
-   SUCCESS with their value. */
+   SUCCESS with their value. A death charges the task its child held first
+   (--max-lost, test_poison's subject); the killer here picks no task, but
+   on a loaded machine a task is held longer and the same one can be
+   charged three times by chance: the broker allows more deaths than the
+   killer can cause to one task, so that every task must still succeed. */
 static void
 test_chaos(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--max-lost", "1000", NULL};
+    assert_int_equal(tq_harness_env_start(env, extra), 0);
     pid_t worker = tq_harness_env_add_worker(env, 2, NULL, true);
     assert_true(worker > 0);
     pid_t killer = fork();
