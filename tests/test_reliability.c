@@ -297,7 +297,9 @@ test_cancel_before_start(void **state)
     s_echo_ok(env->client, 8);
     tq_result_destroy(&g);
     tq_result_destroy(&r);
-    assert_int_equal(WIFEXITED(tq_harness_stop(worker)), 1);
+    /* a clean stop (under a sanitizer, no report either) */
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     tq_harness_rmtree(dir);
 }
 
