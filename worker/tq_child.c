@@ -20,6 +20,7 @@
 
 #include "tq_board.h"
 #include "tq_curve.h"
+#include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
 #include "tq_wire.h"
@@ -58,14 +59,21 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
-    /* the keeper (credit above 1 only, NULL without): whoever holds the
-       socket (tq_keeper.h) owns sock, frames, in, out, header and the
+    /* the keeper (credit above 1 only, NULL without, and until the
+       first task: an idle child has no thread of its own): whoever holds
+       the socket (tq_keeper.h) owns sock, frames, in, out, header and the
        ring */
     tq_keeper_t *keeper;
+    bool keeperless; /* tq_keeper_new failed: answer between tasks */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
 #define KEEPER_AFTER_MS 10
+
+/* What a child's ZeroMQ context may hold: one DEALER at a time (a closed
+   one lingers until the reaper ends it). libzmq's default, 1,023, costs
+   12 KiB of slot tables written in every child. */
+#define S_ZMQ_MAX_SOCKETS 16
 
 /* Set by SIGTERM/SIGINT: finish the running task, then leave. */
 static volatile sig_atomic_t s_stop;
@@ -614,8 +622,10 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     s_setup_signals();
 
     /* a fresh context: the supervisor's (if any) belongs to the parent's
-       threads, which do not exist here, so it is never touched */
-    self->ctx = zmq_ctx_new();
+       threads, which do not exist here, so it is never touched. Its
+       threads on small stacks, one malloc arena for all (tq_footprint.h) */
+    tq_footprint_one_arena();
+    self->ctx = tq_footprint_context_new(S_ZMQ_MAX_SOCKETS);
     if (!self->ctx)
         s_die("zmq_ctx_new");
     s_soft_flag = &self->task.soft_limit;
@@ -630,11 +640,6 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     s_send_ready(self, NULL);
     /* start-up done: a child that dies from now on is not a broken setup */
     s_publish(self, TQ_BOARD_IDLE, NULL);
-    /* without a keeper (no thread, no eventfd) the child still works:
-       REVOKE is then answered between tasks */
-    if (config->prefetch > 1 &&
-        !(self->keeper = tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self)))
-        tq_worker_log("child: no keeper: %s", strerror(errno));
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self, NULL);
@@ -665,6 +670,16 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         self->count--;
         s_publish(self, TQ_BOARD_BUSY, job);
         self->busy = true;
+        /* the keeper starts with the first task: until then nothing runs
+           long, and an idle child costs no thread. Without one (no
+           thread, no eventfd) the child still works: REVOKE is then
+           answered between tasks */
+        if (config->prefetch > 1 && !self->keeper && !self->keeperless &&
+            !(self->keeper =
+                  tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self))) {
+            tq_worker_log("child: no keeper: %s", strerror(errno));
+            self->keeperless = true;
+        }
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         zmq_msg_close(&job->args);
