@@ -134,8 +134,11 @@ for n in $COUNTS; do
     report "$n" idle "$W"
     # ZeroMQ fills its pipes' chunks (256 messages each) as messages pass:
     # a child that worked a while holds more than a fresh one
-    seq $((n * TASKS)) | "$TQ" map tq.echo --no-progress > /dev/null \
-        2> "$DIR/map.err"
+    if ! seq $((n * TASKS)) | timeout $((60 + n * TASKS / 500)) \
+        "$TQ" map tq.echo --no-progress > /dev/null 2> "$DIR/map.err"; then
+        echo "child_footprint: tq map of $((n * TASKS)) tq.echo did not" \
+            "finish: the work row may hold fewer tasks per child" >&2
+    fi
     report "$n" work "$W"
     # one task each, long enough to be measured running
     seq "$n" | sed 's/.*/[120]/' > "$DIR/lines"

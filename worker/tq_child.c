@@ -1,12 +1,13 @@
 /* tq_child.c - the task loop of one worker child: READY, then TASK in,
    run one at a time from a local FIFO, DONE out; DISCONNECT on SIGTERM.
 
-   With credit above 1 a second thread, the keeper, answers the broker
-   while a long task runs: the socket belongs to whichever thread holds
-   it, and the main thread lends it to the keeper once a task has run for
-   KEEPER_AFTER_MS, and takes it back before it sends the task's DONE. So
-   a REVOKE is answered at once (RETURNED, or nothing if the task has
-   started: PROTOCOL 5.3.5), and short tasks cost one uncontended lock. */
+   With credit above 1 a second thread, the keeper (started with the
+   first task), answers the broker while a long task runs: the socket
+   belongs to whichever thread holds it, and the main thread lends it to
+   the keeper once a task has run for KEEPER_AFTER_MS, and takes it back
+   before it sends the task's DONE. So a REVOKE is answered at once
+   (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
+   short tasks cost one uncontended lock. */
 #include "tq_worker_host.h"
 
 #include <errno.h>
