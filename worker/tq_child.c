@@ -611,9 +611,12 @@ void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
              int report_fd, tq_board_t *board)
 {
-    static s_child_t child; /* tq_msg_t is large: keep it off the stack */
+    /* tq_msg_t is large: off the stack. Zero as it is (static, never
+       written before the fork, and this runs once per process): not
+       cleared again, so that the pages a child never writes (in's READY
+       arrays, 8 KiB) stay out of its memory */
+    static s_child_t child;
     s_child_t *self = &child;
-    memset(self, 0, sizeof *self);
     self->config = config;
     self->registry = registry;
     self->report_fd = report_fd;
