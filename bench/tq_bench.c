@@ -940,7 +940,7 @@ static const s_row_t s_rows[] = {
     {NULL, "bare ZeroMQ broker, credit 1", B1_W3, C_BARE1, "MB/s"},
     {NULL, "bare ZeroMQ broker, credit 16", B16_W3, C_BARE16, "MB/s"},
     {NULL, "Gearman", GM_W3, C_GEARMAN, "MB/s"},
-    {"pool W1", "tq_pool(2), defaults (prefetch 8)", POOL_W1, C_POOL,
+    {"pool W1", "tq_pool(2), defaults (prefetch 64)", POOL_W1, C_POOL,
      "tasks/s"},
     {NULL, "multiprocessing.Pool(2)", PY_W1, C_PYTHON, "tasks/s"},
     {"pool W2 p50", "tq_pool(2), defaults", POOL_P50, C_POOL, "us"},

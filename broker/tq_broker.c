@@ -732,6 +732,9 @@ tq_broker_run(tq_broker_t *self)
         int64_t getters = tqb_expire_getters(self);
         if (getters < deadline)
             deadline = getters;
+        int64_t folds = tqb_release_folds(self, false);
+        if (folds < deadline)
+            deadline = folds;
         long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
         if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
@@ -819,6 +822,11 @@ tq_broker_destroy(tq_broker_t **self_p)
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);
+    for (uint32_t i = 0; i < self->fold_count; i++) {
+        fold_t *fold = &self->folds[(self->fold_head + i) % self->fold_cap];
+        tqb_ident_clear(&fold->to);
+    }
+    free(self->folds);
     free(self->candidates);
     tq_heap_destroy(&self->delayed);
     tq_frames_close(&self->frames);

@@ -255,6 +255,14 @@ typedef struct {
     uint64_t size; /* REPLY: the queue's size */
 } ack_t;
 
+/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms unless the
+   task ended first, its RESULT then acknowledging it. */
+typedef struct {
+    ident_t to;
+    char id[TQ_PROTO_MAX_ID + 1];
+    int64_t due_ms;
+} fold_t;
+
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
         malformed, errors, dropped, retried, cancelled, refused, stolen;
@@ -302,6 +310,8 @@ struct tq_broker_t {
     dq_t *dqs;
     ack_t *acks; /* answers waiting for the commit */
     uint32_t ack_count, ack_cap;
+    fold_t *folds; /* held SUBMITTEDs, a ring in due order */
+    uint32_t fold_head, fold_count, fold_cap;
     bool disk_full;      /* the store passed max_disk */
     uint64_t disk_bytes; /* the store's size: measured once a second, plus
                             what each write since adds (an estimate), so
@@ -417,6 +427,16 @@ extern const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS];
    False if the store failed: nothing more may be acknowledged. */
 bool tqb_commit(tq_broker_t *self);
 void tqb_acks_clear(tq_broker_t *self);
+
+/* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
+
+/* Holds the SUBMITTED of a new task id for to until the fold window
+   ends. */
+void tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to);
+/* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
+   not final yet, drops those whose task ended (its RESULT went to the
+   submitter). Returns the next due time, INT64_MAX for none. */
+int64_t tqb_release_folds(tq_broker_t *self, bool all);
 
 /* ---- tq_task.c: the task table, lanes and the state machine ---- */
 

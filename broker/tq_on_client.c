@@ -112,6 +112,12 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             tqb_task_move(self, task, TASK_WAITING, NULL);
         self->counters.submitted++;
     }
+    if (!known && self->config.ack_fold_ms > 0 && !self->store) {
+        /* a task that ends within the window is acknowledged by its
+           RESULT alone (PROTOCOL.md 5.1, item 2) */
+        tqb_fold_ack(self, msg->id, &from);
+        return;
+    }
     tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
 

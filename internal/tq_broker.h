@@ -53,6 +53,14 @@ typedef struct {
                                     broker); NULL: the broker's own. Not
                                     with CURVE: its ZAP handler binds
                                     inproc://zeromq.zap.01 in it */
+    int ack_fold_ms;             /* > 0, without a store: SUBMITTED for a
+                                    new task waits this long, and a task
+                                    that ends first is acknowledged by its
+                                    RESULT alone (PROTOCOL.md 5.1, item
+                                    2); only for clients known to read
+                                    RESULT as the acknowledgement (tq's
+                                    own, in the embedded pool). 0: at
+                                    once */
     const char *client_inproc;   /* inproc:// endpoint the clients socket
                                     also binds, for a client of the same
                                     context (no I/O thread on that path);
