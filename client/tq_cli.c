@@ -682,6 +682,12 @@ tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
                                 "clients endpoint (tq-broker prints both; "
                                 "default port 5555)",
                                 tq_client_endpoint(client));
+        if (code == TQ_ESTANDBY)
+            return tq_cli_error(code,
+                                "the broker at %s is a standby: another "
+                                "broker on its PostgreSQL store holds the "
+                                "lease and is active (role: standby)",
+                                tq_client_endpoint(client));
         return tq_cli_error(code, NULL);
     }
     msgpack_unpacked up;
