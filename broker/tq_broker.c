@@ -901,6 +901,7 @@ tq_broker_destroy(tq_broker_t **self_p)
         /* what was acknowledged is committed; a pending batch holds only
            unacknowledged work, committed now as a courtesy */
         tq_store_commit(self->store);
+        tqb_lease_release(self);
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);

@@ -392,6 +392,9 @@ int tqb_lease_start(tq_broker_t *self, char *error, size_t errlen);
    after a stall longer than the renewal period the lease is renewed
    before anything goes out. */
 tqb_lease_t tqb_lease_tick(tq_broker_t *self);
+/* Lets the lease lapse at once (a broker that stops cleanly, after its
+   last commit), so a standby need not wait out the ttl. */
+void tqb_lease_release(tq_broker_t *self);
 /* The monotonic ms of the lease's next step (INT64_MAX without a lease). */
 int64_t tqb_lease_deadline(const tq_broker_t *self);
 /* A standby's answer to a decoded request: ERROR TQ_ESTANDBY. */

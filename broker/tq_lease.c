@@ -187,6 +187,21 @@ tqb_lease_tick(tq_broker_t *self)
     return s_acquire(self);
 }
 
+void
+tqb_lease_release(tq_broker_t *self)
+{
+    lease_t *lease = &self->lease;
+    if (!lease->active || !self->store)
+        return;
+    lease->active = false;
+    /* renewed for 0 ms: lapsed now, with its epoch, so a commit of ours
+       that could still come is fenced once a standby takes it */
+    if (tq_store_lease_renew(self->store, 0) == TQ_OK)
+        tq_log_info("released the lease (epoch %llu): a standby may take "
+                    "it now",
+                    (unsigned long long)lease->epoch);
+}
+
 int64_t
 tqb_lease_deadline(const tq_broker_t *self)
 {

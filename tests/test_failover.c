@@ -318,6 +318,22 @@ s_stored(const char *id)
     return count;
 }
 
+/* True if no broker holds a live lease on the store. */
+static bool
+s_lease_lapsed(void)
+{
+    PGconn *conn = PQconnectdb(tq_pg_url(s_pg));
+    assert_int_equal(PQstatus(conn), CONNECTION_OK);
+    PGresult *res = PQexec(conn,
+                           "SELECT count(*) FROM tq_lease WHERE"
+                           " expires_at > clock_timestamp()");
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    bool lapsed = strcmp(PQgetvalue(res, 0, 0), "0") == 0;
+    PQclear(res);
+    PQfinish(conn);
+    return lapsed;
+}
+
 static void
 s_log_path(char *path, size_t size, const char *tag)
 {
@@ -393,6 +409,7 @@ test_one_active_one_standby(void **state)
     /* tq status prints the role of each */
     char *argv[] = {TQ_CLI_BIN, "status", NULL};
     tq_harness_run_t run;
+    int status;
     assert_int_equal(tq_harness_run(argv, a.clients, S_WAIT_MS, &run), 0);
     print_message("tq status (active): %s", run.out);
     assert_int_equal(run.exit_code, 0);
@@ -404,8 +421,14 @@ test_one_active_one_standby(void **state)
     assert_non_null(strstr(run.err, "standby"));
     tq_harness_run_free(&run);
 
+    /* a clean stop lets the lease lapse at once: the standby takes it
+       without waiting out the ttl */
+    assert_false(s_lease_lapsed());
+    status = tq_harness_broker_stop(&a);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(s_lease_lapsed());
+    assert_true(s_wait_active(b.clients) >= 0);
     tq_harness_broker_stop(&b);
-    tq_harness_broker_stop(&a);
     unlink(log_a);
     unlink(log_b);
 }
