@@ -14,7 +14,11 @@ typedef struct tq_pg_t tq_pg_t;
    connections. NULL on failure, with the reason printed to stderr. */
 tq_pg_t *tq_pg_new(void);
 
-/* The cluster's URL, postgresql://tq@127.0.0.1:PORT/postgres (borrowed). */
+/* tq_pg_new listening on addr (an IPv4 address of this thread's network
+   namespace, where the server then runs) instead of 127.0.0.1. */
+tq_pg_t *tq_pg_new_on(const char *addr);
+
+/* The cluster's URL, postgresql://tq@ADDR:PORT/postgres (borrowed). */
 const char *tq_pg_url(const tq_pg_t *self);
 
 /* The server's pid, 0 while stopped. */
