@@ -366,6 +366,10 @@ s_recover(const tq_store_task_t *row, void *arg)
     task->rec.retries = row->retries;
     task->rec.backoff_ms = row->backoff_ms ? row->backoff_ms : 1000;
     task->rec.failures = row->failures;
+    /* the key that submitted it (tenants): interned, so that the check is
+       the pointer comparison a live submission gets */
+    task->rec.owner =
+        row->owner && *row->owner ? tqb_intern(self, tq_str(row->owner)) : NULL;
     self->recovered++;
     task_move_t how = {.restore = true};
     if (row->corrupt && !final) {

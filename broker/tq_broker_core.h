@@ -83,6 +83,9 @@ typedef struct {
     uint32_t failures; /* task failures so far (for the backoff) */
     int64_t due_ms; /* SCHEDULED, RETRY: monotonic ms it may run */
     char *error; /* final or retrying: error text, or NULL */
+    const char *owner; /* CURVE: the submitter's key text (interned in
+                          names: one copy per key, compared by pointer);
+                          NULL without CURVE or when the store kept none */
 } task_rec_t;
 
 struct task_s {
@@ -99,8 +102,6 @@ struct task_s {
     int64_t started_ms;   /* monotonic ms of its last dispatch, 0: never */
     int64_t finished_ms;  /* final: monotonic ms it became final */
     int64_t expires_ms; /* final: monotonic ms when forgotten */    ident_t client; /* submitter; size 0 once answered */
-    const char *owner; /* CURVE: the submitter's key (interned); NULL
-                          without CURVE */
     ident_t *waiters; /* clients blocked in GET wait=true */
     uint32_t waiter_count;
     peer_t *holder; /* HELD, REVOKING */

@@ -32,6 +32,7 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
         .id = task->rec.id,
         .task = task->lane->task,
         .queue = task->lane->queue->name,
+        .owner = task->rec.owner,
         .priority = task->rec.priority,
         .time_limit_ms = task->rec.time_limit_ms,
         .attempt = task->rec.attempt,

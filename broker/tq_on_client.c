@@ -101,7 +101,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
         tqb_ident_set(&task->client, tqb_ident_data(&from), from.size);
-        task->owner = self->in_key;
+        task->rec.owner = self->in_key;
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);
         if (msg->delay_ms)

@@ -176,11 +176,11 @@ tqb_reply_error(tq_broker_t *self, void *socket, int code, const char *text,
 bool
 tqb_may_see(const tq_broker_t *self, const task_t *task)
 {
-    /* a task recovered from the store has no owner (the store does not
-       keep it yet): every key may see it, so that its submitter, asking
-       again after the restart, still finds it */
-    return !self->auth || self->in_admin || !task->owner ||
-           task->owner == self->in_key;
+    /* the owner survives a restart (the store keeps it); a task with no
+       recorded owner (submitted without CURVE, or stored before schema
+       v5) stays visible to every key, as it was before */
+    return !self->auth || self->in_admin || !task->rec.owner ||
+        task->rec.owner == self->in_key;
 }
 
 void

@@ -24,6 +24,11 @@ typedef struct {
     const char *id;
     const char *task;
     const char *queue;
+    const char *owner; /* under CURVE: the submitting client key's text
+                          (tenants, PROTOCOL.md 5.8); NULL: none recorded,
+                          every key may see the task. Written by
+                          tq_store_add only (a task's owner never
+                          changes) */
     uint32_t priority;
     uint32_t time_limit_ms;
     uint32_t attempt; /* attempts started so far */

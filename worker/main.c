@@ -1,5 +1,5 @@
 /* main.c - tq-worker: parse the command line (and the TQ_WORKER_*
-   variables), check the endpoint, load the task registry, run the
+   variables), check the broker endpoints, load the task registry, run the
    supervisor. */
 #include "tq_curve.h"
 #include "tq_endpoint.h"
@@ -8,6 +8,7 @@
 #include "tq_log.h"
 #include "tq_worker_host.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -26,14 +27,19 @@ static void
 s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: tq-worker [--broker EP] [-c N] [--queue NAME]... "
-            "[--module PATH]...\n"
+            "usage: tq-worker [--broker EP[,EP...]] [-c N] [--queue "
+            "NAME]... [--module PATH]...\n"
             "                 [--prefetch N] [--time-limit SEC] [--host NAME]\n"
             "                 [--shutdown-timeout SEC] [--allow-exec] [-v] "
             "[--help]\n"
             "\n"
-            "  --broker EP            broker's worker endpoint "
-            "(default %s)\n"
+            "  --broker EP[,EP...]    broker's worker endpoint "
+            "(default %s);\n"
+            "                         several brokers on one PostgreSQL "
+            "store: the host\n"
+            "                         talks to one, and moves to the next "
+            "on a standby's\n"
+            "                         answer or 3 s of silence\n"
             "  -c, --concurrency N    child processes (default: online CPUs)\n"
             "  --queue NAME           queue to serve, repeatable (default: "
             "default)\n"
@@ -96,6 +102,56 @@ s_parse_secs(const char *s, double max, uint32_t *ms)
     if (errno || end == s || *end || !(v >= 0 && v <= max))
         return false;
     *ms = (uint32_t)(v * 1000.0 + 0.5);
+    return true;
+}
+
+/* Splits list ("EP" or "EP,EP,...") into config->endpoints, each checked.
+   Returns false with why filled in. The pieces live in a copy that stays
+   until the process ends. */
+static bool
+s_parse_brokers(const char *list, tq_worker_config_t *config, char *why,
+                size_t size)
+{
+    static char *copy; /* static: reachable to the end (LeakSanitizer) */
+    free(copy);
+    copy = strdup(list);
+    if (!copy) {
+        snprintf(why, size, "out of memory");
+        return false;
+    }
+    config->endpoint_count = 0;
+    char *item = copy;
+    for (;;) {
+        char *comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        while (isspace((unsigned char)*item))
+            item++;
+        for (char *end = item + strlen(item);
+             end > item && isspace((unsigned char)end[-1]);)
+            *--end = '\0';
+        if (!*item && (comma || config->endpoint_count)) {
+            snprintf(why, size,
+                     "%s: an empty endpoint in the list (endpoints are "
+                     "separated by single commas)",
+                     list);
+            return false;
+        }
+        if (config->endpoint_count == TQ_WORKER_MAX_BROKERS) {
+            snprintf(why, size, "%s: at most %d brokers", list,
+                     TQ_WORKER_MAX_BROKERS);
+            return false;
+        }
+        /* a typo here would make every child fail to connect and
+           respawn forever: refuse it now, with a hint */
+        if (!tq_endpoint_check(item, false, why, size))
+            return false;
+        config->endpoints[config->endpoint_count++] = item;
+        if (!comma)
+            break;
+        item = comma + 1;
+    }
+    config->endpoint = config->endpoints[0];
     return true;
 }
 
@@ -285,9 +341,7 @@ main(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
-    /* a typo here would make every child fail to connect and respawn
-       forever: refuse it now, with a hint */
-    if (!tq_endpoint_check(config.endpoint, false, why, sizeof why)) {
+    if (!s_parse_brokers(config.endpoint, &config, why, sizeof why)) {
         fprintf(stderr, "tq-worker: --broker %s\n", why);
         return 2;
     }

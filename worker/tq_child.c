@@ -38,6 +38,7 @@ typedef struct {
     const tq_registry_t *registry; /* borrowed */
     int report_fd; /* write end of the pipe to the supervisor: nudges */
     tq_board_t *board; /* what we publish for the supervisor (shared) */
+    const tq_board_host_t *host; /* the broker our supervisor chose (shared) */
     uint64_t rss_kb; /* peak RSS, last sample, KiB */
     int64_t rss_at_us; /* when it was sampled, monotonic us */
     int64_t task_at_us; /* when the running task started, monotonic us */
@@ -77,7 +78,8 @@ s_on_stop(int sig)
     s_stop = 1;
 }
 
-/* Set by TQ_SIGNAL_REANNOUNCE: the broker restarted; reconnect and send
+/* Set by TQ_SIGNAL_REANNOUNCE: the broker restarted, or the host moved to
+   another broker; reconnect (to the broker on the host's board) and send
    READY again once no task runs. */
 static volatile sig_atomic_t s_reannounce;
 
@@ -516,10 +518,15 @@ s_setup_signals(void)
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Opens self->sock, a DEALER connected to the broker. */
+/* Opens self->sock, a DEALER connected to the broker the supervisor
+   chose (the host's board). */
 static void
 s_open(s_child_t *self)
 {
+    uint32_t broker = tq_board_host_broker(self->host);
+    if (broker >= tq_worker_endpoints(self->config))
+        broker = 0; /* cannot be: the supervisor writes valid indexes */
+    const char *endpoint = tq_worker_endpoint(self->config, broker);
     self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
     if (!self->sock)
         s_die("zmq_socket");
@@ -529,8 +536,8 @@ s_open(s_child_t *self)
     char why[512];
     if (tq_curve_client_setup(self->sock, NULL, NULL, why, sizeof why))
         s_die(why);
-    if (zmq_connect(self->sock, self->config->endpoint) != 0)
-        s_die(self->config->endpoint);
+    if (zmq_connect(self->sock, endpoint) != 0)
+        s_die(endpoint);
 }
 
 /* Drops the queued jobs: they came from a broker that is gone or that
@@ -561,7 +568,10 @@ s_reconnect(s_child_t *self, const char *running)
     s_open(self);
     s_send_ready(self, running);
     if (self->config->verbose)
-        tq_worker_log("child: reconnected and sent READY again");
+        tq_worker_log(
+            "child: reconnected to %s and sent READY again%s%s",
+            tq_worker_endpoint(self->config, tq_board_host_broker(self->host)),
+            running ? ", still running " : "", running ? running : "");
 }
 
 /* ---- the keeper ---- */
@@ -600,7 +610,7 @@ s_should_recycle(s_child_t *self)
 
 void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
-             int report_fd, tq_board_t *board)
+             int report_fd, tq_board_t *board, const tq_board_host_t *host)
 {
     static s_child_t child; /* tq_msg_t is large: keep it off the stack */
     s_child_t *self = &child;
@@ -609,6 +619,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->registry = registry;
     self->report_fd = report_fd;
     self->board = board;
+    self->host = host;
     fcntl(report_fd, F_SETFL, O_NONBLOCK); /* a nudge never blocks us */
     s_stop = 0;
     s_setup_signals();
