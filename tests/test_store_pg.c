@@ -602,22 +602,6 @@ s_waiting(tq_client_t *client)
     return waiting;
 }
 
-/* True once no broker holds a live lease on the store. */
-static bool
-s_lease_lapsed(void)
-{
-    PGconn *conn = PQconnectdb(tq_pg_url(s_pg));
-    assert_int_equal(PQstatus(conn), CONNECTION_OK);
-    PGresult *res = PQexec(conn,
-                           "SELECT count(*) FROM tq_lease WHERE"
-                           " expires_at > clock_timestamp()");
-    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
-    bool lapsed = strcmp(PQgetvalue(res, 0, 0), "0") == 0;
-    PQclear(res);
-    PQfinish(conn);
-    return lapsed;
-}
-
 /* tq-broker --store postgresql://...: a task acknowledged with no worker
    connected survives kill -9 of the broker, and runs once a worker comes
    after the restart on the same database. */
@@ -665,10 +649,7 @@ test_broker_restart_on_postgresql(void **state)
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     /* the killed broker's lease lapses first (its --lease-ttl): a broker
        started before then is a standby that answers TQ_ESTANDBY */
-    deadline = tq_harness_now_ms() + 60000;
-    while (!s_lease_lapsed() && tq_harness_now_ms() < deadline)
-        tq_harness_sleep_ms(50);
-    assert_true(s_lease_lapsed());
+    assert_int_equal(tq_pg_wait_lease_lapsed(s_pg, 60000), 0);
     int started = -1;
     for (int attempt = 0; attempt < 5 && started != 0; attempt++) {
         started =

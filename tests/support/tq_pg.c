@@ -313,3 +313,33 @@ tq_pg_unreachable_url(char *url, size_t size)
 {
     snprintf(url, size, "postgresql://tq@127.0.0.1:%d/postgres", s_free_port());
 }
+
+bool
+tq_pg_lease_lapsed(const tq_pg_t *self)
+{
+    PGconn *conn = PQconnectdb(self->url);
+    bool lapsed = false;
+    if (PQstatus(conn) == CONNECTION_OK) {
+        /* no tq_lease table yet: no broker ever took the lease */
+        PGresult *res = PQexec(conn,
+                               "SELECT count(*) FROM tq_lease WHERE"
+                               " expires_at > clock_timestamp()");
+        lapsed = PQresultStatus(res) != PGRES_TUPLES_OK ||
+            strcmp(PQgetvalue(res, 0, 0), "0") == 0;
+        PQclear(res);
+    }
+    PQfinish(conn);
+    return lapsed;
+}
+
+int
+tq_pg_wait_lease_lapsed(const tq_pg_t *self, int timeout_ms)
+{
+    long long deadline = s_now_ms() + timeout_ms;
+    while (!tq_pg_lease_lapsed(self)) {
+        if (s_now_ms() >= deadline)
+            return -1;
+        usleep(20000);
+    }
+    return 0;
+}

@@ -34,6 +34,14 @@ int tq_pg_start(tq_pg_t *self);
 /* Stops the server and removes its directory; NULL-safe, nulls *self_p. */
 void tq_pg_destroy(tq_pg_t **self_p);
 
+/* True once no broker holds a live lease on the tq store in the cluster
+   (none was taken, or it lapsed: PROTOCOL.md section 12). A broker
+   started on the store before then is a standby. */
+bool tq_pg_lease_lapsed(const tq_pg_t *self);
+
+/* Waits (timeout_ms at most) until tq_pg_lease_lapsed; 0 or -1. */
+int tq_pg_wait_lease_lapsed(const tq_pg_t *self, int timeout_ms);
+
 /* A loopback URL on which nothing listens (a port just closed). */
 void tq_pg_unreachable_url(char *url, size_t size);
 
