@@ -829,8 +829,14 @@ tq_broker_run(tq_broker_t *self)
                 return TQ_ESTANDBY;
             int got = s_drain(self, self->workers, "workers");
             got += s_drain(self, self->clients, "clients");
-            if (self->dispatch_due)
+            if (self->dispatch_due) {
+                /* draining took time: nothing goes out on a lease that
+                   may have lapsed meanwhile */
+                if (self->lease.active &&
+                    tqb_lease_tick(self) == TQB_LEASE_LOST)
+                    return TQ_ESTANDBY;
                 tqb_dispatch(self);
+            }
             if (!tqb_commit(self))
                 return s_store_lost(self);
             if (got == 0 || self->stopping)
