@@ -4,7 +4,8 @@
    every request ERROR TQ_ESTANDBY; when the active one is killed the
    standby takes the lease and recovers every acknowledged task; an active
    one frozen past its lease wakes up as a standby that acknowledges and
-   dispatches nothing. Requests go over raw DEALER sockets, so the test sees
+   dispatches nothing; one that loses its database becomes a standby and
+   takes the lease again once the database is back. Requests go over raw DEALER sockets, so the test sees
    exactly what each broker answers. */
 #include <setjmp.h>
 #include <signal.h>
@@ -569,6 +570,42 @@ test_freeze_active(void **state)
     unlink(log_b);
 }
 
+/* The database goes away under the active broker: its next renewal fails
+   and it becomes a standby (it can no longer store anything, so it
+   acknowledges nothing); it keeps trying, and once the database is back
+   it takes the lease again (its own, or lapsed) and recovers every
+   acknowledged task, which a worker then runs. */
+static void
+test_database_lost_and_back(void **state)
+{
+    (void)state;
+    char log_a[256];
+    s_log_path(log_a, sizeof log_a, "a");
+    tq_harness_broker_t a;
+    s_broker_start(&a, log_a);
+    assert_true(s_wait_active(a.clients) >= 0);
+    s_submit_acknowledged(a.clients);
+
+    assert_int_equal(tq_pg_stop(s_pg), 0);
+    assert_true(s_wait_standby(a.clients));
+    s_reply_t reply;
+    tq_msg_t submit = s_submit_msg("while-down");
+    assert_true(s_ask(a.clients, &submit, S_WAIT_MS, &reply));
+    assert_int_equal(reply.command, TQ_CMD_ERROR);
+    assert_int_equal(reply.code, TQ_ESTANDBY);
+    assert_int_equal(tq_pg_start(s_pg), 0);
+    assert_true(s_wait_active(a.clients) >= 0);
+
+    pid_t worker = tq_harness_worker_start(a.workers, 2, NULL);
+    assert_true(worker > 0);
+    s_collect_all(a.clients);
+    assert_int_equal(s_stored("while-down"), 0);
+    tq_harness_stop(worker);
+    int status = tq_harness_broker_stop(&a);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    unlink(log_a);
+}
+
 int
 main(void)
 {
@@ -577,6 +614,8 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_kill_active, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_freeze_active, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_database_lost_and_back, s_setup,
                                         s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -50,7 +50,7 @@ enum {
 #define S_CLIENTS 2
 #define S_WAVES 5 /* waves of submissions, an event after each */
 #define S_EVENTS 5
-#define S_TASK_MS 2 /* each task sleeps this long */
+#define S_TASK_MS 5 /* each task sleeps this long */
 #define S_WAIT_MS 60000 /* the bound of a failover, a start, a stop */
 #define S_FINISH_MS 600000 /* the bound for every task to end */
 
@@ -407,7 +407,7 @@ test_failover_under_load(void **state)
             for (int i = e * per_wave; i < (e + 1) * per_wave; i++)
                 s_submit(&clients[c], c, i);
         /* a random moment while the wave is submitted and run */
-        tq_harness_sleep_ms(200 + rand() % 2500);
+        tq_harness_sleep_ms(200 + rand() % 3500);
         for (int w = 0; w < 2; w++)
             marks[e][w] = s_lines(S_HOST_W1 + w);
         tq_harness_broker_t *victim = &broker[active];
