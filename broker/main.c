@@ -177,7 +177,7 @@ s_notify(const char *state)
    (ports resolved) and runs. Binding may fail for a moment while the old
    sockets close: tried again for 10 s. Returns the new loop's code. */
 static int
-s_demote(tq_broker_config_t *config)
+s_demote(tq_broker_config_t *config, tq_http_config_t *http, tq_http_t **web)
 {
     static char clients[256], workers[256]; /* the config points here */
     char error[512] = "";
@@ -185,9 +185,14 @@ s_demote(tq_broker_config_t *config)
              tq_broker_client_endpoint(s_broker));
     snprintf(workers, sizeof workers, "%s",
              tq_broker_worker_endpoint(s_broker));
+    /* the dashboard talks to the broker over an inproc endpoint that
+       goes with it: made again with the new one, on a new name */
+    tq_http_destroy(web);
     tq_broker_t *old = s_broker;
     s_broker = NULL;
     tq_broker_destroy(&old);
+    if (http->address && tq_http_prepare(config) != 0)
+        http->address = NULL;
     config->client_endpoint = clients;
     config->worker_endpoint = workers;
     config->standby_start = true;
@@ -196,6 +201,11 @@ s_demote(tq_broker_config_t *config)
         tq_broker_t *broker = tq_broker_new(config, error, sizeof error);
         if (broker) {
             s_broker = broker;
+            if (http->address) {
+                http->broker = config->client_inproc;
+                if (!(*web = tq_http_new(http, error, sizeof error)))
+                    tq_log_warning("--http: %s", error);
+            }
             if (s_stopping) /* a signal between the check and here */
                 tq_broker_stop(broker);
             return tq_broker_run(broker);
@@ -538,7 +548,7 @@ main(int argc, char **argv)
     s_notify("READY=1\nSTATUS=serving");
     int rc = tq_broker_run(s_broker);
     while (rc == TQ_ESTANDBY && !s_stopping)
-        rc = s_demote(&config);
+        rc = s_demote(&config, &http, &web);
     tq_http_destroy(&web);
     s_notify("STOPPING=1");
     tq_broker_t *broker = s_broker;
