@@ -5,8 +5,8 @@
    standby takes the lease and recovers every acknowledged task; an active
    one frozen past its lease wakes up as a standby that acknowledges and
    dispatches nothing; one that loses its database becomes a standby and
-   takes the lease again once the database is back. Requests go over raw DEALER sockets, so the test sees
-   exactly what each broker answers. */
+   takes the lease again once the database is back. Requests go over raw DEALER
+   sockets, so the test sees exactly what each broker answers. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
