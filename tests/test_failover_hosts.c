@@ -193,6 +193,48 @@ s_submit(s_client_t *client, int c, int i)
     assert_non_null(client->r[i]);
 }
 
+/* A probe task for event e (tq.echo e, id probe-E, the highest
+   priority): new work. */
+static tq_result_t *
+s_probe(tq_client_t *client, int e)
+{
+    char id[32];
+    snprintf(id, sizeof id, "probe-%d", e);
+    tq_options_t opts = TQ_OPTIONS_INIT;
+    opts.id = id;
+    opts.priority = TQ_PRIORITY_MAX; /* ahead of the wave's tasks */
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &opts, "i", (int64_t)e);
+    assert_non_null(r);
+    return r;
+}
+
+/* Waits (bounded) for the probe of event e to end with its value,
+   submitting it again under its id when it ends TQ_EUNREACHABLE (or
+   TQ_ESTANDBY); the ms on the monotonic clock when it did. */
+static int64_t
+s_probe_wait(tq_client_t *client, tq_result_t **probe, int e)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    for (;;) {
+        int64_t left = deadline - tq_harness_now_ms();
+        int rc = tq_result_get(*probe, left > 0 ? (int)left : 0);
+        if (rc == TQ_OK)
+            break;
+        if ((rc != TQ_EUNREACHABLE && rc != TQ_ESTANDBY) || left <= 0)
+            fail_msg("probe %d: %s (%s)", e, tq_strerror(rc),
+                     tq_result_error(*probe));
+        tq_result_destroy(probe);
+        *probe = s_probe(client, e);
+    }
+    int64_t done = tq_harness_now_ms();
+    const msgpack_object *v = tq_result_value(*probe);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(v->via.array.ptr[0].via.u64, (uint64_t)e);
+    tq_result_destroy(probe);
+    return done;
+}
+
 /* Waits for every handle of every client (bounded): an end TQ_OK with
    the task's own index counts; TQ_EUNREACHABLE (never acknowledged, or
    no broker answered in time) is submitted again under the same id;
@@ -399,7 +441,7 @@ test_failover_under_load(void **state)
     if (kills == S_EVENTS)
         kinds[rand() % S_EVENTS] = SIGSTOP;
 
-    int64_t failover_ms[S_EVENTS];
+    int64_t failover_ms[S_EVENTS], probe_ms[S_EVENTS];
     int marks[S_EVENTS][2];
     int per_wave = S_TASKS / S_CLIENTS / S_WAVES;
     for (int e = 0; e < S_EVENTS; e++) {
@@ -414,13 +456,27 @@ test_failover_under_load(void **state)
         tq_harness_broker_t *other = &broker[1 - active];
         int64_t t0 = tq_harness_now_ms();
         assert_int_equal(kill(victim->pid, kinds[e]), 0);
+        /* a new task submitted at once: done once clients and worker
+           hosts have found the new active broker */
+        tq_client_t *prober = S_FOLLOW ? NULL : clients[0].client;
+        tq_result_t *probe = S_FOLLOW ? NULL : s_probe(prober, e);
         int64_t took = s_wait_answer(other->clients, TQ_CMD_PONG);
         assert_true(took >= 0);
         failover_ms[e] = tq_harness_now_ms() - t0;
+        if (S_FOLLOW) {
+            prober = tq_client_new(other->clients);
+            assert_non_null(prober);
+            probe = s_probe(prober, e);
+        }
+        probe_ms[e] = s_probe_wait(prober, &probe, e) - t0;
+        if (S_FOLLOW)
+            tq_client_destroy(&prober);
         printf("event %d: %s of the active broker (%s): the other answered "
-               "as active after %lld ms\n",
+               "as active after %lld ms, a task submitted at the event was "
+               "done after %lld ms\n",
                e + 1, kinds[e] == SIGKILL ? "SIGKILL" : "SIGSTOP",
-               active ? "b" : "a", (long long)failover_ms[e]);
+               active ? "b" : "a", (long long)failover_ms[e],
+               (long long)probe_ms[e]);
         fflush(stdout);
         if (kinds[e] == SIGKILL) {
             char clients_ep[TQ_HARNESS_EP_MAX], workers_ep[TQ_HARNESS_EP_MAX];
@@ -450,14 +506,14 @@ test_failover_under_load(void **state)
     for (int c = 0; c < S_CLIENTS; c++)
         resubmitted += clients[c].resubmitted;
 
-    printf("\n| event | kind | new active after | acknowledged tasks lost "
-           "| executions beyond one, after it |\n"
-           "|-------|------|------------------|-------------------------"
-           "|---------------------------------|\n");
+    printf("\n| event | kind | new active after | a new task done after "
+           "| acknowledged tasks lost | executions beyond one, after it |\n"
+           "|-------|------|------------------|-----------------------"
+           "|-------------------------|---------------------------------|\n");
     for (int e = 0; e < S_EVENTS; e++)
-        printf("| %d | %s | %lld ms | 0 | %d |\n", e + 1,
+        printf("| %d | %s | %lld ms | %lld ms | 0 | %d |\n", e + 1,
                kinds[e] == SIGKILL ? "SIGKILL" : "SIGSTOP",
-               (long long)failover_ms[e], dups[e + 1]);
+               (long long)failover_ms[e], (long long)probe_ms[e], dups[e + 1]);
     printf("\n%d tasks, %d clients, 2 worker hosts of 2 children: every "
            "task ended with its own result and was fetched by id; "
            "executions beyond one per task: %d (before the first event: "
