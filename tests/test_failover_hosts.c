@@ -5,17 +5,19 @@
    five waves while the active broker is killed (SIGKILL) or frozen
    (SIGSTOP) five times at random moments; a killed broker is started
    again and a frozen one woken, so that there is always a standby for the
-   next event. Asserted: every task ends with its own result (0
-   acknowledged tasks lost; a submission a client saw fail TQ_EUNREACHABLE,
-   which it never had acknowledged (for an acknowledged one the client
-   keeps asking for the result), is submitted again under its id; a lost
-   acknowledged task would end TQ_EUNKNOWN), every task fetched by id
-   afterwards
-   has its one final result, every task ran at least once. Printed: per
-   event the time until the other broker answered as active and the
-   executions beyond one per task that followed it. Without CAP_NET_ADMIN
-   it prints "skipped: needs root for network namespaces" and exits 77.
-   TQ_TEST_SEED=N repeats a run's random moments. */
+   next event.
+
+   Asserted: every task ends with its own result: 0 acknowledged tasks
+   lost (a lost one would end TQ_EUNKNOWN; a submission that ended
+   TQ_EUNREACHABLE was never acknowledged, as the client keeps asking for
+   an acknowledged task's result, and is submitted again under its id);
+   every task fetched by id afterwards has its one final result; every
+   task ran at least once. Printed per event: the time until the other
+   broker answered as active, the time until a task submitted at the
+   event was done, and the executions beyond one per task that followed.
+   Without CAP_NET_ADMIN it prints "skipped: needs root for network
+   namespaces" and exits 77. TQ_TEST_SEED=N repeats a run's random
+   moments. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
