@@ -440,39 +440,62 @@ test_one_active_one_standby(void **state)
     unlink(log_b);
 }
 
-/* kill -9 of the active broker: the standby takes the lease once it
-   lapses, recovers every acknowledged task, and a worker then runs each
-   once. */
+/* kill -9 of the active broker, two standbys: exactly one of them takes
+   the lease once it lapses (the other stays a standby), recovers every
+   acknowledged task, and a worker host given both standbys' endpoints
+   finds it and runs each task once. */
 static void
 test_kill_active(void **state)
 {
     (void)state;
-    char log_a[256], log_b[256];
+    char log_a[256], log_b[256], log_c[256];
     s_log_path(log_a, sizeof log_a, "a");
     s_log_path(log_b, sizeof log_b, "b");
-    tq_harness_broker_t a, b;
+    s_log_path(log_c, sizeof log_c, "c");
+    tq_harness_broker_t a, b, c;
     s_broker_start(&a, log_a);
     assert_true(s_wait_active(a.clients) >= 0);
     s_broker_start(&b, log_b);
+    s_broker_start(&c, log_c);
     assert_true(s_wait_standby(b.clients));
+    assert_true(s_wait_standby(c.clients));
     s_submit_acknowledged(a.clients);
 
     kill(a.pid, SIGKILL);
     int64_t killed = tq_harness_now_ms();
     int status = tq_harness_broker_stop(&a);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-    assert_true(s_wait_active(b.clients) >= 0);
-    print_message("failover after kill -9: the standby answered as active "
+    tq_harness_broker_t *active = NULL, *standby = NULL;
+    tq_msg_t ping = s_msg(TQ_CMD_PING);
+    while (!active && tq_harness_now_ms() - killed < S_WAIT_MS) {
+        s_reply_t reply;
+        if (s_ask(b.clients, &ping, 300, &reply) &&
+            reply.command == TQ_CMD_PONG)
+            active = &b, standby = &c;
+        else if (s_ask(c.clients, &ping, 300, &reply) &&
+                 reply.command == TQ_CMD_PONG)
+            active = &c, standby = &b;
+    }
+    assert_non_null(active);
+    print_message("failover after kill -9: standby %s answered as active "
                   "%lld ms after the kill\n",
+                  active == &b ? "b" : "c",
                   (long long)(tq_harness_now_ms() - killed));
+    /* the other one stays a standby (the lease has one holder) */
+    assert_true(s_wait_standby(standby->clients));
+    assert_true(s_wait_active(active->clients) >= 0);
 
-    pid_t worker = tq_harness_worker_start(b.workers, 2, NULL);
+    char workers[2 * TQ_HARNESS_EP_MAX + 2];
+    snprintf(workers, sizeof workers, "%s,%s", b.workers, c.workers);
+    pid_t worker = tq_harness_worker_start(workers, 2, NULL);
     assert_true(worker > 0);
-    s_collect_all(b.clients);
+    s_collect_all(active->clients);
     tq_harness_stop(worker);
     tq_harness_broker_stop(&b);
+    tq_harness_broker_stop(&c);
     unlink(log_a);
     unlink(log_b);
+    unlink(log_c);
 }
 
 /* SIGSTOP of the active broker past its lease: the standby takes over.
