@@ -151,6 +151,9 @@ tqb_lease_tick(tq_broker_t *self)
     if (lease->active) {
         if (now - lease->renewed_ms < s_renew(self))
             return TQB_LEASE_HELD;
+        /* the renewal runs on the store's connection, which the commits
+           use too: it must not overlap a commit (were commits made on
+           another thread, wait for the one in flight first) */
         int rc = tq_store_lease_renew(self->store, s_ttl(self));
         if (rc == TQ_OK) {
             if (now - lease->renewed_ms >= s_ttl(self))
