@@ -259,16 +259,20 @@ static bool
 s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
 {
     task->rec.attempt++;
-    task->started_ms = self->now_ms;
+    tqb_task_set_started(task, self->now_ms);
     tqb_task_move(self, task, TASK_HELD, &(task_move_t){.holder = child});
+    zmq_msg_t args;
+    const char *why = NULL;
+    if (tqb_task_payload(self, task, &args, &why) != 0) {
+        /* only the store had its arguments, and they cannot be read */
+        tqb_task_final(self, task, TASK_FAILURE, TQ_ECORRUPT, why, NULL);
+        return true;
+    }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
     out->id = tq_str(task->rec.id);
     out->task = tq_str(task->lane->task);
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
-    zmq_msg_t args;
-    zmq_msg_init(&args);
-    zmq_msg_copy(&args, &task->payload);
     int rc = tqb_send_to(self, self->workers, &child->ident, &args);
     zmq_msg_close(&args);
     if (rc != 0) {

@@ -19,7 +19,9 @@ s_due_wall(const task_t *task)
 {
     if (task->state != TASK_SCHEDULED && task->state != TASK_RETRY)
         return 0;
-    int64_t due = tqb_wall_ms() + (task->rec.due_ms - tqb_now());
+    /* +1: both clocks are read in whole ms, and a countdown must never
+       end early after a restart */
+    int64_t due = tqb_wall_ms() + (task->node.key - tqb_now()) + 1;
     return due > 0 ? due : 1;
 }
 
@@ -32,7 +34,7 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
         .id = task->rec.id,
         .task = task->lane->task,
         .queue = task->lane->queue->name,
-        .owner = task->rec.owner,
+        .owner = task->owner,
         .priority = task->rec.priority,
         .time_limit_ms = task->rec.time_limit_ms,
         .attempt = task->rec.attempt,
@@ -54,11 +56,10 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         return;
     tq_store_task_t row;
     s_row(self, task, &row);
-    zmq_msg_t *payload = &task->payload;
     if (tqb_task_is_final(task)) {
         if (task->state == TASK_SUCCESS) {
-            row.result = zmq_msg_data(payload);
-            row.result_size = zmq_msg_size(payload);
+            row.result = tqb_task_payload_data(task);
+            row.result_size = tqb_task_payload_size(task);
         }
         /* dead letters of TQ_ELOST never expire; other results after the
            TTL (at least 1 ms: 0 means "never" in the store) */
@@ -70,8 +71,8 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         return;
     }
     if (from == TASK_NEW) {
-        row.args = zmq_msg_data(payload);
-        row.args_size = zmq_msg_size(payload);
+        row.args = tqb_task_payload_data(task); /* in memory when new */
+        row.args_size = tqb_task_payload_size(task);
         tq_store_add(self->store, &row);
         self->disk_bytes += row.args_size + TQB_ROW_BYTES;
         return;
@@ -192,6 +193,7 @@ tqb_commit(tq_broker_t *self)
         tqb_ident_clear(&ack->to);
     }
     self->ack_count = 0;
+    tqb_task_committed(self); /* arguments now stored may leave memory */
     return true;
 }
 

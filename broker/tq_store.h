@@ -141,6 +141,18 @@ int tq_store_load(tq_store_t *self,
                   void (*fn)(const tq_store_task_t *task, void *arg),
                   void *arg);
 
+/* Reads back a stored task's arguments: fn gets them (borrowed until it
+   returns). TQ_OK; TQ_EUNKNOWN: no such task; TQ_ECORRUPT: they failed
+   their checksum; TQ_ESTATE: this backend does not read arguments back
+   (see tq_store_reads_args); TQ_ESYS. Sees the open batch's writes. */
+int tq_store_read_args(tq_store_t *self, const char *id,
+                       void (*fn)(const void *data, size_t size, void *arg),
+                       void *arg);
+
+/* True if tq_store_read_args is cheap enough for the broker to keep
+   waiting tasks' arguments on disk only (SQLite: a local read). */
+bool tq_store_reads_args(const tq_store_t *self);
+
 /* Data-queue items, in the open batch: an item put (data borrowed, seq
    its order in the queue) and an item taken. */
 int tq_store_item_add(tq_store_t *self, const char *queue, uint64_t seq,

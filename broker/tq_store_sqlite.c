@@ -127,6 +127,7 @@ typedef struct {
     char dir[1024];
     char path[1100]; /* DIR/tq.db */
     bool in_batch; /* a transaction is open */
+    sqlite3_stmt *read_args; /* s_read_args, prepared at its first use */
 } s_store_t;
 
 static const tq_store_ops_t s_ops;
@@ -426,6 +427,7 @@ s_destroy(tq_store_t *base)
         s_commit(base);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(self->stmt[i]);
+    sqlite3_finalize(self->read_args);
     if (self->db)
         sqlite3_close(self->db);
     free(self);
@@ -733,6 +735,46 @@ s_lease_renew(tq_store_t *base, uint32_t ttl_ms)
     return s_lease_acquire(base, NULL, ttl_ms, NULL);
 }
 
+static int
+s_read_args(tq_store_t *base, const char *id,
+            void (*fn)(const void *data, size_t size, void *arg), void *arg)
+{
+    s_store_t *self = (s_store_t *)base;
+    if (!self->read_args &&
+        sqlite3_prepare_v3(
+            self->db, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
+            SQLITE_PREPARE_PERSISTENT, &self->read_args, NULL) != SQLITE_OK) {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot read a task's arguments: %s", self->path,
+                 sqlite3_errmsg(self->db));
+        return TQ_ESYS;
+    }
+    sqlite3_stmt *s = self->read_args;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    int result = TQ_OK;
+    if (rc == SQLITE_ROW) {
+        const void *data = sqlite3_column_blob(s, 0);
+        size_t size = (size_t)sqlite3_column_bytes(s, 0);
+        if (tq_store_check_payload(TQ_STORE_ARGS, data, size,
+                                   sqlite3_column_type(s, 1) != SQLITE_NULL,
+                                   (uint32_t)sqlite3_column_int64(s, 1)))
+            result = TQ_ECORRUPT;
+        else
+            fn(data, size, arg);
+    } else if (rc == SQLITE_DONE) {
+        result = TQ_EUNKNOWN;
+    } else {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot read a task's arguments: %s", self->path,
+                 sqlite3_errmsg(self->db));
+        result = TQ_ESYS;
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return result;
+}
+
 static const tq_store_ops_t s_ops = {
     .name = "sqlite",
     .destroy = s_destroy,
@@ -751,4 +793,5 @@ static const tq_store_ops_t s_ops = {
     .disk_size = s_disk_size,
     .lease_acquire = s_lease_acquire,
     .lease_renew = s_lease_renew,
+    .read_args = s_read_args,
 };
