@@ -216,6 +216,8 @@ struct peer_s {
     uint32_t task_count;
     task_list_t held_tasks; /* in dispatch order */
     int64_t last_seen_ms;
+    int64_t unreachable_ms; /* child: when a send found its connection
+                               gone (EHOSTUNREACH), 0: never */
     peer_t *prev, *next; /* the children list, or the supervisors */
 };
 

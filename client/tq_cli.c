@@ -48,7 +48,11 @@ static const char *s_usage_main =
     "\n"
     "  --broker EP      the broker's client endpoint (default: $TQ_BROKER, "
     "else\n"
-    "                   " TQ_DEFAULT_CLIENT_ENDPOINT ")\n"
+    "                   " TQ_DEFAULT_CLIENT_ENDPOINT "); several brokers as "
+    "EP,EP,...:\n"
+    "                   tq talks to one and moves to the next when it is a "
+    "standby\n"
+    "                   or silent\n"
     "  --log-level L    error (default), warning, info or debug: the "
     "library's\n"
     "                   log lines on stderr ($TQ_LOG_LEVEL)\n"
@@ -1116,6 +1120,35 @@ s_take_broker(int *argc, char **argv, const char **endpoint)
     }
 }
 
+/* Checks every endpoint of a comma-separated list of brokers; false
+   with the reason on stderr. */
+static bool
+s_check_brokers(const char *list, const char *source)
+{
+    const char *p = list;
+    for (;;) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ",");
+        char one[1024], why[512];
+        snprintf(one, sizeof one, "%.*s", (int)len, p);
+        for (size_t n = strlen(one);
+             n && (one[n - 1] == ' ' || one[n - 1] == '\t');)
+            one[--n] = '\0';
+        if (!*one) {
+            fprintf(stderr, "tq: %s \"%s\": an empty endpoint in the list\n",
+                    source, list);
+            return false;
+        }
+        if (!tq_endpoint_check(one, false, why, sizeof why)) {
+            fprintf(stderr, "tq: %s %s\n", source, why);
+            return false;
+        }
+        if (!p[len])
+            return true;
+        p += len + 1;
+    }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -1202,11 +1235,8 @@ main(int argc, char **argv)
         endpoint = getenv("TQ_BROKER");
         source = "TQ_BROKER";
     }
-    char why[512];
-    if (endpoint && !tq_endpoint_check(endpoint, false, why, sizeof why)) {
-        fprintf(stderr, "tq: %s %s\n", source, why);
+    if (endpoint && !s_check_brokers(endpoint, source))
         return TQ_CLI_EXIT_USAGE;
-    }
 
     tq_client_t *client = tq_client_new(endpoint);
     if (!client) {

@@ -31,18 +31,15 @@ s_detail(char *detail, size_t errlen, const char *text)
         snprintf(detail, errlen, "%s", text);
 }
 
-/* Sends msg and waits for the answer that carries its id (or an ERROR
-   without one: an older broker cannot echo what it could not decode). */
+/* Sends msg to one broker and waits for the answer that carries its id
+   (or an ERROR without one: an older broker cannot echo what it could not
+   decode). */
 static int
-s_request(const char *endpoint, tq_msg_t *msg, tq_buf_t *body, int timeout_ms,
-          char *detail, size_t errlen)
+s_request_one(const char *endpoint, tq_msg_t *msg, tq_buf_t *body,
+              int timeout_ms, char *detail, size_t errlen)
 {
     memset(body, 0, sizeof *body);
     s_detail(detail, errlen, "");
-    if (!endpoint)
-        endpoint = getenv("TQ_BROKER");
-    if (!endpoint || !*endpoint)
-        endpoint = TQ_DEFAULT_CLIENT_ENDPOINT;
     void *ctx = tq_client_context();
     void *socket = ctx ? zmq_socket(ctx, ZMQ_DEALER) : NULL;
     if (!socket) {
@@ -123,6 +120,42 @@ s_request(const char *endpoint, tq_msg_t *msg, tq_buf_t *body, int timeout_ms,
     free(m);
     tq_frames_close(&frames);
     zmq_close(socket);
+    return rc;
+}
+
+/* As s_request_one, with endpoint a comma-separated list of brokers
+   (NULL: $TQ_BROKER, else the default): a standby (TQ_ESTANDBY) or a
+   silent one passes the request to the next, each getting an equal share
+   of the time left (PROTOCOL.md section 12). */
+static int
+s_request(const char *endpoint, tq_msg_t *msg, tq_buf_t *body, int timeout_ms,
+          char *detail, size_t errlen)
+{
+    if (!endpoint)
+        endpoint = getenv("TQ_BROKER");
+    if (!endpoint || !*endpoint)
+        endpoint = TQ_DEFAULT_CLIENT_ENDPOINT;
+    size_t count = 1;
+    for (const char *p = endpoint; *p; p++)
+        count += *p == ',';
+    int64_t deadline = zclock_mono() + (timeout_ms < 0 ? 0 : timeout_ms);
+    const char *p = endpoint;
+    int rc = TQ_EUNREACHABLE;
+    for (size_t i = 0; i < count; i++) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ",");
+        char one[512];
+        snprintf(one, sizeof one, "%.*s", (int)len, p);
+        p += len + (p[len] == ',');
+        for (size_t n = strlen(one);
+             n && (one[n - 1] == ' ' || one[n - 1] == '\t');)
+            one[--n] = '\0';
+        int64_t left = deadline - zclock_mono();
+        int share = left > 0 ? (int)(left / (int64_t)(count - i)) : 0;
+        rc = s_request_one(one, msg, body, share, detail, errlen);
+        if (rc != TQ_ESTANDBY && rc != TQ_EUNREACHABLE)
+            break;
+    }
     return rc;
 }
 

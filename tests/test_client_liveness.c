@@ -15,6 +15,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include <sys/wait.h>
 #include <zmq.h>
 
+#include "tq_client_core.h"
 #include "tq_client_internal.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
@@ -476,6 +478,241 @@ test_map_survives_broker_stall(void **state)
     s_map_disrupted(state, true);
 }
 
+/* ---- several brokers (PROTOCOL.md section 12) ---------------------------- */
+
+/* A fake broker on a thread of its own: a standby answers every message
+   with ERROR TQ_ESTANDBY (with the request's id when it has one); a silent
+   one reads everything and answers nothing. */
+typedef struct {
+    void *ctx;
+    void *router;
+    char endpoint[TQ_HARNESS_EP_MAX];
+    bool answer; /* a standby, else silent */
+    atomic_bool stop;
+    atomic_uint submits; /* SUBMITs received */
+    atomic_uint requests; /* messages received (PINGs too) */
+    pthread_t thread;
+} s_other_t;
+
+static void *
+s_other_run(void *arg)
+{
+    s_other_t *self = arg;
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    tq_msg_t *msg = calloc(1, sizeof *msg);
+    while (!atomic_load(&self->stop)) {
+        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 20) <= 0)
+            continue;
+        if (tq_wire_recv(self->router, &frames, true, 0) != TQ_OK)
+            continue;
+        const char *reason = NULL;
+        if (tq_wire_decode(&frames, msg, &reason) != TQ_OK)
+            continue;
+        atomic_fetch_add(&self->requests, 1);
+        if (msg->command == TQ_CMD_SUBMIT)
+            atomic_fetch_add(&self->submits, 1);
+        if (!self->answer)
+            continue;
+        char id[TQ_PROTO_MAX_ID + 1];
+        tq_str_copy(id, sizeof id, msg->id);
+        tq_msg_t error = {.command = TQ_CMD_ERROR,
+                          .id = tq_str(msg->id.ptr ? id : NULL),
+                          .code = TQ_ESTANDBY,
+                          .error = tq_str("this broker is a standby")};
+        tq_wire_send_msg(self->router, &frames.identity, &error, &buf, NULL, 0);
+    }
+    free(msg);
+    msgpack_sbuffer_destroy(&buf);
+    tq_frames_close(&frames);
+    return NULL;
+}
+
+static void
+s_other_start(s_other_t *self, bool answer)
+{
+    memset(self, 0, sizeof *self);
+    self->answer = answer;
+    self->ctx = zmq_ctx_new();
+    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
+    size_t len = sizeof self->endpoint;
+    zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len);
+    assert_int_equal(pthread_create(&self->thread, NULL, s_other_run, self), 0);
+}
+
+static void
+s_other_stop(s_other_t *self)
+{
+    atomic_store(&self->stop, true);
+    pthread_join(self->thread, NULL);
+    zmq_close(self->router);
+    zmq_ctx_term(self->ctx);
+}
+
+/* Submits N tasks through a client whose list starts with `first` and
+   ends with the real broker of env: each ends with its own result, in
+   submission order, and a STATUS (id-less, answered in order) is answered
+   by the real broker too. Returns the client's moves to the next broker. */
+static uint64_t
+s_through_list(tq_harness_env_t *env, s_other_t *first, int liveness_ms)
+{
+    char list[2 * TQ_HARNESS_EP_MAX + 2];
+    snprintf(list, sizeof list, "%s,%s", first->endpoint, env->broker.clients);
+    tq_client_t *client = tq_client_new(list);
+    assert_non_null(client);
+    assert_string_equal(tq_client_endpoint(client), list);
+    tq_client_set_liveness(client, liveness_ms);
+    enum { N = 20 };
+    tq_result_t *r[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)(300 + i));
+        assert_non_null(r[i]);
+    }
+    int good = 0;
+    for (int i = 0; i < N; i++) {
+        int rc = tq_result_get(r[i], 3 * S_WAIT_MS);
+        const msgpack_object *v = tq_result_value(r[i]);
+        if (rc == TQ_OK && v && v->type == MSGPACK_OBJECT_ARRAY &&
+            v->via.array.ptr[0].via.u64 == (uint64_t)(300 + i))
+            good++;
+        else
+            printf("task %d: %s %s\n", i, tq_strerror(rc),
+                   tq_result_error(r[i]));
+        tq_result_destroy(&r[i]);
+    }
+    assert_int_equal(good, N);
+    tq_buf_t body = {0};
+    assert_int_equal(tq_client_status(client, &body, 3 * S_WAIT_MS), TQ_OK);
+    tq_buf_free(&body);
+    if (first->answer) /* a standby: the client stays where it went */
+        assert_string_equal(tq_client_current_endpoint(client),
+                            env->broker.clients);
+    /* each request kept one state: sent again after the move (SENT ->
+       QUEUED), never failed, each submission acknowledged and done once */
+    uint64_t failed = 0;
+    for (int from = 0; from < TQ_REQ_STATES_; from++)
+        failed += tq_client_moves(client, from, TQ_REQ_FAILED);
+    assert_int_equal(failed, 0);
+    assert_true(tq_client_moves(client, TQ_REQ_SENT, TQ_REQ_QUEUED) >= 1);
+    assert_int_equal(tq_client_moves(client, TQ_REQ_SENT, TQ_REQ_ACKED) +
+                         tq_client_moves(client, TQ_REQ_QUEUED, TQ_REQ_ACKED),
+                     N);
+    assert_int_equal(tq_client_moves(client, TQ_REQ_ACKED, TQ_REQ_DONE), N);
+    uint64_t moves = tq_client_broker_moves(client);
+    printf("%s first: %u SUBMIT(s) and %u message(s) to it, %llu move(s), "
+           "%d of %d results\n",
+           first->answer ? "a standby" : "a silent broker",
+           atomic_load(&first->submits), atomic_load(&first->requests),
+           (unsigned long long)moves, good, N);
+    tq_client_destroy(&client);
+    return moves;
+}
+
+/* The first broker of the list is a standby: it answers TQ_ESTANDBY, the
+   client moves to the next (once: the real broker answers), sends its
+   submissions there with their ids, and every task ends with its result.
+   The standby saw at least one SUBMIT and carried out none. */
+static void
+test_list_standby_first(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    assert_true(tq_harness_env_add_worker(env, 2, NULL, true) > 0);
+    s_other_t standby;
+    s_other_start(&standby, true);
+    uint64_t moves = s_through_list(env, &standby, 60000);
+    assert_int_equal(moves, 1);
+    assert_true(atomic_load(&standby.submits) >= 1);
+    s_other_stop(&standby);
+    tq_harness_env_stop(env);
+}
+
+/* The first broker of the list reads everything and never answers: after
+   the liveness (5 s) the client moves to the next and every task ends
+   with its result there (each unanswered request waits for an answer from
+   each broker in turn before it could end unreachable). */
+static void
+test_list_silent_first(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    assert_true(tq_harness_env_add_worker(env, 2, NULL, true) > 0);
+    s_other_t silent;
+    s_other_start(&silent, false);
+    uint64_t moves = s_through_list(env, &silent, 5000);
+    /* once at least (a loaded machine may stall the real broker past the
+       liveness too) */
+    assert_true(moves >= 1);
+    assert_true(atomic_load(&silent.submits) >= 1);
+    s_other_stop(&silent);
+    tq_harness_env_stop(env);
+}
+
+/* No broker of the list is active (two standbys): the client goes round
+   the list, but a submission never hangs: it ends TQ_EUNREACHABLE after
+   the liveness bound, saying the standbys answered TQ_ESTANDBY. Then a
+   real broker at the end of a list of the tq CLI answers `tq status` and
+   `tq tasks`. */
+static void
+test_list_no_active(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_other_t a, b;
+    s_other_start(&a, true);
+    s_other_start(&b, true);
+    char list[2 * TQ_HARNESS_EP_MAX + 2];
+    snprintf(list, sizeof list, "%s,%s", a.endpoint, b.endpoint);
+    tq_client_t *client = tq_client_new(list);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 1000);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    assert_int_equal(tq_result_get(r, 3 * S_WAIT_MS), TQ_EUNREACHABLE);
+    printf("%s (%llu moves)\n", tq_result_error(r),
+           (unsigned long long)tq_client_broker_moves(client));
+    assert_non_null(strstr(tq_result_error(r), "TQ_ESTANDBY"));
+    assert_true(tq_client_broker_moves(client) >= 2);
+    assert_true(atomic_load(&a.submits) >= 1);
+    assert_true(atomic_load(&b.submits) >= 1);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+
+    /* the CLI takes the same list (TQ_BROKER) */
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    snprintf(list, sizeof list, "%s,%s", a.endpoint, env->broker.clients);
+    char *argv[] = {TQ_CLI_BIN, "status", "--json", NULL};
+    tq_harness_run_t run = {0};
+    assert_int_equal(tq_harness_run(argv, list, 2 * S_WAIT_MS, &run), 0);
+    if (run.exit_code != 0)
+        printf("tq status: %s\n", run.err);
+    assert_int_equal(run.exit_code, 0);
+    assert_non_null(strstr(run.out, "\"queues\""));
+    tq_harness_run_free(&run);
+    /* tq tasks (its own socket, one request) passes the standby by too */
+    unsigned before = atomic_load(&a.requests);
+    char *tasks[] = {TQ_CLI_BIN, "tasks", "--json", NULL};
+    assert_int_equal(tq_harness_run(tasks, list, 2 * S_WAIT_MS, &run), 0);
+    if (run.exit_code != 0)
+        printf("tq tasks: %s\n", run.err);
+    assert_int_equal(run.exit_code, 0);
+    assert_true(atomic_load(&a.requests) > before);
+    tq_harness_run_free(&run);
+    /* an invalid list is refused with its reason */
+    snprintf(list, sizeof list, "%s,,%s", a.endpoint, env->broker.clients);
+    assert_int_equal(tq_harness_run(argv, list, 2 * S_WAIT_MS, &run), 0);
+    assert_int_equal(run.exit_code, 2);
+    assert_non_null(strstr(run.err, "empty endpoint"));
+    tq_harness_run_free(&run);
+    s_other_stop(&a);
+    s_other_stop(&b);
+    tq_harness_env_stop(env);
+}
+
 int
 main(void)
 {
@@ -497,6 +734,14 @@ main(void)
         cmocka_unit_test_setup_teardown(test_map_survives_broker_stall,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_list_standby_first,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_list_silent_first,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_list_no_active, tq_harness_env_setup, tq_harness_env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

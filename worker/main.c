@@ -11,9 +11,17 @@
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Tasks a child may hold by default: chosen by measurement (`tq-bench
+   --prefetch 1,2,4,8,16,32`, README Performance): W1 grows up to 16 and
+   no further, and W4 (4 sleeps of 0.5 s on 3 children) stays at 1.00 s
+   at every value, since an idle child takes what others hold unstarted
+   (work stealing, PROTOCOL.md 5.3.5). */
+#define S_DEFAULT_PREFETCH 16
 
 /* SIGHUP: open the --log-file again (logrotate), and do not die of it. */
 static void
@@ -44,7 +52,7 @@ s_usage(FILE *out)
             "  --queue NAME           queue to serve, repeatable (default: "
             "default)\n"
             "  --module PATH          task module to load, repeatable\n"
-            "  --prefetch N           tasks each child may hold (default 1)\n"
+            "  --prefetch N           tasks each child may hold (default %d)\n"
             "  --time-limit SEC       hard limit for tasks that set none "
             "(default 0: none)\n"
             "  --host NAME            host name reported (default: "
@@ -76,7 +84,7 @@ s_usage(FILE *out)
             "TQ_WORKER_BROKER=EP, --concurrency N TQ_WORKER_CONCURRENCY=N, "
             "--log-level\n"
             "TQ_LOG_LEVEL (a flag given wins).\n",
-            TQ_DEFAULT_WORKER_ENDPOINT);
+            TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -174,6 +182,10 @@ main(int argc, char **argv)
     const char *modules[256];
     int module_count = 0;
     const char *host = NULL;
+    /* As tq-broker (its main): freed payloads stay in the heap rather than
+       faulting in again for the next task; 4 MiB at most, per child. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
     tq_log_init("tq-worker");
     /* the name before TQ_WORKER_BROKER, still read */
     config.endpoint = getenv("TQ_WORKER_ENDPOINT");
@@ -181,7 +193,7 @@ main(int argc, char **argv)
         config.endpoint = TQ_DEFAULT_WORKER_ENDPOINT;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     config.concurrency = cpus > 0 ? (int)cpus : 1;
-    config.prefetch = 1;
+    config.prefetch = S_DEFAULT_PREFETCH;
     config.shutdown_timeout_ms = 30000;
 
     enum {

@@ -68,8 +68,11 @@ int tq_vpack(tq_buf_t *buf, const char *picture, va_list ap);
 void tq_buf_free(tq_buf_t *buf);
 
 /* Connects to a broker's client endpoint (NULL: $TQ_BROKER, else the
-   default). Connection is asynchronous; an unreachable broker shows as
-   TQ_EUNREACHABLE on results after a bounded time. NULL on failure. It
+   default), or to one of several brokers given as a comma-separated list
+   (one active, the others standby): the client talks to one at a time and
+   moves to the next on TQ_ESTANDBY or silence. Connection is
+   asynchronous; an unreachable broker shows as TQ_EUNREACHABLE on results
+   after a bounded time. NULL on failure (an invalid list too). It
    leaves SIGINT and SIGTERM to the program (czmq's own handlers are not
    installed unless ZSYS_SIGHANDLER=true). */
 tq_client_t *tq_client_new(const char *endpoint);
@@ -82,7 +85,9 @@ tq_client_t *tq_client_new(const char *endpoint);
 void tq_client_destroy(tq_client_t **self_p);
 
 /* Sets how long the broker may stay silent before pending submissions fail
-   with TQ_EUNREACHABLE (default 3000 ms). */
+   with TQ_EUNREACHABLE (default 3000 ms); with several brokers, before the
+   client moves to the next one (and submissions fail once every broker of
+   the list had this long). */
 void tq_client_set_liveness(tq_client_t *self, int timeout_ms);
 
 /* Submits task with arguments packed from picture (see tq_pack). Returns a
@@ -94,9 +99,10 @@ tq_result_t *tq_apply_async(tq_client_t *self, const char *task,
                             ...);
 
 /* Why the last call of this thread that returned NULL (tq_apply_async,
-   tq_apply_async_raw) failed before reaching the broker: TQ_EINVAL and a
-   text such as "priority out of range (0..9)" in *text (borrowed, valid
-   until this thread's next failing call); TQ_OK and "" before any. */
+   tq_apply_async_raw, tq_apply, tq_client_fetch) failed before reaching
+   the broker: TQ_EINVAL (or TQ_ENOMEM) and a text such as "priority out
+   of range (0..9)" in *text (borrowed, valid until this thread's next
+   failing call); TQ_OK and "" before any. */
 int tq_client_last_error(const char **text);
 
 /* As tq_apply_async, with args already packed as a msgpack array (borrowed,

@@ -317,6 +317,108 @@ class TestLifecycle(unittest.TestCase):
                 harness.stop(worker)
                 broker.stop()
 
+    def _list_through(self, first, liveness_ms):
+        """Ten tasks and a STATUS through a list that starts with `first`
+        (a fake broker) and ends with a real one: each task ends with its
+        own value; the client moved once."""
+        broker = harness.Broker()
+        worker = None
+        try:
+            worker = harness.worker(broker.workers, 2)
+            endpoints = "%s,%s" % (first.endpoint, broker.clients)
+            with tq.Client(endpoints, liveness_ms=liveness_ms) as client:
+                results = [client.apply_async("tq.echo", i)
+                           for i in range(10)]
+                self.assertEqual([r.get(GET_WAIT) for r in results],
+                                 [[i] for i in range(10)])
+                self.assertIn("queues", client.status(GET_WAIT))
+                # the standby: once; a silent first broker: at least once
+                # (a loaded machine may stall the real one past the
+                # liveness too)
+                if first.standby:
+                    self.assertEqual(client._io.moves, 1)
+                    self.assertEqual(client._io.endpoint, broker.clients)
+                else:
+                    self.assertGreaterEqual(client._io.moves, 1)
+            self.assertGreaterEqual(first.submits, 1)
+        finally:
+            first.stop()
+            harness.stop(worker)
+            broker.stop()
+
+    def test_broker_list_standby_first(self):
+        """PROTOCOL.md section 12: the first broker of the list is a
+        standby (it answers every request ERROR TQ_ESTANDBY): the client
+        moves to the next and its tasks end there."""
+        self._list_through(_FakeBroker(standby=True), 60000)
+
+    def test_broker_list_silent_first(self):
+        """The first broker reads everything and answers nothing: after
+        the liveness the client moves to the next."""
+        self._list_through(_FakeBroker(standby=False), 5000)
+
+    def test_broker_list_no_active(self):
+        """Two standbys: a task never hangs, it ends BrokerUnreachable."""
+        a, b = _FakeBroker(standby=True), _FakeBroker(standby=True)
+        try:
+            with tq.Client("%s, %s" % (a.endpoint, b.endpoint),
+                           liveness_ms=1000) as client:
+                r = client.apply_async("tq.echo", 1)
+                with self.assertRaises(tq.BrokerUnreachable) as cm:
+                    r.get(GET_WAIT)
+                self.assertIn("TQ_ESTANDBY", cm.exception.text)
+                self.assertGreaterEqual(client._io.moves, 2)
+        finally:
+            a.stop()
+            b.stop()
+        with self.assertRaises(ValueError):
+            tq.Client("tcp://127.0.0.1:1,,tcp://127.0.0.1:2")
+
+
+class _FakeBroker:
+    """A ROUTER on a thread of its own: a standby answers every message
+    ERROR TQ_ESTANDBY (with the request's id when it has one), a silent
+    one reads and answers nothing. Counts the SUBMITs it read."""
+
+    def __init__(self, standby):
+        import zmq
+        from tq import _protocol as P
+        self._zmq, self._P = zmq, P
+        self.standby = standby
+        self.submits = 0
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        from tq import _errors as E
+        P = self._P
+        while not self._stop.is_set():
+            if not self._sock.poll(20):
+                continue
+            frames = self._sock.recv_multipart()
+            try:
+                head = P.unpack(frames[1])
+            except Exception:
+                continue
+            command, fields = head[1], head[2:]
+            if command == P.SUBMIT:
+                self.submits += 1
+            if not self.standby:
+                continue
+            id = fields[0] if command in (P.SUBMIT, P.GET) else None
+            self._sock.send_multipart([frames[0], P.header(
+                P.ERROR, E.TQ_ESTANDBY, "this broker is a standby", id)])
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self._sock.close(0)
+
 
 if __name__ == "__main__":
     unittest.main()

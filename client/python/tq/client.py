@@ -148,7 +148,10 @@ class Client:
     """A connection to a tq broker.
 
     endpoint: the broker's client endpoint (default $TQ_BROKER or
-    tcp://127.0.0.1:5555). CURVE: curve_server_key (the broker's public key,
+    tcp://127.0.0.1:5555), or several brokers as a comma-separated list
+    (one active, the others standby, PROTOCOL.md section 12): the client
+    talks to one at a time and moves to the next when it answers
+    TQ_ESTANDBY or stays silent for the liveness. CURVE: curve_server_key (the broker's public key,
     Z85 or its certificate file) with curve_cert (our certificate from `tq
     keygen`) or curve_public_key and curve_secret_key (Z85); without any,
     $TQ_CURVE_SERVER_KEY and $TQ_CURVE_CERT as the C client. liveness_ms:
@@ -161,6 +164,10 @@ class Client:
                  context=None):
         self.endpoint = (endpoint or os.environ.get("TQ_BROKER") or
                          DEFAULT_ENDPOINT)
+        self.endpoints = [e.strip() for e in self.endpoint.split(",")]
+        if not all(self.endpoints):
+            raise ValueError("an empty endpoint in the list %r"
+                             % self.endpoint)
         self._liveness_ms = _uint("liveness_ms", liveness_ms, 3)
         self._curve = _curve.client_keys(curve_server_key, curve_public_key,
                                          curve_secret_key, curve_cert)
@@ -460,6 +467,13 @@ class _IO:
         self.broker_lost = False
         self.connected_once = False
         self.malformed = 0
+        self.poller = None
+        self.current = 0          # index in client.endpoints
+        self.moves = 0            # moves to the next broker
+        self.standby = False      # the current broker said TQ_ESTANDBY
+        self.endpoint_since = 0   # when the socket went to this broker
+        self.standby_moves = 0    # moves on TQ_ESTANDBY since an answer
+        self.round_at = 0         # when the last round of those began
 
     # ---- the socket ----------------------------------------------------
 
@@ -489,11 +503,12 @@ class _IO:
                     zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             except zmq.ZMQError as exc:
                 log.warning("tq client: no socket monitor: %s", exc)
+            endpoint = c.endpoints[self.current]
             try:
-                sock.connect(c.endpoint)
+                sock.connect(endpoint)
             except zmq.ZMQError as exc:
                 raise ValueError("cannot connect to %s: %s"
-                                 % (c.endpoint, exc)) from None
+                                 % (endpoint, exc)) from None
         except BaseException:
             self._close(sock)
             raise
@@ -518,7 +533,7 @@ class _IO:
             c._started.set()
             return
         c._started.set()
-        poller = zmq.Poller()
+        poller = self.poller = zmq.Poller()
         poller.register(c._wake_r, zmq.POLLIN)
         if self.monitor is not None:
             poller.register(self.monitor, zmq.POLLIN)
@@ -526,6 +541,9 @@ class _IO:
         try:
             while running:
                 timeout = self._liveness()
+                wait = self._leave_standby(_now_ms())
+                if wait is not None and (timeout is None or wait < timeout):
+                    timeout = wait
                 poller.register(self.sock, zmq.POLLIN | (
                     zmq.POLLOUT if self.out or self.regets else 0))
                 events = dict(poller.poll(timeout))
@@ -540,6 +558,53 @@ class _IO:
             log.exception("tq client: I/O thread failed")
         finally:
             self._shutdown()
+
+    # ---- several brokers (PROTOCOL.md section 12) ----------------------
+
+    @property
+    def endpoint(self):
+        """The broker the socket talks to now."""
+        return self.client.endpoints[self.current]
+
+    def _move(self, why):
+        """Moves to the next broker of the list (the same one again when
+        there is one) on a new socket, and asks again for everything we
+        wait on, as after a reconnect."""
+        old = self.endpoint
+        self.poller.unregister(self.sock)
+        if self.monitor is not None:
+            self.poller.unregister(self.monitor)
+        self._close(self.sock)
+        self.sock = None
+        self.current = (self.current + 1) % len(self.client.endpoints)
+        self._open()
+        if self.monitor is not None:
+            self.poller.register(self.monitor, zmq.POLLIN)
+        self.moves += 1
+        log.info("tq client: broker at %s %s: moving to %s", old, why,
+                 self.endpoint)
+        self.connected_once = False
+        self.standby = False
+        self.broker_lost = False
+        self.endpoint_since = _now_ms()
+        self.regets.clear()
+        self._reattach(True)
+
+    def _leave_standby(self, now):
+        """Moves on from a standby at once, except after a whole round of
+        the list answered TQ_ESTANDBY: then once per third of the
+        liveness. Returns the ms until the next move, or None."""
+        if not self.standby:
+            return None
+        n = len(self.client.endpoints)
+        pause = self.client._liveness_ms // 3
+        if self.standby_moves % n == 0:
+            if self.standby_moves and now < self.round_at + pause:
+                return self.round_at + pause - now
+            self.round_at = now
+        self.standby_moves += 1
+        self._move("is a standby (TQ_ESTANDBY)")
+        return None
 
     def _shutdown(self):
         c = self.client
@@ -686,7 +751,7 @@ class _IO:
             for r in self.fifo:
                 self._enqueue(r)
         log.info("tq client: broker at %s answers again, asking again for "
-                 "%d result(s)", self.client.endpoint, count)
+                 "%d result(s)", self.endpoint, count)
 
     # ---- sending -------------------------------------------------------
 
@@ -697,6 +762,8 @@ class _IO:
     def _flush(self):
         """Sends a batch of what libzmq takes now; the rest waits for the
         next pass (POLLOUT), so that answers are read in between."""
+        if self.standby:
+            return  # it would answer TQ_ESTANDBY: wait for the move
         budget = _SEND_BATCH
         while self.out and budget > 0:
             budget -= 1
@@ -749,18 +816,30 @@ class _IO:
                 frames = self.sock.recv_multipart(zmq.DONTWAIT)
             except zmq.Again:
                 return
-            # any message, even a bad one, shows the broker is alive
+            bad = None
+            try:
+                command, fields, payload = P.decode(frames)
+            except Exception as exc:
+                bad = exc
+            if (bad is None and command == P.ERROR and fields and
+                    fields[0] == E.TQ_ESTANDBY):
+                # a standby is no broker that answers: move on
+                self.standby = True
+                continue
+            # any other message, even a bad one, shows the broker is alive
             self.last_heard = _now_ms()
+            self.standby_moves = 0
             if self.broker_lost:
                 self.broker_lost = False
                 self._reattach(False)
             try:
-                command, fields, payload = P.decode(frames)
+                if bad is not None:
+                    raise bad
                 self._dispatch(command, fields, payload)
             except Exception as exc:  # a bad message, never a dead thread
                 self.malformed += 1
                 log.warning("tq client: dropped a message from the broker "
-                            "at %s: %s", self.client.endpoint, exc)
+                            "at %s: %s", self.endpoint, exc)
 
     @staticmethod
     def _id(fields, i, optional=False):
@@ -890,7 +969,7 @@ class _IO:
             self._finish(r, E.FAILURE, code, text)
             self._release(r)
             return
-        log.warning("tq client: broker at %s: %s: %s", self.client.endpoint,
+        log.warning("tq client: broker at %s: %s: %s", self.endpoint,
                     E.code_name(code), text)
 
     def _on_monitor(self):
@@ -924,23 +1003,34 @@ class _IO:
         if self.waiting == 0:
             return None
         live = self.client._liveness_ms
+        brokers = len(self.client.endpoints)
         now = _now_ms()
-        if (not self.broker_lost and
-                now - max(self.last_heard, self.waiting_since) >= live and
+        heard_from = max(self.last_heard, self.waiting_since,
+                         self.endpoint_since)
+        if (not self.broker_lost and now - heard_from >= live and
                 not self._input_waiting()):
-            self.broker_lost = True
-            log.warning("tq client: broker at %s silent for %.1f s",
-                        self.client.endpoint, live / 1000.0)
+            why = "silent for %.1f s" % (live / 1000.0)
+            if brokers > 1:
+                # the next broker may be the active one
+                self._move(why)
+            else:
+                self.broker_lost = True
+                log.warning("tq client: broker at %s %s", self.endpoint, why)
+        # with several brokers, a request waits for an answer from each in
+        # turn before it ends unreachable
+        bound = live * brokers
         silent_from = self.last_heard
         if self.unacked and self.unacked_since > silent_from:
             silent_from = self.unacked_since
-        if (self.unacked and now - silent_from >= live and
+        if (self.unacked and now - silent_from >= bound and
                 self._input_waiting()):
             # answers are queued, this thread was only too busy to read
             self.last_heard = silent_from = now
-        if self.unacked and now - silent_from >= live:
-            text = ("broker unreachable at %s (no answer in %.1f s)"
-                    % (self.client.endpoint, live / 1000.0))
+        if self.unacked and now - silent_from >= bound:
+            text = ("broker unreachable at %s (no answer in %.1f s%s)"
+                    % (self.client.endpoint, bound / 1000.0,
+                       "; standby brokers answered TQ_ESTANDBY"
+                       if self.standby_moves else ""))
             self._fail_all(True, E.TQ_EUNREACHABLE, text)
             if self.waiting == 0:
                 return None
@@ -951,6 +1041,6 @@ class _IO:
             self._send_simple(P.PING)
             self.last_ping = quiet_from = now
         deadline = quiet_from + live // 3
-        if self.unacked and silent_from + live < deadline:
-            deadline = silent_from + live
+        if self.unacked and silent_from + bound < deadline:
+            deadline = silent_from + bound
         return max(0, deadline - now)

@@ -1,0 +1,69 @@
+/* tq_client_core.h - the client object shared by the caller side
+   (tq_client.c: requests made by callers) and the I/O thread
+   (tq_client_io.c: the socket, the table of requests, liveness). */
+#ifndef TQ_CLIENT_CORE_H
+#define TQ_CLIENT_CORE_H
+
+#include <czmq.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/types.h>
+
+#include "tq/tq_client.h"
+#include "tq_request.h"
+#include "tq_result.h"
+
+#define TQ_CLIENT_MAX_ENDPOINTS 16 /* brokers in one list */
+
+struct tq_client_t {
+    char *endpoint; /* as given: one endpoint or a comma-separated list */
+    char *endpoints[TQ_CLIENT_MAX_ENDPOINTS]; /* the list, split */
+    size_t endpoint_count; /* >= 1 */
+    atomic_size_t current; /* index of the endpoint the socket talks to */
+    zactor_t *actor;
+    void *socket; /* raw DEALER; the I/O thread's once started */
+    void *monitor_reader; /* PAIR on the socket's monitor, connected
+                             before the DEALER connects, so no event is
+                             ever sent to a PAIR without a peer (libzmq
+                             would block); the I/O thread's */
+    int wake_fd; /* eventfd: the submission queue became
+                    non-empty */
+    pthread_mutex_t lock; /* guards queue_* and closed */
+    tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
+    tq_request_t *queue_tail;
+    bool closed;
+    atomic_int liveness_ms;
+    uint64_t id_prefix; /* 64 random bits */
+    atomic_uint_fast64_t id_counter;
+    pid_t pid; /* the process that made it */
+    tq_client_t *live_prev, *live_next; /* every client not destroyed */
+    atomic_uint_fast64_t broker_moves; /* moves to the next broker */
+    /* request moves made so far, [from][to] (tq_client_moves) */
+    atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
+};
+
+/* The I/O thread (a czmq actor; args is the client). */
+void tq_client_io_actor(zsock_t *pipe, void *args);
+
+/* Opens the client's DEALER (and its monitor) and connects it to
+   endpoint; 0, or -1 with the reason logged (nothing left open). */
+int tq_client_socket_open(tq_client_t *self, const char *endpoint);
+
+/* Closes the DEALER and its monitor; NULL-safe on each. */
+void tq_client_socket_close(tq_client_t *self);
+
+/* Counts a request's move from `from` to `to`. */
+void tq_client_count_move(tq_client_t *self, tq_req_state_t from,
+                          tq_req_state_t to);
+
+/* Request moves from `from` to `to` made so far by this client (tests). */
+uint64_t tq_client_moves(tq_client_t *self, tq_req_state_t from,
+                         tq_req_state_t to);
+
+/* How many times the client moved to the next broker of its list. */
+uint64_t tq_client_broker_moves(tq_client_t *self);
+
+/* The endpoint the client talks to now (borrowed from the list). */
+const char *tq_client_current_endpoint(tq_client_t *self);
+
+#endif

@@ -1,0 +1,824 @@
+/* tq_client_io.c - the client's I/O thread: it alone touches the socket
+   and the table of requests. It takes requests off the submission queue,
+   sends SUBMIT / GET / STATUS / PING, and completes handles from
+   SUBMITTED, STATE, RESULT, UNKNOWN, STATUS_REPLY and ERROR. Every change
+   of a request's state goes through tq_io_move, which keeps the request
+   in the container of its state (tq_request.h). Which broker it talks
+   to, liveness and reconnects are in tq_client_live.c. */
+#include <assert.h>
+#include <czmq.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tq_client_io.h"
+#include "tq_curve.h"
+#include "tq_log.h"
+#include "tq_proto.h"
+#include "tq_wire.h"
+
+/* block_when_full: first and longest wait before a refused SUBMIT is sent
+   again (ms). */
+#define S_FULL_RETRY_MIN_MS 50
+#define S_FULL_RETRY_MAX_MS 1000
+
+/* ---- containers --------------------------------------------------------- */
+
+static void
+s_list_append(tq_io_list_t *list, tq_request_t *r)
+{
+    r->next = NULL;
+    r->prev = list->tail;
+    if (list->tail)
+        list->tail->next = r;
+    else
+        list->head = r;
+    list->tail = r;
+}
+
+static void
+s_list_remove(tq_io_list_t *list, tq_request_t *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        list->head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        list->tail = r->prev;
+    r->next = r->prev = NULL;
+}
+
+/* Adds r to the table: the chain of its id, or the FIFO. */
+static void
+s_index_add(tq_io_t *io, tq_request_t *r)
+{
+    r->next_same = NULL;
+    if (TQ_REQ_IS_FIFO(r->kind)) {
+        if (io->fifo_tail)
+            io->fifo_tail->next_same = r;
+        else
+            io->fifo_head = r;
+        io->fifo_tail = r;
+        return;
+    }
+    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    if (!head) {
+        zhashx_insert(io->pending, r->id, r);
+        return;
+    }
+    while (head->next_same)
+        head = head->next_same;
+    head->next_same = r;
+}
+
+/* Removes r from the table (the map entry goes with the last of its id). */
+static void
+s_index_remove(tq_io_t *io, tq_request_t *r)
+{
+    if (TQ_REQ_IS_FIFO(r->kind)) {
+        tq_request_t **pp = &io->fifo_head, *last = NULL;
+        while (*pp && *pp != r)
+            last = *pp, pp = &(*pp)->next_same;
+        if (!*pp)
+            return;
+        *pp = r->next_same;
+        if (io->fifo_tail == r)
+            io->fifo_tail = last;
+        r->next_same = NULL;
+        return;
+    }
+    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    tq_request_t **pp = &head;
+    while (*pp && *pp != r)
+        pp = &(*pp)->next_same;
+    if (!*pp)
+        return;
+    *pp = r->next_same;
+    r->next_same = NULL;
+    if (head)
+        zhashx_update(io->pending, r->id, head);
+    else
+        zhashx_delete(io->pending, r->id);
+}
+
+/* Every request in the table, in a list of its own (borrowed entries):
+   moves may change the table while the caller walks the list. */
+zlistx_t *
+tq_io_all(tq_io_t *io)
+{
+    zlistx_t *all = zlistx_new();
+    assert(all);
+    for (tq_request_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending))
+        for (tq_request_t *r = head; r; r = r->next_same)
+            zlistx_add_end(all, r);
+    for (tq_request_t *r = io->fifo_head; r; r = r->next_same)
+        zlistx_add_end(all, r);
+    return all;
+}
+
+/* The chain of requests on id (borrowed), NULL if none. */
+tq_request_t *
+tq_io_chain(tq_io_t *io, tq_str_t id)
+{
+    char key[TQ_PROTO_MAX_ID + 1];
+    tq_str_copy(key, sizeof key, id);
+    return zhashx_lookup(io->pending, key);
+}
+
+/* ---- the state machine -------------------------------------------------- */
+
+/* A request that ended: its handle loses the request's reference; a
+   SUBMIT that ended without an answer goes to its handle, which may
+   submit it again (tq_result_resubmit). */
+static void
+s_io_end(tq_request_t *r)
+{
+    tq_result_t *result = r->result;
+    r->result = NULL;
+    if (result && r->state == TQ_REQ_FAILED && r->kind == TQ_KIND_SUBMIT &&
+        r->task)
+        tq_result_keep(result, r);
+    else
+        tq_request_free(r);
+    tq_result_unref(result);
+}
+
+/* The one place a request changes state: it leaves the container of its
+   old state, enters that of the new one, and the counts follow. A final
+   request is freed (or kept by its handle): r is gone on return. */
+void
+tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
+{
+    tq_req_state_t from = r->state;
+    tq_request_move(r, to); /* aborts on an illegal move */
+    tq_client_count_move(io->client, from, to);
+    int64_t now = zclock_mono();
+    if (from == TQ_REQ_QUEUED)
+        s_list_remove(&io->out, r);
+    else if (from == TQ_REQ_DEFERRED)
+        s_list_remove(&io->deferred, r);
+    bool was = tq_request_unacked(from), is = tq_request_unacked(to);
+    if (was && !is)
+        io->unacked--;
+    else if (!was && is && io->unacked++ == 0)
+        io->unacked_since = now;
+    if (from == TQ_REQ_NEW && !tq_request_final(to)) {
+        s_index_add(io, r);
+        if (io->waiting++ == 0)
+            io->waiting_since = now;
+    }
+    switch (to) {
+    case TQ_REQ_QUEUED:
+        s_list_append(&io->out, r);
+        break;
+    case TQ_REQ_DEFERRED:
+        s_list_append(&io->deferred, r);
+        break;
+    case TQ_REQ_DONE:
+    case TQ_REQ_FAILED:
+        if (from != TQ_REQ_NEW) {
+            s_index_remove(io, r);
+            io->waiting--;
+        }
+        s_io_end(r);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Ends r with the broker's outcome (value moved when not NULL). */
+static void
+s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
+          zmq_msg_t *value)
+{
+    /* the request ends before its handle: a caller woken by the handle
+       finds the request gone (and counted) */
+    tq_result_t *result = r->result;
+    if (result)
+        tq_result_ref(result);
+    tq_io_move(io, r, TQ_REQ_DONE);
+    if (result) {
+        tq_result_finish(result, state, code, error.ptr, error.len, value);
+        tq_result_unref(result);
+    }
+}
+
+/* Ends r without an answer from the broker. */
+void
+tq_io_failed(tq_io_t *io, tq_request_t *r, int code, const char *text)
+{
+    /* the request ends first: a SUBMIT's goes to its handle, where a
+       caller woken by the failure finds it (tq_result_resubmit) */
+    tq_result_t *result = r->result;
+    if (result)
+        tq_result_ref(result);
+    tq_io_move(io, r, TQ_REQ_FAILED);
+    if (result) {
+        tq_result_fail(result, code, text);
+        tq_result_unref(result);
+    }
+}
+
+/* The broker acknowledged r (SUBMITTED). */
+static void
+s_io_ack(tq_io_t *io, tq_request_t *r)
+{
+    if (!tq_request_unacked(r->state))
+        return;
+    tq_io_move(io, r, TQ_REQ_ACKED);
+    if (r->kind == TQ_KIND_SUBMIT) {
+        if (r->reget)
+            /* the broker may have known the id before: its result then
+               went to a connection that is gone, or went already */
+            zlistx_add_end(io->regets, strdup(r->id));
+        /* never sent again: the broker has it */
+        free(r->task), r->task = NULL;
+        free(r->queue), r->queue = NULL;
+        zmq_msg_close(&r->payload), zmq_msg_init(&r->payload);
+    }
+    if (r->result)
+        tq_result_answer(r->result, -1);
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* Clears the fields of a message a client sends: all but the name arrays
+   of READY (kilobytes, on the path of every request). */
+static void
+s_msg_clear(tq_msg_t *m)
+{
+    memset(m, 0, offsetof(tq_msg_t, queues));
+}
+
+/* Sends one QUEUED request: SENT, or FAILED when the socket refuses it
+   for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
+   later (r stays QUEUED). */
+static int
+s_io_send(tq_io_t *io, tq_request_t *r)
+{
+    tq_msg_t *m = &io->out_msg;
+    s_msg_clear(m);
+    zmq_msg_t copy, *payload = NULL;
+    m->id = tq_str(r->id);
+    switch (r->kind) {
+    case TQ_KIND_SUBMIT:
+        m->command = TQ_CMD_SUBMIT;
+        m->task = tq_str(r->task);
+        m->queue = tq_str(r->queue);
+        m->priority = r->priority;
+        m->time_limit_ms = r->time_limit_ms;
+        m->retries = r->retries;
+        m->backoff_ms = r->backoff_ms;
+        m->delay_ms = r->delay_ms;
+        payload = &r->payload;
+        break;
+    case TQ_KIND_GET:
+        m->command = TQ_CMD_GET;
+        m->wait = r->wait;
+        break;
+    case TQ_KIND_STATUS:
+        m->command = TQ_CMD_STATUS;
+        break;
+    case TQ_KIND_CANCEL:
+        m->command = TQ_CMD_CANCEL;
+        break;
+    case TQ_KIND_RETRY:
+        m->command = TQ_CMD_RETRY;
+        break;
+    case TQ_KIND_PURGE:
+        m->command = TQ_CMD_PURGE;
+        m->queue = tq_str(r->queue);
+        m->id = tq_str(NULL); /* id? is nil: answered in order (REPLY) */
+        break;
+    case TQ_KIND_FAILED:
+        m->command = TQ_CMD_FAILED;
+        m->id = tq_str(NULL);
+        break;
+    case TQ_KIND_QPUT:
+        m->command = TQ_CMD_QPUT;
+        m->queue = tq_str(r->queue);
+        m->maxsize = r->maxsize;
+        payload = &r->payload;
+        break;
+    case TQ_KIND_QGET:
+        m->command = TQ_CMD_QGET;
+        m->queue = tq_str(r->queue);
+        m->time_limit_ms = r->time_limit_ms;
+        break;
+    case TQ_KIND_QSIZE:
+        m->command = TQ_CMD_QSIZE;
+        m->queue = tq_str(r->queue);
+        break;
+    case TQ_KIND_TERMINATE:
+        assert(false); /* carried out when taken, never sent */
+        break;
+    }
+    if (payload) {
+        /* the request keeps its payload until answered: each send (the
+           first, after TQ_EFULL, after a reconnect) sends a copy */
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, payload);
+        payload = &copy;
+    }
+    int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
+                              ZMQ_DONTWAIT);
+    int err = errno;
+    if (payload)
+        zmq_msg_close(payload);
+    if (rc == -1 && (err == EAGAIN || err == EINTR)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (rc != TQ_OK) {
+        /* invalid fields were refused before queueing; this is a socket
+           failure (ETERM): the request cannot go out */
+        tq_io_failed(io, r, rc == TQ_EINVAL ? TQ_EINVAL : TQ_ECLOSED,
+                     "cannot send the request to the broker");
+        return TQ_OK;
+    }
+    r->epoch = io->epoch;
+    r->sent_ms = zclock_mono();
+    tq_io_move(io, r, TQ_REQ_SENT);
+    return TQ_OK;
+}
+
+/* Sends what libzmq will take now; the rest waits for POLLOUT. */
+static void
+s_io_flush(tq_io_t *io)
+{
+    if (io->standby || !io->client->socket)
+        return; /* a standby would answer TQ_ESTANDBY: wait for the move */
+    while (io->out.head)
+        if (s_io_send(io, io->out.head) != TQ_OK)
+            return;
+    /* after a broker came back: GET wait=true for results still awaited */
+    while (zlistx_size(io->regets)) {
+        const char *id = zlistx_first(io->regets);
+        s_msg_clear(&io->out_msg);
+        io->out_msg.command = TQ_CMD_GET;
+        io->out_msg.id = tq_str(id);
+        io->out_msg.wait = true;
+        int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out_msg,
+                                  &io->buf, NULL, ZMQ_DONTWAIT);
+        if (rc == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        zlistx_delete(io->regets, zlistx_cursor(io->regets));
+    }
+}
+
+void
+tq_io_send_simple(tq_io_t *io, uint8_t command)
+{
+    s_msg_clear(&io->out_msg);
+    io->out_msg.command = command;
+    /* best effort: a PING or PONG that cannot go out now is not queued, the
+       liveness check covers it */
+    if (io->client->socket)
+        tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf, NULL,
+                         ZMQ_DONTWAIT);
+}
+
+/* ---- requests taken from callers ---------------------------------------- */
+
+/* Cancels every task the client still waits on; the TERMINATE request r
+   ends with count = the CANCEL requests made. */
+static void s_io_accept(tq_io_t *io, tq_request_t *r);
+
+static void
+s_io_terminate(tq_io_t *io, tq_request_t *r)
+{
+    zlistx_t *ids = zlistx_new();
+    assert(ids);
+    zlistx_set_destructor(ids, (zlistx_destructor_fn *)zstr_free);
+    for (tq_request_t *head = zhashx_first(io->pending); head;
+         head = zhashx_next(io->pending))
+        for (tq_request_t *h = head; h; h = h->next_same)
+            if (h->kind == TQ_KIND_SUBMIT ||
+                (h->kind == TQ_KIND_GET && h->wait)) {
+                zlistx_add_end(ids, strdup(h->id));
+                break;
+            }
+    int count = 0;
+    for (char *id = zlistx_first(ids); id; id = zlistx_next(ids)) {
+        /* nobody waits on these: no handle */
+        tq_request_t *c = tq_request_new(TQ_KIND_CANCEL, NULL);
+        if (!c)
+            break;
+        snprintf(c->id, sizeof c->id, "%s", id);
+        s_io_accept(io, c);
+        count++;
+    }
+    zlistx_destroy(&ids);
+    if (r->result) {
+        pthread_mutex_lock(&r->result->mutex);
+        r->result->count = count;
+        pthread_mutex_unlock(&r->result->mutex);
+    }
+    s_io_done(io, r, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), NULL);
+}
+
+/* Takes a request made by a caller. */
+static void
+s_io_accept(tq_io_t *io, tq_request_t *r)
+{
+    if (r->kind == TQ_KIND_TERMINATE)
+        s_io_terminate(io, r);
+    else
+        tq_io_move(io, r, TQ_REQ_QUEUED);
+}
+
+/* Takes every request that callers queued. */
+static void
+s_io_take_queue(tq_io_t *io)
+{
+    uint64_t n;
+    if (read(io->client->wake_fd, &n, sizeof n) < 0 && errno != EAGAIN)
+        zsys_warning("tq client: eventfd read: %s", strerror(errno));
+    tq_client_t *c = io->client;
+    pthread_mutex_lock(&c->lock);
+    tq_request_t *r = c->queue_head;
+    c->queue_head = c->queue_tail = NULL;
+    pthread_mutex_unlock(&c->lock);
+    while (r) {
+        tq_request_t *next = r->next;
+        r->next = NULL;
+        s_io_accept(io, r);
+        r = next;
+    }
+}
+
+/* ---- resending ---------------------------------------------------------- */
+
+/* A SUBMIT refused with TQ_EFULL that the caller wants to block: sent again
+   after 50 ms, doubling up to 1 s. */
+static void
+s_io_defer(tq_io_t *io, tq_request_t *r)
+{
+    r->full_delay_ms =
+        r->full_delay_ms == 0 ? S_FULL_RETRY_MIN_MS : r->full_delay_ms * 2;
+    if (r->full_delay_ms > S_FULL_RETRY_MAX_MS)
+        r->full_delay_ms = S_FULL_RETRY_MAX_MS;
+    r->resend_at = zclock_mono() + r->full_delay_ms;
+    tq_io_move(io, r, TQ_REQ_DEFERRED);
+}
+
+/* Resends the deferred SUBMITs whose time has come; fails those whose
+   caller let go. Returns the next resend time, or -1 for none. */
+int64_t
+tq_io_deferred(tq_io_t *io, int64_t now)
+{
+    int64_t next = -1;
+    tq_request_t *r = io->deferred.head;
+    while (r) {
+        tq_request_t *following = r->next;
+        if (r->result && tq_result_orphan(r->result))
+            tq_io_failed(io, r, TQ_ECLOSED, "the handle was destroyed");
+        else if (now >= r->resend_at)
+            tq_io_move(io, r, TQ_REQ_QUEUED);
+        else if (next < 0 || r->resend_at < next)
+            next = r->resend_at;
+        r = following;
+    }
+    return next;
+}
+
+/* Fails every request (only the unacknowledged ones when only_unacked)
+   with code and text. */
+void
+tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text)
+{
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (!only_unacked || tq_request_unacked(r->state))
+            tq_io_failed(io, r, code, text);
+    zlistx_destroy(&all);
+}
+
+/* ---- answers from the broker -------------------------------------------- */
+
+/* Ends every request on id with the broker's outcome; value is moved to
+   the last and copied (refcounted by libzmq) to the others. */
+static void
+s_io_done_chain(tq_io_t *io, tq_str_t id, int state, int code, tq_str_t error,
+                zmq_msg_t *value)
+{
+    tq_request_t *r = tq_io_chain(io, id);
+    while (r) {
+        tq_request_t *next = r->next_same;
+        zmq_msg_t copy, *v = NULL;
+        if (value) {
+            zmq_msg_init(&copy);
+            if (next)
+                zmq_msg_copy(&copy, value);
+            else
+                zmq_msg_move(&copy, value);
+            v = &copy;
+        }
+        s_io_done(io, r, state, code, error, v);
+        if (v)
+            zmq_msg_close(v);
+        r = next;
+    }
+}
+
+static void
+s_io_log_bad(tq_io_t *io, const char *what, const char *reason)
+{
+    io->malformed++;
+    zsys_warning("tq client: dropped %s from broker at %s: %s", what,
+                 tq_client_current_endpoint(io->client), reason ? reason : "?");
+}
+
+static void
+s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
+{
+    for (tq_request_t *r = tq_io_chain(io, m->id); r; r = r->next_same)
+        if (r->result)
+            tq_result_set_attempts(r->result, m->attempt);
+    int code = m->code;
+    if (m->state == TQ_STATE_SUCCESS)
+        code = TQ_OK;
+    else if (code == TQ_OK)
+        /* a non-success without a reason still must not read as success */
+        code = m->state == TQ_STATE_CANCELLED ? TQ_ECANCELLED : TQ_ETASK;
+    if (m->state == TQ_STATE_SUCCESS &&
+        tq_proto_check_payload(zmq_msg_data(payload), zmq_msg_size(payload),
+                               false, NULL) != TQ_OK) {
+        if (tq_io_chain(io, m->id))
+            s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
+        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EPROTO,
+                        tq_str("broker sent a malformed result value"), NULL);
+        return;
+    }
+    int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
+    s_io_done_chain(io, m->id, state, code, m->error,
+                    code == TQ_OK ? payload : NULL);
+}
+
+static void
+s_on_submitted(tq_io_t *io, const tq_msg_t *m)
+{
+    tq_request_t *r = tq_io_chain(io, m->id);
+    while (r) {
+        tq_request_t *next = r->next_same;
+        if (r->kind == TQ_KIND_SUBMIT) {
+            s_io_ack(io, r);
+            r->full_delay_ms = 0;
+        } else if (r->kind == TQ_KIND_RETRY)
+            /* RETRY is answered by SUBMITTED: the dead letter runs again */
+            s_io_done(io, r, TQ_STATE_PENDING, TQ_OK, tq_str(NULL), NULL);
+        r = next;
+    }
+}
+
+static void
+s_on_state(tq_io_t *io, const tq_msg_t *m)
+{
+    tq_request_t *r = tq_io_chain(io, m->id);
+    while (r) {
+        tq_request_t *next = r->next_same;
+        tq_result_t *result = r->result;
+        if (result)
+            tq_result_ref(result);
+        if (r->kind == TQ_KIND_GET && !r->wait)
+            /* a GET without wait is answered: nothing more will come; the
+               handle stays ANSWERED with the state */
+            tq_io_move(io, r, TQ_REQ_DONE);
+        if (result) {
+            tq_result_answer(result, m->state);
+            tq_result_unref(result);
+        }
+        r = next;
+    }
+}
+
+/* The oldest id-less request gets the answer (value moved, may be NULL). */
+static void
+s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
+                 zmq_msg_t *value)
+{
+    tq_request_t *r = io->fifo_head;
+    if (r)
+        s_io_done(io, r, state, code, error, value);
+}
+
+static void
+s_on_error(tq_io_t *io, const tq_msg_t *m)
+{
+    int code = m->code == TQ_OK ? TQ_EPROTO : (int)m->code;
+    if (m->id.ptr && tq_io_chain(io, m->id)) {
+        /* one id may have a SUBMIT, GETs and operator requests waiting:
+           TQ_ESTATE answers a RETRY, TQ_EFULL a SUBMIT that may block */
+        bool retry = false;
+        for (tq_request_t *r = tq_io_chain(io, m->id); r; r = r->next_same)
+            retry |= r->kind == TQ_KIND_RETRY;
+        tq_request_t *r = tq_io_chain(io, m->id);
+        while (r) {
+            tq_request_t *next = r->next_same;
+            bool full = code == TQ_EFULL && r->kind == TQ_KIND_SUBMIT &&
+                r->block_when_full && tq_request_unacked(r->state);
+            if (full && r->state == TQ_REQ_SENT)
+                s_io_defer(io, r);
+            else if (full ||
+                     (retry && code == TQ_ESTATE && r->kind != TQ_KIND_RETRY))
+                ; /* QUEUED or DEFERRED already: it goes again */
+            else
+                s_io_done(io, r, TQ_STATE_FAILURE, code, m->error, NULL);
+            r = next;
+        }
+        return;
+    }
+    if (!m->id.ptr && io->fifo_head) {
+        /* STATUS, PURGE and FAILED are the requests without an id, so an
+           ERROR without an id answers the oldest one */
+        s_on_fifo_answer(io, TQ_STATE_FAILURE, code, m->error, NULL);
+        return;
+    }
+    char text[TQ_PROTO_MAX_ERROR + 1];
+    tq_str_copy(text, sizeof text, m->error);
+    zsys_warning("tq client: broker at %s: error %d (%s): %s",
+                 tq_client_current_endpoint(io->client), code,
+                 tq_strerror(code), text);
+}
+
+/* Handles one message. False for TQ_ESTANDBY: a standby is no broker
+   that answers. */
+static bool
+s_io_dispatch(tq_io_t *io)
+{
+    const char *reason = NULL;
+    int rc = tq_wire_decode(&io->frames, &io->msg, &reason);
+    if (rc != TQ_OK) {
+        s_io_log_bad(io, "message", reason);
+        return true;
+    }
+    tq_msg_t *m = &io->msg;
+    if (m->command == TQ_CMD_ERROR && m->code == TQ_ESTANDBY) {
+        tq_io_on_standby(io, m);
+        return false;
+    }
+    switch (m->command) {
+    case TQ_CMD_SUBMITTED:
+        s_on_submitted(io, m);
+        break;
+    case TQ_CMD_RESULT:
+        s_on_result(io, m, &io->frames.payload);
+        break;
+    case TQ_CMD_STATE:
+        s_on_state(io, m);
+        break;
+    case TQ_CMD_UNKNOWN:
+        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EUNKNOWN,
+                        tq_str("the broker does not know this task id"), NULL);
+        break;
+    case TQ_CMD_REPLY:
+    case TQ_CMD_QITEM:
+        if (m->id.ptr) {
+            /* the answer to a data-queue request, by its request id */
+            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
+                            &io->frames.payload);
+            break;
+        }
+        if (m->command == TQ_CMD_QITEM) {
+            s_io_log_bad(io, "QITEM", "no request id");
+            break;
+        }
+        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
+                         &io->frames.payload);
+        break;
+    case TQ_CMD_STATUS_REPLY:
+        /* answers the oldest id-less request */
+        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
+                         &io->frames.payload);
+        break;
+    case TQ_CMD_PING:
+        tq_io_send_simple(io, TQ_CMD_PONG);
+        break;
+    case TQ_CMD_PONG:
+        io->pong_for = io->last_ping;
+        break;
+    case TQ_CMD_ERROR:
+        s_on_error(io, m);
+        break;
+    default:
+        s_io_log_bad(io, tq_proto_command_name(m->command),
+                     "not a broker-to-client command");
+        break;
+    }
+    return true;
+}
+
+/* Reads and handles up to a batch of messages; returns how many. */
+int
+tq_io_recv(tq_io_t *io)
+{
+    int i;
+    for (i = 0; io->client->socket && i < TQ_IO_RECV_BATCH; i++) {
+        int rc =
+            tq_wire_recv(io->client->socket, &io->frames, false, ZMQ_DONTWAIT);
+        if (rc == -1)
+            break;
+        bool alive = true;
+        if (rc == TQ_OK)
+            alive = s_io_dispatch(io);
+        else
+            s_io_log_bad(io, "message", "wrong number of frames");
+        if (!alive)
+            continue;
+        /* any other message, even a bad one, shows the broker is alive */
+        io->last_heard = zclock_mono();
+        io->silent_moves = io->standby_moves = 0;
+        if (io->broker_lost) {
+            io->broker_lost = false;
+            tq_io_reattach(io);
+        }
+    }
+    return i;
+}
+
+void
+tq_client_io_actor(zsock_t *pipe, void *args)
+{
+    tq_io_t *io = calloc(1, sizeof *io);
+    assert(io);
+    io->client = args;
+    io->pending = zhashx_new();
+    assert(io->pending);
+    io->regets = zlistx_new();
+    assert(io->regets);
+    zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);
+    tq_frames_init(&io->frames);
+    msgpack_sbuffer_init(&io->buf);
+    io->last_heard = io->last_ping = zclock_mono();
+    zsock_signal(pipe, 0);
+
+    bool running = true;
+    while (running) {
+        long timeout = tq_io_liveness(io);
+        int64_t now = zclock_mono();
+        long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
+        for (int i = 0; i < 2; i++)
+            if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
+                timeout = waits[i];
+        /* a broker restarted faster than our liveness is only seen as a
+           new connection: the socket monitor tells us */
+        void *socket = io->client->socket;
+        void *monitor = io->client->monitor_reader;
+        zmq_pollitem_t items[4] = {
+            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
+            {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
+        };
+        int count = 2, on_socket = -1, on_monitor = -1;
+        if (socket) {
+            on_socket = count;
+            items[count++] = (zmq_pollitem_t){socket, 0, ZMQ_POLLIN, 0};
+            if (io->out.head || zlistx_size(io->regets))
+                items[on_socket].events |= ZMQ_POLLOUT;
+        }
+        if (monitor) {
+            on_monitor = count;
+            items[count++] = (zmq_pollitem_t){monitor, 0, ZMQ_POLLIN, 0};
+        }
+        if (zmq_poll(items, count, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            break; /* ETERM: the context is going away */
+        }
+        if (items[0].revents & ZMQ_POLLIN) {
+            char *command = zstr_recv(pipe);
+            if (!command || streq(command, "$TERM"))
+                running = false;
+            zstr_free(&command);
+        }
+        if (items[1].revents & ZMQ_POLLIN)
+            s_io_take_queue(io);
+        if (on_monitor >= 0 && (items[on_monitor].revents & ZMQ_POLLIN))
+            tq_io_monitor(io);
+        if (on_socket >= 0 && (items[on_socket].revents & ZMQ_POLLIN))
+            (void)tq_io_recv(io);
+        s_io_flush(io);
+    }
+
+    /* pending handles end now; requests queued after this are failed by
+       tq_client_destroy */
+    s_io_take_queue(io);
+    tq_io_fail(io, false, TQ_ECLOSED, "the client was closed");
+    assert(!io->out.head && !io->deferred.head && io->waiting == 0);
+    zlistx_destroy(&io->regets);
+    /* Stop the monitor before its reader goes: libzmq sends monitor events
+       with a blocking send, so an event (a disconnect, say) for a PAIR
+       nobody reads would block libzmq's I/O thread, and with it the close
+       of the DEALER, for ever. */
+    tq_client_socket_close(io->client);
+    zhashx_destroy(&io->pending);
+    tq_frames_close(&io->frames);
+    msgpack_sbuffer_destroy(&io->buf);
+    free(io);
+}

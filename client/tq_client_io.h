@@ -1,0 +1,113 @@
+/* tq_client_io.h - the client's I/O thread, shared by its two files:
+   tq_client_io.c (the table of requests, its state machine, sending and
+   the broker's answers) and tq_client_live.c (which broker, liveness,
+   reconnects, the move to the next broker). Private to client/. */
+#ifndef TQ_CLIENT_IO_H
+#define TQ_CLIENT_IO_H
+
+#include <czmq.h>
+
+#include "tq_client_core.h"
+#include "tq_wire.h"
+
+#define TQ_IO_RECV_BATCH 1024 /* messages drained per poll pass */
+
+/* A doubly linked list of requests (next, prev). */
+typedef struct {
+    tq_request_t *head;
+    tq_request_t *tail;
+} tq_io_list_t;
+
+/* The I/O thread's state. */
+typedef struct {
+    tq_client_t *client;
+    zhashx_t *pending; /* id -> chain of requests (next_same) that are
+                          neither NEW nor final */
+    tq_request_t *fifo_head; /* id-less requests (STATUS, PURGE, FAILED)
+                                in send order (next_same) */
+    tq_request_t *fifo_tail;
+    tq_io_list_t out; /* QUEUED, in order */
+    tq_io_list_t deferred; /* DEFERRED */
+    size_t unacked; /* requests QUEUED, SENT or DEFERRED */
+    size_t waiting; /* requests in pending and the FIFO */
+    int64_t unacked_since; /* when unacked last went 0 -> 1, ms */
+    int64_t waiting_since; /* when waiting last went 0 -> 1, ms */
+    int64_t last_heard; /* last message from the broker, ms */
+    int64_t last_ping; /* last PING sent, ms */
+    bool broker_lost; /* silent past the liveness while requests
+                         waited: ask again once it answers */
+    zlistx_t *regets; /* ids to send GET wait=true for (owned) */
+    bool connected_once; /* a later connect is a reconnect */
+    int64_t last_stale_check; /* ms, last look for stale SUBMITs */
+    int64_t pong_for; /* ms, when the PING last answered went */
+    uint64_t epoch; /* connections lost or made so far: a request
+                       sent in an earlier epoch went over a
+                       connection that is gone */
+    uint64_t resent; /* requests sent again after a reconnect */
+    bool standby; /* the current broker answered TQ_ESTANDBY: nothing
+                     more goes to it, the client moves on */
+    int64_t endpoint_since; /* ms, when the socket went to this broker */
+    size_t silent_moves; /* moves on silence since a broker answered */
+    size_t standby_moves; /* moves on TQ_ESTANDBY since one answered */
+    int64_t round_at; /* ms, when the last round of moves on
+                         TQ_ESTANDBY through the list began */
+    int64_t reopen_at; /* ms, next try to open a socket that could not
+                          be opened at a move */
+    tq_frames_t frames;
+    tq_msg_t msg; /* decode target; large, kept off the stack */
+    tq_msg_t out_msg; /* encode source */
+    msgpack_sbuffer buf; /* header encode buffer, reused */
+    uint64_t malformed; /* messages dropped as malformed */
+} tq_io_t;
+
+/* Moves r to `to`, keeping it in the container of its state; a final
+   request is freed (or kept by its handle): r is gone then. */
+void tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to);
+
+/* Ends r without an answer from the broker (FAILED), its handle with
+   code and text. */
+void tq_io_failed(tq_io_t *io, tq_request_t *r, int code, const char *text);
+
+/* Fails every request (only the unacknowledged ones when only_unacked). */
+void tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text);
+
+/* Every request of the table in a list of its own (entries borrowed; the
+   list is the caller's, zlistx_destroy it). */
+zlistx_t *tq_io_all(tq_io_t *io);
+
+/* The chain of requests on id (borrowed), NULL if none. */
+tq_request_t *tq_io_chain(tq_io_t *io, tq_str_t id);
+
+/* Reads and handles up to TQ_IO_RECV_BATCH messages; returns how many. */
+int tq_io_recv(tq_io_t *io);
+
+/* Resends the deferred SUBMITs whose time has come; returns the next
+   resend time (ms), or -1. */
+int64_t tq_io_deferred(tq_io_t *io, int64_t now);
+
+/* Sends a PING or PONG, best effort. */
+void tq_io_send_simple(tq_io_t *io, uint8_t command);
+
+/* ERROR TQ_ESTANDBY came: the broker is a standby (tq_client_live.c). */
+void tq_io_on_standby(tq_io_t *io, const tq_msg_t *m);
+
+/* Asks again for every acknowledged result still awaited. */
+void tq_io_reattach(tq_io_t *io);
+
+/* The poll timeout (ms, -1 none) after the liveness work: PINGs, moves
+   to the next broker on silence, unreachable requests failed. */
+long tq_io_liveness(tq_io_t *io);
+
+/* Moves on from a standby when its time has come; the ms until then, or
+   -1. */
+long tq_io_leave_standby(tq_io_t *io, int64_t now);
+
+/* Opens the socket again after it could not be (tq_client_socket_open
+   failed at a move) once its time has come; the ms until the next try,
+   or -1 (a socket is open). */
+long tq_io_reopen(tq_io_t *io, int64_t now);
+
+/* Reads one event of the socket's monitor (connects, disconnects). */
+void tq_io_monitor(tq_io_t *io);
+
+#endif

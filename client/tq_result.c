@@ -1,0 +1,459 @@
+/* tq_result.c - the caller's handle (AsyncResult): its lifecycle, waits
+   and accessors. The I/O thread completes it through tq_result_answer and
+   tq_result_finish; callers read it under its mutex. */
+#include "tq_result.h"
+
+#include <assert.h>
+#include <czmq.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tq_client_internal.h"
+#include "tq_client_unserved.h"
+#include "tq_log.h"
+
+#define B(phase) (1u << (phase))
+
+/* s_legal[from]: the phases a handle may move to from `from`. */
+static const uint32_t s_legal[TQ_RESULT_PHASES_] = {
+    [TQ_RESULT_PENDING] = B(TQ_RESULT_ANSWERED) | B(TQ_RESULT_FINAL),
+    [TQ_RESULT_ANSWERED] = B(TQ_RESULT_FINAL),
+    [TQ_RESULT_FINAL] = B(TQ_RESULT_READY),
+    [TQ_RESULT_READY] = 0,
+};
+
+static const char *const s_names[TQ_RESULT_PHASES_] = {
+    [TQ_RESULT_PENDING] = "PENDING",
+    [TQ_RESULT_ANSWERED] = "ANSWERED",
+    [TQ_RESULT_FINAL] = "FINAL",
+    [TQ_RESULT_READY] = "READY",
+};
+
+bool
+tq_result_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
+{
+    return from < TQ_RESULT_PHASES_ && to < TQ_RESULT_PHASES_ &&
+        (s_legal[from] & B(to)) != 0;
+}
+
+const char *
+tq_result_phase_name(tq_result_phase_t phase)
+{
+    return phase < TQ_RESULT_PHASES_ ? s_names[phase] : "?";
+}
+
+/* Moves the handle (mutex held) and wakes its waiters; aborts on a bug. */
+static void
+s_move(tq_result_t *self, tq_result_phase_t to)
+{
+    if (!tq_result_phase_legal(self->phase, to)) {
+        tq_log_error("BUG: client handle %s cannot move %s -> %s", self->id,
+                     tq_result_phase_name(self->phase),
+                     tq_result_phase_name(to));
+        abort();
+    }
+    self->phase = to;
+    /* wake only who can go on: a FINAL handle is nobody's but its
+       callback's, and ANSWERED matters to tq_result_wait_answer alone (a
+       get waiting on every round trip is not woken twice for nothing) */
+    if (to == TQ_RESULT_READY ||
+        (to == TQ_RESULT_ANSWERED && self->answer_waiters))
+        pthread_cond_broadcast(&self->cond);
+}
+
+/* The handle whose callback this thread is running: a callback that waits
+   on its own handle must not wait for the end of itself. */
+static _Thread_local tq_result_t *s_in_callback;
+
+tq_result_t *
+tq_result_make(tq_req_kind_t kind, tq_client_t *client)
+{
+    tq_result_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    atomic_init(&self->refs, 1);
+    self->kind = kind;
+    self->client = client;
+    zmq_msg_init(&self->value);
+    pthread_mutex_init(&self->mutex, NULL);
+    pthread_cond_init(&self->cond, NULL);
+    self->phase = TQ_RESULT_PENDING;
+    self->state = TQ_STATE_PENDING;
+    return self;
+}
+
+void
+tq_result_ref(tq_result_t *self)
+{
+    atomic_fetch_add(&self->refs, 1);
+}
+
+void
+tq_result_unref(tq_result_t *self)
+{
+    if (!self || atomic_fetch_sub(&self->refs, 1) != 1)
+        return;
+    zmq_msg_close(&self->value);
+    free(self->error);
+    free(self->names);
+    free(self->unserved);
+    if (self->unpacked_done)
+        msgpack_unpacked_destroy(&self->unpacked);
+    tq_request_free(self->spare);
+    pthread_mutex_destroy(&self->mutex);
+    pthread_cond_destroy(&self->cond);
+    free(self);
+}
+
+tq_result_phase_t
+tq_result_phase(tq_result_t *self)
+{
+    pthread_mutex_lock(&self->mutex);
+    tq_result_phase_t phase = self->phase;
+    pthread_mutex_unlock(&self->mutex);
+    return phase;
+}
+
+void
+tq_result_answer(tq_result_t *self, int state)
+{
+    pthread_mutex_lock(&self->mutex);
+    if (self->phase == TQ_RESULT_PENDING)
+        s_move(self, TQ_RESULT_ANSWERED);
+    if (state >= 0 && self->phase == TQ_RESULT_ANSWERED)
+        self->state = state;
+    pthread_mutex_unlock(&self->mutex);
+}
+
+void
+tq_result_set_attempts(tq_result_t *self, uint32_t attempts)
+{
+    pthread_mutex_lock(&self->mutex);
+    if (self->phase < TQ_RESULT_FINAL)
+        self->attempts = attempts;
+    pthread_mutex_unlock(&self->mutex);
+}
+
+void
+tq_result_finish(tq_result_t *self, int state, int code, const char *error,
+                 size_t error_len, zmq_msg_t *value)
+{
+    char *text = error && error_len ? strndup(error, error_len) : NULL;
+    pthread_mutex_lock(&self->mutex);
+    if (self->phase >= TQ_RESULT_FINAL) {
+        pthread_mutex_unlock(&self->mutex);
+        free(text);
+        if (value)
+            zmq_msg_close(value), zmq_msg_init(value);
+        return;
+    }
+    self->state = state;
+    self->code = code;
+    free(self->error);
+    self->error = text;
+    if (value)
+        zmq_msg_move(&self->value, value);
+    s_move(self, TQ_RESULT_FINAL);
+    pthread_mutex_unlock(&self->mutex);
+    /* callbacks run without the lock so they may call tq_result_*, and
+       before the handle is READY, as in Python's Pool: once get() returns,
+       the callback's side effects are visible */
+    s_in_callback = self;
+    if (code == TQ_OK && self->callback)
+        self->callback(self, self->callback_arg);
+    else if (code != TQ_OK && self->error_callback)
+        self->error_callback(self, self->callback_arg);
+    s_in_callback = NULL;
+    pthread_mutex_lock(&self->mutex);
+    s_move(self, TQ_RESULT_READY);
+    pthread_mutex_unlock(&self->mutex);
+}
+
+void
+tq_result_fail(tq_result_t *self, int code, const char *text)
+{
+    tq_result_finish(self, TQ_STATE_FAILURE, code, text,
+                     text ? strlen(text) : 0, NULL);
+}
+
+bool
+tq_result_final(tq_result_t *self)
+{
+    return tq_result_phase(self) >= TQ_RESULT_FINAL;
+}
+
+bool
+tq_result_orphan(tq_result_t *self)
+{
+    return atomic_load(&self->refs) <= 1;
+}
+
+void
+tq_result_keep(tq_result_t *self, tq_request_t *request)
+{
+    pthread_mutex_lock(&self->mutex);
+    tq_request_t *old = self->spare;
+    self->spare = request;
+    pthread_mutex_unlock(&self->mutex);
+    tq_request_free(old);
+}
+
+int64_t
+tq_result_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : zclock_mono() + timeout_ms;
+}
+
+/* True once the handle reached `phase`; mutex held. A handle is FINAL
+   only while its callback runs: to anyone but that callback it has not
+   reached FINAL until it is READY, so that what a caller woken here
+   reads (ready, code) is the end of it. */
+static bool
+s_reached(tq_result_t *self, tq_result_phase_t phase)
+{
+    if (self->phase == TQ_RESULT_FINAL && s_in_callback != self)
+        return false;
+    return self->phase >= phase;
+}
+
+/* Waits on cond until s_reached(phase) or the deadline (-1: none); mutex
+   held. */
+static bool
+s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
+{
+    while (!s_reached(self, phase)) {
+        if (deadline < 0) {
+            pthread_cond_wait(&self->cond, &self->mutex);
+            continue;
+        }
+        int64_t left = deadline - zclock_mono();
+        if (left <= 0)
+            return false;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += left / 1000;
+        ts.tv_nsec += (left % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&self->cond, &self->mutex, &ts);
+    }
+    return true;
+}
+
+int
+tq_result_wait_until(tq_result_t *self, int64_t deadline)
+{
+    pthread_mutex_lock(&self->mutex);
+    bool ok = s_wait_phase(self, TQ_RESULT_FINAL, deadline);
+    pthread_mutex_unlock(&self->mutex);
+    return ok ? TQ_OK : TQ_ETIMEDOUT;
+}
+
+int
+tq_result_wait(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    return tq_result_wait_until(self, tq_result_deadline(timeout_ms));
+}
+
+/* A submission that a get waited on in vain: if no connected worker
+   provides its task on its queue, the handle's error text says so (once:
+   one STATUS per handle). Not from a callback: those run on the I/O
+   thread, which the STATUS needs. */
+static void
+s_check_unserved(tq_result_t *self)
+{
+    if (self->kind != TQ_KIND_SUBMIT || !self->names || !self->client ||
+        s_in_callback)
+        return;
+    pthread_mutex_lock(&self->mutex);
+    bool check = !self->unserved_checked && self->state == TQ_STATE_PENDING;
+    self->unserved_checked = true;
+    pthread_mutex_unlock(&self->mutex);
+    if (!check)
+        return;
+    const char *task = self->names;
+    const char *queue = task + strlen(task) + 1;
+    if (tq_client_provided(self->client, task, queue, 1000) != 0)
+        return;
+    char text[2 * TQ_PROTO_MAX_NAME + 64];
+    snprintf(text, sizeof text, "no connected worker provides %s (queue %s)",
+             task, queue);
+    pthread_mutex_lock(&self->mutex);
+    if (!self->unserved)
+        self->unserved = strdup(text);
+    pthread_mutex_unlock(&self->mutex);
+}
+
+int
+tq_result_get(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    if (tq_result_wait(self, timeout_ms) != TQ_OK) {
+        s_check_unserved(self);
+        return TQ_ETIMEDOUT;
+    }
+    return tq_result_code(self);
+}
+
+int
+tq_result_wait_answer(tq_result_t *self, int timeout_ms)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    self->answer_waiters++;
+    bool ok =
+        s_wait_phase(self, TQ_RESULT_ANSWERED, tq_result_deadline(timeout_ms));
+    self->answer_waiters--;
+    pthread_mutex_unlock(&self->mutex);
+    return ok ? TQ_OK : TQ_ETIMEDOUT;
+}
+
+bool
+tq_result_answered(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool answered = s_reached(self, TQ_RESULT_ANSWERED);
+    pthread_mutex_unlock(&self->mutex);
+    return answered;
+}
+
+bool
+tq_result_ready(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool ready = s_reached(self, TQ_RESULT_FINAL);
+    pthread_mutex_unlock(&self->mutex);
+    return ready;
+}
+
+bool
+tq_result_successful(tq_result_t *self)
+{
+    return tq_result_code(self) == TQ_OK;
+}
+
+int
+tq_result_code(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    int code = self->phase >= TQ_RESULT_FINAL ? self->code : TQ_ETIMEDOUT;
+    pthread_mutex_unlock(&self->mutex);
+    return code;
+}
+
+int
+tq_result_state(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    int state = self->state;
+    pthread_mutex_unlock(&self->mutex);
+    return state;
+}
+
+const msgpack_object *
+tq_result_value(tq_result_t *self)
+{
+    assert(self);
+    const msgpack_object *obj = NULL;
+    pthread_mutex_lock(&self->mutex);
+    if (self->phase >= TQ_RESULT_FINAL && self->code == TQ_OK) {
+        if (!self->unpacked_done) {
+            /* unpacked once, on first use: a caller that only forwards the
+               raw bytes never pays for it */
+            msgpack_unpacked_init(&self->unpacked);
+            size_t off = 0;
+            self->unpacked_ok =
+                msgpack_unpack_next(&self->unpacked, zmq_msg_data(&self->value),
+                                    zmq_msg_size(&self->value),
+                                    &off) == MSGPACK_UNPACK_SUCCESS;
+            self->unpacked_done = true;
+        }
+        if (self->unpacked_ok)
+            obj = &self->unpacked.data;
+    }
+    pthread_mutex_unlock(&self->mutex);
+    return obj;
+}
+
+const void *
+tq_result_data(tq_result_t *self, size_t *size)
+{
+    assert(self);
+    const void *data = NULL;
+    pthread_mutex_lock(&self->mutex);
+    if (self->phase >= TQ_RESULT_FINAL && self->code == TQ_OK) {
+        data = zmq_msg_data(&self->value);
+        if (size)
+            *size = zmq_msg_size(&self->value);
+    } else if (size)
+        *size = 0;
+    pthread_mutex_unlock(&self->mutex);
+    return data;
+}
+
+const char *
+tq_result_error(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    bool final = self->phase >= TQ_RESULT_FINAL;
+    const char *error = final && self->error ? self->error
+        : !final && self->unserved           ? self->unserved
+                                             : "";
+    pthread_mutex_unlock(&self->mutex);
+    return error;
+}
+
+const char *
+tq_result_id(tq_result_t *self)
+{
+    assert(self);
+    return self->id;
+}
+
+uint32_t
+tq_result_attempts(tq_result_t *self)
+{
+    assert(self);
+    pthread_mutex_lock(&self->mutex);
+    uint32_t attempts = self->attempts;
+    pthread_mutex_unlock(&self->mutex);
+    return attempts;
+}
+
+void
+tq_result_destroy(tq_result_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tq_result_unref(*self_p);
+    *self_p = NULL;
+}
+
+tq_result_t *
+tq_result_new_final(int code, const char *error, const void *value, size_t size)
+{
+    tq_result_t *self = tq_result_make(TQ_KIND_SUBMIT, NULL);
+    if (!self)
+        return NULL;
+    self->state = code == TQ_OK ? TQ_STATE_SUCCESS : TQ_STATE_FAILURE;
+    self->code = code;
+    if (code != TQ_OK && error && *error)
+        self->error = strdup(error);
+    if (code == TQ_OK && value && size) {
+        if (zmq_msg_init_size(&self->value, size) != 0) {
+            tq_result_unref(self);
+            return NULL;
+        }
+        memcpy(zmq_msg_data(&self->value), value, size);
+    }
+    self->phase = TQ_RESULT_READY; /* made final: no request behind it */
+    self->attempts = 1;
+    return self;
+}

@@ -1,0 +1,652 @@
+/* test_client_handle.c - the client handle and its request (issue 11):
+   the request's state machine (client/tq_request.c: the table of legal
+   moves, an illegal move aborts), the handle's lifecycle (PENDING ->
+   ANSWERED -> FINAL -> READY), and that lifecycle seen through the public
+   API against a fake broker in this process (a raw ROUTER): ready,
+   successful, wait and get, callbacks fired exactly once, a request sent
+   again after a reconnect or a TQ_EFULL keeps one state, and
+   tq_apply_async that fails says why. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "tq_client_core.h"
+#include "tq_client_internal.h"
+#include "tq_harness.h"
+#include "tq_proto.h"
+#include "tq_request.h"
+#include "tq_result.h"
+#include "tq_wire.h"
+
+#define S_WAIT_MS 15000 /* bound on anything that must happen */
+
+/* ---- the request's state machine ---------------------------------------- */
+
+#define N TQ_REQ_STATES_
+#define NEW TQ_REQ_NEW
+#define QUEUED TQ_REQ_QUEUED
+#define SENT TQ_REQ_SENT
+#define DEFERRED TQ_REQ_DEFERRED
+#define ACKED TQ_REQ_ACKED
+#define DONE TQ_REQ_DONE
+#define FAILED TQ_REQ_FAILED
+
+/* Every legal move, written out apart from the table under test. */
+static const int s_legal_moves[][2] = {
+    {NEW, QUEUED},      {NEW, DONE},       {NEW, FAILED},    {QUEUED, SENT},
+    {QUEUED, ACKED},    {QUEUED, DONE},    {QUEUED, FAILED}, {SENT, QUEUED},
+    {SENT, DEFERRED},   {SENT, ACKED},     {SENT, DONE},     {SENT, FAILED},
+    {DEFERRED, QUEUED}, {DEFERRED, ACKED}, {DEFERRED, DONE}, {DEFERRED, FAILED},
+    {ACKED, DONE},      {ACKED, FAILED},
+};
+
+static bool
+s_expected(int from, int to)
+{
+    for (size_t i = 0; i < sizeof s_legal_moves / sizeof *s_legal_moves; i++)
+        if (s_legal_moves[i][0] == from && s_legal_moves[i][1] == to)
+            return true;
+    return false;
+}
+
+/* The table allows exactly the moves above: nothing leaves a final state,
+   nothing goes back to NEW, nothing stays where it is. */
+static void
+test_request_table(void **state)
+{
+    (void)state;
+    int legal = 0;
+    for (int from = 0; from < N; from++)
+        for (int to = 0; to < N; to++) {
+            bool ok = tq_request_legal(from, to);
+            if (ok != s_expected(from, to))
+                fail_msg("%s -> %s: %s", tq_request_state_name(from),
+                         tq_request_state_name(to), ok ? "allowed" : "refused");
+            legal += ok;
+        }
+    assert_int_equal(legal, sizeof s_legal_moves / sizeof *s_legal_moves);
+    assert_false(tq_request_legal(N, NEW));
+    assert_false(tq_request_legal(NEW, N));
+    assert_string_equal(tq_request_state_name(N), "?");
+    for (int s = 0; s < N; s++) {
+        assert_int_equal(tq_request_final(s), s == DONE || s == FAILED);
+        assert_int_equal(tq_request_unacked(s),
+                         s == QUEUED || s == SENT || s == DEFERRED);
+    }
+}
+
+/* A request walks the longest legal path: sent, lost with its connection
+   and queued again, refused as full, sent again, acknowledged, done. */
+static void
+test_request_walk(void **state)
+{
+    (void)state;
+    tq_request_t *r = tq_request_new(TQ_KIND_SUBMIT, NULL);
+    assert_non_null(r);
+    assert_int_equal(r->state, NEW);
+    const tq_req_state_t path[] = {QUEUED, SENT, QUEUED, SENT, DEFERRED,
+                                   QUEUED, SENT, ACKED,  DONE};
+    for (size_t i = 0; i < sizeof path / sizeof *path; i++) {
+        tq_request_move(r, path[i]);
+        assert_int_equal(r->state, path[i]);
+    }
+    tq_request_free(r);
+}
+
+/* Runs tq_request_move(from -> to) in a child: true if it aborted. */
+static bool
+s_move_aborts(tq_req_state_t from, tq_req_state_t to)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* the BUG line goes to stderr: expected here */
+        tq_request_t *r = tq_request_new(TQ_KIND_GET, NULL);
+        r->state = from;
+        tq_request_move(r, to);
+        tq_request_free(r);
+        _exit(0);
+    }
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT;
+}
+
+/* An illegal move is a bug of the I/O thread: it aborts (kept in release
+   builds), a legal one does not. */
+static void
+test_request_illegal_aborts(void **state)
+{
+    (void)state;
+    assert_true(s_move_aborts(DONE, QUEUED));
+    assert_true(s_move_aborts(FAILED, SENT));
+    assert_true(s_move_aborts(ACKED, QUEUED)); /* GET wait=true instead */
+    assert_true(s_move_aborts(NEW, SENT)); /* never sent unqueued */
+    assert_true(s_move_aborts(SENT, NEW));
+    assert_true(s_move_aborts(SENT, SENT));
+    assert_false(s_move_aborts(SENT, ACKED));
+}
+
+/* ---- the handle's lifecycle --------------------------------------------- */
+
+static atomic_int s_ok_calls, s_err_calls;
+
+static void
+s_on_ok(tq_result_t *r, void *arg)
+{
+    (void)arg;
+    /* inside its callback the handle reads final already */
+    assert_true(tq_result_ready(r));
+    atomic_fetch_add(&s_ok_calls, 1);
+}
+
+static void
+s_on_err(tq_result_t *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+    atomic_fetch_add(&s_err_calls, 1);
+}
+
+static void
+test_handle_phases(void **state)
+{
+    (void)state;
+    const int legal[][2] = {
+        {TQ_RESULT_PENDING, TQ_RESULT_ANSWERED},
+        {TQ_RESULT_PENDING, TQ_RESULT_FINAL},
+        {TQ_RESULT_ANSWERED, TQ_RESULT_FINAL},
+        {TQ_RESULT_FINAL, TQ_RESULT_READY},
+    };
+    int count = 0;
+    for (int from = 0; from < TQ_RESULT_PHASES_; from++)
+        for (int to = 0; to < TQ_RESULT_PHASES_; to++) {
+            bool expected = false;
+            for (size_t i = 0; i < 4; i++)
+                expected |= legal[i][0] == from && legal[i][1] == to;
+            assert_int_equal(tq_result_phase_legal(from, to), expected);
+            count += expected;
+        }
+    assert_int_equal(count, 4);
+
+    /* a handle driven as the I/O thread drives it */
+    atomic_store(&s_ok_calls, 0);
+    atomic_store(&s_err_calls, 0);
+    tq_result_t *r = tq_result_make(TQ_KIND_SUBMIT, NULL);
+    assert_non_null(r);
+    r->callback = s_on_ok;
+    r->error_callback = s_on_err;
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_PENDING);
+    assert_false(tq_result_ready(r));
+    assert_false(tq_result_answered(r));
+    assert_int_equal(tq_result_code(r), TQ_ETIMEDOUT);
+    assert_int_equal(tq_result_get(r, 0), TQ_ETIMEDOUT);
+    tq_result_answer(r, TQ_STATE_RUNNING);
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_ANSWERED);
+    assert_int_equal(tq_result_state(r), TQ_STATE_RUNNING);
+    assert_true(tq_result_answered(r));
+    assert_false(tq_result_ready(r));
+    tq_result_answer(r, TQ_STATE_RUNNING); /* again: no move */
+    zmq_msg_t value;
+    zmq_msg_init_size(&value, 1);
+    *(uint8_t *)zmq_msg_data(&value) = 0x07;
+    tq_result_finish(r, TQ_STATE_SUCCESS, TQ_OK, NULL, 0, &value);
+    zmq_msg_close(&value);
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_READY);
+    assert_true(tq_result_ready(r));
+    assert_true(tq_result_successful(r));
+    assert_int_equal(tq_result_get(r, 0), TQ_OK);
+    assert_int_equal(tq_result_value(r)->via.u64, 7);
+    /* a final handle keeps its outcome, and its callback ran once */
+    tq_result_fail(r, TQ_EUNREACHABLE, "too late");
+    tq_result_answer(r, TQ_STATE_PENDING);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    assert_int_equal(tq_result_state(r), TQ_STATE_SUCCESS);
+    assert_string_equal(tq_result_error(r), "");
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_int_equal(atomic_load(&s_err_calls), 0);
+    tq_result_destroy(&r);
+    assert_null(r);
+
+    /* PENDING -> FINAL at once (a failure before any answer) */
+    r = tq_result_make(TQ_KIND_SUBMIT, NULL);
+    r->callback = s_on_ok;
+    r->error_callback = s_on_err;
+    tq_result_fail(r, TQ_EUNREACHABLE, "no broker");
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_READY);
+    assert_false(tq_result_successful(r));
+    assert_int_equal(tq_result_get(r, 0), TQ_EUNREACHABLE);
+    assert_string_equal(tq_result_error(r), "no broker");
+    assert_int_equal(atomic_load(&s_err_calls), 1);
+    tq_result_destroy(&r);
+
+    /* made final without a broker */
+    r = tq_result_new_final(TQ_ETASK, "boom", NULL, 0);
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_READY);
+    assert_int_equal(tq_result_get(r, 0), TQ_ETASK);
+    tq_result_destroy(&r);
+}
+
+/* ---- through the public API, against a fake broker ---------------------- */
+
+typedef struct {
+    void *ctx;
+    void *router;
+    char endpoint[TQ_HARNESS_EP_MAX];
+    tq_frames_t frames;
+    tq_msg_t msg; /* the last message received */
+    char id[TQ_PROTO_MAX_ID + 1]; /* its id, copied */
+    msgpack_sbuffer buf;
+} s_fake_t;
+
+static int
+s_fake_bind(s_fake_t *self)
+{
+    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
+    if (!self->router)
+        return -1;
+    int zero = 0;
+    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
+    const char *ep = self->endpoint[0] ? self->endpoint : "tcp://127.0.0.1:*";
+    /* the port of a socket just closed may take a moment to come free */
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (zmq_bind(self->router, ep) != 0) {
+        if (tq_harness_now_ms() > deadline)
+            return -1;
+        tq_harness_sleep_ms(20);
+    }
+    size_t len = sizeof self->endpoint;
+    return zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint,
+                          &len);
+}
+
+static int
+s_setup(void **state)
+{
+    tq_harness_init();
+    s_fake_t *self = calloc(1, sizeof *self);
+    assert_non_null(self);
+    self->ctx = zmq_ctx_new();
+    tq_frames_init(&self->frames);
+    msgpack_sbuffer_init(&self->buf);
+    assert_int_equal(s_fake_bind(self), 0);
+    atomic_store(&s_ok_calls, 0);
+    atomic_store(&s_err_calls, 0);
+    *state = self;
+    return 0;
+}
+
+static int
+s_teardown(void **state)
+{
+    s_fake_t *self = *state;
+    if (self->router)
+        zmq_close(self->router);
+    tq_frames_close(&self->frames);
+    zmq_ctx_term(self->ctx);
+    msgpack_sbuffer_destroy(&self->buf);
+    free(self);
+    return 0;
+}
+
+/* Sends msg (and a payload of size bytes, may be NULL) to the last
+   sender. */
+static void
+s_fake_send(s_fake_t *self, tq_msg_t *msg, const void *payload, size_t size)
+{
+    zmq_msg_t body;
+    if (payload) {
+        zmq_msg_init_size(&body, size);
+        memcpy(zmq_msg_data(&body), payload, size);
+    }
+    assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity, msg,
+                                      &self->buf, payload ? &body : NULL, 0),
+                     TQ_OK);
+    if (payload)
+        zmq_msg_close(&body);
+}
+
+/* Waits for a message of command (answering PINGs). True if it came. */
+static bool
+s_fake_expect(s_fake_t *self, uint8_t command)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    for (;;) {
+        int64_t left = deadline - tq_harness_now_ms();
+        if (left <= 0)
+            return false;
+        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, (long)left) <= 0)
+            continue;
+        if (tq_wire_recv(self->router, &self->frames, true, 0) != TQ_OK)
+            continue;
+        const char *reason = NULL;
+        if (tq_wire_decode(&self->frames, &self->msg, &reason) != TQ_OK)
+            continue;
+        tq_str_copy(self->id, sizeof self->id, self->msg.id);
+        if (self->msg.command == TQ_CMD_PING) {
+            tq_msg_t pong = {.command = TQ_CMD_PONG};
+            s_fake_send(self, &pong, NULL, 0);
+        }
+        if (self->msg.command == command)
+            return true;
+    }
+}
+
+static void
+s_fake_result(s_fake_t *self, const char *id, int state, int code,
+              const char *error, uint8_t value)
+{
+    tq_msg_t m = {.command = TQ_CMD_RESULT,
+                  .id = tq_str(id),
+                  .state = (uint32_t)state,
+                  .code = (uint32_t)code,
+                  .error = tq_str(error),
+                  .attempt = 1};
+    if (state != TQ_STATE_SUCCESS)
+        value = 0xc0; /* nil: RESULT always has its payload frame */
+    s_fake_send(self, &m, &value, 1);
+}
+
+static void
+s_fake_ack(s_fake_t *self, const char *id)
+{
+    tq_msg_t m = {.command = TQ_CMD_SUBMITTED, .id = tq_str(id)};
+    s_fake_send(self, &m, NULL, 0);
+}
+
+/* A fetch whose answer comes after everything sent before it on the one
+   connection: once it is ready, the client has handled all of that. */
+static void
+s_fence(s_fake_t *fake, tq_client_t *client)
+{
+    tq_result_t *f = tq_client_fetch(client, "fence", true);
+    assert_true(s_fake_expect(fake, TQ_CMD_GET));
+    assert_string_equal(fake->id, "fence");
+    s_fake_result(fake, "fence", TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    assert_int_equal(tq_result_get(f, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&f);
+}
+
+#define MOVES(c, a, b) tq_client_moves((c), TQ_REQ_##a, TQ_REQ_##b)
+
+/* A submission through its whole life: not ready while pending, answered
+   once SUBMITTED, ready and successful with its value once the RESULT
+   comes; its callback fired once, a duplicate RESULT changes nothing. */
+static void
+test_lifecycle_success(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)3);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(r));
+    assert_false(tq_result_ready(r));
+    assert_false(tq_result_successful(r));
+    assert_int_equal(tq_result_code(r), TQ_ETIMEDOUT);
+    assert_int_equal(tq_result_wait(r, 0), TQ_ETIMEDOUT);
+    assert_int_equal(tq_result_state(r), TQ_STATE_PENDING);
+
+    s_fake_ack(fake, tq_result_id(r));
+    assert_int_equal(tq_result_wait_answer(r, S_WAIT_MS), TQ_OK);
+    assert_false(tq_result_ready(r));
+    tq_msg_t st = {.command = TQ_CMD_STATE,
+                   .id = tq_str(tq_result_id(r)),
+                   .state = TQ_STATE_RUNNING};
+    s_fake_send(fake, &st, NULL, 0);
+    s_fence(fake, client);
+    assert_int_equal(tq_result_state(r), TQ_STATE_RUNNING);
+    assert_false(tq_result_ready(r));
+
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 9);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_true(tq_result_ready(r));
+    assert_true(tq_result_successful(r));
+    assert_int_equal(tq_result_wait(r, 0), TQ_OK);
+    assert_int_equal(tq_result_value(r)->via.u64, 9);
+    assert_int_equal(tq_result_attempts(r), 1);
+    /* the same RESULT again: nobody waits on the id any more */
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_FAILURE, TQ_ETASK, "x", 0);
+    s_fence(fake, client);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_int_equal(atomic_load(&s_err_calls), 0);
+    /* the submission and the two fences: each request once along its
+       path, nothing failed */
+    assert_int_equal(MOVES(client, NEW, QUEUED), 3);
+    assert_int_equal(MOVES(client, QUEUED, SENT), 3);
+    assert_int_equal(MOVES(client, SENT, ACKED), 1);
+    assert_int_equal(MOVES(client, ACKED, DONE), 1);
+    assert_int_equal(MOVES(client, SENT, DONE), 2);
+    assert_int_equal(MOVES(client, SENT, QUEUED), 0);
+    for (int s = 0; s < N; s++)
+        assert_int_equal(tq_client_moves(client, s, FAILED), 0);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* A task that fails: its error callback fires once, get says TQ_ETASK
+   with the task's text; a handle the caller let go still gets its
+   callback. */
+static void
+test_lifecycle_failure(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    tq_client_set_liveness(client, 60000);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    tq_result_t *r = tq_apply_async(client, "tq.fail", &o, "s", "boom");
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    s_fake_ack(fake, fake->id);
+    s_fake_result(fake, fake->id, TQ_STATE_FAILURE, TQ_ETASK, "boom", 0);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_ETASK);
+    assert_false(tq_result_successful(r));
+    assert_string_equal(tq_result_error(r), "boom");
+    assert_null(tq_result_value(r));
+    assert_int_equal(atomic_load(&s_err_calls), 1);
+    tq_result_destroy(&r);
+
+    /* let go before the result: the callback still fires, once */
+    tq_result_t *gone = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)1);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    char id[TQ_PROTO_MAX_ID + 1];
+    snprintf(id, sizeof id, "%s", fake->id);
+    tq_result_destroy(&gone);
+    s_fake_ack(fake, id);
+    s_fake_result(fake, id, TQ_STATE_SUCCESS, TQ_OK, NULL, 1);
+    s_fence(fake, client);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_int_equal(atomic_load(&s_err_calls), 1);
+
+    /* a pending handle when the client is destroyed ends TQ_ECLOSED */
+    tq_result_t *left = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)2);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    tq_client_destroy(&client);
+    assert_int_equal(tq_result_get(left, 0), TQ_ECLOSED);
+    assert_int_equal(atomic_load(&s_err_calls), 2);
+    tq_result_destroy(&left);
+}
+
+/* The broker dies after reading a SUBMIT and another comes up on the same
+   endpoint: the request goes SENT -> QUEUED -> SENT once, under the same
+   id, is acknowledged, and its handle ends once with the result (asked
+   for by GET wait=true, the id may have been known). */
+static void
+test_resend_keeps_one_state(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    tq_client_set_liveness(client, 60000);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)4);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    char id[TQ_PROTO_MAX_ID + 1];
+    snprintf(id, sizeof id, "%s", fake->id);
+    zmq_close(fake->router);
+    fake->router = NULL;
+    assert_int_equal(s_fake_bind(fake), 0);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, id);
+    assert_false(tq_result_ready(r));
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_PENDING);
+    s_fake_ack(fake, id);
+    assert_true(s_fake_expect(fake, TQ_CMD_GET));
+    assert_string_equal(fake->id, id);
+    assert_true(fake->msg.wait);
+    assert_int_equal(tq_result_phase(r), TQ_RESULT_ANSWERED);
+    s_fake_result(fake, id, TQ_STATE_SUCCESS, TQ_OK, NULL, 4);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_int_equal(atomic_load(&s_err_calls), 0);
+    assert_int_equal(MOVES(client, SENT, QUEUED), 1);
+    assert_int_equal(MOVES(client, QUEUED, SENT), 2);
+    assert_int_equal(MOVES(client, SENT, ACKED), 1);
+    assert_int_equal(MOVES(client, ACKED, DONE), 1);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* A SUBMIT refused as full with block_when_full waits (DEFERRED) and is
+   sent again under its id; a second refusal defers it again; then it is
+   accepted and ends once. */
+static void
+test_full_deferred(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    tq_client_set_liveness(client, 60000);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.block_when_full = true;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)5);
+    char id[TQ_PROTO_MAX_ID + 1];
+    for (int i = 0; i < 3; i++) {
+        assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+        if (i == 0)
+            snprintf(id, sizeof id, "%s", fake->id);
+        assert_string_equal(fake->id, id);
+        if (i < 2) {
+            tq_msg_t full = {.command = TQ_CMD_ERROR,
+                             .id = tq_str(id),
+                             .code = TQ_EFULL,
+                             .error = tq_str("queue full")};
+            s_fake_send(fake, &full, NULL, 0);
+        }
+    }
+    assert_false(tq_result_ready(r));
+    s_fake_ack(fake, id);
+    s_fake_result(fake, id, TQ_STATE_SUCCESS, TQ_OK, NULL, 5);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_int_equal(MOVES(client, SENT, DEFERRED), 2);
+    assert_int_equal(MOVES(client, DEFERRED, QUEUED), 2);
+    assert_int_equal(MOVES(client, QUEUED, SENT), 3);
+    assert_int_equal(MOVES(client, ACKED, DONE), 1);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* tq_apply_async that returns NULL says why: a code and a text naming
+   what is wrong; nothing reaches the broker and no request is made. */
+static void
+test_apply_async_says_why(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    const char *text = NULL;
+    assert_null(tq_apply_async(client, "bad name!", NULL, "i", (int64_t)1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "invalid task name"));
+    assert_null(tq_apply_async(client, "tq.echo", NULL, "?", 1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "picture \"?\""));
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.priority = 10;
+    assert_null(tq_apply_async(client, "tq.echo", &o, "i", (int64_t)1));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_string_equal(text, "priority out of range (0..9)");
+    o.priority = 0;
+    o.id = "no spaces";
+    assert_null(tq_apply_async(client, "tq.echo", &o, "i", (int64_t)1));
+    assert_non_null(strstr(text, "invalid id"));
+    assert_null(tq_apply_async_raw(client, "tq.echo", NULL, NULL, 0));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_null(tq_apply(client, "tq.echo", NULL, 0, "?", 1));
+    assert_non_null(strstr(text, "picture"));
+    assert_null(tq_client_fetch(client, "bad id", true));
+    assert_int_equal(tq_client_last_error(&text), TQ_EINVAL);
+    assert_non_null(strstr(text, "invalid id"));
+    for (int s = 0; s < N; s++)
+        assert_int_equal(tq_client_moves(client, NEW, s), 0);
+    tq_client_destroy(&client);
+}
+
+/* A list of brokers: split on commas (spaces around them ignored), the
+   first one used first; an empty or invalid member refuses the list. */
+static void
+test_endpoint_list(void **state)
+{
+    (void)state;
+    tq_client_t *client =
+        tq_client_new("tcp://127.0.0.1:1 , tcp://127.0.0.1:2,ipc:///tmp/x");
+    assert_non_null(client);
+    assert_int_equal(client->endpoint_count, 3);
+    assert_string_equal(client->endpoints[0], "tcp://127.0.0.1:1");
+    assert_string_equal(client->endpoints[1], "tcp://127.0.0.1:2");
+    assert_string_equal(client->endpoints[2], "ipc:///tmp/x");
+    assert_string_equal(tq_client_current_endpoint(client),
+                        "tcp://127.0.0.1:1");
+    assert_int_equal(tq_client_broker_moves(client), 0);
+    tq_client_destroy(&client);
+    assert_null(tq_client_new("tcp://127.0.0.1:1,,tcp://127.0.0.1:2"));
+    assert_null(tq_client_new("tcp://127.0.0.1:1,"));
+    assert_null(tq_client_new("tcp://127.0.0.1:1,127.0.0.1:2"));
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_table),
+        cmocka_unit_test(test_request_walk),
+        cmocka_unit_test(test_request_illegal_aborts),
+        cmocka_unit_test(test_handle_phases),
+        cmocka_unit_test(test_endpoint_list),
+        cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_full_deferred, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_apply_async_says_why, s_setup,
+                                        s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
