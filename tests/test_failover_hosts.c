@@ -153,23 +153,14 @@ s_wait_answer(const char *clients, int want)
 
 /* ---- tasks ---- */
 
-/* Clients know both brokers (TQ_BROKER=a,b: the client library moves to
-   the active one). With S_FOLLOW the test moves them instead: after each
-   event a client gets a new connection to the new active broker, and a
-   task whose handle ended TQ_EUNREACHABLE or TQ_ESTANDBY on an old one is
-   submitted again there under its id. */
-#ifndef S_FOLLOW
-#define S_FOLLOW 1
-#endif
-
+/* A client that knows both brokers (the list "a,b": the client library
+   talks to the active one and moves on TQ_ESTANDBY or silence). */
 typedef struct {
-    tq_client_t *client; /* the one new tasks go to */
-    tq_client_t *old[S_EVENTS]; /* S_FOLLOW: earlier ones, kept for their
-                                   handles */
-    int old_count;
+    tq_client_t *client;
     tq_result_t *r[S_TASKS / S_CLIENTS];
-    int resubmitted; /* submissions that ended TQ_EUNREACHABLE (or
-                        TQ_ESTANDBY), sent again under their id */
+    int resubmitted; /* submissions that ended TQ_EUNREACHABLE (no broker
+                        answered within the liveness), sent again under
+                        their id */
 } s_client_t;
 
 static void
@@ -214,8 +205,8 @@ s_probe(tq_client_t *client, int e)
 }
 
 /* Waits (bounded) for the probe of event e to end with its value,
-   submitting it again under its id when it ends TQ_EUNREACHABLE (or
-   TQ_ESTANDBY); the ms on the monotonic clock when it did. */
+   submitting it again under its id when it ends TQ_EUNREACHABLE; the ms
+   on the monotonic clock when it did. */
 static int64_t
 s_probe_wait(tq_client_t *client, tq_result_t **probe, int e)
 {
@@ -225,7 +216,7 @@ s_probe_wait(tq_client_t *client, tq_result_t **probe, int e)
         int rc = tq_result_get(*probe, left > 0 ? (int)left : 0);
         if (rc == TQ_OK)
             break;
-        if ((rc != TQ_EUNREACHABLE && rc != TQ_ESTANDBY) || left <= 0)
+        if (rc != TQ_EUNREACHABLE || left <= 0)
             fail_msg("probe %d: %s (%s)", e, tq_strerror(rc),
                      tq_result_error(*probe));
         tq_result_destroy(probe);
@@ -262,7 +253,7 @@ s_finish(s_client_t *clients)
                     tq_result_get(clients[c].r[i], left > 0 ? (int)left : 0);
                 if (rc == TQ_ETIMEDOUT)
                     break;
-                if (rc == TQ_EUNREACHABLE || (S_FOLLOW && rc == TQ_ESTANDBY)) {
+                if (rc == TQ_EUNREACHABLE) {
                     tq_result_destroy(&clients[c].r[i]);
                     clients[c].resubmitted++;
                     s_submit(&clients[c], c, i);
@@ -426,13 +417,9 @@ test_failover_under_load(void **state)
     static s_client_t clients[S_CLIENTS];
     for (int c = 0; c < S_CLIENTS; c++) {
         memset(&clients[c], 0, sizeof clients[c]);
-        clients[c].client =
-            tq_client_new(S_FOLLOW ? broker[0].clients : client_list);
+        clients[c].client = tq_client_new(client_list);
         assert_non_null(clients[c].client);
     }
-    if (S_FOLLOW)
-        printf("clients follow the active broker by the test's hand "
-               "(S_FOLLOW)\n");
 
     /* the kinds of event: random, each at least once */
     int kinds[S_EVENTS];
@@ -463,19 +450,11 @@ test_failover_under_load(void **state)
         assert_int_equal(kill(victim->pid, kinds[e]), 0);
         /* a new task submitted at once: done once clients and worker
            hosts have found the new active broker */
-        tq_client_t *prober = S_FOLLOW ? NULL : clients[0].client;
-        tq_result_t *probe = S_FOLLOW ? NULL : s_probe(prober, e);
+        tq_result_t *probe = s_probe(clients[0].client, e);
         int64_t took = s_wait_answer(other->clients, TQ_CMD_PONG);
         assert_true(took >= 0);
         failover_ms[e] = tq_harness_now_ms() - t0;
-        if (S_FOLLOW) {
-            prober = tq_client_new(other->clients);
-            assert_non_null(prober);
-            probe = s_probe(prober, e);
-        }
-        probe_ms[e] = s_probe_wait(prober, &probe, e) - t0;
-        if (S_FOLLOW)
-            tq_client_destroy(&prober);
+        probe_ms[e] = s_probe_wait(clients[0].client, &probe, e) - t0;
         printf("event %d: %s of the active broker (%s): the other answered "
                "as active after %lld ms, a task submitted at the event was "
                "done after %lld ms\n",
@@ -496,15 +475,10 @@ test_failover_under_load(void **state)
         /* the victim is a standby now: it answers so on its endpoint */
         assert_true(s_wait_answer(victim->clients, TQ_ESTANDBY) >= 0);
         active = 1 - active;
-        for (int c = 0; S_FOLLOW && c < S_CLIENTS; c++) {
-            clients[c].old[clients[c].old_count++] = clients[c].client;
-            clients[c].client = tq_client_new(broker[active].clients);
-            assert_non_null(clients[c].client);
-        }
     }
 
     s_finish(clients);
-    s_fetch_all(S_FOLLOW ? broker[active].clients : client_list);
+    s_fetch_all(client_list);
     int dups[S_EVENTS + 1];
     int total = s_duplicates(marks, dups);
     int resubmitted = 0;
@@ -531,8 +505,6 @@ test_failover_under_load(void **state)
         for (int i = 0; i < S_TASKS / S_CLIENTS; i++)
             tq_result_destroy(&clients[c].r[i]);
         tq_client_destroy(&clients[c].client);
-        for (int k = 0; k < clients[c].old_count; k++)
-            tq_client_destroy(&clients[c].old[k]);
     }
     for (int w = 0; w < 2; w++)
         tq_netns_stop(s_net, workers[w]);
