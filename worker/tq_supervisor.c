@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_footprint.h"
 #include "tq_orphans.h"
 #include "tq_slot.h"
 #include "tq_wire.h"
@@ -32,6 +33,14 @@
 #define S_CANCEL_GRACE_MS 1000 /* SIGTERM to SIGKILL for a cancelled task */
 #define S_STARTUP_TRIES 5 /* children failing at start-up in a row: stop */
 #define S_SWEEP_AGAIN_MS 100 /* look for orphans again after killing some */
+
+/* A KILL for a task that the slot's child had not started when it came
+   (its TASK was still on the way): the child is stopped once it starts
+   that task. */
+typedef struct {
+    pid_t pid; /* the child it was for, 0: none */
+    char id[TQ_PROTO_MAX_ID + 1]; /* the cancelled task */
+} s_kill_t;
 
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
@@ -46,6 +55,7 @@ typedef struct {
                             was a standby */
     uint32_t unanswered_moves; /* moves since the last HEARTBEAT answer */
     pid_t *keep; /* one per slot: the children an orphan sweep spares */
+    s_kill_t *kills; /* one per slot: a KILL that came before its task */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
     void *sock; /* DEALER to the broker */
@@ -228,6 +238,18 @@ s_move_on(s_super_t *self, const char *why)
         : now + S_HEARTBEAT_MS;
 }
 
+/* The slot's child runs a task the broker cancelled: SIGTERM to its
+   process group now, SIGKILL after the grace. */
+static void
+s_stop_cancelled(tq_slot_t *slot)
+{
+    tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
+                  slot->id);
+    tq_slot_cancel(slot, s_now() + S_CANCEL_GRACE_MS);
+    kill(-slot->pid, SIGTERM);
+    kill(slot->pid, SIGTERM);
+}
+
 /* KILL pid id: the broker cancelled the task id that child pid runs.
    SIGTERM to its process group now, SIGKILL after the grace; anything that
    does not match what we know is stale and ignored. */
@@ -244,6 +266,18 @@ s_on_kill(s_super_t *self)
     if (slot && tq_str_eq(self->in.id, slot->id) &&
         (slot->state == TQ_SLOT_CANCELLING || slot->state == TQ_SLOT_KILLING))
         return; /* being stopped already */
+    if (slot && !tq_str_eq(self->in.id, slot->id) &&
+        self->in.id.len < sizeof self->kills[0].id) {
+        /* not started yet (its TASK is on the way, or queued in the child
+           behind another): stopped when it starts (s_kill_pending) */
+        s_kill_t *k = &self->kills[slot - self->slots];
+        k->pid = slot->pid;
+        tq_str_copy(k->id, sizeof k->id, self->in.id);
+        if (self->config->verbose)
+            tq_worker_log("child %ld: task %s cancelled before it started",
+                          (long)slot->pid, k->id);
+        return;
+    }
     if (!slot || !tq_slot_busy(slot) || !tq_str_eq(self->in.id, slot->id)) {
         if (self->config->verbose)
             tq_worker_log("ignored KILL for pid %llu task %.*s: not running "
@@ -253,11 +287,27 @@ s_on_kill(s_super_t *self)
                           self->in.id.ptr ? self->in.id.ptr : "");
         return;
     }
-    tq_worker_log("child %ld: task %s cancelled, stopping it", (long)slot->pid,
-                  slot->id);
-    tq_slot_cancel(slot, s_now() + S_CANCEL_GRACE_MS);
-    kill(-slot->pid, SIGTERM);
-    kill(slot->pid, SIGTERM);
+    s_stop_cancelled(slot);
+}
+
+/* After s_sync: a slot's child that started a task cancelled before it
+   started is stopped now; one that started and ended it meanwhile, or a
+   new child, has nothing to stop. */
+static void
+s_kill_pending(s_super_t *self, tq_slot_t *slot)
+{
+    s_kill_t *k = &self->kills[slot - self->slots];
+    if (!k->pid)
+        return;
+    if (!tq_slot_live(slot) || slot->pid != k->pid) {
+        k->pid = 0;
+        return;
+    }
+    if (strcmp(slot->id, k->id) != 0)
+        return; /* not started yet */
+    k->pid = 0;
+    if (tq_slot_busy(slot))
+        s_stop_cancelled(slot);
 }
 
 /* True if s contains the C string text. */
@@ -740,6 +790,7 @@ s_on_timers(s_super_t *self)
         tq_slot_t *slot = &self->slots[i];
         /* a memory read: the deadlines below are those of what runs now */
         s_sync(self, slot);
+        s_kill_pending(self, slot);
         if (tq_slot_busy(slot) && slot->deadline && now >= slot->deadline) {
             tq_worker_log("child %ld: task %s exceeded its time limit "
                           "(%u ms), killing it",
@@ -843,10 +894,12 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     self->pid = getpid();
     self->slots = calloc((size_t)config->concurrency, sizeof *self->slots);
     self->keep = calloc((size_t)config->concurrency, sizeof *self->keep);
-    if (!self->slots || !self->keep) {
+    self->kills = calloc((size_t)config->concurrency, sizeof *self->kills);
+    if (!self->slots || !self->keep || !self->kills) {
         tq_worker_log("out of memory");
         free(self->slots);
         free(self->keep);
+        free(self->kills);
         return 1;
     }
     self->boards =
@@ -856,6 +909,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         tq_worker_log("mmap: %s", strerror(errno));
         free(self->slots);
         free(self->keep);
+        free(self->kills);
         return 1;
     }
     self->host = mmap(NULL, sizeof *self->host, PROT_READ | PROT_WRITE,
@@ -865,6 +919,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
         free(self->slots);
         free(self->keep);
+        free(self->kills);
         return 1;
     }
     tq_board_host_set_broker(self->host, 0);
@@ -882,7 +937,10 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         if (!s_spawn(self, &self->slots[i]))
             self->slots[i].respawn_at = s_now() + S_BACKOFF_MAX_MS;
 
-    self->ctx = zmq_ctx_new();
+    /* its threads on small stacks and one malloc arena: children forked
+       from now on (respawns) inherit its mappings (tq_footprint.h) */
+    tq_footprint_one_arena();
+    self->ctx = tq_footprint_context_new(0);
     if (!self->ctx) {
         tq_worker_log("zmq_ctx_new: %s", zmq_strerror(errno));
         s_kill_all(self);
@@ -977,6 +1035,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     free(owners);
     free(self->slots);
     free(self->keep);
+    free(self->kills);
     munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
     munmap(self->host, sizeof *self->host);
     if (!exit_code)
