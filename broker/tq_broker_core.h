@@ -268,6 +268,19 @@ typedef struct {
         malformed, errors, dropped, retried, cancelled, refused, stolen;
 } counters_t;
 
+/* The broker's lease on a PostgreSQL store (tq_lease.c): one state,
+   active or standby, with the times of its next step. */
+typedef struct {
+    bool enabled; /* a PostgreSQL store: the broker runs under a lease */
+    bool active; /* it holds the lease; else it is a standby */
+    uint64_t epoch; /* the lease's epoch while active: the fencing token */
+    int64_t renewed_ms; /* monotonic ms when the last renewal that succeeded
+                           (or the acquisition) was sent */
+    int64_t next_ms; /* the next renewal (active) or attempt (standby) */
+    int64_t warned_ms; /* standby: when it last logged why it waits */
+    char holder[200]; /* standby: who held the lease when last asked */
+} lease_t;
+
 struct tq_broker_t {
     tq_broker_config_t config;
     void *ctx;
@@ -302,6 +315,7 @@ struct tq_broker_t {
     uint32_t dead_count;
     uint64_t memory; /* payload bytes held */
     tq_store_t *store; /* NULL: memory only */
+    lease_t lease; /* PostgreSQL store: active or standby */
     zhashx_t *dq_index; /* name -> dq_t */
         zhashx_t *in_flight; /* client ident hex -> unfinished tasks
                             (uintptr_t), with max_client_tasks only */
@@ -437,6 +451,39 @@ void tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to);
    not final yet, drops those whose task ended (its RESULT went to the
    submitter). Returns the next due time, INT64_MAX for none. */
 int64_t tqb_release_folds(tq_broker_t *self, bool all);
+/* ---- tq_lease.c: active or standby on a PostgreSQL store ---- */
+typedef enum {
+    TQB_LEASE_HELD, /* active, renewed within the renewal period */
+    TQB_LEASE_STANDBY, /* standby: nothing may be handled */
+    TQB_LEASE_WON, /* a standby just took the lease: recover, then it
+                      is active */
+    TQB_LEASE_LOST /* the lease (or the store) is lost: acknowledge and
+                      dispatch nothing more; the loop returns */
+} tqb_lease_t;
+/* After the store opened (or failed to, with standby_start): takes the
+   lease if it can. TQB_LEASE_WON (recover from the store) or
+   TQB_LEASE_STANDBY; -1 with error set if the store failed. */
+int tqb_lease_start(tq_broker_t *self, char *error, size_t errlen);
+/* Renews the lease when due (an active broker), or tries to take it (a
+   standby): called before anything is handled or dispatched, so that
+   after a stall longer than the renewal period the lease is renewed
+   before anything goes out. */
+tqb_lease_t tqb_lease_tick(tq_broker_t *self);
+/* Lets the lease lapse at once (a broker that stops cleanly, after its
+   last commit), so a standby need not wait out the ttl. */
+void tqb_lease_release(tq_broker_t *self);
+/* The monotonic ms of the lease's next step (INT64_MAX without a lease). */
+int64_t tqb_lease_deadline(const tq_broker_t *self);
+/* A standby's answer to a decoded request: ERROR TQ_ESTANDBY. */
+void tqb_lease_refuse(tq_broker_t *self, void *socket);
+/* The role and the lease in the STATUS body: "role" and "lease". Returns
+   the number of map entries packed (0 without a lease). */
+int tqb_lease_status_entries(const tq_broker_t *self);
+void tqb_lease_pack_status(const tq_broker_t *self, msgpack_packer *pk);
+/* tq_broker.c: opens the store, and loads what it holds (at start, and
+   when a standby takes the lease). 0, or -1 with error set. */
+int tqb_store_open(tq_broker_t *self, char *error, size_t errlen);
+int tqb_store_recover(tq_broker_t *self, char *error, size_t errlen);
 
 /* ---- tq_task.c: the task table, lanes and the state machine ---- */
 

@@ -10,13 +10,16 @@
 static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0));
+    msgpack_pack_map(pk,
+                     9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0) +
+                         tqb_lease_status_entries(self));
     tqb_pack_str(pk, "version");
     tqb_pack_str(pk, "TQP/1");
     tqb_pack_uint_kv(pk, "pid", (uint64_t)getpid());
     tqb_pack_uint_kv(pk, "uptime_ms",
                      (uint64_t)(self->now_ms - self->started_ms));
     tqb_pack_uint_kv(pk, "memory", self->memory);
+    tqb_lease_pack_status(self, pk);
 
     size_t count = 0;
     for (queue_t *q = self->queues; q; q = q->next)

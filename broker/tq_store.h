@@ -69,6 +69,9 @@ typedef struct {
     tq_sync_t sync; /* SQLite: when a batch reaches the disk */
     bool allow_new; /* --new-store: start empty even where the directory
                        shows a store was (its tq.db missing or empty) */
+    uint32_t link_timeout_ms; /* PostgreSQL: tcp_user_timeout, how long sent
+                                 data may stay unacknowledged before the
+                                 connection counts as lost; 0: 10000 */
 } tq_store_options_t;
 
 typedef struct tq_store_t tq_store_t;

@@ -647,6 +647,9 @@ test_broker_restart_on_postgresql(void **state)
     kill(broker.pid, SIGKILL);
     int status = tq_harness_broker_stop(&broker);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    /* the killed broker's lease lapses first (its --lease-ttl): a broker
+       started before then is a standby that answers TQ_ESTANDBY */
+    assert_int_equal(tq_pg_wait_lease_lapsed(s_pg, 60000), 0);
     int started = -1;
     for (int attempt = 0; attempt < 5 && started != 0; attempt++) {
         started =
