@@ -28,6 +28,7 @@
 
 #define TQB_PRIORITIES 10 /* 0..9, TQ_PRIORITY_MAX + 1 */
 #define TQB_IDENT_INLINE 24 /* routing ids up to this size stay inline */
+#define TQB_ID_BIN 16 /* bytes of a task id kept in binary (task->id_bin) */
 #define TQB_HEARTBEAT_MS 1000 /* PROTOCOL.md section 10 */
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
@@ -82,7 +83,9 @@ typedef struct {
     uint32_t backoff_ms; /* first retry delay */
     uint32_t failures; /* task failures so far (for the backoff) */
     uint8_t priority;
-    char id[]; /* NUL-terminated; a small payload follows it */
+    char id[]; /* NUL-terminated text, or TQB_ID_BIN bytes when
+                  task->id_bin (read it with tqb_task_id); a small
+                  payload follows it */
 } task_rec_t;
 
 /* Where a task's payload is (task->payload_at). */
@@ -147,6 +150,7 @@ struct task_s {
                                  when recovered from the store) */
     bool page_out : 1; /* listed in tq_broker_t.page_out */
     bool waited : 1; /* has clients in tq_broker_t.waiters */
+    bool id_bin : 1; /* rec.id holds the 16 bytes of a 32 hex digit id */
     task_rec_t rec; /* last: its id runs on */
 };
 
@@ -269,6 +273,8 @@ struct tq_broker_t {
     char worker_endpoint[256];
     char hostname[TQ_PROTO_MAX_NAME + 1];
     task_t **id_table; /* id -> task_t, chained through id_next */
+    struct tqb_slabs_s *slabs; /* where task records are allocated
+                                  (tq_task.c) */
     zhashx_t *waiters; /* task id -> clients blocked in GET wait=true
                           (ident_t array, count first), made on demand */
     zhashx_t *submitters; /* task id -> its submitter's ident_t when not one
@@ -431,6 +437,9 @@ void tqb_tasks_free(tq_broker_t *self);
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* The task's id as text: its own, or a rendering of a binary id valid
+   until 8 more renderings on this thread (borrowed: use it at once). */
+const char *tqb_task_id(const task_t *task);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or

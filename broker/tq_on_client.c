@@ -179,7 +179,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (task->state != TASK_FAILURE) {
         char text[128];
         snprintf(text, sizeof text, "task %s is %s, not a dead letter",
-                 task->rec.id, tq_state_name(tqb_task_wire_state(task)));
+                 tqb_task_id(task), tq_state_name(tqb_task_wire_state(task)));
         tqb_reply_error(self, self->clients, TQ_ESTATE, text, msg->id);
         return;
     }

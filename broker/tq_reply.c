@@ -194,7 +194,7 @@ void
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tq_str(task->rec.id);
+    out->id = tq_str(tqb_task_id(task));
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;

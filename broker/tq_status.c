@@ -206,7 +206,7 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             continue; /* another tenant's */
         msgpack_pack_map(&pk, 6);
         tqb_pack_str(&pk, "id");
-        tqb_pack_str(&pk, task->rec.id);
+        tqb_pack_str(&pk, tqb_task_id(task));
         tqb_pack_str(&pk, "task");
         tqb_pack_str(&pk, task->lane->task);
         tqb_pack_str(&pk, "queue");
