@@ -112,7 +112,8 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
                                &reason) != TQ_OK) {
         /* the worker's bug, but the caller deserves an answer */
         self->counters.malformed++;
-        tqb_warn(self, "DONE %s: malformed value: %s", tqb_task_id(task), reason);
+        tqb_warn(self, "DONE %s: malformed value: %s", tqb_task_id(task),
+                 reason);
         state = TQ_STATE_FAILURE;
         code = TQ_EPROTO;
     } else if (state != TQ_STATE_SUCCESS && state != TQ_STATE_FAILURE) {
@@ -147,8 +148,8 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
         tqb_task_move(self, task, TASK_RETRY,
                       &(task_move_t){.due_ms = self->now_ms + (int64_t)delay});
         self->counters.retried++;
-        tqb_debug(self, "task %s failed (%s), retry in %.0f ms", tqb_task_id(task),
-                  text, delay);
+        tqb_debug(self, "task %s failed (%s), retry in %.0f ms",
+                  tqb_task_id(task), text, delay);
         return;
     }
     tqb_task_final(self, task,

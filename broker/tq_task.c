@@ -172,16 +172,15 @@ s_slab_new(s_slab_size_t *size_of, uint32_t slot)
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED)
         abort(); /* out of memory is fatal */
-    uintptr_t start = ((uintptr_t)map + S_SLAB_PAGE - 1) &
-        ~(uintptr_t)(S_SLAB_PAGE - 1);
+    uintptr_t start =
+        ((uintptr_t)map + S_SLAB_PAGE - 1) & ~(uintptr_t)(S_SLAB_PAGE - 1);
     size_t before = start - (uintptr_t)map;
     if (before)
         munmap(map, before);
     if (S_SLAB_PAGE - before)
         munmap((uint8_t *)start + S_SLAB_PAGE, S_SLAB_PAGE - before);
     s_slab_t *slab = (s_slab_t *)start;
-    *slab = (s_slab_t){.size_of = size_of, .slot = slot,
-                       .bump = S_SLAB_FIRST};
+    *slab = (s_slab_t){.size_of = size_of, .slot = slot, .bump = S_SLAB_FIRST};
     s_slab_link(slab);
     return slab;
 }
@@ -214,8 +213,7 @@ s_slab_alloc(tq_broker_t *self, size_t size)
 static void
 s_slab_free(void *p)
 {
-    s_slab_t *slab =
-        (s_slab_t *)((uintptr_t)p & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    s_slab_t *slab = (s_slab_t *)((uintptr_t)p & ~(uintptr_t)(S_SLAB_PAGE - 1));
     memcpy(p, &slab->free, sizeof slab->free);
     slab->free = p;
     slab->used--;
@@ -461,9 +459,10 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
-    task_t *task = s_slab_alloc(
-        self, offsetof(task_t, rec.id) + (id_bin ? TQB_ID_BIN : id_len + 1) +
-                  (inline_ ? size : 0));
+    task_t *task = s_slab_alloc(self,
+                                offsetof(task_t, rec.id) +
+                                    (id_bin ? TQB_ID_BIN : id_len + 1) +
+                                    (inline_ ? size : 0));
     if (id_bin) {
         memcpy(task->rec.id, bin, TQB_ID_BIN);
         task->id_bin = true;
@@ -519,8 +518,9 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
         return t;
     }
     task_t *t = self->id_table[s_hash(id.ptr, id.len) & self->id_mask];
-    while (t && !(!t->id_bin && strncmp(t->rec.id, id.ptr, id.len) == 0 &&
-                  t->rec.id[id.len] == '\0'))
+    while (t &&
+           !(!t->id_bin && strncmp(t->rec.id, id.ptr, id.len) == 0 &&
+             t->rec.id[id.len] == '\0'))
         t = t->id_next;
     return t;
 }
@@ -583,7 +583,8 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
         break;
     }
     s_read_t read = {msg};
-    int rc = tq_store_read_args(self->store, tqb_task_id(task), s_on_args, &read);
+    int rc =
+        tq_store_read_args(self->store, tqb_task_id(task), s_on_args, &read);
     if (rc == TQ_OK && zmq_msg_size(msg) == task->payload_size) {
         self->paged_in++;
         return 0;
@@ -691,7 +692,8 @@ s_client(tq_broker_t *self, const task_t *task)
         ident.bytes[0] = 0;
         memcpy(ident.bytes + 1, &task->client, 4);
     } else if (task->client_at == CLIENT_OTHER) {
-        const ident_t *other = zhashx_lookup(self->submitters, tqb_task_id(task));
+        const ident_t *other =
+            zhashx_lookup(self->submitters, tqb_task_id(task));
         if (other)
             ident = (ident_t){.size = other->size,
                               .heap = (uint8_t *)tqb_ident_data(other)};
@@ -943,8 +945,8 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         how = &none;
     task_state_t from = task->state;
     if (!tqb_task_legal(from, to)) {
-        tq_log_error("BUG: task %s cannot move %s -> %s",
-                tqb_task_id(task), s_names[from], tqb_task_state_name(to));
+        tq_log_error("BUG: task %s cannot move %s -> %s", tqb_task_id(task),
+                     s_names[from], tqb_task_state_name(to));
         abort();
     }
     /* a REVOKE asked or answered changes nothing but a count */
@@ -957,8 +959,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         return;
     }
     if (s_held(to) && !how->holder) {
-        tq_log_error("BUG: task %s held by nobody",
-                tqb_task_id(task));
+        tq_log_error("BUG: task %s held by nobody", tqb_task_id(task));
         abort();
     }
     s_leave(self, task);
