@@ -236,8 +236,8 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     tqb_pack_uint_kv(&pk, "lost", task->lost);
     tqb_pack_uint_kv(&pk, "code", task->rec.code);
     tqb_pack_str(&pk, "error");
-    if (task->rec.error)
-        tqb_pack_str(&pk, task->rec.error);
+    if (tqb_task_error(self, task))
+        tqb_pack_str(&pk, tqb_task_error(self, task));
     else
         msgpack_pack_nil(&pk);
     tqb_pack_str(&pk, "args");

@@ -143,8 +143,7 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
         if (delay > 3600e3)
             delay = 3600e3;
         task->rec.failures++;
-        free(task->rec.error);
-        task->rec.error = text[0] ? tqb_strdup(text) : NULL;
+        tqb_task_set_error(self, task, text);
         tqb_task_move(self, task, TASK_RETRY,
                       &(task_move_t){.due_ms = self->now_ms + (int64_t)delay});
         self->counters.retried++;

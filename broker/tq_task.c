@@ -100,7 +100,7 @@ tqb_lane(queue_t *queue, const char *task)
 #define S_PAYLOAD_COPY 512
 /* With a store that can read them back, arguments beyond this many bytes
    held leave memory once committed (the first tasks due stay). */
-#define S_RESIDENT_MAX (8u << 20)
+#define S_RESIDENT_MAX (1u << 20)
 #define S_ID_BUCKETS_MIN 1024
 
 /* ---- task allocations: slabs ----
@@ -110,7 +110,15 @@ tqb_lane(queue_t *queue, const char *task)
    (a waiting task's record is one of a million alike). A slab is a page
    of S_SLAB_PAGE bytes aligned on its size, so a record finds its page
    from its address alone; an empty page goes back to the system unless
-   it is its size's last one. */
+   it is its size's last one.
+
+   A record is also named by a 32-bit handle, its page's number and its
+   offset in 8-byte steps (the id table's chains): 2^19 pages of 64 KiB,
+   32 GiB of records at most; 0 names none (a page starts with its
+   header). */
+/* what a waiting task costs before its id: keep it so */
+_Static_assert(offsetof(task_t, rec.id) == 112, "task record grew");
+
 #define S_SLAB_PAGE (64u << 10)
 #define S_SLAB_STEP 8u
 #define S_TASK_MAX                                                             \
@@ -127,6 +135,8 @@ typedef struct {
 struct s_slab_s {
     s_slab_t *prev, *next; /* its size's pages with free slots */
     s_slab_size_t *size_of; /* its size */
+    struct tqb_slabs_s *slabs; /* the broker's */
+    uint32_t no; /* its number in slabs->pages */
     void *free; /* freed slots, linked through their first word */
     uint32_t slot; /* bytes */
     uint32_t used; /* slots given out */
@@ -136,9 +146,67 @@ struct s_slab_s {
 
 #define S_SLAB_FIRST ((sizeof(s_slab_t) + 15u) & ~15u)
 
+#define S_HANDLE_STEP_BITS 13 /* 64 KiB in 8-byte steps */
+#define S_PAGES_MAX (1u << (32 - S_HANDLE_STEP_BITS))
+
 struct tqb_slabs_s {
     s_slab_size_t sizes[S_SLAB_SIZES];
+    s_slab_t **pages; /* by number; NULL: a number free again */
+    uint32_t *free_nos; /* the numbers free again */
+    uint32_t page_count, free_count, page_cap;
 };
+
+/* Gives the page a number. */
+static void
+s_slab_number(struct tqb_slabs_s *slabs, s_slab_t *slab)
+{
+    if (slabs->free_count) {
+        slab->no = slabs->free_nos[--slabs->free_count];
+    } else {
+        if (slabs->page_count == S_PAGES_MAX)
+            abort(); /* 32 GiB of task records: out of memory */
+        if (slabs->page_count == slabs->page_cap) {
+            slabs->page_cap = slabs->page_cap ? 2 * slabs->page_cap : 64;
+            slabs->pages = realloc(slabs->pages,
+                                   slabs->page_cap * sizeof *slabs->pages);
+            slabs->free_nos = realloc(
+                slabs->free_nos, slabs->page_cap * sizeof *slabs->free_nos);
+            if (!slabs->pages || !slabs->free_nos)
+                abort(); /* out of memory is fatal */
+        }
+        slab->no = slabs->page_count++;
+    }
+    slabs->pages[slab->no] = slab;
+}
+
+static void
+s_slab_unnumber(s_slab_t *slab)
+{
+    slab->slabs->pages[slab->no] = NULL;
+    slab->slabs->free_nos[slab->slabs->free_count++] = slab->no;
+}
+
+static uint32_t
+s_handle(const task_t *task)
+{
+    if (!task)
+        return 0;
+    uintptr_t at = (uintptr_t)task;
+    const s_slab_t *slab =
+        (const s_slab_t *)(at & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    return slab->no << S_HANDLE_STEP_BITS |
+        (uint32_t)((at & (S_SLAB_PAGE - 1)) / S_SLAB_STEP);
+}
+
+static task_t *
+s_task_at(const tq_broker_t *self, uint32_t handle)
+{
+    if (!handle)
+        return NULL;
+    uint8_t *page = (uint8_t *)self->slabs->pages[handle >> S_HANDLE_STEP_BITS];
+    return (task_t *)(page + (handle & ((1u << S_HANDLE_STEP_BITS) - 1)) *
+                                 S_SLAB_STEP);
+}
 
 static void
 s_slab_link(s_slab_t *slab)
@@ -166,7 +234,7 @@ s_slab_unlink(s_slab_t *slab)
 
 /* A new page aligned on its size. */
 static s_slab_t *
-s_slab_new(s_slab_size_t *size_of, uint32_t slot)
+s_slab_new(struct tqb_slabs_s *slabs, s_slab_size_t *size_of, uint32_t slot)
 {
     uint8_t *map = mmap(NULL, 2 * S_SLAB_PAGE, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -180,7 +248,9 @@ s_slab_new(s_slab_size_t *size_of, uint32_t slot)
     if (S_SLAB_PAGE - before)
         munmap((uint8_t *)start + S_SLAB_PAGE, S_SLAB_PAGE - before);
     s_slab_t *slab = (s_slab_t *)start;
-    *slab = (s_slab_t){.size_of = size_of, .slot = slot, .bump = S_SLAB_FIRST};
+    *slab = (s_slab_t){
+        .size_of = size_of, .slabs = slabs, .slot = slot, .bump = S_SLAB_FIRST};
+    s_slab_number(slabs, slab);
     s_slab_link(slab);
     return slab;
 }
@@ -194,7 +264,7 @@ s_slab_alloc(tq_broker_t *self, size_t size)
     s_slab_size_t *size_of = &self->slabs->sizes[slot / S_SLAB_STEP];
     s_slab_t *slab = size_of->head;
     if (!slab)
-        slab = s_slab_new(size_of, slot);
+        slab = s_slab_new(self->slabs, size_of, slot);
     void *p;
     if (slab->free) {
         p = slab->free;
@@ -221,6 +291,7 @@ s_slab_free(void *p)
         s_slab_link(slab);
     if (slab->used == 0 && (slab->prev || slab->next)) {
         s_slab_unlink(slab);
+        s_slab_unnumber(slab);
         munmap(slab, S_SLAB_PAGE);
     }
 }
@@ -238,6 +309,8 @@ s_slabs_destroy(tq_broker_t *self)
             s_slab_unlink(slab);
             munmap(slab, S_SLAB_PAGE);
         }
+    free(self->slabs->pages);
+    free(self->slabs->free_nos);
     free(self->slabs);
     self->slabs = NULL;
 }
@@ -285,6 +358,69 @@ s_task_hash(const task_t *task)
                         : s_hash(task->rec.id, strlen(task->rec.id));
 }
 
+static size_t
+s_ptr_hash(const void *key)
+{
+    return (size_t)((uintptr_t)key >> 3) * 2654435761u;
+}
+
+static int
+s_ptr_cmp(const void *a, const void *b)
+{
+    return a < b ? -1 : a > b;
+}
+
+const char *
+tqb_task_error(const tq_broker_t *self, const task_t *task)
+{
+    return task->has_error ? zhashx_lookup(self->errors, task) : NULL;
+}
+
+void
+tqb_task_set_error(tq_broker_t *self, task_t *task, const char *text)
+{
+    /* copied first: text may be the one it replaces */
+    char *copy = text && *text ? tqb_strdup(text) : NULL;
+    if (task->has_error) {
+        free(zhashx_lookup(self->errors, task));
+        zhashx_delete(self->errors, task);
+        task->has_error = false;
+    }
+    if (copy) {
+        zhashx_insert(self->errors, task, copy);
+        task->has_error = true;
+    }
+}
+
+const char *
+tqb_task_owner(const tq_broker_t *self, const task_t *task)
+{
+    return task->owner ? self->owners[task->owner - 1] : NULL;
+}
+
+void
+tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key)
+{
+    if (!key) {
+        task->owner = 0;
+        return;
+    }
+    uintptr_t index = (uintptr_t)zhashx_lookup(self->owner_index, key);
+    if (!index) {
+        if (self->owner_count == self->owner_cap) {
+            self->owner_cap = self->owner_cap ? 2 * self->owner_cap : 16;
+            self->owners = realloc(self->owners,
+                                   self->owner_cap * sizeof *self->owners);
+            if (!self->owners)
+                abort(); /* out of memory is fatal */
+        }
+        self->owners[self->owner_count++] = key;
+        index = self->owner_count;
+        zhashx_insert(self->owner_index, key, (void *)index);
+    }
+    task->owner = (uint32_t)index;
+}
+
 /* Renderings of binary ids: a few per thread, each valid until as many
    more were made (every caller uses its id before it asks for more). */
 #define S_ID_RING 8
@@ -330,6 +466,15 @@ tqb_tasks_init(tq_broker_t *self)
     self->id_mask = S_ID_BUCKETS_MIN - 1;
     self->task_count = 0;
     self->slabs = tqb_alloc(sizeof *self->slabs);
+    self->errors = zhashx_new();
+    zhashx_set_key_hasher(self->errors, s_ptr_hash);
+    zhashx_set_key_comparator(self->errors, s_ptr_cmp);
+    zhashx_set_key_duplicator(self->errors, NULL);
+    zhashx_set_key_destructor(self->errors, NULL);
+    zhashx_set_destructor(self->errors, NULL); /* tqb_task_set_error */
+    self->owner_index = zhashx_new();
+    zhashx_set_key_duplicator(self->owner_index, NULL); /* interned */
+    zhashx_set_key_destructor(self->owner_index, NULL);
     self->waiters = zhashx_new();
     /* keys: the task ids as text, copied (a binary id has no text) */
     zhashx_set_destructor(self->waiters, NULL); /* s_waiters_free */
@@ -343,20 +488,27 @@ tqb_tasks_free(tq_broker_t *self)
     if (!self->id_table)
         return;
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b]; t; t = t->id_next) {
+        for (task_t *t = s_task_at(self, self->id_table[b]); t;
+             t = s_task_at(self, t->id_next)) {
             s_waiters_free(self, t);
             s_client_clear(self, t);
         }
     zhashx_destroy(&self->waiters);
     zhashx_destroy(&self->submitters);
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b], *next; t; t = next) {
-            next = t->id_next;
-            tqb_task_free(t);
+        for (task_t *t = s_task_at(self, self->id_table[b]), *next; t;
+             t = next) {
+            next = s_task_at(self, t->id_next);
+            tqb_task_free(self, t);
         }
     free(self->id_table);
     self->id_table = NULL;
+    zhashx_destroy(&self->errors);
     s_slabs_destroy(self);
+    zhashx_destroy(&self->owner_index);
+    free(self->owners);
+    self->owners = NULL;
+    self->owner_count = self->owner_cap = 0;
     free(self->page_out);
     self->page_out = NULL;
     self->page_out_count = self->page_out_cap = 0;
@@ -367,13 +519,14 @@ static void
 s_table_grow(tq_broker_t *self)
 {
     uint32_t buckets = 2 * (self->id_mask + 1);
-    task_t **table = tqb_alloc(buckets * sizeof *table);
+    uint32_t *table = tqb_alloc(buckets * sizeof *table);
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b], *next; t; t = next) {
-            next = t->id_next;
+        for (task_t *t = s_task_at(self, self->id_table[b]), *next; t;
+             t = next) {
+            next = s_task_at(self, t->id_next);
             uint32_t to = s_task_hash(t) & (buckets - 1);
             t->id_next = table[to];
-            table[to] = t;
+            table[to] = s_handle(t);
         }
     free(self->id_table);
     self->id_table = table;
@@ -383,12 +536,13 @@ s_table_grow(tq_broker_t *self)
 static void
 s_table_remove(tq_broker_t *self, task_t *task)
 {
-    task_t **at = &self->id_table[s_task_hash(task) & self->id_mask];
-    while (*at && *at != task)
-        at = &(*at)->id_next;
-    assert(*at == task);
+    uint32_t handle = s_handle(task);
+    uint32_t *at = &self->id_table[s_task_hash(task) & self->id_mask];
+    while (*at && *at != handle)
+        at = &s_task_at(self, *at)->id_next;
+    assert(*at == handle);
     *at = task->id_next;
-    task->id_next = NULL;
+    task->id_next = 0;
     self->task_count--;
 }
 
@@ -500,7 +654,7 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         s_table_grow(self);
     uint32_t b = s_task_hash(task) & self->id_mask;
     task->id_next = self->id_table[b];
-    self->id_table[b] = task;
+    self->id_table[b] = s_handle(task);
     self->task_count++;
     return task;
 }
@@ -512,16 +666,18 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
         return NULL;
     uint8_t bin[TQB_ID_BIN];
     if (s_id_parse(id.ptr, id.len, bin)) {
-        task_t *t = self->id_table[s_hash(bin, TQB_ID_BIN) & self->id_mask];
+        task_t *t = s_task_at(
+            self, self->id_table[s_hash(bin, TQB_ID_BIN) & self->id_mask]);
         while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
-            t = t->id_next;
+            t = s_task_at(self, t->id_next);
         return t;
     }
-    task_t *t = self->id_table[s_hash(id.ptr, id.len) & self->id_mask];
+    task_t *t =
+        s_task_at(self, self->id_table[s_hash(id.ptr, id.len) & self->id_mask]);
     while (t &&
            !(!t->id_bin && strncmp(t->rec.id, id.ptr, id.len) == 0 &&
              t->rec.id[id.len] == '\0'))
-        t = t->id_next;
+        t = s_task_at(self, t->id_next);
     return t;
 }
 
@@ -702,7 +858,7 @@ s_client(tq_broker_t *self, const task_t *task)
 }
 
 void
-tqb_task_free(task_t *task)
+tqb_task_free(tq_broker_t *self, task_t *task)
 {
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
@@ -710,7 +866,7 @@ tqb_task_free(task_t *task)
         zmq_msg_close(task->payload);
         free(task->payload);
     }
-    free(task->rec.error);
+    tqb_task_set_error(self, task, NULL);
     s_slab_free(task);
 }
 
@@ -1015,8 +1171,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     assert(state == TASK_SUCCESS || state == TASK_FAILURE ||
            state == TASK_CANCELLED);
     task->rec.code = (uint32_t)code;
-    free(task->rec.error);
-    task->rec.error = error && *error ? tqb_strdup(error) : NULL;
+    tqb_task_set_error(self, task, error);
     /* the arguments give way to the value, except for a failed task (a
        dead letter), which keeps them to run again if an operator retries
        it */
@@ -1036,8 +1191,8 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     }
     tqb_task_move(self, task, state, NULL);
     tqb_debug(self, "task %s %s%s%s", tqb_task_id(task), s_names[state],
-              task->rec.error ? ": " : "",
-              task->rec.error ? task->rec.error : "");
+              tqb_task_error(self, task) ? ": " : "",
+              tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
 
     ident_t client = s_client(self, task);
     if (client.size) {
@@ -1065,7 +1220,7 @@ tqb_task_forget(tq_broker_t *self, task_t *task)
             if (self->page_out[i] == task)
                 self->page_out[i] = NULL;
     s_payload_drop(self, task);
-    tqb_task_free(task);
+    tqb_task_free(self, task);
 }
 
 void
