@@ -214,8 +214,8 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_uint_kv(&pk, "attempts", task->rec.attempt);
         tqb_pack_uint_kv(&pk, "code", task->rec.code);
         tqb_pack_str(&pk, "error");
-        tqb_pack_str(&pk, tqb_task_error(self, task) ? tqb_task_error(self, task)
-                                                     : "");
+        tqb_pack_str(
+            &pk, tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
     }
     tqb_reply_body(self, &body);
 }

@@ -167,8 +167,8 @@ s_slab_number(struct tqb_slabs_s *slabs, s_slab_t *slab)
             abort(); /* 32 GiB of task records: out of memory */
         if (slabs->page_count == slabs->page_cap) {
             slabs->page_cap = slabs->page_cap ? 2 * slabs->page_cap : 64;
-            slabs->pages = realloc(slabs->pages,
-                                   slabs->page_cap * sizeof *slabs->pages);
+            slabs->pages =
+                realloc(slabs->pages, slabs->page_cap * sizeof *slabs->pages);
             slabs->free_nos = realloc(
                 slabs->free_nos, slabs->page_cap * sizeof *slabs->free_nos);
             if (!slabs->pages || !slabs->free_nos)
@@ -204,8 +204,9 @@ s_task_at(const tq_broker_t *self, uint32_t handle)
     if (!handle)
         return NULL;
     uint8_t *page = (uint8_t *)self->slabs->pages[handle >> S_HANDLE_STEP_BITS];
-    return (task_t *)(page + (handle & ((1u << S_HANDLE_STEP_BITS) - 1)) *
-                                 S_SLAB_STEP);
+    return (task_t *)(page +
+                      (handle & ((1u << S_HANDLE_STEP_BITS) - 1)) *
+                          S_SLAB_STEP);
 }
 
 static void
@@ -409,8 +410,8 @@ tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key)
     if (!index) {
         if (self->owner_count == self->owner_cap) {
             self->owner_cap = self->owner_cap ? 2 * self->owner_cap : 16;
-            self->owners = realloc(self->owners,
-                                   self->owner_cap * sizeof *self->owners);
+            self->owners =
+                realloc(self->owners, self->owner_cap * sizeof *self->owners);
             if (!self->owners)
                 abort(); /* out of memory is fatal */
         }
