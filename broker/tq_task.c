@@ -118,6 +118,10 @@ tqb_lane(queue_t *queue, const char *task)
    header). */
 /* what a waiting task costs before its id: keep it so */
 _Static_assert(offsetof(task_t, rec.id) == 112, "task record grew");
+/* what the record's bit fields must hold */
+_Static_assert(TQ_PROTO_MAX_RETRIES < (1 << 10), "retries, failures");
+_Static_assert(TQ_ERROR_COUNT_ <= (1 << 8), "code");
+_Static_assert(TQB_PRIORITIES <= (1 << 4), "priority");
 
 #define S_SLAB_PAGE (64u << 10)
 #define S_SLAB_STEP 8u
