@@ -370,8 +370,10 @@ s_recover(const tq_store_task_t *row, void *arg)
     task->rec.failures = row->failures;
     /* the key that submitted it (tenants): interned, so that the check is
        the pointer comparison a live submission gets */
-    task->owner =
-        row->owner && *row->owner ? tqb_intern(self, tq_str(row->owner)) : NULL;
+    tqb_task_set_owner(self, task,
+                       row->owner && *row->owner
+                           ? tqb_intern(self, tq_str(row->owner))
+                           : NULL);
     self->recovered++;
     task_move_t how = {.restore = true};
     if (row->corrupt && !final) {
@@ -388,8 +390,7 @@ s_recover(const tq_store_task_t *row, void *arg)
     }
     if (final) {
         task->rec.code = row->code;
-        task->rec.error =
-            row->error && *row->error ? tqb_strdup(row->error) : NULL;
+        tqb_task_set_error(self, task, row->error);
         if (row->expires_ms)
             how.expires_ms = self->now_ms + (row->expires_ms - wall);
         tqb_task_move(self, task,

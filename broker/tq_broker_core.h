@@ -28,6 +28,7 @@
 
 #define TQB_PRIORITIES 10 /* 0..9, TQ_PRIORITY_MAX + 1 */
 #define TQB_IDENT_INLINE 24 /* routing ids up to this size stay inline */
+#define TQB_ID_BIN 16 /* bytes of a task id kept in binary (task->id_bin) */
 #define TQB_HEARTBEAT_MS 1000 /* PROTOCOL.md section 10 */
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
@@ -73,16 +74,21 @@ typedef enum {
 /* What the store keeps of a task: tq_store_task_t is made from it. The
    last member of task_t: its id runs on into the task's allocation. */
 typedef struct {
-    char *error; /* final or retrying: error text, or NULL */
     uint64_t seq; /* submission order */
     uint32_t time_limit_ms;
     uint32_t attempt; /* lease: incremented at every dispatch */
-    uint32_t code; /* final: tq_err_t */
-    uint32_t retries; /* reruns left after a task failure */
     uint32_t backoff_ms; /* first retry delay */
-    uint32_t failures; /* task failures so far (for the backoff) */
-    uint8_t priority;
-    char id[]; /* NUL-terminated; a small payload follows it */
+    /* small numbers in 32 bits; the error text (final or retrying) and
+       the owner are the task's too: tqb_task_error, tqb_task_owner */
+    uint32_t retries : 10; /* reruns left after a task failure (at most
+                              TQ_PROTO_MAX_RETRIES) */
+    uint32_t failures : 10; /* task failures so far (for the backoff; at
+                               most the retries it had) */
+    uint32_t code : 8; /* final: tq_err_t */
+    uint32_t priority : 4; /* 0..TQB_PRIORITIES - 1 */
+    char id[]; /* NUL-terminated text, or TQB_ID_BIN bytes when
+                  task->id_bin (read it with tqb_task_id); a small
+                  payload follows it */
 } task_rec_t;
 
 /* Where a task's payload is (task->payload_at). */
@@ -105,16 +111,15 @@ typedef enum {
 } client_at_t;
 
 /* One allocation per task: this, ending with its id, then its payload
-   when PAYLOAD_INLINE. Fields only one group of states needs share a
-   union: the state says which member is live. A waiting task costs this
-   record (137 bytes up to its id), its id, its payload and a share of the
-   id table's buckets. */
+   when PAYLOAD_INLINE, in a slab of its size (tq_task.c). Fields only
+   one group of states needs share a union: the state says which member
+   is live. A waiting task costs this record (112 bytes up to its id), its
+   id (16 bytes when client-made), its payload and a share of the id
+   table's buckets: a slot of 128 bytes with a client-made id and the
+   payload paged out. */
 struct task_s {
     task_t *prev, *next; /* lane, held list or expiry list */
-    task_t *id_next; /* the id table's chain */
     lane_t *lane; /* its queue and task name */
-    const char *owner; /* CURVE: the submitter's key (interned); NULL
-                          without CURVE */
     void *payload; /* PAYLOAD_HEAP: the bytes; PAYLOAD_MSG: a zmq_msg_t;
                       else NULL. Args until final, then the value (a dead
                       letter keeps its args). Read with tqb_task_payload */
@@ -137,8 +142,11 @@ struct task_s {
     uint32_t client; /* CLIENT_ZMQ: the submitter's routing id */
     uint32_t payload_size; /* bytes */
     uint32_t started; /* its last dispatch: tqb_task_started_ms */
+    uint32_t id_next; /* the id table's chain: a slab handle (tq_task.c) */
+    uint32_t owner; /* CURVE: its submitter's key, an index into
+                       tq_broker_t.owners (tqb_task_owner); 0: none */
     uint16_t lost; /* worker deaths charged to it (max-lost fits) */
-    /* two bytes of state and flags: the record stays at 137 bytes */
+    /* two bytes of state and flags: rec starts 8-aligned, no padding */
     uint8_t state : 4; /* task_state_t, the one fact: which container
                           holds it */
     uint8_t payload_at : 3; /* payload_at_t */
@@ -147,6 +155,8 @@ struct task_s {
                                  when recovered from the store) */
     bool page_out : 1; /* listed in tq_broker_t.page_out */
     bool waited : 1; /* has clients in tq_broker_t.waiters */
+    bool id_bin : 1; /* rec.id holds the 16 bytes of a 32 hex digit id */
+    bool has_error : 1; /* has an error text in tq_broker_t.errors */
     task_rec_t rec; /* last: its id runs on */
 };
 
@@ -291,7 +301,16 @@ struct tq_broker_t {
     char client_endpoint[256];
     char worker_endpoint[256];
     char hostname[TQ_PROTO_MAX_NAME + 1];
-    task_t **id_table; /* id -> task_t, chained through id_next */
+    uint32_t *id_table; /* id -> task slab handle, chained through
+                           id_next */
+    zhashx_t *errors; /* task_t * -> its error text (final or retrying;
+                         rare, so beside the task) */
+    const char **owners; /* CURVE: the submitters' keys (interned) tasks
+                            name by index (task->owner), 1-based */
+    zhashx_t *owner_index; /* key -> its index in owners */
+    uint32_t owner_count, owner_cap;
+    struct tqb_slabs_s *slabs; /* where task records are allocated
+                                  (tq_task.c) */
     zhashx_t *waiters; /* task id -> clients blocked in GET wait=true
                           (ident_t array, count first), made on demand */
     zhashx_t *submitters; /* task id -> its submitter's ident_t when not one
@@ -500,6 +519,17 @@ void tqb_tasks_free(tq_broker_t *self);
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* CURVE: the key of the task's submitter (interned), or NULL; and
+   recording it (key interned, or NULL). */
+const char *tqb_task_owner(const tq_broker_t *self, const task_t *task);
+/* The task's error text (final or retrying), or NULL (borrowed: valid
+   until it is set again); and setting it (copied; NULL or "": none). */
+const char *tqb_task_error(const tq_broker_t *self, const task_t *task);
+void tqb_task_set_error(tq_broker_t *self, task_t *task, const char *text);
+void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
+/* The task's id as text: its own, or a rendering of a binary id valid
+   until 8 more renderings on this thread (borrowed: use it at once). */
+const char *tqb_task_id(const task_t *task);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or
@@ -534,7 +564,7 @@ void tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state,
                     int code, const char *error, zmq_msg_t *value);
 /* Forgets a final task: its container, the table, the store. */
 void tqb_task_forget(tq_broker_t *self, task_t *task);
-void tqb_task_free(task_t *task);
+void tqb_task_free(tq_broker_t *self, task_t *task);
 /* Adds a client to those told when the task ends, once. */
 void tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Moves SCHEDULED and RETRY tasks whose time came into their lanes. */

@@ -31,17 +31,17 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
 {
     (void)self;
     *row = (tq_store_task_t){
-        .id = task->rec.id,
+        .id = tqb_task_id(task),
         .task = task->lane->task,
         .queue = task->lane->queue->name,
-        .owner = task->owner,
+        .owner = tqb_task_owner(self, task),
         .priority = task->rec.priority,
         .time_limit_ms = task->rec.time_limit_ms,
         .attempt = task->rec.attempt,
         .state = (uint32_t)tqb_task_wire_state(task),
         .seq = task->rec.seq,
         .code = task->rec.code,
-        .error = task->rec.error,
+        .error = tqb_task_error(self, task),
         .retries = task->rec.retries,
         .backoff_ms = task->rec.backoff_ms,
         .failures = task->rec.failures,
@@ -85,12 +85,12 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         row.expires_ms = 0;
         tq_store_finish(self->store, &row);
     } else
-        tq_store_set_due(self->store, task->rec.id, row.state,
+        tq_store_set_due(self->store, tqb_task_id(task), row.state,
                          task->rec.attempt, row.due_ms);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)
-        tq_store_set_retries(self->store, task->rec.id, task->rec.retries,
+        tq_store_set_retries(self->store, tqb_task_id(task), task->rec.retries,
                              task->rec.failures);
 }
 
@@ -98,7 +98,7 @@ void
 tqb_journal_forget(tq_broker_t *self, const task_t *task)
 {
     if (self->store)
-        tq_store_remove(self->store, task->rec.id);
+        tq_store_remove(self->store, tqb_task_id(task));
 }
 
 /* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */

@@ -101,7 +101,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
         tqb_task_set_client(self, task, &from);
-        task->owner = self->in_key;
+        tqb_task_set_owner(self, task, self->in_key);
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);
         if (msg->delay_ms)
@@ -185,7 +185,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (task->state != TASK_FAILURE) {
         char text[128];
         snprintf(text, sizeof text, "task %s is %s, not a dead letter",
-                 task->rec.id, tq_state_name(tqb_task_wire_state(task)));
+                 tqb_task_id(task), tq_state_name(tqb_task_wire_state(task)));
         tqb_reply_error(self, self->clients, TQ_ESTATE, text, msg->id);
         return;
     }
@@ -200,8 +200,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
        as it was submitted, with its losses and failures cleared */
     task->lost = 0;
     task->rec.failures = 0;
-    free(task->rec.error);
-    task->rec.error = NULL;
+    tqb_task_set_error(self, task, NULL);
     task->rec.code = 0;
     /* its failure leaves the counts, if this run counted it */
     if (task->failure_counted) {

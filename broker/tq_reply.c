@@ -179,8 +179,8 @@ tqb_may_see(const tq_broker_t *self, const task_t *task)
     /* the owner survives a restart (the store keeps it); a task with no
        recorded owner (submitted without CURVE, or stored before schema
        v5) stays visible to every key, as it was before */
-    return !self->auth || self->in_admin || !task->owner ||
-        task->owner == self->in_key;
+    const char *owner = tqb_task_owner(self, task);
+    return !self->auth || self->in_admin || !owner || owner == self->in_key;
 }
 
 void
@@ -194,11 +194,11 @@ void
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tq_str(task->rec.id);
+    out->id = tq_str(tqb_task_id(task));
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
-    out->error = tq_str(task->rec.error);
+    out->error = tq_str(tqb_task_error(self, task));
     zmq_msg_t value;
     if (task->state == TASK_SUCCESS)
         tqb_task_payload(self, task, &value, NULL); /* shared or copied */

@@ -209,7 +209,7 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             continue; /* another tenant's */
         msgpack_pack_map(&pk, 6);
         tqb_pack_str(&pk, "id");
-        tqb_pack_str(&pk, task->rec.id);
+        tqb_pack_str(&pk, tqb_task_id(task));
         tqb_pack_str(&pk, "task");
         tqb_pack_str(&pk, task->lane->task);
         tqb_pack_str(&pk, "queue");
@@ -217,7 +217,8 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_uint_kv(&pk, "attempts", task->rec.attempt);
         tqb_pack_uint_kv(&pk, "code", task->rec.code);
         tqb_pack_str(&pk, "error");
-        tqb_pack_str(&pk, task->rec.error ? task->rec.error : "");
+        tqb_pack_str(
+            &pk, tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
     }
     tqb_reply_body(self, &body);
 }
