@@ -453,6 +453,8 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
     else
         snprintf(self->store_name, sizeof self->store_name,
                  "the store in %.250s", where);
+    /* before the load: a damaged task found there is failed, a write */
+    tqb_journal_new(self);
     int64_t started = tqb_now();
     if (tq_store_load(self->store, s_recover, self) != TQ_OK ||
         tq_store_load_item_rows(self->store, s_recover_item, self) !=
@@ -484,8 +486,10 @@ s_store_housekeeping(tq_broker_t *self)
 {
     if (!self->store)
         return;
-    tq_store_purge(self->store, tqb_wall_ms(), 2000);
-    if (self->config.max_disk) {
+    tqb_journal_purge(self, tqb_wall_ms(), 2000);
+    /* measured only while no commit runs (the store is the commit
+       thread's then); meanwhile the estimate grows with every write */
+    if (self->config.max_disk && tqb_journal_idle(self)) {
         self->disk_bytes = tq_store_disk_size(self->store);
         bool full = self->disk_bytes >= self->config.max_disk;
         if (full && !self->disk_full)
@@ -727,6 +731,12 @@ tq_broker_run(tq_broker_t *self)
             tq_log_error("poll: %s", zmq_strerror(errno));
             return TQ_ESYS;
         }
+        if (items[2].revents & ZMQ_POLLIN) {
+            /* a commit done (tq_journal.c) or a stop */
+            uint64_t count;
+            ssize_t r = read(self->wakeup, &count, sizeof count);
+            (void)r;
+        }
         self->now_ms = tqb_now();
         s_credit_stall(self, last_pass, timeout);
         tqb_release_due(self);
@@ -761,6 +771,9 @@ tq_broker_run(tq_broker_t *self)
             return TQ_ESYS;
         last_pass = tqb_now();
     }
+    /* what was accepted before the stop is acknowledged once committed */
+    if (!tqb_commit_flush(self))
+        return TQ_ESYS;
     return TQ_OK;
 }
 
@@ -770,6 +783,8 @@ tq_broker_destroy(tq_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_broker_t *self = *self_p;
+    /* first: its batches share the tasks' payloads and names */
+    tqb_journal_destroy(self);
     if (self->tasks) {
         for (task_t *t = zhashx_first(self->tasks); t;
              t = zhashx_next(self->tasks))

@@ -175,4 +175,11 @@ int tq_store_lease_renew(tq_store_t *self, uint32_t ttl_ms);
 /* The last error's message (borrowed). */
 const char *tq_store_error(const tq_store_t *self);
 
+/* Every call above takes the store's lock (recursive), so one store may
+   be used from two threads (the broker's loop and its commit thread) one
+   at a time. tq_store_lock holds it across several calls, e.g. the writes
+   and the commit of one batch; each lock is matched by an unlock. */
+void tq_store_lock(tq_store_t *self);
+void tq_store_unlock(tq_store_t *self);
+
 #endif
