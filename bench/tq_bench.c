@@ -9,8 +9,8 @@
    - tq durable: tq-broker --data DIR --sync batch, prefetch 16: W1 (and,
      for the record, the same with --sync os);
    - tq on PostgreSQL: tq-broker --store postgresql://... on a private
-     local cluster the bench starts (initdb, as tests/support/tq_pg.c
-     does), prefetch 16: W1;
+     local cluster the bench starts each round (initdb, as
+     tests/support/tq_pg.c does), prefetch 16: W1;
    - the bare ZeroMQ load-balancing broker (ref-lbbroker) at credit 1 and
      16: W1, W2, W3;
    - Gearman: gearmand (Debian's) with two ref-gearman-worker processes and
@@ -363,49 +363,26 @@ s_run_tq_os(const s_config_t *config, int run)
     return s_run_tq_store(config, run, "os", TQ_OS_W1);
 }
 
-/* The private PostgreSQL cluster of the pg contender, made at its first
-   round and stopped at exit. */
-static tq_pg_t *s_pg;
-
-static void
-s_pg_stop(void)
-{
-    tq_pg_destroy(&s_pg);
-}
-
-/* tq on PostgreSQL (a local server): W1 at prefetch 16, each round on
-   fresh tables. */
+/* tq on PostgreSQL (a local server): W1 at prefetch 16, each round on a
+   private cluster of its own (made before the clock starts; the other
+   contenders' teardown sweeps every process left, a cluster included). */
 static int
 s_run_tq_pg(const s_config_t *config, int run)
 {
-    if (!s_pg) {
-        s_pg = tq_pg_new();
-        if (!s_pg) {
-            fprintf(stderr,
-                    "tq-bench: no PostgreSQL cluster (is Debian's "
-                    "postgresql installed?)\n");
-            return -1;
-        }
-        atexit(s_pg_stop);
-    }
-    char url[512];
-    snprintf(url, sizeof url, "%s", tq_pg_url(s_pg));
-    /* each round in a database of its own, so rounds do not add up */
-    char *dot = strrchr(url, '/');
-    if (dot)
-        snprintf(dot + 1, sizeof url - (size_t)(dot + 1 - url), "tq%d", run);
-    char command[1024];
-    snprintf(command, sizeof command,
-             "psql -q -X '%s' -c 'CREATE DATABASE tq%d' >/dev/null",
-             tq_pg_url(s_pg), run);
-    if (system(command) != 0) {
-        fprintf(stderr, "tq-bench: %s failed\n", command);
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        fprintf(stderr,
+                "tq-bench: no PostgreSQL cluster (is Debian's "
+                "postgresql installed?)\n");
         return -1;
     }
+    char url[512];
+    snprintf(url, sizeof url, "%s", tq_pg_url(pg));
     const char *extra[] = {"--store", url, NULL};
     tq_harness_env_t env;
     if (tq_harness_env_start(&env, extra) != 0) {
         fprintf(stderr, "tq-bench: the broker on PostgreSQL did not start\n");
+        tq_pg_destroy(&pg);
         return -1;
     }
     int rc = 0;
@@ -416,7 +393,13 @@ s_run_tq_pg(const s_config_t *config, int run)
         s_samples[TQ_PG_W1][run] = s_throughput(env.client, config->tasks);
         rc = s_samples[TQ_PG_W1][run] < 0 ? -1 : 0;
     }
-    tq_harness_env_stop(&env);
+    /* as tq_harness_env_stop, but by pid only: its final sweep of every
+       process left would take the cluster before it is stopped */
+    while (env.worker_count > 0)
+        tq_harness_stop(env.workers[--env.worker_count]);
+    tq_client_destroy(&env.client);
+    tq_harness_broker_stop(&env.broker);
+    tq_pg_destroy(&pg);
     return rc;
 }
 

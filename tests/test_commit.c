@@ -3,7 +3,8 @@
    serving (PING, worker hosts, small tasks dispatched and their results
    delivered), nothing is acknowledged before the commit that stores it,
    acknowledgements go out in request order, and a 50 MiB argument
-   committed that way survives kill -9. Real tq-broker and tq-worker
+   committed that way survives kill -9; on the SQLite store and on
+   PostgreSQL (a private cluster). Real tq-broker and tq-worker
    processes on 127.0.0.1:* ports. A commit is held in flight by the
    broker's test hook TQ_TEST_HOLD_COMMITS (commits wait while the file it
    names exists): the checks are causal, never timed. */
@@ -20,6 +21,7 @@
 #include <cmocka.h>
 
 #include "tq_harness.h"
+#include "tq_pg.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
 
@@ -171,17 +173,11 @@ s_small_index(const tq_str_t s)
    acknowledgements come in request order; after kill -9 the large task
    is there with its whole argument. */
 static void
-test_loop_serves_during_commit(void **state)
+s_serves_during_commit(const char *const extra[], const char *hold)
 {
-    (void)state;
-    char dir[512], data[600], hold[600];
-    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit"), 0);
-    snprintf(data, sizeof data, "%s/data", dir);
-    snprintf(hold, sizeof hold, "%s/hold", dir);
     FILE *f = fopen(hold, "w");
     assert_non_null(f);
     fclose(f);
-    const char *extra[] = {"--data", data, NULL};
     setenv("TQ_TEST_HOLD_COMMITS", hold, 1);
     tq_harness_broker_t broker;
     int started = tq_harness_broker_start(&broker, extra);
@@ -290,6 +286,40 @@ test_loop_serves_during_commit(void **state)
     s_raw_destroy(&raw);
     tq_harness_stop(host);
     tq_harness_broker_stop(&broker);
+}
+
+/* On the SQLite store (--data DIR). */
+static void
+test_sqlite_serves_during_commit(void **state)
+{
+    (void)state;
+    char dir[512], data[600], hold[600];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit"), 0);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(hold, sizeof hold, "%s/hold", dir);
+    const char *extra[] = {"--data", data, NULL};
+    s_serves_during_commit(extra, hold);
+    tq_harness_rmtree(dir);
+}
+
+/* On the PostgreSQL store (--store URL), a private cluster. */
+static void
+test_pg_serves_during_commit(void **state)
+{
+    (void)state;
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        printf("skipped: no PostgreSQL cluster could be started "
+               "(scripts/deps.sh installs postgresql)\n");
+        skip();
+    }
+    char dir[512], hold[600], url[512];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-pg"), 0);
+    snprintf(hold, sizeof hold, "%s/hold", dir);
+    snprintf(url, sizeof url, "%s", tq_pg_url(pg));
+    const char *extra[] = {"--store", url, NULL};
+    s_serves_during_commit(extra, hold);
+    tq_pg_destroy(&pg);
     tq_harness_rmtree(dir);
 }
 
@@ -298,7 +328,8 @@ main(void)
 {
     tq_harness_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_loop_serves_during_commit),
+        cmocka_unit_test(test_sqlite_serves_during_commit),
+        cmocka_unit_test(test_pg_serves_during_commit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
