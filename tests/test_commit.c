@@ -323,6 +323,75 @@ test_pg_serves_during_commit(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* RETRY of a dead letter is answered SUBMITTED only once its move back to
+   the queue is committed: with commits held, the PING sent after it is
+   answered first. */
+static void
+test_retry_acked_once_committed(void **state)
+{
+    (void)state;
+    char dir[512], data[600], hold[600];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-retry"), 0);
+    snprintf(data, sizeof data, "%s/data", dir);
+    snprintf(hold, sizeof hold, "%s/hold", dir);
+    const char *extra[] = {"--data", data, NULL};
+    setenv("TQ_TEST_HOLD_COMMITS", hold, 1);
+    tq_harness_broker_t broker;
+    int started = tq_harness_broker_start(&broker, extra);
+    unsetenv("TQ_TEST_HOLD_COMMITS");
+    assert_int_equal(started, 0);
+    pid_t host = tq_harness_worker_start(broker.workers, 1, NULL);
+    assert_true(host > 0);
+    s_raw_t *raw = s_raw_new(broker.clients);
+
+    /* a dead letter: tq.fail ["no"] */
+    memset(raw->out, 0, sizeof *raw->out);
+    raw->out->command = TQ_CMD_SUBMIT;
+    raw->out->id = tq_str("dead");
+    raw->out->task = tq_str("tq.fail");
+    raw->out->queue = tq_str(TQ_DEFAULT_QUEUE);
+    zmq_msg_t args;
+    assert_int_equal(zmq_msg_init_size(&args, 4), 0);
+    memcpy(zmq_msg_data(&args), "\x91\xa2no", 4);
+    s_raw_send(raw, &args);
+    bool acked = false, failed = false;
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!(acked && failed) && tq_harness_now_ms() < deadline) {
+        if (!s_raw_recv(raw, 100))
+            continue;
+        acked |= raw->in->command == TQ_CMD_SUBMITTED;
+        failed |= raw->in->command == TQ_CMD_RESULT &&
+            raw->in->state == TQ_STATE_FAILURE;
+    }
+    assert_true(acked && failed);
+
+    FILE *f = fopen(hold, "w");
+    assert_non_null(f);
+    fclose(f);
+    s_raw_simple(raw, TQ_CMD_RETRY, "dead", false);
+    s_raw_simple(raw, TQ_CMD_PING, NULL, false);
+    int first = -1;
+    deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (first < 0 && tq_harness_now_ms() < deadline)
+        if (s_raw_recv(raw, 100) &&
+            (raw->in->command == TQ_CMD_PONG ||
+             raw->in->command == TQ_CMD_SUBMITTED))
+            first = raw->in->command;
+    assert_int_equal(first, TQ_CMD_PONG);
+    assert_int_equal(unlink(hold), 0);
+    acked = false;
+    deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!acked && tq_harness_now_ms() < deadline)
+        acked = s_raw_recv(raw, 100) && raw->in->command == TQ_CMD_SUBMITTED &&
+            s_is(raw->in->id, "dead");
+    assert_true(acked);
+    printf("RETRY: PONG first while the commit was held, SUBMITTED after\n");
+    s_raw_destroy(&raw);
+    tq_harness_stop(host);
+    tq_harness_broker_stop(&broker);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -330,6 +399,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sqlite_serves_during_commit),
         cmocka_unit_test(test_pg_serves_during_commit),
+        cmocka_unit_test(test_retry_acked_once_committed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
