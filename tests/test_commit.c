@@ -392,6 +392,75 @@ test_retry_acked_once_committed(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* The commit thread's failure reaches the loop: with the PostgreSQL server
+   gone, the next commit fails, nothing of it is acknowledged and the
+   broker exits 1 with FATAL naming the store. */
+static void
+test_pg_lost_stops_acks(void **state)
+{
+    (void)state;
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        printf("skipped: no PostgreSQL cluster could be started "
+               "(scripts/deps.sh installs postgresql)\n");
+        skip();
+    }
+    char dir[512], log[600], url[512];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-lost"), 0);
+    snprintf(log, sizeof log, "%s/broker.log", dir);
+    snprintf(url, sizeof url, "%s", tq_pg_url(pg));
+    const char *extra[] = {"--store", url, NULL};
+    tq_harness_broker_t broker;
+    assert_int_equal(tq_harness_broker_start_on(&broker, "tcp://127.0.0.1:*",
+                                                "tcp://127.0.0.1:*", extra,
+                                                log),
+                     0);
+    s_raw_t *raw = s_raw_new(broker.clients);
+    zmq_msg_t args;
+    s_small_args(&args, 1);
+    s_raw_submit(raw, "before", "held", &args);
+    bool acked = false;
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!acked && tq_harness_now_ms() < deadline)
+        acked = s_raw_recv(raw, 100) && raw->in->command == TQ_CMD_SUBMITTED;
+    assert_true(acked);
+
+    assert_int_equal(tq_pg_stop(pg), 0);
+    s_small_args(&args, 2);
+    s_raw_submit(raw, "after", "held", &args);
+    int status = 0, acks = 0;
+    bool exited = false;
+    deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!exited && tq_harness_now_ms() < deadline) {
+        if (s_raw_recv(raw, 50) && raw->in->command == TQ_CMD_SUBMITTED)
+            acks++;
+        exited = tq_harness_wait_exit(broker.pid, 0, &status) == 0;
+    }
+    while (s_raw_recv(raw, 200))
+        acks += raw->in->command == TQ_CMD_SUBMITTED;
+    assert_true(exited);
+    broker.pid = 0;
+    tq_harness_broker_stop(&broker); /* joins the log threads */
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char line[1024];
+    bool fatal = false;
+    while (fgets(line, sizeof line, f))
+        fatal |=
+            strstr(line, "FATAL: cannot write the PostgreSQL store") != NULL;
+    fclose(f);
+    printf("PostgreSQL gone: broker exit status %d, %d acknowledged after, "
+           "FATAL logged: %s\n",
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1, acks,
+           fatal ? "yes" : "no");
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    assert_int_equal(acks, 0);
+    assert_true(fatal);
+    s_raw_destroy(&raw);
+    tq_pg_destroy(&pg);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -400,6 +469,7 @@ main(void)
         cmocka_unit_test(test_sqlite_serves_during_commit),
         cmocka_unit_test(test_pg_serves_during_commit),
         cmocka_unit_test(test_retry_acked_once_committed),
+        cmocka_unit_test(test_pg_lost_stops_acks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
