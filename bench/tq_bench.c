@@ -608,6 +608,231 @@ s_run_python(const s_config_t *config, int run)
     return s_probe(argv, 3, out);
 }
 
+/* ---- --prefetch LIST: the sweep that chose tq-worker's default ---- */
+
+static void s_stats(const double *values, int runs, double *median, double *min,
+                    double *max);
+
+#define S_SWEEP_MAX 8
+#define S_W4_TASKS 4 /* W4: 4 tasks of 0.5 s on a host of 3 children */
+#define S_W4_CHILDREN 3
+#define S_W4_SECONDS 0.5
+
+static int s_sweep[S_SWEEP_MAX]; /* the prefetch values, in order */
+static int s_nsweep;
+static double s_sweep_w1[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+static double s_sweep_w4[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+static double s_sweep_cold[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+/* CPU per W1 task, us: the broker's during the measured pass, the worker
+   host's (supervisor and children, start-up and warm-up included) */
+static double s_sweep_bcpu[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+static double s_sweep_wcpu[S_SWEEP_MAX][TQ_BENCH_MAX_RUNS];
+
+/* CPU time (user + system) of a live process from /proc, us, or -1. */
+static double
+s_proc_cpu_us(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *file = fopen(path, "re");
+    if (!file)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, file);
+    fclose(file);
+    buf[n] = '\0';
+    /* the fields after the command name, which may hold spaces */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    if (!p ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* CPU time of this process's waited-for descendants, us. */
+static double
+s_children_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+        (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* Submits S_W4_TASKS tq.sleep at once into results. 0 or -1. */
+static int
+s_w4_submit(tq_client_t *client, tq_result_t **results)
+{
+    int rc = 0;
+    for (int i = 0; i < S_W4_TASKS; i++) {
+        results[i] =
+            tq_apply_async(client, "tq.sleep", NULL, "d", S_W4_SECONDS);
+        if (!results[i])
+            rc = -1;
+    }
+    return rc;
+}
+
+/* Awaits results (freeing them): 0 if all succeeded, else -1. */
+static int
+s_w4_collect(tq_result_t **results)
+{
+    int rc = 0;
+    for (int i = 0; i < S_W4_TASKS; i++) {
+        if (!results[i] || tq_result_get(results[i], S_WAIT_MS) != TQ_OK)
+            rc = -1;
+        tq_result_destroy(&results[i]);
+    }
+    return rc;
+}
+
+/* Stops a host and waits until the broker lists no child. 0 or -1. */
+static int
+s_sweep_stop(tq_harness_env_t *env, pid_t worker)
+{
+    tq_harness_env_stop_worker(env, worker);
+    if (tq_harness_wait_workers(env->client, 0, 0, 10000) != 0) {
+        fprintf(stderr, "tq-bench: the broker still lists a stopped host\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* One prefetch value, one round, on a fresh broker:
+   - W1 on `tq-worker -c 2 --prefetch P` (tasks/s);
+   - W4: S_W4_TASKS sleeps of 0.5 s submitted at once to a host of 3
+     children that is up: seconds from the first submission to the last
+     result (1.00 s is the best any placement can do);
+   - W4 cold: the same sleeps queued before the host starts, so the first
+     child to announce itself takes up to P of them and the others must
+     steal: seconds from starting the host to the last result (its start-up
+     included: compare across prefetch values, not with W4). */
+static int
+s_run_sweep_one(const s_config_t *config, int k, int run)
+{
+    char value[16];
+    snprintf(value, sizeof value, "%d", s_sweep[k]);
+    const char *extra[] = {"--prefetch", value, NULL};
+    tq_harness_env_t env;
+    if (tq_harness_env_start(&env, NULL) != 0) {
+        fprintf(stderr, "tq-bench: the broker did not start\n");
+        return -1;
+    }
+    int rc = 0;
+    double reaped = s_children_cpu_us();
+    pid_t worker =
+        tq_harness_env_add_worker(&env, config->children, extra, true);
+    int warm = config->tasks / 10 + 1;
+    if (worker < 0 || s_throughput(env.client, warm) < 0)
+        rc = -1;
+    if (rc == 0) {
+        double broker = s_proc_cpu_us(env.broker.pid);
+        s_sweep_w1[k][run] = s_throughput(env.client, config->tasks);
+        rc = s_sweep_w1[k][run] < 0 ? -1 : 0;
+        s_sweep_bcpu[k][run] =
+            (s_proc_cpu_us(env.broker.pid) - broker) / config->tasks;
+    }
+    if (worker > 0 && rc == 0)
+        rc = s_sweep_stop(&env, worker);
+    /* the host and its children were reaped: their time is ours now */
+    s_sweep_wcpu[k][run] =
+        (s_children_cpu_us() - reaped) / (config->tasks + warm);
+    tq_result_t *results[S_W4_TASKS] = {NULL};
+    struct timespec a, b;
+    if (rc == 0) {
+        worker = tq_harness_env_add_worker(&env, S_W4_CHILDREN, extra, true);
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        rc = worker < 0 ? -1 : s_w4_submit(env.client, results);
+        rc |= s_w4_collect(results);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        s_sweep_w4[k][run] = (double)(b.tv_sec - a.tv_sec) +
+            (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    }
+    if (worker > 0 && rc == 0)
+        rc = s_sweep_stop(&env, worker);
+    if (rc == 0) {
+        rc = s_w4_submit(env.client, results);
+        /* the broker has them queued before any child exists */
+        if (rc == 0 && tq_harness_wait_workers(env.client, 0, 0, 10000) != 0)
+            rc = -1;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        worker = rc == 0
+            ? tq_harness_env_add_worker(&env, S_W4_CHILDREN, extra, false)
+            : -1;
+        rc |= worker < 0 ? -1 : 0;
+        rc |= s_w4_collect(results);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        s_sweep_cold[k][run] = (double)(b.tv_sec - a.tv_sec) +
+            (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    }
+    if (rc != 0)
+        fprintf(stderr, "tq-bench: prefetch %d failed in round %d\n",
+                s_sweep[k], run + 1);
+    tq_harness_env_stop(&env);
+    return rc;
+}
+
+/* Runs the sweep interleaved (the first value rotates from round to
+   round) and prints its table. Returns the exit status. */
+static int
+s_run_sweep(const s_config_t *config)
+{
+    printf("sweep:   tq-worker --prefetch P; W1 on 2 children, W4 = %d x "
+           "tq.sleep %.1f on %d children\n\n",
+           S_W4_TASKS, S_W4_SECONDS, S_W4_CHILDREN);
+    fflush(stdout);
+    for (int run = 0; run < config->runs; run++) {
+        for (int i = 0; i < s_nsweep; i++)
+            if (s_run_sweep_one(config, (run + i) % s_nsweep, run) != 0)
+                return 1;
+        fprintf(stderr, "tq-bench: round %d of %d done\n", run + 1,
+                config->runs);
+    }
+    printf("| prefetch | W1 tasks/s (min-max)        | W4 s (min-max)     "
+           "| W4 cold s (min-max)  | CPU us/task: broker | worker host |\n");
+    printf("|%.10s|%.29s|%.20s|%.22s|%.21s|%.13s|\n", S_DASHES, S_DASHES,
+           S_DASHES, S_DASHES, S_DASHES, S_DASHES);
+    for (int k = 0; k < s_nsweep; k++) {
+        double w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi, b, w, lo, hi;
+        s_stats(s_sweep_w1[k], config->runs, &w1, &w1lo, &w1hi);
+        s_stats(s_sweep_w4[k], config->runs, &w4, &w4lo, &w4hi);
+        s_stats(s_sweep_cold[k], config->runs, &c, &clo, &chi);
+        s_stats(s_sweep_bcpu[k], config->runs, &b, &lo, &hi);
+        s_stats(s_sweep_wcpu[k], config->runs, &w, &lo, &hi);
+        printf("| %8d | %7.0f (%7.0f-%7.0f)   | %4.2f (%4.2f-%4.2f)   "
+               "| %4.2f (%4.2f-%4.2f)     | %19.2f | %11.2f |\n",
+               s_sweep[k], w1, w1lo, w1hi, w4, w4lo, w4hi, c, clo, chi, b, w);
+    }
+    printf("\nCPU: medians; the broker's during the measured W1 pass, the "
+           "worker host's\n(its children included) over its whole life "
+           "divided by the W1 and warm-up tasks.\n");
+    printf("\n");
+    tq_bench_print_load("after");
+    return 0;
+}
+
+/* Parses "1,2,4" into s_sweep. 0 or -1. */
+static int
+s_parse_sweep(const char *list)
+{
+    s_nsweep = 0;
+    const char *p = list;
+    while (*p) {
+        char *end = NULL;
+        long value = strtol(p, &end, 10);
+        if (end == p || value < 1 || value > 65535 || s_nsweep == S_SWEEP_MAX)
+            return -1;
+        s_sweep[s_nsweep++] = (int)value;
+        if (*end == ',')
+            end++;
+        else if (*end)
+            return -1;
+        p = end;
+    }
+    return s_nsweep ? 0 : -1;
+}
+
 typedef int(s_contender_fn)(const s_config_t *config, int run);
 
 static s_contender_fn *const s_contenders[S_CONTENDERS] = {
@@ -741,7 +966,7 @@ typedef struct {
 } s_row_t;
 
 static const s_row_t s_rows[] = {
-    {"W1", "tq, defaults (worker prefetch 1)", TQ_W1, C_TQ, "tasks/s"},
+    {"W1", "tq, defaults (worker prefetch 16)", TQ_W1, C_TQ, "tasks/s"},
     {NULL, "tq, prefetch 16", TQ_W1_P16, C_TQ, "tasks/s"},
     {NULL, "tq durable (--sync batch), prefetch 16", TQ_DURABLE_W1,
      C_TQ_DURABLE, "tasks/s"},
@@ -955,6 +1180,7 @@ s_usage(FILE *out)
     fprintf(out,
             "usage: tq-bench [--runs R] [--tasks N] [--seq N] [--echo N] "
             "[--rss-tasks N] [--quick]\n"
+            "                [--only LIST] [--prefetch LIST]\n"
             "  --runs R       interleaved rounds, 1..%d (default 7)\n"
             "  --tasks N      W1 tasks (default 20000)\n"
             "  --seq N        W2 sequential round trips (default 2000)\n"
@@ -965,7 +1191,12 @@ s_usage(FILE *out)
             "echoes, 100000 held\n"
             "  --only LIST    run only these contenders, comma-separated: "
             "tq durable os idle pg\n"
-            "                 bare1 bare16 gearman pool python\n",
+            "                 bare1 bare16 gearman pool python\n"
+            "  --prefetch LIST instead: tq alone at each tq-worker --prefetch "
+            "of LIST (e.g.\n"
+            "                 1,2,4,8,16,32): W1, W4 (4 x 0.5 s sleeps on 3 "
+            "children) and W4\n"
+            "                 with the sleeps queued before the host starts\n",
             TQ_BENCH_MAX_RUNS);
 }
 
@@ -977,6 +1208,11 @@ s_parse(int argc, char **argv, s_config_t *config)
         if (strcmp(argv[i], "--quick") == 0) {
             *config = (s_config_t){
                 2000, 200, 200, config->size, 1, 100000, config->children};
+            continue;
+        }
+        if (strcmp(argv[i], "--prefetch") == 0 && i + 1 < argc) {
+            if (s_parse_sweep(argv[++i]) != 0)
+                return -1;
             continue;
         }
         if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
@@ -1066,6 +1302,11 @@ main(int argc, char **argv)
     tq_harness_init();
     tq_bench_print_machine();
     tq_bench_print_load("before");
+    if (s_nsweep) {
+        printf("setup:   %d interleaved rounds; W1 %d no-op tasks\n",
+               config.runs, config.tasks);
+        return s_run_sweep(&config);
+    }
     s_print_setup(&config);
 
     int rc = 0;

@@ -3,6 +3,7 @@
    tells systemd it is ready, runs the loop until SIGTERM or SIGINT. */
 #include <getopt.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -161,6 +162,13 @@ s_notify(const char *state)
 int
 main(int argc, char **argv)
 {
+    /* Payloads are allocated by libzmq's I/O thread and freed by this
+       one, message by message: with glibc's default trim threshold
+       (128 KiB) freed 64 KiB messages go back to the kernel and the next
+       ones fault their pages in again. Keep up to 32 MiB of freed heap
+       (W3, 64 KiB echoes: about +12 % in interleaved runs). */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
     tq_log_init("tq-broker");
     tq_broker_config_t config = {.result_ttl_s = -1,
                                  .data_dir = s_default_data_dir()};

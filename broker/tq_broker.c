@@ -1,6 +1,7 @@
 /* tq_broker.c - the broker loop: clients submit and fetch, worker children
    pull with credit, supervisors heartbeat and report dead children. One
-   thread, no locks; payloads are kept as zmq_msg_t and never decoded. This
+   thread, no locks; payloads are never decoded (small ones are copied
+   into their task, large ones kept as the zmq_msg_t they came in). This
    file holds the loop, the table of commands and who may send them, the
    endpoints, and recovery from the store; the rest lives by name in
    tq_task.c (tasks and their states), tq_dispatch.c (peers, dispatch,
@@ -27,6 +28,7 @@
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20 /* log lines about bad input per second */
 #define STALL_MS 500 /* a pass longer than this is a stall */
+#define S_CLIENT_RCVHWM 2048 /* messages of one client waiting for a pass */
 
 /* ---- clocks, memory, logging ---- */
 
@@ -329,7 +331,7 @@ s_recover(const tq_store_task_t *row, void *arg)
         tqb_warn(self, "store: skipping a damaged row (id %.64s)", row->id);
         return;
     }
-    if (zhashx_lookup(self->tasks, row->id))
+    if (tqb_task_find(self, tq_str(row->id)))
         return;
     int64_t wall = tqb_wall_ms();
     if (TQ_STATE_IS_FINAL(row->state) && row->expires_ms &&
@@ -362,6 +364,10 @@ s_recover(const tq_store_task_t *row, void *arg)
     task->rec.retries = row->retries;
     task->rec.backoff_ms = row->backoff_ms ? row->backoff_ms : 1000;
     task->rec.failures = row->failures;
+    /* the key that submitted it (tenants): interned, so that the check is
+       the pointer comparison a live submission gets */
+    task->owner =
+        row->owner && *row->owner ? tqb_intern(self, tq_str(row->owner)) : NULL;
     self->recovered++;
     task_move_t how = {.restore = true};
     if (row->corrupt && !final) {
@@ -382,7 +388,6 @@ s_recover(const tq_store_task_t *row, void *arg)
             row->error && *row->error ? tqb_strdup(row->error) : NULL;
         if (row->expires_ms)
             how.expires_ms = self->now_ms + (row->expires_ms - wall);
-        task->finished_ms = self->now_ms; /* not stored: since the start */
         tqb_task_move(self, task,
                       row->state == TQ_STATE_SUCCESS       ? TASK_SUCCESS
                           : row->state == TQ_STATE_FAILURE ? TASK_FAILURE
@@ -393,7 +398,8 @@ s_recover(const tq_store_task_t *row, void *arg)
     /* a countdown, a retry backoff or a loss pause waits out what is
        left of it (wall-clock time: the monotonic clock starts again) */
     if (row->due_ms > wall) {
-        how.due_ms = self->now_ms + (row->due_ms - wall);
+        /* the clock of now, not the pass's: recovery takes time */
+        how.due_ms = tqb_now() + (row->due_ms - wall);
         tqb_task_move(self, task,
                       row->state == TQ_STATE_RETRY ? TASK_RETRY
                                                    : TASK_SCHEDULED,
@@ -526,7 +532,7 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
        const char *domain, zcert_t *cert, char *resolved, size_t size,
        char *error, size_t errlen)
 {
-    int one = 1, zero = 0, linger = 0;
+    int one = 1, linger = 0;
     int64_t max = self->config.max_message;
     zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     /* a client that does not read has a bounded backlog (PROTOCOL.md
@@ -534,7 +540,13 @@ s_bind(tq_broker_t *self, void *socket, const char *endpoint,
     int hwm = socket == self->clients ? (int) self->config.max_client_backlog
                                        : 0;
     zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt(socket, ZMQ_RCVHWM, &zero, sizeof zero);
+    /* what clients send waits in their own process, not here: a client
+       submitting faster than the loop accepts would otherwise have the
+       I/O thread take all of it in (ZeroMQ's receive buffers, memory the
+       broker keeps after); a bounded pipe pushes back over TCP, loses
+       nothing, and still lets the loop take a batch per pass */
+    int rcvhwm = socket == self->clients ? S_CLIENT_RCVHWM : 0;
+    zmq_setsockopt(socket, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(socket, ZMQ_MAXMSGSIZE, &max, sizeof max);
     if (cert && tq_curve_server_setup(socket, cert, domain, error, errlen))
@@ -574,6 +586,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         self->config.result_ttl_s = TQ_BROKER_RESULT_TTL_S;
     if (self->config.max_lost <= 0)
         self->config.max_lost = TQ_BROKER_MAX_LOST;
+    if (self->config.max_lost > UINT16_MAX) /* task_t.lost counts to it */
+        self->config.max_lost = UINT16_MAX;
     if (self->config.max_client_backlog == 0)
         self->config.max_client_backlog = TQ_BROKER_CLIENT_BACKLOG;
     if (self->config.max_message <= 0)
@@ -642,9 +656,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         !tq_proto_valid_name(self->hostname, strlen(self->hostname)))
         snprintf(self->hostname, sizeof self->hostname, "broker");
 
-    self->tasks = zhashx_new();
-    zhashx_set_key_duplicator(self->tasks, NULL); /* keys live in tasks */
-    zhashx_set_key_destructor(self->tasks, NULL);
+    tqb_tasks_init(self);
     self->names = zhashx_new();
     zhashx_set_key_duplicator(self->names, NULL);
     zhashx_set_key_destructor(self->names, NULL);
@@ -667,7 +679,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     self->dq_index = zhashx_new();
     zhashx_set_key_duplicator(self->dq_index, NULL);
     zhashx_set_key_destructor(self->dq_index, NULL);
-    if (!self->tasks || !self->names || !self->queue_index || !self->peers ||
+    if (!self->id_table || !self->names || !self->queue_index || !self->peers ||
         !self->dq_index || !self->in_flight || !self->client_drops)
         abort();
     self->started_ms = self->now_ms = tqb_now();
@@ -742,6 +754,7 @@ tq_broker_run(tq_broker_t *self)
         tqb_release_due(self);
         /* drain both sockets in bursts until both are quiet */
         for (;;) {
+            self->now_ms = tqb_now(); /* a commit may have taken a while */
             int got = s_drain(self, self->workers, "workers");
             got += s_drain(self, self->clients, "clients");
             if (self->dispatch_due)
@@ -785,12 +798,7 @@ tq_broker_destroy(tq_broker_t **self_p)
     tq_broker_t *self = *self_p;
     /* first: its batches share the tasks' payloads and names */
     tqb_journal_destroy(self);
-    if (self->tasks) {
-        for (task_t *t = zhashx_first(self->tasks); t;
-             t = zhashx_next(self->tasks))
-            tqb_task_free(t);
-        zhashx_destroy(&self->tasks);
-    }
+    tqb_tasks_free(self);
     if (self->peers) {
         for (peer_t *w = zhashx_first(self->peers); w;
              w = zhashx_next(self->peers))

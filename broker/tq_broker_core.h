@@ -70,44 +70,90 @@ typedef enum {
     TASK_STATES_
 } task_state_t;
 
-/* What the store keeps of a task: tq_store_task_t is made from it. */
+/* What the store keeps of a task: tq_store_task_t is made from it. The
+   last member of task_t: its id runs on into the task's allocation. */
 typedef struct {
-    char id[TQ_PROTO_MAX_ID + 1];
-    uint8_t priority;
+    char *error; /* final or retrying: error text, or NULL */
+    uint64_t seq; /* submission order */
     uint32_t time_limit_ms;
     uint32_t attempt; /* lease: incremented at every dispatch */
     uint32_t code; /* final: tq_err_t */
-    uint64_t seq; /* submission order */
     uint32_t retries; /* reruns left after a task failure */
     uint32_t backoff_ms; /* first retry delay */
     uint32_t failures; /* task failures so far (for the backoff) */
-    int64_t due_ms; /* SCHEDULED, RETRY: monotonic ms it may run */
-    char *error; /* final or retrying: error text, or NULL */
+    uint8_t priority;
+    char id[]; /* NUL-terminated; a small payload follows it */
 } task_rec_t;
 
+/* Where a task's payload is (task->payload_at). */
+typedef enum {
+    PAYLOAD_NONE = 0, /* empty */
+    PAYLOAD_INLINE, /* in the task's own allocation, after its id */
+    PAYLOAD_HEAP, /* task->payload points to a malloc'd copy */
+    PAYLOAD_MSG, /* task->payload points to a zmq_msg_t (large ones: not
+                    copied) */
+    PAYLOAD_STORED /* only in the store (its arguments, committed):
+                      read back when needed (tqb_task_payload) */
+} payload_at_t;
+
+/* Who submitted a task (task->client_at). */
+typedef enum {
+    CLIENT_NONE = 0, /* answered already, or recovered from the store */
+    CLIENT_ZMQ, /* a routing id ZeroMQ made: a zero byte, then the 4 bytes
+                   in task->client */
+    CLIENT_OTHER /* any other: in tq_broker_t.clients under the task id */
+} client_at_t;
+
+/* One allocation per task: this, ending with its id, then its payload
+   when PAYLOAD_INLINE. Fields only one group of states needs share a
+   union: the state says which member is live. A waiting task costs this
+   record (137 bytes up to its id), its id, its payload and a share of the
+   id table's buckets. */
 struct task_s {
-    task_rec_t rec;
-    task_state_t state; /* the one fact: which container holds it */
+    task_t *prev, *next; /* lane, held list or expiry list */
+    task_t *id_next; /* the id table's chain */
     lane_t *lane; /* its queue and task name */
-    zmq_msg_t payload; /* args until final, then the value (a dead
-                          letter keeps its args) */
-    uint32_t lost; /* worker deaths charged to it */
-    bool failure_counted; /* FAILURE: in this run's failed counts (not
-                             when recovered from the store) */
-    tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap */
-        int64_t submitted_ms; /* monotonic ms when accepted */
-    int64_t started_ms;   /* monotonic ms of its last dispatch, 0: never */
-    int64_t finished_ms;  /* final: monotonic ms it became final */
-    int64_t expires_ms; /* final: monotonic ms when forgotten */    ident_t client; /* submitter; size 0 once answered */
     const char *owner; /* CURVE: the submitter's key (interned); NULL
                           without CURVE */
-    ident_t *waiters; /* clients blocked in GET wait=true */
-    uint32_t waiter_count;
-    peer_t *holder; /* HELD, REVOKING */
-    uint64_t revoke_for; /* REVOKING: serial of the idle child asking */
-    task_t *prev, *next; /* lane, held list or expiry list */
-    task_t *dead_prev, *dead_next; /* FAILURE: the dead letters */
+    void *payload; /* PAYLOAD_HEAP: the bytes; PAYLOAD_MSG: a zmq_msg_t;
+                      else NULL. Args until final, then the value (a dead
+                      letter keeps its args). Read with tqb_task_payload */
+    int64_t submitted_ms; /* monotonic ms when accepted */
+    union {
+        struct { /* HELD, REVOKING */
+            peer_t *holder;
+            uint64_t revoke_for; /* REVOKING: serial of the idle child
+                                    asking */
+        };
+        tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap;
+                                node.key is the monotonic ms it may run */
+        struct { /* final */
+            task_t *dead_prev, *dead_next; /* FAILURE: the dead letters */
+            int64_t expires_ms; /* monotonic ms when forgotten (a TQ_ELOST
+                                   dead letter is not); it became final
+                                   the result TTL before */
+        };
+    };
+    uint32_t client; /* CLIENT_ZMQ: the submitter's routing id */
+    uint32_t payload_size; /* bytes */
+    uint32_t started; /* its last dispatch: tqb_task_started_ms */
+    uint16_t lost; /* worker deaths charged to it (max-lost fits) */
+    /* two bytes of state and flags: the record stays at 137 bytes */
+    uint8_t state : 4; /* task_state_t, the one fact: which container
+                          holds it */
+    uint8_t payload_at : 3; /* payload_at_t */
+    uint8_t client_at : 2; /* client_at_t */
+    bool failure_counted : 1; /* FAILURE: in this run's failed counts (not
+                                 when recovered from the store) */
+    bool page_out : 1; /* listed in tq_broker_t.page_out */
+    bool waited : 1; /* has clients in tq_broker_t.waiters */
+    task_rec_t rec; /* last: its id runs on */
 };
+
+/* When a final task became final (monotonic ms): its expiry less the
+   result TTL (kept so, not in a field of its own). */
+#define TQB_FINISHED_MS(self, task)                                            \
+    ((task)->expires_ms - (int64_t)(self)->config.result_ttl_s * 1000)
 
 /* How tqb_task_move places a task. */
 typedef struct {
@@ -170,6 +216,8 @@ struct peer_s {
     uint32_t task_count;
     task_list_t held_tasks; /* in dispatch order */
     int64_t last_seen_ms;
+    int64_t unreachable_ms; /* child: when a send found its connection
+                               gone (EHOSTUNREACH), 0: never */
     peer_t *prev, *next; /* the children list, or the supervisors */
 };
 
@@ -226,7 +274,17 @@ struct tq_broker_t {
     char client_endpoint[256];
     char worker_endpoint[256];
     char hostname[TQ_PROTO_MAX_NAME + 1];
-    zhashx_t *tasks; /* id -> task_t */
+    task_t **id_table; /* id -> task_t, chained through id_next */
+    zhashx_t *waiters; /* task id -> clients blocked in GET wait=true
+                          (ident_t array, count first), made on demand */
+    zhashx_t *submitters; /* task id -> its submitter's ident_t when not one
+                          ZeroMQ made (CLIENT_OTHER) */
+    uint32_t id_mask; /* buckets - 1, a power of two minus one */
+    uint32_t task_count;
+    task_t **page_out; /* tasks whose payload leaves memory once the
+                          batch that stores it commits */
+    uint32_t page_out_count, page_out_cap;
+    uint64_t paged_in; /* payloads read back from the store */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
     queue_t *queues;
@@ -402,10 +460,32 @@ queue_t *tqb_queue(tq_broker_t *self, tq_str_t name);
 lane_t *tqb_lane(queue_t *queue, const char *task);
 void tqb_list_push(task_list_t *list, task_t *task, bool front);
 void tqb_list_remove(task_list_t *list, task_t *task);
-/* A new task in TASK_NEW, in the table; payload moved in. */
+/* The id table: empty at start; tqb_tasks_free frees every task. */
+void tqb_tasks_init(tq_broker_t *self);
+void tqb_tasks_free(tq_broker_t *self);
+/* A new task in TASK_NEW, in the table; payload moved in (a small one is
+   copied into the task's own allocation, a large one kept as it is). */
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* The task's payload in msg (initialised here; the caller closes it):
+   shared or copied when in memory, read back when only the store has it.
+   0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or
+   is missing) with msg empty and *why saying what (static text). */
+int tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
+                     const char **why);
+/* The payload's bytes when in memory, else NULL; its size either way. */
+const void *tqb_task_payload_data(const task_t *task);
+size_t tqb_task_payload_size(const task_t *task);
+/* Records the submitter, answered when the task ends. */
+void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
+/* Its last dispatch (monotonic ms), 0: never; and recording it. */
+int64_t tqb_task_started_ms(const task_t *task);
+void tqb_task_set_started(task_t *task, int64_t now_ms);
+/* A batch committed that stored the first count tasks of page_out: their
+   arguments may leave memory (the store keeps them); the others stay
+   listed for a later batch. */
+void tqb_task_committed(tq_broker_t *self, uint32_t count);
 /* The only way a task changes state: checks the move against the table
    of legal moves (a programmer error aborts), takes it out of its
    container, puts it into the new one, keeps the counts and journals what
@@ -425,7 +505,7 @@ void tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state,
 void tqb_task_forget(tq_broker_t *self, task_t *task);
 void tqb_task_free(task_t *task);
 /* Adds a client to those told when the task ends, once. */
-void tqb_task_add_waiter(task_t *task, const ident_t *from);
+void tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Moves SCHEDULED and RETRY tasks whose time came into their lanes. */
 void tqb_release_due(tq_broker_t *self);
 /* Forgets results whose TTL ran out. */

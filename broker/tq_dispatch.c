@@ -1,6 +1,7 @@
 /* tq_dispatch.c - peers on the workers endpoint and the work they get:
    children (READY) and supervisors (HEARTBEAT), credit dispatch, work
    stealing with the holder's consent, and host liveness. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,26 +254,62 @@ s_next_task(peer_t *child)
     return best;
 }
 
-/* Sends a task to a child. Returns false if the child is gone (it was
-   removed and its tasks, this one included, queued again). */
+/* A send to a child failed. EHOSTUNREACH: its connection is gone. Most
+   often the child died, and its supervisor's LOST follows, which charges
+   the task it was running (PROTOCOL.md 5.2 item 7); removing the child
+   now, as a DISCONNECT, would put that task back uncharged and leave the
+   LOST nobody to find, so that a task that kills its child could do it
+   again and again (with prefetch above 1 the broker sends to children
+   that are busy, so this race is common). The child is only marked: it
+   gets nothing more, and its LOST, its READY on a new connection, or
+   TQB_LIVENESS_MS of neither (then as a DISCONNECT: tqb_check_hosts)
+   ends it. Any other error removes it at once. */
+static void
+s_unreachable(tq_broker_t *self, peer_t *child, int err)
+{
+    self->dispatch_due = true;
+    if (err != EHOSTUNREACH) {
+        tqb_peer_remove(self, child, false, 0, "unreachable");
+        return;
+    }
+    if (!child->unreachable_ms) {
+        child->unreachable_ms = self->now_ms > 0 ? self->now_ms : 1;
+        tqb_debug(self,
+                  "worker %s pid %llu unreachable: waiting for its "
+                  "LOST",
+                  child->host, (unsigned long long)child->pid);
+    }
+}
+
+/* Sends a task to a child. Returns false if the child cannot take it: it
+   was removed, or marked unreachable (s_unreachable); the task, which it
+   never got, went back to the front of its lane with its attempt. */
 static bool
 s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
 {
     task->rec.attempt++;
-    task->started_ms = self->now_ms;
+    tqb_task_set_started(task, self->now_ms);
     tqb_task_move(self, task, TASK_HELD, &(task_move_t){.holder = child});
+    zmq_msg_t args;
+    const char *why = NULL;
+    if (tqb_task_payload(self, task, &args, &why) != 0) {
+        /* only the store had its arguments, and they cannot be read */
+        tqb_task_final(self, task, TASK_FAILURE, TQ_ECORRUPT, why, NULL);
+        return true;
+    }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
     out->id = tq_str(task->rec.id);
     out->task = tq_str(task->lane->task);
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
-    zmq_msg_t args;
-    zmq_msg_init(&args);
-    zmq_msg_copy(&args, &task->payload);
     int rc = tqb_send_to(self, self->workers, &child->ident, &args);
+    int err = errno;
     zmq_msg_close(&args);
     if (rc != 0) {
-        tqb_peer_remove(self, child, false, 0, "unreachable");
+        /* never delivered: nobody holds this attempt */
+        tqb_task_move(self, task, TASK_WAITING, &(task_move_t){.front = true});
+        task->rec.attempt--;
+        s_unreachable(self, child, err);
         return false;
     }
     return true;
@@ -298,21 +335,37 @@ s_steal(tq_broker_t *self)
 {
     if (!self->multi_holders)
         return;
+    /* nobody idle, nothing to do: the common case under load, where this
+       runs at the end of every dispatch pass */
+    peer_t *idle = self->children;
+    while (idle && idle->held + idle->cancelled > 0)
+        idle = idle->next;
+    if (!idle)
+        return;
     /* what may be asked for (held, not first, holder answers REVOKE), and
-       the idle children already waiting on a REVOKE */
+       the idle children already waiting on a REVOKE; on the stack unless
+       there are many */
+    task_t *victims_here[64];
+    uint64_t asked_here[64];
     uint32_t nvictims = 0, nasked = 0, cap = 64;
-    task_t **victims = tqb_alloc(cap * sizeof *victims);
-    uint64_t *asked = tqb_alloc(cap * sizeof *asked);
+    task_t **victims = victims_here;
+    uint64_t *asked = asked_here;
     for (peer_t *w = self->children; w; w = w->next) {
-        if (w->held < 2)
+        if (w->held < 2 || w->unreachable_ms)
             continue;
         for (task_t *t = w->held_tasks.head->next; t; t = t->next) {
             if (nvictims == cap || nasked == cap) {
+                task_t **v = tqb_alloc(2 * cap * sizeof *v);
+                uint64_t *a = tqb_alloc(2 * cap * sizeof *a);
+                memcpy(v, victims, nvictims * sizeof *v);
+                memcpy(a, asked, nasked * sizeof *a);
+                if (victims != victims_here) {
+                    free(victims);
+                    free(asked);
+                }
+                victims = v;
+                asked = a;
                 cap *= 2;
-                victims = realloc(victims, cap * sizeof *victims);
-                asked = realloc(asked, cap * sizeof *asked);
-                if (!victims || !asked)
-                    abort();
             }
             if (t->state == TASK_REVOKING)
                 asked[nasked++] = t->revoke_for;
@@ -328,7 +381,7 @@ s_steal(tq_broker_t *self)
             if (taker->stamp == stamp)
                 continue;
             taker->stamp = stamp;
-            if (taker->held + taker->cancelled > 0)
+            if (taker->held + taker->cancelled > 0 || taker->unreachable_ms)
                 continue;
             bool waiting = false;
             for (uint32_t a = 0; a < nasked && !waiting; a++)
@@ -342,6 +395,7 @@ s_steal(tq_broker_t *self)
             for (uint32_t k = 0; k < nvictims; k++) {
                 task_t *t = victims[k];
                 if (t && t->state == TASK_HELD && t->holder != taker &&
+                    !t->holder->unreachable_ms &&
                     tqb_peer_serves(taker, t->lane) &&
                     (!victim || t->rec.priority > victim->rec.priority ||
                      (t->rec.priority == victim->rec.priority &&
@@ -355,19 +409,24 @@ s_steal(tq_broker_t *self)
             out->id = tq_str(victim->rec.id);
             out->attempt = victim->rec.attempt;
             if (tqb_send_to(self, self->workers, &holder->ident, NULL) != 0) {
-                /* gone: its tasks go back to their lanes; look again at
-                   the next pass */
-                tqb_peer_remove(self, holder, false, 0, "unreachable");
-                self->dispatch_due = true;
-                goto done;
+                /* gone: marked (its tasks stay until its LOST) or
+                   removed (they went back to their lanes: the lists are
+                   stale); look again at the next pass */
+                int err = errno;
+                s_unreachable(self, holder, err);
+                if (err != EHOSTUNREACH)
+                    goto done;
+                continue;
             }
             tqb_task_move(self, victim, TASK_REVOKING, NULL);
             victim->revoke_for = taker->serial;
         }
     }
 done:
-    free(victims);
-    free(asked);
+    if (victims != victims_here) {
+        free(victims);
+        free(asked);
+    }
 }
 
 static int
@@ -390,7 +449,7 @@ s_candidates(tq_broker_t *self)
             continue;
         for (uint32_t i = 0; i < q->server_count; i++) {
             peer_t *child = q->servers[i];
-            if (child->stamp == stamp ||
+            if (child->stamp == stamp || child->unreachable_ms ||
                 child->held + child->cancelled >= child->credit)
                 continue;
             child->stamp = stamp;
@@ -472,6 +531,14 @@ void
 tqb_check_hosts(tq_broker_t *self)
 {
     peer_t *next;
+    /* a child whose connection went away, for which neither its LOST nor
+       a new READY came: handled as a DISCONNECT (s_unreachable) */
+    for (peer_t *w = self->children; w; w = next) {
+        next = w->next;
+        if (w->unreachable_ms &&
+            self->now_ms - w->unreachable_ms >= TQB_LIVENESS_MS)
+            tqb_peer_remove(self, w, false, 0, "unreachable");
+    }
     for (peer_t *sup = self->supervisors; sup; sup = next) {
         next = sup->next;
         if (self->now_ms - sup->last_seen_ms < TQB_LIVENESS_MS)

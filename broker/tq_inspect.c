@@ -34,9 +34,30 @@ s_delayed(const task_t *task)
 static uint64_t
 s_due_in(const tq_broker_t *self, const task_t *task)
 {
-    return task->rec.due_ms > self->now_ms
-               ? (uint64_t) (task->rec.due_ms - self->now_ms)
-               : 0;
+    return task->node.key > self->now_ms
+        ? (uint64_t)(task->node.key - self->now_ms)
+        : 0;
+}
+
+static bool
+s_running(const task_t *task)
+{
+    return task->state == TASK_HELD || task->state == TASK_REVOKING;
+}
+
+/* The payload as raw msgpack, or nil when there is none or it cannot be
+   read back from the store. */
+static void
+s_pack_payload(tq_broker_t *self, msgpack_packer *pk, msgpack_sbuffer *body,
+               const task_t *task)
+{
+    zmq_msg_t payload;
+    if (tqb_task_payload(self, task, &payload, NULL) == 0 &&
+        zmq_msg_size(&payload))
+        s_pack_raw(body, &payload);
+    else
+        msgpack_pack_nil(pk);
+    zmq_msg_close(&payload);
 }
 
 /* One TASKS entry. */
@@ -44,9 +65,9 @@ static void
 s_pack_entry(tq_broker_t *self, msgpack_packer *pk, msgpack_sbuffer *body,
              const task_t *task)
 {
-    bool running = task->holder != NULL;
+    bool running = s_running(task);
     bool delayed = s_delayed(task);
-    size_t args = zmq_msg_size((zmq_msg_t *) &task->payload);
+    size_t args = tqb_task_payload_size(task);
     msgpack_pack_map(pk, 9 + (delayed ? 1 : 0) + (running ? 2 : 0));
     tqb_pack_str(pk, "id");
     tqb_pack_str(pk, task->rec.id);
@@ -68,7 +89,7 @@ s_pack_entry(tq_broker_t *self, msgpack_packer *pk, msgpack_sbuffer *body,
     }
     tqb_pack_str(pk, "args");
     if (args && args <= S_ARGS_SHOWN)
-        s_pack_raw(body, &task->payload);
+        s_pack_payload(self, pk, body, task);
     else
         msgpack_pack_nil(pk);
     tqb_pack_uint_kv(pk, "args_bytes", args);
@@ -91,10 +112,10 @@ static int
 s_by_due(const void *a, const void *b)
 {
     const task_t *x = *(task_t *const *) a, *y = *(task_t *const *) b;
-    return x->rec.due_ms < y->rec.due_ms   ? -1
-           : x->rec.due_ms > y->rec.due_ms ? 1
-           : x->rec.seq < y->rec.seq       ? -1
-                                           : x->rec.seq > y->rec.seq;
+    return x->node.key < y->node.key ? -1
+        : x->node.key > y->node.key  ? 1
+        : x->rec.seq < y->rec.seq    ? -1
+                                     : x->rec.seq > y->rec.seq;
 }
 
 /* The tasks to list, in the order of PROTOCOL.md 5.7, in a new array
@@ -189,10 +210,11 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     bool success = task->state == TASK_SUCCESS;
     /* the child running it, or the one its last attempt ran on is not
        kept: only a running task names one */
-    const peer_t *holder = task->holder;
+    const peer_t *holder = s_running(task) ? task->holder : NULL;
     bool delayed = s_delayed(task);
-    bool started = task->started_ms != 0;
-    size_t bytes = zmq_msg_size(&task->payload);
+    int64_t started_ms = tqb_task_started_ms(task);
+    bool started = started_ms != 0;
+    size_t bytes = tqb_task_payload_size(task);
     msgpack_sbuffer body;
     msgpack_packer pk;
     tqb_body_init(&body, &pk);
@@ -220,7 +242,7 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         msgpack_pack_nil(&pk);
     tqb_pack_str(&pk, "args");
     if (!success && bytes)
-        s_pack_raw(&body, &task->payload);
+        s_pack_payload(self, &pk, &body, task);
     else
         msgpack_pack_nil(&pk);
     tqb_pack_uint_kv(&pk, "args_bytes", success ? 0 : bytes);
@@ -233,10 +255,10 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_uint_kv(&pk, "pid", holder->pid);
     }
     if (started)
-        tqb_pack_uint_kv(&pk, "started_ms", s_wall_of(self, task->started_ms));
+        tqb_pack_uint_kv(&pk, "started_ms", s_wall_of(self, started_ms));
     if (final)
         tqb_pack_uint_kv(&pk, "finished_ms",
-                         s_wall_of(self, task->finished_ms));
+                         s_wall_of(self, TQB_FINISHED_MS(self, task)));
     if (delayed)
         tqb_pack_uint_kv(&pk, "due_ms", s_due_in(self, task));
     tqb_out(self, TQ_CMD_REPLY)->id = msg->id;

@@ -21,7 +21,9 @@ s_due_wall(const task_t *task)
 {
     if (task->state != TASK_SCHEDULED && task->state != TASK_RETRY)
         return 0;
-    int64_t due = tqb_wall_ms() + (task->rec.due_ms - tqb_now());
+    /* +1: both clocks are read in whole ms, and a countdown must never
+       end early after a restart */
+    int64_t due = tqb_wall_ms() + (task->node.key - tqb_now()) + 1;
     return due > 0 ? due : 1;
 }
 
@@ -34,6 +36,7 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
         .id = task->rec.id,
         .task = task->lane->task,
         .queue = task->lane->queue->name,
+        .owner = task->owner,
         .priority = task->rec.priority,
         .time_limit_ms = task->rec.time_limit_ms,
         .attempt = task->rec.attempt,
@@ -95,6 +98,8 @@ struct tqb_journal_s {
     uint64_t handed; /* last batch handed to the thread, 0: none */
     uint64_t done; /* last batch committed, as the loop knows it */
     bool busy; /* loop side: a batch is in flight */
+    uint32_t page_out_mark; /* tasks of self->page_out listed before the
+                               batch in flight was handed off */
     int wakeup; /* the broker's eventfd: written when a batch is done */
     const char *hold; /* tests: TQ_TEST_HOLD_COMMITS */
     pthread_t thread;
@@ -150,6 +155,26 @@ s_row_op(tq_broker_t *self, op_kind_t kind, const tq_store_task_t *row,
     if (payload)
         zmq_msg_copy(&op->payload, (zmq_msg_t *)payload);
     return op;
+}
+
+/* The op shares the task's payload: a large one by reference, a small
+   one (a few hundred bytes at most) copied, since the task may drop it
+   before the op is applied. */
+static void
+s_task_payload(op_t *op, const task_t *task)
+{
+    size_t size = tqb_task_payload_size(task);
+    if (task->payload_at == PAYLOAD_MSG) {
+        zmq_msg_copy(&op->payload, (zmq_msg_t *)task->payload);
+        return;
+    }
+    const void *data = tqb_task_payload_data(task);
+    if (!data || !size)
+        return;
+    zmq_msg_close(&op->payload);
+    if (zmq_msg_init_size(&op->payload, size) != 0)
+        abort();
+    memcpy(zmq_msg_data(&op->payload), data, size);
 }
 
 /* Commit thread: writes one op into the store's open transaction. */
@@ -294,23 +319,26 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         return;
     tq_store_task_t row;
     s_row(self, task, &row);
-    zmq_msg_t *payload = &task->payload;
     if (tqb_task_is_final(task)) {
         bool value = task->state == TASK_SUCCESS;
+        size_t size = value ? tqb_task_payload_size(task) : 0;
         /* result_size says "there is a result" (an empty one included) */
-        row.result_size = value ? zmq_msg_size(payload) + 1 : 0;
+        row.result_size = value ? size + 1 : 0;
         /* dead letters of TQ_ELOST never expire; other results after the
            TTL (at least 1 ms: 0 means "never" in the store) */
         row.expires_ms = task->rec.code == TQ_ELOST
             ? 0
             : tqb_wall_ms() + (int64_t)self->config.result_ttl_s * 1000 + 1;
-        s_row_op(self, OP_FINISH, &row, value ? payload : NULL);
-        self->disk_bytes += (value ? zmq_msg_size(payload) : 0) + TQB_ROW_BYTES;
+        op_t *op = s_row_op(self, OP_FINISH, &row, NULL);
+        if (value)
+            s_task_payload(op, task);
+        self->disk_bytes += size + TQB_ROW_BYTES;
         return;
     }
     if (from == TASK_NEW) {
-        s_row_op(self, OP_ADD, &row, payload);
-        self->disk_bytes += zmq_msg_size(payload) + TQB_ROW_BYTES;
+        /* in memory when new */
+        s_task_payload(s_row_op(self, OP_ADD, &row, NULL), task);
+        self->disk_bytes += tqb_task_payload_size(task) + TQB_ROW_BYTES;
         return;
     }
     if (from == TASK_FAILURE) {
@@ -502,6 +530,10 @@ s_reap(tq_broker_t *self, bool wait)
     }
     j->done = j->handed;
     s_count_commit(self, us);
+    /* arguments now stored may leave memory: those of the tasks listed
+       before this batch was handed off (later ones are not stored yet) */
+    tqb_task_committed(self, j->page_out_mark);
+    j->page_out_mark = 0;
     return true;
 }
 
@@ -525,6 +557,7 @@ s_hand_off(tq_broker_t *self)
     pthread_mutex_unlock(&j->lock);
     j->busy = true;
     j->handed = j->open_seq++;
+    j->page_out_mark = self->page_out_count;
     j->open = j->open == &j->batch[0] ? &j->batch[1] : &j->batch[0];
 }
 

@@ -100,14 +100,14 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.retries = msg->retries;
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
-        tqb_ident_set(&task->client, tqb_ident_data(&from), from.size);
+        tqb_task_set_client(self, task, &from);
         task->owner = self->in_key;
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);
         if (msg->delay_ms)
             tqb_task_move(
                 self, task, TASK_SCHEDULED,
-                &(task_move_t){.due_ms = self->now_ms + msg->delay_ms});
+                &(task_move_t){.due_ms = tqb_now() + msg->delay_ms});
         else
             tqb_task_move(self, task, TASK_WAITING, NULL);
         self->counters.submitted++;
@@ -143,7 +143,7 @@ tqb_on_get(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         return;
     if (msg->wait) {
         ident_t from = tqb_sender(self);
-        tqb_task_add_waiter(task, &from);
+        tqb_task_add_waiter(self, task, &from);
         return;
     }
     tq_msg_t *out = tqb_out(self, TQ_CMD_STATE);
@@ -162,7 +162,7 @@ tqb_on_cancel(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     /* the canceller hears the outcome through the RESULT that ending the
        task sends to every waiter */
     ident_t from = tqb_sender(self);
-    tqb_task_add_waiter(task, &from);
+    tqb_task_add_waiter(self, task, &from);
     tqb_cancel(self, task, "cancelled");
     self->dispatch_due = true;
 }

@@ -176,11 +176,11 @@ tqb_reply_error(tq_broker_t *self, void *socket, int code, const char *text,
 bool
 tqb_may_see(const tq_broker_t *self, const task_t *task)
 {
-    /* a task recovered from the store has no owner (the store does not
-       keep it yet): every key may see it, so that its submitter, asking
-       again after the restart, still finds it */
+    /* the owner survives a restart (the store keeps it); a task with no
+       recorded owner (submitted without CURVE, or stored before schema
+       v5) stays visible to every key, as it was before */
     return !self->auth || self->in_admin || !task->owner ||
-           task->owner == self->in_key;
+        task->owner == self->in_key;
 }
 
 void
@@ -200,9 +200,10 @@ tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
     out->code = task->rec.code;
     out->error = tq_str(task->rec.error);
     zmq_msg_t value;
-    zmq_msg_init(&value);
     if (task->state == TASK_SUCCESS)
-        zmq_msg_copy(&value, &task->payload); /* shared, not copied */
+        tqb_task_payload(self, task, &value, NULL); /* shared or copied */
+    else
+        zmq_msg_init(&value);
     tqb_send_to(self, self->clients, to, &value);
     zmq_msg_close(&value);
 }

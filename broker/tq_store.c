@@ -284,3 +284,20 @@ tq_store_check_payload(tq_store_payload_t what, const void *data, size_t size,
         return missing[what];
     return tq_crc32c(0, data, size) == crc ? NULL : mismatch[what];
 }
+
+int
+tq_store_read_args(tq_store_t *self, const char *id,
+                   void (*fn)(const void *data, size_t size, void *arg),
+                   void *arg)
+{
+    if (!self->ops->read_args)
+        return TQ_ESTATE;
+    /* no lock: the backend reads on a connection of its own */
+    return self->failed ? TQ_ESYS : self->ops->read_args(self, id, fn, arg);
+}
+
+bool
+tq_store_reads_args(const tq_store_t *self)
+{
+    return self->ops->read_args != NULL;
+}

@@ -24,6 +24,11 @@ typedef struct {
     const char *id;
     const char *task;
     const char *queue;
+    const char *owner; /* under CURVE: the submitting client key's text
+                          (tenants, PROTOCOL.md 5.8); NULL: none recorded,
+                          every key may see the task. Written by
+                          tq_store_add only (a task's owner never
+                          changes) */
     uint32_t priority;
     uint32_t time_limit_ms;
     uint32_t attempt; /* attempts started so far */
@@ -133,6 +138,20 @@ int tq_store_load(tq_store_t *self,
                   void (*fn)(const tq_store_task_t *task, void *arg),
                   void *arg);
 
+/* Reads back a stored task's arguments: fn gets them (borrowed until it
+   returns). TQ_OK; TQ_EUNKNOWN: no such task; TQ_ECORRUPT: they failed
+   their checksum; TQ_ESTATE: this backend does not read arguments back
+   (see tq_store_reads_args); TQ_ESYS. Reads what is committed, on a
+   connection of its own and without the store's lock, so the broker's
+   loop does not wait for a commit in flight; one thread at a time. */
+int tq_store_read_args(tq_store_t *self, const char *id,
+                       void (*fn)(const void *data, size_t size, void *arg),
+                       void *arg);
+
+/* True if tq_store_read_args is cheap enough for the broker to keep
+   waiting tasks' arguments on disk only (SQLite: a local read). */
+bool tq_store_reads_args(const tq_store_t *self);
+
 /* Data-queue items, in the open batch: an item put (data borrowed, seq
    its order in the queue) and an item taken. */
 int tq_store_item_add(tq_store_t *self, const char *queue, uint64_t seq,
@@ -175,10 +194,11 @@ int tq_store_lease_renew(tq_store_t *self, uint32_t ttl_ms);
 /* The last error's message (borrowed). */
 const char *tq_store_error(const tq_store_t *self);
 
-/* Every call above takes the store's lock (recursive), so one store may
-   be used from two threads (the broker's loop and its commit thread) one
-   at a time. tq_store_lock holds it across several calls, e.g. the writes
-   and the commit of one batch; each lock is matched by an unlock. */
+/* Every call above but tq_store_read_args takes the store's lock
+   (recursive), so one store may be used from two threads (the broker's
+   loop and its commit thread) one at a time. tq_store_lock holds it
+   across several calls, e.g. the writes and the commit of one batch;
+   each lock is matched by an unlock. */
 void tq_store_lock(tq_store_t *self);
 void tq_store_unlock(tq_store_t *self);
 

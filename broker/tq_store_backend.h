@@ -35,6 +35,10 @@ typedef struct {
     int (*lease_acquire)(tq_store_t *self, const char *owner, uint32_t ttl_ms,
                          uint64_t *epoch);
     int (*lease_renew)(tq_store_t *self, uint32_t ttl_ms);
+    /* NULL: the backend does not read arguments back */
+    int (*read_args)(tq_store_t *self, const char *id,
+                     void (*fn)(const void *data, size_t size, void *arg),
+                     void *arg);
 } tq_store_ops_t;
 
 /* The head of every backend's object (its first member). */

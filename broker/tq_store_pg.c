@@ -30,8 +30,9 @@
    edit an existing step, and test the step in tests/test_store_pg.c. A
    database newer than this build is refused.
    v1: tasks (as SQLite's v4: due_ms, a CRC-32C per payload), items, the
-   active broker's lease and its fencing check tq_fence(epoch). */
-#define S_SCHEMA_VERSION 1
+   active broker's lease and its fencing check tq_fence(epoch); v2: the
+   owner key of a task (as SQLite's v5). */
+#define S_SCHEMA_VERSION 2
 
 static const char *const s_pg_schema_v1 =
     "CREATE TABLE tq_tasks ("
@@ -87,6 +88,14 @@ static const char *const s_pg_schema_v1 =
     "  RETURN have;"
     " END $f$;";
 
+/* v1 -> v2: the client key that submitted a task (its text, as the
+   broker holds it), so that under CURVE a task stays its owner's across a
+   restart. Rows stored before have none (NULL): they stay visible to every
+   key, as they were (PROTOCOL.md 5.8). A column without a default: no
+   table rewrite. */
+static const char *const s_pg_schema_v2 =
+    "ALTER TABLE tq_tasks ADD COLUMN owner text;";
+
 /* The kinds of write a batch holds, in the order they were made. */
 enum {
     S_ADD,
@@ -120,13 +129,14 @@ typedef struct {
     int kind;
     s_ref_t id; /* task id; an item's queue */
     s_ref_t task, queue, error;
+    s_ref_t owner; /* S_ADD: the submitter's key, unset: NULL */
     s_ref_t blob; /* args, result or item data */
     int64_t n[10]; /* the kind's numbers, in its statement's order */
     int nn;
 } s_op_t;
 
 /* the most columns of a statement (S_ADD's) */
-#define S_COLUMNS_MAX 14
+#define S_COLUMNS_MAX 15
 
 /* one column of a run: an array in PostgreSQL's binary format */
 typedef struct {
@@ -304,7 +314,8 @@ s_migrate(s_pg_t *self)
         goto failed;
     }
     /* one step per version, each from the one before; never edit a step */
-    if (version < 1 && !s_exec_ok(self, s_pg_schema_v1))
+    if ((version < 1 && !s_exec_ok(self, s_pg_schema_v1)) ||
+        (version < 2 && !s_exec_ok(self, s_pg_schema_v2)))
         goto failed;
     if (version < S_SCHEMA_VERSION) {
         char sql[160];
@@ -461,6 +472,7 @@ s_add(tq_store_t *base, const tq_store_task_t *t)
     op->id = s_copy_text(self, t->id);
     op->task = s_copy_text(self, t->task);
     op->queue = s_copy_text(self, t->queue);
+    op->owner = s_copy_text(self, t->owner);
     op->blob = s_copy(self, t->args ? t->args : "", t->args_size);
     int64_t n[] = {t->priority,     t->time_limit_ms,
                    t->attempt,      t->state,
@@ -575,13 +587,13 @@ s_dirty(const tq_store_t *base)
    column (unnest), so a run of any length is one execution of a statement
    planned once. */
 static const char *const s_prepared[] = {
-    [S_ADD] = "INSERT INTO tq_tasks (id, task, queue, priority,"
+    [S_ADD] = "INSERT INTO tq_tasks (id, task, queue, owner, priority,"
               " time_limit_ms, attempt, state, seq, retries, backoff_ms,"
               " failures, due_ms, args_crc, args) SELECT * FROM"
-              " unnest($1::text[], $2::text[], $3::text[], $4::int8[],"
+              " unnest($1::text[], $2::text[], $3::text[], $4::text[],"
               " $5::int8[], $6::int8[], $7::int8[], $8::int8[], $9::int8[],"
               " $10::int8[], $11::int8[], $12::int8[], $13::int8[],"
-              " $14::bytea[]) ON CONFLICT (id) DO NOTHING",
+              " $14::int8[], $15::bytea[]) ON CONFLICT (id) DO NOTHING",
     [S_SET_DUE] = "UPDATE tq_tasks t SET state = v.state, attempt ="
                   " v.attempt, due_ms = v.due_ms FROM unnest($1::text[],"
                   " $2::int8[], $3::int8[], $4::int8[]) AS v(id, state,"
@@ -614,9 +626,9 @@ static const char *const s_prepared[] = {
 
 /* The element type of each column of each kind's statement. */
 static const Oid s_columns[S_KINDS][S_COLUMNS_MAX + 1] = {
-    [S_ADD] = {S_OID_TEXT, S_OID_TEXT, S_OID_TEXT, S_OID_INT8, S_OID_INT8,
+    [S_ADD] = {S_OID_TEXT, S_OID_TEXT, S_OID_TEXT, S_OID_TEXT, S_OID_INT8,
                S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8,
-               S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_BYTEA},
+               S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_BYTEA},
     [S_SET_DUE] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8},
     [S_SET_RETRIES] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8},
     [S_FINISH] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8,
@@ -726,6 +738,7 @@ s_build(s_pg_t *self, size_t first, size_t last)
         if (kind == S_ADD) {
             s_col_ref(self, &self->cols[c++], op->task);
             s_col_ref(self, &self->cols[c++], op->queue);
+            s_col_ref(self, &self->cols[c++], op->owner);
         }
         for (int k = 0; k < op->nn; k++)
             s_col_int(&self->cols[c++], op->n[k]);
@@ -968,6 +981,7 @@ s_task_row(const PGresult *r, void *arg)
         .backoff_ms = (uint32_t)s_int(r, 0, 14),
         .failures = (uint32_t)s_int(r, 0, 15),
         .due_ms = s_int(r, 0, 16),
+        .owner = s_text(r, 0, 19),
     };
     if (!t.id || !t.task || !t.queue)
         return;
@@ -991,7 +1005,8 @@ s_load(tq_store_t *base, tq_store_task_fn *fn, void *arg)
                       "SELECT id, task, queue, priority, time_limit_ms,"
                       " attempt, state, seq, args, code, error, result,"
                       " expires_ms, retries, backoff_ms, failures, due_ms,"
-                      " args_crc, result_crc FROM tq_tasks ORDER BY seq",
+                      " args_crc, result_crc, owner FROM tq_tasks"
+                      " ORDER BY seq",
                       s_task_row, &load, "cannot read tasks");
 }
 

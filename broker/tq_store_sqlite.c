@@ -27,8 +27,8 @@
    migration test from version N-1 to tests/test_store.c. A database newer
    than this build is refused.
    v1 tasks; v2 data-queue items; v3 retry budgets; v4 due_ms and a CRC-32C
-   per payload. */
-#define S_SCHEMA_VERSION 4
+   per payload; v5 the owner key of a task (tenants under CURVE). */
+#define S_SCHEMA_VERSION 5
 
 static const char *const s_schema_v1 =
     "CREATE TABLE IF NOT EXISTS tasks ("
@@ -76,6 +76,13 @@ static const char *const s_schema_v4 =
     " result_crc = tq_crc32c(result);"
     "UPDATE items SET crc = tq_crc32c(data);";
 
+/* v4 -> v5: the client key that submitted a task (its text, as the broker
+   holds it), so that under CURVE a task stays its owner's across a
+   restart. Rows stored before have none (NULL): they stay visible to every
+   key, as they were (PROTOCOL.md 5.8). */
+static const char *const s_schema_v5 =
+    "ALTER TABLE tasks ADD COLUMN owner TEXT;";
+
 enum {
     S_ADD,
     S_SET_DUE,
@@ -93,9 +100,9 @@ enum {
 static const char *const s_sql[S_COUNT] = {
     [S_ADD] = "INSERT OR IGNORE INTO tasks (id, task, queue, priority,"
               " time_limit_ms, attempt, state, seq, args, retries,"
-              " backoff_ms, failures, due_ms, args_crc)"
+              " backoff_ms, failures, due_ms, args_crc, owner)"
               " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,"
-              " ?13, ?14)",
+              " ?13, ?14, ?15)",
     [S_SET_RETRIES] = "UPDATE tasks SET retries = ?2, failures = ?3"
                       " WHERE id = ?1",
     [S_SET_DUE] = "UPDATE tasks SET state = ?2, attempt = ?3, due_ms = ?4"
@@ -120,6 +127,9 @@ typedef struct {
     char dir[1024];
     char path[1100]; /* DIR/tq.db */
     bool in_batch; /* a transaction is open */
+    sqlite3_stmt *read_args; /* s_read_args on reader, prepared at its
+                                first use */
+    sqlite3 *reader; /* s_read_args' read-only connection, or NULL */
 } s_store_t;
 
 static const tq_store_ops_t s_ops;
@@ -193,7 +203,8 @@ s_migrate(s_store_t *self, int version)
     if ((version < 1 && s_exec(self, s_schema_v1) != TQ_OK) ||
         (version < 2 && s_exec(self, s_schema_v2) != TQ_OK) ||
         (version < 3 && s_exec(self, s_schema_v3) != TQ_OK) ||
-        (version < 4 && s_exec(self, s_schema_v4) != TQ_OK)) {
+        (version < 4 && s_exec(self, s_schema_v4) != TQ_OK) ||
+        (version < 5 && s_exec(self, s_schema_v5) != TQ_OK)) {
         s_exec(self, "ROLLBACK");
         return TQ_ESYS;
     }
@@ -418,6 +429,9 @@ s_destroy(tq_store_t *base)
         s_commit(base);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(self->stmt[i]);
+    sqlite3_finalize(self->read_args);
+    if (self->reader)
+        sqlite3_close(self->reader);
     if (self->db)
         sqlite3_close(self->db);
     free(self);
@@ -471,6 +485,8 @@ s_add(tq_store_t *base, const tq_store_task_t *t)
     sqlite3_bind_int64(s, 12, t->failures);
     sqlite3_bind_int64(s, 13, t->due_ms);
     sqlite3_bind_int64(s, 14, tq_crc32c(0, t->args, t->args_size));
+    if (t->owner)
+        sqlite3_bind_text(s, 15, t->owner, -1, SQLITE_STATIC);
     return s_run(self, S_ADD, "cannot store a task");
 }
 
@@ -577,7 +593,7 @@ s_load(tq_store_t *base, tq_store_task_fn *fn, void *arg)
                            "SELECT id, task, queue, priority, time_limit_ms,"
                            " attempt, state, seq, args, code, error, result,"
                            " expires_ms, retries, backoff_ms, failures,"
-                           " due_ms, args_crc, result_crc"
+                           " due_ms, args_crc, result_crc, owner"
                            " FROM tasks ORDER BY seq",
                            -1, &s, NULL) != SQLITE_OK)
         return s_fail(self, "cannot read tasks");
@@ -603,6 +619,7 @@ s_load(tq_store_t *base, tq_store_task_fn *fn, void *arg)
             .backoff_ms = (uint32_t)sqlite3_column_int64(s, 14),
             .failures = (uint32_t)sqlite3_column_int64(s, 15),
             .due_ms = sqlite3_column_int64(s, 16),
+            .owner = (const char *)sqlite3_column_text(s, 19),
         };
         if (!t.id || !t.task || !t.queue)
             continue;
@@ -722,6 +739,59 @@ s_lease_renew(tq_store_t *base, uint32_t ttl_ms)
     return s_lease_acquire(base, NULL, ttl_ms, NULL);
 }
 
+static int
+s_read_args(tq_store_t *base, const char *id,
+            void (*fn)(const void *data, size_t size, void *arg), void *arg)
+{
+    s_store_t *self = (s_store_t *)base;
+    /* a read-only connection of its own: in WAL mode it reads the
+       committed state while the broker's commit thread writes on db */
+    if (!self->reader &&
+        sqlite3_open_v2(self->path, &self->reader,
+                        SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot open for reading: %s", self->path,
+                 self->reader ? sqlite3_errmsg(self->reader) : "no memory");
+        sqlite3_close(self->reader);
+        self->reader = NULL;
+        return TQ_ESYS;
+    }
+    if (!self->read_args &&
+        sqlite3_prepare_v3(
+            self->reader, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
+            SQLITE_PREPARE_PERSISTENT, &self->read_args, NULL) != SQLITE_OK) {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot read a task's arguments: %s", self->path,
+                 sqlite3_errmsg(self->reader));
+        return TQ_ESYS;
+    }
+    sqlite3_stmt *s = self->read_args;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    int result = TQ_OK;
+    if (rc == SQLITE_ROW) {
+        const void *data = sqlite3_column_blob(s, 0);
+        size_t size = (size_t)sqlite3_column_bytes(s, 0);
+        if (tq_store_check_payload(TQ_STORE_ARGS, data, size,
+                                   sqlite3_column_type(s, 1) != SQLITE_NULL,
+                                   (uint32_t)sqlite3_column_int64(s, 1)))
+            result = TQ_ECORRUPT;
+        else
+            fn(data, size, arg);
+    } else if (rc == SQLITE_DONE) {
+        result = TQ_EUNKNOWN;
+    } else {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot read a task's arguments: %s", self->path,
+                 sqlite3_errmsg(self->reader));
+        result = TQ_ESYS;
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return result;
+}
+
 static const tq_store_ops_t s_ops = {
     .name = "sqlite",
     .destroy = s_destroy,
@@ -740,4 +810,5 @@ static const tq_store_ops_t s_ops = {
     .disk_size = s_disk_size,
     .lease_acquire = s_lease_acquire,
     .lease_renew = s_lease_renew,
+    .read_args = s_read_args,
 };

@@ -93,40 +93,422 @@ tqb_lane(queue_t *queue, const char *task)
 
 /* ---- the table ---- */
 
+/* Payloads up to this size are copied into the task's own allocation (a
+   received message of 100 bytes holds a share of an 8 KiB receive
+   buffer); larger ones are kept as the message they came in. */
+#define S_PAYLOAD_COPY 512
+/* With a store that can read them back, arguments beyond this many bytes
+   held leave memory once committed (the first tasks due stay). */
+#define S_RESIDENT_MAX (8u << 20)
+#define S_ID_BUCKETS_MIN 1024
+
+static uint32_t
+s_hash(const char *id, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (uint8_t)id[i]) * 16777619u;
+    return h;
+}
+
+/* The clients blocked in GET wait=true on a task, in self->waiters under
+   its id (rare: made on demand, so a task has no field for them). */
+typedef struct {
+    uint32_t count;
+    ident_t items[];
+} s_waiters_t;
+
+static void s_client_clear(tq_broker_t *self, task_t *task);
+
+static void
+s_waiters_free(tq_broker_t *self, task_t *task)
+{
+    if (!task->waited)
+        return;
+    s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
+    zhashx_delete(self->waiters, task->rec.id);
+    for (uint32_t i = 0; w && i < w->count; i++)
+        tqb_ident_clear(&w->items[i]);
+    free(w);
+    task->waited = false;
+}
+
+void
+tqb_tasks_init(tq_broker_t *self)
+{
+    self->id_table = tqb_alloc(S_ID_BUCKETS_MIN * sizeof *self->id_table);
+    self->id_mask = S_ID_BUCKETS_MIN - 1;
+    self->task_count = 0;
+    self->waiters = zhashx_new();
+    zhashx_set_key_duplicator(self->waiters, NULL); /* keys live in tasks */
+    zhashx_set_key_destructor(self->waiters, NULL);
+    zhashx_set_destructor(self->waiters, NULL); /* s_waiters_free */
+    self->submitters = zhashx_new();
+    zhashx_set_key_duplicator(self->submitters, NULL);
+    zhashx_set_key_destructor(self->submitters, NULL);
+    zhashx_set_destructor(self->submitters, NULL); /* s_client_clear */
+}
+
+void
+tqb_tasks_free(tq_broker_t *self)
+{
+    if (!self->id_table)
+        return;
+    for (uint32_t b = 0; b <= self->id_mask; b++)
+        for (task_t *t = self->id_table[b]; t; t = t->id_next) {
+            s_waiters_free(self, t);
+            s_client_clear(self, t);
+        }
+    zhashx_destroy(&self->waiters);
+    zhashx_destroy(&self->submitters);
+    for (uint32_t b = 0; b <= self->id_mask; b++)
+        for (task_t *t = self->id_table[b], *next; t; t = next) {
+            next = t->id_next;
+            tqb_task_free(t);
+        }
+    free(self->id_table);
+    self->id_table = NULL;
+    free(self->page_out);
+    self->page_out = NULL;
+    self->page_out_count = self->page_out_cap = 0;
+}
+
+/* Doubles the buckets when there are more tasks than buckets. */
+static void
+s_table_grow(tq_broker_t *self)
+{
+    uint32_t buckets = 2 * (self->id_mask + 1);
+    task_t **table = tqb_alloc(buckets * sizeof *table);
+    for (uint32_t b = 0; b <= self->id_mask; b++)
+        for (task_t *t = self->id_table[b], *next; t; t = next) {
+            next = t->id_next;
+            uint32_t to = s_hash(t->rec.id, strlen(t->rec.id)) & (buckets - 1);
+            t->id_next = table[to];
+            table[to] = t;
+        }
+    free(self->id_table);
+    self->id_table = table;
+    self->id_mask = buckets - 1;
+}
+
+static void
+s_table_remove(tq_broker_t *self, task_t *task)
+{
+    task_t **at = &self->id_table[s_hash(task->rec.id, strlen(task->rec.id)) &
+                                  self->id_mask];
+    while (*at && *at != task)
+        at = &(*at)->id_next;
+    assert(*at == task);
+    *at = task->id_next;
+    task->id_next = NULL;
+    self->task_count--;
+}
+
+static uint8_t *
+s_inline(const task_t *task)
+{
+    return (uint8_t *)task->rec.id + strlen(task->rec.id) + 1;
+}
+
+/* Keeps value (moved in, may be empty) as the payload: copied when small,
+   else the message itself. The previous payload is gone already. */
+static void
+s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
+{
+    size_t size = value ? zmq_msg_size(value) : 0;
+    task->payload_size = (uint32_t)size;
+    if (size == 0) {
+        task->payload_at = PAYLOAD_NONE;
+    } else if (size <= S_PAYLOAD_COPY) {
+        task->payload = tqb_alloc(size);
+        memcpy(task->payload, zmq_msg_data(value), size);
+        task->payload_at = PAYLOAD_HEAP;
+    } else {
+        zmq_msg_t *msg = tqb_alloc(sizeof *msg);
+        zmq_msg_init(msg);
+        zmq_msg_move(msg, value);
+        task->payload = msg;
+        task->payload_at = PAYLOAD_MSG;
+    }
+    self->memory += size;
+}
+
+/* Lets the payload go from memory (and from the memory count). */
+static void
+s_payload_drop(tq_broker_t *self, task_t *task)
+{
+    if (task->payload_at != PAYLOAD_STORED)
+        self->memory -= task->payload_size;
+    if (task->payload_at == PAYLOAD_HEAP)
+        free(task->payload);
+    else if (task->payload_at == PAYLOAD_MSG) {
+        zmq_msg_close(task->payload);
+        free(task->payload);
+    }
+    task->payload = NULL;
+    task->payload_at = PAYLOAD_NONE;
+    task->payload_size = 0;
+}
+
+/* A store that can read arguments back takes them out of memory once the
+   store has them, beyond what S_RESIDENT_MAX keeps. */
+static bool
+s_may_page_out(const tq_broker_t *self)
+{
+    return self->store && tq_store_reads_args(self->store) &&
+        self->memory > S_RESIDENT_MAX;
+}
+
 task_t *
 tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
              zmq_msg_t *payload)
 {
-    task_t *task = tqb_alloc(sizeof *task);
-    snprintf(task->rec.id, sizeof task->rec.id, "%s", id);
+    size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
+    size_t size = payload ? zmq_msg_size(payload) : 0;
+    /* inline: without a store, a small payload shares the allocation; with
+       one it may leave memory, so it gets its own */
+    bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
+    task_t *task =
+        tqb_alloc(offsetof(task_t, rec.id) + id_len + 1 + (inline_ ? size : 0));
+    memcpy(task->rec.id, id, id_len);
+    task->rec.id[id_len] = '\0';
     task->state = TASK_NEW;
     task->lane = lane;
     task->submitted_ms = self->now_ms;
-    zmq_msg_init(&task->payload);
-    if (payload)
-        zmq_msg_move(&task->payload, payload);
-    self->memory += zmq_msg_size(&task->payload);
-    zhashx_insert(self->tasks, task->rec.id, task);
+    if (inline_) {
+        memcpy(s_inline(task), zmq_msg_data(payload), size);
+        task->payload_at = PAYLOAD_INLINE;
+        task->payload_size = (uint32_t)size;
+        self->memory += size;
+    } else if (size) {
+        s_payload_keep(self, task, payload);
+        if (s_may_page_out(self)) {
+            if (self->page_out_count == self->page_out_cap) {
+                self->page_out_cap =
+                    self->page_out_cap ? 2 * self->page_out_cap : 256;
+                self->page_out =
+                    realloc(self->page_out,
+                            self->page_out_cap * sizeof *self->page_out);
+                if (!self->page_out)
+                    abort();
+            }
+            self->page_out[self->page_out_count++] = task;
+            task->page_out = true;
+        }
+    }
+    /* chains of two on average: half the buckets' memory, lookups as
+       fast (the ids differ in their first bytes) */
+    if (self->task_count > 2 * (self->id_mask + 1))
+        s_table_grow(self);
+    uint32_t b = s_hash(task->rec.id, id_len) & self->id_mask;
+    task->id_next = self->id_table[b];
+    self->id_table[b] = task;
+    self->task_count++;
     return task;
 }
 
 task_t *
 tqb_task_find(tq_broker_t *self, tq_str_t id)
 {
-    char key[TQ_PROTO_MAX_ID + 1];
-    tq_str_copy(key, sizeof key, id);
-    return zhashx_lookup(self->tasks, key);
+    if (id.len > TQ_PROTO_MAX_ID)
+        return NULL;
+    task_t *t = self->id_table[s_hash(id.ptr, id.len) & self->id_mask];
+    while (
+        t &&
+        !(strncmp(t->rec.id, id.ptr, id.len) == 0 && t->rec.id[id.len] == '\0'))
+        t = t->id_next;
+    return t;
+}
+
+void
+tqb_task_committed(tq_broker_t *self, uint32_t count)
+{
+    if (count > self->page_out_count)
+        count = self->page_out_count;
+    for (uint32_t i = 0; i < count; i++) {
+        task_t *task = self->page_out[i];
+        if (!task)
+            continue;
+        task->page_out = false;
+        /* its arguments, when it still has them (not a result) */
+        if ((task->payload_at == PAYLOAD_HEAP ||
+             task->payload_at == PAYLOAD_MSG) &&
+            (task->state == TASK_WAITING || task->state == TASK_SCHEDULED ||
+             task->state == TASK_RETRY)) {
+            uint32_t size = task->payload_size;
+            s_payload_drop(self, task);
+            task->payload_at = PAYLOAD_STORED;
+            task->payload_size = size;
+        }
+    }
+    /* the ones listed later wait for the commit of their own batch */
+    memmove(self->page_out, self->page_out + count,
+            (self->page_out_count - count) * sizeof *self->page_out);
+    self->page_out_count -= count;
+}
+
+/* Reads a stored payload into the message. */
+typedef struct {
+    zmq_msg_t *msg;
+} s_read_t;
+
+static void
+s_on_args(const void *data, size_t size, void *arg)
+{
+    s_read_t *read = arg;
+    zmq_msg_close(read->msg);
+    zmq_msg_init_size(read->msg, size);
+    if (size)
+        memcpy(zmq_msg_data(read->msg), data, size);
+}
+
+int
+tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
+                 const char **why)
+{
+    zmq_msg_init(msg);
+    switch (task->payload_at) {
+    case PAYLOAD_NONE:
+        return 0;
+    case PAYLOAD_INLINE:
+    case PAYLOAD_HEAP:
+        zmq_msg_init_size(msg, task->payload_size);
+        memcpy(zmq_msg_data(msg), tqb_task_payload_data(task),
+               task->payload_size);
+        return 0;
+    case PAYLOAD_MSG:
+        zmq_msg_copy(msg, task->payload); /* shared, not copied */
+        return 0;
+    default:
+        break;
+    }
+    s_read_t read = {msg};
+    int rc = tq_store_read_args(self->store, task->rec.id, s_on_args, &read);
+    if (rc == TQ_OK && zmq_msg_size(msg) == task->payload_size) {
+        self->paged_in++;
+        return 0;
+    }
+    zmq_msg_close(msg);
+    zmq_msg_init(msg);
+    if (rc == TQ_OK || rc == TQ_EUNKNOWN || rc == TQ_ECORRUPT) {
+        if (why)
+            *why = rc == TQ_ECORRUPT
+                ? "stored task damaged: args checksum mismatch"
+                : "stored task damaged: args missing";
+        return TQ_ECORRUPT;
+    }
+    if (why)
+        *why = "stored task unreadable: cannot read its args";
+    return rc;
+}
+
+const void *
+tqb_task_payload_data(const task_t *task)
+{
+    switch (task->payload_at) {
+    case PAYLOAD_INLINE:
+        return s_inline(task);
+    case PAYLOAD_HEAP:
+        return task->payload;
+    case PAYLOAD_MSG:
+        return zmq_msg_data(task->payload);
+    default:
+        return NULL;
+    }
+}
+
+size_t
+tqb_task_payload_size(const task_t *task)
+{
+    return task->payload_size;
+}
+
+/* Started: 0 never; else 1 + ms after its submission, or beyond 2^31 ms
+   (24 days), the top bit and the seconds. */
+#define S_STARTED_SECONDS 0x80000000u
+
+int64_t
+tqb_task_started_ms(const task_t *task)
+{
+    if (!task->started)
+        return 0;
+    if (task->started & S_STARTED_SECONDS)
+        return task->submitted_ms +
+            (int64_t)(task->started & ~S_STARTED_SECONDS) * 1000;
+    return task->submitted_ms + (int64_t)task->started - 1;
+}
+
+void
+tqb_task_set_started(task_t *task, int64_t now_ms)
+{
+    int64_t after =
+        now_ms > task->submitted_ms ? now_ms - task->submitted_ms : 0;
+    if (after < (int64_t)S_STARTED_SECONDS - 1)
+        task->started = (uint32_t)after + 1;
+    else if (after / 1000 < (int64_t)S_STARTED_SECONDS)
+        task->started = S_STARTED_SECONDS | (uint32_t)(after / 1000);
+    else
+        task->started = UINT32_MAX;
+}
+
+static void
+s_client_clear(tq_broker_t *self, task_t *task)
+{
+    if (task->client_at == CLIENT_OTHER) {
+        ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
+        zhashx_delete(self->submitters, task->rec.id);
+        if (other)
+            tqb_ident_clear(other);
+        free(other);
+    }
+    task->client_at = CLIENT_NONE;
+}
+
+void
+tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from)
+{
+    s_client_clear(self, task);
+    const uint8_t *data = tqb_ident_data(from);
+    if (from->size == 5 && data[0] == 0) {
+        memcpy(&task->client, data + 1, 4);
+        task->client_at = CLIENT_ZMQ;
+    } else if (from->size) {
+        ident_t *other = tqb_alloc(sizeof *other);
+        tqb_ident_set(other, data, from->size);
+        zhashx_update(self->submitters, task->rec.id, other);
+        task->client_at = CLIENT_OTHER;
+    }
+}
+
+/* The submitter as an ident_t (borrowing the task's bytes: never clear
+   it); size 0: none. */
+static ident_t
+s_client(tq_broker_t *self, const task_t *task)
+{
+    ident_t ident = {0};
+    if (task->client_at == CLIENT_ZMQ) {
+        ident.size = 5;
+        ident.bytes[0] = 0;
+        memcpy(ident.bytes + 1, &task->client, 4);
+    } else if (task->client_at == CLIENT_OTHER) {
+        const ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
+        if (other)
+            ident = (ident_t){.size = other->size,
+                              .heap = (uint8_t *)tqb_ident_data(other)};
+    }
+    return ident;
 }
 
 void
 tqb_task_free(task_t *task)
 {
-    zmq_msg_close(&task->payload);
+    if (task->payload_at == PAYLOAD_HEAP)
+        free(task->payload);
+    else if (task->payload_at == PAYLOAD_MSG) {
+        zmq_msg_close(task->payload);
+        free(task->payload);
+    }
     free(task->rec.error);
-    tqb_ident_clear(&task->client);
-    for (uint32_t i = 0; i < task->waiter_count; i++)
-        tqb_ident_clear(&task->waiters[i]);
-    free(task->waiters);
     free(task);
 }
 
@@ -307,8 +689,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
         const task_move_t *how)
 {
     queue_t *queue = task->lane->queue;
-    task->state = to;
-    task->rec.due_ms = 0;
+    task->state = (uint8_t)to;
     switch (to) {
     case TASK_WAITING:
         tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
@@ -318,8 +699,8 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
         break;
     case TASK_SCHEDULED:
     case TASK_RETRY:
-        task->rec.due_ms = how->due_ms;
         task->prev = task->next = NULL;
+        task->node = (tq_heap_node_t){0};
         tq_heap_push(&self->delayed, &task->node, how->due_ms);
         queue->delayed++;
         break;
@@ -332,20 +713,21 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
         if (to == TASK_REVOKING)
             how->holder->revoking++;
         task->holder = how->holder;
+        task->revoke_for = 0;
         queue->running++;
         break;
     case TASK_FAILURE:
-        s_dead_add(self, task);
-        __attribute__((fallthrough));
     case TASK_SUCCESS:
     case TASK_CANCELLED:
         task->prev = task->next = NULL;
-        if (s_expires(task)) {
-            task->expires_ms = how->expires_ms
-                ? how->expires_ms
-                : self->now_ms + (int64_t)self->config.result_ttl_s * 1000;
+        task->dead_prev = task->dead_next = NULL;
+        task->expires_ms = how->expires_ms
+            ? how->expires_ms
+            : self->now_ms + (int64_t)self->config.result_ttl_s * 1000;
+        if (to == TASK_FAILURE)
+            s_dead_add(self, task);
+        if (s_expires(task))
             s_expiry_insert(self, task);
-        }
         break;
     default:
         assert(!"a task cannot move to NEW");
@@ -370,7 +752,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         (!how->holder || how->holder == task->holder)) {
         if (from != to) {
             task->holder->revoking += to == TASK_REVOKING ? 1 : -1;
-            task->state = to;
+            task->state = (uint8_t)to;
         }
         return;
     }
@@ -390,18 +772,24 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
 /* ---- outcomes ---- */
 
 void
-tqb_task_add_waiter(task_t *task, const ident_t *from)
+tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from)
 {
-    if (task->client.size && tqb_ident_eq(&task->client, from))
+    ident_t client = s_client(self, task);
+    if (client.size && tqb_ident_eq(&client, from))
         return;
-    for (uint32_t i = 0; i < task->waiter_count; i++)
-        if (tqb_ident_eq(&task->waiters[i], from))
+    s_waiters_t *w =
+        task->waited ? zhashx_lookup(self->waiters, task->rec.id) : NULL;
+    uint32_t count = w ? w->count : 0;
+    for (uint32_t i = 0; i < count; i++)
+        if (tqb_ident_eq(&w->items[i], from))
             return;
-    task->waiters = realloc(task->waiters,
-                            (task->waiter_count + 1) * sizeof *task->waiters);
-    if (!task->waiters)
+    w = realloc(w, sizeof *w + (count + 1) * sizeof(ident_t));
+    if (!w)
         abort();
-    ident_t *waiter = &task->waiters[task->waiter_count++];
+    w->count = count + 1;
+    zhashx_update(self->waiters, task->rec.id, w);
+    task->waited = true;
+    ident_t *waiter = &w->items[count];
     *waiter = (ident_t){0};
     tqb_ident_set(waiter, tqb_ident_data(from), from->size);
 }
@@ -432,12 +820,8 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
        dead letter), which keeps them to run again if an operator retries
        it */
     if (state != TASK_FAILURE) {
-        self->memory -= zmq_msg_size(&task->payload);
-        zmq_msg_close(&task->payload);
-        zmq_msg_init(&task->payload);
-        if (value && state == TASK_SUCCESS)
-            zmq_msg_move(&task->payload, value);
-        self->memory += zmq_msg_size(&task->payload);
+        s_payload_drop(self, task);
+        s_payload_keep(self, task, state == TASK_SUCCESS ? value : NULL);
     }
     if (state == TASK_SUCCESS) {
         self->counters.completed++;
@@ -449,34 +833,37 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
         task->lane->queue->failed++;
         task->failure_counted = true;
     }
-    task->finished_ms = self->now_ms;
     tqb_task_move(self, task, state, NULL);
     tqb_debug(self, "task %s %s%s%s", task->rec.id, s_names[state],
               task->rec.error ? ": " : "",
               task->rec.error ? task->rec.error : "");
 
-    if (task->client.size) {
-        tqb_send_result(self, task, &task->client);
+    ident_t client = s_client(self, task);
+    if (client.size) {
+        tqb_send_result(self, task, &client);
         if (self->config.max_client_tasks)
-            s_client_done(self, &task->client);
-        tqb_ident_clear(&task->client);
+            s_client_done(self, &client);
+        s_client_clear(self, task);
     }
-    for (uint32_t i = 0; i < task->waiter_count; i++) {
-        tqb_send_result(self, task, &task->waiters[i]);
-        tqb_ident_clear(&task->waiters[i]);
+    if (task->waited) {
+        s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
+        for (uint32_t i = 0; w && i < w->count; i++)
+            tqb_send_result(self, task, &w->items[i]);
+        s_waiters_free(self, task);
     }
-    free(task->waiters);
-    task->waiters = NULL;
-    task->waiter_count = 0;
 }
 
 void
 tqb_task_forget(tq_broker_t *self, task_t *task)
 {
     s_leave(self, task);
-    zhashx_delete(self->tasks, task->rec.id);
+    s_table_remove(self, task);
     tqb_journal_forget(self, task);
-    self->memory -= zmq_msg_size(&task->payload);
+    if (task->page_out)
+        for (uint32_t i = 0; i < self->page_out_count; i++)
+            if (self->page_out[i] == task)
+                self->page_out[i] = NULL;
+    s_payload_drop(self, task);
     tqb_task_free(task);
 }
 

@@ -14,13 +14,23 @@
 #include "tq_log.h"
 #include "tq_proto.h"
 
-/* A child's board (worker/tq_board.h: private to the worker host). */
+/* A child's board, and the host's board that the supervisor writes for
+   every child (worker/tq_board.h: private to the worker host). */
 typedef struct tq_board_s tq_board_t;
+typedef struct tq_board_host_s tq_board_host_t;
+
+/* Most broker endpoints one host is given (--broker A,B,...). */
+#define TQ_WORKER_MAX_BROKERS 16
 
 /* Everything tq-worker's command line decides. Strings are borrowed from
    argv or the environment, which outlive the process's work. */
 typedef struct {
-    const char *endpoint; /* broker's worker endpoint */
+    const char *endpoint; /* broker's worker endpoint, the first of them */
+    /* --broker A,B,...: the workers endpoints of brokers sharing one
+       store, in the order the host tries them (PROTOCOL.md 12); 0 of
+       them: endpoint alone */
+    const char *endpoints[TQ_WORKER_MAX_BROKERS];
+    uint32_t endpoint_count;
     int concurrency; /* children to fork, >= 1 */
     const char *queues[TQ_PROTO_MAX_NAMES]; /* queues served */
     uint32_t queue_count; /* >= 1 */
@@ -65,6 +75,20 @@ extern char tq_worker_running_name[64];
    supervisor killed with SIGKILL leaves nothing behind. */
 #define TQ_SIGNAL_ORPHANED SIGRTMIN
 
+/* The i-th broker endpoint of config (i below tq_worker_endpoints). */
+static inline const char *
+tq_worker_endpoint(const tq_worker_config_t *config, uint32_t i)
+{
+    return config->endpoint_count ? config->endpoints[i] : config->endpoint;
+}
+
+/* How many broker endpoints config lists, at least 1. */
+static inline uint32_t
+tq_worker_endpoints(const tq_worker_config_t *config)
+{
+    return config->endpoint_count ? config->endpoint_count : 1;
+}
+
 /* Runs the supervisor: forks config->concurrency children that serve the
    tasks of registry (borrowed), supervises them until SIGTERM/SIGINT.
    Returns the process exit status (0 after a clean drain). */
@@ -79,12 +103,14 @@ bool tq_child_bind(pid_t parent);
 
 /* The task loop of one child, called right after fork with the write end
    of its pipe to the supervisor (a byte wakes it when a task with a time
-   limit starts) and its board (shared memory, where it publishes where it
-   is). Never returns: exits the process (0 after a clean stop on SIGTERM,
-   1 on a fatal error). */
+   limit starts), its board (shared memory, where it publishes where it
+   is) and the host's board (shared memory, borrowed: the broker the
+   supervisor chose, read at each connect). Never returns: exits the
+   process (0 after a clean stop on SIGTERM, 1 on a fatal error). */
 void tq_child_run(const tq_worker_config_t *config,
                   const tq_registry_t *registry, int report_fd,
-                  tq_board_t *board) __attribute__((noreturn));
+                  tq_board_t *board, const tq_board_host_t *host)
+    __attribute__((noreturn));
 
 /* Logs one line on stderr through tq_log (ISO-8601 time, program, pid,
    level; --log-level, --log-json, --log-file apply). */

@@ -7,6 +7,7 @@
    input. Encoding packs the same layout with msgpack-c. */
 #include "tq_proto.h"
 
+#include <pthread.h>
 #include <string.h>
 
 /* Field codes of a layout. */
@@ -194,31 +195,57 @@ tq_proto_command_name(uint8_t command)
 
 /* ---- names ------------------------------------------------------------ */
 
+/* Bits of s_charset: which bytes an id and a name may hold. A table,
+   not a test per byte: every TASK, DONE and SUBMIT checks an id and a
+   name (the hot path). */
+#define S_ID 0x1
+#define S_NAME 0x2
+
+static uint8_t s_charset[256];
+
 static bool
-s_charset_ok(const char *ptr, size_t len, size_t max, const char *extra)
+s_alnum(int c)
 {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+        (c >= 'A' && c <= 'Z');
+}
+
+static void
+s_charset_init(void)
+{
+    for (int c = 0; c < 256; c++) {
+        uint8_t bits = 0;
+        if (s_alnum(c) || (c && strchr("_.-", c)))
+            bits |= S_ID;
+        if (s_alnum(c) || (c && strchr("_.:@/-", c)))
+            bits |= S_NAME;
+        s_charset[c] = bits;
+    }
+}
+
+static bool
+s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, s_charset_init);
     if (!ptr || len == 0 || len > max)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)ptr[i];
-        bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-                     (c >= 'A' && c <= 'Z');
-        if (!alnum && (c == 0 || !strchr(extra, c)))
-            return false;
-    }
-    return true;
+    uint8_t all = bit;
+    for (size_t i = 0; i < len; i++)
+        all &= s_charset[(unsigned char)ptr[i]];
+    return all != 0;
 }
 
 bool
 tq_proto_valid_id(const char *ptr, size_t len)
 {
-    return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, "_.-");
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, S_ID);
 }
 
 bool
 tq_proto_valid_name(const char *ptr, size_t len)
 {
-    return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, "_.:@/-");
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
 }
 
 tq_str_t

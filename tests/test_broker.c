@@ -1066,6 +1066,69 @@ test_lost_charges(void **state)
     free(in);
 }
 
+/* A child whose connection is gone before its supervisor's LOST arrives
+   (it died while the broker, at prefetch above 1, kept sending it tasks:
+   a send finds it unreachable first). The LOST still charges the task it
+   was running (5.2 item 7): handled at once as a DISCONNECT, the task
+   would go back uncharged and the LOST would find nobody, so a task that
+   kills its child could do so forever. */
+static void
+test_lost_after_unreachable(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, (const char *[]){"--max-lost", "1", NULL});
+    void *a = s_dealer(w, w->broker.clients);
+    void *sup = s_supervisor(w, "hostU", 1100, true, in);
+    /* the child's own socket (not the teardown's: it dies below) */
+    void *child = zmq_socket(w->ctx, ZMQ_DEALER);
+    assert_non_null(child);
+    int linger = 0;
+    zmq_setsockopt(child, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(child, w->broker.workers), 0);
+    /* credit for every task below: each one is sent to it */
+    s_ready_credit(w, child, "hostU", 1101, 1100, "qu", 1000);
+    s_submit_ok(w, a, "un-1", "qu", in);
+    s_expect_task(w, child, "un-1", 1, in);
+    zmq_close(child); /* it died running un-1 */
+    /* more tasks for it, until a send finds its connection gone */
+    uint64_t dropped = s_counter(w, a, "dropped");
+    enum { MAX = 500 };
+    int n = 1;
+    while (s_counter(w, a, "dropped") == dropped && n < MAX) {
+        char id[32];
+        snprintf(id, sizeof id, "un-%d", ++n);
+        s_submit_ok(w, a, id, "qu", in);
+        tq_harness_sleep_ms(10); /* bounded: 5 s in all */
+    }
+    assert_true(s_counter(w, a, "dropped") > dropped);
+    /* its supervisor reports its death: the task it was running pays */
+    s_lost(w, sup, 1101, TQ_ELOST, "killed by SIGSEGV");
+    s_expect_result(w, a, "un-1", TQ_STATE_FAILURE, TQ_ELOST, in);
+    assert_string_equal(in->error,
+                        "worker lost: killed by SIGSEGV on host hostU");
+    /* and the others, charged nothing, all run on the next child */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostU", 1102, 1100, "qu", MAX);
+    bool seen[MAX + 1] = {false};
+    for (int i = 2; i <= n; i++) {
+        s_expect(w, w2, TQ_CMD_TASK, NULL, in);
+        int k = 0;
+        assert_int_equal(sscanf(in->id, "un-%d", &k), 1);
+        assert_true(k >= 2 && k <= n && !seen[k]);
+        seen[k] = true;
+        s_done(w, w2, in->id, in->attempt, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    }
+    for (int i = 2; i <= n; i++)
+        s_expect(w, a, TQ_CMD_RESULT, NULL, in);
+    printf("  %d task(s) sent after the child died; the first it ran "
+           "charged\n",
+           n - 1);
+    assert_int_equal(s_counter(w, a, "dead_letters"), 1);
+    free(in);
+}
+
 /* ---- 6. retries with backoff (5.3.3) ---- */
 
 static void
@@ -1843,6 +1906,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cancel, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_leases, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lost_charges, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_lost_after_unreachable, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_retries, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_countdown, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_purge, s_setup, s_teardown),

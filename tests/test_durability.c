@@ -879,6 +879,82 @@ test_handles_across_restart(void **state)
     assert_int_equal(ok, N);
 }
 
+/* status.memory (argument and result bytes the broker holds), or -1. */
+static int64_t
+s_memory(tq_client_t *client)
+{
+    tq_harness_status_t st;
+    if (tq_harness_status(client, &st, 3000) != TQ_OK)
+        return -1;
+    int64_t memory = (int64_t)tq_harness_map_uint(st.root, "memory", 0);
+    tq_harness_status_free(&st);
+    return memory;
+}
+
+/* With a store, waiting tasks' arguments beyond what the broker keeps in
+   memory (8 MiB) leave memory once committed, and are read back from the
+   store when the tasks run: every task still runs on its own arguments. */
+static void
+test_paged_args_run(void **state)
+{
+    (void)state;
+    enum { N = 48, SIZE = 256 * 1024 };
+    s_stored_t st;
+    s_stored_start(&st, "paged");
+    tq_client_t *client = tq_client_new(st.clients);
+    assert_non_null(client);
+    uint8_t *args = malloc(SIZE);
+    assert_non_null(args);
+    tq_result_t *results[N];
+    for (int i = 0; i < N; i++) {
+        memset(args, 'a' + i % 26, SIZE);
+        memcpy(args, &i, sizeof i);
+        results[i] =
+            tq_apply_async(client, "tq.echo", NULL, "p", args, (size_t)SIZE);
+        assert_non_null(results[i]);
+    }
+    int64_t deadline = tq_harness_now_ms() + 20000;
+    while (s_waiting(client) != N && tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(10);
+    assert_int_equal(s_waiting(client), N);
+    /* all of them held would be 12 MiB; the commit took the arguments
+       beyond 8 MiB out */
+    int64_t memory = s_memory(client);
+    while (memory > (8 << 20) + SIZE && tq_harness_now_ms() < deadline) {
+        tq_harness_sleep_ms(10);
+        memory = s_memory(client);
+    }
+    assert_true(memory > 0 && memory <= (8 << 20) + SIZE);
+
+    pid_t worker = tq_harness_worker_start(st.workers, 2, NULL);
+    assert_true(worker > 0);
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        int rc = tq_result_get(results[i], 60000);
+        const msgpack_object *v =
+            rc == TQ_OK ? tq_result_value(results[i]) : NULL;
+        memset(args, 'a' + i % 26, SIZE);
+        memcpy(args, &i, sizeof i);
+        if (v && v->type == MSGPACK_OBJECT_ARRAY && v->via.array.size == 1 &&
+            v->via.array.ptr[0].type == MSGPACK_OBJECT_BIN &&
+            v->via.array.ptr[0].via.bin.size == SIZE &&
+            memcmp(v->via.array.ptr[0].via.bin.ptr, args, SIZE) == 0)
+            ok++;
+        else
+            fprintf(stderr, "task %d: %s (%s)\n", i, tq_strerror(rc),
+                    tq_result_error(results[i]));
+    }
+    free(args);
+    for (int i = 0; i < N; i++)
+        tq_result_destroy(&results[i]);
+    tq_client_destroy(&client);
+    tq_harness_stop(worker);
+    tq_harness_broker_stop(&st.broker);
+    tq_harness_kill_all();
+    tq_harness_rmtree(st.dir);
+    assert_int_equal(ok, N);
+}
+
 /* The state of a task as the broker reports it (GET wait=false), or -1. */
 static int
 s_state_of(tq_client_t *client, const char *id)
@@ -1353,6 +1429,7 @@ main(void)
         cmocka_unit_test(test_damaged_task_not_run),
         cmocka_unit_test(test_write_failure),
         cmocka_unit_test(test_handles_across_restart),
+        cmocka_unit_test(test_paged_args_run),
         cmocka_unit_test(test_queue_items_survive),
         cmocka_unit_test(test_restart_100k),
         cmocka_unit_test(test_kill_loop),

@@ -2,7 +2,7 @@
    is reloaded in order, purge forgets expired results, a damaged file is
    refused with a message naming it, a payload whose bytes changed on disk
    comes back marked corrupt, an emptied store is refused, files are 0600,
-   and older schemas migrate. */
+   older schemas migrate, and a task's owner key is kept (v5). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -252,7 +252,7 @@ test_migration(void **state)
         sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL),
         SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 4);
+    assert_int_equal(sqlite3_column_int(st, 0), 5);
     sqlite3_finalize(st);
     assert_int_equal(
         sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL),
@@ -467,7 +467,7 @@ test_emptied_store_refused(void **state)
     assert_non_null(fgets(text, sizeof text, f));
     assert_non_null(fgets(text, sizeof text, f));
     fclose(f);
-    assert_string_equal(text, "schema 4\n");
+    assert_string_equal(text, "schema 5\n");
 
     assert_int_equal(truncate(path, 0), 0);
     s_expect_refused("0-byte tq.db");
@@ -591,7 +591,107 @@ test_migration_v3(void **state)
     assert_int_equal(sqlite3_column_int64(st, 0), tq_crc32c(0, "\x90", 1));
     assert_int_equal(sqlite3_column_int64(st, 1), tq_crc32c(0, "\xa2ok", 3));
     assert_int_equal(sqlite3_column_int64(st, 2), tq_crc32c(0, "\xa2hi", 3));
-    assert_int_equal(sqlite3_column_int(st, 3), 4);
+    assert_int_equal(sqlite3_column_int(st, 3), 5);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* Owners as loaded, for the v5 test. */
+typedef struct {
+    int count;
+    char ids[8][64];
+    char owners[8][64]; /* "(null)" for none */
+} s_owners_t;
+
+static void
+s_owner_rows(const tq_store_task_t *t, void *arg)
+{
+    s_owners_t *seen = arg;
+    if (seen->count >= 8)
+        return;
+    int i = seen->count++;
+    snprintf(seen->ids[i], sizeof seen->ids[i], "%s", t->id);
+    snprintf(seen->owners[i], sizeof seen->owners[i], "%s",
+             t->owner ? t->owner : "(null)");
+}
+
+/* A version-4 database gains the owner column: its rows load with no
+   owner (NULL: every key may see them) and intact; a task added after
+   keeps its owner's key across a reopen, and one added without an owner
+   (no CURVE) comes back with none. */
+static void
+test_migration_v4(void **state)
+{
+    (void)state;
+    char path[512], error[512];
+    snprintf(path, sizeof path, "%s/tq.db", s_dir);
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE tasks (id TEXT PRIMARY KEY, task TEXT NOT NULL,"
+             " queue TEXT NOT NULL, priority INTEGER NOT NULL, time_limit_ms"
+             " INTEGER NOT NULL, attempt INTEGER NOT NULL, state INTEGER NOT"
+             " NULL, seq INTEGER NOT NULL, args BLOB NOT NULL, code INTEGER"
+             " NOT NULL DEFAULT 0, error TEXT, result BLOB, expires_ms"
+             " INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT"
+             " 0, backoff_ms INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT"
+             " NULL DEFAULT 0, due_ms INTEGER NOT NULL DEFAULT 0, args_crc"
+             " INTEGER, result_crc INTEGER) WITHOUT ROWID;"
+             "CREATE INDEX tasks_expiry ON tasks(expires_ms)"
+             " WHERE expires_ms > 0;"
+             "CREATE TABLE items (queue TEXT NOT NULL, seq INTEGER NOT NULL,"
+             " maxsize INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL, crc"
+             " INTEGER, PRIMARY KEY (queue, seq)) WITHOUT ROWID;"
+             "INSERT INTO tasks (id, task, queue, priority, time_limit_ms,"
+             " attempt, state, seq, args, args_crc) VALUES"
+             " ('old', 'tq.echo', 'default', 0, 0, 0, 0, 1, x'90', %u);"
+             "PRAGMA user_version = 4;",
+             (unsigned)tq_crc32c(0, "\x90", 1));
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    tq_store_t *store =
+        tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    s_owners_t seen = {0};
+    assert_int_equal(tq_store_load(store, s_owner_rows, &seen), TQ_OK);
+    assert_int_equal(seen.count, 1);
+    assert_string_equal(seen.ids[0], "old");
+    assert_string_equal(seen.owners[0], "(null)");
+    tq_store_task_t mine = s_task("mine", 2), anyone = s_task("anyone", 3);
+    mine.owner = "rq:rC%x5KVYbgG?F-P.4Q8i8Sf[d{Ch(7]5+iX/u";
+    assert_int_equal(tq_store_add(store, &mine), TQ_OK);
+    assert_int_equal(tq_store_add(store, &anyone), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    /* later writes of the row leave its owner alone */
+    mine.state = 2;
+    assert_int_equal(tq_store_finish(store, &mine), TQ_OK);
+    assert_int_equal(tq_store_set_due(store, "anyone", 5, 1, 99), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+
+    store = tq_store_open(s_dir, TQ_SYNC_BATCH, error, sizeof error);
+    assert_non_null(store);
+    memset(&seen, 0, sizeof seen);
+    assert_int_equal(tq_store_load(store, s_owner_rows, &seen), TQ_OK);
+    assert_int_equal(seen.count, 3);
+    assert_string_equal(seen.ids[0], "old");
+    assert_string_equal(seen.owners[0], "(null)");
+    assert_string_equal(seen.ids[1], "mine");
+    assert_string_equal(seen.owners[1],
+                        "rq:rC%x5KVYbgG?F-P.4Q8i8Sf[d{Ch(7]5+iX/u");
+    assert_string_equal(seen.ids[2], "anyone");
+    assert_string_equal(seen.owners[2], "(null)");
+    tq_store_destroy(&store);
+
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 5);
     sqlite3_finalize(st);
     sqlite3_close(db);
 }
@@ -617,6 +717,7 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_files_0600, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_migration_v3, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_migration_v4, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* test_store_pg.c - the PostgreSQL store, each test on a private cluster
    (tests/support/tq_pg.c): the behaviours of the SQLite store (what is
    committed is reloaded in order, due times, checksums, migrations
-   refused when newer), batches of many rows and repeated keys in one
+   refused when newer, a task's owner key and the v1 -> v2 migration that
+   brought it), batches of many rows and repeated keys in one
    transaction, a lost server stops commits for good, an unreachable
    server is refused at open, and the lease fences a deposed broker; end to
    end, tq-broker --store URL keeps an acknowledged task across kill -9. */
@@ -91,6 +92,7 @@ typedef struct {
     uint32_t item_maxsizes[16];
     size_t item_sizes[16];
     bool item_corrupt[16];
+    char owners[16][64]; /* "(null)" for none */
 } s_seen_t;
 
 static void
@@ -116,6 +118,8 @@ s_collect(const tq_store_task_t *t, void *arg)
     seen->corrupt[i] = t->corrupt;
     snprintf(seen->reasons[i], sizeof seen->reasons[i], "%s",
              t->corrupt_reason ? t->corrupt_reason : "");
+    snprintf(seen->owners[i], sizeof seen->owners[i], "%s",
+             t->owner ? t->owner : "(null)");
     assert_string_equal(t->task, "tq.echo");
     assert_string_equal(t->queue, "default");
 }
@@ -416,12 +420,84 @@ test_newer_or_damaged_refused(void **state)
     assert_null(store);
     print_message("newer: %s\n", error);
     assert_non_null(strstr(error, "newer"));
-    s_sql("UPDATE tq_meta SET value = 1 WHERE key = 'schema';"
+    s_sql("UPDATE tq_meta SET value = 2 WHERE key = 'schema';"
           "DROP TABLE tq_items");
     store = tq_store_open(tq_pg_url(s_pg), TQ_SYNC_BATCH, error, sizeof error);
     assert_null(store);
     print_message("damaged: %s\n", error);
     assert_non_null(strstr(error, "tq_items is missing"));
+}
+
+/* The value of one SQL query on the cluster, as text ("" for NULL). */
+static void
+s_sql_value(const char *sql, char *out, size_t size)
+{
+    PGconn *conn = PQconnectdb(tq_pg_url(s_pg));
+    assert_int_equal(PQstatus(conn), CONNECTION_OK);
+    PGresult *res = PQexec(conn, sql);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    snprintf(out, size, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    PQfinish(conn);
+}
+
+/* Schema v2 keeps the key that submitted a task (tenants): a version-1
+   store (made here by dropping the column a v2 store has, and setting the
+   version back) migrates, its rows load with no owner (every key may see
+   them); rows added after keep their owner, NULL or not, mixed in one
+   batch, and later writes of a row leave it alone. */
+static void
+test_owner_and_migration_v1(void **state)
+{
+    (void)state;
+    static const char key[] = "rq:rC%x5KVYbgG?F-P.4Q8i8Sf[d{Ch(7]5+iX/u";
+    tq_store_t *store = s_open();
+    tq_store_task_t old = s_task("old", 1);
+    old.owner = key;
+    assert_int_equal(tq_store_add(store, &old), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+    s_sql("ALTER TABLE tq_tasks DROP COLUMN owner;"
+          "UPDATE tq_meta SET value = 1 WHERE key = 'schema'");
+
+    store = s_open();
+    char text[64];
+    s_sql_value("SELECT value FROM tq_meta WHERE key = 'schema'", text,
+                sizeof text);
+    assert_string_equal(text, "2");
+    s_seen_t seen = {0};
+    assert_int_equal(tq_store_load(store, s_collect, &seen), TQ_OK);
+    assert_int_equal(seen.count, 1);
+    assert_string_equal(seen.ids[0], "old");
+    assert_string_equal(seen.owners[0], "(null)");
+    tq_store_task_t mine = s_task("mine", 2), anyone = s_task("anyone", 3),
+                    also = s_task("also", 4);
+    mine.owner = key;
+    also.owner = "another key";
+    assert_int_equal(tq_store_add(store, &mine), TQ_OK);
+    assert_int_equal(tq_store_add(store, &anyone), TQ_OK);
+    assert_int_equal(tq_store_add(store, &also), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    mine.state = 2;
+    assert_int_equal(tq_store_finish(store, &mine), TQ_OK);
+    assert_int_equal(tq_store_set_due(store, "also", 5, 1, 99), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+
+    store = s_open();
+    memset(&seen, 0, sizeof seen);
+    assert_int_equal(tq_store_load(store, s_collect, &seen), TQ_OK);
+    assert_int_equal(seen.count, 4);
+    assert_string_equal(seen.ids[1], "mine");
+    assert_string_equal(seen.owners[1], key);
+    assert_int_equal(seen.states[1], 2);
+    assert_string_equal(seen.ids[2], "anyone");
+    assert_string_equal(seen.owners[2], "(null)");
+    assert_string_equal(seen.ids[3], "also");
+    assert_string_equal(seen.owners[3], "another key");
+    assert_int_equal(seen.states[3], 5);
+    tq_store_destroy(&store);
 }
 
 /* The lease: a second owner cannot take it while the first's is live;
@@ -614,6 +690,8 @@ main(void)
                                         s_teardown),
         cmocka_unit_test(test_unreachable_refused),
         cmocka_unit_test_setup_teardown(test_newer_or_damaged_refused, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_owner_and_migration_v1, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_lease_fences_the_old_owner,
                                         s_setup, s_teardown),

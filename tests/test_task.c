@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "tq_broker_core.h"
 #include "tq_harness.h"
@@ -339,11 +340,196 @@ test_retry_recovered(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* The id table finds every task as it grows and as tasks leave it. */
+static void
+test_id_table(void **state)
+{
+    (void)state;
+    enum { N = 5000 };
+    tq_broker_t *b = s_broker(NULL);
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        tqb_task_move(b, s_task(b, id), TASK_WAITING, NULL);
+    }
+    assert_int_equal(b->task_count, N);
+    for (int i = 0; i < N; i += 2) {
+        snprintf(id, sizeof id, "id-%d", i);
+        task_t *t = tqb_task_find(b, tq_str(id));
+        assert_non_null(t);
+        assert_string_equal(t->rec.id, id);
+        tqb_task_final(b, t, TASK_CANCELLED, TQ_ECANCELLED, "test", NULL);
+        tqb_task_forget(b, t);
+    }
+    assert_int_equal(b->task_count, N / 2);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        task_t *t = tqb_task_find(b, tq_str(id));
+        if (i % 2)
+            assert_true(t && strcmp(t->rec.id, id) == 0);
+        else
+            assert_null(t);
+    }
+    /* an id that is a prefix of others is found as itself, and a prefix
+       of an id is not that id */
+    assert_string_equal(tqb_task_find(b, tq_str("id-1"))->rec.id, "id-1");
+    assert_null(tqb_task_find(b, tq_str("id-")));
+    tq_broker_destroy(&b);
+}
+
+/* A task's start is kept as an offset from its submission: exact to the
+   millisecond for 24 days, to the second after. */
+static void
+test_started(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    b->now_ms = 5000;
+    task_t *t = s_task(b, "s");
+    assert_int_equal(tqb_task_started_ms(t), 0);
+    tqb_task_set_started(t, 5000);
+    assert_int_equal(tqb_task_started_ms(t), 5000);
+    tqb_task_set_started(t, 5000 + 1234567);
+    assert_int_equal(tqb_task_started_ms(t), 5000 + 1234567);
+    int64_t later = 5000 + 40LL * 24 * 3600 * 1000 + 999; /* 40 days on */
+    tqb_task_set_started(t, later);
+    assert_true(tqb_task_started_ms(t) <= later &&
+                tqb_task_started_ms(t) > later - 1000);
+    tq_broker_destroy(&b);
+}
+
+/* The submitter is told once: a GET wait=true of the submitter itself adds
+   no waiter, another client's does; with ZeroMQ's own routing ids (kept in
+   4 bytes) and with any other (kept beside the task). */
+static void
+test_submitter(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    const uint8_t zmq_id[5] = {0, 1, 2, 3, 4};
+    const uint8_t long_id[12] = "client-12345";
+    ident_t a = {0}, other = {0};
+    tqb_ident_set(&other, "someone", 7);
+    for (int k = 0; k < 2; k++) {
+        tqb_ident_set(&a, k ? long_id : zmq_id, k ? 12 : 5);
+        task_t *t = s_task(b, k ? "long" : "zmq");
+        tqb_task_set_client(b, t, &a);
+        assert_int_equal(t->client_at, k ? CLIENT_OTHER : CLIENT_ZMQ);
+        tqb_task_add_waiter(b, t, &a);
+        assert_false(t->waited);
+        tqb_task_add_waiter(b, t, &other);
+        assert_true(t->waited);
+        tqb_task_add_waiter(b, t, &other);
+        tqb_ident_clear(&a);
+    }
+    tqb_ident_clear(&other);
+    tq_broker_destroy(&b); /* frees the side tables: no leak */
+}
+
+/* Without a store a small payload lives in the task's own allocation and
+   is counted in memory until it gives way to the value. */
+static void
+test_payload_inline(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    peer_t *child = s_child(b, "c1");
+    task_t *t = s_task(b, "p");
+    assert_int_equal(t->payload_at, PAYLOAD_INLINE);
+    assert_int_equal(b->memory, 1);
+    zmq_msg_t msg;
+    assert_int_equal(tqb_task_payload(b, t, &msg, NULL), 0);
+    assert_int_equal(zmq_msg_size(&msg), 1);
+    assert_int_equal(*(uint8_t *)zmq_msg_data(&msg), 0x90);
+    zmq_msg_close(&msg);
+    tqb_task_move(b, t, TASK_WAITING, NULL);
+    tqb_task_move(b, t, TASK_HELD, &(task_move_t){.holder = child});
+    zmq_msg_t value;
+    zmq_msg_init_size(&value, 2000); /* kept as the message, not copied */
+    memset(zmq_msg_data(&value), 0xc0, 2000);
+    tqb_task_final(b, t, TASK_SUCCESS, TQ_OK, NULL, &value);
+    zmq_msg_close(&value);
+    assert_int_equal(t->payload_at, PAYLOAD_MSG);
+    assert_int_equal(b->memory, 2000);
+    tqb_task_forget(b, t);
+    assert_int_equal(b->memory, 0);
+    tq_broker_destroy(&b);
+}
+
+/* With a store, arguments beyond 8 MiB held leave memory at the commit
+   and are read back with their checksum checked: damaged on disk, the
+   task's arguments are refused (TQ_ECORRUPT), never handed out. */
+static void
+test_payload_paged(void **state)
+{
+    (void)state;
+    enum { N = 40, SIZE = 512 * 1024 };
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    lane_t *lane =
+        tqb_lane(tqb_queue(b, tq_str("q")), tqb_intern(b, tq_str("t")));
+    task_t *tasks[N];
+    for (int i = 0; i < N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "big-%d", i);
+        zmq_msg_t args;
+        zmq_msg_init_size(&args, SIZE);
+        memset(zmq_msg_data(&args), i, SIZE);
+        tasks[i] = tqb_task_new(b, id, lane, &args);
+        zmq_msg_close(&args);
+        tasks[i]->rec.seq = ++b->seq;
+        tqb_task_move(b, tasks[i], TASK_WAITING, NULL);
+    }
+    assert_int_equal(b->memory, (uint64_t)N * SIZE); /* until committed */
+    /* the commit thread's batch done, as the loop would wait for it */
+    assert_true(tqb_commit_flush(b));
+    assert_true(b->memory <= (8u << 20) + SIZE);
+    assert_int_equal(tasks[0]->payload_at, PAYLOAD_MSG);
+    assert_int_equal(tasks[N - 1]->payload_at, PAYLOAD_STORED);
+    for (int i = 0; i < N; i++) {
+        zmq_msg_t msg;
+        assert_int_equal(tqb_task_payload(b, tasks[i], &msg, NULL), 0);
+        assert_int_equal(zmq_msg_size(&msg), SIZE);
+        const uint8_t *p = zmq_msg_data(&msg);
+        assert_true(p[0] == (uint8_t)i && p[SIZE - 1] == (uint8_t)i);
+        zmq_msg_close(&msg);
+    }
+    assert_true(b->paged_in > 0);
+
+    /* damage the last one on disk, as another process would */
+    char path[512];
+    snprintf(path, sizeof path, "%s/tq.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE tasks SET args = X'00'"
+                                  " WHERE id = 'big-39'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    zmq_msg_t msg;
+    const char *why = NULL;
+    assert_int_equal(tqb_task_payload(b, tasks[N - 1], &msg, &why),
+                     TQ_ECORRUPT);
+    assert_non_null(why);
+    assert_int_equal(zmq_msg_size(&msg), 0);
+    zmq_msg_close(&msg);
+    tq_broker_destroy(&b);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_id_table),
+        cmocka_unit_test(test_started),
+        cmocka_unit_test(test_submitter),
+        cmocka_unit_test(test_payload_inline),
+        cmocka_unit_test(test_payload_paged),
         cmocka_unit_test(test_containers),
         cmocka_unit_test(test_journal),
         cmocka_unit_test(test_retry_lost),

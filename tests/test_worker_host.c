@@ -636,6 +636,44 @@ test_sighup_survived(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* A host started without --prefetch announces the default credit, 16 a
+   child (chosen by tq-bench --prefetch, README Performance); --prefetch
+   still sets it. */
+static void
+test_default_prefetch(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    pid_t host = tq_harness_env_add_worker(env, 2, NULL, true);
+    assert_true(host > 0);
+    const char *one[] = {"--prefetch", "1", NULL};
+    pid_t other = tq_harness_env_add_worker(env, 1, one, true);
+    assert_true(other > 0);
+    assert_int_equal(tq_harness_wait_workers(env->client, 3, 0, S_GET_MS), 0);
+    tq_harness_status_t status;
+    assert_int_equal(tq_harness_status(env->client, &status, S_GET_MS), TQ_OK);
+    uint32_t count = 0;
+    const msgpack_object *workers = tq_harness_workers(&status, &count);
+    assert_int_equal(count, 3);
+    int defaults = 0, ones = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        const msgpack_object *w = &workers->via.array.ptr[i];
+        uint64_t ppid = tq_harness_map_uint(w, "ppid", 0);
+        uint64_t credit = tq_harness_map_uint(w, "credit", 0);
+        if (ppid == (uint64_t)host) {
+            assert_int_equal(credit, 16);
+            defaults++;
+        } else {
+            assert_int_equal(ppid, (uint64_t)other);
+            assert_int_equal(credit, 1);
+            ones++;
+        }
+    }
+    assert_int_equal(defaults, 2);
+    assert_int_equal(ones, 1);
+    tq_harness_status_free(&status);
+}
+
 int
 main(void)
 {
@@ -667,6 +705,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_sighup_survived,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_default_prefetch,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
     };

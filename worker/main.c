@@ -1,5 +1,5 @@
 /* main.c - tq-worker: parse the command line (and the TQ_WORKER_*
-   variables), check the endpoint, load the task registry, run the
+   variables), check the broker endpoints, load the task registry, run the
    supervisor. */
 #include "tq_curve.h"
 #include "tq_endpoint.h"
@@ -8,11 +8,20 @@
 #include "tq_log.h"
 #include "tq_worker_host.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Tasks a child may hold by default: chosen by measurement (`tq-bench
+   --prefetch 1,2,4,8,16,32`, README Performance): W1 grows up to 16 and
+   no further, and W4 (4 sleeps of 0.5 s on 3 children) stays at 1.00 s
+   at every value, since an idle child takes what others hold unstarted
+   (work stealing, PROTOCOL.md 5.3.5). */
+#define S_DEFAULT_PREFETCH 16
 
 /* SIGHUP: open the --log-file again (logrotate), and do not die of it. */
 static void
@@ -26,19 +35,24 @@ static void
 s_usage(FILE *out)
 {
     fprintf(out,
-            "usage: tq-worker [--broker EP] [-c N] [--queue NAME]... "
-            "[--module PATH]...\n"
+            "usage: tq-worker [--broker EP[,EP...]] [-c N] [--queue "
+            "NAME]... [--module PATH]...\n"
             "                 [--prefetch N] [--time-limit SEC] [--host NAME]\n"
             "                 [--shutdown-timeout SEC] [--allow-exec] [-v] "
             "[--help]\n"
             "\n"
-            "  --broker EP            broker's worker endpoint "
-            "(default %s)\n"
+            "  --broker EP[,EP...]    broker's worker endpoint "
+            "(default %s);\n"
+            "                         several brokers on one PostgreSQL "
+            "store: the host\n"
+            "                         talks to one, and moves to the next "
+            "on a standby's\n"
+            "                         answer or 3 s of silence\n"
             "  -c, --concurrency N    child processes (default: online CPUs)\n"
             "  --queue NAME           queue to serve, repeatable (default: "
             "default)\n"
             "  --module PATH          task module to load, repeatable\n"
-            "  --prefetch N           tasks each child may hold (default 1)\n"
+            "  --prefetch N           tasks each child may hold (default %d)\n"
             "  --time-limit SEC       hard limit for tasks that set none "
             "(default 0: none)\n"
             "  --host NAME            host name reported (default: "
@@ -70,7 +84,7 @@ s_usage(FILE *out)
             "TQ_WORKER_BROKER=EP, --concurrency N TQ_WORKER_CONCURRENCY=N, "
             "--log-level\n"
             "TQ_LOG_LEVEL (a flag given wins).\n",
-            TQ_DEFAULT_WORKER_ENDPOINT);
+            TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -99,6 +113,56 @@ s_parse_secs(const char *s, double max, uint32_t *ms)
     return true;
 }
 
+/* Splits list ("EP" or "EP,EP,...") into config->endpoints, each checked.
+   Returns false with why filled in. The pieces live in a copy that stays
+   until the process ends. */
+static bool
+s_parse_brokers(const char *list, tq_worker_config_t *config, char *why,
+                size_t size)
+{
+    static char *copy; /* static: reachable to the end (LeakSanitizer) */
+    free(copy);
+    copy = strdup(list);
+    if (!copy) {
+        snprintf(why, size, "out of memory");
+        return false;
+    }
+    config->endpoint_count = 0;
+    char *item = copy;
+    for (;;) {
+        char *comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        while (isspace((unsigned char)*item))
+            item++;
+        for (char *end = item + strlen(item);
+             end > item && isspace((unsigned char)end[-1]);)
+            *--end = '\0';
+        if (!*item && (comma || config->endpoint_count)) {
+            snprintf(why, size,
+                     "%s: an empty endpoint in the list (endpoints are "
+                     "separated by single commas)",
+                     list);
+            return false;
+        }
+        if (config->endpoint_count == TQ_WORKER_MAX_BROKERS) {
+            snprintf(why, size, "%s: at most %d brokers", list,
+                     TQ_WORKER_MAX_BROKERS);
+            return false;
+        }
+        /* a typo here would make every child fail to connect and
+           respawn forever: refuse it now, with a hint */
+        if (!tq_endpoint_check(item, false, why, size))
+            return false;
+        config->endpoints[config->endpoint_count++] = item;
+        if (!comma)
+            break;
+        item = comma + 1;
+    }
+    config->endpoint = config->endpoints[0];
+    return true;
+}
+
 /* Makes a valid TQP host name of whatever gethostname returned. */
 static void
 s_default_host(char *host, size_t size)
@@ -118,6 +182,10 @@ main(int argc, char **argv)
     const char *modules[256];
     int module_count = 0;
     const char *host = NULL;
+    /* As tq-broker (its main): freed payloads stay in the heap rather than
+       faulting in again for the next task; 4 MiB at most, per child. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    mallopt(M_TRIM_THRESHOLD, 4 << 20);
     tq_log_init("tq-worker");
     /* the name before TQ_WORKER_BROKER, still read */
     config.endpoint = getenv("TQ_WORKER_ENDPOINT");
@@ -125,7 +193,7 @@ main(int argc, char **argv)
         config.endpoint = TQ_DEFAULT_WORKER_ENDPOINT;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     config.concurrency = cpus > 0 ? (int)cpus : 1;
-    config.prefetch = 1;
+    config.prefetch = S_DEFAULT_PREFETCH;
     config.shutdown_timeout_ms = 30000;
 
     enum {
@@ -285,9 +353,7 @@ main(int argc, char **argv)
         s_usage(stderr);
         return 2;
     }
-    /* a typo here would make every child fail to connect and respawn
-       forever: refuse it now, with a hint */
-    if (!tq_endpoint_check(config.endpoint, false, why, sizeof why)) {
+    if (!s_parse_brokers(config.endpoint, &config, why, sizeof why)) {
         fprintf(stderr, "tq-worker: --broker %s\n", why);
         return 2;
     }

@@ -1,5 +1,6 @@
 /* tq_board.c - a child's board: a sequence lock over a small record in
-   shared memory, one writer (the child), one reader (its supervisor). */
+   shared memory, one writer (the child), one reader (its supervisor); and
+   the host's board, the broker the supervisor chose for every child. */
 #include "tq_board.h"
 
 #include <string.h>
@@ -64,4 +65,17 @@ tq_board_read(const tq_board_t *self, tq_board_t *out)
         return true;
     }
     return false;
+}
+
+void
+tq_board_host_set_broker(tq_board_host_t *self, uint32_t broker)
+{
+    /* released before the signal that makes children read it */
+    __atomic_store_n(&self->broker, broker, __ATOMIC_RELEASE);
+}
+
+uint32_t
+tq_board_host_broker(const tq_board_host_t *self)
+{
+    return __atomic_load_n(&self->broker, __ATOMIC_ACQUIRE);
 }

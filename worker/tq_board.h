@@ -32,6 +32,22 @@ typedef struct tq_board_s {
     char id[TQ_PROTO_MAX_ID + 1]; /* its id, NUL-terminated */
 } tq_board_t;
 
+/* What the supervisor publishes for all its children, in a MAP_SHARED
+   mapping made before the first fork: the broker endpoint the host talks
+   to, an index into the config's list (PROTOCOL.md 12). One writer, the
+   supervisor; a child reads it each time it connects, which it does at
+   start and when TQ_SIGNAL_REANNOUNCE tells it to, sent after the index
+   was written. */
+typedef struct tq_board_host_s {
+    uint32_t broker; /* index of the endpoint in use */
+} tq_board_host_t;
+
+/* The supervisor publishes the endpoint index all children use. */
+void tq_board_host_set_broker(tq_board_host_t *self, uint32_t broker);
+
+/* The endpoint index the supervisor published last. */
+uint32_t tq_board_host_broker(const tq_board_host_t *self);
+
 /* Clears a board for a new child (phase STARTING, no task); the
    supervisor calls it before the fork, while nobody writes it. */
 void tq_board_reset(tq_board_t *self);

@@ -1,7 +1,9 @@
 /* tq_supervisor.c - the worker host's parent process: forks the children,
    reaps and respawns them, kills what their tasks leave behind, enforces
    hard time limits, heartbeats the broker, reports dead children with LOST
-   and drains on SIGTERM. */
+   and drains on SIGTERM. Given several brokers (PROTOCOL.md 12), it
+   chooses the one the whole host talks to, and moves to the next on a
+   standby's answer or a silence. */
 #include "tq_board.h"
 #include "tq_worker_host.h"
 
@@ -37,6 +39,12 @@ typedef struct {
     pid_t pid; /* the supervisor's own */
     tq_slot_t *slots; /* config->concurrency of them (tq_slot.h) */
     tq_board_t *boards; /* one per slot, shared with its child */
+    tq_board_host_t *host; /* shared with every child: the broker */
+    uint32_t broker; /* index of the endpoint the host talks to */
+    bool reannounce_due; /* children announce themselves at the broker's
+                            next HEARTBEAT answer: we moved to it, or it
+                            was a standby */
+    uint32_t unanswered_moves; /* moves since the last HEARTBEAT answer */
     pid_t *keep; /* one per slot: the children an orphan sweep spares */
     int sig_pipe[2]; /* self-pipe: signal numbers */
     void *ctx; /* created after the first forks */
@@ -146,6 +154,13 @@ s_send_lost(s_super_t *self, pid_t pid, uint32_t code, const char *error)
     s_send(self);
 }
 
+/* The endpoint the host talks to now. */
+static const char *
+s_endpoint(const s_super_t *self)
+{
+    return tq_worker_endpoint(self->config, self->broker);
+}
+
 static void
 s_connect(s_super_t *self)
 {
@@ -165,8 +180,8 @@ s_connect(s_super_t *self)
         self->sock = NULL;
         return;
     }
-    if (zmq_connect(self->sock, self->config->endpoint) != 0) {
-        tq_worker_log("cannot connect to %s: %s", self->config->endpoint,
+    if (zmq_connect(self->sock, s_endpoint(self)) != 0) {
+        tq_worker_log("cannot connect to %s: %s", s_endpoint(self),
                       zmq_strerror(errno));
         zmq_close(self->sock);
         self->sock = NULL;
@@ -180,6 +195,37 @@ s_reannounce_children(s_super_t *self)
     for (int i = 0; i < self->config->concurrency; i++)
         if (tq_slot_live(&self->slots[i]))
             kill(self->slots[i].pid, TQ_SIGNAL_REANNOUNCE);
+}
+
+/* Moves the host to its next broker endpoint (wrapping around): the
+   supervisor connects there at once and heartbeats it; the children
+   follow once it answers a HEARTBEAT (s_on_broker: reannounce_due), so
+   that they do not reconnect to each standby in turn. A child (re)started
+   meanwhile reads the new endpoint from the host's board. */
+static void
+s_move_on(s_super_t *self, const char *why)
+{
+    const char *from = s_endpoint(self);
+    self->broker = (self->broker + 1) % tq_worker_endpoints(self->config);
+    tq_worker_log("broker %s %s: moving to %s", from, why, s_endpoint(self));
+    tq_board_host_set_broker(self->host, self->broker);
+    /* what waits for the old broker means nothing to the next one */
+    int zero = 0;
+    if (self->sock)
+        zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
+    s_connect(self);
+    self->reannounce_due = true;
+    self->broker_pid = 0;
+    self->session = 0; /* a session of the other broker means nothing */
+    int64_t now = s_now();
+    self->last_heard = now;
+    /* ask the next one at once, but once round the list without an
+       answer (every broker a standby, during a takeover), once per
+       heartbeat interval */
+    self->next_heartbeat =
+        self->unanswered_moves++ < tq_worker_endpoints(self->config)
+        ? now
+        : now + S_HEARTBEAT_MS;
 }
 
 /* KILL pid id: the broker cancelled the task id that child pid runs.
@@ -236,13 +282,43 @@ s_on_broker(s_super_t *self, int rc)
                       reason);
         return;
     }
+    if (self->in.command == TQ_CMD_ERROR && self->in.code == TQ_ESTANDBY &&
+        !self->stopping) {
+        /* another broker holds the lease: this one will not serve us */
+        if (tq_worker_endpoints(self->config) > 1) {
+            s_move_on(self, "is a standby");
+            return;
+        }
+        /* our only broker: it knows none of our children now (a broker
+           that lost the lease forgot them), so they announce themselves
+           when it serves again, even if its pid and session number look
+           the same then */
+        if (!self->reannounce_due)
+            tq_worker_log("broker %s is a standby: waiting for it to "
+                          "serve",
+                          s_endpoint(self));
+        self->reannounce_due = true;
+    }
     self->last_heard = s_now();
     if (self->broker_silent) {
-        tq_worker_log("broker %s answers again", self->config->endpoint);
+        tq_worker_log("broker %s answers again", s_endpoint(self));
         self->broker_silent = false;
     }
     switch (self->in.command) {
     case TQ_CMD_HEARTBEAT:
+        self->unanswered_moves = 0;
+        if (self->reannounce_due) {
+            /* the broker we moved to serves: every child moves too, with
+               the task it still runs (PROTOCOL.md 10 and 12) */
+            tq_worker_log("broker %s answers (pid %llu): children announce "
+                          "themselves there",
+                          s_endpoint(self), (unsigned long long)self->in.pid);
+            self->reannounce_due = false;
+            s_reannounce_children(self);
+            self->broker_pid = self->in.pid;
+            self->session = self->in.session;
+            break;
+        }
         /* another pid answers on the same endpoint: a restarted broker
            that knows none of our children; another session: the broker
            dropped this host (judged it silent) and forgot its children */
@@ -282,7 +358,7 @@ s_on_broker(s_super_t *self, int rc)
             self->in.code == TQ_EDENIED) {
             tq_worker_log("%s is not usable by this host: the broker says "
                           "%.*s%s; stopping",
-                          self->config->endpoint, (int)self->in.error.len,
+                          s_endpoint(self), (int)self->in.error.len,
                           self->in.error.ptr ? self->in.error.ptr : "",
                           self->in.code == TQ_EPROTO
                               ? " (workers connect to the broker's workers "
@@ -338,6 +414,9 @@ s_spawn(s_super_t *self, tq_slot_t *slot)
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGCHLD);
+    /* and the "announce again": its default action would kill a child
+       that has no handler yet */
+    sigaddset(&block, TQ_SIGNAL_REANNOUNCE);
     sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
     if (pid != 0)
@@ -361,7 +440,7 @@ s_spawn(s_super_t *self, tq_slot_t *slot)
             if (self->slots[i].fd >= 0)
                 close(self->slots[i].fd);
         /* self->ctx and self->sock are the parent's: left alone */
-        tq_child_run(self->config, self->registry, fds[1], board);
+        tq_child_run(self->config, self->registry, fds[1], board, self->host);
     }
     setpgid(pid, pid); /* both sides, so neither races the other */
     close(fds[1]);
@@ -638,11 +717,16 @@ s_on_timers(s_super_t *self)
         s_send_heartbeat(self);
         self->next_heartbeat = now + S_HEARTBEAT_MS;
     }
-    if (now - self->last_heard >= S_LIVENESS_MS && self->sock &&
-        !self->stopping) {
+    if (now - self->last_heard >= S_LIVENESS_MS &&
+        tq_worker_endpoints(self->config) > 1 && !self->stopping) {
+        char why[64];
+        snprintf(why, sizeof why, "silent for %d ms", S_LIVENESS_MS);
+        s_move_on(self, why);
+    } else if (now - self->last_heard >= S_LIVENESS_MS && self->sock &&
+               !self->stopping) {
         if (!self->broker_silent)
             tq_worker_log("broker %s silent for %d ms, reconnecting",
-                          self->config->endpoint, S_LIVENESS_MS);
+                          s_endpoint(self), S_LIVENESS_MS);
         self->broker_silent = true;
         s_connect(self);
         self->last_heard = now;
@@ -774,6 +858,16 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         free(self->keep);
         return 1;
     }
+    self->host = mmap(NULL, sizeof *self->host, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (self->host == MAP_FAILED) {
+        tq_worker_log("mmap: %s", strerror(errno));
+        munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
+        free(self->slots);
+        free(self->keep);
+        return 1;
+    }
+    tq_board_host_set_broker(self->host, 0);
     for (int i = 0; i < config->concurrency; i++) {
         tq_slot_init(&self->slots[i]);
     }
@@ -797,9 +891,16 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     msgpack_sbuffer_init(&self->header);
     tq_frames_init(&self->frames);
     s_connect(self);
-    tq_worker_log("%d child(ren) on %s, host %s, %zu task(s)",
-                  config->concurrency, config->endpoint, config->host,
-                  tq_registry_size(registry));
+    if (tq_worker_endpoints(config) > 1)
+        tq_worker_log("%d child(ren) on %s (first of %u brokers), host %s, "
+                      "%zu task(s)",
+                      config->concurrency, s_endpoint(self),
+                      tq_worker_endpoints(config), config->host,
+                      tq_registry_size(registry));
+    else
+        tq_worker_log("%d child(ren) on %s, host %s, %zu task(s)",
+                      config->concurrency, s_endpoint(self), config->host,
+                      tq_registry_size(registry));
     self->last_heard = s_now();
     self->next_heartbeat = 0; /* announce ourselves at once */
 
@@ -877,6 +978,7 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
     free(self->slots);
     free(self->keep);
     munmap(self->boards, (size_t)config->concurrency * sizeof(tq_board_t));
+    munmap(self->host, sizeof *self->host);
     if (!exit_code)
         tq_worker_log("stopped");
     return exit_code;

@@ -1,6 +1,7 @@
 /* tq_testtasks.c - a task module for the durability tests: test.record
    appends the task's index to a file on each execution, so a test can
-   count executions beyond one per task across broker kills. Loaded with
+   count executions beyond one per task across broker kills; test.gate
+   runs until the test lets it end. Loaded with
    `tq-worker --module libtesttasks.so`. */
 #include <tq/tq.h>
 
@@ -51,8 +52,38 @@ s_record(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return msgpack_pack_uint64(out, index);
 }
 
+/* test.gate STARTED GATE -> true: creates the file STARTED, then runs
+   until the file GATE exists (60 s at most, then it fails), so a test
+   acts while the task runs and decides when it ends. */
+static int
+s_gate(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    char path[2][4096];
+    if (args->via.array.size != 2)
+        return tq_task_fail(task, "test.gate wants STARTED GATE");
+    for (int i = 0; i < 2; i++) {
+        const msgpack_object *a = &args->via.array.ptr[i];
+        if (a->type != MSGPACK_OBJECT_STR || a->via.str.size >= 4096)
+            return tq_task_fail(task, "test.gate wants STARTED GATE");
+        memcpy(path[i], a->via.str.ptr, a->via.str.size);
+        path[i][a->via.str.size] = '\0';
+    }
+    int fd = open(path[0], O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return tq_task_fail(task, "test.gate: cannot create %s", path[0]);
+    close(fd);
+    for (int i = 0; access(path[1], F_OK) != 0; i++) {
+        if (i == 6000)
+            return tq_task_fail(task, "test.gate: %s never came", path[1]);
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return msgpack_pack_true(out);
+}
+
 int
 tq_module_init(tq_registry_t *registry)
 {
-    return tq_registry_add(registry, "test.record", s_record, NULL);
+    int rc = tq_registry_add(registry, "test.record", s_record, NULL);
+    return rc ? rc : tq_registry_add(registry, "test.gate", s_gate, NULL);
 }
