@@ -480,6 +480,8 @@ tqb_store_recover(tq_broker_t *self, char *error, size_t errlen)
     const char *where =
         self->config.store_url ? self->config.store_url : self->config.data_dir;
     bool url = tq_store_is_url(where);
+    /* before the load: a damaged task found there is failed, a write */
+    tqb_journal_new(self);
     int64_t started = tqb_now();
     if (tq_store_load(self->store, s_recover, self) != TQ_OK ||
         tq_store_load_item_rows(self->store, s_recover_item, self) !=
@@ -511,8 +513,10 @@ s_store_housekeeping(tq_broker_t *self)
 {
     if (!self->store || (self->lease.enabled && !self->lease.active))
         return; /* a standby writes nothing */
-    tq_store_purge(self->store, tqb_wall_ms(), 2000);
-    if (self->config.max_disk) {
+    tqb_journal_purge(self, tqb_wall_ms(), 2000);
+    /* measured only while no commit runs (the store is the commit
+       thread's then); meanwhile the estimate grows with every write */
+    if (self->config.max_disk && tqb_journal_idle(self)) {
         self->disk_bytes = tq_store_disk_size(self->store);
         bool full = self->disk_bytes >= self->config.max_disk;
         if (full && !self->disk_full)
@@ -762,6 +766,8 @@ s_store_lost(tq_broker_t *self)
     tq_log_error("demoting: acknowledging and dispatching nothing more, "
                  "dropping the in-memory state: standby");
     self->lease.active = false;
+    if (self->commit_rc == TQ_OK)
+        self->commit_rc = TQ_EBUSY; /* tq_broker_destroy flushes nothing */
     return TQ_ESTANDBY;
 }
 
@@ -827,6 +833,12 @@ tq_broker_run(tq_broker_t *self)
             tq_log_error("poll: %s", zmq_strerror(errno));
             return TQ_ESYS;
         }
+        if (items[2].revents & ZMQ_POLLIN) {
+            /* a commit done (tq_journal.c) or a stop */
+            uint64_t count;
+            ssize_t r = read(self->wakeup, &count, sizeof count);
+            (void)r;
+        }
         self->now_ms = tqb_now();
         /* the lease first: after a stall, nothing is handled before the
            database confirms this broker still holds it */
@@ -877,6 +889,9 @@ tq_broker_run(tq_broker_t *self)
             return s_store_lost(self);
         last_pass = tqb_now();
     }
+    /* what was accepted before the stop is acknowledged once committed */
+    if (!tqb_commit_flush(self))
+        return TQ_ESYS;
     return TQ_OK;
 }
 
@@ -886,6 +901,8 @@ tq_broker_destroy(tq_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_broker_t *self = *self_p;
+    /* first: its batches share the tasks' payloads and names */
+    tqb_journal_destroy(self);
     tqb_tasks_free(self);
     if (self->peers) {
         for (peer_t *w = zhashx_first(self->peers); w;

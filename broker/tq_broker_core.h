@@ -263,6 +263,7 @@ typedef struct {
     char id[TQ_PROTO_MAX_ID + 1];
     uint8_t command;
     uint64_t size; /* REPLY: the queue's size */
+    uint64_t need; /* the batch whose commit it waits for */
 } ack_t;
 
 /* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms unless the
@@ -272,6 +273,8 @@ typedef struct {
     char id[TQ_PROTO_MAX_ID + 1];
     int64_t due_ms;
 } fold_t;
+/* The store journal and its commit thread (tq_journal.c). */
+typedef struct tqb_journal_s tqb_journal_t;
 
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
@@ -341,10 +344,14 @@ struct tq_broker_t {
     zhashx_t *client_drops; /* client ident hex -> replies dropped for it
                                (uintptr_t), made at its first drop */
     dq_t *dqs;
-    ack_t *acks; /* answers waiting for the commit */
-    uint32_t ack_count, ack_cap;
+    ack_t *acks; /* answers waiting for the commit, from ack_head */
+    uint32_t ack_head, ack_count, ack_cap;
     fold_t *folds; /* held SUBMITTEDs, a ring in due order */
     uint32_t fold_head, fold_count, fold_cap;
+    tqb_journal_t *journal; /* with a store: batches and commit thread */
+    int commit_rc; /* TQ_OK, or how the last commit failed (TQ_EBUSY:
+                      the lease was taken); then nothing more is
+                      acknowledged */
     bool disk_full;      /* the store passed max_disk */
     uint64_t disk_bytes; /* the store's size: measured once a second, plus
                             what each write since adds (an estimate), so
@@ -442,23 +449,50 @@ void tqb_pack_uint_kv(msgpack_packer *pk, const char *key, uint64_t value);
 /* A fresh msgpack buffer and packer. */
 void tqb_body_init(msgpack_sbuffer *body, msgpack_packer *pk);
 
-/* ---- tq_journal.c: the store journal and the acknowledgements that
-   wait for its commit ---- */
+/* ---- tq_journal.c: the store journal, its commit thread, and the
+   acknowledgements that wait for its commit ----
+
+   The rule: an acknowledgement (SUBMITTED, REPLY to a QPUT) goes out only
+   after the batch holding its writes is committed. A task may be
+   dispatched, and its RESULT sent, before its SUBMIT is committed (as
+   before, within one pass): if the broker dies before that commit, the
+   client was never told "accepted" and submits again (at least once),
+   and a DONE for a task the restarted broker never stored is a duplicate.
+   The loop calls the store itself only under tq_store_lock (the commit
+   thread holds it while it commits). */
+
+/* Makes the journal of the broker's store (after the store is loaded). */
+void tqb_journal_new(tq_broker_t *self);
+/* Commits what is left and stops the commit thread; NULL-safe. */
+void tqb_journal_destroy(tq_broker_t *self);
+/* True if no batch is being committed: the loop may then call the store
+   without waiting for the commit thread (it hands batches off itself). */
+bool tqb_journal_idle(const tq_broker_t *self);
 
 /* Writes what the store keeps of task after a move (from -> task->state).
    Called by tqb_task_move only. */
 void tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from);
 /* Forgets a task in the store. */
 void tqb_journal_forget(tq_broker_t *self, const task_t *task);
+/* A data-queue item put (its payload shared) or taken. */
+void tqb_journal_item_add(tq_broker_t *self, const dq_t *dq,
+                          const item_t *item);
+void tqb_journal_item_remove(tq_broker_t *self, const dq_t *dq, uint64_t seq);
+/* Deletes up to limit results that expired before now_ms (wall clock). */
+void tqb_journal_purge(tq_broker_t *self, int64_t now_ms, int limit);
 /* Acknowledges now, or after the commit that stores what is
    acknowledged. */
 void tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
              uint64_t size);
 /* Upper bounds (µs) of the commit latency buckets, TQB_COMMIT_BUCKETS. */
 extern const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS];
-/* Commits the pass's batch, then sends the acknowledgements it held.
-   False if the store failed: nothing more may be acknowledged. */
+/* Sends the acknowledgements whose batch is committed and hands the open
+   batch to the commit thread if it is idle; never waits. False if a
+   commit failed (self->commit_rc says how): nothing more may be
+   acknowledged. */
 bool tqb_commit(tq_broker_t *self);
+/* tqb_commit, waiting until every batch is committed and acknowledged. */
+bool tqb_commit_flush(tq_broker_t *self);
 void tqb_acks_clear(tq_broker_t *self);
 
 /* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
@@ -544,9 +578,10 @@ void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Its last dispatch (monotonic ms), 0: never; and recording it. */
 int64_t tqb_task_started_ms(const task_t *task);
 void tqb_task_set_started(task_t *task, int64_t now_ms);
-/* The batch that stored the listed tasks committed: their arguments may
-   leave memory (the store keeps them). */
-void tqb_task_committed(tq_broker_t *self);
+/* A batch committed that stored the first count tasks of page_out: their
+   arguments may leave memory (the store keeps them); the others stay
+   listed for a later batch. */
+void tqb_task_committed(tq_broker_t *self, uint32_t count);
 /* The only way a task changes state: checks the move against the table
    of legal moves (a programmer error aborts), takes it out of its
    container, puts it into the new one, keeps the counts and journals what

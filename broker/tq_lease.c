@@ -151,9 +151,9 @@ tqb_lease_tick(tq_broker_t *self)
     if (lease->active) {
         if (now - lease->renewed_ms < s_renew(self))
             return TQB_LEASE_HELD;
-        /* the renewal runs on the store's connection, which the commits
-           use too: it must not overlap a commit (were commits made on
-           another thread, wait for the one in flight first) */
+        /* the renewal runs on the store's connection, which the commit
+           thread uses too: the store's lock makes it wait for a commit
+           in flight (tq_store_lock) */
         int rc = tq_store_lease_renew(self->store, s_ttl(self));
         if (rc == TQ_OK) {
             if (now - lease->renewed_ms >= s_ttl(self))
@@ -173,6 +173,9 @@ tqb_lease_tick(tq_broker_t *self)
                      (long long)(now - lease->renewed_ms),
                      tq_store_error(self->store));
         lease->active = false;
+        /* nothing more is committed or acknowledged, not even by the
+           flush of tq_broker_destroy */
+        self->commit_rc = TQ_EBUSY;
         return TQB_LEASE_LOST;
     }
     if (now < lease->next_ms)

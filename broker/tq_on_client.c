@@ -210,8 +210,9 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     }
     tqb_task_move(self, task, TASK_WAITING, NULL);
     self->counters.requeued++;
-    tqb_out(self, TQ_CMD_SUBMITTED)->id = msg->id;
-    tqb_reply(self, self->clients);
+    /* "queued again" is a promise too: answered once committed */
+    ident_t from = tqb_sender(self);
+    tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
 
 void

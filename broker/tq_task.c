@@ -687,9 +687,11 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
 }
 
 void
-tqb_task_committed(tq_broker_t *self)
+tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
-    for (uint32_t i = 0; i < self->page_out_count; i++) {
+    if (count > self->page_out_count)
+        count = self->page_out_count;
+    for (uint32_t i = 0; i < count; i++) {
         task_t *task = self->page_out[i];
         if (!task)
             continue;
@@ -705,7 +707,10 @@ tqb_task_committed(tq_broker_t *self)
             task->payload_size = size;
         }
     }
-    self->page_out_count = 0;
+    /* the ones listed later wait for the commit of their own batch */
+    memmove(self->page_out, self->page_out + count,
+            (self->page_out_count - count) * sizeof *self->page_out);
+    self->page_out_count -= count;
 }
 
 /* Reads a stored payload into the message. */

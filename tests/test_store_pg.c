@@ -634,6 +634,9 @@ test_broker_restart_on_postgresql(void **state)
     snprintf(workers, sizeof workers, "%s", broker.workers);
     tq_client_t *client = tq_client_new(clients);
     assert_non_null(client);
+    /* the handle outlives the restart below, which waits out the killed
+       broker's lease (3 s) */
+    tq_client_set_liveness(client, 60000);
     tq_result_t *result =
         tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)42);
     assert_non_null(result);
