@@ -101,6 +101,10 @@ const char *const tq_cli_usage_exec =
    under its id this many times (a liveness each) before it fails. */
 #define S_RESUBMITS 4
 
+/* After Ctrl-C: how long the cancels of the lines in flight are waited
+   for, all of them together (ms). */
+#define S_CANCEL_WAIT_MS 5000
+
 /* One line in flight or waiting to be printed. */
 typedef struct {
     struct s_run_t *run;
@@ -619,16 +623,22 @@ s_cancel_in_flight(s_run_t *run, uint64_t *batch)
             tq_result_cancel(slot->result) == TQ_OK)
             requested++;
     }
-    /* the broker answers each cancel; 5 s at most for all of them */
+    /* the broker answers each cancel; 5 s at most for all of them (one
+       deadline, not 5 s per line: thousands may go unanswered) */
     long cancelled = 0, finished = 0;
+    int64_t deadline = s_now_ms() + S_CANCEL_WAIT_MS;
     for (uint64_t line = run->head_line; line < run->next_line; line++) {
         s_slot_t *slot = &run->slots[line % run->cap];
         if (!slot->result || slot->done)
             continue;
-        int code = tq_result_get(slot->result, 5000);
-        if (code == TQ_ECANCELLED)
+        int64_t left = deadline - s_now_ms();
+        /* tq_result_wait, not _get: a get that times out asks the broker
+           for its status, once per handle */
+        if (tq_result_wait(slot->result, left > 0 ? (int)left : 0) != TQ_OK)
+            continue;
+        if (tq_result_code(slot->result) == TQ_ECANCELLED)
             cancelled++;
-        else if (code != TQ_ETIMEDOUT)
+        else
             finished++;
     }
     /* drain the completion ring so what did finish is printed */
