@@ -172,11 +172,23 @@ s_now_ms(void)
     return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+/* The run whose callbacks may touch its slots, NULL once it ended: lines
+   still in flight after Ctrl-C end (TQ_ECLOSED) when the client is
+   destroyed, after the run and its slots are gone. */
+static pthread_mutex_t s_active_lock = PTHREAD_MUTEX_INITIALIZER;
+static s_run_t *s_active;
+
 /* Runs on the client's I/O thread when a task is final. */
 static void
 s_on_final(tq_result_t *result, void *arg)
 {
     (void)result;
+    pthread_mutex_lock(&s_active_lock);
+    if (!s_active) {
+        /* the run ended: arg points into freed slots */
+        pthread_mutex_unlock(&s_active_lock);
+        return;
+    }
     s_slot_t *slot = arg;
     s_run_t *run = slot->run;
     pthread_mutex_lock(&run->lock);
@@ -185,6 +197,7 @@ s_on_final(tq_result_t *result, void *arg)
     run->fin_count++;
     pthread_cond_signal(&run->cond);
     pthread_mutex_unlock(&run->lock);
+    pthread_mutex_unlock(&s_active_lock);
 }
 
 /* ---- input -------------------------------------------------------------- */
@@ -676,6 +689,9 @@ s_run(s_run_t *run)
     msgpack_sbuffer_init(&run->args);
     run->next_line = run->head_line = 1;
     run->start_ms = s_now_ms();
+    pthread_mutex_lock(&s_active_lock);
+    s_active = run;
+    pthread_mutex_unlock(&s_active_lock);
     bool more = true;
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
@@ -720,6 +736,10 @@ s_run(s_run_t *run)
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    /* lines cancelled but unanswered end later, without us */
+    pthread_mutex_lock(&s_active_lock);
+    s_active = NULL;
+    pthread_mutex_unlock(&s_active_lock);
     s_draw(run, true);
     free(batch);
     msgpack_sbuffer_destroy(&run->args);
