@@ -101,6 +101,10 @@ const char *const tq_cli_usage_exec =
    under its id this many times (a liveness each) before it fails. */
 #define S_RESUBMITS 4
 
+/* After Ctrl-C: how long the cancels of the lines in flight are waited
+   for, all of them together (ms). */
+#define S_CANCEL_WAIT_MS 5000
+
 /* One line in flight or waiting to be printed. */
 typedef struct {
     struct s_run_t *run;
@@ -168,11 +172,23 @@ s_now_ms(void)
     return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
 }
 
+/* The run whose callbacks may touch its slots, NULL once it ended: lines
+   still in flight after Ctrl-C end (TQ_ECLOSED) when the client is
+   destroyed, after the run and its slots are gone. */
+static pthread_mutex_t s_active_lock = PTHREAD_MUTEX_INITIALIZER;
+static s_run_t *s_active;
+
 /* Runs on the client's I/O thread when a task is final. */
 static void
 s_on_final(tq_result_t *result, void *arg)
 {
     (void)result;
+    pthread_mutex_lock(&s_active_lock);
+    if (!s_active) {
+        /* the run ended: arg points into freed slots */
+        pthread_mutex_unlock(&s_active_lock);
+        return;
+    }
     s_slot_t *slot = arg;
     s_run_t *run = slot->run;
     pthread_mutex_lock(&run->lock);
@@ -181,6 +197,7 @@ s_on_final(tq_result_t *result, void *arg)
     run->fin_count++;
     pthread_cond_signal(&run->cond);
     pthread_mutex_unlock(&run->lock);
+    pthread_mutex_unlock(&s_active_lock);
 }
 
 /* ---- input -------------------------------------------------------------- */
@@ -619,16 +636,22 @@ s_cancel_in_flight(s_run_t *run, uint64_t *batch)
             tq_result_cancel(slot->result) == TQ_OK)
             requested++;
     }
-    /* the broker answers each cancel; 5 s at most for all of them */
+    /* the broker answers each cancel; 5 s at most for all of them (one
+       deadline, not 5 s per line: thousands may go unanswered) */
     long cancelled = 0, finished = 0;
+    int64_t deadline = s_now_ms() + S_CANCEL_WAIT_MS;
     for (uint64_t line = run->head_line; line < run->next_line; line++) {
         s_slot_t *slot = &run->slots[line % run->cap];
         if (!slot->result || slot->done)
             continue;
-        int code = tq_result_get(slot->result, 5000);
-        if (code == TQ_ECANCELLED)
+        int64_t left = deadline - s_now_ms();
+        /* tq_result_wait, not _get: a get that times out asks the broker
+           for its status, once per handle */
+        if (tq_result_wait(slot->result, left > 0 ? (int)left : 0) != TQ_OK)
+            continue;
+        if (tq_result_code(slot->result) == TQ_ECANCELLED)
             cancelled++;
-        else if (code != TQ_ETIMEDOUT)
+        else
             finished++;
     }
     /* drain the completion ring so what did finish is printed */
@@ -666,6 +689,9 @@ s_run(s_run_t *run)
     msgpack_sbuffer_init(&run->args);
     run->next_line = run->head_line = 1;
     run->start_ms = s_now_ms();
+    pthread_mutex_lock(&s_active_lock);
+    s_active = run;
+    pthread_mutex_unlock(&s_active_lock);
     bool more = true;
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
@@ -710,6 +736,10 @@ s_run(s_run_t *run)
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    /* lines cancelled but unanswered end later, without us */
+    pthread_mutex_lock(&s_active_lock);
+    s_active = NULL;
+    pthread_mutex_unlock(&s_active_lock);
     s_draw(run, true);
     free(batch);
     msgpack_sbuffer_destroy(&run->args);

@@ -703,6 +703,7 @@ s_io_dispatch(tq_io_t *io)
         break;
     case TQ_CMD_PONG:
         io->pong_for = io->last_ping;
+        tq_io_on_pong(io, m->dropped);
         break;
     case TQ_CMD_ERROR:
         s_on_error(io, m);

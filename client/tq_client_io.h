@@ -40,6 +40,8 @@ typedef struct {
     bool connected_once; /* a later connect is a reconnect */
     int64_t last_stale_check; /* ms, last look for stale SUBMITs */
     int64_t pong_for; /* ms, when the PING last answered went */
+    uint64_t dropped; /* replies the broker said (PONG) it dropped for
+                         us so far, on this connection's broker */
     uint64_t epoch; /* connections lost or made so far: a request
                        sent in an earlier epoch went over a
                        connection that is gone */
@@ -93,6 +95,10 @@ void tq_io_on_standby(tq_io_t *io, const tq_msg_t *m);
 
 /* Asks again for every acknowledged result still awaited. */
 void tq_io_reattach(tq_io_t *io);
+
+/* A PONG came: when the count of replies the broker dropped for us grew,
+   asks again for everything still awaited (PROTOCOL.md section 10). */
+void tq_io_on_pong(tq_io_t *io, uint64_t dropped);
 
 /* The poll timeout (ms, -1 none) after the liveness work: PINGs, moves
    to the next broker on silence, unreachable requests failed. */

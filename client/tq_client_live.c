@@ -17,6 +17,8 @@ typedef enum {
     S_MOVED, /* the client moved to another broker: both of the above */
     S_STALE, /* the broker talks but a SUBMIT went unanswered for the
                 liveness: send it again */
+    S_DROPPED, /* the broker dropped replies for us (PONG): send SUBMIT
+                  and GET sent before `before` (the PING) again */
 } s_resend_t;
 
 /* A request sent over a connection that broke may never have arrived, and
@@ -27,9 +29,9 @@ typedef enum {
    may not have carried them out; once a new connection is up, SUBMIT (ids
    make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
    sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
-   is still unanswered. Only SENT requests are concerned: QUEUED and
-   DEFERRED ones go out anyway, ACKED ones are asked for by GET
-   (tq_io_reattach). Returns how many were sent again. */
+   is still unanswered, S_DROPPED a SUBMIT or GET. Only SENT requests are
+   concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked for
+   by GET (tq_io_reattach). Returns how many were sent again. */
 static size_t
 s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
 {
@@ -44,7 +46,8 @@ s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
         if (r->state != TQ_REQ_SENT)
             continue;
         if (why == S_STALE ? r->kind != TQ_KIND_SUBMIT || r->sent_ms > before
-                           : r->epoch >= io->epoch)
+                : why == S_DROPPED ? r->sent_ms > before
+                                   : r->epoch >= io->epoch)
             continue;
         bool idempotent = r->kind == TQ_KIND_SUBMIT || r->kind == TQ_KIND_GET;
         if (idempotent && why != S_BROKE) {
@@ -64,8 +67,8 @@ s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
 /* The broker answers again after a silence, or is a new one: ask again
    for every result we still wait on that was acknowledged (a restarted
    broker never heard of our GETs). */
-void
-tq_io_reattach(tq_io_t *io)
+static size_t
+s_io_reget_acked(tq_io_t *io)
 {
     size_t n = 0;
     for (tq_request_t *head = zhashx_first(io->pending); head;
@@ -78,9 +81,41 @@ tq_io_reattach(tq_io_t *io)
                 n++;
                 break;
             }
+    return n;
+}
+
+void
+tq_io_reattach(tq_io_t *io)
+{
+    size_t n = s_io_reget_acked(io);
     zsys_info("tq client: broker at %s answers again, asking again for %zu "
               "result(s)",
               tq_client_current_endpoint(io->client), n);
+}
+
+/* The broker's PONG says how many replies it dropped for this connection
+   so far (its queue for us was full, --max-client-backlog): replies in
+   flight when the number grew may be among them, and nothing else would
+   ever bring them. So, as after a reconnect, every SUBMIT and GET not yet
+   answered goes again with its id (idempotent, PROTOCOL.md 5.1 item 3),
+   and every acknowledged task is asked for by GET wait=true. A number
+   that fell is a new count (a restarted broker): it is only noted. */
+void
+tq_io_on_pong(tq_io_t *io, uint64_t dropped)
+{
+    uint64_t seen = io->dropped;
+    io->dropped = dropped;
+    if (dropped <= seen)
+        return;
+    /* what went after the PING was read after it: not among them */
+    size_t resent = s_io_resend(io, S_DROPPED, io->pong_for);
+    size_t regets = s_io_reget_acked(io);
+    zsys_info("tq client: broker at %s dropped %llu repl%s for this client "
+              "(its backlog was full): sending %zu request(s) again, asking "
+              "again for %zu result(s)",
+              tq_client_current_endpoint(io->client),
+              (unsigned long long)(dropped - seen),
+              dropped - seen == 1 ? "y" : "ies", resent, regets);
 }
 
 /* Moves the client to the next broker of its list (wrapping around; the
@@ -111,6 +146,7 @@ s_io_switch(tq_io_t *io, const char *why)
     io->standby = false;
     io->broker_lost = false;
     io->pong_for = 0;
+    io->dropped = 0; /* counted per connection */
     io->endpoint_since = zclock_mono();
     s_io_resend(io, S_MOVED, 0);
     /* GETs not yet sent are asked again below, with all the others */
@@ -314,6 +350,7 @@ tq_io_monitor(tq_io_t *io)
         return;
     if (io->connected_once) {
         io->broker_lost = false;
+        io->dropped = 0; /* the broker counts drops per connection */
         io->last_heard = zclock_mono();
         /* everything sent before now may have gone to the old connection
            (some of it possibly after the break, into a pipe being torn

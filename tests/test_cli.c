@@ -641,6 +641,63 @@ test_map_interrupt(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* Ctrl-C during tq map while the broker is stopped (SIGSTOP): none of the
+   100 cancels is answered, and tq map gives them 5 s together, then
+   exits 130 and says so. Before, it waited 5 s per line in flight (500 s
+   here, hours for -j 32000). */
+static void
+test_map_interrupt_broker_stopped(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_start(env, NULL);
+    enum { LINES = 100 };
+    char dir[256], input[300], cmd[1024];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "mapstop"), 0);
+    snprintf(input, sizeof input, "%s/in", dir);
+    FILE *f = fopen(input, "w");
+    assert_non_null(f);
+    for (int i = 0; i < LINES; i++)
+        fputs("60\n", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd,
+             "exec %s --broker %s map tq.sleep -j %d --no-progress < %s",
+             TQ_CLI_BIN, env->broker.clients, LINES, input);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    int err_fd = -1;
+    pid_t pid = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
+    assert_true(pid > 0);
+    /* every line submitted: two running, the rest waiting */
+    int64_t deadline = tq_harness_now_ms() + S_RUN_MS;
+    uint64_t submitted = 0;
+    while (submitted < LINES && tq_harness_now_ms() < deadline) {
+        tq_harness_status_t st = {0};
+        if (tq_harness_status(env->client, &st, 2000) == TQ_OK)
+            submitted = tq_harness_counter(&st, "submitted");
+        tq_harness_status_free(&st);
+        if (submitted < LINES)
+            tq_harness_sleep_ms(50);
+    }
+    assert_int_equal(submitted, LINES);
+    assert_int_equal(kill(env->broker.pid, SIGSTOP), 0);
+    kill(pid, SIGINT);
+    int status = 0;
+    int rc = tq_harness_wait_exit(pid, S_RUN_MS, &status);
+    kill(env->broker.pid, SIGCONT);
+    if (rc != 0) {
+        kill(pid, SIGKILL);
+        tq_harness_wait_exit(pid, S_RUN_MS, NULL);
+    }
+    char err[8192] = "";
+    s_read_until(err_fd, err, sizeof err, "interrupted", 2000);
+    close(err_fd);
+    printf("stderr: %s\n", err);
+    assert_int_equal(rc, 0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 130);
+    assert_non_null(strstr(err, "cancelled 0 task(s) in flight (100 asked"));
+    tq_harness_rmtree(dir);
+}
+
 /* The broker's data directory follows $STATE_DIRECTORY and is logged. */
 static void
 test_state_directory(void **state)
@@ -830,6 +887,9 @@ main(void)
         cmocka_unit_test(test_logs_on_stderr),
         cmocka_unit_test_setup_teardown(test_countdown_eta, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_interrupt, tq_harness_env_setup, tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_interrupt_broker_stopped,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
         cmocka_unit_test(test_state_directory),
         cmocka_unit_test(test_loopback_default),
         cmocka_unit_test_setup_teardown(test_worker_sighup, tq_harness_env_setup, tq_harness_env_teardown),

@@ -43,6 +43,7 @@ typedef struct {
     char id[TQ_PROTO_MAX_ID + 1]; /* its id, copied */
     msgpack_sbuffer buf;
     uint64_t pings; /* PINGs answered */
+    uint64_t dropped; /* replies "dropped" so far, said in each PONG */
 } s_fake_t;
 
 static int
@@ -138,7 +139,7 @@ s_fake_expect(s_fake_t *self, uint8_t command, int timeout_ms)
             continue;
         tq_str_copy(self->id, sizeof self->id, self->msg.id);
         if (self->msg.command == TQ_CMD_PING) {
-            tq_msg_t pong = {.command = TQ_CMD_PONG};
+            tq_msg_t pong = {.command = TQ_CMD_PONG, .dropped = self->dropped};
             s_fake_send(self, &pong, NULL, 0);
             self->pings++;
         }
@@ -232,6 +233,68 @@ test_submit_resent_when_unanswered(void **state)
     s_fake_send(fake, &result, value, sizeof value);
     assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
     tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
+/* The broker acknowledged three SUBMITs, then dropped the RESULTs of two
+   (its queue for the client was full: --max-client-backlog) and says so
+   in its PONGs (PROTOCOL.md section 10, `dropped`). The client asks again
+   for both (GET wait=true) and their handles end with the results. Before,
+   it ignored the count and waited for ever: `tq map` of 300,000 tasks
+   hung with every task done. */
+static void
+test_results_asked_again_after_drops(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 1500);
+    enum { N = 3 };
+    tq_result_t *r[N];
+    char ids[N][TQ_PROTO_MAX_ID + 1];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+        snprintf(ids[i], sizeof ids[i], "%s", tq_result_id(r[i]));
+    }
+    for (int i = 0; i < N; i++) {
+        assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+        tq_msg_t ack = {.command = TQ_CMD_SUBMITTED, .id = tq_str(fake->id)};
+        s_fake_send(fake, &ack, NULL, 0);
+    }
+    const uint8_t value[] = {0x07};
+    tq_msg_t result = {.command = TQ_CMD_RESULT,
+                       .id = tq_str(ids[0]),
+                       .state = TQ_STATE_SUCCESS,
+                       .code = TQ_OK,
+                       .attempt = 1};
+    s_fake_send(fake, &result, value, sizeof value);
+    assert_int_equal(tq_result_get(r[0], S_WAIT_MS), TQ_OK);
+    /* the RESULTs of the other two were "dropped" */
+    fake->dropped = 2;
+    uint64_t pings = fake->pings;
+    bool asked[N] = {false};
+    for (int n = 0; n < N - 1; n++) {
+        assert_true(s_fake_expect(fake, TQ_CMD_GET, S_WAIT_MS));
+        assert_true(fake->msg.wait);
+        int k = -1;
+        for (int i = 1; i < N; i++)
+            if (strcmp(fake->id, ids[i]) == 0)
+                k = i;
+        assert_true(k > 0);
+        asked[k] = true;
+        result.id = tq_str(ids[k]);
+        s_fake_send(fake, &result, value, sizeof value);
+    }
+    /* after a PONG that said so */
+    assert_true(fake->pings > pings);
+    assert_true(asked[1] && asked[2]);
+    for (int i = 1; i < N; i++) {
+        assert_int_equal(tq_result_get(r[i], S_WAIT_MS), TQ_OK);
+        assert_int_equal(tq_result_value(r[i])->via.u64, 7);
+    }
+    for (int i = 0; i < N; i++)
+        tq_result_destroy(&r[i]);
     tq_client_destroy(&client);
 }
 
@@ -464,6 +527,76 @@ static void
 test_map_survives_broker_kill(void **state)
 {
     s_map_disrupted(state, false);
+}
+
+/* tq map against a broker that keeps at most 2 replies queued for a
+   client (--max-client-backlog 2) and drops the rest, as a loaded broker
+   does with 100,000 for a client that reads slower than 1,000 children
+   finish tasks: replies are dropped (SUBMITTED, RESULT), the broker's
+   PONGs say so, and the client asks again. tq map finishes with every
+   line, in order. Before, the lines whose RESULT was dropped waited for
+   ever. */
+static void
+test_map_survives_dropped_replies(void **state)
+{
+    tq_harness_env_t *env = *state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "mapdrop"), 0);
+    char in[300], out[300], err[300];
+    snprintf(in, sizeof in, "%s/in", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(err, sizeof err, "%s/err", dir);
+    const char *extra[] = {"--max-client-backlog", "2", NULL};
+    assert_int_equal(tq_harness_env_start(env, extra), 0);
+    assert_true(tq_harness_env_add_worker(env, 2, NULL, true) > 0);
+    enum { LINES = 1000 };
+    FILE *f = fopen(in, "w");
+    assert_non_null(f);
+    for (int i = 1; i <= LINES; i++)
+        fprintf(f, "%d\n", i);
+    fclose(f);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "exec %s --broker %s map tq.echo -j 64 --no-progress "
+             "< %s > %s 2> %s",
+             TQ_CLI_BIN, env->broker.clients, in, out, err);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    pid_t map = tq_harness_spawn(argv, NULL, NULL, NULL);
+    assert_true(map > 0);
+    int status = -1;
+    int rc = tq_harness_wait_exit(map, 8 * S_WAIT_MS, &status);
+    if (rc != 0) {
+        kill(map, SIGKILL);
+        tq_harness_wait_exit(map, S_WAIT_MS, NULL);
+    }
+    f = fopen(out, "r");
+    assert_non_null(f);
+    char line[64];
+    int n = 0, wrong = 0, v = 0;
+    while (fgets(line, sizeof line, f)) {
+        n++;
+        if ((sscanf(line, "[%d]", &v) != 1 || v != n) && wrong++ < 5)
+            printf("line %d: %s", n, line);
+    }
+    fclose(f);
+    tq_harness_status_t st;
+    assert_int_equal(tq_harness_status(env->client, &st, 5000), TQ_OK);
+    uint64_t dropped = tq_harness_counter(&st, "dropped");
+    uint64_t completed = tq_harness_counter(&st, "completed");
+    tq_harness_status_free(&st);
+    printf("tq map with --max-client-backlog 2: %d of %d lines, %d wrong, "
+           "exit status %d; the broker completed %llu tasks, dropped %llu "
+           "replies\n",
+           n, LINES, wrong, status, (unsigned long long)completed,
+           (unsigned long long)dropped);
+    /* the condition was there: replies were dropped */
+    assert_true(dropped > 0);
+    assert_int_equal(rc, 0);
+    assert_int_equal(n, LINES);
+    assert_int_equal(wrong, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    tq_harness_env_stop(env);
+    tq_harness_rmtree(dir);
 }
 
 /* The same with the broker stopped (SIGSTOP) for 4 s instead: lines whose
@@ -721,6 +854,8 @@ main(void)
                                         s_fake_setup, s_fake_teardown),
         cmocka_unit_test_setup_teardown(test_submit_resent_when_unanswered,
                                         s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(test_results_asked_again_after_drops,
+                                        s_fake_setup, s_fake_teardown),
         cmocka_unit_test_setup_teardown(test_status_fails_on_broken_connection,
                                         s_fake_setup, s_fake_teardown),
         cmocka_unit_test_setup_teardown(test_submit_unreachable_without_broker,
@@ -732,6 +867,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_survives_broker_stall,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_map_survives_dropped_replies,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_list_standby_first,
