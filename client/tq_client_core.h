@@ -27,8 +27,13 @@ struct tq_client_t {
                              ever sent to a PAIR without a peer (libzmq
                              would block); the I/O thread's */
     int wake_fd; /* eventfd: the submission queue became
-                    non-empty */
-    pthread_mutex_t lock; /* guards queue_* and closed */
+                    non-empty, or the I/O thread must look again */
+    pthread_mutex_t lock; /* guards queue_*, closed and io */
+    /* guards the socket and the I/O thread's state (io): held by the I/O
+       thread except while it sleeps in poll, and taken (trylock) by a
+       caller that sends its request itself (tq_client_io_send_now) */
+    pthread_mutex_t io_lock;
+    struct tq_io_s *io; /* the I/O thread's state while it runs */
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;
     bool closed;
@@ -38,12 +43,19 @@ struct tq_client_t {
     pid_t pid; /* the process that made it */
     tq_client_t *live_prev, *live_next; /* every client not destroyed */
     atomic_uint_fast64_t broker_moves; /* moves to the next broker */
+    atomic_uint_fast64_t sent_by_caller; /* tq_client_io_send_now calls */
     /* request moves made so far, [from][to] (tq_client_moves) */
     atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
 };
 
 /* The I/O thread (a czmq actor; args is the client). */
 void tq_client_io_actor(zsock_t *pipe, void *args);
+
+/* Sends requests (NEW) from the calling thread, which took io_lock while
+   the I/O thread slept (self->io set): the chain `queued` (on next, taken
+   off the submission queue) first, then r. Releases io_lock. */
+void tq_client_io_send_now(tq_client_t *self, tq_request_t *queued,
+                           tq_request_t *r);
 
 /* Opens the client's DEALER (and its monitor) and connects it to
    endpoint; 0, or -1 with the reason logged (nothing left open). */
@@ -59,6 +71,9 @@ void tq_client_count_move(tq_client_t *self, tq_req_state_t from,
 /* Request moves from `from` to `to` made so far by this client (tests). */
 uint64_t tq_client_moves(tq_client_t *self, tq_req_state_t from,
                          tq_req_state_t to);
+
+/* How many times a caller thread sent its request itself (tests). */
+uint64_t tq_client_sent_by_caller(tq_client_t *self);
 
 /* How many times the client moved to the next broker of its list. */
 uint64_t tq_client_broker_moves(tq_client_t *self);

@@ -743,12 +743,69 @@ tq_io_recv(tq_io_t *io)
     return i;
 }
 
+/* Takes the requests queued (a chain on next), then r, from a caller
+   thread holding io_lock (released here), and sends what libzmq takes: no
+   wakeup of the I/O thread on the way out. The I/O thread is woken only
+   when it has to look: input the sends may have hidden from its poll
+   (ZMQ_FD signals edges), output libzmq would not take yet, or a sleep
+   too long for the liveness of a request now waiting. */
+void
+tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
+{
+    tq_io_t *io = c->io;
+    atomic_fetch_add(&c->sent_by_caller, 1);
+    while (queued) {
+        tq_request_t *next = queued->next;
+        queued->next = NULL;
+        s_io_accept(io, queued);
+        queued = next;
+    }
+    s_io_accept(io, r);
+    s_io_flush(io);
+    bool wake = io->out.head || zlistx_size(io->regets);
+    if (!wake && c->socket) {
+        int events = 0;
+        size_t size = sizeof events;
+        if (zmq_getsockopt(c->socket, ZMQ_EVENTS, &events, &size) != 0 ||
+            (events & ZMQ_POLLIN))
+            wake = true;
+    }
+    if (!wake && io->waiting && io->wake_at != 0 &&
+        io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
+        wake = true;
+    pthread_mutex_unlock(&c->io_lock);
+    if (wake) {
+        uint64_t one = 1;
+        if (write(c->wake_fd, &one, sizeof one) < 0)
+            zsys_warning("tq client: eventfd write: %s", strerror(errno));
+    }
+}
+
+/* The poll timeout: the liveness work's, or a tick of a third of the
+   liveness while nothing waits, so that a request a caller sent itself
+   is looked after in time without waking this thread (see
+   tq_client_io_send_now). */
+static long
+s_io_timeout(tq_io_t *io)
+{
+    long timeout = tq_io_liveness(io);
+    int64_t now = zclock_mono();
+    long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
+    for (int i = 0; i < 2; i++)
+        if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
+            timeout = waits[i];
+    long tick = atomic_load(&io->client->liveness_ms) / 3;
+    if (io->waiting == 0 && (timeout < 0 || timeout > tick))
+        timeout = tick;
+    return timeout;
+}
+
 void
 tq_client_io_actor(zsock_t *pipe, void *args)
 {
     tq_io_t *io = calloc(1, sizeof *io);
     assert(io);
-    io->client = args;
+    tq_client_t *c = io->client = args;
     io->pending = zhashx_new();
     assert(io->pending);
     io->regets = zlistx_new();
@@ -757,36 +814,51 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
     io->last_heard = io->last_ping = zclock_mono();
+    /* io_lock is held from here on, but while this thread sleeps */
+    pthread_mutex_lock(&c->io_lock);
+    pthread_mutex_lock(&c->lock);
+    c->io = io;
+    pthread_mutex_unlock(&c->lock);
     zsock_signal(pipe, 0);
 
     bool running = true;
     while (running) {
-        long timeout = tq_io_liveness(io);
-        int64_t now = zclock_mono();
-        long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
-        for (int i = 0; i < 2; i++)
-            if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
-                timeout = waits[i];
+        long timeout = s_io_timeout(io);
         /* a broker restarted faster than our liveness is only seen as a
            new connection: the socket monitor tells us */
-        void *socket = io->client->socket;
-        void *monitor = io->client->monitor_reader;
+        void *socket = c->socket;
+        void *monitor = c->monitor_reader;
         zmq_pollitem_t items[4] = {
             {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
-            {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
+            {NULL, c->wake_fd, ZMQ_POLLIN, 0},
         };
-        int count = 2, on_socket = -1, on_monitor = -1;
+        int count = 2, on_monitor = -1;
         if (socket) {
-            on_socket = count;
-            items[count++] = (zmq_pollitem_t){socket, 0, ZMQ_POLLIN, 0};
-            if (io->out.head || zlistx_size(io->regets))
-                items[on_socket].events |= ZMQ_POLLOUT;
+            /* the socket's own file descriptor, polled without the
+               socket: callers may send on it while this thread sleeps.
+               It signals changes, not levels: ZMQ_EVENTS says what is
+               there already. */
+            int fd = -1, events = 0;
+            size_t size = sizeof fd;
+            if (zmq_getsockopt(socket, ZMQ_FD, &fd, &size) == 0)
+                items[count++] = (zmq_pollitem_t){NULL, fd, ZMQ_POLLIN, 0};
+            size = sizeof events;
+            zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size);
+            bool output =
+                !io->standby && (io->out.head || zlistx_size(io->regets));
+            if ((events & ZMQ_POLLIN) || ((events & ZMQ_POLLOUT) && output))
+                timeout = 0;
         }
         if (monitor) {
             on_monitor = count;
             items[count++] = (zmq_pollitem_t){monitor, 0, ZMQ_POLLIN, 0};
         }
-        if (zmq_poll(items, count, timeout) < 0) {
+        io->wake_at = timeout < 0 ? INT64_MAX : zclock_mono() + timeout;
+        pthread_mutex_unlock(&c->io_lock);
+        int rc = zmq_poll(items, count, timeout);
+        pthread_mutex_lock(&c->io_lock);
+        io->wake_at = 0;
+        if (rc < 0) {
             if (errno == EINTR)
                 continue;
             break; /* ETERM: the context is going away */
@@ -801,13 +873,15 @@ tq_client_io_actor(zsock_t *pipe, void *args)
             s_io_take_queue(io);
         if (on_monitor >= 0 && (items[on_monitor].revents & ZMQ_POLLIN))
             tq_io_monitor(io);
-        if (on_socket >= 0 && (items[on_socket].revents & ZMQ_POLLIN))
-            (void)tq_io_recv(io);
+        (void)tq_io_recv(io);
         s_io_flush(io);
     }
 
     /* pending handles end now; requests queued after this are failed by
        tq_client_destroy */
+    pthread_mutex_lock(&c->lock);
+    c->io = NULL;
+    pthread_mutex_unlock(&c->lock);
     s_io_take_queue(io);
     tq_io_fail(io, false, TQ_ECLOSED, "the client was closed");
     assert(!io->out.head && !io->deferred.head && io->waiting == 0);
@@ -816,7 +890,8 @@ tq_client_io_actor(zsock_t *pipe, void *args)
        with a blocking send, so an event (a disconnect, say) for a PAIR
        nobody reads would block libzmq's I/O thread, and with it the close
        of the DEALER, for ever. */
-    tq_client_socket_close(io->client);
+    tq_client_socket_close(c);
+    pthread_mutex_unlock(&c->io_lock);
     zhashx_destroy(&io->pending);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);

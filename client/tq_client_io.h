@@ -18,8 +18,8 @@ typedef struct {
     tq_request_t *tail;
 } tq_io_list_t;
 
-/* The I/O thread's state. */
-typedef struct {
+/* The I/O thread's state (under the client's io_lock). */
+typedef struct tq_io_s {
     tq_client_t *client;
     zhashx_t *pending; /* id -> chain of requests (next_same) that are
                           neither NEW nor final */
@@ -58,6 +58,8 @@ typedef struct {
     tq_msg_t out_msg; /* encode source */
     msgpack_sbuffer buf; /* header encode buffer, reused */
     uint64_t malformed; /* messages dropped as malformed */
+    int64_t wake_at; /* ms, when the sleeping I/O thread wakes by itself
+                        (INT64_MAX: not before an event); 0 awake */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final

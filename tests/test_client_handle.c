@@ -445,6 +445,78 @@ test_lifecycle_success(void **state)
     tq_client_destroy(&client);
 }
 
+/* Waits (bounded) until the I/O thread sleeps: io_lock is free. */
+static void
+s_wait_io_asleep(tq_client_t *client)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (pthread_mutex_trylock(&client->io_lock) != 0) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+}
+
+/* One round trip through the fake broker: SUBMIT, SUBMITTED, RESULT. */
+static void
+s_round_trip(s_fake_t *fake, tq_client_t *client)
+{
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(r));
+    s_fake_ack(fake, tq_result_id(r));
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 1);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&r);
+}
+
+/* A caller whose client's I/O thread sleeps sends its request itself (no
+   hop through the I/O thread), and the answer still reaches its handle;
+   a request queued for the I/O thread (it held the socket then) goes out
+   before one a caller sends itself after it. */
+static void
+test_caller_sends(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_round_trip(fake, client); /* connected from here on */
+    uint64_t before = tq_client_sent_by_caller(client);
+    /* the I/O thread may wake (a tick) between the look and the submit:
+       a bounded number of tries */
+    for (int i = 0; i < 20 && tq_client_sent_by_caller(client) == before; i++) {
+        s_wait_io_asleep(client);
+        s_round_trip(fake, client);
+    }
+    assert_true(tq_client_sent_by_caller(client) > before);
+
+    /* A finds io_lock held: it is queued for the I/O thread; B comes after
+       and may be sent by its caller: A first on the wire all the same */
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    tq_result_t *a = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    pthread_mutex_unlock(&client->io_lock);
+    tq_result_t *b = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)2);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(a));
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(b));
+    s_fake_result(fake, tq_result_id(b), TQ_STATE_SUCCESS, TQ_OK, NULL, 2);
+    s_fake_result(fake, tq_result_id(a), TQ_STATE_SUCCESS, TQ_OK, NULL, 1);
+    assert_int_equal(tq_result_get(a, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_get(b, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_value(a)->via.u64, 1);
+    assert_int_equal(tq_result_value(b)->via.u64, 2);
+    assert_int_equal(MOVES(client, SENT, QUEUED), 0);
+    tq_result_destroy(&a);
+    tq_result_destroy(&b);
+    tq_client_destroy(&client);
+}
+
 /* A task that fails: its error callback fires once, get says TQ_ETASK
    with the task's text; a handle the caller let go still gets its
    callback. */
@@ -639,6 +711,7 @@ main(void)
         cmocka_unit_test(test_endpoint_list),
         cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_caller_sends, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,
