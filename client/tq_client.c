@@ -77,6 +77,12 @@ tq_client_broker_moves(tq_client_t *self)
 }
 
 uint64_t
+tq_client_led(tq_client_t *self)
+{
+    return atomic_load(&self->led);
+}
+
+uint64_t
 tq_client_sent_by_caller(tq_client_t *self)
 {
     return atomic_load(&self->sent_by_caller);

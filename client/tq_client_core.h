@@ -34,6 +34,10 @@ struct tq_client_t {
        caller that sends its request itself (tq_client_io_send_now) */
     pthread_mutex_t io_lock;
     struct tq_io_s *io; /* the I/O thread's state while it runs */
+    /* the I/O thread found io_lock held when the socket woke it, and
+       sleeps without the socket: whoever releases io_lock next wakes it
+       (wake_fd) */
+    atomic_bool io_handback;
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;
     bool closed;
@@ -44,6 +48,7 @@ struct tq_client_t {
     tq_client_t *live_prev, *live_next; /* every client not destroyed */
     atomic_uint_fast64_t broker_moves; /* moves to the next broker */
     atomic_uint_fast64_t sent_by_caller; /* tq_client_io_send_now calls */
+    atomic_uint_fast64_t led; /* answers a waiting caller read itself */
     /* request moves made so far, [from][to] (tq_client_moves) */
     atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
 };
@@ -71,6 +76,17 @@ void tq_client_count_move(tq_client_t *self, tq_req_state_t from,
 /* Request moves from `from` to `to` made so far by this client (tests). */
 uint64_t tq_client_moves(tq_client_t *self, tq_req_state_t from,
                          tq_req_state_t to);
+
+/* A caller waits for handle h to be final (deadline: ms of zclock_mono,
+   -1 none): while the I/O thread sleeps, the caller reads the socket
+   itself (no hop through the I/O thread on the way back). Returns at
+   once if the I/O thread is awake, or as soon as it needs the socket
+   (wake_fd), or when h is final; the caller then waits on h as usual.
+   Callbacks still run on the I/O thread only. */
+void tq_client_io_lead(tq_client_t *self, tq_result_t *h, int64_t deadline);
+
+/* How many answers a waiting caller read itself (tests). */
+uint64_t tq_client_led(tq_client_t *self);
 
 /* How many times a caller thread sent its request itself (tests). */
 uint64_t tq_client_sent_by_caller(tq_client_t *self);

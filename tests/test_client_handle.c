@@ -517,6 +517,58 @@ test_caller_sends(void **state)
     tq_client_destroy(&client);
 }
 
+static pthread_t s_callback_thread;
+
+static void
+s_on_ok_where(tq_result_t *r, void *arg)
+{
+    (void)arg;
+    assert_true(tq_result_ready(r));
+    s_callback_thread = pthread_self();
+    atomic_fetch_add(&s_ok_calls, 1);
+}
+
+/* A caller waiting on a handle while the I/O thread sleeps reads the
+   answer off the socket itself; a handle with a callback is still
+   finished on the I/O thread (the callback never runs on the caller),
+   and before get returns. */
+static void
+test_caller_reads(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_round_trip(fake, client);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok_where;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)5);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    /* the answer comes while this thread holds the socket: the I/O thread
+       wakes, finds it held and sleeps without the socket (io_handback) */
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    s_fake_ack(fake, tq_result_id(r));
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 5);
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!atomic_load(&client->io_handback)) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+    uint64_t led = tq_client_led(client);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_true(tq_client_led(client) > led);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_false(pthread_equal(s_callback_thread, pthread_self()));
+    assert_int_equal(tq_result_value(r)->via.u64, 5);
+    tq_result_destroy(&r);
+    /* the I/O thread has the socket again: the next answers reach it */
+    s_round_trip(fake, client);
+    tq_client_destroy(&client);
+}
+
 /* A task that fails: its error callback fires once, get says TQ_ETASK
    with the task's text; a handle the caller let go still gets its
    callback. */
@@ -712,6 +764,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_caller_sends, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_caller_reads, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,
