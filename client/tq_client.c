@@ -448,12 +448,13 @@ s_client_push(tq_client_t *self, tq_request_t *r)
         tq_result_unref(result);
         return result;
     }
-    /* the I/O thread asleep: this thread sends it (after what was queued
-       before it), without waking the I/O thread. Not TERMINATE, which
-       runs callbacks of handles; the trylock also keeps a callback (run
-       by whoever holds io_lock) from waiting on itself. */
-    if (r->kind != TQ_KIND_TERMINATE && self->io &&
-        pthread_mutex_trylock(&self->io_lock) == 0) {
+    /* the I/O thread asleep and nothing else awaited: this thread sends
+       it (after what was queued before it), without waking the I/O
+       thread. A burst (requests awaited already) goes to the I/O thread,
+       which sends it in batches while this thread makes more. Not
+       TERMINATE, which runs callbacks of handles; the trylock also keeps
+       a callback (run by whoever holds io_lock) from waiting on itself. */
+    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self)) {
         tq_request_t *queued = self->queue_head;
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);

@@ -56,6 +56,11 @@ struct tq_client_t {
 /* The I/O thread (a czmq actor; args is the client). */
 void tq_client_io_actor(zsock_t *pipe, void *args);
 
+/* True, with io_lock taken, if a caller may send its request itself
+   (tq_client_io_send_now): the I/O thread sleeps (self->io set, io_lock
+   free) and no request is awaited. Called with self->lock held. */
+bool tq_client_io_try_send(tq_client_t *self);
+
 /* Sends requests (NEW) from the calling thread, which took io_lock while
    the I/O thread slept (self->io set): the chain `queued` (on next, taken
    off the submission queue) first, then r. Releases io_lock. */

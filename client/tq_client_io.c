@@ -818,6 +818,17 @@ s_io_release(tq_client_t *c, bool wake)
     }
 }
 
+bool
+tq_client_io_try_send(tq_client_t *c)
+{
+    if (!c->io || pthread_mutex_trylock(&c->io_lock) != 0)
+        return false;
+    if (c->io->waiting == 0)
+        return true;
+    pthread_mutex_unlock(&c->io_lock);
+    return false;
+}
+
 /* Takes the requests queued (a chain on next), then r, from a caller
    thread holding io_lock (released here), and sends what libzmq takes: no
    wakeup of the I/O thread on the way out. The I/O thread is woken only

@@ -514,6 +514,23 @@ test_caller_sends(void **state)
     assert_int_equal(MOVES(client, SENT, QUEUED), 0);
     tq_result_destroy(&a);
     tq_result_destroy(&b);
+
+    /* a request made while another is awaited (a burst) goes through the
+       I/O thread, even while it sleeps */
+    tq_result_t *c1 = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)3);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    s_wait_io_asleep(client);
+    uint64_t sent = tq_client_sent_by_caller(client);
+    tq_result_t *c2 = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)4);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(c2));
+    assert_int_equal(tq_client_sent_by_caller(client), sent);
+    s_fake_result(fake, tq_result_id(c1), TQ_STATE_SUCCESS, TQ_OK, NULL, 3);
+    s_fake_result(fake, tq_result_id(c2), TQ_STATE_SUCCESS, TQ_OK, NULL, 4);
+    assert_int_equal(tq_result_get(c1, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_get(c2, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&c1);
+    tq_result_destroy(&c2);
     tq_client_destroy(&client);
 }
 
