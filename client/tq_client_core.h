@@ -83,8 +83,9 @@ uint64_t tq_client_moves(tq_client_t *self, tq_req_state_t from,
                          tq_req_state_t to);
 
 /* A caller waits for handle h to be final (deadline: ms of zclock_mono,
-   -1 none): while the I/O thread sleeps, the caller reads the socket
-   itself (no hop through the I/O thread on the way back). Returns at
+   -1 none): while the I/O thread sleeps and h's request is the only one
+   awaited, the caller reads the socket itself (no hop through the I/O
+   thread on the way back). Returns at
    once if the I/O thread is awake, or as soon as it needs the socket
    (wake_fd), or when h is final; the caller then waits on h as usual.
    Callbacks still run on the I/O thread only. */

@@ -808,6 +808,15 @@ static void
 s_io_release(tq_client_t *c, bool wake)
 {
     wake |= c->io->later != NULL;
+    /* input this thread's sends and reads hid from the I/O thread's poll:
+       ZMQ_FD signals a change once, and this thread may have taken it */
+    if (!wake && c->socket) {
+        int events = 0;
+        size_t size = sizeof events;
+        if (zmq_getsockopt(c->socket, ZMQ_EVENTS, &events, &size) != 0 ||
+            (events & ZMQ_POLLIN))
+            wake = true;
+    }
     pthread_mutex_unlock(&c->io_lock);
     if (atomic_exchange(&c->io_handback, false))
         wake = true;
@@ -849,13 +858,6 @@ tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
     s_io_accept(io, r);
     s_io_flush(io);
     bool wake = io->out.head || zlistx_size(io->regets);
-    if (!wake && c->socket) {
-        int events = 0;
-        size_t size = sizeof events;
-        if (zmq_getsockopt(c->socket, ZMQ_EVENTS, &events, &size) != 0 ||
-            (events & ZMQ_POLLIN))
-            wake = true;
-    }
     if (!wake && io->waiting && io->wake_at != 0 &&
         io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
         wake = true;
@@ -892,6 +894,12 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
     if (!lead)
         return;
     tq_io_t *io = c->io;
+    if (io->waiting > 1) {
+        /* a stream of answers (a burst collected) is the I/O thread's:
+           a caller leading there would wake it for nothing per answer */
+        s_io_release(c, false);
+        return;
+    }
     s_leading = true;
     for (;;) {
         if (tq_io_recv(io) > 0)
