@@ -76,6 +76,18 @@ tq_client_broker_moves(tq_client_t *self)
     return atomic_load(&self->broker_moves);
 }
 
+uint64_t
+tq_client_led(tq_client_t *self)
+{
+    return atomic_load(&self->led);
+}
+
+uint64_t
+tq_client_sent_by_caller(tq_client_t *self)
+{
+    return atomic_load(&self->sent_by_caller);
+}
+
 const char *
 tq_client_current_endpoint(tq_client_t *self)
 {
@@ -274,6 +286,7 @@ tq_client_new(const char *endpoint)
         return NULL;
     self->wake_fd = -1;
     pthread_mutex_init(&self->lock, NULL);
+    pthread_mutex_init(&self->io_lock, NULL);
     atomic_init(&self->liveness_ms, S_DEFAULT_LIVENESS_MS);
     atomic_init(&self->id_counter, 0);
     atomic_init(&self->current, 0);
@@ -311,6 +324,7 @@ fail:
     if (self->wake_fd >= 0)
         close(self->wake_fd);
     pthread_mutex_destroy(&self->lock);
+    pthread_mutex_destroy(&self->io_lock);
     for (size_t i = 0; i < self->endpoint_count; i++)
         free(self->endpoints[i]);
     free(self->endpoint);
@@ -352,6 +366,7 @@ tq_client_destroy(tq_client_t **self_p)
     tq_client_socket_close(self);
     close(self->wake_fd);
     pthread_mutex_destroy(&self->lock);
+    pthread_mutex_destroy(&self->io_lock);
     for (size_t i = 0; i < self->endpoint_count; i++)
         free(self->endpoints[i]);
     free(self->endpoint);
@@ -431,6 +446,20 @@ s_client_push(tq_client_t *self, tq_request_t *r)
         r->result = NULL;
         tq_request_free(r);
         tq_result_unref(result);
+        return result;
+    }
+    /* the I/O thread asleep and nothing else awaited: this thread sends
+       it (after what was queued before it), without waking the I/O
+       thread. A burst (requests awaited already) goes to the I/O thread,
+       which sends it in batches while this thread makes more. Not
+       TERMINATE, which runs callbacks of handles; the trylock also keeps
+       a callback (run by whoever holds io_lock) from waiting on itself. */
+    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self)) {
+        tq_request_t *queued = self->queue_head;
+        self->queue_head = self->queue_tail = NULL;
+        pthread_mutex_unlock(&self->lock);
+        r->next = NULL;
+        tq_client_io_send_now(self, queued, r);
         return result;
     }
     bool was_empty = self->queue_head == NULL;

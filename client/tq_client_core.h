@@ -27,8 +27,17 @@ struct tq_client_t {
                              ever sent to a PAIR without a peer (libzmq
                              would block); the I/O thread's */
     int wake_fd; /* eventfd: the submission queue became
-                    non-empty */
-    pthread_mutex_t lock; /* guards queue_* and closed */
+                    non-empty, or the I/O thread must look again */
+    pthread_mutex_t lock; /* guards queue_*, closed and io */
+    /* guards the socket and the I/O thread's state (io): held by the I/O
+       thread except while it sleeps in poll, and taken (trylock) by a
+       caller that sends its request itself (tq_client_io_send_now) */
+    pthread_mutex_t io_lock;
+    struct tq_io_s *io; /* the I/O thread's state while it runs */
+    /* the I/O thread found io_lock held when the socket woke it, and
+       sleeps without the socket: whoever releases io_lock next wakes it
+       (wake_fd) */
+    atomic_bool io_handback;
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;
     bool closed;
@@ -38,12 +47,25 @@ struct tq_client_t {
     pid_t pid; /* the process that made it */
     tq_client_t *live_prev, *live_next; /* every client not destroyed */
     atomic_uint_fast64_t broker_moves; /* moves to the next broker */
+    atomic_uint_fast64_t sent_by_caller; /* tq_client_io_send_now calls */
+    atomic_uint_fast64_t led; /* answers a waiting caller read itself */
     /* request moves made so far, [from][to] (tq_client_moves) */
     atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
 };
 
 /* The I/O thread (a czmq actor; args is the client). */
 void tq_client_io_actor(zsock_t *pipe, void *args);
+
+/* True, with io_lock taken, if a caller may send its request itself
+   (tq_client_io_send_now): the I/O thread sleeps (self->io set, io_lock
+   free) and no request is awaited. Called with self->lock held. */
+bool tq_client_io_try_send(tq_client_t *self);
+
+/* Sends requests (NEW) from the calling thread, which took io_lock while
+   the I/O thread slept (self->io set): the chain `queued` (on next, taken
+   off the submission queue) first, then r. Releases io_lock. */
+void tq_client_io_send_now(tq_client_t *self, tq_request_t *queued,
+                           tq_request_t *r);
 
 /* Opens the client's DEALER (and its monitor) and connects it to
    endpoint; 0, or -1 with the reason logged (nothing left open). */
@@ -59,6 +81,21 @@ void tq_client_count_move(tq_client_t *self, tq_req_state_t from,
 /* Request moves from `from` to `to` made so far by this client (tests). */
 uint64_t tq_client_moves(tq_client_t *self, tq_req_state_t from,
                          tq_req_state_t to);
+
+/* A caller waits for handle h to be final (deadline: ms of zclock_mono,
+   -1 none): while the I/O thread sleeps and h's request is the only one
+   awaited, the caller reads the socket itself (no hop through the I/O
+   thread on the way back). Returns at
+   once if the I/O thread is awake, or as soon as it needs the socket
+   (wake_fd), or when h is final; the caller then waits on h as usual.
+   Callbacks still run on the I/O thread only. */
+void tq_client_io_lead(tq_client_t *self, tq_result_t *h, int64_t deadline);
+
+/* How many answers a waiting caller read itself (tests). */
+uint64_t tq_client_led(tq_client_t *self);
+
+/* How many times a caller thread sent its request itself (tests). */
+uint64_t tq_client_sent_by_caller(tq_client_t *self);
 
 /* How many times the client moved to the next broker of its list. */
 uint64_t tq_client_broker_moves(tq_client_t *self);

@@ -193,6 +193,59 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
     }
 }
 
+/* This thread is the I/O thread; this thread is a caller reading the
+   socket (tq_client_io_lead). */
+static _Thread_local bool s_on_io_thread;
+static _Thread_local bool s_leading;
+
+/* True if result must be finished by the I/O thread: a caller reads the
+   socket, and the handle has callbacks (they run on the I/O thread). */
+static bool
+s_io_finish_later(tq_result_t *result)
+{
+    return s_leading && (result->callback || result->error_callback);
+}
+
+/* Keeps a handle's outcome for the I/O thread (takes the reference on
+   result; value moved when not NULL). */
+static void
+s_io_later(tq_io_t *io, tq_result_t *result, int state, int code,
+           const char *error, size_t error_len, zmq_msg_t *value)
+{
+    tq_io_later_t *l = calloc(1, sizeof *l);
+    assert(l);
+    l->result = result;
+    l->state = state;
+    l->code = code;
+    l->error = error && error_len ? strndup(error, error_len) : NULL;
+    zmq_msg_init(&l->value);
+    if (value)
+        zmq_msg_move(&l->value, value);
+    if (io->later_tail)
+        io->later_tail->next = l;
+    else
+        io->later = l;
+    io->later_tail = l;
+}
+
+/* Finishes the handles a caller read the outcome of (I/O thread). */
+static void
+s_io_run_later(tq_io_t *io)
+{
+    while (io->later) {
+        tq_io_later_t *l = io->later;
+        io->later = l->next;
+        if (!io->later)
+            io->later_tail = NULL;
+        tq_result_finish(l->result, l->state, l->code, l->error,
+                         l->error ? strlen(l->error) : 0, &l->value);
+        tq_result_unref(l->result);
+        zmq_msg_close(&l->value);
+        free(l->error);
+        free(l);
+    }
+}
+
 /* Ends r with the broker's outcome (value moved when not NULL). */
 static void
 s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
@@ -204,7 +257,9 @@ s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
     if (result)
         tq_result_ref(result);
     tq_io_move(io, r, TQ_REQ_DONE);
-    if (result) {
+    if (result && s_io_finish_later(result))
+        s_io_later(io, result, state, code, error.ptr, error.len, value);
+    else if (result) {
         tq_result_finish(result, state, code, error.ptr, error.len, value);
         tq_result_unref(result);
     }
@@ -220,7 +275,10 @@ tq_io_failed(tq_io_t *io, tq_request_t *r, int code, const char *text)
     if (result)
         tq_result_ref(result);
     tq_io_move(io, r, TQ_REQ_FAILED);
-    if (result) {
+    if (result && s_io_finish_later(result))
+        s_io_later(io, result, TQ_STATE_FAILURE, code, text,
+                   text ? strlen(text) : 0, NULL);
+    else if (result) {
         tq_result_fail(result, code, text);
         tq_result_unref(result);
     }
@@ -744,12 +802,214 @@ tq_io_recv(tq_io_t *io)
     return i;
 }
 
+/* Releases io_lock taken by a caller, and wakes the I/O thread if it
+   must look: it slept without the socket while the caller held it
+   (io_handback), handles wait for it (later), or wake. */
+static void
+s_io_release(tq_client_t *c, bool wake)
+{
+    wake |= c->io->later != NULL;
+    /* input this thread's sends and reads hid from the I/O thread's poll:
+       ZMQ_FD signals a change once, and this thread may have taken it */
+    if (!wake && c->socket) {
+        int events = 0;
+        size_t size = sizeof events;
+        if (zmq_getsockopt(c->socket, ZMQ_EVENTS, &events, &size) != 0 ||
+            (events & ZMQ_POLLIN))
+            wake = true;
+    }
+    pthread_mutex_unlock(&c->io_lock);
+    if (atomic_exchange(&c->io_handback, false))
+        wake = true;
+    if (wake) {
+        uint64_t one = 1;
+        if (write(c->wake_fd, &one, sizeof one) < 0)
+            zsys_warning("tq client: eventfd write: %s", strerror(errno));
+    }
+}
+
+bool
+tq_client_io_try_send(tq_client_t *c)
+{
+    if (!c->io || pthread_mutex_trylock(&c->io_lock) != 0)
+        return false;
+    if (c->io->waiting == 0)
+        return true;
+    pthread_mutex_unlock(&c->io_lock);
+    return false;
+}
+
+/* Takes the requests queued (a chain on next), then r, from a caller
+   thread holding io_lock (released here), and sends what libzmq takes: no
+   wakeup of the I/O thread on the way out. The I/O thread is woken only
+   when it has to look: input the sends may have hidden from its poll
+   (ZMQ_FD signals edges), output libzmq would not take yet, or a sleep
+   too long for the liveness of a request now waiting. */
+void
+tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
+{
+    tq_io_t *io = c->io;
+    atomic_fetch_add(&c->sent_by_caller, 1);
+    while (queued) {
+        tq_request_t *next = queued->next;
+        queued->next = NULL;
+        s_io_accept(io, queued);
+        queued = next;
+    }
+    s_io_accept(io, r);
+    s_io_flush(io);
+    bool wake = io->out.head || zlistx_size(io->regets);
+    if (!wake && io->waiting && io->wake_at != 0 &&
+        io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
+        wake = true;
+    s_io_release(c, wake);
+}
+
+/* The poll timeout: the liveness work's, or a tick of a third of the
+   liveness while nothing waits, so that a request a caller sent itself
+   is looked after in time without waking this thread (see
+   tq_client_io_send_now). */
+static long
+s_io_timeout(tq_io_t *io)
+{
+    long timeout = tq_io_liveness(io);
+    int64_t now = zclock_mono();
+    long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
+    for (int i = 0; i < 2; i++)
+        if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
+            timeout = waits[i];
+    long tick = atomic_load(&io->client->liveness_ms) / 3;
+    if (io->waiting == 0 && (timeout < 0 || timeout > tick))
+        timeout = tick;
+    return timeout;
+}
+
+void
+tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
+{
+    if (s_on_io_thread)
+        return;
+    pthread_mutex_lock(&c->lock);
+    bool lead = c->io && !c->closed && pthread_mutex_trylock(&c->io_lock) == 0;
+    pthread_mutex_unlock(&c->lock);
+    if (!lead)
+        return;
+    tq_io_t *io = c->io;
+    if (io->waiting > 1) {
+        /* a stream of answers (a burst collected) is the I/O thread's:
+           a caller leading there would wake it for nothing per answer */
+        s_io_release(c, false);
+        return;
+    }
+    s_leading = true;
+    for (;;) {
+        if (tq_io_recv(io) > 0)
+            atomic_fetch_add(&c->led, 1);
+        s_io_flush(io);
+        if (io->later || tq_result_final(h))
+            break;
+        long timeout = s_io_timeout(io);
+        int64_t now = zclock_mono();
+        if (deadline >= 0) {
+            if (deadline <= now)
+                break;
+            if (timeout < 0 || timeout > deadline - now)
+                timeout = (long)(deadline - now);
+        }
+        void *socket = c->socket;
+        int fd = -1, events = 0;
+        size_t size = sizeof fd;
+        /* output libzmq would not take is the I/O thread's to wait for */
+        if (!socket || io->standby || io->out.head || zlistx_size(io->regets) ||
+            zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
+            break;
+        size = sizeof events;
+        if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+            break;
+        if (events & ZMQ_POLLIN)
+            continue;
+        zmq_pollitem_t items[2] = {{NULL, fd, ZMQ_POLLIN, 0},
+                                   {NULL, c->wake_fd, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR)
+            break;
+        if (items[1].revents & ZMQ_POLLIN)
+            break; /* the I/O thread, or a request, needs the socket */
+    }
+    s_leading = false;
+    s_io_release(c, false);
+}
+
+/* Takes io_lock after a poll (items, count, rc its result) found it held:
+   by a caller that sends, or reads the socket while it waits. If only
+   the socket woke us, that caller reads what came: sleep (until wake_at)
+   without the socket until it hands it back (io_handback). Otherwise ask
+   it to let go (wake_fd) and wait for the lock. */
+static void
+s_io_relock(tq_client_t *c, zmq_pollitem_t *items, int count, int on_socket,
+            int64_t wake_at, int rc)
+{
+    bool socket_only = rc >= 0 && on_socket >= 0;
+    for (int i = 0; i < count; i++)
+        if (i != on_socket && items[i].revents)
+            socket_only = false;
+    if (socket_only) {
+        atomic_store(&c->io_handback, true);
+        if (pthread_mutex_trylock(&c->io_lock) == 0)
+            return;
+        int64_t now = zclock_mono();
+        long timeout = wake_at == INT64_MAX ? -1
+            : wake_at > now                 ? (long)(wake_at - now)
+                                            : 0;
+        items[on_socket].fd = -1; /* poll(2) skips it */
+        for (int i = 0; i < count; i++)
+            items[i].revents = 0;
+        (void)zmq_poll(items, count, timeout);
+        if (pthread_mutex_trylock(&c->io_lock) == 0)
+            return;
+    }
+    uint64_t one = 1;
+    if (write(c->wake_fd, &one, sizeof one) < 0)
+        zsys_warning("tq client: eventfd write: %s", strerror(errno));
+    pthread_mutex_lock(&c->io_lock);
+}
+
+/* True if a ZeroMQ socket has a message to read. */
+static bool
+s_readable(void *socket)
+{
+    int events = 0;
+    size_t size = sizeof events;
+    return socket && zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) == 0 &&
+        (events & ZMQ_POLLIN);
+}
+
+/* The file descriptor that signals a ZeroMQ socket's changes, or -1. */
+static int
+s_signal_fd(void *socket)
+{
+    int fd = -1;
+    size_t size = sizeof fd;
+    if (!socket || zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
+        return -1;
+    return fd;
+}
+
+/* Reads every event of the socket's monitor: its file descriptor signals
+   changes, not levels, so nothing may be left behind. */
+static void
+s_io_drain_monitor(tq_io_t *io)
+{
+    while (s_readable(io->client->monitor_reader))
+        tq_io_monitor(io);
+    io->monitor_seen = io->client->monitor_reader;
+}
+
 void
 tq_client_io_actor(zsock_t *pipe, void *args)
 {
     tq_io_t *io = calloc(1, sizeof *io);
     assert(io);
-    io->client = args;
+    tq_client_t *c = io->client = args;
     io->pending = zhashx_new();
     assert(io->pending);
     io->regets = zlistx_new();
@@ -758,41 +1018,78 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
     io->last_heard = io->last_ping = zclock_mono();
+    /* io_lock is held from here on, but while this thread sleeps */
+    s_on_io_thread = true;
+    pthread_mutex_lock(&c->io_lock);
+    pthread_mutex_lock(&c->lock);
+    c->io = io;
+    pthread_mutex_unlock(&c->lock);
     zsock_signal(pipe, 0);
 
+    /* a ZMQ_FD signals a pipe's change from empty to not empty once it
+       was found empty: look at the pipe once before the first sleep */
     bool running = true;
+    while (running && s_readable(zsock_resolve(pipe))) {
+        char *command = zstr_recv(pipe);
+        if (!command || streq(command, "$TERM"))
+            running = false;
+        zstr_free(&command);
+    }
     while (running) {
-        long timeout = tq_io_liveness(io);
-        int64_t now = zclock_mono();
-        long waits[2] = {tq_io_leave_standby(io, now), tq_io_reopen(io, now)};
-        for (int i = 0; i < 2; i++)
-            if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
-                timeout = waits[i];
+        atomic_store(&c->io_handback, false);
+        s_io_run_later(io);
+        long timeout = s_io_timeout(io);
         /* a broker restarted faster than our liveness is only seen as a
            new connection: the socket monitor tells us */
-        void *socket = io->client->socket;
-        void *monitor = io->client->monitor_reader;
+        void *socket = c->socket;
+        if (c->monitor_reader != io->monitor_seen)
+            s_io_drain_monitor(io); /* a new socket, a new monitor */
+        void *monitor = c->monitor_reader;
+        /* every item a file descriptor (ZeroMQ sockets' ZMQ_FD): zmq_poll
+           on a socket costs a look into its mailbox (two system calls) per
+           socket and pass */
         zmq_pollitem_t items[4] = {
-            {zsock_resolve(pipe), 0, ZMQ_POLLIN, 0},
-            {NULL, io->client->wake_fd, ZMQ_POLLIN, 0},
+            {NULL, zsock_fd(pipe), ZMQ_POLLIN, 0},
+            {NULL, c->wake_fd, ZMQ_POLLIN, 0},
         };
         int count = 2, on_socket = -1, on_monitor = -1;
         if (socket) {
-            on_socket = count;
-            items[count++] = (zmq_pollitem_t){socket, 0, ZMQ_POLLIN, 0};
-            if (io->out.head || zlistx_size(io->regets))
-                items[on_socket].events |= ZMQ_POLLOUT;
+            /* the socket's own file descriptor, polled without the
+               socket: callers may send on it while this thread sleeps.
+               It signals changes, not levels: ZMQ_EVENTS says what is
+               there already. */
+            int fd = -1, events = 0;
+            size_t size = sizeof fd;
+            if (zmq_getsockopt(socket, ZMQ_FD, &fd, &size) == 0) {
+                on_socket = count;
+                items[count++] = (zmq_pollitem_t){NULL, fd, ZMQ_POLLIN, 0};
+            }
+            size = sizeof events;
+            zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size);
+            bool output =
+                !io->standby && (io->out.head || zlistx_size(io->regets));
+            if ((events & ZMQ_POLLIN) || ((events & ZMQ_POLLOUT) && output))
+                timeout = 0;
         }
-        if (monitor) {
+        int monitor_fd = s_signal_fd(monitor);
+        if (monitor_fd >= 0) {
             on_monitor = count;
-            items[count++] = (zmq_pollitem_t){monitor, 0, ZMQ_POLLIN, 0};
+            items[count++] = (zmq_pollitem_t){NULL, monitor_fd, ZMQ_POLLIN, 0};
         }
-        if (zmq_poll(items, count, timeout) < 0) {
+        io->wake_at = timeout < 0 ? INT64_MAX : zclock_mono() + timeout;
+        pthread_mutex_unlock(&c->io_lock);
+        int64_t wake_at = io->wake_at;
+        int rc = zmq_poll(items, count, timeout);
+        if (pthread_mutex_trylock(&c->io_lock) != 0)
+            s_io_relock(c, items, count, on_socket, wake_at, rc);
+        io->wake_at = 0;
+        if (rc < 0) {
             if (errno == EINTR)
                 continue;
             break; /* ETERM: the context is going away */
         }
-        if (items[0].revents & ZMQ_POLLIN) {
+        while ((items[0].revents & ZMQ_POLLIN) && running &&
+               s_readable(zsock_resolve(pipe))) {
             char *command = zstr_recv(pipe);
             if (!command || streq(command, "$TERM"))
                 running = false;
@@ -801,14 +1098,17 @@ tq_client_io_actor(zsock_t *pipe, void *args)
         if (items[1].revents & ZMQ_POLLIN)
             s_io_take_queue(io);
         if (on_monitor >= 0 && (items[on_monitor].revents & ZMQ_POLLIN))
-            tq_io_monitor(io);
-        if (on_socket >= 0 && (items[on_socket].revents & ZMQ_POLLIN))
-            (void)tq_io_recv(io);
+            s_io_drain_monitor(io);
+        (void)tq_io_recv(io);
         s_io_flush(io);
     }
 
     /* pending handles end now; requests queued after this are failed by
        tq_client_destroy */
+    pthread_mutex_lock(&c->lock);
+    c->io = NULL;
+    pthread_mutex_unlock(&c->lock);
+    s_io_run_later(io);
     s_io_take_queue(io);
     tq_io_fail(io, false, TQ_ECLOSED, "the client was closed");
     assert(!io->out.head && !io->deferred.head && io->waiting == 0);
@@ -817,7 +1117,8 @@ tq_client_io_actor(zsock_t *pipe, void *args)
        with a blocking send, so an event (a disconnect, say) for a PAIR
        nobody reads would block libzmq's I/O thread, and with it the close
        of the DEALER, for ever. */
-    tq_client_socket_close(io->client);
+    tq_client_socket_close(c);
+    pthread_mutex_unlock(&c->io_lock);
     zhashx_destroy(&io->pending);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);

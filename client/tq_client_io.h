@@ -18,8 +18,20 @@ typedef struct {
     tq_request_t *tail;
 } tq_io_list_t;
 
-/* The I/O thread's state. */
-typedef struct {
+/* A handle's outcome read by a waiting caller (tq_client_io_lead) for a
+   handle with callbacks: the I/O thread finishes the handle, so that
+   callbacks run there only. */
+typedef struct tq_io_later_s {
+    struct tq_io_later_s *next;
+    tq_result_t *result; /* a reference */
+    int state;
+    int code;
+    char *error; /* malloc'd or NULL */
+    zmq_msg_t value;
+} tq_io_later_t;
+
+/* The I/O thread's state (under the client's io_lock). */
+typedef struct tq_io_s {
     tq_client_t *client;
     zhashx_t *pending; /* id -> chain of requests (next_same) that are
                           neither NEW nor final */
@@ -60,6 +72,11 @@ typedef struct {
     tq_msg_t out_msg; /* encode source */
     msgpack_sbuffer buf; /* header encode buffer, reused */
     uint64_t malformed; /* messages dropped as malformed */
+    void *monitor_seen; /* the monitor reader last drained */
+    tq_io_later_t *later; /* handles to finish on the I/O thread */
+    tq_io_later_t *later_tail;
+    int64_t wake_at; /* ms, when the sleeping I/O thread wakes by itself
+                        (INT64_MAX: not before an event); 0 awake */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final

@@ -25,9 +25,12 @@ s_buf_write(void *data, const char *bytes, size_t len)
 {
     s_buf_t *b = data;
     if (b->size + len > b->alloc) {
-        size_t alloc = b->alloc ? b->alloc : S_FIRST_SIZE;
-        while (alloc < b->size + len)
-            alloc *= 2;
+        size_t alloc = b->alloc ? b->alloc * 2 : S_FIRST_SIZE;
+        if (alloc < b->size + len)
+            /* a large argument: its size, not the next power of two (64
+               KiB would take 128 KiB: above glibc's mmap threshold, so
+               mapped and faulted in anew on every call) */
+            alloc = b->size + len;
         char *p = realloc(b->data, alloc);
         if (!p)
             return -1;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tq_client_core.h"
 #include "tq_client_internal.h"
 #include "tq_client_unserved.h"
 #include "tq_log.h"
@@ -244,6 +245,12 @@ s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
 int
 tq_result_wait_until(tq_result_t *self, int64_t deadline)
 {
+    /* while the I/O thread sleeps, read the answer off the socket here:
+       no hop through the I/O thread (not from a callback: it runs on the
+       I/O thread, or a waiting caller's reading would wait on itself) */
+    if (self->client && !s_in_callback &&
+        (deadline < 0 || deadline > zclock_mono()) && !tq_result_final(self))
+        tq_client_io_lead(self->client, self, deadline);
     pthread_mutex_lock(&self->mutex);
     bool ok = s_wait_phase(self, TQ_RESULT_FINAL, deadline);
     pthread_mutex_unlock(&self->mutex);

@@ -445,6 +445,147 @@ test_lifecycle_success(void **state)
     tq_client_destroy(&client);
 }
 
+/* Waits (bounded) until the I/O thread sleeps: io_lock is free. */
+static void
+s_wait_io_asleep(tq_client_t *client)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (pthread_mutex_trylock(&client->io_lock) != 0) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+}
+
+/* One round trip through the fake broker: SUBMIT, SUBMITTED, RESULT. */
+static void
+s_round_trip(s_fake_t *fake, tq_client_t *client)
+{
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(r));
+    s_fake_ack(fake, tq_result_id(r));
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 1);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&r);
+}
+
+/* A caller whose client's I/O thread sleeps sends its request itself (no
+   hop through the I/O thread), and the answer still reaches its handle;
+   a request queued for the I/O thread (it held the socket then) goes out
+   before one a caller sends itself after it. */
+static void
+test_caller_sends(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_round_trip(fake, client); /* connected from here on */
+    uint64_t before = tq_client_sent_by_caller(client);
+    /* the I/O thread may wake (a tick) between the look and the submit:
+       a bounded number of tries */
+    for (int i = 0; i < 20 && tq_client_sent_by_caller(client) == before; i++) {
+        s_wait_io_asleep(client);
+        s_round_trip(fake, client);
+    }
+    assert_true(tq_client_sent_by_caller(client) > before);
+
+    /* A finds io_lock held: it is queued for the I/O thread; B comes after
+       and may be sent by its caller: A first on the wire all the same */
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    tq_result_t *a = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)1);
+    pthread_mutex_unlock(&client->io_lock);
+    tq_result_t *b = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)2);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(a));
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(b));
+    s_fake_result(fake, tq_result_id(b), TQ_STATE_SUCCESS, TQ_OK, NULL, 2);
+    s_fake_result(fake, tq_result_id(a), TQ_STATE_SUCCESS, TQ_OK, NULL, 1);
+    assert_int_equal(tq_result_get(a, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_get(b, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_value(a)->via.u64, 1);
+    assert_int_equal(tq_result_value(b)->via.u64, 2);
+    assert_int_equal(MOVES(client, SENT, QUEUED), 0);
+    tq_result_destroy(&a);
+    tq_result_destroy(&b);
+
+    /* a request made while another is awaited (a burst) goes through the
+       I/O thread, even while it sleeps */
+    tq_result_t *c1 = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)3);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    s_wait_io_asleep(client);
+    uint64_t sent = tq_client_sent_by_caller(client);
+    tq_result_t *c2 = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)4);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_string_equal(fake->id, tq_result_id(c2));
+    assert_int_equal(tq_client_sent_by_caller(client), sent);
+    s_fake_result(fake, tq_result_id(c1), TQ_STATE_SUCCESS, TQ_OK, NULL, 3);
+    s_fake_result(fake, tq_result_id(c2), TQ_STATE_SUCCESS, TQ_OK, NULL, 4);
+    assert_int_equal(tq_result_get(c1, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_get(c2, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&c1);
+    tq_result_destroy(&c2);
+    tq_client_destroy(&client);
+}
+
+static pthread_t s_callback_thread;
+
+static void
+s_on_ok_where(tq_result_t *r, void *arg)
+{
+    (void)arg;
+    assert_true(tq_result_ready(r));
+    s_callback_thread = pthread_self();
+    atomic_fetch_add(&s_ok_calls, 1);
+}
+
+/* A caller waiting on a handle while the I/O thread sleeps reads the
+   answer off the socket itself; a handle with a callback is still
+   finished on the I/O thread (the callback never runs on the caller),
+   and before get returns. */
+static void
+test_caller_reads(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_round_trip(fake, client);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok_where;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)5);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    /* the answer comes while this thread holds the socket: the I/O thread
+       wakes, finds it held and sleeps without the socket (io_handback) */
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    s_fake_ack(fake, tq_result_id(r));
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 5);
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!atomic_load(&client->io_handback)) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+    uint64_t led = tq_client_led(client);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_true(tq_client_led(client) > led);
+    assert_int_equal(atomic_load(&s_ok_calls), 1);
+    assert_false(pthread_equal(s_callback_thread, pthread_self()));
+    assert_int_equal(tq_result_value(r)->via.u64, 5);
+    tq_result_destroy(&r);
+    /* the I/O thread has the socket again: the next answers reach it */
+    s_round_trip(fake, client);
+    tq_client_destroy(&client);
+}
+
 /* A task that fails: its error callback fires once, get says TQ_ETASK
    with the task's text; a handle the caller let go still gets its
    callback. */
@@ -639,6 +780,8 @@ main(void)
         cmocka_unit_test(test_endpoint_list),
         cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_caller_sends, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_caller_reads, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,
