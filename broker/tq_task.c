@@ -876,12 +876,17 @@ tqb_cancel(tq_broker_t *self, task_t *task, const char *why)
             out->pid = holder->pid;
             out->id = tq_str(task->rec.id);
             tqb_send_to(self, self->workers, &sup->ident, NULL);
-        } else
+        } else {
+            /* its host's children may announce themselves before it does:
+               the KILL goes out at its first HEARTBEAT (tqb_on_heartbeat) */
+            tq_str_copy(holder->kill_id, sizeof holder->kill_id,
+                        tq_str(task->rec.id));
             tqb_warn(self,
                      "task %s cancelled, but worker %s pid %llu has no "
-                     "supervisor to stop it",
+                     "supervisor to stop it yet",
                      task->rec.id, holder->host,
                      (unsigned long long)holder->pid);
+        }
     }
     tqb_task_final(self, task, TASK_CANCELLED, TQ_ECANCELLED, why, NULL);
 }
