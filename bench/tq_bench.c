@@ -8,6 +8,9 @@
      tq_apply); then a worker host at --prefetch 16: W1 and W3 (64 KiB echo);
    - tq durable: tq-broker --data DIR --sync batch, prefetch 16: W1 (and,
      for the record, the same with --sync os);
+   - tq on PostgreSQL: tq-broker --store postgresql://... on a private
+     local cluster the bench starts each round (initdb, as
+     tests/support/tq_pg.c does), prefetch 16: W1;
    - the bare ZeroMQ load-balancing broker (ref-lbbroker) at credit 1 and
      16: W1, W2, W3;
    - Gearman: gearmand (Debian's) with two ref-gearman-worker processes and
@@ -36,6 +39,7 @@
 
 #include "tq_bench_common.h"
 #include "tq_harness.h"
+#include "tq_pg.h"
 
 #define S_WAIT_MS 120000 /* bound on any one wait */
 #define S_RSS_PAYLOAD 100
@@ -61,6 +65,7 @@ enum {
     TQ_DURABLE_W1,
     TQ_OS_W1,
     TQ_IDLE_W1,
+    TQ_PG_W1,
     B1_W1,
     B1_P50,
     B1_P99,
@@ -93,6 +98,7 @@ enum {
     C_GEARMAN,
     C_POOL,
     C_PYTHON,
+    C_TQ_PG,
     S_CONTENDERS
 };
 
@@ -102,8 +108,8 @@ static const char *s_only; /* --only: the contenders to run, by key */
 
 /* Short keys for --only, in contender order. */
 static const char *const s_keys[S_CONTENDERS] = {
-    "tq", "durable", "os", "idle", "bare1", "bare16", "gearman", "pool",
-    "python"};
+    "tq",     "durable", "os",   "idle",   "bare1",
+    "bare16", "gearman", "pool", "python", "pg"};
 
 /* W1 (size 0: tq.echo with no arguments) or W3 (one binary argument of
    size bytes, echoed): submits `tasks`, then awaits them all. Returns the
@@ -355,6 +361,46 @@ static int
 s_run_tq_os(const s_config_t *config, int run)
 {
     return s_run_tq_store(config, run, "os", TQ_OS_W1);
+}
+
+/* tq on PostgreSQL (a local server): W1 at prefetch 16, each round on a
+   private cluster of its own (made before the clock starts; the other
+   contenders' teardown sweeps every process left, a cluster included). */
+static int
+s_run_tq_pg(const s_config_t *config, int run)
+{
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        fprintf(stderr,
+                "tq-bench: no PostgreSQL cluster (is Debian's "
+                "postgresql installed?)\n");
+        return -1;
+    }
+    char url[512];
+    snprintf(url, sizeof url, "%s", tq_pg_url(pg));
+    const char *extra[] = {"--store", url, NULL};
+    tq_harness_env_t env;
+    if (tq_harness_env_start(&env, extra) != 0) {
+        fprintf(stderr, "tq-bench: the broker on PostgreSQL did not start\n");
+        tq_pg_destroy(&pg);
+        return -1;
+    }
+    int rc = 0;
+    if (s_worker(&env, config, 16) < 0 ||
+        s_throughput(env.client, config->tasks / 10 + 1) < 0)
+        rc = -1;
+    if (rc == 0) {
+        s_samples[TQ_PG_W1][run] = s_throughput(env.client, config->tasks);
+        rc = s_samples[TQ_PG_W1][run] < 0 ? -1 : 0;
+    }
+    /* as tq_harness_env_stop, but by pid only: its final sweep of every
+       process left would take the cluster before it is stopped */
+    while (env.worker_count > 0)
+        tq_harness_stop(env.workers[--env.worker_count]);
+    tq_client_destroy(&env.client);
+    tq_harness_broker_stop(&env.broker);
+    tq_pg_destroy(&pg);
+    return rc;
 }
 
 /* Runs argv (a path first) for at most S_WAIT_MS and reads n numbers from
@@ -798,6 +844,7 @@ static s_contender_fn *const s_contenders[S_CONTENDERS] = {
     [C_GEARMAN] = s_run_gearman,
 #endif
     [C_POOL] = s_run_pool,       [C_PYTHON] = s_run_python,
+    [C_TQ_PG] = s_run_tq_pg,
 };
 
 static const char *const s_contender_names[S_CONTENDERS] = {
@@ -810,6 +857,7 @@ static const char *const s_contender_names[S_CONTENDERS] = {
     [C_GEARMAN] = "Gearman",
     [C_POOL] = "tq_pool(2)",
     [C_PYTHON] = "multiprocessing.Pool(2)",
+    [C_TQ_PG] = "tq on PostgreSQL",
 };
 
 /* The broker's resident set from /proc, in MiB, or -1. */
@@ -923,6 +971,8 @@ static const s_row_t s_rows[] = {
     {NULL, "tq durable (--sync batch), prefetch 16", TQ_DURABLE_W1,
      C_TQ_DURABLE, "tasks/s"},
     {NULL, "tq store --sync os, prefetch 16", TQ_OS_W1, C_TQ_OS, "tasks/s"},
+    {NULL, "tq --store postgresql (local), prefetch 16", TQ_PG_W1, C_TQ_PG,
+     "tasks/s"},
     {NULL, "tq, defaults, 1,000 idle children on another queue", TQ_IDLE_W1,
      C_TQ_IDLE, "tasks/s"},
     {NULL, "bare ZeroMQ broker, credit 1", B1_W1, C_BARE1, "tasks/s"},
@@ -940,7 +990,7 @@ static const s_row_t s_rows[] = {
     {NULL, "bare ZeroMQ broker, credit 1", B1_W3, C_BARE1, "MB/s"},
     {NULL, "bare ZeroMQ broker, credit 16", B16_W3, C_BARE16, "MB/s"},
     {NULL, "Gearman", GM_W3, C_GEARMAN, "MB/s"},
-    {"pool W1", "tq_pool(2), defaults (prefetch 8)", POOL_W1, C_POOL,
+    {"pool W1", "tq_pool(2), defaults (prefetch 64)", POOL_W1, C_POOL,
      "tasks/s"},
     {NULL, "multiprocessing.Pool(2)", PY_W1, C_PYTHON, "tasks/s"},
     {"pool W2 p50", "tq_pool(2), defaults", POOL_P50, C_POOL, "us"},
@@ -1044,6 +1094,8 @@ static const s_target_t s_targets[] = {
      C_TQ, true, 0.9, 0},
     {"durable W1 / memory W1, prefetch 16", TQ_DURABLE_W1, TQ_W1_P16,
      C_TQ_DURABLE, C_TQ, true, 0.6, 0.8},
+    {"postgresql W1 / memory W1, prefetch 16", TQ_PG_W1, TQ_W1_P16, C_TQ_PG,
+     C_TQ, true, 0.3, 0},
     {"pool W1 / multiprocessing.Pool(2)", POOL_W1, PY_W1, C_POOL, C_PYTHON,
      true, 3, 5},
     {"pool W2 p50 / Pool(2)", POOL_P50, PY_P50, C_POOL, C_PYTHON, false, 1.0,
@@ -1138,7 +1190,7 @@ s_usage(FILE *out)
             "  --quick        1 round, 2000 tasks, 200 round trips, 200 "
             "echoes, 100000 held\n"
             "  --only LIST    run only these contenders, comma-separated: "
-            "tq durable os idle\n"
+            "tq durable os idle pg\n"
             "                 bare1 bare16 gearman pool python\n"
             "  --prefetch LIST instead: tq alone at each tq-worker --prefetch "
             "of LIST (e.g.\n"

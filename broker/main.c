@@ -1,6 +1,8 @@
 /* main.c - tq-broker: parses options (and their TQ_BROKER_* variables),
    checks the endpoints, binds (loopback by default), prints the endpoints,
-   tells systemd it is ready, runs the loop until SIGTERM or SIGINT. */
+   tells systemd it is ready, runs the loop until SIGTERM or SIGINT. On a
+   PostgreSQL store, a broker that lost its lease is dropped and made
+   again as a standby on the same endpoints (s_demote). */
 #include <getopt.h>
 #include <limits.h>
 #include <malloc.h>
@@ -29,11 +31,14 @@
 #define S_WORKERS "tcp://127.0.0.1:5556"
 
 static tq_broker_t *s_broker;
+static volatile sig_atomic_t s_stopping; /* a broker made after it must not
+                                            run */
 
 static void
 s_on_signal(int sig)
 {
     (void)sig;
+    s_stopping = 1;
     if (s_broker)
         tq_broker_stop(s_broker);
 }
@@ -66,6 +71,14 @@ s_usage(FILE *out)
             "                    systemd, else %s; printed at start)\n"
             "  --store URL       a PostgreSQL store instead of --data "
             "(postgresql://user@host/db)\n"
+            "  --lease-ttl MS    --store: the active broker's lease lasts "
+            "this long unless\n"
+            "                    renewed (default %d); a standby takes over "
+            "after it\n"
+            "  --lease-renew MS  the active renews it this often (default "
+            "%d, below the ttl)\n"
+            "  --lease-retry MS  a standby tries to take it this often "
+            "(default %d)\n"
             "  --new-store       start an empty store even though DIR held "
             "one whose tq.db\n"
             "                    is missing or empty (the old files are kept "
@@ -119,8 +132,9 @@ s_usage(FILE *out)
             "--log-level is TQ_LOG_LEVEL (a flag given wins).\n"
             "Prints 'tq-broker: clients EP workers EP' once bound; "
             "SIGTERM or SIGINT stops it.\n",
-            S_CLIENTS, S_WORKERS, TQ_BROKER_RESULT_TTL_S,
-            TQ_BROKER_MAX_LOST, TQ_BROKER_DATA_DIR);
+            S_CLIENTS, S_WORKERS, TQ_BROKER_RESULT_TTL_S, TQ_BROKER_MAX_LOST,
+            TQ_BROKER_DATA_DIR, TQ_BROKER_LEASE_TTL_MS,
+            TQ_BROKER_LEASE_RENEW_MS, TQ_BROKER_LEASE_RETRY_MS);
 }
 
 /* Parses a non-negative integer option; -1 if it is not one. */
@@ -159,6 +173,51 @@ s_notify(const char *state)
 #endif
 }
 
+/* The broker lost its lease (or its store): it is dropped with all it
+   held in memory, and a new one, a standby, binds the same endpoints
+   (ports resolved) and runs. Binding may fail for a moment while the old
+   sockets close: tried again for 10 s. Returns the new loop's code. */
+static int
+s_demote(tq_broker_config_t *config, tq_http_config_t *http, tq_http_t **web)
+{
+    static char clients[256], workers[256]; /* the config points here */
+    char error[512] = "";
+    snprintf(clients, sizeof clients, "%s",
+             tq_broker_client_endpoint(s_broker));
+    snprintf(workers, sizeof workers, "%s",
+             tq_broker_worker_endpoint(s_broker));
+    /* the dashboard talks to the broker over an inproc endpoint that
+       goes with it: made again with the new one, on a new name */
+    tq_http_destroy(web);
+    tq_broker_t *old = s_broker;
+    s_broker = NULL;
+    tq_broker_destroy(&old);
+    if (http->address && tq_http_prepare(config) != 0)
+        http->address = NULL;
+    config->client_endpoint = clients;
+    config->worker_endpoint = workers;
+    config->standby_start = true;
+    s_notify("STATUS=standby");
+    for (int attempt = 0; attempt < 100 && !s_stopping; attempt++) {
+        tq_broker_t *broker = tq_broker_new(config, error, sizeof error);
+        if (broker) {
+            s_broker = broker;
+            if (http->address) {
+                http->broker = config->client_inproc;
+                if (!(*web = tq_http_new(http, error, sizeof error)))
+                    tq_log_warning("--http: %s", error);
+            }
+            if (s_stopping) /* a signal between the check and here */
+                tq_broker_stop(broker);
+            return tq_broker_run(broker);
+        }
+        usleep(100 * 1000);
+    }
+    if (!s_stopping)
+        tq_log_error("cannot start again as a standby: %s", error);
+    return s_stopping ? TQ_OK : TQ_ESYS;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -172,7 +231,15 @@ main(int argc, char **argv)
     tq_log_init("tq-broker");
     tq_broker_config_t config = {.result_ttl_s = -1,
                                  .data_dir = s_default_data_dir()};
-    enum { O_LOG_LEVEL = 256, O_LOG_JSON, O_LOG_FILE, O_VERSION };
+    enum {
+        O_LOG_LEVEL = 256,
+        O_LOG_JSON,
+        O_LOG_FILE,
+        O_VERSION,
+        O_LEASE_TTL,
+        O_LEASE_RENEW,
+        O_LEASE_RETRY
+    };
     tq_http_config_t http = {0};
     static const struct option options[] = {
         {"clients", required_argument, NULL, 'c'},
@@ -184,6 +251,9 @@ main(int argc, char **argv)
         {"no-persist", no_argument, NULL, 'n'},
         {"store", required_argument, NULL, 'U'},
         {"new-store", no_argument, NULL, 'N'},
+        {"lease-ttl", required_argument, NULL, O_LEASE_TTL},
+        {"lease-renew", required_argument, NULL, O_LEASE_RENEW},
+        {"lease-retry", required_argument, NULL, O_LEASE_RETRY},
         {"sync", required_argument, NULL, 's'},
         {"max-disk", required_argument, NULL, 'D'},
         {"max-memory", required_argument, NULL, 'm'},
@@ -374,6 +444,25 @@ main(int argc, char **argv)
                 return 2;
             }
             break;
+        case O_LEASE_TTL:
+        case O_LEASE_RENEW:
+        case O_LEASE_RETRY:
+            if ((value = s_number(optarg, 3600000)) < 10) {
+                fprintf(stderr,
+                        "tq-broker: --%s: milliseconds, 10 to 3600000: %s\n",
+                        opt == O_LEASE_TTL         ? "lease-ttl"
+                            : opt == O_LEASE_RENEW ? "lease-renew"
+                                                   : "lease-retry",
+                        optarg);
+                return 2;
+            }
+            if (opt == O_LEASE_TTL)
+                config.lease_ttl_ms = (uint32_t)value;
+            else if (opt == O_LEASE_RENEW)
+                config.lease_renew_ms = (uint32_t)value;
+            else
+                config.lease_retry_ms = (uint32_t)value;
+            break;
         case O_VERSION:
             tq_env_print_version("tq-broker");
             return 0;
@@ -391,6 +480,19 @@ main(int argc, char **argv)
         return 2;
     }
 
+    uint32_t ttl =
+        config.lease_ttl_ms ? config.lease_ttl_ms : TQ_BROKER_LEASE_TTL_MS;
+    uint32_t renew = config.lease_renew_ms ? config.lease_renew_ms
+                                           : TQ_BROKER_LEASE_RENEW_MS;
+    if (renew >= ttl) {
+        /* a renewal must land before the lease lapses, with room for a
+           slow pass */
+        fprintf(stderr,
+                "tq-broker: --lease-renew (%u ms) must be below --lease-ttl "
+                "(%u ms); a third of it is usual\n",
+                renew, ttl);
+        return 2;
+    }
     if (!config.client_endpoint)
         config.client_endpoint = S_CLIENTS;
     if (!config.worker_endpoint)
@@ -402,7 +504,9 @@ main(int argc, char **argv)
         fprintf(stderr, "tq-broker: %s\n", why);
         return 2;
     }
-    if (config.data_dir) {
+    if (config.store_url)
+        tq_log_info("data in the PostgreSQL store (--store)");
+    else if (config.data_dir) {
         char *abs = realpath(config.data_dir, NULL);
         char cwd[PATH_MAX];
         if (abs)
@@ -451,6 +555,8 @@ main(int argc, char **argv)
     fflush(stdout);
     s_notify("READY=1\nSTATUS=serving");
     int rc = tq_broker_run(s_broker);
+    while (rc == TQ_ESTANDBY && !s_stopping)
+        rc = s_demote(&config, &http, &web);
     tq_http_destroy(&web);
     s_notify("STOPPING=1");
     tq_broker_t *broker = s_broker;

@@ -285,6 +285,10 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
             tqb_reply_error(self, socket, TQ_EINVAL, text, self->in.id);
             continue;
         }
+        if (self->lease.enabled && !self->lease.active) {
+            tqb_lease_refuse(self, socket); /* a standby */
+            continue;
+        }
         peer_t *peer;
         const s_command_t *command = s_admit(self, socket, &peer);
         if (!command)
@@ -366,8 +370,10 @@ s_recover(const tq_store_task_t *row, void *arg)
     task->rec.failures = row->failures;
     /* the key that submitted it (tenants): interned, so that the check is
        the pointer comparison a live submission gets */
-    task->owner =
-        row->owner && *row->owner ? tqb_intern(self, tq_str(row->owner)) : NULL;
+    tqb_task_set_owner(self, task,
+                       row->owner && *row->owner
+                           ? tqb_intern(self, tq_str(row->owner))
+                           : NULL);
     self->recovered++;
     task_move_t how = {.restore = true};
     if (row->corrupt && !final) {
@@ -384,8 +390,7 @@ s_recover(const tq_store_task_t *row, void *arg)
     }
     if (final) {
         task->rec.code = row->code;
-        task->rec.error =
-            row->error && *row->error ? tqb_strdup(row->error) : NULL;
+        tqb_task_set_error(self, task, row->error);
         if (row->expires_ms)
             how.expires_ms = self->now_ms + (row->expires_ms - wall);
         tqb_task_move(self, task,
@@ -434,10 +439,9 @@ s_recover_item(const tq_store_item_t *row, void *arg)
     self->recovered_items++;
 }
 
-/* Opens the store (a directory, or a PostgreSQL URL) and loads what it
-   holds. */
-static int
-s_open_store(tq_broker_t *self, char *error, size_t errlen)
+/* Opens the store (a directory, or a PostgreSQL URL). */
+int
+tqb_store_open(tq_broker_t *self, char *error, size_t errlen)
 {
     const char *where = self->config.store_url ? self->config.store_url
                                                : self->config.data_dir;
@@ -449,6 +453,12 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
     }
     tq_store_options_t options = {.sync = (tq_sync_t) self->config.sync,
                                   .allow_new = self->config.new_store};
+    /* a renewal or commit that the server's TCP does not acknowledge
+       within the lease's length fails: the broker demotes itself instead
+       of hanging on a cut link while another takes over */
+    options.link_timeout_ms = self->config.lease_ttl_ms
+        ? self->config.lease_ttl_ms
+        : TQ_BROKER_LEASE_TTL_MS;
     self->store = tq_store_new(where, &options, error, errlen);
     if (!self->store)
         return -1;
@@ -459,6 +469,19 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
     else
         snprintf(self->store_name, sizeof self->store_name,
                  "the store in %.250s", where);
+    return 0;
+}
+
+/* Loads what the store holds: at start, or when a standby took the
+   lease. */
+int
+tqb_store_recover(tq_broker_t *self, char *error, size_t errlen)
+{
+    const char *where =
+        self->config.store_url ? self->config.store_url : self->config.data_dir;
+    bool url = tq_store_is_url(where);
+    /* before the load: a damaged task found there is failed, a write */
+    tqb_journal_new(self);
     int64_t started = tqb_now();
     if (tq_store_load(self->store, s_recover, self) != TQ_OK ||
         tq_store_load_item_rows(self->store, s_recover_item, self) !=
@@ -488,10 +511,12 @@ s_open_store(tq_broker_t *self, char *error, size_t errlen)
 static void
 s_store_housekeeping(tq_broker_t *self)
 {
-    if (!self->store)
-        return;
-    tq_store_purge(self->store, tqb_wall_ms(), 2000);
-    if (self->config.max_disk) {
+    if (!self->store || (self->lease.enabled && !self->lease.active))
+        return; /* a standby writes nothing */
+    tqb_journal_purge(self, tqb_wall_ms(), 2000);
+    /* measured only while no commit runs (the store is the commit
+       thread's then); meanwhile the estimate grows with every write */
+    if (self->config.max_disk && tqb_journal_idle(self)) {
         self->disk_bytes = tq_store_disk_size(self->store);
         bool full = self->disk_bytes >= self->config.max_disk;
         if (full && !self->disk_full)
@@ -680,10 +705,30 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         abort();
     self->started_ms = self->now_ms = tqb_now();
     self->log_window_ms = self->now_ms;
-    if ((self->config.data_dir || self->config.store_url) &&
-        s_open_store(self, error, errlen) != 0) {
-        tq_broker_destroy(&self);
-        return NULL;
+    if (self->config.data_dir || self->config.store_url) {
+        const char *where = self->config.store_url ? self->config.store_url
+                                                   : self->config.data_dir;
+        rc = tqb_store_open(self, error, errlen);
+        if (tq_store_is_url(where)) {
+            /* several brokers may share it: active under its lease, or
+               standby; a standby made after a demotion waits for a store
+               it cannot reach instead of refusing to start */
+            if (rc != 0 && self->config.standby_start) {
+                tq_log_warning("%s", error);
+                rc = 0;
+            }
+            if (rc == 0)
+                rc = tqb_lease_start(self, error, errlen);
+            if (rc == TQB_LEASE_WON)
+                rc = tqb_store_recover(self, error, errlen);
+            else if (rc == TQB_LEASE_STANDBY)
+                rc = 0;
+        } else if (rc == 0)
+            rc = tqb_store_recover(self, error, errlen);
+        if (rc != 0) {
+            tq_broker_destroy(&self);
+            return NULL;
+        }
     }
     return self;
 }
@@ -709,6 +754,49 @@ tq_broker_stop(tq_broker_t *self)
     (void)rc;
 }
 
+/* A commit failed: nothing of its batch was acknowledged. On a shared
+   store the broker gives up its role (the lease was taken, or the
+   connection is gone and the lease will lapse) and becomes a standby;
+   elsewhere it stops. */
+static int
+s_store_lost(tq_broker_t *self)
+{
+    if (!self->lease.enabled)
+        return TQ_ESYS;
+    tq_log_error("demoting: acknowledging and dispatching nothing more, "
+                 "dropping the in-memory state: standby");
+    self->lease.active = false;
+    if (self->commit_rc == TQ_OK)
+        self->commit_rc = TQ_EBUSY; /* tq_broker_destroy flushes nothing */
+    return TQ_ESTANDBY;
+}
+
+/* The lease's step at the start of a pass: TQ_OK to go on (active, or a
+   standby that only refuses), TQ_ESTANDBY when the lease was lost, and on
+   taking it the recovery from the store. */
+static int
+s_lease_step(tq_broker_t *self)
+{
+    switch (tqb_lease_tick(self)) {
+    case TQB_LEASE_HELD:
+    case TQB_LEASE_STANDBY:
+        return TQ_OK;
+    case TQB_LEASE_LOST:
+        return TQ_ESTANDBY;
+    case TQB_LEASE_WON:
+        break;
+    }
+    char error[1024];
+    if (tqb_store_recover(self, error, sizeof error) != 0) {
+        tq_log_error("%s", error);
+        return s_store_lost(self);
+    }
+    /* the start of the broker's life as the active one */
+    self->now_ms = tqb_now();
+    self->next_check_ms = self->now_ms + CHECK_MS;
+    return TQ_OK;
+}
+
 int
 tq_broker_run(tq_broker_t *self)
 {
@@ -732,6 +820,12 @@ tq_broker_run(tq_broker_t *self)
         int64_t getters = tqb_expire_getters(self);
         if (getters < deadline)
             deadline = getters;
+        int64_t folds = tqb_release_folds(self, false);
+        if (folds < deadline)
+            deadline = folds;
+        int64_t lease = tqb_lease_deadline(self);
+        if (lease < deadline)
+            deadline = lease;
         long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
         if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
@@ -739,11 +833,24 @@ tq_broker_run(tq_broker_t *self)
             tq_log_error("poll: %s", zmq_strerror(errno));
             return TQ_ESYS;
         }
+        if (items[2].revents & ZMQ_POLLIN) {
+            /* a commit done (tq_journal.c) or a stop */
+            uint64_t count;
+            ssize_t r = read(self->wakeup, &count, sizeof count);
+            (void)r;
+        }
         self->now_ms = tqb_now();
+        /* the lease first: after a stall, nothing is handled before the
+           database confirms this broker still holds it */
+        int rc = s_lease_step(self);
+        if (rc != TQ_OK)
+            return rc;
         s_credit_stall(self, last_pass, timeout);
         tqb_release_due(self);
         /* drain both sockets in bursts until both are quiet */
         for (;;) {
+            if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
+                return TQ_ESTANDBY;
             /* a commit may have taken a while, or the broker was stopped
                in the burst before: a stall, credited here, since the
                host check after the last burst may come before the
@@ -753,10 +860,16 @@ tq_broker_run(tq_broker_t *self)
             s_credit_stall(self, burst_started, 0);
             int got = s_drain(self, self->workers, "workers");
             got += s_drain(self, self->clients, "clients");
-            if (self->dispatch_due)
+            if (self->dispatch_due) {
+                /* draining took time: nothing goes out on a lease that
+                   may have lapsed meanwhile */
+                if (self->lease.active &&
+                    tqb_lease_tick(self) == TQB_LEASE_LOST)
+                    return TQ_ESTANDBY;
                 tqb_dispatch(self);
+            }
             if (!tqb_commit(self))
-                return TQ_ESYS;
+                return s_store_lost(self);
             if (got == 0 || self->stopping)
                 break;
         }
@@ -765,6 +878,8 @@ tq_broker_run(tq_broker_t *self)
         int64_t drain_started = self->now_ms;
         self->now_ms = tqb_now();
         s_credit_stall(self, drain_started, 0);
+        if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
+            return TQ_ESTANDBY;
         if (self->now_ms >= self->next_check_ms) {
             tqb_check_hosts(self);
             if (self->now_ms >= self->next_housekeeping_ms) {
@@ -777,9 +892,12 @@ tq_broker_run(tq_broker_t *self)
         }
         tqb_expire_results(self);
         if (!tqb_commit(self))
-            return TQ_ESYS;
+            return s_store_lost(self);
         last_pass = tqb_now();
     }
+    /* what was accepted before the stop is acknowledged once committed */
+    if (!tqb_commit_flush(self))
+        return TQ_ESYS;
     return TQ_OK;
 }
 
@@ -789,6 +907,8 @@ tq_broker_destroy(tq_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_broker_t *self = *self_p;
+    /* first: its batches share the tasks' payloads and names */
+    tqb_journal_destroy(self);
     tqb_tasks_free(self);
     if (self->peers) {
         for (peer_t *w = zhashx_first(self->peers); w;
@@ -822,9 +942,15 @@ tq_broker_destroy(tq_broker_t **self_p)
         /* what was acknowledged is committed; a pending batch holds only
            unacknowledged work, committed now as a courtesy */
         tq_store_commit(self->store);
+        tqb_lease_release(self);
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);
+    for (uint32_t i = 0; i < self->fold_count; i++) {
+        fold_t *fold = &self->folds[(self->fold_head + i) % self->fold_cap];
+        tqb_ident_clear(&fold->to);
+    }
+    free(self->folds);
     free(self->candidates);
     tq_heap_destroy(&self->delayed);
     tq_frames_close(&self->frames);

@@ -28,6 +28,7 @@
 
 #define TQB_PRIORITIES 10 /* 0..9, TQ_PRIORITY_MAX + 1 */
 #define TQB_IDENT_INLINE 24 /* routing ids up to this size stay inline */
+#define TQB_ID_BIN 16 /* bytes of a task id kept in binary (task->id_bin) */
 #define TQB_HEARTBEAT_MS 1000 /* PROTOCOL.md section 10 */
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
@@ -73,16 +74,21 @@ typedef enum {
 /* What the store keeps of a task: tq_store_task_t is made from it. The
    last member of task_t: its id runs on into the task's allocation. */
 typedef struct {
-    char *error; /* final or retrying: error text, or NULL */
     uint64_t seq; /* submission order */
     uint32_t time_limit_ms;
     uint32_t attempt; /* lease: incremented at every dispatch */
-    uint32_t code; /* final: tq_err_t */
-    uint32_t retries; /* reruns left after a task failure */
     uint32_t backoff_ms; /* first retry delay */
-    uint32_t failures; /* task failures so far (for the backoff) */
-    uint8_t priority;
-    char id[]; /* NUL-terminated; a small payload follows it */
+    /* small numbers in 32 bits; the error text (final or retrying) and
+       the owner are the task's too: tqb_task_error, tqb_task_owner */
+    uint32_t retries : 10; /* reruns left after a task failure (at most
+                              TQ_PROTO_MAX_RETRIES) */
+    uint32_t failures : 10; /* task failures so far (for the backoff; at
+                               most the retries it had) */
+    uint32_t code : 8; /* final: tq_err_t */
+    uint32_t priority : 4; /* 0..TQB_PRIORITIES - 1 */
+    char id[]; /* NUL-terminated text, or TQB_ID_BIN bytes when
+                  task->id_bin (read it with tqb_task_id); a small
+                  payload follows it */
 } task_rec_t;
 
 /* Where a task's payload is (task->payload_at). */
@@ -105,16 +111,15 @@ typedef enum {
 } client_at_t;
 
 /* One allocation per task: this, ending with its id, then its payload
-   when PAYLOAD_INLINE. Fields only one group of states needs share a
-   union: the state says which member is live. A waiting task costs this
-   record (137 bytes up to its id), its id, its payload and a share of the
-   id table's buckets. */
+   when PAYLOAD_INLINE, in a slab of its size (tq_task.c). Fields only
+   one group of states needs share a union: the state says which member
+   is live. A waiting task costs this record (112 bytes up to its id), its
+   id (16 bytes when client-made), its payload and a share of the id
+   table's buckets: a slot of 128 bytes with a client-made id and the
+   payload paged out. */
 struct task_s {
     task_t *prev, *next; /* lane, held list or expiry list */
-    task_t *id_next; /* the id table's chain */
     lane_t *lane; /* its queue and task name */
-    const char *owner; /* CURVE: the submitter's key (interned); NULL
-                          without CURVE */
     void *payload; /* PAYLOAD_HEAP: the bytes; PAYLOAD_MSG: a zmq_msg_t;
                       else NULL. Args until final, then the value (a dead
                       letter keeps its args). Read with tqb_task_payload */
@@ -137,8 +142,11 @@ struct task_s {
     uint32_t client; /* CLIENT_ZMQ: the submitter's routing id */
     uint32_t payload_size; /* bytes */
     uint32_t started; /* its last dispatch: tqb_task_started_ms */
+    uint32_t id_next; /* the id table's chain: a slab handle (tq_task.c) */
+    uint32_t owner; /* CURVE: its submitter's key, an index into
+                       tq_broker_t.owners (tqb_task_owner); 0: none */
     uint16_t lost; /* worker deaths charged to it (max-lost fits) */
-    /* two bytes of state and flags: the record stays at 137 bytes */
+    /* two bytes of state and flags: rec starts 8-aligned, no padding */
     uint8_t state : 4; /* task_state_t, the one fact: which container
                           holds it */
     uint8_t payload_at : 3; /* payload_at_t */
@@ -147,6 +155,8 @@ struct task_s {
                                  when recovered from the store) */
     bool page_out : 1; /* listed in tq_broker_t.page_out */
     bool waited : 1; /* has clients in tq_broker_t.waiters */
+    bool id_bin : 1; /* rec.id holds the 16 bytes of a 32 hex digit id */
+    bool has_error : 1; /* has an error text in tq_broker_t.errors */
     task_rec_t rec; /* last: its id runs on */
 };
 
@@ -256,12 +266,36 @@ typedef struct {
     char id[TQ_PROTO_MAX_ID + 1];
     uint8_t command;
     uint64_t size; /* REPLY: the queue's size */
+    uint64_t need; /* the batch whose commit it waits for */
 } ack_t;
+
+/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms unless the
+   task ended first, its RESULT then acknowledging it. */
+typedef struct {
+    ident_t to;
+    char id[TQ_PROTO_MAX_ID + 1];
+    int64_t due_ms;
+} fold_t;
+/* The store journal and its commit thread (tq_journal.c). */
+typedef struct tqb_journal_s tqb_journal_t;
 
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
         malformed, errors, dropped, retried, cancelled, refused, stolen;
 } counters_t;
+
+/* The broker's lease on a PostgreSQL store (tq_lease.c): one state,
+   active or standby, with the times of its next step. */
+typedef struct {
+    bool enabled; /* a PostgreSQL store: the broker runs under a lease */
+    bool active; /* it holds the lease; else it is a standby */
+    uint64_t epoch; /* the lease's epoch while active: the fencing token */
+    int64_t renewed_ms; /* monotonic ms when the last renewal that succeeded
+                           (or the acquisition) was sent */
+    int64_t next_ms; /* the next renewal (active) or attempt (standby) */
+    int64_t warned_ms; /* standby: when it last logged why it waits */
+    char holder[200]; /* standby: who held the lease when last asked */
+} lease_t;
 
 struct tq_broker_t {
     tq_broker_config_t config;
@@ -273,7 +307,16 @@ struct tq_broker_t {
     char client_endpoint[256];
     char worker_endpoint[256];
     char hostname[TQ_PROTO_MAX_NAME + 1];
-    task_t **id_table; /* id -> task_t, chained through id_next */
+    uint32_t *id_table; /* id -> task slab handle, chained through
+                           id_next */
+    zhashx_t *errors; /* task_t * -> its error text (final or retrying;
+                         rare, so beside the task) */
+    const char **owners; /* CURVE: the submitters' keys (interned) tasks
+                            name by index (task->owner), 1-based */
+    zhashx_t *owner_index; /* key -> its index in owners */
+    uint32_t owner_count, owner_cap;
+    struct tqb_slabs_s *slabs; /* where task records are allocated
+                                  (tq_task.c) */
     zhashx_t *waiters; /* task id -> clients blocked in GET wait=true
                           (ident_t array, count first), made on demand */
     zhashx_t *submitters; /* task id -> its submitter's ident_t when not one
@@ -297,14 +340,21 @@ struct tq_broker_t {
     uint32_t dead_count;
     uint64_t memory; /* payload bytes held */
     tq_store_t *store; /* NULL: memory only */
+    lease_t lease; /* PostgreSQL store: active or standby */
     zhashx_t *dq_index; /* name -> dq_t */
         zhashx_t *in_flight; /* client ident hex -> unfinished tasks
                             (uintptr_t), with max_client_tasks only */
     zhashx_t *client_drops; /* client ident hex -> replies dropped for it
                                (uintptr_t), made at its first drop */
     dq_t *dqs;
-    ack_t *acks; /* answers waiting for the commit */
-    uint32_t ack_count, ack_cap;
+    ack_t *acks; /* answers waiting for the commit, from ack_head */
+    uint32_t ack_head, ack_count, ack_cap;
+    fold_t *folds; /* held SUBMITTEDs, a ring in due order */
+    uint32_t fold_head, fold_count, fold_cap;
+    tqb_journal_t *journal; /* with a store: batches and commit thread */
+    int commit_rc; /* TQ_OK, or how the last commit failed (TQ_EBUSY:
+                      the lease was taken); then nothing more is
+                      acknowledged */
     bool disk_full;      /* the store passed max_disk */
     uint64_t disk_bytes; /* the store's size: measured once a second, plus
                             what each write since adds (an estimate), so
@@ -402,24 +452,94 @@ void tqb_pack_uint_kv(msgpack_packer *pk, const char *key, uint64_t value);
 /* A fresh msgpack buffer and packer. */
 void tqb_body_init(msgpack_sbuffer *body, msgpack_packer *pk);
 
-/* ---- tq_journal.c: the store journal and the acknowledgements that
-   wait for its commit ---- */
+/* ---- tq_journal.c: the store journal, its commit thread, and the
+   acknowledgements that wait for its commit ----
+
+   The rule: an acknowledgement (SUBMITTED, REPLY to a QPUT) goes out only
+   after the batch holding its writes is committed. A task may be
+   dispatched, and its RESULT sent, before its SUBMIT is committed (as
+   before, within one pass): if the broker dies before that commit, the
+   client was never told "accepted" and submits again (at least once),
+   and a DONE for a task the restarted broker never stored is a duplicate.
+   The loop calls the store itself only under tq_store_lock (the commit
+   thread holds it while it commits). */
+
+/* Makes the journal of the broker's store (after the store is loaded). */
+void tqb_journal_new(tq_broker_t *self);
+/* Commits what is left and stops the commit thread; NULL-safe. */
+void tqb_journal_destroy(tq_broker_t *self);
+/* True if no batch is being committed: the loop may then call the store
+   without waiting for the commit thread (it hands batches off itself). */
+bool tqb_journal_idle(const tq_broker_t *self);
 
 /* Writes what the store keeps of task after a move (from -> task->state).
    Called by tqb_task_move only. */
 void tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from);
 /* Forgets a task in the store. */
 void tqb_journal_forget(tq_broker_t *self, const task_t *task);
+/* A data-queue item put (its payload shared) or taken. */
+void tqb_journal_item_add(tq_broker_t *self, const dq_t *dq,
+                          const item_t *item);
+void tqb_journal_item_remove(tq_broker_t *self, const dq_t *dq, uint64_t seq);
+/* Deletes up to limit results that expired before now_ms (wall clock). */
+void tqb_journal_purge(tq_broker_t *self, int64_t now_ms, int limit);
 /* Acknowledges now, or after the commit that stores what is
    acknowledged. */
 void tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
              uint64_t size);
 /* Upper bounds (µs) of the commit latency buckets, TQB_COMMIT_BUCKETS. */
 extern const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS];
-/* Commits the pass's batch, then sends the acknowledgements it held.
-   False if the store failed: nothing more may be acknowledged. */
+/* Sends the acknowledgements whose batch is committed and hands the open
+   batch to the commit thread if it is idle; never waits. False if a
+   commit failed (self->commit_rc says how): nothing more may be
+   acknowledged. */
 bool tqb_commit(tq_broker_t *self);
+/* tqb_commit, waiting until every batch is committed and acknowledged. */
+bool tqb_commit_flush(tq_broker_t *self);
 void tqb_acks_clear(tq_broker_t *self);
+
+/* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
+
+/* Holds the SUBMITTED of a new task id for to until the fold window
+   ends. */
+void tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to);
+/* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
+   not final yet, drops those whose task ended (its RESULT went to the
+   submitter). Returns the next due time, INT64_MAX for none. */
+int64_t tqb_release_folds(tq_broker_t *self, bool all);
+/* ---- tq_lease.c: active or standby on a PostgreSQL store ---- */
+typedef enum {
+    TQB_LEASE_HELD, /* active, renewed within the renewal period */
+    TQB_LEASE_STANDBY, /* standby: nothing may be handled */
+    TQB_LEASE_WON, /* a standby just took the lease: recover, then it
+                      is active */
+    TQB_LEASE_LOST /* the lease (or the store) is lost: acknowledge and
+                      dispatch nothing more; the loop returns */
+} tqb_lease_t;
+/* After the store opened (or failed to, with standby_start): takes the
+   lease if it can. TQB_LEASE_WON (recover from the store) or
+   TQB_LEASE_STANDBY; -1 with error set if the store failed. */
+int tqb_lease_start(tq_broker_t *self, char *error, size_t errlen);
+/* Renews the lease when due (an active broker), or tries to take it (a
+   standby): called before anything is handled or dispatched, so that
+   after a stall longer than the renewal period the lease is renewed
+   before anything goes out. */
+tqb_lease_t tqb_lease_tick(tq_broker_t *self);
+/* Lets the lease lapse at once (a broker that stops cleanly, after its
+   last commit), so a standby need not wait out the ttl. */
+void tqb_lease_release(tq_broker_t *self);
+/* The monotonic ms of the lease's next step (INT64_MAX without a lease). */
+int64_t tqb_lease_deadline(const tq_broker_t *self);
+/* A standby's answer to a decoded request: ERROR TQ_ESTANDBY. */
+void tqb_lease_refuse(tq_broker_t *self, void *socket);
+/* The role and the lease in the STATUS body: "role" and "lease". Returns
+   the number of map entries packed (0 without a lease). */
+int tqb_lease_status_entries(const tq_broker_t *self);
+void tqb_lease_pack_status(const tq_broker_t *self, msgpack_packer *pk);
+/* tq_broker.c: opens the store, and loads what it holds (at start, and
+   when a standby takes the lease). 0, or -1 with error set. */
+int tqb_store_open(tq_broker_t *self, char *error, size_t errlen);
+int tqb_store_recover(tq_broker_t *self, char *error, size_t errlen);
 
 /* ---- tq_task.c: the task table, lanes and the state machine ---- */
 
@@ -436,6 +556,17 @@ void tqb_tasks_free(tq_broker_t *self);
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* CURVE: the key of the task's submitter (interned), or NULL; and
+   recording it (key interned, or NULL). */
+const char *tqb_task_owner(const tq_broker_t *self, const task_t *task);
+/* The task's error text (final or retrying), or NULL (borrowed: valid
+   until it is set again); and setting it (copied; NULL or "": none). */
+const char *tqb_task_error(const tq_broker_t *self, const task_t *task);
+void tqb_task_set_error(tq_broker_t *self, task_t *task, const char *text);
+void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
+/* The task's id as text: its own, or a rendering of a binary id valid
+   until 8 more renderings on this thread (borrowed: use it at once). */
+const char *tqb_task_id(const task_t *task);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or
@@ -450,9 +581,10 @@ void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Its last dispatch (monotonic ms), 0: never; and recording it. */
 int64_t tqb_task_started_ms(const task_t *task);
 void tqb_task_set_started(task_t *task, int64_t now_ms);
-/* The batch that stored the listed tasks committed: their arguments may
-   leave memory (the store keeps them). */
-void tqb_task_committed(tq_broker_t *self);
+/* A batch committed that stored the first count tasks of page_out: their
+   arguments may leave memory (the store keeps them); the others stay
+   listed for a later batch. */
+void tqb_task_committed(tq_broker_t *self, uint32_t count);
 /* The only way a task changes state: checks the move against the table
    of legal moves (a programmer error aborts), takes it out of its
    container, puts it into the new one, keeps the counts and journals what
@@ -470,7 +602,7 @@ void tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state,
                     int code, const char *error, zmq_msg_t *value);
 /* Forgets a final task: its container, the table, the store. */
 void tqb_task_forget(tq_broker_t *self, task_t *task);
-void tqb_task_free(task_t *task);
+void tqb_task_free(tq_broker_t *self, task_t *task);
 /* Adds a client to those told when the task ends, once. */
 void tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Moves SCHEDULED and RETRY tasks whose time came into their lanes. */

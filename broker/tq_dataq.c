@@ -117,9 +117,7 @@ tqb_on_qput(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     }
     item_t *node = tqb_dq_append(self, dq, item);
     /* accepted means stored, as for tasks: the REPLY waits for the commit */
-    if (self->store)
-        tq_store_item_add(self->store, dq->name, node->seq, dq->maxsize,
-                          zmq_msg_data(&node->msg), zmq_msg_size(&node->msg));
+    tqb_journal_item_add(self, dq, node);
     self->disk_bytes += zmq_msg_size(&node->msg) + TQB_ROW_BYTES;
     tqb_ack(self, msg->id, &from, TQ_CMD_REPLY, dq->size);
 }
@@ -164,8 +162,7 @@ tqb_on_qget(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             self->memory += zmq_msg_size(&node->msg);
             return;
         }
-        if (self->store)
-            tq_store_item_remove(self->store, dq->name, node->seq);
+        tqb_journal_item_remove(self, dq, node->seq);
         zmq_msg_close(&node->msg);
         free(node);
         return;

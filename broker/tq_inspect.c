@@ -70,7 +70,7 @@ s_pack_entry(tq_broker_t *self, msgpack_packer *pk, msgpack_sbuffer *body,
     size_t args = tqb_task_payload_size(task);
     msgpack_pack_map(pk, 9 + (delayed ? 1 : 0) + (running ? 2 : 0));
     tqb_pack_str(pk, "id");
-    tqb_pack_str(pk, task->rec.id);
+    tqb_pack_str(pk, tqb_task_id(task));
     tqb_pack_str(pk, "task");
     tqb_pack_str(pk, task->lane->task);
     tqb_pack_str(pk, "queue");
@@ -221,7 +221,7 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     msgpack_pack_map(&pk, 17 + (holder ? 2 : 0) + (started ? 1 : 0) +
                               (final ? 1 : 0) + (delayed ? 1 : 0));
     tqb_pack_str(&pk, "id");
-    tqb_pack_str(&pk, task->rec.id);
+    tqb_pack_str(&pk, tqb_task_id(task));
     tqb_pack_str(&pk, "task");
     tqb_pack_str(&pk, task->lane->task);
     tqb_pack_str(&pk, "queue");
@@ -236,8 +236,8 @@ tqb_on_inspect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     tqb_pack_uint_kv(&pk, "lost", task->lost);
     tqb_pack_uint_kv(&pk, "code", task->rec.code);
     tqb_pack_str(&pk, "error");
-    if (task->rec.error)
-        tqb_pack_str(&pk, task->rec.error);
+    if (tqb_task_error(self, task))
+        tqb_pack_str(&pk, tqb_task_error(self, task));
     else
         msgpack_pack_nil(&pk);
     tqb_pack_str(&pk, "args");

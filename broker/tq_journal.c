@@ -1,12 +1,14 @@
 /* tq_journal.c - the store journal: what the store keeps of each task,
    written into the open batch as the task moves (tqb_task_move calls
-   tqb_journal_task, nothing else writes task rows), committed once per
-   pass of the loop; and the acknowledgements that wait for that commit
-   (SUBMITTED, REPLY to a QPUT): accepted means stored. */
+   tqb_journal_task, nothing else writes task rows); the commit thread that
+   commits each batch off the loop; and the acknowledgements that wait for
+   that commit (SUBMITTED, REPLY to a QPUT): accepted means stored. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tq_broker_core.h"
 #include "tq_log.h"
@@ -31,22 +33,283 @@ s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
 {
     (void)self;
     *row = (tq_store_task_t){
-        .id = task->rec.id,
+        .id = tqb_task_id(task),
         .task = task->lane->task,
         .queue = task->lane->queue->name,
-        .owner = task->owner,
+        .owner = tqb_task_owner(self, task),
         .priority = task->rec.priority,
         .time_limit_ms = task->rec.time_limit_ms,
         .attempt = task->rec.attempt,
         .state = (uint32_t)tqb_task_wire_state(task),
         .seq = task->rec.seq,
         .code = task->rec.code,
-        .error = task->rec.error,
+        .error = tqb_task_error(self, task),
         .retries = task->rec.retries,
         .backoff_ms = task->rec.backoff_ms,
         .failures = task->rec.failures,
         .due_ms = s_due_wall(task),
     };
+}
+
+/* ---- the batch: what the loop journals, applied by the commit thread ----
+
+   The loop never calls the store while the commit thread runs: it writes
+   each change as an op into the open batch (payloads shared with the
+   broker's zmq_msg_t, never copied), and at the end of a pass hands the
+   batch to the commit thread if that one is idle. The thread applies the
+   batch to the store and commits it in one transaction, then wakes the
+   loop (the broker's eventfd), which sends the acknowledgements that
+   waited for that commit. While a batch commits, the loop goes on serving
+   and fills the next batch: at most one batch in flight, and the next one
+   grows as long as the commit takes (group commit). Batches commit in the
+   order they were filled, so the writes to one task keep their order. */
+
+typedef enum {
+    OP_ADD,
+    OP_FINISH,
+    OP_SET_DUE,
+    OP_SET_RETRIES,
+    OP_REMOVE,
+    OP_ITEM_ADD,
+    OP_ITEM_REMOVE,
+    OP_PURGE
+} op_kind_t;
+
+typedef struct {
+    op_kind_t kind;
+    tq_store_task_t row; /* names interned (live as long as the broker),
+                            error a heap copy; id and payload pointers
+                            are set when applied */
+    char id[TQ_PROTO_MAX_ID + 1];
+    char *error; /* heap copy, or NULL */
+    zmq_msg_t payload; /* args, result or item, shared */
+} op_t;
+
+typedef struct {
+    op_t *ops;
+    uint32_t count, cap;
+} batch_t;
+
+struct tqb_journal_s {
+    tq_store_t *store; /* borrowed from the broker */
+    batch_t batch[2]; /* the open one and the other (in flight or idle) */
+    batch_t *open;
+    uint64_t open_seq; /* number of the open batch */
+    uint64_t handed; /* last batch handed to the thread, 0: none */
+    uint64_t done; /* last batch committed, as the loop knows it */
+    bool busy; /* loop side: a batch is in flight */
+    uint32_t page_out_mark; /* tasks of self->page_out listed before the
+                               batch in flight was handed off */
+    int wakeup; /* the broker's eventfd: written when a batch is done */
+    const char *hold; /* tests: TQ_TEST_HOLD_COMMITS */
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock; /* guards the fields below */
+    pthread_cond_t cond;
+    batch_t *pending; /* handed, not yet taken by the thread */
+    bool finished; /* the batch in flight is done */
+    int rc; /* its outcome */
+    int64_t us; /* its commit time */
+    bool stop;
+};
+
+static int64_t
+s_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* A new op at the end of the open batch, payload empty. */
+static op_t *
+s_op(tq_broker_t *self, op_kind_t kind)
+{
+    batch_t *b = self->journal->open;
+    if (b->count == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 1024;
+        b->ops = realloc(b->ops, b->cap * sizeof *b->ops);
+        if (!b->ops)
+            abort();
+    }
+    op_t *op = &b->ops[b->count++];
+    op->kind = kind;
+    op->error = NULL;
+    zmq_msg_init(&op->payload);
+    return op;
+}
+
+/* An op for a task row (copied: the task may change or go meanwhile). */
+static op_t *
+s_row_op(tq_broker_t *self, op_kind_t kind, const tq_store_task_t *row,
+         const zmq_msg_t *payload)
+{
+    op_t *op = s_op(self, kind);
+    op->row = *row;
+    /* row.id is set when applied: the ops may move as the batch grows */
+    tq_str_copy(op->id, sizeof op->id, tq_str(row->id));
+    if (row->error) {
+        op->error = tqb_strdup(row->error);
+        op->row.error = op->error;
+    }
+    if (payload)
+        zmq_msg_copy(&op->payload, (zmq_msg_t *)payload);
+    return op;
+}
+
+/* The op shares the task's payload: a large one by reference, a small
+   one (a few hundred bytes at most) copied, since the task may drop it
+   before the op is applied. */
+static void
+s_task_payload(op_t *op, const task_t *task)
+{
+    size_t size = tqb_task_payload_size(task);
+    if (task->payload_at == PAYLOAD_MSG) {
+        zmq_msg_copy(&op->payload, (zmq_msg_t *)task->payload);
+        return;
+    }
+    const void *data = tqb_task_payload_data(task);
+    if (!data || !size)
+        return;
+    zmq_msg_close(&op->payload);
+    if (zmq_msg_init_size(&op->payload, size) != 0)
+        abort();
+    memcpy(zmq_msg_data(&op->payload), data, size);
+}
+
+/* Commit thread: writes one op into the store's open transaction. */
+static int
+s_apply(tq_store_t *store, op_t *op)
+{
+    tq_store_task_t *row = &op->row;
+    row->id = op->id;
+    const void *data = zmq_msg_data(&op->payload);
+    size_t size = zmq_msg_size(&op->payload);
+    switch (op->kind) {
+    case OP_ADD:
+        row->args = data;
+        row->args_size = size;
+        return tq_store_add(store, row);
+    case OP_FINISH:
+        if (row->result_size) {
+            row->result = data;
+            row->result_size = size;
+        }
+        return tq_store_finish(store, row);
+    case OP_SET_DUE:
+        return tq_store_set_due(store, row->id, row->state, row->attempt,
+                                row->due_ms);
+    case OP_SET_RETRIES:
+        return tq_store_set_retries(store, row->id, row->retries,
+                                    row->failures);
+    case OP_REMOVE:
+        return tq_store_remove(store, row->id);
+    case OP_ITEM_ADD:
+        return tq_store_item_add(store, row->queue, row->seq, row->priority,
+                                 data, size);
+    case OP_ITEM_REMOVE:
+        return tq_store_item_remove(store, row->queue, row->seq);
+    case OP_PURGE:
+        return tq_store_purge(store, row->expires_ms, (int)row->seq) < 0
+            ? TQ_ESYS
+            : TQ_OK;
+    }
+    return TQ_ESYS;
+}
+
+/* Commit thread: applies and commits a batch, as one transaction, with
+   the store held against the loop's own calls (lease, disk size). */
+static int
+s_commit_batch(tq_store_t *store, batch_t *b)
+{
+    tq_store_lock(store);
+    int rc = TQ_OK;
+    for (uint32_t i = 0; i < b->count && rc == TQ_OK; i++)
+        rc = s_apply(store, &b->ops[i]);
+    /* a failed write failed the store: the backend said why */
+    if (rc == TQ_OK)
+        rc = tq_store_commit(store);
+    tq_store_unlock(store);
+    return rc;
+}
+
+static void
+s_batch_clear(batch_t *b)
+{
+    for (uint32_t i = 0; i < b->count; i++) {
+        zmq_msg_close(&b->ops[i].payload);
+        free(b->ops[i].error);
+    }
+    b->count = 0;
+}
+
+/* Tests only: while the file TQ_TEST_HOLD_COMMITS names exists, commits
+   wait, so a test can hold a commit in flight for as long as it checks
+   what the loop does meanwhile (no clock involved). */
+static void
+s_hold(tqb_journal_t *j)
+{
+    while (j->hold && access(j->hold, F_OK) == 0) {
+        pthread_mutex_lock(&j->lock);
+        bool stop = j->stop;
+        pthread_mutex_unlock(&j->lock);
+        if (stop)
+            break;
+        usleep(2000);
+    }
+}
+
+static void *
+s_commit_thread(void *arg)
+{
+    tqb_journal_t *j = arg;
+    pthread_mutex_lock(&j->lock);
+    for (;;) {
+        while (!j->pending && !j->stop)
+            pthread_cond_wait(&j->cond, &j->lock);
+        batch_t *b = j->pending;
+        if (!b)
+            break;
+        j->pending = NULL;
+        pthread_mutex_unlock(&j->lock);
+        s_hold(j);
+        int64_t began = s_now_us();
+        int rc = s_commit_batch(j->store, b);
+        int64_t us = s_now_us() - began;
+        s_batch_clear(b); /* the payloads' last references go here */
+        pthread_mutex_lock(&j->lock);
+        j->rc = rc;
+        j->us = us;
+        j->finished = true;
+        pthread_cond_broadcast(&j->cond);
+        uint64_t one = 1;
+        ssize_t w = write(j->wakeup, &one, sizeof one);
+        (void)w;
+    }
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+void
+tqb_journal_new(tq_broker_t *self)
+{
+    tqb_journal_t *j = tqb_alloc(sizeof *j);
+    j->store = self->store;
+    j->open = &j->batch[0];
+    j->open_seq = 1;
+    j->wakeup = self->wakeup;
+    j->hold = getenv("TQ_TEST_HOLD_COMMITS");
+    if (j->hold && !*j->hold)
+        j->hold = NULL;
+    pthread_mutex_init(&j->lock, NULL);
+    pthread_cond_init(&j->cond, NULL);
+    self->journal = j;
+}
+
+bool
+tqb_journal_idle(const tq_broker_t *self)
+{
+    return !self->journal || !self->journal->busy;
 }
 
 void
@@ -57,24 +320,25 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
     tq_store_task_t row;
     s_row(self, task, &row);
     if (tqb_task_is_final(task)) {
-        if (task->state == TASK_SUCCESS) {
-            row.result = tqb_task_payload_data(task);
-            row.result_size = tqb_task_payload_size(task);
-        }
+        bool value = task->state == TASK_SUCCESS;
+        size_t size = value ? tqb_task_payload_size(task) : 0;
+        /* result_size says "there is a result" (an empty one included) */
+        row.result_size = value ? size + 1 : 0;
         /* dead letters of TQ_ELOST never expire; other results after the
            TTL (at least 1 ms: 0 means "never" in the store) */
         row.expires_ms = task->rec.code == TQ_ELOST
             ? 0
             : tqb_wall_ms() + (int64_t)self->config.result_ttl_s * 1000 + 1;
-        tq_store_finish(self->store, &row);
-        self->disk_bytes += row.result_size + TQB_ROW_BYTES;
+        op_t *op = s_row_op(self, OP_FINISH, &row, NULL);
+        if (value)
+            s_task_payload(op, task);
+        self->disk_bytes += size + TQB_ROW_BYTES;
         return;
     }
     if (from == TASK_NEW) {
-        row.args = tqb_task_payload_data(task); /* in memory when new */
-        row.args_size = tqb_task_payload_size(task);
-        tq_store_add(self->store, &row);
-        self->disk_bytes += row.args_size + TQB_ROW_BYTES;
+        /* in memory when new */
+        s_task_payload(s_row_op(self, OP_ADD, &row, NULL), task);
+        self->disk_bytes += tqb_task_payload_size(task) + TQB_ROW_BYTES;
         return;
     }
     if (from == TASK_FAILURE) {
@@ -83,22 +347,53 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         row.code = 0;
         row.error = NULL;
         row.expires_ms = 0;
-        tq_store_finish(self->store, &row);
+        s_row_op(self, OP_FINISH, &row, NULL);
     } else
-        tq_store_set_due(self->store, task->rec.id, row.state,
-                         task->rec.attempt, row.due_ms);
+        s_row_op(self, OP_SET_DUE, &row, NULL);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)
-        tq_store_set_retries(self->store, task->rec.id, task->rec.retries,
-                             task->rec.failures);
+        s_row_op(self, OP_SET_RETRIES, &row, NULL);
 }
 
 void
 tqb_journal_forget(tq_broker_t *self, const task_t *task)
 {
-    if (self->store)
-        tq_store_remove(self->store, task->rec.id);
+    if (!self->store)
+        return;
+    tq_store_task_t row = {.id = tqb_task_id(task)};
+    s_row_op(self, OP_REMOVE, &row, NULL);
+}
+
+void
+tqb_journal_item_add(tq_broker_t *self, const dq_t *dq, const item_t *item)
+{
+    if (!self->store)
+        return;
+    /* priority carries the queue's bound */
+    tq_store_task_t row = {
+        .id = "", .queue = dq->name, .seq = item->seq, .priority = dq->maxsize};
+    s_row_op(self, OP_ITEM_ADD, &row, &item->msg);
+}
+
+void
+tqb_journal_item_remove(tq_broker_t *self, const dq_t *dq, uint64_t seq)
+{
+    if (!self->store)
+        return;
+    tq_store_task_t row = {.id = "", .queue = dq->name, .seq = seq};
+    s_row_op(self, OP_ITEM_REMOVE, &row, NULL);
+}
+
+void
+tqb_journal_purge(tq_broker_t *self, int64_t now_ms, int limit)
+{
+    if (!self->store)
+        return;
+    /* expires_ms carries the time, seq the limit */
+    tq_store_task_t row = {
+        .id = "", .expires_ms = now_ms, .seq = (uint64_t)limit};
+    s_row_op(self, OP_PURGE, &row, NULL);
 }
 
 /* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */
@@ -130,79 +425,207 @@ void
 tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
         uint64_t size)
 {
-    if (!self->store || !tq_store_dirty(self->store)) {
+    tqb_journal_t *j = self->journal;
+    /* the batch that must be committed first: the open one if it holds
+       writes, else the one in flight (a resubmission's row may be there) */
+    uint64_t need = 0;
+    if (j && j->open->count)
+        need = j->open_seq;
+    else if (j && j->handed > j->done)
+        need = j->handed;
+    if (need == 0 && self->ack_head == self->ack_count) {
         s_send_ack(self, to, id, command, size);
         return;
     }
+    /* in request order: never ahead of one queued before */
+    if (self->ack_count > self->ack_head &&
+        self->acks[self->ack_count - 1].need > need)
+        need = self->acks[self->ack_count - 1].need;
     if (self->ack_count == self->ack_cap) {
-        self->ack_cap = self->ack_cap ? 2 * self->ack_cap : 256;
-        self->acks = realloc(self->acks, self->ack_cap * sizeof *self->acks);
-        if (!self->acks)
-            abort();
+        if (self->ack_head > 0) {
+            memmove(self->acks, self->acks + self->ack_head,
+                    (self->ack_count - self->ack_head) * sizeof *self->acks);
+            self->ack_count -= self->ack_head;
+            self->ack_head = 0;
+        }
+        if (self->ack_count == self->ack_cap) {
+            self->ack_cap = self->ack_cap ? 2 * self->ack_cap : 256;
+            self->acks =
+                realloc(self->acks, self->ack_cap * sizeof *self->acks);
+            if (!self->acks)
+                abort();
+        }
     }
     ack_t *ack = &self->acks[self->ack_count++];
-    *ack = (ack_t){.command = command, .size = size};
+    *ack = (ack_t){.command = command, .size = size, .need = need};
     tqb_ident_set(&ack->to, tqb_ident_data(to), to->size);
     tq_str_copy(ack->id, sizeof ack->id, id);
 }
 
 const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS] = {
-    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
-    1000000};
+    100,   250,   500,   1000,   2500,   5000,
+    10000, 25000, 50000, 100000, 250000, 1000000};
 
 /* Counts a commit's time into the histogram STATUS shows (section 8). */
 static void
 s_count_commit(tq_broker_t *self, int64_t us)
 {
     self->commits++;
-    self->commit_us_sum += (uint64_t) us;
+    self->commit_us_sum += (uint64_t)us;
     for (int i = 0; i < TQB_COMMIT_BUCKETS; i++)
-        if (us <= (int64_t) tqb_commit_bounds[i]) {
+        if (us <= (int64_t)tqb_commit_bounds[i]) {
             self->commit_buckets[i]++;
             break;
         }
 }
 
-static int64_t
-s_now_us(void)
+/* Sends the acknowledgements whose batch is committed, in order. */
+static void
+s_send_acks(tq_broker_t *self)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    uint64_t done = self->journal ? self->journal->done : UINT64_MAX;
+    while (self->ack_head < self->ack_count &&
+           self->acks[self->ack_head].need <= done) {
+        ack_t *ack = &self->acks[self->ack_head++];
+        s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
+        tqb_ident_clear(&ack->to);
+    }
+    if (self->ack_head == self->ack_count)
+        self->ack_head = self->ack_count = 0;
+}
+
+/* Takes the outcome of the batch in flight if it is done (wait: until it
+   is). False if its commit failed. */
+static bool
+s_reap(tq_broker_t *self, bool wait)
+{
+    tqb_journal_t *j = self->journal;
+    if (!j->busy)
+        return true;
+    pthread_mutex_lock(&j->lock);
+    while (wait && !j->finished)
+        pthread_cond_wait(&j->cond, &j->lock);
+    bool finished = j->finished;
+    int rc = j->rc;
+    int64_t us = j->us;
+    if (finished) {
+        uint64_t count;
+        /* the wakeup was written under the lock: read it back, so that the
+           loop's poll does not wake for it again */
+        ssize_t r = read(j->wakeup, &count, sizeof count);
+        (void)r;
+        j->finished = false;
+    }
+    pthread_mutex_unlock(&j->lock);
+    if (!finished)
+        return true;
+    j->busy = false;
+    self->commit_rc = rc;
+    if (rc != TQ_OK) {
+        uint32_t waiting = self->ack_count - self->ack_head;
+        tq_log_error("FATAL: cannot write %s: %s; "
+                     "stopping without acknowledging %u requests",
+                     self->store_name, tq_store_error(self->store), waiting);
+        return false;
+    }
+    j->done = j->handed;
+    s_count_commit(self, us);
+    /* arguments now stored may leave memory: those of the tasks listed
+       before this batch was handed off (later ones are not stored yet) */
+    tqb_task_committed(self, j->page_out_mark);
+    j->page_out_mark = 0;
+    return true;
+}
+
+/* Hands the open batch to the commit thread (started at the first). */
+static void
+s_hand_off(tq_broker_t *self)
+{
+    tqb_journal_t *j = self->journal;
+    if (j->busy || !j->open->count)
+        return;
+    if (!j->started) {
+        if (pthread_create(&j->thread, NULL, s_commit_thread, j) != 0) {
+            tq_log_error("cannot start the commit thread");
+            abort();
+        }
+        j->started = true;
+    }
+    pthread_mutex_lock(&j->lock);
+    j->pending = j->open;
+    pthread_cond_signal(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    j->busy = true;
+    j->handed = j->open_seq++;
+    j->page_out_mark = self->page_out_count;
+    j->open = j->open == &j->batch[0] ? &j->batch[1] : &j->batch[0];
 }
 
 bool
 tqb_commit(tq_broker_t *self)
 {
-    int64_t began = 0;
-    bool dirty = self->store && tq_store_dirty(self->store);
-    if (dirty)
-        began = s_now_us();
-    if (dirty && tq_store_commit(self->store) != TQ_OK) {
-        tq_log_error("FATAL: cannot write %s: %s; "
-                     "stopping without acknowledging %u requests",
-                self->store_name, tq_store_error(self->store),
-                self->ack_count);
+    if (!self->journal) {
+        s_send_acks(self);
+        return true;
+    }
+    if (self->commit_rc != TQ_OK || !s_reap(self, false))
         return false;
-    }
-    if (dirty)
-        s_count_commit(self, s_now_us() - began);
-    for (uint32_t i = 0; i < self->ack_count; i++) {
-        ack_t *ack = &self->acks[i];
-        s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
-        tqb_ident_clear(&ack->to);
-    }
-    self->ack_count = 0;
-    tqb_task_committed(self); /* arguments now stored may leave memory */
+    s_send_acks(self);
+    s_hand_off(self);
     return true;
+}
+
+bool
+tqb_commit_flush(tq_broker_t *self)
+{
+    if (!self->journal)
+        return tqb_commit(self);
+    if (self->commit_rc != TQ_OK)
+        return false;
+    while (self->journal->busy || self->journal->open->count) {
+        if (!s_reap(self, true))
+            return false;
+        s_send_acks(self);
+        s_hand_off(self);
+    }
+    return true;
+}
+
+void
+tqb_journal_destroy(tq_broker_t *self)
+{
+    tqb_journal_t *j = self->journal;
+    if (!j)
+        return;
+    /* what was acknowledged is committed; what is left holds only
+       unacknowledged work, committed now as a courtesy */
+    if (self->commit_rc == TQ_OK)
+        tqb_commit_flush(self);
+    else if (j->busy)
+        s_reap(self, true);
+    if (j->started) {
+        pthread_mutex_lock(&j->lock);
+        j->stop = true;
+        pthread_cond_signal(&j->cond);
+        pthread_mutex_unlock(&j->lock);
+        pthread_join(j->thread, NULL);
+    }
+    for (int i = 0; i < 2; i++) {
+        s_batch_clear(&j->batch[i]);
+        free(j->batch[i].ops);
+    }
+    pthread_mutex_destroy(&j->lock);
+    pthread_cond_destroy(&j->cond);
+    free(j);
+    self->journal = NULL;
 }
 
 void
 tqb_acks_clear(tq_broker_t *self)
 {
-    for (uint32_t i = 0; i < self->ack_count; i++)
+    for (uint32_t i = self->ack_head; i < self->ack_count; i++)
         tqb_ident_clear(&self->acks[i].to);
     free(self->acks);
     self->acks = NULL;
-    self->ack_count = self->ack_cap = 0;
+    self->ack_head = self->ack_count = self->ack_cap = 0;
 }

@@ -101,7 +101,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
         tqb_task_set_client(self, task, &from);
-        task->owner = self->in_key;
+        tqb_task_set_owner(self, task, self->in_key);
         if (self->config.max_client_tasks)
             s_in_flight_add(self, &from);
         if (msg->delay_ms)
@@ -111,6 +111,12 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         else
             tqb_task_move(self, task, TASK_WAITING, NULL);
         self->counters.submitted++;
+    }
+    if (!known && self->config.ack_fold_ms > 0 && !self->store) {
+        /* a task that ends within the window is acknowledged by its
+           RESULT alone (PROTOCOL.md 5.1, item 2) */
+        tqb_fold_ack(self, msg->id, &from);
+        return;
     }
     tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
@@ -179,7 +185,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     if (task->state != TASK_FAILURE) {
         char text[128];
         snprintf(text, sizeof text, "task %s is %s, not a dead letter",
-                 task->rec.id, tq_state_name(tqb_task_wire_state(task)));
+                 tqb_task_id(task), tq_state_name(tqb_task_wire_state(task)));
         tqb_reply_error(self, self->clients, TQ_ESTATE, text, msg->id);
         return;
     }
@@ -194,8 +200,7 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
        as it was submitted, with its losses and failures cleared */
     task->lost = 0;
     task->rec.failures = 0;
-    free(task->rec.error);
-    task->rec.error = NULL;
+    tqb_task_set_error(self, task, NULL);
     task->rec.code = 0;
     /* its failure leaves the counts, if this run counted it */
     if (task->failure_counted) {
@@ -205,8 +210,9 @@ tqb_on_retry(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     }
     tqb_task_move(self, task, TASK_WAITING, NULL);
     self->counters.requeued++;
-    tqb_out(self, TQ_CMD_SUBMITTED)->id = msg->id;
-    tqb_reply(self, self->clients);
+    /* "queued again" is a promise too: answered once committed */
+    ident_t from = tqb_sender(self);
+    tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
 }
 
 void

@@ -46,7 +46,7 @@ tqb_on_ready(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
                 strcmp(old->host, host) == 0) {
                 task_t *running = old->held_tasks.head;
                 if (running && msg->id.ptr &&
-                    tq_str_eq(msg->id, running->rec.id))
+                    tq_str_eq(msg->id, tqb_task_id(running)))
                     tqb_task_move(self, running, TASK_HELD,
                                   &(task_move_t){.holder = child});
                 tqb_peer_remove(self, old, false, 0, "announced again");
@@ -112,7 +112,8 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
                                &reason) != TQ_OK) {
         /* the worker's bug, but the caller deserves an answer */
         self->counters.malformed++;
-        tqb_warn(self, "DONE %s: malformed value: %s", task->rec.id, reason);
+        tqb_warn(self, "DONE %s: malformed value: %s", tqb_task_id(task),
+                 reason);
         state = TQ_STATE_FAILURE;
         code = TQ_EPROTO;
     } else if (state != TQ_STATE_SUCCESS && state != TQ_STATE_FAILURE) {
@@ -142,13 +143,12 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
         if (delay > 3600e3)
             delay = 3600e3;
         task->rec.failures++;
-        free(task->rec.error);
-        task->rec.error = text[0] ? tqb_strdup(text) : NULL;
+        tqb_task_set_error(self, task, text);
         tqb_task_move(self, task, TASK_RETRY,
                       &(task_move_t){.due_ms = self->now_ms + (int64_t)delay});
         self->counters.retried++;
-        tqb_debug(self, "task %s failed (%s), retry in %.0f ms", task->rec.id,
-                  text, delay);
+        tqb_debug(self, "task %s failed (%s), retry in %.0f ms",
+                  tqb_task_id(task), text, delay);
         return;
     }
     tqb_task_final(self, task,

@@ -179,8 +179,8 @@ tqb_may_see(const tq_broker_t *self, const task_t *task)
     /* the owner survives a restart (the store keeps it); a task with no
        recorded owner (submitted without CURVE, or stored before schema
        v5) stays visible to every key, as it was before */
-    return !self->auth || self->in_admin || !task->owner ||
-        task->owner == self->in_key;
+    const char *owner = tqb_task_owner(self, task);
+    return !self->auth || self->in_admin || !owner || owner == self->in_key;
 }
 
 void
@@ -194,11 +194,11 @@ void
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tq_str(task->rec.id);
+    out->id = tq_str(tqb_task_id(task));
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
-    out->error = tq_str(task->rec.error);
+    out->error = tq_str(tqb_task_error(self, task));
     zmq_msg_t value;
     if (task->state == TASK_SUCCESS)
         tqb_task_payload(self, task, &value, NULL); /* shared or copied */
@@ -272,4 +272,50 @@ tqb_reply_counts(tq_broker_t *self, tq_str_t id, const char *k1, uint64_t v1,
         tqb_pack_uint_kv(&pk, k2, v2);
     tqb_out(self, TQ_CMD_REPLY)->id = id;
     tqb_send_body(self, &body);
+}
+
+/* ---- SUBMITTED folded into RESULT ---- */
+
+void
+tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
+{
+    if (self->fold_count == self->fold_cap) {
+        uint32_t cap = self->fold_cap ? 2 * self->fold_cap : 256;
+        fold_t *folds = tqb_alloc(cap * sizeof *folds);
+        for (uint32_t i = 0; i < self->fold_count; i++)
+            folds[i] = self->folds[(self->fold_head + i) % self->fold_cap];
+        free(self->folds);
+        self->folds = folds;
+        self->fold_head = 0;
+        self->fold_cap = cap;
+    }
+    /* one window for all: the ring stays in due order */
+    fold_t *fold =
+        &self->folds[(self->fold_head + self->fold_count) % self->fold_cap];
+    memset(fold, 0, sizeof *fold);
+    tqb_ident_set(&fold->to, tqb_ident_data(to), to->size);
+    tq_str_copy(fold->id, sizeof fold->id, id);
+    fold->due_ms = self->now_ms + self->config.ack_fold_ms;
+    self->fold_count++;
+}
+
+int64_t
+tqb_release_folds(tq_broker_t *self, bool all)
+{
+    while (self->fold_count) {
+        fold_t *fold = &self->folds[self->fold_head];
+        if (!all && fold->due_ms > self->now_ms)
+            return fold->due_ms;
+        /* a task that ended sent its RESULT to its submitter, and that
+           acknowledged it; one forgotten since (result TTL 0) ended too */
+        task_t *task = tqb_task_find(self, tq_str(fold->id));
+        if (task && !tqb_task_is_final(task)) {
+            tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(fold->id);
+            tqb_send_to(self, self->clients, &fold->to, NULL);
+        }
+        tqb_ident_clear(&fold->to);
+        self->fold_head = (self->fold_head + 1) % self->fold_cap;
+        self->fold_count--;
+    }
+    return INT64_MAX;
 }

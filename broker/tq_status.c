@@ -10,13 +10,16 @@
 static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0));
+    msgpack_pack_map(pk,
+                     9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0) +
+                         tqb_lease_status_entries(self));
     tqb_pack_str(pk, "version");
     tqb_pack_str(pk, "TQP/1");
     tqb_pack_uint_kv(pk, "pid", (uint64_t)getpid());
     tqb_pack_uint_kv(pk, "uptime_ms",
                      (uint64_t)(self->now_ms - self->started_ms));
     tqb_pack_uint_kv(pk, "memory", self->memory);
+    tqb_lease_pack_status(self, pk);
 
     size_t count = 0;
     for (queue_t *q = self->queues; q; q = q->next)
@@ -206,7 +209,7 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             continue; /* another tenant's */
         msgpack_pack_map(&pk, 6);
         tqb_pack_str(&pk, "id");
-        tqb_pack_str(&pk, task->rec.id);
+        tqb_pack_str(&pk, tqb_task_id(task));
         tqb_pack_str(&pk, "task");
         tqb_pack_str(&pk, task->lane->task);
         tqb_pack_str(&pk, "queue");
@@ -214,7 +217,8 @@ tqb_on_failed(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_uint_kv(&pk, "attempts", task->rec.attempt);
         tqb_pack_uint_kv(&pk, "code", task->rec.code);
         tqb_pack_str(&pk, "error");
-        tqb_pack_str(&pk, task->rec.error ? task->rec.error : "");
+        tqb_pack_str(
+            &pk, tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
     }
     tqb_reply_body(self, &body);
 }

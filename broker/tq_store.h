@@ -69,6 +69,9 @@ typedef struct {
     tq_sync_t sync; /* SQLite: when a batch reaches the disk */
     bool allow_new; /* --new-store: start empty even where the directory
                        shows a store was (its tq.db missing or empty) */
+    uint32_t link_timeout_ms; /* PostgreSQL: tcp_user_timeout, how long sent
+                                 data may stay unacknowledged before the
+                                 connection counts as lost; 0: 10000 */
 } tq_store_options_t;
 
 typedef struct tq_store_t tq_store_t;
@@ -141,7 +144,9 @@ int tq_store_load(tq_store_t *self,
 /* Reads back a stored task's arguments: fn gets them (borrowed until it
    returns). TQ_OK; TQ_EUNKNOWN: no such task; TQ_ECORRUPT: they failed
    their checksum; TQ_ESTATE: this backend does not read arguments back
-   (see tq_store_reads_args); TQ_ESYS. Sees the open batch's writes. */
+   (see tq_store_reads_args); TQ_ESYS. Reads what is committed, on a
+   connection of its own and without the store's lock, so the broker's
+   loop does not wait for a commit in flight; one thread at a time. */
 int tq_store_read_args(tq_store_t *self, const char *id,
                        void (*fn)(const void *data, size_t size, void *arg),
                        void *arg);
@@ -191,5 +196,13 @@ int tq_store_lease_renew(tq_store_t *self, uint32_t ttl_ms);
 
 /* The last error's message (borrowed). */
 const char *tq_store_error(const tq_store_t *self);
+
+/* Every call above but tq_store_read_args takes the store's lock
+   (recursive), so one store may be used from two threads (the broker's
+   loop and its commit thread) one at a time. tq_store_lock holds it
+   across several calls, e.g. the writes and the commit of one batch;
+   each lock is matched by an unlock. */
+void tq_store_lock(tq_store_t *self);
+void tq_store_unlock(tq_store_t *self);
 
 #endif

@@ -4,6 +4,8 @@
 #ifndef TQ_STORE_BACKEND_H
 #define TQ_STORE_BACKEND_H
 
+#include <pthread.h>
+
 #include "tq_store.h"
 
 typedef void(tq_store_task_fn)(const tq_store_task_t *task, void *arg);
@@ -44,6 +46,8 @@ struct tq_store_t {
     const tq_store_ops_t *ops;
     bool failed; /* a write failed: every later write is refused */
     char error[8192]; /* the last failure, naming the file or server */
+    pthread_mutex_t lock; /* recursive; see tq_store_lock */
+    bool locking; /* lock made (tq_store_new, once the backend opened) */
 };
 
 tq_store_t *tq_store_sqlite_new(const char *dir,

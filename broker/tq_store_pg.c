@@ -374,8 +374,11 @@ tq_store_pg_new(const char *url, const tq_store_options_t *options, char *error,
         "connect_timeout",     "keepalives",       "keepalives_idle",
         "keepalives_interval", "keepalives_count", "tcp_user_timeout",
         "application_name",    "dbname",           NULL};
-    const char *const values[] = {"5",     "1",         "5", "2", "3",
-                                  "10000", "tq-broker", url, NULL};
+    char user_timeout[16];
+    snprintf(user_timeout, sizeof user_timeout, "%u",
+             options->link_timeout_ms ? options->link_timeout_ms : 10000);
+    const char *const values[] = {"5",          "1",         "5", "2", "3",
+                                  user_timeout, "tq-broker", url, NULL};
     self->conn = PQconnectdbParams(keys, values, 1);
     if (!self->conn || PQstatus(self->conn) != CONNECTION_OK) {
         snprintf(self->base.error, sizeof self->base.error,

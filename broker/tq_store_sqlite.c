@@ -127,7 +127,9 @@ typedef struct {
     char dir[1024];
     char path[1100]; /* DIR/tq.db */
     bool in_batch; /* a transaction is open */
-    sqlite3_stmt *read_args; /* s_read_args, prepared at its first use */
+    sqlite3_stmt *read_args; /* s_read_args on reader, prepared at its
+                                first use */
+    sqlite3 *reader; /* s_read_args' read-only connection, or NULL */
 } s_store_t;
 
 static const tq_store_ops_t s_ops;
@@ -428,6 +430,8 @@ s_destroy(tq_store_t *base)
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(self->stmt[i]);
     sqlite3_finalize(self->read_args);
+    if (self->reader)
+        sqlite3_close(self->reader);
     if (self->db)
         sqlite3_close(self->db);
     free(self);
@@ -740,13 +744,26 @@ s_read_args(tq_store_t *base, const char *id,
             void (*fn)(const void *data, size_t size, void *arg), void *arg)
 {
     s_store_t *self = (s_store_t *)base;
+    /* a read-only connection of its own: in WAL mode it reads the
+       committed state while the broker's commit thread writes on db */
+    if (!self->reader &&
+        sqlite3_open_v2(self->path, &self->reader,
+                        SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(self->base.error, sizeof self->base.error,
+                 "%s: cannot open for reading: %s", self->path,
+                 self->reader ? sqlite3_errmsg(self->reader) : "no memory");
+        sqlite3_close(self->reader);
+        self->reader = NULL;
+        return TQ_ESYS;
+    }
     if (!self->read_args &&
         sqlite3_prepare_v3(
-            self->db, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
+            self->reader, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
             SQLITE_PREPARE_PERSISTENT, &self->read_args, NULL) != SQLITE_OK) {
         snprintf(self->base.error, sizeof self->base.error,
                  "%s: cannot read a task's arguments: %s", self->path,
-                 sqlite3_errmsg(self->db));
+                 sqlite3_errmsg(self->reader));
         return TQ_ESYS;
     }
     sqlite3_stmt *s = self->read_args;
@@ -767,7 +784,7 @@ s_read_args(tq_store_t *base, const char *id,
     } else {
         snprintf(self->base.error, sizeof self->base.error,
                  "%s: cannot read a task's arguments: %s", self->path,
-                 sqlite3_errmsg(self->db));
+                 sqlite3_errmsg(self->reader));
         result = TQ_ESYS;
     }
     sqlite3_reset(s);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "tq_broker_core.h"
 #include "tq_log.h"
@@ -99,16 +100,346 @@ tqb_lane(queue_t *queue, const char *task)
 #define S_PAYLOAD_COPY 512
 /* With a store that can read them back, arguments beyond this many bytes
    held leave memory once committed (the first tasks due stay). */
-#define S_RESIDENT_MAX (8u << 20)
+#define S_RESIDENT_MAX (1u << 20)
 #define S_ID_BUCKETS_MIN 1024
 
-static uint32_t
-s_hash(const char *id, size_t len)
+/* ---- task allocations: slabs ----
+
+   Task records come from slabs, one set per size in steps of 8 bytes:
+   malloc would add a header of 8 bytes and round each record up to 16
+   (a waiting task's record is one of a million alike). A slab is a page
+   of S_SLAB_PAGE bytes aligned on its size, so a record finds its page
+   from its address alone; an empty page goes back to the system unless
+   it is its size's last one.
+
+   A record is also named by a 32-bit handle, its page's number and its
+   offset in 8-byte steps (the id table's chains): 2^19 pages of 64 KiB,
+   32 GiB of records at most; 0 names none (a page starts with its
+   header). */
+/* what a waiting task costs before its id: keep it so */
+_Static_assert(offsetof(task_t, rec.id) == 112, "task record grew");
+/* what the record's bit fields must hold */
+_Static_assert(TQ_PROTO_MAX_RETRIES < (1 << 10), "retries, failures");
+_Static_assert(TQ_ERROR_COUNT_ <= (1 << 8), "code");
+_Static_assert(TQB_PRIORITIES <= (1 << 4), "priority");
+
+#define S_SLAB_PAGE (64u << 10)
+#define S_SLAB_STEP 8u
+#define S_TASK_MAX                                                             \
+    (offsetof(task_t, rec.id) + TQ_PROTO_MAX_ID + 1 + S_PAYLOAD_COPY)
+#define S_SLAB_SIZES ((S_TASK_MAX + S_SLAB_STEP - 1) / S_SLAB_STEP + 1)
+
+typedef struct s_slab_s s_slab_t;
+
+/* The pages of one size that have free slots. */
+typedef struct {
+    s_slab_t *head;
+} s_slab_size_t;
+
+struct s_slab_s {
+    s_slab_t *prev, *next; /* its size's pages with free slots */
+    s_slab_size_t *size_of; /* its size */
+    struct tqb_slabs_s *slabs; /* the broker's */
+    uint32_t no; /* its number in slabs->pages */
+    void *free; /* freed slots, linked through their first word */
+    uint32_t slot; /* bytes */
+    uint32_t used; /* slots given out */
+    uint32_t bump; /* offset of the first slot never given out */
+    bool listed; /* in size_of's list */
+};
+
+#define S_SLAB_FIRST ((sizeof(s_slab_t) + 15u) & ~15u)
+
+#define S_HANDLE_STEP_BITS 13 /* 64 KiB in 8-byte steps */
+#define S_PAGES_MAX (1u << (32 - S_HANDLE_STEP_BITS))
+
+struct tqb_slabs_s {
+    s_slab_size_t sizes[S_SLAB_SIZES];
+    s_slab_t **pages; /* by number; NULL: a number free again */
+    uint32_t *free_nos; /* the numbers free again */
+    uint32_t page_count, free_count, page_cap;
+};
+
+/* Gives the page a number. */
+static void
+s_slab_number(struct tqb_slabs_s *slabs, s_slab_t *slab)
 {
+    if (slabs->free_count) {
+        slab->no = slabs->free_nos[--slabs->free_count];
+    } else {
+        if (slabs->page_count == S_PAGES_MAX)
+            abort(); /* 32 GiB of task records: out of memory */
+        if (slabs->page_count == slabs->page_cap) {
+            slabs->page_cap = slabs->page_cap ? 2 * slabs->page_cap : 64;
+            slabs->pages =
+                realloc(slabs->pages, slabs->page_cap * sizeof *slabs->pages);
+            slabs->free_nos = realloc(
+                slabs->free_nos, slabs->page_cap * sizeof *slabs->free_nos);
+            if (!slabs->pages || !slabs->free_nos)
+                abort(); /* out of memory is fatal */
+        }
+        slab->no = slabs->page_count++;
+    }
+    slabs->pages[slab->no] = slab;
+}
+
+static void
+s_slab_unnumber(s_slab_t *slab)
+{
+    slab->slabs->pages[slab->no] = NULL;
+    slab->slabs->free_nos[slab->slabs->free_count++] = slab->no;
+}
+
+static uint32_t
+s_handle(const task_t *task)
+{
+    if (!task)
+        return 0;
+    uintptr_t at = (uintptr_t)task;
+    const s_slab_t *slab =
+        (const s_slab_t *)(at & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    return slab->no << S_HANDLE_STEP_BITS |
+        (uint32_t)((at & (S_SLAB_PAGE - 1)) / S_SLAB_STEP);
+}
+
+static task_t *
+s_task_at(const tq_broker_t *self, uint32_t handle)
+{
+    if (!handle)
+        return NULL;
+    uint8_t *page = (uint8_t *)self->slabs->pages[handle >> S_HANDLE_STEP_BITS];
+    return (task_t *)(page +
+                      (handle & ((1u << S_HANDLE_STEP_BITS) - 1)) *
+                          S_SLAB_STEP);
+}
+
+static void
+s_slab_link(s_slab_t *slab)
+{
+    slab->prev = NULL;
+    slab->next = slab->size_of->head;
+    if (slab->next)
+        slab->next->prev = slab;
+    slab->size_of->head = slab;
+    slab->listed = true;
+}
+
+static void
+s_slab_unlink(s_slab_t *slab)
+{
+    if (slab->prev)
+        slab->prev->next = slab->next;
+    else
+        slab->size_of->head = slab->next;
+    if (slab->next)
+        slab->next->prev = slab->prev;
+    slab->prev = slab->next = NULL;
+    slab->listed = false;
+}
+
+/* A new page aligned on its size. */
+static s_slab_t *
+s_slab_new(struct tqb_slabs_s *slabs, s_slab_size_t *size_of, uint32_t slot)
+{
+    uint8_t *map = mmap(NULL, 2 * S_SLAB_PAGE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED)
+        abort(); /* out of memory is fatal */
+    uintptr_t start =
+        ((uintptr_t)map + S_SLAB_PAGE - 1) & ~(uintptr_t)(S_SLAB_PAGE - 1);
+    size_t before = start - (uintptr_t)map;
+    if (before)
+        munmap(map, before);
+    if (S_SLAB_PAGE - before)
+        munmap((uint8_t *)start + S_SLAB_PAGE, S_SLAB_PAGE - before);
+    s_slab_t *slab = (s_slab_t *)start;
+    *slab = (s_slab_t){
+        .size_of = size_of, .slabs = slabs, .slot = slot, .bump = S_SLAB_FIRST};
+    s_slab_number(slabs, slab);
+    s_slab_link(slab);
+    return slab;
+}
+
+/* size bytes, zeroed. */
+static void *
+s_slab_alloc(tq_broker_t *self, size_t size)
+{
+    assert(size <= S_TASK_MAX);
+    uint32_t slot = (uint32_t)((size + S_SLAB_STEP - 1) & ~(S_SLAB_STEP - 1));
+    s_slab_size_t *size_of = &self->slabs->sizes[slot / S_SLAB_STEP];
+    s_slab_t *slab = size_of->head;
+    if (!slab)
+        slab = s_slab_new(self->slabs, size_of, slot);
+    void *p;
+    if (slab->free) {
+        p = slab->free;
+        memcpy(&slab->free, p, sizeof slab->free);
+    } else {
+        p = (uint8_t *)slab + slab->bump;
+        slab->bump += slot;
+    }
+    slab->used++;
+    if (!slab->free && slab->bump + slot > S_SLAB_PAGE)
+        s_slab_unlink(slab); /* full */
+    memset(p, 0, slot);
+    return p;
+}
+
+static void
+s_slab_free(void *p)
+{
+    s_slab_t *slab = (s_slab_t *)((uintptr_t)p & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    memcpy(p, &slab->free, sizeof slab->free);
+    slab->free = p;
+    slab->used--;
+    if (!slab->listed)
+        s_slab_link(slab);
+    if (slab->used == 0 && (slab->prev || slab->next)) {
+        s_slab_unlink(slab);
+        s_slab_unnumber(slab);
+        munmap(slab, S_SLAB_PAGE);
+    }
+}
+
+/* Returns the pages left (each empty once every task is freed). */
+static void
+s_slabs_destroy(tq_broker_t *self)
+{
+    if (!self->slabs)
+        return;
+    for (size_t i = 0; i < S_SLAB_SIZES; i++)
+        while (self->slabs->sizes[i].head) {
+            s_slab_t *slab = self->slabs->sizes[i].head;
+            assert(slab->used == 0);
+            s_slab_unlink(slab);
+            munmap(slab, S_SLAB_PAGE);
+        }
+    free(self->slabs->pages);
+    free(self->slabs->free_nos);
+    free(self->slabs);
+    self->slabs = NULL;
+}
+
+static uint32_t
+s_hash(const void *id, size_t len)
+{
+    const uint8_t *bytes = id;
     uint32_t h = 2166136261u; /* FNV-1a */
     for (size_t i = 0; i < len; i++)
-        h = (h ^ (uint8_t)id[i]) * 16777619u;
+        h = (h ^ bytes[i]) * 16777619u;
     return h;
+}
+
+/* Client-made ids are 32 lowercase hex digits: such an id is kept as its
+   16 bytes (task->id_bin), any other as its text. An id is binary if and
+   only if its text has that form, so the two kinds never meet: a lookup
+   parses the id it is given and compares like with like. */
+static bool
+s_id_parse(const char *text, size_t len, uint8_t bin[TQB_ID_BIN])
+{
+    if (len != 2 * TQB_ID_BIN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        uint8_t v;
+        if (c >= '0' && c <= '9')
+            v = (uint8_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v = (uint8_t)(c - 'a' + 10);
+        else
+            return false;
+        if (i % 2 == 0)
+            bin[i / 2] = (uint8_t)(v << 4);
+        else
+            bin[i / 2] |= v;
+    }
+    return true;
+}
+
+static uint32_t
+s_task_hash(const task_t *task)
+{
+    return task->id_bin ? s_hash(task->rec.id, TQB_ID_BIN)
+                        : s_hash(task->rec.id, strlen(task->rec.id));
+}
+
+static size_t
+s_ptr_hash(const void *key)
+{
+    return (size_t)((uintptr_t)key >> 3) * 2654435761u;
+}
+
+static int
+s_ptr_cmp(const void *a, const void *b)
+{
+    return a < b ? -1 : a > b;
+}
+
+const char *
+tqb_task_error(const tq_broker_t *self, const task_t *task)
+{
+    return task->has_error ? zhashx_lookup(self->errors, task) : NULL;
+}
+
+void
+tqb_task_set_error(tq_broker_t *self, task_t *task, const char *text)
+{
+    /* copied first: text may be the one it replaces */
+    char *copy = text && *text ? tqb_strdup(text) : NULL;
+    if (task->has_error) {
+        free(zhashx_lookup(self->errors, task));
+        zhashx_delete(self->errors, task);
+        task->has_error = false;
+    }
+    if (copy) {
+        zhashx_insert(self->errors, task, copy);
+        task->has_error = true;
+    }
+}
+
+const char *
+tqb_task_owner(const tq_broker_t *self, const task_t *task)
+{
+    return task->owner ? self->owners[task->owner - 1] : NULL;
+}
+
+void
+tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key)
+{
+    if (!key) {
+        task->owner = 0;
+        return;
+    }
+    uintptr_t index = (uintptr_t)zhashx_lookup(self->owner_index, key);
+    if (!index) {
+        if (self->owner_count == self->owner_cap) {
+            self->owner_cap = self->owner_cap ? 2 * self->owner_cap : 16;
+            self->owners =
+                realloc(self->owners, self->owner_cap * sizeof *self->owners);
+            if (!self->owners)
+                abort(); /* out of memory is fatal */
+        }
+        self->owners[self->owner_count++] = key;
+        index = self->owner_count;
+        zhashx_insert(self->owner_index, key, (void *)index);
+    }
+    task->owner = (uint32_t)index;
+}
+
+/* Renderings of binary ids: a few per thread, each valid until as many
+   more were made (every caller uses its id before it asks for more). */
+#define S_ID_RING 8
+
+const char *
+tqb_task_id(const task_t *task)
+{
+    static _Thread_local char ring[S_ID_RING][2 * TQB_ID_BIN + 1];
+    static _Thread_local unsigned next;
+    if (!task->id_bin)
+        return task->rec.id;
+    char *text = ring[next++ % S_ID_RING];
+    tqb_hex(text, (const uint8_t *)task->rec.id, TQB_ID_BIN);
+    return text;
 }
 
 /* The clients blocked in GET wait=true on a task, in self->waiters under
@@ -125,8 +456,8 @@ s_waiters_free(tq_broker_t *self, task_t *task)
 {
     if (!task->waited)
         return;
-    s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
-    zhashx_delete(self->waiters, task->rec.id);
+    s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));
+    zhashx_delete(self->waiters, tqb_task_id(task));
     for (uint32_t i = 0; w && i < w->count; i++)
         tqb_ident_clear(&w->items[i]);
     free(w);
@@ -139,13 +470,20 @@ tqb_tasks_init(tq_broker_t *self)
     self->id_table = tqb_alloc(S_ID_BUCKETS_MIN * sizeof *self->id_table);
     self->id_mask = S_ID_BUCKETS_MIN - 1;
     self->task_count = 0;
+    self->slabs = tqb_alloc(sizeof *self->slabs);
+    self->errors = zhashx_new();
+    zhashx_set_key_hasher(self->errors, s_ptr_hash);
+    zhashx_set_key_comparator(self->errors, s_ptr_cmp);
+    zhashx_set_key_duplicator(self->errors, NULL);
+    zhashx_set_key_destructor(self->errors, NULL);
+    zhashx_set_destructor(self->errors, NULL); /* tqb_task_set_error */
+    self->owner_index = zhashx_new();
+    zhashx_set_key_duplicator(self->owner_index, NULL); /* interned */
+    zhashx_set_key_destructor(self->owner_index, NULL);
     self->waiters = zhashx_new();
-    zhashx_set_key_duplicator(self->waiters, NULL); /* keys live in tasks */
-    zhashx_set_key_destructor(self->waiters, NULL);
+    /* keys: the task ids as text, copied (a binary id has no text) */
     zhashx_set_destructor(self->waiters, NULL); /* s_waiters_free */
     self->submitters = zhashx_new();
-    zhashx_set_key_duplicator(self->submitters, NULL);
-    zhashx_set_key_destructor(self->submitters, NULL);
     zhashx_set_destructor(self->submitters, NULL); /* s_client_clear */
 }
 
@@ -155,19 +493,27 @@ tqb_tasks_free(tq_broker_t *self)
     if (!self->id_table)
         return;
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b]; t; t = t->id_next) {
+        for (task_t *t = s_task_at(self, self->id_table[b]); t;
+             t = s_task_at(self, t->id_next)) {
             s_waiters_free(self, t);
             s_client_clear(self, t);
         }
     zhashx_destroy(&self->waiters);
     zhashx_destroy(&self->submitters);
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b], *next; t; t = next) {
-            next = t->id_next;
-            tqb_task_free(t);
+        for (task_t *t = s_task_at(self, self->id_table[b]), *next; t;
+             t = next) {
+            next = s_task_at(self, t->id_next);
+            tqb_task_free(self, t);
         }
     free(self->id_table);
     self->id_table = NULL;
+    zhashx_destroy(&self->errors);
+    s_slabs_destroy(self);
+    zhashx_destroy(&self->owner_index);
+    free(self->owners);
+    self->owners = NULL;
+    self->owner_count = self->owner_cap = 0;
     free(self->page_out);
     self->page_out = NULL;
     self->page_out_count = self->page_out_cap = 0;
@@ -178,13 +524,14 @@ static void
 s_table_grow(tq_broker_t *self)
 {
     uint32_t buckets = 2 * (self->id_mask + 1);
-    task_t **table = tqb_alloc(buckets * sizeof *table);
+    uint32_t *table = tqb_alloc(buckets * sizeof *table);
     for (uint32_t b = 0; b <= self->id_mask; b++)
-        for (task_t *t = self->id_table[b], *next; t; t = next) {
-            next = t->id_next;
-            uint32_t to = s_hash(t->rec.id, strlen(t->rec.id)) & (buckets - 1);
+        for (task_t *t = s_task_at(self, self->id_table[b]), *next; t;
+             t = next) {
+            next = s_task_at(self, t->id_next);
+            uint32_t to = s_task_hash(t) & (buckets - 1);
             t->id_next = table[to];
-            table[to] = t;
+            table[to] = s_handle(t);
         }
     free(self->id_table);
     self->id_table = table;
@@ -194,20 +541,21 @@ s_table_grow(tq_broker_t *self)
 static void
 s_table_remove(tq_broker_t *self, task_t *task)
 {
-    task_t **at = &self->id_table[s_hash(task->rec.id, strlen(task->rec.id)) &
-                                  self->id_mask];
-    while (*at && *at != task)
-        at = &(*at)->id_next;
-    assert(*at == task);
+    uint32_t handle = s_handle(task);
+    uint32_t *at = &self->id_table[s_task_hash(task) & self->id_mask];
+    while (*at && *at != handle)
+        at = &s_task_at(self, *at)->id_next;
+    assert(*at == handle);
     *at = task->id_next;
-    task->id_next = NULL;
+    task->id_next = 0;
     self->task_count--;
 }
 
 static uint8_t *
 s_inline(const task_t *task)
 {
-    return (uint8_t *)task->rec.id + strlen(task->rec.id) + 1;
+    return (uint8_t *)task->rec.id +
+        (task->id_bin ? TQB_ID_BIN : strlen(task->rec.id) + 1);
 }
 
 /* Keeps value (moved in, may be empty) as the payload: copied when small,
@@ -264,14 +612,23 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
              zmq_msg_t *payload)
 {
     size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
+    uint8_t bin[TQB_ID_BIN];
+    bool id_bin = s_id_parse(id, id_len, bin);
     size_t size = payload ? zmq_msg_size(payload) : 0;
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
-    task_t *task =
-        tqb_alloc(offsetof(task_t, rec.id) + id_len + 1 + (inline_ ? size : 0));
-    memcpy(task->rec.id, id, id_len);
-    task->rec.id[id_len] = '\0';
+    task_t *task = s_slab_alloc(self,
+                                offsetof(task_t, rec.id) +
+                                    (id_bin ? TQB_ID_BIN : id_len + 1) +
+                                    (inline_ ? size : 0));
+    if (id_bin) {
+        memcpy(task->rec.id, bin, TQB_ID_BIN);
+        task->id_bin = true;
+    } else {
+        memcpy(task->rec.id, id, id_len);
+        task->rec.id[id_len] = '\0';
+    }
     task->state = TASK_NEW;
     task->lane = lane;
     task->submitted_ms = self->now_ms;
@@ -300,9 +657,9 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
        fast (the ids differ in their first bytes) */
     if (self->task_count > 2 * (self->id_mask + 1))
         s_table_grow(self);
-    uint32_t b = s_hash(task->rec.id, id_len) & self->id_mask;
+    uint32_t b = s_task_hash(task) & self->id_mask;
     task->id_next = self->id_table[b];
-    self->id_table[b] = task;
+    self->id_table[b] = s_handle(task);
     self->task_count++;
     return task;
 }
@@ -312,18 +669,29 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
 {
     if (id.len > TQ_PROTO_MAX_ID)
         return NULL;
-    task_t *t = self->id_table[s_hash(id.ptr, id.len) & self->id_mask];
-    while (
-        t &&
-        !(strncmp(t->rec.id, id.ptr, id.len) == 0 && t->rec.id[id.len] == '\0'))
-        t = t->id_next;
+    uint8_t bin[TQB_ID_BIN];
+    if (s_id_parse(id.ptr, id.len, bin)) {
+        task_t *t = s_task_at(
+            self, self->id_table[s_hash(bin, TQB_ID_BIN) & self->id_mask]);
+        while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
+            t = s_task_at(self, t->id_next);
+        return t;
+    }
+    task_t *t =
+        s_task_at(self, self->id_table[s_hash(id.ptr, id.len) & self->id_mask]);
+    while (t &&
+           !(!t->id_bin && strncmp(t->rec.id, id.ptr, id.len) == 0 &&
+             t->rec.id[id.len] == '\0'))
+        t = s_task_at(self, t->id_next);
     return t;
 }
 
 void
-tqb_task_committed(tq_broker_t *self)
+tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
-    for (uint32_t i = 0; i < self->page_out_count; i++) {
+    if (count > self->page_out_count)
+        count = self->page_out_count;
+    for (uint32_t i = 0; i < count; i++) {
         task_t *task = self->page_out[i];
         if (!task)
             continue;
@@ -339,7 +707,10 @@ tqb_task_committed(tq_broker_t *self)
             task->payload_size = size;
         }
     }
-    self->page_out_count = 0;
+    /* the ones listed later wait for the commit of their own batch */
+    memmove(self->page_out, self->page_out + count,
+            (self->page_out_count - count) * sizeof *self->page_out);
+    self->page_out_count -= count;
 }
 
 /* Reads a stored payload into the message. */
@@ -378,7 +749,8 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
         break;
     }
     s_read_t read = {msg};
-    int rc = tq_store_read_args(self->store, task->rec.id, s_on_args, &read);
+    int rc =
+        tq_store_read_args(self->store, tqb_task_id(task), s_on_args, &read);
     if (rc == TQ_OK && zmq_msg_size(msg) == task->payload_size) {
         self->paged_in++;
         return 0;
@@ -450,8 +822,8 @@ static void
 s_client_clear(tq_broker_t *self, task_t *task)
 {
     if (task->client_at == CLIENT_OTHER) {
-        ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
-        zhashx_delete(self->submitters, task->rec.id);
+        ident_t *other = zhashx_lookup(self->submitters, tqb_task_id(task));
+        zhashx_delete(self->submitters, tqb_task_id(task));
         if (other)
             tqb_ident_clear(other);
         free(other);
@@ -470,7 +842,7 @@ tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from)
     } else if (from->size) {
         ident_t *other = tqb_alloc(sizeof *other);
         tqb_ident_set(other, data, from->size);
-        zhashx_update(self->submitters, task->rec.id, other);
+        zhashx_update(self->submitters, tqb_task_id(task), other);
         task->client_at = CLIENT_OTHER;
     }
 }
@@ -486,7 +858,8 @@ s_client(tq_broker_t *self, const task_t *task)
         ident.bytes[0] = 0;
         memcpy(ident.bytes + 1, &task->client, 4);
     } else if (task->client_at == CLIENT_OTHER) {
-        const ident_t *other = zhashx_lookup(self->submitters, task->rec.id);
+        const ident_t *other =
+            zhashx_lookup(self->submitters, tqb_task_id(task));
         if (other)
             ident = (ident_t){.size = other->size,
                               .heap = (uint8_t *)tqb_ident_data(other)};
@@ -495,7 +868,7 @@ s_client(tq_broker_t *self, const task_t *task)
 }
 
 void
-tqb_task_free(task_t *task)
+tqb_task_free(tq_broker_t *self, task_t *task)
 {
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
@@ -503,8 +876,8 @@ tqb_task_free(task_t *task)
         zmq_msg_close(task->payload);
         free(task->payload);
     }
-    free(task->rec.error);
-    free(task);
+    tqb_task_set_error(self, task, NULL);
+    s_slab_free(task);
 }
 
 /* ---- the state machine ---- */
@@ -738,8 +1111,8 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         how = &none;
     task_state_t from = task->state;
     if (!tqb_task_legal(from, to)) {
-        tq_log_error("BUG: task %s cannot move %s -> %s",
-                task->rec.id, s_names[from], tqb_task_state_name(to));
+        tq_log_error("BUG: task %s cannot move %s -> %s", tqb_task_id(task),
+                     s_names[from], tqb_task_state_name(to));
         abort();
     }
     /* a REVOKE asked or answered changes nothing but a count */
@@ -752,8 +1125,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
         return;
     }
     if (s_held(to) && !how->holder) {
-        tq_log_error("BUG: task %s held by nobody",
-                task->rec.id);
+        tq_log_error("BUG: task %s held by nobody", tqb_task_id(task));
         abort();
     }
     s_leave(self, task);
@@ -773,7 +1145,7 @@ tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from)
     if (client.size && tqb_ident_eq(&client, from))
         return;
     s_waiters_t *w =
-        task->waited ? zhashx_lookup(self->waiters, task->rec.id) : NULL;
+        task->waited ? zhashx_lookup(self->waiters, tqb_task_id(task)) : NULL;
     uint32_t count = w ? w->count : 0;
     for (uint32_t i = 0; i < count; i++)
         if (tqb_ident_eq(&w->items[i], from))
@@ -782,7 +1154,7 @@ tqb_task_add_waiter(tq_broker_t *self, task_t *task, const ident_t *from)
     if (!w)
         abort();
     w->count = count + 1;
-    zhashx_update(self->waiters, task->rec.id, w);
+    zhashx_update(self->waiters, tqb_task_id(task), w);
     task->waited = true;
     ident_t *waiter = &w->items[count];
     *waiter = (ident_t){0};
@@ -809,8 +1181,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     assert(state == TASK_SUCCESS || state == TASK_FAILURE ||
            state == TASK_CANCELLED);
     task->rec.code = (uint32_t)code;
-    free(task->rec.error);
-    task->rec.error = error && *error ? tqb_strdup(error) : NULL;
+    tqb_task_set_error(self, task, error);
     /* the arguments give way to the value, except for a failed task (a
        dead letter), which keeps them to run again if an operator retries
        it */
@@ -829,9 +1200,9 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
         task->failure_counted = true;
     }
     tqb_task_move(self, task, state, NULL);
-    tqb_debug(self, "task %s %s%s%s", task->rec.id, s_names[state],
-              task->rec.error ? ": " : "",
-              task->rec.error ? task->rec.error : "");
+    tqb_debug(self, "task %s %s%s%s", tqb_task_id(task), s_names[state],
+              tqb_task_error(self, task) ? ": " : "",
+              tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
 
     ident_t client = s_client(self, task);
     if (client.size) {
@@ -841,7 +1212,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
         s_client_clear(self, task);
     }
     if (task->waited) {
-        s_waiters_t *w = zhashx_lookup(self->waiters, task->rec.id);
+        s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));
         for (uint32_t i = 0; w && i < w->count; i++)
             tqb_send_result(self, task, &w->items[i]);
         s_waiters_free(self, task);
@@ -859,7 +1230,7 @@ tqb_task_forget(tq_broker_t *self, task_t *task)
             if (self->page_out[i] == task)
                 self->page_out[i] = NULL;
     s_payload_drop(self, task);
-    tqb_task_free(task);
+    tqb_task_free(self, task);
 }
 
 void
@@ -874,17 +1245,17 @@ tqb_cancel(tq_broker_t *self, task_t *task, const char *why)
         if (sup) {
             tq_msg_t *out = tqb_out(self, TQ_CMD_KILL);
             out->pid = holder->pid;
-            out->id = tq_str(task->rec.id);
+            out->id = tq_str(tqb_task_id(task));
             tqb_send_to(self, self->workers, &sup->ident, NULL);
         } else {
             /* its host's children may announce themselves before it does:
                the KILL goes out at its first HEARTBEAT (tqb_on_heartbeat) */
             tq_str_copy(holder->kill_id, sizeof holder->kill_id,
-                        tq_str(task->rec.id));
+                        tq_str(tqb_task_id(task)));
             tqb_warn(self,
                      "task %s cancelled, but worker %s pid %llu has no "
                      "supervisor to stop it yet",
-                     task->rec.id, holder->host,
+                     tqb_task_id(task), holder->host,
                      (unsigned long long)holder->pid);
         }
     }

@@ -18,6 +18,7 @@
 #include "tq_client_unserved.h"
 #include "tq_endpoint.h"
 #include "tq_env.h"
+#include "tq_inspect.h"
 #include "tq_keygen.h"
 #include "tq_log.h"
 
@@ -664,6 +665,19 @@ tq_cli_result_json(tq_result_t *r, int code)
     return obj;
 }
 
+/* After a STATUS no broker answered: true if the broker (every one of a
+   list) is a standby, which the client library passes by (PROTOCOL.md
+   section 12); its ERROR text goes to detail. A one-off INSPECT asks. */
+static bool
+s_standby(tq_client_t *client, char *detail, size_t size)
+{
+    tq_buf_t body = {0};
+    int rc = tq_inspect_task(tq_client_endpoint(client), "tq-status-probe",
+                             &body, 2000, detail, size);
+    tq_buf_free(&body);
+    return rc == TQ_ESTANDBY;
+}
+
 int
 tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
 {
@@ -671,6 +685,9 @@ tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
     tq_buf_t body;
     int code = tq_client_status(client, &body, timeout_ms);
     if (code != TQ_OK) {
+        char detail[512] = "";
+        if (code == TQ_EUNREACHABLE && s_standby(client, detail, sizeof detail))
+            code = TQ_ESTANDBY;
         if (code == TQ_EUNREACHABLE || code == TQ_ETIMEDOUT)
             return tq_cli_error(code,
                                 "no status from the broker at %s (is it "
@@ -686,6 +703,15 @@ tq_cli_fetch_status(tq_client_t *client, int timeout_ms, json_t **status)
                                 "clients endpoint (tq-broker prints both; "
                                 "default port 5555)",
                                 tq_client_endpoint(client));
+        if (code == TQ_ESTANDBY)
+            return tq_cli_error(code,
+                                "the broker at %s is a standby (role: "
+                                "standby): %s",
+                                tq_client_endpoint(client),
+                                detail[0] ? detail
+                                          : "another broker on its "
+                                            "PostgreSQL store holds the "
+                                            "lease and is active");
         return tq_cli_error(code, NULL);
     }
     msgpack_unpacked up;

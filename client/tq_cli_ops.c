@@ -424,6 +424,12 @@ s_print_status(const json_t *st, const json_t *prev, double interval_s)
     char a[64], b[64];
     printf("broker %s, pid %lld, up %s\n", s_text(st, "version"),
            s_int(st, "pid"), s_age(s_int(st, "uptime_ms"), a, sizeof a));
+    if (s_has(st, "role")) {
+        /* on a PostgreSQL store shared by several brokers */
+        const json_t *lease = json_object_get(st, "lease");
+        printf("role %s, lease epoch %lld, owner %s\n", s_text(st, "role"),
+               s_int(lease, "epoch"), s_text(lease, "owner"));
+    }
     size_t i;
     json_t *item;
 

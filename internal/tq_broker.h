@@ -16,6 +16,10 @@
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
 #define TQ_BROKER_CLIENT_BACKLOG 100000 /* replies queued per client */
 #define TQ_BROKER_DATA_DIR "./tq-data"
+/* The lease of a broker on a PostgreSQL store (PROTOCOL.md section 12). */
+#define TQ_BROKER_LEASE_TTL_MS 3000 /* a lease not renewed lapses */
+#define TQ_BROKER_LEASE_RENEW_MS 1000 /* the active renews this often */
+#define TQ_BROKER_LEASE_RETRY_MS 500 /* a standby tries to take it */
 
 typedef struct {
     const char *client_endpoint; /* NULL: TQ_BROKER_CLIENTS */
@@ -53,6 +57,23 @@ typedef struct {
                                     broker); NULL: the broker's own. Not
                                     with CURVE: its ZAP handler binds
                                     inproc://zeromq.zap.01 in it */
+    int ack_fold_ms;             /* > 0, without a store: SUBMITTED for a
+                                    new task waits this long, and a task
+                                    that ends first is acknowledged by its
+                                    RESULT alone (PROTOCOL.md 5.1, item
+                                    2); only for clients known to read
+                                    RESULT as the acknowledgement (tq's
+                                    own, in the embedded pool). 0: at
+                                    once */
+    uint32_t lease_ttl_ms; /* PostgreSQL store: the lease's length,
+                              0: TQ_BROKER_LEASE_TTL_MS */
+    uint32_t lease_renew_ms; /* the active renews this often (less than
+                                the ttl), 0: TQ_BROKER_LEASE_RENEW_MS */
+    uint32_t lease_retry_ms; /* a standby tries to take the lease this
+                                often, 0: TQ_BROKER_LEASE_RETRY_MS */
+    bool standby_start; /* start as a standby that waits for the
+                           store rather than refuse to start when
+                           it cannot be reached (after a demotion) */
     const char *client_inproc;   /* inproc:// endpoint the clients socket
                                     also binds, for a client of the same
                                     context (no I/O thread on that path);
@@ -70,7 +91,10 @@ tq_broker_t *tq_broker_new(const tq_broker_config_t *config, char *error,
 const char *tq_broker_client_endpoint(const tq_broker_t *self);
 const char *tq_broker_worker_endpoint(const tq_broker_t *self);
 
-/* Runs the loop until tq_broker_stop. Returns TQ_OK or TQ_ESYS. */
+/* Runs the loop until tq_broker_stop. Returns TQ_OK or TQ_ESYS; on a
+   PostgreSQL store also TQ_ESTANDBY: the broker lost its lease (or its
+   store) and acknowledged nothing more; destroy it and make a new one (a
+   standby, with standby_start) on the same endpoints. */
 int tq_broker_run(tq_broker_t *self);
 
 /* Asks the loop to return; async-signal-safe, callable from any thread. */

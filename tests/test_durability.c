@@ -892,7 +892,7 @@ s_memory(tq_client_t *client)
 }
 
 /* With a store, waiting tasks' arguments beyond what the broker keeps in
-   memory (8 MiB) leave memory once committed, and are read back from the
+   memory (1 MiB) leave memory once committed, and are read back from the
    store when the tasks run: every task still runs on its own arguments. */
 static void
 test_paged_args_run(void **state)
@@ -918,13 +918,13 @@ test_paged_args_run(void **state)
         tq_harness_sleep_ms(10);
     assert_int_equal(s_waiting(client), N);
     /* all of them held would be 12 MiB; the commit took the arguments
-       beyond 8 MiB out */
+       beyond 1 MiB out */
     int64_t memory = s_memory(client);
-    while (memory > (8 << 20) + SIZE && tq_harness_now_ms() < deadline) {
+    while (memory > (1 << 20) + SIZE && tq_harness_now_ms() < deadline) {
         tq_harness_sleep_ms(10);
         memory = s_memory(client);
     }
-    assert_true(memory > 0 && memory <= (8 << 20) + SIZE);
+    assert_true(memory > 0 && memory <= (1 << 20) + SIZE);
 
     pid_t worker = tq_harness_worker_start(st.workers, 2, NULL);
     assert_true(worker > 0);

@@ -634,6 +634,9 @@ test_broker_restart_on_postgresql(void **state)
     snprintf(workers, sizeof workers, "%s", broker.workers);
     tq_client_t *client = tq_client_new(clients);
     assert_non_null(client);
+    /* the handle outlives the restart below, which waits out the killed
+       broker's lease (3 s) */
+    tq_client_set_liveness(client, 60000);
     tq_result_t *result =
         tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)42);
     assert_non_null(result);
@@ -647,6 +650,9 @@ test_broker_restart_on_postgresql(void **state)
     kill(broker.pid, SIGKILL);
     int status = tq_harness_broker_stop(&broker);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    /* the killed broker's lease lapses first (its --lease-ttl): a broker
+       started before then is a standby that answers TQ_ESTANDBY */
+    assert_int_equal(tq_pg_wait_lease_lapsed(s_pg, 60000), 0);
     int started = -1;
     for (int attempt = 0; attempt < 5 && started != 0; attempt++) {
         started =

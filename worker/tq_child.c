@@ -1,12 +1,13 @@
 /* tq_child.c - the task loop of one worker child: READY, then TASK in,
    run one at a time from a local FIFO, DONE out; DISCONNECT on SIGTERM.
 
-   With credit above 1 a second thread, the keeper, answers the broker
-   while a long task runs: the socket belongs to whichever thread holds
-   it, and the main thread lends it to the keeper once a task has run for
-   KEEPER_AFTER_MS, and takes it back before it sends the task's DONE. So
-   a REVOKE is answered at once (RETURNED, or nothing if the task has
-   started: PROTOCOL 5.3.5), and short tasks cost one uncontended lock. */
+   With credit above 1 a second thread, the keeper (started with the
+   first task), answers the broker while a long task runs: the socket
+   belongs to whichever thread holds it, and the main thread lends it to
+   the keeper once a task has run for KEEPER_AFTER_MS, and takes it back
+   before it sends the task's DONE. So a REVOKE is answered at once
+   (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
+   short tasks cost one uncontended lock. */
 #include "tq_worker_host.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 
 #include "tq_board.h"
 #include "tq_curve.h"
+#include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
 #include "tq_wire.h"
@@ -59,14 +61,21 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
-    /* the keeper (credit above 1 only, NULL without): whoever holds the
-       socket (tq_keeper.h) owns sock, frames, in, out, header and the
+    /* the keeper (credit above 1 only, NULL without, and until the
+       first task: an idle child has no thread of its own): whoever holds
+       the socket (tq_keeper.h) owns sock, frames, in, out, header and the
        ring */
     tq_keeper_t *keeper;
+    bool keeperless; /* tq_keeper_new failed: answer between tasks */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
 #define KEEPER_AFTER_MS 10
+
+/* What a child's ZeroMQ context may hold: one DEALER at a time (a closed
+   one lingers until the reaper ends it). libzmq's default, 1,023, costs
+   12 KiB of slot tables written in every child. */
+#define S_ZMQ_MAX_SOCKETS 16
 
 /* Set by SIGTERM/SIGINT: finish the running task, then leave. */
 static volatile sig_atomic_t s_stop;
@@ -623,9 +632,12 @@ void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
              int report_fd, tq_board_t *board, const tq_board_host_t *host)
 {
-    static s_child_t child; /* tq_msg_t is large: keep it off the stack */
+    /* tq_msg_t is large: off the stack. Zero as it is (static, never
+       written before the fork, and this runs once per process): not
+       cleared again, so that the pages a child never writes (in's READY
+       arrays, 8 KiB) stay out of its memory */
+    static s_child_t child;
     s_child_t *self = &child;
-    memset(self, 0, sizeof *self);
     self->config = config;
     self->registry = registry;
     self->report_fd = report_fd;
@@ -636,8 +648,10 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     s_setup_signals();
 
     /* a fresh context: the supervisor's (if any) belongs to the parent's
-       threads, which do not exist here, so it is never touched */
-    self->ctx = zmq_ctx_new();
+       threads, which do not exist here, so it is never touched. Its
+       threads on small stacks, one malloc arena for all (tq_footprint.h) */
+    tq_footprint_one_arena();
+    self->ctx = tq_footprint_context_new(S_ZMQ_MAX_SOCKETS);
     if (!self->ctx)
         s_die("zmq_ctx_new");
     s_soft_flag = &self->task.soft_limit;
@@ -652,11 +666,6 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     s_send_ready(self, NULL);
     /* start-up done: a child that dies from now on is not a broken setup */
     s_publish(self, TQ_BOARD_IDLE, NULL);
-    /* without a keeper (no thread, no eventfd) the child still works:
-       REVOKE is then answered between tasks */
-    if (config->prefetch > 1 &&
-        !(self->keeper = tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self)))
-        tq_worker_log("child: no keeper: %s", strerror(errno));
     int64_t drained_us = 0;
     while (!s_stop) {
         if (s_reannounce)
@@ -696,6 +705,16 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         self->count--;
         s_publish(self, TQ_BOARD_BUSY, job);
         self->busy = true;
+        /* the keeper starts with the first task: until then nothing runs
+           long, and an idle child costs no thread. Without one (no
+           thread, no eventfd) the child still works: REVOKE is then
+           answered between tasks */
+        if (config->prefetch > 1 && !self->keeper && !self->keeperless &&
+            !(self->keeper =
+                  tq_keeper_new(KEEPER_AFTER_MS, s_keeper_serve, self))) {
+            tq_worker_log("child: no keeper: %s", strerror(errno));
+            self->keeperless = true;
+        }
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         zmq_msg_close(&job->args);

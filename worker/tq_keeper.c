@@ -29,6 +29,11 @@ struct tq_keeper_t {
 
 #define S_BIT(state) (1u << (state))
 
+/* The keeper's stack: it decodes a message, queues a task or answers, and
+   logs (a 9 KiB line buffer at most), so 256 KiB is plenty where glibc's
+   default is RLIMIT_STACK (8 MiB of address space, committed). */
+#define S_STACK (256 * 1024)
+
 /* s_legal[from]: the states the keeper may move to from `from`. */
 static const unsigned s_legal[TQ_KEEPER_STATE_COUNT_] = {
     [TQ_KEEPER_IDLE] = S_BIT(TQ_KEEPER_TIMING) | S_BIT(TQ_KEEPER_QUIT),
@@ -131,7 +136,11 @@ tq_keeper_new(int after_ms, tq_keeper_serve_fn *serve, void *arg)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int rc = pthread_create(&self->thread, NULL, s_main, self);
+    pthread_attr_t stack;
+    pthread_attr_init(&stack);
+    pthread_attr_setstacksize(&stack, S_STACK);
+    int rc = pthread_create(&self->thread, &stack, s_main, self);
+    pthread_attr_destroy(&stack);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         pthread_cond_destroy(&self->cond);

@@ -34,8 +34,8 @@ typedef struct tq_keeper_t tq_keeper_t;
 
 /* Starts a keeper that takes the socket once a task has run after_ms and
    then calls serve(arg, wake_fd). The thread runs with every signal
-   blocked. Returns NULL if no thread or eventfd could be made (the child
-   then answers the broker between tasks only). */
+   blocked, on a 256 KiB stack. Returns NULL if no thread or eventfd
+   could be made (the child then answers the broker between tasks only). */
 tq_keeper_t *tq_keeper_new(int after_ms, tq_keeper_serve_fn *serve, void *arg);
 
 /* Stops and joins the keeper (it must not hold the socket: call after

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "tq_curve.h"
+#include "tq_footprint.h"
 #include "tq_orphans.h"
 #include "tq_slot.h"
 #include "tq_wire.h"
@@ -936,7 +937,10 @@ tq_supervisor_run(const tq_worker_config_t *config, tq_registry_t *registry)
         if (!s_spawn(self, &self->slots[i]))
             self->slots[i].respawn_at = s_now() + S_BACKOFF_MAX_MS;
 
-    self->ctx = zmq_ctx_new();
+    /* its threads on small stacks and one malloc arena: children forked
+       from now on (respawns) inherit its mappings (tq_footprint.h) */
+    tq_footprint_one_arena();
+    self->ctx = tq_footprint_context_new(0);
     if (!self->ctx) {
         tq_worker_log("zmq_ctx_new: %s", zmq_strerror(errno));
         s_kill_all(self);

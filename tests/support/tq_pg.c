@@ -24,6 +24,7 @@ struct tq_pg_t {
     char dir[256]; /* the cluster's directory: data/, sock/, logs */
     char bindir[256]; /* initdb and postgres */
     char url[512];
+    char addr[64]; /* listen_addresses */
     int port;
     pid_t pid; /* the postmaster, 0 while stopped */
 };
@@ -153,12 +154,13 @@ tq_pg_start(tq_pg_t *self)
 {
     if (self->pid)
         return -1;
-    char bin[512], data[512], sock[512], log[512], port[16];
+    char bin[512], data[512], sock[512], log[512], port[16], listen[96];
     snprintf(bin, sizeof bin, "%s/postgres", self->bindir);
     snprintf(data, sizeof data, "%s/data", self->dir);
     snprintf(sock, sizeof sock, "%s/sock", self->dir);
     snprintf(log, sizeof log, "%s/postgres.log", self->dir);
     snprintf(port, sizeof port, "%d", self->port);
+    snprintf(listen, sizeof listen, "listen_addresses=%s", self->addr);
     /* fsync off: the tests kill brokers, never this server, so its own
        durability is not under test; small: many run side by side */
     char *argv[] = {bin,
@@ -169,7 +171,7 @@ tq_pg_start(tq_pg_t *self)
                     "-k",
                     sock,
                     "-c",
-                    "listen_addresses=127.0.0.1",
+                    listen,
                     "-c",
                     "fsync=off",
                     "-c",
@@ -205,6 +207,12 @@ tq_pg_start(tq_pg_t *self)
 tq_pg_t *
 tq_pg_new(void)
 {
+    return tq_pg_new_on("127.0.0.1");
+}
+
+tq_pg_t *
+tq_pg_new_on(const char *addr)
+{
     tq_pg_t *self = calloc(1, sizeof *self);
     uid_t uid;
     gid_t gid;
@@ -213,6 +221,7 @@ tq_pg_new(void)
         free(self);
         return NULL;
     }
+    snprintf(self->addr, sizeof self->addr, "%s", addr);
     const char *tmp = getenv("TMPDIR");
     snprintf(self->dir, sizeof self->dir, "%s/tq-pg-XXXXXX",
              tmp && *tmp ? tmp : "/tmp");
@@ -246,9 +255,24 @@ tq_pg_new(void)
         tq_pg_destroy(&self);
         return NULL;
     }
+    if (strcmp(self->addr, "127.0.0.1") != 0) {
+        /* initdb trusts loopback only: hosts of the server's own subnet
+           too (the test's namespaces) */
+        char hba[600];
+        snprintf(hba, sizeof hba, "%s/pg_hba.conf", data);
+        FILE *f = fopen(hba, "a");
+        if (!f || fputs("host all all samenet trust\n", f) < 0) {
+            fprintf(stderr, "tq_pg: cannot write %s\n", hba);
+            if (f)
+                fclose(f);
+            tq_pg_destroy(&self);
+            return NULL;
+        }
+        fclose(f);
+    }
     self->port = s_free_port();
-    snprintf(self->url, sizeof self->url,
-             "postgresql://tq@127.0.0.1:%d/postgres", self->port);
+    snprintf(self->url, sizeof self->url, "postgresql://tq@%s:%d/postgres",
+             self->addr, self->port);
     if (self->port <= 0 || tq_pg_start(self) != 0) {
         tq_pg_destroy(&self);
         return NULL;
@@ -303,4 +327,34 @@ void
 tq_pg_unreachable_url(char *url, size_t size)
 {
     snprintf(url, size, "postgresql://tq@127.0.0.1:%d/postgres", s_free_port());
+}
+
+bool
+tq_pg_lease_lapsed(const tq_pg_t *self)
+{
+    PGconn *conn = PQconnectdb(self->url);
+    bool lapsed = false;
+    if (PQstatus(conn) == CONNECTION_OK) {
+        /* no tq_lease table yet: no broker ever took the lease */
+        PGresult *res = PQexec(conn,
+                               "SELECT count(*) FROM tq_lease WHERE"
+                               " expires_at > clock_timestamp()");
+        lapsed = PQresultStatus(res) != PGRES_TUPLES_OK ||
+            strcmp(PQgetvalue(res, 0, 0), "0") == 0;
+        PQclear(res);
+    }
+    PQfinish(conn);
+    return lapsed;
+}
+
+int
+tq_pg_wait_lease_lapsed(const tq_pg_t *self, int timeout_ms)
+{
+    long long deadline = s_now_ms() + timeout_ms;
+    while (!tq_pg_lease_lapsed(self)) {
+        if (s_now_ms() >= deadline)
+            return -1;
+        usleep(20000);
+    }
+    return 0;
 }

@@ -14,7 +14,11 @@ typedef struct tq_pg_t tq_pg_t;
    connections. NULL on failure, with the reason printed to stderr. */
 tq_pg_t *tq_pg_new(void);
 
-/* The cluster's URL, postgresql://tq@127.0.0.1:PORT/postgres (borrowed). */
+/* tq_pg_new listening on addr (an IPv4 address of this thread's network
+   namespace, where the server then runs) instead of 127.0.0.1. */
+tq_pg_t *tq_pg_new_on(const char *addr);
+
+/* The cluster's URL, postgresql://tq@ADDR:PORT/postgres (borrowed). */
 const char *tq_pg_url(const tq_pg_t *self);
 
 /* The server's pid, 0 while stopped. */
@@ -29,6 +33,14 @@ int tq_pg_start(tq_pg_t *self);
 
 /* Stops the server and removes its directory; NULL-safe, nulls *self_p. */
 void tq_pg_destroy(tq_pg_t **self_p);
+
+/* True once no broker holds a live lease on the tq store in the cluster
+   (none was taken, or it lapsed: PROTOCOL.md section 12). A broker
+   started on the store before then is a standby. */
+bool tq_pg_lease_lapsed(const tq_pg_t *self);
+
+/* Waits (timeout_ms at most) until tq_pg_lease_lapsed; 0 or -1. */
+int tq_pg_wait_lease_lapsed(const tq_pg_t *self, int timeout_ms);
 
 /* A loopback URL on which nothing listens (a port just closed). */
 void tq_pg_unreachable_url(char *url, size_t size);

@@ -1,0 +1,196 @@
+/* test_fold.c - SUBMITTED folded into RESULT (broker/tq_reply.c,
+   tq_broker_config_t.ack_fold_ms, PROTOCOL.md 5.1 item 2), white box: a
+   new task's SUBMITTED waits for the window; a task that ends within it
+   is acknowledged by its RESULT alone, one still unfinished at its end
+   gets SUBMITTED then; a known id and a broker without a window are
+   answered at once. What the client receives is read on a real DEALER,
+   in order, up to a PONG sent last as a marker. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "tq_broker_core.h"
+#include "tq_wire.h"
+
+#define S_WAIT_MS 10000 /* any one message, bounded */
+
+static tq_broker_t *
+s_broker(int fold_ms)
+{
+    tq_broker_config_t config = {
+        .client_endpoint = "tcp://127.0.0.1:*",
+        .worker_endpoint = "tcp://127.0.0.1:*",
+        .result_ttl_s = 60,
+        .ack_fold_ms = fold_ms,
+        .quiet = true,
+    };
+    char error[256];
+    tq_broker_t *broker = tq_broker_new(&config, error, sizeof error);
+    if (!broker)
+        fail_msg("tq_broker_new: %s", error);
+    return broker;
+}
+
+/* A DEALER "c1" on the broker's clients socket; connected once the
+   broker's ROUTER read the PING it sent. */
+static void *
+s_client(tq_broker_t *b, void *ctx)
+{
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(dealer);
+    assert_int_equal(zmq_setsockopt(dealer, ZMQ_ROUTING_ID, "c1", 2), 0);
+    int linger = 0;
+    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(dealer, tq_broker_client_endpoint(b)), 0);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    tq_msg_t ping = {.command = TQ_CMD_PING};
+    assert_int_equal(tq_wire_send_msg(dealer, NULL, &ping, &buf, NULL, 0),
+                     TQ_OK);
+    msgpack_sbuffer_destroy(&buf);
+    zmq_pollitem_t item = {b->clients, 0, ZMQ_POLLIN, 0};
+    assert_int_equal(zmq_poll(&item, 1, S_WAIT_MS), 1);
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    assert_int_equal(tq_wire_recv(b->clients, &frames, true, 0), TQ_OK);
+    tq_frames_close(&frames);
+    return dealer;
+}
+
+/* SUBMIT id from "c1", through the broker's handler. */
+static void
+s_submit(tq_broker_t *b, const char *id)
+{
+    zmq_msg_close(&b->frames.identity);
+    zmq_msg_init_size(&b->frames.identity, 2);
+    memcpy(zmq_msg_data(&b->frames.identity), "c1", 2);
+    zmq_msg_close(&b->frames.payload);
+    zmq_msg_init_size(&b->frames.payload, 1);
+    *(uint8_t *)zmq_msg_data(&b->frames.payload) = 0x90; /* [] */
+    tq_msg_t msg = {.command = TQ_CMD_SUBMIT,
+                    .id = tq_str(id),
+                    .task = tq_str("t"),
+                    .queue = tq_str("q"),
+                    .backoff_ms = 1000};
+    tqb_on_submit(b, &msg, NULL);
+}
+
+/* Sends the PONG that ends what s_expect reads. */
+static void
+s_mark(tq_broker_t *b)
+{
+    ident_t to = {.size = 2, .bytes = {'c', '1'}};
+    tqb_out(b, TQ_CMD_PONG);
+    assert_int_equal(tqb_send_to(b, b->clients, &to, NULL), 0);
+}
+
+/* Reads up to the PONG marker and checks what came before it, in order:
+   commands[i] for ids[i], count of them. */
+static void
+s_expect(void *dealer, const uint8_t *commands, const char *const *ids,
+         int count)
+{
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    tq_msg_t msg;
+    for (int i = 0;; i++) {
+        zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+        assert_int_equal(zmq_poll(&item, 1, S_WAIT_MS), 1);
+        assert_int_equal(tq_wire_recv(dealer, &frames, false, 0), TQ_OK);
+        const char *reason = NULL;
+        assert_int_equal(tq_wire_decode(&frames, &msg, &reason), TQ_OK);
+        if (msg.command == TQ_CMD_PONG) {
+            assert_int_equal(i, count);
+            break;
+        }
+        assert_true(i < count);
+        assert_string_equal(tq_proto_command_name(msg.command),
+                            tq_proto_command_name(commands[i]));
+        char id[TQ_PROTO_MAX_ID + 1];
+        tq_str_copy(id, sizeof id, msg.id);
+        assert_string_equal(id, ids[i]);
+    }
+    tq_frames_close(&frames);
+}
+
+/* a ends (cancelled) within the window: its RESULT alone; b runs past
+   the window: SUBMITTED when it ends; b submitted again meanwhile (a
+   known id): SUBMITTED at once. */
+static void
+test_fold_window(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(1000);
+    void *dealer = s_client(b, ctx);
+    b->now_ms = 5000;
+    s_submit(b, "a");
+    s_submit(b, "b");
+    assert_int_equal(b->fold_count, 2);
+    assert_int_equal(tqb_release_folds(b, false), 6000); /* none due */
+    s_submit(b, "b"); /* known: answered now */
+    tqb_cancel(b, tqb_task_find(b, tq_str("a")), "cancelled");
+    b->now_ms = 6000;
+    assert_int_equal(tqb_release_folds(b, false), INT64_MAX);
+    assert_int_equal(b->fold_count, 0);
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_SUBMITTED, TQ_CMD_RESULT,
+                                       TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"b", "a", "b"};
+    s_expect(dealer, commands, ids, 3);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
+/* Without a window (tq-broker), SUBMITTED goes at once, as before. */
+static void
+test_no_window(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(0);
+    void *dealer = s_client(b, ctx);
+    s_submit(b, "a");
+    assert_int_equal(b->fold_count, 0);
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"a"};
+    s_expect(dealer, commands, ids, 1);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
+/* Held SUBMITTEDs of a broker destroyed with them are freed (valgrind,
+   ASan): 300 of them, past the ring's first growth. */
+static void
+test_destroy_held(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(1000);
+    char id[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(id, sizeof id, "t%d", i);
+        s_submit(b, id);
+    }
+    assert_int_equal(b->fold_count, 300);
+    tq_broker_destroy(&b);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fold_window),
+        cmocka_unit_test(test_no_window),
+        cmocka_unit_test(test_destroy_held),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
