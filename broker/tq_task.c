@@ -691,6 +691,8 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
     if (count > self->page_out_count)
         count = self->page_out_count;
+    if (count == 0)
+        return; /* page_out may be NULL: memmove must not see it */
     for (uint32_t i = 0; i < count; i++) {
         task_t *task = self->page_out[i];
         if (!task)
