@@ -128,7 +128,9 @@ FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_wire.c proto/tq_error.c \
   proto/tq_curve.c
 FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
   client/tq_client_unserved.c \
-  client/tq_client.c client/tq_pack.c client/tq_inspect.c
+  client/tq_client.c client/tq_client_io.c client/tq_client_live.c \
+  client/tq_request.c client/tq_result.c client/tq_queue.c \
+  client/tq_pack.c client/tq_inspect.c
 
 fuzz-build:
 	@scripts/deps.sh --fuzz

@@ -851,7 +851,13 @@ tq_broker_run(tq_broker_t *self)
         for (;;) {
             if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
                 return TQ_ESTANDBY;
-            self->now_ms = tqb_now(); /* a commit may have taken a while */
+            /* a commit may have taken a while, or the broker was stopped
+               in the burst before: a stall, credited here, since the
+               host check after the last burst may come before the
+               HEARTBEATs read late do (an empty burst ends the pass) */
+            int64_t burst_started = self->now_ms;
+            self->now_ms = tqb_now();
+            s_credit_stall(self, burst_started, 0);
             int got = s_drain(self, self->workers, "workers");
             got += s_drain(self, self->clients, "clients");
             if (self->dispatch_due) {

@@ -215,6 +215,9 @@ struct peer_s {
                          the session it is bound to, 0: none */
     uint32_t credit, held;
     uint32_t cancelled; /* cancelled tasks it may still be running */
+    char kill_id[TQ_PROTO_MAX_ID + 1]; /* child: a task cancelled while its
+                                          host had no supervisor known,
+                                          KILLed at its first HEARTBEAT */
     uint32_t revoking; /* held tasks in TASK_REVOKING */
     uint64_t stamp;    /* dispatch: the last pass that listed it */
     uint32_t features; /* TQ_FEATURE_* from its READY */

@@ -192,6 +192,7 @@ tqb_on_disconnect(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 void
 tqb_on_heartbeat(tq_broker_t *self, const tq_msg_t *msg, peer_t *sup)
 {
+    bool fresh = !sup;
     if (!sup) {
         /* a new session, bound to this connection: a host the broker had
            dropped (or that reconnected) learns it from the new number and
@@ -217,6 +218,15 @@ tqb_on_heartbeat(tq_broker_t *self, const tq_msg_t *msg, peer_t *sup)
     out->pid = (uint64_t)getpid();
     out->session = sup->session;
     tqb_send_to(self, self->workers, &sup->ident, NULL);
+    /* tasks cancelled on its children before it came (tqb_cancel) */
+    for (peer_t *w = self->children; fresh && w; w = w->next)
+        if (w->session == sup->session && w->kill_id[0]) {
+            out = tqb_out(self, TQ_CMD_KILL);
+            out->pid = w->pid;
+            out->id = tq_str(w->kill_id);
+            tqb_send_to(self, self->workers, &sup->ident, NULL);
+            w->kill_id[0] = '\0';
+        }
 }
 
 void

@@ -691,6 +691,8 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
     if (count > self->page_out_count)
         count = self->page_out_count;
+    if (count == 0)
+        return; /* page_out may be NULL: memmove must not see it */
     for (uint32_t i = 0; i < count; i++) {
         task_t *task = self->page_out[i];
         if (!task)
@@ -1247,12 +1249,17 @@ tqb_cancel(tq_broker_t *self, task_t *task, const char *why)
             out->pid = holder->pid;
             out->id = tq_str(tqb_task_id(task));
             tqb_send_to(self, self->workers, &sup->ident, NULL);
-        } else
+        } else {
+            /* its host's children may announce themselves before it does:
+               the KILL goes out at its first HEARTBEAT (tqb_on_heartbeat) */
+            tq_str_copy(holder->kill_id, sizeof holder->kill_id,
+                        tq_str(tqb_task_id(task)));
             tqb_warn(self,
                      "task %s cancelled, but worker %s pid %llu has no "
-                     "supervisor to stop it",
+                     "supervisor to stop it yet",
                      tqb_task_id(task), holder->host,
                      (unsigned long long)holder->pid);
+        }
     }
     tqb_task_final(self, task, TASK_CANCELLED, TQ_ECANCELLED, why, NULL);
 }

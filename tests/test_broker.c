@@ -963,6 +963,30 @@ test_cancel(void **state)
     free(in);
 }
 
+/* A running task cancelled before its host's supervisor announced itself
+   (a host's children connect first; under valgrind the supervisor came
+   late and the cancelled command ran on): the KILL goes to the
+   supervisor at its first HEARTBEAT instead of being lost. */
+static void
+test_cancel_before_supervisor(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready(w, child, "hostK", 921, 920, "qk");
+    s_submit_ok(w, a, "ck-1", "qk", in);
+    s_expect_task(w, child, "ck-1", 1, in);
+    s_send_id(w, a, TQ_CMD_CANCEL, "ck-1");
+    s_expect_result(w, a, "ck-1", TQ_STATE_CANCELLED, TQ_ECANCELLED, in);
+    void *sup = s_supervisor(w, "hostK", 920, true, in);
+    s_expect(w, sup, TQ_CMD_KILL, "ck-1", in);
+    assert_int_equal(in->pid, 921);
+    free(in);
+}
+
 /* ---- 5. leases, LOST, dead letters (5.2.6, 5.3.1-2, 5.4) ---- */
 
 static void
@@ -2014,6 +2038,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_max_client_tasks, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_cancel, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_before_supervisor, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_leases, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lost_charges, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lost_after_unreachable, s_setup,

@@ -688,9 +688,12 @@ test_unknown_task(void **state)
 }
 
 /* 50 tasks submitted at once to a fresh pool of 3 start in submission
-   order, give or take the tasks running beside each other: task i starts
-   at a position within 2 x 3 of i. Before, the first child to connect took
-   8 tasks (its prefetch) and the next children began far down the list. */
+   order, give or take the tasks running beside each other and a child
+   that falls behind the others on a loaded machine (ASan: it started 6
+   away): task i starts at a position within one prefetch (8) plus the
+   pool (3) of i. Before, the first child to connect took 8 tasks (its
+   prefetch) and the next children began far down the list (task 16 third:
+   14 away). */
 static void
 test_fifo_fresh_pool(void **state)
 {
@@ -726,7 +729,7 @@ test_fifo_fresh_pool(void **state)
     printf("# 50 tasks on a fresh pool of 3: worst start displacement %d\n",
            worst);
     assert_int_equal(pos, N);
-    assert_true(worst < 6);
+    assert_true(worst < 8 + 3);
     tq_pool_destroy(&pool);
 }
 

@@ -86,7 +86,10 @@ int tq_harness_broker_start_on(tq_harness_broker_t *self, const char *clients,
 int tq_harness_broker_stop(tq_harness_broker_t *self);
 
 /* Starts `tq-worker --broker endpoint -c children [extra...]`. Returns the
-   supervisor's pid or -1. */
+   supervisor's pid or -1. With TQ_TEST_WORKER_WRAPPER set (as
+   TQ_TEST_BROKER_WRAPPER) every worker host runs under it; valgrind
+   follows its forked children, which need
+   --suppressions=tests/support/valgrind-czmq-fork.supp. */
 pid_t tq_harness_worker_start(const char *endpoint, int children,
                               const char *const extra[]);
 
