@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -88,9 +89,18 @@ s_on_stop(int sig)
 }
 
 /* Set by TQ_SIGNAL_REANNOUNCE: the broker restarted, or the host moved to
-   another broker; reconnect (to the broker on the host's board) and send
-   READY again once no task runs. */
+   another broker; reconnect (to the broker on the host's board), drop the
+   unstarted jobs and send READY again, naming the running task if any:
+   at once when no task runs or the keeper holds the socket, else when the
+   task ends. */
 static volatile sig_atomic_t s_reannounce;
+
+/* An eventfd the same signal writes to: it wakes the keeper, which polls
+   the socket while a long task runs (its thread blocks every signal).
+   -1 without one: the keeper then looks at s_reannounce every
+   S_REANNOUNCE_POLL_MS. */
+static int s_reannounce_fd = -1;
+#define S_REANNOUNCE_POLL_MS 100
 
 /* The running task's soft-limit flag, set by TQ_SIGNAL_SOFT_LIMIT. */
 static volatile sig_atomic_t *s_soft_flag;
@@ -100,6 +110,13 @@ s_on_reannounce(int sig)
 {
     (void)sig;
     s_reannounce = 1;
+    if (s_reannounce_fd >= 0) {
+        int saved = errno;
+        uint64_t one = 1;
+        ssize_t n = write(s_reannounce_fd, &one, sizeof one);
+        (void)n; /* EAGAIN: it is readable already */
+        errno = saved;
+    }
 }
 
 static void
@@ -561,8 +578,12 @@ s_open(s_child_t *self)
 }
 
 /* Drops the queued jobs: they came from a broker that is gone or that
-   forgot us, and it (or its successor) queues them again. The running
-   job is not in the ring: it finishes and is answered on the new socket. */
+   forgot us, and it (or its successor) queues them again (PROTOCOL 10: a
+   child that announces itself again holds at most the task it runs).
+   They were never started, so no DONE is ever sent for them, and the
+   READY that follows asks for a full credit less the running task. The
+   running job is not in the ring: it finishes and is answered on the new
+   socket. */
 static void
 s_drop_queued(s_child_t *self)
 {
@@ -575,7 +596,9 @@ s_drop_queued(s_child_t *self)
 }
 
 /* Closes the DEALER, opens a new one and sends READY again: the broker
-   restarted and does not know this child. */
+   restarted and does not know this child, or the host moved. Called by
+   whichever thread holds the socket (the keeper while a long task runs,
+   naming it in running). */
 static void
 s_reconnect(s_child_t *self, const char *running)
 {
@@ -603,16 +626,32 @@ s_keeper_serve(void *arg, int wake_fd)
 {
     s_child_t *self = arg;
     for (;;) {
+        /* the host moved or the broker restarted while the task runs:
+           announce it to the new broker now, not when it ends, so that
+           the broker does not hand the recovered task to another child,
+           and drop the unstarted jobs before they run (the eventfd is
+           read before the flag: a signal after the look wakes the poll) */
+        uint64_t count;
+        if (s_reannounce_fd >= 0)
+            while (read(s_reannounce_fd, &count, sizeof count) < 0 &&
+                   errno == EINTR)
+                ;
+        if (s_reannounce)
+            s_reconnect(self, self->current.id);
         zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
-                                  {NULL, wake_fd, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, -1) < 0) {
+                                  {NULL, wake_fd, ZMQ_POLLIN, 0},
+                                  {NULL, s_reannounce_fd, ZMQ_POLLIN, 0}};
+        bool has_fd = s_reannounce_fd >= 0;
+        if (zmq_poll(items, has_fd ? 3 : 2,
+                     has_fd ? -1 : S_REANNOUNCE_POLL_MS) < 0) {
             if (errno == EINTR)
                 continue;
             s_die("zmq_poll");
         }
         if (items[1].revents & ZMQ_POLLIN)
             return;
-        s_drain(self);
+        if (items[0].revents & ZMQ_POLLIN)
+            s_drain(self);
     }
 }
 
@@ -645,6 +684,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->host = host;
     fcntl(report_fd, F_SETFL, O_NONBLOCK); /* a nudge never blocks us */
     s_stop = 0;
+    /* only the keeper polls it: none without one */
+    if (config->prefetch > 1)
+        s_reannounce_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     s_setup_signals();
 
     /* a fresh context: the supervisor's (if any) belongs to the parent's
@@ -747,6 +789,11 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_sbuffer_destroy(&self->value);
     msgpack_zone_destroy(&self->zone);
     zmq_close(self->sock);
+    if (s_reannounce_fd >= 0) {
+        int fd = s_reannounce_fd;
+        s_reannounce_fd = -1; /* a late signal writes nowhere */
+        close(fd);
+    }
     /* bounded by the 1000 ms linger */
     while (zmq_ctx_term(self->ctx) < 0 && errno == EINTR)
         ;
