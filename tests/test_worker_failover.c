@@ -479,15 +479,22 @@ typedef struct {
 
 static int s_order;
 
+/* Binds a fake on endpoint (a few tries: a port just closed may linger a
+   moment). */
 static void
-s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
+s_step_bind_at(void *ctx, s_step_t *self, uint64_t pid, uint64_t session,
+               const char *endpoint)
 {
     memset(self, 0, sizeof *self);
     self->router = zmq_socket(ctx, ZMQ_ROUTER);
     assert_non_null(self->router);
     int zero = 0;
     zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
+    int rc = -1;
+    for (int attempt = 0; attempt < 50 && rc != 0; attempt++)
+        if ((rc = zmq_bind(self->router, endpoint)) != 0)
+            tq_harness_sleep_ms(100);
+    assert_int_equal(rc, 0);
     size_t len = sizeof self->endpoint;
     assert_int_equal(
         zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len),
@@ -496,6 +503,12 @@ s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
     self->pid = pid;
     self->session = session;
     self->last_session = UINT64_MAX;
+}
+
+static void
+s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
+{
+    s_step_bind_at(ctx, self, pid, session, "tcp://127.0.0.1:*");
 }
 
 static void
@@ -792,6 +805,79 @@ test_prefetched_dropped_on_move(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* Broker A (a fake) gives the host's only child a task that runs until
+   the test lets it end and two more behind it (read: a PING after them is
+   answered). A's socket closes (as a killed broker's kernel closes it)
+   and a new A listens on the same endpoint with the same pid and session,
+   so the supervisor sees no change: the child sees its connection end
+   and, while its task still runs, announces itself to the new A naming
+   only that task. The task's DONE goes there; A's next task runs next:
+   the two tasks held when the connection ended never ran and were never
+   reported. */
+static void
+test_connection_end_drops_prefetched(void **state)
+{
+    (void)state;
+    char dir[4096], started[4200], gate[4200], record[4200];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "wcut"), 0);
+    snprintf(started, sizeof started, "%s/started", dir);
+    snprintf(gate, sizeof gate, "%s/gate", dir);
+    snprintf(record, sizeof record, "%s/record", dir);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    s_step_t a, none;
+    s_step_bind(ctx, &a, 4242, 1);
+    s_step_bind(ctx, &none, 1, 1); /* served, never connected to */
+    int err_fd = -1;
+    pid_t worker = s_worker(a.endpoint, "1", TQ_TESTTASKS_SO, &err_fd);
+
+    assert_true(s_steps_until(&a, &none, s_has_ready, &a, S_MOVE_MS));
+    s_step_task(&a, "gated-task-1", "test.gate", "ss", started, gate);
+    assert_true(s_steps_until(&a, &none, s_file_exists, started, S_MOVE_MS));
+    s_step_task(&a, "prefetched-1", "test.record", "is", (int64_t)1, record);
+    s_step_task(&a, "prefetched-2", "test.record", "is", (int64_t)2, record);
+    static tq_msg_t ping;
+    memset(&ping, 0, sizeof ping);
+    ping.command = TQ_CMD_PING;
+    s_step_send(&a, &a.child, &ping, NULL);
+    assert_true(s_steps_until(&a, &none, s_has_pong, &a, S_MOVE_MS));
+
+    /* the connection ends; the same broker, as far as heartbeats tell */
+    char endpoint[TQ_HARNESS_EP_MAX];
+    snprintf(endpoint, sizeof endpoint, "%s", a.endpoint);
+    s_step_close(&a);
+    s_step_bind_at(ctx, &a, 4242, 1, endpoint);
+    assert_true(s_steps_until(&a, &none, s_has_ready, &a, S_MOVE_MS));
+    assert_string_equal(a.ready_id, "gated-task-1");
+    assert_int_equal(access(gate, F_OK), -1); /* still running */
+    assert_int_equal(a.dones, 0);
+
+    int fd = open(gate, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(s_steps_until(&a, &none, s_has_done, &a, S_GET_MS));
+    assert_string_equal(a.done_id, "gated-task-1");
+    assert_int_equal(a.done_state, TQ_STATE_SUCCESS);
+    s_step_task(&a, "after-cut-1", "tq.echo", "i", (int64_t)1);
+    assert_true(s_steps_until(&a, &none, s_two_dones, &a, S_GET_MS));
+    printf("connection ended with 2 tasks prefetched behind a running one: "
+           "the new A got %d READY (last naming \"%s\"), %d DONE (last "
+           "%s); the prefetched tasks ran %s\n",
+           a.readies, a.ready_id, a.dones, a.done_id,
+           access(record, F_OK) == 0 ? "(record written)" : "never");
+    assert_string_equal(a.done_id, "after-cut-1");
+    assert_int_equal(a.dones, 2);
+    assert_int_equal(access(record, F_OK), -1);
+    assert_int_equal(none.readies, 0);
+
+    char *err = s_worker_stop(worker, err_fd);
+    free(err);
+    s_step_close(&a);
+    s_step_close(&none);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
 static bool
 s_has_standby_error(void *arg)
 {
@@ -893,6 +979,7 @@ main(void)
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_done_goes_to_new_broker),
         cmocka_unit_test(test_prefetched_dropped_on_move),
+        cmocka_unit_test(test_connection_end_drops_prefetched),
         cmocka_unit_test(test_single_broker_standby_then_active),
         cmocka_unit_test(test_killed_broker_store_takeover),
     };

@@ -47,6 +47,8 @@ typedef struct {
     int64_t task_at_us; /* when the running task started, monotonic us */
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
+    void *monitor; /* PAIR: sock's DISCONNECTED events, NULL without */
+    unsigned monitors; /* monitors made, for their inproc names */
     tq_frames_t frames; /* reused for every recv */
     tq_msg_t in; /* decoded header, points into frames */
     tq_msg_t out; /* header being sent */
@@ -575,6 +577,65 @@ s_open(s_child_t *self)
         s_die(why);
     if (zmq_connect(self->sock, endpoint) != 0)
         s_die(endpoint);
+    /* the end of the connection, seen at once (a killed broker's kernel
+       closes it): the tasks we hold will be queued again by whoever
+       serves next, so we must not start them (PROTOCOL 10). Without a
+       monitor the child works as before: it learns from its supervisor */
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://tq-child-monitor-%u", ++self->monitors);
+    self->monitor = NULL;
+    if (zmq_socket_monitor(self->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0)
+        return;
+    self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
+    if (self->monitor && zmq_connect(self->monitor, ep) != 0) {
+        zmq_close(self->monitor);
+        self->monitor = NULL;
+    }
+    if (!self->monitor)
+        zmq_socket_monitor(self->sock, NULL, 0);
+}
+
+/* Stops and closes self->sock's monitor, if any. */
+static void
+s_monitor_close(s_child_t *self)
+{
+    if (!self->monitor)
+        return;
+    zmq_socket_monitor(self->sock, NULL, 0);
+    int zero = 0;
+    zmq_setsockopt(self->monitor, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(self->monitor);
+    self->monitor = NULL;
+}
+
+/* True if the connection to the broker ended since the last look (a
+   monitor's event is two frames: event and value, then the endpoint). If
+   so, s_reannounce is set: the child reconnects and announces itself
+   again, holding only the task it runs. */
+static bool
+s_disconnected(s_child_t *self)
+{
+    bool gone = false;
+    zmq_msg_t frame;
+    zmq_msg_init(&frame);
+    while (self->monitor &&
+           zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) >= 0) {
+        if (zmq_msg_size(&frame) == 6) {
+            uint16_t event;
+            memcpy(&event, zmq_msg_data(&frame), sizeof event);
+            gone |= event == ZMQ_EVENT_DISCONNECTED;
+        }
+        while (zmq_msg_more(&frame) &&
+               zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) >= 0)
+            ;
+    }
+    zmq_msg_close(&frame);
+    if (gone) {
+        if (self->config->verbose)
+            tq_worker_log("child: the connection to the broker ended");
+        s_reannounce = 1;
+    }
+    return gone;
 }
 
 /* Drops the queued jobs: they came from a broker that is gone or that
@@ -603,10 +664,19 @@ static void
 s_reconnect(s_child_t *self, const char *running)
 {
     s_reannounce = 0;
+    /* the broker gave us the running task again (a newer attempt, queued
+       here): it recovered it after our last READY. Naming it would bind
+       that attempt to this run, whose DONE it refuses; unnamed, it is
+       queued again and runs once more (at least once) */
+    for (size_t i = 0; running && i < self->count; i++)
+        if (strcmp(self->jobs[(self->head + i) % self->capacity].id, running) ==
+            0)
+            running = NULL;
     s_drop_queued(self);
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
+    s_monitor_close(self);
     zmq_close(self->sock);
     s_open(self);
     s_send_ready(self, running);
@@ -638,12 +708,17 @@ s_keeper_serve(void *arg, int wake_fd)
                 ;
         if (s_reannounce)
             s_reconnect(self, self->current.id);
-        zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
-                                  {NULL, wake_fd, ZMQ_POLLIN, 0},
-                                  {NULL, s_reannounce_fd, ZMQ_POLLIN, 0}};
-        bool has_fd = s_reannounce_fd >= 0;
-        if (zmq_poll(items, has_fd ? 3 : 2,
-                     has_fd ? -1 : S_REANNOUNCE_POLL_MS) < 0) {
+        zmq_pollitem_t items[4] = {{self->sock, 0, ZMQ_POLLIN, 0},
+                                   {NULL, wake_fd, ZMQ_POLLIN, 0}};
+        int n = 2, monitor = -1;
+        if (s_reannounce_fd >= 0)
+            items[n++] = (zmq_pollitem_t){NULL, s_reannounce_fd, ZMQ_POLLIN, 0};
+        if (self->monitor) {
+            monitor = n;
+            items[n++] = (zmq_pollitem_t){self->monitor, 0, ZMQ_POLLIN, 0};
+        }
+        if (zmq_poll(items, n,
+                     s_reannounce_fd >= 0 ? -1 : S_REANNOUNCE_POLL_MS) < 0) {
             if (errno == EINTR)
                 continue;
             s_die("zmq_poll");
@@ -652,6 +727,8 @@ s_keeper_serve(void *arg, int wake_fd)
             return;
         if (items[0].revents & ZMQ_POLLIN)
             s_drain(self);
+        if (monitor >= 0 && (items[monitor].revents & ZMQ_POLLIN))
+            s_disconnected(self); /* sets s_reannounce: done above */
     }
 }
 
@@ -720,6 +797,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         if (!self->count || s_now_us() - drained_us >= S_DRAIN_EVERY_US) {
             s_drain(self);
             drained_us = s_now_us();
+            /* before the next job starts: not one of a gone broker's */
+            if (s_disconnected(self))
+                s_reconnect(self, NULL);
         }
         if (s_stop)
             break;
@@ -788,6 +868,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_sbuffer_destroy(&self->header);
     msgpack_sbuffer_destroy(&self->value);
     msgpack_zone_destroy(&self->zone);
+    s_monitor_close(self);
     zmq_close(self->sock);
     if (s_reannounce_fd >= 0) {
         int fd = s_reannounce_fd;
