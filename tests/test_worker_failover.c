@@ -468,6 +468,7 @@ typedef struct {
     int readies;
     int standby_errors; /* ERROR TQ_ESTANDBY sent */
     int dones; /* DONE received */
+    int pongs; /* PONG received */
     char done_id[TQ_PROTO_MAX_ID + 1]; /* the last DONE's */
     uint32_t done_attempt;
     uint32_t done_state;
@@ -478,15 +479,22 @@ typedef struct {
 
 static int s_order;
 
+/* Binds a fake on endpoint (a few tries: a port just closed may linger a
+   moment). */
 static void
-s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
+s_step_bind_at(void *ctx, s_step_t *self, uint64_t pid, uint64_t session,
+               const char *endpoint)
 {
     memset(self, 0, sizeof *self);
     self->router = zmq_socket(ctx, ZMQ_ROUTER);
     assert_non_null(self->router);
     int zero = 0;
     zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
+    int rc = -1;
+    for (int attempt = 0; attempt < 50 && rc != 0; attempt++)
+        if ((rc = zmq_bind(self->router, endpoint)) != 0)
+            tq_harness_sleep_ms(100);
+    assert_int_equal(rc, 0);
     size_t len = sizeof self->endpoint;
     assert_int_equal(
         zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len),
@@ -495,6 +503,12 @@ s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
     self->pid = pid;
     self->session = session;
     self->last_session = UINT64_MAX;
+}
+
+static void
+s_step_bind(void *ctx, s_step_t *self, uint64_t pid, uint64_t session)
+{
+    s_step_bind_at(ctx, self, pid, session, "tcp://127.0.0.1:*");
 }
 
 static void
@@ -552,7 +566,8 @@ s_step(s_step_t *self)
             tq_str_copy(self->done_id, sizeof self->done_id, in.id);
             self->done_attempt = in.attempt;
             self->done_state = in.state;
-        }
+        } else if (in.command == TQ_CMD_PONG)
+            self->pongs++;
     }
     tq_frames_close(&f);
 }
@@ -675,6 +690,194 @@ test_done_goes_to_new_broker(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* Sends the child that last sent READY to self a TASK: id, task name,
+   attempt 1, its arguments packed from fmt. */
+static void
+s_step_task(s_step_t *self, const char *id, const char *name, const char *fmt,
+            ...)
+{
+    static tq_msg_t out;
+    memset(&out, 0, sizeof out);
+    out.command = TQ_CMD_TASK;
+    out.id = tq_str(id);
+    out.task = tq_str(name);
+    out.attempt = 1;
+    tq_buf_t args = {0};
+    va_list ap;
+    va_start(ap, fmt);
+    assert_int_equal(tq_vpack(&args, fmt, ap), TQ_OK);
+    va_end(ap);
+    zmq_msg_t payload;
+    zmq_msg_init_size(&payload, args.size);
+    memcpy(zmq_msg_data(&payload), args.data, args.size);
+    tq_buf_free(&args);
+    s_step_send(self, &self->child, &out, &payload);
+    zmq_msg_close(&payload);
+}
+
+static bool
+s_has_pong(void *arg)
+{
+    return ((s_step_t *)arg)->pongs > 0;
+}
+
+static bool
+s_two_dones(void *arg)
+{
+    return ((s_step_t *)arg)->dones >= 2;
+}
+
+/* Broker A (a fake) gives the host's only child (prefetch 16) a task
+   that runs until the test lets it end and two more tasks behind it,
+   which the child holds unstarted (a PING after them is answered: it
+   read them). A turns standby and the host moves to B: while the first
+   task still runs, the child announces itself to B naming only that task
+   (PROTOCOL 10: it holds at most the task it runs). The task ends: B gets
+   its DONE. Then B's own task runs next and its DONE is B's second: the
+   two tasks of A were dropped, never run (their record file never
+   written) and never reported, to A or B. */
+static void
+test_prefetched_dropped_on_move(void **state)
+{
+    (void)state;
+    char dir[4096], started[4200], gate[4200], record[4200];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "wdrop"), 0);
+    snprintf(started, sizeof started, "%s/started", dir);
+    snprintf(gate, sizeof gate, "%s/gate", dir);
+    snprintf(record, sizeof record, "%s/record", dir);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    s_step_t a, b;
+    s_step_bind(ctx, &a, 4242, 1);
+    s_step_bind(ctx, &b, 5353, 7);
+    char list[2 * TQ_HARNESS_EP_MAX + 2];
+    snprintf(list, sizeof list, "%s,%s", a.endpoint, b.endpoint);
+    int err_fd = -1;
+    pid_t worker = s_worker(list, "1", TQ_TESTTASKS_SO, &err_fd);
+
+    assert_true(s_steps_until(&a, &b, s_has_ready, &a, S_MOVE_MS));
+    s_step_task(&a, "gated-task-1", "test.gate", "ss", started, gate);
+    assert_true(s_steps_until(&a, &b, s_file_exists, started, S_MOVE_MS));
+    s_step_task(&a, "prefetched-1", "test.record", "is", (int64_t)1, record);
+    s_step_task(&a, "prefetched-2", "test.record", "is", (int64_t)2, record);
+    static tq_msg_t ping;
+    memset(&ping, 0, sizeof ping);
+    ping.command = TQ_CMD_PING;
+    s_step_send(&a, &a.child, &ping, NULL);
+    assert_true(s_steps_until(&a, &b, s_has_pong, &a, S_MOVE_MS));
+
+    /* A turns standby: the host moves, and the child announces itself to
+       B with the running task only, before it ends */
+    a.standby = true;
+    assert_true(s_steps_until(&a, &b, s_has_ready, &b, S_MOVE_MS));
+    assert_string_equal(b.ready_id, "gated-task-1");
+    assert_int_equal(access(gate, F_OK), -1); /* still running */
+    assert_int_equal(a.dones, 0);
+    assert_int_equal(b.dones, 0);
+
+    int fd = open(gate, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(s_steps_until(&a, &b, s_has_done, &b, S_GET_MS));
+    assert_string_equal(b.done_id, "gated-task-1");
+    assert_int_equal(b.done_state, TQ_STATE_SUCCESS);
+    assert_true(b.ready_at < b.done_at);
+
+    /* B's task runs next: nothing of A's was left before it */
+    s_step_task(&b, "after-move-1", "tq.echo", "i", (int64_t)1);
+    assert_true(s_steps_until(&a, &b, s_two_dones, &b, S_GET_MS));
+    printf("host moved with 2 tasks prefetched behind a running one: B got "
+           "%d READY (last naming \"%s\"), %d DONE (last %s); A got %d "
+           "DONE; the prefetched tasks ran %s\n",
+           b.readies, b.ready_id, b.dones, b.done_id, a.dones,
+           access(record, F_OK) == 0 ? "(record written)" : "never");
+    assert_string_equal(b.done_id, "after-move-1");
+    assert_int_equal(b.dones, 2);
+    assert_int_equal(a.dones, 0);
+    assert_int_equal(access(record, F_OK), -1);
+
+    char *err = s_worker_stop(worker, err_fd);
+    free(err);
+    assert_int_equal(a.dones, 0);
+    s_step_close(&a);
+    s_step_close(&b);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
+/* Broker A (a fake) gives the host's only child a task that runs until
+   the test lets it end and two more behind it (read: a PING after them is
+   answered). A's socket closes (as a killed broker's kernel closes it)
+   and a new A listens on the same endpoint with the same pid and session,
+   so the supervisor sees no change: the child sees its connection end
+   and, while its task still runs, announces itself to the new A naming
+   only that task. The task's DONE goes there; A's next task runs next:
+   the two tasks held when the connection ended never ran and were never
+   reported. */
+static void
+test_connection_end_drops_prefetched(void **state)
+{
+    (void)state;
+    char dir[4096], started[4200], gate[4200], record[4200];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "wcut"), 0);
+    snprintf(started, sizeof started, "%s/started", dir);
+    snprintf(gate, sizeof gate, "%s/gate", dir);
+    snprintf(record, sizeof record, "%s/record", dir);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    s_step_t a, none;
+    s_step_bind(ctx, &a, 4242, 1);
+    s_step_bind(ctx, &none, 1, 1); /* served, never connected to */
+    int err_fd = -1;
+    pid_t worker = s_worker(a.endpoint, "1", TQ_TESTTASKS_SO, &err_fd);
+
+    assert_true(s_steps_until(&a, &none, s_has_ready, &a, S_MOVE_MS));
+    s_step_task(&a, "gated-task-1", "test.gate", "ss", started, gate);
+    assert_true(s_steps_until(&a, &none, s_file_exists, started, S_MOVE_MS));
+    s_step_task(&a, "prefetched-1", "test.record", "is", (int64_t)1, record);
+    s_step_task(&a, "prefetched-2", "test.record", "is", (int64_t)2, record);
+    static tq_msg_t ping;
+    memset(&ping, 0, sizeof ping);
+    ping.command = TQ_CMD_PING;
+    s_step_send(&a, &a.child, &ping, NULL);
+    assert_true(s_steps_until(&a, &none, s_has_pong, &a, S_MOVE_MS));
+
+    /* the connection ends; the same broker, as far as heartbeats tell */
+    char endpoint[TQ_HARNESS_EP_MAX];
+    snprintf(endpoint, sizeof endpoint, "%s", a.endpoint);
+    s_step_close(&a);
+    s_step_bind_at(ctx, &a, 4242, 1, endpoint);
+    assert_true(s_steps_until(&a, &none, s_has_ready, &a, S_MOVE_MS));
+    assert_string_equal(a.ready_id, "gated-task-1");
+    assert_int_equal(access(gate, F_OK), -1); /* still running */
+    assert_int_equal(a.dones, 0);
+
+    int fd = open(gate, O_WRONLY | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_true(s_steps_until(&a, &none, s_has_done, &a, S_GET_MS));
+    assert_string_equal(a.done_id, "gated-task-1");
+    assert_int_equal(a.done_state, TQ_STATE_SUCCESS);
+    s_step_task(&a, "after-cut-1", "tq.echo", "i", (int64_t)1);
+    assert_true(s_steps_until(&a, &none, s_two_dones, &a, S_GET_MS));
+    printf("connection ended with 2 tasks prefetched behind a running one: "
+           "the new A got %d READY (last naming \"%s\"), %d DONE (last "
+           "%s); the prefetched tasks ran %s\n",
+           a.readies, a.ready_id, a.dones, a.done_id,
+           access(record, F_OK) == 0 ? "(record written)" : "never");
+    assert_string_equal(a.done_id, "after-cut-1");
+    assert_int_equal(a.dones, 2);
+    assert_int_equal(access(record, F_OK), -1);
+    assert_int_equal(none.readies, 0);
+
+    char *err = s_worker_stop(worker, err_fd);
+    free(err);
+    s_step_close(&a);
+    s_step_close(&none);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
 static bool
 s_has_standby_error(void *arg)
 {
@@ -775,6 +978,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_silent_first, tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_done_goes_to_new_broker),
+        cmocka_unit_test(test_prefetched_dropped_on_move),
+        cmocka_unit_test(test_connection_end_drops_prefetched),
         cmocka_unit_test(test_single_broker_standby_then_active),
         cmocka_unit_test(test_killed_broker_store_takeover),
     };

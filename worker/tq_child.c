@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -46,6 +47,8 @@ typedef struct {
     int64_t task_at_us; /* when the running task started, monotonic us */
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
+    void *monitor; /* PAIR: sock's DISCONNECTED events, NULL without */
+    unsigned monitors; /* monitors made, for their inproc names */
     tq_frames_t frames; /* reused for every recv */
     tq_msg_t in; /* decoded header, points into frames */
     tq_msg_t out; /* header being sent */
@@ -88,9 +91,18 @@ s_on_stop(int sig)
 }
 
 /* Set by TQ_SIGNAL_REANNOUNCE: the broker restarted, or the host moved to
-   another broker; reconnect (to the broker on the host's board) and send
-   READY again once no task runs. */
+   another broker; reconnect (to the broker on the host's board), drop the
+   unstarted jobs and send READY again, naming the running task if any:
+   at once when no task runs or the keeper holds the socket, else when the
+   task ends. */
 static volatile sig_atomic_t s_reannounce;
+
+/* An eventfd the same signal writes to: it wakes the keeper, which polls
+   the socket while a long task runs (its thread blocks every signal).
+   -1 without one: the keeper then looks at s_reannounce every
+   S_REANNOUNCE_POLL_MS. */
+static int s_reannounce_fd = -1;
+#define S_REANNOUNCE_POLL_MS 100
 
 /* The running task's soft-limit flag, set by TQ_SIGNAL_SOFT_LIMIT. */
 static volatile sig_atomic_t *s_soft_flag;
@@ -100,6 +112,13 @@ s_on_reannounce(int sig)
 {
     (void)sig;
     s_reannounce = 1;
+    if (s_reannounce_fd >= 0) {
+        int saved = errno;
+        uint64_t one = 1;
+        ssize_t n = write(s_reannounce_fd, &one, sizeof one);
+        (void)n; /* EAGAIN: it is readable already */
+        errno = saved;
+    }
 }
 
 static void
@@ -558,11 +577,74 @@ s_open(s_child_t *self)
         s_die(why);
     if (zmq_connect(self->sock, endpoint) != 0)
         s_die(endpoint);
+    /* the end of the connection, seen at once (a killed broker's kernel
+       closes it): the tasks we hold will be queued again by whoever
+       serves next, so we must not start them (PROTOCOL 10). Without a
+       monitor the child works as before: it learns from its supervisor */
+    char ep[64];
+    snprintf(ep, sizeof ep, "inproc://tq-child-monitor-%u", ++self->monitors);
+    self->monitor = NULL;
+    if (zmq_socket_monitor(self->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0)
+        return;
+    self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
+    if (self->monitor && zmq_connect(self->monitor, ep) != 0) {
+        zmq_close(self->monitor);
+        self->monitor = NULL;
+    }
+    if (!self->monitor)
+        zmq_socket_monitor(self->sock, NULL, 0);
+}
+
+/* Stops and closes self->sock's monitor, if any. */
+static void
+s_monitor_close(s_child_t *self)
+{
+    if (!self->monitor)
+        return;
+    zmq_socket_monitor(self->sock, NULL, 0);
+    int zero = 0;
+    zmq_setsockopt(self->monitor, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_close(self->monitor);
+    self->monitor = NULL;
+}
+
+/* True if the connection to the broker ended since the last look (a
+   monitor's event is two frames: event and value, then the endpoint). If
+   so, s_reannounce is set: the child reconnects and announces itself
+   again, holding only the task it runs. */
+static bool
+s_disconnected(s_child_t *self)
+{
+    bool gone = false;
+    zmq_msg_t frame;
+    zmq_msg_init(&frame);
+    while (self->monitor &&
+           zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) >= 0) {
+        if (zmq_msg_size(&frame) == 6) {
+            uint16_t event;
+            memcpy(&event, zmq_msg_data(&frame), sizeof event);
+            gone |= event == ZMQ_EVENT_DISCONNECTED;
+        }
+        while (zmq_msg_more(&frame) &&
+               zmq_msg_recv(&frame, self->monitor, ZMQ_DONTWAIT) >= 0)
+            ;
+    }
+    zmq_msg_close(&frame);
+    if (gone) {
+        if (self->config->verbose)
+            tq_worker_log("child: the connection to the broker ended");
+        s_reannounce = 1;
+    }
+    return gone;
 }
 
 /* Drops the queued jobs: they came from a broker that is gone or that
-   forgot us, and it (or its successor) queues them again. The running
-   job is not in the ring: it finishes and is answered on the new socket. */
+   forgot us, and it (or its successor) queues them again (PROTOCOL 10: a
+   child that announces itself again holds at most the task it runs).
+   They were never started, so no DONE is ever sent for them, and the
+   READY that follows asks for a full credit less the running task. The
+   running job is not in the ring: it finishes and is answered on the new
+   socket. */
 static void
 s_drop_queued(s_child_t *self)
 {
@@ -575,15 +657,26 @@ s_drop_queued(s_child_t *self)
 }
 
 /* Closes the DEALER, opens a new one and sends READY again: the broker
-   restarted and does not know this child. */
+   restarted and does not know this child, or the host moved. Called by
+   whichever thread holds the socket (the keeper while a long task runs,
+   naming it in running). */
 static void
 s_reconnect(s_child_t *self, const char *running)
 {
     s_reannounce = 0;
+    /* the broker gave us the running task again (a newer attempt, queued
+       here): it recovered it after our last READY. Naming it would bind
+       that attempt to this run, whose DONE it refuses; unnamed, it is
+       queued again and runs once more (at least once) */
+    for (size_t i = 0; running && i < self->count; i++)
+        if (strcmp(self->jobs[(self->head + i) % self->capacity].id, running) ==
+            0)
+            running = NULL;
     s_drop_queued(self);
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
+    s_monitor_close(self);
     zmq_close(self->sock);
     s_open(self);
     s_send_ready(self, running);
@@ -603,16 +696,39 @@ s_keeper_serve(void *arg, int wake_fd)
 {
     s_child_t *self = arg;
     for (;;) {
-        zmq_pollitem_t items[] = {{self->sock, 0, ZMQ_POLLIN, 0},
-                                  {NULL, wake_fd, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, -1) < 0) {
+        /* the host moved or the broker restarted while the task runs:
+           announce it to the new broker now, not when it ends, so that
+           the broker does not hand the recovered task to another child,
+           and drop the unstarted jobs before they run (the eventfd is
+           read before the flag: a signal after the look wakes the poll) */
+        uint64_t count;
+        if (s_reannounce_fd >= 0)
+            while (read(s_reannounce_fd, &count, sizeof count) < 0 &&
+                   errno == EINTR)
+                ;
+        if (s_reannounce)
+            s_reconnect(self, self->current.id);
+        zmq_pollitem_t items[4] = {{self->sock, 0, ZMQ_POLLIN, 0},
+                                   {NULL, wake_fd, ZMQ_POLLIN, 0}};
+        int n = 2, monitor = -1;
+        if (s_reannounce_fd >= 0)
+            items[n++] = (zmq_pollitem_t){NULL, s_reannounce_fd, ZMQ_POLLIN, 0};
+        if (self->monitor) {
+            monitor = n;
+            items[n++] = (zmq_pollitem_t){self->monitor, 0, ZMQ_POLLIN, 0};
+        }
+        if (zmq_poll(items, n,
+                     s_reannounce_fd >= 0 ? -1 : S_REANNOUNCE_POLL_MS) < 0) {
             if (errno == EINTR)
                 continue;
             s_die("zmq_poll");
         }
         if (items[1].revents & ZMQ_POLLIN)
             return;
-        s_drain(self);
+        if (items[0].revents & ZMQ_POLLIN)
+            s_drain(self);
+        if (monitor >= 0 && (items[monitor].revents & ZMQ_POLLIN))
+            s_disconnected(self); /* sets s_reannounce: done above */
     }
 }
 
@@ -645,6 +761,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     self->host = host;
     fcntl(report_fd, F_SETFL, O_NONBLOCK); /* a nudge never blocks us */
     s_stop = 0;
+    /* only the keeper polls it: none without one */
+    if (config->prefetch > 1)
+        s_reannounce_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     s_setup_signals();
 
     /* a fresh context: the supervisor's (if any) belongs to the parent's
@@ -678,6 +797,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         if (!self->count || s_now_us() - drained_us >= S_DRAIN_EVERY_US) {
             s_drain(self);
             drained_us = s_now_us();
+            /* before the next job starts: not one of a gone broker's */
+            if (s_disconnected(self))
+                s_reconnect(self, NULL);
         }
         if (s_stop)
             break;
@@ -746,7 +868,13 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     msgpack_sbuffer_destroy(&self->header);
     msgpack_sbuffer_destroy(&self->value);
     msgpack_zone_destroy(&self->zone);
+    s_monitor_close(self);
     zmq_close(self->sock);
+    if (s_reannounce_fd >= 0) {
+        int fd = s_reannounce_fd;
+        s_reannounce_fd = -1; /* a late signal writes nowhere */
+        close(fd);
+    }
     /* bounded by the 1000 ms linger */
     while (zmq_ctx_term(self->ctx) < 0 && errno == EINTR)
         ;
