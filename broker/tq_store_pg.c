@@ -399,6 +399,20 @@ tq_store_pg_new(const char *url, const tq_store_options_t *options, char *error,
                    self->synchronous ? "SET synchronous_commit = on"
                                      : "SET synchronous_commit = off"))
         goto failed;
+    /* a broker frozen (SIGSTOP) in the middle of a transaction keeps its
+       connection, and the lease row that its fence holds FOR SHARE: the
+       server ends such a session once it sat idle in its transaction for
+       the lease's length, and no statement of ours waits for a row lock
+       longer than that (a standby's takeover would otherwise wait for a
+       frozen broker forever) */
+    char limits[160];
+    unsigned link = options->link_timeout_ms ? options->link_timeout_ms : 10000;
+    snprintf(limits, sizeof limits,
+             "SET idle_in_transaction_session_timeout = %u;"
+             "SET lock_timeout = %u",
+             link, link);
+    if (!s_exec_ok(self, limits))
+        goto failed;
     if (s_migrate(self) != TQ_OK || s_prepare(self) != TQ_OK)
         goto failed;
     return base;
@@ -1072,9 +1086,22 @@ s_lease_acquire(tq_store_t *base, const char *owner, uint32_t ttl_ms,
     char ttl[32];
     snprintf(ttl, sizeof ttl, "%u", ttl_ms);
     const char *values[] = {owner, ttl};
+    /* first without a lock: while another broker holds a live lease, a
+       standby's attempt must not queue for the row that every commit of
+       the active one locks FOR SHARE */
+    PGresult *res = s_exec(self,
+                           "SELECT 1 FROM tq_lease WHERE name = 'active'"
+                           " AND expires_at > clock_timestamp()"
+                           " AND owner <> $1",
+                           1, values, PGRES_TUPLES_OK);
+    if (!res)
+        return TQ_ESYS;
+    bool live = PQntuples(res) > 0;
+    PQclear(res);
+    res = NULL;
     /* the database's clock decides expiry: brokers' clocks may differ */
-    PGresult *res =
-        s_exec(self,
+    if (!live)
+        res = s_exec(self,
                "INSERT INTO tq_lease (name, owner, epoch, expires_at)"
                " VALUES ('active', $1, 1, clock_timestamp() + $2::bigint *"
                " interval '1 millisecond')"
@@ -1083,9 +1110,9 @@ s_lease_acquire(tq_store_t *base, const char *owner, uint32_t ttl_ms,
                " WHERE tq_lease.expires_at <= clock_timestamp()"
                " OR tq_lease.owner = excluded.owner RETURNING epoch",
                2, values, PGRES_TUPLES_OK);
-    if (!res)
+    if (!live && !res)
         return TQ_ESYS;
-    if (PQntuples(res) != 1) {
+    if (live || PQntuples(res) != 1) {
         PQclear(res);
         res = s_exec(self,
                      "SELECT owner, ceil(extract(epoch FROM expires_at -"
