@@ -22,6 +22,7 @@
 #include "tq_client_internal.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
+#include "tq_raw_client.h"
 #include "tq_wire.h"
 
 #ifndef TQ_TESTTASKS_SO
@@ -113,52 +114,18 @@ s_restart(tq_harness_broker_t *broker, const char *clients, const char *workers,
 
 /* ---- a raw TQP/1 client: exact control over (re)submissions ---- */
 
-typedef struct {
-    void *ctx;
-    void *sock;
-    msgpack_sbuffer sbuf; /* header encoding, reused */
-    tq_frames_t frames;
-    tq_msg_t *out; /* large: on the heap */
-    tq_msg_t *in;
-} s_raw_t;
+typedef tq_raw_client_t s_raw_t; /* tests/support/tq_raw_client.h */
 
 static s_raw_t *
 s_raw_new(const char *endpoint)
 {
-    s_raw_t *self = calloc(1, sizeof *self);
-    assert_non_null(self);
-    self->out = calloc(1, sizeof *self->out);
-    self->in = calloc(1, sizeof *self->in);
-    self->ctx = zmq_ctx_new();
-    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
-    assert_non_null(self->sock);
-    int zero = 0, ivl = 50;
-    /* unbounded queues: the window bounds what we send, and a SUBMIT
-       queued while the broker is down goes to the next one */
-    zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_SNDHWM, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_RCVHWM, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
-    assert_int_equal(zmq_connect(self->sock, endpoint), 0);
-    msgpack_sbuffer_init(&self->sbuf);
-    tq_frames_init(&self->frames);
-    return self;
+    return tq_raw_client_new(endpoint, 50);
 }
 
 static void
 s_raw_destroy(s_raw_t **self_p)
 {
-    s_raw_t *self = *self_p;
-    if (!self)
-        return;
-    tq_frames_close(&self->frames);
-    msgpack_sbuffer_destroy(&self->sbuf);
-    zmq_close(self->sock);
-    zmq_ctx_term(self->ctx);
-    free(self->out);
-    free(self->in);
-    free(self);
-    *self_p = NULL;
+    tq_raw_client_destroy(self_p);
 }
 
 /* Sends SUBMIT id task (queue default) with args. 0 or -1. */
@@ -199,17 +166,7 @@ s_raw_get(s_raw_t *self, const char *id, bool wait)
 static int
 s_raw_recv(s_raw_t *self, int timeout_ms)
 {
-    zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, timeout_ms) <= 0)
-        return 0;
-    if (tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT) != TQ_OK)
-        return 0;
-    const char *reason = NULL;
-    if (tq_wire_decode(&self->frames, self->in, &reason) != TQ_OK) {
-        fprintf(stderr, "raw client: malformed message: %s\n", reason);
-        return 0;
-    }
-    return 1;
+    return tq_raw_client_recv(self, timeout_ms);
 }
 
 /* ---- submissions with resubmission by id ---- */
