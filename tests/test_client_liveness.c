@@ -602,12 +602,9 @@ s_other_start(s_other_t *self, bool answer)
     memset(self, 0, sizeof *self);
     self->answer = answer;
     self->ctx = zmq_ctx_new();
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof self->endpoint;
-    zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len);
+    self->router =
+        tq_harness_router(self->ctx, self->endpoint, sizeof self->endpoint, 0);
+    assert_non_null(self->router);
     assert_int_equal(pthread_create(&self->thread, NULL, s_other_run, self), 0);
 }
 

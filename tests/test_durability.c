@@ -464,13 +464,7 @@ s_fetch_all(s_subs_t *subs, s_raw_t *raw, int timeout_ms, s_outcome_t *out)
 static int64_t
 s_waiting(tq_client_t *client)
 {
-    tq_harness_status_t st;
-    if (tq_harness_status(client, &st, 3000) != TQ_OK)
-        return -1;
-    const msgpack_object *q = tq_harness_queue(&st, TQ_DEFAULT_QUEUE);
-    int64_t waiting = q ? (int64_t)tq_harness_map_uint(q, "waiting", 0) : 0;
-    tq_harness_status_free(&st);
-    return waiting;
+    return tq_harness_queue_waiting(client, TQ_DEFAULT_QUEUE);
 }
 
 static int64_t

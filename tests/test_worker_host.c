@@ -487,34 +487,6 @@ s_count_lines(const char *text, const char *needle, const char *unless)
     return n;
 }
 
-/* Reads fd to EOF, or for timeout_ms at most, into a malloc'd
-   NUL-terminated string. */
-static char *
-s_slurp(int fd, int timeout_ms)
-{
-    size_t size = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t n = 1;
-    int64_t deadline = tq_harness_now_ms() + timeout_ms;
-    while (n > 0) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int64_t left = deadline - tq_harness_now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
-        if ((n = read(fd, buf + size, cap - size - 1)) <= 0)
-            break;
-        size += (size_t)n;
-        if (cap - size < 2) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    buf[size] = '\0';
-    return buf;
-}
-
 /* A child that exits at start-up, again and again (a module whose fork
    handler exits 3): after 5 tries with backoff the supervisor stops with
    a message saying so and exit status 1, instead of respawning forever. */
@@ -528,7 +500,8 @@ test_startup_failures_stop_host(void **state)
     int err_fd = -1;
     pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
     assert_true(worker > 0);
-    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    /* EOF: the supervisor is gone */
+    char *err = tq_harness_read_fd(err_fd, 30000);
     close(err_fd);
     int status = 0;
     fputs(err, stdout);
@@ -556,7 +529,8 @@ test_clients_endpoint_refused(void **state)
     int err_fd = -1;
     pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
     assert_true(worker > 0);
-    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    /* EOF: the supervisor is gone */
+    char *err = tq_harness_read_fd(err_fd, 30000);
     close(err_fd);
     fputs(err, stdout);
     int status = 0;

@@ -45,22 +45,9 @@ tq_fake_broker_destroy(tq_fake_broker_t **self_p)
 int
 tq_fake_broker_bind(tq_fake_broker_t *self, int timeout_ms)
 {
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    if (!self->router)
-        return -1;
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    const char *ep = self->endpoint[0] ? self->endpoint : "tcp://127.0.0.1:*";
-    /* the port of a socket just closed may take a moment to come free */
-    int64_t deadline = tq_harness_now_ms() + timeout_ms;
-    while (zmq_bind(self->router, ep) != 0) {
-        if (tq_harness_now_ms() > deadline)
-            return -1;
-        tq_harness_sleep_ms(20);
-    }
-    size_t len = sizeof self->endpoint;
-    return zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint,
-                          &len);
+    self->router = tq_harness_router(self->ctx, self->endpoint,
+                                     sizeof self->endpoint, timeout_ms);
+    return self->router ? 0 : -1;
 }
 
 void
