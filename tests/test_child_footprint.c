@@ -199,39 +199,28 @@ s_assert_small_stacks(pid_t pid)
     return checked;
 }
 
-static void
-s_largest_reserve(const s_map_t *m, void *arg)
-{
-    uint64_t *largest = arg;
-    if (strcmp(m->perms, "---p") == 0 && m->inode == 0 && !m->path[0] &&
-        m->end - m->start > *largest)
-        *largest = m->end - m->start;
-}
-
-/* The largest anonymous PROT_NONE mapping of pid, bytes. */
-static uint64_t
-s_largest_reserve_of(pid_t pid)
-{
-    uint64_t largest = 0;
-    s_maps(pid, s_largest_reserve, &largest);
-    return largest;
-}
+typedef struct {
+    bool reserve_only; /* PROT_NONE ("---p") mappings only */
+    uint64_t largest; /* bytes */
+} s_largest_t;
 
 static void
-s_largest_anon(const s_map_t *m, void *arg)
+s_largest(const s_map_t *m, void *arg)
 {
-    uint64_t *largest = arg;
-    if (m->inode == 0 && !m->path[0] && m->end - m->start > *largest)
-        *largest = m->end - m->start;
+    s_largest_t *self = arg;
+    if ((!self->reserve_only || strcmp(m->perms, "---p") == 0) &&
+        m->inode == 0 && !m->path[0] && m->end - m->start > self->largest)
+        self->largest = m->end - m->start;
 }
 
-/* The largest anonymous mapping of pid, any protection, bytes. */
+/* The largest anonymous mapping of pid, bytes: any protection, or
+   PROT_NONE only if reserve_only. */
 static uint64_t
-s_largest_anon_of(pid_t pid)
+s_largest_of(pid_t pid, bool reserve_only)
 {
-    uint64_t largest = 0;
-    s_maps(pid, s_largest_anon, &largest);
-    return largest;
+    s_largest_t l = {reserve_only, 0};
+    s_maps(pid, s_largest, &l);
+    return l.largest;
 }
 
 /* True if the broker lists a worker with this pid. */
@@ -384,7 +373,7 @@ test_child_one_arena(void **state)
     pid_t child = s_only_child(host);
     tq_result_t *r = s_run(env, "tq.echo");
     tq_result_destroy(&r);
-    uint64_t reserve = s_largest_reserve_of(child);
+    uint64_t reserve = s_largest_of(child, true);
     printf("largest PROT_NONE reserve of a child: %" PRIu64 " KiB\n",
            reserve / 1024);
     assert_true(reserve < S_ARENA_RESERVE);
@@ -398,7 +387,7 @@ test_child_one_arena(void **state)
     child = s_only_child(host);
     r = s_run(env, "tq.echo");
     tq_result_destroy(&r);
-    reserve = s_largest_reserve_of(child);
+    reserve = s_largest_of(child, true);
     printf("with MALLOC_ARENA_MAX=4: %" PRIu64 " KiB\n", reserve / 1024);
     assert_true(reserve >= S_ARENA_RESERVE);
 }
@@ -422,12 +411,12 @@ test_respawned_child(void **state)
     pid_t child = s_wait_replacement(env, host, first);
 
     if (!S_ASAN) {
-        uint64_t anon = s_largest_anon_of(child);
+        uint64_t anon = s_largest_of(child, false);
         printf("respawned child %d: largest anonymous mapping %" PRIu64
                " KiB\n",
                (int)child, anon / 1024);
         assert_true(anon < S_BIG_STACK);
-        assert_true(s_largest_reserve_of(child) < S_ARENA_RESERVE);
+        assert_true(s_largest_of(child, true) < S_ARENA_RESERVE);
     }
 
     size_t want = 0;

@@ -310,6 +310,27 @@ s_fence(s_fake_t *fake, tq_client_t *client)
     tq_result_destroy(&f);
 }
 
+/* A client of the fake broker; its liveness (a minute) ends no handle
+   here. */
+static tq_client_t *
+s_client(s_fake_t *fake)
+{
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    return client;
+}
+
+/* Options whose callbacks count in s_ok_calls and s_err_calls. */
+static tq_options_t
+s_counted(void)
+{
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    return o;
+}
+
 #define MOVES(c, a, b) tq_client_moves((c), TQ_REQ_##a, TQ_REQ_##b)
 
 /* A submission through its whole life: not ready while pending, answered
@@ -319,12 +340,8 @@ static void
 test_lifecycle_success(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)3);
     assert_non_null(r);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
@@ -407,9 +424,7 @@ static void
 test_caller_sends(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
+    tq_client_t *client = s_client(fake);
     s_round_trip(fake, client); /* connected from here on */
     uint64_t before = tq_client_sent_by_caller(client);
     /* the I/O thread may wake (a tick) between the look and the submit:
@@ -481,9 +496,7 @@ static void
 test_caller_reads(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
+    tq_client_t *client = s_client(fake);
     s_round_trip(fake, client);
     tq_options_t o = TQ_OPTIONS_INIT;
     o.callback = s_on_ok_where;
@@ -521,11 +534,8 @@ static void
 test_lifecycle_failure(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.fail", &o, "s", "boom");
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     s_fake_ack(fake, fake->id);
@@ -566,11 +576,8 @@ static void
 test_resend_keeps_one_state(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)4);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     char id[TQ_PROTO_MAX_ID + 1];
@@ -605,12 +612,9 @@ static void
 test_full_deferred(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     o.block_when_full = true;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)5);
     char id[TQ_PROTO_MAX_ID + 1];
     for (int i = 0; i < 3; i++) {

@@ -256,6 +256,19 @@ s_serves_during_commit(const char *const extra[], const char *hold)
     tq_harness_broker_stop(&broker);
 }
 
+/* A private PostgreSQL cluster; the test is skipped without one. */
+static tq_pg_t *
+s_pg_or_skip(void)
+{
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        printf("skipped: no PostgreSQL cluster could be started "
+               "(scripts/deps.sh installs postgresql)\n");
+        skip();
+    }
+    return pg;
+}
+
 /* On the SQLite store (--data DIR). */
 static void
 test_sqlite_serves_during_commit(void **state)
@@ -275,12 +288,7 @@ static void
 test_pg_serves_during_commit(void **state)
 {
     (void)state;
-    tq_pg_t *pg = tq_pg_new();
-    if (!pg) {
-        printf("skipped: no PostgreSQL cluster could be started "
-               "(scripts/deps.sh installs postgresql)\n");
-        skip();
-    }
+    tq_pg_t *pg = s_pg_or_skip();
     char dir[512], hold[600], url[512];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-pg"), 0);
     snprintf(hold, sizeof hold, "%s/hold", dir);
@@ -368,12 +376,7 @@ static void
 test_pg_lost_stops_acks(void **state)
 {
     (void)state;
-    tq_pg_t *pg = tq_pg_new();
-    if (!pg) {
-        printf("skipped: no PostgreSQL cluster could be started "
-               "(scripts/deps.sh installs postgresql)\n");
-        skip();
-    }
+    tq_pg_t *pg = s_pg_or_skip();
     char dir[512], log[600], url[512];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-lost"), 0);
     snprintf(log, sizeof log, "%s/broker.log", dir);
