@@ -269,6 +269,18 @@ s_run(tq_harness_env_t *env, const char *task)
     return r;
 }
 
+/* Starts env's broker and a host of one child with credit 4 (*host);
+   returns the child's pid. */
+static pid_t
+s_host_of_one(tq_harness_env_t *env, pid_t *host)
+{
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *const prefetch[] = {"--prefetch", "4", NULL};
+    *host = tq_harness_env_add_worker(env, 1, prefetch, true);
+    assert_true(*host > 0);
+    return s_only_child(*host);
+}
+
 /* Threads of a child: main, ZeroMQ's I/O thread and its reaper, nothing
    else while it has run no task, even with credit above 1 (the keeper
    starts with the first task, then stays); with credit 1, never a keeper. */
@@ -276,11 +288,8 @@ static void
 test_child_threads(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    const char *const prefetch[] = {"--prefetch", "4", NULL};
-    pid_t host = tq_harness_env_add_worker(env, 1, prefetch, true);
-    assert_true(host > 0);
-    pid_t child = s_only_child(host);
+    pid_t host = 0;
+    pid_t child = s_host_of_one(env, &host);
     pid_t tids[S_MAX_THREADS];
     assert_int_equal(s_threads(child, tids, S_MAX_THREADS), 3);
     assert_int_equal(s_named(child, "ZMQbg/IO/0"), 1);
@@ -311,11 +320,8 @@ static void
 test_child_stacks(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    const char *const prefetch[] = {"--prefetch", "4", NULL};
-    pid_t host = tq_harness_env_add_worker(env, 1, prefetch, true);
-    assert_true(host > 0);
-    pid_t child = s_only_child(host);
+    pid_t host = 0;
+    pid_t child = s_host_of_one(env, &host);
     tq_result_t *r = s_run(env, "tq.echo"); /* the keeper starts */
     tq_result_destroy(&r);
     int checked = s_assert_small_stacks(child);

@@ -774,6 +774,15 @@ s_stored_start(s_stored_t *self, const char *tag)
     snprintf(self->workers, sizeof self->workers, "%s", self->broker.workers);
 }
 
+/* Stops the broker and whatever else still runs, removes the directory. */
+static void
+s_stored_stop(s_stored_t *self)
+{
+    tq_harness_broker_stop(&self->broker);
+    tq_harness_kill_all();
+    tq_harness_rmtree(self->dir);
+}
+
 /* A client waiting on handles across kill -9 and a restart of the broker
    gets its results: the handles re-attach with GET wait=true. */
 static void
@@ -824,9 +833,7 @@ test_handles_across_restart(void **state)
         tq_result_destroy(&results[i]);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(ok, N);
 }
 
@@ -900,9 +907,7 @@ test_paged_args_run(void **state)
         tq_result_destroy(&results[i]);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(ok, N);
 }
 
@@ -958,8 +963,7 @@ test_countdown_survives_restart(void **state)
     tq_result_destroy(&r);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
 }
 
 /* Flips one byte of every copy of marker in the store's files (the
@@ -1026,8 +1030,7 @@ test_damaged_task_not_run(void **state)
     tq_result_destroy(&rg);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
 }
 
 /* Data-queue items are stored like tasks: every put that was answered
@@ -1085,9 +1088,7 @@ test_queue_items_survive(void **state)
            (unsigned long long)size, N, in_order, (long long)took);
     tq_queue_destroy(&q);
     tq_client_destroy(&client);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(size, N - 1);
     assert_int_equal(in_order, N - 1);
 }
