@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
@@ -63,12 +64,7 @@ s_fake_serve(void *arg)
     msgpack_sbuffer buf;
     msgpack_sbuffer_init(&buf);
     while (!atomic_load(&self->stop)) {
-        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 50) <= 0)
-            continue;
-        const char *why;
-        if (tq_wire_recv(self->router, &f, true, 0) != TQ_OK ||
-            tq_wire_decode(&f, &in, &why) != TQ_OK)
+        if (!tq_fake_router_recv(self->router, &f, &in, 50))
             continue;
         if (in.command == TQ_CMD_HEARTBEAT)
             atomic_fetch_add(&self->heartbeats, 1);
@@ -477,15 +473,10 @@ s_step_send(s_step_t *self, zmq_msg_t *to, tq_msg_t *out, zmq_msg_t *payload)
 static void
 s_step(s_step_t *self)
 {
-    zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, 100) <= 0)
-        return;
     tq_frames_t f;
     tq_frames_init(&f);
     static tq_msg_t in, out;
-    const char *why;
-    if (tq_wire_recv(self->router, &f, true, 0) == TQ_OK &&
-        tq_wire_decode(&f, &in, &why) == TQ_OK) {
+    if (tq_fake_router_recv(self->router, &f, &in, 100)) {
         memset(&out, 0, sizeof out);
         if (in.command == TQ_CMD_HEARTBEAT && self->standby) {
             out.command = TQ_CMD_ERROR;

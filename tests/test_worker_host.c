@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
@@ -364,15 +365,10 @@ typedef struct {
 static void
 s_fake_step(s_fake_t *self)
 {
-    zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, 1000) <= 0)
-        return;
     tq_frames_t f;
     tq_frames_init(&f);
     static tq_msg_t in, out;
-    const char *why;
-    if (tq_wire_recv(self->router, &f, true, 0) == TQ_OK &&
-        tq_wire_decode(&f, &in, &why) == TQ_OK) {
+    if (tq_fake_router_recv(self->router, &f, &in, 1000)) {
         if (in.command == TQ_CMD_READY) {
             if (self->readies < 16)
                 self->ready_pids[self->readies] = (pid_t)in.pid;

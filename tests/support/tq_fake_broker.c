@@ -14,6 +14,18 @@
 
 #define S_BIND_MS 15000 /* bound on the first bind */
 
+bool
+tq_fake_router_recv(void *router, tq_frames_t *frames, tq_msg_t *msg,
+                    int timeout_ms)
+{
+    zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return false;
+    const char *reason = NULL;
+    return tq_wire_recv(router, frames, true, 0) == TQ_OK &&
+        tq_wire_decode(frames, msg, &reason) == TQ_OK;
+}
+
 tq_fake_broker_t *
 tq_fake_broker_new(void)
 {
@@ -81,13 +93,8 @@ tq_fake_broker_expect(tq_fake_broker_t *self, uint8_t command, int timeout_ms)
         int64_t left = deadline - tq_harness_now_ms();
         if (left <= 0)
             return false;
-        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, (long)left) <= 0)
-            continue;
-        if (tq_wire_recv(self->router, &self->frames, true, 0) != TQ_OK)
-            continue;
-        const char *reason = NULL;
-        if (tq_wire_decode(&self->frames, &self->msg, &reason) != TQ_OK)
+        if (!tq_fake_router_recv(self->router, &self->frames, &self->msg,
+                                 (int)left))
             continue;
         tq_str_copy(self->id, sizeof self->id, self->msg.id);
         if (self->msg.command == TQ_CMD_PING) {

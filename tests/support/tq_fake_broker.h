@@ -32,6 +32,12 @@ typedef struct {
     uint64_t dropped; /* replies "dropped" so far, said in each PONG */
 } tq_fake_broker_t;
 
+/* Waits up to timeout_ms for one message on router (a ROUTER socket) and
+   decodes it into msg; frames holds its frames, the sender's identity
+   first. True if one came and decoded. No assertions: any thread. */
+bool tq_fake_router_recv(void *router, tq_frames_t *frames, tq_msg_t *msg,
+                         int timeout_ms);
+
 /* A new fake broker bound to a free loopback port (asserts). */
 tq_fake_broker_t *tq_fake_broker_new(void);
 
