@@ -27,37 +27,9 @@ BUILD=${1:-build}
 COUNTS=${*:-10 100 1000}
 EXTRA=${TQ_FOOTPRINT_ARGS:-}
 TASKS=${TQ_FOOTPRINT_TASKS:-300}
-BROKER="$BUILD/broker/tq-broker"
-WORKER="$BUILD/worker/tq-worker"
-TQ="$BUILD/client/tq"
-for bin in "$BROKER" "$WORKER" "$TQ"; do
-    [ -x "$bin" ] || { echo "child_footprint: $bin missing (build first)" >&2; exit 2; }
-done
-DIR=$(mktemp -d /tmp/tq_footprint.XXXXXX)
-PIDS=
-cleanup()
-{
-    for pid in $PIDS; do kill "$pid" 2>/dev/null || true; done
-    for pid in $PIDS; do
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
-
-"$BROKER" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
-    --no-persist > "$DIR/broker.out" 2> "$DIR/broker.err" &
-BPID=$!
-PIDS="$PIDS $BPID"
-i=0
-while ! grep -q 'clients' "$DIR/broker.out" 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 200 ] || { echo "broker did not start" >&2; exit 1; }
-    sleep 0.05
-done
-export TQ_BROKER=$(sed -n 's/.*clients \(tcp[^ ]*\) workers.*/\1/p' "$DIR/broker.out")
-WEP=$(sed -n 's/.*workers \(tcp[^ ]*\).*/\1/p' "$DIR/broker.out")
+NAME=child_footprint
+. "$(dirname "$0")/tq_bench_lib.sh"
+tq_bench_broker
 
 # count PATTERN: how many of the broker's workers match PATTERN
 count()

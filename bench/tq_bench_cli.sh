@@ -8,40 +8,14 @@ set -eu
 BUILD=${1:-build}
 LINES=${2:-100000}
 FILES=200
-BROKER="$BUILD/broker/tq-broker"
-WORKER="$BUILD/worker/tq-worker"
-TQ="$BUILD/client/tq"
-for bin in "$BROKER" "$WORKER" "$TQ"; do
-    [ -x "$bin" ] || { echo "tq_bench_cli: $bin missing (build first)" >&2; exit 2; }
-done
-DIR=$(mktemp -d /tmp/tq_bench_cli.XXXXXX)
-PIDS=
-cleanup()
-{
-    for pid in $PIDS; do kill "$pid" 2>/dev/null || true; done
-    for pid in $PIDS; do
-        i=0
-        while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT INT TERM
+NAME=tq_bench_cli
+. "$(dirname "$0")/tq_bench_lib.sh"
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $1 }"; }
 elapsed() { calc "$2 - $1"; }
 
-"$BROKER" --clients 'tcp://127.0.0.1:*' --workers 'tcp://127.0.0.1:*' \
-    --no-persist > "$DIR/broker.out" 2> "$DIR/broker.err" &
-PIDS="$PIDS $!"
-i=0
-while ! grep -q 'clients' "$DIR/broker.out" 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "broker did not start" >&2; exit 1; }
-    sleep 0.05
-done
-export TQ_BROKER=$(sed -n 's/.*clients \(tcp[^ ]*\) workers.*/\1/p' "$DIR/broker.out")
-WEP=$(sed -n 's/.*workers \(tcp[^ ]*\).*/\1/p' "$DIR/broker.out")
+tq_bench_broker
 
 wait_children()
 {

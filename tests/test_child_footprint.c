@@ -199,39 +199,28 @@ s_assert_small_stacks(pid_t pid)
     return checked;
 }
 
-static void
-s_largest_reserve(const s_map_t *m, void *arg)
-{
-    uint64_t *largest = arg;
-    if (strcmp(m->perms, "---p") == 0 && m->inode == 0 && !m->path[0] &&
-        m->end - m->start > *largest)
-        *largest = m->end - m->start;
-}
-
-/* The largest anonymous PROT_NONE mapping of pid, bytes. */
-static uint64_t
-s_largest_reserve_of(pid_t pid)
-{
-    uint64_t largest = 0;
-    s_maps(pid, s_largest_reserve, &largest);
-    return largest;
-}
+typedef struct {
+    bool reserve_only; /* PROT_NONE ("---p") mappings only */
+    uint64_t largest; /* bytes */
+} s_largest_t;
 
 static void
-s_largest_anon(const s_map_t *m, void *arg)
+s_largest(const s_map_t *m, void *arg)
 {
-    uint64_t *largest = arg;
-    if (m->inode == 0 && !m->path[0] && m->end - m->start > *largest)
-        *largest = m->end - m->start;
+    s_largest_t *self = arg;
+    if ((!self->reserve_only || strcmp(m->perms, "---p") == 0) &&
+        m->inode == 0 && !m->path[0] && m->end - m->start > self->largest)
+        self->largest = m->end - m->start;
 }
 
-/* The largest anonymous mapping of pid, any protection, bytes. */
+/* The largest anonymous mapping of pid, bytes: any protection, or
+   PROT_NONE only if reserve_only. */
 static uint64_t
-s_largest_anon_of(pid_t pid)
+s_largest_of(pid_t pid, bool reserve_only)
 {
-    uint64_t largest = 0;
-    s_maps(pid, s_largest_anon, &largest);
-    return largest;
+    s_largest_t l = {reserve_only, 0};
+    s_maps(pid, s_largest, &l);
+    return l.largest;
 }
 
 /* True if the broker lists a worker with this pid. */
@@ -280,6 +269,18 @@ s_run(tq_harness_env_t *env, const char *task)
     return r;
 }
 
+/* Starts env's broker and a host of one child with credit 4 (*host);
+   returns the child's pid. */
+static pid_t
+s_host_of_one(tq_harness_env_t *env, pid_t *host)
+{
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *const prefetch[] = {"--prefetch", "4", NULL};
+    *host = tq_harness_env_add_worker(env, 1, prefetch, true);
+    assert_true(*host > 0);
+    return s_only_child(*host);
+}
+
 /* Threads of a child: main, ZeroMQ's I/O thread and its reaper, nothing
    else while it has run no task, even with credit above 1 (the keeper
    starts with the first task, then stays); with credit 1, never a keeper. */
@@ -287,11 +288,8 @@ static void
 test_child_threads(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    const char *const prefetch[] = {"--prefetch", "4", NULL};
-    pid_t host = tq_harness_env_add_worker(env, 1, prefetch, true);
-    assert_true(host > 0);
-    pid_t child = s_only_child(host);
+    pid_t host = 0;
+    pid_t child = s_host_of_one(env, &host);
     pid_t tids[S_MAX_THREADS];
     assert_int_equal(s_threads(child, tids, S_MAX_THREADS), 3);
     assert_int_equal(s_named(child, "ZMQbg/IO/0"), 1);
@@ -322,11 +320,8 @@ static void
 test_child_stacks(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
-    const char *const prefetch[] = {"--prefetch", "4", NULL};
-    pid_t host = tq_harness_env_add_worker(env, 1, prefetch, true);
-    assert_true(host > 0);
-    pid_t child = s_only_child(host);
+    pid_t host = 0;
+    pid_t child = s_host_of_one(env, &host);
     tq_result_t *r = s_run(env, "tq.echo"); /* the keeper starts */
     tq_result_destroy(&r);
     int checked = s_assert_small_stacks(child);
@@ -384,7 +379,7 @@ test_child_one_arena(void **state)
     pid_t child = s_only_child(host);
     tq_result_t *r = s_run(env, "tq.echo");
     tq_result_destroy(&r);
-    uint64_t reserve = s_largest_reserve_of(child);
+    uint64_t reserve = s_largest_of(child, true);
     printf("largest PROT_NONE reserve of a child: %" PRIu64 " KiB\n",
            reserve / 1024);
     assert_true(reserve < S_ARENA_RESERVE);
@@ -398,7 +393,7 @@ test_child_one_arena(void **state)
     child = s_only_child(host);
     r = s_run(env, "tq.echo");
     tq_result_destroy(&r);
-    reserve = s_largest_reserve_of(child);
+    reserve = s_largest_of(child, true);
     printf("with MALLOC_ARENA_MAX=4: %" PRIu64 " KiB\n", reserve / 1024);
     assert_true(reserve >= S_ARENA_RESERVE);
 }
@@ -422,12 +417,12 @@ test_respawned_child(void **state)
     pid_t child = s_wait_replacement(env, host, first);
 
     if (!S_ASAN) {
-        uint64_t anon = s_largest_anon_of(child);
+        uint64_t anon = s_largest_of(child, false);
         printf("respawned child %d: largest anonymous mapping %" PRIu64
                " KiB\n",
                (int)child, anon / 1024);
         assert_true(anon < S_BIG_STACK);
-        assert_true(s_largest_reserve_of(child) < S_ARENA_RESERVE);
+        assert_true(s_largest_of(child, true) < S_ARENA_RESERVE);
     }
 
     size_t want = 0;

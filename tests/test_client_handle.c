@@ -25,6 +25,7 @@
 
 #include "tq_client_core.h"
 #include "tq_client_internal.h"
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_request.h"
@@ -243,50 +244,16 @@ test_handle_phases(void **state)
 
 /* ---- through the public API, against a fake broker ---------------------- */
 
-typedef struct {
-    void *ctx;
-    void *router;
-    char endpoint[TQ_HARNESS_EP_MAX];
-    tq_frames_t frames;
-    tq_msg_t msg; /* the last message received */
-    char id[TQ_PROTO_MAX_ID + 1]; /* its id, copied */
-    msgpack_sbuffer buf;
-} s_fake_t;
-
-static int
-s_fake_bind(s_fake_t *self)
-{
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    if (!self->router)
-        return -1;
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    const char *ep = self->endpoint[0] ? self->endpoint : "tcp://127.0.0.1:*";
-    /* the port of a socket just closed may take a moment to come free */
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    while (zmq_bind(self->router, ep) != 0) {
-        if (tq_harness_now_ms() > deadline)
-            return -1;
-        tq_harness_sleep_ms(20);
-    }
-    size_t len = sizeof self->endpoint;
-    return zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint,
-                          &len);
-}
+/* The fake broker of tests/support/tq_fake_broker.h. */
+typedef tq_fake_broker_t s_fake_t;
 
 static int
 s_setup(void **state)
 {
     tq_harness_init();
-    s_fake_t *self = calloc(1, sizeof *self);
-    assert_non_null(self);
-    self->ctx = zmq_ctx_new();
-    tq_frames_init(&self->frames);
-    msgpack_sbuffer_init(&self->buf);
-    assert_int_equal(s_fake_bind(self), 0);
+    *state = tq_fake_broker_new();
     atomic_store(&s_ok_calls, 0);
     atomic_store(&s_err_calls, 0);
-    *state = self;
     return 0;
 }
 
@@ -294,79 +261,40 @@ static int
 s_teardown(void **state)
 {
     s_fake_t *self = *state;
-    if (self->router)
-        zmq_close(self->router);
-    tq_frames_close(&self->frames);
-    zmq_ctx_term(self->ctx);
-    msgpack_sbuffer_destroy(&self->buf);
-    free(self);
+    tq_fake_broker_destroy(&self);
     return 0;
 }
 
-/* Sends msg (and a payload of size bytes, may be NULL) to the last
-   sender. */
+static int
+s_fake_bind(s_fake_t *self)
+{
+    return tq_fake_broker_bind(self, S_WAIT_MS);
+}
+
 static void
 s_fake_send(s_fake_t *self, tq_msg_t *msg, const void *payload, size_t size)
 {
-    zmq_msg_t body;
-    if (payload) {
-        zmq_msg_init_size(&body, size);
-        memcpy(zmq_msg_data(&body), payload, size);
-    }
-    assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity, msg,
-                                      &self->buf, payload ? &body : NULL, 0),
-                     TQ_OK);
-    if (payload)
-        zmq_msg_close(&body);
+    tq_fake_broker_send(self, msg, payload, size);
 }
 
 /* Waits for a message of command (answering PINGs). True if it came. */
 static bool
 s_fake_expect(s_fake_t *self, uint8_t command)
 {
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    for (;;) {
-        int64_t left = deadline - tq_harness_now_ms();
-        if (left <= 0)
-            return false;
-        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, (long)left) <= 0)
-            continue;
-        if (tq_wire_recv(self->router, &self->frames, true, 0) != TQ_OK)
-            continue;
-        const char *reason = NULL;
-        if (tq_wire_decode(&self->frames, &self->msg, &reason) != TQ_OK)
-            continue;
-        tq_str_copy(self->id, sizeof self->id, self->msg.id);
-        if (self->msg.command == TQ_CMD_PING) {
-            tq_msg_t pong = {.command = TQ_CMD_PONG};
-            s_fake_send(self, &pong, NULL, 0);
-        }
-        if (self->msg.command == command)
-            return true;
-    }
+    return tq_fake_broker_expect(self, command, S_WAIT_MS);
 }
 
 static void
 s_fake_result(s_fake_t *self, const char *id, int state, int code,
               const char *error, uint8_t value)
 {
-    tq_msg_t m = {.command = TQ_CMD_RESULT,
-                  .id = tq_str(id),
-                  .state = (uint32_t)state,
-                  .code = (uint32_t)code,
-                  .error = tq_str(error),
-                  .attempt = 1};
-    if (state != TQ_STATE_SUCCESS)
-        value = 0xc0; /* nil: RESULT always has its payload frame */
-    s_fake_send(self, &m, &value, 1);
+    tq_fake_broker_result(self, id, state, code, error, value);
 }
 
 static void
 s_fake_ack(s_fake_t *self, const char *id)
 {
-    tq_msg_t m = {.command = TQ_CMD_SUBMITTED, .id = tq_str(id)};
-    s_fake_send(self, &m, NULL, 0);
+    tq_fake_broker_ack(self, id);
 }
 
 /* A fetch whose answer comes after everything sent before it on the one
@@ -382,6 +310,27 @@ s_fence(s_fake_t *fake, tq_client_t *client)
     tq_result_destroy(&f);
 }
 
+/* A client of the fake broker; its liveness (a minute) ends no handle
+   here. */
+static tq_client_t *
+s_client(s_fake_t *fake)
+{
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    return client;
+}
+
+/* Options whose callbacks count in s_ok_calls and s_err_calls. */
+static tq_options_t
+s_counted(void)
+{
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok;
+    o.error_callback = s_on_err;
+    return o;
+}
+
 #define MOVES(c, a, b) tq_client_moves((c), TQ_REQ_##a, TQ_REQ_##b)
 
 /* A submission through its whole life: not ready while pending, answered
@@ -391,12 +340,8 @@ static void
 test_lifecycle_success(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)3);
     assert_non_null(r);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
@@ -479,9 +424,7 @@ static void
 test_caller_sends(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
+    tq_client_t *client = s_client(fake);
     s_round_trip(fake, client); /* connected from here on */
     uint64_t before = tq_client_sent_by_caller(client);
     /* the I/O thread may wake (a tick) between the look and the submit:
@@ -553,9 +496,7 @@ static void
 test_caller_reads(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    assert_non_null(client);
-    tq_client_set_liveness(client, 60000);
+    tq_client_t *client = s_client(fake);
     s_round_trip(fake, client);
     tq_options_t o = TQ_OPTIONS_INIT;
     o.callback = s_on_ok_where;
@@ -593,11 +534,8 @@ static void
 test_lifecycle_failure(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.fail", &o, "s", "boom");
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     s_fake_ack(fake, fake->id);
@@ -638,17 +576,13 @@ static void
 test_resend_keeps_one_state(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)4);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     char id[TQ_PROTO_MAX_ID + 1];
     snprintf(id, sizeof id, "%s", fake->id);
-    zmq_close(fake->router);
-    fake->router = NULL;
+    tq_fake_broker_close(fake);
     assert_int_equal(s_fake_bind(fake), 0);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     assert_string_equal(fake->id, id);
@@ -678,12 +612,9 @@ static void
 test_full_deferred(void **state)
 {
     s_fake_t *fake = *state;
-    tq_client_t *client = tq_client_new(fake->endpoint);
-    tq_client_set_liveness(client, 60000);
-    tq_options_t o = TQ_OPTIONS_INIT;
+    tq_client_t *client = s_client(fake);
+    tq_options_t o = s_counted();
     o.block_when_full = true;
-    o.callback = s_on_ok;
-    o.error_callback = s_on_err;
     tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)5);
     char id[TQ_PROTO_MAX_ID + 1];
     for (int i = 0; i < 3; i++) {

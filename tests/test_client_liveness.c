@@ -26,126 +26,58 @@
 
 #include "tq_client_core.h"
 #include "tq_client_internal.h"
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
 
 #define S_WAIT_MS 15000 /* bound on anything that must happen */
 
-/* A fake broker: one ROUTER on a loopback endpoint that it may close and
-   bind again (a broker that died and came back on the same port). */
-typedef struct {
-    void *ctx;
-    void *router;
-    char endpoint[TQ_HARNESS_EP_MAX];
-    tq_frames_t frames;
-    tq_msg_t msg; /* the last message received */
-    char id[TQ_PROTO_MAX_ID + 1]; /* its id, copied */
-    msgpack_sbuffer buf;
-    uint64_t pings; /* PINGs answered */
-    uint64_t dropped; /* replies "dropped" so far, said in each PONG */
-} s_fake_t;
+/* A fake broker (tests/support/tq_fake_broker.h) under this file's names. */
+typedef tq_fake_broker_t s_fake_t;
 
-static int
+static inline int
 s_fake_bind(s_fake_t *self)
 {
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    if (!self->router)
-        return -1;
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    const char *ep = self->endpoint[0] ? self->endpoint : "tcp://127.0.0.1:*";
-    /* the port of a socket just closed may take a moment to come free */
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    while (zmq_bind(self->router, ep) != 0) {
-        if (tq_harness_now_ms() > deadline)
-            return -1;
-        tq_harness_sleep_ms(20);
-    }
-    size_t len = sizeof self->endpoint;
-    return zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint,
-                          &len);
+    return tq_fake_broker_bind(self, S_WAIT_MS);
 }
 
-static int
+static inline int
 s_fake_setup(void **state)
 {
     tq_harness_init();
-    s_fake_t *self = calloc(1, sizeof *self);
-    assert_non_null(self);
-    self->ctx = zmq_ctx_new();
-    assert_non_null(self->ctx);
-    tq_frames_init(&self->frames);
-    msgpack_sbuffer_init(&self->buf);
-    assert_int_equal(s_fake_bind(self), 0);
-    *state = self;
+    *state = tq_fake_broker_new();
     return 0;
 }
 
-static int
+static inline int
 s_fake_teardown(void **state)
 {
     s_fake_t *self = *state;
-    if (self->router)
-        zmq_close(self->router);
-    tq_frames_close(&self->frames);
-    zmq_ctx_term(self->ctx);
-    msgpack_sbuffer_destroy(&self->buf);
-    free(self);
+    tq_fake_broker_destroy(&self);
     return 0;
 }
 
 /* The broker dies: its socket closes, every connection to it breaks. */
-static void
+static inline void
 s_fake_close(s_fake_t *self)
 {
-    zmq_close(self->router);
-    self->router = NULL;
+    tq_fake_broker_close(self);
 }
 
 /* Sends msg (and payload bytes, may be NULL) to the last sender. */
-static void
+static inline void
 s_fake_send(s_fake_t *self, tq_msg_t *msg, const void *payload, size_t size)
 {
-    zmq_msg_t body;
-    if (payload) {
-        zmq_msg_init_size(&body, size);
-        memcpy(zmq_msg_data(&body), payload, size);
-    }
-    assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity, msg,
-                                      &self->buf, payload ? &body : NULL, 0),
-                     TQ_OK);
-    if (payload)
-        zmq_msg_close(&body);
+    tq_fake_broker_send(self, msg, payload, size);
 }
 
 /* Waits up to timeout_ms for a message of command, answering PINGs with
    PONG. True if it came. */
-static bool
+static inline bool
 s_fake_expect(s_fake_t *self, uint8_t command, int timeout_ms)
 {
-    int64_t deadline = tq_harness_now_ms() + timeout_ms;
-    for (;;) {
-        int64_t left = deadline - tq_harness_now_ms();
-        if (left <= 0)
-            return false;
-        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, (long)left) <= 0)
-            continue;
-        if (tq_wire_recv(self->router, &self->frames, true, 0) != TQ_OK)
-            continue;
-        const char *reason = NULL;
-        if (tq_wire_decode(&self->frames, &self->msg, &reason) != TQ_OK)
-            continue;
-        tq_str_copy(self->id, sizeof self->id, self->msg.id);
-        if (self->msg.command == TQ_CMD_PING) {
-            tq_msg_t pong = {.command = TQ_CMD_PONG, .dropped = self->dropped};
-            s_fake_send(self, &pong, NULL, 0);
-            self->pings++;
-        }
-        if (self->msg.command == command)
-            return true;
-    }
+    return tq_fake_broker_expect(self, command, timeout_ms);
 }
 
 /* The fake broker received a SUBMIT and died before it acknowledged it; a
@@ -670,12 +602,9 @@ s_other_start(s_other_t *self, bool answer)
     memset(self, 0, sizeof *self);
     self->answer = answer;
     self->ctx = zmq_ctx_new();
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof self->endpoint;
-    zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len);
+    self->router =
+        tq_harness_router(self->ctx, self->endpoint, sizeof self->endpoint, 0);
+    assert_non_null(self->router);
     assert_int_equal(pthread_create(&self->thread, NULL, s_other_run, self), 0);
 }
 

@@ -23,6 +23,7 @@
 #include "tq_harness.h"
 #include "tq_pg.h"
 #include "tq_proto.h"
+#include "tq_raw_client.h"
 #include "tq_wire.h"
 
 #define S_BIG (50u << 20) /* the large argument, under max-message */
@@ -31,49 +32,18 @@
 
 /* ---- a raw TQP/1 client ---- */
 
-typedef struct {
-    void *ctx;
-    void *sock;
-    msgpack_sbuffer sbuf;
-    tq_frames_t frames;
-    tq_msg_t *out;
-    tq_msg_t *in;
-} s_raw_t;
+typedef tq_raw_client_t s_raw_t; /* tests/support/tq_raw_client.h */
 
 static s_raw_t *
 s_raw_new(const char *endpoint)
 {
-    s_raw_t *self = calloc(1, sizeof *self);
-    assert_non_null(self);
-    self->out = calloc(1, sizeof *self->out);
-    self->in = calloc(1, sizeof *self->in);
-    self->ctx = zmq_ctx_new();
-    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
-    assert_non_null(self->sock);
-    int zero = 0;
-    zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_SNDHWM, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_RCVHWM, &zero, sizeof zero);
-    assert_int_equal(zmq_connect(self->sock, endpoint), 0);
-    msgpack_sbuffer_init(&self->sbuf);
-    tq_frames_init(&self->frames);
-    return self;
+    return tq_raw_client_new(endpoint, 0);
 }
 
 static void
 s_raw_destroy(s_raw_t **self_p)
 {
-    s_raw_t *self = *self_p;
-    if (!self)
-        return;
-    tq_frames_close(&self->frames);
-    msgpack_sbuffer_destroy(&self->sbuf);
-    zmq_close(self->sock);
-    zmq_ctx_term(self->ctx);
-    free(self->out);
-    free(self->in);
-    free(self);
-    *self_p = NULL;
+    tq_raw_client_destroy(self_p);
 }
 
 /* Sends self->out with payload (moved, may be NULL). */
@@ -111,17 +81,7 @@ s_raw_simple(s_raw_t *self, uint8_t command, const char *id, bool wait)
 static int
 s_raw_recv(s_raw_t *self, int timeout_ms)
 {
-    zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, timeout_ms) <= 0)
-        return 0;
-    if (tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT) != TQ_OK)
-        return 0;
-    const char *reason = NULL;
-    if (tq_wire_decode(&self->frames, self->in, &reason) != TQ_OK) {
-        fprintf(stderr, "raw client: malformed message: %s\n", reason);
-        return 0;
-    }
-    return 1;
+    return tq_raw_client_recv(self, timeout_ms);
 }
 
 /* [bin of size bytes], every byte `fill`: one msgpack array. */
@@ -296,6 +256,19 @@ s_serves_during_commit(const char *const extra[], const char *hold)
     tq_harness_broker_stop(&broker);
 }
 
+/* A private PostgreSQL cluster; the test is skipped without one. */
+static tq_pg_t *
+s_pg_or_skip(void)
+{
+    tq_pg_t *pg = tq_pg_new();
+    if (!pg) {
+        printf("skipped: no PostgreSQL cluster could be started "
+               "(scripts/deps.sh installs postgresql)\n");
+        skip();
+    }
+    return pg;
+}
+
 /* On the SQLite store (--data DIR). */
 static void
 test_sqlite_serves_during_commit(void **state)
@@ -315,12 +288,7 @@ static void
 test_pg_serves_during_commit(void **state)
 {
     (void)state;
-    tq_pg_t *pg = tq_pg_new();
-    if (!pg) {
-        printf("skipped: no PostgreSQL cluster could be started "
-               "(scripts/deps.sh installs postgresql)\n");
-        skip();
-    }
+    tq_pg_t *pg = s_pg_or_skip();
     char dir[512], hold[600], url[512];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-pg"), 0);
     snprintf(hold, sizeof hold, "%s/hold", dir);
@@ -408,12 +376,7 @@ static void
 test_pg_lost_stops_acks(void **state)
 {
     (void)state;
-    tq_pg_t *pg = tq_pg_new();
-    if (!pg) {
-        printf("skipped: no PostgreSQL cluster could be started "
-               "(scripts/deps.sh installs postgresql)\n");
-        skip();
-    }
+    tq_pg_t *pg = s_pg_or_skip();
     char dir[512], log[600], url[512];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "commit-lost"), 0);
     snprintf(log, sizeof log, "%s/broker.log", dir);

@@ -22,6 +22,7 @@
 #include "tq_client_internal.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
+#include "tq_raw_client.h"
 #include "tq_wire.h"
 
 #ifndef TQ_TESTTASKS_SO
@@ -113,52 +114,18 @@ s_restart(tq_harness_broker_t *broker, const char *clients, const char *workers,
 
 /* ---- a raw TQP/1 client: exact control over (re)submissions ---- */
 
-typedef struct {
-    void *ctx;
-    void *sock;
-    msgpack_sbuffer sbuf; /* header encoding, reused */
-    tq_frames_t frames;
-    tq_msg_t *out; /* large: on the heap */
-    tq_msg_t *in;
-} s_raw_t;
+typedef tq_raw_client_t s_raw_t; /* tests/support/tq_raw_client.h */
 
 static s_raw_t *
 s_raw_new(const char *endpoint)
 {
-    s_raw_t *self = calloc(1, sizeof *self);
-    assert_non_null(self);
-    self->out = calloc(1, sizeof *self->out);
-    self->in = calloc(1, sizeof *self->in);
-    self->ctx = zmq_ctx_new();
-    self->sock = zmq_socket(self->ctx, ZMQ_DEALER);
-    assert_non_null(self->sock);
-    int zero = 0, ivl = 50;
-    /* unbounded queues: the window bounds what we send, and a SUBMIT
-       queued while the broker is down goes to the next one */
-    zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_SNDHWM, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_RCVHWM, &zero, sizeof zero);
-    zmq_setsockopt(self->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
-    assert_int_equal(zmq_connect(self->sock, endpoint), 0);
-    msgpack_sbuffer_init(&self->sbuf);
-    tq_frames_init(&self->frames);
-    return self;
+    return tq_raw_client_new(endpoint, 50);
 }
 
 static void
 s_raw_destroy(s_raw_t **self_p)
 {
-    s_raw_t *self = *self_p;
-    if (!self)
-        return;
-    tq_frames_close(&self->frames);
-    msgpack_sbuffer_destroy(&self->sbuf);
-    zmq_close(self->sock);
-    zmq_ctx_term(self->ctx);
-    free(self->out);
-    free(self->in);
-    free(self);
-    *self_p = NULL;
+    tq_raw_client_destroy(self_p);
 }
 
 /* Sends SUBMIT id task (queue default) with args. 0 or -1. */
@@ -199,17 +166,7 @@ s_raw_get(s_raw_t *self, const char *id, bool wait)
 static int
 s_raw_recv(s_raw_t *self, int timeout_ms)
 {
-    zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, timeout_ms) <= 0)
-        return 0;
-    if (tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT) != TQ_OK)
-        return 0;
-    const char *reason = NULL;
-    if (tq_wire_decode(&self->frames, self->in, &reason) != TQ_OK) {
-        fprintf(stderr, "raw client: malformed message: %s\n", reason);
-        return 0;
-    }
-    return 1;
+    return tq_raw_client_recv(self, timeout_ms);
 }
 
 /* ---- submissions with resubmission by id ---- */
@@ -507,13 +464,7 @@ s_fetch_all(s_subs_t *subs, s_raw_t *raw, int timeout_ms, s_outcome_t *out)
 static int64_t
 s_waiting(tq_client_t *client)
 {
-    tq_harness_status_t st;
-    if (tq_harness_status(client, &st, 3000) != TQ_OK)
-        return -1;
-    const msgpack_object *q = tq_harness_queue(&st, TQ_DEFAULT_QUEUE);
-    int64_t waiting = q ? (int64_t)tq_harness_map_uint(q, "waiting", 0) : 0;
-    tq_harness_status_free(&st);
-    return waiting;
+    return tq_harness_queue_waiting(client, TQ_DEFAULT_QUEUE);
 }
 
 static int64_t
@@ -823,6 +774,15 @@ s_stored_start(s_stored_t *self, const char *tag)
     snprintf(self->workers, sizeof self->workers, "%s", self->broker.workers);
 }
 
+/* Stops the broker and whatever else still runs, removes the directory. */
+static void
+s_stored_stop(s_stored_t *self)
+{
+    tq_harness_broker_stop(&self->broker);
+    tq_harness_kill_all();
+    tq_harness_rmtree(self->dir);
+}
+
 /* A client waiting on handles across kill -9 and a restart of the broker
    gets its results: the handles re-attach with GET wait=true. */
 static void
@@ -873,9 +833,7 @@ test_handles_across_restart(void **state)
         tq_result_destroy(&results[i]);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(ok, N);
 }
 
@@ -949,9 +907,7 @@ test_paged_args_run(void **state)
         tq_result_destroy(&results[i]);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(ok, N);
 }
 
@@ -1007,8 +963,7 @@ test_countdown_survives_restart(void **state)
     tq_result_destroy(&r);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
 }
 
 /* Flips one byte of every copy of marker in the store's files (the
@@ -1075,8 +1030,7 @@ test_damaged_task_not_run(void **state)
     tq_result_destroy(&rg);
     tq_client_destroy(&client);
     tq_harness_stop(worker);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
 }
 
 /* Data-queue items are stored like tasks: every put that was answered
@@ -1141,9 +1095,7 @@ test_queue_items_survive(void **state)
            (unsigned long long)size, N, in_order, (long long)took);
     tq_queue_destroy(&q);
     tq_client_destroy(&client);
-    tq_harness_broker_stop(&st.broker);
-    tq_harness_kill_all();
-    tq_harness_rmtree(st.dir);
+    s_stored_stop(&st);
     assert_int_equal(size, N - 1);
     assert_int_equal(in_order, N - 1);
 }

@@ -865,12 +865,9 @@ s_fake_start(s_fake_t *self, bool modern)
     memset(self, 0, sizeof *self);
     self->modern = modern;
     self->ctx = zmq_ctx_new();
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof self->endpoint;
-    zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len);
+    self->router =
+        tq_harness_router(self->ctx, self->endpoint, sizeof self->endpoint, 0);
+    assert_non_null(self->router);
     assert_int_equal(pthread_create(&self->thread, NULL, s_fake_run, self), 0);
 }
 

@@ -593,13 +593,7 @@ test_sqlite_has_no_lease(void **state)
 static int64_t
 s_waiting(tq_client_t *client)
 {
-    tq_harness_status_t st;
-    if (tq_harness_status(client, &st, 3000) != TQ_OK)
-        return -1;
-    const msgpack_object *q = tq_harness_queue(&st, TQ_DEFAULT_QUEUE);
-    int64_t waiting = q ? (int64_t)tq_harness_map_uint(q, "waiting", 0) : 0;
-    tq_harness_status_free(&st);
-    return waiting;
+    return tq_harness_queue_waiting(client, TQ_DEFAULT_QUEUE);
 }
 
 /* tq-broker --store postgresql://...: a task acknowledged with no worker

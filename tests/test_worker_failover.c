@@ -25,6 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
@@ -63,12 +64,7 @@ s_fake_serve(void *arg)
     msgpack_sbuffer buf;
     msgpack_sbuffer_init(&buf);
     while (!atomic_load(&self->stop)) {
-        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-        if (zmq_poll(&item, 1, 50) <= 0)
-            continue;
-        const char *why;
-        if (tq_wire_recv(self->router, &f, true, 0) != TQ_OK ||
-            tq_wire_decode(&f, &in, &why) != TQ_OK)
+        if (!tq_fake_router_recv(self->router, &f, &in, 50))
             continue;
         if (in.command == TQ_CMD_HEARTBEAT)
             atomic_fetch_add(&self->heartbeats, 1);
@@ -98,15 +94,9 @@ s_fake_start(s_fake_t *self, s_mode_t mode)
     self->mode = mode;
     self->ctx = zmq_ctx_new();
     assert_non_null(self->ctx);
-    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
+    self->router =
+        tq_harness_router(self->ctx, self->endpoint, sizeof self->endpoint, 0);
     assert_non_null(self->router);
-    int zero = 0;
-    zmq_setsockopt(self->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
-    size_t len = sizeof self->endpoint;
-    assert_int_equal(
-        zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, self->endpoint, &len),
-        0);
     assert_int_equal(pthread_create(&self->thread, NULL, s_fake_serve, self),
                      0);
 }
@@ -121,34 +111,6 @@ s_fake_stop(s_fake_t *self)
 }
 
 /* ---- helpers ----------------------------------------------------------- */
-
-/* Reads fd to EOF, or for timeout_ms at most, into a malloc'd
-   NUL-terminated string. */
-static char *
-s_slurp(int fd, int timeout_ms)
-{
-    size_t size = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t n = 1;
-    int64_t deadline = tq_harness_now_ms() + timeout_ms;
-    while (n > 0) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int64_t left = deadline - tq_harness_now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
-        if ((n = read(fd, buf + size, cap - size - 1)) <= 0)
-            break;
-        size += (size_t)n;
-        if (cap - size < 2) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    buf[size] = '\0';
-    return buf;
-}
 
 /* Starts tq-worker --broker list -c children [extra...] with its stderr
    on a pipe (*err_fd). */
@@ -170,7 +132,7 @@ static char *
 s_worker_stop(pid_t worker, int err_fd)
 {
     assert_int_equal(kill(worker, SIGTERM), 0);
-    char *err = s_slurp(err_fd, 30000); /* EOF: the host is gone */
+    char *err = tq_harness_read_fd(err_fd, 30000); /* EOF: the host is gone */
     close(err_fd);
     int status = 0;
     assert_int_equal(tq_harness_wait_exit(worker, 10000, &status), 0);
@@ -203,6 +165,37 @@ s_echo_many(tq_client_t *client, int n)
     return ok;
 }
 
+/* Starts env's broker, a fake broker in mode and a host of 2 children on
+   the list "fake,real"; returns the host's pid (its stderr on *err_fd)
+   once both children are listed on the real broker. */
+static pid_t
+s_behind_fake(tq_harness_env_t *env, s_fake_t *fake, s_mode_t mode, int *err_fd)
+{
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    s_fake_start(fake, mode);
+    char list[2 * TQ_HARNESS_EP_MAX + 2];
+    snprintf(list, sizeof list, "%s,%s", fake->endpoint, env->broker.workers);
+    pid_t worker = s_worker(list, "2", NULL, err_fd);
+    assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, S_MOVE_MS),
+                     0);
+    return worker;
+}
+
+/* Stops the host and the fake broker; the host said it left the fake for
+   the real broker because the fake "why". */
+static void
+s_moved(tq_harness_env_t *env, s_fake_t *fake, pid_t worker, int err_fd,
+        const char *why)
+{
+    char *err = s_worker_stop(worker, err_fd);
+    s_fake_stop(fake);
+    char moved[1024];
+    snprintf(moved, sizeof moved, "broker %s %s: moving to %s", fake->endpoint,
+             why, env->broker.workers);
+    assert_non_null(strstr(err, moved));
+    free(err);
+}
+
 /* A host whose first broker is a standby (it answers every HEARTBEAT and
    READY with ERROR TQ_ESTANDBY) moves to the second, a real broker:
    both children are listed there and 100 tasks complete; the host says
@@ -211,16 +204,9 @@ static void
 test_standby_first(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
     s_fake_t fake;
-    s_fake_start(&fake, S_STANDBY);
-    char list[2 * TQ_HARNESS_EP_MAX + 2];
-    snprintf(list, sizeof list, "%s,%s", fake.endpoint, env->broker.workers);
     int err_fd = -1;
-    pid_t worker = s_worker(list, "2", NULL, &err_fd);
-
-    assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, S_MOVE_MS),
-                     0);
+    pid_t worker = s_behind_fake(env, &fake, S_STANDBY, &err_fd);
     int ok = s_echo_many(env->client, 100);
     printf("standby first: %d of 100 tasks done on the second broker; the "
            "standby got %d HEARTBEAT(s), %d READY, sent %d ERROR(s)\n",
@@ -231,13 +217,7 @@ test_standby_first(void **state)
     assert_true(atomic_load(&fake.heartbeats) >= 1);
     assert_true(atomic_load(&fake.standby_errors) >= 1);
 
-    char *err = s_worker_stop(worker, err_fd);
-    s_fake_stop(&fake);
-    char moved[1024];
-    snprintf(moved, sizeof moved, "broker %s is a standby: moving to %s",
-             fake.endpoint, env->broker.workers);
-    assert_non_null(strstr(err, moved));
-    free(err);
+    s_moved(env, &fake, worker, err_fd, "is a standby");
 }
 
 /* A host whose first broker never answers (a ROUTER that reads and keeps
@@ -247,16 +227,9 @@ static void
 test_silent_first(void **state)
 {
     tq_harness_env_t *env = *state;
-    assert_int_equal(tq_harness_env_start(env, NULL), 0);
     s_fake_t fake;
-    s_fake_start(&fake, S_SILENT);
-    char list[2 * TQ_HARNESS_EP_MAX + 2];
-    snprintf(list, sizeof list, "%s,%s", fake.endpoint, env->broker.workers);
     int err_fd = -1;
-    pid_t worker = s_worker(list, "2", NULL, &err_fd);
-
-    assert_int_equal(tq_harness_wait_workers(env->client, 2, worker, S_MOVE_MS),
-                     0);
+    pid_t worker = s_behind_fake(env, &fake, S_SILENT, &err_fd);
     int ok = s_echo_many(env->client, 50);
     printf("silent first: %d of 50 tasks done on the second broker; the "
            "silent one got %d HEARTBEAT(s)\n",
@@ -265,13 +238,7 @@ test_silent_first(void **state)
     assert_true(atomic_load(&fake.heartbeats) >= 1);
     assert_int_equal(atomic_load(&fake.standby_errors), 0);
 
-    char *err = s_worker_stop(worker, err_fd);
-    s_fake_stop(&fake);
-    char moved[1024];
-    snprintf(moved, sizeof moved, "broker %s silent for 3000 ms: moving to %s",
-             fake.endpoint, env->broker.workers);
-    assert_non_null(strstr(err, moved));
-    free(err);
+    s_moved(env, &fake, worker, err_fd, "silent for 3000 ms");
 }
 
 /* ---- a broker killed, a fresh one on the same store --------------------- */
@@ -280,13 +247,7 @@ test_silent_first(void **state)
 static int64_t
 s_waiting(tq_client_t *client)
 {
-    tq_harness_status_t st;
-    if (tq_harness_status(client, &st, 3000) != TQ_OK)
-        return -1;
-    const msgpack_object *q = tq_harness_queue(&st, TQ_DEFAULT_QUEUE);
-    int64_t waiting = q ? (int64_t)tq_harness_map_uint(q, "waiting", 0) : 0;
-    tq_harness_status_free(&st);
-    return waiting;
+    return tq_harness_queue_waiting(client, TQ_DEFAULT_QUEUE);
 }
 
 /* Starts a broker with the store in dir on fixed endpoints (a few tries:
@@ -532,15 +493,10 @@ s_step_send(s_step_t *self, zmq_msg_t *to, tq_msg_t *out, zmq_msg_t *payload)
 static void
 s_step(s_step_t *self)
 {
-    zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, 100) <= 0)
-        return;
     tq_frames_t f;
     tq_frames_init(&f);
     static tq_msg_t in, out;
-    const char *why;
-    if (tq_wire_recv(self->router, &f, true, 0) == TQ_OK &&
-        tq_wire_decode(&f, &in, &why) == TQ_OK) {
+    if (tq_fake_router_recv(self->router, &f, &in, 100)) {
         memset(&out, 0, sizeof out);
         if (in.command == TQ_CMD_HEARTBEAT && self->standby) {
             out.command = TQ_CMD_ERROR;

@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
@@ -364,15 +365,10 @@ typedef struct {
 static void
 s_fake_step(s_fake_t *self)
 {
-    zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&item, 1, 1000) <= 0)
-        return;
     tq_frames_t f;
     tq_frames_init(&f);
     static tq_msg_t in, out;
-    const char *why;
-    if (tq_wire_recv(self->router, &f, true, 0) == TQ_OK &&
-        tq_wire_decode(&f, &in, &why) == TQ_OK) {
+    if (tq_fake_router_recv(self->router, &f, &in, 1000)) {
         if (in.command == TQ_CMD_READY) {
             if (self->readies < 16)
                 self->ready_pids[self->readies] = (pid_t)in.pid;
@@ -487,34 +483,6 @@ s_count_lines(const char *text, const char *needle, const char *unless)
     return n;
 }
 
-/* Reads fd to EOF, or for timeout_ms at most, into a malloc'd
-   NUL-terminated string. */
-static char *
-s_slurp(int fd, int timeout_ms)
-{
-    size_t size = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    ssize_t n = 1;
-    int64_t deadline = tq_harness_now_ms() + timeout_ms;
-    while (n > 0) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int64_t left = deadline - tq_harness_now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            break;
-        if ((n = read(fd, buf + size, cap - size - 1)) <= 0)
-            break;
-        size += (size_t)n;
-        if (cap - size < 2) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-    }
-    buf[size] = '\0';
-    return buf;
-}
-
 /* A child that exits at start-up, again and again (a module whose fork
    handler exits 3): after 5 tries with backoff the supervisor stops with
    a message saying so and exit status 1, instead of respawning forever. */
@@ -528,7 +496,8 @@ test_startup_failures_stop_host(void **state)
     int err_fd = -1;
     pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
     assert_true(worker > 0);
-    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    /* EOF: the supervisor is gone */
+    char *err = tq_harness_read_fd(err_fd, 30000);
     close(err_fd);
     int status = 0;
     fputs(err, stdout);
@@ -556,7 +525,8 @@ test_clients_endpoint_refused(void **state)
     int err_fd = -1;
     pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
     assert_true(worker > 0);
-    char *err = s_slurp(err_fd, 30000); /* EOF: the supervisor is gone */
+    /* EOF: the supervisor is gone */
+    char *err = tq_harness_read_fd(err_fd, 30000);
     close(err_fd);
     fputs(err, stdout);
     int status = 0;

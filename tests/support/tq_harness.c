@@ -720,6 +720,18 @@ tq_harness_unserved(const tq_harness_status_t *self, const char *task)
     return s_find(tq_harness_map_get(self->root, "unserved"), "task", task);
 }
 
+int64_t
+tq_harness_queue_waiting(tq_client_t *client, const char *queue)
+{
+    tq_harness_status_t st;
+    if (tq_harness_status(client, &st, 3000) != TQ_OK)
+        return -1;
+    const msgpack_object *q = tq_harness_queue(&st, queue);
+    int64_t waiting = q ? (int64_t)tq_harness_map_uint(q, "waiting", 0) : 0;
+    tq_harness_status_free(&st);
+    return waiting;
+}
+
 int
 tq_harness_wait_workers(tq_client_t *client, uint32_t children, pid_t ppid,
                         int timeout_ms)
@@ -855,25 +867,43 @@ tq_harness_run_free(tq_harness_run_t *run)
     run->out = run->err = NULL;
 }
 
+void *
+tq_harness_router(void *ctx, char *endpoint, size_t size, int timeout_ms)
+{
+    void *socket = zmq_socket(ctx, ZMQ_ROUTER);
+    if (!socket)
+        return NULL;
+    int linger = 0;
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
+    const char *ep = endpoint[0] ? endpoint : "tcp://127.0.0.1:*";
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    while (zmq_bind(socket, ep) != 0) {
+        if (tq_harness_now_ms() > deadline) {
+            zmq_close(socket);
+            return NULL;
+        }
+        tq_harness_sleep_ms(20);
+    }
+    size_t len = size;
+    if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, endpoint, &len) != 0) {
+        zmq_close(socket);
+        return NULL;
+    }
+    return socket;
+}
+
 int
 tq_harness_free_endpoint(char *endpoint, size_t size)
 {
     void *ctx = zmq_ctx_new();
     if (!ctx)
         return -1;
-    int rc = -1;
-    void *socket = zmq_socket(ctx, ZMQ_ROUTER);
-    if (socket) {
-        int linger = 0;
-        zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
-        size_t len = size;
-        if (zmq_bind(socket, "tcp://127.0.0.1:*") == 0 &&
-            zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, endpoint, &len) == 0)
-            rc = 0;
+    endpoint[0] = '\0';
+    void *socket = tq_harness_router(ctx, endpoint, size, 0);
+    if (socket)
         zmq_close(socket);
-    }
     zmq_ctx_term(ctx);
-    return rc;
+    return socket ? 0 : -1;
 }
 
 int
@@ -974,4 +1004,24 @@ void
 tq_harness_rmtree(const char *dir)
 {
     nftw(dir, s_rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *
+tq_harness_read_fd(int fd, int timeout_ms)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    if (!buf)
+        abort();
+    buf[0] = '\0';
+    int64_t deadline = tq_harness_now_ms() + timeout_ms;
+    for (;;) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int64_t left = deadline - tq_harness_now_ms();
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
+            break;
+        if (!s_read_into(fd, &buf, &len, &cap))
+            break;
+    }
+    return buf;
 }

@@ -159,6 +159,10 @@ const msgpack_object *tq_harness_queue(const tq_harness_status_t *self,
 const msgpack_object *tq_harness_unserved(const tq_harness_status_t *self,
                                           const char *task);
 
+/* Asks client's broker for STATUS: queues[queue].waiting, 0 if the queue
+   is not listed, -1 if STATUS got no answer within 3 s. */
+int64_t tq_harness_queue_waiting(tq_client_t *client, const char *queue);
+
 /* Polls STATUS until exactly `children` worker children are listed with
    ppid `ppid` (ppid <= 0: in all), or timeout_ms passes. Returns 0 or
    -1. */
@@ -214,9 +218,19 @@ int tq_harness_run(char *const argv[], const char *broker, int timeout_ms,
 /* Frees a run's buffers; NULL-safe fields. */
 void tq_harness_run_free(tq_harness_run_t *run);
 
+/* A ROUTER socket of ctx (linger 0) bound to endpoint, a buffer of size
+   bytes: "" binds a free loopback port and writes its endpoint back. A
+   port still held (a socket just closed on it) is tried again for up to
+   timeout_ms. Returns the socket, or NULL. */
+void *tq_harness_router(void *ctx, char *endpoint, size_t size, int timeout_ms);
+
 /* A tcp://127.0.0.1:PORT endpoint where nothing listens: binds a ROUTER on
    port *, reads the port, closes it. Returns 0 or -1. */
 int tq_harness_free_endpoint(char *endpoint, size_t size);
+
+/* Reads fd to EOF, or for timeout_ms at most, into a malloc'd
+   NUL-terminated string (aborts if out of memory). */
+char *tq_harness_read_fd(int fd, int timeout_ms);
 
 #ifdef __cplusplus
 }
