@@ -414,6 +414,106 @@ test_operator_answers_matched_after_drops(void **state)
     tq_client_destroy(&client);
 }
 
+/* Receives one message on a raw DEALER within timeout_ms into m
+   (frames kept in frames). True if one came. */
+static bool
+s_raw_recv(void *dealer, tq_frames_t *frames, tq_msg_t *m, int timeout_ms)
+{
+    zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return false;
+    const char *reason = NULL;
+    return tq_wire_recv(dealer, frames, false, 0) == TQ_OK &&
+        tq_wire_decode(frames, m, &reason) == TQ_OK;
+}
+
+/* A real broker echoes the id of STATUS, FAILED and PURGE in its answer
+   (PROTOCOL.md section 10), also for a client that does not read: with
+   --max-client-backlog 1, a raw client sends 20,000 STATUS and reads only
+   then; the answers that were not dropped each carry the id of their own
+   request, in order, and the PONG counts the rest. */
+static void
+test_real_broker_echoes_ids(void **state)
+{
+    tq_harness_env_t *env = *state;
+    const char *extra[] = {"--max-client-backlog", "1", NULL};
+    assert_int_equal(tq_harness_env_start(env, extra), 0);
+    void *ctx = zmq_ctx_new();
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int one = 1, zero = 0;
+    zmq_setsockopt(dealer, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(dealer, env->broker.clients), 0);
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    tq_msg_t *m = calloc(1, sizeof *m);
+    assert_non_null(m);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    const uint8_t asks[] = {TQ_CMD_STATUS, TQ_CMD_FAILED, TQ_CMD_PURGE};
+    const uint8_t answers[] = {TQ_CMD_STATUS_REPLY, TQ_CMD_REPLY, TQ_CMD_REPLY};
+    const char *ids[] = {"s1", "f1", "p1"};
+    for (int i = 0; i < 3; i++) {
+        tq_msg_t out = {.command = asks[i], .id = tq_str(ids[i])};
+        if (asks[i] == TQ_CMD_PURGE)
+            out.queue = tq_str("default");
+        assert_int_equal(tq_wire_send_msg(dealer, NULL, &out, &buf, NULL, 0),
+                         TQ_OK);
+        assert_true(s_raw_recv(dealer, &frames, m, S_WAIT_MS));
+        assert_int_equal(m->command, answers[i]);
+        assert_true(m->id.ptr && m->id.len == strlen(ids[i]) &&
+                    memcmp(m->id.ptr, ids[i], m->id.len) == 0);
+    }
+    enum { N = 20000 };
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "s%d", i);
+        tq_msg_t out = {.command = TQ_CMD_STATUS, .id = tq_str(id)};
+        assert_int_equal(tq_wire_send_msg(dealer, NULL, &out, &buf, NULL, 0),
+                         TQ_OK);
+    }
+    int received = 0, last = -1, pings = 0;
+    bool ponged = false;
+    uint64_t dropped = 0;
+    int64_t deadline = tq_harness_now_ms() + 4 * S_WAIT_MS;
+    while (!ponged && tq_harness_now_ms() < deadline) {
+        if (!s_raw_recv(dealer, &frames, m, 1000)) {
+            /* all read that came: the PONG's count covers every STATUS
+               (one connection keeps order); a PONG may be dropped too */
+            tq_msg_t ping = {.command = TQ_CMD_PING};
+            tq_wire_send_msg(dealer, NULL, &ping, &buf, NULL, 0);
+            pings++;
+            continue;
+        }
+        if (m->command == TQ_CMD_PONG) {
+            ponged = true;
+            dropped = m->dropped;
+            continue;
+        }
+        assert_int_equal(m->command, TQ_CMD_STATUS_REPLY);
+        int k = -1;
+        assert_true(m->id.ptr && m->id.len < sizeof id);
+        tq_str_copy(id, sizeof id, m->id);
+        assert_int_equal(sscanf(id, "s%d", &k), 1);
+        assert_true(k > last && k < N); /* its own, in order */
+        last = k;
+        received++;
+    }
+    printf("%d STATUS to a client that did not read (backlog 1): %d "
+           "answered, %llu dropped, %d PING(s)\n",
+           N, received, (unsigned long long)dropped, pings);
+    assert_true(ponged);
+    /* every STATUS answered or counted; a dropped PONG counts too */
+    assert_true((uint64_t)received + dropped >= N);
+    assert_true((uint64_t)received + dropped <= (uint64_t)N + pings);
+    msgpack_sbuffer_destroy(&buf);
+    tq_frames_close(&frames);
+    free(m);
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    tq_harness_env_stop(env);
+}
+
 /* A STATUS request made on a thread of its own. */
 typedef struct {
     tq_client_t *client;
@@ -986,6 +1086,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_survives_broker_stall,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_real_broker_echoes_ids,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_survives_dropped_replies,
