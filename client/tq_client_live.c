@@ -48,12 +48,13 @@ s_repeatable(const tq_request_t *r)
 /* A request sent over a connection that broke may never have arrived, and
    its answer would go to a peer that is gone; one written while the old
    connection was being torn down is lost too. So: at the break, requests
-   that are not idempotent or are answered in order (CANCEL, RETRY, PURGE,
-   FAILED, STATUS, data queues) end TQ_EUNREACHABLE, as the broker may or
+   that are not SUBMIT or GET (CANCEL, RETRY, PURGE, FAILED, STATUS, data
+   queues; an earlier broker answers some of them in order) end
+   TQ_EUNREACHABLE, as the broker may or
    may not have carried them out; once a new connection is up, SUBMIT (ids
    make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
    sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
-   is still unanswered, S_DROPPED a SUBMIT or GET. Only SENT requests are
+   is still unanswered, S_DROPPED what s_repeatable allows. Only SENT requests are
    concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked for
    by GET (tq_io_reattach). Returns how many were sent again. */
 static size_t
@@ -88,8 +89,9 @@ s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
             tq_io_move(io, r, TQ_REQ_QUEUED);
             resent++;
         } else if (!idempotent && (why == S_BROKE || why == S_MOVED))
-            /* id-less ones too: answered in order, one whose answer the
-               broken connection lost would take the answer of the next */
+            /* STATUS, PURGE, FAILED too: an earlier broker answers them
+               in order, one whose answer the broken connection lost
+               would take the answer of the next */
             tq_io_failed(io, r, TQ_EUNREACHABLE, text);
     }
     zlistx_destroy(&all);
@@ -244,8 +246,8 @@ tq_io_on_standby(tq_io_t *io, const tq_msg_t *m)
             if (r->state == TQ_REQ_SENT)
                 tq_io_move(io, r, TQ_REQ_QUEUED);
     } else if (io->fifo_head && io->fifo_head->state == TQ_REQ_SENT)
-        /* an id-less answer is the oldest id-less request's (or a
-           PING's) */
+        /* an answer without an id is the oldest operator request's (an
+           earlier broker's), or a PING's */
         tq_io_move(io, io->fifo_head, TQ_REQ_QUEUED);
 }
 
