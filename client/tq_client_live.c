@@ -50,13 +50,13 @@ s_repeatable(const tq_request_t *r)
    connection was being torn down is lost too. So: at the break, requests
    that are not SUBMIT or GET (CANCEL, RETRY, PURGE, FAILED, STATUS, data
    queues; an earlier broker answers some of them in order) end
-   TQ_EUNREACHABLE, as the broker may or
-   may not have carried them out; once a new connection is up, SUBMIT (ids
-   make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
-   sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
-   is still unanswered, S_DROPPED what s_repeatable allows. Only SENT requests are
-   concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked for
-   by GET (tq_io_reattach). Returns how many were sent again. */
+   TQ_EUNREACHABLE, as the broker may or may not have carried them out;
+   once a new connection is up, SUBMIT (ids make it idempotent,
+   PROTOCOL.md 5.1 item 3) and GET sent before it are sent again. S_STALE
+   sends again a SUBMIT sent before `before` (ms) that is still
+   unanswered, S_DROPPED what s_repeatable allows. Only SENT requests are
+   concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked
+   for by GET (tq_io_reattach). Returns how many were sent again. */
 static size_t
 s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
 {
