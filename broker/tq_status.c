@@ -166,7 +166,6 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 void
 tqb_on_status(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
-    (void)msg;
     (void)peer;
     msgpack_sbuffer body;
     msgpack_packer pk;
@@ -184,7 +183,9 @@ tqb_on_status(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_pack_str(&pk, "for operator keys (--admin-keys)");
     } else
         s_pack_status(self, &pk);
-    tqb_out(self, TQ_CMD_STATUS_REPLY);
+    /* echo the request's id, when it gave one: the client matches the
+       answer by it (PROTOCOL.md section 10, "dropped") */
+    tqb_out(self, TQ_CMD_STATUS_REPLY)->id = msg->id;
     tqb_send_body(self, &body);
 }
 

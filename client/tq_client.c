@@ -430,6 +430,18 @@ s_request_id(tq_request_t *r, const char *id)
         memcpy(r->result->id, r->id, sizeof r->id);
 }
 
+/* Gives an operator request (STATUS, PURGE, FAILED) an id of its own,
+   which the broker echoes in its answer: answers are matched by it, so a
+   dropped one cannot shift the others (PROTOCOL.md section 10). */
+static void
+s_request_own_id(tq_client_t *self, tq_request_t *r)
+{
+    char id[TQ_PROTO_MAX_ID + 1];
+    uint64_t n = atomic_fetch_add(&self->id_counter, 1);
+    snprintf(id, sizeof id, "o%016" PRIx64 "%016" PRIx64, self->id_prefix, n);
+    s_request_id(r, id);
+}
+
 /* Hands a request (NEW) to the I/O thread, or fails it if the client is
    closed. Returns its handle (borrowed: the caller's reference). */
 static tq_result_t *
@@ -727,7 +739,12 @@ s_sync(tq_client_t *self, tq_request_t *r, int timeout_ms,
 {
     tq_result_t *result = s_client_push(self, r);
     *result_p = result;
-    return tq_result_get(result, timeout_ms);
+    int rc = tq_result_get(result, timeout_ms);
+    if (rc != TQ_OK && rc != TQ_ETIMEDOUT)
+        s_set_last_error(rc, "%s",
+                         tq_result_error(result) ? tq_result_error(result)
+                                                 : tq_strerror(rc));
+    return rc;
 }
 
 int
@@ -740,6 +757,7 @@ tq_client_status(tq_client_t *self, tq_buf_t *body, int timeout_ms)
     tq_request_t *r = s_request_make(self, TQ_KIND_STATUS);
     if (!r)
         return TQ_ENOMEM;
+    s_request_own_id(self, r);
     tq_result_t *result;
     int rc = s_sync(self, r, timeout_ms, &result);
     if (rc == TQ_OK)
@@ -877,6 +895,7 @@ tq_client_purge(tq_client_t *self, const char *queue, uint64_t *purged,
     tq_request_t *r = s_request_make(self, TQ_KIND_PURGE);
     if (!r)
         return TQ_ENOMEM;
+    s_request_own_id(self, r);
     r->queue = strdup(queue);
     if (!r->queue) {
         s_request_drop(r);
@@ -914,6 +933,7 @@ tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms)
     tq_request_t *r = s_request_make(self, TQ_KIND_FAILED);
     if (!r)
         return TQ_ENOMEM;
+    s_request_own_id(self, r);
     tq_result_t *result;
     int rc = s_sync(self, r, timeout_ms, &result);
     if (rc == TQ_OK)

@@ -53,18 +53,20 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
     r->next = r->prev = NULL;
 }
 
-/* Adds r to the table: the chain of its id, or the FIFO. */
+/* Adds r to the table: the chain of its id, and the FIFO for an operator
+   request (an older broker answers those in order, without the id). */
 static void
 s_index_add(tq_io_t *io, tq_request_t *r)
 {
     r->next_same = NULL;
     if (TQ_REQ_IS_FIFO(r->kind)) {
+        /* and by its id below: a broker that echoes it */
+        r->next_fifo = NULL;
         if (io->fifo_tail)
-            io->fifo_tail->next_same = r;
+            io->fifo_tail->next_fifo = r;
         else
             io->fifo_head = r;
         io->fifo_tail = r;
-        return;
     }
     tq_request_t *head = zhashx_lookup(io->pending, r->id);
     if (!head) {
@@ -83,14 +85,13 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
     if (TQ_REQ_IS_FIFO(r->kind)) {
         tq_request_t **pp = &io->fifo_head, *last = NULL;
         while (*pp && *pp != r)
-            last = *pp, pp = &(*pp)->next_same;
-        if (!*pp)
-            return;
-        *pp = r->next_same;
-        if (io->fifo_tail == r)
-            io->fifo_tail = last;
-        r->next_same = NULL;
-        return;
+            last = *pp, pp = &(*pp)->next_fifo;
+        if (*pp) {
+            *pp = r->next_fifo;
+            if (io->fifo_tail == r)
+                io->fifo_tail = last;
+            r->next_fifo = NULL;
+        }
     }
     tq_request_t *head = zhashx_lookup(io->pending, r->id);
     tq_request_t **pp = &head;
@@ -117,9 +118,7 @@ tq_io_all(tq_io_t *io)
          head = zhashx_next(io->pending))
         for (tq_request_t *r = head; r; r = r->next_same)
             zlistx_add_end(all, r);
-    for (tq_request_t *r = io->fifo_head; r; r = r->next_same)
-        zlistx_add_end(all, r);
-    return all;
+    return all; /* the FIFO's are in the id table too */
 }
 
 /* The chain of requests on id (borrowed), NULL if none. */
@@ -353,11 +352,9 @@ s_io_send(tq_io_t *io, tq_request_t *r)
     case TQ_KIND_PURGE:
         m->command = TQ_CMD_PURGE;
         m->queue = tq_str(r->queue);
-        m->id = tq_str(NULL); /* id? is nil: answered in order (REPLY) */
         break;
     case TQ_KIND_FAILED:
         m->command = TQ_CMD_FAILED;
-        m->id = tq_str(NULL);
         break;
     case TQ_KIND_QPUT:
         m->command = TQ_CMD_QPUT;
@@ -403,6 +400,7 @@ s_io_send(tq_io_t *io, tq_request_t *r)
     }
     r->epoch = io->epoch;
     r->sent_ms = zclock_mono();
+    r->dropped_ping = 0; /* a new send, a new answer */
     tq_io_move(io, r, TQ_REQ_SENT);
     return TQ_OK;
 }
@@ -657,7 +655,9 @@ s_on_state(tq_io_t *io, const tq_msg_t *m)
     }
 }
 
-/* The oldest id-less request gets the answer (value moved, may be NULL). */
+/* An answer without an id (from a broker of an earlier revision, which
+   answers operator requests in order) goes to the oldest operator request
+   (value moved, may be NULL). */
 static void
 s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
                  zmq_msg_t *value)
@@ -694,8 +694,8 @@ s_on_error(tq_io_t *io, const tq_msg_t *m)
         return;
     }
     if (!m->id.ptr && io->fifo_head) {
-        /* STATUS, PURGE and FAILED are the requests without an id, so an
-           ERROR without an id answers the oldest one */
+        /* an earlier broker answers STATUS, PURGE and FAILED without
+           their id: an ERROR without an id answers the oldest one */
         s_on_fifo_answer(io, TQ_STATE_FAILURE, code, m->error, NULL);
         return;
     }
@@ -739,7 +739,8 @@ s_io_dispatch(tq_io_t *io)
     case TQ_CMD_REPLY:
     case TQ_CMD_QITEM:
         if (m->id.ptr) {
-            /* the answer to a data-queue request, by its request id */
+            /* the answer to a data-queue or operator request, by its
+               request id */
             s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
                             &io->frames.payload);
             break;
@@ -752,7 +753,12 @@ s_io_dispatch(tq_io_t *io)
                          &io->frames.payload);
         break;
     case TQ_CMD_STATUS_REPLY:
-        /* answers the oldest id-less request */
+        if (m->id.ptr) {
+            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
+                            &io->frames.payload);
+            break;
+        }
+        /* an earlier broker: answers the oldest operator request */
         s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
                          &io->frames.payload);
         break;

@@ -35,8 +35,9 @@ typedef struct tq_io_s {
     tq_client_t *client;
     zhashx_t *pending; /* id -> chain of requests (next_same) that are
                           neither NEW nor final */
-    tq_request_t *fifo_head; /* id-less requests (STATUS, PURGE, FAILED)
-                                in send order (next_same) */
+    tq_request_t *fifo_head; /* operator requests (STATUS, PURGE, FAILED)
+                                in send order (next_fifo), for a broker
+                                that answers them without their id */
     tq_request_t *fifo_tail;
     tq_io_list_t out; /* QUEUED, in order */
     tq_io_list_t deferred; /* DEFERRED */

@@ -17,21 +17,46 @@ typedef enum {
     S_MOVED, /* the client moved to another broker: both of the above */
     S_STALE, /* the broker talks but a SUBMIT went unanswered for the
                 liveness: send it again */
-    S_DROPPED, /* the broker dropped replies for us (PONG): send SUBMIT
-                  and GET sent before `before` (the PING) again */
+    S_DROPPED, /* the broker dropped replies for us (PONG): send what
+                  went before `before` (the PING) and may be repeated
+                  again, mark the rest (s_io_end_dropped) */
 } s_resend_t;
+
+/* True if a request whose answer the broker may have dropped can be sent
+   again (PROTOCOL.md section 10, "dropped"): SUBMIT and GET (their ids
+   make them idempotent, 5.1 item 3), the read-only STATUS, FAILED and
+   QSIZE, and CANCEL (a task already cancelled is answered with its
+   RESULT again, 5.4). Not PURGE (it would purge tasks submitted since),
+   RETRY (the dead letter may have failed again), QPUT (a second item)
+   nor QGET (a second item taken). */
+static bool
+s_repeatable(const tq_request_t *r)
+{
+    switch (r->kind) {
+    case TQ_KIND_SUBMIT:
+    case TQ_KIND_GET:
+    case TQ_KIND_STATUS:
+    case TQ_KIND_FAILED:
+    case TQ_KIND_QSIZE:
+    case TQ_KIND_CANCEL:
+        return true;
+    default:
+        return false;
+    }
+}
 
 /* A request sent over a connection that broke may never have arrived, and
    its answer would go to a peer that is gone; one written while the old
    connection was being torn down is lost too. So: at the break, requests
-   that are not idempotent or are answered in order (CANCEL, RETRY, PURGE,
-   FAILED, STATUS, data queues) end TQ_EUNREACHABLE, as the broker may or
-   may not have carried them out; once a new connection is up, SUBMIT (ids
-   make it idempotent, PROTOCOL.md 5.1 item 3) and GET sent before it are
-   sent again. S_STALE sends again a SUBMIT sent before `before` (ms) that
-   is still unanswered, S_DROPPED a SUBMIT or GET. Only SENT requests are
-   concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked for
-   by GET (tq_io_reattach). Returns how many were sent again. */
+   that are not SUBMIT or GET (CANCEL, RETRY, PURGE, FAILED, STATUS, data
+   queues; an earlier broker answers some of them in order) end
+   TQ_EUNREACHABLE, as the broker may or may not have carried them out;
+   once a new connection is up, SUBMIT (ids make it idempotent,
+   PROTOCOL.md 5.1 item 3) and GET sent before it are sent again. S_STALE
+   sends again a SUBMIT sent before `before` (ms) that is still
+   unanswered, S_DROPPED what s_repeatable allows. Only SENT requests are
+   concerned: QUEUED and DEFERRED ones go out anyway, ACKED ones are asked
+   for by GET (tq_io_reattach). Returns how many were sent again. */
 static size_t
 s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
 {
@@ -49,14 +74,24 @@ s_io_resend(tq_io_t *io, s_resend_t why, int64_t before)
                 : why == S_DROPPED ? r->sent_ms > before
                                    : r->epoch >= io->epoch)
             continue;
-        bool idempotent = r->kind == TQ_KIND_SUBMIT || r->kind == TQ_KIND_GET;
+        if (why == S_DROPPED && !s_repeatable(r)) {
+            /* its answer may be on the way still (a QGET that waits, an
+               answer after the store's commit): it ends at a later PONG
+               if it has none by then */
+            if (!r->dropped_ping)
+                r->dropped_ping = before;
+            continue;
+        }
+        bool idempotent = r->kind == TQ_KIND_SUBMIT || r->kind == TQ_KIND_GET ||
+            why == S_DROPPED;
         if (idempotent && why != S_BROKE) {
             r->reget |= r->kind == TQ_KIND_SUBMIT;
             tq_io_move(io, r, TQ_REQ_QUEUED);
             resent++;
         } else if (!idempotent && (why == S_BROKE || why == S_MOVED))
-            /* id-less ones too: answered in order, one whose answer the
-               broken connection lost would take the answer of the next */
+            /* STATUS, PURGE, FAILED too: an earlier broker answers them
+               in order, one whose answer the broken connection lost
+               would take the answer of the next */
             tq_io_failed(io, r, TQ_EUNREACHABLE, text);
     }
     zlistx_destroy(&all);
@@ -98,13 +133,44 @@ tq_io_reattach(tq_io_t *io)
    flight when the number grew may be among them, and nothing else would
    ever bring them. So, as after a reconnect, every SUBMIT and GET not yet
    answered goes again with its id (idempotent, PROTOCOL.md 5.1 item 3),
-   and every acknowledged task is asked for by GET wait=true. A number
+   and every acknowledged task is asked for by GET wait=true; so do the
+   other requests that may be repeated (s_repeatable), matched by their
+   ids, and the rest end at a later PONG (s_io_end_dropped). A number
    that fell is a new count (a restarted broker): it is only noted. */
+/* Ends, TQ_EUNREACHABLE, every request not to be repeated that was
+   unanswered at a PONG that said replies were dropped and is still
+   unanswered at a later PONG: the broker answered it before that PONG's
+   PING (a QGET once its time had run out), so its answer was dropped. It
+   may or may not have been carried out. Returns how many ended. */
+static size_t
+s_io_end_dropped(tq_io_t *io)
+{
+    size_t n = 0;
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (r->state == TQ_REQ_SENT && r->dropped_ping &&
+            io->pong_for > r->dropped_ping &&
+            (r->kind != TQ_KIND_QGET ||
+             r->sent_ms + (int64_t)r->time_limit_ms < io->pong_for)) {
+            tq_io_failed(io, r, TQ_EUNREACHABLE,
+                         "the broker dropped its reply (this client did not "
+                         "read its replies in time: --max-client-backlog); "
+                         "the request may or may not have been carried out");
+            n++;
+        }
+    zlistx_destroy(&all);
+    return n;
+}
+
 void
 tq_io_on_pong(tq_io_t *io, uint64_t dropped)
 {
     uint64_t seen = io->dropped;
     io->dropped = dropped;
+    if (dropped && s_io_end_dropped(io))
+        zsys_info("tq client: broker at %s dropped the reply of requests "
+                  "that cannot be sent again: they end unreachable",
+                  tq_client_current_endpoint(io->client));
     if (dropped <= seen)
         return;
     /* what went after the PING was read after it: not among them */
@@ -180,8 +246,8 @@ tq_io_on_standby(tq_io_t *io, const tq_msg_t *m)
             if (r->state == TQ_REQ_SENT)
                 tq_io_move(io, r, TQ_REQ_QUEUED);
     } else if (io->fifo_head && io->fifo_head->state == TQ_REQ_SENT)
-        /* an id-less answer is the oldest id-less request's (or a
-           PING's) */
+        /* an answer without an id is the oldest operator request's (an
+           earlier broker's), or a PING's */
         tq_io_move(io, io->fifo_head, TQ_REQ_QUEUED);
 }
 

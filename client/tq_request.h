@@ -31,8 +31,10 @@ typedef enum {
     TQ_KIND_QSIZE, /* QSIZE request-id; answered REPLY(id) */
 } tq_req_kind_t;
 
-/* Requests without a task id are answered in order (STATUS_REPLY, REPLY
-   or an ERROR without id), so they share one FIFO. */
+/* Requests that carry an id of the client's own (TQ_KIND_STATUS, PURGE,
+   FAILED: "o<prefix><n>") are matched by it; a broker of an earlier
+   revision answers them without an id (STATUS_REPLY, REPLY or ERROR), in
+   order, so they also share one FIFO for that. */
 #define TQ_REQ_IS_FIFO(k)                                                      \
     ((k) == TQ_KIND_STATUS || (k) == TQ_KIND_PURGE || (k) == TQ_KIND_FAILED)
 
@@ -83,7 +85,12 @@ struct tq_request_t {
     int64_t resend_at; /* ms, while DEFERRED */
     tq_request_t *next; /* submission queue, outbound or deferred list */
     tq_request_t *prev; /* outbound or deferred list */
-    tq_request_t *next_same; /* chain of requests on one id, or the FIFO */
+    tq_request_t *next_same; /* chain of requests on one id */
+    tq_request_t *next_fifo; /* the FIFO (TQ_REQ_IS_FIFO kinds) */
+    int64_t dropped_ping; /* ms, the PING of the PONG that said replies
+                             were dropped while this one was unanswered
+                             (0: none): it ends at a later PONG unless it
+                             is answered first (PROTOCOL.md section 10) */
 };
 
 /* A request of kind in TQ_REQ_NEW for handle result (may be NULL; the

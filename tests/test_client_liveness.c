@@ -230,6 +230,222 @@ test_results_asked_again_after_drops(void **state)
     tq_client_destroy(&client);
 }
 
+/* An operator request made on a thread of its own: STATUS (its body
+   kept) or PURGE. */
+typedef struct {
+    tq_client_t *client;
+    bool purge;
+    int rc;
+    tq_buf_t body;
+    char error[256];
+    atomic_bool done;
+} s_op_call_t;
+
+static void *
+s_op_thread(void *arg)
+{
+    s_op_call_t *call = arg;
+    uint64_t purged = 0;
+    call->rc = call->purge
+        ? tq_client_purge(call->client, "default", &purged, 2 * S_WAIT_MS)
+        : tq_client_status(call->client, &call->body, 2 * S_WAIT_MS);
+    const char *text = "";
+    if (call->rc != TQ_OK)
+        tq_client_last_error(&text);
+    snprintf(call->error, sizeof call->error, "%s", text);
+    atomic_store(&call->done, true);
+    return NULL;
+}
+
+/* The body {"n": n}. */
+static size_t
+s_body_n(uint8_t *out, uint8_t n)
+{
+    out[0] = 0x81, out[1] = 0xa1, out[2] = 'n', out[3] = n;
+    return 4;
+}
+
+/* The broker dropped the STATUS_REPLY of the first of two STATUS requests
+   and says so in its PONG. Answers are matched by the request's id: the
+   second caller gets its own body (never the first's, as when they were
+   matched by order), the first is sent again and gets its own. Then a
+   PURGE whose REPLY is dropped cannot be sent again (it would purge what
+   came since): it ends TQ_EUNREACHABLE saying so, and the next request is
+   answered correctly. Before, the first caller waited for ever and the
+   second got the first's answer. */
+static void
+test_operator_answers_matched_after_drops(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 1500);
+    s_op_call_t calls[2] = {{.client = client}, {.client = client}};
+    pthread_t threads[2];
+    char ids[2][TQ_PROTO_MAX_ID + 1];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(
+            pthread_create(&threads[i], NULL, s_op_thread, &calls[i]), 0);
+        assert_true(s_fake_expect(fake, TQ_CMD_STATUS, S_WAIT_MS));
+        assert_true(fake->id[0] != 0); /* the request's id */
+        snprintf(ids[i], sizeof ids[i], "%s", fake->id);
+    }
+    assert_string_not_equal(ids[0], ids[1]);
+    uint8_t body[8];
+    /* the first one's answer is "dropped": only the second's goes */
+    tq_msg_t reply = {.command = TQ_CMD_STATUS_REPLY, .id = tq_str(ids[1])};
+    s_fake_send(fake, &reply, body, s_body_n(body, 2));
+    pthread_join(threads[1], NULL);
+    assert_int_equal(calls[1].rc, TQ_OK);
+    assert_int_equal(calls[1].body.size, 4);
+    assert_int_equal(((uint8_t *)calls[1].body.data)[3], 2);
+    assert_false(atomic_load(&calls[0].done));
+    fake->dropped = 1;
+    uint64_t pings = fake->pings;
+    /* the first is asked again, with its id, after a PONG that said so */
+    assert_true(s_fake_expect(fake, TQ_CMD_STATUS, S_WAIT_MS));
+    assert_true(fake->pings > pings);
+    assert_string_equal(fake->id, ids[0]);
+    reply.id = tq_str(ids[0]);
+    s_fake_send(fake, &reply, body, s_body_n(body, 1));
+    pthread_join(threads[0], NULL);
+    assert_int_equal(calls[0].rc, TQ_OK);
+    assert_int_equal(((uint8_t *)calls[0].body.data)[3], 1);
+
+    /* a PURGE whose REPLY is dropped */
+    s_op_call_t purge = {.client = client, .purge = true};
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_op_thread, &purge), 0);
+    assert_true(s_fake_expect(fake, TQ_CMD_PURGE, S_WAIT_MS));
+    assert_true(fake->id[0] != 0);
+    fake->dropped = 2;
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    size_t purges = 1;
+    while (!atomic_load(&purge.done) && tq_harness_now_ms() < deadline)
+        /* answering PINGs; the PURGE is never sent twice */
+        purges += s_fake_expect(fake, TQ_CMD_PURGE, 100);
+    pthread_join(thread, NULL);
+    assert_int_equal(purges, 1);
+    printf("dropped PURGE: %s: %s\n", tq_strerror(purge.rc), purge.error);
+    assert_int_equal(purge.rc, TQ_EUNREACHABLE);
+    assert_non_null(strstr(purge.error, "dropped its reply"));
+    assert_non_null(strstr(purge.error, "may or may not"));
+
+    /* the next request gets its own answer */
+    s_op_call_t last = {.client = client};
+    assert_int_equal(pthread_create(&thread, NULL, s_op_thread, &last), 0);
+    assert_true(s_fake_expect(fake, TQ_CMD_STATUS, S_WAIT_MS));
+    reply.id = tq_str(fake->id);
+    s_fake_send(fake, &reply, body, s_body_n(body, 3));
+    pthread_join(thread, NULL);
+    assert_int_equal(last.rc, TQ_OK);
+    assert_int_equal(((uint8_t *)last.body.data)[3], 3);
+    for (int i = 0; i < 2; i++)
+        free(calls[i].body.data);
+    free(last.body.data);
+    tq_client_destroy(&client);
+}
+
+/* Receives one message on a raw DEALER within timeout_ms into m
+   (frames kept in frames). True if one came. */
+static bool
+s_raw_recv(void *dealer, tq_frames_t *frames, tq_msg_t *m, int timeout_ms)
+{
+    zmq_pollitem_t item = {dealer, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, timeout_ms) <= 0)
+        return false;
+    const char *reason = NULL;
+    return tq_wire_recv(dealer, frames, false, 0) == TQ_OK &&
+        tq_wire_decode(frames, m, &reason) == TQ_OK;
+}
+
+/* A real broker echoes the id of STATUS, FAILED and PURGE in its answer
+   (PROTOCOL.md section 10), also for a client that does not read: with
+   --max-client-backlog 1, a raw client sends 20,000 STATUS and reads only
+   then; the answers that were not dropped each carry the id of their own
+   request, in order, and the PONG counts the rest. */
+static void
+test_real_broker_echoes_ids(void **state)
+{
+    tq_harness_env_t *env = *state;
+    const char *extra[] = {"--max-client-backlog", "1", NULL};
+    assert_int_equal(tq_harness_env_start(env, extra), 0);
+    void *ctx = zmq_ctx_new();
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int one = 1, zero = 0;
+    zmq_setsockopt(dealer, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(zmq_connect(dealer, env->broker.clients), 0);
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    tq_msg_t *m = calloc(1, sizeof *m);
+    assert_non_null(m);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    const uint8_t asks[] = {TQ_CMD_STATUS, TQ_CMD_FAILED, TQ_CMD_PURGE};
+    const uint8_t answers[] = {TQ_CMD_STATUS_REPLY, TQ_CMD_REPLY, TQ_CMD_REPLY};
+    const char *ids[] = {"s1", "f1", "p1"};
+    for (int i = 0; i < 3; i++) {
+        tq_msg_t out = {.command = asks[i], .id = tq_str(ids[i])};
+        if (asks[i] == TQ_CMD_PURGE)
+            out.queue = tq_str("default");
+        assert_int_equal(tq_wire_send_msg(dealer, NULL, &out, &buf, NULL, 0),
+                         TQ_OK);
+        assert_true(s_raw_recv(dealer, &frames, m, S_WAIT_MS));
+        assert_int_equal(m->command, answers[i]);
+        assert_true(m->id.ptr && m->id.len == strlen(ids[i]) &&
+                    memcmp(m->id.ptr, ids[i], m->id.len) == 0);
+    }
+    enum { N = 20000 };
+    char id[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "s%d", i);
+        tq_msg_t out = {.command = TQ_CMD_STATUS, .id = tq_str(id)};
+        assert_int_equal(tq_wire_send_msg(dealer, NULL, &out, &buf, NULL, 0),
+                         TQ_OK);
+    }
+    int received = 0, last = -1, pings = 0;
+    bool ponged = false;
+    uint64_t dropped = 0;
+    int64_t deadline = tq_harness_now_ms() + 4 * S_WAIT_MS;
+    while (!ponged && tq_harness_now_ms() < deadline) {
+        if (!s_raw_recv(dealer, &frames, m, 1000)) {
+            /* all read that came: the PONG's count covers every STATUS
+               (one connection keeps order); a PONG may be dropped too */
+            tq_msg_t ping = {.command = TQ_CMD_PING};
+            tq_wire_send_msg(dealer, NULL, &ping, &buf, NULL, 0);
+            pings++;
+            continue;
+        }
+        if (m->command == TQ_CMD_PONG) {
+            ponged = true;
+            dropped = m->dropped;
+            continue;
+        }
+        assert_int_equal(m->command, TQ_CMD_STATUS_REPLY);
+        int k = -1;
+        assert_true(m->id.ptr && m->id.len < sizeof id);
+        tq_str_copy(id, sizeof id, m->id);
+        assert_int_equal(sscanf(id, "s%d", &k), 1);
+        assert_true(k > last && k < N); /* its own, in order */
+        last = k;
+        received++;
+    }
+    printf("%d STATUS to a client that did not read (backlog 1): %d "
+           "answered, %llu dropped, %d PING(s)\n",
+           N, received, (unsigned long long)dropped, pings);
+    assert_true(ponged);
+    /* every STATUS answered or counted; a dropped PONG counts too */
+    assert_true((uint64_t)received + dropped >= N);
+    assert_true((uint64_t)received + dropped <= (uint64_t)N + pings);
+    msgpack_sbuffer_destroy(&buf);
+    tq_frames_close(&frames);
+    free(m);
+    zmq_close(dealer);
+    zmq_ctx_term(ctx);
+    tq_harness_env_stop(env);
+}
+
 /* A STATUS request made on a thread of its own. */
 typedef struct {
     tq_client_t *client;
@@ -781,6 +997,9 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_submit_resent_after_restart,
                                         s_fake_setup, s_fake_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_operator_answers_matched_after_drops, s_fake_setup,
+            s_fake_teardown),
         cmocka_unit_test_setup_teardown(test_submit_resent_when_unanswered,
                                         s_fake_setup, s_fake_teardown),
         cmocka_unit_test_setup_teardown(test_results_asked_again_after_drops,
@@ -796,6 +1015,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_survives_broker_stall,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_real_broker_echoes_ids,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_map_survives_dropped_replies,

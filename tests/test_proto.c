@@ -150,6 +150,11 @@ test_round_trip_every_command(void **state)
             assert_true(s_same(out.error, in.error));
             break;
         case TQ_CMD_STATUS:
+        case TQ_CMD_STATUS_REPLY:
+            /* the optional request id only (PROTOCOL.md section 10) */
+            assert_true(s_same(out.id, in.id));
+            assert_int_equal(out.priority, 0);
+            break;
         case TQ_CMD_PING:
             /* no fields: nothing may leak through from the input */
             assert_null(out.id.ptr);

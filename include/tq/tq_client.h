@@ -102,7 +102,10 @@ tq_result_t *tq_apply_async(tq_client_t *self, const char *task,
    tq_apply_async_raw, tq_apply, tq_client_fetch) failed before reaching
    the broker: TQ_EINVAL (or TQ_ENOMEM) and a text such as "priority out
    of range (0..9)" in *text (borrowed, valid until this thread's next
-   failing call); TQ_OK and "" before any. */
+   failing call); TQ_OK and "" before any. The synchronous requests
+   (tq_client_status, _cancel, _retry, _purge, _failed) that fail set it
+   too, with the text of their failure (the broker's, or why no answer
+   came). */
 int tq_client_last_error(const char **text);
 
 /* As tq_apply_async, with args already packed as a msgpack array (borrowed,

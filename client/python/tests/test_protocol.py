@@ -116,10 +116,36 @@ class TestWire(unittest.TestCase):
             self._catch(self.client.status, GET_WAIT)))
         t.start()
         ident, head, _ = self.broker.recv_command(0x07)
-        self.assertEqual(head, [1, 0x07])
+        # its own id (PROTOCOL.md section 10); an earlier broker ignores it
+        self.assertEqual(head[:2], [1, 0x07])
+        self.assertEqual(len(head), 3)
         self.broker.send(ident, [1, 0x0B, 3, "no"])
         t.join(GET_WAIT)
         self.assertIsInstance(done[0], tq.ProtocolError)
+
+    def test_status_matched_by_id(self):
+        """Two STATUS requests answered out of order (as when the first
+        answer was dropped and comes again later): each caller gets the
+        answer carrying its own id, never the other's."""
+        done = [None, None]
+
+        def call(i):
+            done[i] = self._catch(self.client.status, GET_WAIT)
+        threads = []
+        ids = []
+        for i in range(2):
+            threads.append(threading.Thread(target=call, args=(i,)))
+            threads[i].start()
+            ident, head, _ = self.broker.recv_command(0x07)
+            ids.append(head[2])
+        self.assertNotEqual(ids[0], ids[1])
+        self.broker.send(ident, [1, 0x08, ids[1]], msgpack.packb({"n": 2}))
+        threads[1].join(GET_WAIT)
+        self.assertEqual(done[1], {"n": 2})
+        self.assertIsNone(done[0])
+        self.broker.send(ident, [1, 0x08, ids[0]], msgpack.packb({"n": 1}))
+        threads[0].join(GET_WAIT)
+        self.assertEqual(done[0], {"n": 1})
 
     @staticmethod
     def _catch(fn, *args):

@@ -341,7 +341,11 @@ class Client:
 
     def status(self, timeout=None):
         """The broker's STATUS map (PROTOCOL.md section 8), decoded."""
-        r = AsyncResult(self, _STATUS, None, [P.header(P.STATUS)])
+        # with an id of its own, which the broker echoes: answers are
+        # matched by it, never by order (PROTOCOL.md section 10); a broker
+        # of an earlier revision ignores it and answers in order
+        id = self._new_id("o")
+        r = AsyncResult(self, _STATUS, id, [P.header(P.STATUS, id)])
         self._push(r)
         return r.get(timeout)
 
@@ -893,7 +897,8 @@ class _IO:
                 if chain:
                     self._finish_chain(chain, E.SUCCESS, E.TQ_OK, "", value)
         elif command == P.STATUS_REPLY:
-            self._on_fifo_reply(P.unpack(payload))
+            self._on_fifo_reply(P.unpack(payload),
+                                self._id(fields, 0, optional=True))
         elif command == P.PING:
             self._send_simple(P.PONG)
         elif command == P.PONG:
@@ -949,9 +954,21 @@ class _IO:
         else:
             del self.pending[id]
 
-    def _on_fifo_reply(self, value):
-        if self.fifo:
-            r = self.fifo.popleft()
+    def _fifo_take(self, id):
+        """The STATUS request an answer is for: the one of its id, or the
+        oldest for an answer without one (an earlier broker); None if
+        nobody waits for it any more."""
+        if id is None:
+            return self.fifo.popleft() if self.fifo else None
+        for r in self.fifo:
+            if r.id == id:
+                self.fifo.remove(r)
+                return r
+        return None
+
+    def _on_fifo_reply(self, value, id=None):
+        r = self._fifo_take(id)
+        if r is not None:
             self._finish(r, E.SUCCESS, E.TQ_OK, "", value)
             self._release(r)
 
@@ -962,10 +979,10 @@ class _IO:
             if chain:
                 self._finish_chain(chain, E.FAILURE, code, text)
                 return
-        elif self.fifo:
-            # STATUS is the only request without an id that expects an
-            # answer: an ERROR without an id answers the oldest
-            r = self.fifo.popleft()
+        # a STATUS's, by its id; an earlier broker's ERROR without an id
+        # answers the oldest
+        r = self._fifo_take(id)
+        if r is not None:
             self._finish(r, E.FAILURE, code, text)
             self._release(r)
             return
