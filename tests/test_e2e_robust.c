@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -258,6 +259,31 @@ s_wait_running_child(tq_client_t *client, pid_t ppid, const pid_t *skip,
     return 0;
 }
 
+/* Waits until pid's main thread is inside a sleep system call (the
+   task's nanosleep, not the poll of an idle child): the broker counts a
+   task as running once it sent it, the child may not have read it yet.
+   True when seen; true at once where /proc/PID/syscall cannot be read. */
+static bool
+s_wait_in_sleep(pid_t pid, int timeout_ms)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+    for (int64_t until = tq_harness_now_ms() + timeout_ms;
+         tq_harness_now_ms() < until; tq_harness_sleep_ms(10)) {
+        FILE *f = fopen(path, "r");
+        if (!f)
+            return true;
+        long number = -1;
+        int got = fscanf(f, "%ld", &number);
+        fclose(f);
+        if (got != 1)
+            return true;
+        if (number == SYS_nanosleep || number == SYS_clock_nanosleep)
+            return true;
+    }
+    return false;
+}
+
 /* SIGTERM drains: the running task still succeeds, the host exits 0 and
    none of its children is left. */
 static void
@@ -276,6 +302,9 @@ test_worker_sigterm(void **state)
     assert_non_null(r);
     pid_t running = s_wait_running_child(env->client, worker, NULL, 0, 5000);
     assert_int_equal(running, children[0]);
+    /* started, not only sent: a drain finishes what the children have
+       begun */
+    assert_true(s_wait_in_sleep(running, 20000));
     assert_int_equal(kill(worker, SIGTERM), 0);
 
     assert_int_equal(tq_result_get(r, S_GET_MS), TQ_OK);
