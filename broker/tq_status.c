@@ -50,10 +50,12 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     tqb_pack_str(pk, "workers");
     msgpack_pack_array(pk, count);
     for (peer_t *w = self->children; w; w = w->next) {
-        msgpack_pack_map(pk, 10);
+        msgpack_pack_map(pk, 11);
         tqb_pack_str(pk, "host");
         tqb_pack_str(pk, w->host);
         tqb_pack_uint_kv(pk, "ppid", w->ppid);
+        /* 0 until its supervisor's first HEARTBEAT came (section 10) */
+        tqb_pack_uint_kv(pk, "session", w->session);
         tqb_pack_uint_kv(pk, "pid", w->pid);
         tqb_pack_uint_kv(pk, "credit", w->credit);
         tqb_pack_uint_kv(pk, "running", w->held);

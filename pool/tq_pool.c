@@ -472,8 +472,28 @@ s_cancel_pending(tq_pool_t *self)
 
 /* ---- the pool ------------------------------------------------------------ */
 
-/* Counts the children the broker knows (its STATUS "workers"), -1 when
-   it did not answer. */
+/* Whether a STATUS "workers" entry has a non-zero "session". */
+static int
+s_bound(const msgpack_object *w)
+{
+    if (w->type != MSGPACK_OBJECT_MAP)
+        return 0;
+    for (uint32_t i = 0; i < w->via.map.size; i++) {
+        const msgpack_object_kv *kv = &w->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 7 &&
+            !memcmp(kv->key.via.str.ptr, "session", 7))
+            return kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                kv->val.via.u64 != 0;
+    }
+    return 0;
+}
+
+/* Counts the children the broker knows (its STATUS "workers") that are
+   bound to their supervisor's session, -1 when it did not answer. The
+   supervisor forks its children before it connects, so their READYs may
+   come before its first HEARTBEAT; a child bound to no session is covered
+   by no host liveness: a server killed in that window (SIGKILL, no LOST)
+   would leave a task sent to one of its dying children held forever. */
 static int
 s_ready_children(tq_pool_t *self)
 {
@@ -491,17 +511,23 @@ s_ready_children(tq_pool_t *self)
             if (kv->key.type == MSGPACK_OBJECT_STR &&
                 kv->key.via.str.size == 7 &&
                 !memcmp(kv->key.via.str.ptr, "workers", 7) &&
-                kv->val.type == MSGPACK_OBJECT_ARRAY)
-                n = (int)kv->val.via.array.size;
+                kv->val.type == MSGPACK_OBJECT_ARRAY) {
+                n = 0;
+                for (uint32_t j = 0; j < kv->val.via.array.size; j++)
+                    n += s_bound(&kv->val.via.array.ptr[j]);
+            }
         }
     msgpack_unpacked_destroy(&u);
     tq_buf_free(&body);
     return n;
 }
 
-/* Waits, bounded, until every child announced itself: a task submitted
-   next then starts in order on the first idle child, instead of piling up
-   on whichever child connected first. TQ_OK, or an error on stderr. */
+/* Waits, bounded, until every child announced itself and is bound to its
+   supervisor's session (s_ready_children): a task submitted next then
+   starts in order on the first idle child, instead of piling up on
+   whichever child connected first, and a server killed from now on has
+   its children's tasks ended by the host liveness. TQ_OK, or an error on
+   stderr. */
 static int
 s_wait_ready(tq_pool_t *self)
 {

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "tq/tq.h"
+#include "tq_harness.h"
 
 static void
 s_sleep_ms(int ms)
@@ -605,6 +606,20 @@ test_server_killed(void **state)
 {
     (void)state;
     tq_pool_t *pool = s_pool(2, 0);
+    /* the pool is ready only once every child is bound to its supervisor's
+       session: a child the broker binds to none (its READY came before the
+       supervisor's first HEARTBEAT, and the supervisor died) has no host
+       liveness, and a task sent to it as it died was held forever */
+    tq_harness_status_t st = {0};
+    assert_int_equal(tq_harness_status(tq_pool_client(pool), &st, 5000), TQ_OK);
+    uint32_t count = 0;
+    const msgpack_object *workers = tq_harness_workers(&st, &count);
+    assert_non_null(workers);
+    assert_int_equal(count, 2);
+    for (uint32_t i = 0; i < count; i++)
+        assert_true(
+            tq_harness_map_uint(&workers->via.array.ptr[i], "session", 0) > 0);
+    tq_harness_status_free(&st);
     pid_t server = tq_pool_server_pid(pool);
     assert_int_equal(kill(server, SIGKILL), 0);
     /* the monitor notices and starts another; a task the broker had given
@@ -1018,6 +1033,9 @@ main(void)
         cmocka_unit_test(test_task_helpers),
         cmocka_unit_test(test_chunk_failures),
     };
+    /* e.g. TQ_TEST_FILTER='*killed*' runs one test */
+    if (getenv("TQ_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("TQ_TEST_FILTER"));
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tq_registry_destroy(&s_reg);
     return rc;
