@@ -38,6 +38,7 @@
 #include "tq_proto.h"
 
 #include "tq_bench_common.h"
+#include "tq_client_internal.h"
 #include "tq_harness.h"
 #include "tq_pg.h"
 
@@ -935,7 +936,22 @@ s_hold(int tasks, bool store, double *rate, double *rss, double *idle)
     clock_gettime(CLOCK_MONOTONIC, &b);
     *rate = tasks /
         ((double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
-    *rss = s_rss_mib(env.broker.pid);
+    /* held = acknowledged: with a store, once every SUBMITTED came (its
+       commit done, the arguments it stored paged out); then the RSS once
+       it stops falling (memory of the last batches given back) */
+    for (int i = 0; store && rc == 0 && results && i < tasks; i++)
+        if (tq_result_wait_answer(results[i], S_WAIT_MS) != TQ_OK)
+            rc = -1;
+    double last = s_rss_mib(env.broker.pid);
+    for (int i = 0; rc == 0 && i < 50; i++) {
+        tq_harness_sleep_ms(200);
+        double now = s_rss_mib(env.broker.pid);
+        bool settled = now >= last - 0.5;
+        last = now;
+        if (settled)
+            break;
+    }
+    *rss = last;
     tq_harness_env_stop(&env);
     for (int i = 0; results && i < tasks; i++)
         tq_result_destroy(&results[i]);
