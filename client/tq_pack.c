@@ -14,16 +14,10 @@
    msgpack's sbuffer would start at 8 KiB. */
 #define S_FIRST_SIZE 64
 
-typedef struct {
-    char *data;
-    size_t size;
-    size_t alloc;
-} s_buf_t;
-
-static int
-s_buf_write(void *data, const char *bytes, size_t len)
+int
+tq_grow_write(void *data, const char *bytes, size_t len)
 {
-    s_buf_t *b = data;
+    tq_grow_t *b = data;
     if (b->size + len > b->alloc) {
         size_t alloc = b->alloc ? b->alloc * 2 : S_FIRST_SIZE;
         if (alloc < b->size + len)
@@ -128,9 +122,9 @@ tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
        never makes va_arg read arguments of the wrong type */
     if (!s_valid_picture(picture))
         return TQ_EINVAL;
-    s_buf_t b = {0};
+    tq_grow_t b = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &b, s_buf_write);
+    msgpack_packer_init(&pk, &b, tq_grow_write);
     int rc = tq_vpack_into(&pk, picture, ap);
     if (rc != TQ_OK) {
         free(b.data);

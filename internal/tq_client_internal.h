@@ -58,4 +58,14 @@ tq_result_t *tq_result_new_final(int code, const char *error, const void *value,
    consumed from ap) or argument (the packer may hold part of it). */
 int tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap);
 
+/* A growing buffer for a msgpack_packer: msgpack_packer_init(&pk, &buf,
+   tq_grow_write); the caller frees data. It grows by doubling from 64
+   bytes, or to the exact size a large write needs. */
+typedef struct {
+    char *data;
+    size_t size;
+    size_t alloc;
+} tq_grow_t;
+int tq_grow_write(void *data, const char *bytes, size_t len);
+
 #endif

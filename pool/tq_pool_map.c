@@ -123,32 +123,6 @@ s_chunk_args(tq_buf_t *out, const char *task, const tq_buf_t *items,
     return TQ_OK;
 }
 
-/* A growing buffer for msgpack_pack_object. */
-typedef struct {
-    char *data;
-    size_t size;
-    size_t alloc;
-} s_grow_t;
-
-static int
-s_grow_write(void *data, const char *bytes, size_t len)
-{
-    s_grow_t *b = data;
-    if (b->size + len > b->alloc) {
-        size_t alloc = b->alloc ? b->alloc * 2 : 256;
-        while (alloc < b->size + len)
-            alloc *= 2;
-        char *p = realloc(b->data, alloc);
-        if (!p)
-            return -1;
-        b->data = p;
-        b->alloc = alloc;
-    }
-    memcpy(b->data + b->size, bytes, len);
-    b->size += len;
-    return 0;
-}
-
 /* A chunk's answer v ([bin of [value...], [failure...]]) opened into
    zone as [[value...], [failure...]], or NULL if it is malformed. */
 static const msgpack_object *
@@ -225,9 +199,9 @@ s_split(tq_result_set_t *set, s_chunk_t *c)
     const msgpack_object *v = chunk_code == TQ_OK && zone
         ? s_chunk_open(tq_result_value(c->handle), zone)
         : NULL;
-    s_grow_t value = {0};
+    tq_grow_t value = {0};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &value, s_grow_write);
+    msgpack_packer_init(&pk, &value, tq_grow_write);
     for (size_t i = 0; i < c->count; i++) {
         tq_result_t *r = NULL;
         if (chunk_code != TQ_OK) {
