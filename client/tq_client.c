@@ -26,6 +26,7 @@
 #include "tq_endpoint.h"
 #include "tq_log.h"
 #include "tq_proto.h"
+#include "tq_spare.h"
 
 #define S_DEFAULT_LIVENESS_MS 3000
 #define S_SEND_HWM 10000 /* messages queued in libzmq before we hold them */
@@ -318,6 +319,7 @@ tq_client_new(const char *endpoint)
         s_live->live_prev = self;
     s_live = self;
     pthread_mutex_unlock(&s_live_lock);
+    tq_spare_users(1);
     return self;
 fail:
     tq_client_socket_close(self);
@@ -371,6 +373,7 @@ tq_client_destroy(tq_client_t **self_p)
         free(self->endpoints[i]);
     free(self->endpoint);
     free(self);
+    tq_spare_users(-1);
 }
 
 void
@@ -495,7 +498,8 @@ static void
 s_free_buffer(void *data, void *hint)
 {
     (void)hint;
-    free(data);
+    /* kept a moment: a result arriving soon takes it (tq_spare.h) */
+    tq_spare_put(data);
 }
 
 /* Makes a submission; args_owned (malloc'd, size bytes) is taken over when

@@ -18,6 +18,7 @@
 #include "tq_curve.h"
 #include "tq_log.h"
 #include "tq_proto.h"
+#include "tq_spare.h"
 #include "tq_wire.h"
 
 /* block_when_full: first and longest wait before a refused SUBMIT is sent
@@ -614,6 +615,10 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
+    if (code == TQ_OK && tq_io_chain(io, m->id))
+        /* a large value moves into an argument's spare buffer (memory
+           already faulted in) and the received one goes back to libzmq */
+        tq_spare_adopt(payload);
     s_io_done_chain(io, m->id, state, code, m->error,
                     code == TQ_OK ? payload : NULL);
 }
@@ -884,6 +889,7 @@ s_io_timeout(tq_io_t *io)
     for (int i = 0; i < 2; i++)
         if (waits[i] >= 0 && (timeout < 0 || waits[i] < timeout))
             timeout = waits[i];
+    tq_spare_trim(now);
     long tick = atomic_load(&io->client->liveness_ms) / 3;
     if (io->waiting == 0 && (timeout < 0 || timeout > tick))
         timeout = tick;

@@ -4,11 +4,13 @@
 #include "tq/tq_worker.h"
 
 #include <assert.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tq_client_internal.h"
 #include "tq_proto.h"
+#include "tq_spare.h"
 
 /* Small first buffer: an argument array is often a few bytes, and
    msgpack's sbuffer would start at 8 KiB. */
@@ -110,6 +112,54 @@ tq_pack(tq_buf_t *buf, const char *picture, ...)
     return rc;
 }
 
+/* An upper bound of the bytes picture's arguments pack into (picture
+   already checked), read from a copy of ap. */
+static size_t
+s_packed_bound(const char *picture, va_list ap)
+{
+    va_list aq;
+    va_copy(aq, ap);
+    size_t bound = 5; /* the array's header */
+    for (const char *c = picture; *c; c++) {
+        switch (*c) {
+        case 'i':
+            (void)va_arg(aq, int64_t);
+            bound += 9;
+            break;
+        case 'u':
+            (void)va_arg(aq, uint64_t);
+            bound += 9;
+            break;
+        case 'd':
+            (void)va_arg(aq, double);
+            bound += 9;
+            break;
+        case 's': {
+            const char *str = va_arg(aq, const char *);
+            bound += 5 + (str ? strlen(str) : 0);
+            break;
+        }
+        case 'b':
+            (void)va_arg(aq, int);
+            bound += 1;
+            break;
+        case 'n':
+            bound += 1;
+            break;
+        case 'p':
+        case 'm': {
+            (void)va_arg(aq, const void *);
+            size_t size = va_arg(aq, size_t);
+            /* an invalid size fails the packing: no bound needed */
+            bound += size <= UINT32_MAX ? 5 + size : 0;
+            break;
+        }
+        }
+    }
+    va_end(aq);
+    return bound;
+}
+
 int
 tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
 {
@@ -123,6 +173,17 @@ tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
     if (!s_valid_picture(picture))
         return TQ_EINVAL;
     tq_grow_t b = {0};
+    size_t bound = s_packed_bound(picture, ap);
+    if (bound >= TQ_SPARE_MIN) {
+        /* large: one buffer of the whole size, a spare when one fits
+           (memory already faulted in, tq_spare.h) */
+        b.data = tq_spare_take(bound);
+        if (!b.data)
+            b.data = malloc(bound);
+        if (!b.data)
+            return TQ_ENOMEM;
+        b.alloc = malloc_usable_size(b.data);
+    }
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, tq_grow_write);
     int rc = tq_vpack_into(&pk, picture, ap);

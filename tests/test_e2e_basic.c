@@ -1,6 +1,7 @@
 /* test_e2e_basic.c - end to end through real tq-broker and tq-worker
-   processes: apply_async/get, task errors, get timeouts, unserved tasks,
-   fetch by id, callbacks, map order, priorities, an unreachable broker. */
+   processes: apply_async/get, large arguments and values, task errors, get
+   timeouts, unserved tasks, fetch by id, callbacks, map order, priorities, an
+   unreachable broker. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -184,6 +185,76 @@ s_number(const msgpack_object *obj)
         fail_msg("not a number: msgpack type %d", (int)obj->type);
         return 0;
     }
+}
+
+/* Fills size bytes with a pattern of seed. */
+static void
+s_fill(uint8_t *bytes, size_t size, unsigned seed)
+{
+    for (size_t i = 0; i < size; i++)
+        bytes[i] = (uint8_t)(i * 31 + seed * 7 + (i >> 12));
+}
+
+/* Asserts value is [bin] with the pattern of seed over size bytes. */
+static void
+s_assert_bin_echo(const msgpack_object *value, size_t size, unsigned seed)
+{
+    assert_non_null(value);
+    assert_int_equal(value->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(value->via.array.size, 1);
+    const msgpack_object *b = &value->via.array.ptr[0];
+    assert_int_equal(b->type, MSGPACK_OBJECT_BIN);
+    assert_int_equal(b->via.bin.size, size);
+    uint8_t *want = malloc(size);
+    assert_non_null(want);
+    s_fill(want, size, seed);
+    assert_memory_equal(b->via.bin.ptr, want, size);
+    free(want);
+}
+
+/* Large arguments and values, every byte right whatever buffer carried
+   them: rounds of 64 KiB echoes (the child hands a large value's buffer to
+   libzmq and packs the next one into a new buffer; the client moves a
+   value into a spare argument buffer), a larger one after them (the
+   child's buffer grows) and a small one (copied). */
+static void
+test_echo_large(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_start(env, 2, NULL);
+    enum { ROUNDS = 3, N = 40, SIZE = 65536, BIG = 300000 };
+    uint8_t *bytes = malloc(BIG);
+    assert_non_null(bytes);
+    tq_result_t *results[N];
+    for (unsigned round = 0; round < ROUNDS; round++) {
+        for (unsigned i = 0; i < N; i++) {
+            s_fill(bytes, SIZE, round * N + i);
+            results[i] = tq_apply_async(env->client, "tq.echo", NULL, "p",
+                                        bytes, (size_t)SIZE);
+            assert_non_null(results[i]);
+        }
+        for (unsigned i = 0; i < N; i++) {
+            assert_int_equal(tq_result_get(results[i], S_GET_MS), TQ_OK);
+            s_assert_bin_echo(tq_result_value(results[i]), SIZE, round * N + i);
+        }
+        for (unsigned i = 0; i < N; i++)
+            tq_result_destroy(&results[i]);
+    }
+    s_fill(bytes, BIG, 1000);
+    tq_result_t *big = tq_apply(env->client, "tq.echo", NULL, S_GET_MS, "p",
+                                bytes, (size_t)BIG);
+    assert_non_null(big);
+    assert_int_equal(tq_result_code(big), TQ_OK);
+    s_assert_bin_echo(tq_result_value(big), BIG, 1000);
+    tq_result_destroy(&big);
+    s_fill(bytes, 100, 1001);
+    tq_result_t *small = tq_apply(env->client, "tq.echo", NULL, S_GET_MS, "p",
+                                  bytes, (size_t)100);
+    assert_non_null(small);
+    assert_int_equal(tq_result_code(small), TQ_OK);
+    s_assert_bin_echo(tq_result_value(small), 100, 1001);
+    tq_result_destroy(&small);
+    free(bytes);
 }
 
 /* libzmq 4.3.3 fixed the ROUTER/CURVE issues tq relies on being absent. */
@@ -612,6 +683,8 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_echo_thousand, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_echo_large, tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_task_error, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_apply_async_says_why,

@@ -300,6 +300,43 @@ s_send_ready(s_child_t *self, const char *running)
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
 static void s_reconnect(s_child_t *self, const char *running);
 
+/* A value from this size on leaves as its own buffer, not copied. */
+#define S_VALUE_HANDOFF 4096
+/* The buffer that replaces a handed-off one starts this large at most:
+   the next value of the same size then fits without a regrowth. */
+#define S_VALUE_KEEP (1u << 20)
+
+static void
+s_value_free(void *data, void *hint)
+{
+    (void)hint;
+    free(data);
+}
+
+/* The task's value as a message. A large one takes the value's buffer
+   itself (libzmq frees it once sent) and the packer gets a new buffer as
+   large, for the next task; a small one is copied, the buffer stays. */
+static void
+s_value_msg(s_child_t *self, zmq_msg_t *msg)
+{
+    size_t size = self->value.size;
+    if (size >= S_VALUE_HANDOFF) {
+        size_t keep = size < S_VALUE_KEEP ? size : S_VALUE_KEEP;
+        char *next = malloc(keep);
+        if (next &&
+            zmq_msg_init_data(msg, self->value.data, size, s_value_free,
+                              NULL) == 0) {
+            self->value.data = next;
+            self->value.alloc = keep;
+            self->value.size = 0;
+            return;
+        }
+        free(next);
+    }
+    zmq_msg_init_size(msg, size);
+    memcpy(zmq_msg_data(msg), self->value.data, size);
+}
+
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
             const char *error)
@@ -318,10 +355,9 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     self->out.error = tq_str(error); /* NULL packs nil */
     self->out.rss_kb = s_rss_kb(self);
     zmq_msg_t payload;
-    if (state == TQ_STATE_SUCCESS) {
-        zmq_msg_init_size(&payload, self->value.size);
-        memcpy(zmq_msg_data(&payload), self->value.data, self->value.size);
-    } else
+    if (state == TQ_STATE_SUCCESS)
+        s_value_msg(self, &payload);
+    else
         zmq_msg_init(&payload);
     s_send(self, &payload);
     zmq_msg_close(&payload);
