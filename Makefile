@@ -130,7 +130,7 @@ FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
   client/tq_client_unserved.c \
   client/tq_client.c client/tq_client_io.c client/tq_client_live.c \
   client/tq_request.c client/tq_result.c client/tq_queue.c \
-  client/tq_pack.c client/tq_inspect.c
+  client/tq_pack.c client/tq_spare.c client/tq_inspect.c
 
 fuzz-build:
 	@scripts/deps.sh --fuzz
