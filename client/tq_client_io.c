@@ -615,7 +615,8 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
-    if (code == TQ_OK && tq_io_chain(io, m->id))
+    if (code == TQ_OK && zmq_msg_size(payload) >= TQ_SPARE_MIN &&
+        tq_io_chain(io, m->id))
         /* a large value moves into an argument's spare buffer (memory
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);
