@@ -297,9 +297,6 @@ s_send_ready(s_child_t *self, const char *running)
         _exit(1);
 }
 
-/* Sends DONE for job; value (the result bytes) only with SUCCESS. */
-static void s_reconnect(s_child_t *self, const char *running);
-
 /* A value from this size on leaves as its own buffer, not copied. */
 #define S_VALUE_HANDOFF 4096
 /* The buffer that replaces a handed-off one starts this large at most:
@@ -336,6 +333,9 @@ s_value_msg(s_child_t *self, zmq_msg_t *msg)
     zmq_msg_init_size(msg, size);
     memcpy(zmq_msg_data(msg), self->value.data, size);
 }
+
+/* Sends DONE for job; value (the result bytes) only with SUCCESS. */
+static void s_reconnect(s_child_t *self, const char *running);
 
 static void
 s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
