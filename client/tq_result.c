@@ -464,3 +464,9 @@ tq_result_new_final(int code, const char *error, const void *value, size_t size)
     self->attempts = 1;
     return self;
 }
+
+void
+tq_result_callbacks_anywhere(tq_result_t *self)
+{
+    atomic_store(&self->callbacks_anywhere, true);
+}

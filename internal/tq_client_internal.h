@@ -53,6 +53,13 @@ const char *tq_client_endpoint(tq_client_t *self);
 tq_result_t *tq_result_new_final(int code, const char *error, const void *value,
                                  size_t size);
 
+/* Marks the handle's callbacks as the library's own bookkeeping that any
+   thread may run (the embedded pool's tracking of a task submitted without
+   callbacks of the program's): a caller waiting on the handle and reading
+   the answer itself finishes it there, instead of handing it to the I/O
+   thread (which runs the program's callbacks). */
+void tq_result_callbacks_anywhere(tq_result_t *self);
+
 /* Packs the arguments named by picture (tq_pack's characters) as one
    msgpack array with pk. TQ_OK, or TQ_EINVAL for a bad picture (nothing
    consumed from ap) or argument (the packer may hold part of it). */

@@ -414,6 +414,10 @@ tq_pool_submit_raw(tq_pool_t *self, const char *task,
     pthread_mutex_unlock(&self->lock);
 
     tq_result_t *r = tq_apply_async_raw(self->client, task, &opts, args, size);
+    if (r && !t->callback && !t->error_callback)
+        /* only our bookkeeping: a caller that waits runs it, without a
+           hop through the client's I/O thread */
+        tq_result_callbacks_anywhere(r);
 
     pthread_mutex_lock(&self->lock);
     if (!r)
