@@ -106,6 +106,8 @@ int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
+    if (socket == self->clients && tqb_local_deliver(self, ident, payload))
+        return 0; /* the embedded pool's caller, in this process */
     zmq_msg_t id;
     zmq_msg_init_size(&id, ident->size);
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
@@ -113,6 +115,8 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
                               ZMQ_DONTWAIT);
     zmq_msg_close(&id);
+    if (socket == self->clients)
+        self->client_sends++; /* tq_broker_lead tells its caller */
     if (rc == TQ_EINVAL) {
         /* our own message broke the protocol's rules: a bug */
         tq_proto_encode(&self->out, &self->sbuf, &reason);

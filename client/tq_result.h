@@ -34,6 +34,8 @@ struct tq_result_t {
                                        bookkeeping (the pool's tracking):
                                        a caller reading the socket runs
                                        them, no hop to the I/O thread */
+    bool local; /* tq_result_new_local: answered by a function call, never
+                   through the client's socket */
     char *names; /* SUBMIT: "task\0queue" (the unserved check), or NULL */
     pthread_mutex_t mutex;
     pthread_cond_t cond;
