@@ -401,7 +401,6 @@ struct tq_broker_t {
     int lead_fds[2]; /* ZMQ_FD of clients and workers, polled instead */
     int lead_rc; /* a leader's pass that ended the loop: its code */
     int64_t last_pass_ms; /* the end of the last pass, whoever ran it */
-    uint64_t client_sends; /* messages sent on the clients socket */
     tq_broker_local_fn *local_fn; /* the local client (tq_broker_set_local) */
     void *local_arg;
     ident_t local_ident;

@@ -115,8 +115,6 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
                               ZMQ_DONTWAIT);
     zmq_msg_close(&id);
-    if (socket == self->clients)
-        self->client_sends++; /* tq_broker_lead tells its caller */
     if (rc == TQ_EINVAL) {
         /* our own message broke the protocol's rules: a bug */
         tq_proto_encode(&self->out, &self->sbuf, &reason);

@@ -116,9 +116,8 @@ void tq_broker_stop(tq_broker_t *self);
    (false: it is busy, or the broker stops or is not leadable; no lead).
    Between begin and end the broker's thread does nothing;
    tq_broker_lead runs one wait (up to timeout_ms, less if a deadline of
-   the broker's comes first) and one pass of the loop, and returns 1 if
-   the pass sent something to a client (an answer: the caller may look
-   for its own), 0 if not, -1 if the broker stops (end the lead).
+   the broker's comes first) and one pass of the loop, and returns 0, or
+   -1 if the broker stops (end the lead).
    tq_broker_lead_end gives the loop back. Keep a lead short: a caller
    that waits longer leaves the loop to the broker's thread. */
 bool tq_broker_lead_begin(tq_broker_t *self);

@@ -680,7 +680,7 @@ s_lead(tq_pool_t *self, tq_result_t *r, int64_t deadline)
         until = deadline;
     while (!tq_result_ready(r)) {
         int64_t left = until - s_now();
-        if (left <= 0 || tq_broker_lead(self->broker, (int)left) < 0)
+        if (left <= 0 || tq_broker_lead(self->broker, (int)left) != 0)
             return;
     }
 }
@@ -708,11 +708,17 @@ s_vapply(tq_pool_t *self, const char *task, const tq_options_t *options,
         tq_pool_check_task(self, task, error, sizeof error) == TQ_OK &&
         s_local_fits(options, buf.data, buf.size))
         r = s_local_submit(self, task, buf.data, buf.size);
+    if (!r && lead) {
+        /* through the client: the broker's thread takes it (its answer
+           would not wake a caller leading the loop) */
+        s_lead_end(self);
+        lead = false;
+    }
     if (!r)
         r = tq_pool_submit_raw(self, task, options, buf.data, buf.size);
     tq_buf_free(&buf);
     if (lead) {
-        if (r && !tq_result_ready(r))
+        if (!tq_result_ready(r))
             s_lead(self, r, deadline);
         s_lead_end(self);
     }
