@@ -564,16 +564,20 @@ s_local_cancel(tq_pool_t *self)
 }
 
 /* True if apply may hand the task to the broker by a call: options the
-   local path carries (none but the defaults; a program's callbacks run on
-   the I/O thread, never on the broker's) and arguments the client would
-   take. */
+   local path carries, valid (the client says why for the others), and
+   arguments the client would take. Not a task id of the caller's (a
+   resubmission the client asks again for), nor callbacks (a program's
+   run on the client's I/O thread, never on the broker's). */
 static bool
 s_local_fits(const tq_options_t *o, const void *args, size_t size)
 {
     if (o &&
-        (o->queue || o->priority || o->time_limit_ms || o->retries ||
-         o->retry_backoff_ms || o->countdown_ms || o->id ||
-         o->block_when_full || o->callback || o->error_callback))
+        (o->id || o->block_when_full || o->callback || o->error_callback ||
+         (o->queue && !tq_proto_valid_name(o->queue, strlen(o->queue))) ||
+         o->priority < 0 || o->priority > TQ_PRIORITY_MAX ||
+         o->time_limit_ms < 0 || o->retries < 0 ||
+         o->retries > TQ_PROTO_MAX_RETRIES || o->retry_backoff_ms < 0 ||
+         o->countdown_ms < 0))
         return false;
     return tq_proto_check_payload(args, size, true, NULL) == TQ_OK;
 }
@@ -583,8 +587,11 @@ s_local_fits(const tq_options_t *o, const void *args, size_t size)
    Tracked for join and terminate as any. Returns its handle, or NULL if
    the pool no longer accepts work (nothing was submitted). */
 static tq_result_t *
-s_local_submit(tq_pool_t *self, const char *task, const void *args, size_t size)
+s_local_submit(tq_pool_t *self, const char *task, const tq_options_t *options,
+               const void *args, size_t size)
 {
+    tq_options_t none = TQ_OPTIONS_INIT;
+    const tq_options_t *o = options ? options : &none;
     s_track_t *t = calloc(1, sizeof *t);
     if (!t)
         return NULL;
@@ -626,8 +633,13 @@ s_local_submit(tq_pool_t *self, const char *task, const void *args, size_t size)
     msg.command = TQ_CMD_SUBMIT;
     msg.id = tq_str(t->id);
     msg.task = tq_str(task);
-    msg.queue = tq_str(TQ_DEFAULT_QUEUE);
-    msg.backoff_ms = 1000; /* the client's default */
+    msg.queue = tq_str(o->queue ? o->queue : TQ_DEFAULT_QUEUE);
+    msg.priority = (uint32_t)o->priority;
+    msg.time_limit_ms = (uint32_t)o->time_limit_ms;
+    msg.retries = (uint32_t)o->retries;
+    /* the client's default; the broker doubles it and adds jitter */
+    msg.backoff_ms = o->retry_backoff_ms ? (uint32_t)o->retry_backoff_ms : 1000;
+    msg.delay_ms = (uint32_t)o->countdown_ms;
     tq_broker_local_send(self->broker, &msg, &payload);
     zmq_msg_close(&payload);
     return h;
@@ -707,7 +719,7 @@ s_vapply(tq_pool_t *self, const char *task, const tq_options_t *options,
     if (lead && task &&
         tq_pool_check_task(self, task, error, sizeof error) == TQ_OK &&
         s_local_fits(options, buf.data, buf.size))
-        r = s_local_submit(self, task, buf.data, buf.size);
+        r = s_local_submit(self, task, options, buf.data, buf.size);
     if (!r && lead) {
         /* through the client: the broker's thread takes it (its answer
            would not wake a caller leading the loop) */

@@ -1041,11 +1041,28 @@ test_apply_by_call(void **state)
        heartbeat): that apply goes through the client */
     assert_true(tq_client_moves(client, TQ_REQ_NEW, TQ_REQ_QUEUED) - before <
                 N);
-    /* a failure keeps its reason on that path too */
-    tq_result_t *r = tq_pool_apply(pool, "square", NULL, "ii", 1, 2);
+    /* a failure keeps its reason on that path too, and the options go
+       with the task: retries, a time limit */
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.retries = 1;
+    o.retry_backoff_ms = 1;
+    o.priority = 5;
+    o.queue = "default";
+    tq_result_t *r = tq_pool_apply(pool, "square", &o, "ii", 1, 2);
     assert_int_equal(tq_result_code(r), TQ_ETASK);
     assert_string_equal(tq_result_error(r), "one argument");
+    assert_int_equal(tq_result_attempts(r), 2);
     tq_result_destroy(&r);
+    char path[] = "/tmp/tq-pool-block-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    o = (tq_options_t)TQ_OPTIONS_INIT;
+    o.time_limit_ms = 100;
+    r = tq_pool_apply(pool, "block", &o, "s", path);
+    assert_int_equal(tq_result_code(r), TQ_ETIMELIMIT);
+    tq_result_destroy(&r);
+    unlink(path);
     assert_int_equal(tq_pool_close(pool), TQ_OK);
     assert_int_equal(tq_pool_join(pool, 10000), TQ_OK);
     tq_pool_destroy(&pool);
