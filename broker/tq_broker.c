@@ -9,6 +9,7 @@
    tq_reply.c and tq_journal.c. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,9 @@
 #define MAX_MESSAGE (64 << 20) /* ZMQ_MAXMSGSIZE on both endpoints */
 #define LOG_BURST 20 /* log lines about bad input per second */
 #define STALL_MS 500 /* a pass longer than this is a stall */
+/* leadable: the broker's thread looks again this often while a caller
+   leads the loop */
+#define PARK_MS 1
 #define S_CLIENT_RCVHWM 2048 /* messages of one client waiting for a pass */
 
 /* ---- clocks, memory, logging ---- */
@@ -239,6 +243,27 @@ s_host_bound(tq_broker_t *self, void *socket)
     return false;
 }
 
+/* Refuses the message in self->frames if its payload is over max-message
+   (ERROR TQ_EINVAL): only over inproc, or from the local client, where
+   libzmq does not apply ZMQ_MAXMSGSIZE: a child could never receive it.
+   True if refused. */
+static bool
+s_too_big(tq_broker_t *self, void *socket)
+{
+    size_t payload = zmq_msg_size(&self->frames.payload);
+    if (payload <= (size_t)self->config.max_message)
+        return false;
+    char text[160];
+    snprintf(text, sizeof text,
+             "%s payload of %zu bytes is over max-message (%lld)",
+             tq_proto_command_name(self->in.command), payload,
+             (long long)self->config.max_message);
+    self->counters.malformed++;
+    tqb_warn(self, "%s", text);
+    tqb_reply_error(self, socket, TQ_EINVAL, text, self->in.id);
+    return true;
+}
+
 /* Receives and handles up to BATCH messages from one socket. Returns how
    many were read. */
 static int
@@ -271,20 +296,8 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
                             reason ? reason : "malformed message", self->in.id);
             continue;
         }
-        size_t payload = zmq_msg_size(&self->frames.payload);
-        if (payload > (size_t)self->config.max_message) {
-            /* only over inproc, where libzmq does not apply
-               ZMQ_MAXMSGSIZE: a child could never receive it */
-            char text[160];
-            snprintf(text, sizeof text,
-                     "%s payload of %zu bytes is over max-message (%lld)",
-                     tq_proto_command_name(self->in.command), payload,
-                     (long long)self->config.max_message);
-            self->counters.malformed++;
-            tqb_warn(self, "%s", text);
-            tqb_reply_error(self, socket, TQ_EINVAL, text, self->in.id);
+        if (s_too_big(self, socket))
             continue;
-        }
         if (self->lease.enabled && !self->lease.active) {
             tqb_lease_refuse(self, socket); /* a standby */
             continue;
@@ -614,6 +627,7 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     if (self->config.max_message <= 0)
         self->config.max_message = MAX_MESSAGE;
     self->wakeup = -1;
+    pthread_mutex_init(&self->lead_lock, NULL);
     self->ctx = config->context ? config->context : zmq_ctx_new();
     self->clients = self->ctx ? zmq_socket(self->ctx, ZMQ_ROUTER) : NULL;
     self->workers = self->ctx ? zmq_socket(self->ctx, ZMQ_ROUTER) : NULL;
@@ -672,6 +686,18 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         snprintf(error, errlen, "eventfd: %s", strerror(errno));
         tq_broker_destroy(&self);
         return NULL;
+    }
+    if (self->config.leadable) {
+        void *sockets[] = {self->clients, self->workers};
+        for (int i = 0; i < 2; i++) {
+            size_t size = sizeof self->lead_fds[i];
+            if (zmq_getsockopt(sockets[i], ZMQ_FD, &self->lead_fds[i], &size) !=
+                0) {
+                snprintf(error, errlen, "ZMQ_FD: %s", zmq_strerror(errno));
+                tq_broker_destroy(&self);
+                return NULL;
+            }
+        }
     }
     if (gethostname(self->hostname, sizeof self->hostname - 1) != 0 ||
         !tq_proto_valid_name(self->hostname, strlen(self->hostname)))
@@ -797,108 +823,273 @@ s_lease_step(tq_broker_t *self)
     return TQ_OK;
 }
 
-int
-tq_broker_run(tq_broker_t *self)
+/* The time until the loop's next deadline (ms, >= 0): a host check, a
+   delayed task, a result expiry, a QGET's wait, a fold, the lease. */
+static long
+s_timeout(tq_broker_t *self)
+{
+    self->now_ms = tqb_now();
+    int64_t deadline = self->next_check_ms;
+    if (self->expiry.head && self->expiry.head->expires_ms < deadline)
+        deadline = self->expiry.head->expires_ms;
+    int64_t due = tqb_next_due(self);
+    if (due < deadline)
+        deadline = due;
+    int64_t getters = tqb_expire_getters(self);
+    if (getters < deadline)
+        deadline = getters;
+    int64_t folds = tqb_release_folds(self, false);
+    if (folds < deadline)
+        deadline = folds;
+    int64_t lease = tqb_lease_deadline(self);
+    if (lease < deadline)
+        deadline = lease;
+    return deadline > self->now_ms ? deadline - self->now_ms : 0;
+}
+
+/* True if either socket has a message to read (leadable: its file
+   descriptor signals changes, not levels). */
+static bool
+s_input(tq_broker_t *self)
+{
+    void *sockets[] = {self->clients, self->workers};
+    for (int i = 0; i < 2; i++) {
+        int events = 0;
+        size_t size = sizeof events;
+        if (zmq_getsockopt(sockets[i], ZMQ_EVENTS, &events, &size) != 0 ||
+            (events & ZMQ_POLLIN))
+            return true;
+    }
+    return false;
+}
+
+/* Sleeps up to timeout ms for input or a wakeup. A leadable broker polls
+   its sockets' file descriptors, never the sockets: another thread may
+   hold them meanwhile (tq_broker_lead); with unlock, lead_lock is let go
+   for the sleep. -1 with errno on failure. */
+static int
+s_wait(tq_broker_t *self, long timeout, bool unlock)
 {
     zmq_pollitem_t items[] = {
         {self->clients, 0, ZMQ_POLLIN, 0},
         {self->workers, 0, ZMQ_POLLIN, 0},
         {NULL, self->wakeup, ZMQ_POLLIN, 0},
     };
-    self->next_check_ms = tqb_now() + CHECK_MS;
-    int64_t last_pass = tqb_now();
-    while (!self->stopping) {
-        self->now_ms = tqb_now();
-        /* sleep until the next deadline: a host check, a delayed task, a
-           result expiry or a QGET's wait */
-        int64_t deadline = self->next_check_ms;
-        if (self->expiry.head && self->expiry.head->expires_ms < deadline)
-            deadline = self->expiry.head->expires_ms;
-        int64_t due = tqb_next_due(self);
-        if (due < deadline)
-            deadline = due;
-        int64_t getters = tqb_expire_getters(self);
-        if (getters < deadline)
-            deadline = getters;
-        int64_t folds = tqb_release_folds(self, false);
-        if (folds < deadline)
-            deadline = folds;
-        int64_t lease = tqb_lease_deadline(self);
-        if (lease < deadline)
-            deadline = lease;
-        long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
-        if (zmq_poll(items, 3, timeout) < 0) {
-            if (errno == EINTR)
-                continue;
-            tq_log_error("poll: %s", zmq_strerror(errno));
-            return TQ_ESYS;
-        }
-        if (items[2].revents & ZMQ_POLLIN) {
-            /* a commit done (tq_journal.c) or a stop */
+    if (self->config.leadable) {
+        if (s_input(self))
+            timeout = 0;
+        items[0] = (zmq_pollitem_t){NULL, self->lead_fds[0], ZMQ_POLLIN, 0};
+        items[1] = (zmq_pollitem_t){NULL, self->lead_fds[1], ZMQ_POLLIN, 0};
+    }
+    if (unlock)
+        pthread_mutex_unlock(&self->lead_lock);
+    int rc = zmq_poll(items, 3, timeout);
+    int err = errno;
+    if (rc > 0 && (items[2].revents & ZMQ_POLLIN)) {
+        /* a commit done (tq_journal.c), a stop, a lead's end */
+        uint64_t count;
+        ssize_t r = read(self->wakeup, &count, sizeof count);
+        (void)r;
+    }
+    while (unlock && pthread_mutex_trylock(&self->lead_lock) != 0) {
+        /* a caller leads the loop, and reads what woke us: sleep without
+           the sockets, woken by the lead's end if it leaves input, else
+           back within PARK_MS (a caller leading again and again is not
+           woken for per lead) */
+        zmq_pollitem_t wakeup = {NULL, self->wakeup, ZMQ_POLLIN, 0};
+        if (zmq_poll(&wakeup, 1, PARK_MS) > 0) {
             uint64_t count;
             ssize_t r = read(self->wakeup, &count, sizeof count);
             (void)r;
         }
-        self->now_ms = tqb_now();
-        /* the lease first: after a stall, nothing is handled before the
-           database confirms this broker still holds it */
-        int rc = s_lease_step(self);
-        if (rc != TQ_OK)
-            return rc;
-        s_credit_stall(self, last_pass, timeout);
-        tqb_release_due(self);
-        /* drain both sockets in bursts until both are quiet */
-        for (;;) {
-            if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
-                return TQ_ESTANDBY;
-            /* a commit may have taken a while, or the broker was stopped
-               in the burst before: a stall, credited here, since the
-               host check after the last burst may come before the
-               HEARTBEATs read late do (an empty burst ends the pass) */
-            int64_t burst_started = self->now_ms;
-            self->now_ms = tqb_now();
-            s_credit_stall(self, burst_started, 0);
-            int got = s_drain(self, self->workers, "workers");
-            got += s_drain(self, self->clients, "clients");
-            if (self->dispatch_due) {
-                /* draining took time: nothing goes out on a lease that
-                   may have lapsed meanwhile */
-                if (self->lease.active &&
-                    tqb_lease_tick(self) == TQB_LEASE_LOST)
-                    return TQ_ESTANDBY;
-                tqb_dispatch(self);
-            }
-            if (!tqb_commit(self))
-                return s_store_lost(self);
-            if (got == 0 || self->stopping)
-                break;
-        }
-        /* liveness is judged on what was received: after the drain, with
-           the time it took credited to every host (s_credit_stall) */
-        int64_t drain_started = self->now_ms;
-        self->now_ms = tqb_now();
-        s_credit_stall(self, drain_started, 0);
+    }
+    errno = err;
+    return rc;
+}
+
+/* One pass of the loop after a wait of `timeout` ms: timers, both sockets
+   drained, dispatch, commit, host checks. TQ_OK, or how the loop ends. */
+static int
+s_pass(tq_broker_t *self, long timeout)
+{
+    self->now_ms = tqb_now();
+    /* the lease first: after a stall, nothing is handled before the
+       database confirms this broker still holds it */
+    int rc = s_lease_step(self);
+    if (rc != TQ_OK)
+        return rc;
+    s_credit_stall(self, self->last_pass_ms, timeout);
+    tqb_release_due(self);
+    /* drain both sockets in bursts until both are quiet */
+    for (;;) {
         if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
             return TQ_ESTANDBY;
-        if (self->now_ms >= self->next_check_ms) {
-            tqb_check_hosts(self);
-            if (self->now_ms >= self->next_housekeeping_ms) {
-                s_store_housekeeping(self);
-                self->next_housekeeping_ms = self->now_ms + HOUSEKEEPING_MS;
-            }
-            self->next_check_ms = self->now_ms + CHECK_MS;
-            if (self->dispatch_due)
-                tqb_dispatch(self);
+        /* a commit may have taken a while, or the broker was stopped
+           in the burst before: a stall, credited here, since the
+           host check after the last burst may come before the
+           HEARTBEATs read late do (an empty burst ends the pass) */
+        int64_t burst_started = self->now_ms;
+        self->now_ms = tqb_now();
+        s_credit_stall(self, burst_started, 0);
+        int got = s_drain(self, self->workers, "workers");
+        got += s_drain(self, self->clients, "clients");
+        if (self->dispatch_due) {
+            /* draining took time: nothing goes out on a lease that
+               may have lapsed meanwhile */
+            if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
+                return TQ_ESTANDBY;
+            tqb_dispatch(self);
         }
-        tqb_expire_results(self);
         if (!tqb_commit(self))
             return s_store_lost(self);
-        last_pass = tqb_now();
+        if (got == 0 || self->stopping)
+            break;
+    }
+    /* liveness is judged on what was received: after the drain, with
+       the time it took credited to every host (s_credit_stall) */
+    int64_t drain_started = self->now_ms;
+    self->now_ms = tqb_now();
+    s_credit_stall(self, drain_started, 0);
+    if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
+        return TQ_ESTANDBY;
+    if (self->now_ms >= self->next_check_ms) {
+        tqb_check_hosts(self);
+        if (self->now_ms >= self->next_housekeeping_ms) {
+            s_store_housekeeping(self);
+            self->next_housekeeping_ms = self->now_ms + HOUSEKEEPING_MS;
+        }
+        self->next_check_ms = self->now_ms + CHECK_MS;
+        if (self->dispatch_due)
+            tqb_dispatch(self);
+    }
+    tqb_expire_results(self);
+    if (!tqb_commit(self))
+        return s_store_lost(self);
+    self->last_pass_ms = tqb_now();
+    return TQ_OK;
+}
+
+int
+tq_broker_run(tq_broker_t *self)
+{
+    bool leadable = self->config.leadable;
+    if (leadable)
+        pthread_mutex_lock(&self->lead_lock);
+    self->next_check_ms = tqb_now() + CHECK_MS;
+    self->last_pass_ms = tqb_now();
+    int rc = TQ_OK;
+    while (!self->stopping && rc == TQ_OK) {
+        /* sleep until the next deadline */
+        long timeout = s_timeout(self);
+        if (s_wait(self, timeout, leadable) < 0) {
+            if (errno == EINTR)
+                continue;
+            tq_log_error("poll: %s", zmq_strerror(errno));
+            rc = TQ_ESYS;
+            break;
+        }
+        /* a pass a leader ran may have ended the loop */
+        rc = self->lead_rc != TQ_OK ? self->lead_rc : s_pass(self, timeout);
     }
     /* what was accepted before the stop is acknowledged once committed */
-    if (!tqb_commit_flush(self))
-        return TQ_ESYS;
-    return TQ_OK;
+    if (rc == TQ_OK && !tqb_commit_flush(self))
+        rc = TQ_ESYS;
+    if (leadable)
+        pthread_mutex_unlock(&self->lead_lock);
+    return rc;
+}
+
+bool
+tq_broker_lead_begin(tq_broker_t *self)
+{
+    return self->config.leadable && !self->stopping && self->lead_rc == TQ_OK &&
+        pthread_mutex_trylock(&self->lead_lock) == 0;
+}
+
+int
+tq_broker_lead(tq_broker_t *self, int timeout_ms)
+{
+    if (self->stopping || self->lead_rc != TQ_OK)
+        return -1;
+    long timeout = s_timeout(self);
+    if (timeout > timeout_ms)
+        timeout = timeout_ms;
+    if (s_wait(self, timeout, false) < 0 && errno != EINTR)
+        return -1;
+    int rc = s_pass(self, timeout);
+    if (rc != TQ_OK) {
+        self->lead_rc = rc; /* the broker's thread returns it */
+        return -1;
+    }
+    return 0;
+}
+
+/* The routing id of the local client: six bytes starting with a zero,
+   which libzmq never gives a peer (its own are five) and a peer may not
+   choose (a zero first byte is libzmq's). */
+static const uint8_t s_local_ident[] = {0, 't', 'q', 'l', 'c', 'l'};
+
+void
+tq_broker_set_local(tq_broker_t *self, tq_broker_local_fn *fn, void *arg)
+{
+    self->local_fn = fn;
+    self->local_arg = arg;
+    tqb_ident_set(&self->local_ident, s_local_ident, sizeof s_local_ident);
+}
+
+void
+tq_broker_local_send(tq_broker_t *self, const tq_msg_t *msg, zmq_msg_t *payload)
+{
+    /* as s_drain would have it after a recv on the clients socket */
+    zmq_msg_close(&self->frames.identity);
+    zmq_msg_init_size(&self->frames.identity, sizeof s_local_ident);
+    memcpy(zmq_msg_data(&self->frames.identity), s_local_ident,
+           sizeof s_local_ident);
+    zmq_msg_close(&self->frames.payload);
+    zmq_msg_init(&self->frames.payload);
+    if (payload)
+        zmq_msg_move(&self->frames.payload, payload);
+    self->frames.has_payload = payload != NULL;
+    memset(&self->in, 0, offsetof(tq_msg_t, queues));
+    memcpy(&self->in, msg, offsetof(tq_msg_t, queues));
+    self->now_ms = tqb_now();
+    peer_t *peer;
+    const s_command_t *command = s_too_big(self, self->clients)
+        ? NULL
+        : s_admit(self, self->clients, &peer);
+    if (command) {
+        self->in_socket = self->clients;
+        self->in_key = NULL;
+        self->in_admin = false;
+        command->fn(self, &self->in, peer);
+    }
+    if (self->dispatch_due)
+        tqb_dispatch(self);
+    if (!tqb_commit(self) && self->lead_rc == TQ_OK)
+        self->lead_rc = s_store_lost(self);
+}
+
+bool
+tqb_local_deliver(tq_broker_t *self, const ident_t *to, zmq_msg_t *payload)
+{
+    if (!self->local_fn || !tqb_ident_eq(to, &self->local_ident))
+        return false;
+    self->local_fn(self->local_arg, &self->out, payload);
+    return true;
+}
+
+void
+tq_broker_lead_end(tq_broker_t *self)
+{
+    /* input whose signal this thread took stays unseen by the broker's
+       thread sleeping on the sockets' file descriptors: wake it */
+    bool wake = self->stopping || self->lead_rc != TQ_OK || s_input(self);
+    pthread_mutex_unlock(&self->lead_lock);
+    if (wake) {
+        uint64_t one = 1;
+        ssize_t rc = write(self->wakeup, &one, sizeof one);
+        (void)rc;
+    }
 }
 
 void
@@ -966,6 +1157,8 @@ tq_broker_destroy(tq_broker_t **self_p)
         zmq_ctx_term(self->ctx);
     if (self->wakeup >= 0)
         close(self->wakeup);
+    pthread_mutex_destroy(&self->lead_lock);
+    tqb_ident_clear(&self->local_ident);
     free(self);
     *self_p = NULL;
 }

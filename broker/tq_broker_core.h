@@ -13,6 +13,7 @@
 #define TQ_BROKER_CORE_H
 
 #include <czmq.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <zmq.h>
@@ -394,6 +395,15 @@ struct tq_broker_t {
     zhashx_t *host_keys; /* CURVE: host name -> the worker key bound to it */
     tq_msg_t out; /* reply being built, reused */
     msgpack_sbuffer sbuf; /* header encoding buffer, reused */
+    /* config.leadable (tq_broker_lead): whoever runs a pass holds
+       lead_lock, the broker's thread all the time but its sleep */
+    pthread_mutex_t lead_lock;
+    int lead_fds[2]; /* ZMQ_FD of clients and workers, polled instead */
+    int lead_rc; /* a leader's pass that ended the loop: its code */
+    int64_t last_pass_ms; /* the end of the last pass, whoever ran it */
+    tq_broker_local_fn *local_fn; /* the local client (tq_broker_set_local) */
+    void *local_arg;
+    ident_t local_ident;
 };
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
@@ -410,6 +420,11 @@ void tqb_warn(tq_broker_t *self, const char *format, ...)
         if ((self)->config.verbose || tq_log_enabled(TQ_LOG_DEBUG))            \
             tq_log(TQ_LOG_DEBUG, __VA_ARGS__);                                 \
     } while (0)
+
+/* A message for the local client (tq_broker_set_local): handed to its
+   function, true; false for anyone else. self->out is the message. */
+bool tqb_local_deliver(tq_broker_t *self, const ident_t *to,
+                       zmq_msg_t *payload);
 
 /* ---- tq_reply.c: routing ids and everything the broker sends ---- */
 

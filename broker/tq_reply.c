@@ -106,6 +106,8 @@ int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
+    if (socket == self->clients && tqb_local_deliver(self, ident, payload))
+        return 0; /* the embedded pool's caller, in this process */
     zmq_msg_t id;
     zmq_msg_init_size(&id, ident->size);
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);

@@ -199,11 +199,13 @@ static _Thread_local bool s_on_io_thread;
 static _Thread_local bool s_leading;
 
 /* True if result must be finished by the I/O thread: a caller reads the
-   socket, and the handle has callbacks (they run on the I/O thread). */
+   socket, and the handle has callbacks (they run on the I/O thread) that
+   are the program's (tq_result_callbacks_anywhere). */
 static bool
 s_io_finish_later(tq_result_t *result)
 {
-    return s_leading && (result->callback || result->error_callback);
+    return s_leading && (result->callback || result->error_callback) &&
+        !atomic_load(&result->callbacks_anywhere);
 }
 
 /* Keeps a handle's outcome for the I/O thread (takes the reference on

@@ -248,7 +248,7 @@ tq_result_wait_until(tq_result_t *self, int64_t deadline)
     /* while the I/O thread sleeps, read the answer off the socket here:
        no hop through the I/O thread (not from a callback: it runs on the
        I/O thread, or a waiting caller's reading would wait on itself) */
-    if (self->client && !s_in_callback &&
+    if (self->client && !self->local && !s_in_callback &&
         (deadline < 0 || deadline > zclock_mono()) && !tq_result_final(self))
         tq_client_io_lead(self->client, self, deadline);
     pthread_mutex_lock(&self->mutex);
@@ -463,4 +463,79 @@ tq_result_new_final(int code, const char *error, const void *value, size_t size)
     self->phase = TQ_RESULT_READY; /* made final: no request behind it */
     self->attempts = 1;
     return self;
+}
+
+void
+tq_result_callbacks_anywhere(tq_result_t *self)
+{
+    atomic_store(&self->callbacks_anywhere, true);
+}
+
+tq_result_t *
+tq_result_new_local(tq_client_t *client, const char *id,
+                    tq_callback_fn *callback, tq_callback_fn *error_callback,
+                    void *callback_arg)
+{
+    tq_result_t *self = tq_result_make(TQ_KIND_SUBMIT, client);
+    if (!self)
+        return NULL;
+    self->local = true;
+    snprintf(self->id, sizeof self->id, "%s", id);
+    self->callback = callback;
+    self->error_callback = error_callback;
+    self->callback_arg = callback_arg;
+    return self;
+}
+
+void
+tq_result_local_answer(tq_result_t *self, const tq_msg_t *msg,
+                       zmq_msg_t *payload)
+{
+    if (msg->command == TQ_CMD_SUBMITTED) {
+        tq_result_answer(self, -1);
+        return;
+    }
+    if (msg->command == TQ_CMD_ERROR) {
+        tq_result_finish(self, TQ_STATE_FAILURE, (int)msg->code, msg->error.ptr,
+                         msg->error.len, NULL);
+        return;
+    }
+    if (msg->command != TQ_CMD_RESULT)
+        return; /* nothing else answers a SUBMIT */
+    /* as the I/O thread reads a RESULT (tq_client_io.c) */
+    tq_result_set_attempts(self, msg->attempt);
+    int code = (int)msg->code;
+    if (msg->state == TQ_STATE_SUCCESS)
+        code = TQ_OK;
+    else if (code == TQ_OK)
+        code = msg->state == TQ_STATE_CANCELLED ? TQ_ECANCELLED : TQ_ETASK;
+    zmq_msg_t value;
+    zmq_msg_init(&value);
+    if (code == TQ_OK && payload) {
+        zmq_msg_copy(&value, payload);
+        if (tq_proto_check_payload(zmq_msg_data(&value), zmq_msg_size(&value),
+                                   false, NULL) != TQ_OK) {
+            zmq_msg_close(&value);
+            tq_result_fail(self, TQ_EPROTO,
+                           "broker sent a malformed result value");
+            return;
+        }
+    }
+    int state =
+        TQ_STATE_IS_FINAL(msg->state) ? (int)msg->state : TQ_STATE_FAILURE;
+    tq_result_finish(self, state, code, msg->error.ptr, msg->error.len,
+                     code == TQ_OK ? &value : NULL);
+    zmq_msg_close(&value);
+}
+
+void
+tq_result_hold(tq_result_t *self)
+{
+    tq_result_ref(self);
+}
+
+void
+tq_result_release(tq_result_t *self)
+{
+    tq_result_unref(self);
 }

@@ -30,6 +30,12 @@ struct tq_result_t {
     tq_callback_fn *callback; /* on success, may be NULL */
     tq_callback_fn *error_callback; /* on failure, may be NULL */
     void *callback_arg;
+    atomic_bool callbacks_anywhere; /* the callbacks are the library's own
+                                       bookkeeping (the pool's tracking):
+                                       a caller reading the socket runs
+                                       them, no hop to the I/O thread */
+    bool local; /* tq_result_new_local: answered by a function call, never
+                   through the client's socket */
     char *names; /* SUBMIT: "task\0queue" (the unserved check), or NULL */
     pthread_mutex_t mutex;
     pthread_cond_t cond;

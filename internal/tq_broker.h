@@ -7,6 +7,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <zmq.h>
+
+#include "tq_proto.h"
 
 /* Defaults. */
 #define TQ_BROKER_CLIENTS "tcp://127.0.0.1:5555" /* loopback: opening
@@ -78,6 +81,11 @@ typedef struct {
                                     also binds, for a client of the same
                                     context (no I/O thread on that path);
                                     NULL: none */
+    bool leadable; /* another thread of the process may run the loop's
+                      passes while the broker's thread sleeps
+                      (tq_broker_lead); the loop then polls its sockets'
+                      file descriptors and holds a lock but while it
+                      sleeps */
 } tq_broker_config_t;
 
 typedef struct tq_broker_t tq_broker_t;
@@ -99,6 +107,40 @@ int tq_broker_run(tq_broker_t *self);
 
 /* Asks the loop to return; async-signal-safe, callable from any thread. */
 void tq_broker_stop(tq_broker_t *self);
+
+/* A leadable broker's loop run for a moment by another thread (the
+   embedded pool's caller waiting on its task): one owner of every fact,
+   the broker's code, on the thread that waits for the answer anyway, so
+   that the answer does not hop through the broker's thread and back.
+   tq_broker_lead_begin takes the loop if the broker's thread sleeps
+   (false: it is busy, or the broker stops or is not leadable; no lead).
+   Between begin and end the broker's thread does nothing;
+   tq_broker_lead runs one wait (up to timeout_ms, less if a deadline of
+   the broker's comes first) and one pass of the loop, and returns 0, or
+   -1 if the broker stops (end the lead).
+   tq_broker_lead_end gives the loop back. Keep a lead short: a caller
+   that waits longer leaves the loop to the broker's thread. */
+bool tq_broker_lead_begin(tq_broker_t *self);
+int tq_broker_lead(tq_broker_t *self, int timeout_ms);
+void tq_broker_lead_end(tq_broker_t *self);
+
+/* The local client: requests handed over by a function call instead of
+   a socket, answers handed to fn, for a caller that leads the broker (the
+   embedded pool's apply: its round trip then crosses no socket between
+   the caller and the broker, and wakes neither the broker's thread nor a
+   client's). fn(arg, msg, payload) runs on the thread running the loop
+   (a leader's, or the broker's): msg and payload are borrowed for the
+   call. Set once, before the loop runs. */
+typedef void(tq_broker_local_fn)(void *arg, const tq_msg_t *msg,
+                                 zmq_msg_t *payload);
+void tq_broker_set_local(tq_broker_t *self, tq_broker_local_fn *fn, void *arg);
+
+/* Between tq_broker_lead_begin and _end: handles msg (a client's request,
+   SUBMIT or CANCEL...; its strings borrowed) with payload (moved, NULL:
+   none) as if the local client had sent it on the clients socket, and
+   dispatches. Its answers go to the local function. */
+void tq_broker_local_send(tq_broker_t *self, const tq_msg_t *msg,
+                          zmq_msg_t *payload);
 
 /* Closes the sockets and frees everything; NULL-safe, nulls *self_p. */
 void tq_broker_destroy(tq_broker_t **self_p);

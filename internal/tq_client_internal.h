@@ -3,7 +3,10 @@
 #ifndef TQ_CLIENT_INTERNAL_H
 #define TQ_CLIENT_INTERNAL_H
 
+#include <zmq.h>
+
 #include "tq/tq_client.h"
+#include "tq_proto.h"
 
 /* Waits up to timeout_ms (-1: forever) until the broker has answered the
    handle's request at all: SUBMITTED for a submission, STATE or RESULT for
@@ -52,6 +55,35 @@ const char *tq_client_endpoint(tq_client_t *self);
    object, copied), or a failure with error (copied). The caller's. */
 tq_result_t *tq_result_new_final(int code, const char *error, const void *value,
                                  size_t size);
+
+/* Marks the handle's callbacks as the library's own bookkeeping that any
+   thread may run (the embedded pool's tracking of a task submitted without
+   callbacks of the program's): a caller waiting on the handle and reading
+   the answer itself finishes it there, instead of handing it to the I/O
+   thread (which runs the program's callbacks). */
+void tq_result_callbacks_anywhere(tq_result_t *self);
+
+/* A handle for a task the embedded pool handed to its broker by a
+   function call (tq_broker_local_send), PENDING, with id (copied) and
+   these callbacks (may be NULL). client (borrowed, may be NULL) takes its
+   cancel (a CANCEL by id); its answers never come through the client's
+   socket but by tq_result_local_answer, from whichever thread runs the
+   broker: a wait on it never reads the socket. The caller's reference. */
+tq_result_t *tq_result_new_local(tq_client_t *client, const char *id,
+                                 tq_callback_fn *callback,
+                                 tq_callback_fn *error_callback,
+                                 void *callback_arg);
+
+/* The broker's answer to a handle made by tq_result_new_local (msg and
+   payload borrowed): SUBMITTED, RESULT or ERROR, read as the client's I/O
+   thread reads them; a RESULT or ERROR makes it final (its callbacks run
+   here). */
+void tq_result_local_answer(tq_result_t *self, const tq_msg_t *msg,
+                            zmq_msg_t *payload);
+
+/* Takes and drops a reference on a handle (the last drop frees it). */
+void tq_result_hold(tq_result_t *self);
+void tq_result_release(tq_result_t *self);
 
 /* Packs the arguments named by picture (tq_pack's characters) as one
    msgpack array with pk. TQ_OK, or TQ_EINVAL for a bad picture (nothing

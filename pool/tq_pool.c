@@ -8,15 +8,18 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +38,9 @@
 /* SUBMITTED held back this long at most: a third of a client's default
    liveness, so a burst of 20,000 folds nearly whole */
 #define S_ACK_FOLD_MS 1000
+/* a caller of tq_pool_apply runs the broker's loop itself this long at
+   most while it waits (s_lead); then the broker's thread takes over */
+#define S_LEAD_MS 50
 
 typedef enum {
     S_RUNNING, /* accepting work */
@@ -52,6 +58,10 @@ typedef struct s_track_t {
     tq_callback_fn *error_callback;
     void *callback_arg;
     char id[TQ_PROTO_MAX_ID + 1]; /* "" until the submitter stored it */
+    tq_result_t *local; /* a task handed to the broker by a call
+                           (s_local_submit): its handle, held until its
+                           end; NULL for one the client submitted */
+    struct s_track_t *local_next; /* pool->locals */
     bool linked; /* in pool->tracked */
     bool submitted; /* the submitter is done with it */
     bool finished; /* the callback ran */
@@ -78,10 +88,15 @@ struct tq_pool_t {
     tq_broker_t *broker; /* NULL once stopped */
     pthread_t broker_thread;
     bool broker_running;
+    int leaders; /* callers running the broker's loop (s_lead) */
+    bool no_lead; /* the broker stops: no new lead */
     tq_client_t *client;
     pthread_mutex_t lock; /* guards tracked, pending, state, server */
     pthread_cond_t cond; /* pending went down, or the server ended */
     s_track_t *tracked; /* pending tracked submissions */
+    s_track_t *locals; /* those of them submitted by a call (s_local) */
+    uint64_t local_prefix; /* their ids: prefix and counter */
+    uint64_t local_count;
     size_t pending;
     pid_t pid; /* the process that made it */
     tq_pool_t *live_next; /* s_live_pools */
@@ -90,6 +105,9 @@ struct tq_pool_t {
 /* Pools not yet destroyed: exit() terminates them, as Python's finalizers
    do, before the client library and czmq tear down the context their
    broker threads and clients use. */
+static void s_local_cancel(tq_pool_t *self);
+static void s_local_close(tq_pool_t *self);
+
 static pthread_mutex_t s_live_lock = PTHREAD_MUTEX_INITIALIZER;
 static tq_pool_t *s_live_pools;
 static pthread_once_t s_exit_once = PTHREAD_ONCE_INIT;
@@ -253,8 +271,10 @@ s_monitor(void *arg)
         self->broken = restart;
         pthread_cond_broadcast(&self->cond);
         pthread_mutex_unlock(&self->lock);
-        if (restart && self->client)
+        if (restart && self->client) {
             tq_client_terminate(self->client); /* nobody waits forever */
+            s_local_cancel(self);
+        }
         return NULL;
     }
 }
@@ -271,12 +291,19 @@ s_broker_thread(void *arg)
 static void
 s_stop_broker(tq_pool_t *self)
 {
+    /* a caller leading the broker lets go within S_LEAD_MS */
+    pthread_mutex_lock(&self->lock);
+    self->no_lead = true;
+    while (self->leaders)
+        pthread_cond_wait(&self->cond, &self->lock);
+    pthread_mutex_unlock(&self->lock);
     if (self->broker_running) {
         tq_broker_stop(self->broker);
         pthread_join(self->broker_thread, NULL);
         self->broker_running = false;
     }
     tq_broker_destroy(&self->broker);
+    s_local_close(self); /* nobody answers them any more */
 }
 
 /* Removes the private directory and whatever sockets are left in it. */
@@ -414,6 +441,10 @@ tq_pool_submit_raw(tq_pool_t *self, const char *task,
     pthread_mutex_unlock(&self->lock);
 
     tq_result_t *r = tq_apply_async_raw(self->client, task, &opts, args, size);
+    if (r && !t->callback && !t->error_callback)
+        /* only our bookkeeping: a caller that waits runs it, without a
+           hop through the client's I/O thread */
+        tq_result_callbacks_anywhere(r);
 
     pthread_mutex_lock(&self->lock);
     if (!r)
@@ -443,6 +474,273 @@ s_vsubmit(tq_pool_t *self, const char *task, const tq_options_t *options,
     return r;
 }
 
+/* ---- the local client: apply without a socket --------------------------- */
+
+/* Unlinks t from pool->locals (lock held). */
+static void
+s_local_unlink(tq_pool_t *self, s_track_t *t)
+{
+    for (s_track_t **pp = &self->locals; *pp; pp = &(*pp)->local_next)
+        if (*pp == t) {
+            *pp = t->local_next;
+            t->local_next = NULL;
+            return;
+        }
+}
+
+/* The broker's answer to a task the pool handed it by a call (on the thread
+   running the broker: a leading caller's or the broker's). */
+static void
+s_local_answer(void *arg, const tq_msg_t *msg, zmq_msg_t *payload)
+{
+    tq_pool_t *self = arg;
+    bool last = msg->command != TQ_CMD_SUBMITTED;
+    tq_result_t *h = NULL;
+    pthread_mutex_lock(&self->lock);
+    for (s_track_t *t = self->locals; t; t = t->local_next)
+        if (strlen(t->id) == msg->id.len &&
+            !memcmp(t->id, msg->id.ptr, msg->id.len)) {
+            h = t->local;
+            if (last) {
+                s_local_unlink(self, t);
+                t->local = NULL; /* its reference is ours now */
+            } else
+                tq_result_hold(h);
+            break;
+        }
+    pthread_mutex_unlock(&self->lock);
+    if (!h)
+        return; /* an answer to nobody waiting: a cancel's */
+    /* a final answer runs the tracking callback, which may free t */
+    tq_result_local_answer(h, msg, payload);
+    tq_result_release(h);
+}
+
+/* Ends every task handed to the broker by a call that the broker will not
+   answer any more (it stopped): TQ_ECLOSED. */
+static void
+s_local_close(tq_pool_t *self)
+{
+    for (;;) {
+        pthread_mutex_lock(&self->lock);
+        s_track_t *t = self->locals;
+        char id[TQ_PROTO_MAX_ID + 1] = "";
+        if (t)
+            snprintf(id, sizeof id, "%s", t->id);
+        pthread_mutex_unlock(&self->lock);
+        if (!t)
+            return;
+        tq_msg_t msg;
+        memset(&msg, 0, offsetof(tq_msg_t, queues));
+        msg.command = TQ_CMD_ERROR;
+        msg.id = tq_str(id);
+        msg.code = TQ_ECLOSED;
+        msg.error = tq_str("the pool was terminated");
+        s_local_answer(self, &msg, NULL);
+    }
+}
+
+/* Asks the broker, through the client, to cancel every task handed to it
+   by a call: their CANCELLED results come to s_local_answer. */
+static void
+s_local_cancel(tq_pool_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    size_t n = 0;
+    for (s_track_t *t = self->locals; t; t = t->local_next)
+        n++;
+    tq_result_t **handles = n ? calloc(n, sizeof *handles) : NULL;
+    n = 0;
+    for (s_track_t *t = handles ? self->locals : NULL; t; t = t->local_next) {
+        tq_result_hold(t->local);
+        handles[n++] = t->local;
+    }
+    pthread_mutex_unlock(&self->lock);
+    for (size_t i = 0; i < n; i++) {
+        tq_result_cancel(handles[i]);
+        tq_result_release(handles[i]);
+    }
+    free(handles);
+}
+
+/* True if apply may hand the task to the broker by a call: options the
+   local path carries, valid (the client says why for the others), and
+   arguments the client would take. Not a task id of the caller's (a
+   resubmission the client asks again for), nor callbacks (a program's
+   run on the client's I/O thread, never on the broker's). */
+static bool
+s_local_fits(const tq_options_t *o, const void *args, size_t size)
+{
+    if (o &&
+        (o->id || o->block_when_full || o->callback || o->error_callback ||
+         (o->queue && !tq_proto_valid_name(o->queue, strlen(o->queue))) ||
+         o->priority < 0 || o->priority > TQ_PRIORITY_MAX ||
+         o->time_limit_ms < 0 || o->retries < 0 ||
+         o->retries > TQ_PROTO_MAX_RETRIES || o->retry_backoff_ms < 0 ||
+         o->countdown_ms < 0))
+        return false;
+    return tq_proto_check_payload(args, size, true, NULL) == TQ_OK;
+}
+
+/* Submits task with packed args (borrowed) to the broker by a call, the
+   caller leading it (tq_broker_lead_begin): no socket, no other thread.
+   Tracked for join and terminate as any. Returns its handle, or NULL if
+   the pool no longer accepts work (nothing was submitted). */
+static tq_result_t *
+s_local_submit(tq_pool_t *self, const char *task, const tq_options_t *options,
+               const void *args, size_t size)
+{
+    tq_options_t none = TQ_OPTIONS_INIT;
+    const tq_options_t *o = options ? options : &none;
+    s_track_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->pool = self;
+    pthread_mutex_lock(&self->lock);
+    if (self->state != S_RUNNING || self->broken) {
+        pthread_mutex_unlock(&self->lock);
+        free(t);
+        return NULL;
+    }
+    snprintf(t->id, sizeof t->id, "p%015" PRIx64 "%016" PRIx64,
+             (uint64_t)(self->local_prefix & 0xfffffffffffffffULL),
+             ++self->local_count);
+    pthread_mutex_unlock(&self->lock);
+    tq_result_t *h =
+        tq_result_new_local(self->client, t->id, s_on_success, s_on_error, t);
+    zmq_msg_t payload;
+    if (!h || zmq_msg_init_size(&payload, size) != 0) {
+        tq_result_destroy(&h);
+        free(t);
+        return NULL;
+    }
+    memcpy(zmq_msg_data(&payload), args, size);
+    tq_result_hold(h); /* t->local's, until the end */
+    t->local = h;
+    t->submitted = true; /* the one who frees t is s_on_final */
+    pthread_mutex_lock(&self->lock);
+    t->next = self->tracked;
+    if (self->tracked)
+        self->tracked->prev = t;
+    self->tracked = t;
+    t->linked = true;
+    self->pending++;
+    t->local_next = self->locals;
+    self->locals = t;
+    pthread_mutex_unlock(&self->lock);
+    tq_msg_t msg;
+    memset(&msg, 0, offsetof(tq_msg_t, queues));
+    msg.command = TQ_CMD_SUBMIT;
+    msg.id = tq_str(t->id);
+    msg.task = tq_str(task);
+    msg.queue = tq_str(o->queue ? o->queue : TQ_DEFAULT_QUEUE);
+    msg.priority = (uint32_t)o->priority;
+    msg.time_limit_ms = (uint32_t)o->time_limit_ms;
+    msg.retries = (uint32_t)o->retries;
+    /* the client's default; the broker doubles it and adds jitter */
+    msg.backoff_ms = o->retry_backoff_ms ? (uint32_t)o->retry_backoff_ms : 1000;
+    msg.delay_ms = (uint32_t)o->countdown_ms;
+    tq_broker_local_send(self->broker, &msg, &payload);
+    zmq_msg_close(&payload);
+    return h;
+}
+
+/* Takes the broker's loop for a caller about to wait on its task, if the
+   broker's thread sleeps (tq_broker_lead_begin). */
+static bool
+s_lead_begin(tq_pool_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    bool lead =
+        !self->no_lead && self->broker_running && self->state == S_RUNNING;
+    if (lead)
+        self->leaders++;
+    pthread_mutex_unlock(&self->lock);
+    if (lead && tq_broker_lead_begin(self->broker))
+        return true;
+    if (lead) {
+        pthread_mutex_lock(&self->lock);
+        self->leaders--;
+        pthread_cond_broadcast(&self->cond);
+        pthread_mutex_unlock(&self->lock);
+    }
+    return false;
+}
+
+static void
+s_lead_end(tq_pool_t *self)
+{
+    tq_broker_lead_end(self->broker);
+    pthread_mutex_lock(&self->lock);
+    self->leaders--;
+    pthread_cond_broadcast(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+}
+
+/* While the caller waits for its task, runs the broker's loop on its
+   thread (the broker's code, its facts: tq_broker_lead), until r is ready,
+   until deadline (ms of s_now, -1: none) or for S_LEAD_MS at most. With
+   the task handed over by a call (s_local_submit), a no-op task's round
+   trip crosses no thread of this process but the caller's and libzmq's
+   I/O thread: the TASK goes out, the DONE is read and the handle finished
+   here. */
+static void
+s_lead(tq_pool_t *self, tq_result_t *r, int64_t deadline)
+{
+    int64_t until = s_now() + S_LEAD_MS;
+    if (deadline >= 0 && deadline < until)
+        until = deadline;
+    while (!tq_result_ready(r)) {
+        int64_t left = until - s_now();
+        if (left <= 0 || tq_broker_lead(self->broker, (int)left) != 0)
+            return;
+    }
+}
+
+/* apply: submits, and waits up to timeout_ms (-1: forever) for the end,
+   running the broker's loop meanwhile if its thread sleeps. */
+static tq_result_t *
+s_vapply(tq_pool_t *self, const char *task, const tq_options_t *options,
+         int timeout_ms, const char *picture, va_list ap)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : s_now() + timeout_ms;
+    /* the loop is ours before the SUBMIT goes: the broker's thread, woken
+       by it, waits for the loop instead of taking the task */
+    bool lead = s_lead_begin(self);
+    tq_result_t *r = NULL;
+    tq_buf_t buf = {0};
+    if (!picture || tq_vpack(&buf, picture, ap) != TQ_OK) {
+        tq_buf_free(&buf);
+        if (lead)
+            s_lead_end(self);
+        return NULL;
+    }
+    char error[TQ_PROTO_MAX_NAME + 128];
+    if (lead && task &&
+        tq_pool_check_task(self, task, error, sizeof error) == TQ_OK &&
+        s_local_fits(options, buf.data, buf.size))
+        r = s_local_submit(self, task, options, buf.data, buf.size);
+    if (!r && lead) {
+        /* through the client: the broker's thread takes it (its answer
+           would not wake a caller leading the loop) */
+        s_lead_end(self);
+        lead = false;
+    }
+    if (!r)
+        r = tq_pool_submit_raw(self, task, options, buf.data, buf.size);
+    tq_buf_free(&buf);
+    if (lead) {
+        if (!tq_result_ready(r))
+            s_lead(self, r, deadline);
+        s_lead_end(self);
+    }
+    if (r) {
+        int64_t left = deadline < 0 ? -1 : deadline - s_now();
+        tq_result_wait(r, deadline < 0 ? -1 : left > 0 ? (int)left : 0);
+    }
+    return r;
+}
+
 /* Ends every pending task CANCELLED: the client asks the broker to cancel
    each (queued ones end at once, running ones too while their children are
    killed), and we wait, bounded, for the answers. */
@@ -452,6 +750,7 @@ s_cancel_pending(tq_pool_t *self)
     if (!self->client)
         return;
     tq_client_terminate(self->client);
+    s_local_cancel(self);
     int64_t until = s_now() + S_CANCEL_WAIT_MS;
     for (;;) {
         pthread_mutex_lock(&self->lock);
@@ -663,6 +962,8 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
     config.ack_fold_ms = S_ACK_FOLD_MS;
     config.max_lost = opts.max_lost > 0 ? opts.max_lost : 1;
     config.quiet = !opts.verbose;
+    /* a caller of tq_pool_apply runs the loop while it waits (s_lead) */
+    config.leadable = true;
     /* the pool's client reaches the broker over inproc: one context for
        both, and no I/O thread on the way (tasks in the children, which
        open their own clients, come over ipc) */
@@ -681,6 +982,10 @@ tq_pool_new(int processes, const tq_pool_options_t *options)
         fprintf(stderr, "tq pool: %s\n", error);
         goto fail;
     }
+    tq_broker_set_local(self->broker, s_local_answer, self);
+    if (getrandom(&self->local_prefix, sizeof self->local_prefix, 0) !=
+        sizeof self->local_prefix)
+        self->local_prefix = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL);
     /* the pool's threads take no signals: they stay the program's */
     sigset_t all, old;
     sigfillset(&all);
@@ -893,10 +1198,8 @@ tq_pool_apply(tq_pool_t *self, const char *task, const tq_options_t *options,
     assert(self);
     va_list ap;
     va_start(ap, picture);
-    tq_result_t *r = s_vsubmit(self, task, options, picture, ap);
+    tq_result_t *r = s_vapply(self, task, options, -1, picture, ap);
     va_end(ap);
-    if (r)
-        tq_result_wait(r, -1);
     return r;
 }
 
@@ -908,10 +1211,8 @@ tq_pool_apply_timeout(tq_pool_t *self, const char *task,
     assert(self);
     va_list ap;
     va_start(ap, picture);
-    tq_result_t *r = s_vsubmit(self, task, options, picture, ap);
+    tq_result_t *r = s_vapply(self, task, options, timeout_ms, picture, ap);
     va_end(ap);
-    if (r)
-        tq_result_wait(r, timeout_ms);
     return r;
 }
 

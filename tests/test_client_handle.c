@@ -527,6 +527,42 @@ test_caller_reads(void **state)
     tq_client_destroy(&client);
 }
 
+/* A handle whose callbacks are the library's own bookkeeping
+   (tq_result_callbacks_anywhere, the pool's tracking): a caller that reads
+   the answer itself runs them and finishes the handle there, without a
+   hop through the I/O thread. */
+static void
+test_caller_runs_own_callbacks(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = s_client(fake);
+    s_round_trip(fake, client);
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.callback = s_on_ok_where;
+    tq_result_t *r = tq_apply_async(client, "tq.echo", &o, "i", (int64_t)6);
+    assert_non_null(r);
+    tq_result_callbacks_anywhere(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    s_fake_ack(fake, tq_result_id(r));
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 6);
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!atomic_load(&client->io_handback)) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+    int calls = atomic_load(&s_ok_calls);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_int_equal(atomic_load(&s_ok_calls), calls + 1);
+    assert_true(pthread_equal(s_callback_thread, pthread_self()));
+    assert_int_equal(tq_result_value(r)->via.u64, 6);
+    tq_result_destroy(&r);
+    s_round_trip(fake, client);
+    tq_client_destroy(&client);
+}
+
 /* A task that fails: its error callback fires once, get says TQ_ETASK
    with the task's text; a handle the caller let go still gets its
    callback. */
@@ -713,6 +749,8 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_caller_sends, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_caller_reads, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_caller_runs_own_callbacks, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,

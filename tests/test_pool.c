@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "tq/tq.h"
+#include "tq_client_core.h"
 #include "tq_harness.h"
 
 static void
@@ -154,6 +155,24 @@ s_helpers(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     const char *ep = tq_pool_endpoint(NULL);
     return tq_pack_value(out, "sssis", tq_task_name(), tq_worker_name(),
                          ep ? ep : "", n, str);
+}
+
+/* block(path): creates path, then sleeps 30 s (a task surely under way
+   once path exists) */
+static int
+s_block(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    char path[512];
+    int rc = tq_arg_str(args, 0, path, sizeof path);
+    if (rc)
+        return rc;
+    int fd = open(path, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0)
+        return tq_task_fail(task, "cannot create %s", path);
+    close(fd);
+    for (int i = 0; i < 300; i++)
+        s_sleep_ms(100);
+    return tq_pack_nil(out);
 }
 
 static tq_registry_t *s_reg;
@@ -998,6 +1017,128 @@ test_chunk_failures(void **state)
     tq_pool_destroy(&pool);
 }
 
+/* A sequential apply from the only caller is handed to the broker by a
+   call, the caller running the broker's loop while it waits: the pool's
+   client makes no request for it. Every task still ends with its value. */
+static void
+test_apply_by_call(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(1, 0);
+    tq_client_t *client = tq_pool_client(pool);
+    uint64_t before = tq_client_moves(client, TQ_REQ_NEW, TQ_REQ_QUEUED);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        tq_result_t *r =
+            tq_pool_apply_timeout(pool, "square", NULL, 10000, "i", (int64_t)i);
+        assert_non_null(r);
+        assert_int_equal(tq_result_code(r), TQ_OK);
+        assert_int_equal(tq_result_value(r)->via.i64, i * i);
+        assert_int_equal(tq_result_attempts(r), 1);
+        tq_result_destroy(&r);
+    }
+    /* the broker's thread may be in a pass when a caller comes (a
+       heartbeat): that apply goes through the client */
+    assert_true(tq_client_moves(client, TQ_REQ_NEW, TQ_REQ_QUEUED) - before <
+                N);
+    /* a failure keeps its reason on that path too, and the options go
+       with the task: retries, a time limit */
+    tq_options_t o = TQ_OPTIONS_INIT;
+    o.retries = 1;
+    o.retry_backoff_ms = 1;
+    o.priority = 5;
+    o.queue = "default";
+    tq_result_t *r = tq_pool_apply(pool, "square", &o, "ii", 1, 2);
+    assert_int_equal(tq_result_code(r), TQ_ETASK);
+    assert_string_equal(tq_result_error(r), "one argument");
+    assert_int_equal(tq_result_attempts(r), 2);
+    tq_result_destroy(&r);
+    char path[] = "/tmp/tq-pool-block-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    o = (tq_options_t)TQ_OPTIONS_INIT;
+    o.time_limit_ms = 100;
+    r = tq_pool_apply(pool, "block", &o, "s", path);
+    assert_int_equal(tq_result_code(r), TQ_ETIMELIMIT);
+    tq_result_destroy(&r);
+    unlink(path);
+    assert_int_equal(tq_pool_close(pool), TQ_OK);
+    assert_int_equal(tq_pool_join(pool, 10000), TQ_OK);
+    tq_pool_destroy(&pool);
+}
+
+/* An apply whose timeout ends first returns the pending handle, which
+   still takes a cancel and ends CANCELLED with its reason. */
+static void
+test_apply_timeout_then_cancel(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(1, 0);
+    char path[] = "/tmp/tq-pool-block-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    tq_result_t *r = tq_pool_apply_timeout(pool, "block", NULL, 100, "s", path);
+    assert_non_null(r);
+    assert_false(tq_result_ready(r));
+    assert_int_equal(tq_result_get(r, 0), TQ_ETIMEDOUT);
+    assert_int_equal(tq_result_cancel(r), TQ_OK);
+    assert_int_equal(tq_result_get(r, 10000), TQ_ECANCELLED);
+    assert_int_equal(tq_result_state(r), TQ_STATE_CANCELLED);
+    tq_result_destroy(&r);
+    /* the pool goes on */
+    r = tq_pool_apply_timeout(pool, "square", NULL, 10000, "i", (int64_t)4);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    assert_int_equal(tq_result_value(r)->via.i64, 16);
+    tq_result_destroy(&r);
+    unlink(path);
+    tq_pool_destroy(&pool);
+}
+
+typedef struct {
+    tq_pool_t *pool;
+    const char *path;
+    int code;
+} s_blocked_t;
+
+static void *
+s_apply_blocked(void *arg)
+{
+    s_blocked_t *b = arg;
+    tq_result_t *r = tq_pool_apply(b->pool, "block", NULL, "s", b->path);
+    b->code = r ? tq_result_code(r) : -1;
+    tq_result_destroy(&r);
+    return NULL;
+}
+
+/* terminate while another thread waits in apply on a running task: that
+   apply returns, its task CANCELLED. */
+static void
+test_terminate_ends_apply(void **state)
+{
+    (void)state;
+    tq_pool_t *pool = s_pool(1, 0);
+    char path[] = "/tmp/tq-pool-block-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    s_blocked_t b = {pool, path, 0};
+    pthread_t thread;
+    assert_int_equal(pthread_create(&thread, NULL, s_apply_blocked, &b), 0);
+    for (int64_t until = s_now_ms() + 10000;
+         access(path, F_OK) != 0 && s_now_ms() < until;)
+        s_sleep_ms(5);
+    assert_int_equal(access(path, F_OK), 0); /* the task runs */
+    assert_int_equal(tq_pool_terminate(pool), TQ_OK);
+    pthread_join(thread, NULL);
+    assert_int_equal(b.code, TQ_ECANCELLED);
+    unlink(path);
+    tq_pool_destroy(&pool);
+}
+
 int
 main(void)
 {
@@ -1012,6 +1153,7 @@ main(void)
     tq_registry_add(s_reg, "crash", s_crash, NULL);
     tq_registry_add(s_reg, "checked", s_checked, NULL);
     tq_registry_add(s_reg, "helpers", s_helpers, NULL);
+    tq_registry_add(s_reg, "block", s_block, NULL);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_join_before_close),
         cmocka_unit_test(test_terminate_cancels),
@@ -1032,6 +1174,9 @@ main(void)
         cmocka_unit_test(test_results_released_and_chunks),
         cmocka_unit_test(test_task_helpers),
         cmocka_unit_test(test_chunk_failures),
+        cmocka_unit_test(test_apply_by_call),
+        cmocka_unit_test(test_apply_timeout_then_cancel),
+        cmocka_unit_test(test_terminate_ends_apply),
     };
     /* e.g. TQ_TEST_FILTER='*killed*' runs one test */
     if (getenv("TQ_TEST_FILTER"))
