@@ -327,6 +327,9 @@ struct tq_broker_t {
                           batch that stores it commits */
     uint32_t page_out_count, page_out_cap;
     uint64_t paged_in; /* payloads read back from the store */
+    uint64_t paged_out; /* tasks whose arguments are only in the store */
+    uint64_t paged_out_bytes; /* arguments paged out, ever */
+    uint64_t trimmed_at; /* paged_out_bytes at the last malloc_trim */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
     queue_t *queues;

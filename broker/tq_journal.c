@@ -403,6 +403,10 @@ tqb_journal_purge(tq_broker_t *self, int64_t now_ms, int limit)
     s_row_op(self, OP_PURGE, &row, NULL);
 }
 
+/* Acknowledgements waiting for their commit: the queue goes back to the
+   system once empty when it held more than this many. */
+#define S_ACKS_KEEP 4096u
+
 /* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */
 static void
 s_send_ack(tq_broker_t *self, const ident_t *to, tq_str_t id, uint8_t command,
@@ -497,8 +501,16 @@ s_send_acks(tq_broker_t *self)
         s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
         tqb_ident_clear(&ack->to);
     }
-    if (self->ack_head == self->ack_count)
+    if (self->ack_head == self->ack_count) {
         self->ack_head = self->ack_count = 0;
+        /* a burst's queue (a million SUBMITs waiting for their commits,
+           100 bytes each) does not keep its peak */
+        if (self->ack_cap > S_ACKS_KEEP) {
+            free(self->acks);
+            self->acks = NULL;
+            self->ack_cap = 0;
+        }
+    }
 }
 
 /* Takes the outcome of the batch in flight if it is done (wait: until it

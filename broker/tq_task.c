@@ -1,6 +1,7 @@
 /* tq_task.c - the task table and the task state machine: names, queues
    and lanes, the one transition function with its table of legal moves,
    final outcomes, expiry, dead letters and cancellation. */
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,12 @@ tqb_lane(queue_t *queue, const char *task)
 /* With a store that can read them back, arguments beyond this many bytes
    held leave memory once committed (the first tasks due stay). */
 #define S_RESIDENT_MAX (1u << 20)
+/* The list of tasks to page out goes back to the system once empty when
+   it held more than this many (a burst's peak). */
+#define S_PAGE_OUT_KEEP 4096u
+/* Freed arguments are given back to the system (malloc_trim) every this
+   many bytes paged out, and once nothing is left to page out. */
+#define S_TRIM_BYTES (16u << 20)
 #define S_ID_BUCKETS_MIN 1024
 
 /* ---- task allocations: slabs ----
@@ -587,6 +594,8 @@ s_payload_drop(tq_broker_t *self, task_t *task)
 {
     if (task->payload_at != PAYLOAD_STORED)
         self->memory -= task->payload_size;
+    else
+        self->paged_out--;
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
     else if (task->payload_at == PAYLOAD_MSG) {
@@ -686,6 +695,16 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     return t;
 }
 
+/* Gives the free pages of malloc's heaps back to the system. */
+static void
+s_trim(tq_broker_t *self)
+{
+    self->trimmed_at = self->paged_out_bytes;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 void
 tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
@@ -707,12 +726,26 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
             s_payload_drop(self, task);
             task->payload_at = PAYLOAD_STORED;
             task->payload_size = size;
+            self->paged_out++;
+            self->paged_out_bytes += size;
         }
     }
     /* the ones listed later wait for the commit of their own batch */
     memmove(self->page_out, self->page_out + count,
             (self->page_out_count - count) * sizeof *self->page_out);
     self->page_out_count -= count;
+    if (self->page_out_count == 0 && self->page_out_cap > S_PAGE_OUT_KEEP) {
+        /* a burst's list (8 bytes a task) does not keep its peak */
+        free(self->page_out);
+        self->page_out = NULL;
+        self->page_out_cap = 0;
+    }
+    /* the arguments freed lie between records still in use: malloc keeps
+       their pages until asked (a million 100-byte ones, 100 MiB) */
+    if (self->paged_out_bytes - self->trimmed_at >= S_TRIM_BYTES ||
+        (self->page_out_count == 0 &&
+         self->paged_out_bytes != self->trimmed_at))
+        s_trim(self);
 }
 
 /* Reads a stored payload into the message. */
@@ -872,6 +905,8 @@ s_client(tq_broker_t *self, const task_t *task)
 void
 tqb_task_free(tq_broker_t *self, task_t *task)
 {
+    if (task->payload_at == PAYLOAD_STORED)
+        self->paged_out--;
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
     else if (task->payload_at == PAYLOAD_MSG) {
