@@ -509,6 +509,7 @@ s_send_acks(tq_broker_t *self)
             free(self->acks);
             self->acks = NULL;
             self->ack_cap = 0;
+            self->trims_owed = TQB_TRIMS_AFTER_BURST;
         }
     }
 }
@@ -580,6 +581,24 @@ s_hand_off(tq_broker_t *self)
     j->open = j->open == &j->batch[0] ? &j->batch[1] : &j->batch[0];
 }
 
+/* After a burst, once the loop is quiet (no batch open or in flight, no
+   acknowledgement waiting) and S_TRIM_PAUSE_MS after the last trim:
+   what the burst's messages held (the queues of the ZeroMQ pipes its
+   acknowledgements went through, freed by the I/O thread as they are
+   sent) goes back to the system, among records still in use. */
+#define S_TRIM_PAUSE_MS 150
+
+static void
+s_trim_quiet(tq_broker_t *self)
+{
+    if (!self->trims_owed || self->journal->busy ||
+        self->journal->open->count || self->ack_count > self->ack_head ||
+        self->now_ms - self->trimmed_ms < S_TRIM_PAUSE_MS)
+        return;
+    self->trims_owed--;
+    tqb_trim(self);
+}
+
 bool
 tqb_commit(tq_broker_t *self)
 {
@@ -591,6 +610,7 @@ tqb_commit(tq_broker_t *self)
         return false;
     s_send_acks(self);
     s_hand_off(self);
+    s_trim_quiet(self);
     return true;
 }
 

@@ -106,7 +106,8 @@ tqb_lane(queue_t *queue, const char *task)
    it held more than this many (a burst's peak). */
 #define S_PAGE_OUT_KEEP 4096u
 /* Freed arguments are given back to the system (malloc_trim) every this
-   many bytes paged out, and once nothing is left to page out. */
+   many bytes paged out, and once nothing is left to page out (after at
+   least S_RESIDENT_MAX). */
 #define S_TRIM_BYTES (16u << 20)
 #define S_ID_BUCKETS_MIN 1024
 
@@ -695,11 +696,11 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     return t;
 }
 
-/* Gives the free pages of malloc's heaps back to the system. */
-static void
-s_trim(tq_broker_t *self)
+void
+tqb_trim(tq_broker_t *self)
 {
     self->trimmed_at = self->paged_out_bytes;
+    self->trimmed_ms = self->now_ms;
 #ifdef __GLIBC__
     malloc_trim(0);
 #endif
@@ -741,11 +742,17 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
         self->page_out_cap = 0;
     }
     /* the arguments freed lie between records still in use: malloc keeps
-       their pages until asked (a million 100-byte ones, 100 MiB) */
-    if (self->paged_out_bytes - self->trimmed_at >= S_TRIM_BYTES ||
-        (self->page_out_count == 0 &&
-         self->paged_out_bytes != self->trimmed_at))
-        s_trim(self);
+       their pages until asked (a million 100-byte ones, 100 MiB). Asked
+       every S_TRIM_BYTES paged out, and at the end of a burst; a queue
+       whose few new tasks page out at each commit asks once a window */
+    uint64_t freed = self->paged_out_bytes - self->trimmed_at;
+    if (freed >= S_TRIM_BYTES)
+        tqb_trim(self);
+    else if (self->page_out_count == 0 && freed >= S_RESIDENT_MAX) {
+        tqb_trim(self);
+        /* what the burst's last messages held goes once they are sent */
+        self->trims_owed = TQB_TRIMS_AFTER_BURST;
+    }
 }
 
 /* Reads a stored payload into the message. */
