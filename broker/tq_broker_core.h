@@ -328,6 +328,11 @@ struct tq_broker_t {
                           batch that stores it commits */
     uint32_t page_out_count, page_out_cap;
     uint64_t paged_in; /* payloads read back from the store */
+    uint64_t paged_out; /* tasks whose arguments are only in the store */
+    uint64_t paged_out_bytes; /* arguments paged out, ever */
+    uint64_t trimmed_at; /* paged_out_bytes at the last malloc_trim */
+    int64_t trimmed_ms; /* when it ran */
+    uint32_t trims_owed; /* quiet passes that still trim after a burst */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
     queue_t *queues;
@@ -596,6 +601,11 @@ void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
 /* Its last dispatch (monotonic ms), 0: never; and recording it. */
 int64_t tqb_task_started_ms(const task_t *task);
 void tqb_task_set_started(task_t *task, int64_t now_ms);
+/* Gives the free pages of malloc's heaps back to the system
+   (malloc_trim): after paging out, and a few times once the loop is quiet
+   after a burst (tqb_commit), when the messages it queued are sent. */
+#define TQB_TRIMS_AFTER_BURST 3
+void tqb_trim(tq_broker_t *self);
 /* A batch committed that stored the first count tasks of page_out: their
    arguments may leave memory (the store keeps them); the others stay
    listed for a later batch. */

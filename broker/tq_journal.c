@@ -403,6 +403,10 @@ tqb_journal_purge(tq_broker_t *self, int64_t now_ms, int limit)
     s_row_op(self, OP_PURGE, &row, NULL);
 }
 
+/* Acknowledgements waiting for their commit: the queue goes back to the
+   system once empty when it held more than this many. */
+#define S_ACKS_KEEP 4096u
+
 /* Sends an acknowledgement: SUBMITTED id, or REPLY id {size}. */
 static void
 s_send_ack(tq_broker_t *self, const ident_t *to, tq_str_t id, uint8_t command,
@@ -497,8 +501,17 @@ s_send_acks(tq_broker_t *self)
         s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
         tqb_ident_clear(&ack->to);
     }
-    if (self->ack_head == self->ack_count)
+    if (self->ack_head == self->ack_count) {
         self->ack_head = self->ack_count = 0;
+        /* a burst's queue (a million SUBMITs waiting for their commits,
+           100 bytes each) does not keep its peak */
+        if (self->ack_cap > S_ACKS_KEEP) {
+            free(self->acks);
+            self->acks = NULL;
+            self->ack_cap = 0;
+            self->trims_owed = TQB_TRIMS_AFTER_BURST;
+        }
+    }
 }
 
 /* Takes the outcome of the batch in flight if it is done (wait: until it
@@ -568,6 +581,24 @@ s_hand_off(tq_broker_t *self)
     j->open = j->open == &j->batch[0] ? &j->batch[1] : &j->batch[0];
 }
 
+/* After a burst, once the loop is quiet (no batch open or in flight, no
+   acknowledgement waiting) and S_TRIM_PAUSE_MS after the last trim:
+   what the burst's messages held (the queues of the ZeroMQ pipes its
+   acknowledgements went through, freed by the I/O thread as they are
+   sent) goes back to the system, among records still in use. */
+#define S_TRIM_PAUSE_MS 150
+
+static void
+s_trim_quiet(tq_broker_t *self)
+{
+    if (!self->trims_owed || self->journal->busy ||
+        self->journal->open->count || self->ack_count > self->ack_head ||
+        self->now_ms - self->trimmed_ms < S_TRIM_PAUSE_MS)
+        return;
+    self->trims_owed--;
+    tqb_trim(self);
+}
+
 bool
 tqb_commit(tq_broker_t *self)
 {
@@ -579,6 +610,7 @@ tqb_commit(tq_broker_t *self)
         return false;
     s_send_acks(self);
     s_hand_off(self);
+    s_trim_quiet(self);
     return true;
 }
 

@@ -133,8 +133,12 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
         /* the store's commits and their latency: a histogram whose
            buckets count the commits at most `le_us` long, each once */
         tqb_pack_str(pk, "store");
-        msgpack_pack_map(pk, 3);
+        msgpack_pack_map(pk, 5);
         tqb_pack_uint_kv(pk, "commits", self->commits);
+        /* tasks whose arguments are only on disk now, and arguments
+           read back from it so far */
+        tqb_pack_uint_kv(pk, "paged_out", self->paged_out);
+        tqb_pack_uint_kv(pk, "paged_in", self->paged_in);
         tqb_pack_uint_kv(pk, "commit_us_sum", self->commit_us_sum);
         tqb_pack_str(pk, "commit_us_buckets");
         msgpack_pack_array(pk, TQB_COMMIT_BUCKETS);

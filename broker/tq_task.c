@@ -1,6 +1,7 @@
 /* tq_task.c - the task table and the task state machine: names, queues
    and lanes, the one transition function with its table of legal moves,
    final outcomes, expiry, dead letters and cancellation. */
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +102,13 @@ tqb_lane(queue_t *queue, const char *task)
 /* With a store that can read them back, arguments beyond this many bytes
    held leave memory once committed (the first tasks due stay). */
 #define S_RESIDENT_MAX (1u << 20)
+/* The list of tasks to page out goes back to the system once empty when
+   it held more than this many (a burst's peak). */
+#define S_PAGE_OUT_KEEP 4096u
+/* Freed arguments are given back to the system (malloc_trim) every this
+   many bytes paged out, and once nothing is left to page out (after at
+   least S_RESIDENT_MAX). */
+#define S_TRIM_BYTES (16u << 20)
 #define S_ID_BUCKETS_MIN 1024
 
 /* ---- task allocations: slabs ----
@@ -587,6 +595,8 @@ s_payload_drop(tq_broker_t *self, task_t *task)
 {
     if (task->payload_at != PAYLOAD_STORED)
         self->memory -= task->payload_size;
+    else
+        self->paged_out--;
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
     else if (task->payload_at == PAYLOAD_MSG) {
@@ -687,6 +697,16 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
 }
 
 void
+tqb_trim(tq_broker_t *self)
+{
+    self->trimmed_at = self->paged_out_bytes;
+    self->trimmed_ms = self->now_ms;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+void
 tqb_task_committed(tq_broker_t *self, uint32_t count)
 {
     if (count > self->page_out_count)
@@ -707,12 +727,32 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
             s_payload_drop(self, task);
             task->payload_at = PAYLOAD_STORED;
             task->payload_size = size;
+            self->paged_out++;
+            self->paged_out_bytes += size;
         }
     }
     /* the ones listed later wait for the commit of their own batch */
     memmove(self->page_out, self->page_out + count,
             (self->page_out_count - count) * sizeof *self->page_out);
     self->page_out_count -= count;
+    if (self->page_out_count == 0 && self->page_out_cap > S_PAGE_OUT_KEEP) {
+        /* a burst's list (8 bytes a task) does not keep its peak */
+        free(self->page_out);
+        self->page_out = NULL;
+        self->page_out_cap = 0;
+    }
+    /* the arguments freed lie between records still in use: malloc keeps
+       their pages until asked (a million 100-byte ones, 100 MiB). Asked
+       every S_TRIM_BYTES paged out, and at the end of a burst; a queue
+       whose few new tasks page out at each commit asks once a window */
+    uint64_t freed = self->paged_out_bytes - self->trimmed_at;
+    if (freed >= S_TRIM_BYTES)
+        tqb_trim(self);
+    else if (self->page_out_count == 0 && freed >= S_RESIDENT_MAX) {
+        tqb_trim(self);
+        /* what the burst's last messages held goes once they are sent */
+        self->trims_owed = TQB_TRIMS_AFTER_BURST;
+    }
 }
 
 /* Reads a stored payload into the message. */
@@ -872,6 +912,8 @@ s_client(tq_broker_t *self, const task_t *task)
 void
 tqb_task_free(tq_broker_t *self, task_t *task)
 {
+    if (task->payload_at == PAYLOAD_STORED)
+        self->paged_out--;
     if (task->payload_at == PAYLOAD_HEAP)
         free(task->payload);
     else if (task->payload_at == PAYLOAD_MSG) {

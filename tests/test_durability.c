@@ -849,9 +849,27 @@ s_memory(tq_client_t *client)
     return memory;
 }
 
+/* status.memory and status.store.<key> from one STATUS; false if none. */
+static bool
+s_paging(tq_client_t *client, int64_t *memory, const char *key, int64_t *value)
+{
+    tq_harness_status_t st;
+    if (tq_harness_status(client, &st, 3000) != TQ_OK)
+        return false;
+    const msgpack_object *store = tq_harness_map_get(st.root, "store");
+    bool ok = store && tq_harness_map_get(store, key);
+    *memory = (int64_t)tq_harness_map_uint(st.root, "memory", 0);
+    *value = ok ? (int64_t)tq_harness_map_uint(store, key, 0) : -1;
+    tq_harness_status_free(&st);
+    return ok;
+}
+
 /* With a store, waiting tasks' arguments beyond what the broker keeps in
    memory (1 MiB) leave memory once committed, and are read back from the
-   store when the tasks run: every task still runs on its own arguments. */
+   store when the tasks run: every task still runs on its own arguments.
+   STATUS counts them: store.paged_out the tasks whose arguments are only
+   on disk (each waiting task's are either that or in status.memory),
+   store.paged_in those read back. */
 static void
 test_paged_args_run(void **state)
 {
@@ -883,6 +901,11 @@ test_paged_args_run(void **state)
         memory = s_memory(client);
     }
     assert_true(memory > 0 && memory <= (1 << 20) + SIZE);
+    int64_t paged_out = -1;
+    assert_true(s_paging(client, &memory, "paged_out", &paged_out));
+    assert_true(paged_out > 0);
+    /* each task's arguments: [bin SIZE], 6 bytes of msgpack around */
+    assert_int_equal((N - paged_out) * (SIZE + 6), memory);
 
     pid_t worker = tq_harness_worker_start(st.workers, 2, NULL);
     assert_true(worker > 0);
@@ -902,6 +925,13 @@ test_paged_args_run(void **state)
             fprintf(stderr, "task %d: %s (%s)\n", i, tq_strerror(rc),
                     tq_result_error(results[i]));
     }
+    /* every result came: no arguments left on disk only, and each paged
+       out one was read back to run */
+    int64_t left = -1, paged_in = -1;
+    assert_true(s_paging(client, &memory, "paged_out", &left));
+    assert_true(s_paging(client, &memory, "paged_in", &paged_in));
+    assert_int_equal(left, 0);
+    assert_true(paged_in >= paged_out);
     free(args);
     for (int i = 0; i < N; i++)
         tq_result_destroy(&results[i]);

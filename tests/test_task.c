@@ -621,6 +621,62 @@ test_payload_paged(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* A burst (thousands of tasks and acknowledgements waiting for one
+   commit) does not keep its bookkeeping: once committed, the list of
+   tasks to page out and the queue of acknowledgements are given back,
+   and every task's arguments are either held (status memory) or counted
+   paged out (status store.paged_out). */
+static void
+test_page_out_burst(void **state)
+{
+    (void)state;
+    enum { N = 8000, SIZE = 300 };
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    lane_t *lane =
+        tqb_lane(tqb_queue(b, tq_str("q")), tqb_intern(b, tq_str("t")));
+    ident_t to = {0};
+    tqb_ident_set(&to, "\0abcd", 5); /* nobody: its sends are dropped */
+    for (int i = 0; i < N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "b-%d", i);
+        zmq_msg_t args;
+        zmq_msg_init_size(&args, SIZE);
+        memset(zmq_msg_data(&args), i, SIZE);
+        task_t *t = tqb_task_new(b, id, lane, &args);
+        zmq_msg_close(&args);
+        t->rec.seq = ++b->seq;
+        tqb_task_move(b, t, TASK_WAITING, NULL);
+        tqb_ack(b, tq_str(id), &to, TQ_CMD_SUBMITTED, 0);
+    }
+    /* beyond 1 MiB held, listed to leave memory at the commit */
+    assert_true(b->page_out_count > 4096);
+    assert_int_equal(b->ack_count, N);
+    assert_int_equal(b->paged_out, 0);
+    assert_true(tqb_commit_flush(b));
+    assert_int_equal(b->page_out_count, 0);
+    assert_int_equal(b->page_out_cap, 0);
+    assert_int_equal(b->ack_count, 0);
+    assert_int_equal(b->ack_cap, 0);
+    assert_true(b->paged_out > 4096);
+    assert_int_equal(b->paged_out * SIZE + b->memory, (uint64_t)N * SIZE);
+    /* a paged out task read back, then gone: no longer counted */
+    task_t *t = tqb_task_find(b, tq_str("b-7999"));
+    assert_non_null(t);
+    assert_int_equal(t->payload_at, PAYLOAD_STORED);
+    zmq_msg_t msg;
+    assert_int_equal(tqb_task_payload(b, t, &msg, NULL), 0);
+    assert_int_equal(zmq_msg_size(&msg), SIZE);
+    zmq_msg_close(&msg);
+    uint64_t paged_out = b->paged_out;
+    tqb_task_forget(b, t);
+    assert_int_equal(b->paged_out, paged_out - 1);
+    tqb_ident_clear(&to);
+    tq_broker_destroy(&b);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -633,6 +689,7 @@ main(void)
         cmocka_unit_test(test_submitter),
         cmocka_unit_test(test_payload_inline),
         cmocka_unit_test(test_payload_paged),
+        cmocka_unit_test(test_page_out_burst),
         cmocka_unit_test(test_containers),
         cmocka_unit_test(test_journal),
         cmocka_unit_test(test_retry_lost),
