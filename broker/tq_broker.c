@@ -8,6 +8,7 @@
    liveness), tq_on_client.c, tq_on_worker.c, tq_dataq.c, tq_status.c,
    tq_reply.c and tq_journal.c. */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -797,14 +798,60 @@ s_lease_step(tq_broker_t *self)
     return TQ_OK;
 }
 
+/* True if socket has a message to read (ZMQ_EVENTS, which also takes in
+   the commands its I/O thread sent since the last look). -1 on error. */
+static int
+s_readable(void *socket)
+{
+    uint32_t events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+        return -1;
+    return (events & ZMQ_POLLIN) != 0;
+}
+
+/* Sleeps until a socket has input, the wakeup eventfd is written (a
+   commit done, a stop) or timeout_ms passed. ZMQ_EVENTS on both sockets,
+   then one poll on their ZMQ_FDs and the eventfd: the pattern libzmq
+   documents for its descriptors (once ZMQ_EVENTS says a socket has
+   nothing, anything that arrives later makes its descriptor readable).
+   zmq_poll does the same with three more system calls per pass (a poll
+   that finds nothing first, a second ZMQ_EVENTS per socket after); the
+   drains that follow read whatever is there. Returns 0, or -1 with errno
+   (EINTR: a signal). */
+static int
+s_wait(tq_broker_t *self, long timeout_ms)
+{
+    int a = s_readable(self->workers);
+    int b = a == 1 ? 1 : s_readable(self->clients);
+    if (a < 0 || b < 0)
+        return -1;
+    if (a == 1 || b == 1)
+        return 0; /* the eventfd is read at the next wait */
+    struct pollfd fds[3];
+    size_t size = sizeof fds[0].fd;
+    if (zmq_getsockopt(self->workers, ZMQ_FD, &fds[0].fd, &size) != 0)
+        return -1;
+    size = sizeof fds[1].fd;
+    if (zmq_getsockopt(self->clients, ZMQ_FD, &fds[1].fd, &size) != 0)
+        return -1;
+    fds[2].fd = self->wakeup;
+    for (int i = 0; i < 3; i++)
+        fds[i].events = POLLIN;
+    if (poll(fds, 3, (int)timeout_ms) < 0)
+        return -1;
+    if (fds[2].revents & POLLIN) {
+        /* a commit done (tq_journal.c) or a stop */
+        uint64_t count;
+        ssize_t r = read(self->wakeup, &count, sizeof count);
+        (void)r;
+    }
+    return 0;
+}
+
 int
 tq_broker_run(tq_broker_t *self)
 {
-    zmq_pollitem_t items[] = {
-        {self->clients, 0, ZMQ_POLLIN, 0},
-        {self->workers, 0, ZMQ_POLLIN, 0},
-        {NULL, self->wakeup, ZMQ_POLLIN, 0},
-    };
     self->next_check_ms = tqb_now() + CHECK_MS;
     int64_t last_pass = tqb_now();
     while (!self->stopping) {
@@ -827,17 +874,11 @@ tq_broker_run(tq_broker_t *self)
         if (lease < deadline)
             deadline = lease;
         long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
-        if (zmq_poll(items, 3, timeout) < 0) {
+        if (s_wait(self, timeout) != 0) {
             if (errno == EINTR)
                 continue;
             tq_log_error("poll: %s", zmq_strerror(errno));
             return TQ_ESYS;
-        }
-        if (items[2].revents & ZMQ_POLLIN) {
-            /* a commit done (tq_journal.c) or a stop */
-            uint64_t count;
-            ssize_t r = read(self->wakeup, &count, sizeof count);
-            (void)r;
         }
         self->now_ms = tqb_now();
         /* the lease first: after a stall, nothing is handled before the
@@ -858,8 +899,10 @@ tq_broker_run(tq_broker_t *self)
             int64_t burst_started = self->now_ms;
             self->now_ms = tqb_now();
             s_credit_stall(self, burst_started, 0);
-            int got = s_drain(self, self->workers, "workers");
-            got += s_drain(self, self->clients, "clients");
+            int from_workers = s_drain(self, self->workers, "workers");
+            int from_clients = s_drain(self, self->clients, "clients");
+            int got = from_workers + from_clients;
+            bool full = from_workers >= BATCH || from_clients >= BATCH;
             if (self->dispatch_due) {
                 /* draining took time: nothing goes out on a lease that
                    may have lapsed meanwhile */
@@ -870,7 +913,11 @@ tq_broker_run(tq_broker_t *self)
             }
             if (!tqb_commit(self))
                 return s_store_lost(self);
-            if (got == 0 || self->stopping)
+            /* both drains ended on an empty socket (fewer than a BATCH
+               each): what came since is for s_wait, which looks at the
+               sockets before it sleeps; another round here would only
+               pay two empty receives, a system call each */
+            if (got == 0 || self->stopping || !full)
                 break;
         }
         /* liveness is judged on what was received: after the drain, with

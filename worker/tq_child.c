@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -744,6 +745,55 @@ s_should_recycle(s_child_t *self)
         s_rss_kb(self) >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
 }
 
+/* Waits, without a job to run, until the socket has input or a signal
+   came (1 s at most: a signal landing just before the wait is seen within
+   a second even if its EINTR was missed). Returns false when the wait
+   shows that the monitor has no event, so that the look at it after the
+   drain can be skipped (a system call on every round trip). ZMQ_EVENTS
+   then a poll on ZMQ_FD, the pattern libzmq documents for its
+   descriptor: ZMQ_EVENTS
+   takes in the socket's pending commands (the drain and the sends since
+   the last look may have left some), and once it says nothing is
+   readable, anything that arrives later makes the descriptor readable.
+   zmq_poll does the same with two more system calls per wait (a poll
+   that finds nothing before, a second look after), on the path of every
+   round trip. */
+static bool
+s_wait(s_child_t *self)
+{
+    uint32_t events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(self->sock, ZMQ_EVENTS, &events, &size) != 0) {
+        if (errno == EINTR)
+            return true;
+        s_die("zmq_getsockopt");
+    }
+    if (events & ZMQ_POLLIN)
+        return true;
+    struct pollfd items[2];
+    int n = 1;
+    size = sizeof items[0].fd;
+    if (zmq_getsockopt(self->sock, ZMQ_FD, &items[0].fd, &size) != 0)
+        s_die("zmq_getsockopt");
+    items[0].events = POLLIN;
+    /* the monitor's descriptor too: it only becomes readable when an
+       event came after s_disconnected's last look (which ended on an
+       empty receive, and nothing else reads the monitor) */
+    size = sizeof items[1].fd;
+    if (self->monitor &&
+        zmq_getsockopt(self->monitor, ZMQ_FD, &items[1].fd, &size) == 0) {
+        items[1].events = POLLIN;
+        items[1].revents = 0;
+        n = 2;
+    }
+    if (poll(items, (nfds_t)n, 1000) < 0) {
+        if (errno != EINTR)
+            s_die("poll");
+        return true;
+    }
+    return n == 1 || (items[1].revents & POLLIN) != 0;
+}
+
 void
 tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
              int report_fd, tq_board_t *board, const tq_board_host_t *host)
@@ -786,21 +836,26 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     /* start-up done: a child that dies from now on is not a broken setup */
     s_publish(self, TQ_BOARD_IDLE, NULL);
     int64_t drained_us = 0;
+    bool woke = false; /* the idle wait just ended */
+    bool quiet = false; /* ... and saw the monitor without an event */
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self, NULL);
         /* a drain ends with a receive that finds nothing, and that costs
-           libzmq a system call (it looks at its command mailbox): with
-           jobs queued, look only every S_DRAIN_EVERY_US, so a run of
-           short tasks does not pay one per task. A REVOKE still waits at
+           libzmq a system call (it looks at its command mailbox), and so
+           does the look at the monitor: drain when the idle wait ended,
+           and with jobs queued only every S_DRAIN_EVERY_US, so a run of
+           short tasks does not pay them per task. A REVOKE still waits at
            most that long, or a task's KEEPER_AFTER_MS. */
-        if (!self->count || s_now_us() - drained_us >= S_DRAIN_EVERY_US) {
+        if (woke ||
+            (self->count && s_now_us() - drained_us >= S_DRAIN_EVERY_US)) {
             s_drain(self);
             drained_us = s_now_us();
             /* before the next job starts: not one of a gone broker's */
-            if (s_disconnected(self))
+            if (!(woke && quiet) && s_disconnected(self))
                 s_reconnect(self, NULL);
         }
+        woke = false;
         if (s_stop)
             break;
         if (!self->count) {
@@ -810,11 +865,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                 s_publish(self, TQ_BOARD_IDLE, NULL);
                 self->busy = false;
             }
-            zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
-            /* bounded: a signal landing just before the poll is seen
-               within a second even if its EINTR was missed */
-            if (zmq_poll(&item, 1, 1000) < 0 && errno != EINTR)
-                s_die("zmq_poll");
+            quiet = !s_wait(self);
+            woke = true;
             continue;
         }
         /* out of the ring: the keeper may grow it while the task runs */
