@@ -816,18 +816,24 @@ s_readable(void *socket)
    documents for its descriptors (once ZMQ_EVENTS says a socket has
    nothing, anything that arrives later makes its descriptor readable).
    zmq_poll does the same with three more system calls per pass (a poll
-   that finds nothing first, a second ZMQ_EVENTS per socket after); the
-   drains that follow read whatever is there. Returns 0, or -1 with errno
-   (EINTR: a signal). */
+   that finds nothing first, a second ZMQ_EVENTS per socket after).
+   drain[0] (workers) and drain[1] (clients) say which sockets may have
+   input: one that ZMQ_EVENTS found empty and whose descriptor stayed
+   quiet through the poll has none, and its drain (an empty receive, a
+   system call) is skipped. Returns 0, or -1 with errno (EINTR: a
+   signal). */
 static int
-s_wait(tq_broker_t *self, long timeout_ms)
+s_wait(tq_broker_t *self, long timeout_ms, bool drain[2])
 {
+    drain[0] = drain[1] = true;
     int a = s_readable(self->workers);
     int b = a == 1 ? 1 : s_readable(self->clients);
     if (a < 0 || b < 0)
         return -1;
-    if (a == 1 || b == 1)
+    if (a == 1 || b == 1) {
+        drain[0] = a == 1;
         return 0; /* the eventfd is read at the next wait */
+    }
     struct pollfd fds[3];
     size_t size = sizeof fds[0].fd;
     if (zmq_getsockopt(self->workers, ZMQ_FD, &fds[0].fd, &size) != 0)
@@ -836,10 +842,14 @@ s_wait(tq_broker_t *self, long timeout_ms)
     if (zmq_getsockopt(self->clients, ZMQ_FD, &fds[1].fd, &size) != 0)
         return -1;
     fds[2].fd = self->wakeup;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         fds[i].events = POLLIN;
+        fds[i].revents = 0;
+    }
     if (poll(fds, 3, (int)timeout_ms) < 0)
         return -1;
+    drain[0] = fds[0].revents != 0;
+    drain[1] = fds[1].revents != 0;
     if (fds[2].revents & POLLIN) {
         /* a commit done (tq_journal.c) or a stop */
         uint64_t count;
@@ -874,7 +884,8 @@ tq_broker_run(tq_broker_t *self)
         if (lease < deadline)
             deadline = lease;
         long timeout = deadline > self->now_ms ? deadline - self->now_ms : 0;
-        if (s_wait(self, timeout) != 0) {
+        bool drain[2];
+        if (s_wait(self, timeout, drain) != 0) {
             if (errno == EINTR)
                 continue;
             tq_log_error("poll: %s", zmq_strerror(errno));
@@ -899,8 +910,10 @@ tq_broker_run(tq_broker_t *self)
             int64_t burst_started = self->now_ms;
             self->now_ms = tqb_now();
             s_credit_stall(self, burst_started, 0);
-            int from_workers = s_drain(self, self->workers, "workers");
-            int from_clients = s_drain(self, self->clients, "clients");
+            int from_workers =
+                drain[0] ? s_drain(self, self->workers, "workers") : 0;
+            int from_clients =
+                drain[1] ? s_drain(self, self->clients, "clients") : 0;
             int got = from_workers + from_clients;
             bool full = from_workers >= BATCH || from_clients >= BATCH;
             if (self->dispatch_due) {
@@ -919,6 +932,7 @@ tq_broker_run(tq_broker_t *self)
                pay two empty receives, a system call each */
             if (got == 0 || self->stopping || !full)
                 break;
+            drain[0] = drain[1] = true;
         }
         /* liveness is judged on what was received: after the drain, with
            the time it took credited to every host (s_credit_stall) */
