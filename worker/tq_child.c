@@ -4,7 +4,9 @@
    With credit above 1 a second thread, the keeper (started with the
    first task), answers the broker while a long task runs: the socket
    belongs to whichever thread holds it, and the main thread lends it to
-   the keeper once a task has run for KEEPER_AFTER_MS, and takes it back
+   the keeper once a task has run for KEEPER_AFTER_MS (up to twice that:
+   a keeper that is awake notices a task at its next look, so that short
+   tasks never wake it, tq_keeper.h), and takes it back
    before it sends the task's DONE. So a REVOKE is answered at once
    (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
    short tasks cost one uncontended lock. */
@@ -14,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -515,19 +518,23 @@ s_on_message(s_child_t *self, int rc)
     }
 }
 
-/* Receives everything waiting on the socket without blocking. */
-static void
-s_drain(s_child_t *self)
+/* Receives what waits on the socket without blocking, up to max
+   messages. Returns how many were handled. */
+static size_t
+s_drain(s_child_t *self, size_t max)
 {
-    for (;;) {
+    size_t got = 0;
+    while (got < max) {
         int rc = tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT);
         if (rc == -1) {
             if (errno == EAGAIN || errno == EINTR)
-                return;
+                break;
             s_die("recv");
         }
         s_on_message(self, rc);
+        got++;
     }
+    return got;
 }
 
 static void
@@ -727,7 +734,7 @@ s_keeper_serve(void *arg, int wake_fd)
         if (items[1].revents & ZMQ_POLLIN)
             return;
         if (items[0].revents & ZMQ_POLLIN)
-            s_drain(self);
+            s_drain(self, SIZE_MAX);
         if (monitor >= 0 && (items[monitor].revents & ZMQ_POLLIN))
             s_disconnected(self); /* sets s_reannounce: done above */
     }
@@ -838,21 +845,36 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     int64_t drained_us = 0;
     bool woke = false; /* the idle wait just ended */
     bool quiet = false; /* ... and saw the monitor without an event */
+    bool pending = false; /* more may wait: drain before the next wait */
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self, NULL);
         /* a drain ends with a receive that finds nothing, and that costs
            libzmq a system call (it looks at its command mailbox), and so
-           does the look at the monitor: drain when the idle wait ended,
-           and with jobs queued only every S_DRAIN_EVERY_US, so a run of
-           short tasks does not pay them per task. A REVOKE still waits at
-           most that long, or a task's KEEPER_AFTER_MS. */
-        if (woke ||
-            (self->count && s_now_us() - drained_us >= S_DRAIN_EVERY_US)) {
-            s_drain(self);
+           does the look at the monitor: with jobs queued, drain only
+           every S_DRAIN_EVERY_US, so a run of short tasks does not pay
+           them per task (a REVOKE still waits at most that long, or a
+           task's KEEPER_AFTER_MS). When the idle wait ends, the first
+           message is taken alone: a job starts at once, and the empty
+           receive comes after its DONE (a REVOKE behind it finds it
+           started, and its DONE answers: PROTOCOL 5.3.5). */
+        if (woke) {
+            size_t got = s_drain(self, 1);
+            pending = got && self->count;
+            if (got && !self->count)
+                s_drain(self, SIZE_MAX); /* not a job: read the rest */
             drained_us = s_now_us();
             /* before the next job starts: not one of a gone broker's */
-            if (!(woke && quiet) && s_disconnected(self))
+            if (!quiet && s_disconnected(self))
+                s_reconnect(self, NULL);
+        } else if (pending ||
+                   (self->count &&
+                    s_now_us() - drained_us >= S_DRAIN_EVERY_US)) {
+            s_drain(self, SIZE_MAX);
+            pending = false;
+            drained_us = s_now_us();
+            /* with nothing to start, the idle wait watches the monitor */
+            if (self->count && s_disconnected(self))
                 s_reconnect(self, NULL);
         }
         woke = false;
