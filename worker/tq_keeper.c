@@ -82,7 +82,7 @@ s_move(tq_keeper_t *self, tq_keeper_state_t to)
     self->state = to;
 }
 
-/* Waits on the condition until after_ms from now; false on a timeout. */
+/* Waits on the condition until `until`; false on a timeout. */
 static bool
 s_wait_for(tq_keeper_t *self, const struct timespec *until)
 {
