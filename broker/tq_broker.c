@@ -8,6 +8,7 @@
    liveness), tq_on_client.c, tq_on_worker.c, tq_dataq.c, tq_status.c,
    tq_reply.c and tq_journal.c. */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -687,7 +688,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
         tq_broker_destroy(&self);
         return NULL;
     }
-    if (self->config.leadable) {
+    {
+        /* polled instead of the sockets (s_wait) */
         void *sockets[] = {self->clients, self->workers};
         for (int i = 0; i < 2; i++) {
             size_t size = sizeof self->lead_fds[i];
@@ -847,70 +849,87 @@ s_timeout(tq_broker_t *self)
     return deadline > self->now_ms ? deadline - self->now_ms : 0;
 }
 
-/* True if either socket has a message to read (leadable: its file
-   descriptor signals changes, not levels). */
+/* True if socket has a message to read (ZMQ_EVENTS, which also takes in
+   the commands its I/O thread sent since the last look). -1 on error. */
+static int
+s_readable(void *socket)
+{
+    uint32_t events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+        return -1;
+    return (events & ZMQ_POLLIN) != 0;
+}
+
+/* True if either socket has a message to read (or cannot be asked). */
 static bool
 s_input(tq_broker_t *self)
 {
-    void *sockets[] = {self->clients, self->workers};
-    for (int i = 0; i < 2; i++) {
-        int events = 0;
-        size_t size = sizeof events;
-        if (zmq_getsockopt(sockets[i], ZMQ_EVENTS, &events, &size) != 0 ||
-            (events & ZMQ_POLLIN))
-            return true;
-    }
-    return false;
+    return s_readable(self->clients) != 0 || s_readable(self->workers) != 0;
 }
 
-/* Sleeps up to timeout ms for input or a wakeup. A leadable broker polls
-   its sockets' file descriptors, never the sockets: another thread may
-   hold them meanwhile (tq_broker_lead); with unlock, lead_lock is let go
-   for the sleep. -1 with errno on failure. */
+/* Sleeps until a socket has input, the wakeup eventfd is written (a
+   commit done, a stop, a lead's end) or timeout_ms passed. ZMQ_EVENTS on
+   both sockets, then one poll on their ZMQ_FDs and the eventfd: the
+   pattern libzmq documents for its descriptors (once ZMQ_EVENTS says a
+   socket has nothing, anything that arrives later makes its descriptor
+   readable). zmq_poll does the same with three more system calls per
+   pass (a poll that finds nothing first, a second ZMQ_EVENTS per socket
+   after). The descriptors, never the sockets, are polled: with unlock
+   (a leadable broker), lead_lock is let go for the sleep and another
+   thread may hold the sockets meanwhile (tq_broker_lead).
+   drain[0] (workers) and drain[1] (clients) say which sockets may have
+   input: one that ZMQ_EVENTS found empty and whose descriptor stayed
+   quiet through the poll has none, and its drain (an empty receive, a
+   system call) is skipped. Returns 0, or -1 with errno (EINTR: a
+   signal). */
 static int
-s_wait(tq_broker_t *self, long timeout, bool unlock)
+s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
 {
-    zmq_pollitem_t items[] = {
-        {self->clients, 0, ZMQ_POLLIN, 0},
-        {self->workers, 0, ZMQ_POLLIN, 0},
-        {NULL, self->wakeup, ZMQ_POLLIN, 0},
-    };
-    if (self->config.leadable) {
-        if (s_input(self))
-            timeout = 0;
-        items[0] = (zmq_pollitem_t){NULL, self->lead_fds[0], ZMQ_POLLIN, 0};
-        items[1] = (zmq_pollitem_t){NULL, self->lead_fds[1], ZMQ_POLLIN, 0};
+    drain[0] = drain[1] = true;
+    int a = s_readable(self->workers);
+    int b = a == 1 ? 1 : s_readable(self->clients);
+    if (a < 0 || b < 0)
+        return -1;
+    if (a == 1 || b == 1) {
+        drain[0] = a == 1;
+        return 0; /* the eventfd is read at the next wait */
     }
+    struct pollfd fds[3] = {{.fd = self->lead_fds[1], .events = POLLIN},
+                            {.fd = self->lead_fds[0], .events = POLLIN},
+                            {.fd = self->wakeup, .events = POLLIN}};
     if (unlock)
         pthread_mutex_unlock(&self->lead_lock);
-    int rc = zmq_poll(items, 3, timeout);
+    int rc = poll(fds, 3, (int)timeout_ms);
     int err = errno;
-    if (rc > 0 && (items[2].revents & ZMQ_POLLIN)) {
-        /* a commit done (tq_journal.c), a stop, a lead's end */
+    if (rc > 0 && (fds[2].revents & POLLIN)) {
         uint64_t count;
         ssize_t r = read(self->wakeup, &count, sizeof count);
         (void)r;
     }
+    drain[0] = fds[0].revents != 0;
+    drain[1] = fds[1].revents != 0;
     while (unlock && pthread_mutex_trylock(&self->lead_lock) != 0) {
         /* a caller leads the loop, and reads what woke us: sleep without
            the sockets, woken by the lead's end if it leaves input, else
            back within PARK_MS (a caller leading again and again is not
            woken for per lead) */
-        zmq_pollitem_t wakeup = {NULL, self->wakeup, ZMQ_POLLIN, 0};
-        if (zmq_poll(&wakeup, 1, PARK_MS) > 0) {
+        drain[0] = drain[1] = true;
+        struct pollfd wakeup = {.fd = self->wakeup, .events = POLLIN};
+        if (poll(&wakeup, 1, PARK_MS) > 0) {
             uint64_t count;
             ssize_t r = read(self->wakeup, &count, sizeof count);
             (void)r;
         }
     }
     errno = err;
-    return rc;
+    return rc < 0 ? -1 : 0;
 }
 
 /* One pass of the loop after a wait of `timeout` ms: timers, both sockets
    drained, dispatch, commit, host checks. TQ_OK, or how the loop ends. */
 static int
-s_pass(tq_broker_t *self, long timeout)
+s_pass(tq_broker_t *self, long timeout, bool drain[2])
 {
     self->now_ms = tqb_now();
     /* the lease first: after a stall, nothing is handled before the
@@ -931,8 +950,12 @@ s_pass(tq_broker_t *self, long timeout)
         int64_t burst_started = self->now_ms;
         self->now_ms = tqb_now();
         s_credit_stall(self, burst_started, 0);
-        int got = s_drain(self, self->workers, "workers");
-        got += s_drain(self, self->clients, "clients");
+        int from_workers =
+            drain[0] ? s_drain(self, self->workers, "workers") : 0;
+        int from_clients =
+            drain[1] ? s_drain(self, self->clients, "clients") : 0;
+        int got = from_workers + from_clients;
+        bool full = from_workers >= BATCH || from_clients >= BATCH;
         if (self->dispatch_due) {
             /* draining took time: nothing goes out on a lease that
                may have lapsed meanwhile */
@@ -942,8 +965,13 @@ s_pass(tq_broker_t *self, long timeout)
         }
         if (!tqb_commit(self))
             return s_store_lost(self);
-        if (got == 0 || self->stopping)
+        /* both drains ended on an empty socket (fewer than a BATCH
+           each): what came since is for s_wait, which looks at the
+           sockets before it sleeps; another round here would only pay
+           two empty receives, a system call each */
+        if (got == 0 || self->stopping || !full)
             break;
+        drain[0] = drain[1] = true;
     }
     /* liveness is judged on what was received: after the drain, with
        the time it took credited to every host (s_credit_stall) */
@@ -981,7 +1009,8 @@ tq_broker_run(tq_broker_t *self)
     while (!self->stopping && rc == TQ_OK) {
         /* sleep until the next deadline */
         long timeout = s_timeout(self);
-        if (s_wait(self, timeout, leadable) < 0) {
+        bool drain[2];
+        if (s_wait(self, timeout, leadable, drain) < 0) {
             if (errno == EINTR)
                 continue;
             tq_log_error("poll: %s", zmq_strerror(errno));
@@ -989,7 +1018,8 @@ tq_broker_run(tq_broker_t *self)
             break;
         }
         /* a pass a leader ran may have ended the loop */
-        rc = self->lead_rc != TQ_OK ? self->lead_rc : s_pass(self, timeout);
+        rc = self->lead_rc != TQ_OK ? self->lead_rc
+                                     : s_pass(self, timeout, drain);
     }
     /* what was accepted before the stop is acknowledged once committed */
     if (rc == TQ_OK && !tqb_commit_flush(self))
@@ -1014,9 +1044,13 @@ tq_broker_lead(tq_broker_t *self, int timeout_ms)
     long timeout = s_timeout(self);
     if (timeout > timeout_ms)
         timeout = timeout_ms;
-    if (s_wait(self, timeout, false) < 0 && errno != EINTR)
-        return -1;
-    int rc = s_pass(self, timeout);
+    bool drain[2];
+    if (s_wait(self, timeout, false, drain) < 0) {
+        if (errno != EINTR)
+            return -1;
+        drain[0] = drain[1] = true;
+    }
+    int rc = s_pass(self, timeout, drain);
     if (rc != TQ_OK) {
         self->lead_rc = rc; /* the broker's thread returns it */
         return -1;

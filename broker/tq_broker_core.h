@@ -576,6 +576,9 @@ void tqb_tasks_free(tq_broker_t *self);
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
+/* True if task (may be NULL) has this id: tqb_task_find's comparison
+   without the table (a DONE names its child's first task). */
+bool tqb_task_is(const task_t *task, tq_str_t id);
 /* CURVE: the key of the task's submitter (interned), or NULL; and
    recording it (key interned, or NULL). */
 const char *tqb_task_owner(const tq_broker_t *self, const task_t *task);

@@ -696,6 +696,18 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     return t;
 }
 
+bool
+tqb_task_is(const task_t *task, tq_str_t id)
+{
+    if (!task || id.len > TQ_PROTO_MAX_ID)
+        return false;
+    uint8_t bin[TQB_ID_BIN];
+    if (s_id_parse(id.ptr, id.len, bin))
+        return task->id_bin && memcmp(task->rec.id, bin, TQB_ID_BIN) == 0;
+    return !task->id_bin && strncmp(task->rec.id, id.ptr, id.len) == 0 &&
+        task->rec.id[id.len] == '\0';
+}
+
 void
 tqb_trim(tq_broker_t *self)
 {

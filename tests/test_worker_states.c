@@ -23,6 +23,7 @@
 
 #include "tq/tq.h"
 #include "tq_board.h"
+#include "tq_harness.h"
 #include "tq_keeper.h"
 #include "tq_slot.h"
 #include "tq_worker_host.h"
@@ -336,6 +337,29 @@ test_keeper_short_tasks(void **state)
     assert_int_equal(serve.entered, 0);
 }
 
+/* Tasks a few milliseconds apart (round trips one after another) never
+   wake the keeper: it stays awake, looking every after_ms, until no task
+   began for a while, so task_begin signals it at most once (the first
+   task, if the keeper was already asleep). Before, every task that began
+   after the keeper's last look at an idle child woke it. */
+static void
+test_keeper_not_woken_per_task(void **state)
+{
+    (void)state;
+    s_serve_t serve = {0, 0};
+    tq_keeper_t *keeper = tq_keeper_new(10, s_serve, &serve);
+    assert_non_null(keeper);
+    for (int i = 0; i < 20; i++) {
+        tq_keeper_task_begin(keeper);
+        tq_keeper_task_end(keeper);
+        assert_int_equal(tq_keeper_state(keeper), TQ_KEEPER_IDLE);
+        /* longer than after_ms: the old keeper went to sleep meanwhile */
+        tq_harness_sleep_ms(15);
+    }
+    assert_true(tq_keeper_signals(keeper) <= 1);
+    tq_keeper_destroy(&keeper);
+}
+
 /* task_end without a task (IDLE) is a no-op, and NULL keepers (a child
    without one) are accepted everywhere. */
 static void
@@ -457,6 +481,7 @@ main(void)
         cmocka_unit_test(test_keeper_table),
         cmocka_unit_test(test_keeper_lends_long_task),
         cmocka_unit_test(test_keeper_short_tasks),
+        cmocka_unit_test(test_keeper_not_woken_per_task),
         cmocka_unit_test(test_keeper_idle_and_null),
         cmocka_unit_test(test_board_publish_read),
         cmocka_unit_test(test_board_across_processes),

@@ -4,7 +4,9 @@
    With credit above 1 a second thread, the keeper (started with the
    first task), answers the broker while a long task runs: the socket
    belongs to whichever thread holds it, and the main thread lends it to
-   the keeper once a task has run for KEEPER_AFTER_MS, and takes it back
+   the keeper once a task has run for KEEPER_AFTER_MS (up to twice that:
+   a keeper that is awake notices a task at its next look, so that short
+   tasks never wake it, tq_keeper.h), and takes it back
    before it sends the task's DONE. So a REVOKE is answered at once
    (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
    short tasks cost one uncontended lock. */
@@ -12,7 +14,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -550,19 +554,23 @@ s_on_message(s_child_t *self, int rc)
     }
 }
 
-/* Receives everything waiting on the socket without blocking. */
-static void
-s_drain(s_child_t *self)
+/* Receives what waits on the socket without blocking, up to max
+   messages. Returns how many were handled. */
+static size_t
+s_drain(s_child_t *self, size_t max)
 {
-    for (;;) {
+    size_t got = 0;
+    while (got < max) {
         int rc = tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT);
         if (rc == -1) {
             if (errno == EAGAIN || errno == EINTR)
-                return;
+                break;
             s_die("recv");
         }
         s_on_message(self, rc);
+        got++;
     }
+    return got;
 }
 
 static void
@@ -762,7 +770,7 @@ s_keeper_serve(void *arg, int wake_fd)
         if (items[1].revents & ZMQ_POLLIN)
             return;
         if (items[0].revents & ZMQ_POLLIN)
-            s_drain(self);
+            s_drain(self, SIZE_MAX);
         if (monitor >= 0 && (items[monitor].revents & ZMQ_POLLIN))
             s_disconnected(self); /* sets s_reannounce: done above */
     }
@@ -778,6 +786,55 @@ s_should_recycle(s_child_t *self)
         return true;
     return cfg->max_memory_per_child_mb &&
         s_rss_kb(self) >= (uint64_t)cfg->max_memory_per_child_mb * 1024;
+}
+
+/* Waits, without a job to run, until the socket has input or a signal
+   came (1 s at most: a signal landing just before the wait is seen within
+   a second even if its EINTR was missed). Returns false when the wait
+   shows that the monitor has no event, so that the look at it after the
+   drain can be skipped (a system call on every round trip). ZMQ_EVENTS
+   then a poll on ZMQ_FD, the pattern libzmq documents for its
+   descriptor: ZMQ_EVENTS
+   takes in the socket's pending commands (the drain and the sends since
+   the last look may have left some), and once it says nothing is
+   readable, anything that arrives later makes the descriptor readable.
+   zmq_poll does the same with two more system calls per wait (a poll
+   that finds nothing before, a second look after), on the path of every
+   round trip. */
+static bool
+s_wait(s_child_t *self)
+{
+    uint32_t events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(self->sock, ZMQ_EVENTS, &events, &size) != 0) {
+        if (errno == EINTR)
+            return true;
+        s_die("zmq_getsockopt");
+    }
+    if (events & ZMQ_POLLIN)
+        return true;
+    struct pollfd items[2];
+    int n = 1;
+    size = sizeof items[0].fd;
+    if (zmq_getsockopt(self->sock, ZMQ_FD, &items[0].fd, &size) != 0)
+        s_die("zmq_getsockopt");
+    items[0].events = POLLIN;
+    /* the monitor's descriptor too: it only becomes readable when an
+       event came after s_disconnected's last look (which ended on an
+       empty receive, and nothing else reads the monitor) */
+    size = sizeof items[1].fd;
+    if (self->monitor &&
+        zmq_getsockopt(self->monitor, ZMQ_FD, &items[1].fd, &size) == 0) {
+        items[1].events = POLLIN;
+        items[1].revents = 0;
+        n = 2;
+    }
+    if (poll(items, (nfds_t)n, 1000) < 0) {
+        if (errno != EINTR)
+            s_die("poll");
+        return true;
+    }
+    return n == 1 || (items[1].revents & POLLIN) != 0;
 }
 
 void
@@ -822,21 +879,41 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     /* start-up done: a child that dies from now on is not a broken setup */
     s_publish(self, TQ_BOARD_IDLE, NULL);
     int64_t drained_us = 0;
+    bool woke = false; /* the idle wait just ended */
+    bool quiet = false; /* ... and saw the monitor without an event */
+    bool pending = false; /* more may wait: drain before the next wait */
     while (!s_stop) {
         if (s_reannounce)
             s_reconnect(self, NULL);
         /* a drain ends with a receive that finds nothing, and that costs
-           libzmq a system call (it looks at its command mailbox): with
-           jobs queued, look only every S_DRAIN_EVERY_US, so a run of
-           short tasks does not pay one per task. A REVOKE still waits at
-           most that long, or a task's KEEPER_AFTER_MS. */
-        if (!self->count || s_now_us() - drained_us >= S_DRAIN_EVERY_US) {
-            s_drain(self);
+           libzmq a system call (it looks at its command mailbox), and so
+           does the look at the monitor: with jobs queued, drain only
+           every S_DRAIN_EVERY_US, so a run of short tasks does not pay
+           them per task (a REVOKE still waits at most that long, or a
+           task's KEEPER_AFTER_MS). When the idle wait ends, the first
+           message is taken alone: a job starts at once, and the empty
+           receive comes after its DONE (a REVOKE behind it finds it
+           started, and its DONE answers: PROTOCOL 5.3.5). */
+        if (woke) {
+            size_t got = s_drain(self, 1);
+            pending = got && self->count;
+            if (got && !self->count)
+                s_drain(self, SIZE_MAX); /* not a job: read the rest */
             drained_us = s_now_us();
             /* before the next job starts: not one of a gone broker's */
-            if (s_disconnected(self))
+            if (!quiet && s_disconnected(self))
+                s_reconnect(self, NULL);
+        } else if (pending ||
+                   (self->count &&
+                    s_now_us() - drained_us >= S_DRAIN_EVERY_US)) {
+            s_drain(self, SIZE_MAX);
+            pending = false;
+            drained_us = s_now_us();
+            /* with nothing to start, the idle wait watches the monitor */
+            if (self->count && s_disconnected(self))
                 s_reconnect(self, NULL);
         }
+        woke = false;
         if (s_stop)
             break;
         if (!self->count) {
@@ -846,11 +923,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                 s_publish(self, TQ_BOARD_IDLE, NULL);
                 self->busy = false;
             }
-            zmq_pollitem_t item = {self->sock, 0, ZMQ_POLLIN, 0};
-            /* bounded: a signal landing just before the poll is seen
-               within a second even if its EINTR was missed */
-            if (zmq_poll(&item, 1, 1000) < 0 && errno != EINTR)
-                s_die("zmq_poll");
+            quiet = !s_wait(self);
+            woke = true;
             continue;
         }
         /* out of the ring: the keeper may grow it while the task runs */

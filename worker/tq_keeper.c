@@ -23,9 +23,18 @@ struct tq_keeper_t {
     tq_keeper_state_t state; /* the one state */
     uint64_t task; /* tasks begun: tells one task from the next */
     unsigned long lends; /* LENT entered */
+    unsigned long signals; /* times task_begin had to wake the keeper */
     bool asleep; /* the keeper waits untimed in IDLE: begin signals it
                     (a wakeup saved per short task, not a state) */
 };
+
+/* A keeper whose child began no task for this many after_ms ticks in a
+   row sleeps untimed (begin must then wake it: a system call and a
+   thread switch on the task's path); until then it looks every after_ms
+   on its own, so a child that gets a task every few milliseconds (a
+   stream of round trips) never wakes it per task. An idle child's keeper
+   costs nothing after S_QUIET_TICKS * after_ms. */
+#define S_QUIET_TICKS 100
 
 #define S_BIT(state) (1u << (state))
 
@@ -73,27 +82,57 @@ s_move(tq_keeper_t *self, tq_keeper_state_t to)
     self->state = to;
 }
 
+/* Waits on the condition until `until`; false on a timeout. */
+static bool
+s_wait_for(tq_keeper_t *self, const struct timespec *until)
+{
+    return pthread_cond_timedwait(&self->cond, &self->lock, until) == 0;
+}
+
+static void
+s_deadline(tq_keeper_t *self, struct timespec *until)
+{
+    clock_gettime(CLOCK_MONOTONIC, until);
+    until->tv_nsec += (long)self->after_ms * 1000000L;
+    until->tv_sec += until->tv_nsec / 1000000000L;
+    until->tv_nsec %= 1000000000L;
+}
+
 static void *
 s_main(void *arg)
 {
     tq_keeper_t *self = arg;
+    /* quiet: after_ms ticks in a row without a new task; it starts
+       asleep (no task yet) */
+    unsigned quiet = S_QUIET_TICKS;
+    uint64_t seen = 0;
+    struct timespec until;
     pthread_mutex_lock(&self->lock);
     while (self->state != TQ_KEEPER_QUIT) {
         if (self->state != TQ_KEEPER_TIMING) {
-            self->asleep = true;
-            pthread_cond_wait(&self->cond, &self->lock);
-            self->asleep = false;
+            if (self->task != seen) {
+                seen = self->task;
+                quiet = 0;
+            }
+            if (quiet >= S_QUIET_TICKS) {
+                self->asleep = true;
+                pthread_cond_wait(&self->cond, &self->lock);
+                self->asleep = false;
+                continue;
+            }
+            /* warm: look again in after_ms, unless woken (QUIT) */
+            s_deadline(self, &until);
+            if (!s_wait_for(self, &until) && self->task == seen)
+                quiet++;
             continue;
         }
         /* a task runs: is it the same one after_ms later? */
         uint64_t task = self->task;
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)self->after_ms * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        seen = task;
+        quiet = 0;
+        s_deadline(self, &until);
         while (self->state == TQ_KEEPER_TIMING && self->task == task &&
-               pthread_cond_timedwait(&self->cond, &self->lock, &until) == 0)
+               s_wait_for(self, &until))
             ;
         if (self->state != TQ_KEEPER_TIMING || self->task != task)
             continue;
@@ -179,8 +218,10 @@ tq_keeper_task_begin(tq_keeper_t *self)
     pthread_mutex_lock(&self->lock);
     s_move(self, TQ_KEEPER_TIMING);
     self->task++;
-    if (self->asleep)
+    if (self->asleep) {
+        self->signals++;
         pthread_cond_signal(&self->cond);
+    }
     pthread_mutex_unlock(&self->lock);
 }
 
@@ -221,6 +262,15 @@ tq_keeper_lends(tq_keeper_t *self)
 {
     pthread_mutex_lock(&self->lock);
     unsigned long n = self->lends;
+    pthread_mutex_unlock(&self->lock);
+    return n;
+}
+
+unsigned long
+tq_keeper_signals(tq_keeper_t *self)
+{
+    pthread_mutex_lock(&self->lock);
+    unsigned long n = self->signals;
     pthread_mutex_unlock(&self->lock);
     return n;
 }

@@ -16,7 +16,8 @@
    IDLE, TIMING ──destroy──► QUIT */
 typedef enum {
     TQ_KEEPER_IDLE, /* no task runs; the main thread holds the socket and
-                       the keeper sleeps */
+                       the keeper sleeps (waking every after_ms until no
+                       task began for a while, then untimed) */
     TQ_KEEPER_TIMING, /* a task runs; the keeper waits to see if it runs
                          long; the main thread holds the socket */
     TQ_KEEPER_LENT, /* the task runs long: the keeper holds the socket */
@@ -43,7 +44,8 @@ tq_keeper_t *tq_keeper_new(int after_ms, tq_keeper_serve_fn *serve, void *arg);
 void tq_keeper_destroy(tq_keeper_t **self_p);
 
 /* A task starts (IDLE -> TIMING): the keeper may take the socket if it
-   runs long. */
+   runs long (after after_ms to 2 * after_ms: a keeper that is awake
+   notices the task at its next look, and is not woken for it). */
 void tq_keeper_task_begin(tq_keeper_t *self);
 
 /* The task ended: returns once the socket is the caller's again (TIMING
@@ -55,6 +57,10 @@ tq_keeper_state_t tq_keeper_state(tq_keeper_t *self);
 
 /* Tasks the keeper served the socket for (LENT entered), for tests. */
 unsigned long tq_keeper_lends(tq_keeper_t *self);
+
+/* Times tq_keeper_task_begin had to wake the keeper (it slept untimed:
+   no task began for a while), for tests. */
+unsigned long tq_keeper_signals(tq_keeper_t *self);
 
 /* True if the keeper may move from `from` to `to`. */
 bool tq_keeper_legal(tq_keeper_state_t from, tq_keeper_state_t to);
