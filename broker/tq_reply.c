@@ -190,7 +190,7 @@ tqb_reply_unknown(tq_broker_t *self, tq_str_t id)
     tqb_reply(self, self->clients);
 }
 
-void
+int
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
@@ -204,8 +204,9 @@ tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
         tqb_task_payload(self, task, &value, NULL); /* shared or copied */
     else
         zmq_msg_init(&value);
-    tqb_send_to(self, self->clients, to, &value);
+    int rc = tqb_send_to(self, self->clients, to, &value);
     zmq_msg_close(&value);
+    return rc;
 }
 
 /* ---- msgpack bodies ---- */

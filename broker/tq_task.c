@@ -1047,6 +1047,7 @@ s_leave(tq_broker_t *self, task_t *task)
             tqb_list_remove(&self->expiry, task);
             self->results_kept--;
         }
+        tqb_results_leave(self, task);
         break;
     default:
         assert(!"unknown task state");
@@ -1206,19 +1207,28 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
               tqb_task_error(self, task) ? ": " : "",
               tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
 
+    uint32_t sent = 0, failed = 0; /* RESULTs handed to libzmq or not */
     ident_t client = s_client(self, task);
     if (client.size) {
-        tqb_send_result(self, task, &client);
+        if (tqb_send_result(self, task, &client) == 0)
+            sent++;
+        else
+            failed++;
         if (self->config.max_client_tasks)
             s_client_done(self, &client);
         s_client_clear(self, task);
     }
     if (task->waited) {
         s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));
-        for (uint32_t i = 0; w && i < w->count; i++)
-            tqb_send_result(self, task, &w->items[i]);
+        for (uint32_t i = 0; w && i < w->count; i++) {
+            if (tqb_send_result(self, task, &w->items[i]) == 0)
+                sent++;
+            else
+                failed++;
+        }
         s_waiters_free(self, task);
     }
+    tqb_results_sent(self, task, sent, failed);
 }
 
 void
