@@ -68,7 +68,7 @@ s_usage(FILE *out)
             "kept in memory,\n"
             "                    the oldest forgotten early beyond SIZE "
             "bytes (K, M, G:\n"
-            "                    KiB, MiB, GiB; default 64M); undelivered "
+            "                    KiB, MiB, GiB; default 16M); undelivered "
             "ones keep the ttl\n"
             "  --max-lost N      worker deaths a task may cause before it "
             "fails (default %d)\n"

@@ -14,7 +14,7 @@
 #define TQ_BROKER_WORKERS "tcp://127.0.0.1:5556"
 #define TQ_BROKER_RESULT_TTL_S 3600
 /* Without a store, delivered results kept in memory (bytes). */
-#define TQ_BROKER_RESULT_WINDOW (64ULL << 20)
+#define TQ_BROKER_RESULT_WINDOW (16ULL << 20)
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
 #define TQ_BROKER_CLIENT_BACKLOG 100000 /* replies queued per client */
 #define TQ_BROKER_DATA_DIR "./tq-data"
