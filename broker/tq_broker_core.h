@@ -605,6 +605,10 @@ void tqb_task_set_started(task_t *task, int64_t now_ms);
    arguments may leave memory (the store keeps them); the others stay
    listed for a later batch. */
 void tqb_task_committed(tq_broker_t *self, uint32_t count);
+/* With a store that reads results back: lists a SUCCESS task whose
+   result was delivered, so that its value leaves memory once the batch
+   that stores it commits (read back when asked for). */
+void tqb_task_page_out_result(tq_broker_t *self, task_t *task);
 /* The only way a task changes state: checks the move against the table
    of legal moves (a programmer error aborts), takes it out of its
    container, puts it into the new one, keeps the counts and journals what

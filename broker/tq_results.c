@@ -65,8 +65,13 @@ void
 tqb_results_sent(tq_broker_t *self, task_t *task, uint32_t sent,
                  uint32_t failed)
 {
-    if (self->store || task->state != TASK_SUCCESS || !sent || failed)
+    if (task->state != TASK_SUCCESS || !sent || failed)
         return;
+    if (self->store) {
+        /* the store keeps it for the TTL: its value may leave memory */
+        tqb_task_page_out_result(self, task);
+        return;
+    }
     /* a result still in the expiry list only: one treated specially
        elsewhere (never expiring) is not for the window */
     if (!task->prev && self->expiry.head != task)

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
 
 #include "tq_broker_core.h"
 #include "tq_harness.h"
@@ -100,15 +101,22 @@ s_held(tq_broker_t *b, peer_t *child, const char *id, const char *client)
     return task;
 }
 
+/* Ends a task with a value of size bytes, every one `fill`. */
+static void
+s_succeed_with(tq_broker_t *b, task_t *task, size_t size, uint8_t fill)
+{
+    zmq_msg_t value;
+    zmq_msg_init_size(&value, size);
+    memset(zmq_msg_data(&value), fill, size);
+    tqb_task_final(b, task, TASK_SUCCESS, TQ_OK, NULL, &value);
+    zmq_msg_close(&value);
+}
+
 /* Ends a task with a value of S_VALUE bytes. */
 static void
 s_succeed(tq_broker_t *b, task_t *task)
 {
-    zmq_msg_t value;
-    zmq_msg_init_size(&value, S_VALUE);
-    memset(zmq_msg_data(&value), 0x5a, S_VALUE);
-    tqb_task_final(b, task, TASK_SUCCESS, TQ_OK, NULL, &value);
-    zmq_msg_close(&value);
+    s_succeed_with(b, task, S_VALUE, 0x5a);
 }
 
 static peer_t *
@@ -240,6 +248,60 @@ test_undelivered_stay(void **state)
     zmq_close(c1);
     zmq_close(c2);
     zmq_ctx_term(ctx);
+}
+
+/* With a store, a delivered result's value leaves memory once the batch
+   that stores it commits (beyond the first MiB held) and is read back,
+   checksum checked, when asked for; an undelivered one stays. */
+static void
+test_store_pages_out(void **state)
+{
+    (void)state;
+    char dir[256], path[300];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "window"), 0);
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(0, dir);
+    void *c1 = s_client(b, ctx, "c1");
+    peer_t *child = s_child(b);
+    const size_t big = 700 << 10; /* two pass the first MiB */
+    task_t *first = s_held(b, child, "r-0", "c1");
+    s_succeed_with(b, first, big, 0x10);
+    task_t *second = s_held(b, child, "r-1", "c1");
+    s_succeed_with(b, second, big, 0x11);
+    task_t *gone = s_held(b, child, "r-2", "ghost");
+    s_succeed_with(b, gone, big, 0x12);
+    /* not before the commit that stores them */
+    assert_int_equal(second->payload_at, PAYLOAD_MSG);
+    uint64_t memory = b->memory;
+    assert_true(tqb_commit_flush(b));
+    assert_int_equal(first->payload_at, PAYLOAD_MSG); /* within the MiB */
+    assert_int_equal(second->payload_at, PAYLOAD_STORED);
+    assert_int_equal(gone->payload_at, PAYLOAD_MSG); /* never delivered */
+    assert_int_equal(b->memory, memory - big);
+    zmq_msg_t msg;
+    const char *why = NULL;
+    assert_int_equal(tqb_task_payload(b, second, &msg, &why), 0);
+    assert_int_equal(zmq_msg_size(&msg), big);
+    const uint8_t *data = zmq_msg_data(&msg);
+    assert_true(data[0] == 0x11 && data[big - 1] == 0x11);
+    zmq_msg_close(&msg);
+    /* damaged on disk: read as such, never as a value */
+    snprintf(path, sizeof path, "%s/tq.db", dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "UPDATE tasks SET result = X'00' "
+                                  "WHERE id = 'r-1'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(tqb_task_payload(b, second, &msg, &why), TQ_ECORRUPT);
+    assert_non_null(strstr(why, "result"));
+    zmq_msg_close(&msg);
+    tq_broker_destroy(&b);
+    zmq_close(c1);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
 }
 
 /* With a store every result stays for the TTL (the store keeps it). */
@@ -396,6 +458,73 @@ test_broker_window(void **state)
     tq_harness_broker_stop(&broker);
 }
 
+/* [bin of size bytes, every one fill] */
+static void
+s_bin_args(zmq_msg_t *msg, size_t size, uint8_t fill)
+{
+    assert_int_equal(zmq_msg_init_size(msg, size + 6), 0);
+    uint8_t *p = zmq_msg_data(msg);
+    p[0] = 0x91;
+    p[1] = 0xc6; /* bin 32 */
+    p[2] = (uint8_t)(size >> 24);
+    p[3] = (uint8_t)(size >> 16);
+    p[4] = (uint8_t)(size >> 8);
+    p[5] = (uint8_t)size;
+    memset(p + 6, fill, size);
+}
+
+/* tq-broker --data: forty echoes of 64 KiB, delivered; once a later
+   submission is acknowledged (its batch committed after theirs) their
+   values are on disk only, past the first MiB, and every GET reads its
+   own back intact. */
+static void
+test_broker_store_reads_back(void **state)
+{
+    (void)state;
+    enum { N = 40, SIZE = 64 << 10 };
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "window"), 0);
+    tq_harness_broker_t broker;
+    const char *extra[] = {"--data", dir, NULL};
+    assert_int_equal(tq_harness_broker_start(&broker, extra), 0);
+    pid_t host = tq_harness_worker_start(broker.workers, 1, NULL);
+    assert_true(host > 0);
+    tq_raw_client_t *a = tq_raw_client_new(broker.clients, 0);
+    char id[32];
+    zmq_msg_t args;
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "s-%d", i);
+        s_bin_args(&args, SIZE, (uint8_t)i);
+        s_send(a, TQ_CMD_SUBMIT, id, TQ_DEFAULT_QUEUE, &args, false);
+        s_expect(a, TQ_CMD_RESULT, id);
+    }
+    s_bin_args(&args, 1, 0);
+    s_send(a, TQ_CMD_SUBMIT, "sync", "nobody", &args, false);
+    s_expect(a, TQ_CMD_SUBMITTED, "sync");
+    tq_client_t *client = tq_client_new(broker.clients);
+    tq_harness_status_t st;
+    assert_int_equal(tq_harness_status(client, &st, S_WAIT_MS), TQ_OK);
+    uint64_t memory = tq_harness_map_uint(st.root, "memory", UINT64_MAX);
+    tq_harness_status_free(&st);
+    tq_client_destroy(&client);
+    printf("memory with %d results of 64 KiB delivered: %llu bytes\n", N,
+           (unsigned long long)memory);
+    assert_true(memory <= (1u << 20) + SIZE + 64);
+    for (int i = N - 1; i >= 0; i--) {
+        snprintf(id, sizeof id, "s-%d", i);
+        s_send(a, TQ_CMD_GET, id, NULL, NULL, false);
+        s_expect(a, TQ_CMD_RESULT, id);
+        const zmq_msg_t *value = &a->frames.payload;
+        assert_int_equal(zmq_msg_size(value), SIZE + 6);
+        const uint8_t *p = zmq_msg_data((zmq_msg_t *)value);
+        assert_true(p[6] == (uint8_t)i && p[SIZE + 5] == (uint8_t)i);
+    }
+    tq_raw_client_destroy(&a);
+    tq_harness_stop(host);
+    tq_harness_broker_stop(&broker);
+    tq_harness_rmtree(dir);
+}
+
 /* Bad sizes are refused with a clear error. */
 static void
 test_option(void **state)
@@ -421,7 +550,9 @@ main(void)
         cmocka_unit_test(test_window_keeps_newest),
         cmocka_unit_test(test_undelivered_stay),
         cmocka_unit_test(test_store_keeps),
+        cmocka_unit_test(test_store_pages_out),
         cmocka_unit_test(test_broker_window),
+        cmocka_unit_test(test_broker_store_reads_back),
         cmocka_unit_test(test_option),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
