@@ -64,6 +64,12 @@ s_usage(FILE *out)
             "                    to the network: use CURVE then)\n"
             "  --workers EP      worker endpoint (default %s)\n"
             "  --result-ttl SEC  keep final results this long (default %d)\n"
+            "  --result-window SIZE  without a store: delivered results "
+            "kept in memory,\n"
+            "                    the oldest forgotten early beyond SIZE "
+            "bytes (K, M, G:\n"
+            "                    KiB, MiB, GiB; default 16M); undelivered "
+            "ones keep the ttl\n"
             "  --max-lost N      worker deaths a task may cause before it "
             "fails (default %d)\n"
             "  --data DIR        the store's directory (default "
@@ -146,6 +152,30 @@ s_number(const char *text, long max)
     if (!*text || *end || value < 0 || value > max)
         return -1;
     return value;
+}
+
+/* Parses a size in bytes, with K, M or G for KiB, MiB or GiB (up to
+   1 TiB); 0 keeps only the newest. 0, or -1 if it is not one. */
+static int
+s_size(const char *text, uint64_t *size)
+{
+    char *end = NULL;
+    if (*text < '0' || *text > '9')
+        return -1;
+    unsigned long long value = strtoull(text, &end, 10);
+    int shift = 0;
+    if (*end == 'K' || *end == 'k')
+        shift = 10;
+    else if (*end == 'M' || *end == 'm')
+        shift = 20;
+    else if (*end == 'G' || *end == 'g')
+        shift = 30;
+    if (shift)
+        end++;
+    if (*end || value > (1ULL << 40) >> shift)
+        return -1;
+    *size = value << shift ? value << shift : 1;
+    return 0;
 }
 
 /* The default data directory: $STATE_DIRECTORY (systemd's
@@ -238,13 +268,15 @@ main(int argc, char **argv)
         O_VERSION,
         O_LEASE_TTL,
         O_LEASE_RENEW,
-        O_LEASE_RETRY
+        O_LEASE_RETRY,
+        O_RESULT_WINDOW
     };
     tq_http_config_t http = {0};
     static const struct option options[] = {
         {"clients", required_argument, NULL, 'c'},
         {"workers", required_argument, NULL, 'w'},
         {"result-ttl", required_argument, NULL, 't'},
+        {"result-window", required_argument, NULL, O_RESULT_WINDOW},
         {"max-lost", required_argument, NULL, 'l'},
         {"max-queue", required_argument, NULL, 'q'},
         {"data", required_argument, NULL, 'd'},
@@ -304,6 +336,15 @@ main(int argc, char **argv)
                 return 2;
             }
             config.result_ttl_s = (int)value;
+            break;
+        case O_RESULT_WINDOW:
+            if (s_size(optarg, &config.result_window) < 0) {
+                fprintf(stderr,
+                        "tq-broker: --result-window: bytes, with K, M or G "
+                        "for KiB, MiB, GiB: %s\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'l':
             if ((value = s_number(optarg, 1000)) < 1) {

@@ -134,7 +134,15 @@ struct task_s {
         tq_heap_node_t node; /* SCHEDULED, RETRY: position in the heap;
                                 node.key is the monotonic ms it may run */
         struct { /* final */
-            task_t *dead_prev, *dead_next; /* FAILURE: the dead letters */
+            union {
+                struct { /* FAILURE: the dead letters */
+                    task_t *dead_prev, *dead_next;
+                };
+                struct { /* SUCCESS: the window of delivered results
+                            (tq_results.c) */
+                    task_t *window_prev, *window_next;
+                };
+            };
             int64_t expires_ms; /* monotonic ms when forgotten (a TQ_ELOST
                                    dead letter is not); it became final
                                    the result TTL before */
@@ -277,6 +285,16 @@ typedef struct {
     char id[TQ_PROTO_MAX_ID + 1];
     int64_t due_ms;
 } fold_t;
+/* Without a store, the results delivered already (tq_results.c): SUCCESS
+   tasks whose RESULT went to everyone waiting on it, oldest first. */
+typedef struct {
+    task_t *head, *tail;
+    uint64_t bytes; /* what they count for: TQB_RESULT_COST each plus
+                       their value */
+    uint32_t count;
+    uint64_t expired; /* forgotten early to keep within the window */
+} tqb_window_t;
+
 /* The store journal and its commit thread (tq_journal.c). */
 typedef struct tqb_journal_s tqb_journal_t;
 
@@ -340,6 +358,7 @@ struct tq_broker_t {
     peer_t *children, *children_tail;
     peer_t *supervisors;
     task_list_t expiry; /* final tasks, in expiry order */
+    tqb_window_t window; /* delivered results (no store): tq_results.c */
     tq_heap_t delayed; /* SCHEDULED and RETRY tasks by due time */
     task_t *dead_head; /* dead letters (failed tasks), oldest first */
     task_t *dead_tail;
@@ -457,8 +476,9 @@ uint64_t tqb_client_dropped(tq_broker_t *self, const ident_t *ident);
 /* Tenants: true if the current sender may see and act on task (always
    without CURVE; under CURVE, its submitter's key or an operator key). */
 bool tqb_may_see(const tq_broker_t *self, const task_t *task);
-/* Sends a final task's RESULT to one client (the value shared). */
-void tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to);
+/* Sends a final task's RESULT to one client (the value shared). 0 once
+   handed to libzmq, -1 if dropped or the client is gone. */
+int tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to);
 /* Sends self->out with a msgpack body (consumed) to the current sender on
    the clients endpoint; tqb_reply_body makes it a REPLY echoing the
    request's id. */
@@ -613,6 +633,10 @@ void tqb_trim(tq_broker_t *self);
    arguments may leave memory (the store keeps them); the others stay
    listed for a later batch. */
 void tqb_task_committed(tq_broker_t *self, uint32_t count);
+/* With a store that reads results back: lists a SUCCESS task whose
+   result was delivered, so that its value leaves memory once the batch
+   that stores it commits (read back when asked for). */
+void tqb_task_page_out_result(tq_broker_t *self, task_t *task);
 /* The only way a task changes state: checks the move against the table
    of legal moves (a programmer error aborts), takes it out of its
    container, puts it into the new one, keeps the counts and journals what
@@ -643,6 +667,24 @@ void tqb_cancel(tq_broker_t *self, task_t *task, const char *why);
 uint32_t tqb_cancel_delayed(tq_broker_t *self, queue_t *queue, const char *why);
 /* The earliest deadline of the delayed tasks, or INT64_MAX. */
 int64_t tqb_next_due(const tq_broker_t *self);
+
+/* ---- tq_results.c: the window of delivered results (no store) ----
+
+   A result counts for TQB_RESULT_COST (its record and id, estimated) plus
+   its value's bytes, so that many small results are bounded too. */
+#define TQB_RESULT_COST 128
+
+/* After a final task's RESULT went out (tqb_task_final): sent to that
+   many clients, failed (dropped, or gone) for that many. A SUCCESS sent
+   to at least one client and failed for none, without a store, joins
+   the window; the oldest results beyond config.result_window are then
+   forgotten as if their TTL had ended (never task itself). */
+void tqb_results_sent(tq_broker_t *self, task_t *task, uint32_t sent,
+                      uint32_t failed);
+/* The window's size in bytes; 0 with a store (no window). */
+uint64_t tqb_results_limit(const tq_broker_t *self);
+/* Takes a task out of the window, if in it (leaving its final state). */
+void tqb_results_leave(tq_broker_t *self, task_t *task);
 
 /* ---- tq_dispatch.c: peers, dispatch, credit, stealing, host liveness ---- */
 

@@ -192,7 +192,7 @@ tqb_reply_unknown(tq_broker_t *self, tq_str_t id)
     tqb_reply(self, self->clients);
 }
 
-void
+int
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
@@ -202,12 +202,18 @@ tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
     out->code = task->rec.code;
     out->error = tq_str(tqb_task_error(self, task));
     zmq_msg_t value;
-    if (task->state == TASK_SUCCESS)
-        tqb_task_payload(self, task, &value, NULL); /* shared or copied */
-    else
+    const char *why = NULL;
+    if (task->state != TASK_SUCCESS)
         zmq_msg_init(&value);
-    tqb_send_to(self, self->clients, to, &value);
+    else if (tqb_task_payload(self, task, &value, &why) != 0) {
+        /* a delivered result read back from the store, damaged */
+        out->state = TQ_STATE_FAILURE;
+        out->code = TQ_ECORRUPT;
+        out->error = tq_str(why);
+    }
+    int rc = tqb_send_to(self, self->clients, to, &value);
     zmq_msg_close(&value);
+    return rc;
 }
 
 /* ---- msgpack bodies ---- */

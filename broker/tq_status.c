@@ -11,7 +11,7 @@ static void
 s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 {
     msgpack_pack_map(pk,
-                     9 + (self->auth ? 1 : 0) + (self->store ? 1 : 0) +
+                     10 + (self->auth ? 1 : 0) + (self->store ? 1 : 0) +
                          tqb_lease_status_entries(self));
     tqb_pack_str(pk, "version");
     tqb_pack_str(pk, "TQP/1");
@@ -148,6 +148,15 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
             msgpack_pack_uint64(pk, self->commit_buckets[i]);
         }
     }
+
+    /* delivered results kept in memory (tq_results.c); always 0 with a
+       store, which keeps every result for the TTL */
+    tqb_pack_str(pk, "result_window");
+    msgpack_pack_map(pk, 4);
+    tqb_pack_uint_kv(pk, "results", self->window.count);
+    tqb_pack_uint_kv(pk, "bytes", self->window.bytes);
+    tqb_pack_uint_kv(pk, "limit", tqb_results_limit(self));
+    tqb_pack_uint_kv(pk, "expired", self->window.expired);
 
     const counters_t *c = &self->counters;
     tqb_pack_str(pk, "counters");

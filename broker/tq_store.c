@@ -301,3 +301,19 @@ tq_store_reads_args(const tq_store_t *self)
 {
     return self->ops->read_args != NULL;
 }
+
+int
+tq_store_read_result(tq_store_t *self, const char *id,
+                     void (*fn)(const void *data, size_t size, void *arg),
+                     void *arg)
+{
+    if (!self->ops->read_result)
+        return TQ_ESTATE;
+    return self->failed ? TQ_ESYS : self->ops->read_result(self, id, fn, arg);
+}
+
+bool
+tq_store_reads_results(const tq_store_t *self)
+{
+    return self->ops->read_result != NULL;
+}

@@ -151,6 +151,13 @@ int tq_store_read_args(tq_store_t *self, const char *id,
                        void (*fn)(const void *data, size_t size, void *arg),
                        void *arg);
 
+/* The same for a final task's result (TQ_ECORRUPT: it failed its
+   checksum); TQ_ESTATE when the backend does not read results back. */
+int tq_store_read_result(tq_store_t *self, const char *id,
+                         void (*fn)(const void *data, size_t size, void *arg),
+                         void *arg);
+bool tq_store_reads_results(const tq_store_t *self);
+
 /* True if tq_store_read_args is cheap enough for the broker to keep
    waiting tasks' arguments on disk only (SQLite: a local read). */
 bool tq_store_reads_args(const tq_store_t *self);

@@ -39,6 +39,10 @@ typedef struct {
     int (*read_args)(tq_store_t *self, const char *id,
                      void (*fn)(const void *data, size_t size, void *arg),
                      void *arg);
+    /* NULL: the backend does not read results back */
+    int (*read_result)(tq_store_t *self, const char *id,
+                       void (*fn)(const void *data, size_t size, void *arg),
+                       void *arg);
 } tq_store_ops_t;
 
 /* The head of every backend's object (its first member). */

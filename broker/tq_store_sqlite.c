@@ -129,6 +129,7 @@ typedef struct {
     bool in_batch; /* a transaction is open */
     sqlite3_stmt *read_args; /* s_read_args on reader, prepared at its
                                 first use */
+    sqlite3_stmt *read_result; /* s_read_result, the same way */
     sqlite3 *reader; /* s_read_args' read-only connection, or NULL */
 } s_store_t;
 
@@ -430,6 +431,7 @@ s_destroy(tq_store_t *base)
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(self->stmt[i]);
     sqlite3_finalize(self->read_args);
+    sqlite3_finalize(self->read_result);
     if (self->reader)
         sqlite3_close(self->reader);
     if (self->db)
@@ -739,11 +741,13 @@ s_lease_renew(tq_store_t *base, uint32_t ttl_ms)
     return s_lease_acquire(base, NULL, ttl_ms, NULL);
 }
 
+/* Reads a task's arguments, or its result (result), checksum checked. */
 static int
-s_read_args(tq_store_t *base, const char *id,
-            void (*fn)(const void *data, size_t size, void *arg), void *arg)
+s_read(tq_store_t *base, const char *id, bool result_,
+       void (*fn)(const void *data, size_t size, void *arg), void *arg)
 {
     s_store_t *self = (s_store_t *)base;
+    sqlite3_stmt **stmt = result_ ? &self->read_result : &self->read_args;
     /* a read-only connection of its own: in WAL mode it reads the
        committed state while the broker's commit thread writes on db */
     if (!self->reader &&
@@ -757,23 +761,27 @@ s_read_args(tq_store_t *base, const char *id,
         self->reader = NULL;
         return TQ_ESYS;
     }
-    if (!self->read_args &&
+    if (!*stmt &&
         sqlite3_prepare_v3(
-            self->reader, "SELECT args, args_crc FROM tasks WHERE id = ?1", -1,
-            SQLITE_PREPARE_PERSISTENT, &self->read_args, NULL) != SQLITE_OK) {
+            self->reader,
+            result_ ? "SELECT result, result_crc FROM tasks WHERE id = ?1"
+                    : "SELECT args, args_crc FROM tasks WHERE id = ?1",
+            -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK) {
         snprintf(self->base.error, sizeof self->base.error,
-                 "%s: cannot read a task's arguments: %s", self->path,
+                 "%s: cannot read a task's %s: %s", self->path,
+                 result_ ? "result" : "arguments",
                  sqlite3_errmsg(self->reader));
         return TQ_ESYS;
     }
-    sqlite3_stmt *s = self->read_args;
+    sqlite3_stmt *s = *stmt;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     int rc = sqlite3_step(s);
     int result = TQ_OK;
     if (rc == SQLITE_ROW) {
         const void *data = sqlite3_column_blob(s, 0);
         size_t size = (size_t)sqlite3_column_bytes(s, 0);
-        if (tq_store_check_payload(TQ_STORE_ARGS, data, size,
+        if (tq_store_check_payload(result_ ? TQ_STORE_RESULT : TQ_STORE_ARGS,
+                                   data, size,
                                    sqlite3_column_type(s, 1) != SQLITE_NULL,
                                    (uint32_t)sqlite3_column_int64(s, 1)))
             result = TQ_ECORRUPT;
@@ -790,6 +798,20 @@ s_read_args(tq_store_t *base, const char *id,
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     return result;
+}
+
+static int
+s_read_args(tq_store_t *base, const char *id,
+            void (*fn)(const void *data, size_t size, void *arg), void *arg)
+{
+    return s_read(base, id, false, fn, arg);
+}
+
+static int
+s_read_result(tq_store_t *base, const char *id,
+              void (*fn)(const void *data, size_t size, void *arg), void *arg)
+{
+    return s_read(base, id, true, fn, arg);
 }
 
 static const tq_store_ops_t s_ops = {
@@ -811,4 +833,5 @@ static const tq_store_ops_t s_ops = {
     .lease_acquire = s_lease_acquire,
     .lease_renew = s_lease_renew,
     .read_args = s_read_args,
+    .read_result = s_read_result,
 };

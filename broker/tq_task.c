@@ -617,6 +617,44 @@ s_may_page_out(const tq_broker_t *self)
         self->memory > S_RESIDENT_MAX;
 }
 
+/* Lists a task whose payload leaves memory once the open batch (which
+   stores it) commits (tqb_task_committed). */
+static void
+s_page_out_list(tq_broker_t *self, task_t *task)
+{
+    if (self->page_out_count == self->page_out_cap) {
+        self->page_out_cap = self->page_out_cap ? 2 * self->page_out_cap : 256;
+        self->page_out = realloc(self->page_out,
+                                 self->page_out_cap * sizeof *self->page_out);
+        if (!self->page_out)
+            abort();
+    }
+    self->page_out[self->page_out_count++] = task;
+    task->page_out = true;
+}
+
+/* Takes a task off the page-out list (its payload changed: what the
+   batch listed for stores is no longer it). Listed recently, nearly
+   always: looked for from the end. */
+static void
+s_page_out_unlist(tq_broker_t *self, task_t *task)
+{
+    for (uint32_t i = self->page_out_count; task->page_out && i-- > 0;)
+        if (self->page_out[i] == task) {
+            self->page_out[i] = NULL;
+            task->page_out = false;
+        }
+}
+
+void
+tqb_task_page_out_result(tq_broker_t *self, task_t *task)
+{
+    if (task->state == TASK_SUCCESS &&
+        (task->payload_at == PAYLOAD_HEAP || task->payload_at == PAYLOAD_MSG) &&
+        tq_store_reads_results(self->store) && s_may_page_out(self))
+        s_page_out_list(self, task);
+}
+
 task_t *
 tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
              zmq_msg_t *payload)
@@ -649,19 +687,8 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         self->memory += size;
     } else if (size) {
         s_payload_keep(self, task, payload);
-        if (s_may_page_out(self)) {
-            if (self->page_out_count == self->page_out_cap) {
-                self->page_out_cap =
-                    self->page_out_cap ? 2 * self->page_out_cap : 256;
-                self->page_out =
-                    realloc(self->page_out,
-                            self->page_out_cap * sizeof *self->page_out);
-                if (!self->page_out)
-                    abort();
-            }
-            self->page_out[self->page_out_count++] = task;
-            task->page_out = true;
-        }
+        if (s_may_page_out(self))
+            s_page_out_list(self, task);
     }
     /* chains of two on average: half the buckets' memory, lookups as
        fast (the ids differ in their first bytes) */
@@ -730,11 +757,12 @@ tqb_task_committed(tq_broker_t *self, uint32_t count)
         if (!task)
             continue;
         task->page_out = false;
-        /* its arguments, when it still has them (not a result) */
+        /* its arguments, when it still has them, or a delivered result
+           (tqb_task_page_out_result: listed again once final) */
         if ((task->payload_at == PAYLOAD_HEAP ||
              task->payload_at == PAYLOAD_MSG) &&
             (task->state == TASK_WAITING || task->state == TASK_SCHEDULED ||
-             task->state == TASK_RETRY)) {
+             task->state == TASK_RETRY || task->state == TASK_SUCCESS)) {
             uint32_t size = task->payload_size;
             s_payload_drop(self, task);
             task->payload_at = PAYLOAD_STORED;
@@ -803,8 +831,10 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
         break;
     }
     s_read_t read = {msg};
-    int rc =
-        tq_store_read_args(self->store, tqb_task_id(task), s_on_args, &read);
+    bool result = task->state == TASK_SUCCESS; /* a delivered result */
+    int rc = result
+        ? tq_store_read_result(self->store, tqb_task_id(task), s_on_args, &read)
+        : tq_store_read_args(self->store, tqb_task_id(task), s_on_args, &read);
     if (rc == TQ_OK && zmq_msg_size(msg) == task->payload_size) {
         self->paged_in++;
         return 0;
@@ -814,12 +844,15 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
     if (rc == TQ_OK || rc == TQ_EUNKNOWN || rc == TQ_ECORRUPT) {
         if (why)
             *why = rc == TQ_ECORRUPT
-                ? "stored task damaged: args checksum mismatch"
-                : "stored task damaged: args missing";
+                ? (result ? "stored task damaged: result checksum mismatch"
+                          : "stored task damaged: args checksum mismatch")
+                : (result ? "stored task damaged: result missing"
+                          : "stored task damaged: args missing");
         return TQ_ECORRUPT;
     }
     if (why)
-        *why = "stored task unreadable: cannot read its args";
+        *why = result ? "stored task unreadable: cannot read its result"
+                      : "stored task unreadable: cannot read its args";
     return rc;
 }
 
@@ -1101,6 +1134,7 @@ s_leave(tq_broker_t *self, task_t *task)
             tqb_list_remove(&self->expiry, task);
             self->results_kept--;
         }
+        tqb_results_leave(self, task);
         break;
     default:
         assert(!"unknown task state");
@@ -1242,6 +1276,7 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
        dead letter), which keeps them to run again if an operator retries
        it */
     if (state != TASK_FAILURE) {
+        s_page_out_unlist(self, task); /* its arguments go */
         s_payload_drop(self, task);
         s_payload_keep(self, task, state == TASK_SUCCESS ? value : NULL);
     }
@@ -1260,19 +1295,28 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
               tqb_task_error(self, task) ? ": " : "",
               tqb_task_error(self, task) ? tqb_task_error(self, task) : "");
 
+    uint32_t sent = 0, failed = 0; /* RESULTs handed to libzmq or not */
     ident_t client = s_client(self, task);
     if (client.size) {
-        tqb_send_result(self, task, &client);
+        if (tqb_send_result(self, task, &client) == 0)
+            sent++;
+        else
+            failed++;
         if (self->config.max_client_tasks)
             s_client_done(self, &client);
         s_client_clear(self, task);
     }
     if (task->waited) {
         s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));
-        for (uint32_t i = 0; w && i < w->count; i++)
-            tqb_send_result(self, task, &w->items[i]);
+        for (uint32_t i = 0; w && i < w->count; i++) {
+            if (tqb_send_result(self, task, &w->items[i]) == 0)
+                sent++;
+            else
+                failed++;
+        }
         s_waiters_free(self, task);
     }
+    tqb_results_sent(self, task, sent, failed);
 }
 
 void

@@ -16,6 +16,8 @@
                                                     it is a decision */
 #define TQ_BROKER_WORKERS "tcp://127.0.0.1:5556"
 #define TQ_BROKER_RESULT_TTL_S 3600
+/* Without a store, delivered results kept in memory (bytes). */
+#define TQ_BROKER_RESULT_WINDOW (16ULL << 20)
 #define TQ_BROKER_MAX_LOST 3 /* worker deaths a task may cause */
 #define TQ_BROKER_CLIENT_BACKLOG 100000 /* replies queued per client */
 #define TQ_BROKER_DATA_DIR "./tq-data"
@@ -28,6 +30,10 @@ typedef struct {
     const char *client_endpoint; /* NULL: TQ_BROKER_CLIENTS */
     const char *worker_endpoint; /* NULL: TQ_BROKER_WORKERS */
     int result_ttl_s;            /* < 0: default; 0: forget once sent */
+    uint64_t result_window;      /* without a store: bytes of delivered
+                                    results kept before the oldest are
+                                    forgotten early (tq_results.c); 0:
+                                    TQ_BROKER_RESULT_WINDOW */
     int max_lost;                /* 0: TQ_BROKER_MAX_LOST */
     uint32_t max_queue;          /* waiting tasks per queue, 0: no limit */
     uint64_t max_memory;         /* bytes of arguments and results held,
