@@ -334,6 +334,9 @@ s_io_send(tq_io_t *io, tq_request_t *r)
         m->retries = r->retries;
         m->backoff_ms = r->backoff_ms;
         m->delay_ms = r->delay_ms;
+        /* a RESULT acknowledges it as well (s_on_result): a broker may
+           fold SUBMITTED into it (PROTOCOL.md 5.1) */
+        m->features = TQ_FEATURE_FOLD;
         payload = &r->payload;
         break;
     case TQ_KIND_GET:
