@@ -29,6 +29,8 @@
 
 #define S_DEFAULT_LIVENESS_MS 3000
 #define S_SEND_HWM 10000 /* messages queued in libzmq before we hold them */
+#define S_INLINE_ARGS 32 /* arguments up to this size live in the zmq_msg_t
+                            (libzmq's "very small message", 33 bytes) */
 
 /* Why the last call of this thread that returned NULL failed before it
    reached the broker (tq_client_last_error). */
@@ -425,9 +427,20 @@ s_request_drop(tq_request_t *r)
 static void
 s_request_id(tq_request_t *r, const char *id)
 {
-    snprintf(r->id, sizeof r->id, "%s", id);
+    size_t len = strnlen(id, sizeof r->id - 1);
+    memcpy(r->id, id, len);
+    r->id[len] = 0;
     if (r->result)
-        memcpy(r->result->id, r->id, sizeof r->id);
+        memcpy(r->result->id, r->id, len + 1);
+}
+
+/* Writes n as 16 lowercase hex digits (no NUL). */
+static void
+s_hex64(char *dst, uint64_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, n >>= 4)
+        dst[i] = digits[n & 15];
 }
 
 /* Gives an operator request (STATUS, PURGE, FAILED) an id of its own,
@@ -546,10 +559,11 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         /* the caller's id may be a resubmission the broker knows */
         r->reget = true;
     } else {
-        char id[TQ_PROTO_MAX_ID + 1];
-        uint64_t n = atomic_fetch_add(&self->id_counter, 1);
-        snprintf(id, sizeof id, "%016" PRIx64 "%016" PRIx64, self->id_prefix,
-                 n);
+        /* "%016x%016x" of prefix and counter, without printf */
+        char id[33];
+        s_hex64(id, self->id_prefix);
+        s_hex64(id + 16, atomic_fetch_add(&self->id_counter, 1));
+        id[32] = 0;
         s_request_id(r, id);
     }
     r->retries = (uint32_t)options->retries;
@@ -572,7 +586,14 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     result->error_callback = options->error_callback;
     result->callback_arg = options->callback_arg;
     int rc;
-    if (args_owned)
+    if (args_owned && size <= S_INLINE_ARGS) {
+        /* small: inside the message itself (no allocation, and each
+           send's copy is a copy of a few bytes, not a shared buffer) */
+        if ((rc = zmq_msg_init_size(&r->payload, size)) == 0)
+            memcpy(zmq_msg_data(&r->payload), args_owned, size);
+        free(args_owned);
+        args_owned = NULL;
+    } else if (args_owned)
         rc = zmq_msg_init_data(&r->payload, args_owned, size, s_free_buffer,
                                NULL);
     else if ((rc = zmq_msg_init_size(&r->payload, size)) == 0)

@@ -24,6 +24,8 @@
    again (ms). */
 #define S_FULL_RETRY_MIN_MS 50
 #define S_FULL_RETRY_MAX_MS 1000
+/* answers read before the callers waiting on them are woken (at most) */
+#define S_WAKE_EVERY 32
 
 /* ---- containers --------------------------------------------------------- */
 
@@ -53,6 +55,117 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
     r->next = r->prev = NULL;
 }
 
+/* ---- the id table --------------------------------------------------- */
+
+#define S_TABLE_MIN 1024 /* buckets at first */
+
+/* FNV-1a over the id's bytes. */
+static uint64_t
+s_hash(const char *id, size_t len)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)id[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static bool
+s_id_is(const tq_request_t *r, const char *id, size_t len)
+{
+    return len <= TQ_PROTO_MAX_ID && r->id[len] == 0 &&
+        memcmp(r->id, id, len) == 0;
+}
+
+static tq_request_t **
+s_bucket(tq_io_table_t *t, const char *id, size_t len)
+{
+    return &t->buckets[s_hash(id, len) & (t->cap - 1)];
+}
+
+/* The head on id, NULL if none. */
+static tq_request_t *
+s_table_find(tq_io_table_t *t, const char *id, size_t len)
+{
+    if (!t->cap)
+        return NULL;
+    for (tq_request_t *h = *s_bucket(t, id, len); h; h = h->next_bucket)
+        if (s_id_is(h, id, len))
+            return h;
+    return NULL;
+}
+
+/* Doubles the buckets (at least S_TABLE_MIN): the heads move to theirs. */
+static void
+s_table_grow(tq_io_table_t *t)
+{
+    size_t cap = t->cap ? 2 * t->cap : S_TABLE_MIN;
+    tq_request_t **buckets = calloc(cap, sizeof *buckets);
+    assert(buckets);
+    for (size_t b = 0; b < t->cap; b++) {
+        tq_request_t *h = t->buckets[b];
+        while (h) {
+            tq_request_t *next = h->next_bucket;
+            tq_request_t **to =
+                &buckets[s_hash(h->id, strlen(h->id)) & (cap - 1)];
+            h->next_bucket = *to;
+            *to = h;
+            h = next;
+        }
+    }
+    free(t->buckets);
+    t->buckets = buckets;
+    t->cap = cap;
+}
+
+/* Adds head, whose id is not in the table. */
+static void
+s_table_add(tq_io_table_t *t, tq_request_t *head)
+{
+    if (t->count >= t->cap)
+        s_table_grow(t);
+    tq_request_t **b = s_bucket(t, head->id, strlen(head->id));
+    head->next_bucket = *b;
+    *b = head;
+    t->count++;
+}
+
+/* Puts by (NULL: nothing) in place of head, which leaves. */
+static void
+s_table_replace(tq_io_table_t *t, tq_request_t *head, tq_request_t *by)
+{
+    tq_request_t **pp = s_bucket(t, head->id, strlen(head->id));
+    while (*pp != head)
+        pp = &(*pp)->next_bucket;
+    if (by) {
+        by->next_bucket = head->next_bucket;
+        *pp = by;
+    } else {
+        *pp = head->next_bucket;
+        t->count--;
+    }
+    head->next_bucket = NULL;
+}
+
+tq_request_t *
+tq_io_first(tq_io_t *io, tq_io_iter_t *it)
+{
+    it->bucket = 0;
+    it->at = NULL;
+    return tq_io_next(io, it);
+}
+
+tq_request_t *
+tq_io_next(tq_io_t *io, tq_io_iter_t *it)
+{
+    if (it->at)
+        it->at = it->at->next_bucket;
+    while (!it->at && it->bucket < io->pending.cap)
+        it->at = io->pending.buckets[it->bucket++];
+    return it->at;
+}
+
 /* Adds r to the table: the chain of its id, and the FIFO for an operator
    request (an older broker answers those in order, without the id). */
 static void
@@ -68,9 +181,10 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
-    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    r->next_bucket = NULL;
+    tq_request_t *head = s_table_find(&io->pending, r->id, strlen(r->id));
     if (!head) {
-        zhashx_insert(io->pending, r->id, r);
+        s_table_add(&io->pending, r);
         return;
     }
     while (head->next_same)
@@ -93,7 +207,13 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
             r->next_fifo = NULL;
         }
     }
-    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    tq_request_t *head = s_table_find(&io->pending, r->id, strlen(r->id));
+    if (head == r) {
+        /* the next on its id, if any, heads the chain in its place */
+        s_table_replace(&io->pending, r, r->next_same);
+        r->next_same = NULL;
+        return;
+    }
     tq_request_t **pp = &head;
     while (*pp && *pp != r)
         pp = &(*pp)->next_same;
@@ -101,10 +221,6 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
         return;
     *pp = r->next_same;
     r->next_same = NULL;
-    if (head)
-        zhashx_update(io->pending, r->id, head);
-    else
-        zhashx_delete(io->pending, r->id);
 }
 
 /* Every request in the table, in a list of its own (borrowed entries):
@@ -114,8 +230,9 @@ tq_io_all(tq_io_t *io)
 {
     zlistx_t *all = zlistx_new();
     assert(all);
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *r = head; r; r = r->next_same)
             zlistx_add_end(all, r);
     return all; /* the FIFO's are in the id table too */
@@ -125,9 +242,7 @@ tq_io_all(tq_io_t *io)
 tq_request_t *
 tq_io_chain(tq_io_t *io, tq_str_t id)
 {
-    char key[TQ_PROTO_MAX_ID + 1];
-    tq_str_copy(key, sizeof key, id);
-    return zhashx_lookup(io->pending, key);
+    return id.ptr ? s_table_find(&io->pending, id.ptr, id.len) : NULL;
 }
 
 /* ---- the state machine -------------------------------------------------- */
@@ -157,7 +272,6 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
     tq_req_state_t from = r->state;
     tq_request_move(r, to); /* aborts on an illegal move */
     tq_client_count_move(io->client, from, to);
-    int64_t now = zclock_mono();
     if (from == TQ_REQ_QUEUED)
         s_list_remove(&io->out, r);
     else if (from == TQ_REQ_DEFERRED)
@@ -166,11 +280,11 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
     if (was && !is)
         io->unacked--;
     else if (!was && is && io->unacked++ == 0)
-        io->unacked_since = now;
+        io->unacked_since = zclock_mono();
     if (from == TQ_REQ_NEW && !tq_request_final(to)) {
         s_index_add(io, r);
         if (io->waiting++ == 0)
-            io->waiting_since = now;
+            io->waiting_since = zclock_mono();
     }
     switch (to) {
     case TQ_REQ_QUEUED:
@@ -318,7 +432,7 @@ s_msg_clear(tq_msg_t *m)
    for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
    later (r stays QUEUED). */
 static int
-s_io_send(tq_io_t *io, tq_request_t *r)
+s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
 {
     tq_msg_t *m = &io->out_msg;
     s_msg_clear(m);
@@ -402,7 +516,7 @@ s_io_send(tq_io_t *io, tq_request_t *r)
         return TQ_OK;
     }
     r->epoch = io->epoch;
-    r->sent_ms = zclock_mono();
+    r->sent_ms = now;
     r->dropped_ping = 0; /* a new send, a new answer */
     tq_io_move(io, r, TQ_REQ_SENT);
     return TQ_OK;
@@ -414,8 +528,9 @@ s_io_flush(tq_io_t *io)
 {
     if (io->standby || !io->client->socket)
         return; /* a standby would answer TQ_ESTANDBY: wait for the move */
+    int64_t now = io->out.head ? zclock_mono() : 0;
     while (io->out.head)
-        if (s_io_send(io, io->out.head) != TQ_OK)
+        if (s_io_send(io, io->out.head, now) != TQ_OK)
             return;
     /* after a broker came back: GET wait=true for results still awaited */
     while (zlistx_size(io->regets)) {
@@ -456,8 +571,9 @@ s_io_terminate(tq_io_t *io, tq_request_t *r)
     zlistx_t *ids = zlistx_new();
     assert(ids);
     zlistx_set_destructor(ids, (zlistx_destructor_fn *)zstr_free);
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *h = head; h; h = h->next_same)
             if (h->kind == TQ_KIND_SUBMIT ||
                 (h->kind == TQ_KIND_GET && h->wait)) {
@@ -788,7 +904,15 @@ int
 tq_io_recv(tq_io_t *io)
 {
     int i;
+    int64_t heard_at = 0;
+    /* a caller collecting a burst is woken once per S_WAKE_EVERY
+       answers at most, not per answer (tq_result_hold_wakeups) */
+    tq_result_hold_wakeups();
     for (i = 0; io->client->socket && i < TQ_IO_RECV_BATCH; i++) {
+        if (i > 0 && i % S_WAKE_EVERY == 0) {
+            tq_result_release_wakeups();
+            tq_result_hold_wakeups();
+        }
         int rc =
             tq_wire_recv(io->client->socket, &io->frames, false, ZMQ_DONTWAIT);
         if (rc == -1)
@@ -800,14 +924,18 @@ tq_io_recv(tq_io_t *io)
             s_io_log_bad(io, "message", "wrong number of frames");
         if (!alive)
             continue;
-        /* any other message, even a bad one, shows the broker is alive */
-        io->last_heard = zclock_mono();
+        /* any other message, even a bad one, shows the broker is alive
+           (the time read once per batch) */
+        if (!heard_at)
+            heard_at = zclock_mono();
+        io->last_heard = heard_at;
         io->silent_moves = io->standby_moves = 0;
         if (io->broker_lost) {
             io->broker_lost = false;
             tq_io_reattach(io);
         }
     }
+    tq_result_release_wakeups();
     return i;
 }
 
@@ -1019,8 +1147,6 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_io_t *io = calloc(1, sizeof *io);
     assert(io);
     tq_client_t *c = io->client = args;
-    io->pending = zhashx_new();
-    assert(io->pending);
     io->regets = zlistx_new();
     assert(io->regets);
     zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);
@@ -1128,7 +1254,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
        of the DEALER, for ever. */
     tq_client_socket_close(c);
     pthread_mutex_unlock(&c->io_lock);
-    zhashx_destroy(&io->pending);
+    free(io->pending.buckets);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
     free(io);

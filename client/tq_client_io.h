@@ -30,11 +30,27 @@ typedef struct tq_io_later_s {
     zmq_msg_t value;
 } tq_io_later_t;
 
+/* The table of requests by id: a bucket array of chain heads (linked on
+   next_bucket), each the head of the requests on its id (next_same).
+   Keys are the heads' own ids: no copies, no allocation per entry. */
+typedef struct {
+    tq_request_t **buckets; /* cap of them, a power of 2 */
+    size_t cap;
+    size_t count; /* ids in it */
+} tq_io_table_t;
+
+/* A walk over the table's chain heads (tq_io_first, tq_io_next); the
+   table must not change during it. */
+typedef struct {
+    size_t bucket;
+    tq_request_t *at;
+} tq_io_iter_t;
+
 /* The I/O thread's state (under the client's io_lock). */
 typedef struct tq_io_s {
     tq_client_t *client;
-    zhashx_t *pending; /* id -> chain of requests (next_same) that are
-                          neither NEW nor final */
+    tq_io_table_t pending; /* id -> chain of requests (next_same) that are
+                              neither NEW nor final */
     tq_request_t *fifo_head; /* operator requests (STATUS, PURGE, FAILED)
                                 in send order (next_fifo), for a broker
                                 that answers them without their id */
@@ -97,6 +113,10 @@ zlistx_t *tq_io_all(tq_io_t *io);
 
 /* The chain of requests on id (borrowed), NULL if none. */
 tq_request_t *tq_io_chain(tq_io_t *io, tq_str_t id);
+
+/* The first chain head of the table (it), or NULL; then the next. */
+tq_request_t *tq_io_first(tq_io_t *io, tq_io_iter_t *it);
+tq_request_t *tq_io_next(tq_io_t *io, tq_io_iter_t *it);
 
 /* Reads and handles up to TQ_IO_RECV_BATCH messages; returns how many. */
 int tq_io_recv(tq_io_t *io);

@@ -106,8 +106,9 @@ static size_t
 s_io_reget_acked(tq_io_t *io)
 {
     size_t n = 0;
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *h = head; h; h = h->next_same)
             if (h->state == TQ_REQ_ACKED &&
                 (h->kind == TQ_KIND_SUBMIT ||
