@@ -461,8 +461,12 @@ static tq_result_t *
 s_client_push(tq_client_t *self, tq_request_t *r)
 {
     tq_result_t *result = r->result;
+    /* io_lock before lock, as the I/O thread takes them */
+    bool held = r->kind != TQ_KIND_TERMINATE && tq_client_io_lock(self, 0);
     pthread_mutex_lock(&self->lock);
     if (self->closed) {
+        if (held)
+            pthread_mutex_unlock(&self->io_lock);
         pthread_mutex_unlock(&self->lock);
         if (result)
             tq_result_fail(result, TQ_ECLOSED, "the client was closed");
@@ -479,7 +483,7 @@ s_client_push(tq_client_t *self, tq_request_t *r)
        which sends it in batches while this thread makes more. Not
        TERMINATE, which runs callbacks of handles; the trylock also keeps
        a callback (run by whoever holds io_lock) from waiting on itself. */
-    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self)) {
+    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self, held)) {
         tq_request_t *queued = self->queue_head;
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);

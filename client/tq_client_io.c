@@ -57,9 +57,9 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
 
 /* ---- the id table --------------------------------------------------- */
 
-#define S_TABLE_MIN 1024 /* buckets at first */
+#define S_TABLE_MIN 1024 /* slots at first */
 
-/* FNV-1a over the id's bytes. */
+/* FNV-1a over the id's bytes, its high bits folded in. */
 static uint64_t
 s_hash(const char *id, size_t len)
 {
@@ -78,10 +78,18 @@ s_id_is(const tq_request_t *r, const char *id, size_t len)
         memcmp(r->id, id, len) == 0;
 }
 
-static tq_request_t **
-s_bucket(tq_io_table_t *t, const char *id, size_t len)
+/* The slot of id (hash h): its head's, or the empty one where it would
+   go. The table has an empty slot (it is at most half full). */
+static tq_io_slot_t *
+s_table_slot(tq_io_table_t *t, uint64_t h, const char *id, size_t len)
 {
-    return &t->buckets[s_hash(id, len) & (t->cap - 1)];
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        tq_io_slot_t *slot = &t->slots[i];
+        if (!slot->head ||
+            (slot->hash == h && s_id_is(slot->head, id, len)))
+            return slot;
+    }
 }
 
 /* The head on id, NULL if none. */
@@ -90,80 +98,84 @@ s_table_find(tq_io_table_t *t, const char *id, size_t len)
 {
     if (!t->cap)
         return NULL;
-    for (tq_request_t *h = *s_bucket(t, id, len); h; h = h->next_bucket)
-        if (s_id_is(h, id, len))
-            return h;
-    return NULL;
+    return s_table_slot(t, s_hash(id, len), id, len)->head;
 }
 
-/* Doubles the buckets (at least S_TABLE_MIN): the heads move to theirs. */
+/* Doubles the slots (at least S_TABLE_MIN): the heads move to theirs. */
 static void
 s_table_grow(tq_io_table_t *t)
 {
-    size_t cap = t->cap ? 2 * t->cap : S_TABLE_MIN;
-    tq_request_t **buckets = calloc(cap, sizeof *buckets);
-    assert(buckets);
-    for (size_t b = 0; b < t->cap; b++) {
-        tq_request_t *h = t->buckets[b];
-        while (h) {
-            tq_request_t *next = h->next_bucket;
-            tq_request_t **to =
-                &buckets[s_hash(h->id, strlen(h->id)) & (cap - 1)];
-            h->next_bucket = *to;
-            *to = h;
-            h = next;
-        }
+    tq_io_table_t bigger = {.cap = t->cap ? 2 * t->cap : S_TABLE_MIN,
+                            .count = t->count};
+    bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
+    assert(bigger.slots);
+    for (size_t i = 0; i < t->cap; i++) {
+        tq_request_t *h = t->slots[i].head;
+        if (h)
+            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) =
+                t->slots[i];
     }
-    free(t->buckets);
-    t->buckets = buckets;
-    t->cap = cap;
+    free(t->slots);
+    *t = bigger;
 }
 
-/* Adds head, whose id is not in the table. */
+/* Adds head (its hash set), whose id is not in the table. */
 static void
 s_table_add(tq_io_table_t *t, tq_request_t *head)
 {
-    if (t->count >= t->cap)
+    if (2 * (t->count + 1) > t->cap)
         s_table_grow(t);
-    tq_request_t **b = s_bucket(t, head->id, strlen(head->id));
-    head->next_bucket = *b;
-    *b = head;
+    tq_io_slot_t *slot =
+        s_table_slot(t, head->hash, head->id, strlen(head->id));
+    slot->hash = head->hash;
+    slot->head = head;
     t->count++;
 }
 
-/* Puts by (NULL: nothing) in place of head, which leaves. */
+/* Puts by (NULL: nothing) in the place of head (in slot), which leaves.
+   A slot emptied is filled again by the entries after it that probed
+   past it (deletion without tombstones). */
 static void
-s_table_replace(tq_io_table_t *t, tq_request_t *head, tq_request_t *by)
+s_table_replace(tq_io_table_t *t, tq_io_slot_t *slot, tq_request_t *by)
 {
-    tq_request_t **pp = s_bucket(t, head->id, strlen(head->id));
-    while (*pp != head)
-        pp = &(*pp)->next_bucket;
     if (by) {
-        by->next_bucket = head->next_bucket;
-        *pp = by;
-    } else {
-        *pp = head->next_bucket;
-        t->count--;
+        slot->head = by;
+        return;
     }
-    head->next_bucket = NULL;
+    size_t mask = t->cap - 1;
+    size_t hole = (size_t)(slot - t->slots);
+    t->slots[hole].head = NULL;
+    t->count--;
+    for (size_t i = (hole + 1) & mask; t->slots[i].head; i = (i + 1) & mask) {
+        size_t home = t->slots[i].hash & mask;
+        /* the entry may move to the hole if its home is not in
+           (hole, i] going round */
+        bool between = hole <= i ? (home > hole && home <= i)
+                                 : (home > hole || home <= i);
+        if (!between) {
+            t->slots[hole] = t->slots[i];
+            t->slots[i].head = NULL;
+            hole = i;
+        }
+    }
 }
 
 tq_request_t *
 tq_io_first(tq_io_t *io, tq_io_iter_t *it)
 {
-    it->bucket = 0;
-    it->at = NULL;
+    it->slot = 0;
     return tq_io_next(io, it);
 }
 
 tq_request_t *
 tq_io_next(tq_io_t *io, tq_io_iter_t *it)
 {
-    if (it->at)
-        it->at = it->at->next_bucket;
-    while (!it->at && it->bucket < io->pending.cap)
-        it->at = io->pending.buckets[it->bucket++];
-    return it->at;
+    while (it->slot < io->pending.cap) {
+        tq_request_t *h = io->pending.slots[it->slot++].head;
+        if (h)
+            return h;
+    }
+    return NULL;
 }
 
 /* Adds r to the table: the chain of its id, and the FIFO for an operator
@@ -181,8 +193,9 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
-    r->next_bucket = NULL;
-    tq_request_t *head = s_table_find(&io->pending, r->id, strlen(r->id));
+    size_t len = strlen(r->id);
+    r->hash = s_hash(r->id, len);
+    tq_request_t *head = s_table_find(&io->pending, r->id, len);
     if (!head) {
         s_table_add(&io->pending, r);
         return;
@@ -207,10 +220,14 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
             r->next_fifo = NULL;
         }
     }
-    tq_request_t *head = s_table_find(&io->pending, r->id, strlen(r->id));
+    if (!io->pending.cap)
+        return;
+    tq_io_slot_t *slot =
+        s_table_slot(&io->pending, r->hash, r->id, strlen(r->id));
+    tq_request_t *head = slot->head;
     if (head == r) {
         /* the next on its id, if any, heads the chain in its place */
-        s_table_replace(&io->pending, r, r->next_same);
+        s_table_replace(&io->pending, slot, r->next_same);
         r->next_same = NULL;
         return;
     }
@@ -285,6 +302,8 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
         s_index_add(io, r);
         if (io->waiting++ == 0)
             io->waiting_since = zclock_mono();
+        atomic_store_explicit(&io->client->waiting_hint, io->waiting,
+                              memory_order_relaxed);
     }
     switch (to) {
     case TQ_REQ_QUEUED:
@@ -298,6 +317,8 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
         if (from != TQ_REQ_NEW) {
             s_index_remove(io, r);
             io->waiting--;
+            atomic_store_explicit(&io->client->waiting_hint, io->waiting,
+                                  memory_order_relaxed);
         }
         s_io_end(r);
         break;
@@ -955,8 +976,14 @@ s_io_release(tq_client_t *c, bool wake)
             (events & ZMQ_POLLIN))
             wake = true;
     }
+    /* the I/O thread sleeps without the socket until it has it back; with
+       nothing awaited nothing can come for it (a broker never sends a
+       client anything unasked): it takes the socket again when it wakes
+       by itself (at most a third of the liveness) or for a request, so a
+       round trip does not wake it twice for nothing */
+    bool awaited = c->io->waiting > 0;
     pthread_mutex_unlock(&c->io_lock);
-    if (atomic_exchange(&c->io_handback, false))
+    if (atomic_exchange(&c->io_handback, false) && awaited)
         wake = true;
     if (wake) {
         uint64_t one = 1;
@@ -965,14 +992,36 @@ s_io_release(tq_client_t *c, bool wake)
     }
 }
 
+#define S_LOCK_WAIT_NS 1000000 /* tq_client_io_lock's bound: 1 ms */
+
 bool
-tq_client_io_try_send(tq_client_t *c)
+tq_client_io_lock(tq_client_t *c, size_t alone)
 {
-    if (!c->io || pthread_mutex_trylock(&c->io_lock) != 0)
-        return false;
-    if (c->io->waiting == 0)
+    if (pthread_mutex_trylock(&c->io_lock) == 0)
         return true;
-    pthread_mutex_unlock(&c->io_lock);
+    /* never on the I/O thread or a thread that reads for it (callbacks
+       run there, holding it), and not while a stream is awaited */
+    if (s_on_io_thread || s_leading || atomic_load(&c->waiting_hint) > alone)
+        return false;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += S_LOCK_WAIT_NS;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return pthread_mutex_timedlock(&c->io_lock, &ts) == 0;
+}
+
+bool
+tq_client_io_try_send(tq_client_t *c, bool held)
+{
+    if (!held && pthread_mutex_trylock(&c->io_lock) != 0)
+        return false;
+    if (c->io && c->io->waiting == 0)
+        return true;
+    if (c->io)
+        s_io_release(c, false); /* wakes the I/O thread if it must look */
+    else
+        pthread_mutex_unlock(&c->io_lock);
     return false;
 }
 
@@ -1026,11 +1075,16 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
 {
     if (s_on_io_thread)
         return;
-    pthread_mutex_lock(&c->lock);
-    bool lead = c->io && !c->closed && pthread_mutex_trylock(&c->io_lock) == 0;
-    pthread_mutex_unlock(&c->lock);
-    if (!lead)
+    /* io_lock before lock, as the I/O thread takes them */
+    if (!tq_client_io_lock(c, 1))
         return;
+    pthread_mutex_lock(&c->lock);
+    bool lead = c->io && !c->closed;
+    pthread_mutex_unlock(&c->lock);
+    if (!lead) {
+        pthread_mutex_unlock(&c->io_lock);
+        return;
+    }
     tq_io_t *io = c->io;
     if (io->waiting > 1) {
         /* a stream of answers (a burst collected) is the I/O thread's:
@@ -1254,7 +1308,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
        of the DEALER, for ever. */
     tq_client_socket_close(c);
     pthread_mutex_unlock(&c->io_lock);
-    free(io->pending.buckets);
+    free(io->pending.slots);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
     free(io);

@@ -30,11 +30,19 @@ typedef struct tq_io_later_s {
     zmq_msg_t value;
 } tq_io_later_t;
 
-/* The table of requests by id: a bucket array of chain heads (linked on
-   next_bucket), each the head of the requests on its id (next_same).
-   Keys are the heads' own ids: no copies, no allocation per entry. */
+/* A slot of the id table: the head of the requests on one id (chained
+   on next_same) and the hash of that id. */
 typedef struct {
-    tq_request_t **buckets; /* cap of them, a power of 2 */
+    uint64_t hash;
+    tq_request_t *head; /* NULL: empty */
+} tq_io_slot_t;
+
+/* The table of requests by id: open addressing (linear probing, at most
+   half full) over the heads' own ids, their hashes in the slots, so a
+   lookup reads the slots and the one request it finds: no copies, no
+   allocation per entry. */
+typedef struct {
+    tq_io_slot_t *slots; /* cap of them, a power of 2 */
     size_t cap;
     size_t count; /* ids in it */
 } tq_io_table_t;
@@ -42,8 +50,7 @@ typedef struct {
 /* A walk over the table's chain heads (tq_io_first, tq_io_next); the
    table must not change during it. */
 typedef struct {
-    size_t bucket;
-    tq_request_t *at;
+    size_t slot;
 } tq_io_iter_t;
 
 /* The I/O thread's state (under the client's io_lock). */

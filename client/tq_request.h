@@ -86,8 +86,7 @@ struct tq_request_t {
     tq_request_t *next; /* submission queue, outbound or deferred list */
     tq_request_t *prev; /* outbound or deferred list */
     tq_request_t *next_same; /* chain of requests on one id */
-    tq_request_t *next_bucket; /* a chain head: the next head in its
-                                  bucket of the id table */
+    uint64_t hash; /* of id, while in the I/O thread's id table */
     tq_request_t *next_fifo; /* the FIFO (TQ_REQ_IS_FIFO kinds) */
     int64_t dropped_ping; /* ms, the PING of the PONG that said replies
                              were dropped while this one was unanswered
