@@ -35,6 +35,8 @@
 /* Why the last call of this thread that returned NULL failed before it
    reached the broker (tq_client_last_error). */
 static _Thread_local int s_last_code;
+/* This thread waits for the request it makes now (tq_apply). */
+static _Thread_local bool s_will_wait;
 static _Thread_local char s_last_text[256];
 
 static void s_set_last_error(int code, const char *format, ...)
@@ -488,7 +490,7 @@ s_client_push(tq_client_t *self, tq_request_t *r)
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);
         r->next = NULL;
-        tq_client_io_send_now(self, queued, r);
+        tq_client_io_send_now(self, queued, r, s_will_wait);
         return result;
     }
     bool was_empty = self->queue_head == NULL;
@@ -654,7 +656,9 @@ tq_apply(tq_client_t *self, const char *task, const tq_options_t *options,
                          picture ? picture : "(null)");
         return NULL;
     }
+    s_will_wait = true;
     tq_result_t *r = s_submit(self, task, options, buf.data, NULL, buf.size);
+    s_will_wait = false;
     if (r)
         tq_result_get(r, timeout_ms);
     return r;

@@ -41,6 +41,8 @@ struct tq_client_t {
        sleeps without the socket: whoever releases io_lock next wakes it
        (wake_fd) */
     atomic_bool io_handback;
+    /* the I/O thread sleeps without the socket (see io_handback) */
+    atomic_bool io_socketless;
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;
     bool closed;
@@ -77,9 +79,11 @@ bool tq_client_io_try_send(tq_client_t *self, bool held);
 
 /* Sends requests (NEW) from the calling thread, which took io_lock while
    the I/O thread slept (self->io set): the chain `queued` (on next, taken
-   off the submission queue) first, then r. Releases io_lock. */
+   off the submission queue) first, then r. Releases io_lock. will_lead:
+   the caller waits for r's answer next (tq_client_io_lead), so an I/O
+   thread asleep without the socket is left so. */
 void tq_client_io_send_now(tq_client_t *self, tq_request_t *queued,
-                           tq_request_t *r);
+                           tq_request_t *r, bool will_lead);
 
 /* Opens the client's DEALER (and its monitor) and connects it to
    endpoint; 0, or -1 with the reason logged (nothing left open). */

@@ -331,6 +331,8 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
    socket (tq_client_io_lead). */
 static _Thread_local bool s_on_io_thread;
 static _Thread_local bool s_leading;
+/* The handle a leading caller waits for (tq_client_io_lead). */
+static _Thread_local tq_result_t *s_lead_handle;
 
 /* True if result must be finished by the I/O thread: a caller reads the
    socket, and the handle has callbacks (they run on the I/O thread). */
@@ -520,6 +522,7 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         zmq_msg_copy(&copy, payload);
         payload = &copy;
     }
+    io->sends++;
     int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
                               ZMQ_DONTWAIT);
     int err = errno;
@@ -560,6 +563,7 @@ s_io_flush(tq_io_t *io)
         io->out_msg.command = TQ_CMD_GET;
         io->out_msg.id = tq_str(id);
         io->out_msg.wait = true;
+        io->sends++;
         int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out_msg,
                                   &io->buf, NULL, ZMQ_DONTWAIT);
         if (rc == -1 && (errno == EAGAIN || errno == EINTR))
@@ -575,6 +579,7 @@ tq_io_send_simple(tq_io_t *io, uint8_t command)
     io->out_msg.command = command;
     /* best effort: a PING or PONG that cannot go out now is not queued, the
        liveness check covers it */
+    io->sends++;
     if (io->client->socket)
         tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf, NULL,
                          ZMQ_DONTWAIT);
@@ -926,6 +931,7 @@ tq_io_recv(tq_io_t *io)
 {
     int i;
     int64_t heard_at = 0;
+    io->drained = NULL;
     /* a caller collecting a burst is woken once per S_WAKE_EVERY
        answers at most, not per answer (tq_result_hold_wakeups) */
     tq_result_hold_wakeups();
@@ -936,15 +942,27 @@ tq_io_recv(tq_io_t *io)
         }
         int rc =
             tq_wire_recv(io->client->socket, &io->frames, false, ZMQ_DONTWAIT);
-        if (rc == -1)
+        if (rc == -1) {
+            io->drained = io->client->socket;
             break;
+        }
         bool alive = true;
         if (rc == TQ_OK)
             alive = s_io_dispatch(io);
         else
             s_io_log_bad(io, "message", "wrong number of frames");
-        if (!alive)
+        /* a leading caller stops at its answer: what may follow is
+           seen by s_io_release (ZMQ_EVENTS), which hands it to the I/O
+           thread, without one more read that finds nothing */
+        bool stop = s_lead_handle &&
+            (io->later || tq_result_final(s_lead_handle));
+        if (!alive) {
+            if (stop) {
+                i++;
+                break;
+            }
             continue;
+        }
         /* any other message, even a bad one, shows the broker is alive
            (the time read once per batch) */
         if (!heard_at)
@@ -955,16 +973,35 @@ tq_io_recv(tq_io_t *io)
             io->broker_lost = false;
             tq_io_reattach(io);
         }
+        if (stop) {
+            i++;
+            break;
+        }
     }
     tq_result_release_wakeups();
     return i;
 }
 
+/* How s_io_release leaves an I/O thread that sleeps without the socket
+   (c->io_socketless): */
+typedef enum {
+    S_GIVE_BACK, /* wake it to take the socket again */
+    S_LEAD_DONE, /* a caller read its own answer: only if something else
+                    is awaited (with nothing awaited nothing can come: a
+                    broker never sends a client anything unasked; it takes
+                    the socket again when it wakes by itself, at most a
+                    third of the liveness, or for a request) */
+    S_WILL_LEAD, /* a caller sent its request and reads the answer itself
+                    next (tq_apply): not now (tq_client_io_lead gives the
+                    socket back if it cannot lead after all) */
+} s_release_t;
+
 /* Releases io_lock taken by a caller, and wakes the I/O thread if it
    must look: it slept without the socket while the caller held it
-   (io_handback), handles wait for it (later), or wake. */
+   (io_handback, io_socketless; see s_release_t), handles wait for it
+   (later), or wake. */
 static void
-s_io_release(tq_client_t *c, bool wake)
+s_io_release(tq_client_t *c, bool wake, s_release_t mode)
 {
     wake |= c->io->later != NULL;
     /* input this thread's sends and reads hid from the I/O thread's poll:
@@ -976,14 +1013,12 @@ s_io_release(tq_client_t *c, bool wake)
             (events & ZMQ_POLLIN))
             wake = true;
     }
-    /* the I/O thread sleeps without the socket until it has it back; with
-       nothing awaited nothing can come for it (a broker never sends a
-       client anything unasked): it takes the socket again when it wakes
-       by itself (at most a third of the liveness) or for a request, so a
-       round trip does not wake it twice for nothing */
-    bool awaited = c->io->waiting > 0;
+    bool give_back = mode == S_GIVE_BACK ||
+        (mode == S_LEAD_DONE && c->io->waiting > 0);
     pthread_mutex_unlock(&c->io_lock);
-    if (atomic_exchange(&c->io_handback, false) && awaited)
+    if (atomic_exchange(&c->io_handback, false) && give_back)
+        wake = true;
+    if (give_back && atomic_load(&c->io_socketless))
         wake = true;
     if (wake) {
         uint64_t one = 1;
@@ -1019,7 +1054,8 @@ tq_client_io_try_send(tq_client_t *c, bool held)
     if (c->io && c->io->waiting == 0)
         return true;
     if (c->io)
-        s_io_release(c, false); /* wakes the I/O thread if it must look */
+        /* wakes the I/O thread if it must look */
+        s_io_release(c, false, S_GIVE_BACK);
     else
         pthread_mutex_unlock(&c->io_lock);
     return false;
@@ -1032,7 +1068,8 @@ tq_client_io_try_send(tq_client_t *c, bool held)
    (ZMQ_FD signals edges), output libzmq would not take yet, or a sleep
    too long for the liveness of a request now waiting. */
 void
-tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
+tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r,
+                      bool will_lead)
 {
     tq_io_t *io = c->io;
     atomic_fetch_add(&c->sent_by_caller, 1);
@@ -1048,7 +1085,7 @@ tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
     if (!wake && io->waiting && io->wake_at != 0 &&
         io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
         wake = true;
-    s_io_release(c, wake);
+    s_io_release(c, wake, will_lead ? S_WILL_LEAD : S_GIVE_BACK);
 }
 
 /* The poll timeout: the liveness work's, or a tick of a third of the
@@ -1076,24 +1113,34 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
     if (s_on_io_thread)
         return;
     /* io_lock before lock, as the I/O thread takes them */
-    if (!tq_client_io_lock(c, 1))
+    if (!tq_client_io_lock(c, 1)) {
+        /* whoever holds it gives the socket back when it lets go; an I/O
+           thread left without it for this caller (S_WILL_LEAD) is woken */
+        if (atomic_load(&c->io_socketless)) {
+            uint64_t one = 1;
+            if (write(c->wake_fd, &one, sizeof one) < 0)
+                zsys_warning("tq client: eventfd write: %s", strerror(errno));
+        }
         return;
+    }
     pthread_mutex_lock(&c->lock);
     bool lead = c->io && !c->closed;
     pthread_mutex_unlock(&c->lock);
     if (!lead) {
-        pthread_mutex_unlock(&c->io_lock);
+        pthread_mutex_unlock(&c->io_lock); /* no I/O thread to wake */
         return;
     }
     tq_io_t *io = c->io;
     if (io->waiting > 1) {
         /* a stream of answers (a burst collected) is the I/O thread's:
            a caller leading there would wake it for nothing per answer */
-        s_io_release(c, false);
+        s_io_release(c, false, S_GIVE_BACK);
         return;
     }
     s_leading = true;
+    s_lead_handle = h;
     for (;;) {
+        uint64_t sends = io->sends;
         if (tq_io_recv(io) > 0)
             atomic_fetch_add(&c->led, 1);
         s_io_flush(io);
@@ -1114,11 +1161,16 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
         if (!socket || io->standby || io->out.head || zlistx_size(io->regets) ||
             zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
             break;
-        size = sizeof events;
-        if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
-            break;
-        if (events & ZMQ_POLLIN)
-            continue;
+        /* a read that found the socket empty, with nothing sent since
+           (a send may take the command that would signal ZMQ_FD), left
+           ZMQ_FD to signal the next message: no need to ask again */
+        if (io->drained != socket || io->sends != sends) {
+            size = sizeof events;
+            if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+                break;
+            if (events & ZMQ_POLLIN)
+                continue;
+        }
         zmq_pollitem_t items[2] = {{NULL, fd, ZMQ_POLLIN, 0},
                                    {NULL, c->wake_fd, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR)
@@ -1127,7 +1179,8 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
             break; /* the I/O thread, or a request, needs the socket */
     }
     s_leading = false;
-    s_io_release(c, false);
+    s_lead_handle = NULL;
+    s_io_release(c, false, S_LEAD_DONE);
 }
 
 /* Takes io_lock after a poll (items, count, rc its result) found it held:
@@ -1154,7 +1207,9 @@ s_io_relock(tq_client_t *c, zmq_pollitem_t *items, int count, int on_socket,
         items[on_socket].fd = -1; /* poll(2) skips it */
         for (int i = 0; i < count; i++)
             items[i].revents = 0;
+        atomic_store(&c->io_socketless, true);
         (void)zmq_poll(items, count, timeout);
+        atomic_store(&c->io_socketless, false);
         if (pthread_mutex_trylock(&c->io_lock) == 0)
             return;
     }

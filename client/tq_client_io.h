@@ -101,6 +101,9 @@ typedef struct tq_io_s {
     tq_io_later_t *later_tail;
     int64_t wake_at; /* ms, when the sleeping I/O thread wakes by itself
                         (INT64_MAX: not before an event); 0 awake */
+    uint64_t sends; /* messages handed to libzmq so far */
+    void *drained; /* the socket the last tq_io_recv found empty, or
+                      NULL (it stopped before) */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final
