@@ -29,8 +29,9 @@
 
 #define S_DEFAULT_LIVENESS_MS 3000
 #define S_SEND_HWM 10000 /* messages queued in libzmq before we hold them */
-#define S_INLINE_ARGS 32 /* arguments up to this size live in the zmq_msg_t
-                            (libzmq's "very small message", 33 bytes) */
+/* arguments up to this size live in the zmq_msg_t (libzmq's "very small
+   message", 33 bytes) */
+#define S_INLINE_ARGS 32
 
 /* Why the last call of this thread that returned NULL failed before it
    reached the broker (tq_client_last_error). */

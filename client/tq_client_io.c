@@ -86,8 +86,7 @@ s_table_slot(tq_io_table_t *t, uint64_t h, const char *id, size_t len)
     size_t mask = t->cap - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
         tq_io_slot_t *slot = &t->slots[i];
-        if (!slot->head ||
-            (slot->hash == h && s_id_is(slot->head, id, len)))
+        if (!slot->head || (slot->hash == h && s_id_is(slot->head, id, len)))
             return slot;
     }
 }
@@ -112,8 +111,7 @@ s_table_grow(tq_io_table_t *t)
     for (size_t i = 0; i < t->cap; i++) {
         tq_request_t *h = t->slots[i].head;
         if (h)
-            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) =
-                t->slots[i];
+            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) = t->slots[i];
     }
     free(t->slots);
     *t = bigger;
@@ -150,8 +148,8 @@ s_table_replace(tq_io_table_t *t, tq_io_slot_t *slot, tq_request_t *by)
         size_t home = t->slots[i].hash & mask;
         /* the entry may move to the hole if its home is not in
            (hole, i] going round */
-        bool between = hole <= i ? (home > hole && home <= i)
-                                 : (home > hole || home <= i);
+        bool between =
+            hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
         if (!between) {
             t->slots[hole] = t->slots[i];
             t->slots[i].head = NULL;
@@ -954,8 +952,8 @@ tq_io_recv(tq_io_t *io)
         /* a leading caller stops at its answer: what may follow is
            seen by s_io_release (ZMQ_EVENTS), which hands it to the I/O
            thread, without one more read that finds nothing */
-        bool stop = s_lead_handle &&
-            (io->later || tq_result_final(s_lead_handle));
+        bool stop =
+            s_lead_handle && (io->later || tq_result_final(s_lead_handle));
         if (!alive) {
             if (stop) {
                 i++;
@@ -1013,8 +1011,8 @@ s_io_release(tq_client_t *c, bool wake, s_release_t mode)
             (events & ZMQ_POLLIN))
             wake = true;
     }
-    bool give_back = mode == S_GIVE_BACK ||
-        (mode == S_LEAD_DONE && c->io->waiting > 0);
+    bool give_back =
+        mode == S_GIVE_BACK || (mode == S_LEAD_DONE && c->io->waiting > 0);
     pthread_mutex_unlock(&c->io_lock);
     if (atomic_exchange(&c->io_handback, false) && give_back)
         wake = true;
