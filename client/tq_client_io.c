@@ -1110,10 +1110,12 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
 {
     if (s_on_io_thread)
         return;
-    /* io_lock before lock, as the I/O thread takes them */
-    if (!tq_client_io_lock(c, 1)) {
-        /* whoever holds it gives the socket back when it lets go; an I/O
-           thread left without it for this caller (S_WILL_LEAD) is woken */
+    /* a stream of answers (a burst collected) is the I/O thread's: a
+       caller leading there would wake it for nothing per answer; seen
+       here, before this thread touches io_lock or the socket. Whoever
+       holds io_lock gives the socket back when it lets go; an I/O thread
+       left without it for this caller (S_WILL_LEAD) is woken. */
+    if (atomic_load(&c->waiting_hint) > 1 || !tq_client_io_lock(c, 1)) {
         if (atomic_load(&c->io_socketless)) {
             uint64_t one = 1;
             if (write(c->wake_fd, &one, sizeof one) < 0)
