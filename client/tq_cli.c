@@ -956,6 +956,9 @@ tq_cli_submit(tq_client_t *client, int argc, char **argv)
         tq_cli_pack_arg(&pk, args[i], strlen(args[i]));
     free(args);
 
+    /* it waits for the acknowledgement itself: no folding (PROTOCOL.md
+       5.1) that would hold it back while a long task runs */
+    tq_client_set_fold(client, false);
     tq_result_t *r = tq_apply_async_raw(client, task, &opts, args_buf.data,
                                         args_buf.size);
     msgpack_sbuffer_destroy(&args_buf);

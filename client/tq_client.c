@@ -391,6 +391,13 @@ tq_client_set_liveness(tq_client_t *self, int timeout_ms)
         zsys_warning("tq client: eventfd write: %s", strerror(errno));
 }
 
+void
+tq_client_set_fold(tq_client_t *self, bool fold)
+{
+    assert(self);
+    atomic_store(&self->no_fold, !fold);
+}
+
 const char *
 tq_client_endpoint(tq_client_t *self)
 {

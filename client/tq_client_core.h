@@ -47,6 +47,7 @@ struct tq_client_t {
     tq_request_t *queue_tail;
     bool closed;
     atomic_int liveness_ms;
+    atomic_bool no_fold; /* SUBMITs without TQ_FEATURE_FOLD */
     uint64_t id_prefix; /* 64 random bits */
     atomic_uint_fast64_t id_counter;
     pid_t pid; /* the process that made it */

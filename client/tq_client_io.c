@@ -471,7 +471,8 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         m->delay_ms = r->delay_ms;
         /* a RESULT acknowledges it as well (s_on_result): a broker may
            fold SUBMITTED into it (PROTOCOL.md 5.1) */
-        m->features = TQ_FEATURE_FOLD;
+        m->features =
+            atomic_load(&io->client->no_fold) ? 0 : TQ_FEATURE_FOLD;
         payload = &r->payload;
         break;
     case TQ_KIND_GET:

@@ -43,6 +43,13 @@ tq_result_t *tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
    failure. */
 void *tq_client_context(void);
 
+/* Whether the client's SUBMITs let a broker fold SUBMITTED into the
+   task's RESULT (SUBMIT features TQ_FEATURE_FOLD, PROTOCOL.md 5.1; true
+   from tq_client_new). A caller that waits for the acknowledgement itself
+   (tq_result_wait_answer: tq submit) turns it off, or a broker without a
+   store may hold it back while a long task runs. */
+void tq_client_set_fold(tq_client_t *self, bool fold);
+
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 
