@@ -45,9 +45,9 @@ void *tq_client_context(void);
 
 /* Whether the client's SUBMITs let a broker fold SUBMITTED into the
    task's RESULT (SUBMIT features TQ_FEATURE_FOLD, PROTOCOL.md 5.1; true
-   from tq_client_new). A caller that waits for the acknowledgement itself
-   (tq_result_wait_answer: tq submit) turns it off, or a broker without a
-   store may hold it back while a long task runs. */
+   from tq_client_new). The CLI, which tells what was acknowledged (tq
+   submit, tq map when interrupted), turns it off, or a broker without a
+   store may hold acknowledgements back while long tasks run. */
 void tq_client_set_fold(tq_client_t *self, bool fold);
 
 /* The endpoint the client connects to (borrowed). */
