@@ -291,6 +291,11 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
         s_list_remove(&io->out, r);
     else if (from == TQ_REQ_DEFERRED)
         s_list_remove(&io->deferred, r);
+    if (r->held) {
+        /* answered, sent again or ended: no longer held */
+        r->held = false;
+        io->held--;
+    }
     bool was = tq_request_unacked(from), is = tq_request_unacked(to);
     if (was && !is)
         io->unacked--;
@@ -471,8 +476,8 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         m->delay_ms = r->delay_ms;
         /* a RESULT acknowledges it as well (s_on_result): a broker may
            fold SUBMITTED into it (PROTOCOL.md 5.1) */
-        m->features =
-            atomic_load(&io->client->no_fold) ? 0 : TQ_FEATURE_FOLD;
+        m->features = atomic_load(&io->client->no_fold) ? 0 : TQ_FEATURE_FOLD;
+        r->folded = m->features != 0;
         payload = &r->payload;
         break;
     case TQ_KIND_GET:
@@ -521,7 +526,7 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         zmq_msg_copy(&copy, payload);
         payload = &copy;
     }
-    io->sends++;
+    r->send_seq = ++io->sends;
     int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
                               ZMQ_DONTWAIT);
     int err = errno;
@@ -696,9 +701,24 @@ tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text)
 {
     zlistx_t *all = tq_io_all(io);
     for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
-        if (!only_unacked || tq_request_unacked(r->state))
+        if (!only_unacked || (tq_request_unacked(r->state) && !r->held))
             tq_io_failed(io, r, code, text);
     zlistx_destroy(&all);
+}
+
+size_t
+tq_io_hold_folded(tq_io_t *io)
+{
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (!r->held && r->kind == TQ_KIND_SUBMIT && r->folded &&
+            r->state == TQ_REQ_SENT && r->epoch == io->epoch &&
+            r->send_seq <= io->heard_seq) {
+            r->held = true;
+            io->held++;
+        }
+    zlistx_destroy(&all);
+    return io->held;
 }
 
 /* ---- answers from the broker -------------------------------------------- */
@@ -967,6 +987,7 @@ tq_io_recv(tq_io_t *io)
         if (!heard_at)
             heard_at = zclock_mono();
         io->last_heard = heard_at;
+        io->heard_seq = io->sends;
         io->silent_moves = io->standby_moves = 0;
         if (io->broker_lost) {
             io->broker_lost = false;

@@ -102,6 +102,8 @@ typedef struct tq_io_s {
     int64_t wake_at; /* ms, when the sleeping I/O thread wakes by itself
                         (INT64_MAX: not before an event); 0 awake */
     uint64_t sends; /* messages handed to libzmq so far */
+    uint64_t heard_seq; /* sends counted when a message last came */
+    size_t held; /* requests held (tq_request_t.held) */
     void *drained; /* the socket the last tq_io_recv found empty, or
                       NULL (it stopped before) */
 } tq_io_t;
@@ -114,8 +116,16 @@ void tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to);
    code and text. */
 void tq_io_failed(tq_io_t *io, tq_request_t *r, int code, const char *text);
 
-/* Fails every request (only the unacknowledged ones when only_unacked). */
+/* Fails every request (only the unacknowledged ones not held when
+   only_unacked). */
 void tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text);
+
+/* The broker fell silent: a SUBMIT it may have folded (sent with
+   TQ_FEATURE_FOLD, the broker heard from after it went) is one it holds,
+   its SUBMITTED held back: it waits as an acknowledged one does rather
+   than end unreachable (it is sent again if a new connection or a PONG
+   says so). Returns how many are held now. */
+size_t tq_io_hold_folded(tq_io_t *io);
 
 /* Every request of the table in a list of its own (entries borrowed; the
    list is the caller's, zlistx_destroy it). */

@@ -325,7 +325,9 @@ tq_io_liveness(tq_io_t *io)
            the broker is not silent */
         io->last_heard = silent_from = now;
     }
-    if (io->unacked && now - silent_from >= bound) {
+    if (io->unacked > io->held && now - silent_from >= bound)
+        tq_io_hold_folded(io);
+    if (io->unacked > io->held && now - silent_from >= bound) {
         char text[768];
         /* a CURVE broker drops a handshake it cannot or will not take
            without a word: say what to check */
@@ -375,7 +377,7 @@ tq_io_liveness(tq_io_t *io)
         quiet_from = now;
     }
     int64_t next = quiet_from + live / 3;
-    if (io->unacked && silent_from + bound < next)
+    if (io->unacked > io->held && silent_from + bound < next)
         next = silent_from + bound;
     if (!io->broker_lost && heard_from + live < next)
         next = heard_from + live;
