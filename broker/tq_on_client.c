@@ -112,9 +112,12 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             tqb_task_move(self, task, TASK_WAITING, NULL);
         self->counters.submitted++;
     }
-    if (!known && self->config.ack_fold_ms > 0 && !self->store) {
-        /* a task that ends within the window is acknowledged by its
-           RESULT alone (PROTOCOL.md 5.1, item 2) */
+    if (!known && (msg->features & TQ_FEATURE_FOLD) &&
+        self->config.ack_fold_ms > 0 && !self->store) {
+        /* a client that opted in: a task that ends within the window is
+           acknowledged by its RESULT alone (PROTOCOL.md 5.1, item 2).
+           Never with a store, where SUBMITTED means committed and a
+           RESULT may come before the commit. */
         tqb_fold_ack(self, msg->id, &from);
         return;
     }

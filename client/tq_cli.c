@@ -1264,6 +1264,11 @@ main(int argc, char **argv)
                 endpoint ? endpoint : "(default)");
         return TQ_CLI_EXIT_USAGE;
     }
+    /* the CLI tells what the broker acknowledged (tq submit prints the id
+       once it is; tq map sends again what was not when interrupted): no
+       folding (PROTOCOL.md 5.1) that would hold acknowledgements back
+       while long tasks run */
+    tq_client_set_fold(client, false);
     int rc = verb->fn(client, cargc, cargv);
     /* stdout may be a closed pipe (tq map ... | head): the exit code must
        still tell what happened to the tasks, so only report it */

@@ -30,10 +30,15 @@
 
 #define S_DEFAULT_LIVENESS_MS 3000
 #define S_SEND_HWM 10000 /* messages queued in libzmq before we hold them */
+/* arguments up to this size live in the zmq_msg_t (libzmq's "very small
+   message", 33 bytes) */
+#define S_INLINE_ARGS 32
 
 /* Why the last call of this thread that returned NULL failed before it
    reached the broker (tq_client_last_error). */
 static _Thread_local int s_last_code;
+/* This thread waits for the request it makes now (tq_apply). */
+static _Thread_local bool s_will_wait;
 static _Thread_local char s_last_text[256];
 
 static void s_set_last_error(int code, const char *format, ...)
@@ -389,6 +394,13 @@ tq_client_set_liveness(tq_client_t *self, int timeout_ms)
         zsys_warning("tq client: eventfd write: %s", strerror(errno));
 }
 
+void
+tq_client_set_fold(tq_client_t *self, bool fold)
+{
+    assert(self);
+    atomic_store(&self->no_fold, !fold);
+}
+
 const char *
 tq_client_endpoint(tq_client_t *self)
 {
@@ -428,9 +440,20 @@ s_request_drop(tq_request_t *r)
 static void
 s_request_id(tq_request_t *r, const char *id)
 {
-    snprintf(r->id, sizeof r->id, "%s", id);
+    size_t len = strnlen(id, sizeof r->id - 1);
+    memcpy(r->id, id, len);
+    r->id[len] = 0;
     if (r->result)
-        memcpy(r->result->id, r->id, sizeof r->id);
+        memcpy(r->result->id, r->id, len + 1);
+}
+
+/* Writes n as 16 lowercase hex digits (no NUL). */
+static void
+s_hex64(char *dst, uint64_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, n >>= 4)
+        dst[i] = digits[n & 15];
 }
 
 /* Gives an operator request (STATUS, PURGE, FAILED) an id of its own,
@@ -451,8 +474,12 @@ static tq_result_t *
 s_client_push(tq_client_t *self, tq_request_t *r)
 {
     tq_result_t *result = r->result;
+    /* io_lock before lock, as the I/O thread takes them */
+    bool held = r->kind != TQ_KIND_TERMINATE && tq_client_io_lock(self, 0);
     pthread_mutex_lock(&self->lock);
     if (self->closed) {
+        if (held)
+            pthread_mutex_unlock(&self->io_lock);
         pthread_mutex_unlock(&self->lock);
         if (result)
             tq_result_fail(result, TQ_ECLOSED, "the client was closed");
@@ -469,12 +496,12 @@ s_client_push(tq_client_t *self, tq_request_t *r)
        which sends it in batches while this thread makes more. Not
        TERMINATE, which runs callbacks of handles; the trylock also keeps
        a callback (run by whoever holds io_lock) from waiting on itself. */
-    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self)) {
+    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self, held)) {
         tq_request_t *queued = self->queue_head;
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);
         r->next = NULL;
-        tq_client_io_send_now(self, queued, r);
+        tq_client_io_send_now(self, queued, r, s_will_wait);
         return result;
     }
     bool was_empty = self->queue_head == NULL;
@@ -550,10 +577,11 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         /* the caller's id may be a resubmission the broker knows */
         r->reget = true;
     } else {
-        char id[TQ_PROTO_MAX_ID + 1];
-        uint64_t n = atomic_fetch_add(&self->id_counter, 1);
-        snprintf(id, sizeof id, "%016" PRIx64 "%016" PRIx64, self->id_prefix,
-                 n);
+        /* "%016x%016x" of prefix and counter, without printf */
+        char id[33];
+        s_hex64(id, self->id_prefix);
+        s_hex64(id + 16, atomic_fetch_add(&self->id_counter, 1));
+        id[32] = 0;
         s_request_id(r, id);
     }
     r->retries = (uint32_t)options->retries;
@@ -576,7 +604,14 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     result->error_callback = options->error_callback;
     result->callback_arg = options->callback_arg;
     int rc;
-    if (args_owned)
+    if (args_owned && size <= S_INLINE_ARGS) {
+        /* small: inside the message itself (no allocation, and each
+           send's copy is a copy of a few bytes, not a shared buffer) */
+        if ((rc = zmq_msg_init_size(&r->payload, size)) == 0)
+            memcpy(zmq_msg_data(&r->payload), args_owned, size);
+        free(args_owned);
+        args_owned = NULL;
+    } else if (args_owned)
         rc = zmq_msg_init_data(&r->payload, args_owned, size, s_free_buffer,
                                NULL);
     else if ((rc = zmq_msg_init_size(&r->payload, size)) == 0)
@@ -633,7 +668,9 @@ tq_apply(tq_client_t *self, const char *task, const tq_options_t *options,
                          picture ? picture : "(null)");
         return NULL;
     }
+    s_will_wait = true;
     tq_result_t *r = s_submit(self, task, options, buf.data, NULL, buf.size);
+    s_will_wait = false;
     if (r)
         tq_result_get(r, timeout_ms);
     return r;

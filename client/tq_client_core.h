@@ -34,14 +34,20 @@ struct tq_client_t {
        caller that sends its request itself (tq_client_io_send_now) */
     pthread_mutex_t io_lock;
     struct tq_io_s *io; /* the I/O thread's state while it runs */
+    atomic_size_t waiting_hint; /* io->waiting as last set: read without
+                                   io_lock, only to choose how to wait
+                                   for it (tq_client_io_lock) */
     /* the I/O thread found io_lock held when the socket woke it, and
        sleeps without the socket: whoever releases io_lock next wakes it
        (wake_fd) */
     atomic_bool io_handback;
+    /* the I/O thread sleeps without the socket (see io_handback) */
+    atomic_bool io_socketless;
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;
     bool closed;
     atomic_int liveness_ms;
+    atomic_bool no_fold; /* SUBMITs without TQ_FEATURE_FOLD */
     uint64_t id_prefix; /* 64 random bits */
     atomic_uint_fast64_t id_counter;
     pid_t pid; /* the process that made it */
@@ -56,16 +62,29 @@ struct tq_client_t {
 /* The I/O thread (a czmq actor; args is the client). */
 void tq_client_io_actor(zsock_t *pipe, void *args);
 
-/* True, with io_lock taken, if a caller may send its request itself
-   (tq_client_io_send_now): the I/O thread sleeps (self->io set, io_lock
-   free) and no request is awaited. Called with self->lock held. */
-bool tq_client_io_try_send(tq_client_t *self);
+/* Takes io_lock for a caller that would send its request or read its
+   answer itself (not the I/O thread, not from a callback): at once if it
+   is free; else, when at most `alone` requests are awaited, waits for it
+   up to a short bound (the I/O thread lets go of it before it sleeps: a
+   round trip's caller waits for that rather than hand its request over
+   and be woken for the answer). True if taken. Called without
+   self->lock. */
+bool tq_client_io_lock(tq_client_t *self, size_t alone);
+
+/* With io_lock taken by tq_client_io_lock (held) or not: true, keeping
+   io_lock, if a caller may send its request itself
+   (tq_client_io_send_now): the I/O thread sleeps (self->io set) and no
+   request is awaited; else false with io_lock released. Called with
+   self->lock held. */
+bool tq_client_io_try_send(tq_client_t *self, bool held);
 
 /* Sends requests (NEW) from the calling thread, which took io_lock while
    the I/O thread slept (self->io set): the chain `queued` (on next, taken
-   off the submission queue) first, then r. Releases io_lock. */
+   off the submission queue) first, then r. Releases io_lock. will_lead:
+   the caller waits for r's answer next (tq_client_io_lead), so an I/O
+   thread asleep without the socket is left so. */
 void tq_client_io_send_now(tq_client_t *self, tq_request_t *queued,
-                           tq_request_t *r);
+                           tq_request_t *r, bool will_lead);
 
 /* Opens the client's DEALER (and its monitor) and connects it to
    endpoint; 0, or -1 with the reason logged (nothing left open). */

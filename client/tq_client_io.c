@@ -25,6 +25,8 @@
    again (ms). */
 #define S_FULL_RETRY_MIN_MS 50
 #define S_FULL_RETRY_MAX_MS 1000
+/* answers read before the callers waiting on them are woken (at most) */
+#define S_WAKE_EVERY 32
 
 /* ---- containers --------------------------------------------------------- */
 
@@ -54,6 +56,127 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
     r->next = r->prev = NULL;
 }
 
+/* ---- the id table --------------------------------------------------- */
+
+#define S_TABLE_MIN 1024 /* slots at first */
+
+/* FNV-1a over the id's bytes, its high bits folded in. */
+static uint64_t
+s_hash(const char *id, size_t len)
+{
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)id[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static bool
+s_id_is(const tq_request_t *r, const char *id, size_t len)
+{
+    return len <= TQ_PROTO_MAX_ID && r->id[len] == 0 &&
+        memcmp(r->id, id, len) == 0;
+}
+
+/* The slot of id (hash h): its head's, or the empty one where it would
+   go. The table has an empty slot (it is at most half full). */
+static tq_io_slot_t *
+s_table_slot(tq_io_table_t *t, uint64_t h, const char *id, size_t len)
+{
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        tq_io_slot_t *slot = &t->slots[i];
+        if (!slot->head || (slot->hash == h && s_id_is(slot->head, id, len)))
+            return slot;
+    }
+}
+
+/* The head on id, NULL if none. */
+static tq_request_t *
+s_table_find(tq_io_table_t *t, const char *id, size_t len)
+{
+    if (!t->cap)
+        return NULL;
+    return s_table_slot(t, s_hash(id, len), id, len)->head;
+}
+
+/* Doubles the slots (at least S_TABLE_MIN): the heads move to theirs. */
+static void
+s_table_grow(tq_io_table_t *t)
+{
+    tq_io_table_t bigger = {.cap = t->cap ? 2 * t->cap : S_TABLE_MIN,
+                            .count = t->count};
+    bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
+    assert(bigger.slots);
+    for (size_t i = 0; i < t->cap; i++) {
+        tq_request_t *h = t->slots[i].head;
+        if (h)
+            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) = t->slots[i];
+    }
+    free(t->slots);
+    *t = bigger;
+}
+
+/* Adds head (its hash set), whose id is not in the table. */
+static void
+s_table_add(tq_io_table_t *t, tq_request_t *head)
+{
+    if (2 * (t->count + 1) > t->cap)
+        s_table_grow(t);
+    tq_io_slot_t *slot =
+        s_table_slot(t, head->hash, head->id, strlen(head->id));
+    slot->hash = head->hash;
+    slot->head = head;
+    t->count++;
+}
+
+/* Puts by (NULL: nothing) in the place of head (in slot), which leaves.
+   A slot emptied is filled again by the entries after it that probed
+   past it (deletion without tombstones). */
+static void
+s_table_replace(tq_io_table_t *t, tq_io_slot_t *slot, tq_request_t *by)
+{
+    if (by) {
+        slot->head = by;
+        return;
+    }
+    size_t mask = t->cap - 1;
+    size_t hole = (size_t)(slot - t->slots);
+    t->slots[hole].head = NULL;
+    t->count--;
+    for (size_t i = (hole + 1) & mask; t->slots[i].head; i = (i + 1) & mask) {
+        size_t home = t->slots[i].hash & mask;
+        /* the entry may move to the hole if its home is not in
+           (hole, i] going round */
+        bool between =
+            hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
+        if (!between) {
+            t->slots[hole] = t->slots[i];
+            t->slots[i].head = NULL;
+            hole = i;
+        }
+    }
+}
+
+tq_request_t *
+tq_io_first(tq_io_t *io, tq_io_iter_t *it)
+{
+    it->slot = 0;
+    return tq_io_next(io, it);
+}
+
+tq_request_t *
+tq_io_next(tq_io_t *io, tq_io_iter_t *it)
+{
+    while (it->slot < io->pending.cap) {
+        tq_request_t *h = io->pending.slots[it->slot++].head;
+        if (h)
+            return h;
+    }
+    return NULL;
+}
+
 /* Adds r to the table: the chain of its id, and the FIFO for an operator
    request (an older broker answers those in order, without the id). */
 static void
@@ -69,9 +192,11 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
-    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    size_t len = strlen(r->id);
+    r->hash = s_hash(r->id, len);
+    tq_request_t *head = s_table_find(&io->pending, r->id, len);
     if (!head) {
-        zhashx_insert(io->pending, r->id, r);
+        s_table_add(&io->pending, r);
         return;
     }
     while (head->next_same)
@@ -94,7 +219,17 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
             r->next_fifo = NULL;
         }
     }
-    tq_request_t *head = zhashx_lookup(io->pending, r->id);
+    if (!io->pending.cap)
+        return;
+    tq_io_slot_t *slot =
+        s_table_slot(&io->pending, r->hash, r->id, strlen(r->id));
+    tq_request_t *head = slot->head;
+    if (head == r) {
+        /* the next on its id, if any, heads the chain in its place */
+        s_table_replace(&io->pending, slot, r->next_same);
+        r->next_same = NULL;
+        return;
+    }
     tq_request_t **pp = &head;
     while (*pp && *pp != r)
         pp = &(*pp)->next_same;
@@ -102,10 +237,6 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
         return;
     *pp = r->next_same;
     r->next_same = NULL;
-    if (head)
-        zhashx_update(io->pending, r->id, head);
-    else
-        zhashx_delete(io->pending, r->id);
 }
 
 /* Every request in the table, in a list of its own (borrowed entries):
@@ -115,8 +246,9 @@ tq_io_all(tq_io_t *io)
 {
     zlistx_t *all = zlistx_new();
     assert(all);
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *r = head; r; r = r->next_same)
             zlistx_add_end(all, r);
     return all; /* the FIFO's are in the id table too */
@@ -126,9 +258,7 @@ tq_io_all(tq_io_t *io)
 tq_request_t *
 tq_io_chain(tq_io_t *io, tq_str_t id)
 {
-    char key[TQ_PROTO_MAX_ID + 1];
-    tq_str_copy(key, sizeof key, id);
-    return zhashx_lookup(io->pending, key);
+    return id.ptr ? s_table_find(&io->pending, id.ptr, id.len) : NULL;
 }
 
 /* ---- the state machine -------------------------------------------------- */
@@ -158,20 +288,26 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
     tq_req_state_t from = r->state;
     tq_request_move(r, to); /* aborts on an illegal move */
     tq_client_count_move(io->client, from, to);
-    int64_t now = zclock_mono();
     if (from == TQ_REQ_QUEUED)
         s_list_remove(&io->out, r);
     else if (from == TQ_REQ_DEFERRED)
         s_list_remove(&io->deferred, r);
+    if (r->held) {
+        /* answered, sent again or ended: no longer held */
+        r->held = false;
+        io->held--;
+    }
     bool was = tq_request_unacked(from), is = tq_request_unacked(to);
     if (was && !is)
         io->unacked--;
     else if (!was && is && io->unacked++ == 0)
-        io->unacked_since = now;
+        io->unacked_since = zclock_mono();
     if (from == TQ_REQ_NEW && !tq_request_final(to)) {
         s_index_add(io, r);
         if (io->waiting++ == 0)
-            io->waiting_since = now;
+            io->waiting_since = zclock_mono();
+        atomic_store_explicit(&io->client->waiting_hint, io->waiting,
+                              memory_order_relaxed);
     }
     switch (to) {
     case TQ_REQ_QUEUED:
@@ -185,6 +321,8 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
         if (from != TQ_REQ_NEW) {
             s_index_remove(io, r);
             io->waiting--;
+            atomic_store_explicit(&io->client->waiting_hint, io->waiting,
+                                  memory_order_relaxed);
         }
         s_io_end(r);
         break;
@@ -197,6 +335,8 @@ tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to)
    socket (tq_client_io_lead). */
 static _Thread_local bool s_on_io_thread;
 static _Thread_local bool s_leading;
+/* The handle a leading caller waits for (tq_client_io_lead). */
+static _Thread_local tq_result_t *s_lead_handle;
 
 /* True if result must be finished by the I/O thread: a caller reads the
    socket, and the handle has callbacks (they run on the I/O thread) that
@@ -321,7 +461,7 @@ s_msg_clear(tq_msg_t *m)
    for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
    later (r stays QUEUED). */
 static int
-s_io_send(tq_io_t *io, tq_request_t *r)
+s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
 {
     tq_msg_t *m = &io->out_msg;
     s_msg_clear(m);
@@ -337,6 +477,10 @@ s_io_send(tq_io_t *io, tq_request_t *r)
         m->retries = r->retries;
         m->backoff_ms = r->backoff_ms;
         m->delay_ms = r->delay_ms;
+        /* a RESULT acknowledges it as well (s_on_result): a broker may
+           fold SUBMITTED into it (PROTOCOL.md 5.1) */
+        m->features = atomic_load(&io->client->no_fold) ? 0 : TQ_FEATURE_FOLD;
+        r->folded = m->features != 0;
         payload = &r->payload;
         break;
     case TQ_KIND_GET:
@@ -385,6 +529,7 @@ s_io_send(tq_io_t *io, tq_request_t *r)
         zmq_msg_copy(&copy, payload);
         payload = &copy;
     }
+    r->send_seq = ++io->sends;
     int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
                               ZMQ_DONTWAIT);
     int err = errno;
@@ -402,7 +547,7 @@ s_io_send(tq_io_t *io, tq_request_t *r)
         return TQ_OK;
     }
     r->epoch = io->epoch;
-    r->sent_ms = zclock_mono();
+    r->sent_ms = now;
     r->dropped_ping = 0; /* a new send, a new answer */
     tq_io_move(io, r, TQ_REQ_SENT);
     return TQ_OK;
@@ -414,8 +559,9 @@ s_io_flush(tq_io_t *io)
 {
     if (io->standby || !io->client->socket)
         return; /* a standby would answer TQ_ESTANDBY: wait for the move */
+    int64_t now = io->out.head ? zclock_mono() : 0;
     while (io->out.head)
-        if (s_io_send(io, io->out.head) != TQ_OK)
+        if (s_io_send(io, io->out.head, now) != TQ_OK)
             return;
     /* after a broker came back: GET wait=true for results still awaited */
     while (zlistx_size(io->regets)) {
@@ -424,6 +570,7 @@ s_io_flush(tq_io_t *io)
         io->out_msg.command = TQ_CMD_GET;
         io->out_msg.id = tq_str(id);
         io->out_msg.wait = true;
+        io->sends++;
         int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out_msg,
                                   &io->buf, NULL, ZMQ_DONTWAIT);
         if (rc == -1 && (errno == EAGAIN || errno == EINTR))
@@ -439,6 +586,7 @@ tq_io_send_simple(tq_io_t *io, uint8_t command)
     io->out_msg.command = command;
     /* best effort: a PING or PONG that cannot go out now is not queued, the
        liveness check covers it */
+    io->sends++;
     if (io->client->socket)
         tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf, NULL,
                          ZMQ_DONTWAIT);
@@ -456,8 +604,9 @@ s_io_terminate(tq_io_t *io, tq_request_t *r)
     zlistx_t *ids = zlistx_new();
     assert(ids);
     zlistx_set_destructor(ids, (zlistx_destructor_fn *)zstr_free);
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *h = head; h; h = h->next_same)
             if (h->kind == TQ_KIND_SUBMIT ||
                 (h->kind == TQ_KIND_GET && h->wait)) {
@@ -555,9 +704,24 @@ tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text)
 {
     zlistx_t *all = tq_io_all(io);
     for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
-        if (!only_unacked || tq_request_unacked(r->state))
+        if (!only_unacked || (tq_request_unacked(r->state) && !r->held))
             tq_io_failed(io, r, code, text);
     zlistx_destroy(&all);
+}
+
+size_t
+tq_io_hold_folded(tq_io_t *io)
+{
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (!r->held && r->kind == TQ_KIND_SUBMIT && r->folded &&
+            r->state == TQ_REQ_SENT && r->epoch == io->epoch &&
+            r->send_seq <= io->heard_seq) {
+            r->held = true;
+            io->held++;
+        }
+    zlistx_destroy(&all);
+    return io->held;
 }
 
 /* ---- answers from the broker -------------------------------------------- */
@@ -793,34 +957,79 @@ int
 tq_io_recv(tq_io_t *io)
 {
     int i;
+    int64_t heard_at = 0;
+    io->drained = NULL;
+    /* a caller collecting a burst is woken once per S_WAKE_EVERY
+       answers at most, not per answer (tq_result_hold_wakeups) */
+    tq_result_hold_wakeups();
     for (i = 0; io->client->socket && i < TQ_IO_RECV_BATCH; i++) {
+        if (i > 0 && i % S_WAKE_EVERY == 0) {
+            tq_result_release_wakeups();
+            tq_result_hold_wakeups();
+        }
         int rc =
             tq_wire_recv(io->client->socket, &io->frames, false, ZMQ_DONTWAIT);
-        if (rc == -1)
+        if (rc == -1) {
+            io->drained = io->client->socket;
             break;
+        }
         bool alive = true;
         if (rc == TQ_OK)
             alive = s_io_dispatch(io);
         else
             s_io_log_bad(io, "message", "wrong number of frames");
-        if (!alive)
+        /* a leading caller stops at its answer: what may follow is
+           seen by s_io_release (ZMQ_EVENTS), which hands it to the I/O
+           thread, without one more read that finds nothing */
+        bool stop =
+            s_lead_handle && (io->later || tq_result_final(s_lead_handle));
+        if (!alive) {
+            if (stop) {
+                i++;
+                break;
+            }
             continue;
-        /* any other message, even a bad one, shows the broker is alive */
-        io->last_heard = zclock_mono();
+        }
+        /* any other message, even a bad one, shows the broker is alive
+           (the time read once per batch) */
+        if (!heard_at)
+            heard_at = zclock_mono();
+        io->last_heard = heard_at;
+        io->heard_seq = io->sends;
         io->silent_moves = io->standby_moves = 0;
         if (io->broker_lost) {
             io->broker_lost = false;
             tq_io_reattach(io);
         }
+        if (stop) {
+            i++;
+            break;
+        }
     }
+    tq_result_release_wakeups();
     return i;
 }
 
+/* How s_io_release leaves an I/O thread that sleeps without the socket
+   (c->io_socketless): */
+typedef enum {
+    S_GIVE_BACK, /* wake it to take the socket again */
+    S_LEAD_DONE, /* a caller read its own answer: only if something else
+                    is awaited (with nothing awaited nothing can come: a
+                    broker never sends a client anything unasked; it takes
+                    the socket again when it wakes by itself, at most a
+                    third of the liveness, or for a request) */
+    S_WILL_LEAD, /* a caller sent its request and reads the answer itself
+                    next (tq_apply): not now (tq_client_io_lead gives the
+                    socket back if it cannot lead after all) */
+} s_release_t;
+
 /* Releases io_lock taken by a caller, and wakes the I/O thread if it
    must look: it slept without the socket while the caller held it
-   (io_handback), handles wait for it (later), or wake. */
+   (io_handback, io_socketless; see s_release_t), handles wait for it
+   (later), or wake. */
 static void
-s_io_release(tq_client_t *c, bool wake)
+s_io_release(tq_client_t *c, bool wake, s_release_t mode)
 {
     wake |= c->io->later != NULL;
     /* input this thread's sends and reads hid from the I/O thread's poll:
@@ -832,8 +1041,12 @@ s_io_release(tq_client_t *c, bool wake)
             (events & ZMQ_POLLIN))
             wake = true;
     }
+    bool give_back =
+        mode == S_GIVE_BACK || (mode == S_LEAD_DONE && c->io->waiting > 0);
     pthread_mutex_unlock(&c->io_lock);
-    if (atomic_exchange(&c->io_handback, false))
+    if (atomic_exchange(&c->io_handback, false) && give_back)
+        wake = true;
+    if (give_back && atomic_load(&c->io_socketless))
         wake = true;
     if (wake) {
         uint64_t one = 1;
@@ -842,14 +1055,37 @@ s_io_release(tq_client_t *c, bool wake)
     }
 }
 
+#define S_LOCK_WAIT_NS 1000000 /* tq_client_io_lock's bound: 1 ms */
+
 bool
-tq_client_io_try_send(tq_client_t *c)
+tq_client_io_lock(tq_client_t *c, size_t alone)
 {
-    if (!c->io || pthread_mutex_trylock(&c->io_lock) != 0)
-        return false;
-    if (c->io->waiting == 0)
+    if (pthread_mutex_trylock(&c->io_lock) == 0)
         return true;
-    pthread_mutex_unlock(&c->io_lock);
+    /* never on the I/O thread or a thread that reads for it (callbacks
+       run there, holding it), and not while a stream is awaited */
+    if (s_on_io_thread || s_leading || atomic_load(&c->waiting_hint) > alone)
+        return false;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += S_LOCK_WAIT_NS;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    return pthread_mutex_timedlock(&c->io_lock, &ts) == 0;
+}
+
+bool
+tq_client_io_try_send(tq_client_t *c, bool held)
+{
+    if (!held && pthread_mutex_trylock(&c->io_lock) != 0)
+        return false;
+    if (c->io && c->io->waiting == 0)
+        return true;
+    if (c->io)
+        /* wakes the I/O thread if it must look */
+        s_io_release(c, false, S_GIVE_BACK);
+    else
+        pthread_mutex_unlock(&c->io_lock);
     return false;
 }
 
@@ -860,7 +1096,8 @@ tq_client_io_try_send(tq_client_t *c)
    (ZMQ_FD signals edges), output libzmq would not take yet, or a sleep
    too long for the liveness of a request now waiting. */
 void
-tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
+tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r,
+                      bool will_lead)
 {
     tq_io_t *io = c->io;
     atomic_fetch_add(&c->sent_by_caller, 1);
@@ -876,7 +1113,7 @@ tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r)
     if (!wake && io->waiting && io->wake_at != 0 &&
         io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
         wake = true;
-    s_io_release(c, wake);
+    s_io_release(c, wake, will_lead ? S_WILL_LEAD : S_GIVE_BACK);
 }
 
 /* The poll timeout: the liveness work's, or a tick of a third of the
@@ -904,20 +1141,37 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
 {
     if (s_on_io_thread)
         return;
-    pthread_mutex_lock(&c->lock);
-    bool lead = c->io && !c->closed && pthread_mutex_trylock(&c->io_lock) == 0;
-    pthread_mutex_unlock(&c->lock);
-    if (!lead)
+    /* a stream of answers (a burst collected) is the I/O thread's: a
+       caller leading there would wake it for nothing per answer; seen
+       here, before this thread touches io_lock or the socket. Whoever
+       holds io_lock gives the socket back when it lets go; an I/O thread
+       left without it for this caller (S_WILL_LEAD) is woken. */
+    if (atomic_load(&c->waiting_hint) > 1 || !tq_client_io_lock(c, 1)) {
+        if (atomic_load(&c->io_socketless)) {
+            uint64_t one = 1;
+            if (write(c->wake_fd, &one, sizeof one) < 0)
+                zsys_warning("tq client: eventfd write: %s", strerror(errno));
+        }
         return;
+    }
+    pthread_mutex_lock(&c->lock);
+    bool lead = c->io && !c->closed;
+    pthread_mutex_unlock(&c->lock);
+    if (!lead) {
+        pthread_mutex_unlock(&c->io_lock); /* no I/O thread to wake */
+        return;
+    }
     tq_io_t *io = c->io;
     if (io->waiting > 1) {
         /* a stream of answers (a burst collected) is the I/O thread's:
            a caller leading there would wake it for nothing per answer */
-        s_io_release(c, false);
+        s_io_release(c, false, S_GIVE_BACK);
         return;
     }
     s_leading = true;
+    s_lead_handle = h;
     for (;;) {
+        uint64_t sends = io->sends;
         if (tq_io_recv(io) > 0)
             atomic_fetch_add(&c->led, 1);
         s_io_flush(io);
@@ -938,11 +1192,16 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
         if (!socket || io->standby || io->out.head || zlistx_size(io->regets) ||
             zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
             break;
-        size = sizeof events;
-        if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
-            break;
-        if (events & ZMQ_POLLIN)
-            continue;
+        /* a read that found the socket empty, with nothing sent since
+           (a send may take the command that would signal ZMQ_FD), left
+           ZMQ_FD to signal the next message: no need to ask again */
+        if (io->drained != socket || io->sends != sends) {
+            size = sizeof events;
+            if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+                break;
+            if (events & ZMQ_POLLIN)
+                continue;
+        }
         zmq_pollitem_t items[2] = {{NULL, fd, ZMQ_POLLIN, 0},
                                    {NULL, c->wake_fd, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR)
@@ -951,7 +1210,8 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
             break; /* the I/O thread, or a request, needs the socket */
     }
     s_leading = false;
-    s_io_release(c, false);
+    s_lead_handle = NULL;
+    s_io_release(c, false, S_LEAD_DONE);
 }
 
 /* Takes io_lock after a poll (items, count, rc its result) found it held:
@@ -978,7 +1238,9 @@ s_io_relock(tq_client_t *c, zmq_pollitem_t *items, int count, int on_socket,
         items[on_socket].fd = -1; /* poll(2) skips it */
         for (int i = 0; i < count; i++)
             items[i].revents = 0;
+        atomic_store(&c->io_socketless, true);
         (void)zmq_poll(items, count, timeout);
+        atomic_store(&c->io_socketless, false);
         if (pthread_mutex_trylock(&c->io_lock) == 0)
             return;
     }
@@ -1025,8 +1287,6 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_io_t *io = calloc(1, sizeof *io);
     assert(io);
     tq_client_t *c = io->client = args;
-    io->pending = zhashx_new();
-    assert(io->pending);
     io->regets = zlistx_new();
     assert(io->regets);
     zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);
@@ -1134,7 +1394,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
        of the DEALER, for ever. */
     tq_client_socket_close(c);
     pthread_mutex_unlock(&c->io_lock);
-    zhashx_destroy(&io->pending);
+    free(io->pending.slots);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
     free(io);

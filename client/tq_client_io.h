@@ -30,11 +30,34 @@ typedef struct tq_io_later_s {
     zmq_msg_t value;
 } tq_io_later_t;
 
+/* A slot of the id table: the head of the requests on one id (chained
+   on next_same) and the hash of that id. */
+typedef struct {
+    uint64_t hash;
+    tq_request_t *head; /* NULL: empty */
+} tq_io_slot_t;
+
+/* The table of requests by id: open addressing (linear probing, at most
+   half full) over the heads' own ids, their hashes in the slots, so a
+   lookup reads the slots and the one request it finds: no copies, no
+   allocation per entry. */
+typedef struct {
+    tq_io_slot_t *slots; /* cap of them, a power of 2 */
+    size_t cap;
+    size_t count; /* ids in it */
+} tq_io_table_t;
+
+/* A walk over the table's chain heads (tq_io_first, tq_io_next); the
+   table must not change during it. */
+typedef struct {
+    size_t slot;
+} tq_io_iter_t;
+
 /* The I/O thread's state (under the client's io_lock). */
 typedef struct tq_io_s {
     tq_client_t *client;
-    zhashx_t *pending; /* id -> chain of requests (next_same) that are
-                          neither NEW nor final */
+    tq_io_table_t pending; /* id -> chain of requests (next_same) that are
+                              neither NEW nor final */
     tq_request_t *fifo_head; /* operator requests (STATUS, PURGE, FAILED)
                                 in send order (next_fifo), for a broker
                                 that answers them without their id */
@@ -78,6 +101,11 @@ typedef struct tq_io_s {
     tq_io_later_t *later_tail;
     int64_t wake_at; /* ms, when the sleeping I/O thread wakes by itself
                         (INT64_MAX: not before an event); 0 awake */
+    uint64_t sends; /* messages handed to libzmq so far */
+    uint64_t heard_seq; /* sends counted when a message last came */
+    size_t held; /* requests held (tq_request_t.held) */
+    void *drained; /* the socket the last tq_io_recv found empty, or
+                      NULL (it stopped before) */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final
@@ -88,8 +116,16 @@ void tq_io_move(tq_io_t *io, tq_request_t *r, tq_req_state_t to);
    code and text. */
 void tq_io_failed(tq_io_t *io, tq_request_t *r, int code, const char *text);
 
-/* Fails every request (only the unacknowledged ones when only_unacked). */
+/* Fails every request (only the unacknowledged ones not held when
+   only_unacked). */
 void tq_io_fail(tq_io_t *io, bool only_unacked, int code, const char *text);
+
+/* The broker fell silent: a SUBMIT it may have folded (sent with
+   TQ_FEATURE_FOLD, the broker heard from after it went) is one it holds,
+   its SUBMITTED held back: it waits as an acknowledged one does rather
+   than end unreachable (it is sent again if a new connection or a PONG
+   says so). Returns how many are held now. */
+size_t tq_io_hold_folded(tq_io_t *io);
 
 /* Every request of the table in a list of its own (entries borrowed; the
    list is the caller's, zlistx_destroy it). */
@@ -97,6 +133,10 @@ zlistx_t *tq_io_all(tq_io_t *io);
 
 /* The chain of requests on id (borrowed), NULL if none. */
 tq_request_t *tq_io_chain(tq_io_t *io, tq_str_t id);
+
+/* The first chain head of the table (it), or NULL; then the next. */
+tq_request_t *tq_io_first(tq_io_t *io, tq_io_iter_t *it);
+tq_request_t *tq_io_next(tq_io_t *io, tq_io_iter_t *it);
 
 /* Reads and handles up to TQ_IO_RECV_BATCH messages; returns how many. */
 int tq_io_recv(tq_io_t *io);

@@ -106,8 +106,9 @@ static size_t
 s_io_reget_acked(tq_io_t *io)
 {
     size_t n = 0;
-    for (tq_request_t *head = zhashx_first(io->pending); head;
-         head = zhashx_next(io->pending))
+    tq_io_iter_t it;
+    for (tq_request_t *head = tq_io_first(io, &it); head;
+         head = tq_io_next(io, &it))
         for (tq_request_t *h = head; h; h = h->next_same)
             if (h->state == TQ_REQ_ACKED &&
                 (h->kind == TQ_KIND_SUBMIT ||
@@ -324,7 +325,9 @@ tq_io_liveness(tq_io_t *io)
            the broker is not silent */
         io->last_heard = silent_from = now;
     }
-    if (io->unacked && now - silent_from >= bound) {
+    if (io->unacked > io->held && now - silent_from >= bound)
+        tq_io_hold_folded(io);
+    if (io->unacked > io->held && now - silent_from >= bound) {
         char text[768];
         /* a CURVE broker drops a handshake it cannot or will not take
            without a word: say what to check */
@@ -374,7 +377,7 @@ tq_io_liveness(tq_io_t *io)
         quiet_from = now;
     }
     int64_t next = quiet_from + live / 3;
-    if (io->unacked && silent_from + bound < next)
+    if (io->unacked > io->held && silent_from + bound < next)
         next = silent_from + bound;
     if (!io->broker_lost && heard_from + live < next)
         next = heard_from + live;

@@ -86,6 +86,13 @@ struct tq_request_t {
     tq_request_t *next; /* submission queue, outbound or deferred list */
     tq_request_t *prev; /* outbound or deferred list */
     tq_request_t *next_same; /* chain of requests on one id */
+    uint64_t hash; /* of id, while in the I/O thread's id table */
+    bool folded; /* SUBMIT sent with TQ_FEATURE_FOLD: its SUBMITTED may be
+                    held back by the broker (PROTOCOL.md 5.1) */
+    bool held; /* folded, SENT, and the broker was heard after it went
+                  when it fell silent: the broker holds it, as it holds
+                  an acknowledged one (tq_io_hold_folded) */
+    uint64_t send_seq; /* the I/O thread's sends counted at its send */
     tq_request_t *next_fifo; /* the FIFO (TQ_REQ_IS_FIFO kinds) */
     int64_t dropped_ping; /* ms, the PING of the PONG that said replies
                              were dropped while this one was unanswered

@@ -44,8 +44,52 @@ tq_result_phase_name(tq_result_phase_t phase)
     return phase < TQ_RESULT_PHASES_ ? s_names[phase] : "?";
 }
 
-/* Moves the handle (mutex held) and wakes its waiters; aborts on a bug. */
+/* Wakeups held back by this thread (tq_result_hold_wakeups): handles
+   with a reference each. */
+#define S_HELD_MAX 64
+static _Thread_local int s_hold_depth;
+static _Thread_local int s_held_count;
+static _Thread_local tq_result_t *s_held[S_HELD_MAX];
+
+/* Wakes the callers asleep on a handle, now or at the release of a
+   hold. Called without the mutex, after a move made under it that a
+   sleeper waits for: a caller that checks the phase under the mutex
+   either saw the move or was asleep before this. */
 static void
+s_wake(tq_result_t *self)
+{
+    if (s_hold_depth > 0 && s_held_count < S_HELD_MAX) {
+        tq_result_ref(self);
+        s_held[s_held_count++] = self;
+        return;
+    }
+    pthread_cond_broadcast(&self->cond);
+}
+
+void
+tq_result_hold_wakeups(void)
+{
+    s_hold_depth++;
+}
+
+void
+tq_result_release_wakeups(void)
+{
+    if (s_hold_depth > 1) {
+        s_hold_depth--;
+        return;
+    }
+    while (s_held_count > 0) {
+        tq_result_t *self = s_held[--s_held_count];
+        pthread_cond_broadcast(&self->cond);
+        tq_result_unref(self);
+    }
+    s_hold_depth = 0;
+}
+
+/* Moves the handle (mutex held); aborts on a bug. True if callers asleep
+   on it must be woken (s_wake, once the mutex is released). */
+static bool
 s_move(tq_result_t *self, tq_result_phase_t to)
 {
     if (!tq_result_phase_legal(self->phase, to)) {
@@ -58,9 +102,9 @@ s_move(tq_result_t *self, tq_result_phase_t to)
     /* wake only who can go on: a FINAL handle is nobody's but its
        callback's, and ANSWERED matters to tq_result_wait_answer alone (a
        get waiting on every round trip is not woken twice for nothing) */
-    if (to == TQ_RESULT_READY ||
-        (to == TQ_RESULT_ANSWERED && self->answer_waiters))
-        pthread_cond_broadcast(&self->cond);
+    return self->sleepers > 0 &&
+        (to == TQ_RESULT_READY ||
+         (to == TQ_RESULT_ANSWERED && self->answer_waiters));
 }
 
 /* The handle whose callback this thread is running: a callback that waits
@@ -120,11 +164,14 @@ void
 tq_result_answer(tq_result_t *self, int state)
 {
     pthread_mutex_lock(&self->mutex);
+    bool wake = false;
     if (self->phase == TQ_RESULT_PENDING)
-        s_move(self, TQ_RESULT_ANSWERED);
+        wake = s_move(self, TQ_RESULT_ANSWERED);
     if (state >= 0 && self->phase == TQ_RESULT_ANSWERED)
         self->state = state;
     pthread_mutex_unlock(&self->mutex);
+    if (wake)
+        s_wake(self);
 }
 
 void
@@ -155,7 +202,7 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
     self->error = text;
     if (value)
         zmq_msg_move(&self->value, value);
-    s_move(self, TQ_RESULT_FINAL);
+    (void)s_move(self, TQ_RESULT_FINAL); /* wakes nobody */
     pthread_mutex_unlock(&self->mutex);
     /* callbacks run without the lock so they may call tq_result_*, and
        before the handle is READY, as in Python's Pool: once get() returns,
@@ -167,8 +214,10 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
         self->error_callback(self, self->callback_arg);
     s_in_callback = NULL;
     pthread_mutex_lock(&self->mutex);
-    s_move(self, TQ_RESULT_READY);
+    bool wake = s_move(self, TQ_RESULT_READY);
     pthread_mutex_unlock(&self->mutex);
+    if (wake)
+        s_wake(self);
 }
 
 void
@@ -225,7 +274,9 @@ s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
 {
     while (!s_reached(self, phase)) {
         if (deadline < 0) {
+            self->sleepers++;
             pthread_cond_wait(&self->cond, &self->mutex);
+            self->sleepers--;
             continue;
         }
         int64_t left = deadline - zclock_mono();
@@ -237,7 +288,9 @@ s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
         ts.tv_nsec += (left % 1000) * 1000000L;
         if (ts.tv_nsec >= 1000000000L)
             ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        self->sleepers++;
         pthread_cond_timedwait(&self->cond, &self->mutex, &ts);
+        self->sleepers--;
     }
     return true;
 }

@@ -42,6 +42,7 @@ struct tq_result_t {
     /* under mutex */
     tq_result_phase_t phase; /* the one fact of its lifecycle */
     int answer_waiters; /* callers in tq_result_wait_answer */
+    int sleepers; /* callers asleep on cond */
     int state; /* tq_state_t, last reported */
     int code; /* tq_err_t once final */
     uint32_t attempts; /* attempts the broker made, from RESULT */
@@ -105,5 +106,14 @@ int tq_result_wait_until(tq_result_t *self, int64_t deadline);
 
 /* A deadline timeout_ms from now, -1 for a negative timeout. */
 int64_t tq_result_deadline(int timeout_ms);
+
+/* From tq_result_hold_wakeups until tq_result_release_wakeups, the
+   callers this thread's moves of handles would wake are woken at the
+   release, all at once (the I/O thread reading a burst of answers: the
+   caller collecting them wakes once per burst and finds the next handles
+   ready, rather than once per answer while the I/O thread still works).
+   Nested holds release at the outermost. */
+void tq_result_hold_wakeups(void);
+void tq_result_release_wakeups(void);
 
 #endif

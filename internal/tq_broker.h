@@ -70,10 +70,9 @@ typedef struct {
                                     new task waits this long, and a task
                                     that ends first is acknowledged by its
                                     RESULT alone (PROTOCOL.md 5.1, item
-                                    2); only for clients known to read
-                                    RESULT as the acknowledgement (tq's
-                                    own, in the embedded pool). 0: at
-                                    once */
+                                    2); only for a SUBMIT that opts in
+                                    (features TQ_FEATURE_FOLD: tq's
+                                    client library). 0: at once */
     uint32_t lease_ttl_ms; /* PostgreSQL store: the lease's length,
                               0: TQ_BROKER_LEASE_TTL_MS */
     uint32_t lease_renew_ms; /* the active renews this often (less than

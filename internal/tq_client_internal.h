@@ -46,6 +46,13 @@ tq_result_t *tq_client_queue_request(tq_client_t *self, tq_queue_op_t op,
    failure. */
 void *tq_client_context(void);
 
+/* Whether the client's SUBMITs let a broker fold SUBMITTED into the
+   task's RESULT (SUBMIT features TQ_FEATURE_FOLD, PROTOCOL.md 5.1; true
+   from tq_client_new). The CLI, which tells what was acknowledged (tq
+   submit, tq map when interrupted), turns it off, or a broker without a
+   store may hold acknowledgements back while long tasks run. */
+void tq_client_set_fold(tq_client_t *self, bool fold);
+
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 

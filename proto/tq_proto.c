@@ -54,7 +54,7 @@ enum {
 /* The protocol model (PROTOCOL.md section 4, which test_proto checks
    against this table). */
 static const tq_proto_command_t s_layouts[] = {
-    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL|rbd", true, C_, EC},
+    {TQ_CMD_SUBMIT, "SUBMIT", "ITQPL|rbdf", true, C_, EC},
     {TQ_CMD_SUBMITTED, "SUBMITTED", "I", false, B_, EC},
     {TQ_CMD_GET, "GET", "IW", false, C_, EC},
     {TQ_CMD_RESULT, "RESULT", "ISCE|a", true, B_, EC},

@@ -113,6 +113,11 @@ const char *tq_proto_field_name(char code);
 /* READY features: what a child does beyond TQP/1 as first written. A child
    that does not announce one is never sent the messages it needs. */
 #define TQ_FEATURE_RETURNS 0x1 /* answers REVOKE with RETURNED */
+/* SUBMIT features: what a client does beyond TQP/1 as first written.
+   TQ_FEATURE_FOLD: it takes the task's RESULT as the acknowledgement of
+   its SUBMIT, so a broker without a store may hold SUBMITTED back
+   (PROTOCOL.md 5.1). */
+#define TQ_FEATURE_FOLD 0x2
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */
@@ -144,7 +149,7 @@ typedef struct {
     uint32_t delay_ms;      /* SUBMIT: countdown before the first run */
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
-    uint32_t features;      /* READY: TQ_FEATURE_* the child supports */
+    uint32_t features;      /* READY, SUBMIT: TQ_FEATURE_* */
     uint64_t session;       /* HEARTBEAT: the broker's number for the
                                host's session (section 10) */
     uint64_t dropped;       /* PONG: replies the broker dropped for this

@@ -563,6 +563,44 @@ test_caller_runs_own_callbacks(void **state)
     tq_client_destroy(&client);
 }
 
+/* A SUBMIT allows a folded acknowledgement (features TQ_FEATURE_FOLD,
+   PROTOCOL.md 5.1) unless the client turned it off (tq submit); the
+   task's RESULT alone, no SUBMITTED, ends its handle, counted as done
+   straight from SENT; a SUBMITTED after it changes nothing. */
+static void
+test_folded_ack(void **state)
+{
+    s_fake_t *fake = *state;
+    tq_client_t *client = s_client(fake);
+    tq_result_t *r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)7);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_int_equal(fake->msg.features & TQ_FEATURE_FOLD, TQ_FEATURE_FOLD);
+    uint64_t acked = MOVES(client, SENT, ACKED);
+    uint64_t done = MOVES(client, SENT, DONE);
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 7);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_result_value(r)->via.u64, 7);
+    assert_int_equal(MOVES(client, SENT, DONE), done + 1);
+    s_fake_ack(fake, tq_result_id(r)); /* late: nobody waits for it */
+    s_fence(fake, client);
+    assert_int_equal(MOVES(client, SENT, ACKED), acked);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    tq_result_destroy(&r);
+
+    tq_client_set_fold(client, false);
+    r = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)8);
+    assert_non_null(r);
+    assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
+    assert_int_equal(fake->msg.features & TQ_FEATURE_FOLD, 0);
+    s_fake_ack(fake, tq_result_id(r));
+    assert_int_equal(tq_result_wait_answer(r, S_WAIT_MS), TQ_OK);
+    s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 8);
+    assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&r);
+    tq_client_destroy(&client);
+}
+
 /* A task that fails: its error callback fires once, get says TQ_ETASK
    with the task's text; a handle the caller let go still gets its
    callback. */
@@ -751,6 +789,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_caller_reads, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_caller_runs_own_callbacks, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_folded_ack, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lifecycle_failure, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_resend_keeps_one_state, s_setup,

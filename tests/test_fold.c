@@ -2,9 +2,9 @@
    tq_broker_config_t.ack_fold_ms, PROTOCOL.md 5.1 item 2), white box: a
    new task's SUBMITTED waits for the window; a task that ends within it
    is acknowledged by its RESULT alone, one still unfinished at its end
-   gets SUBMITTED then; a known id and a broker without a window are
-   answered at once. What the client receives is read on a real DEALER,
-   in order, up to a PONG sent last as a marker. */
+   gets SUBMITTED then; a known id, a client that did not opt in and a
+   broker without a window are answered at once. What the client receives
+   is read on a real DEALER, in order, up to a PONG sent last as a marker. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -63,9 +63,10 @@ s_client(tq_broker_t *b, void *ctx)
     return dealer;
 }
 
-/* SUBMIT id from "c1", through the broker's handler. */
+/* SUBMIT id from "c1", through the broker's handler; fold: with the
+   client's opt-in (features TQ_FEATURE_FOLD). */
 static void
-s_submit(tq_broker_t *b, const char *id)
+s_submit_as(tq_broker_t *b, const char *id, bool fold)
 {
     zmq_msg_close(&b->frames.identity);
     zmq_msg_init_size(&b->frames.identity, 2);
@@ -77,8 +78,15 @@ s_submit(tq_broker_t *b, const char *id)
                     .id = tq_str(id),
                     .task = tq_str("t"),
                     .queue = tq_str("q"),
-                    .backoff_ms = 1000};
+                    .backoff_ms = 1000,
+                    .features = fold ? TQ_FEATURE_FOLD : 0};
     tqb_on_submit(b, &msg, NULL);
+}
+
+static void
+s_submit(tq_broker_t *b, const char *id)
+{
+    s_submit_as(b, id, true);
 }
 
 /* Sends the PONG that ends what s_expect reads. */
@@ -149,7 +157,7 @@ test_fold_window(void **state)
     zmq_ctx_term(ctx);
 }
 
-/* Without a window (tq-broker), SUBMITTED goes at once, as before. */
+/* Without a window (--ack-fold 0), SUBMITTED goes at once, as before. */
 static void
 test_no_window(void **state)
 {
@@ -158,6 +166,26 @@ test_no_window(void **state)
     tq_broker_t *b = s_broker(0);
     void *dealer = s_client(b, ctx);
     s_submit(b, "a");
+    assert_int_equal(b->fold_count, 0);
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"a"};
+    s_expect(dealer, commands, ids, 1);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
+/* A client that does not opt in hears SUBMITTED at once, window or
+   not, as before folding. */
+static void
+test_not_opted_in(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(1000);
+    void *dealer = s_client(b, ctx);
+    s_submit_as(b, "a", false);
     assert_int_equal(b->fold_count, 0);
     s_mark(b);
     static const uint8_t commands[] = {TQ_CMD_SUBMITTED};
@@ -190,6 +218,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fold_window),
         cmocka_unit_test(test_no_window),
+        cmocka_unit_test(test_not_opted_in),
         cmocka_unit_test(test_destroy_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
