@@ -591,8 +591,10 @@ s_hand_off(tq_broker_t *self)
 static void
 s_trim_quiet(tq_broker_t *self)
 {
-    if (!self->trims_owed || self->journal->busy ||
-        self->journal->open->count || self->ack_count > self->ack_head ||
+    if (!self->trims_owed ||
+        (self->journal &&
+         (self->journal->busy || self->journal->open->count)) ||
+        self->ack_count > self->ack_head || self->fold_count ||
         self->now_ms - self->trimmed_ms < S_TRIM_PAUSE_MS)
         return;
     self->trims_owed--;
@@ -604,6 +606,7 @@ tqb_commit(tq_broker_t *self)
 {
     if (!self->journal) {
         s_send_acks(self);
+        s_trim_quiet(self);
         return true;
     }
     if (self->commit_rc != TQ_OK || !s_reap(self, false))

@@ -284,9 +284,37 @@ tqb_reply_counts(tq_broker_t *self, tq_str_t id, const char *k1, uint64_t v1,
 
 /* ---- SUBMITTED folded into RESULT ---- */
 
+/* a drained ring larger than this is given back */
+#define FOLDS_KEPT 4096
+/* at most this many held at once: a burst beyond it has its oldest
+   acknowledged at once (its ring ~100 bytes a task, its SUBMITTEDs all
+   due together) */
+#define FOLDS_MAX 65536
+/* SUBMITTEDs sent per pass when many fall due together: the loop comes
+   back at once for the rest, the I/O thread sending meanwhile */
+#define FOLDS_PER_PASS 4096
+
+/* Sends the oldest held SUBMITTED, unless its task ended (its RESULT
+   acknowledged it; one forgotten since, result TTL 0, ended too). */
+static void
+s_fold_release_head(tq_broker_t *self)
+{
+    fold_t *fold = &self->folds[self->fold_head];
+    task_t *task = tqb_task_find(self, tq_str(fold->id));
+    if (task && !tqb_task_is_final(task)) {
+        tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(fold->id);
+        tqb_send_to(self, self->clients, &fold->to, NULL);
+    }
+    tqb_ident_clear(&fold->to);
+    self->fold_head = (self->fold_head + 1) % self->fold_cap;
+    self->fold_count--;
+}
+
 void
 tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
 {
+    if (self->fold_count >= FOLDS_MAX)
+        s_fold_release_head(self);
     if (self->fold_count == self->fold_cap) {
         uint32_t cap = self->fold_cap ? 2 * self->fold_cap : 256;
         fold_t *folds = tqb_alloc(cap * sizeof *folds);
@@ -310,20 +338,22 @@ tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
 int64_t
 tqb_release_folds(tq_broker_t *self, bool all)
 {
-    while (self->fold_count) {
+    for (int sent = 0; self->fold_count; sent++) {
         fold_t *fold = &self->folds[self->fold_head];
         if (!all && fold->due_ms > self->now_ms)
             return fold->due_ms;
-        /* a task that ended sent its RESULT to its submitter, and that
-           acknowledged it; one forgotten since (result TTL 0) ended too */
-        task_t *task = tqb_task_find(self, tq_str(fold->id));
-        if (task && !tqb_task_is_final(task)) {
-            tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(fold->id);
-            tqb_send_to(self, self->clients, &fold->to, NULL);
-        }
-        tqb_ident_clear(&fold->to);
-        self->fold_head = (self->fold_head + 1) % self->fold_cap;
-        self->fold_count--;
+        if (!all && sent == FOLDS_PER_PASS)
+            return self->now_ms;
+        s_fold_release_head(self);
+    }
+    if (self->fold_cap > FOLDS_KEPT) {
+        /* a burst's ring (~100 bytes a task) goes back once drained,
+           as the journal's acknowledgement queue does */
+        free(self->folds);
+        self->folds = NULL;
+        self->fold_cap = 0;
+        self->fold_head = 0;
+        self->trims_owed = TQB_TRIMS_AFTER_BURST;
     }
     return INT64_MAX;
 }

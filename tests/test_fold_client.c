@@ -205,6 +205,39 @@ test_no_fold_window(void **state)
     tq_harness_env_stop(&env);
 }
 
+/* A burst larger than the ring the broker holds (FOLDS_MAX, 65,536 in
+   tq_reply.c): the oldest held are acknowledged at once, in order, so
+   that what a burst holds stays bounded; the others wait their window. */
+static void
+test_fold_ring_bounded(void **state)
+{
+    (void)state;
+    enum { HELD = 65536, OVER = 8 };
+    tq_harness_env_t env;
+    const char *extra[] = {"--ack-fold", "60000", NULL};
+    assert_int_equal(tq_harness_env_start(&env, extra), 0);
+    tq_raw_client_t *c = tq_raw_client_new(env.broker.clients, 0);
+    char id[32];
+    for (int i = 0; i < HELD + OVER; i++) {
+        snprintf(id, sizeof id, "r%d", i);
+        s_submit(c, id, "tq.echo", "nobody-serves-this", true);
+    }
+    s_send(c, TQ_CMD_PING, NULL);
+    int acked = 0;
+    for (;;) {
+        assert_int_equal(tq_raw_client_recv(c, S_WAIT_MS), 1);
+        if (c->in->command == TQ_CMD_PONG)
+            break;
+        assert_int_equal(c->in->command, TQ_CMD_SUBMITTED);
+        snprintf(id, sizeof id, "r%d", acked);
+        assert_true(s_is(c->in->id, id)); /* the oldest, in order */
+        acked++;
+    }
+    assert_int_equal(acked, OVER);
+    tq_raw_client_destroy(&c);
+    tq_harness_env_stop(&env);
+}
+
 int
 main(void)
 {
@@ -213,6 +246,7 @@ main(void)
         cmocka_unit_test(test_fast_task_folded),
         cmocka_unit_test(test_slow_task_acknowledged),
         cmocka_unit_test(test_no_fold_window),
+        cmocka_unit_test(test_fold_ring_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
