@@ -740,6 +740,10 @@ s_run(s_run_t *run)
     pthread_mutex_lock(&s_active_lock);
     s_active = NULL;
     pthread_mutex_unlock(&s_active_lock);
+    /* handles of lines still in flight (an interrupted or abandoned
+       run): let go, the library ends them when it can */
+    for (uint64_t line = run->head_line; line < run->next_line; line++)
+        tq_result_destroy(&run->slots[line % run->cap].result);
     s_draw(run, true);
     free(batch);
     msgpack_sbuffer_destroy(&run->args);
