@@ -329,6 +329,18 @@ s_remove_dir(tq_pool_t *self)
 
 /* ---- tracked submissions ------------------------------------------------ */
 
+/* Puts t on the list of tracked submissions (self->lock held). */
+static void
+s_track_link(tq_pool_t *self, s_track_t *t)
+{
+    t->next = self->tracked;
+    if (self->tracked)
+        self->tracked->prev = t;
+    self->tracked = t;
+    t->linked = true;
+    self->pending++;
+}
+
 static void
 s_track_unlink(tq_pool_t *self, s_track_t *t)
 {
@@ -432,12 +444,7 @@ tq_pool_submit_raw(tq_pool_t *self, const char *task,
         free(t);
         return NULL;
     }
-    t->next = self->tracked;
-    if (self->tracked)
-        self->tracked->prev = t;
-    self->tracked = t;
-    t->linked = true;
-    self->pending++;
+    s_track_link(self, t);
     pthread_mutex_unlock(&self->lock);
 
     tq_result_t *r = tq_apply_async_raw(self->client, task, &opts, args, size);
@@ -619,12 +626,7 @@ s_local_submit(tq_pool_t *self, const char *task, const tq_options_t *options,
     t->local = h;
     t->submitted = true; /* the one who frees t is s_on_final */
     pthread_mutex_lock(&self->lock);
-    t->next = self->tracked;
-    if (self->tracked)
-        self->tracked->prev = t;
-    self->tracked = t;
-    t->linked = true;
-    self->pending++;
+    s_track_link(self, t);
     t->local_next = self->locals;
     self->locals = t;
     pthread_mutex_unlock(&self->lock);
