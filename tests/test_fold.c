@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "tq_broker_core.h"
+#include "tq_harness.h"
 #include "tq_wire.h"
 
 #define S_WAIT_MS 10000 /* any one message, bounded */
@@ -24,16 +25,10 @@ static tq_broker_t *
 s_broker(int fold_ms)
 {
     tq_broker_config_t config = {
-        .client_endpoint = "tcp://127.0.0.1:*",
-        .worker_endpoint = "tcp://127.0.0.1:*",
-        .result_ttl_s = 60,
         .ack_fold_ms = fold_ms,
-        .quiet = true,
     };
-    char error[256];
-    tq_broker_t *broker = tq_broker_new(&config, error, sizeof error);
-    if (!broker)
-        fail_msg("tq_broker_new: %s", error);
+    tq_broker_t *broker = tq_harness_broker_new(config);
+    assert_non_null(broker);
     return broker;
 }
 

@@ -19,16 +19,10 @@ static tq_broker_t *
 s_broker(const char *data_dir)
 {
     tq_broker_config_t config = {
-        .client_endpoint = "tcp://127.0.0.1:*",
-        .worker_endpoint = "tcp://127.0.0.1:*",
-        .result_ttl_s = 60,
         .data_dir = data_dir,
-        .quiet = true,
     };
-    char error[256];
-    tq_broker_t *broker = tq_broker_new(&config, error, sizeof error);
-    if (!broker)
-        fail_msg("tq_broker_new: %s", error);
+    tq_broker_t *broker = tq_harness_broker_new(config);
+    assert_non_null(broker);
     return broker;
 }
 

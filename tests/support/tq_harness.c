@@ -985,8 +985,7 @@ int
 tq_harness_tempdir(char *dir, size_t size, const char *tag)
 {
     const char *base = getenv("TMPDIR");
-    snprintf(dir, size, "%s/tq-%s-XXXXXX", base && *base ? base : "/tmp",
-             tag);
+    snprintf(dir, size, "%s/tq-%s-XXXXXX", base && *base ? base : "/tmp", tag);
     return mkdtemp(dir) ? 0 : -1;
 }
 
@@ -1024,4 +1023,21 @@ tq_harness_read_fd(int fd, int timeout_ms)
             break;
     }
     return buf;
+}
+
+tq_broker_t *
+tq_harness_broker_new(tq_broker_config_t config)
+{
+    if (!config.client_endpoint)
+        config.client_endpoint = "tcp://127.0.0.1:*";
+    if (!config.worker_endpoint)
+        config.worker_endpoint = "tcp://127.0.0.1:*";
+    if (!config.result_ttl_s)
+        config.result_ttl_s = 60;
+    config.quiet = true;
+    char error[256];
+    tq_broker_t *broker = tq_broker_new(&config, error, sizeof error);
+    if (!broker)
+        fprintf(stderr, "harness: tq_broker_new: %s\n", error);
+    return broker;
 }

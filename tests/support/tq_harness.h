@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include "tq/tq.h"
+#include "tq_broker.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,6 +45,12 @@ void tq_harness_sleep_ms(int ms);
 /* Makes a fresh temporary directory $TMPDIR/tq-TAG-XXXXXX (or under /tmp)
    in dir (size bytes). Returns 0 or -1. */
 int tq_harness_tempdir(char *dir, size_t size, const char *tag);
+
+/* A broker in the test's own process (white-box tests that drive its
+   handlers): config as given, with loopback endpoints on free ports when
+   none is set, results kept 60 s unless result_ttl_s says otherwise, and
+   no log lines. NULL, after printing why, if it cannot be made. */
+tq_broker_t *tq_harness_broker_new(tq_broker_config_t config);
 
 /* Removes a directory and everything in it. */
 void tq_harness_rmtree(const char *dir);
