@@ -94,6 +94,36 @@ tq_client_sent_by_caller(tq_client_t *self)
     return atomic_load(&self->sent_by_caller);
 }
 
+uint32_t
+tq_client_peer_features(tq_client_t *self)
+{
+    return atomic_load(&self->peer_features);
+}
+
+uint64_t
+tq_client_batches_sent(tq_client_t *self)
+{
+    return atomic_load(&self->batches_sent);
+}
+
+uint64_t
+tq_client_batched_sent(tq_client_t *self)
+{
+    return atomic_load(&self->batched_sent);
+}
+
+uint64_t
+tq_client_batches_read(tq_client_t *self)
+{
+    return atomic_load(&self->batches_read);
+}
+
+uint64_t
+tq_client_malformed(tq_client_t *self)
+{
+    return atomic_load(&self->malformed);
+}
+
 const char *
 tq_client_current_endpoint(tq_client_t *self)
 {
@@ -399,6 +429,13 @@ tq_client_set_fold(tq_client_t *self, bool fold)
 {
     assert(self);
     atomic_store(&self->no_fold, !fold);
+}
+
+void
+tq_client_set_batch(tq_client_t *self, bool batch)
+{
+    assert(self);
+    atomic_store(&self->no_batch, !batch);
 }
 
 const char *
