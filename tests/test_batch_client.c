@@ -43,6 +43,7 @@ typedef struct {
     tq_client_t *client;
     int count;
     int big;
+    const char *task; /* of the small ones; NULL: "t.small" */
     tq_result_t *made[S_MAX];
     char ids[S_MAX][TQ_PROTO_MAX_ID + 1];
     atomic_bool done;
@@ -65,7 +66,8 @@ s_make_burst(tq_result_t *result, void *arg)
                 tq_apply_async_raw(b->client, "t.big", NULL, big, sizeof big);
         } else
             b->made[i] =
-                tq_apply_async(b->client, "t.small", NULL, "i", (int64_t)i);
+                tq_apply_async(b->client, b->task ? b->task : "t.small", NULL,
+                               "i", (int64_t)i);
         assert_non_null(b->made[i]);
         snprintf(b->ids[i], sizeof b->ids[i], "%s", tq_result_id(b->made[i]));
     }
@@ -430,6 +432,84 @@ test_reconnect_forgets(void **state)
     tq_client_destroy(&client);
 }
 
+/* ---- against tq-broker --------------------------------------------------- */
+
+/* Requests made together go to tq-broker in one BATCH (its STATUS counts
+   it, and every request in it), and every one of them gets its result. */
+static void
+test_broker_takes_batch(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    assert_true(tq_harness_env_add_worker(env, 2, NULL, true) > 0);
+    tq_client_t *client = env->client;
+    tq_harness_status_t status = {0};
+    assert_int_equal(tq_harness_status(client, &status, S_WAIT_MS), TQ_OK);
+    uint64_t batches = tq_harness_counter(&status, "batches_in");
+    uint64_t batched = tq_harness_counter(&status, "batched_in");
+    tq_harness_status_free(&status);
+    assert_true(batches != UINT64_MAX && batched != UINT64_MAX);
+    /* the STATUS round trip went before: the client knows the broker */
+    assert_int_equal(tq_client_peer_features(client) & TQ_FEATURE_BATCH,
+                     TQ_FEATURE_BATCH);
+
+    s_burst_t b = {
+        .client = client, .count = S_MAX, .big = -1, .task = "tq.echo"};
+    tq_options_t options = TQ_OPTIONS_INIT;
+    options.callback = s_make_burst;
+    options.callback_arg = &b;
+    tq_result_t *first = tq_apply_async(client, "tq.echo", &options, "");
+    assert_non_null(first);
+    assert_int_equal(tq_result_get(first, S_WAIT_MS), TQ_OK);
+    tq_result_destroy(&first);
+    assert_true(atomic_load(&b.done));
+    for (int i = 0; i < b.count; i++)
+        assert_int_equal(tq_result_get(b.made[i], S_WAIT_MS), TQ_OK);
+    s_burst_free(&b);
+    assert_int_equal(tq_client_batches_sent(client), 1);
+    assert_int_equal(tq_client_batched_sent(client), S_MAX);
+    assert_int_equal(tq_harness_status(client, &status, S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_harness_counter(&status, "batches_in"), batches + 1);
+    assert_int_equal(tq_harness_counter(&status, "batched_in"),
+                     batched + S_MAX);
+    tq_harness_status_free(&status);
+    assert_int_equal(tq_client_malformed(client), 0);
+}
+
+/* A stream of many apply_async then collect, as tq-bench's W1: every
+   task gets its result, whatever went batched each way. */
+static void
+test_stream_all_results(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    assert_true(tq_harness_env_add_worker(env, 2, NULL, true) > 0);
+    tq_client_t *client = env->client;
+    enum { N = 20000 };
+    tq_result_t **r = calloc(N, sizeof *r);
+    assert_non_null(r);
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tq_result_get(r[i], 60000), TQ_OK);
+        const msgpack_object *v = tq_result_value(r[i]);
+        assert_non_null(v);
+        /* tq.echo answers its arguments */
+        assert_int_equal(v->type, MSGPACK_OBJECT_ARRAY);
+        assert_int_equal(v->via.array.size, 1);
+        assert_int_equal(v->via.array.ptr[0].via.u64, (uint64_t)i);
+        tq_result_destroy(&r[i]);
+    }
+    free(r);
+    printf("client: %llu BATCHes sent (%llu requests), %llu read\n",
+           (unsigned long long)tq_client_batches_sent(client),
+           (unsigned long long)tq_client_batched_sent(client),
+           (unsigned long long)tq_client_batches_read(client));
+    assert_int_equal(tq_client_malformed(client), 0);
+}
+
 int
 main(void)
 {
@@ -443,6 +523,12 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_forgets, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_broker_takes_batch,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_all_results,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
