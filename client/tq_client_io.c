@@ -593,8 +593,10 @@ static void s_io_drain_monitor(tq_io_t *io);
 /* True if the requests at the head of io->out may go in one BATCH: two
    or more of them fit, and the broker said (PONG) that it takes BATCH on
    this connection. A connection lost or made since is read first from
-   the monitor (events come before a new connection takes messages): a
-   broker connected again may be an older one. */
+   the monitor (libzmq tells it before a new connection takes messages):
+   a broker connected again may be an older one. Only the I/O thread
+   reads the monitor (what it reads may end requests, whose callbacks run
+   there): a caller that finds an event waiting sends alone. */
 static bool
 s_io_batching(tq_io_t *io)
 {
@@ -603,8 +605,11 @@ s_io_batching(tq_io_t *io)
         atomic_load(&io->client->no_batch) || !s_batchable(r) ||
         !s_batchable(r->next))
         return false;
-    if (s_readable(io->client->monitor_reader))
+    if (s_readable(io->client->monitor_reader)) {
+        if (!s_on_io_thread)
+            return false;
         s_io_drain_monitor(io);
+    }
     return (io->peer_features & TQ_FEATURE_BATCH) && io->out.head &&
         io->out.head->next;
 }
