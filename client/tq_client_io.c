@@ -534,8 +534,10 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
 
 /* r went out (alone or in a BATCH) as the send-th message to libzmq. */
 static void
-s_io_sent(tq_io_t *io, tq_request_t *r, int64_t now, uint64_t send)
+s_io_sent(tq_io_t *io, tq_request_t *r, int64_t now, uint64_t send,
+          bool batched)
 {
+    r->batched = batched;
     r->send_seq = send;
     r->epoch = io->epoch;
     r->sent_ms = now;
@@ -574,7 +576,7 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
                      "cannot send the request to the broker");
         return TQ_OK;
     }
-    s_io_sent(io, r, now, send);
+    s_io_sent(io, r, now, send, false);
     return TQ_OK;
 }
 
@@ -639,7 +641,9 @@ s_io_send_batch(tq_io_t *io, int64_t now)
         tq_batch_reset(b);
         return s_io_send(io, io->out.head, now);
     }
-    uint64_t send = ++io->sends;
+    /* each request counts as a send of its own, in order (send_seq) */
+    uint64_t send = io->sends;
+    io->sends += n;
     int rc = tq_wire_send_batch(io->client->socket, NULL, b, ZMQ_DONTWAIT);
     int err = errno;
     if (rc == -1 && (err == EAGAIN || err == EINTR)) {
@@ -652,8 +656,9 @@ s_io_send_batch(tq_io_t *io, int64_t now)
             tq_io_failed(io, io->out.head, TQ_ECLOSED,
                          "cannot send the request to the broker");
         else
-            s_io_sent(io, io->out.head, now, send);
+            s_io_sent(io, io->out.head, now, ++send, true);
     if (rc == TQ_OK) {
+        io->batches_out++;
         atomic_fetch_add(&io->client->batches_sent, 1);
         atomic_fetch_add(&io->client->batched_sent, n);
     }
@@ -684,6 +689,66 @@ tq_io_peer_unknown(tq_io_t *io)
     io->peer_features = 0;
     atomic_store(&io->client->peer_features, 0);
     io->ping_due = true;
+    io->batches_out = io->refusals_due = 0;
+}
+
+static int
+s_by_send_seq(const void *a, const void *b)
+{
+    uint64_t x = ((const tq_request_t *)a)->send_seq;
+    uint64_t y = ((const tq_request_t *)b)->send_seq;
+    return x < y ? -1 : x > y;
+}
+
+/* An ERROR TQ_EPROTO without an id came while BATCHes were sent on this
+   connection: the broker did not take them (one of an earlier revision
+   answers "unknown command"; PROTOCOL.md 5.9), so it handled none of
+   their requests. They go again, alone, and nothing more goes batched
+   until a PONG says otherwise; the ERRORs of the other BATCHes sent
+   before are expected and dropped. True if the ERROR was that. */
+static bool
+s_io_unbatch(tq_io_t *io, const tq_msg_t *m)
+{
+    if (m->id.ptr || m->code != TQ_EPROTO)
+        return false;
+    if (io->refusals_due) {
+        io->refusals_due--;
+        return true;
+    }
+    if (!io->batches_out)
+        return false;
+    io->refusals_due = io->batches_out - 1;
+    io->batches_out = 0;
+    io->peer_features = 0;
+    atomic_store(&io->client->peer_features, 0);
+    /* in the order they went, ahead of what is queued behind them */
+    size_t queued = 0;
+    for (tq_request_t *r = io->out.head; r; r = r->next)
+        queued++;
+    zlistx_t *refused = zlistx_new();
+    assert(refused);
+    zlistx_set_comparator(refused, s_by_send_seq);
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (r->state == TQ_REQ_SENT && r->batched && r->epoch == io->epoch)
+            zlistx_add_end(refused, r);
+    zlistx_destroy(&all);
+    zlistx_sort(refused);
+    size_t n = zlistx_size(refused);
+    for (tq_request_t *r = zlistx_first(refused); r; r = zlistx_next(refused))
+        tq_io_move(io, r, TQ_REQ_QUEUED);
+    zlistx_destroy(&refused);
+    while (queued--) {
+        tq_request_t *r = io->out.head;
+        s_list_remove(&io->out, r);
+        s_list_append(&io->out, r);
+    }
+    char text[TQ_PROTO_MAX_ERROR + 1];
+    tq_str_copy(text, sizeof text, m->error);
+    zsys_warning("tq client: broker at %s refused a BATCH (%s): sending its "
+                 "%zu request(s) again, alone",
+                 tq_client_current_endpoint(io->client), text, n);
+    return true;
 }
 
 /* Sends what libzmq will take now; the rest waits for POLLOUT. */
@@ -979,6 +1044,8 @@ s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
 static void
 s_on_error(tq_io_t *io, const tq_msg_t *m)
 {
+    if (s_io_unbatch(io, m))
+        return;
     int code = m->code == TQ_OK ? TQ_EPROTO : (int)m->code;
     if (m->id.ptr && tq_io_chain(io, m->id)) {
         /* one id may have a SUBMIT, GETs and operator requests waiting:

@@ -113,6 +113,9 @@ typedef struct tq_io_s {
                       socket was opened or connected again, and the
                       broker's PONG tells what it takes */
     tq_batch_t batch; /* requests sent together, reused */
+    uint64_t batches_out; /* BATCHes sent on this connection */
+    uint64_t refusals_due; /* ERRORs still to come for BATCHes a broker
+                              refused (s_io_unbatch) */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final

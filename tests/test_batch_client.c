@@ -432,6 +432,39 @@ test_reconnect_forgets(void **state)
     tq_client_destroy(&client);
 }
 
+/* A broker that said it takes BATCH and then answers one as a broker of
+   an earlier revision does (ERROR TQ_EPROTO "unknown command", no id):
+   the client sends every request of it again, alone and in order, and
+   sends nothing batched after. */
+static void
+test_refused_batch_sent_again(void **state)
+{
+    tq_fake_broker_t *fake = *state;
+    fake->features = TQ_FEATURE_BATCH;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_burst_t b = {.client = client, .count = 8, .big = -1};
+    s_burst_after_round_trip(fake, &b);
+    assert_int_equal(s_expect_burst(fake, &b, true, true), 1);
+    tq_msg_t error = {.command = TQ_CMD_ERROR,
+                      .code = TQ_EPROTO,
+                      .error = tq_str("unknown command")};
+    tq_fake_broker_send(fake, &error, NULL, 0);
+    assert_int_equal(s_expect_burst(fake, &b, false, true), 0);
+    assert_int_equal(tq_client_peer_features(client), 0);
+    for (int i = 0; i < b.count; i++) {
+        assert_false(tq_result_ready(b.made[i]));
+        tq_fake_broker_result(fake, b.ids[i], TQ_STATE_SUCCESS, TQ_OK, NULL,
+                              0x01);
+    }
+    for (int i = 0; i < b.count; i++)
+        assert_int_equal(tq_result_get(b.made[i], S_WAIT_MS), TQ_OK);
+    assert_int_equal(tq_client_batches_sent(client), 1);
+    s_burst_free(&b);
+    tq_client_destroy(&client);
+}
+
 /* ---- against tq-broker --------------------------------------------------- */
 
 /* Requests made together go to tq-broker in one BATCH (its STATUS counts
@@ -522,6 +555,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_malformed_sub_message, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_forgets, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_refused_batch_sent_again, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_broker_takes_batch,
                                         tq_harness_env_setup,
