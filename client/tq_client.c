@@ -326,6 +326,13 @@ tq_client_new(const char *endpoint)
     atomic_init(&self->liveness_ms, S_DEFAULT_LIVENESS_MS);
     atomic_init(&self->id_counter, 0);
     atomic_init(&self->current, 0);
+    /* TQ_NO_BATCH: every request alone, and none batched from the broker
+       (to compare, or for a peer in between that does not pass BATCH) */
+    const char *no_batch = getenv("TQ_NO_BATCH");
+    atomic_init(&self->no_batch,
+                no_batch &&
+                    (!strcmp(no_batch, "1") || !strcmp(no_batch, "yes") ||
+                     !strcmp(no_batch, "true") || !strcmp(no_batch, "on")));
     self->endpoint = strdup(endpoint);
     if (getrandom(&self->id_prefix, sizeof self->id_prefix, 0) !=
         sizeof self->id_prefix) {

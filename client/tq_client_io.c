@@ -757,7 +757,9 @@ s_io_flush(tq_io_t *io)
 {
     if (io->standby || !io->client->socket)
         return; /* a standby would answer TQ_ESTANDBY: wait for the move */
-    if (io->ping_due && s_io_send_ping(io) != TQ_OK)
+    /* the PING goes with the first requests to a broker, ahead of them:
+       its PONG comes before their answers (an idle client sends none) */
+    if (io->ping_due && io->out.head && s_io_send_ping(io) != TQ_OK)
         return;
     int64_t now = io->out.head ? zclock_mono() : 0;
     while (io->out.head)
@@ -1363,7 +1365,7 @@ tq_client_io_send_now(tq_client_t *c, tq_request_t *queued, tq_request_t *r,
     }
     s_io_accept(io, r);
     s_io_flush(io);
-    bool wake = io->out.head || zlistx_size(io->regets) || io->ping_due;
+    bool wake = io->out.head || zlistx_size(io->regets);
     if (!wake && io->waiting && io->wake_at != 0 &&
         io->wake_at > zclock_mono() + atomic_load(&c->liveness_ms) / 3)
         wake = true;
@@ -1444,7 +1446,7 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
         size_t size = sizeof fd;
         /* output libzmq would not take is the I/O thread's to wait for */
         if (!socket || io->standby || io->out.head || zlistx_size(io->regets) ||
-            io->ping_due || zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
+            zmq_getsockopt(socket, ZMQ_FD, &fd, &size) != 0)
             break;
         /* a read that found the socket empty, with nothing sent since
            (a send may take the command that would signal ZMQ_FD), left
@@ -1598,8 +1600,8 @@ tq_client_io_actor(zsock_t *pipe, void *args)
             }
             size = sizeof events;
             zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size);
-            bool output = !io->standby &&
-                (io->out.head || zlistx_size(io->regets) || io->ping_due);
+            bool output =
+                !io->standby && (io->out.head || zlistx_size(io->regets));
             if ((events & ZMQ_POLLIN) || ((events & ZMQ_POLLOUT) && output))
                 timeout = 0;
         }

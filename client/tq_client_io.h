@@ -109,7 +109,7 @@ typedef struct tq_io_s {
                       NULL (it stopped before) */
     uint32_t peer_features; /* TQ_FEATURE_* of the broker's last PONG on
                                this connection; 0 until one came */
-    bool ping_due; /* a PING to send as soon as the socket takes it: the
+    bool ping_due; /* a PING to send ahead of the next requests: the
                       socket was opened or connected again, and the
                       broker's PONG tells what it takes */
     tq_batch_t batch; /* requests sent together, reused */
@@ -160,7 +160,8 @@ void tq_io_send_simple(tq_io_t *io, uint8_t command);
 
 /* The socket goes to a broker whose features are not known yet (opened,
    connected again, moved): nothing batched goes until its PONG says it
-   takes BATCH, and a PING asks for that PONG. */
+   takes BATCH, and a PING sent ahead of the next requests asks for that
+   PONG. */
 void tq_io_peer_unknown(tq_io_t *io);
 
 /* ERROR TQ_ESTANDBY came: the broker is a standby (tq_client_live.c). */

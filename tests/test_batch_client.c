@@ -400,18 +400,9 @@ test_reconnect_forgets(void **state)
     tq_fake_broker_close(fake);
     fake->features = 0;
     assert_int_equal(tq_fake_broker_bind(fake, S_WAIT_MS), 0);
-    /* the client asks the new broker (PING) of itself; it is not
+    /* its PING to the new broker, ahead of the next request, is not
        answered: the client must not take the old broker's word for the
        new one */
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    for (bool pinged = false; !pinged;) {
-        int64_t left = deadline - tq_harness_now_ms();
-        assert_true(left > 0);
-        pinged = tq_fake_router_recv(fake->router, &fake->frames, &fake->msg,
-                                     (int)left) &&
-            fake->msg.command == TQ_CMD_PING;
-    }
-    assert_int_equal(tq_client_peer_features(client), 0);
     s_burst_t again = {.client = client, .count = 6, .big = -1};
     tq_options_t options = TQ_OPTIONS_INIT;
     options.callback = s_make_burst;
