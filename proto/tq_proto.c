@@ -249,6 +249,31 @@ tq_proto_valid_name(const char *ptr, size_t len)
     return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
 }
 
+/* 0x10 | the value of each lowercase hex digit, 0 for any other byte: a
+   lookup and an AND per digit, no branch (the broker parses every id it
+   is given, several times a task). */
+static const uint8_t s_hex_value[256] = {
+    ['0'] = 0x10, ['1'] = 0x11, ['2'] = 0x12, ['3'] = 0x13,
+    ['4'] = 0x14, ['5'] = 0x15, ['6'] = 0x16, ['7'] = 0x17,
+    ['8'] = 0x18, ['9'] = 0x19, ['a'] = 0x1a, ['b'] = 0x1b,
+    ['c'] = 0x1c, ['d'] = 0x1d, ['e'] = 0x1e, ['f'] = 0x1f,
+};
+
+bool
+tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
+{
+    if (!ptr || len != 2 * TQ_PROTO_ID_BIN)
+        return false;
+    const unsigned char *p = (const unsigned char *)ptr;
+    uint8_t all = 0x10;
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
+        uint8_t hi = s_hex_value[p[2 * i]], lo = s_hex_value[p[2 * i + 1]];
+        all &= hi & lo;
+        bin[i] = (uint8_t)(hi << 4 | (lo & 0x0f));
+    }
+    return all != 0;
+}
+
 tq_str_t
 tq_str(const char *s)
 {
@@ -784,32 +809,14 @@ s_pack_str(msgpack_packer *pk, tq_str_t s)
     msgpack_pack_str_body(pk, s.ptr, s.len);
 }
 
-/* The value of a lowercase hex digit, -1 for any other byte. */
-static int
-s_hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Packs id as a 16-byte bin if it is 32 lowercase hex digits; returns
    false (nothing packed) for any other id. */
 static bool
 s_pack_bin_id(msgpack_packer *pk, tq_str_t id)
 {
-    if (!id.ptr || id.len != 2 * TQ_PROTO_ID_BIN)
-        return false;
     uint8_t bin[TQ_PROTO_ID_BIN];
-    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
-        int hi = s_hex_digit(id.ptr[2 * i]);
-        int lo = s_hex_digit(id.ptr[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return false;
-        bin[i] = (uint8_t)(hi << 4 | lo);
-    }
+    if (!tq_proto_id_parse(id.ptr, id.len, bin))
+        return false;
     msgpack_pack_bin(pk, TQ_PROTO_ID_BIN);
     msgpack_pack_bin_body(pk, bin, TQ_PROTO_ID_BIN);
     return true;

@@ -206,6 +206,12 @@ int tq_proto_check_payload(const void *data, size_t size, bool array_only,
 bool tq_proto_valid_id(const char *ptr, size_t len);
 bool tq_proto_valid_name(const char *ptr, size_t len);
 
+/* An id of exactly 32 lowercase hex digits as its TQ_PROTO_ID_BIN bytes
+   (the bin form of PROTOCOL.md 3): true with bin written; false for any
+   other id (bin then undefined). */
+bool tq_proto_id_parse(const char *ptr, size_t len,
+                       uint8_t bin[TQ_PROTO_ID_BIN]);
+
 /* Makes a tq_str_t of a C string (NULL stays absent). */
 tq_str_t tq_str(const char *s);
 

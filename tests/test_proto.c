@@ -733,6 +733,34 @@ test_binary_id_decode(void **state)
     assert_int_equal(tq_proto_decode(&out, name, 26, &why), TQ_EPROTO);
 }
 
+/* tq_proto_id_parse: exactly 32 lowercase hex digits, every byte value
+   tried in every position class. */
+static void
+test_id_parse(void **state)
+{
+    (void)state;
+    uint8_t bin[TQ_PROTO_ID_BIN];
+    assert_true(tq_proto_id_parse(S_HEX_ID, 32, bin));
+    const uint8_t want[] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                            0x00, 0xff, 0x10, 0xe0, 0xa5, 0xc3, 0xde, 0xaf};
+    assert_memory_equal(bin, want, sizeof want);
+    assert_false(tq_proto_id_parse(S_HEX_ID, 31, bin));
+    assert_false(tq_proto_id_parse(S_HEX_ID "0", 33, bin));
+    assert_false(tq_proto_id_parse(NULL, 32, bin));
+    for (int pos = 0; pos < 2; pos++)
+        for (int c = 0; c < 256; c++) {
+            char text[33];
+            memcpy(text, S_HEX_ID, sizeof text);
+            text[30 + pos] = (char)c;
+            bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+            assert_int_equal(tq_proto_id_parse(text, 32, bin), hex);
+            if (hex) {
+                int v = c <= '9' ? c - '0' : c - 'a' + 10;
+                assert_int_equal(pos ? bin[15] & 0x0f : bin[15] >> 4, v);
+            }
+        }
+}
+
 int
 main(void)
 {
@@ -752,6 +780,7 @@ main(void)
         cmocka_unit_test(test_binary_id_small_headers),
         cmocka_unit_test(test_binary_id_only_hex),
         cmocka_unit_test(test_binary_id_decode),
+        cmocka_unit_test(test_id_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
