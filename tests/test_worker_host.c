@@ -474,11 +474,12 @@ typedef struct {
     msgpack_sbuffer buf;
     tq_frames_t frames; /* the last message's */
     tq_msg_t msg; /* the last message, decoded */
+    uint64_t session; /* what its HEARTBEAT replies carry */
 } s_binfake_t;
 
 /* Receives the next message from the host within S_GET_MS, answering the
-   supervisor's HEARTBEATs (session 1, so nobody announces itself again);
-   fails the test if none comes. */
+   supervisor's HEARTBEATs with self->session (the same one: nobody
+   announces itself again); fails the test if none comes. */
 static const tq_msg_t *
 s_binfake_next(s_binfake_t *self)
 {
@@ -491,7 +492,7 @@ s_binfake_next(s_binfake_t *self)
         tq_msg_t out = {.command = TQ_CMD_HEARTBEAT,
                         .host = tq_str("fake"),
                         .pid = 4242,
-                        .session = 1};
+                        .session = self->session};
         assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity,
                                           &out, &self->buf, NULL, 0),
                          TQ_OK);
@@ -556,6 +557,7 @@ test_child_binary_ids(void **state)
     (void)state;
     s_binfake_t fake;
     memset(&fake, 0, sizeof fake);
+    fake.session = 1;
     msgpack_sbuffer_init(&fake.buf);
     tq_frames_init(&fake.frames);
     zmq_msg_init(&fake.child);
@@ -620,6 +622,33 @@ test_child_binary_ids(void **state)
     }
     printf("  the held task was %s\n",
            returned4 ? "given back (RETURNED)" : "run (DONE)");
+
+    /* the broker forgets the host (a new session) while a task with a bin
+       id runs: the child announces itself again on a new connection,
+       naming the task, and its DONE there names it as str (the new broker
+       may not read bin); a DONE before the new READY still goes as bin */
+    const char *h5 = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+    const uint8_t three[] = {0x91, 0x03};
+    s_binfake_send(&fake, TQ_CMD_TASK, h5, true, "tq.sleep", three,
+                   sizeof three);
+    fake.session = 2;
+    bool again = false;
+    for (;;) {
+        const tq_msg_t *msg = s_binfake_next(&fake);
+        if (msg->command == TQ_CMD_READY) {
+            assert_false(again);
+            assert_true(msg->features & TQ_FEATURE_BINARY_IDS);
+            assert_false(msg->id_binary);
+            again = true;
+            continue;
+        }
+        assert_int_equal(msg->command, TQ_CMD_DONE);
+        assert_true(tq_str_eq(msg->id, h5));
+        assert_int_equal(msg->id_binary, !again);
+        printf("  DONE %s the READY on a new connection: id as %s\n",
+               again ? "after" : "before", msg->id_binary ? "bin" : "str");
+        break;
+    }
 
     int status = tq_harness_stop(worker);
     assert_true(WIFEXITED(status));
