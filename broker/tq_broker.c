@@ -265,8 +265,88 @@ s_too_big(tq_broker_t *self, void *socket)
     return true;
 }
 
-/* Receives and handles up to BATCH messages from one socket. Returns how
-   many were read. */
+/* Handles the message in self->in and self->frames, whose decoding
+   returned rc (with reason): a lone message, or a sub-message of a
+   BATCH. */
+static void
+s_handle(tq_broker_t *self, void *socket, const char *endpoint, int rc,
+         const char *reason)
+{
+    if (rc != TQ_OK) {
+        /* the id, when it decoded before the fault, names the request
+           its sender waits on */
+        self->counters.malformed++;
+        tqb_warn(self, "malformed message on the %s endpoint: %s", endpoint,
+                 reason ? reason : "?");
+        tqb_reply_error(self, socket,
+                        rc == TQ_EVERSION ? TQ_EVERSION : TQ_EPROTO,
+                        reason ? reason : "malformed message", self->in.id);
+        return;
+    }
+    if (s_too_big(self, socket))
+        return;
+    if (self->lease.enabled && !self->lease.active) {
+        tqb_lease_refuse(self, socket); /* a standby */
+        return;
+    }
+    peer_t *peer;
+    const s_command_t *command = s_admit(self, socket, &peer);
+    if (!command)
+        return;
+    self->in_socket = socket;
+    s_identify(self);
+    if (self->in_key && !s_host_bound(self, socket))
+        return;
+    if (self->in.command == TQ_CMD_SUBMIT) {
+        /* whether its replies may travel in BATCHes (PROTOCOL.md 5.9) */
+        ident_t from = tqb_sender(self);
+        tqb_batch_peer(self, &from,
+                       (self->in.features & TQ_FEATURE_BATCH) != 0);
+    }
+    command->fn(self, &self->in, peer);
+}
+
+/* Handles a BATCH from a client (PROTOCOL.md 5.9): each sub-message as
+   if it had come alone from the same sender, its payload a message of
+   its own. Returns how many sub-messages it held (1 for a batch whose
+   framing is broken: one ERROR). */
+static int
+s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
+{
+    zmq_msg_t frame; /* the sub-messages point into it */
+    zmq_msg_init(&frame);
+    zmq_msg_move(&frame, &self->frames.payload);
+    tq_batch_reader_t r;
+    tq_batch_reader_init(&r, &self->in, zmq_msg_data(&frame),
+                         zmq_msg_size(&frame));
+    self->counters.batches_in++;
+    int count = 0;
+    for (;;) {
+        const void *data;
+        size_t size;
+        bool has;
+        const char *reason = NULL;
+        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
+        if (rc == TQ_BATCH_END)
+            break;
+        count++;
+        zmq_msg_close(&self->frames.payload);
+        if (has) {
+            zmq_msg_init_size(&self->frames.payload, size);
+            if (size)
+                memcpy(zmq_msg_data(&self->frames.payload), data, size);
+        } else
+            zmq_msg_init(&self->frames.payload);
+        self->frames.has_payload = has;
+        s_handle(self, socket, endpoint, rc, reason);
+    }
+    self->counters.batched_in += (uint64_t)count;
+    zmq_msg_close(&frame);
+    return count;
+}
+
+/* Receives and handles up to BATCH messages from one socket (a BATCH
+   counts its sub-messages). Returns how many were read. */
 static int
 s_drain(tq_broker_t *self, void *socket, const char *endpoint)
 {
@@ -286,32 +366,12 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
         }
         if (zmq_msg_size(&self->frames.identity) == 0)
             continue; /* nobody to answer or to blame */
-        if (rc != TQ_OK) {
-            /* the id, when it decoded before the fault, names the request
-               its sender waits on */
-            self->counters.malformed++;
-            tqb_warn(self, "malformed message on the %s endpoint: %s", endpoint,
-                     reason ? reason : "?");
-            tqb_reply_error(self, socket,
-                            rc == TQ_EVERSION ? TQ_EVERSION : TQ_EPROTO,
-                            reason ? reason : "malformed message", self->in.id);
+        if (rc == TQ_OK && self->in.command == TQ_CMD_BATCH &&
+            socket == self->clients) {
+            count += s_on_batch(self, socket, endpoint) - 1;
             continue;
         }
-        if (s_too_big(self, socket))
-            continue;
-        if (self->lease.enabled && !self->lease.active) {
-            tqb_lease_refuse(self, socket); /* a standby */
-            continue;
-        }
-        peer_t *peer;
-        const s_command_t *command = s_admit(self, socket, &peer);
-        if (!command)
-            continue;
-        self->in_socket = socket;
-        s_identify(self);
-        if (self->in_key && !s_host_bound(self, socket))
-            continue;
-        command->fn(self, &self->in, peer);
+        s_handle(self, socket, endpoint, rc, reason);
     }
     return count;
 }
@@ -846,6 +906,8 @@ s_timeout(tq_broker_t *self)
     int64_t lease = tqb_lease_deadline(self);
     if (lease < deadline)
         deadline = lease;
+    /* the SUBMITTEDs and ERRORs those timers sent go before the sleep */
+    tqb_batch_flush(self);
     return deadline > self->now_ms ? deadline - self->now_ms : 0;
 }
 
@@ -965,6 +1027,8 @@ s_pass(tq_broker_t *self, long timeout, bool drain[2])
         }
         if (!tqb_commit(self))
             return s_store_lost(self);
+        /* what the burst made for clients that take BATCH goes now */
+        tqb_batch_flush(self);
         /* both drains ended on an empty socket (fewer than a BATCH
            each): what came since is for s_wait, which looks at the
            sockets before it sleeps; another round here would only pay
@@ -1020,10 +1084,14 @@ tq_broker_run(tq_broker_t *self)
         /* a pass a leader ran may have ended the loop */
         rc = self->lead_rc != TQ_OK ? self->lead_rc
                                      : s_pass(self, timeout, drain);
+        /* the pass's messages for clients that take BATCH, also when it
+           ended the loop */
+        tqb_batch_flush(self);
     }
     /* what was accepted before the stop is acknowledged once committed */
     if (rc == TQ_OK && !tqb_commit_flush(self))
         rc = TQ_ESYS;
+    tqb_batch_flush(self);
     if (leadable)
         pthread_mutex_unlock(&self->lead_lock);
     return rc;
@@ -1051,6 +1119,7 @@ tq_broker_lead(tq_broker_t *self, int timeout_ms)
         drain[0] = drain[1] = true;
     }
     int rc = s_pass(self, timeout, drain);
+    tqb_batch_flush(self);
     if (rc != TQ_OK) {
         self->lead_rc = rc; /* the broker's thread returns it */
         return -1;
@@ -1101,6 +1170,7 @@ tq_broker_local_send(tq_broker_t *self, const tq_msg_t *msg, zmq_msg_t *payload)
         tqb_dispatch(self);
     if (!tqb_commit(self) && self->lead_rc == TQ_OK)
         self->lead_rc = s_store_lost(self);
+    tqb_batch_flush(self);
 }
 
 bool
@@ -1132,6 +1202,9 @@ tq_broker_destroy(tq_broker_t **self_p)
     if (!self_p || !*self_p)
         return;
     tq_broker_t *self = *self_p;
+    /* messages still in an open BATCH go out (a failure touches tasks) */
+    if (self->clients)
+        tqb_batch_flush(self);
     /* first: its batches share the tasks' payloads and names */
     tqb_journal_destroy(self);
     tqb_tasks_free(self);
@@ -1178,6 +1251,7 @@ tq_broker_destroy(tq_broker_t **self_p)
     free(self->folds);
     free(self->candidates);
     tq_heap_destroy(&self->delayed);
+    tqb_batch_free(self);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->sbuf);
     if (self->clients)

@@ -20,6 +20,7 @@
 
 #include "tq/tq_error.h"
 #include "tq_auth.h"
+#include "tq_batch.h"
 #include "tq_broker.h"
 #include "tq_heap.h"
 #include "tq_log.h"
@@ -301,7 +302,23 @@ typedef struct tqb_journal_s tqb_journal_t;
 typedef struct {
     uint64_t submitted, completed, failed, requeued, lost, duplicates,
         malformed, errors, dropped, retried, cancelled, refused, stolen;
+    /* BATCH (PROTOCOL.md 5.9): received and sent, and the sub-messages
+       in them */
+    uint64_t batches_in, batched_in, batches_out, batched_out;
 } counters_t;
+
+/* BATCH to the clients that take it (PROTOCOL.md 5.9, tq_reply.c): what
+   the loop sends such a client is gathered in a batch per client, sent
+   at the end of the burst or pass that made it (tqb_batch_flush). */
+#define TQB_BATCH_SLOTS 8 /* clients with a batch open at once */
+#define TQB_BATCH_PEERS 64 /* clients remembered as taking BATCH */
+#define TQB_BATCH_BYTES (128 << 10) /* a batch this large goes at once */
+typedef struct {
+    ident_t to;
+    tq_batch_t batch; /* open while it holds a message */
+    uint64_t opened; /* when it opened (a sequence): the oldest goes first
+                        when every slot is taken */
+} out_batch_t;
 
 /* The broker's lease on a PostgreSQL store (tq_lease.c): one state,
    active or standby, with the times of its next step. */
@@ -428,6 +445,12 @@ struct tq_broker_t {
     tq_broker_local_fn *local_fn; /* the local client (tq_broker_set_local) */
     void *local_arg;
     ident_t local_ident;
+    out_batch_t batches[TQB_BATCH_SLOTS];
+    uint64_t batch_seq;
+    /* clients whose last SUBMIT set TQ_FEATURE_BATCH, the oldest
+       replaced first when full (batch_peer_next) */
+    ident_t batch_peers[TQB_BATCH_PEERS];
+    uint32_t batch_peer_count, batch_peer_next;
 };
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
@@ -462,9 +485,26 @@ ident_t tqb_sender(tq_broker_t *self);
 /* Starts building a message in self->out. */
 tq_msg_t *tqb_out(tq_broker_t *self, uint8_t command);
 /* Sends self->out to ident with an optional payload (moved). 0, or -1
-   with errno when the peer is gone (counted as dropped). */
+   with errno when the peer is gone (counted as dropped). To a client
+   that takes BATCH, a message with a small payload joins the client's
+   open batch and 0 is returned; a failure to send the batch later is
+   counted as these are (tqb_batch_flush). */
 int tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
                 zmq_msg_t *payload);
+/* Remembers whether the client ident takes BATCH (its SUBMIT's
+   features). */
+void tqb_batch_peer(tq_broker_t *self, const ident_t *ident, bool takes);
+/* True if the client ident takes BATCH. */
+bool tqb_batch_takes(const tq_broker_t *self, const ident_t *ident);
+/* Sends every open batch, oldest first: at the end of every burst and
+   pass of the loop, and after anything else that sends. Then trims the
+   window of delivered results (tqb_results_trim). */
+void tqb_batch_flush(tq_broker_t *self);
+/* True while a batch is open. */
+bool tqb_batch_open(const tq_broker_t *self);
+/* Frees the batches, sending nothing (tq_broker_destroy flushes them
+   first, while the tasks their failure would touch exist). */
+void tqb_batch_free(tq_broker_t *self);
 /* Sends self->out to the current sender. */
 void tqb_reply(tq_broker_t *self, void *socket);
 /* Answers the current sender ERROR code text, naming id when valid. */
@@ -678,13 +718,18 @@ int64_t tqb_next_due(const tq_broker_t *self);
    many clients, failed (dropped, or gone) for that many. A SUCCESS sent
    to at least one client and failed for none, without a store, joins
    the window; the oldest results beyond config.result_window are then
-   forgotten as if their TTL had ended (never task itself). */
+   forgotten as if their TTL had ended (never task itself), at once, or
+   once the open batches are sent (a RESULT in one of them may still
+   fail). */
 void tqb_results_sent(tq_broker_t *self, task_t *task, uint32_t sent,
                       uint32_t failed);
 /* The window's size in bytes; 0 with a store (no window). */
 uint64_t tqb_results_limit(const tq_broker_t *self);
 /* Takes a task out of the window, if in it (leaving its final state). */
 void tqb_results_leave(tq_broker_t *self, task_t *task);
+/* Forgets the oldest results while the window is over its size (the
+   newest stays). */
+void tqb_results_trim(tq_broker_t *self);
 
 /* ---- tq_dispatch.c: peers, dispatch, credit, stealing, host liveness ---- */
 

@@ -259,9 +259,14 @@ tqb_on_ping(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     (void)msg;
     (void)peer;
     tq_msg_t *out = tqb_out(self, TQ_CMD_PONG);
+    out->features = 0;
     if (self->in_socket == self->clients) {
         ident_t from = tqb_sender(self);
         out->dropped = tqb_client_dropped(self, &from);
+        /* this broker takes BATCH from clients (PROTOCOL.md 5.9); the
+           embedded pool's local client has no envelope to save */
+        if (!tqb_ident_eq(&from, &self->local_ident))
+            out->features = TQ_FEATURE_BATCH;
     }
     /* on the endpoint it came from */
     tqb_reply(self, self->in_socket);

@@ -75,22 +75,23 @@ tqb_sender(tq_broker_t *self)
 
 #define S_DROP_TABLE_MAX 10000 /* clients whose drops are remembered */
 
-/* A reply to a client that does not read was dropped at its backlog
-   (ZMQ_SNDHWM): counted for it, so its next PONG tells it. */
+/* Replies to a client that does not read were dropped at its backlog
+   (ZMQ_SNDHWM), `n` of them (a BATCH counts its sub-messages): counted
+   for it, so its next PONG tells it. */
 static void
-s_client_dropped(tq_broker_t *self, const ident_t *ident)
+s_client_dropped(tq_broker_t *self, const ident_t *ident, uint32_t n)
 {
     char key[2 * 255 + 1];
     tqb_hex(key, tqb_ident_data(ident), ident->size);
     uintptr_t count = (uintptr_t) zhashx_lookup(self->client_drops, key);
     if (!count && zhashx_size(self->client_drops) >= S_DROP_TABLE_MAX)
         zhashx_purge(self->client_drops); /* a bound, not a history */
-    zhashx_update(self->client_drops, key, (void *) (count + 1));
-    if (count == 0 || (count + 1) % 10000 == 0)
+    zhashx_update(self->client_drops, key, (void *) (count + n));
+    if (count == 0 || (count + n) / 10000 != count / 10000)
         tqb_warn(self,
                  "client %s does not read its replies: %llu dropped "
                  "(max-client-backlog %u); it asks again when it reads",
-                 key, (unsigned long long) count + 1,
+                 key, (unsigned long long) count + n,
                  self->config.max_client_backlog);
 }
 
@@ -102,32 +103,266 @@ tqb_client_dropped(tq_broker_t *self, const ident_t *ident)
     return (uintptr_t) zhashx_lookup(self->client_drops, key);
 }
 
+/* ---- BATCH to clients (PROTOCOL.md 5.9) ---- */
+
+static void
+s_encode_bug(tq_broker_t *self)
+{
+    /* our own message broke the protocol's rules: a bug */
+    const char *reason = NULL;
+    tq_proto_encode(&self->out, &self->sbuf, &reason);
+    tq_log_error("BUG: cannot encode %s: %s",
+                 tq_proto_command_name(self->out.command),
+                 reason ? reason : "?");
+    abort();
+}
+
+void
+tqb_batch_peer(tq_broker_t *self, const ident_t *ident, bool takes)
+{
+    uint32_t i = 0;
+    while (i < self->batch_peer_count &&
+           !tqb_ident_eq(&self->batch_peers[i], ident))
+        i++;
+    bool known = i < self->batch_peer_count;
+    if (known == takes)
+        return;
+    if (!takes) {
+        /* a reused routing id (a client's own) without the feature: its
+           entry is empty (size 0) from now on */
+        tqb_ident_clear(&self->batch_peers[i]);
+        return;
+    }
+    for (i = 0; i < self->batch_peer_count; i++)
+        if (!self->batch_peers[i].size)
+            break;
+    if (i < self->batch_peer_count)
+        ; /* an empty entry */
+    else if (self->batch_peer_count < TQB_BATCH_PEERS)
+        i = self->batch_peer_count++;
+    else {
+        /* full: the oldest entry goes (that client gets its messages
+           alone, as the protocol allows) */
+        i = self->batch_peer_next;
+        self->batch_peer_next = (i + 1) % TQB_BATCH_PEERS;
+    }
+    tqb_ident_set(&self->batch_peers[i], tqb_ident_data(ident), ident->size);
+}
+
+bool
+tqb_batch_takes(const tq_broker_t *self, const ident_t *ident)
+{
+    for (uint32_t i = 0; i < self->batch_peer_count; i++)
+        if (tqb_ident_eq(&self->batch_peers[i], ident))
+            return ident->size > 0;
+    return false;
+}
+
+/* The open batch to ident, NULL if none. */
+static out_batch_t *
+s_batch_find(tq_broker_t *self, const ident_t *ident)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].batch.count &&
+            tqb_ident_eq(&self->batches[i].to, ident))
+            return &self->batches[i];
+    return NULL;
+}
+
+/* The RESULTs of a batch that was not sent were not delivered: their
+   results leave the window of delivered ones (tq_results.c) and keep
+   their TTL, as after a lone RESULT that failed. */
+static void
+s_batch_undeliver(tq_broker_t *self, out_batch_t *b)
+{
+    tq_msg_t *msg = tqb_alloc(sizeof *msg);
+    tq_msg_t header = {.command = TQ_CMD_BATCH, .count = b->batch.count};
+    tq_batch_reader_t r;
+    tq_batch_reader_init(&r, &header, b->batch.body.data, b->batch.body.size);
+    const void *data;
+    size_t size;
+    bool has;
+    int rc;
+    while ((rc = tq_batch_next(&r, msg, &data, &size, &has, NULL)) !=
+           TQ_BATCH_END) {
+        if (rc != TQ_OK || msg->command != TQ_CMD_RESULT)
+            continue;
+        task_t *task = tqb_task_find(self, msg->id);
+        if (task)
+            tqb_results_leave(self, task);
+    }
+    free(msg);
+}
+
+/* Sends an open batch (one message alone as itself) and closes it. A
+   failure counts every message in it as a lone failure would. */
+static void
+s_batch_send(tq_broker_t *self, out_batch_t *b)
+{
+    tq_batch_t *batch = &b->batch;
+    uint32_t count = batch->count;
+    if (!count)
+        return;
+    zmq_msg_t id, payload;
+    zmq_msg_init_size(&id, b->to.size);
+    memcpy(zmq_msg_data(&id), tqb_ident_data(&b->to), b->to.size);
+    const void *header = NULL, *data = NULL;
+    size_t header_size = 0, size = 0;
+    bool has = true;
+    if (count == 1) {
+        int first =
+            tq_batch_first(batch, &header, &header_size, &data, &size, &has);
+        assert(first == TQ_OK);
+    } else {
+        /* self->out may hold the message being sent after this one: the
+           envelope's header is a message of its own (its scalar part:
+           BATCH has no names) */
+        tq_msg_t out;
+        memset(&out, 0, offsetof(tq_msg_t, queues));
+        out.command = TQ_CMD_BATCH;
+        out.count = count;
+        int encoded = tq_proto_encode(&out, &self->sbuf, NULL);
+        assert(encoded == TQ_OK);
+        header = self->sbuf.data;
+        header_size = self->sbuf.size;
+        data = batch->body.data;
+        size = batch->body.size;
+    }
+    if (has) {
+        zmq_msg_init_size(&payload, size);
+        if (size)
+            memcpy(zmq_msg_data(&payload), data, size);
+    }
+    int rc = tq_wire_send(self->clients, &id, header, header_size,
+                          has ? &payload : NULL, ZMQ_DONTWAIT);
+    int err = errno;
+    if (has)
+        zmq_msg_close(&payload);
+    zmq_msg_close(&id);
+    if (rc == 0 && count > 1) {
+        self->counters.batches_out++;
+        self->counters.batched_out += count;
+    } else if (rc != 0) {
+        self->counters.dropped += count;
+        if (err == EAGAIN)
+            s_client_dropped(self, &b->to, count);
+        s_batch_undeliver(self, b);
+        tqb_debug(self, "send of a batch of %u failed: %s", count,
+                  zmq_strerror(err));
+    }
+    tq_batch_reset(batch);
+}
+
+/* Adds self->out and payload (copied, then emptied as a send would move
+   it) to ident's batch, opening one (the oldest open one sent first when
+   every slot is taken) or sending a full one first. */
+static void
+s_batch_add(tq_broker_t *self, out_batch_t *b, const ident_t *ident,
+            zmq_msg_t *payload)
+{
+    size_t size = payload ? zmq_msg_size(payload) : 0;
+    if (b &&
+        (b->batch.count == TQ_BATCH_MAX ||
+         tq_batch_bytes(&b->batch) + size + 512 > TQB_BATCH_BYTES))
+        s_batch_send(self, b); /* the slot stays ident's */
+    for (int i = 0; !b && i < TQB_BATCH_SLOTS; i++)
+        if (!self->batches[i].batch.count)
+            b = &self->batches[i];
+    if (!b) {
+        b = &self->batches[0];
+        for (int i = 1; i < TQB_BATCH_SLOTS; i++)
+            if (self->batches[i].opened < b->opened)
+                b = &self->batches[i];
+        s_batch_send(self, b);
+    }
+    if (!b->batch.count) {
+        tqb_ident_set(&b->to, tqb_ident_data(ident), ident->size);
+        b->opened = ++self->batch_seq;
+    }
+    if (tq_batch_add(&b->batch, &self->out,
+                     payload ? zmq_msg_data(payload) : NULL, size,
+                     payload != NULL) != TQ_OK)
+        s_encode_bug(self);
+    if (payload) {
+        zmq_msg_close(payload);
+        zmq_msg_init(payload);
+    }
+}
+
+bool
+tqb_batch_open(const tq_broker_t *self)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].batch.count)
+            return true;
+    return false;
+}
+
+void
+tqb_batch_flush(tq_broker_t *self)
+{
+    bool sent = false;
+    for (;;) {
+        out_batch_t *oldest = NULL;
+        for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+            if (self->batches[i].batch.count &&
+                (!oldest || self->batches[i].opened < oldest->opened))
+                oldest = &self->batches[i];
+        if (!oldest)
+            break;
+        s_batch_send(self, oldest);
+        sent = true;
+    }
+    /* the results whose RESULTs were in them are delivered now, or not
+       (s_batch_undeliver): the window may forget its oldest */
+    if (sent)
+        tqb_results_trim(self);
+}
+
+void
+tqb_batch_free(tq_broker_t *self)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++) {
+        tq_batch_destroy(&self->batches[i].batch);
+        tqb_ident_clear(&self->batches[i].to);
+    }
+    for (uint32_t i = 0; i < self->batch_peer_count; i++)
+        tqb_ident_clear(&self->batch_peers[i]);
+    self->batch_peer_count = 0;
+}
+
 int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
     if (socket == self->clients && tqb_local_deliver(self, ident, payload))
         return 0; /* the embedded pool's caller, in this process */
+    if (socket == self->clients) {
+        out_batch_t *open = s_batch_find(self, ident);
+        /* a QITEM goes alone: its item is handed over only when the
+           transport takes it (tq_dataq.c keeps it otherwise) */
+        if (self->out.command != TQ_CMD_QITEM &&
+            (!payload || zmq_msg_size(payload) <= TQ_BATCH_MAX_PAYLOAD) &&
+            (open || tqb_batch_takes(self, ident))) {
+            s_batch_add(self, open, ident, payload);
+            return 0;
+        }
+        if (open)
+            s_batch_send(self, open); /* what came before goes first */
+    }
     zmq_msg_t id;
     zmq_msg_init_size(&id, ident->size);
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
-    const char *reason = NULL;
     int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
                               ZMQ_DONTWAIT);
     zmq_msg_close(&id);
-    if (rc == TQ_EINVAL) {
-        /* our own message broke the protocol's rules: a bug */
-        tq_proto_encode(&self->out, &self->sbuf, &reason);
-        tq_log_error("BUG: cannot encode %s: %s",
-                tq_proto_command_name(self->out.command),
-                reason ? reason : "?");
-        abort();
-    }
+    if (rc == TQ_EINVAL)
+        s_encode_bug(self);
     if (rc != 0) {
         int err = errno;
         self->counters.dropped++;
         if (socket == self->clients && err == EAGAIN)
-            s_client_dropped(self, ident);
+            s_client_dropped(self, ident, 1);
         tqb_debug(self, "send %s failed: %s",
                   tq_proto_command_name(self->out.command), zmq_strerror(err));
         errno = err;

@@ -87,8 +87,19 @@ tqb_results_sent(tq_broker_t *self, task_t *task, uint32_t sent,
     w->tail = task;
     w->bytes += s_cost(task);
     w->count++;
+    /* while a batch is open it may hold RESULTs that its send can still
+       fail (tqb_batch_flush trims after it) */
+    if (!tqb_batch_open(self))
+        tqb_results_trim(self);
+}
+
+void
+tqb_results_trim(tq_broker_t *self)
+{
+    tqb_window_t *w = &self->window;
     uint64_t limit = tqb_results_limit(self);
-    while (w->bytes > limit && w->head != task) {
+    /* the newest stays */
+    while (w->bytes > limit && w->head != w->tail) {
         w->expired++;
         tqb_task_forget(self, w->head); /* leaves the window in s_leave */
     }

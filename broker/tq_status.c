@@ -160,7 +160,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 
     const counters_t *c = &self->counters;
     tqb_pack_str(pk, "counters");
-    msgpack_pack_map(pk, 15);
+    msgpack_pack_map(pk, 19);
     tqb_pack_uint_kv(pk, "submitted", c->submitted);
     tqb_pack_uint_kv(pk, "completed", c->completed);
     tqb_pack_uint_kv(pk, "failed", c->failed);
@@ -176,6 +176,10 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     tqb_pack_uint_kv(pk, "refused", c->refused);
     tqb_pack_uint_kv(pk, "stolen", c->stolen);
     tqb_pack_uint_kv(pk, "dead_letters", self->dead_count);
+    tqb_pack_uint_kv(pk, "batches_in", c->batches_in);
+    tqb_pack_uint_kv(pk, "batched_in", c->batched_in);
+    tqb_pack_uint_kv(pk, "batches_out", c->batches_out);
+    tqb_pack_uint_kv(pk, "batched_out", c->batched_out);
 }
 
 void

@@ -42,6 +42,7 @@ enum {
     F_OPT_QUEUE = 'u', /* queue name or nil */
     F_STATES = 'v',   /* TQ_STATE_BIT() set, within TQ_STATES_ALL */
     F_COUNT = 'y',    /* TASKS limit, 1..TQ_PROTO_MAX_LIMIT */
+    F_BATCH = 'k',    /* BATCH: sub-messages, 1..TQ_BATCH_MAX */
     F_OPTIONAL = '|', /* the fields after it may be absent (older peers) */
 };
 
@@ -64,7 +65,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_STATUS, "STATUS", "|i", false, C_, EC},
     {TQ_CMD_STATUS_REPLY, "STATUS_REPLY", "|i", true, B_, EC},
     {TQ_CMD_PING, "PING", "", false, TQ_FROM_ANY, EC | EW},
-    {TQ_CMD_PONG, "PONG", "|x", false, TQ_FROM_ANY, EC | EW},
+    {TQ_CMD_PONG, "PONG", "|xf", false, TQ_FROM_ANY, EC | EW},
     {TQ_CMD_ERROR, "ERROR", "CEi", false, B_, EC | EW},
     {TQ_CMD_CANCEL, "CANCEL", "I", false, C_, EC},
     {TQ_CMD_RETRY, "RETRY", "I", false, C_, EC},
@@ -86,6 +87,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},
     {TQ_CMD_TASKS, "TASKS", "Iuvy", false, C_, EC},
     {TQ_CMD_INSPECT, "INSPECT", "I", false, C_, EC},
+    {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_, EC},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
@@ -175,6 +177,8 @@ tq_proto_field_name(char code)
         return "states";
     case F_COUNT:
         return "limit";
+    case F_BATCH:
+        return "count";
     default:
         return NULL;
     }
@@ -622,6 +626,9 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
     case F_COUNT:
         return s_read_u32(r, &msg->limit, 1, TQ_PROTO_MAX_LIMIT,
                           "limit out of range");
+    case F_BATCH:
+        return s_read_u32(r, &msg->count, 1, TQ_BATCH_MAX,
+                          "batch count out of range");
     case F_HOST:
         return s_read_name(r, &msg->host, "invalid host name");
     case F_ERROR:
@@ -969,6 +976,11 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         if (msg->limit < 1 || msg->limit > TQ_PROTO_MAX_LIMIT)
             return "limit out of range";
         msgpack_pack_uint32(pk, msg->limit);
+        return NULL;
+    case F_BATCH:
+        if (msg->count < 1 || msg->count > TQ_BATCH_MAX)
+            return "batch count out of range";
+        msgpack_pack_uint32(pk, msg->count);
         return NULL;
     default:
         return "internal: unknown field code";

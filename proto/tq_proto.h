@@ -65,6 +65,11 @@
                                   REPLY id {tasks: [...], total} */
 #define TQ_CMD_INSPECT 0x16    /* c->b id (the task's): answered REPLY id
                                   {the task in full} or UNKNOWN id */
+/* Client <-> broker, both ways: several messages in one (PROTOCOL.md 5.9,
+   proto/tq_batch.h), sent only to a peer that announced
+   TQ_FEATURE_BATCH. */
+#define TQ_CMD_BATCH 0x17      /* c<->b count + the sub-messages */
+#define TQ_BATCH_MAX 1024      /* sub-messages in one BATCH */
 /* Worker <-> broker on the worker endpoint: */
 #define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
 #define TQ_CMD_TASK 0x21       /* b->w id task attempt time_limit_ms + args */
@@ -123,6 +128,10 @@ const char *tq_proto_field_name(char code);
    its SUBMIT, so a broker without a store may hold SUBMITTED back
    (PROTOCOL.md 5.1). */
 #define TQ_FEATURE_FOLD 0x2
+/* TQ_FEATURE_BATCH, in SUBMIT's features: the client takes BATCH messages
+   from the broker; in PONG's features (clients endpoint): the broker takes
+   BATCH messages from clients (PROTOCOL.md 5.9). */
+#define TQ_FEATURE_BATCH 0x4
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the
    decoded buffer. */
@@ -160,13 +169,14 @@ typedef struct {
     uint32_t delay_ms;      /* SUBMIT: countdown before the first run */
     uint64_t rss_kb;        /* DONE: the child's peak RSS, KiB */
     uint32_t maxsize;       /* QPUT: the data queue's bound, 0: none */
-    uint32_t features;      /* READY, SUBMIT: TQ_FEATURE_* */
+    uint32_t features;      /* READY, SUBMIT, PONG: TQ_FEATURE_* */
     uint64_t session;       /* HEARTBEAT: the broker's number for the
                                host's session (section 10) */
     uint64_t dropped;       /* PONG: replies the broker dropped for this
                                client (it did not read them in time) */
     uint32_t states;        /* TASKS: TQ_STATE_BIT()s, 0: unfinished */
     uint32_t limit;         /* TASKS: most entries, 1..TQ_PROTO_MAX_LIMIT */
+    uint32_t count;         /* BATCH: sub-messages, 1..TQ_BATCH_MAX */
     uint32_t queue_count;   /* READY */
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */

@@ -1,7 +1,9 @@
 /* tq_wire.c - whole TQP/1 messages on raw libzmq sockets. */
 #include "tq_wire.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <string.h>
 
 void
 tq_frames_init(tq_frames_t *f)
@@ -110,6 +112,50 @@ tq_wire_send_msg(void *socket, zmq_msg_t *identity, const tq_msg_t *msg,
         return rc;
     return tq_wire_send(socket, identity, buf->data, buf->size, payload,
                         flags);
+}
+
+int
+tq_wire_send_batch(void *socket, zmq_msg_t *identity, tq_batch_t *b, int flags)
+{
+    int rc = TQ_OK;
+    if (b->count == 1) {
+        const void *header, *data;
+        size_t header_size, size;
+        bool has_payload;
+        rc = tq_batch_first(b, &header, &header_size, &data, &size,
+                            &has_payload);
+        assert(rc == TQ_OK);
+        zmq_msg_t payload;
+        if (has_payload) {
+            zmq_msg_init_size(&payload, size);
+            if (size)
+                memcpy(zmq_msg_data(&payload), data, size);
+        }
+        rc = tq_wire_send(socket, identity, header, header_size,
+                          has_payload ? &payload : NULL, flags);
+        if (has_payload) {
+            int saved = errno;
+            zmq_msg_close(&payload);
+            errno = saved;
+        }
+    } else if (b->count > 1) {
+        tq_msg_t msg;
+        memset(&msg, 0, offsetof(tq_msg_t, queues));
+        msg.command = TQ_CMD_BATCH;
+        msg.count = b->count;
+        rc = tq_proto_encode(&msg, &b->header, NULL);
+        assert(rc == TQ_OK);
+        zmq_msg_t payload;
+        zmq_msg_init_size(&payload, b->body.size);
+        memcpy(zmq_msg_data(&payload), b->body.data, b->body.size);
+        rc = tq_wire_send(socket, identity, b->header.data, b->header.size,
+                          &payload, flags);
+        int saved = errno;
+        zmq_msg_close(&payload);
+        errno = saved;
+    }
+    tq_batch_reset(b);
+    return rc;
 }
 
 int

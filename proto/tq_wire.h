@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <zmq.h>
 
+#include "tq_batch.h"
 #include "tq_proto.h"
 
 /* The frames of one received message. */
@@ -43,6 +44,14 @@ int tq_wire_send(void *socket, zmq_msg_t *identity, const void *header,
    (moved, may be NULL). Returns TQ_OK, TQ_EINVAL, or -1 with errno. */
 int tq_wire_send_msg(void *socket, zmq_msg_t *identity, const tq_msg_t *msg,
                      msgpack_sbuffer *buf, zmq_msg_t *payload, int flags);
+
+/* Sends batch b as one message: identity (copied, NULL for DEALER
+   sockets), the header [1, BATCH, count] and the batch's payload; a batch
+   of one goes as its plain message, an empty one sends nothing. b is
+   reset whatever the outcome (read tq_batch_count before, to account for
+   a failure). Returns TQ_OK or -1 with errno, as tq_wire_send. */
+int tq_wire_send_batch(void *socket, zmq_msg_t *identity, tq_batch_t *b,
+                       int flags);
 
 /* Decodes the header of received frames into msg and checks that a payload
    frame came exactly when the command has one. Returns TQ_OK, TQ_EVERSION

@@ -134,6 +134,7 @@ s_doc_from(const char *direction)
     } map[] = {
         {"C → B", TQ_FROM_CLIENT},
         {"B → C", TQ_FROM_BROKER},
+        {"C ↔ B", TQ_FROM_CLIENT | TQ_FROM_BROKER},
         {"either", TQ_FROM_ANY},
         {"B → any", TQ_FROM_BROKER},
         {"child → B", TQ_FROM_CHILD},
