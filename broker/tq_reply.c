@@ -377,6 +377,7 @@ tqb_out(tq_broker_t *self, uint8_t command)
     tq_msg_t *out = &self->out;
     out->command = command;
     out->id = (tq_str_t){0};
+    out->id_binary = false;
     out->task = (tq_str_t){0};
     out->queue = (tq_str_t){0};
     out->error = (tq_str_t){0};

@@ -338,6 +338,8 @@ s_hash(const void *id, size_t len)
     return h;
 }
 
+_Static_assert(TQB_ID_BIN == TQ_PROTO_ID_BIN, "a binary id is the wire's");
+
 /* Client-made ids are 32 lowercase hex digits: such an id is kept as its
    16 bytes (task->id_bin), any other as its text. An id is binary if and
    only if its text has that form, so the two kinds never meet: a lookup
@@ -345,23 +347,7 @@ s_hash(const void *id, size_t len)
 static bool
 s_id_parse(const char *text, size_t len, uint8_t bin[TQB_ID_BIN])
 {
-    if (len != 2 * TQB_ID_BIN)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = text[i];
-        uint8_t v;
-        if (c >= '0' && c <= '9')
-            v = (uint8_t)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v = (uint8_t)(c - 'a' + 10);
-        else
-            return false;
-        if (i % 2 == 0)
-            bin[i / 2] = (uint8_t)(v << 4);
-        else
-            bin[i / 2] |= v;
-    }
-    return true;
+    return tq_proto_id_parse(text, len, bin);
 }
 
 static uint32_t

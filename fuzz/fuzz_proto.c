@@ -95,5 +95,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tq_proto_decode(&again, buf.data, buf.size, NULL) != TQ_OK ||
         again.command != msg.command)
         abort();
+    /* an id, str or 16-byte bin, comes back in its form with its text */
+    if (again.id_binary != msg.id_binary || again.id.len != msg.id.len ||
+        (msg.id.len && memcmp(again.id.ptr, msg.id.ptr, msg.id.len) != 0))
+        abort();
     return 0;
 }

@@ -44,6 +44,22 @@ main(int argc, char **argv)
             return 1;
         fwrite(buf.data, 1, buf.size, f);
         fclose(f);
+        /* and with the id as a 16-byte bin (PROTOCOL.md 3), NAME_BIN */
+        const char *fields = tq_proto_command(msg.command)->fields;
+        if (!strchr(fields, 'I') && !strchr(fields, 'i'))
+            continue;
+        msg.id_binary = true;
+        if (tq_proto_encode(&msg, &buf, NULL) != TQ_OK)
+            continue;
+        if ((size_t)snprintf(path, sizeof path, "%s/%s_BIN", argv[1],
+                             tq_proto_command_name(msg.command)) >=
+            sizeof path)
+            return 1;
+        f = fopen(path, "wb");
+        if (!f)
+            return 1;
+        fwrite(buf.data, 1, buf.size, f);
+        fclose(f);
     }
     /* a BATCH payload of a SUBMIT, a SUBMITTED and a RESULT */
     tq_batch_t batch;

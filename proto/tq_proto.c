@@ -4,7 +4,8 @@
    the order that s_layouts gives for the command. Decoding is a bounded
    cursor over the bytes: every length is checked against what is left
    before it is used, nothing is allocated, and strings point into the
-   input. Encoding packs the same layout with msgpack-c. */
+   input (but an id that came as bin, whose text is written into the
+   message). Encoding packs the same layout with msgpack-c. */
 #include "tq_proto.h"
 
 #include <pthread.h>
@@ -250,6 +251,31 @@ bool
 tq_proto_valid_name(const char *ptr, size_t len)
 {
     return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
+}
+
+/* 0x10 | the value of each lowercase hex digit, 0 for any other byte: a
+   lookup and an AND per digit, no branch (the broker parses every id it
+   is given, several times a task). */
+static const uint8_t s_hex_value[256] = {
+    ['0'] = 0x10, ['1'] = 0x11, ['2'] = 0x12, ['3'] = 0x13,
+    ['4'] = 0x14, ['5'] = 0x15, ['6'] = 0x16, ['7'] = 0x17,
+    ['8'] = 0x18, ['9'] = 0x19, ['a'] = 0x1a, ['b'] = 0x1b,
+    ['c'] = 0x1c, ['d'] = 0x1d, ['e'] = 0x1e, ['f'] = 0x1f,
+};
+
+bool
+tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
+{
+    if (!ptr || len != 2 * TQ_PROTO_ID_BIN)
+        return false;
+    const unsigned char *p = (const unsigned char *)ptr;
+    uint8_t all = 0x10;
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
+        uint8_t hi = s_hex_value[p[2 * i]], lo = s_hex_value[p[2 * i + 1]];
+        all &= hi & lo;
+        bin[i] = (uint8_t)(hi << 4 | (lo & 0x0f));
+    }
+    return all != 0;
 }
 
 tq_str_t
@@ -537,12 +563,44 @@ s_read_name(s_reader_t *r, tq_str_t *s, const char *what)
     return true;
 }
 
+/* A bin id: exactly TQ_PROTO_ID_BIN bytes, read as the text of their 32
+   lowercase hex digits, written into msg->id_hex (so every receiver sees
+   the same id as text, whatever form it came in). */
 static bool
-s_read_id(s_reader_t *r, tq_str_t *s)
+s_read_bin_id(s_reader_t *r, tq_msg_t *msg)
 {
-    if (!s_read_str(r, s))
+    static const char digits[] = "0123456789abcdef";
+    uint8_t tag = *r->p;
+    uint64_t len;
+    if (!s_take_be(r, tag == 0xc4 ? 1 : tag == 0xc5 ? 2 : 4, &len))
         return false;
-    if (!tq_proto_valid_id(s->ptr, s->len))
+    if (len != TQ_PROTO_ID_BIN)
+        return s_fail(r, "a binary task id must be 16 bytes");
+    if (!s_need(r, TQ_PROTO_ID_BIN))
+        return false;
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
+        msg->id_hex[2 * i] = digits[r->p[i] >> 4];
+        msg->id_hex[2 * i + 1] = digits[r->p[i] & 0xf];
+    }
+    msg->id_hex[2 * TQ_PROTO_ID_BIN] = '\0';
+    r->p += TQ_PROTO_ID_BIN;
+    msg->id.ptr = msg->id_hex;
+    msg->id.len = 2 * TQ_PROTO_ID_BIN;
+    msg->id_binary = true;
+    return true;
+}
+
+/* An id: a str of the id rules, or a 16-byte bin (PROTOCOL.md 3). */
+static bool
+s_read_id(s_reader_t *r, tq_msg_t *msg)
+{
+    if (!s_need(r, 1))
+        return false;
+    if (*r->p == 0xc4 || *r->p == 0xc5 || *r->p == 0xc6)
+        return s_read_bin_id(r, msg);
+    if (!s_read_str(r, &msg->id))
+        return false;
+    if (!tq_proto_valid_id(msg->id.ptr, msg->id.len))
         return s_fail(r, "invalid task id");
     return true;
 }
@@ -552,9 +610,9 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
 {
     switch (code) {
     case F_ID:
-        return s_read_id(r, &msg->id);
+        return s_read_id(r, msg);
     case F_OPT_ID:
-        return s_is_nil(r) || s_read_id(r, &msg->id);
+        return s_is_nil(r) || s_read_id(r, msg);
     case F_TASK:
         return s_read_name(r, &msg->task, "invalid task name");
     case F_QUEUE:
@@ -758,6 +816,19 @@ s_pack_str(msgpack_packer *pk, tq_str_t s)
     msgpack_pack_str_body(pk, s.ptr, s.len);
 }
 
+/* Packs id as a 16-byte bin if it is 32 lowercase hex digits; returns
+   false (nothing packed) for any other id. */
+static bool
+s_pack_bin_id(msgpack_packer *pk, tq_str_t id)
+{
+    uint8_t bin[TQ_PROTO_ID_BIN];
+    if (!tq_proto_id_parse(id.ptr, id.len, bin))
+        return false;
+    msgpack_pack_bin(pk, TQ_PROTO_ID_BIN);
+    msgpack_pack_bin_body(pk, bin, TQ_PROTO_ID_BIN);
+    return true;
+}
+
 static bool
 s_pack_names(msgpack_packer *pk, const tq_str_t *names, uint32_t count)
 {
@@ -783,6 +854,8 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
             msgpack_pack_nil(pk);
             return NULL;
         }
+        if (msg->id_binary && s_pack_bin_id(pk, msg->id))
+            return NULL;
         if (!tq_proto_valid_id(msg->id.ptr, msg->id.len))
             return "invalid task id";
         s_pack_str(pk, msg->id);

@@ -18,6 +18,8 @@
 
 /* Limits, checked before use. */
 #define TQ_PROTO_MAX_ID 64          /* task id bytes */
+/* bytes of an id sent as bin: its text is their 32 lowercase hex digits */
+#define TQ_PROTO_ID_BIN 16
 #define TQ_PROTO_MAX_NAME 255       /* task, queue and host name bytes */
 #define TQ_PROTO_MAX_ERROR 4096     /* error text bytes */
 #define TQ_PROTO_MAX_NAMES 256      /* tasks or queues in one READY */
@@ -118,6 +120,9 @@ const char *tq_proto_field_name(char code);
 /* READY features: what a child does beyond TQP/1 as first written. A child
    that does not announce one is never sent the messages it needs. */
 #define TQ_FEATURE_RETURNS 0x1 /* answers REVOKE with RETURNED */
+/* reads an id sent as a 16-byte bin (TQ_PROTO_ID_BIN), and answers DONE and
+   RETURNED with the id in the form it got it (PROTOCOL.md 3) */
+#define TQ_FEATURE_BINARY_IDS 0x2
 /* SUBMIT features: what a client does beyond TQP/1 as first written.
    TQ_FEATURE_FOLD: it takes the task's RESULT as the acknowledgement of
    its SUBMIT, so a broker without a store may hold SUBMITTED back
@@ -139,7 +144,13 @@ typedef struct {
    meaningful (see the table in PROTOCOL.md); decode zeroes the rest. */
 typedef struct {
     uint8_t command;        /* TQ_CMD_* */
-    tq_str_t id;            /* task id */
+    tq_str_t id;            /* task id, as text */
+    bool id_binary;         /* decode: the id came as a 16-byte bin;
+                               encode: send it so if it is 32 lowercase
+                               hex digits (else as str) */
+    char id_hex[2 * TQ_PROTO_ID_BIN + 1]; /* decode: the text of a bin
+                               id, where id points (copy the id, not the
+                               struct, to keep it) */
     tq_str_t task;          /* task name */
     tq_str_t queue;         /* queue name */
     tq_str_t error;         /* error text (RESULT, DONE, ERROR) */
@@ -180,7 +191,8 @@ bool tq_proto_has_payload(uint8_t command);
 /* The command's name ("SUBMIT", ...), "?" when unknown. */
 const char *tq_proto_command_name(uint8_t command);
 
-/* Decodes a header frame into msg, whose strings then point into data.
+/* Decodes a header frame into msg, whose strings then point into data
+   (an id that came as a 16-byte bin: into msg->id_hex, as text).
    Returns TQ_OK, TQ_EVERSION (well-formed but another version) or
    TQ_EPROTO; on error *reason (if non-NULL) gets a static description. */
 int tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
@@ -203,6 +215,12 @@ int tq_proto_check_payload(const void *data, size_t size, bool array_only,
    1..255 of [0-9A-Za-z_.:@/-]. */
 bool tq_proto_valid_id(const char *ptr, size_t len);
 bool tq_proto_valid_name(const char *ptr, size_t len);
+
+/* An id of exactly 32 lowercase hex digits as its TQ_PROTO_ID_BIN bytes
+   (the bin form of PROTOCOL.md 3): true with bin written; false for any
+   other id (bin then undefined). */
+bool tq_proto_id_parse(const char *ptr, size_t len,
+                       uint8_t bin[TQ_PROTO_ID_BIN]);
 
 /* Makes a tq_str_t of a C string (NULL stays absent). */
 tq_str_t tq_str(const char *s);

@@ -2,7 +2,8 @@
    library: raw DEALERs speak TQP/1 (tq_proto, tq_wire) to a real tq-broker
    as clients, worker children and supervisors, to check data queues,
    limits, cancel and KILL, leases and LOST, retries, countdowns, purge,
-   host liveness and the STATUS body (PROTOCOL.md sections 5 and 8). */
+   host liveness, the STATUS body and binary ids (PROTOCOL.md sections 3,
+   5 and 8). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,6 +45,8 @@ typedef struct {
     uint32_t state, code, attempt, time_limit_ms;
     uint64_t pid;
     uint64_t dropped; /* PONG */
+    bool id_binary; /* the id came as a 16-byte bin */
+    size_t header_size; /* bytes of the header frame */
     uint8_t payload[S_MAX_PAYLOAD];
     size_t payload_size;
     int64_t at_ms; /* monotonic ms when it was received */
@@ -450,6 +453,8 @@ s_recv(s_world_t *w, void *socket, int timeout_ms, s_in_t *in)
             in->time_limit_ms = msg->time_limit_ms;
             in->pid = msg->pid;
             in->dropped = msg->dropped;
+            in->id_binary = msg->id_binary;
+            in->header_size = zmq_msg_size(&frames.header);
             in->payload_size = zmq_msg_size(&frames.payload);
             assert_true(in->payload_size <= S_MAX_PAYLOAD);
             memcpy(in->payload, zmq_msg_data(&frames.payload),
@@ -2029,6 +2034,129 @@ test_client_backlog(void **state)
     free(in);
 }
 
+/* ---- 12. binary ids (PROTOCOL.md 3) ---- */
+
+/* DONE (SUCCESS, value "ok") or RETURNED of id, the id as a 16-byte bin
+   when binary (and it is 32 lowercase hex digits). */
+static void
+s_answer(s_world_t *w, void *socket, uint8_t command, const char *id,
+         uint32_t attempt, bool binary)
+{
+    tq_msg_t msg = s_msg(command);
+    msg.id = tq_str(id);
+    msg.id_binary = binary;
+    msg.attempt = attempt;
+    msg.state = TQ_STATE_SUCCESS;
+    bool done = command == TQ_CMD_DONE;
+    s_send(w, socket, &msg, done ? s_value : NULL, done ? sizeof s_value : 0);
+}
+
+/* Expects TASK id attempt, its id in the given form. */
+static void
+s_expect_task_form(s_world_t *w, void *socket, const char *id, uint32_t attempt,
+                   bool binary, s_in_t *in)
+{
+    s_expect_task(w, socket, id, attempt, in);
+    if (in->id_binary != binary)
+        fail_msg("TASK %s: id as %s, expected %s", id,
+                 in->id_binary ? "bin" : "str", binary ? "bin" : "str");
+}
+
+#define S_HEX1 "00112233445566778899aabbccddeeff"
+#define S_HEX2 "ffeeddccbbaa99887766554433221100"
+#define S_HEX3 "0123456789abcdef0123456789abcdef"
+#define S_HEX4 "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+#define S_HEX5 "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+#define S_HEX6 "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
+#define S_UPPER "0123456789ABCDEF0123456789ABCDEF"
+
+/* A child that announces BINARY_IDS gets TASK and REVOKE ids of 32
+   lowercase hex digits as bin (a TASK header within libzmq's 33-byte
+   inline message), others as str; an older child gets str. Whatever form
+   a DONE or RETURNED names its task in, it counts, and clients see ids as
+   str. */
+static void
+test_binary_ids(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *nw = s_dealer(w, w->broker.workers);
+    s_ready_features(w, nw, "hostB", 951, 950, "qb", 4,
+                     TQ_FEATURE_RETURNS | TQ_FEATURE_BINARY_IDS);
+    void *old = s_dealer(w, w->broker.workers);
+    s_ready_features(w, old, "hostB", 952, 950, "qs", 4, TQ_FEATURE_RETURNS);
+
+    /* bin only for 32 lowercase hex digits */
+    s_submit_ok(w, a, S_HEX1, "qb", in);
+    s_expect_task_form(w, nw, S_HEX1, 1, true, in);
+    printf("  TASK header with a bin id: %zu bytes\n", in->header_size);
+    assert_true(in->header_size <= 33);
+    s_submit_ok(w, a, "bn-1", "qb", in);
+    s_expect_task_form(w, nw, "bn-1", 1, false, in);
+    s_submit_ok(w, a, S_UPPER, "qb", in);
+    s_expect_task_form(w, nw, S_UPPER, 1, false, in);
+    /* its DONEs, in the form it got them or not, end the tasks */
+    s_answer(w, nw, TQ_CMD_DONE, S_HEX1, 1, true);
+    s_expect_result(w, a, S_HEX1, TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_false(in->id_binary);
+    assert_int_equal(in->payload_size, sizeof s_value);
+    assert_memory_equal(in->payload, s_value, sizeof s_value);
+    s_answer(w, nw, TQ_CMD_DONE, "bn-1", 1, true); /* goes as str */
+    s_expect_result(w, a, "bn-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_answer(w, nw, TQ_CMD_DONE, S_UPPER, 1, false);
+    s_expect_result(w, a, S_UPPER, TQ_STATE_SUCCESS, TQ_OK, in);
+    s_submit_ok(w, a, S_HEX3, "qb", in);
+    s_expect_task_form(w, nw, S_HEX3, 1, true, in);
+    s_answer(w, nw, TQ_CMD_DONE, S_HEX3, 1, false);
+    s_expect_result(w, a, S_HEX3, TQ_STATE_SUCCESS, TQ_OK, in);
+
+    /* an older child: str; its DONE is read in either form */
+    s_submit_ok(w, a, S_HEX2, "qs", in);
+    s_expect_task_form(w, old, S_HEX2, 1, false, in);
+    s_answer(w, old, TQ_CMD_DONE, S_HEX2, 1, true);
+    s_expect_result(w, a, S_HEX2, TQ_STATE_SUCCESS, TQ_OK, in);
+
+    /* REVOKE as bin, RETURNED as bin: the task moves with a new lease */
+    s_submit_ok(w, a, S_HEX4, "qb", in);
+    s_submit_ok(w, a, S_HEX5, "qb", in);
+    s_expect_task_form(w, nw, S_HEX4, 1, true, in);
+    s_expect_task_form(w, nw, S_HEX5, 1, true, in);
+    void *nw2 = s_dealer(w, w->broker.workers);
+    s_ready_features(w, nw2, "hostB", 953, 950, "qb", 4,
+                     TQ_FEATURE_RETURNS | TQ_FEATURE_BINARY_IDS);
+    s_expect(w, nw, TQ_CMD_REVOKE, S_HEX5, in);
+    assert_true(in->id_binary);
+    assert_int_equal(in->attempt, 1);
+    s_answer(w, nw, TQ_CMD_RETURNED, S_HEX5, 1, true);
+    s_expect_task_form(w, nw2, S_HEX5, 2, true, in);
+    s_answer(w, nw2, TQ_CMD_DONE, S_HEX5, 2, true);
+    s_expect_result(w, a, S_HEX5, TQ_STATE_SUCCESS, TQ_OK, in);
+    s_answer(w, nw, TQ_CMD_DONE, S_HEX4, 1, true);
+    s_expect_result(w, a, S_HEX4, TQ_STATE_SUCCESS, TQ_OK, in);
+
+    /* a client may name a task by a bin id too; answers carry str */
+    tq_msg_t msg = s_msg(TQ_CMD_SUBMIT);
+    msg.id = tq_str(S_HEX6);
+    msg.id_binary = true;
+    msg.task = tq_str("t");
+    msg.queue = tq_str("qs");
+    s_send(w, a, &msg, s_args, sizeof s_args);
+    s_expect(w, a, TQ_CMD_SUBMITTED, S_HEX6, in);
+    assert_false(in->id_binary);
+    s_expect_task_form(w, old, S_HEX6, 1, false, in);
+    s_answer(w, old, TQ_CMD_DONE, S_HEX6, 1, false);
+    s_expect_result(w, a, S_HEX6, TQ_STATE_SUCCESS, TQ_OK, in);
+
+    assert_int_equal(s_counter(w, a, "completed"), 8);
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    assert_int_equal(s_counter(w, a, "stolen"), 1);
+    assert_int_equal(s_counter(w, a, "malformed"), 0);
+    free(in);
+}
+
 int
 main(void)
 {
@@ -2066,6 +2194,7 @@ main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_work_stealing_cancelled, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_binary_ids, s_setup, s_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -534,6 +535,232 @@ test_names(void **state)
     assert_string_equal(tq_state_name(99), "?");
 }
 
+/* ---- binary ids (PROTOCOL.md 3) ---- */
+
+#define S_HEX_ID "0123456789abcdef00ff10e0a5c3deaf"
+
+/* Every command with an id: asked for, a 32-lowercase-hex id goes as a
+   16-byte bin and comes back as the same text, flagged; not asked for, as
+   str. */
+static void
+test_binary_id_round_trip(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    const uint8_t bin[] = {0xc4, 0x10, 0x01, 0x23, 0x45, 0x67,
+                           0x89, 0xab, 0xcd, 0xef, 0x00, 0xff,
+                           0x10, 0xe0, 0xa5, 0xc3, 0xde, 0xaf};
+    int with_id = 0;
+    for (size_t i = 0; i < S_NCOMMANDS; i++) {
+        const tq_proto_command_t *cmd = tq_proto_command(s_commands[i]);
+        if (!strchr(cmd->fields, 'I') && !strchr(cmd->fields, 'i'))
+            continue;
+        with_id++;
+        for (int binary = 0; binary < 2; binary++) {
+            s_fill(&in, s_commands[i]);
+            in.id = tq_str(S_HEX_ID);
+            in.id_binary = binary;
+            assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+            bool has_bin = memmem(buf.data, buf.size, bin, sizeof bin);
+            bool has_str = memmem(buf.data, buf.size, S_HEX_ID, 32);
+            assert_int_equal(has_bin, binary);
+            assert_int_equal(has_str, !binary);
+            const char *why = NULL;
+            assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, &why),
+                             TQ_OK);
+            assert_int_equal(out.command, in.command);
+            assert_int_equal(out.id.len, 32);
+            assert_memory_equal(out.id.ptr, S_HEX_ID, 32);
+            assert_int_equal(out.id_binary, binary);
+            if (binary)
+                assert_ptr_equal(out.id.ptr, out.id_hex);
+            else
+                assert_true(out.id.ptr >= buf.data &&
+                            out.id.ptr < buf.data + buf.size);
+        }
+    }
+    assert_true(with_id >= 10);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* The point of the form: TASK and DONE of a short task name fit in
+   libzmq's 33-byte inline message (no malloc per frame), which a str id
+   cannot. */
+static void
+test_binary_id_small_headers(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t msg;
+    memset(&msg, 0, sizeof msg);
+    msg.command = TQ_CMD_TASK;
+    msg.id = tq_str(S_HEX_ID);
+    msg.task = tq_str("tq.echo");
+    msg.attempt = 1;
+    msg.time_limit_ms = 0;
+    msg.id_binary = true;
+    assert_int_equal(tq_proto_encode(&msg, &buf, NULL), TQ_OK);
+    printf("  TASK header: %zu bytes with a bin id\n", buf.size);
+    assert_true(buf.size <= 33);
+    msg.id_binary = false;
+    assert_int_equal(tq_proto_encode(&msg, &buf, NULL), TQ_OK);
+    assert_true(buf.size > 33);
+
+    memset(&msg, 0, sizeof msg);
+    msg.command = TQ_CMD_DONE;
+    msg.id = tq_str(S_HEX_ID);
+    msg.attempt = 1;
+    msg.state = TQ_STATE_SUCCESS;
+    msg.rss_kb = 1u << 20; /* 1 GiB peak: a 5-byte uint */
+    msg.id_binary = true;
+    assert_int_equal(tq_proto_encode(&msg, &buf, NULL), TQ_OK);
+    printf("  DONE header: %zu bytes with a bin id\n", buf.size);
+    assert_true(buf.size <= 33);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* Asked for a bin id, an id that is not exactly 32 lowercase hex digits
+   goes as str (its text unchanged); an invalid one is still refused. */
+static void
+test_binary_id_only_hex(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    const char *ids[] = {
+        "task-1",
+        "0123456789ABCDEF0123456789ABCDEF", /* uppercase */
+        "0123456789abcdef0123456789abcde", /* 31 */
+        "0123456789abcdef0123456789abcdef0", /* 33 */
+        "0123456789abcdef0123456789abcdeg", /* not hex */
+        "0123456789abcdef-0123456789abcde",
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        s_fill(&in, TQ_CMD_TASK);
+        in.id = tq_str(ids[i]);
+        in.id_binary = true;
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        assert_non_null(memmem(buf.data, buf.size, ids[i], strlen(ids[i])));
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                         TQ_OK);
+        assert_false(out.id_binary);
+        assert_true(s_same(out.id, in.id));
+    }
+    const char *why = NULL;
+    s_fill(&in, TQ_CMD_DONE);
+    in.id = tq_str("has space");
+    in.id_binary = true;
+    assert_int_equal(tq_proto_encode(&in, &buf, &why), TQ_EINVAL);
+    assert_string_equal(why, "invalid task id");
+    /* an optional id left out is nil in either form */
+    s_fill(&in, TQ_CMD_ERROR);
+    in.id = tq_str(NULL);
+    in.id_binary = true;
+    assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL), TQ_OK);
+    assert_null(out.id.ptr);
+    assert_false(out.id_binary);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* Hand-made headers: a 16-byte bin reads as its lowercase hex, in any bin
+   width; any other size, or a bin cut short, is malformed. */
+static void
+test_binary_id_decode(void **state)
+{
+    (void)state;
+    static tq_msg_t out;
+    const char *why = NULL;
+    /* [1, REVOKE, bin, 3] */
+    uint8_t frame[32] = {0x94, 0x01, 0x27, 0xc4, 0x10};
+    for (int i = 0; i < 16; i++)
+        frame[5 + i] = (uint8_t)(0xf0 - 0x11 * i);
+    frame[21] = 0x03;
+    assert_int_equal(tq_proto_decode(&out, frame, 22, &why), TQ_OK);
+    assert_int_equal(out.command, TQ_CMD_REVOKE);
+    assert_int_equal(out.attempt, 3);
+    assert_true(out.id_binary);
+    assert_true(tq_str_eq(out.id, "f0dfcebdac9b8a7968574635241302f1"));
+    assert_true(tq_proto_valid_id(out.id.ptr, out.id.len));
+    /* bin 16 and bin 32 tags carrying 16 bytes */
+    uint8_t wide[40] = {0x94, 0x01, 0x27, 0xc5, 0x00, 0x10};
+    memcpy(wide + 6, frame + 5, 16);
+    wide[22] = 0x03;
+    assert_int_equal(tq_proto_decode(&out, wide, 23, &why), TQ_OK);
+    assert_true(tq_str_eq(out.id, "f0dfcebdac9b8a7968574635241302f1"));
+    uint8_t wider[40] = {0x94, 0x01, 0x27, 0xc6, 0x00, 0x00, 0x00, 0x10};
+    memcpy(wider + 8, frame + 5, 16);
+    wider[24] = 0x03;
+    assert_int_equal(tq_proto_decode(&out, wider, 25, &why), TQ_OK);
+    assert_true(out.id_binary);
+    /* other sizes: 0, 1, 15, 17, 32 */
+    const uint8_t sizes[] = {0, 1, 15, 17, 32};
+    for (size_t k = 0; k < sizeof sizes; k++) {
+        uint8_t bad[64] = {0x94, 0x01, 0x27, 0xc4, sizes[k]};
+        memset(bad + 5, 0xab, sizes[k]);
+        bad[5 + sizes[k]] = 0x03;
+        why = NULL;
+        assert_int_equal(tq_proto_decode(&out, bad, 6 + sizes[k], &why),
+                         TQ_EPROTO);
+        assert_string_equal(why, "a binary task id must be 16 bytes");
+    }
+    /* every strict prefix of a bin-id TASK and DONE */
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in;
+    const uint8_t commands[] = {TQ_CMD_TASK, TQ_CMD_DONE};
+    for (size_t c = 0; c < sizeof commands; c++) {
+        s_fill(&in, commands[c]);
+        in.id_binary = true;
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        for (size_t n = 0; n < buf.size; n++) {
+            char *prefix = malloc(n ? n : 1);
+            memcpy(prefix, buf.data, n);
+            assert_int_equal(tq_proto_decode(&out, prefix, n, NULL), TQ_EPROTO);
+            free(prefix);
+        }
+    }
+    msgpack_sbuffer_destroy(&buf);
+    /* a bin where an id is not read (a task name) stays malformed */
+    uint8_t name[40] = {0x96, 0x01, 0x21, 0xa2, 'i', 'd', 0xc4, 0x10};
+    memset(name + 8, 0x61, 16);
+    name[24] = 0x01;
+    name[25] = 0x00;
+    assert_int_equal(tq_proto_decode(&out, name, 26, &why), TQ_EPROTO);
+}
+
+/* tq_proto_id_parse: exactly 32 lowercase hex digits, every byte value
+   tried in every position class. */
+static void
+test_id_parse(void **state)
+{
+    (void)state;
+    uint8_t bin[TQ_PROTO_ID_BIN];
+    assert_true(tq_proto_id_parse(S_HEX_ID, 32, bin));
+    const uint8_t want[] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                            0x00, 0xff, 0x10, 0xe0, 0xa5, 0xc3, 0xde, 0xaf};
+    assert_memory_equal(bin, want, sizeof want);
+    assert_false(tq_proto_id_parse(S_HEX_ID, 31, bin));
+    assert_false(tq_proto_id_parse(S_HEX_ID "0", 33, bin));
+    assert_false(tq_proto_id_parse(NULL, 32, bin));
+    for (int pos = 0; pos < 2; pos++)
+        for (int c = 0; c < 256; c++) {
+            char text[33];
+            memcpy(text, S_HEX_ID, sizeof text);
+            text[30 + pos] = (char)c;
+            bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+            assert_int_equal(tq_proto_id_parse(text, 32, bin), hex);
+            if (hex) {
+                int v = c <= '9' ? c - '0' : c - 'a' + 10;
+                assert_int_equal(pos ? bin[15] & 0x0f : bin[15] >> 4, v);
+            }
+        }
+}
+
 int
 main(void)
 {
@@ -549,6 +776,11 @@ main(void)
         cmocka_unit_test(test_garbled),
         cmocka_unit_test(test_payload_check),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_binary_id_round_trip),
+        cmocka_unit_test(test_binary_id_small_headers),
+        cmocka_unit_test(test_binary_id_only_hex),
+        cmocka_unit_test(test_binary_id_decode),
+        cmocka_unit_test(test_id_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

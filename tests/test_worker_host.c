@@ -3,8 +3,8 @@
    a cancelled tq.exec task takes every process it started, a broker that
    stopped answering for a while gets every child announced again, a
    child setup that keeps failing stops the host with a clear message,
-   tasks do not wake the supervisor one by one, and SIGHUP does not kill
-   the supervisor. */
+   tasks do not wake the supervisor one by one, SIGHUP does not kill
+   the supervisor, and a child answers binary ids in kind. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -466,6 +466,201 @@ test_session_change_reannounces(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* A fake broker's view of one worker child: the router, the child's
+   identity once its READY came, a header buffer. */
+typedef struct {
+    void *router;
+    zmq_msg_t child; /* the child's identity frame */
+    msgpack_sbuffer buf;
+    tq_frames_t frames; /* the last message's */
+    tq_msg_t msg; /* the last message, decoded */
+    uint64_t session; /* what its HEARTBEAT replies carry */
+} s_binfake_t;
+
+/* Receives the next message from the host within S_GET_MS, answering the
+   supervisor's HEARTBEATs with self->session (the same one: nobody
+   announces itself again); fails the test if none comes. */
+static const tq_msg_t *
+s_binfake_next(s_binfake_t *self)
+{
+    int64_t deadline = tq_harness_now_ms() + S_GET_MS;
+    while (tq_harness_now_ms() < deadline) {
+        if (!tq_fake_router_recv(self->router, &self->frames, &self->msg, 200))
+            continue;
+        if (self->msg.command != TQ_CMD_HEARTBEAT)
+            return &self->msg;
+        tq_msg_t out = {.command = TQ_CMD_HEARTBEAT,
+                        .host = tq_str("fake"),
+                        .pid = 4242,
+                        .session = self->session};
+        assert_int_equal(tq_wire_send_msg(self->router, &self->frames.identity,
+                                          &out, &self->buf, NULL, 0),
+                         TQ_OK);
+    }
+    fail_msg("nothing from the worker host in %d ms", S_GET_MS);
+    return NULL;
+}
+
+/* Sends TASK (args: a msgpack array, payload bytes) or REVOKE of id to the
+   child, the id as bin when binary. */
+static void
+s_binfake_send(s_binfake_t *self, uint8_t command, const char *id, bool binary,
+               const char *task, const void *args, size_t size)
+{
+    tq_msg_t out = {.command = command,
+                    .id = tq_str(id),
+                    .id_binary = binary,
+                    .task = tq_str(task),
+                    .attempt = 1};
+    zmq_msg_t payload;
+    if (command == TQ_CMD_TASK) {
+        assert_int_equal(zmq_msg_init_size(&payload, size), 0);
+        memcpy(zmq_msg_data(&payload), args, size);
+    }
+    assert_int_equal(
+        tq_wire_send_msg(self->router, &self->child, &out, &self->buf,
+                         command == TQ_CMD_TASK ? &payload : NULL, 0),
+        TQ_OK);
+    if (command == TQ_CMD_TASK)
+        zmq_msg_close(&payload);
+}
+
+/* Expects the child's DONE (SUCCESS, value args) or RETURNED for id, its
+   id in the given form. */
+static void
+s_binfake_expect(s_binfake_t *self, uint8_t command, const char *id,
+                 bool binary, const void *args, size_t size)
+{
+    const tq_msg_t *msg = s_binfake_next(self);
+    if (msg->command != command || !tq_str_eq(msg->id, id))
+        fail_msg("expected %s %s, got %s %.*s", tq_proto_command_name(command),
+                 id, tq_proto_command_name(msg->command), (int)msg->id.len,
+                 msg->id.ptr ? msg->id.ptr : "");
+    if (msg->id_binary != binary)
+        fail_msg("%s %s: id as %s, expected %s", tq_proto_command_name(command),
+                 id, msg->id_binary ? "bin" : "str", binary ? "bin" : "str");
+    assert_int_equal(msg->attempt, 1);
+    if (command == TQ_CMD_DONE) {
+        assert_int_equal(msg->state, TQ_STATE_SUCCESS);
+        assert_int_equal(zmq_msg_size(&self->frames.payload), size);
+        assert_memory_equal(zmq_msg_data(&self->frames.payload), args, size);
+    }
+}
+
+/* The worker child (the real tq-worker, here before a fake broker) says it
+   reads binary ids (READY feature 0x2) and answers DONE and RETURNED with
+   the id in the form it got it: bin for bin, str for str (even a hex one),
+   for tasks run and tasks given back. */
+static void
+test_child_binary_ids(void **state)
+{
+    (void)state;
+    s_binfake_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.session = 1;
+    msgpack_sbuffer_init(&fake.buf);
+    tq_frames_init(&fake.frames);
+    zmq_msg_init(&fake.child);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
+                          "1",           "--prefetch", "4", NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+
+    const tq_msg_t *ready = s_binfake_next(&fake);
+    assert_int_equal(ready->command, TQ_CMD_READY);
+    assert_true(ready->features & TQ_FEATURE_BINARY_IDS);
+    assert_true(ready->features & TQ_FEATURE_RETURNS);
+    assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
+
+    const uint8_t seven[] = {0x91, 0x07};
+    const char *h1 = "00112233445566778899aabbccddeeff";
+    const char *h2 = "ffeeddccbbaa99887766554433221100";
+    s_binfake_send(&fake, TQ_CMD_TASK, h1, true, "tq.echo", seven,
+                   sizeof seven);
+    s_binfake_expect(&fake, TQ_CMD_DONE, h1, true, seven, sizeof seven);
+    s_binfake_send(&fake, TQ_CMD_TASK, h2, false, "tq.echo", seven,
+                   sizeof seven);
+    s_binfake_expect(&fake, TQ_CMD_DONE, h2, false, seven, sizeof seven);
+    s_binfake_send(&fake, TQ_CMD_TASK, "plain-1", false, "tq.echo", seven,
+                   sizeof seven);
+    s_binfake_expect(&fake, TQ_CMD_DONE, "plain-1", false, seven, sizeof seven);
+
+    /* a task held behind a running one, asked back by a bin REVOKE: given
+       back (RETURNED) if it had not started, else run (DONE); either way
+       named as it came, and the running one's DONE too */
+    const uint8_t one[] = {0x91, 0x01};
+    const char *h3 = "0123456789abcdef0123456789abcdef";
+    const char *h4 = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+    s_binfake_send(&fake, TQ_CMD_TASK, h3, true, "tq.sleep", one, sizeof one);
+    s_binfake_send(&fake, TQ_CMD_TASK, h4, true, "tq.echo", seven,
+                   sizeof seven);
+    s_binfake_send(&fake, TQ_CMD_REVOKE, h4, true, NULL, NULL, 0);
+    bool done3 = false, answered4 = false, returned4 = false;
+    while (!done3 || !answered4) {
+        const tq_msg_t *msg = s_binfake_next(&fake);
+        assert_true(msg->id_binary);
+        if (tq_str_eq(msg->id, h3)) {
+            assert_false(done3);
+            assert_int_equal(msg->command, TQ_CMD_DONE);
+            done3 = true;
+        } else {
+            assert_true(tq_str_eq(msg->id, h4));
+            assert_false(answered4);
+            assert_true(msg->command == TQ_CMD_RETURNED ||
+                        msg->command == TQ_CMD_DONE);
+            answered4 = true;
+            returned4 = msg->command == TQ_CMD_RETURNED;
+        }
+    }
+    printf("  the held task was %s\n",
+           returned4 ? "given back (RETURNED)" : "run (DONE)");
+
+    /* the broker forgets the host (a new session) while a task with a bin
+       id runs: the child announces itself again on a new connection,
+       naming the task, and its DONE there names it as str (the new broker
+       may not read bin); a DONE before the new READY still goes as bin */
+    const char *h5 = "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+    const uint8_t three[] = {0x91, 0x03};
+    s_binfake_send(&fake, TQ_CMD_TASK, h5, true, "tq.sleep", three,
+                   sizeof three);
+    fake.session = 2;
+    bool again = false;
+    for (;;) {
+        const tq_msg_t *msg = s_binfake_next(&fake);
+        if (msg->command == TQ_CMD_READY) {
+            assert_false(again);
+            assert_true(msg->features & TQ_FEATURE_BINARY_IDS);
+            assert_false(msg->id_binary);
+            again = true;
+            continue;
+        }
+        assert_int_equal(msg->command, TQ_CMD_DONE);
+        assert_true(tq_str_eq(msg->id, h5));
+        assert_int_equal(msg->id_binary, !again);
+        printf("  DONE %s the READY on a new connection: id as %s\n",
+               again ? "after" : "before", msg->id_binary ? "bin" : "str");
+        break;
+    }
+
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    zmq_msg_close(&fake.child);
+    tq_frames_close(&fake.frames);
+    msgpack_sbuffer_destroy(&fake.buf);
+    int linger = 0;
+    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(fake.router);
+    zmq_ctx_term(ctx);
+}
+
 /* Counts the lines of text that hold needle and not unless. */
 static int
 s_count_lines(const char *text, const char *needle, const char *unless)
@@ -665,6 +860,7 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_session_change_reannounces),
+        cmocka_unit_test(test_child_binary_ids),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

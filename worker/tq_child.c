@@ -37,6 +37,7 @@ typedef struct {
     char name[TQ_PROTO_MAX_NAME + 1]; /* task name */
     uint32_t attempt; /* 1.. */
     uint32_t time_limit_ms; /* the task's own limit, 0: default */
+    bool id_binary; /* its id came as bin: DONE and RETURNED send it so */
     zmq_msg_t args; /* payload frame, moved in unread */
 } s_job_t;
 
@@ -287,7 +288,7 @@ s_send_ready(s_child_t *self, const char *running)
     self->out.pid = (uint64_t)getpid();
     self->out.ppid = (uint64_t)getppid();
     self->out.credit = cfg->prefetch;
-    self->out.features = TQ_FEATURE_RETURNS;
+    self->out.features = TQ_FEATURE_RETURNS | TQ_FEATURE_BINARY_IDS;
     self->out.queue_count = cfg->queue_count;
     for (uint32_t i = 0; i < cfg->queue_count; i++)
         self->out.queues[i] = tq_str(cfg->queues[i]);
@@ -353,6 +354,7 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
         s_reconnect(self, job->id);
     s_out(self, TQ_CMD_DONE);
     self->out.id = tq_str(job->id);
+    self->out.id_binary = job->id_binary;
     self->out.attempt = job->attempt;
     self->out.state = state;
     self->out.code = code;
@@ -465,6 +467,7 @@ s_push(s_child_t *self, const tq_msg_t *msg)
                       self->config->prefetch);
     s_job_t *job = &self->jobs[(self->head + self->count) % self->capacity];
     tq_str_copy(job->id, sizeof job->id, msg->id);
+    job->id_binary = msg->id_binary;
     tq_str_copy(job->name, sizeof job->name, msg->task);
     job->attempt = msg->attempt;
     job->time_limit_ms = msg->time_limit_ms;
@@ -490,6 +493,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     s_job_t *gone = &self->jobs[(self->head + i) % self->capacity];
     s_out(self, TQ_CMD_RETURNED);
     self->out.id = tq_str(gone->id);
+    self->out.id_binary = gone->id_binary;
     self->out.attempt = gone->attempt;
     if (s_send(self, NULL) != TQ_OK)
         return; /* kept: it runs here, as the broker still thinks */
@@ -505,6 +509,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
         memcpy(to->name, from->name, sizeof to->name);
         to->attempt = from->attempt;
         to->time_limit_ms = from->time_limit_ms;
+        to->id_binary = from->id_binary;
         zmq_msg_move(&to->args, &from->args);
     }
     self->count--;
@@ -717,6 +722,9 @@ s_reconnect(s_child_t *self, const char *running)
             0)
             running = NULL;
     s_drop_queued(self);
+    /* the running task's DONE names it as text: a bin id goes only back
+       on the connection it came on, and the new broker may not read one */
+    self->current.id_binary = false;
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
