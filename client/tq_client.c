@@ -94,6 +94,36 @@ tq_client_sent_by_caller(tq_client_t *self)
     return atomic_load(&self->sent_by_caller);
 }
 
+uint32_t
+tq_client_peer_features(tq_client_t *self)
+{
+    return atomic_load(&self->peer_features);
+}
+
+uint64_t
+tq_client_batches_sent(tq_client_t *self)
+{
+    return atomic_load(&self->batches_sent);
+}
+
+uint64_t
+tq_client_batched_sent(tq_client_t *self)
+{
+    return atomic_load(&self->batched_sent);
+}
+
+uint64_t
+tq_client_batches_read(tq_client_t *self)
+{
+    return atomic_load(&self->batches_read);
+}
+
+uint64_t
+tq_client_malformed(tq_client_t *self)
+{
+    return atomic_load(&self->malformed);
+}
+
 const char *
 tq_client_current_endpoint(tq_client_t *self)
 {
@@ -296,6 +326,13 @@ tq_client_new(const char *endpoint)
     atomic_init(&self->liveness_ms, S_DEFAULT_LIVENESS_MS);
     atomic_init(&self->id_counter, 0);
     atomic_init(&self->current, 0);
+    /* TQ_NO_BATCH: every request alone, and none batched from the broker
+       (to compare, or for a peer in between that does not pass BATCH) */
+    const char *no_batch = getenv("TQ_NO_BATCH");
+    atomic_init(&self->no_batch,
+                no_batch &&
+                    (!strcmp(no_batch, "1") || !strcmp(no_batch, "yes") ||
+                     !strcmp(no_batch, "true") || !strcmp(no_batch, "on")));
     self->endpoint = strdup(endpoint);
     if (getrandom(&self->id_prefix, sizeof self->id_prefix, 0) !=
         sizeof self->id_prefix) {
@@ -399,6 +436,13 @@ tq_client_set_fold(tq_client_t *self, bool fold)
 {
     assert(self);
     atomic_store(&self->no_fold, !fold);
+}
+
+void
+tq_client_set_batch(tq_client_t *self, bool batch)
+{
+    assert(self);
+    atomic_store(&self->no_batch, !batch);
 }
 
 const char *

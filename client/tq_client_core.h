@@ -48,6 +48,8 @@ struct tq_client_t {
     bool closed;
     atomic_int liveness_ms;
     atomic_bool no_fold; /* SUBMITs without TQ_FEATURE_FOLD */
+    atomic_bool no_batch; /* SUBMITs without TQ_FEATURE_BATCH, and no
+                             BATCH sent (tq_client_set_batch) */
     uint64_t id_prefix; /* 64 random bits */
     atomic_uint_fast64_t id_counter;
     pid_t pid; /* the process that made it */
@@ -55,6 +57,15 @@ struct tq_client_t {
     atomic_uint_fast64_t broker_moves; /* moves to the next broker */
     atomic_uint_fast64_t sent_by_caller; /* tq_client_io_send_now calls */
     atomic_uint_fast64_t led; /* answers a waiting caller read itself */
+    /* BATCH (PROTOCOL.md 5.9): what the broker said it takes in its last
+       PONG on this connection (0 until then, again after a reconnect or
+       a move); BATCHes sent and the requests in them; BATCHes read;
+       messages dropped as malformed (lone ones and those in a BATCH) */
+    atomic_uint peer_features;
+    atomic_uint_fast64_t batches_sent;
+    atomic_uint_fast64_t batched_sent;
+    atomic_uint_fast64_t batches_read;
+    atomic_uint_fast64_t malformed;
     /* request moves made so far, [from][to] (tq_client_moves) */
     atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
 };
@@ -115,6 +126,21 @@ uint64_t tq_client_led(tq_client_t *self);
 
 /* How many times a caller thread sent its request itself (tests). */
 uint64_t tq_client_sent_by_caller(tq_client_t *self);
+
+/* The features of the broker's last PONG on this connection (0: none
+   heard since the socket connected or moved), TQ_FEATURE_* (tests). */
+uint32_t tq_client_peer_features(tq_client_t *self);
+
+/* BATCH messages this client sent, and the requests sent inside them. */
+uint64_t tq_client_batches_sent(tq_client_t *self);
+uint64_t tq_client_batched_sent(tq_client_t *self);
+
+/* BATCH messages this client read from the broker. */
+uint64_t tq_client_batches_read(tq_client_t *self);
+
+/* Messages from the broker dropped as malformed, lone ones and those in a
+   BATCH alike (tests). */
+uint64_t tq_client_malformed(tq_client_t *self);
 
 /* How many times the client moved to the next broker of its list. */
 uint64_t tq_client_broker_moves(tq_client_t *self);

@@ -27,6 +27,10 @@
 #define S_FULL_RETRY_MAX_MS 1000
 /* answers read before the callers waiting on them are woken (at most) */
 #define S_WAKE_EVERY 32
+/* requests sent together in one BATCH: at most this many, and the next
+   one only while the BATCH is smaller than S_BATCH_BYTES */
+#define S_BATCH_MAX 256
+#define S_BATCH_BYTES 65536
 
 /* ---- containers --------------------------------------------------------- */
 
@@ -457,15 +461,14 @@ s_msg_clear(tq_msg_t *m)
     memset(m, 0, offsetof(tq_msg_t, queues));
 }
 
-/* Sends one QUEUED request: SENT, or FAILED when the socket refuses it
-   for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
-   later (r stays QUEUED). */
-static int
-s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
+/* Fills io->out_msg with what r asks; returns its payload (borrowed from
+   r) or NULL when its command has none. */
+static zmq_msg_t *
+s_io_encode(tq_io_t *io, tq_request_t *r)
 {
     tq_msg_t *m = &io->out_msg;
     s_msg_clear(m);
-    zmq_msg_t copy, *payload = NULL;
+    zmq_msg_t *payload = NULL;
     m->id = tq_str(r->id);
     switch (r->kind) {
     case TQ_KIND_SUBMIT:
@@ -481,6 +484,10 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
            fold SUBMITTED into it (PROTOCOL.md 5.1) */
         m->features = atomic_load(&io->client->no_fold) ? 0 : TQ_FEATURE_FOLD;
         r->folded = m->features != 0;
+        /* the broker may send this client several messages in one
+           (PROTOCOL.md 5.9) */
+        if (!atomic_load(&io->client->no_batch))
+            m->features |= TQ_FEATURE_BATCH;
         payload = &r->payload;
         break;
     case TQ_KIND_GET:
@@ -522,6 +529,29 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         assert(false); /* carried out when taken, never sent */
         break;
     }
+    return payload;
+}
+
+/* r went out (alone or in a BATCH) as the send-th message to libzmq. */
+static void
+s_io_sent(tq_io_t *io, tq_request_t *r, int64_t now, uint64_t send,
+          bool batched)
+{
+    r->batched = batched;
+    r->send_seq = send;
+    r->epoch = io->epoch;
+    r->sent_ms = now;
+    r->dropped_ping = 0; /* a new send, a new answer */
+    tq_io_move(io, r, TQ_REQ_SENT);
+}
+
+/* Sends one QUEUED request: SENT, or FAILED when the socket refuses it
+   for good (r is then gone). TQ_OK, or -1 with errno EAGAIN to retry
+   later (r stays QUEUED). */
+static int
+s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
+{
+    zmq_msg_t copy, *payload = s_io_encode(io, r);
     if (payload) {
         /* the request keeps its payload until answered: each send (the
            first, after TQ_EFULL, after a reconnect) sends a copy */
@@ -529,9 +559,9 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
         zmq_msg_copy(&copy, payload);
         payload = &copy;
     }
-    r->send_seq = ++io->sends;
-    int rc = tq_wire_send_msg(io->client->socket, NULL, m, &io->buf, payload,
-                              ZMQ_DONTWAIT);
+    uint64_t send = ++io->sends;
+    int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf,
+                              payload, ZMQ_DONTWAIT);
     int err = errno;
     if (payload)
         zmq_msg_close(payload);
@@ -546,11 +576,179 @@ s_io_send(tq_io_t *io, tq_request_t *r, int64_t now)
                      "cannot send the request to the broker");
         return TQ_OK;
     }
-    r->epoch = io->epoch;
-    r->sent_ms = now;
-    r->dropped_ping = 0; /* a new send, a new answer */
-    tq_io_move(io, r, TQ_REQ_SENT);
+    s_io_sent(io, r, now, send, false);
     return TQ_OK;
+}
+
+/* True if r may go inside a BATCH: a small payload or none (a large one
+   goes alone, without a copy). */
+static bool
+s_batchable(tq_request_t *r)
+{
+    return (r->kind != TQ_KIND_SUBMIT && r->kind != TQ_KIND_QPUT) ||
+        zmq_msg_size(&r->payload) <= TQ_BATCH_MAX_PAYLOAD;
+}
+
+static bool s_readable(void *socket);
+static void s_io_drain_monitor(tq_io_t *io);
+
+/* True if the requests at the head of io->out may go in one BATCH: two
+   or more of them fit, and the broker said (PONG) that it takes BATCH on
+   this connection. A connection lost or made since is read first from
+   the monitor (libzmq tells it before a new connection takes messages):
+   a broker connected again may be an older one. Only the I/O thread
+   reads the monitor (what it reads may end requests, whose callbacks run
+   there): a caller that finds an event waiting sends alone. */
+static bool
+s_io_batching(tq_io_t *io)
+{
+    tq_request_t *r = io->out.head;
+    if (!(io->peer_features & TQ_FEATURE_BATCH) || !r || !r->next ||
+        atomic_load(&io->client->no_batch) || !s_batchable(r) ||
+        !s_batchable(r->next))
+        return false;
+    if (s_readable(io->client->monitor_reader)) {
+        if (!s_on_io_thread)
+            return false;
+        s_io_drain_monitor(io);
+    }
+    return (io->peer_features & TQ_FEATURE_BATCH) && io->out.head &&
+        io->out.head->next;
+}
+
+/* Sends the requests at the head of io->out that go together (s_batchable,
+   up to S_BATCH_MAX and S_BATCH_BYTES) in one BATCH: each is SENT as it
+   would be alone, or all are FAILED when the socket refuses the BATCH for
+   good. TQ_OK, or -1 with errno EAGAIN to retry later (all stay
+   QUEUED). */
+static int
+s_io_send_batch(tq_io_t *io, int64_t now)
+{
+    tq_batch_t *b = &io->batch;
+    tq_batch_reset(b);
+    uint32_t n = 0;
+    for (tq_request_t *r = io->out.head; r && n < S_BATCH_MAX &&
+         tq_batch_bytes(b) < S_BATCH_BYTES && s_batchable(r);
+         r = r->next) {
+        zmq_msg_t *payload = s_io_encode(io, r);
+        if (tq_batch_add(
+                b, &io->out_msg, payload ? zmq_msg_data(payload) : NULL,
+                payload ? zmq_msg_size(payload) : 0, payload != NULL) != TQ_OK)
+            break; /* it goes alone, and fails there if it must */
+        n++;
+    }
+    if (n < 2) {
+        tq_batch_reset(b);
+        return s_io_send(io, io->out.head, now);
+    }
+    /* each request counts as a send of its own, in order (send_seq) */
+    uint64_t send = io->sends;
+    io->sends += n;
+    int rc = tq_wire_send_batch(io->client->socket, NULL, b, ZMQ_DONTWAIT);
+    int err = errno;
+    if (rc == -1 && (err == EAGAIN || err == EINTR)) {
+        errno = EAGAIN;
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (rc != TQ_OK)
+            /* a socket failure (ETERM): none of them can go out */
+            tq_io_failed(io, io->out.head, TQ_ECLOSED,
+                         "cannot send the request to the broker");
+        else
+            s_io_sent(io, io->out.head, now, ++send, true);
+    if (rc == TQ_OK) {
+        io->batches_out++;
+        atomic_fetch_add(&io->client->batches_sent, 1);
+        atomic_fetch_add(&io->client->batched_sent, n);
+    }
+    return TQ_OK;
+}
+
+/* Sends the PING due (tq_io_peer_unknown) once the socket takes it. TQ_OK,
+   or -1 (EAGAIN) while it does not. */
+static int
+s_io_send_ping(tq_io_t *io)
+{
+    s_msg_clear(&io->out_msg);
+    io->out_msg.command = TQ_CMD_PING;
+    io->sends++;
+    int rc = tq_wire_send_msg(io->client->socket, NULL, &io->out_msg, &io->buf,
+                              NULL, ZMQ_DONTWAIT);
+    if (rc == -1 && (errno == EAGAIN || errno == EINTR))
+        return -1;
+    io->ping_due = false;
+    if (rc == TQ_OK)
+        io->last_ping = zclock_mono();
+    return TQ_OK;
+}
+
+void
+tq_io_peer_unknown(tq_io_t *io)
+{
+    io->peer_features = 0;
+    atomic_store(&io->client->peer_features, 0);
+    io->ping_due = true;
+    io->batches_out = io->refusals_due = 0;
+}
+
+static int
+s_by_send_seq(const void *a, const void *b)
+{
+    uint64_t x = ((const tq_request_t *)a)->send_seq;
+    uint64_t y = ((const tq_request_t *)b)->send_seq;
+    return x < y ? -1 : x > y;
+}
+
+/* An ERROR TQ_EPROTO without an id came while BATCHes were sent on this
+   connection: the broker did not take them (one of an earlier revision
+   answers "unknown command"; PROTOCOL.md 5.9), so it handled none of
+   their requests. They go again, alone, and nothing more goes batched
+   until a PONG says otherwise; the ERRORs of the other BATCHes sent
+   before are expected and dropped. True if the ERROR was that. */
+static bool
+s_io_unbatch(tq_io_t *io, const tq_msg_t *m)
+{
+    if (m->id.ptr || m->code != TQ_EPROTO)
+        return false;
+    if (io->refusals_due) {
+        io->refusals_due--;
+        return true;
+    }
+    if (!io->batches_out)
+        return false;
+    io->refusals_due = io->batches_out - 1;
+    io->batches_out = 0;
+    io->peer_features = 0;
+    atomic_store(&io->client->peer_features, 0);
+    /* in the order they went, ahead of what is queued behind them */
+    size_t queued = 0;
+    for (tq_request_t *r = io->out.head; r; r = r->next)
+        queued++;
+    zlistx_t *refused = zlistx_new();
+    assert(refused);
+    zlistx_set_comparator(refused, s_by_send_seq);
+    zlistx_t *all = tq_io_all(io);
+    for (tq_request_t *r = zlistx_first(all); r; r = zlistx_next(all))
+        if (r->state == TQ_REQ_SENT && r->batched && r->epoch == io->epoch)
+            zlistx_add_end(refused, r);
+    zlistx_destroy(&all);
+    zlistx_sort(refused);
+    size_t n = zlistx_size(refused);
+    for (tq_request_t *r = zlistx_first(refused); r; r = zlistx_next(refused))
+        tq_io_move(io, r, TQ_REQ_QUEUED);
+    zlistx_destroy(&refused);
+    while (queued--) {
+        tq_request_t *r = io->out.head;
+        s_list_remove(&io->out, r);
+        s_list_append(&io->out, r);
+    }
+    char text[TQ_PROTO_MAX_ERROR + 1];
+    tq_str_copy(text, sizeof text, m->error);
+    zsys_warning("tq client: broker at %s refused a BATCH (%s): sending its "
+                 "%zu request(s) again, alone",
+                 tq_client_current_endpoint(io->client), text, n);
+    return true;
 }
 
 /* Sends what libzmq will take now; the rest waits for POLLOUT. */
@@ -559,9 +757,14 @@ s_io_flush(tq_io_t *io)
 {
     if (io->standby || !io->client->socket)
         return; /* a standby would answer TQ_ESTANDBY: wait for the move */
+    /* the PING goes with the first requests to a broker, ahead of them:
+       its PONG comes before their answers (an idle client sends none) */
+    if (io->ping_due && io->out.head && s_io_send_ping(io) != TQ_OK)
+        return;
     int64_t now = io->out.head ? zclock_mono() : 0;
     while (io->out.head)
-        if (s_io_send(io, io->out.head, now) != TQ_OK)
+        if ((s_io_batching(io) ? s_io_send_batch(io, now)
+                               : s_io_send(io, io->out.head, now)) != TQ_OK)
             return;
     /* after a broker came back: GET wait=true for results still awaited */
     while (zlistx_size(io->regets)) {
@@ -755,6 +958,7 @@ static void
 s_io_log_bad(tq_io_t *io, const char *what, const char *reason)
 {
     io->malformed++;
+    atomic_fetch_add(&io->client->malformed, 1);
     zsys_warning("tq client: dropped %s from broker at %s: %s", what,
                  tq_client_current_endpoint(io->client), reason ? reason : "?");
 }
@@ -842,6 +1046,8 @@ s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
 static void
 s_on_error(tq_io_t *io, const tq_msg_t *m)
 {
+    if (s_io_unbatch(io, m))
+        return;
     int code = m->code == TQ_OK ? TQ_EPROTO : (int)m->code;
     if (m->id.ptr && tq_io_chain(io, m->id)) {
         /* one id may have a SUBMIT, GETs and operator requests waiting:
@@ -878,18 +1084,12 @@ s_on_error(tq_io_t *io, const tq_msg_t *m)
                  tq_strerror(code), text);
 }
 
-/* Handles one message. False for TQ_ESTANDBY: a standby is no broker
-   that answers. */
+/* Handles one decoded message m and its payload (empty when it has none;
+   may be moved out). False for TQ_ESTANDBY: a standby is no broker that
+   answers. */
 static bool
-s_io_dispatch(tq_io_t *io)
+s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
 {
-    const char *reason = NULL;
-    int rc = tq_wire_decode(&io->frames, &io->msg, &reason);
-    if (rc != TQ_OK) {
-        s_io_log_bad(io, "message", reason);
-        return true;
-    }
-    tq_msg_t *m = &io->msg;
     if (m->command == TQ_CMD_ERROR && m->code == TQ_ESTANDBY) {
         tq_io_on_standby(io, m);
         return false;
@@ -899,7 +1099,7 @@ s_io_dispatch(tq_io_t *io)
         s_on_submitted(io, m);
         break;
     case TQ_CMD_RESULT:
-        s_on_result(io, m, &io->frames.payload);
+        s_on_result(io, m, payload);
         break;
     case TQ_CMD_STATE:
         s_on_state(io, m);
@@ -914,31 +1114,32 @@ s_io_dispatch(tq_io_t *io)
             /* the answer to a data-queue or operator request, by its
                request id */
             s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            &io->frames.payload);
+                            payload);
             break;
         }
         if (m->command == TQ_CMD_QITEM) {
             s_io_log_bad(io, "QITEM", "no request id");
             break;
         }
-        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                         &io->frames.payload);
+        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), payload);
         break;
     case TQ_CMD_STATUS_REPLY:
         if (m->id.ptr) {
             s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            &io->frames.payload);
+                            payload);
             break;
         }
         /* an earlier broker: answers the oldest operator request */
-        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                         &io->frames.payload);
+        s_on_fifo_answer(io, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), payload);
         break;
     case TQ_CMD_PING:
         tq_io_send_simple(io, TQ_CMD_PONG);
         break;
     case TQ_CMD_PONG:
         io->pong_for = io->last_ping;
+        /* what this broker takes (an older one says nothing: 0) */
+        io->peer_features = m->features;
+        atomic_store(&io->client->peer_features, m->features);
         tq_io_on_pong(io, m->dropped);
         break;
     case TQ_CMD_ERROR:
@@ -950,6 +1151,61 @@ s_io_dispatch(tq_io_t *io)
         break;
     }
     return true;
+}
+
+/* Handles the messages of a BATCH (io->msg its header, the frames its
+   payload), each as if it had come alone, its payload in a message of
+   its own; a malformed one is dropped as a lone one would be, and the
+   rest are handled. False if one was TQ_ESTANDBY. */
+static bool
+s_io_batch(tq_io_t *io)
+{
+    atomic_fetch_add(&io->client->batches_read, 1);
+    tq_batch_reader_t reader;
+    tq_batch_reader_init(&reader, &io->msg, zmq_msg_data(&io->frames.payload),
+                         zmq_msg_size(&io->frames.payload));
+    bool alive = true;
+    for (;;) {
+        const void *data = NULL;
+        size_t size = 0;
+        bool has_payload = false;
+        const char *reason = NULL;
+        int rc = tq_batch_next(&reader, &io->msg, &data, &size, &has_payload,
+                               &reason);
+        if (rc == TQ_BATCH_END)
+            break;
+        if (rc != TQ_OK) {
+            s_io_log_bad(io, "message in a BATCH", reason);
+            continue;
+        }
+        zmq_msg_t payload;
+        if (!has_payload)
+            zmq_msg_init(&payload);
+        else if (zmq_msg_init_size(&payload, size) == 0)
+            memcpy(zmq_msg_data(&payload), data, size);
+        else {
+            s_io_log_bad(io, "message in a BATCH", "out of memory");
+            continue;
+        }
+        alive &= s_io_handle(io, &io->msg, &payload);
+        zmq_msg_close(&payload);
+    }
+    return alive;
+}
+
+/* Handles the message in io->frames. False for TQ_ESTANDBY. */
+static bool
+s_io_dispatch(tq_io_t *io)
+{
+    const char *reason = NULL;
+    int rc = tq_wire_decode(&io->frames, &io->msg, &reason);
+    if (rc != TQ_OK) {
+        s_io_log_bad(io, "message", reason);
+        return true;
+    }
+    if (io->msg.command == TQ_CMD_BATCH)
+        return s_io_batch(io);
+    return s_io_handle(io, &io->msg, &io->frames.payload);
 }
 
 /* Reads and handles up to a batch of messages; returns how many. */
@@ -1292,7 +1548,10 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
+    tq_batch_init(&io->batch);
     io->last_heard = io->last_ping = zclock_mono();
+    /* the socket was opened by tq_client_new: learn what its broker takes */
+    tq_io_peer_unknown(io);
     /* io_lock is held from here on, but while this thread sleeps */
     s_on_io_thread = true;
     pthread_mutex_lock(&c->io_lock);
@@ -1397,5 +1656,6 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     free(io->pending.slots);
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
+    tq_batch_destroy(&io->batch);
     free(io);
 }

@@ -7,6 +7,7 @@
 
 #include <czmq.h>
 
+#include "tq_batch.h"
 #include "tq_client_core.h"
 #include "tq_wire.h"
 
@@ -106,6 +107,15 @@ typedef struct tq_io_s {
     size_t held; /* requests held (tq_request_t.held) */
     void *drained; /* the socket the last tq_io_recv found empty, or
                       NULL (it stopped before) */
+    uint32_t peer_features; /* TQ_FEATURE_* of the broker's last PONG on
+                               this connection; 0 until one came */
+    bool ping_due; /* a PING to send ahead of the next requests: the
+                      socket was opened or connected again, and the
+                      broker's PONG tells what it takes */
+    tq_batch_t batch; /* requests sent together, reused */
+    uint64_t batches_out; /* BATCHes sent on this connection */
+    uint64_t refusals_due; /* ERRORs still to come for BATCHes a broker
+                              refused (s_io_unbatch) */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final
@@ -147,6 +157,12 @@ int64_t tq_io_deferred(tq_io_t *io, int64_t now);
 
 /* Sends a PING or PONG, best effort. */
 void tq_io_send_simple(tq_io_t *io, uint8_t command);
+
+/* The socket goes to a broker whose features are not known yet (opened,
+   connected again, moved): nothing batched goes until its PONG says it
+   takes BATCH, and a PING sent ahead of the next requests asks for that
+   PONG. */
+void tq_io_peer_unknown(tq_io_t *io);
 
 /* ERROR TQ_ESTANDBY came: the broker is a standby (tq_client_live.c). */
 void tq_io_on_standby(tq_io_t *io, const tq_msg_t *m);

@@ -215,6 +215,7 @@ s_io_switch(tq_io_t *io, const char *why)
     io->pong_for = 0;
     io->dropped = 0; /* counted per connection */
     io->endpoint_since = zclock_mono();
+    tq_io_peer_unknown(io); /* another broker: what does it take? */
     s_io_resend(io, S_MOVED, 0);
     /* GETs not yet sent are asked again below, with all the others */
     zlistx_purge(io->regets);
@@ -229,8 +230,10 @@ tq_io_reopen(tq_io_t *io, int64_t now)
         return -1;
     if (now < io->reopen_at)
         return (long)(io->reopen_at - now);
-    if (tq_client_socket_open(c, tq_client_current_endpoint(c)) == 0)
+    if (tq_client_socket_open(c, tq_client_current_endpoint(c)) == 0) {
+        tq_io_peer_unknown(io);
         return -1;
+    }
     io->reopen_at = now + atomic_load(&c->liveness_ms) / 3;
     return (long)(io->reopen_at - now);
 }
@@ -411,6 +414,9 @@ tq_io_monitor(tq_io_t *io)
         /* answers that came before the break count: read them first */
         while (tq_io_recv(io) == TQ_IO_RECV_BATCH)
             ;
+        /* the next connection may lead to another broker (an older one
+           restarted on the same port): nothing batched until it says */
+        tq_io_peer_unknown(io);
         io->epoch++;
         s_io_resend(io, S_BROKE, 0);
         return;
@@ -420,6 +426,7 @@ tq_io_monitor(tq_io_t *io)
     if (io->connected_once) {
         io->broker_lost = false;
         io->dropped = 0; /* the broker counts drops per connection */
+        tq_io_peer_unknown(io); /* and its PONG says what it takes */
         io->last_heard = zclock_mono();
         /* everything sent before now may have gone to the old connection
            (some of it possibly after the break, into a pipe being torn

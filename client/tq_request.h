@@ -92,6 +92,7 @@ struct tq_request_t {
     bool held; /* folded, SENT, and the broker was heard after it went
                   when it fell silent: the broker holds it, as it holds
                   an acknowledged one (tq_io_hold_folded) */
+    bool batched; /* last sent inside a BATCH (PROTOCOL.md 5.9) */
     uint64_t send_seq; /* the I/O thread's sends counted at its send */
     tq_request_t *next_fifo; /* the FIFO (TQ_REQ_IS_FIFO kinds) */
     int64_t dropped_ping; /* ms, the PING of the PONG that said replies

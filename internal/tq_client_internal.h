@@ -53,6 +53,13 @@ void *tq_client_context(void);
    store may hold acknowledgements back while long tasks run. */
 void tq_client_set_fold(tq_client_t *self, bool fold);
 
+/* Whether the client sends several requests in one BATCH message to a
+   broker that takes them, and lets the broker send it several in one
+   (SUBMIT features TQ_FEATURE_BATCH, PROTOCOL.md 5.9; true from
+   tq_client_new). Nothing but the number of messages changes: each
+   request is sent and answered as it would be alone. */
+void tq_client_set_batch(tq_client_t *self, bool batch);
+
 /* The endpoint the client connects to (borrowed). */
 const char *tq_client_endpoint(tq_client_t *self);
 

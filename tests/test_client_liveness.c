@@ -704,9 +704,11 @@ test_map_survives_dropped_replies(void **state)
         fprintf(f, "%d\n", i);
     fclose(f);
     char cmd[2048];
+    /* without BATCH: batched, the replies for it fit in the backlog of 2
+       messages, and the condition would not be there */
     snprintf(cmd, sizeof cmd,
-             "exec %s --broker %s map tq.echo -j 64 --no-progress "
-             "< %s > %s 2> %s",
+             "TQ_NO_BATCH=1 exec %s --broker %s map tq.echo -j 64 "
+             "--no-progress < %s > %s 2> %s",
              TQ_CLI_BIN, env->broker.clients, in, out, err);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     pid_t map = tq_harness_spawn(argv, NULL, NULL, NULL);

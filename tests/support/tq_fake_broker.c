@@ -98,7 +98,9 @@ tq_fake_broker_expect(tq_fake_broker_t *self, uint8_t command, int timeout_ms)
             continue;
         tq_str_copy(self->id, sizeof self->id, self->msg.id);
         if (self->msg.command == TQ_CMD_PING) {
-            tq_msg_t pong = {.command = TQ_CMD_PONG, .dropped = self->dropped};
+            tq_msg_t pong = {.command = TQ_CMD_PONG,
+                             .dropped = self->dropped,
+                             .features = self->features};
             tq_fake_broker_send(self, &pong, NULL, 0);
             self->pings++;
         }

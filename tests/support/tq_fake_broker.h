@@ -30,6 +30,8 @@ typedef struct {
     msgpack_sbuffer buf;
     uint64_t pings; /* PINGs answered */
     uint64_t dropped; /* replies "dropped" so far, said in each PONG */
+    uint32_t features; /* said in each PONG (TQ_FEATURE_*): what this
+                          broker takes; 0 an older broker's silence */
 } tq_fake_broker_t;
 
 /* Waits up to timeout_ms for one message on router (a ROUTER socket) and
@@ -56,8 +58,8 @@ void tq_fake_broker_send(tq_fake_broker_t *self, tq_msg_t *msg,
                          const void *payload, size_t size);
 
 /* Waits up to timeout_ms for a message of command, answering PINGs with
-   PONG (which says self->dropped). True if it came; self->msg and
-   self->id hold it. */
+   PONG (which says self->dropped and self->features). True if it came;
+   self->msg and self->id hold it. */
 bool tq_fake_broker_expect(tq_fake_broker_t *self, uint8_t command,
                            int timeout_ms);
 
