@@ -214,8 +214,9 @@ s_batch_refused(tq_broker_t *self, out_batch_t *b, int err)
     const void *data;
     size_t size;
     bool has;
+    const char *why = NULL;
     int rc;
-    while ((rc = tq_batch_next(&r, msg, &data, &size, &has, NULL)) !=
+    while ((rc = tq_batch_next(&r, msg, &data, &size, &has, &why)) !=
            TQ_BATCH_END) {
         if (rc != TQ_OK || msg->command != TQ_CMD_TASK)
             continue;
