@@ -2240,8 +2240,7 @@ test_batch_to_child(void **state)
     for (int i = 0; i < 3; i++)
         s_submit_ok(w, a, old_ids[i], "qo", in);
     void *old = s_dealer(w, w->broker.workers);
-    s_ready_features(w, old, "hostB", 1302, 1300, "qo", 3,
-                     TQ_FEATURE_RETURNS);
+    s_ready_features(w, old, "hostB", 1302, 1300, "qo", 3, TQ_FEATURE_RETURNS);
     for (int i = 0; i < 3; i++)
         s_expect_task(w, old, old_ids[i], 1, in);
     for (int i = 0; i < 3; i++)
