@@ -749,12 +749,11 @@ test_child_batch(void **state)
        come before this one's) */
     s_binfake_send(&fake, TQ_CMD_TASK, "bt-5", false, "tq.echo", args[4], 2);
     s_binfake_expect(&fake, TQ_CMD_DONE, "bt-5", false, args[4], 2);
-    /* a BATCH of a TASK and a REVOKE of a task the child does not hold,
-       then a TASK: the REVOKE changes nothing */
+    /* a BATCH of a TASK and a REVOKE of a task the child does not hold:
+       the TASK runs, the REVOKE changes nothing (no RETURNED) */
     s_batch_task(&b, "bt-6", args[5], 2);
-    tq_msg_t revoke = {.command = TQ_CMD_REVOKE,
-                       .id = tq_str("bt-none"),
-                       .attempt = 1};
+    tq_msg_t revoke = {
+        .command = TQ_CMD_REVOKE, .id = tq_str("bt-none"), .attempt = 1};
     assert_int_equal(tq_batch_add(&b, &revoke, NULL, 0, false), TQ_OK);
     assert_int_equal(tq_wire_send_batch(fake.router, &fake.child, &b, 0),
                      TQ_OK);
