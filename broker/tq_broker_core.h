@@ -631,6 +631,8 @@ void tqb_list_remove(task_list_t *list, task_t *task);
 /* The id table: empty at start; tqb_tasks_free frees every task. */
 void tqb_tasks_init(tq_broker_t *self);
 void tqb_tasks_free(tq_broker_t *self);
+/* The id table's longest chain (tests: how well ids spread). */
+uint32_t tqb_tasks_longest_chain(const tq_broker_t *self);
 /* A new task in TASK_NEW, in the table; payload moved in (a small one is
    copied into the task's own allocation, a large one kept as it is). */
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
@@ -650,6 +652,9 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* The text of a binary id: its 32 lowercase hex digits, NUL-ended. */
+void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
+                   const uint8_t bin[TQB_ID_BIN]);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or

@@ -428,6 +428,80 @@ test_id_binary(void **state)
     tq_broker_destroy(&b);
 }
 
+/* The id of the i-th task of a form in test_id_spread. */
+static void
+s_spread_id(char id[64], int form, unsigned i)
+{
+    switch (form) {
+    case 0: /* a counter first */
+        snprintf(id, 64, "%08x000000000000000000000000", i);
+        break;
+    case 1: /* in the second half */
+        snprintf(id, 64, "0000000000000000%08x00000000", i);
+        break;
+    case 2: /* last */
+        snprintf(id, 64, "abcdefabcdefabcdefabcdef%08x", i);
+        break;
+    default: /* two bytes far apart */
+        snprintf(id, 64, "%02x%030x", i & 0xff, i >> 8);
+        break;
+    }
+}
+
+/* Binary ids spread over the table whatever part of them differs: ids
+   alike but for a counter in their first, middle or last bytes keep the
+   chains short (a hash of part of the id, or one whose low bits ignore
+   some bytes, piles them into a few buckets), and each is found. */
+static void
+test_id_spread(void **state)
+{
+    (void)state;
+    enum { N = 4096 };
+    for (int form = 0; form < 4; form++) {
+        tq_broker_t *b = s_broker(NULL);
+        char id[64];
+        for (unsigned i = 0; i < N; i++) {
+            s_spread_id(id, form, i);
+            task_t *t = s_task(b, id);
+            assert_true(t->id_bin);
+            tqb_task_move(b, t, TASK_WAITING, NULL);
+        }
+        /* about 2 a bucket on average: random spread keeps the longest
+           chain within a dozen */
+        assert_in_range(tqb_tasks_longest_chain(b), 1, 16);
+        for (unsigned i = 0; i < N; i++) {
+            s_spread_id(id, form, i);
+            task_t *t = tqb_task_find(b, tq_str(id));
+            assert_non_null(t);
+            assert_string_equal(tqb_task_id(t), id);
+        }
+        tq_broker_destroy(&b);
+    }
+}
+
+/* A binary id renders as the same text tqb_hex gives: every byte value in
+   every position. */
+static void
+test_id_render(void **state)
+{
+    (void)state;
+    uint8_t bin[TQB_ID_BIN];
+    char got[2 * TQB_ID_BIN + 1], want[2 * TQB_ID_BIN + 1];
+    for (int pos = 0; pos < TQB_ID_BIN; pos++)
+        for (int v = 0; v < 256; v++) {
+            for (int i = 0; i < TQB_ID_BIN; i++)
+                bin[i] = (uint8_t)(i * 37 + v * 11);
+            bin[pos] = (uint8_t)v;
+            memset(got, 'x', sizeof got);
+            tqb_id_render(got, bin);
+            tqb_hex(want, bin, TQB_ID_BIN);
+            assert_string_equal(got, want);
+            uint8_t back[TQB_ID_BIN];
+            assert_true(tq_proto_id_parse(got, 2 * TQB_ID_BIN, back));
+            assert_memory_equal(back, bin, TQB_ID_BIN);
+        }
+}
+
 /* Task records come from slabs per size: records of many sizes, freed in
    an interleaved order and made again, keep their ids and payloads (no
    two share memory). */
@@ -678,6 +752,8 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_id_table),
         cmocka_unit_test(test_id_binary),
+        cmocka_unit_test(test_id_spread),
+        cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
         cmocka_unit_test(test_submitter),
