@@ -459,15 +459,24 @@ tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
     /* four bytes at a time (SWAR): every TASK and RESULT names its task */
     const uint64_t ones = 0x0101010101010101ull;
     for (int i = 0; i < TQB_ID_BIN / 4; i++) {
-        uint64_t x = (uint64_t)bin[4 * i] | (uint64_t)bin[4 * i + 1] << 16 |
-            (uint64_t)bin[4 * i + 2] << 32 | (uint64_t)bin[4 * i + 3] << 48;
+        uint32_t word; /* the first byte lowest, whatever the host */
+        memcpy(&word, bin + 4 * i, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap32(word);
+#endif
+        /* byte k into the low byte of 16-bit lane k */
+        uint64_t x = word;
+        x = (x | x << 16) & 0x0000ffff0000ffffull;
+        x = (x | x << 8) & 0x00ff00ff00ff00ffull;
         /* byte 2k: the high digit of byte k, byte 2k + 1 its low one */
         uint64_t v = ((x >> 4) & 0x000f000f000f000full) |
             ((x & 0x000f000f000f000full) << 8);
         /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
         v += '0' * ones + (((v + 6 * ones) >> 4) & ones) * 39;
-        for (int b = 0; b < 8; b++)
-            text[8 * i + b] = (char)(v >> 8 * b);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+#endif
+        memcpy(text + 8 * i, &v, 8);
     }
     text[2 * TQB_ID_BIN] = '\0';
 }

@@ -273,8 +273,11 @@ s_hex8_parse(uint64_t x, uint8_t out[4])
     v = ((v & 0x00ff00ff00ff00ffull) << 4) | ((v >> 8) & 0x00ff00ff00ff00ffull);
     v = (v | v >> 8) & 0x0000ffff0000ffffull;
     v = (v | v >> 16) & 0xffffffffull;
-    for (int i = 0; i < 4; i++)
-        out[i] = (uint8_t)(v >> 8 * i);
+    uint32_t word = (uint32_t)v;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap32(word);
+#endif
+    memcpy(out, &word, 4);
     return true;
 }
 
@@ -285,9 +288,11 @@ tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
         return false;
     bool ok = true;
     for (int i = 0; i < 4; i++) {
-        uint64_t x = 0;
-        for (int b = 0; b < 8; b++) /* little-endian whatever the host */
-            x |= (uint64_t)(unsigned char)ptr[8 * i + b] << 8 * b;
+        uint64_t x; /* the first byte lowest, whatever the host */
+        memcpy(&x, ptr + 8 * i, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        x = __builtin_bswap64(x);
+#endif
         ok &= s_hex8_parse(x, bin + 4 * i);
     }
     return ok;
