@@ -109,7 +109,9 @@ tqb_lane(queue_t *queue, const char *task)
    many bytes paged out, and once nothing is left to page out (after at
    least S_RESIDENT_MAX). */
 #define S_TRIM_BYTES (16u << 20)
-#define S_ID_BUCKETS_MIN 1024
+/* The id table's buckets at start (4 bytes each): tens of thousands of
+   tasks in flight before it first grows (each growth walks every task) */
+#define S_ID_BUCKETS_MIN 16384
 
 /* ---- task allocations: slabs ----
 
@@ -612,8 +614,21 @@ s_inline(const task_t *task)
         (task->id_bin ? TQB_ID_BIN : strlen(task->rec.id) + 1);
 }
 
-/* Keeps value (moved in, may be empty) as the payload: copied when small,
-   else the message itself. The previous payload is gone already. */
+/* The bytes after the task's id in its slab slot: what its own
+   allocation can hold inline. */
+static size_t
+s_inline_room(const task_t *task)
+{
+    const s_slab_t *slab =
+        (const s_slab_t *)((uintptr_t)task & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    return slab->slot - (size_t)(s_inline(task) - (const uint8_t *)task);
+}
+
+/* Keeps value (moved in, may be empty) as the payload: in the task's own
+   allocation when it fits there (without a store: a result as large as
+   the arguments it replaces, an echo's, costs no malloc), else copied
+   when small, else the message itself. The previous payload is gone
+   already. */
 static void
 s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
 {
@@ -621,6 +636,10 @@ s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
     task->payload_size = (uint32_t)size;
     if (size == 0) {
         task->payload_at = PAYLOAD_NONE;
+    } else if (!self->store && size <= s_inline_room(task)) {
+        /* with a store a payload may leave memory: it gets its own */
+        memcpy(s_inline(task), zmq_msg_data(value), size);
+        task->payload_at = PAYLOAD_INLINE;
     } else if (size <= S_PAYLOAD_COPY) {
         task->payload = tqb_alloc(size);
         memcpy(task->payload, zmq_msg_data(value), size);

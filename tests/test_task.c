@@ -339,14 +339,16 @@ static void
 test_id_table(void **state)
 {
     (void)state;
-    enum { N = 5000 };
+    enum { N = 40000 };
     tq_broker_t *b = s_broker(NULL);
+    uint32_t buckets = b->id_mask + 1;
     char id[32];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "id-%d", i);
         tqb_task_move(b, s_task(b, id), TASK_WAITING, NULL);
     }
     assert_int_equal(b->task_count, N);
+    assert_true(b->id_mask + 1 > buckets); /* it grew */
     for (int i = 0; i < N; i += 2) {
         snprintf(id, sizeof id, "id-%d", i);
         task_t *t = tqb_task_find(b, tq_str(id));
@@ -625,6 +627,70 @@ test_payload_inline(void **state)
     tq_broker_destroy(&b);
 }
 
+/* A result no larger than the arguments it replaces (an echo's) takes
+   their place in the task's own allocation, intact, the task's id and
+   neighbours untouched; a larger one, or any with a store (a result may
+   leave memory there), is kept apart. */
+static void
+test_result_inline(void **state)
+{
+    (void)state;
+    for (int store = 0; store < 2; store++) {
+        char dir[256] = "";
+        if (store)
+            assert_int_equal(
+                tq_harness_tempdir(dir, sizeof dir, "result-inline"), 0);
+        tq_broker_t *b = s_broker(store ? dir : NULL);
+        peer_t *child = s_child(b, "c1");
+        lane_t *lane = tqb_lane(tqb_queue(b, tq_str("q")),
+                                tqb_intern(b, tq_str("t")));
+        enum { N = 40 };
+        task_t *tasks[N];
+        char id[40];
+        for (int i = 0; i < N; i++) {
+            /* binary ids and text ones; args of 20 bytes */
+            snprintf(id, sizeof id, i % 2 ? "%032x" : "text-%d", i);
+            zmq_msg_t args;
+            zmq_msg_init_size(&args, 20);
+            memset(zmq_msg_data(&args), 0xa0, 20);
+            tasks[i] = tqb_task_new(b, id, lane, &args);
+            zmq_msg_close(&args);
+            tasks[i]->rec.seq = ++b->seq;
+            tqb_task_move(b, tasks[i], TASK_WAITING, NULL);
+            tqb_task_move(b, tasks[i], TASK_HELD,
+                          &(task_move_t){.holder = child});
+        }
+        for (int i = 0; i < N; i++) {
+            /* the same size, smaller, or larger than the arguments */
+            size_t size = i % 3 == 0 ? 20 : i % 3 == 1 ? 5 : 300;
+            zmq_msg_t value;
+            zmq_msg_init_size(&value, size);
+            memset(zmq_msg_data(&value), i, size);
+            tqb_task_final(b, tasks[i], TASK_SUCCESS, TQ_OK, NULL, &value);
+            zmq_msg_close(&value);
+            if (store || size == 300)
+                assert_int_not_equal(tasks[i]->payload_at, PAYLOAD_INLINE);
+            else
+                assert_int_equal(tasks[i]->payload_at, PAYLOAD_INLINE);
+        }
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, i % 2 ? "%032x" : "text-%d", i);
+            assert_ptr_equal(tqb_task_find(b, tq_str(id)), tasks[i]);
+            assert_string_equal(tqb_task_id(tasks[i]), id);
+            size_t size = i % 3 == 0 ? 20 : i % 3 == 1 ? 5 : 300;
+            zmq_msg_t got;
+            assert_int_equal(tqb_task_payload(b, tasks[i], &got, NULL), 0);
+            assert_int_equal(zmq_msg_size(&got), size);
+            for (size_t k = 0; k < size; k++)
+                assert_int_equal(((uint8_t *)zmq_msg_data(&got))[k], i);
+            zmq_msg_close(&got);
+        }
+        tq_broker_destroy(&b);
+        if (store)
+            tq_harness_rmtree(dir);
+    }
+}
+
 /* With a store, arguments beyond 1 MiB held leave memory at the commit
    and are read back with their checksum checked: damaged on disk, the
    task's arguments are refused (TQ_ECORRUPT), never handed out. */
@@ -758,6 +824,7 @@ main(void)
         cmocka_unit_test(test_started),
         cmocka_unit_test(test_submitter),
         cmocka_unit_test(test_payload_inline),
+        cmocka_unit_test(test_result_inline),
         cmocka_unit_test(test_payload_paged),
         cmocka_unit_test(test_page_out_burst),
         cmocka_unit_test(test_containers),
