@@ -35,6 +35,7 @@
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
 #define TQ_DEFAULT_QUEUE_NAME "default"
+#define TQB_INTERN_MEMO 4 /* names remembered by tqb_intern */
 #define TQB_COMMIT_BUCKETS 12 /* the store commit latency histogram */
 #define TQB_ROW_BYTES 256 /* a stored row's own cost on disk, estimated */
 
@@ -370,6 +371,14 @@ struct tq_broker_t {
     uint32_t trims_owed; /* quiet passes that still trim after a burst */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
+    /* the names interned last, and the queue found last: a run of
+       SUBMITs names the same few (tqb_intern, tqb_queue) */
+    struct {
+        const char *name;
+        uint32_t len;
+    } intern_memo[TQB_INTERN_MEMO];
+    uint32_t intern_next;
+    queue_t *queue_memo;
     queue_t *queues;
     zhashx_t *peers; /* ident hex -> peer_t */
     peer_t *children, *children_tail;

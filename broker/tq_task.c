@@ -54,12 +54,26 @@ tqb_list_remove(task_list_t *list, task_t *task)
 const char *
 tqb_intern(tq_broker_t *self, tq_str_t s)
 {
+    /* interned names live as long as the broker: the few used last are
+       compared before the table is hashed into */
+    uint32_t len = s.ptr ? s.len : 0;
+    if (len > TQ_PROTO_MAX_NAME)
+        len = TQ_PROTO_MAX_NAME; /* as tq_str_copy cuts it */
+    for (int i = 0; i < TQB_INTERN_MEMO; i++)
+        if (self->intern_memo[i].name && self->intern_memo[i].len == len &&
+            memcmp(self->intern_memo[i].name, s.ptr, len) == 0)
+            return self->intern_memo[i].name;
     char name[TQ_PROTO_MAX_NAME + 1];
     tq_str_copy(name, sizeof name, s);
     char *found = zhashx_lookup(self->names, name);
     if (!found) {
         found = tqb_strdup(name);
         zhashx_insert(self->names, found, found);
+    }
+    if (strlen(found) == len) { /* not when the text held a NUL */
+        uint32_t at = self->intern_next++ % TQB_INTERN_MEMO;
+        self->intern_memo[at].name = found;
+        self->intern_memo[at].len = len;
     }
     return found;
 }
@@ -68,6 +82,8 @@ queue_t *
 tqb_queue(tq_broker_t *self, tq_str_t name)
 {
     const char *interned = tqb_intern(self, name);
+    if (self->queue_memo && self->queue_memo->name == interned)
+        return self->queue_memo;
     queue_t *queue = zhashx_lookup(self->queue_index, interned);
     if (!queue) {
         queue = tqb_alloc(sizeof *queue);
@@ -76,6 +92,7 @@ tqb_queue(tq_broker_t *self, tq_str_t name)
         self->queues = queue;
         zhashx_insert(self->queue_index, interned, queue);
     }
+    self->queue_memo = queue; /* queues live as long as the broker */
     return queue;
 }
 

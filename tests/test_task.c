@@ -481,6 +481,45 @@ test_id_spread(void **state)
     }
 }
 
+/* Names are interned once: asked again (from slices of other text, in
+   any order, more names than tqb_intern remembers, names that are
+   prefixes of others) each gives the same pointer, distinct names
+   distinct ones; tqb_queue gives each name its own queue. */
+static void
+test_intern(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    static const char *const names[] = {"a", "ab", "abc", "b", "default",
+                                        "default2", "q", "t", "x.y", "ab:c"};
+    enum { K = sizeof names / sizeof *names };
+    const char *first[K];
+    queue_t *queues[K];
+    for (int i = 0; i < K; i++) {
+        first[i] = tqb_intern(b, tq_str(names[i]));
+        assert_string_equal(first[i], names[i]);
+        queues[i] = tqb_queue(b, tq_str(names[i]));
+        for (int j = 0; j < i; j++) {
+            assert_ptr_not_equal(first[i], first[j]);
+            assert_ptr_not_equal(queues[i], queues[j]);
+        }
+    }
+    char text[64];
+    for (int round = 0; round < 200; round++) {
+        int i = (round * 7 + round / 3) % K;
+        /* a slice of a longer text, not NUL-ended where it stops */
+        snprintf(text, sizeof text, "%sZZZ", names[i]);
+        tq_str_t slice = {text, (uint32_t)strlen(names[i])};
+        assert_ptr_equal(tqb_intern(b, slice), first[i]);
+        assert_ptr_equal(tqb_queue(b, slice), queues[i]);
+        assert_ptr_equal(queues[i]->name, first[i]);
+        /* the same text one byte longer is another name */
+        tq_str_t longer = {text, slice.len + 1};
+        assert_string_not_equal(tqb_intern(b, longer), names[i]);
+    }
+    tq_broker_destroy(&b);
+}
+
 /* A binary id renders as the same text tqb_hex gives: every byte value in
    every position. */
 static void
@@ -819,6 +858,7 @@ main(void)
         cmocka_unit_test(test_id_table),
         cmocka_unit_test(test_id_binary),
         cmocka_unit_test(test_id_spread),
+        cmocka_unit_test(test_intern),
         cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
