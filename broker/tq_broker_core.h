@@ -379,6 +379,11 @@ struct tq_broker_t {
     } intern_memo[TQB_INTERN_MEMO];
     uint32_t intern_next;
     queue_t *queue_memo;
+    struct { /* the binary id parsed last, and its text (tq_task.c) */
+        char text[2 * TQB_ID_BIN];
+        uint8_t bin[TQB_ID_BIN];
+        bool valid;
+    } id_memo;
     queue_t *queues;
     zhashx_t *peers; /* ident hex -> peer_t */
     peer_t *children, *children_tail;

@@ -369,6 +369,25 @@ s_id_parse(const char *text, size_t len, uint8_t bin[TQB_ID_BIN])
     return tq_proto_id_parse(text, len, bin);
 }
 
+/* s_id_parse, remembering the last binary id parsed: a SUBMIT looks its
+   id up, then makes its task with it (two parses for one id). */
+static bool
+s_id_parse_memo(tq_broker_t *self, const char *text, size_t len,
+                uint8_t bin[TQB_ID_BIN])
+{
+    if (len == 2 * TQB_ID_BIN && self->id_memo.valid &&
+        memcmp(self->id_memo.text, text, len) == 0) {
+        memcpy(bin, self->id_memo.bin, TQB_ID_BIN);
+        return true;
+    }
+    if (!s_id_parse(text, len, bin))
+        return false;
+    memcpy(self->id_memo.text, text, len);
+    memcpy(self->id_memo.bin, bin, TQB_ID_BIN);
+    self->id_memo.valid = true;
+    return true;
+}
+
 /* A binary id's hash: its two halves mixed by multiplies and shifts (a
    dozen instructions where FNV-1a takes two per byte). Every bit of the
    id reaches the low bits the table's mask keeps, so ids that differ in
@@ -743,7 +762,7 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
 {
     size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
     uint8_t bin[TQB_ID_BIN];
-    bool id_bin = s_id_parse(id, id_len, bin);
+    bool id_bin = s_id_parse_memo(self, id, id_len, bin);
     size_t size = payload ? zmq_msg_size(payload) : 0;
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
@@ -789,7 +808,7 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     if (id.len > TQ_PROTO_MAX_ID)
         return NULL;
     uint8_t bin[TQB_ID_BIN];
-    if (s_id_parse(id.ptr, id.len, bin)) {
+    if (s_id_parse_memo(self, id.ptr, id.len, bin)) {
         task_t *t = s_task_at(
             self, self->id_table[s_bin_hash(bin) & self->id_mask]);
         while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
