@@ -241,9 +241,17 @@ s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
     return all != 0;
 }
 
+static bool s_hex8_ok(uint64_t x);
+static uint64_t s_load8(const char *p);
+
 bool
 tq_proto_valid_id(const char *ptr, size_t len)
 {
+    /* a client-made id (32 lowercase hex digits), eight bytes at once */
+    if (ptr && len == 32 && s_hex8_ok(s_load8(ptr)) &&
+        s_hex8_ok(s_load8(ptr + 8)) && s_hex8_ok(s_load8(ptr + 16)) &&
+        s_hex8_ok(s_load8(ptr + 24)))
+        return true;
     return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, S_ID);
 }
 
@@ -257,7 +265,7 @@ tq_proto_valid_name(const char *ptr, size_t len)
    four bytes in *out, eight at once (SWAR: the broker parses every id it
    is given, several times a task). False if any byte is not one. */
 static bool
-s_hex8_parse(uint64_t x, uint8_t out[4])
+s_hex8_ok(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ull, high = ones << 7;
     if (x & high)
@@ -265,7 +273,26 @@ s_hex8_parse(uint64_t x, uint8_t out[4])
     /* a byte's high bit after adding 0x80 - c says it is >= c */
     uint64_t ge_0 = x + (0x80 - '0') * ones, gt_9 = x + (0x80 - '9' - 1) * ones;
     uint64_t ge_a = x + (0x80 - 'a') * ones, gt_f = x + (0x80 - 'f' - 1) * ones;
-    if (((ge_0 & ~gt_9) | (ge_a & ~gt_f) | ~high) != ~0ull)
+    return ((ge_0 & ~gt_9) | (ge_a & ~gt_f) | ~high) == ~0ull;
+}
+
+/* The eight bytes at p, the first one lowest whatever the host. */
+static uint64_t
+s_load8(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
+static bool
+s_hex8_parse(uint64_t x, uint8_t out[4])
+{
+    const uint64_t ones = 0x0101010101010101ull;
+    if (!s_hex8_ok(x))
         return false;
     /* '0'..'9' are 0x30..0x39, 'a'..'f' 0x61..0x66 (bit 0x40 set) */
     uint64_t v = (x & 0x0f * ones) + ((x >> 6) & ones) * 9;
@@ -288,12 +315,7 @@ tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
         return false;
     bool ok = true;
     for (int i = 0; i < 4; i++) {
-        uint64_t x; /* the first byte lowest, whatever the host */
-        memcpy(&x, ptr + 8 * i, 8);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        x = __builtin_bswap64(x);
-#endif
-        ok &= s_hex8_parse(x, bin + 4 * i);
+        ok &= s_hex8_parse(s_load8(ptr + 8 * i), bin + 4 * i);
     }
     return ok;
 }

@@ -755,6 +755,11 @@ test_id_parse(void **state)
             text[pos] = (char)c;
             bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
             assert_int_equal(tq_proto_id_parse(text, 32, bin), hex);
+            /* a valid id either way when the byte is one an id may hold
+               (tq_proto_valid_id checks 32 hex digits at once first) */
+            bool id_byte = hex || (c >= 'g' && c <= 'z') ||
+                (c >= 'A' && c <= 'Z') || c == '_' || c == '.' || c == '-';
+            assert_int_equal(tq_proto_valid_id(text, 32), id_byte);
             if (hex) {
                 int v = c <= '9' ? c - '0' : c - 'a' + 10;
                 uint8_t byte = bin[pos / 2];
