@@ -126,9 +126,12 @@ tqb_lane(queue_t *queue, const char *task)
    many bytes paged out, and once nothing is left to page out (after at
    least S_RESIDENT_MAX). */
 #define S_TRIM_BYTES (16u << 20)
-/* The id table's buckets at start (4 bytes each): tens of thousands of
-   tasks in flight before it first grows (each growth walks every task) */
+/* The id table's buckets at start (4 bytes each, 64 KiB): 16Ki tasks
+   before it first grows (each growth walks every task) */
 #define S_ID_BUCKETS_MIN 16384
+/* Up to this many buckets the table keeps a bucket a task at most, then
+   two (memory: 4 bytes a bucket) */
+#define S_ID_BUCKETS_DENSE (1u << 18)
 
 /* ---- task allocations: slabs ----
 
@@ -791,9 +794,13 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         if (s_may_page_out(self))
             s_page_out_list(self, task);
     }
-    /* chains of two on average: half the buckets' memory, lookups as
-       fast (the ids differ in their first bytes) */
-    if (self->task_count > 2 * (self->id_mask + 1))
+    /* at most one task a bucket while the table is small: a lookup of a
+       new id (every SUBMIT's) walks its whole chain, a cache miss a
+       task; beyond S_ID_BUCKETS_DENSE up to two (a million waiting
+       tasks: 2 MiB of buckets, not 4) */
+    uint32_t buckets = self->id_mask + 1;
+    if (self->task_count >
+        (buckets < S_ID_BUCKETS_DENSE ? 1ull : 2ull) * buckets)
         s_table_grow(self);
     uint32_t b = s_task_hash(task) & self->id_mask;
     task->id_next = self->id_table[b];

@@ -349,6 +349,9 @@ test_id_table(void **state)
     }
     assert_int_equal(b->task_count, N);
     assert_true(b->id_mask + 1 > buckets); /* it grew */
+    /* small, it keeps a bucket a task at most (short chains) */
+    assert_true(b->task_count <= b->id_mask + 1);
+    assert_in_range(tqb_tasks_longest_chain(b), 1, 12);
     for (int i = 0; i < N; i += 2) {
         snprintf(id, sizeof id, "id-%d", i);
         task_t *t = tqb_task_find(b, tq_str(id));
