@@ -59,7 +59,7 @@ tqb_intern(tq_broker_t *self, tq_str_t s)
     uint32_t len = s.ptr ? s.len : 0;
     if (len > TQ_PROTO_MAX_NAME)
         len = TQ_PROTO_MAX_NAME; /* as tq_str_copy cuts it */
-    for (int i = 0; i < TQB_INTERN_MEMO; i++)
+    for (int i = 0; s.ptr && i < TQB_INTERN_MEMO; i++)
         if (self->intern_memo[i].name && self->intern_memo[i].len == len &&
             memcmp(self->intern_memo[i].name, s.ptr, len) == 0)
             return self->intern_memo[i].name;
@@ -816,8 +816,8 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
         return NULL;
     uint8_t bin[TQB_ID_BIN];
     if (s_id_parse_memo(self, id.ptr, id.len, bin)) {
-        task_t *t = s_task_at(
-            self, self->id_table[s_bin_hash(bin) & self->id_mask]);
+        task_t *t =
+            s_task_at(self, self->id_table[s_bin_hash(bin) & self->id_mask]);
         while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
             t = s_task_at(self, t->id_next);
         return t;

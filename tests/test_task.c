@@ -493,8 +493,8 @@ test_intern(void **state)
 {
     (void)state;
     tq_broker_t *b = s_broker(NULL);
-    static const char *const names[] = {"a", "ab", "abc", "b", "default",
-                                        "default2", "q", "t", "x.y", "ab:c"};
+    static const char *const names[] = {
+        "a", "ab", "abc", "b", "default", "default2", "q", "t", "x.y", "ab:c"};
     enum { K = sizeof names / sizeof *names };
     const char *first[K];
     queue_t *queues[K];
@@ -684,8 +684,8 @@ test_result_inline(void **state)
                 tq_harness_tempdir(dir, sizeof dir, "result-inline"), 0);
         tq_broker_t *b = s_broker(store ? dir : NULL);
         peer_t *child = s_child(b, "c1");
-        lane_t *lane = tqb_lane(tqb_queue(b, tq_str("q")),
-                                tqb_intern(b, tq_str("t")));
+        lane_t *lane =
+            tqb_lane(tqb_queue(b, tq_str("q")), tqb_intern(b, tq_str("t")));
         enum { N = 40 };
         task_t *tasks[N];
         char id[40];
