@@ -35,6 +35,7 @@
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
 #define TQ_DEFAULT_QUEUE_NAME "default"
+#define TQB_INTERN_MEMO 4 /* names remembered by tqb_intern */
 #define TQB_COMMIT_BUCKETS 12 /* the store commit latency histogram */
 #define TQB_ROW_BYTES 256 /* a stored row's own cost on disk, estimated */
 
@@ -378,6 +379,19 @@ struct tq_broker_t {
     uint32_t trims_owed; /* quiet passes that still trim after a burst */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
+    /* the names interned last, and the queue found last: a run of
+       SUBMITs names the same few (tqb_intern, tqb_queue) */
+    struct {
+        const char *name;
+        uint32_t len;
+    } intern_memo[TQB_INTERN_MEMO];
+    uint32_t intern_next;
+    queue_t *queue_memo;
+    struct { /* the binary id parsed last, and its text (tq_task.c) */
+        char text[2 * TQB_ID_BIN];
+        uint8_t bin[TQB_ID_BIN];
+        bool valid;
+    } id_memo;
     queue_t *queues;
     zhashx_t *peers; /* ident hex -> peer_t */
     peer_t *children, *children_tail;
@@ -652,6 +666,8 @@ void tqb_list_remove(task_list_t *list, task_t *task);
 /* The id table: empty at start; tqb_tasks_free frees every task. */
 void tqb_tasks_init(tq_broker_t *self);
 void tqb_tasks_free(tq_broker_t *self);
+/* The id table's longest chain (tests: how well ids spread). */
+uint32_t tqb_tasks_longest_chain(const tq_broker_t *self);
 /* A new task in TASK_NEW, in the table; payload moved in (a small one is
    copied into the task's own allocation, a large one kept as it is). */
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
@@ -671,6 +687,9 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* The text of a binary id: its 32 lowercase hex digits, NUL-ended. */
+void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
+                   const uint8_t bin[TQB_ID_BIN]);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or
