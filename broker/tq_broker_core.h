@@ -35,6 +35,7 @@
 #define TQB_LIVENESS_MS 3000
 #define TQB_LOST_PAUSE_MS 1000 /* first pause of a task whose worker died */
 #define TQ_DEFAULT_QUEUE_NAME "default"
+#define TQB_INTERN_MEMO 4 /* names remembered by tqb_intern */
 #define TQB_COMMIT_BUCKETS 12 /* the store commit latency histogram */
 #define TQB_ROW_BYTES 256 /* a stored row's own cost on disk, estimated */
 
@@ -245,6 +246,8 @@ struct peer_s {
     int64_t last_seen_ms;
     int64_t unreachable_ms; /* child: when a send found its connection
                                gone (EHOSTUNREACH), 0: never */
+    bool refused; /* child: a BATCH to it failed otherwise than
+                     EHOSTUNREACH: removed at the next tqb_batch_flush */
     peer_t *prev, *next; /* the children list, or the supervisors */
 };
 
@@ -309,16 +312,22 @@ typedef struct {
     /* BATCH (PROTOCOL.md 5.9): received and sent, and the sub-messages
        in them */
     uint64_t batches_in, batched_in, batches_out, batched_out;
+    /* the part of batches_out and batched_out sent to worker children */
+    uint64_t child_batches_out, child_batched_out;
 } counters_t;
 
-/* BATCH to the clients that take it (PROTOCOL.md 5.9, tq_reply.c): what
-   the loop sends such a client is gathered in a batch per client, sent
-   at the end of the burst or pass that made it (tqb_batch_flush). */
-#define TQB_BATCH_SLOTS 8 /* clients with a batch open at once */
+/* BATCH to the clients and children that take it (PROTOCOL.md 5.9,
+   tq_reply.c): what the loop sends such a client, and the TASKs it sends
+   such a child, are gathered in a batch per peer, sent at the end of the
+   burst or pass that made them (tqb_batch_flush). */
+#define TQB_BATCH_SLOTS 8 /* peers with a batch open at once */
 #define TQB_BATCH_PEERS 64 /* clients remembered as taking BATCH */
 #define TQB_BATCH_BYTES (128 << 10) /* a batch this large goes at once */
 typedef struct {
     ident_t to;
+    void *socket; /* the clients or the workers socket */
+    peer_t *child; /* on the workers socket: the child it goes to (its
+                      removal drops the batch: tqb_batch_drop) */
     tq_batch_t batch; /* open while it holds a message */
     uint64_t opened; /* when it opened (a sequence): the oldest goes first
                         when every slot is taken */
@@ -374,6 +383,19 @@ struct tq_broker_t {
     uint32_t trims_owed; /* quiet passes that still trim after a burst */
     zhashx_t *names; /* interned task and queue names */
     zhashx_t *queue_index; /* name -> queue_t */
+    /* the names interned last, and the queue found last: a run of
+       SUBMITs names the same few (tqb_intern, tqb_queue) */
+    struct {
+        const char *name;
+        uint32_t len;
+    } intern_memo[TQB_INTERN_MEMO];
+    uint32_t intern_next;
+    queue_t *queue_memo;
+    struct { /* the binary id parsed last, and its text (tq_task.c) */
+        char text[2 * TQB_ID_BIN];
+        uint8_t bin[TQB_ID_BIN];
+        bool valid;
+    } id_memo;
     queue_t *queues;
     zhashx_t *peers; /* ident hex -> peer_t */
     peer_t *children, *children_tail;
@@ -422,6 +444,7 @@ struct tq_broker_t {
     int64_t log_window_ms;
     int log_count;
     bool dispatch_due;
+    bool refused_due; /* a child waits for removal (tqb_remove_refused) */
     uint64_t peer_serial; /* the last peer_t serial given */
     uint64_t session_serial; /* the last supervisor session given */
     uint64_t stamp;          /* dispatch passes, for peer_t.stamp */
@@ -509,6 +532,18 @@ bool tqb_batch_open(const tq_broker_t *self);
 /* Frees the batches, sending nothing (tq_broker_destroy flushes them
    first, while the tasks their failure would touch exist). */
 void tqb_batch_free(tq_broker_t *self);
+/* Sends self->out (a TASK) to child with its payload (moved). To a child
+   that takes BATCH (READY feature TQ_FEATURE_BATCH) a small one joins the
+   child's open batch; its failure later is handled as a refused lone TASK
+   would be, for every TASK in it (tqb_child_refused). 0, or -1 with errno
+   when the child cannot take it now (as tqb_send_to). */
+int tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload);
+/* Sends child's open batch now, if it has one (before a message that
+   must follow it and whose sending depends on the state it leaves). */
+void tqb_batch_send_child(tq_broker_t *self, peer_t *child);
+/* Forgets child's open batch unsent: it is being removed, and the tasks
+   in the batch go back with the ones it holds. */
+void tqb_batch_drop(tq_broker_t *self, const peer_t *child);
 /* Sends self->out to the current sender. */
 void tqb_reply(tq_broker_t *self, void *socket);
 /* Answers the current sender ERROR code text, naming id when valid. */
@@ -635,6 +670,8 @@ void tqb_list_remove(task_list_t *list, task_t *task);
 /* The id table: empty at start; tqb_tasks_free frees every task. */
 void tqb_tasks_init(tq_broker_t *self);
 void tqb_tasks_free(tq_broker_t *self);
+/* The id table's longest chain (tests: how well ids spread). */
+uint32_t tqb_tasks_longest_chain(const tq_broker_t *self);
 /* A new task in TASK_NEW, in the table; payload moved in (a small one is
    copied into the task's own allocation, a large one kept as it is). */
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
@@ -654,6 +691,9 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* The text of a binary id: its 32 lowercase hex digits, NUL-ended. */
+void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
+                   const uint8_t bin[TQB_ID_BIN]);
 /* The task's payload in msg (initialised here; the caller closes it):
    shared or copied when in memory, read back when only the store has it.
    0, or a tq_err_t (TQ_ECORRUPT: the stored copy failed its checksum or
@@ -744,6 +784,13 @@ peer_t *tqb_peer_new(tq_broker_t *self, peer_role_t role);
 void tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
                      const char *why);
 void tqb_peer_free(peer_t *peer);
+/* A BATCH to child was refused with err, after its TASKs went back as
+   refused lone TASKs do: the child is marked as a refused lone send
+   marks it (EHOSTUNREACH), or removed at the next tqb_batch_flush
+   (another error; never at once: the dispatch in progress holds it). */
+void tqb_child_refused(tq_broker_t *self, peer_t *child, int err);
+/* Removes the children tqb_child_refused left for removal. */
+void tqb_remove_refused(tq_broker_t *self);
 bool tqb_peer_serves(const peer_t *peer, const lane_t *lane);
 /* Lists a child among its queues' servers (after READY), or takes it
    off (before its lists change or it goes). */

@@ -118,6 +118,8 @@ tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
                 const char *why)
 {
     if (peer->role == PEER_CHILD) {
+        /* its open batch never left: those TASKs go back with the rest */
+        tqb_batch_drop(self, peer);
         s_release(self, peer, lost, code, why);
         tqb_peer_unserve(self, peer);
         if (lost)
@@ -283,6 +285,28 @@ s_unreachable(tq_broker_t *self, peer_t *child, int err)
     }
 }
 
+void
+tqb_child_refused(tq_broker_t *self, peer_t *child, int err)
+{
+    s_unreachable(self, child, EHOSTUNREACH); /* it gets nothing more */
+    if (err != EHOSTUNREACH) {
+        child->refused = true;
+        self->refused_due = true;
+    }
+}
+
+void
+tqb_remove_refused(tq_broker_t *self)
+{
+    self->refused_due = false;
+    peer_t *next;
+    for (peer_t *w = self->children; w; w = next) {
+        next = w->next;
+        if (w->refused)
+            tqb_peer_remove(self, w, false, 0, "unreachable");
+    }
+}
+
 /* Sends a task to a child. Returns false if the child cannot take it: it
    was removed, or marked unreachable (s_unreachable); the task, which it
    never got, went back to the front of its lane with its attempt. */
@@ -305,7 +329,7 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     out->task = tq_str(task->lane->task);
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
-    int rc = tqb_send_to(self, self->workers, &child->ident, &args);
+    int rc = tqb_send_child(self, child, &args);
     int err = errno;
     zmq_msg_close(&args);
     if (rc != 0) {
@@ -408,6 +432,12 @@ s_steal(tq_broker_t *self)
             if (!victim)
                 continue; /* nothing this child could take */
             peer_t *holder = victim->holder;
+            /* the holder's open batch goes first (it may hold the
+               victim's TASK); refused, its tasks went back and it is
+               marked: look again at the next pass */
+            tqb_batch_send_child(self, holder);
+            if (holder->unreachable_ms)
+                continue;
             tq_msg_t *out = tqb_out(self, TQ_CMD_REVOKE);
             out->id = tq_str(tqb_task_id(victim));
             out->id_binary = (holder->features & TQ_FEATURE_BINARY_IDS) != 0;

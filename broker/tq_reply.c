@@ -1,6 +1,7 @@
 /* tq_reply.c - routing ids and everything the broker sends: the one send
    path (tqb_send_to), replies to the current sender, RESULTs, and msgpack
    bodies for REPLY and STATUS_REPLY. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,12 +159,12 @@ tqb_batch_takes(const tq_broker_t *self, const ident_t *ident)
     return false;
 }
 
-/* The open batch to ident, NULL if none. */
+/* The open batch to ident on socket, NULL if none. */
 static out_batch_t *
-s_batch_find(tq_broker_t *self, const ident_t *ident)
+s_batch_find(tq_broker_t *self, void *socket, const ident_t *ident)
 {
     for (int i = 0; i < TQB_BATCH_SLOTS; i++)
-        if (self->batches[i].batch.count &&
+        if (self->batches[i].batch.count && self->batches[i].socket == socket &&
             tqb_ident_eq(&self->batches[i].to, ident))
             return &self->batches[i];
     return NULL;
@@ -192,6 +193,46 @@ s_batch_undeliver(tq_broker_t *self, out_batch_t *b)
             tqb_results_leave(self, task);
     }
     free(msg);
+}
+
+/* A batch to a child was refused (err): every TASK in it goes back as a
+   refused lone TASK does (tq_dispatch.c s_dispatch_one): to the front of
+   its lane, its attempt taken back, if it is still held by that child
+   for that attempt (nothing else moved it since). From the last to the
+   first, so that they keep their order at the front of their lanes. Then
+   the child is marked, as after a refused lone TASK. */
+static void
+s_batch_refused(tq_broker_t *self, out_batch_t *b, int err)
+{
+    peer_t *child = b->child;
+    tq_msg_t *msg = tqb_alloc(sizeof *msg);
+    task_t **tasks = tqb_alloc(b->batch.count * sizeof *tasks);
+    uint32_t n = 0;
+    tq_msg_t header = {.command = TQ_CMD_BATCH, .count = b->batch.count};
+    tq_batch_reader_t r;
+    tq_batch_reader_init(&r, &header, b->batch.body.data, b->batch.body.size);
+    const void *data;
+    size_t size;
+    bool has;
+    const char *why = NULL;
+    int rc;
+    while ((rc = tq_batch_next(&r, msg, &data, &size, &has, &why)) !=
+           TQ_BATCH_END) {
+        if (rc != TQ_OK || msg->command != TQ_CMD_TASK)
+            continue;
+        task_t *task = tqb_task_find(self, msg->id);
+        if (task && task->state == TASK_HELD && task->holder == child &&
+            task->rec.attempt == msg->attempt)
+            tasks[n++] = task;
+    }
+    while (n > 0) {
+        task_t *task = tasks[--n];
+        tqb_task_move(self, task, TASK_WAITING, &(task_move_t){.front = true});
+        task->rec.attempt--;
+    }
+    free(tasks);
+    free(msg);
+    tqb_child_refused(self, child, err);
 }
 
 /* Sends an open batch (one message alone as itself) and closes it. A
@@ -233,7 +274,7 @@ s_batch_send(tq_broker_t *self, out_batch_t *b)
         if (size)
             memcpy(zmq_msg_data(&payload), data, size);
     }
-    int rc = tq_wire_send(self->clients, &id, header, header_size,
+    int rc = tq_wire_send(b->socket, &id, header, header_size,
                           has ? &payload : NULL, ZMQ_DONTWAIT);
     int err = errno;
     if (has)
@@ -242,28 +283,42 @@ s_batch_send(tq_broker_t *self, out_batch_t *b)
     if (rc == 0 && count > 1) {
         self->counters.batches_out++;
         self->counters.batched_out += count;
+        if (b->child) {
+            self->counters.child_batches_out++;
+            self->counters.child_batched_out += count;
+        }
     } else if (rc != 0) {
         self->counters.dropped += count;
-        if (err == EAGAIN)
-            s_client_dropped(self, &b->to, count);
-        s_batch_undeliver(self, b);
         tqb_debug(self, "send of a batch of %u failed: %s", count,
                   zmq_strerror(err));
+        if (b->child)
+            s_batch_refused(self, b, err);
+        else {
+            if (err == EAGAIN)
+                s_client_dropped(self, &b->to, count);
+            s_batch_undeliver(self, b);
+        }
     }
     tq_batch_reset(batch);
+}
+
+/* A batch full enough that the next message goes after it. */
+static bool
+s_batch_full(const out_batch_t *b, size_t size)
+{
+    return b->batch.count == TQ_BATCH_MAX ||
+        tq_batch_bytes(&b->batch) + size + 512 > TQB_BATCH_BYTES;
 }
 
 /* Adds self->out and payload (copied, then emptied as a send would move
    it) to ident's batch, opening one (the oldest open one sent first when
    every slot is taken) or sending a full one first. */
 static void
-s_batch_add(tq_broker_t *self, out_batch_t *b, const ident_t *ident,
-            zmq_msg_t *payload)
+s_batch_add(tq_broker_t *self, out_batch_t *b, void *socket, peer_t *child,
+            const ident_t *ident, zmq_msg_t *payload)
 {
     size_t size = payload ? zmq_msg_size(payload) : 0;
-    if (b &&
-        (b->batch.count == TQ_BATCH_MAX ||
-         tq_batch_bytes(&b->batch) + size + 512 > TQB_BATCH_BYTES))
+    if (b && s_batch_full(b, size))
         s_batch_send(self, b); /* the slot stays ident's */
     for (int i = 0; !b && i < TQB_BATCH_SLOTS; i++)
         if (!self->batches[i].batch.count)
@@ -277,6 +332,8 @@ s_batch_add(tq_broker_t *self, out_batch_t *b, const ident_t *ident,
     }
     if (!b->batch.count) {
         tqb_ident_set(&b->to, tqb_ident_data(ident), ident->size);
+        b->socket = socket;
+        b->child = child;
         b->opened = ++self->batch_seq;
     }
     if (tq_batch_add(&b->batch, &self->out,
@@ -317,6 +374,8 @@ tqb_batch_flush(tq_broker_t *self)
        (s_batch_undeliver): the window may forget its oldest */
     if (sent)
         tqb_results_trim(self);
+    if (self->refused_due)
+        tqb_remove_refused(self);
 }
 
 void
@@ -331,20 +390,62 @@ tqb_batch_free(tq_broker_t *self)
     self->batch_peer_count = 0;
 }
 
+void
+tqb_batch_send_child(tq_broker_t *self, peer_t *child)
+{
+    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+    if (open)
+        s_batch_send(self, open);
+}
+
+void
+tqb_batch_drop(tq_broker_t *self, const peer_t *child)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].batch.count && self->batches[i].child == child)
+            tq_batch_reset(&self->batches[i].batch);
+}
+
+int
+tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload)
+{
+    size_t size = payload ? zmq_msg_size(payload) : 0;
+    if (!(child->features & TQ_FEATURE_BATCH) || size > TQ_BATCH_MAX_PAYLOAD)
+        return tqb_send_to(self, self->workers, &child->ident, payload);
+    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+    if (open && s_batch_full(open, size)) {
+        s_batch_send(self, open); /* the slot stays the child's */
+        if (child->unreachable_ms) {
+            /* that batch was refused: so is this message, as the next
+               lone send would have been */
+            errno = EHOSTUNREACH;
+            return -1;
+        }
+    }
+    s_batch_add(self, open, self->workers, child, &child->ident, payload);
+    return 0;
+}
+
 int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
     if (socket == self->clients && tqb_local_deliver(self, ident, payload))
         return 0; /* the embedded pool's caller, in this process */
+    if (socket == self->workers) {
+        /* a child's open batch goes first (only TASKs join it) */
+        out_batch_t *open = s_batch_find(self, socket, ident);
+        if (open)
+            s_batch_send(self, open);
+    }
     if (socket == self->clients) {
-        out_batch_t *open = s_batch_find(self, ident);
+        out_batch_t *open = s_batch_find(self, socket, ident);
         /* a QITEM goes alone: its item is handed over only when the
            transport takes it (tq_dataq.c keeps it otherwise) */
         if (self->out.command != TQ_CMD_QITEM &&
             (!payload || zmq_msg_size(payload) <= TQ_BATCH_MAX_PAYLOAD) &&
             (open || tqb_batch_takes(self, ident))) {
-            s_batch_add(self, open, ident, payload);
+            s_batch_add(self, open, socket, NULL, ident, payload);
             return 0;
         }
         if (open)

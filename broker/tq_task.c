@@ -54,12 +54,26 @@ tqb_list_remove(task_list_t *list, task_t *task)
 const char *
 tqb_intern(tq_broker_t *self, tq_str_t s)
 {
+    /* interned names live as long as the broker: the few used last are
+       compared before the table is hashed into */
+    uint32_t len = s.ptr ? s.len : 0;
+    if (len > TQ_PROTO_MAX_NAME)
+        len = TQ_PROTO_MAX_NAME; /* as tq_str_copy cuts it */
+    for (int i = 0; s.ptr && i < TQB_INTERN_MEMO; i++)
+        if (self->intern_memo[i].name && self->intern_memo[i].len == len &&
+            memcmp(self->intern_memo[i].name, s.ptr, len) == 0)
+            return self->intern_memo[i].name;
     char name[TQ_PROTO_MAX_NAME + 1];
     tq_str_copy(name, sizeof name, s);
     char *found = zhashx_lookup(self->names, name);
     if (!found) {
         found = tqb_strdup(name);
         zhashx_insert(self->names, found, found);
+    }
+    if (strlen(found) == len) { /* not when the text held a NUL */
+        uint32_t at = self->intern_next++ % TQB_INTERN_MEMO;
+        self->intern_memo[at].name = found;
+        self->intern_memo[at].len = len;
     }
     return found;
 }
@@ -68,6 +82,8 @@ queue_t *
 tqb_queue(tq_broker_t *self, tq_str_t name)
 {
     const char *interned = tqb_intern(self, name);
+    if (self->queue_memo && self->queue_memo->name == interned)
+        return self->queue_memo;
     queue_t *queue = zhashx_lookup(self->queue_index, interned);
     if (!queue) {
         queue = tqb_alloc(sizeof *queue);
@@ -76,6 +92,7 @@ tqb_queue(tq_broker_t *self, tq_str_t name)
         self->queues = queue;
         zhashx_insert(self->queue_index, interned, queue);
     }
+    self->queue_memo = queue; /* queues live as long as the broker */
     return queue;
 }
 
@@ -109,7 +126,12 @@ tqb_lane(queue_t *queue, const char *task)
    many bytes paged out, and once nothing is left to page out (after at
    least S_RESIDENT_MAX). */
 #define S_TRIM_BYTES (16u << 20)
-#define S_ID_BUCKETS_MIN 1024
+/* The id table's buckets at start (4 bytes each, 64 KiB): 16Ki tasks
+   before it first grows (each growth walks every task) */
+#define S_ID_BUCKETS_MIN 16384
+/* Up to this many buckets the table keeps a bucket a task at most, then
+   two (memory: 4 bytes a bucket) */
+#define S_ID_BUCKETS_DENSE (1u << 18)
 
 /* ---- task allocations: slabs ----
 
@@ -350,10 +372,46 @@ s_id_parse(const char *text, size_t len, uint8_t bin[TQB_ID_BIN])
     return tq_proto_id_parse(text, len, bin);
 }
 
+/* s_id_parse, remembering the last binary id parsed: a SUBMIT looks its
+   id up, then makes its task with it (two parses for one id). */
+static bool
+s_id_parse_memo(tq_broker_t *self, const char *text, size_t len,
+                uint8_t bin[TQB_ID_BIN])
+{
+    if (len == 2 * TQB_ID_BIN && self->id_memo.valid &&
+        memcmp(self->id_memo.text, text, len) == 0) {
+        memcpy(bin, self->id_memo.bin, TQB_ID_BIN);
+        return true;
+    }
+    if (!s_id_parse(text, len, bin))
+        return false;
+    memcpy(self->id_memo.text, text, len);
+    memcpy(self->id_memo.bin, bin, TQB_ID_BIN);
+    self->id_memo.valid = true;
+    return true;
+}
+
+/* A binary id's hash: its two halves mixed by multiplies and shifts (a
+   dozen instructions where FNV-1a takes two per byte). Every bit of the
+   id reaches the low bits the table's mask keeps, so ids that differ in
+   one byte anywhere land apart, not only random ones. */
+static uint32_t
+s_bin_hash(const void *bin)
+{
+    uint64_t a, b;
+    memcpy(&a, bin, 8);
+    memcpy(&b, (const uint8_t *)bin + 8, 8);
+    uint64_t h = a * 0x9e3779b97f4a7c15ull ^ b;
+    h ^= h >> 32;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return (uint32_t)h;
+}
+
 static uint32_t
 s_task_hash(const task_t *task)
 {
-    return task->id_bin ? s_hash(task->rec.id, TQB_ID_BIN)
+    return task->id_bin ? s_bin_hash(task->rec.id)
                         : s_hash(task->rec.id, strlen(task->rec.id));
 }
 
@@ -432,8 +490,36 @@ tqb_task_id(const task_t *task)
     if (!task->id_bin)
         return task->rec.id;
     char *text = ring[next++ % S_ID_RING];
-    tqb_hex(text, (const uint8_t *)task->rec.id, TQB_ID_BIN);
+    tqb_id_render(text, (const uint8_t *)task->rec.id);
     return text;
+}
+
+void
+tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
+{
+    /* four bytes at a time (SWAR): every TASK and RESULT names its task */
+    const uint64_t ones = 0x0101010101010101ull;
+    for (int i = 0; i < TQB_ID_BIN / 4; i++) {
+        uint32_t word; /* the first byte lowest, whatever the host */
+        memcpy(&word, bin + 4 * i, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap32(word);
+#endif
+        /* byte k into the low byte of 16-bit lane k */
+        uint64_t x = word;
+        x = (x | x << 16) & 0x0000ffff0000ffffull;
+        x = (x | x << 8) & 0x00ff00ff00ff00ffull;
+        /* byte 2k: the high digit of byte k, byte 2k + 1 its low one */
+        uint64_t v = ((x >> 4) & 0x000f000f000f000full) |
+            ((x & 0x000f000f000f000full) << 8);
+        /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
+        v += '0' * ones + (((v + 6 * ones) >> 4) & ones) * 39;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+#endif
+        memcpy(text + 8 * i, &v, 8);
+    }
+    text[2 * TQB_ID_BIN] = '\0';
 }
 
 /* The clients blocked in GET wait=true on a task, in self->waiters under
@@ -532,6 +618,21 @@ s_table_grow(tq_broker_t *self)
     self->id_mask = buckets - 1;
 }
 
+uint32_t
+tqb_tasks_longest_chain(const tq_broker_t *self)
+{
+    uint32_t longest = 0;
+    for (uint32_t b = 0; b <= self->id_mask; b++) {
+        uint32_t n = 0;
+        for (task_t *t = s_task_at(self, self->id_table[b]); t;
+             t = s_task_at(self, t->id_next))
+            n++;
+        if (n > longest)
+            longest = n;
+    }
+    return longest;
+}
+
 static void
 s_table_remove(tq_broker_t *self, task_t *task)
 {
@@ -552,8 +653,21 @@ s_inline(const task_t *task)
         (task->id_bin ? TQB_ID_BIN : strlen(task->rec.id) + 1);
 }
 
-/* Keeps value (moved in, may be empty) as the payload: copied when small,
-   else the message itself. The previous payload is gone already. */
+/* The bytes after the task's id in its slab slot: what its own
+   allocation can hold inline. */
+static size_t
+s_inline_room(const task_t *task)
+{
+    const s_slab_t *slab =
+        (const s_slab_t *)((uintptr_t)task & ~(uintptr_t)(S_SLAB_PAGE - 1));
+    return slab->slot - (size_t)(s_inline(task) - (const uint8_t *)task);
+}
+
+/* Keeps value (moved in, may be empty) as the payload: in the task's own
+   allocation when it fits there (without a store: a result as large as
+   the arguments it replaces, an echo's, costs no malloc), else copied
+   when small, else the message itself. The previous payload is gone
+   already. */
 static void
 s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
 {
@@ -561,6 +675,10 @@ s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
     task->payload_size = (uint32_t)size;
     if (size == 0) {
         task->payload_at = PAYLOAD_NONE;
+    } else if (!self->store && size <= s_inline_room(task)) {
+        /* with a store a payload may leave memory: it gets its own */
+        memcpy(s_inline(task), zmq_msg_data(value), size);
+        task->payload_at = PAYLOAD_INLINE;
     } else if (size <= S_PAYLOAD_COPY) {
         task->payload = tqb_alloc(size);
         memcpy(task->payload, zmq_msg_data(value), size);
@@ -647,7 +765,7 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
 {
     size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
     uint8_t bin[TQB_ID_BIN];
-    bool id_bin = s_id_parse(id, id_len, bin);
+    bool id_bin = s_id_parse_memo(self, id, id_len, bin);
     size_t size = payload ? zmq_msg_size(payload) : 0;
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
@@ -676,9 +794,13 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         if (s_may_page_out(self))
             s_page_out_list(self, task);
     }
-    /* chains of two on average: half the buckets' memory, lookups as
-       fast (the ids differ in their first bytes) */
-    if (self->task_count > 2 * (self->id_mask + 1))
+    /* at most one task a bucket while the table is small: a lookup of a
+       new id (every SUBMIT's) walks its whole chain, a cache miss a
+       task; beyond S_ID_BUCKETS_DENSE up to two (a million waiting
+       tasks: 2 MiB of buckets, not 4) */
+    uint32_t buckets = self->id_mask + 1;
+    if (self->task_count >
+        (buckets < S_ID_BUCKETS_DENSE ? 1ull : 2ull) * buckets)
         s_table_grow(self);
     uint32_t b = s_task_hash(task) & self->id_mask;
     task->id_next = self->id_table[b];
@@ -693,9 +815,9 @@ tqb_task_find(tq_broker_t *self, tq_str_t id)
     if (id.len > TQ_PROTO_MAX_ID)
         return NULL;
     uint8_t bin[TQB_ID_BIN];
-    if (s_id_parse(id.ptr, id.len, bin)) {
-        task_t *t = s_task_at(
-            self, self->id_table[s_hash(bin, TQB_ID_BIN) & self->id_mask]);
+    if (s_id_parse_memo(self, id.ptr, id.len, bin)) {
+        task_t *t =
+            s_task_at(self, self->id_table[s_bin_hash(bin) & self->id_mask]);
         while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
             t = s_task_at(self, t->id_next);
         return t;

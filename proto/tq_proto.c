@@ -87,7 +87,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},
     {TQ_CMD_TASKS, "TASKS", "Iuvy", false, C_, EC},
     {TQ_CMD_INSPECT, "INSPECT", "I", false, C_, EC},
-    {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_, EC},
+    {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_, EC | EW},
 };
 
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
@@ -241,9 +241,17 @@ s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
     return all != 0;
 }
 
+static bool s_hex8_ok(uint64_t x);
+static uint64_t s_load8(const char *p);
+
 bool
 tq_proto_valid_id(const char *ptr, size_t len)
 {
+    /* a client-made id (32 lowercase hex digits), eight bytes at once */
+    if (ptr && len == 32 && s_hex8_ok(s_load8(ptr)) &&
+        s_hex8_ok(s_load8(ptr + 8)) && s_hex8_ok(s_load8(ptr + 16)) &&
+        s_hex8_ok(s_load8(ptr + 24)))
+        return true;
     return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, S_ID);
 }
 
@@ -253,29 +261,63 @@ tq_proto_valid_name(const char *ptr, size_t len)
     return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
 }
 
-/* 0x10 | the value of each lowercase hex digit, 0 for any other byte: a
-   lookup and an AND per digit, no branch (the broker parses every id it
-   is given, several times a task). */
-static const uint8_t s_hex_value[256] = {
-    ['0'] = 0x10, ['1'] = 0x11, ['2'] = 0x12, ['3'] = 0x13,
-    ['4'] = 0x14, ['5'] = 0x15, ['6'] = 0x16, ['7'] = 0x17,
-    ['8'] = 0x18, ['9'] = 0x19, ['a'] = 0x1a, ['b'] = 0x1b,
-    ['c'] = 0x1c, ['d'] = 0x1d, ['e'] = 0x1e, ['f'] = 0x1f,
-};
+/* Eight lowercase hex digits (x: their bytes, the first one lowest) as
+   four bytes in *out, eight at once (SWAR: the broker parses every id it
+   is given, several times a task). False if any byte is not one. */
+static bool
+s_hex8_ok(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, high = ones << 7;
+    if (x & high)
+        return false; /* no byte above 0x7f: the sums below never carry */
+    /* a byte's high bit after adding 0x80 - c says it is >= c */
+    uint64_t ge_0 = x + (0x80 - '0') * ones, gt_9 = x + (0x80 - '9' - 1) * ones;
+    uint64_t ge_a = x + (0x80 - 'a') * ones, gt_f = x + (0x80 - 'f' - 1) * ones;
+    return ((ge_0 & ~gt_9) | (ge_a & ~gt_f) | ~high) == ~0ull;
+}
+
+/* The eight bytes at p, the first one lowest whatever the host. */
+static uint64_t
+s_load8(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
+    return x;
+}
+
+static bool
+s_hex8_parse(uint64_t x, uint8_t out[4])
+{
+    const uint64_t ones = 0x0101010101010101ull;
+    if (!s_hex8_ok(x))
+        return false;
+    /* '0'..'9' are 0x30..0x39, 'a'..'f' 0x61..0x66 (bit 0x40 set) */
+    uint64_t v = (x & 0x0f * ones) + ((x >> 6) & ones) * 9;
+    /* each pair of digits (first in the low byte) into one byte */
+    v = ((v & 0x00ff00ff00ff00ffull) << 4) | ((v >> 8) & 0x00ff00ff00ff00ffull);
+    v = (v | v >> 8) & 0x0000ffff0000ffffull;
+    v = (v | v >> 16) & 0xffffffffull;
+    uint32_t word = (uint32_t)v;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap32(word);
+#endif
+    memcpy(out, &word, 4);
+    return true;
+}
 
 bool
 tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
 {
     if (!ptr || len != 2 * TQ_PROTO_ID_BIN)
         return false;
-    const unsigned char *p = (const unsigned char *)ptr;
-    uint8_t all = 0x10;
-    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
-        uint8_t hi = s_hex_value[p[2 * i]], lo = s_hex_value[p[2 * i + 1]];
-        all &= hi & lo;
-        bin[i] = (uint8_t)(hi << 4 | (lo & 0x0f));
+    bool ok = true;
+    for (int i = 0; i < 4; i++) {
+        ok &= s_hex8_parse(s_load8(ptr + 8 * i), bin + 4 * i);
     }
-    return all != 0;
+    return ok;
 }
 
 tq_str_t

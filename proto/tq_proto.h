@@ -130,8 +130,9 @@ const char *tq_proto_field_name(char code);
    (PROTOCOL.md 5.1). */
 #define TQ_FEATURE_FOLD 0x2
 /* TQ_FEATURE_BATCH, in SUBMIT's features: the client takes BATCH messages
-   from the broker; in PONG's features (clients endpoint): the broker takes
-   BATCH messages from clients (PROTOCOL.md 5.9). */
+   from the broker; in READY's features: the child does; in PONG's
+   features (clients endpoint): the broker takes BATCH messages from
+   clients (PROTOCOL.md 5.9). */
 #define TQ_FEATURE_BATCH 0x4
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the

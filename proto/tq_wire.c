@@ -24,14 +24,6 @@ tq_frames_close(tq_frames_t *f)
     tq_frames_init(f);
 }
 
-static bool
-s_more(void *socket)
-{
-    int more = 0;
-    size_t size = sizeof more;
-    return zmq_getsockopt(socket, ZMQ_RCVMORE, &more, &size) == 0 && more;
-}
-
 int
 tq_wire_recv(void *socket, tq_frames_t *f, bool router, int flags)
 {
@@ -50,12 +42,16 @@ tq_wire_recv(void *socket, tq_frames_t *f, bool router, int flags)
         return -1;
     f->frames = 1;
     bool too_many = false;
-    while (s_more(socket)) {
+    /* whether more parts follow, asked of the part received (the socket
+       option ZMQ_RCVMORE says the same at several times the cost) */
+    bool more = zmq_msg_more(slots[0]);
+    while (more) {
         if (f->frames < nslots) {
             /* the rest of a multipart message is already here */
             while (zmq_msg_recv(slots[f->frames], socket, 0) < 0)
                 if (errno != EINTR)
                     return -1;
+            more = zmq_msg_more(slots[f->frames]);
         } else {
             zmq_msg_t extra;
             zmq_msg_init(&extra);
@@ -64,6 +60,7 @@ tq_wire_recv(void *socket, tq_frames_t *f, bool router, int flags)
                     zmq_msg_close(&extra);
                     return -1;
                 }
+            more = zmq_msg_more(&extra);
             zmq_msg_close(&extra);
             too_many = true;
         }

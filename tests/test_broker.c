@@ -2,8 +2,8 @@
    library: raw DEALERs speak TQP/1 (tq_proto, tq_wire) to a real tq-broker
    as clients, worker children and supervisors, to check data queues,
    limits, cancel and KILL, leases and LOST, retries, countdowns, purge,
-   host liveness, the STATUS body and binary ids (PROTOCOL.md sections 3,
-   5 and 8). */
+   host liveness, the STATUS body, binary ids and BATCH to children
+   (PROTOCOL.md sections 3, 5 and 8). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <zmq.h>
 
+#include "tq_batch.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
 #include "tq_wire.h"
@@ -2242,6 +2243,190 @@ test_binary_ids(void **state)
     free(in);
 }
 
+/* ---- 13. BATCH to children (PROTOCOL.md 5.9) ---- */
+
+/* Receives the next message on a child's socket: it must be a BATCH of
+   TASKs of the given ids, in that order, each attempt 1 with s_args. */
+static void
+s_expect_task_batch(s_world_t *w, void *socket, const char *const ids[],
+                    uint32_t n)
+{
+    zmq_pollitem_t item = {socket, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&item, 1, w->wait_ms) != 1)
+        fail_msg("expected a BATCH of %u TASKs: nothing in %d ms", n,
+                 w->wait_ms);
+    tq_frames_t frames;
+    tq_frames_init(&frames);
+    assert_int_equal(tq_wire_recv(socket, &frames, false, 0), TQ_OK);
+    tq_msg_t *msg = calloc(1, sizeof *msg);
+    assert_non_null(msg);
+    const char *reason = NULL;
+    assert_int_equal(tq_wire_decode(&frames, msg, &reason), TQ_OK);
+    if (msg->command != TQ_CMD_BATCH)
+        fail_msg("expected a BATCH of %u TASKs, got %s", n,
+                 tq_proto_command_name(msg->command));
+    assert_int_equal(msg->count, n);
+    tq_batch_reader_t r;
+    tq_batch_reader_init(&r, msg, zmq_msg_data(&frames.payload),
+                         zmq_msg_size(&frames.payload));
+    for (uint32_t i = 0; i < n; i++) {
+        const void *data;
+        size_t size;
+        bool has;
+        assert_int_equal(tq_batch_next(&r, msg, &data, &size, &has, &reason),
+                         TQ_OK);
+        assert_int_equal(msg->command, TQ_CMD_TASK);
+        if (!tq_str_eq(msg->id, ids[i]))
+            fail_msg("sub-message %u: TASK %.*s, expected %s", i,
+                     (int)msg->id.len, msg->id.ptr, ids[i]);
+        assert_int_equal(msg->attempt, 1);
+        assert_true(has);
+        assert_int_equal(size, sizeof s_args);
+        assert_memory_equal(data, s_args, sizeof s_args);
+    }
+    const void *data;
+    size_t size;
+    bool has;
+    assert_int_equal(tq_batch_next(&r, msg, &data, &size, &has, &reason),
+                     TQ_BATCH_END);
+    free(msg);
+    tq_frames_close(&frames);
+}
+
+/* A child that announces BATCH (READY 0x4) gets the TASKs of one dispatch
+   pass in one BATCH, in dispatch order, each answered by its own DONE; a
+   child that does not gets each TASK alone. STATUS counts the batches
+   sent to children. */
+static void
+test_batch_to_child(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    /* queued before the child comes: its first dispatch is one pass */
+    const char *const ids[] = {"bt-1", "bt-2", "bt-3", "bt-4"};
+    for (int i = 0; i < 4; i++)
+        s_submit_ok(w, a, ids[i], "qb", in);
+    void *child = s_dealer(w, w->broker.workers);
+    s_ready_features(w, child, "hostB", 1301, 1300, "qb", 4,
+                     TQ_FEATURE_RETURNS | TQ_FEATURE_BATCH);
+    s_expect_task_batch(w, child, ids, 4);
+    for (int i = 0; i < 4; i++)
+        s_done(w, child, ids[i], 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    for (int i = 0; i < 4; i++)
+        s_expect_result(w, a, ids[i], TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "child_batches_out"), 1);
+    assert_int_equal(s_counter(w, a, "child_batched_out"), 4);
+
+    /* the same for a child without the bit: lone TASKs */
+    const char *const old_ids[] = {"bo-1", "bo-2", "bo-3"};
+    for (int i = 0; i < 3; i++)
+        s_submit_ok(w, a, old_ids[i], "qo", in);
+    void *old = s_dealer(w, w->broker.workers);
+    s_ready_features(w, old, "hostB", 1302, 1300, "qo", 3, TQ_FEATURE_RETURNS);
+    for (int i = 0; i < 3; i++)
+        s_expect_task(w, old, old_ids[i], 1, in);
+    for (int i = 0; i < 3; i++)
+        s_done(w, old, old_ids[i], 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    for (int i = 0; i < 3; i++)
+        s_expect_result(w, a, old_ids[i], TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "child_batches_out"), 1);
+    assert_int_equal(s_counter(w, a, "child_batched_out"), 4);
+
+    /* a single TASK to a child that takes BATCH goes as itself */
+    s_submit_ok(w, a, "bt-5", "qb", in);
+    s_expect_task(w, child, "bt-5", 1, in);
+    s_done(w, child, "bt-5", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "bt-5", TQ_STATE_SUCCESS, TQ_OK, in);
+    assert_int_equal(s_counter(w, a, "child_batches_out"), 1);
+    assert_int_equal(s_counter(w, a, "completed"), 8);
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    free(in);
+}
+
+/* A BATCH the broker cannot hand to a child whose connection is gone
+   leaves every TASK in it as a refused lone TASK: back at the front of
+   its lane with its attempt (nobody got it), uncharged; the child gets
+   nothing more, and its LOST charges only the task it was running. */
+static void
+test_batch_to_gone_child(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_start(w, (const char *[]){"--max-lost", "1", NULL});
+    void *a = s_dealer(w, w->broker.clients);
+    void *sup = s_supervisor(w, "hostG", 1400, true, in);
+    void *child = zmq_socket(w->ctx, ZMQ_DEALER);
+    assert_non_null(child);
+    int linger = 0;
+    zmq_setsockopt(child, ZMQ_LINGER, &linger, sizeof linger);
+    assert_int_equal(zmq_connect(child, w->broker.workers), 0);
+    s_ready_features(w, child, "hostG", 1401, 1400, "qg", 1000,
+                     TQ_FEATURE_RETURNS | TQ_FEATURE_BATCH);
+    s_submit_ok(w, a, "ug-1", "qg", in);
+    s_expect_task(w, child, "ug-1", 1, in);
+    zmq_close(child); /* it died running ug-1 */
+    /* tasks for it, three at a time (one burst: one BATCH, mostly),
+       until a send finds its connection gone */
+    uint64_t dropped = s_counter(w, a, "dropped");
+    enum { MAX = 600 };
+    int n = 1;
+    while (s_counter(w, a, "dropped") == dropped && n + 3 <= MAX) {
+        int first = n + 1;
+        for (int k = 0; k < 3; k++) {
+            char id[32];
+            snprintf(id, sizeof id, "ug-%d", ++n);
+            s_submit(w, a, id, "qg", 0, 0, 0);
+        }
+        for (int k = first; k <= n; k++)
+            s_expect(w, a, TQ_CMD_SUBMITTED, NULL, in);
+        tq_harness_sleep_ms(10); /* bounded: 2 s in all */
+    }
+    uint64_t refused = s_counter(w, a, "dropped") - dropped;
+    assert_true(refused > 0);
+    s_lost(w, sup, 1401, TQ_ELOST, "killed by SIGSEGV");
+    s_expect_result(w, a, "ug-1", TQ_STATE_FAILURE, TQ_ELOST, in);
+    /* every other task runs once on the next child: those in the refused
+       batch (and any after it) with their first attempt, those the dead
+       child got before with their second; none charged */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostG", 1402, 1400, "qg", MAX);
+    bool seen[MAX + 1] = {false};
+    uint64_t first_attempts = 0;
+    int last_second = 0, first_first = MAX + 1;
+    for (int i = 2; i <= n; i++) {
+        s_expect(w, w2, TQ_CMD_TASK, NULL, in);
+        int k = 0;
+        assert_int_equal(sscanf(in->id, "ug-%d", &k), 1);
+        assert_true(k >= 2 && k <= n && !seen[k]);
+        seen[k] = true;
+        assert_true(in->attempt == 1 || in->attempt == 2);
+        if (in->attempt == 1) {
+            first_attempts++;
+            if (k < first_first)
+                first_first = k;
+        } else if (k > last_second)
+            last_second = k;
+        s_done(w, w2, in->id, in->attempt, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    }
+    for (int i = 2; i <= n; i++)
+        s_expect(w, a, TQ_CMD_RESULT, NULL, in);
+    printf("  %d task(s) sent after the child died, %llu in refused "
+           "sends, %llu back with their first attempt\n",
+           n - 1, (unsigned long long)refused,
+           (unsigned long long)first_attempts);
+    assert_true(first_attempts >= refused);
+    /* the refused ones were the last dispatched to it */
+    assert_true(last_second < first_first);
+    assert_int_equal(s_counter(w, a, "dead_letters"), 1);
+    assert_int_equal(s_counter(w, a, "completed"), (uint64_t)(n - 1));
+    assert_int_equal(s_counter(w, a, "duplicates"), 0);
+    free(in);
+}
+
 int
 main(void)
 {
@@ -2282,6 +2467,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_work_stealing_cancelled, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_binary_ids, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_batch_to_child, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_batch_to_gone_child, s_setup,
+                                        s_teardown),
     };
     tq_harness_init();
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -313,6 +313,45 @@ test_echo_thousand(void **state)
     tq_harness_status_free(&status);
 }
 
+/* A W1-like stream at prefetch 16 (children that take BATCH, PROTOCOL.md
+   5.9): 5,000 echoes submitted at once over two children, every one
+   answered once with its own value. */
+static void
+test_stream_prefetch16(void **state)
+{
+    tq_harness_env_t *env = *state;
+    s_start(env, 2, (const char *const[]){"--prefetch", "16", NULL});
+    enum { N = 5000 };
+    tq_result_t **results = calloc(N, sizeof *results);
+    assert_non_null(results);
+    for (int i = 0; i < N; i++) {
+        results[i] =
+            tq_apply_async(env->client, "tq.echo", NULL, "is", (int64_t)i, "s");
+        assert_non_null(results[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        int rc = tq_result_get(results[i], S_GET_MS);
+        if (rc != TQ_OK)
+            fail_msg("task %d: %s (%s)", i, tq_strerror(rc),
+                     tq_result_error(results[i]));
+        assert_true(tq_result_successful(results[i]));
+        s_assert_echo_is(tq_result_value(results[i]), i, "s");
+        tq_result_destroy(&results[i]);
+    }
+    free(results);
+    tq_harness_status_t status;
+    assert_int_equal(tq_harness_status(env->client, &status, 5000), TQ_OK);
+    uint64_t batches = tq_harness_counter(&status, "child_batches_out");
+    uint64_t batched = tq_harness_counter(&status, "child_batched_out");
+    printf("  %llu TASKs in %llu BATCHes to children\n",
+           (unsigned long long)batched, (unsigned long long)batches);
+    assert_true(batched <= N);
+    assert_int_equal(tq_harness_counter(&status, "completed"), N);
+    assert_int_equal(tq_harness_counter(&status, "duplicates"), 0);
+    assert_int_equal(tq_harness_counter(&status, "requeued"), 0);
+    tq_harness_status_free(&status);
+}
+
 /* tq.fail's message reaches get() as TQ_ETASK with its text. */
 static void
 test_task_error(void **state)
@@ -683,6 +722,9 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_echo_thousand, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_stream_prefetch16,
+                                        tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_echo_large, tq_harness_env_setup,
                                         tq_harness_env_teardown),

@@ -747,16 +747,29 @@ test_id_parse(void **state)
     assert_false(tq_proto_id_parse(S_HEX_ID, 31, bin));
     assert_false(tq_proto_id_parse(S_HEX_ID "0", 33, bin));
     assert_false(tq_proto_id_parse(NULL, 32, bin));
-    for (int pos = 0; pos < 2; pos++)
+    /* every position: the parser reads eight digits at once */
+    for (int pos = 0; pos < 32; pos++)
         for (int c = 0; c < 256; c++) {
             char text[33];
             memcpy(text, S_HEX_ID, sizeof text);
-            text[30 + pos] = (char)c;
+            text[pos] = (char)c;
             bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
             assert_int_equal(tq_proto_id_parse(text, 32, bin), hex);
+            /* a valid id either way when the byte is one an id may hold
+               (tq_proto_valid_id checks 32 hex digits at once first) */
+            bool id_byte = hex || (c >= 'g' && c <= 'z') ||
+                (c >= 'A' && c <= 'Z') || c == '_' || c == '.' || c == '-';
+            assert_int_equal(tq_proto_valid_id(text, 32), id_byte);
             if (hex) {
                 int v = c <= '9' ? c - '0' : c - 'a' + 10;
-                assert_int_equal(pos ? bin[15] & 0x0f : bin[15] >> 4, v);
+                uint8_t byte = bin[pos / 2];
+                assert_int_equal(pos % 2 ? byte & 0x0f : byte >> 4, v);
+                /* the other digits are intact */
+                uint8_t again[TQ_PROTO_ID_BIN];
+                assert_true(tq_proto_id_parse(S_HEX_ID, 32, again));
+                for (int i = 0; i < TQ_PROTO_ID_BIN; i++)
+                    if (i != pos / 2)
+                        assert_int_equal(bin[i], again[i]);
             }
         }
 }

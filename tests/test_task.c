@@ -339,14 +339,19 @@ static void
 test_id_table(void **state)
 {
     (void)state;
-    enum { N = 5000 };
+    enum { N = 40000 };
     tq_broker_t *b = s_broker(NULL);
+    uint32_t buckets = b->id_mask + 1;
     char id[32];
     for (int i = 0; i < N; i++) {
         snprintf(id, sizeof id, "id-%d", i);
         tqb_task_move(b, s_task(b, id), TASK_WAITING, NULL);
     }
     assert_int_equal(b->task_count, N);
+    assert_true(b->id_mask + 1 > buckets); /* it grew */
+    /* small, it keeps a bucket a task at most (short chains) */
+    assert_true(b->task_count <= b->id_mask + 1);
+    assert_in_range(tqb_tasks_longest_chain(b), 1, 12);
     for (int i = 0; i < N; i += 2) {
         snprintf(id, sizeof id, "id-%d", i);
         task_t *t = tqb_task_find(b, tq_str(id));
@@ -426,6 +431,119 @@ test_id_binary(void **state)
             assert_null(f);
     }
     tq_broker_destroy(&b);
+}
+
+/* The id of the i-th task of a form in test_id_spread. */
+static void
+s_spread_id(char id[64], int form, unsigned i)
+{
+    switch (form) {
+    case 0: /* a counter first */
+        snprintf(id, 64, "%08x000000000000000000000000", i);
+        break;
+    case 1: /* in the second half */
+        snprintf(id, 64, "0000000000000000%08x00000000", i);
+        break;
+    case 2: /* last */
+        snprintf(id, 64, "abcdefabcdefabcdefabcdef%08x", i);
+        break;
+    default: /* two bytes far apart */
+        snprintf(id, 64, "%02x%030x", i & 0xff, i >> 8);
+        break;
+    }
+}
+
+/* Binary ids spread over the table whatever part of them differs: ids
+   alike but for a counter in their first, middle or last bytes keep the
+   chains short (a hash of part of the id, or one whose low bits ignore
+   some bytes, piles them into a few buckets), and each is found. */
+static void
+test_id_spread(void **state)
+{
+    (void)state;
+    enum { N = 4096 };
+    for (int form = 0; form < 4; form++) {
+        tq_broker_t *b = s_broker(NULL);
+        char id[64];
+        for (unsigned i = 0; i < N; i++) {
+            s_spread_id(id, form, i);
+            task_t *t = s_task(b, id);
+            assert_true(t->id_bin);
+            tqb_task_move(b, t, TASK_WAITING, NULL);
+        }
+        /* about 2 a bucket on average: random spread keeps the longest
+           chain within a dozen */
+        assert_in_range(tqb_tasks_longest_chain(b), 1, 16);
+        for (unsigned i = 0; i < N; i++) {
+            s_spread_id(id, form, i);
+            task_t *t = tqb_task_find(b, tq_str(id));
+            assert_non_null(t);
+            assert_string_equal(tqb_task_id(t), id);
+        }
+        tq_broker_destroy(&b);
+    }
+}
+
+/* Names are interned once: asked again (from slices of other text, in
+   any order, more names than tqb_intern remembers, names that are
+   prefixes of others) each gives the same pointer, distinct names
+   distinct ones; tqb_queue gives each name its own queue. */
+static void
+test_intern(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    static const char *const names[] = {
+        "a", "ab", "abc", "b", "default", "default2", "q", "t", "x.y", "ab:c"};
+    enum { K = sizeof names / sizeof *names };
+    const char *first[K];
+    queue_t *queues[K];
+    for (int i = 0; i < K; i++) {
+        first[i] = tqb_intern(b, tq_str(names[i]));
+        assert_string_equal(first[i], names[i]);
+        queues[i] = tqb_queue(b, tq_str(names[i]));
+        for (int j = 0; j < i; j++) {
+            assert_ptr_not_equal(first[i], first[j]);
+            assert_ptr_not_equal(queues[i], queues[j]);
+        }
+    }
+    char text[64];
+    for (int round = 0; round < 200; round++) {
+        int i = (round * 7 + round / 3) % K;
+        /* a slice of a longer text, not NUL-ended where it stops */
+        snprintf(text, sizeof text, "%sZZZ", names[i]);
+        tq_str_t slice = {text, (uint32_t)strlen(names[i])};
+        assert_ptr_equal(tqb_intern(b, slice), first[i]);
+        assert_ptr_equal(tqb_queue(b, slice), queues[i]);
+        assert_ptr_equal(queues[i]->name, first[i]);
+        /* the same text one byte longer is another name */
+        tq_str_t longer = {text, slice.len + 1};
+        assert_string_not_equal(tqb_intern(b, longer), names[i]);
+    }
+    tq_broker_destroy(&b);
+}
+
+/* A binary id renders as the same text tqb_hex gives: every byte value in
+   every position. */
+static void
+test_id_render(void **state)
+{
+    (void)state;
+    uint8_t bin[TQB_ID_BIN];
+    char got[2 * TQB_ID_BIN + 1], want[2 * TQB_ID_BIN + 1];
+    for (int pos = 0; pos < TQB_ID_BIN; pos++)
+        for (int v = 0; v < 256; v++) {
+            for (int i = 0; i < TQB_ID_BIN; i++)
+                bin[i] = (uint8_t)(i * 37 + v * 11);
+            bin[pos] = (uint8_t)v;
+            memset(got, 'x', sizeof got);
+            tqb_id_render(got, bin);
+            tqb_hex(want, bin, TQB_ID_BIN);
+            assert_string_equal(got, want);
+            uint8_t back[TQB_ID_BIN];
+            assert_true(tq_proto_id_parse(got, 2 * TQB_ID_BIN, back));
+            assert_memory_equal(back, bin, TQB_ID_BIN);
+        }
 }
 
 /* Task records come from slabs per size: records of many sizes, freed in
@@ -549,6 +667,70 @@ test_payload_inline(void **state)
     tqb_task_forget(b, t);
     assert_int_equal(b->memory, 0);
     tq_broker_destroy(&b);
+}
+
+/* A result no larger than the arguments it replaces (an echo's) takes
+   their place in the task's own allocation, intact, the task's id and
+   neighbours untouched; a larger one, or any with a store (a result may
+   leave memory there), is kept apart. */
+static void
+test_result_inline(void **state)
+{
+    (void)state;
+    for (int store = 0; store < 2; store++) {
+        char dir[256] = "";
+        if (store)
+            assert_int_equal(
+                tq_harness_tempdir(dir, sizeof dir, "result-inline"), 0);
+        tq_broker_t *b = s_broker(store ? dir : NULL);
+        peer_t *child = s_child(b, "c1");
+        lane_t *lane =
+            tqb_lane(tqb_queue(b, tq_str("q")), tqb_intern(b, tq_str("t")));
+        enum { N = 40 };
+        task_t *tasks[N];
+        char id[40];
+        for (int i = 0; i < N; i++) {
+            /* binary ids and text ones; args of 20 bytes */
+            snprintf(id, sizeof id, i % 2 ? "%032x" : "text-%d", i);
+            zmq_msg_t args;
+            zmq_msg_init_size(&args, 20);
+            memset(zmq_msg_data(&args), 0xa0, 20);
+            tasks[i] = tqb_task_new(b, id, lane, &args);
+            zmq_msg_close(&args);
+            tasks[i]->rec.seq = ++b->seq;
+            tqb_task_move(b, tasks[i], TASK_WAITING, NULL);
+            tqb_task_move(b, tasks[i], TASK_HELD,
+                          &(task_move_t){.holder = child});
+        }
+        for (int i = 0; i < N; i++) {
+            /* the same size, smaller, or larger than the arguments */
+            size_t size = i % 3 == 0 ? 20 : i % 3 == 1 ? 5 : 300;
+            zmq_msg_t value;
+            zmq_msg_init_size(&value, size);
+            memset(zmq_msg_data(&value), i, size);
+            tqb_task_final(b, tasks[i], TASK_SUCCESS, TQ_OK, NULL, &value);
+            zmq_msg_close(&value);
+            if (store || size == 300)
+                assert_int_not_equal(tasks[i]->payload_at, PAYLOAD_INLINE);
+            else
+                assert_int_equal(tasks[i]->payload_at, PAYLOAD_INLINE);
+        }
+        for (int i = 0; i < N; i++) {
+            snprintf(id, sizeof id, i % 2 ? "%032x" : "text-%d", i);
+            assert_ptr_equal(tqb_task_find(b, tq_str(id)), tasks[i]);
+            assert_string_equal(tqb_task_id(tasks[i]), id);
+            size_t size = i % 3 == 0 ? 20 : i % 3 == 1 ? 5 : 300;
+            zmq_msg_t got;
+            assert_int_equal(tqb_task_payload(b, tasks[i], &got, NULL), 0);
+            assert_int_equal(zmq_msg_size(&got), size);
+            for (size_t k = 0; k < size; k++)
+                assert_int_equal(((uint8_t *)zmq_msg_data(&got))[k], i);
+            zmq_msg_close(&got);
+        }
+        tq_broker_destroy(&b);
+        if (store)
+            tq_harness_rmtree(dir);
+    }
 }
 
 /* With a store, arguments beyond 1 MiB held leave memory at the commit
@@ -678,10 +860,14 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_id_table),
         cmocka_unit_test(test_id_binary),
+        cmocka_unit_test(test_id_spread),
+        cmocka_unit_test(test_intern),
+        cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
         cmocka_unit_test(test_submitter),
         cmocka_unit_test(test_payload_inline),
+        cmocka_unit_test(test_result_inline),
         cmocka_unit_test(test_payload_paged),
         cmocka_unit_test(test_page_out_burst),
         cmocka_unit_test(test_containers),

@@ -4,7 +4,8 @@
    stopped answering for a while gets every child announced again, a
    child setup that keeps failing stops the host with a clear message,
    tasks do not wake the supervisor one by one, SIGHUP does not kill
-   the supervisor, and a child answers binary ids in kind. */
+   the supervisor, a child answers binary ids in kind, and it takes
+   BATCHes of TASKs apart. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tq_batch.h"
 #include "tq_fake_broker.h"
 #include "tq_harness.h"
 #include "tq_proto.h"
@@ -661,6 +663,114 @@ test_child_binary_ids(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Appends a TASK of id (tq.echo of args) to batch b. */
+static void
+s_batch_task(tq_batch_t *b, const char *id, const void *args, size_t size)
+{
+    tq_msg_t msg = {.command = TQ_CMD_TASK,
+                    .id = tq_str(id),
+                    .task = tq_str("tq.echo"),
+                    .attempt = 1};
+    assert_int_equal(tq_batch_add(b, &msg, args, size, true), TQ_OK);
+}
+
+/* The worker child (the real tq-worker before a fake broker) says it
+   takes BATCH (READY feature 0x4), and handles each TASK of a BATCH as if
+   it had come alone: one DONE each, in order; a sub-message malformed on
+   its own (a header that does not decode, a TASK without its payload) is
+   dropped and the others are run. */
+static void
+test_child_batch(void **state)
+{
+    (void)state;
+    s_binfake_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.session = 1;
+    msgpack_sbuffer_init(&fake.buf);
+    tq_frames_init(&fake.frames);
+    zmq_msg_init(&fake.child);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
+                          "1",           "--prefetch", "8", NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+
+    const tq_msg_t *ready = s_binfake_next(&fake);
+    assert_int_equal(ready->command, TQ_CMD_READY);
+    assert_true(ready->features & TQ_FEATURE_BATCH);
+    assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
+
+    /* TASKs with values of their own, so that each DONE shows whose it is */
+    uint8_t args[6][2];
+    for (int i = 0; i < 6; i++) {
+        args[i][0] = 0x91;
+        args[i][1] = (uint8_t)(i + 1);
+    }
+    tq_batch_t b;
+    tq_batch_init(&b);
+    s_batch_task(&b, "bt-1", args[0], 2);
+    s_batch_task(&b, "bt-2", args[1], 2);
+    /* a header that does not decode ([1]: no command), no payload */
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b.body, msgpack_sbuffer_write);
+    const uint8_t bad[] = {0x91, 0x01};
+    msgpack_pack_bin(&pk, sizeof bad);
+    msgpack_pack_bin_body(&pk, bad, sizeof bad);
+    msgpack_pack_nil(&pk);
+    b.count++;
+    /* a TASK whose payload is missing (nil) */
+    tq_msg_t lone = {.command = TQ_CMD_TASK,
+                     .id = tq_str("bt-bad"),
+                     .task = tq_str("tq.echo"),
+                     .attempt = 1};
+    msgpack_sbuffer header;
+    msgpack_sbuffer_init(&header);
+    assert_int_equal(tq_proto_encode(&lone, &header, NULL), TQ_OK);
+    msgpack_pack_bin(&pk, header.size);
+    msgpack_pack_bin_body(&pk, header.data, header.size);
+    msgpack_pack_nil(&pk);
+    b.count++;
+    msgpack_sbuffer_destroy(&header);
+    s_batch_task(&b, "bt-3", args[2], 2);
+    s_batch_task(&b, "bt-4", args[3], 2);
+    assert_int_equal(tq_wire_send_batch(fake.router, &fake.child, &b, 0),
+                     TQ_OK);
+    const char *want[] = {"bt-1", "bt-2", "bt-3", "bt-4"};
+    for (int i = 0; i < 4; i++)
+        s_binfake_expect(&fake, TQ_CMD_DONE, want[i], false, args[i], 2);
+    /* a lone TASK after it: the dropped ones never ran (their DONE would
+       come before this one's) */
+    s_binfake_send(&fake, TQ_CMD_TASK, "bt-5", false, "tq.echo", args[4], 2);
+    s_binfake_expect(&fake, TQ_CMD_DONE, "bt-5", false, args[4], 2);
+    /* a BATCH of a TASK and a REVOKE of a task the child does not hold:
+       the TASK runs, the REVOKE changes nothing (no RETURNED) */
+    s_batch_task(&b, "bt-6", args[5], 2);
+    tq_msg_t revoke = {
+        .command = TQ_CMD_REVOKE, .id = tq_str("bt-none"), .attempt = 1};
+    assert_int_equal(tq_batch_add(&b, &revoke, NULL, 0, false), TQ_OK);
+    assert_int_equal(tq_wire_send_batch(fake.router, &fake.child, &b, 0),
+                     TQ_OK);
+    s_binfake_expect(&fake, TQ_CMD_DONE, "bt-6", false, args[5], 2);
+    tq_batch_destroy(&b);
+
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    zmq_msg_close(&fake.child);
+    tq_frames_close(&fake.frames);
+    msgpack_sbuffer_destroy(&fake.buf);
+    int linger = 0;
+    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(fake.router);
+    zmq_ctx_term(ctx);
+}
+
 /* Counts the lines of text that hold needle and not unless. */
 static int
 s_count_lines(const char *text, const char *needle, const char *unless)
@@ -861,6 +971,7 @@ main(void)
                                         tq_harness_env_teardown),
         cmocka_unit_test(test_session_change_reannounces),
         cmocka_unit_test(test_child_binary_ids),
+        cmocka_unit_test(test_child_batch),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

@@ -24,6 +24,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "tq_batch.h"
 #include "tq_board.h"
 #include "tq_curve.h"
 #include "tq_footprint.h"
@@ -75,6 +76,7 @@ typedef struct {
        ring */
     tq_keeper_t *keeper;
     bool keeperless; /* tq_keeper_new failed: answer between tasks */
+    uint64_t malformed; /* malformed messages from the broker, dropped */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -288,7 +290,8 @@ s_send_ready(s_child_t *self, const char *running)
     self->out.pid = (uint64_t)getpid();
     self->out.ppid = (uint64_t)getppid();
     self->out.credit = cfg->prefetch;
-    self->out.features = TQ_FEATURE_RETURNS | TQ_FEATURE_BINARY_IDS;
+    self->out.features =
+        TQ_FEATURE_RETURNS | TQ_FEATURE_BINARY_IDS | TQ_FEATURE_BATCH;
     self->out.queue_count = cfg->queue_count;
     for (uint32_t i = 0; i < cfg->queue_count; i++)
         self->out.queues[i] = tq_str(cfg->queues[i]);
@@ -515,19 +518,11 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     self->count--;
 }
 
-/* Handles one received message. Bad wire input is logged, never fatal. */
+/* Handles one decoded message, self->in, its payload in
+   self->frames.payload. */
 static void
-s_on_message(s_child_t *self, int rc)
+s_handle(s_child_t *self)
 {
-    const char *reason = "wrong number of frames";
-    if (rc == TQ_OK)
-        rc = tq_wire_decode(&self->frames, &self->in, &reason);
-    if (rc != TQ_OK) {
-        tq_worker_log("child: dropped a malformed message from the broker: "
-                      "%s",
-                      reason);
-        return;
-    }
     const tq_msg_t *msg = &self->in;
     switch (msg->command) {
     case TQ_CMD_TASK:
@@ -557,6 +552,69 @@ s_on_message(s_child_t *self, int rc)
                           tq_proto_command_name(msg->command));
         break;
     }
+}
+
+/* A malformed message (or sub-message) from the broker: logged, counted,
+   dropped. */
+static void
+s_malformed(s_child_t *self, const char *what, const char *reason)
+{
+    self->malformed++;
+    tq_worker_log("child: dropped a malformed %s from the broker: %s (%llu "
+                  "so far)",
+                  what, reason ? reason : "?",
+                  (unsigned long long)self->malformed);
+}
+
+/* A BATCH (PROTOCOL.md 5.9): each sub-message handled as if it had come
+   alone, in order, its payload a message of its own; a malformed one is
+   dropped and the others are handled. */
+static void
+s_on_batch(s_child_t *self)
+{
+    zmq_msg_t frame; /* the sub-messages point into it */
+    zmq_msg_init(&frame);
+    zmq_msg_move(&frame, &self->frames.payload);
+    tq_batch_reader_t r;
+    tq_batch_reader_init(&r, &self->in, zmq_msg_data(&frame),
+                         zmq_msg_size(&frame));
+    for (;;) {
+        const void *data;
+        size_t size;
+        bool has;
+        const char *reason = NULL;
+        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
+        if (rc == TQ_BATCH_END)
+            break;
+        if (rc != TQ_OK) {
+            s_malformed(self, "message in a batch", reason);
+            continue;
+        }
+        zmq_msg_close(&self->frames.payload);
+        zmq_msg_init_size(&self->frames.payload, has ? size : 0);
+        if (has && size)
+            memcpy(zmq_msg_data(&self->frames.payload), data, size);
+        self->frames.has_payload = has;
+        s_handle(self);
+    }
+    zmq_msg_close(&frame);
+}
+
+/* Handles one received message. Bad wire input is logged, never fatal. */
+static void
+s_on_message(s_child_t *self, int rc)
+{
+    const char *reason = "wrong number of frames";
+    if (rc == TQ_OK)
+        rc = tq_wire_decode(&self->frames, &self->in, &reason);
+    if (rc != TQ_OK) {
+        s_malformed(self, "message", reason);
+        return;
+    }
+    if (self->in.command == TQ_CMD_BATCH)
+        s_on_batch(self);
+    else
+        s_handle(self);
 }
 
 /* Receives what waits on the socket without blocking, up to max
