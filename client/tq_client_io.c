@@ -1331,11 +1331,13 @@ tq_client_io_lock(tq_client_t *c, size_t alone)
 }
 
 bool
-tq_client_io_try_send(tq_client_t *c, bool held)
+tq_client_io_try_send(tq_client_t *c, bool held, bool alone)
 {
     if (!held && pthread_mutex_trylock(&c->io_lock) != 0)
         return false;
-    if (c->io && c->io->waiting == 0)
+    /* a request that goes in a message of its own gains nothing from the
+       I/O thread's batches: it goes now, past nothing libzmq held back */
+    if (c->io && (c->io->waiting == 0 || (alone && !c->io->out.head)))
         return true;
     if (c->io)
         /* wakes the I/O thread if it must look */
