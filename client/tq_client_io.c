@@ -644,9 +644,18 @@ s_io_send_batch(tq_io_t *io, int64_t now)
     /* each request counts as a send of its own, in order (send_seq) */
     uint64_t send = io->sends;
     io->sends += n;
+    /* counted before the send, so that a peer that read the BATCH finds
+       it counted (tests read these counters after their broker got it) */
+    atomic_fetch_add(&io->client->batches_sent, 1);
+    atomic_fetch_add(&io->client->batched_sent, n);
     int rc = tq_wire_send_batch(io->client->socket, NULL, b, ZMQ_DONTWAIT);
     int err = errno;
+    if (rc != TQ_OK) {
+        atomic_fetch_sub(&io->client->batches_sent, 1);
+        atomic_fetch_sub(&io->client->batched_sent, n);
+    }
     if (rc == -1 && (err == EAGAIN || err == EINTR)) {
+        io->sends = send; /* nothing went: the next try numbers them */
         errno = EAGAIN;
         return -1;
     }
@@ -657,11 +666,8 @@ s_io_send_batch(tq_io_t *io, int64_t now)
                          "cannot send the request to the broker");
         else
             s_io_sent(io, io->out.head, now, ++send, true);
-    if (rc == TQ_OK) {
+    if (rc == TQ_OK)
         io->batches_out++;
-        atomic_fetch_add(&io->client->batches_sent, 1);
-        atomic_fetch_add(&io->client->batched_sent, n);
-    }
     return TQ_OK;
 }
 
