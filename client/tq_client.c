@@ -20,6 +20,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "tq_batch.h"
 #include "tq_client_core.h"
 #include "tq_client_internal.h"
 #include "tq_curve.h"
@@ -537,10 +538,14 @@ s_client_push(tq_client_t *self, tq_request_t *r)
     /* the I/O thread asleep and nothing else awaited: this thread sends
        it (after what was queued before it), without waking the I/O
        thread. A burst (requests awaited already) goes to the I/O thread,
-       which sends it in batches while this thread makes more. Not
+       which sends it in batches while this thread makes more, but for a
+       payload too large for a BATCH, which goes alone anyway. Not
        TERMINATE, which runs callbacks of handles; the trylock also keeps
        a callback (run by whoever holds io_lock) from waiting on itself. */
-    if (r->kind != TQ_KIND_TERMINATE && tq_client_io_try_send(self, held)) {
+    bool alone = (r->kind == TQ_KIND_SUBMIT || r->kind == TQ_KIND_QPUT) &&
+        zmq_msg_size(&r->payload) > TQ_BATCH_MAX_PAYLOAD;
+    if (r->kind != TQ_KIND_TERMINATE &&
+        tq_client_io_try_send(self, held, alone)) {
         tq_request_t *queued = self->queue_head;
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);

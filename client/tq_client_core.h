@@ -86,9 +86,10 @@ bool tq_client_io_lock(tq_client_t *self, size_t alone);
 /* With io_lock taken by tq_client_io_lock (held) or not: true, keeping
    io_lock, if a caller may send its request itself
    (tq_client_io_send_now): the I/O thread sleeps (self->io set) and no
-   request is awaited; else false with io_lock released. Called with
-   self->lock held. */
-bool tq_client_io_try_send(tq_client_t *self, bool held);
+   request is awaited, or the request goes alone (alone: a payload too
+   large for a BATCH) and nothing waits for libzmq to take it; else false
+   with io_lock released. Called with self->lock held. */
+bool tq_client_io_try_send(tq_client_t *self, bool held, bool alone);
 
 /* Sends requests (NEW) from the calling thread, which took io_lock while
    the I/O thread slept (self->io set): the chain `queued` (on next, taken

@@ -644,9 +644,18 @@ s_io_send_batch(tq_io_t *io, int64_t now)
     /* each request counts as a send of its own, in order (send_seq) */
     uint64_t send = io->sends;
     io->sends += n;
+    /* counted before the send, so that a peer that read the BATCH finds
+       it counted (tests read these counters after their broker got it) */
+    atomic_fetch_add(&io->client->batches_sent, 1);
+    atomic_fetch_add(&io->client->batched_sent, n);
     int rc = tq_wire_send_batch(io->client->socket, NULL, b, ZMQ_DONTWAIT);
     int err = errno;
+    if (rc != TQ_OK) {
+        atomic_fetch_sub(&io->client->batches_sent, 1);
+        atomic_fetch_sub(&io->client->batched_sent, n);
+    }
     if (rc == -1 && (err == EAGAIN || err == EINTR)) {
+        io->sends = send; /* nothing went: the next try numbers them */
         errno = EAGAIN;
         return -1;
     }
@@ -657,11 +666,8 @@ s_io_send_batch(tq_io_t *io, int64_t now)
                          "cannot send the request to the broker");
         else
             s_io_sent(io, io->out.head, now, ++send, true);
-    if (rc == TQ_OK) {
+    if (rc == TQ_OK)
         io->batches_out++;
-        atomic_fetch_add(&io->client->batches_sent, 1);
-        atomic_fetch_add(&io->client->batched_sent, n);
-    }
     return TQ_OK;
 }
 
@@ -1331,11 +1337,13 @@ tq_client_io_lock(tq_client_t *c, size_t alone)
 }
 
 bool
-tq_client_io_try_send(tq_client_t *c, bool held)
+tq_client_io_try_send(tq_client_t *c, bool held, bool alone)
 {
     if (!held && pthread_mutex_trylock(&c->io_lock) != 0)
         return false;
-    if (c->io && c->io->waiting == 0)
+    /* a request that goes in a message of its own gains nothing from the
+       I/O thread's batches: it goes now, past nothing libzmq held back */
+    if (c->io && (c->io->waiting == 0 || (alone && !c->io->out.head)))
         return true;
     if (c->io)
         /* wakes the I/O thread if it must look */

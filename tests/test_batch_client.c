@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -265,6 +266,87 @@ test_batched_to_broker_that_takes_them(void **state)
     s_burst_after_round_trip(fake, &big);
     assert_int_equal(s_expect_burst(fake, &big, true, true), 2);
     s_burst_free(&big);
+    tq_client_destroy(&client);
+}
+
+/* Waits (bounded) until the I/O thread sleeps: io_lock is free. */
+static void
+s_wait_io_asleep(tq_client_t *client)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (pthread_mutex_trylock(&client->io_lock) != 0) {
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+    pthread_mutex_unlock(&client->io_lock);
+}
+
+/* A payload too large for a BATCH goes alone anyway: while other requests
+   are awaited (a stream), its caller sends it itself when the I/O thread
+   sleeps, rather than hand it over and wake that thread; whatever was
+   queued for the I/O thread before it still goes first. */
+static void
+test_large_sent_by_caller(void **state)
+{
+    tq_fake_broker_t *fake = *state;
+    fake->features = TQ_FEATURE_BATCH;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    s_burst_t none = {.client = client, .count = 0, .big = -1};
+    s_burst_after_round_trip(fake, &none);
+    static uint8_t big[S_BIG + 4] = {0x91, 0xc5, (uint8_t)(S_BIG >> 8),
+                                     (uint8_t)(S_BIG & 0xff)};
+    enum { TRIES = 20 };
+    tq_result_t *made[TRIES + 3];
+    int n = 0;
+    /* one awaited: the stream */
+    made[n] = tq_apply_async(client, "t.small", NULL, "i", (int64_t)0);
+    assert_non_null(made[n]);
+    s_next(fake, true);
+    assert_int_equal(fake->msg.command, TQ_CMD_SUBMIT);
+    assert_string_equal(fake->id, tq_result_id(made[n]));
+    n++;
+    /* the I/O thread may wake (its liveness work) between the look and
+       the submit: a bounded number of tries */
+    uint64_t before = tq_client_sent_by_caller(client);
+    while (n <= TRIES && tq_client_sent_by_caller(client) == before) {
+        s_wait_io_asleep(client);
+        made[n] = tq_apply_async_raw(client, "t.big", NULL, big, sizeof big);
+        assert_non_null(made[n]);
+        s_next(fake, true);
+        assert_int_equal(fake->msg.command, TQ_CMD_SUBMIT);
+        assert_string_equal(fake->id, tq_result_id(made[n]));
+        n++;
+    }
+    assert_true(tq_client_sent_by_caller(client) > before);
+
+    /* a small one queued for the I/O thread (it held the socket), then a
+       large one: the small one first on the wire */
+    s_wait_io_asleep(client);
+    pthread_mutex_lock(&client->io_lock);
+    made[n] = tq_apply_async(client, "t.small", NULL, "i", (int64_t)1);
+    pthread_mutex_unlock(&client->io_lock);
+    assert_non_null(made[n]);
+    made[n + 1] = tq_apply_async_raw(client, "t.big", NULL, big, sizeof big);
+    assert_non_null(made[n + 1]);
+    for (int i = n; i < n + 2; i++) {
+        s_next(fake, true);
+        assert_int_equal(fake->msg.command, TQ_CMD_SUBMIT);
+        assert_string_equal(fake->id, tq_result_id(made[i]));
+    }
+    n += 2;
+
+    /* every one answered, each handle its own value */
+    for (int i = n - 1; i >= 0; i--)
+        tq_fake_broker_result(fake, tq_result_id(made[i]), TQ_STATE_SUCCESS,
+                              TQ_OK, NULL, (uint8_t)i);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(tq_result_get(made[i], S_WAIT_MS), TQ_OK);
+        assert_int_equal(tq_result_value(made[i])->via.u64, (uint64_t)i);
+        tq_result_destroy(&made[i]);
+    }
+    assert_int_equal(tq_client_moves(client, TQ_REQ_SENT, TQ_REQ_QUEUED), 0);
     tq_client_destroy(&client);
 }
 
@@ -545,6 +627,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_batched_to_broker_that_takes_them,
                                         s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_large_sent_by_caller, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_older_broker_gets_no_batch,
                                         s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_batch_off, s_setup, s_teardown),
