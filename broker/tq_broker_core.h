@@ -239,6 +239,10 @@ struct peer_s {
     const char **tasks; /* interned */
     uint32_t task_count;
     task_list_t held_tasks; /* in dispatch order */
+    /* child, its LOST named the task it ran (PROTOCOL.md 5.3 item 2):
+       lost_task is charged with its death, none if NULL */
+    bool lost_named;
+    task_t *lost_task;
     int64_t last_seen_ms;
     int64_t unreachable_ms; /* child: when a send found its connection
                                gone (EHOSTUNREACH), 0: never */

@@ -56,14 +56,16 @@ tqb_peer_free(peer_t *peer)
     free(peer);
 }
 
-/* Puts a child's tasks back: the first one (the one it was running:
-   children run in dispatch order) is charged with the death when `lost`;
-   past the limit it fails instead. */
+/* Puts a child's tasks back: the one it was running is charged with the
+   death when `lost`; past the limit it fails instead. That is the one its
+   LOST named, else the first (children run in dispatch order; but the
+   DONEs a child wrote just before it died may never have left it). */
 static void
 s_release(tq_broker_t *self, peer_t *child, bool lost, int code,
           const char *why)
 {
-    task_t *running = child->held_tasks.head;
+    task_t *running =
+        child->lost_named ? child->lost_task : child->held_tasks.head;
     /* a child killed because its task was cancelled, or that was running
        a cancelled task when it died, is not the fault of its other tasks */
     if (code == TQ_ECANCELLED || child->cancelled)

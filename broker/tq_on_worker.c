@@ -249,6 +249,18 @@ tqb_on_lost(tq_broker_t *self, const tq_msg_t *msg, peer_t *sup)
             strcmp(w->host, sup->host) == 0) {
             tqb_warn(self, "worker %s pid %llu lost: %s", w->host,
                      (unsigned long long)w->pid, why);
+            if (msg->id.ptr) {
+                /* the task it ran, if it still holds that attempt (a
+                   DONE that came first ended it: nobody is charged) */
+                task_t *task = tqb_task_find(self, msg->id);
+                w->lost_named = true;
+                w->lost_task = task && task->holder == w &&
+                        (task->state == TASK_HELD ||
+                         task->state == TASK_REVOKING) &&
+                        task->rec.attempt == msg->attempt
+                    ? task
+                    : NULL;
+            }
             tqb_peer_remove(self, w, msg->code != TQ_ECANCELLED, (int)msg->code,
                             why);
             return;

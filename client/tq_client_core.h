@@ -41,7 +41,8 @@ struct tq_client_t {
        sleeps without the socket: whoever releases io_lock next wakes it
        (wake_fd) */
     atomic_bool io_handback;
-    /* the I/O thread sleeps without the socket (see io_handback) */
+    /* the I/O thread sleeps without the socket (see io_handback), until
+       it holds io_lock again */
     atomic_bool io_socketless;
     tq_request_t *queue_head; /* requests in TQ_REQ_NEW, in order */
     tq_request_t *queue_tail;

@@ -1502,16 +1502,20 @@ s_io_relock(tq_client_t *c, zmq_pollitem_t *items, int count, int on_socket,
         items[on_socket].fd = -1; /* poll(2) skips it */
         for (int i = 0; i < count; i++)
             items[i].revents = 0;
+        /* socketless until this thread holds io_lock again, so that
+           nobody takes it for one that watches the socket meanwhile */
         atomic_store(&c->io_socketless, true);
         (void)zmq_poll(items, count, timeout);
-        atomic_store(&c->io_socketless, false);
-        if (pthread_mutex_trylock(&c->io_lock) == 0)
+        if (pthread_mutex_trylock(&c->io_lock) == 0) {
+            atomic_store(&c->io_socketless, false);
             return;
+        }
     }
     uint64_t one = 1;
     if (write(c->wake_fd, &one, sizeof one) < 0)
         zsys_warning("tq client: eventfd write: %s", strerror(errno));
     pthread_mutex_lock(&c->io_lock);
+    atomic_store(&c->io_socketless, false);
 }
 
 /* True if a ZeroMQ socket has a message to read. */

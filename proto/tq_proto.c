@@ -81,7 +81,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_DONE, "DONE", "IASCE|K", true, W_, EW},
     {TQ_CMD_DISCONNECT, "DISCONNECT", "", false, W_ | S_, EW},
     {TQ_CMD_HEARTBEAT, "HEARTBEAT", "Hp|s", false, S_ | B_, EW},
-    {TQ_CMD_LOST, "LOST", "pCE", false, S_, EW},
+    {TQ_CMD_LOST, "LOST", "pCE|ia", false, S_, EW},
     {TQ_CMD_KILL, "KILL", "pI", false, B_, EW},
     {TQ_CMD_REVOKE, "REVOKE", "IA", false, B_, EW},
     {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},

@@ -76,7 +76,8 @@
 #define TQ_CMD_DONE 0x22       /* w->b id attempt state code error + value */
 #define TQ_CMD_DISCONNECT 0x23 /* w->b, b->w */
 #define TQ_CMD_HEARTBEAT 0x24  /* both ways: host pid | session */
-#define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error: a child
+#define TQ_CMD_LOST 0x25       /* w->b (supervisor): pid code error | id?
+                                  attempts (the task it ran): a child
                                   died; its tasks are queued again */
 #define TQ_CMD_KILL 0x26       /* b->w (supervisor): pid id: stop the child
                                   pid running task id (cancelled) */

@@ -355,6 +355,20 @@ s_lost(s_world_t *w, void *socket, uint64_t pid, uint32_t code,
     s_send(w, socket, &msg, NULL, 0);
 }
 
+/* LOST naming the task the child ran (attempt 0: none). */
+static void
+s_lost_task(s_world_t *w, void *socket, uint64_t pid, const char *id,
+            uint32_t attempt)
+{
+    tq_msg_t msg = s_msg(TQ_CMD_LOST);
+    msg.pid = pid;
+    msg.code = TQ_ELOST;
+    msg.error = tq_str("killed by SIGSEGV");
+    msg.id = tq_str(id);
+    msg.attempt = attempt;
+    s_send(w, socket, &msg, NULL, 0);
+}
+
 static void
 s_qput(s_world_t *w, void *socket, const char *id, const char *queue,
        uint32_t maxsize, const void *item, size_t size)
@@ -994,6 +1008,77 @@ test_cancel_before_supervisor(void **state)
 }
 
 /* ---- 5. leases, LOST, dead letters (5.2.6, 5.3.1-2, 5.4) ---- */
+
+/* INSPECT id: its state and the deaths charged to it. */
+static void
+s_inspect_lost(s_world_t *w, void *socket, const char *id, uint64_t *state,
+               uint64_t *lost)
+{
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    s_map_t map;
+    tq_msg_t inspect = s_msg(TQ_CMD_INSPECT);
+    inspect.id = tq_str(id);
+    s_send(w, socket, &inspect, NULL, 0);
+    s_expect(w, socket, TQ_CMD_REPLY, id, in);
+    s_map(in, &map);
+    *state = s_uint(map.root, "state");
+    *lost = s_uint(map.root, "lost");
+    s_map_free(&map);
+    free(in);
+}
+
+/* A LOST names the task its child ran (5.3 item 2), and that one is
+   charged, not the first the child held: a child sends the DONE of a task
+   and starts the next, which kills it, and that DONE may die with it (or
+   come after the LOST, on another connection). A LOST that names a task
+   whose DONE came first (the child died between tasks) charges nobody.
+   (One that names none charges the first: test_leases.) */
+static void
+test_lost_names_task(void **state)
+{
+    s_world_t *w = *state;
+    s_in_t *in = malloc(sizeof *in);
+    assert_non_null(in);
+    uint64_t st, lost;
+    s_start(w, NULL);
+    void *a = s_dealer(w, w->broker.clients);
+    void *b = s_dealer(w, w->broker.clients);
+    void *sup = s_supervisor(w, "hostN", 850, true, in);
+    void *w1 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w1, "hostN", 851, 850, "qn", 2);
+    s_submit_ok(w, a, "ln-1", "qn", in);
+    s_expect_task(w, w1, "ln-1", 1, in);
+    s_submit_ok(w, a, "ln-2", "qn", in);
+    s_expect_task(w, w1, "ln-2", 1, in);
+
+    /* w1 ends ln-1 and dies before it starts ln-2: nobody is charged */
+    s_done(w, w1, "ln-1", 1, TQ_STATE_SUCCESS, TQ_OK, NULL, 0);
+    s_expect_result(w, a, "ln-1", TQ_STATE_SUCCESS, TQ_OK, in);
+    s_lost_task(w, sup, 851, "ln-1", 1);
+    s_wait_counter(w, b, "lost", 1);
+    s_inspect_lost(w, b, "ln-2", &st, &lost);
+    assert_int_equal(lost, 0);
+    assert_int_equal(st, TQ_STATE_PENDING);
+
+    /* w2 takes ln-2, then ln-3; it runs ln-2 (its DONE never comes),
+       then ln-3, which kills it: ln-3 is charged and waits in RETRY,
+       ln-2 goes back unchanged */
+    void *w2 = s_dealer(w, w->broker.workers);
+    s_ready_credit(w, w2, "hostN", 852, 850, "qn", 2);
+    s_expect_task(w, w2, "ln-2", 2, in);
+    s_submit_ok(w, a, "ln-3", "qn", in);
+    s_expect_task(w, w2, "ln-3", 1, in);
+    s_lost_task(w, sup, 852, "ln-3", 1);
+    s_wait_counter(w, b, "lost", 2);
+    s_inspect_lost(w, b, "ln-3", &st, &lost);
+    assert_int_equal(lost, 1);
+    assert_int_equal(st, TQ_STATE_RETRY);
+    s_inspect_lost(w, b, "ln-2", &st, &lost);
+    assert_int_equal(lost, 0);
+    assert_int_equal(st, TQ_STATE_PENDING);
+    free(in);
+}
 
 static void
 test_leases(void **state)
@@ -2354,6 +2439,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_cancel_before_supervisor, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_leases, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_lost_names_task, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_lost_charges, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_lost_after_unreachable, s_setup,
                                         s_teardown),

@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -402,6 +403,51 @@ s_wait_io_asleep(tq_client_t *client)
     pthread_mutex_unlock(&client->io_lock);
 }
 
+/* Takes io_lock once the I/O thread sleeps in its poll watching the
+   socket, as the caller that holds the socket when an answer comes finds
+   it. io_lock free is not enough: a caller that read its own answer may
+   have left it asleep without the socket (io_socketless), and a wakeup
+   may be pending for it (wake_fd; the request just sent wakes it from
+   there), or come while this thread holds io_lock; on a loaded machine
+   it runs late, finds io_lock held, and asks for it instead of leaving
+   the socket to its holder. Gives it back as a caller would meanwhile. */
+static void
+s_lock_io_watching(tq_client_t *client)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    for (;;) {
+        if (pthread_mutex_trylock(&client->io_lock) == 0) {
+            struct pollfd wake = {client->wake_fd, POLLIN, 0};
+            if (!atomic_load(&client->io_socketless) &&
+                !atomic_load(&client->io_handback) && poll(&wake, 1, 0) == 0)
+                return;
+            pthread_mutex_unlock(&client->io_lock);
+            if (atomic_exchange(&client->io_handback, false) ||
+                atomic_load(&client->io_socketless)) {
+                uint64_t one = 1;
+                assert_int_equal(write(client->wake_fd, &one, sizeof one),
+                                 sizeof one);
+            }
+        }
+        assert_true(tq_harness_now_ms() < deadline);
+        tq_harness_sleep_ms(1);
+    }
+}
+
+/* Waits, holding io_lock, for the I/O thread to find it held when the
+   socket woke it (io_handback); lets go of io_lock whatever happens, so
+   that a failure does not leave the I/O thread blocked. */
+static void
+s_wait_handback(tq_client_t *client)
+{
+    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
+    while (!atomic_load(&client->io_handback) && tq_harness_now_ms() < deadline)
+        tq_harness_sleep_ms(1);
+    bool handback = atomic_load(&client->io_handback);
+    pthread_mutex_unlock(&client->io_lock);
+    assert_true(handback);
+}
+
 /* One round trip through the fake broker: SUBMIT, SUBMITTED, RESULT. */
 static void
 s_round_trip(s_fake_t *fake, tq_client_t *client)
@@ -505,16 +551,10 @@ test_caller_reads(void **state)
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
     /* the answer comes while this thread holds the socket: the I/O thread
        wakes, finds it held and sleeps without the socket (io_handback) */
-    s_wait_io_asleep(client);
-    pthread_mutex_lock(&client->io_lock);
+    s_lock_io_watching(client);
     s_fake_ack(fake, tq_result_id(r));
     s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 5);
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    while (!atomic_load(&client->io_handback)) {
-        assert_true(tq_harness_now_ms() < deadline);
-        tq_harness_sleep_ms(1);
-    }
-    pthread_mutex_unlock(&client->io_lock);
+    s_wait_handback(client);
     uint64_t led = tq_client_led(client);
     assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
     assert_true(tq_client_led(client) > led);
@@ -543,16 +583,10 @@ test_caller_runs_own_callbacks(void **state)
     assert_non_null(r);
     tq_result_callbacks_anywhere(r);
     assert_true(s_fake_expect(fake, TQ_CMD_SUBMIT));
-    s_wait_io_asleep(client);
-    pthread_mutex_lock(&client->io_lock);
+    s_lock_io_watching(client);
     s_fake_ack(fake, tq_result_id(r));
     s_fake_result(fake, tq_result_id(r), TQ_STATE_SUCCESS, TQ_OK, NULL, 6);
-    int64_t deadline = tq_harness_now_ms() + S_WAIT_MS;
-    while (!atomic_load(&client->io_handback)) {
-        assert_true(tq_harness_now_ms() < deadline);
-        tq_harness_sleep_ms(1);
-    }
-    pthread_mutex_unlock(&client->io_lock);
+    s_wait_handback(client);
     int calls = atomic_load(&s_ok_calls);
     assert_int_equal(tq_result_get(r, S_WAIT_MS), TQ_OK);
     assert_int_equal(atomic_load(&s_ok_calls), calls + 1);

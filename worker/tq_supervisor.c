@@ -153,14 +153,25 @@ s_send_heartbeat(s_super_t *self)
     s_send(self);
 }
 
+/* LOST names the task the child ran when it died (id, attempt), from its
+   board, so that the broker charges that one (PROTOCOL.md 5.3 item 2):
+   the DONEs it wrote just before may have died with it. */
 static void
-s_send_lost(s_super_t *self, pid_t pid, uint32_t code, const char *error)
+s_send_lost(s_super_t *self, tq_slot_t *slot, pid_t pid, uint32_t code,
+            const char *error)
 {
+    tq_board_t board;
+    bool ran = tq_board_read(&self->boards[slot - self->slots], &board) &&
+        board.phase == TQ_BOARD_BUSY && board.id[0];
     memset(&self->out, 0, sizeof self->out);
     self->out.command = TQ_CMD_LOST;
     self->out.pid = (uint64_t)pid;
     self->out.code = code;
     self->out.error = tq_str(error);
+    if (ran) {
+        self->out.id = tq_str(board.id);
+        self->out.attempt = board.attempt;
+    }
     s_send(self);
 }
 
@@ -591,7 +602,7 @@ s_on_exit(s_super_t *self, tq_slot_t *slot, int status, const struct rusage *ru)
                           (long)pid, error, slot->id, slot->attempt);
         else
             tq_worker_log("child %ld %s", (long)pid, error);
-        s_send_lost(self, pid, code, error);
+        s_send_lost(self, slot, pid, code, error);
     } else if (self->config->verbose)
         tq_worker_log("child %ld %s", (long)pid,
                       slot->state == TQ_SLOT_RECYCLING ? "recycled"
