@@ -687,6 +687,15 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* Puts the task's id into out: as its 16 bytes when `binary` and the id
+   is binary (no render to text), else as text (sent as bin when `binary`
+   and it has that form, PROTOCOL.md 3). */
+void tqb_out_id(tq_msg_t *out, const task_t *task, bool binary);
+/* The task with this binary id, or NULL (tqb_task_find without a parse). */
+task_t *tqb_task_find_bin(tq_broker_t *self, const uint8_t bin[TQB_ID_BIN]);
+/* tqb_task_is for a decoded message's id: by its bytes when it came as a
+   bin (no parse of the text decode made of them). */
+bool tqb_task_is_msg(const task_t *task, const tq_msg_t *msg);
 /* The text of a binary id: its 32 lowercase hex digits, NUL-ended. */
 void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
                    const uint8_t bin[TQB_ID_BIN]);

@@ -322,8 +322,7 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
         return true;
     }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
-    out->id = tq_str(tqb_task_id(task));
-    out->id_binary = (child->features & TQ_FEATURE_BINARY_IDS) != 0;
+    tqb_out_id(out, task, (child->features & TQ_FEATURE_BINARY_IDS) != 0);
     out->task = tq_str(task->lane->task);
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
@@ -437,8 +436,8 @@ s_steal(tq_broker_t *self)
             if (holder->unreachable_ms)
                 continue;
             tq_msg_t *out = tqb_out(self, TQ_CMD_REVOKE);
-            out->id = tq_str(tqb_task_id(victim));
-            out->id_binary = (holder->features & TQ_FEATURE_BINARY_IDS) != 0;
+            tqb_out_id(out, victim,
+                       (holder->features & TQ_FEATURE_BINARY_IDS) != 0);
             out->attempt = victim->rec.attempt;
             if (tqb_send_to(self, self->workers, &holder->ident, NULL) != 0) {
                 /* gone: marked (its tasks stay until its LOST) or

@@ -479,6 +479,7 @@ tqb_out(tq_broker_t *self, uint8_t command)
     out->command = command;
     out->id = (tq_str_t){0};
     out->id_binary = false;
+    out->id_bytes = NULL;
     out->task = (tq_str_t){0};
     out->queue = (tq_str_t){0};
     out->error = (tq_str_t){0};

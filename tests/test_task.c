@@ -376,6 +376,64 @@ test_id_table(void **state)
     tq_broker_destroy(&b);
 }
 
+/* A binary id without its text: tqb_out_id gives a binary-id peer the
+   task's 16 bytes (a text id, or a text peer, the text), and what such a
+   TASK decodes to finds its task by the bytes (tqb_task_is_msg,
+   tqb_task_find_bin) among many, never a text twin. */
+static void
+test_id_bytes(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    enum { N = 2000 };
+    char id[40];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "%016x%016x", i * 7919u, i);
+        tqb_task_move(b, s_task(b, id), TASK_WAITING, NULL);
+    }
+    task_t *text = s_task(b, "0000000000000000000000000000000G");
+    assert_false(text->id_bin);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t out, in;
+    for (int i = 0; i < N; i += 7) {
+        snprintf(id, sizeof id, "%016x%016x", i * 7919u, i);
+        task_t *t = tqb_task_find(b, tq_str(id));
+        assert_non_null(t);
+        memset(&out, 0, sizeof out);
+        out.command = TQ_CMD_TASK;
+        out.task = tq_str("tq.echo");
+        out.attempt = 1;
+        tqb_out_id(&out, t, true);
+        assert_ptr_equal(out.id_bytes, (const uint8_t *)t->rec.id);
+        assert_null(out.id.ptr);
+        assert_int_equal(tq_proto_encode(&out, &buf, NULL), TQ_OK);
+        assert_int_equal(tq_proto_decode(&in, buf.data, buf.size, NULL), TQ_OK);
+        assert_non_null(in.id_bytes);
+        assert_true(tq_str_eq(in.id, id));
+        assert_true(tqb_task_is_msg(t, &in));
+        assert_false(tqb_task_is_msg(text, &in));
+        assert_false(tqb_task_is_msg(NULL, &in));
+        assert_ptr_equal(tqb_task_find_bin(b, in.id_bytes), t);
+        /* a peer without binary ids gets the text */
+        tqb_out_id(&out, t, false);
+        assert_null(out.id_bytes);
+        assert_true(tq_str_eq(out.id, id));
+    }
+    /* a text id goes as text even to a binary-id peer */
+    tqb_out_id(&out, text, true);
+    assert_null(out.id_bytes);
+    assert_true(tq_str_eq(out.id, "0000000000000000000000000000000G"));
+    /* a decoded str id is compared as text */
+    memset(&in, 0, sizeof in);
+    in.id = tq_str("0000000000000000000000000000000G");
+    assert_true(tqb_task_is_msg(text, &in));
+    const uint8_t absent[16] = {0xff, 0xee};
+    assert_null(tqb_task_find_bin(b, absent));
+    msgpack_sbuffer_destroy(&buf);
+    tq_broker_destroy(&b);
+}
+
 /* Client-made ids (32 lowercase hex digits) are kept as 16 bytes and read
    back as the same text; any other id stays text, and the two kinds never
    meet: an uppercase twin or a 31-digit prefix is another id. A small
@@ -860,6 +918,7 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_id_table),
         cmocka_unit_test(test_id_binary),
+        cmocka_unit_test(test_id_bytes),
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_intern),
         cmocka_unit_test(test_id_render),
