@@ -286,7 +286,9 @@ typedef struct {
    task ended first, its RESULT then acknowledging it. */
 typedef struct {
     ident_t to;
-    char id[TQ_PROTO_MAX_ID + 1];
+    char id[TQ_PROTO_MAX_ID + 1]; /* the task's id: text, or its
+                                     TQB_ID_BIN bytes when id_bin */
+    bool id_bin;
     int64_t due_ms;
 } fold_t;
 /* Without a store, the results delivered already (tq_results.c): SUCCESS
@@ -617,7 +619,7 @@ void tqb_acks_clear(tq_broker_t *self);
 
 /* Holds the SUBMITTED of a new task id for to until the fold window
    ends. */
-void tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to);
+void tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to);
 /* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
    not final yet, drops those whose task ended (its RESULT went to the
    submitter). Returns the next due time, INT64_MAX for none. */
