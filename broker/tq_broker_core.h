@@ -219,7 +219,7 @@ struct peer_s {
     uint64_t serial; /* unique per broker, never reused */
     peer_role_t role;
     ident_t ident;
-    char key[2 * 255 + 1]; /* hex of ident, the peers table key */
+    uint32_t ident_hash; /* of ident's bytes: its peers index slot */
     char host[TQ_PROTO_MAX_NAME + 1];
     uint64_t pid, ppid;
     uint64_t session; /* supervisor: its session's number; child:
@@ -395,7 +395,10 @@ struct tq_broker_t {
         bool valid;
     } id_memo;
     queue_t *queues;
-    zhashx_t *peers; /* ident hex -> peer_t */
+    zhashx_t *peers; /* &peer->ident (its bytes) -> peer_t */
+    peer_t **peer_slots; /* the same peers by their id's bytes, for
+                            tqb_peer (tq_dispatch.c) */
+    uint32_t peer_mask, peer_used;
     peer_t *children, *children_tail;
     peer_t *supervisors;
     task_list_t expiry; /* final tasks, in expiry order */
@@ -785,6 +788,11 @@ void tqb_results_trim(tq_broker_t *self);
 /* ---- tq_dispatch.c: peers, dispatch, credit, stealing, host liveness ---- */
 
 peer_t *tqb_peer(tq_broker_t *self); /* the current sender */
+/* The peers table's key functions: an ident_t's bytes (self->peers is
+   keyed by &peer->ident, looked up with a view of the sender's id). */
+size_t tqb_ident_hash(const void *ident);
+int tqb_ident_cmp(const void *a, const void *b);
+void tqb_peers_index_free(tq_broker_t *self);
 peer_t *tqb_peer_new(tq_broker_t *self, peer_role_t role);
 /* Forgets a peer; a child's tasks are queued again first (the first one
    charged with the death when lost). */
