@@ -775,6 +775,8 @@ tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
     self->peers = zhashx_new();
     zhashx_set_key_duplicator(self->peers, NULL);
     zhashx_set_key_destructor(self->peers, NULL);
+    zhashx_set_key_hasher(self->peers, tqb_ident_hash);
+    zhashx_set_key_comparator(self->peers, tqb_ident_cmp);
     self->in_flight = zhashx_new();
     zhashx_set_destructor(self->in_flight, NULL);
     self->client_drops = zhashx_new();
@@ -1214,6 +1216,7 @@ tq_broker_destroy(tq_broker_t **self_p)
             tqb_peer_free(w);
         zhashx_destroy(&self->peers);
     }
+    tqb_peers_index_free(self);
     for (queue_t *q = self->queues, *qn; q; q = qn) {
         qn = q->next;
         for (lane_t *l = q->lanes, *ln; l; l = ln) {

@@ -219,7 +219,7 @@ struct peer_s {
     uint64_t serial; /* unique per broker, never reused */
     peer_role_t role;
     ident_t ident;
-    char key[2 * 255 + 1]; /* hex of ident, the peers table key */
+    uint32_t ident_hash; /* of ident's bytes: its peers index slot */
     char host[TQ_PROTO_MAX_NAME + 1];
     uint64_t pid, ppid;
     uint64_t session; /* supervisor: its session's number; child:
@@ -290,7 +290,9 @@ typedef struct {
    task ended first, its RESULT then acknowledging it. */
 typedef struct {
     ident_t to;
-    char id[TQ_PROTO_MAX_ID + 1];
+    char id[TQ_PROTO_MAX_ID + 1]; /* the task's id: text, or its
+                                     TQB_ID_BIN bytes when id_bin */
+    bool id_bin;
     int64_t due_ms;
 } fold_t;
 /* Without a store, the results delivered already (tq_results.c): SUCCESS
@@ -397,7 +399,10 @@ struct tq_broker_t {
         bool valid;
     } id_memo;
     queue_t *queues;
-    zhashx_t *peers; /* ident hex -> peer_t */
+    zhashx_t *peers; /* &peer->ident (its bytes) -> peer_t */
+    peer_t **peer_slots; /* the same peers by their id's bytes, for
+                            tqb_peer (tq_dispatch.c) */
+    uint32_t peer_mask, peer_used;
     peer_t *children, *children_tail;
     peer_t *supervisors;
     task_list_t expiry; /* final tasks, in expiry order */
@@ -621,7 +626,7 @@ void tqb_acks_clear(tq_broker_t *self);
 
 /* Holds the SUBMITTED of a new task id for to until the fold window
    ends. */
-void tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to);
+void tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to);
 /* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
    not final yet, drops those whose task ended (its RESULT went to the
    submitter). Returns the next due time, INT64_MAX for none. */
@@ -691,6 +696,15 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* Puts the task's id into out: as its 16 bytes when `binary` and the id
+   is binary (no render to text), else as text (sent as bin when `binary`
+   and it has that form, PROTOCOL.md 3). */
+void tqb_out_id(tq_msg_t *out, const task_t *task, bool binary);
+/* The task with this binary id, or NULL (tqb_task_find without a parse). */
+task_t *tqb_task_find_bin(tq_broker_t *self, const uint8_t bin[TQB_ID_BIN]);
+/* tqb_task_is for a decoded message's id: by its bytes when it came as a
+   bin (no parse of the text decode made of them). */
+bool tqb_task_is_msg(const task_t *task, const tq_msg_t *msg);
 /* The text of a binary id: its 32 lowercase hex digits, NUL-ended. */
 void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
                    const uint8_t bin[TQB_ID_BIN]);
@@ -778,6 +792,11 @@ void tqb_results_trim(tq_broker_t *self);
 /* ---- tq_dispatch.c: peers, dispatch, credit, stealing, host liveness ---- */
 
 peer_t *tqb_peer(tq_broker_t *self); /* the current sender */
+/* The peers table's key functions: an ident_t's bytes (self->peers is
+   keyed by &peer->ident, looked up with a view of the sender's id). */
+size_t tqb_ident_hash(const void *ident);
+int tqb_ident_cmp(const void *a, const void *b);
+void tqb_peers_index_free(tq_broker_t *self);
 peer_t *tqb_peer_new(tq_broker_t *self, peer_role_t role);
 /* Forgets a peer; a child's tasks are queued again first (the first one
    charged with the death when lost). */

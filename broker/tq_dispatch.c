@@ -10,13 +10,121 @@
 
 /* ---- peers ---- */
 
+/* FNV-1a over an id's bytes (5 for libzmq's own ids) */
+static uint32_t
+s_ident_hash(const uint8_t *data, size_t size)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)size;
+    for (size_t i = 0; i < size; i++)
+        h = (h ^ data[i]) * 16777619u;
+    return h;
+}
+
+size_t
+tqb_ident_hash(const void *key)
+{
+    const ident_t *ident = key;
+    return s_ident_hash(tqb_ident_data(ident), ident->size);
+}
+
+int
+tqb_ident_cmp(const void *a, const void *b)
+{
+    const ident_t *x = a, *y = b;
+    if (x->size != y->size)
+        return x->size < y->size ? -1 : 1;
+    return memcmp(tqb_ident_data(x), tqb_ident_data(y), x->size);
+}
+
+/* The peers by their id's bytes, for tqb_peer (every message from the
+   workers endpoint): open addressing, linear probing, at most half full,
+   removal by backward shift (no tombstones). self->peers (zhashx, the
+   same key) keeps them for insertion and teardown. */
+static bool
+s_peer_is(const peer_t *peer, uint32_t hash, const uint8_t *data, size_t size)
+{
+    return peer->ident_hash == hash && peer->ident.size == size &&
+        memcmp(tqb_ident_data(&peer->ident), data, size) == 0;
+}
+
+static void
+s_index_put(peer_t **slots, uint32_t mask, peer_t *peer)
+{
+    uint32_t i = peer->ident_hash & mask;
+    while (slots[i])
+        i = (i + 1) & mask;
+    slots[i] = peer;
+}
+
+static void
+s_index_add(tq_broker_t *self, peer_t *peer)
+{
+    if (2 * (self->peer_used + 1) > self->peer_mask + 1 || !self->peer_slots) {
+        uint32_t cap = self->peer_slots ? 2 * (self->peer_mask + 1) : 64;
+        peer_t **slots = tqb_alloc(cap * sizeof *slots);
+        for (uint32_t i = 0; self->peer_slots && i <= self->peer_mask; i++)
+            if (self->peer_slots[i])
+                s_index_put(slots, cap - 1, self->peer_slots[i]);
+        free(self->peer_slots);
+        self->peer_slots = slots;
+        self->peer_mask = cap - 1;
+    }
+    s_index_put(self->peer_slots, self->peer_mask, peer);
+    self->peer_used++;
+}
+
+static void
+s_index_remove(tq_broker_t *self, peer_t *peer)
+{
+    uint32_t mask = self->peer_mask;
+    peer_t **slots = self->peer_slots;
+    if (!slots)
+        return;
+    uint32_t i = peer->ident_hash & mask;
+    while (slots[i] && slots[i] != peer)
+        i = (i + 1) & mask;
+    if (!slots[i])
+        return; /* never indexed */
+    slots[i] = NULL;
+    self->peer_used--;
+    /* close the gap: a later entry moves back unless its home lies in
+       (i, j] (cyclically), where it is still reachable */
+    for (uint32_t j = (i + 1) & mask; slots[j]; j = (j + 1) & mask) {
+        uint32_t home = slots[j]->ident_hash & mask;
+        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            slots[i] = slots[j];
+            slots[j] = NULL;
+            i = j;
+        }
+    }
+}
+
+void
+tqb_peers_index_free(tq_broker_t *self)
+{
+    free(self->peer_slots);
+    self->peer_slots = NULL;
+    self->peer_mask = 0;
+    self->peer_used = 0;
+}
+
 peer_t *
 tqb_peer(tq_broker_t *self)
 {
-    char key[2 * 255 + 1];
+    /* by the sender's id bytes: no render to text, no zhashx */
     size_t size = zmq_msg_size(&self->frames.identity);
-    tqb_hex(key, zmq_msg_data(&self->frames.identity), size > 255 ? 255 : size);
-    return zhashx_lookup(self->peers, key);
+    if (size > 255)
+        size = 255;
+    const uint8_t *data = zmq_msg_data(&self->frames.identity);
+    if (!self->peer_slots)
+        return NULL;
+    uint32_t hash = s_ident_hash(data, size);
+    for (uint32_t i = hash & self->peer_mask; self->peer_slots[i];
+         i = (i + 1) & self->peer_mask)
+        if (s_peer_is(self->peer_slots[i], hash, data, size))
+            return self->peer_slots[i];
+    return NULL;
 }
 
 peer_t *
@@ -29,8 +137,9 @@ tqb_peer_new(tq_broker_t *self, peer_role_t role)
     if (size > 255)
         size = 255;
     tqb_ident_set(&peer->ident, zmq_msg_data(&self->frames.identity), size);
-    tqb_hex(peer->key, tqb_ident_data(&peer->ident), size);
-    zhashx_insert(self->peers, peer->key, peer);
+    peer->ident_hash = s_ident_hash(tqb_ident_data(&peer->ident), size);
+    if (zhashx_insert(self->peers, &peer->ident, peer) == 0)
+        s_index_add(self, peer);
     if (role == PEER_SUPERVISOR) {
         peer->next = self->supervisors;
         if (self->supervisors)
@@ -144,7 +253,9 @@ tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
               peer->role == PEER_SUPERVISOR ? "supervisor" : "worker",
               peer->host, (unsigned long long)peer->pid, why ? ": " : "",
               why ? why : "");
-    zhashx_delete(self->peers, peer->key);
+    if (zhashx_lookup(self->peers, &peer->ident) == peer)
+        zhashx_delete(self->peers, &peer->ident);
+    s_index_remove(self, peer);
     tqb_peer_free(peer);
 }
 
@@ -324,8 +435,7 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
         return true;
     }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
-    out->id = tq_str(tqb_task_id(task));
-    out->id_binary = (child->features & TQ_FEATURE_BINARY_IDS) != 0;
+    tqb_out_id(out, task, (child->features & TQ_FEATURE_BINARY_IDS) != 0);
     out->task = tq_str(task->lane->task);
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
@@ -439,8 +549,8 @@ s_steal(tq_broker_t *self)
             if (holder->unreachable_ms)
                 continue;
             tq_msg_t *out = tqb_out(self, TQ_CMD_REVOKE);
-            out->id = tq_str(tqb_task_id(victim));
-            out->id_binary = (holder->features & TQ_FEATURE_BINARY_IDS) != 0;
+            tqb_out_id(out, victim,
+                       (holder->features & TQ_FEATURE_BINARY_IDS) != 0);
             out->attempt = victim->rec.attempt;
             if (tqb_send_to(self, self->workers, &holder->ident, NULL) != 0) {
                 /* gone: marked (its tasks stay until its LOST) or

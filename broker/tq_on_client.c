@@ -85,6 +85,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
                         "this id belongs to another client key", msg->id);
         return;
     }
+    task_t *task = known;
     if (!known) {
         queue_t *queue = tqb_queue(self, msg->queue);
         size_t size = zmq_msg_size(&self->frames.payload);
@@ -92,7 +93,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
             return;
         char id[TQ_PROTO_MAX_ID + 1];
         tq_str_copy(id, sizeof id, msg->id);
-        task_t *task =
+        task =
             tqb_task_new(self, id, tqb_lane(queue, tqb_intern(self, msg->task)),
                          &self->frames.payload);
         task->rec.priority = (uint8_t)msg->priority;
@@ -118,7 +119,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
            acknowledged by its RESULT alone (PROTOCOL.md 5.1, item 2).
            Never with a store, where SUBMITTED means committed and a
            RESULT may come before the commit. */
-        tqb_fold_ack(self, msg->id, &from);
+        tqb_fold_ack(self, task, &from);
         return;
     }
     tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);

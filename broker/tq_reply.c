@@ -479,6 +479,7 @@ tqb_out(tq_broker_t *self, uint8_t command)
     out->command = command;
     out->id = (tq_str_t){0};
     out->id_binary = false;
+    out->id_bytes = NULL;
     out->task = (tq_str_t){0};
     out->queue = (tq_str_t){0};
     out->error = (tq_str_t){0};
@@ -637,9 +638,12 @@ static void
 s_fold_release_head(tq_broker_t *self)
 {
     fold_t *fold = &self->folds[self->fold_head];
-    task_t *task = tqb_task_find(self, tq_str(fold->id));
+    /* by the id's bytes when it has them: no parse of its text */
+    task_t *task = fold->id_bin
+        ? tqb_task_find_bin(self, (const uint8_t *)fold->id)
+        : tqb_task_find(self, tq_str(fold->id));
     if (task && !tqb_task_is_final(task)) {
-        tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(fold->id);
+        tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(tqb_task_id(task));
         tqb_send_to(self, self->clients, &fold->to, NULL);
     }
     tqb_ident_clear(&fold->to);
@@ -648,7 +652,7 @@ s_fold_release_head(tq_broker_t *self)
 }
 
 void
-tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
+tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to)
 {
     if (self->fold_count >= FOLDS_MAX)
         s_fold_release_head(self);
@@ -667,7 +671,11 @@ tqb_fold_ack(tq_broker_t *self, tq_str_t id, const ident_t *to)
         &self->folds[(self->fold_head + self->fold_count) % self->fold_cap];
     memset(fold, 0, sizeof *fold);
     tqb_ident_set(&fold->to, tqb_ident_data(to), to->size);
-    tq_str_copy(fold->id, sizeof fold->id, id);
+    fold->id_bin = task->id_bin;
+    if (task->id_bin)
+        memcpy(fold->id, task->rec.id, TQB_ID_BIN);
+    else
+        tq_str_copy(fold->id, sizeof fold->id, tq_str(task->rec.id));
     fold->due_ms = self->now_ms + self->config.ack_fold_ms;
     self->fold_count++;
 }

@@ -495,6 +495,19 @@ tqb_task_id(const task_t *task)
 }
 
 void
+tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
+{
+    out->id_binary = binary;
+    if (binary && task->id_bin) {
+        out->id = (tq_str_t){0};
+        out->id_bytes = (const uint8_t *)task->rec.id;
+        return;
+    }
+    out->id_bytes = NULL;
+    out->id = tq_str(tqb_task_id(task));
+}
+
+void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
     /* four bytes at a time (SWAR): every TASK and RESULT names its task */
@@ -810,18 +823,23 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
 }
 
 task_t *
+tqb_task_find_bin(tq_broker_t *self, const uint8_t bin[TQB_ID_BIN])
+{
+    task_t *t =
+        s_task_at(self, self->id_table[s_bin_hash(bin) & self->id_mask]);
+    while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
+        t = s_task_at(self, t->id_next);
+    return t;
+}
+
+task_t *
 tqb_task_find(tq_broker_t *self, tq_str_t id)
 {
     if (id.len > TQ_PROTO_MAX_ID)
         return NULL;
     uint8_t bin[TQB_ID_BIN];
-    if (s_id_parse_memo(self, id.ptr, id.len, bin)) {
-        task_t *t =
-            s_task_at(self, self->id_table[s_bin_hash(bin) & self->id_mask]);
-        while (t && !(t->id_bin && memcmp(t->rec.id, bin, TQB_ID_BIN) == 0))
-            t = s_task_at(self, t->id_next);
-        return t;
-    }
+    if (s_id_parse_memo(self, id.ptr, id.len, bin))
+        return tqb_task_find_bin(self, bin);
     task_t *t =
         s_task_at(self, self->id_table[s_hash(id.ptr, id.len) & self->id_mask]);
     while (t &&
@@ -841,6 +859,15 @@ tqb_task_is(const task_t *task, tq_str_t id)
         return task->id_bin && memcmp(task->rec.id, bin, TQB_ID_BIN) == 0;
     return !task->id_bin && strncmp(task->rec.id, id.ptr, id.len) == 0 &&
         task->rec.id[id.len] == '\0';
+}
+
+bool
+tqb_task_is_msg(const task_t *task, const tq_msg_t *msg)
+{
+    if (msg->id_bytes)
+        return task && task->id_bin &&
+            memcmp(task->rec.id, msg->id_bytes, TQB_ID_BIN) == 0;
+    return tqb_task_is(task, msg->id);
 }
 
 void

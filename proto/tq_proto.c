@@ -625,6 +625,7 @@ s_read_bin_id(s_reader_t *r, tq_msg_t *msg)
         msg->id_hex[2 * i + 1] = digits[r->p[i] & 0xf];
     }
     msg->id_hex[2 * TQ_PROTO_ID_BIN] = '\0';
+    msg->id_bytes = r->p;
     r->p += TQ_PROTO_ID_BIN;
     msg->id.ptr = msg->id_hex;
     msg->id.len = 2 * TQ_PROTO_ID_BIN;
@@ -892,8 +893,15 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
     switch (code) {
     case F_ID:
     case F_OPT_ID:
-        if (code == F_OPT_ID && !msg->id.ptr) {
+        if (code == F_OPT_ID && !msg->id.ptr &&
+            !(msg->id_binary && msg->id_bytes)) {
             msgpack_pack_nil(pk);
+            return NULL;
+        }
+        if (msg->id_binary && msg->id_bytes) {
+            /* the caller's bytes: no render to text and parse back */
+            msgpack_pack_bin(pk, TQ_PROTO_ID_BIN);
+            msgpack_pack_bin_body(pk, msg->id_bytes, TQ_PROTO_ID_BIN);
             return NULL;
         }
         if (msg->id_binary && s_pack_bin_id(pk, msg->id))

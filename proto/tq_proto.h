@@ -153,6 +153,10 @@ typedef struct {
     char id_hex[2 * TQ_PROTO_ID_BIN + 1]; /* decode: the text of a bin
                                id, where id points (copy the id, not the
                                struct, to keep it) */
+    const uint8_t *id_bytes; /* decode: a bin id's 16 bytes, borrowed
+                               from the buffer (NULL for a str id);
+                               encode: with id_binary, the id's 16 bytes,
+                               sent as they are (id is then not read) */
     tq_str_t task;          /* task name */
     tq_str_t queue;         /* queue name */
     tq_str_t error;         /* error text (RESULT, DONE, ERROR) */

@@ -152,6 +152,39 @@ test_fold_window(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Client-made ids (kept as 16 bytes) are held and released by their
+   bytes, text ids by their text, side by side: the ended one gets its
+   RESULT alone, the others their SUBMITTED with their id as sent. */
+static void
+test_fold_binary_ids(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(1000);
+    void *dealer = s_client(b, ctx);
+    b->now_ms = 5000;
+    const char *a = "0123456789abcdef00ff10e0c0d0b0a9";
+    const char *c = "0123456789abcdef00ff10e0c0d0b0aa";
+    s_submit(b, a);
+    s_submit(b, "text-id");
+    s_submit(b, c);
+    assert_true(tqb_task_find(b, tq_str(a))->id_bin);
+    assert_false(tqb_task_find(b, tq_str("text-id"))->id_bin);
+    assert_int_equal(b->fold_count, 3);
+    tqb_cancel(b, tqb_task_find(b, tq_str(a)), "cancelled");
+    b->now_ms = 6000;
+    assert_int_equal(tqb_release_folds(b, false), INT64_MAX);
+    assert_int_equal(b->fold_count, 0);
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_SUBMITTED,
+                                       TQ_CMD_SUBMITTED};
+    const char *const ids[] = {a, "text-id", c};
+    s_expect(dealer, commands, ids, 3);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
 /* Without a window (--ack-fold 0), SUBMITTED goes at once, as before. */
 static void
 test_no_window(void **state)
@@ -212,6 +245,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fold_window),
+        cmocka_unit_test(test_fold_binary_ids),
         cmocka_unit_test(test_no_window),
         cmocka_unit_test(test_not_opted_in),
         cmocka_unit_test(test_destroy_held),

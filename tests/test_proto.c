@@ -585,6 +585,59 @@ test_binary_id_round_trip(void **state)
     msgpack_sbuffer_destroy(&buf);
 }
 
+/* An id given as its 16 bytes (id_bytes) encodes exactly as its text
+   does, for every command with an id, without the text; decode hands the
+   bytes back (borrowed from the buffer), and NULL for a str id. */
+static void
+test_binary_id_bytes(void **state)
+{
+    (void)state;
+    msgpack_sbuffer text, bytes;
+    msgpack_sbuffer_init(&text);
+    msgpack_sbuffer_init(&bytes);
+    static tq_msg_t in, out;
+    const uint8_t raw[16] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                             0x00, 0xff, 0x10, 0xe0, 0xa5, 0xc3, 0xde, 0xaf};
+    int with_id = 0;
+    for (size_t i = 0; i < S_NCOMMANDS; i++) {
+        const tq_proto_command_t *cmd = tq_proto_command(s_commands[i]);
+        if (!strchr(cmd->fields, 'I') && !strchr(cmd->fields, 'i'))
+            continue;
+        with_id++;
+        s_fill(&in, s_commands[i]);
+        in.id = tq_str(S_HEX_ID);
+        in.id_binary = true;
+        in.id_bytes = NULL;
+        assert_int_equal(tq_proto_encode(&in, &text, NULL), TQ_OK);
+        in.id = tq_str(NULL); /* not read: the bytes are the id */
+        in.id_bytes = raw;
+        assert_int_equal(tq_proto_encode(&in, &bytes, NULL), TQ_OK);
+        assert_int_equal(bytes.size, text.size);
+        assert_memory_equal(bytes.data, text.data, text.size);
+        assert_int_equal(tq_proto_decode(&out, bytes.data, bytes.size, NULL),
+                         TQ_OK);
+        assert_true(out.id_binary);
+        assert_non_null(out.id_bytes);
+        assert_memory_equal(out.id_bytes, raw, sizeof raw);
+        assert_true(out.id_bytes >= (const uint8_t *)bytes.data &&
+                    out.id_bytes + 16 <=
+                        (const uint8_t *)bytes.data + bytes.size);
+        assert_true(tq_str_eq(out.id, S_HEX_ID));
+        /* bytes without id_binary are not read: the text goes as str */
+        in.id = tq_str(S_HEX_ID);
+        in.id_binary = false;
+        assert_int_equal(tq_proto_encode(&in, &bytes, NULL), TQ_OK);
+        assert_non_null(memmem(bytes.data, bytes.size, S_HEX_ID, 32));
+        assert_int_equal(tq_proto_decode(&out, bytes.data, bytes.size, NULL),
+                         TQ_OK);
+        assert_false(out.id_binary);
+        assert_null(out.id_bytes);
+    }
+    assert_true(with_id >= 10);
+    msgpack_sbuffer_destroy(&text);
+    msgpack_sbuffer_destroy(&bytes);
+}
+
 /* The point of the form: TASK and DONE of a short task name fit in
    libzmq's 33-byte inline message (no malloc per frame), which a str id
    cannot. */
@@ -790,6 +843,7 @@ main(void)
         cmocka_unit_test(test_payload_check),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_binary_id_round_trip),
+        cmocka_unit_test(test_binary_id_bytes),
         cmocka_unit_test(test_binary_id_small_headers),
         cmocka_unit_test(test_binary_id_only_hex),
         cmocka_unit_test(test_binary_id_decode),

@@ -376,6 +376,149 @@ test_id_table(void **state)
     tq_broker_destroy(&b);
 }
 
+/* A binary id without its text: tqb_out_id gives a binary-id peer the
+   task's 16 bytes (a text id, or a text peer, the text), and what such a
+   TASK decodes to finds its task by the bytes (tqb_task_is_msg,
+   tqb_task_find_bin) among many, never a text twin. */
+static void
+test_id_bytes(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    enum { N = 2000 };
+    char id[40];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "%016x%016x", i * 7919u, i);
+        tqb_task_move(b, s_task(b, id), TASK_WAITING, NULL);
+    }
+    task_t *text = s_task(b, "0000000000000000000000000000000G");
+    assert_false(text->id_bin);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t out, in;
+    for (int i = 0; i < N; i += 7) {
+        snprintf(id, sizeof id, "%016x%016x", i * 7919u, i);
+        task_t *t = tqb_task_find(b, tq_str(id));
+        assert_non_null(t);
+        memset(&out, 0, sizeof out);
+        out.command = TQ_CMD_TASK;
+        out.task = tq_str("tq.echo");
+        out.attempt = 1;
+        tqb_out_id(&out, t, true);
+        assert_ptr_equal(out.id_bytes, (const uint8_t *)t->rec.id);
+        assert_null(out.id.ptr);
+        assert_int_equal(tq_proto_encode(&out, &buf, NULL), TQ_OK);
+        assert_int_equal(tq_proto_decode(&in, buf.data, buf.size, NULL), TQ_OK);
+        assert_non_null(in.id_bytes);
+        assert_true(tq_str_eq(in.id, id));
+        assert_true(tqb_task_is_msg(t, &in));
+        assert_false(tqb_task_is_msg(text, &in));
+        assert_false(tqb_task_is_msg(NULL, &in));
+        assert_ptr_equal(tqb_task_find_bin(b, in.id_bytes), t);
+        /* a peer without binary ids gets the text */
+        tqb_out_id(&out, t, false);
+        assert_null(out.id_bytes);
+        assert_true(tq_str_eq(out.id, id));
+    }
+    /* a text id goes as text even to a binary-id peer */
+    tqb_out_id(&out, text, true);
+    assert_null(out.id_bytes);
+    assert_true(tq_str_eq(out.id, "0000000000000000000000000000000G"));
+    /* a decoded str id is compared as text */
+    memset(&in, 0, sizeof in);
+    in.id = tq_str("0000000000000000000000000000000G");
+    assert_true(tqb_task_is_msg(text, &in));
+    const uint8_t absent[16] = {0xff, 0xee};
+    assert_null(tqb_task_find_bin(b, absent));
+    msgpack_sbuffer_destroy(&buf);
+    tq_broker_destroy(&b);
+}
+
+/* Sets the sender's id (frames.identity) to size bytes of data. */
+static void
+s_sender(tq_broker_t *self, const uint8_t *data, size_t size)
+{
+    zmq_msg_close(&self->frames.identity);
+    zmq_msg_init_size(&self->frames.identity, size);
+    memcpy(zmq_msg_data(&self->frames.identity), data, size);
+}
+
+/* A distinct id for i: sizes 2..255, ids of one size differing in a
+   byte or two, some ids prefixes of others. */
+static size_t
+s_peer_ident(int i, uint8_t *data)
+{
+    size_t size = 2 + (size_t)(i * 37) % 254;
+    memset(data, 0x5a, size);
+    data[0] = (uint8_t)(i >> 8);
+    data[1] = (uint8_t)i;
+    return size;
+}
+
+/* tqb_peer finds the sender by its id's bytes among many peers, through
+   the index's growth and removals (backward shift), and no id that is
+   not a peer's: a prefix, one longer, one byte off. */
+static void
+test_peer_index(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    enum { N = 700 };
+    static peer_t *peers[N];
+    uint8_t data[256];
+    for (int i = 0; i < N; i++) {
+        size_t size = s_peer_ident(i, data);
+        s_sender(b, data, size);
+        assert_null(tqb_peer(b));
+        peers[i] = tqb_peer_new(b, i % 5 ? PEER_CHILD : PEER_SUPERVISOR);
+        assert_ptr_equal(tqb_peer(b), peers[i]);
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            size_t size = s_peer_ident(i, data);
+            s_sender(b, data, size);
+            assert_ptr_equal(tqb_peer(b), peers[i]);
+            if (size > 1) {
+                s_sender(b, data, size - 1); /* a prefix */
+                peer_t *p = tqb_peer(b);
+                assert_true(p == NULL || p->ident.size == size - 1);
+            }
+            data[size / 2] ^= 0x80; /* one byte off */
+            s_sender(b, data, size);
+            assert_null(tqb_peer(b));
+        }
+        /* every third gone (removal moves others back in the index) */
+        for (int i = round; i < N; i += 3) {
+            if (!peers[i])
+                continue;
+            tqb_peer_remove(b, peers[i], false, 0, "test");
+            peers[i] = NULL;
+            size_t size = s_peer_ident(i, data);
+            s_sender(b, data, size);
+            assert_null(tqb_peer(b));
+        }
+        for (int i = 0; i < N; i++) {
+            size_t size = s_peer_ident(i, data);
+            s_sender(b, data, size);
+            assert_ptr_equal(tqb_peer(b), peers[i]);
+        }
+    }
+    /* the gone come back as new peers */
+    for (int i = 0; i < N; i++) {
+        if (peers[i])
+            continue;
+        size_t size = s_peer_ident(i, data);
+        s_sender(b, data, size);
+        peers[i] = tqb_peer_new(b, PEER_CHILD);
+    }
+    for (int i = 0; i < N; i++) {
+        size_t size = s_peer_ident(i, data);
+        s_sender(b, data, size);
+        assert_ptr_equal(tqb_peer(b), peers[i]);
+    }
+    tq_broker_destroy(&b);
+}
+
 /* Client-made ids (32 lowercase hex digits) are kept as 16 bytes and read
    back as the same text; any other id stays text, and the two kinds never
    meet: an uppercase twin or a 31-digit prefix is another id. A small
@@ -860,6 +1003,8 @@ main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_id_table),
         cmocka_unit_test(test_id_binary),
+        cmocka_unit_test(test_id_bytes),
+        cmocka_unit_test(test_peer_index),
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_intern),
         cmocka_unit_test(test_id_render),
