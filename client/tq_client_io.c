@@ -28,9 +28,13 @@
 /* answers read before the callers waiting on them are woken (at most) */
 #define S_WAKE_EVERY 32
 /* requests sent together in one BATCH: at most this many, and the next
-   one only while the BATCH is smaller than S_BATCH_BYTES */
+   one only while the BATCH is smaller than S_BATCH_BYTES. The broker
+   bounds a client's messages waiting for it in count (2,048), not in
+   bytes: 8 KiB batches keep that at 16 MiB (64 KiB ones let a burst of
+   a million 100-byte SUBMITs leave the broker 60 MiB larger), and fit
+   libzmq's receive buffer (8 KiB), read without an allocation of its own */
 #define S_BATCH_MAX 256
-#define S_BATCH_BYTES 65536
+#define S_BATCH_BYTES 8192
 
 /* ---- containers --------------------------------------------------------- */
 
