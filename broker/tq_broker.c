@@ -322,23 +322,14 @@ s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
     self->counters.batches_in++;
     int count = 0;
     for (;;) {
-        const void *data;
-        size_t size;
-        bool has;
         const char *reason = NULL;
-        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
+        int rc = tq_wire_batch_next(&r, &self->in, &self->frames.payload,
+                                    &self->frames.has_payload, &reason);
         if (rc == TQ_BATCH_END)
             break;
         count++;
-        zmq_msg_close(&self->frames.payload);
-        if (has) {
-            zmq_msg_init_size(&self->frames.payload, size);
-            if (size)
-                memcpy(zmq_msg_data(&self->frames.payload), data, size);
-        } else
-            zmq_msg_init(&self->frames.payload);
-        self->frames.has_payload = has;
-        s_handle(self, socket, endpoint, rc, reason);
+        s_handle(self, socket, endpoint, rc == TQ_ENOMEM ? TQ_EPROTO : rc,
+                 reason);
     }
     self->counters.batched_in += (uint64_t)count;
     zmq_msg_close(&frame);

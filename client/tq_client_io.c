@@ -1175,31 +1175,22 @@ s_io_batch(tq_io_t *io)
     tq_batch_reader_init(&reader, &io->msg, zmq_msg_data(&io->frames.payload),
                          zmq_msg_size(&io->frames.payload));
     bool alive = true;
+    zmq_msg_t payload;
+    zmq_msg_init(&payload);
     for (;;) {
-        const void *data = NULL;
-        size_t size = 0;
-        bool has_payload = false;
+        bool has_payload;
         const char *reason = NULL;
-        int rc = tq_batch_next(&reader, &io->msg, &data, &size, &has_payload,
-                               &reason);
+        int rc = tq_wire_batch_next(&reader, &io->msg, &payload, &has_payload,
+                                    &reason);
         if (rc == TQ_BATCH_END)
             break;
         if (rc != TQ_OK) {
             s_io_log_bad(io, "message in a BATCH", reason);
             continue;
         }
-        zmq_msg_t payload;
-        if (!has_payload)
-            zmq_msg_init(&payload);
-        else if (zmq_msg_init_size(&payload, size) == 0)
-            memcpy(zmq_msg_data(&payload), data, size);
-        else {
-            s_io_log_bad(io, "message in a BATCH", "out of memory");
-            continue;
-        }
         alive &= s_io_handle(io, &io->msg, &payload);
-        zmq_msg_close(&payload);
     }
+    zmq_msg_close(&payload);
     return alive;
 }
 

@@ -172,3 +172,31 @@ tq_wire_decode(const tq_frames_t *f, tq_msg_t *msg, const char **reason)
     }
     return TQ_OK;
 }
+
+int
+tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
+                   bool *has, const char **reason)
+{
+    const void *data = NULL;
+    size_t size = 0;
+    *has = false;
+    int rc = tq_batch_next(r, msg, &data, &size, has, reason);
+    if (rc == TQ_BATCH_END)
+        return rc;
+    zmq_msg_close(payload);
+    if (rc != TQ_OK) {
+        zmq_msg_init(payload);
+        *has = false;
+        return rc;
+    }
+    if (zmq_msg_init_size(payload, *has ? size : 0) != 0) {
+        zmq_msg_init(payload);
+        *has = false;
+        if (reason)
+            *reason = "out of memory";
+        return TQ_ENOMEM;
+    }
+    if (*has && size)
+        memcpy(zmq_msg_data(payload), data, size);
+    return TQ_OK;
+}

@@ -58,4 +58,13 @@ int tq_wire_send_batch(void *socket, zmq_msg_t *identity, tq_batch_t *b,
    or TQ_EPROTO with *reason (static text). */
 int tq_wire_decode(const tq_frames_t *f, tq_msg_t *msg, const char **reason);
 
+/* The next sub-message of a received BATCH (tq_batch_next) as a lone
+   message's parts: its header decoded into msg, its payload into payload
+   (an initialised message, closed first) as a message of its own holding
+   a copy of the bytes, empty when it has none (*has false). Returns what
+   tq_batch_next returns (TQ_OK, TQ_EPROTO with *reason for that
+   sub-message, TQ_BATCH_END), or TQ_ENOMEM (*reason set). */
+int tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
+                       bool *has, const char **reason);
+
 #endif

@@ -579,22 +579,15 @@ s_on_batch(s_child_t *self)
     tq_batch_reader_init(&r, &self->in, zmq_msg_data(&frame),
                          zmq_msg_size(&frame));
     for (;;) {
-        const void *data;
-        size_t size;
-        bool has;
         const char *reason = NULL;
-        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
+        int rc = tq_wire_batch_next(&r, &self->in, &self->frames.payload,
+                                    &self->frames.has_payload, &reason);
         if (rc == TQ_BATCH_END)
             break;
         if (rc != TQ_OK) {
             s_malformed(self, "message in a batch", reason);
             continue;
         }
-        zmq_msg_close(&self->frames.payload);
-        zmq_msg_init_size(&self->frames.payload, has ? size : 0);
-        if (has && size)
-            memcpy(zmq_msg_data(&self->frames.payload), data, size);
-        self->frames.has_payload = has;
         s_handle(self);
     }
     zmq_msg_close(&frame);
