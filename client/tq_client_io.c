@@ -68,23 +68,35 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
 
 #define S_TABLE_MIN 1024 /* slots at first */
 
-/* FNV-1a over the id's bytes, its high bits folded in. */
-static uint64_t
-s_hash(const char *id, size_t len)
+/* A hash of an id, read 8 bytes at a time (the ids clients make are 32 hex
+   digits: four words), its bits mixed so that the low ones, which pick
+   the slot, depend on every byte. */
+uint64_t
+tq_io_hash(const char *id, size_t len)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)id[i];
-        h *= 1099511628211ULL;
+    const uint64_t k = 0xff51afd7ed558ccdULL;
+    uint64_t h = len * 0x9e3779b97f4a7c15ULL, w;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, id + i, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 32;
     }
-    return h ^ (h >> 29);
+    if (i < len) {
+        w = 0;
+        memcpy(&w, id + i, len - i);
+        h = (h ^ w) * k;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
 }
 
+/* True if r's id is the len bytes at id (its length is known: id_len). */
 static bool
 s_id_is(const tq_request_t *r, const char *id, size_t len)
 {
-    return len <= TQ_PROTO_MAX_ID && r->id[len] == 0 &&
-        memcmp(r->id, id, len) == 0;
+    return r->id_len == len && memcmp(r->id, id, len) == 0;
 }
 
 /* The slot of id (hash h): its head's, or the empty one where it would
@@ -106,7 +118,7 @@ s_table_find(tq_io_table_t *t, const char *id, size_t len)
 {
     if (!t->cap)
         return NULL;
-    return s_table_slot(t, s_hash(id, len), id, len)->head;
+    return s_table_slot(t, tq_io_hash(id, len), id, len)->head;
 }
 
 /* Doubles the slots (at least S_TABLE_MIN): the heads move to theirs. */
@@ -120,23 +132,10 @@ s_table_grow(tq_io_table_t *t)
     for (size_t i = 0; i < t->cap; i++) {
         tq_request_t *h = t->slots[i].head;
         if (h)
-            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) = t->slots[i];
+            *s_table_slot(&bigger, h->hash, h->id, h->id_len) = t->slots[i];
     }
     free(t->slots);
     *t = bigger;
-}
-
-/* Adds head (its hash set), whose id is not in the table. */
-static void
-s_table_add(tq_io_table_t *t, tq_request_t *head)
-{
-    if (2 * (t->count + 1) > t->cap)
-        s_table_grow(t);
-    tq_io_slot_t *slot =
-        s_table_slot(t, head->hash, head->id, strlen(head->id));
-    slot->hash = head->hash;
-    slot->head = head;
-    t->count++;
 }
 
 /* Puts by (NULL: nothing) in the place of head (in slot), which leaves.
@@ -200,16 +199,38 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
-    size_t len = strlen(r->id);
-    r->hash = s_hash(r->id, len);
-    tq_request_t *head = s_table_find(&io->pending, r->id, len);
+    /* its id's length and hash, once: every lookup compares them */
+    r->id_len = strlen(r->id);
+    r->hash = tq_io_hash(r->id, r->id_len);
+    tq_io_table_t *t = &io->pending;
+    /* grown first (at most half full), so that one look finds the slot */
+    if (2 * (t->count + 1) > t->cap)
+        s_table_grow(t);
+    tq_io_slot_t *slot = s_table_slot(t, r->hash, r->id, r->id_len);
+    tq_request_t *head = slot->head;
     if (!head) {
-        s_table_add(&io->pending, r);
+        slot->hash = r->hash;
+        slot->head = r;
+        t->count++;
         return;
     }
     while (head->next_same)
         head = head->next_same;
     head->next_same = r;
+}
+
+/* The slot of the chain r is on (r in the table): found by r's hash, the
+   one r heads recognised without reading a request. */
+static tq_io_slot_t *
+s_table_slot_of(tq_io_table_t *t, const tq_request_t *r)
+{
+    size_t mask = t->cap - 1;
+    for (size_t i = r->hash & mask;; i = (i + 1) & mask) {
+        tq_io_slot_t *slot = &t->slots[i];
+        if (slot->head == r || !slot->head ||
+            (slot->hash == r->hash && s_id_is(slot->head, r->id, r->id_len)))
+            return slot;
+    }
 }
 
 /* Removes r from the table (the map entry goes with the last of its id). */
@@ -229,8 +250,7 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
     }
     if (!io->pending.cap)
         return;
-    tq_io_slot_t *slot =
-        s_table_slot(&io->pending, r->hash, r->id, strlen(r->id));
+    tq_io_slot_t *slot = s_table_slot_of(&io->pending, r);
     tq_request_t *head = slot->head;
     if (head == r) {
         /* the next on its id, if any, heads the chain in its place */
@@ -939,13 +959,13 @@ tq_io_hold_folded(tq_io_t *io)
 
 /* ---- answers from the broker -------------------------------------------- */
 
-/* Ends every request on id with the broker's outcome; value is moved to
-   the last and copied (refcounted by libzmq) to the others. */
+/* Ends every request of the chain r (tq_io_chain, may be NULL) with the
+   broker's outcome; value is moved to the last and copied (refcounted by
+   libzmq) to the others. */
 static void
-s_io_done_chain(tq_io_t *io, tq_str_t id, int state, int code, tq_str_t error,
-                zmq_msg_t *value)
+s_io_done_chain(tq_io_t *io, tq_request_t *r, int state, int code,
+                tq_str_t error, zmq_msg_t *value)
 {
-    tq_request_t *r = tq_io_chain(io, id);
     while (r) {
         tq_request_t *next = r->next_same;
         zmq_msg_t copy, *v = NULL;
@@ -976,7 +996,10 @@ s_io_log_bad(tq_io_t *io, const char *what, const char *reason)
 static void
 s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
 {
-    for (tq_request_t *r = tq_io_chain(io, m->id); r; r = r->next_same)
+    /* the chain, looked up once: nothing below changes the table before
+       s_io_done_chain ends it */
+    tq_request_t *chain = tq_io_chain(io, m->id);
+    for (tq_request_t *r = chain; r; r = r->next_same)
         if (r->result)
             tq_result_set_attempts(r->result, m->attempt);
     int code = m->code;
@@ -988,19 +1011,18 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     if (m->state == TQ_STATE_SUCCESS &&
         tq_proto_check_payload(zmq_msg_data(payload), zmq_msg_size(payload),
                                false, NULL) != TQ_OK) {
-        if (tq_io_chain(io, m->id))
+        if (chain)
             s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
-        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EPROTO,
+        s_io_done_chain(io, chain, TQ_STATE_FAILURE, TQ_EPROTO,
                         tq_str("broker sent a malformed result value"), NULL);
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
-    if (code == TQ_OK && zmq_msg_size(payload) >= TQ_SPARE_MIN &&
-        tq_io_chain(io, m->id))
+    if (code == TQ_OK && chain && zmq_msg_size(payload) >= TQ_SPARE_MIN)
         /* a large value moves into an argument's spare buffer (memory
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);
-    s_io_done_chain(io, m->id, state, code, m->error,
+    s_io_done_chain(io, chain, state, code, m->error,
                     code == TQ_OK ? payload : NULL);
 }
 
@@ -1115,7 +1137,8 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         s_on_state(io, m);
         break;
     case TQ_CMD_UNKNOWN:
-        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EUNKNOWN,
+        s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_FAILURE,
+                        TQ_EUNKNOWN,
                         tq_str("the broker does not know this task id"), NULL);
         break;
     case TQ_CMD_REPLY:
@@ -1123,8 +1146,8 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         if (m->id.ptr) {
             /* the answer to a data-queue or operator request, by its
                request id */
-            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            payload);
+            s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
+                            tq_str(NULL), payload);
             break;
         }
         if (m->command == TQ_CMD_QITEM) {
@@ -1135,8 +1158,8 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         break;
     case TQ_CMD_STATUS_REPLY:
         if (m->id.ptr) {
-            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            payload);
+            s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
+                            tq_str(NULL), payload);
             break;
         }
         /* an earlier broker: answers the oldest operator request */

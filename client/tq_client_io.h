@@ -190,4 +190,7 @@ long tq_io_reopen(tq_io_t *io, int64_t now);
 /* Reads one event of the socket's monitor (connects, disconnects). */
 void tq_io_monitor(tq_io_t *io);
 
+/* The hash of an id (len bytes) in the table of requests by id. */
+uint64_t tq_io_hash(const char *id, size_t len);
+
 #endif

@@ -203,15 +203,22 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
     if (value)
         zmq_msg_move(&self->value, value);
     (void)s_move(self, TQ_RESULT_FINAL); /* wakes nobody */
+    tq_callback_fn *callback =
+        code == TQ_OK ? self->callback : self->error_callback;
+    if (!callback) {
+        /* no callback to run: READY at once, under the same lock */
+        bool wake = s_move(self, TQ_RESULT_READY);
+        pthread_mutex_unlock(&self->mutex);
+        if (wake)
+            s_wake(self);
+        return;
+    }
     pthread_mutex_unlock(&self->mutex);
     /* callbacks run without the lock so they may call tq_result_*, and
        before the handle is READY, as in Python's Pool: once get() returns,
        the callback's side effects are visible */
     s_in_callback = self;
-    if (code == TQ_OK && self->callback)
-        self->callback(self, self->callback_arg);
-    else if (code != TQ_OK && self->error_callback)
-        self->error_callback(self, self->callback_arg);
+    callback(self, self->callback_arg);
     s_in_callback = NULL;
     pthread_mutex_lock(&self->mutex);
     bool wake = s_move(self, TQ_RESULT_READY);
