@@ -493,7 +493,8 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
     tq_msg_t *m = &io->out_msg;
     s_msg_clear(m);
     zmq_msg_t *payload = NULL;
-    m->id = tq_str(r->id);
+    /* its length is known since it entered the id table (s_index_add) */
+    m->id = (tq_str_t){r->id, (uint32_t)r->id_len};
     switch (r->kind) {
     case TQ_KIND_SUBMIT:
         m->command = TQ_CMD_SUBMIT;
@@ -554,6 +555,114 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
         break;
     }
     return payload;
+}
+
+/* ---- the SUBMIT header memo --------------------------------------------- */
+
+void
+tq_io_memo_init(tq_io_memo_t *memo)
+{
+    memset(memo, 0, sizeof *memo);
+    msgpack_sbuffer_init(&memo->bytes);
+    msgpack_sbuffer_init(&memo->probe);
+}
+
+void
+tq_io_memo_destroy(tq_io_memo_t *memo)
+{
+    msgpack_sbuffer_destroy(&memo->bytes);
+    msgpack_sbuffer_destroy(&memo->probe);
+    tq_io_memo_init(memo);
+}
+
+/* True if SUBMIT m has the shape the memo keeps. */
+static bool
+s_memo_same(const tq_io_memo_t *memo, const tq_msg_t *m)
+{
+    return memo->state != TQ_IO_MEMO_NONE && m->id.len == memo->id_len &&
+        m->task.len == memo->task_len && m->queue.len == memo->queue_len &&
+        m->priority == memo->priority &&
+        m->time_limit_ms == memo->time_limit_ms &&
+        m->retries == memo->retries && m->backoff_ms == memo->backoff_ms &&
+        m->delay_ms == memo->delay_ms && m->features == memo->features &&
+        memcmp(m->task.ptr, memo->task, m->task.len) == 0 &&
+        memcmp(m->queue.ptr, memo->queue, m->queue.len) == 0;
+}
+
+/* Keeps the shape of m (SEEN), or none when m is no SUBMIT of a str id
+   and names within their bounds. */
+static void
+s_memo_keep(tq_io_memo_t *memo, const tq_msg_t *m)
+{
+    memo->state = TQ_IO_MEMO_NONE;
+    if (m->command != TQ_CMD_SUBMIT || m->id_binary || !m->id.ptr ||
+        !m->id.len || m->id.len > TQ_PROTO_MAX_ID || !m->task.ptr ||
+        !m->queue.ptr || m->task.len > sizeof memo->task ||
+        m->queue.len > sizeof memo->queue)
+        return;
+    memcpy(memo->task, m->task.ptr, m->task.len);
+    memcpy(memo->queue, m->queue.ptr, m->queue.len);
+    memo->task_len = m->task.len;
+    memo->queue_len = m->queue.len;
+    memo->id_len = m->id.len;
+    memo->priority = m->priority;
+    memo->time_limit_ms = m->time_limit_ms;
+    memo->retries = m->retries;
+    memo->backoff_ms = m->backoff_ms;
+    memo->delay_ms = m->delay_ms;
+    memo->features = m->features;
+    memo->state = TQ_IO_MEMO_SEEN;
+}
+
+/* Makes the header of the shape kept (SEEN), m one of it: the codec
+   encodes m, and m with another id of the same length (every byte
+   changed). When the two differ in that id's bytes only, each written as
+   it is, the header is READY with its id's place known; otherwise NO.
+   m is as it was on return. */
+static void
+s_memo_make(tq_io_memo_t *memo, tq_msg_t *m)
+{
+    memo->state = TQ_IO_MEMO_NO;
+    char other[TQ_PROTO_MAX_ID];
+    size_t len = m->id.len;
+    for (size_t i = 0; i < len; i++)
+        other[i] = m->id.ptr[i] == '0' ? '1' : '0';
+    if (tq_proto_encode(m, &memo->bytes, NULL) != TQ_OK)
+        return;
+    tq_str_t id = m->id;
+    m->id = (tq_str_t){other, (uint32_t)len};
+    int rc = tq_proto_encode(m, &memo->probe, NULL);
+    m->id = id;
+    const char *a = memo->bytes.data, *b = memo->probe.data;
+    size_t n = memo->bytes.size, at = 0;
+    if (rc != TQ_OK || memo->probe.size != n)
+        return;
+    while (at < n && a[at] == b[at])
+        at++;
+    if (at + len > n || memcmp(a + at, id.ptr, len) != 0 ||
+        memcmp(b + at, other, len) != 0 ||
+        memcmp(a + at + len, b + at + len, n - at - len) != 0)
+        return;
+    memo->id_at = at;
+    memo->state = TQ_IO_MEMO_READY;
+}
+
+bool
+tq_io_memo_header(tq_io_memo_t *memo, tq_msg_t *m, const void **data,
+                  size_t *size)
+{
+    if (!s_memo_same(memo, m)) {
+        s_memo_keep(memo, m);
+        return false;
+    }
+    if (memo->state == TQ_IO_MEMO_SEEN)
+        s_memo_make(memo, m);
+    if (memo->state != TQ_IO_MEMO_READY)
+        return false;
+    memcpy(memo->bytes.data + memo->id_at, m->id.ptr, m->id.len);
+    *data = memo->bytes.data;
+    *size = memo->bytes.size;
+    return true;
 }
 
 /* r went out (alone or in a BATCH) as the send-th message to libzmq. */
@@ -655,9 +764,19 @@ s_io_send_batch(tq_io_t *io, int64_t now)
          tq_batch_bytes(b) < S_BATCH_BYTES && s_batchable(r);
          r = r->next) {
         zmq_msg_t *payload = s_io_encode(io, r);
-        if (tq_batch_add(
-                b, &io->out_msg, payload ? zmq_msg_data(payload) : NULL,
-                payload ? zmq_msg_size(payload) : 0, payload != NULL) != TQ_OK)
+        const void *data = payload ? zmq_msg_data(payload) : NULL;
+        size_t size = payload ? zmq_msg_size(payload) : 0;
+        /* a SUBMIT of a burst: the header of the one before, its own id
+           written in (its id and names were checked when it was made) */
+        const void *header;
+        size_t header_size;
+        int rc = r->kind == TQ_KIND_SUBMIT &&
+                tq_io_memo_header(&io->memo, &io->out_msg, &header,
+                                  &header_size)
+            ? tq_batch_add_encoded(b, header, header_size, data, size,
+                                   payload != NULL)
+            : tq_batch_add(b, &io->out_msg, data, size, payload != NULL);
+        if (rc != TQ_OK)
             break; /* it goes alone, and fails there if it must */
         n++;
     }
@@ -1579,6 +1698,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
     tq_batch_init(&io->batch);
+    tq_io_memo_init(&io->memo);
     io->last_heard = io->last_ping = zclock_mono();
     /* the socket was opened by tq_client_new: learn what its broker takes */
     tq_io_peer_unknown(io);
@@ -1687,5 +1807,6 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
     tq_batch_destroy(&io->batch);
+    tq_io_memo_destroy(&io->memo);
     free(io);
 }
