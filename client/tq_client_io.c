@@ -416,10 +416,11 @@ s_io_run_later(tq_io_t *io)
     }
 }
 
-/* Ends r with the broker's outcome (value moved when not NULL). */
+/* Ends r with the broker's outcome (value moved when not NULL), and its
+   count of attempts when not NULL (a RESULT's). */
 static void
 s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
-          zmq_msg_t *value)
+          zmq_msg_t *value, const uint32_t *attempts)
 {
     /* the request ends before its handle: a caller woken by the handle
        finds the request gone (and counted) */
@@ -427,9 +428,15 @@ s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
     if (result)
         tq_result_ref(result);
     tq_io_move(io, r, TQ_REQ_DONE);
-    if (result && s_io_finish_later(result))
+    if (result && s_io_finish_later(result)) {
+        if (attempts)
+            tq_result_set_attempts(result, *attempts);
         s_io_later(io, result, state, code, error.ptr, error.len, value);
-    else if (result) {
+    } else if (result && attempts) {
+        tq_result_finish_attempts(result, *attempts, state, code, error.ptr,
+                                  error.len, value);
+        tq_result_unref(result);
+    } else if (result) {
         tq_result_finish(result, state, code, error.ptr, error.len, value);
         tq_result_unref(result);
     }
@@ -981,7 +988,7 @@ s_io_terminate(tq_io_t *io, tq_request_t *r)
         r->result->count = count;
         pthread_mutex_unlock(&r->result->mutex);
     }
-    s_io_done(io, r, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), NULL);
+    s_io_done(io, r, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), NULL, NULL);
 }
 
 /* Takes a request made by a caller. */
@@ -1079,11 +1086,11 @@ tq_io_hold_folded(tq_io_t *io)
 /* ---- answers from the broker -------------------------------------------- */
 
 /* Ends every request of the chain r (tq_io_chain, may be NULL) with the
-   broker's outcome; value is moved to the last and copied (refcounted by
-   libzmq) to the others. */
+   broker's outcome (and attempts, as s_io_done); value is moved to the
+   last and copied (refcounted by libzmq) to the others. */
 static void
 s_io_done_chain(tq_io_t *io, tq_request_t *r, int state, int code,
-                tq_str_t error, zmq_msg_t *value)
+                tq_str_t error, zmq_msg_t *value, const uint32_t *attempts)
 {
     while (r) {
         tq_request_t *next = r->next_same;
@@ -1096,7 +1103,7 @@ s_io_done_chain(tq_io_t *io, tq_request_t *r, int state, int code,
                 zmq_msg_move(&copy, value);
             v = &copy;
         }
-        s_io_done(io, r, state, code, error, v);
+        s_io_done(io, r, state, code, error, v, attempts);
         if (v)
             zmq_msg_close(v);
         r = next;
@@ -1118,9 +1125,6 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     /* the chain, looked up once: nothing below changes the table before
        s_io_done_chain ends it */
     tq_request_t *chain = tq_io_chain(io, m->id);
-    for (tq_request_t *r = chain; r; r = r->next_same)
-        if (r->result)
-            tq_result_set_attempts(r->result, m->attempt);
     int code = m->code;
     if (m->state == TQ_STATE_SUCCESS)
         code = TQ_OK;
@@ -1133,7 +1137,8 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         if (chain)
             s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
         s_io_done_chain(io, chain, TQ_STATE_FAILURE, TQ_EPROTO,
-                        tq_str("broker sent a malformed result value"), NULL);
+                        tq_str("broker sent a malformed result value"), NULL,
+                        &m->attempt);
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
@@ -1142,7 +1147,7 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);
     s_io_done_chain(io, chain, state, code, m->error,
-                    code == TQ_OK ? payload : NULL);
+                    code == TQ_OK ? payload : NULL, &m->attempt);
 }
 
 static void
@@ -1156,7 +1161,7 @@ s_on_submitted(tq_io_t *io, const tq_msg_t *m)
             r->full_delay_ms = 0;
         } else if (r->kind == TQ_KIND_RETRY)
             /* RETRY is answered by SUBMITTED: the dead letter runs again */
-            s_io_done(io, r, TQ_STATE_PENDING, TQ_OK, tq_str(NULL), NULL);
+            s_io_done(io, r, TQ_STATE_PENDING, TQ_OK, tq_str(NULL), NULL, NULL);
         r = next;
     }
 }
@@ -1191,7 +1196,7 @@ s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
 {
     tq_request_t *r = io->fifo_head;
     if (r)
-        s_io_done(io, r, state, code, error, value);
+        s_io_done(io, r, state, code, error, value, NULL);
 }
 
 static void
@@ -1217,7 +1222,7 @@ s_on_error(tq_io_t *io, const tq_msg_t *m)
                      (retry && code == TQ_ESTATE && r->kind != TQ_KIND_RETRY))
                 ; /* QUEUED or DEFERRED already: it goes again */
             else
-                s_io_done(io, r, TQ_STATE_FAILURE, code, m->error, NULL);
+                s_io_done(io, r, TQ_STATE_FAILURE, code, m->error, NULL, NULL);
             r = next;
         }
         return;
@@ -1256,9 +1261,9 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         s_on_state(io, m);
         break;
     case TQ_CMD_UNKNOWN:
-        s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_FAILURE,
-                        TQ_EUNKNOWN,
-                        tq_str("the broker does not know this task id"), NULL);
+        s_io_done_chain(
+            io, tq_io_chain(io, m->id), TQ_STATE_FAILURE, TQ_EUNKNOWN,
+            tq_str("the broker does not know this task id"), NULL, NULL);
         break;
     case TQ_CMD_REPLY:
     case TQ_CMD_QITEM:
@@ -1266,7 +1271,7 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
             /* the answer to a data-queue or operator request, by its
                request id */
             s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
-                            tq_str(NULL), payload);
+                            tq_str(NULL), payload, NULL);
             break;
         }
         if (m->command == TQ_CMD_QITEM) {
@@ -1278,7 +1283,7 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     case TQ_CMD_STATUS_REPLY:
         if (m->id.ptr) {
             s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
-                            tq_str(NULL), payload);
+                            tq_str(NULL), payload, NULL);
             break;
         }
         /* an earlier broker: answers the oldest operator request */

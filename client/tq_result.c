@@ -183,9 +183,11 @@ tq_result_set_attempts(tq_result_t *self, uint32_t attempts)
     pthread_mutex_unlock(&self->mutex);
 }
 
-void
-tq_result_finish(tq_result_t *self, int state, int code, const char *error,
-                 size_t error_len, zmq_msg_t *value)
+/* tq_result_finish, with the broker's count of attempts when attempts is
+   not NULL. */
+static void
+s_finish(tq_result_t *self, const uint32_t *attempts, int state, int code,
+         const char *error, size_t error_len, zmq_msg_t *value)
 {
     char *text = error && error_len ? strndup(error, error_len) : NULL;
     pthread_mutex_lock(&self->mutex);
@@ -196,6 +198,8 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
             zmq_msg_close(value), zmq_msg_init(value);
         return;
     }
+    if (attempts)
+        self->attempts = *attempts;
     self->state = state;
     self->code = code;
     free(self->error);
@@ -225,6 +229,21 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
     pthread_mutex_unlock(&self->mutex);
     if (wake)
         s_wake(self);
+}
+
+void
+tq_result_finish(tq_result_t *self, int state, int code, const char *error,
+                 size_t error_len, zmq_msg_t *value)
+{
+    s_finish(self, NULL, state, code, error, error_len, value);
+}
+
+void
+tq_result_finish_attempts(tq_result_t *self, uint32_t attempts, int state,
+                          int code, const char *error, size_t error_len,
+                          zmq_msg_t *value)
+{
+    s_finish(self, &attempts, state, code, error, error_len, value);
 }
 
 void
