@@ -1094,18 +1094,15 @@ s_io_done_chain(tq_io_t *io, tq_request_t *r, int state, int code,
 {
     while (r) {
         tq_request_t *next = r->next_same;
-        zmq_msg_t copy, *v = NULL;
-        if (value) {
+        zmq_msg_t copy, *v = value;
+        if (value && next) {
             zmq_msg_init(&copy);
-            if (next)
-                zmq_msg_copy(&copy, value);
-            else
-                zmq_msg_move(&copy, value);
+            zmq_msg_copy(&copy, value);
             v = &copy;
         }
         s_io_done(io, r, state, code, error, v, attempts);
-        if (v)
-            zmq_msg_close(v);
+        if (v == &copy)
+            zmq_msg_close(&copy);
         r = next;
     }
 }

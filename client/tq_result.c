@@ -31,11 +31,17 @@ static const char *const s_names[TQ_RESULT_PHASES_] = {
     [TQ_RESULT_READY] = "READY",
 };
 
-bool
-tq_result_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
+static bool
+s_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
 {
     return from < TQ_RESULT_PHASES_ && to < TQ_RESULT_PHASES_ &&
         (s_legal[from] & B(to)) != 0;
+}
+
+bool
+tq_result_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
+{
+    return s_phase_legal(from, to);
 }
 
 const char *
@@ -92,7 +98,7 @@ tq_result_release_wakeups(void)
 static bool
 s_move(tq_result_t *self, tq_result_phase_t to)
 {
-    if (!tq_result_phase_legal(self->phase, to)) {
+    if (!s_phase_legal(self->phase, to)) {
         tq_log_error("BUG: client handle %s cannot move %s -> %s", self->id,
                      tq_result_phase_name(self->phase),
                      tq_result_phase_name(to));
