@@ -68,23 +68,35 @@ s_list_remove(tq_io_list_t *list, tq_request_t *r)
 
 #define S_TABLE_MIN 1024 /* slots at first */
 
-/* FNV-1a over the id's bytes, its high bits folded in. */
-static uint64_t
-s_hash(const char *id, size_t len)
+/* A hash of an id, read 8 bytes at a time (the ids clients make are 32 hex
+   digits: four words), its bits mixed so that the low ones, which pick
+   the slot, depend on every byte. */
+uint64_t
+tq_io_hash(const char *id, size_t len)
 {
-    uint64_t h = 14695981039346656037ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)id[i];
-        h *= 1099511628211ULL;
+    const uint64_t k = 0xff51afd7ed558ccdULL;
+    uint64_t h = len * 0x9e3779b97f4a7c15ULL, w;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, id + i, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 32;
     }
-    return h ^ (h >> 29);
+    if (i < len) {
+        w = 0;
+        memcpy(&w, id + i, len - i);
+        h = (h ^ w) * k;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    return h ^ (h >> 33);
 }
 
+/* True if r's id is the len bytes at id (its length is known: id_len). */
 static bool
 s_id_is(const tq_request_t *r, const char *id, size_t len)
 {
-    return len <= TQ_PROTO_MAX_ID && r->id[len] == 0 &&
-        memcmp(r->id, id, len) == 0;
+    return r->id_len == len && memcmp(r->id, id, len) == 0;
 }
 
 /* The slot of id (hash h): its head's, or the empty one where it would
@@ -106,7 +118,7 @@ s_table_find(tq_io_table_t *t, const char *id, size_t len)
 {
     if (!t->cap)
         return NULL;
-    return s_table_slot(t, s_hash(id, len), id, len)->head;
+    return s_table_slot(t, tq_io_hash(id, len), id, len)->head;
 }
 
 /* Doubles the slots (at least S_TABLE_MIN): the heads move to theirs. */
@@ -120,23 +132,10 @@ s_table_grow(tq_io_table_t *t)
     for (size_t i = 0; i < t->cap; i++) {
         tq_request_t *h = t->slots[i].head;
         if (h)
-            *s_table_slot(&bigger, h->hash, h->id, strlen(h->id)) = t->slots[i];
+            *s_table_slot(&bigger, h->hash, h->id, h->id_len) = t->slots[i];
     }
     free(t->slots);
     *t = bigger;
-}
-
-/* Adds head (its hash set), whose id is not in the table. */
-static void
-s_table_add(tq_io_table_t *t, tq_request_t *head)
-{
-    if (2 * (t->count + 1) > t->cap)
-        s_table_grow(t);
-    tq_io_slot_t *slot =
-        s_table_slot(t, head->hash, head->id, strlen(head->id));
-    slot->hash = head->hash;
-    slot->head = head;
-    t->count++;
 }
 
 /* Puts by (NULL: nothing) in the place of head (in slot), which leaves.
@@ -200,16 +199,38 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
-    size_t len = strlen(r->id);
-    r->hash = s_hash(r->id, len);
-    tq_request_t *head = s_table_find(&io->pending, r->id, len);
+    /* its id's length and hash, once: every lookup compares them */
+    r->id_len = strlen(r->id);
+    r->hash = tq_io_hash(r->id, r->id_len);
+    tq_io_table_t *t = &io->pending;
+    /* grown first (at most half full), so that one look finds the slot */
+    if (2 * (t->count + 1) > t->cap)
+        s_table_grow(t);
+    tq_io_slot_t *slot = s_table_slot(t, r->hash, r->id, r->id_len);
+    tq_request_t *head = slot->head;
     if (!head) {
-        s_table_add(&io->pending, r);
+        slot->hash = r->hash;
+        slot->head = r;
+        t->count++;
         return;
     }
     while (head->next_same)
         head = head->next_same;
     head->next_same = r;
+}
+
+/* The slot of the chain r is on (r in the table): found by r's hash, the
+   one r heads recognised without reading a request. */
+static tq_io_slot_t *
+s_table_slot_of(tq_io_table_t *t, const tq_request_t *r)
+{
+    size_t mask = t->cap - 1;
+    for (size_t i = r->hash & mask;; i = (i + 1) & mask) {
+        tq_io_slot_t *slot = &t->slots[i];
+        if (slot->head == r || !slot->head ||
+            (slot->hash == r->hash && s_id_is(slot->head, r->id, r->id_len)))
+            return slot;
+    }
 }
 
 /* Removes r from the table (the map entry goes with the last of its id). */
@@ -229,8 +250,7 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
     }
     if (!io->pending.cap)
         return;
-    tq_io_slot_t *slot =
-        s_table_slot(&io->pending, r->hash, r->id, strlen(r->id));
+    tq_io_slot_t *slot = s_table_slot_of(&io->pending, r);
     tq_request_t *head = slot->head;
     if (head == r) {
         /* the next on its id, if any, heads the chain in its place */
@@ -396,10 +416,11 @@ s_io_run_later(tq_io_t *io)
     }
 }
 
-/* Ends r with the broker's outcome (value moved when not NULL). */
+/* Ends r with the broker's outcome (value moved when not NULL), and its
+   count of attempts when not NULL (a RESULT's). */
 static void
 s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
-          zmq_msg_t *value)
+          zmq_msg_t *value, const uint32_t *attempts)
 {
     /* the request ends before its handle: a caller woken by the handle
        finds the request gone (and counted) */
@@ -407,9 +428,15 @@ s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
     if (result)
         tq_result_ref(result);
     tq_io_move(io, r, TQ_REQ_DONE);
-    if (result && s_io_finish_later(result))
+    if (result && s_io_finish_later(result)) {
+        if (attempts)
+            tq_result_set_attempts(result, *attempts);
         s_io_later(io, result, state, code, error.ptr, error.len, value);
-    else if (result) {
+    } else if (result && attempts) {
+        tq_result_finish_attempts(result, *attempts, state, code, error.ptr,
+                                  error.len, value);
+        tq_result_unref(result);
+    } else if (result) {
         tq_result_finish(result, state, code, error.ptr, error.len, value);
         tq_result_unref(result);
     }
@@ -473,7 +500,8 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
     tq_msg_t *m = &io->out_msg;
     s_msg_clear(m);
     zmq_msg_t *payload = NULL;
-    m->id = tq_str(r->id);
+    /* its length is known since it entered the id table (s_index_add) */
+    m->id = (tq_str_t){r->id, (uint32_t)r->id_len};
     switch (r->kind) {
     case TQ_KIND_SUBMIT:
         m->command = TQ_CMD_SUBMIT;
@@ -534,6 +562,114 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
         break;
     }
     return payload;
+}
+
+/* ---- the SUBMIT header memo --------------------------------------------- */
+
+void
+tq_io_memo_init(tq_io_memo_t *memo)
+{
+    memset(memo, 0, sizeof *memo);
+    msgpack_sbuffer_init(&memo->bytes);
+    msgpack_sbuffer_init(&memo->probe);
+}
+
+void
+tq_io_memo_destroy(tq_io_memo_t *memo)
+{
+    msgpack_sbuffer_destroy(&memo->bytes);
+    msgpack_sbuffer_destroy(&memo->probe);
+    tq_io_memo_init(memo);
+}
+
+/* True if SUBMIT m has the shape the memo keeps. */
+static bool
+s_memo_same(const tq_io_memo_t *memo, const tq_msg_t *m)
+{
+    return memo->state != TQ_IO_MEMO_NONE && m->id.len == memo->id_len &&
+        m->task.len == memo->task_len && m->queue.len == memo->queue_len &&
+        m->priority == memo->priority &&
+        m->time_limit_ms == memo->time_limit_ms &&
+        m->retries == memo->retries && m->backoff_ms == memo->backoff_ms &&
+        m->delay_ms == memo->delay_ms && m->features == memo->features &&
+        memcmp(m->task.ptr, memo->task, m->task.len) == 0 &&
+        memcmp(m->queue.ptr, memo->queue, m->queue.len) == 0;
+}
+
+/* Keeps the shape of m (SEEN), or none when m is no SUBMIT of a str id
+   and names within their bounds. */
+static void
+s_memo_keep(tq_io_memo_t *memo, const tq_msg_t *m)
+{
+    memo->state = TQ_IO_MEMO_NONE;
+    if (m->command != TQ_CMD_SUBMIT || m->id_binary || !m->id.ptr ||
+        !m->id.len || m->id.len > TQ_PROTO_MAX_ID || !m->task.ptr ||
+        !m->queue.ptr || m->task.len > sizeof memo->task ||
+        m->queue.len > sizeof memo->queue)
+        return;
+    memcpy(memo->task, m->task.ptr, m->task.len);
+    memcpy(memo->queue, m->queue.ptr, m->queue.len);
+    memo->task_len = m->task.len;
+    memo->queue_len = m->queue.len;
+    memo->id_len = m->id.len;
+    memo->priority = m->priority;
+    memo->time_limit_ms = m->time_limit_ms;
+    memo->retries = m->retries;
+    memo->backoff_ms = m->backoff_ms;
+    memo->delay_ms = m->delay_ms;
+    memo->features = m->features;
+    memo->state = TQ_IO_MEMO_SEEN;
+}
+
+/* Makes the header of the shape kept (SEEN), m one of it: the codec
+   encodes m, and m with another id of the same length (every byte
+   changed). When the two differ in that id's bytes only, each written as
+   it is, the header is READY with its id's place known; otherwise NO.
+   m is as it was on return. */
+static void
+s_memo_make(tq_io_memo_t *memo, tq_msg_t *m)
+{
+    memo->state = TQ_IO_MEMO_NO;
+    char other[TQ_PROTO_MAX_ID];
+    size_t len = m->id.len;
+    for (size_t i = 0; i < len; i++)
+        other[i] = m->id.ptr[i] == '0' ? '1' : '0';
+    if (tq_proto_encode(m, &memo->bytes, NULL) != TQ_OK)
+        return;
+    tq_str_t id = m->id;
+    m->id = (tq_str_t){other, (uint32_t)len};
+    int rc = tq_proto_encode(m, &memo->probe, NULL);
+    m->id = id;
+    const char *a = memo->bytes.data, *b = memo->probe.data;
+    size_t n = memo->bytes.size, at = 0;
+    if (rc != TQ_OK || memo->probe.size != n)
+        return;
+    while (at < n && a[at] == b[at])
+        at++;
+    if (at + len > n || memcmp(a + at, id.ptr, len) != 0 ||
+        memcmp(b + at, other, len) != 0 ||
+        memcmp(a + at + len, b + at + len, n - at - len) != 0)
+        return;
+    memo->id_at = at;
+    memo->state = TQ_IO_MEMO_READY;
+}
+
+bool
+tq_io_memo_header(tq_io_memo_t *memo, tq_msg_t *m, const void **data,
+                  size_t *size)
+{
+    if (!s_memo_same(memo, m)) {
+        s_memo_keep(memo, m);
+        return false;
+    }
+    if (memo->state == TQ_IO_MEMO_SEEN)
+        s_memo_make(memo, m);
+    if (memo->state != TQ_IO_MEMO_READY)
+        return false;
+    memcpy(memo->bytes.data + memo->id_at, m->id.ptr, m->id.len);
+    *data = memo->bytes.data;
+    *size = memo->bytes.size;
+    return true;
 }
 
 /* r went out (alone or in a BATCH) as the send-th message to libzmq. */
@@ -635,9 +771,19 @@ s_io_send_batch(tq_io_t *io, int64_t now)
          tq_batch_bytes(b) < S_BATCH_BYTES && s_batchable(r);
          r = r->next) {
         zmq_msg_t *payload = s_io_encode(io, r);
-        if (tq_batch_add(
-                b, &io->out_msg, payload ? zmq_msg_data(payload) : NULL,
-                payload ? zmq_msg_size(payload) : 0, payload != NULL) != TQ_OK)
+        const void *data = payload ? zmq_msg_data(payload) : NULL;
+        size_t size = payload ? zmq_msg_size(payload) : 0;
+        /* a SUBMIT of a burst: the header of the one before, its own id
+           written in (its id and names were checked when it was made) */
+        const void *header;
+        size_t header_size;
+        int rc = r->kind == TQ_KIND_SUBMIT &&
+                tq_io_memo_header(&io->memo, &io->out_msg, &header,
+                                  &header_size)
+            ? tq_batch_add_encoded(b, header, header_size, data, size,
+                                   payload != NULL)
+            : tq_batch_add(b, &io->out_msg, data, size, payload != NULL);
+        if (rc != TQ_OK)
             break; /* it goes alone, and fails there if it must */
         n++;
     }
@@ -842,7 +988,7 @@ s_io_terminate(tq_io_t *io, tq_request_t *r)
         r->result->count = count;
         pthread_mutex_unlock(&r->result->mutex);
     }
-    s_io_done(io, r, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), NULL);
+    s_io_done(io, r, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL), NULL, NULL);
 }
 
 /* Takes a request made by a caller. */
@@ -939,27 +1085,24 @@ tq_io_hold_folded(tq_io_t *io)
 
 /* ---- answers from the broker -------------------------------------------- */
 
-/* Ends every request on id with the broker's outcome; value is moved to
-   the last and copied (refcounted by libzmq) to the others. */
+/* Ends every request of the chain r (tq_io_chain, may be NULL) with the
+   broker's outcome (and attempts, as s_io_done); value is moved to the
+   last and copied (refcounted by libzmq) to the others. */
 static void
-s_io_done_chain(tq_io_t *io, tq_str_t id, int state, int code, tq_str_t error,
-                zmq_msg_t *value)
+s_io_done_chain(tq_io_t *io, tq_request_t *r, int state, int code,
+                tq_str_t error, zmq_msg_t *value, const uint32_t *attempts)
 {
-    tq_request_t *r = tq_io_chain(io, id);
     while (r) {
         tq_request_t *next = r->next_same;
-        zmq_msg_t copy, *v = NULL;
-        if (value) {
+        zmq_msg_t copy, *v = value;
+        if (value && next) {
             zmq_msg_init(&copy);
-            if (next)
-                zmq_msg_copy(&copy, value);
-            else
-                zmq_msg_move(&copy, value);
+            zmq_msg_copy(&copy, value);
             v = &copy;
         }
-        s_io_done(io, r, state, code, error, v);
-        if (v)
-            zmq_msg_close(v);
+        s_io_done(io, r, state, code, error, v, attempts);
+        if (v == &copy)
+            zmq_msg_close(&copy);
         r = next;
     }
 }
@@ -976,9 +1119,9 @@ s_io_log_bad(tq_io_t *io, const char *what, const char *reason)
 static void
 s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
 {
-    for (tq_request_t *r = tq_io_chain(io, m->id); r; r = r->next_same)
-        if (r->result)
-            tq_result_set_attempts(r->result, m->attempt);
+    /* the chain, looked up once: nothing below changes the table before
+       s_io_done_chain ends it */
+    tq_request_t *chain = tq_io_chain(io, m->id);
     int code = m->code;
     if (m->state == TQ_STATE_SUCCESS)
         code = TQ_OK;
@@ -988,20 +1131,20 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     if (m->state == TQ_STATE_SUCCESS &&
         tq_proto_check_payload(zmq_msg_data(payload), zmq_msg_size(payload),
                                false, NULL) != TQ_OK) {
-        if (tq_io_chain(io, m->id))
+        if (chain)
             s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
-        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EPROTO,
-                        tq_str("broker sent a malformed result value"), NULL);
+        s_io_done_chain(io, chain, TQ_STATE_FAILURE, TQ_EPROTO,
+                        tq_str("broker sent a malformed result value"), NULL,
+                        &m->attempt);
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
-    if (code == TQ_OK && zmq_msg_size(payload) >= TQ_SPARE_MIN &&
-        tq_io_chain(io, m->id))
+    if (code == TQ_OK && chain && zmq_msg_size(payload) >= TQ_SPARE_MIN)
         /* a large value moves into an argument's spare buffer (memory
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);
-    s_io_done_chain(io, m->id, state, code, m->error,
-                    code == TQ_OK ? payload : NULL);
+    s_io_done_chain(io, chain, state, code, m->error,
+                    code == TQ_OK ? payload : NULL, &m->attempt);
 }
 
 static void
@@ -1015,7 +1158,7 @@ s_on_submitted(tq_io_t *io, const tq_msg_t *m)
             r->full_delay_ms = 0;
         } else if (r->kind == TQ_KIND_RETRY)
             /* RETRY is answered by SUBMITTED: the dead letter runs again */
-            s_io_done(io, r, TQ_STATE_PENDING, TQ_OK, tq_str(NULL), NULL);
+            s_io_done(io, r, TQ_STATE_PENDING, TQ_OK, tq_str(NULL), NULL, NULL);
         r = next;
     }
 }
@@ -1050,7 +1193,7 @@ s_on_fifo_answer(tq_io_t *io, int state, int code, tq_str_t error,
 {
     tq_request_t *r = io->fifo_head;
     if (r)
-        s_io_done(io, r, state, code, error, value);
+        s_io_done(io, r, state, code, error, value, NULL);
 }
 
 static void
@@ -1076,7 +1219,7 @@ s_on_error(tq_io_t *io, const tq_msg_t *m)
                      (retry && code == TQ_ESTATE && r->kind != TQ_KIND_RETRY))
                 ; /* QUEUED or DEFERRED already: it goes again */
             else
-                s_io_done(io, r, TQ_STATE_FAILURE, code, m->error, NULL);
+                s_io_done(io, r, TQ_STATE_FAILURE, code, m->error, NULL, NULL);
             r = next;
         }
         return;
@@ -1115,16 +1258,17 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         s_on_state(io, m);
         break;
     case TQ_CMD_UNKNOWN:
-        s_io_done_chain(io, m->id, TQ_STATE_FAILURE, TQ_EUNKNOWN,
-                        tq_str("the broker does not know this task id"), NULL);
+        s_io_done_chain(
+            io, tq_io_chain(io, m->id), TQ_STATE_FAILURE, TQ_EUNKNOWN,
+            tq_str("the broker does not know this task id"), NULL, NULL);
         break;
     case TQ_CMD_REPLY:
     case TQ_CMD_QITEM:
         if (m->id.ptr) {
             /* the answer to a data-queue or operator request, by its
                request id */
-            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            payload);
+            s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
+                            tq_str(NULL), payload, NULL);
             break;
         }
         if (m->command == TQ_CMD_QITEM) {
@@ -1135,8 +1279,8 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         break;
     case TQ_CMD_STATUS_REPLY:
         if (m->id.ptr) {
-            s_io_done_chain(io, m->id, TQ_STATE_SUCCESS, TQ_OK, tq_str(NULL),
-                            payload);
+            s_io_done_chain(io, tq_io_chain(io, m->id), TQ_STATE_SUCCESS, TQ_OK,
+                            tq_str(NULL), payload, NULL);
             break;
         }
         /* an earlier broker: answers the oldest operator request */
@@ -1556,6 +1700,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_init(&io->frames);
     msgpack_sbuffer_init(&io->buf);
     tq_batch_init(&io->batch);
+    tq_io_memo_init(&io->memo);
     io->last_heard = io->last_ping = zclock_mono();
     /* the socket was opened by tq_client_new: learn what its broker takes */
     tq_io_peer_unknown(io);
@@ -1664,5 +1809,6 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_frames_close(&io->frames);
     msgpack_sbuffer_destroy(&io->buf);
     tq_batch_destroy(&io->batch);
+    tq_io_memo_destroy(&io->memo);
     free(io);
 }

@@ -54,6 +54,32 @@ typedef struct {
     size_t slot;
 } tq_io_iter_t;
 
+/* The header of the SUBMITs of one task, queue and set of options,
+   encoded once by the codec and kept: the next SUBMITs of that shape (a
+   burst) are copies of it with their own id written over the id
+   (tq_io_memo_header). */
+typedef enum {
+    TQ_IO_MEMO_NONE = 0, /* no shape kept */
+    TQ_IO_MEMO_SEEN, /* the shape of the last SUBMIT, no header yet */
+    TQ_IO_MEMO_READY, /* bytes: the shape's header, its id at id_at */
+    TQ_IO_MEMO_NO, /* the shape does not encode to a header whose id can
+                      be written over: SUBMITs of it are encoded each */
+} tq_io_memo_state_t;
+
+typedef struct {
+    tq_io_memo_state_t state;
+    /* the shape: what the header holds besides the id, and the id's
+       length */
+    char task[TQ_PROTO_MAX_NAME];
+    char queue[TQ_PROTO_MAX_NAME];
+    uint32_t task_len, queue_len, id_len;
+    uint32_t priority, time_limit_ms, retries, backoff_ms, delay_ms;
+    uint32_t features;
+    msgpack_sbuffer bytes; /* READY: the header */
+    size_t id_at; /* READY: where its id's bytes are */
+    msgpack_sbuffer probe; /* scratch: the header of another id */
+} tq_io_memo_t;
+
 /* The I/O thread's state (under the client's io_lock). */
 typedef struct tq_io_s {
     tq_client_t *client;
@@ -116,6 +142,7 @@ typedef struct tq_io_s {
     uint64_t batches_out; /* BATCHes sent on this connection */
     uint64_t refusals_due; /* ERRORs still to come for BATCHes a broker
                               refused (s_io_unbatch) */
+    tq_io_memo_t memo; /* the header of the last SUBMITs batched */
 } tq_io_t;
 
 /* Moves r to `to`, keeping it in the container of its state; a final
@@ -189,5 +216,22 @@ long tq_io_reopen(tq_io_t *io, int64_t now);
 
 /* Reads one event of the socket's monitor (connects, disconnects). */
 void tq_io_monitor(tq_io_t *io);
+
+/* An empty memo; its buffers freed (it may be initialised again). */
+void tq_io_memo_init(tq_io_memo_t *memo);
+void tq_io_memo_destroy(tq_io_memo_t *memo);
+
+/* The header of SUBMIT m (a str id and names the caller checked) from
+   the memo: true with *data and *size (borrowed until the next call) when
+   the memo holds m's shape, or makes it now with the codec from a second
+   SUBMIT of the shape in a row; false when the caller must encode m
+   itself (its shape is kept then). The header is the bytes the codec
+   encodes for m (which may change during the call, and is as it was
+   on return). */
+bool tq_io_memo_header(tq_io_memo_t *memo, tq_msg_t *m, const void **data,
+                       size_t *size);
+
+/* The hash of an id (len bytes) in the table of requests by id. */
+uint64_t tq_io_hash(const char *id, size_t len);
 
 #endif

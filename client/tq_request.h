@@ -99,6 +99,8 @@ struct tq_request_t {
                              were dropped while this one was unanswered
                              (0: none): it ends at a later PONG unless it
                              is answered first (PROTOCOL.md section 10) */
+    size_t id_len; /* strlen(id), set with hash as it enters the I/O
+                      thread's id table */
 };
 
 /* A request of kind in TQ_REQ_NEW for handle result (may be NULL; the

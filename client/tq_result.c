@@ -31,11 +31,17 @@ static const char *const s_names[TQ_RESULT_PHASES_] = {
     [TQ_RESULT_READY] = "READY",
 };
 
-bool
-tq_result_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
+static bool
+s_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
 {
     return from < TQ_RESULT_PHASES_ && to < TQ_RESULT_PHASES_ &&
         (s_legal[from] & B(to)) != 0;
+}
+
+bool
+tq_result_phase_legal(tq_result_phase_t from, tq_result_phase_t to)
+{
+    return s_phase_legal(from, to);
 }
 
 const char *
@@ -92,7 +98,7 @@ tq_result_release_wakeups(void)
 static bool
 s_move(tq_result_t *self, tq_result_phase_t to)
 {
-    if (!tq_result_phase_legal(self->phase, to)) {
+    if (!s_phase_legal(self->phase, to)) {
         tq_log_error("BUG: client handle %s cannot move %s -> %s", self->id,
                      tq_result_phase_name(self->phase),
                      tq_result_phase_name(to));
@@ -183,9 +189,11 @@ tq_result_set_attempts(tq_result_t *self, uint32_t attempts)
     pthread_mutex_unlock(&self->mutex);
 }
 
-void
-tq_result_finish(tq_result_t *self, int state, int code, const char *error,
-                 size_t error_len, zmq_msg_t *value)
+/* tq_result_finish, with the broker's count of attempts when attempts is
+   not NULL. */
+static void
+s_finish(tq_result_t *self, const uint32_t *attempts, int state, int code,
+         const char *error, size_t error_len, zmq_msg_t *value)
 {
     char *text = error && error_len ? strndup(error, error_len) : NULL;
     pthread_mutex_lock(&self->mutex);
@@ -196,6 +204,8 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
             zmq_msg_close(value), zmq_msg_init(value);
         return;
     }
+    if (attempts)
+        self->attempts = *attempts;
     self->state = state;
     self->code = code;
     free(self->error);
@@ -203,21 +213,43 @@ tq_result_finish(tq_result_t *self, int state, int code, const char *error,
     if (value)
         zmq_msg_move(&self->value, value);
     (void)s_move(self, TQ_RESULT_FINAL); /* wakes nobody */
+    tq_callback_fn *callback =
+        code == TQ_OK ? self->callback : self->error_callback;
+    if (!callback) {
+        /* no callback to run: READY at once, under the same lock */
+        bool wake = s_move(self, TQ_RESULT_READY);
+        pthread_mutex_unlock(&self->mutex);
+        if (wake)
+            s_wake(self);
+        return;
+    }
     pthread_mutex_unlock(&self->mutex);
     /* callbacks run without the lock so they may call tq_result_*, and
        before the handle is READY, as in Python's Pool: once get() returns,
        the callback's side effects are visible */
     s_in_callback = self;
-    if (code == TQ_OK && self->callback)
-        self->callback(self, self->callback_arg);
-    else if (code != TQ_OK && self->error_callback)
-        self->error_callback(self, self->callback_arg);
+    callback(self, self->callback_arg);
     s_in_callback = NULL;
     pthread_mutex_lock(&self->mutex);
     bool wake = s_move(self, TQ_RESULT_READY);
     pthread_mutex_unlock(&self->mutex);
     if (wake)
         s_wake(self);
+}
+
+void
+tq_result_finish(tq_result_t *self, int state, int code, const char *error,
+                 size_t error_len, zmq_msg_t *value)
+{
+    s_finish(self, NULL, state, code, error, error_len, value);
+}
+
+void
+tq_result_finish_attempts(tq_result_t *self, uint32_t attempts, int state,
+                          int code, const char *error, size_t error_len,
+                          zmq_msg_t *value)
+{
+    s_finish(self, &attempts, state, code, error, error_len, value);
 }
 
 void

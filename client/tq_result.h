@@ -116,4 +116,10 @@ int64_t tq_result_deadline(int timeout_ms);
 void tq_result_hold_wakeups(void);
 void tq_result_release_wakeups(void);
 
+/* As tq_result_finish, the broker's count of attempts recorded with the
+   outcome (as tq_result_set_attempts, under the same lock). */
+void tq_result_finish_attempts(tq_result_t *self, uint32_t attempts, int state,
+                               int code, const char *error, size_t error_len,
+                               zmq_msg_t *value);
+
 #endif

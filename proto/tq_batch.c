@@ -198,3 +198,24 @@ tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
     *has_payload = has;
     return TQ_OK;
 }
+
+int
+tq_batch_add_encoded(tq_batch_t *b, const void *header, size_t header_size,
+                     const void *payload, size_t size, bool has_payload)
+{
+    if (b->count >= TQ_BATCH_MAX || !header || !header_size ||
+        header_size > UINT32_MAX || (has_payload && size > UINT32_MAX) ||
+        (size && !payload))
+        return TQ_EINVAL;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b->body, msgpack_sbuffer_write);
+    msgpack_pack_bin(&pk, header_size);
+    msgpack_pack_bin_body(&pk, header, header_size);
+    if (has_payload) {
+        msgpack_pack_bin(&pk, size);
+        msgpack_pack_bin_body(&pk, payload, size);
+    } else
+        msgpack_pack_nil(&pk);
+    b->count++;
+    return TQ_OK;
+}
