@@ -3,8 +3,8 @@
    (tq_name_memo_check), small arguments packed on the stack
    (tq_vpack_small), and a request kept in one allocation with its handle
    and names, which must outlive the handle the caller let go of and come
-   back whole in tq_result_resubmit. Against a fake broker in this
-   process. */
+   back whole in tq_result_resubmit; ids written as before. Against a fake
+   broker in this process. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,8 @@
 
 #include <cmocka.h>
 
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,9 +172,16 @@ test_submit_names(void **state)
     const char *text = NULL;
     tq_options_t o = TQ_OPTIONS_INIT;
 
+    /* the id: the client's prefix and its counter, each 16 hex digits */
+    atomic_store(&client->id_counter, 0x0123456789abcdefULL);
     tq_result_t *a = tq_apply_async(client, "tq.echo", NULL, "");
     assert_non_null(a);
+    char id[TQ_PROTO_MAX_ID + 1];
+    snprintf(id, sizeof id, "%016" PRIx64 "%016" PRIx64, client->id_prefix,
+             (uint64_t)0x0123456789abcdefULL);
+    assert_string_equal(tq_result_id(a), id);
     assert_true(tq_fake_broker_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+    assert_string_equal(fake->id, id);
     assert_true(s_names_are(fake, "tq.echo", TQ_DEFAULT_QUEUE));
 
     char task[] = "tq.echo";
