@@ -311,6 +311,32 @@ tq_client_context(void)
     return ctx;
 }
 
+/* The two lowercase hex digits of each byte value, "00" to "ff". */
+static const char s_hex_pairs[] = "000102030405060708090a0b0c0d0e0f"
+                                  "101112131415161718191a1b1c1d1e1f"
+                                  "202122232425262728292a2b2c2d2e2f"
+                                  "303132333435363738393a3b3c3d3e3f"
+                                  "404142434445464748494a4b4c4d4e4f"
+                                  "505152535455565758595a5b5c5d5e5f"
+                                  "606162636465666768696a6b6c6d6e6f"
+                                  "707172737475767778797a7b7c7d7e7f"
+                                  "808182838485868788898a8b8c8d8e8f"
+                                  "909192939495969798999a9b9c9d9e9f"
+                                  "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"
+                                  "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+                                  "c0c1c2c3c4c5c6c7c8c9cacbcccdcecf"
+                                  "d0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+                                  "e0e1e2e3e4e5e6e7e8e9eaebecedeeef"
+                                  "f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/* Writes n as 16 lowercase hex digits (no NUL), a byte at a time. */
+static void
+s_hex64(char *dst, uint64_t n)
+{
+    for (int i = 7; i >= 0; i--, n >>= 8)
+        memcpy(dst + 2 * i, s_hex_pairs + 2 * (n & 0xff), 2);
+}
+
 tq_client_t *
 tq_client_new(const char *endpoint)
 {
@@ -340,6 +366,7 @@ tq_client_new(const char *endpoint)
         /* no entropy source: still unique enough per process and moment */
         self->id_prefix = (uint64_t)getpid() << 32 ^ (uint64_t)zclock_time();
     }
+    s_hex64(self->id_hex, self->id_prefix);
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     void *ctx = tq_client_context();
     if (!self->endpoint || self->wake_fd < 0 || !ctx)
@@ -455,18 +482,49 @@ tq_client_endpoint(tq_client_t *self)
 
 /* ---- requests ----------------------------------------------------------- */
 
+/* A caller's request, its handle and the names it carries, in one
+   allocation: the handle is its start and frees it all with its last
+   reference, which goes after the request ended (a request holds one on
+   its handle until then). */
+typedef struct {
+    tq_result_t result;
+    tq_request_t request;
+    char names[]; /* the request's task and queue, each with its NUL */
+} s_block_t;
+
 /* A handle of kind (the caller's reference) and its request (holding the
-   other), or NULL on ENOMEM. */
+   other), with the request's task (tlen bytes; NULL: none) and queue
+   (qlen bytes; NULL: none) copied in, which a SUBMIT's handle knows too
+   (names). NULL on ENOMEM. */
 static tq_request_t *
-s_request_make(tq_client_t *self, tq_req_kind_t kind)
+s_request_make(tq_client_t *self, tq_req_kind_t kind, const char *task,
+               size_t tlen, const char *queue, size_t qlen)
 {
-    tq_result_t *result = tq_result_make(kind, self);
-    tq_request_t *r = result ? tq_request_new(kind, result) : NULL;
-    if (!r) {
-        tq_result_unref(result);
+    size_t size =
+        sizeof(s_block_t) + (task ? tlen + 1 : 0) + (queue ? qlen + 1 : 0);
+    s_block_t *b = (s_block_t *)tq_result_make_sized(kind, self, size);
+    if (!b)
         return NULL;
+    tq_request_t *r = &b->request;
+    tq_request_init(r, kind, &b->result);
+    r->embedded = true;
+    char *names = b->names;
+    if (task) {
+        memcpy(names, task, tlen);
+        names[tlen] = 0;
+        r->task = names;
+        names += tlen + 1;
     }
-    tq_result_ref(result);
+    if (queue) {
+        memcpy(names, queue, qlen);
+        names[qlen] = 0;
+        r->queue = names;
+    }
+    if (kind == TQ_KIND_SUBMIT && task && queue) {
+        b->result.names = b->names; /* "task\0queue" */
+        b->result.names_inline = true;
+    }
+    tq_result_ref(&b->result); /* the request's */
     return r;
 }
 
@@ -490,15 +548,6 @@ s_request_id(tq_request_t *r, const char *id)
     r->id[len] = 0;
     if (r->result)
         memcpy(r->result->id, r->id, len + 1);
-}
-
-/* Writes n as 16 lowercase hex digits (no NUL). */
-static void
-s_hex64(char *dst, uint64_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (int i = 15; i >= 0; i--, n >>= 4)
-        dst[i] = digits[n & 15];
 }
 
 /* Gives an operator request (STATUS, PURGE, FAILED) an id of its own,
@@ -544,8 +593,9 @@ s_client_push(tq_client_t *self, tq_request_t *r)
        a callback (run by whoever holds io_lock) from waiting on itself. */
     bool alone = (r->kind == TQ_KIND_SUBMIT || r->kind == TQ_KIND_QPUT) &&
         zmq_msg_size(&r->payload) > TQ_BATCH_MAX_PAYLOAD;
-    if (r->kind != TQ_KIND_TERMINATE &&
-        tq_client_io_try_send(self, held, alone)) {
+    /* io_lock was just found taken (held false): the I/O thread, or
+       another caller, has the socket and takes the queue next */
+    if (held && tq_client_io_try_send(self, held, alone)) {
         tq_request_t *queued = self->queue_head;
         self->queue_head = self->queue_tail = NULL;
         pthread_mutex_unlock(&self->lock);
@@ -578,12 +628,17 @@ s_free_buffer(void *data, void *hint)
     tq_spare_put(data);
 }
 
+/* The last task and queue names this thread submitted, known valid. */
+static _Thread_local tq_name_memo_t s_task_memo, s_queue_memo;
+
 /* Makes a submission; args_owned (malloc'd, size bytes) is taken over when
-   non-NULL, else args is copied. NULL on invalid input or ENOMEM, with
-   the reason for tq_client_last_error. */
+   non-NULL, else args is copied. args_checked: the arguments are a
+   well-formed array by construction (packed here), not checked again.
+   NULL on invalid input or ENOMEM, with the reason for
+   tq_client_last_error. */
 static tq_result_t *
 s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
-         void *args_owned, const void *args, size_t size)
+         void *args_owned, const void *args, size_t size, bool args_checked)
 {
     assert(self);
     tq_options_t none = TQ_OPTIONS_INIT;
@@ -591,10 +646,11 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         options = &none;
     const char *queue = options->queue ? options->queue : TQ_DEFAULT_QUEUE;
     const char *reason = NULL;
-    const char *why = !task || !tq_proto_valid_name(task, strlen(task))
+    size_t tlen = task ? tq_name_memo_check(&s_task_memo, task) : 0;
+    size_t qlen = tlen ? tq_name_memo_check(&s_queue_memo, queue) : 0;
+    const char *why = tlen == 0
         ? "invalid task name (1-255 of [0-9A-Za-z_.:@/-])"
-        : !tq_proto_valid_name(queue, strlen(queue))
-        ? "invalid queue name (1-255 of [0-9A-Za-z_.:@/-])"
+        : qlen == 0 ? "invalid queue name (1-255 of [0-9A-Za-z_.:@/-])"
         : options->priority < 0 || options->priority > TQ_PRIORITY_MAX
         ? "priority out of range (0..9)"
         : options->time_limit_ms < 0 ? "negative time_limit_ms"
@@ -604,8 +660,9 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         : options->countdown_ms < 0     ? "negative countdown_ms"
         : options->id && !tq_proto_valid_id(options->id, strlen(options->id))
         ? "invalid id (1-64 of [0-9A-Za-z_.-])"
-        : tq_proto_check_payload(args_owned ? args_owned : args, size, true,
-                                 &reason) != TQ_OK
+        : !args_checked &&
+            tq_proto_check_payload(args_owned ? args_owned : args, size, true,
+                                   &reason) != TQ_OK
         ? "invalid arguments"
         : NULL;
     if (why) {
@@ -614,7 +671,8 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         free(args_owned);
         return NULL;
     }
-    tq_request_t *r = s_request_make(self, TQ_KIND_SUBMIT);
+    tq_request_t *r =
+        s_request_make(self, TQ_KIND_SUBMIT, task, tlen, queue, qlen);
     if (!r) {
         s_set_last_error(TQ_ENOMEM, "out of memory making the request");
         free(args_owned);
@@ -627,11 +685,10 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         r->reget = true;
     } else {
         /* "%016x%016x" of prefix and counter, without printf */
-        char id[33];
-        s_hex64(id, self->id_prefix);
-        s_hex64(id + 16, atomic_fetch_add(&self->id_counter, 1));
-        id[32] = 0;
-        s_request_id(r, id);
+        memcpy(r->id, self->id_hex, 16);
+        s_hex64(r->id + 16, atomic_fetch_add(&self->id_counter, 1));
+        r->id[32] = 0;
+        memcpy(result->id, r->id, 33);
     }
     r->retries = (uint32_t)options->retries;
     /* the documented default; the broker doubles it and adds jitter */
@@ -639,16 +696,8 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
         options->retry_backoff_ms ? (uint32_t)options->retry_backoff_ms : 1000;
     r->delay_ms = (uint32_t)options->countdown_ms;
     r->block_when_full = options->block_when_full;
-    r->task = strdup(task);
-    r->queue = strdup(queue);
     r->priority = (uint32_t)options->priority;
     r->time_limit_ms = (uint32_t)options->time_limit_ms;
-    size_t tlen = strlen(task), qlen = strlen(queue);
-    result->names = malloc(tlen + qlen + 2);
-    if (result->names) {
-        memcpy(result->names, task, tlen + 1);
-        memcpy(result->names + tlen + 1, queue, qlen + 1);
-    }
     result->callback = options->callback;
     result->error_callback = options->error_callback;
     result->callback_arg = options->callback_arg;
@@ -665,9 +714,8 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
                                NULL);
     else if ((rc = zmq_msg_init_size(&r->payload, size)) == 0)
         memcpy(zmq_msg_data(&r->payload), args, size);
-    if (rc != 0 || !r->task || !r->queue) {
-        if (rc != 0 && args_owned)
-            free(args_owned);
+    if (rc != 0) {
+        free(args_owned);
         s_request_drop(r);
         s_set_last_error(TQ_ENOMEM, "out of memory making the request");
         return NULL;
@@ -675,21 +723,38 @@ s_submit(tq_client_t *self, const char *task, const tq_options_t *options,
     return s_client_push(self, r);
 }
 
-tq_result_t *
-tq_apply_async(tq_client_t *self, const char *task, const tq_options_t *options,
-               const char *picture, ...)
+/* Packs picture's arguments from ap and submits them (s_submit). Small
+   arguments are packed on the stack and copied into the request's
+   message: no allocation for them. */
+static tq_result_t *
+s_vsubmit(tq_client_t *self, const char *task, const tq_options_t *options,
+          const char *picture, va_list ap)
 {
+    char small[S_INLINE_ARGS];
     tq_buf_t buf;
-    va_list ap;
-    va_start(ap, picture);
-    int rc = tq_vpack(&buf, picture, ap);
-    va_end(ap);
+    int rc = tq_vpack_small(&buf, small, sizeof small, picture, ap);
     if (rc != TQ_OK) {
         s_set_last_error(rc, "picture \"%s\": an unknown character",
                          picture ? picture : "(null)");
         return NULL;
     }
-    return s_submit(self, task, options, buf.data, NULL, buf.size);
+    /* packed from the picture, a well-formed array, but for a raw element
+       ('m'), checked alone, whose depth counts in the array's */
+    bool checked = !picture || !strchr(picture, 'm');
+    if (buf.data == small)
+        return s_submit(self, task, options, NULL, small, buf.size, checked);
+    return s_submit(self, task, options, buf.data, NULL, buf.size, checked);
+}
+
+tq_result_t *
+tq_apply_async(tq_client_t *self, const char *task, const tq_options_t *options,
+               const char *picture, ...)
+{
+    va_list ap;
+    va_start(ap, picture);
+    tq_result_t *r = s_vsubmit(self, task, options, picture, ap);
+    va_end(ap);
+    return r;
 }
 
 tq_result_t *
@@ -700,26 +765,19 @@ tq_apply_async_raw(tq_client_t *self, const char *task,
         s_set_last_error(TQ_EINVAL, "no arguments (NULL)");
         return NULL;
     }
-    return s_submit(self, task, options, NULL, args, size);
+    return s_submit(self, task, options, NULL, args, size, false);
 }
 
 tq_result_t *
 tq_apply(tq_client_t *self, const char *task, const tq_options_t *options,
          int timeout_ms, const char *picture, ...)
 {
-    tq_buf_t buf;
     va_list ap;
     va_start(ap, picture);
-    int rc = tq_vpack(&buf, picture, ap);
-    va_end(ap);
-    if (rc != TQ_OK) {
-        s_set_last_error(rc, "picture \"%s\": an unknown character",
-                         picture ? picture : "(null)");
-        return NULL;
-    }
     s_will_wait = true;
-    tq_result_t *r = s_submit(self, task, options, buf.data, NULL, buf.size);
+    tq_result_t *r = s_vsubmit(self, task, options, picture, ap);
     s_will_wait = false;
+    va_end(ap);
     if (r)
         tq_result_get(r, timeout_ms);
     return r;
@@ -763,25 +821,23 @@ tq_result_resubmit(tq_result_t *old, tq_callback_fn *callback,
     pthread_mutex_lock(&old->mutex);
     bool final = old->phase >= TQ_RESULT_FINAL;
     int code = old->code;
-    tq_result_t *result = NULL;
+    const tq_request_t *spare = old->spare;
     tq_request_t *r = NULL;
-    if (final && code == TQ_EUNREACHABLE && old->spare && old->client) {
-        result = tq_result_make(TQ_KIND_SUBMIT, old->client);
-        r = result ? tq_request_clone(old->spare, result) : NULL;
-        if (r && old->names) {
-            size_t tlen = strlen(old->names);
-            size_t len = tlen + strlen(old->names + tlen + 1) + 2;
-            result->names = malloc(len);
-            if (result->names)
-                memcpy(result->names, old->names, len);
-        }
+    bool copied = false;
+    if (final && code == TQ_EUNREACHABLE && spare && old->client &&
+        spare->kind == TQ_KIND_SUBMIT && spare->task && spare->queue) {
+        r = s_request_make(old->client, TQ_KIND_SUBMIT, spare->task,
+                           strlen(spare->task), spare->queue,
+                           strlen(spare->queue));
+        copied = r && tq_request_copy_submit(r, spare) == 0;
     }
     pthread_mutex_unlock(&old->mutex);
-    if (!r) {
-        tq_result_unref(result);
+    if (!copied) {
+        if (r)
+            s_request_drop(r);
         return NULL;
     }
-    tq_result_ref(result); /* the request's */
+    tq_result_t *result = r->result;
     memcpy(result->id, r->id, sizeof result->id);
     result->callback = callback;
     result->error_callback = error_callback;
@@ -797,7 +853,7 @@ tq_client_fetch(tq_client_t *self, const char *id, bool wait)
         s_set_last_error(TQ_EINVAL, "invalid id (1-64 of [0-9A-Za-z_.-])");
         return NULL;
     }
-    tq_request_t *r = s_request_make(self, TQ_KIND_GET);
+    tq_request_t *r = s_request_make(self, TQ_KIND_GET, NULL, 0, NULL, 0);
     if (!r) {
         s_set_last_error(TQ_ENOMEM, "out of memory making the request");
         return NULL;
@@ -844,7 +900,7 @@ tq_client_status(tq_client_t *self, tq_buf_t *body, int timeout_ms)
     assert(body);
     body->data = NULL;
     body->size = 0;
-    tq_request_t *r = s_request_make(self, TQ_KIND_STATUS);
+    tq_request_t *r = s_request_make(self, TQ_KIND_STATUS, NULL, 0, NULL, 0);
     if (!r)
         return TQ_ENOMEM;
     s_request_own_id(self, r);
@@ -879,7 +935,7 @@ int
 tq_client_terminate(tq_client_t *self)
 {
     assert(self);
-    tq_request_t *r = s_request_make(self, TQ_KIND_TERMINATE);
+    tq_request_t *r = s_request_make(self, TQ_KIND_TERMINATE, NULL, 0, NULL, 0);
     if (!r)
         return 0;
     tq_result_t *result = s_client_push(self, r);
@@ -905,23 +961,22 @@ tq_client_queue_request(tq_client_t *self, tq_queue_op_t op, const char *queue,
     if (op == TQ_QUEUE_PUT &&
         tq_proto_check_payload(item, size, false, NULL) != TQ_OK)
         return NULL;
-    tq_request_t *r = s_request_make(self,
-                                     op == TQ_QUEUE_PUT       ? TQ_KIND_QPUT
-                                         : op == TQ_QUEUE_GET ? TQ_KIND_QGET
-                                                              : TQ_KIND_QSIZE);
+    tq_req_kind_t kind = op == TQ_QUEUE_PUT ? TQ_KIND_QPUT
+        : op == TQ_QUEUE_GET                ? TQ_KIND_QGET
+                                            : TQ_KIND_QSIZE;
+    tq_request_t *r = s_request_make(self, kind, NULL, 0, queue, strlen(queue));
     if (!r)
         return NULL;
     char id[TQ_PROTO_MAX_ID + 1];
     uint64_t n = atomic_fetch_add(&self->id_counter, 1);
     snprintf(id, sizeof id, "q%016" PRIx64 "%016" PRIx64, self->id_prefix, n);
     s_request_id(r, id);
-    r->queue = strdup(queue);
     r->maxsize = maxsize;
     r->time_limit_ms = wait_ms;
     int rc = 0;
     if (op == TQ_QUEUE_PUT && (rc = zmq_msg_init_size(&r->payload, size)) == 0)
         memcpy(zmq_msg_data(&r->payload), item, size);
-    if (rc != 0 || !r->queue) {
+    if (rc != 0) {
         s_request_drop(r);
         return NULL;
     }
@@ -938,7 +993,7 @@ s_sync_id(tq_client_t *self, tq_req_kind_t kind, const char *id, int timeout_ms,
     assert(self);
     if (!id || !tq_proto_valid_id(id, strlen(id)))
         return TQ_EINVAL;
-    tq_request_t *r = s_request_make(self, kind);
+    tq_request_t *r = s_request_make(self, kind, NULL, 0, NULL, 0);
     if (!r)
         return TQ_ENOMEM;
     s_request_id(r, id);
@@ -982,15 +1037,11 @@ tq_client_purge(tq_client_t *self, const char *queue, uint64_t *purged,
         *purged = 0;
     if (!queue || !tq_proto_valid_name(queue, strlen(queue)))
         return TQ_EINVAL;
-    tq_request_t *r = s_request_make(self, TQ_KIND_PURGE);
+    tq_request_t *r =
+        s_request_make(self, TQ_KIND_PURGE, NULL, 0, queue, strlen(queue));
     if (!r)
         return TQ_ENOMEM;
     s_request_own_id(self, r);
-    r->queue = strdup(queue);
-    if (!r->queue) {
-        s_request_drop(r);
-        return TQ_ENOMEM;
-    }
     tq_result_t *result;
     int rc = s_sync(self, r, timeout_ms, &result);
     if (rc == TQ_OK && purged) {
@@ -1020,7 +1071,7 @@ tq_client_failed(tq_client_t *self, tq_buf_t *body, int timeout_ms)
     assert(body);
     body->data = NULL;
     body->size = 0;
-    tq_request_t *r = s_request_make(self, TQ_KIND_FAILED);
+    tq_request_t *r = s_request_make(self, TQ_KIND_FAILED, NULL, 0, NULL, 0);
     if (!r)
         return TQ_ENOMEM;
     s_request_own_id(self, r);

@@ -69,6 +69,8 @@ struct tq_client_t {
     atomic_uint_fast64_t malformed;
     /* request moves made so far, [from][to] (tq_client_moves) */
     atomic_uint_fast64_t moves[TQ_REQ_STATES_][TQ_REQ_STATES_];
+    char id_hex[16]; /* id_prefix in hex, the first half of the ids of
+                        submissions (made once) */
 };
 
 /* The I/O thread (a czmq actor; args is the client). */

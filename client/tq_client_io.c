@@ -474,9 +474,7 @@ s_io_ack(tq_io_t *io, tq_request_t *r)
                went to a connection that is gone, or went already */
             zlistx_add_end(io->regets, strdup(r->id));
         /* never sent again: the broker has it */
-        free(r->task), r->task = NULL;
-        free(r->queue), r->queue = NULL;
-        zmq_msg_close(&r->payload), zmq_msg_init(&r->payload);
+        tq_request_forget_args(r);
     }
     if (r->result)
         tq_result_answer(r->result, -1);

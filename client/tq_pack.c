@@ -86,13 +86,10 @@ s_pack_one(msgpack_packer *pk, char c, va_list *ap)
     return TQ_EINVAL;
 }
 
-int
-tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap)
+/* tq_vpack_into for a picture already checked. */
+static int
+s_pack_array(msgpack_packer *pk, const char *picture, va_list ap)
 {
-    if (!picture)
-        picture = "";
-    if (!s_valid_picture(picture))
-        return TQ_EINVAL;
     va_list aq;
     va_copy(aq, ap);
     int rc = msgpack_pack_array(pk, strlen(picture)) ? TQ_ENOMEM : TQ_OK;
@@ -100,6 +97,16 @@ tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap)
         rc = s_pack_one(pk, *c, &aq) ? TQ_EINVAL : TQ_OK;
     va_end(aq);
     return rc;
+}
+
+int
+tq_vpack_into(msgpack_packer *pk, const char *picture, va_list ap)
+{
+    if (!picture)
+        picture = "";
+    if (!s_valid_picture(picture))
+        return TQ_EINVAL;
+    return s_pack_array(pk, picture, ap);
 }
 
 int
@@ -194,6 +201,41 @@ tq_vpack(tq_buf_t *buf, const char *picture, va_list ap)
     buf->data = b.data;
     buf->size = b.size;
     return TQ_OK;
+}
+
+/* A tq_grow_t writer into a buffer that never grows (the caller's). */
+static int
+s_fixed_write(void *data, const char *bytes, size_t len)
+{
+    tq_grow_t *b = data;
+    if (len > b->alloc - b->size)
+        return -1;
+    memcpy(b->data + b->size, bytes, len);
+    b->size += len;
+    return 0;
+}
+
+int
+tq_vpack_small(tq_buf_t *buf, void *small, size_t small_size,
+               const char *picture, va_list ap)
+{
+    assert(buf);
+    if (!picture)
+        picture = "";
+    if (!s_valid_picture(picture)) {
+        buf->data = NULL;
+        buf->size = 0;
+        return TQ_EINVAL;
+    }
+    if (s_packed_bound(picture, ap) > small_size)
+        return tq_vpack(buf, picture, ap);
+    tq_grow_t b = {.data = small, .alloc = small_size};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, s_fixed_write);
+    int rc = s_pack_array(&pk, picture, ap);
+    buf->data = rc == TQ_OK ? small : NULL;
+    buf->size = rc == TQ_OK ? b.size : 0;
+    return rc;
 }
 
 void

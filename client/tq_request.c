@@ -74,16 +74,22 @@ tq_request_move(tq_request_t *self, tq_req_state_t to)
     self->state = to;
 }
 
+void
+tq_request_init(tq_request_t *self, tq_req_kind_t kind, tq_result_t *result)
+{
+    self->kind = kind;
+    self->state = TQ_REQ_NEW;
+    self->result = result;
+    zmq_msg_init(&self->payload);
+}
+
 tq_request_t *
 tq_request_new(tq_req_kind_t kind, tq_result_t *result)
 {
     tq_request_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
-    self->kind = kind;
-    self->state = TQ_REQ_NEW;
-    self->result = result;
-    zmq_msg_init(&self->payload);
+    tq_request_init(self, kind, result);
     return self;
 }
 
@@ -92,10 +98,36 @@ tq_request_free(tq_request_t *self)
 {
     if (!self)
         return;
-    free(self->task);
-    free(self->queue);
+    tq_request_forget_args(self);
+    if (!self->embedded)
+        free(self);
+}
+
+void
+tq_request_forget_args(tq_request_t *self)
+{
+    if (!self->embedded) {
+        free(self->task);
+        free(self->queue);
+    }
+    self->task = self->queue = NULL;
     zmq_msg_close(&self->payload);
-    free(self);
+    zmq_msg_init(&self->payload);
+}
+
+int
+tq_request_copy_submit(tq_request_t *self, const tq_request_t *old)
+{
+    memcpy(self->id, old->id, sizeof self->id);
+    /* the broker may know the id: ask for its result once acknowledged */
+    self->reget = true;
+    self->priority = old->priority;
+    self->time_limit_ms = old->time_limit_ms;
+    self->retries = old->retries;
+    self->backoff_ms = old->backoff_ms;
+    self->delay_ms = old->delay_ms;
+    self->block_when_full = old->block_when_full;
+    return zmq_msg_copy(&self->payload, (zmq_msg_t *)&old->payload);
 }
 
 tq_request_t *
@@ -106,21 +138,25 @@ tq_request_clone(const tq_request_t *old, tq_result_t *result)
     tq_request_t *self = tq_request_new(TQ_KIND_SUBMIT, result);
     if (!self)
         return NULL;
-    memcpy(self->id, old->id, sizeof self->id);
-    /* the broker may know the id: ask for its result once acknowledged */
-    self->reget = true;
     self->task = strdup(old->task);
     self->queue = strdup(old->queue);
-    self->priority = old->priority;
-    self->time_limit_ms = old->time_limit_ms;
-    self->retries = old->retries;
-    self->backoff_ms = old->backoff_ms;
-    self->delay_ms = old->delay_ms;
-    self->block_when_full = old->block_when_full;
-    if (!self->task || !self->queue ||
-        zmq_msg_copy(&self->payload, (zmq_msg_t *)&old->payload) != 0) {
+    if (!self->task || !self->queue || tq_request_copy_submit(self, old) != 0) {
         tq_request_free(self);
         return NULL;
     }
     return self;
+}
+
+size_t
+tq_name_memo_check(tq_name_memo_t *memo, const char *name)
+{
+    if (memo->len && strcmp(name, memo->name) == 0)
+        return memo->len;
+    /* one past the longest valid name is enough to refuse a longer one */
+    size_t len = strnlen(name, TQ_PROTO_MAX_NAME + 1);
+    if (!tq_proto_valid_name(name, len))
+        return 0;
+    memcpy(memo->name, name, len + 1);
+    memo->len = len;
+    return len;
 }

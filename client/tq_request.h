@@ -101,13 +101,17 @@ struct tq_request_t {
                              is answered first (PROTOCOL.md section 10) */
     size_t id_len; /* strlen(id), set with hash as it enters the I/O
                       thread's id table */
+    bool embedded; /* made by tq_request_init inside another allocation
+                      (its handle's, tq_client.c), where its task and
+                      queue names live too: freed with it, never apart */
 };
 
 /* A request of kind in TQ_REQ_NEW for handle result (may be NULL; the
    request takes no reference: the caller gives it one). NULL on ENOMEM. */
 tq_request_t *tq_request_new(tq_req_kind_t kind, tq_result_t *result);
 
-/* Frees a request's fields and itself; NULL-safe. */
+/* Frees a request's fields and itself (an embedded one: what it holds
+   but neither itself nor its names); NULL-safe. */
 void tq_request_free(tq_request_t *self);
 
 /* Makes a SUBMIT in TQ_REQ_NEW with old's task, options and arguments
@@ -131,5 +135,34 @@ bool tq_request_unacked(tq_req_state_t state);
 
 /* "NEW", "QUEUED"... ("?" out of range). */
 const char *tq_request_state_name(tq_req_state_t state);
+
+/* Makes self, zeroed memory, a request of kind in TQ_REQ_NEW for handle
+   result, as tq_request_new does without allocating. The caller sets
+   embedded when self lives inside another allocation. */
+void tq_request_init(tq_request_t *self, tq_req_kind_t kind,
+                     tq_result_t *result);
+
+/* Lets go of what a request holds only to be sent (again): its task and
+   queue (NULL after) and its payload (empty after). */
+void tq_request_forget_args(tq_request_t *self);
+
+/* Copies a SUBMIT's id, options and arguments (payload shared, refcounted
+   by libzmq) from old into self, which has its own task and queue; asks
+   for the result once acknowledged (reget). 0, or -1 on ENOMEM. */
+int tq_request_copy_submit(tq_request_t *self, const tq_request_t *old);
+
+/* The last name found valid by tq_name_memo_check: a stream of requests
+   naming the same task and queue checks each name once, not per
+   request. Zeroed: empty. */
+typedef struct {
+    size_t len; /* 0: none yet */
+    char name[TQ_PROTO_MAX_NAME + 1];
+} tq_name_memo_t;
+
+/* strlen(name) if name is a valid task or queue name
+   (tq_proto_valid_name), else 0. A name equal to the memo's is known
+   valid without a check; one found valid by the check becomes the
+   memo's. */
+size_t tq_name_memo_check(tq_name_memo_t *memo, const char *name);
 
 #endif

@@ -120,7 +120,14 @@ static _Thread_local tq_result_t *s_in_callback;
 tq_result_t *
 tq_result_make(tq_req_kind_t kind, tq_client_t *client)
 {
-    tq_result_t *self = calloc(1, sizeof *self);
+    return tq_result_make_sized(kind, client, sizeof(tq_result_t));
+}
+
+tq_result_t *
+tq_result_make_sized(tq_req_kind_t kind, tq_client_t *client, size_t size)
+{
+    assert(size >= sizeof(tq_result_t));
+    tq_result_t *self = calloc(1, size);
     if (!self)
         return NULL;
     atomic_init(&self->refs, 1);
@@ -147,7 +154,8 @@ tq_result_unref(tq_result_t *self)
         return;
     zmq_msg_close(&self->value);
     free(self->error);
-    free(self->names);
+    if (!self->names_inline)
+        free(self->names);
     free(self->unserved);
     if (self->unpacked_done)
         msgpack_unpacked_destroy(&self->unpacked);

@@ -56,6 +56,8 @@ struct tq_result_t {
     msgpack_unpacked unpacked; /* made on first tq_result_value */
     tq_request_t *spare; /* a SUBMIT that ended without an answer,
                             kept for tq_result_resubmit */
+    bool names_inline; /* names lives in the handle's own allocation
+                          (tq_result_make_sized): not freed apart */
 };
 
 /* A handle of kind in PENDING with one reference (the caller's). NULL on
@@ -121,5 +123,11 @@ void tq_result_release_wakeups(void);
 void tq_result_finish_attempts(tq_result_t *self, uint32_t attempts, int state,
                                int code, const char *error, size_t error_len,
                                zmq_msg_t *value);
+/* As tq_result_make, in a zeroed allocation of size bytes (at least
+   sizeof (tq_result_t)) of which the handle is the start: the caller
+   keeps what it will in the rest (its request, names), all freed with
+   the handle. */
+tq_result_t *tq_result_make_sized(tq_req_kind_t kind, tq_client_t *client,
+                                  size_t size);
 
 #endif

@@ -114,4 +114,11 @@ typedef struct {
 } tq_grow_t;
 int tq_grow_write(void *data, const char *bytes, size_t len);
 
+/* As tq_vpack, but arguments that pack into at most small_size bytes go
+   into small (the caller's): buf->data is then small, not to be freed;
+   else into a buffer of malloc as tq_vpack's. No allocation for the
+   usual few bytes of arguments. */
+int tq_vpack_small(tq_buf_t *buf, void *small, size_t small_size,
+                   const char *picture, va_list ap);
+
 #endif
