@@ -30,10 +30,12 @@ tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
         __atomic_store_n(&self->started_ms, started_ms, __ATOMIC_RELAXED);
         __atomic_store_n(&self->attempt, attempt, __ATOMIC_RELAXED);
         __atomic_store_n(&self->time_limit_ms, time_limit_ms, __ATOMIC_RELAXED);
-        size_t i = 0;
-        for (; id && id[i] && i < TQ_PROTO_MAX_ID; i++)
-            __atomic_store_n(&self->id[i], id[i], __ATOMIC_RELAXED);
-        __atomic_store_n(&self->id[i], '\0', __ATOMIC_RELAXED);
+        /* a copy, not a store per byte: between the two seq writes a
+           reader that overlaps it sees seq change and reads again, so
+           the bytes need no atomicity of their own */
+        size_t len = id ? strnlen(id, TQ_PROTO_MAX_ID) : 0;
+        memcpy(self->id, id ? id : "", len);
+        self->id[len] = '\0';
     }
     /* every field is visible before the even seq */
     __atomic_store_n(&self->seq, seq + 2, __ATOMIC_RELEASE);

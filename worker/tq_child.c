@@ -27,6 +27,7 @@
 #include "tq_batch.h"
 #include "tq_board.h"
 #include "tq_curve.h"
+#include "tq_done.h"
 #include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
@@ -39,6 +40,7 @@ typedef struct {
     uint32_t attempt; /* 1.. */
     uint32_t time_limit_ms; /* the task's own limit, 0: default */
     bool id_binary; /* its id came as bin: DONE and RETURNED send it so */
+    uint8_t id_bytes[TQ_PROTO_ID_BIN]; /* with id_binary: the bin itself */
     zmq_msg_t args; /* payload frame, moved in unread */
 } s_job_t;
 
@@ -59,6 +61,7 @@ typedef struct {
     tq_msg_t in; /* decoded header, points into frames */
     tq_msg_t out; /* header being sent */
     msgpack_sbuffer header; /* encoded header, reused */
+    uint8_t done[TQ_DONE_MAX]; /* a DONE's encoded header (tq_done.h) */
     msgpack_sbuffer value; /* a task's result, reused */
     msgpack_packer packer; /* writes into value */
     msgpack_zone zone; /* unpacked arguments, reused */
@@ -70,6 +73,7 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
+    tq_registry_memo_t memo; /* the last task name looked up */
     /* the keeper (credit above 1 only, NULL without, and until the
        first task: an idle child has no thread of its own): whoever holds
        the socket (tq_keeper.h) owns sock, frames, in, out, header and the
@@ -257,14 +261,18 @@ s_out(s_child_t *self, uint8_t command)
     self->out.command = command;
 }
 
-/* Sends self->out with payload (moved, may be NULL). EINTR before the
-   message is accepted is retried unless we are stopping anyway. */
+/* Sends self->out with payload (moved, may be NULL); header: its bytes,
+   size of them, encoded already, or NULL to encode it here. EINTR before
+   the message is accepted is retried. */
 static int
-s_send(s_child_t *self, zmq_msg_t *payload)
+s_send_encoded(s_child_t *self, const void *header, size_t size,
+               zmq_msg_t *payload)
 {
     for (;;) {
-        int rc = tq_wire_send_msg(self->sock, NULL, &self->out, &self->header,
-                                  payload, 0);
+        int rc = header
+            ? tq_wire_send(self->sock, NULL, header, size, payload, 0)
+            : tq_wire_send_msg(self->sock, NULL, &self->out, &self->header,
+                               payload, 0);
         if (rc == TQ_OK)
             return TQ_OK;
         if (rc == -1 && errno == EINTR)
@@ -274,6 +282,13 @@ s_send(s_child_t *self, zmq_msg_t *payload)
                       tq_proto_command_name(self->out.command), why);
         return rc;
     }
+}
+
+/* Sends self->out with payload (moved, may be NULL). */
+static int
+s_send(s_child_t *self, zmq_msg_t *payload)
+{
+    return s_send_encoded(self, NULL, 0, payload);
 }
 
 /* READY; running: the id of the task this child still runs and will
@@ -358,6 +373,8 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     s_out(self, TQ_CMD_DONE);
     self->out.id = tq_str(job->id);
     self->out.id_binary = job->id_binary;
+    /* the bin id as it came: not parsed back from its text */
+    self->out.id_bytes = job->id_binary ? job->id_bytes : NULL;
     self->out.attempt = job->attempt;
     self->out.state = state;
     self->out.code = code;
@@ -368,7 +385,9 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
         s_value_msg(self, &payload);
     else
         zmq_msg_init(&payload);
-    s_send(self, &payload);
+    /* 0: a field breaks the rules, and tq_proto_encode says which */
+    size_t size = tq_done_encode(&self->out, self->done);
+    s_send_encoded(self, size ? self->done : NULL, size, &payload);
     zmq_msg_close(&payload);
 }
 
@@ -387,7 +406,8 @@ s_run(s_child_t *self, s_job_t *job)
         return;
     }
     void *arg = NULL;
-    tq_task_fn *fn = tq_registry_lookup(self->registry, job->name, &arg);
+    tq_task_fn *fn =
+        tq_registry_lookup_memo(self->registry, &self->memo, job->name, &arg);
     if (!fn) {
         snprintf(error, sizeof error, "no task named %s on this worker",
                  job->name);
@@ -470,7 +490,9 @@ s_push(s_child_t *self, const tq_msg_t *msg)
                       self->config->prefetch);
     s_job_t *job = &self->jobs[(self->head + self->count) % self->capacity];
     tq_str_copy(job->id, sizeof job->id, msg->id);
-    job->id_binary = msg->id_binary;
+    job->id_binary = msg->id_binary && msg->id_bytes;
+    if (job->id_binary)
+        memcpy(job->id_bytes, msg->id_bytes, TQ_PROTO_ID_BIN);
     tq_str_copy(job->name, sizeof job->name, msg->task);
     job->attempt = msg->attempt;
     job->time_limit_ms = msg->time_limit_ms;
@@ -497,6 +519,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     s_out(self, TQ_CMD_RETURNED);
     self->out.id = tq_str(gone->id);
     self->out.id_binary = gone->id_binary;
+    self->out.id_bytes = gone->id_binary ? gone->id_bytes : NULL;
     self->out.attempt = gone->attempt;
     if (s_send(self, NULL) != TQ_OK)
         return; /* kept: it runs here, as the broker still thinks */
@@ -513,6 +536,7 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
         to->attempt = from->attempt;
         to->time_limit_ms = from->time_limit_ms;
         to->id_binary = from->id_binary;
+        memcpy(to->id_bytes, from->id_bytes, sizeof to->id_bytes);
         zmq_msg_move(&to->args, &from->args);
     }
     self->count--;
