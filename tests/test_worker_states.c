@@ -361,6 +361,34 @@ test_keeper_not_woken_per_task(void **state)
     tq_keeper_destroy(&keeper);
 }
 
+/* Tasks whose end races the keeper's look (after_ms 1, tasks of 0 to
+   2 ms): each ends with the socket back (IDLE, every serve begun has
+   returned), and a serve runs exactly when the keeper counts a lend. The
+   end of a task that was not lent takes no lock, so the keeper's move to
+   LENT and that end must not both win. */
+static void
+test_keeper_end_races_lend(void **state)
+{
+    (void)state;
+    s_serve_t serve = {0, 0};
+    tq_keeper_t *keeper = tq_keeper_new(1, s_serve, &serve);
+    assert_non_null(keeper);
+    for (int i = 0; i < 600; i++) {
+        tq_keeper_task_begin(keeper);
+        struct timespec ts = {0, (long)(i % 9) * 250000L};
+        nanosleep(&ts, NULL);
+        tq_keeper_task_end(keeper);
+        assert_int_equal(tq_keeper_state(keeper), TQ_KEEPER_IDLE);
+        int entered = __atomic_load_n(&serve.entered, __ATOMIC_SEQ_CST);
+        assert_int_equal(__atomic_load_n(&serve.left, __ATOMIC_SEQ_CST),
+                         entered);
+        assert_int_equal(tq_keeper_lends(keeper), (unsigned long)entered);
+    }
+    printf("keeper: %lu of 600 tasks lent\n", tq_keeper_lends(keeper));
+    assert_true(tq_keeper_lends(keeper) > 0);
+    tq_keeper_destroy(&keeper);
+}
+
 /* task_end without a task (IDLE) is a no-op, and NULL keepers (a child
    without one) are accepted everywhere. */
 static void
@@ -393,8 +421,8 @@ test_board_publish_read(void **state)
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_STARTING);
     assert_int_equal(snap.tasks, 0);
-    tq_board_publish(&board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
-    tq_board_publish(&board, TQ_BOARD_BUSY, "task-1", 3, 250, 12345);
+    tq_board_publish(&board, TQ_BOARD_IDLE, tq_str(NULL), 0, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str("task-1"), 3, 250, 12345);
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_BUSY);
     assert_int_equal(snap.tasks, 1);
@@ -402,7 +430,7 @@ test_board_publish_read(void **state)
     assert_int_equal(snap.attempt, 3);
     assert_int_equal(snap.time_limit_ms, 250);
     assert_int_equal(snap.started_ms, 12345);
-    tq_board_publish(&board, TQ_BOARD_RECYCLING, NULL, 0, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_RECYCLING, tq_str(NULL), 0, 0, 0);
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_RECYCLING);
     assert_string_equal(snap.id, "task-1");
@@ -410,11 +438,19 @@ test_board_publish_read(void **state)
     char id[TQ_PROTO_MAX_ID + 1];
     memset(id, 'x', TQ_PROTO_MAX_ID);
     id[TQ_PROTO_MAX_ID] = '\0';
-    tq_board_publish(&board, TQ_BOARD_BUSY, id, 1, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str(id), 1, 0, 0);
     assert_true(tq_board_read(&board, &snap));
     assert_string_equal(snap.id, id);
+    /* a longer one is cut at the limit */
+    char longer[TQ_PROTO_MAX_ID + 8];
+    memset(longer, 'y', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str(longer), 1, 0, 0);
+    assert_true(tq_board_read(&board, &snap));
+    assert_int_equal(strlen(snap.id), TQ_PROTO_MAX_ID);
+    assert_memory_equal(snap.id, longer, TQ_PROTO_MAX_ID);
     /* a shorter id after a longer one is not left with its tail */
-    tq_board_publish(&board, TQ_BOARD_BUSY, "b", 2, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str("b"), 2, 0, 0);
     assert_true(tq_board_read(&board, &snap));
     assert_string_equal(snap.id, "b");
     /* a writer killed in mid-write: no snapshot, the last one stays */
@@ -442,9 +478,10 @@ test_board_across_processes(void **state)
         char id[32];
         for (int i = 1; i <= N; i++) {
             snprintf(id, sizeof id, "t%d", i);
-            tq_board_publish(board, TQ_BOARD_BUSY, id, (uint32_t)i, 0, i);
+            tq_board_publish(board, TQ_BOARD_BUSY, tq_str(id), (uint32_t)i, 0,
+                             i);
             if (i % 7 == 0)
-                tq_board_publish(board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
+                tq_board_publish(board, TQ_BOARD_IDLE, tq_str(NULL), 0, 0, 0);
         }
         _exit(0);
     }
@@ -573,6 +610,7 @@ main(void)
         cmocka_unit_test(test_keeper_lends_long_task),
         cmocka_unit_test(test_keeper_short_tasks),
         cmocka_unit_test(test_keeper_not_woken_per_task),
+        cmocka_unit_test(test_keeper_end_races_lend),
         cmocka_unit_test(test_keeper_idle_and_null),
         cmocka_unit_test(test_board_publish_read),
         cmocka_unit_test(test_board_across_processes),

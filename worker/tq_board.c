@@ -17,7 +17,7 @@ tq_board_reset(tq_board_t *self)
 }
 
 void
-tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
+tq_board_publish(tq_board_t *self, tq_board_phase_t phase, tq_str_t id,
                  uint32_t attempt, uint32_t time_limit_ms, int64_t started_ms)
 {
     uint32_t seq = __atomic_load_n(&self->seq, __ATOMIC_RELAXED);
@@ -33,8 +33,9 @@ tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
         /* a copy, not a store per byte: between the two seq writes a
            reader that overlaps it sees seq change and reads again, so
            the bytes need no atomicity of their own */
-        size_t len = id ? strnlen(id, TQ_PROTO_MAX_ID) : 0;
-        memcpy(self->id, id ? id : "", len);
+        size_t len = id.len < TQ_PROTO_MAX_ID ? id.len : TQ_PROTO_MAX_ID;
+        if (len)
+            memcpy(self->id, id.ptr, len);
         self->id[len] = '\0';
     }
     /* every field is visible before the even seq */
