@@ -9,7 +9,7 @@
    tasks never wake it, tq_keeper.h), and takes it back
    before it sends the task's DONE. So a REVOKE is answered at once
    (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
-   short tasks cost one uncontended lock. */
+   a short task costs two compare-and-swaps, no lock (tq_keeper.c). */
 #include "tq_worker_host.h"
 
 #include <errno.h>
