@@ -112,6 +112,22 @@ void tq_child_run(const tq_worker_config_t *config,
                   tq_board_t *board, const tq_board_host_t *host)
     __attribute__((noreturn));
 
+/* The last task a child looked up by name, so that a run of tasks of
+   one name costs a string compare, not a hash and a search. Zeroed
+   before its first use; good for one registry that no longer changes
+   (a child's, after the fork). */
+typedef struct {
+    char name[TQ_PROTO_MAX_NAME + 1]; /* "" until a lookup found one */
+    tq_task_fn *fn; /* what name found */
+    void *arg; /* its user pointer */
+} tq_registry_memo_t;
+
+/* tq_registry_lookup, through memo: the same answer, name compared with
+   the last one found first. A name not found is not remembered. */
+tq_task_fn *tq_registry_lookup_memo(const tq_registry_t *self,
+                                    tq_registry_memo_t *memo, const char *name,
+                                    void **arg_p);
+
 /* Logs one line on stderr through tq_log (ISO-8601 time, program, pid,
    level; --log-level, --log-json, --log-file apply). */
 static inline void tq_worker_log(const char *format, ...)

@@ -11,6 +11,7 @@
 
 #include "tq/tq_worker.h"
 #include "tq_harness.h"
+#include "tq_worker_host.h"
 
 static int
 s_task(tq_task_t *task, const msgpack_object *args,
@@ -66,6 +67,45 @@ test_names(void **state)
     tq_registry_destroy(&reg); /* NULL-safe */
 }
 
+/* The memo gives tq_registry_lookup's answer: a new name is looked up,
+   never the last one's task returned for it; a name not found stays not
+   found right after a hit. */
+static void
+test_lookup_memo(void **state)
+{
+    (void) state;
+    tq_registry_t *reg = tq_registry_new();
+    int a = 1, b = 2;
+    assert_int_equal(tq_registry_add(reg, "app.a", s_task, &a), TQ_OK);
+    assert_int_equal(tq_registry_add(reg, "app.b", s_other, &b), TQ_OK);
+    tq_registry_memo_t memo;
+    memset(&memo, 0, sizeof memo);
+    void *arg = NULL;
+    assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
+                     s_task);
+    assert_ptr_equal(arg, &a);
+    assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
+                     s_task);
+    assert_ptr_equal(arg, &a);
+    /* the name changed: not the last one's task */
+    assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.b", &arg),
+                     s_other);
+    assert_ptr_equal(arg, &b);
+    /* a prefix or an extension of the last name is another name */
+    assert_null(tq_registry_lookup_memo(reg, &memo, "app.", NULL));
+    assert_null(tq_registry_lookup_memo(reg, &memo, "app.bb", NULL));
+    arg = &a;
+    assert_null(tq_registry_lookup_memo(reg, &memo, "app.none", &arg));
+    assert_null(arg);
+    assert_null(tq_registry_lookup_memo(reg, &memo, NULL, NULL));
+    assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.b", NULL),
+                     s_other);
+    assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
+                     s_task);
+    assert_ptr_equal(arg, &a);
+    tq_registry_destroy(&reg);
+}
+
 static void
 test_builtins(void **state)
 {
@@ -105,6 +145,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_lookup_memo),
         cmocka_unit_test(test_builtins),
         cmocka_unit_test(test_modules),
     };

@@ -674,6 +674,111 @@ s_batch_task(tq_batch_t *b, const char *id, const void *args, size_t size)
     assert_int_equal(tq_batch_add(b, &msg, args, size, true), TQ_OK);
 }
 
+/* Packs [a str of n bytes] into buf; returns its size. */
+static size_t
+s_args_of(uint8_t *buf, size_t cap, size_t n)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_str(&pk, n);
+    for (size_t i = 0; i < n; i++) {
+        char c = (char)('a' + i % 26);
+        msgpack_pack_str_body(&pk, &c, 1);
+    }
+    assert_true(sb.size <= cap);
+    memcpy(buf, sb.data, sb.size);
+    size_t size = sb.size;
+    msgpack_sbuffer_destroy(&sb);
+    return size;
+}
+
+/* A child keeps small arguments in the job and large ones in a message:
+   arguments of every size around the line (and past the 4096 bytes a
+   value is handed off from), in a BATCH and alone, each come back whole
+   in its DONE; a REVOKE in the BATCH takes one back and the others,
+   moved up in the queue, keep theirs; more TASKs than the credit grow
+   the queue without losing any. */
+static void
+test_child_args_sizes(void **state)
+{
+    (void)state;
+    s_binfake_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.session = 1;
+    msgpack_sbuffer_init(&fake.buf);
+    tq_frames_init(&fake.frames);
+    zmq_msg_init(&fake.child);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
+                          "1",           "--prefetch", "2", NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+    const tq_msg_t *ready = s_binfake_next(&fake);
+    assert_int_equal(ready->command, TQ_CMD_READY);
+    assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
+
+    /* str lengths giving arguments of 3, 63, 64, 65, 200 and 5000 bytes
+       or so (a str header of 1 to 3 bytes and the array's) */
+    static const size_t lens[] = {1, 61, 62, 63, 197, 4996};
+    enum { N = sizeof lens / sizeof lens[0] };
+    static uint8_t args[N][5100];
+    size_t sizes[N];
+    char ids[N][16];
+    for (int i = 0; i < N; i++) {
+        sizes[i] = s_args_of(args[i], sizeof args[i], lens[i]);
+        snprintf(ids[i], sizeof ids[i], "sz-%d", i);
+    }
+    /* one BATCH of them all (three times the credit) and a REVOKE of the
+       second: RETURNED at once, the others run in order */
+    tq_batch_t b;
+    tq_batch_init(&b);
+    for (int i = 0; i < N; i++) {
+        tq_msg_t msg = {.command = TQ_CMD_TASK,
+                        .id = tq_str(ids[i]),
+                        .task = tq_str("tq.echo"),
+                        .attempt = 1};
+        assert_int_equal(tq_batch_add(&b, &msg, args[i], sizes[i], true),
+                         TQ_OK);
+    }
+    tq_msg_t revoke = {
+        .command = TQ_CMD_REVOKE, .id = tq_str(ids[1]), .attempt = 1};
+    assert_int_equal(tq_batch_add(&b, &revoke, NULL, 0, false), TQ_OK);
+    assert_int_equal(tq_wire_send_batch(fake.router, &fake.child, &b, 0),
+                     TQ_OK);
+    tq_batch_destroy(&b);
+    s_binfake_expect(&fake, TQ_CMD_RETURNED, ids[1], false, NULL, 0);
+    for (int i = 0; i < N; i++)
+        if (i != 1)
+            s_binfake_expect(&fake, TQ_CMD_DONE, ids[i], false, args[i],
+                             sizes[i]);
+    /* the same alone */
+    for (int i = 0; i < N; i++) {
+        s_binfake_send(&fake, TQ_CMD_TASK, ids[i], false, "tq.echo", args[i],
+                       sizes[i]);
+        s_binfake_expect(&fake, TQ_CMD_DONE, ids[i], false, args[i], sizes[i]);
+    }
+
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    zmq_msg_close(&fake.child);
+    tq_frames_close(&fake.frames);
+    msgpack_sbuffer_destroy(&fake.buf);
+    int linger = 0;
+    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(fake.router);
+    zmq_ctx_term(ctx);
+}
+
 /* The worker child (the real tq-worker before a fake broker) says it
    takes BATCH (READY feature 0x4), and handles each TASK of a BATCH as if
    it had come alone: one DONE each, in order; a sub-message malformed on
@@ -972,6 +1077,7 @@ main(void)
         cmocka_unit_test(test_session_change_reannounces),
         cmocka_unit_test(test_child_binary_ids),
         cmocka_unit_test(test_child_batch),
+        cmocka_unit_test(test_child_args_sizes),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

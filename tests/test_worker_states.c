@@ -23,6 +23,7 @@
 
 #include "tq/tq.h"
 #include "tq_board.h"
+#include "tq_done.h"
 #include "tq_harness.h"
 #include "tq_keeper.h"
 #include "tq_slot.h"
@@ -360,6 +361,34 @@ test_keeper_not_woken_per_task(void **state)
     tq_keeper_destroy(&keeper);
 }
 
+/* Tasks whose end races the keeper's look (after_ms 1, tasks of 0 to
+   2 ms): each ends with the socket back (IDLE, every serve begun has
+   returned), and a serve runs exactly when the keeper counts a lend. The
+   end of a task that was not lent takes no lock, so the keeper's move to
+   LENT and that end must not both win. */
+static void
+test_keeper_end_races_lend(void **state)
+{
+    (void)state;
+    s_serve_t serve = {0, 0};
+    tq_keeper_t *keeper = tq_keeper_new(1, s_serve, &serve);
+    assert_non_null(keeper);
+    for (int i = 0; i < 600; i++) {
+        tq_keeper_task_begin(keeper);
+        struct timespec ts = {0, (long)(i % 9) * 250000L};
+        nanosleep(&ts, NULL);
+        tq_keeper_task_end(keeper);
+        assert_int_equal(tq_keeper_state(keeper), TQ_KEEPER_IDLE);
+        int entered = __atomic_load_n(&serve.entered, __ATOMIC_SEQ_CST);
+        assert_int_equal(__atomic_load_n(&serve.left, __ATOMIC_SEQ_CST),
+                         entered);
+        assert_int_equal(tq_keeper_lends(keeper), (unsigned long)entered);
+    }
+    printf("keeper: %lu of 600 tasks lent\n", tq_keeper_lends(keeper));
+    assert_true(tq_keeper_lends(keeper) > 0);
+    tq_keeper_destroy(&keeper);
+}
+
 /* task_end without a task (IDLE) is a no-op, and NULL keepers (a child
    without one) are accepted everywhere. */
 static void
@@ -392,8 +421,8 @@ test_board_publish_read(void **state)
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_STARTING);
     assert_int_equal(snap.tasks, 0);
-    tq_board_publish(&board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
-    tq_board_publish(&board, TQ_BOARD_BUSY, "task-1", 3, 250, 12345);
+    tq_board_publish(&board, TQ_BOARD_IDLE, tq_str(NULL), 0, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str("task-1"), 3, 250, 12345);
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_BUSY);
     assert_int_equal(snap.tasks, 1);
@@ -401,7 +430,7 @@ test_board_publish_read(void **state)
     assert_int_equal(snap.attempt, 3);
     assert_int_equal(snap.time_limit_ms, 250);
     assert_int_equal(snap.started_ms, 12345);
-    tq_board_publish(&board, TQ_BOARD_RECYCLING, NULL, 0, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_RECYCLING, tq_str(NULL), 0, 0, 0);
     assert_true(tq_board_read(&board, &snap));
     assert_int_equal(snap.phase, TQ_BOARD_RECYCLING);
     assert_string_equal(snap.id, "task-1");
@@ -409,9 +438,21 @@ test_board_publish_read(void **state)
     char id[TQ_PROTO_MAX_ID + 1];
     memset(id, 'x', TQ_PROTO_MAX_ID);
     id[TQ_PROTO_MAX_ID] = '\0';
-    tq_board_publish(&board, TQ_BOARD_BUSY, id, 1, 0, 0);
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str(id), 1, 0, 0);
     assert_true(tq_board_read(&board, &snap));
     assert_string_equal(snap.id, id);
+    /* a longer one is cut at the limit */
+    char longer[TQ_PROTO_MAX_ID + 8];
+    memset(longer, 'y', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str(longer), 1, 0, 0);
+    assert_true(tq_board_read(&board, &snap));
+    assert_int_equal(strlen(snap.id), TQ_PROTO_MAX_ID);
+    assert_memory_equal(snap.id, longer, TQ_PROTO_MAX_ID);
+    /* a shorter id after a longer one is not left with its tail */
+    tq_board_publish(&board, TQ_BOARD_BUSY, tq_str("b"), 2, 0, 0);
+    assert_true(tq_board_read(&board, &snap));
+    assert_string_equal(snap.id, "b");
     /* a writer killed in mid-write: no snapshot, the last one stays */
     board.seq |= 1;
     snap.tasks = 99;
@@ -437,9 +478,10 @@ test_board_across_processes(void **state)
         char id[32];
         for (int i = 1; i <= N; i++) {
             snprintf(id, sizeof id, "t%d", i);
-            tq_board_publish(board, TQ_BOARD_BUSY, id, (uint32_t)i, 0, i);
+            tq_board_publish(board, TQ_BOARD_BUSY, tq_str(id), (uint32_t)i, 0,
+                             i);
             if (i % 7 == 0)
-                tq_board_publish(board, TQ_BOARD_IDLE, NULL, 0, 0, 0);
+                tq_board_publish(board, TQ_BOARD_IDLE, tq_str(NULL), 0, 0, 0);
         }
         _exit(0);
     }
@@ -470,6 +512,92 @@ test_board_across_processes(void **state)
     munmap(board, sizeof *board);
 }
 
+/* ---- the DONE header ---- */
+
+/* tq_done_encode writes tq_proto_encode's bytes for a DONE: text and bin
+   ids, nil, short and long errors, every integer width; and refuses
+   (0) what tq_proto_encode would refuse, or a bin id without its bytes. */
+static void
+test_done_encode(void **state)
+{
+    (void)state;
+    static char error[TQ_PROTO_MAX_ERROR + 2];
+    memset(error, 'e', sizeof error - 1);
+    const uint8_t bin[TQ_PROTO_ID_BIN] = {0x00, 0x01, 0x7f, 0x80, 0xff, 0x10,
+                                          0x20, 0x30, 0x40, 0x50, 0x60, 0x70,
+                                          0x80, 0x90, 0xa0, 0xb0};
+    const char *ids[] = {"t", "0001027f80ff10203040506070809", NULL};
+    const uint64_t uints[] = {
+        0,         1,     127,   128,        255,
+        256,       65535, 65536, UINT32_MAX, (uint64_t)UINT32_MAX + 1,
+        UINT64_MAX};
+    const size_t error_lens[] = {0, 1, 31, 32, 255, 256, TQ_PROTO_MAX_ERROR};
+    uint8_t buf[TQ_DONE_MAX];
+    msgpack_sbuffer want;
+    msgpack_sbuffer_init(&want);
+    int compared = 0;
+    char long_id[TQ_PROTO_MAX_ID + 1];
+    memset(long_id, 'x', TQ_PROTO_MAX_ID);
+    long_id[TQ_PROTO_MAX_ID] = '\0';
+    ids[2] = long_id;
+    for (int form = 0; form < 4; form++)
+        for (size_t u = 0; u < sizeof uints / sizeof uints[0]; u++)
+            for (int e = -1;
+                 e < (int)(sizeof error_lens / sizeof error_lens[0]); e++) {
+                tq_msg_t msg;
+                memset(&msg, 0, offsetof(tq_msg_t, queues));
+                msg.command = TQ_CMD_DONE;
+                if (form < 3) {
+                    msg.id = tq_str(ids[form]);
+                } else {
+                    msg.id = tq_str("ignored");
+                    msg.id_binary = true;
+                    msg.id_bytes = bin;
+                }
+                msg.attempt =
+                    uints[u] && uints[u] <= UINT32_MAX ? (uint32_t)uints[u] : 1;
+                msg.state = (uint32_t)(u % (TQ_PROTO_MAX_STATE + 1));
+                msg.code = (uint32_t)(u % TQ_ERROR_COUNT_);
+                msg.rss_kb = uints[u];
+                if (e >= 0)
+                    msg.error = (tq_str_t){error, (uint32_t)error_lens[e]};
+                assert_int_equal(tq_proto_encode(&msg, &want, NULL), TQ_OK);
+                size_t n = tq_done_encode(&msg, buf);
+                assert_int_equal(n, want.size);
+                assert_memory_equal(buf, want.data, n);
+                compared++;
+            }
+    /* what the codec refuses, refused; and a bin id without its bytes */
+    tq_msg_t msg;
+    memset(&msg, 0, offsetof(tq_msg_t, queues));
+    msg.command = TQ_CMD_DONE;
+    msg.id = tq_str("t");
+    msg.attempt = 1;
+    assert_true(tq_done_encode(&msg, buf) > 0);
+    msg.attempt = 0;
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.attempt = 1;
+    msg.state = TQ_PROTO_MAX_STATE + 1;
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.state = 0;
+    msg.code = TQ_ERROR_COUNT_;
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.code = 0;
+    msg.error = (tq_str_t){error, TQ_PROTO_MAX_ERROR + 1};
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.error = (tq_str_t){NULL, 0};
+    msg.id = tq_str("bad id");
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.id = tq_str("0001027f80ff102030405060708090a0b0");
+    msg.id_binary = true; /* no id_bytes: the codec parses the text */
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msg.command = TQ_CMD_RETURNED;
+    msg.id_binary = false;
+    assert_int_equal(tq_done_encode(&msg, buf), 0);
+    msgpack_sbuffer_destroy(&want);
+    printf("done: %d headers byte for byte\n", compared);
+}
+
 int
 main(void)
 {
@@ -482,9 +610,11 @@ main(void)
         cmocka_unit_test(test_keeper_lends_long_task),
         cmocka_unit_test(test_keeper_short_tasks),
         cmocka_unit_test(test_keeper_not_woken_per_task),
+        cmocka_unit_test(test_keeper_end_races_lend),
         cmocka_unit_test(test_keeper_idle_and_null),
         cmocka_unit_test(test_board_publish_read),
         cmocka_unit_test(test_board_across_processes),
+        cmocka_unit_test(test_done_encode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,7 +17,7 @@ tq_board_reset(tq_board_t *self)
 }
 
 void
-tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
+tq_board_publish(tq_board_t *self, tq_board_phase_t phase, tq_str_t id,
                  uint32_t attempt, uint32_t time_limit_ms, int64_t started_ms)
 {
     uint32_t seq = __atomic_load_n(&self->seq, __ATOMIC_RELAXED);
@@ -30,10 +30,13 @@ tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
         __atomic_store_n(&self->started_ms, started_ms, __ATOMIC_RELAXED);
         __atomic_store_n(&self->attempt, attempt, __ATOMIC_RELAXED);
         __atomic_store_n(&self->time_limit_ms, time_limit_ms, __ATOMIC_RELAXED);
-        size_t i = 0;
-        for (; id && id[i] && i < TQ_PROTO_MAX_ID; i++)
-            __atomic_store_n(&self->id[i], id[i], __ATOMIC_RELAXED);
-        __atomic_store_n(&self->id[i], '\0', __ATOMIC_RELAXED);
+        /* a copy, not a store per byte: between the two seq writes a
+           reader that overlaps it sees seq change and reads again, so
+           the bytes need no atomicity of their own */
+        size_t len = id.len < TQ_PROTO_MAX_ID ? id.len : TQ_PROTO_MAX_ID;
+        if (len)
+            memcpy(self->id, id.ptr, len);
+        self->id[len] = '\0';
     }
     /* every field is visible before the even seq */
     __atomic_store_n(&self->seq, seq + 2, __ATOMIC_RELEASE);

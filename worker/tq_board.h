@@ -52,10 +52,11 @@ uint32_t tq_board_host_broker(const tq_board_host_t *self);
    supervisor calls it before the fork, while nobody writes it. */
 void tq_board_reset(tq_board_t *self);
 
-/* The child publishes a phase. For TQ_BOARD_BUSY, id (NUL-terminated),
-   attempt, time_limit_ms and started_ms describe the task that starts and
-   tasks is counted up; other phases keep the last task's fields. */
-void tq_board_publish(tq_board_t *self, tq_board_phase_t phase, const char *id,
+/* The child publishes a phase. For TQ_BOARD_BUSY, id (its bytes, at
+   most TQ_PROTO_MAX_ID of them kept), attempt, time_limit_ms and
+   started_ms describe the task that starts and tasks is counted up; other
+   phases keep the last task's fields. */
+void tq_board_publish(tq_board_t *self, tq_board_phase_t phase, tq_str_t id,
                       uint32_t attempt, uint32_t time_limit_ms,
                       int64_t started_ms);
 

@@ -9,7 +9,7 @@
    tasks never wake it, tq_keeper.h), and takes it back
    before it sends the task's DONE. So a REVOKE is answered at once
    (RETURNED, or nothing if the task has started: PROTOCOL 5.3.5), and
-   short tasks cost one uncontended lock. */
+   a short task costs two compare-and-swaps, no lock (tq_keeper.c). */
 #include "tq_worker_host.h"
 
 #include <errno.h>
@@ -27,20 +27,63 @@
 #include "tq_batch.h"
 #include "tq_board.h"
 #include "tq_curve.h"
+#include "tq_done.h"
 #include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
 #include "tq_wire.h"
 
+/* Arguments up to this size are kept in the job itself: no message of
+   their own to make, move and close per task. */
+#define S_ARGS_INLINE 64
+
 /* A task received and not yet run. */
 typedef struct {
     char id[TQ_PROTO_MAX_ID + 1]; /* task id */
+    uint32_t id_len; /* its bytes */
     char name[TQ_PROTO_MAX_NAME + 1]; /* task name */
     uint32_t attempt; /* 1.. */
     uint32_t time_limit_ms; /* the task's own limit, 0: default */
     bool id_binary; /* its id came as bin: DONE and RETURNED send it so */
-    zmq_msg_t args; /* payload frame, moved in unread */
+    uint8_t id_bytes[TQ_PROTO_ID_BIN]; /* with id_binary: the bin itself */
+    uint32_t args_size; /* its arguments' bytes */
+    bool args_inline; /* they are in small; else in args */
+    uint8_t small[S_ARGS_INLINE]; /* the arguments, when small */
+    zmq_msg_t args; /* the arguments, else: held only without
+                       args_inline */
 } s_job_t;
+
+/* The job's arguments (args_size bytes). */
+static const void *
+s_job_args(s_job_t *job)
+{
+    return job->args_inline ? job->small : zmq_msg_data(&job->args);
+}
+
+/* Moves the job from into to, which holds no arguments; from then holds
+   none either. */
+static void
+s_job_move(s_job_t *to, s_job_t *from)
+{
+    *to = *from;
+    if (from->args_inline)
+        return;
+    zmq_msg_init(&to->args);
+    zmq_msg_move(&to->args, &from->args);
+    zmq_msg_close(&from->args);
+    from->args_inline = true;
+    from->args_size = 0;
+}
+
+/* Lets go of the job's arguments. */
+static void
+s_job_clear(s_job_t *job)
+{
+    if (!job->args_inline)
+        zmq_msg_close(&job->args);
+    job->args_inline = true;
+    job->args_size = 0;
+}
 
 typedef struct {
     const tq_worker_config_t *config; /* borrowed */
@@ -54,11 +97,14 @@ typedef struct {
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
     void *monitor; /* PAIR: sock's DISCONNECTED events, NULL without */
+    int sock_fd; /* sock's ZMQ_FD, for the idle wait */
+    int monitor_fd; /* monitor's ZMQ_FD, -1 without */
     unsigned monitors; /* monitors made, for their inproc names */
     tq_frames_t frames; /* reused for every recv */
     tq_msg_t in; /* decoded header, points into frames */
     tq_msg_t out; /* header being sent */
     msgpack_sbuffer header; /* encoded header, reused */
+    uint8_t done[TQ_DONE_MAX]; /* a DONE's encoded header (tq_done.h) */
     msgpack_sbuffer value; /* a task's result, reused */
     msgpack_packer packer; /* writes into value */
     msgpack_zone zone; /* unpacked arguments, reused */
@@ -70,6 +116,7 @@ typedef struct {
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
+    tq_registry_memo_t memo; /* the last task name looked up */
     /* the keeper (credit above 1 only, NULL without, and until the
        first task: an idle child has no thread of its own): whoever holds
        the socket (tq_keeper.h) owns sock, frames, in, out, header and the
@@ -219,17 +266,19 @@ s_rss_kb(s_child_t *self)
 
 /* Tells the supervisor where this child is, on its board: no system call,
    nobody woken. Only a task with a time limit to watch wakes the
-   supervisor (a byte on the pipe), so that it sets its deadline now. */
+   supervisor (a byte on the pipe), so that it sets its deadline now.
+   now_us: the time, monotonic us, a job starts at. */
 static void
-s_publish(s_child_t *self, tq_board_phase_t phase, const s_job_t *job)
+s_publish(s_child_t *self, tq_board_phase_t phase, const s_job_t *job,
+          int64_t now_us)
 {
     if (!job) {
-        tq_board_publish(self->board, phase, NULL, 0, 0, 0);
+        tq_board_publish(self->board, phase, tq_str(NULL), 0, 0, 0);
         return;
     }
-    self->task_at_us = s_now_us();
-    tq_board_publish(self->board, phase, job->id, job->attempt,
-                     job->time_limit_ms, self->task_at_us / 1000);
+    self->task_at_us = now_us;
+    tq_board_publish(self->board, phase, (tq_str_t){job->id, job->id_len},
+                     job->attempt, job->time_limit_ms, self->task_at_us / 1000);
     const tq_worker_config_t *cfg = self->config;
     if (!job->time_limit_ms && !cfg->time_limit_ms && !cfg->soft_time_limit_ms)
         return;
@@ -342,6 +391,40 @@ s_value_msg(s_child_t *self, zmq_msg_t *msg)
     memcpy(zmq_msg_data(msg), self->value.data, size);
 }
 
+/* Sends a DONE's frames: header (size bytes), then the task's value
+   (with_value) or an empty frame. A small value goes in a copy made by
+   zmq_send, a large one as its own buffer (s_value_msg). EINTR before the
+   header is accepted is retried; the value is then taken too (ZeroMQ
+   takes a multipart message whole). */
+static void
+s_send_done_frames(s_child_t *self, const void *header, size_t size,
+                   bool with_value)
+{
+    while (zmq_send(self->sock, header, size, ZMQ_SNDMORE) < 0)
+        if (errno != EINTR) {
+            tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
+            return;
+        }
+    size_t value = with_value ? self->value.size : 0;
+    int rc;
+    if (value >= S_VALUE_HANDOFF) {
+        zmq_msg_t msg;
+        s_value_msg(self, &msg);
+        while ((rc = zmq_msg_send(&msg, self->sock, 0)) < 0 && errno == EINTR)
+            ;
+        int saved = errno;
+        zmq_msg_close(&msg);
+        errno = saved;
+    } else {
+        const void *data = value ? self->value.data : "";
+        while ((rc = zmq_send(self->sock, data, value, 0)) < 0 &&
+               errno == EINTR)
+            ;
+    }
+    if (rc < 0)
+        tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
+}
+
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
 static void s_reconnect(s_child_t *self, const char *running);
 
@@ -355,21 +438,31 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
        one, after a READY so that it knows us */
     if (s_reannounce)
         s_reconnect(self, job->id);
-    s_out(self, TQ_CMD_DONE);
-    self->out.id = tq_str(job->id);
+    /* every field of a DONE is set: the rest of out is never read for
+       one (no clearing of it all per task) */
+    self->out.command = TQ_CMD_DONE;
+    self->out.id = (tq_str_t){job->id, job->id_len};
     self->out.id_binary = job->id_binary;
+    /* the bin id as it came: not parsed back from its text */
+    self->out.id_bytes = job->id_binary ? job->id_bytes : NULL;
     self->out.attempt = job->attempt;
     self->out.state = state;
     self->out.code = code;
     self->out.error = tq_str(error); /* NULL packs nil */
     self->out.rss_kb = s_rss_kb(self);
-    zmq_msg_t payload;
-    if (state == TQ_STATE_SUCCESS)
-        s_value_msg(self, &payload);
-    else
-        zmq_msg_init(&payload);
-    s_send(self, &payload);
-    zmq_msg_close(&payload);
+    const void *header = self->done;
+    size_t size = tq_done_encode(&self->out, self->done);
+    if (!size) {
+        /* a field breaks the rules: tq_proto_encode says which */
+        const char *why = "?";
+        if (tq_proto_encode(&self->out, &self->header, &why) != TQ_OK) {
+            tq_worker_log("child: cannot send DONE: %s", why);
+            return;
+        }
+        header = self->header.data;
+        size = self->header.size;
+    }
+    s_send_done_frames(self, header, size, state == TQ_STATE_SUCCESS);
 }
 
 /* Runs job to completion and sends its DONE. */
@@ -378,8 +471,8 @@ s_run(s_child_t *self, s_job_t *job)
 {
     char error[TQ_PROTO_MAX_ERROR + 1];
     const char *reason = NULL;
-    const void *data = zmq_msg_data(&job->args);
-    size_t size = zmq_msg_size(&job->args);
+    const void *data = s_job_args(job);
+    size_t size = job->args_size;
 
     if (tq_proto_check_payload(data, size, true, &reason) != TQ_OK) {
         snprintf(error, sizeof error, "invalid arguments: %s", reason);
@@ -387,7 +480,8 @@ s_run(s_child_t *self, s_job_t *job)
         return;
     }
     void *arg = NULL;
-    tq_task_fn *fn = tq_registry_lookup(self->registry, job->name, &arg);
+    tq_task_fn *fn =
+        tq_registry_lookup_memo(self->registry, &self->memo, job->name, &arg);
     if (!fn) {
         snprintf(error, sizeof error, "no task named %s on this worker",
                  job->name);
@@ -441,8 +535,13 @@ s_run(s_child_t *self, s_job_t *job)
     s_send_done(self, job, TQ_STATE_SUCCESS, TQ_OK, NULL);
 }
 
-static void
-s_push(s_child_t *self, const tq_msg_t *msg)
+/* Queues the TASK msg, its arguments size bytes at data: in a message of
+   their own, frame (moved out, its content data), or NULL to copy them
+   into one (a sub-message of a BATCH) when they are too large to keep in
+   the job. Returns false (nothing queued) if there is no memory for them. */
+static bool
+s_push(s_child_t *self, const tq_msg_t *msg, zmq_msg_t *frame, const void *data,
+       size_t size)
 {
     if (self->count == self->capacity) {
         /* the broker holds us to our credit; growing only covers a broker
@@ -453,13 +552,9 @@ s_push(s_child_t *self, const tq_msg_t *msg)
             tq_worker_log("child: out of memory");
             abort();
         }
-        for (size_t i = 0; i < self->count; i++) {
-            s_job_t *from = &self->jobs[(self->head + i) % self->capacity];
-            jobs[i] = *from;
-            zmq_msg_init(&jobs[i].args);
-            zmq_msg_move(&jobs[i].args, &from->args);
-            zmq_msg_close(&from->args);
-        }
+        for (size_t i = 0; i < self->count; i++)
+            s_job_move(&jobs[i],
+                       &self->jobs[(self->head + i) % self->capacity]);
         free(self->jobs);
         self->jobs = jobs;
         self->head = 0;
@@ -469,14 +564,32 @@ s_push(s_child_t *self, const tq_msg_t *msg)
         tq_worker_log("child: broker sent more tasks than our credit (%u)",
                       self->config->prefetch);
     s_job_t *job = &self->jobs[(self->head + self->count) % self->capacity];
+    job->args_size = (uint32_t)size;
+    job->args_inline = size <= S_ARGS_INLINE;
+    if (job->args_inline) {
+        if (size)
+            memcpy(job->small, data, size);
+    } else if (frame) {
+        zmq_msg_init(&job->args);
+        zmq_msg_move(&job->args, frame);
+    } else if (zmq_msg_init_size(&job->args, size) == 0) {
+        memcpy(zmq_msg_data(&job->args), data, size);
+    } else {
+        job->args_inline = true;
+        job->args_size = 0;
+        return false;
+    }
     tq_str_copy(job->id, sizeof job->id, msg->id);
-    job->id_binary = msg->id_binary;
+    job->id_len = msg->id.len < sizeof job->id ? msg->id.len
+                                               : (uint32_t)sizeof job->id - 1;
+    job->id_binary = msg->id_binary && msg->id_bytes;
+    if (job->id_binary)
+        memcpy(job->id_bytes, msg->id_bytes, TQ_PROTO_ID_BIN);
     tq_str_copy(job->name, sizeof job->name, msg->task);
     job->attempt = msg->attempt;
     job->time_limit_ms = msg->time_limit_ms;
-    zmq_msg_init(&job->args);
-    zmq_msg_move(&job->args, &self->frames.payload);
     self->count++;
+    return true;
 }
 
 /* REVOKE: the broker asks for a queued task back for an idle child. Every
@@ -497,37 +610,30 @@ s_on_revoke(s_child_t *self, const tq_msg_t *msg)
     s_out(self, TQ_CMD_RETURNED);
     self->out.id = tq_str(gone->id);
     self->out.id_binary = gone->id_binary;
+    self->out.id_bytes = gone->id_binary ? gone->id_bytes : NULL;
     self->out.attempt = gone->attempt;
     if (s_send(self, NULL) != TQ_OK)
         return; /* kept: it runs here, as the broker still thinks */
     if (self->config->verbose)
         tq_worker_log("child: task %s given back for an idle child", gone->id);
-    zmq_msg_close(&gone->args);
-    zmq_msg_init(&gone->args);
+    s_job_clear(gone);
     /* close the gap, keeping the order of the others */
-    for (; i + 1 < self->count; i++) {
-        s_job_t *to = &self->jobs[(self->head + i) % self->capacity];
-        s_job_t *from = &self->jobs[(self->head + i + 1) % self->capacity];
-        memcpy(to->id, from->id, sizeof to->id);
-        memcpy(to->name, from->name, sizeof to->name);
-        to->attempt = from->attempt;
-        to->time_limit_ms = from->time_limit_ms;
-        to->id_binary = from->id_binary;
-        zmq_msg_move(&to->args, &from->args);
-    }
+    for (; i + 1 < self->count; i++)
+        s_job_move(&self->jobs[(self->head + i) % self->capacity],
+                   &self->jobs[(self->head + i + 1) % self->capacity]);
     self->count--;
 }
 
-/* Handles one decoded message, self->in, its payload in
-   self->frames.payload. */
-static void
-s_handle(s_child_t *self)
+/* Handles one decoded message, self->in, its payload size bytes at data:
+   the content of frame when the message came alone, NULL when it came in
+   a BATCH. Returns false if a TASK could not be queued (no memory). */
+static bool
+s_handle(s_child_t *self, zmq_msg_t *frame, const void *data, size_t size)
 {
     const tq_msg_t *msg = &self->in;
     switch (msg->command) {
     case TQ_CMD_TASK:
-        s_push(self, msg);
-        break;
+        return s_push(self, msg, frame, data, size);
     case TQ_CMD_PING:
         s_out(self, TQ_CMD_PONG);
         s_send(self, NULL);
@@ -552,6 +658,7 @@ s_handle(s_child_t *self)
                           tq_proto_command_name(msg->command));
         break;
     }
+    return true;
 }
 
 /* A malformed message (or sub-message) from the broker: logged, counted,
@@ -567,8 +674,8 @@ s_malformed(s_child_t *self, const char *what, const char *reason)
 }
 
 /* A BATCH (PROTOCOL.md 5.9): each sub-message handled as if it had come
-   alone, in order, its payload a message of its own; a malformed one is
-   dropped and the others are handled. */
+   alone, in order, its payload read where it stands in the BATCH; a
+   malformed one is dropped and the others are handled. */
 static void
 s_on_batch(s_child_t *self)
 {
@@ -580,15 +687,18 @@ s_on_batch(s_child_t *self)
                          zmq_msg_size(&frame));
     for (;;) {
         const char *reason = NULL;
-        int rc = tq_wire_batch_next(&r, &self->in, &self->frames.payload,
-                                    &self->frames.has_payload, &reason);
+        const void *data;
+        size_t size;
+        bool has;
+        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
         if (rc == TQ_BATCH_END)
             break;
-        if (rc != TQ_OK) {
-            s_malformed(self, "message in a batch", reason);
-            continue;
+        if (rc == TQ_OK && !s_handle(self, NULL, data, size)) {
+            rc = TQ_ENOMEM;
+            reason = "out of memory";
         }
-        s_handle(self);
+        if (rc != TQ_OK)
+            s_malformed(self, "message in a batch", reason);
     }
     zmq_msg_close(&frame);
 }
@@ -604,10 +714,11 @@ s_on_message(s_child_t *self, int rc)
         s_malformed(self, "message", reason);
         return;
     }
+    zmq_msg_t *frame = &self->frames.payload;
     if (self->in.command == TQ_CMD_BATCH)
         s_on_batch(self);
     else
-        s_handle(self);
+        s_handle(self, frame, zmq_msg_data(frame), zmq_msg_size(frame));
 }
 
 /* Receives what waits on the socket without blocking, up to max
@@ -677,6 +788,9 @@ s_open(s_child_t *self)
         s_die(why);
     if (zmq_connect(self->sock, endpoint) != 0)
         s_die(endpoint);
+    size_t size = sizeof self->sock_fd;
+    if (zmq_getsockopt(self->sock, ZMQ_FD, &self->sock_fd, &size) != 0)
+        s_die("zmq_getsockopt");
     /* the end of the connection, seen at once (a killed broker's kernel
        closes it): the tasks we hold will be queued again by whoever
        serves next, so we must not start them (PROTOCOL 10). Without a
@@ -684,6 +798,7 @@ s_open(s_child_t *self)
     char ep[64];
     snprintf(ep, sizeof ep, "inproc://tq-child-monitor-%u", ++self->monitors);
     self->monitor = NULL;
+    self->monitor_fd = -1;
     if (zmq_socket_monitor(self->sock, ep, ZMQ_EVENT_DISCONNECTED) != 0)
         return;
     self->monitor = zmq_socket(self->ctx, ZMQ_PAIR);
@@ -691,8 +806,12 @@ s_open(s_child_t *self)
         zmq_close(self->monitor);
         self->monitor = NULL;
     }
+    size = sizeof self->monitor_fd;
     if (!self->monitor)
         zmq_socket_monitor(self->sock, NULL, 0);
+    else if (zmq_getsockopt(self->monitor, ZMQ_FD, &self->monitor_fd, &size) !=
+             0)
+        self->monitor_fd = -1; /* not watched by the idle wait */
 }
 
 /* Stops and closes self->sock's monitor, if any. */
@@ -706,6 +825,7 @@ s_monitor_close(s_child_t *self)
     zmq_setsockopt(self->monitor, ZMQ_LINGER, &zero, sizeof zero);
     zmq_close(self->monitor);
     self->monitor = NULL;
+    self->monitor_fd = -1;
 }
 
 /* True if the connection to the broker ended since the last look (a
@@ -749,7 +869,7 @@ static void
 s_drop_queued(s_child_t *self)
 {
     for (size_t i = 0; i < self->count; i++)
-        zmq_msg_close(&self->jobs[(self->head + i) % self->capacity].args);
+        s_job_clear(&self->jobs[(self->head + i) % self->capacity]);
     if (self->count && self->config->verbose)
         tq_worker_log("child: dropped %zu queued task(s) of the old broker",
                       self->count);
@@ -872,22 +992,13 @@ s_wait(s_child_t *self)
     }
     if (events & ZMQ_POLLIN)
         return true;
-    struct pollfd items[2];
+    struct pollfd items[2] = {{self->sock_fd, POLLIN, 0}};
     int n = 1;
-    size = sizeof items[0].fd;
-    if (zmq_getsockopt(self->sock, ZMQ_FD, &items[0].fd, &size) != 0)
-        s_die("zmq_getsockopt");
-    items[0].events = POLLIN;
     /* the monitor's descriptor too: it only becomes readable when an
        event came after s_disconnected's last look (which ended on an
        empty receive, and nothing else reads the monitor) */
-    size = sizeof items[1].fd;
-    if (self->monitor &&
-        zmq_getsockopt(self->monitor, ZMQ_FD, &items[1].fd, &size) == 0) {
-        items[1].events = POLLIN;
-        items[1].revents = 0;
-        n = 2;
-    }
+    if (self->monitor_fd >= 0)
+        items[n++] = (struct pollfd){self->monitor_fd, POLLIN, 0};
     if (poll(items, (nfds_t)n, 1000) < 0) {
         if (errno != EINTR)
             s_die("poll");
@@ -936,8 +1047,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     s_send_ready(self, NULL);
     /* start-up done: a child that dies from now on is not a broken setup */
-    s_publish(self, TQ_BOARD_IDLE, NULL);
+    s_publish(self, TQ_BOARD_IDLE, NULL, 0);
     int64_t drained_us = 0;
+    int64_t now = 0; /* when the pass looked at the clock, monotonic us */
     bool woke = false; /* the idle wait just ended */
     bool quiet = false; /* ... and saw the monitor without an event */
     bool pending = false; /* more may wait: drain before the next wait */
@@ -952,25 +1064,33 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
            task's KEEPER_AFTER_MS). When the idle wait ends, the first
            message is taken alone: a job starts at once, and the empty
            receive comes after its DONE (a REVOKE behind it finds it
-           started, and its DONE answers: PROTOCOL 5.3.5). */
+           started, and its DONE answers: PROTOCOL 5.3.5). A BATCH that
+           brought several jobs is run before the socket is read again
+           (every S_DRAIN_EVERY_US still, or once the ring is empty): its
+           sub-messages came in one message, and the next look at the
+           socket would most often find nothing, at the price of an empty
+           receive per BATCH. */
         if (woke) {
             size_t got = s_drain(self, 1);
-            pending = got && self->count;
+            pending = got && self->count == 1;
             if (got && !self->count)
                 s_drain(self, SIZE_MAX); /* not a job: read the rest */
-            drained_us = s_now_us();
+            now = drained_us = s_now_us();
             /* before the next job starts: not one of a gone broker's */
             if (!quiet && s_disconnected(self))
                 s_reconnect(self, NULL);
-        } else if (pending ||
-                   (self->count &&
-                    s_now_us() - drained_us >= S_DRAIN_EVERY_US)) {
-            s_drain(self, SIZE_MAX);
-            pending = false;
-            drained_us = s_now_us();
-            /* with nothing to start, the idle wait watches the monitor */
-            if (self->count && s_disconnected(self))
-                s_reconnect(self, NULL);
+        } else if (pending || self->count) {
+            /* one look at the clock: the drain's, else the job's start */
+            now = s_now_us();
+            if (pending || now - drained_us >= S_DRAIN_EVERY_US) {
+                s_drain(self, SIZE_MAX);
+                pending = false;
+                now = drained_us = s_now_us();
+                /* with nothing to start, the idle wait watches the
+                   monitor */
+                if (self->count && s_disconnected(self))
+                    s_reconnect(self, NULL);
+            }
         }
         woke = false;
         if (s_stop)
@@ -979,7 +1099,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             /* tell the supervisor at once, so a crash while idle is not
                blamed on the last task */
             if (self->busy) {
-                s_publish(self, TQ_BOARD_IDLE, NULL);
+                s_publish(self, TQ_BOARD_IDLE, NULL, 0);
                 self->busy = false;
             }
             quiet = !s_wait(self);
@@ -988,13 +1108,10 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
         /* out of the ring: the keeper may grow it while the task runs */
         s_job_t *job = &self->current;
-        *job = self->jobs[self->head];
-        zmq_msg_init(&job->args);
-        zmq_msg_move(&job->args, &self->jobs[self->head].args);
-        zmq_msg_close(&self->jobs[self->head].args);
+        s_job_move(job, &self->jobs[self->head]);
         self->head = (self->head + 1) % self->capacity;
         self->count--;
-        s_publish(self, TQ_BOARD_BUSY, job);
+        s_publish(self, TQ_BOARD_BUSY, job, now);
         self->busy = true;
         /* the keeper starts with the first task: until then nothing runs
            long, and an idle child costs no thread. Without one (no
@@ -1008,7 +1125,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
-        zmq_msg_close(&job->args);
+        s_job_clear(job);
         self->tasks_done++;
         if (s_should_recycle(self)) {
             /* told first, so the supervisor respawns without a LOST */
@@ -1017,7 +1134,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                               "%llu KiB",
                               self->tasks_done,
                               (unsigned long long)s_peak_rss_kb());
-            s_publish(self, TQ_BOARD_RECYCLING, NULL);
+            s_publish(self, TQ_BOARD_RECYCLING, NULL, 0);
             break;
         }
     }
@@ -1031,7 +1148,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         tq_worker_log("child: stopping, %zu queued task(s) handed back",
                       self->count);
     for (size_t i = 0; i < self->count; i++)
-        zmq_msg_close(&self->jobs[(self->head + i) % self->capacity].args);
+        s_job_clear(&self->jobs[(self->head + i) % self->capacity]);
     free(self->jobs);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->header);

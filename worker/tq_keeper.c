@@ -1,5 +1,9 @@
 /* tq_keeper.c - a child's keeper thread and its socket-lending protocol:
-   one state under one lock, moved by s_move, which asserts legality. */
+   one state, moved by s_move, which asserts legality. The state and the
+   number of the task being timed are one atomic word, so that a short
+   task's begin and end are one compare-and-swap each, without the lock:
+   the lock guards the keeper's waits, its counters and every move that
+   is not the main thread's IDLE <-> TIMING. */
 #include "tq_keeper.h"
 
 #include <assert.h>
@@ -14,19 +18,25 @@
 
 struct tq_keeper_t {
     pthread_t thread;
-    pthread_mutex_t lock; /* guards the fields below it */
+    pthread_mutex_t lock; /* guards the fields below it but word, asleep */
     pthread_cond_t cond; /* on the monotonic clock */
     int wake_fd; /* eventfd: give the socket back */
     int after_ms; /* a task this old gets the keeper */
     tq_keeper_serve_fn *serve; /* called while LENT */
     void *arg; /* serve's */
-    tq_keeper_state_t state; /* the one state */
-    uint64_t task; /* tasks begun: tells one task from the next */
+    uint64_t word; /* atomic: S_WORD(tasks begun, state); the count tells
+                      one task from the next */
     unsigned long lends; /* LENT entered */
     unsigned long signals; /* times task_begin had to wake the keeper */
-    bool asleep; /* the keeper waits untimed in IDLE: begin signals it
-                    (a wakeup saved per short task, not a state) */
+    bool asleep; /* atomic: the keeper waits untimed in IDLE, and begin
+                    signals it (a wakeup saved per short task, not a
+                    state) */
 };
+
+/* The word: the count of tasks begun, then the state in the low byte. */
+#define S_WORD(task, state) (((task) << 8) | (uint64_t)(state))
+#define S_STATE(word) ((tq_keeper_state_t)((word)&0xff))
+#define S_TASK(word) ((word) >> 8)
 
 /* A keeper whose child began no task for this many after_ms ticks in a
    row sleeps untimed (begin must then wake it: a system call and a
@@ -74,12 +84,31 @@ tq_keeper_state_name(tq_keeper_state_t state)
     return (unsigned)state < TQ_KEEPER_STATE_COUNT_ ? s_names[state] : "?";
 }
 
-/* The one place the state changes; the caller holds the lock. */
-static void
-s_move(tq_keeper_t *self, tq_keeper_state_t to)
+static uint64_t
+s_word(tq_keeper_t *self)
 {
-    assert(tq_keeper_legal(self->state, to));
-    self->state = to;
+    return __atomic_load_n(&self->word, __ATOMIC_SEQ_CST);
+}
+
+/* The one place the state changes: from the word `from` (its state and
+   its task) to state `to`, task counted up by `begun`. False when the
+   word is no longer `from` (the other thread moved first). */
+static bool
+s_move(tq_keeper_t *self, uint64_t from, tq_keeper_state_t to, uint64_t begun)
+{
+    assert(tq_keeper_legal(S_STATE(from), to));
+    return __atomic_compare_exchange_n(&self->word, &from,
+                                       S_WORD(S_TASK(from) + begun, to), false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+/* A move that only this thread makes from this state: it cannot fail. */
+static void
+s_move_own(tq_keeper_t *self, tq_keeper_state_t to, uint64_t begun)
+{
+    bool moved = s_move(self, s_word(self), to, begun);
+    assert(moved);
+    (void)moved;
 }
 
 /* Waits on the condition until `until`; false on a timeout. */
@@ -108,42 +137,45 @@ s_main(void *arg)
     uint64_t seen = 0;
     struct timespec until;
     pthread_mutex_lock(&self->lock);
-    while (self->state != TQ_KEEPER_QUIT) {
-        if (self->state != TQ_KEEPER_TIMING) {
-            if (self->task != seen) {
-                seen = self->task;
+    for (uint64_t word; S_STATE(word = s_word(self)) != TQ_KEEPER_QUIT;) {
+        if (S_STATE(word) != TQ_KEEPER_TIMING) {
+            if (S_TASK(word) != seen) {
+                seen = S_TASK(word);
                 quiet = 0;
             }
             if (quiet >= S_QUIET_TICKS) {
-                self->asleep = true;
-                pthread_cond_wait(&self->cond, &self->lock);
-                self->asleep = false;
+                /* asleep first, then the look: a begin that came before
+                   this store is seen by the look, one after it sees
+                   asleep and signals once we wait (it takes the lock) */
+                __atomic_store_n(&self->asleep, true, __ATOMIC_SEQ_CST);
+                if (s_word(self) == word)
+                    pthread_cond_wait(&self->cond, &self->lock);
+                __atomic_store_n(&self->asleep, false, __ATOMIC_SEQ_CST);
                 continue;
             }
             /* warm: look again in after_ms, unless woken (QUIT) */
             s_deadline(self, &until);
-            if (!s_wait_for(self, &until) && self->task == seen)
+            if (!s_wait_for(self, &until) && S_TASK(s_word(self)) == seen)
                 quiet++;
             continue;
         }
-        /* a task runs: is it the same one after_ms later? */
-        uint64_t task = self->task;
-        seen = task;
+        /* a task runs: is it the same one after_ms later? Its end does
+           not wake us (no lock on its path): we look at the deadline */
+        seen = S_TASK(word);
         quiet = 0;
         s_deadline(self, &until);
-        while (self->state == TQ_KEEPER_TIMING && self->task == task &&
-               s_wait_for(self, &until))
+        while (s_word(self) == word && s_wait_for(self, &until))
             ;
-        if (self->state != TQ_KEEPER_TIMING || self->task != task)
+        /* the same task still timing: lent, unless its end moves first */
+        if (!s_move(self, word, TQ_KEEPER_LENT, 0))
             continue;
-        s_move(self, TQ_KEEPER_LENT);
         self->lends++;
         pthread_mutex_unlock(&self->lock);
         self->serve(self->arg, self->wake_fd);
         pthread_mutex_lock(&self->lock);
         /* serve returns only when woken, and the main thread moved to
            RECLAIM before it woke us */
-        s_move(self, TQ_KEEPER_IDLE);
+        s_move_own(self, TQ_KEEPER_IDLE, 0);
         pthread_cond_broadcast(&self->cond);
     }
     pthread_mutex_unlock(&self->lock);
@@ -159,7 +191,7 @@ tq_keeper_new(int after_ms, tq_keeper_serve_fn *serve, void *arg)
     self->after_ms = after_ms;
     self->serve = serve;
     self->arg = arg;
-    self->state = TQ_KEEPER_IDLE;
+    self->word = S_WORD(0, TQ_KEEPER_IDLE);
     self->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (self->wake_fd < 0) {
         free(self);
@@ -199,7 +231,8 @@ tq_keeper_destroy(tq_keeper_t **self_p)
         return;
     tq_keeper_t *self = *self_p;
     pthread_mutex_lock(&self->lock);
-    s_move(self, TQ_KEEPER_QUIT);
+    /* IDLE or TIMING: the keeper lends only under the lock */
+    s_move_own(self, TQ_KEEPER_QUIT, 0);
     pthread_cond_broadcast(&self->cond);
     pthread_mutex_unlock(&self->lock);
     pthread_join(self->thread, NULL);
@@ -215,14 +248,14 @@ tq_keeper_task_begin(tq_keeper_t *self)
 {
     if (!self)
         return;
-    pthread_mutex_lock(&self->lock);
-    s_move(self, TQ_KEEPER_TIMING);
-    self->task++;
-    if (self->asleep) {
+    /* IDLE: only this thread moves from it */
+    s_move_own(self, TQ_KEEPER_TIMING, 1);
+    if (__atomic_load_n(&self->asleep, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&self->lock);
         self->signals++;
         pthread_cond_signal(&self->cond);
+        pthread_mutex_unlock(&self->lock);
     }
-    pthread_mutex_unlock(&self->lock);
 }
 
 void
@@ -230,31 +263,30 @@ tq_keeper_task_end(tq_keeper_t *self)
 {
     if (!self)
         return;
+    uint64_t word = s_word(self);
+    /* not lent: the keeper notices at its timeout, unwoken */
+    if (S_STATE(word) == TQ_KEEPER_IDLE ||
+        (S_STATE(word) == TQ_KEEPER_TIMING &&
+         s_move(self, word, TQ_KEEPER_IDLE, 0)))
+        return;
+    /* lent (the keeper moved first): ask for the socket back */
     pthread_mutex_lock(&self->lock);
-    if (self->state == TQ_KEEPER_TIMING)
-        /* not lent: the keeper notices at its timeout, unwoken */
-        s_move(self, TQ_KEEPER_IDLE);
-    else if (self->state == TQ_KEEPER_LENT) {
-        s_move(self, TQ_KEEPER_RECLAIM);
-        uint64_t one = 1;
-        while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
-            ;
-        while (self->state != TQ_KEEPER_IDLE)
-            pthread_cond_wait(&self->cond, &self->lock);
-        uint64_t count;
-        while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
-            ;
-    }
+    s_move_own(self, TQ_KEEPER_RECLAIM, 0);
+    uint64_t one = 1;
+    while (write(self->wake_fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+    while (S_STATE(s_word(self)) != TQ_KEEPER_IDLE)
+        pthread_cond_wait(&self->cond, &self->lock);
+    uint64_t count;
+    while (read(self->wake_fd, &count, sizeof count) < 0 && errno == EINTR)
+        ;
     pthread_mutex_unlock(&self->lock);
 }
 
 tq_keeper_state_t
 tq_keeper_state(tq_keeper_t *self)
 {
-    pthread_mutex_lock(&self->lock);
-    tq_keeper_state_t state = self->state;
-    pthread_mutex_unlock(&self->lock);
-    return state;
+    return S_STATE(s_word(self));
 }
 
 unsigned long

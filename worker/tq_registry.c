@@ -196,6 +196,28 @@ tq_registry_lookup(const tq_registry_t *self, const char *name, void **arg_p)
     return NULL;
 }
 
+tq_task_fn *
+tq_registry_lookup_memo(const tq_registry_t *self, tq_registry_memo_t *memo,
+                        const char *name, void **arg_p)
+{
+    assert(memo);
+    if (name && memo->fn && strcmp(memo->name, name) == 0) {
+        if (arg_p)
+            *arg_p = memo->arg;
+        return memo->fn;
+    }
+    void *arg = NULL;
+    tq_task_fn *fn = tq_registry_lookup(self, name, &arg);
+    if (fn && strlen(name) < sizeof memo->name) {
+        strcpy(memo->name, name);
+        memo->fn = fn;
+        memo->arg = arg;
+    }
+    if (arg_p)
+        *arg_p = arg;
+    return fn;
+}
+
 /* ---- the running task ------------------------------------------------- */
 
 int
