@@ -60,16 +60,7 @@ tqb_hex(char *dst, const uint8_t *data, size_t size)
 ident_t
 tqb_sender(tq_broker_t *self)
 {
-    ident_t ident = {0};
-    size_t size = zmq_msg_size(&self->frames.identity);
-    if (size > 255)
-        size = 255;
-    ident.size = (uint8_t)size;
-    if (size > TQB_IDENT_INLINE)
-        ident.heap = (uint8_t *)zmq_msg_data(&self->frames.identity);
-    else
-        memcpy(ident.bytes, zmq_msg_data(&self->frames.identity), size);
-    return ident; /* borrowed: never tqb_ident_clear it */
+    return self->in_from; /* borrowed: never tqb_ident_clear it */
 }
 
 /* ---- sending ---- */
@@ -102,6 +93,29 @@ tqb_client_dropped(tq_broker_t *self, const ident_t *ident)
     char key[2 * 255 + 1];
     tqb_hex(key, tqb_ident_data(ident), ident->size);
     return (uintptr_t) zhashx_lookup(self->client_drops, key);
+}
+
+/* What follows a header: nothing (has false), or size bytes at data,
+   held by msg (moved out when sent) or, when msg is NULL, borrowed (a
+   task's own bytes: copied into a batch, or into a message of their own
+   to go alone). */
+typedef struct {
+    bool has;
+    const void *data;
+    size_t size;
+    zmq_msg_t *msg;
+} s_payload_t;
+
+/* The payload of tqb_send_to's form: a message (moved), NULL for none. */
+static s_payload_t
+s_payload_msg(zmq_msg_t *payload)
+{
+    s_payload_t p = {payload != NULL, NULL, 0, payload};
+    if (payload) {
+        p.size = zmq_msg_size(payload);
+        p.data = zmq_msg_data(payload);
+    }
+    return p;
 }
 
 /* ---- BATCH to clients (PROTOCOL.md 5.9) ---- */
@@ -310,14 +324,14 @@ s_batch_full(const out_batch_t *b, size_t size)
         tq_batch_bytes(&b->batch) + size + 512 > TQB_BATCH_BYTES;
 }
 
-/* Adds self->out and payload (copied, then emptied as a send would move
-   it) to ident's batch, opening one (the oldest open one sent first when
-   every slot is taken) or sending a full one first. */
+/* Adds self->out and payload (copied; its message, if any, emptied as a
+   send would move it) to ident's batch, opening one (the oldest open one
+   sent first when every slot is taken) or sending a full one first. */
 static void
 s_batch_add(tq_broker_t *self, out_batch_t *b, void *socket, peer_t *child,
-            const ident_t *ident, zmq_msg_t *payload)
+            const ident_t *ident, const s_payload_t *payload)
 {
-    size_t size = payload ? zmq_msg_size(payload) : 0;
+    size_t size = payload->size;
     if (b && s_batch_full(b, size))
         s_batch_send(self, b); /* the slot stays ident's */
     for (int i = 0; !b && i < TQB_BATCH_SLOTS; i++)
@@ -336,13 +350,12 @@ s_batch_add(tq_broker_t *self, out_batch_t *b, void *socket, peer_t *child,
         b->child = child;
         b->opened = ++self->batch_seq;
     }
-    if (tq_batch_add(&b->batch, &self->out,
-                     payload ? zmq_msg_data(payload) : NULL, size,
-                     payload != NULL) != TQ_OK)
+    if (tq_batch_add(&b->batch, &self->out, size ? payload->data : NULL, size,
+                     payload->has) != TQ_OK)
         s_encode_bug(self);
-    if (payload) {
-        zmq_msg_close(payload);
-        zmq_msg_init(payload);
+    if (payload->msg) {
+        zmq_msg_close(payload->msg);
+        zmq_msg_init(payload->msg);
     }
 }
 
@@ -406,12 +419,16 @@ tqb_batch_drop(tq_broker_t *self, const peer_t *child)
             tq_batch_reset(&self->batches[i].batch);
 }
 
+static int s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+                     const s_payload_t *payload);
+
 int
-tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload)
+tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload,
+               const void *data, size_t size)
 {
-    size_t size = payload ? zmq_msg_size(payload) : 0;
+    s_payload_t p = {true, data, size, payload};
     if (!(child->features & TQ_FEATURE_BATCH) || size > TQ_BATCH_MAX_PAYLOAD)
-        return tqb_send_to(self, self->workers, &child->ident, payload);
+        return s_send_to(self, self->workers, &child->ident, &p);
     out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
     if (open && s_batch_full(open, size)) {
         s_batch_send(self, open); /* the slot stays the child's */
@@ -422,7 +439,7 @@ tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload)
             return -1;
         }
     }
-    s_batch_add(self, open, self->workers, child, &child->ident, payload);
+    s_batch_add(self, open, self->workers, child, &child->ident, &p);
     return 0;
 }
 
@@ -430,8 +447,39 @@ int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
-    if (socket == self->clients && tqb_local_deliver(self, ident, payload))
-        return 0; /* the embedded pool's caller, in this process */
+    s_payload_t p = s_payload_msg(payload);
+    return s_send_to(self, socket, ident, &p);
+}
+
+/* A payload of borrowed bytes as a message of its own, in copy (an
+   initialised message): for what goes alone. */
+static void
+s_payload_own(const s_payload_t *payload, zmq_msg_t *copy)
+{
+    zmq_msg_init_size(copy, payload->size);
+    if (payload->size)
+        memcpy(zmq_msg_data(copy), payload->data, payload->size);
+}
+
+/* tqb_send_to, its payload of either form. */
+static int
+s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+          const s_payload_t *payload)
+{
+    zmq_msg_t copy; /* borrowed bytes that go alone */
+    zmq_msg_t *msg = payload->has ? payload->msg : NULL;
+    if (socket == self->clients && self->local_fn &&
+        tqb_ident_eq(ident, &self->local_ident)) {
+        /* the embedded pool's caller, in this process */
+        if (payload->has && !msg) {
+            s_payload_own(payload, &copy);
+            msg = &copy;
+        }
+        tqb_local_deliver(self, ident, msg);
+        if (msg == &copy)
+            zmq_msg_close(&copy);
+        return 0;
+    }
     if (socket == self->workers) {
         /* a child's open batch goes first (only TASKs join it) */
         out_batch_t *open = s_batch_find(self, socket, ident);
@@ -443,7 +491,7 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
         /* a QITEM goes alone: its item is handed over only when the
            transport takes it (tq_dataq.c keeps it otherwise) */
         if (self->out.command != TQ_CMD_QITEM &&
-            (!payload || zmq_msg_size(payload) <= TQ_BATCH_MAX_PAYLOAD) &&
+            payload->size <= TQ_BATCH_MAX_PAYLOAD &&
             (open || tqb_batch_takes(self, ident))) {
             s_batch_add(self, open, socket, NULL, ident, payload);
             return 0;
@@ -451,12 +499,21 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
         if (open)
             s_batch_send(self, open); /* what came before goes first */
     }
+    if (payload->has && !msg) {
+        s_payload_own(payload, &copy);
+        msg = &copy;
+    }
     zmq_msg_t id;
     zmq_msg_init_size(&id, ident->size);
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
-    int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
+    int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, msg,
                               ZMQ_DONTWAIT);
     zmq_msg_close(&id);
+    if (msg == &copy) {
+        int err = errno;
+        zmq_msg_close(&copy);
+        errno = err;
+    }
     if (rc == TQ_EINVAL)
         s_encode_bug(self);
     if (rc != 0) {
@@ -539,6 +596,12 @@ tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
     out->error = tq_str(tqb_task_error(self, task));
+    /* the value: the task's own bytes when it holds them (copied once,
+       into the batch or the message), else shared or read back */
+    s_payload_t p = {true, NULL, 0, NULL};
+    if (task->state == TASK_SUCCESS &&
+        tqb_task_payload_bytes(task, &p.data, &p.size))
+        return s_send_to(self, self->clients, to, &p);
     zmq_msg_t value;
     const char *why = NULL;
     if (task->state != TASK_SUCCESS)

@@ -676,34 +676,48 @@ s_inline_room(const task_t *task)
     return slab->slot - (size_t)(s_inline(task) - (const uint8_t *)task);
 }
 
-/* Keeps value (moved in, may be empty) as the payload: in the task's own
-   allocation when it fits there (without a store: a result as large as
-   the arguments it replaces, an echo's, costs no malloc), else copied
-   when small, else the message itself. The previous payload is gone
-   already. */
+/* Keeps size bytes at data as the payload: in the task's own allocation
+   when they fit there (without a store: a result as large as the
+   arguments it replaces, an echo's, costs no malloc), else copied when
+   small, else as a message: `value` itself (moved in) when it holds
+   them, else a copy. The previous payload is gone already. */
 static void
-s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
+s_payload_keep_bytes(tq_broker_t *self, task_t *task, const void *data,
+                     size_t size, zmq_msg_t *value)
 {
-    size_t size = value ? zmq_msg_size(value) : 0;
     task->payload_size = (uint32_t)size;
     if (size == 0) {
         task->payload_at = PAYLOAD_NONE;
     } else if (!self->store && size <= s_inline_room(task)) {
         /* with a store a payload may leave memory: it gets its own */
-        memcpy(s_inline(task), zmq_msg_data(value), size);
+        memcpy(s_inline(task), data, size);
         task->payload_at = PAYLOAD_INLINE;
     } else if (size <= S_PAYLOAD_COPY) {
         task->payload = tqb_alloc(size);
-        memcpy(task->payload, zmq_msg_data(value), size);
+        memcpy(task->payload, data, size);
         task->payload_at = PAYLOAD_HEAP;
     } else {
         zmq_msg_t *msg = tqb_alloc(sizeof *msg);
         zmq_msg_init(msg);
-        zmq_msg_move(msg, value);
+        if (value)
+            zmq_msg_move(msg, value);
+        else {
+            zmq_msg_init_size(msg, size);
+            memcpy(zmq_msg_data(msg), data, size);
+        }
         task->payload = msg;
         task->payload_at = PAYLOAD_MSG;
     }
     self->memory += size;
+}
+
+/* s_payload_keep_bytes of a message (moved in, may be NULL or empty). */
+static void
+s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
+{
+    size_t size = value ? zmq_msg_size(value) : 0;
+    s_payload_keep_bytes(self, task, size ? zmq_msg_data(value) : NULL, size,
+                         value);
 }
 
 /* Lets the payload go from memory (and from the memory count). */
@@ -776,10 +790,25 @@ task_t *
 tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
              zmq_msg_t *payload)
 {
-    size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
-    uint8_t bin[TQB_ID_BIN];
-    bool id_bin = s_id_parse_memo(self, id, id_len, bin);
     size_t size = payload ? zmq_msg_size(payload) : 0;
+    tq_str_t text = {id, (uint32_t)strnlen(id, TQ_PROTO_MAX_ID)};
+    return tqb_task_new_bytes(self, text, NULL, lane,
+                              size ? zmq_msg_data(payload) : NULL, size,
+                              payload);
+}
+
+task_t *
+tqb_task_new_bytes(tq_broker_t *self, tq_str_t id, const uint8_t *id_bytes,
+                   lane_t *lane, const void *data, size_t size,
+                   zmq_msg_t *payload)
+{
+    size_t id_len = id.len < TQ_PROTO_MAX_ID ? id.len : TQ_PROTO_MAX_ID;
+    uint8_t bin[TQB_ID_BIN];
+    bool id_bin = id_bytes != NULL;
+    if (id_bin)
+        memcpy(bin, id_bytes, TQB_ID_BIN);
+    else
+        id_bin = s_id_parse_memo(self, id.ptr, id_len, bin);
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
@@ -791,19 +820,19 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         memcpy(task->rec.id, bin, TQB_ID_BIN);
         task->id_bin = true;
     } else {
-        memcpy(task->rec.id, id, id_len);
+        memcpy(task->rec.id, id.ptr, id_len);
         task->rec.id[id_len] = '\0';
     }
     task->state = TASK_NEW;
     task->lane = lane;
     task->submitted_ms = self->now_ms;
     if (inline_) {
-        memcpy(s_inline(task), zmq_msg_data(payload), size);
+        memcpy(s_inline(task), data, size);
         task->payload_at = PAYLOAD_INLINE;
         task->payload_size = (uint32_t)size;
         self->memory += size;
     } else if (size) {
-        s_payload_keep(self, task, payload);
+        s_payload_keep_bytes(self, task, data, size, payload);
         if (s_may_page_out(self))
             s_page_out_list(self, task);
     }
@@ -989,6 +1018,27 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
         *why = result ? "stored task unreadable: cannot read its result"
                       : "stored task unreadable: cannot read its args";
     return rc;
+}
+
+bool
+tqb_task_payload_bytes(const task_t *task, const void **data, size_t *size)
+{
+    switch (task->payload_at) {
+    case PAYLOAD_NONE:
+        *data = NULL;
+        *size = 0;
+        return true;
+    case PAYLOAD_INLINE:
+        *data = s_inline(task);
+        *size = task->payload_size;
+        return true;
+    case PAYLOAD_HEAP:
+        *data = task->payload;
+        *size = task->payload_size;
+        return true;
+    default:
+        return false;
+    }
 }
 
 const void *

@@ -33,6 +33,7 @@ s_child(tq_broker_t *self, const char *ident)
     zmq_msg_close(&self->frames.identity);
     zmq_msg_init_size(&self->frames.identity, strlen(ident));
     memcpy(zmq_msg_data(&self->frames.identity), ident, strlen(ident));
+    tqb_received(self);
     peer_t *child = tqb_peer_new(self, PEER_CHILD);
     child->credit = 4;
     return child;
@@ -441,6 +442,7 @@ s_sender(tq_broker_t *self, const uint8_t *data, size_t size)
     zmq_msg_close(&self->frames.identity);
     zmq_msg_init_size(&self->frames.identity, size);
     memcpy(zmq_msg_data(&self->frames.identity), data, size);
+    tqb_received(self);
 }
 
 /* A distinct id for i: sizes 2..255, ids of one size differing in a
