@@ -493,6 +493,13 @@ struct tq_broker_t {
     const void *in_data;
     size_t in_size;
     zmq_msg_t *in_msg;
+    /* the lane tqb_lane_of found last, and its names' lengths: a run of
+       SUBMITs names the same queue and task (lanes live as long as the
+       broker) */
+    struct {
+        lane_t *lane;
+        uint32_t queue_len, task_len;
+    } lane_memo;
 };
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
@@ -688,6 +695,9 @@ int tqb_store_recover(tq_broker_t *self, char *error, size_t errlen);
 const char *tqb_intern(tq_broker_t *self, tq_str_t s);
 queue_t *tqb_queue(tq_broker_t *self, tq_str_t name);
 lane_t *tqb_lane(queue_t *queue, const char *task);
+/* The lane of a queue and a task name (made if new): tqb_lane of
+   tqb_queue and tqb_intern, the last one found remembered. */
+lane_t *tqb_lane_of(tq_broker_t *self, tq_str_t queue, tq_str_t task);
 void tqb_list_push(task_list_t *list, task_t *task, bool front);
 void tqb_list_remove(task_list_t *list, task_t *task);
 /* The id table: empty at start; tqb_tasks_free frees every task. */
@@ -722,6 +732,8 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* tqb_task_id as a tq_str_t (no strlen of a rendered binary id). */
+tq_str_t tqb_task_id_str(const task_t *task);
 /* Puts the task's id into out: as its 16 bytes when `binary` and the id
    is binary (no render to text), else as text (sent as bin when `binary`
    and it has that form, PROTOCOL.md 3). */

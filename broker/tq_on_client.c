@@ -79,8 +79,12 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     /* a known id is a resubmission after a lost acknowledgement; under
        CURVE another tenant's id is refused, not acknowledged (an id that
        came as a bin by its bytes: no parse of its text) */
-    task_t *known = msg->id_bytes ? tqb_task_find_bin(self, msg->id_bytes)
-                                  : tqb_task_find(self, msg->id);
+    const uint8_t *id_bytes = msg->id_bytes;
+    uint8_t bin[TQB_ID_BIN];
+    if (!id_bytes && tq_proto_id_parse(msg->id.ptr, msg->id.len, bin))
+        id_bytes = bin; /* parsed once, for the lookup and the task */
+    task_t *known = id_bytes ? tqb_task_find_bin(self, id_bytes)
+                             : tqb_task_find(self, msg->id);
     if (known && !tqb_may_see(self, known)) {
         tqb_reply_error(self, self->clients, TQ_EDENIED,
                         "this id belongs to another client key", msg->id);
@@ -88,13 +92,11 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     }
     task_t *task = known;
     if (!known) {
-        queue_t *queue = tqb_queue(self, msg->queue);
-        if (s_over_limit(self, msg, queue, self->in_size))
+        lane_t *lane = tqb_lane_of(self, msg->queue, msg->task);
+        if (s_over_limit(self, msg, lane->queue, self->in_size))
             return;
-        task = tqb_task_new_bytes(
-            self, msg->id, msg->id_bytes,
-            tqb_lane(queue, tqb_intern(self, msg->task)), self->in_data,
-            self->in_size, self->in_msg);
+        task = tqb_task_new_bytes(self, msg->id, id_bytes, lane,
+                                  self->in_data, self->in_size, self->in_msg);
         task->rec.priority = (uint8_t)msg->priority;
         task->rec.time_limit_ms = msg->time_limit_ms;
         task->rec.retries = msg->retries;

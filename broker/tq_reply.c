@@ -39,11 +39,20 @@ tqb_ident_clear(ident_t *ident)
     ident->size = 0;
 }
 
+/* tqb_ident_eq within this file, where every message sent asks it of
+   the open batches and the clients that take them (inlined) */
+static inline bool
+s_ident_eq(const ident_t *a, const ident_t *b)
+{
+    return a->size == b->size &&
+        memcmp(a->heap ? a->heap : a->bytes, b->heap ? b->heap : b->bytes,
+               a->size) == 0;
+}
+
 bool
 tqb_ident_eq(const ident_t *a, const ident_t *b)
 {
-    return a->size == b->size &&
-        memcmp(tqb_ident_data(a), tqb_ident_data(b), a->size) == 0;
+    return s_ident_eq(a, b);
 }
 
 void
@@ -137,7 +146,7 @@ tqb_batch_peer(tq_broker_t *self, const ident_t *ident, bool takes)
 {
     uint32_t i = 0;
     while (i < self->batch_peer_count &&
-           !tqb_ident_eq(&self->batch_peers[i], ident))
+           !s_ident_eq(&self->batch_peers[i], ident))
         i++;
     bool known = i < self->batch_peer_count;
     if (known == takes)
@@ -168,7 +177,7 @@ bool
 tqb_batch_takes(const tq_broker_t *self, const ident_t *ident)
 {
     for (uint32_t i = 0; i < self->batch_peer_count; i++)
-        if (tqb_ident_eq(&self->batch_peers[i], ident))
+        if (s_ident_eq(&self->batch_peers[i], ident))
             return ident->size > 0;
     return false;
 }
@@ -179,7 +188,7 @@ s_batch_find(tq_broker_t *self, void *socket, const ident_t *ident)
 {
     for (int i = 0; i < TQB_BATCH_SLOTS; i++)
         if (self->batches[i].batch.count && self->batches[i].socket == socket &&
-            tqb_ident_eq(&self->batches[i].to, ident))
+            s_ident_eq(&self->batches[i].to, ident))
             return &self->batches[i];
     return NULL;
 }
@@ -469,7 +478,7 @@ s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     zmq_msg_t copy; /* borrowed bytes that go alone */
     zmq_msg_t *msg = payload->has ? payload->msg : NULL;
     if (socket == self->clients && self->local_fn &&
-        tqb_ident_eq(ident, &self->local_ident)) {
+        s_ident_eq(ident, &self->local_ident)) {
         /* the embedded pool's caller, in this process */
         if (payload->has && !msg) {
             s_payload_own(payload, &copy);
@@ -591,7 +600,7 @@ int
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tq_str(tqb_task_id(task));
+    out->id = tqb_task_id_str(task);
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
@@ -706,7 +715,7 @@ s_fold_release_head(tq_broker_t *self)
         ? tqb_task_find_bin(self, (const uint8_t *)fold->id)
         : tqb_task_find(self, tq_str(fold->id));
     if (task && !tqb_task_is_final(task)) {
-        tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(tqb_task_id(task));
+        tqb_out(self, TQ_CMD_SUBMITTED)->id = tqb_task_id_str(task);
         tqb_send_to(self, self->clients, &fold->to, NULL);
     }
     tqb_ident_clear(&fold->to);

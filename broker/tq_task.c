@@ -110,6 +110,28 @@ tqb_lane(queue_t *queue, const char *task)
     return lane;
 }
 
+lane_t *
+tqb_lane_of(tq_broker_t *self, tq_str_t queue, tq_str_t task)
+{
+    lane_t *lane = self->lane_memo.lane;
+    if (lane && queue.ptr && task.ptr &&
+        self->lane_memo.queue_len == queue.len &&
+        self->lane_memo.task_len == task.len &&
+        memcmp(lane->queue->name, queue.ptr, queue.len) == 0 &&
+        memcmp(lane->task, task.ptr, task.len) == 0)
+        return lane;
+    lane = tqb_lane(tqb_queue(self, queue), tqb_intern(self, task));
+    /* remembered only when the interned names are the names given (not
+       when one was cut or held a NUL) */
+    if (queue.ptr && task.ptr && strlen(lane->queue->name) == queue.len &&
+        strlen(lane->task) == task.len) {
+        self->lane_memo.lane = lane;
+        self->lane_memo.queue_len = queue.len;
+        self->lane_memo.task_len = task.len;
+    }
+    return lane;
+}
+
 /* ---- the table ---- */
 
 /* Payloads up to this size are copied into the task's own allocation (a
@@ -492,6 +514,14 @@ tqb_task_id(const task_t *task)
     char *text = ring[next++ % S_ID_RING];
     tqb_id_render(text, (const uint8_t *)task->rec.id);
     return text;
+}
+
+tq_str_t
+tqb_task_id_str(const task_t *task)
+{
+    if (!task->id_bin)
+        return tq_str(task->rec.id);
+    return (tq_str_t){tqb_task_id(task), 2 * TQB_ID_BIN};
 }
 
 void
@@ -1198,11 +1228,17 @@ static const int s_wire[TASK_STATES_] = {
     [TASK_CANCELLED] = TQ_STATE_CANCELLED,
 };
 
-bool
-tqb_task_legal(task_state_t from, task_state_t to)
+static inline bool
+s_legal_move(task_state_t from, task_state_t to)
 {
     return from < TASK_STATES_ && to < TASK_STATES_ &&
         (s_legal[from] & B(to)) != 0;
+}
+
+bool
+tqb_task_legal(task_state_t from, task_state_t to)
+{
+    return s_legal_move(from, to);
 }
 
 const char *
@@ -1385,7 +1421,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
     if (!how)
         how = &none;
     task_state_t from = task->state;
-    if (!tqb_task_legal(from, to)) {
+    if (!s_legal_move(from, to)) {
         tq_log_error("BUG: task %s cannot move %s -> %s", tqb_task_id(task),
                      s_names[from], tqb_task_state_name(to));
         abort();

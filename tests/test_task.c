@@ -668,6 +668,43 @@ test_intern(void **state)
     tq_broker_destroy(&b);
 }
 
+/* tqb_lane_of gives the lane tqb_lane gives for the same names, the one
+   it remembers only when both names are the same: never the last lane
+   for a name that differs in its queue, its task, a prefix of either, or
+   the same text one byte longer (slices of other text, not NUL-ended). */
+static void
+test_lane_memo(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    static const char *const pairs[][2] = {
+        {"q", "t"},  {"q", "t2"}, {"q2", "t"}, {"q", "t"},  {"qq", "t"},
+        {"q", "tt"}, {"q", "t"},  {"t", "q"},  {"q2", "t2"}, {"q", "t"}};
+    enum { K = sizeof pairs / sizeof *pairs };
+    char queue[64], task[64];
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < K; i++) {
+            snprintf(queue, sizeof queue, "%sZZZ", pairs[i][0]);
+            snprintf(task, sizeof task, "%sZZZ", pairs[i][1]);
+            tq_str_t q = {queue, (uint32_t)strlen(pairs[i][0])};
+            tq_str_t t = {task, (uint32_t)strlen(pairs[i][1])};
+            lane_t *lane = tqb_lane_of(b, q, t);
+            assert_ptr_equal(lane, tqb_lane(tqb_queue(b, q), tqb_intern(b, t)));
+            assert_string_equal(lane->queue->name, pairs[i][0]);
+            assert_string_equal(lane->task, pairs[i][1]);
+            /* asked again at once: the remembered one */
+            assert_ptr_equal(tqb_lane_of(b, q, t), lane);
+            /* one byte longer, either name: another lane */
+            tq_str_t q1 = {queue, q.len + 1}, t1 = {task, t.len + 1};
+            assert_ptr_not_equal(tqb_lane_of(b, q1, t), lane);
+            assert_ptr_not_equal(tqb_lane_of(b, q, t1), lane);
+            assert_int_equal(strlen(tqb_lane_of(b, q1, t)->queue->name),
+                             q.len + 1);
+            assert_int_equal(strlen(tqb_lane_of(b, q, t1)->task), t.len + 1);
+        }
+    tq_broker_destroy(&b);
+}
+
 /* A binary id renders as the same text tqb_hex gives: every byte value in
    every position. */
 static void
@@ -1009,6 +1046,7 @@ main(void)
         cmocka_unit_test(test_peer_index),
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_intern),
+        cmocka_unit_test(test_lane_memo),
         cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
