@@ -194,6 +194,8 @@ struct lane_s {
     task_list_t fifo[TQB_PRIORITIES];
     uint32_t waiting;
     lane_t *next;
+    uint32_t busy; /* bit p: fifo[p] holds tasks (dispatch reads the
+                      highest at once, not ten heads) */
 };
 
 struct queue_s {

@@ -349,17 +349,14 @@ s_next_task(peer_t *child)
     task_t *best = NULL;
     for (uint32_t q = 0; q < child->queue_count; q++) {
         for (lane_t *lane = child->queues[q]->lanes; lane; lane = lane->next) {
-            if (!lane->waiting || !tqb_peer_serves(child, lane))
+            if (!lane->busy || !tqb_peer_serves(child, lane))
                 continue;
-            for (int p = TQB_PRIORITIES - 1; p >= 0; p--) {
-                task_t *head = lane->fifo[p].head;
-                if (!head)
-                    continue;
-                if (!best || p > best->rec.priority ||
-                    (p == best->rec.priority && head->rec.seq < best->rec.seq))
-                    best = head;
-                break;
-            }
+            /* its highest priority with tasks: the highest bit of busy */
+            int p = 31 - __builtin_clz(lane->busy);
+            task_t *head = lane->fifo[p].head;
+            if (!best || p > best->rec.priority ||
+                (p == best->rec.priority && head->rec.seq < best->rec.seq))
+                best = head;
         }
     }
     return best;
@@ -448,7 +445,8 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     out->time_limit_ms = task->rec.time_limit_ms;
     int rc = tqb_send_child(self, child, held, data, size);
     int err = errno;
-    zmq_msg_close(&args);
+    if (held)
+        zmq_msg_close(&args);
     if (rc != 0) {
         /* never delivered: nobody holds this attempt */
         tqb_task_move(self, task, TASK_WAITING, &(task_move_t){.front = true});

@@ -193,6 +193,18 @@ s_batch_find(tq_broker_t *self, void *socket, const ident_t *ident)
     return NULL;
 }
 
+/* The open batch to child, NULL if none: by the peer its slot names (a
+   child's batch opens only through tqb_send_child, and closes when the
+   child goes: tqb_batch_drop), no compare of routing ids. */
+static out_batch_t *
+s_batch_of_child(tq_broker_t *self, const peer_t *child)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].batch.count && self->batches[i].child == child)
+            return &self->batches[i];
+    return NULL;
+}
+
 /* The RESULTs of a batch that was not sent were not delivered: their
    results leave the window of delivered ones (tq_results.c) and keep
    their TTL, as after a lone RESULT that failed. */
@@ -415,7 +427,7 @@ tqb_batch_free(tq_broker_t *self)
 void
 tqb_batch_send_child(tq_broker_t *self, peer_t *child)
 {
-    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+    out_batch_t *open = s_batch_of_child(self, child);
     if (open)
         s_batch_send(self, open);
 }
@@ -438,7 +450,7 @@ tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload,
     s_payload_t p = {true, data, size, payload};
     if (!(child->features & TQ_FEATURE_BATCH) || size > TQ_BATCH_MAX_PAYLOAD)
         return s_send_to(self, self->workers, &child->ident, &p);
-    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+    out_batch_t *open = s_batch_of_child(self, child);
     if (open && s_batch_full(open, size)) {
         s_batch_send(self, open); /* the slot stays the child's */
         if (child->unreachable_ms) {

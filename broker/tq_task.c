@@ -537,31 +537,25 @@ tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
     out->id = tq_str(tqb_task_id(task));
 }
 
+/* The two hex digits of every byte value, for tqb_id_render. */
+#define S_DIGIT(d) ((d) < 10 ? '0' + (d) : 'a' - 10 + (d))
+#define S_HEX2(b) {S_DIGIT((b) >> 4), S_DIGIT((b) & 15)}
+#define S_HEX2_4(b) S_HEX2(b), S_HEX2((b) + 1), S_HEX2((b) + 2), S_HEX2((b) + 3)
+#define S_HEX2_16(b)                                                           \
+    S_HEX2_4(b), S_HEX2_4((b) + 4), S_HEX2_4((b) + 8), S_HEX2_4((b) + 12)
+#define S_HEX2_64(b)                                                           \
+    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32),                    \
+        S_HEX2_16((b) + 48)
+static const char s_hex2[256][2] = {S_HEX2_64(0), S_HEX2_64(64),
+                                    S_HEX2_64(128), S_HEX2_64(192)};
+
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
-    /* four bytes at a time (SWAR): every TASK and RESULT names its task */
-    const uint64_t ones = 0x0101010101010101ull;
-    for (int i = 0; i < TQB_ID_BIN / 4; i++) {
-        uint32_t word; /* the first byte lowest, whatever the host */
-        memcpy(&word, bin + 4 * i, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        word = __builtin_bswap32(word);
-#endif
-        /* byte k into the low byte of 16-bit lane k */
-        uint64_t x = word;
-        x = (x | x << 16) & 0x0000ffff0000ffffull;
-        x = (x | x << 8) & 0x00ff00ff00ff00ffull;
-        /* byte 2k: the high digit of byte k, byte 2k + 1 its low one */
-        uint64_t v = ((x >> 4) & 0x000f000f000f000full) |
-            ((x & 0x000f000f000f000full) << 8);
-        /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
-        v += '0' * ones + (((v + 6 * ones) >> 4) & ones) * 39;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap64(v);
-#endif
-        memcpy(text + 8 * i, &v, 8);
-    }
+    /* a byte's two digits at a time, from a table: every RESULT names its
+       task as text */
+    for (int i = 0; i < TQB_ID_BIN; i++)
+        memcpy(text + 2 * i, s_hex2[bin[i]], 2);
     text[2 * TQB_ID_BIN] = '\0';
 }
 
@@ -1323,6 +1317,8 @@ s_leave(tq_broker_t *self, task_t *task)
         break;
     case TASK_WAITING:
         tqb_list_remove(&task->lane->fifo[task->rec.priority], task);
+        if (!task->lane->fifo[task->rec.priority].head)
+            task->lane->busy &= ~(1u << task->rec.priority);
         task->lane->waiting--;
         queue->waiting--;
         break;
@@ -1372,6 +1368,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     switch (to) {
     case TASK_WAITING:
         tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
+        task->lane->busy |= 1u << task->rec.priority;
         task->lane->waiting++;
         queue->waiting++;
         self->dispatch_due = true;

@@ -705,6 +705,46 @@ test_lane_memo(void **state)
     tq_broker_destroy(&b);
 }
 
+/* lane->busy has bit p exactly while fifo[p] holds tasks, through moves
+   in and out of every priority, at the front and the back. */
+static void
+s_check_busy(const lane_t *lane)
+{
+    for (int p = 0; p < TQB_PRIORITIES; p++)
+        assert_int_equal((lane->busy >> p) & 1, lane->fifo[p].head != NULL);
+    assert_int_equal(lane->busy >> TQB_PRIORITIES, 0);
+}
+
+static void
+test_lane_busy(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    peer_t *child = s_child(b, "c1");
+    child->credit = 100;
+    enum { N = 40 };
+    task_t *tasks[N];
+    char id[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "b%d", i);
+        tasks[i] = s_task(b, id);
+        tasks[i]->rec.priority = (uint8_t)((i * 7) % TQB_PRIORITIES);
+        tqb_task_move(b, tasks[i], TASK_WAITING,
+                      &(task_move_t){.front = i % 3 == 0});
+        s_check_busy(tasks[i]->lane);
+    }
+    for (int round = 0; round < 2; round++)
+        for (int i = round; i < N; i += 2) {
+            tqb_task_move(b, tasks[i], TASK_HELD,
+                          &(task_move_t){.holder = child});
+            s_check_busy(tasks[i]->lane);
+        }
+    assert_int_equal(tasks[0]->lane->busy, 0);
+    tqb_task_move(b, tasks[5], TASK_WAITING, &(task_move_t){.front = true});
+    assert_int_equal(tasks[0]->lane->busy, 1u << tasks[5]->rec.priority);
+    tq_broker_destroy(&b);
+}
+
 /* A binary id renders as the same text tqb_hex gives: every byte value in
    every position. */
 static void
@@ -1047,6 +1087,7 @@ main(void)
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_intern),
         cmocka_unit_test(test_lane_memo),
+        cmocka_unit_test(test_lane_busy),
         cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
