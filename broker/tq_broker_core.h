@@ -196,6 +196,7 @@ struct lane_s {
     lane_t *next;
     uint32_t busy; /* bit p: fifo[p] holds tasks (dispatch reads the
                       highest at once, not ten heads) */
+    uint32_t task_len; /* strlen(task): every TASK names it */
 };
 
 struct queue_s {

@@ -440,7 +440,7 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
     tqb_out_id(out, task, (child->features & TQ_FEATURE_BINARY_IDS) != 0);
-    out->task = tq_str(task->lane->task);
+    out->task = (tq_str_t){task->lane->task, task->lane->task_len};
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
     int rc = tqb_send_child(self, child, held, data, size);

@@ -103,7 +103,8 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
         tqb_task_set_client(self, task, from);
-        tqb_task_set_owner(self, task, self->in_key);
+        if (self->in_key) /* CURVE; a new task has none */
+            tqb_task_set_owner(self, task, self->in_key);
         if (self->config.max_client_tasks)
             s_in_flight_add(self, from);
         if (msg->delay_ms)

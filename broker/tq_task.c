@@ -105,6 +105,7 @@ tqb_lane(queue_t *queue, const char *task)
     lane_t *lane = tqb_alloc(sizeof *lane);
     lane->queue = queue;
     lane->task = task;
+    lane->task_len = (uint32_t)strlen(task);
     lane->next = queue->lanes;
     queue->lanes = lane;
     return lane;
