@@ -610,7 +610,10 @@ tqb_tasks_free(tq_broker_t *self)
 {
     if (!self->id_table)
         return;
-    for (uint32_t b = 0; b <= self->id_mask; b++)
+    /* what the tables beside the tasks hold for them, when they hold
+       anything (GET waiters, submitters ZeroMQ did not name) */
+    bool beside = zhashx_size(self->waiters) || zhashx_size(self->submitters);
+    for (uint32_t b = 0; beside && b <= self->id_mask; b++)
         for (task_t *t = s_task_at(self, self->id_table[b]); t;
              t = s_task_at(self, t->id_next)) {
             s_waiters_free(self, t);
@@ -1490,7 +1493,8 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     assert(state == TASK_SUCCESS || state == TASK_FAILURE ||
            state == TASK_CANCELLED);
     task->rec.code = (uint32_t)code;
-    tqb_task_set_error(self, task, error);
+    if (task->has_error || (error && *error))
+        tqb_task_set_error(self, task, error);
     /* the arguments give way to the value, except for a failed task (a
        dead letter), which keeps them to run again if an operator retries
        it */
@@ -1523,7 +1527,9 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
             failed++;
         if (self->config.max_client_tasks)
             s_client_done(self, &client);
-        s_client_clear(self, task);
+        if (task->client_at == CLIENT_OTHER)
+            s_client_clear(self, task);
+        task->client_at = CLIENT_NONE;
     }
     if (task->waited) {
         s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));
