@@ -95,8 +95,8 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         lane_t *lane = tqb_lane_of(self, msg->queue, msg->task);
         if (s_over_limit(self, msg, lane->queue, self->in_size))
             return;
-        task = tqb_task_new_bytes(self, msg->id, id_bytes, lane,
-                                  self->in_data, self->in_size, self->in_msg);
+        task = tqb_task_new_bytes(self, msg->id, id_bytes, lane, self->in_data,
+                                  self->in_size, self->in_msg);
         task->rec.priority = (uint8_t)msg->priority;
         task->rec.time_limit_ms = msg->time_limit_ms;
         task->rec.retries = msg->retries;

@@ -538,17 +538,17 @@ tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
     out->id = tq_str(tqb_task_id(task));
 }
 
-/* The two hex digits of every byte value, for tqb_id_render. */
+/* The two hex digits of every byte value, byte b's at 2 * b, for
+   tqb_id_render. */
 #define S_DIGIT(d) ((d) < 10 ? '0' + (d) : 'a' - 10 + (d))
-#define S_HEX2(b) {S_DIGIT((b) >> 4), S_DIGIT((b) & 15)}
+#define S_HEX2(b) S_DIGIT((b) / 16), S_DIGIT((b) % 16)
 #define S_HEX2_4(b) S_HEX2(b), S_HEX2((b) + 1), S_HEX2((b) + 2), S_HEX2((b) + 3)
 #define S_HEX2_16(b)                                                           \
     S_HEX2_4(b), S_HEX2_4((b) + 4), S_HEX2_4((b) + 8), S_HEX2_4((b) + 12)
 #define S_HEX2_64(b)                                                           \
-    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32),                    \
-        S_HEX2_16((b) + 48)
-static const char s_hex2[256][2] = {S_HEX2_64(0), S_HEX2_64(64),
-                                    S_HEX2_64(128), S_HEX2_64(192)};
+    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32), S_HEX2_16((b) + 48)
+static const char s_hex2[512] = {S_HEX2_64(0), S_HEX2_64(64), S_HEX2_64(128),
+                                 S_HEX2_64(192)};
 
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
@@ -556,7 +556,7 @@ tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
     /* a byte's two digits at a time, from a table: every RESULT names its
        task as text */
     for (int i = 0; i < TQB_ID_BIN; i++)
-        memcpy(text + 2 * i, s_hex2[bin[i]], 2);
+        memcpy(text + 2 * i, s_hex2 + 2 * bin[i], 2);
     text[2 * TQB_ID_BIN] = '\0';
 }
 

@@ -678,7 +678,7 @@ test_lane_memo(void **state)
     (void)state;
     tq_broker_t *b = s_broker(NULL);
     static const char *const pairs[][2] = {
-        {"q", "t"},  {"q", "t2"}, {"q2", "t"}, {"q", "t"},  {"qq", "t"},
+        {"q", "t"},  {"q", "t2"}, {"q2", "t"}, {"q", "t"},   {"qq", "t"},
         {"q", "tt"}, {"q", "t"},  {"t", "q"},  {"q2", "t2"}, {"q", "t"}};
     enum { K = sizeof pairs / sizeof *pairs };
     char queue[64], task[64];
