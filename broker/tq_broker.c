@@ -1326,10 +1326,6 @@ tq_broker_destroy(tq_broker_t **self_p)
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);
-    for (uint32_t i = 0; i < self->fold_count; i++) {
-        fold_t *fold = &self->folds[(self->fold_head + i) % self->fold_cap];
-        tqb_ident_clear(&fold->to);
-    }
     free(self->folds);
     free(self->candidates);
     tq_heap_destroy(&self->delayed);

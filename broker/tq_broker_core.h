@@ -289,10 +289,11 @@ typedef struct {
     uint64_t need; /* the batch whose commit it waits for */
 } ack_t;
 
-/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms unless the
-   task ended first, its RESULT then acknowledging it. */
+/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms to the
+   task's submitter unless the task ended first, its RESULT then
+   acknowledging it (the submitter is the task's until it ends:
+   tqb_task_client). */
 typedef struct {
-    ident_t to;
     char id[TQ_PROTO_MAX_ID + 1]; /* the task's id: text, or its
                                      TQB_ID_BIN bytes when id_bin */
     bool id_bin;
@@ -652,9 +653,9 @@ void tqb_acks_clear(tq_broker_t *self);
 
 /* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
 
-/* Holds the SUBMITTED of a new task id for to until the fold window
-   ends. */
-void tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to);
+/* Holds the SUBMITTED of a new task for its submitter until the fold
+   window ends. */
+void tqb_fold_ack(tq_broker_t *self, const task_t *task);
 /* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
    not final yet, drops those whose task ended (its RESULT went to the
    submitter). Returns the next due time, INT64_MAX for none. */
@@ -766,6 +767,9 @@ const void *tqb_task_payload_data(const task_t *task);
 size_t tqb_task_payload_size(const task_t *task);
 /* Records the submitter, answered when the task ends. */
 void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
+/* The submitter of a task not answered yet (borrowed: never
+   tqb_ident_clear it; valid until the task changes); size 0: none. */
+ident_t tqb_task_client(tq_broker_t *self, const task_t *task);
 /* Its last dispatch (monotonic ms), 0: never; and recording it. */
 int64_t tqb_task_started_ms(const task_t *task);
 void tqb_task_set_started(task_t *task, int64_t now_ms);

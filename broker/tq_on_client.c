@@ -121,7 +121,7 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
            acknowledged by its RESULT alone (PROTOCOL.md 5.1, item 2).
            Never with a store, where SUBMITTED means committed and a
            RESULT may come before the commit. */
-        tqb_fold_ack(self, task, from);
+        tqb_fold_ack(self, task);
         return;
     }
     tqb_ack(self, msg->id, from, TQ_CMD_SUBMITTED, 0);

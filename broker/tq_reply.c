@@ -727,16 +727,17 @@ s_fold_release_head(tq_broker_t *self)
         ? tqb_task_find_bin(self, (const uint8_t *)fold->id)
         : tqb_task_find(self, tq_str(fold->id));
     if (task && !tqb_task_is_final(task)) {
+        ident_t to = tqb_task_client(self, task);
         tqb_out(self, TQ_CMD_SUBMITTED)->id = tqb_task_id_str(task);
-        tqb_send_to(self, self->clients, &fold->to, NULL);
+        if (to.size)
+            tqb_send_to(self, self->clients, &to, NULL);
     }
-    tqb_ident_clear(&fold->to);
     self->fold_head = (self->fold_head + 1) % self->fold_cap;
     self->fold_count--;
 }
 
 void
-tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to)
+tqb_fold_ack(tq_broker_t *self, const task_t *task)
 {
     if (self->fold_count >= FOLDS_MAX)
         s_fold_release_head(self);
@@ -753,8 +754,7 @@ tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to)
     /* one window for all: the ring stays in due order */
     fold_t *fold =
         &self->folds[(self->fold_head + self->fold_count) % self->fold_cap];
-    memset(fold, 0, sizeof *fold);
-    tqb_ident_set(&fold->to, tqb_ident_data(to), to->size);
+    /* the submitter is the task's: not copied here */
     fold->id_bin = task->id_bin;
     if (task->id_bin)
         memcpy(fold->id, task->rec.id, TQB_ID_BIN);

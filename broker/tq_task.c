@@ -553,10 +553,14 @@ static const char s_hex2[512] = {S_HEX2_64(0), S_HEX2_64(64), S_HEX2_64(128),
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
-    /* a byte's two digits at a time, from a table: every RESULT names its
-       task as text */
-    for (int i = 0; i < TQB_ID_BIN; i++)
+    /* a byte's two digits at a time, from a table, four bytes a step:
+       every RESULT names its task as text */
+    for (int i = 0; i < TQB_ID_BIN; i += 4) {
         memcpy(text + 2 * i, s_hex2 + 2 * bin[i], 2);
+        memcpy(text + 2 * i + 2, s_hex2 + 2 * bin[i + 1], 2);
+        memcpy(text + 2 * i + 4, s_hex2 + 2 * bin[i + 2], 2);
+        memcpy(text + 2 * i + 6, s_hex2 + 2 * bin[i + 3], 2);
+    }
     text[2 * TQB_ID_BIN] = '\0';
 }
 
@@ -1167,6 +1171,12 @@ s_client(tq_broker_t *self, const task_t *task)
     return ident;
 }
 
+ident_t
+tqb_task_client(tq_broker_t *self, const task_t *task)
+{
+    return s_client(self, task);
+}
+
 void
 tqb_task_free(tq_broker_t *self, task_t *task)
 {
@@ -1444,7 +1454,8 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
     s_enter(self, task, to, how);
     /* the store keeps the wire state: moves within one (a new holder)
        write nothing */
-    if (!how->restore && (from == TASK_NEW || s_wire[from] != s_wire[to]))
+    if (self->store && !how->restore &&
+        (from == TASK_NEW || s_wire[from] != s_wire[to]))
         tqb_journal_task(self, task, from);
 }
 
