@@ -381,6 +381,10 @@ s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
     }
     self->counters.batched_in += (uint64_t)count;
     zmq_msg_close(&frame);
+    /* nothing may read the sub-messages' payloads past the frame */
+    self->in_data = NULL;
+    self->in_size = 0;
+    self->in_msg = NULL;
     return count;
 }
 
