@@ -135,6 +135,21 @@ static const s_command_t s_commands[256] = {
     [TQ_CMD_LOST] = {tqb_on_lost, 0},
 };
 
+/* The protocol model by command, made once: tq_proto_command looks a
+   command up in a list, and every message asks it twice (its payload
+   rule, then who may send it). */
+static const tq_proto_command_t *s_models[256];
+static pthread_once_t s_models_once = PTHREAD_ONCE_INIT;
+
+static void
+s_models_init(void)
+{
+    size_t count;
+    const tq_proto_command_t *all = tq_proto_commands(&count);
+    for (size_t i = 0; i < count; i++)
+        s_models[all[i].command] = &all[i];
+}
+
 /* Checks that the sender may send this command here: the endpoint, then
    (workers endpoint) the role it announced. Returns the handler, or NULL
    after answering ERROR: TQ_EPROTO for a command that does not belong on
@@ -143,7 +158,7 @@ static const s_command_t *
 s_admit(tq_broker_t *self, void *socket, peer_t **peer_p)
 {
     const tq_msg_t *msg = &self->in;
-    const tq_proto_command_t *model = tq_proto_command(msg->command);
+    const tq_proto_command_t *model = s_models[msg->command];
     const s_command_t *command = &s_commands[msg->command];
     bool workers = socket == self->workers;
     unsigned senders =
@@ -251,7 +266,7 @@ s_host_bound(tq_broker_t *self, void *socket)
 static bool
 s_too_big(tq_broker_t *self, void *socket)
 {
-    size_t payload = zmq_msg_size(&self->frames.payload);
+    size_t payload = self->in_size;
     if (payload <= (size_t)self->config.max_message)
         return false;
     char text[160];
@@ -299,17 +314,45 @@ s_handle(tq_broker_t *self, void *socket, const char *endpoint, int rc,
         return;
     if (self->in.command == TQ_CMD_SUBMIT) {
         /* whether its replies may travel in BATCHes (PROTOCOL.md 5.9) */
-        ident_t from = tqb_sender(self);
-        tqb_batch_peer(self, &from,
+        tqb_batch_peer(self, &self->in_from,
                        (self->in.features & TQ_FEATURE_BATCH) != 0);
     }
     command->fn(self, &self->in, peer);
 }
 
+/* The payload of a BATCH's sub-message (data, size bytes inside the
+   batch's frame): a SUBMIT reads its arguments where they are (its task
+   copies them); a handler that keeps a payload as a message (QPUT's
+   item) gets a message of its own. TQ_OK, or TQ_EPROTO with *reason when
+   out of memory. */
+static int
+s_sub_payload(tq_broker_t *self, const void *data, size_t size, bool has,
+              const char **reason)
+{
+    self->in_data = data;
+    self->in_size = size;
+    self->in_msg = NULL;
+    if (!has || self->in.command == TQ_CMD_SUBMIT)
+        return TQ_OK;
+    zmq_msg_t *payload = &self->frames.payload;
+    zmq_msg_close(payload);
+    if (zmq_msg_init_size(payload, size) != 0) {
+        zmq_msg_init(payload);
+        self->in_size = 0;
+        *reason = "out of memory";
+        return TQ_EPROTO;
+    }
+    if (size)
+        memcpy(zmq_msg_data(payload), data, size);
+    self->in_data = zmq_msg_data(payload);
+    self->in_msg = payload;
+    return TQ_OK;
+}
+
 /* Handles a BATCH from a client (PROTOCOL.md 5.9): each sub-message as
-   if it had come alone from the same sender, its payload a message of
-   its own. Returns how many sub-messages it held (1 for a batch whose
-   framing is broken: one ERROR). */
+   if it had come alone from the same sender, its payload read in place
+   (s_sub_payload). Returns how many sub-messages it held (1 for a batch
+   whose framing is broken: one ERROR). */
 static int
 s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
 {
@@ -323,17 +366,63 @@ s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
     int count = 0;
     for (;;) {
         const char *reason = NULL;
-        int rc = tq_wire_batch_next(&r, &self->in, &self->frames.payload,
-                                    &self->frames.has_payload, &reason);
+        const void *data = NULL;
+        size_t size = 0;
+        bool has = false;
+        int rc = tq_batch_next(&r, &self->in, &data, &size, &has, &reason);
         if (rc == TQ_BATCH_END)
             break;
         count++;
-        s_handle(self, socket, endpoint, rc == TQ_ENOMEM ? TQ_EPROTO : rc,
-                 reason);
+        if (rc == TQ_OK)
+            rc = s_sub_payload(self, data, size, has, &reason);
+        else
+            s_sub_payload(self, NULL, 0, false, &reason);
+        s_handle(self, socket, endpoint, rc, reason);
     }
     self->counters.batched_in += (uint64_t)count;
     zmq_msg_close(&frame);
+    /* nothing may read the sub-messages' payloads past the frame */
+    self->in_data = NULL;
+    self->in_size = 0;
+    self->in_msg = NULL;
     return count;
+}
+
+void
+tqb_received(tq_broker_t *self)
+{
+    zmq_msg_t *identity = &self->frames.identity;
+    size_t size = zmq_msg_size(identity);
+    if (size > 255)
+        size = 255;
+    self->in_from = (ident_t){.size = (uint8_t)size};
+    if (size > TQB_IDENT_INLINE)
+        self->in_from.heap = (uint8_t *)zmq_msg_data(identity);
+    else
+        memcpy(self->in_from.bytes, zmq_msg_data(identity), size);
+    self->in_msg = &self->frames.payload;
+    self->in_data = zmq_msg_data(self->in_msg);
+    self->in_size = zmq_msg_size(self->in_msg);
+}
+
+/* Decodes the received header into self->in, and checks that a payload
+   frame came exactly when the command has one (tq_wire_decode, with the
+   model table). TQ_OK, TQ_EVERSION or TQ_EPROTO with *reason. */
+static int
+s_decode(tq_broker_t *self, const char **reason)
+{
+    zmq_msg_t *header = &self->frames.header;
+    int rc = tq_proto_decode(&self->in, zmq_msg_data(header),
+                             zmq_msg_size(header), reason);
+    if (rc != TQ_OK)
+        return rc;
+    /* decoded: its command is in the model */
+    if (s_models[self->in.command]->payload != self->frames.has_payload) {
+        *reason = self->frames.has_payload ? "unexpected payload frame"
+                                           : "missing payload frame";
+        return TQ_EPROTO;
+    }
+    return TQ_OK;
 }
 
 /* Receives and handles up to BATCH messages from one socket (a BATCH
@@ -347,15 +436,16 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
         if (rc == -1)
             break;
         count++;
+        tqb_received(self);
         const char *reason = NULL;
         if (rc == TQ_OK)
-            rc = tq_wire_decode(&self->frames, &self->in, &reason);
+            rc = s_decode(self, &reason);
         else {
             reason = "wrong number of frames";
             tqb_out(self, 0); /* nothing decoded: no id to echo */
             self->in.id = (tq_str_t){0};
         }
-        if (zmq_msg_size(&self->frames.identity) == 0)
+        if (self->in_from.size == 0)
             continue; /* nobody to answer or to blame */
         if (rc == TQ_OK && self->in.command == TQ_CMD_BATCH &&
             socket == self->clients) {
@@ -660,6 +750,7 @@ tq_broker_t *
 tq_broker_new(const tq_broker_config_t *config, char *error, size_t errlen)
 {
     tq_broker_t *self = tqb_alloc(sizeof *self);
+    pthread_once(&s_models_once, s_models_init);
     tq_frames_init(&self->frames);
     tq_heap_init(&self->delayed);
     msgpack_sbuffer_init(&self->sbuf);
@@ -1146,6 +1237,7 @@ tq_broker_local_send(tq_broker_t *self, const tq_msg_t *msg, zmq_msg_t *payload)
     if (payload)
         zmq_msg_move(&self->frames.payload, payload);
     self->frames.has_payload = payload != NULL;
+    tqb_received(self);
     memset(&self->in, 0, offsetof(tq_msg_t, queues));
     memcpy(&self->in, msg, offsetof(tq_msg_t, queues));
     self->now_ms = tqb_now();
@@ -1238,10 +1330,6 @@ tq_broker_destroy(tq_broker_t **self_p)
         tq_store_destroy(&self->store);
     }
     tqb_acks_clear(self);
-    for (uint32_t i = 0; i < self->fold_count; i++) {
-        fold_t *fold = &self->folds[(self->fold_head + i) % self->fold_cap];
-        tqb_ident_clear(&fold->to);
-    }
     free(self->folds);
     free(self->candidates);
     tq_heap_destroy(&self->delayed);

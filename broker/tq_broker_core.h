@@ -194,6 +194,9 @@ struct lane_s {
     task_list_t fifo[TQB_PRIORITIES];
     uint32_t waiting;
     lane_t *next;
+    uint32_t busy; /* bit p: fifo[p] holds tasks (dispatch reads the
+                      highest at once, not ten heads) */
+    uint32_t task_len; /* strlen(task): every TASK names it */
 };
 
 struct queue_s {
@@ -286,10 +289,11 @@ typedef struct {
     uint64_t need; /* the batch whose commit it waits for */
 } ack_t;
 
-/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms unless the
-   task ended first, its RESULT then acknowledging it. */
+/* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms to the
+   task's submitter unless the task ended first, its RESULT then
+   acknowledging it (the submitter is the task's until it ends:
+   tqb_task_client). */
 typedef struct {
-    ident_t to;
     char id[TQ_PROTO_MAX_ID + 1]; /* the task's id: text, or its
                                      TQB_ID_BIN bytes when id_bin */
     bool id_bin;
@@ -483,6 +487,23 @@ struct tq_broker_t {
        replaced first when full (batch_peer_next) */
     ident_t batch_peers[TQB_BATCH_PEERS];
     uint32_t batch_peer_count, batch_peer_next;
+    /* the message being handled, read once when it is received (s_drain,
+       a BATCH's sub-message, the local client) rather than asked of its
+       frames by every handler and helper: its sender's routing id
+       (borrowed from frames.identity: never tqb_ident_clear it) and its
+       payload's bytes, held by in_msg (frames.payload), or by the frame
+       of the BATCH it came in when in_msg is NULL */
+    ident_t in_from;
+    const void *in_data;
+    size_t in_size;
+    zmq_msg_t *in_msg;
+    /* the lane tqb_lane_of found last, and its names' lengths: a run of
+       SUBMITs names the same queue and task (lanes live as long as the
+       broker) */
+    struct {
+        lane_t *lane;
+        uint32_t queue_len, task_len;
+    } lane_memo;
 };
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
@@ -499,6 +520,11 @@ void tqb_warn(tq_broker_t *self, const char *format, ...)
         if ((self)->config.verbose || tq_log_enabled(TQ_LOG_DEBUG))            \
             tq_log(TQ_LOG_DEBUG, __VA_ARGS__);                                 \
     } while (0)
+
+/* Reads what every handler asks of the message just received in
+   self->frames once: its sender's routing id and its payload's bytes
+   (self->in_from, in_data, in_size, in_msg). */
+void tqb_received(tq_broker_t *self);
 
 /* A message for the local client (tq_broker_set_local): handed to its
    function, true; false for anyone else. self->out is the message. */
@@ -537,12 +563,15 @@ bool tqb_batch_open(const tq_broker_t *self);
 /* Frees the batches, sending nothing (tq_broker_destroy flushes them
    first, while the tasks their failure would touch exist). */
 void tqb_batch_free(tq_broker_t *self);
-/* Sends self->out (a TASK) to child with its payload (moved). To a child
+/* Sends self->out (a TASK) to child with its payload: size bytes at data,
+   held by the message payload (moved), or borrowed when payload is NULL
+   (copied). To a child
    that takes BATCH (READY feature TQ_FEATURE_BATCH) a small one joins the
    child's open batch; its failure later is handled as a refused lone TASK
    would be, for every TASK in it (tqb_child_refused). 0, or -1 with errno
    when the child cannot take it now (as tqb_send_to). */
-int tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload);
+int tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload,
+                   const void *data, size_t size);
 /* Sends child's open batch now, if it has one (before a message that
    must follow it and whose sending depends on the state it leaves). */
 void tqb_batch_send_child(tq_broker_t *self, peer_t *child);
@@ -624,9 +653,9 @@ void tqb_acks_clear(tq_broker_t *self);
 
 /* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
 
-/* Holds the SUBMITTED of a new task id for to until the fold window
-   ends. */
-void tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to);
+/* Holds the SUBMITTED of a new task for its submitter until the fold
+   window ends. */
+void tqb_fold_ack(tq_broker_t *self, const task_t *task);
 /* Sends the held SUBMITTEDs that are due (all of them if all) for tasks
    not final yet, drops those whose task ended (its RESULT went to the
    submitter). Returns the next due time, INT64_MAX for none. */
@@ -670,6 +699,9 @@ int tqb_store_recover(tq_broker_t *self, char *error, size_t errlen);
 const char *tqb_intern(tq_broker_t *self, tq_str_t s);
 queue_t *tqb_queue(tq_broker_t *self, tq_str_t name);
 lane_t *tqb_lane(queue_t *queue, const char *task);
+/* The lane of a queue and a task name (made if new): tqb_lane of
+   tqb_queue and tqb_intern, the last one found remembered. */
+lane_t *tqb_lane_of(tq_broker_t *self, tq_str_t queue, tq_str_t task);
 void tqb_list_push(task_list_t *list, task_t *task, bool front);
 void tqb_list_remove(task_list_t *list, task_t *task);
 /* The id table: empty at start; tqb_tasks_free frees every task. */
@@ -681,6 +713,14 @@ uint32_t tqb_tasks_longest_chain(const tq_broker_t *self);
    copied into the task's own allocation, a large one kept as it is). */
 task_t *tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
                      zmq_msg_t *payload);
+/* tqb_task_new for a SUBMIT read in place. id: its text; id_bytes: its
+   TQB_ID_BIN bytes when the id came so (its text is then not parsed),
+   else NULL. Its payload: size bytes at data, held by the message
+   payload (moved in when kept as it is: a large one) or, when payload is
+   NULL, borrowed (copied). */
+task_t *tqb_task_new_bytes(tq_broker_t *self, tq_str_t id,
+                           const uint8_t *id_bytes, lane_t *lane,
+                           const void *data, size_t size, zmq_msg_t *payload);
 task_t *tqb_task_find(tq_broker_t *self, tq_str_t id);
 /* True if task (may be NULL) has this id: tqb_task_find's comparison
    without the table (a DONE names its child's first task). */
@@ -696,6 +736,8 @@ void tqb_task_set_owner(tq_broker_t *self, task_t *task, const char *key);
 /* The task's id as text: its own, or a rendering of a binary id valid
    until 8 more renderings on this thread (borrowed: use it at once). */
 const char *tqb_task_id(const task_t *task);
+/* tqb_task_id as a tq_str_t (no strlen of a rendered binary id). */
+tq_str_t tqb_task_id_str(const task_t *task);
 /* Puts the task's id into out: as its 16 bytes when `binary` and the id
    is binary (no render to text), else as text (sent as bin when `binary`
    and it has that form, PROTOCOL.md 3). */
@@ -714,11 +756,20 @@ void tqb_id_render(char text[2 * TQB_ID_BIN + 1],
    is missing) with msg empty and *why saying what (static text). */
 int tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
                      const char **why);
+/* The payload's bytes when the task holds them itself (inline or
+   copied; none counts, as 0 bytes): true with *data and *size (borrowed,
+   until the task changes); false when they are a message's or only the
+   store's (tqb_task_payload). */
+bool tqb_task_payload_bytes(const task_t *task, const void **data,
+                            size_t *size);
 /* The payload's bytes when in memory, else NULL; its size either way. */
 const void *tqb_task_payload_data(const task_t *task);
 size_t tqb_task_payload_size(const task_t *task);
 /* Records the submitter, answered when the task ends. */
 void tqb_task_set_client(tq_broker_t *self, task_t *task, const ident_t *from);
+/* The submitter of a task not answered yet (borrowed: never
+   tqb_ident_clear it; valid until the task changes); size 0: none. */
+ident_t tqb_task_client(tq_broker_t *self, const task_t *task);
 /* Its last dispatch (monotonic ms), 0: never; and recording it. */
 int64_t tqb_task_started_ms(const task_t *task);
 void tqb_task_set_started(task_t *task, int64_t now_ms);

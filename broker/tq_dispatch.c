@@ -113,10 +113,8 @@ peer_t *
 tqb_peer(tq_broker_t *self)
 {
     /* by the sender's id bytes: no render to text, no zhashx */
-    size_t size = zmq_msg_size(&self->frames.identity);
-    if (size > 255)
-        size = 255;
-    const uint8_t *data = zmq_msg_data(&self->frames.identity);
+    size_t size = self->in_from.size;
+    const uint8_t *data = tqb_ident_data(&self->in_from);
     if (!self->peer_slots)
         return NULL;
     uint32_t hash = s_ident_hash(data, size);
@@ -133,10 +131,8 @@ tqb_peer_new(tq_broker_t *self, peer_role_t role)
     peer_t *peer = tqb_alloc(sizeof *peer);
     peer->serial = ++self->peer_serial;
     peer->role = role;
-    size_t size = zmq_msg_size(&self->frames.identity);
-    if (size > 255)
-        size = 255;
-    tqb_ident_set(&peer->ident, zmq_msg_data(&self->frames.identity), size);
+    size_t size = self->in_from.size;
+    tqb_ident_set(&peer->ident, tqb_ident_data(&self->in_from), size);
     peer->ident_hash = s_ident_hash(tqb_ident_data(&peer->ident), size);
     if (zhashx_insert(self->peers, &peer->ident, peer) == 0)
         s_index_add(self, peer);
@@ -353,17 +349,14 @@ s_next_task(peer_t *child)
     task_t *best = NULL;
     for (uint32_t q = 0; q < child->queue_count; q++) {
         for (lane_t *lane = child->queues[q]->lanes; lane; lane = lane->next) {
-            if (!lane->waiting || !tqb_peer_serves(child, lane))
+            if (!lane->busy || !tqb_peer_serves(child, lane))
                 continue;
-            for (int p = TQB_PRIORITIES - 1; p >= 0; p--) {
-                task_t *head = lane->fifo[p].head;
-                if (!head)
-                    continue;
-                if (!best || p > best->rec.priority ||
-                    (p == best->rec.priority && head->rec.seq < best->rec.seq))
-                    best = head;
-                break;
-            }
+            /* its highest priority with tasks: the highest bit of busy */
+            int p = 31 - __builtin_clz(lane->busy);
+            task_t *head = lane->fifo[p].head;
+            if (!best || p > best->rec.priority ||
+                (p == best->rec.priority && head->rec.seq < best->rec.seq))
+                best = head;
         }
     }
     return best;
@@ -427,21 +420,33 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     task->rec.attempt++;
     tqb_task_set_started(task, self->now_ms);
     tqb_task_move(self, task, TASK_HELD, &(task_move_t){.holder = child});
+    /* its arguments: the task's own bytes when it holds them (copied
+       once, into the batch or the message), else shared or read back */
     zmq_msg_t args;
-    const char *why = NULL;
-    if (tqb_task_payload(self, task, &args, &why) != 0) {
-        /* only the store had its arguments, and they cannot be read */
-        tqb_task_final(self, task, TASK_FAILURE, TQ_ECORRUPT, why, NULL);
-        return true;
+    zmq_msg_init(&args);
+    zmq_msg_t *held = NULL;
+    const void *data;
+    size_t size;
+    if (!tqb_task_payload_bytes(task, &data, &size)) {
+        const char *why = NULL;
+        if (tqb_task_payload(self, task, &args, &why) != 0) {
+            /* only the store had its arguments, and they cannot be read */
+            tqb_task_final(self, task, TASK_FAILURE, TQ_ECORRUPT, why, NULL);
+            return true;
+        }
+        held = &args;
+        data = zmq_msg_data(&args);
+        size = zmq_msg_size(&args);
     }
     tq_msg_t *out = tqb_out(self, TQ_CMD_TASK);
     tqb_out_id(out, task, (child->features & TQ_FEATURE_BINARY_IDS) != 0);
-    out->task = tq_str(task->lane->task);
+    out->task = (tq_str_t){task->lane->task, task->lane->task_len};
     out->attempt = task->rec.attempt;
     out->time_limit_ms = task->rec.time_limit_ms;
-    int rc = tqb_send_child(self, child, &args);
+    int rc = tqb_send_child(self, child, held, data, size);
     int err = errno;
-    zmq_msg_close(&args);
+    if (held)
+        zmq_msg_close(&args);
     if (rc != 0) {
         /* never delivered: nobody holds this attempt */
         tqb_task_move(self, task, TASK_WAITING, &(task_move_t){.front = true});

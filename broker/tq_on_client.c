@@ -65,9 +65,8 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
 {
     (void)peer;
     const char *reason = NULL;
-    if (tq_proto_check_payload(zmq_msg_data(&self->frames.payload),
-                               zmq_msg_size(&self->frames.payload), true,
-                               &reason) != TQ_OK) {
+    if (tq_proto_check_payload(self->in_data, self->in_size, true, &reason) !=
+        TQ_OK) {
         char text[256];
         snprintf(text, sizeof text, "arguments: %s", reason);
         self->counters.malformed++;
@@ -76,10 +75,16 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         tqb_reply_error(self, self->clients, TQ_EPROTO, text, msg->id);
         return;
     }
-    ident_t from = tqb_sender(self);
+    const ident_t *from = &self->in_from;
     /* a known id is a resubmission after a lost acknowledgement; under
-       CURVE another tenant's id is refused, not acknowledged */
-    task_t *known = tqb_task_find(self, msg->id);
+       CURVE another tenant's id is refused, not acknowledged (an id that
+       came as a bin by its bytes: no parse of its text) */
+    const uint8_t *id_bytes = msg->id_bytes;
+    uint8_t bin[TQB_ID_BIN];
+    if (!id_bytes && tq_proto_id_parse(msg->id.ptr, msg->id.len, bin))
+        id_bytes = bin; /* parsed once, for the lookup and the task */
+    task_t *known = id_bytes ? tqb_task_find_bin(self, id_bytes)
+                             : tqb_task_find(self, msg->id);
     if (known && !tqb_may_see(self, known)) {
         tqb_reply_error(self, self->clients, TQ_EDENIED,
                         "this id belongs to another client key", msg->id);
@@ -87,24 +92,21 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     }
     task_t *task = known;
     if (!known) {
-        queue_t *queue = tqb_queue(self, msg->queue);
-        size_t size = zmq_msg_size(&self->frames.payload);
-        if (s_over_limit(self, msg, queue, size))
+        lane_t *lane = tqb_lane_of(self, msg->queue, msg->task);
+        if (s_over_limit(self, msg, lane->queue, self->in_size))
             return;
-        char id[TQ_PROTO_MAX_ID + 1];
-        tq_str_copy(id, sizeof id, msg->id);
-        task =
-            tqb_task_new(self, id, tqb_lane(queue, tqb_intern(self, msg->task)),
-                         &self->frames.payload);
+        task = tqb_task_new_bytes(self, msg->id, id_bytes, lane, self->in_data,
+                                  self->in_size, self->in_msg);
         task->rec.priority = (uint8_t)msg->priority;
         task->rec.time_limit_ms = msg->time_limit_ms;
         task->rec.retries = msg->retries;
         task->rec.backoff_ms = msg->backoff_ms ? msg->backoff_ms : 1000;
         task->rec.seq = ++self->seq;
-        tqb_task_set_client(self, task, &from);
-        tqb_task_set_owner(self, task, self->in_key);
+        tqb_task_set_client(self, task, from);
+        if (self->in_key) /* CURVE; a new task has none */
+            tqb_task_set_owner(self, task, self->in_key);
         if (self->config.max_client_tasks)
-            s_in_flight_add(self, &from);
+            s_in_flight_add(self, from);
         if (msg->delay_ms)
             tqb_task_move(
                 self, task, TASK_SCHEDULED,
@@ -119,10 +121,10 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
            acknowledged by its RESULT alone (PROTOCOL.md 5.1, item 2).
            Never with a store, where SUBMITTED means committed and a
            RESULT may come before the commit. */
-        tqb_fold_ack(self, task, &from);
+        tqb_fold_ack(self, task);
         return;
     }
-    tqb_ack(self, msg->id, &from, TQ_CMD_SUBMITTED, 0);
+    tqb_ack(self, msg->id, from, TQ_CMD_SUBMITTED, 0);
 }
 
 /* The unfinished task a request names, for GET and CANCEL; or NULL once

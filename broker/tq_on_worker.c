@@ -113,9 +113,8 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
     int code = (int)msg->code;
     const char *reason = NULL;
     if (state == TQ_STATE_SUCCESS &&
-        tq_proto_check_payload(zmq_msg_data(&self->frames.payload),
-                               zmq_msg_size(&self->frames.payload), false,
-                               &reason) != TQ_OK) {
+        tq_proto_check_payload(self->in_data, self->in_size, false, &reason) !=
+            TQ_OK) {
         /* the worker's bug, but the caller deserves an answer */
         self->counters.malformed++;
         tqb_warn(self, "DONE %s: malformed value: %s", tqb_task_id(task),

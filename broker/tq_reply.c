@@ -39,11 +39,20 @@ tqb_ident_clear(ident_t *ident)
     ident->size = 0;
 }
 
+/* tqb_ident_eq within this file, where every message sent asks it of
+   the open batches and the clients that take them (inlined) */
+static inline bool
+s_ident_eq(const ident_t *a, const ident_t *b)
+{
+    return a->size == b->size &&
+        memcmp(a->heap ? a->heap : a->bytes, b->heap ? b->heap : b->bytes,
+               a->size) == 0;
+}
+
 bool
 tqb_ident_eq(const ident_t *a, const ident_t *b)
 {
-    return a->size == b->size &&
-        memcmp(tqb_ident_data(a), tqb_ident_data(b), a->size) == 0;
+    return s_ident_eq(a, b);
 }
 
 void
@@ -60,16 +69,7 @@ tqb_hex(char *dst, const uint8_t *data, size_t size)
 ident_t
 tqb_sender(tq_broker_t *self)
 {
-    ident_t ident = {0};
-    size_t size = zmq_msg_size(&self->frames.identity);
-    if (size > 255)
-        size = 255;
-    ident.size = (uint8_t)size;
-    if (size > TQB_IDENT_INLINE)
-        ident.heap = (uint8_t *)zmq_msg_data(&self->frames.identity);
-    else
-        memcpy(ident.bytes, zmq_msg_data(&self->frames.identity), size);
-    return ident; /* borrowed: never tqb_ident_clear it */
+    return self->in_from; /* borrowed: never tqb_ident_clear it */
 }
 
 /* ---- sending ---- */
@@ -104,6 +104,29 @@ tqb_client_dropped(tq_broker_t *self, const ident_t *ident)
     return (uintptr_t) zhashx_lookup(self->client_drops, key);
 }
 
+/* What follows a header: nothing (has false), or size bytes at data,
+   held by msg (moved out when sent) or, when msg is NULL, borrowed (a
+   task's own bytes: copied into a batch, or into a message of their own
+   to go alone). */
+typedef struct {
+    bool has;
+    const void *data;
+    size_t size;
+    zmq_msg_t *msg;
+} s_payload_t;
+
+/* The payload of tqb_send_to's form: a message (moved), NULL for none. */
+static s_payload_t
+s_payload_msg(zmq_msg_t *payload)
+{
+    s_payload_t p = {payload != NULL, NULL, 0, payload};
+    if (payload) {
+        p.size = zmq_msg_size(payload);
+        p.data = zmq_msg_data(payload);
+    }
+    return p;
+}
+
 /* ---- BATCH to clients (PROTOCOL.md 5.9) ---- */
 
 static void
@@ -123,7 +146,7 @@ tqb_batch_peer(tq_broker_t *self, const ident_t *ident, bool takes)
 {
     uint32_t i = 0;
     while (i < self->batch_peer_count &&
-           !tqb_ident_eq(&self->batch_peers[i], ident))
+           !s_ident_eq(&self->batch_peers[i], ident))
         i++;
     bool known = i < self->batch_peer_count;
     if (known == takes)
@@ -154,7 +177,7 @@ bool
 tqb_batch_takes(const tq_broker_t *self, const ident_t *ident)
 {
     for (uint32_t i = 0; i < self->batch_peer_count; i++)
-        if (tqb_ident_eq(&self->batch_peers[i], ident))
+        if (s_ident_eq(&self->batch_peers[i], ident))
             return ident->size > 0;
     return false;
 }
@@ -165,7 +188,19 @@ s_batch_find(tq_broker_t *self, void *socket, const ident_t *ident)
 {
     for (int i = 0; i < TQB_BATCH_SLOTS; i++)
         if (self->batches[i].batch.count && self->batches[i].socket == socket &&
-            tqb_ident_eq(&self->batches[i].to, ident))
+            s_ident_eq(&self->batches[i].to, ident))
+            return &self->batches[i];
+    return NULL;
+}
+
+/* The open batch to child, NULL if none: by the peer its slot names (a
+   child's batch opens only through tqb_send_child, and closes when the
+   child goes: tqb_batch_drop), no compare of routing ids. */
+static out_batch_t *
+s_batch_of_child(tq_broker_t *self, const peer_t *child)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].batch.count && self->batches[i].child == child)
             return &self->batches[i];
     return NULL;
 }
@@ -310,14 +345,14 @@ s_batch_full(const out_batch_t *b, size_t size)
         tq_batch_bytes(&b->batch) + size + 512 > TQB_BATCH_BYTES;
 }
 
-/* Adds self->out and payload (copied, then emptied as a send would move
-   it) to ident's batch, opening one (the oldest open one sent first when
-   every slot is taken) or sending a full one first. */
+/* Adds self->out and payload (copied; its message, if any, emptied as a
+   send would move it) to ident's batch, opening one (the oldest open one
+   sent first when every slot is taken) or sending a full one first. */
 static void
 s_batch_add(tq_broker_t *self, out_batch_t *b, void *socket, peer_t *child,
-            const ident_t *ident, zmq_msg_t *payload)
+            const ident_t *ident, const s_payload_t *payload)
 {
-    size_t size = payload ? zmq_msg_size(payload) : 0;
+    size_t size = payload->size;
     if (b && s_batch_full(b, size))
         s_batch_send(self, b); /* the slot stays ident's */
     for (int i = 0; !b && i < TQB_BATCH_SLOTS; i++)
@@ -336,13 +371,12 @@ s_batch_add(tq_broker_t *self, out_batch_t *b, void *socket, peer_t *child,
         b->child = child;
         b->opened = ++self->batch_seq;
     }
-    if (tq_batch_add(&b->batch, &self->out,
-                     payload ? zmq_msg_data(payload) : NULL, size,
-                     payload != NULL) != TQ_OK)
+    if (tq_batch_add(&b->batch, &self->out, size ? payload->data : NULL, size,
+                     payload->has) != TQ_OK)
         s_encode_bug(self);
-    if (payload) {
-        zmq_msg_close(payload);
-        zmq_msg_init(payload);
+    if (payload->msg) {
+        zmq_msg_close(payload->msg);
+        zmq_msg_init(payload->msg);
     }
 }
 
@@ -393,7 +427,7 @@ tqb_batch_free(tq_broker_t *self)
 void
 tqb_batch_send_child(tq_broker_t *self, peer_t *child)
 {
-    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+    out_batch_t *open = s_batch_of_child(self, child);
     if (open)
         s_batch_send(self, open);
 }
@@ -406,13 +440,17 @@ tqb_batch_drop(tq_broker_t *self, const peer_t *child)
             tq_batch_reset(&self->batches[i].batch);
 }
 
+static int s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+                     const s_payload_t *payload);
+
 int
-tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload)
+tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload,
+               const void *data, size_t size)
 {
-    size_t size = payload ? zmq_msg_size(payload) : 0;
+    s_payload_t p = {true, data, size, payload};
     if (!(child->features & TQ_FEATURE_BATCH) || size > TQ_BATCH_MAX_PAYLOAD)
-        return tqb_send_to(self, self->workers, &child->ident, payload);
-    out_batch_t *open = s_batch_find(self, self->workers, &child->ident);
+        return s_send_to(self, self->workers, &child->ident, &p);
+    out_batch_t *open = s_batch_of_child(self, child);
     if (open && s_batch_full(open, size)) {
         s_batch_send(self, open); /* the slot stays the child's */
         if (child->unreachable_ms) {
@@ -422,7 +460,7 @@ tqb_send_child(tq_broker_t *self, peer_t *child, zmq_msg_t *payload)
             return -1;
         }
     }
-    s_batch_add(self, open, self->workers, child, &child->ident, payload);
+    s_batch_add(self, open, self->workers, child, &child->ident, &p);
     return 0;
 }
 
@@ -430,8 +468,39 @@ int
 tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             zmq_msg_t *payload)
 {
-    if (socket == self->clients && tqb_local_deliver(self, ident, payload))
-        return 0; /* the embedded pool's caller, in this process */
+    s_payload_t p = s_payload_msg(payload);
+    return s_send_to(self, socket, ident, &p);
+}
+
+/* A payload of borrowed bytes as a message of its own, in copy (an
+   initialised message): for what goes alone. */
+static void
+s_payload_own(const s_payload_t *payload, zmq_msg_t *copy)
+{
+    zmq_msg_init_size(copy, payload->size);
+    if (payload->size)
+        memcpy(zmq_msg_data(copy), payload->data, payload->size);
+}
+
+/* tqb_send_to, its payload of either form. */
+static int
+s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
+          const s_payload_t *payload)
+{
+    zmq_msg_t copy; /* borrowed bytes that go alone */
+    zmq_msg_t *msg = payload->has ? payload->msg : NULL;
+    if (socket == self->clients && self->local_fn &&
+        s_ident_eq(ident, &self->local_ident)) {
+        /* the embedded pool's caller, in this process */
+        if (payload->has && !msg) {
+            s_payload_own(payload, &copy);
+            msg = &copy;
+        }
+        tqb_local_deliver(self, ident, msg);
+        if (msg == &copy)
+            zmq_msg_close(&copy);
+        return 0;
+    }
     if (socket == self->workers) {
         /* a child's open batch goes first (only TASKs join it) */
         out_batch_t *open = s_batch_find(self, socket, ident);
@@ -443,7 +512,7 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
         /* a QITEM goes alone: its item is handed over only when the
            transport takes it (tq_dataq.c keeps it otherwise) */
         if (self->out.command != TQ_CMD_QITEM &&
-            (!payload || zmq_msg_size(payload) <= TQ_BATCH_MAX_PAYLOAD) &&
+            payload->size <= TQ_BATCH_MAX_PAYLOAD &&
             (open || tqb_batch_takes(self, ident))) {
             s_batch_add(self, open, socket, NULL, ident, payload);
             return 0;
@@ -451,12 +520,21 @@ tqb_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
         if (open)
             s_batch_send(self, open); /* what came before goes first */
     }
+    if (payload->has && !msg) {
+        s_payload_own(payload, &copy);
+        msg = &copy;
+    }
     zmq_msg_t id;
     zmq_msg_init_size(&id, ident->size);
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
-    int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, payload,
+    int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, msg,
                               ZMQ_DONTWAIT);
     zmq_msg_close(&id);
+    if (msg == &copy) {
+        int err = errno;
+        zmq_msg_close(&copy);
+        errno = err;
+    }
     if (rc == TQ_EINVAL)
         s_encode_bug(self);
     if (rc != 0) {
@@ -534,11 +612,17 @@ int
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tq_str(tqb_task_id(task));
+    out->id = tqb_task_id_str(task);
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
     out->error = tq_str(tqb_task_error(self, task));
+    /* the value: the task's own bytes when it holds them (copied once,
+       into the batch or the message), else shared or read back */
+    s_payload_t p = {true, NULL, 0, NULL};
+    if (task->state == TASK_SUCCESS &&
+        tqb_task_payload_bytes(task, &p.data, &p.size))
+        return s_send_to(self, self->clients, to, &p);
     zmq_msg_t value;
     const char *why = NULL;
     if (task->state != TASK_SUCCESS)
@@ -643,16 +727,17 @@ s_fold_release_head(tq_broker_t *self)
         ? tqb_task_find_bin(self, (const uint8_t *)fold->id)
         : tqb_task_find(self, tq_str(fold->id));
     if (task && !tqb_task_is_final(task)) {
-        tqb_out(self, TQ_CMD_SUBMITTED)->id = tq_str(tqb_task_id(task));
-        tqb_send_to(self, self->clients, &fold->to, NULL);
+        ident_t to = tqb_task_client(self, task);
+        tqb_out(self, TQ_CMD_SUBMITTED)->id = tqb_task_id_str(task);
+        if (to.size)
+            tqb_send_to(self, self->clients, &to, NULL);
     }
-    tqb_ident_clear(&fold->to);
     self->fold_head = (self->fold_head + 1) % self->fold_cap;
     self->fold_count--;
 }
 
 void
-tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to)
+tqb_fold_ack(tq_broker_t *self, const task_t *task)
 {
     if (self->fold_count >= FOLDS_MAX)
         s_fold_release_head(self);
@@ -669,8 +754,7 @@ tqb_fold_ack(tq_broker_t *self, const task_t *task, const ident_t *to)
     /* one window for all: the ring stays in due order */
     fold_t *fold =
         &self->folds[(self->fold_head + self->fold_count) % self->fold_cap];
-    memset(fold, 0, sizeof *fold);
-    tqb_ident_set(&fold->to, tqb_ident_data(to), to->size);
+    /* the submitter is the task's: not copied here */
     fold->id_bin = task->id_bin;
     if (task->id_bin)
         memcpy(fold->id, task->rec.id, TQB_ID_BIN);

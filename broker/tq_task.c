@@ -105,8 +105,31 @@ tqb_lane(queue_t *queue, const char *task)
     lane_t *lane = tqb_alloc(sizeof *lane);
     lane->queue = queue;
     lane->task = task;
+    lane->task_len = (uint32_t)strlen(task);
     lane->next = queue->lanes;
     queue->lanes = lane;
+    return lane;
+}
+
+lane_t *
+tqb_lane_of(tq_broker_t *self, tq_str_t queue, tq_str_t task)
+{
+    lane_t *lane = self->lane_memo.lane;
+    if (lane && queue.ptr && task.ptr &&
+        self->lane_memo.queue_len == queue.len &&
+        self->lane_memo.task_len == task.len &&
+        memcmp(lane->queue->name, queue.ptr, queue.len) == 0 &&
+        memcmp(lane->task, task.ptr, task.len) == 0)
+        return lane;
+    lane = tqb_lane(tqb_queue(self, queue), tqb_intern(self, task));
+    /* remembered only when the interned names are the names given (not
+       when one was cut or held a NUL) */
+    if (queue.ptr && task.ptr && strlen(lane->queue->name) == queue.len &&
+        strlen(lane->task) == task.len) {
+        self->lane_memo.lane = lane;
+        self->lane_memo.queue_len = queue.len;
+        self->lane_memo.task_len = task.len;
+    }
     return lane;
 }
 
@@ -494,6 +517,14 @@ tqb_task_id(const task_t *task)
     return text;
 }
 
+tq_str_t
+tqb_task_id_str(const task_t *task)
+{
+    if (!task->id_bin)
+        return tq_str(task->rec.id);
+    return (tq_str_t){tqb_task_id(task), 2 * TQB_ID_BIN};
+}
+
 void
 tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
 {
@@ -507,30 +538,28 @@ tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
     out->id = tq_str(tqb_task_id(task));
 }
 
+/* The two hex digits of every byte value, byte b's at 2 * b, for
+   tqb_id_render. */
+#define S_DIGIT(d) ((d) < 10 ? '0' + (d) : 'a' - 10 + (d))
+#define S_HEX2(b) S_DIGIT((b) / 16), S_DIGIT((b) % 16)
+#define S_HEX2_4(b) S_HEX2(b), S_HEX2((b) + 1), S_HEX2((b) + 2), S_HEX2((b) + 3)
+#define S_HEX2_16(b)                                                           \
+    S_HEX2_4(b), S_HEX2_4((b) + 4), S_HEX2_4((b) + 8), S_HEX2_4((b) + 12)
+#define S_HEX2_64(b)                                                           \
+    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32), S_HEX2_16((b) + 48)
+static const char s_hex2[512] = {S_HEX2_64(0), S_HEX2_64(64), S_HEX2_64(128),
+                                 S_HEX2_64(192)};
+
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
-    /* four bytes at a time (SWAR): every TASK and RESULT names its task */
-    const uint64_t ones = 0x0101010101010101ull;
-    for (int i = 0; i < TQB_ID_BIN / 4; i++) {
-        uint32_t word; /* the first byte lowest, whatever the host */
-        memcpy(&word, bin + 4 * i, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        word = __builtin_bswap32(word);
-#endif
-        /* byte k into the low byte of 16-bit lane k */
-        uint64_t x = word;
-        x = (x | x << 16) & 0x0000ffff0000ffffull;
-        x = (x | x << 8) & 0x00ff00ff00ff00ffull;
-        /* byte 2k: the high digit of byte k, byte 2k + 1 its low one */
-        uint64_t v = ((x >> 4) & 0x000f000f000f000full) |
-            ((x & 0x000f000f000f000full) << 8);
-        /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
-        v += '0' * ones + (((v + 6 * ones) >> 4) & ones) * 39;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        v = __builtin_bswap64(v);
-#endif
-        memcpy(text + 8 * i, &v, 8);
+    /* a byte's two digits at a time, from a table, four bytes a step:
+       every RESULT names its task as text */
+    for (int i = 0; i < TQB_ID_BIN; i += 4) {
+        memcpy(text + 2 * i, s_hex2 + 2 * bin[i], 2);
+        memcpy(text + 2 * i + 2, s_hex2 + 2 * bin[i + 1], 2);
+        memcpy(text + 2 * i + 4, s_hex2 + 2 * bin[i + 2], 2);
+        memcpy(text + 2 * i + 6, s_hex2 + 2 * bin[i + 3], 2);
     }
     text[2 * TQB_ID_BIN] = '\0';
 }
@@ -585,7 +614,10 @@ tqb_tasks_free(tq_broker_t *self)
 {
     if (!self->id_table)
         return;
-    for (uint32_t b = 0; b <= self->id_mask; b++)
+    /* what the tables beside the tasks hold for them, when they hold
+       anything (GET waiters, submitters ZeroMQ did not name) */
+    bool beside = zhashx_size(self->waiters) || zhashx_size(self->submitters);
+    for (uint32_t b = 0; beside && b <= self->id_mask; b++)
         for (task_t *t = s_task_at(self, self->id_table[b]); t;
              t = s_task_at(self, t->id_next)) {
             s_waiters_free(self, t);
@@ -676,34 +708,48 @@ s_inline_room(const task_t *task)
     return slab->slot - (size_t)(s_inline(task) - (const uint8_t *)task);
 }
 
-/* Keeps value (moved in, may be empty) as the payload: in the task's own
-   allocation when it fits there (without a store: a result as large as
-   the arguments it replaces, an echo's, costs no malloc), else copied
-   when small, else the message itself. The previous payload is gone
-   already. */
+/* Keeps size bytes at data as the payload: in the task's own allocation
+   when they fit there (without a store: a result as large as the
+   arguments it replaces, an echo's, costs no malloc), else copied when
+   small, else as a message: `value` itself (moved in) when it holds
+   them, else a copy. The previous payload is gone already. */
 static void
-s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
+s_payload_keep_bytes(tq_broker_t *self, task_t *task, const void *data,
+                     size_t size, zmq_msg_t *value)
 {
-    size_t size = value ? zmq_msg_size(value) : 0;
     task->payload_size = (uint32_t)size;
     if (size == 0) {
         task->payload_at = PAYLOAD_NONE;
     } else if (!self->store && size <= s_inline_room(task)) {
         /* with a store a payload may leave memory: it gets its own */
-        memcpy(s_inline(task), zmq_msg_data(value), size);
+        memcpy(s_inline(task), data, size);
         task->payload_at = PAYLOAD_INLINE;
     } else if (size <= S_PAYLOAD_COPY) {
         task->payload = tqb_alloc(size);
-        memcpy(task->payload, zmq_msg_data(value), size);
+        memcpy(task->payload, data, size);
         task->payload_at = PAYLOAD_HEAP;
     } else {
         zmq_msg_t *msg = tqb_alloc(sizeof *msg);
         zmq_msg_init(msg);
-        zmq_msg_move(msg, value);
+        if (value)
+            zmq_msg_move(msg, value);
+        else {
+            zmq_msg_init_size(msg, size);
+            memcpy(zmq_msg_data(msg), data, size);
+        }
         task->payload = msg;
         task->payload_at = PAYLOAD_MSG;
     }
     self->memory += size;
+}
+
+/* s_payload_keep_bytes of a message (moved in, may be NULL or empty). */
+static void
+s_payload_keep(tq_broker_t *self, task_t *task, zmq_msg_t *value)
+{
+    size_t size = value ? zmq_msg_size(value) : 0;
+    s_payload_keep_bytes(self, task, size ? zmq_msg_data(value) : NULL, size,
+                         value);
 }
 
 /* Lets the payload go from memory (and from the memory count). */
@@ -776,10 +822,25 @@ task_t *
 tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
              zmq_msg_t *payload)
 {
-    size_t id_len = strnlen(id, TQ_PROTO_MAX_ID);
-    uint8_t bin[TQB_ID_BIN];
-    bool id_bin = s_id_parse_memo(self, id, id_len, bin);
     size_t size = payload ? zmq_msg_size(payload) : 0;
+    tq_str_t text = {id, (uint32_t)strnlen(id, TQ_PROTO_MAX_ID)};
+    return tqb_task_new_bytes(self, text, NULL, lane,
+                              size ? zmq_msg_data(payload) : NULL, size,
+                              payload);
+}
+
+task_t *
+tqb_task_new_bytes(tq_broker_t *self, tq_str_t id, const uint8_t *id_bytes,
+                   lane_t *lane, const void *data, size_t size,
+                   zmq_msg_t *payload)
+{
+    size_t id_len = id.len < TQ_PROTO_MAX_ID ? id.len : TQ_PROTO_MAX_ID;
+    uint8_t bin[TQB_ID_BIN];
+    bool id_bin = id_bytes != NULL;
+    if (id_bin)
+        memcpy(bin, id_bytes, TQB_ID_BIN);
+    else
+        id_bin = s_id_parse_memo(self, id.ptr, id_len, bin);
     /* inline: without a store, a small payload shares the allocation; with
        one it may leave memory, so it gets its own */
     bool inline_ = size && size <= S_PAYLOAD_COPY && !self->store;
@@ -791,19 +852,19 @@ tqb_task_new(tq_broker_t *self, const char *id, lane_t *lane,
         memcpy(task->rec.id, bin, TQB_ID_BIN);
         task->id_bin = true;
     } else {
-        memcpy(task->rec.id, id, id_len);
+        memcpy(task->rec.id, id.ptr, id_len);
         task->rec.id[id_len] = '\0';
     }
     task->state = TASK_NEW;
     task->lane = lane;
     task->submitted_ms = self->now_ms;
     if (inline_) {
-        memcpy(s_inline(task), zmq_msg_data(payload), size);
+        memcpy(s_inline(task), data, size);
         task->payload_at = PAYLOAD_INLINE;
         task->payload_size = (uint32_t)size;
         self->memory += size;
     } else if (size) {
-        s_payload_keep(self, task, payload);
+        s_payload_keep_bytes(self, task, data, size, payload);
         if (s_may_page_out(self))
             s_page_out_list(self, task);
     }
@@ -991,6 +1052,27 @@ tqb_task_payload(tq_broker_t *self, const task_t *task, zmq_msg_t *msg,
     return rc;
 }
 
+bool
+tqb_task_payload_bytes(const task_t *task, const void **data, size_t *size)
+{
+    switch (task->payload_at) {
+    case PAYLOAD_NONE:
+        *data = NULL;
+        *size = 0;
+        return true;
+    case PAYLOAD_INLINE:
+        *data = s_inline(task);
+        *size = task->payload_size;
+        return true;
+    case PAYLOAD_HEAP:
+        *data = task->payload;
+        *size = task->payload_size;
+        return true;
+    default:
+        return false;
+    }
+}
+
 const void *
 tqb_task_payload_data(const task_t *task)
 {
@@ -1089,6 +1171,12 @@ s_client(tq_broker_t *self, const task_t *task)
     return ident;
 }
 
+ident_t
+tqb_task_client(tq_broker_t *self, const task_t *task)
+{
+    return s_client(self, task);
+}
+
 void
 tqb_task_free(tq_broker_t *self, task_t *task)
 {
@@ -1148,11 +1236,17 @@ static const int s_wire[TASK_STATES_] = {
     [TASK_CANCELLED] = TQ_STATE_CANCELLED,
 };
 
-bool
-tqb_task_legal(task_state_t from, task_state_t to)
+static inline bool
+s_legal_move(task_state_t from, task_state_t to)
 {
     return from < TASK_STATES_ && to < TASK_STATES_ &&
         (s_legal[from] & B(to)) != 0;
+}
+
+bool
+tqb_task_legal(task_state_t from, task_state_t to)
+{
+    return s_legal_move(from, to);
 }
 
 const char *
@@ -1237,6 +1331,8 @@ s_leave(tq_broker_t *self, task_t *task)
         break;
     case TASK_WAITING:
         tqb_list_remove(&task->lane->fifo[task->rec.priority], task);
+        if (!task->lane->fifo[task->rec.priority].head)
+            task->lane->busy &= ~(1u << task->rec.priority);
         task->lane->waiting--;
         queue->waiting--;
         break;
@@ -1286,6 +1382,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     switch (to) {
     case TASK_WAITING:
         tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
+        task->lane->busy |= 1u << task->rec.priority;
         task->lane->waiting++;
         queue->waiting++;
         self->dispatch_due = true;
@@ -1335,7 +1432,7 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
     if (!how)
         how = &none;
     task_state_t from = task->state;
-    if (!tqb_task_legal(from, to)) {
+    if (!s_legal_move(from, to)) {
         tq_log_error("BUG: task %s cannot move %s -> %s", tqb_task_id(task),
                      s_names[from], tqb_task_state_name(to));
         abort();
@@ -1357,7 +1454,8 @@ tqb_task_move(tq_broker_t *self, task_t *task, task_state_t to,
     s_enter(self, task, to, how);
     /* the store keeps the wire state: moves within one (a new holder)
        write nothing */
-    if (!how->restore && (from == TASK_NEW || s_wire[from] != s_wire[to]))
+    if (self->store && !how->restore &&
+        (from == TASK_NEW || s_wire[from] != s_wire[to]))
         tqb_journal_task(self, task, from);
 }
 
@@ -1406,7 +1504,8 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
     assert(state == TASK_SUCCESS || state == TASK_FAILURE ||
            state == TASK_CANCELLED);
     task->rec.code = (uint32_t)code;
-    tqb_task_set_error(self, task, error);
+    if (task->has_error || (error && *error))
+        tqb_task_set_error(self, task, error);
     /* the arguments give way to the value, except for a failed task (a
        dead letter), which keeps them to run again if an operator retries
        it */
@@ -1439,7 +1538,9 @@ tqb_task_final(tq_broker_t *self, task_t *task, task_state_t state, int code,
             failed++;
         if (self->config.max_client_tasks)
             s_client_done(self, &client);
-        s_client_clear(self, task);
+        if (task->client_at == CLIENT_OTHER)
+            s_client_clear(self, task);
+        task->client_at = CLIENT_NONE;
     }
     if (task->waited) {
         s_waiters_t *w = zhashx_lookup(self->waiters, tqb_task_id(task));

@@ -69,6 +69,7 @@ s_submit_as(tq_broker_t *b, const char *id, bool fold)
     zmq_msg_close(&b->frames.payload);
     zmq_msg_init_size(&b->frames.payload, 1);
     *(uint8_t *)zmq_msg_data(&b->frames.payload) = 0x90; /* [] */
+    tqb_received(b);
     tq_msg_t msg = {.command = TQ_CMD_SUBMIT,
                     .id = tq_str(id),
                     .task = tq_str("t"),

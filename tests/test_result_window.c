@@ -119,6 +119,7 @@ s_child(tq_broker_t *b)
     zmq_msg_close(&b->frames.identity);
     zmq_msg_init_size(&b->frames.identity, 5);
     memcpy(zmq_msg_data(&b->frames.identity), "child", 5);
+    tqb_received(b);
     peer_t *child = tqb_peer_new(b, PEER_CHILD);
     child->credit = 1000;
     return child;

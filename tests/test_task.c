@@ -33,6 +33,7 @@ s_child(tq_broker_t *self, const char *ident)
     zmq_msg_close(&self->frames.identity);
     zmq_msg_init_size(&self->frames.identity, strlen(ident));
     memcpy(zmq_msg_data(&self->frames.identity), ident, strlen(ident));
+    tqb_received(self);
     peer_t *child = tqb_peer_new(self, PEER_CHILD);
     child->credit = 4;
     return child;
@@ -441,6 +442,7 @@ s_sender(tq_broker_t *self, const uint8_t *data, size_t size)
     zmq_msg_close(&self->frames.identity);
     zmq_msg_init_size(&self->frames.identity, size);
     memcpy(zmq_msg_data(&self->frames.identity), data, size);
+    tqb_received(self);
 }
 
 /* A distinct id for i: sizes 2..255, ids of one size differing in a
@@ -663,6 +665,83 @@ test_intern(void **state)
         tq_str_t longer = {text, slice.len + 1};
         assert_string_not_equal(tqb_intern(b, longer), names[i]);
     }
+    tq_broker_destroy(&b);
+}
+
+/* tqb_lane_of gives the lane tqb_lane gives for the same names, the one
+   it remembers only when both names are the same: never the last lane
+   for a name that differs in its queue, its task, a prefix of either, or
+   the same text one byte longer (slices of other text, not NUL-ended). */
+static void
+test_lane_memo(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    static const char *const pairs[][2] = {
+        {"q", "t"},  {"q", "t2"}, {"q2", "t"}, {"q", "t"},   {"qq", "t"},
+        {"q", "tt"}, {"q", "t"},  {"t", "q"},  {"q2", "t2"}, {"q", "t"}};
+    enum { K = sizeof pairs / sizeof *pairs };
+    char queue[64], task[64];
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < K; i++) {
+            snprintf(queue, sizeof queue, "%sZZZ", pairs[i][0]);
+            snprintf(task, sizeof task, "%sZZZ", pairs[i][1]);
+            tq_str_t q = {queue, (uint32_t)strlen(pairs[i][0])};
+            tq_str_t t = {task, (uint32_t)strlen(pairs[i][1])};
+            lane_t *lane = tqb_lane_of(b, q, t);
+            assert_ptr_equal(lane, tqb_lane(tqb_queue(b, q), tqb_intern(b, t)));
+            assert_string_equal(lane->queue->name, pairs[i][0]);
+            assert_string_equal(lane->task, pairs[i][1]);
+            /* asked again at once: the remembered one */
+            assert_ptr_equal(tqb_lane_of(b, q, t), lane);
+            /* one byte longer, either name: another lane */
+            tq_str_t q1 = {queue, q.len + 1}, t1 = {task, t.len + 1};
+            assert_ptr_not_equal(tqb_lane_of(b, q1, t), lane);
+            assert_ptr_not_equal(tqb_lane_of(b, q, t1), lane);
+            assert_int_equal(strlen(tqb_lane_of(b, q1, t)->queue->name),
+                             q.len + 1);
+            assert_int_equal(strlen(tqb_lane_of(b, q, t1)->task), t.len + 1);
+        }
+    tq_broker_destroy(&b);
+}
+
+/* lane->busy has bit p exactly while fifo[p] holds tasks, through moves
+   in and out of every priority, at the front and the back. */
+static void
+s_check_busy(const lane_t *lane)
+{
+    for (int p = 0; p < TQB_PRIORITIES; p++)
+        assert_int_equal((lane->busy >> p) & 1, lane->fifo[p].head != NULL);
+    assert_int_equal(lane->busy >> TQB_PRIORITIES, 0);
+}
+
+static void
+test_lane_busy(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    peer_t *child = s_child(b, "c1");
+    child->credit = 100;
+    enum { N = 40 };
+    task_t *tasks[N];
+    char id[16];
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof id, "b%d", i);
+        tasks[i] = s_task(b, id);
+        tasks[i]->rec.priority = (uint8_t)((i * 7) % TQB_PRIORITIES);
+        tqb_task_move(b, tasks[i], TASK_WAITING,
+                      &(task_move_t){.front = i % 3 == 0});
+        s_check_busy(tasks[i]->lane);
+    }
+    for (int round = 0; round < 2; round++)
+        for (int i = round; i < N; i += 2) {
+            tqb_task_move(b, tasks[i], TASK_HELD,
+                          &(task_move_t){.holder = child});
+            s_check_busy(tasks[i]->lane);
+        }
+    assert_int_equal(tasks[0]->lane->busy, 0);
+    tqb_task_move(b, tasks[5], TASK_WAITING, &(task_move_t){.front = true});
+    assert_int_equal(tasks[0]->lane->busy, 1u << tasks[5]->rec.priority);
     tq_broker_destroy(&b);
 }
 
@@ -1007,6 +1086,8 @@ main(void)
         cmocka_unit_test(test_peer_index),
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_intern),
+        cmocka_unit_test(test_lane_memo),
+        cmocka_unit_test(test_lane_busy),
         cmocka_unit_test(test_id_render),
         cmocka_unit_test(test_slabs),
         cmocka_unit_test(test_started),
