@@ -148,6 +148,7 @@ typedef tq_proto_command_t s_layout_t;
    whether it has a payload, some several times). */
 typedef struct {
     const s_layout_t *layout; /* NULL: no such command */
+    bool payload; /* a payload frame follows the header */
     uint8_t required; /* fields before the '|' */
     uint8_t count; /* fields in all */
     char codes[S_MAX_FIELDS]; /* the field codes, '|' left out */
@@ -168,6 +169,10 @@ static uint8_t s_plan_of[256];
 
 static uint8_t s_charset[256];
 
+/* Each byte's two lowercase hex digits: every bin id decoded gets its
+   text, a table lookup per byte. */
+static char s_hex_pairs[256][2];
+
 static bool
 s_alnum(int c)
 {
@@ -183,6 +188,7 @@ s_tables_init(void)
         s_plan_t *plan = &s_plans[1 + i];
         s_plan_of[layout->command] = (uint8_t)(1 + i);
         plan->layout = layout;
+        plan->payload = layout->payload;
         plan->required = UINT8_MAX;
         for (const char *f = layout->fields; *f; f++) {
             if (*f == F_OPTIONAL) {
@@ -206,6 +212,8 @@ s_tables_init(void)
         if (s_alnum(c) || (c && strchr("_.:@/-", c)))
             bits |= S_NAME;
         s_charset[c] = bits;
+        s_hex_pairs[c][0] = "0123456789abcdef"[c >> 4];
+        s_hex_pairs[c][1] = "0123456789abcdef"[c & 0xf];
     }
 }
 
@@ -328,8 +336,7 @@ tq_proto_field_name(char code)
 bool
 tq_proto_has_payload(uint8_t command)
 {
-    const s_layout_t *layout = s_layout(command);
-    return layout && layout->payload;
+    return s_plan(command)->payload;
 }
 
 const char *
@@ -347,9 +354,15 @@ s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
 {
     if (!ptr || len == 0 || len > max)
         return false;
+    const unsigned char *p = (const unsigned char *)ptr;
     uint8_t all = bit;
-    for (size_t i = 0; i < len; i++)
-        all &= s_charset[(unsigned char)ptr[i]];
+    size_t i = 0;
+    /* four bytes a step: every message checks an id or a name or two */
+    for (; i + 4 <= len; i += 4)
+        all &= s_charset[p[i]] & s_charset[p[i + 1]] & s_charset[p[i + 2]] &
+            s_charset[p[i + 3]];
+    for (; i < len; i++)
+        all &= s_charset[p[i]];
     return all != 0;
 }
 
@@ -438,27 +451,6 @@ s_hex8_parse(uint64_t x, uint8_t out[4])
     word = __builtin_bswap32(word);
 #endif
     memcpy(out, &word, 4);
-}
-
-/* Four bytes as their eight lowercase hex digits, at once (the reverse of
-   s_hex8_parse: every bin id decoded gets its text). */
-static void
-s_hex4_render(const uint8_t in[4], char out[8])
-{
-    const uint64_t ones = 0x0101010101010101ull;
-    const uint64_t low = 0x000f000f000f000full;
-    uint64_t x = (uint64_t)in[0] | (uint64_t)in[1] << 16 |
-        (uint64_t)in[2] << 32 | (uint64_t)in[3] << 48;
-    /* byte 2i: the high nibble of in[i], byte 2i + 1: its low one */
-    uint64_t v = ((x >> 4) & low) | ((x & low) << 8);
-    /* bit 4 of nibble + 6 says it is 10 or more: 'a' - 10, else '0' (no
-       byte ever carries into the next) */
-    uint64_t letters = ((v + 6 * ones) >> 4) & ones;
-    v += '0' * ones + letters * ('a' - '0' - 10);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    memcpy(out, &v, 8);
 }
 
 bool
@@ -761,8 +753,8 @@ s_read_bin_id(s_reader_t *r, tq_msg_t *msg)
         return s_fail(r, "a binary task id must be 16 bytes");
     if (!s_need(r, TQ_PROTO_ID_BIN))
         return false;
-    for (int i = 0; i < TQ_PROTO_ID_BIN; i += 4)
-        s_hex4_render(r->p + i, msg->id_hex + 2 * i);
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++)
+        memcpy(msg->id_hex + 2 * i, s_hex_pairs[r->p[i]], 2);
     msg->id_hex[2 * TQ_PROTO_ID_BIN] = '\0';
     msg->id_bytes = r->p;
     r->p += TQ_PROTO_ID_BIN;
@@ -1115,7 +1107,8 @@ tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
         tq_writer_uint(&w, TQ_PROTO_VERSION);
         tq_writer_uint(&w, msg->command);
     }
-    for (uint32_t i = 0; i < plan->count; i++) {
+    uint32_t count = plan->count; /* (the writes may alias plan) */
+    for (uint32_t i = 0; i < count; i++) {
         const char *why = plan->numbers[i]
             ? s_put_number(&w, plan->numbers[i], msg)
             : s_put_field(&w, plan->codes[i], msg);
