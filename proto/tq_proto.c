@@ -939,6 +939,17 @@ tq_proto_check_payload(const void *data, size_t size, bool array_only,
         *reason = "arguments must be a msgpack array";
         return TQ_EPROTO;
     }
+    /* one byte: no arguments, a None result, a small number... (most
+       payloads, checked once per message by each process): nothing to
+       walk */
+    if (size == 1) {
+        uint8_t tag = *r.p;
+        if (tag == 0x90 ||
+            (!array_only &&
+             (tag <= 0x80 || tag >= 0xe0 || tag == 0xa0 || tag == 0xc0 ||
+              tag == 0xc2 || tag == 0xc3)))
+            return TQ_OK;
+    }
     if (!s_skip(&r, TQ_PROTO_MAX_DEPTH)) {
         *reason = r.error;
         return TQ_EPROTO;

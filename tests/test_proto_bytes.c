@@ -827,6 +827,39 @@ test_hex_id_every_byte(void **state)
         }
 }
 
+/* A one-byte payload (no arguments, a None result) is taken without a
+   walk: exactly the one-byte msgpack objects, every byte value tried;
+   as arguments only the empty array. */
+static void
+test_payload_one_byte(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        uint8_t tag = (uint8_t)c;
+        bool object = tag <= 0x7f || tag >= 0xe0 || tag == 0x80 ||
+            tag == 0x90 || tag == 0xa0 || tag == 0xc0 || tag == 0xc2 ||
+            tag == 0xc3;
+        uint8_t *one = malloc(1); /* exact size: no read past it */
+        assert_non_null(one);
+        *one = tag;
+        const char *why = NULL;
+        assert_int_equal(tq_proto_check_payload(one, 1, false, &why),
+                         object ? TQ_OK : TQ_EPROTO);
+        assert_true(object || why);
+        assert_int_equal(tq_proto_check_payload(one, 1, true, NULL),
+                         tag == 0x90 ? TQ_OK : TQ_EPROTO);
+        free(one);
+    }
+    /* and two bytes still walk: [1] taken, [[]] too, a fixarray of two
+       with one element refused */
+    static const uint8_t one_int[] = {0x91, 0x01}, nested[] = {0x91, 0x90},
+                         short_array[] = {0x92, 0x01};
+    assert_int_equal(tq_proto_check_payload(one_int, 2, true, NULL), TQ_OK);
+    assert_int_equal(tq_proto_check_payload(nested, 2, true, NULL), TQ_OK);
+    assert_int_equal(tq_proto_check_payload(short_array, 2, true, NULL),
+                     TQ_EPROTO);
+}
+
 int
 main(void)
 {
@@ -842,6 +875,7 @@ main(void)
         cmocka_unit_test(test_command_table),
         cmocka_unit_test(test_character_classes),
         cmocka_unit_test(test_hex_id_every_byte),
+        cmocka_unit_test(test_payload_one_byte),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
