@@ -28,9 +28,16 @@ static inline void
 tq_writer_start(tq_writer_t *w, msgpack_sbuffer *buf)
 {
     w->buf = buf;
+    w->oom = false;
+    if (!buf->data) {
+        /* nothing allocated yet: no room, the first reservation grows it
+           (no pointer arithmetic on NULL) */
+        static uint8_t none;
+        w->p = w->end = &none;
+        return;
+    }
     w->p = (uint8_t *)buf->data + buf->size;
     w->end = (uint8_t *)buf->data + buf->alloc;
-    w->oom = false;
 }
 
 /* Grows the buffer as msgpack_sbuffer_write does (doubling from
@@ -55,7 +62,8 @@ tq_writer_finish(tq_writer_t *w)
 {
     if (w->oom)
         return false;
-    w->buf->size = (size_t)(w->p - (uint8_t *)w->buf->data);
+    if (w->buf->data) /* else nothing was written */
+        w->buf->size = (size_t)(w->p - (uint8_t *)w->buf->data);
     return true;
 }
 

@@ -371,6 +371,21 @@ test_writer_forms(void **state)
     assert_memory_equal(ours.data, ref.data, ref.size);
     msgpack_sbuffer_destroy(&ours);
     msgpack_sbuffer_destroy(&ref);
+    /* a buffer with nothing allocated yet: no room until reserved, and
+       nothing written leaves it so */
+    msgpack_sbuffer fresh;
+    msgpack_sbuffer_init(&fresh);
+    tq_writer_start(&w, &fresh);
+    assert_true(tq_writer_finish(&w));
+    assert_null(fresh.data);
+    assert_int_equal(fresh.size, 0);
+    tq_writer_start(&w, &fresh);
+    assert_true(tq_writer_room(&w, 1));
+    tq_writer_byte(&w, 0xc0);
+    assert_true(tq_writer_finish(&w));
+    assert_int_equal(fresh.size, 1);
+    assert_int_equal(fresh.alloc, MSGPACK_SBUFFER_INIT_SIZE);
+    msgpack_sbuffer_destroy(&fresh);
 }
 
 /* A BATCH entry's bytes: the header as a bin, the payload as a bin (at
