@@ -77,19 +77,23 @@ tq_batch_reset(tq_batch_t *b)
 
 /* One msgpack bin at *p (before end): its bytes. False when *p is not a
    bin or it runs past end. */
-static bool
+static inline bool
 s_bin(const uint8_t **p, const uint8_t *end, const uint8_t **data, size_t *size)
 {
     const uint8_t *q = *p;
-    if (q >= end)
-        return false;
-    int n = *q == 0xc4 ? 1 : *q == 0xc5 ? 2 : *q == 0xc6 ? 4 : 0;
-    if (!n || (size_t)(end - q) < 1 + (size_t)n)
-        return false;
-    size_t len = 0;
-    for (int i = 0; i < n; i++)
-        len = (len << 8) | q[1 + i];
-    q += 1 + n;
+    size_t left = (size_t)(end - q), len = 0;
+    if (left >= 2 && *q == 0xc4) {
+        /* bin8: every header, most payloads */
+        len = q[1];
+        q += 2;
+    } else {
+        int n = left == 0 ? 0 : *q == 0xc5 ? 2 : *q == 0xc6 ? 4 : 0;
+        if (!n || left < 1 + (size_t)n)
+            return false;
+        for (int i = 0; i < n; i++)
+            len = (len << 8) | q[1 + i];
+        q += 1 + n;
+    }
     if ((size_t)(end - q) < len)
         return false;
     *data = q;

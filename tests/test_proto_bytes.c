@@ -570,6 +570,76 @@ test_decode_uint_forms(void **state)
     s_release();
 }
 
+/* The head [version, command, ...] in its common form (a fixarray and
+   two fixints, read at once) and in every other: the same outcomes. */
+static void
+test_decode_head_forms(void **state)
+{
+    (void)state;
+    static const struct {
+        uint8_t bytes[8];
+        size_t n;
+        int rc;
+        const char *reason; /* NULL: TQ_OK */
+    } heads[] = {
+        {{0x92, 0x01, TQ_CMD_PING}, 3, TQ_OK, NULL},
+        {{0x92, 0xcc, 0x01, TQ_CMD_PING}, 4, TQ_OK, NULL},
+        {{0x92, 0x01, 0xcc, TQ_CMD_PING}, 4, TQ_OK, NULL},
+        {{0xdc, 0x00, 0x02, 0x01, TQ_CMD_PING}, 5, TQ_OK, NULL},
+        {{0x93, 0x01, TQ_CMD_PONG, 0x05}, 4, TQ_OK, NULL},
+        {{0x92, 0x02, TQ_CMD_PING},
+         3,
+         TQ_EVERSION,
+         "unsupported protocol version"},
+        {{0x92, 0xcc, 0x02, TQ_CMD_PING},
+         4,
+         TQ_EVERSION,
+         "unsupported protocol version"},
+        {{0x91, 0x01, TQ_CMD_PING},
+         3,
+         TQ_EPROTO,
+         "header is not [version, command, ...]"},
+        {{0x90, 0x01, TQ_CMD_PING},
+         3,
+         TQ_EPROTO,
+         "header is not [version, command, ...]"},
+        {{0x93, 0x01, TQ_CMD_PING},
+         3,
+         TQ_EPROTO,
+         "array longer than its frame"},
+        {{0x92, 0xff, TQ_CMD_PING},
+         3,
+         TQ_EPROTO,
+         "expected an unsigned integer"},
+        {{0x92, 0x01, 0xff}, 3, TQ_EPROTO, "expected an unsigned integer"},
+        {{0x92, 0x01, 0x7f}, 3, TQ_EPROTO, "unknown command"},
+        {{0x92, 0x01, 0xcc, 0x80}, 4, TQ_EPROTO, "unknown command"},
+        {{0x92, 0x01}, 2, TQ_EPROTO, "array longer than its frame"},
+        {{0x92, 0x01, 0xcd, 0x00}, 4, TQ_EPROTO, "truncated"},
+        {{0x93, 0x01, TQ_CMD_PING, 0xc1},
+         4,
+         TQ_EPROTO,
+         "invalid msgpack type byte"},
+        {{0x92, 0x01, TQ_CMD_PING, 0x00},
+         4,
+         TQ_EPROTO,
+         "trailing bytes after the header"},
+    };
+    static tq_msg_t m;
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        const char *why = NULL;
+        int rc = s_decode_exact(&m, heads[i].bytes, heads[i].n, &why);
+        if (rc != heads[i].rc)
+            fail_msg("head %zu: %d, not %d (%s)", i, rc, heads[i].rc,
+                     why ? why : "");
+        if (heads[i].reason)
+            assert_string_equal(why, heads[i].reason);
+        else
+            assert_true(m.command == TQ_CMD_PING || m.command == TQ_CMD_PONG);
+    }
+    s_release();
+}
+
 /* [1, SUBMITTED, <id bytes>]. */
 static int
 s_decode_id(tq_msg_t *m, const uint8_t *id, size_t n, const char **why)
@@ -884,6 +954,7 @@ main(void)
         cmocka_unit_test(test_writer_forms),
         cmocka_unit_test(test_batch_bytes_are_msgpack_c),
         cmocka_unit_test(test_decode_uint_forms),
+        cmocka_unit_test(test_decode_head_forms),
         cmocka_unit_test(test_decode_str_forms),
         cmocka_unit_test(test_decode_bin_ids),
         cmocka_unit_test(test_decode_every_cut),
