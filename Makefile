@@ -125,7 +125,7 @@ FUZZ_LIBS = $$(pkg-config --cflags --libs libczmq libzmq msgpack jansson) \
   -lm -lpthread
 FUZZ_PROTO_SRC = proto/tq_proto.c proto/tq_batch.c proto/tq_wire.c \
   proto/tq_error.c proto/tq_log.c proto/tq_endpoint.c proto/tq_env.c \
-  proto/tq_curve.c
+  proto/tq_curve.c proto/tq_writer.c
 FUZZ_CLI_SRC = client/tq_cli.c $$(ls client/tq_cli_*.c) client/tq_keygen.c \
   client/tq_client_unserved.c \
   client/tq_client.c client/tq_client_io.c client/tq_client_live.c \

@@ -4,6 +4,8 @@
 
 #include <string.h>
 
+#include "tq_writer.h"
+
 void
 tq_batch_init(tq_batch_t *b)
 {
@@ -28,17 +30,26 @@ tq_batch_add(tq_batch_t *b, const tq_msg_t *msg, const void *payload,
         has_payload != tq_proto_has_payload(msg->command) ||
         (has_payload && size > UINT32_MAX) || (size && !payload))
         return TQ_EINVAL;
-    if (tq_proto_encode(msg, &b->header, NULL) != TQ_OK)
-        return TQ_EINVAL;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b->body, msgpack_sbuffer_write);
-    msgpack_pack_bin(&pk, b->header.size);
-    msgpack_pack_bin_body(&pk, b->header.data, b->header.size);
-    if (has_payload) {
-        msgpack_pack_bin(&pk, size);
-        msgpack_pack_bin_body(&pk, payload, size);
-    } else
-        msgpack_pack_nil(&pk);
+    int rc = tq_proto_encode(msg, &b->header, NULL);
+    if (rc != TQ_OK)
+        return rc == TQ_ENOMEM ? rc : TQ_EINVAL;
+    /* the entry's bytes at once: bin header, bin payload or nil */
+    size_t before = b->body.size;
+    tq_writer_t w;
+    tq_writer_start(&w, &b->body);
+    if (tq_writer_room(&w, 5 + b->header.size + 5 + size)) {
+        tq_writer_bin_head(&w, (uint32_t)b->header.size);
+        tq_writer_bytes(&w, b->header.data, b->header.size);
+        if (has_payload) {
+            tq_writer_bin_head(&w, (uint32_t)size);
+            tq_writer_bytes(&w, payload, size);
+        } else
+            tq_writer_byte(&w, 0xc0);
+    }
+    if (!tq_writer_finish(&w)) {
+        b->body.size = before;
+        return TQ_ENOMEM;
+    }
     b->count++;
     return TQ_OK;
 }
@@ -66,19 +77,23 @@ tq_batch_reset(tq_batch_t *b)
 
 /* One msgpack bin at *p (before end): its bytes. False when *p is not a
    bin or it runs past end. */
-static bool
+static inline bool
 s_bin(const uint8_t **p, const uint8_t *end, const uint8_t **data, size_t *size)
 {
     const uint8_t *q = *p;
-    if (q >= end)
-        return false;
-    int n = *q == 0xc4 ? 1 : *q == 0xc5 ? 2 : *q == 0xc6 ? 4 : 0;
-    if (!n || (size_t)(end - q) < 1 + (size_t)n)
-        return false;
-    size_t len = 0;
-    for (int i = 0; i < n; i++)
-        len = (len << 8) | q[1 + i];
-    q += 1 + n;
+    size_t left = (size_t)(end - q), len = 0;
+    if (left >= 2 && *q == 0xc4) {
+        /* bin8: every header, most payloads */
+        len = q[1];
+        q += 2;
+    } else {
+        int n = left == 0 ? 0 : *q == 0xc5 ? 2 : *q == 0xc6 ? 4 : 0;
+        if (!n || left < 1 + (size_t)n)
+            return false;
+        for (int i = 0; i < n; i++)
+            len = (len << 8) | q[1 + i];
+        q += 1 + n;
+    }
     if ((size_t)(end - q) < len)
         return false;
     *data = q;

@@ -41,8 +41,8 @@ void tq_batch_destroy(tq_batch_t *b);
 /* Appends msg (its header encoded with tq_proto_encode) and its payload
    (size bytes, copied) when has_payload. Returns TQ_OK, or TQ_EINVAL if
    msg does not encode, is a BATCH, has_payload disagrees with
-   tq_proto_has_payload, or the batch holds TQ_BATCH_MAX already; the
-   batch is then unchanged. */
+   tq_proto_has_payload, or the batch holds TQ_BATCH_MAX already, or
+   TQ_ENOMEM if its buffers could not grow; the batch is then unchanged. */
 int tq_batch_add(tq_batch_t *b, const tq_msg_t *msg, const void *payload,
                  size_t size, bool has_payload);
 

@@ -5,11 +5,16 @@
    cursor over the bytes: every length is checked against what is left
    before it is used, nothing is allocated, and strings point into the
    input (but an id that came as bin, whose text is written into the
-   message). Encoding packs the same layout with msgpack-c. */
+   message). Encoding writes the same layout's msgpack bytes into the
+   buffer itself (tq_writer.h), as msgpack-c's packer would. */
 #include "tq_proto.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "tq_writer.h"
 
 /* Field codes of a layout. */
 enum {
@@ -90,16 +95,160 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_, EC | EW},
 };
 
+/* An integer field: where it lives in tq_msg_t and the values it may
+   take, one rule both ways (the encoder refuses what the decoder would).
+   One path reads and writes them all, indexed by field code. */
+typedef struct {
+    uint16_t offset; /* offsetof(tq_msg_t, the field) */
+    uint8_t size; /* 4: uint32_t, 8: uint64_t; 0: not an integer */
+    uint64_t min;
+    uint64_t max;
+    const char *what; /* why a value out of range is refused */
+} s_number_t;
+
+/* where a uint32_t or uint64_t field lives: an s_number_t's first two */
+#define S_U32(field) offsetof(tq_msg_t, field), 4
+#define S_U64(field) offsetof(tq_msg_t, field), 8
+
+static const s_number_t s_numbers[256] = {
+    [F_PRIORITY] = {S_U32(priority), 0, 9, "priority out of range"},
+    [F_LIMIT] = {S_U32(time_limit_ms), 0, UINT32_MAX,
+                 "time limit out of range"},
+    [F_ATTEMPT] = {S_U32(attempt), 1, UINT32_MAX, "attempt must be 1 or more"},
+    /* up to 15: a state a newer revision added reads as not final */
+    [F_STATE] = {S_U32(state), 0, TQ_PROTO_MAX_STATE, "unknown state"},
+    [F_CODE] = {S_U32(code), 0, TQ_ERROR_COUNT_ - 1, "unknown error code"},
+    [F_CREDIT] = {S_U32(credit), 1, 65535, "credit out of range (1..65535)"},
+    [F_PID] = {S_U64(pid), 1, INT32_MAX, "process id out of range"},
+    [F_PPID] = {S_U64(ppid), 1, INT32_MAX, "process id out of range"},
+    [F_RETRIES] = {S_U32(retries), 0, TQ_PROTO_MAX_RETRIES,
+                   "retries out of range"},
+    [F_BACKOFF] = {S_U32(backoff_ms), 0, UINT32_MAX, "backoff out of range"},
+    [F_DELAY] = {S_U32(delay_ms), 0, UINT32_MAX, "delay out of range"},
+    [F_ATTEMPTS] = {S_U32(attempt), 0, UINT32_MAX, "attempts out of range"},
+    [F_RSS] = {S_U64(rss_kb), 0, UINT64_MAX, "rss out of range"},
+    [F_MAXSIZE] = {S_U32(maxsize), 0, UINT32_MAX, "maxsize out of range"},
+    [F_FEATURES] = {S_U32(features), 0, UINT32_MAX, "features out of range"},
+    [F_SESSION] = {S_U64(session), 0, UINT64_MAX, "session out of range"},
+    [F_DROPPED] = {S_U64(dropped), 0, UINT64_MAX, "dropped out of range"},
+    [F_STATES] = {S_U32(states), 0, TQ_STATES_ALL,
+                  "unknown state in the state set"},
+    [F_COUNT] = {S_U32(limit), 1, TQ_PROTO_MAX_LIMIT, "limit out of range"},
+    [F_BATCH] = {S_U32(count), 1, TQ_BATCH_MAX, "batch count out of range"},
+};
+
 #define S_LAYOUT_COUNT (sizeof s_layouts / sizeof s_layouts[0])
 typedef tq_proto_command_t s_layout_t;
+
+/* Field codes of the longest layout, without its '|'. */
+#define S_MAX_FIELDS 12
+
+/* A command's layout as the codec walks it, found by index, not by a
+   search of s_layouts (every message is decoded, encoded and asked
+   whether it has a payload, some several times). */
+typedef struct {
+    const s_layout_t *layout; /* NULL: no such command */
+    bool payload; /* a payload frame follows the header */
+    uint8_t required; /* fields before the '|' */
+    uint8_t count; /* fields in all */
+    char codes[S_MAX_FIELDS]; /* the field codes, '|' left out */
+    /* each integer field's rule, NULL for the other fields */
+    const s_number_t *numbers[S_MAX_FIELDS];
+} s_plan_t;
+
+/* s_plans[0]: the plan of an unknown command (layout NULL); s_plan_of
+   gives each command byte its plan. */
+static s_plan_t s_plans[1 + S_LAYOUT_COUNT];
+static uint8_t s_plan_of[256];
+
+/* Bits of s_charset: which bytes an id and a name may hold. A table,
+   not a test per byte: every TASK, DONE and SUBMIT checks an id and a
+   name (the hot path). */
+#define S_ID 0x1
+#define S_NAME 0x2
+
+static uint8_t s_charset[256];
+
+/* Each byte's two lowercase hex digits: every bin id decoded gets its
+   text, a table lookup per byte. */
+static char s_hex_pairs[256][2];
+
+static bool
+s_alnum(int c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+        (c >= 'A' && c <= 'Z');
+}
+
+static void
+s_tables_init(void)
+{
+    for (size_t i = 0; i < S_LAYOUT_COUNT; i++) {
+        const s_layout_t *layout = &s_layouts[i];
+        s_plan_t *plan = &s_plans[1 + i];
+        s_plan_of[layout->command] = (uint8_t)(1 + i);
+        plan->layout = layout;
+        plan->payload = layout->payload;
+        plan->required = UINT8_MAX;
+        for (const char *f = layout->fields; *f; f++) {
+            if (*f == F_OPTIONAL) {
+                plan->required = plan->count;
+                continue;
+            }
+            /* a layout longer than a plan holds is a programmer's error */
+            if (plan->count >= S_MAX_FIELDS)
+                abort();
+            const s_number_t *number = &s_numbers[(unsigned char)*f];
+            plan->numbers[plan->count] = number->size ? number : NULL;
+            plan->codes[plan->count++] = *f;
+        }
+        if (plan->required == UINT8_MAX)
+            plan->required = plan->count;
+    }
+    for (int c = 0; c < 256; c++) {
+        uint8_t bits = 0;
+        if (s_alnum(c) || (c && strchr("_.-", c)))
+            bits |= S_ID;
+        if (s_alnum(c) || (c && strchr("_.:@/-", c)))
+            bits |= S_NAME;
+        s_charset[c] = bits;
+        s_hex_pairs[c][0] = "0123456789abcdef"[c >> 4];
+        s_hex_pairs[c][1] = "0123456789abcdef"[c & 0xf];
+    }
+}
+
+/* The tables above are built: set last by s_tables_build. */
+static atomic_bool s_tables_built;
+
+static void
+s_tables_build(void)
+{
+    s_tables_init();
+    atomic_store_explicit(&s_tables_built, true, memory_order_release);
+}
+
+/* Builds the tables above on first use, by whichever thread comes first
+   (the codec has no init call); after that one load, not a call to
+   pthread_once per use (the codec's entry points run per message). */
+static void
+s_tables(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (!atomic_load_explicit(&s_tables_built, memory_order_acquire))
+        pthread_once(&once, s_tables_build);
+}
+
+static const s_plan_t *
+s_plan(uint8_t command)
+{
+    s_tables();
+    return &s_plans[s_plan_of[command]];
+}
 
 static const s_layout_t *
 s_layout(uint8_t command)
 {
-    for (size_t i = 0; i < S_LAYOUT_COUNT; i++)
-        if (s_layouts[i].command == command)
-            return &s_layouts[i];
-    return NULL;
+    return s_plan(command)->layout;
 }
 
 const tq_proto_command_t *
@@ -187,8 +336,7 @@ tq_proto_field_name(char code)
 bool
 tq_proto_has_payload(uint8_t command)
 {
-    const s_layout_t *layout = s_layout(command);
-    return layout && layout->payload;
+    return s_plan(command)->payload;
 }
 
 const char *
@@ -200,80 +348,69 @@ tq_proto_command_name(uint8_t command)
 
 /* ---- names ------------------------------------------------------------ */
 
-/* Bits of s_charset: which bytes an id and a name may hold. A table,
-   not a test per byte: every TASK, DONE and SUBMIT checks an id and a
-   name (the hot path). */
-#define S_ID 0x1
-#define S_NAME 0x2
-
-static uint8_t s_charset[256];
-
-static bool
-s_alnum(int c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-        (c >= 'A' && c <= 'Z');
-}
-
-static void
-s_charset_init(void)
-{
-    for (int c = 0; c < 256; c++) {
-        uint8_t bits = 0;
-        if (s_alnum(c) || (c && strchr("_.-", c)))
-            bits |= S_ID;
-        if (s_alnum(c) || (c && strchr("_.:@/-", c)))
-            bits |= S_NAME;
-        s_charset[c] = bits;
-    }
-}
-
-static bool
+/* The tables must be built (s_tables). */
+static inline bool
 s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, s_charset_init);
     if (!ptr || len == 0 || len > max)
         return false;
+    const unsigned char *p = (const unsigned char *)ptr;
     uint8_t all = bit;
-    for (size_t i = 0; i < len; i++)
-        all &= s_charset[(unsigned char)ptr[i]];
+    size_t i = 0;
+    /* four bytes a step: every message checks an id or a name or two */
+    for (; i + 4 <= len; i += 4)
+        all &= s_charset[p[i]] & s_charset[p[i + 1]] & s_charset[p[i + 2]] &
+            s_charset[p[i + 3]];
+    for (; i < len; i++)
+        all &= s_charset[p[i]];
     return all != 0;
 }
 
-static bool s_hex8_ok(uint64_t x);
-static uint64_t s_load8(const char *p);
+static bool s_hex32_ok(const char *p);
+
+/* tq_proto_valid_id once the tables are built. */
+static inline bool
+s_id_ok(const char *ptr, size_t len)
+{
+    /* a client-made id (32 lowercase hex digits), eight bytes at once */
+    if (ptr && len == 32 && s_hex32_ok(ptr))
+        return true;
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, S_ID);
+}
+
+static inline bool
+s_name_ok(const char *ptr, size_t len)
+{
+    return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
+}
 
 bool
 tq_proto_valid_id(const char *ptr, size_t len)
 {
-    /* a client-made id (32 lowercase hex digits), eight bytes at once */
-    if (ptr && len == 32 && s_hex8_ok(s_load8(ptr)) &&
-        s_hex8_ok(s_load8(ptr + 8)) && s_hex8_ok(s_load8(ptr + 16)) &&
-        s_hex8_ok(s_load8(ptr + 24)))
-        return true;
-    return s_charset_ok(ptr, len, TQ_PROTO_MAX_ID, S_ID);
+    s_tables();
+    return s_id_ok(ptr, len);
 }
 
 bool
 tq_proto_valid_name(const char *ptr, size_t len)
 {
-    return s_charset_ok(ptr, len, TQ_PROTO_MAX_NAME, S_NAME);
+    s_tables();
+    return s_name_ok(ptr, len);
 }
 
-/* Eight lowercase hex digits (x: their bytes, the first one lowest) as
-   four bytes in *out, eight at once (SWAR: the broker parses every id it
-   is given, several times a task). False if any byte is not one. */
-static bool
-s_hex8_ok(uint64_t x)
+/* Eight characters (x: their bytes, the first one lowest), eight at once
+   (SWAR: the broker checks or parses every id it is given): the high bit
+   of each byte that is not a lowercase hex digit, 0 when all are. */
+static uint64_t
+s_hex8_bad(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ull, high = ones << 7;
-    if (x & high)
-        return false; /* no byte above 0x7f: the sums below never carry */
-    /* a byte's high bit after adding 0x80 - c says it is >= c */
+    /* a byte's high bit after adding 0x80 - c says it is >= c; a byte
+       above 0x7f is bad by itself (its sums may carry into the next
+       byte's, which no longer matters) */
     uint64_t ge_0 = x + (0x80 - '0') * ones, gt_9 = x + (0x80 - '9' - 1) * ones;
     uint64_t ge_a = x + (0x80 - 'a') * ones, gt_f = x + (0x80 - 'f' - 1) * ones;
-    return ((ge_0 & ~gt_9) | (ge_a & ~gt_f) | ~high) == ~0ull;
+    return (x | ~((ge_0 & ~gt_9) | (ge_a & ~gt_f))) & high;
 }
 
 /* The eight bytes at p, the first one lowest whatever the host. */
@@ -288,12 +425,21 @@ s_load8(const char *p)
     return x;
 }
 
+/* The 32 characters at p are lowercase hex digits: one test, not four. */
 static bool
+s_hex32_ok(const char *p)
+{
+    return (s_hex8_bad(s_load8(p)) | s_hex8_bad(s_load8(p + 8)) |
+            s_hex8_bad(s_load8(p + 16)) | s_hex8_bad(s_load8(p + 24))) == 0;
+}
+
+/* Eight lowercase hex digits (x: their bytes, the first one lowest) as
+   four bytes in out, eight at once; the result is undefined for other
+   bytes (s_hex8_bad tells them). */
+static void
 s_hex8_parse(uint64_t x, uint8_t out[4])
 {
     const uint64_t ones = 0x0101010101010101ull;
-    if (!s_hex8_ok(x))
-        return false;
     /* '0'..'9' are 0x30..0x39, 'a'..'f' 0x61..0x66 (bit 0x40 set) */
     uint64_t v = (x & 0x0f * ones) + ((x >> 6) & ones) * 9;
     /* each pair of digits (first in the low byte) into one byte */
@@ -305,7 +451,6 @@ s_hex8_parse(uint64_t x, uint8_t out[4])
     word = __builtin_bswap32(word);
 #endif
     memcpy(out, &word, 4);
-    return true;
 }
 
 bool
@@ -313,11 +458,13 @@ tq_proto_id_parse(const char *ptr, size_t len, uint8_t bin[TQ_PROTO_ID_BIN])
 {
     if (!ptr || len != 2 * TQ_PROTO_ID_BIN)
         return false;
-    bool ok = true;
+    uint64_t bad = 0;
     for (int i = 0; i < 4; i++) {
-        ok &= s_hex8_parse(s_load8(ptr + 8 * i), bin + 4 * i);
+        uint64_t x = s_load8(ptr + 8 * i);
+        bad |= s_hex8_bad(x);
+        s_hex8_parse(x, bin + 4 * i);
     }
-    return ok;
+    return bad == 0;
 }
 
 tq_str_t
@@ -363,7 +510,7 @@ s_fail(s_reader_t *r, const char *why)
     return false;
 }
 
-static bool
+static inline bool
 s_need(s_reader_t *r, size_t n)
 {
     if ((size_t)(r->end - r->p) < n)
@@ -391,7 +538,7 @@ s_take_be(s_reader_t *r, int n, uint64_t *v)
     return true;
 }
 
-static bool
+static inline bool
 s_read_uint(s_reader_t *r, uint64_t *v)
 {
     if (!s_need(r, 1))
@@ -417,19 +564,6 @@ s_read_uint(s_reader_t *r, uint64_t *v)
 }
 
 static bool
-s_read_u32(s_reader_t *r, uint32_t *v, uint32_t min, uint32_t max,
-           const char *what)
-{
-    uint64_t u;
-    if (!s_read_uint(r, &u))
-        return false;
-    if (u < min || u > max)
-        return s_fail(r, what);
-    *v = (uint32_t)u;
-    return true;
-}
-
-static bool
 s_read_bool(s_reader_t *r, bool *v)
 {
     if (!s_need(r, 1))
@@ -451,7 +585,7 @@ s_is_nil(s_reader_t *r)
     return false;
 }
 
-static bool
+static inline bool
 s_read_str(s_reader_t *r, tq_str_t *s)
 {
     if (!s_need(r, 1))
@@ -588,7 +722,7 @@ s_read_names(s_reader_t *r, tq_str_t *names, uint32_t *count)
     for (uint32_t i = 0; i < n; i++) {
         if (!s_read_str(r, &names[i]))
             return false;
-        if (!tq_proto_valid_name(names[i].ptr, names[i].len))
+        if (!s_name_ok(names[i].ptr, names[i].len))
             return s_fail(r, "invalid name in list");
     }
     *count = n;
@@ -600,7 +734,7 @@ s_read_name(s_reader_t *r, tq_str_t *s, const char *what)
 {
     if (!s_read_str(r, s))
         return false;
-    if (!tq_proto_valid_name(s->ptr, s->len))
+    if (!s_name_ok(s->ptr, s->len))
         return s_fail(r, what);
     return true;
 }
@@ -611,7 +745,6 @@ s_read_name(s_reader_t *r, tq_str_t *s, const char *what)
 static bool
 s_read_bin_id(s_reader_t *r, tq_msg_t *msg)
 {
-    static const char digits[] = "0123456789abcdef";
     uint8_t tag = *r->p;
     uint64_t len;
     if (!s_take_be(r, tag == 0xc4 ? 1 : tag == 0xc5 ? 2 : 4, &len))
@@ -620,10 +753,11 @@ s_read_bin_id(s_reader_t *r, tq_msg_t *msg)
         return s_fail(r, "a binary task id must be 16 bytes");
     if (!s_need(r, TQ_PROTO_ID_BIN))
         return false;
-    for (int i = 0; i < TQ_PROTO_ID_BIN; i++) {
-        msg->id_hex[2 * i] = digits[r->p[i] >> 4];
-        msg->id_hex[2 * i + 1] = digits[r->p[i] & 0xf];
-    }
+    /* the 16 steps unrolled (gcc and clang read this pragma): every bin
+       id decoded is rendered so */
+#pragma GCC unroll 16
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++)
+        memcpy(msg->id_hex + 2 * i, s_hex_pairs[r->p[i]], 2);
     msg->id_hex[2 * TQ_PROTO_ID_BIN] = '\0';
     msg->id_bytes = r->p;
     r->p += TQ_PROTO_ID_BIN;
@@ -643,11 +777,49 @@ s_read_id(s_reader_t *r, tq_msg_t *msg)
         return s_read_bin_id(r, msg);
     if (!s_read_str(r, &msg->id))
         return false;
-    if (!tq_proto_valid_id(msg->id.ptr, msg->id.len))
+    if (!s_id_ok(msg->id.ptr, msg->id.len))
         return s_fail(r, "invalid task id");
     return true;
 }
 
+static uint64_t
+s_number_get(const tq_msg_t *msg, const s_number_t *n)
+{
+    const uint8_t *at = (const uint8_t *)msg + n->offset;
+    if (n->size == 4) {
+        uint32_t v;
+        memcpy(&v, at, sizeof v);
+        return v;
+    }
+    uint64_t v;
+    memcpy(&v, at, sizeof v);
+    return v;
+}
+
+static void
+s_number_set(tq_msg_t *msg, const s_number_t *n, uint64_t v)
+{
+    uint8_t *at = (uint8_t *)msg + n->offset;
+    if (n->size == 4) {
+        uint32_t v32 = (uint32_t)v; /* within n's range */
+        memcpy(at, &v32, sizeof v32);
+    } else
+        memcpy(at, &v, sizeof v);
+}
+
+static bool
+s_read_number(s_reader_t *r, const s_number_t *n, tq_msg_t *msg)
+{
+    uint64_t v;
+    if (!s_read_uint(r, &v))
+        return false;
+    if (v < n->min || v > n->max)
+        return s_fail(r, n->what);
+    s_number_set(msg, n, v);
+    return true;
+}
+
+/* Reads a field other than an integer (s_read_number). */
 static bool
 s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
 {
@@ -661,17 +833,7 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
     case F_QUEUE:
         return s_read_name(r, &msg->queue, "invalid queue name");
     case F_OPT_QUEUE:
-        return s_is_nil(r) ||
-               s_read_name(r, &msg->queue, "invalid queue name");
-    case F_STATES:
-        return s_read_u32(r, &msg->states, 0, TQ_STATES_ALL,
-                          "unknown state in the state set");
-    case F_COUNT:
-        return s_read_u32(r, &msg->limit, 1, TQ_PROTO_MAX_LIMIT,
-                          "limit out of range");
-    case F_BATCH:
-        return s_read_u32(r, &msg->count, 1, TQ_BATCH_MAX,
-                          "batch count out of range");
+        return s_is_nil(r) || s_read_name(r, &msg->queue, "invalid queue name");
     case F_HOST:
         return s_read_name(r, &msg->host, "invalid host name");
     case F_ERROR:
@@ -682,64 +844,12 @@ s_read_field(s_reader_t *r, char code, tq_msg_t *msg)
         if (msg->error.len > TQ_PROTO_MAX_ERROR)
             return s_fail(r, "error text too long");
         return true;
-    case F_PRIORITY:
-        return s_read_u32(r, &msg->priority, 0, 9, "priority out of range");
-    case F_LIMIT:
-        return s_read_u32(r, &msg->time_limit_ms, 0, UINT32_MAX,
-                          "time limit out of range");
-    case F_ATTEMPT:
-        return s_read_u32(r, &msg->attempt, 1, UINT32_MAX,
-                          "attempt must be 1 or more");
-    case F_STATE:
-        /* up to 15: a state a newer revision added reads as not final */
-        return s_read_u32(r, &msg->state, 0, TQ_PROTO_MAX_STATE,
-                          "unknown state");
-    case F_CODE:
-        return s_read_u32(r, &msg->code, 0, TQ_ERROR_COUNT_ - 1,
-                          "unknown error code");
-    case F_CREDIT:
-        return s_read_u32(r, &msg->credit, 1, 65535,
-                          "credit out of range (1..65535)");
-    case F_PID:
-    case F_PPID: {
-        uint64_t v;
-        if (!s_read_uint(r, &v))
-            return false;
-        if (v == 0 || v > INT32_MAX)
-            return s_fail(r, "process id out of range");
-        *(code == F_PID ? &msg->pid : &msg->ppid) = v;
-        return true;
-    }
     case F_WAIT:
         return s_read_bool(r, &msg->wait);
     case F_QUEUES:
         return s_read_names(r, msg->queues, &msg->queue_count);
     case F_TASKS:
         return s_read_names(r, msg->tasks, &msg->task_count);
-    case F_RETRIES:
-        return s_read_u32(r, &msg->retries, 0, TQ_PROTO_MAX_RETRIES,
-                          "retries out of range");
-    case F_BACKOFF:
-        return s_read_u32(r, &msg->backoff_ms, 0, UINT32_MAX,
-                          "backoff out of range");
-    case F_DELAY:
-        return s_read_u32(r, &msg->delay_ms, 0, UINT32_MAX,
-                          "delay out of range");
-    case F_ATTEMPTS:
-        return s_read_u32(r, &msg->attempt, 0, UINT32_MAX,
-                          "attempts out of range");
-    case F_RSS:
-        return s_read_uint(r, &msg->rss_kb);
-    case F_MAXSIZE:
-        return s_read_u32(r, &msg->maxsize, 0, UINT32_MAX,
-                          "maxsize out of range");
-    case F_FEATURES:
-        return s_read_u32(r, &msg->features, 0, UINT32_MAX,
-                          "features out of range");
-    case F_SESSION:
-        return s_read_uint(r, &msg->session);
-    case F_DROPPED:
-        return s_read_uint(r, &msg->dropped);
     default:
         return s_fail(r, "internal: unknown field code");
     }
@@ -772,46 +882,56 @@ tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
     }
     uint32_t count;
     uint64_t version, command;
-    if (!s_read_array(&r, &count) || count < 2 ||
-        !s_read_uint(&r, &version)) {
-        *reason = r.error ? r.error : "header is not [version, command, ...]";
-        return TQ_EPROTO;
+    const uint8_t *p = r.p;
+    if (size >= 3 && (p[0] & 0xf0) == 0x90 && (p[0] & 0x0f) >= 2 &&
+        (size_t)(p[0] & 0x0f) < size && p[1] <= 0x7f && p[2] <= 0x7f) {
+        /* the common form, read at once: a fixarray of at least the two
+           (within the frame) and two fixints (every header but a READY
+           of many names) */
+        count = p[0] & 0x0f;
+        version = p[1];
+        command = p[2];
+        r.p += 3;
+        if (version != TQ_PROTO_VERSION) {
+            *reason = "unsupported protocol version";
+            return TQ_EVERSION;
+        }
+    } else {
+        if (!s_read_array(&r, &count) || count < 2 ||
+            !s_read_uint(&r, &version)) {
+            *reason =
+                r.error ? r.error : "header is not [version, command, ...]";
+            return TQ_EPROTO;
+        }
+        if (version != TQ_PROTO_VERSION) {
+            *reason = "unsupported protocol version";
+            return TQ_EVERSION;
+        }
+        if (!s_read_uint(&r, &command)) {
+            *reason = r.error;
+            return TQ_EPROTO;
+        }
     }
-    if (version != TQ_PROTO_VERSION) {
-        *reason = "unsupported protocol version";
-        return TQ_EVERSION;
-    }
-    if (!s_read_uint(&r, &command)) {
-        *reason = r.error;
-        return TQ_EPROTO;
-    }
-    const s_layout_t *layout = command <= 0xff ? s_layout((uint8_t)command)
-                                               : NULL;
-    if (!layout) {
+    const s_plan_t *plan = command <= 0xff ? s_plan((uint8_t)command) : NULL;
+    if (!plan || !plan->layout) {
         *reason = "unknown command";
         return TQ_EPROTO;
     }
     msg->command = (uint8_t)command;
-    const char *bar = strchr(layout->fields, F_OPTIONAL);
-    size_t required = bar ? (size_t)(bar - layout->fields)
-                          : strlen(layout->fields);
-    if (count - 2 < required) {
+    if (count - 2 < plan->required) {
         *reason = "missing fields";
         return TQ_EPROTO;
     }
-    size_t fields = 0;
-    for (const char *f = layout->fields; *f && fields < count - 2; f++) {
-        if (*f == F_OPTIONAL)
-            continue;
-        if (!s_read_field(&r, *f, msg)) {
+    uint32_t fields = count - 2 < plan->count ? count - 2 : plan->count;
+    for (uint32_t i = 0; i < fields; i++)
+        if (plan->numbers[i] ? !s_read_number(&r, plan->numbers[i], msg)
+                             : !s_read_field(&r, plan->codes[i], msg)) {
             *reason = r.error;
             return TQ_EPROTO;
         }
-        fields++;
-    }
     /* trailing fields come from a newer minor revision: skip them, but they
        must still be well-formed */
-    for (uint32_t i = 2 + (uint32_t)fields; i < count; i++)
+    for (uint32_t i = 2 + fields; i < count; i++)
         if (!s_skip(&r, TQ_PROTO_MAX_DEPTH)) {
             *reason = r.error;
             return TQ_EPROTO;
@@ -839,6 +959,17 @@ tq_proto_check_payload(const void *data, size_t size, bool array_only,
         *reason = "arguments must be a msgpack array";
         return TQ_EPROTO;
     }
+    /* one byte: no arguments, a None result, a small number... (most
+       payloads, checked once per message by each process): nothing to
+       walk */
+    if (size == 1) {
+        uint8_t tag = *r.p;
+        if (tag == 0x90 ||
+            (!array_only &&
+             (tag <= 0x80 || tag >= 0xe0 || tag == 0xa0 || tag == 0xc0 ||
+              tag == 0xc2 || tag == 0xc3)))
+            return TQ_OK;
+    }
     if (!s_skip(&r, TQ_PROTO_MAX_DEPTH)) {
         *reason = r.error;
         return TQ_EPROTO;
@@ -852,67 +983,100 @@ tq_proto_check_payload(const void *data, size_t size, bool array_only,
 
 /* ---- encoding --------------------------------------------------------- */
 
+/* Encoding writes straight into the buffer (tq_writer.h): room for a
+   field is reserved once, then its bytes are stored, the same bytes
+   msgpack-c's packer makes. */
+
 static void
-s_pack_str(msgpack_packer *pk, tq_str_t s)
+s_put_uint(tq_writer_t *w, uint64_t v)
 {
-    msgpack_pack_str(pk, s.len);
-    msgpack_pack_str_body(pk, s.ptr, s.len);
+    if (tq_writer_room(w, 9))
+        tq_writer_uint(w, v);
 }
 
-/* Packs id as a 16-byte bin if it is 32 lowercase hex digits; returns
-   false (nothing packed) for any other id. */
-static bool
-s_pack_bin_id(msgpack_packer *pk, tq_str_t id)
+static void
+s_put_byte(tq_writer_t *w, uint8_t b)
 {
-    uint8_t bin[TQ_PROTO_ID_BIN];
-    if (!tq_proto_id_parse(id.ptr, id.len, bin))
-        return false;
-    msgpack_pack_bin(pk, TQ_PROTO_ID_BIN);
-    msgpack_pack_bin_body(pk, bin, TQ_PROTO_ID_BIN);
-    return true;
+    if (tq_writer_room(w, 1))
+        tq_writer_byte(w, b);
+}
+
+static inline void
+s_put_str(tq_writer_t *w, tq_str_t s)
+{
+    if (tq_writer_room(w, 5 + (size_t)s.len)) {
+        tq_writer_str_head(w, s.len);
+        tq_writer_bytes(w, s.ptr, s.len);
+    }
+}
+
+static void
+s_put_bin_id(tq_writer_t *w, const uint8_t *bytes)
+{
+    if (tq_writer_room(w, 2 + TQ_PROTO_ID_BIN)) {
+        tq_writer_bin_head(w, TQ_PROTO_ID_BIN);
+        tq_writer_bytes(w, bytes, TQ_PROTO_ID_BIN);
+    }
 }
 
 static bool
-s_pack_names(msgpack_packer *pk, const tq_str_t *names, uint32_t count)
+s_put_names(tq_writer_t *w, const tq_str_t *names, uint32_t count)
 {
     if (count > TQ_PROTO_MAX_NAMES)
         return false;
     for (uint32_t i = 0; i < count; i++)
-        if (!tq_proto_valid_name(names[i].ptr, names[i].len))
+        if (!s_name_ok(names[i].ptr, names[i].len))
             return false;
-    msgpack_pack_array(pk, count);
+    if (tq_writer_room(w, 5))
+        tq_writer_array_head(w, count);
     for (uint32_t i = 0; i < count; i++)
-        s_pack_str(pk, names[i]);
+        s_put_str(w, names[i]);
     return true;
 }
 
-/* Packs one field; returns a reason when the value breaks the rules. */
+/* Writes one field; returns a reason when the value breaks the rules. */
 static const char *
-s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
+s_put_number(tq_writer_t *w, const s_number_t *number, const tq_msg_t *msg)
+{
+    uint64_t v = s_number_get(msg, number);
+    if (v < number->min || v > number->max)
+        return number->what;
+    s_put_uint(w, v);
+    return NULL;
+}
+
+/* Writes a field other than an integer (s_put_number). */
+static const char *
+s_put_field(tq_writer_t *w, char code, const tq_msg_t *msg)
 {
     switch (code) {
     case F_ID:
-    case F_OPT_ID:
+    case F_OPT_ID: {
         if (code == F_OPT_ID && !msg->id.ptr &&
             !(msg->id_binary && msg->id_bytes)) {
-            msgpack_pack_nil(pk);
+            s_put_byte(w, 0xc0);
             return NULL;
         }
         if (msg->id_binary && msg->id_bytes) {
             /* the caller's bytes: no render to text and parse back */
-            msgpack_pack_bin(pk, TQ_PROTO_ID_BIN);
-            msgpack_pack_bin_body(pk, msg->id_bytes, TQ_PROTO_ID_BIN);
+            s_put_bin_id(w, msg->id_bytes);
             return NULL;
         }
-        if (msg->id_binary && s_pack_bin_id(pk, msg->id))
+        /* sent as bin if it is 32 lowercase hex digits, else as str */
+        uint8_t bin[TQ_PROTO_ID_BIN];
+        if (msg->id_binary &&
+            tq_proto_id_parse(msg->id.ptr, msg->id.len, bin)) {
+            s_put_bin_id(w, bin);
             return NULL;
-        if (!tq_proto_valid_id(msg->id.ptr, msg->id.len))
+        }
+        if (!s_id_ok(msg->id.ptr, msg->id.len))
             return "invalid task id";
-        s_pack_str(pk, msg->id);
+        s_put_str(w, msg->id);
         return NULL;
+    }
     case F_OPT_QUEUE:
         if (!msg->queue.ptr) {
-            msgpack_pack_nil(pk);
+            s_put_byte(w, 0xc0);
             return NULL;
         }
         /* fall through */
@@ -922,116 +1086,33 @@ s_pack_field(msgpack_packer *pk, char code, const tq_msg_t *msg)
         tq_str_t s = code == F_TASK   ? msg->task
                      : code == F_HOST ? msg->host
                                       : msg->queue;
-        if (!tq_proto_valid_name(s.ptr, s.len))
+        if (!s_name_ok(s.ptr, s.len))
             return code == F_TASK   ? "invalid task name"
                    : code == F_HOST ? "invalid host name"
                                     : "invalid queue name";
-        s_pack_str(pk, s);
+        s_put_str(w, s);
         return NULL;
     }
     case F_ERROR:
         if (!msg->error.ptr) {
-            msgpack_pack_nil(pk);
+            s_put_byte(w, 0xc0);
             return NULL;
         }
         if (msg->error.len > TQ_PROTO_MAX_ERROR)
             return "error text too long";
-        s_pack_str(pk, msg->error);
+        s_put_str(w, msg->error);
         return NULL;
-    case F_PRIORITY:
-        if (msg->priority > 9)
-            return "priority out of range";
-        msgpack_pack_uint32(pk, msg->priority);
-        return NULL;
-    case F_LIMIT:
-        msgpack_pack_uint32(pk, msg->time_limit_ms);
-        return NULL;
-    case F_ATTEMPT:
-        if (msg->attempt < 1)
-            return "attempt must be 1 or more";
-        msgpack_pack_uint32(pk, msg->attempt);
-        return NULL;
-    case F_STATE:
-        if (msg->state > TQ_PROTO_MAX_STATE)
-            return "unknown state";
-        msgpack_pack_uint32(pk, msg->state);
-        return NULL;
-    case F_CODE:
-        if (msg->code >= TQ_ERROR_COUNT_)
-            return "unknown error code";
-        msgpack_pack_uint32(pk, msg->code);
-        return NULL;
-    case F_CREDIT:
-        if (msg->credit < 1 || msg->credit > 65535)
-            return "credit out of range (1..65535)";
-        msgpack_pack_uint32(pk, msg->credit);
-        return NULL;
-    case F_PID:
-    case F_PPID: {
-        uint64_t v = code == F_PID ? msg->pid : msg->ppid;
-        if (v == 0 || v > INT32_MAX)
-            return "process id out of range";
-        msgpack_pack_uint64(pk, v);
-        return NULL;
-    }
     case F_WAIT:
-        if (msg->wait)
-            msgpack_pack_true(pk);
-        else
-            msgpack_pack_false(pk);
+        s_put_byte(w, msg->wait ? 0xc3 : 0xc2);
         return NULL;
     case F_QUEUES:
-        return s_pack_names(pk, msg->queues, msg->queue_count)
-                   ? NULL
-                   : "invalid queue list";
+        return s_put_names(w, msg->queues, msg->queue_count)
+            ? NULL
+            : "invalid queue list";
     case F_TASKS:
-        return s_pack_names(pk, msg->tasks, msg->task_count)
-                   ? NULL
-                   : "invalid task list";
-    case F_RETRIES:
-        if (msg->retries > TQ_PROTO_MAX_RETRIES)
-            return "retries out of range";
-        msgpack_pack_uint32(pk, msg->retries);
-        return NULL;
-    case F_BACKOFF:
-        msgpack_pack_uint32(pk, msg->backoff_ms);
-        return NULL;
-    case F_DELAY:
-        msgpack_pack_uint32(pk, msg->delay_ms);
-        return NULL;
-    case F_ATTEMPTS:
-        msgpack_pack_uint32(pk, msg->attempt);
-        return NULL;
-    case F_RSS:
-        msgpack_pack_uint64(pk, msg->rss_kb);
-        return NULL;
-    case F_MAXSIZE:
-        msgpack_pack_uint32(pk, msg->maxsize);
-        return NULL;
-    case F_FEATURES:
-        msgpack_pack_uint32(pk, msg->features);
-        return NULL;
-    case F_SESSION:
-        msgpack_pack_uint64(pk, msg->session);
-        return NULL;
-    case F_DROPPED:
-        msgpack_pack_uint64(pk, msg->dropped);
-        return NULL;
-    case F_STATES:
-        if (msg->states & ~(uint32_t)TQ_STATES_ALL)
-            return "unknown state in the state set";
-        msgpack_pack_uint32(pk, msg->states);
-        return NULL;
-    case F_COUNT:
-        if (msg->limit < 1 || msg->limit > TQ_PROTO_MAX_LIMIT)
-            return "limit out of range";
-        msgpack_pack_uint32(pk, msg->limit);
-        return NULL;
-    case F_BATCH:
-        if (msg->count < 1 || msg->count > TQ_BATCH_MAX)
-            return "batch count out of range";
-        msgpack_pack_uint32(pk, msg->count);
-        return NULL;
+        return s_put_names(w, msg->tasks, msg->task_count)
+            ? NULL
+            : "invalid task list";
     default:
         return "internal: unknown field code";
     }
@@ -1044,29 +1125,34 @@ tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
     const char *dummy;
     if (!reason)
         reason = &dummy;
-    const s_layout_t *layout = s_layout(msg->command);
-    if (!layout) {
+    const s_plan_t *plan = s_plan(msg->command);
+    if (!plan->layout) {
         *reason = "unknown command";
         return TQ_EINVAL;
     }
     msgpack_sbuffer_clear(buf);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
-    size_t fields = strlen(layout->fields);
-    if (strchr(layout->fields, F_OPTIONAL))
-        fields--;
-    msgpack_pack_array(&pk, 2 + fields);
-    msgpack_pack_uint8(&pk, TQ_PROTO_VERSION);
-    msgpack_pack_uint8(&pk, msg->command);
-    for (const char *f = layout->fields; *f; f++) {
-        if (*f == F_OPTIONAL)
-            continue;
-        const char *why = s_pack_field(&pk, *f, msg);
+    tq_writer_t w;
+    tq_writer_start(&w, buf);
+    if (tq_writer_room(&w, 16)) {
+        tq_writer_array_head(&w, 2 + (uint32_t)plan->count);
+        tq_writer_uint(&w, TQ_PROTO_VERSION);
+        tq_writer_uint(&w, msg->command);
+    }
+    uint32_t count = plan->count; /* (the writes may alias plan) */
+    for (uint32_t i = 0; i < count; i++) {
+        const char *why = plan->numbers[i]
+            ? s_put_number(&w, plan->numbers[i], msg)
+            : s_put_field(&w, plan->codes[i], msg);
         if (why) {
             msgpack_sbuffer_clear(buf);
             *reason = why;
             return TQ_EINVAL;
         }
+    }
+    if (!tq_writer_finish(&w)) {
+        msgpack_sbuffer_clear(buf);
+        *reason = "out of memory";
+        return TQ_ENOMEM;
     }
     return TQ_OK;
 }

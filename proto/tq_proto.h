@@ -206,7 +206,8 @@ int tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
 
 /* Encodes msg's header into buf, which is cleared first (its memory is
    reused). Returns TQ_OK, or TQ_EINVAL (with *reason) if a field breaks
-   the protocol's rules. */
+   the protocol's rules, or TQ_ENOMEM if buf could not grow (buf is then
+   left empty). */
 int tq_proto_encode(const tq_msg_t *msg, msgpack_sbuffer *buf,
                     const char **reason);
 
