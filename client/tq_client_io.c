@@ -112,13 +112,50 @@ s_table_slot(tq_io_table_t *t, uint64_t h, const char *id, size_t len)
     }
 }
 
-/* The head on id, NULL if none. */
-static tq_request_t *
-s_table_find(tq_io_table_t *t, const char *id, size_t len)
+void
+tq_io_table_own(tq_io_table_t *t, const char prefix[16])
+{
+    memcpy(t->own, prefix, sizeof t->own);
+}
+
+/* The value of the 8 hex digits at hex (lowercase or uppercase; other
+   bytes give some value, the same each time), by the 8 bytes at once. */
+static uint32_t
+s_hex8(const char *hex)
+{
+    uint64_t w;
+    memcpy(&w, hex, sizeof w);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    w = __builtin_bswap64(w); /* the last digit in the lowest byte */
+#endif
+    /* each byte its digit's value: '0'..'9' are 0x30..0x39, 'a'..'f'
+       0x61..0x66 and 'A'..'F' 0x41..0x46 (bit 6 set: 9 more) */
+    const uint64_t ones = 0x0101010101010101ULL;
+    w = (w & 0x0f * ones) + 9 * ((w >> 6) & ones);
+    /* then the 8 nibbles side by side: pairs, fours, all eight */
+    w = (w | w >> 4) & 0x00ff00ff00ff00ffULL;
+    w = (w | w >> 8) & 0x0000ffff0000ffffULL;
+    return (uint32_t)(w | w >> 16);
+}
+
+uint64_t
+tq_io_table_hash(const tq_io_table_t *t, const char *id, size_t len)
+{
+    if (len == 32) {
+        uint64_t prefix[2];
+        memcpy(prefix, id, sizeof prefix);
+        if (prefix[0] == t->own[0] && prefix[1] == t->own[1])
+            return 2 * (uint64_t)s_hex8(id + 24);
+    }
+    return tq_io_hash(id, len);
+}
+
+tq_request_t *
+tq_io_table_find(tq_io_table_t *t, const char *id, size_t len)
 {
     if (!t->cap)
         return NULL;
-    return s_table_slot(t, tq_io_hash(id, len), id, len)->head;
+    return s_table_slot(t, tq_io_table_hash(t, id, len), id, len)->head;
 }
 
 /* Doubles the slots (at least S_TABLE_MIN): the heads move to theirs. */
@@ -126,7 +163,8 @@ static void
 s_table_grow(tq_io_table_t *t)
 {
     tq_io_table_t bigger = {.cap = t->cap ? 2 * t->cap : S_TABLE_MIN,
-                            .count = t->count};
+                            .count = t->count,
+                            .own = {t->own[0], t->own[1]}};
     bigger.slots = calloc(bigger.cap, sizeof *bigger.slots);
     assert(bigger.slots);
     for (size_t i = 0; i < t->cap; i++) {
@@ -189,7 +227,6 @@ tq_io_next(tq_io_t *io, tq_io_iter_t *it)
 static void
 s_index_add(tq_io_t *io, tq_request_t *r)
 {
-    r->next_same = NULL;
     if (TQ_REQ_IS_FIFO(r->kind)) {
         /* and by its id below: a broker that echoes it */
         r->next_fifo = NULL;
@@ -199,10 +236,16 @@ s_index_add(tq_io_t *io, tq_request_t *r)
             io->fifo_head = r;
         io->fifo_tail = r;
     }
+    tq_io_table_add(&io->pending, r);
+}
+
+void
+tq_io_table_add(tq_io_table_t *t, tq_request_t *r)
+{
+    r->next_same = NULL;
     /* its id's length and hash, once: every lookup compares them */
     r->id_len = strlen(r->id);
-    r->hash = tq_io_hash(r->id, r->id_len);
-    tq_io_table_t *t = &io->pending;
+    r->hash = tq_io_table_hash(t, r->id, r->id_len);
     /* grown first (at most half full), so that one look finds the slot */
     if (2 * (t->count + 1) > t->cap)
         s_table_grow(t);
@@ -248,13 +291,19 @@ s_index_remove(tq_io_t *io, tq_request_t *r)
             r->next_fifo = NULL;
         }
     }
-    if (!io->pending.cap)
+    tq_io_table_remove(&io->pending, r);
+}
+
+void
+tq_io_table_remove(tq_io_table_t *t, tq_request_t *r)
+{
+    if (!t->cap)
         return;
-    tq_io_slot_t *slot = s_table_slot_of(&io->pending, r);
+    tq_io_slot_t *slot = s_table_slot_of(t, r);
     tq_request_t *head = slot->head;
     if (head == r) {
         /* the next on its id, if any, heads the chain in its place */
-        s_table_replace(&io->pending, slot, r->next_same);
+        s_table_replace(t, slot, r->next_same);
         r->next_same = NULL;
         return;
     }
@@ -286,7 +335,7 @@ tq_io_all(tq_io_t *io)
 tq_request_t *
 tq_io_chain(tq_io_t *io, tq_str_t id)
 {
-    return id.ptr ? s_table_find(&io->pending, id.ptr, id.len) : NULL;
+    return id.ptr ? tq_io_table_find(&io->pending, id.ptr, id.len) : NULL;
 }
 
 /* ---- the state machine -------------------------------------------------- */
@@ -1692,6 +1741,7 @@ tq_client_io_actor(zsock_t *pipe, void *args)
     tq_io_t *io = calloc(1, sizeof *io);
     assert(io);
     tq_client_t *c = io->client = args;
+    tq_io_table_own(&io->pending, c->id_hex);
     io->regets = zlistx_new();
     assert(io->regets);
     zlistx_set_destructor(io->regets, (zlistx_destructor_fn *)zstr_free);

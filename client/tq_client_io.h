@@ -46,6 +46,10 @@ typedef struct {
     tq_io_slot_t *slots; /* cap of them, a power of 2 */
     size_t cap;
     size_t count; /* ids in it */
+    /* the client's id prefix (its 16 hex digits, tq_io_table_own; zero
+       bytes: none): an id of 32 bytes that starts with it is hashed by
+       its counter (tq_io_table_hash) */
+    uint64_t own[2];
 } tq_io_table_t;
 
 /* A walk over the table's chain heads (tq_io_first, tq_io_next); the
@@ -233,5 +237,30 @@ bool tq_io_memo_header(tq_io_memo_t *memo, tq_msg_t *m, const void **data,
 
 /* The hash of an id (len bytes) in the table of requests by id. */
 uint64_t tq_io_hash(const char *id, size_t len);
+
+/* ---- the id table (tq_io_t's pending, on its own for tests) ---- */
+
+/* The ids that start with prefix (16 hex digits, the client's id_hex)
+   are the table's own. Set while the table is empty. */
+void tq_io_table_own(tq_io_table_t *t, const char prefix[16]);
+
+/* The hash of id (len bytes) in t: an id of t's own (its prefix and a
+   counter in 16 hex digits, 32 bytes) hashes to twice its counter (its
+   low 32 bits), so that ids made one after the other take every other
+   slot in a row (answers come roughly in that order: the slots looked
+   at next are in the cache lines just read), and the slots between stay
+   free for other ids; any other id to tq_io_hash. */
+uint64_t tq_io_table_hash(const tq_io_table_t *t, const char *id, size_t len);
+
+/* Adds r (its id set) to t: r->id_len, r->hash set; r heads the chain of
+   its id, or goes to its end (next_same). */
+void tq_io_table_add(tq_io_table_t *t, tq_request_t *r);
+
+/* The head of the chain on id, NULL if none. */
+tq_request_t *tq_io_table_find(tq_io_table_t *t, const char *id, size_t len);
+
+/* Removes r (tq_io_table_add'ed) from t; the next on its id, if any,
+   heads the chain in its place. */
+void tq_io_table_remove(tq_io_table_t *t, tq_request_t *r);
 
 #endif

@@ -104,7 +104,7 @@ s_move(tq_result_t *self, tq_result_phase_t to)
                      tq_result_phase_name(to));
         abort();
     }
-    self->phase = to;
+    atomic_store(&self->phase, to);
     /* wake only who can go on: a FINAL handle is nobody's but its
        callback's, and ANSWERED matters to tq_result_wait_answer alone (a
        get waiting on every round trip is not woken twice for nothing) */
@@ -136,7 +136,7 @@ tq_result_make_sized(tq_req_kind_t kind, tq_client_t *client, size_t size)
     zmq_msg_init(&self->value);
     pthread_mutex_init(&self->mutex, NULL);
     pthread_cond_init(&self->cond, NULL);
-    self->phase = TQ_RESULT_PENDING;
+    atomic_init(&self->phase, TQ_RESULT_PENDING);
     self->state = TQ_STATE_PENDING;
     return self;
 }
@@ -168,10 +168,7 @@ tq_result_unref(tq_result_t *self)
 tq_result_phase_t
 tq_result_phase(tq_result_t *self)
 {
-    pthread_mutex_lock(&self->mutex);
-    tq_result_phase_t phase = self->phase;
-    pthread_mutex_unlock(&self->mutex);
-    return phase;
+    return atomic_load(&self->phase);
 }
 
 void
@@ -302,9 +299,10 @@ tq_result_deadline(int timeout_ms)
 static bool
 s_reached(tq_result_t *self, tq_result_phase_t phase)
 {
-    if (self->phase == TQ_RESULT_FINAL && s_in_callback != self)
+    tq_result_phase_t now = atomic_load(&self->phase);
+    if (now == TQ_RESULT_FINAL && s_in_callback != self)
         return false;
-    return self->phase >= phase;
+    return now >= phase;
 }
 
 /* Waits on cond until s_reached(phase) or the deadline (-1: none); mutex
@@ -338,6 +336,9 @@ s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
 int
 tq_result_wait_until(tq_result_t *self, int64_t deadline)
 {
+    /* ready already (the phase read alone: a handle stays READY) */
+    if (s_reached(self, TQ_RESULT_FINAL))
+        return TQ_OK;
     /* while the I/O thread sleeps, read the answer off the socket here:
        no hop through the I/O thread (not from a callback: it runs on the
        I/O thread, or a waiting caller's reading would wait on itself) */
@@ -354,6 +355,8 @@ int
 tq_result_wait(tq_result_t *self, int timeout_ms)
 {
     assert(self);
+    if (s_reached(self, TQ_RESULT_FINAL))
+        return TQ_OK; /* no deadline to read the clock for */
     return tq_result_wait_until(self, tq_result_deadline(timeout_ms));
 }
 
@@ -414,20 +417,14 @@ bool
 tq_result_answered(tq_result_t *self)
 {
     assert(self);
-    pthread_mutex_lock(&self->mutex);
-    bool answered = s_reached(self, TQ_RESULT_ANSWERED);
-    pthread_mutex_unlock(&self->mutex);
-    return answered;
+    return s_reached(self, TQ_RESULT_ANSWERED);
 }
 
 bool
 tq_result_ready(tq_result_t *self)
 {
     assert(self);
-    pthread_mutex_lock(&self->mutex);
-    bool ready = s_reached(self, TQ_RESULT_FINAL);
-    pthread_mutex_unlock(&self->mutex);
-    return ready;
+    return s_reached(self, TQ_RESULT_FINAL);
 }
 
 bool
@@ -440,10 +437,8 @@ int
 tq_result_code(tq_result_t *self)
 {
     assert(self);
-    pthread_mutex_lock(&self->mutex);
-    int code = self->phase >= TQ_RESULT_FINAL ? self->code : TQ_ETIMEDOUT;
-    pthread_mutex_unlock(&self->mutex);
-    return code;
+    /* the code is set before the move to FINAL, and stays */
+    return tq_result_phase(self) >= TQ_RESULT_FINAL ? self->code : TQ_ETIMEDOUT;
 }
 
 int

@@ -39,8 +39,11 @@ struct tq_result_t {
     char *names; /* SUBMIT: "task\0queue" (the unserved check), or NULL */
     pthread_mutex_t mutex;
     pthread_cond_t cond;
+    /* moved under mutex; read without it too (tq_result_phase): what the
+       handle's move to FINAL publishes (state, code, error, value,
+       attempts) is set before it, and no longer changes */
+    _Atomic tq_result_phase_t phase; /* the one fact of its lifecycle */
     /* under mutex */
-    tq_result_phase_t phase; /* the one fact of its lifecycle */
     int answer_waiters; /* callers in tq_result_wait_answer */
     int sleepers; /* callers asleep on cond */
     int state; /* tq_state_t, last reported */
