@@ -437,8 +437,9 @@ s_be64(const uint8_t *b)
    still spread: random ones by their random low bits, ones alike but for
    part of the prefix or the counter's higher bits by the mix
    (multiplies and shifts that carry every bit of both to the low bits
-   the mask keeps); ids alike but for bits 14-15 of their end share
-   buckets only in a table of fewer than 64Ki buckets, four at most. */
+   the mask keeps). Ids alike but for the counter's low 16 bits share a
+   bucket only in a table of fewer than 64Ki buckets: four at most (the
+   smallest has 16Ki). */
 static uint32_t
 s_bin_hash(const void *bin)
 {
