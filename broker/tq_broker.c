@@ -1014,6 +1014,15 @@ s_input(tq_broker_t *self)
     return s_readable(self->clients) != 0 || s_readable(self->workers) != 0;
 }
 
+/* True if s_wait's errno is worth another wait rather than the end of
+   the broker: EINTR (a signal in poll or in a socket's ZMQ_EVENTS) or
+   EAGAIN (poll could not allocate, POSIX: a later call may succeed). */
+static bool
+s_transient(int err)
+{
+    return err == EINTR || err == EAGAIN;
+}
+
 /* Sleeps until a socket has input, the wakeup eventfd is written (a
    commit done, a stop, a lead's end) or timeout_ms passed. ZMQ_EVENTS on
    both sockets, then one poll on their ZMQ_FDs and the eventfd: the
@@ -1028,14 +1037,19 @@ s_input(tq_broker_t *self)
    input: one that ZMQ_EVENTS found empty and whose descriptor stayed
    quiet through the poll has none, and its drain (an empty receive, a
    system call) is skipped. Returns 0, or -1 with errno (EINTR: a
-   signal). */
+   signal; s_transient). */
 static int
 s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
 {
     drain[0] = drain[1] = true;
+    /* a failed look returns at once, with its errno: a ZMQ_EVENTS that
+       succeeds leaves errno at EAGAIN (libzmq's empty mailbox), so the
+       second socket's look would turn the first's EINTR into EAGAIN */
     int a = s_readable(self->workers);
+    if (a < 0)
+        return -1;
     int b = a == 1 ? 1 : s_readable(self->clients);
-    if (a < 0 || b < 0)
+    if (b < 0)
         return -1;
     if (a == 1 || b == 1) {
         drain[0] = a == 1;
@@ -1159,7 +1173,7 @@ tq_broker_run(tq_broker_t *self)
         long timeout = s_timeout(self);
         bool drain[2];
         if (s_wait(self, timeout, leadable, drain) < 0) {
-            if (errno == EINTR)
+            if (s_transient(errno))
                 continue;
             tq_log_error("poll: %s", zmq_strerror(errno));
             rc = TQ_ESYS;
@@ -1198,7 +1212,7 @@ tq_broker_lead(tq_broker_t *self, int timeout_ms)
         timeout = timeout_ms;
     bool drain[2];
     if (s_wait(self, timeout, false, drain) < 0) {
-        if (errno != EINTR)
+        if (!s_transient(errno))
             return -1;
         drain[0] = drain[1] = true;
     }

@@ -414,21 +414,43 @@ s_id_parse_memo(tq_broker_t *self, const char *text, size_t len,
     return true;
 }
 
-/* A binary id's hash: its two halves mixed by multiplies and shifts (a
-   dozen instructions where FNV-1a takes two per byte). Every bit of the
-   id reaches the low bits the table's mask keeps, so ids that differ in
-   one byte anywhere land apart, not only random ones. */
+/* The 64-bit number in 8 bytes, most significant first (as a hex id
+   writes it): written out, which compilers turn into a load and a byte
+   swap. */
+static uint64_t
+s_be64(const uint8_t *b)
+{
+    return (uint64_t)b[0] << 56 | (uint64_t)b[1] << 48 | (uint64_t)b[2] << 40 |
+        (uint64_t)b[3] << 32 | (uint64_t)b[4] << 24 | (uint64_t)b[5] << 16 |
+        (uint64_t)b[6] << 8 | b[7];
+}
+
+/* A binary id's hash. tq's clients make ids of a random 64-bit prefix
+   then a counter (tq_client.c), and their tasks are made and end roughly
+   in that order: the hash is the counter's low 16 bits plus a mix of the
+   prefix and the counter's other bits, so each run of 65,536 ids of a
+   client takes consecutive buckets at an offset of its own. Consecutive
+   tasks then look at consecutive buckets (a cache line holds 16) and,
+   while the ids in the table span fewer than its buckets, rarely share
+   one (only runs that meet may); a new id's lookup (every SUBMIT's)
+   finds its bucket empty without touching a task. Ids of another shape
+   still spread: random ones by their random low bits, ones alike but for
+   part of the prefix or the counter's higher bits by the mix
+   (multiplies and shifts that carry every bit of both to the low bits
+   the mask keeps). Ids alike but for the counter's low 16 bits share a
+   bucket only in a table of fewer than 64Ki buckets: four at most (the
+   smallest has 16Ki). */
 static uint32_t
 s_bin_hash(const void *bin)
 {
-    uint64_t a, b;
-    memcpy(&a, bin, 8);
-    memcpy(&b, (const uint8_t *)bin + 8, 8);
-    uint64_t h = a * 0x9e3779b97f4a7c15ull ^ b;
+    uint64_t prefix;
+    memcpy(&prefix, bin, 8);
+    uint64_t counter = s_be64((const uint8_t *)bin + 8);
+    uint64_t h = prefix * 0x9e3779b97f4a7c15ull ^ counter >> 16;
     h ^= h >> 32;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 29;
-    return (uint32_t)h;
+    return (uint32_t)(counter & 0xffff) + (uint32_t)h;
 }
 
 static uint32_t

@@ -1,6 +1,7 @@
 /* test_task.c - the task state machine of the broker (broker/tq_task.c):
    the table of legal moves, the one container each state puts a task in,
    the counts that follow it, and what reaches the store. */
+#include <inttypes.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -592,8 +593,11 @@ s_spread_id(char id[64], int form, unsigned i)
     case 2: /* last */
         snprintf(id, 64, "abcdefabcdefabcdefabcdef%08x", i);
         break;
-    default: /* two bytes far apart */
+    case 3: /* two bytes far apart */
         snprintf(id, 64, "%02x%030x", i & 0xff, i >> 8);
+        break;
+    default: /* a counter in steps of 2^14 (the smallest table's size) */
+        snprintf(id, 64, "abcdefabcdefabcd%016" PRIx64, (uint64_t)i << 14);
         break;
     }
 }
@@ -607,7 +611,7 @@ test_id_spread(void **state)
 {
     (void)state;
     enum { N = 4096 };
-    for (int form = 0; form < 4; form++) {
+    for (int form = 0; form < 5; form++) {
         tq_broker_t *b = s_broker(NULL);
         char id[64];
         for (unsigned i = 0; i < N; i++) {
@@ -627,6 +631,136 @@ test_id_spread(void **state)
         }
         tq_broker_destroy(&b);
     }
+}
+
+/* A client-made id: its prefix, then its counter (tq_client.c). */
+static void
+s_client_id(char id[64], uint64_t prefix, uint64_t counter)
+{
+    snprintf(id, 64, "%016" PRIx64 "%016" PRIx64, prefix, counter);
+}
+
+/* The prefix of the c-th of many clients (random-looking, fixed). */
+static uint64_t
+s_prefix(unsigned c)
+{
+    uint64_t x = (c + 1) * 0x9e3779b97f4a7c15ull;
+    x = (x ^ x >> 30) * 0xbf58476d1ce4e5b9ull;
+    return x ^ x >> 31;
+}
+
+/* Makes the tasks of ids [from, to) of a client, as waiting. */
+static void
+s_client_tasks(tq_broker_t *b, uint64_t prefix, uint64_t from, uint64_t to)
+{
+    char id[64];
+    for (uint64_t n = from; n != to; n++) {
+        s_client_id(id, prefix, n);
+        task_t *t = s_task(b, id);
+        assert_true(t->id_bin);
+        tqb_task_move(b, t, TASK_WAITING, NULL);
+    }
+}
+
+/* Whether every id of [from, to) of a client finds its own task. */
+static void
+s_client_found(tq_broker_t *b, uint64_t prefix, uint64_t from, uint64_t to)
+{
+    char id[64];
+    for (uint64_t n = from; n != to; n++) {
+        s_client_id(id, prefix, n);
+        task_t *t = tqb_task_find(b, tq_str(id));
+        assert_non_null(t);
+        assert_string_equal(tqb_task_id(t), id);
+    }
+}
+
+/* A client's consecutive ids take consecutive buckets: fewer of them
+   than buckets never share one (a well-mixed hash puts several ids in
+   some bucket: the longest chain of 16,000 random ids in 16Ki buckets is
+   about 7), also across the counter's 32-bit and 64-bit wraps and
+   through the table's growth; removed ones are gone, the others found. */
+static void
+test_id_client_runs(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    uint32_t buckets = b->id_mask + 1;
+    uint64_t prefix = s_prefix(7);
+    s_client_tasks(b, prefix, 1000, 1000 + buckets - 384);
+    assert_int_equal(tqb_tasks_longest_chain(b), 1);
+    assert_int_equal(b->id_mask + 1, buckets);
+    s_client_found(b, prefix, 1000, 1000 + buckets - 384);
+    tq_broker_destroy(&b);
+
+    /* across the counter's wraps: a 32-bit one within a run of ids, a
+       64-bit one (to 0) between runs */
+    const uint64_t wraps[] = {0xffffffffull - 3000, UINT64_MAX - 3000};
+    for (int w = 0; w < 2; w++) {
+        b = s_broker(NULL);
+        uint64_t from = wraps[w], to = wraps[w] + 6000;
+        s_client_tasks(b, prefix, from, to);
+        assert_in_range(tqb_tasks_longest_chain(b), 1, 2);
+        s_client_found(b, prefix, from, to);
+        char id[64];
+        for (uint64_t n = from; n != to; n += 2) {
+            s_client_id(id, prefix, n);
+            task_t *t = tqb_task_find(b, tq_str(id));
+            tqb_task_final(b, t, TASK_CANCELLED, TQ_ECANCELLED, "test", NULL);
+            tqb_task_forget(b, t);
+        }
+        for (uint64_t n = from; n != to; n++) {
+            s_client_id(id, prefix, n);
+            task_t *t = tqb_task_find(b, tq_str(id));
+            if ((n - from) % 2)
+                assert_true(t && strcmp(tqb_task_id(t), id) == 0);
+            else
+                assert_null(t);
+        }
+        tq_broker_destroy(&b);
+    }
+
+    /* the table grows: the ids still take a bucket each but where two
+       runs of 65,536 ids meet */
+    b = s_broker(NULL);
+    enum { N = 100000 };
+    s_client_tasks(b, prefix, 5, 5 + N);
+    assert_true(b->id_mask + 1 > buckets);
+    assert_in_range(tqb_tasks_longest_chain(b), 1, 2);
+    s_client_found(b, prefix, 5, 5 + N);
+    tq_broker_destroy(&b);
+}
+
+/* Many clients with the same counters (each started at 0) spread over
+   the table by their prefixes: a hash of the counter alone would chain
+   every client's n-th ids together (64 long). Every id, and a text id
+   beside them (a hex id of 31 or 33 digits, a user's), is found as
+   itself. */
+static void
+test_id_clients(void **state)
+{
+    (void)state;
+    enum { CLIENTS = 64, EACH = 256 };
+    tq_broker_t *b = s_broker(NULL);
+    for (unsigned c = 0; c < CLIENTS; c++)
+        s_client_tasks(b, s_prefix(c), 0, EACH);
+    assert_int_equal(b->task_count, CLIENTS * EACH);
+    /* about one a bucket, runs at random offsets: a few at most */
+    assert_in_range(tqb_tasks_longest_chain(b), 1, 8);
+    for (unsigned c = 0; c < CLIENTS; c++)
+        s_client_found(b, s_prefix(c), 0, EACH);
+    char id[64];
+    s_client_id(id, s_prefix(3), 17);
+    const char *texts[] = {"0123456789abcdef0123456789abcde",
+                           "0123456789abcdef0123456789abcdef0", id + 1,
+                           "user-17"};
+    for (int i = 0; i < 4; i++) {
+        task_t *t = s_task(b, texts[i]);
+        assert_false(t->id_bin);
+        assert_ptr_equal(tqb_task_find(b, tq_str(texts[i])), t);
+    }
+    assert_true(tqb_task_find(b, tq_str(id))->id_bin);
+    tq_broker_destroy(&b);
 }
 
 /* Names are interned once: asked again (from slices of other text, in
@@ -1085,6 +1219,8 @@ main(void)
         cmocka_unit_test(test_id_bytes),
         cmocka_unit_test(test_peer_index),
         cmocka_unit_test(test_id_spread),
+        cmocka_unit_test(test_id_client_runs),
+        cmocka_unit_test(test_id_clients),
         cmocka_unit_test(test_intern),
         cmocka_unit_test(test_lane_memo),
         cmocka_unit_test(test_lane_busy),

@@ -1,0 +1,115 @@
+/* test_broker_wait.c - the broker's wait for input (s_wait in
+   broker/tq_broker.c) when a socket cannot be asked for its events: a
+   signal (EINTR) is waited through, a real error ends the loop. The
+   failures are injected: this test is linked with
+   -Wl,--wrap=zmq_getsockopt, so the broker's ZMQ_EVENTS looks come here
+   first. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "tq_broker_core.h"
+#include "tq_harness.h"
+
+int __real_zmq_getsockopt(void *socket, int option, void *value, size_t *size);
+int __wrap_zmq_getsockopt(void *socket, int option, void *value, size_t *size);
+
+static struct {
+    tq_broker_t *broker;
+    void *fail; /* the socket whose next ZMQ_EVENTS fails, NULL once done */
+    int err; /* with this errno */
+    int failed; /* looks failed */
+    int after; /* the workers socket's looks after the failure */
+} s_inject;
+
+/* ZMQ_EVENTS on s_inject.fail fails once with s_inject.err; the workers
+   socket's next look after that stops the broker (its loop then ends at
+   the top of the next pass). */
+int
+__wrap_zmq_getsockopt(void *socket, int option, void *value, size_t *size)
+{
+    if (option == ZMQ_EVENTS && s_inject.broker) {
+        if (s_inject.fail && socket == s_inject.fail) {
+            s_inject.fail = NULL;
+            s_inject.failed++;
+            errno = s_inject.err;
+            return -1;
+        }
+        if (!s_inject.fail && socket == s_inject.broker->workers &&
+            s_inject.after++ == 0)
+            tq_broker_stop(s_inject.broker);
+    }
+    return __real_zmq_getsockopt(socket, option, value, size);
+}
+
+/* tq_broker_run with the first ZMQ_EVENTS on one of its sockets failing
+   with err. */
+static int
+s_run_failing(bool workers, int err)
+{
+    tq_broker_config_t config = {0};
+    tq_broker_t *b = tq_harness_broker_new(config);
+    assert_non_null(b);
+    s_inject.broker = b;
+    s_inject.fail = workers ? b->workers : b->clients;
+    s_inject.err = err;
+    s_inject.failed = s_inject.after = 0;
+    int rc = tq_broker_run(b);
+    assert_int_equal(s_inject.failed, 1);
+    s_inject.broker = NULL;
+    tq_broker_destroy(&b);
+    return rc;
+}
+
+/* A signal in the workers socket's look: the broker waits again (and
+   stops when told). The clients socket's look that followed it used to
+   succeed and leave errno at EAGAIN, and the broker ended on "poll:
+   Resource temporarily unavailable". */
+static void
+test_eintr_workers(void **state)
+{
+    (void)state;
+    assert_int_equal(s_run_failing(true, EINTR), TQ_OK);
+    assert_true(s_inject.after >= 1); /* it looked again */
+}
+
+static void
+test_eintr_clients(void **state)
+{
+    (void)state;
+    assert_int_equal(s_run_failing(false, EINTR), TQ_OK);
+    assert_true(s_inject.after >= 1);
+}
+
+/* A real error (the context terminated) ends the loop with TQ_ESYS, on
+   either socket: its errno is not lost to the other socket's look. */
+static void
+test_error_workers(void **state)
+{
+    (void)state;
+    assert_int_equal(s_run_failing(true, ETERM), TQ_ESYS);
+    assert_int_equal(s_inject.after, 0); /* no look after it */
+}
+
+static void
+test_error_clients(void **state)
+{
+    (void)state;
+    assert_int_equal(s_run_failing(false, ETERM), TQ_ESYS);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eintr_workers),
+        cmocka_unit_test(test_eintr_clients),
+        cmocka_unit_test(test_error_workers),
+        cmocka_unit_test(test_error_clients),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
