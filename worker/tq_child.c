@@ -515,8 +515,7 @@ s_run(s_child_t *self, s_job_t *job)
         size_t off = 0;
         msgpack_unpack_return ur =
             msgpack_unpack(data, size, &off, &self->zone, &args);
-        if (ur != MSGPACK_UNPACK_SUCCESS ||
-            args.type != MSGPACK_OBJECT_ARRAY) {
+        if (ur != MSGPACK_UNPACK_SUCCESS || args.type != MSGPACK_OBJECT_ARRAY) {
             s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,
                         "invalid arguments: cannot unpack");
             return;
