@@ -557,6 +557,19 @@ s_run(s_child_t *self, s_job_t *job)
     s_send_done(self, job, TQ_STATE_SUCCESS, TQ_OK, NULL);
 }
 
+/* Copies s into dst (size bytes, size > 0), cut to fit, NUL-ended;
+   returns the bytes copied. */
+static uint32_t
+s_copy(char *dst, size_t size, tq_str_t s)
+{
+    size_t n = s.ptr ? s.len : 0;
+    if (n >= size)
+        n = size - 1;
+    memcpy(dst, s.ptr ? s.ptr : "", n);
+    dst[n] = '\0';
+    return (uint32_t)n;
+}
+
 /* Queues the TASK msg, its arguments size bytes at data: in a message of
    their own, frame (moved out, its content data), or NULL to copy them
    into one (a sub-message of a BATCH) when they are too large to keep in
@@ -607,13 +620,11 @@ s_push(s_child_t *self, const tq_msg_t *msg, zmq_msg_t *frame, const void *data,
         job->args_size = 0;
         return false;
     }
-    tq_str_copy(job->id, sizeof job->id, msg->id);
-    job->id_len = msg->id.len < sizeof job->id ? msg->id.len
-                                               : (uint32_t)sizeof job->id - 1;
+    job->id_len = s_copy(job->id, sizeof job->id, msg->id);
     job->id_binary = msg->id_binary && msg->id_bytes;
     if (job->id_binary)
         memcpy(job->id_bytes, msg->id_bytes, TQ_PROTO_ID_BIN);
-    tq_str_copy(job->name, sizeof job->name, msg->task);
+    s_copy(job->name, sizeof job->name, msg->task);
     job->attempt = msg->attempt;
     job->time_limit_ms = msg->time_limit_ms;
     self->count++;
@@ -1160,8 +1171,10 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         s_job_clear(job);
         self->running = NULL;
         now = self->clock_us;
-        free(self->retired);
-        self->retired = NULL;
+        if (self->retired) {
+            free(self->retired);
+            self->retired = NULL;
+        }
         self->tasks_done++;
         if (s_should_recycle(self)) {
             /* told first, so the supervisor respawns without a LOST */
