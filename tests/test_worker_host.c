@@ -779,6 +779,97 @@ test_child_args_sizes(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* Waits for the child's PONG. */
+static void
+s_binfake_pong(s_binfake_t *self)
+{
+    const tq_msg_t *msg = s_binfake_next(self);
+    if (msg->command != TQ_CMD_PONG)
+        fail_msg("expected PONG, got %s", tq_proto_command_name(msg->command));
+}
+
+/* A child runs a job where it stands in its queue: TASKs beyond the
+   credit that arrive while a long task runs (the keeper holds the socket:
+   it answers a PING) grow the queue twice under the running job, which
+   still answers with its own id and value, and the queued jobs run after
+   it, in order, each with its own arguments; a job without arguments
+   gets the empty array. */
+static void
+test_child_queue_grows_under_running(void **state)
+{
+    (void)state;
+    s_binfake_t fake;
+    memset(&fake, 0, sizeof fake);
+    fake.session = 1;
+    msgpack_sbuffer_init(&fake.buf);
+    tq_frames_init(&fake.frames);
+    zmq_msg_init(&fake.child);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
+                          "1",           "--prefetch", "2", NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+    const tq_msg_t *ready = s_binfake_next(&fake);
+    assert_int_equal(ready->command, TQ_CMD_READY);
+    assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
+
+    /* tq.sleep [1]: its value is the double 1.0 */
+    static const uint8_t sleep_args[] = {0x91, 0x01};
+    static const uint8_t slept[] = {0xcb, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0};
+    s_binfake_send(&fake, TQ_CMD_TASK, "long-1", false, "tq.sleep", sleep_args,
+                   sizeof sleep_args);
+    /* answered by the keeper: the task runs and the socket is lent */
+    s_binfake_send(&fake, TQ_CMD_PING, "", false, NULL, NULL, 0);
+    s_binfake_pong(&fake);
+    /* nine more: the queue of 4 grows to 8, then to 16 */
+    enum { N = 9 };
+    static uint8_t args[N][16];
+    size_t sizes[N];
+    char ids[N][16];
+    tq_batch_t b;
+    tq_batch_init(&b);
+    for (int i = 0; i < N; i++) {
+        snprintf(ids[i], sizeof ids[i], "q-%d", i);
+        if (i == N - 1) {
+            args[i][0] = 0x90; /* no arguments */
+            sizes[i] = 1;
+        } else {
+            sizes[i] = s_args_of(args[i], sizeof args[i], 1 + (size_t)i);
+        }
+        tq_msg_t msg = {.command = TQ_CMD_TASK,
+                        .id = tq_str(ids[i]),
+                        .task = tq_str("tq.echo"),
+                        .attempt = 1};
+        assert_int_equal(tq_batch_add(&b, &msg, args[i], sizes[i], true),
+                         TQ_OK);
+    }
+    assert_int_equal(tq_wire_send_batch(fake.router, &fake.child, &b, 0),
+                     TQ_OK);
+    tq_batch_destroy(&b);
+    s_binfake_send(&fake, TQ_CMD_PING, "", false, NULL, NULL, 0);
+    s_binfake_pong(&fake);
+    s_binfake_expect(&fake, TQ_CMD_DONE, "long-1", false, slept, sizeof slept);
+    for (int i = 0; i < N; i++)
+        s_binfake_expect(&fake, TQ_CMD_DONE, ids[i], false, args[i], sizes[i]);
+
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    zmq_msg_close(&fake.child);
+    tq_frames_close(&fake.frames);
+    msgpack_sbuffer_destroy(&fake.buf);
+    int linger = 0;
+    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(fake.router);
+    zmq_ctx_term(ctx);
+}
+
 /* The worker child (the real tq-worker before a fake broker) says it
    takes BATCH (READY feature 0x4), and handles each TASK of a BATCH as if
    it had come alone: one DONE each, in order; a sub-message malformed on
@@ -1078,6 +1169,7 @@ main(void)
         cmocka_unit_test(test_child_binary_ids),
         cmocka_unit_test(test_child_batch),
         cmocka_unit_test(test_child_args_sizes),
+        cmocka_unit_test(test_child_queue_grows_under_running),
         cmocka_unit_test_setup_teardown(test_startup_failures_stop_host,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),

@@ -94,6 +94,7 @@ typedef struct {
     uint64_t rss_kb; /* peak RSS, last sample, KiB */
     int64_t rss_at_us; /* when it was sampled, monotonic us */
     int64_t task_at_us; /* when the running task started, monotonic us */
+    int64_t clock_us; /* the last look at the clock (s_rss_kb's) */
     void *ctx; /* this child's own zmq context */
     void *sock; /* DEALER to the broker */
     void *monitor; /* PAIR: sock's DISCONNECTED events, NULL without */
@@ -112,7 +113,12 @@ typedef struct {
     size_t head; /* index of the oldest job */
     size_t count; /* jobs queued */
     size_t capacity; /* ring slots */
-    s_job_t current; /* the job being run, out of the ring */
+    s_job_t *running; /* the job being run, NULL between tasks: its slot
+                         stays where it was (no copy of the record), out
+                         of the ring's count, in jobs or in retired */
+    s_job_t *retired; /* the ring that holds the running job when the
+                         keeper grew the ring while it ran: freed once it
+                         ends, else NULL */
     bool busy; /* supervisor thinks a task runs */
     uint32_t tasks_done; /* tasks run, for --max-tasks-per-child */
     tq_task_t task; /* the running task */
@@ -253,7 +259,7 @@ s_now_us(void)
 static uint64_t
 s_rss_kb(s_child_t *self)
 {
-    int64_t now = s_now_us();
+    int64_t now = self->clock_us = s_now_us();
     bool long_task = self->rss_at_us < self->task_at_us &&
         now - self->task_at_us >= S_RSS_TASK_US;
     if (!self->rss_at_us || now - self->rss_at_us >= S_RSS_EVERY_US ||
@@ -465,6 +471,20 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
     s_send_done_frames(self, header, size, state == TQ_STATE_SUCCESS);
 }
 
+/* True if the arguments (size bytes at data, checked already) are the
+   empty array, the arguments of a task called without any: *args is then
+   that array, without msgpack_unpack and its zone (a third of a no-op
+   task's own instructions). */
+static bool
+s_args_empty(const void *data, size_t size, msgpack_object *args)
+{
+    if (size != 1 || *(const uint8_t *)data != 0x90)
+        return false;
+    memset(args, 0, sizeof *args);
+    args->type = MSGPACK_OBJECT_ARRAY;
+    return true;
+}
+
 /* Runs job to completion and sends its DONE. */
 static void
 s_run(s_child_t *self, s_job_t *job)
@@ -488,16 +508,18 @@ s_run(s_child_t *self, s_job_t *job)
         s_send_done(self, job, TQ_STATE_FAILURE, TQ_ENOTASK, error);
         return;
     }
-    /* one zone for every task's arguments: cleared, never freed */
-    msgpack_zone_clear(&self->zone);
     msgpack_object args;
-    size_t off = 0;
-    msgpack_unpack_return ur =
-        msgpack_unpack(data, size, &off, &self->zone, &args);
-    if (ur != MSGPACK_UNPACK_SUCCESS || args.type != MSGPACK_OBJECT_ARRAY) {
-        s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,
-                    "invalid arguments: cannot unpack");
-        return;
+    if (!s_args_empty(data, size, &args)) {
+        /* one zone for every task's arguments: cleared, never freed */
+        msgpack_zone_clear(&self->zone);
+        size_t off = 0;
+        msgpack_unpack_return ur =
+            msgpack_unpack(data, size, &off, &self->zone, &args);
+        if (ur != MSGPACK_UNPACK_SUCCESS || args.type != MSGPACK_OBJECT_ARRAY) {
+            s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK,
+                        "invalid arguments: cannot unpack");
+            return;
+        }
     }
     tq_task_t *task = &self->task;
     memcpy(task->id, job->id, sizeof task->id);
@@ -535,6 +557,19 @@ s_run(s_child_t *self, s_job_t *job)
     s_send_done(self, job, TQ_STATE_SUCCESS, TQ_OK, NULL);
 }
 
+/* Copies s into dst (size bytes, size > 0), cut to fit, NUL-ended;
+   returns the bytes copied. */
+static uint32_t
+s_copy(char *dst, size_t size, tq_str_t s)
+{
+    size_t n = s.ptr ? s.len : 0;
+    if (n >= size)
+        n = size - 1;
+    memcpy(dst, s.ptr ? s.ptr : "", n);
+    dst[n] = '\0';
+    return (uint32_t)n;
+}
+
 /* Queues the TASK msg, its arguments size bytes at data: in a message of
    their own, frame (moved out, its content data), or NULL to copy them
    into one (a sub-message of a BATCH) when they are too large to keep in
@@ -543,7 +578,8 @@ static bool
 s_push(s_child_t *self, const tq_msg_t *msg, zmq_msg_t *frame, const void *data,
        size_t size)
 {
-    if (self->count == self->capacity) {
+    /* the running job's slot is taken until it ends */
+    if (self->count + (self->running != NULL) >= self->capacity) {
         /* the broker holds us to our credit; growing only covers a broker
            that does not, instead of dropping its task */
         size_t cap = self->capacity ? self->capacity * 2 : 4;
@@ -555,7 +591,12 @@ s_push(s_child_t *self, const tq_msg_t *msg, zmq_msg_t *frame, const void *data,
         for (size_t i = 0; i < self->count; i++)
             s_job_move(&jobs[i],
                        &self->jobs[(self->head + i) % self->capacity]);
-        free(self->jobs);
+        /* the running job's ring lives on until it ends (a second growth
+           in the same task frees the ring between) */
+        if (self->running && !self->retired)
+            self->retired = self->jobs;
+        else
+            free(self->jobs);
         self->jobs = jobs;
         self->head = 0;
         self->capacity = cap;
@@ -579,13 +620,11 @@ s_push(s_child_t *self, const tq_msg_t *msg, zmq_msg_t *frame, const void *data,
         job->args_size = 0;
         return false;
     }
-    tq_str_copy(job->id, sizeof job->id, msg->id);
-    job->id_len = msg->id.len < sizeof job->id ? msg->id.len
-                                               : (uint32_t)sizeof job->id - 1;
+    job->id_len = s_copy(job->id, sizeof job->id, msg->id);
     job->id_binary = msg->id_binary && msg->id_bytes;
     if (job->id_binary)
         memcpy(job->id_bytes, msg->id_bytes, TQ_PROTO_ID_BIN);
-    tq_str_copy(job->name, sizeof job->name, msg->task);
+    s_copy(job->name, sizeof job->name, msg->task);
     job->attempt = msg->attempt;
     job->time_limit_ms = msg->time_limit_ms;
     self->count++;
@@ -895,7 +934,8 @@ s_reconnect(s_child_t *self, const char *running)
     s_drop_queued(self);
     /* the running task's DONE names it as text: a bin id goes only back
        on the connection it came on, and the new broker may not read one */
-    self->current.id_binary = false;
+    if (self->running)
+        self->running->id_binary = false;
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -930,7 +970,7 @@ s_keeper_serve(void *arg, int wake_fd)
                    errno == EINTR)
                 ;
         if (s_reannounce)
-            s_reconnect(self, self->current.id);
+            s_reconnect(self, self->running ? self->running->id : NULL);
         zmq_pollitem_t items[4] = {{self->sock, 0, ZMQ_POLLIN, 0},
                                    {NULL, wake_fd, ZMQ_POLLIN, 0}};
         int n = 2, monitor = -1;
@@ -1080,8 +1120,10 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             if (!quiet && s_disconnected(self))
                 s_reconnect(self, NULL);
         } else if (pending || self->count) {
-            /* one look at the clock: the drain's, else the job's start */
-            now = s_now_us();
+            /* now: the last task's DONE looked at the clock (s_rss_kb),
+               a few microseconds ago, for the drain's period and the
+               next job's start (a time limit counts from there): one look
+               a task, the drain's only every S_DRAIN_EVERY_US */
             if (pending || now - drained_us >= S_DRAIN_EVERY_US) {
                 s_drain(self, SIZE_MAX);
                 pending = false;
@@ -1106,11 +1148,12 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             woke = true;
             continue;
         }
-        /* out of the ring: the keeper may grow it while the task runs */
-        s_job_t *job = &self->current;
-        s_job_move(job, &self->jobs[self->head]);
+        /* out of the ring's count, run where it stands (s_push keeps its
+           slot, and the ring it is in, while it runs) */
+        s_job_t *job = &self->jobs[self->head];
         self->head = (self->head + 1) % self->capacity;
         self->count--;
+        self->running = job;
         s_publish(self, TQ_BOARD_BUSY, job, now);
         self->busy = true;
         /* the keeper starts with the first task: until then nothing runs
@@ -1126,6 +1169,12 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         s_job_clear(job);
+        self->running = NULL;
+        now = self->clock_us;
+        if (self->retired) {
+            free(self->retired);
+            self->retired = NULL;
+        }
         self->tasks_done++;
         if (s_should_recycle(self)) {
             /* told first, so the supervisor respawns without a LOST */

@@ -5,30 +5,53 @@
 
 #include <string.h>
 
-/* An unsigned integer in its smallest msgpack form. */
+/* Stores v's low `bytes` bytes at p, big-endian; returns the end. */
 static uint8_t *
+s_be(uint8_t *p, uint64_t v, int bytes)
+{
+    switch (bytes) {
+    case 8:
+        *p++ = (uint8_t)(v >> 56);
+        *p++ = (uint8_t)(v >> 48);
+        *p++ = (uint8_t)(v >> 40);
+        *p++ = (uint8_t)(v >> 32);
+        /* fall through */
+    case 4:
+        *p++ = (uint8_t)(v >> 24);
+        *p++ = (uint8_t)(v >> 16);
+        /* fall through */
+    case 2:
+        *p++ = (uint8_t)(v >> 8);
+        /* fall through */
+    default:
+        *p++ = (uint8_t)v;
+    }
+    return p;
+}
+
+/* An unsigned integer in its smallest msgpack form (no loop over its
+   bytes: rss_kb takes four in every DONE). */
+static inline uint8_t *
 s_uint(uint8_t *p, uint64_t v)
 {
-    int bytes;
     if (v < 0x80) {
         *p++ = (uint8_t)v;
         return p;
-    } else if (v <= UINT8_MAX) {
-        *p++ = 0xcc;
-        bytes = 1;
-    } else if (v <= UINT16_MAX) {
-        *p++ = 0xcd;
-        bytes = 2;
-    } else if (v <= UINT32_MAX) {
-        *p++ = 0xce;
-        bytes = 4;
-    } else {
-        *p++ = 0xcf;
-        bytes = 8;
     }
-    for (int i = bytes - 1; i >= 0; i--)
-        *p++ = (uint8_t)(v >> (8 * i));
-    return p;
+    if (v <= UINT8_MAX) {
+        *p++ = 0xcc;
+        return s_be(p, v, 1);
+    }
+    if (v <= UINT16_MAX) {
+        *p++ = 0xcd;
+        return s_be(p, v, 2);
+    }
+    if (v <= UINT32_MAX) {
+        *p++ = 0xce;
+        return s_be(p, v, 4);
+    }
+    *p++ = 0xcf;
+    return s_be(p, v, 8);
 }
 
 /* A str of len bytes (len <= UINT16_MAX) in its smallest form. */

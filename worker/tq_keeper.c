@@ -84,6 +84,14 @@ tq_keeper_state_name(tq_keeper_state_t state)
     return (unsigned)state < TQ_KEEPER_STATE_COUNT_ ? s_names[state] : "?";
 }
 
+/* tq_keeper_legal inlined: asserted on every move, two of them a task. */
+static inline bool
+s_legal_move(tq_keeper_state_t from, tq_keeper_state_t to)
+{
+    return (unsigned)from < TQ_KEEPER_STATE_COUNT_ &&
+        (s_legal[from] & S_BIT(to)) != 0;
+}
+
 static uint64_t
 s_word(tq_keeper_t *self)
 {
@@ -96,7 +104,7 @@ s_word(tq_keeper_t *self)
 static bool
 s_move(tq_keeper_t *self, uint64_t from, tq_keeper_state_t to, uint64_t begun)
 {
-    assert(tq_keeper_legal(S_STATE(from), to));
+    assert(s_legal_move(S_STATE(from), to));
     return __atomic_compare_exchange_n(&self->word, &from,
                                        S_WORD(S_TASK(from) + begun, to), false,
                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
