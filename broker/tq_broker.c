@@ -1086,6 +1086,17 @@ s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
     return rc < 0 ? -1 : 0;
 }
 
+/* Dispatches what is due: draining took time, so nothing goes out on a
+   lease that may have lapsed meanwhile. TQ_OK or TQ_ESTANDBY. */
+static int
+s_dispatch(tq_broker_t *self)
+{
+    if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
+        return TQ_ESTANDBY;
+    tqb_dispatch(self);
+    return TQ_OK;
+}
+
 /* One pass of the loop after a wait of `timeout` ms: timers, both sockets
    drained, dispatch, commit, host checks. TQ_OK, or how the loop ends. */
 static int
@@ -1112,17 +1123,20 @@ s_pass(tq_broker_t *self, long timeout, bool drain[2])
         s_credit_stall(self, burst_started, 0);
         int from_workers =
             drain[0] ? s_drain(self, self->workers, "workers") : 0;
+        /* the credit those DONEs gave back is used before the clients'
+           burst (up to a BATCH of SUBMITs to handle): the children would
+           otherwise wait for it, idle, with their prefetch run dry */
+        if (from_workers && self->dispatch_due) {
+            if ((rc = s_dispatch(self)) != TQ_OK)
+                return rc;
+            tqb_batch_flush_children(self);
+        }
         int from_clients =
             drain[1] ? s_drain(self, self->clients, "clients") : 0;
         int got = from_workers + from_clients;
         bool full = from_workers >= BATCH || from_clients >= BATCH;
-        if (self->dispatch_due) {
-            /* draining took time: nothing goes out on a lease that
-               may have lapsed meanwhile */
-            if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
-                return TQ_ESTANDBY;
-            tqb_dispatch(self);
-        }
+        if (self->dispatch_due && (rc = s_dispatch(self)) != TQ_OK)
+            return rc;
         if (!tqb_commit(self))
             return s_store_lost(self);
         /* what the burst made for clients that take BATCH goes now */

@@ -558,6 +558,9 @@ bool tqb_batch_takes(const tq_broker_t *self, const ident_t *ident);
    pass of the loop, and after anything else that sends. Then trims the
    window of delivered results (tqb_results_trim). */
 void tqb_batch_flush(tq_broker_t *self);
+/* Sends the open batches of TASKs to children now, the clients' batches
+   staying open (they go after the burst's commit, tqb_batch_flush). */
+void tqb_batch_flush_children(tq_broker_t *self);
 /* True while a batch is open. */
 bool tqb_batch_open(const tq_broker_t *self);
 /* Frees the batches, sending nothing (tq_broker_destroy flushes them

@@ -413,6 +413,14 @@ tqb_batch_flush(tq_broker_t *self)
 }
 
 void
+tqb_batch_flush_children(tq_broker_t *self)
+{
+    for (int i = 0; i < TQB_BATCH_SLOTS; i++)
+        if (self->batches[i].child && self->batches[i].batch.count)
+            s_batch_send(self, &self->batches[i]);
+}
+
+void
 tqb_batch_free(tq_broker_t *self)
 {
     for (int i = 0; i < TQB_BATCH_SLOTS; i++) {
