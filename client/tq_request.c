@@ -111,6 +111,7 @@ tq_request_forget_args(tq_request_t *self)
         free(self->queue);
     }
     self->task = self->queue = NULL;
+    self->task_len = self->queue_len = 0;
     zmq_msg_close(&self->payload);
     zmq_msg_init(&self->payload);
 }

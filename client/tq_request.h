@@ -104,6 +104,8 @@ struct tq_request_t {
     bool embedded; /* made by tq_request_init inside another allocation
                       (its handle's, tq_client.c), where its task and
                       queue names live too: freed with it, never apart */
+    size_t task_len, queue_len; /* strlen of task and queue when known
+                                   (set with them; 0: not known) */
 };
 
 /* A request of kind in TQ_REQ_NEW for handle result (may be NULL; the
