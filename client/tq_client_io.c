@@ -822,12 +822,14 @@ s_io_send_batch(tq_io_t *io, int64_t now)
     tq_batch_t *b = &io->batch;
     tq_batch_reset(b);
     uint32_t n = 0;
-    for (tq_request_t *r = io->out.head; r && n < S_BATCH_MAX &&
-         tq_batch_bytes(b) < S_BATCH_BYTES && s_batchable(r);
+    for (tq_request_t *r = io->out.head;
+         r && n < S_BATCH_MAX && tq_batch_bytes(b) < S_BATCH_BYTES;
          r = r->next) {
         zmq_msg_t *payload = s_io_encode(io, r);
-        const void *data = payload ? zmq_msg_data(payload) : NULL;
         size_t size = payload ? zmq_msg_size(payload) : 0;
+        if (size > TQ_BATCH_MAX_PAYLOAD)
+            break; /* not s_batchable: it goes alone, without a copy */
+        const void *data = payload ? zmq_msg_data(payload) : NULL;
         /* a SUBMIT of a burst: the header of the one before, its own id
            written in (its id and names were checked when it was made) */
         const void *header;
