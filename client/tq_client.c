@@ -513,12 +513,14 @@ s_request_make(tq_client_t *self, tq_req_kind_t kind, const char *task,
         memcpy(names, task, tlen);
         names[tlen] = 0;
         r->task = names;
+        r->task_len = tlen;
         names += tlen + 1;
     }
     if (queue) {
         memcpy(names, queue, qlen);
         names[qlen] = 0;
         r->queue = names;
+        r->queue_len = qlen;
     }
     if (kind == TQ_KIND_SUBMIT && task && queue) {
         b->result.names = b->names; /* "task\0queue" */

@@ -472,10 +472,11 @@ s_io_done(tq_io_t *io, tq_request_t *r, int state, int code, tq_str_t error,
           zmq_msg_t *value, const uint32_t *attempts)
 {
     /* the request ends before its handle: a caller woken by the handle
-       finds the request gone (and counted) */
+       finds the request gone (and counted); its reference on the handle
+       is the one dropped below (an embedded request lives in the
+       handle's allocation: it stays until then) */
     tq_result_t *result = r->result;
-    if (result)
-        tq_result_ref(result);
+    r->result = NULL;
     tq_io_move(io, r, TQ_REQ_DONE);
     if (result && s_io_finish_later(result)) {
         if (attempts)
@@ -531,6 +532,13 @@ s_io_ack(tq_io_t *io, tq_request_t *r)
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* A request's name (its task or queue) and its length when known. */
+static tq_str_t
+s_name(const char *name, size_t len)
+{
+    return len ? (tq_str_t){name, (uint32_t)len} : tq_str(name);
+}
+
 /* Clears the fields of a message a client sends: all but the name arrays
    of READY (kilobytes, on the path of every request). */
 static void
@@ -552,8 +560,8 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
     switch (r->kind) {
     case TQ_KIND_SUBMIT:
         m->command = TQ_CMD_SUBMIT;
-        m->task = tq_str(r->task);
-        m->queue = tq_str(r->queue);
+        m->task = s_name(r->task, r->task_len);
+        m->queue = s_name(r->queue, r->queue_len);
         m->priority = r->priority;
         m->time_limit_ms = r->time_limit_ms;
         m->retries = r->retries;
@@ -584,25 +592,25 @@ s_io_encode(tq_io_t *io, tq_request_t *r)
         break;
     case TQ_KIND_PURGE:
         m->command = TQ_CMD_PURGE;
-        m->queue = tq_str(r->queue);
+        m->queue = s_name(r->queue, r->queue_len);
         break;
     case TQ_KIND_FAILED:
         m->command = TQ_CMD_FAILED;
         break;
     case TQ_KIND_QPUT:
         m->command = TQ_CMD_QPUT;
-        m->queue = tq_str(r->queue);
+        m->queue = s_name(r->queue, r->queue_len);
         m->maxsize = r->maxsize;
         payload = &r->payload;
         break;
     case TQ_KIND_QGET:
         m->command = TQ_CMD_QGET;
-        m->queue = tq_str(r->queue);
+        m->queue = s_name(r->queue, r->queue_len);
         m->time_limit_ms = r->time_limit_ms;
         break;
     case TQ_KIND_QSIZE:
         m->command = TQ_CMD_QSIZE;
-        m->queue = tq_str(r->queue);
+        m->queue = s_name(r->queue, r->queue_len);
         break;
     case TQ_KIND_TERMINATE:
         assert(false); /* carried out when taken, never sent */
@@ -814,12 +822,14 @@ s_io_send_batch(tq_io_t *io, int64_t now)
     tq_batch_t *b = &io->batch;
     tq_batch_reset(b);
     uint32_t n = 0;
-    for (tq_request_t *r = io->out.head; r && n < S_BATCH_MAX &&
-         tq_batch_bytes(b) < S_BATCH_BYTES && s_batchable(r);
+    for (tq_request_t *r = io->out.head;
+         r && n < S_BATCH_MAX && tq_batch_bytes(b) < S_BATCH_BYTES;
          r = r->next) {
         zmq_msg_t *payload = s_io_encode(io, r);
-        const void *data = payload ? zmq_msg_data(payload) : NULL;
         size_t size = payload ? zmq_msg_size(payload) : 0;
+        if (size > TQ_BATCH_MAX_PAYLOAD)
+            break; /* not s_batchable: it goes alone, without a copy */
+        const void *data = payload ? zmq_msg_data(payload) : NULL;
         /* a SUBMIT of a burst: the header of the one before, its own id
            written in (its id and names were checked when it was made) */
         const void *header;
@@ -1175,9 +1185,10 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     else if (code == TQ_OK)
         /* a non-success without a reason still must not read as success */
         code = m->state == TQ_STATE_CANCELLED ? TQ_ECANCELLED : TQ_ETASK;
+    size_t size = zmq_msg_size(payload);
     if (m->state == TQ_STATE_SUCCESS &&
-        tq_proto_check_payload(zmq_msg_data(payload), zmq_msg_size(payload),
-                               false, NULL) != TQ_OK) {
+        tq_proto_check_payload(zmq_msg_data(payload), size, false, NULL) !=
+            TQ_OK) {
         if (chain)
             s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
         s_io_done_chain(io, chain, TQ_STATE_FAILURE, TQ_EPROTO,
@@ -1186,7 +1197,7 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
-    if (code == TQ_OK && chain && zmq_msg_size(payload) >= TQ_SPARE_MIN)
+    if (code == TQ_OK && chain && size >= TQ_SPARE_MIN)
         /* a large value moves into an argument's spare buffer (memory
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);

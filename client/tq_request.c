@@ -49,19 +49,6 @@ tq_request_state_name(tq_req_state_t state)
     return state < TQ_REQ_STATES_ ? s_names[state] : "?";
 }
 
-bool
-tq_request_final(tq_req_state_t state)
-{
-    return state == TQ_REQ_DONE || state == TQ_REQ_FAILED;
-}
-
-bool
-tq_request_unacked(tq_req_state_t state)
-{
-    return state == TQ_REQ_QUEUED || state == TQ_REQ_SENT ||
-        state == TQ_REQ_DEFERRED;
-}
-
 void
 tq_request_move(tq_request_t *self, tq_req_state_t to)
 {
@@ -111,6 +98,7 @@ tq_request_forget_args(tq_request_t *self)
         free(self->queue);
     }
     self->task = self->queue = NULL;
+    self->task_len = self->queue_len = 0;
     zmq_msg_close(&self->payload);
     zmq_msg_init(&self->payload);
 }

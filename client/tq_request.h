@@ -104,6 +104,8 @@ struct tq_request_t {
     bool embedded; /* made by tq_request_init inside another allocation
                       (its handle's, tq_client.c), where its task and
                       queue names live too: freed with it, never apart */
+    size_t task_len, queue_len; /* strlen of task and queue when known
+                                   (set with them; 0: not known) */
 };
 
 /* A request of kind in TQ_REQ_NEW for handle result (may be NULL; the
@@ -127,11 +129,21 @@ bool tq_request_legal(tq_req_state_t from, tq_req_state_t to);
    caller's; this is the one place where state changes. */
 void tq_request_move(tq_request_t *self, tq_req_state_t to);
 
-/* True in TQ_REQ_DONE and TQ_REQ_FAILED. */
-bool tq_request_final(tq_req_state_t state);
+/* True in TQ_REQ_DONE and TQ_REQ_FAILED (inline: asked at every move). */
+static inline bool
+tq_request_final(tq_req_state_t state)
+{
+    return state == TQ_REQ_DONE || state == TQ_REQ_FAILED;
+}
 
-/* True while the broker has not answered: QUEUED, SENT, DEFERRED. */
-bool tq_request_unacked(tq_req_state_t state);
+/* True while the broker has not answered: QUEUED, SENT, DEFERRED (inline:
+   asked at every move). */
+static inline bool
+tq_request_unacked(tq_req_state_t state)
+{
+    return state == TQ_REQ_QUEUED || state == TQ_REQ_SENT ||
+        state == TQ_REQ_DEFERRED;
+}
 
 /* "NEW", "QUEUED"... ("?" out of range). */
 const char *tq_request_state_name(tq_req_state_t state);

@@ -134,8 +134,10 @@ tq_result_make_sized(tq_req_kind_t kind, tq_client_t *client, size_t size)
     self->kind = kind;
     self->client = client;
     zmq_msg_init(&self->value);
-    pthread_mutex_init(&self->mutex, NULL);
-    pthread_cond_init(&self->cond, NULL);
+    /* default attributes: the initializers, without the calls (one
+       handle a task) */
+    self->mutex = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+    self->cond = (pthread_cond_t)PTHREAD_COND_INITIALIZER;
     atomic_init(&self->phase, TQ_RESULT_PENDING);
     self->state = TQ_STATE_PENDING;
     return self;

@@ -108,6 +108,28 @@ test_request_walk(void **state)
     tq_request_free(r);
 }
 
+/* A request's known name lengths go with its names: once its arguments
+   are forgotten (acknowledged), no length is left over a NULL name that
+   a send would read. */
+static void
+test_request_names_forgotten(void **state)
+{
+    (void)state;
+    tq_request_t *r = tq_request_new(TQ_KIND_SUBMIT, NULL);
+    assert_non_null(r);
+    assert_int_equal(r->task_len, 0); /* not known: measured at the send */
+    r->task = strdup("tq.echo");
+    r->task_len = strlen(r->task);
+    r->queue = strdup("default");
+    r->queue_len = strlen(r->queue);
+    tq_request_forget_args(r);
+    assert_null(r->task);
+    assert_null(r->queue);
+    assert_int_equal(r->task_len, 0);
+    assert_int_equal(r->queue_len, 0);
+    tq_request_free(r);
+}
+
 /* Runs tq_request_move(from -> to) in a child: true if it aborted. */
 static bool
 s_move_aborts(tq_req_state_t from, tq_req_state_t to)
@@ -814,6 +836,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_table),
         cmocka_unit_test(test_request_walk),
+        cmocka_unit_test(test_request_names_forgotten),
         cmocka_unit_test(test_request_illegal_aborts),
         cmocka_unit_test(test_handle_phases),
         cmocka_unit_test(test_endpoint_list),
