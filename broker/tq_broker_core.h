@@ -899,4 +899,15 @@ item_t *tqb_dq_append(tq_broker_t *self, dq_t *dq, zmq_msg_t *item);
 int64_t tqb_expire_getters(tq_broker_t *self);
 void tqb_dq_free_all(tq_broker_t *self);
 
+/* A decoded message's id as its TQB_ID_BIN bytes when it has them (it
+   came as a bin, or as 32 lowercase hex digits the decoder parsed), NULL
+   for any other id: what tqb_task_find_bin looks up without a parse. */
+static inline const uint8_t *
+tqb_msg_id_bin(const tq_msg_t *msg)
+{
+    if (msg->id_bytes)
+        return msg->id_bytes;
+    return msg->id_text_bin ? msg->id_text_bytes : NULL;
+}
+
 #endif

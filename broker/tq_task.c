@@ -925,9 +925,10 @@ tqb_task_is(const task_t *task, tq_str_t id)
 bool
 tqb_task_is_msg(const task_t *task, const tq_msg_t *msg)
 {
-    if (msg->id_bytes)
+    const uint8_t *bin = tqb_msg_id_bin(msg);
+    if (bin)
         return task && task->id_bin &&
-            memcmp(task->rec.id, msg->id_bytes, TQB_ID_BIN) == 0;
+            memcmp(task->rec.id, bin, TQB_ID_BIN) == 0;
     return tqb_task_is(task, msg->id);
 }
 
