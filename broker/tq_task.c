@@ -538,28 +538,39 @@ tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
     out->id = tq_str(tqb_task_id(task));
 }
 
-/* The two hex digits of every byte value, byte b's at 2 * b, for
-   tqb_id_render. */
-#define S_DIGIT(d) ((d) < 10 ? '0' + (d) : 'a' - 10 + (d))
-#define S_HEX2(b) S_DIGIT((b) / 16), S_DIGIT((b) % 16)
-#define S_HEX2_4(b) S_HEX2(b), S_HEX2((b) + 1), S_HEX2((b) + 2), S_HEX2((b) + 3)
-#define S_HEX2_16(b)                                                           \
-    S_HEX2_4(b), S_HEX2_4((b) + 4), S_HEX2_4((b) + 8), S_HEX2_4((b) + 12)
-#define S_HEX2_64(b)                                                           \
-    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32), S_HEX2_16((b) + 48)
-static const char s_hex2[512] = {S_HEX2_64(0), S_HEX2_64(64), S_HEX2_64(128),
-                                 S_HEX2_64(192)};
+/* Four bytes (word: the first one lowest) as their eight lowercase hex
+   digits, the first one lowest, eight at once (SWAR, as the codec parses
+   them: every RESULT names its task as text). */
+static uint64_t
+s_hex4(uint32_t word)
+{
+    const uint64_t ones = 0x0101010101010101ull;
+    uint64_t v = word;
+    /* byte i to bits 16 i.. (one byte of room after each) */
+    v = (v | v << 16) & 0x0000ffff0000ffffull;
+    v = (v | v << 8) & 0x00ff00ff00ff00ffull;
+    /* its high nibble into the first byte of the pair, its low into the
+       second */
+    v = ((v >> 4) & 0x000f000f000f000full) | ((v & 0x000f000f000f000full) << 8);
+    /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
+    uint64_t letter = ((v + 6 * ones) >> 4) & ones;
+    return v + '0' * ones + 39 * letter;
+}
 
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
-    /* a byte's two digits at a time, from a table, four bytes a step:
-       every RESULT names its task as text */
     for (int i = 0; i < TQB_ID_BIN; i += 4) {
-        memcpy(text + 2 * i, s_hex2 + 2 * bin[i], 2);
-        memcpy(text + 2 * i + 2, s_hex2 + 2 * bin[i + 1], 2);
-        memcpy(text + 2 * i + 4, s_hex2 + 2 * bin[i + 2], 2);
-        memcpy(text + 2 * i + 6, s_hex2 + 2 * bin[i + 3], 2);
+        uint32_t word;
+        memcpy(&word, bin + i, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap32(word);
+#endif
+        uint64_t digits = s_hex4(word);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        digits = __builtin_bswap64(digits);
+#endif
+        memcpy(text + 2 * i, &digits, 8);
     }
     text[2 * TQB_ID_BIN] = '\0';
 }
