@@ -29,14 +29,23 @@ s_list_insert(task_list_t *list, task_t *after, task_t *task)
         list->head = task;
 }
 
-void
-tqb_list_push(task_list_t *list, task_t *task, bool front)
+/* tqb_list_push within this file (as s_list_remove) */
+static inline void
+s_list_push(task_list_t *list, task_t *task, bool front)
 {
     s_list_insert(list, front ? NULL : list->tail, task);
 }
 
 void
-tqb_list_remove(task_list_t *list, task_t *task)
+tqb_list_push(task_list_t *list, task_t *task, bool front)
+{
+    s_list_push(list, task, front);
+}
+
+/* tqb_list_remove within this file, where every move of a task asks it
+   (inlined: the extern one is called even from here) */
+static inline void
+s_list_remove(task_list_t *list, task_t *task)
 {
     if (task->prev)
         task->prev->next = task->next;
@@ -47,6 +56,12 @@ tqb_list_remove(task_list_t *list, task_t *task)
     else
         list->tail = task->prev;
     task->prev = task->next = NULL;
+}
+
+void
+tqb_list_remove(task_list_t *list, task_t *task)
+{
+    s_list_remove(list, task);
 }
 
 /* ---- names, queues, lanes ---- */
@@ -538,39 +553,28 @@ tqb_out_id(tq_msg_t *out, const task_t *task, bool binary)
     out->id = tq_str(tqb_task_id(task));
 }
 
-/* Four bytes (word: the first one lowest) as their eight lowercase hex
-   digits, the first one lowest, eight at once (SWAR, as the codec parses
-   them: every RESULT names its task as text). */
-static uint64_t
-s_hex4(uint32_t word)
-{
-    const uint64_t ones = 0x0101010101010101ull;
-    uint64_t v = word;
-    /* byte i to bits 16 i.. (one byte of room after each) */
-    v = (v | v << 16) & 0x0000ffff0000ffffull;
-    v = (v | v << 8) & 0x00ff00ff00ff00ffull;
-    /* its high nibble into the first byte of the pair, its low into the
-       second */
-    v = ((v >> 4) & 0x000f000f000f000full) | ((v & 0x000f000f000f000full) << 8);
-    /* 0..9 -> '0'..'9', 10..15 -> 'a'..'f' ('a' - '0' - 10 = 39) */
-    uint64_t letter = ((v + 6 * ones) >> 4) & ones;
-    return v + '0' * ones + 39 * letter;
-}
+/* The two hex digits of every byte value, byte b's at 2 * b, for
+   tqb_id_render. */
+#define S_DIGIT(d) ((d) < 10 ? '0' + (d) : 'a' - 10 + (d))
+#define S_HEX2(b) S_DIGIT((b) / 16), S_DIGIT((b) % 16)
+#define S_HEX2_4(b) S_HEX2(b), S_HEX2((b) + 1), S_HEX2((b) + 2), S_HEX2((b) + 3)
+#define S_HEX2_16(b)                                                           \
+    S_HEX2_4(b), S_HEX2_4((b) + 4), S_HEX2_4((b) + 8), S_HEX2_4((b) + 12)
+#define S_HEX2_64(b)                                                           \
+    S_HEX2_16(b), S_HEX2_16((b) + 16), S_HEX2_16((b) + 32), S_HEX2_16((b) + 48)
+static const char s_hex2[512] = {S_HEX2_64(0), S_HEX2_64(64), S_HEX2_64(128),
+                                 S_HEX2_64(192)};
 
 void
 tqb_id_render(char text[2 * TQB_ID_BIN + 1], const uint8_t bin[TQB_ID_BIN])
 {
+    /* a byte's two digits at a time, from a table, four bytes a step:
+       every RESULT names its task as text */
     for (int i = 0; i < TQB_ID_BIN; i += 4) {
-        uint32_t word;
-        memcpy(&word, bin + i, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        word = __builtin_bswap32(word);
-#endif
-        uint64_t digits = s_hex4(word);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        digits = __builtin_bswap64(digits);
-#endif
-        memcpy(text + 2 * i, &digits, 8);
+        memcpy(text + 2 * i, s_hex2 + 2 * bin[i], 2);
+        memcpy(text + 2 * i + 2, s_hex2 + 2 * bin[i + 1], 2);
+        memcpy(text + 2 * i + 4, s_hex2 + 2 * bin[i + 2], 2);
+        memcpy(text + 2 * i + 6, s_hex2 + 2 * bin[i + 3], 2);
     }
     text[2 * TQB_ID_BIN] = '\0';
 }
@@ -1334,7 +1338,7 @@ s_dead_remove(tq_broker_t *self, task_t *task)
 }
 
 /* Takes a task out of the container of its state. */
-static void
+static inline void
 s_leave(tq_broker_t *self, task_t *task)
 {
     queue_t *queue = task->lane->queue;
@@ -1342,7 +1346,7 @@ s_leave(tq_broker_t *self, task_t *task)
     case TASK_NEW:
         break;
     case TASK_WAITING:
-        tqb_list_remove(&task->lane->fifo[task->rec.priority], task);
+        s_list_remove(&task->lane->fifo[task->rec.priority], task);
         if (!task->lane->fifo[task->rec.priority].head)
             task->lane->busy &= ~(1u << task->rec.priority);
         task->lane->waiting--;
@@ -1356,7 +1360,7 @@ s_leave(tq_broker_t *self, task_t *task)
     case TASK_HELD:
     case TASK_REVOKING: {
         peer_t *holder = task->holder;
-        tqb_list_remove(&holder->held_tasks, task);
+        s_list_remove(&holder->held_tasks, task);
         holder->held--;
         tqb_peer_held_changed(self, holder, holder->held + 1);
         if (task->state == TASK_REVOKING)
@@ -1374,7 +1378,7 @@ s_leave(tq_broker_t *self, task_t *task)
         /* by where it is, not by s_expires: an operator's retry clears
            the code of a TQ_ELOST dead letter before it moves */
         if (task->prev || self->expiry.head == task) {
-            tqb_list_remove(&self->expiry, task);
+            s_list_remove(&self->expiry, task);
             self->results_kept--;
         }
         tqb_results_leave(self, task);
@@ -1393,7 +1397,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     task->state = (uint8_t)to;
     switch (to) {
     case TASK_WAITING:
-        tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
+        s_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
         task->lane->busy |= 1u << task->rec.priority;
         task->lane->waiting++;
         queue->waiting++;
@@ -1409,7 +1413,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     case TASK_HELD:
     case TASK_REVOKING:
         assert(how->holder);
-        tqb_list_push(&how->holder->held_tasks, task, false);
+        s_list_push(&how->holder->held_tasks, task, false);
         how->holder->held++;
         tqb_peer_held_changed(self, how->holder, how->holder->held - 1);
         if (to == TASK_REVOKING)
