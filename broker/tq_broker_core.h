@@ -925,4 +925,27 @@ tqb_ident_bytes_eq(const uint8_t *a, const uint8_t *b, size_t size)
     return memcmp(a, b, size) == 0;
 }
 
+/* tqb_ident_data, inline where every message asks it */
+static inline const uint8_t *
+tqb_ident_bytes(const ident_t *ident)
+{
+    return ident->heap ? ident->heap : ident->bytes;
+}
+
+/* tqb_peer_held_changed, inline where every move of a task to or from a
+   child asks it */
+static inline void
+tqb_peer_held_note(tq_broker_t *self, const peer_t *child, uint32_t before)
+{
+    if (!(child->features & TQ_FEATURE_RETURNS))
+        return;
+    bool was = before >= 2, is = child->held >= 2;
+    if (was != is) {
+        if (is)
+            self->multi_holders++;
+        else
+            self->multi_holders--;
+    }
+}
+
 #endif

@@ -1362,7 +1362,7 @@ s_leave(tq_broker_t *self, task_t *task)
         peer_t *holder = task->holder;
         s_list_remove(&holder->held_tasks, task);
         holder->held--;
-        tqb_peer_held_changed(self, holder, holder->held + 1);
+        tqb_peer_held_note(self, holder, holder->held + 1);
         if (task->state == TASK_REVOKING)
             holder->revoking--;
         task->holder = NULL;
@@ -1415,7 +1415,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
         assert(how->holder);
         s_list_push(&how->holder->held_tasks, task, false);
         how->holder->held++;
-        tqb_peer_held_changed(self, how->holder, how->holder->held - 1);
+        tqb_peer_held_note(self, how->holder, how->holder->held - 1);
         if (to == TASK_REVOKING)
             how->holder->revoking++;
         task->holder = how->holder;
