@@ -1268,6 +1268,7 @@ tq_broker_local_send(tq_broker_t *self, const tq_msg_t *msg, zmq_msg_t *payload)
     tqb_received(self);
     memset(&self->in, 0, offsetof(tq_msg_t, queues));
     memcpy(&self->in, msg, offsetof(tq_msg_t, queues));
+    self->in.id_text_bin = false; /* not decoded: no bytes of its id */
     self->now_ms = tqb_now();
     peer_t *peer;
     const s_command_t *command = s_too_big(self, self->clients)

@@ -902,4 +902,53 @@ item_t *tqb_dq_append(tq_broker_t *self, dq_t *dq, zmq_msg_t *item);
 int64_t tqb_expire_getters(tq_broker_t *self);
 void tqb_dq_free_all(tq_broker_t *self);
 
+/* A decoded message's id as its TQB_ID_BIN bytes when it has them (it
+   came as a bin, or as 32 lowercase hex digits the decoder parsed), NULL
+   for any other id: what tqb_task_find_bin looks up without a parse. */
+static inline const uint8_t *
+tqb_msg_id_bin(const tq_msg_t *msg)
+{
+    if (msg->id_bytes)
+        return msg->id_bytes;
+    return msg->id_text_bin ? msg->id_text_bytes : NULL;
+}
+
+/* Two routing ids' bytes, size each, are equal: libzmq's own ids (5
+   bytes) by two compares, without a call of memcmp (every message asks
+   it of its sender, every reply of the open batches). */
+static inline bool
+tqb_ident_bytes_eq(const uint8_t *a, const uint8_t *b, size_t size)
+{
+    if (size == 5) {
+        uint32_t x, y;
+        memcpy(&x, a + 1, 4);
+        memcpy(&y, b + 1, 4);
+        return a[0] == b[0] && x == y;
+    }
+    return memcmp(a, b, size) == 0;
+}
+
+/* tqb_ident_data, inline where every message asks it */
+static inline const uint8_t *
+tqb_ident_bytes(const ident_t *ident)
+{
+    return ident->heap ? ident->heap : ident->bytes;
+}
+
+/* tqb_peer_held_changed, inline where every move of a task to or from a
+   child asks it */
+static inline void
+tqb_peer_held_note(tq_broker_t *self, const peer_t *child, uint32_t before)
+{
+    if (!(child->features & TQ_FEATURE_RETURNS))
+        return;
+    bool was = before >= 2, is = child->held >= 2;
+    if (was != is) {
+        if (is)
+            self->multi_holders++;
+        else
+            self->multi_holders--;
+    }
+}
+
 #endif

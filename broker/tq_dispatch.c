@@ -10,10 +10,18 @@
 
 /* ---- peers ---- */
 
-/* FNV-1a over an id's bytes (5 for libzmq's own ids) */
+/* An id's hash: libzmq's own ids (5 bytes: a zero and a counter) by one
+   multiply, whose high half mixes every bit of them; any other by FNV-1a
+   over its bytes. */
 static uint32_t
 s_ident_hash(const uint8_t *data, size_t size)
 {
+    if (size == 5) {
+        uint32_t word;
+        memcpy(&word, data + 1, 4);
+        uint64_t h = ((uint64_t)data[0] << 32 | word) * 0x9e3779b97f4a7c15ull;
+        return (uint32_t)(h >> 32);
+    }
     uint32_t h = 2166136261u ^ (uint32_t)size;
     for (size_t i = 0; i < size; i++)
         h = (h ^ data[i]) * 16777619u;
@@ -44,7 +52,7 @@ static bool
 s_peer_is(const peer_t *peer, uint32_t hash, const uint8_t *data, size_t size)
 {
     return peer->ident_hash == hash && peer->ident.size == size &&
-        memcmp(tqb_ident_data(&peer->ident), data, size) == 0;
+        tqb_ident_bytes_eq(tqb_ident_bytes(&peer->ident), data, size);
 }
 
 static void
@@ -114,7 +122,7 @@ tqb_peer(tq_broker_t *self)
 {
     /* by the sender's id bytes: no render to text, no zhashx */
     size_t size = self->in_from.size;
-    const uint8_t *data = tqb_ident_data(&self->in_from);
+    const uint8_t *data = tqb_ident_bytes(&self->in_from);
     if (!self->peer_slots)
         return NULL;
     uint32_t hash = s_ident_hash(data, size);
@@ -311,15 +319,7 @@ tqb_peer_unserve(tq_broker_t *self, peer_t *child)
 void
 tqb_peer_held_changed(tq_broker_t *self, peer_t *child, uint32_t before)
 {
-    if (!(child->features & TQ_FEATURE_RETURNS))
-        return;
-    bool was = before >= 2, is = child->held >= 2;
-    if (was != is) {
-        if (is)
-            self->multi_holders++;
-        else
-            self->multi_holders--;
-    }
+    tqb_peer_held_note(self, child, before);
 }
 
 /* The supervisor session a child is bound to (the one that was current

@@ -78,11 +78,9 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
     const ident_t *from = &self->in_from;
     /* a known id is a resubmission after a lost acknowledgement; under
        CURVE another tenant's id is refused, not acknowledged (an id that
-       came as a bin by its bytes: no parse of its text) */
-    const uint8_t *id_bytes = msg->id_bytes;
-    uint8_t bin[TQB_ID_BIN];
-    if (!id_bytes && tq_proto_id_parse(msg->id.ptr, msg->id.len, bin))
-        id_bytes = bin; /* parsed once, for the lookup and the task */
+       came as a bin or was parsed by the decoder by its bytes: no parse
+       of its text here) */
+    const uint8_t *id_bytes = tqb_msg_id_bin(msg);
     task_t *known = id_bytes ? tqb_task_find_bin(self, id_bytes)
                              : tqb_task_find(self, msg->id);
     if (known && !tqb_may_see(self, known)) {

@@ -87,9 +87,11 @@ tqb_on_done(tq_broker_t *self, const tq_msg_t *msg, peer_t *child)
        the first one it holds, found without a lookup in the id table (a
        cache miss or two per task in a large one) */
     task_t *task = child->held_tasks.head;
-    if (!tqb_task_is_msg(task, msg))
-        task = msg->id_bytes ? tqb_task_find_bin(self, msg->id_bytes)
-                             : tqb_task_find(self, msg->id);
+    if (!tqb_task_is_msg(task, msg)) {
+        const uint8_t *bin = tqb_msg_id_bin(msg);
+        task =
+            bin ? tqb_task_find_bin(self, bin) : tqb_task_find(self, msg->id);
+    }
     child->rss_kb = msg->rss_kb;
     /* The attempt is the lease: only the holder's DONE with the current
        attempt may end the task. Anything else is refused and counted. */

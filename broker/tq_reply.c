@@ -45,8 +45,8 @@ static inline bool
 s_ident_eq(const ident_t *a, const ident_t *b)
 {
     return a->size == b->size &&
-        memcmp(a->heap ? a->heap : a->bytes, b->heap ? b->heap : b->bytes,
-               a->size) == 0;
+        tqb_ident_bytes_eq(a->heap ? a->heap : a->bytes,
+                           b->heap ? b->heap : b->bytes, a->size);
 }
 
 bool

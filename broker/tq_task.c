@@ -29,14 +29,23 @@ s_list_insert(task_list_t *list, task_t *after, task_t *task)
         list->head = task;
 }
 
-void
-tqb_list_push(task_list_t *list, task_t *task, bool front)
+/* tqb_list_push within this file (as s_list_remove) */
+static inline void
+s_list_push(task_list_t *list, task_t *task, bool front)
 {
     s_list_insert(list, front ? NULL : list->tail, task);
 }
 
 void
-tqb_list_remove(task_list_t *list, task_t *task)
+tqb_list_push(task_list_t *list, task_t *task, bool front)
+{
+    s_list_push(list, task, front);
+}
+
+/* tqb_list_remove within this file, where every move of a task asks it
+   (inlined: the extern one is called even from here) */
+static inline void
+s_list_remove(task_list_t *list, task_t *task)
 {
     if (task->prev)
         task->prev->next = task->next;
@@ -47,6 +56,12 @@ tqb_list_remove(task_list_t *list, task_t *task)
     else
         list->tail = task->prev;
     task->prev = task->next = NULL;
+}
+
+void
+tqb_list_remove(task_list_t *list, task_t *task)
+{
+    s_list_remove(list, task);
 }
 
 /* ---- names, queues, lanes ---- */
@@ -947,9 +962,10 @@ tqb_task_is(const task_t *task, tq_str_t id)
 bool
 tqb_task_is_msg(const task_t *task, const tq_msg_t *msg)
 {
-    if (msg->id_bytes)
+    const uint8_t *bin = tqb_msg_id_bin(msg);
+    if (bin)
         return task && task->id_bin &&
-            memcmp(task->rec.id, msg->id_bytes, TQB_ID_BIN) == 0;
+            memcmp(task->rec.id, bin, TQB_ID_BIN) == 0;
     return tqb_task_is(task, msg->id);
 }
 
@@ -1344,7 +1360,7 @@ s_dead_remove(tq_broker_t *self, task_t *task)
 }
 
 /* Takes a task out of the container of its state. */
-static void
+static inline void
 s_leave(tq_broker_t *self, task_t *task)
 {
     queue_t *queue = task->lane->queue;
@@ -1352,7 +1368,7 @@ s_leave(tq_broker_t *self, task_t *task)
     case TASK_NEW:
         break;
     case TASK_WAITING:
-        tqb_list_remove(&task->lane->fifo[task->rec.priority], task);
+        s_list_remove(&task->lane->fifo[task->rec.priority], task);
         if (!task->lane->fifo[task->rec.priority].head)
             task->lane->busy &= ~(1u << task->rec.priority);
         task->lane->waiting--;
@@ -1366,9 +1382,9 @@ s_leave(tq_broker_t *self, task_t *task)
     case TASK_HELD:
     case TASK_REVOKING: {
         peer_t *holder = task->holder;
-        tqb_list_remove(&holder->held_tasks, task);
+        s_list_remove(&holder->held_tasks, task);
         holder->held--;
-        tqb_peer_held_changed(self, holder, holder->held + 1);
+        tqb_peer_held_note(self, holder, holder->held + 1);
         if (task->state == TASK_REVOKING)
             holder->revoking--;
         task->holder = NULL;
@@ -1384,7 +1400,7 @@ s_leave(tq_broker_t *self, task_t *task)
         /* by where it is, not by s_expires: an operator's retry clears
            the code of a TQ_ELOST dead letter before it moves */
         if (task->prev || self->expiry.head == task) {
-            tqb_list_remove(&self->expiry, task);
+            s_list_remove(&self->expiry, task);
             self->results_kept--;
         }
         tqb_results_leave(self, task);
@@ -1403,7 +1419,7 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     task->state = (uint8_t)to;
     switch (to) {
     case TASK_WAITING:
-        tqb_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
+        s_list_push(&task->lane->fifo[task->rec.priority], task, how->front);
         task->lane->busy |= 1u << task->rec.priority;
         task->lane->waiting++;
         queue->waiting++;
@@ -1419,9 +1435,9 @@ s_enter(tq_broker_t *self, task_t *task, task_state_t to,
     case TASK_HELD:
     case TASK_REVOKING:
         assert(how->holder);
-        tqb_list_push(&how->holder->held_tasks, task, false);
+        s_list_push(&how->holder->held_tasks, task, false);
         how->holder->held++;
-        tqb_peer_held_changed(self, how->holder, how->holder->held - 1);
+        tqb_peer_held_note(self, how->holder, how->holder->held - 1);
         if (to == TASK_REVOKING)
             how->holder->revoking++;
         task->holder = how->holder;

@@ -777,6 +777,12 @@ s_read_id(s_reader_t *r, tq_msg_t *msg)
         return s_read_bin_id(r, msg);
     if (!s_read_str(r, &msg->id))
         return false;
+    /* a client-made id: checked and parsed at once (id_text_bytes) */
+    if (msg->id.len == 2 * TQ_PROTO_ID_BIN &&
+        tq_proto_id_parse(msg->id.ptr, msg->id.len, msg->id_text_bytes)) {
+        msg->id_text_bin = true;
+        return true;
+    }
     if (!s_id_ok(msg->id.ptr, msg->id.len))
         return s_fail(r, "invalid task id");
     return true;
@@ -861,6 +867,7 @@ s_clear(tq_msg_t *msg)
     /* the name arrays are large and only READY fills them: clear the
        scalar part, and the counts say how much of the arrays is valid */
     memset(msg, 0, offsetof(tq_msg_t, queues));
+    msg->id_text_bin = false;
 }
 
 int

@@ -187,6 +187,11 @@ typedef struct {
     uint32_t task_count;    /* READY */
     tq_str_t queues[TQ_PROTO_MAX_NAMES]; /* READY, queue_count used */
     tq_str_t tasks[TQ_PROTO_MAX_NAMES];  /* READY, task_count used */
+    bool id_text_bin;       /* decode: the id came as a str of 32
+                               lowercase hex digits, whose 16 bytes are in
+                               id_text_bytes (parsed as it was checked:
+                               a receiver need not parse it again) */
+    uint8_t id_text_bytes[TQ_PROTO_ID_BIN];
 } tq_msg_t;
 
 /* Does the command carry a payload frame after its header? (SUBMIT, TASK:

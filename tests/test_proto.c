@@ -585,6 +585,74 @@ test_binary_id_round_trip(void **state)
     msgpack_sbuffer_destroy(&buf);
 }
 
+/* A str id of 32 lowercase hex digits comes out of decode with its 16
+   bytes (id_text_bytes, id_text_bin), for every command with an id; any
+   other id, a bin id, or a message after one that had them, without. */
+static void
+test_id_text_bytes(void **state)
+{
+    (void)state;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    static tq_msg_t in, out;
+    const uint8_t raw[16] = {0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef,
+                             0x00, 0xff, 0x10, 0xe0, 0xa5, 0xc3, 0xde, 0xaf};
+    /* 32 characters, each valid in an id, not all lowercase hex */
+    const char *others[] = {"0123456789ABCDEF00ff10e0a5c3deaf",
+                            "0123456789abcdef00ff10e0a5c3deag",
+                            "0123456789abcdef00ff10e0a5c3dea_",
+                            "0123456789abcdef00ff10e0a5c3dea", "job-1"};
+    int with_id = 0;
+    for (size_t i = 0; i < S_NCOMMANDS; i++) {
+        const tq_proto_command_t *cmd = tq_proto_command(s_commands[i]);
+        if (!strchr(cmd->fields, 'I') && !strchr(cmd->fields, 'i'))
+            continue;
+        with_id++;
+        s_fill(&in, s_commands[i]);
+        in.id = tq_str(S_HEX_ID);
+        in.id_binary = false;
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                         TQ_OK);
+        assert_true(out.id_text_bin);
+        assert_memory_equal(out.id_text_bytes, raw, sizeof raw);
+        assert_null(out.id_bytes);
+        assert_true(tq_str_eq(out.id, S_HEX_ID));
+        /* the next message's other id: no bytes left from this one */
+        for (size_t k = 0; k < sizeof others / sizeof *others; k++) {
+            in.id = tq_str(others[k]);
+            assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+            assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                             TQ_OK);
+            assert_false(out.id_text_bin);
+            assert_true(tq_str_eq(out.id, others[k]));
+            in.id = tq_str(S_HEX_ID);
+            assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+            assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                             TQ_OK);
+            assert_true(out.id_text_bin);
+        }
+        /* sent as bin: its bytes are in id_bytes */
+        in.id_binary = true;
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                         TQ_OK);
+        assert_false(out.id_text_bin);
+        assert_non_null(out.id_bytes);
+    }
+    assert_true(with_id >= 10);
+    /* a message that fails to decode leaves none either */
+    s_fill(&in, TQ_CMD_SUBMIT);
+    in.id = tq_str(S_HEX_ID);
+    in.id_binary = false;
+    assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+    assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL), TQ_OK);
+    assert_true(out.id_text_bin);
+    assert_int_not_equal(tq_proto_decode(&out, buf.data, 1, NULL), TQ_OK);
+    assert_false(out.id_text_bin);
+    msgpack_sbuffer_destroy(&buf);
+}
+
 /* An id given as its 16 bytes (id_bytes) encodes exactly as its text
    does, for every command with an id, without the text; decode hands the
    bytes back (borrowed from the buffer), and NULL for a str id. */
@@ -844,6 +912,7 @@ main(void)
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_binary_id_round_trip),
         cmocka_unit_test(test_binary_id_bytes),
+        cmocka_unit_test(test_id_text_bytes),
         cmocka_unit_test(test_binary_id_small_headers),
         cmocka_unit_test(test_binary_id_only_hex),
         cmocka_unit_test(test_binary_id_decode),

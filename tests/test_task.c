@@ -458,6 +458,54 @@ s_peer_ident(int i, uint8_t *data)
     return size;
 }
 
+/* libzmq's own routing ids (5 bytes: a zero, then a counter): tqb_peer
+   finds each of many in a row, and none one byte off in any position;
+   tqb_ident_bytes_eq tells every such byte apart. */
+static void
+test_peer_index_zmq_ids(void **state)
+{
+    (void)state;
+    tq_broker_t *b = s_broker(NULL);
+    enum { N = 2000 };
+    static peer_t *peers[N];
+    uint8_t data[5];
+    for (int i = 0; i < N; i++) {
+        data[0] = 0;
+        uint32_t counter = 0x6b8b4567u + (uint32_t)i;
+        memcpy(data + 1, &counter, 4);
+        s_sender(b, data, 5);
+        assert_null(tqb_peer(b));
+        peers[i] = tqb_peer_new(b, PEER_CHILD);
+    }
+    for (int i = 0; i < N; i++) {
+        data[0] = 0;
+        uint32_t counter = 0x6b8b4567u + (uint32_t)i;
+        memcpy(data + 1, &counter, 4);
+        s_sender(b, data, 5);
+        assert_ptr_equal(tqb_peer(b), peers[i]);
+        uint8_t other[5];
+        for (int pos = 0; pos < 5; pos++) {
+            memcpy(other, data, 5);
+            other[pos] ^= 0x80;
+            assert_true(tqb_ident_bytes_eq(data, data, 5));
+            assert_false(tqb_ident_bytes_eq(data, other, 5));
+            assert_false(tqb_ident_bytes_eq(other, data, 5));
+            /* found only when it is another id of the row: that one */
+            uint32_t c;
+            memcpy(&c, other + 1, 4);
+            c -= 0x6b8b4567u;
+            s_sender(b, other, 5);
+            if (other[0] == 0 && c < N)
+                assert_ptr_equal(tqb_peer(b), peers[c]);
+            else
+                assert_null(tqb_peer(b));
+        }
+        s_sender(b, data, 4); /* a prefix */
+        assert_null(tqb_peer(b));
+    }
+    tq_broker_destroy(&b);
+}
+
 /* tqb_peer finds the sender by its id's bytes among many peers, through
    the index's growth and removals (backward shift), and no id that is
    not a peer's: a prefix, one longer, one byte off. */
@@ -1218,6 +1266,7 @@ main(void)
         cmocka_unit_test(test_id_binary),
         cmocka_unit_test(test_id_bytes),
         cmocka_unit_test(test_peer_index),
+        cmocka_unit_test(test_peer_index_zmq_ids),
         cmocka_unit_test(test_id_spread),
         cmocka_unit_test(test_id_client_runs),
         cmocka_unit_test(test_id_clients),
