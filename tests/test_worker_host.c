@@ -477,7 +477,48 @@ typedef struct {
     tq_frames_t frames; /* the last message's */
     tq_msg_t msg; /* the last message, decoded */
     uint64_t session; /* what its HEARTBEAT replies carry */
+    void *ctx;
 } s_binfake_t;
+
+/* Binds a fake broker on a free loopback port and starts a worker host
+   of one child at `prefetch` on it: the host's pid. */
+static pid_t
+s_binfake_start(s_binfake_t *self, const char *prefetch)
+{
+    memset(self, 0, sizeof *self);
+    self->session = 1;
+    msgpack_sbuffer_init(&self->buf);
+    tq_frames_init(&self->frames);
+    zmq_msg_init(&self->child);
+    self->ctx = zmq_ctx_new();
+    assert_non_null(self->ctx);
+    self->router = zmq_socket(self->ctx, ZMQ_ROUTER);
+    assert_int_equal(zmq_bind(self->router, "tcp://127.0.0.1:*"), 0);
+    char ep[TQ_HARNESS_EP_MAX];
+    size_t len = sizeof ep;
+    assert_int_equal(zmq_getsockopt(self->router, ZMQ_LAST_ENDPOINT, ep, &len),
+                     0);
+    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,       "-c",
+                          "1",           "--prefetch", prefetch, NULL};
+    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
+    assert_true(worker > 0);
+    return worker;
+}
+
+/* Stops the host (it must exit, not be killed) and the fake broker. */
+static void
+s_binfake_stop(s_binfake_t *self, pid_t worker)
+{
+    int status = tq_harness_stop(worker);
+    assert_true(WIFEXITED(status));
+    zmq_msg_close(&self->child);
+    tq_frames_close(&self->frames);
+    msgpack_sbuffer_destroy(&self->buf);
+    int linger = 0;
+    zmq_setsockopt(self->router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_close(self->router);
+    zmq_ctx_term(self->ctx);
+}
 
 /* Receives the next message from the host within S_GET_MS, answering the
    supervisor's HEARTBEATs with self->session (the same one: nobody
@@ -558,23 +599,7 @@ test_child_binary_ids(void **state)
 {
     (void)state;
     s_binfake_t fake;
-    memset(&fake, 0, sizeof fake);
-    fake.session = 1;
-    msgpack_sbuffer_init(&fake.buf);
-    tq_frames_init(&fake.frames);
-    zmq_msg_init(&fake.child);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
-    char ep[TQ_HARNESS_EP_MAX];
-    size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
-                     0);
-    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
-                          "1",           "--prefetch", "4", NULL};
-    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
-    assert_true(worker > 0);
+    pid_t worker = s_binfake_start(&fake, "4");
 
     const tq_msg_t *ready = s_binfake_next(&fake);
     assert_int_equal(ready->command, TQ_CMD_READY);
@@ -652,15 +677,7 @@ test_child_binary_ids(void **state)
         break;
     }
 
-    int status = tq_harness_stop(worker);
-    assert_true(WIFEXITED(status));
-    zmq_msg_close(&fake.child);
-    tq_frames_close(&fake.frames);
-    msgpack_sbuffer_destroy(&fake.buf);
-    int linger = 0;
-    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(fake.router);
-    zmq_ctx_term(ctx);
+    s_binfake_stop(&fake, worker);
 }
 
 /* Appends a TASK of id (tq.echo of args) to batch b. */
@@ -706,23 +723,7 @@ test_child_args_sizes(void **state)
 {
     (void)state;
     s_binfake_t fake;
-    memset(&fake, 0, sizeof fake);
-    fake.session = 1;
-    msgpack_sbuffer_init(&fake.buf);
-    tq_frames_init(&fake.frames);
-    zmq_msg_init(&fake.child);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
-    char ep[TQ_HARNESS_EP_MAX];
-    size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
-                     0);
-    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
-                          "1",           "--prefetch", "2", NULL};
-    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
-    assert_true(worker > 0);
+    pid_t worker = s_binfake_start(&fake, "2");
     const tq_msg_t *ready = s_binfake_next(&fake);
     assert_int_equal(ready->command, TQ_CMD_READY);
     assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
@@ -768,15 +769,7 @@ test_child_args_sizes(void **state)
         s_binfake_expect(&fake, TQ_CMD_DONE, ids[i], false, args[i], sizes[i]);
     }
 
-    int status = tq_harness_stop(worker);
-    assert_true(WIFEXITED(status));
-    zmq_msg_close(&fake.child);
-    tq_frames_close(&fake.frames);
-    msgpack_sbuffer_destroy(&fake.buf);
-    int linger = 0;
-    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(fake.router);
-    zmq_ctx_term(ctx);
+    s_binfake_stop(&fake, worker);
 }
 
 /* Waits for the child's PONG. */
@@ -799,23 +792,7 @@ test_child_queue_grows_under_running(void **state)
 {
     (void)state;
     s_binfake_t fake;
-    memset(&fake, 0, sizeof fake);
-    fake.session = 1;
-    msgpack_sbuffer_init(&fake.buf);
-    tq_frames_init(&fake.frames);
-    zmq_msg_init(&fake.child);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
-    char ep[TQ_HARNESS_EP_MAX];
-    size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
-                     0);
-    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
-                          "1",           "--prefetch", "2", NULL};
-    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
-    assert_true(worker > 0);
+    pid_t worker = s_binfake_start(&fake, "2");
     const tq_msg_t *ready = s_binfake_next(&fake);
     assert_int_equal(ready->command, TQ_CMD_READY);
     assert_int_equal(zmq_msg_copy(&fake.child, &fake.frames.identity), 0);
@@ -859,15 +836,7 @@ test_child_queue_grows_under_running(void **state)
     for (int i = 0; i < N; i++)
         s_binfake_expect(&fake, TQ_CMD_DONE, ids[i], false, args[i], sizes[i]);
 
-    int status = tq_harness_stop(worker);
-    assert_true(WIFEXITED(status));
-    zmq_msg_close(&fake.child);
-    tq_frames_close(&fake.frames);
-    msgpack_sbuffer_destroy(&fake.buf);
-    int linger = 0;
-    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(fake.router);
-    zmq_ctx_term(ctx);
+    s_binfake_stop(&fake, worker);
 }
 
 /* The worker child (the real tq-worker before a fake broker) says it
@@ -880,23 +849,7 @@ test_child_batch(void **state)
 {
     (void)state;
     s_binfake_t fake;
-    memset(&fake, 0, sizeof fake);
-    fake.session = 1;
-    msgpack_sbuffer_init(&fake.buf);
-    tq_frames_init(&fake.frames);
-    zmq_msg_init(&fake.child);
-    void *ctx = zmq_ctx_new();
-    assert_non_null(ctx);
-    fake.router = zmq_socket(ctx, ZMQ_ROUTER);
-    assert_int_equal(zmq_bind(fake.router, "tcp://127.0.0.1:*"), 0);
-    char ep[TQ_HARNESS_EP_MAX];
-    size_t len = sizeof ep;
-    assert_int_equal(zmq_getsockopt(fake.router, ZMQ_LAST_ENDPOINT, ep, &len),
-                     0);
-    const char *argv[] = {TQ_WORKER_BIN, "--broker",   ep,  "-c",
-                          "1",           "--prefetch", "8", NULL};
-    pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, NULL);
-    assert_true(worker > 0);
+    pid_t worker = s_binfake_start(&fake, "8");
 
     const tq_msg_t *ready = s_binfake_next(&fake);
     assert_int_equal(ready->command, TQ_CMD_READY);
@@ -956,15 +909,7 @@ test_child_batch(void **state)
     s_binfake_expect(&fake, TQ_CMD_DONE, "bt-6", false, args[5], 2);
     tq_batch_destroy(&b);
 
-    int status = tq_harness_stop(worker);
-    assert_true(WIFEXITED(status));
-    zmq_msg_close(&fake.child);
-    tq_frames_close(&fake.frames);
-    msgpack_sbuffer_destroy(&fake.buf);
-    int linger = 0;
-    zmq_setsockopt(fake.router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_close(fake.router);
-    zmq_ctx_term(ctx);
+    s_binfake_stop(&fake, worker);
 }
 
 /* Counts the lines of text that hold needle and not unless. */
@@ -1022,7 +967,7 @@ test_clients_endpoint_refused(void **state)
     tq_harness_env_t *env = *state;
     assert_int_equal(tq_harness_env_start(env, NULL), 0);
     const char *argv[] = {TQ_WORKER_BIN, "--broker", env->broker.clients,
-                          "-c", "1", NULL};
+                          "-c",          "1",        NULL};
     int err_fd = -1;
     pid_t worker = tq_harness_spawn((char *const *)argv, NULL, NULL, &err_fd);
     assert_true(worker > 0);
