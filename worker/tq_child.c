@@ -31,6 +31,7 @@
 #include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
+#include "tq_value.h"
 #include "tq_wire.h"
 
 /* Arguments up to this size are kept in the job itself: no message of
@@ -130,6 +131,8 @@ typedef struct {
     tq_keeper_t *keeper;
     bool keeperless; /* tq_keeper_new failed: answer between tasks */
     uint64_t malformed; /* malformed messages from the broker, dropped */
+    tq_value_t value_of; /* what packer writes to: value, or a run of the
+                            running job's arguments (tq_value.h) */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -373,14 +376,18 @@ s_value_free(void *data, void *hint)
     free(data);
 }
 
-/* The task's value as a message. A large one takes the value's buffer
-   itself (libzmq frees it once sent) and the packer gets a new buffer as
-   large, for the next task; a small one is copied, the buffer stays. */
+/* The task's value as a message. One that is a run of the arguments
+   shares their buffer (tq_value.h). Else a large one takes the value's
+   buffer itself (libzmq frees it once sent) and the packer gets a new
+   buffer as large, for the next task; a small one is copied, the buffer
+   stays. */
 static void
 s_value_msg(s_child_t *self, zmq_msg_t *msg)
 {
-    size_t size = self->value.size;
-    if (size >= S_VALUE_HANDOFF) {
+    if (tq_value_ref_msg(&self->value_of, msg) == 0)
+        return;
+    size_t size = tq_value_size(&self->value_of);
+    if (size >= S_VALUE_HANDOFF && !tq_value_is_ref(&self->value_of)) {
         size_t keep = size < S_VALUE_KEEP ? size : S_VALUE_KEEP;
         char *next = malloc(keep);
         if (next &&
@@ -394,7 +401,7 @@ s_value_msg(s_child_t *self, zmq_msg_t *msg)
         free(next);
     }
     zmq_msg_init_size(msg, size);
-    memcpy(zmq_msg_data(msg), self->value.data, size);
+    memcpy(zmq_msg_data(msg), tq_value_data(&self->value_of), size);
 }
 
 /* Sends a DONE's frames: header (size bytes), then the task's value
@@ -411,7 +418,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
             tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
             return;
         }
-    size_t value = with_value ? self->value.size : 0;
+    size_t value = with_value ? tq_value_size(&self->value_of) : 0;
     int rc;
     if (value >= S_VALUE_HANDOFF) {
         zmq_msg_t msg;
@@ -422,7 +429,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
         zmq_msg_close(&msg);
         errno = saved;
     } else {
-        const void *data = value ? self->value.data : "";
+        const void *data = value ? tq_value_data(&self->value_of) : "";
         while ((rc = zmq_send(self->sock, data, value, 0)) < 0 &&
                errno == EINTR)
             ;
@@ -528,7 +535,10 @@ s_run(s_child_t *self, s_job_t *job)
     task->failed = false;
     task->error[0] = '\0';
     task->soft_limit = 0;
-    msgpack_sbuffer_clear(&self->value);
+    /* the value may reference the arguments: the job keeps them until
+       its DONE is sent */
+    tq_value_start(&self->value_of, &self->value,
+                   job->args_inline ? NULL : &job->args);
 
     tq_task_running = task;
     tq_task_running_name = job->name;
@@ -542,9 +552,10 @@ s_run(s_child_t *self, s_job_t *job)
                                                    : "task failed");
         return;
     }
-    if (self->value.size == 0)
+    if (tq_value_size(&self->value_of) == 0)
         msgpack_pack_nil(&self->packer);
-    if (tq_proto_check_payload(self->value.data, self->value.size, false,
+    if (tq_proto_check_payload(tq_value_data(&self->value_of),
+                               tq_value_size(&self->value_of), false,
                                &reason) != TQ_OK) {
         /* more than one object, or too deep: the task's bug, reported */
         snprintf(error, sizeof error,
@@ -1082,7 +1093,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     tq_frames_init(&self->frames);
     msgpack_sbuffer_init(&self->header);
     msgpack_sbuffer_init(&self->value);
-    msgpack_packer_init(&self->packer, &self->value, msgpack_sbuffer_write);
+    tq_value_start(&self->value_of, &self->value, NULL);
+    msgpack_packer_init(&self->packer, &self->value_of, tq_value_write);
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self, NULL);
