@@ -1180,6 +1180,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
+        /* the value forgets the job's arguments before they go */
+        tq_value_start(&self->value_of, &self->value, NULL);
         s_job_clear(job);
         self->running = NULL;
         now = self->clock_us;
