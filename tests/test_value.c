@@ -171,6 +171,29 @@ test_one_argument_is_a_part(void **state)
     msgpack_sbuffer_destroy(&want);
 }
 
+/* Raw bytes written with nothing packed before them (a task packing a
+   ready msgpack object, tq_pack_value's "m"): the whole frame is shared. */
+static void
+test_raw_bytes_of_the_frame(void **state)
+{
+    (void)state;
+    s_fixture_t f;
+    s_fixture_init(&f, S_SIZE, false);
+    const char *frame = zmq_msg_data(&f.frame);
+    size_t size = zmq_msg_size(&f.frame);
+    assert_int_equal(f.pk.callback(f.pk.data, frame, size), 0);
+    assert_true(tq_value_is_ref(&f.value));
+    assert_int_equal(f.own.size, 0);
+    assert_int_equal(tq_value_size(&f.value), size);
+    assert_ptr_equal(tq_value_data(&f.value), frame);
+    zmq_msg_t msg;
+    assert_int_equal(tq_value_ref_msg(&f.value, &msg), 0);
+    assert_ptr_equal(zmq_msg_data(&msg), frame);
+    assert_int_equal(zmq_msg_size(&msg), size);
+    zmq_msg_close(&msg);
+    s_fixture_free(&f);
+}
+
 /* A write after the run: the run is copied first, every byte in order. */
 static void
 test_write_after_run_copies(void **state)
@@ -278,6 +301,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_echo_is_the_frame),
         cmocka_unit_test(test_one_argument_is_a_part),
+        cmocka_unit_test(test_raw_bytes_of_the_frame),
         cmocka_unit_test(test_write_after_run_copies),
         cmocka_unit_test(test_other_prefix_copies),
         cmocka_unit_test(test_copies_otherwise),

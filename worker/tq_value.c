@@ -39,7 +39,8 @@ s_follows_in_frame(const tq_value_t *self, const char *buf, size_t len)
     if (b < s || b - s > size || len > size - (b - s))
         return false;
     size_t n = self->own->size;
-    return b - s >= n && memcmp(buf - n, self->own->data, n) == 0;
+    /* own->data is NULL while nothing was packed: no memcmp of it */
+    return b - s >= n && (n == 0 || memcmp(buf - n, self->own->data, n) == 0);
 }
 
 int
