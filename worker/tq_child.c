@@ -107,7 +107,7 @@ typedef struct {
     tq_msg_t out; /* header being sent */
     msgpack_sbuffer header; /* encoded header, reused */
     uint8_t done[TQ_DONE_MAX]; /* a DONE's encoded header (tq_done.h) */
-    msgpack_sbuffer value; /* a task's result, reused */
+    msgpack_sbuffer value_own; /* a task's result's copied bytes, reused */
     msgpack_packer packer; /* writes into value */
     msgpack_zone zone; /* unpacked arguments, reused */
     s_job_t *jobs; /* FIFO ring of unstarted jobs */
@@ -131,8 +131,10 @@ typedef struct {
     tq_keeper_t *keeper;
     bool keeperless; /* tq_keeper_new failed: answer between tasks */
     uint64_t malformed; /* malformed messages from the broker, dropped */
-    tq_value_t value_of; /* what packer writes to: value, or a run of the
-                            running job's arguments (tq_value.h) */
+    tq_value_t value; /* the task's result, what packer writes to: its
+                         bytes are in value_own, or a run of the running
+                         job's arguments (tq_value.h): read them with
+                         tq_value_data and tq_value_size */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -384,24 +386,24 @@ s_value_free(void *data, void *hint)
 static void
 s_value_msg(s_child_t *self, zmq_msg_t *msg)
 {
-    if (tq_value_ref_msg(&self->value_of, msg) == 0)
+    if (tq_value_ref_msg(&self->value, msg) == 0)
         return;
-    size_t size = tq_value_size(&self->value_of);
-    if (size >= S_VALUE_HANDOFF && !tq_value_is_ref(&self->value_of)) {
+    size_t size = tq_value_size(&self->value);
+    if (size >= S_VALUE_HANDOFF && !tq_value_is_ref(&self->value)) {
         size_t keep = size < S_VALUE_KEEP ? size : S_VALUE_KEEP;
         char *next = malloc(keep);
         if (next &&
-            zmq_msg_init_data(msg, self->value.data, size, s_value_free,
+            zmq_msg_init_data(msg, self->value_own.data, size, s_value_free,
                               NULL) == 0) {
-            self->value.data = next;
-            self->value.alloc = keep;
-            self->value.size = 0;
+            self->value_own.data = next;
+            self->value_own.alloc = keep;
+            self->value_own.size = 0;
             return;
         }
         free(next);
     }
     zmq_msg_init_size(msg, size);
-    memcpy(zmq_msg_data(msg), tq_value_data(&self->value_of), size);
+    memcpy(zmq_msg_data(msg), tq_value_data(&self->value), size);
 }
 
 /* Sends a DONE's frames: header (size bytes), then the task's value
@@ -418,7 +420,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
             tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
             return;
         }
-    size_t value = with_value ? tq_value_size(&self->value_of) : 0;
+    size_t value = with_value ? tq_value_size(&self->value) : 0;
     int rc;
     if (value >= S_VALUE_HANDOFF) {
         zmq_msg_t msg;
@@ -429,7 +431,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
         zmq_msg_close(&msg);
         errno = saved;
     } else {
-        const void *data = value ? tq_value_data(&self->value_of) : "";
+        const void *data = value ? tq_value_data(&self->value) : "";
         while ((rc = zmq_send(self->sock, data, value, 0)) < 0 &&
                errno == EINTR)
             ;
@@ -537,7 +539,7 @@ s_run(s_child_t *self, s_job_t *job)
     task->soft_limit = 0;
     /* the value may reference the arguments: the job keeps them until
        its DONE is sent */
-    tq_value_start(&self->value_of, &self->value,
+    tq_value_start(&self->value, &self->value_own,
                    job->args_inline ? NULL : &job->args);
 
     tq_task_running = task;
@@ -552,10 +554,10 @@ s_run(s_child_t *self, s_job_t *job)
                                                    : "task failed");
         return;
     }
-    if (tq_value_size(&self->value_of) == 0)
+    if (tq_value_size(&self->value) == 0)
         msgpack_pack_nil(&self->packer);
-    if (tq_proto_check_payload(tq_value_data(&self->value_of),
-                               tq_value_size(&self->value_of), false,
+    if (tq_proto_check_payload(tq_value_data(&self->value),
+                               tq_value_size(&self->value), false,
                                &reason) != TQ_OK) {
         /* more than one object, or too deep: the task's bug, reported */
         snprintf(error, sizeof error,
@@ -1092,9 +1094,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     tq_frames_init(&self->frames);
     msgpack_sbuffer_init(&self->header);
-    msgpack_sbuffer_init(&self->value);
-    tq_value_start(&self->value_of, &self->value, NULL);
-    msgpack_packer_init(&self->packer, &self->value_of, tq_value_write);
+    msgpack_sbuffer_init(&self->value_own);
+    tq_value_start(&self->value, &self->value_own, NULL);
+    msgpack_packer_init(&self->packer, &self->value, tq_value_write);
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self, NULL);
@@ -1181,7 +1183,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
         /* the value forgets the job's arguments before they go */
-        tq_value_start(&self->value_of, &self->value, NULL);
+        tq_value_start(&self->value, &self->value_own, NULL);
         s_job_clear(job);
         self->running = NULL;
         now = self->clock_us;
@@ -1215,7 +1217,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     free(self->jobs);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->header);
-    msgpack_sbuffer_destroy(&self->value);
+    msgpack_sbuffer_destroy(&self->value_own);
     msgpack_zone_destroy(&self->zone);
     s_monitor_close(self);
     zmq_close(self->sock);
