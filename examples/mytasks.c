@@ -1,7 +1,7 @@
 /* mytasks.c - an example task module: math.add, math.primes and
    text.wordcount, and test.* tasks that misbehave on purpose for the
-   reliability tests. Build it as a shared object and load it with
-   `tq-worker --module ./libmytasks.so`. */
+   reliability tests (and test.first, a task returning one argument). Build it
+   as a shared object and load it with `tq-worker --module ./libmytasks.so`. */
 #include <tq/tq.h>
 
 #include <ctype.h>
@@ -261,6 +261,28 @@ s_test_crash(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return tq_task_fail(task, "test.crash survived SIGSEGV");
 }
 
+/* test.first ARG... -> ARG: its first argument alone (a large one goes
+   back sharing the argument frame's buffer, worker/tq_value.h). */
+static int
+s_test_first(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    if (args->via.array.size == 0)
+        return tq_task_fail(task, "test.first wants an argument");
+    return msgpack_pack_object(out, args->via.array.ptr[0]);
+}
+
+/* test.die_once ARG... -> [ARG...]: on its first attempt kills its own
+   process (SIGKILL: the child dies mid-task), then echoes its arguments
+   as tq.echo does. */
+static int
+s_test_die_once(tq_task_t *task, const msgpack_object *args,
+                msgpack_packer *out)
+{
+    if (tq_task_attempt(task) <= 1)
+        raise(SIGKILL);
+    return msgpack_pack_object(out, *args);
+}
+
 /* The module's entry point, found by tq-worker with dlsym. */
 int tq_module_init(tq_registry_t *registry);
 
@@ -280,5 +302,9 @@ tq_module_init(tq_registry_t *registry)
         rc = tq_registry_add(registry, "test.flaky", s_test_flaky, NULL);
     if (rc == TQ_OK)
         rc = tq_registry_add(registry, "test.crash", s_test_crash, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.first", s_test_first, NULL);
+    if (rc == TQ_OK)
+        rc = tq_registry_add(registry, "test.die_once", s_test_die_once, NULL);
     return rc;
 }

@@ -837,6 +837,85 @@ test_handles_across_restart(void **state)
     assert_int_equal(ok, N);
 }
 
+/* Fills size bytes with the pattern of seed. */
+static void
+s_pattern(uint8_t *bytes, size_t size, unsigned seed)
+{
+    for (size_t i = 0; i < size; i++)
+        bytes[i] = (uint8_t)(i * 13 + seed * 5 + (i >> 10));
+}
+
+/* True if value is [bin] with the pattern of seed over size bytes. */
+static bool
+s_is_echo(const msgpack_object *value, size_t size, unsigned seed)
+{
+    if (!value || value->type != MSGPACK_OBJECT_ARRAY ||
+        value->via.array.size != 1 ||
+        value->via.array.ptr[0].type != MSGPACK_OBJECT_BIN ||
+        value->via.array.ptr[0].via.bin.size != size)
+        return false;
+    uint8_t *want = malloc(size);
+    assert_non_null(want);
+    s_pattern(want, size, seed);
+    bool same = memcmp(value->via.array.ptr[0].via.bin.ptr, want, size) == 0;
+    free(want);
+    return same;
+}
+
+/* With a store, values that share their argument frame in the child
+   (worker/tq_value.h) stay byte for byte right: a 64 KiB + 1 argument
+   acknowledged, then kill -9 of the broker and a restart, runs on the
+   stored argument; another one's child dies mid-task (test.die_once)
+   and the rerun echoes the argument the broker kept. */
+static void
+test_large_values_stored(void **state)
+{
+    (void)state;
+    enum { SIZE = 65537 };
+    s_stored_t st;
+    s_stored_start(&st, "large");
+    tq_client_t *client = tq_client_new(st.clients);
+    assert_non_null(client);
+    uint8_t *bytes = malloc(SIZE);
+    assert_non_null(bytes);
+    s_pattern(bytes, SIZE, 1);
+    tq_result_t *stored =
+        tq_apply_async(client, "tq.echo", NULL, "p", bytes, (size_t)SIZE);
+    assert_non_null(stored);
+    /* acknowledged = committed: waiting in STATUS after its SUBMITTED */
+    assert_int_equal(tq_result_wait_answer(stored, 20000), TQ_OK);
+    assert_int_equal(s_waiting(client), 1);
+    s_kill9(&st.broker);
+    s_restart(&st.broker, st.clients, st.workers, st.extra, NULL);
+    const char *extra[] = {"--module", TQ_MYTASKS_SO, NULL};
+    pid_t worker = tq_harness_worker_start(st.workers, 1, extra);
+    assert_true(worker > 0);
+    int rc = tq_result_get(stored, 60000);
+    bool stored_ok = rc == TQ_OK && s_is_echo(tq_result_value(stored), SIZE, 1);
+    if (!stored_ok)
+        fprintf(stderr, "stored echo: %s (%s)\n", tq_strerror(rc),
+                tq_result_error(stored));
+    s_pattern(bytes, SIZE, 2);
+    tq_result_t *rerun = tq_apply(client, "test.die_once", NULL, 60000, "p",
+                                  bytes, (size_t)SIZE);
+    assert_non_null(rerun);
+    bool rerun_ok = tq_result_code(rerun) == TQ_OK &&
+        tq_result_attempts(rerun) >= 2 &&
+        s_is_echo(tq_result_value(rerun), SIZE, 2);
+    if (!rerun_ok)
+        fprintf(stderr, "rerun echo: %s (%s), attempts %u\n",
+                tq_strerror(tq_result_code(rerun)), tq_result_error(rerun),
+                tq_result_attempts(rerun));
+    tq_result_destroy(&rerun);
+    tq_result_destroy(&stored);
+    free(bytes);
+    tq_client_destroy(&client);
+    tq_harness_stop(worker);
+    s_stored_stop(&st);
+    assert_true(stored_ok);
+    assert_true(rerun_ok);
+}
+
 /* status.memory (argument and result bytes the broker holds), or -1. */
 static int64_t
 s_memory(tq_client_t *client)
@@ -1419,6 +1498,7 @@ main(void)
         cmocka_unit_test(test_write_failure),
         cmocka_unit_test(test_handles_across_restart),
         cmocka_unit_test(test_paged_args_run),
+        cmocka_unit_test(test_large_values_stored),
         cmocka_unit_test(test_queue_items_survive),
         cmocka_unit_test(test_restart_100k),
         cmocka_unit_test(test_kill_loop),

@@ -1,7 +1,7 @@
 /* test_e2e_basic.c - end to end through real tq-broker and tq-worker
-   processes: apply_async/get, large arguments and values, task errors, get
-   timeouts, unserved tasks, fetch by id, callbacks, map order, priorities, an
-   unreachable broker. */
+   processes: apply_async/get, large arguments and values (values sharing
+   their arguments' buffer), task errors, get timeouts, unserved tasks,
+   fetch by id, callbacks, map order, priorities, an unreachable broker. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -254,6 +254,68 @@ test_echo_large(void **state)
     assert_int_equal(tq_result_code(small), TQ_OK);
     s_assert_bin_echo(tq_result_value(small), 100, 1001);
     tq_result_destroy(&small);
+    free(bytes);
+}
+
+/* Asserts value is a bin with the pattern of seed over size bytes. */
+static void
+s_assert_bin_is(const msgpack_object *value, size_t size, unsigned seed)
+{
+    assert_non_null(value);
+    assert_int_equal(value->type, MSGPACK_OBJECT_BIN);
+    assert_int_equal(value->via.bin.size, size);
+    uint8_t *want = malloc(size);
+    assert_non_null(want);
+    s_fill(want, size, seed);
+    assert_memory_equal(value->via.bin.ptr, want, size);
+    free(want);
+}
+
+/* Values that are runs of their arguments leave the child sharing the
+   argument frame's buffer (worker/tq_value.h): every byte still right,
+   for the whole frame (tq.echo), a part of it (test.first: one argument
+   returned alone, more arguments after it), a task rerun after its child
+   died mid-task (test.die_once: the broker kept the arguments), and a
+   handle released before or after the next one's value arrives. */
+static void
+test_value_shares_args(void **state)
+{
+    tq_harness_env_t *env = *state;
+    const char *extra[] = {"--module", TQ_MYTASKS_SO, NULL};
+    s_start(env, 2, extra);
+    enum { SIZE = 65537, N = 8 };
+    uint8_t *bytes = malloc(SIZE);
+    assert_non_null(bytes);
+    tq_result_t *results[N];
+    for (unsigned i = 0; i < N; i++) {
+        s_fill(bytes, SIZE, 2000 + i);
+        results[i] = i % 2 ? tq_apply_async(env->client, "test.first", NULL,
+                                            "ps", bytes, (size_t)SIZE, "after")
+                           : tq_apply_async(env->client, "tq.echo", NULL, "p",
+                                            bytes, (size_t)SIZE);
+        assert_non_null(results[i]);
+    }
+    /* the last first: the others' values stay right while it goes */
+    assert_int_equal(tq_result_get(results[N - 1], S_GET_MS), TQ_OK);
+    s_assert_bin_is(tq_result_value(results[N - 1]), SIZE, 2000 + N - 1);
+    tq_result_destroy(&results[N - 1]);
+    for (unsigned i = 0; i + 1 < N; i++) {
+        assert_int_equal(tq_result_get(results[i], S_GET_MS), TQ_OK);
+        if (i % 2)
+            s_assert_bin_is(tq_result_value(results[i]), SIZE, 2000 + i);
+        else
+            s_assert_bin_echo(tq_result_value(results[i]), SIZE, 2000 + i);
+        tq_result_destroy(&results[i]);
+    }
+    /* the child dies mid-task on the first attempt; a rerun echoes */
+    s_fill(bytes, SIZE, 3000);
+    tq_result_t *r = tq_apply(env->client, "test.die_once", NULL, S_GET_MS, "p",
+                              bytes, (size_t)SIZE);
+    assert_non_null(r);
+    assert_int_equal(tq_result_code(r), TQ_OK);
+    assert_true(tq_result_attempts(r) >= 2);
+    s_assert_bin_echo(tq_result_value(r), SIZE, 3000);
+    tq_result_destroy(&r);
     free(bytes);
 }
 
@@ -727,6 +789,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_echo_large, tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_value_shares_args,
+                                        tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_task_error, tq_harness_env_setup, tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_apply_async_says_why,

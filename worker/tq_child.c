@@ -31,6 +31,7 @@
 #include "tq_footprint.h"
 #include "tq_keeper.h"
 #include "tq_orphans.h"
+#include "tq_value.h"
 #include "tq_wire.h"
 
 /* Arguments up to this size are kept in the job itself: no message of
@@ -106,7 +107,7 @@ typedef struct {
     tq_msg_t out; /* header being sent */
     msgpack_sbuffer header; /* encoded header, reused */
     uint8_t done[TQ_DONE_MAX]; /* a DONE's encoded header (tq_done.h) */
-    msgpack_sbuffer value; /* a task's result, reused */
+    msgpack_sbuffer value_own; /* a task's result's copied bytes, reused */
     msgpack_packer packer; /* writes into value */
     msgpack_zone zone; /* unpacked arguments, reused */
     s_job_t *jobs; /* FIFO ring of unstarted jobs */
@@ -130,6 +131,10 @@ typedef struct {
     tq_keeper_t *keeper;
     bool keeperless; /* tq_keeper_new failed: answer between tasks */
     uint64_t malformed; /* malformed messages from the broker, dropped */
+    tq_value_t value; /* the task's result, what packer writes to: its
+                         bytes are in value_own, or a run of the running
+                         job's arguments (tq_value.h): read them with
+                         tq_value_data and tq_value_size */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -373,28 +378,32 @@ s_value_free(void *data, void *hint)
     free(data);
 }
 
-/* The task's value as a message. A large one takes the value's buffer
-   itself (libzmq frees it once sent) and the packer gets a new buffer as
-   large, for the next task; a small one is copied, the buffer stays. */
+/* The task's value as a message. One that is a run of the arguments
+   shares their buffer (tq_value.h). Else a large one takes the value's
+   buffer itself (libzmq frees it once sent) and the packer gets a new
+   buffer as large, for the next task; a small one is copied, the buffer
+   stays. */
 static void
 s_value_msg(s_child_t *self, zmq_msg_t *msg)
 {
-    size_t size = self->value.size;
-    if (size >= S_VALUE_HANDOFF) {
+    if (tq_value_ref_msg(&self->value, msg) == 0)
+        return;
+    size_t size = tq_value_size(&self->value);
+    if (size >= S_VALUE_HANDOFF && !tq_value_is_ref(&self->value)) {
         size_t keep = size < S_VALUE_KEEP ? size : S_VALUE_KEEP;
         char *next = malloc(keep);
         if (next &&
-            zmq_msg_init_data(msg, self->value.data, size, s_value_free,
+            zmq_msg_init_data(msg, self->value_own.data, size, s_value_free,
                               NULL) == 0) {
-            self->value.data = next;
-            self->value.alloc = keep;
-            self->value.size = 0;
+            self->value_own.data = next;
+            self->value_own.alloc = keep;
+            self->value_own.size = 0;
             return;
         }
         free(next);
     }
     zmq_msg_init_size(msg, size);
-    memcpy(zmq_msg_data(msg), self->value.data, size);
+    memcpy(zmq_msg_data(msg), tq_value_data(&self->value), size);
 }
 
 /* Sends a DONE's frames: header (size bytes), then the task's value
@@ -411,7 +420,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
             tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
             return;
         }
-    size_t value = with_value ? self->value.size : 0;
+    size_t value = with_value ? tq_value_size(&self->value) : 0;
     int rc;
     if (value >= S_VALUE_HANDOFF) {
         zmq_msg_t msg;
@@ -422,7 +431,7 @@ s_send_done_frames(s_child_t *self, const void *header, size_t size,
         zmq_msg_close(&msg);
         errno = saved;
     } else {
-        const void *data = value ? self->value.data : "";
+        const void *data = value ? tq_value_data(&self->value) : "";
         while ((rc = zmq_send(self->sock, data, value, 0)) < 0 &&
                errno == EINTR)
             ;
@@ -528,7 +537,10 @@ s_run(s_child_t *self, s_job_t *job)
     task->failed = false;
     task->error[0] = '\0';
     task->soft_limit = 0;
-    msgpack_sbuffer_clear(&self->value);
+    /* the value may reference the arguments: the job keeps them until
+       its DONE is sent */
+    tq_value_start(&self->value, &self->value_own,
+                   job->args_inline ? NULL : &job->args);
 
     tq_task_running = task;
     tq_task_running_name = job->name;
@@ -542,9 +554,10 @@ s_run(s_child_t *self, s_job_t *job)
                                                    : "task failed");
         return;
     }
-    if (self->value.size == 0)
+    if (tq_value_size(&self->value) == 0)
         msgpack_pack_nil(&self->packer);
-    if (tq_proto_check_payload(self->value.data, self->value.size, false,
+    if (tq_proto_check_payload(tq_value_data(&self->value),
+                               tq_value_size(&self->value), false,
                                &reason) != TQ_OK) {
         /* more than one object, or too deep: the task's bug, reported */
         snprintf(error, sizeof error,
@@ -1081,8 +1094,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     tq_frames_init(&self->frames);
     msgpack_sbuffer_init(&self->header);
-    msgpack_sbuffer_init(&self->value);
-    msgpack_packer_init(&self->packer, &self->value, msgpack_sbuffer_write);
+    msgpack_sbuffer_init(&self->value_own);
+    tq_value_start(&self->value, &self->value_own, NULL);
+    msgpack_packer_init(&self->packer, &self->value, tq_value_write);
     msgpack_zone_init(&self->zone, 8192);
 
     s_send_ready(self, NULL);
@@ -1168,6 +1182,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         }
         tq_keeper_task_begin(self->keeper);
         s_run(self, job);
+        /* the value forgets the job's arguments before they go */
+        tq_value_start(&self->value, &self->value_own, NULL);
         s_job_clear(job);
         self->running = NULL;
         now = self->clock_us;
@@ -1201,7 +1217,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     free(self->jobs);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->header);
-    msgpack_sbuffer_destroy(&self->value);
+    msgpack_sbuffer_destroy(&self->value_own);
     msgpack_zone_destroy(&self->zone);
     s_monitor_close(self);
     zmq_close(self->sock);
