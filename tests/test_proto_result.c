@@ -20,6 +20,8 @@
 #include "tq_proto.h"
 
 #define S_HEX_ID "0123456789abcdef0123456789abcdef"
+/* the longest id: 64 bytes */
+#define S_ID_64 S_HEX_ID "-123456789abcdef0123456789abcdef"
 
 static bool
 s_same(tq_str_t a, tq_str_t b)
@@ -136,8 +138,7 @@ test_read_result_broker_forms(void **state)
                          "0123456789abcdef0123456789abcdeg",
                          "a",
                          "my-task.1_x",
-                         "0123456789012345678901234567890123456789012345678901"
-                         "234567890123"};
+                         S_ID_64};
     const size_t errors[] = {0, 1, 31, 32, 255, 256, TQ_PROTO_MAX_ERROR};
     const uint32_t numbers[] = {0,   1,     127,   128,       255,
                                 256, 65535, 65536, UINT32_MAX};
