@@ -1083,7 +1083,9 @@ s_put_bin_id(tq_writer_t *w, const uint8_t *bytes)
     }
 }
 
-/* The str of the 32 lowercase hex digits of an id's 16 bytes. */
+/* The str of the 32 lowercase hex digits of an id's 16 bytes, rendered
+   straight into the buffer (the broker names the task of every RESULT
+   so). */
 static void
 s_put_hex_id(tq_writer_t *w, const uint8_t *bytes)
 {

@@ -479,6 +479,105 @@ test_encode_id_from_bytes(void **state)
     msgpack_sbuffer_destroy(&b);
 }
 
+/* Every byte value rendered from an id's bytes (16 ids of 16 bytes, 0
+   to 255) is its two lowercase hex digits, the first one first. */
+static void
+test_encode_id_every_byte(void **state)
+{
+    (void)state;
+    static tq_msg_t in, out;
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    for (int k = 0; k < 16; k++) {
+        uint8_t raw[16];
+        char text[33];
+        for (int i = 0; i < 16; i++) {
+            raw[i] = (uint8_t)(16 * k + i);
+            snprintf(text + 2 * i, 3, "%02x", raw[i]);
+        }
+        memset(&in, 0, sizeof in);
+        in.command = TQ_CMD_RESULT;
+        in.id_bytes = raw;
+        assert_int_equal(tq_proto_encode(&in, &buf, NULL), TQ_OK);
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                         TQ_OK);
+        assert_true(tq_str_eq(out.id, text));
+        assert_true(out.id_text_bin);
+        assert_memory_equal(out.id_text_bytes, raw, 16);
+    }
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* The fast reader reads the RESULT of this layout: a change to it must
+   change tq_proto_read_result. */
+static void
+test_result_layout(void **state)
+{
+    (void)state;
+    assert_string_equal(tq_proto_command(TQ_CMD_RESULT)->fields, "ISCE|a");
+    assert_true(tq_proto_command(TQ_CMD_RESULT)->payload);
+}
+
+/* The encoder refuses a RESULT by the first field in wire order that
+   breaks its rule, an id it renders from bytes never; whatever it takes
+   reads back the same. */
+static void
+test_encode_result_refusals(void **state)
+{
+    (void)state;
+    static tq_msg_t in, out;
+    static char long_error[TQ_PROTO_MAX_ERROR + 1];
+    memset(long_error, 'e', sizeof long_error);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    struct {
+        const char *id;
+        uint32_t state, code;
+        size_t error_len;
+        const char *why; /* NULL: taken */
+    } cases[] = {
+        {S_HEX_ID, TQ_PROTO_MAX_STATE, TQ_ERROR_COUNT_ - 1, 0, NULL},
+        {"bad id", 0, 0, 0, "invalid task id"},
+        {NULL, 0, 0, 0, "invalid task id"},
+        {"bad id", TQ_PROTO_MAX_STATE + 1, TQ_ERROR_COUNT_, 1,
+         "invalid task id"},
+        {S_HEX_ID, TQ_PROTO_MAX_STATE + 1, TQ_ERROR_COUNT_,
+         TQ_PROTO_MAX_ERROR + 1, "unknown state"},
+        {S_HEX_ID, 0, TQ_ERROR_COUNT_, TQ_PROTO_MAX_ERROR + 1,
+         "unknown error code"},
+        {S_HEX_ID, 0, 0, TQ_PROTO_MAX_ERROR + 1, "error text too long"},
+        {S_ID_64, 3, 5, TQ_PROTO_MAX_ERROR, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memset(&in, 0, sizeof in);
+        in.command = TQ_CMD_RESULT;
+        in.id = tq_str(cases[i].id);
+        in.state = cases[i].state;
+        in.code = cases[i].code;
+        in.attempt = UINT32_MAX;
+        if (cases[i].error_len)
+            in.error = (tq_str_t){long_error, (uint32_t)cases[i].error_len};
+        const char *why = NULL;
+        int rc = tq_proto_encode(&in, &buf, &why);
+        if (cases[i].why) {
+            assert_int_equal(rc, TQ_EINVAL);
+            assert_string_equal(why, cases[i].why);
+            assert_int_equal(buf.size, 0);
+            continue;
+        }
+        assert_int_equal(rc, TQ_OK);
+        assert_int_equal(tq_proto_decode(&out, buf.data, buf.size, NULL),
+                         TQ_OK);
+        assert_int_equal(out.command, TQ_CMD_RESULT);
+        assert_true(s_same(out.id, in.id));
+        assert_int_equal(out.state, in.state);
+        assert_int_equal(out.code, in.code);
+        assert_int_equal(out.attempt, UINT32_MAX);
+        assert_true(s_same(out.error, in.error));
+    }
+    msgpack_sbuffer_destroy(&buf);
+}
+
 int
 main(void)
 {
@@ -489,6 +588,9 @@ main(void)
         cmocka_unit_test(test_read_result_other_commands),
         cmocka_unit_test(test_batch_raw_decode),
         cmocka_unit_test(test_encode_id_from_bytes),
+        cmocka_unit_test(test_encode_id_every_byte),
+        cmocka_unit_test(test_result_layout),
+        cmocka_unit_test(test_encode_result_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
