@@ -504,7 +504,18 @@ s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
             s_payload_own(payload, &copy);
             msg = &copy;
         }
+        /* it reads the id as text: an id left to the encoder to render
+           (s_out_id_text) is rendered here */
+        char text[2 * TQB_ID_BIN + 1];
+        tq_msg_t *out = &self->out;
+        bool render = !out->id.ptr && out->id_bytes && !out->id_binary;
+        if (render) {
+            tqb_id_render(text, out->id_bytes);
+            out->id = (tq_str_t){text, 2 * TQB_ID_BIN};
+        }
         tqb_local_deliver(self, ident, msg);
+        if (render)
+            out->id = (tq_str_t){0};
         if (msg == &copy)
             zmq_msg_close(&copy);
         return 0;
@@ -616,11 +627,24 @@ tqb_reply_unknown(tq_broker_t *self, tq_str_t id)
     tqb_reply(self, self->clients);
 }
 
+/* The task's id into out (fresh from tqb_out) for a client, as text: one
+   the broker keeps as its 16 bytes goes as those bytes, which the encoder
+   renders once, straight into the message, unchecked (the broker made
+   that text); one kept as text is checked at encode as any. */
+static void
+s_out_id_text(tq_msg_t *out, const task_t *task)
+{
+    if (task->id_bin)
+        out->id_bytes = (const uint8_t *)task->rec.id;
+    else
+        out->id = tq_str(task->rec.id);
+}
+
 int
 tqb_send_result(tq_broker_t *self, task_t *task, const ident_t *to)
 {
     tq_msg_t *out = tqb_out(self, TQ_CMD_RESULT);
-    out->id = tqb_task_id_str(task);
+    s_out_id_text(out, task);
     out->attempt = task->rec.attempt;
     out->state = (uint32_t)tqb_task_wire_state(task);
     out->code = task->rec.code;
@@ -736,7 +760,7 @@ s_fold_release_head(tq_broker_t *self)
         : tqb_task_find(self, tq_str(fold->id));
     if (task && !tqb_task_is_final(task)) {
         ident_t to = tqb_task_client(self, task);
-        tqb_out(self, TQ_CMD_SUBMITTED)->id = tqb_task_id_str(task);
+        s_out_id_text(tqb_out(self, TQ_CMD_SUBMITTED), task);
         if (to.size)
             tqb_send_to(self, self->clients, &to, NULL);
     }

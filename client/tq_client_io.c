@@ -1173,8 +1173,10 @@ s_io_log_bad(tq_io_t *io, const char *what, const char *reason)
                  tq_client_current_endpoint(io->client), reason ? reason : "?");
 }
 
+/* A RESULT's fields (read by tq_proto_read_result, or decoded: m) and
+   its value (payload, may be moved out). */
 static void
-s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
+s_on_result(tq_io_t *io, const tq_proto_result_t *m, zmq_msg_t *payload)
 {
     /* the chain, looked up once: nothing below changes the table before
        s_io_done_chain ends it */
@@ -1193,7 +1195,7 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
             s_io_log_bad(io, "RESULT", "the value is not one msgpack object");
         s_io_done_chain(io, chain, TQ_STATE_FAILURE, TQ_EPROTO,
                         tq_str("broker sent a malformed result value"), NULL,
-                        &m->attempt);
+                        &m->attempts);
         return;
     }
     int state = TQ_STATE_IS_FINAL(m->state) ? (int)m->state : TQ_STATE_FAILURE;
@@ -1202,7 +1204,7 @@ s_on_result(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
            already faulted in) and the received one goes back to libzmq */
         tq_spare_adopt(payload);
     s_io_done_chain(io, chain, state, code, m->error,
-                    code == TQ_OK ? payload : NULL, &m->attempt);
+                    code == TQ_OK ? payload : NULL, &m->attempts);
 }
 
 static void
@@ -1309,9 +1311,13 @@ s_io_handle(tq_io_t *io, const tq_msg_t *m, zmq_msg_t *payload)
     case TQ_CMD_SUBMITTED:
         s_on_submitted(io, m);
         break;
-    case TQ_CMD_RESULT:
-        s_on_result(io, m, payload);
+    case TQ_CMD_RESULT: {
+        /* one the fast reader left to the generic decoder (a bin id...) */
+        tq_proto_result_t result = {m->id, m->error, m->state, m->code,
+                                    m->attempt};
+        s_on_result(io, &result, payload);
         break;
+    }
     case TQ_CMD_STATE:
         s_on_state(io, m);
         break;
@@ -1380,12 +1386,25 @@ s_io_batch(tq_io_t *io)
     zmq_msg_t payload;
     zmq_msg_init(&payload);
     for (;;) {
+        const void *header;
+        size_t header_size;
         bool has_payload;
         const char *reason = NULL;
-        int rc = tq_wire_batch_next(&reader, &io->msg, &payload, &has_payload,
-                                    &reason);
+        int rc = tq_wire_batch_next_raw(&reader, &header, &header_size,
+                                        &payload, &has_payload, &reason);
         if (rc == TQ_BATCH_END)
             break;
+        /* a RESULT (most of what a BATCH brings) read in one pass; any
+           other message, or a RESULT the fast reader leaves, decoded */
+        tq_proto_result_t result;
+        if (rc == TQ_OK && has_payload &&
+            tq_proto_read_result(&result, header, header_size)) {
+            s_on_result(io, &result, &payload);
+            continue;
+        }
+        if (rc == TQ_OK)
+            rc = tq_batch_decode(&io->msg, header, header_size, has_payload,
+                                 &reason);
         if (rc != TQ_OK) {
             s_io_log_bad(io, "message in a BATCH", reason);
             continue;
@@ -1400,6 +1419,15 @@ s_io_batch(tq_io_t *io)
 static bool
 s_io_dispatch(tq_io_t *io)
 {
+    /* a RESULT read in one pass; the rest, or a RESULT the fast reader
+       leaves, decoded */
+    tq_proto_result_t result;
+    if (io->frames.has_payload &&
+        tq_proto_read_result(&result, zmq_msg_data(&io->frames.header),
+                             zmq_msg_size(&io->frames.header))) {
+        s_on_result(io, &result, &io->frames.payload);
+        return true;
+    }
     const char *reason = NULL;
     int rc = tq_wire_decode(&io->frames, &io->msg, &reason);
     if (rc != TQ_OK) {

@@ -1,13 +1,18 @@
 /* tq_result.c - the caller's handle (AsyncResult): its lifecycle, waits
    and accessors. The I/O thread completes it through tq_result_answer and
-   tq_result_finish; callers read it under its mutex. */
+   tq_result_finish; callers read it under its mutex, and wait for it on
+   its phase word. */
 #include "tq_result.h"
 
 #include <assert.h>
 #include <czmq.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tq_client_core.h"
 #include "tq_client_internal.h"
@@ -50,6 +55,30 @@ tq_result_phase_name(tq_result_phase_t phase)
     return phase < TQ_RESULT_PHASES_ ? s_names[phase] : "?";
 }
 
+/* A caller waits for a handle's phase on the phase's own word (a futex):
+   a handle needs no condition variable of its own to make, and a caller
+   none to take. */
+_Static_assert(sizeof(_Atomic tq_result_phase_t) == sizeof(int),
+               "a handle's phase is a futex word");
+
+/* Sleeps while the phase is still `seen`, at most timeout (NULL: no
+   bound); returns at once if it moved already. Any return may be early:
+   the caller looks at the phase again. */
+static void
+s_futex_wait(tq_result_t *self, tq_result_phase_t seen,
+             const struct timespec *timeout)
+{
+    syscall(SYS_futex, (int *)&self->phase, FUTEX_WAIT_PRIVATE, (int)seen,
+            timeout, NULL, 0);
+}
+
+static void
+s_futex_wake(tq_result_t *self)
+{
+    syscall(SYS_futex, (int *)&self->phase, FUTEX_WAKE_PRIVATE, INT_MAX, NULL,
+            NULL, 0);
+}
+
 /* Wakeups held back by this thread (tq_result_hold_wakeups): handles
    with a reference each. */
 #define S_HELD_MAX 64
@@ -58,9 +87,10 @@ static _Thread_local int s_held_count;
 static _Thread_local tq_result_t *s_held[S_HELD_MAX];
 
 /* Wakes the callers asleep on a handle, now or at the release of a
-   hold. Called without the mutex, after a move made under it that a
-   sleeper waits for: a caller that checks the phase under the mutex
-   either saw the move or was asleep before this. */
+   hold. Called after a move that a sleeper waits for: a caller counted
+   among the sleepers before it read the phase either saw the move, or
+   sleeps on the phase it read and the wake (or the moved word) ends its
+   sleep. */
 static void
 s_wake(tq_result_t *self)
 {
@@ -69,7 +99,7 @@ s_wake(tq_result_t *self)
         s_held[s_held_count++] = self;
         return;
     }
-    pthread_cond_broadcast(&self->cond);
+    s_futex_wake(self);
 }
 
 void
@@ -87,7 +117,7 @@ tq_result_release_wakeups(void)
     }
     while (s_held_count > 0) {
         tq_result_t *self = s_held[--s_held_count];
-        pthread_cond_broadcast(&self->cond);
+        s_futex_wake(self);
         tq_result_unref(self);
     }
     s_hold_depth = 0;
@@ -108,9 +138,9 @@ s_move(tq_result_t *self, tq_result_phase_t to)
     /* wake only who can go on: a FINAL handle is nobody's but its
        callback's, and ANSWERED matters to tq_result_wait_answer alone (a
        get waiting on every round trip is not woken twice for nothing) */
-    return self->sleepers > 0 &&
+    return atomic_load(&self->sleepers) > 0 &&
         (to == TQ_RESULT_READY ||
-         (to == TQ_RESULT_ANSWERED && self->answer_waiters));
+         (to == TQ_RESULT_ANSWERED && atomic_load(&self->answer_waiters)));
 }
 
 /* The handle whose callback this thread is running: a callback that waits
@@ -137,7 +167,6 @@ tq_result_make_sized(tq_req_kind_t kind, tq_client_t *client, size_t size)
     /* default attributes: the initializers, without the calls (one
        handle a task) */
     self->mutex = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
-    self->cond = (pthread_cond_t)PTHREAD_COND_INITIALIZER;
     atomic_init(&self->phase, TQ_RESULT_PENDING);
     self->state = TQ_STATE_PENDING;
     return self;
@@ -163,7 +192,6 @@ tq_result_unref(tq_result_t *self)
         msgpack_unpacked_destroy(&self->unpacked);
     tq_request_free(self->spare);
     pthread_mutex_destroy(&self->mutex);
-    pthread_cond_destroy(&self->cond);
     free(self);
 }
 
@@ -294,45 +322,50 @@ tq_result_deadline(int timeout_ms)
     return timeout_ms < 0 ? -1 : zclock_mono() + timeout_ms;
 }
 
-/* True once the handle reached `phase`; mutex held. A handle is FINAL
-   only while its callback runs: to anyone but that callback it has not
-   reached FINAL until it is READY, so that what a caller woken here
+/* True once the handle, in phase `now`, reached `phase`. A handle is
+   FINAL only while its callback runs: to anyone but that callback it has
+   not reached FINAL until it is READY, so that what a caller woken here
    reads (ready, code) is the end of it. */
 static bool
-s_reached(tq_result_t *self, tq_result_phase_t phase)
+s_reached_at(tq_result_t *self, tq_result_phase_t now, tq_result_phase_t phase)
 {
-    tq_result_phase_t now = atomic_load(&self->phase);
     if (now == TQ_RESULT_FINAL && s_in_callback != self)
         return false;
     return now >= phase;
 }
 
-/* Waits on cond until s_reached(phase) or the deadline (-1: none); mutex
-   held. */
+static bool
+s_reached(tq_result_t *self, tq_result_phase_t phase)
+{
+    return s_reached_at(self, atomic_load(&self->phase), phase);
+}
+
+/* Sleeps on the phase until s_reached(phase) or the deadline (-1: none),
+   without the mutex. Counted among the sleepers before it reads the
+   phase it sleeps on: a move after that read wakes it (s_move sees the
+   count), one before it makes the sleep return at once (the word moved). */
 static bool
 s_wait_phase(tq_result_t *self, tq_result_phase_t phase, int64_t deadline)
 {
-    while (!s_reached(self, phase)) {
+    bool reached;
+    atomic_fetch_add(&self->sleepers, 1);
+    for (;;) {
+        tq_result_phase_t now = atomic_load(&self->phase);
+        if ((reached = s_reached_at(self, now, phase)))
+            break;
         if (deadline < 0) {
-            self->sleepers++;
-            pthread_cond_wait(&self->cond, &self->mutex);
-            self->sleepers--;
+            s_futex_wait(self, now, NULL);
             continue;
         }
         int64_t left = deadline - zclock_mono();
         if (left <= 0)
-            return false;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L)
-            ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        self->sleepers++;
-        pthread_cond_timedwait(&self->cond, &self->mutex, &ts);
-        self->sleepers--;
+            break;
+        struct timespec timeout = {(time_t)(left / 1000),
+                                   (long)(left % 1000) * 1000000L};
+        s_futex_wait(self, now, &timeout);
     }
-    return true;
+    atomic_fetch_sub(&self->sleepers, 1);
+    return reached;
 }
 
 int
@@ -347,10 +380,7 @@ tq_result_wait_until(tq_result_t *self, int64_t deadline)
     if (self->client && !self->local && !s_in_callback &&
         (deadline < 0 || deadline > zclock_mono()) && !tq_result_final(self))
         tq_client_io_lead(self->client, self, deadline);
-    pthread_mutex_lock(&self->mutex);
-    bool ok = s_wait_phase(self, TQ_RESULT_FINAL, deadline);
-    pthread_mutex_unlock(&self->mutex);
-    return ok ? TQ_OK : TQ_ETIMEDOUT;
+    return s_wait_phase(self, TQ_RESULT_FINAL, deadline) ? TQ_OK : TQ_ETIMEDOUT;
 }
 
 int
@@ -406,12 +436,10 @@ int
 tq_result_wait_answer(tq_result_t *self, int timeout_ms)
 {
     assert(self);
-    pthread_mutex_lock(&self->mutex);
-    self->answer_waiters++;
+    atomic_fetch_add(&self->answer_waiters, 1);
     bool ok =
         s_wait_phase(self, TQ_RESULT_ANSWERED, tq_result_deadline(timeout_ms));
-    self->answer_waiters--;
-    pthread_mutex_unlock(&self->mutex);
+    atomic_fetch_sub(&self->answer_waiters, 1);
     return ok ? TQ_OK : TQ_ETIMEDOUT;
 }
 

@@ -38,14 +38,14 @@ struct tq_result_t {
                    through the client's socket */
     char *names; /* SUBMIT: "task\0queue" (the unserved check), or NULL */
     pthread_mutex_t mutex;
-    pthread_cond_t cond;
     /* moved under mutex; read without it too (tq_result_phase): what the
        handle's move to FINAL publishes (state, code, error, value,
-       attempts) is set before it, and no longer changes */
+       attempts) is set before it, and no longer changes. Callers wait on
+       it without the mutex, asleep on its word (a futex) */
     _Atomic tq_result_phase_t phase; /* the one fact of its lifecycle */
+    atomic_int answer_waiters; /* callers in tq_result_wait_answer */
+    atomic_int sleepers; /* callers asleep on phase */
     /* under mutex */
-    int answer_waiters; /* callers in tq_result_wait_answer */
-    int sleepers; /* callers asleep on cond */
     int state; /* tq_state_t, last reported */
     int code; /* tq_err_t once final */
     uint32_t attempts; /* attempts the broker made, from RESULT */

@@ -168,12 +168,15 @@ tq_batch_reader_init(tq_batch_reader_t *r, const tq_msg_t *header,
 }
 
 int
-tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
-              size_t *size, bool *has_payload, const char **reason)
+tq_batch_next_raw(tq_batch_reader_t *r, const void **header,
+                  size_t *header_size, const void **payload, size_t *size,
+                  bool *has_payload, const char **reason)
 {
     const char *dummy;
     if (!reason)
         reason = &dummy;
+    *header = NULL;
+    *header_size = 0;
     *payload = NULL;
     *size = 0;
     *has_payload = false;
@@ -182,7 +185,6 @@ tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
             return TQ_BATCH_END;
         r->index = r->count + 1; /* said once */
         *reason = r->broken;
-        memset(msg, 0, offsetof(tq_msg_t, queues));
         return TQ_EPROTO;
     }
     if (r->index >= r->count)
@@ -193,21 +195,60 @@ tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
     /* checked at init: the framing holds */
     if (!s_entry(&r->p, r->end, &h, &hs, &d, &ds, &has)) {
         r->broken = "batch framing";
-        return tq_batch_next(r, msg, payload, size, has_payload, reason);
+        return tq_batch_next_raw(r, header, header_size, payload, size,
+                                 has_payload, reason);
     }
     r->index++;
-    int rc = tq_proto_decode(msg, h, hs, reason);
+    *header = h;
+    *header_size = hs;
+    *payload = d;
+    *size = ds;
+    *has_payload = has;
+    return TQ_OK;
+}
+
+int
+tq_batch_decode(tq_msg_t *msg, const void *header, size_t header_size,
+                bool has_payload, const char **reason)
+{
+    const char *dummy;
+    if (!reason)
+        reason = &dummy;
+    int rc = tq_proto_decode(msg, header, header_size, reason);
     if (rc != TQ_OK)
         return rc;
     if (msg->command == TQ_CMD_BATCH) {
         *reason = "a BATCH inside a BATCH";
         return TQ_EPROTO;
     }
-    if (tq_proto_has_payload(msg->command) != has) {
-        *reason = has ? "unexpected payload in a batch sub-message"
-                      : "missing payload in a batch sub-message";
+    if (tq_proto_has_payload(msg->command) != has_payload) {
+        *reason = has_payload ? "unexpected payload in a batch sub-message"
+                              : "missing payload in a batch sub-message";
         return TQ_EPROTO;
     }
+    return TQ_OK;
+}
+
+int
+tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
+              size_t *size, bool *has_payload, const char **reason)
+{
+    const void *h, *d;
+    size_t hs, ds;
+    bool has;
+    int rc = tq_batch_next_raw(r, &h, &hs, &d, &ds, &has, reason);
+    *payload = NULL;
+    *size = 0;
+    *has_payload = false;
+    if (rc == TQ_BATCH_END)
+        return rc;
+    if (rc != TQ_OK) {
+        memset(msg, 0, offsetof(tq_msg_t, queues));
+        return rc;
+    }
+    rc = tq_batch_decode(msg, h, hs, has, reason);
+    if (rc != TQ_OK)
+        return rc;
     *payload = d;
     *size = ds;
     *has_payload = has;

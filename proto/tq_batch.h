@@ -102,4 +102,22 @@ int tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
 int tq_batch_add_encoded(tq_batch_t *b, const void *header, size_t header_size,
                          const void *payload, size_t size, bool has_payload);
 
+/* The next sub-message of a received BATCH as tq_batch_next walks them,
+   its header not decoded: its bytes in *header and *header_size, its
+   payload as tq_batch_next gives it. Returns TQ_OK, TQ_EPROTO once with
+   *reason when the batch's framing is broken (then TQ_BATCH_END), or
+   TQ_BATCH_END. For a receiver that reads some headers itself (a
+   client's RESULTs, tq_proto_read_result) and decodes the others with
+   tq_batch_decode. */
+int tq_batch_next_raw(tq_batch_reader_t *r, const void **header,
+                      size_t *header_size, const void **payload, size_t *size,
+                      bool *has_payload, const char **reason);
+
+/* Decodes a sub-message's header (from tq_batch_next_raw) into msg with
+   the checks of tq_batch_next: TQ_OK, or TQ_EPROTO (with *reason: it does
+   not decode, it is a BATCH, has_payload breaks its command's rule) or
+   TQ_EVERSION, as tq_batch_next returns them. */
+int tq_batch_decode(tq_msg_t *msg, const void *header, size_t header_size,
+                    bool has_payload, const char **reason);
+
 #endif

@@ -366,7 +366,7 @@ s_charset_ok(const char *ptr, size_t len, size_t max, uint8_t bit)
     return all != 0;
 }
 
-static bool s_hex32_ok(const char *p);
+static inline bool s_hex32_ok(const char *p);
 
 /* tq_proto_valid_id once the tables are built. */
 static inline bool
@@ -426,7 +426,7 @@ s_load8(const char *p)
 }
 
 /* The 32 characters at p are lowercase hex digits: one test, not four. */
-static bool
+static inline bool
 s_hex32_ok(const char *p)
 {
     return (s_hex8_bad(s_load8(p)) | s_hex8_bad(s_load8(p + 8)) |
@@ -950,6 +950,63 @@ tq_proto_decode(tq_msg_t *msg, const void *data, size_t size,
     return TQ_OK;
 }
 
+/* s_read_uint, a positive fixint (a state, a code, most attempts) read
+   in place. */
+static inline bool
+s_read_small(s_reader_t *r, uint64_t *v)
+{
+    if (r->p < r->end && *r->p <= 0x7f) {
+        *v = *r->p++;
+        return true;
+    }
+    return s_read_uint(r, v);
+}
+
+/* A RESULT as brokers send it, read with the decoder's own readers and
+   limits but without the plan walk, the clear of a whole tq_msg_t or the
+   parse of the id into bytes (a client reads one a task). What it does
+   not take goes to tq_proto_decode, which alone says why a header is
+   refused: so a RESULT is taken or dropped exactly as the generic
+   decoder would. */
+bool
+tq_proto_read_result(tq_proto_result_t *out, const void *data, size_t size)
+{
+    const uint8_t *p = data;
+    /* [1, RESULT, id, state, code, error | attempts, newer fields...] as
+       a fixarray, the version and command as fixints */
+    if (!data || size < 3 || size > TQ_PROTO_MAX_HEADER ||
+        (p[0] & 0xf0) != 0x90 || (p[0] & 0x0f) < 6 ||
+        p[1] != TQ_PROTO_VERSION || p[2] != TQ_CMD_RESULT)
+        return false;
+    s_tables();
+    s_reader_t r = {p + 3, p + size, NULL};
+    uint32_t count = p[0] & 0x0f;
+    uint64_t state, code, attempts = 0;
+    /* a str id of the id rules, whether or not it is 32 hex digits (a bin
+       id goes to the generic decoder, which renders its text) */
+    if (!s_read_str(&r, &out->id) || !s_id_ok(out->id.ptr, out->id.len))
+        return false;
+    if (!s_read_small(&r, &state) || state > TQ_PROTO_MAX_STATE ||
+        !s_read_small(&r, &code) || code > TQ_ERROR_COUNT_ - 1)
+        return false;
+    out->error = (tq_str_t){0};
+    if (!s_is_nil(&r) &&
+        (!s_read_str(&r, &out->error) || out->error.len > TQ_PROTO_MAX_ERROR))
+        return false;
+    if (count > 6 && (!s_read_small(&r, &attempts) || attempts > UINT32_MAX))
+        return false;
+    /* trailing fields of a newer revision: skipped, but well-formed */
+    for (uint32_t i = 7; i < count; i++)
+        if (!s_skip(&r, TQ_PROTO_MAX_DEPTH))
+            return false;
+    if (r.p != r.end)
+        return false;
+    out->state = (uint32_t)state;
+    out->code = (uint32_t)code;
+    out->attempts = (uint32_t)attempts;
+    return true;
+}
+
 int
 tq_proto_check_payload(const void *data, size_t size, bool array_only,
                        const char **reason)
@@ -1026,6 +1083,20 @@ s_put_bin_id(tq_writer_t *w, const uint8_t *bytes)
     }
 }
 
+/* The str of the 32 lowercase hex digits of an id's 16 bytes, rendered
+   straight into the buffer (the broker names the task of every RESULT
+   so). */
+static void
+s_put_hex_id(tq_writer_t *w, const uint8_t *bytes)
+{
+    if (!tq_writer_room(w, 2 + 2 * TQ_PROTO_ID_BIN))
+        return;
+    tq_writer_str_head(w, 2 * TQ_PROTO_ID_BIN);
+#pragma GCC unroll 16
+    for (int i = 0; i < TQ_PROTO_ID_BIN; i++)
+        tq_writer_bytes(w, s_hex_pairs[bytes[i]], 2);
+}
+
 static bool
 s_put_names(tq_writer_t *w, const tq_str_t *names, uint32_t count)
 {
@@ -1059,14 +1130,19 @@ s_put_field(tq_writer_t *w, char code, const tq_msg_t *msg)
     switch (code) {
     case F_ID:
     case F_OPT_ID: {
-        if (code == F_OPT_ID && !msg->id.ptr &&
-            !(msg->id_binary && msg->id_bytes)) {
+        if (code == F_OPT_ID && !msg->id.ptr && !msg->id_bytes) {
             s_put_byte(w, 0xc0);
             return NULL;
         }
         if (msg->id_binary && msg->id_bytes) {
             /* the caller's bytes: no render to text and parse back */
             s_put_bin_id(w, msg->id_bytes);
+            return NULL;
+        }
+        if (msg->id_bytes && !msg->id.ptr) {
+            /* the text of the caller's bytes, rendered here once: 32
+               lowercase hex digits, a valid id without a check */
+            s_put_hex_id(w, msg->id_bytes);
             return NULL;
         }
         /* sent as bin if it is 32 lowercase hex digits, else as str */

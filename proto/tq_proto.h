@@ -156,7 +156,11 @@ typedef struct {
     const uint8_t *id_bytes; /* decode: a bin id's 16 bytes, borrowed
                                from the buffer (NULL for a str id);
                                encode: with id_binary, the id's 16 bytes,
-                               sent as they are (id is then not read) */
+                               sent as they are (id is then not read);
+                               without id_binary and with id.ptr NULL,
+                               sent as the str of their 32 lowercase hex
+                               digits, rendered by the encoder and not
+                               checked (an id made from its bytes) */
     tq_str_t task;          /* task name */
     tq_str_t queue;         /* queue name */
     tq_str_t error;         /* error text (RESULT, DONE, ERROR) */
@@ -242,5 +246,23 @@ void tq_str_copy(char *dst, size_t size, tq_str_t s);
 
 /* True if s equals the C string c. */
 bool tq_str_eq(tq_str_t s, const char *c);
+
+/* The fields of a RESULT header a client reads (tq_proto_read_result). */
+typedef struct {
+    tq_str_t id; /* as text, pointing into the header */
+    tq_str_t error; /* ptr NULL when nil */
+    uint32_t state; /* tq_state_t, up to TQ_PROTO_MAX_STATE */
+    uint32_t code; /* tq_err_t */
+    uint32_t attempts; /* attempts made; 0 when the sender left it out */
+} tq_proto_result_t;
+
+/* Reads a RESULT header in one pass, without the generic decoder (a
+   client reads one a task): true when data is a RESULT with a str id
+   that tq_proto_decode would take, out then holding the same id, state,
+   code, error and attempt; false for anything else (another command, a
+   bin id, a malformed header, a form the broker does not send), which
+   the caller hands to tq_proto_decode to judge. */
+bool tq_proto_read_result(tq_proto_result_t *out, const void *data,
+                          size_t size);
 
 #endif

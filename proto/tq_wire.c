@@ -174,13 +174,15 @@ tq_wire_decode(const tq_frames_t *f, tq_msg_t *msg, const char **reason)
 }
 
 int
-tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
-                   bool *has, const char **reason)
+tq_wire_batch_next_raw(tq_batch_reader_t *r, const void **header,
+                       size_t *header_size, zmq_msg_t *payload, bool *has,
+                       const char **reason)
 {
     const void *data = NULL;
     size_t size = 0;
     *has = false;
-    int rc = tq_batch_next(r, msg, &data, &size, has, reason);
+    int rc =
+        tq_batch_next_raw(r, header, header_size, &data, &size, has, reason);
     if (rc == TQ_BATCH_END)
         return rc;
     zmq_msg_close(payload);
@@ -199,4 +201,24 @@ tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
     if (*has && size)
         memcpy(zmq_msg_data(payload), data, size);
     return TQ_OK;
+}
+
+int
+tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
+                   bool *has, const char **reason)
+{
+    const void *header;
+    size_t header_size;
+    int rc =
+        tq_wire_batch_next_raw(r, &header, &header_size, payload, has, reason);
+    if (rc == TQ_OK)
+        rc = tq_batch_decode(msg, header, header_size, *has, reason);
+    else if (rc != TQ_BATCH_END)
+        memset(msg, 0, offsetof(tq_msg_t, queues));
+    if (rc != TQ_OK && rc != TQ_BATCH_END) {
+        zmq_msg_close(payload);
+        zmq_msg_init(payload);
+        *has = false;
+    }
+    return rc;
 }

@@ -67,4 +67,13 @@ int tq_wire_decode(const tq_frames_t *f, tq_msg_t *msg, const char **reason);
 int tq_wire_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, zmq_msg_t *payload,
                        bool *has, const char **reason);
 
+/* As tq_wire_batch_next, the sub-message's header not decoded: its bytes
+   in *header and *header_size (borrowed from the batch), its payload as
+   tq_wire_batch_next makes it. Returns what tq_batch_next_raw returns, or
+   TQ_ENOMEM. A receiver decodes the header itself or with
+   tq_batch_decode. */
+int tq_wire_batch_next_raw(tq_batch_reader_t *r, const void **header,
+                           size_t *header_size, zmq_msg_t *payload, bool *has,
+                           const char **reason);
+
 #endif

@@ -462,6 +462,139 @@ test_malformed_sub_message(void **state)
     tq_client_destroy(&client);
 }
 
+/* A RESULT header of id (state SUCCESS, attempts 3) with `extra`
+   trailing fields (fixints) or, with bin, its id as a 16-byte bin, into
+   out; returns its size. */
+static size_t
+s_result_header(uint8_t *out, const char *id, int extra, bool bin)
+{
+    size_t n = 0;
+    out[n++] = (uint8_t)(0x97 + extra);
+    out[n++] = 0x01;
+    out[n++] = TQ_CMD_RESULT;
+    size_t len = strlen(id);
+    if (bin) {
+        assert_int_equal(len, 32);
+        out[n++] = 0xc4;
+        out[n++] = 16;
+        assert_true(tq_proto_id_parse(id, len, out + n));
+        n += 16;
+    } else {
+        out[n++] = 0xd9;
+        out[n++] = (uint8_t)len;
+        memcpy(out + n, id, len);
+        n += len;
+    }
+    out[n++] = TQ_STATE_SUCCESS;
+    out[n++] = TQ_OK;
+    out[n++] = 0xc0;
+    out[n++] = 3;
+    for (int i = 0; i < extra; i++)
+        out[n++] = (uint8_t)i;
+    return n;
+}
+
+/* RESULTs in a BATCH and alone, as the client's one-pass reader takes
+   them or leaves them to the decoder: one with trailing fields of a newer
+   revision and one with a bin id end their handles, with their attempts;
+   a truncated one, one of a state out of range and one of an id that
+   breaks the id rules are dropped and counted, the others of the BATCH
+   handled; alone, the same. */
+static void
+test_result_forms(void **state)
+{
+    tq_fake_broker_t *fake = *state;
+    fake->features = 0;
+    tq_client_t *client = tq_client_new(fake->endpoint);
+    assert_non_null(client);
+    tq_client_set_liveness(client, 60000);
+    enum { N = 5 };
+    tq_result_t *r[N];
+    char ids[N][TQ_PROTO_MAX_ID + 1];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(client, "t", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+        assert_true(tq_fake_broker_expect(fake, TQ_CMD_SUBMIT, S_WAIT_MS));
+        snprintf(ids[i], sizeof ids[i], "%s", fake->id);
+        assert_int_equal(strlen(ids[i]), 32);
+    }
+    uint64_t malformed = tq_client_malformed(client);
+    uint8_t value = 0x07, h[128];
+    size_t n;
+    tq_batch_t batch;
+    tq_batch_init(&batch);
+    /* the bad ones first: read before the good ones end their handles */
+    n = s_result_header(h, ids[2], 0, false);
+    assert_int_equal(tq_batch_add_encoded(&batch, h, n - 1, &value, 1, true),
+                     TQ_OK); /* truncated */
+    n = s_result_header(h, ids[3], 0, false);
+    h[n - 4] = 16; /* a state beyond TQ_PROTO_MAX_STATE */
+    assert_int_equal(tq_batch_add_encoded(&batch, h, n, &value, 1, true),
+                     TQ_OK);
+    n = s_result_header(h, ids[4], 0, false);
+    h[5] = '!'; /* not an id */
+    assert_int_equal(tq_batch_add_encoded(&batch, h, n, &value, 1, true),
+                     TQ_OK);
+    n = s_result_header(h, ids[0], 3, false);
+    assert_int_equal(tq_batch_add_encoded(&batch, h, n, &value, 1, true),
+                     TQ_OK);
+    n = s_result_header(h, ids[1], 0, true);
+    assert_int_equal(tq_batch_add_encoded(&batch, h, n, &value, 1, true),
+                     TQ_OK);
+    assert_int_equal(
+        tq_wire_send_batch(fake->router, &fake->frames.identity, &batch, 0),
+        TQ_OK);
+    tq_batch_destroy(&batch);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(tq_result_get(r[i], S_WAIT_MS), TQ_OK);
+        assert_int_equal(tq_result_attempts(r[i]), 3);
+        size_t size = 0;
+        const uint8_t *data = tq_result_data(r[i], &size);
+        assert_int_equal(size, 1);
+        assert_int_equal(data[0], value);
+    }
+    /* the three bad ones were read before (a BATCH is read in order) */
+    assert_int_equal(tq_client_malformed(client), malformed + 3);
+    for (int i = 2; i < N; i++)
+        assert_false(tq_result_ready(r[i]));
+    /* alone: bad ones dropped and counted, a good one with trailing
+       fields ends its handle after them */
+    for (int i = 2; i < N; i++) {
+        n = s_result_header(h, ids[i], 0, false);
+        if (i == 2)
+            n--;
+        else if (i == 3)
+            h[n - 4] = 16;
+        else
+            h[5] = '!';
+        zmq_msg_t payload;
+        zmq_msg_init_size(&payload, 1);
+        memcpy(zmq_msg_data(&payload), &value, 1);
+        assert_int_equal(tq_wire_send(fake->router, &fake->frames.identity, h,
+                                      n, &payload, 0),
+                         TQ_OK);
+        zmq_msg_close(&payload);
+    }
+    for (int i = 2; i < N; i++) {
+        n = s_result_header(h, ids[i], 2, false);
+        zmq_msg_t payload;
+        zmq_msg_init_size(&payload, 1);
+        memcpy(zmq_msg_data(&payload), &value, 1);
+        assert_int_equal(tq_wire_send(fake->router, &fake->frames.identity, h,
+                                      n, &payload, 0),
+                         TQ_OK);
+        zmq_msg_close(&payload);
+    }
+    for (int i = 2; i < N; i++) {
+        assert_int_equal(tq_result_get(r[i], S_WAIT_MS), TQ_OK);
+        assert_int_equal(tq_result_attempts(r[i]), 3);
+    }
+    assert_int_equal(tq_client_malformed(client), malformed + 6);
+    for (int i = 0; i < N; i++)
+        tq_result_destroy(&r[i]);
+    tq_client_destroy(&client);
+}
+
 /* The broker that took BATCH dies and an older one comes up on the same
    port: the client forgot what the first one took when the connection
    broke and asks the new one (PING); while it has not answered, nothing
@@ -632,6 +765,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_older_broker_gets_no_batch,
                                         s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_batch_off, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_result_forms, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_malformed_sub_message, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_reconnect_forgets, s_setup,

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -355,6 +356,122 @@ s_counted(void)
 }
 
 #define MOVES(c, a, b) tq_client_moves((c), TQ_REQ_##a, TQ_REQ_##b)
+
+/* ---- waiting on a handle (asleep on its phase word) --------------------- */
+
+/* A caller waiting on a handle from a thread of its own: for the answer
+   or the end, up to timeout_ms, holding its own reference or not. */
+typedef struct {
+    tq_result_t *h;
+    bool answer; /* tq_result_wait_answer, else tq_result_wait */
+    bool own_ref; /* holds a reference of its own while it waits */
+    int timeout_ms;
+    int rc;
+    atomic_bool done;
+} s_waiter_t;
+
+static void *
+s_waiter_run(void *arg)
+{
+    s_waiter_t *w = arg;
+    w->rc = w->answer ? tq_result_wait_answer(w->h, w->timeout_ms)
+                      : tq_result_wait(w->h, w->timeout_ms);
+    if (w->own_ref)
+        tq_result_release(w->h);
+    atomic_store(&w->done, true);
+    return NULL;
+}
+
+/* Waits (bounded) until n callers sleep on h. */
+static void
+s_until_sleepers(tq_result_t *h, int n)
+{
+    int64_t deadline = zclock_mono() + S_WAIT_MS;
+    while (atomic_load(&h->sleepers) != n) {
+        assert_true(zclock_mono() < deadline);
+        zclock_sleep(1);
+    }
+}
+
+/* Several callers asleep on one handle: the answer wakes the one waiting
+   for it and no other; the end wakes every one, each with TQ_OK; one
+   holding its own reference ends well after the caller let go of the
+   handle while it slept; a bounded wait on a handle that does not move
+   ends TQ_ETIMEDOUT and leaves no sleeper behind. */
+static void
+test_handle_waiters(void **state)
+{
+    (void)state;
+    tq_result_t *h = tq_result_make(TQ_KIND_SUBMIT, NULL);
+    assert_non_null(h);
+    /* a bounded wait that ends first */
+    assert_int_equal(tq_result_wait(h, 20), TQ_ETIMEDOUT);
+    assert_int_equal(tq_result_wait_answer(h, 20), TQ_ETIMEDOUT);
+    assert_int_equal(atomic_load(&h->sleepers), 0);
+    assert_int_equal(atomic_load(&h->answer_waiters), 0);
+    enum { W = 4 };
+    s_waiter_t w[W];
+    pthread_t t[W];
+    for (int i = 0; i < W; i++) {
+        w[i] = (s_waiter_t){.h = h,
+                            .answer = i == 0,
+                            .own_ref = i == W - 1,
+                            .timeout_ms = i == 1 ? -1 : S_WAIT_MS,
+                            .rc = -1};
+        if (w[i].own_ref)
+            tq_result_hold(h);
+        assert_int_equal(pthread_create(&t[i], NULL, s_waiter_run, &w[i]), 0);
+    }
+    s_until_sleepers(h, W);
+    tq_result_answer(h, TQ_STATE_RUNNING);
+    assert_int_equal(pthread_join(t[0], NULL), 0);
+    assert_int_equal(w[0].rc, TQ_OK);
+    /* the others sleep on: the answer is not the end */
+    s_until_sleepers(h, W - 1);
+    for (int i = 1; i < W; i++)
+        assert_false(atomic_load(&w[i].done));
+    /* the caller lets go while the last one still waits on it */
+    tq_result_t *last = h;
+    tq_result_destroy(&last);
+    uint8_t value = 0x2a;
+    zmq_msg_t msg;
+    zmq_msg_init_size(&msg, 1);
+    memcpy(zmq_msg_data(&msg), &value, 1);
+    /* the I/O thread's reference, which ends the handle */
+    tq_result_hold(h);
+    tq_result_finish(h, TQ_STATE_SUCCESS, TQ_OK, NULL, 0, &msg);
+    zmq_msg_close(&msg);
+    for (int i = 1; i < W; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(w[i].rc, TQ_OK);
+    }
+    assert_int_equal(atomic_load(&h->sleepers), 0);
+    assert_int_equal(tq_result_code(h), TQ_OK);
+    tq_result_release(h);
+}
+
+/* A wakeup held back (tq_result_hold_wakeups, the I/O thread reading a
+   burst) still reaches the sleeper at the release; one whose handle ends
+   while held does not wait for its timeout. */
+static void
+test_handle_held_wakeup(void **state)
+{
+    (void)state;
+    tq_result_t *h = tq_result_make(TQ_KIND_SUBMIT, NULL);
+    assert_non_null(h);
+    s_waiter_t w = {.h = h, .timeout_ms = -1, .rc = -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, s_waiter_run, &w), 0);
+    s_until_sleepers(h, 1);
+    tq_result_hold_wakeups();
+    tq_result_fail(h, TQ_ECLOSED, "closed");
+    tq_result_release_wakeups();
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(w.rc, TQ_OK);
+    assert_int_equal(tq_result_code(h), TQ_ECLOSED);
+    assert_string_equal(tq_result_error(h), "closed");
+    tq_result_destroy(&h);
+}
 
 /* A submission through its whole life: not ready while pending, answered
    once SUBMITTED, ready and successful with its value once the RESULT
@@ -839,6 +956,8 @@ main(void)
         cmocka_unit_test(test_request_names_forgotten),
         cmocka_unit_test(test_request_illegal_aborts),
         cmocka_unit_test(test_handle_phases),
+        cmocka_unit_test(test_handle_waiters),
+        cmocka_unit_test(test_handle_held_wakeup),
         cmocka_unit_test(test_endpoint_list),
         cmocka_unit_test_setup_teardown(test_lifecycle_success, s_setup,
                                         s_teardown),
