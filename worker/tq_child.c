@@ -510,20 +510,20 @@ s_hold_done(s_child_t *self, const void *header, size_t size, bool with_value)
     if (!self->broker_batch || !self->config->batch_short_us ||
         value >= S_VALUE_HANDOFF)
         return false;
+    /* half the credit at most: the broker refills the queue while the
+       rest runs (credit 2 or 3: nothing held) */
+    uint32_t cap = self->config->prefetch / 2;
+    if (cap > S_BATCH_DONES)
+        cap = S_BATCH_DONES;
     /* with nothing more to run, the broker gets it now, with those held
        before: a round trip never waits for a batch */
     bool last = self->count == 0;
-    if (last && tq_batch_count(&self->dones) == 0)
+    if (cap < 2 || (last && tq_batch_count(&self->dones) == 0))
         return false;
     if (tq_batch_add_encoded(&self->dones, header, size,
                              value ? self->value.data : "", value,
                              true) != TQ_OK)
         return false;
-    /* half the credit at most: the broker refills the queue while the
-       rest runs */
-    uint32_t cap = self->config->prefetch / 2;
-    if (cap > S_BATCH_DONES)
-        cap = S_BATCH_DONES;
     if (last || tq_batch_count(&self->dones) >= cap ||
         tq_batch_bytes(&self->dones) >= S_BATCH_BYTES)
         s_flush(self);
