@@ -145,14 +145,16 @@ typedef struct {
 /* DONEs held for a BATCH (PROTOCOL.md 5.9). A child holds a DONE only
    while it has more jobs received and not yet run, and only before a
    task whose last run here took less than --batch-short-us (100 us by
-   default; 0: it holds none): it sends
-   what it holds before it waits for the broker, before it starts any
-   other task, when it holds half its credit (the broker refills its
+   default; 0: it holds none): it sends what it holds before it waits
+   for the broker, before it sends any message alone, before it starts
+   a task not known to be that short, when it holds half its credit (the
+   broker refills its
    queue while it runs the rest), S_BATCH_DONES or S_BATCH_BYTES, and
    when the keeper takes the socket (a task that usually runs short ran
    KEEPER_AFTER_MS). So a DONE waits behind short tasks only, or behind
-   one normally short task at most about 2 * KEEPER_AFTER_MS (with
-   credit 1 there is never a job queued behind one: nothing is held). */
+   one normally short task at most about 2 * KEEPER_AFTER_MS (a child
+   whose keeper could not start: until that task ends; with credit 2 or
+   3 nothing is held, half of it being one). */
 #define S_BATCH_DONES 64
 #define S_BATCH_BYTES (64 << 10)
 
