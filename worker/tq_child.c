@@ -147,14 +147,16 @@ typedef struct {
    task whose last run here took less than --batch-short-us (100 us by
    default; 0: it holds none): it sends what it holds before it waits
    for the broker, before it sends any message alone, before it starts
-   a task not known to be that short, when it holds half its credit (the
-   broker refills its
-   queue while it runs the rest), S_BATCH_DONES or S_BATCH_BYTES, and
+   a task not known to be that short, when it holds half its credit
+   (the broker refills its queue while it runs the rest), S_BATCH_DONES
+   or S_BATCH_BYTES, and
    when the keeper takes the socket (a task that usually runs short ran
-   KEEPER_AFTER_MS). So a DONE waits behind short tasks only, or behind
-   one normally short task at most about 2 * KEEPER_AFTER_MS (a child
-   whose keeper could not start: until that task ends; with credit 2 or
-   3 nothing is held, half of it being one). */
+   KEEPER_AFTER_MS); before a task with a hard time limit under
+   TQ_DONE_HOLD_LIMIT_MS too (the supervisor may kill it first). So a DONE
+   waits behind short tasks only, or behind one normally short task at
+   most about 2 * KEEPER_AFTER_MS (a child whose keeper could not start:
+   until that task ends; with credit 2 or 3 nothing is held, half of it
+   being one). */
 #define S_BATCH_DONES 64
 #define S_BATCH_BYTES (64 << 10)
 
@@ -1281,7 +1283,11 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                                                  job->name, &arg);
         int64_t *span = fn ? &self->spans[self->memo.index] : NULL;
         /* the DONEs held wait behind a task known to run short only */
-        if (!span || *span < 0 || *span >= config->batch_short_us)
+        if (!span ||
+            !tq_done_may_hold(*span, config->batch_short_us,
+                              job->time_limit_ms ? job->time_limit_ms
+                                                 : config->time_limit_ms,
+                              !self->keeperless))
             s_flush(self);
         self->running = job;
         s_publish(self, TQ_BOARD_BUSY, job, now);
