@@ -49,6 +49,10 @@ typedef struct {
     uint32_t batch_short_us;
 } tq_worker_config_t;
 
+/* batch_short_us by default: a no-op task takes a few us, and a DONE held
+   behind a task this short waits little (PROTOCOL.md 5.9). */
+#define TQ_WORKER_BATCH_SHORT_US 100
+
 /* The task being run, handed to task functions as tq_task_t. */
 struct tq_task_t {
     char id[TQ_PROTO_MAX_ID + 1]; /* task id */

@@ -22,10 +22,6 @@
    at every value, since an idle child takes what others hold unstarted
    (work stealing, PROTOCOL.md 5.3.5). */
 #define S_DEFAULT_PREFETCH 16
-/* A child holds a DONE for a BATCH only before a task whose last run took
-   less than this (PROTOCOL.md 5.9; tq_child.c): a no-op task takes a few
-   us, and a DONE held behind a task this short waits little. */
-#define S_DEFAULT_BATCH_SHORT_US 100
 
 /* SIGHUP: open the --log-file again (logrotate), and do not die of it. */
 static void
@@ -94,7 +90,7 @@ s_usage(FILE *out)
             "--log-level\n"
             "TQ_LOG_LEVEL (a flag given wins).\n",
             TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH,
-            S_DEFAULT_BATCH_SHORT_US);
+            TQ_WORKER_BATCH_SHORT_US);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -204,7 +200,7 @@ main(int argc, char **argv)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     config.concurrency = cpus > 0 ? (int)cpus : 1;
     config.prefetch = S_DEFAULT_PREFETCH;
-    config.batch_short_us = S_DEFAULT_BATCH_SHORT_US;
+    config.batch_short_us = TQ_WORKER_BATCH_SHORT_US;
     config.shutdown_timeout_ms = 30000;
 
     enum {
