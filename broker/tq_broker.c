@@ -104,7 +104,9 @@ enum {
     ANNOUNCES = 0x1, /* may come from a peer that never announced itself:
                         it announces it (READY: a child, HEARTBEAT: a
                         supervisor) */
-    ANYONE = 0x2 /* from any peer, announced or not (PING, PONG) */
+    ANYONE = 0x2, /* from any peer, announced or not (PING, PONG) */
+    ENVELOPE = 0x4 /* BATCH: no handler, s_drain opens it (s_on_batch);
+                      its entry admits it on the workers endpoint */
 };
 
 typedef struct {
@@ -133,6 +135,7 @@ static const s_command_t s_commands[256] = {
     [TQ_CMD_DISCONNECT] = {tqb_on_disconnect, 0},
     [TQ_CMD_HEARTBEAT] = {tqb_on_heartbeat, ANNOUNCES},
     [TQ_CMD_LOST] = {tqb_on_lost, 0},
+    [TQ_CMD_BATCH] = {NULL, ENVELOPE},
 };
 
 /* The protocol model by command, made once: tq_proto_command looks a
@@ -166,8 +169,8 @@ s_admit(tq_broker_t *self, void *socket, peer_t **peer_p)
     char text[160];
     *peer_p = NULL;
     unsigned endpoint = workers ? TQ_ENDPOINT_WORKERS : TQ_ENDPOINT_CLIENTS;
-    if (!model || !command->fn || !(model->from & senders) ||
-        !(model->endpoint & endpoint)) {
+    if (!model || !(command->fn || (command->flags & ENVELOPE)) ||
+        !(model->from & senders) || !(model->endpoint & endpoint)) {
         snprintf(text, sizeof text, "%s is not valid on the %s endpoint",
                  tq_proto_command_name(msg->command),
                  workers ? "workers" : "clients");
@@ -349,10 +352,26 @@ s_sub_payload(tq_broker_t *self, const void *data, size_t size, bool has,
     return TQ_OK;
 }
 
-/* Handles a BATCH from a client (PROTOCOL.md 5.9): each sub-message as
-   if it had come alone from the same sender, its payload read in place
-   (s_sub_payload). Returns how many sub-messages it held (1 for a batch
-   whose framing is broken: one ERROR). */
+/* Whether the BATCH in self->in may be opened (PROTOCOL.md 5.9): from
+   any client; on the workers endpoint only from a peer that announced
+   itself as a child (s_admit answers the others, as for any command
+   their sender may not send). A standby opens it: each sub-message is
+   refused on its own, naming its id. */
+static bool
+s_batch_admitted(tq_broker_t *self, void *socket)
+{
+    if (socket != self->workers || (self->lease.enabled && !self->lease.active))
+        return true;
+    peer_t *peer;
+    return s_admit(self, socket, &peer) != NULL;
+}
+
+/* Handles a BATCH from a client or a worker child (PROTOCOL.md 5.9):
+   each sub-message as if it had come alone from the same sender, in
+   order, its payload read in place (s_sub_payload); a sub-message its
+   sender may not send is refused by s_handle as a lone one would be.
+   Returns how many sub-messages it held (1 for a batch whose framing is
+   broken: one ERROR). */
 static int
 s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
 {
@@ -380,6 +399,10 @@ s_on_batch(tq_broker_t *self, void *socket, const char *endpoint)
         s_handle(self, socket, endpoint, rc, reason);
     }
     self->counters.batched_in += (uint64_t)count;
+    if (socket == self->workers) {
+        self->counters.child_batches_in++;
+        self->counters.child_batched_in += (uint64_t)count;
+    }
     zmq_msg_close(&frame);
     /* nothing may read the sub-messages' payloads past the frame */
     self->in_data = NULL;
@@ -447,9 +470,9 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint)
         }
         if (self->in_from.size == 0)
             continue; /* nobody to answer or to blame */
-        if (rc == TQ_OK && self->in.command == TQ_CMD_BATCH &&
-            socket == self->clients) {
-            count += s_on_batch(self, socket, endpoint) - 1;
+        if (rc == TQ_OK && self->in.command == TQ_CMD_BATCH) {
+            if (s_batch_admitted(self, socket))
+                count += s_on_batch(self, socket, endpoint) - 1;
             continue;
         }
         s_handle(self, socket, endpoint, rc, reason);

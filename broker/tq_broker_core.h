@@ -320,6 +320,9 @@ typedef struct {
     uint64_t batches_in, batched_in, batches_out, batched_out;
     /* the part of batches_out and batched_out sent to worker children */
     uint64_t child_batches_out, child_batched_out;
+    /* the part of batches_in and batched_in received from worker
+       children */
+    uint64_t child_batches_in, child_batched_in;
 } counters_t;
 
 /* BATCH to the clients and children that take it (PROTOCOL.md 5.9,

@@ -268,6 +268,9 @@ tqb_on_ping(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
            embedded pool's local client has no envelope to save */
         if (!tqb_ident_eq(&from, &self->local_ident))
             out->features = TQ_FEATURE_BATCH;
+    } else {
+        /* workers endpoint: this broker takes BATCH from children */
+        out->features = TQ_FEATURE_BATCH;
     }
     /* on the endpoint it came from */
     tqb_reply(self, self->in_socket);

@@ -160,7 +160,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 
     const counters_t *c = &self->counters;
     tqb_pack_str(pk, "counters");
-    msgpack_pack_map(pk, 21);
+    msgpack_pack_map(pk, 23);
     tqb_pack_uint_kv(pk, "submitted", c->submitted);
     tqb_pack_uint_kv(pk, "completed", c->completed);
     tqb_pack_uint_kv(pk, "failed", c->failed);
@@ -182,6 +182,8 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     tqb_pack_uint_kv(pk, "batched_out", c->batched_out);
     tqb_pack_uint_kv(pk, "child_batches_out", c->child_batches_out);
     tqb_pack_uint_kv(pk, "child_batched_out", c->child_batched_out);
+    tqb_pack_uint_kv(pk, "child_batches_in", c->child_batches_in);
+    tqb_pack_uint_kv(pk, "child_batched_in", c->child_batched_in);
 }
 
 void

@@ -44,7 +44,14 @@ typedef struct {
     char host[TQ_PROTO_MAX_NAME + 1]; /* valid TQP host name */
     bool verbose; /* -v: log protocol chatter */
     bool allow_exec; /* --allow-exec: register the tq.exec task */
+    /* --batch-short-us: a child holds DONEs for a BATCH only before a
+       task whose last run took less, us; 0: it sends each alone */
+    uint32_t batch_short_us;
 } tq_worker_config_t;
+
+/* batch_short_us by default: a no-op task takes a few us, and a DONE held
+   behind a task this short waits little (PROTOCOL.md 5.9). */
+#define TQ_WORKER_BATCH_SHORT_US 100
 
 /* The task being run, handed to task functions as tq_task_t. */
 struct tq_task_t {
@@ -120,10 +127,12 @@ typedef struct {
     char name[TQ_PROTO_MAX_NAME + 1]; /* "" until a lookup found one */
     tq_task_fn *fn; /* what name found */
     void *arg; /* its user pointer */
+    size_t index; /* its entry's index (tq_registry_name) */
 } tq_registry_memo_t;
 
 /* tq_registry_lookup, through memo: the same answer, name compared with
-   the last one found first. A name not found is not remembered. */
+   the last one found first; memo->index is then the entry's index. A
+   name not found is not remembered. */
 tq_task_fn *tq_registry_lookup_memo(const tq_registry_t *self,
                                     tq_registry_memo_t *memo, const char *name,
                                     void **arg_p);

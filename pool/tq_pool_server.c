@@ -419,6 +419,7 @@ tq_pool_server_main(void)
     config.queue_count = 1;
     config.prefetch = prefetch > 0 ? (uint32_t)prefetch : TQ_POOL_PREFETCH;
     config.shutdown_timeout_ms = 10000;
+    config.batch_short_us = TQ_WORKER_BATCH_SHORT_US;
     /* the supervisor recycles the child after its DONE */
     config.max_tasks_per_child = (uint32_t)maxtasks;
     config.verbose = false;

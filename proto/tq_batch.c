@@ -22,24 +22,18 @@ tq_batch_destroy(tq_batch_t *b)
     tq_batch_init(b);
 }
 
-int
-tq_batch_add(tq_batch_t *b, const tq_msg_t *msg, const void *payload,
-             size_t size, bool has_payload)
+/* Appends one entry, its bytes at once: the header as a bin, the payload
+   as a bin or nil. TQ_OK, or TQ_ENOMEM (the batch unchanged). */
+static int
+s_append(tq_batch_t *b, const void *header, size_t header_size,
+         const void *payload, size_t size, bool has_payload)
 {
-    if (b->count >= TQ_BATCH_MAX || msg->command == TQ_CMD_BATCH ||
-        has_payload != tq_proto_has_payload(msg->command) ||
-        (has_payload && size > UINT32_MAX) || (size && !payload))
-        return TQ_EINVAL;
-    int rc = tq_proto_encode(msg, &b->header, NULL);
-    if (rc != TQ_OK)
-        return rc == TQ_ENOMEM ? rc : TQ_EINVAL;
-    /* the entry's bytes at once: bin header, bin payload or nil */
     size_t before = b->body.size;
     tq_writer_t w;
     tq_writer_start(&w, &b->body);
-    if (tq_writer_room(&w, 5 + b->header.size + 5 + size)) {
-        tq_writer_bin_head(&w, (uint32_t)b->header.size);
-        tq_writer_bytes(&w, b->header.data, b->header.size);
+    if (tq_writer_room(&w, 5 + header_size + 5 + size)) {
+        tq_writer_bin_head(&w, (uint32_t)header_size);
+        tq_writer_bytes(&w, header, header_size);
         if (has_payload) {
             tq_writer_bin_head(&w, (uint32_t)size);
             tq_writer_bytes(&w, payload, size);
@@ -52,6 +46,21 @@ tq_batch_add(tq_batch_t *b, const tq_msg_t *msg, const void *payload,
     }
     b->count++;
     return TQ_OK;
+}
+
+int
+tq_batch_add(tq_batch_t *b, const tq_msg_t *msg, const void *payload,
+             size_t size, bool has_payload)
+{
+    if (b->count >= TQ_BATCH_MAX || msg->command == TQ_CMD_BATCH ||
+        has_payload != tq_proto_has_payload(msg->command) ||
+        (has_payload && size > UINT32_MAX) || (size && !payload))
+        return TQ_EINVAL;
+    int rc = tq_proto_encode(msg, &b->header, NULL);
+    if (rc != TQ_OK)
+        return rc == TQ_ENOMEM ? rc : TQ_EINVAL;
+    return s_append(b, b->header.data, b->header.size, payload, size,
+                    has_payload);
 }
 
 uint32_t
@@ -263,15 +272,5 @@ tq_batch_add_encoded(tq_batch_t *b, const void *header, size_t header_size,
         header_size > UINT32_MAX || (has_payload && size > UINT32_MAX) ||
         (size && !payload))
         return TQ_EINVAL;
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, &b->body, msgpack_sbuffer_write);
-    msgpack_pack_bin(&pk, header_size);
-    msgpack_pack_bin_body(&pk, header, header_size);
-    if (has_payload) {
-        msgpack_pack_bin(&pk, size);
-        msgpack_pack_bin_body(&pk, payload, size);
-    } else
-        msgpack_pack_nil(&pk);
-    b->count++;
-    return TQ_OK;
+    return s_append(b, header, header_size, payload, size, has_payload);
 }

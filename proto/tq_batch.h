@@ -97,8 +97,8 @@ int tq_batch_next(tq_batch_reader_t *r, tq_msg_t *msg, const void **payload,
    bytes, as tq_proto_encode wrote them; not checked again) and its
    payload (size bytes, copied) when has_payload: as tq_batch_add, for a
    sender that keeps the header it encoded. TQ_OK, or TQ_EINVAL (no
-   header, or the batch holds TQ_BATCH_MAX already; it is then
-   unchanged). */
+   header, or the batch holds TQ_BATCH_MAX already) or TQ_ENOMEM (its
+   buffer could not grow); the batch is then unchanged. */
 int tq_batch_add_encoded(tq_batch_t *b, const void *header, size_t header_size,
                          const void *payload, size_t size, bool has_payload);
 

@@ -92,7 +92,7 @@ static const tq_proto_command_t s_layouts[] = {
     {TQ_CMD_RETURNED, "RETURNED", "IA", false, W_, EW},
     {TQ_CMD_TASKS, "TASKS", "Iuvy", false, C_, EC},
     {TQ_CMD_INSPECT, "INSPECT", "I", false, C_, EC},
-    {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_, EC | EW},
+    {TQ_CMD_BATCH, "BATCH", "k", true, C_ | B_ | W_, EC | EW},
 };
 
 /* An integer field: where it lives in tq_msg_t and the values it may

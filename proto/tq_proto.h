@@ -65,10 +65,10 @@
                                   REPLY id {tasks: [...], total} */
 #define TQ_CMD_INSPECT 0x16    /* c->b id (the task's): answered REPLY id
                                   {the task in full} or UNKNOWN id */
-/* Client <-> broker, both ways: several messages in one (PROTOCOL.md 5.9,
-   proto/tq_batch.h), sent only to a peer that announced
-   TQ_FEATURE_BATCH. */
-#define TQ_CMD_BATCH 0x17      /* c<->b count + the sub-messages */
+/* Client <-> broker both ways, broker <-> child both ways: several
+   messages in one (PROTOCOL.md 5.9, proto/tq_batch.h), sent only to a
+   peer that announced TQ_FEATURE_BATCH. */
+#define TQ_CMD_BATCH 0x17      /* c,w<->b count + the sub-messages */
 #define TQ_BATCH_MAX 1024      /* sub-messages in one BATCH */
 /* Worker <-> broker on the worker endpoint: */
 #define TQ_CMD_READY 0x20      /* w->b host pid ppid credit queues tasks */
@@ -131,8 +131,8 @@ const char *tq_proto_field_name(char code);
 #define TQ_FEATURE_FOLD 0x2
 /* TQ_FEATURE_BATCH, in SUBMIT's features: the client takes BATCH messages
    from the broker; in READY's features: the child does; in PONG's
-   features (clients endpoint): the broker takes BATCH messages from
-   clients (PROTOCOL.md 5.9). */
+   features: the broker takes BATCH messages from clients (clients
+   endpoint) or from children (workers endpoint) (PROTOCOL.md 5.9). */
 #define TQ_FEATURE_BATCH 0x4
 
 /* A string inside a decoded frame: not NUL-terminated, borrowed from the

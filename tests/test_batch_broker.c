@@ -5,7 +5,10 @@
    pass); a malformed sub-message gets its ERROR and the others are
    handled; a batch whose framing is broken gets one ERROR; results reach
    the client in order, a large one alone; STATUS counts batches both
-   ways. Every check is on order and counts, never on time. */
+   ways. From worker children: its PONG there says it takes BATCH; a
+   child's BATCH of DONEs is handled as the DONEs alone; bad ones are
+   refused as the clients' are, and one from a peer that is not a child
+   whole. Every check is on order and counts, never on time. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -515,14 +518,16 @@ test_bad_framing(void **state)
     tq_batch_destroy(&batch);
 }
 
-/* A worker child of the test: READY with credit on queue "q". */
+/* A worker child of the test: READY with credit on queue "q" and
+   features. */
 static void *
-s_child(s_world_t *w, uint32_t credit)
+s_child_with(s_world_t *w, uint32_t credit, uint32_t features)
 {
     void *child = s_dealer(w, w->broker.workers);
     tq_msg_t *msg = calloc(1, sizeof *msg);
     assert_non_null(msg);
     msg->command = TQ_CMD_READY;
+    msg->features = features;
     msg->host = tq_str("h");
     msg->pid = 4242;
     msg->ppid = 4241;
@@ -536,6 +541,13 @@ s_child(s_world_t *w, uint32_t credit)
     return child;
 }
 
+/* A worker child of the test that announces no feature. */
+static void *
+s_child(s_world_t *w, uint32_t credit)
+{
+    return s_child_with(w, credit, 0);
+}
+
 static void
 s_done(s_world_t *w, void *child, const char *id, const void *value,
        size_t size)
@@ -545,6 +557,162 @@ s_done(s_world_t *w, void *child, const char *id, const void *value,
                     .attempt = 1,
                     .state = TQ_STATE_SUCCESS};
     s_send(w, child, &msg, value, size);
+}
+
+/* A DONE of id (attempt 1, SUCCESS, value) added to batch. */
+static void
+s_add_done(tq_batch_t *batch, const char *id, const void *value, size_t size)
+{
+    tq_msg_t msg = {.command = TQ_CMD_DONE,
+                    .id = tq_str(id),
+                    .attempt = 1,
+                    .state = TQ_STATE_SUCCESS};
+    assert_int_equal(tq_batch_add(batch, &msg, value, size, true), TQ_OK);
+}
+
+/* The broker's PONG on the workers endpoint says that it takes BATCH
+   from children. A child's BATCH of DONEs (and a PING) is handled as
+   the same messages alone: each task final in the BATCH's order (the
+   client's RESULTs in that order), the PING answered in its place; the
+   credit the DONEs gave back is used in one dispatch pass (the TASKs
+   for it in one BATCH to a child that takes them); STATUS counts it as
+   a child's batch. */
+static void
+test_child_batch_of_dones(void **state)
+{
+    s_world_t *w = *state;
+    void *c = s_dealer(w, w->broker.clients);
+    void *child = s_child_with(w, 4, TQ_FEATURE_BATCH);
+    s_in_t in;
+    s_ping(w, child);
+    s_expect(w, child, TQ_CMD_PONG, NULL, &in);
+    assert_int_equal(in.features & TQ_FEATURE_BATCH, TQ_FEATURE_BATCH);
+    const char *ids[] = {"w1", "w2", "w3", "w4", "w5", "w6"};
+    for (int i = 0; i < 6; i++) {
+        tq_msg_t msg = s_submit_msg(ids[i], 0);
+        s_send(w, c, &msg, s_args, sizeof s_args);
+    }
+    for (int i = 0; i < 6; i++)
+        s_expect(w, c, TQ_CMD_SUBMITTED, ids[i], &in);
+    for (int i = 0; i < 4; i++)
+        s_expect(w, child, TQ_CMD_TASK, ids[i], &in);
+    const uint8_t value[] = {0xa2, 'o', 'k'};
+    tq_batch_t batch;
+    tq_batch_init(&batch);
+    s_add_done(&batch, "w2", value, sizeof value);
+    s_add_done(&batch, "w1", value, sizeof value);
+    tq_msg_t ping = {.command = TQ_CMD_PING};
+    assert_int_equal(tq_batch_add(&batch, &ping, NULL, 0, false), TQ_OK);
+    s_add_done(&batch, "w3", value, sizeof value);
+    s_send_batch(child, &batch);
+    /* the PONG in its place, then the TASKs for the three credits back */
+    s_expect(w, child, TQ_CMD_PONG, NULL, &in);
+    s_expect(w, child, TQ_CMD_TASK, "w5", &in);
+    int first = in.batch;
+    s_expect(w, child, TQ_CMD_TASK, "w6", &in);
+    assert_true(first > 0);
+    assert_int_equal(in.batch, first);
+    const char *order[] = {"w2", "w1", "w3"};
+    for (int k = 0; k < 3; k++) {
+        s_expect(w, c, TQ_CMD_RESULT, order[k], &in);
+        assert_int_equal(in.payload_size, sizeof value);
+    }
+    assert_int_equal(s_counter(w, c, "completed"), 3);
+    assert_int_equal(s_counter(w, c, "batches_in"), 1);
+    assert_int_equal(s_counter(w, c, "batched_in"), 4);
+    assert_int_equal(s_counter(w, c, "child_batches_in"), 1);
+    assert_int_equal(s_counter(w, c, "child_batched_in"), 4);
+    assert_int_equal(s_counter(w, c, "duplicates"), 0);
+    tq_batch_destroy(&batch);
+}
+
+/* Bad BATCHes from children: one whose framing is broken gets one ERROR
+   and nothing of it is handled; a sub-message a child may not send (a
+   SUBMIT, a HEARTBEAT) or a malformed one gets the ERROR it would get
+   alone, the others are handled; a BATCH from a peer that never
+   announced itself is refused whole (TQ_ESTATE), none of it handled. */
+static void
+test_child_bad_batches(void **state)
+{
+    s_world_t *w = *state;
+    void *c = s_dealer(w, w->broker.clients);
+    void *child = s_child_with(w, 8, TQ_FEATURE_BATCH);
+    s_in_t in;
+    const char *ids[] = {"x1", "x2", "x3"};
+    for (int i = 0; i < 3; i++) {
+        tq_msg_t msg = s_submit_msg(ids[i], 0);
+        s_send(w, c, &msg, s_args, sizeof s_args);
+    }
+    for (int i = 0; i < 3; i++)
+        s_expect(w, c, TQ_CMD_SUBMITTED, ids[i], &in);
+    for (int i = 0; i < 3; i++)
+        s_expect(w, child, TQ_CMD_TASK, ids[i], &in);
+    uint64_t malformed = s_counter(w, c, "malformed");
+    uint64_t errors = s_counter(w, c, "errors");
+    const uint8_t value[] = {0xc3};
+    tq_batch_t batch;
+    tq_batch_init(&batch);
+
+    /* broken framing: it says three, holds two */
+    s_add_done(&batch, "x1", value, sizeof value);
+    s_add_done(&batch, "x2", value, sizeof value);
+    batch.count = 3;
+    assert_int_equal(tq_wire_send_batch(child, NULL, &batch, 0), TQ_OK);
+    s_expect(w, child, TQ_CMD_ERROR, "", &in);
+    assert_int_equal(in.code, TQ_EPROTO);
+
+    /* x1, a SUBMIT, a HEARTBEAT, x2 without its value, then x2 */
+    s_add_done(&batch, "x1", value, sizeof value);
+    tq_msg_t msg = s_submit_msg("s1", 0);
+    assert_int_equal(tq_batch_add(&batch, &msg, s_args, sizeof s_args, true),
+                     TQ_OK);
+    msg = (tq_msg_t){
+        .command = TQ_CMD_HEARTBEAT, .host = tq_str("h"), .pid = 4241};
+    assert_int_equal(tq_batch_add(&batch, &msg, NULL, 0, false), TQ_OK);
+    msgpack_sbuffer h;
+    msgpack_sbuffer_init(&h);
+    msg = (tq_msg_t){.command = TQ_CMD_DONE,
+                     .id = tq_str("x2"),
+                     .attempt = 1,
+                     .state = TQ_STATE_SUCCESS};
+    assert_int_equal(tq_proto_encode(&msg, &h, NULL), TQ_OK);
+    s_add_raw(&batch, h.data, h.size, NULL, 0, false);
+    s_add_done(&batch, "x2", value, sizeof value);
+    s_send_batch(child, &batch);
+    s_expect(w, child, TQ_CMD_ERROR, "s1", &in);
+    assert_int_equal(in.code, TQ_EPROTO);
+    s_expect(w, child, TQ_CMD_ERROR, "", &in);
+    assert_int_equal(in.code, TQ_ESTATE);
+    s_expect(w, child, TQ_CMD_ERROR, "x2", &in);
+    assert_int_equal(in.code, TQ_EPROTO);
+    s_expect(w, c, TQ_CMD_RESULT, "x1", &in);
+    s_expect(w, c, TQ_CMD_RESULT, "x2", &in);
+
+    /* from a peer that never sent READY: refused whole, x3 not done */
+    void *stranger = s_dealer(w, w->broker.workers);
+    s_add_done(&batch, "x3", value, sizeof value);
+    tq_msg_t ping = {.command = TQ_CMD_PING};
+    assert_int_equal(tq_batch_add(&batch, &ping, NULL, 0, false), TQ_OK);
+    s_send_batch(stranger, &batch);
+    s_expect(w, stranger, TQ_CMD_ERROR, "", &in);
+    assert_int_equal(in.code, TQ_ESTATE);
+    /* the PING in it was not answered: the next message is this PONG's */
+    s_ping(w, stranger);
+    s_expect(w, stranger, TQ_CMD_PONG, NULL, &in);
+    /* x3 is still the child's to finish */
+    s_done(w, child, "x3", value, sizeof value);
+    s_expect(w, c, TQ_CMD_RESULT, "x3", &in);
+
+    assert_int_equal(s_counter(w, c, "completed"), 3);
+    assert_int_equal(s_counter(w, c, "duplicates"), 0);
+    /* as lone messages count: the framing and x2's missing value
+       malformed; the SUBMIT, the HEARTBEAT and the stranger's BATCH
+       errors */
+    assert_int_equal(s_counter(w, c, "malformed"), malformed + 2);
+    assert_int_equal(s_counter(w, c, "errors"), errors + 3);
+    assert_int_equal(s_counter(w, c, "child_batches_in"), 2);
+    msgpack_sbuffer_destroy(&h);
+    tq_batch_destroy(&batch);
 }
 
 /* Results reach an opted-in client in the order the child sent its
@@ -748,6 +916,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_results_in_order, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_dropped_batches, s_setup_backlog,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_child_batch_of_dones, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_child_bad_batches, s_setup,
                                         s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -689,10 +689,13 @@ test_broker_takes_batch(void **state)
     tq_client_t *client = env->client;
     tq_harness_status_t status = {0};
     assert_int_equal(tq_harness_status(client, &status, S_WAIT_MS), TQ_OK);
-    uint64_t batches = tq_harness_counter(&status, "batches_in");
-    uint64_t batched = tq_harness_counter(&status, "batched_in");
+    /* the clients' part: the children may send BATCHes of DONEs too */
+    uint64_t batches = tq_harness_counter(&status, "batches_in") -
+        tq_harness_counter(&status, "child_batches_in");
+    uint64_t batched = tq_harness_counter(&status, "batched_in") -
+        tq_harness_counter(&status, "child_batched_in");
     tq_harness_status_free(&status);
-    assert_true(batches != UINT64_MAX && batched != UINT64_MAX);
+    assert_true(batches < UINT64_MAX / 2 && batched < UINT64_MAX / 2);
     /* the STATUS round trip went before: the client knows the broker */
     assert_int_equal(tq_client_peer_features(client) & TQ_FEATURE_BATCH,
                      TQ_FEATURE_BATCH);
@@ -713,8 +716,11 @@ test_broker_takes_batch(void **state)
     assert_int_equal(tq_client_batches_sent(client), 1);
     assert_int_equal(tq_client_batched_sent(client), S_MAX);
     assert_int_equal(tq_harness_status(client, &status, S_WAIT_MS), TQ_OK);
-    assert_int_equal(tq_harness_counter(&status, "batches_in"), batches + 1);
-    assert_int_equal(tq_harness_counter(&status, "batched_in"),
+    assert_int_equal(tq_harness_counter(&status, "batches_in") -
+                         tq_harness_counter(&status, "child_batches_in"),
+                     batches + 1);
+    assert_int_equal(tq_harness_counter(&status, "batched_in") -
+                         tq_harness_counter(&status, "child_batched_in"),
                      batched + S_MAX);
     tq_harness_status_free(&status);
     assert_int_equal(tq_client_malformed(client), 0);

@@ -135,6 +135,7 @@ s_doc_from(const char *direction)
         {"C → B", TQ_FROM_CLIENT},
         {"B → C", TQ_FROM_BROKER},
         {"C ↔ B", TQ_FROM_CLIENT | TQ_FROM_BROKER},
+        {"C, child ↔ B", TQ_FROM_CLIENT | TQ_FROM_BROKER | TQ_FROM_CHILD},
         {"either", TQ_FROM_ANY},
         {"B → any", TQ_FROM_BROKER},
         {"child → B", TQ_FROM_CHILD},

@@ -84,13 +84,15 @@ test_lookup_memo(void **state)
     assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
                      s_task);
     assert_ptr_equal(arg, &a);
+    assert_string_equal(tq_registry_name(reg, memo.index), "app.a");
     assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
                      s_task);
     assert_ptr_equal(arg, &a);
-    /* the name changed: not the last one's task */
+    /* the name changed: not the last one's task, nor its index */
     assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.b", &arg),
                      s_other);
     assert_ptr_equal(arg, &b);
+    assert_string_equal(tq_registry_name(reg, memo.index), "app.b");
     /* a prefix or an extension of the last name is another name */
     assert_null(tq_registry_lookup_memo(reg, &memo, "app.", NULL));
     assert_null(tq_registry_lookup_memo(reg, &memo, "app.bb", NULL));
@@ -103,6 +105,7 @@ test_lookup_memo(void **state)
     assert_ptr_equal(tq_registry_lookup_memo(reg, &memo, "app.a", &arg),
                      s_task);
     assert_ptr_equal(arg, &a);
+    assert_string_equal(tq_registry_name(reg, memo.index), "app.a");
     tq_registry_destroy(&reg);
 }
 

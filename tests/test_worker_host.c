@@ -478,6 +478,9 @@ typedef struct {
     tq_msg_t msg; /* the last message, decoded */
     uint64_t session; /* what its HEARTBEAT replies carry */
     void *ctx;
+    uint32_t features; /* what its PONGs say: 0, a broker that takes no
+                          BATCH from children (an earlier revision) */
+    int pings; /* PINGs from the child, answered */
 } s_binfake_t;
 
 /* Binds a fake broker on a free loopback port and starts a worker host
@@ -522,7 +525,8 @@ s_binfake_stop(s_binfake_t *self, pid_t worker)
 
 /* Receives the next message from the host within S_GET_MS, answering the
    supervisor's HEARTBEATs with self->session (the same one: nobody
-   announces itself again); fails the test if none comes. */
+   announces itself again) and the child's PINGs with PONG (features
+   self->features); fails the test if none comes. */
 static const tq_msg_t *
 s_binfake_next(s_binfake_t *self)
 {
@@ -530,6 +534,16 @@ s_binfake_next(s_binfake_t *self)
     while (tq_harness_now_ms() < deadline) {
         if (!tq_fake_router_recv(self->router, &self->frames, &self->msg, 200))
             continue;
+        if (self->msg.command == TQ_CMD_PING) {
+            tq_msg_t pong = {.command = TQ_CMD_PONG,
+                             .features = self->features};
+            assert_int_equal(tq_wire_send_msg(self->router,
+                                              &self->frames.identity, &pong,
+                                              &self->buf, NULL, 0),
+                             TQ_OK);
+            self->pings++;
+            continue;
+        }
         if (self->msg.command != TQ_CMD_HEARTBEAT)
             return &self->msg;
         tq_msg_t out = {.command = TQ_CMD_HEARTBEAT,
@@ -843,7 +857,10 @@ test_child_queue_grows_under_running(void **state)
    takes BATCH (READY feature 0x4), and handles each TASK of a BATCH as if
    it had come alone: one DONE each, in order; a sub-message malformed on
    its own (a header that does not decode, a TASK without its payload) is
-   dropped and the others are run. */
+   dropped and the others are run. It asks the broker (one PING after
+   READY) whether it takes BATCH from children; this one's PONG says no
+   (a broker of an earlier revision), so every DONE comes alone although
+   several are ready together. */
 static void
 test_child_batch(void **state)
 {
@@ -908,6 +925,7 @@ test_child_batch(void **state)
                      TQ_OK);
     s_binfake_expect(&fake, TQ_CMD_DONE, "bt-6", false, args[5], 2);
     tq_batch_destroy(&b);
+    assert_int_equal(fake.pings, 1);
 
     s_binfake_stop(&fake, worker);
 }

@@ -598,6 +598,30 @@ test_done_encode(void **state)
     printf("done: %d headers byte for byte\n", compared);
 }
 
+/* DONEs held for a BATCH wait only behind a task that ran here before,
+   shorter than --batch-short-us (0: never), without a hard time limit
+   under TQ_DONE_HOLD_LIMIT_MS, and with one only if a keeper will send
+   them while it runs. */
+static void
+test_done_may_hold(void **state)
+{
+    (void)state;
+    assert_true(tq_done_may_hold(0, 100, 0, true));
+    assert_true(tq_done_may_hold(99, 100, 0, true));
+    assert_true(tq_done_may_hold(99, 100, 0, false));
+    /* never ran here, ran as long as the bound or longer, or no bound */
+    assert_false(tq_done_may_hold(-1, 100, 0, true));
+    assert_false(tq_done_may_hold(100, 100, 0, true));
+    assert_false(tq_done_may_hold(5000000, 100, 0, true));
+    assert_false(tq_done_may_hold(0, 0, 0, true));
+    /* a hard time limit: long enough for the keeper, and a keeper */
+    assert_true(tq_done_may_hold(10, 100, TQ_DONE_HOLD_LIMIT_MS, true));
+    assert_true(tq_done_may_hold(10, 100, UINT32_MAX, true));
+    assert_false(tq_done_may_hold(10, 100, TQ_DONE_HOLD_LIMIT_MS - 1, true));
+    assert_false(tq_done_may_hold(10, 100, 1, true));
+    assert_false(tq_done_may_hold(10, 100, TQ_DONE_HOLD_LIMIT_MS, false));
+}
+
 int
 main(void)
 {
@@ -615,6 +639,7 @@ main(void)
         cmocka_unit_test(test_board_publish_read),
         cmocka_unit_test(test_board_across_processes),
         cmocka_unit_test(test_done_encode),
+        cmocka_unit_test(test_done_may_hold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,6 +63,11 @@ s_usage(FILE *out)
             "  --max-tasks-per-child N   replace a child after N tasks\n"
             "  --max-memory-per-child MB replace a child whose peak RSS "
             "reached MB\n"
+            "  --batch-short-us US    a child holds DONEs to send them "
+            "together only\n"
+            "                         before a task whose last run took "
+            "less (default %d;\n"
+            "                         0: every DONE alone)\n"
             "  --allow-exec           provide tq.exec: run shell commands "
             "sent by clients\n"
             "  --curve-server-key KEY the broker's public key, Z85 or its "
@@ -84,7 +89,8 @@ s_usage(FILE *out)
             "TQ_WORKER_BROKER=EP, --concurrency N TQ_WORKER_CONCURRENCY=N, "
             "--log-level\n"
             "TQ_LOG_LEVEL (a flag given wins).\n",
-            TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH);
+            TQ_DEFAULT_WORKER_ENDPOINT, S_DEFAULT_PREFETCH,
+            TQ_WORKER_BATCH_SHORT_US);
 }
 
 /* Parses a whole decimal number in [min, max]. */
@@ -194,6 +200,7 @@ main(int argc, char **argv)
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     config.concurrency = cpus > 0 ? (int)cpus : 1;
     config.prefetch = S_DEFAULT_PREFETCH;
+    config.batch_short_us = TQ_WORKER_BATCH_SHORT_US;
     config.shutdown_timeout_ms = 30000;
 
     enum {
@@ -208,6 +215,7 @@ main(int argc, char **argv)
         O_SOFT_LIMIT,
         O_MAX_TASKS,
         O_MAX_MEMORY,
+        O_BATCH_SHORT,
         O_LOG_LEVEL,
         O_LOG_JSON,
         O_LOG_FILE,
@@ -226,6 +234,7 @@ main(int argc, char **argv)
         {"soft-time-limit", required_argument, NULL, O_SOFT_LIMIT},
         {"max-tasks-per-child", required_argument, NULL, O_MAX_TASKS},
         {"max-memory-per-child", required_argument, NULL, O_MAX_MEMORY},
+        {"batch-short-us", required_argument, NULL, O_BATCH_SHORT},
         {"curve-server-key", required_argument, NULL, 'K'},
         {"curve-cert", required_argument, NULL, 'C'},
         {"verbose", no_argument, NULL, 'v'},
@@ -308,6 +317,11 @@ main(int argc, char **argv)
             if (!s_parse_long(optarg, 0, 4194304, &n))
                 bad = "--max-memory-per-child wants MB (0: no limit)";
             config.max_memory_per_child_mb = (uint32_t)n;
+            break;
+        case O_BATCH_SHORT:
+            if (!s_parse_long(optarg, 0, 1000000000, &n))
+                bad = "--batch-short-us wants microseconds (0: no batching)";
+            config.batch_short_us = (uint32_t)n;
             break;
         case 'K':
             /* children and the supervisor read it from the environment

@@ -135,10 +135,35 @@ typedef struct {
                          bytes are in value_own, or a run of the running
                          job's arguments (tq_value.h): read them with
                          tq_value_data and tq_value_size */
+    /* DONEs held to leave together in a BATCH (PROTOCOL.md 5.9), owned
+       by whoever holds the socket, as the socket is */
+    tq_batch_t dones;
+    bool broker_batch; /* this connection's broker takes BATCH from
+                          children: its PONG said so (feature 0x4) */
+    int64_t *spans; /* per registry entry: how long its last run here
+                       took, us; -1 before its first */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
 #define KEEPER_AFTER_MS 10
+
+/* DONEs held for a BATCH (PROTOCOL.md 5.9). A child holds a DONE only
+   while it has more jobs received and not yet run, and only before a
+   task whose last run here took less than --batch-short-us (100 us by
+   default; 0: it holds none): it sends what it holds before it waits
+   for the broker, before it sends any message alone, before it starts
+   a task not known to be that short, when it holds half its credit
+   (the broker refills its queue while it runs the rest), S_BATCH_DONES
+   or S_BATCH_BYTES, and
+   when the keeper takes the socket (a task that usually runs short ran
+   KEEPER_AFTER_MS); before a task with a hard time limit under
+   TQ_DONE_HOLD_LIMIT_MS too (the supervisor may kill it first). So a DONE
+   waits behind short tasks only, or behind one normally short task at
+   most about 2 * KEEPER_AFTER_MS (a child whose keeper could not start:
+   until that task ends; with credit 2 or 3 nothing is held, half of it
+   being one). */
+#define S_BATCH_DONES 64
+#define S_BATCH_BYTES (64 << 10)
 
 /* What a child's ZeroMQ context may hold: one DEALER at a time (a closed
    one lingers until the reaper ends it). libzmq's default, 1,023, costs
@@ -317,11 +342,15 @@ s_out(s_child_t *self, uint8_t command)
     self->out.command = command;
 }
 
-/* Sends self->out with payload (moved, may be NULL). EINTR before the
+static void s_flush(s_child_t *self);
+
+/* Sends self->out with payload (moved, may be NULL), after the DONEs
+   held for a batch (the order of the connection). EINTR before the
    message is accepted is retried unless we are stopping anyway. */
 static int
 s_send(s_child_t *self, zmq_msg_t *payload)
 {
+    s_flush(self);
     for (;;) {
         int rc = tq_wire_send_msg(self->sock, NULL, &self->out, &self->header,
                                   payload, 0);
@@ -363,6 +392,11 @@ s_send_ready(s_child_t *self, const char *running)
         self->out.tasks[i] = tq_str(tq_registry_name(self->registry, i));
     if (s_send(self, NULL) != TQ_OK)
         _exit(1);
+    /* whether this broker takes BATCH from children: its PONG says (one
+       of an earlier revision says nothing, and gets every DONE alone) */
+    self->broker_batch = false;
+    s_out(self, TQ_CMD_PING);
+    s_send(self, NULL);
 }
 
 /* A value from this size on leaves as its own buffer, not copied. */
@@ -406,38 +440,107 @@ s_value_msg(s_child_t *self, zmq_msg_t *msg)
     memcpy(zmq_msg_data(msg), tq_value_data(&self->value), size);
 }
 
+/* Sends a message of two frames: header (size bytes), then msg (moved,
+   when not NULL) or data (bytes, copied by zmq_send). EINTR before the
+   header is accepted is retried; the second frame is then taken too
+   (ZeroMQ takes a multipart message whole). what names it in the log. */
+static void
+s_send_frames(s_child_t *self, const char *what, const void *header,
+              size_t size, zmq_msg_t *msg, const void *data, size_t bytes)
+{
+    int rc;
+    while ((rc = zmq_send(self->sock, header, size, ZMQ_SNDMORE)) < 0 &&
+           errno == EINTR)
+        ;
+    if (rc >= 0) {
+        if (msg)
+            while ((rc = zmq_msg_send(msg, self->sock, 0)) < 0 &&
+                   errno == EINTR)
+                ;
+        else
+            while ((rc = zmq_send(self->sock, data, bytes, 0)) < 0 &&
+                   errno == EINTR)
+                ;
+    }
+    if (rc < 0)
+        tq_worker_log("child: cannot send %s: %s", what, zmq_strerror(errno));
+    if (msg) {
+        int saved = errno;
+        zmq_msg_close(msg);
+        errno = saved;
+    }
+}
+
 /* Sends a DONE's frames: header (size bytes), then the task's value
    (with_value) or an empty frame. A small value goes in a copy made by
-   zmq_send, a large one as its own buffer (s_value_msg). EINTR before the
-   header is accepted is retried; the value is then taken too (ZeroMQ
-   takes a multipart message whole). */
+   zmq_send, a large one as its own buffer (s_value_msg). */
 static void
 s_send_done_frames(s_child_t *self, const void *header, size_t size,
                    bool with_value)
 {
-    while (zmq_send(self->sock, header, size, ZMQ_SNDMORE) < 0)
-        if (errno != EINTR) {
-            tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
-            return;
-        }
     size_t value = with_value ? tq_value_size(&self->value) : 0;
-    int rc;
     if (value >= S_VALUE_HANDOFF) {
         zmq_msg_t msg;
         s_value_msg(self, &msg);
-        while ((rc = zmq_msg_send(&msg, self->sock, 0)) < 0 && errno == EINTR)
-            ;
-        int saved = errno;
-        zmq_msg_close(&msg);
-        errno = saved;
-    } else {
-        const void *data = value ? tq_value_data(&self->value) : "";
-        while ((rc = zmq_send(self->sock, data, value, 0)) < 0 &&
-               errno == EINTR)
-            ;
+        s_send_frames(self, "DONE", header, size, &msg, NULL, 0);
+    } else
+        s_send_frames(self, "DONE", header, size, NULL,
+                      value ? tq_value_data(&self->value) : "", value);
+}
+
+/* Sends the DONEs held for a batch: one alone as the plain message,
+   several in one BATCH (PROTOCOL.md 5.9). */
+static void
+s_flush(s_child_t *self)
+{
+    tq_batch_t *b = &self->dones;
+    uint32_t count = tq_batch_count(b);
+    if (count == 1) {
+        const void *header, *data;
+        size_t size, bytes;
+        bool has;
+        if (tq_batch_first(b, &header, &size, &data, &bytes, &has) == TQ_OK)
+            s_send_frames(self, "DONE", header, size, NULL, data, bytes);
+    } else if (count > 1) {
+        s_out(self, TQ_CMD_BATCH);
+        self->out.count = count;
+        if (tq_proto_encode(&self->out, &self->header, NULL) == TQ_OK)
+            s_send_frames(self, "BATCH", self->header.data, self->header.size,
+                          NULL, b->body.data, b->body.size);
     }
-    if (rc < 0)
-        tq_worker_log("child: cannot send DONE: %s", zmq_strerror(errno));
+    tq_batch_reset(b);
+}
+
+/* Holds a DONE (header, size bytes, and the task's value with_value) for
+   a batch when the broker takes one and more jobs wait to run here (a
+   large value never: it goes alone, on its own buffer); the batch goes
+   when it is full. True if held; false: the caller sends it alone, after
+   the DONEs held (s_flush). */
+static bool
+s_hold_done(s_child_t *self, const void *header, size_t size, bool with_value)
+{
+    size_t value = with_value ? tq_value_size(&self->value) : 0;
+    if (!self->broker_batch || !self->config->batch_short_us ||
+        value >= S_VALUE_HANDOFF)
+        return false;
+    /* half the credit at most: the broker refills the queue while the
+       rest runs (credit 2 or 3: nothing held) */
+    uint32_t cap = self->config->prefetch / 2;
+    if (cap > S_BATCH_DONES)
+        cap = S_BATCH_DONES;
+    /* with nothing more to run, the broker gets it now, with those held
+       before: a round trip never waits for a batch */
+    bool last = self->count == 0;
+    if (cap < 2 || (last && tq_batch_count(&self->dones) == 0))
+        return false;
+    if (tq_batch_add_encoded(&self->dones, header, size,
+                             value ? tq_value_data(&self->value) : "", value,
+                             true) != TQ_OK)
+        return false;
+    if (last || tq_batch_count(&self->dones) >= cap ||
+        tq_batch_bytes(&self->dones) >= S_BATCH_BYTES)
+        s_flush(self);
+    return true;
 }
 
 /* Sends DONE for job; value (the result bytes) only with SUCCESS. */
@@ -477,7 +580,11 @@ s_send_done(s_child_t *self, const s_job_t *job, uint32_t state, uint32_t code,
         header = self->header.data;
         size = self->header.size;
     }
-    s_send_done_frames(self, header, size, state == TQ_STATE_SUCCESS);
+    bool with_value = state == TQ_STATE_SUCCESS;
+    if (s_hold_done(self, header, size, with_value))
+        return;
+    s_flush(self);
+    s_send_done_frames(self, header, size, with_value);
 }
 
 /* True if the arguments (size bytes at data, checked already) are the
@@ -494,9 +601,10 @@ s_args_empty(const void *data, size_t size, msgpack_object *args)
     return true;
 }
 
-/* Runs job to completion and sends its DONE. */
+/* Runs job, whose task name found fn and arg in the registry (fn NULL:
+   none), to completion and sends its DONE. */
 static void
-s_run(s_child_t *self, s_job_t *job)
+s_run(s_child_t *self, s_job_t *job, tq_task_fn *fn, void *arg)
 {
     char error[TQ_PROTO_MAX_ERROR + 1];
     const char *reason = NULL;
@@ -508,9 +616,6 @@ s_run(s_child_t *self, s_job_t *job)
         s_send_done(self, job, TQ_STATE_FAILURE, TQ_ETASK, error);
         return;
     }
-    void *arg = NULL;
-    tq_task_fn *fn =
-        tq_registry_lookup_memo(self->registry, &self->memo, job->name, &arg);
     if (!fn) {
         snprintf(error, sizeof error, "no task named %s on this worker",
                  job->name);
@@ -694,6 +799,9 @@ s_handle(s_child_t *self, zmq_msg_t *frame, const void *data, size_t size)
         s_on_revoke(self, msg);
         break;
     case TQ_CMD_PONG:
+        /* the answer to the PING after READY (s_send_ready) */
+        self->broker_batch = (msg->features & TQ_FEATURE_BATCH) != 0;
+        break;
     case TQ_CMD_HEARTBEAT:
         break;
     case TQ_CMD_ERROR:
@@ -949,6 +1057,10 @@ s_reconnect(s_child_t *self, const char *running)
        on the connection it came on, and the new broker may not read one */
     if (self->running)
         self->running->id_binary = false;
+    /* the DONEs held go where the ones sent before them went: to the old
+       connection, which may not deliver them (PROTOCOL 10: those tasks
+       run again, at least once) */
+    s_flush(self);
     int zero = 0;
     /* what is queued for the old connection goes nowhere: drop it now */
     zmq_setsockopt(self->sock, ZMQ_LINGER, &zero, sizeof zero);
@@ -971,6 +1083,9 @@ static void
 s_keeper_serve(void *arg, int wake_fd)
 {
     s_child_t *self = arg;
+    /* a task that usually runs short ran long: the DONEs held behind it
+       go now */
+    s_flush(self);
     for (;;) {
         /* the host moved or the broker restarted while the task runs:
            announce it to the new broker now, not when it ends, so that
@@ -1098,6 +1213,13 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     tq_value_start(&self->value, &self->value_own, NULL);
     msgpack_packer_init(&self->packer, &self->value, tq_value_write);
     msgpack_zone_init(&self->zone, 8192);
+    tq_batch_init(&self->dones);
+    size_t names = tq_registry_size(registry);
+    self->spans = malloc((names ? names : 1) * sizeof *self->spans);
+    if (!self->spans)
+        s_die("malloc");
+    for (size_t i = 0; i < names; i++)
+        self->spans[i] = -1;
 
     s_send_ready(self, NULL);
     /* start-up done: a child that dies from now on is not a broken setup */
@@ -1158,6 +1280,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
                 s_publish(self, TQ_BOARD_IDLE, NULL, 0);
                 self->busy = false;
             }
+            /* nothing held waits for the broker's next message (a REVOKE
+               may have taken the job a DONE was held for) */
+            s_flush(self);
             quiet = !s_wait(self);
             woke = true;
             continue;
@@ -1167,6 +1292,17 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
         s_job_t *job = &self->jobs[self->head];
         self->head = (self->head + 1) % self->capacity;
         self->count--;
+        void *arg = NULL;
+        tq_task_fn *fn = tq_registry_lookup_memo(self->registry, &self->memo,
+                                                 job->name, &arg);
+        int64_t *span = fn ? &self->spans[self->memo.index] : NULL;
+        /* the DONEs held wait behind a task known to run short only */
+        if (!span ||
+            !tq_done_may_hold(*span, config->batch_short_us,
+                              job->time_limit_ms ? job->time_limit_ms
+                                                 : config->time_limit_ms,
+                              !self->keeperless))
+            s_flush(self);
         self->running = job;
         s_publish(self, TQ_BOARD_BUSY, job, now);
         self->busy = true;
@@ -1181,12 +1317,15 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             self->keeperless = true;
         }
         tq_keeper_task_begin(self->keeper);
-        s_run(self, job);
+        s_run(self, job, fn, arg);
         /* the value forgets the job's arguments before they go */
         tq_value_start(&self->value, &self->value_own, NULL);
         s_job_clear(job);
         self->running = NULL;
         now = self->clock_us;
+        /* its DONE looked at the clock (s_rss_kb) */
+        if (span)
+            *span = now - self->task_at_us;
         if (self->retired) {
             free(self->retired);
             self->retired = NULL;
@@ -1215,6 +1354,8 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     for (size_t i = 0; i < self->count; i++)
         s_job_clear(&self->jobs[(self->head + i) % self->capacity]);
     free(self->jobs);
+    free(self->spans);
+    tq_batch_destroy(&self->dones);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->header);
     msgpack_sbuffer_destroy(&self->value_own);

@@ -1,6 +1,6 @@
 /* tq_done.c - a child's DONE header in one pass (tq_done.h). msgpack's
    smallest forms, as msgpack-c writes them: the same bytes as
-   tq_proto_encode. */
+   tq_proto_encode. And the rule for DONEs held behind a task. */
 #include "tq_done.h"
 
 #include <string.h>
@@ -106,4 +106,13 @@ tq_done_encode(const tq_msg_t *msg, uint8_t buf[TQ_DONE_MAX])
         *p++ = 0xc0;
     p = s_uint(p, msg->rss_kb);
     return (size_t)(p - buf);
+}
+
+bool
+tq_done_may_hold(int64_t span_us, uint32_t short_us, uint32_t limit_ms,
+                 bool keeper)
+{
+    if (span_us < 0 || span_us >= (int64_t)short_us)
+        return false;
+    return !limit_ms || (limit_ms >= TQ_DONE_HOLD_LIMIT_MS && keeper);
 }

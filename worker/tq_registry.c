@@ -178,22 +178,30 @@ tq_registry_name(const tq_registry_t *self, size_t index)
     return index < self->size ? self->entries[index].name : NULL;
 }
 
+/* The index of name's entry, or self->size when it has none. */
+static size_t
+s_find(const tq_registry_t *self, const char *name)
+{
+    uint32_t h = s_hash(name);
+    size_t i = 0;
+    for (; i < self->size; i++) {
+        const s_entry_t *e = &self->entries[i];
+        if (e->hash == h && strcmp(e->name, name) == 0)
+            break;
+    }
+    return i;
+}
+
 tq_task_fn *
 tq_registry_lookup(const tq_registry_t *self, const char *name, void **arg_p)
 {
     assert(self);
-    if (!name)
+    size_t i = name ? s_find(self, name) : self->size;
+    if (i == self->size)
         return NULL;
-    uint32_t h = s_hash(name);
-    for (size_t i = 0; i < self->size; i++) {
-        const s_entry_t *e = &self->entries[i];
-        if (e->hash == h && strcmp(e->name, name) == 0) {
-            if (arg_p)
-                *arg_p = e->arg;
-            return e->fn;
-        }
-    }
-    return NULL;
+    if (arg_p)
+        *arg_p = self->entries[i].arg;
+    return self->entries[i].fn;
 }
 
 tq_task_fn *
@@ -206,16 +214,22 @@ tq_registry_lookup_memo(const tq_registry_t *self, tq_registry_memo_t *memo,
             *arg_p = memo->arg;
         return memo->fn;
     }
-    void *arg = NULL;
-    tq_task_fn *fn = tq_registry_lookup(self, name, &arg);
-    if (fn && strlen(name) < sizeof memo->name) {
-        strcpy(memo->name, name);
-        memo->fn = fn;
-        memo->arg = arg;
+    size_t i = name ? s_find(self, name) : self->size;
+    if (i == self->size || strlen(name) >= sizeof memo->name) {
+        void *arg = NULL;
+        tq_task_fn *fn = tq_registry_lookup(self, name, &arg);
+        if (arg_p)
+            *arg_p = arg;
+        return fn;
     }
+    const s_entry_t *e = &self->entries[i];
+    strcpy(memo->name, name);
+    memo->fn = e->fn;
+    memo->arg = e->arg;
+    memo->index = i;
     if (arg_p)
-        *arg_p = arg;
-    return fn;
+        *arg_p = e->arg;
+    return e->fn;
 }
 
 /* ---- the running task ------------------------------------------------- */

@@ -1,11 +1,13 @@
 /* tq_testtasks.c - a task module for the durability tests: test.record
    appends the task's index to a file on each execution, so a test can
    count executions beyond one per task across broker kills; test.gate
-   runs until the test lets it end. Loaded with
+   runs until the test lets it end; test.crash kills its child when told
+   to, else returns at once. Loaded with
    `tq-worker --module libtesttasks.so`. */
 #include <tq/tq.h>
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -81,9 +83,24 @@ s_gate(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
     return msgpack_pack_true(out);
 }
 
+/* test.crash DIE -> nil: when DIE is true the child running it dies at
+   once (SIGKILL: no DONE, nothing flushed), else it returns at once. */
+static int
+s_crash(tq_task_t *task, const msgpack_object *args, msgpack_packer *out)
+{
+    if (args->via.array.size != 1 ||
+        args->via.array.ptr[0].type != MSGPACK_OBJECT_BOOLEAN)
+        return tq_task_fail(task, "test.crash wants DIE (a bool)");
+    if (args->via.array.ptr[0].via.boolean)
+        kill(getpid(), SIGKILL);
+    return msgpack_pack_nil(out);
+}
+
 int
 tq_module_init(tq_registry_t *registry)
 {
     int rc = tq_registry_add(registry, "test.record", s_record, NULL);
-    return rc ? rc : tq_registry_add(registry, "test.gate", s_gate, NULL);
+    if (!rc)
+        rc = tq_registry_add(registry, "test.gate", s_gate, NULL);
+    return rc ? rc : tq_registry_add(registry, "test.crash", s_crash, NULL);
 }
