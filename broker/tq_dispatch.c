@@ -350,12 +350,13 @@ tqb_lane_served(tq_broker_t *self, const lane_t *lane)
 void
 tqb_peer_serve(tq_broker_t *self, peer_t *child)
 {
-    (void) self;
+    (void)self;
     for (uint32_t i = 0; i < child->queue_count; i++) {
         queue_t *q = child->queues[i];
         if (q->server_count == q->server_cap) {
             q->server_cap = q->server_cap ? 2 * q->server_cap : 8;
-            q->servers = realloc(q->servers, q->server_cap * sizeof *q->servers);
+            q->servers =
+                realloc(q->servers, q->server_cap * sizeof *q->servers);
             if (!q->servers)
                 abort();
         }
@@ -366,7 +367,7 @@ tqb_peer_serve(tq_broker_t *self, peer_t *child)
 void
 tqb_peer_unserve(tq_broker_t *self, peer_t *child)
 {
-    (void) self;
+    (void)self;
     for (uint32_t i = 0; i < child->queue_count; i++) {
         queue_t *q = child->queues[i];
         for (uint32_t j = 0; j < q->server_count; j++)
@@ -686,7 +687,7 @@ done:
 static int
 s_by_serial(const void *a, const void *b)
 {
-    const peer_t *x = *(peer_t *const *) a, *y = *(peer_t *const *) b;
+    const peer_t *x = *(peer_t *const *)a, *y = *(peer_t *const *)b;
     return x->serial < y->serial ? -1 : x->serial > y->serial;
 }
 
