@@ -210,6 +210,10 @@ struct queue_s {
     uint64_t done, failed;
     queue_t *next;
     uint64_t stamp; /* stealing: the last pass that looked at its servers */
+    /* the servers that have credit left and are not marked unreachable,
+       in no order: what dispatch and stealing look at */
+    peer_t **hungry;
+    uint32_t hungry_count, hungry_cap;
 };
 
 /* ---- peers on the workers endpoint ---- */
@@ -257,6 +261,10 @@ struct peer_s {
        and tq_broker_t.unreachable (it is marked unreachable) */
     peer_t *multi_prev, *multi_next;
     peer_t *unreachable_prev, *unreachable_next;
+    /* child: in its queues' hungry arrays (tqb_peer_hungry), at
+       hungry_at[i] in that of queues[i]; serving: listed as a server */
+    bool hungry, serving;
+    uint32_t *hungry_at;
 };
 
 /* ---- data queues: multiprocessing.Queue kept by the broker ---- */
@@ -883,8 +891,8 @@ bool tqb_peer_serves(const peer_t *peer, const lane_t *lane);
    off (before its lists change or it goes). */
 void tqb_peer_serve(tq_broker_t *self, peer_t *child);
 void tqb_peer_unserve(tq_broker_t *self, peer_t *child);
-/* Keeps multi_holders and the list of holders of 2+ right as a child's
-   held count crosses 2 (from `before`). */
+/* Keeps multi_holders, the list of holders of 2+ and the queues' hungry
+   arrays right as a child's held count changes (from `before`). */
 void tqb_peer_held_changed(tq_broker_t *self, peer_t *child,
                            uint32_t before);
 bool tqb_lane_served(tq_broker_t *self, const lane_t *lane);
@@ -952,10 +960,21 @@ tqb_ident_bytes(const ident_t *ident)
 
 /* tqb_peer_held_changed, inline where every move of a task to or from a
    child asks it */
+/* A child belongs in its queues' hungry arrays: it serves them, has
+   credit left (tasks it may still run after a cancel are not counted:
+   dispatch checks them) and is not marked unreachable. */
+static inline bool
+tqb_peer_hungry(const peer_t *child)
+{
+    return child->serving && !child->unreachable_ms &&
+        child->held < child->credit;
+}
+
 static inline void
 tqb_peer_held_note(tq_broker_t *self, peer_t *child, uint32_t before)
 {
-    if ((before >= 2) != (child->held >= 2))
+    if ((before >= 2) != (child->held >= 2) ||
+        child->hungry != tqb_peer_hungry(child))
         tqb_peer_held_changed(self, child, before);
 }
 

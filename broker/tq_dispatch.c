@@ -221,6 +221,7 @@ void
 tqb_peer_free(peer_t *peer)
 {
     tqb_ident_clear(&peer->ident);
+    free(peer->hungry_at);
     free(peer->queues);
     free(peer->tasks);
     free(peer);
@@ -347,6 +348,41 @@ tqb_lane_served(tq_broker_t *self, const lane_t *lane)
     return false;
 }
 
+/* Puts a child in its queues' hungry arrays or takes it out, as
+   tqb_peer_hungry says it now belongs. Out: the last one of each array
+   takes its place (found in that child's lists by its position, so a
+   queue listed twice stays right). */
+static void
+s_hungry_sync(peer_t *child)
+{
+    bool want = tqb_peer_hungry(child);
+    if (want == child->hungry)
+        return;
+    child->hungry = want;
+    for (uint32_t i = 0; i < child->queue_count; i++) {
+        queue_t *q = child->queues[i];
+        if (want) {
+            if (q->hungry_count == q->hungry_cap) {
+                q->hungry_cap = q->hungry_cap ? 2 * q->hungry_cap : 8;
+                q->hungry = realloc(q->hungry, q->hungry_cap * sizeof *q->hungry);
+                if (!q->hungry)
+                    abort();
+            }
+            child->hungry_at[i] = q->hungry_count;
+            q->hungry[q->hungry_count++] = child;
+            continue;
+        }
+        uint32_t at = child->hungry_at[i], last = --q->hungry_count;
+        peer_t *moved = q->hungry[last];
+        q->hungry[at] = moved;
+        for (uint32_t j = 0; j < moved->queue_count; j++)
+            if (moved->queues[j] == q && moved->hungry_at[j] == last) {
+                moved->hungry_at[j] = at;
+                break;
+            }
+    }
+}
+
 void
 tqb_peer_serve(tq_broker_t *self, peer_t *child)
 {
@@ -362,12 +398,19 @@ tqb_peer_serve(tq_broker_t *self, peer_t *child)
         }
         q->servers[q->server_count++] = child;
     }
+    free(child->hungry_at);
+    child->hungry_at = tqb_alloc((child->queue_count + 1) *
+                                 sizeof *child->hungry_at);
+    child->serving = true;
+    s_hungry_sync(child);
 }
 
 void
 tqb_peer_unserve(tq_broker_t *self, peer_t *child)
 {
     (void)self;
+    child->serving = false;
+    s_hungry_sync(child);
     for (uint32_t i = 0; i < child->queue_count; i++) {
         queue_t *q = child->queues[i];
         for (uint32_t j = 0; j < q->server_count; j++)
@@ -382,18 +425,19 @@ void
 tqb_peer_held_changed(tq_broker_t *self, peer_t *child, uint32_t before)
 {
     bool is = child->held >= 2;
-    if ((before >= 2) == is)
-        return;
-    if (child->features & TQ_FEATURE_RETURNS) {
+    if ((before >= 2) != is) {
+        if (child->features & TQ_FEATURE_RETURNS) {
+            if (is)
+                self->multi_holders++;
+            else
+                self->multi_holders--;
+        }
         if (is)
-            self->multi_holders++;
+            s_multi_join(self, child);
         else
-            self->multi_holders--;
+            s_multi_leave(self, child);
     }
-    if (is)
-        s_multi_join(self, child);
-    else
-        s_multi_leave(self, child);
+    s_hungry_sync(child);
 }
 
 /* The supervisor session a child is bound to (the one that was current
@@ -457,6 +501,7 @@ s_unreachable(tq_broker_t *self, peer_t *child, int err)
     if (!child->unreachable_ms) {
         child->unreachable_ms = self->now_ms > 0 ? self->now_ms : 1;
         s_unreachable_join(self, child);
+        s_hungry_sync(child);
         tqb_debug(self,
                   "worker %s pid %llu unreachable: waiting for its "
                   "LOST",
@@ -545,10 +590,11 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
 
    Cost: nothing unless some child holds two tasks or more and answers
    REVOKE (multi_holders); then only those holders (self->multi) and the
-   servers of their queues are looked at, never the children of other
-   queues: first whether any of those servers is idle (under load none
-   is, and that is all a pass pays), then the tasks that may be asked
-   for and the idle children of their queues. */
+   servers with credit left of their queues (queue_t.hungry) are looked
+   at, never busy children nor those of other queues: first whether any
+   of those servers is idle (under load none is, and that is all a pass
+   pays), then the tasks that may be asked for and the idle children of
+   their queues. */
 /* Whether a server of a queue that a holder of 2+ serves is idle: only
    then can stealing give anything. A holder's tasks are of the queues it
    serves, but for those of a queue it dropped since (a READY with other
@@ -564,8 +610,8 @@ s_steal_has_taker(tq_broker_t *self)
             if (queue->stamp == stamp)
                 continue;
             queue->stamp = stamp;
-            for (uint32_t s = 0; s < queue->server_count; s++) {
-                peer_t *taker = queue->servers[s];
+            for (uint32_t s = 0; s < queue->hungry_count; s++) {
+                peer_t *taker = queue->hungry[s];
                 self->visits++;
                 if (taker->held + taker->cancelled == 0 &&
                     !taker->unreachable_ms)
@@ -623,8 +669,11 @@ s_steal(tq_broker_t *self)
         if (queue->stamp == stamp)
             continue; /* its servers were looked at */
         queue->stamp = stamp;
-        for (uint32_t s = 0; s < queue->server_count; s++) {
-            peer_t *taker = queue->servers[s];
+        /* a send below may take a holder out of this array (marked
+           unreachable): one taker moved may be missed, for the next
+           pass (dispatch_due) */
+        for (uint32_t s = 0; s < queue->hungry_count; s++) {
+            peer_t *taker = queue->hungry[s];
             self->visits++;
             if (taker->stamp == stamp)
                 continue;
@@ -693,7 +742,8 @@ s_by_serial(const void *a, const void *b)
 
 /* The children that could take a waiting task now: servers of queues
    with waiting tasks, with credit left, in the order they announced
-   themselves. Idle children of other queues cost nothing. */
+   themselves. Idle children of other queues cost nothing, nor do
+   children at their credit (queue_t.hungry holds the others). */
 static uint32_t
 s_candidates(tq_broker_t *self)
 {
@@ -702,8 +752,8 @@ s_candidates(tq_broker_t *self)
     for (queue_t *q = self->queues; q; q = q->next) {
         if (!q->waiting)
             continue;
-        for (uint32_t i = 0; i < q->server_count; i++) {
-            peer_t *child = q->servers[i];
+        for (uint32_t i = 0; i < q->hungry_count; i++) {
+            peer_t *child = q->hungry[i];
             self->visits++;
             if (child->stamp == stamp || child->unreachable_ms ||
                 child->held + child->cancelled >= child->credit)

@@ -154,6 +154,29 @@ s_children(const tq_broker_t *b)
     return count;
 }
 
+/* Every server of q with credit left (and not marked) is in q's hungry
+   array exactly once, at the position it records; no other child is. */
+static void
+s_check_hungry(tq_broker_t *b, const char *name)
+{
+    queue_t *q = tqb_queue(b, tq_str(name));
+    uint32_t want = 0;
+    for (uint32_t i = 0; i < q->server_count; i++) {
+        peer_t *w = q->servers[i];
+        assert_int_equal(w->hungry, tqb_peer_hungry(w));
+        if (!w->hungry)
+            continue;
+        want++;
+        uint32_t k = 0;
+        while (k < w->queue_count && w->queues[k] != q)
+            k++;
+        assert_true(k < w->queue_count);
+        assert_true(w->hungry_at[k] < q->hungry_count);
+        assert_ptr_equal(q->hungry[w->hungry_at[k]], w);
+    }
+    assert_int_equal(q->hungry_count, want);
+}
+
 /* Beside 1,000 idle children of queue "other", a holder of queue q gets
    its tasks by priority, then submission; two idle children of q that
    come then each get the holder asked for the held task that should run
@@ -241,6 +264,9 @@ test_unreachable_expiry(void **state)
     b->now_ms = 2000;
     tqb_dispatch(b);
     assert_int_equal(tqb_peer(b)->unreachable_ms, 2000);
+    /* marked: no longer among the children with credit left */
+    s_check_hungry(b, "q");
+    assert_int_equal(tqb_queue(b, tq_str("q"))->hungry_count, 0);
     /* the task went back each time: it waits */
     assert_int_equal(tqb_task_find(b, tq_str("u1"))->state, TASK_WAITING);
     assert_int_equal(s_children(b), S_IDLE + 2);
@@ -377,6 +403,70 @@ test_lane_served(void **state)
     tq_broker_destroy(&b);
 }
 
+/* Beside 1,000 children of q at their credit, a child of q with credit
+   left gets the waiting tasks in order, and again when its credit comes
+   back; a pass looks at the children with credit left only. */
+static void
+test_dispatch_beside_busy(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker();
+    char name[32];
+    peer_t *busy[S_IDLE];
+    for (int i = 0; i < S_IDLE; i++) {
+        snprintf(name, sizeof name, "busy-%d", i);
+        busy[i] = s_ready(b, name, (uint64_t)(100000 + i), "q", 1, 0);
+        snprintf(name, sizeof name, "b%d", i);
+        tqb_task_move(b, s_submit(b, name, 0), TASK_HELD,
+                      &(task_move_t){.holder = busy[i]});
+    }
+    s_check_hungry(b, "q");
+    assert_int_equal(tqb_queue(b, tq_str("q"))->hungry_count, 0);
+    void *r = s_dealer(b, ctx, "r");
+    peer_t *child = s_ready(b, "r", 1, "q", 2, 0);
+    s_check_hungry(b, "q");
+    task_t *r1 = s_submit(b, "r1", 0);
+    s_submit(b, "r2", 0);
+    s_submit(b, "r3", 0);
+    b->visits = 0;
+    tqb_dispatch(b);
+    assert_true(b->visits <= S_FEW);
+    s_expect(r, TQ_CMD_TASK, "r1");
+    s_expect(r, TQ_CMD_TASK, "r2");
+    s_check_hungry(b, "q");
+    /* at its credit: nobody to look at, r3 waits */
+    b->visits = 0;
+    tqb_dispatch(b);
+    assert_true(b->visits <= S_FEW);
+    s_expect_none(r);
+    assert_int_equal(tqb_task_find(b, tq_str("r3"))->state, TASK_WAITING);
+    /* r1 ends: its credit is back, r3 goes to it */
+    tqb_task_final(b, r1, TASK_SUCCESS, TQ_OK, NULL, NULL);
+    s_check_hungry(b, "q");
+    b->visits = 0;
+    tqb_dispatch(b);
+    assert_true(b->visits <= S_FEW);
+    s_expect(r, TQ_CMD_TASK, "r3");
+    assert_ptr_equal(tqb_task_find(b, tq_str("r3"))->holder, child);
+    /* busy children go and come back with credit, in any order: the
+       array follows */
+    for (int i = 0; i < S_IDLE; i += 7)
+        tqb_peer_remove(b, busy[i], false, 0, "disconnected");
+    s_check_hungry(b, "q");
+    for (int i = 3; i < S_IDLE; i += 7) {
+        snprintf(name, sizeof name, "busy-%d", i);
+        /* announcing again with more credit: it has some left now */
+        s_ready(b, name, (uint64_t)(100000 + i), "q", 2, 0);
+    }
+    s_check_hungry(b, "q");
+    assert_int_equal(tqb_queue(b, tq_str("q"))->hungry_count,
+                     (S_IDLE - 3 + 6) / 7);
+    zmq_close(r);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
 int
 main(void)
 {
@@ -386,6 +476,7 @@ main(void)
         cmocka_unit_test(test_unreachable_leaves),
         cmocka_unit_test(test_multi_holders),
         cmocka_unit_test(test_lane_served),
+        cmocka_unit_test(test_dispatch_beside_busy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
