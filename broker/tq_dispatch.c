@@ -364,7 +364,8 @@ s_hungry_sync(peer_t *child)
         if (want) {
             if (q->hungry_count == q->hungry_cap) {
                 q->hungry_cap = q->hungry_cap ? 2 * q->hungry_cap : 8;
-                q->hungry = realloc(q->hungry, q->hungry_cap * sizeof *q->hungry);
+                q->hungry =
+                    realloc(q->hungry, q->hungry_cap * sizeof *q->hungry);
                 if (!q->hungry)
                     abort();
             }
@@ -399,8 +400,8 @@ tqb_peer_serve(tq_broker_t *self, peer_t *child)
         q->servers[q->server_count++] = child;
     }
     free(child->hungry_at);
-    child->hungry_at = tqb_alloc((child->queue_count + 1) *
-                                 sizeof *child->hungry_at);
+    child->hungry_at =
+        tqb_alloc((child->queue_count + 1) * sizeof *child->hungry_at);
     child->serving = true;
     s_hungry_sync(child);
 }
