@@ -958,8 +958,6 @@ tqb_ident_bytes(const ident_t *ident)
     return ident->heap ? ident->heap : ident->bytes;
 }
 
-/* tqb_peer_held_changed, inline where every move of a task to or from a
-   child asks it */
 /* A child belongs in its queues' hungry arrays: it serves them, has
    credit left (tasks it may still run after a cancel are not counted:
    dispatch checks them) and is not marked unreachable. */
@@ -969,6 +967,9 @@ tqb_peer_hungry(const peer_t *child)
     return child->serving && !child->unreachable_ms &&
         child->held < child->credit;
 }
+
+/* tqb_peer_held_changed, inline where every move of a task to or from a
+   child asks it */
 
 static inline void
 tqb_peer_held_note(tq_broker_t *self, peer_t *child, uint32_t before)

@@ -578,28 +578,11 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     return true;
 }
 
-/* Work stealing. With prefetch above 1 a child may hold tasks it has not
-   started while another child has nothing to do (the lanes ran dry). The
-   broker asks the holder for the held task that should run next (REVOKE);
-   the holder answers at once, even while it runs a task: RETURNED if it
-   had not started it, nothing if it had (its DONE comes). Only a RETURNED
-   task is queued again (tqb_on_returned), so a steal never runs a task
-   twice. At most one REVOKE is outstanding per idle child; one for a task
-   that has become the first its holder holds does not count: the holder
-   ended the tasks before it, so it has most likely started it and stays
-   silent, and the idle child must not wait for that task's end.
-
-   Cost: nothing unless some child holds two tasks or more and answers
-   REVOKE (multi_holders); then only those holders (self->multi) and the
-   servers with credit left of their queues (queue_t.hungry) are looked
-   at, never busy children nor those of other queues: first whether any
-   of those servers is idle (under load none is, and that is all a pass
-   pays), then the tasks that may be asked for and the idle children of
-   their queues. */
 /* Whether a server of a queue that a holder of 2+ serves is idle: only
    then can stealing give anything. A holder's tasks are of the queues it
-   serves, but for those of a queue it dropped since (a READY with other
-   lists), whose idle servers wait for the next pass that finds one. */
+   serves, except those of a queue it dropped since (a READY with other
+   lists): an idle child of such a queue gets one of them only at a pass
+   that finds another taker. */
 static bool
 s_steal_has_taker(tq_broker_t *self)
 {
@@ -623,6 +606,24 @@ s_steal_has_taker(tq_broker_t *self)
     return false;
 }
 
+/* Work stealing. With prefetch above 1 a child may hold tasks it has not
+   started while another child has nothing to do (the lanes ran dry). The
+   broker asks the holder for the held task that should run next (REVOKE);
+   the holder answers at once, even while it runs a task: RETURNED if it
+   had not started it, nothing if it had (its DONE comes). Only a RETURNED
+   task is queued again (tqb_on_returned), so a steal never runs a task
+   twice. At most one REVOKE is outstanding per idle child; one for a task
+   that has become the first its holder holds does not count: the holder
+   ended the tasks before it, so it has most likely started it and stays
+   silent, and the idle child must not wait for that task's end.
+
+   Cost: nothing unless some child holds two tasks or more and answers
+   REVOKE (multi_holders); then only those holders (self->multi) and the
+   servers with credit left of their queues (queue_t.hungry) are looked
+   at, never busy children nor those of other queues: first whether any
+   of those servers is idle (under load none is, and that is all a pass
+   pays), then the tasks that may be asked for and the idle children of
+   their queues. */
 static void
 s_steal(tq_broker_t *self)
 {
