@@ -1359,6 +1359,7 @@ tq_broker_destroy(tq_broker_t **self_p)
             free(l);
         }
         free(q->servers);
+        free(q->hungry);
         free(q);
     }
     zhashx_destroy(&self->queue_index);

@@ -209,6 +209,11 @@ struct queue_s {
     uint32_t delayed; /* SCHEDULED and RETRY */
     uint64_t done, failed;
     queue_t *next;
+    uint64_t stamp; /* stealing: the last pass that looked at its servers */
+    /* the servers that have credit left and are not marked unreachable,
+       in no order: what dispatch and stealing look at */
+    peer_t **hungry;
+    uint32_t hungry_count, hungry_cap;
 };
 
 /* ---- peers on the workers endpoint ---- */
@@ -252,6 +257,14 @@ struct peer_s {
     bool refused; /* child: a BATCH to it failed otherwise than
                      EHOSTUNREACH: removed at the next tqb_batch_flush */
     peer_t *prev, *next; /* the children list, or the supervisors */
+    /* child: its links in tq_broker_t.multi (it holds 2 tasks or more)
+       and tq_broker_t.unreachable (it is marked unreachable) */
+    peer_t *multi_prev, *multi_next;
+    peer_t *unreachable_prev, *unreachable_next;
+    /* child: in its queues' hungry arrays (tqb_peer_hungry), at
+       hungry_at[i] in that of queues[i]; serving: listed as a server */
+    bool hungry, serving;
+    uint32_t *hungry_at;
 };
 
 /* ---- data queues: multiprocessing.Queue kept by the broker ---- */
@@ -507,6 +520,15 @@ struct tq_broker_t {
         lane_t *lane;
         uint32_t queue_len, task_len;
     } lane_memo;
+    /* the children that dispatch and the host checks look at instead of
+       every child: those holding 2 tasks or more (stealing's holders:
+       peer_t.multi_*), and those marked unreachable, in the order they
+       were marked, so the first is the first to expire
+       (peer_t.unreachable_*) */
+    peer_t *multi;
+    peer_t *unreachable, *unreachable_tail;
+    uint64_t visits; /* children those passes looked at, for tests: it
+                        grows with the eligible, not with the connected */
 };
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
@@ -872,7 +894,8 @@ bool tqb_peer_serves(const peer_t *peer, const lane_t *lane);
    off (before its lists change or it goes). */
 void tqb_peer_serve(tq_broker_t *self, peer_t *child);
 void tqb_peer_unserve(tq_broker_t *self, peer_t *child);
-/* Keeps multi_holders right as a child's held count changes. */
+/* Keeps multi_holders, the list of holders of 2+ and the queues' hungry
+   arrays right as a child's held count changes (from `before`). */
 void tqb_peer_held_changed(tq_broker_t *self, peer_t *child,
                            uint32_t before);
 bool tqb_lane_served(tq_broker_t *self, const lane_t *lane);
@@ -938,20 +961,25 @@ tqb_ident_bytes(const ident_t *ident)
     return ident->heap ? ident->heap : ident->bytes;
 }
 
+/* A child belongs in its queues' hungry arrays: it serves them, has
+   credit left (tasks it may still run after a cancel are not counted:
+   dispatch checks them) and is not marked unreachable. */
+static inline bool
+tqb_peer_hungry(const peer_t *child)
+{
+    return child->serving && !child->unreachable_ms &&
+        child->held < child->credit;
+}
+
 /* tqb_peer_held_changed, inline where every move of a task to or from a
    child asks it */
+
 static inline void
-tqb_peer_held_note(tq_broker_t *self, const peer_t *child, uint32_t before)
+tqb_peer_held_note(tq_broker_t *self, peer_t *child, uint32_t before)
 {
-    if (!(child->features & TQ_FEATURE_RETURNS))
-        return;
-    bool was = before >= 2, is = child->held >= 2;
-    if (was != is) {
-        if (is)
-            self->multi_holders++;
-        else
-            self->multi_holders--;
-    }
+    if ((before >= 2) != (child->held >= 2) ||
+        child->hungry != tqb_peer_hungry(child))
+        tqb_peer_held_changed(self, child, before);
 }
 
 #endif

@@ -160,10 +160,68 @@ tqb_peer_new(tq_broker_t *self, peer_role_t role)
     return peer;
 }
 
+/* The children holding 2 tasks or more (tq_broker_t.multi), in no
+   order: stealing looks at them, not at every child. */
+static void
+s_multi_join(tq_broker_t *self, peer_t *child)
+{
+    child->multi_prev = NULL;
+    child->multi_next = self->multi;
+    if (self->multi)
+        self->multi->multi_prev = child;
+    self->multi = child;
+}
+
+static void
+s_multi_leave(tq_broker_t *self, peer_t *child)
+{
+    if (!child->multi_prev && self->multi != child)
+        return; /* not in it */
+    if (child->multi_prev)
+        child->multi_prev->multi_next = child->multi_next;
+    else
+        self->multi = child->multi_next;
+    if (child->multi_next)
+        child->multi_next->multi_prev = child->multi_prev;
+    child->multi_prev = child->multi_next = NULL;
+}
+
+/* The children marked unreachable (tq_broker_t.unreachable), in the
+   order they were marked: the first is the first whose liveness ends
+   (tqb_check_hosts). */
+static void
+s_unreachable_join(tq_broker_t *self, peer_t *child)
+{
+    child->unreachable_next = NULL;
+    child->unreachable_prev = self->unreachable_tail;
+    if (self->unreachable_tail)
+        self->unreachable_tail->unreachable_next = child;
+    else
+        self->unreachable = child;
+    self->unreachable_tail = child;
+}
+
+static void
+s_unreachable_leave(tq_broker_t *self, peer_t *child)
+{
+    if (!child->unreachable_prev && self->unreachable != child)
+        return; /* not in it */
+    if (child->unreachable_prev)
+        child->unreachable_prev->unreachable_next = child->unreachable_next;
+    else
+        self->unreachable = child->unreachable_next;
+    if (child->unreachable_next)
+        child->unreachable_next->unreachable_prev = child->unreachable_prev;
+    else
+        self->unreachable_tail = child->unreachable_prev;
+    child->unreachable_prev = child->unreachable_next = NULL;
+}
+
 void
 tqb_peer_free(peer_t *peer)
 {
     tqb_ident_clear(&peer->ident);
+    free(peer->hungry_at);
     free(peer->queues);
     free(peer->tasks);
     free(peer);
@@ -235,6 +293,8 @@ tqb_peer_remove(tq_broker_t *self, peer_t *peer, bool lost, int code,
         tqb_batch_drop(self, peer);
         s_release(self, peer, lost, code, why);
         tqb_peer_unserve(self, peer);
+        s_multi_leave(self, peer);
+        s_unreachable_leave(self, peer);
         if (lost)
             self->counters.lost++;
         if (peer->prev)
@@ -280,32 +340,78 @@ tqb_peer_serves(const peer_t *peer, const lane_t *lane)
 bool
 tqb_lane_served(tq_broker_t *self, const lane_t *lane)
 {
-    for (peer_t *w = self->children; w; w = w->next)
-        if (tqb_peer_serves(w, lane))
+    (void)self;
+    const queue_t *queue = lane->queue;
+    for (uint32_t i = 0; i < queue->server_count; i++)
+        if (tqb_peer_serves(queue->servers[i], lane))
             return true;
     return false;
+}
+
+/* Puts a child in its queues' hungry arrays or takes it out, as
+   tqb_peer_hungry says it now belongs. Out: the last one of each array
+   takes its place (found in that child's lists by its position, so a
+   queue listed twice stays right). */
+static void
+s_hungry_sync(peer_t *child)
+{
+    bool want = tqb_peer_hungry(child);
+    if (want == child->hungry)
+        return;
+    child->hungry = want;
+    for (uint32_t i = 0; i < child->queue_count; i++) {
+        queue_t *q = child->queues[i];
+        if (want) {
+            if (q->hungry_count == q->hungry_cap) {
+                q->hungry_cap = q->hungry_cap ? 2 * q->hungry_cap : 8;
+                q->hungry =
+                    realloc(q->hungry, q->hungry_cap * sizeof *q->hungry);
+                if (!q->hungry)
+                    abort();
+            }
+            child->hungry_at[i] = q->hungry_count;
+            q->hungry[q->hungry_count++] = child;
+            continue;
+        }
+        uint32_t at = child->hungry_at[i], last = --q->hungry_count;
+        peer_t *moved = q->hungry[last];
+        q->hungry[at] = moved;
+        for (uint32_t j = 0; j < moved->queue_count; j++)
+            if (moved->queues[j] == q && moved->hungry_at[j] == last) {
+                moved->hungry_at[j] = at;
+                break;
+            }
+    }
 }
 
 void
 tqb_peer_serve(tq_broker_t *self, peer_t *child)
 {
-    (void) self;
+    (void)self;
     for (uint32_t i = 0; i < child->queue_count; i++) {
         queue_t *q = child->queues[i];
         if (q->server_count == q->server_cap) {
             q->server_cap = q->server_cap ? 2 * q->server_cap : 8;
-            q->servers = realloc(q->servers, q->server_cap * sizeof *q->servers);
+            q->servers =
+                realloc(q->servers, q->server_cap * sizeof *q->servers);
             if (!q->servers)
                 abort();
         }
         q->servers[q->server_count++] = child;
     }
+    free(child->hungry_at);
+    child->hungry_at =
+        tqb_alloc((child->queue_count + 1) * sizeof *child->hungry_at);
+    child->serving = true;
+    s_hungry_sync(child);
 }
 
 void
 tqb_peer_unserve(tq_broker_t *self, peer_t *child)
 {
-    (void) self;
+    (void)self;
+    child->serving = false;
+    s_hungry_sync(child);
     for (uint32_t i = 0; i < child->queue_count; i++) {
         queue_t *q = child->queues[i];
         for (uint32_t j = 0; j < q->server_count; j++)
@@ -319,7 +425,20 @@ tqb_peer_unserve(tq_broker_t *self, peer_t *child)
 void
 tqb_peer_held_changed(tq_broker_t *self, peer_t *child, uint32_t before)
 {
-    tqb_peer_held_note(self, child, before);
+    bool is = child->held >= 2;
+    if ((before >= 2) != is) {
+        if (child->features & TQ_FEATURE_RETURNS) {
+            if (is)
+                self->multi_holders++;
+            else
+                self->multi_holders--;
+        }
+        if (is)
+            s_multi_join(self, child);
+        else
+            s_multi_leave(self, child);
+    }
+    s_hungry_sync(child);
 }
 
 /* The supervisor session a child is bound to (the one that was current
@@ -382,6 +501,8 @@ s_unreachable(tq_broker_t *self, peer_t *child, int err)
     }
     if (!child->unreachable_ms) {
         child->unreachable_ms = self->now_ms > 0 ? self->now_ms : 1;
+        s_unreachable_join(self, child);
+        s_hungry_sync(child);
         tqb_debug(self,
                   "worker %s pid %llu unreachable: waiting for its "
                   "LOST",
@@ -457,6 +578,34 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
     return true;
 }
 
+/* Whether a server of a queue that a holder of 2+ serves is idle: only
+   then can stealing give anything. A holder's tasks are of the queues it
+   serves, except those of a queue it dropped since (a READY with other
+   lists): an idle child of such a queue gets one of them only at a pass
+   that finds another taker. */
+static bool
+s_steal_has_taker(tq_broker_t *self)
+{
+    uint64_t stamp = ++self->stamp;
+    for (peer_t *w = self->multi; w; w = w->multi_next) {
+        self->visits++;
+        for (uint32_t q = 0; q < w->queue_count; q++) {
+            queue_t *queue = w->queues[q];
+            if (queue->stamp == stamp)
+                continue;
+            queue->stamp = stamp;
+            for (uint32_t s = 0; s < queue->hungry_count; s++) {
+                peer_t *taker = queue->hungry[s];
+                self->visits++;
+                if (taker->held + taker->cancelled == 0 &&
+                    !taker->unreachable_ms)
+                    return true;
+            }
+        }
+    }
+    return false;
+}
+
 /* Work stealing. With prefetch above 1 a child may hold tasks it has not
    started while another child has nothing to do (the lanes ran dry). The
    broker asks the holder for the held task that should run next (REVOKE);
@@ -469,20 +618,20 @@ s_dispatch_one(tq_broker_t *self, peer_t *child, task_t *task)
    silent, and the idle child must not wait for that task's end.
 
    Cost: nothing unless some child holds two tasks or more and answers
-   REVOKE (multi_holders); then one walk over the children collects the
-   tasks that may be asked for, and only idle children of their queues
-   are considered. */
+   REVOKE (multi_holders); then only those holders (self->multi) and the
+   servers with credit left of their queues (queue_t.hungry) are looked
+   at, never busy children nor those of other queues: first whether any
+   of those servers is idle (under load none is, and that is all a pass
+   pays), then the tasks that may be asked for and the idle children of
+   their queues. */
 static void
 s_steal(tq_broker_t *self)
 {
     if (!self->multi_holders)
         return;
-    /* nobody idle, nothing to do: the common case under load, where this
-       runs at the end of every dispatch pass */
-    peer_t *idle = self->children;
-    while (idle && idle->held + idle->cancelled > 0)
-        idle = idle->next;
-    if (!idle)
+    /* nobody idle where it could help, nothing to do: the common case
+       under load, where this runs at the end of every dispatch pass */
+    if (!s_steal_has_taker(self))
         return;
     /* what may be asked for (held, not first, holder answers REVOKE), and
        the idle children already waiting on a REVOKE; on the stack unless
@@ -492,8 +641,9 @@ s_steal(tq_broker_t *self)
     uint32_t nvictims = 0, nasked = 0, cap = 64;
     task_t **victims = victims_here;
     uint64_t *asked = asked_here;
-    for (peer_t *w = self->children; w; w = w->next) {
-        if (w->held < 2 || w->unreachable_ms)
+    for (peer_t *w = self->multi; w; w = w->multi_next) {
+        self->visits++;
+        if (w->unreachable_ms)
             continue;
         for (task_t *t = w->held_tasks.head->next; t; t = t->next) {
             if (nvictims == cap || nasked == cap) {
@@ -518,8 +668,15 @@ s_steal(tq_broker_t *self)
     uint64_t stamp = ++self->stamp;
     for (uint32_t v = 0; v < nvictims; v++) {
         queue_t *queue = victims[v]->lane->queue;
-        for (uint32_t s = 0; s < queue->server_count; s++) {
-            peer_t *taker = queue->servers[s];
+        if (queue->stamp == stamp)
+            continue; /* its servers were looked at */
+        queue->stamp = stamp;
+        /* a send below may take a holder out of this array (marked
+           unreachable): one taker moved may be missed, for the next
+           pass (dispatch_due) */
+        for (uint32_t s = 0; s < queue->hungry_count; s++) {
+            peer_t *taker = queue->hungry[s];
+            self->visits++;
             if (taker->stamp == stamp)
                 continue;
             taker->stamp = stamp;
@@ -581,13 +738,14 @@ done:
 static int
 s_by_serial(const void *a, const void *b)
 {
-    const peer_t *x = *(peer_t *const *) a, *y = *(peer_t *const *) b;
+    const peer_t *x = *(peer_t *const *)a, *y = *(peer_t *const *)b;
     return x->serial < y->serial ? -1 : x->serial > y->serial;
 }
 
 /* The children that could take a waiting task now: servers of queues
    with waiting tasks, with credit left, in the order they announced
-   themselves. Idle children of other queues cost nothing. */
+   themselves. Idle children of other queues cost nothing, nor do
+   children at their credit (queue_t.hungry holds the others). */
 static uint32_t
 s_candidates(tq_broker_t *self)
 {
@@ -596,8 +754,9 @@ s_candidates(tq_broker_t *self)
     for (queue_t *q = self->queues; q; q = q->next) {
         if (!q->waiting)
             continue;
-        for (uint32_t i = 0; i < q->server_count; i++) {
-            peer_t *child = q->servers[i];
+        for (uint32_t i = 0; i < q->hungry_count; i++) {
+            peer_t *child = q->hungry[i];
+            self->visits++;
             if (child->stamp == stamp || child->unreachable_ms ||
                 child->held + child->cancelled >= child->credit)
                 continue;
@@ -681,12 +840,14 @@ tqb_check_hosts(tq_broker_t *self)
 {
     peer_t *next;
     /* a child whose connection went away, for which neither its LOST nor
-       a new READY came: handled as a DISCONNECT (s_unreachable) */
-    for (peer_t *w = self->children; w; w = next) {
-        next = w->next;
-        if (w->unreachable_ms &&
-            self->now_ms - w->unreachable_ms >= TQB_LIVENESS_MS)
-            tqb_peer_remove(self, w, false, 0, "unreachable");
+       a new READY came: handled as a DISCONNECT (s_unreachable); they
+       were marked in time order, so only the expired and the first one
+       left are looked at, not every child */
+    for (peer_t *w = self->unreachable; w; w = self->unreachable) {
+        self->visits++;
+        if (self->now_ms - w->unreachable_ms < TQB_LIVENESS_MS)
+            break;
+        tqb_peer_remove(self, w, false, 0, "unreachable");
     }
     for (peer_t *sup = self->supervisors; sup; sup = next) {
         next = sup->next;
