@@ -431,10 +431,15 @@ static int
 s_drain(tq_broker_t *self, void *socket, const char *endpoint)
 {
     int count = 0;
+    bool *quiet = &self->quiet[socket == self->clients];
+    *quiet = false;
     while (count < BATCH && !self->stopping) {
         int rc = tq_wire_recv(socket, &self->frames, true, ZMQ_DONTWAIT);
-        if (rc == -1)
+        if (rc == -1) {
+            /* after whatever the messages handled here sent */
+            *quiet = errno == EAGAIN;
             break;
+        }
         count++;
         tqb_received(self);
         const char *reason = NULL;
@@ -996,14 +1001,19 @@ s_timeout(tq_broker_t *self)
 }
 
 /* True if socket has a message to read (ZMQ_EVENTS, which also takes in
-   the commands its I/O thread sent since the last look). -1 on error. */
+   the commands its I/O thread sent since the last look). -1 on error.
+   Nothing is asked of a socket known quiet (self->quiet): 0. */
 static int
-s_readable(void *socket)
+s_readable(tq_broker_t *self, void *socket)
 {
+    bool *quiet = &self->quiet[socket == self->clients];
+    if (*quiet)
+        return 0;
     uint32_t events = 0;
     size_t size = sizeof events;
     if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
         return -1;
+    *quiet = !(events & ZMQ_POLLIN);
     return (events & ZMQ_POLLIN) != 0;
 }
 
@@ -1011,7 +1021,8 @@ s_readable(void *socket)
 static bool
 s_input(tq_broker_t *self)
 {
-    return s_readable(self->clients) != 0 || s_readable(self->workers) != 0;
+    return s_readable(self, self->clients) != 0 ||
+        s_readable(self, self->workers) != 0;
 }
 
 /* True if s_wait's errno is worth another wait rather than the end of
@@ -1045,10 +1056,10 @@ s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
     /* a failed look returns at once, with its errno: a ZMQ_EVENTS that
        succeeds leaves errno at EAGAIN (libzmq's empty mailbox), so the
        second socket's look would turn the first's EINTR into EAGAIN */
-    int a = s_readable(self->workers);
+    int a = s_readable(self, self->workers);
     if (a < 0)
         return -1;
-    int b = a == 1 ? 1 : s_readable(self->clients);
+    int b = a == 1 ? 1 : s_readable(self, self->clients);
     if (b < 0)
         return -1;
     if (a == 1 || b == 1) {

@@ -312,6 +312,7 @@ s_batch_send(tq_broker_t *self, out_batch_t *b)
     int rc = tq_wire_send(b->socket, &id, header, header_size,
                           has ? &payload : NULL, ZMQ_DONTWAIT);
     int err = errno;
+    tqb_sent(self, b->socket);
     if (has)
         zmq_msg_close(&payload);
     zmq_msg_close(&id);
@@ -537,6 +538,7 @@ s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
     int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, msg,
                               ZMQ_DONTWAIT);
+    tqb_sent(self, socket);
     zmq_msg_close(&id);
     if (msg == &copy) {
         int err = errno;

@@ -23,12 +23,13 @@ static struct {
     void *fail; /* the socket whose next ZMQ_EVENTS fails, NULL once done */
     int err; /* with this errno */
     int failed; /* looks failed */
-    int after; /* the workers socket's looks after the failure */
+    int after; /* the sockets' looks after the failure */
 } s_inject;
 
-/* ZMQ_EVENTS on s_inject.fail fails once with s_inject.err; the workers
-   socket's next look after that stops the broker (its loop then ends at
-   the top of the next pass). */
+/* ZMQ_EVENTS on s_inject.fail fails once with s_inject.err; the next
+   look at either socket after that stops the broker (its loop then ends
+   at the top of the next pass; a socket the broker knows quiet is not
+   looked at again). */
 int
 __wrap_zmq_getsockopt(void *socket, int option, void *value, size_t *size)
 {
@@ -39,7 +40,9 @@ __wrap_zmq_getsockopt(void *socket, int option, void *value, size_t *size)
             errno = s_inject.err;
             return -1;
         }
-        if (!s_inject.fail && socket == s_inject.broker->workers &&
+        if (!s_inject.fail &&
+            (socket == s_inject.broker->workers ||
+             socket == s_inject.broker->clients) &&
             s_inject.after++ == 0)
             tq_broker_stop(s_inject.broker);
     }
