@@ -510,6 +510,9 @@ struct tq_broker_t {
        sent on it since: a send may take in the command that would have
        signalled), so that s_wait need not look (tqb_sent) */
     bool quiet[2];
+    /* the last s_wait slept until a socket's descriptor woke it: the
+       broker was idle, and the first message goes through alone */
+    bool woken;
 };
 
 /* Notes a message sent on socket (self->workers or self->clients). */
