@@ -448,16 +448,21 @@ s_decode(tq_broker_t *self, const char **reason)
     return TQ_OK;
 }
 
-/* Receives and handles up to BATCH messages from one socket (a BATCH
+/* Receives and handles up to max messages from one socket (a BATCH
    counts its sub-messages). Returns how many were read. */
 static int
-s_drain(tq_broker_t *self, void *socket, const char *endpoint)
+s_drain(tq_broker_t *self, void *socket, const char *endpoint, int max)
 {
     int count = 0;
-    while (count < BATCH && !self->stopping) {
+    bool *quiet = &self->quiet[socket == self->clients];
+    *quiet = false;
+    while (count < max && !self->stopping) {
         int rc = tq_wire_recv(socket, &self->frames, true, ZMQ_DONTWAIT);
-        if (rc == -1)
+        if (rc == -1) {
+            /* after whatever the messages handled here sent */
+            *quiet = errno == EAGAIN;
             break;
+        }
         count++;
         tqb_received(self);
         const char *reason = NULL;
@@ -1019,14 +1024,19 @@ s_timeout(tq_broker_t *self)
 }
 
 /* True if socket has a message to read (ZMQ_EVENTS, which also takes in
-   the commands its I/O thread sent since the last look). -1 on error. */
+   the commands its I/O thread sent since the last look). -1 on error.
+   Nothing is asked of a socket known quiet (self->quiet): 0. */
 static int
-s_readable(void *socket)
+s_readable(tq_broker_t *self, void *socket)
 {
+    bool *quiet = &self->quiet[socket == self->clients];
+    if (*quiet)
+        return 0;
     uint32_t events = 0;
     size_t size = sizeof events;
     if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
         return -1;
+    *quiet = !(events & ZMQ_POLLIN);
     return (events & ZMQ_POLLIN) != 0;
 }
 
@@ -1034,7 +1044,8 @@ s_readable(void *socket)
 static bool
 s_input(tq_broker_t *self)
 {
-    return s_readable(self->clients) != 0 || s_readable(self->workers) != 0;
+    return s_readable(self, self->clients) != 0 ||
+        s_readable(self, self->workers) != 0;
 }
 
 /* True if s_wait's errno is worth another wait rather than the end of
@@ -1065,13 +1076,14 @@ static int
 s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
 {
     drain[0] = drain[1] = true;
+    self->woken = false;
     /* a failed look returns at once, with its errno: a ZMQ_EVENTS that
        succeeds leaves errno at EAGAIN (libzmq's empty mailbox), so the
        second socket's look would turn the first's EINTR into EAGAIN */
-    int a = s_readable(self->workers);
+    int a = s_readable(self, self->workers);
     if (a < 0)
         return -1;
-    int b = a == 1 ? 1 : s_readable(self->clients);
+    int b = a == 1 ? 1 : s_readable(self, self->clients);
     if (b < 0)
         return -1;
     if (a == 1 || b == 1) {
@@ -1092,12 +1104,14 @@ s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
     }
     drain[0] = fds[0].revents != 0;
     drain[1] = fds[1].revents != 0;
+    self->woken = rc > 0 && (drain[0] || drain[1]);
     while (unlock && pthread_mutex_trylock(&self->lead_lock) != 0) {
         /* a caller leads the loop, and reads what woke us: sleep without
            the sockets, woken by the lead's end if it leaves input, else
            back within PARK_MS (a caller leading again and again is not
            woken for per lead) */
         drain[0] = drain[1] = true;
+        self->woken = false;
         struct pollfd wakeup = {.fd = self->wakeup, .events = POLLIN};
         if (poll(&wakeup, 1, PARK_MS) > 0) {
             uint64_t count;
@@ -1120,6 +1134,31 @@ s_dispatch(tq_broker_t *self)
     return TQ_OK;
 }
 
+/* The first message of a pass that an idle broker woke for (workers
+   first, as the burst), handled and what it made sent. drain[i] is
+   cleared if its socket had nothing after all. TQ_OK, or how the loop
+   ends. */
+static int
+s_pass_first(tq_broker_t *self, bool drain[2])
+{
+    int i = drain[0] ? 0 : 1;
+    void *socket = i == 0 ? self->workers : self->clients;
+    if (s_drain(self, socket, i == 0 ? "workers" : "clients", 1) == 0) {
+        drain[i] = !self->quiet[i]; /* an EINTR: look again */
+        return TQ_OK;
+    }
+    int rc;
+    if (self->dispatch_due && (rc = s_dispatch(self)) != TQ_OK)
+        return rc;
+    tqb_batch_flush_children(self);
+    if (!self->journal) {
+        if (!tqb_commit(self))
+            return s_store_lost(self);
+        tqb_batch_flush(self);
+    }
+    return TQ_OK;
+}
+
 /* One pass of the loop after a wait of `timeout` ms: timers, both sockets
    drained, dispatch, commit, host checks. TQ_OK, or how the loop ends. */
 static int
@@ -1133,6 +1172,12 @@ s_pass(tq_broker_t *self, long timeout, bool drain[2])
         return rc;
     s_credit_stall(self, self->last_pass_ms, timeout);
     tqb_release_due(self);
+    /* an idle broker woken by a message sends what it made at once: a
+       lone SUBMIT's TASK, a lone DONE's RESULT (without a journal, whose
+       commit would wait for the burst's), before the receive that finds
+       the socket empty (a system call on the round trip's path) */
+    if (self->woken && (rc = s_pass_first(self, drain)) != TQ_OK)
+        return rc;
     /* drain both sockets in bursts until both are quiet */
     for (;;) {
         if (self->lease.active && tqb_lease_tick(self) == TQB_LEASE_LOST)
@@ -1145,7 +1190,7 @@ s_pass(tq_broker_t *self, long timeout, bool drain[2])
         self->now_ms = tqb_now();
         s_credit_stall(self, burst_started, 0);
         int from_workers =
-            drain[0] ? s_drain(self, self->workers, "workers") : 0;
+            drain[0] ? s_drain(self, self->workers, "workers", BATCH) : 0;
         /* the credit those DONEs gave back is used before the clients'
            burst (up to a BATCH of SUBMITs to handle): the children would
            otherwise wait for it, idle, with their prefetch run dry */
@@ -1155,7 +1200,7 @@ s_pass(tq_broker_t *self, long timeout, bool drain[2])
             tqb_batch_flush_children(self);
         }
         int from_clients =
-            drain[1] ? s_drain(self, self->clients, "clients") : 0;
+            drain[1] ? s_drain(self, self->clients, "clients", BATCH) : 0;
         int got = from_workers + from_clients;
         bool full = from_workers >= BATCH || from_clients >= BATCH;
         if (self->dispatch_due && (rc = s_dispatch(self)) != TQ_OK)

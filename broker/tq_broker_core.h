@@ -529,7 +529,23 @@ struct tq_broker_t {
     peer_t *unreachable, *unreachable_tail;
     uint64_t visits; /* children those passes looked at, for tests: it
                         grows with the eligible, not with the connected */
+    /* workers [0] and clients [1]: true while the socket is known to have
+       nothing to read and its ZMQ_FD to signal the next message (a drain
+       ended on an empty receive, or ZMQ_EVENTS said so, and nothing was
+       sent on it since: a send may take in the command that would have
+       signalled), so that s_wait need not look (tqb_sent) */
+    bool quiet[2];
+    /* the last s_wait slept until a socket's descriptor woke it: the
+       broker was idle, and the first message goes through alone */
+    bool woken;
 };
+
+/* Notes a message sent on socket (self->workers or self->clients). */
+static inline void
+tqb_sent(struct tq_broker_t *self, const void *socket)
+{
+    self->quiet[socket == self->clients] = false;
+}
 
 /* ---- tq_broker.c: clocks, allocation, logging ---- */
 

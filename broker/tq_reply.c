@@ -312,6 +312,7 @@ s_batch_send(tq_broker_t *self, out_batch_t *b)
     int rc = tq_wire_send(b->socket, &id, header, header_size,
                           has ? &payload : NULL, ZMQ_DONTWAIT);
     int err = errno;
+    tqb_sent(self, b->socket);
     if (has)
         zmq_msg_close(&payload);
     zmq_msg_close(&id);
@@ -548,6 +549,7 @@ s_send_to(tq_broker_t *self, void *socket, const ident_t *ident,
     memcpy(zmq_msg_data(&id), tqb_ident_data(ident), ident->size);
     int rc = tq_wire_send_msg(socket, &id, &self->out, &self->sbuf, msg,
                               ZMQ_DONTWAIT);
+    tqb_sent(self, socket);
     zmq_msg_close(&id);
     if (msg == &copy) {
         int err = errno;
@@ -796,16 +798,38 @@ tqb_fold_ack(tq_broker_t *self, const task_t *task)
     self->fold_count++;
 }
 
+/* True if the oldest held SUBMITTED's task ended (or was forgotten): its
+   RESULT acknowledged it, and nothing is left to send. */
+static bool
+s_fold_head_done(tq_broker_t *self)
+{
+    const fold_t *fold = &self->folds[self->fold_head];
+    task_t *task = fold->id_bin
+        ? tqb_task_find_bin(self, (const uint8_t *)fold->id)
+        : tqb_task_find(self, tq_str(fold->id));
+    return !task || tqb_task_is_final(task);
+}
+
 int64_t
 tqb_release_folds(tq_broker_t *self, bool all)
 {
-    for (int sent = 0; self->fold_count; sent++) {
+    int sent = 0;
+    while (self->fold_count) {
         fold_t *fold = &self->folds[self->fold_head];
-        if (!all && fold->due_ms > self->now_ms)
-            return fold->due_ms;
+        /* one whose task ended has nothing to send: let go before it is
+           due, so that its deadline wakes nobody (a round trip at a time
+           would otherwise wake the broker a window after each) */
+        if (!all && fold->due_ms > self->now_ms) {
+            if (!s_fold_head_done(self))
+                return fold->due_ms;
+            self->fold_head = (self->fold_head + 1) % self->fold_cap;
+            self->fold_count--;
+            continue;
+        }
         if (!all && sent == FOLDS_PER_PASS)
             return self->now_ms;
         s_fold_release_head(self);
+        sent++;
     }
     if (self->fold_cap > FOLDS_KEPT) {
         /* a burst's ring (~100 bytes a task) goes back once drained,

@@ -8,6 +8,8 @@
 #include <assert.h>
 #include <czmq.h>
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1519,17 +1521,27 @@ static void
 s_io_release(tq_client_t *c, bool wake, s_release_t mode)
 {
     wake |= c->io->later != NULL;
+    bool give_back =
+        mode == S_GIVE_BACK || (mode == S_LEAD_DONE && c->io->waiting > 0);
     /* input this thread's sends and reads hid from the I/O thread's poll:
-       ZMQ_FD signals a change once, and this thread may have taken it */
-    if (!wake && c->socket) {
+       ZMQ_FD signals a change once, and this thread may have taken it.
+       Not asked (a look into the socket's mailbox, two system calls on
+       every round trip) when no poll of the I/O thread watches ZMQ_FD:
+       it sleeps without the socket (io_socketless cannot turn false
+       while io_lock is held here), and is woken below if it gets the
+       socket back, else it looks itself when it takes it again; nor when
+       this caller reads the socket next, its request the only one
+       awaited (S_WILL_LEAD: the lead reads what came, and what follows
+       its answer is looked at when it lets go) */
+    bool look = !wake && c->socket && !atomic_load(&c->io_socketless) &&
+        !(mode == S_WILL_LEAD && c->io->waiting <= 1);
+    if (look) {
         int events = 0;
         size_t size = sizeof events;
         if (zmq_getsockopt(c->socket, ZMQ_EVENTS, &events, &size) != 0 ||
             (events & ZMQ_POLLIN))
             wake = true;
     }
-    bool give_back =
-        mode == S_GIVE_BACK || (mode == S_LEAD_DONE && c->io->waiting > 0);
     pthread_mutex_unlock(&c->io_lock);
     if (atomic_exchange(&c->io_handback, false) && give_back)
         wake = true;
@@ -1691,11 +1703,13 @@ tq_client_io_lead(tq_client_t *c, tq_result_t *h, int64_t deadline)
             if (events & ZMQ_POLLIN)
                 continue;
         }
-        zmq_pollitem_t items[2] = {{NULL, fd, ZMQ_POLLIN, 0},
-                                   {NULL, c->wake_fd, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR)
+        /* poll(2) itself: zmq_poll on descriptors alone first polls
+           without a timeout, one more system call per round trip */
+        struct pollfd items[2] = {{fd, POLLIN, 0}, {c->wake_fd, POLLIN, 0}};
+        if (poll(items, 2, timeout > INT_MAX ? INT_MAX : (int)timeout) < 0 &&
+            errno != EINTR)
             break;
-        if (items[1].revents & ZMQ_POLLIN)
+        if (items[1].revents & POLLIN)
             break; /* the I/O thread, or a request, needs the socket */
     }
     s_leading = false;

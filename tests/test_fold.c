@@ -153,6 +153,44 @@ test_fold_window(void **state)
     zmq_ctx_term(ctx);
 }
 
+/* A held SUBMITTED whose task ended before its window did has nothing to
+   send: it is let go before it is due and sets no deadline (a client
+   doing one round trip at a time would otherwise wake the broker a
+   window after each); the first one still running sets it, and is sent
+   when due. */
+static void
+test_fold_ended_no_deadline(void **state)
+{
+    (void)state;
+    void *ctx = zmq_ctx_new();
+    tq_broker_t *b = s_broker(1000);
+    void *dealer = s_client(b, ctx);
+    b->now_ms = 5000;
+    s_submit(b, "a");
+    b->now_ms = 5100;
+    s_submit(b, "b");
+    tqb_cancel(b, tqb_task_find(b, tq_str("a")), "cancelled");
+    /* a's ended: b's window is the deadline */
+    assert_int_equal(tqb_release_folds(b, false), 6100);
+    assert_int_equal(b->fold_count, 1);
+    tqb_cancel(b, tqb_task_find(b, tq_str("b")), "cancelled");
+    assert_int_equal(tqb_release_folds(b, false), INT64_MAX);
+    assert_int_equal(b->fold_count, 0);
+    b->now_ms = 5200;
+    s_submit(b, "c");
+    assert_int_equal(tqb_release_folds(b, false), 6200);
+    b->now_ms = 6200;
+    assert_int_equal(tqb_release_folds(b, false), INT64_MAX);
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_RESULT,
+                                       TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"a", "b", "c"};
+    s_expect(dealer, commands, ids, 3);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+}
+
 /* Client-made ids (kept as 16 bytes) are held and released by their
    bytes, text ids by their text, side by side: the ended one gets its
    RESULT alone, the others their SUBMITTED with their id as sent. */
@@ -246,6 +284,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fold_window),
+        cmocka_unit_test(test_fold_ended_no_deadline),
         cmocka_unit_test(test_fold_binary_ids),
         cmocka_unit_test(test_no_window),
         cmocka_unit_test(test_not_opted_in),

@@ -142,6 +142,8 @@ typedef struct {
                           children: its PONG said so (feature 0x4) */
     int64_t *spans; /* per registry entry: how long its last run here
                        took, us; -1 before its first */
+    bool empty; /* the last drain ended on a receive that found nothing,
+                   and nothing was sent since: s_wait need not look */
 } s_child_t;
 
 /* A task that runs this long gets the keeper to answer for the child. */
@@ -351,6 +353,7 @@ static int
 s_send(s_child_t *self, zmq_msg_t *payload)
 {
     s_flush(self);
+    self->empty = false; /* a send may take in what would signal */
     for (;;) {
         int rc = tq_wire_send_msg(self->sock, NULL, &self->out, &self->header,
                                   payload, 0);
@@ -449,6 +452,7 @@ s_send_frames(s_child_t *self, const char *what, const void *header,
               size_t size, zmq_msg_t *msg, const void *data, size_t bytes)
 {
     int rc;
+    self->empty = false; /* a send may take in what would signal */
     while ((rc = zmq_send(self->sock, header, size, ZMQ_SNDMORE)) < 0 &&
            errno == EINTR)
         ;
@@ -887,11 +891,17 @@ static size_t
 s_drain(s_child_t *self, size_t max)
 {
     size_t got = 0;
+    self->empty = false;
     while (got < max) {
         int rc = tq_wire_recv(self->sock, &self->frames, false, ZMQ_DONTWAIT);
         if (rc == -1) {
-            if (errno == EAGAIN || errno == EINTR)
+            if (errno == EINTR)
                 break;
+            if (errno == EAGAIN) {
+                /* after whatever the messages handled here sent */
+                self->empty = true;
+                break;
+            }
             s_die("recv");
         }
         s_on_message(self, rc);
@@ -1044,6 +1054,7 @@ static void
 s_reconnect(s_child_t *self, const char *running)
 {
     s_reannounce = 0;
+    self->empty = false;
     /* the broker gave us the running task again (a newer attempt, queued
        here): it recovered it after our last READY. Naming it would bind
        that attempt to this run, whose DONE it refuses; unnamed, it is
@@ -1137,7 +1148,10 @@ s_should_recycle(s_child_t *self)
 
 /* Waits, without a job to run, until the socket has input or a signal
    came (1 s at most: a signal landing just before the wait is seen within
-   a second even if its EINTR was missed). Returns false when the wait
+   a second even if its EINTR was missed). With empty (a drain just
+   found the socket empty, nothing sent since: libzmq took in the
+   socket's commands then) the look at ZMQ_EVENTS is skipped, a system
+   call pair on every round trip. Returns false when the wait
    shows that the monitor has no event, so that the look at it after the
    drain can be skipped (a system call on every round trip). ZMQ_EVENTS
    then a poll on ZMQ_FD, the pattern libzmq documents for its
@@ -1149,11 +1163,11 @@ s_should_recycle(s_child_t *self)
    that finds nothing before, a second look after), on the path of every
    round trip. */
 static bool
-s_wait(s_child_t *self)
+s_wait(s_child_t *self, bool empty)
 {
     uint32_t events = 0;
     size_t size = sizeof events;
-    if (zmq_getsockopt(self->sock, ZMQ_EVENTS, &events, &size) != 0) {
+    if (!empty && zmq_getsockopt(self->sock, ZMQ_EVENTS, &events, &size) != 0) {
         if (errno == EINTR)
             return true;
         s_die("zmq_getsockopt");
@@ -1230,6 +1244,9 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     bool quiet = false; /* ... and saw the monitor without an event */
     bool pending = false; /* more may wait: drain before the next wait */
     while (!s_stop) {
+        /* only a drain of this pass tells s_wait the socket is empty (a
+           job run since sent its DONE) */
+        self->empty = false;
         if (s_reannounce)
             s_reconnect(self, NULL);
         /* a drain ends with a receive that finds nothing, and that costs
@@ -1283,7 +1300,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
             /* nothing held waits for the broker's next message (a REVOKE
                may have taken the job a DONE was held for) */
             s_flush(self);
-            quiet = !s_wait(self);
+            quiet = !s_wait(self, self->empty);
             woke = true;
             continue;
         }
