@@ -7,6 +7,7 @@
    payload is stored with its CRC-32C and checked when it is read back. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,8 +109,8 @@ static const char *const s_sql[S_COUNT] = {
     [S_SET_DUE] = "UPDATE tasks SET state = ?2, attempt = ?3, due_ms = ?4"
                   " WHERE id = ?1",
     [S_FINISH] = "UPDATE tasks SET state = ?2, attempt = ?3, code = ?4,"
-                 " error = ?5, result = ?6, expires_ms = ?7, result_crc = ?8"
-                 " WHERE id = ?1",
+                 " error = ?5, result = ?6, expires_ms = ?7, result_crc = ?8,"
+                 " due_ms = ?9 WHERE id = ?1",
     [S_REMOVE] = "DELETE FROM tasks WHERE id = ?1",
     [S_PURGE] = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks"
                 " WHERE expires_ms > 0 AND expires_ms < ?1 LIMIT ?2)",
@@ -341,6 +342,19 @@ s_quick_check(s_store_t *self)
     return TQ_ESYS;
 }
 
+/* SQLite's process-wide settings, made before its first use in the
+   process: no memory statistics (tq reads none), which otherwise take a
+   global mutex at every allocation SQLite makes, several per statement.
+   If the program used SQLite before, the call is refused (SQLITE_MISUSE)
+   and its settings stay: nothing else changes. */
+static pthread_once_t s_config_once = PTHREAD_ONCE_INIT;
+
+static void
+s_config(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 tq_store_t *
 tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
                     char *error, size_t errlen)
@@ -375,6 +389,7 @@ tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
     }
     close(fd);
     int version = 0;
+    pthread_once(&s_config_once, s_config);
     if (sqlite3_open_v2(self->path, &self->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -439,14 +454,15 @@ s_destroy(tq_store_t *base)
     free(self);
 }
 
-/* Runs a prepared statement to completion and resets it. */
+/* Runs a prepared statement to completion and resets it. Its bindings
+   stay: every write binds each of its statement's parameters, NULL
+   included. */
 static int
 s_run(s_store_t *self, int which, const char *what)
 {
     sqlite3_stmt *stmt = self->stmt[which];
     int rc = sqlite3_step(stmt);
     sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
     if (rc != SQLITE_DONE)
         return s_fail(self, what);
     return TQ_OK;
@@ -489,6 +505,8 @@ s_add(tq_store_t *base, const tq_store_task_t *t)
     sqlite3_bind_int64(s, 14, tq_crc32c(0, t->args, t->args_size));
     if (t->owner)
         sqlite3_bind_text(s, 15, t->owner, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 15);
     return s_run(self, S_ADD, "cannot store a task");
 }
 
@@ -534,11 +552,17 @@ s_finish(tq_store_t *base, const tq_store_task_t *t)
     sqlite3_bind_int(s, 4, (int)t->code);
     if (t->error)
         sqlite3_bind_text(s, 5, t->error, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 5);
     if (t->result) {
         sqlite3_bind_blob(s, 6, t->result, (int)t->result_size, SQLITE_STATIC);
         sqlite3_bind_int64(s, 8, tq_crc32c(0, t->result, t->result_size));
+    } else {
+        sqlite3_bind_null(s, 6);
+        sqlite3_bind_null(s, 8);
     }
     sqlite3_bind_int64(s, 7, t->expires_ms);
+    sqlite3_bind_int64(s, 9, t->due_ms);
     return s_run(self, S_FINISH, "cannot store a result");
 }
 
