@@ -694,6 +694,9 @@ bool tqb_commit(tq_broker_t *self);
 /* tqb_commit, waiting until every batch is committed and acknowledged. */
 bool tqb_commit_flush(tq_broker_t *self);
 void tqb_acks_clear(tq_broker_t *self);
+/* The ops in the open batch (a task's change of state in the same batch
+   replaces its last one; see tq_journal.c s_task_op); 0 without a store. */
+uint32_t tqb_journal_open_ops(const tq_broker_t *self);
 
 /* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
 

@@ -27,13 +27,13 @@ s_due_wall(const task_t *task)
     return due > 0 ? due : 1;
 }
 
-/* The stored row of a task: its record, its names, and what it holds. */
+/* The stored row of a task: its record, its names, and what it holds;
+   its id is left for s_task_op (a change that replaces an op has it). */
 static void
 s_row(tq_broker_t *self, const task_t *task, tq_store_task_t *row)
 {
     (void)self;
     *row = (tq_store_task_t){
-        .id = tqb_task_id(task),
         .task = task->lane->task,
         .queue = task->lane->queue->name,
         .owner = tqb_task_owner(self, task),
@@ -90,6 +90,19 @@ typedef struct {
     uint32_t count, cap;
 } batch_t;
 
+/* A task's last op in the open batch, found by the task's address: a
+   change that follows a state change in the same batch replaces it
+   (s_task_op). A slot is live while its gen is the table's. */
+typedef struct {
+    const task_t *task;
+    uint32_t op; /* index in the open batch */
+    uint32_t gen;
+} last_t;
+
+/* The table of last ops goes back to the system at a hand-off when a
+   burst made it larger than this many slots (16 bytes each). */
+#define S_LAST_KEEP 131072u
+
 struct tqb_journal_s {
     tq_store_t *store; /* borrowed from the broker */
     batch_t batch[2]; /* the open one and the other (in flight or idle) */
@@ -100,6 +113,11 @@ struct tqb_journal_s {
     bool busy; /* loop side: a batch is in flight */
     uint32_t page_out_mark; /* tasks of self->page_out listed before the
                                batch in flight was handed off */
+    last_t *last; /* each task's last op in the open batch: open
+                     addressing, a power of two of slots */
+    uint32_t last_cap, last_used;
+    uint32_t last_gen; /* the open batch's generation of slots, from 1 */
+    uint64_t folded; /* changes that replaced an op (s_task_op) */
     int wakeup; /* the broker's eventfd: written when a batch is done */
     const char *hold; /* tests: TQ_TEST_HOLD_COMMITS */
     pthread_t thread;
@@ -175,6 +193,109 @@ s_task_payload(op_t *op, const task_t *task)
     if (zmq_msg_init_size(&op->payload, size) != 0)
         abort();
     memcpy(zmq_msg_data(&op->payload), data, size);
+}
+
+/* The slot of task in the table of last ops: its own, or the empty one
+   where it would go. */
+static last_t *
+s_last_slot(tqb_journal_t *j, const task_t *task)
+{
+    uint32_t mask = j->last_cap - 1;
+    uint64_t h = ((uint64_t)(uintptr_t)task >> 4) * 0x9E3779B97F4A7C15ull;
+    for (uint32_t i = (uint32_t)(h >> 32) & mask;; i = (i + 1) & mask) {
+        last_t *slot = &j->last[i];
+        if (slot->gen != j->last_gen || slot->task == task)
+            return slot;
+    }
+}
+
+/* Doubles the table (or makes it), keeping the live slots. */
+static void
+s_last_grow(tqb_journal_t *j)
+{
+    last_t *old = j->last;
+    uint32_t old_cap = j->last_cap;
+    j->last_cap = old_cap ? 2 * old_cap : 1024;
+    j->last = calloc(j->last_cap, sizeof *j->last);
+    if (!j->last)
+        abort();
+    for (uint32_t i = 0; i < old_cap; i++)
+        if (old[i].gen == j->last_gen)
+            *s_last_slot(j, old[i].task) = old[i];
+    free(old);
+}
+
+/* The op index task's last change in the open batch has, or UINT32_MAX. */
+static uint32_t
+s_last_get(tqb_journal_t *j, const task_t *task)
+{
+    if (!j->last_cap)
+        return UINT32_MAX;
+    last_t *slot = s_last_slot(j, task);
+    return slot->gen == j->last_gen ? slot->op : UINT32_MAX;
+}
+
+static void
+s_last_set(tqb_journal_t *j, const task_t *task, uint32_t op)
+{
+    if (2 * (j->last_used + 1) > j->last_cap)
+        s_last_grow(j);
+    last_t *slot = s_last_slot(j, task);
+    if (slot->gen != j->last_gen)
+        j->last_used++;
+    *slot = (last_t){.task = task, .op = op, .gen = j->last_gen};
+}
+
+/* A new batch opens: every slot goes stale at once (a new generation;
+   cleared when the count wraps, and given back after a burst). */
+static void
+s_last_reset(tqb_journal_t *j)
+{
+    j->last_used = 0;
+    if (j->last_cap > S_LAST_KEEP) {
+        free(j->last);
+        j->last = NULL;
+        j->last_cap = 0;
+    }
+    if (++j->last_gen == 0) {
+        if (j->last)
+            memset(j->last, 0, j->last_cap * sizeof *j->last);
+        j->last_gen = 1;
+    }
+}
+
+/* The op for a change of a stored task, made the task's last one in the
+   open batch. A new state (SET_DUE or FINISH) that follows a SET_DUE of
+   the same task in this batch replaces it, since both write the whole
+   of what that one wrote (state, attempt, due time) and the batch
+   commits whole: a task dispatched and finished while one commit runs
+   costs one statement, not two. Any other op stays, and the new one goes
+   after it. */
+static op_t *
+s_task_op(tq_broker_t *self, const task_t *task, op_kind_t kind,
+          tq_store_task_t *row)
+{
+    tqb_journal_t *j = self->journal;
+    uint32_t at = s_last_get(j, task);
+    if (at != UINT32_MAX && j->open->ops[at].kind == OP_SET_DUE &&
+        (kind == OP_SET_DUE || kind == OP_FINISH)) {
+        op_t *op = &j->open->ops[at];
+        /* a SET_DUE holds no payload; the id is the same */
+        free(op->error);
+        op->error = NULL;
+        op->kind = kind;
+        op->row = *row;
+        if (row->error) {
+            op->error = tqb_strdup(row->error);
+            op->row.error = op->error;
+        }
+        j->folded++;
+        return op;
+    }
+    row->id = tqb_task_id(task);
+    op_t *op = s_row_op(self, kind, row, NULL);
+    s_last_set(j, task, j->open->count - 1);
+    return op;
 }
 
 /* Commit thread: writes one op into the store's open transaction. */
@@ -304,6 +425,7 @@ tqb_journal_new(tq_broker_t *self)
     j->store = self->store;
     j->open = &j->batch[0];
     j->open_seq = 1;
+    j->last_gen = 1;
     j->wakeup = self->wakeup;
     j->hold = getenv("TQ_TEST_HOLD_COMMITS");
     if (j->hold && !*j->hold)
@@ -336,7 +458,7 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         row.expires_ms = task->rec.code == TQ_ELOST
             ? 0
             : tqb_wall_ms() + (int64_t)self->config.result_ttl_s * 1000 + 1;
-        op_t *op = s_row_op(self, OP_FINISH, &row, NULL);
+        op_t *op = s_task_op(self, task, OP_FINISH, &row);
         if (value)
             s_task_payload(op, task);
         self->disk_bytes += size + TQB_ROW_BYTES;
@@ -344,7 +466,7 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
     }
     if (from == TASK_NEW) {
         /* in memory when new */
-        s_task_payload(s_row_op(self, OP_ADD, &row, NULL), task);
+        s_task_payload(s_task_op(self, task, OP_ADD, &row), task);
         self->disk_bytes += tqb_task_payload_size(task) + TQB_ROW_BYTES;
         return;
     }
@@ -354,13 +476,13 @@ tqb_journal_task(tq_broker_t *self, task_t *task, task_state_t from)
         row.code = 0;
         row.error = NULL;
         row.expires_ms = 0;
-        s_row_op(self, OP_FINISH, &row, NULL);
+        s_task_op(self, task, OP_FINISH, &row);
     } else
-        s_row_op(self, OP_SET_DUE, &row, NULL);
+        s_task_op(self, task, OP_SET_DUE, &row);
     /* the retry budget changes on the way into RETRY and when an
        operator retries a dead letter */
     if (task->state == TASK_RETRY || from == TASK_FAILURE)
-        s_row_op(self, OP_SET_RETRIES, &row, NULL);
+        s_task_op(self, task, OP_SET_RETRIES, &row);
 }
 
 void
@@ -368,8 +490,9 @@ tqb_journal_forget(tq_broker_t *self, const task_t *task)
 {
     if (!self->store)
         return;
-    tq_store_task_t row = {.id = tqb_task_id(task)};
-    s_row_op(self, OP_REMOVE, &row, NULL);
+    tq_store_task_t row = {0};
+    /* its last op: a task made later at the same address follows it */
+    s_task_op(self, task, OP_REMOVE, &row);
 }
 
 void
@@ -579,6 +702,7 @@ s_hand_off(tq_broker_t *self)
     j->handed = j->open_seq++;
     j->page_out_mark = self->page_out_count;
     j->open = j->open == &j->batch[0] ? &j->batch[1] : &j->batch[0];
+    s_last_reset(j);
 }
 
 /* After a burst, once the loop is quiet (no batch open or in flight, no
@@ -639,6 +763,8 @@ tqb_journal_destroy(tq_broker_t *self)
     tqb_journal_t *j = self->journal;
     if (!j)
         return;
+    tqb_debug(self, "store: %llu changes replaced the one before them",
+              (unsigned long long)j->folded);
     /* what was acknowledged is committed; what is left holds only
        unacknowledged work, committed now as a courtesy */
     if (self->commit_rc == TQ_OK)
@@ -656,6 +782,7 @@ tqb_journal_destroy(tq_broker_t *self)
         s_batch_clear(&j->batch[i]);
         free(j->batch[i].ops);
     }
+    free(j->last);
     pthread_mutex_destroy(&j->lock);
     pthread_cond_destroy(&j->cond);
     free(j);
@@ -670,4 +797,10 @@ tqb_acks_clear(tq_broker_t *self)
     free(self->acks);
     self->acks = NULL;
     self->ack_head = self->ack_count = self->ack_cap = 0;
+}
+
+uint32_t
+tqb_journal_open_ops(const tq_broker_t *self)
+{
+    return self->journal ? self->journal->open->count : 0;
 }

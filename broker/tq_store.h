@@ -114,7 +114,10 @@ int tq_store_set_due(tq_store_t *self, const char *id, uint32_t state,
 int tq_store_set_retries(tq_store_t *self, const char *id, uint32_t retries,
                          uint32_t failures);
 
-/* Records a task's final outcome and when its result expires. */
+/* Records a task's final outcome and when its result expires, with its
+   state, attempt and due time (due_ms), as tq_store_set_due does: it may
+   stand for a set_due of the same task just before it (tq_journal.c
+   folds them). */
 int tq_store_finish(tq_store_t *self, const tq_store_task_t *task);
 
 /* Forgets a task. */

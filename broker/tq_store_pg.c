@@ -541,7 +541,8 @@ s_finish(tq_store_t *base, const tq_store_task_t *t)
     op->n[2] = t->code;
     op->n[3] = t->expires_ms;
     op->n[4] = tq_crc32c(0, t->result, t->result_size);
-    op->nn = 5;
+    op->n[5] = t->due_ms;
+    op->nn = 6;
     return TQ_OK;
 }
 
@@ -621,11 +622,12 @@ static const char *const s_prepared[] = {
                       " WHERE t.id = v.id",
     [S_FINISH] = "UPDATE tq_tasks t SET state = v.state, attempt ="
                  " v.attempt, code = v.code, expires_ms = v.expires_ms,"
-                 " result_crc = v.result_crc, error = v.error, result ="
-                 " v.result FROM unnest($1::text[], $2::int8[], $3::int8[],"
-                 " $4::int8[], $5::int8[], $6::int8[], $7::text[],"
-                 " $8::bytea[]) AS v(id, state, attempt, code, expires_ms,"
-                 " result_crc, error, result) WHERE t.id = v.id",
+                 " result_crc = v.result_crc, due_ms = v.due_ms, error ="
+                 " v.error, result = v.result FROM unnest($1::text[],"
+                 " $2::int8[], $3::int8[], $4::int8[], $5::int8[],"
+                 " $6::int8[], $7::int8[], $8::text[], $9::bytea[]) AS v(id,"
+                 " state, attempt, code, expires_ms, result_crc, due_ms,"
+                 " error, result) WHERE t.id = v.id",
     [S_REMOVE] = "DELETE FROM tq_tasks WHERE id = ANY($1::text[])",
     [S_PURGE] = "DELETE FROM tq_tasks WHERE id IN (SELECT id FROM tq_tasks"
                 " WHERE expires_ms > 0 AND expires_ms < ($1::int8[])[1]"
@@ -649,7 +651,7 @@ static const Oid s_columns[S_KINDS][S_COLUMNS_MAX + 1] = {
     [S_SET_DUE] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8},
     [S_SET_RETRIES] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8},
     [S_FINISH] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8, S_OID_INT8,
-                  S_OID_INT8, S_OID_TEXT, S_OID_BYTEA},
+                  S_OID_INT8, S_OID_INT8, S_OID_TEXT, S_OID_BYTEA},
     [S_REMOVE] = {S_OID_TEXT},
     [S_PURGE] = {S_OID_INT8, S_OID_INT8},
     [S_ITEM_ADD] = {S_OID_TEXT, S_OID_INT8, S_OID_INT8, S_OID_INT8,

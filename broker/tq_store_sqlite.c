@@ -7,6 +7,7 @@
    payload is stored with its CRC-32C and checked when it is read back. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,8 +109,8 @@ static const char *const s_sql[S_COUNT] = {
     [S_SET_DUE] = "UPDATE tasks SET state = ?2, attempt = ?3, due_ms = ?4"
                   " WHERE id = ?1",
     [S_FINISH] = "UPDATE tasks SET state = ?2, attempt = ?3, code = ?4,"
-                 " error = ?5, result = ?6, expires_ms = ?7, result_crc = ?8"
-                 " WHERE id = ?1",
+                 " error = ?5, result = ?6, expires_ms = ?7, result_crc = ?8,"
+                 " due_ms = ?9 WHERE id = ?1",
     [S_REMOVE] = "DELETE FROM tasks WHERE id = ?1",
     [S_PURGE] = "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks"
                 " WHERE expires_ms > 0 AND expires_ms < ?1 LIMIT ?2)",
@@ -120,10 +121,30 @@ static const char *const s_sql[S_COUNT] = {
     [S_COMMIT] = "COMMIT",
 };
 
+/* New tasks go in by S_ADD_ROWS a statement (one INSERT of that many
+   rows costs much less than as many INSERTs): s_add keeps a small task's
+   row aside (its strings and arguments copied, S_ADD_KEEP bytes at most)
+   until S_ADD_ROWS are there, or another write or the commit comes,
+   which inserts what is kept first: the writes keep their order. */
+#define S_ADD_ROWS 16
+#define S_ADD_KEEP 4096
+
+/* A kept row: its strings and arguments are offsets into the store's
+   add_bytes (SIZE_MAX: NULL), made pointers when inserted. */
+typedef struct {
+    tq_store_task_t row;
+    size_t id, task, queue, owner, args;
+} s_kept_t;
+
 typedef struct {
     tq_store_t base;
     sqlite3 *db;
     sqlite3_stmt *stmt[S_COUNT];
+    sqlite3_stmt *add_rows; /* the INSERT of S_ADD_ROWS rows */
+    s_kept_t kept[S_ADD_ROWS];
+    uint32_t kept_count;
+    char *add_bytes; /* the kept rows' strings and arguments */
+    size_t add_used, add_cap;
     char dir[1024];
     char path[1100]; /* DIR/tq.db */
     bool in_batch; /* a transaction is open */
@@ -341,6 +362,41 @@ s_quick_check(s_store_t *self)
     return TQ_ESYS;
 }
 
+/* SQLite's process-wide settings, made before its first use in the
+   process: no memory statistics (tq reads none), which otherwise take a
+   global mutex at every allocation SQLite makes, several per statement.
+   If the program used SQLite before, the call is refused (SQLITE_MISUSE)
+   and its settings stay: nothing else changes. */
+static pthread_once_t s_config_once = PTHREAD_ONCE_INIT;
+
+static void
+s_config(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
+/* S_ADD's INSERT with S_ADD_ROWS rows of its 15 parameters. */
+static int
+s_prepare_add_rows(s_store_t *self)
+{
+    const char *values = strstr(s_sql[S_ADD], " VALUES");
+    size_t head = (size_t)(values - s_sql[S_ADD]);
+    char sql[8192];
+    int n = snprintf(sql, sizeof sql, "%.*s VALUES", (int)head, s_sql[S_ADD]);
+    /* at most ~1,700 bytes: sql has room for every snprintf */
+    for (int r = 0; r < S_ADD_ROWS; r++) {
+        n += snprintf(sql + n, sizeof sql - (size_t)n, "%s(", r ? ", " : " ");
+        for (int p = 1; p <= 15; p++)
+            n += snprintf(sql + n, sizeof sql - (size_t)n, "%s?%d",
+                          p > 1 ? ", " : "", r * 15 + p);
+        n += snprintf(sql + n, sizeof sql - (size_t)n, ")");
+    }
+    return sqlite3_prepare_v3(self->db, sql, -1, SQLITE_PREPARE_PERSISTENT,
+                              &self->add_rows, NULL) == SQLITE_OK
+        ? TQ_OK
+        : TQ_ESYS;
+}
+
 tq_store_t *
 tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
                     char *error, size_t errlen)
@@ -375,6 +431,7 @@ tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
     }
     close(fd);
     int version = 0;
+    pthread_once(&s_config_once, s_config);
     if (sqlite3_open_v2(self->path, &self->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -411,6 +468,10 @@ tq_store_sqlite_new(const char *dir, const tq_store_options_t *options,
             s_fail(self, "cannot prepare statements");
             goto failed;
         }
+    if (s_prepare_add_rows(self) != TQ_OK) {
+        s_fail(self, "cannot prepare statements");
+        goto failed;
+    }
     return base;
 failed:
     snprintf(error, errlen, "%s",
@@ -430,6 +491,8 @@ s_destroy(tq_store_t *base)
         s_commit(base);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(self->stmt[i]);
+    sqlite3_finalize(self->add_rows);
+    free(self->add_bytes);
     sqlite3_finalize(self->read_args);
     sqlite3_finalize(self->read_result);
     if (self->reader)
@@ -439,14 +502,15 @@ s_destroy(tq_store_t *base)
     free(self);
 }
 
-/* Runs a prepared statement to completion and resets it. */
+/* Runs a prepared statement to completion and resets it. Its bindings
+   stay: every write binds each of its statement's parameters, NULL
+   included. */
 static int
 s_run(s_store_t *self, int which, const char *what)
 {
     sqlite3_stmt *stmt = self->stmt[which];
     int rc = sqlite3_step(stmt);
     sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
     if (rc != SQLITE_DONE)
         return s_fail(self, what);
     return TQ_OK;
@@ -465,31 +529,147 @@ s_batch(s_store_t *self)
     return TQ_OK;
 }
 
+/* Binds a task's row to S_ADD's 15 parameters, from first + 1 on. */
+static void
+s_bind_add(sqlite3_stmt *s, int first, const tq_store_task_t *t)
+{
+    sqlite3_bind_text(s, first + 1, t->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, first + 2, t->task, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, first + 3, t->queue, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, first + 4, (int)t->priority);
+    sqlite3_bind_int64(s, first + 5, t->time_limit_ms);
+    sqlite3_bind_int64(s, first + 6, t->attempt);
+    sqlite3_bind_int(s, first + 7, (int)t->state);
+    sqlite3_bind_int64(s, first + 8, (sqlite3_int64)t->seq);
+    sqlite3_bind_blob(s, first + 9, t->args ? t->args : "", (int)t->args_size,
+                      SQLITE_STATIC);
+    sqlite3_bind_int64(s, first + 10, t->retries);
+    sqlite3_bind_int64(s, first + 11, t->backoff_ms);
+    sqlite3_bind_int64(s, first + 12, t->failures);
+    sqlite3_bind_int64(s, first + 13, t->due_ms);
+    sqlite3_bind_int64(s, first + 14, tq_crc32c(0, t->args, t->args_size));
+    if (t->owner)
+        sqlite3_bind_text(s, first + 15, t->owner, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, first + 15);
+}
+
+/* Copies size bytes (and a NUL) into add_bytes: their offset, or SIZE_MAX
+   for NULL. */
+static size_t
+s_keep_bytes(s_store_t *self, const void *data, size_t size)
+{
+    if (!data)
+        return SIZE_MAX;
+    if (self->add_used + size + 1 > self->add_cap) {
+        size_t cap = self->add_cap ? self->add_cap : 8192;
+        while (cap < self->add_used + size + 1)
+            cap *= 2;
+        char *bytes = realloc(self->add_bytes, cap);
+        if (!bytes)
+            abort();
+        self->add_bytes = bytes;
+        self->add_cap = cap;
+    }
+    size_t at = self->add_used;
+    memcpy(self->add_bytes + at, data, size);
+    self->add_bytes[at + size] = '\0';
+    self->add_used += size + 1;
+    return at;
+}
+
+static const char *
+s_kept_at(const s_store_t *self, size_t at)
+{
+    return at == SIZE_MAX ? NULL : self->add_bytes + at;
+}
+
+/* Inserts the kept rows: S_ADD_ROWS in one statement, fewer one by one. */
+static int
+s_add_flush(s_store_t *self)
+{
+    uint32_t count = self->kept_count;
+    if (count == 0)
+        return TQ_OK;
+    self->kept_count = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        s_kept_t *k = &self->kept[i];
+        k->row.id = s_kept_at(self, k->id);
+        k->row.task = s_kept_at(self, k->task);
+        k->row.queue = s_kept_at(self, k->queue);
+        k->row.owner = s_kept_at(self, k->owner);
+        k->row.args = s_kept_at(self, k->args);
+    }
+    int rc = TQ_OK;
+    if (count == S_ADD_ROWS) {
+        for (uint32_t i = 0; i < count; i++)
+            s_bind_add(self->add_rows, (int)i * 15, &self->kept[i].row);
+        int step = sqlite3_step(self->add_rows);
+        sqlite3_reset(self->add_rows);
+        if (step != SQLITE_DONE)
+            rc = s_fail(self, "cannot store a task");
+    } else {
+        for (uint32_t i = 0; i < count && rc == TQ_OK; i++) {
+            s_bind_add(self->stmt[S_ADD], 0, &self->kept[i].row);
+            rc = s_run(self, S_ADD, "cannot store a task");
+        }
+    }
+    self->add_used = 0;
+    /* a burst's large arguments do not keep their peak */
+    if (self->add_cap > 16 * S_ADD_ROWS * S_ADD_KEEP) {
+        free(self->add_bytes);
+        self->add_bytes = NULL;
+        self->add_cap = 0;
+    }
+    return rc;
+}
+
+/* Opens the batch for a write other than an add: the kept adds go in
+   first. */
+static int
+s_write(s_store_t *self)
+{
+    if (s_batch(self) != TQ_OK)
+        return TQ_ESYS;
+    return s_add_flush(self);
+}
+
+/* The same for a write to one task (id): the kept adds go in first only
+   if one of them is that task's (the others do not see it). */
+static int
+s_write_task(s_store_t *self, const char *id)
+{
+    if (s_batch(self) != TQ_OK)
+        return TQ_ESYS;
+    for (uint32_t i = 0; i < self->kept_count; i++)
+        if (strcmp(self->add_bytes + self->kept[i].id, id) == 0)
+            return s_add_flush(self);
+    return TQ_OK;
+}
+
 static int
 s_add(tq_store_t *base, const tq_store_task_t *t)
 {
     s_store_t *self = (s_store_t *)base;
     if (s_batch(self) != TQ_OK)
         return TQ_ESYS;
-    sqlite3_stmt *s = self->stmt[S_ADD];
-    sqlite3_bind_text(s, 1, t->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, t->task, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, t->queue, -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 4, (int)t->priority);
-    sqlite3_bind_int64(s, 5, t->time_limit_ms);
-    sqlite3_bind_int64(s, 6, t->attempt);
-    sqlite3_bind_int(s, 7, (int)t->state);
-    sqlite3_bind_int64(s, 8, (sqlite3_int64)t->seq);
-    sqlite3_bind_blob(s, 9, t->args ? t->args : "", (int)t->args_size,
-                      SQLITE_STATIC);
-    sqlite3_bind_int64(s, 10, t->retries);
-    sqlite3_bind_int64(s, 11, t->backoff_ms);
-    sqlite3_bind_int64(s, 12, t->failures);
-    sqlite3_bind_int64(s, 13, t->due_ms);
-    sqlite3_bind_int64(s, 14, tq_crc32c(0, t->args, t->args_size));
-    if (t->owner)
-        sqlite3_bind_text(s, 15, t->owner, -1, SQLITE_STATIC);
-    return s_run(self, S_ADD, "cannot store a task");
+    if (t->args_size > S_ADD_KEEP || !t->id || !t->task || !t->queue) {
+        /* a large one goes in now, with what was kept before it */
+        if (s_add_flush(self) != TQ_OK)
+            return TQ_ESYS;
+        s_bind_add(self->stmt[S_ADD], 0, t);
+        return s_run(self, S_ADD, "cannot store a task");
+    }
+    s_kept_t *k = &self->kept[self->kept_count++];
+    k->row = *t;
+    k->id = s_keep_bytes(self, t->id, strlen(t->id));
+    k->task = s_keep_bytes(self, t->task, strlen(t->task));
+    k->queue = s_keep_bytes(self, t->queue, strlen(t->queue));
+    k->owner = s_keep_bytes(self, t->owner, t->owner ? strlen(t->owner) : 0);
+    k->args = s_keep_bytes(self, t->args ? t->args : "", t->args_size);
+    if (self->kept_count == S_ADD_ROWS)
+        return s_add_flush(self);
+    return TQ_OK;
 }
 
 static int
@@ -497,7 +677,7 @@ s_set_retries(tq_store_t *base, const char *id, uint32_t retries,
               uint32_t failures)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write_task(self, id) != TQ_OK)
         return TQ_ESYS;
     sqlite3_stmt *s = self->stmt[S_SET_RETRIES];
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -511,7 +691,7 @@ s_set_due(tq_store_t *base, const char *id, uint32_t state, uint32_t attempt,
           int64_t due_ms)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write_task(self, id) != TQ_OK)
         return TQ_ESYS;
     sqlite3_stmt *s = self->stmt[S_SET_DUE];
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -525,7 +705,7 @@ static int
 s_finish(tq_store_t *base, const tq_store_task_t *t)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write_task(self, t->id) != TQ_OK)
         return TQ_ESYS;
     sqlite3_stmt *s = self->stmt[S_FINISH];
     sqlite3_bind_text(s, 1, t->id, -1, SQLITE_STATIC);
@@ -534,11 +714,17 @@ s_finish(tq_store_t *base, const tq_store_task_t *t)
     sqlite3_bind_int(s, 4, (int)t->code);
     if (t->error)
         sqlite3_bind_text(s, 5, t->error, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 5);
     if (t->result) {
         sqlite3_bind_blob(s, 6, t->result, (int)t->result_size, SQLITE_STATIC);
         sqlite3_bind_int64(s, 8, tq_crc32c(0, t->result, t->result_size));
+    } else {
+        sqlite3_bind_null(s, 6);
+        sqlite3_bind_null(s, 8);
     }
     sqlite3_bind_int64(s, 7, t->expires_ms);
+    sqlite3_bind_int64(s, 9, t->due_ms);
     return s_run(self, S_FINISH, "cannot store a result");
 }
 
@@ -546,7 +732,7 @@ static int
 s_remove(tq_store_t *base, const char *id)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write_task(self, id) != TQ_OK)
         return TQ_ESYS;
     sqlite3_bind_text(self->stmt[S_REMOVE], 1, id, -1, SQLITE_STATIC);
     return s_run(self, S_REMOVE, "cannot remove a task");
@@ -556,7 +742,7 @@ static int
 s_purge(tq_store_t *base, int64_t now_ms, int limit)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write(self) != TQ_OK)
         return -1;
     sqlite3_bind_int64(self->stmt[S_PURGE], 1, now_ms);
     sqlite3_bind_int(self->stmt[S_PURGE], 2, limit);
@@ -571,6 +757,11 @@ s_commit(tq_store_t *base)
     s_store_t *self = (s_store_t *)base;
     if (!self->in_batch)
         return TQ_OK;
+    if (s_add_flush(self) != TQ_OK) {
+        self->in_batch = false;
+        sqlite3_exec(self->db, "ROLLBACK", NULL, NULL, NULL);
+        return TQ_ESYS;
+    }
     self->in_batch = false;
     if (s_run(self, S_COMMIT, "cannot commit") != TQ_OK) {
         /* the batch is not on disk: nothing of it may be acknowledged */
@@ -591,6 +782,9 @@ s_load(tq_store_t *base, tq_store_task_fn *fn, void *arg)
 {
     s_store_t *self = (s_store_t *)base;
     sqlite3_stmt *s;
+    /* the kept adds of an open batch are read as written */
+    if (self->in_batch && s_add_flush(self) != TQ_OK)
+        return TQ_ESYS;
     if (sqlite3_prepare_v2(self->db,
                            "SELECT id, task, queue, priority, time_limit_ms,"
                            " attempt, state, seq, args, code, error, result,"
@@ -648,7 +842,7 @@ s_item_add(tq_store_t *base, const char *queue, uint64_t seq, uint32_t maxsize,
            const void *data, size_t size)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write(self) != TQ_OK)
         return TQ_ESYS;
     sqlite3_stmt *s = self->stmt[S_ITEM_ADD];
     sqlite3_bind_text(s, 1, queue, -1, SQLITE_STATIC);
@@ -663,7 +857,7 @@ static int
 s_item_remove(tq_store_t *base, const char *queue, uint64_t seq)
 {
     s_store_t *self = (s_store_t *)base;
-    if (s_batch(self) != TQ_OK)
+    if (s_write(self) != TQ_OK)
         return TQ_ESYS;
     sqlite3_stmt *s = self->stmt[S_ITEM_REMOVE];
     sqlite3_bind_text(s, 1, queue, -1, SQLITE_STATIC);
@@ -676,6 +870,9 @@ s_load_items(tq_store_t *base, tq_store_item_fn *fn, void *arg)
 {
     s_store_t *self = (s_store_t *)base;
     sqlite3_stmt *s;
+    /* the kept adds of an open batch are read as written */
+    if (self->in_batch && s_add_flush(self) != TQ_OK)
+        return TQ_ESYS;
     if (sqlite3_prepare_v2(self->db,
                            "SELECT queue, seq, maxsize, data, crc FROM items"
                            " ORDER BY queue, seq",

@@ -87,6 +87,106 @@ s_task(const char *id, uint64_t seq)
     return t;
 }
 
+/* What test_adds_in_groups reads back, by row. */
+typedef struct {
+    int count;
+    char ids[64][16];
+    char tasks[64][16];
+    uint32_t states[64];
+    size_t args_sizes[64];
+    uint8_t args1[64]; /* the second byte of the arguments */
+} s_group_rows_t;
+
+static void
+s_collect_group_rows(const tq_store_task_t *t, void *arg)
+{
+    s_group_rows_t *rows = arg;
+    assert_true(rows->count < 64);
+    int i = rows->count++;
+    snprintf(rows->ids[i], sizeof rows->ids[i], "%s", t->id);
+    snprintf(rows->tasks[i], sizeof rows->tasks[i], "%s", t->task);
+    rows->states[i] = t->state;
+    rows->args_sizes[i] = t->args_size;
+    rows->args1[i] = t->args_size > 1 ? ((const uint8_t *)t->args)[1] : 0;
+    assert_false(t->corrupt);
+}
+
+/* New tasks go in by groups of rows (tq_store_sqlite.c S_ADD_ROWS): each
+   keeps what the caller passed at the call (its buffers may change
+   right after), the first of one id wins inside a group as across
+   them, a write to a task not yet inserted finds it, a large task goes
+   in its place in the order, and a partial group is committed. */
+static void
+test_adds_in_groups(void **state)
+{
+    (void)state;
+    char error[256];
+    tq_store_t *store = tq_store_open(s_dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    char id[16], task[16];
+    uint8_t args[2] = {0x91, 0};
+    static uint8_t big[5000];
+    memset(big, 0xc0, sizeof big);
+    big[0] = 0x91;
+    uint64_t seq = 0;
+    for (int i = 0; i < 40; i++) {
+        snprintf(id, sizeof id, "t%02d", i);
+        snprintf(task, sizeof task, "tq.echo");
+        args[1] = (uint8_t)i;
+        tq_store_task_t t = s_task(id, ++seq);
+        t.task = task;
+        t.args = args;
+        t.args_size = sizeof args;
+        assert_int_equal(tq_store_add(store, &t), TQ_OK);
+        if (i == 5) {
+            /* the same id again, in the same group: left as it is */
+            snprintf(task, sizeof task, "other");
+            t.seq = ++seq;
+            assert_int_equal(tq_store_add(store, &t), TQ_OK);
+        }
+        if (i == 20) {
+            tq_store_task_t b = s_task("big", ++seq);
+            b.args = big;
+            b.args_size = sizeof big;
+            assert_int_equal(tq_store_add(store, &b), TQ_OK);
+        }
+        /* the caller's buffers change at once */
+        memset(id, 'x', sizeof id - 1);
+        memset(task, 'y', sizeof task - 1);
+        args[1] = 0xff;
+    }
+    tq_store_task_t done = s_task("t33", 0);
+    done.state = 3;
+    done.attempt = 1;
+    done.expires_ms = 1000;
+    assert_int_equal(tq_store_finish(store, &done), TQ_OK);
+    assert_int_equal(tq_store_set_state(store, "t38", 1, 1), TQ_OK);
+    assert_int_equal(tq_store_commit(store), TQ_OK);
+    tq_store_destroy(&store);
+
+    store = tq_store_open(s_dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    static s_group_rows_t rows;
+    memset(&rows, 0, sizeof rows);
+    assert_int_equal(tq_store_load(store, s_collect_group_rows, &rows), TQ_OK);
+    tq_store_destroy(&store);
+    assert_int_equal(rows.count, 41);
+    for (int i = 0, r = 0; i < 40; i++, r++) {
+        char want[16];
+        snprintf(want, sizeof want, "t%02d", i);
+        assert_string_equal(rows.ids[r], want);
+        assert_string_equal(rows.tasks[r], "tq.echo");
+        assert_int_equal(rows.args_sizes[r], 2);
+        assert_int_equal(rows.args1[r], i);
+        assert_int_equal(rows.states[r], i == 33 ? 3 : i == 38 ? 1 : 0);
+        if (i == 20) {
+            r++;
+            assert_string_equal(rows.ids[r], "big");
+            assert_int_equal(rows.args_sizes[r], sizeof big);
+        }
+    }
+}
+
 static void
 test_commit_and_reload(void **state)
 {
@@ -700,6 +800,8 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_adds_in_groups, s_setup,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_commit_and_reload, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_uncommitted_is_lost, s_setup,

@@ -302,6 +302,125 @@ test_retry_journal(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* What one task's row holds after a load (test_journal_fold). */
+typedef struct {
+    bool seen;
+    uint32_t state, attempt, retries, failures;
+    int64_t due_ms;
+    size_t result_size;
+    char result[8];
+} s_fold_row_t;
+
+static s_fold_row_t s_fold_rows[3]; /* x, y, z */
+
+static void
+s_fold_row(const tq_store_task_t *row, void *arg)
+{
+    (void)arg;
+    const char *ids = "xyz";
+    const char *at = strchr(ids, row->id[0]);
+    if (!at || row->id[1])
+        return;
+    s_fold_row_t *r = &s_fold_rows[at - ids];
+    *r = (s_fold_row_t){
+        .seen = true,
+        .state = row->state,
+        .attempt = row->attempt,
+        .retries = row->retries,
+        .failures = row->failures,
+        .due_ms = row->due_ms,
+        .result_size = row->result ? row->result_size : 0,
+    };
+    if (row->result && row->result_size <= sizeof r->result)
+        memcpy(r->result, row->result, row->result_size);
+}
+
+/* A task's changes of state within one batch: a new state replaces the
+   SET_DUE before it (one statement where there were two or three), never
+   an op of another kind, and the row ends as the last change left it --
+   due time included, which the final state writes too. */
+static void
+test_journal_fold(void **state)
+{
+    (void)state;
+    char dir[256];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "task"), 0);
+    tq_broker_t *b = s_broker(dir);
+    peer_t *child = s_child(b, "c1");
+    child->credit = 8;
+    task_t *x = s_task(b, "x"), *y = s_task(b, "y"), *z = s_task(b, "z");
+    x->rec.retries = y->rec.retries = z->rec.retries = 3;
+    tqb_task_move(b, x, TASK_WAITING, NULL);
+    tqb_task_move(b, y, TASK_WAITING, NULL);
+    tqb_task_move(b, z, TASK_WAITING, NULL);
+    assert_int_equal(tqb_journal_open_ops(b), 3); /* three ADDs */
+    /* z waits out a retry backoff, committed with it */
+    z->rec.attempt++;
+    tqb_task_move(b, z, TASK_HELD, &(task_move_t){.holder = child});
+    z->rec.retries--;
+    z->rec.failures++;
+    tqb_task_move(b, z, TASK_RETRY,
+                  &(task_move_t){.due_ms = b->now_ms + 3600 * 1000});
+    assert_true(tqb_commit_flush(b));
+    assert_int_equal(tqb_journal_open_ops(b), 0);
+
+    /* x: dispatched and finished in one batch: one op */
+    x->rec.attempt++;
+    tqb_task_move(b, x, TASK_HELD, &(task_move_t){.holder = child});
+    assert_int_equal(tqb_journal_open_ops(b), 1);
+    zmq_msg_t value;
+    zmq_msg_init_size(&value, 3);
+    memcpy(zmq_msg_data(&value), "\xa2ok", 3);
+    tqb_task_final(b, x, TASK_SUCCESS, TQ_OK, NULL, &value);
+    zmq_msg_close(&value);
+    assert_int_equal(tqb_journal_open_ops(b), 1);
+
+    /* y: into RETRY replaces its SET_DUE, but its budget is an op of its
+       own, which the next state does not jump */
+    y->rec.attempt++;
+    tqb_task_move(b, y, TASK_HELD, &(task_move_t){.holder = child});
+    y->rec.retries--;
+    y->rec.failures++;
+    tqb_task_move(b, y, TASK_RETRY,
+                  &(task_move_t){.due_ms = b->now_ms + 3600 * 1000});
+    assert_int_equal(tqb_journal_open_ops(b), 3);
+    tqb_task_move(b, y, TASK_WAITING, NULL);
+    assert_int_equal(tqb_journal_open_ops(b), 4);
+
+    /* z: out of its backoff, run and failed in one batch: one op, and the
+       backoff's due time does not outlive it in the row */
+    tqb_task_move(b, z, TASK_WAITING, NULL);
+    z->rec.attempt++;
+    tqb_task_move(b, z, TASK_HELD, &(task_move_t){.holder = child});
+    tqb_task_final(b, z, TASK_FAILURE, TQ_ETASK, "boom", NULL);
+    assert_int_equal(tqb_journal_open_ops(b), 5);
+    assert_true(tqb_commit_flush(b));
+    tq_broker_destroy(&b);
+
+    char error[256];
+    tq_store_t *store = tq_store_open(dir, TQ_SYNC_OS, error, sizeof error);
+    assert_non_null(store);
+    memset(s_fold_rows, 0, sizeof s_fold_rows);
+    assert_int_equal(tq_store_load(store, s_fold_row, NULL), TQ_OK);
+    tq_store_destroy(&store);
+    s_fold_row_t *rx = &s_fold_rows[0], *ry = &s_fold_rows[1],
+                 *rz = &s_fold_rows[2];
+    assert_true(rx->seen && ry->seen && rz->seen);
+    assert_int_equal(rx->state, TQ_STATE_SUCCESS);
+    assert_int_equal(rx->attempt, 1);
+    assert_int_equal(rx->result_size, 3);
+    assert_memory_equal(rx->result, "\xa2ok", 3);
+    assert_int_equal(ry->state, TQ_STATE_PENDING);
+    assert_int_equal(ry->attempt, 1);
+    assert_int_equal(ry->retries, 2);
+    assert_int_equal(ry->failures, 1);
+    assert_int_equal(ry->due_ms, 0);
+    assert_int_equal(rz->state, TQ_STATE_FAILURE);
+    assert_int_equal(rz->attempt, 2);
+    assert_int_equal(rz->due_ms, 0);
+    tq_harness_rmtree(dir);
+}
+
 /* A dead letter recovered from the store was not counted in this run's
    failures: retrying it takes nothing off them (they never wrap). */
 static void
@@ -1285,6 +1404,7 @@ main(void)
         cmocka_unit_test(test_journal),
         cmocka_unit_test(test_retry_lost),
         cmocka_unit_test(test_retry_journal),
+        cmocka_unit_test(test_journal_fold),
         cmocka_unit_test(test_retry_recovered),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
