@@ -132,6 +132,11 @@ s_usage(FILE *out)
             "                    only if its task is still unfinished "
             "after MS (default %d;\n"
             "                    0: at once)\n"
+            "  --spin-us US      after a pass of few messages, look for the "
+            "next one this long\n"
+            "                    before sleeping: no wakeup for an answer "
+            "that comes in it\n"
+            "                    (default %d; 0: sleep at once)\n"
             "  --http ADDR:PORT  serve /metrics and the dashboard there "
             "(e.g. 127.0.0.1:8080)\n"
             "  --http-token TOKEN, --http-token-file FILE  allow retry, "
@@ -151,7 +156,8 @@ s_usage(FILE *out)
             "SIGTERM or SIGINT stops it.\n",
             S_CLIENTS, S_WORKERS, TQ_BROKER_RESULT_TTL_S, TQ_BROKER_MAX_LOST,
             TQ_BROKER_DATA_DIR, TQ_BROKER_LEASE_TTL_MS,
-            TQ_BROKER_LEASE_RENEW_MS, TQ_BROKER_LEASE_RETRY_MS, S_ACK_FOLD_MS);
+            TQ_BROKER_LEASE_RENEW_MS, TQ_BROKER_LEASE_RETRY_MS, S_ACK_FOLD_MS,
+            TQ_BROKER_SPIN_US);
 }
 
 /* Parses a non-negative integer option; -1 if it is not one. */
@@ -272,7 +278,8 @@ main(int argc, char **argv)
     tq_log_init("tq-broker");
     tq_broker_config_t config = {.result_ttl_s = -1,
                                  .data_dir = s_default_data_dir(),
-                                 .ack_fold_ms = S_ACK_FOLD_MS};
+                                 .ack_fold_ms = S_ACK_FOLD_MS,
+                                 .spin_us = TQ_BROKER_SPIN_US};
     enum {
         O_LOG_LEVEL = 256,
         O_LOG_JSON,
@@ -282,7 +289,8 @@ main(int argc, char **argv)
         O_LEASE_RENEW,
         O_LEASE_RETRY,
         O_RESULT_WINDOW,
-        O_ACK_FOLD
+        O_ACK_FOLD,
+        O_SPIN_US
     };
     tq_http_config_t http = {0};
     static const struct option options[] = {
@@ -310,6 +318,7 @@ main(int argc, char **argv)
         {"max-client-backlog", required_argument, NULL, 'B'},
         {"max-message", required_argument, NULL, 'M'},
         {"ack-fold", required_argument, NULL, O_ACK_FOLD},
+        {"spin-us", required_argument, NULL, O_SPIN_US},
         {"http", required_argument, NULL, 'H'},
         {"http-token", required_argument, NULL, 'K'},
         {"http-token-file", required_argument, NULL, 'F'},
@@ -510,6 +519,16 @@ main(int argc, char **argv)
                 return 2;
             }
             config.ack_fold_ms = (int)value;
+            break;
+        case O_SPIN_US:
+            if ((value = s_number(optarg, 100000)) < 0) {
+                fprintf(stderr,
+                        "tq-broker: --spin-us: microseconds, 0 to 100000: "
+                        "%s\n",
+                        optarg);
+                return 2;
+            }
+            config.spin_us = (uint32_t)value;
             break;
         case O_LEASE_RETRY:
             if ((value = s_number(optarg, 3600000)) < 10) {

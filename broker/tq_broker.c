@@ -9,6 +9,7 @@
    tq_reply.c and tq_journal.c. */
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -482,6 +483,7 @@ s_drain(tq_broker_t *self, void *socket, const char *endpoint, int max)
         }
         s_handle(self, socket, endpoint, rc, reason);
     }
+    self->received += (uint64_t)count;
     return count;
 }
 
@@ -1057,6 +1059,51 @@ s_transient(int err)
     return err == EINTR || err == EAGAIN;
 }
 
+/* Monotonic microseconds (vDSO, no system call). */
+static int64_t
+s_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Before the sleep: after a sparse pass (at most TQ_BROKER_SPIN_SPARSE
+   messages since the last wait, as in a round trip), looks at fds (as
+   s_wait's poll would, without sleeping) for up to config.spin_us,
+   yielding the CPU between looks to whatever else may run. On a virtual
+   machine the wakeup of a sleeping thread costs tens of microseconds, a
+   good part of a round trip; the answer to the TASK just sent often
+   comes within the look. A busy broker (many messages a pass) never
+   looks: it does not sleep for long, and the CPU is its children's.
+   Looks that find nothing TQ_BROKER_SPIN_MISSES times in a row stop it
+   (sparse traffic, slower than the look: the CPU would be burnt for
+   nothing) until a sleep ends within spin_us (s_wait). Returns poll's
+   result: > 0 input, 0 none (sleep), < 0 an error. */
+static int
+s_spin(tq_broker_t *self, struct pollfd fds[3], long timeout_ms)
+{
+    uint64_t got = self->received - self->spin_mark;
+    self->spin_mark = self->received;
+    int64_t spin = self->config.spin_us;
+    if (!spin || self->spin_off || got > TQ_BROKER_SPIN_SPARSE ||
+        timeout_ms == 0)
+        return 0;
+    if (timeout_ms > 0 && spin > timeout_ms * 1000)
+        spin = timeout_ms * 1000;
+    self->spins++;
+    int64_t until = s_now_us() + spin;
+    int rc;
+    while ((rc = poll(fds, 3, 0)) == 0 && s_now_us() < until)
+        sched_yield();
+    if (rc > 0 && (fds[0].revents || fds[1].revents)) {
+        self->spins_caught++;
+        self->spin_misses = 0;
+    } else if (rc == 0 && ++self->spin_misses >= TQ_BROKER_SPIN_MISSES)
+        self->spin_off = true;
+    return rc;
+}
+
 /* Sleeps until a socket has input, the wakeup eventfd is written (a
    commit done, a stop, a lead's end) or timeout_ms passed. ZMQ_EVENTS on
    both sockets, then one poll on their ZMQ_FDs and the eventfd: the
@@ -1095,8 +1142,18 @@ s_wait(tq_broker_t *self, long timeout_ms, bool unlock, bool drain[2])
                             {.fd = self->wakeup, .events = POLLIN}};
     if (unlock)
         pthread_mutex_unlock(&self->lead_lock);
-    int rc = poll(fds, 3, (int)timeout_ms);
+    int rc = unlock ? 0 : s_spin(self, fds, timeout_ms);
+    int64_t slept = rc == 0 ? s_now_us() : 0;
+    if (rc == 0)
+        rc = poll(fds, 3, (int)timeout_ms);
     int err = errno;
+    /* a sleep that a message ended within spin_us: looking pays again */
+    if (rc > 0 && slept && self->spin_off &&
+        s_now_us() - slept < (int64_t)self->config.spin_us &&
+        (fds[0].revents || fds[1].revents)) {
+        self->spin_off = false;
+        self->spin_misses = 0;
+    }
     if (rc > 0 && (fds[2].revents & POLLIN)) {
         uint64_t count;
         ssize_t r = read(self->wakeup, &count, sizeof count);

@@ -538,6 +538,16 @@ struct tq_broker_t {
     /* the last s_wait slept until a socket's descriptor woke it: the
        broker was idle, and the first message goes through alone */
     bool woken;
+    /* the look before the sleep (config.spin_us, s_spin): messages
+       received so far (s_drain; a BATCH's sub-messages count) and at the
+       last wait; looks in vain in a row; whether it looks at all now
+       (not after TQ_BROKER_SPIN_MISSES in vain, again once a sleep ends
+       within spin_us); the looks made and those that found a message
+       (STATUS "spins", "spins_caught") */
+    uint64_t received, spin_mark;
+    uint32_t spin_misses;
+    bool spin_off;
+    uint64_t spins, spins_caught;
 };
 
 /* Notes a message sent on socket (self->workers or self->clients). */

@@ -160,7 +160,7 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
 
     const counters_t *c = &self->counters;
     tqb_pack_str(pk, "counters");
-    msgpack_pack_map(pk, 23);
+    msgpack_pack_map(pk, 25);
     tqb_pack_uint_kv(pk, "submitted", c->submitted);
     tqb_pack_uint_kv(pk, "completed", c->completed);
     tqb_pack_uint_kv(pk, "failed", c->failed);
@@ -184,6 +184,8 @@ s_pack_status(tq_broker_t *self, msgpack_packer *pk)
     tqb_pack_uint_kv(pk, "child_batched_out", c->child_batched_out);
     tqb_pack_uint_kv(pk, "child_batches_in", c->child_batches_in);
     tqb_pack_uint_kv(pk, "child_batched_in", c->child_batched_in);
+    tqb_pack_uint_kv(pk, "spins", self->spins);
+    tqb_pack_uint_kv(pk, "spins_caught", self->spins_caught);
 }
 
 void

@@ -25,6 +25,10 @@
 #define TQ_BROKER_LEASE_TTL_MS 3000 /* a lease not renewed lapses */
 #define TQ_BROKER_LEASE_RENEW_MS 1000 /* the active renews this often */
 #define TQ_BROKER_LEASE_RETRY_MS 500 /* a standby tries to take it */
+/* The look for the next message before the loop sleeps (spin_us). */
+#define TQ_BROKER_SPIN_US 100
+#define TQ_BROKER_SPIN_MISSES 3 /* looks in vain before it stops looking */
+#define TQ_BROKER_SPIN_SPARSE 4 /* at most this many messages: sparse */
 
 typedef struct {
     const char *client_endpoint; /* NULL: TQ_BROKER_CLIENTS */
@@ -91,6 +95,18 @@ typedef struct {
                       (tq_broker_lead); the loop then polls its sockets'
                       file descriptors and holds a lock but while it
                       sleeps */
+    uint32_t spin_us; /* after a pass that handled few messages (sparse
+                         traffic: a round trip's request), the loop looks
+                         for the next message this long, yielding the
+                         CPU between looks, before it sleeps: an answer
+                         that comes within it needs no wakeup (which
+                         costs tens of microseconds on a virtual
+                         machine). It stops after TQ_BROKER_SPIN_MISSES
+                         looks in a row that found nothing, until a sleep
+                         ends within spin_us again. 0: never (the
+                         embedded pool's zeroed config); not with
+                         leadable. tq-broker's default:
+                         TQ_BROKER_SPIN_US */
 } tq_broker_config_t;
 
 typedef struct tq_broker_t tq_broker_t;
