@@ -323,6 +323,60 @@ test_death_loses_held(void **state)
     tq_harness_rmtree(dir);
 }
 
+/* A child that ends (here: recycled by --max-tasks-per-child) while it
+   holds DONEs sends them, then its DISCONNECT, each intact: the held
+   DONEs' BATCH is encoded apart from the message being sent (it used to
+   overwrite it: the broker got a second BATCH header without payload,
+   malformed, and never the DISCONNECT; so were RETURNED and PONG). Every
+   task ends, and the broker saw nothing malformed. */
+static void
+test_recycle_while_holding(void **state)
+{
+    tq_harness_env_t *env = *state;
+    assert_int_equal(tq_harness_env_start(env, NULL), 0);
+    const char *extra[] = {"--prefetch",
+                           "16",
+                           "--module",
+                           TQ_TESTTASKS_SO,
+                           "--batch-short-us",
+                           "1000000000",
+                           "--max-tasks-per-child",
+                           "5",
+                           NULL};
+    assert_true(tq_harness_env_add_worker(env, 1, extra, true) > 0);
+    char dir[4096];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "cbatchr"), 0);
+    s_gate_t g;
+    s_gate_paths(&g, dir, "g0");
+    tq_result_t *warm =
+        tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)-1);
+    assert_non_null(warm);
+    assert_int_equal(tq_result_get(warm, S_GET_MS), TQ_OK);
+    tq_result_destroy(&warm);
+    /* the echoes wait in the child behind the gate: their DONEs are held
+       when the child reaches its fifth task and ends */
+    tq_result_t *gate =
+        tq_apply_async(env->client, "test.gate", NULL, "ss", g.started, g.gate);
+    assert_non_null(gate);
+    s_wait_file(g.started);
+    enum { N = 15 };
+    tq_result_t *r[N];
+    for (int i = 0; i < N; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+    }
+    s_wait_dispatched(env);
+    s_open_gate(g.gate);
+    assert_int_equal(tq_result_get(gate, S_GET_MS), TQ_OK);
+    tq_result_destroy(&gate);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tq_result_get(r[i], S_GET_MS), TQ_OK);
+        tq_result_destroy(&r[i]);
+    }
+    assert_int_equal(s_counter(env, "malformed"), 0);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -339,6 +393,9 @@ main(void)
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
         cmocka_unit_test_setup_teardown(test_death_loses_held,
+                                        tq_harness_env_setup,
+                                        tq_harness_env_teardown),
+        cmocka_unit_test_setup_teardown(test_recycle_while_holding,
                                         tq_harness_env_setup,
                                         tq_harness_env_teardown),
     };

@@ -142,6 +142,9 @@ typedef struct {
                           children: its PONG said so (feature 0x4) */
     int64_t *spans; /* per registry entry: how long its last run here
                        took, us; -1 before its first */
+    msgpack_sbuffer batch_header; /* the held DONEs' BATCH header
+                                     (s_flush), apart from header: a
+                                     flush comes before self->out's send */
     bool empty; /* the last drain ended on a receive that found nothing,
                    and nothing was sent since: s_wait need not look */
 } s_child_t;
@@ -506,11 +509,16 @@ s_flush(s_child_t *self)
         if (tq_batch_first(b, &header, &size, &data, &bytes, &has) == TQ_OK)
             s_send_frames(self, "DONE", header, size, NULL, data, bytes);
     } else if (count > 1) {
-        s_out(self, TQ_CMD_BATCH);
-        self->out.count = count;
-        if (tq_proto_encode(&self->out, &self->header, NULL) == TQ_OK)
-            s_send_frames(self, "BATCH", self->header.data, self->header.size,
-                          NULL, b->body.data, b->body.size);
+        /* its own message and buffer: s_send flushes before it sends
+           self->out, which must come through untouched */
+        tq_msg_t m;
+        memset(&m, 0, offsetof(tq_msg_t, queues));
+        m.command = TQ_CMD_BATCH;
+        m.count = count;
+        if (tq_proto_encode(&m, &self->batch_header, NULL) == TQ_OK)
+            s_send_frames(self, "BATCH", self->batch_header.data,
+                          self->batch_header.size, NULL, b->body.data,
+                          b->body.size);
     }
     tq_batch_reset(b);
 }
@@ -1223,6 +1231,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
 
     tq_frames_init(&self->frames);
     msgpack_sbuffer_init(&self->header);
+    msgpack_sbuffer_init(&self->batch_header);
     msgpack_sbuffer_init(&self->value_own);
     tq_value_start(&self->value, &self->value_own, NULL);
     msgpack_packer_init(&self->packer, &self->value, tq_value_write);
@@ -1375,6 +1384,7 @@ tq_child_run(const tq_worker_config_t *config, const tq_registry_t *registry,
     tq_batch_destroy(&self->dones);
     tq_frames_close(&self->frames);
     msgpack_sbuffer_destroy(&self->header);
+    msgpack_sbuffer_destroy(&self->batch_header);
     msgpack_sbuffer_destroy(&self->value_own);
     msgpack_zone_destroy(&self->zone);
     s_monitor_close(self);
