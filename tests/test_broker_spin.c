@@ -24,7 +24,7 @@
 #include "tq_harness.h"
 
 #define S_GET_MS 30000 /* bound on any get() expected to end */
-#define S_TRIPS 20     /* sequential round trips */
+#define S_TRIPS 20 /* sequential round trips */
 
 /* Counters[name] in the broker's STATUS. */
 static uint64_t
