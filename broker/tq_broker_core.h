@@ -304,6 +304,8 @@ typedef struct {
                   acknowledgement (tqb_ack_folded): not sent once the
                   task of submission seq ended */
     uint64_t seq; /* fold: the task's rec.seq (its submission) */
+    bool id_bin; /* fold: the task is kept by its id's bytes, id_bytes */
+    uint8_t id_bytes[TQB_ID_BIN];
 } ack_t;
 
 /* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms to the

@@ -118,6 +118,7 @@ struct tqb_journal_s {
     uint32_t last_cap, last_used;
     uint32_t last_gen; /* the open batch's generation of slots, from 1 */
     uint64_t folded; /* changes that replaced an op (s_task_op) */
+    uint64_t acks_left_out; /* folded SUBMITTEDs not sent (s_ack_answered) */
     int wakeup; /* the broker's eventfd: written when a batch is done */
     const char *hold; /* tests: TQ_TEST_HOLD_COMMITS */
     pthread_t thread;
@@ -638,8 +639,15 @@ tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
 static bool
 s_ack_answered(tq_broker_t *self, const ack_t *ack)
 {
-    task_t *task = tqb_task_find(self, tq_str(ack->id));
-    return !task || task->rec.seq != ack->seq || tqb_task_is_final(task);
+    /* by the id's bytes when it has them: no parse of its text */
+    task_t *task = ack->id_bin ? tqb_task_find_bin(self, ack->id_bytes)
+                               : tqb_task_find(self, tq_str(ack->id));
+    if (!task || task->rec.seq != ack->seq || tqb_task_is_final(task)) {
+        if (self->journal)
+            self->journal->acks_left_out++;
+        return true;
+    }
+    return false;
 }
 
 void
@@ -655,6 +663,9 @@ tqb_ack_folded(tq_broker_t *self, const task_t *task, tq_str_t id,
     ack_t *ack = s_ack_push(self, need, id, to, TQ_CMD_SUBMITTED, 0);
     ack->fold = true;
     ack->seq = task->rec.seq;
+    ack->id_bin = task->id_bin;
+    if (task->id_bin)
+        memcpy(ack->id_bytes, task->rec.id, TQB_ID_BIN);
 }
 
 const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS] = {
@@ -828,6 +839,8 @@ tqb_journal_destroy(tq_broker_t *self)
         return;
     tqb_debug(self, "store: %llu changes replaced the one before them",
               (unsigned long long)j->folded);
+    tqb_debug(self, "store: %llu SUBMITTEDs left out, their RESULT first",
+              (unsigned long long)j->acks_left_out);
     /* what was acknowledged is committed; what is left holds only
        unacknowledged work, committed now as a courtesy */
     if (self->commit_rc == TQ_OK)
