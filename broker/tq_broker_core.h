@@ -300,6 +300,12 @@ typedef struct {
     uint8_t command;
     uint64_t size; /* REPLY: the queue's size */
     uint64_t need; /* the batch whose commit it waits for */
+    bool fold; /* a SUBMITTED for a client that takes the RESULT as its
+                  acknowledgement (tqb_ack_folded): not sent once the
+                  task of submission seq ended */
+    uint64_t seq; /* fold: the task's rec.seq (its submission) */
+    bool id_bin; /* fold: the task is kept by its id's bytes, id_bytes */
+    uint8_t id_bytes[TQB_ID_BIN];
 } ack_t;
 
 /* A SUBMITTED held back (config.ack_fold_ms): sent at due_ms to the
@@ -707,6 +713,12 @@ void tqb_acks_clear(tq_broker_t *self);
 /* The ops in the open batch (a task's change of state in the same batch
    replaces its last one; see tq_journal.c s_task_op); 0 without a store. */
 uint32_t tqb_journal_open_ops(const tq_broker_t *self);
+/* tqb_ack's SUBMITTED of a new task for a client that opted in to folding
+   (TQ_FEATURE_FOLD), with a store: sent at its commit as any, unless the
+   task ended by then (its RESULT went to the client first, or goes in
+   the same send). Never later than its commit. */
+void tqb_ack_folded(tq_broker_t *self, const task_t *task, tq_str_t id,
+                    const ident_t *to);
 
 /* ---- tq_reply.c: SUBMITTED folded into RESULT (config.ack_fold_ms) ---- */
 

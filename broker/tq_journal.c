@@ -118,6 +118,7 @@ struct tqb_journal_s {
     uint32_t last_cap, last_used;
     uint32_t last_gen; /* the open batch's generation of slots, from 1 */
     uint64_t folded; /* changes that replaced an op (s_task_op) */
+    uint64_t acks_left_out; /* folded SUBMITTEDs not sent (s_ack_answered) */
     int wakeup; /* the broker's eventfd: written when a batch is done */
     const char *hold; /* tests: TQ_TEST_HOLD_COMMITS */
     pthread_t thread;
@@ -555,22 +556,25 @@ s_send_ack(tq_broker_t *self, const ident_t *to, tq_str_t id, uint8_t command,
     zmq_msg_close(&payload);
 }
 
-void
-tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
-        uint64_t size)
+/* The batch an acknowledgement asked for now must wait for: the open one
+   if it holds writes, else the one in flight (a resubmission's row may be
+   there); 0 for none. */
+static uint64_t
+s_ack_need(const tq_broker_t *self)
 {
     tqb_journal_t *j = self->journal;
-    /* the batch that must be committed first: the open one if it holds
-       writes, else the one in flight (a resubmission's row may be there) */
-    uint64_t need = 0;
     if (j && j->open->count)
-        need = j->open_seq;
-    else if (j && j->handed > j->done)
-        need = j->handed;
-    if (need == 0 && self->ack_head == self->ack_count) {
-        s_send_ack(self, to, id, command, size);
-        return;
-    }
+        return j->open_seq;
+    if (j && j->handed > j->done)
+        return j->handed;
+    return 0;
+}
+
+/* A new acknowledgement at the end of the queue, to wait for batch need. */
+static ack_t *
+s_ack_push(tq_broker_t *self, uint64_t need, tq_str_t id, const ident_t *to,
+           uint8_t command, uint64_t size)
+{
     /* in request order: never ahead of one queued before */
     if (self->ack_count > self->ack_head &&
         self->acks[self->ack_count - 1].need > need)
@@ -594,6 +598,74 @@ tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
     *ack = (ack_t){.command = command, .size = size, .need = need};
     tqb_ident_set(&ack->to, tqb_ident_data(to), to->size);
     tq_str_copy(ack->id, sizeof ack->id, id);
+    return ack;
+}
+
+void
+tqb_ack(tq_broker_t *self, tq_str_t id, const ident_t *to, uint8_t command,
+        uint64_t size)
+{
+    uint64_t need = s_ack_need(self);
+    if (need == 0 && self->ack_head == self->ack_count) {
+        s_send_ack(self, to, id, command, size);
+        return;
+    }
+    s_ack_push(self, need, id, to, command, size);
+}
+
+/* A folded SUBMITTED (tqb_ack_folded) has nothing to say once its task
+   ended: the task of its submission (seq) is final, or gone (forgotten
+   after its result's TTL: it ended; or replaced by a later submission of
+   the same id, which has its own acknowledgement).
+
+   Why leaving it out is safe. With a store, SUBMITTED means committed,
+   but nothing else waits for a commit: the task is dispatched at once,
+   and its RESULT goes to the client when it ends (tqb_task_final),
+   before its final state's commit and possibly before its SUBMIT's. So
+   a SUBMITTED left out here is one that would have reached the client
+   after its RESULT: in a later pass, or behind it in the same BATCH (the
+   loop handles the pass's DONEs before it sends the acknowledgements
+   that a commit released). A client that opted in takes the RESULT as
+   the acknowledgement (PROTOCOL.md 5.1 item 2): the task is done, and it
+   waits for nothing more. What such a client knows when the broker dies
+   is what it knew without the skip, since its RESULT came first either
+   way: if the broker dies before the SUBMIT's commit, the task is
+   unknown after the restart (a GET answers UNKNOWN) and does not run
+   again; if it dies after that commit but before the final state's, the
+   task runs again after the restart, as it did. A RESULT the transport
+   dropped (a client that does not read) is asked for again, as the
+   PONG's drop count tells the client; the store keeps the result. A
+   task still unfinished at its commit is acknowledged then, at once. */
+static bool
+s_ack_answered(tq_broker_t *self, const ack_t *ack)
+{
+    /* by the id's bytes when it has them: no parse of its text */
+    task_t *task = ack->id_bin ? tqb_task_find_bin(self, ack->id_bytes)
+                               : tqb_task_find(self, tq_str(ack->id));
+    if (!task || task->rec.seq != ack->seq || tqb_task_is_final(task)) {
+        if (self->journal)
+            self->journal->acks_left_out++;
+        return true;
+    }
+    return false;
+}
+
+void
+tqb_ack_folded(tq_broker_t *self, const task_t *task, tq_str_t id,
+               const ident_t *to)
+{
+    uint64_t need = s_ack_need(self);
+    if (need == 0 && self->ack_head == self->ack_count) {
+        if (!tqb_task_is_final(task))
+            s_send_ack(self, to, id, TQ_CMD_SUBMITTED, 0);
+        return;
+    }
+    ack_t *ack = s_ack_push(self, need, id, to, TQ_CMD_SUBMITTED, 0);
+    ack->fold = true;
+    ack->seq = task->rec.seq;
+    ack->id_bin = task->id_bin;
+    if (task->id_bin)
+        memcpy(ack->id_bytes, task->rec.id, TQB_ID_BIN);
 }
 
 const uint32_t tqb_commit_bounds[TQB_COMMIT_BUCKETS] = {
@@ -621,7 +693,9 @@ s_send_acks(tq_broker_t *self)
     while (self->ack_head < self->ack_count &&
            self->acks[self->ack_head].need <= done) {
         ack_t *ack = &self->acks[self->ack_head++];
-        s_send_ack(self, &ack->to, tq_str(ack->id), ack->command, ack->size);
+        if (!ack->fold || !s_ack_answered(self, ack))
+            s_send_ack(self, &ack->to, tq_str(ack->id), ack->command,
+                       ack->size);
         tqb_ident_clear(&ack->to);
     }
     if (self->ack_head == self->ack_count) {
@@ -765,6 +839,8 @@ tqb_journal_destroy(tq_broker_t *self)
         return;
     tqb_debug(self, "store: %llu changes replaced the one before them",
               (unsigned long long)j->folded);
+    tqb_debug(self, "store: %llu SUBMITTEDs left out, their RESULT first",
+              (unsigned long long)j->acks_left_out);
     /* what was acknowledged is committed; what is left holds only
        unacknowledged work, committed now as a courtesy */
     if (self->commit_rc == TQ_OK)

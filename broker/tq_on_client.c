@@ -114,12 +114,17 @@ tqb_on_submit(tq_broker_t *self, const tq_msg_t *msg, peer_t *peer)
         self->counters.submitted++;
     }
     if (!known && (msg->features & TQ_FEATURE_FOLD) &&
-        self->config.ack_fold_ms > 0 && !self->store) {
+        self->config.ack_fold_ms > 0) {
         /* a client that opted in: a task that ends within the window is
            acknowledged by its RESULT alone (PROTOCOL.md 5.1, item 2).
-           Never with a store, where SUBMITTED means committed and a
-           RESULT may come before the commit. */
-        tqb_fold_ack(self, task);
+           With a store there is no window, since SUBMITTED means
+           committed: it goes at its commit, left out only if the task's
+           RESULT went first (tq_journal.c s_ack_answered says why that
+           is safe). */
+        if (self->store)
+            tqb_ack_folded(self, task, msg->id, from);
+        else
+            tqb_fold_ack(self, task);
         return;
     }
     tqb_ack(self, msg->id, from, TQ_CMD_SUBMITTED, 0);

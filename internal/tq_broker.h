@@ -76,7 +76,10 @@ typedef struct {
                                     RESULT alone (PROTOCOL.md 5.1, item
                                     2); only for a SUBMIT that opts in
                                     (features TQ_FEATURE_FOLD: tq's
-                                    client library). 0: at once */
+                                    client library). 0: at once. With
+                                    a store, > 0: no window; SUBMITTED
+                                    at the commit, left out for a task
+                                    that ended first */
     uint32_t lease_ttl_ms; /* PostgreSQL store: the lease's length,
                               0: TQ_BROKER_LEASE_TTL_MS */
     uint32_t lease_renew_ms; /* the active renews this often (less than

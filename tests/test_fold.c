@@ -279,6 +279,114 @@ test_destroy_held(void **state)
     tq_broker_destroy(&b);
 }
 
+/* With a store (no window: SUBMITTED at its commit), a client that opted
+   in is not sent the SUBMITTED of a task that ended before its commit
+   (its RESULT went first): a, f and x (an id kept as bytes), ended while
+   their batches were in flight or open. One still unfinished at its
+   commit gets it then (b, d, y), before its RESULT. A client that did
+   not opt in (c) hears SUBMITTED at the commit whatever happened before,
+   as without folding. */
+static void
+test_store_fold(void **state)
+{
+    (void)state;
+    char dir[4096];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
+    void *ctx = zmq_ctx_new();
+    tq_broker_config_t config = {.ack_fold_ms = 1000, .data_dir = dir};
+    tq_broker_t *b = tq_harness_broker_new(config);
+    assert_non_null(b);
+    assert_non_null(b->store);
+    void *dealer = s_client(b, ctx);
+    s_submit(b, "a");
+    s_submit(b, "b");
+    s_submit_as(b, "c", false);
+    s_submit(b, "d");
+    assert_int_equal(b->fold_count, 0); /* no window with a store */
+    assert_true(tqb_commit(b)); /* their batch goes to the commit thread */
+    tqb_cancel(b, tqb_task_find(b, tq_str("a")), "cancelled");
+    tqb_cancel(b, tqb_task_find(b, tq_str("c")), "cancelled");
+    s_submit(b, "f"); /* in the open batch */
+    tqb_cancel(b, tqb_task_find(b, tq_str("f")), "cancelled");
+    /* client-made ids, kept as their 16 bytes */
+    const char *x = "0123456789abcdef00ff10e0c0d0b0a9";
+    const char *y = "0123456789abcdef00ff10e0c0d0b0aa";
+    s_submit(b, x);
+    s_submit(b, y);
+    assert_true(tqb_task_find(b, tq_str(x))->id_bin);
+    tqb_cancel(b, tqb_task_find(b, tq_str(x)), "cancelled");
+    assert_true(tqb_commit_flush(b));
+    tqb_cancel(b, tqb_task_find(b, tq_str("b")), "cancelled");
+    s_mark(b);
+    static const uint8_t commands[] = {
+        TQ_CMD_RESULT,    TQ_CMD_RESULT,    TQ_CMD_RESULT,
+        TQ_CMD_RESULT,    TQ_CMD_SUBMITTED, TQ_CMD_SUBMITTED,
+        TQ_CMD_SUBMITTED, TQ_CMD_SUBMITTED, TQ_CMD_RESULT};
+    const char *const ids[] = {"a", "c", "f", x, "b", "c", "d", y, "b"};
+    s_expect(dealer, commands, ids, 9);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
+/* With a store: a task that ended and was forgotten before its commit
+   (its result's TTL over), its id then submitted again, is a new task;
+   the first submission's SUBMITTED is left out (that task ended), and
+   only the second's goes, at its own commit. */
+static void
+test_store_fold_resubmitted(void **state)
+{
+    (void)state;
+    char dir[4096];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
+    void *ctx = zmq_ctx_new();
+    tq_broker_config_t config = {.ack_fold_ms = 1000, .data_dir = dir};
+    tq_broker_t *b = tq_harness_broker_new(config);
+    assert_non_null(b);
+    void *dealer = s_client(b, ctx);
+    s_submit(b, "g");
+    tqb_cancel(b, tqb_task_find(b, tq_str("g")), "cancelled");
+    tqb_task_forget(b, tqb_task_find(b, tq_str("g")));
+    s_submit(b, "g");
+    assert_false(tqb_task_is_final(tqb_task_find(b, tq_str("g"))));
+    assert_true(tqb_commit_flush(b));
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"g", "g"};
+    s_expect(dealer, commands, ids, 2);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
+/* With a store and --ack-fold 0, every SUBMITTED goes at its commit, a
+   task that ended first included (as without folding). */
+static void
+test_store_no_fold(void **state)
+{
+    (void)state;
+    char dir[4096];
+    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
+    void *ctx = zmq_ctx_new();
+    tq_broker_config_t config = {.ack_fold_ms = 0, .data_dir = dir};
+    tq_broker_t *b = tq_harness_broker_new(config);
+    assert_non_null(b);
+    void *dealer = s_client(b, ctx);
+    s_submit(b, "a");
+    tqb_cancel(b, tqb_task_find(b, tq_str("a")), "cancelled");
+    assert_true(tqb_commit_flush(b));
+    s_mark(b);
+    static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_SUBMITTED};
+    static const char *const ids[] = {"a", "a"};
+    s_expect(dealer, commands, ids, 2);
+    zmq_close(dealer);
+    tq_broker_destroy(&b);
+    zmq_ctx_term(ctx);
+    tq_harness_rmtree(dir);
+}
+
 int
 main(void)
 {
@@ -289,6 +397,9 @@ main(void)
         cmocka_unit_test(test_no_window),
         cmocka_unit_test(test_not_opted_in),
         cmocka_unit_test(test_destroy_held),
+        cmocka_unit_test(test_store_fold),
+        cmocka_unit_test(test_store_fold_resubmitted),
+        cmocka_unit_test(test_store_no_fold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
