@@ -92,22 +92,38 @@ test_round_trip_looks(void **state)
     tq_client_set_liveness(client, 60000);
     s_count.caller = pthread_self();
     /* the first answers wake the I/O thread too, which then sleeps
-       without the socket while this thread reads its own */
+       without the socket while this thread reads its own. A round trip
+       counts when this thread both sent its SUBMIT and read its RESULT
+       itself (on a loaded machine the I/O thread may be awake for some,
+       and take them: those are not what is measured) */
+    int own = 0, most = 0; /* own round trips, most looks in one */
+    atomic_store(&s_count.counting, true);
     for (int i = 0; i < 3 + S_ROUNDS; i++) {
-        if (i == 3)
-            atomic_store(&s_count.counting, true);
+        uint64_t sent = tq_client_sent_by_caller(client);
+        uint64_t led = tq_client_led(client);
+        int looks = atomic_load(&s_count.looks);
         tq_result_t *r = tq_apply(client, "tq.echo", NULL, S_WAIT_MS, "");
         assert_non_null(r);
         assert_int_equal(tq_result_code(r), TQ_OK);
         tq_result_destroy(&r);
+        if (i >= 3 && tq_client_sent_by_caller(client) == sent + 1 &&
+            tq_client_led(client) == led + 1) {
+            own++;
+            int now = atomic_load(&s_count.looks) - looks;
+            if (now > most)
+                most = now;
+        }
     }
     atomic_store(&s_count.counting, false);
     assert_int_equal(pthread_join(thread, NULL), 0);
     assert_int_equal(server.answered, 3 + S_ROUNDS);
     /* before: two looks (after the send, after the answer) and a
-       zmq_poll per round trip */
+       zmq_poll in every round trip; now the caller's sleep is a poll(2),
+       and an own round trip looks once at most (none after its send; one
+       after the answer only if the I/O thread woke meanwhile) */
     assert_int_equal(atomic_load(&s_count.polls), 0);
-    assert_true(atomic_load(&s_count.looks) < S_ROUNDS);
+    assert_true(own >= 1);
+    assert_true(most <= 1);
     tq_client_destroy(&client);
     tq_fake_broker_destroy(&fake);
 }
