@@ -99,6 +99,44 @@ s_gate_paths(s_gate_t *g, const char *dir, const char *name)
     snprintf(g->gate, sizeof g->gate, "%s/%s.gate", dir, name);
 }
 
+/* Runs tq.echo once (known short from then on), then S_QUEUED echoes
+   that wait in the child behind a test.gate until all were sent to it;
+   opens the gate and checks every result. *batches: the broker's
+   child_batches_in after the warm-up (may be NULL). */
+enum { S_QUEUED = 15 }; /* the child's credit less the gate */
+
+static void
+s_echoes_behind_gate(tq_harness_env_t *env, const char *dir, uint64_t *batches)
+{
+    s_gate_t g;
+    s_gate_paths(&g, dir, "g0");
+    tq_result_t *warm =
+        tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)-1);
+    assert_non_null(warm);
+    assert_int_equal(tq_result_get(warm, S_GET_MS), TQ_OK);
+    tq_result_destroy(&warm);
+    if (batches)
+        *batches = s_counter(env, "child_batches_in");
+
+    tq_result_t *gate =
+        tq_apply_async(env->client, "test.gate", NULL, "ss", g.started, g.gate);
+    assert_non_null(gate);
+    s_wait_file(g.started);
+    tq_result_t *r[S_QUEUED];
+    for (int i = 0; i < S_QUEUED; i++) {
+        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)i);
+        assert_non_null(r[i]);
+    }
+    s_wait_dispatched(env);
+    s_open_gate(g.gate);
+    assert_int_equal(tq_result_get(gate, S_GET_MS), TQ_OK);
+    for (int i = 0; i < S_QUEUED; i++) {
+        assert_int_equal(tq_result_get(r[i], S_GET_MS), TQ_OK);
+        tq_result_destroy(&r[i]);
+    }
+    tq_result_destroy(&gate);
+}
+
 /* Tasks that wait together in a child (held behind a running task until
    all were sent to it) leave in BATCHes: fewer DONE messages than tasks,
    every result there, in order of submission. */
@@ -110,38 +148,12 @@ test_dones_batched(void **state)
     s_worker(env);
     char dir[4096];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "cbatch"), 0);
-    s_gate_t g;
-    s_gate_paths(&g, dir, "g0");
-    /* tq.echo runs once first: known short from then on */
-    tq_result_t *warm =
-        tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)-1);
-    assert_non_null(warm);
-    assert_int_equal(tq_result_get(warm, S_GET_MS), TQ_OK);
-    tq_result_destroy(&warm);
-    uint64_t batches = s_counter(env, "child_batches_in");
-
-    tq_result_t *gate =
-        tq_apply_async(env->client, "test.gate", NULL, "ss", g.started, g.gate);
-    assert_non_null(gate);
-    s_wait_file(g.started);
-    enum { N = 15 }; /* the child's credit less the gate */
-    tq_result_t *r[N];
-    for (int i = 0; i < N; i++) {
-        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)i);
-        assert_non_null(r[i]);
-    }
-    s_wait_dispatched(env);
-    s_open_gate(g.gate);
-    assert_int_equal(tq_result_get(gate, S_GET_MS), TQ_OK);
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(tq_result_get(r[i], S_GET_MS), TQ_OK);
-        tq_result_destroy(&r[i]);
-    }
-    tq_result_destroy(&gate);
+    uint64_t batches;
+    s_echoes_behind_gate(env, dir, &batches);
     uint64_t got = s_counter(env, "child_batches_in") - batches;
     uint64_t in = s_counter(env, "child_batched_in");
     printf("  %d DONEs, %llu BATCHes from the child (%llu DONEs in them)\n",
-           N + 1, (unsigned long long)got, (unsigned long long)in);
+           S_QUEUED + 1, (unsigned long long)got, (unsigned long long)in);
     assert_true(got >= 1);
     /* fewer messages than DONEs: each BATCH holds two or more */
     assert_true(in >= 2 * got);
@@ -346,33 +358,9 @@ test_recycle_while_holding(void **state)
     assert_true(tq_harness_env_add_worker(env, 1, extra, true) > 0);
     char dir[4096];
     assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "cbatchr"), 0);
-    s_gate_t g;
-    s_gate_paths(&g, dir, "g0");
-    tq_result_t *warm =
-        tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)-1);
-    assert_non_null(warm);
-    assert_int_equal(tq_result_get(warm, S_GET_MS), TQ_OK);
-    tq_result_destroy(&warm);
-    /* the echoes wait in the child behind the gate: their DONEs are held
-       when the child reaches its fifth task and ends */
-    tq_result_t *gate =
-        tq_apply_async(env->client, "test.gate", NULL, "ss", g.started, g.gate);
-    assert_non_null(gate);
-    s_wait_file(g.started);
-    enum { N = 15 };
-    tq_result_t *r[N];
-    for (int i = 0; i < N; i++) {
-        r[i] = tq_apply_async(env->client, "tq.echo", NULL, "i", (int64_t)i);
-        assert_non_null(r[i]);
-    }
-    s_wait_dispatched(env);
-    s_open_gate(g.gate);
-    assert_int_equal(tq_result_get(gate, S_GET_MS), TQ_OK);
-    tq_result_destroy(&gate);
-    for (int i = 0; i < N; i++) {
-        assert_int_equal(tq_result_get(r[i], S_GET_MS), TQ_OK);
-        tq_result_destroy(&r[i]);
-    }
+    /* the echoes' DONEs are held when the child reaches its fifth task
+       and ends */
+    s_echoes_behind_gate(env, dir, NULL);
     assert_int_equal(s_counter(env, "malformed"), 0);
     tq_harness_rmtree(dir);
 }

@@ -279,6 +279,37 @@ test_destroy_held(void **state)
     tq_broker_destroy(&b);
 }
 
+/* A broker with a SQLite store in a fresh directory, a ZeroMQ context
+   and a client DEALER on it (s_client): the setup of the store tests. */
+typedef struct {
+    char dir[4096];
+    void *ctx;
+    tq_broker_t *b;
+    void *dealer;
+} s_store_t;
+
+static void
+s_store_open(s_store_t *st, int fold_ms)
+{
+    assert_int_equal(tq_harness_tempdir(st->dir, sizeof st->dir, "fold-store"),
+                     0);
+    st->ctx = zmq_ctx_new();
+    tq_broker_config_t config = {.ack_fold_ms = fold_ms, .data_dir = st->dir};
+    st->b = tq_harness_broker_new(config);
+    assert_non_null(st->b);
+    assert_non_null(st->b->store);
+    st->dealer = s_client(st->b, st->ctx);
+}
+
+static void
+s_store_close(s_store_t *st)
+{
+    zmq_close(st->dealer);
+    tq_broker_destroy(&st->b);
+    zmq_ctx_term(st->ctx);
+    tq_harness_rmtree(st->dir);
+}
+
 /* With a store (no window: SUBMITTED at its commit), a client that opted
    in is not sent the SUBMITTED of a task that ended before its commit
    (its RESULT went first): a, f and x (an id kept as bytes), ended while
@@ -290,14 +321,10 @@ static void
 test_store_fold(void **state)
 {
     (void)state;
-    char dir[4096];
-    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
-    void *ctx = zmq_ctx_new();
-    tq_broker_config_t config = {.ack_fold_ms = 1000, .data_dir = dir};
-    tq_broker_t *b = tq_harness_broker_new(config);
-    assert_non_null(b);
-    assert_non_null(b->store);
-    void *dealer = s_client(b, ctx);
+    s_store_t st;
+    s_store_open(&st, 1000);
+    tq_broker_t *b = st.b;
+    void *dealer = st.dealer;
     s_submit(b, "a");
     s_submit(b, "b");
     s_submit_as(b, "c", false);
@@ -324,10 +351,7 @@ test_store_fold(void **state)
         TQ_CMD_SUBMITTED, TQ_CMD_SUBMITTED, TQ_CMD_RESULT};
     const char *const ids[] = {"a", "c", "f", x, "b", "c", "d", y, "b"};
     s_expect(dealer, commands, ids, 9);
-    zmq_close(dealer);
-    tq_broker_destroy(&b);
-    zmq_ctx_term(ctx);
-    tq_harness_rmtree(dir);
+    s_store_close(&st);
 }
 
 /* With a store: a task that ended and was forgotten before its commit
@@ -338,13 +362,10 @@ static void
 test_store_fold_resubmitted(void **state)
 {
     (void)state;
-    char dir[4096];
-    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
-    void *ctx = zmq_ctx_new();
-    tq_broker_config_t config = {.ack_fold_ms = 1000, .data_dir = dir};
-    tq_broker_t *b = tq_harness_broker_new(config);
-    assert_non_null(b);
-    void *dealer = s_client(b, ctx);
+    s_store_t st;
+    s_store_open(&st, 1000);
+    tq_broker_t *b = st.b;
+    void *dealer = st.dealer;
     s_submit(b, "g");
     tqb_cancel(b, tqb_task_find(b, tq_str("g")), "cancelled");
     tqb_task_forget(b, tqb_task_find(b, tq_str("g")));
@@ -355,10 +376,7 @@ test_store_fold_resubmitted(void **state)
     static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_SUBMITTED};
     static const char *const ids[] = {"g", "g"};
     s_expect(dealer, commands, ids, 2);
-    zmq_close(dealer);
-    tq_broker_destroy(&b);
-    zmq_ctx_term(ctx);
-    tq_harness_rmtree(dir);
+    s_store_close(&st);
 }
 
 /* With a store and --ack-fold 0, every SUBMITTED goes at its commit, a
@@ -367,13 +385,10 @@ static void
 test_store_no_fold(void **state)
 {
     (void)state;
-    char dir[4096];
-    assert_int_equal(tq_harness_tempdir(dir, sizeof dir, "fold-store"), 0);
-    void *ctx = zmq_ctx_new();
-    tq_broker_config_t config = {.ack_fold_ms = 0, .data_dir = dir};
-    tq_broker_t *b = tq_harness_broker_new(config);
-    assert_non_null(b);
-    void *dealer = s_client(b, ctx);
+    s_store_t st;
+    s_store_open(&st, 0);
+    tq_broker_t *b = st.b;
+    void *dealer = st.dealer;
     s_submit(b, "a");
     tqb_cancel(b, tqb_task_find(b, tq_str("a")), "cancelled");
     assert_true(tqb_commit_flush(b));
@@ -381,10 +396,7 @@ test_store_no_fold(void **state)
     static const uint8_t commands[] = {TQ_CMD_RESULT, TQ_CMD_SUBMITTED};
     static const char *const ids[] = {"a", "a"};
     s_expect(dealer, commands, ids, 2);
-    zmq_close(dealer);
-    tq_broker_destroy(&b);
-    zmq_ctx_term(ctx);
-    tq_harness_rmtree(dir);
+    s_store_close(&st);
 }
 
 int
